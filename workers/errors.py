@@ -1,0 +1,89 @@
+"""The one error hierarchy of qlane.
+
+Every error says, where it is raised, whether retrying could help (`retryable`) and
+carries a short stable `reason` (the class name) that dead letters and metrics use.
+"""
+
+from __future__ import annotations
+
+
+class QlaneError(Exception):
+    """Base of every qlane error."""
+
+    retryable: bool = False
+
+    @property
+    def reason(self) -> str:
+        return type(self).__name__
+
+
+class PermanentError(QlaneError):
+    """Retrying the same input can never succeed: dead-letter it."""
+
+    retryable = False
+
+
+class RetryableError(QlaneError):
+    """A transient condition: the same input may succeed on a later attempt."""
+
+    retryable = True
+
+
+# --- decoding (schemas/) -------------------------------------------------------------
+class UndecodableRecord(PermanentError):
+    """The bytes are not a record this system can read."""
+
+
+class CorruptRecord(UndecodableRecord):
+    """Bad framing or a datum that does not parse under its writer schema."""
+
+
+class UnknownSchema(UndecodableRecord):
+    """The record names a schema fingerprint this system does not know."""
+
+
+class KeyMismatch(PermanentError):
+    """The record key is not the UTF-8 workflow id of the value."""
+
+
+# --- job validation (workers/) -------------------------------------------------------
+class InvalidJob(PermanentError):
+    """The job request is decodable but cannot be run as asked."""
+
+
+class InvalidCircuit(InvalidJob):
+    """The circuit source does not parse as OpenQASM 2 or 3."""
+
+
+class CircuitTooLarge(InvalidJob):
+    """The circuit exceeds the backend's or the configured size limits."""
+
+
+class InvalidShots(InvalidJob):
+    """The shot count is outside the configured bounds."""
+
+
+class ParameterMismatch(InvalidJob):
+    """Parameter sets do not match the circuit's free parameters."""
+
+
+class InvalidObservable(InvalidJob):
+    """An observable is malformed or does not match the circuit's qubit count."""
+
+
+class UnknownBackend(InvalidJob):
+    """The job names a backend this worker does not provide."""
+
+
+# --- workflow semantics (streams/) ---------------------------------------------------
+class IdempotencyConflict(PermanentError):
+    """The workflow id was seen before with a different request fingerprint."""
+
+
+# --- execution -----------------------------------------------------------------------
+class ExecutionFailed(PermanentError):
+    """The backend rejected the job in a way a retry cannot fix."""
+
+
+class BackendUnavailable(RetryableError):
+    """The backend failed transiently (timeout, overload, injected fault)."""
