@@ -1,0 +1,65 @@
+"""stage.mitigate -> estimate expectation values, apply mitigation, publish the JobResult.
+
+The published result bytes are kept in the workflow table, so a record redelivered
+after a crash re-publishes the very same bytes instead of computing a second answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from schemas.codec import codec
+from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams.deadletter import SourceRecord
+from streams.results import build_result
+from streams.runtime import Runtime, now_ms
+from workers.estimation import estimate_expectations
+from workers.preparation import PreparedJob
+
+STAGE = "mitigate"
+
+
+def register(app, runtime: Runtime, table) -> None:
+    async def handle(source: SourceRecord) -> None:
+        task = codec("MitigateTask").decode(source.value)
+        workflow_id = task["workflow_id"]
+        entry = table.get(workflow_id) or {}
+        if entry.get("state") == "done" and entry.get("result"):
+            await runtime.send("results", workflow_id, base64.b64decode(entry["result"]))
+            return
+        started = time.perf_counter()
+        try:
+            request = codec("JobRequest").decode(task["request"])
+            prepared = PreparedJob.from_bytes(task["prepared"])
+            counts = json.loads(task["counts_json"])
+            estimates = await in_thread(runtime, estimate_expectations, prepared, counts)
+        except Exception as error:
+            raise StageFailure(workflow_id, error) from error
+        completed_at_ms = now_ms()
+        submitted_ms = request.get("submitted_at_ms") or task["accepted_at_ms"]
+        timings = {
+            "queued_s": max(0.0, (task["accepted_at_ms"] - submitted_ms) / 1000),
+            "preprocess_s": task["preprocess_s"],
+            "execute_s": task["execute_s"],
+            "mitigate_s": time.perf_counter() - started,
+            "end_to_end_s": max(0.0, (completed_at_ms - submitted_ms) / 1000),
+        }
+        result = build_result(
+            request=request,
+            prepared=prepared,
+            counts=counts,
+            estimates=estimates,
+            seed_simulator=task["seed_simulator"],
+            timings=timings,
+            completed_at_ms=completed_at_ms,
+        )
+        encoded = codec("JobResult").encode(result)
+        await runtime.send("results", workflow_id, encoded)
+        mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode())
+        await runtime.status(workflow_id, "done", STAGE)
+
+    @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1)
+    async def mitigate_stage(stream):
+        await run_stage(stream, runtime, table, STAGE, handle)

@@ -1,0 +1,74 @@
+"""qlane.jobs -> decode, admit by workflow id, parse, validate, transpile -> stage.execute."""
+
+from __future__ import annotations
+
+import time
+
+from schemas.codec import codec
+from streams.agents.common import StageFailure, in_thread, run_stage
+from streams.deadletter import SourceRecord
+from streams.idempotency import Decision, admit, request_fingerprint
+from streams.runtime import Runtime, now_ms
+from workers.errors import IdempotencyConflict, KeyMismatch
+from workers.jobs import JobSpec
+from workers.preparation import prepare
+
+STAGE = "preprocess"
+
+
+def register(app, runtime: Runtime, table) -> None:
+    limits = runtime.settings.limits
+
+    async def handle(source: SourceRecord) -> None:
+        request = codec("JobRequest").decode(source.value)
+        workflow_id = request["workflow_id"]
+        if source.key != workflow_id.encode():
+            raise KeyMismatch(f"record key {source.key!r} is not the workflow id {workflow_id!r}")
+        fingerprint = request_fingerprint(request)
+        previous = table.get(workflow_id)
+        admission = admit(previous, fingerprint, source.address)
+        if admission.decision is Decision.CONFLICT:
+            raise IdempotencyConflict(
+                f"workflow {workflow_id} was submitted before with a different payload"
+            )
+        if admission.decision is Decision.DUPLICATE:
+            await runtime.status(
+                workflow_id, "duplicate", STAGE, detail=f"already {admission.previous_state}"
+            )
+            return
+
+        accepted_at_ms = now_ms()
+        attempts = (previous or {}).get("attempts", 0) + 1
+        table[workflow_id] = {
+            "fingerprint": fingerprint,
+            "state": "accepted",
+            "source": source.address,
+            "attempts": attempts,
+            "updated_ms": accepted_at_ms,
+        }
+        await runtime.status(workflow_id, "accepted", STAGE, detail=admission.decision.value)
+
+        started = time.perf_counter()
+        try:
+            spec = JobSpec.from_record(request)
+            prepared = await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache, limits)
+        except Exception as error:
+            raise StageFailure(workflow_id, error) from error
+        task = {
+            "workflow_id": workflow_id,
+            "request": source.value,
+            "prepared": prepared.to_bytes(),
+            "accepted_at_ms": accepted_at_ms,
+            "preprocess_s": time.perf_counter() - started,
+            "attempt": attempts,
+        }
+        await runtime.send("execute", workflow_id, codec("ExecuteTask").encode(task))
+        table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}
+        await runtime.status(
+            workflow_id, "prepared", STAGE,
+            detail=f"{len(prepared.tasks)} circuits on {prepared.backend}",
+        )
+
+    @app.agent(runtime.topics["jobs"], name="qlane.preprocess", concurrency=1)
+    async def preprocess(stream):
+        await run_stage(stream, runtime, table, STAGE, handle)

@@ -1,0 +1,269 @@
+"""`qlane`: the command line of qlane (see README.md for every command)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from streams.settings import Settings
+
+TOPIC_SCHEMAS = {
+    "jobs": "JobRequest",
+    "stage.execute": "ExecuteTask",
+    "stage.mitigate": "MitigateTask",
+    "results": "JobResult",
+    "cost": "CostEvent",
+    "drift": "DriftEvent",
+    "status": "JobStatus",
+}
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "broker", None):
+        overrides["broker"] = args.broker
+    if getattr(args, "profile", None):
+        overrides["profile"] = args.profile
+    if getattr(args, "topic_prefix", None):
+        overrides["topic_prefix"] = args.topic_prefix
+    if getattr(args, "partitions", None):
+        overrides["partitions"] = args.partitions
+    return Settings(**overrides)
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", help="bootstrap servers host:port (env QLANE_BROKER)")
+    parser.add_argument(
+        "--profile", choices=["embedded", "kafka"],
+        help="embedded = tuned for Tansu (default without --broker); kafka = Apache Kafka",
+    )
+    parser.add_argument("--topic-prefix", help="topic name prefix (default qlane)")
+    parser.add_argument("--partitions", type=int, help="partitions per topic (default 4)")
+
+
+# --- commands -------------------------------------------------------------------------
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"embedded Tansu broker listening on {broker.bootstrap} (memory storage); Ctrl-C stops")
+    try:
+        while broker.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from streams.app import create_app
+    from streams.topics import ensure_topics
+
+    settings = settings_from(args)
+    updates = {}
+    if args.without_web:
+        updates["web_enabled"] = False
+    if args.web_port:
+        updates["web_port"] = args.web_port
+    settings = settings.model_copy(update=updates)
+    created = asyncio.run(ensure_topics(settings))
+    if created:
+        print(f"created topics: {', '.join(created)}", file=sys.stderr)
+    app, _ = create_app(settings)
+    worker = Worker(app, loglevel=args.loglevel or settings.log_level)
+    worker.execute_from_commandline()
+    return 0
+
+
+def build_submission(args: argparse.Namespace) -> dict:
+    from streams.client import job_request, load_job_file
+    from workers.jobs import parse_observable
+
+    path = Path(args.path)
+    if path.suffix in (".yaml", ".yml", ".json"):
+        fields = load_job_file(path)
+    else:
+        fields = {"circuit": path.read_text()}
+    if args.shots is not None:
+        fields["shots"] = args.shots
+    if args.backend:
+        fields["backend"] = args.backend
+    if args.workflow_id:
+        fields["workflow_id"] = args.workflow_id
+    if args.observable:
+        fields["observables"] = [
+            {"terms": [{"pauli": t.pauli, "coeff": t.coeff} for t in parse_observable(o).terms]}
+            for o in args.observable
+        ]
+    if args.param_set:
+        fields["parameter_sets"] = [
+            [float(v) for v in text.split(",") if v.strip()] for text in args.param_set
+        ]
+    return job_request(**fields)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from streams.client import Client
+    from streams.render import json_line, result_table
+
+    settings = settings_from(args)
+    record = build_submission(args)
+    workflow_id = record["workflow_id"]
+
+    def show(outcome, event: str) -> None:
+        if not args.json:
+            print(f"  {workflow_id}: {event}", file=sys.stderr)
+
+    async def go() -> int:
+        async with Client(settings) as client:
+            if args.wait:
+                await client.start_watching()
+            await client.submit(record)
+            print(f"submitted {workflow_id} to {client.names.jobs}", file=sys.stderr)
+            if not args.wait:
+                return 0
+            outcome = (await client.wait([workflow_id], args.timeout, show))[workflow_id]
+        if outcome.result is not None:
+            print(json_line(outcome.result) if args.json else result_table(outcome.result))
+            return 0
+        print(f"{workflow_id}: {outcome.state} {outcome.detail}", file=sys.stderr)
+        return 1
+
+    return asyncio.run(go())
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from schemas.codec import codec
+    from streams.client import decode_dlq_headers
+    from streams.render import json_line
+    from streams.topics import TopicNames
+
+    settings = settings_from(args)
+    topic = TopicNames.from_settings(settings).by_short_name(args.topic)
+    short = topic[len(settings.topic_prefix) + 1:] if topic.startswith(settings.topic_prefix) else topic
+    schema = TOPIC_SCHEMAS.get(short)
+
+    def describe(record) -> dict:
+        line = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                "timestamp_ms": record.timestamp,
+                "key": (record.key or b"").decode(errors="replace")}
+        if short == "deadletter":
+            line["headers"] = decode_dlq_headers(record.headers)
+            source = line["headers"].get("qlane.dlq.source.topic", "")
+            source_schema = TOPIC_SCHEMAS.get(source[len(settings.topic_prefix) + 1:])
+            try:
+                line["value"] = codec(source_schema).decode(record.value)
+            except Exception:
+                line["value"] = record.value or b""
+        elif schema:
+            try:
+                line["value"] = codec(schema).decode(record.value)
+            except Exception as error:
+                line["undecodable"] = f"{type(error).__name__}: {error}"
+                line["value"] = record.value or b""
+        else:
+            line["value"] = record.value or b""
+        return line
+
+    async def go() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p)
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not partitions:
+                print(f"no such topic: {topic}", file=sys.stderr)
+                return 1
+            consumer.assign(partitions)
+            if args.from_beginning:
+                await consumer.seek_to_beginning(*partitions)
+            else:
+                await consumer.seek_to_end(*partitions)
+            printed = 0
+            deadline = time.monotonic() + args.timeout if args.timeout else None
+            while deadline is None or time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=300)
+                for records in batch.values():
+                    for record in records:
+                        print(json_line(describe(record)), flush=True)
+                        printed += 1
+                        if args.max and printed >= args.max:
+                            return 0
+            return 0
+        finally:
+            await consumer.stop()
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(timeout_s=args.timeout)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="qlane", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="embedded broker + worker + sample jobs, then stop")
+    demo.add_argument("--timeout", type=float, default=240.0)
+    demo.set_defaults(run=cmd_demo)
+
+    broker = commands.add_parser("broker", help="run the embedded Tansu broker in the foreground")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(run=cmd_broker)
+
+    worker = commands.add_parser("worker", help="run a Faust worker with every stage")
+    add_connection_options(worker)
+    worker.add_argument("--web-port", type=int, help="port of the worker's web server")
+    worker.add_argument("--without-web", action="store_true", help="no web server")
+    worker.add_argument("-l", "--loglevel", help="debug, info, warning, error")
+    worker.set_defaults(run=cmd_worker)
+
+    submit = commands.add_parser("submit", help="submit a .qasm file or a YAML/JSON job file")
+    add_connection_options(submit)
+    submit.add_argument("path")
+    submit.add_argument("--shots", type=int)
+    submit.add_argument("--backend")
+    submit.add_argument("--workflow-id")
+    submit.add_argument("--observable", action="append", metavar="PAULI[:COEFF]",
+                        help="repeatable; one observable each; join terms with +, e.g. ZZ:0.5+XX")
+    submit.add_argument("--param-set", action="append", metavar="V1,V2,...",
+                        help="repeatable; values in the circuit's sorted parameter order")
+    submit.add_argument("--wait", action="store_true", help="show progress, then the result")
+    submit.add_argument("--json", action="store_true", help="print the JobResult as one JSON object")
+    submit.add_argument("--timeout", type=float, default=120.0)
+    submit.set_defaults(run=cmd_submit)
+
+    tail = commands.add_parser("tail", help="print a topic's events as JSON lines")
+    add_connection_options(tail)
+    tail.add_argument("topic", help="e.g. results, status, deadletter or a full topic name")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=0, help="stop after N events")
+    tail.add_argument("--timeout", type=float, default=0, help="stop after S seconds")
+    tail.set_defaults(run=cmd_tail)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Client helpers: build JobRequests, submit them, and watch them to their outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.codec import codec, fill_defaults
+from streams.settings import Settings
+from streams.topics import TopicNames
+from workers.errors import InvalidJob
+
+
+def new_workflow_id(prefix: str = "wf") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def job_request(**fields) -> dict:
+    """A complete JobRequest from the fields given; defaults fill the rest."""
+    fields.setdefault("workflow_id", new_workflow_id())
+    fields.setdefault("submitted_at_ms", int(time.time() * 1000))
+    return fill_defaults("JobRequest", fields)
+
+
+def load_job_file(path: Path) -> dict:
+    """A YAML or JSON file whose keys mirror the JobRequest fields."""
+    text = path.read_text()
+    loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(loaded, dict):
+        raise InvalidJob(f"{path}: a job file holds one mapping of JobRequest fields")
+    if "circuit_file" in loaded:
+        loaded["circuit"] = (path.parent / loaded.pop("circuit_file")).read_text()
+    return loaded
+
+
+@dataclass
+class Outcome:
+    workflow_id: str
+    state: str = "pending"  # pending | done | failed | rejected | duplicate
+    result: dict | None = None
+    detail: str = ""
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "rejected")
+
+
+def decode_dlq_headers(headers) -> dict[str, str]:
+    return {name: (value or b"").decode(errors="replace") for name, value in headers or ()}
+
+
+class Client:
+    """One producer plus a watcher over status, results and dead letters."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names = TopicNames.from_settings(settings)
+        self.producer: AIOKafkaProducer | None = None
+        self.watcher: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> Client:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker, linger_ms=5)
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await self.producer.stop()
+
+    async def start_watching(self) -> None:
+        """Position at the end of the outcome topics before submitting, to miss nothing."""
+        self.watcher = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.broker, enable_auto_commit=False, group_id=None
+        )
+        await self.watcher.start()
+        topics = (self.names.status, self.names.results, self.names.deadletter)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in (self.watcher.partitions_for_topic(topic) or range(self.settings.partitions))
+        ]
+        self.watcher.assign(partitions)
+        await self.watcher.seek_to_end(*partitions)
+        for tp in partitions:  # resolve the end offsets now, not at the first fetch
+            await self.watcher.position(tp)
+
+    async def submit(self, record: dict) -> None:
+        value = codec("JobRequest").encode(record)
+        await self.producer.send_and_wait(
+            self.names.jobs, value=value, key=record["workflow_id"].encode()
+        )
+
+    async def wait(
+        self,
+        workflow_ids: Iterable[str],
+        timeout_s: float,
+        on_event: Callable[[Outcome, str], None] | None = None,
+    ) -> dict[str, Outcome]:
+        outcomes = {wf: Outcome(wf) for wf in workflow_ids}
+        deadline = time.monotonic() + timeout_s
+        while not all(o.finished for o in outcomes.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            batch = await self.watcher.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            for records in batch.values():
+                for record in records:
+                    self._apply(outcomes, record, on_event)
+        for outcome in outcomes.values():
+            if outcome.state == "duplicate" and outcome.result is None:
+                outcome.result = await self.find_result(outcome.workflow_id, timeout_s=5)
+                if outcome.result is not None:
+                    outcome.state = "done"
+        return outcomes
+
+    def _apply(self, outcomes, record, on_event) -> None:
+        key = (record.key or b"").decode(errors="replace")
+        outcome = outcomes.get(key)
+        if outcome is None or outcome.finished:
+            return
+        if record.topic == self.names.status:
+            status = codec("JobStatus").decode(record.value)
+            outcome.history.append(status["state"])
+            if status["state"] in ("failed", "duplicate"):
+                outcome.state = status["state"]
+                outcome.detail = status["detail"]
+            event = status["state"]
+        elif record.topic == self.names.results:
+            outcome.result = codec("JobResult").decode(record.value)
+            outcome.state = "done"
+            event = "result"
+        else:
+            headers = decode_dlq_headers(record.headers)
+            if outcome.state != "failed":
+                outcome.state = "rejected"
+                outcome.detail = (
+                    f"{headers.get('qlane.dlq.error.class')}: "
+                    f"{headers.get('qlane.dlq.error.message')}"
+                )
+            event = "dead-letter"
+        if on_event:
+            on_event(outcome, event)
+
+    async def find_result(self, workflow_id: str, timeout_s: float) -> dict | None:
+        """The JobResult published earlier for a workflow id (for duplicates)."""
+        found = None
+        async for record in read_topic(self.settings, self.names.results, timeout_s=timeout_s):
+            if record.key == workflow_id.encode():
+                found = codec("JobResult").decode(record.value)
+        return found
+
+
+async def read_topic(settings: Settings, topic: str, timeout_s: float, max_records: int = 0):
+    """Every record of a topic from the beginning up to its current end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while pending and time.monotonic() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=300)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield record
+                        seen += 1
+                        if max_records and seen >= max_records:
+                            return
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)

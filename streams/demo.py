@@ -1,0 +1,120 @@
+"""`qlane demo`: an embedded broker, one worker, three sample jobs, their results, then stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from streams.broker import EmbeddedBroker, free_port
+from streams.client import Client, job_request, load_job_file
+from streams.render import result_table
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def sample_jobs(run_id: str) -> list[dict]:
+    qaoa = load_job_file(EXAMPLES / "qaoa_ring4.yaml")
+    return [
+        job_request(
+            workflow_id=f"demo-bell-{run_id}",
+            circuit=(EXAMPLES / "bell.qasm").read_text(),
+            shots=2000,
+            backend="aer.ideal",
+            tenant="demo",
+        ),
+        job_request(
+            workflow_id=f"demo-estimator-{run_id}",
+            circuit=(EXAMPLES / "ansatz.qasm").read_text(),
+            shots=4000,
+            backend="aer.noisy",
+            parameter_sets=[[0.0, 0.0], [0.8, -0.4], [1.5708, 3.1416]],
+            observables=[
+                {"terms": [{"pauli": "ZZ", "coeff": 1.0}]},
+                {"terms": [{"pauli": "XX", "coeff": 1.0}]},
+                {"terms": [{"pauli": "ZI", "coeff": 0.5}, {"pauli": "IZ", "coeff": 0.5}]},
+            ],
+            tenant="demo",
+        ),
+        job_request(workflow_id=f"demo-qaoa-{run_id}", **qaoa),
+    ]
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "streams.cli", "worker",
+        "--broker", settings.broker, "--profile", "embedded",
+        "--web-port", str(free_port()), "-l", "warning",
+    ]
+    log = open(log_path, "ab")
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+async def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float) -> dict:
+    started = time.monotonic()
+
+    def progress(outcome, event: str) -> None:
+        print(f"  [{time.monotonic() - started:6.2f}s] {outcome.workflow_id:<28} {event}",
+              flush=True)
+
+    async with Client(settings) as client:
+        await client.start_watching()
+        for job in jobs:
+            await client.submit(job)
+            print(f"  submitted {job['workflow_id']} ({job['backend']}, {job['shots']} shots)")
+        return await client.wait([job["workflow_id"] for job in jobs], timeout_s, progress)
+
+
+def run_demo(timeout_s: float = 240.0) -> int:
+    wall_start = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="qlane-demo-"))
+    broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    settings = Settings(broker=broker.bootstrap, profile="embedded")
+    print(f"qlane demo: embedded Tansu broker on {broker.bootstrap}; logs in {workdir}")
+    worker = None
+    try:
+        asyncio.run(ensure_topics(settings))
+        worker = start_worker(settings, workdir / "worker.log")
+        print(f"worker started (pid {worker.pid}); submitting sample jobs")
+        jobs = sample_jobs(run_id=str(int(time.time())))
+        outcomes = asyncio.run(submit_and_wait(settings, jobs, timeout_s))
+        print()
+        failed = 0
+        for job in jobs:
+            outcome = outcomes[job["workflow_id"]]
+            if outcome.result is not None:
+                print(result_table(outcome.result))
+            else:
+                failed += 1
+                print(f"== {job['workflow_id']}: {outcome.state} {outcome.detail}")
+        print(f"\n{len(jobs) - failed}/{len(jobs)} jobs finished; "
+              f"demo wall time {time.monotonic() - wall_start:.1f}s")
+        if failed:
+            print(f"worker log tail:\n{(workdir / 'worker.log').read_text()[-3000:]}")
+        return 1 if failed else 0
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        broker.stop()
+        print("stopped the worker and the broker")

@@ -1,0 +1,55 @@
+"""The idempotency rules of a workflow id, as pure decisions over a table entry.
+
+A table entry (JSON) is {"fingerprint", "state", "source", "attempts", "updated_ms"} where
+`source` is "topic:partition:offset" of the JobRequest record that was accepted, and, once
+done, "result" holds the base64 of the JobResult bytes that were published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import Enum
+
+# Fields that describe when or how a request travelled, not what it asks for.
+_NOT_FINGERPRINTED = frozenset({"submitted_at_ms"})
+
+TERMINAL_STATES = frozenset({"done"})
+
+
+def request_fingerprint(record: dict) -> str:
+    payload = {key: value for key, value in record.items() if key not in _NOT_FINGERPRINTED}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Decision(Enum):
+    ACCEPT = "accept"  # new workflow: run it
+    REDELIVERY = "redelivery"  # the same record again after a crash: run it again
+    REDRIVE = "redrive"  # a failed workflow sent again with its own id: run it again
+    DUPLICATE = "duplicate"  # acknowledge, do not run
+    CONFLICT = "conflict"  # same id, different payload: dead-letter
+
+
+@dataclass(frozen=True)
+class Admission:
+    decision: Decision
+    previous_state: str | None = None
+
+    @property
+    def runs(self) -> bool:
+        return self.decision in (Decision.ACCEPT, Decision.REDELIVERY, Decision.REDRIVE)
+
+
+def admit(entry: dict | None, fingerprint: str, source: str) -> Admission:
+    if entry is None:
+        return Admission(Decision.ACCEPT)
+    state = entry.get("state")
+    if entry.get("fingerprint") != fingerprint:
+        return Admission(Decision.CONFLICT, state)
+    if state == "failed":
+        return Admission(Decision.REDRIVE, state)
+    if entry.get("source") == source and state not in TERMINAL_STATES:
+        return Admission(Decision.REDELIVERY, state)
+    return Admission(Decision.DUPLICATE, state)

@@ -1,0 +1,54 @@
+"""Human-readable views of records: result tables and JSON lines for `qlane tail`."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+TOP_COUNTS = 4
+
+
+def _top_counts(counts: dict[str, int], shots: int) -> str:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_COUNTS]
+    return "  ".join(f"{bits}:{count / shots:.3f}" for bits, count in ranked)
+
+
+def result_table(result: dict) -> str:
+    provenance = result["provenance"]
+    timings = result["timings"]
+    lines = [
+        f"== {result['workflow_id']}  {result['status']} ({result['mode']})  "
+        f"backend={provenance['backend']}  calibration={provenance['calibration_version']}",
+        f"   shots used {result['shots_used']}, seed {provenance['seed_simulator']}, "
+        f"end-to-end {timings['end_to_end_s']:.2f}s (preprocess {timings['preprocess_s']:.3f}s, "
+        f"execute {timings['execute_s']:.3f}s, mitigate {timings['mitigate_s']:.3f}s)",
+    ]
+    if result["expectations"]:
+        lines.append(f"   {'set':>3}  {'observable':<28} {'value':>9}  {'± std err':>9}")
+        for row in result["expectations"]:
+            lines.append(
+                f"   {row['parameter_set_index']:>3}  {row['observable'][:28]:<28} "
+                f"{row['value']:>9.4f}  {row['std_error']:>9.4f}"
+            )
+    else:
+        lines.append(f"   {'set':>3}  most frequent outcomes (probability)")
+        for circuit in result["circuits"]:
+            lines.append(
+                f"   {circuit['parameter_set_index']:>3}  "
+                f"{_top_counts(circuit['counts'], circuit['shots'])}"
+            )
+    return "\n".join(lines)
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode(), "bytes": len(value)}
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def json_line(value) -> str:
+    return json.dumps(_jsonable(value), sort_keys=False, separators=(",", ":"))

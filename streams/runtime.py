@@ -1,0 +1,97 @@
+"""What every stage shares in one worker process: settings, topics, backends, codecs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+
+from schemas.codec import codec
+from streams.deadletter import (
+    SourceRecord,
+    dead_letter_headers,
+    error_class,
+    faust_timestamp,
+)
+from streams.settings import Settings
+from streams.topics import TopicNames
+from workers.backends import BackendRegistry
+from workers.transpile import TranspileCache
+
+log = logging.getLogger("qlane")
+
+
+@cache
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    names: TopicNames
+    registry: BackendRegistry = field(default_factory=BackendRegistry)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="qlane-exec")
+    )
+    topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
+    cache: TranspileCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = TranspileCache(maxsize=self.settings.transpile_cache_size)
+
+    @property
+    def worker_version(self) -> str:
+        return package_version("qlane")
+
+    async def send(self, short_name: str, key: str | bytes | None, value: bytes, **kwargs) -> None:
+        if isinstance(key, str):
+            key = key.encode()
+        await self.topics[short_name].send(key=key, value=value, **kwargs)
+
+    async def status(
+        self, workflow_id: str, state: str, stage: str, detail: str = "", attempt: int = 1
+    ) -> None:
+        record = {
+            "workflow_id": workflow_id,
+            "state": state,
+            "stage": stage,
+            "detail": detail,
+            "attempt": attempt,
+            "at_ms": now_ms(),
+        }
+        await self.send("status", workflow_id, codec("JobStatus").encode(record))
+
+    async def dead_letter(
+        self, source: SourceRecord, stage: str, error: BaseException, attempts: int = 1
+    ) -> None:
+        headers = dead_letter_headers(
+            source,
+            stage=stage,
+            error=error,
+            attempts=attempts,
+            worker_version=self.worker_version,
+        )
+        await self.topics["deadletter"].send(
+            key=source.key,
+            value=source.value,
+            headers=headers,
+            timestamp=faust_timestamp(source.timestamp_ms),
+        )
+        log.warning(
+            "dead-lettered %s from %s: %s",
+            error_class(error),
+            source.address,
+            str(error)[:200],
+            extra={"workflow_id": (source.key or b"").decode(errors="replace"), "stage": stage},
+        )

@@ -1,0 +1,82 @@
+"""Every setting of qlane in one typed place (environment variables `QLANE_*`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.limits import Limits
+
+Profile = Literal["embedded", "kafka"]
+
+# Tansu answers a waiting fetch only when fetch.max.wait expires, so Faust's fixed
+# 1500 ms would add 1.5 s per stage; on Apache Kafka new data ends the wait at once.
+DEFAULT_BROKER = "127.0.0.1:9092"
+EMBEDDED_FETCH_MAX_WAIT_MS = 20
+KAFKA_FETCH_MAX_WAIT_MS = 500
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QLANE_", extra="ignore")
+
+    broker: str = Field(DEFAULT_BROKER, description="bootstrap servers, host:port[,host:port]")
+    profile: Profile | None = Field(
+        None,
+        description="embedded = tuned for the local Tansu broker; kafka = Apache Kafka; "
+        "unset = embedded for the default local address, kafka for any other broker",
+    )
+    app_id: str = "qlane"
+    topic_prefix: str = "qlane"
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    fetch_max_wait_ms: int | None = Field(None, description="None = the profile's default")
+
+    web_enabled: bool = True
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    log_level: str = "info"
+    log_json: bool = False
+
+    max_qubits: int = 24
+    min_shots: int = 1
+    max_shots: int = 1_000_000
+    max_circuit_bytes: int = 256_000
+    max_parameter_sets: int = 1000
+    max_observables: int = 64
+    max_circuits_per_job: int = 4096
+    transpile_cache_size: int = 512
+
+    execute_retries: int = Field(3, ge=0, description="attempts after the first, retryable errors")
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 5.0
+
+    @model_validator(mode="after")
+    def _resolve_profile(self) -> Settings:
+        if self.profile is None:
+            self.profile = "embedded" if self.broker == DEFAULT_BROKER else "kafka"
+        return self
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_prefix}.{suffix}"
+
+    @property
+    def effective_fetch_max_wait_ms(self) -> int:
+        if self.fetch_max_wait_ms is not None:
+            return self.fetch_max_wait_ms
+        if self.profile == "embedded":
+            return EMBEDDED_FETCH_MAX_WAIT_MS
+        return KAFKA_FETCH_MAX_WAIT_MS
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_qubits=self.max_qubits,
+            min_shots=self.min_shots,
+            max_shots=self.max_shots,
+            max_circuit_bytes=self.max_circuit_bytes,
+            max_parameter_sets=self.max_parameter_sets,
+            max_observables=self.max_observables,
+            max_circuits_per_job=self.max_circuits_per_job,
+        )
