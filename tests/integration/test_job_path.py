@@ -1,0 +1,176 @@
+"""Jobs through the whole pipeline: correctness, idempotency, dead letters."""
+
+import asyncio
+import math
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+from qiskit import qasm3
+from qiskit.quantum_info import SparsePauliOp, Statevector
+
+from streams.client import job_request, read_topic
+from tests.integration.conftest import submit_and_wait
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+ANSATZ3 = """OPENQASM 3.0;
+include "stdgates.inc";
+input float[64] a;
+input float[64] b;
+input float[64] c;
+qubit[3] q;
+ry(a) q[0]; ry(b) q[1]; rz(c) q[2]; h q[2];
+cx q[0], q[1]; cx q[1], q[2];
+rx(a + c) q[0]; ry(b / 2) q[2];
+"""
+
+GHZ3 = """OPENQASM 2.0;
+include "qelib1.inc";
+qreg q[3];
+creg c[3];
+h q[0];
+cx q[0],q[1];
+cx q[1],q[2];
+u3(0.4,0.1,0.2) q[2];
+measure q -> c;
+"""
+
+
+def wf(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_expectation_values_match_exact_within_four_standard_errors(settings, worker):
+    rng = np.random.default_rng(1234)
+    parameter_sets = rng.uniform(-np.pi, np.pi, size=(4, 3)).round(6).tolist()
+    observables = [
+        [("ZZI", 1.0)],
+        [("XIX", 0.7), ("IYZ", -0.4)],
+        [("ZII", 0.5), ("IZI", 0.5), ("IIZ", 0.5)],
+        [("YYX", 1.0)],
+    ]
+    job = job_request(
+        workflow_id=wf("exact"), circuit=ANSATZ3, shots=20000, backend="aer.ideal",
+        parameter_sets=parameter_sets,
+        observables=[{"terms": [{"pauli": p, "coeff": c} for p, c in terms]}
+                     for terms in observables],
+    )
+    outcome = submit_and_wait(settings, [job])[job["workflow_id"]]
+    assert outcome.result is not None, outcome.detail
+    rows = outcome.result["expectations"]
+    assert len(rows) == len(parameter_sets) * len(observables)
+
+    circuit = qasm3.loads(ANSATZ3)
+    worst = 0.0
+    for row in rows:
+        values = parameter_sets[row["parameter_set_index"]]
+        bound = circuit.assign_parameters(dict(zip(circuit.parameters, values, strict=True)))
+        exact = Statevector(bound).expectation_value(
+            SparsePauliOp.from_list(observables[row["observable_index"]])
+        ).real
+        assert row["std_error"] > 0
+        z = abs(row["value"] - exact) / row["std_error"]
+        worst = max(worst, z)
+        assert z < 4, (row, exact)
+    assert worst > 0  # values are sampled, not copied from an exact computation
+
+
+def test_counts_match_exact_distribution(settings, worker):
+    shots = 20000
+    job = job_request(workflow_id=wf("ghz"), circuit=GHZ3, shots=shots, backend="aer.ideal")
+    outcome = submit_and_wait(settings, [job])[job["workflow_id"]]
+    assert outcome.result is not None, outcome.detail
+    counts = outcome.result["circuits"][0]["counts"]
+    assert sum(counts.values()) == shots
+
+    from qiskit import qasm2
+    circuit = qasm2.loads(GHZ3).remove_final_measurements(inplace=False)
+    exact = Statevector(circuit).probabilities_dict()
+    outcomes = set(exact) | set(counts)
+    tvd = 0.5 * sum(abs(counts.get(k, 0) / shots - exact.get(k, 0.0)) for k in outcomes)
+    # The expected TVD of an empirical distribution is about sum_k sqrt(p_k/(2*pi*N)).
+    expected = sum(math.sqrt(p * (1 - p) / (2 * math.pi * shots)) for p in exact.values())
+    assert tvd < 3 * expected + 1e-3, (tvd, expected)
+
+
+def results_for(settings, workflow_id: str) -> list[bytes]:
+    async def go():
+        found = []
+        async for record in read_topic(settings, f"{settings.topic_prefix}.results", 10):
+            if record.key == workflow_id.encode():
+                found.append(record.value)
+        return found
+    return asyncio.run(go())
+
+
+def dead_letters_for(settings, key: bytes) -> list:
+    async def go():
+        return [record async for record in
+                read_topic(settings, f"{settings.topic_prefix}.deadletter", 10)
+                if record.key == key]
+    return asyncio.run(go())
+
+
+def test_duplicate_is_acknowledged_and_not_rerun(settings, worker):
+    job = job_request(workflow_id=wf("dup"), circuit=(EXAMPLES / "bell.qasm").read_text(),
+                      shots=300)
+    first = submit_and_wait(settings, [job])[job["workflow_id"]]
+    assert first.state == "done"
+    again = {**job, "submitted_at_ms": job["submitted_at_ms"] + 5000}
+    second = submit_and_wait(settings, [again], timeout_s=60)[job["workflow_id"]]
+    assert "duplicate" in second.history
+    assert second.result == first.result  # the earlier answer, found again
+    time.sleep(3)
+    assert len(results_for(settings, job["workflow_id"])) == 1
+
+
+def test_same_id_with_different_payload_is_dead_lettered_as_conflict(settings, worker):
+    job = job_request(workflow_id=wf("conflict"), circuit=(EXAMPLES / "bell.qasm").read_text(),
+                      shots=300)
+    assert submit_and_wait(settings, [job])[job["workflow_id"]].state == "done"
+    changed = {**job, "shots": 301}
+    outcome = submit_and_wait(settings, [changed], timeout_s=60)[job["workflow_id"]]
+    assert outcome.state == "rejected"
+    assert "IdempotencyConflict" in outcome.detail
+    letters = dead_letters_for(settings, job["workflow_id"].encode())
+    assert len(letters) == 1
+    headers = dict(letters[0].headers)
+    assert headers["qlane.dlq.error.class"] == b"IdempotencyConflict"
+    assert headers["qlane.dlq.stage"] == b"preprocess"
+    time.sleep(2)
+    assert len(results_for(settings, job["workflow_id"])) == 1
+
+
+def test_garbage_and_invalid_qasm_are_dead_lettered_and_the_stream_keeps_flowing(
+    settings, worker
+):
+    garbage_key = wf("garbage").encode()
+    garbage = b"\x00\xffnot avro at all\xc3"
+    invalid = job_request(workflow_id=wf("badqasm"), circuit="OPENQASM 2.0;\nqreg q[2];\nfoo q;")
+    valid = job_request(workflow_id=wf("after"), circuit=(EXAMPLES / "bell.qasm").read_text(),
+                        shots=200)
+
+    async def send_garbage():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        await producer.send_and_wait(f"{settings.topic_prefix}.jobs", value=garbage,
+                                     key=garbage_key, headers=[("origin", b"test")])
+        await producer.stop()
+
+    asyncio.run(send_garbage())
+    outcomes = submit_and_wait(settings, [invalid, valid])
+    assert outcomes[valid["workflow_id"]].state == "done"
+    assert outcomes[invalid["workflow_id"]].state == "failed"
+    assert "InvalidCircuit" in outcomes[invalid["workflow_id"]].detail
+
+    [letter] = dead_letters_for(settings, garbage_key)
+    headers = dict(letter.headers)
+    assert letter.value == garbage  # original bytes untouched
+    assert headers["origin"] == b"test"
+    assert headers["qlane.dlq.error.class"] == b"CorruptRecord"
+    assert headers["qlane.dlq.source.topic"] == f"{settings.topic_prefix}.jobs".encode()
+    [letter] = dead_letters_for(settings, invalid["workflow_id"].encode())
+    assert dict(letter.headers)["qlane.dlq.error.class"] == b"InvalidCircuit"

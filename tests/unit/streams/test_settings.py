@@ -1,0 +1,27 @@
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+
+def test_profile_follows_the_broker_unless_set(monkeypatch):
+    monkeypatch.delenv("QLANE_BROKER", raising=False)
+    monkeypatch.delenv("QLANE_PROFILE", raising=False)
+    assert Settings().profile == "embedded"
+    assert Settings(broker="kafka-1:9092").profile == "kafka"
+    assert Settings(broker="127.0.0.1:5555", profile="embedded").profile == "embedded"
+    monkeypatch.setenv("QLANE_BROKER", "kafka-2:9092")
+    assert Settings().profile == "kafka"
+
+
+def test_fetch_wait_defaults_per_profile():
+    assert Settings(profile="embedded").effective_fetch_max_wait_ms < 100
+    assert Settings(broker="k:9092").effective_fetch_max_wait_ms >= 100
+    assert Settings(broker="k:9092", fetch_max_wait_ms=7).effective_fetch_max_wait_ms == 7
+
+
+def test_topic_names_use_the_prefix():
+    names = TopicNames.from_settings(Settings(topic_prefix="acme"))
+    assert names.jobs == "acme.jobs"
+    assert names.execute == "acme.stage.execute"
+    assert names.by_short_name("results") == "acme.results"
+    assert names.by_short_name("stage.mitigate") == "acme.stage.mitigate"
+    assert len(set(names.all())) == 8
