@@ -1,0 +1,68 @@
+"""Turn OpenQASM 2 or 3 text into a QuantumCircuit, or an InvalidCircuit error."""
+
+from __future__ import annotations
+
+import re
+
+from qiskit import QuantumCircuit, qasm2
+
+from workers.errors import InvalidCircuit
+
+# The first statement after leading whitespace and comments, if it is an OPENQASM 3 header.
+_QASM3_HEADER = re.compile(r"\A(?:\s+|//[^\n]*(?:\n|\Z)|/\*.*?\*/)*OPENQASM\s+3\b", re.DOTALL)
+_MAX_MESSAGE = 200
+
+
+def detect_format(source: str) -> str:
+    """ "qasm3" when the program opens with an `OPENQASM 3` header, otherwise "qasm2"."""
+    return "qasm3" if _QASM3_HEADER.match(source) else "qasm2"
+
+
+def parse_circuit(source: str, fmt: str = "auto") -> QuantumCircuit:
+    """Parse OpenQASM text; `fmt` is "auto", "qasm2" or "qasm3".
+
+    OpenQASM 2 is read with Qiskit's legacy custom instructions, so older qelib1-era programs
+    (u3, cu1, cu3, ...) load. OpenQASM 3 is read by `qiskit_qasm3_import`, which also handles
+    user `gate` definitions and `input float` parameters. Whatever goes wrong while parsing
+    (syntax errors, unsupported constructs, runaway recursion, a panic in the Rust parser)
+    comes out as InvalidCircuit with a short message.
+    """
+    if not isinstance(source, str):
+        raise InvalidCircuit(f"circuit source must be text, not {type(source).__name__}")
+    if fmt not in ("auto", "qasm2", "qasm3"):
+        raise InvalidCircuit(f"unknown circuit format {fmt!r} (expected auto, qasm2 or qasm3)")
+    if fmt == "auto":
+        fmt = detect_format(source)
+    try:
+        if fmt == "qasm3":
+            return _parse_qasm3(source)
+        return qasm2.loads(source, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the Rust qasm2 parser panics with a BaseException
+        raise InvalidCircuit(f"{fmt}: {_short(_describe(exc))}") from None
+
+
+def _parse_qasm3(source: str) -> QuantumCircuit:
+    import qiskit_qasm3_import  # imported on first use: it loads the ANTLR runtime (~0.5 s)
+
+    return qiskit_qasm3_import.parse(source)
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's message; for an ANTLR syntax error (which has none), where it happened."""
+    text = " ".join(str(exc).split())
+    if text:
+        return text
+    cause: BaseException | None = exc
+    while cause is not None:
+        for arg in (cause, *cause.args):
+            token = getattr(arg, "offendingToken", None)
+            if token is not None:
+                return f"syntax error at line {token.line}:{token.column + 1} near {token.text!r}"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."

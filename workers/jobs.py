@@ -1,0 +1,152 @@
+"""What a job asks for: the circuit, its parameter bindings, observables, shots and backend.
+
+These are plain data. Checking a job against a circuit, a backend and the configured limits
+happens in `workers.validation`; here only the shape of the input is checked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workers.errors import InvalidJob, InvalidObservable, ParameterMismatch
+
+CIRCUIT_FORMATS = ("auto", "qasm2", "qasm3")
+PAULI_LETTERS = frozenset("IXYZ")
+
+# A "+" that starts a new term is followed by a Pauli letter; a "+" inside a number
+# (e.g. "1e+3") is followed by a digit.
+_TERM_SEPARATOR = re.compile(r"\+(?=\s*[A-Za-z])")
+
+
+@dataclass(frozen=True)
+class PauliTerm:
+    """One weighted Pauli string, in Qiskit order: the rightmost character acts on qubit 0."""
+
+    pauli: str
+    coeff: float = 1.0
+
+
+@dataclass(frozen=True)
+class ObservableSpec:
+    """A sum of weighted Pauli strings."""
+
+    terms: tuple[PauliTerm, ...]
+
+    def label(self) -> str:
+        """A readable form such as "0.5*ZZ + 1.0*XX"."""
+        return " + ".join(f"{float(t.coeff)!r}*{t.pauli}" for t in self.terms)
+
+
+def parse_observable(text: str) -> ObservableSpec:
+    """Parse the CLI form: "ZZ", "ZZ:0.5" or "ZZ:0.5+XX:-1" (a missing coefficient is 1).
+
+    Raises InvalidObservable for anything else.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidObservable("observable is empty")
+    terms = []
+    for chunk in _TERM_SEPARATOR.split(text):
+        pauli, sep, coeff_text = chunk.partition(":")
+        pauli = pauli.strip()
+        if sep and not coeff_text.strip():
+            raise InvalidObservable(f"missing coefficient after ':' in {chunk.strip()!r}")
+        try:
+            coeff = float(coeff_text) if sep else 1.0
+        except ValueError:
+            raise InvalidObservable(f"coefficient {coeff_text.strip()!r} is not a number") from None
+        terms.append(checked_term(pauli, coeff))
+    return ObservableSpec(tuple(terms))
+
+
+def checked_term(pauli: Any, coeff: Any) -> PauliTerm:
+    """A PauliTerm, or InvalidObservable if `pauli` is not an IXYZ string or `coeff` not finite."""
+    if not isinstance(pauli, str) or not pauli or not set(pauli) <= PAULI_LETTERS:
+        raise InvalidObservable(f"Pauli string {pauli!r} must be non-empty and use only I, X, Y, Z")
+    if isinstance(coeff, bool) or not isinstance(coeff, int | float):
+        raise InvalidObservable(f"coefficient {coeff!r} of {pauli} is not a number")
+    if not math.isfinite(coeff):
+        raise InvalidObservable(f"coefficient {coeff!r} of {pauli} is not finite")
+    return PauliTerm(pauli, float(coeff))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: a circuit with optional parameter sets and observables, for one backend."""
+
+    workflow_id: str
+    circuit: str
+    circuit_format: str = "auto"
+    parameter_sets: tuple[tuple[float, ...], ...] = ()
+    observables: tuple[ObservableSpec, ...] = ()
+    shots: int = 1024
+    backend: str = "aer.ideal"
+    seed: int | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> JobSpec:
+        """Build a spec from a decoded Avro JobRequest; keys this class does not use are ignored.
+
+        Observables come as [{"terms": [{"pauli": "ZZ", "coeff": 0.5}, ...]}, ...] and parameter
+        sets as a list of lists of numbers. Missing or null optional fields take the defaults.
+        """
+        if not isinstance(record, Mapping):
+            raise InvalidJob("job record is not a mapping")
+        workflow_id = record.get("workflow_id")
+        circuit = record.get("circuit")
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise InvalidJob("job record has no workflow_id")
+        if not isinstance(circuit, str):
+            raise InvalidJob("job record has no circuit text")
+        defaults = cls(workflow_id, circuit)
+
+        def field(name: str) -> Any:
+            value = record.get(name)
+            return getattr(defaults, name) if value is None else value
+
+        return cls(
+            workflow_id=workflow_id,
+            circuit=circuit,
+            circuit_format=str(field("circuit_format")).lower(),
+            parameter_sets=_parameter_sets(field("parameter_sets")),
+            observables=tuple(
+                _observable_from_record(o)
+                for o in _sequence(field("observables"), InvalidObservable, "observables")
+            ),
+            shots=field("shots"),
+            backend=field("backend"),
+            seed=record.get("seed"),
+        )
+
+
+def _sequence(value: Any, error: type[InvalidJob], what: str) -> list[Any]:
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise error(f"{what} must be a list")
+    return list(value)
+
+
+def _parameter_sets(value: Any) -> tuple[tuple[float, ...], ...]:
+    sets = []
+    for values in _sequence(value, ParameterMismatch, "parameter_sets"):
+        items = _sequence(values, ParameterMismatch, "each parameter set")
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in items):
+            raise ParameterMismatch("parameter values must be numbers")
+        sets.append(tuple(float(v) for v in items))
+    return tuple(sets)
+
+
+def _observable_from_record(value: Any) -> ObservableSpec:
+    if not isinstance(value, Mapping):
+        raise InvalidObservable("each observable must be a record with 'terms'")
+    terms = []
+    for term in _sequence(value.get("terms"), InvalidObservable, "observable terms"):
+        if not isinstance(term, Mapping):
+            raise InvalidObservable("each observable term must be a record")
+        coeff = term.get("coeff")
+        terms.append(checked_term(term.get("pauli"), 1.0 if coeff is None else coeff))
+    if not terms:
+        raise InvalidObservable("an observable needs at least one term")
+    return ObservableSpec(tuple(terms))

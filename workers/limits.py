@@ -1,0 +1,16 @@
+"""Configured bounds a job must stay inside before it is prepared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_qubits: int = 24
+    min_shots: int = 1
+    max_shots: int = 1_000_000
+    max_circuit_bytes: int = 256_000
+    max_parameter_sets: int = 1000
+    max_observables: int = 64
+    max_circuits_per_job: int = 4096
