@@ -1,0 +1,71 @@
+"""Transpilation with a cache of transpiled, still-parameterized templates.
+
+Key: (structural hash of the logical circuit, backend name, backend calibration version,
+optimization level). Parameters stay symbolic through transpilation and are bound afterwards,
+so every binding of one parameterized circuit reuses one transpiled template. One preset pass
+manager is built per (backend, calibration version) and reused: building it costs more than
+running it on a small circuit.
+"""
+
+from __future__ import annotations
+
+from cachetools import LRUCache
+from qiskit import QuantumCircuit
+from qiskit.transpiler import PassManager, generate_preset_pass_manager
+
+from workers.backends import Backend
+from workers.fingerprint import structural_hash
+
+OPTIMIZATION_LEVEL = 1
+SEED_TRANSPILER = 42
+
+CacheKey = tuple[str, str, str, int]
+
+
+class TranspileCache:
+    """Transpiled templates by structure and backend calibration, least recently used out.
+
+    Returned circuits are shared between callers: bind with `assign_parameters` (which copies),
+    never modify them in place. Meant for one thread (an asyncio loop); not locked.
+    """
+
+    def __init__(self, maxsize: int = 512) -> None:
+        self._templates: LRUCache[CacheKey, QuantumCircuit] = LRUCache(maxsize=maxsize)
+        self._pass_managers: dict[tuple[str, str], PassManager] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, circuit: QuantumCircuit, backend: Backend) -> CacheKey:
+        return (
+            structural_hash(circuit),
+            backend.name,
+            backend.calibration_version,
+            OPTIMIZATION_LEVEL,
+        )
+
+    def transpile(self, circuit: QuantumCircuit, backend: Backend) -> tuple[QuantumCircuit, bool]:
+        """(transpiled template, whether it came from the cache)."""
+        key = self.key(circuit, backend)
+        template = self._templates.get(key)
+        if template is not None:
+            self.hits += 1
+            return template, True
+        self.misses += 1
+        template = self.pass_manager(backend).run(circuit)
+        self._templates[key] = template
+        return template, False
+
+    def pass_manager(self, backend: Backend) -> PassManager:
+        key = (backend.name, backend.calibration_version)
+        manager = self._pass_managers.get(key)
+        if manager is None:
+            manager = generate_preset_pass_manager(
+                optimization_level=OPTIMIZATION_LEVEL,
+                target=backend.target,
+                seed_transpiler=SEED_TRANSPILER,
+            )
+            self._pass_managers[key] = manager
+        return manager
+
+    def __len__(self) -> int:
+        return len(self._templates)
