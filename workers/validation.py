@@ -1,0 +1,96 @@
+"""Checks that a job can run as asked, each failing with its typed, permanent error.
+
+`check_request` needs only the spec and runs before the circuit is parsed (so an oversized
+source is refused unread); `check_against_circuit` needs the parsed circuit and the backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+from qiskit import QuantumCircuit
+
+from workers.backends import Backend
+from workers.errors import (
+    CircuitTooLarge,
+    InvalidCircuit,
+    InvalidJob,
+    InvalidObservable,
+    InvalidShots,
+    ParameterMismatch,
+)
+from workers.jobs import JobSpec, ObservableSpec, checked_term
+from workers.limits import Limits
+
+
+def check_request(spec: JobSpec, limits: Limits) -> None:
+    """Shots, source size, counts of parameter sets and observables, and their values."""
+    shots = spec.shots
+    if isinstance(shots, bool) or not isinstance(shots, int):
+        raise InvalidShots(f"shots must be an integer, got {shots!r}")
+    if not limits.min_shots <= shots <= limits.max_shots:
+        raise InvalidShots(f"shots {shots} outside [{limits.min_shots}, {limits.max_shots}]")
+    size = len(spec.circuit.encode("utf-8", errors="surrogatepass"))
+    if size > limits.max_circuit_bytes:
+        raise CircuitTooLarge(f"circuit source is {size} bytes > {limits.max_circuit_bytes}")
+    if len(spec.parameter_sets) > limits.max_parameter_sets:
+        raise ParameterMismatch(
+            f"{len(spec.parameter_sets)} parameter sets > {limits.max_parameter_sets}"
+        )
+    for index, values in enumerate(spec.parameter_sets):
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise ParameterMismatch(f"parameter set {index} has a non-finite or non-number value")
+    if len(spec.observables) > limits.max_observables:
+        raise InvalidObservable(f"{len(spec.observables)} observables > {limits.max_observables}")
+    for index, observable in enumerate(spec.observables):
+        check_observable(observable, index)
+
+
+def check_observable(observable: ObservableSpec, index: int, num_qubits: int | None = None) -> None:
+    """Non-empty, IXYZ strings, finite coefficients and, if given, `num_qubits` wide."""
+    if not observable.terms:
+        raise InvalidObservable(f"observable {index} has no terms")
+    for term in observable.terms:
+        try:
+            checked_term(term.pauli, term.coeff)
+        except InvalidObservable as exc:
+            raise InvalidObservable(f"observable {index}: {exc}") from None
+        if num_qubits is not None and len(term.pauli) != num_qubits:
+            raise InvalidObservable(
+                f"observable {index}: {term.pauli} has {len(term.pauli)} qubits, "
+                f"the circuit {num_qubits}"
+            )
+
+
+def check_against_circuit(
+    spec: JobSpec, circuit: QuantumCircuit, backend: Backend, limits: Limits
+) -> None:
+    """Qubit count, parameter sets against the circuit's parameters, observable widths."""
+    n = circuit.num_qubits
+    if n == 0:
+        raise InvalidCircuit("circuit has no qubits")
+    capacity = min(backend.num_qubits, limits.max_qubits)
+    if n > capacity:
+        raise CircuitTooLarge(
+            f"{n} qubits > {capacity} (backend {backend.name}: {backend.num_qubits}, "
+            f"limit: {limits.max_qubits})"
+        )
+    num_parameters = circuit.num_parameters
+    if num_parameters and not spec.parameter_sets:
+        names = ", ".join(p.name for p in circuit.parameters)
+        raise ParameterMismatch(f"circuit has parameters ({names}) but no parameter sets")
+    if not num_parameters and spec.parameter_sets:
+        raise ParameterMismatch("parameter sets given for a circuit without parameters")
+    for index, values in enumerate(spec.parameter_sets):
+        if len(values) != num_parameters:
+            raise ParameterMismatch(
+                f"parameter set {index} has {len(values)} values, the circuit {num_parameters} "
+                f"parameters"
+            )
+    for index, observable in enumerate(spec.observables):
+        check_observable(observable, index, n)
+
+
+def check_circuit_count(count: int, limits: Limits) -> None:
+    if count > limits.max_circuits_per_job:
+        raise InvalidJob(f"job expands to {count} circuits > {limits.max_circuits_per_job}")
