@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from qiskit.quantum_info import SparsePauliOp, Statevector
+
+from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
+from workers.circuits import parse_circuit
+from workers.estimation import ExpectationEstimate, estimate_expectations
+from workers.jobs import JobSpec, parse_observable
+from workers.preparation import CircuitTask, PreparedJob, execute, prepare
+
+
+def _run(spec, registry, cache, limits, seed=1234):
+    prepared = prepare(spec, registry, cache, limits)
+    counts = execute(prepared, registry, seed)
+    return prepared, counts, estimate_expectations(prepared, counts)
+
+
+def test_bell_zz_and_xx_are_exactly_one(registry, cache, limits) -> None:
+    observables = (parse_observable("ZZ"), parse_observable("XX"), parse_observable("YY"))
+    spec = JobSpec("wf-bell", BELL_QASM2, observables=observables, shots=2000)
+    prepared, _, estimates = _run(spec, registry, cache, limits)
+    assert estimates == [
+        ExpectationEstimate(0, 0, 1.0, 0.0),
+        ExpectationEstimate(0, 1, 1.0, 0.0),
+        ExpectationEstimate(0, 2, -1.0, 0.0),
+    ]
+    assert sorted(t.basis for t in prepared.tasks) == ["XX", "YY", "ZZ"]
+
+
+def test_identity_terms_are_exact_and_single_qubit_z_has_shot_noise(
+    registry, cache, limits
+) -> None:
+    spec = JobSpec(
+        "wf-bell-id",
+        BELL_QASM2,
+        observables=(parse_observable("II:2.5+ZI:1+ZZ:-0.5"),),
+        shots=4000,
+    )
+    [estimate] = _run(spec, registry, cache, limits)[2]
+    # <ZI> = 0 on a Bell state: value 2.5 + 0 - 0.5 = 2.0 within shot noise.
+    assert estimate.std_error == pytest.approx(1 / math.sqrt(4000), rel=0.01)
+    assert abs(estimate.value - 2.0) < 4 * estimate.std_error
+
+
+def test_identity_only_observable_is_exact(registry, cache, limits) -> None:
+    spec = JobSpec("wf-id", BELL_QASM2, observables=(parse_observable("II:3"),))
+    prepared, counts, estimates = _run(spec, registry, cache, limits)
+    assert [t.basis for t in prepared.tasks] == ["ZZ"]
+    assert estimates == [ExpectationEstimate(0, 0, 3.0, 0.0)]
+
+
+def test_parameterized_estimates_match_exact_values(registry, cache, limits) -> None:
+    rng = np.random.default_rng(2026)
+    parameter_sets = tuple(
+        tuple(float(v) for v in rng.uniform(-math.pi, math.pi, 5)) for _ in range(5)
+    )
+    texts = ["ZZI:0.5+IZZ:-1+XII:0.3", "XXY+YZX:0.7", "YYY:1.5+ZIZ+IXI:-0.4", "III:0.25+ZIY:2"]
+    observables = tuple(parse_observable(t) for t in texts)
+    spec = JobSpec(
+        "wf-ansatz",
+        ANSATZ3_QASM3,
+        parameter_sets=parameter_sets,
+        observables=observables,
+        shots=20_000,
+    )
+    prepared, counts, estimates = _run(spec, registry, cache, limits, seed=99)
+
+    groups = len({t.template_index for t in prepared.tasks})
+    assert len(prepared.tasks) == 5 * groups and len(counts) == len(prepared.tasks)
+    assert [(e.parameter_set_index, e.observable_index) for e in estimates] == [
+        (p, o) for p in range(5) for o in range(4)
+    ]
+    state_circuit = parse_circuit(ANSATZ3_QASM3)
+    for estimate in estimates:
+        values = parameter_sets[estimate.parameter_set_index]
+        state = Statevector(state_circuit.assign_parameters(values))
+        terms = observables[estimate.observable_index].terms
+        exact = state.expectation_value(
+            SparsePauliOp([t.pauli for t in terms], [t.coeff for t in terms])
+        ).real
+        assert 0 < estimate.std_error < 0.05
+        assert abs(estimate.value - exact) <= 4 * estimate.std_error, (estimate, exact)
+
+
+def test_ghz3_counts_within_shot_noise(registry, cache, limits) -> None:
+    shots = 10_000
+    spec = JobSpec("wf-ghz", GHZ3_QASM2, shots=shots)
+    prepared, [counts], estimates = _run(spec, registry, cache, limits)
+    assert estimates == []
+    assert [t.basis for t in prepared.tasks] == [""]
+    assert sum(counts.values()) == shots
+    exact = Statevector(parse_circuit(GHZ3_QASM2)).probabilities_dict()
+    keys = set(exact) | set(counts)
+    tvd = 0.5 * sum(abs(counts.get(k, 0) / shots - exact.get(k, 0.0)) for k in keys)
+    assert set(counts) == {"000", "111"}
+    assert tvd < 3 / math.sqrt(shots)
+
+
+def _prepared_by_hand(observables, tasks, num_qubits=2) -> PreparedJob:
+    return PreparedJob(
+        workflow_id="wf",
+        backend="aer.ideal",
+        calibration_version="v",
+        shots=0,
+        num_qubits=num_qubits,
+        templates=[],
+        tasks=tasks,
+        observables=observables,
+        optimization_level=1,
+        seed_transpiler=0,
+        transpile_cache_hit=False,
+    )
+
+
+def test_std_error_keeps_covariance_within_a_group() -> None:
+    # ZI and IZ measured together on outcomes 00 and 11 only: ZI + IZ is +-2 per shot, so
+    # its variance is 4x that of one term (perfect correlation), not 2x.
+    prepared = _prepared_by_hand((parse_observable("ZI+IZ"),), [CircuitTask(0, 0, (), "ZZ")])
+    counts = [{"00": 50, "11": 50}]
+    [estimate] = estimate_expectations(prepared, counts)
+    sample_variance = 4.0 * 100 / 99
+    assert estimate.value == 0.0
+    assert estimate.std_error == pytest.approx(math.sqrt(sample_variance / 100))
+
+
+def test_variances_of_independent_groups_add() -> None:
+    prepared = _prepared_by_hand(
+        (parse_observable("ZZ+XX:2"),),
+        [CircuitTask(0, 0, (), "ZZ"), CircuitTask(1, 0, (), "XX")],
+    )
+    counts = [{"00": 30, "01": 10}, {"00": 20, "10": 20}]  # <ZZ> = 0.5, <XX> = 0
+    [estimate] = estimate_expectations(prepared, counts)
+    var_zz = (30 * 0.5**2 + 10 * 1.5**2) / 39 / 40
+    var_xx = 4 * (40 * 1.0) / 39 / 40
+    assert estimate.value == pytest.approx(0.5)
+    assert estimate.std_error == pytest.approx(math.sqrt(var_zz + var_xx))
+
+
+def test_count_keys_with_several_registers_use_the_basis_register() -> None:
+    # A left-over mid-circuit register prints to the right of the basis register.
+    prepared = _prepared_by_hand((parse_observable("ZI"),), [CircuitTask(0, 0, (), "ZZ")])
+    [estimate] = estimate_expectations(prepared, [{"10 1": 3, "10 0": 1}])
+    assert estimate.value == -1.0

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from workers.errors import InvalidJob, InvalidObservable, ParameterMismatch
+from workers.jobs import JobSpec, ObservableSpec, PauliTerm, parse_observable
+
+
+def test_single_pauli_defaults_to_unit_coefficient() -> None:
+    assert parse_observable("ZZ") == ObservableSpec((PauliTerm("ZZ", 1.0),))
+
+
+def test_pauli_with_coefficient() -> None:
+    assert parse_observable("ZZ:0.5") == ObservableSpec((PauliTerm("ZZ", 0.5),))
+
+
+def test_sum_with_negative_coefficient() -> None:
+    observable = parse_observable("ZZ:0.5+XX:-1")
+    assert observable.terms == (PauliTerm("ZZ", 0.5), PauliTerm("XX", -1.0))
+    assert observable.label() == "0.5*ZZ + -1.0*XX"
+
+
+def test_spaces_and_exponents() -> None:
+    observable = parse_observable(" IZ : 1e+2 + XY:-2.5e-3 + YY ")
+    assert observable.terms == (
+        PauliTerm("IZ", 100.0),
+        PauliTerm("XY", -0.0025),
+        PauliTerm("YY", 1.0),
+    )
+
+
+def test_label_of_contract_example() -> None:
+    assert parse_observable("ZZ:0.5+XX").label() == "0.5*ZZ + 1.0*XX"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "ZA",
+        "zz",
+        "ZZ:",
+        "ZZ:abc",
+        "ZZ+",
+        "+ZZ",
+        "ZZ:1:2",
+        "ZZ::1",
+        ":1",
+        "ZZ:nan",
+        "ZZ:inf",
+        "Z Z",
+        "ZZ;XX",
+    ],
+)
+def test_bad_syntax(text: str) -> None:
+    with pytest.raises(InvalidObservable):
+        parse_observable(text)
+
+
+AVRO_RECORD = {
+    "workflow_id": "wf-42",
+    "parent_workflow_id": None,
+    "circuit": "OPENQASM 2.0;",
+    "circuit_format": "qasm3",
+    "parameter_sets": [[0.1, 2], [3.0, -1.5]],
+    "observables": [
+        {"terms": [{"pauli": "ZZ", "coeff": 0.5}, {"pauli": "XX", "coeff": -1.0}]},
+        {"terms": [{"pauli": "IZ", "coeff": 1.0}]},
+    ],
+    "shots": 2000,
+    "backend": "aer.noisy",
+    "mitigation": {"zne": None, "readout": False, "dynamical_decoupling": False},
+    "tenant": "acme",
+    "seed": None,
+    "metadata": {"k": "v"},
+}
+
+
+def test_from_record_reads_the_job_fields_and_ignores_others() -> None:
+    spec = JobSpec.from_record(AVRO_RECORD)
+    assert spec == JobSpec(
+        workflow_id="wf-42",
+        circuit="OPENQASM 2.0;",
+        circuit_format="qasm3",
+        parameter_sets=((0.1, 2.0), (3.0, -1.5)),
+        observables=(
+            ObservableSpec((PauliTerm("ZZ", 0.5), PauliTerm("XX", -1.0))),
+            ObservableSpec((PauliTerm("IZ", 1.0),)),
+        ),
+        shots=2000,
+        backend="aer.noisy",
+        seed=None,
+    )
+    assert all(isinstance(v, float) for values in spec.parameter_sets for v in values)
+
+
+def test_from_record_defaults_for_missing_fields() -> None:
+    spec = JobSpec.from_record({"workflow_id": "wf", "circuit": "x", "seed": 7})
+    assert spec == JobSpec("wf", "x", seed=7)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"workflow_id": ""}, InvalidJob),
+        ({"circuit": None}, InvalidJob),
+        ({"parameter_sets": [["a"]]}, ParameterMismatch),
+        ({"parameter_sets": "1,2"}, ParameterMismatch),
+        ({"observables": [{"terms": []}]}, InvalidObservable),
+        ({"observables": [{"terms": [{"pauli": "ZQ", "coeff": 1.0}]}]}, InvalidObservable),
+        ({"observables": [{"terms": [{"pauli": "ZZ", "coeff": math.nan}]}]}, InvalidObservable),
+        ({"observables": ["ZZ"]}, InvalidObservable),
+    ],
+)
+def test_from_record_rejects_malformed_fields(change: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        JobSpec.from_record({**AVRO_RECORD, **change})

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+
+from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
+from workers.backends import BackendRegistry
+from workers.calibration import generate_snapshot
+from workers.circuits import parse_circuit
+from workers.fingerprint import structural_hash
+from workers.jobs import JobSpec, parse_observable
+from workers.preparation import prepare
+from workers.transpile import TranspileCache
+
+
+def test_same_structure_hits(registry) -> None:
+    cache = TranspileCache()
+    ideal = registry.get("aer.ideal")
+    first, hit1 = cache.transpile(parse_circuit(BELL_QASM2), ideal)
+    second, hit2 = cache.transpile(parse_circuit(BELL_QASM2), ideal)  # a fresh parse
+    assert (hit1, hit2) == (False, True)
+    assert second is first
+    assert (cache.hits, cache.misses, len(cache)) == (1, 1, 1)
+
+
+def test_parameterized_template_hits_for_any_parameter_values(registry, limits) -> None:
+    cache = TranspileCache()
+    observables = (parse_observable("ZZZ+XXX"),)
+    jobs = [
+        JobSpec(f"wf-{i}", ANSATZ3_QASM3, parameter_sets=((0.1 * i,) * 5,), observables=observables)
+        for i in range(3)
+    ]
+    prepared = [prepare(job, registry, cache, limits) for job in jobs]
+    assert [p.transpile_cache_hit for p in prepared] == [False, True, True]
+    assert all(p.templates[0] is prepared[0].templates[0] for p in prepared)
+    assert {p.name for p in prepared[0].templates[0].parameters} == {"a", "b", "c", "d", "e"}
+    assert (cache.hits, cache.misses) == (4, 2)  # two bases per job
+
+
+def test_other_backend_or_calibration_misses(limits) -> None:
+    cache = TranspileCache()
+    snapshot_a = generate_snapshot(seed=7)
+    snapshot_b = generate_snapshot(seed=8)
+    registry_a = BackendRegistry(calibration=snapshot_a)
+    registry_b = BackendRegistry(calibration=snapshot_b)
+    circuit = parse_circuit(BELL_QASM2)
+    assert cache.transpile(circuit, registry_a.get("aer.noisy"))[1] is False
+    assert cache.transpile(circuit, registry_a.get("aer.noisy"))[1] is True
+    assert cache.transpile(circuit, registry_a.get("aer.ideal"))[1] is False
+    assert registry_b.get("aer.noisy").calibration_version != snapshot_a.version
+    assert cache.transpile(circuit, registry_b.get("aer.noisy"))[1] is False
+    assert (cache.hits, cache.misses) == (1, 3)
+
+
+def test_noise_scale_does_not_invalidate_templates(limits) -> None:
+    # Drift leaves the calibration (and so the target) unchanged: templates stay valid.
+    cache = TranspileCache()
+    registry = BackendRegistry()
+    circuit = parse_circuit(BELL_QASM2)
+    cache.transpile(circuit, registry.get("aer.noisy"))
+    registry.set_noise_scale("aer.noisy", 1.5)
+    assert cache.transpile(circuit, registry.get("aer.noisy"))[1] is True
+
+
+def test_least_recently_used_template_is_evicted(registry) -> None:
+    cache = TranspileCache(maxsize=1)
+    ideal = registry.get("aer.ideal")
+    bell, other = parse_circuit(BELL_QASM2), parse_circuit(BELL_QASM2.replace("h q[0]", "x q[0]"))
+    cache.transpile(bell, ideal)
+    cache.transpile(other, ideal)
+    assert cache.transpile(bell, ideal)[1] is False
+
+
+def test_structural_hash_sees_structure_not_identity() -> None:
+    def ansatz(angle_name: str, value: float | None = None, name: str = "c") -> QuantumCircuit:
+        circuit = QuantumCircuit(2, name=name)
+        circuit.ry(Parameter(angle_name) if value is None else value, 0)
+        circuit.cx(0, 1)
+        return circuit
+
+    assert structural_hash(ansatz("t")) == structural_hash(ansatz("t", name="other"))
+    assert structural_hash(ansatz("t")) != structural_hash(ansatz("u"))
+    assert structural_hash(ansatz("t", 0.5)) != structural_hash(ansatz("t", 0.25))
+    flipped = QuantumCircuit(2)
+    flipped.ry(Parameter("t"), 0)
+    flipped.cx(1, 0)
+    assert structural_hash(flipped) != structural_hash(ansatz("t"))
+
+
+def test_structural_hash_covers_user_gate_bodies() -> None:
+    template = 'OPENQASM 2.0; include "qelib1.inc"; gate g a {{ {body} a; }} qreg q[1]; g q[0];'
+    with_x = parse_circuit(template.format(body="x"))
+    with_h = parse_circuit(template.format(body="h"))
+    assert structural_hash(with_x) != structural_hash(with_h)
+    assert structural_hash(with_x) == structural_hash(parse_circuit(template.format(body="x")))
