@@ -55,8 +55,10 @@ def estimate_expectations(
                     exact += term.coeff
                     continue
                 position = next(
-                    i for i, (b, _) in enumerate(measured) if basis_covers(b, term.pauli)
+                    (i for i, (b, _) in enumerate(measured) if basis_covers(b, term.pauli)), None
                 )
+                if position is None:
+                    raise ValueError(f"no task of parameter set {set_index} measures {term.pauli}")
                 paulis = weights.setdefault(position, {})
                 paulis[term.pauli] = paulis.get(term.pauli, 0.0) + term.coeff
             value, variance = exact, 0.0
