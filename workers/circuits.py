@@ -11,6 +11,7 @@ from workers.errors import InvalidCircuit
 # The first statement after leading whitespace and comments, if it is an OPENQASM 3 header.
 _QASM3_HEADER = re.compile(r"\A(?:\s+|//[^\n]*(?:\n|\Z)|/\*.*?\*/)*OPENQASM\s+3\b", re.DOTALL)
 _MAX_MESSAGE = 200
+CIRCUIT_FORMATS = ("auto", "qasm2", "qasm3")
 
 
 def detect_format(source: str) -> str:
@@ -29,7 +30,7 @@ def parse_circuit(source: str, fmt: str = "auto") -> QuantumCircuit:
     """
     if not isinstance(source, str):
         raise InvalidCircuit(f"circuit source must be text, not {type(source).__name__}")
-    if fmt not in ("auto", "qasm2", "qasm3"):
+    if fmt not in CIRCUIT_FORMATS:
         raise InvalidCircuit(f"unknown circuit format {fmt!r} (expected auto, qasm2 or qasm3)")
     if fmt == "auto":
         fmt = detect_format(source)

@@ -14,7 +14,6 @@ from typing import Any
 
 from workers.errors import InvalidJob, InvalidObservable, ParameterMismatch
 
-CIRCUIT_FORMATS = ("auto", "qasm2", "qasm3")
 PAULI_LETTERS = frozenset("IXYZ")
 
 # A "+" that starts a new term is followed by a Pauli letter; a "+" inside a number
