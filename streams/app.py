@@ -58,8 +58,8 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Runtime]:
         WORKFLOW_TABLE,
         default=None,
         partitions=settings.partitions,
-        key_serializer="json",
-        value_serializer="json",
+        key_type=str,
+        value_type=dict,
     )
     for stage in (preprocess, execute, mitigate):
         stage.register(app, runtime, table)

@@ -51,7 +51,7 @@ class Outcome:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("done", "failed", "rejected")
+        return self.state in ("done", "failed", "rejected", "duplicate")
 
 
 def decode_dlq_headers(headers) -> dict[str, str]:
@@ -105,12 +105,13 @@ class Client:
         workflow_ids: Iterable[str],
         timeout_s: float,
         on_event: Callable[[Outcome, str], None] | None = None,
+        keep_waiting: Callable[[], bool] = lambda: True,
     ) -> dict[str, Outcome]:
         outcomes = {wf: Outcome(wf) for wf in workflow_ids}
         deadline = time.monotonic() + timeout_s
         while not all(o.finished for o in outcomes.values()):
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not keep_waiting():
                 break
             batch = await self.watcher.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
             for records in batch.values():

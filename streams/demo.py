@@ -71,7 +71,9 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> None:
         process.wait()
 
 
-async def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float) -> dict:
+async def submit_and_wait(
+    settings: Settings, jobs: list[dict], timeout_s: float, worker: subprocess.Popen
+) -> dict:
     started = time.monotonic()
 
     def progress(outcome, event: str) -> None:
@@ -83,7 +85,10 @@ async def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float
         for job in jobs:
             await client.submit(job)
             print(f"  submitted {job['workflow_id']} ({job['backend']}, {job['shots']} shots)")
-        return await client.wait([job["workflow_id"] for job in jobs], timeout_s, progress)
+        return await client.wait(
+            [job["workflow_id"] for job in jobs], timeout_s, progress,
+            keep_waiting=lambda: worker.poll() is None,
+        )
 
 
 def run_demo(timeout_s: float = 240.0) -> int:
@@ -98,7 +103,7 @@ def run_demo(timeout_s: float = 240.0) -> int:
         worker = start_worker(settings, workdir / "worker.log")
         print(f"worker started (pid {worker.pid}); submitting sample jobs")
         jobs = sample_jobs(run_id=str(int(time.time())))
-        outcomes = asyncio.run(submit_and_wait(settings, jobs, timeout_s))
+        outcomes = asyncio.run(submit_and_wait(settings, jobs, timeout_s, worker))
         print()
         failed = 0
         for job in jobs:

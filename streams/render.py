@@ -13,6 +13,10 @@ def _top_counts(counts: dict[str, int], shots: int) -> str:
     return "  ".join(f"{bits}:{count / shots:.3f}" for bits, count in ranked)
 
 
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def result_table(result: dict) -> str:
     provenance = result["provenance"]
     timings = result["timings"]
@@ -24,12 +28,20 @@ def result_table(result: dict) -> str:
         f"execute {timings['execute_s']:.3f}s, mitigate {timings['mitigate_s']:.3f}s)",
     ]
     if result["expectations"]:
-        lines.append(f"   {'set':>3}  {'observable':<28} {'value':>9}  {'± std err':>9}")
+        lines.append(f"   {'set':>3}  {'observable':<30} {'value':>9}  {'± std err':>9}")
         for row in result["expectations"]:
             lines.append(
-                f"   {row['parameter_set_index']:>3}  {row['observable'][:28]:<28} "
+                f"   {row['parameter_set_index']:>3}  {_short(row['observable'], 30):<30} "
                 f"{row['value']:>9.4f}  {row['std_error']:>9.4f}"
             )
+        sampled = [c for c in result["circuits"] if c["basis"] and set(c["basis"]) == {"Z"}]
+        if sampled:
+            lines.append(f"   {'set':>3}  most frequent computational-basis samples")
+            for circuit in sampled:
+                lines.append(
+                    f"   {circuit['parameter_set_index']:>3}  "
+                    f"{_top_counts(circuit['counts'], circuit['shots'])}"
+                )
     else:
         lines.append(f"   {'set':>3}  most frequent outcomes (probability)")
         for circuit in result["circuits"]:

@@ -8,7 +8,7 @@ registered as the `qlane://` URL scheme, sets the wait from the app's settings.
 from __future__ import annotations
 
 import aiokafka
-from faust.transport import TRANSPORTS
+from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 SCHEME = "qlane"

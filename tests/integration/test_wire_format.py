@@ -3,7 +3,6 @@
 import asyncio
 import io
 import json
-import struct
 import time
 import uuid
 from pathlib import Path
@@ -20,9 +19,8 @@ def plain_schema(name: str):
 
 
 def plain_fingerprint(schema) -> bytes:
-    # CRC-64-AVRO as a 64-bit number, written little-endian as the spec's framing asks.
-    value = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
-    return struct.pack("<Q", value)
+    # fastavro's hex already lists the CRC-64-AVRO bytes in little-endian (frame) order.
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
 
 def frame(schema, record: dict) -> bytes:
