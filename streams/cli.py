@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -150,7 +149,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).by_short_name(args.topic)
-    short = topic[len(settings.topic_prefix) + 1:] if topic.startswith(settings.topic_prefix) else topic
+    short = topic.removeprefix(f"{settings.topic_prefix}.")
     schema = TOPIC_SCHEMAS.get(short)
 
     def describe(record) -> dict:
@@ -160,7 +159,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if short == "deadletter":
             line["headers"] = decode_dlq_headers(record.headers)
             source = line["headers"].get("qlane.dlq.source.topic", "")
-            source_schema = TOPIC_SCHEMAS.get(source[len(settings.topic_prefix) + 1:])
+            source_schema = TOPIC_SCHEMAS.get(source.removeprefix(f"{settings.topic_prefix}."))
             try:
                 line["value"] = codec(source_schema).decode(record.value)
             except Exception:
@@ -246,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--param-set", action="append", metavar="V1,V2,...",
                         help="repeatable; values in the circuit's sorted parameter order")
     submit.add_argument("--wait", action="store_true", help="show progress, then the result")
-    submit.add_argument("--json", action="store_true", help="print the JobResult as one JSON object")
+    submit.add_argument("--json", action="store_true", help="print the JobResult as one JSON line")
     submit.add_argument("--timeout", type=float, default=120.0)
     submit.set_defaults(run=cmd_submit)
 

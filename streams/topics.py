@@ -63,8 +63,9 @@ async def ensure_topics(settings: Settings, client_kwargs: dict | None = None) -
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]
         if missing:
+            replication = settings.replication_factor
             await admin.create_topics(
-                [NewTopic(name, settings.partitions, settings.replication_factor) for name in missing]
+                [NewTopic(name, settings.partitions, replication) for name in missing]
             )
         present = [name for name in wanted if name in existing]
         if present:

@@ -51,7 +51,9 @@ def register(app, runtime: Runtime, table) -> None:
         started = time.perf_counter()
         try:
             spec = JobSpec.from_record(request)
-            prepared = await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache, limits)
+            prepared = await in_thread(
+                runtime, prepare, spec, runtime.registry, runtime.cache, limits
+            )
         except Exception as error:
             raise StageFailure(workflow_id, error) from error
         task = {
