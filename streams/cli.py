@@ -118,8 +118,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     workflow_id = record["workflow_id"]
 
     def show(outcome, event: str) -> None:
-        if not args.json:
-            print(f"  {workflow_id}: {event}", file=sys.stderr)
+        print(f"  {workflow_id}: {event}", file=sys.stderr)
 
     async def go() -> int:
         async with Client(settings) as client:

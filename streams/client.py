@@ -18,6 +18,10 @@ from streams.settings import Settings
 from streams.topics import TopicNames
 from workers.errors import InvalidJob
 
+REJECTED_BEFORE_ADMISSION = frozenset(
+    {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict"}
+)
+
 
 def new_workflow_id(prefix: str = "wf") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -80,7 +84,8 @@ class Client:
     async def start_watching(self) -> None:
         """Position at the end of the outcome topics before submitting, to miss nothing."""
         self.watcher = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.broker, enable_auto_commit=False, group_id=None
+            bootstrap_servers=self.settings.broker, enable_auto_commit=False, group_id=None,
+            fetch_max_wait_ms=self.settings.effective_fetch_max_wait_ms,
         )
         await self.watcher.start()
         topics = (self.names.status, self.names.results, self.names.deadletter)
@@ -142,12 +147,10 @@ class Client:
             event = "result"
         else:
             headers = decode_dlq_headers(record.headers)
-            if outcome.state != "failed":
-                outcome.state = "rejected"
-                outcome.detail = (
-                    f"{headers.get('qlane.dlq.error.class')}: "
-                    f"{headers.get('qlane.dlq.error.message')}"
-                )
+            error = headers.get("qlane.dlq.error.class", "")
+            # Rejected before admission the workflow never ran; otherwise it failed.
+            outcome.state = "rejected" if error in REJECTED_BEFORE_ADMISSION else "failed"
+            outcome.detail = f"{error}: {headers.get('qlane.dlq.error.message')}"
             event = "dead-letter"
         if on_event:
             on_event(outcome, event)

@@ -1,0 +1,63 @@
+"""The `qlane` command line against the session's broker and worker."""
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def qlane(settings, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "streams.cli", *args[:1], "--broker", settings.broker,
+               "--profile", settings.profile, "--topic-prefix", settings.topic_prefix,
+               "--partitions", str(settings.partitions), *args[1:]]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def test_submit_qasm_with_options_waits_and_prints_json(settings, worker):
+    workflow_id = f"cli-{uuid.uuid4().hex[:8]}"
+    done = qlane(settings, "submit", str(EXAMPLES / "ansatz.qasm"), "--workflow-id", workflow_id,
+                 "--shots", "3000", "--param-set", "0.1,0.2", "--param-set", "0.8,-0.4",
+                 "--observable", "ZZ", "--observable", "ZI:0.5+IZ:0.5", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["workflow_id"] == workflow_id
+    assert [row["observable"] for row in result["expectations"]] == [
+        "1.0*ZZ", "0.5*ZI + 0.5*IZ", "1.0*ZZ", "0.5*ZI + 0.5*IZ"]
+    assert result["circuits"][0]["parameter_values"] == [0.1, 0.2]
+    assert f"{workflow_id}: result" in done.stderr  # progress goes to stderr
+
+
+def test_submit_job_file_then_tail_results(settings, worker):
+    workflow_id = f"cli-qaoa-{uuid.uuid4().hex[:8]}"
+    done = qlane(settings, "submit", str(EXAMPLES / "qaoa_ring4.yaml"),
+                 "--workflow-id", workflow_id, "--wait")
+    assert done.returncode == 0, done.stderr
+    assert workflow_id in done.stdout and "computational-basis samples" in done.stdout
+
+    tail = qlane(settings, "tail", "results", "--from-beginning", "--timeout", "5")
+    assert tail.returncode == 0, tail.stderr
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    mine = [line for line in lines if line["key"] == workflow_id]
+    assert len(mine) == 1
+    assert mine[0]["value"]["provenance"]["backend"] == "aer.ideal"
+
+
+def test_tail_deadletter_shows_headers(settings, worker):
+    workflow_id = f"cli-bad-{uuid.uuid4().hex[:8]}"
+    bad = Path(settings.topic_prefix.replace(".", "_") + "-bad.qasm")
+    try:
+        bad.write_text("OPENQASM 2.0;\nqreg q[1];\nnot_a_gate q[0];\n")
+        done = qlane(settings, "submit", str(bad), "--workflow-id", workflow_id, "--wait",
+                     "--timeout", "60")
+    finally:
+        bad.unlink()
+    assert done.returncode == 1
+    assert "InvalidCircuit" in done.stderr
+    tail = qlane(settings, "tail", "deadletter", "--from-beginning", "--timeout", "5")
+    letters = [json.loads(line) for line in tail.stdout.splitlines()]
+    [letter] = [line for line in letters if line["key"] == workflow_id]
+    assert letter["headers"]["qlane.dlq.error.class"] == "InvalidCircuit"
+    assert letter["value"]["workflow_id"] == workflow_id  # decoded as the JobRequest it was
