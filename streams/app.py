@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Runtime]:
     app = faust.App(settings.app_id, **faust_settings(settings))
     app.qlane_fetch_max_wait_ms = settings.effective_fetch_max_wait_ms
     names = TopicNames.from_settings(settings)
-    runtime = Runtime(settings=settings, names=names)
+    runtime = Runtime(settings=settings, names=names, app=app)
     for short_name, topic_name in vars(names).items():
         runtime.topics[short_name] = app.topic(
             topic_name,

@@ -15,7 +15,9 @@ from enum import Enum
 # Fields that describe when or how a request travelled, not what it asks for.
 _NOT_FINGERPRINTED = frozenset({"submitted_at_ms"})
 
-TERMINAL_STATES = frozenset({"done"})
+# Once the execute stage has seen a workflow, re-running its preprocessing would only
+# regress its state; a redelivered job record is then a plain duplicate.
+REACHED_EXECUTION = frozenset({"executing", "executed", "done"})
 
 
 def request_fingerprint(record: dict) -> str:
@@ -50,6 +52,6 @@ def admit(entry: dict | None, fingerprint: str, source: str) -> Admission:
         return Admission(Decision.CONFLICT, state)
     if state == "failed":
         return Admission(Decision.REDRIVE, state)
-    if entry.get("source") == source and state not in TERMINAL_STATES:
+    if entry.get("source") == source and state not in REACHED_EXECUTION:
         return Admission(Decision.REDELIVERY, state)
     return Admission(Decision.DUPLICATE, state)

@@ -45,6 +45,7 @@ class Runtime:
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="qlane-exec")
     )
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
+    app: object = None  # the Faust app, set by create_app
     cache: TranspileCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +59,10 @@ class Runtime:
         if isinstance(key, str):
             key = key.encode()
         await self.topics[short_name].send(key=key, value=value, **kwargs)
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far (table changelog included) is on the broker."""
+        await self.app.producer.flush()
 
     async def status(
         self, workflow_id: str, state: str, stage: str, detail: str = "", attempt: int = 1

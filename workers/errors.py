@@ -87,3 +87,19 @@ class ExecutionFailed(PermanentError):
 
 class BackendUnavailable(RetryableError):
     """The backend failed transiently (timeout, overload, injected fault)."""
+
+
+class JobTooLarge(InvalidJob):
+    """The job expands to more circuits than the configured limit."""
+
+
+class DeadlineExceeded(PermanentError):
+    """The job's latency budget ran out before it could finish."""
+
+
+class BudgetExceeded(PermanentError):
+    """Running the job would exceed its cost limit or its tenant's budget."""
+
+
+class StagePaused(RetryableError):
+    """A stage stopped consuming because too many records were dead-lettered."""

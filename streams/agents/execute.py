@@ -16,6 +16,7 @@ from workers.preparation import PreparedJob, execute
 from workers.seeds import derive_seed
 
 STAGE = "execute"
+ALREADY_EXECUTED = frozenset({"executed", "done"})
 
 
 def register(app, runtime: Runtime, table) -> None:
@@ -46,6 +47,9 @@ def register(app, runtime: Runtime, table) -> None:
     async def handle(source: SourceRecord) -> None:
         task = codec("ExecuteTask").decode(source.value)
         workflow_id = task["workflow_id"]
+        state = (table.get(workflow_id) or {}).get("state")
+        if state in ALREADY_EXECUTED:
+            return  # a copy of a task that ran (re-sent after a crash): run it once
         try:
             request = codec("JobRequest").decode(task["request"])
             prepared = PreparedJob.from_bytes(task["prepared"])
@@ -68,6 +72,7 @@ def register(app, runtime: Runtime, table) -> None:
             "attempt": task["attempt"],
         }
         await runtime.send("mitigate", workflow_id, codec("MitigateTask").encode(outcome))
+        mark(table, workflow_id, "executed")
 
     @app.agent(runtime.topics["execute"], name="qlane.execute", concurrency=1)
     async def execute_stage(stream):

@@ -56,8 +56,11 @@ def register(app, runtime: Runtime, table) -> None:
             completed_at_ms=completed_at_ms,
         )
         encoded = codec("JobResult").encode(result)
-        await runtime.send("results", workflow_id, encoded)
+        # The stored bytes reach the broker before the result does: a crash in between
+        # re-publishes these exact bytes instead of a second, differently timed answer.
         mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode())
+        await runtime.flush()
+        await runtime.send("results", workflow_id, encoded)
         await runtime.status(workflow_id, "done", STAGE)
 
     @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1)

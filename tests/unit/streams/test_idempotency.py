@@ -30,9 +30,10 @@ def test_redelivered_record_of_unfinished_workflow_runs_again():
     assert admission.decision is Decision.REDELIVERY and admission.runs
 
 
-def test_redelivered_record_of_finished_workflow_is_a_duplicate():
-    admission = admit(entry("done"), request_fingerprint(REQUEST), "qlane.jobs:0:7")
-    assert admission.decision is Decision.DUPLICATE
+def test_redelivered_record_of_executed_workflow_is_a_duplicate():
+    for state in ("executing", "executed", "done"):
+        admission = admit(entry(state), request_fingerprint(REQUEST), "qlane.jobs:0:7")
+        assert admission.decision is Decision.DUPLICATE
 
 
 def test_failed_workflow_is_redriven_with_its_own_id():
