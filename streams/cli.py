@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
     app, _ = create_app(settings)
     worker = Worker(app, loglevel=args.loglevel or settings.log_level)
+    # Qiskit logs every transpiler pass at INFO; only its warnings belong in a worker log.
+    logging.getLogger("qiskit").setLevel(logging.WARNING)
     worker.execute_from_commandline()
     return 0
 
@@ -208,6 +211,109 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 0
 
 
+def parse_time_ms(text: str | None) -> int | None:
+    """Epoch milliseconds, or an ISO 8601 time (UTC when it names no zone)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    from datetime import UTC, datetime
+
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import ReplaySelection, replay
+    from streams.topics import TopicNames
+
+    settings = settings_from(args)
+    names = TopicNames.from_settings(settings)
+    selection = ReplaySelection(
+        topic=names.by_short_name(args.topic),
+        partitions=args.partition,
+        from_offset=args.from_offset,
+        to_offset=args.to_offset,
+        from_time_ms=parse_time_ms(args.from_time),
+        to_time_ms=parse_time_ms(args.to_time),
+        keys={key.encode() for key in args.key or ()},
+    )
+    verb = "would replay" if args.dry_run else "replay"
+
+    def report(item) -> None:
+        if isinstance(item, str):
+            print(item, file=sys.stderr)
+            return
+        key = (item.key or b"").decode(errors="replace")
+        note = f"  ({item.note})" if item.note else ""
+        print(f"{verb} {item.source} -> {item.target_topic} key={key}{note}")
+
+    target = names.by_short_name(args.to) if args.to else None
+    summary = asyncio.run(replay(settings, selection, target=target, rerun=args.rerun,
+                                 rate_per_s=args.rate, dry_run=args.dry_run, report=report))
+    targets = ", ".join(f"{n} to {t}" for t, n in summary.by_target.items()) or "nothing"
+    done = "planned" if args.dry_run else "replayed"
+    print(f"{summary.selected} selected, {summary.replayed} {done} ({targets}), "
+          f"{summary.skipped} skipped", file=sys.stderr)
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from schemas.codec import codec
+    from streams.client import decode_dlq_headers
+    from streams.render import json_line
+    from streams.replay import ReplaySelection, select_records
+    from streams.topics import TopicNames
+
+    settings = settings_from(args)
+    names = TopicNames.from_settings(settings)
+    selection = ReplaySelection(topic=names.deadletter)
+    if args.action == "show":
+        partition, _, offset = args.where.partition(":")
+        if offset:
+            selection.partitions = [int(partition)]
+            selection.from_offset = selection.to_offset = int(offset)
+        else:
+            selection.keys = {args.where.encode()}
+
+    async def records():
+        return [record async for record in select_records(settings, selection)]
+
+    found = asyncio.run(records())
+    if args.action == "list":
+        print(f"{'partition:offset':<17} {'time (UTC)':<19} {'stage':<10} {'error':<20} "
+              f"{'att':>3}  key / message")
+        for record in found[-args.max:] if args.max else found:
+            headers = decode_dlq_headers(record.headers)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.timestamp / 1000))
+            key = (record.key or b"").decode(errors="replace")
+            print(f"{record.partition}:{record.offset:<15} {when:<19} "
+                  f"{headers.get('qlane.dlq.stage', ''):<10} "
+                  f"{headers.get('qlane.dlq.error.class', ''):<20} "
+                  f"{headers.get('qlane.dlq.attempts', ''):>3}  {key or '-'}: "
+                  f"{headers.get('qlane.dlq.error.message', '')[:70]}")
+        print(f"{len(found)} dead letters", file=sys.stderr)
+        return 0
+    if not found:
+        print(f"no dead letter at {args.where}", file=sys.stderr)
+        return 1
+    for record in found:
+        headers = decode_dlq_headers(record.headers)
+        source = headers.get("qlane.dlq.source.topic", "")
+        schema = TOPIC_SCHEMAS.get(source.removeprefix(f"{settings.topic_prefix}."))
+        try:
+            value = codec(schema).decode(record.value) if schema else record.value
+        except Exception as error:
+            value = {"undecodable": f"{type(error).__name__}: {error}", "bytes": record.value}
+        print(json_line({"partition": record.partition, "offset": record.offset,
+                         "timestamp_ms": record.timestamp,
+                         "key": (record.key or b"").decode(errors="replace"),
+                         "headers": headers, "value": value}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -255,6 +361,33 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, default=0, help="stop after N events")
     tail.add_argument("--timeout", type=float, default=0, help="stop after S seconds")
     tail.set_defaults(run=cmd_tail)
+
+    dlq = commands.add_parser("dlq", help="inspect the dead-letter topic")
+    dlq_actions = dlq.add_subparsers(dest="action", required=True)
+    dlq_list = dlq_actions.add_parser("list", help="one line per dead letter")
+    add_connection_options(dlq_list)
+    dlq_list.add_argument("--max", type=int, default=0, help="only the last N")
+    dlq_show = dlq_actions.add_parser("show", help="headers and decoded value, as JSON")
+    add_connection_options(dlq_show)
+    dlq_show.add_argument("where", help="PARTITION:OFFSET, or a workflow id (key)")
+    for action in (dlq_list, dlq_show):
+        action.set_defaults(run=cmd_dlq)
+
+    replay = commands.add_parser("replay", help="re-drive or rerun records from any topic")
+    add_connection_options(replay)
+    replay.add_argument("topic", help="source topic, e.g. deadletter or jobs")
+    replay.add_argument("--to", help="target topic (default: where each record belongs)")
+    replay.add_argument("--partition", type=int, action="append", help="repeatable")
+    replay.add_argument("--from-offset", type=int)
+    replay.add_argument("--to-offset", type=int, help="inclusive")
+    replay.add_argument("--from-time", help="epoch ms or ISO 8601 (UTC by default)")
+    replay.add_argument("--to-time", help="epoch ms or ISO 8601, inclusive")
+    replay.add_argument("--key", action="append", help="only these workflow ids; repeatable")
+    replay.add_argument("--rate", type=float, default=0.0, help="records per second (0 = no limit)")
+    replay.add_argument("--rerun", action="store_true",
+                        help="new workflow ids that name their parent, instead of re-driving")
+    replay.add_argument("--dry-run", action="store_true", help="print the plan, send nothing")
+    replay.set_defaults(run=cmd_replay)
     return top
 
 

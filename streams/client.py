@@ -148,8 +148,10 @@ class Client:
         else:
             headers = decode_dlq_headers(record.headers)
             error = headers.get("qlane.dlq.error.class", "")
+            stage = headers.get("qlane.dlq.stage", "")
             # Rejected before admission the workflow never ran; otherwise it failed.
-            outcome.state = "rejected" if error in REJECTED_BEFORE_ADMISSION else "failed"
+            rejected = stage == "preprocess" and error in REJECTED_BEFORE_ADMISSION
+            outcome.state = "rejected" if rejected else "failed"
             outcome.detail = f"{error}: {headers.get('qlane.dlq.error.message')}"
             event = "dead-letter"
         if on_event:

@@ -46,6 +46,7 @@ class Runtime:
     )
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
     app: object = None  # the Faust app, set by create_app
+    paused_stages: set = field(default_factory=set)
     cache: TranspileCache = field(init=False)
 
     def __post_init__(self) -> None:

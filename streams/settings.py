@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     max_circuits_per_job: int = 4096
     transpile_cache_size: int = 512
 
+    dlq_guard_consecutive: int = Field(50, ge=0, description="0 disables")
+    dlq_guard_ratio: float = Field(0.5, ge=0, le=1, description="0 disables")
+    dlq_guard_window: int = Field(200, ge=1)
+    dlq_guard_min_records: int = Field(100, ge=1)
+    dlq_guard_pause_s: float = Field(30.0, ge=0)
+
     execute_retries: int = Field(3, ge=0, description="attempts after the first, retryable errors")
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from streams.deadletter import SourceRecord
+from streams.dlq_guard import DeadLetterGuard
 from streams.runtime import Runtime, now_ms
 
 log = logging.getLogger("qlane")
@@ -24,20 +25,58 @@ class StageFailure(Exception):
         self.attempts = attempts
 
 
+def new_guard(runtime: Runtime) -> DeadLetterGuard:
+    settings = runtime.settings
+    return DeadLetterGuard(
+        max_consecutive=settings.dlq_guard_consecutive,
+        max_ratio=settings.dlq_guard_ratio,
+        window=settings.dlq_guard_window,
+        min_records=settings.dlq_guard_min_records,
+    )
+
+
 async def run_stage(stream, runtime: Runtime, table, stage: str, handle: Handler) -> None:
+    guard = new_guard(runtime)
     async for event in stream.events():
         source = SourceRecord.from_faust(event.message)
-        try:
-            await handle(source)
-        except StageFailure as failure:
-            mark(table, failure.workflow_id, "failed", error=failure.error)
-            await runtime.dead_letter(source, stage, failure.error, failure.attempts)
-            await runtime.status(
-                failure.workflow_id, "failed", stage, detail=_detail(failure.error),
-                attempt=failure.attempts,
-            )
-        except Exception as error:  # bad input must never stop the worker
-            await runtime.dead_letter(source, stage, error)
+        dead_lettered = await process_one(runtime, table, stage, handle, source)
+        reason = guard.record(dead_lettered)
+        if reason:
+            await pause_stage(runtime, stage, reason)
+            guard.resume()
+
+
+async def pause_stage(runtime: Runtime, stage: str, reason: str) -> None:
+    pause_s = runtime.settings.dlq_guard_pause_s
+    log.critical(
+        "STAGE %s PAUSED for %.0fs: %s. This looks like a broken deploy or a broken "
+        "producer, not bad input: check the dead-letter topic (qlane dlq list) and the "
+        "recent deploy; the stage resumes on probation afterwards.",
+        stage.upper(), pause_s, reason, extra={"stage": stage},
+    )
+    runtime.paused_stages.add(stage)
+    try:
+        await asyncio.sleep(pause_s)
+    finally:
+        runtime.paused_stages.discard(stage)
+    log.warning("stage %s resumes on probation", stage, extra={"stage": stage})
+
+
+async def process_one(runtime: Runtime, table, stage: str, handle: Handler, source) -> bool:
+    """Handle one record; True when it was dead-lettered."""
+    try:
+        await handle(source)
+        return False
+    except StageFailure as failure:
+        mark(table, failure.workflow_id, "failed", error=failure.error)
+        await runtime.dead_letter(source, stage, failure.error, failure.attempts)
+        await runtime.status(
+            failure.workflow_id, "failed", stage, detail=_detail(failure.error),
+            attempt=failure.attempts,
+        )
+    except Exception as error:  # bad input must never stop the worker
+        await runtime.dead_letter(source, stage, error)
+    return True
 
 
 def _detail(error: BaseException) -> str:

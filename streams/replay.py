@@ -1,0 +1,204 @@
+"""`qlane replay`: copy records back onto the topic they belong on, to re-drive or rerun work.
+
+Replay only produces; admission, idempotency and budgets stay with the workers. Dead
+letters go back to their source topic; dead letters of internal stage records go back to
+the jobs topic as the JobRequest they carry, so they pass admission again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.codec import codec
+from streams.deadletter import HEADER_PREFIX
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+REPLAY_HEADER = "qlane.replay.source"
+
+
+@dataclass
+class ReplaySelection:
+    topic: str
+    partitions: list[int] | None = None
+    from_offset: int | None = None
+    to_offset: int | None = None  # inclusive
+    from_time_ms: int | None = None
+    to_time_ms: int | None = None  # inclusive
+    keys: set[bytes] = field(default_factory=set)
+
+
+@dataclass
+class ReplayedRecord:
+    source: str  # topic:partition:offset
+    target_topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    note: str = ""
+
+
+@dataclass
+class ReplaySummary:
+    selected: int = 0
+    replayed: int = 0
+    skipped: int = 0
+    by_target: dict[str, int] = field(default_factory=dict)
+
+
+async def select_records(settings: Settings, selection: ReplaySelection) -> AsyncIterator:
+    """Records of the selection, up to each partition's end when the replay started.
+
+    A time range starts from `offsets_for_times` as a hint only, then filters on each
+    record's own timestamp, so it is right on brokers that answer the lookup by write time.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
+        fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
+    )
+    await consumer.start()
+    try:
+        available = sorted(consumer.partitions_for_topic(selection.topic) or ())
+        chosen = [p for p in available if selection.partitions in (None, []) or
+                  p in selection.partitions]
+        partitions = [TopicPartition(selection.topic, p) for p in chosen]
+        if not partitions:
+            return
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await start_offsets(consumer, partitions, selection)
+        pending = set()
+        for tp in partitions:
+            last = ends[tp] - 1
+            if selection.to_offset is not None:
+                last = min(last, selection.to_offset)
+            if starts.get(tp) is not None and starts[tp] <= last:
+                consumer.seek(tp, starts[tp])
+                pending.add((tp, last))
+        limits = dict(pending)
+        while limits:
+            batch = await consumer.getmany(*limits, timeout_ms=500)
+            for tp, records in batch.items():
+                for record in records:
+                    if tp in limits and record.offset <= limits[tp] and wanted(record, selection):
+                        yield record
+                    if tp in limits and record.offset >= limits[tp]:
+                        del limits[tp]
+            for tp in list(limits):
+                if await consumer.position(tp) > limits[tp]:
+                    del limits[tp]
+    finally:
+        await consumer.stop()
+
+
+async def start_offsets(consumer, partitions, selection: ReplaySelection) -> dict:
+    beginnings = await consumer.beginning_offsets(partitions)
+    starts = {tp: max(beginnings[tp], selection.from_offset or 0) for tp in partitions}
+    if selection.from_time_ms is not None:
+        hints = await consumer.offsets_for_times({tp: selection.from_time_ms for tp in partitions})
+        for tp in partitions:
+            hint = hints.get(tp)
+            # No hint means no record at or after the time by the broker's clock; records
+            # may still carry later timestamps, so fall back to scanning the partition.
+            if hint is not None:
+                starts[tp] = max(starts[tp], hint.offset)
+    return starts
+
+
+def wanted(record, selection: ReplaySelection) -> bool:
+    if selection.keys and record.key not in selection.keys:
+        return False
+    if selection.from_time_ms is not None and record.timestamp < selection.from_time_ms:
+        return False
+    if selection.to_time_ms is not None and record.timestamp > selection.to_time_ms:
+        return False
+    return True
+
+
+def rerun_id(parent: str) -> str:
+    return f"{parent}.rerun-{uuid.uuid4().hex[:8]}"
+
+
+def plan_record(record, names: TopicNames, target: str | None, rerun: bool) -> ReplayedRecord:
+    """Where one record goes and with which bytes (raises on records it cannot place)."""
+    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith(HEADER_PREFIX)]
+    headers.append((REPLAY_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode()))
+    key, value = record.key, record.value
+    destination = target
+    note = ""
+    if destination is None:
+        destination = record.topic
+        if record.topic == names.deadletter:
+            dlq = {k: v.decode() for k, v in (record.headers or ()) if k.startswith(HEADER_PREFIX)}
+            destination = dlq.get(HEADER_PREFIX + "source.topic") or names.jobs
+            if destination in (names.execute, names.mitigate):
+                internal = "ExecuteTask" if destination == names.execute else "MitigateTask"
+                value = codec(internal).decode(value)["request"]
+                destination = names.jobs
+                note = f"JobRequest carried by a dead {internal}"
+    if rerun:
+        if destination != names.jobs:
+            raise ValueError(f"--rerun applies to job requests, not to {destination}")
+        request = codec("JobRequest").decode(value)
+        parent = request["workflow_id"]
+        request["workflow_id"] = rerun_id(parent)
+        request["parent_workflow_id"] = parent
+        request["submitted_at_ms"] = int(time.time() * 1000)
+        value = codec("JobRequest").encode(request)
+        key = request["workflow_id"].encode()
+        note = (note + "; " if note else "") + f"rerun of {parent}"
+    return ReplayedRecord(
+        source=f"{record.topic}:{record.partition}:{record.offset}",
+        target_topic=destination, key=key, value=value, headers=headers, note=note,
+    )
+
+
+async def replay(
+    settings: Settings,
+    selection: ReplaySelection,
+    *,
+    target: str | None = None,
+    rerun: bool = False,
+    rate_per_s: float = 0.0,
+    dry_run: bool = False,
+    report: Callable[[ReplayedRecord | str], None] = print,
+) -> ReplaySummary:
+    names = TopicNames.from_settings(settings)
+    summary = ReplaySummary()
+    producer = None
+    if not dry_run:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=5)
+        await producer.start()
+    started = time.monotonic()
+    try:
+        async for record in select_records(settings, selection):
+            summary.selected += 1
+            try:
+                planned = plan_record(record, names, target, rerun)
+            except Exception as error:
+                summary.skipped += 1
+                report(f"skip {record.topic}:{record.partition}:{record.offset}: {error}")
+                continue
+            report(planned)
+            if producer is not None:
+                if rate_per_s > 0:
+                    due = started + summary.replayed / rate_per_s
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await producer.send(planned.target_topic, value=planned.value, key=planned.key,
+                                    headers=planned.headers)
+            summary.replayed += 1
+            summary.by_target[planned.target_topic] = (
+                summary.by_target.get(planned.target_topic, 0) + 1
+            )
+        if producer is not None:
+            await producer.flush()
+    finally:
+        if producer is not None:
+            await producer.stop()
+    return summary

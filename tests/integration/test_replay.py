@@ -1,0 +1,109 @@
+"""Replay and dead-letter commands against the session's broker and worker."""
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from streams.client import job_request, read_topic
+from streams.replay import REPLAY_HEADER, ReplaySelection, replay
+from tests.integration.conftest import submit_and_wait
+from tests.integration.test_cli import qlane
+
+BELL = (Path(__file__).resolve().parents[2] / "examples" / "bell.qasm").read_text()
+
+
+def run_replay(settings, topic, **options):
+    lines = []
+    selection_fields = {k: options.pop(k) for k in list(options)
+                        if k in ("keys", "from_time_ms", "to_time_ms", "partitions",
+                                 "from_offset", "to_offset")}
+    selection = ReplaySelection(topic=f"{settings.topic_prefix}.{topic}", **selection_fields)
+    summary = asyncio.run(replay(settings, selection, report=lines.append, **options))
+    return summary, lines
+
+
+def records_for(settings, topic, key: str):
+    async def go():
+        return [r async for r in read_topic(settings, f"{settings.topic_prefix}.{topic}", 10)
+                if r.key == key.encode()]
+    return asyncio.run(go())
+
+
+def wait_for(predicate, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    return predicate()
+
+
+def test_replay_keeps_ids_by_default_and_rerun_names_the_parent(settings, worker):
+    job = job_request(workflow_id=f"rp-{uuid.uuid4().hex[:8]}", circuit=BELL, shots=256)
+    assert submit_and_wait(settings, [job])[job["workflow_id"]].state == "done"
+    key = {job["workflow_id"].encode()}
+
+    summary, _ = run_replay(settings, "jobs", keys=key)
+    assert summary.replayed == 1
+    statuses = wait_for(lambda: [s for s in records_for(settings, "status", job["workflow_id"])
+                                 if b"duplicate" in s.value])
+    assert statuses, "a replayed finished workflow is acknowledged as a duplicate"
+    time.sleep(2)
+    assert len(records_for(settings, "results", job["workflow_id"])) == 1
+
+    summary, lines = run_replay(settings, "jobs", keys=key, rerun=True)
+    assert summary.replayed == 1
+    rerun_id = lines[0].key.decode()
+    assert rerun_id.startswith(job["workflow_id"] + ".rerun-")
+    results = wait_for(lambda: records_for(settings, "results", rerun_id))
+    from schemas.codec import codec
+    result = codec("JobResult").decode(results[0].value)
+    assert result["parent_workflow_id"] == job["workflow_id"]
+
+
+def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
+    key = f"rp-garbage-{uuid.uuid4().hex[:8]}"
+    before_ms = int(time.time() * 1000)
+
+    async def send():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        await producer.send_and_wait(f"{settings.topic_prefix}.jobs", value=b"garbage",
+                                     key=key.encode())
+        await producer.stop()
+
+    asyncio.run(send())
+    letters = wait_for(lambda: records_for(settings, "deadletter", key))
+    assert len(letters) == 1
+
+    summary, lines = run_replay(settings, "deadletter", keys={key.encode()}, dry_run=True)
+    assert summary.replayed == 1 and lines[0].target_topic == f"{settings.topic_prefix}.jobs"
+    time.sleep(1)
+    assert len(records_for(settings, "deadletter", key)) == 1  # dry run sent nothing
+
+    # A time range that ends before the dead letter was written selects nothing.
+    summary, _ = run_replay(settings, "deadletter", keys={key.encode()},
+                            to_time_ms=before_ms - 60_000)
+    assert summary.selected == 0
+
+    summary, _ = run_replay(settings, "deadletter", keys={key.encode()}, from_time_ms=before_ms)
+    assert summary.replayed == 1
+    letters = wait_for(lambda: [r for r in records_for(settings, "deadletter", key)
+                                if len(records_for(settings, "deadletter", key)) >= 2])
+    assert len(letters) == 2
+    replayed = dict(letters[1].headers)
+    assert replayed[REPLAY_HEADER].startswith(f"{settings.topic_prefix}.deadletter:".encode())
+    assert replayed["qlane.dlq.error.class"] == b"CorruptRecord"
+    assert letters[1].value == b"garbage"
+
+    listing = qlane(settings, "dlq", "list")
+    assert listing.returncode == 0 and key in listing.stdout
+    where = f"{letters[0].partition}:{letters[0].offset}"
+    shown = qlane(settings, "dlq", "show", where)
+    assert shown.returncode == 0 and '"qlane.dlq.error.class":"CorruptRecord"' in shown.stdout
+    plan = qlane(settings, "replay", "deadletter", "--key", key, "--dry-run")
+    assert plan.returncode == 0 and plan.stdout.count("would replay") == 2
