@@ -12,7 +12,7 @@ from qiskit import qasm3
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from streams.client import job_request, read_topic
-from tests.integration.conftest import submit_and_wait
+from tests.support import submit_and_wait
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -16,7 +16,7 @@ import pytest
 from streams.client import job_request
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.conftest import start_worker, submit_and_wait
+from tests.support import start_worker, submit_and_wait
 
 pytestmark = pytest.mark.real_kafka
 BELL = Path(__file__).resolve().parents[2] / "examples" / "bell.qasm"

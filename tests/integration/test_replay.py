@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaProducer
 
 from streams.client import job_request, read_topic
 from streams.replay import REPLAY_HEADER, ReplaySelection, replay
-from tests.integration.conftest import submit_and_wait
 from tests.integration.test_cli import qlane
+from tests.support import submit_and_wait
 
 BELL = (Path(__file__).resolve().parents[2] / "examples" / "bell.qasm").read_text()
 

@@ -1,0 +1,75 @@
+"""Helpers shared by the integration and reliability suites (workers as real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from streams.client import Client, job_request, read_topic
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BELL = (ROOT / "examples" / "bell.qasm").read_text()
+
+
+def session_settings(bootstrap: str, profile: str, tag: str, **overrides) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return Settings(broker=bootstrap, profile=profile, topic_prefix=f"{tag}{run}.qlane",
+                    app_id=f"qlane-{tag}-{run}", **{"partitions": 2, **overrides})
+
+
+def start_worker(settings: Settings, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    environment = {**os.environ, "QLANE_APP_ID": settings.app_id, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
+         "--profile", settings.profile, "--topic-prefix", settings.topic_prefix,
+         "--partitions", str(settings.partitions), "--without-web", "-l", "info"],
+        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=environment,
+        start_new_session=True,
+    )
+
+
+def stop_worker(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20):
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float = 120.0) -> dict:
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            for job in jobs:
+                await client.submit(job)
+            return await client.wait([job["workflow_id"] for job in jobs], timeout_s)
+
+    return asyncio.run(go())
+
+
+def wait_until_ready(settings: Settings, log_path: Path, timeout_s: float = 180) -> None:
+    warmup = job_request(workflow_id=f"warmup-{uuid.uuid4().hex[:6]}", circuit=BELL, shots=100)
+    started = time.monotonic()
+    outcome = submit_and_wait(settings, [warmup], timeout_s=timeout_s)[warmup["workflow_id"]]
+    assert outcome.result is not None, (
+        f"worker not ready after {time.monotonic() - started:.0f}s:\n"
+        f"{log_path.read_text()[-4000:]}"
+    )
+
+
+def topic_records(settings: Settings, short_name: str, timeout_s: float = 30) -> list:
+    async def go():
+        topic = f"{settings.topic_prefix}.{short_name}"
+        return [record async for record in read_topic(settings, topic, timeout_s)]
+
+    return asyncio.run(go())
