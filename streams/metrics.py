@@ -1,0 +1,209 @@
+"""Every Prometheus metric of qlane, defined in one place (definitions only; stages update them).
+
+Naming (DESIGN.md): `qlane_` prefix, base units (`_seconds`, `_usd`), counters end in `_total`,
+and labels take values from bounded sets only (stage, outcome, error class, backend, configured
+tenant, topic/partition): never a workflow id. docs/operations.md lists what each one means and
+the alerts built on them (deploy/prometheus/alerts.yml).
+
+All metrics live in `REGISTRY`, a dedicated `CollectorRegistry`; `render_metrics()` gives the
+text exposition a `/metrics` endpoint serves (content type `CONTENT_TYPE_LATEST`).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# `_created` series double every counter and histogram and nothing here alerts on them.
+disable_created_metrics()
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Label values the stages use (bounded sets; documented in docs/operations.md).
+STAGES = ("preprocess", "execute", "mitigate", "fallback", "cost", "drift")
+OUTCOMES = ("ok", "duplicate", "failed", "rejected", "fallback")
+BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN = 0, 1, 2
+CACHE_RESULTS = ("hit", "miss")
+DRIFT_SEVERITIES = ("none", "warning", "critical")
+
+# Stage latencies go from ~1 ms (a cached preprocess) to minutes (a large noisy job).
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+STAGE_DURATION = Histogram(
+    "qlane_stage_duration_seconds",
+    "Time a stage spent on one record, seconds.",
+    ["stage"],
+    buckets=DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+JOBS = Counter(
+    "qlane_jobs_total",
+    "Records a stage finished, by outcome: ok (passed on), duplicate (acknowledged, not re-run), "
+    "failed (an accepted job failed and was dead-lettered), rejected (bad input dead-lettered "
+    "before admission), fallback (sent to the classical fallback).",
+    ["stage", "outcome"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "qlane_dead_letters_total",
+    "Records written to the dead-letter topic, by stage and reason (the error class name).",
+    ["stage", "reason"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "qlane_retries_total",
+    "Retries of a backend call after a retryable error.",
+    ["backend"],
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "qlane_fallbacks_total",
+    "Jobs answered by the classical fallback, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+DUPLICATES = Counter(
+    "qlane_duplicates_total",
+    "Duplicate job requests acknowledged and not re-run.",
+    registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "qlane_breaker_state",
+    "Circuit breaker per backend: 0 closed, 1 half-open, 2 open.",
+    ["backend"],
+    registry=REGISTRY,
+)
+TRANSPILE_CACHE_LOOKUPS = Counter(
+    "qlane_transpile_cache_lookups_total",
+    "Transpile-cache lookups by result (hit or miss).",
+    ["result"],
+    registry=REGISTRY,
+)
+EXECUTE_BATCH_SIZE = Histogram(
+    "qlane_execute_batch_size",
+    "Circuits per backend call.",
+    buckets=BATCH_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+DRIFT_STATISTIC = Gauge(
+    "qlane_drift_statistic",
+    "Last drift round's statistic per backend (success_drop_z: standardized drop of the "
+    "canary's success probability).",
+    ["backend"],
+    registry=REGISTRY,
+)
+DRIFT_THRESHOLD = Gauge(
+    "qlane_drift_threshold",
+    "Threshold the last drift statistic was compared against, per backend.",
+    ["backend"],
+    registry=REGISTRY,
+)
+DRIFT_ALARM = Gauge(
+    "qlane_drift_alarm",
+    "1 if the last drift round of the backend reported drift (warning or critical), else 0.",
+    ["backend"],
+    registry=REGISTRY,
+)
+DRIFT_ROUNDS = Counter(
+    "qlane_drift_rounds_total",
+    "Drift rounds run, by backend and severity (none, warning, critical).",
+    ["backend", "severity"],
+    registry=REGISTRY,
+)
+COST = Counter(
+    "qlane_cost_usd_total",
+    "Cost charged for executed jobs, US dollars.",
+    ["backend"],
+    registry=REGISTRY,
+)
+BUDGET = Gauge(
+    "qlane_budget_usd",
+    "Configured budget per tenant, US dollars (configured tenants only).",
+    ["tenant"],
+    registry=REGISTRY,
+)
+BUDGET_REMAINING = Gauge(
+    "qlane_budget_remaining_usd",
+    "Budget left per tenant, US dollars; negative when overspent (configured tenants only).",
+    ["tenant"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "qlane_consumer_lag",
+    "Records between this worker's position and the log end, per assigned topic partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+LAST_PROGRESS = Gauge(
+    "qlane_last_progress_timestamp_seconds",
+    "Unix time at which this worker last finished a record.",
+    registry=REGISTRY,
+)
+BUILD_INFO = Info(
+    "qlane_build",
+    "qlane version of this worker (the value is always 1).",
+    registry=REGISTRY,
+)
+
+
+def _package_version() -> str:
+    try:
+        return version("qlane")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.info({"version": _package_version()})
+
+
+def render_metrics() -> bytes:
+    """The text exposition of every qlane metric."""
+    return generate_latest(REGISTRY)
+
+
+__all__ = [
+    "BATCH_SIZE_BUCKETS",
+    "BREAKER_CLOSED",
+    "BREAKER_HALF_OPEN",
+    "BREAKER_OPEN",
+    "BREAKER_STATE",
+    "BUDGET",
+    "BUDGET_REMAINING",
+    "BUILD_INFO",
+    "CACHE_RESULTS",
+    "CONSUMER_LAG",
+    "CONTENT_TYPE_LATEST",
+    "COST",
+    "DEAD_LETTERS",
+    "DRIFT_ALARM",
+    "DRIFT_ROUNDS",
+    "DRIFT_SEVERITIES",
+    "DRIFT_STATISTIC",
+    "DRIFT_THRESHOLD",
+    "DUPLICATES",
+    "DURATION_BUCKETS",
+    "EXECUTE_BATCH_SIZE",
+    "FALLBACKS",
+    "JOBS",
+    "LAST_PROGRESS",
+    "OUTCOMES",
+    "REGISTRY",
+    "RETRIES",
+    "STAGES",
+    "STAGE_DURATION",
+    "TRANSPILE_CACHE_LOOKUPS",
+    "render_metrics",
+]
