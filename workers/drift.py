@@ -387,9 +387,10 @@ class DriftMonitor:
         return self.run_rounds(backend, seed, 1)[0]
 
     def run_rounds(self, backend: Backend, seed: int, rounds: int) -> list[DriftReport]:
-        """`rounds` independent rounds in ONE backend call (the canary repeated; Aer gives each
-        copy its own seed derived from `seed`). Deterministic in (seed, rounds); not the same
-        counts as `rounds` separate `run_round` calls."""
+        """`rounds` independent rounds in ONE backend call (the canary repeated). Copy i runs
+        with seed `seed + 2113*i` (Aer's seed stride, see workers/backends.py), so round i has
+        the counts `run_round(backend, seed + 2113*i)` gives (two batches share rounds only when
+        their seeds differ by a multiple of 2113)."""
         if rounds < 1:
             raise ValueError("rounds must be >= 1")
         p0 = self.baseline(backend)

@@ -247,6 +247,9 @@ def test_rounds_are_numbered_per_backend_and_deterministic(registry: BackendRegi
     batch = first.run_rounds(backend, 9, 3)
     assert [r.round for r in batch] == [3, 4, 5]
     assert len({r.successes for r in batch}) > 1  # each copy has its own seed
+    # copy i of a batch is the round a single call with seed 9 + 2113*i gives
+    single = [DriftMonitor(shots=2000).run_round(backend, 9 + 2113 * i) for i in range(3)]
+    assert [r.successes for r in batch] == [r.successes for r in single]
     assert first.run_round(registry.get(IDEAL), 1).round == 1
 
 
@@ -268,8 +271,8 @@ def test_two_hundred_rounds_at_the_calibration_raise_no_alarm(registry: BackendR
     backend = registry.get(NOISY)
     monitor = DriftMonitor()  # the defaults
     reports = []
-    for batch in range(4):  # 4 backend calls of 50 rounds each
-        reports += monitor.run_rounds(backend, seed=1000 + batch, rounds=50)
+    for batch in range(4):  # 4 backend calls of 50 rounds each, seeds never overlapping
+        reports += monitor.run_rounds(backend, seed=1000 + batch * 200_000, rounds=50)
     assert len(reports) == 200 and reports[-1].round == 200
     assert [r for r in reports if r.alarm] == []
     assert min(r.p_value for r in reports) > DEFAULT_ALPHA
@@ -286,7 +289,7 @@ def test_two_thousand_rounds_false_alarm_rate_is_at_most_alpha(registry: Backend
     monitor = DriftMonitor()
     reports = []
     for batch in range(20):
-        reports += monitor.run_rounds(backend, seed=5000 + batch, rounds=100)
+        reports += monitor.run_rounds(backend, seed=5000 + batch * 300_000, rounds=100)
     alarms = sum(r.alarm for r in reports)
     # expected at most 0.2 alarms; P(>= 3 | 2000 rounds, 1e-4) ~ 1e-3
     assert alarms <= 2
