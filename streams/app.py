@@ -54,13 +54,9 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Runtime]:
             value_serializer="raw",
             partitions=settings.partitions,
         )
-    table = app.Table(
-        WORKFLOW_TABLE,
-        default=None,
-        partitions=settings.partitions,
-        key_type=str,
-        value_type=dict,
-    )
+    # No key/value types: Faust then (de)serializes plain JSON. A builtin type such as
+    # `dict` here breaks changelog recovery (Faust calls `dict.from_data`).
+    table = app.Table(WORKFLOW_TABLE, default=None, partitions=settings.partitions)
     for stage in (preprocess, execute, mitigate):
         stage.register(app, runtime, table)
     return app, runtime
