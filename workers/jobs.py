@@ -16,6 +16,12 @@ from workers.errors import InvalidJob, InvalidObservable, ParameterMismatch
 
 PAULI_LETTERS = frozenset("IXYZ")
 
+FOLDING_METHODS = ("global", "random_gates")
+EXTRAPOLATION_METHODS = ("linear", "richardson", "polynomial", "exponential")
+DEFAULT_SCALE_FACTORS = (1.0, 3.0, 5.0)
+MAX_SCALE_FACTORS = 8  # distinct noise levels per job
+MAX_SCALE_FACTOR = 15.0  # a folded circuit is up to this many times as long
+
 # A "+" that starts a new term is followed by a Pauli letter; a "+" inside a number
 # (e.g. "1e+3") is followed by a digit.
 _TERM_SEPARATOR = re.compile(r"\+(?=\s*[A-Za-z])")
@@ -73,6 +79,114 @@ def checked_term(pauli: Any, coeff: Any) -> PauliTerm:
 
 
 @dataclass(frozen=True)
+class ZneSpec:
+    """Zero-noise extrapolation: run at each noise `scale_factors` and extrapolate to zero.
+
+    Construct through `checked()` (or `MitigationSpec.from_record`) to get validated options.
+    """
+
+    scale_factors: tuple[float, ...] = DEFAULT_SCALE_FACTORS
+    folding: str = "global"
+    extrapolation: str = "richardson"
+
+    def checked(self) -> ZneSpec:
+        """This spec, or InvalidJob naming the first bad option."""
+        factors = self.scale_factors
+        if isinstance(factors, str | bytes | Mapping) or not isinstance(factors, Iterable):
+            raise InvalidJob("zne scale_factors must be a list of numbers")
+        factors = tuple(factors)
+        if any(isinstance(f, bool) or not isinstance(f, int | float) for f in factors):
+            raise InvalidJob(f"zne scale_factors must be numbers, got {list(factors)!r}")
+        factors = tuple(float(f) for f in factors)
+        if len(factors) < 2:
+            raise InvalidJob(f"zne needs at least 2 scale factors, got {len(factors)}")
+        if len(factors) > MAX_SCALE_FACTORS:
+            raise InvalidJob(f"zne allows at most {MAX_SCALE_FACTORS} scale factors")
+        for f in factors:
+            if not math.isfinite(f) or f < 1.0 or f > MAX_SCALE_FACTOR:
+                raise InvalidJob(
+                    f"zne scale factor {f!r} outside [1, {MAX_SCALE_FACTOR:g}]: folding can "
+                    "only add noise"
+                )
+        if len(set(factors)) != len(factors):
+            raise InvalidJob(f"zne scale factors must be distinct, got {list(factors)!r}")
+        if self.folding not in FOLDING_METHODS:
+            raise InvalidJob(
+                f"unknown zne folding {self.folding!r} (expected {' or '.join(FOLDING_METHODS)})"
+            )
+        if self.extrapolation not in EXTRAPOLATION_METHODS:
+            raise InvalidJob(
+                f"unknown zne extrapolation {self.extrapolation!r} "
+                f"(expected one of {', '.join(EXTRAPOLATION_METHODS)})"
+            )
+        return ZneSpec(factors, self.folding, self.extrapolation)
+
+
+@dataclass(frozen=True)
+class MitigationSpec:
+    """The error mitigation a job asks for; the default applies none."""
+
+    zne: ZneSpec | None = None
+    readout: bool = False
+    dynamical_decoupling: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.zne is not None or self.readout or self.dynamical_decoupling
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro `Mitigation` record form (what `from_record` reads)."""
+        zne = None
+        if self.zne is not None:
+            zne = {
+                "scale_factors": list(self.zne.scale_factors),
+                "folding": self.zne.folding,
+                "extrapolation": self.zne.extrapolation,
+            }
+        return {
+            "zne": zne,
+            "readout": self.readout,
+            "dynamical_decoupling": self.dynamical_decoupling,
+        }
+
+    @classmethod
+    def from_record(cls, record: Any) -> MitigationSpec:
+        """Read {"zne": None | {...}, "readout": bool, "dynamical_decoupling": bool}.
+
+        None means no mitigation; a missing or null option takes its default. Anything else
+        malformed raises InvalidJob.
+        """
+        if record is None:
+            return cls()
+        if not isinstance(record, Mapping):
+            raise InvalidJob("mitigation must be a record")
+        flags = {}
+        for name in ("readout", "dynamical_decoupling"):
+            value = record.get(name)
+            if value is None:
+                value = False
+            if not isinstance(value, bool):
+                raise InvalidJob(f"mitigation {name} must be true or false, got {value!r}")
+            flags[name] = value
+        zne = record.get("zne")
+        if zne is not None:
+            if not isinstance(zne, Mapping):
+                raise InvalidJob("mitigation zne must be a record or null")
+            defaults = ZneSpec()
+
+            def option(name: str) -> Any:
+                value = zne.get(name)
+                return getattr(defaults, name) if value is None else value
+
+            zne = ZneSpec(
+                scale_factors=option("scale_factors"),
+                folding=option("folding"),
+                extrapolation=option("extrapolation"),
+            ).checked()
+        return cls(zne=zne, **flags)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One job: a circuit with optional parameter sets and observables, for one backend."""
 
@@ -84,13 +198,15 @@ class JobSpec:
     shots: int = 1024
     backend: str = "aer.ideal"
     seed: int | None = None
+    mitigation: MitigationSpec = MitigationSpec()
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> JobSpec:
         """Build a spec from a decoded Avro JobRequest; keys this class does not use are ignored.
 
-        Observables come as [{"terms": [{"pauli": "ZZ", "coeff": 0.5}, ...]}, ...] and parameter
-        sets as a list of lists of numbers. Missing or null optional fields take the defaults.
+        Observables come as [{"terms": [{"pauli": "ZZ", "coeff": 0.5}, ...]}, ...], parameter
+        sets as a list of lists of numbers, mitigation as the `Mitigation` record (see
+        `MitigationSpec.from_record`). Missing or null optional fields take the defaults.
         """
         if not isinstance(record, Mapping):
             raise InvalidJob("job record is not a mapping")
@@ -118,6 +234,7 @@ class JobSpec:
             shots=field("shots"),
             backend=field("backend"),
             seed=record.get("seed"),
+            mitigation=MitigationSpec.from_record(record.get("mitigation")),
         )
 
 
