@@ -1,0 +1,58 @@
+"""Dynamical decoupling: X-X sequences in the idle periods of transpiled circuits.
+
+Qiskit's `PadDynamicalDecoupling` after an ALAP schedule, on the transpiled (and folded)
+template, with the gate durations of the backend's target. mitiq's `ddd` works on logical
+circuits in cirq moments, with no notion of durations, and a transpiler run afterwards merges
+its X-X pairs away (see docs/mitigation.md). The target has durations in seconds and no `dt`,
+so a duration table in units of 0.1 ns is built from it (the pass needs integer durations).
+Parameters stay symbolic; the layout of the template is kept.
+"""
+
+from __future__ import annotations
+
+from qiskit import QuantumCircuit
+from qiskit.circuit.library import XGate
+from qiskit.transpiler import InstructionDurations, PassManager, Target
+from qiskit.transpiler.passes import ALAPScheduleAnalysis, PadDynamicalDecoupling
+
+DT_SECONDS = 1e-10
+DD_SEQUENCE = "X-X"
+
+
+def durations(target: Target) -> InstructionDurations | None:
+    """The target's gate durations in units of DT_SECONDS, or None if it has none for x."""
+    items = []
+    for name, properties in target.items():
+        for qargs, props in (properties or {}).items():
+            if qargs is None or props is None or props.duration is None:
+                continue
+            items.append((name, list(qargs), int(round(props.duration / DT_SECONDS))))
+    if not any(name == "x" for name, _, _ in items):
+        return None
+    return InstructionDurations(items, dt=DT_SECONDS)
+
+
+def supports_dd(target: Target) -> bool:
+    return "x" in target.operation_names and durations(target) is not None
+
+
+def pass_manager(target: Target) -> PassManager:
+    table = durations(target)
+    if table is None:
+        raise ValueError("target has no gate durations: cannot schedule dynamical decoupling")
+    return PassManager(
+        [
+            ALAPScheduleAnalysis(durations=table),
+            PadDynamicalDecoupling(
+                durations=table, dd_sequence=[XGate(), XGate()], pulse_alignment=1
+            ),
+        ]
+    )
+
+
+def apply_dd(circuit: QuantumCircuit, manager: PassManager) -> QuantumCircuit:
+    """`circuit` with X-X in its idle windows; the layout of `circuit` is kept."""
+    padded = manager.run(circuit)
+    if padded.layout is None and circuit.layout is not None:
+        padded._layout = circuit.layout
+    return padded

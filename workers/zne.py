@@ -1,0 +1,306 @@
+"""Zero-noise extrapolation: unitary folding of transpiled circuits, and extrapolation to zero.
+
+Folding is done natively on the transpiled, still-parameterized template (see
+docs/mitigation.md for why not with mitiq's folding functions): the circuit's unitary part U
+(everything before its final measurements) becomes
+
+- global folding: U (U^-1 U)^k, then U_s^-1 U_s for a suffix U_s of U when the scale factor is
+  not an odd integer (mitiq's `fold_global` rule); a barrier separates the folds;
+- random gate folding: every noisy gate G becomes G (G^-1 G)^k, then a seeded random
+  selection of the noisy gates gets one more G^-1 G (mitiq's `fold_gates_at_random` rule).
+
+"Noisy gates" are all gates but `rz` (virtual, error-free on these devices, so folding it adds
+no noise). The scale factor counts noisy gates: a folded circuit has round(scale * G) of them
+for G in the original. Inverses stay in the native basis: cx, x are self-inverse, rz(t)^-1 =
+rz(-t), and sx^-1 = rz(pi) sx rz(pi) up to a global phase (which is kept exact). No
+transpiler runs after folding, so nothing cancels the folds; qubits, coupling and layout are
+those of the template.
+
+Extrapolation uses mitiq's factories. Linear, Richardson and polynomial fits are linear maps of
+the measured values, y0 = sum_i w_i y_i, so the standard error is sqrt(sum_i w_i^2 se_i^2)
+exactly; the weights come from extrapolating unit vectors. The exponential fit is not linear;
+its standard error is the delta method with a central-difference gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from mitiq.zne.inference import (
+    ExpFactory,
+    ExtrapolationError,
+    LinearFactory,
+    PolyFactory,
+    RichardsonFactory,
+)
+from qiskit import QuantumCircuit
+from qiskit.circuit import CircuitInstruction
+from qiskit.circuit.library import RZGate, SXGate
+
+from workers.errors import InvalidJob
+
+VIRTUAL_GATES = frozenset({"rz"})
+_SKIPPED = frozenset({"barrier"})
+_NOT_FOLDABLE = frozenset(
+    {
+        "measure",
+        "reset",
+        "delay",
+        "if_else",
+        "while_loop",
+        "for_loop",
+        "switch_case",
+        "store",
+        "box",
+    }
+)
+
+
+# --------------------------------------------------------------------------------- folding
+def split_final_measurements(
+    circuit: QuantumCircuit,
+) -> tuple[list[CircuitInstruction], list[CircuitInstruction]]:
+    """(body, tail): the tail is every measurement (and barrier) with nothing after it on its
+    qubits and clbits; the body is the rest, in order."""
+    final = [False] * len(circuit.data)
+    busy_qubits: set = set()
+    busy_clbits: set = set()
+    for index in range(len(circuit.data) - 1, -1, -1):
+        instruction = circuit.data[index]
+        name = instruction.operation.name
+        qubits, clbits = set(instruction.qubits), set(instruction.clbits)
+        if name == "measure" and not (qubits & busy_qubits) and not (clbits & busy_clbits):
+            final[index] = True
+        elif name == "barrier" and not (qubits & busy_qubits):
+            final[index] = True
+        else:
+            busy_qubits |= qubits
+            busy_clbits |= clbits
+    body = [i for i, is_final in zip(circuit.data, final, strict=True) if not is_final]
+    tail = [i for i, is_final in zip(circuit.data, final, strict=True) if is_final]
+    return body, tail
+
+
+def check_foldable(circuit: QuantumCircuit) -> None:
+    """InvalidJob unless the circuit is unitary gates followed by final measurements."""
+    body, _ = split_final_measurements(circuit)
+    for instruction in body:
+        name = instruction.operation.name
+        if name in _NOT_FOLDABLE or instruction.clbits or not _is_gate(instruction):
+            raise InvalidJob(
+                f"zne folds unitary circuits only: {name} before the final measurements"
+            )
+
+
+def noisy_gate_count(instructions: Sequence[CircuitInstruction]) -> int:
+    return sum(1 for i in instructions if _is_noisy(i))
+
+
+def two_qubit_gate_count(circuit: QuantumCircuit) -> int:
+    return sum(1 for i in circuit.data if len(i.qubits) == 2 and i.operation.name not in _SKIPPED)
+
+
+def fold(
+    circuit: QuantumCircuit, scale_factor: float, method: str, seed: int | Sequence[int] = 0
+) -> tuple[QuantumCircuit, float]:
+    """(folded circuit, scale actually reached = noisy gates after / before).
+
+    `circuit` is a transpiled template (native gates, physical qubits), parameterized or not;
+    it is not modified. `seed` only matters for "random_gates".
+    """
+    check_foldable(circuit)
+    body, tail = split_final_measurements(circuit)
+    base = noisy_gate_count(body)
+    if scale_factor == 1.0 or base == 0:
+        return circuit, 1.0
+    extra = round(base * (scale_factor - 1.0))  # noisy gates to add, in G^-1 G pairs
+    if method == "global":
+        folded_body = _fold_global(body, base, extra)
+    elif method == "random_gates":
+        folded_body = _fold_random(body, base, extra, np.random.default_rng(seed))
+    else:
+        raise InvalidJob(f"unknown folding method {method!r}")
+    out = circuit.copy_empty_like()
+    phase = 0.0
+    for instruction, sign in folded_body:
+        if sign < 0:
+            for inverse in _inverse(instruction):
+                out._append(inverse)
+            phase -= _inverse_phase(instruction)
+        else:
+            out._append(instruction)
+    for instruction in tail:
+        out._append(instruction)
+    out.global_phase = circuit.global_phase + phase
+    reached = noisy_gate_count([i for i, _ in folded_body]) / base
+    return out, reached
+
+
+def _fold_global(body, base: int, extra: int) -> list[tuple[CircuitInstruction, int]]:
+    """U (U^-1 U)^k, then U_s^-1 U_s over the shortest suffix with the remaining noisy gates."""
+    full, remainder = divmod(extra, 2 * base)
+    forward = [(i, 1) for i in body]
+    backward = [(i, -1) for i in reversed(body)]
+    out = list(forward)
+    qubits = _all_qubits(body)
+    for _ in range(full):
+        out += [_barrier(qubits)] + backward + [_barrier(qubits)] + forward
+    needed = remainder // 2 + remainder % 2  # noisy gates in the suffix (round half up)
+    if needed:
+        suffix: list[CircuitInstruction] = []
+        count = 0
+        for instruction in reversed(body):
+            suffix.insert(0, instruction)
+            count += _is_noisy(instruction)
+            if count >= needed:
+                break
+        out += [_barrier(qubits)] + [(i, -1) for i in reversed(suffix)]
+        out += [_barrier(qubits)] + [(i, 1) for i in suffix]
+    return out
+
+
+def _fold_random(body, base: int, extra: int, rng: np.random.Generator):
+    """Every noisy gate G -> G (G^-1 G)^k, plus one more fold on a random choice of them."""
+    uniform, remainder = divmod(extra, 2 * base)
+    noisy = [index for index, instruction in enumerate(body) if _is_noisy(instruction)]
+    chosen = set()
+    picks = remainder // 2 + remainder % 2
+    if picks:
+        chosen = {noisy[i] for i in rng.choice(len(noisy), size=picks, replace=False)}
+    out = []
+    for index, instruction in enumerate(body):
+        out.append((instruction, 1))
+        if not _is_noisy(instruction):
+            continue
+        for _ in range(uniform + (index in chosen)):
+            out += [(instruction, -1), (instruction, 1)]
+    return out
+
+
+def _barrier(qubits) -> tuple[CircuitInstruction, int]:
+    from qiskit.circuit import Barrier
+
+    return CircuitInstruction(Barrier(len(qubits)), qubits, ()), 1
+
+
+def _all_qubits(body) -> tuple:
+    seen: dict = {}
+    for instruction in body:
+        for qubit in instruction.qubits:
+            seen.setdefault(qubit)
+    return tuple(seen)
+
+
+def _is_gate(instruction: CircuitInstruction) -> bool:
+    from qiskit.circuit import Barrier, Gate
+
+    return isinstance(instruction.operation, Gate | Barrier)
+
+
+def _is_noisy(instruction: CircuitInstruction) -> bool:
+    name = instruction.operation.name
+    return name not in VIRTUAL_GATES and name not in _SKIPPED
+
+
+def _inverse(instruction: CircuitInstruction) -> list[CircuitInstruction]:
+    """The inverse in the native basis (sx^-1 = rz(pi) sx rz(pi), phase handled by caller)."""
+    operation = instruction.operation
+    if operation.name == "barrier":
+        return [instruction]
+    if operation.name == "sx":
+        rz = RZGate(math.pi)
+        return [
+            instruction.replace(operation=rz),
+            instruction.replace(operation=SXGate()),
+            instruction.replace(operation=rz),
+        ]
+    return [instruction.replace(operation=operation.inverse())]
+
+
+def _inverse_phase(instruction: CircuitInstruction) -> float:
+    """Global phase to add so that the inverse's matrix is exact: rz(pi) sx rz(pi) =
+    e^{-i pi/2} sx^-1, so the folded circuit gets +pi/2 for every sx inverted."""
+    return -math.pi / 2 if instruction.operation.name == "sx" else 0.0
+
+
+# --------------------------------------------------------------------------- extrapolation
+@dataclass(frozen=True)
+class Extrapolation:
+    value: float
+    std_error: float
+    fallback: bool = False  # the exponential fit failed and the linear fit was used
+
+
+def polynomial_order(num_factors: int) -> int:
+    """Order used for "polynomial": quadratic from 3 scale factors, linear with 2."""
+    return min(2, num_factors - 1)
+
+
+def _linear_map(method: str, scale_factors: Sequence[float], values: Sequence[float]) -> float:
+    if method == "linear":
+        return float(LinearFactory.extrapolate(scale_factors, values))
+    if method == "richardson":
+        return float(RichardsonFactory.extrapolate(scale_factors, values))
+    if method == "polynomial":
+        order = polynomial_order(len(scale_factors))
+        return float(PolyFactory.extrapolate(scale_factors, values, order=order))
+    raise ValueError(f"{method} is not a linear extrapolation")
+
+
+def linear_weights(method: str, scale_factors: Sequence[float]) -> np.ndarray:
+    """w with extrapolate(scale_factors, y) = w . y for the linear methods."""
+    k = len(scale_factors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.array([_linear_map(method, scale_factors, list(np.eye(k)[i])) for i in range(k)])
+
+
+def extrapolate(
+    method: str,
+    scale_factors: Sequence[float],
+    values: Sequence[float],
+    std_errors: Sequence[float],
+    *,
+    asymptote: float = 0.0,
+    weights: np.ndarray | None = None,
+) -> Extrapolation:
+    """Zero-noise value and its standard error.
+
+    `asymptote` is used by "exponential" only: y(s) = asymptote + b e^{-c s}, with the
+    asymptote fixed (an observable's identity part: Pauli terms decay to 0 under
+    depolarizing noise).
+    """
+    y = np.asarray(values, dtype=float)
+    se = np.asarray(std_errors, dtype=float)
+    if method != "exponential":
+        w = linear_weights(method, scale_factors) if weights is None else weights
+        return Extrapolation(float(w @ y), float(math.sqrt(float((w**2) @ (se**2)))))
+    try:
+        value = _exponential(scale_factors, y, asymptote)
+        gradient = np.zeros(len(y))
+        for i in range(len(y)):
+            step = max(1e-6, 1e-3 * se[i])
+            up, down = y.copy(), y.copy()
+            up[i] += step
+            down[i] -= step
+            gradient[i] = (
+                _exponential(scale_factors, up, asymptote)
+                - _exponential(scale_factors, down, asymptote)
+            ) / (2 * step)
+        std_error = float(math.sqrt(float((gradient**2) @ (se**2))))
+        if not (math.isfinite(value) and math.isfinite(std_error)):
+            raise ExtrapolationError("non-finite exponential fit")
+        return Extrapolation(value, std_error)
+    except (ExtrapolationError, ValueError, RuntimeError, FloatingPointError):
+        linear = extrapolate("linear", scale_factors, y, se)
+        return Extrapolation(linear.value, linear.std_error, fallback=True)
+
+
+def _exponential(scale_factors: Sequence[float], values: np.ndarray, asymptote: float) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(ExpFactory.extrapolate(scale_factors, list(values), asymptote=asymptote))
