@@ -8,6 +8,12 @@ For an observable O = sum_j c_j P_j and one parameter set:
   unbiased sample variance s_b^2 over the N shots; O's estimate is sum_b m_b plus the identity
   part, its standard error sqrt(sum_b s_b^2 / N). Reading a basis's terms through one per-shot
   value keeps their covariances; different bases are independent runs, so variances add.
+
+`estimate_expectations` reads the unmitigated tasks only (ZNE scale 1, no readout correction).
+`estimate_tasks` reads any subset of tasks (one ZNE scale) and can correct readout errors per
+shot: with per-qubit tables h_i = (value for read 0, value for read 1) the per-shot value of a
+term is prod_{i in support} h_i(bit_i) instead of the parity (h = (1, -1)); see
+workers/readout.py.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.measurement import basis_covers
-from workers.preparation import PreparedJob
+from workers.preparation import CircuitTask, PreparedJob
 
 MAX_QUBITS = 64  # outcomes are held as uint64
 
@@ -34,19 +40,41 @@ class ExpectationEstimate:
 def estimate_expectations(
     prepared: PreparedJob, counts: list[dict[str, int]]
 ) -> list[ExpectationEstimate]:
-    """One estimate per (parameter set, observable), ordered by parameter set then observable."""
+    """One unmitigated estimate per (parameter set, observable), ordered by parameter set then
+    observable, from the tasks at ZNE scale 1 (all tasks of an unmitigated job)."""
     if not prepared.observables:
         return []
     if len(counts) != len(prepared.tasks):
         raise ValueError(f"{len(counts)} counts for {len(prepared.tasks)} tasks")
+    return estimate_tasks(prepared, counts, prepared.unmitigated_tasks)
+
+
+ParityTable = list[tuple[float, float]]  # per logical qubit: value for read 0, for read 1
+
+
+def estimate_tasks(
+    prepared: PreparedJob,
+    counts: list[dict[str, int]],
+    task_indices: list[int],
+    tables: dict[int, ParityTable] | None = None,
+) -> list[ExpectationEstimate]:
+    """Estimates from the tasks `task_indices` (indices into prepared.tasks and counts).
+
+    `tables[task_index]`, when given, replaces the parity of each qubit by its readout-corrected
+    per-shot value for that task.
+    """
     n = prepared.num_qubits
-    by_set: dict[int, list[tuple[str, dict[str, int]]]] = {}
-    for task, task_counts in zip(prepared.tasks, counts, strict=True):
-        by_set.setdefault(task.parameter_set_index, []).append((task.basis, task_counts))
+    by_set: dict[int, list[tuple[CircuitTask, int]]] = {}
+    for index in task_indices:
+        task = prepared.tasks[index]
+        by_set.setdefault(task.parameter_set_index, []).append((task, index))
 
     estimates = []
     for set_index in sorted(by_set):
-        measured = [(basis, _Outcomes(c, n)) for basis, c in by_set[set_index]]
+        measured = [
+            (task.basis, _Outcomes(counts[index], n), (tables or {}).get(index))
+            for task, index in by_set[set_index]
+        ]
         for obs_index, observable in enumerate(prepared.observables):
             exact = 0.0
             weights: dict[int, dict[str, float]] = {}  # basis position -> pauli -> coefficient
@@ -55,7 +83,8 @@ def estimate_expectations(
                     exact += term.coeff
                     continue
                 position = next(
-                    (i for i, (b, _) in enumerate(measured) if basis_covers(b, term.pauli)), None
+                    (i for i, (b, _, _) in enumerate(measured) if basis_covers(b, term.pauli)),
+                    None,
                 )
                 if position is None:
                     raise ValueError(f"no task of parameter set {set_index} measures {term.pauli}")
@@ -63,7 +92,8 @@ def estimate_expectations(
                 paulis[term.pauli] = paulis.get(term.pauli, 0.0) + term.coeff
             value, variance = exact, 0.0
             for position, paulis in weights.items():
-                mean, var_of_mean = measured[position][1].weighted_parity_mean(paulis)
+                _, outcomes, table = measured[position]
+                mean, var_of_mean = outcomes.weighted_parity_mean(paulis, table)
                 value += mean
                 variance += var_of_mean
             estimates.append(ExpectationEstimate(set_index, obs_index, value, math.sqrt(variance)))
@@ -83,15 +113,30 @@ class _Outcomes:
         self.shots = float(self.counts.sum())
         self.num_qubits = num_qubits
 
-    def weighted_parity_mean(self, paulis: dict[str, float]) -> tuple[float, float]:
-        """Mean of the per-shot value sum_j c_j parity_j, and the variance of that mean."""
+    def weighted_parity_mean(
+        self, paulis: dict[str, float], table: ParityTable | None = None
+    ) -> tuple[float, float]:
+        """Mean of the per-shot value sum_j c_j parity_j, and the variance of that mean.
+
+        With `table`, qubit i contributes table[i][bit] instead of (-1)^bit.
+        """
         if self.shots == 0:
             raise ValueError("no shots to estimate from")
         per_outcome = np.zeros(len(self.values))
         for pauli, coeff in paulis.items():
-            mask = np.uint64(_support_mask(pauli))
-            odd = np.bitwise_count(self.values & mask) & 1
-            per_outcome += coeff * (1.0 - 2.0 * odd)
+            if table is None:
+                mask = np.uint64(_support_mask(pauli))
+                odd = np.bitwise_count(self.values & mask) & 1
+                per_outcome += coeff * (1.0 - 2.0 * odd)
+                continue
+            product = np.ones(len(self.values))
+            for qubit, letter in enumerate(reversed(pauli)):
+                if letter == "I":
+                    continue
+                bit = (self.values >> np.uint64(qubit)) & np.uint64(1)
+                read0, read1 = table[qubit]
+                product *= np.where(bit == 1, read1, read0)
+            per_outcome += coeff * product
         mean = float(per_outcome @ self.counts / self.shots)
         if self.shots < 2:
             return mean, 0.0

@@ -1,9 +1,12 @@
 """From a job spec to transpiled templates and the list of circuits to run, and running them.
 
 `prepare` parses, validates, builds the measured circuits and transpiles each once through
-the cache, leaving parameters symbolic. `execute` binds every task's parameters to its
-template and runs all tasks in one backend call. A PreparedJob serialises to bytes (QPY for
-the templates, JSON for the rest) so the two steps can run in different processes.
+the cache, leaving parameters symbolic. Mitigation expands the job here, before execution:
+ZNE adds noise-scaled (folded) copies of every template, dynamical decoupling pads every
+template, readout mitigation copies the backend's confusion matrices into the job. `execute`
+binds every task's parameters to its template and runs all tasks in one backend call. A
+PreparedJob serialises to bytes (QPY for the templates, JSON for the rest) so the steps can
+run in different processes.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from dataclasses import dataclass
 
 from qiskit import QuantumCircuit, qpy
 
+from workers import ddd, zne
 from workers.backends import BackendRegistry
 from workers.circuits import parse_circuit
-from workers.errors import CorruptRecord
-from workers.jobs import JobSpec, ObservableSpec, PauliTerm
+from workers.errors import CorruptRecord, InvalidJob
+from workers.jobs import JobSpec, MitigationSpec, ObservableSpec, PauliTerm
 from workers.limits import Limits
 from workers.measurement import (
     basis_circuit,
@@ -26,12 +30,15 @@ from workers.measurement import (
     measurement_bases,
     without_final_measurements,
 )
+from workers.readout import ReadoutCalibration, ReadoutCalibrationCache, measure_calibration
+from workers.seeds import job_seed
 from workers.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
 from workers.validation import check_against_circuit, check_circuit_count, check_request
 
 COUNTS_BASIS = ""
 _MAGIC = b"QLPJ"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: mitigation fields; version 1 records still read
+_READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct(">4sBI")  # magic, format version, JSON length
 
 
@@ -40,12 +47,14 @@ class CircuitTask:
     """One circuit to execute: a template with one parameter set, measured in `basis`.
 
     `basis` is "" for a counts job, else one letter per qubit in Qiskit order.
+    `scale_factor` is the ZNE noise scale its template was folded to (1.0: not folded).
     """
 
     template_index: int
     parameter_set_index: int
     parameter_values: tuple[float, ...]
     basis: str
+    scale_factor: float = 1.0
 
 
 @dataclass
@@ -64,6 +73,16 @@ class PreparedJob:
     seed_transpiler: int
     transpile_cache_hit: bool  # every template came from the cache
     parameter_names: tuple[str, ...] = ()  # the logical circuit's, in parameter-set order
+    mitigation: MitigationSpec = MitigationSpec()  # as asked (validated)
+    readout_calibration: ReadoutCalibration | None = None  # copied at prepare when asked
+    fold_seed: int = 0  # seeds random gate folding
+    reached_scales: tuple[float, ...] = ()  # per template: noisy gates / unfolded ones
+    dd_applied: bool = False  # dynamical decoupling was inserted into every template
+
+    @property
+    def unmitigated_tasks(self) -> list[int]:
+        """Indices of the tasks at scale 1: exactly the circuits of the unmitigated job."""
+        return [i for i, task in enumerate(self.tasks) if task.scale_factor == 1.0]
 
     def to_bytes(self) -> bytes:
         header = json.dumps(
@@ -74,7 +93,13 @@ class PreparedJob:
                 "shots": self.shots,
                 "num_qubits": self.num_qubits,
                 "tasks": [
-                    [t.template_index, t.parameter_set_index, list(t.parameter_values), t.basis]
+                    [
+                        t.template_index,
+                        t.parameter_set_index,
+                        list(t.parameter_values),
+                        t.basis,
+                        t.scale_factor,
+                    ]
                     for t in self.tasks
                 ],
                 "observables": [
@@ -84,6 +109,13 @@ class PreparedJob:
                 "seed_transpiler": self.seed_transpiler,
                 "transpile_cache_hit": self.transpile_cache_hit,
                 "parameter_names": list(self.parameter_names),
+                "mitigation": self.mitigation.to_record(),
+                "readout_calibration": (
+                    None if self.readout_calibration is None else self.readout_calibration.to_dict()
+                ),
+                "fold_seed": self.fold_seed,
+                "reached_scales": list(self.reached_scales),
+                "dd_applied": self.dd_applied,
             },
             separators=(",", ":"),
         ).encode()
@@ -96,36 +128,70 @@ class PreparedJob:
         """Read `to_bytes` output; anything else raises CorruptRecord."""
         try:
             magic, version, length = _HEADER.unpack_from(data)
-            if magic != _MAGIC or version != _FORMAT_VERSION:
+            if magic != _MAGIC or version not in _READABLE_VERSIONS:
                 raise ValueError(f"not a prepared job (magic {magic!r}, version {version})")
             start = _HEADER.size
             fields = json.loads(data[start : start + length])
             templates = qpy.load(io.BytesIO(data[start + length :]))
+            calibration = fields.pop("readout_calibration", None)
             return cls(
                 templates=list(templates),
-                tasks=[
-                    CircuitTask(i, p, tuple(values), b) for i, p, values, b in fields.pop("tasks")
-                ],
+                tasks=[_task_from_json(*task) for task in fields.pop("tasks")],
                 observables=tuple(
                     ObservableSpec(tuple(PauliTerm(p, c) for p, c in terms))
                     for terms in fields.pop("observables")
                 ),
                 parameter_names=tuple(fields.pop("parameter_names")),
+                mitigation=MitigationSpec.from_record(fields.pop("mitigation", None)),
+                readout_calibration=(
+                    None if calibration is None else ReadoutCalibration.from_dict(calibration)
+                ),
+                reached_scales=tuple(fields.pop("reached_scales", ())),
                 **fields,
             )
         except Exception as exc:
             raise CorruptRecord(f"prepared job does not decode: {exc}") from exc
 
 
+def _task_from_json(
+    template_index: int,
+    parameter_set_index: int,
+    values: list[float],
+    basis: str,
+    scale_factor: float = 1.0,  # absent in format 1
+) -> CircuitTask:
+    return CircuitTask(
+        template_index, parameter_set_index, tuple(values), basis, float(scale_factor)
+    )
+
+
 def prepare(
-    spec: JobSpec, registry: BackendRegistry, cache: TranspileCache, limits: Limits
+    spec: JobSpec,
+    registry: BackendRegistry,
+    cache: TranspileCache,
+    limits: Limits,
+    readout_cache: ReadoutCalibrationCache | None = None,
+    *,
+    fold_seed: int | None = None,
 ) -> PreparedJob:
-    """Validate `spec`, build its measured circuits and transpile them (cached).
+    """Validate `spec`, build its measured circuits, transpile them (cached) and expand them
+    for the mitigation the job asks for.
+
+    `readout_cache` supplies the backend's readout calibration when readout mitigation is
+    asked (without one, the calibration circuits run for this job alone). `fold_seed` seeds
+    random gate folding; by default the job's seed (its explicit one, else derived from the
+    workflow id), so preparing the same job again gives the same circuits.
+
+    Tasks come in blocks of equal scale factor: first the unmitigated job's tasks (scale 1,
+    ordered by parameter set, then measurement basis), then one block per further ZNE scale
+    factor in the order asked, each ordered the same way. Templates: the unfolded ones
+    (one per basis), then one folded set per further scale factor.
 
     Raises the InvalidJob subclass naming the first problem found.
     """
     backend = registry.get(spec.backend)
     check_request(spec, limits)
+    mitigation = _checked_mitigation(spec)
     circuit = parse_circuit(spec.circuit, spec.circuit_format)
     check_against_circuit(spec, circuit, backend, limits)
 
@@ -138,11 +204,45 @@ def prepare(
         bases = [COUNTS_BASIS]
         logical = [counts_circuit(circuit)]
     parameter_sets = spec.parameter_sets or ((),)
-    check_circuit_count(len(parameter_sets) * len(logical), limits)
+    scales = [1.0]
+    if mitigation.zne is not None:
+        scales += [s for s in mitigation.zne.scale_factors if s != 1.0]
+    check_circuit_count(len(parameter_sets) * len(logical) * len(scales), limits)
 
     transpiled = [cache.transpile(c, backend) for c in logical]
+    templates = [template for template, _ in transpiled]
+    reached = [1.0] * len(templates)
+    if fold_seed is None:
+        fold_seed = job_seed(spec.workflow_id, spec.seed)
+    if mitigation.zne is not None:
+        for template in templates:
+            zne.check_foldable(template)
+        for scale_index, scale in enumerate(scales[1:], start=1):
+            for basis_index, template in enumerate(transpiled):
+                folded, reached_scale = zne.fold(
+                    template[0],
+                    scale,
+                    mitigation.zne.folding,
+                    seed=[fold_seed, scale_index, basis_index],
+                )
+                templates.append(folded)
+                reached.append(reached_scale)
+    dd_applied = mitigation.dynamical_decoupling and ddd.supports_dd(backend.target)
+    if dd_applied:
+        manager = ddd.pass_manager(backend.target)
+        templates = [ddd.apply_dd(template, manager) for template in templates]
+
+    calibration = None
+    if mitigation.readout:
+        calibration = (
+            readout_cache.get(backend)
+            if readout_cache is not None
+            else measure_calibration(backend)
+        )
+
     tasks = [
-        CircuitTask(index, set_index, tuple(values), basis)
+        CircuitTask(scale_index * len(bases) + index, set_index, tuple(values), basis, scale)
+        for scale_index, scale in enumerate(scales)
         for set_index, values in enumerate(parameter_sets)
         for index, basis in enumerate(bases)
     ]
@@ -152,13 +252,37 @@ def prepare(
         calibration_version=backend.calibration_version,
         shots=spec.shots,
         num_qubits=circuit.num_qubits,
-        templates=[template for template, _ in transpiled],
+        templates=templates,
         tasks=tasks,
         observables=spec.observables,
         optimization_level=OPTIMIZATION_LEVEL,
         seed_transpiler=SEED_TRANSPILER,
         transpile_cache_hit=all(hit for _, hit in transpiled),
         parameter_names=tuple(p.name for p in circuit.parameters),
+        mitigation=mitigation,
+        readout_calibration=calibration,
+        fold_seed=fold_seed,
+        reached_scales=tuple(reached),
+        dd_applied=dd_applied,
+    )
+
+
+def _checked_mitigation(spec: JobSpec) -> MitigationSpec:
+    mitigation = spec.mitigation
+    if mitigation is None:
+        return MitigationSpec()
+    if not isinstance(mitigation, MitigationSpec):
+        raise InvalidJob(f"mitigation must be a MitigationSpec, got {type(mitigation).__name__}")
+    if mitigation.zne is None:
+        return mitigation
+    if not spec.observables:
+        raise InvalidJob(
+            "zne needs observables: a counts job has no expectation value to extrapolate"
+        )
+    return MitigationSpec(
+        zne=mitigation.zne.checked(),
+        readout=mitigation.readout,
+        dynamical_decoupling=mitigation.dynamical_decoupling,
     )
 
 
