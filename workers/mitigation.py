@@ -1,0 +1,201 @@
+"""Combine a prepared job's measured counts into mitigated results (no Kafka).
+
+`prepare` (workers/preparation.py) expanded the job before execution; `mitigate` undoes the
+expansion after it:
+
+1. raw estimates: the tasks at ZNE scale 1, no correction (what `estimate_expectations`
+   gives for the same job);
+2. readout mitigation: every estimate (at every scale) is read through the tensored inverse
+   of the job's confusion matrices, per shot (workers/readout.py); counts jobs also get a
+   mitigated quasi-distribution per scale-1 task;
+3. ZNE: the (corrected) estimates at each scale factor are extrapolated to zero noise with
+   mitiq's factories, standard errors propagated (workers/zne.py).
+
+Dynamical decoupling acts on the circuits only; here it is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers import ddd, zne
+from workers.estimation import ExpectationEstimate, ParityTable, estimate_tasks
+from workers.preparation import PreparedJob
+from workers.readout import (
+    MAX_DENSE_BITS,
+    clbit_qubits,
+    mitigate_distribution,
+    parity_tables,
+    register_qubits,
+)
+
+TECHNIQUE_ORDER = ("zne", "readout", "dd")
+
+
+@dataclass(frozen=True)
+class MitigatedEstimate:
+    parameter_set_index: int
+    observable_index: int
+    value: float  # mitigated (equal to raw_value when no technique changes it)
+    std_error: float
+    raw_value: float  # unmitigated: scale 1, no readout correction
+    raw_std_error: float
+
+
+@dataclass
+class MitigationOutcome:
+    estimates: list[MitigatedEstimate]  # by parameter set, then observable; [] for counts jobs
+    report: dict  # shaped like JobResult's MitigationReport record
+    # Per scale-1 task: readout-mitigated quasi-distribution (counts jobs with readout
+    # mitigation), else {}.
+    mitigated_probabilities: list[dict[str, float]] = field(default_factory=list)
+
+
+def mitigate(prepared: PreparedJob, counts: list[dict[str, int]]) -> MitigationOutcome:
+    """Mitigated estimates, the mitigation report and, for counts jobs, mitigated
+    distributions. `counts` are per task, in task order (what `execute` returns)."""
+    if len(counts) != len(prepared.tasks):
+        raise ValueError(f"{len(counts)} counts for {len(prepared.tasks)} tasks")
+    spec = prepared.mitigation
+    calibration = prepared.readout_calibration if spec.readout else None
+    blocks: dict[float, list[int]] = {}
+    for index, task in enumerate(prepared.tasks):
+        blocks.setdefault(task.scale_factor, []).append(index)
+    unmitigated = blocks.get(1.0, [])
+    parameters: dict[str, str] = {}
+    applied: list[str] = []
+
+    estimates: list[MitigatedEstimate] = []
+    if prepared.observables:
+        raw = estimate_tasks(prepared, counts, unmitigated)
+        tables = _tables(prepared, calibration) if calibration is not None else None
+        corrected = {
+            scale: estimate_tasks(prepared, counts, indices, tables)
+            for scale, indices in blocks.items()
+        }
+        final: list[tuple[float, float]] = [(e.value, e.std_error) for e in corrected[1.0]]
+        if spec.zne is not None:
+            final = _extrapolate(prepared, corrected, parameters)
+        estimates = [
+            MitigatedEstimate(
+                r.parameter_set_index, r.observable_index, value, std_error, r.value, r.std_error
+            )
+            for r, (value, std_error) in zip(raw, final, strict=True)
+        ]
+
+    if spec.zne is not None:
+        applied.append("zne")
+        parameters.update(
+            {
+                "scale_factors": ",".join(repr(s) for s in spec.zne.scale_factors),
+                "folding": spec.zne.folding,
+                "extrapolation": spec.zne.extrapolation,
+                "folded_native": "true",
+            }
+        )
+        reached = _reached_scales(prepared)
+        parameters["scale_factors_reached"] = ",".join(
+            f"{reached[s]:.4g}" for s in spec.zne.scale_factors
+        )
+        if spec.zne.extrapolation == "polynomial":
+            parameters["polynomial_order"] = str(zne.polynomial_order(len(spec.zne.scale_factors)))
+        if spec.zne.folding == "random_gates":
+            parameters["fold_seed"] = str(prepared.fold_seed)
+
+    probabilities: list[dict[str, float]] = [{} for _ in unmitigated]
+    if calibration is not None:
+        applied.append("readout")
+        parameters.update(
+            {
+                "readout_method": "tensored_inverse",
+                "readout_calibration_version": calibration.calibration_version,
+                "readout_calibration_circuits": "2",
+                "readout_calibration_shots": str(calibration.shots),
+            }
+        )
+        if not prepared.observables:
+            skipped = False
+            for position, index in enumerate(unmitigated):
+                template = prepared.templates[prepared.tasks[index].template_index]
+                quasi = mitigate_distribution(counts[index], calibration, clbit_qubits(template))
+                skipped |= quasi is None
+                probabilities[position] = quasi or {}
+            if skipped:
+                parameters["readout_distribution"] = (
+                    f"not computed above {MAX_DENSE_BITS} measured bits"
+                )
+
+    if spec.dynamical_decoupling:
+        if prepared.dd_applied:
+            applied.append("dd")
+            parameters.update({"dd_sequence": ddd.DD_SEQUENCE, "dd_schedule": "alap"})
+        else:
+            parameters["dd"] = "not applied: the backend target has no gate durations"
+
+    overhead = len(prepared.tasks) - len(unmitigated)
+    report = {
+        "technique": "+".join(t for t in TECHNIQUE_ORDER if t in applied) or "none",
+        "parameters": parameters,
+        "overhead_circuits": overhead,
+        "overhead_shots": overhead * prepared.shots,
+    }
+    return MitigationOutcome(estimates, report, probabilities)
+
+
+def _tables(prepared: PreparedJob, calibration) -> dict[int, ParityTable]:
+    """Per task: readout-corrected per-qubit values, by logical qubit of the basis register."""
+    by_template: dict[int, ParityTable] = {}
+    tables = {}
+    for index, task in enumerate(prepared.tasks):
+        if task.template_index not in by_template:
+            template = prepared.templates[task.template_index]
+            # The basis register is the one added last (Qiskit prints it leftmost).
+            qubits = register_qubits(template, template.cregs[-1].name)
+            by_template[task.template_index] = parity_tables(calibration, qubits)
+        tables[index] = by_template[task.template_index]
+    return tables
+
+
+def _extrapolate(
+    prepared: PreparedJob,
+    by_scale: dict[float, list[ExpectationEstimate]],
+    parameters: dict[str, str],
+) -> list[tuple[float, float]]:
+    options = prepared.mitigation.zne
+    assert options is not None
+    factors = list(options.scale_factors)
+    method = options.extrapolation
+    weights = zne.linear_weights(method, factors) if method != "exponential" else None
+    fallbacks = 0
+    out = []
+    for position, base in enumerate(by_scale[1.0]):
+        series = [by_scale[s][position] for s in factors]
+        asymptote = sum(
+            t.coeff
+            for t in prepared.observables[base.observable_index].terms
+            if set(t.pauli) == {"I"}
+        )
+        result = zne.extrapolate(
+            method,
+            factors,
+            [e.value for e in series],
+            [e.std_error for e in series],
+            asymptote=asymptote,
+            weights=weights,
+        )
+        fallbacks += result.fallback
+        out.append((result.value, result.std_error))
+    if method == "exponential":
+        parameters["exponential_fallbacks"] = str(fallbacks)
+    return out
+
+
+def _reached_scales(prepared: PreparedJob) -> dict[float, float]:
+    """Per asked scale factor, the mean noisy-gate ratio its folded templates reached."""
+    by_scale: dict[float, list[float]] = {}
+    for task in prepared.tasks:
+        if task.template_index < len(prepared.reached_scales):
+            by_scale.setdefault(task.scale_factor, []).append(
+                prepared.reached_scales[task.template_index]
+            )
+    return {s: sum(v) / len(v) for s, v in by_scale.items()} | {1.0: 1.0}
