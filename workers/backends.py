@@ -1,20 +1,44 @@
-"""The simulators jobs run on, by name.
+"""The simulators jobs run on, by name, and how circuits are run on them.
 
 - `aer.ideal`: a noiseless AerSimulator; any connectivity, Aer's full gate set.
 - `aer.noisy`: an 8-qubit ring device. Its transpiler target (basis gates, coupling map, gate
   errors and durations) and its Aer noise model are both built from one calibration snapshot;
   the noise model can be scaled at runtime to simulate drift that the calibration has not seen.
+
+Seeds are per circuit. Aer gives experiment i of one `run()` call the seed
+`seed_simulator + 2113*i` and ignores any seed or shot count set on a single circuit, so a
+circuit's counts depend on its position in the call. `Backend.run` therefore takes one seed (and
+one shot count) per circuit and guarantees: a circuit's counts depend only on (circuit, its
+shots, its seed, the backend's noise model), never on which other circuits share the call. An
+int seed `s` means the seeds `s, s+2113, s+4226, ...` (what one Aer call with `s` gives).
+
+Two ways a circuit is run, chosen from the circuit alone (so the same in a batch as alone):
+- exact sampling, when every measurement is final and the circuit is small: Aer computes the
+  exact outcome distribution once (density matrix with the noise model, or statevector when
+  there is no noise; shots do not matter), the backend applies the noise model's readout
+  errors, and the counts are drawn with `numpy.random.default_rng(seed).multinomial`. Any number
+  of such circuits, with any seeds and shot counts, share ONE Aer call.
+- Aer sampling, for the rest (mid-circuit measurements, control flow, large circuits): circuits
+  share an Aer call only when their seeds continue Aer's own sequence (+2113 each) and their
+  shot counts are equal; otherwise each such run of circuits is its own call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 from qiskit import QuantumCircuit
 from qiskit.circuit import (
+    ControlFlowOp,
     Delay,
     ForLoopOp,
+    Gate,
     IfElseOp,
     Measure,
     Parameter,
@@ -23,20 +47,43 @@ from qiskit.circuit import (
     WhileLoopOp,
 )
 from qiskit.circuit.library import CXGate, RZGate, SXGate, XGate
+from qiskit.quantum_info import Kraus
+from qiskit.result.postprocess import format_counts_memory
 from qiskit.transpiler import InstructionProperties, Target
 from qiskit_aer import AerSimulator
-from qiskit_aer.noise import NoiseModel
+from qiskit_aer.library import SaveProbabilities
+from qiskit_aer.noise import NoiseModel, QuantumError, ReadoutError
 
 from workers.calibration import CalibrationSnapshot, generate_snapshot
 from workers.errors import ExecutionFailed, UnknownBackend
+from workers.faults import FaultInjectingBackend, FaultSpec
 from workers.limits import Limits
-from workers.noise import build_noise_model, validate_noise_scale
+from workers.noise import ConvertedOnceNoiseModel, build_noise_model, validate_noise_scale
 
 IDEAL = "aer.ideal"
 NOISY = "aer.noisy"
 IDEAL_CALIBRATION_VERSION = "aer.ideal@noiseless"
 DEFAULT_CALIBRATION_SEED = 7
 NS = 1e-9
+
+# Aer (src/controllers/controller_execute.hpp, 0.18.2): experiment i of one call runs with
+# seed_simulator + 2113*i; a seed or shot count set on one AerCircuit is overwritten.
+AER_SEED_STRIDE = 2113
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1  # Aer reads seed_simulator as a signed 64-bit int
+# Exact sampling limits: outcomes are 2**bits floats per circuit; the state is simulated on one
+# thread (see _EXACT_OPTIONS), so keep it small. Larger circuits use Aer sampling.
+EXACT_MAX_MEASURED_BITS = 16
+EXACT_MAX_QUBITS_DENSITY_MATRIX = 10
+EXACT_MAX_QUBITS_STATEVECTOR = 16
+_PROBABILITIES_LABEL = "qlane_probabilities"
+# Parallelism inside one state changes the order of floating-point sums; with these thresholds
+# every state is simulated on one thread, so its probabilities are bit-identical in any call.
+_EXACT_OPTIONS = {
+    "shots": 1,
+    "seed_simulator": 0,
+    "statevector_parallel_threshold": 64,
+    "fusion_parallelization_threshold": 10**6,
+}
 
 _GATES = {"rz": RZGate(Parameter("λ")), "sx": SXGate(), "x": XGate(), "cx": CXGate()}
 _CONTROL_FLOW = (
@@ -46,8 +93,254 @@ _CONTROL_FLOW = (
     (SwitchCaseOp, "switch_case"),
 )
 _ALWAYS_ALLOWED = frozenset({"barrier"})
+_MAY_FOLLOW_MEASUREMENT = frozenset({"barrier"})
 
 
+# --- seeds and shots per circuit -------------------------------------------------------------
+def circuit_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """One seed per circuit: an int `s` gives s, s+2113, s+4226, ... (Aer's own sequence)."""
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seeds = [seed + AER_SEED_STRIDE * i for i in range(count)]
+    else:
+        seeds = _as_list(seed, "seed")
+        if len(seeds) != count:
+            raise ValueError(f"{len(seeds)} seeds for {count} circuits")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int | np.integer):
+            raise ValueError(f"seed {s!r} is not an integer")
+        if not MIN_SEED <= s <= MAX_SEED:
+            raise ValueError(f"seed {s} is outside the signed 64-bit range Aer accepts")
+    return [int(s) for s in seeds]
+
+
+def circuit_shots(shots: int | Sequence[int], count: int) -> list[int]:
+    """One shot count per circuit: an int applies to every circuit."""
+    if isinstance(shots, int) and not isinstance(shots, bool):
+        values = [shots] * count
+    else:
+        values = _as_list(shots, "shots")
+        if len(values) != count:
+            raise ValueError(f"{len(values)} shot counts for {count} circuits")
+    for s in values:
+        if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1:
+            raise ValueError(f"shots {s!r} is not a positive integer")
+    return [int(s) for s in values]
+
+
+def _as_list(value: Any, what: str) -> list[Any]:
+    if isinstance(value, str | bytes | bool) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"{what} must be an integer or a list of integers, got {value!r}")
+    return list(value)
+
+
+def seed_segments(indices: Sequence[int], seeds: Sequence[int], shots: Sequence[int]):
+    """Split `indices` (in order) into runs that one Aer call reproduces exactly: within a run
+    each seed is the previous one + 2113 and the shot counts are equal."""
+    segments: list[list[int]] = []
+    for i in indices:
+        if segments:
+            last = segments[-1][-1]
+            if seeds[i] == seeds[last] + AER_SEED_STRIDE and shots[i] == shots[last]:
+                segments[-1].append(i)
+                continue
+        segments.append([i])
+    return segments
+
+
+# --- exact sampling ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FinalMeasurements:
+    """How a circuit whose measurements are all final writes its classical bits.
+
+    `qubits[k]` is measured into clbit `clbits[k]`; in an outcome index over the measured
+    qubits (the order of `qubits`), bit k is qubit `qubits[k]`. Unmeasured clbits read 0.
+    """
+
+    qubits: tuple[int, ...]
+    clbits: tuple[int, ...]
+    num_clbits: int
+    creg_sizes: tuple[tuple[str, int], ...]
+    active_qubits: int  # qubits any operation touches
+    unitary: bool  # only gates (and barriers, delays) before the measurements
+
+    def memory_values(self) -> np.ndarray:
+        """The classical memory (clbit i at bit i) of every outcome index, as integers."""
+        m = len(self.qubits)
+        outcomes = np.arange(2**m, dtype=np.int64)
+        memory = np.zeros_like(outcomes)
+        for k, clbit in enumerate(self.clbits):
+            memory |= ((outcomes >> k) & 1) << clbit
+        return memory
+
+
+def final_measurements(circuit: QuantumCircuit) -> FinalMeasurements | None:
+    """The measurement map of `circuit`, or None unless every measurement is final: nothing but
+    barriers acts on a qubit after it is measured, no clbit is written twice, no control flow."""
+    measured_into: dict[int, int] = {}
+    written: set[int] = set()
+    active: set[int] = set()
+    unitary = True
+    for instruction in circuit.data:
+        operation = instruction.operation
+        if isinstance(operation, ControlFlowOp) or not instruction.qubits:
+            return None  # control flow; classical-only instructions such as store
+        qubits = [circuit.find_bit(q).index for q in instruction.qubits]
+        if operation.name in _MAY_FOLLOW_MEASUREMENT:
+            continue
+        if any(q in measured_into for q in qubits):
+            return None  # acts on a measured qubit: not a final measurement
+        active.update(qubits)
+        if isinstance(operation, Measure):
+            (qubit,) = qubits
+            (clbit,) = (circuit.find_bit(c).index for c in instruction.clbits)
+            if clbit in written:
+                return None
+            written.add(clbit)
+            measured_into[qubit] = clbit
+        elif instruction.clbits:
+            return None  # anything else that writes a clbit
+        elif not isinstance(operation, Gate | Delay):
+            unitary = False  # reset, initialize, kraus, ...: exact only as a density matrix
+    if not measured_into:
+        return None
+    pairs = sorted(measured_into.items(), key=lambda item: item[1])
+    return FinalMeasurements(
+        qubits=tuple(q for q, _ in pairs),
+        clbits=tuple(c for _, c in pairs),
+        num_clbits=circuit.num_clbits,
+        creg_sizes=tuple((r.name, r.size) for r in circuit.cregs),
+        active_qubits=len(active),
+        unitary=unitary,
+    )
+
+
+def without_measurements(circuit: QuantumCircuit) -> QuantumCircuit:
+    """`circuit` with its (final) measurements dropped; registers kept."""
+    stripped = circuit.copy_empty_like()
+    for instruction in circuit.data:
+        if not isinstance(instruction.operation, Measure):
+            stripped.append(instruction)
+    return stripped
+
+
+def apply_readout(probabilities: np.ndarray, matrices: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Apply one 2x2 readout matrix per measured bit (`matrices[k]` for bit k; rows: the true
+    bit, columns: the bit read, as in Aer's ReadoutError; None: no error)."""
+    m = len(matrices)
+    tensor = np.asarray(probabilities, dtype=float).reshape((2,) * m)
+    for k, matrix in enumerate(matrices):
+        if matrix is None:
+            continue
+        axis = m - 1 - k  # C order: axis 0 is the most significant bit
+        tensor = np.moveaxis(np.tensordot(tensor, matrix, axes=([axis], [0])), -1, axis)
+    return tensor.reshape(-1)
+
+
+def sample_counts(
+    probabilities: np.ndarray, measurements: FinalMeasurements, shots: int, seed: int
+) -> dict[str, int]:
+    """Counts drawn from an outcome distribution, keyed exactly as Aer's `get_counts` keys them
+    (bitstrings, clbit 0 rightmost, registers separated by spaces)."""
+    p = np.clip(np.asarray(probabilities, dtype=float), 0.0, None)
+    total = p.sum()
+    if not math.isfinite(total) or total <= 0:
+        raise ExecutionFailed("outcome distribution is empty or not finite")
+    draws = np.random.default_rng(seed % 2**64).multinomial(shots, p / total)
+    memory = measurements.memory_values()
+    header = {
+        "creg_sizes": [list(r) for r in measurements.creg_sizes],
+        "memory_slots": measurements.num_clbits,
+    }
+    return {
+        format_counts_memory(hex(int(memory[o])), header): int(draws[o])
+        for o in np.flatnonzero(draws)
+    }
+
+
+# --- noise models ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseView:
+    """What runs derive from a backend's noise model, computed once per model.
+
+    `aer_model` is the model given to Aer: the backend model's channels, each quantum error
+    converted to ONE Kraus channel. Aer rebuilds the model from a dict on every run() call;
+    for the composed depolarizing+relaxation errors (48 circuits per cx error) that costs
+    ~50 ms per call on aer.noisy, as Kraus channels ~5 ms.
+    `readout` (local per qubit, default) is None when exact sampling cannot reproduce the
+    model (correlated readout errors, errors on measure); then Aer samples every circuit.
+    """
+
+    aer_model: NoiseModel | None
+    readout: tuple[dict[int, np.ndarray], np.ndarray | None] | None
+    noisy: bool
+
+    def readout_matrices(self, qubits: Sequence[int]) -> list[np.ndarray | None]:
+        assert self.readout is not None
+        local, default = self.readout
+        return [local.get(q, default) for q in qubits]
+
+
+_VIEWS: dict[int, tuple[weakref.ref, NoiseView]] = {}
+_VIEWS_LOCK = threading.Lock()
+
+
+def noise_view(model: NoiseModel | None) -> NoiseView:
+    """The NoiseView of `model`, built once per model object (~1 s for aer.noisy: converting
+    each error to a Kraus channel) and shared; models are never modified after construction."""
+    if model is None:
+        return NoiseView(None, ({}, None), noisy=False)
+    with _VIEWS_LOCK:
+        for key in [k for k, (ref, _) in _VIEWS.items() if ref() is None]:
+            del _VIEWS[key]
+        cached = _VIEWS.get(id(model))
+        if cached is not None and cached[0]() is model:
+            return cached[1]
+    view = _build_noise_view(model)
+    with _VIEWS_LOCK:
+        _VIEWS[id(model)] = (weakref.ref(model), view)
+    return view
+
+
+def _build_noise_view(model: NoiseModel) -> NoiseView:
+    entries = model.to_dict(serializable=False)["errors"]
+    compact = ConvertedOnceNoiseModel(basis_gates=list(model.basis_gates))
+    local: dict[int, np.ndarray] = {}
+    default: np.ndarray | None = None
+    exact_ok = True
+    for entry in entries:
+        if "noise_qubits" in entry:  # nonlocal errors: keep the model as built
+            return NoiseView(model, None, noisy=not model.is_ideal())
+        operations = list(entry["operations"])
+        gate_qubits = entry.get("gate_qubits")
+        if entry["type"] == "qerror":
+            error = QuantumError(Kraus(QuantumError.from_dict(entry)))
+            if "measure" in operations:
+                exact_ok = False
+            if gate_qubits is None:
+                compact.add_all_qubit_quantum_error(error, operations, warnings=False)
+            else:
+                for qubits in gate_qubits:
+                    compact.add_quantum_error(error, operations, list(qubits), warnings=False)
+        elif entry["type"] == "roerror":
+            probabilities = np.asarray(entry["probabilities"], dtype=float)
+            error = ReadoutError(probabilities)
+            if gate_qubits is None:
+                compact.add_all_qubit_readout_error(error, warnings=False)
+                default = probabilities if probabilities.shape == (2, 2) else None
+                exact_ok = exact_ok and probabilities.shape == (2, 2)
+            else:
+                for qubits in gate_qubits:
+                    compact.add_readout_error(error, list(qubits), warnings=False)
+                    if len(qubits) == 1:
+                        local[qubits[0]] = probabilities
+                    else:
+                        exact_ok = False
+        else:  # an error type this code does not know: keep the model as built
+            return NoiseView(model, None, noisy=not model.is_ideal())
+    return NoiseView(compact, (local, default) if exact_ok else None, not model.is_ideal())
+
+
+# --- backends -------------------------------------------------------------------------------
 @dataclass
 class Backend:
     """One named simulator with the target its circuits must be transpiled for."""
@@ -61,30 +354,126 @@ class Backend:
     calibration: CalibrationSnapshot | None = None
     noise_model: NoiseModel | None = None
     noise_scale: float = 1.0
+    _noise_view: tuple[NoiseModel | None, NoiseView] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
-    def run(self, circuits: list[QuantumCircuit], shots: int, seed: int) -> list[dict[str, int]]:
-        """Run all circuits in ONE Aer call; counts per circuit, in order.
+    def run(
+        self,
+        circuits: Sequence[QuantumCircuit],
+        shots: int | Sequence[int],
+        seed: int | Sequence[int],
+    ) -> list[dict[str, int]]:
+        """Counts per circuit, in order.
 
-        Same circuits, shots and seed give the same counts. Count keys are Qiskit's bitstrings
-        (clbit 0 rightmost, registers separated by spaces).
+        `shots` and `seed` are one value for all circuits or one per circuit; an int seed `s`
+        gives circuit i the seed s + 2113*i. A circuit's counts depend only on the circuit, its
+        shots, its seed and this backend's noise model, never on the other circuits in the
+        call, so a batch of jobs gets the counts each job gets alone. Count keys are Qiskit's
+        bitstrings (clbit 0 rightmost, registers separated by spaces). Circuits that fail
+        raise ExecutionFailed for the whole call.
         """
+        circuits = list(circuits)
         if not circuits:
             return []
+        shots_list = circuit_shots(shots, len(circuits))
+        seeds = circuit_seeds(seed, len(circuits))
         if self.coupling_constrained:
             for circuit in circuits:
                 self._check_native(circuit)
-        options = {"shots": shots, "seed_simulator": seed}
-        if self.noise_model is not None:
-            options["noise_model"] = self.noise_model
+        view = self.noise()
+        counts: list[dict[str, int] | None] = [None] * len(circuits)
+        exact: dict[str, list[tuple[int, FinalMeasurements]]] = {}
+        sampled: list[int] = []
+        for i, circuit in enumerate(circuits):
+            method, measurements = self._exact_method(circuit, view)
+            if method is None:
+                sampled.append(i)
+            else:
+                exact.setdefault(method, []).append((i, measurements))
+        for method, group in exact.items():
+            probabilities = self._probabilities(method, [(circuits[i], m) for i, m in group], view)
+            for (i, measurements), p in zip(group, probabilities, strict=True):
+                if view.noisy:
+                    p = apply_readout(p, view.readout_matrices(measurements.qubits))
+                counts[i] = sample_counts(p, measurements, shots_list[i], seeds[i])
+        for segment in seed_segments(sampled, seeds, shots_list):
+            first = segment[0]
+            results = self._aer_counts(
+                [circuits[i] for i in segment], shots_list[first], seeds[first], view
+            )
+            for i, c in zip(segment, results, strict=True):
+                counts[i] = c
+        return counts  # type: ignore[return-value]
+
+    def noise(self) -> NoiseView:
+        """The run-time view of the current noise model (rebuilt when the model is swapped)."""
+        model, cached = self._noise_view or (None, None)
+        if cached is None or model is not self.noise_model:
+            model = self.noise_model
+            cached = noise_view(model)
+            self._noise_view = (model, cached)
+        return cached
+
+    def _exact_method(
+        self, circuit: QuantumCircuit, view: NoiseView
+    ) -> tuple[str | None, FinalMeasurements | None]:
+        if view.readout is None:
+            return None, None
+        measurements = final_measurements(circuit)
+        if measurements is None or len(measurements.qubits) > EXACT_MAX_MEASURED_BITS:
+            return None, None
+        if (
+            not view.noisy
+            and measurements.unitary
+            and measurements.active_qubits <= EXACT_MAX_QUBITS_STATEVECTOR
+        ):
+            return "statevector", measurements
+        if measurements.active_qubits <= EXACT_MAX_QUBITS_DENSITY_MATRIX:
+            return "density_matrix", measurements
+        return None, None
+
+    def _probabilities(
+        self,
+        method: str,
+        items: list[tuple[QuantumCircuit, FinalMeasurements]],
+        view: NoiseView,
+    ) -> list[np.ndarray]:
+        """Exact outcome distributions over each circuit's measured qubits, one Aer call."""
+        prepared = []
+        for circuit, measurements in items:
+            stripped = without_measurements(circuit)
+            stripped.append(
+                SaveProbabilities(len(measurements.qubits), label=_PROBABILITIES_LABEL),
+                [stripped.qubits[q] for q in measurements.qubits],
+            )
+            prepared.append(stripped)
+        options: dict[str, Any] = {"method": method, **_EXACT_OPTIONS}
+        if view.noisy:
+            options["noise_model"] = view.aer_model
+        result = self._aer_result(prepared, options)
+        return [
+            np.asarray(result.data(i)[_PROBABILITIES_LABEL], dtype=float)
+            for i in range(len(prepared))
+        ]
+
+    def _aer_counts(
+        self, circuits: list[QuantumCircuit], shots: int, seed: int, view: NoiseView
+    ) -> list[dict[str, int]]:
+        options: dict[str, Any] = {"shots": shots, "seed_simulator": seed}
+        if view.aer_model is not None:
+            options["noise_model"] = view.aer_model
+        result = self._aer_result(circuits, options)
+        return [dict(result.get_counts(i)) for i in range(len(circuits))]
+
+    def _aer_result(self, circuits: list[QuantumCircuit], options: dict[str, Any]):
         try:
             result = self.simulator.run(circuits, **options).result()
-            if not result.success:
-                raise ExecutionFailed(f"{self.name}: {result.status}")
-            return [dict(result.get_counts(i)) for i in range(len(circuits))]
-        except ExecutionFailed:
-            raise
         except Exception as exc:
             raise ExecutionFailed(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        if not result.success:
+            raise ExecutionFailed(f"{self.name}: {result.status}")
+        return result
 
     def _check_native(self, circuit: QuantumCircuit) -> None:
         if circuit.num_qubits != self.target.num_qubits:
@@ -147,7 +536,11 @@ def noisy_target(snapshot: CalibrationSnapshot) -> Target:
 
 
 class BackendRegistry:
-    """The backends this worker provides. Backends are built on first use."""
+    """The backends this worker provides. Backends are built on first use.
+
+    `faults` wraps the named backends in a FaultInjectingBackend (reliability tests, chaos
+    runs); `set_faults` changes that at runtime. `get` returns the wrapper when one is set.
+    """
 
     def __init__(
         self,
@@ -155,6 +548,7 @@ class BackendRegistry:
         *,
         ideal_qubits: int = Limits.max_qubits,
         calibration: CalibrationSnapshot | None = None,
+        faults: dict[str, FaultSpec | str] | None = None,
     ) -> None:
         self._ideal_qubits = ideal_qubits
         self._calibration = calibration or generate_snapshot(seed=DEFAULT_CALIBRATION_SEED)
@@ -164,26 +558,47 @@ class BackendRegistry:
         }
         self._backends: dict[str, Backend] = {}
         self._noise_scale: dict[str, float] = {}
+        self._faults: dict[str, FaultSpec] = {}
+        self._faulty: dict[str, FaultInjectingBackend] = {}
         for name, scale in (noise_scale or {}).items():
             self.set_noise_scale(name, scale)
+        for name, spec in (faults or {}).items():
+            self.set_faults(name, spec)
 
     def names(self) -> list[str]:
         return sorted(self._builders)
 
-    def get(self, name: str) -> Backend:
-        backend = self._backends.get(name)
-        if backend is None:
-            builder = self._builders.get(name)
-            if builder is None:
-                raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(self.names())}")
-            backend = self._backends[name] = builder()
-        return backend
+    def get(self, name: str) -> Backend | FaultInjectingBackend:
+        """The backend called `name` (its fault-injecting wrapper when faults are set)."""
+        backend = self._backend(name)
+        spec = self._faults.get(name)
+        if spec is None:
+            return backend
+        wrapper = self._faulty.get(name)
+        if wrapper is None:
+            wrapper = self._faulty[name] = FaultInjectingBackend(backend, spec)
+        return wrapper
+
+    def faults(self) -> dict[str, FaultSpec]:
+        """The fault specs in force, by backend name."""
+        return dict(self._faults)
+
+    def set_faults(self, name: str, spec: FaultSpec | str | None) -> None:
+        """Inject `spec`'s faults into backend `name` from now on (None: stop injecting).
+
+        A new spec starts a new wrapper whose random sequence restarts from `spec.seed`.
+        """
+        self._check_known(name)
+        self._faulty.pop(name, None)
+        if spec is None:
+            self._faults.pop(name, None)
+            return
+        self._faults[name] = FaultSpec.parse(spec) if isinstance(spec, str) else spec
 
     def set_noise_scale(self, name: str, scale: float) -> None:
         """Scale a noisy backend's noise (1.0 = as calibrated). The calibration version stays:
         this simulates the device drifting away from its last calibration."""
-        if name not in self._builders:
-            raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(self.names())}")
+        self._check_known(name)
         if name == IDEAL:
             raise ValueError(f"{IDEAL} has no noise to scale")
         scale = validate_noise_scale(scale)
@@ -192,6 +607,17 @@ class BackendRegistry:
         if backend is not None and backend.calibration is not None:
             backend.noise_model = build_noise_model(backend.calibration, scale)
             backend.noise_scale = scale
+
+    def _check_known(self, name: str) -> None:
+        if name not in self._builders:
+            raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(self.names())}")
+
+    def _backend(self, name: str) -> Backend:
+        backend = self._backends.get(name)
+        if backend is None:
+            self._check_known(name)
+            backend = self._backends[name] = self._builders[name]()
+        return backend
 
     def _build_ideal(self) -> Backend:
         simulator = AerSimulator()
