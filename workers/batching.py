@@ -1,0 +1,216 @@
+"""Run many prepared jobs together: one backend call per backend, same counts as alone.
+
+The execute stage collects jobs for a short window and hands them to `execute_batch`. Jobs are
+grouped by backend; each group's circuits (every task of every job, bound) go to ONE
+`Backend.run` call with one seed and one shot count per circuit. A job's circuits get the seeds
+`preparation.execute` gives them alone (seed + 2113*k for its k-th task, `circuit_seeds`), and
+`Backend.run` guarantees that a circuit's counts depend only on the circuit, its shots and its
+seed, so every job's counts are identical to `preparation.execute(prepared, registry, seed)`.
+How many Aer calls that takes is the backend's business (see workers/backends.py: all circuits
+whose measurements are final and that are small share one call; others need their own).
+
+Failures stay with their job: a job whose circuits cannot be bound gets its exception and is
+left out; if the group call fails with a permanent error, the group's jobs are run one by one
+so only the job at fault gets the error. A retryable failure of the group call (the backend is
+down, or a fault was injected) is not attributable to a job: every job of the group gets it,
+and the caller retries or falls back. With a `BreakerBoard`, a group whose breaker refuses gets
+`BreakerOpen` without a call, and retryable failures and successes are recorded on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qiskit import QuantumCircuit
+
+from workers.backends import circuit_seeds
+from workers.breaker import BreakerBoard, BreakerOpen
+from workers.errors import QlaneError
+from workers.preparation import PreparedJob, bind_tasks
+
+Outcome = list[dict[str, int]] | Exception
+
+
+def execute_batch(
+    items: Sequence[tuple[PreparedJob, int]],
+    registry: Any,
+    *,
+    breakers: BreakerBoard | None = None,
+) -> list[Outcome]:
+    """Counts per task for each (prepared job, seed), in order, or the exception of that job.
+
+    Never raises for a job's failure: the exception takes that job's slot.
+    """
+    outcomes: list[Outcome | None] = [None] * len(items)
+    groups: dict[str, list[int]] = {}
+    for index, (prepared, _) in enumerate(items):
+        groups.setdefault(prepared.backend, []).append(index)
+    for name, indices in groups.items():
+        _run_group(name, indices, items, registry, breakers, outcomes)
+    return outcomes  # type: ignore[return-value]
+
+
+def _run_group(
+    name: str,
+    indices: list[int],
+    items: Sequence[tuple[PreparedJob, int]],
+    registry: Any,
+    breakers: BreakerBoard | None,
+    outcomes: list[Outcome | None],
+) -> None:
+    try:
+        backend = registry.get(name)
+    except Exception as exc:
+        for i in indices:
+            outcomes[i] = exc
+        return
+    breaker = breakers.for_backend(name) if breakers is not None else None
+
+    bound: list[tuple[int, list[QuantumCircuit], list[int], list[int]]] = []
+    for i in indices:
+        prepared, seed = items[i]
+        try:
+            circuits = bind_tasks(prepared)
+            seeds = circuit_seeds(seed, len(circuits))
+        except Exception as exc:
+            outcomes[i] = exc
+            continue
+        bound.append((i, circuits, [prepared.shots] * len(circuits), seeds))
+    if not bound:
+        return
+
+    if breaker is not None and not breaker.allow():
+        refused = BreakerOpen(name, breaker.retry_after_s())
+        for i, *_ in bound:
+            outcomes[i] = refused
+        return
+    try:
+        counts = backend.run(
+            [c for _, circuits, _, _ in bound for c in circuits],
+            [s for _, _, shots, _ in bound for s in shots],
+            [s for _, _, _, seeds in bound for s in seeds],
+        )
+    except Exception as exc:
+        if _retryable(exc):
+            if breaker is not None:
+                breaker.record_failure()
+            for i, *_ in bound:
+                outcomes[i] = exc
+            return
+        if len(bound) == 1:
+            outcomes[bound[0][0]] = exc
+            return
+        _run_one_by_one(backend, bound, breaker, outcomes)
+        return
+    if breaker is not None:
+        breaker.record_success()
+    start = 0
+    for i, circuits, _, _ in bound:
+        outcomes[i] = counts[start : start + len(circuits)]
+        start += len(circuits)
+
+
+def _run_one_by_one(backend, bound, breaker, outcomes) -> None:
+    """Isolate the job(s) that made the group call fail."""
+    for i, circuits, shots, seeds in bound:
+        if breaker is not None and not breaker.allow():
+            outcomes[i] = BreakerOpen(backend.name, breaker.retry_after_s())
+            continue
+        try:
+            outcomes[i] = backend.run(circuits, shots, seeds)
+        except Exception as exc:
+            outcomes[i] = exc
+            if breaker is not None and _retryable(exc):
+                breaker.record_failure()
+            continue
+        if breaker is not None:
+            breaker.record_success()
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, QlaneError) and exc.retryable
+
+
+# --- throughput measurement: python -m workers.batching -------------------------------------
+GHZ5_QASM = (
+    'OPENQASM 2.0; include "qelib1.inc"; qreg q[5]; '
+    "h q[0]; cx q[0],q[1]; cx q[1],q[2]; cx q[2],q[3]; cx q[3],q[4];"
+)
+ESTIMATOR2_QASM = (
+    'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; ry(0.3) q[0]; cx q[0],q[1]; rx(0.7) q[1];'
+)
+
+
+def _bench(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import time
+
+    from qiskit_aer import AerSimulator
+
+    from workers.backends import BackendRegistry
+    from workers.jobs import JobSpec, parse_observable
+    from workers.limits import Limits
+    from workers.preparation import execute, prepare
+    from workers.seeds import derive_seed
+    from workers.transpile import TranspileCache
+
+    parser = argparse.ArgumentParser(description="jobs/s: one by one vs execute_batch")
+    parser.add_argument("--jobs", type=int, default=128)
+    parser.add_argument("--shots", type=int, default=1000)
+    parser.add_argument("--backend", default="aer.noisy")
+    parser.add_argument("--batches", default="16,32,64")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    registry, cache, limits = BackendRegistry(), TranspileCache(), Limits()
+    kinds = {
+        "GHZ-5 counts": dict(circuit=GHZ5_QASM),
+        "2-qubit estimator (ZZ+XX, 2 circuits)": dict(
+            circuit=ESTIMATOR2_QASM, observables=(parse_observable("ZZ:0.5+XX"),)
+        ),
+    }
+    backend = registry.get(args.backend)
+    for kind, spec in kinds.items():
+        items = [
+            (
+                prepare(
+                    JobSpec(f"bench-{i}", shots=args.shots, backend=args.backend, **spec),
+                    registry,
+                    cache,
+                    limits,
+                ),
+                derive_seed(f"bench-{i}"),
+            )
+            for i in range(args.jobs)
+        ]
+        execute(items[0][0], registry, items[0][1])  # warm-up: noise model conversion
+
+        def previous(items=items):  # the Backend.run before per-circuit seeds: Aer, full model
+            simulator, model = AerSimulator(), backend.noise_model
+            for job, seed in items:
+                options = {"noise_model": model} if model is not None else {}
+                simulator.run(
+                    bind_tasks(job), shots=job.shots, seed_simulator=seed, **options
+                ).result()
+
+        modes = {"one by one, previous Backend.run (Aer sampling, full model)": previous}
+        modes["one by one, preparation.execute"] = lambda items=items: [
+            execute(job, registry, seed) for job, seed in items
+        ]
+        for size in (int(s) for s in args.batches.split(",")):
+            modes[f"execute_batch, {size} jobs per batch"] = lambda items=items, size=size: [
+                execute_batch(items[k : k + size], registry) for k in range(0, len(items), size)
+            ]
+        print(f"\n{kind}: {args.jobs} jobs x {args.shots} shots on {args.backend}")
+        for label, mode in modes.items():
+            rates = []
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                mode()
+                rates.append(args.jobs / (time.perf_counter() - start))
+            print(f"  {label:62s} {min(rates):7.1f} - {max(rates):7.1f} jobs/s")
+
+
+if __name__ == "__main__":
+    _bench()
