@@ -1,0 +1,61 @@
+"""Which target a job falls back to, and why.
+
+A job's fallback policy is an ordered list of targets: "classical" (fallback/classical.py) and/or
+backend names. Empty: no fallback, the job fails (dead letter) when its backend gives up.
+
+    policy = FallbackPolicy.from_list(["aer.ideal", "classical"])
+    policy.next_target({"aer.noisy"})               # "aer.ideal"
+    policy.next_target({"aer.noisy", "aer.ideal"})  # "classical"
+    policy.next_target({"aer.noisy", "aer.ideal", "classical"})  # None: give up
+
+`tried` holds every target already attempted, the job's own backend included, so a policy that
+names the job's backend never sends the job back to it. The reason a job left its backend is a
+`FallbackReason`, reported in the result's mode and on the status topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+from dataclasses import dataclass
+from enum import StrEnum
+
+CLASSICAL = "classical"
+
+
+class FallbackReason(StrEnum):
+    """Why a job was sent to a fallback target."""
+
+    RETRIES_EXHAUSTED = "retries_exhausted"  # retryable failures until the retry budget ran out
+    BREAKER_OPEN = "breaker_open"  # the backend's circuit breaker refused the call
+    DEADLINE_MISSED = "deadline_missed"  # the job's latency budget would be (or was) exceeded
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    """An ordered tuple of fallback targets, without repeats."""
+
+    targets: tuple[str, ...] = ()
+
+    @classmethod
+    def from_list(cls, names: Iterable[str] | None) -> FallbackPolicy:
+        """From the job's list (None or empty: no fallback). Names are stripped; a repeated
+        name keeps its first place; an empty or non-string name raises ValueError."""
+        targets: list[str] = []
+        for name in names or ():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"fallback target {name!r} must be a non-empty string")
+            name = name.strip()
+            if name not in targets:
+                targets.append(name)
+        return cls(tuple(targets))
+
+    def next_target(self, tried: Set[str]) -> str | None:
+        """The first target not in `tried`, or None when none is left."""
+        return next((t for t in self.targets if t not in tried), None)
+
+    @property
+    def allows_classical(self) -> bool:
+        return CLASSICAL in self.targets
+
+    def __bool__(self) -> bool:
+        return bool(self.targets)

@@ -1,0 +1,18 @@
+"""Fixtures for the fallback tests (the same as tests/unit/workers' ones)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.backends import BackendRegistry
+from workers.limits import Limits
+
+
+@pytest.fixture(scope="session")
+def registry() -> BackendRegistry:
+    return BackendRegistry()
+
+
+@pytest.fixture(scope="session")
+def limits() -> Limits:
+    return Limits()
