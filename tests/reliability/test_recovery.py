@@ -1,0 +1,42 @@
+"""The workflow table survives a SIGKILL: a finished workflow stays finished."""
+
+import asyncio
+import signal
+import time
+import uuid
+
+from streams.client import job_request
+from streams.topics import ensure_topics
+from tests.support import (
+    BELL,
+    session_settings,
+    start_worker,
+    stop_worker,
+    submit_and_wait,
+    topic_records,
+    wait_until_ready,
+)
+
+
+def test_table_is_recovered_after_sigkill(broker_address, tmp_path):
+    settings = session_settings(*broker_address, tag="recover")
+    asyncio.run(ensure_topics(settings))
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    worker = start_worker(settings, logs[0])
+    try:
+        wait_until_ready(settings, logs[0])
+        jobs = [job_request(workflow_id=f"rec-{i}-{uuid.uuid4().hex[:6]}", circuit=BELL,
+                            shots=32) for i in range(12)]
+        assert {o.state for o in submit_and_wait(settings, jobs).values()} == {"done"}
+        time.sleep(1)
+        stop_worker(worker, sig=signal.SIGKILL)
+        worker = start_worker(settings, logs[1])
+        resent = [{**job, "submitted_at_ms": job["submitted_at_ms"] + 1} for job in jobs]
+        outcomes = submit_and_wait(settings, resent, timeout_s=150)
+        assert all("duplicate" in o.history for o in outcomes.values()), outcomes
+        assert "Recovery complete" in logs[1].read_text()
+        time.sleep(2)
+        keys = [r.key.decode() for r in topic_records(settings, "results")]
+        assert all(keys.count(job["workflow_id"]) == 1 for job in jobs)
+    finally:
+        stop_worker(worker)
