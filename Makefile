@@ -27,8 +27,9 @@ unit: install
 integration: install
 	$(PYTEST) -q tests/integration
 
+# The full runs: 1,000 jobs under >= 5 SIGKILLs, 10,000 fuzzed bad inputs, ...
 reliability: install
-	$(PYTEST) -q tests/reliability
+	QLANE_RELIABILITY_FULL=1 $(PYTEST) -q -s tests/reliability
 
 bench: install
 	$(PY) bench/run.py
