@@ -1,4 +1,4 @@
-# Everything installs from nothing: a new .venv and pip (no Debian packages needed yet).
+# Everything installs from nothing: Debian's prometheus package (for promtool), a new .venv, pip.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,6 +8,8 @@ PYTEST := $(PY) -m pytest
 .PHONY: install demo test unit integration reliability bench lint clean
 
 $(STAMP): pyproject.toml
+	command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
-from streams.deadletter import SourceRecord
+from streams import metrics
+from streams.deadletter import SourceRecord, error_class
 from streams.dlq_guard import DeadLetterGuard
 from streams.runtime import Runtime, now_ms
 
 log = logging.getLogger("qlane")
 
-Handler = Callable[[SourceRecord], Awaitable[None]]
+# A handler returns the outcome of a record it passed on: "ok", "duplicate" or "fallback".
+Handler = Callable[[SourceRecord], Awaitable[str | None]]
 
 
 class StageFailure(Exception):
@@ -64,10 +67,14 @@ async def pause_stage(runtime: Runtime, stage: str, reason: str) -> None:
 
 async def process_one(runtime: Runtime, table, stage: str, handle: Handler, source) -> bool:
     """Handle one record; True when it was dead-lettered."""
+    started = time.perf_counter()
+    outcome = "failed"
     try:
-        await handle(source)
+        outcome = await handle(source) or "ok"
         return False
     except StageFailure as failure:
+        outcome = "failed"
+        metrics.DEAD_LETTERS.labels(stage, error_class(failure.error)).inc()
         mark(table, failure.workflow_id, "failed", error=failure.error)
         await runtime.dead_letter(source, stage, failure.error, failure.attempts)
         await runtime.status(
@@ -75,7 +82,13 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler, sour
             attempt=failure.attempts,
         )
     except Exception as error:  # bad input must never stop the worker
+        outcome = "rejected"
+        metrics.DEAD_LETTERS.labels(stage, error_class(error)).inc()
         await runtime.dead_letter(source, stage, error)
+    finally:
+        metrics.STAGE_DURATION.labels(stage).observe(time.perf_counter() - started)
+        metrics.JOBS.labels(stage, outcome).inc()
+        metrics.LAST_PROGRESS.set(time.time())
     return True
 
 

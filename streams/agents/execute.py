@@ -9,6 +9,7 @@ import time
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from schemas.codec import codec
+from streams import metrics
 from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime
@@ -37,6 +38,7 @@ def register(app, runtime: Runtime, table) -> None:
                 with attempt:
                     attempt_number = attempt.retry_state.attempt_number
                     if attempt_number > 1:
+                        metrics.RETRIES.labels(prepared.backend).inc()
                         await runtime.status(
                             workflow_id, "retrying", STAGE, attempt=attempt_number
                         )
@@ -59,6 +61,7 @@ def register(app, runtime: Runtime, table) -> None:
         mark(table, workflow_id, "executing")
         await runtime.status(workflow_id, "executing", STAGE, detail=prepared.backend)
         started = time.perf_counter()
+        metrics.EXECUTE_BATCH_SIZE.observe(len(prepared.tasks))
         counts = await run_with_retries(workflow_id, prepared, seed)
         outcome = {
             "workflow_id": workflow_id,

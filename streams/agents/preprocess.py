@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from schemas.codec import codec
+from streams import metrics
 from streams.agents.common import StageFailure, in_thread, run_stage
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
@@ -32,10 +33,11 @@ def register(app, runtime: Runtime, table) -> None:
                 f"workflow {workflow_id} was submitted before with a different payload"
             )
         if admission.decision is Decision.DUPLICATE:
+            metrics.DUPLICATES.inc()
             await runtime.status(
                 workflow_id, "duplicate", STAGE, detail=f"already {admission.previous_state}"
             )
-            return
+            return "duplicate"
 
         accepted_at_ms = now_ms()
         attempts = (previous or {}).get("attempts", 0) + 1
@@ -56,6 +58,9 @@ def register(app, runtime: Runtime, table) -> None:
             )
         except Exception as error:
             raise StageFailure(workflow_id, error) from error
+        metrics.TRANSPILE_CACHE_LOOKUPS.labels(
+            "hit" if prepared.transpile_cache_hit else "miss"
+        ).inc()
         task = {
             "workflow_id": workflow_id,
             "request": source.value,
