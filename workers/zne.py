@@ -38,7 +38,7 @@ from mitiq.zne.inference import (
     RichardsonFactory,
 )
 from qiskit import QuantumCircuit
-from qiskit.circuit import CircuitInstruction
+from qiskit.circuit import Barrier, CircuitInstruction, Gate
 from qiskit.circuit.library import RZGate, SXGate
 
 from workers.errors import InvalidJob
@@ -97,6 +97,7 @@ def check_foldable(circuit: QuantumCircuit) -> None:
 
 
 def noisy_gate_count(instructions: Sequence[CircuitInstruction]) -> int:
+    """Gates other than virtual `rz` (measurements and barriers do not count)."""
     return sum(1 for i in instructions if _is_noisy(i))
 
 
@@ -182,8 +183,6 @@ def _fold_random(body, base: int, extra: int, rng: np.random.Generator):
 
 
 def _barrier(qubits) -> tuple[CircuitInstruction, int]:
-    from qiskit.circuit import Barrier
-
     return CircuitInstruction(Barrier(len(qubits)), qubits, ()), 1
 
 
@@ -196,14 +195,14 @@ def _all_qubits(body) -> tuple:
 
 
 def _is_gate(instruction: CircuitInstruction) -> bool:
-    from qiskit.circuit import Barrier, Gate
-
     return isinstance(instruction.operation, Gate | Barrier)
 
 
 def _is_noisy(instruction: CircuitInstruction) -> bool:
-    name = instruction.operation.name
-    return name not in VIRTUAL_GATES and name not in _SKIPPED
+    """A gate that is not virtual (measurements and barriers are not gates)."""
+    return isinstance(instruction.operation, Gate) and instruction.operation.name not in (
+        VIRTUAL_GATES
+    )
 
 
 def _inverse(instruction: CircuitInstruction) -> list[CircuitInstruction]:

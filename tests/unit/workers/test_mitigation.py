@@ -1,0 +1,583 @@
+"""Mitigation stage: options, expansion, folding, readout correction, reports, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.quantum_info import Operator
+
+from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
+from workers import zne
+from workers.backends import NOISY, BackendRegistry
+from workers.errors import InvalidJob
+from workers.estimation import estimate_expectations
+from workers.fingerprint import structural_hash
+from workers.jobs import JobSpec, MitigationSpec, ZneSpec, parse_observable
+from workers.limits import Limits
+from workers.measurement import basis_circuit, without_final_measurements
+from workers.mitigation import mitigate
+from workers.mitigation_bench import ghz_qasm, hea_qasm
+from workers.preparation import PreparedJob, execute, prepare
+from workers.readout import (
+    ReadoutCalibration,
+    ReadoutCalibrationCache,
+    calibration_seed,
+    clbit_qubits,
+    mitigate_distribution,
+    nearest_probabilities,
+    parity_tables,
+)
+from workers.transpile import TranspileCache
+
+SETS3 = ((0.1, 0.2, 0.3, 0.4, 0.5), (-1.0, 1.0, -0.5, 0.5, 2.0))
+OBSERVABLES3 = (parse_observable("ZZI:0.5+XXX:-1"), parse_observable("YIY+III:2"))
+
+
+def estimator_job(mitigation: MitigationSpec, backend: str = NOISY, **kw) -> JobSpec:
+    return JobSpec(
+        kw.pop("workflow_id", "wf-mit"),
+        ANSATZ3_QASM3,
+        parameter_sets=SETS3,
+        observables=OBSERVABLES3,
+        shots=kw.pop("shots", 2000),
+        backend=backend,
+        mitigation=mitigation,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def noisy() -> BackendRegistry:
+    return BackendRegistry()
+
+
+# ------------------------------------------------------------------------- options
+def test_mitigation_record_parses_into_spec() -> None:
+    record = {
+        "workflow_id": "wf",
+        "circuit": "x",
+        "mitigation": {
+            "zne": {
+                "scale_factors": [1, 2, 3.5],
+                "folding": "random_gates",
+                "extrapolation": "linear",
+            },
+            "readout": True,
+            "dynamical_decoupling": False,
+        },
+    }
+    spec = JobSpec.from_record(record)
+    assert spec.mitigation == MitigationSpec(
+        zne=ZneSpec((1.0, 2.0, 3.5), "random_gates", "linear"), readout=True
+    )
+    assert MitigationSpec.from_record(spec.mitigation.to_record()) == spec.mitigation
+    # Null options take the Avro defaults; no mitigation record at all means none.
+    defaults = JobSpec.from_record({**record, "mitigation": {"zne": {"scale_factors": None}}})
+    assert defaults.mitigation == MitigationSpec(
+        zne=ZneSpec((1.0, 3.0, 5.0), "global", "richardson")
+    )
+    assert JobSpec.from_record({"workflow_id": "wf", "circuit": "x"}).mitigation == (
+        MitigationSpec()
+    )
+    assert not MitigationSpec().enabled
+
+
+@pytest.mark.parametrize(
+    ("mitigation", "message"),
+    [
+        ({"zne": {"scale_factors": [0.5, 1.0, 3.0]}}, "outside"),
+        ({"zne": {"scale_factors": [1.0]}}, "at least 2"),
+        ({"zne": {"scale_factors": []}}, "at least 2"),
+        ({"zne": {"scale_factors": [1.0, 3.0, 3.0]}}, "distinct"),
+        ({"zne": {"scale_factors": [1.0, math.inf]}}, "outside"),
+        ({"zne": {"scale_factors": [1.0, 100.0]}}, "outside"),
+        ({"zne": {"scale_factors": [1.0, "3"]}}, "numbers"),
+        ({"zne": {"scale_factors": "1,3"}}, "list"),
+        ({"zne": {"folding": "local"}}, "folding"),
+        ({"zne": {"extrapolation": "cubic"}}, "extrapolation"),
+        ({"zne": "richardson"}, "record"),
+        ({"readout": "yes"}, "readout"),
+        ({"dynamical_decoupling": 1}, "dynamical_decoupling"),
+        ("zne", "record"),
+    ],
+)
+def test_bad_mitigation_options_are_invalid_jobs(mitigation, message: str) -> None:
+    with pytest.raises(InvalidJob, match=message):
+        JobSpec.from_record({"workflow_id": "wf", "circuit": "x", "mitigation": mitigation})
+
+
+def test_prepare_rechecks_options_and_refuses_zne_on_counts_jobs(registry, cache, limits) -> None:
+    bad = estimator_job(MitigationSpec(zne=ZneSpec((1.0, 0.5))), backend="aer.ideal")
+    with pytest.raises(InvalidJob, match="outside"):
+        prepare(bad, registry, cache, limits)
+    counts_job = JobSpec("wf", BELL_QASM2, mitigation=MitigationSpec(zne=ZneSpec()))
+    with pytest.raises(InvalidJob, match="observables"):
+        prepare(counts_job, registry, cache, limits)
+    mid_circuit = (
+        'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2]; h q[0]; measure q[0] -> c[0];'
+        " cx q[0], q[1];"
+    )
+    spec = JobSpec(
+        "wf",
+        mid_circuit,
+        observables=(parse_observable("ZZ"),),
+        mitigation=MitigationSpec(zne=ZneSpec()),
+    )
+    with pytest.raises(InvalidJob, match="unitary"):
+        prepare(spec, registry, cache, limits)
+
+
+def test_expansion_counts_against_the_circuit_limit(registry, cache) -> None:
+    spec = estimator_job(MitigationSpec(zne=ZneSpec()), backend="aer.ideal")
+    unmitigated = len(
+        prepare(
+            dataclasses.replace(spec, mitigation=MitigationSpec()), registry, cache, Limits()
+        ).tasks
+    )
+    with pytest.raises(InvalidJob, match="circuits"):
+        prepare(spec, registry, cache, Limits(max_circuits_per_job=3 * unmitigated - 1))
+    assert (
+        len(prepare(spec, registry, cache, Limits(max_circuits_per_job=3 * unmitigated)).tasks)
+        == 3 * unmitigated
+    )
+
+
+# ----------------------------------------------------------------------- expansion
+def test_zne_adds_folded_copies_of_every_circuit_and_reports_overhead(noisy) -> None:
+    cache = TranspileCache()
+    plain = prepare(estimator_job(MitigationSpec()), noisy, cache, Limits())
+    k = len(plain.tasks)
+    spec = estimator_job(MitigationSpec(zne=ZneSpec((1.0, 3.0, 5.0))))
+    prepared = prepare(spec, noisy, cache, Limits())
+    assert len(prepared.tasks) == 3 * k
+    # The first block is exactly the unmitigated job; then one block per further factor.
+    assert prepared.tasks[:k] == plain.tasks
+    assert [t.scale_factor for t in prepared.tasks] == [1.0] * k + [3.0] * k + [5.0] * k
+    for a, b, c in zip(
+        prepared.tasks[:k], prepared.tasks[k : 2 * k], prepared.tasks[2 * k :], strict=True
+    ):
+        assert (
+            (a.parameter_set_index, a.basis, a.parameter_values)
+            == (b.parameter_set_index, b.basis, b.parameter_values)
+            == (c.parameter_set_index, c.basis, c.parameter_values)
+        )
+    bases = len(plain.templates)
+    assert len(prepared.templates) == 3 * bases
+    for i in range(bases):
+        base = zne.two_qubit_gate_count(prepared.templates[i])
+        assert zne.two_qubit_gate_count(prepared.templates[bases + i]) == 3 * base
+        assert zne.two_qubit_gate_count(prepared.templates[2 * bases + i]) == 5 * base
+
+    outcome = mitigate(prepared, execute(prepared, noisy, 3))
+    assert outcome.report["technique"] == "zne"
+    assert outcome.report["overhead_circuits"] == 2 * k
+    assert outcome.report["overhead_shots"] == 2 * k * spec.shots
+    assert outcome.report["parameters"]["scale_factors"] == "1.0,3.0,5.0"
+    assert outcome.report["parameters"]["folding"] == "global"
+    assert outcome.report["parameters"]["extrapolation"] == "richardson"
+    assert set(outcome.report) == {"technique", "parameters", "overhead_circuits", "overhead_shots"}
+    assert all(isinstance(v, str) for v in outcome.report["parameters"].values())
+    assert outcome.mitigated_probabilities == [{}] * k
+
+
+def test_a_missing_scale_1_is_still_run_for_the_raw_value(noisy) -> None:
+    spec = estimator_job(MitigationSpec(zne=ZneSpec((2.0, 3.0), extrapolation="linear")))
+    prepared = prepare(spec, noisy, TranspileCache(), Limits())
+    k = len(prepared.unmitigated_tasks)
+    assert [t.scale_factor for t in prepared.tasks] == [1.0] * k + [2.0] * k + [3.0] * k
+    counts = execute(prepared, noisy, 4)
+    outcome = mitigate(prepared, counts)
+    raw = estimate_expectations(prepared, counts)
+    assert [(e.raw_value, e.raw_std_error) for e in outcome.estimates] == [
+        (r.value, r.std_error) for r in raw
+    ]
+    assert outcome.report["overhead_circuits"] == 2 * k
+
+
+def test_no_mitigation_is_the_plain_estimate(noisy) -> None:
+    prepared = prepare(estimator_job(MitigationSpec()), noisy, TranspileCache(), Limits())
+    counts = execute(prepared, noisy, 9)
+    outcome = mitigate(prepared, counts)
+    raw = estimate_expectations(prepared, counts)
+    assert [(e.value, e.std_error) for e in outcome.estimates] == [
+        (r.value, r.std_error) for r in raw
+    ]
+    assert [(e.raw_value, e.raw_std_error) for e in outcome.estimates] == [
+        (r.value, r.std_error) for r in raw
+    ]
+    assert outcome.report == {
+        "technique": "none",
+        "parameters": {},
+        "overhead_circuits": 0,
+        "overhead_shots": 0,
+    }
+
+
+def test_prepared_job_round_trips_mitigation_fields(noisy) -> None:
+    spec = estimator_job(
+        MitigationSpec(
+            zne=ZneSpec((1.0, 2.0, 3.0), "random_gates", "polynomial"),
+            readout=True,
+            dynamical_decoupling=True,
+        )
+    )
+    prepared = prepare(spec, noisy, TranspileCache(), Limits(), ReadoutCalibrationCache())
+    restored = PreparedJob.from_bytes(prepared.to_bytes())
+    for f in dataclasses.fields(PreparedJob):
+        if f.name != "templates":
+            assert getattr(restored, f.name) == getattr(prepared, f.name), f.name
+    assert restored.templates == prepared.templates
+    assert restored.readout_calibration is not None and restored.dd_applied
+    counts = execute(prepared, noisy, 8)
+    assert execute(restored, noisy, 8) == counts
+    assert mitigate(restored, counts) == mitigate(prepared, counts)
+
+
+# -------------------------------------------------------------------------- folding
+@pytest.fixture(scope="module")
+def hea_template(noisy) -> QuantumCircuit:
+    """A transpiled, parameterized 4-qubit HEA measured in a mixed basis, on aer.noisy."""
+    from workers.circuits import parse_circuit
+
+    circuit = parse_circuit(hea_qasm(4, 2))
+    logical = basis_circuit(without_final_measurements(circuit), "XYZZ")
+    template, _ = TranspileCache().transpile(logical, noisy.get(NOISY))
+    return template
+
+
+@pytest.mark.parametrize(
+    ("method", "scale"),
+    list(itertools.product(["global", "random_gates"], [1.0, 2.0, 3.0, 3.5, 5.0])),
+)
+def test_folding_keeps_unitary_layout_parameters_and_native_gates(
+    noisy, hea_template, method: str, scale: float
+) -> None:
+    backend = noisy.get(NOISY)
+    folded, reached = zne.fold(hea_template, scale, method, seed=[3, 1, 0])
+    base_noisy = zne.noisy_gate_count(hea_template.data)
+    assert abs(reached - scale) <= 1 / base_noisy
+    assert zne.noisy_gate_count(folded.data) == round(reached * base_noisy)
+    # ~scale x the two-qubit gates (exactly for odd integers), native on coupled pairs.
+    base_cx = zne.two_qubit_gate_count(hea_template)
+    folded_cx = zne.two_qubit_gate_count(folded)
+    if scale in (1.0, 3.0, 5.0):
+        assert folded_cx == scale * base_cx
+    else:
+        assert abs(folded_cx - scale * base_cx) <= 0.35 * scale * base_cx
+    assert folded.layout == hea_template.layout
+    assert {p.name for p in folded.parameters} == {p.name for p in hea_template.parameters}
+    values = {p: 0.1 * (i + 1) - 0.7 for i, p in enumerate(hea_template.parameters)}
+    bound = folded.assign_parameters(values)
+    backend._check_native(bound)  # raises for a non-native gate or an uncoupled pair
+    # Same unitary, global phase included.
+    expected = Operator(
+        hea_template.remove_final_measurements(inplace=False).assign_parameters(values)
+    )
+    actual = Operator(bound.remove_final_measurements(inplace=False))
+    assert np.allclose(actual.data, expected.data, atol=1e-8)
+    # The measurements are still last and read the same qubits into the same clbits.
+    assert clbit_qubits(folded) == clbit_qubits(hea_template)
+
+
+def test_random_folding_is_seeded(hea_template) -> None:
+    a, _ = zne.fold(hea_template, 2.0, "random_gates", seed=[11, 1, 0])
+    b, _ = zne.fold(hea_template, 2.0, "random_gates", seed=[11, 1, 0])
+    c, _ = zne.fold(hea_template, 2.0, "random_gates", seed=[12, 1, 0])
+    assert a == b
+    assert a != c
+
+
+def test_random_folding_follows_the_workflow_seed(noisy) -> None:
+    mitigation = MitigationSpec(zne=ZneSpec((1.0, 2.0), "random_gates", "linear"))
+    one = prepare(estimator_job(mitigation, workflow_id="wf-a"), noisy, TranspileCache(), Limits())
+    again = prepare(
+        estimator_job(mitigation, workflow_id="wf-a"), noisy, TranspileCache(), Limits()
+    )
+    other = prepare(
+        estimator_job(mitigation, workflow_id="wf-b"), noisy, TranspileCache(), Limits()
+    )
+    # (Separate parses make distinct Parameter objects: compare structure.)
+    assert shapes(one) == shapes(again) and one.fold_seed == again.fold_seed
+    assert shapes(one)[:2] == shapes(other)[:2] and shapes(one)[2:] != shapes(other)[2:]
+    explicit = prepare(
+        estimator_job(mitigation, workflow_id="wf-b"),
+        noisy,
+        TranspileCache(),
+        Limits(),
+        fold_seed=one.fold_seed,
+    )
+    assert shapes(explicit) == shapes(one)
+
+
+def shapes(prepared: PreparedJob) -> list[str]:
+    return [structural_hash(t) for t in prepared.templates]
+
+
+# --------------------------------------------------------------------- extrapolation
+@pytest.mark.parametrize("method", ["linear", "richardson", "polynomial"])
+def test_linear_extrapolations_propagate_errors_exactly(method: str) -> None:
+    factors = [1.0, 2.0, 3.0, 5.0]
+    w = zne.linear_weights(method, factors)
+    assert w.sum() == pytest.approx(1.0)
+    y, se = [0.8, 0.65, 0.52, 0.35], [0.01, 0.02, 0.015, 0.03]
+    result = zne.extrapolate(method, factors, y, se)
+    assert result.value == pytest.approx(float(w @ np.array(y)))
+    assert result.std_error == pytest.approx(
+        math.sqrt(sum((wi * si) ** 2 for wi, si in zip(w, se, strict=True)))
+    )
+    # Exact on data from a line / a polynomial of the fitted order.
+    line = [0.9 - 0.1 * s for s in factors]
+    assert zne.extrapolate(method, factors, line, [0.0] * 4).value == pytest.approx(0.9)
+
+
+def test_richardson_weights_for_1_3_5() -> None:
+    assert zne.linear_weights("richardson", [1.0, 3.0, 5.0]) == pytest.approx(
+        [15 / 8, -10 / 8, 3 / 8]
+    )
+
+
+def test_exponential_extrapolation_and_delta_method_error() -> None:
+    factors = [1.0, 3.0, 5.0]
+    y = [0.2 + 0.7 * math.exp(-0.1 * s) for s in factors]
+    result = zne.extrapolate("exponential", factors, y, [0.01] * 3, asymptote=0.2)
+    assert not result.fallback
+    assert result.value == pytest.approx(0.9, abs=1e-6)
+    # Compare the delta-method error with a seeded Monte Carlo of the same fit.
+    rng = np.random.default_rng(5)
+    draws = [
+        zne.extrapolate(
+            "exponential",
+            factors,
+            list(np.array(y) + rng.normal(0, 0.01, 3)),
+            [0.01] * 3,
+            asymptote=0.2,
+        ).value
+        for _ in range(300)
+    ]
+    assert result.std_error == pytest.approx(float(np.std(draws)), rel=0.2)
+
+
+# ------------------------------------------------------------------------- readout
+def synthetic_calibration(n: int, seed: int = 1) -> ReadoutCalibration:
+    rng = np.random.default_rng(seed)
+    matrices = []
+    for _ in range(n):
+        p10, p01 = rng.uniform(0.01, 0.08, 2)
+        matrices.append(((1 - p10, p01), (p10, 1 - p01)))
+    return ReadoutCalibration("test", "v1", 1000, 0, tuple(matrices))
+
+
+def noisy_distribution(p: np.ndarray, calibration: ReadoutCalibration, qubits: list[int]):
+    """Apply the confusion matrices of `qubits[j]` to clbit j of an exact distribution."""
+    width = len(qubits)
+    tensor = p.reshape((2,) * width)
+    for clbit, qubit in enumerate(qubits):
+        axis = width - 1 - clbit
+        tensor = np.moveaxis(
+            np.tensordot(calibration.matrix(qubit), tensor, axes=([1], [axis])), 0, axis
+        )
+    return tensor.reshape(-1)
+
+
+def test_tensored_inverse_uses_the_physical_qubit_of_each_clbit() -> None:
+    calibration = synthetic_calibration(8)
+    qubits = [5, 2, 7]  # clbit j was read from physical qubit qubits[j]
+    ideal = np.zeros(8)
+    ideal[0b000], ideal[0b101], ideal[0b011] = 0.5, 0.3, 0.2
+    measured = noisy_distribution(ideal, calibration, qubits)
+    counts = {format(i, "03b"): round(v * 10**9) for i, v in enumerate(measured)}
+    quasi = mitigate_distribution(counts, calibration, qubits)
+    got = np.array([quasi.get(format(i, "03b"), 0.0) for i in range(8)])
+    assert np.allclose(got, ideal, atol=1e-6)
+    wrong = mitigate_distribution(counts, calibration, [0, 1, 2])
+    assert not np.allclose([wrong.get(format(i, "03b"), 0.0) for i in range(8)], ideal, atol=1e-3)
+
+
+def test_quasi_distribution_keeps_register_spacing() -> None:
+    calibration = synthetic_calibration(4)
+    quasi = mitigate_distribution({"1 01": 60, "0 10": 40}, calibration, [0, 1, 3])
+    assert all(len(k) == 4 and k[1] == " " for k in quasi)
+    assert sum(quasi.values()) == pytest.approx(1.0)
+    probs = nearest_probabilities(quasi)
+    assert min(probs.values()) >= 0 and sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_per_shot_readout_correction_of_parities_is_exact() -> None:
+    calibration = synthetic_calibration(3, seed=4)
+    tables = parity_tables(calibration, [2, 0, 1])
+    ideal = np.array([0.4, 0.0, 0.1, 0.2, 0.0, 0.05, 0.0, 0.25])  # bit i = qubit i
+    measured = noisy_distribution(ideal, calibration, [2, 0, 1])
+    for mask in range(1, 8):
+        exact = sum(p * (-1) ** bin(x & mask).count("1") for x, p in enumerate(ideal))
+        corrected = 0.0
+        for x, p in enumerate(measured):
+            value = 1.0
+            for q in range(3):
+                if mask >> q & 1:
+                    value *= tables[q][x >> q & 1]
+            corrected += p * value
+        assert corrected == pytest.approx(exact, abs=1e-12)
+
+
+def test_calibration_reads_the_backend_readout_errors(noisy) -> None:
+    backend = noisy.get(NOISY)
+    calibration = ReadoutCalibrationCache().get(backend)
+    snapshot = backend.calibration
+    assert len(calibration.matrices) == backend.num_qubits
+    assert calibration.seed == calibration_seed(NOISY, backend.calibration_version)
+    for q in range(backend.num_qubits):
+        (p00, p01), (p10, p11) = calibration.matrices[q]
+        assert p00 + p10 == pytest.approx(1.0) and p01 + p11 == pytest.approx(1.0)
+        assert p10 == pytest.approx(snapshot.readout_p1_given_0[q], abs=0.004)
+        assert p01 == pytest.approx(snapshot.readout_p0_given_1[q], abs=0.005)
+
+
+class CountingRegistry:
+    """Counts the backend calls that run readout calibration circuits."""
+
+    def __init__(self, registry: BackendRegistry, monkeypatch) -> None:
+        self.calibration_calls = 0
+        backend = registry.get(NOISY)
+        original = backend.run
+
+        def run(circuits, shots, seed):
+            if any(c.name.startswith("readout_cal") for c in circuits):
+                self.calibration_calls += 1
+            return original(circuits, shots, seed)
+
+        monkeypatch.setattr(backend, "run", run)
+
+
+def test_cache_hits_invalidation_and_new_versions(monkeypatch) -> None:
+    registry = BackendRegistry()
+    spy = CountingRegistry(registry, monkeypatch)
+    cache, transpile_cache = ReadoutCalibrationCache(shots=4000), TranspileCache()
+    spec = JobSpec(
+        "wf-cal", ghz_qasm(3), shots=500, backend=NOISY, mitigation=MitigationSpec(readout=True)
+    )
+    first = prepare(spec, registry, transpile_cache, Limits(), cache)
+    assert spy.calibration_calls == 1 and (cache.hits, cache.misses) == (0, 1)
+    second = prepare(
+        dataclasses.replace(spec, workflow_id="wf-other"),
+        registry,
+        transpile_cache,
+        Limits(),
+        cache,
+    )
+    assert spy.calibration_calls == 1 and cache.hits == 1
+    assert second.readout_calibration == first.readout_calibration
+    # Same matrices whichever job triggered the measurement: the seed is the version's.
+    assert ReadoutCalibrationCache(shots=4000).get(registry.get(NOISY)) == (
+        first.readout_calibration
+    )
+    spy.calibration_calls = 0
+
+    assert cache.invalidate(NOISY) == 1 and cache.invalidate(NOISY) == 0
+    prepare(spec, registry, transpile_cache, Limits(), cache)
+    assert spy.calibration_calls == 1
+
+    # A new calibration version of the backend is a miss.
+    backend = registry.get(NOISY)
+    monkeypatch.setattr(backend, "calibration_version", backend.calibration_version + "-next")
+    third = prepare(spec, registry, TranspileCache(), Limits(), cache)
+    assert spy.calibration_calls == 2 and len(cache) == 2
+    assert third.readout_calibration.calibration_version.endswith("-next")
+    assert third.readout_calibration.seed != first.readout_calibration.seed
+
+
+def test_drift_after_invalidation_is_measured(monkeypatch) -> None:
+    registry = BackendRegistry()
+    cache = ReadoutCalibrationCache(shots=4000)
+    before = cache.get(registry.get(NOISY))
+    registry.set_noise_scale(NOISY, 2.0)
+    assert cache.get(registry.get(NOISY)) == before  # stale until told
+    cache.invalidate(NOISY)
+    after = cache.get(registry.get(NOISY))
+    assert after.matrices[0][1][0] > 1.5 * before.matrices[0][1][0]
+
+
+def test_readout_on_an_estimator_job_reports_and_changes_values(noisy) -> None:
+    spec = estimator_job(MitigationSpec(readout=True))
+    prepared = prepare(spec, noisy, TranspileCache(), Limits(), ReadoutCalibrationCache())
+    outcome = mitigate(prepared, execute(prepared, noisy, 2))
+    report = outcome.report
+    assert report["technique"] == "readout"
+    assert report["overhead_circuits"] == 0 and report["overhead_shots"] == 0
+    assert report["parameters"]["readout_method"] == "tensored_inverse"
+    assert report["parameters"]["readout_calibration_version"] == prepared.calibration_version
+    assert outcome.mitigated_probabilities == [{}] * len(prepared.tasks)
+    # Readout errors shrink |<P>|: corrected values are larger in magnitude on average,
+    # with larger standard errors.
+    non_trivial = [e for e in outcome.estimates if e.observable_index == 0]
+    assert sum(abs(e.value) for e in non_trivial) > sum(abs(e.raw_value) for e in non_trivial)
+    assert all(e.std_error >= e.raw_std_error for e in outcome.estimates)
+
+
+def test_counts_job_gets_one_distribution_per_circuit(noisy) -> None:
+    spec = JobSpec(
+        "wf-counts", GHZ3_QASM2, shots=1000, backend=NOISY, mitigation=MitigationSpec(readout=True)
+    )
+    prepared = prepare(spec, noisy, TranspileCache(), Limits(), ReadoutCalibrationCache())
+    counts = execute(prepared, noisy, 1)
+    outcome = mitigate(prepared, counts)
+    assert outcome.estimates == [] and outcome.report["technique"] == "readout"
+    (quasi,) = outcome.mitigated_probabilities
+    assert set(quasi) >= set(counts[0])
+    assert sum(quasi.values()) == pytest.approx(1.0)
+    assert quasi["000"] + quasi["111"] > (counts[0]["000"] + counts[0]["111"]) / 1000
+
+
+# ------------------------------------------------------------------ dynamical decoupling
+def test_dynamical_decoupling_pads_idle_windows(noisy) -> None:
+    spec = estimator_job(MitigationSpec(dynamical_decoupling=True))
+    prepared = prepare(spec, noisy, TranspileCache(), Limits())
+    plain = prepare(estimator_job(MitigationSpec()), noisy, TranspileCache(), Limits())
+    assert prepared.dd_applied
+    for padded, template in zip(prepared.templates, plain.templates, strict=True):
+        ops = padded.count_ops()
+        assert ops.get("x", 0) >= template.count_ops().get("x", 0) + 2
+        assert "delay" in ops
+        assert padded.layout == template.layout
+        assert {p.name for p in padded.parameters} == {p.name for p in template.parameters}
+    counts = execute(prepared, noisy, 6)  # the backend checks every gate is native
+    outcome = mitigate(prepared, counts)
+    assert outcome.report["technique"] == "dd"
+    assert outcome.report["parameters"]["dd_sequence"] == "X-X"
+
+
+def test_dynamical_decoupling_is_not_applied_without_durations(registry, cache, limits) -> None:
+    spec = estimator_job(
+        MitigationSpec(dynamical_decoupling=True, readout=True), backend="aer.ideal"
+    )
+    prepared = prepare(spec, registry, cache, limits, ReadoutCalibrationCache(shots=200))
+    outcome = mitigate(prepared, execute(prepared, registry, 1))
+    assert not prepared.dd_applied
+    assert outcome.report["technique"] == "readout"
+    assert "not applied" in outcome.report["parameters"]["dd"]
+
+
+# --------------------------------------------------------------------------- determinism
+def test_prepare_execute_mitigate_twice_is_identical() -> None:
+    spec = estimator_job(
+        MitigationSpec(zne=ZneSpec((1.0, 2.0, 3.0), "random_gates", "exponential"), readout=True),
+        workflow_id="wf-twice",
+    )
+
+    def run() -> tuple[bytes, object, list]:
+        registry = BackendRegistry({NOISY: 2.0})
+        prepared = prepare(spec, registry, TranspileCache(), Limits(), ReadoutCalibrationCache())
+        counts = execute(prepared, registry, 77)
+        return prepared.to_bytes(), mitigate(prepared, counts), counts
+
+    bytes_a, outcome_a, counts_a = run()
+    bytes_b, outcome_b, counts_b = run()
+    assert counts_a == counts_b
+    assert outcome_a == outcome_b
+    assert outcome_a.report["technique"] == "zne+readout"
+    assert outcome_a.report["parameters"]["exponential_fallbacks"].isdigit()
+    assert PreparedJob.from_bytes(bytes_a).tasks == PreparedJob.from_bytes(bytes_b).tasks
