@@ -124,6 +124,8 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]]) -> MitigationO
                 parameters["readout_distribution"] = (
                     f"not computed above {MAX_DENSE_BITS} measured bits"
                 )
+    elif spec.readout:
+        parameters["readout"] = "not applied: the prepared job holds no readout calibration"
 
     if spec.dynamical_decoupling:
         if prepared.dd_applied:
