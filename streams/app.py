@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faust
 
-from streams import observability, transport
+from streams import control, observability, transport
 from streams.agents import execute, mitigate, preprocess
 from streams.runtime import Runtime
 from streams.settings import Settings
@@ -60,4 +60,5 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Runtime]:
     for stage in (preprocess, execute, mitigate):
         stage.register(app, runtime, table)
     observability.register(app, runtime)
+    control.register(app, runtime)
     return app, runtime

@@ -314,6 +314,29 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.control import noise_control_record
+    from streams.topics import TopicNames
+
+    settings = settings_from(args)
+    topic = TopicNames.from_settings(settings).control
+    key, value = noise_control_record(args.backend, args.scale)
+
+    async def go():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value=value, key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+    print(f"noise scale of {args.backend} set to {args.scale} on every worker (via {topic})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -388,6 +411,14 @@ def parser() -> argparse.ArgumentParser:
                         help="new workflow ids that name their parent, instead of re-driving")
     replay.add_argument("--dry-run", action="store_true", help="print the plan, send nothing")
     replay.set_defaults(run=cmd_replay)
+
+    control = commands.add_parser("control", help="runtime controls shared by every worker")
+    control_actions = control.add_subparsers(dest="action", required=True)
+    noise = control_actions.add_parser("noise", help="scale a noisy backend's noise (drift)")
+    add_connection_options(noise)
+    noise.add_argument("--backend", required=True)
+    noise.add_argument("--scale", type=float, required=True, help="1.0 = the calibration")
+    noise.set_defaults(run=cmd_control)
     return top
 
 

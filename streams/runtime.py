@@ -47,6 +47,20 @@ class Runtime:
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)
+    controls: object = None  # the `controls` GlobalTable, set by streams.control
+
+    def apply_controls(self, backend: str) -> None:
+        """Bring this worker's backend in line with the cluster-wide noise control."""
+        control = self.controls.get(f"noise:{backend}") if self.controls is not None else None
+        if not control:
+            return
+        backend_object = self.registry.get(backend)
+        if backend_object.noise_scale != control["noise_scale"]:
+            self.registry.set_noise_scale(backend, control["noise_scale"])
+
+    def drifted(self, backend: str) -> bool:
+        state = self.controls.get(f"drift:{backend}") if self.controls is not None else None
+        return bool(state) and state.get("severity", "none") != "none"
     cache: TranspileCache = field(init=False)
 
     def __post_init__(self) -> None:

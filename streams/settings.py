@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     dlq_guard_min_records: int = Field(100, ge=1)
     dlq_guard_pause_s: float = Field(30.0, ge=0)
 
+    drift_backends: list[str] = Field(default_factory=lambda: ["aer.noisy"])
+    drift_period_s: float = Field(60.0, gt=0, description="seconds between canary rounds")
+    drift_shots: int = Field(10_000, ge=100)
+    drift_alpha: float = Field(1e-4, gt=0, lt=1, description="false-alarm rate per round")
+    drift_alternates: dict[str, str] = Field(
+        default_factory=dict, description="route new jobs for a drifted backend elsewhere"
+    )
+
     execute_retries: int = Field(3, ge=0, description="attempts after the first, retryable errors")
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0

@@ -21,6 +21,7 @@ class TopicNames:
     drift: str
     status: str
     deadletter: str
+    control: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -33,6 +34,7 @@ class TopicNames:
             drift=settings.topic("drift"),
             status=settings.topic("status"),
             deadletter=settings.topic("deadletter"),
+            control=settings.topic("control"),
         )
 
     def all(self) -> list[str]:

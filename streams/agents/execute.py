@@ -58,6 +58,7 @@ def register(app, runtime: Runtime, table) -> None:
         except Exception as error:
             raise StageFailure(workflow_id, error) from error
         seed = request["seed"] if request.get("seed") is not None else derive_seed(workflow_id)
+        runtime.apply_controls(prepared.backend)
         mark(table, workflow_id, "executing")
         await runtime.status(workflow_id, "executing", STAGE, detail=prepared.backend)
         started = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 
 from schemas.codec import codec
@@ -15,6 +17,16 @@ from workers.jobs import JobSpec
 from workers.preparation import prepare
 
 STAGE = "preprocess"
+log = logging.getLogger("qlane")
+
+
+def route_away_from_drift(runtime: Runtime, spec: JobSpec) -> JobSpec:
+    alternate = runtime.settings.drift_alternates.get(spec.backend)
+    if alternate and runtime.drifted(spec.backend):
+        log.info("routing %s from drifted %s to %s", spec.workflow_id, spec.backend, alternate,
+                 extra={"workflow_id": spec.workflow_id})
+        return dataclasses.replace(spec, backend=alternate)
+    return spec
 
 
 def register(app, runtime: Runtime, table) -> None:
@@ -52,7 +64,7 @@ def register(app, runtime: Runtime, table) -> None:
 
         started = time.perf_counter()
         try:
-            spec = JobSpec.from_record(request)
+            spec = route_away_from_drift(runtime, JobSpec.from_record(request))
             prepared = await in_thread(
                 runtime, prepare, spec, runtime.registry, runtime.cache, limits
             )

@@ -10,9 +10,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def qlane(settings, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "streams.cli", *args[:1], "--broker", settings.broker,
+    words = 2 if args[0] in ("dlq", "control") else 1  # commands with an action
+    command = [sys.executable, "-m", "streams.cli", *args[:words], "--broker", settings.broker,
                "--profile", settings.profile, "--topic-prefix", settings.topic_prefix,
-               "--partitions", str(settings.partitions), *args[1:]]
+               "--partitions", str(settings.partitions), *args[words:]]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 

@@ -55,7 +55,12 @@ def test_replay_keeps_ids_by_default_and_rerun_names_the_parent(settings, worker
     time.sleep(2)
     assert len(records_for(settings, "results", job["workflow_id"])) == 1
 
-    summary, lines = run_replay(settings, "jobs", keys=key, rerun=True)
+    # The replay above put a second copy on the jobs topic: rerun only the original.
+    [original] = [r for r in records_for(settings, "jobs", job["workflow_id"])
+                  if REPLAY_HEADER not in dict(r.headers)]
+    summary, lines = run_replay(settings, "jobs", keys=key, rerun=True,
+                                partitions=[original.partition],
+                                from_offset=original.offset, to_offset=original.offset)
     assert summary.replayed == 1
     rerun_id = lines[0].key.decode()
     assert rerun_id.startswith(job["workflow_id"] + ".rerun-")
@@ -92,8 +97,11 @@ def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
 
     summary, _ = run_replay(settings, "deadletter", keys={key.encode()}, from_time_ms=before_ms)
     assert summary.replayed == 1
-    letters = wait_for(lambda: [r for r in records_for(settings, "deadletter", key)
-                                if len(records_for(settings, "deadletter", key)) >= 2])
+    def two_letters():
+        found = records_for(settings, "deadletter", key)
+        return found if len(found) >= 2 else None
+
+    letters = wait_for(two_letters)
     assert len(letters) == 2
     replayed = dict(letters[1].headers)
     assert replayed[REPLAY_HEADER].startswith(f"{settings.topic_prefix}.deadletter:".encode())

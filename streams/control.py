@@ -1,0 +1,93 @@
+"""Runtime control shared by every worker, and the drift monitor.
+
+The `qlane.control` topic is a small replicated table: every worker reads all of it from
+the beginning with a group-less consumer and keeps the latest value per key (a Faust
+GlobalTable would do the same, but its assignment hung on the embedded broker). Keys (JSON
+strings) and values (JSON objects):
+  "noise:<backend>" -> {"noise_scale": x}         set by `qlane control noise` (simulated drift)
+  "drift:<backend>" -> {"severity", "statistic", "round", "calibration_version", "at_ms"}
+                                                   set by the drift timer on the leader
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiokafka import AIOKafkaConsumer
+
+from schemas.codec import codec
+from streams import metrics
+from streams.agents.common import in_thread
+from streams.runtime import Runtime, now_ms
+from workers.drift import DriftMonitor
+from workers.seeds import derive_seed
+
+log = logging.getLogger("qlane")
+
+NOISE = "noise:"
+DRIFT = "drift:"
+
+
+def noise_control_record(backend: str, scale: float) -> tuple[bytes, bytes]:
+    """Key and value that set a backend's noise scale (what `qlane control noise` sends)."""
+    return json.dumps(NOISE + backend).encode(), json.dumps({"noise_scale": scale}).encode()
+
+
+def register(app, runtime: Runtime) -> None:
+    settings = runtime.settings
+    controls: dict = {}
+    runtime.controls = controls
+
+    @app.task
+    async def follow_controls():
+        consumer = AIOKafkaConsumer(
+            runtime.names.control, bootstrap_servers=settings.broker, group_id=None,
+            auto_offset_reset="earliest", enable_auto_commit=False,
+            fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
+        )
+        await consumer.start()
+        try:
+            async for record in consumer:
+                try:
+                    controls[json.loads(record.key)] = json.loads(record.value)
+                except (TypeError, ValueError):
+                    log.warning("ignored a malformed control record at offset %d", record.offset)
+        finally:
+            await consumer.stop()
+    monitor = DriftMonitor(alpha=settings.drift_alpha, shots=settings.drift_shots)
+
+    for backend in settings.drift_backends:
+        for severity in ("none", "warning", "critical"):
+            metrics.DRIFT_ROUNDS.labels(backend, severity).inc(0)
+
+    def canary_round(backend_name: str, round_number: int):
+        backend = runtime.registry.get(backend_name)
+        seed = derive_seed(f"drift:{backend_name}:{backend.calibration_version}", round_number)
+        return monitor.run_round(backend, seed)
+
+    @app.timer(interval=settings.drift_period_s, on_leader=True)
+    async def drift_rounds():
+        for backend_name in settings.drift_backends:
+            runtime.apply_controls(backend_name)
+            round_number = monitor.rounds.get(backend_name, 0) + 1
+            report = await in_thread(runtime, canary_round, backend_name, round_number)
+            at_ms = now_ms()
+            await runtime.send("drift", backend_name,
+                               codec("DriftEvent").encode(report.to_event(at_ms)))
+            metrics.DRIFT_STATISTIC.labels(backend_name).set(report.statistic)
+            metrics.DRIFT_THRESHOLD.labels(backend_name).set(report.threshold)
+            metrics.DRIFT_ALARM.labels(backend_name).set(1 if report.alarm else 0)
+            metrics.DRIFT_ROUNDS.labels(backend_name, report.severity).inc()
+            state = {
+                "severity": report.severity, "statistic": report.statistic,
+                "round": report.round, "calibration_version": report.calibration_version,
+                "at_ms": at_ms,
+            }
+            await runtime.send(
+                "control", json.dumps(DRIFT + backend_name), json.dumps(state).encode()
+            )
+            if report.alarm:
+                log.warning("drift on %s: %s=%.2f > %.2f (p=%.2g), round %d", backend_name,
+                            report.statistic_name, report.statistic, report.threshold,
+                            report.p_value, report.round)

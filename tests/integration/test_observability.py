@@ -1,0 +1,105 @@
+"""A worker with its web port: /metrics moves as jobs flow; injected drift is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from schemas.codec import codec
+from streams.broker import free_port
+from streams.client import job_request
+from streams.topics import ensure_topics
+from tests.integration.test_cli import qlane
+from tests.support import BELL, session_settings, stop_worker, submit_and_wait, topic_records
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        match = re.match(r"^(qlane_\S+?)(\{[^}]*\})?\s+(\S+)$", line)
+        if match:
+            samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return samples
+
+
+@pytest.fixture(scope="module")
+def monitored(broker_address, tmp_path_factory):
+    settings = session_settings(*broker_address, tag="obs")
+    asyncio.run(ensure_topics(settings))
+    port = free_port()
+    log = tmp_path_factory.mktemp("obs") / "worker.log"
+    env = {**os.environ, "QLANE_APP_ID": settings.app_id, "QLANE_DRIFT_PERIOD_S": "1.5"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
+         "--profile", settings.profile, "--topic-prefix", settings.topic_prefix,
+         "--partitions", str(settings.partitions), "--web-port", str(port)],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        yield settings, port, process, log
+    finally:
+        stop_worker(process)
+
+
+def test_metrics_move_as_jobs_flow(monitored):
+    settings, port, _, log = monitored
+    jobs = [job_request(circuit=BELL, shots=50) for _ in range(3)]
+    assert {o.state for o in submit_and_wait(settings, jobs, 150).values()} == {"done"}, \
+        log.read_text()[-3000:]
+    before = scrape(port)
+    more = [job_request(circuit=BELL, shots=50) for _ in range(4)]
+    more.append(job_request(circuit="OPENQASM 2.0;\nqreg q[1];\nbogus q[0];"))
+    submit_and_wait(settings, more, 120)
+    after = scrape(port)
+    ok = 'qlane_jobs_total{outcome="ok",stage="mitigate"}'
+    assert after[ok] - before.get(ok, 0) == 4
+    failed = 'qlane_dead_letters_total{reason="InvalidCircuit",stage="preprocess"}'
+    assert after[failed] - before.get(failed, 0) == 1
+    assert after['qlane_stage_duration_seconds_count{stage="execute"}'] >= 7
+    assert after["qlane_last_progress_timestamp_seconds"] > time.time() - 60
+    deadline = time.monotonic() + 15  # lag is sampled every 5 s
+    while not any(name.startswith("qlane_consumer_lag{") for name in after):
+        assert time.monotonic() < deadline, "no consumer lag series"
+        time.sleep(1)
+        after = scrape(port)
+
+
+def test_injected_drift_produces_a_drift_event_and_moves_the_metric(monitored):
+    settings, port, _, log = monitored
+
+    def drift_events():
+        return [codec("DriftEvent").decode(r.value) for r in topic_records(settings, "drift")]
+
+    deadline = time.monotonic() + 90
+    while not drift_events() and time.monotonic() < deadline:
+        time.sleep(1)
+    baseline_events = drift_events()
+    assert baseline_events, log.read_text()[-3000:]
+    assert all(e["severity"] == "none" for e in baseline_events)
+    assert scrape(port)['qlane_drift_alarm{backend="aer.noisy"}'] == 0
+
+    done = qlane(settings, "control", "noise", "--backend", "aer.noisy", "--scale", "1.2")
+    assert done.returncode == 0, done.stderr
+    seen = len(baseline_events)
+    deadline = time.monotonic() + 60
+    after = []
+    while time.monotonic() < deadline:
+        after = drift_events()[seen:]
+        if any(e["severity"] != "none" for e in after):
+            break
+        time.sleep(1)
+    alarms = [e for e in after if e["severity"] != "none"]
+    assert alarms, after
+    # Reported within 3 canary rounds of the change (the first may predate it).
+    assert after.index(alarms[0]) <= 3
+    assert alarms[0]["p_value"] < 1e-4 and alarms[0]["statistic"] > alarms[0]["threshold"]
+    samples = scrape(port)
+    assert samples['qlane_drift_alarm{backend="aer.noisy"}'] == 1
+    assert samples['qlane_drift_statistic{backend="aer.noisy"}'] > 0
