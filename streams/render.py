@@ -27,14 +27,23 @@ def result_table(result: dict) -> str:
         f"end-to-end {timings['end_to_end_s']:.2f}s (preprocess {timings['preprocess_s']:.3f}s, "
         f"execute {timings['execute_s']:.3f}s, mitigate {timings['mitigate_s']:.3f}s)",
     ]
+    mitigation = result["mitigation"]
+    if mitigation["technique"] != "none":
+        lines.append(
+            f"   mitigation {mitigation['technique']}: +{mitigation['overhead_circuits']} "
+            f"circuits, +{mitigation['overhead_shots']} shots"
+        )
     if result["expectations"]:
-        lines.append(f"   {'set':>3}  {'observable':<30} {'value':>9}  {'± std err':>9}")
+        lines.append(f"   {'set':>3}  {'observable':<30} {'value':>9}  {'± std err':>9}  "
+                     f"{'raw':>8}  {'± std err':>9}")
         for row in result["expectations"]:
             lines.append(
                 f"   {row['parameter_set_index']:>3}  {_short(row['observable'], 30):<30} "
-                f"{row['value']:>9.4f}  {row['std_error']:>9.4f}"
+                f"{row['value']:>9.4f}  {row['std_error']:>9.4f}  "
+                f"{row['raw_value']:>8.4f}  {row['raw_std_error']:>9.4f}"
             )
-        sampled = [c for c in result["circuits"] if c["basis"] and set(c["basis"]) == {"Z"}]
+        sampled = [c for c in result["circuits"] if c["basis"] and set(c["basis"]) == {"Z"}
+                   and c.get("scale_factor", 1.0) == 1.0]
         if sampled:
             lines.append(f"   {'set':>3}  most frequent computational-basis samples")
             for circuit in sampled:

@@ -5,29 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from streams.runtime import package_version
-from workers.estimation import ExpectationEstimate
+from workers.mitigation import MitigationOutcome
 from workers.preparation import PreparedJob
-
-
-def mitigation_report(request: dict) -> dict:
-    """Mitigation is not applied yet: say so, and echo what was asked for."""
-    asked = request.get("mitigation") or {}
-    requested = [
-        name
-        for name, on in (
-            ("zne", asked.get("zne") is not None),
-            ("readout", asked.get("readout", False)),
-            ("dynamical_decoupling", asked.get("dynamical_decoupling", False)),
-        )
-        if on
-    ]
-    parameters = {"requested": ",".join(requested), "applied": "false"} if requested else {}
-    return {
-        "technique": "none",
-        "parameters": parameters,
-        "overhead_circuits": 0,
-        "overhead_shots": 0,
-    }
 
 
 def build_result(
@@ -35,11 +14,14 @@ def build_result(
     request: dict,
     prepared: PreparedJob,
     counts: Sequence[dict[str, int]],
-    estimates: Sequence[ExpectationEstimate],
+    mitigation: MitigationOutcome,
     seed_simulator: int,
     timings: dict[str, float],
     completed_at_ms: int,
 ) -> dict:
+    mitigated = dict(
+        zip(prepared.unmitigated_tasks, mitigation.mitigated_probabilities, strict=False)
+    )
     circuits = [
         {
             "parameter_set_index": task.parameter_set_index,
@@ -47,8 +29,10 @@ def build_result(
             "basis": task.basis,
             "shots": prepared.shots,
             "counts": dict(task_counts),
+            "scale_factor": task.scale_factor,
+            "mitigated_probabilities": dict(mitigated.get(index) or {}),
         }
-        for task, task_counts in zip(prepared.tasks, counts, strict=True)
+        for index, (task, task_counts) in enumerate(zip(prepared.tasks, counts, strict=True))
     ]
     expectations = [
         {
@@ -57,10 +41,10 @@ def build_result(
             "observable": prepared.observables[estimate.observable_index].label(),
             "value": estimate.value,
             "std_error": estimate.std_error,
-            "raw_value": estimate.value,
-            "raw_std_error": estimate.std_error,
+            "raw_value": estimate.raw_value,
+            "raw_std_error": estimate.raw_std_error,
         }
-        for estimate in estimates
+        for estimate in mitigation.estimates
     ]
     return {
         "workflow_id": request["workflow_id"],
@@ -71,7 +55,7 @@ def build_result(
         "error": None,
         "circuits": circuits,
         "expectations": expectations,
-        "mitigation": mitigation_report(request),
+        "mitigation": mitigation.report,
         "shots_used": prepared.shots * len(prepared.tasks),
         "provenance": {
             "backend": prepared.backend,

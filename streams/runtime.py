@@ -19,6 +19,7 @@ from streams.deadletter import (
 from streams.settings import Settings
 from streams.topics import TopicNames
 from workers.backends import BackendRegistry
+from workers.readout import ReadoutCalibrationCache
 from workers.transpile import TranspileCache
 
 log = logging.getLogger("qlane")
@@ -59,12 +60,22 @@ class Runtime:
             self.registry.set_noise_scale(backend, control["noise_scale"])
 
     def drifted(self, backend: str) -> bool:
+        """Whether the backend's last canary round alarmed; the first time this worker sees
+        an alarm, its cached readout calibration for the backend is dropped."""
         state = self.controls.get(f"drift:{backend}") if self.controls is not None else None
-        return bool(state) and state.get("severity", "none") != "none"
+        if not state or state.get("severity", "none") == "none":
+            return False
+        if self.drift_seen_ms.get(backend) != state["at_ms"]:
+            self.drift_seen_ms[backend] = state["at_ms"]
+            self.readout_cache.invalidate(backend)
+        return True
     cache: TranspileCache = field(init=False)
+    readout_cache: ReadoutCalibrationCache = field(init=False)
+    drift_seen_ms: dict = field(default_factory=dict)  # backend -> last drift alarm acted on
 
     def __post_init__(self) -> None:
         self.cache = TranspileCache(maxsize=self.settings.transpile_cache_size)
+        self.readout_cache = ReadoutCalibrationCache()
 
     @property
     def worker_version(self) -> str:

@@ -15,7 +15,7 @@ from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.deadletter import SourceRecord
 from streams.results import build_result
 from streams.runtime import Runtime, now_ms
-from workers.estimation import estimate_expectations
+from workers.mitigation import mitigate
 from workers.preparation import PreparedJob
 
 STAGE = "mitigate"
@@ -34,7 +34,7 @@ def register(app, runtime: Runtime, table) -> None:
             request = codec("JobRequest").decode(task["request"])
             prepared = PreparedJob.from_bytes(task["prepared"])
             counts = json.loads(task["counts_json"])
-            estimates = await in_thread(runtime, estimate_expectations, prepared, counts)
+            outcome = await in_thread(runtime, mitigate, prepared, counts)
         except Exception as error:
             raise StageFailure(workflow_id, error) from error
         completed_at_ms = now_ms()
@@ -50,7 +50,7 @@ def register(app, runtime: Runtime, table) -> None:
             request=request,
             prepared=prepared,
             counts=counts,
-            estimates=estimates,
+            mitigation=outcome,
             seed_simulator=task["seed_simulator"],
             timings=timings,
             completed_at_ms=completed_at_ms,

@@ -66,7 +66,8 @@ def register(app, runtime: Runtime, table) -> None:
         try:
             spec = route_away_from_drift(runtime, JobSpec.from_record(request))
             prepared = await in_thread(
-                runtime, prepare, spec, runtime.registry, runtime.cache, limits
+                runtime, prepare, spec, runtime.registry, runtime.cache, limits,
+                runtime.readout_cache,
             )
         except Exception as error:
             raise StageFailure(workflow_id, error) from error

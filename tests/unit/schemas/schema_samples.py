@@ -104,6 +104,8 @@ def job_result() -> dict:
                 "basis": basis,
                 "shots": 4096,
                 "counts": {"00": 2011, "01": 40, "10": 52, "11": 1993},
+                "scale_factor": 1.0,  # v2 fields at their defaults: v1 data resolves to this
+                "mitigated_probabilities": {},
             }
             for i, values in enumerate([[0.1, 0.7], [0.2, 1.4], [0.3, 2.1]])
             for basis in ("ZZ", "XX")
