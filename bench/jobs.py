@@ -31,7 +31,7 @@ from schemas.codec import fill_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 20261121
-DEFAULT_JOBS = 240
+DEFAULT_JOBS = 480  # 4 partitions get 129/119/113/119 jobs: 2 workers can split it evenly
 
 ZNE = {"scale_factors": [1.0, 3.0, 5.0], "folding": "global", "extrapolation": "richardson"}
 MITIGATION_ZNE = {"zne": ZNE, "readout": False, "dynamical_decoupling": False}

@@ -31,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.jobs import warmup_jobs
@@ -38,7 +39,7 @@ from schemas.codec import codec
 from streams.broker import EmbeddedBroker
 from streams.client import Client
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import changelog_topic, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -121,6 +122,23 @@ async def submit_backlog(client: Client, jobs: list[dict], timeout_s: float,
     outcomes = await client.wait([j["workflow_id"] for j in jobs], timeout_s, on_event,
                                  keep_waiting=alive)
     return outcomes, submitted, received, first
+
+
+async def topic_sizes(settings: Settings, topics: dict[str, str]) -> dict[str, int]:
+    """Records per topic (sum of end offsets over partitions; all start at 0)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = {}
+        for short, topic in topics.items():
+            partitions = [TopicPartition(topic, p)
+                          for p in (consumer.partitions_for_topic(topic) or ())]
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            out[short] = sum(ends.values())
+        return out
+    finally:
+        await consumer.stop()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -210,6 +228,14 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
                 "latencies_s": latencies,
             }
 
+        names = client.names
+        # qlane.jobs is left out: this client batches its records (linger 5 ms) and Tansu's end
+        # offsets are wrong for multi-record batches; worker-written topics use batches of 1.
+        topics = {"stage.execute": names.execute,
+                  "stage.mitigate": names.mitigate, "results": names.results,
+                  "status": names.status, "drift": names.drift, "deadletter": names.deadletter,
+                  "workflows-changelog": changelog_topic(settings)}
+        sizes_before = await topic_sizes(settings, topics)
         cpu_before = {"workers": [cpu_seconds(p.pid) for p in processes],
                       "broker": cpu_seconds(broker.process.pid),
                       "client": time.process_time()}
@@ -219,6 +245,7 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
         cpu_after = {"workers": [cpu_seconds(p.pid) for p in processes],
                      "broker": cpu_seconds(broker.process.pid),
                      "client": time.process_time()}
+        sizes_after = await topic_sizes(settings, topics)
     wall = done_at - first
     results = {wf: o.result for wf, o in outcomes.items() if o.result is not None}
     succeeded = [wf for wf, r in results.items() if r.get("status") == "succeeded"]
@@ -251,6 +278,11 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
             "broker": cpu_after["broker"] - cpu_before["broker"],
             "client": cpu_after["client"] - cpu_before["client"],
         },
+        "jobs_per_partition": [sum(partition_of(j["workflow_id"], settings.partitions) == p
+                                   for j in jobs) for p in range(settings.partitions)],
+        "records_per_topic": {k: sizes_after[k] - sizes_before[k] for k in topics},
+        "mean_result_bytes": statistics.mean(len(codec("JobResult").encode(r))
+                                             for r in results.values()) if results else 0,
         "per_job": {
             wf: {
                 "counts": [c["counts"] for c in r["circuits"]],

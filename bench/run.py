@@ -80,6 +80,34 @@ def _package(name: str) -> str:
         return "not installed"
 
 
+def busy_processes(interval_s: float = 1.0, threshold: float = 0.05) -> list[dict]:
+    """Processes using more than `threshold` of a core over `interval_s` (other users of the
+    machine compete with the benchmark; this records who)."""
+    from bench.pipeline import cpu_seconds
+
+    def snapshot() -> dict[int, float]:
+        out = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                out[int(entry.name)] = cpu_seconds(int(entry.name))
+        return out
+
+    before = snapshot()
+    time.sleep(interval_s)
+    after = snapshot()
+    busy = []
+    for pid, seconds in after.items():
+        share = (seconds - before.get(pid, seconds)) / interval_s
+        if share >= threshold and pid != os.getpid():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            busy.append({"pid": pid, "cpu": round(share, 2),
+                         "command": command.decode(errors="replace").strip()[:160]})
+    return sorted(busy, key=lambda p: -p["cpu"])
+
+
 def machine_info() -> dict:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     mem_kb = 0
@@ -94,6 +122,7 @@ def machine_info() -> dict:
         "cpu_model": _cpu_model(),
         "memory_gb": round(mem_kb / 2**20, 1),
         "load_average_start": list(os.getloadavg()),
+        "busy_processes_start": busy_processes(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {p: _package(p) for p in (
@@ -125,10 +154,13 @@ def code_info(code_root: Path) -> dict:
 
 # --- sections ----------------------------------------------------------------------------
 def section_codec(args) -> dict:
-    from bench.codec_bench import measure_codec_us
+    from bench.codec_bench import measure_codec_us, measure_fastavro_raw_us, measure_json_us
 
     number, repeat = (2000, 3) if args.quick else (20_000, 5)
-    return {"codec_us": measure_codec_us(number, repeat), "number": number, "repeat": repeat}
+    return {"codec_us": measure_codec_us(number, repeat),
+            "fastavro_raw_us": measure_fastavro_raw_us(number, repeat),
+            "json_us": measure_json_us(number, repeat),
+            "number": number, "repeat": repeat}
 
 
 def section_inprocess(mode: str, args, scratch: Path) -> dict:
@@ -377,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         results["total_seconds"] = time.monotonic() - started
         results["machine"]["load_average_end"] = list(os.getloadavg())
+        results["machine"]["busy_processes_end"] = busy_processes()
         write(out, results, sections)
         if args.keep_logs:
             print(f"logs kept in {scratch}", file=sys.stderr)
