@@ -19,6 +19,9 @@ from streams.deadletter import (
 from streams.settings import Settings
 from streams.topics import TopicNames
 from workers.backends import BackendRegistry
+from workers.breaker import BreakerBoard
+from workers.cost import PriceTable, TenantBudgets, load_price_table
+from workers.faults import parse_fault_map
 from workers.readout import ReadoutCalibrationCache
 from workers.transpile import TranspileCache
 
@@ -41,9 +44,13 @@ def now_ms() -> int:
 class Runtime:
     settings: Settings
     names: TopicNames
-    registry: BackendRegistry = field(default_factory=BackendRegistry)
+    registry: BackendRegistry = field(init=False)
+    breakers: BreakerBoard = field(init=False)
+    prices: PriceTable = field(init=False)
+    budgets: TenantBudgets = field(init=False)
+    # Two threads: a backend call that hangs past its deadline must not stall every job.
     executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="qlane-exec")
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="qlane-exec")
     )
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
     app: object = None  # the Faust app, set by create_app
@@ -72,10 +79,19 @@ class Runtime:
     cache: TranspileCache = field(init=False)
     readout_cache: ReadoutCalibrationCache = field(init=False)
     drift_seen_ms: dict = field(default_factory=dict)  # backend -> last drift alarm acted on
+    spend_written: dict = field(default_factory=dict)  # spend keys this worker owns -> USD
 
     def __post_init__(self) -> None:
-        self.cache = TranspileCache(maxsize=self.settings.transpile_cache_size)
+        settings = self.settings
+        self.cache = TranspileCache(maxsize=settings.transpile_cache_size)
         self.readout_cache = ReadoutCalibrationCache()
+        self.registry = BackendRegistry(faults=parse_fault_map(settings.faults) or None)
+        self.breakers = BreakerBoard(
+            failure_threshold=settings.breaker_failure_threshold,
+            reset_timeout_s=settings.breaker_reset_timeout_s,
+        )
+        self.prices = load_price_table(settings.prices_file)
+        self.budgets = TenantBudgets(settings.tenant_budgets)
 
     @property
     def worker_version(self) -> str:

@@ -62,6 +62,18 @@ class Settings(BaseSettings):
         default_factory=dict, description="route new jobs for a drifted backend elsewhere"
     )
 
+    execute_batch_max: int = Field(32, ge=1, description="jobs per backend call, at most")
+    execute_batch_window_s: float = Field(0.05, ge=0, description="wait to fill a batch")
+    execute_timeout_s: float = Field(300.0, gt=0, description="a backend call slower fails")
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_reset_timeout_s: float = Field(30.0, gt=0)
+    faults: str = Field("", description='fault injection, e.g. "aer.ideal:failure_rate=0.2"')
+    fallback_max_qubits: int = Field(20, ge=1, description="largest classical fallback")
+    prices_file: str | None = Field(None, description="JSON/YAML price table (USD)")
+    tenant_budgets: dict[str, float] = Field(
+        default_factory=dict, description='USD per tenant, e.g. {"acme": 50}'
+    )
+
     execute_retries: int = Field(3, ge=0, description="attempts after the first, retryable errors")
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0

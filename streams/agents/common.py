@@ -42,11 +42,17 @@ async def run_stage(stream, runtime: Runtime, table, stage: str, handle: Handler
     guard = new_guard(runtime)
     async for event in stream.events():
         source = SourceRecord.from_faust(event.message)
-        dead_lettered = await process_one(runtime, table, stage, handle, source)
-        reason = guard.record(dead_lettered)
-        if reason:
-            await pause_stage(runtime, stage, reason)
-            guard.resume()
+        await process_guarded(runtime, table, stage, guard, handle, source)
+
+
+async def process_guarded(runtime: Runtime, table, stage: str, guard: DeadLetterGuard,
+                          handle: Handler, source: SourceRecord) -> None:
+    """Handle one record; pause the stage when the dead-letter guard trips."""
+    dead_lettered = await process_one(runtime, table, stage, handle, source)
+    reason = guard.record(dead_lettered)
+    if reason:
+        await pause_stage(runtime, stage, reason)
+        guard.resume()
 
 
 async def pause_stage(runtime: Runtime, stage: str, reason: str) -> None:

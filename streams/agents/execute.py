@@ -1,83 +1,275 @@
-"""stage.execute -> run all circuits of a job in one backend call (retrying transient
-failures with bounded exponential backoff and jitter) -> stage.mitigate."""
+"""stage.execute -> run jobs on their backend -> stage.mitigate.
+
+Jobs are micro-batched: up to `execute_batch_max` records arriving within
+`execute_batch_window_s` run in one backend call (workers.batching keeps each job's counts
+identical to a run on its own). Each record is then finished on its own: a job whose batch
+slot failed with a retryable error is retried alone (bounded exponential backoff with
+jitter, behind the backend's circuit breaker); when retries run out, the breaker is open or
+the deadline has passed, the job's fallback policy decides between a fallback target and a
+dead letter. `take_events` acknowledges a batch only after every record of it is handled.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
 import json
+import logging
 import time
+import weakref
+from dataclasses import dataclass
 
+from faust import streams as faust_streams
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from fallback.classical import run_classical
+from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
-from streams import metrics
-from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams import accounting, metrics
+from streams.agents.common import StageFailure, in_thread, mark, new_guard, process_guarded
 from streams.deadletter import SourceRecord, is_retryable
-from streams.runtime import Runtime
-from workers.preparation import PreparedJob, execute
-from workers.seeds import derive_seed
+from streams.runtime import Runtime, now_ms
+from workers.batching import execute_batch
+from workers.breaker import BreakerOpen
+from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
+from workers.jobs import JobSpec
+from workers.preparation import PreparedJob, execute, prepare
+from workers.seeds import job_seed
 
 STAGE = "execute"
+log = logging.getLogger("qlane")
 ALREADY_EXECUTED = frozenset({"executed", "done"})
+
+
+@dataclass
+class Job:
+    """One decoded ExecuteTask and what it needs to run."""
+
+    source: SourceRecord
+    task: dict
+    request: dict
+    prepared: PreparedJob
+    seed: int
+
+    @property
+    def workflow_id(self) -> str:
+        return self.task["workflow_id"]
+
+    @property
+    def deadline_ms(self) -> int | None:
+        budget = self.request.get("deadline_ms")
+        if budget is None:
+            return None
+        start = self.request.get("submitted_at_ms") or self.task["accepted_at_ms"]
+        return start + budget
+
+
+@dataclass
+class Executed:
+    counts: list[dict[str, int]]
+    prepared: PreparedJob
+    seconds: float
+    mode: str = "quantum"
+    fallback_reason: str | None = None
+    charged_backend: str | None = None
+
+
+def decode_job(source: SourceRecord) -> Job:
+    task = codec("ExecuteTask").decode(source.value)
+    try:
+        request = codec("JobRequest").decode(task["request"])
+        prepared = PreparedJob.from_bytes(task["prepared"])
+    except Exception as error:
+        raise StageFailure(task["workflow_id"], error) from error
+    return Job(source, task, request, prepared, job_seed(task["workflow_id"], request["seed"]))
 
 
 def register(app, runtime: Runtime, table) -> None:
     settings = runtime.settings
 
-    async def run_with_retries(workflow_id: str, prepared: PreparedJob, seed: int):
+    def already_executed(job: Job) -> bool:
+        return (table.get(job.workflow_id) or {}).get("state") in ALREADY_EXECUTED
+
+    def runnable(job: Job) -> bool:
+        return not already_executed(job) and job.task.get("fallback_reason") is None
+
+    async def run_batch(sources: list[SourceRecord]) -> dict[str, object]:
+        """One backend call per backend for the whole batch: address -> counts | error."""
+        jobs = []
+        for source in sources:
+            try:
+                job = decode_job(source)
+            except Exception:
+                continue  # handled (and dead-lettered) record by record afterwards
+            if runnable(job) and not past_deadline(job):
+                runtime.apply_controls(job.prepared.backend)
+                jobs.append(job)
+        if not jobs:
+            return {}
+        metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
+        started = time.perf_counter()
+        try:
+            outcomes = await in_thread(
+                runtime, functools.partial(execute_batch, breakers=runtime.breakers),
+                [(j.prepared, j.seed) for j in jobs], runtime.registry,
+            )
+        except Exception:  # never lose the stage to a batch: run the records one by one
+            log.exception("batch of %d jobs failed as a whole; running them one by one",
+                          len(jobs))
+            return {}
+        share = (time.perf_counter() - started) / len(jobs)
+        return {j.source.address: (o, share) for j, o in zip(jobs, outcomes, strict=True)}
+
+    def past_deadline(job: Job) -> bool:
+        return job.deadline_ms is not None and now_ms() > job.deadline_ms
+
+    async def call_backend(job: Job, prepared: PreparedJob) -> list[dict[str, int]]:
+        """One attempt, behind the breaker, bounded by the call timeout and the deadline."""
+        breaker = runtime.breakers.for_backend(prepared.backend)
+        if not breaker.allow():
+            raise BreakerOpen(prepared.backend, breaker.retry_after_s())
+        timeout = settings.execute_timeout_s
+        if job.deadline_ms is not None:
+            timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
+        try:
+            counts = await asyncio.wait_for(
+                in_thread(runtime, execute, prepared, runtime.registry, job.seed), timeout
+            )
+        except TimeoutError:
+            breaker.record_failure()
+            if past_deadline(job):
+                raise DeadlineExceeded(
+                    f"no answer from {prepared.backend} before the deadline"
+                ) from None
+            raise BackendUnavailable(
+                f"{prepared.backend} took longer than {timeout:.0f}s"
+            ) from None
+        except Exception as error:
+            if is_retryable(error):
+                breaker.record_failure()
+            raise
+        breaker.record_success()
+        return counts
+
+    async def run_with_retries(job: Job) -> list[dict[str, int]]:
         retrying = AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
+            retry=retry_if_exception(
+                lambda e: is_retryable(e) and not isinstance(e, BreakerOpen)
+            ),
             stop=stop_after_attempt(1 + settings.execute_retries),
             wait=wait_exponential_jitter(
                 initial=settings.retry_backoff_s, max=settings.retry_backoff_max_s
             ),
             reraise=True,
         )
-        attempt_number = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempt_number = attempt.retry_state.attempt_number
-                    if attempt_number > 1:
-                        metrics.RETRIES.labels(prepared.backend).inc()
-                        await runtime.status(
-                            workflow_id, "retrying", STAGE, attempt=attempt_number
-                        )
-                    return await in_thread(runtime, execute, prepared, runtime.registry, seed)
-        except Exception as error:
-            raise StageFailure(workflow_id, error, attempts=max(attempt_number, 1)) from error
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                if number > 1:
+                    metrics.RETRIES.labels(job.prepared.backend).inc()
+                    await runtime.status(job.workflow_id, "retrying", STAGE, attempt=number)
+                return await call_backend(job, job.prepared)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def handle(source: SourceRecord) -> None:
-        task = codec("ExecuteTask").decode(source.value)
-        workflow_id = task["workflow_id"]
-        state = (table.get(workflow_id) or {}).get("state")
-        if state in ALREADY_EXECUTED:
-            return  # a copy of a task that ran (re-sent after a crash): run it once
-        try:
-            request = codec("JobRequest").decode(task["request"])
-            prepared = PreparedJob.from_bytes(task["prepared"])
-        except Exception as error:
-            raise StageFailure(workflow_id, error) from error
-        seed = request["seed"] if request.get("seed") is not None else derive_seed(workflow_id)
-        runtime.apply_controls(prepared.backend)
-        mark(table, workflow_id, "executing")
-        await runtime.status(workflow_id, "executing", STAGE, detail=prepared.backend)
+    async def run_fallback(job: Job, reason: str, cause: BaseException) -> Executed:
+        policy = FallbackPolicy.from_list(job.request.get("fallback"))
+        tried = {job.prepared.backend}
+        last_error: BaseException = cause
+        while (target := policy.next_target(tried)) is not None:
+            tried.add(target)
+            metrics.FALLBACKS.labels(reason).inc()
+            await runtime.status(job.workflow_id, "fallback", STAGE, detail=f"{target}: {reason}")
+            started = time.perf_counter()
+            try:
+                if target == CLASSICAL:
+                    counts = await in_thread(runtime, run_classical, job.prepared, job.seed,
+                                             settings.fallback_max_qubits)
+                    return Executed(counts, job.prepared, time.perf_counter() - started,
+                                    "fallback", reason, charged_backend=None)
+                spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
+                prepared = await in_thread(runtime, prepare, spec, runtime.registry,
+                                           runtime.cache, settings.limits, runtime.readout_cache)
+                counts = await call_backend(job, prepared)
+                return Executed(counts, prepared, time.perf_counter() - started,
+                                "fallback", reason, charged_backend=target)
+            except QlaneError as error:
+                last_error = error
+        raise StageFailure(job.workflow_id, last_error)
+
+    async def handle(source: SourceRecord, batch_outcomes: dict) -> str:
+        job = decode_job(source)
+        if already_executed(job):
+            return "duplicate"  # a copy of a task that ran (re-sent after a crash): once
+        runtime.apply_controls(job.prepared.backend)
+        mark(table, job.workflow_id, "executing")
+        await runtime.status(job.workflow_id, "executing", STAGE, detail=job.prepared.backend)
+        outcome, share = batch_outcomes.get(source.address, (None, 0.0))
         started = time.perf_counter()
-        metrics.EXECUTE_BATCH_SIZE.observe(len(prepared.tasks))
-        counts = await run_with_retries(workflow_id, prepared, seed)
+        reason = job.task.get("fallback_reason")
+        cause: BaseException = BudgetExceeded(reason or "")
+        executed = None
+        if reason is None and past_deadline(job):
+            reason = FallbackReason.DEADLINE_MISSED.value
+            cause = DeadlineExceeded(f"deadline passed before {job.prepared.backend} ran it")
+        elif reason is None and isinstance(outcome, list):
+            executed = Executed(outcome, job.prepared, share, charged_backend=job.prepared.backend)
+        elif reason is None:
+            if isinstance(outcome, BaseException) and not is_retryable(outcome):
+                raise StageFailure(job.workflow_id, outcome)
+            try:
+                counts = await run_with_retries(job)
+                executed = Executed(counts, job.prepared, time.perf_counter() - started,
+                                    charged_backend=job.prepared.backend)
+            except BreakerOpen as error:
+                reason, cause = FallbackReason.BREAKER_OPEN.value, error
+            except DeadlineExceeded as error:
+                reason, cause = FallbackReason.DEADLINE_MISSED.value, error
+            except Exception as error:
+                if not is_retryable(error):
+                    raise StageFailure(job.workflow_id, error) from error
+                reason, cause = FallbackReason.RETRIES_EXHAUSTED.value, error
+        if executed is None:
+            executed = await run_fallback(job, reason, cause)
+        await finish(job, executed)
+        return "fallback" if executed.mode == "fallback" else "ok"
+
+    async def finish(job: Job, executed: Executed) -> None:
+        entry = table.get(job.workflow_id) or {}
+        if not entry.get("charged"):
+            await accounting.charge(
+                runtime, request=job.request, prepared=executed.prepared,
+                partition=job.source.partition, simulated_seconds=executed.seconds,
+                estimate=job.task.get("estimate_usd") or 0.0,
+                charged_backend=executed.charged_backend,
+            )
         outcome = {
-            "workflow_id": workflow_id,
-            "request": task["request"],
-            "prepared": task["prepared"],
-            "counts_json": json.dumps(counts, sort_keys=True, separators=(",", ":")),
-            "seed_simulator": seed,
-            "accepted_at_ms": task["accepted_at_ms"],
-            "preprocess_s": task["preprocess_s"],
-            "execute_s": time.perf_counter() - started,
-            "attempt": task["attempt"],
+            "workflow_id": job.workflow_id,
+            "request": job.task["request"],
+            "prepared": executed.prepared.to_bytes(),
+            "counts_json": json.dumps(executed.counts, sort_keys=True, separators=(",", ":")),
+            "seed_simulator": job.seed,
+            "accepted_at_ms": job.task["accepted_at_ms"],
+            "preprocess_s": job.task["preprocess_s"],
+            "execute_s": executed.seconds,
+            "attempt": job.task["attempt"],
+            "mode": executed.mode,
+            "fallback_reason": executed.fallback_reason,
         }
-        await runtime.send("mitigate", workflow_id, codec("MitigateTask").encode(outcome))
-        mark(table, workflow_id, "executed")
+        await runtime.send("mitigate", job.workflow_id, codec("MitigateTask").encode(outcome))
+        mark(table, job.workflow_id, "executed", charged=True)
 
     @app.agent(runtime.topics["execute"], name="qlane.execute", concurrency=1)
     async def execute_stage(stream):
-        await run_stage(stream, runtime, table, STAGE, handle)
+        guard = new_guard(runtime)
+        batches = stream.take_events(settings.execute_batch_max, settings.execute_batch_window_s)
+        async for events in batches:
+            sources = [SourceRecord.from_faust(event.message) for event in events]
+            batch_outcomes = await run_batch(sources)
+            handle_in_batch = functools.partial(handle, batch_outcomes=batch_outcomes)
+            for event, source in zip(events, sources, strict=True):
+                # take_events leaves no current event, and table writes need one for their
+                # changelog partition. Set only this task's context variable: the stream's
+                # own current_event belongs to the take buffer filling in the background.
+                faust_streams._current_event.set(weakref.ref(event))
+                await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source)

@@ -52,6 +52,8 @@ def register(app, runtime: Runtime, table) -> None:
             counts=counts,
             mitigation=outcome,
             seed_simulator=task["seed_simulator"],
+            mode=task["mode"],
+            fallback_reason=task["fallback_reason"],
             timings=timings,
             completed_at_ms=completed_at_ms,
         )

@@ -7,12 +7,12 @@ import logging
 import time
 
 from schemas.codec import codec
-from streams import metrics
+from streams import accounting, metrics
 from streams.agents.common import StageFailure, in_thread, run_stage
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
 from streams.runtime import Runtime, now_ms
-from workers.errors import IdempotencyConflict, KeyMismatch
+from workers.errors import BudgetExceeded, IdempotencyConflict, KeyMismatch
 from workers.jobs import JobSpec
 from workers.preparation import prepare
 
@@ -74,6 +74,14 @@ def register(app, runtime: Runtime, table) -> None:
         metrics.TRANSPILE_CACHE_LOOKUPS.labels(
             "hit" if prepared.transpile_cache_hit else "miss"
         ).inc()
+        estimate = accounting.estimate_usd(runtime, prepared)
+        fallback_reason = None
+        try:
+            accounting.check_budget(runtime, request, estimate)
+        except BudgetExceeded as error:
+            if not request.get("fallback"):
+                raise StageFailure(workflow_id, error) from error
+            fallback_reason = "budget_exceeded"  # the execute stage goes to the fallback
         task = {
             "workflow_id": workflow_id,
             "request": source.value,
@@ -81,6 +89,8 @@ def register(app, runtime: Runtime, table) -> None:
             "accepted_at_ms": accepted_at_ms,
             "preprocess_s": time.perf_counter() - started,
             "attempt": attempts,
+            "fallback_reason": fallback_reason,
+            "estimate_usd": estimate,
         }
         await runtime.send("execute", workflow_id, codec("ExecuteTask").encode(task))
         table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}

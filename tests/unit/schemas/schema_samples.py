@@ -243,6 +243,8 @@ def execute_task(framed_request: bytes) -> dict:
         "accepted_at_ms": 1763737200010,
         "preprocess_s": 0.034,
         "attempt": 1,
+        "fallback_reason": None,
+        "estimate_usd": 0.75,
     }
 
 
@@ -257,6 +259,8 @@ def mitigate_task(framed_request: bytes) -> dict:
         "preprocess_s": 0.034,
         "execute_s": 0.51,
         "attempt": 3,
+        "mode": "fallback",
+        "fallback_reason": "retries_exhausted",
     }
 
 
