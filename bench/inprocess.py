@@ -1,6 +1,6 @@
 """The two in-process baselines of the benchmark, each meant to run in a fresh process.
 
-    python bench/inprocess.py naive|batched --jobs N --out FILE [--batch 32]
+    python bench/inprocess.py naive|serial|batched --jobs N --out FILE [--batch 32]
 
 naive (what a script does WITHOUT qlane's caches and batching), for each job in turn:
   1. JobSpec.from_record(request)                        (the same job object qlane builds)
@@ -18,6 +18,10 @@ naive (what a script does WITHOUT qlane's caches and batching), for each job in 
      extrapolation for ZNE jobs.
   The backends (noise model built once from the calibration, transpiler target) are built
   once before timing, as a script would load its device model once.
+
+serial (what ONE pipeline worker computes, minus Kafka and Faust): one TranspileCache and one
+  BackendRegistry for the run, and per job: prepare (cached transpile), ONE
+  preparation.execute (Backend.run of this job's circuits alone), mitigate.
 
 batched (the same work with qlane's workers, in one process):
   one TranspileCache and one BackendRegistry for the whole run; for each batch of `--batch`
@@ -97,6 +101,34 @@ def run_naive(requests: list[dict]) -> dict:
             "per_job": per_job}
 
 
+def run_serial(requests: list[dict]) -> dict:
+    """What one pipeline worker computes, without Kafka: shared caches, one
+    preparation.execute (one Backend.run) per job, mitigate."""
+    from workers.backends import BackendRegistry
+    from workers.jobs import JobSpec
+    from workers.limits import Limits
+    from workers.mitigation import mitigate
+    from workers.preparation import execute, prepare
+    from workers.transpile import TranspileCache
+
+    registry, cache, limits = BackendRegistry(), TranspileCache(), Limits()
+
+    def one(request: dict) -> dict:
+        prepared = prepare(JobSpec.from_record(request), registry, cache, limits)
+        counts = execute(prepared, registry, _seed(request))
+        return {"counts": counts, "estimates": _estimates(mitigate(prepared, counts))}
+
+    for request in warmup_jobs("serial"):
+        one(request)
+    per_job: dict[str, dict] = {}
+    started = time.perf_counter()
+    for request in requests:
+        per_job[request["workflow_id"]] = one(request)
+    elapsed = time.perf_counter() - started
+    return {"jobs": len(requests), "seconds": elapsed, "jobs_per_s": len(requests) / elapsed,
+            "per_job": per_job}
+
+
 def run_batched(requests: list[dict], batch: int) -> dict:
     from workers.backends import BackendRegistry
     from workers.batching import execute_batch
@@ -145,7 +177,7 @@ def run_batched(requests: list[dict], batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="naive or batched in-process loop")
-    parser.add_argument("mode", choices=("naive", "batched"))
+    parser.add_argument("mode", choices=("naive", "serial", "batched"))
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True)
@@ -153,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     requests = job_set(args.jobs)
     if args.mode == "naive":
         result = run_naive(requests)
+    elif args.mode == "serial":
+        result = run_serial(requests)
     else:
         result = run_batched(requests, args.batch)
     args.out.write_text(json.dumps(result))

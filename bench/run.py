@@ -9,6 +9,7 @@ and the others still run; results are written after every section):
   machine   nproc, CPU model, load average, versions, git commit
   codec     bench/codec_bench.measure_codec_us: Codec encode+decode of a typical JobRequest
   naive     bench/inprocess.py naive   (fresh process; see its docstring for what it does)
+  serial    bench/inprocess.py serial  (fresh process): one worker's work without Kafka
   batched   bench/inprocess.py batched (fresh process)
   pipeline1 bench/pipeline.py: embedded broker + 1 worker process, the job set as a backlog
   pipeline2 the same on fresh topics and a fresh app id with 2 worker processes
@@ -50,8 +51,8 @@ TARGETS = {  # key: (comparison, threshold)
     "zne_error_reduction": (">=", 2.0),
     "rem_tvd_reduction": (">=", 2.0),
 }
-ALL_SECTIONS = ("codec", "naive", "batched", "pipeline1", "pipeline2", "accuracy")
-QUICK_SECTIONS = ("codec", "naive", "batched", "pipeline1", "pipeline2")
+ALL_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline2", "accuracy")
+QUICK_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline2")
 
 
 # --- machine ------------------------------------------------------------------------------
@@ -227,8 +228,9 @@ def _strip(section: dict) -> dict:
 
 def summarize(results: dict, sections: dict) -> None:
     throughput = {name: sections[key]["jobs_per_s"] for name, key in (
-        ("naive", "naive"), ("batched", "batched"), ("pipeline_1", "pipeline1"),
-        ("pipeline_2", "pipeline2")) if key in sections and "jobs_per_s" in sections[key]}
+        ("naive", "naive"), ("serial", "serial"), ("batched", "batched"),
+        ("pipeline_1", "pipeline1"), ("pipeline_2", "pipeline2"))
+        if key in sections and "jobs_per_s" in sections[key]}
     results["throughput_jobs_per_s"] = throughput
     p1, p2 = throughput.get("pipeline_1"), throughput.get("pipeline_2")
     if p1 and throughput.get("naive"):
@@ -237,6 +239,8 @@ def summarize(results: dict, sections: dict) -> None:
         results["pipeline_vs_batched"] = p1 / throughput["batched"]
     if p1 and p2:
         results["two_vs_one_workers"] = p2 / p1
+    if p1 and throughput.get("serial"):
+        results["pipeline_vs_serial"] = p1 / throughput["serial"]
     if throughput.get("batched") and throughput.get("naive"):
         results["batched_vs_naive"] = throughput["batched"] / throughput["naive"]
     if "pipeline1" in sections:
@@ -385,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {
         "codec": lambda: section_codec(args),
         "naive": lambda: section_inprocess("naive", args, scratch),
+        "serial": lambda: section_inprocess("serial", args, scratch),
         "batched": lambda: section_inprocess("batched", args, scratch),
         "pipeline1": lambda: section_pipeline(1, args, scratch),
         "pipeline2": lambda: section_pipeline(2, args, scratch),
