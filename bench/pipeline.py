@@ -233,7 +233,8 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
         # offsets are wrong for multi-record batches; worker-written topics use batches of 1.
         topics = {"stage.execute": names.execute,
                   "stage.mitigate": names.mitigate, "results": names.results,
-                  "status": names.status, "drift": names.drift, "deadletter": names.deadletter,
+                  "status": names.status, "cost": names.cost, "drift": names.drift,
+                  "deadletter": names.deadletter,
                   "workflows-changelog": changelog_topic(settings)}
         sizes_before = await topic_sizes(settings, topics)
         cpu_before = {"workers": [cpu_seconds(p.pid) for p in processes],
