@@ -152,12 +152,16 @@ def register(app, runtime: Runtime, table) -> None:
         breaker.record_success()
         return counts
 
-    async def run_with_retries(job: Job) -> list[dict[str, int]]:
+    async def run_with_retries(job: Job, failed_in_batch: bool) -> list[dict[str, int]]:
+        """Attempts on the job alone; after a failed batch call, the first is a retry."""
+        done_before = 1 if failed_in_batch else 0
+        if done_before and settings.execute_retries == 0:
+            raise BackendUnavailable(f"{job.prepared.backend} failed and retries are off")
         retrying = AsyncRetrying(
             retry=retry_if_exception(
                 lambda e: is_retryable(e) and not isinstance(e, BreakerOpen)
             ),
-            stop=stop_after_attempt(1 + settings.execute_retries),
+            stop=stop_after_attempt(1 + settings.execute_retries - done_before),
             wait=wait_exponential_jitter(
                 initial=settings.retry_backoff_s, max=settings.retry_backoff_max_s
             ),
@@ -165,7 +169,7 @@ def register(app, runtime: Runtime, table) -> None:
         )
         async for attempt in retrying:
             with attempt:
-                number = attempt.retry_state.attempt_number
+                number = attempt.retry_state.attempt_number + done_before
                 if number > 1:
                     metrics.RETRIES.labels(job.prepared.backend).inc()
                     await runtime.status(job.workflow_id, "retrying", STAGE, attempt=number)
@@ -218,7 +222,7 @@ def register(app, runtime: Runtime, table) -> None:
             if isinstance(outcome, BaseException) and not is_retryable(outcome):
                 raise StageFailure(job.workflow_id, outcome)
             try:
-                counts = await run_with_retries(job)
+                counts = await run_with_retries(job, failed_in_batch=outcome is not None)
                 executed = Executed(counts, job.prepared, time.perf_counter() - started,
                                     charged_backend=job.prepared.backend)
             except BreakerOpen as error:

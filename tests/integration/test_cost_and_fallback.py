@@ -1,0 +1,88 @@
+"""Budgets, deadlines and fallbacks end to end; every executed job is charged once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from schemas.codec import codec
+from streams.client import job_request
+from streams.topics import ensure_topics
+from tests.support import (
+    BELL,
+    session_settings,
+    start_worker,
+    stop_worker,
+    submit_and_wait,
+    topic_records,
+    wait_until_ready,
+)
+
+
+@pytest.fixture(scope="module")
+def budgeted(broker_address, tmp_path_factory):
+    settings = session_settings(*broker_address, tag="cost")
+    asyncio.run(ensure_topics(settings))
+    log = tmp_path_factory.mktemp("cost") / "worker.log"
+    worker = start_worker(settings, log, env={"QLANE_TENANT_BUDGETS": '{"tight": 0.5}'})
+    try:
+        wait_until_ready(settings, log)
+        yield settings
+    finally:
+        stop_worker(worker)
+
+
+def wf(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def cost_events(settings):
+    return [codec("CostEvent").decode(r.value) for r in topic_records(settings, "cost")]
+
+
+def test_every_job_gets_one_cost_event_and_duplicates_are_not_charged(budgeted):
+    job = job_request(workflow_id=wf("cost"), circuit=BELL, shots=400, backend="aer.noisy",
+                      tenant="acme")
+    assert submit_and_wait(budgeted, [job])[job["workflow_id"]].state == "done"
+    again = {**job, "submitted_at_ms": job["submitted_at_ms"] + 1}
+    assert "duplicate" in submit_and_wait(budgeted, [again])[job["workflow_id"]].history
+    time.sleep(2)
+    [event] = [e for e in cost_events(budgeted) if e["workflow_id"] == job["workflow_id"]]
+    # aer.noisy is priced like a QPU: USD 0.30 per task plus 0.00145 per shot.
+    assert event["actual_usd"] == pytest.approx(0.30 + 400 * 0.00145)
+    assert event["estimate_usd"] == pytest.approx(event["actual_usd"])
+    assert (event["tenant"], event["backend"], event["shots"], event["circuits"]) == (
+        "acme", "aer.noisy", 400, 1)
+
+
+def test_over_budget_is_dead_lettered_or_falls_back_per_policy(budgeted):
+    first = job_request(workflow_id=wf("tight"), circuit=BELL, shots=100, backend="aer.noisy",
+                        tenant="tight")  # 0.30 + 0.145 = 0.445 of 0.50
+    assert submit_and_wait(budgeted, [first])[first["workflow_id"]].state == "done"
+    time.sleep(1)  # the spend reaches every worker through the control topic
+    over = job_request(workflow_id=wf("over"), circuit=BELL, shots=100, backend="aer.noisy",
+                       tenant="tight")
+    outcome = submit_and_wait(budgeted, [over])[over["workflow_id"]]
+    assert outcome.state == "failed" and "BudgetExceeded" in outcome.detail
+    rescued = job_request(workflow_id=wf("rescued"), circuit=BELL, shots=100,
+                          backend="aer.noisy", tenant="tight", fallback=["classical"])
+    result = submit_and_wait(budgeted, [rescued])[rescued["workflow_id"]].result
+    assert result["mode"] == "fallback" and result["fallback_reason"] == "budget_exceeded"
+    assert set(result["circuits"][0]["counts"]) <= {"00", "11"}  # exact, classical answer
+    time.sleep(1)
+    [event] = [e for e in cost_events(budgeted) if e["workflow_id"] == rescued["workflow_id"]]
+    assert event["actual_usd"] == 0.0
+
+
+def test_missed_deadline_falls_back_and_says_why(budgeted):
+    late = job_request(workflow_id=wf("late"), circuit=BELL, shots=100, deadline_ms=1,
+                       submitted_at_ms=int(time.time() * 1000) - 10_000, fallback=["classical"])
+    result = submit_and_wait(budgeted, [late])[late["workflow_id"]].result
+    assert result["mode"] == "fallback" and result["fallback_reason"] == "deadline_missed"
+    hopeless = job_request(workflow_id=wf("hopeless"), circuit=BELL, shots=100, deadline_ms=1,
+                           submitted_at_ms=int(time.time() * 1000) - 10_000)
+    outcome = submit_and_wait(budgeted, [hopeless])[hopeless["workflow_id"]]
+    assert outcome.state == "failed" and "DeadlineExceeded" in outcome.detail
