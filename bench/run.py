@@ -232,6 +232,19 @@ def summarize(results: dict, sections: dict) -> None:
         ("pipeline_1", "pipeline1"), ("pipeline_2", "pipeline2"))
         if key in sections and "jobs_per_s" in sections[key]}
     results["throughput_jobs_per_s"] = throughput
+    # CPU per job (all threads; pipeline: workers, broker and client) is less sensitive than
+    # jobs/s to other processes competing for the machine.
+    cpu = {}
+    for key in ("naive", "serial", "batched"):
+        if key in sections and "cpu_seconds" in sections[key]:
+            cpu[key] = 1000 * sections[key]["cpu_seconds"] / sections[key]["jobs"]
+    for key in ("pipeline1", "pipeline2"):
+        c = sections.get(key, {}).get("cpu_seconds")
+        if c:
+            jobs = sections[key]["jobs"]
+            cpu[f"{key}_workers"] = 1000 * sum(c["workers"]) / jobs
+            cpu[f"{key}_total"] = 1000 * (sum(c["workers"]) + c["broker"] + c["client"]) / jobs
+    results["cpu_ms_per_job"] = cpu
     p1, p2 = throughput.get("pipeline_1"), throughput.get("pipeline_2")
     if p1 and throughput.get("naive"):
         results["pipeline_vs_naive"] = p1 / throughput["naive"]
