@@ -39,6 +39,10 @@ measure q -> c;
 """
 
 
+# The statistical tests use fixed workflow ids: seeds derive from them, so the outcome is
+# reproducible (each session has its own topics, so fixed ids never meet a duplicate).
+
+
 def wf(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -53,7 +57,7 @@ def test_expectation_values_match_exact_within_four_standard_errors(settings, wo
         [("YYX", 1.0)],
     ]
     job = job_request(
-        workflow_id=wf("exact"), circuit=ANSATZ3, shots=20000, backend="aer.ideal",
+        workflow_id="exact-1234", circuit=ANSATZ3, shots=20000, backend="aer.ideal",
         parameter_sets=parameter_sets,
         observables=[{"terms": [{"pauli": p, "coeff": c} for p, c in terms]}
                      for terms in observables],
@@ -76,11 +80,12 @@ def test_expectation_values_match_exact_within_four_standard_errors(settings, wo
         worst = max(worst, z)
         assert z < 4, (row, exact)
     assert worst > 0  # values are sampled, not copied from an exact computation
+    print(f"worst |value - exact| / std_error over {len(rows)} values: {worst:.2f}")
 
 
 def test_counts_match_exact_distribution(settings, worker):
     shots = 20000
-    job = job_request(workflow_id=wf("ghz"), circuit=GHZ3, shots=shots, backend="aer.ideal")
+    job = job_request(workflow_id="ghz-1234", circuit=GHZ3, shots=shots, backend="aer.ideal")
     outcome = submit_and_wait(settings, [job])[job["workflow_id"]]
     assert outcome.result is not None, outcome.detail
     counts = outcome.result["circuits"][0]["counts"]
