@@ -94,7 +94,14 @@ async def submit_and_wait(
         )
 
 
+def exit_on_sigterm(signum, frame) -> None:
+    # Without this, SIGTERM ends Python at once and the finally below never stops the
+    # broker and worker this demo started.
+    raise SystemExit(128 + signum)
+
+
 def run_demo(timeout_s: float = 240.0) -> int:
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     wall_start = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="qlane-demo-"))
     broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
