@@ -47,3 +47,5 @@ def register(app, runtime: Runtime) -> None:
         for labels in stale:  # partitions this worker no longer owns
             metrics.CONSUMER_LAG.remove(*labels)
             lag_series.discard(labels)
+        for backend, code in runtime.breakers.state_codes().items():
+            metrics.BREAKER_STATE.labels(backend).set(code)
