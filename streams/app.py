@@ -7,6 +7,7 @@ import faust
 from streams import control, observability, transport
 from streams.agents import execute, mitigate, preprocess
 from streams.runtime import Runtime
+from streams.security import faust_credentials
 from streams.settings import Settings
 from streams.topics import WORKFLOW_TABLE, TopicNames
 
@@ -32,6 +33,7 @@ def faust_settings(settings: Settings) -> dict:
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
     )
+    options.update(faust_credentials(settings))
     if settings.profile == "embedded":
         # Tansu's ListOffsets end offsets are wrong for multi-record batches, which makes
         # table recovery miss updates; one record per batch keeps recovery exact.

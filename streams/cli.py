@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from streams.security import kafka_options
 from streams.settings import Settings
 
 TOPIC_SCHEMAS = {
@@ -177,7 +178,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return line
 
     async def go() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+        consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
                                     enable_auto_commit=False)
         await consumer.start()
         try:
@@ -325,7 +326,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     key, value = noise_control_record(args.backend, args.scale)
 
     async def go():
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        producer = AIOKafkaProducer(**kafka_options(settings))
         await producer.start()
         try:
             await producer.send_and_wait(topic, value=value, key=key)

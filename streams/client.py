@@ -14,6 +14,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
+from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames
 from workers.errors import InvalidJob
@@ -72,7 +73,7 @@ class Client:
         self.watcher: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Client:
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker, linger_ms=5)
+        self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=5)
         await self.producer.start()
         return self
 
@@ -84,7 +85,7 @@ class Client:
     async def start_watching(self) -> None:
         """Position at the end of the outcome topics before submitting, to miss nothing."""
         self.watcher = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.broker, enable_auto_commit=False, group_id=None,
+            **kafka_options(self.settings), enable_auto_commit=False, group_id=None,
             fetch_max_wait_ms=self.settings.effective_fetch_max_wait_ms,
         )
         await self.watcher.start()
@@ -169,7 +170,7 @@ class Client:
 async def read_topic(settings: Settings, topic: str, timeout_s: float, max_records: int = 0):
     """Every record of a topic from the beginning up to its current end."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None
+        **kafka_options(settings), enable_auto_commit=False, group_id=None
     )
     await consumer.start()
     try:

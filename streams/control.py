@@ -20,6 +20,7 @@ from schemas.codec import codec
 from streams import metrics
 from streams.agents.common import in_thread
 from streams.runtime import Runtime, now_ms
+from streams.security import kafka_options
 from workers.drift import DriftMonitor
 from workers.seeds import derive_seed
 
@@ -42,7 +43,7 @@ def register(app, runtime: Runtime) -> None:
     @app.task
     async def follow_controls():
         consumer = AIOKafkaConsumer(
-            runtime.names.control, bootstrap_servers=settings.broker, group_id=None,
+            runtime.names.control, **kafka_options(settings), group_id=None,
             auto_offset_reset="earliest", enable_auto_commit=False,
             fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
         )

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
 from streams.deadletter import HEADER_PREFIX
+from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -59,7 +60,7 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
     record's own timestamp, so it is right on brokers that answer the lookup by write time.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
+        **kafka_options(settings), group_id=None, enable_auto_commit=False,
         fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
     )
     await consumer.start()
@@ -173,7 +174,7 @@ async def replay(
     summary = ReplaySummary()
     producer = None
     if not dry_run:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=5)
+        producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5)
         await producer.start()
     started = time.monotonic()
     try:

@@ -135,10 +135,8 @@ class Runtime:
             headers=headers,
             timestamp=faust_timestamp(source.timestamp_ms),
         )
-        log.warning(
-            "dead-lettered %s from %s: %s",
-            error_class(error),
-            source.address,
-            str(error)[:200],
-            extra={"workflow_id": (source.key or b"").decode(errors="replace"), "stage": stage},
-        )
+        context = {"workflow_id": (source.key or b"").decode(errors="replace"), "stage": stage}
+        log.warning("dead-lettered %s from %s", error_class(error), source.address,
+                    extra=context)
+        # Error messages can quote the job (a parser error shows circuit text): debug only.
+        log.debug("dead letter detail: %s", str(error)[:500], extra=context)

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     fetch_max_wait_ms: int | None = Field(None, description="None = the profile's default")
 
+    security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    sasl_mechanism: str = Field("PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(None, repr=False)
+
     web_enabled: bool = True
     web_port: int = 6066
     web_host: str = "127.0.0.1"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams.security import kafka_options
 from streams.settings import Settings
 
 WORKFLOW_TABLE = "workflows"
@@ -56,10 +57,10 @@ class PartitionCountMismatch(RuntimeError):
     """An existing topic's partition count breaks co-partitioning by workflow_id."""
 
 
-async def ensure_topics(settings: Settings, client_kwargs: dict | None = None) -> list[str]:
+async def ensure_topics(settings: Settings) -> list[str]:
     """Create every qlane topic that is missing; return the names created."""
     wanted = TopicNames.from_settings(settings).all() + [changelog_topic(settings)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, **(client_kwargs or {}))
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
