@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -49,13 +50,14 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_json: bool = False
 
-    max_qubits: int = 24
-    min_shots: int = 1
-    max_shots: int = 1_000_000
-    max_circuit_bytes: int = 256_000
-    max_parameter_sets: int = 1000
-    max_observables: int = 64
-    max_circuits_per_job: int = 4096
+    # The job limits (workers.limits.Limits), one setting each: QLANE_MAX_QUBITS, ...
+    max_qubits: int = Limits.max_qubits
+    min_shots: int = Limits.min_shots
+    max_shots: int = Limits.max_shots
+    max_circuit_bytes: int = Limits.max_circuit_bytes
+    max_parameter_sets: int = Limits.max_parameter_sets
+    max_observables: int = Limits.max_observables
+    max_circuits_per_job: int = Limits.max_circuits_per_job
     transpile_cache_size: int = 512
 
     dlq_guard_consecutive: int = Field(50, ge=0, description="0 disables")
@@ -107,12 +109,4 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            max_qubits=self.max_qubits,
-            min_shots=self.min_shots,
-            max_shots=self.max_shots,
-            max_circuit_bytes=self.max_circuit_bytes,
-            max_parameter_sets=self.max_parameter_sets,
-            max_observables=self.max_observables,
-            max_circuits_per_job=self.max_circuits_per_job,
-        )
+        return Limits(**{name.name: getattr(self, name.name) for name in fields(Limits)})
