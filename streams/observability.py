@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from streams import metrics
+from streams.agents.common import in_thread
 from streams.runtime import Runtime
 
 log = logging.getLogger("qlane")
@@ -15,6 +16,21 @@ LAG_INTERVAL_S = 5.0
 def register(app, runtime: Runtime) -> None:
     metrics.BUILD_INFO.info({"version": runtime.worker_version})
     lag_series: set[tuple[str, str]] = set()
+
+    @app.task
+    async def warm_up_backends():
+        """Build noisy backends and their readout calibration before the first job needs
+        them (noise-model conversion and calibration take seconds once per worker)."""
+        def warm() -> None:
+            for name in runtime.registry.names():
+                backend = runtime.registry.get(name)
+                if getattr(backend, "noise_model", None) is not None:
+                    runtime.readout_cache.get(backend)
+
+        try:
+            await in_thread(runtime, warm)
+        except Exception:
+            log.exception("backend warm-up failed; jobs will build backends on first use")
 
     @app.page("/metrics")
     async def metrics_page(web, request):
