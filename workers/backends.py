@@ -535,6 +535,12 @@ def noisy_target(snapshot: CalibrationSnapshot) -> Target:
     return target
 
 
+def new_simulator() -> AerSimulator:
+    """Aer on the GPU when `qiskit-aer-gpu` is installed and sees one, else on the CPU."""
+    devices = AerSimulator().available_devices()
+    return AerSimulator(device="GPU") if "GPU" in devices else AerSimulator()
+
+
 class BackendRegistry:
     """The backends this worker provides. Backends are built on first use.
 
@@ -620,7 +626,7 @@ class BackendRegistry:
         return backend
 
     def _build_ideal(self) -> Backend:
-        simulator = AerSimulator()
+        simulator = new_simulator()
         return Backend(
             name=IDEAL,
             num_qubits=self._ideal_qubits,
@@ -637,7 +643,7 @@ class BackendRegistry:
             name=NOISY,
             num_qubits=snapshot.num_qubits,
             calibration_version=snapshot.version,
-            simulator=AerSimulator(),
+            simulator=new_simulator(),
             target=noisy_target(snapshot),
             coupling_constrained=True,
             calibration=snapshot,
