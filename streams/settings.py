@@ -48,7 +48,6 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     log_level: str = "info"
-    log_json: bool = False
 
     # The job limits (workers.limits.Limits), one setting each: QLANE_MAX_QUBITS, ...
     max_qubits: int = Limits.max_qubits
