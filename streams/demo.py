@@ -11,13 +11,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from schemas.codec import codec
 from streams.broker import EmbeddedBroker, free_port
-from streams.client import Client, job_request, load_job_file
+from streams.client import Client, job_request, load_job_file, read_topic
 from streams.render import result_table
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO_DRIFT_PERIOD_S = 3.0
 
 
 def sample_jobs(run_id: str) -> list[dict]:
@@ -57,9 +59,11 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
         "--web-port", str(free_port()), "-l", "warning",
     ]
     log = open(log_path, "ab")
+    # A canary round every few seconds, so the demo can show a drift status.
+    env = {**os.environ, "QLANE_DRIFT_PERIOD_S": str(DEMO_DRIFT_PERIOD_S)}
     return subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        start_new_session=True, env=env,
     )
 
 
@@ -100,6 +104,35 @@ def exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def print_cost_and_drift(settings: Settings, workflow_ids: list[str]) -> None:
+    async def read(topic: str, name: str) -> list[dict]:
+        records = [r async for r in read_topic(settings, topic, timeout_s=10)]
+        return [codec(name).decode(r.value) for r in records]
+
+    costs = [e for e in asyncio.run(read(settings.topic("cost"), "CostEvent"))
+             if e["workflow_id"] in workflow_ids]
+    print("\ncost (qlane.cost):")
+    for event in costs:
+        print(f"   {event['workflow_id']:<28} {event['backend']:<10} {event['circuits']:>3} "
+              f"circuits {event['shots']:>7} shots  estimate USD {event['estimate_usd']:.4f}"
+              f"  charged USD {event['actual_usd']:.4f}")
+    print(f"   total charged USD {sum(e['actual_usd'] for e in costs):.4f}")
+    deadline = time.monotonic() + 3 * DEMO_DRIFT_PERIOD_S
+    drift = []
+    while not drift and time.monotonic() < deadline:
+        drift = asyncio.run(read(settings.topic("drift"), "DriftEvent"))
+        if not drift:
+            time.sleep(1)
+    print("drift (qlane.drift):")
+    if not drift:
+        print("   no canary round finished yet")
+    for event in drift[-1:]:
+        print(f"   {event['backend']} round {event['round']}: {event['severity']} "
+              f"({event['statistic_name']} {event['statistic']:.2f}, threshold "
+              f"{event['threshold']:.2f}, p={event['p_value']:.3g}, {event['shots']} shots, "
+              f"calibration {event['calibration_version']})")
+
+
 def run_demo(timeout_s: float = 240.0) -> int:
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     wall_start = time.monotonic()
@@ -123,6 +156,7 @@ def run_demo(timeout_s: float = 240.0) -> int:
             else:
                 failed += 1
                 print(f"== {job['workflow_id']}: {outcome.state} {outcome.detail}")
+        print_cost_and_drift(settings, [job["workflow_id"] for job in jobs])
         print(f"\n{len(jobs) - failed}/{len(jobs)} jobs finished; "
               f"demo wall time {time.monotonic() - wall_start:.1f}s")
         if failed:

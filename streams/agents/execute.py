@@ -118,8 +118,13 @@ def register(app, runtime: Runtime, table) -> None:
             log.exception("batch of %d jobs failed as a whole; running them one by one",
                           len(jobs))
             return {}
-        share = (time.perf_counter() - started) / len(jobs)
-        return {j.source.address: (o, share) for j, o in zip(jobs, outcomes, strict=True)}
+        # Each job is billed the part of the call its circuits x shots make up.
+        elapsed = time.perf_counter() - started
+        work = [len(j.prepared.tasks) * j.prepared.shots for j in jobs]
+        return {
+            j.source.address: (o, elapsed * w / sum(work))
+            for j, o, w in zip(jobs, outcomes, work, strict=True)
+        }
 
     def past_deadline(job: Job) -> bool:
         return job.deadline_ms is not None and now_ms() > job.deadline_ms
