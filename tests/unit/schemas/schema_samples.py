@@ -55,6 +55,7 @@ def typical_job_request() -> dict:
         "seed": None,
         "submitted_at_ms": 1763737200000,
         "metadata": {},
+        "variational": None,
     }
 
 
@@ -86,6 +87,7 @@ def full_job_request() -> dict:
         "seed": -(2**63),
         "submitted_at_ms": 1763737200123,
         "metadata": {"team": "chemistry", "ticket": "QL-42", "unicode": "κβ≈µ"},
+        "variational": None,
     }
 
 
@@ -150,6 +152,7 @@ def job_result() -> dict:
             "end_to_end_s": 0.6,
         },
         "completed_at_ms": 1763737200734,
+        "variational": None,
     }
 
 
@@ -190,6 +193,7 @@ def failed_job_result() -> dict:
             "end_to_end_s": 0.003,
         },
         "completed_at_ms": 1763737200900,
+        "variational": None,
     }
 
 
@@ -201,6 +205,7 @@ def job_status() -> dict:
         "detail": "BackendUnavailable: timeout after 30 s",
         "attempt": 2,
         "at_ms": 1763737200456,
+        "progress": None,
     }
 
 

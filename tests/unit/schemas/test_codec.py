@@ -175,9 +175,11 @@ def test_int_out_of_32_bit_range_is_corrupt():
     # A long-encoded 2**40 where an int belongs: fastavro would read it, the spec forbids it.
     record = sample("JobStatus")
     frame = codec("JobStatus").encode(record)
-    body = fastavro_long(record["attempt"]) + fastavro_long(record["at_ms"])
+    null_progress = b"\x00"  # union branch 0 (null) of the last field
+    body = fastavro_long(record["attempt"]) + fastavro_long(record["at_ms"]) + null_progress
     assert frame.endswith(body)
-    forged = frame[: -len(body)] + fastavro_long(2**40) + fastavro_long(record["at_ms"])
+    forged = (frame[: -len(body)] + fastavro_long(2**40) + fastavro_long(record["at_ms"])
+              + null_progress)
     with pytest.raises(CorruptRecord, match="out of range"):
         codec("JobStatus").decode(forged)
 

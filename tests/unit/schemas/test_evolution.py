@@ -120,10 +120,10 @@ ALL_AVSC = sorted(SCHEMA_DIR.glob("**/*.avsc"))
 CONTRACT_FIELDS = {
     "JobRequest": "workflow_id parent_workflow_id circuit circuit_format parameter_sets "
     "observables shots backend mitigation tenant priority deadline_ms cost_limit_usd fallback "
-    "seed submitted_at_ms metadata",
+    "seed submitted_at_ms metadata variational",
     "JobResult": "workflow_id parent_workflow_id status mode fallback_reason error circuits "
-    "expectations mitigation shots_used provenance timings completed_at_ms",
-    "JobStatus": "workflow_id state stage detail attempt at_ms",
+    "expectations mitigation shots_used provenance timings completed_at_ms variational",
+    "JobStatus": "workflow_id state stage detail attempt at_ms progress",
     "CostEvent": "workflow_id tenant backend estimate_usd actual_usd shots circuits "
     "simulated_seconds budget_remaining_usd at_ms",
     "DriftEvent": "backend calibration_version canary statistic_name statistic threshold "
