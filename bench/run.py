@@ -109,6 +109,23 @@ def busy_processes(interval_s: float = 1.0, threshold: float = 0.05) -> list[dic
     return sorted(busy, key=lambda p: -p["cpu"])
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores; /proc/stat, idle and iowait out)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have been waited for (the
+    in-process loops, the broker and the workers once stopped)."""
+    import resource
+
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def machine_info() -> dict:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     mem_kb = 0
@@ -394,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "code": code_info(ROOT),
         "errors": {},
         "section_seconds": {},
+        "foreign_cpu_cores": {},
     }
     from bench.jobs import describe, job_set
 
@@ -413,13 +431,19 @@ def main(argv: list[str] | None = None) -> int:
             if name not in wanted:
                 continue
             print(f"[{time.monotonic() - started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
-            t0 = time.monotonic()
+            t0, busy0, own0 = time.monotonic(), machine_busy_seconds(), own_cpu_seconds()
             try:
                 sections[name] = runners[name]()
             except Exception:  # noqa: BLE001 - record it, keep the other sections
                 results["errors"][name] = traceback.format_exc()[-4000:]
                 print(f"  {name} FAILED:\n{results['errors'][name]}", file=sys.stderr)
-            results["section_seconds"][name] = time.monotonic() - t0
+            wall = time.monotonic() - t0
+            results["section_seconds"][name] = wall
+            # Cores used by processes this benchmark did not start, averaged over the section:
+            # near 0 on a quiet machine; anything else competed with the measurement.
+            foreign = (machine_busy_seconds() - busy0 - (own_cpu_seconds() - own0)) / wall
+            results["foreign_cpu_cores"][name] = round(max(foreign, 0.0), 3)
+            print(f"  other processes used {foreign:.2f} cores meanwhile", file=sys.stderr)
             rate = sections.get(name, {}).get("jobs_per_s")
             if rate:
                 print(f"  {name}: {rate:.1f} jobs/s", file=sys.stderr)
