@@ -126,6 +126,18 @@ def own_cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
+def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> float:
+    """Wait (up to max_wait_s) until the machine's busy CPU over 2 s is below threshold_cores;
+    return the busy cores last seen."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        busy0 = machine_busy_seconds()
+        time.sleep(2.0)
+        busy = (machine_busy_seconds() - busy0) / 2.0
+        if busy < threshold_cores or time.monotonic() >= deadline:
+            return busy
+
+
 def machine_info() -> dict:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     mem_kb = 0
@@ -387,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="default bench/results.json")
     parser.add_argument("--from-head", action="store_true", help="run the committed code")
     parser.add_argument("--keep-logs", action="store_true", help="keep broker/worker logs")
+    parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                        help="before each section wait up to S seconds for the machine to be "
+                             "quiet (< 0.3 busy cores); for shared machines")
     args = parser.parse_args(argv)
     out = args.out or ROOT / "bench" / ("results-quick.json" if args.quick else "results.json")
     if args.from_head:
@@ -430,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ALL_SECTIONS:
             if name not in wanted:
                 continue
+            if args.quiet_wait > 0:
+                busy = wait_for_quiet(args.quiet_wait)
+                results.setdefault("busy_cores_before", {})[name] = round(busy, 3)
             print(f"[{time.monotonic() - started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
             t0, busy0, own0 = time.monotonic(), machine_busy_seconds(), own_cpu_seconds()
             try:
