@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from streams import control, observability, transport
-from streams.agents import execute, mitigate, preprocess
+from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
 from streams.settings import Settings
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Runtime]:
     # No key/value types: Faust then (de)serializes plain JSON. A builtin type such as
     # `dict` here breaks changelog recovery (Faust calls `dict.from_data`).
     table = app.Table(WORKFLOW_TABLE, default=None, partitions=settings.partitions)
-    for stage in (preprocess, execute, mitigate):
+    for stage in (preprocess, execute, mitigate, variational):
         stage.register(app, runtime, table)
     observability.register(app, runtime)
     control.register(app, runtime)

@@ -16,6 +16,7 @@ TOPIC_SCHEMAS = {
     "jobs": "JobRequest",
     "stage.execute": "ExecuteTask",
     "stage.mitigate": "MitigateTask",
+    "stage.variational": "JobRequest",
     "results": "JobResult",
     "cost": "CostEvent",
     "drift": "DriftEvent",

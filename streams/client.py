@@ -142,6 +142,10 @@ class Client:
                 outcome.state = status["state"]
                 outcome.detail = status["detail"]
             event = status["state"]
+            if status.get("progress"):
+                step = status["progress"]
+                event = (f"iteration {step['iteration']}: value {step['value']:.5f} "
+                         f"± {step['std_error']:.5f}, spent USD {step['spend_usd']:.4f}")
         elif record.topic == self.names.results:
             outcome.result = codec("JobResult").decode(record.value)
             outcome.state = "done"

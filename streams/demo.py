@@ -49,6 +49,8 @@ def sample_jobs(run_id: str) -> list[dict]:
             tenant="demo",
         ),
         job_request(workflow_id=f"demo-qaoa-{run_id}", **qaoa),
+        job_request(workflow_id=f"demo-vqe-h2-{run_id}",
+                    **{**load_job_file(EXAMPLES / "h2_vqe.yaml"), "shots": 8000}),
     ]
 
 
@@ -109,14 +111,26 @@ def print_cost_and_drift(settings: Settings, workflow_ids: list[str]) -> None:
         records = [r async for r in read_topic(settings, topic, timeout_s=10)]
         return [codec(name).decode(r.value) for r in records]
 
-    costs = [e for e in asyncio.run(read(settings.topic("cost"), "CostEvent"))
-             if e["workflow_id"] in workflow_ids]
+    # A variational job is charged per evaluation ("<workflow id>#eval<n>"): sum them up.
+    per_job: dict[str, dict] = {}
+    for event in asyncio.run(read(settings.topic("cost"), "CostEvent")):
+        workflow_id = event["workflow_id"].split("#", 1)[0]
+        if workflow_id not in workflow_ids:
+            continue
+        total = per_job.setdefault(workflow_id, {"backend": event["backend"], "events": 0,
+                                                 "circuits": 0, "shots": 0, "estimate": 0.0,
+                                                 "charged": 0.0})
+        total["events"] += 1
+        total["circuits"] += event["circuits"]
+        total["shots"] += event["shots"]
+        total["estimate"] += event["estimate_usd"]
+        total["charged"] += event["actual_usd"]
     print("\ncost (qlane.cost):")
-    for event in costs:
-        print(f"   {event['workflow_id']:<28} {event['backend']:<10} {event['circuits']:>3} "
-              f"circuits {event['shots']:>7} shots  estimate USD {event['estimate_usd']:.4f}"
-              f"  charged USD {event['actual_usd']:.4f}")
-    print(f"   total charged USD {sum(e['actual_usd'] for e in costs):.4f}")
+    for workflow_id, total in per_job.items():
+        print(f"   {workflow_id:<28} {total['backend']:<10} {total['circuits']:>4} circuits "
+              f"{total['shots']:>7} shots  estimate USD {total['estimate']:.4f}  charged USD "
+              f"{total['charged']:.4f}  ({total['events']} cost events)")
+    print(f"   total charged USD {sum(t['charged'] for t in per_job.values()):.4f}")
     deadline = time.monotonic() + 3 * DEMO_DRIFT_PERIOD_S
     drift = []
     while not drift and time.monotonic() < deadline:

@@ -27,6 +27,14 @@ def result_table(result: dict) -> str:
         f"end-to-end {timings['end_to_end_s']:.2f}s (preprocess {timings['preprocess_s']:.3f}s, "
         f"execute {timings['execute_s']:.3f}s, mitigate {timings['mitigate_s']:.3f}s)",
     ]
+    variational = result.get("variational")
+    if variational:
+        lines.append(
+            f"   variational: best value {variational['best_value']:.5f} ± "
+            f"{variational['best_std_error']:.5f} after {variational['evaluations']} "
+            f"evaluations ({variational['stop_reason']}), parameters "
+            f"[{', '.join(f'{v:.3f}' for v in variational['best_parameters'])}]"
+        )
     mitigation = result["mitigation"]
     if mitigation["technique"] != "none":
         lines.append(

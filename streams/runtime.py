@@ -107,7 +107,8 @@ class Runtime:
         await self.app.producer.flush()
 
     async def status(
-        self, workflow_id: str, state: str, stage: str, detail: str = "", attempt: int = 1
+        self, workflow_id: str, state: str, stage: str, detail: str = "", attempt: int = 1,
+        progress: dict | None = None,
     ) -> None:
         record = {
             "workflow_id": workflow_id,
@@ -116,6 +117,7 @@ class Runtime:
             "detail": detail,
             "attempt": attempt,
             "at_ms": now_ms(),
+            "progress": progress,
         }
         await self.send("status", workflow_id, codec("JobStatus").encode(record))
 

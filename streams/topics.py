@@ -17,6 +17,7 @@ class TopicNames:
     jobs: str
     execute: str
     mitigate: str
+    variational: str
     results: str
     cost: str
     drift: str
@@ -30,6 +31,7 @@ class TopicNames:
             jobs=settings.topic("jobs"),
             execute=settings.topic("stage.execute"),
             mitigate=settings.topic("stage.mitigate"),
+            variational=settings.topic("stage.variational"),
             results=settings.topic("results"),
             cost=settings.topic("cost"),
             drift=settings.topic("drift"),

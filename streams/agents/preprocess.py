@@ -8,13 +8,14 @@ import time
 
 from schemas.codec import codec
 from streams import accounting, metrics
-from streams.agents.common import StageFailure, in_thread, run_stage
+from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
 from streams.runtime import Runtime, now_ms
-from workers.errors import BudgetExceeded, IdempotencyConflict, KeyMismatch
+from workers.errors import BudgetExceeded, IdempotencyConflict, InvalidObservable, KeyMismatch
 from workers.jobs import JobSpec
 from workers.preparation import prepare
+from workers.variational import VariationalSpec, evaluation_job
 
 STAGE = "preprocess"
 log = logging.getLogger("qlane")
@@ -63,6 +64,8 @@ def register(app, runtime: Runtime, table) -> None:
         await runtime.status(workflow_id, "accepted", STAGE, detail=admission.decision.value)
 
         started = time.perf_counter()
+        if request.get("variational") is not None:
+            return await hand_to_variational_stage(workflow_id, request, source)
         try:
             spec = route_away_from_drift(runtime, JobSpec.from_record(request))
             prepared = await in_thread(
@@ -98,6 +101,23 @@ def register(app, runtime: Runtime, table) -> None:
             workflow_id, "prepared", STAGE,
             detail=f"{len(prepared.tasks)} circuits on {prepared.backend}",
         )
+
+    async def hand_to_variational_stage(workflow_id: str, request: dict, source) -> str:
+        """Validate the options and the first evaluation now; the loop runs in its stage."""
+        try:
+            if len(request["observables"]) != 1:
+                raise InvalidObservable("a variational job minimizes exactly one observable")
+            spec = VariationalSpec.from_record(request["variational"])
+            first = evaluation_job(JobSpec.from_record(request), spec.initial_point, 0)
+            await in_thread(runtime, prepare, first, runtime.registry, runtime.cache, limits,
+                            runtime.readout_cache)
+        except Exception as error:
+            raise StageFailure(workflow_id, error) from error
+        await runtime.send("variational", workflow_id, source.value)
+        mark(table, workflow_id, "prepared")
+        await runtime.status(workflow_id, "prepared", STAGE,
+                             detail=f"variational, {spec.optimizer}")
+        return "ok"
 
     @app.agent(runtime.topics["jobs"], name="qlane.preprocess", concurrency=1)
     async def preprocess(stream):

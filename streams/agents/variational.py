@@ -1,0 +1,171 @@
+"""stage.variational -> the hybrid loop of a variational job -> qlane.results.
+
+Each evaluation of the objective goes through the same preparation, execution, mitigation,
+cost and budget code as any job. The optimizer's history is checkpointed in the workflow
+table after every evaluation; a worker that dies mid-optimization leaves the record
+uncommitted, so the next owner of the partition replays the history into a fresh optimizer
+(scipy's path depends only on the values it is told) and continues from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from schemas.codec import codec
+from streams import accounting
+from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams.deadletter import SourceRecord
+from streams.runtime import Runtime, now_ms, package_version
+from workers.errors import BudgetExceeded
+from workers.jobs import JobSpec
+from workers.mitigation import mitigate
+from workers.preparation import execute, prepare
+from workers.seeds import job_seed
+from workers.variational import AskTellOptimizer, Evaluation, VariationalSpec, evaluation_job
+
+STAGE = "variational"
+
+
+def register(app, runtime: Runtime, table) -> None:
+    settings = runtime.settings
+
+    def prepare_evaluation(job: JobSpec):
+        return prepare(job, runtime.registry, runtime.cache, settings.limits,
+                       runtime.readout_cache)
+
+    async def handle(source: SourceRecord) -> str:
+        request = codec("JobRequest").decode(source.value)
+        workflow_id = request["workflow_id"]
+        entry = table.get(workflow_id) or {}
+        if entry.get("state") == "done" and entry.get("result"):
+            await runtime.send("results", workflow_id, base64.b64decode(entry["result"]))
+            return "duplicate"
+        try:
+            spec = VariationalSpec.from_record(request["variational"])
+            base = JobSpec.from_record(request)
+        except Exception as error:
+            raise StageFailure(workflow_id, error) from error
+        history = [Evaluation.from_dict(item) for item in entry.get("checkpoint", [])]
+        raw = dict(entry.get("raw", {}))  # index -> [raw value, raw std error]
+        optimizer = AskTellOptimizer(spec, history)
+        stop_reason = None
+        last_prepared = None
+        report = {"technique": "none", "parameters": {}, "overhead_circuits": 0,
+                  "overhead_shots": 0}
+        started = time.perf_counter()
+        try:
+            while (point := await in_thread(runtime, optimizer.ask)) is not None:
+                index = len(optimizer.history)
+                job = evaluation_job(base, tuple(point), index)
+                prepared = last_prepared = await in_thread(runtime, prepare_evaluation, job)
+                estimate = accounting.estimate_usd(runtime, prepared)
+                try:
+                    accounting.check_budget(runtime, request, estimate)
+                except BudgetExceeded:
+                    stop_reason = "budget"
+                    break
+                began = time.perf_counter()
+                counts = await in_thread(runtime, execute, prepared, runtime.registry,
+                                         job_seed(job.workflow_id, None))
+                seconds = time.perf_counter() - began
+                outcome = await in_thread(runtime, mitigate, prepared, counts)
+                report = outcome.report
+                estimate_0 = outcome.estimates[0]
+                event = await accounting.charge(
+                    runtime, request={**request, "workflow_id": job.workflow_id},
+                    prepared=prepared, partition=source.partition,
+                    simulated_seconds=seconds, estimate=estimate,
+                    charged_backend=prepared.backend,
+                )
+                evaluation = Evaluation(
+                    index=index, parameters=tuple(point), value=estimate_0.value,
+                    std_error=estimate_0.std_error, shots=event["shots"],
+                    cost_usd=event["actual_usd"],
+                )
+                optimizer.tell(evaluation)
+                raw[str(index)] = [estimate_0.raw_value, estimate_0.raw_std_error]
+                table[workflow_id] = {
+                    **(table.get(workflow_id) or {}), "state": "executing",
+                    "checkpoint": [e.to_dict() for e in optimizer.history], "raw": raw,
+                    "updated_ms": now_ms(),
+                }
+                spend = sum(e.cost_usd for e in optimizer.history)
+                await runtime.status(
+                    workflow_id, "executing", STAGE, detail=f"iteration {index + 1}",
+                    progress={"iteration": index + 1, "parameters": list(point),
+                              "value": evaluation.value, "std_error": evaluation.std_error,
+                              "spend_usd": spend},
+                )
+        except StageFailure:
+            raise
+        except Exception as error:
+            raise StageFailure(workflow_id, error) from error
+        finally:
+            optimizer.close()
+
+        best = optimizer.best
+        if best is None:
+            raise StageFailure(workflow_id, BudgetExceeded("no evaluation fitted the budget"))
+        result = variational_result(request, base, optimizer.history, best,
+                                    stop_reason or optimizer.stop_reason or "converged",
+                                    raw, report, started, last_prepared)
+        encoded = codec("JobResult").encode(result)
+        mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode())
+        await runtime.flush()
+        await runtime.send("results", workflow_id, encoded)
+        await runtime.status(workflow_id, "done", STAGE,
+                             detail=result["variational"]["stop_reason"])
+        return "ok"
+
+    def variational_result(request, base, history, best, stop_reason, raw, report, started,
+                           prepared):
+        raw_value, raw_std_error = raw.get(str(best.index), [best.value, best.std_error])
+        completed_at_ms = now_ms()
+        submitted_ms = request.get("submitted_at_ms") or completed_at_ms
+        backend = runtime.registry.get(base.backend)
+        return {
+            "workflow_id": request["workflow_id"],
+            "parent_workflow_id": request.get("parent_workflow_id"),
+            "status": "succeeded", "mode": "quantum", "fallback_reason": None, "error": None,
+            "circuits": [],
+            "expectations": [{
+                "parameter_set_index": 0, "observable_index": 0,
+                "observable": base.observables[0].label(),
+                "value": best.value, "std_error": best.std_error,
+                "raw_value": raw_value, "raw_std_error": raw_std_error,
+            }],
+            "mitigation": report,
+            "shots_used": sum(e.shots for e in history),
+            "provenance": {
+                "backend": base.backend, "calibration_version": backend.calibration_version,
+                "optimization_level": prepared.optimization_level if prepared else 0,
+                "seed_transpiler": prepared.seed_transpiler if prepared else 0,
+                "seed_simulator": job_seed(request["workflow_id"], request.get("seed")),
+                "transpile_cache_hit": False,
+                "qlane_version": package_version("qlane"),
+                "qiskit_version": package_version("qiskit"),
+                "qiskit_aer_version": package_version("qiskit-aer"),
+                "mitiq_version": package_version("mitiq"),
+            },
+            "timings": {
+                "queued_s": 0.0, "preprocess_s": 0.0,
+                "execute_s": time.perf_counter() - started, "mitigate_s": 0.0,
+                "end_to_end_s": max(0.0, (completed_at_ms - submitted_ms) / 1000),
+            },
+            "completed_at_ms": completed_at_ms,
+            "variational": {
+                "best_parameters": list(best.parameters), "best_value": best.value,
+                "best_std_error": best.std_error, "stop_reason": stop_reason,
+                "evaluations": len(history),
+                "history": [
+                    {"index": e.index, "parameters": list(e.parameters), "value": e.value,
+                     "std_error": e.std_error, "shots": e.shots, "cost_usd": e.cost_usd}
+                    for e in history
+                ],
+            },
+        }
+
+    @app.agent(runtime.topics["variational"], name="qlane.variational", concurrency=1)
+    async def variational_stage(stream):
+        await run_stage(stream, runtime, table, STAGE, handle)

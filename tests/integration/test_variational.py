@@ -1,0 +1,44 @@
+"""A variational job through the pipeline: progress, checkpoints, caps, one result."""
+
+import time
+import uuid
+from pathlib import Path
+
+from schemas.codec import codec
+from streams.client import job_request, load_job_file
+from tests.support import submit_and_wait, topic_records
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+H2_EXACT = -1.8572750302023795  # numpy diagonalization of the example's Hamiltonian
+
+
+def test_vqe_job_reports_progress_history_and_cost(settings, worker):
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    fields["variational"]["max_iterations"] = 12
+    job = job_request(**{**fields, "workflow_id": f"vqe-{uuid.uuid4().hex[:8]}", "shots": 4000})
+    outcome = submit_and_wait(settings, [job], timeout_s=180)[job["workflow_id"]]
+    assert outcome.result is not None, outcome.detail
+    report = outcome.result["variational"]
+    assert report["stop_reason"] == "max_iterations" and report["evaluations"] == 12
+    values = [step["value"] for step in report["history"]]
+    assert report["best_value"] == min(values) and report["best_value"] < values[0]
+    assert report["best_value"] > H2_EXACT - 5 * report["best_std_error"]  # variational bound
+    assert len(outcome.result["expectations"]) == 1
+    time.sleep(2)
+    progress = [codec("JobStatus").decode(r.value)["progress"]
+                for r in topic_records(settings, "status") if r.key == job["workflow_id"].encode()]
+    progress = [p for p in progress if p]
+    assert [p["iteration"] for p in progress] == list(range(1, 13))
+    costs = [codec("CostEvent").decode(r.value) for r in topic_records(settings, "cost")]
+    mine = [c for c in costs if c["workflow_id"].startswith(job["workflow_id"] + "#")]
+    assert len(mine) == 12
+    charged = sum(c["actual_usd"] for c in mine)
+    assert abs(charged - sum(step["cost_usd"] for step in report["history"])) < 1e-9
+
+
+def test_variational_job_without_an_objective_is_dead_lettered(settings, worker):
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    job = job_request(**{**fields, "workflow_id": f"vqe-bad-{uuid.uuid4().hex[:6]}",
+                         "observables": []})
+    outcome = submit_and_wait(settings, [job], timeout_s=60)[job["workflow_id"]]
+    assert outcome.state == "failed" and "InvalidObservable" in outcome.detail
