@@ -24,4 +24,4 @@ def test_topic_names_use_the_prefix():
     assert names.execute == "acme.stage.execute"
     assert names.by_short_name("results") == "acme.results"
     assert names.by_short_name("stage.mitigate") == "acme.stage.mitigate"
-    assert len(set(names.all())) == 9
+    assert len(set(names.all())) == 10
