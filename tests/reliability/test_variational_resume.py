@@ -1,0 +1,101 @@
+"""A worker killed mid-optimization: the job resumes from its checkpoint, one result appears."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+from schemas.codec import codec
+from streams.client import Client, job_request, load_job_file
+from streams.topics import ensure_topics
+from tests.reliability.conftest import scale
+from tests.support import (
+    session_settings,
+    start_worker,
+    stop_worker,
+    submit_and_wait,
+    topic_records,
+    wait_until_ready,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def vqe_job(iterations: int) -> dict:
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    fields["variational"]["max_iterations"] = iterations
+    return job_request(**{**fields, "workflow_id": "vqe-resume", "shots": 4000,
+                          "submitted_at_ms": 1})
+
+
+def evaluations_charged(settings) -> int:
+    return sum(1 for r in topic_records(settings, "cost")
+               if codec("CostEvent").decode(r.value)["workflow_id"].startswith("vqe-resume#"))
+
+
+def submit_until_iteration(settings, job: dict, iteration: int, timeout_s: float) -> None:
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            await client.submit(job)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                batch = await client.watcher.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        if record.topic != client.names.status:
+                            continue
+                        progress = codec("JobStatus").decode(record.value)["progress"]
+                        if progress and progress["iteration"] >= iteration:
+                            return
+            raise AssertionError(f"no iteration {iteration} within {timeout_s}s")
+
+    asyncio.run(go())
+
+
+def test_killed_variational_job_resumes_from_its_checkpoint(broker_address, tmp_path, report):
+    iterations = scale(24, 60)
+    reference = session_settings(*broker_address, tag="vqeref")
+    asyncio.run(ensure_topics(reference))
+    log = tmp_path / "reference.log"
+    worker = start_worker(reference, log)
+    try:
+        wait_until_ready(reference, log)
+        expected = submit_and_wait(reference, [vqe_job(iterations)], 300)["vqe-resume"].result
+    finally:
+        stop_worker(worker)
+    assert expected is not None
+
+    settings = session_settings(*broker_address, tag="vqekill")
+    asyncio.run(ensure_topics(settings))
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    worker = start_worker(settings, logs[0])
+    try:
+        wait_until_ready(settings, logs[0])
+        submit_until_iteration(settings, vqe_job(iterations), iterations // 3, 240)
+        stop_worker(worker, sig=signal.SIGKILL)
+        killed_after = evaluations_charged(settings)
+        worker = start_worker(settings, logs[1])
+        deadline = time.monotonic() + 300
+        results = []
+        while not results and time.monotonic() < deadline:
+            results = [r.value for r in topic_records(settings, "results")
+                       if r.key == b"vqe-resume"]
+            time.sleep(1)
+        time.sleep(3)
+        results = [r.value for r in topic_records(settings, "results") if r.key == b"vqe-resume"]
+    finally:
+        stop_worker(worker)
+
+    assert len(set(results)) == 1, f"{len(set(results))} different results"
+    resumed = codec("JobResult").decode(results[0])["variational"]
+    assert resumed["history"] == expected["variational"]["history"]  # same path, same values
+    assert resumed["best_value"] == expected["variational"]["best_value"]
+    charged = evaluations_charged(settings)
+    assert expected["variational"]["evaluations"] <= charged
+    assert charged <= expected["variational"]["evaluations"] + 1  # at most one iteration more
+    report.update(evaluations=expected["variational"]["evaluations"],
+                  killed_after_evaluations=killed_after, evaluations_executed=charged,
+                  distinct_results=len(set(results)), result_copies=len(results))
