@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from bench.jobs import warmup_jobs
 from schemas.codec import codec
 from streams.broker import EmbeddedBroker
 from streams.client import Client
+from streams.processes import start_worker, stop_process
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
 
@@ -70,32 +70,6 @@ def warmup_set(tag: str, partitions: int) -> list[dict]:
                 k += 1
             out.append({**job, "workflow_id": f"{job['workflow_id']}-{k}"})
     return out
-
-
-def start_worker(settings: Settings, index: int, workdir: Path) -> subprocess.Popen:
-    env = {**os.environ, "QLANE_APP_ID": settings.app_id, "PYTHONPATH": str(ROOT)}
-    log = open(workdir / f"worker{index}.log", "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
-         "--profile", "embedded", "--topic-prefix", settings.topic_prefix,
-         "--partitions", str(settings.partitions), "--without-web", "-l", "info"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        cwd=workdir,  # Faust writes its <app id>-data directory here, not in the repo
-        start_new_session=True,
-    )
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
 
 
 async def submit_backlog(client: Client, jobs: list[dict], timeout_s: float,
@@ -177,7 +151,12 @@ def run_pipeline(jobs: list[dict], *, workers: int, workdir: Path, partitions: i
         report["topic_prefix"], report["app_id"] = settings.topic_prefix, settings.app_id
         asyncio.run(ensure_topics(settings))
         started = time.monotonic()
-        processes = [start_worker(settings, i, workdir) for i in range(workers)]
+        # cwd: Faust writes its <app id>-data directory there, not in the repository.
+        processes = [
+            start_worker(settings, workdir / f"worker{i}.log", env={"PYTHONPATH": str(ROOT)},
+                         cwd=workdir)
+            for i in range(workers)
+        ]
 
         def alive() -> bool:
             return all(p.poll() is None for p in processes) and broker.process.poll() is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from schemas.codec import codec
 from streams import metrics
 from streams.runtime import Runtime, now_ms
 from workers.errors import BudgetExceeded
@@ -71,7 +72,5 @@ async def charge(
         "circuits": len(prepared.tasks), "simulated_seconds": simulated_seconds,
         "budget_remaining_usd": remaining, "at_ms": now_ms(),
     }
-    from schemas.codec import codec
-
     await runtime.send("cost", request["workflow_id"], codec("CostEvent").encode(event))
     return event

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -206,6 +205,3 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float, max_recor
     finally:
         await consumer.stop()
 
-
-def run(coroutine):
-    return asyncio.run(coroutine)

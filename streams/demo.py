@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 from schemas.codec import codec
 from streams.broker import EmbeddedBroker, free_port
 from streams.client import Client, job_request, load_job_file, read_topic
+from streams.processes import start_worker, stop_process
 from streams.render import result_table
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -52,32 +51,6 @@ def sample_jobs(run_id: str) -> list[dict]:
         job_request(workflow_id=f"demo-vqe-h2-{run_id}",
                     **{**load_job_file(EXAMPLES / "h2_vqe.yaml"), "shots": 8000}),
     ]
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    command = [
-        sys.executable, "-m", "streams.cli", "worker",
-        "--broker", settings.broker, "--profile", "embedded",
-        "--web-port", str(free_port()), "-l", "warning",
-    ]
-    log = open(log_path, "ab")
-    # A canary round every few seconds, so the demo can show a drift status.
-    env = {**os.environ, "QLANE_DRIFT_PERIOD_S": str(DEMO_DRIFT_PERIOD_S)}
-    return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env=env,
-    )
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 async def submit_and_wait(
@@ -157,7 +130,11 @@ def run_demo(timeout_s: float = 240.0) -> int:
     worker = None
     try:
         asyncio.run(ensure_topics(settings))
-        worker = start_worker(settings, workdir / "worker.log")
+        # A canary round every few seconds, so the demo can show a drift status.
+        worker = start_worker(
+            settings, workdir / "worker.log", web_port=free_port(), loglevel="warning",
+            env={"QLANE_DRIFT_PERIOD_S": str(DEMO_DRIFT_PERIOD_S)},
+        )
         print(f"worker started (pid {worker.pid}); submitting sample jobs")
         jobs = sample_jobs(run_id=str(int(time.time())))
         outcomes = asyncio.run(submit_and_wait(settings, jobs, timeout_s, worker))
@@ -178,6 +155,6 @@ def run_demo(timeout_s: float = 240.0) -> int:
         return 1 if failed else 0
     finally:
         if worker is not None:
-            stop_process(worker)
+            stop_process(worker, timeout_s=15)
         broker.stop()
         print("stopped the worker and the broker")

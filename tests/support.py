@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from streams.client import Client, job_request, read_topic
+from streams.processes import start_worker  # noqa: F401  (the suites import it from here)
+from streams.processes import stop_process as stop_worker  # noqa: F401
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,28 +20,6 @@ def session_settings(bootstrap: str, profile: str, tag: str, **overrides) -> Set
     run = uuid.uuid4().hex[:8]
     return Settings(broker=bootstrap, profile=profile, topic_prefix=f"{tag}{run}.qlane",
                     app_id=f"qlane-{tag}-{run}", **{"partitions": 2, **overrides})
-
-
-def start_worker(settings: Settings, log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    environment = {**os.environ, "QLANE_APP_ID": settings.app_id, **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
-         "--profile", settings.profile, "--topic-prefix", settings.topic_prefix,
-         "--partitions", str(settings.partitions), "--without-web", "-l", "info"],
-        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=environment,
-        start_new_session=True,
-    )
-
-
-def stop_worker(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20):
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, sig)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float = 120.0) -> dict:

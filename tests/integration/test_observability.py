@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -17,7 +14,14 @@ from streams.broker import free_port
 from streams.client import job_request
 from streams.topics import ensure_topics
 from tests.integration.test_cli import qlane
-from tests.support import BELL, session_settings, stop_worker, submit_and_wait, topic_records
+from tests.support import (
+    BELL,
+    session_settings,
+    start_worker,
+    stop_worker,
+    submit_and_wait,
+    topic_records,
+)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -36,12 +40,7 @@ def monitored(broker_address, tmp_path_factory):
     asyncio.run(ensure_topics(settings))
     port = free_port()
     log = tmp_path_factory.mktemp("obs") / "worker.log"
-    env = {**os.environ, "QLANE_APP_ID": settings.app_id, "QLANE_DRIFT_PERIOD_S": "1.5"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
-         "--profile", settings.profile, "--topic-prefix", settings.topic_prefix,
-         "--partitions", str(settings.partitions), "--web-port", str(port)],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    process = start_worker(settings, log, web_port=port, env={"QLANE_DRIFT_PERIOD_S": "1.5"})
     try:
         yield settings, port, process, log
     finally:
