@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import faust
-
-from streams import control, observability, transport
+from streams import control, flow, observability, transport
 from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
@@ -41,9 +39,9 @@ def faust_settings(settings: Settings) -> dict:
     return options
 
 
-def create_app(settings: Settings | None = None) -> tuple[faust.App, Runtime]:
+def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     settings = settings or Settings()
-    app = faust.App(settings.app_id, **faust_settings(settings))
+    app = flow.App(settings.app_id, **faust_settings(settings))
     app.qlane_fetch_max_wait_ms = settings.effective_fetch_max_wait_ms
     names = TopicNames.from_settings(settings)
     runtime = Runtime(settings=settings, names=names, app=app)
