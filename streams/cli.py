@@ -67,6 +67,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from streams.app import create_app
+    from streams.logs import logging_config
     from streams.topics import ensure_topics
 
     settings = settings_from(args)
@@ -80,7 +81,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
     app, _ = create_app(settings)
-    worker = Worker(app, loglevel=args.loglevel or settings.log_level)
+    level = args.loglevel or settings.log_level
+    log_format = args.log_format or settings.log_format
+    worker = Worker(app, loglevel=level, logging_config=logging_config(log_format, level))
     # Qiskit logs every transpiler pass at INFO; only its warnings belong in a worker log.
     logging.getLogger("qiskit").setLevel(logging.WARNING)
     worker.execute_from_commandline()
@@ -362,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--web-port", type=int, help="port of the worker's web server")
     worker.add_argument("--without-web", action="store_true", help="no web server")
     worker.add_argument("-l", "--loglevel", help="debug, info, warning, error")
+    worker.add_argument("--log-format", choices=["text", "json"],
+                        help="json: one JSON object per line (env QLANE_LOG_FORMAT)")
     worker.set_defaults(run=cmd_worker)
 
     submit = commands.add_parser("submit", help="submit a .qasm file or a YAML/JSON job file")

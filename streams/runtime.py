@@ -16,6 +16,7 @@ from streams.deadletter import (
     error_class,
     faust_timestamp,
 )
+from streams.logs import lifecycle_level
 from streams.settings import Settings
 from streams.topics import TopicNames
 from workers.backends import BackendRegistry
@@ -120,6 +121,9 @@ class Runtime:
             "progress": progress,
         }
         await self.send("status", workflow_id, codec("JobStatus").encode(record))
+        log.log(lifecycle_level(state), "%s %s (%s)%s", workflow_id, state, stage,
+                f": {detail}" if detail else "",
+                extra={"workflow_id": workflow_id, "stage": stage, "state": state})
 
     async def dead_letter(
         self, source: SourceRecord, stage: str, error: BaseException, attempts: int = 1

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.logs import LogFormat
 from workers.limits import Limits
 
 Profile = Literal["embedded", "kafka"]
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     log_level: str = "info"
+    log_format: LogFormat = Field("text", description="text (Faust's) or json, one object per line")
 
     # The job limits (workers.limits.Limits), one setting each: QLANE_MAX_QUBITS, ...
     max_qubits: int = Limits.max_qubits
