@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 from qiskit.quantum_info import Operator, Statevector
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
-from workers.circuits import detect_format, parse_circuit
+from workers.circuits import (
+    PARSE_CACHE_ENTRY_ALLOWANCE,
+    ParsedCircuits,
+    detect_format,
+    parse_circuit,
+)
 from workers.errors import InvalidCircuit
 
 LEGACY_QASM2 = """OPENQASM 2.0;
@@ -150,3 +155,39 @@ def test_fuzz_only_invalid_circuit_escapes(source: str, fmt: str) -> None:
         parse_circuit(source, fmt)
     except InvalidCircuit:
         pass
+
+
+# --- the parse cache ----------------------------------------------------------------------
+def test_a_repeated_source_is_parsed_once_and_each_caller_gets_its_own_copy():
+    cache = ParsedCircuits()
+    first = cache.get_or_parse(ANSATZ3_QASM3, "qasm3")
+    again = cache.get_or_parse(ANSATZ3_QASM3, "qasm3")
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert again is first  # the cache's own object; parse_circuit copies it
+
+    handed_out = parse_circuit(ANSATZ3_QASM3)
+    handed_out.measure_all()
+    handed_out.assign_parameters([0.1] * handed_out.num_parameters, inplace=True)
+    fresh = parse_circuit(ANSATZ3_QASM3)
+    assert fresh == parse_circuit(ANSATZ3_QASM3)
+    assert fresh.num_parameters > 0 and "measure" not in fresh.count_ops()
+
+
+def test_invalid_programs_are_not_cached():
+    cache = ParsedCircuits()
+    for _ in range(2):
+        with pytest.raises(InvalidCircuit):
+            cache.get_or_parse("OPENQASM 3.0; qubit[1] q; nonsense q;", "qasm3")
+    assert (cache.misses, cache.hits) == (2, 0)
+
+
+def test_the_cache_is_bounded():
+    cache = ParsedCircuits(budget=3 * PARSE_CACHE_ENTRY_ALLOWANCE)
+    sources = [f"OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[{n}];\nh q[0];\n"
+               for n in range(1, 6)]
+    for source in sources:
+        cache.get_or_parse(source, "qasm2")
+    cache.get_or_parse(sources[0], "qasm2")  # evicted long ago
+    assert (cache.misses, cache.hits) == (6, 0)
+    cache.get_or_parse(sources[-1], "qasm2")
+    assert cache.hits == 1
