@@ -121,8 +121,10 @@ class Runtime:
             "progress": progress,
         }
         await self.send("status", workflow_id, codec("JobStatus").encode(record))
-        log.log(lifecycle_level(state), "%s %s (%s)%s", workflow_id, state, stage,
-                f": {detail}" if detail else "",
+        level = lifecycle_level(state)
+        # A detail can quote an error about the job's payload: shown at debug level only.
+        shown = f": {detail}" if detail and level == logging.DEBUG else ""
+        log.log(level, "%s %s (%s)%s", workflow_id, state, stage, shown,
                 extra={"workflow_id": workflow_id, "stage": stage, "state": state})
 
     async def dead_letter(
