@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 from qiskit import QuantumCircuit
 from qiskit.circuit import (
-    ControlFlowOp,
     Delay,
     ForLoopOp,
     Gate,
@@ -180,17 +179,20 @@ def final_measurements(circuit: QuantumCircuit) -> FinalMeasurements | None:
     written: set[int] = set()
     active: set[int] = set()
     unitary = True
+    qubit_index = bit_indices(circuit.qubits)
+    # Name and kind queries on the instruction itself: `instruction.operation` builds a Python
+    # gate object per access, which tripled the cost of this per-circuit loop.
     for instruction in circuit.data:
-        operation = instruction.operation
-        if isinstance(operation, ControlFlowOp) or not instruction.qubits:
+        if instruction.is_control_flow() or not instruction.qubits:
             return None  # control flow; classical-only instructions such as store
-        qubits = [circuit.find_bit(q).index for q in instruction.qubits]
-        if operation.name in _MAY_FOLLOW_MEASUREMENT:
+        name = instruction.name
+        qubits = [qubit_index[q] for q in instruction.qubits]
+        if name in _MAY_FOLLOW_MEASUREMENT:
             continue
         if any(q in measured_into for q in qubits):
             return None  # acts on a measured qubit: not a final measurement
         active.update(qubits)
-        if isinstance(operation, Measure):
+        if is_measurement(instruction):
             (qubit,) = qubits
             (clbit,) = (circuit.find_bit(c).index for c in instruction.clbits)
             if clbit in written:
@@ -199,7 +201,9 @@ def final_measurements(circuit: QuantumCircuit) -> FinalMeasurements | None:
             measured_into[qubit] = clbit
         elif instruction.clbits:
             return None  # anything else that writes a clbit
-        elif not isinstance(operation, Gate | Delay):
+        elif not (
+            instruction.is_standard_gate() or isinstance(instruction.operation, Gate | Delay)
+        ):
             unitary = False  # reset, initialize, kraus, ...: exact only as a density matrix
     if not measured_into:
         return None
@@ -214,12 +218,23 @@ def final_measurements(circuit: QuantumCircuit) -> FinalMeasurements | None:
     )
 
 
+def is_measurement(instruction) -> bool:
+    return instruction.name == "measure" and isinstance(instruction.operation, Measure)
+
+
+def bit_indices(bits: Sequence) -> dict:
+    """Each bit's index (a dict lookup is several times faster than `find_bit` per use)."""
+    return {bit: index for index, bit in enumerate(bits)}
+
+
 def without_measurements(circuit: QuantumCircuit) -> QuantumCircuit:
     """`circuit` with its (final) measurements dropped; registers kept."""
     stripped = circuit.copy_empty_like()
     for instruction in circuit.data:
-        if not isinstance(instruction.operation, Measure):
-            stripped.append(instruction)
+        if not is_measurement(instruction):
+            # _append skips append's argument broadcasting and checks: the instructions come
+            # from a valid circuit with the same bits. 2.8x faster on the per-circuit path.
+            stripped._append(instruction)
     return stripped
 
 
@@ -481,11 +496,12 @@ class Backend:
                 f"{self.name} runs {self.target.num_qubits}-qubit transpiled circuits, "
                 f"got {circuit.num_qubits} qubits: transpile for this backend first"
             )
+        qubit_index = bit_indices(circuit.qubits)
         for instruction in circuit.data:
-            name = instruction.operation.name
+            name = instruction.name
             if name in _ALWAYS_ALLOWED:
                 continue
-            qargs = tuple(circuit.find_bit(q).index for q in instruction.qubits)
+            qargs = tuple(qubit_index[q] for q in instruction.qubits)
             if not self.target.instruction_supported(name, qargs):
                 raise ExecutionFailed(
                     f"{self.name} cannot run {name} on qubits {qargs}: "
