@@ -369,9 +369,11 @@ def reexec_from_head(argv: list[str], out: Path) -> int:
                                   .splitlines()],
         }))
         rest = [a for a in argv if a != "--from-head"]
+        if "--out" not in rest:
+            rest += ["--out", str(out.resolve())]
         env = {**os.environ, "PYTHONPATH": str(head)}
-        child = subprocess.Popen([sys.executable, str(head / "bench" / "run.py"), *rest,
-                                  "--out", str(out.resolve())], env=env, cwd=head)
+        child = subprocess.Popen([sys.executable, str(head / "bench" / "run.py"), *rest],
+                                 env=env, cwd=head)
         signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
         try:
             return child.wait()
