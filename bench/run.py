@@ -368,9 +368,18 @@ def reexec_from_head(argv: list[str], out: Path) -> int:
             "bench_dirty_files": [line for line in _git("status", "--porcelain", "bench")
                                   .splitlines()],
         }))
-        rest = [a for a in argv if a != "--from-head"]
-        if "--out" not in rest:
-            rest += ["--out", str(out.resolve())]
+        # The child runs in the archive's directory: give it the output path resolved here.
+        rest, skip = [], False
+        for arg in argv:
+            if skip or arg == "--from-head":
+                skip = False
+                continue
+            if arg == "--out":
+                skip = True
+                continue
+            if not arg.startswith("--out="):
+                rest.append(arg)
+        rest += ["--out", str(out.resolve())]
         env = {**os.environ, "PYTHONPATH": str(head)}
         child = subprocess.Popen([sys.executable, str(head / "bench" / "run.py"), *rest],
                                  env=env, cwd=head)
