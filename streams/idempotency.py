@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from enum import Enum
 
+from cachetools import LRUCache
+
 # Fields that describe when or how a request travelled, not what it asks for.
 _NOT_FINGERPRINTED = frozenset({"submitted_at_ms"})
 
@@ -55,3 +57,26 @@ def admit(entry: dict | None, fingerprint: str, source: str) -> Admission:
     if entry.get("source") == source and state not in REACHED_EXECUTION:
         return Admission(Decision.REDELIVERY, state)
     return Admission(Decision.DUPLICATE, state)
+
+
+class HandledRecords:
+    """Source addresses ("topic:partition:offset") this worker process has handled, bounded.
+
+    The consumer can hand a process a record it already handled: after table recovery, Faust
+    seeks the stream partitions back to their committed offsets, and a record fetched just
+    before that seek comes again. Handling it twice would send a second status, or prepare and
+    run a workflow twice. A crash starts a new process with an empty memory, so a record
+    redelivered after a crash is still handled (Decision.REDELIVERY).
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._addresses: LRUCache | None = LRUCache(maxsize=maxsize) if maxsize > 0 else None
+
+    def first_time(self, address: str) -> bool:
+        """Remember `address`; False when it was handled before (or is being handled now)."""
+        if self._addresses is None:
+            return True
+        if self._addresses.get(address):
+            return False
+        self._addresses[address] = True
+        return True

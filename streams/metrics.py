@@ -75,6 +75,12 @@ FALLBACKS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+REFETCHED = Counter(
+    "qlane_refetched_records_total",
+    "Records a worker was handed again after handling them (ignored), by stage.",
+    ["stage"],
+    registry=REGISTRY,
+)
 DUPLICATES = Counter(
     "qlane_duplicates_total",
     "Duplicate job requests acknowledged and not re-run.",
@@ -201,6 +207,7 @@ __all__ = [
     "LAST_PROGRESS",
     "OUTCOMES",
     "REGISTRY",
+    "REFETCHED",
     "RETRIES",
     "STAGES",
     "STAGE_DURATION",

@@ -16,6 +16,7 @@ from streams.deadletter import (
     error_class,
     faust_timestamp,
 )
+from streams.idempotency import HandledRecords
 from streams.logs import lifecycle_level
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -79,12 +80,14 @@ class Runtime:
         return True
     cache: TranspileCache = field(init=False)
     readout_cache: ReadoutCalibrationCache = field(init=False)
+    handled: HandledRecords = field(init=False)
     drift_seen_ms: dict = field(default_factory=dict)  # backend -> last drift alarm acted on
     spend_written: dict = field(default_factory=dict)  # spend keys this worker owns -> USD
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.cache = TranspileCache(maxsize=settings.transpile_cache_size)
+        self.handled = HandledRecords(settings.handled_records_memory)
         self.readout_cache = ReadoutCalibrationCache()
         self.registry = BackendRegistry(faults=parse_fault_map(settings.faults) or None)
         self.breakers = BreakerBoard(

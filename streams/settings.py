@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     max_observables: int = Limits.max_observables
     max_circuits_per_job: int = Limits.max_circuits_per_job
     transpile_cache_size: int = 512
+    handled_records_memory: int = Field(
+        100_000, ge=0,
+        description="record addresses each worker remembers so a re-fetched record is not "
+        "handled twice; 0 disables",
+    )
 
     dlq_guard_consecutive: int = Field(50, ge=0, description="0 disables")
     dlq_guard_ratio: float = Field(0.5, ge=0, le=1, description="0 disables")

@@ -42,7 +42,18 @@ async def run_stage(stream, runtime: Runtime, table, stage: str, handle: Handler
     guard = new_guard(runtime)
     async for event in stream.events():
         source = SourceRecord.from_faust(event.message)
-        await process_guarded(runtime, table, stage, guard, handle, source)
+        if first_time(runtime, stage, source):
+            await process_guarded(runtime, table, stage, guard, handle, source)
+
+
+def first_time(runtime: Runtime, stage: str, source: SourceRecord) -> bool:
+    """False, counted and logged, for a record this worker process has handled before."""
+    if runtime.handled.first_time(source.address):
+        return True
+    metrics.REFETCHED.labels(stage).inc()
+    log.debug("%s was handled before by this worker: ignored", source.address,
+              extra={"stage": stage})
+    return False
 
 
 async def process_guarded(runtime: Runtime, table, stage: str, guard: DeadLetterGuard,

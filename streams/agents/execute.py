@@ -27,7 +27,14 @@ from fallback.classical import run_classical
 from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
 from streams import accounting, metrics
-from streams.agents.common import StageFailure, in_thread, mark, new_guard, process_guarded
+from streams.agents.common import (
+    StageFailure,
+    first_time,
+    in_thread,
+    mark,
+    new_guard,
+    process_guarded,
+)
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime, now_ms
 from workers.batching import execute_batch
@@ -272,11 +279,15 @@ def register(app, runtime: Runtime, table) -> None:
     async def execute_stage(stream):
         guard = new_guard(runtime)
         batches = stream.take_events(settings.execute_batch_max, settings.execute_batch_window_s)
-        async for events in batches:
-            sources = [SourceRecord.from_faust(event.message) for event in events]
-            batch_outcomes = await run_batch(sources)
+        async for taken in batches:
+            received = [(event, SourceRecord.from_faust(event.message)) for event in taken]
+            fresh = [(event, source) for event, source in received
+                     if first_time(runtime, STAGE, source)]
+            if not fresh:
+                continue
+            batch_outcomes = await run_batch([source for _, source in fresh])
             handle_in_batch = functools.partial(handle, batch_outcomes=batch_outcomes)
-            for event, source in zip(events, sources, strict=True):
+            for event, source in fresh:
                 # take_events leaves no current event, and table writes need one for their
                 # changelog partition. Set only this task's context variable: the stream's
                 # own current_event belongs to the take buffer filling in the background.

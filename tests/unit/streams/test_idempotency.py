@@ -1,4 +1,4 @@
-from streams.idempotency import Decision, admit, request_fingerprint
+from streams.idempotency import Decision, HandledRecords, admit, request_fingerprint
 
 REQUEST = {"workflow_id": "wf-1", "circuit": "OPENQASM 2.0;", "shots": 100, "submitted_at_ms": 5}
 
@@ -45,3 +45,17 @@ def test_different_payload_is_a_conflict_in_every_state():
     other = request_fingerprint({**REQUEST, "shots": 7})
     for state in ("accepted", "done", "failed"):
         assert admit(entry(state), other, "qlane.jobs:0:9").decision is Decision.CONFLICT
+
+
+def test_a_worker_handles_each_record_address_once():
+    handled = HandledRecords(maxsize=2)
+    assert handled.first_time("jobs:0:7")
+    assert not handled.first_time("jobs:0:7")  # re-fetched after the post-recovery seek
+    assert handled.first_time("jobs:1:7")  # another partition, same offset
+    assert handled.first_time("jobs:0:8")
+    assert handled.first_time("jobs:0:7")  # forgotten: the memory is bounded
+
+
+def test_handled_records_memory_can_be_disabled():
+    handled = HandledRecords(maxsize=0)
+    assert handled.first_time("jobs:0:7") and handled.first_time("jobs:0:7")
