@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 
-from streams.runtime import package_version
+from streams.runtime import Runtime, package_version
 from workers.mitigation import MitigationOutcome
 from workers.preparation import PreparedJob
 
@@ -74,3 +75,12 @@ def build_result(
         "timings": timings,
         "completed_at_ms": completed_at_ms,
     }
+
+
+async def republish_stored_result(runtime: Runtime, table, workflow_id: str) -> bool:
+    """Publish a finished workflow's stored JobResult bytes again; False if it has none."""
+    entry = table.get(workflow_id) or {}
+    if entry.get("state") != "done" or not entry.get("result"):
+        return False
+    await runtime.send("results", workflow_id, base64.b64decode(entry["result"]))
+    return True

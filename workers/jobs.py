@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,16 @@ def parse_observable(text: str) -> ObservableSpec:
             raise InvalidObservable(f"coefficient {coeff_text.strip()!r} is not a number") from None
         terms.append(checked_term(pauli, coeff))
     return ObservableSpec(tuple(terms))
+
+
+def option_reader(record: Mapping, defaults: Any) -> Callable[[str], Any]:
+    """Read a field of an Avro record, falling back to `defaults`' attribute where it is null."""
+
+    def option(name: str) -> Any:
+        value = record.get(name)
+        return getattr(defaults, name) if value is None else value
+
+    return option
 
 
 def checked_term(pauli: Any, coeff: Any) -> PauliTerm:
@@ -172,12 +182,7 @@ class MitigationSpec:
         if zne is not None:
             if not isinstance(zne, Mapping):
                 raise InvalidJob("mitigation zne must be a record or null")
-            defaults = ZneSpec()
-
-            def option(name: str) -> Any:
-                value = zne.get(name)
-                return getattr(defaults, name) if value is None else value
-
+            option = option_reader(zne, ZneSpec())
             zne = ZneSpec(
                 scale_factors=option("scale_factors"),
                 folding=option("folding"),

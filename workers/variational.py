@@ -28,7 +28,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from workers.errors import InvalidJob
-from workers.jobs import JobSpec
+from workers.jobs import JobSpec, option_reader
 
 OPTIMIZERS = ("COBYLA", "Nelder-Mead", "Powell")
 STOP_REASONS = ("converged", "max_iterations", "max_shots", "max_cost", "stopped")
@@ -97,12 +97,7 @@ class VariationalSpec:
             return None
         if not isinstance(record, Mapping):
             raise InvalidJob("variational must be a record")
-        defaults = cls()
-
-        def option(name: str) -> Any:
-            value = record.get(name)
-            return getattr(defaults, name) if value is None else value
-
+        option = option_reader(record, cls())
         point = option("initial_point")
         if isinstance(point, str | bytes | Mapping) or not isinstance(point, Sequence):
             raise InvalidJob("variational initial_point must be a list of numbers")

@@ -13,7 +13,7 @@ import time
 from schemas.codec import codec
 from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.deadletter import SourceRecord
-from streams.results import build_result
+from streams.results import build_result, republish_stored_result
 from streams.runtime import Runtime, now_ms
 from workers.mitigation import mitigate
 from workers.preparation import PreparedJob
@@ -25,9 +25,7 @@ def register(app, runtime: Runtime, table) -> None:
     async def handle(source: SourceRecord) -> None:
         task = codec("MitigateTask").decode(source.value)
         workflow_id = task["workflow_id"]
-        entry = table.get(workflow_id) or {}
-        if entry.get("state") == "done" and entry.get("result"):
-            await runtime.send("results", workflow_id, base64.b64decode(entry["result"]))
+        if await republish_stored_result(runtime, table, workflow_id):
             return
         started = time.perf_counter()
         try:

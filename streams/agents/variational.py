@@ -16,6 +16,7 @@ from schemas.codec import codec
 from streams import accounting
 from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.deadletter import SourceRecord
+from streams.results import republish_stored_result
 from streams.runtime import Runtime, now_ms, package_version
 from workers.errors import BudgetExceeded
 from workers.jobs import JobSpec
@@ -37,10 +38,9 @@ def register(app, runtime: Runtime, table) -> None:
     async def handle(source: SourceRecord) -> str:
         request = codec("JobRequest").decode(source.value)
         workflow_id = request["workflow_id"]
-        entry = table.get(workflow_id) or {}
-        if entry.get("state") == "done" and entry.get("result"):
-            await runtime.send("results", workflow_id, base64.b64decode(entry["result"]))
+        if await republish_stored_result(runtime, table, workflow_id):
             return "duplicate"
+        entry = table.get(workflow_id) or {}
         try:
             spec = VariationalSpec.from_record(request["variational"])
             base = JobSpec.from_record(request)
