@@ -8,6 +8,8 @@ import collections
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given
@@ -172,15 +174,40 @@ def test_dead_letter_guard_pauses_the_stage_then_resumes(broker_address, tmp_pat
     try:
         wait_until_ready(settings, log)
         produce(settings, [(f"broken-{i}", b"\x00broken deploy") for i in range(25)])
+        # The jobs topic has several partitions, so a valid job sent now could overtake
+        # broken records of another partition and end the run early: send it once paused.
+        wait_for_log(log, "STAGE PREPROCESS PAUSED", timeout_s=60)
         valid = job_request(workflow_id=f"after-guard-{uuid.uuid4().hex[:6]}", circuit=BELL,
                             shots=64)
-        started = time.monotonic()
         outcome = submit_and_wait(settings, [valid], timeout_s=90)[valid["workflow_id"]]
         assert outcome.state == "done"
-        text = log.read_text()
-        assert "STAGE PREPROCESS PAUSED" in text and "20 consecutive dead letters" in text
-        assert "resumes on probation" in text
-        assert time.monotonic() - started >= 3  # the pause really held the stage
+        lines = log.read_text().splitlines()
+        paused = line_index(lines, "STAGE PREPROCESS PAUSED")
+        assert "20 consecutive dead letters" in lines[paused]
+        resumed = line_index(lines, "stage preprocess resumes on probation")
+        done = line_index(lines, f"{valid['workflow_id']} done")
+        assert paused < resumed < done
+        assert logged_at(lines[resumed]) - logged_at(lines[paused]) >= 3.9  # pause_s is 4
+        held = [line for line in lines[paused:resumed] if "dead-lettered" in line]
+        assert not held, f"the paused stage went on: {held}"
         assert worker.poll() is None
     finally:
         stop_worker(worker)
+
+
+def wait_for_log(log: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, (
+            f"no {text!r} in the worker log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def line_index(lines: list[str], text: str) -> int:
+    return next(i for i, line in enumerate(lines) if text in line)
+
+
+def logged_at(line: str) -> float:
+    """Seconds since the epoch of a text-format log line: '[2026-11-21 18:57:43,219] ...'."""
+    stamp = datetime.strptime(line[1:line.index("]")], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
