@@ -33,6 +33,17 @@ def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float = 120
     return asyncio.run(go())
 
 
+def wait_for(predicate, timeout_s: float = 60):
+    """The predicate's first truthy value within the timeout, else its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    return predicate()
+
+
 def wait_until_ready(settings: Settings, log_path: Path, timeout_s: float = 180) -> None:
     warmup = job_request(workflow_id=f"warmup-{uuid.uuid4().hex[:6]}", circuit=BELL, shots=100)
     started = time.monotonic()

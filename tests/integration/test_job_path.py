@@ -12,7 +12,7 @@ from qiskit import qasm3
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from streams.client import job_request, read_topic
-from tests.support import submit_and_wait
+from tests.support import submit_and_wait, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -171,7 +171,8 @@ def test_garbage_and_invalid_qasm_are_dead_lettered_and_the_stream_keeps_flowing
     assert outcomes[invalid["workflow_id"]].state == "failed"
     assert "InvalidCircuit" in outcomes[invalid["workflow_id"]].detail
 
-    [letter] = dead_letters_for(settings, garbage_key)
+    # The garbage may sit on another partition than the jobs above: wait for its letter.
+    [letter] = wait_for(lambda: dead_letters_for(settings, garbage_key))
     headers = dict(letter.headers)
     assert letter.value == garbage  # original bytes untouched
     assert headers["origin"] == b"test"

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from streams.client import job_request, read_topic
 from streams.replay import REPLAY_HEADER, ReplaySelection, replay
 from tests.integration.test_cli import qlane
-from tests.support import submit_and_wait
+from tests.support import submit_and_wait, wait_for
 
 BELL = (Path(__file__).resolve().parents[2] / "examples" / "bell.qasm").read_text()
 
@@ -30,16 +30,6 @@ def records_for(settings, topic, key: str):
         return [r async for r in read_topic(settings, f"{settings.topic_prefix}.{topic}", 10)
                 if r.key == key.encode()]
     return asyncio.run(go())
-
-
-def wait_for(predicate, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    return predicate()
 
 
 def test_replay_keeps_ids_by_default_and_rerun_names_the_parent(settings, worker):
