@@ -21,6 +21,8 @@ from workers.errors import InvalidJob
 REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict"}
 )
+# A duplicate's earlier result is looked up by reading the results topic once, from the start.
+DUPLICATE_LOOKUP_TIMEOUT_S = 30.0
 
 
 def new_workflow_id(prefix: str = "wf") -> str:
@@ -122,9 +124,12 @@ class Client:
             for records in batch.values():
                 for record in records:
                     self._apply(outcomes, record, on_event)
-        for outcome in outcomes.values():
-            if outcome.state == "duplicate" and outcome.result is None:
-                outcome.result = await self.find_result(outcome.workflow_id, timeout_s=5)
+        duplicates = [o for o in outcomes.values() if o.state == "duplicate" and o.result is None]
+        if duplicates:
+            found = await self.find_results({o.workflow_id for o in duplicates},
+                                            timeout_s=DUPLICATE_LOOKUP_TIMEOUT_S)
+            for outcome in duplicates:
+                outcome.result = found.get(outcome.workflow_id)
                 if outcome.result is not None:
                     outcome.state = "done"
         return outcomes
@@ -161,12 +166,13 @@ class Client:
         if on_event:
             on_event(outcome, event)
 
-    async def find_result(self, workflow_id: str, timeout_s: float) -> dict | None:
-        """The JobResult published earlier for a workflow id (for duplicates)."""
-        found = None
+    async def find_results(self, workflow_ids: set[str], timeout_s: float) -> dict[str, dict]:
+        """The JobResults published earlier for these workflow ids (for duplicates)."""
+        keys = {workflow_id.encode() for workflow_id in workflow_ids}
+        found = {}
         async for record in read_topic(self.settings, self.names.results, timeout_s=timeout_s):
-            if record.key == workflow_id.encode():
-                found = codec("JobResult").decode(record.value)
+            if record.key in keys:
+                found[record.key.decode()] = codec("JobResult").decode(record.value)
         return found
 
 
