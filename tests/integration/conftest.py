@@ -1,4 +1,8 @@
-"""One worker per integration session, on the session's broker, with its own topics."""
+"""One worker for the integration tests, on the session's broker, with its own topics.
+
+Package-scoped: the worker stops when the integration tests end, so it does not compete
+for the two cores with the reliability and unit tests that run after them.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,12 @@ from tests.support import (
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def settings(broker_address) -> Settings:
     return session_settings(*broker_address, tag="it")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(settings, tmp_path_factory):
     asyncio.run(ensure_topics(settings))
     log = tmp_path_factory.mktemp("worker") / "worker.log"

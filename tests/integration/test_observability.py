@@ -21,6 +21,8 @@ from tests.support import (
     stop_worker,
     submit_and_wait,
     topic_records,
+    wait_for,
+    wait_until_ready,
 )
 
 
@@ -42,6 +44,7 @@ def monitored(broker_address, tmp_path_factory):
     log = tmp_path_factory.mktemp("obs") / "worker.log"
     process = start_worker(settings, log, web_port=port, env={"QLANE_DRIFT_PERIOD_S": "1.5"})
     try:
+        wait_until_ready(settings, log)
         yield settings, port, process, log
     finally:
         stop_worker(process)
@@ -55,12 +58,20 @@ def test_metrics_move_as_jobs_flow(monitored):
     before = scrape(port)
     more = [job_request(circuit=BELL, shots=50) for _ in range(4)]
     more.append(job_request(circuit="OPENQASM 2.0;\nqreg q[1];\nbogus q[0];"))
-    submit_and_wait(settings, more, 120)
-    after = scrape(port)
+    outcomes = submit_and_wait(settings, more, 120)
+    assert sorted(o.state for o in outcomes.values()) == ["done"] * 4 + ["failed"]
     ok = 'qlane_jobs_total{outcome="ok",stage="mitigate"}'
-    assert after[ok] - before.get(ok, 0) == 4
     failed = 'qlane_dead_letters_total{reason="InvalidCircuit",stage="preprocess"}'
-    assert after[failed] - before.get(failed, 0) == 1
+
+    def moved(samples):
+        return tuple(samples.get(name, 0) - before.get(name, 0) for name in (ok, failed))
+
+    def scrape_when_counted():  # a stage counts a job just after it sends the job's status
+        samples = scrape(port)
+        return samples if moved(samples) == (4, 1) else None
+
+    after = wait_for(scrape_when_counted, 10)
+    assert after, moved(scrape(port))
     assert after['qlane_stage_duration_seconds_count{stage="execute"}'] >= 7
     assert after["qlane_last_progress_timestamp_seconds"] > time.time() - 60
     deadline = time.monotonic() + 15  # lag is sampled every 5 s
@@ -86,17 +97,19 @@ def test_injected_drift_produces_a_drift_event_and_moves_the_metric(monitored):
 
     done = qlane(settings, "control", "noise", "--backend", "aer.noisy", "--scale", "1.2")
     assert done.returncode == 0, done.stderr
-    seen = len(baseline_events)
-    deadline = time.monotonic() + 60
-    after = []
-    while time.monotonic() < deadline:
-        after = drift_events()[seen:]
-        if any(e["severity"] != "none" for e in after):
-            break
-        time.sleep(1)
+    changed_ms = int(time.time() * 1000)  # the CLI has sent the control record
+
+    def events_since_change():
+        return [e for e in drift_events() if e["at_ms"] >= changed_ms]
+
+    def events_up_to_an_alarm():
+        events = events_since_change()
+        return events if any(e["severity"] != "none" for e in events) else None
+
+    after = wait_for(events_up_to_an_alarm, 60) or events_since_change()
     alarms = [e for e in after if e["severity"] != "none"]
     assert alarms, after
-    # Reported within 3 canary rounds of the change (the first may predate it).
+    # Reported within 3 canary rounds of the change (the first may have begun before it).
     assert after.index(alarms[0]) <= 3
     assert alarms[0]["p_value"] < 1e-4 and alarms[0]["statistic"] > alarms[0]["threshold"]
     samples = scrape(port)

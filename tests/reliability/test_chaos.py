@@ -74,33 +74,36 @@ def test_sigkill_chaos_and_takeover_lose_nothing(broker_address, tmp_path, repor
     jobs = make_jobs(job_count, rng)
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
     workers = [start_worker(settings, logs[0]), None]
-    wait_until_ready(settings, logs[0])
+    try:
+        wait_until_ready(settings, logs[0])
 
-    producer = threading.Thread(target=produce_steadily,
-                                args=(settings, jobs, scale(20, 90)), daemon=True)
-    producer.start()
-    kills = 0
-    # Worker B joins, so partitions are shared; then both are killed in turn and restarted.
-    workers[1] = start_worker(settings, logs[1])
-    while kills < kills_wanted:
-        time.sleep(rng.uniform(2.0, 6.0))
-        victim = kills % 2
-        stop_worker(workers[victim], sig=signal.SIGKILL)
-        kills += 1
-        time.sleep(rng.uniform(0.0, 2.0))
-        workers[victim] = start_worker(settings, logs[victim])
-    producer.join()
+        producer = threading.Thread(target=produce_steadily,
+                                    args=(settings, jobs, scale(20, 90)), daemon=True)
+        producer.start()
+        kills = 0
+        # Worker B joins, so partitions are shared; then both are killed in turn and restarted.
+        workers[1] = start_worker(settings, logs[1])
+        while kills < kills_wanted:
+            time.sleep(rng.uniform(2.0, 6.0))
+            victim = kills % 2
+            stop_worker(workers[victim], sig=signal.SIGKILL)
+            kills += 1
+            time.sleep(rng.uniform(0.0, 2.0))
+            workers[victim] = start_worker(settings, logs[victim])
+        producer.join()
 
-    expected = {job["workflow_id"]: job["circuit"] == INVALID_QASM for job in jobs}
-    deadline = time.monotonic() + scale(240, 600)
-    while True:
-        results, letters = terminal_outcomes(settings)
-        missing = [wf for wf in expected if wf not in results and wf not in letters]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(3)
-    for process in workers:
-        stop_worker(process)
+        expected = {job["workflow_id"]: job["circuit"] == INVALID_QASM for job in jobs}
+        deadline = time.monotonic() + scale(240, 600)
+        while True:
+            results, letters = terminal_outcomes(settings)
+            missing = [wf for wf in expected if wf not in results and wf not in letters]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+    finally:  # a failure must not leave workers polling for the rest of the session
+        for process in workers:
+            if process is not None:
+                stop_worker(process)
 
     assert not missing, f"{len(missing)} workflows without a terminal outcome: {missing[:10]}"
     both = [wf for wf in expected if wf in results and wf in letters]
