@@ -9,7 +9,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given
@@ -27,6 +26,7 @@ from tests.support import (
     stop_worker,
     submit_and_wait,
     topic_records,
+    wait_for,
     wait_until_ready,
 )
 
@@ -176,7 +176,8 @@ def test_dead_letter_guard_pauses_the_stage_then_resumes(broker_address, tmp_pat
         produce(settings, [(f"broken-{i}", b"\x00broken deploy") for i in range(25)])
         # The jobs topic has several partitions, so a valid job sent now could overtake
         # broken records of another partition and end the run early: send it once paused.
-        wait_for_log(log, "STAGE PREPROCESS PAUSED", timeout_s=60)
+        assert wait_for(lambda: "STAGE PREPROCESS PAUSED" in log.read_text(), timeout_s=60), \
+            log.read_text()[-3000:]
         valid = job_request(workflow_id=f"after-guard-{uuid.uuid4().hex[:6]}", circuit=BELL,
                             shots=64)
         outcome = submit_and_wait(settings, [valid], timeout_s=90)[valid["workflow_id"]]
@@ -193,14 +194,6 @@ def test_dead_letter_guard_pauses_the_stage_then_resumes(broker_address, tmp_pat
         assert worker.poll() is None
     finally:
         stop_worker(worker)
-
-
-def wait_for_log(log: Path, text: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in log.read_text():
-        assert time.monotonic() < deadline, (
-            f"no {text!r} in the worker log:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
 
 
 def line_index(lines: list[str], text: str) -> int:
