@@ -74,11 +74,11 @@ def test_metrics_move_as_jobs_flow(monitored):
     assert after, moved(scrape(port))
     assert after['qlane_stage_duration_seconds_count{stage="execute"}'] >= 7
     assert after["qlane_last_progress_timestamp_seconds"] > time.time() - 60
-    deadline = time.monotonic() + 15  # lag is sampled every 5 s
-    while not any(name.startswith("qlane_consumer_lag{") for name in after):
-        assert time.monotonic() < deadline, "no consumer lag series"
-        time.sleep(1)
-        after = scrape(port)
+
+    def lag_series():  # lag is sampled every 5 s
+        return [name for name in scrape(port) if name.startswith("qlane_consumer_lag{")]
+
+    assert wait_for(lag_series, timeout_s=15), "no consumer lag series"
 
 
 def test_injected_drift_produces_a_drift_event_and_moves_the_metric(monitored):
@@ -87,10 +87,7 @@ def test_injected_drift_produces_a_drift_event_and_moves_the_metric(monitored):
     def drift_events():
         return [codec("DriftEvent").decode(r.value) for r in topic_records(settings, "drift")]
 
-    deadline = time.monotonic() + 90
-    while not drift_events() and time.monotonic() < deadline:
-        time.sleep(1)
-    baseline_events = drift_events()
+    baseline_events = wait_for(drift_events, timeout_s=90)
     assert baseline_events, log.read_text()[-3000:]
     assert all(e["severity"] == "none" for e in baseline_events)
     assert scrape(port)['qlane_drift_alarm{backend="aer.noisy"}'] == 0

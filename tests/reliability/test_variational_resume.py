@@ -17,10 +17,15 @@ from tests.support import (
     stop_worker,
     submit_and_wait,
     topic_records,
+    wait_for,
     wait_until_ready,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def vqe_results(settings) -> list[bytes]:
+    return [r.value for r in topic_records(settings, "results") if r.key == b"vqe-resume"]
 
 
 def vqe_job(iterations: int) -> dict:
@@ -78,14 +83,9 @@ def test_killed_variational_job_resumes_from_its_checkpoint(broker_address, tmp_
         stop_worker(worker, sig=signal.SIGKILL)
         killed_after = evaluations_charged(settings)
         worker = start_worker(settings, logs[1])
-        deadline = time.monotonic() + 300
-        results = []
-        while not results and time.monotonic() < deadline:
-            results = [r.value for r in topic_records(settings, "results")
-                       if r.key == b"vqe-resume"]
-            time.sleep(1)
-        time.sleep(3)
-        results = [r.value for r in topic_records(settings, "results") if r.key == b"vqe-resume"]
+        wait_for(lambda: vqe_results(settings), timeout_s=300)
+        time.sleep(3)  # room for a second, wrong result to show up
+        results = vqe_results(settings)
     finally:
         stop_worker(worker)
 
