@@ -4,17 +4,17 @@
 
 naive (what a script does WITHOUT qlane's caches and batching), for each job in turn:
   1. JobSpec.from_record(request)                        (the same job object qlane builds)
-  2. workers.preparation.prepare(spec, registry, TranspileCache(), limits):
+  2. workers.execution.preparation.prepare(spec, registry, TranspileCache(), limits):
      parse the OpenQASM, validate, build the measured circuits (one per measurement basis),
      transpile them with a FRESH TranspileCache, i.e. a preset pass manager built anew for
      this job (optimization level 1, seed 42, as qlane), and for ZNE fold the transpiled
      circuits globally at scale 3 and 5 (qlane's native folding: cheaper than mitiq's
      qiskit->cirq->qiskit fold + re-transpile, so this baseline is generous to the script);
-  3. bind every task's parameters (workers.preparation.bind_tasks);
+  3. bind every task's parameters (workers.execution.preparation.bind_tasks);
   4. ONE call `AerSimulator(noise_model=<the backend's full NoiseModel>).run(circuits,
      shots=shots, seed_simulator=seed).result()` per job with a new AerSimulator (no noise
      model on aer.ideal), Aer's own shot sampling; seed = derive_seed(workflow_id) as qlane;
-  5. workers.mitigation.mitigate(prepared, counts): expectation values, Richardson
+  5. workers.mitigation.combine.mitigate(prepared, counts): expectation values, Richardson
      extrapolation for ZNE jobs.
   The backends (noise model built once from the calibration, transpiler target) are built
   once before timing, as a script would load its device model once.
@@ -25,9 +25,9 @@ serial (what ONE pipeline worker computes, minus Kafka and Faust): one Transpile
 
 batched (the same work with qlane's workers, in one process):
   one TranspileCache and one BackendRegistry for the whole run; for each batch of `--batch`
-  consecutive jobs: prepare every job (cached transpile), workers.batching.execute_batch over
-  the batch (one Backend.run per backend: exact sampling, converted noise model), then
-  mitigate() every job.
+  consecutive jobs: prepare every job (cached transpile),
+  workers.execution.batching.execute_batch over the batch (one Backend.run per backend:
+  exact sampling, converted noise model), then mitigate() every job.
 
 Both run the warm-up jobs first (untimed), then time the job set from the first job's
 parse to the last job's mitigation. The output file holds the throughput and, per workflow id,
@@ -64,12 +64,12 @@ def _estimates(outcome) -> list[list[float]]:
 def run_naive(requests: list[dict]) -> dict:
     from qiskit_aer import AerSimulator
 
-    from workers.backends import BackendRegistry
+    from workers.backends.aer import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.preparation import bind_tasks, prepare
     from workers.jobs import JobSpec
     from workers.limits import Limits
-    from workers.mitigation import mitigate
-    from workers.preparation import bind_tasks, prepare
-    from workers.transpile import TranspileCache
+    from workers.mitigation.combine import mitigate
 
     registry, limits = BackendRegistry(), Limits()
     for name in registry.names():
@@ -106,12 +106,12 @@ def run_naive(requests: list[dict]) -> dict:
 def run_serial(requests: list[dict]) -> dict:
     """What one pipeline worker computes, without Kafka: shared caches, one
     preparation.execute (one Backend.run) per job, mitigate."""
-    from workers.backends import BackendRegistry
+    from workers.backends.aer import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.preparation import execute, prepare
     from workers.jobs import JobSpec
     from workers.limits import Limits
-    from workers.mitigation import mitigate
-    from workers.preparation import execute, prepare
-    from workers.transpile import TranspileCache
+    from workers.mitigation.combine import mitigate
 
     registry, cache, limits = BackendRegistry(), TranspileCache(), Limits()
 
@@ -134,13 +134,13 @@ def run_serial(requests: list[dict]) -> dict:
 
 
 def run_batched(requests: list[dict], batch: int) -> dict:
-    from workers.backends import BackendRegistry
-    from workers.batching import execute_batch
+    from workers.backends.aer import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.batching import execute_batch
+    from workers.execution.preparation import prepare
     from workers.jobs import JobSpec
     from workers.limits import Limits
-    from workers.mitigation import mitigate
-    from workers.preparation import prepare
-    from workers.transpile import TranspileCache
+    from workers.mitigation.combine import mitigate
 
     registry, cache, limits = BackendRegistry(), TranspileCache(), Limits()
     stage_s = {"prepare": 0.0, "execute": 0.0, "mitigate": 0.0}

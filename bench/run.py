@@ -13,7 +13,7 @@ and the others still run; results are written after every section):
   batched   bench/inprocess.py batched (fresh process)
   pipeline1 bench/pipeline.py: embedded broker + 1 worker process, the job set as a backlog
   pipeline2 the same on fresh topics and a fresh app id with 2 worker processes
-  accuracy  workers.mitigation_bench.measure_accuracy (ZNE and readout mitigation accuracy)
+  accuracy  bench.mitigation_bench.measure_accuracy (ZNE and readout mitigation accuracy)
 Then: correctness (every pipeline job succeeded; the pipeline's counts and estimates equal
 the batched loop's, job by job) and the summary keys and targets.
 
@@ -215,7 +215,7 @@ def section_pipeline(workers: int, args, scratch: Path) -> dict:
 
 
 def section_accuracy(args) -> dict:
-    from workers.mitigation_bench import measure_accuracy
+    from bench.mitigation_bench import measure_accuracy
 
     started = time.perf_counter()
     result = measure_accuracy(seed=0)

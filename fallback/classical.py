@@ -5,7 +5,7 @@ task order, keyed the same way), so a fallback result flows through the same est
 For each task it computes the exact, noiseless outcome distribution with
 `qiskit.quantum_info.Statevector` and draws the task's shots from it with
 `numpy.random.default_rng(seed_k).multinomial`, where seed_k = seed + 2113*k is the seed the
-task would have had on a backend (`workers.backends.circuit_seeds`).
+task would have had on a backend (`workers.backends.aer.circuit_seeds`).
 
 The prepared job carries transpiled templates only, and this simulates them: the transpiled
 circuit has the same unitary as the logical one up to the layout, and its measurements already
@@ -24,9 +24,9 @@ from __future__ import annotations
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import Statevector
 
-from workers.backends import circuit_seeds, final_measurements, sample_counts
+from workers.backends.aer import circuit_seeds, final_measurements, sample_counts
 from workers.errors import CircuitTooLarge, ExecutionFailed
-from workers.preparation import PreparedJob, bind_tasks
+from workers.execution.preparation import PreparedJob, bind_tasks
 
 DEFAULT_MAX_QUBITS = 20
 _SKIPPED = frozenset({"barrier", "delay", "measure"})

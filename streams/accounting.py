@@ -14,7 +14,7 @@ from schemas.codec import codec
 from streams import metrics
 from streams.runtime import Runtime, now_ms
 from workers.errors import BudgetExceeded
-from workers.preparation import PreparedJob
+from workers.execution.preparation import PreparedJob
 
 SPEND = "spend:"
 

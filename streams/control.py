@@ -21,7 +21,7 @@ from streams import metrics
 from streams.agents.common import in_thread
 from streams.runtime import Runtime, now_ms
 from streams.security import kafka_options
-from workers.drift import DriftMonitor
+from workers.drift.detection import DriftMonitor
 from workers.seeds import derive_seed
 
 log = logging.getLogger("qlane")

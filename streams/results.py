@@ -6,8 +6,8 @@ import base64
 from collections.abc import Sequence
 
 from streams.runtime import Runtime, package_version
-from workers.mitigation import MitigationOutcome
-from workers.preparation import PreparedJob
+from workers.execution.preparation import PreparedJob
+from workers.mitigation.combine import MitigationOutcome
 
 
 def build_result(

@@ -20,12 +20,12 @@ from streams.idempotency import HandledRecords
 from streams.logs import lifecycle_level
 from streams.settings import Settings
 from streams.topics import TopicNames
-from workers.backends import BackendRegistry
-from workers.breaker import BreakerBoard
-from workers.cost import PriceTable, TenantBudgets, load_price_table
-from workers.faults import parse_fault_map
-from workers.readout import ReadoutCalibrationCache
-from workers.transpile import TranspileCache
+from workers.backends.aer import BackendRegistry
+from workers.backends.faults import parse_fault_map
+from workers.circuits.transpile import TranspileCache
+from workers.cost.model import PriceTable, TenantBudgets, load_price_table
+from workers.execution.breaker import BreakerBoard
+from workers.mitigation.readout import ReadoutCalibrationCache
 
 log = logging.getLogger("qlane")
 

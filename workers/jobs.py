@@ -1,7 +1,7 @@
 """What a job asks for: the circuit, its parameter bindings, observables, shots and backend.
 
 These are plain data. Checking a job against a circuit, a backend and the configured limits
-happens in `workers.validation`; here only the shape of the input is checked.
+happens in `workers.circuits.validation`; here only the shape of the input is checked.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """stage.execute -> run jobs on their backend -> stage.mitigate.
 
 Jobs are micro-batched: up to `execute_batch_max` records arriving within
-`execute_batch_window_s` run in one backend call (workers.batching keeps each job's counts
+`execute_batch_window_s` run in one backend call (workers.execution.batching keeps each job's counts
 identical to a run on its own). Each record is then finished on its own: a job whose batch
 slot failed with a retryable error is retried alone (bounded exponential backoff with
 jitter, behind the backend's circuit breaker); when retries run out, the breaker is open or
@@ -37,11 +37,11 @@ from streams.agents.common import (
 )
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime, now_ms
-from workers.batching import execute_batch
-from workers.breaker import BreakerOpen
 from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
+from workers.execution.batching import execute_batch
+from workers.execution.breaker import BreakerOpen
+from workers.execution.preparation import PreparedJob, execute, prepare
 from workers.jobs import JobSpec
-from workers.preparation import PreparedJob, execute, prepare
 from workers.seeds import job_seed
 
 STAGE = "execute"

@@ -15,8 +15,8 @@ from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.deadletter import SourceRecord
 from streams.results import build_result, republish_stored_result
 from streams.runtime import Runtime, now_ms
-from workers.mitigation import mitigate
-from workers.preparation import PreparedJob
+from workers.execution.preparation import PreparedJob
+from workers.mitigation.combine import mitigate
 
 STAGE = "mitigate"
 

@@ -13,9 +13,9 @@ from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
 from streams.runtime import Runtime, now_ms
 from workers.errors import BudgetExceeded, IdempotencyConflict, InvalidObservable, KeyMismatch
+from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
-from workers.preparation import prepare
-from workers.variational import VariationalSpec, evaluation_job
+from workers.variational.loop import VariationalSpec, evaluation_job
 
 STAGE = "preprocess"
 log = logging.getLogger("qlane")

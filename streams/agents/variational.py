@@ -19,11 +19,11 @@ from streams.deadletter import SourceRecord
 from streams.results import republish_stored_result
 from streams.runtime import Runtime, now_ms, package_version
 from workers.errors import BudgetExceeded
+from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec
-from workers.mitigation import mitigate
-from workers.preparation import execute, prepare
+from workers.mitigation.combine import mitigate
 from workers.seeds import job_seed
-from workers.variational import AskTellOptimizer, Evaluation, VariationalSpec, evaluation_job
+from workers.variational.loop import AskTellOptimizer, Evaluation, VariationalSpec, evaluation_job
 
 STAGE = "variational"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.backends import BackendRegistry
+from workers.backends.aer import BackendRegistry
 from workers.limits import Limits
 
 

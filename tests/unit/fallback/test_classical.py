@@ -7,12 +7,12 @@ from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from fallback.classical import outcome_probabilities, run_classical
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
-from workers.circuits import parse_circuit
+from workers.circuits.parsing import parse_circuit
+from workers.circuits.transpile import TranspileCache
 from workers.errors import CircuitTooLarge, ExecutionFailed
-from workers.estimation import estimate_expectations
+from workers.execution.preparation import bind_tasks, execute, prepare
 from workers.jobs import JobSpec, parse_observable
-from workers.preparation import bind_tasks, execute, prepare
-from workers.transpile import TranspileCache
+from workers.mitigation.estimation import estimate_expectations
 
 SHOTS = 20_000
 # Four qubits coupled all-to-all: on the 8-qubit ring the router must swap, so the transpiled

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.backends import BackendRegistry
+from workers.backends.aer import BackendRegistry
+from workers.circuits.transpile import TranspileCache
 from workers.limits import Limits
-from workers.transpile import TranspileCache
 
 BELL_QASM2 = """OPENQASM 2.0;
 include "qelib1.inc";

@@ -11,7 +11,7 @@ from qiskit.quantum_info import SuperOp
 from qiskit_aer import AerSimulator
 from qiskit_aer.noise import QuantumError
 
-from workers.backends import (
+from workers.backends.aer import (
     AER_SEED_STRIDE,
     BackendRegistry,
     apply_readout,
@@ -21,7 +21,7 @@ from workers.backends import (
     noise_view,
     seed_segments,
 )
-from workers.transpile import TranspileCache
+from workers.circuits.transpile import TranspileCache
 
 
 def rotations(n: int, angle: float, measure_mid: bool = False) -> QuantumCircuit:
@@ -39,7 +39,7 @@ def rotations(n: int, angle: float, measure_mid: bool = False) -> QuantumCircuit
     return circuit
 
 
-# --- what Aer 0.18.2 does (canaries: if these fail, revisit workers/backends.py) -----------
+# --- what Aer 0.18.2 does (canaries: if these fail, revisit workers/backends/aer.py) -----------
 def test_aer_gives_experiment_i_the_seed_plus_2113_i() -> None:
     simulator = AerSimulator()
     circuits = [rotations(3, 0.7), rotations(3, 1.1), rotations(2, 0.4)]

@@ -6,13 +6,13 @@ import pytest
 from qiskit import QuantumCircuit
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
-from workers.backends import BackendRegistry
-from workers.batching import execute_batch
-from workers.breaker import BreakerBoard, BreakerOpen
+from workers.backends.aer import BackendRegistry
+from workers.backends.faults import FaultSpec
 from workers.errors import BackendUnavailable, ExecutionFailed, UnknownBackend
-from workers.faults import FaultSpec
+from workers.execution.batching import execute_batch
+from workers.execution.breaker import BreakerBoard, BreakerOpen
+from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec, parse_observable
-from workers.preparation import execute, prepare
 from workers.seeds import derive_seed
 
 GHZ5 = """OPENQASM 2.0;
@@ -65,7 +65,7 @@ def specs() -> list[JobSpec]:
 
 @pytest.fixture(scope="module")
 def prepared(registry, limits):
-    from workers.transpile import TranspileCache
+    from workers.circuits.transpile import TranspileCache
 
     cache = TranspileCache()
     return [

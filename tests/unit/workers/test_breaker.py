@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.breaker import BreakerBoard, BreakerOpen, CircuitBreaker
 from workers.errors import QlaneError, RetryableError
+from workers.execution.breaker import BreakerBoard, BreakerOpen, CircuitBreaker
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from qiskit.quantum_info import Operator, Statevector
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
-from workers.circuits import (
+from workers.circuits.parsing import (
     PARSE_CACHE_ENTRY_ALLOWANCE,
     ParsedCircuits,
     detect_format,

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.cost import (
+from workers.cost.model import (
     DEFAULT_PRICES,
     IONQ_FORTE,
     IQM_GARNET,

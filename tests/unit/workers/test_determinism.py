@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 from tests.unit.workers.conftest import GHZ3_QASM2
+from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec
-from workers.preparation import execute, prepare
 from workers.seeds import derive_seed, job_seed
 
 UNIFORM3 = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[3]; h q[0]; h q[1]; h q[2];'

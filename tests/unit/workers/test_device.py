@@ -1,6 +1,6 @@
 from qiskit_aer import AerSimulator
 
-from workers import backends
+from workers.backends import aer as backends
 
 
 def test_cpu_when_no_gpu_is_available():

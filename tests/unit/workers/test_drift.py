@@ -15,9 +15,9 @@ from qiskit import QuantumCircuit
 from qiskit_aer.noise import NoiseModel, ReadoutError
 from scipy.stats import binom
 
-from workers.backends import IDEAL, NOISY, BackendRegistry
-from workers.calibration import generate_snapshot
-from workers.drift import (
+from workers.backends.aer import IDEAL, NOISY, BackendRegistry
+from workers.backends.calibration import generate_snapshot
+from workers.drift.detection import (
     CANARIES,
     DEFAULT_ALPHA,
     DEFAULT_SHOTS,

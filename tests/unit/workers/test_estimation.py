@@ -7,10 +7,10 @@ import pytest
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
-from workers.circuits import parse_circuit
-from workers.estimation import ExpectationEstimate, estimate_expectations
+from workers.circuits.parsing import parse_circuit
+from workers.execution.preparation import CircuitTask, PreparedJob, execute, prepare
 from workers.jobs import JobSpec, parse_observable
-from workers.preparation import CircuitTask, PreparedJob, execute, prepare
+from workers.mitigation.estimation import ExpectationEstimate, estimate_expectations
 
 
 def _run(spec, registry, cache, limits, seed=1234):

@@ -5,9 +5,9 @@ import math
 import pytest
 from qiskit import QuantumCircuit
 
-from workers.backends import IDEAL, NOISY, Backend, BackendRegistry
+from workers.backends.aer import IDEAL, NOISY, Backend, BackendRegistry
+from workers.backends.faults import FaultInjectingBackend, FaultSpec, parse_fault_map
 from workers.errors import BackendUnavailable, UnknownBackend
-from workers.faults import FaultInjectingBackend, FaultSpec, parse_fault_map
 
 
 class FakeBackend:

@@ -11,19 +11,20 @@ import pytest
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import Operator
 
+from bench.mitigation_bench import ghz_qasm, hea_qasm
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
-from workers import zne
-from workers.backends import NOISY, BackendRegistry
+from workers.backends.aer import NOISY, BackendRegistry
+from workers.circuits.fingerprint import structural_hash
+from workers.circuits.measurement import basis_circuit, without_final_measurements
+from workers.circuits.transpile import TranspileCache
 from workers.errors import InvalidJob
-from workers.estimation import estimate_expectations
-from workers.fingerprint import structural_hash
+from workers.execution.preparation import PreparedJob, execute, prepare
 from workers.jobs import JobSpec, MitigationSpec, ZneSpec, parse_observable
 from workers.limits import Limits
-from workers.measurement import basis_circuit, without_final_measurements
-from workers.mitigation import mitigate
-from workers.mitigation_bench import ghz_qasm, hea_qasm
-from workers.preparation import PreparedJob, execute, prepare
-from workers.readout import (
+from workers.mitigation import zne
+from workers.mitigation.combine import mitigate
+from workers.mitigation.estimation import estimate_expectations
+from workers.mitigation.readout import (
     ReadoutCalibration,
     ReadoutCalibrationCache,
     calibration_seed,
@@ -32,7 +33,6 @@ from workers.readout import (
     nearest_probabilities,
     parity_tables,
 )
-from workers.transpile import TranspileCache
 
 SETS3 = ((0.1, 0.2, 0.3, 0.4, 0.5), (-1.0, 1.0, -0.5, 0.5, 2.0))
 OBSERVABLES3 = (parse_observable("ZZI:0.5+XXX:-1"), parse_observable("YIY+III:2"))
@@ -242,7 +242,7 @@ def test_prepared_job_round_trips_mitigation_fields(noisy) -> None:
 @pytest.fixture(scope="module")
 def hea_template(noisy) -> QuantumCircuit:
     """A transpiled, parameterized 4-qubit HEA measured in a mixed basis, on aer.noisy."""
-    from workers.circuits import parse_circuit
+    from workers.circuits.parsing import parse_circuit
 
     circuit = parse_circuit(hea_qasm(4, 2))
     logical = basis_circuit(without_final_measurements(circuit), "XYZZ")

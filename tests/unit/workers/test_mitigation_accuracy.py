@@ -1,6 +1,6 @@
 """Mitigation must actually mitigate: seeded accuracy checks on aer.noisy.
 
-Figures (seed 0; see docs/mitigation.md for more seeds) come from workers.mitigation_bench,
+Figures (seed 0; see docs/mitigation.md for more seeds) come from bench.mitigation_bench,
 which the benchmark harness calls too:
 - ZNE, 6-qubit HEA, 20 parameter sets, ring8 noise x3 without readout errors, 64000 shots,
   Richardson over global folding at 1, 3, 5: median error 0.089 -> 0.025 (3.5x).
@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from qiskit.quantum_info import Statevector
 
-import workers.mitigation as mitigation_module
-from workers.backends import NOISY, BackendRegistry
-from workers.calibration import generate_snapshot
-from workers.circuits import parse_circuit
+import workers.mitigation.combine as mitigation_module
+from bench.mitigation_bench import rem_accuracy, zne_accuracy
+from workers.backends.aer import NOISY, BackendRegistry
+from workers.backends.calibration import generate_snapshot
+from workers.circuits.parsing import parse_circuit
+from workers.circuits.transpile import TranspileCache
+from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec, MitigationSpec, parse_observable
 from workers.limits import Limits
-from workers.mitigation import mitigate
-from workers.mitigation_bench import rem_accuracy, zne_accuracy
-from workers.preparation import execute, prepare
-from workers.readout import ReadoutCalibrationCache, clbit_qubits, mitigate_distribution
-from workers.transpile import TranspileCache
+from workers.mitigation.combine import mitigate
+from workers.mitigation.readout import ReadoutCalibrationCache, clbit_qubits, mitigate_distribution
 
 # Logical chain 0-3-1-4-2: the layout on the ring cannot be the identity.
 PERMUTED_QASM = (

@@ -9,14 +9,14 @@ from qiskit.quantum_info import SparsePauliOp, Statevector
 from qiskit_aer.noise import NoiseModel
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
-from workers.backends import BackendRegistry
-from workers.calibration import RING8, CalibrationSnapshot, generate_snapshot
-from workers.circuits import parse_circuit
+from workers.backends.aer import BackendRegistry
+from workers.backends.calibration import RING8, CalibrationSnapshot, generate_snapshot
+from workers.backends.noise import build_noise_model
+from workers.circuits.parsing import parse_circuit
 from workers.errors import ExecutionFailed, UnknownBackend
-from workers.estimation import estimate_expectations
+from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec, parse_observable
-from workers.noise import build_noise_model
-from workers.preparation import execute, prepare
+from workers.mitigation.estimation import estimate_expectations
 
 
 def test_snapshot_is_deterministic_for_a_seed() -> None:

@@ -6,9 +6,9 @@ import pytest
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
 from workers.errors import CorruptRecord
-from workers.estimation import estimate_expectations
+from workers.execution.preparation import PreparedJob, execute, prepare
 from workers.jobs import JobSpec, parse_observable
-from workers.preparation import PreparedJob, execute, prepare
+from workers.mitigation.estimation import estimate_expectations
 
 ESTIMATOR_JOB = JobSpec(
     "wf-roundtrip",

@@ -4,13 +4,13 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
-from workers.backends import BackendRegistry
-from workers.calibration import generate_snapshot
-from workers.circuits import parse_circuit
-from workers.fingerprint import structural_hash
+from workers.backends.aer import BackendRegistry
+from workers.backends.calibration import generate_snapshot
+from workers.circuits.fingerprint import structural_hash
+from workers.circuits.parsing import parse_circuit
+from workers.circuits.transpile import TranspileCache
+from workers.execution.preparation import prepare
 from workers.jobs import JobSpec, parse_observable
-from workers.preparation import prepare
-from workers.transpile import TranspileCache
 
 
 def test_same_structure_hits(registry) -> None:

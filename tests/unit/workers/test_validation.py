@@ -15,9 +15,9 @@ from workers.errors import (
     ParameterMismatch,
     UnknownBackend,
 )
+from workers.execution.preparation import prepare
 from workers.jobs import JobSpec, ObservableSpec, PauliTerm, parse_observable
 from workers.limits import Limits
-from workers.preparation import prepare
 
 WIDE_500 = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[500]; h q[0]; cx q[0], q[499];'
 NINE_QUBITS = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[9]; h q[0];'

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from qiskit.quantum_info import SparsePauliOp
 
-from workers.backends import BackendRegistry
+from workers.backends.aer import BackendRegistry
 from workers.errors import InvalidJob
+from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec, MitigationSpec, ZneSpec, parse_observable
-from workers.preparation import execute, prepare
 from workers.seeds import job_seed
-from workers.variational import (
+from workers.variational.loop import (
     AskTellOptimizer,
     Evaluation,
     VariationalSpec,

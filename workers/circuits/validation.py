@@ -10,7 +10,7 @@ import math
 
 from qiskit import QuantumCircuit
 
-from workers.backends import Backend
+from workers.backends.aer import Backend
 from workers.errors import (
     CircuitTooLarge,
     InvalidCircuit,

@@ -41,9 +41,9 @@ from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel
 from scipy.stats import binom, norm
 
-from workers.backends import Backend
-from workers.noise import build_noise_model
-from workers.transpile import TranspileCache
+from workers.backends.aer import Backend
+from workers.backends.noise import build_noise_model
+from workers.circuits.transpile import TranspileCache
 
 STATISTIC_NAME = "success_drop_z"
 SEVERITIES = ("none", "warning", "critical")
@@ -388,7 +388,7 @@ class DriftMonitor:
 
     def run_rounds(self, backend: Backend, seed: int, rounds: int) -> list[DriftReport]:
         """`rounds` independent rounds in ONE backend call (the canary repeated). Copy i runs
-        with seed `seed + 2113*i` (Aer's seed stride, see workers/backends.py), so round i has
+        with seed `seed + 2113*i` (Aer's seed stride, see workers/backends/aer.py), so round i has
         the counts `run_round(backend, seed + 2113*i)` gives (two batches share rounds only when
         their seeds differ by a multiple of 2113)."""
         if rounds < 1:

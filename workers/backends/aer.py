@@ -53,11 +53,11 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel, QuantumError, ReadoutError
 
-from workers.calibration import CalibrationSnapshot, generate_snapshot
+from workers.backends.calibration import CalibrationSnapshot, generate_snapshot
+from workers.backends.faults import FaultInjectingBackend, FaultSpec
+from workers.backends.noise import ConvertedOnceNoiseModel, build_noise_model, validate_noise_scale
 from workers.errors import ExecutionFailed, UnknownBackend
-from workers.faults import FaultInjectingBackend, FaultSpec
 from workers.limits import Limits
-from workers.noise import ConvertedOnceNoiseModel, build_noise_model, validate_noise_scale
 
 IDEAL = "aer.ideal"
 NOISY = "aer.noisy"

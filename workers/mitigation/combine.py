@@ -1,15 +1,15 @@
 """Combine a prepared job's measured counts into mitigated results (no Kafka).
 
-`prepare` (workers/preparation.py) expanded the job before execution; `mitigate` undoes the
-expansion after it:
+`prepare` (workers/execution/preparation.py) expanded the job before execution;
+`mitigate` undoes the expansion after it:
 
 1. raw estimates: the tasks at ZNE scale 1, no correction (what `estimate_expectations`
    gives for the same job);
 2. readout mitigation: every estimate (at every scale) is read through the tensored inverse
-   of the job's confusion matrices, per shot (workers/readout.py); counts jobs also get a
+   of the job's confusion matrices, per shot (workers/mitigation/readout.py); counts jobs also get a
    mitigated quasi-distribution per scale-1 task;
 3. ZNE: the (corrected) estimates at each scale factor are extrapolated to zero noise with
-   mitiq's factories, standard errors propagated (workers/zne.py).
+   mitiq's factories, standard errors propagated (workers/mitigation/zne.py).
 
 Dynamical decoupling acts on the circuits only; here it is reported.
 """
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers import ddd, zne
-from workers.estimation import ExpectationEstimate, ParityTable, estimate_tasks
-from workers.preparation import PreparedJob
-from workers.readout import (
+from workers.execution.preparation import PreparedJob
+from workers.mitigation import ddd, zne
+from workers.mitigation.estimation import ExpectationEstimate, ParityTable, estimate_tasks
+from workers.mitigation.readout import (
     MAX_DENSE_BITS,
     clbit_qubits,
     mitigate_distribution,

@@ -13,7 +13,7 @@ For an observable O = sum_j c_j P_j and one parameter set:
 `estimate_tasks` reads any subset of tasks (one ZNE scale) and can correct readout errors per
 shot: with per-qubit tables h_i = (value for read 0, value for read 1) the per-shot value of a
 term is prod_{i in support} h_i(bit_i) instead of the parity (h = (1, -1)); see
-workers/readout.py.
+workers/mitigation/readout.py.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.measurement import basis_covers
-from workers.preparation import CircuitTask, PreparedJob
+from workers.circuits.measurement import basis_covers
+from workers.execution.preparation import CircuitTask, PreparedJob
 
 MAX_QUBITS = 64  # outcomes are held as uint64
 

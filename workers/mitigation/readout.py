@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from qiskit import QuantumCircuit
 
-from workers.backends import Backend
+from workers.backends.aer import Backend
 from workers.seeds import derive_seed
 
 DEFAULT_CALIBRATION_SHOTS = 20_000

@@ -2,8 +2,8 @@
 
 Everything here is seeded: the same arguments give the same figures (timings aside).
 
-    /work/main/.venv/bin/python -m workers.mitigation_bench          # accuracy (~1 min)
-    /work/main/.venv/bin/python -m workers.mitigation_bench --cost   # plus cost and DD effect
+    /work/main/.venv/bin/python -m bench.mitigation_bench          # accuracy (~1 min)
+    /work/main/.venv/bin/python -m bench.mitigation_bench --cost   # plus cost and DD effect
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
-from workers.backends import NOISY, BackendRegistry
-from workers.calibration import CalibrationSnapshot, generate_snapshot
-from workers.circuits import parse_circuit
+from workers.backends.aer import NOISY, BackendRegistry
+from workers.backends.calibration import CalibrationSnapshot, generate_snapshot
+from workers.circuits.parsing import parse_circuit
+from workers.circuits.transpile import TranspileCache
+from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec, MitigationSpec, ObservableSpec, ZneSpec, parse_observable
 from workers.limits import Limits
-from workers.mitigation import mitigate
-from workers.preparation import execute, prepare
-from workers.readout import ReadoutCalibrationCache, nearest_probabilities
-from workers.transpile import TranspileCache
+from workers.mitigation.combine import mitigate
+from workers.mitigation.readout import ReadoutCalibrationCache, nearest_probabilities
 
 ZNE_NOISE_SCALE = 3.0
 ZNE_SHOTS = 64000
@@ -300,8 +300,8 @@ def _folding_alternatives(registry, cache, values) -> dict[str, Any]:
     native folding of the transpiled template; and whether the folds survive."""
     from mitiq.zne.scaling import fold_gates_at_random, fold_global
 
-    from workers import zne
-    from workers.measurement import basis_circuit, without_final_measurements
+    from workers.circuits.measurement import basis_circuit, without_final_measurements
+    from workers.mitigation import zne
 
     backend = registry.get(NOISY)
     circuit = parse_circuit(hea_qasm(6, 2))
@@ -333,14 +333,14 @@ def _readout_alternatives(registry, readout_cache) -> dict[str, Any]:
     from mitiq import MeasurementResult
     from mitiq.rem import generate_tensored_inverse_confusion_matrix, mitigate_measurements
 
-    from workers.readout import mitigate_distribution
+    from workers.mitigation.readout import mitigate_distribution
 
     backend = registry.get(NOISY)
     calibration = readout_cache.get(backend)
     spec = JobSpec("wf-rem-alt", ghz_qasm(5), shots=4000, backend=NOISY)
     prepared = prepare(spec, registry, TranspileCache(), Limits())
     counts = execute(prepared, registry, 3)[0]
-    from workers.readout import clbit_qubits
+    from workers.mitigation.readout import clbit_qubits
 
     qubits = clbit_qubits(prepared.templates[0])
     numpy_s = _best_of(20, lambda: mitigate_distribution(counts, calibration, qubits))

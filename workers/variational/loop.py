@@ -372,10 +372,10 @@ def evaluate(
     at zero backend seconds, i.e. the backend's per-task minimum for time-priced simulators, so
     costs (and the cost cap) are deterministic; 0.0 for a backend without a price.
     """
-    from workers.cost import PriceTable
+    from workers.cost.model import PriceTable
     from workers.errors import UnknownBackend
-    from workers.mitigation import mitigate
-    from workers.preparation import execute, prepare
+    from workers.execution.preparation import execute, prepare
+    from workers.mitigation.combine import mitigate
     from workers.seeds import job_seed
 
     prepared = prepare(job, registry, cache, limits, readout_cache)

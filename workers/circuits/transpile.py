@@ -13,8 +13,8 @@ from cachetools import LRUCache
 from qiskit import QuantumCircuit
 from qiskit.transpiler import PassManager, generate_preset_pass_manager
 
-from workers.backends import Backend
-from workers.fingerprint import structural_hash
+from workers.backends.aer import Backend
+from workers.circuits.fingerprint import structural_hash
 
 OPTIMIZATION_LEVEL = 1
 SEED_TRANSPILER = 42

@@ -18,22 +18,26 @@ from dataclasses import dataclass
 
 from qiskit import QuantumCircuit, qpy
 
-from workers import ddd, zne
-from workers.backends import BackendRegistry
-from workers.circuits import parse_circuit
-from workers.errors import CorruptRecord, InvalidJob
-from workers.jobs import JobSpec, MitigationSpec, ObservableSpec, PauliTerm
-from workers.limits import Limits
-from workers.measurement import (
+from workers.backends.aer import BackendRegistry
+from workers.circuits.measurement import (
     basis_circuit,
     counts_circuit,
     measurement_bases,
     without_final_measurements,
 )
-from workers.readout import ReadoutCalibration, ReadoutCalibrationCache, measure_calibration
+from workers.circuits.parsing import parse_circuit
+from workers.circuits.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
+from workers.circuits.validation import check_against_circuit, check_circuit_count, check_request
+from workers.errors import CorruptRecord, InvalidJob
+from workers.jobs import JobSpec, MitigationSpec, ObservableSpec, PauliTerm
+from workers.limits import Limits
+from workers.mitigation import ddd, zne
+from workers.mitigation.readout import (
+    ReadoutCalibration,
+    ReadoutCalibrationCache,
+    measure_calibration,
+)
 from workers.seeds import job_seed
-from workers.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
-from workers.validation import check_against_circuit, check_circuit_count, check_request
 
 COUNTS_BASIS = ""
 _MAGIC = b"QLPJ"

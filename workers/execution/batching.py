@@ -6,7 +6,7 @@ grouped by backend; each group's circuits (every task of every job, bound) go to
 `preparation.execute` gives them alone (seed + 2113*k for its k-th task, `circuit_seeds`), and
 `Backend.run` guarantees that a circuit's counts depend only on the circuit, its shots and its
 seed, so every job's counts are identical to `preparation.execute(prepared, registry, seed)`.
-How many Aer calls that takes is the backend's business (see workers/backends.py: all circuits
+How many Aer calls that takes is the backend's business (see workers/backends/aer.py: all circuits
 whose measurements are final and that are small share one call; others need their own).
 
 Failures stay with their job: a job whose circuits cannot be bound gets its exception and is
@@ -24,10 +24,10 @@ from typing import Any
 
 from qiskit import QuantumCircuit
 
-from workers.backends import circuit_seeds
-from workers.breaker import BreakerBoard, BreakerOpen
+from workers.backends.aer import circuit_seeds
 from workers.errors import QlaneError
-from workers.preparation import PreparedJob, bind_tasks
+from workers.execution.breaker import BreakerBoard, BreakerOpen
+from workers.execution.preparation import PreparedJob, bind_tasks
 
 Outcome = list[dict[str, int]] | Exception
 
@@ -132,7 +132,7 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, QlaneError) and exc.retryable
 
 
-# --- throughput measurement: python -m workers.batching -------------------------------------
+# --- throughput measurement: python -m workers.execution.batching ---
 GHZ5_QASM = (
     'OPENQASM 2.0; include "qelib1.inc"; qreg q[5]; '
     "h q[0]; cx q[0],q[1]; cx q[1],q[2]; cx q[2],q[3]; cx q[3],q[4];"
@@ -148,12 +148,12 @@ def _bench(argv: Sequence[str] | None = None) -> None:
 
     from qiskit_aer import AerSimulator
 
-    from workers.backends import BackendRegistry
+    from workers.backends.aer import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.preparation import execute, prepare
     from workers.jobs import JobSpec, parse_observable
     from workers.limits import Limits
-    from workers.preparation import execute, prepare
     from workers.seeds import derive_seed
-    from workers.transpile import TranspileCache
 
     parser = argparse.ArgumentParser(description="jobs/s: one by one vs execute_batch")
     parser.add_argument("--jobs", type=int, default=128)

@@ -20,7 +20,7 @@ from qiskit_aer.noise import (
     thermal_relaxation_error,
 )
 
-from workers.calibration import CalibrationSnapshot
+from workers.backends.calibration import CalibrationSnapshot
 
 SINGLE_QUBIT_NOISY_GATES = ("sx", "x")
 TWO_QUBIT_GATE = "cx"
