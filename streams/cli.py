@@ -119,7 +119,7 @@ def build_submission(args: argparse.Namespace) -> dict:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from streams.client import Client
-    from streams.render import json_line, result_table
+    from streams.client.render import json_line, result_table
 
     settings = settings_from(args)
     record = build_submission(args)
@@ -151,7 +151,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     from schemas.codec import codec
     from streams.client import decode_dlq_headers
-    from streams.render import json_line
+    from streams.client.render import json_line
     from streams.topics import TopicNames
 
     settings = settings_from(args)
@@ -231,7 +231,7 @@ def parse_time_ms(text: str | None) -> int | None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.replay import ReplaySelection, replay
+    from streams.client.replay import ReplaySelection, replay
     from streams.topics import TopicNames
 
     settings = settings_from(args)
@@ -268,8 +268,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from schemas.codec import codec
     from streams.client import decode_dlq_headers
-    from streams.render import json_line
-    from streams.replay import ReplaySelection, select_records
+    from streams.client.render import json_line
+    from streams.client.replay import ReplaySelection, select_records
     from streams.topics import TopicNames
 
     settings = settings_from(args)

@@ -8,7 +8,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from streams.client import job_request, read_topic
-from streams.replay import REPLAY_HEADER, ReplaySelection, replay
+from streams.client.replay import REPLAY_HEADER, ReplaySelection, replay
 from tests.integration.test_cli import qlane
 from tests.support import submit_and_wait, wait_for
 

@@ -4,7 +4,7 @@ import pytest
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.replay import REPLAY_HEADER, plan_record
+from streams.client.replay import REPLAY_HEADER, plan_record
 from streams.settings import Settings
 from streams.topics import TopicNames
 
