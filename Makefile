@@ -1,4 +1,5 @@
-# Everything installs from nothing: Debian's prometheus package (for promtool), a new .venv, pip.
+# Everything installs from nothing: Debian's prometheus package (for promtool), a JDK and Maven
+# (for the Apache Kafka the tests run), a new .venv, pip, and Kafka's jars from Maven Central.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,12 +8,16 @@ PYTEST := $(PY) -m pytest
 
 .PHONY: install demo test unit integration reliability bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/kafka/pom.xml
 	command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		openjdk-17-jdk-headless maven; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m streams.kafka_local 4.1 3.9
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -48,18 +48,64 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 # --- commands -------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM or SIGHUP, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def run_in_foreground(is_running, stop) -> None:
+    """Wait while `is_running()`; on Ctrl-C, SIGTERM or SIGHUP call `stop()` and return."""
+    import signal
+
+    def raise_stop(signum, frame):
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while is_running():
+            time.sleep(0.2)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        # A second signal during stop() must not interrupt it half-way.
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port).start()
-    print(f"embedded Tansu broker listening on {broker.bootstrap} (memory storage); Ctrl-C stops")
+    print(f"embedded Tansu broker listening on {broker.bootstrap} (memory storage); "
+          "Ctrl-C or SIGTERM stops", flush=True)
+    run_in_foreground(lambda: broker.process.poll() is None, broker.stop)
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from streams.kafka_local import KafkaCluster, KafkaStartError
+
+    cluster = KafkaCluster(nodes_count=args.nodes, version=args.version, port=args.port,
+                           data_dir=Path(args.data) if args.data else None)
+    if args.sasl:
+        from streams.kafka_security import enable_sasl_ssl
+
+        secured = enable_sasl_ssl(cluster)
+    started = time.monotonic()
     try:
-        while broker.process.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        broker.stop()
+        cluster.start()
+    except KafkaStartError as error:
+        print(f"qlane kafka: {error}", file=sys.stderr)
+        return 1
+    print(f"Apache Kafka {args.version} ({args.nodes} KRaft node(s)) ready in "
+          f"{time.monotonic() - started:.1f}s; data in {cluster.data_dir}", flush=True)
+    print(f"bootstrap servers: {cluster.bootstrap}", flush=True)
+    if args.sasl:
+        print(secured.describe(), flush=True)
+    print("Ctrl-C or SIGTERM stops every node", flush=True)
+    run_in_foreground(lambda: all(node.alive for node in cluster.nodes), cluster.stop)
     return 0
 
 
@@ -359,6 +405,17 @@ def parser() -> argparse.ArgumentParser:
     broker = commands.add_parser("broker", help="run the embedded Tansu broker in the foreground")
     broker.add_argument("--port", type=int, default=9092)
     broker.set_defaults(run=cmd_broker)
+
+    kafka = commands.add_parser(
+        "kafka", help="run a local Apache Kafka (KRaft) from Maven Central jars, in the foreground")
+    kafka.add_argument("--nodes", type=int, choices=[1, 3], default=1)
+    kafka.add_argument("--version", choices=["4.1", "3.9"], default="4.1")
+    kafka.add_argument("--port", type=int, default=9092,
+                       help="client port of node 1 (node i listens on PORT+i-1); 0 = free ports")
+    kafka.add_argument("--sasl", action="store_true",
+                       help="add a SASL_SSL listener (SCRAM-SHA-512, ACLs) on PORT+100")
+    kafka.add_argument("--data", help="data folder (default: a temporary one, removed at stop)")
+    kafka.set_defaults(run=cmd_kafka)
 
     worker = commands.add_parser("worker", help="run a Faust worker with every stage")
     add_connection_options(worker)

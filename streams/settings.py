@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.logs import LogFormat
@@ -18,6 +18,28 @@ Profile = Literal["embedded", "kafka"]
 DEFAULT_BROKER = "127.0.0.1:9092"
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
 KAFKA_FETCH_MAX_WAIT_MS = 500
+
+
+def normalize_bootstrap(value: str) -> str:
+    """`host:port[,host:port]` from what users write: Faust's `kafka://host:port` URLs (each
+    entry may carry the scheme), separated by commas, semicolons or spaces."""
+    servers = []
+    for entry in value.replace(";", ",").replace(" ", ",").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        if "://" in entry:
+            scheme, entry = entry.split("://", 1)
+            if scheme.lower() not in ("kafka", "qlane", "aiokafka", "tcp"):
+                raise ValueError(f"unsupported broker URL scheme {scheme!r} in {value!r}")
+        entry = entry.rstrip("/")
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"broker {entry!r} is not host:port (in {value!r})")
+        servers.append(entry)
+    if not servers:
+        raise ValueError(f"no broker address in {value!r}")
+    return ",".join(servers)
 
 
 class Settings(BaseSettings):
@@ -95,6 +117,11 @@ class Settings(BaseSettings):
     execute_retries: int = Field(3, ge=0, description="attempts after the first, retryable errors")
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
+
+    @field_validator("broker")
+    @classmethod
+    def _normalize_broker(cls, value: str) -> str:
+        return normalize_bootstrap(value)
 
     @model_validator(mode="after")
     def _resolve_profile(self) -> Settings:

@@ -1,3 +1,5 @@
+import pytest
+
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -25,3 +27,23 @@ def test_topic_names_use_the_prefix():
     assert names.by_short_name("results") == "acme.results"
     assert names.by_short_name("stage.mitigate") == "acme.stage.mitigate"
     assert len(set(names.all())) == 10
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("kafka://localhost:9092", "localhost:9092"),
+        ("kafka://a:1,kafka://b:2", "a:1,b:2"),
+        ("a:1, b:2", "a:1,b:2"),
+        ("a:1;b:2", "a:1,b:2"),
+        ("KAFKA://[::1]:9092/", "[::1]:9092"),
+    ],
+)
+def test_broker_accepts_faust_urls_and_lists(given, expected):
+    assert Settings(broker=given).broker == expected
+
+
+@pytest.mark.parametrize("given", ["localhost", "http://a:1", "", "a:port"])
+def test_broker_that_is_not_host_port_is_refused(given):
+    with pytest.raises(ValueError, match="broker|scheme"):
+        Settings(broker=given)
