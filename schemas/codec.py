@@ -25,7 +25,7 @@ MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 
 SCHEMA_DIR = pathlib.Path(__file__).resolve().parent
-PUBLIC = ("JobRequest", "JobResult", "JobStatus", "CostEvent", "DriftEvent")
+PUBLIC = ("JobRequest", "JobResult", "JobStatus", "CostEvent", "DriftEvent", "JobCancel")
 INTERNAL = ("ExecuteTask", "MitigateTask")
 
 _ENCODE_KINDS = frozenset({"int", "long", "boolean"})

@@ -10,6 +10,11 @@ from workers.execution.preparation import PreparedJob
 from workers.mitigation.combine import MitigationOutcome
 
 
+def register_layout(circuit) -> list[dict]:
+    """The circuit's classical registers in clbit order, as the JobResult carries them."""
+    return [{"name": register.name, "size": register.size} for register in circuit.cregs]
+
+
 def build_result(
     *,
     request: dict,
@@ -34,6 +39,7 @@ def build_result(
             "counts": dict(task_counts),
             "scale_factor": task.scale_factor,
             "mitigated_probabilities": dict(mitigated.get(index) or {}),
+            "registers": register_layout(prepared.templates[task.template_index]),
         }
         for index, (task, task_counts) in enumerate(zip(prepared.tasks, counts, strict=True))
     ]

@@ -108,6 +108,7 @@ def job_result() -> dict:
                 "counts": {"00": 2011, "01": 40, "10": 52, "11": 1993},
                 "scale_factor": 1.0,  # v2 fields at their defaults: v1 data resolves to this
                 "mitigated_probabilities": {},
+                "registers": [],  # v4: empty when read from older versions
             }
             for i, values in enumerate([[0.1, 0.7], [0.2, 1.4], [0.3, 2.1]])
             for basis in ("ZZ", "XX")
@@ -240,6 +241,11 @@ def drift_event() -> dict:
     }
 
 
+def job_cancel() -> dict:
+    return {"workflow_id": "wf-0001", "reason": "no longer needed",
+            "requested_at_ms": 1763737200999}
+
+
 def execute_task(framed_request: bytes) -> dict:
     return {
         "workflow_id": "wf-0001",
@@ -280,6 +286,7 @@ def samples() -> dict[str, list[dict]]:
         "JobStatus": [job_status()],
         "CostEvent": [cost_event(), {**cost_event(), "budget_remaining_usd": None}],
         "DriftEvent": [drift_event()],
+        "JobCancel": [job_cancel()],
         "ExecuteTask": [execute_task(framed)],
         "MitigateTask": [mitigate_task(framed)],
     }

@@ -128,6 +128,7 @@ CONTRACT_FIELDS = {
     "simulated_seconds budget_remaining_usd at_ms",
     "DriftEvent": "backend calibration_version canary statistic_name statistic threshold "
     "p_value severity shots round at_ms",
+    "JobCancel": "workflow_id reason requested_at_ms",
     "ExecuteTask": "workflow_id request prepared accepted_at_ms preprocess_s attempt "
     "fallback_reason estimate_usd",
     "MitigateTask": "workflow_id request prepared counts_json seed_simulator accepted_at_ms "
