@@ -81,6 +81,26 @@ class Settings(BaseSettings):
     max_parameter_sets: int = Limits.max_parameter_sets
     max_observables: int = Limits.max_observables
     max_circuits_per_job: int = Limits.max_circuits_per_job
+    # Untrusted programs (issue 11): static bounds counted before parsing, then the sandbox.
+    max_gate_instances: int = Limits.max_gate_instances
+    max_loop_iterations: int = Limits.max_loop_iterations
+    max_clbits: int = Limits.max_clbits
+    max_nesting_depth: int = Limits.max_nesting_depth
+    sandbox_enabled: bool = Field(
+        True, description="parse, validate and transpile submitted programs in sandbox "
+        "processes (false: in the worker, for benchmarks and debugging only)",
+    )
+    sandbox_processes: int = Field(2, ge=1, description="reusable sandbox processes per worker")
+    sandbox_wall_s: float = Field(12.0, gt=0, description="wall time per program, then killed")
+    sandbox_cpu_s: int = Field(10, ge=1, description="CPU seconds per program (RLIMIT_CPU)")
+    sandbox_memory_mb: int = Field(
+        1024, ge=64, description="address space above the sandbox's own baseline (RLIMIT_AS)"
+    )
+    sandbox_output_mb: int = Field(16, ge=1, description="largest prepared job it may return")
+    sandbox_attempts: int = Field(
+        2, ge=1, description="attempts on a record that kills or times out its sandbox (or "
+        "crashes the execute stage), counted across restarts, before it is dead-lettered",
+    )
     transpile_cache_size: int = 512
     handled_records_memory: int = Field(
         100_000, ge=0,

@@ -75,6 +75,34 @@ class UnknownBackend(InvalidJob):
     """The job names a backend this worker does not provide."""
 
 
+# --- untrusted programs (workers/circuits/) ------------------------------------------
+class ForbiddenInclude(InvalidCircuit):
+    """The program includes a file other than the standard qelib1.inc / stdgates.inc."""
+
+
+class ResourceLimitExceeded(InvalidJob):
+    """Processing the program needs more than a configured bound allows: parser nesting
+    depth, or the sandbox's memory or output size (deterministic, so not retried)."""
+
+
+class SandboxFailure(RetryableError):
+    """The sandbox process handling the record died or ran out of time. Possibly the host's
+    fault, so retried, but only a bounded number of attempts (then PoisonRecord)."""
+
+
+class SandboxTimeout(SandboxFailure):
+    """The sandbox exceeded its wall-clock or CPU time bound and was killed."""
+
+
+class SandboxCrashed(SandboxFailure):
+    """The sandbox process died (a signal, an abort, an exit) while handling the record."""
+
+
+class PoisonRecord(PermanentError):
+    """Processing the record killed or timed out its sandbox (or its worker) on every one of
+    the configured attempts: dead-lettered so the partition moves on."""
+
+
 # --- workflow semantics (streams/) ---------------------------------------------------
 class IdempotencyConflict(PermanentError):
     """The workflow id was seen before with a different request fingerprint."""

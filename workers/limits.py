@@ -14,3 +14,8 @@ class Limits:
     max_parameter_sets: int = 1000
     max_observables: int = 64
     max_circuits_per_job: int = 4096
+    # Counted from the program's text before it is parsed (workers.circuits.static_count).
+    max_gate_instances: int = 200_000  # after unrolling gate definitions, loops, broadcasts
+    max_loop_iterations: int = 100_000  # every start of a loop body, nested loops multiplied
+    max_clbits: int = 1024  # declared classical bits
+    max_nesting_depth: int = 64  # brackets and blocks (the parsers recurse on them)

@@ -8,7 +8,7 @@ import threading
 from cachetools import LRUCache
 from qiskit import QuantumCircuit, qasm2
 
-from workers.errors import InvalidCircuit
+from workers.errors import InvalidCircuit, ResourceLimitExceeded
 
 # The first statement after leading whitespace and comments, if it is an OPENQASM 3 header.
 _QASM3_HEADER = re.compile(r"\A(?:\s+|//[^\n]*(?:\n|\Z)|/\*.*?\*/)*OPENQASM\s+3\b", re.DOTALL)
@@ -27,6 +27,15 @@ def detect_format(source: str) -> str:
     return "qasm3" if _QASM3_HEADER.match(source) else "qasm2"
 
 
+def resolve_format(source: str, fmt: str = "auto") -> str:
+    """"qasm2" or "qasm3" for this source and asked format; InvalidCircuit for bad input."""
+    if not isinstance(source, str):
+        raise InvalidCircuit(f"circuit source must be text, not {type(source).__name__}")
+    if fmt not in CIRCUIT_FORMATS:
+        raise InvalidCircuit(f"unknown circuit format {fmt!r} (expected auto, qasm2 or qasm3)")
+    return detect_format(source) if fmt == "auto" else fmt
+
+
 def parse_circuit(source: str, fmt: str = "auto") -> QuantumCircuit:
     """Parse OpenQASM text; `fmt` is "auto", "qasm2" or "qasm3".
 
@@ -36,12 +45,7 @@ def parse_circuit(source: str, fmt: str = "auto") -> QuantumCircuit:
     (syntax errors, unsupported constructs, runaway recursion, a panic in the Rust parser)
     comes out as InvalidCircuit with a short message.
     """
-    if not isinstance(source, str):
-        raise InvalidCircuit(f"circuit source must be text, not {type(source).__name__}")
-    if fmt not in CIRCUIT_FORMATS:
-        raise InvalidCircuit(f"unknown circuit format {fmt!r} (expected auto, qasm2 or qasm3)")
-    if fmt == "auto":
-        fmt = detect_format(source)
+    fmt = resolve_format(source, fmt)
     return _parsed.get_or_parse(source, fmt).copy()
 
 
@@ -49,9 +53,15 @@ def _parse(source: str, fmt: str) -> QuantumCircuit:
     try:
         if fmt == "qasm3":
             return _parse_qasm3(source)
-        return qasm2.loads(source, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+        # No include search path: qelib1.inc is built into the parser, nothing else resolves
+        # (static_count.check_includes refuses other includes before parsing).
+        return qasm2.loads(
+            source, include_path=(), custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS
+        )
     except (KeyboardInterrupt, SystemExit):
         raise
+    except MemoryError:  # in the sandbox: its address-space bound
+        raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None
     except BaseException as exc:  # the Rust qasm2 parser panics with a BaseException
         raise InvalidCircuit(f"{fmt}: {_short(_describe(exc))}") from None
 

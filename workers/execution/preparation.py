@@ -25,7 +25,8 @@ from workers.circuits.measurement import (
     measurement_bases,
     without_final_measurements,
 )
-from workers.circuits.parsing import parse_circuit
+from workers.circuits.parsing import parse_circuit, resolve_format
+from workers.circuits.static_count import check_program
 from workers.circuits.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
 from workers.circuits.validation import check_against_circuit, check_circuit_count, check_request
 from workers.errors import CorruptRecord, InvalidJob
@@ -196,7 +197,9 @@ def prepare(
     backend = registry.get(spec.backend)
     check_request(spec, limits)
     mitigation = _checked_mitigation(spec)
-    circuit = parse_circuit(spec.circuit, spec.circuit_format)
+    fmt = resolve_format(spec.circuit, spec.circuit_format)
+    check_program(spec.circuit, fmt, limits)  # counted before anything expands it
+    circuit = parse_circuit(spec.circuit, fmt)
     check_against_circuit(spec, circuit, backend, limits)
 
     if spec.observables:
