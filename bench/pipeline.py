@@ -37,6 +37,7 @@ from bench.jobs import warmup_jobs
 from schemas.codec import codec
 from streams.broker import EmbeddedBroker
 from streams.client import Client
+from streams.kafka_compat import stop_consumer
 from streams.processes import start_worker, stop_process
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
@@ -112,7 +113,7 @@ async def topic_sizes(settings: Settings, topics: dict[str, str]) -> dict[str, i
             out[short] = sum(ends.values())
         return out
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from streams.kafka_compat import stop_consumer
 from streams.security import kafka_options
 from streams.settings import Settings
 
@@ -254,7 +255,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                             return 0
             return 0
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     try:
         return asyncio.run(go())

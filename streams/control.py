@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas.codec import codec
 from streams import metrics
 from streams.agents.common import in_thread
+from streams.kafka_compat import stop_consumer
 from streams.runtime import Runtime, now_ms
 from streams.security import kafka_options
 from workers.drift.detection import DriftMonitor
@@ -55,7 +56,7 @@ def register(app, runtime: Runtime) -> None:
                 except (TypeError, ValueError):
                     log.warning("ignored a malformed control record at offset %d", record.offset)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
     monitor = DriftMonitor(alpha=settings.drift_alpha, shots=settings.drift_shots)
 
     for backend in settings.drift_backends:

@@ -12,8 +12,8 @@ from pathlib import Path
 from schemas.codec import codec
 from streams.broker import EmbeddedBroker, free_port
 from streams.client import Client, job_request, load_job_file, read_topic
-from streams.processes import start_worker, stop_process
 from streams.client.render import result_table
+from streams.processes import start_worker, stop_process
 from streams.settings import Settings
 from streams.topics import ensure_topics
 

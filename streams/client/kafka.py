@@ -13,6 +13,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
+from streams.kafka_compat import stop_consumer
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -209,5 +210,5 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float, max_recor
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 

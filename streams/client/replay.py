@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
 from streams.deadletter import HEADER_PREFIX
+from streams.kafka_compat import stop_consumer
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -95,7 +96,7 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
                 if await consumer.position(tp) > limits[tp]:
                     del limits[tp]
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def start_offsets(consumer, partitions, selection: ReplaySelection) -> dict:

@@ -11,6 +11,8 @@ import fastavro
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streams.kafka_compat import stop_consumer
+
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
@@ -75,7 +77,7 @@ def test_plain_fastavro_and_aiokafka_client_round_trip(settings, worker):
                         if message.key == workflow_id.encode():
                             return unframe(result_schema, message.value)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
         raise AssertionError("no JobResult within 90 s")
 
     result = asyncio.run(go())
