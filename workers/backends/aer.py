@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +53,9 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel, QuantumError, ReadoutError
 
-from workers.backends.calibration import CalibrationSnapshot, generate_snapshot
-from workers.backends.faults import FaultInjectingBackend, FaultSpec
-from workers.backends.noise import ConvertedOnceNoiseModel, build_noise_model, validate_noise_scale
-from workers.errors import ExecutionFailed, UnknownBackend
+from workers.backends.calibration import CalibrationSnapshot
+from workers.backends.noise import ConvertedOnceNoiseModel, build_noise_model
+from workers.errors import ExecutionFailed
 from workers.limits import Limits
 
 IDEAL = "aer.ideal"
@@ -369,6 +368,8 @@ class Backend:
     calibration: CalibrationSnapshot | None = None
     noise_model: NoiseModel | None = None
     noise_scale: float = 1.0
+    vendor: str = "aer"
+    seeded = True  # counts are a function of (circuit, shots, seed, noise model)
     _noise_view: tuple[NoiseModel | None, NoiseView] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -420,6 +421,16 @@ class Backend:
             for i, c in zip(segment, results, strict=True):
                 counts[i] = c
         return counts  # type: ignore[return-value]
+
+    @property
+    def calibrated_at(self) -> str | None:
+        return None if self.calibration is None else self.calibration.calibrated_at
+
+    def noise_model_at(self, scale: float) -> NoiseModel | None:
+        """This backend's calibration as a noise model at `scale` (None: no calibration)."""
+        if self.calibration is None:
+            return None
+        return build_noise_model(self.calibration, scale)
 
     def noise(self) -> NoiseView:
         """The run-time view of the current noise model (rebuilt when the model is swapped)."""
@@ -557,112 +568,39 @@ def new_simulator() -> AerSimulator:
     return AerSimulator(device="GPU") if "GPU" in devices else AerSimulator()
 
 
-class BackendRegistry:
-    """The backends this worker provides. Backends are built on first use.
+def build_ideal(num_qubits: int = Limits.max_qubits) -> Backend:
+    """`aer.ideal`: a noiseless AerSimulator with its own target (no coupling constraint)."""
+    simulator = new_simulator()
+    return Backend(
+        name=IDEAL,
+        num_qubits=num_qubits,
+        calibration_version=IDEAL_CALIBRATION_VERSION,
+        simulator=simulator,
+        target=simulator.target,
+        coupling_constrained=False,
+    )
 
-    `faults` wraps the named backends in a FaultInjectingBackend (reliability tests, chaos
-    runs); `set_faults` changes that at runtime. `get` returns the wrapper when one is set.
-    """
 
-    def __init__(
-        self,
-        noise_scale: dict[str, float] | None = None,
-        *,
-        ideal_qubits: int = Limits.max_qubits,
-        calibration: CalibrationSnapshot | None = None,
-        faults: dict[str, FaultSpec | str] | None = None,
-    ) -> None:
-        self._ideal_qubits = ideal_qubits
-        self._calibration = calibration or generate_snapshot(seed=DEFAULT_CALIBRATION_SEED)
-        self._builders: dict[str, Callable[[], Backend]] = {
-            IDEAL: self._build_ideal,
-            NOISY: self._build_noisy,
-        }
-        self._backends: dict[str, Backend] = {}
-        self._noise_scale: dict[str, float] = {}
-        self._faults: dict[str, FaultSpec] = {}
-        self._faulty: dict[str, FaultInjectingBackend] = {}
-        for name, scale in (noise_scale or {}).items():
-            self.set_noise_scale(name, scale)
-        for name, spec in (faults or {}).items():
-            self.set_faults(name, spec)
+def build_noisy(snapshot: CalibrationSnapshot, scale: float = 1.0) -> Backend:
+    """`aer.noisy`: the device a qlane calibration snapshot describes, with its noise."""
+    return Backend(
+        name=NOISY,
+        num_qubits=snapshot.num_qubits,
+        calibration_version=snapshot.version,
+        simulator=new_simulator(),
+        target=noisy_target(snapshot),
+        coupling_constrained=True,
+        calibration=snapshot,
+        noise_model=build_noise_model(snapshot, scale),
+        noise_scale=scale,
+    )
 
-    def names(self) -> list[str]:
-        return sorted(self._builders)
 
-    def get(self, name: str) -> Backend | FaultInjectingBackend:
-        """The backend called `name` (its fault-injecting wrapper when faults are set)."""
-        backend = self._backend(name)
-        spec = self._faults.get(name)
-        if spec is None:
-            return backend
-        wrapper = self._faulty.get(name)
-        if wrapper is None:
-            wrapper = self._faulty[name] = FaultInjectingBackend(backend, spec)
-        return wrapper
+def __getattr__(name: str):
+    # The registry of every vendor's backends lives in workers.backends.registry; it is
+    # importable from here too, where it used to be.
+    if name == "BackendRegistry":
+        from workers.backends.registry import BackendRegistry
 
-    def faults(self) -> dict[str, FaultSpec]:
-        """The fault specs in force, by backend name."""
-        return dict(self._faults)
-
-    def set_faults(self, name: str, spec: FaultSpec | str | None) -> None:
-        """Inject `spec`'s faults into backend `name` from now on (None: stop injecting).
-
-        A new spec starts a new wrapper whose random sequence restarts from `spec.seed`.
-        """
-        self._check_known(name)
-        self._faulty.pop(name, None)
-        if spec is None:
-            self._faults.pop(name, None)
-            return
-        self._faults[name] = FaultSpec.parse(spec) if isinstance(spec, str) else spec
-
-    def set_noise_scale(self, name: str, scale: float) -> None:
-        """Scale a noisy backend's noise (1.0 = as calibrated). The calibration version stays:
-        this simulates the device drifting away from its last calibration."""
-        self._check_known(name)
-        if name == IDEAL:
-            raise ValueError(f"{IDEAL} has no noise to scale")
-        scale = validate_noise_scale(scale)
-        self._noise_scale[name] = scale
-        backend = self._backends.get(name)
-        if backend is not None and backend.calibration is not None:
-            backend.noise_model = build_noise_model(backend.calibration, scale)
-            backend.noise_scale = scale
-
-    def _check_known(self, name: str) -> None:
-        if name not in self._builders:
-            raise UnknownBackend(f"unknown backend {name!r}; known: {', '.join(self.names())}")
-
-    def _backend(self, name: str) -> Backend:
-        backend = self._backends.get(name)
-        if backend is None:
-            self._check_known(name)
-            backend = self._backends[name] = self._builders[name]()
-        return backend
-
-    def _build_ideal(self) -> Backend:
-        simulator = new_simulator()
-        return Backend(
-            name=IDEAL,
-            num_qubits=self._ideal_qubits,
-            calibration_version=IDEAL_CALIBRATION_VERSION,
-            simulator=simulator,
-            target=simulator.target,
-            coupling_constrained=False,
-        )
-
-    def _build_noisy(self) -> Backend:
-        snapshot = self._calibration
-        scale = self._noise_scale.get(NOISY, 1.0)
-        return Backend(
-            name=NOISY,
-            num_qubits=snapshot.num_qubits,
-            calibration_version=snapshot.version,
-            simulator=new_simulator(),
-            target=noisy_target(snapshot),
-            coupling_constrained=True,
-            calibration=snapshot,
-            noise_model=build_noise_model(snapshot, scale),
-            noise_scale=scale,
-        )
+        return BackendRegistry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

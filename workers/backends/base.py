@@ -1,0 +1,106 @@
+"""What every backend offers, whatever its vendor, and the errors vendor adapters share.
+
+A backend is anything with the attributes and the `run` method of `BackendProtocol`: the Aer
+simulators (`workers.backends.aer`), the device backends built from real calibration snapshots
+(`workers.backends.device`), the IBM Runtime adapter (`workers.backends.ibm`), the Amazon
+Braket adapter (`workers.backends.braket`) and the fault-injecting wrapper
+(`workers.backends.faults`). The execution path (`workers.execution`) only uses this protocol.
+
+Vendor SDKs are optional extras of the `qlane` package: `require_extra` imports one and, when
+it is missing, raises `MissingExtra`, which names the extra to install. `MissingExtra` is an
+`UnknownBackend` (a permanent error): a job naming a backend whose extra this worker lacks is
+dead-lettered with that message, never retried.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from qiskit import QuantumCircuit
+from qiskit.transpiler import Target
+
+from workers.errors import PermanentError, UnknownBackend
+
+EXTRAS = {"ibm": "qiskit_ibm_runtime", "braket": "braket.devices"}
+
+
+class MissingExtra(UnknownBackend):
+    """The backend needs a vendor SDK that is not installed (an optional extra of qlane)."""
+
+
+class ConfigurationError(PermanentError):
+    """The worker's configuration cannot serve the backend (e.g. no account for a real
+    vendor service). Never carries a secret in its message."""
+
+
+@runtime_checkable
+class BackendProtocol(Protocol):
+    """The interface of every backend.
+
+    `run(circuits, shots, seed)` returns one Qiskit count dict per circuit (clbit 0 rightmost,
+    registers separated by spaces), in order; `shots` and `seed` are one value for all circuits
+    or one per circuit (an int seed `s` means `s, s+2113, ...`). A backend whose vendor takes
+    no seed says so with `seeded = False`; its counts are then random draws.
+    """
+
+    name: str
+    vendor: str
+    num_qubits: int
+    calibration_version: str
+    target: Target
+    coupling_constrained: bool
+    seeded: bool
+
+    def run(
+        self,
+        circuits: Sequence[QuantumCircuit],
+        shots: int | Sequence[int],
+        seed: int | Sequence[int],
+    ) -> list[dict[str, int]]: ...
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One line of `qlane backends`: what a worker would offer, built or not."""
+
+    name: str
+    vendor: str
+    kind: str  # simulator | device-simulator | sdk-adapter
+    description: str
+    num_qubits: int | None
+    native_gates: tuple[str, ...]
+    calibration_version: str | None
+    calibrated_at: str | None
+    price_model: str
+    extra: str | None  # the optional extra it needs, None: always available
+    installed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["native_gates"] = list(self.native_gates)
+        return values
+
+
+def extra_installed(extra: str | None) -> bool:
+    """Whether the vendor SDK of `extra` can be imported (None: nothing needed)."""
+    if extra is None:
+        return True
+    try:
+        importlib.import_module(EXTRAS[extra])
+    except ImportError:
+        return False
+    return True
+
+
+def require_extra(extra: str, module: str, backend: str) -> Any:
+    """Import `module` of the vendor SDK behind `extra`, or raise MissingExtra naming it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtra(
+            f"backend {backend!r} needs the optional extra [{extra}] "
+            f"(missing module {exc.name or module!r}): pip install 'qlane[{extra}]'"
+        ) from exc

@@ -1,0 +1,221 @@
+"""Amazon Braket: jobs through amazon-braket-sdk's LocalSimulator, no AWS account needed.
+
+Needs the optional extra `qlane[braket]` (amazon-braket-sdk, qiskit-braket-provider); without
+it every backend here raises `MissingExtra` naming the extra.
+
+- `braket.local.sv`: `LocalSimulator("braket_sv")`, the state-vector simulator, noiseless.
+- `braket.local.dm`: `LocalSimulator("braket_dm", noise_model=...)`, the density-matrix
+  simulator with a Braket `NoiseModel` (`DM_NOISE`): depolarizing noise after every `sx`/`x`
+  (Braket `v`/`x`), two-qubit depolarizing noise after every `cx` (`cnot`), a bit flip before
+  every measurement. `rz` is virtual (no noise).
+
+Circuits are transpiled for an all-to-all target of `rz sx x cx` (+ measure, barrier), the
+gates Braket's simulators run natively, and translated gate by gate with
+qiskit-braket-provider's `to_braket(verbatim=True)`, so what runs is exactly the transpiled
+circuit. Braket measures terminally: a circuit with a mid-circuit measurement, a reset or
+control flow is refused with `ExecutionFailed`.
+
+Braket returns one row of bits per shot, qubit by qubit in `measured_qubits` order (qubit 0
+first); `run` maps each measured qubit to the clbit the circuit measures it into and builds
+Qiskit's count keys (clbit 0 rightmost, registers separated by spaces).
+
+Braket's local simulators take no seed (they draw from an unseeded numpy generator), so these
+backends are `seeded = False`: counts are random draws and a rerun gives different counts
+(tests compare them with Aer statistically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit import Measure, Parameter
+from qiskit.circuit.library import CXGate, RZGate, SXGate, XGate
+from qiskit.result.postprocess import format_counts_memory
+from qiskit.transpiler import InstructionProperties, Target
+
+from workers.backends.aer import bit_indices, circuit_shots, final_measurements
+from workers.backends.base import require_extra
+from workers.errors import ExecutionFailed
+
+EXTRA = "braket"
+VENDOR = "amazon-braket"
+SV = "braket.local.sv"
+DM = "braket.local.dm"
+SIMULATORS = {SV: "braket_sv", DM: "braket_dm"}
+# Qubit limits: the state vector of 20 qubits is 16 MB; a 10-qubit density matrix as well
+# (AWS: the DM simulator is meant for about a dozen qubits at most).
+QUBITS = {SV: 20, DM: 10}
+NATIVE_GATES = ("rz", "sx", "x", "cx")
+
+
+@dataclass(frozen=True)
+class BraketNoise:
+    """The noise `braket.local.dm` applies (Braket's channel parameters: probability of error).
+
+    Braket `Depolarizing(p)` is Aer's `depolarizing_error(4p/3, 1)`; `TwoQubitDepolarizing(p)`
+    is Aer's `depolarizing_error(16p/15, 2)`; `BitFlip(p)` before a measurement is a symmetric
+    readout error p.
+    """
+
+    one_qubit_depolarizing: float = 0.001
+    two_qubit_depolarizing: float = 0.01
+    readout_flip: float = 0.02
+
+    def version(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+DM_NOISE = BraketNoise()
+
+
+def simulator_version() -> str:
+    try:
+        return version("amazon-braket-default-simulator")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def braket_target(num_qubits: int) -> Target:
+    """All-to-all `rz sx x cx` + measure: what the transpiler produces for Braket."""
+    target = Target(num_qubits=num_qubits, description="braket local simulator")
+    one = {(q,): InstructionProperties() for q in range(num_qubits)}
+    two = {
+        (a, b): InstructionProperties()
+        for a in range(num_qubits)
+        for b in range(num_qubits)
+        if a != b
+    }
+    target.add_instruction(RZGate(Parameter("λ")), dict(one))
+    target.add_instruction(SXGate(), dict(one))
+    target.add_instruction(XGate(), dict(one))
+    target.add_instruction(CXGate(), two)
+    target.add_instruction(Measure(), dict(one))
+    return target
+
+
+def braket_noise_model(noise: BraketNoise):
+    """The Braket NoiseModel of `noise`."""
+    circuits = require_extra(EXTRA, "braket.circuits", DM)
+    criteria = require_extra(EXTRA, "braket.circuits.noise_model", DM)
+    noises = circuits.noises
+    gate = circuits.Gate
+    model = criteria.NoiseModel()
+    if noise.one_qubit_depolarizing:
+        model.add_noise(
+            noises.Depolarizing(noise.one_qubit_depolarizing),
+            criteria.GateCriteria(gates=[gate.V, gate.X]),
+        )
+    if noise.two_qubit_depolarizing:
+        model.add_noise(
+            noises.TwoQubitDepolarizing(noise.two_qubit_depolarizing),
+            criteria.GateCriteria(gates=[gate.CNot]),
+        )
+    if noise.readout_flip:
+        model.add_noise(noises.BitFlip(noise.readout_flip), criteria.MeasureCriteria())
+    return model
+
+
+class BraketLocalBackend:
+    """A Braket local simulator behind qlane's backend interface (see the module docstring)."""
+
+    vendor = VENDOR
+    coupling_constrained = False
+    seeded = False
+    noise_model = None  # not an Aer model: the noise lives in the Braket simulator
+    noise_scale = 1.0
+    calibration = None
+    calibrated_at = None
+
+    def __init__(self, name: str, noise: BraketNoise = DM_NOISE) -> None:
+        if name not in SIMULATORS:
+            raise KeyError(name)
+        devices = require_extra(EXTRA, "braket.devices", name)
+        adapter = require_extra(EXTRA, "qiskit_braket_provider.providers.adapter", name)
+        self.name = name
+        self.simulator_name = SIMULATORS[name]
+        self.num_qubits = QUBITS[name]
+        self.target = braket_target(self.num_qubits)
+        self.noise = noise if name == DM else None
+        self._to_braket = adapter.to_braket
+        if self.noise is not None:
+            self._device = devices.LocalSimulator(
+                self.simulator_name, noise_model=braket_noise_model(self.noise)
+            )
+            suffix = f"noise-{self.noise.version()}"
+        else:
+            self._device = devices.LocalSimulator(self.simulator_name)
+            suffix = "noiseless"
+        self.calibration_version = (
+            f"{self.simulator_name}@amazon-braket-default-simulator-{simulator_version()}.{suffix}"
+        )
+        self.tasks = 0
+
+    def noise_model_at(self, scale: float):
+        return None
+
+    def run(
+        self,
+        circuits: Sequence[QuantumCircuit],
+        shots: int | Sequence[int],
+        seed: int | Sequence[int] | None = None,
+    ) -> list[dict[str, int]]:
+        """Counts per circuit, one Braket task per circuit. `seed` is accepted for the
+        interface and ignored: Braket's local simulators cannot be seeded."""
+        circuits = list(circuits)
+        shots_list = circuit_shots(shots, len(circuits)) if circuits else []
+        return [self._run_one(c, s) for c, s in zip(circuits, shots_list, strict=True)]
+
+    def _run_one(self, circuit: QuantumCircuit, shots: int) -> dict[str, int]:
+        measurements = final_measurements(circuit)
+        if measurements is None:
+            raise ExecutionFailed(
+                f"{self.name} runs circuits whose measurements are all final (Braket measures "
+                "terminally), without reset or control flow"
+            )
+        if circuit.num_qubits > self.num_qubits:
+            raise ExecutionFailed(
+                f"{self.name} runs at most {self.num_qubits} qubits, got {circuit.num_qubits}"
+            )
+        index = bit_indices(circuit.qubits)
+        for instruction in circuit.data:
+            if instruction.name in ("barrier", "measure"):
+                continue
+            if instruction.name not in NATIVE_GATES:
+                raise ExecutionFailed(
+                    f"{self.name} cannot run {instruction.name} on qubits "
+                    f"{tuple(index[q] for q in instruction.qubits)}: transpile for this "
+                    "backend first"
+                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "global phase not included": no effect on counts
+            try:
+                program = self._to_braket(circuit, verbatim=True)
+                result = self._device.run(program, shots=shots).result()
+            except Exception as exc:
+                raise ExecutionFailed(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        self.tasks += 1
+        clbit_of = dict(zip(measurements.qubits, measurements.clbits, strict=True))
+        rows = np.asarray(result.measurements, dtype=np.uint8)
+        bits = np.zeros((rows.shape[0], max(measurements.num_clbits, 1)), dtype=np.uint8)
+        for column, qubit in enumerate(result.measured_qubits):
+            clbit = clbit_of.get(int(qubit))
+            if clbit is not None:
+                bits[:, clbit] = rows[:, column]
+        unique, tallies = np.unique(bits[:, ::-1], axis=0, return_counts=True)
+        header = {
+            "creg_sizes": [list(r) for r in measurements.creg_sizes],
+            "memory_slots": measurements.num_clbits,
+        }
+        counts: dict[str, int] = {}
+        for row, tally in zip(unique, tallies, strict=True):
+            value = int("".join("1" if b else "0" for b in row), 2)
+            counts[format_counts_memory(hex(value), header)] = int(tally)
+        return counts

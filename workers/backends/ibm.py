@@ -1,0 +1,285 @@
+"""IBM Quantum: device backends from published calibration snapshots, and the Runtime adapter.
+
+Needs the optional extra `qlane[ibm]` (qiskit-ibm-runtime); without it every backend here
+raises `MissingExtra` naming the extra.
+
+- `ibm.<device>` (`DEVICES`): the device's published calibration snapshot and target, as
+  shipped in qiskit-ibm-runtime's fake provider, run by qlane's own Aer path
+  (`workers.backends.device`), seeded and scalable like `aer.noisy`.
+- `ibm_runtime.<device>`: the same device through qiskit-ibm-runtime's `SamplerV2`, exactly as
+  a job against IBM hardware is submitted. In `local` mode (the default) the primitive runs in
+  qiskit-ibm-runtime's local testing mode with the fake backend as `mode` (Aer with the
+  fake backend's own noise model, seeded with the job's seed). In `cloud` mode it opens a
+  `QiskitRuntimeService` with the account from the worker's settings (`IBMAccount`) and runs on
+  the real device; a missing account is a `ConfigurationError` when the backend is built, and
+  the token never appears in a message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from qiskit import QuantumCircuit
+from qiskit.transpiler import Target
+
+from workers.backends.aer import bit_indices, circuit_seeds, circuit_shots, seed_segments
+from workers.backends.base import ConfigurationError, require_extra
+from workers.backends.device import DeviceBackend, DeviceCalibration, GateCalibration
+from workers.errors import BackendUnavailable, ExecutionFailed
+
+EXTRA = "ibm"
+VENDOR = "ibm"
+DEVICE_PREFIX = "ibm."
+RUNTIME_PREFIX = "ibm_runtime."
+SNAPSHOT_SOURCE = "qiskit-ibm-runtime {version} fake_provider/backends/{device}/props_{device}.json"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    fake_class: str  # in qiskit_ibm_runtime.fake_provider
+    family: str
+
+
+DEVICES: dict[str, DeviceSpec] = {
+    "sherbrooke": DeviceSpec("FakeSherbrooke", "Eagle r3, 127 qubits, ECR"),
+    "brisbane": DeviceSpec("FakeBrisbane", "Eagle r3, 127 qubits, ECR"),
+    "torino": DeviceSpec("FakeTorino", "Heron r1, 133 qubits, CZ"),
+}
+
+
+def device_names() -> list[str]:
+    return [DEVICE_PREFIX + d for d in DEVICES]
+
+
+def runtime_names() -> list[str]:
+    return [RUNTIME_PREFIX + d for d in DEVICES]
+
+
+_FAKES: dict[str, Any] = {}
+_FAKES_LOCK = threading.Lock()
+
+
+def fake_backend(device: str, backend_name: str | None = None):
+    """The fake-provider backend of `device` (one instance per process)."""
+    if device not in DEVICES:
+        raise KeyError(device)
+    provider = require_extra(
+        EXTRA, "qiskit_ibm_runtime.fake_provider", backend_name or DEVICE_PREFIX + device
+    )
+    with _FAKES_LOCK:
+        fake = _FAKES.get(device)
+        if fake is None:
+            fake = _FAKES[device] = getattr(provider, DEVICES[device].fake_class)()
+            fake.target  # noqa: B018 - built once, under the lock
+    return fake
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+@cache
+def device_calibration(device: str) -> DeviceCalibration:
+    """The published calibration snapshot of `device`, as a DeviceCalibration."""
+    fake = fake_backend(device)
+    props = fake.properties()
+    n = fake.num_qubits
+
+    def qubit_value(q: int, name: str, default: float) -> float:
+        try:
+            value = props.qubit_property(q, name)[0]
+        except Exception:
+            return default
+        return default if value is None else float(value)
+
+    gates = []
+    for gate in props.gates:
+        values = {p.name: p.value for p in gate.parameters}
+        gates.append(
+            GateCalibration(
+                gate=gate.gate,
+                qubits=tuple(int(q) for q in gate.qubits),
+                error=float(values.get("gate_error", 0.0) or 0.0),
+                duration_ns=float(values.get("gate_length", 0.0) or 0.0),
+            )
+        )
+    from importlib.metadata import version
+
+    return DeviceCalibration(
+        backend=DEVICE_PREFIX + device,
+        device=f"ibm_{device}",
+        vendor=VENDOR,
+        device_version=str(props.backend_version),
+        calibrated_at=_iso(props.last_update_date),
+        source=SNAPSHOT_SOURCE.format(version=version("qiskit-ibm-runtime"), device=device),
+        num_qubits=n,
+        basis_gates=tuple(sorted(fake.target.operation_names)),
+        # T1/T2 in seconds in the report's SI view; stored in µs like qlane's snapshots.
+        t1_us=tuple(qubit_value(q, "T1", float("inf")) * 1e6 for q in range(n)),
+        t2_us=tuple(qubit_value(q, "T2", float("inf")) * 1e6 for q in range(n)),
+        readout_p1_given_0=tuple(qubit_value(q, "prob_meas1_prep0", 0.0) for q in range(n)),
+        readout_p0_given_1=tuple(qubit_value(q, "prob_meas0_prep1", 0.0) for q in range(n)),
+        readout_duration_ns=tuple(qubit_value(q, "readout_length", 0.0) * 1e9 for q in range(n)),
+        gates=tuple(gates),
+    )
+
+
+def build_device(name: str, scale: float = 1.0) -> DeviceBackend:
+    """`ibm.<device>`: the device's snapshot and target on qlane's Aer path."""
+    from workers.backends.device import device_backend
+
+    device = name.removeprefix(DEVICE_PREFIX)
+    fake = fake_backend(device, name)
+    return device_backend(device_calibration(device), fake.target, scale)
+
+
+# --- the Runtime adapter ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class IBMAccount:
+    """Credentials for the real IBM Quantum service (from settings; never logged)."""
+
+    channel: str = "ibm_quantum_platform"
+    token: str | None = field(default=None, repr=False)
+    instance: str | None = None
+    url: str | None = None
+
+    def __repr__(self) -> str:
+        shown = "set" if self.token else "absent"
+        return f"IBMAccount(channel={self.channel!r}, instance={self.instance!r}, token={shown})"
+
+
+class IBMRuntimeBackend:
+    """A device through qiskit-ibm-runtime's SamplerV2 (see the module docstring).
+
+    `run` submits one sampler job per run of circuits whose seeds continue the Aer sequence
+    (+2113) with equal shots, so a circuit's counts depend only on (circuit, shots, seed), as
+    for every qlane backend. Count keys are Qiskit's (registers separated by spaces, the last
+    register leftmost), rebuilt from the primitive's per-register bit arrays.
+    """
+
+    vendor = VENDOR
+    coupling_constrained = True
+    noise_scale = 1.0
+    layout_method = "sabre"  # see workers.backends.layout
+
+    def __init__(self, name: str, mode: str = "local", account: IBMAccount | None = None):
+        self.name = name
+        self.device = name.removeprefix(RUNTIME_PREFIX)
+        if self.device not in DEVICES:
+            raise KeyError(name)
+        if mode not in ("local", "cloud"):
+            raise ConfigurationError(f"IBM Runtime mode must be local or cloud, got {mode!r}")
+        self.mode_name = mode
+        self._runtime = require_extra(EXTRA, "qiskit_ibm_runtime", name)
+        if mode == "local":
+            self._mode = fake_backend(self.device, name)
+            calibration = device_calibration(self.device)
+            self.calibration = calibration
+            self.calibration_version = calibration.version
+            self.calibrated_at = calibration.calibrated_at
+        else:
+            self._mode = self._cloud_backend(account or IBMAccount())
+            self.calibration = None
+            props = self._mode.properties()
+            self.calibrated_at = _iso(getattr(props, "last_update_date", "unknown"))
+            self.calibration_version = (
+                f"ibm_{self.device}@{self.calibrated_at}.v{self._mode.backend_version}-live"
+            )
+        self.target: Target = self._mode.target
+        self.num_qubits = self._mode.num_qubits
+        self.seeded = mode == "local"
+        self.noise_model = None  # the primitive applies the device's noise itself
+        self.jobs = 0
+
+    def _cloud_backend(self, account: IBMAccount):
+        if not account.token:
+            raise ConfigurationError(
+                f"{self.name} in cloud mode needs an IBM Quantum account: set QLANE_IBM_TOKEN "
+                "and QLANE_IBM_INSTANCE, or QLANE_IBM_SECRETS_FILE (a JSON file with token, "
+                "instance, channel); or use QLANE_IBM_MODE=local"
+            )
+        try:
+            service = self._runtime.QiskitRuntimeService(
+                channel=account.channel, token=account.token, instance=account.instance,
+                url=account.url,
+            )
+            return service.backend(f"ibm_{self.device}")
+        except Exception as exc:  # the SDK's message can echo the request: keep only its class
+            raise BackendUnavailable(
+                f"{self.name}: IBM Quantum service refused the account or the device "
+                f"({type(exc).__name__})"
+            ) from None
+
+    def run(
+        self,
+        circuits: Sequence[QuantumCircuit],
+        shots: int | Sequence[int],
+        seed: int | Sequence[int],
+    ) -> list[dict[str, int]]:
+        circuits = list(circuits)
+        if not circuits:
+            return []
+        shots_list = circuit_shots(shots, len(circuits))
+        seeds = circuit_seeds(seed, len(circuits))
+        for circuit in circuits:
+            self._check_isa(circuit)
+        counts: list[dict[str, int] | None] = [None] * len(circuits)
+        for segment in seed_segments(range(len(circuits)), seeds, shots_list):
+            first = segment[0]
+            results = self._sample([circuits[i] for i in segment], shots_list[first], seeds[first])
+            for i, c in zip(segment, results, strict=True):
+                counts[i] = c
+        return counts  # type: ignore[return-value]
+
+    def _sample(self, circuits: list[QuantumCircuit], shots: int, seed: int):
+        with warnings.catch_warnings():
+            # 0.50+ announces client-side primitives; the legacy SamplerV2 is the documented
+            # local testing path for 0.51.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sampler = self._runtime.SamplerV2(mode=self._mode)
+            sampler.options.default_shots = shots
+            if self.seeded:
+                sampler.options.simulator.seed_simulator = seed
+            try:
+                result = sampler.run(circuits).result()
+            except Exception as exc:
+                raise ExecutionFailed(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        self.jobs += 1
+        return [register_counts(c, pub.data) for c, pub in zip(circuits, result, strict=True)]
+
+    def _check_isa(self, circuit: QuantumCircuit) -> None:
+        if circuit.num_qubits != self.target.num_qubits:
+            raise ExecutionFailed(
+                f"{self.name} runs {self.target.num_qubits}-qubit ISA circuits, got "
+                f"{circuit.num_qubits} qubits: transpile for this backend first"
+            )
+        index = bit_indices(circuit.qubits)
+        for instruction in circuit.data:
+            if instruction.name == "barrier":
+                continue
+            qargs = tuple(index[q] for q in instruction.qubits)
+            if not self.target.instruction_supported(instruction.name, qargs):
+                raise ExecutionFailed(
+                    f"{self.name} cannot run {instruction.name} on qubits {qargs}: "
+                    "transpile for this backend first"
+                )
+
+    def noise_model_at(self, scale: float):
+        return None
+
+
+def register_counts(circuit: QuantumCircuit, data) -> dict[str, int]:
+    """Qiskit count keys from a SamplerV2 DataBin: one bit array per classical register;
+    per shot, the registers' bitstrings joined by spaces, the last register leftmost."""
+    registers = [r.name for r in circuit.cregs]
+    if len(registers) == 1:
+        return dict(getattr(data, registers[0]).get_counts())
+    strings = [getattr(data, name).get_bitstrings() for name in registers]
+    return dict(Counter(" ".join(reversed(parts)) for parts in zip(*strings, strict=True)))
