@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml deploy/kafka/pom.xml
 		openjdk-17-jdk-headless maven; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ibm,braket]'
 	$(PY) -m streams.kafka_local 4.1 3.9
 	touch $(STAMP)
 
