@@ -389,6 +389,15 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from streams.client.commands import cancel_workflow
+
+    answer = asyncio.run(cancel_workflow(settings_from(args), args.workflow_id, args.tenant,
+                                         args.reason, args.timeout))
+    print(answer.line())
+    return 0 if answer.state != "no_answer" else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -484,6 +493,14 @@ def parser() -> argparse.ArgumentParser:
     noise.add_argument("--backend", required=True)
     noise.add_argument("--scale", type=float, required=True, help="1.0 = the calibration")
     noise.set_defaults(run=cmd_control)
+
+    cancel = commands.add_parser("cancel", help="cancel a workflow (a no-op once it finished)")
+    add_connection_options(cancel)
+    cancel.add_argument("workflow_id")
+    cancel.add_argument("--tenant", default=None, help="the tenant whose job topics it is on")
+    cancel.add_argument("--reason", default="", help="free text, reported in its status")
+    cancel.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    cancel.set_defaults(run=cmd_cancel)
     return top
 
 

@@ -58,6 +58,8 @@ class Runtime:
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)
     controls: object = None  # the `controls` GlobalTable, set by streams.control
+    lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
+    gates: dict = field(default_factory=dict)  # stage -> streams.lanes.LaneGate
 
     def apply_controls(self, backend: str) -> None:
         """Bring this worker's backend in line with the cluster-wide noise control."""

@@ -134,6 +134,16 @@ class Settings(BaseSettings):
         default_factory=dict, description='USD per tenant, e.g. {"acme": 50}'
     )
 
+    # Tenants and priority lanes (topic names: streams/topics.py; draining: streams/lanes.py)
+    tenants: list[str] = Field(
+        default_factory=list,
+        description='tenants whose job topics workers read, e.g. ["acme"]: '
+        "qlane.jobs.acme, qlane.jobs.acme-high, qlane.jobs.acme-low",
+    )
+    lane_burst: int = Field(
+        8, ge=1, description="turns in a row a higher lane may take while a lower lane waits"
+    )
+
     execute_retries: int = Field(3, ge=0, description="attempts after the first, retryable errors")
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0

@@ -36,7 +36,9 @@ from streams.agents.common import (
     process_guarded,
 )
 from streams.deadletter import SourceRecord, is_retryable
+from streams.lanes import LaneGate
 from streams.runtime import Runtime, now_ms
+from streams.topics import LANES, NORMAL, lane_suffix
 from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
 from workers.execution.batching import execute_batch
 from workers.execution.breaker import BreakerOpen
@@ -98,8 +100,12 @@ def register(app, runtime: Runtime, table) -> None:
     def already_executed(job: Job) -> bool:
         return (table.get(job.workflow_id) or {}).get("state") in ALREADY_EXECUTED
 
+    def cancelled(job: Job) -> bool:
+        return (table.get(job.workflow_id) or {}).get("state") == "cancelled"
+
     def runnable(job: Job) -> bool:
-        return not already_executed(job) and job.task.get("fallback_reason") is None
+        return (not already_executed(job) and not cancelled(job)
+                and job.task.get("fallback_reason") is None)
 
     async def run_batch(sources: list[SourceRecord]) -> dict[str, object]:
         """One backend call per backend for the whole batch: address -> counts | error."""
@@ -217,6 +223,8 @@ def register(app, runtime: Runtime, table) -> None:
         job = decode_job(source)
         if already_executed(job):
             return "duplicate"  # a copy of a task that ran (re-sent after a crash): once
+        if cancelled(job):
+            return "cancelled"  # cancelled before it ran: not run, not charged
         runtime.apply_controls(job.prepared.backend)
         mark(table, job.workflow_id, "executing")
         await runtime.status(job.workflow_id, "executing", STAGE, detail=job.prepared.backend)
@@ -275,21 +283,38 @@ def register(app, runtime: Runtime, table) -> None:
         await runtime.send("mitigate", job.workflow_id, codec("MitigateTask").encode(outcome))
         mark(table, job.workflow_id, "executed", charged=True)
 
-    @app.agent(runtime.topics["execute"], name="qlane.execute", concurrency=1)
+    # One agent per priority lane; the gate hands the stage (a whole batch) to the highest
+    # lane waiting.
+    gate = runtime.gates.setdefault(STAGE, LaneGate(LANES, settings.lane_burst))
+    for lane in LANES:
+        register_lane(app, runtime, table, lane, gate, run_batch, handle)
+
+
+def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_batch,
+                  handle) -> None:
+    settings = runtime.settings
+    short_name = "execute" if lane == NORMAL else f"execute_{lane}"
+
+    @app.agent(runtime.topics[short_name], name=f"qlane.execute{lane_suffix(lane)}",
+               concurrency=1)
     async def execute_stage(stream):
         guard = new_guard(runtime)
         batches = stream.take_events(settings.execute_batch_max, settings.execute_batch_window_s)
         async for taken in batches:
-            received = [(event, SourceRecord.from_faust(event.message)) for event in taken]
-            fresh = [(event, source) for event, source in received
-                     if first_time(runtime, STAGE, source)]
-            if not fresh:
-                continue
-            batch_outcomes = await run_batch([source for _, source in fresh])
-            handle_in_batch = functools.partial(handle, batch_outcomes=batch_outcomes)
-            for event, source in fresh:
-                # take_events leaves no current event, and table writes need one for their
-                # changelog partition. Set only this task's context variable: the stream's
-                # own current_event belongs to the take buffer filling in the background.
-                faust_streams._current_event.set(weakref.ref(event))
-                await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source)
+            async with gate.turn(lane):
+                await run_taken(guard, taken)
+
+    async def run_taken(guard, taken) -> None:
+        received = [(event, SourceRecord.from_faust(event.message)) for event in taken]
+        fresh = [(event, source) for event, source in received
+                 if first_time(runtime, STAGE, source)]
+        if not fresh:
+            return
+        batch_outcomes = await run_batch([source for _, source in fresh])
+        handle_in_batch = functools.partial(handle, batch_outcomes=batch_outcomes)
+        for event, source in fresh:
+            # take_events leaves no current event, and table writes need one for their
+            # changelog partition. Set only this task's context variable: the stream's
+            # own current_event belongs to the take buffer filling in the background.
+            faust_streams._current_event.set(weakref.ref(event))
+            await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source)

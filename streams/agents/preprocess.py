@@ -9,9 +9,12 @@ import time
 from schemas.codec import codec
 from streams import accounting, metrics
 from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams.cancel import handle_cancel, is_cancel
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
+from streams.lanes import LaneGate, gated
 from streams.runtime import Runtime, now_ms
+from streams.topics import LANES, NORMAL, lane_suffix, parse_job_topic
 from workers.errors import BudgetExceeded, IdempotencyConflict, InvalidObservable, KeyMismatch
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
@@ -34,12 +37,16 @@ def register(app, runtime: Runtime, table) -> None:
     limits = runtime.settings.limits
 
     async def handle(source: SourceRecord) -> None:
+        if is_cancel(source.value):
+            return await handle_cancel(runtime, table, source.value, source.key, STAGE)
         request = codec("JobRequest").decode(source.value)
         workflow_id = request["workflow_id"]
         if source.key != workflow_id.encode():
             raise KeyMismatch(f"record key {source.key!r} is not the workflow id {workflow_id!r}")
         fingerprint = request_fingerprint(request)
         previous = table.get(workflow_id)
+        if previous is not None and previous.get("state") == "cancelled":
+            return await arrived_cancelled(workflow_id, previous, fingerprint)
         admission = admit(previous, fingerprint, source.address)
         if admission.decision is Decision.CONFLICT:
             raise IdempotencyConflict(
@@ -95,12 +102,29 @@ def register(app, runtime: Runtime, table) -> None:
             "fallback_reason": fallback_reason,
             "estimate_usd": estimate,
         }
-        await runtime.send("execute", workflow_id, codec("ExecuteTask").encode(task))
+        await runtime.send(execute_lane(source.topic), workflow_id,
+                           codec("ExecuteTask").encode(task))
         table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}
         await runtime.status(
             workflow_id, "prepared", STAGE,
             detail=f"{len(prepared.tasks)} circuits on {prepared.backend}",
         )
+
+    def execute_lane(topic: str) -> str:
+        """The execute stage topic (short name) of the lane the job came in on."""
+        parsed = parse_job_topic(runtime.settings.topic_prefix, topic)
+        lane = parsed[1] if parsed else NORMAL
+        return "execute" if lane == NORMAL else f"execute_{lane}"
+
+    async def arrived_cancelled(workflow_id: str, previous: dict, fingerprint: str) -> str:
+        """A job whose cancel came first (tombstone) or a re-submit of a cancelled one."""
+        if previous.get("fingerprint") is None:
+            table[workflow_id] = {**previous, "fingerprint": fingerprint, "updated_ms": now_ms()}
+            log.info("%s arrived after its cancel: not run", workflow_id,
+                     extra={"workflow_id": workflow_id, "stage": STAGE})
+            return "cancelled"
+        await runtime.status(workflow_id, "duplicate", STAGE, detail="already cancelled")
+        return "duplicate"
 
     async def hand_to_variational_stage(workflow_id: str, request: dict, source) -> str:
         """Validate the options and the first evaluation now; the loop runs in its stage."""
@@ -119,6 +143,15 @@ def register(app, runtime: Runtime, table) -> None:
                              detail=f"variational, {spec.optimizer}")
         return "ok"
 
-    @app.agent(runtime.topics["jobs"], name="qlane.preprocess", concurrency=1)
+    # One agent per priority lane (each lane's channel holds the shared and the tenants'
+    # job topics of that lane); the gate hands the stage to the highest lane waiting.
+    gate = runtime.gates.setdefault(STAGE, LaneGate(LANES, runtime.settings.lane_burst))
+    for lane in LANES:
+        register_lane(app, runtime, table, lane, gated(handle, gate, lane))
+
+
+def register_lane(app, runtime: Runtime, table, lane: str, handle) -> None:
+    @app.agent(runtime.lane_channels[("jobs", lane)], name=f"qlane.preprocess{lane_suffix(lane)}",
+               concurrency=1)
     async def preprocess(stream):
         await run_stage(stream, runtime, table, STAGE, handle)

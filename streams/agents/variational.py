@@ -15,6 +15,7 @@ import time
 from schemas.codec import codec
 from streams import accounting
 from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams.cancel import cancel_requested
 from streams.deadletter import SourceRecord
 from streams.results import republish_stored_result
 from streams.runtime import Runtime, now_ms, package_version
@@ -41,6 +42,11 @@ def register(app, runtime: Runtime, table) -> None:
         if await republish_stored_result(runtime, table, workflow_id):
             return "duplicate"
         entry = table.get(workflow_id) or {}
+        if entry.get("state") == "cancelled":
+            return "cancelled"  # cancelled before the loop started: status already sent
+        # From here a cancel asks the loop to stop (streams/cancel.py).
+        table[workflow_id] = {**entry, "state": "executing",
+                              "checkpoint": entry.get("checkpoint", []), "updated_ms": now_ms()}
         try:
             spec = VariationalSpec.from_record(request["variational"])
             base = JobSpec.from_record(request)
@@ -56,6 +62,9 @@ def register(app, runtime: Runtime, table) -> None:
         started = time.perf_counter()
         try:
             while (point := await in_thread(runtime, optimizer.ask)) is not None:
+                if cancel_requested(table, workflow_id):
+                    stop_reason = "cancelled"
+                    break
                 index = len(optimizer.history)
                 job = evaluation_job(base, tuple(point), index)
                 prepared = last_prepared = await in_thread(runtime, prepare_evaluation, job)
@@ -105,6 +114,10 @@ def register(app, runtime: Runtime, table) -> None:
             optimizer.close()
 
         best = optimizer.best
+        if best is None and stop_reason == "cancelled":
+            mark(table, workflow_id, "cancelled")
+            await runtime.status(workflow_id, "cancelled", STAGE, detail="before any evaluation")
+            return "cancelled"
         if best is None:
             raise StageFailure(workflow_id, BudgetExceeded("no evaluation fitted the budget"))
         result = variational_result(request, base, optimizer.history, best,
@@ -114,8 +127,8 @@ def register(app, runtime: Runtime, table) -> None:
         mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode())
         await runtime.flush()
         await runtime.send("results", workflow_id, encoded)
-        await runtime.status(workflow_id, "done", STAGE,
-                             detail=result["variational"]["stop_reason"])
+        await runtime.status(workflow_id, "cancelled" if stop_reason == "cancelled" else "done",
+                             STAGE, detail=result["variational"]["stop_reason"])
         return "ok"
 
     def variational_result(request, base, history, best, stop_reason, raw, report, started,

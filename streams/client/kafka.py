@@ -16,7 +16,7 @@ from schemas.codec import codec, fill_defaults
 from streams.kafka_compat import stop_consumer
 from streams.security import kafka_options
 from streams.settings import Settings
-from streams.topics import TopicNames
+from streams.topics import TopicNames, job_topic, lane_for_priority
 from workers.errors import InvalidJob
 
 REJECTED_BEFORE_ADMISSION = frozenset(
@@ -51,14 +51,14 @@ def load_job_file(path: Path) -> dict:
 @dataclass
 class Outcome:
     workflow_id: str
-    state: str = "pending"  # pending | done | failed | rejected | duplicate
+    state: str = "pending"  # pending | done | failed | rejected | duplicate | cancelled
     result: dict | None = None
     detail: str = ""
     history: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
-        return self.state in ("done", "failed", "rejected", "duplicate")
+        return self.state in ("done", "failed", "rejected", "duplicate", "cancelled")
 
 
 def decode_dlq_headers(headers) -> dict[str, str]:
@@ -102,10 +102,25 @@ class Client:
         for tp in partitions:  # resolve the end offsets now, not at the first fetch
             await self.watcher.position(tp)
 
-    async def submit(self, record: dict) -> None:
+    def jobs_topic(self, tenant: str | None = None, lane: str = "normal") -> str:
+        """The job topic of a tenant (None: the shared one) and lane (streams/topics.py)."""
+        return job_topic(self.settings.topic_prefix, tenant, lane)
+
+    async def submit(self, record: dict, topic: str | None = None) -> None:
+        """Send a JobRequest; by default to the shared jobs topic of its priority's lane."""
         value = codec("JobRequest").encode(record)
+        if topic is None:
+            topic = self.jobs_topic(None, lane_for_priority(record.get("priority") or 0))
+        await self.producer.send_and_wait(topic, value=value, key=record["workflow_id"].encode())
+
+    async def cancel(self, workflow_id: str, tenant: str | None = None, reason: str = "") -> None:
+        """Send a JobCancel on the high lane of the tenant's job topics, to overtake queues."""
+        value = codec("JobCancel").encode(
+            {"workflow_id": workflow_id, "reason": reason,
+             "requested_at_ms": int(time.time() * 1000)}
+        )
         await self.producer.send_and_wait(
-            self.names.jobs, value=value, key=record["workflow_id"].encode()
+            self.jobs_topic(tenant, "high"), value=value, key=workflow_id.encode()
         )
 
     async def wait(
@@ -143,7 +158,7 @@ class Client:
         if record.topic == self.names.status:
             status = codec("JobStatus").decode(record.value)
             outcome.history.append(status["state"])
-            if status["state"] in ("failed", "duplicate"):
+            if status["state"] in ("failed", "duplicate", "cancelled"):
                 outcome.state = status["state"]
                 outcome.detail = status["detail"]
             event = status["state"]

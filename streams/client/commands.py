@@ -1,0 +1,69 @@
+"""Client-side logic of CLI commands that talk to workers only through Kafka."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.codec import codec
+from streams.client.kafka import Client
+from streams.security import kafka_options
+from streams.settings import Settings
+
+CANCEL_ANSWERS = frozenset({"cancelled", "cancel_ignored", "duplicate", "done", "failed"})
+
+
+@dataclass
+class CancelAnswer:
+    workflow_id: str
+    state: str  # cancelled | cancel_ignored | requested | no_answer | done | failed
+    detail: str = ""
+
+    def line(self) -> str:
+        if self.state == "cancelled":
+            return f"{self.workflow_id}: cancelled ({self.detail})"
+        if self.state == "cancel_ignored":
+            return f"{self.workflow_id}: nothing to cancel, {self.detail}"
+        if self.state in ("done", "failed"):
+            return f"{self.workflow_id}: nothing to cancel, already {self.state}"
+        if self.state == "requested":
+            return (f"{self.workflow_id}: cancel requested; a running loop stops at its next "
+                    f"evaluation ({self.detail})")
+        return f"{self.workflow_id}: cancel sent, no answer from a worker yet"
+
+
+async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | None = None,
+                          reason: str = "", timeout_s: float = 10.0) -> CancelAnswer:
+    """Send a cancel and report the worker's answer (the workflow's next status event)."""
+    watcher = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
+                               group_id=None, isolation_level=settings.isolation_level,
+                               fetch_max_wait_ms=settings.effective_fetch_max_wait_ms)
+    await watcher.start()
+    try:
+        status_topic = settings.topic("status")
+        partitions = [TopicPartition(status_topic, p)
+                      for p in (watcher.partitions_for_topic(status_topic) or ())]
+        watcher.assign(partitions)
+        await watcher.seek_to_end(*partitions)
+        for tp in partitions:
+            await watcher.position(tp)
+        async with Client(settings) as client:
+            await client.cancel(workflow_id, tenant, reason)
+        deadline = time.monotonic() + timeout_s
+        answer = CancelAnswer(workflow_id, "no_answer")
+        while time.monotonic() < deadline:
+            batch = await watcher.getmany(timeout_ms=300)
+            for records in batch.values():
+                for record in records:
+                    if record.key != workflow_id.encode():
+                        continue
+                    status = codec("JobStatus").decode(record.value)
+                    if status["state"] in CANCEL_ANSWERS:
+                        return CancelAnswer(workflow_id, status["state"], status["detail"])
+                    if status["state"] == "executing":
+                        answer = CancelAnswer(workflow_id, "requested", status["detail"])
+        return answer
+    finally:
+        await watcher.stop()

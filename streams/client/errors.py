@@ -1,0 +1,42 @@
+"""Errors the client raises for outcomes it reads from Kafka (part of workers.errors' tree)."""
+
+from __future__ import annotations
+
+from workers import errors
+from workers.errors import PermanentError, QlaneError
+
+
+class JobCancelled(PermanentError):
+    """The workflow was cancelled before it produced a result."""
+
+
+class RemoteJobFailed(PermanentError):
+    """A workflow failed with an error class this client does not know."""
+
+
+class ResultTimeout(QlaneError):
+    """No outcome arrived for a workflow within the client's timeout (retrying may help)."""
+
+    retryable = True
+
+
+def _error_classes() -> dict[str, type[QlaneError]]:
+    found: dict[str, type[QlaneError]] = {}
+    pending = [QlaneError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.__name__, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def remote_error(detail: str) -> QlaneError:
+    """The typed error for a failure detail "ErrorClass: message" read from Kafka."""
+    name, _, message = detail.partition(": ")
+    cls = _error_classes().get(name.strip())
+    if cls is None or not issubclass(cls, QlaneError):
+        return RemoteJobFailed(detail or "the workflow failed without a detail")
+    return cls(message or name)
+
+
+__all__ = ["JobCancelled", "RemoteJobFailed", "ResultTimeout", "remote_error", "errors"]
