@@ -124,7 +124,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.web_port:
         updates["web_port"] = args.web_port
     settings = settings.model_copy(update=updates)
-    created = asyncio.run(ensure_topics(settings))
+    from streams.security import AccessRefused, preflight
+
+    try:  # a refused login or a missing ACL ends the worker at once, with the reason
+        created = asyncio.run(preflight(settings, ensure_topics))
+    except AccessRefused as error:
+        print(f"qlane worker: {error}", file=sys.stderr)
+        return 2
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
     app, _ = create_app(settings)
@@ -398,6 +404,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0 if answer.state != "no_answer" else 1
 
 
+def cmd_tenant(args: argparse.Namespace) -> int:
+    from streams.tenants import run_tenant_command
+
+    return run_tenant_command(settings_from(args), args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -501,6 +513,21 @@ def parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="", help="free text, reported in its status")
     cancel.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
     cancel.set_defaults(run=cmd_cancel)
+    tenant = commands.add_parser("tenant", help="tenants: their topics and Kafka ACLs")
+    tenant_actions = tenant.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "create the tenant's topics and grant its principal"),
+                         ("list", "tenants found on the cluster, with their principals"),
+                         ("remove", "revoke the tenant's ACLs (--delete-topics: topics too)"),
+                         ("grant-worker", "grant a worker principal the README's ACLs")):
+        command = tenant_actions.add_parser(action, help=text)
+        add_connection_options(command)
+        if action in ("add", "remove"):
+            command.add_argument("name", help="tenant name, [a-z0-9_]{1,64}")
+        if action != "list":
+            command.add_argument("--principal", required=True, help="e.g. User:acme")
+        if action == "remove":
+            command.add_argument("--delete-topics", action="store_true")
+        command.set_defaults(run=cmd_tenant)
     return top
 
 

@@ -52,3 +52,105 @@ def faust_credentials(settings: Settings) -> dict:
     if context is not None:
         return {"broker_credentials": faust.SSLCredentials(context)}
     return {}
+
+
+# --- preflight: refuse clearly and at once, instead of retrying a refusal forever ---------
+class AccessRefused(RuntimeError):
+    """The broker refused this client: wrong credentials, or a missing ACL. Not retryable;
+    the message says which, names the principal and never carries a secret."""
+
+
+def _principal(settings: Settings) -> str:
+    if settings.security_protocol in SASL_PROTOCOLS:
+        return f"User:{settings.sasl_username}"
+    return "the anonymous principal"
+
+
+async def check_authentication(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Open one connection to each bootstrap server and authenticate; raise AccessRefused on
+    bad credentials (any server: they share the user store)."""
+    import asyncio
+
+    from aiokafka import errors
+    from aiokafka.conn import create_conn
+
+    options = kafka_options(settings)
+    options.pop("bootstrap_servers")
+    last: Exception | None = None
+    for server in settings.broker.split(","):
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000),
+                            **options),
+                timeout_s,
+            )
+        except (errors.SaslAuthenticationFailed, errors.AuthenticationFailedError) as error:
+            raise AccessRefused(
+                f"Kafka refused the credentials of {_principal(settings)} "
+                f"({settings.sasl_mechanism} on {server}): {type(error).__name__}. Check "
+                "QLANE_SASL_USERNAME / QLANE_SASL_PASSWORD; not retrying."
+            ) from None
+        except ssl.SSLError as error:
+            raise AccessRefused(
+                f"TLS handshake with {server} failed ({error.reason or error}); check "
+                "QLANE_SSL_CAFILE; not retrying."
+            ) from None
+        except (TimeoutError, OSError, errors.KafkaError) as error:
+            last = error
+            continue
+        conn.close()
+        return
+    if last is not None:
+        raise last
+
+
+async def check_access(settings: Settings, topics: list[str], group: str | None = None) -> None:
+    """Raise AccessRefused when the principal may not describe `topics` or use `group`."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import GroupAuthorizationFailedError, KafkaError
+
+    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=15000)
+    await admin.start()
+    try:
+        refused = []
+        for description in await admin.describe_topics(topics):
+            if description["error_code"] == 29:  # TOPIC_AUTHORIZATION_FAILED
+                refused.append(description["topic"])
+        refused.sort()
+        if refused:
+            raise AccessRefused(
+                f"{_principal(settings)} is not authorized for topic(s) {', '.join(refused)} "
+                "(TopicAuthorizationFailed): grant the ACLs listed in the README "
+                "('Security: the ACLs of a worker'); not retrying."
+            )
+        if group is not None:
+            try:
+                await admin.find_coordinator(group)
+            except GroupAuthorizationFailedError:
+                raise AccessRefused(
+                    f"{_principal(settings)} is not authorized for consumer group {group!r} "
+                    "(GroupAuthorizationFailed): grant READ on it; not retrying."
+                ) from None
+            except KafkaError:
+                pass  # e.g. the coordinator is still being elected: the consumer retries
+    finally:
+        await admin.close()
+
+
+async def preflight(settings: Settings, ensure_topics) -> list[str]:
+    """Before a worker starts: authenticate, create missing topics, check the ACLs it needs.
+
+    Faust and aiokafka retry a refused login or a missing ACL without end (a log line per
+    attempt); a worker checks once and stops with the reason instead. Tansu has neither
+    authentication nor ACLs, so the embedded profile on PLAINTEXT only creates topics.
+    """
+    from streams.topics import TopicNames
+
+    checked = settings.security_protocol != "PLAINTEXT" or settings.profile == "kafka"
+    if checked:
+        await check_authentication(settings)
+    created = await ensure_topics(settings)
+    if checked:
+        await check_access(settings, TopicNames.from_settings(settings).all(), settings.app_id)
+    return created

@@ -1,0 +1,150 @@
+"""Security on Apache Kafka: SASL_SSL (SCRAM-SHA-512, TLS from a CA made by the test) and ACLs.
+
+- the whole job path works as `User:qlane` holding only the ACLs the README lists;
+- a wrong password and a principal without ACLs are refused at once, with a clear reason,
+  and the worker stops instead of retrying;
+- no secret reaches a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+
+from streams.client import job_request
+from streams.security import kafka_options
+from streams.tenants import Admin, worker_acls
+from tests.integration.kafka_sasl import (
+    base_settings,
+    operator_settings,
+    secured_kafka,
+    security_env,
+    user_settings,
+)
+from tests.support import BELL, start_worker, stop_worker, submit_and_wait
+
+ROOT = Path(__file__).resolve().parents[2]
+REFUSAL_BUDGET_S = 60  # start-up of the Python worker included
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    with secured_kafka(tmp_path_factory.mktemp("sasl"), ["qlane", "intruder"]) as cluster:
+        yield cluster
+
+
+def run_until_exit(settings, log: Path, timeout_s: float) -> tuple[int | None, float]:
+    """Start a worker with these settings; (exit code or None if still running, seconds)."""
+    started = time.monotonic()
+    process = start_worker(settings, log, env=security_env(settings))
+    try:
+        process.wait(timeout=timeout_s)
+    except Exception:
+        stop_worker(process)
+        return None, time.monotonic() - started
+    return process.returncode, time.monotonic() - started
+
+
+def test_readme_lists_the_worker_acls():
+    """The README's list is the one `qlane tenant grant-worker` grants (default names)."""
+    readme = (ROOT / "README.md").read_text()
+    from streams.settings import Settings
+
+    for acl in worker_acls(Settings(broker="127.0.0.1:1"), "User:qlane"):
+        row = f"| {acl.resource} | `{acl.name}` | {acl.pattern} | {acl.operation} |"
+        assert row in readme, f"README lacks the ACL row {row}"
+
+
+def test_job_path_as_a_principal_with_only_the_listed_acls(secured, tmp_path):
+    base = base_settings("sec")
+    asyncio.run(grant(operator_settings(secured, base), worker_acls(base, "User:qlane")))
+    granted = asyncio.run(acls_of(operator_settings(secured, base), "User:qlane"))
+    assert granted == sorted(worker_acls(base, "User:qlane"))
+
+    settings = user_settings(secured, "qlane", base)
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log, env=security_env(settings))
+    try:
+        job = job_request(workflow_id=f"sec-{uuid.uuid4().hex[:8]}", circuit=BELL, shots=300)
+        outcome = submit_and_wait(settings, [job], timeout_s=180)[job["workflow_id"]]
+        assert outcome.result is not None, log.read_text()[-4000:]
+        assert sum(outcome.result["circuits"][0]["counts"].values()) == 300
+    finally:
+        stop_worker(worker)
+    text = log.read_text()
+    assert "TopicAuthorizationFailed" not in text and "AuthorizationFailed" not in text
+    for user, password in secured.users.items():
+        assert password not in text, f"the password of {user} is in the worker log"
+
+
+def test_wrong_password_is_refused_at_once(secured, tmp_path):
+    base = base_settings("pw")
+    settings = user_settings(secured, "qlane", base, password="not-the-" + uuid.uuid4().hex)
+    log = tmp_path / "worker.log"
+    code, seconds = run_until_exit(settings, log, REFUSAL_BUDGET_S)
+    text = log.read_text()
+    assert code is not None, f"worker still retrying after {seconds:.0f}s:\n{text[-3000:]}"
+    assert code != 0
+    assert "refused the credentials of User:qlane" in text, text[-3000:]
+    assert len(text.splitlines()) < 40, f"{len(text.splitlines())} log lines: a retry storm"
+    assert settings.sasl_password not in text
+    for password in secured.users.values():
+        assert password not in text
+
+    async def plain_client():  # a bare client gives up quickly too, with the SASL error logged
+        producer = AIOKafkaProducer(**kafka_options(settings))
+        started = time.monotonic()
+        with pytest.raises(KafkaConnectionError):
+            await producer.start()
+        await producer.stop()
+        return time.monotonic() - started
+
+    assert asyncio.run(plain_client()) < 15
+
+
+def test_principal_without_acls_is_refused(secured, tmp_path):
+    base = base_settings("noacl")
+    operator = operator_settings(secured, base)
+    from streams.topics import ensure_topics
+
+    asyncio.run(ensure_topics(operator))  # the topics exist; `intruder` may not touch them
+    settings = user_settings(secured, "intruder", base)
+    log = tmp_path / "worker.log"
+    code, seconds = run_until_exit(settings, log, REFUSAL_BUDGET_S)
+    text = log.read_text()
+    assert code is not None, f"worker still retrying after {seconds:.0f}s:\n{text[-3000:]}"
+    assert code != 0
+    refusal = r"User:intruder is not authorized for topic\(s\) .*\.qlane\.jobs\b"
+    assert re.search(refusal, text), text
+    assert len(text.splitlines()) < 40
+    assert secured.users["intruder"] not in text
+
+    async def produce():
+        producer = AIOKafkaProducer(**kafka_options(settings), request_timeout_ms=10000)
+        await producer.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await producer.send_and_wait(f"{base.topic_prefix}.jobs", b"x", key=b"k")
+        finally:
+            await producer.stop()
+        return time.monotonic() - started
+
+    assert asyncio.run(produce()) < 15
+
+
+async def grant(settings, acls) -> None:
+    async with Admin(settings) as admin:
+        await admin.create_acls(acls)
+
+
+async def acls_of(settings, principal: str) -> list:
+    async with Admin(settings) as admin:
+        return await admin.describe_acls(principal)
