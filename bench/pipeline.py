@@ -37,7 +37,7 @@ from bench.jobs import warmup_jobs
 from schemas.codec import codec
 from streams.broker import EmbeddedBroker
 from streams.client import Client
-from streams.kafka_compat import stop_consumer
+from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.processes import start_worker, stop_process
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
@@ -108,7 +108,7 @@ async def topic_sizes(settings: Settings, topics: dict[str, str]) -> dict[str, i
         out = {}
         for short, topic in topics.items():
             partitions = [TopicPartition(topic, p)
-                          for p in (consumer.partitions_for_topic(topic) or ())]
+                          for p in await topic_partitions(consumer, topic)]
             ends = await consumer.end_offsets(partitions) if partitions else {}
             out[short] = sum(ends.values())
         return out

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from streams.kafka_compat import stop_consumer
+from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
 
@@ -240,7 +240,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p)
-                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+                          for p in sorted(await topic_partitions(consumer, topic))]
             if not partitions:
                 print(f"no such topic: {topic}", file=sys.stderr)
                 return 1

@@ -24,3 +24,17 @@ async def stop_consumer(consumer) -> None:
         if consumer._fetcher is not None:
             await consumer._fetcher.close()
         await consumer._client.close()
+
+
+async def topic_partitions(consumer, topic: str) -> set[int]:
+    """The topic's partition ids, or an empty set when the topic does not exist.
+
+    A consumer without a subscription knows only the topics its first metadata answer named:
+    Tansu names every topic, Apache Kafka none. Ask for the topic once if it is unknown.
+    """
+    known = consumer.partitions_for_topic(topic)
+    if known:
+        return set(known)
+    consumer._client.add_topic(topic)
+    await consumer._client.force_metadata_update()
+    return set(consumer.partitions_for_topic(topic) or ())

@@ -13,7 +13,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
-from streams.kafka_compat import stop_consumer
+from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames, job_topic, lane_for_priority
@@ -88,6 +88,7 @@ class Client:
         """Position at the end of the outcome topics before submitting, to miss nothing."""
         self.watcher = AIOKafkaConsumer(
             **kafka_options(self.settings), enable_auto_commit=False, group_id=None,
+            isolation_level=self.settings.isolation_level,
             fetch_max_wait_ms=self.settings.effective_fetch_max_wait_ms,
         )
         await self.watcher.start()
@@ -95,7 +96,8 @@ class Client:
         partitions = [
             TopicPartition(topic, p)
             for topic in topics
-            for p in (self.watcher.partitions_for_topic(topic) or range(self.settings.partitions))
+            for p in (await topic_partitions(self.watcher, topic)
+                      or range(self.settings.partitions))
         ]
         self.watcher.assign(partitions)
         await self.watcher.seek_to_end(*partitions)
@@ -195,12 +197,13 @@ class Client:
 async def read_topic(settings: Settings, topic: str, timeout_s: float, max_records: int = 0):
     """Every record of a topic from the beginning up to its current end."""
     consumer = AIOKafkaConsumer(
-        **kafka_options(settings), enable_auto_commit=False, group_id=None
+        **kafka_options(settings), enable_auto_commit=False, group_id=None,
+        isolation_level=settings.isolation_level,
     )
     await consumer.start()
     try:
         partitions = [
-            TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())
+            TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)
         ]
         if not partitions:
             return

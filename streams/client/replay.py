@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
 from streams.deadletter import HEADER_PREFIX
-from streams.kafka_compat import stop_consumer
+from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -62,11 +62,12 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
     """
     consumer = AIOKafkaConsumer(
         **kafka_options(settings), group_id=None, enable_auto_commit=False,
+        isolation_level=settings.isolation_level,
         fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
     )
     await consumer.start()
     try:
-        available = sorted(consumer.partitions_for_topic(selection.topic) or ())
+        available = sorted(await topic_partitions(consumer, selection.topic))
         chosen = [p for p in available if selection.partitions in (None, []) or
                   p in selection.partitions]
         partitions = [TopicPartition(selection.topic, p) for p in chosen]
