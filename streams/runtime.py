@@ -22,6 +22,8 @@ from streams.settings import Settings
 from streams.topics import TopicNames
 from workers.backends.aer import BackendRegistry
 from workers.backends.faults import parse_fault_map
+from workers.backends.ibm import IBMAccount
+from workers.backends.layout import DeviceTranspileCache
 from workers.circuits.transpile import TranspileCache
 from workers.cost.model import PriceTable, TenantBudgets, load_price_table
 from workers.execution.breaker import BreakerBoard
@@ -88,10 +90,19 @@ class Runtime:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.cache = TranspileCache(maxsize=settings.transpile_cache_size)
+        self.cache = DeviceTranspileCache(maxsize=settings.transpile_cache_size)
         self.handled = HandledRecords(settings.handled_records_memory)
         self.readout_cache = ReadoutCalibrationCache()
-        self.registry = BackendRegistry(faults=parse_fault_map(settings.faults) or None)
+        self.registry = BackendRegistry(
+            faults=parse_fault_map(settings.faults) or None,
+            ibm_mode=settings.ibm_mode,
+            ibm_account=IBMAccount.load(
+                token=settings.ibm_token.get_secret_value() if settings.ibm_token else None,
+                instance=settings.ibm_instance, channel=settings.ibm_channel,
+                url=settings.ibm_url, secrets_file=settings.ibm_secrets_file,
+            ),
+            offered=settings.backends,
+        )
         self.breakers = BreakerBoard(
             failure_threshold=settings.breaker_failure_threshold,
             reset_timeout_s=settings.breaker_reset_timeout_s,

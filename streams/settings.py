@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.logs import LogFormat
@@ -142,6 +142,21 @@ class Settings(BaseSettings):
     )
     lane_burst: int = Field(
         8, ge=1, description="turns in a row a higher lane may take while a lower lane waits"
+    )
+
+    # Vendor backends (docs/backends.md). The IBM token is a secret: never logged or shown.
+    backends: list[str] | None = Field(
+        None, description="backends this worker offers; unset = every installed one"
+    )
+    ibm_mode: Literal["local", "cloud"] = Field(
+        "local", description="ibm_runtime.*: local testing mode, or the real service"
+    )
+    ibm_channel: str | None = None
+    ibm_token: SecretStr | None = None
+    ibm_instance: str | None = None
+    ibm_url: str | None = None
+    ibm_secrets_file: str | None = Field(
+        None, description="JSON file with token, instance, channel (fills unset values)"
     )
 
     execute_retries: int = Field(3, ge=0, description="attempts after the first, retryable errors")
