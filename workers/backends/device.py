@@ -300,7 +300,7 @@ class DeviceBackend(Backend):
     """A device simulated from its calibration report (see the module docstring)."""
 
     vendor: str = "ibm"
-    layout_method = "sabre"  # see workers.backends.layout
+    layout_method = "noise_aware"  # see workers.backends.layout
 
     @property
     def calibrated_at(self) -> str | None:

@@ -17,6 +17,7 @@ raises `MissingExtra` naming the extra.
 
 from __future__ import annotations
 
+import json
 import threading
 import warnings
 from collections import Counter
@@ -49,7 +50,6 @@ class DeviceSpec:
 
 DEVICES: dict[str, DeviceSpec] = {
     "sherbrooke": DeviceSpec("FakeSherbrooke", "Eagle r3, 127 qubits, ECR"),
-    "brisbane": DeviceSpec("FakeBrisbane", "Eagle r3, 127 qubits, ECR"),
     "torino": DeviceSpec("FakeTorino", "Heron r1, 133 qubits, CZ"),
 }
 
@@ -154,6 +154,38 @@ class IBMAccount:
         shown = "set" if self.token else "absent"
         return f"IBMAccount(channel={self.channel!r}, instance={self.instance!r}, token={shown})"
 
+    __str__ = __repr__
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        token: str | None = None,
+        instance: str | None = None,
+        channel: str | None = None,
+        url: str | None = None,
+        secrets_file: str | None = None,
+    ) -> IBMAccount:
+        """From settings values; a secrets file (JSON with any of token, instance, channel,
+        url) fills what the values leave unset. An unreadable file is a ConfigurationError
+        that names the file, never its content."""
+        values: dict[str, Any] = {}
+        if secrets_file:
+            try:
+                with open(secrets_file, encoding="utf-8") as handle:
+                    data = json.load(handle)
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"IBM secrets file {secrets_file} is unreadable or not JSON "
+                    f"({type(exc).__name__})"
+                ) from None
+            if not isinstance(data, dict):
+                raise ConfigurationError(f"IBM secrets file {secrets_file} is not a JSON object")
+            values = {k: data[k] for k in ("token", "instance", "channel", "url") if data.get(k)}
+        given = {"token": token, "instance": instance, "channel": channel, "url": url}
+        values.update({k: v for k, v in given.items() if v})
+        return cls(**values)
+
 
 class IBMRuntimeBackend:
     """A device through qiskit-ibm-runtime's SamplerV2 (see the module docstring).
@@ -167,7 +199,7 @@ class IBMRuntimeBackend:
     vendor = VENDOR
     coupling_constrained = True
     noise_scale = 1.0
-    layout_method = "sabre"  # see workers.backends.layout
+    layout_method = "noise_aware"  # see workers.backends.layout
 
     def __init__(self, name: str, mode: str = "local", account: IBMAccount | None = None):
         self.name = name

@@ -42,7 +42,7 @@ from qiskit_aer.noise import NoiseModel
 from scipy.stats import binom, norm
 
 from workers.backends.aer import Backend
-from workers.backends.noise import build_noise_model
+from workers.backends.layout import DeviceTranspileCache
 from workers.circuits.transpile import TranspileCache
 
 STATISTIC_NAME = "success_drop_z"
@@ -304,7 +304,7 @@ class DriftMonitor:
     shots: int = DEFAULT_SHOTS
     canary: str | Canary = DEFAULT_CANARY
     critical_factor: float = DEFAULT_CRITICAL_FACTOR
-    transpiler: TranspileCache = field(default_factory=lambda: TranspileCache(maxsize=16))
+    transpiler: TranspileCache = field(default_factory=lambda: DeviceTranspileCache(maxsize=16))
     rounds: dict[str, int] = field(default_factory=dict)
     _baselines: dict[tuple[str, str, str], float] = field(
         default_factory=dict, init=False, repr=False
@@ -341,10 +341,11 @@ class DriftMonitor:
         return p0
 
     def expected_success(self, backend: Backend, noise_scale: float) -> float:
-        """The canary's exact success probability with the calibration's noise scaled."""
+        """The canary's exact success probability with the calibration's noise scaled (the
+        backend's own calibration: qlane's snapshot, or a device's published one)."""
         model = None
         if backend.calibration is not None:
-            model = build_noise_model(backend.calibration, noise_scale)
+            model = backend.noise_model_at(noise_scale)
         return exact_success_probability(self.canary_circuit(backend), self._canary.success, model)
 
     def shots_to_detect(
