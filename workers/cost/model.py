@@ -1,10 +1,15 @@
 """What a job costs, before (estimate) and after (actual) it runs, and tenant budgets.
 
-Prices follow Amazon Braket's published model (defaults and sources: docs/operations.md):
+Each vendor prices with its own published model (defaults and sources: docs/operations.md,
+docs/backends.md); every price names its source:
 
-- a QPU charges a fee per task plus a fee per shot;
-- a managed simulator charges per second of simulation, billed in whole seconds, with a
-  minimum charge per task.
+- Amazon Braket QPU: a fee per task plus a fee per shot;
+- Amazon Braket managed simulators (SV1, DM1): per minute of simulation, billed per second,
+  with a minimum charge per task;
+- IBM Quantum (Pay-As-You-Go): per second of QPU ("quantum") time, billed per job. qlane
+  models a job's QPU time as `qpu_seconds_per_job + shots x qpu_seconds_per_shot` (the
+  device's default repetition delay per shot), not the simulator's wall time, so the
+  estimate before execution and the charge after it agree.
 
 A *task* is one circuit with its shots (Braket bills each circuit submitted as one quantum
 task), so a job of C circuits is C tasks even though qlane runs them in one Aer call. Per task:
@@ -57,24 +62,62 @@ class Price:
     minimum_usd: float = 0.0  # per task
     billing_increment_seconds: float = 1.0
     source: str = ""
+    # QPU-time pricing (IBM): seconds = per job + shots x per shot, billed per job.
+    qpu_seconds_per_shot: float = 0.0
+    qpu_seconds_per_job: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("per_task_usd", "per_shot_usd", "per_second_usd", "minimum_usd"):
+        for name in ("per_task_usd", "per_shot_usd", "per_second_usd", "minimum_usd",
+                     "qpu_seconds_per_shot", "qpu_seconds_per_job"):
             _decimal(getattr(self, name), name)
         if _decimal(self.billing_increment_seconds, "billing_increment_seconds") <= 0:
             raise ValueError("billing_increment_seconds must be > 0")
+
+    @property
+    def qpu_time_priced(self) -> bool:
+        return bool(self.qpu_seconds_per_shot or self.qpu_seconds_per_job)
 
     def billed_seconds(self, seconds: Decimal) -> Decimal:
         increment = _decimal(self.billing_increment_seconds, "billing_increment_seconds")
         return (seconds / increment).to_integral_value(ROUND_CEILING) * increment
 
+    def qpu_seconds(self, shots: int) -> Decimal:
+        """Modelled QPU time of a job of `shots` shots in total (QPU-time pricing)."""
+        return Decimal(str(self.qpu_seconds_per_job)) + _count(shots, "shots") * Decimal(
+            str(self.qpu_seconds_per_shot)
+        )
+
+    def describe(self) -> str:
+        """The price model in one line, for `qlane backends`."""
+        if self.qpu_time_priced:
+            return (f"USD {self.per_second_usd:g}/s of QPU time (model: "
+                    f"{self.qpu_seconds_per_job:g} s/job + {self.qpu_seconds_per_shot:g} s/shot)")
+        parts = []
+        if self.per_task_usd:
+            parts.append(f"USD {self.per_task_usd:g}/task")
+        if self.per_shot_usd:
+            parts.append(f"USD {self.per_shot_usd:g}/shot")
+        if self.per_second_usd:
+            parts.append(f"USD {float(Decimal(str(self.per_second_usd)) * 60):g}/min "
+                         f"billed per {self.billing_increment_seconds:g} s")
+        if self.minimum_usd:
+            parts.append(f"min USD {self.minimum_usd:g}/task")
+        return " + ".join(parts) or "free"
+
     def charge(self, circuits: int, shots: int, seconds: float | int | Decimal) -> Decimal:
-        """Exact charge for `circuits` tasks sharing `shots` and `seconds` evenly."""
+        """Exact charge for `circuits` tasks sharing `shots` and `seconds` evenly (for
+        QPU-time pricing: one job of `shots` shots; `seconds` is not used)."""
         circuits = _count(circuits, "circuits")
         shots = _count(shots, "shots")
         seconds = _decimal(seconds, "seconds")
         if circuits == 0:
             return Decimal(0)
+        if self.qpu_time_priced:
+            billed = self.billed_seconds(self.qpu_seconds(shots))
+            total = Decimal(str(self.per_second_usd)) * billed + circuits * Decimal(
+                str(self.per_task_usd)
+            )
+            return max(Decimal(str(self.minimum_usd)), total)
         # every task is alike, so sum(max(minimum, task)) = max(C * minimum, sum(task))
         total = (
             circuits * Decimal(str(self.per_task_usd))
@@ -126,6 +169,39 @@ IQM_GARNET = _qpu("IQM Garnet", 0.00145)
 RIGETTI_ANKAA = _qpu("Rigetti Ankaa-3", 0.0009)
 IONQ_FORTE = _qpu("IonQ Forte", 0.08)
 
+DM1_PER_MINUTE_USD = "0.075"
+DM1 = Price(
+    per_second_usd=float(Decimal(DM1_PER_MINUTE_USD) / 60),
+    minimum_usd=float(Decimal(DM1_PER_MINUTE_USD) / 60 * 3),
+    billing_increment_seconds=1.0,
+    source=f"Amazon Braket DM1 managed simulator: USD 0.075/minute, billed per second, "
+    f"3-second minimum per task; {CHECKED}",
+)
+
+# IBM Quantum Pay-As-You-Go: USD 96 per minute of quantum time = 1.60 per second.
+IBM_PER_SECOND_USD = 1.60
+IBM_REP_DELAY_S = 250e-6  # default_rep_delay (250 µs) in the devices' published configuration
+IBM_CHECKED = (
+    "as published by IBM (ibm.com/quantum/pricing, Pay-As-You-Go plan), recalled from 2025, "
+    "not re-checked online here"
+)
+
+
+def _ibm(device: str) -> Price:
+    return Price(
+        per_second_usd=IBM_PER_SECOND_USD,
+        qpu_seconds_per_shot=IBM_REP_DELAY_S,
+        qpu_seconds_per_job=1.0,
+        billing_increment_seconds=1.0,
+        source=f"IBM Quantum {device}: USD 96/minute (1.60/s) of QPU time, billed per job in "
+        f"whole seconds; QPU time modelled as 1 s per job + 250 µs (the default repetition "
+        f"delay) per shot; {IBM_CHECKED}",
+    )
+
+
+IBM_SHERBROOKE = _ibm("ibm_sherbrooke (Eagle)")
+IBM_TORINO = _ibm("ibm_torino (Heron)")
+
 # aer.ideal is priced like SV1 (a managed state-vector simulator). aer.noisy stands in for a
 # superconducting device (8-qubit ring, rz/sx/x/cx, ~1 % cx error, 1-3 % readout error), so it is
 # priced like IQM Garnet, a superconducting QPU of that error class on Braket. The reference
@@ -137,6 +213,14 @@ DEFAULT_PRICES: dict[str, Price] = {
     "iqm.garnet": IQM_GARNET,
     "rigetti.ankaa": RIGETTI_ANKAA,
     "ionq.forte": IONQ_FORTE,
+    "braket.dm1": DM1,
+    # vendor backends: each priced as its vendor prices the device or service it stands for
+    "ibm.sherbrooke": IBM_SHERBROOKE,
+    "ibm_runtime.sherbrooke": IBM_SHERBROOKE,
+    "ibm.torino": IBM_TORINO,
+    "ibm_runtime.torino": IBM_TORINO,
+    "braket.local.sv": SV1,
+    "braket.local.dm": DM1,
 }
 
 

@@ -32,7 +32,40 @@ def test_default_prices_are_braket_published_figures() -> None:
     assert (RIGETTI_ANKAA.per_task_usd, RIGETTI_ANKAA.per_shot_usd) == (0.30, 0.0009)
     assert (IONQ_FORTE.per_task_usd, IONQ_FORTE.per_shot_usd) == (0.30, 0.08)
     assert DEFAULT_PRICES["aer.ideal"] is SV1 and DEFAULT_PRICES["aer.noisy"] is IQM_GARNET
-    assert all("checked 2025" in p.source for p in DEFAULT_PRICES.values())
+    braket = [p for p in DEFAULT_PRICES.values() if "Amazon Braket" in p.source]
+    assert braket and all("checked 2025" in p.source for p in braket)
+    # every entry names where its figures come from
+    assert all("Amazon Braket" in p.source or "IBM Quantum" in p.source
+               for p in DEFAULT_PRICES.values())
+
+
+# --- per vendor --------------------------------------------------------------------------------
+def test_ibm_prices_per_second_of_modelled_qpu_time() -> None:
+    table = PriceTable()
+    ibm = DEFAULT_PRICES["ibm.sherbrooke"]
+    assert ibm.per_second_usd == 1.60 and "ibm.com/quantum/pricing" in ibm.source
+    assert DEFAULT_PRICES["ibm_runtime.sherbrooke"] is ibm
+    assert DEFAULT_PRICES["ibm.torino"].per_second_usd == 1.60
+    # 2 circuits x 4000 shots: 1 s per job + 8000 x 250 µs = 3 s -> USD 4.80
+    assert table.estimate("ibm.sherbrooke", circuits=2, shots_per_circuit=4000) == 4.80
+    # the simulator's wall time is not QPU time: the charge equals the estimate
+    assert table.actual("ibm.sherbrooke", circuits=2, shots=8000, simulated_seconds=37.0) == 4.80
+    # billed per job in whole seconds: 1 + 1000 x 250 µs = 1.25 s -> 2 s
+    assert table.estimate("ibm.torino", circuits=1, shots_per_circuit=1000) == 3.20
+    assert "QPU time" in ibm.describe()
+
+
+def test_braket_local_simulators_priced_as_managed_simulators() -> None:
+    table = PriceTable()
+    assert DEFAULT_PRICES["braket.local.sv"] is SV1
+    dm = DEFAULT_PRICES["braket.local.dm"]
+    assert "DM1" in dm.source and dm.per_second_usd == SV1.per_second_usd
+    # per minute billed per second: 2 tasks of 4.2 s each -> 2 x 5 s x 0.075/60
+    assert table.actual("braket.local.dm", circuits=2, shots=2000, simulated_seconds=8.4) == 0.0125
+    # a short task pays the 3-second minimum
+    short = table.actual("braket.local.sv", circuits=1, shots=1000, simulated_seconds=0.05)
+    assert short == 0.00375
+    assert "/min" in dm.describe() and "/task" in IQM_GARNET.describe()
 
 
 # --- QPU-style: per task + per shot --------------------------------------------------------------
