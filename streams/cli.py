@@ -410,6 +410,12 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     return run_tenant_command(settings_from(args), args)
 
 
+def cmd_backends(args: argparse.Namespace) -> int:
+    from streams.backends_table import run
+
+    return run(Settings(), as_json=args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -423,6 +429,10 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="embedded broker + worker + sample jobs, then stop")
     demo.add_argument("--timeout", type=float, default=240.0)
     demo.set_defaults(run=cmd_demo)
+
+    backends = commands.add_parser("backends", help="every backend a worker would offer")
+    backends.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    backends.set_defaults(run=cmd_backends)
 
     broker = commands.add_parser("broker", help="run the embedded Tansu broker in the foreground")
     broker.add_argument("--port", type=int, default=9092)
