@@ -170,11 +170,15 @@ def register(app, runtime: Runtime, table) -> None:
         breaker.record_success()
         return counts
 
-    async def run_with_retries(job: Job, failed_in_batch: bool) -> list[dict[str, int]]:
-        """Attempts on the job alone; after a failed batch call, the first is a retry."""
+    async def run_with_retries(
+        job: Job, failed_in_batch: bool, prepared: PreparedJob | None = None
+    ) -> list[dict[str, int]]:
+        """Attempts on the job alone; after a failed batch call, the first is a retry.
+        `prepared`: the job prepared for a fallback backend (default: its own)."""
+        prepared = prepared or job.prepared
         done_before = 1 if failed_in_batch else 0
         if done_before and settings.execute_retries == 0:
-            raise BackendUnavailable(f"{job.prepared.backend} failed and retries are off")
+            raise BackendUnavailable(f"{prepared.backend} failed and retries are off")
         retrying = AsyncRetrying(
             retry=retry_if_exception(
                 lambda e: is_retryable(e) and not isinstance(e, BreakerOpen)
@@ -189,9 +193,9 @@ def register(app, runtime: Runtime, table) -> None:
             with attempt:
                 number = attempt.retry_state.attempt_number + done_before
                 if number > 1:
-                    metrics.RETRIES.labels(job.prepared.backend).inc()
+                    metrics.RETRIES.labels(prepared.backend).inc()
                     await runtime.status(job.workflow_id, "retrying", STAGE, attempt=number)
-                return await call_backend(job, job.prepared)
+                return await call_backend(job, prepared)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def run_fallback(job: Job, reason: str, cause: BaseException) -> Executed:
@@ -212,7 +216,11 @@ def register(app, runtime: Runtime, table) -> None:
                 spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
                 prepared = await in_thread(runtime, prepare, spec, runtime.registry,
                                            runtime.cache, settings.limits, runtime.readout_cache)
-                counts = await call_backend(job, prepared)
+                # Each fallback backend (any vendor) on its own terms: its price against the
+                # job's limit and the tenant's budget, then its breaker, retries and deadline.
+                accounting.check_budget(runtime, job.request,
+                                        accounting.estimate_usd(runtime, prepared))
+                counts = await run_with_retries(job, False, prepared)
                 return Executed(counts, prepared, time.perf_counter() - started,
                                 "fallback", reason, charged_backend=target)
             except QlaneError as error:
