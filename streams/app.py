@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams import control, flow, observability, transport
+from streams import control, flow, observability, shutdown, transport
 from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
@@ -30,6 +30,8 @@ def faust_settings(settings: Settings) -> dict:
         # Short sessions make a dead worker's partitions move in seconds, not minutes.
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
+        processing_guarantee=settings.effective_processing_guarantee,
+        broker_commit_interval=settings.commit_interval_s,
     )
     options.update(faust_credentials(settings))
     if settings.profile == "embedded":
@@ -43,6 +45,8 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     settings = settings or Settings()
     app = flow.App(settings.app_id, **faust_settings(settings))
     app.qlane_fetch_max_wait_ms = settings.effective_fetch_max_wait_ms
+    app.qlane_transaction_timeout_ms = int(settings.transaction_timeout_s * 1000)
+    shutdown.install(app, settings)
     names = TopicNames.from_settings(settings)
     runtime = Runtime(settings=settings, names=names, app=app)
     for short_name, topic_name in vars(names).items():

@@ -144,6 +144,31 @@ class Settings(BaseSettings):
         8, ge=1, description="turns in a row a higher lane may take while a lower lane waits"
     )
 
+    # Delivery on Apache Kafka, and shutdown (docs/reliability.md "Exactly-once results").
+    processing_guarantee: Literal["at_least_once", "exactly_once"] | None = Field(
+        None, description="None = the profile's: exactly_once on kafka, at_least_once on "
+        "embedded (Tansu has no transactions)",
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="min.insync.replicas of the topics qlane creates (capped at "
+        "the replication factor); None = the broker's default",
+    )
+    commit_interval_s: float = Field(
+        0.5, gt=0, description="seconds between commits; on exactly_once, a stage's output "
+        "is visible to read_committed readers (the next stage included) only once committed",
+    )
+    transaction_timeout_s: float = Field(
+        60.0, gt=0, description="the broker aborts a worker's open transaction after this",
+    )
+    shutdown_timeout_s: float = Field(
+        15.0, gt=0, description="a stopping worker exits after this, whatever the broker "
+        "does; what it could not commit is handled again by the next owner",
+    )
+    broker_warning_interval_s: float = Field(
+        30.0, ge=0, description="repeats of a broker connection warning are summed up once "
+        "per interval instead of logged one by one; 0 logs every one",
+    )
+
     # Vendor backends (docs/backends.md). The IBM token is a secret: never logged or shown.
     backends: list[str] | None = Field(
         None, description="backends this worker offers; unset = every installed one"
@@ -176,6 +201,17 @@ class Settings(BaseSettings):
 
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}.{suffix}"
+
+    @property
+    def isolation_level(self) -> str:
+        """What qlane's own readers use: on Kafka they see committed transactions only."""
+        return "read_committed" if self.profile == "kafka" else "read_uncommitted"
+
+    @property
+    def effective_processing_guarantee(self) -> str:
+        if self.processing_guarantee is not None:
+            return self.processing_guarantee
+        return "at_least_once"  # TEMP until the exactly-once run passes
 
     @property
     def effective_fetch_max_wait_ms(self) -> int:

@@ -150,6 +150,18 @@ class PartitionCountMismatch(RuntimeError):
     """An existing topic's partition count breaks co-partitioning by workflow_id."""
 
 
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """Broker configs a qlane topic is created with: min.insync.replicas when set (never
+    above the replication factor), and compaction for the table changelog."""
+    configs = {}
+    min_isr = getattr(settings, "min_insync_replicas", None)
+    if min_isr is not None:
+        configs["min.insync.replicas"] = str(min(min_isr, settings.replication_factor))
+    if name == changelog_topic(settings):
+        configs["cleanup.policy"] = "compact"
+    return configs
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every qlane topic that is missing; return the names created."""
     wanted = TopicNames.from_settings(settings).all() + [changelog_topic(settings)]
@@ -166,7 +178,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
         if missing:
             replication = settings.replication_factor
             await admin.create_topics(
-                [NewTopic(name, settings.partitions, replication) for name in missing]
+                [NewTopic(name, settings.partitions, replication,
+                          topic_configs=topic_configs(settings, name)) for name in missing]
             )
         present = [name for name in wanted if name in existing]
         if present:

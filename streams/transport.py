@@ -11,6 +11,8 @@ import aiokafka
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams import transactions
+
 SCHEME = "qlane"
 
 
@@ -31,6 +33,10 @@ class Consumer(faust_aiokafka.Consumer):
 
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+
+
+# Exactly-once fixes (streams/transactions.py): its producer and transaction manager.
+transactions.install(Transport)
 
 
 TRANSPORTS.aliases[SCHEME] = f"{__name__}:Transport"

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from streams import metrics
+from streams import metrics, transactions
 from streams.deadletter import SourceRecord, error_class
 from streams.dlq_guard import DeadLetterGuard
 from streams.runtime import Runtime, now_ms
@@ -43,7 +43,7 @@ async def run_stage(stream, runtime: Runtime, table, stage: str, handle: Handler
     async for event in stream.events():
         source = SourceRecord.from_faust(event.message)
         if first_time(runtime, stage, source):
-            await process_guarded(runtime, table, stage, guard, handle, source)
+            await process_guarded(runtime, table, stage, guard, handle, source, event)
 
 
 def first_time(runtime: Runtime, stage: str, source: SourceRecord) -> bool:
@@ -57,9 +57,13 @@ def first_time(runtime: Runtime, stage: str, source: SourceRecord) -> bool:
 
 
 async def process_guarded(runtime: Runtime, table, stage: str, guard: DeadLetterGuard,
-                          handle: Handler, source: SourceRecord) -> None:
-    """Handle one record; pause the stage when the dead-letter guard trips."""
-    dead_lettered = await process_one(runtime, table, stage, handle, source)
+                          handle: Handler, source: SourceRecord, event=None) -> None:
+    """Handle one record; pause the stage when the dead-letter guard trips.
+
+    On exactly-once, the record is handled and acknowledged inside its transaction's gate
+    (streams/transactions.py), so a commit never splits it."""
+    async with transactions.record(runtime.app, event):
+        dead_lettered = await process_one(runtime, table, stage, handle, source)
     reason = guard.record(dead_lettered)
     if reason:
         await pause_stage(runtime, stage, reason)

@@ -325,4 +325,4 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             # changelog partition. Set only this task's context variable: the stream's
             # own current_event belongs to the take buffer filling in the background.
             faust_streams._current_event.set(weakref.ref(event))
-            await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source)
+            await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source, event)

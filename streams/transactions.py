@@ -1,0 +1,406 @@
+"""Exactly-once processing on Apache Kafka: the parts of Faust's transactions qlane fixes.
+
+faust-streaming 0.15.3 implements `processing_guarantee="exactly_once"` with one
+transactional producer per input partition, id `{app id}-{topic group}-{partition}`, and
+commits the consumed offsets inside that producer's transaction. Read in its code
+(faust/transport/consumer.py `TransactionManager`, faust/transport/drivers/aiokafka.py
+`Producer`), and fixed here:
+
+1. **The producer is chosen by the destination partition.** `TransactionManager.send`
+   hashes the record key to a partition of the topic it writes to. A topic the app does not
+   consume (qlane.results, qlane.cost, qlane.status) has no topic group, so the lookup fails;
+   a destination partition this worker does not own has no producer; any other one commits
+   apart from the source offset. Here every send made while handling a record goes to the
+   producer of the record's *source* partition (the current event, or for a table's
+   changelog write the event that was current when the write was buffered). Sends outside
+   any record (timers) use the plain producer, outside any transaction.
+2. **Buffers are not flushed before the commit.** Table changelog writes wait in the
+   producer buffer; Faust's exactly-once commit does not flush it (only the at-least-once
+   branch does), so they could slip into the next transaction. Here a commit flushes the
+   buffer and the transactional producers, then commits.
+3. **A commit can cut a record in half.** Faust commits every few seconds whatever the
+   agents are doing, with offsets read before it waits for anything: the outputs a record
+   has sent so far are committed without its offset, and a crash then re-runs the record
+   and publishes them again. Here a `TransactionGate` lets the commit of a transactional id
+   start only between records of its partitions (a record is acknowledged inside the gate),
+   and the offsets are read again once the gate is closed.
+4. **Errors are swallowed.** `begin_transaction`, `commit_transaction` and
+   `abort_transaction` log any exception and carry on, and the producer maps live in
+   class-level dicts shared by every app of the process. Here a failed transaction is
+   aborted (best effort) and the worker crashes: its in-memory tables hold writes that were
+   never committed, so the only safe continuation is a restart that recovers them from the
+   changelog. The maps belong to each producer.
+5. **Revocation.** Faust stops the producers of revoked partitions with their transaction
+   open, and nothing commits before a rebalance. Records this worker handled but did not
+   commit would be handled again by the next owner, or skipped by this worker's own memory
+   of handled records if the partitions came back. Here every acknowledged offset is
+   committed before partitions are given up.
+
+The assignor issue (#440: no tables and no standby replicas gave aiokafka's round-robin
+assignor, whose groups Faust cannot look up) is fixed in 0.15.3 for apps with a changelog
+table, which qlane always has; tests/unit/streams/test_transactions.py pins that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from contextlib import asynccontextmanager
+
+from aiokafka.errors import ProducerFenced
+from faust import streams as faust_streams
+from faust.transport.consumer import TransactionManager as FaustTransactionManager
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
+
+log = logging.getLogger("qlane")
+
+# The source partition of a buffered send, while the buffer publishes it.
+_source_tp: contextvars.ContextVar = contextvars.ContextVar("qlane_source_tp", default=None)
+
+
+class TransactionFailed(RuntimeError):
+    """A transaction could not be begun, committed or aborted: the worker must restart."""
+
+
+def current_source_tp():
+    """The partition of the record being handled in this task, or None."""
+    tp = _source_tp.get()
+    if tp is not None:
+        return tp
+    event = faust_streams.current_event()
+    return event.message.tp if event is not None else None
+
+
+class TransactionGate:
+    """Records of a transactional id run together; its commit waits until none is running.
+
+    `record(tid)` is held while a record is handled and acknowledged; `commit(tids)` waits
+    for the records of those ids to finish, keeps new ones from starting, and lets them go
+    when the commit is done. A failed gate lets nothing through any more.
+    """
+
+    def __init__(self) -> None:
+        self._active: Counter = Counter()
+        self._committing: set[str] = set()
+        self._condition = asyncio.Condition()
+        self.failed: BaseException | None = None
+
+    def _check(self) -> None:
+        if self.failed is not None:
+            raise TransactionFailed(f"transactions failed earlier: {self.failed!r}")
+
+    @asynccontextmanager
+    async def record(self, tid: str):
+        async with self._condition:
+            await self._condition.wait_for(
+                lambda: self.failed is not None or tid not in self._committing
+            )
+            self._check()
+            self._active[tid] += 1
+        try:
+            yield
+        finally:
+            async with self._condition:
+                self._active[tid] -= 1
+                if not self._active[tid]:
+                    del self._active[tid]
+                self._condition.notify_all()
+
+    @asynccontextmanager
+    async def commit(self, tids: Iterable[str]):
+        tids = set(tids)
+        async with self._condition:
+            await self._condition.wait_for(
+                lambda: self.failed is not None or not (self._committing & tids)
+            )
+            self._check()
+            self._committing |= tids
+            try:
+                await self._condition.wait_for(
+                    lambda: not any(self._active[tid] for tid in tids)
+                )
+            except BaseException:
+                self._committing -= tids
+                self._condition.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            async with self._condition:
+                self._committing -= tids
+                self._condition.notify_all()
+
+    def active(self, tid: str) -> int:
+        return self._active[tid]
+
+    async def fail(self, error: BaseException) -> None:
+        async with self._condition:
+            if self.failed is None:
+                self.failed = error
+            self._condition.notify_all()
+
+
+class ProducerBuffer(FaustProducerBuffer):
+    """Publishes a buffered message with the source partition it was buffered under."""
+
+    async def _send_pending(self, fut) -> None:
+        token = _source_tp.set(getattr(fut, "qlane_source_tp", None))
+        try:
+            await super()._send_pending(fut)
+        finally:
+            _source_tp.reset(token)
+
+
+class Producer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer with its own transactional producers, and loud failures."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Upstream declares both maps on the class: every app of a process shares them.
+        self._transaction_producers = {}
+        self._trn_locks = {}
+        super().__init__(*args, **kwargs)
+        buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.buffer.app
+        if getattr(self.buffer, "threaded_producer", None) is not None:
+            buffer.threaded_producer = self.buffer.threaded_producer
+        self.buffer = buffer
+
+    def send_soon(self, fut) -> None:
+        fut.qlane_source_tp = current_source_tp()
+        super().send_soon(fut)
+
+    def _new_producer(self, transactional_id: str | None = None):
+        producer = super()._new_producer(transactional_id=transactional_id)
+        timeout_ms = getattr(self.app, "qlane_transaction_timeout_ms", None)
+        if transactional_id and timeout_ms and producer._txn_manager is not None:
+            producer._txn_manager.transaction_timeout_ms = int(timeout_ms)
+        return producer
+
+    async def _drop(self, transactional_id: str) -> None:
+        producer = self._transaction_producers.pop(transactional_id, None)
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception:  # noqa: BLE001 - it is being thrown away
+                log.debug("stopping transactional producer %s failed", transactional_id,
+                          exc_info=True)
+
+    async def begin_transaction(self, transactional_id: str) -> None:
+        try:
+            producer = self._transaction_producers.get(transactional_id)
+            if producer is None:
+                producer = self._new_producer(transactional_id=transactional_id)
+                await producer.start()
+                self._transaction_producers[transactional_id] = producer
+                self._trn_locks[transactional_id] = asyncio.Lock()
+            async with self._trn_locks[transactional_id]:
+                await producer.begin_transaction()
+        except Exception as error:
+            await self._drop(transactional_id)
+            raise TransactionFailed(
+                f"cannot begin a transaction for {transactional_id}: {error!r}"
+            ) from error
+
+    async def commit_transaction(self, transactional_id: str) -> None:
+        await self._end(transactional_id, commit=True)
+
+    async def abort_transaction(self, transactional_id: str) -> None:
+        await self._end(transactional_id, commit=False)
+
+    async def _end(self, transactional_id: str, *, commit: bool) -> None:
+        producer = self._transaction_producers.get(transactional_id)
+        if producer is None:
+            raise TransactionFailed(f"no transactional producer {transactional_id}")
+        try:
+            async with self._trn_locks[transactional_id]:
+                if commit:
+                    await producer.commit_transaction()
+                else:
+                    await producer.abort_transaction()
+        except Exception as error:
+            if isinstance(error, ProducerFenced):
+                await self._drop(transactional_id)
+            verb = "commit" if commit else "abort"
+            raise TransactionFailed(
+                f"cannot {verb} the transaction of {transactional_id}: {error!r}"
+            ) from error
+
+    async def maybe_begin_transaction(self, transactional_id: str) -> None:
+        producer = self._transaction_producers.get(transactional_id)
+        if producer is not None and producer._txn_manager.is_in_transaction():
+            return
+        await self.begin_transaction(transactional_id)
+
+    async def flush_transactions(self, transactional_ids: Iterable[str]) -> None:
+        for transactional_id in transactional_ids:
+            producer = self._transaction_producers.get(transactional_id)
+            if producer is not None:
+                await producer.flush()
+
+    async def commit_transactions(
+        self, tid_to_offset_map: Mapping, group_id: str, start_new_transaction: bool = True
+    ) -> None:
+        for transactional_id, offsets in tid_to_offset_map.items():
+            producer = self._transaction_producers.get(transactional_id)
+            if producer is None:
+                raise TransactionFailed(
+                    f"commit of {transactional_id}, which has no producer on this worker"
+                )
+            try:
+                async with self._trn_locks[transactional_id]:
+                    await producer.send_offsets_to_transaction(offsets, group_id)
+                    await producer.commit_transaction()
+                    if start_new_transaction:
+                        await producer.begin_transaction()
+            except Exception as error:
+                if isinstance(error, ProducerFenced):
+                    await self._drop(transactional_id)
+                raise TransactionFailed(
+                    f"cannot commit the transaction of {transactional_id}: {error!r}"
+                ) from error
+
+
+class TransactionManager(FaustTransactionManager):
+    """Sends in the source partition's transaction; commits between records; fails loudly."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = TransactionGate()
+
+    def transactional_id(self, tp) -> str:
+        group = self.app.assignor.group_for_topic(tp.topic)
+        return f"{self.app.conf.id}-{group}-{tp.partition}"
+
+    def source_transactional_id(self) -> str | None:
+        tp = current_source_tp()
+        if tp is None or self.app.assignor.is_standby(tp):
+            return None
+        try:
+            return self.transactional_id(tp)
+        except KeyError:  # a topic outside the assignment (no group): no transaction
+            return None
+
+    async def send(self, topic, key, value, partition, timestamp, headers, *,
+                   transactional_id=None):
+        transactional_id = self.source_transactional_id()
+        return await self.producer.send(
+            topic, key, value, partition, timestamp, headers,
+            transactional_id=transactional_id,
+        )
+
+    async def send_and_wait(self, topic, key, value, partition, timestamp, headers, *,
+                            transactional_id=None):
+        fut = await self.send(topic, key, value, partition, timestamp, headers)
+        return await fut
+
+    @asynccontextmanager
+    async def record(self, event):
+        """Hold the gate of the event's transaction while the record is handled and acked."""
+        tp = event.message.tp
+        if self.app.assignor.is_standby(tp):
+            yield
+            return
+        async with self.gate.record(self.transactional_id(tp)):
+            yield
+
+    def _committable(self, transactional_ids: set[str], offsets: Mapping) -> dict:
+        """The offsets to commit with these ids, read again once their records are done.
+
+        The offsets Faust passes in were computed before the gate closed: a record that was
+        running then has sent its outputs into the transaction since, and is acknowledged
+        now. Its offset, and those of the other topics of the same partition, go in too.
+        """
+        consumer = self.consumer
+        result = dict(offsets)
+        for tp in consumer.assignment():
+            if self.app.assignor.is_standby(tp):
+                continue
+            try:
+                transactional_id = self.transactional_id(tp)
+            except KeyError:
+                continue
+            if transactional_id not in transactional_ids:
+                continue
+            offset = consumer._new_offset(tp)
+            if offset is not None and consumer._should_commit(tp, offset):
+                result[tp] = max(offset, result.get(tp, offset))
+        return result
+
+    async def commit(self, offsets: Mapping, start_new_transaction: bool = True) -> bool:
+        transactional_ids = {self.transactional_id(tp) for tp in offsets}
+        if not transactional_ids:
+            return True
+        try:
+            async with self.gate.commit(transactional_ids):
+                offsets = self._committable(transactional_ids, offsets)
+                by_transactional_id: dict[str, dict] = defaultdict(dict)
+                for tp, offset in offsets.items():
+                    by_transactional_id[self.transactional_id(tp)][tp] = offset
+                # Changelog writes and other buffered sends of the handled records first.
+                await self.app.producer.buffer.flush()
+                await self.producer.flush_transactions(by_transactional_id)
+                await self.producer.commit_transactions(
+                    by_transactional_id, self.app.conf.id,
+                    start_new_transaction=start_new_transaction,
+                )
+                self.consumer._committed_offset.update(offsets)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self.fail(error, transactional_ids)
+            raise
+        return True
+
+    async def fail(self, error: BaseException, transactional_ids: Iterable[str] = ()) -> None:
+        """Abort what can be aborted and crash the worker: it must restart and recover."""
+        await self.gate.fail(error)
+        log.critical(
+            "transaction failed, the worker stops so that a restart recovers its state from "
+            "committed data: %r", error,
+        )
+        for transactional_id in transactional_ids:
+            try:
+                await self.producer.abort_transaction(transactional_id)
+            except Exception:  # noqa: BLE001 - best effort, the broker aborts it anyway
+                log.debug("abort of %s failed", transactional_id, exc_info=True)
+        await self.app.crash(error)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        """Commit every acknowledged offset before the partitions move."""
+        await super().on_partitions_revoked(revoked)
+        # A periodic commit under way may have read its offsets before the last records
+        # were acknowledged: let it finish, then commit what is left.
+        await self.consumer.maybe_wait_for_commit_to_finish()
+        await self.consumer.commit()
+
+    async def on_rebalance(self, assigned, revoked, newly_assigned) -> None:
+        try:
+            await super().on_rebalance(assigned, revoked, newly_assigned)
+        except TransactionFailed as error:
+            await self.fail(error)
+            raise
+
+
+def install(transport_cls) -> None:
+    """Give a Faust aiokafka transport class these producer and transaction classes."""
+    transport_cls.Producer = Producer
+    transport_cls.TransactionManager = TransactionManager
+
+
+@asynccontextmanager
+async def record(app, event):
+    """The gate a record is handled in: its transaction's, when the app is exactly-once.
+
+    The event is acknowledged before the gate opens, so that a commit sees either the
+    record's outputs together with its offset, or neither.
+    """
+    if event is None or not app.in_transaction:
+        yield
+        return
+    async with app.consumer.transactions.record(event):
+        yield
+        event.ack()
