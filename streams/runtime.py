@@ -19,6 +19,7 @@ from streams.deadletter import (
 from streams.idempotency import HandledRecords
 from streams.logs import lifecycle_level
 from streams.settings import Settings
+from streams.tenants import tenant_copy
 from streams.topics import TopicNames
 from workers.backends.aer import BackendRegistry
 from workers.backends.faults import parse_fault_map
@@ -118,6 +119,10 @@ class Runtime:
         if isinstance(key, str):
             key = key.encode()
         await self.topics[short_name].send(key=key, value=value, **kwargs)
+        # A tenant's workflow: its results, statuses and costs also go to the tenant's topic.
+        copy = tenant_copy(self, short_name, key)
+        if copy is not None:
+            await copy.send(key=key, value=value, **kwargs)
 
     async def flush(self) -> None:
         """Wait until everything sent so far (table changelog included) is on the broker."""

@@ -27,6 +27,7 @@ from streams.topics import (
     parse_job_topic,
     tenant_topic,
 )
+from workers.errors import TenantMismatch
 
 # Kafka's enums (org.apache.kafka.common.resource / acl), as the wire carries them.
 RESOURCE_TYPES = {"any": 1, "topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
@@ -115,6 +116,62 @@ def topic_tenant(prefix: str, topic: str) -> str | None:
     """The authenticated tenant of a record from `topic`: None for the shared job topics."""
     parsed = parse_job_topic(prefix, topic)
     return parsed[0] if parsed else None
+
+
+def check_tenant_of(prefix: str, topic: str, request: dict) -> str | None:
+    """The authenticated tenant of a JobRequest read from `topic` (None on the shared topics,
+    where the payload's tenant stands); TenantMismatch when the payload names another."""
+    tenant = topic_tenant(prefix, topic)
+    if tenant is not None and request.get("tenant") != tenant:
+        claimed = repr(request.get("tenant"))[:80]
+        raise TenantMismatch(f"a job on {topic} belongs to tenant {tenant!r}; "
+                             f"its payload names {claimed}")
+    return tenant
+
+
+def source_tenant(prefix: str, entry: dict | None) -> str | None:
+    """The tenant of a workflow from its table entry (the address it was admitted from)."""
+    source = (entry or {}).get("source") or ""
+    return topic_tenant(prefix, source.rsplit(":", 2)[0]) if source.count(":") >= 2 else None
+
+
+def check_cancel_of(prefix: str, topic: str, entry: dict | None) -> None:
+    """A cancel on a tenant's topic may only cancel that tenant's workflows."""
+    tenant = topic_tenant(prefix, topic)
+    if entry is None or tenant is None:
+        return
+    owner = source_tenant(prefix, entry)
+    if owner != tenant:
+        raise TenantMismatch(f"a cancel on {topic} cannot cancel another tenant's workflow")
+
+
+# Outcome topics a tenant reads: every record qlane writes to the shared one of these for a
+# workflow admitted from a tenant's job topic is also written to the tenant's own.
+TENANT_COPIES = {"results": "results", "status": "status", "cost": "cost"}
+
+
+def tenant_copy(runtime, short_name: str, key: bytes | None):
+    """The Faust topic of the tenant's copy of a record sent to `short_name`, or None."""
+    kind = TENANT_COPIES.get(short_name)
+    if kind is None or not key or runtime.app is None:
+        return None
+    from streams.topics import WORKFLOW_TABLE
+
+    table = runtime.app.tables.get(WORKFLOW_TABLE)
+    if table is None:
+        return None
+    prefix = runtime.settings.topic_prefix
+    tenant = source_tenant(prefix, table.get(key.decode(errors="replace")))
+    if tenant is None:
+        return None
+    name = tenant_topic(prefix, kind, tenant)
+    topic = runtime.topics.get(name)
+    if topic is None:
+        topic = runtime.topics[name] = runtime.app.topic(
+            name, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=runtime.settings.partitions,
+        )
+    return topic
 
 
 # --- the Admin API ------------------------------------------------------------------------

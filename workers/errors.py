@@ -108,6 +108,11 @@ class IdempotencyConflict(PermanentError):
     """The workflow id was seen before with a different request fingerprint."""
 
 
+class TenantMismatch(PermanentError):
+    """The payload names another tenant than the tenant topic it was written to (the topic,
+    granted to one principal by Kafka ACLs, is the tenant's identity)."""
+
+
 # --- execution -----------------------------------------------------------------------
 class ExecutionFailed(PermanentError):
     """The backend rejected the job in a way a retry cannot fix."""

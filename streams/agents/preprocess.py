@@ -14,6 +14,7 @@ from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
 from streams.lanes import LaneGate, gated
 from streams.runtime import Runtime, now_ms
+from streams.tenants import check_cancel_of, check_tenant_of
 from streams.topics import LANES, NORMAL, lane_suffix, parse_job_topic
 from workers.errors import BudgetExceeded, IdempotencyConflict, InvalidObservable, KeyMismatch
 from workers.execution.preparation import prepare
@@ -38,11 +39,14 @@ def register(app, runtime: Runtime, table) -> None:
 
     async def handle(source: SourceRecord) -> None:
         if is_cancel(source.value):
+            check_cancel_of(runtime.settings.topic_prefix, source.topic,
+                            table.get((source.key or b"").decode(errors="replace")))
             return await handle_cancel(runtime, table, source.value, source.key, STAGE)
         request = codec("JobRequest").decode(source.value)
         workflow_id = request["workflow_id"]
         if source.key != workflow_id.encode():
             raise KeyMismatch(f"record key {source.key!r} is not the workflow id {workflow_id!r}")
+        check_tenant_of(runtime.settings.topic_prefix, source.topic, request)  # authenticated
         fingerprint = request_fingerprint(request)
         previous = table.get(workflow_id)
         if previous is not None and previous.get("state") == "cancelled":

@@ -20,7 +20,8 @@ from streams.topics import TopicNames, job_topic, lane_for_priority
 from workers.errors import InvalidJob
 
 REJECTED_BEFORE_ADMISSION = frozenset(
-    {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict"}
+    {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
+     "TenantMismatch"}
 )
 # A duplicate's earlier result is looked up by reading the results topic once, from the start.
 DUPLICATE_LOOKUP_TIMEOUT_S = 30.0

@@ -20,7 +20,7 @@ from streams.deadletter import HEADER_PREFIX
 from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
-from streams.topics import TopicNames
+from streams.topics import TopicNames, parse_job_topic
 
 REPLAY_HEADER = "qlane.replay.source"
 
@@ -124,6 +124,11 @@ def wanted(record, selection: ReplaySelection) -> bool:
     return True
 
 
+def is_job_topic(names: TopicNames, topic: str) -> bool:
+    """A shared or tenant job topic of any lane: a rerun stays with the topic's tenant."""
+    return parse_job_topic(names.jobs.removesuffix(".jobs"), topic) is not None
+
+
 def rerun_id(parent: str) -> str:
     return f"{parent}.rerun-{uuid.uuid4().hex[:8]}"
 
@@ -146,7 +151,7 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool) -> R
                 destination = names.jobs
                 note = f"JobRequest carried by a dead {internal}"
     if rerun:
-        if destination != names.jobs:
+        if destination != names.jobs and not is_job_topic(names, destination):
             raise ValueError(f"--rerun applies to job requests, not to {destination}")
         request = codec("JobRequest").decode(value)
         parent = request["workflow_id"]

@@ -1,0 +1,253 @@
+"""Tenants authenticated the Kafka way, on Apache Kafka with SASL_SSL and ACLs.
+
+Two SCRAM principals, `User:acme` (tenant A) and `User:rival` (tenant B), set up with
+`qlane tenant add` (topics and ACLs through the Admin API); the worker runs as `User:qlane`
+with the README's worker ACLs. B cannot write A's job topic nor read A's results (refused by
+the broker), and a job B writes to its own topic claiming to be A's is dead-lettered as
+TenantMismatch without being run or charged. The pure rules are checked first, without Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import TopicAuthorizationFailedError
+
+from schemas.codec import codec
+from streams.client import job_request, read_topic
+from streams.client.replay import plan_record
+from streams.security import kafka_options
+from streams.settings import Settings
+from streams.tenants import (
+    check_cancel_of,
+    check_tenant_of,
+    source_tenant,
+    tenant_acls,
+)
+from streams.topics import TopicNames, job_topic, tenant_topic
+from tests.integration.kafka_sasl import (
+    base_settings,
+    operator_settings,
+    secured_kafka,
+    security_env,
+    user_settings,
+)
+from tests.support import BELL, start_worker, stop_worker, wait_for
+from workers.errors import TenantMismatch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- the rules, without a broker ---------------------------------------------------------------
+def test_the_topic_is_the_tenant():
+    assert check_tenant_of("qlane", "qlane.jobs.acme", {"tenant": "acme"}) == "acme"
+    assert check_tenant_of("qlane", "qlane.jobs.acme-high", {"tenant": "acme"}) == "acme"
+    with pytest.raises(TenantMismatch):
+        check_tenant_of("qlane", "qlane.jobs.rival", {"tenant": "acme"})
+    with pytest.raises(TenantMismatch):
+        check_tenant_of("qlane", "qlane.jobs.rival-low", {"tenant": ""})
+    # the shared topics (single-tenant setups, the embedded broker) keep the payload's tenant
+    assert check_tenant_of("qlane", "qlane.jobs", {"tenant": "anyone"}) is None
+    assert check_tenant_of("qlane", "qlane.jobs-high", {"tenant": "anyone"}) is None
+
+
+def test_a_cancel_only_reaches_its_own_tenants_workflows():
+    acme_entry = {"source": "qlane.jobs.acme:1:7"}
+    check_cancel_of("qlane", "qlane.jobs.acme-high", acme_entry)
+    with pytest.raises(TenantMismatch):
+        check_cancel_of("qlane", "qlane.jobs.rival-high", acme_entry)
+    with pytest.raises(TenantMismatch):
+        check_cancel_of("qlane", "qlane.jobs.rival-high", {"source": "qlane.jobs:0:3"})
+    assert source_tenant("qlane", {"source": "qlane.jobs.acme-low:0:1"}) == "acme"
+    assert source_tenant("qlane", {"source": "qlane.jobs:0:1"}) is None
+
+
+def test_tenant_acls_grant_only_its_own_topics():
+    lines = {acl.line() for acl in tenant_acls("qlane", "acme", "User:acme")}
+    assert "User:acme: WRITE on topic LITERAL 'qlane.jobs.acme'" in lines
+    assert "User:acme: WRITE on topic LITERAL 'qlane.jobs.acme-high'" in lines
+    assert "User:acme: READ on topic LITERAL 'qlane.results.acme'" in lines
+    assert not any("PREFIXED 'qlane.'" in line or "'qlane.jobs'" in line
+                   or "'qlane.results'" in line for line in lines)
+    assert all(acl.operation in ("read", "write", "describe")
+               for acl in tenant_acls("qlane", "acme", "User:acme"))
+    with pytest.raises(ValueError):
+        tenant_acls("qlane", "Acme!", "User:acme")
+
+
+def test_a_rerun_stays_on_its_tenants_topic():
+    names = TopicNames.from_settings(Settings(broker="127.0.0.1:1"))
+    value = codec("JobRequest").encode(job_request(workflow_id="w1", circuit=BELL,
+                                                   tenant="acme"))
+
+    class Record:
+        topic, partition, offset, key, headers = "qlane.jobs.acme", 0, 5, b"w1", []
+
+    Record.value = value
+    planned = plan_record(Record, names, None, rerun=True)
+    assert planned.target_topic == "qlane.jobs.acme"
+    assert codec("JobRequest").decode(planned.value)["tenant"] == "acme"
+
+
+# --- on Apache Kafka with SASL_SSL and ACLs ------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with secured_kafka(tmp_path_factory.mktemp("tenancy"), ["qlane", "acme", "rival"]) as c:
+        yield c
+
+
+def qlane_cli(*args: str, settings: Settings) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args, "--broker", settings.broker,
+         "--topic-prefix", settings.topic_prefix, "--partitions", str(settings.partitions),
+         "--profile", "kafka"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "QLANE_APP_ID": settings.app_id},
+    )
+
+
+async def produce(settings: Settings, topic: str, record: dict) -> None:
+    producer = AIOKafkaProducer(**kafka_options(settings), request_timeout_ms=10000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, codec("JobRequest").encode(record),
+                                     key=record["workflow_id"].encode())
+    finally:
+        await producer.stop()
+
+
+async def read_all(settings: Settings, topic: str) -> list:
+    return [record async for record in read_topic(settings, topic, timeout_s=20)]
+
+
+async def poll_once(settings: Settings, topic: str) -> None:
+    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
+                                enable_auto_commit=False, request_timeout_ms=10000)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.seek_to_beginning()
+        await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+
+
+async def submit_as_tenant(settings: Settings, tenant: str, job: dict, timeout_s: float,
+                           worker=None):
+    """Submit to the tenant's job topic and wait on the tenant's own result topic."""
+    results = tenant_topic(settings.topic_prefix, "results", tenant)
+    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(results, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+        await produce(settings, job_topic(settings.topic_prefix, tenant), job)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if worker is not None and worker.poll() is not None:
+                return None  # the worker exited: its log says why
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    if record.key == job["workflow_id"].encode():
+                        return codec("JobResult").decode(record.value)
+        return None
+    finally:
+        await consumer.stop()
+
+
+def test_tenancy_on_real_kafka(cluster, tmp_path):
+    base = base_settings("ten", tenants=["acme", "rival"], tenant_budgets={"acme": 10.0})
+    operator = operator_settings(cluster, base)
+    prefix = base.topic_prefix
+
+    # The operator (PLAINTEXT super user here) sets up the worker's grants and two tenants.
+    for command in (("tenant", "grant-worker", "--principal", "User:qlane"),
+                    ("tenant", "add", "acme", "--principal", "User:acme"),
+                    ("tenant", "add", "rival", "--principal", "User:rival")):
+        done = qlane_cli(*command, settings=operator)
+        assert done.returncode == 0, done.stderr
+    listed = qlane_cli("tenant", "list", settings=operator)
+    tenants = {e["tenant"]: e for e in map(json.loads, listed.stdout.splitlines())}
+    assert tenants["acme"]["principals"] == ["User:acme"]
+    assert tenants["rival"]["principals"] == ["User:rival"]
+    assert f"{prefix}.jobs.acme" in tenants["acme"]["topics"]
+
+    worker_settings = user_settings(cluster, "qlane", base)
+    acme = user_settings(cluster, "acme", base)
+    rival = user_settings(cluster, "rival", base)
+    log = tmp_path / "worker.log"
+    worker = start_worker(worker_settings, log, env={
+        **security_env(worker_settings), "QLANE_TENANTS": json.dumps(["acme", "rival"]),
+        "QLANE_TENANT_BUDGETS": json.dumps({"acme": 10.0}),
+    })
+    try:
+        # A's job, on A's topic, with A's credentials: its result on A's result topic.
+        first = job_request(workflow_id=f"acme-{uuid.uuid4().hex[:8]}", circuit=BELL,
+                            shots=200, tenant="acme")
+        result = asyncio.run(submit_as_tenant(acme, "acme", first, timeout_s=240, worker=worker))
+        assert result is not None, log.read_text()[-4000:]
+        assert result["status"] == "succeeded"
+
+        # B cannot write A's job topic: the broker refuses.
+        forged = job_request(workflow_id=f"forged-{uuid.uuid4().hex[:8]}", circuit=BELL,
+                             shots=200, tenant="acme")
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(produce(rival, job_topic(prefix, "acme"), forged))
+        # B cannot read A's results (nor the shared results topic).
+        for topic in (tenant_topic(prefix, "results", "acme"), f"{prefix}.results"):
+            with pytest.raises(TopicAuthorizationFailedError):
+                asyncio.run(poll_once(rival, topic))
+
+        # B writes to its own topic a job that claims to be A's: refused, never run or charged.
+        claim = job_request(workflow_id=f"claim-{uuid.uuid4().hex[:8]}", circuit=BELL,
+                            shots=200, tenant="acme")
+        asyncio.run(produce(rival, job_topic(prefix, "rival"), claim))
+        key = claim["workflow_id"].encode()
+
+        def dead_letter():
+            records = asyncio.run(read_all(operator, f"{prefix}.deadletter"))
+            return [r for r in records if r.key == key]
+
+        letters = wait_for(dead_letter, timeout_s=120)
+        assert letters, log.read_text()[-4000:]
+        headers = {k: v.decode() for k, v in letters[0].headers}
+        assert headers["qlane.dlq.error.class"] == "TenantMismatch"
+        assert headers["qlane.dlq.source.topic"] == job_topic(prefix, "rival")
+
+        # B's own job works, and its outcomes reach B's topics only.
+        own = job_request(workflow_id=f"rival-{uuid.uuid4().hex[:8]}", circuit=BELL,
+                          shots=100, tenant="rival")
+        assert asyncio.run(submit_as_tenant(rival, "rival", own, timeout_s=240,
+                                                worker=worker)) is not None
+    finally:
+        stop_worker(worker)
+
+    costs = {r.key: codec("CostEvent").decode(r.value)
+             for r in asyncio.run(read_all(operator, f"{prefix}.cost"))}
+    assert key not in costs, "the forged job was charged"
+    assert costs[first["workflow_id"].encode()]["tenant"] == "acme"
+    assert costs[own["workflow_id"].encode()]["tenant"] == "rival"
+    statuses = [r for r in asyncio.run(read_all(operator, f"{prefix}.status")) if r.key == key]
+    assert statuses == [], "the forged job was admitted"
+    # A's spend is its own job's, nothing more.
+    acme_costs = asyncio.run(read_all(acme, tenant_topic(prefix, "cost", "acme")))
+    assert {r.key for r in acme_costs} == {first["workflow_id"].encode()}
+    rival_results = asyncio.run(read_all(rival, tenant_topic(prefix, "results", "rival")))
+    assert {r.key for r in rival_results} == {own["workflow_id"].encode()}
+    acme_status = asyncio.run(read_all(acme, tenant_topic(prefix, "status", "acme")))
+    assert {r.key for r in acme_status} == {first["workflow_id"].encode()}
+    for password in cluster.users.values():
+        assert password not in log.read_text()
