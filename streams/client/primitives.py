@@ -1,0 +1,488 @@
+"""Qiskit primitives V2 whose `run()` submits through Kafka: `Sampler` and `Estimator`.
+
+A script written against `qiskit.primitives.StatevectorSampler`/`StatevectorEstimator` runs
+on qlane with only the constructor changed:
+
+    from streams.client import Estimator
+    estimator = Estimator("127.0.0.1:9092", backend="aer.noisy")
+    result = estimator.run([(circuit, observables, parameter_values)]).result()
+    result[0].data.evs, result[0].data.stds
+
+How a call maps onto qlane (details in the README, "Use it from Qiskit"):
+
+* PUBs are coerced and validated on the client with Qiskit's own `SamplerPub.coerce` /
+  `EstimatorPub.coerce`, so bad input raises `ValueError` before anything is sent.
+* Each PUB becomes one workflow (one JobRequest): the circuit as OpenQASM 3 with its
+  parameters renamed `p00000, p00001, ...` in the circuit's parameter order (so the worker's
+  sorted order is the circuit's), every parameter set of the PUB's BindingsArray (flattened),
+  and, for the estimator, every observable of its ObservablesArray (flattened); the result
+  is rebuilt in the broadcast shape. Mixed shots or precisions across PUBs are separate
+  workflows with their own shots.
+* Workflow ids are `{job_id}.{pub index}`; `run(..., job_id=...)` makes a call idempotent:
+  submitting the same PUBs with the same job id again returns the first answer (the worker
+  acknowledges the duplicate, the client reads the stored result) and nothing runs twice.
+* Estimator precision keeps Qiskit's meaning: shots = ceil(1/precision^2) per measured
+  circuit (each parameter set x measurement basis). `adaptive=True` instead treats the
+  precision as the target standard error of each expectation value and allocates shots per
+  measurement group from measured variances (streams/client/adaptive.py).
+* The sampler's joint counts over every classical register (JobResult v4 carries the
+  register layout) become one BitArray per register with the rows in a seeded random order,
+  so correlations between registers survive (`join_data`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import uuid
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from qiskit import QuantumCircuit, qasm3
+from qiskit.circuit import Parameter
+from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
+from qiskit.primitives.base.base_primitive_job import BasePrimitiveJob
+from qiskit.primitives.containers import (
+    BitArray,
+    DataBin,
+    PrimitiveResult,
+    PubResult,
+    SamplerPubResult,
+)
+from qiskit.primitives.containers.estimator_pub import EstimatorPub
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+from qiskit.providers import JobStatus
+
+from streams.client.errors import JobCancelled, ResultTimeout, remote_error
+from streams.client.kafka import Client, Outcome, job_request
+from streams.settings import Settings
+from streams.topics import job_topic, lane_for_priority
+from workers.seeds import job_seed
+
+DEFAULT_SHOTS = 1024
+DEFAULT_PRECISION = 0.015625  # Qiskit's: 1/sqrt(4096)
+PAULI_LETTERS = frozenset("IXYZ")
+RUNNING_STATES = frozenset({"executing", "retrying", "fallback"})
+QUEUED_STATES = frozenset({"accepted", "prepared", "duplicate"})
+
+
+@dataclass
+class Options:
+    """What every workflow of a primitive's calls asks for (JobRequest fields)."""
+
+    backend: str = "aer.ideal"
+    mitigation: dict | None = None  # JobRequest.mitigation, e.g. {"readout": True}
+    tenant: str | None = None  # submit to {prefix}.jobs.{tenant}[-{lane}]
+    priority: int = 0  # > 0 the high lane, < 0 the low lane
+    deadline_s: float | None = None  # latency budget from submission
+    cost_limit_usd: float | None = None
+    fallback: list[str] = field(default_factory=list)  # e.g. ["classical"]
+    seed: int | None = None  # simulator seed; None derives it from the workflow id
+    timeout_s: float = 600.0  # how long result() waits for the workflows
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def request_fields(self) -> dict:
+        fields = {
+            "backend": self.backend,
+            "priority": int(self.priority),
+            "fallback": list(self.fallback),
+            "metadata": {"qlane.client": "primitives", **self.metadata},
+        }
+        if self.mitigation is not None:
+            fields["mitigation"] = dict(self.mitigation)
+        if self.tenant is not None:
+            fields["tenant"] = self.tenant
+        if self.deadline_s is not None:
+            fields["deadline_ms"] = int(self.deadline_s * 1000)
+        if self.cost_limit_usd is not None:
+            fields["cost_limit_usd"] = float(self.cost_limit_usd)
+        if self.seed is not None:
+            fields["seed"] = int(self.seed)
+        return fields
+
+
+def make_settings(broker: str | None, settings: Settings | None, kafka: dict) -> Settings:
+    """Settings from an explicit object, else QLANE_* variables; broker and any Settings field
+    given as a keyword (security_protocol, sasl_username, topic_prefix, ...) override."""
+    base = settings if settings is not None else Settings()
+    overrides = dict(kafka)
+    if broker is not None:
+        overrides["broker"] = broker
+    if not overrides:
+        return base
+    values = base.model_dump()
+    if "broker" in overrides and settings is None and "profile" not in overrides:
+        values["profile"] = None  # resolve the profile for the broker given
+    return Settings(**{**values, **overrides})
+
+
+def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]:
+    """OpenQASM 3 of the circuit with parameters renamed in the circuit's own order."""
+    parameters = tuple(circuit.parameters)
+    renamed = circuit
+    if parameters:
+        width = max(5, len(str(len(parameters))))
+        renamed = circuit.assign_parameters(
+            {p: Parameter(f"p{i:0{width}d}") for i, p in enumerate(parameters)}, inplace=False
+        )
+    try:
+        return qasm3.dumps(renamed), parameters
+    except Exception:  # gates without an OpenQASM 3 spelling: send their definitions
+        return qasm3.dumps(renamed.decompose(reps=3)), parameters
+
+
+def flat_parameter_sets(values: np.ndarray) -> list[list[float]]:
+    """The BindingsArray's values (shape + (num_parameters,)) as a list of parameter sets."""
+    if values.shape[-1] == 0:
+        return []
+    return values.reshape(-1, values.shape[-1]).astype(float).tolist()
+
+
+def index_grid(shape: tuple[int, ...], broadcast: tuple[int, ...]) -> np.ndarray:
+    """For each index of the broadcast shape, the flat index into an array of `shape`."""
+    return np.broadcast_to(np.arange(math.prod(shape)).reshape(shape), broadcast)
+
+
+def pauli_observable(mapping: dict) -> dict:
+    terms = []
+    for label, coeff in mapping.items():
+        if not set(label) <= PAULI_LETTERS:
+            raise ValueError(
+                f"observable term {label!r}: qlane estimates Pauli observables only "
+                "(no projectors 0, 1, +, -, r, l)"
+            )
+        terms.append({"pauli": label, "coeff": float(np.real(coeff))})
+    return {"terms": terms}
+
+
+# --- the job ---------------------------------------------------------------------------
+class Session:
+    """One job's connection: submits workflows and waits for their outcomes."""
+
+    def __init__(self, job: QlaneJob, client: Client) -> None:
+        self.job = job
+        self.client = client
+
+    async def run(self, requests: list[dict]) -> list[dict]:
+        """Submit the requests and return their JobResults, in order; raises typed errors."""
+        if self.job._cancel_requested:
+            raise JobCancelled(f"job {self.job.job_id()} was cancelled")
+        ids = [r["workflow_id"] for r in requests]
+        for request in requests:
+            self.job._states.setdefault(request["workflow_id"], "submitted")
+            await self.client.submit(request, self.job._topic(request))
+        outcomes = await self.client.wait(ids, self.job._timeout_s, self.job._on_event)
+        results = []
+        for workflow_id in ids:
+            outcome: Outcome = outcomes[workflow_id]
+            self.job._states[workflow_id] = outcome.state
+            if outcome.result is not None and outcome.result.get("status") == "succeeded":
+                results.append(outcome.result)
+            elif outcome.state == "cancelled":
+                raise JobCancelled(f"workflow {workflow_id} was cancelled: {outcome.detail}")
+            elif outcome.result is not None:
+                raise remote_error(outcome.result.get("error") or "")
+            elif outcome.state in ("failed", "rejected"):
+                raise remote_error(outcome.detail)
+            else:
+                raise ResultTimeout(
+                    f"workflow {workflow_id}: no outcome within {self.job._timeout_s:.0f}s "
+                    f"(last state {outcome.state}, seen {outcome.history})"
+                )
+        return results
+
+
+class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
+    """A primitive job: its workflows travel through Kafka; `result()` blocks for them."""
+
+    def __init__(self, job_id: str, settings: Settings, options: Options, plan) -> None:
+        super().__init__(job_id)
+        self._settings = settings
+        self._options = options
+        self._plan = plan  # async (Session) -> PrimitiveResult
+        self._timeout_s = options.timeout_s
+        self._states: dict[str, str] = {}
+        self._cancel_requested = False
+        self._result: PrimitiveResult | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"qlane-job-{job_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _topic(self, request: dict) -> str:
+        lane = lane_for_priority(request.get("priority") or 0)
+        return job_topic(self._settings.topic_prefix, self._options.tenant, lane)
+
+    def _on_event(self, outcome: Outcome, event: str) -> None:
+        if outcome.history:
+            self._states[outcome.workflow_id] = outcome.history[-1]
+        if outcome.finished:
+            self._states[outcome.workflow_id] = outcome.state
+
+    def _main(self) -> None:
+        async def drive():
+            async with Client(self._settings) as client:
+                await client.start_watching()
+                return await self._plan(Session(self, client))
+
+        try:
+            self._result = asyncio.run(drive())
+        except BaseException as error:  # re-raised by result()
+            self._error = error
+        finally:
+            self._done.set()
+
+    def result(self, timeout: float | None = None) -> PrimitiveResult:
+        if not self._done.wait(timeout):
+            raise ResultTimeout(f"job {self.job_id()} has no result after {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def status(self) -> JobStatus:
+        if self._done.is_set():
+            if isinstance(self._error, JobCancelled):
+                return JobStatus.CANCELLED
+            return JobStatus.ERROR if self._error is not None else JobStatus.DONE
+        states = set(self._states.values())
+        if states & RUNNING_STATES or "done" in states:
+            return JobStatus.RUNNING
+        return JobStatus.QUEUED
+
+    def done(self) -> bool:
+        return self.status() == JobStatus.DONE
+
+    def running(self) -> bool:
+        return self.status() == JobStatus.RUNNING
+
+    def cancelled(self) -> bool:
+        return self.status() == JobStatus.CANCELLED
+
+    def in_final_state(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> bool:
+        """Ask the workers to cancel every unfinished workflow of the job.
+
+        Workflows not yet executing never run and are not charged; a finished one is not
+        affected. Returns False when the job had already finished.
+        """
+        if self._done.is_set():
+            return False
+        self._cancel_requested = True
+        pending = [wf for wf, state in self._states.items()
+                   if state not in ("done", "failed", "rejected", "cancelled")]
+
+        async def send():
+            async with Client(self._settings) as client:
+                for workflow_id in pending:
+                    await client.cancel(workflow_id, self._options.tenant,
+                                        reason=f"job {self.job_id()} cancelled by the client")
+
+        asyncio.run(send())
+        return True
+
+    def workflow_ids(self) -> list[str]:
+        return list(self._states)
+
+
+class _Primitive:
+    def __init__(self, broker, settings, options: Options, kafka: dict) -> None:
+        self._settings = make_settings(broker, settings, kafka)
+        self._options = options
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    def _requests_base(self, job_id: str, index: int) -> dict:
+        return {"workflow_id": f"{job_id}.{index}", **self._options.request_fields()}
+
+    @staticmethod
+    def _job_id(job_id: str | None) -> str:
+        return job_id or f"qlane-{uuid.uuid4().hex[:12]}"
+
+
+# --- Sampler ---------------------------------------------------------------------------
+class Sampler(_Primitive, BaseSamplerV2):
+    """`BaseSamplerV2` over Kafka. Constructor keywords: broker, settings (a Settings with TLS
+    and SASL), default_shots, the `Options` fields, and any Settings field."""
+
+    def __init__(self, broker: str | None = None, *, settings: Settings | None = None,
+                 default_shots: int = DEFAULT_SHOTS, options: Options | None = None,
+                 **keywords) -> None:
+        option_names = set(Options.__dataclass_fields__)
+        option_values = {k: keywords.pop(k) for k in list(keywords) if k in option_names}
+        super().__init__(broker, settings, options or Options(**option_values), keywords)
+        self._default_shots = default_shots
+
+    @property
+    def default_shots(self) -> int:
+        return self._default_shots
+
+    def run(self, pubs: Iterable, *, shots: int | None = None,
+            job_id: str | None = None) -> QlaneJob:
+        if shots is None:
+            shots = self._default_shots
+        coerced = [SamplerPub.coerce(pub, shots) for pub in pubs]
+        if any(len(pub.circuit.cregs) == 0 for pub in coerced):
+            warnings.warn(
+                "One of your circuits has no output classical registers and so the result "
+                "will be empty. Did you mean to add measurement instructions?",
+                UserWarning, stacklevel=2,
+            )
+        job_id = self._job_id(job_id)
+        requests = [self._request(job_id, i, pub) for i, pub in enumerate(coerced)]
+
+        async def plan(session: Session) -> PrimitiveResult:
+            results = await session.run(requests)
+            return PrimitiveResult(
+                [sampler_pub_result(pub, result) for pub, result in zip(coerced, results,
+                                                                        strict=True)],
+                metadata={"version": 2},
+            )
+
+        return QlaneJob(job_id, self._settings, self._options, plan)
+
+    def _request(self, job_id: str, index: int, pub: SamplerPub) -> dict:
+        source, parameters = circuit_source(pub.circuit)
+        values = pub.parameter_values.as_array(parameters)
+        return job_request(**self._requests_base(job_id, index), circuit=source,
+                           circuit_format="qasm3", shots=pub.shots,
+                           parameter_sets=flat_parameter_sets(values))
+
+
+def joint_counts_bits(counts: dict[str, int], num_bits: int) -> BitArray:
+    """The joint counts (keys possibly space-separated by register) as one BitArray."""
+    joined = {key.replace(" ", ""): value for key, value in counts.items()}
+    return BitArray.from_counts(joined, num_bits=num_bits)
+
+
+def sampler_pub_result(pub: SamplerPub, result: dict) -> SamplerPubResult:
+    circuits = sorted(
+        (c for c in result["circuits"] if c["scale_factor"] == 1.0),
+        key=lambda c: c["parameter_set_index"],
+    )
+    shape = pub.shape
+    size = math.prod(shape)
+    if len(circuits) != max(size, 1):
+        raise ValueError(f"{result['workflow_id']}: {len(circuits)} circuits for shape {shape}")
+    cregs = pub.circuit.cregs
+    arrays = {creg.name: np.zeros(shape + (pub.shots, (creg.size + 7) // 8), dtype=np.uint8)
+              for creg in cregs}
+    rng = np.random.default_rng(job_seed(result["workflow_id"], None))
+    for flat, circuit in enumerate(circuits[: max(size, 1)]):
+        layout = circuit.get("registers") or [{"name": c.name, "size": c.size} for c in cregs]
+        total = sum(r["size"] for r in layout)
+        joint = joint_counts_bits(circuit["counts"], total)
+        joint = BitArray(joint.array[rng.permutation(joint.num_shots)], total)
+        offsets, start = {}, 0
+        for register in layout:
+            offsets[register["name"]] = (start, register["size"])
+            start += register["size"]
+        index = np.unravel_index(flat, shape) if shape else ()
+        for creg in cregs:
+            if creg.name not in offsets:
+                continue  # never measured: zeros, as Qiskit's reference samplers report
+            start, size_bits = offsets[creg.name]
+            if size_bits != creg.size:
+                raise ValueError(f"register {creg.name}: {size_bits} bits in the result, "
+                                 f"{creg.size} in the circuit")
+            arrays[creg.name][index] = joint.slice_bits(range(start, start + size_bits)).array
+    data = DataBin(**{c.name: BitArray(arrays[c.name], c.size) for c in cregs}, shape=shape)
+    return SamplerPubResult(data, metadata={
+        "shots": pub.shots, "circuit_metadata": pub.circuit.metadata,
+        "workflow_id": result["workflow_id"],
+    })
+
+
+# --- Estimator -------------------------------------------------------------------------
+class Estimator(_Primitive, BaseEstimatorV2):
+    """`BaseEstimatorV2` over Kafka. Constructor keywords: broker, settings (a Settings with
+    TLS and SASL), default_precision, adaptive (and its AdaptiveOptions), the `Options`
+    fields, and any Settings field."""
+
+    def __init__(self, broker: str | None = None, *, settings: Settings | None = None,
+                 default_precision: float = DEFAULT_PRECISION, adaptive: bool = False,
+                 adaptive_options=None, options: Options | None = None, **keywords) -> None:
+        option_names = set(Options.__dataclass_fields__)
+        option_values = {k: keywords.pop(k) for k in list(keywords) if k in option_names}
+        super().__init__(broker, settings, options or Options(**option_values), keywords)
+        if default_precision <= 0:
+            raise ValueError("default_precision must be > 0 for a shot-based estimator")
+        self._default_precision = default_precision
+        self._adaptive = adaptive
+        self._adaptive_options = adaptive_options
+
+    @property
+    def default_precision(self) -> float:
+        return self._default_precision
+
+    def run(self, pubs: Iterable, *, precision: float | None = None,
+            job_id: str | None = None) -> QlaneJob:
+        if precision is None:
+            precision = self._default_precision
+        coerced = [EstimatorPub.coerce(pub, precision) for pub in pubs]
+        for pub in coerced:
+            if pub.precision <= 0:
+                raise ValueError(f"precision {pub.precision} must be > 0 for a shot-based "
+                                 "estimator")
+        job_id = self._job_id(job_id)
+        prepared = [self._request(job_id, i, pub) for i, pub in enumerate(coerced)]
+        if self._adaptive:
+            from streams.client.adaptive import AdaptiveOptions, adaptive_plan
+
+            if (self._options.mitigation or {}).get("zne"):
+                raise ValueError("adaptive precision works on raw counts: not with ZNE")
+            plan = adaptive_plan(self, coerced, prepared,
+                                 self._adaptive_options or AdaptiveOptions())
+        else:
+            async def plan(session: Session) -> PrimitiveResult:
+                results = await session.run([request for request, _ in prepared])
+                return PrimitiveResult(
+                    [estimator_pub_result(pub, grids, result)
+                     for pub, (_, grids), result in zip(coerced, prepared, results, strict=True)],
+                    metadata={"version": 2},
+                )
+
+        return QlaneJob(job_id, self._settings, self._options, plan)
+
+    def _request(self, job_id: str, index: int, pub: EstimatorPub):
+        source, parameters = circuit_source(pub.circuit)
+        values = pub.parameter_values.as_array(parameters)
+        bindings_shape = pub.parameter_values.shape
+        observables = [pauli_observable(pub.observables[idx])
+                       for idx in np.ndindex(*pub.observables.shape)]
+        grids = (index_grid(bindings_shape, pub.shape) if values.shape[-1] else
+                 np.zeros(pub.shape, dtype=int),
+                 index_grid(pub.observables.shape, pub.shape))
+        request = job_request(
+            **self._requests_base(job_id, index), circuit=source, circuit_format="qasm3",
+            shots=math.ceil(1.0 / pub.precision**2), observables=observables,
+            parameter_sets=flat_parameter_sets(values),
+        )
+        return request, grids
+
+
+def estimator_pub_result(pub: EstimatorPub, grids, result: dict) -> PubResult:
+    parameter_grid, observable_grid = grids
+    found = {(e["parameter_set_index"], e["observable_index"]): (e["value"], e["std_error"])
+             for e in result["expectations"]}
+    evs = np.zeros(pub.shape, dtype=np.float64)
+    stds = np.zeros(pub.shape, dtype=np.float64)
+    for index in np.ndindex(*pub.shape):
+        evs[index], stds[index] = found[(int(parameter_grid[index]),
+                                         int(observable_grid[index]))]
+    shots = max((c["shots"] for c in result["circuits"]), default=0)
+    return PubResult(DataBin(evs=evs, stds=stds, shape=pub.shape), metadata={
+        "target_precision": pub.precision, "shots": shots,
+        "circuit_metadata": pub.circuit.metadata, "workflow_id": result["workflow_id"],
+    })
