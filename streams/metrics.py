@@ -158,6 +158,24 @@ LAST_PROGRESS = Gauge(
     "Unix time at which this worker last finished a record.",
     registry=REGISTRY,
 )
+SANDBOX_FAILURES = Counter(
+    "qlane_sandbox_failures_total",
+    "Sandbox processes killed or timed out while preparing a record, by stage and reason.",
+    ["stage", "reason"],
+    registry=REGISTRY,
+)
+POISON_RECORDS = Counter(
+    "qlane_poison_records_total",
+    "Records dead-lettered after killing their sandbox or worker on every attempt.",
+    ["stage"],
+    registry=REGISTRY,
+)
+GUARD_HELD_SECONDS = Counter(
+    "qlane_dlq_guard_held_seconds_total",
+    "Seconds a stage held a source partition because its records kept being dead-lettered.",
+    ["stage"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info(
     "qlane_build",
     "qlane version of this worker (the value is always 1).",
@@ -203,12 +221,15 @@ __all__ = [
     "DURATION_BUCKETS",
     "EXECUTE_BATCH_SIZE",
     "FALLBACKS",
+    "GUARD_HELD_SECONDS",
     "JOBS",
     "LAST_PROGRESS",
     "OUTCOMES",
+    "POISON_RECORDS",
     "REGISTRY",
     "REFETCHED",
     "RETRIES",
+    "SANDBOX_FAILURES",
     "STAGES",
     "STAGE_DURATION",
     "TRANSPILE_CACHE_LOOKUPS",

@@ -61,6 +61,8 @@ class Runtime:
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)
     controls: object = None  # the `controls` GlobalTable, set by streams.control
+    sandbox: object = None  # workers.circuits.sandbox.SandboxPool, started with the worker
+    attempts: object = None  # streams.poison.AttemptLedger, set by the stages
     lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
     gates: dict = field(default_factory=dict)  # stage -> streams.lanes.LaneGate
 

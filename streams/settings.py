@@ -90,8 +90,8 @@ class Settings(BaseSettings):
         True, description="parse, validate and transpile submitted programs in sandbox "
         "processes (false: in the worker, for benchmarks and debugging only)",
     )
-    sandbox_processes: int = Field(2, ge=1, description="reusable sandbox processes per worker")
-    sandbox_wall_s: float = Field(12.0, gt=0, description="wall time per program, then killed")
+    sandbox_processes: int = Field(1, ge=1, description="reusable sandbox processes per worker")
+    sandbox_wall_s: float = Field(30.0, gt=0, description="wall time per program, then killed")
     sandbox_cpu_s: int = Field(10, ge=1, description="CPU seconds per program (RLIMIT_CPU)")
     sandbox_memory_mb: int = Field(
         1024, ge=64, description="address space above the sandbox's own baseline (RLIMIT_AS)"

@@ -13,10 +13,25 @@ from streams.cancel import handle_cancel, is_cancel
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
 from streams.lanes import LaneGate, gated
+from streams.poison import AttemptLedger
 from streams.runtime import Runtime, now_ms
 from streams.tenants import check_cancel_of, check_tenant_of
 from streams.topics import LANES, NORMAL, lane_suffix, parse_job_topic
-from workers.errors import BudgetExceeded, IdempotencyConflict, InvalidObservable, KeyMismatch
+from workers.circuits.sandbox import (
+    BackendView,
+    Prepared,
+    SandboxBounds,
+    SandboxPool,
+    SandboxRequest,
+)
+from workers.errors import (
+    BudgetExceeded,
+    IdempotencyConflict,
+    InvalidObservable,
+    KeyMismatch,
+    PoisonRecord,
+    SandboxFailure,
+)
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
 from workers.variational.loop import VariationalSpec, evaluation_job
@@ -34,8 +49,70 @@ def route_away_from_drift(runtime: Runtime, spec: JobSpec) -> JobSpec:
     return spec
 
 
+def new_sandbox_pool(runtime: Runtime) -> SandboxPool | None:
+    settings = runtime.settings
+    if not settings.sandbox_enabled:
+        return None
+    bounds = SandboxBounds(wall_s=settings.sandbox_wall_s, cpu_s=settings.sandbox_cpu_s,
+                           memory_mb=settings.sandbox_memory_mb,
+                           output_mb=settings.sandbox_output_mb)
+    return SandboxPool(bounds, size=settings.sandbox_processes)
+
+
+async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpec) -> Prepared:
+    """Parse, validate and transpile a submitted program in a sandbox process.
+
+    A sandbox that is killed or times out counts an attempt on the record, written to the
+    attempt ledger (streams/poison.py) before the next try, so restarts continue the count;
+    at `sandbox_attempts` the record is a PoisonRecord and gets dead-lettered.
+    """
+    settings = runtime.settings
+    calibration = None
+    mitigation = spec.mitigation
+    if getattr(mitigation, "readout", False):  # measured here (it runs Aer), cached per backend
+        backend = runtime.registry.get(spec.backend)
+        calibration = await in_thread(runtime, runtime.readout_cache.get, backend)
+    if runtime.sandbox is None:
+        if settings.sandbox_enabled:
+            runtime.sandbox = new_sandbox_pool(runtime)
+        else:  # in the worker itself: benchmarks and debugging only
+            prepared = await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache,
+                                       settings.limits, runtime.readout_cache)
+            return Prepared.of(prepared)
+    backend = BackendView.of(await in_thread(runtime, runtime.registry.get, spec.backend))
+    request = SandboxRequest(spec, settings.limits, backend, calibration)
+    tries, reason = await runtime.attempts.tries(STAGE, source)
+    while True:
+        if tries >= settings.sandbox_attempts:
+            poison = PoisonRecord(
+                f"the record killed or timed out its sandbox on {tries} attempts; last: {reason}"
+            )
+            poison.attempts = tries
+            raise poison
+        try:
+            return await runtime.sandbox.run(request)
+        except SandboxFailure as failure:
+            tries += 1
+            reason = f"{failure.reason}: {failure}"
+            metrics.SANDBOX_FAILURES.labels(STAGE, failure.reason).inc()
+            log.warning("%s: sandbox attempt %d of %d failed: %s", source.address, tries,
+                        settings.sandbox_attempts, reason,
+                        extra={"workflow_id": spec.workflow_id, "stage": STAGE})
+            await runtime.attempts.write(STAGE, source.topic, source.partition,
+                                         {source.offset: tries}, reason)
+
+
 def register(app, runtime: Runtime, table) -> None:
-    limits = runtime.settings.limits
+    runtime.attempts = runtime.attempts or AttemptLedger(runtime)
+
+    @app.task
+    async def start_sandboxes():
+        if runtime.sandbox is None:
+            runtime.sandbox = new_sandbox_pool(runtime)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(*args, **kwargs):
+        runtime.attempts.on_assigned()
 
     async def handle(source: SourceRecord) -> None:
         if is_cancel(source.value):
@@ -79,12 +156,9 @@ def register(app, runtime: Runtime, table) -> None:
             return await hand_to_variational_stage(workflow_id, request, source)
         try:
             spec = route_away_from_drift(runtime, JobSpec.from_record(request))
-            prepared = await in_thread(
-                runtime, prepare, spec, runtime.registry, runtime.cache, limits,
-                runtime.readout_cache,
-            )
+            prepared = await prepare_untrusted(runtime, source, spec)
         except Exception as error:
-            raise StageFailure(workflow_id, error) from error
+            raise StageFailure(workflow_id, error, getattr(error, "attempts", 1)) from error
         metrics.TRANSPILE_CACHE_LOOKUPS.labels(
             "hit" if prepared.transpile_cache_hit else "miss"
         ).inc()
@@ -137,10 +211,9 @@ def register(app, runtime: Runtime, table) -> None:
                 raise InvalidObservable("a variational job minimizes exactly one observable")
             spec = VariationalSpec.from_record(request["variational"])
             first = evaluation_job(JobSpec.from_record(request), spec.initial_point, 0)
-            await in_thread(runtime, prepare, first, runtime.registry, runtime.cache, limits,
-                            runtime.readout_cache)
+            await prepare_untrusted(runtime, source, first)
         except Exception as error:
-            raise StageFailure(workflow_id, error) from error
+            raise StageFailure(workflow_id, error, getattr(error, "attempts", 1)) from error
         await runtime.send("variational", workflow_id, source.value)
         mark(table, workflow_id, "prepared")
         await runtime.status(workflow_id, "prepared", STAGE,

@@ -34,6 +34,9 @@ EXPECTED = {
     "qlane_consumer_lag": ("gauge", {"topic", "partition"}),
     "qlane_last_progress_timestamp_seconds": ("gauge", set()),
     "qlane_build_info": ("gauge", {"version"}),
+    "qlane_sandbox_failures_total": ("counter", {"stage", "reason"}),
+    "qlane_poison_records_total": ("counter", {"stage"}),
+    "qlane_dlq_guard_held_seconds_total": ("counter", {"stage"}),
 }
 # Label names with bounded value sets. Never a workflow id, key, offset or free text.
 BOUNDED_LABELS = {"stage", "outcome", "reason", "backend", "result", "severity", "tenant",

@@ -1,0 +1,148 @@
+"""Attempts on records that kill what handles them, kept where a worker crash cannot lose them.
+
+A poison pill is a record whose processing kills its sandbox (preprocess) or its worker (an
+Aer abort in the execute stage). Retrying it forever stalls its partition for good, so each
+stage counts the attempts on such a record and dead-letters it (PoisonRecord) once
+`sandbox_attempts` is reached. The count must survive the worker: a restarted worker, or the
+next owner of the partition, continues it.
+
+The counts live on the `control` topic (the replicated key/value topic every worker reads),
+one key per stage and source partition, "attempts:<stage>:<topic>:<partition>" ->
+{"offsets": {"<offset>": tries}, "reason": ..., "at_ms": ...}. Only the owner of a source
+partition writes its key, so the latest value is the truth. Writes go out through the plain
+producer, outside any exactly-once transaction (an aborted transaction would take the count
+with it), and are flushed before the work they guard starts. A stage reads the keys of its
+partitions again from the topic, up to its end, after every partition assignment.
+
+Only the records of the current step are kept in a value (the offsets handled in order
+before them are done), so the topic gets a few small records per failure (preprocess) or per
+backend call (execute), never a key per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.deadletter import SourceRecord
+from streams.runtime import Runtime, now_ms
+from streams.security import kafka_options
+
+log = logging.getLogger("qlane")
+
+PREFIX = "attempts:"
+LOAD_TIMEOUT_S = 30.0
+
+
+def ledger_key(stage: str, topic: str, partition: int) -> str:
+    return f"{PREFIX}{stage}:{topic}:{partition}"
+
+
+class AttemptLedger:
+    """Per (stage, source partition): tries per offset, as last written by its owner."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.entries: dict[str, dict] = {}
+        self.stale = True
+        self._loading: asyncio.Lock | None = None
+
+    def on_assigned(self) -> None:
+        """Partitions moved: another worker may have written their keys meanwhile."""
+        self.stale = True
+
+    async def entry(self, stage: str, source: SourceRecord) -> dict:
+        await self._fresh()
+        return self.entries.get(ledger_key(stage, source.topic, source.partition)) or {}
+
+    async def tries(self, stage: str, source: SourceRecord) -> tuple[int, str]:
+        """(attempts so far, the last failure's reason) of this record at this stage."""
+        entry = await self.entry(stage, source)
+        return int(entry.get("offsets", {}).get(str(source.offset), 0)), entry.get("reason", "")
+
+    async def write(self, stage: str, topic: str, partition: int, offsets: dict[int, int],
+                    reason: str = "") -> None:
+        """Replace the key of (stage, topic, partition) and wait until the broker has it."""
+        key = ledger_key(stage, topic, partition)
+        value = {"offsets": {str(o): n for o, n in offsets.items()}, "reason": reason[:300],
+                 "at_ms": now_ms()}
+        self.entries[key] = value
+        # An empty context: no current event, so not inside the record's transaction.
+        task = asyncio.get_running_loop().create_task(
+            self._send(key, value), context=contextvars.Context()
+        )
+        await task
+
+    async def _send(self, key: str, value: dict) -> None:
+        await self.runtime.send("control", json.dumps(key), json.dumps(value).encode())
+        await self.runtime.flush()
+
+    async def _fresh(self) -> None:
+        if not self.stale:
+            return
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            if not self.stale:
+                return
+            self.stale = False
+            loaded = await load_entries(self.runtime)
+            # Keys written here since the load started are newer than what was read.
+            self.entries = {**loaded, **{k: v for k, v in self.entries.items()
+                                         if v.get("at_ms", 0) > loaded.get(k, {}).get("at_ms", 0)}}
+
+
+async def load_entries(runtime: Runtime) -> dict[str, dict]:
+    """Every attempts key of the control topic, read from its start to its current end."""
+    settings = runtime.settings
+    topic = runtime.names.control
+    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    entries: dict[str, dict] = {}
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return entries
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(position >= ends[tp] for position, tp in zip(positions, tps, strict=True)):
+                break
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    _apply(entries, record.key, record.value)
+        else:
+            log.warning("attempt counts: read the control topic for %.0fs without reaching "
+                        "its end; going on with what was read", LOAD_TIMEOUT_S)
+    finally:
+        await consumer.stop()
+    return entries
+
+
+def _apply(entries: dict, key: bytes | None, value: bytes | None) -> None:
+    try:
+        name = json.loads(key) if key else None
+        if not isinstance(name, str) or not name.startswith(PREFIX):
+            return
+        if value is None:
+            entries.pop(name, None)
+            return
+        parsed = json.loads(value)
+        if isinstance(parsed, dict):
+            entries[name] = parsed
+    except (TypeError, ValueError):
+        return

@@ -1,0 +1,503 @@
+"""Untrusted programs are parsed, validated, expanded and transpiled in sandbox processes.
+
+A submitted OpenQASM program can be built to exhaust whatever handles it: memory (gate
+definitions that expand exponentially), time (loops, huge transpiler inputs), the parser's
+stack. The static count (`static_count`) refuses what it can see; everything else happens
+in a pool of reusable sandbox processes with hard bounds, so the worst a program can do is
+lose its sandbox:
+
+* wall time: the parent waits `wall_s`, then SIGKILLs the process (SandboxTimeout);
+* CPU time: RLIMIT_CPU, moved `cpu_s` past the process's usage before each program, so the
+  kernel stops a runaway with SIGXCPU (SandboxTimeout);
+* memory: RLIMIT_AS at the process's own baseline after start-up (the imported libraries)
+  plus `memory_mb`: an allocation past it fails (MemoryError: ResourceLimitExceeded) or,
+  in native code, aborts the process (SandboxCrashed);
+* output: a prepared job larger than `output_mb` is refused (ResourceLimitExceeded);
+* no core dumps (RLIMIT_CORE 0), a scratch working directory, and no include search path
+  (only the parsers' own copies of qelib1.inc and stdgates.inc resolve).
+
+Processes are started as fresh interpreters (`python -m workers.circuits.sandbox`: a fork
+immediately followed by exec, the same as multiprocessing's "spawn" start method, so nothing
+of the worker, Aer's threads included, is inherited); multiprocessing's own spawn would
+re-import the worker's `__main__` (the Faust CLI) in every sandbox. The parent talks to
+each over two pipes with length-prefixed frames: a pickled request one way (the parent is
+trusted), JSON plus the prepared job's own bytes (QPY + JSON) back, so nothing the sandbox
+returns is unpickled. A killed or timed-out process is replaced at once by a new one, which
+warms up while the worker goes on.
+
+`SandboxPool.run` is a coroutine: the blocking exchange runs on the pool's own threads, so
+the worker's event loop never waits on a sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import queue
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import workers
+from workers import errors
+from workers.errors import (
+    InvalidJob,
+    QlaneError,
+    ResourceLimitExceeded,
+    SandboxCrashed,
+    SandboxTimeout,
+    UnknownBackend,
+)
+from workers.jobs import JobSpec
+from workers.limits import Limits
+
+log = logging.getLogger("qlane.sandbox")
+
+_HEADER = struct.Struct(">I")
+_READY = b"ready"
+# What a sandbox process must not inherit: thread pools that would multiply its address
+# space (each thread reserves a stack) and its CPU use.
+_SANDBOX_ENV = {
+    "RAYON_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "QISKIT_PARALLEL": "FALSE",
+    "QISKIT_NUM_PROCS": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+_SIGNALS = {
+    signal.SIGXCPU: "its CPU time bound",
+    signal.SIGKILL: "SIGKILL (killed, e.g. out of memory)",
+    signal.SIGSEGV: "SIGSEGV (a crash in native code, e.g. a stack overflow)",
+    signal.SIGABRT: "SIGABRT (native code aborted, e.g. a failed allocation)",
+    signal.SIGBUS: "SIGBUS",
+}
+
+
+@dataclass(frozen=True)
+class SandboxBounds:
+    wall_s: float = 30.0
+    cpu_s: int = 10
+    memory_mb: int = 1024
+    output_mb: int = 16
+    startup_s: float = 60.0  # a fresh process imports Qiskit and warms up (5-10 s idle)
+
+    @property
+    def output_bytes(self) -> int:
+        return self.output_mb * 2**20
+
+
+@dataclass(frozen=True)
+class BackendView:
+    """What preparing a job needs of its backend: no simulator, no credentials, no SDK."""
+
+    name: str
+    num_qubits: int
+    calibration_version: str
+    target: object  # qiskit.transpiler.Target
+
+    @classmethod
+    def of(cls, backend) -> BackendView:
+        return cls(backend.name, backend.num_qubits, backend.calibration_version,
+                   backend.target)
+
+
+class _OneBackend:
+    """The registry a sandboxed prepare() sees: the job's backend, as the worker has it."""
+
+    def __init__(self, view: BackendView) -> None:
+        self.view = view
+
+    def get(self, name: str) -> BackendView:
+        if name != self.view.name:
+            raise UnknownBackend(f"unknown backend {name!r}")
+        return self.view
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """What to prepare: the job, the limits, and what only the worker has: its backend's
+    view and readout calibration (measured there, with Aer, and cached)."""
+
+    spec: JobSpec
+    limits: Limits
+    backend: BackendView
+    readout_calibration: object | None = None  # workers.mitigation.readout.ReadoutCalibration
+    fold_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared job as its bytes (PreparedJob.to_bytes) and the facts the worker needs."""
+
+    data: bytes
+    backend: str
+    shots: int
+    num_tasks: int
+    transpile_cache_hit: bool
+
+    @property
+    def tasks(self) -> range:
+        """The task indices (what cost estimates count)."""
+        return range(self.num_tasks)
+
+    def to_bytes(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def of(cls, prepared) -> Prepared:
+        """From a PreparedJob."""
+        return cls(prepared.to_bytes(), prepared.backend, prepared.shots, len(prepared.tasks),
+                   prepared.transpile_cache_hit)
+
+
+# --- the work itself (in a sandbox, or in the worker when the sandbox is off) ----------
+
+
+class _GivenCalibration:
+    """A readout cache that hands out the calibration the worker measured."""
+
+    def __init__(self, calibration) -> None:
+        self.calibration = calibration
+
+    def get(self, backend):
+        return self.calibration
+
+
+class Preparer:
+    """prepare() with this process's own transpile cache (and the parse cache)."""
+
+    def __init__(self) -> None:
+        from workers.circuits.transpile import TranspileCache
+
+        self.cache = TranspileCache()
+
+    def prepare(self, request: SandboxRequest) -> Prepared:
+        from workers.execution.preparation import prepare
+
+        readout = None
+        if request.readout_calibration is not None:
+            readout = _GivenCalibration(request.readout_calibration)
+        prepared = prepare(request.spec, _OneBackend(request.backend), self.cache,
+                           request.limits, readout, fold_seed=request.fold_seed)
+        return Prepared.of(prepared)
+
+    def warm_up(self) -> None:
+        """Load what the first real program would: both parsers and the transpiler."""
+        from qiskit.transpiler import Target, generate_preset_pass_manager
+
+        from workers.circuits.parsing import parse_circuit
+        from workers.execution import preparation  # noqa: F401  (and mitigation with it)
+
+        parse_circuit('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nh q[0];\n')
+        bell = parse_circuit('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\n'
+                             "bit[2] c;\nh q[0];\ncx q[0], q[1];\nc = measure q;\n")
+        target = Target.from_configuration(["cx", "rz", "sx", "x", "measure"], num_qubits=2)
+        generate_preset_pass_manager(optimization_level=1, target=target).run(bell)
+
+
+# --- the sandbox process -----------------------------------------------------------
+
+
+def _address_space() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _frame(header: dict, payload: bytes = b"") -> bytes:
+    encoded = json.dumps(header).encode()
+    return _HEADER.pack(len(encoded)) + encoded + payload
+
+
+def _error_frame(error: BaseException) -> dict:
+    if isinstance(error, MemoryError):
+        return {"ok": False, "error": "ResourceLimitExceeded", "recycle": True,
+                "message": "preparing the program ran out of memory (the sandbox's bound)"}
+    if isinstance(error, RecursionError):
+        return {"ok": False, "error": "ResourceLimitExceeded", "recycle": True,
+                "message": "preparing the program ran out of stack (nesting too deep)"}
+    name = error.reason if isinstance(error, QlaneError) else type(error).__name__
+    return {"ok": False, "error": name, "message": str(error)[:500]}
+
+
+def serve(reader: Connection, writer: Connection, bounds: SandboxBounds) -> None:
+    """The sandbox's loop: warm up, fix the bounds, then prepare one request at a time."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    preparer = Preparer()
+    preparer.warm_up()
+    limit = _address_space() + bounds.memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    writer.send_bytes(_READY)
+    while True:
+        try:
+            message = reader.recv_bytes()
+        except EOFError:  # the worker is gone
+            return
+        request = pickle.loads(message)
+        soft = int(_cpu_used()) + bounds.cpu_s + 1
+        if cpu_hard != resource.RLIM_INFINITY:
+            soft = min(soft, cpu_hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+        try:
+            prepared = preparer.prepare(request)
+        except BaseException as error:  # noqa: BLE001 - every failure goes back typed
+            header = _error_frame(error)
+            writer.send_bytes(_frame(header))
+            if header.get("recycle"):
+                return  # a process that ran out of memory or stack is not reused
+            continue
+        if len(prepared.data) > bounds.output_bytes:
+            writer.send_bytes(_frame({
+                "ok": False, "error": "ResourceLimitExceeded",
+                "message": f"the prepared job is {len(prepared.data)} bytes > "
+                           f"{bounds.output_bytes} (the sandbox's output bound)",
+            }))
+            continue
+        writer.send_bytes(_frame({
+            "ok": True, "backend": prepared.backend, "shots": prepared.shots,
+            "num_tasks": prepared.num_tasks, "transpile_cache_hit": prepared.transpile_cache_hit,
+        }, prepared.data))
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the worker that started it dies (Linux prctl)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+def main(argv: list[str]) -> None:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        return
+    read_fd, write_fd = int(argv[0]), int(argv[1])
+    bounds = SandboxBounds(**json.loads(argv[2]))
+    # Stray prints go to the log, never into the protocol.
+    sys.stdout = sys.stderr
+    serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False), bounds)
+
+
+# --- the parent side ---------------------------------------------------------------
+
+
+def _decode_reply(reply: bytes) -> tuple[dict, bytes]:
+    (length,) = _HEADER.unpack_from(reply)
+    return json.loads(reply[_HEADER.size : _HEADER.size + length]), reply[_HEADER.size + length :]
+
+
+def _outcome(header: dict, payload: bytes) -> Prepared:
+    if header.get("ok"):
+        return Prepared(payload, str(header["backend"]),
+                        int(header["shots"]), int(header["num_tasks"]),
+                        bool(header["transpile_cache_hit"]))
+    raise rebuild_error(str(header.get("error")), str(header.get("message", "")))
+
+
+def rebuild_error(name: str, message: str) -> Exception:
+    """The typed error the sandbox reported; an untyped one as InvalidJob naming it."""
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, QlaneError):
+        return cls(message)
+    return InvalidJob(f"{name}: {message}"[:500])
+
+
+@dataclass
+class _Process:
+    process: subprocess.Popen
+    reader: Connection
+    writer: Connection
+    ready: bool = False
+    jobs: int = 0
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for end in (self.reader, self.writer):
+            try:
+                end.close()
+            except OSError:
+                pass
+
+    def death(self) -> str:
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        if code < 0:
+            return f"was killed by {_SIGNALS.get(-code, signal.Signals(-code).name)}"
+        return f"exited with status {code}"
+
+
+@dataclass
+class SandboxPool:
+    """`size` reusable sandbox processes; `run` prepares a job in one of them."""
+
+    bounds: SandboxBounds = field(default_factory=SandboxBounds)
+    size: int = 1
+    log_path: Path | None = None  # where the processes' stderr goes (None: inherited)
+    _idle: queue.Queue = field(init=False)
+    _threads: ThreadPoolExecutor = field(init=False)
+    _workdir: tempfile.TemporaryDirectory = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _all: list = field(default_factory=list, init=False)
+    started: int = field(default=0, init=False)  # processes started, replacements included
+    replaced: int = field(default=0, init=False)  # processes killed or lost and replaced
+    closed: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._idle = queue.Queue()
+        self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="qlane-sandbox")
+        self._workdir = tempfile.TemporaryDirectory(prefix="qlane-sandbox-")
+        for _ in range(self.size):
+            self._idle.put(self._spawn())
+
+    def _spawn(self) -> _Process:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        root = str(Path(workers.__file__).resolve().parents[1])
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, **_SANDBOX_ENV,
+               "PYTHONPATH": root + (os.pathsep + path if path else "")}
+        stderr = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "workers.circuits.sandbox", str(to_child_r),
+                 str(from_child_w), json.dumps(self.bounds.__dict__)],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
+                stdout=stderr, stderr=stderr, cwd=self._workdir.name, env=env,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+            if stderr is not None:
+                stderr.close()
+        slot = _Process(process, Connection(from_child_r, writable=False),
+                        Connection(to_child_w, readable=False))
+        with self._lock:
+            self.started += 1
+            self._all.append(slot)
+        return slot
+
+    def _replace(self, slot: _Process) -> None:
+        slot.kill()
+        with self._lock:
+            self.replaced += 1
+            if slot in self._all:
+                self._all.remove(slot)
+        if not self.closed:
+            self._idle.put(self._spawn())
+
+    def _ready(self) -> _Process:
+        """An idle process that has started; waits as long as start-up takes (a loaded host
+        can take minutes), replaces processes that die starting, gives up after 3 in a row."""
+        deaths = 0
+        while True:
+            slot = self._idle.get()
+            if slot.ready:
+                return slot
+            started = time.monotonic()
+            try:
+                while not slot.reader.poll(self.bounds.startup_s):
+                    log.warning("a sandbox process has been starting for %.0fs",
+                                time.monotonic() - started)
+                if slot.reader.recv_bytes(64) == _READY:
+                    slot.ready = True
+                    return slot
+            except (OSError, EOFError):
+                pass
+            deaths += 1
+            reason = slot.death()
+            log.error("a sandbox process %s while starting", reason)
+            self._replace(slot)
+            if deaths >= 3:
+                raise RuntimeError(f"sandbox processes die while starting (last {reason})")
+
+    def call(self, request: SandboxRequest) -> Prepared:
+        """Prepare in a sandbox (blocking); typed errors for every way it can end."""
+        message = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        slot = self._ready()
+        started = time.monotonic()
+        try:
+            slot.writer.send_bytes(message)
+            if not slot.reader.poll(self.bounds.wall_s):
+                self._replace(slot)
+                raise SandboxTimeout(
+                    f"preparing the program took longer than {self.bounds.wall_s:g}s "
+                    f"(the sandbox's wall-time bound): sandbox killed"
+                )
+            reply = slot.reader.recv_bytes(self.bounds.output_bytes + 2**16)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            reason = slot.death()
+            self._replace(slot)
+            elapsed = time.monotonic() - started
+            if "CPU time" in reason:
+                raise SandboxTimeout(
+                    f"the sandbox {reason} ({self.bounds.cpu_s}s) after {elapsed:.1f}s"
+                ) from None
+            raise SandboxCrashed(
+                f"the sandbox {reason} after {elapsed:.1f}s preparing the program"
+            ) from None
+        except OSError:  # a reply past maxlength: the connection is out of step now
+            self._replace(slot)
+            raise ResourceLimitExceeded(
+                f"the sandbox's reply exceeds {self.bounds.output_bytes} bytes"
+            ) from None
+        slot.jobs += 1
+        header, payload = _decode_reply(reply)
+        if header.get("recycle"):  # it ran out of memory or stack and exits: not reused
+            self._replace(slot)
+        else:
+            self._idle.put(slot)
+        return _outcome(header, payload)
+
+    async def run(self, request: SandboxRequest) -> Prepared:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self.call,
+                                                                request)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [slot.process.pid for slot in self._all]
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            slots, self._all = list(self._all), []
+        for slot in slots:
+            slot.kill()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._workdir.cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
