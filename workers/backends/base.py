@@ -15,6 +15,7 @@ dead-lettered with that message, never retried.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -24,7 +25,7 @@ from qiskit.transpiler import Target
 
 from workers.errors import PermanentError, UnknownBackend
 
-EXTRAS = {"ibm": "qiskit_ibm_runtime", "braket": "braket.devices"}
+EXTRAS = {"ibm": "qiskit_ibm_runtime", "braket": "braket.devices"}  # the module each provides
 
 
 class MissingExtra(UnknownBackend):
@@ -88,11 +89,11 @@ def extra_installed(extra: str | None) -> bool:
     """Whether the vendor SDK of `extra` can be imported (None: nothing needed)."""
     if extra is None:
         return True
+    # find_spec, not an import: the SDKs take seconds to import and a listing needs none
     try:
-        importlib.import_module(EXTRAS[extra])
-    except ImportError:
+        return importlib.util.find_spec(EXTRAS[extra]) is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def require_extra(extra: str, module: str, backend: str) -> Any:
