@@ -26,7 +26,8 @@ def test_topic_names_use_the_prefix():
     assert names.execute == "acme.stage.execute"
     assert names.by_short_name("results") == "acme.results"
     assert names.by_short_name("stage.mitigate") == "acme.stage.mitigate"
-    assert len(set(names.all())) == 10
+    assert names.jobs_high == "acme.jobs-high" and names.execute_low == "acme.stage.execute-low"
+    assert len(set(names.all())) == len(names.all()) == 14  # 10 topics + 2 lanes x 2 stages
 
 
 @pytest.mark.parametrize(
