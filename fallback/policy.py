@@ -1,7 +1,12 @@
 """Which target a job falls back to, and why.
 
 A job's fallback policy is an ordered list of targets: "classical" (fallback/classical.py) and/or
-backend names. Empty: no fallback, the job fails (dead letter) when its backend gives up.
+backend names, of any vendor (e.g. ["braket.local.dm", "braket.local.sv", "classical"] for a
+job on "ibm.sherbrooke"). Empty: no fallback, the job fails (dead letter) when its backend
+gives up. The execute stage tries each backend target on its own terms: prepared for that
+backend, priced with its vendor's price against the job's limit and the tenant's budget, run
+behind that backend's circuit breaker with retries and the job's deadline; any of these failing
+moves on to the next target.
 
     policy = FallbackPolicy.from_list(["aer.ideal", "classical"])
     policy.next_target({"aer.noisy"})               # "aer.ideal"
