@@ -1,0 +1,130 @@
+"""Priority lanes and cancel through a real broker and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+from schemas.codec import codec
+from streams.client import Client, job_request, load_job_file
+from streams.client.commands import cancel_workflow
+from tests.support import topic_records, wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def heavy_circuit(angle: float) -> str:
+    """A 10-qubit circuit whose text differs per angle (no transpile-cache hits)."""
+    lines = ["OPENQASM 2.0;", 'include "qelib1.inc";', "qreg q[10];", "creg c[10];"]
+    for layer in range(6):
+        for q in range(10):
+            lines.append(f"ry({angle + 0.01 * (layer * 10 + q):.6f}) q[{q}];")
+        for q in range(layer % 2, 9, 2):
+            lines.append(f"cx q[{q}],q[{q + 1}];")
+    lines.append("measure q -> c;")
+    return "\n".join(lines) + "\n"
+
+
+def test_high_priority_job_overtakes_a_low_priority_backlog(settings, worker):
+    tag = uuid.uuid4().hex[:6]
+    low = [job_request(workflow_id=f"low-{tag}-{i:02d}", circuit=heavy_circuit(0.1 + i / 100),
+                       shots=2000, priority=-1) for i in range(40)]
+    high = job_request(workflow_id=f"high-{tag}", circuit=heavy_circuit(3.0), shots=2000,
+                       priority=1)
+
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            for job in low:
+                await client.submit(job)
+            await asyncio.sleep(0.5)  # the backlog is queued (and partly running) first
+            await client.submit(high)
+            return await client.wait([j["workflow_id"] for j in low + [high]], 300)
+
+    outcomes = asyncio.run(go())
+    assert all(o.result is not None for o in outcomes.values()), {
+        k: (o.state, o.detail) for k, o in outcomes.items() if o.result is None}
+    done_at = {k: o.result["completed_at_ms"] for k, o in outcomes.items()}
+    high_at = done_at.pop(high["workflow_id"])
+    before = sorted(k for k, at in done_at.items() if at < high_at)
+    # only what was already in flight when it arrived may finish first
+    assert len(before) <= 12, f"{len(before)} of 40 low-priority jobs finished first"
+    assert max(done_at.values()) > high_at
+
+
+def test_cancelled_before_execution_is_never_run_nor_charged(settings, worker):
+    tag = uuid.uuid4().hex[:6]
+    backlog = [job_request(workflow_id=f"bl-{tag}-{i}", circuit=heavy_circuit(1 + i / 50),
+                           shots=1000, priority=-1) for i in range(15)]
+    target = job_request(workflow_id=f"victim-{tag}", circuit=heavy_circuit(2.5), shots=1000,
+                         priority=-1)
+
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            for job in backlog + [target]:
+                await client.submit(job)
+            await client.cancel(target["workflow_id"], reason="test")
+            return await client.wait([target["workflow_id"]], 120)
+
+    outcome = asyncio.run(go())[target["workflow_id"]]
+    assert outcome.state == "cancelled" and outcome.result is None, (outcome.state,
+                                                                     outcome.history)
+    time.sleep(3)  # the backlog drains; the victim must still be neither run nor charged
+    key = target["workflow_id"].encode()
+    states = [codec("JobStatus").decode(r.value)["state"]
+              for r in topic_records(settings, "status") if r.key == key]
+    assert "executing" not in states and "done" not in states
+    assert not [r for r in topic_records(settings, "results") if r.key == key]
+    assert not [r for r in topic_records(settings, "cost") if r.key == key]
+    # cancelling it again, or a finished workflow, changes nothing and says so
+    answer = asyncio.run(cancel_workflow(settings, target["workflow_id"], timeout_s=30))
+    assert answer.state == "cancel_ignored" and "already cancelled" in answer.detail
+
+
+def test_cancel_of_a_finished_workflow_is_a_reported_no_op(settings, worker):
+    job = job_request(workflow_id=f"fin-{uuid.uuid4().hex[:6]}",
+                      circuit=(EXAMPLES / "bell.qasm").read_text(), shots=100)
+
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            await client.submit(job)
+            return await client.wait([job["workflow_id"]], 120)
+
+    assert asyncio.run(go())[job["workflow_id"]].result is not None
+    answer = asyncio.run(cancel_workflow(settings, job["workflow_id"], timeout_s=30))
+    assert answer.state == "cancel_ignored" and answer.detail == "already done"
+    assert "nothing to cancel" in answer.line()
+
+
+def test_cancel_stops_a_running_variational_loop_with_its_best_result(settings, worker):
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    fields["variational"]["max_iterations"] = 200
+    fields["variational"]["tolerance"] = 1e-9
+    job = job_request(**{**fields, "workflow_id": f"vqe-cancel-{uuid.uuid4().hex[:6]}",
+                         "shots": 2000})
+    key = job["workflow_id"].encode()
+
+    def progress():
+        return [codec("JobStatus").decode(r.value)["progress"]
+                for r in topic_records(settings, "status", timeout_s=5) if r.key == key]
+
+    async def submit():
+        async with Client(settings) as client:
+            await client.submit(job)
+
+    asyncio.run(submit())
+    assert wait_for(lambda: len([p for p in progress() if p]) >= 3, timeout_s=120)
+    answer = asyncio.run(cancel_workflow(settings, job["workflow_id"], timeout_s=60))
+    assert answer.state == "cancelled", answer
+    results = wait_for(lambda: [codec("JobResult").decode(r.value)
+                                for r in topic_records(settings, "results") if r.key == key],
+                       timeout_s=60)
+    assert len(results) == 1
+    report = results[0]["variational"]
+    assert report["stop_reason"] == "cancelled"
+    assert 3 <= report["evaluations"] < 200
+    assert report["best_value"] == min(step["value"] for step in report["history"])
