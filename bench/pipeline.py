@@ -1,9 +1,11 @@
-"""The full pipeline on the embedded broker: N worker processes, one backlog of jobs.
+"""The full pipeline on a real broker: N worker processes, one backlog of jobs.
 
-`run_pipeline(jobs, workers=N, workdir=...)` starts a Tansu broker, creates the topics under a
-fresh prefix, starts N `python -m streams.cli worker` processes (one consumer group, a fresh
-QLANE_APP_ID), warms every worker up, then submits every job at once and waits for every
-outcome. It always stops what it started (workers first, then the broker), also on error.
+`run_pipeline(jobs, workers=N, workdir=..., broker="tansu"|"kafka")` starts a broker (the
+embedded Tansu, or a local 1-node Apache Kafka 4.1 from streams.kafka_local with the `kafka`
+settings profile), creates the topics under a fresh prefix, starts N `python -m streams.cli
+worker` processes (one consumer group, a fresh QLANE_APP_ID), warms every worker up, then
+submits every job at once and waits for every outcome. It always stops what it started
+(workers first, then the broker), also on error.
 
 Warm-up: one job of each kind (bench.jobs.warmup_jobs) per partition of qlane.jobs, so every
 worker, whichever partitions it owns, has parsed OpenQASM 3, imported mitiq, built both
@@ -14,8 +16,15 @@ worker must have logged a non-empty assignment of qlane.jobs partitions).
 Throughput: jobs / (last result received - first job submitted). Latency per job: from the
 moment its record was handed to the producer to the moment its result was read by the
 client (client-side), and the result's own `timings.end_to_end_s` (worker clocks).
-CPU: user+system seconds of each worker process, of the broker and of this client process
-over the measured window, from /proc.
+CPU: user+system seconds of each worker process (with its child processes, e.g. sandboxes),
+of the broker and of this client process over the measured window, from /proc.
+
+Latency (`latency_jobs`, 1 worker): one Bell job at a time (aer.ideal, 1000 shots, no
+mitigation), submit -> result read by the client, after the warm-up and before the backlog.
+
+`run_backlog(n, ...)`: n Bell jobs submitted at once to 1 worker; the drain rate per 1000
+results, the worker's RSS whenever another 1000 results have arrived, and the worker's own
+`qlane_consumer_lag` gauge (the figure the QlaneConsumerLagHigh alert reads) at the end.
 """
 
 from __future__ import annotations
@@ -33,9 +42,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench.jobs import warmup_jobs
-from schemas.codec import codec
-from streams.broker import EmbeddedBroker
+from bench.jobs import BELL, warmup_jobs
+from schemas.codec import codec, fill_defaults
+from streams.broker import EmbeddedBroker, free_port
 from streams.client import Client
 from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.processes import start_worker, stop_process
@@ -48,13 +57,117 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSED_ENV = ("QLANE_EXECUTE_BATCH_MAX", "QLANE_EXECUTE_BATCH_WINDOW_S")
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (threads included), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process, of its live descendants, and of the children it has waited
+    for (cutime, cstime): a worker's sandbox processes count as the worker's."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLK_TCK
+    return own + sum(cpu_seconds(child) for child in descendants(pid))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process, MiB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class BenchBroker:
+    """The broker a measurement runs on: the embedded Tansu or a local Apache Kafka."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        if kind == "tansu":
+            self.handle = EmbeddedBroker(log_path=workdir / "broker.log")
+            self.profile = "embedded"
+        elif kind == "kafka":
+            from streams.kafka_local import KafkaCluster
+
+            self.handle = KafkaCluster(nodes_count=1)
+            self.profile = "kafka"
+        else:
+            raise ValueError(f"unknown broker {kind!r}")
+
+    def start(self) -> BenchBroker:
+        self.handle.start()
+        return self
+
+    @property
+    def bootstrap(self) -> str:
+        return self.handle.bootstrap
+
+    @property
+    def pids(self) -> list[int]:
+        if self.kind == "tansu":
+            return [self.handle.process.pid]
+        return [node.process.pid for node in self.handle.nodes if node.process is not None]
+
+    def cpu_seconds(self) -> float:
+        return sum(tree_cpu_seconds(pid) for pid in self.pids)
+
+    def alive(self) -> bool:
+        if self.kind == "tansu":
+            return self.handle.process.poll() is None
+        return all(node.alive for node in self.handle.nodes)
+
+    def stop(self) -> None:
+        self.handle.stop()
+
+
+def kafka_unavailable() -> str | None:
+    """Why the local Apache Kafka cannot run here (None: it can: java and cached jars)."""
+    try:
+        from streams.kafka_local import DEFAULT_VERSION, KafkaStartError, cache_root, java_binary
+
+        java_binary()
+    except (ImportError, KafkaStartError) as error:
+        return str(error)
+    if not (cache_root() / DEFAULT_VERSION / "libs" / ".complete").exists():
+        return f"no cached Kafka {DEFAULT_VERSION} jars in {cache_root()} (run `qlane kafka` once)"
+    return None
+
+
+def bell_job(workflow_id: str) -> dict:
+    return fill_defaults("JobRequest", {
+        "workflow_id": workflow_id, "circuit": BELL, "shots": 1000, "backend": "aer.ideal",
+    })
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -76,27 +189,7 @@ def warmup_set(tag: str, partitions: int) -> list[dict]:
 async def submit_backlog(client: Client, jobs: list[dict], timeout_s: float,
                          alive) -> tuple[dict, dict, dict, float]:
     """Submit every job at once; (outcomes, submit time, result time, first submit time)."""
-    encode = codec("JobRequest").encode
-    submitted: dict[str, float] = {}
-    received: dict[str, float] = {}
-
-    def on_event(outcome, event: str) -> None:
-        if outcome.finished and outcome.workflow_id not in received:
-            received[outcome.workflow_id] = time.monotonic()
-
-    first = time.monotonic()
-    now_ms = int(time.time() * 1000)
-    futures = []
-    for job in jobs:
-        record = {**job, "submitted_at_ms": now_ms}
-        submitted[job["workflow_id"]] = time.monotonic()
-        futures.append(await client.producer.send(
-            client.names.jobs, value=encode(record), key=job["workflow_id"].encode()
-        ))
-    await asyncio.gather(*futures)
-    outcomes = await client.wait([j["workflow_id"] for j in jobs], timeout_s, on_event,
-                                 keep_waiting=alive)
-    return outcomes, submitted, received, first
+    return await _submit_with(client, jobs, timeout_s, alive, lambda outcome, event: None)
 
 
 async def topic_sizes(settings: Settings, topics: dict[str, str]) -> dict[str, int]:
@@ -136,77 +229,135 @@ def assigned_partitions(log_path: Path, jobs_topic: str) -> str:
     return rows[-1].split("|")[2].strip() if rows else ""
 
 
+def start_workers(settings: Settings, workers: int, workdir: Path,
+                  web_ports: list[int] | None = None, code_root: Path | None = None,
+                  env: dict | None = None) -> list[subprocess.Popen]:
+    """Worker processes running the code in `code_root` (default: this checkout)."""
+    # cwd: Faust writes its <app id>-data directory there, not in the repository.
+    environment = {"PYTHONPATH": str(code_root or ROOT), **(env or {})}
+    return [
+        start_worker(settings, workdir / f"worker{i}.log", env=environment,
+                     cwd=workdir, web_port=(web_ports or [None] * workers)[i])
+        for i in range(workers)
+    ]
+
+
+def bench_settings(broker: BenchBroker, partitions: int) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return Settings(broker=broker.bootstrap, profile=broker.profile, partitions=partitions,
+                    topic_prefix=f"bench{run}.qlane", app_id=f"qlane-bench-{run}")
+
+
 def run_pipeline(jobs: list[dict], *, workers: int, workdir: Path, partitions: int = 4,
-                 timeout_s: float = 600.0, unloaded: int = 0) -> dict:
+                 timeout_s: float = 600.0, latency_jobs: int = 0,
+                 broker: str = "tansu", code_root: Path | None = None,
+                 worker_env: dict | None = None, profile_s: float = 0.0) -> dict:
     """Measure one pipeline configuration; see the module docstring."""
     workdir.mkdir(parents=True, exist_ok=True)
-    run = uuid.uuid4().hex[:8]
-    broker = EmbeddedBroker(log_path=workdir / "broker.log")
+    bench_broker = BenchBroker(broker, workdir)
     processes: list[subprocess.Popen] = []
-    report: dict = {"workers": workers, "partitions": partitions, "workdir": str(workdir),
+    report: dict = {"broker": broker, "workers": workers, "partitions": partitions,
+                    "workdir": str(workdir),
                     "env": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
     try:
-        broker.start()
-        settings = Settings(broker=broker.bootstrap, profile="embedded", partitions=partitions,
-                            topic_prefix=f"bench{run}.qlane", app_id=f"qlane-bench-{run}")
+        t0 = time.monotonic()
+        bench_broker.start()
+        report["broker_start_s"] = time.monotonic() - t0
+        settings = bench_settings(bench_broker, partitions)
         report["topic_prefix"], report["app_id"] = settings.topic_prefix, settings.app_id
+        report["profile"] = settings.profile
         asyncio.run(ensure_topics(settings))
         started = time.monotonic()
-        # cwd: Faust writes its <app id>-data directory there, not in the repository.
-        processes = [
-            start_worker(settings, workdir / f"worker{i}.log", env={"PYTHONPATH": str(ROOT)},
-                         cwd=workdir)
-            for i in range(workers)
-        ]
+        processes = start_workers(settings, workers, workdir, code_root=code_root,
+                                  env=worker_env)
 
         def alive() -> bool:
-            return all(p.poll() is None for p in processes) and broker.process.poll() is None
+            return all(p.poll() is None for p in processes) and bench_broker.alive()
 
-        report.update(asyncio.run(_measure(settings, jobs, workers, workdir, processes, broker,
-                                           alive, timeout_s, unloaded, started)))
+        report.update(asyncio.run(_measure(settings, jobs, workers, workdir, processes,
+                                           bench_broker, alive, timeout_s, latency_jobs,
+                                           started, profile_s)))
         return report
     finally:
         for process in processes:
             stop_process(process)
-        broker.stop()
+        bench_broker.stop()
+
+
+async def warm_up(client: Client, settings: Settings, workers: int, workdir: Path, alive,
+                  tag: str) -> dict:
+    warm = warmup_set(tag, settings.partitions)
+    outcomes, *_ = await submit_backlog(client, warm, 240.0, alive)
+    bad = [o for o in outcomes.values() if o.result is None]
+    if bad:
+        raise RuntimeError(
+            f"warm-up: {len(bad)}/{len(warm)} jobs without a result, e.g. "
+            f"{bad[0].workflow_id} {bad[0].state} {bad[0].detail}; worker log tail:\n"
+            + (workdir / "worker0.log").read_text(errors="replace")[-3000:]
+        )
+    assigned = [assigned_partitions(workdir / f"worker{i}.log", client.names.jobs)
+                for i in range(workers)]
+    if not all(assigned):
+        raise RuntimeError(f"a worker has no partitions of {client.names.jobs}: {assigned}")
+    return {"warmup_jobs": len(warm), "assigned_jobs_partitions": assigned}
+
+
+def cpu_snapshot(processes, broker: BenchBroker) -> dict:
+    return {"workers": [tree_cpu_seconds(p.pid) for p in processes],
+            "broker": broker.cpu_seconds(), "client": time.process_time()}
+
+
+def cpu_delta(after: dict, before: dict) -> dict:
+    return {
+        "workers": [a - b for a, b in zip(after["workers"], before["workers"], strict=True)],
+        "broker": after["broker"] - before["broker"],
+        "client": after["client"] - before["client"],
+    }
+
+
+async def measure_latency(client: Client, n: int, tag: str, processes, broker, alive) -> dict:
+    """n Bell jobs one at a time (closed loop, no queue): submit -> result, client-side."""
+    latencies, failed = [], 0
+    before = cpu_snapshot(processes, broker)
+    wall0 = time.monotonic()
+    for i in range(n):
+        job = bell_job(f"lat-{tag}-{i}")
+        res, sub, rec, _ = await submit_backlog(client, [job], 60.0, alive)
+        wf = job["workflow_id"]
+        if res[wf].result is not None and wf in rec:
+            latencies.append(rec[wf] - sub[wf])
+        else:
+            failed += 1
+    wall = time.monotonic() - wall0
+    cpu = cpu_delta(cpu_snapshot(processes, broker), before)
+    done = max(len(latencies), 1)
+    return {
+        "jobs": n, "succeeded": len(latencies), "failed": failed, "seconds": wall,
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p90_ms": 1000 * percentile(latencies, 90),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "max_ms": 1000 * max(latencies) if latencies else float("nan"),
+        "cpu_seconds": cpu,
+        "cpu_ms_per_job": {
+            "workers": 1000 * sum(cpu["workers"]) / done,
+            "broker": 1000 * cpu["broker"] / done,
+            "client": 1000 * cpu["client"] / done,
+        },
+        "latencies_ms": [round(1000 * x, 2) for x in latencies],
+    }
 
 
 async def _measure(settings, jobs, workers, workdir, processes, broker, alive, timeout_s,
-                   unloaded, started) -> dict:
+                   latency_jobs, started, profile_s=0.0) -> dict:
     out: dict = {}
     async with Client(settings) as client:
         await client.start_watching()
-        warm = warmup_set(f"w{workers}", settings.partitions)
-        outcomes, *_ = await submit_backlog(client, warm, 180.0, alive)
-        bad = [o for o in outcomes.values() if o.result is None]
-        if bad:
-            raise RuntimeError(
-                f"warm-up: {len(bad)}/{len(warm)} jobs without a result, e.g. "
-                f"{bad[0].workflow_id} {bad[0].state} {bad[0].detail}; worker log tail:\n"
-                + (workdir / "worker0.log").read_text(errors="replace")[-3000:]
-            )
+        out.update(await warm_up(client, settings, workers, workdir, alive, f"w{workers}"))
         out["startup_and_warmup_s"] = time.monotonic() - started
-        out["warmup_jobs"] = len(warm)
-        assigned = [assigned_partitions(workdir / f"worker{i}.log", client.names.jobs)
-                    for i in range(workers)]
-        out["assigned_jobs_partitions"] = assigned
-        if not all(assigned):
-            raise RuntimeError(f"a worker has no partitions of {client.names.jobs}: {assigned}")
 
-        if unloaded:  # closed loop: one job at a time, no queue
-            latencies = []
-            for job in jobs[:unloaded]:
-                one = {**job, "workflow_id": f"{job['workflow_id']}-solo"}
-                res, sub, rec, _ = await submit_backlog(client, [one], 120.0, alive)
-                wf = one["workflow_id"]
-                if res[wf].result is not None:
-                    latencies.append(rec[wf] - sub[wf])
-            out["unloaded"] = {
-                "jobs": len(latencies),
-                "p50_latency_s": percentile(latencies, 50),
-                "p99_latency_s": percentile(latencies, 99),
-                "latencies_s": latencies,
-            }
+        if latency_jobs:
+            out["latency"] = await measure_latency(client, latency_jobs, settings.app_id[-8:],
+                                                   processes, broker, alive)
 
         names = client.names
         # qlane.jobs is left out: this client batches its records (linger 5 ms) and Tansu's end
@@ -217,15 +368,14 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
                   "deadletter": names.deadletter,
                   "workflows-changelog": changelog_topic(settings)}
         sizes_before = await topic_sizes(settings, topics)
-        cpu_before = {"workers": [cpu_seconds(p.pid) for p in processes],
-                      "broker": cpu_seconds(broker.process.pid),
-                      "client": time.process_time()}
+        profiler = start_profiler(processes[0].pid, profile_s, workdir) if profile_s else None
+        cpu_before = cpu_snapshot(processes, broker)
         outcomes, submitted, received, first = await submit_backlog(client, jobs, timeout_s,
                                                                     alive)
         done_at = max(received.values()) if received else time.monotonic()
-        cpu_after = {"workers": [cpu_seconds(p.pid) for p in processes],
-                     "broker": cpu_seconds(broker.process.pid),
-                     "client": time.process_time()}
+        cpu_after = cpu_snapshot(processes, broker)
+        if profiler is not None:
+            out["profile"] = finish_profiler(profiler, workdir)
         sizes_after = await topic_sizes(settings, topics)
     wall = done_at - first
     results = {wf: o.result for wf, o in outcomes.items() if o.result is not None}
@@ -253,12 +403,7 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
         "median_stage_s": {k: statistics.median(r["timings"][k] for r in results.values())
                            for k in ("queued_s", "preprocess_s", "execute_s", "mitigate_s")}
         if results else {},
-        "cpu_seconds": {
-            "workers": [a - b for a, b in zip(cpu_after["workers"], cpu_before["workers"],
-                                              strict=True)],
-            "broker": cpu_after["broker"] - cpu_before["broker"],
-            "client": cpu_after["client"] - cpu_before["client"],
-        },
+        "cpu_seconds": cpu_delta(cpu_after, cpu_before),
         "jobs_per_partition": [sum(partition_of(j["workflow_id"], settings.partitions) == p
                                    for j in jobs) for p in range(settings.partitions)],
         "records_per_topic": {k: sizes_after[k] - sizes_before[k] for k in topics},
@@ -277,12 +422,170 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
     return out
 
 
+# --- py-spy ------------------------------------------------------------------------------
+def pyspy_binary() -> str | None:
+    import shutil
+
+    return os.environ.get("QLANE_PYSPY") or shutil.which("py-spy")
+
+
+def start_profiler(pid: int, seconds: float, workdir: Path) -> subprocess.Popen | None:
+    """py-spy sampling every thread of the worker (and its sandboxes) for `seconds`."""
+    binary = pyspy_binary()
+    if binary is None:
+        return None
+    return subprocess.Popen(
+        [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
+         "--format", "raw", "--subprocesses", "--nonblocking", "--output",
+         str(workdir / "worker0.pyspy.txt")],
+        stdout=subprocess.DEVNULL, stderr=open(workdir / "pyspy.log", "ab"))
+
+
+def finish_profiler(profiler: subprocess.Popen, workdir: Path) -> dict:
+    try:
+        profiler.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait()
+    from bench.profile import summarize_collapsed
+
+    path = workdir / "worker0.pyspy.txt"
+    return summarize_collapsed(path) if path.exists() else {"error": "no py-spy output"}
+
+
+# --- the 10,000-job backlog ----------------------------------------------------------------
+def run_backlog(n: int, *, workdir: Path, partitions: int = 4, timeout_s: float = 1800.0,
+                broker: str = "tansu", step: int = 1000) -> dict:
+    """n Bell jobs at once to 1 worker: drain rate and worker RSS every `step` results."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench_broker = BenchBroker(broker, workdir)
+    processes: list[subprocess.Popen] = []
+    report: dict = {"broker": broker, "jobs": n, "partitions": partitions, "step": step}
+    try:
+        bench_broker.start()
+        settings = bench_settings(bench_broker, partitions)
+        asyncio.run(ensure_topics(settings))
+        web_port = free_port()
+        processes = start_workers(settings, 1, workdir, web_ports=[web_port])
+
+        def alive() -> bool:
+            return all(p.poll() is None for p in processes) and bench_broker.alive()
+
+        report.update(asyncio.run(_backlog(settings, n, workdir, processes, bench_broker,
+                                           alive, timeout_s, step, web_port)))
+        return report
+    finally:
+        for process in processes:
+            stop_process(process)
+        bench_broker.stop()
+
+
+def scrape_lag(port: int) -> dict[str, float]:
+    """The worker's qlane_consumer_lag gauge summed per topic (what the lag alert reads)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError as error:
+        return {"error": repr(error)}
+    lag: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        if line.startswith("qlane_consumer_lag{"):
+            labels, value = line.rsplit(" ", 1)
+            topic = labels.split('topic="', 1)[1].split('"', 1)[0]
+            lag[topic] = lag.get(topic, 0.0) + float(value)
+    return lag
+
+
+async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, step,
+                   web_port) -> dict:
+    worker = processes[0]
+    out: dict = {}
+    marks: list[dict] = []
+    async with Client(settings) as client:
+        await client.start_watching()
+        out.update(await warm_up(client, settings, 1, workdir, alive, "wb"))
+        out["rss_mb_after_warmup"] = rss_mb(worker.pid)
+        jobs = [bell_job(f"backlog-{settings.app_id[-8:]}-{i}") for i in range(n)]
+        done = 0
+        t_start = time.monotonic()
+        cpu0 = cpu_snapshot(processes, broker)
+
+        def on_event(outcome, event: str) -> None:
+            nonlocal done
+            if outcome.finished:
+                done += 1
+                if done % step == 0 or done == n:
+                    marks.append({"results": done, "t_s": time.monotonic() - t_start,
+                                  "worker_rss_mb": rss_mb(worker.pid),
+                                  "worker_tree_rss_mb": rss_mb(worker.pid) + sum(
+                                      rss_mb(c) for c in descendants(worker.pid)),
+                                  "worker_cpu_s": tree_cpu_seconds(worker.pid)})
+
+        outcomes, submitted, received, first = await _submit_with(
+            client, jobs, timeout_s, alive, on_event)
+        cpu = cpu_delta(cpu_snapshot(processes, broker), cpu0)
+        await asyncio.sleep(3.0)  # one more lag sample by the worker (every few seconds)
+        out["consumer_lag_at_end"] = scrape_lag(web_port)
+    succeeded = sum(1 for o in outcomes.values()
+                    if o.result is not None and o.result.get("status") == "succeeded")
+    rates = []
+    for prev, cur in zip([{"results": 0, "t_s": 0.0}, *marks], marks, strict=False):
+        dt = cur["t_s"] - prev["t_s"]
+        rates.append((cur["results"] - prev["results"]) / dt if dt > 0 else None)
+    wall = marks[-1]["t_s"] if marks else float("nan")
+    by_count = {m["results"]: m["worker_rss_mb"] for m in marks}
+    out.update({
+        "succeeded": succeeded,
+        "failed": n - succeeded,
+        "seconds": wall,
+        "jobs_per_s": succeeded / wall if marks and wall > 0 else 0.0,
+        "marks": marks,
+        "jobs_per_s_per_step": rates,
+        "rss_mb_at_1k": by_count.get(min(1000, n)),
+        f"rss_mb_at_{n // 1000}k": by_count.get(n),
+        "rss_mb_end": marks[-1]["worker_rss_mb"] if marks else None,
+        "cpu_seconds": cpu,
+        "cpu_ms_per_job": {"workers": 1000 * sum(cpu["workers"]) / max(succeeded, 1),
+                           "broker": 1000 * cpu["broker"] / max(succeeded, 1),
+                           "client": 1000 * cpu["client"] / max(succeeded, 1)},
+        "worker_alive_at_end": worker.poll() is None,
+    })
+    return out
+
+
+async def _submit_with(client, jobs, timeout_s, alive, on_event):
+    """submit_backlog with a caller's on_event (called once per finished job)."""
+    encode = codec("JobRequest").encode
+    submitted: dict[str, float] = {}
+    received: dict[str, float] = {}
+
+    def on(outcome, event: str) -> None:
+        if outcome.finished and outcome.workflow_id not in received:
+            received[outcome.workflow_id] = time.monotonic()
+            on_event(outcome, event)
+
+    first = time.monotonic()
+    now_ms = int(time.time() * 1000)
+    futures = []
+    for job in jobs:
+        submitted[job["workflow_id"]] = time.monotonic()
+        futures.append(await client.producer.send(
+            client.names.jobs, value=encode({**job, "submitted_at_ms": now_ms}),
+            key=job["workflow_id"].encode()))
+    await asyncio.gather(*futures)
+    outcomes = await client.wait([j["workflow_id"] for j in jobs], timeout_s, on,
+                                 keep_waiting=alive)
+    return outcomes, submitted, received, first
+
+
 if __name__ == "__main__":  # a quick manual check: python bench/pipeline.py [N] [workers]
     from bench.jobs import job_set
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 24
     w = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     workdir = Path(f"/tmp/qlane-bench-{uuid.uuid4().hex[:6]}")
-    rep = run_pipeline(job_set(n), workers=w, workdir=workdir)
+    b = sys.argv[3] if len(sys.argv) > 3 else "tansu"
+    rep = run_pipeline(job_set(n), workers=w, workdir=workdir, broker=b, latency_jobs=5)
     rep.pop("per_job", None)
     print(json.dumps(rep, indent=1, default=str))

@@ -1,8 +1,14 @@
-"""qlane's benchmark (issue 3): one invocation, one fixed job set, every figure in one file.
+"""qlane's benchmark (issues 3 and 14): one invocation, one fixed job set, every figure in one
+file, on every broker available.
 
     make bench                                  # = .venv/bin/python bench/run.py
-    .venv/bin/python bench/run.py --jobs 24 --quick          # smoke run (~2 min)
+    .venv/bin/python bench/run.py --jobs 24 --quick          # smoke run (~3 min)
     .venv/bin/python bench/run.py --from-head                # run the committed code (HEAD)
+    .venv/bin/python bench/run.py --sections backlog --backlog 10000   # the backlog alone
+
+Brokers (--brokers, default: every one available): tansu (the embedded broker, always) and
+kafka (a local 1-node Apache Kafka 4.1, streams.kafka_local, when `java` and the cached jars
+are there; otherwise the reason is recorded under "brokers_skipped").
 
 Sections, in this order (each in its own try; a failed section is recorded under "errors"
 and the others still run; results are written after every section):
@@ -11,11 +17,18 @@ and the others still run; results are written after every section):
   naive     bench/inprocess.py naive   (fresh process; see its docstring for what it does)
   serial    bench/inprocess.py serial  (fresh process): one worker's work without Kafka
   batched   bench/inprocess.py batched (fresh process)
-  pipeline1 bench/pipeline.py: embedded broker + 1 worker process, the job set as a backlog
+  then per broker B (section names B.pipeline1, B.pipeline2, B.backlog):
+  pipeline1 bench/pipeline.py: broker + 1 worker process; after the warm-up, --latency-jobs
+            Bell jobs one at a time (latency), then the job set as a backlog
   pipeline2 the same on fresh topics and a fresh app id with 2 worker processes
+  backlog   only with --backlog N: N Bell jobs at once to 1 worker (drain rate, worker RSS)
   accuracy  bench.mitigation_bench.measure_accuracy (ZNE and readout mitigation accuracy)
 Then: correctness (every pipeline job succeeded; the pipeline's counts and estimates equal
-the batched loop's, job by job) and the summary keys and targets.
+the batched loop's, job by job) and the summary keys and targets, per broker under
+"brokers": {"tansu": {...}, "kafka": {...}}.
+
+The machine may be shared: every section records the CPU other processes used meanwhile
+(foreign_cpu_cores), and every mode its CPU ms per job, the steadier figure.
 
 --from-head exports the committed tree (git archive HEAD) to a temporary directory, copies
 this bench/ directory into it and runs everything from there, so uncommitted edits elsewhere
@@ -43,15 +56,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The codec target (<= 15 us, issue 3) is retired (issue 14): the codec runs at raw
+# fastavro's speed on this record; codec_us is still measured and reported.
 TARGETS = {  # key: (comparison, threshold)
     "pipeline_vs_naive": (">=", 5.0),
-    "pipeline_vs_batched": (">=", 0.8),
-    "two_vs_one_workers": (">=", 1.6),
-    "codec_us": ("<=", 15.0),
     "zne_error_reduction": (">=", 2.0),
     "rem_tvd_reduction": (">=", 2.0),
 }
-ALL_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline2", "accuracy")
+BROKER_TARGETS = {  # issue 14, per broker; latency targets are Kafka's (Tansu is reported)
+    "pipeline_vs_batched": (">=", 0.8, ("tansu", "kafka")),
+    "two_vs_one_workers": (">=", 1.7, ("tansu", "kafka")),
+    "latency_p50_ms": ("<=", 50.0, ("kafka",)),
+    "latency_p99_ms": ("<=", 150.0, ("kafka",)),
+}
+BROKERS = ("tansu", "kafka")
+BROKER_SECTIONS = ("pipeline1", "pipeline2", "backlog")
+ALL_SECTIONS = ("codec", "naive", "serial", "batched", *BROKER_SECTIONS, "accuracy")
 QUICK_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline2")
 
 
@@ -205,13 +225,38 @@ def section_inprocess(mode: str, args, scratch: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def section_pipeline(workers: int, args, scratch: Path) -> dict:
+def section_pipeline(workers: int, broker: str, args, scratch: Path) -> dict:
     from bench.jobs import job_set
     from bench.pipeline import run_pipeline
 
-    return run_pipeline(job_set(args.jobs), workers=workers, workdir=scratch / f"pipeline{workers}",
+    return run_pipeline(job_set(args.jobs), workers=workers,
+                        workdir=scratch / f"{broker}-pipeline{workers}",
                         partitions=args.partitions, timeout_s=args.timeout,
-                        unloaded=args.unloaded if workers == 1 else 0)
+                        latency_jobs=args.latency_jobs if workers == 1 else 0, broker=broker)
+
+
+def section_backlog(broker: str, args, scratch: Path) -> dict:
+    from bench.pipeline import run_backlog
+
+    return run_backlog(args.backlog, workdir=scratch / f"{broker}-backlog",
+                       partitions=args.partitions, timeout_s=max(args.timeout, 1800.0),
+                       broker=broker)
+
+
+def available_brokers(requested: str | None) -> tuple[list[str], dict[str, str]]:
+    """The brokers to run on, and why the others are skipped."""
+    from bench.pipeline import kafka_unavailable
+
+    wanted = requested.split(",") if requested else list(BROKERS)
+    unknown = set(wanted) - set(BROKERS)
+    if unknown:
+        raise SystemExit(f"unknown brokers {sorted(unknown)}; known: {list(BROKERS)}")
+    skipped = {}
+    if "kafka" in wanted:
+        reason = kafka_unavailable()
+        if reason:
+            skipped["kafka"] = reason
+    return [b for b in wanted if b not in skipped], skipped
 
 
 def section_accuracy(args) -> dict:
@@ -255,51 +300,105 @@ def _strip(section: dict) -> dict:
     return {k: v for k, v in section.items() if k != "per_job"}
 
 
+def pipeline_cpu(section: dict) -> dict:
+    """CPU ms per job of a pipeline run: workers (with their children), broker, client."""
+    c, jobs = section.get("cpu_seconds"), section.get("jobs")
+    if not c or not jobs:
+        return {}
+    workers = 1000 * sum(c["workers"]) / jobs
+    return {"workers": workers, "broker": 1000 * c["broker"] / jobs,
+            "client": 1000 * c["client"] / jobs,
+            "total": workers + 1000 * (c["broker"] + c["client"]) / jobs}
+
+
+def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
+    """One broker's figures: ratios against the in-process loops of the same run."""
+    p1s, p2s = sections.get(f"{broker}.pipeline1", {}), sections.get(f"{broker}.pipeline2", {})
+    foreign = results.get("foreign_cpu_cores", {})
+    out: dict = {"throughput_jobs_per_s": {}, "cpu_ms_per_job": {}, "foreign_cpu_cores": {}}
+    for name, section in (("pipeline_1", p1s), ("pipeline_2", p2s)):
+        if "jobs_per_s" in section:
+            out["throughput_jobs_per_s"][name] = section["jobs_per_s"]
+            out["cpu_ms_per_job"][name] = pipeline_cpu(section)
+    for key in (f"{broker}.pipeline1", f"{broker}.pipeline2", f"{broker}.backlog"):
+        if key in foreign:
+            out["foreign_cpu_cores"][key.split(".", 1)[1]] = foreign[key]
+    batched = sections.get("batched", {}).get("jobs_per_s")
+    p1, p2 = out["throughput_jobs_per_s"].get("pipeline_1"), out["throughput_jobs_per_s"].get(
+        "pipeline_2")
+    if p1 and batched:
+        out["pipeline_vs_batched"] = p1 / batched
+        b_cpu = 1000 * sections["batched"]["cpu_seconds"] / sections["batched"]["jobs"]
+        total = out["cpu_ms_per_job"]["pipeline_1"].get("total")
+        if total:  # the steadier form: batched CPU per job over the pipeline's (all processes)
+            out["pipeline_vs_batched_cpu"] = b_cpu / total
+    if p1 and sections.get("naive", {}).get("jobs_per_s"):
+        out["pipeline_vs_naive"] = p1 / sections["naive"]["jobs_per_s"]
+    if p1 and p2:
+        out["two_vs_one_workers"] = p2 / p1
+    latency = p1s.get("latency")
+    if latency and latency.get("succeeded"):
+        out["latency_p50_ms"] = latency["p50_ms"]
+        out["latency_p99_ms"] = latency["p99_ms"]
+        out["latency_samples"] = latency["succeeded"]
+        out["latency_cpu_ms_per_job"] = latency["cpu_ms_per_job"]
+        out["latency_note"] = ("one Bell job at a time (aer.ideal, 1000 shots), client-side "
+                               "submit -> result read, 1 worker, after its warm-up")
+    if "p50_latency_s" in p1s:
+        out["backlog_latency_s"] = {"p50": p1s["p50_latency_s"], "p99": p1s["p99_latency_s"],
+                                    "note": "1 worker, all jobs submitted at once (queueing)"}
+    backlog = sections.get(f"{broker}.backlog")
+    if backlog:
+        out["backlog"] = {k: v for k, v in backlog.items() if k not in ("marks",)}
+    correctness = {}
+    for key, section in (("pipeline1", p1s), ("pipeline2", p2s)):
+        if not section:
+            continue
+        entry = {"jobs": section.get("jobs"), "succeeded": section.get("succeeded"),
+                 "all_succeeded": section.get("succeeded") == section.get("jobs"),
+                 "failures": dict(list(section.get("failures", {}).items())[:10])}
+        if "batched" in sections:
+            entry["vs_batched"] = compare_runs(sections["batched"], section)
+        correctness[key] = entry
+    if p1s and p2s:
+        correctness["pipeline2_vs_pipeline1"] = compare_runs(p1s, p2s)
+    out["correctness"] = correctness
+    targets = {}
+    for key, (op, threshold, brokers) in BROKER_TARGETS.items():
+        value = out.get(key)
+        met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+        targets[key] = {"target": f"{op} {threshold:g}", "value": value,
+                        "met": met if broker in brokers else None,
+                        **({} if broker in brokers else {"note": "reported, not a target"})}
+    out["targets"] = targets
+    return out
+
+
 def summarize(results: dict, sections: dict) -> None:
-    throughput = {name: sections[key]["jobs_per_s"] for name, key in (
-        ("naive", "naive"), ("serial", "serial"), ("batched", "batched"),
-        ("pipeline_1", "pipeline1"), ("pipeline_2", "pipeline2"))
-        if key in sections and "jobs_per_s" in sections[key]}
-    results["throughput_jobs_per_s"] = throughput
-    # CPU per job (all threads; pipeline: workers, broker and client) is less sensitive than
-    # jobs/s to other processes competing for the machine.
     cpu = {}
+    throughput = {}
     for key in ("naive", "serial", "batched"):
         if key in sections and "cpu_seconds" in sections[key]:
             cpu[key] = 1000 * sections[key]["cpu_seconds"] / sections[key]["jobs"]
-    for key in ("pipeline1", "pipeline2"):
-        c = sections.get(key, {}).get("cpu_seconds")
-        if c:
-            jobs = sections[key]["jobs"]
-            cpu[f"{key}_workers"] = 1000 * sum(c["workers"]) / jobs
-            cpu[f"{key}_total"] = 1000 * (sum(c["workers"]) + c["broker"] + c["client"]) / jobs
+            throughput[key] = sections[key]["jobs_per_s"]
+    results["throughput_jobs_per_s"] = throughput
+    # CPU per job (all threads; pipeline: workers, broker and client) is less sensitive than
+    # jobs/s to other processes competing for the machine.
     results["cpu_ms_per_job"] = cpu
-    p1, p2 = throughput.get("pipeline_1"), throughput.get("pipeline_2")
-    if p1 and throughput.get("naive"):
-        results["pipeline_vs_naive"] = p1 / throughput["naive"]
-    if p1 and throughput.get("batched"):
-        results["pipeline_vs_batched"] = p1 / throughput["batched"]
-    if p1 and p2:
-        results["two_vs_one_workers"] = p2 / p1
-    if p1 and throughput.get("serial"):
-        results["pipeline_vs_serial"] = p1 / throughput["serial"]
     if throughput.get("batched") and throughput.get("naive"):
         results["batched_vs_naive"] = throughput["batched"] / throughput["naive"]
-    if "pipeline1" in sections:
-        pipe = sections["pipeline1"]
-        results["p50_latency_s"] = pipe.get("p50_latency_s")
-        results["p99_latency_s"] = pipe.get("p99_latency_s")
-        results["latency_note"] = (
-            "client-side submit -> result, 1 worker, all jobs submitted at once (backlog: "
-            "includes queueing); unloaded = one job at a time")
-        if "unloaded" in pipe:
-            results["p50_latency_unloaded_s"] = pipe["unloaded"]["p50_latency_s"]
-            results["p99_latency_unloaded_s"] = pipe["unloaded"]["p99_latency_s"]
-    if "pipeline2" in sections:
-        results["p50_latency_2_workers_s"] = sections["pipeline2"].get("p50_latency_s")
-        results["p99_latency_2_workers_s"] = sections["pipeline2"].get("p99_latency_s")
+    brokers = {}
+    for broker in BROKERS:
+        if any(k.startswith(f"{broker}.") for k in sections):
+            brokers[broker] = summarize_broker(broker, results, sections)
+    results["brokers"] = brokers
+    first = brokers.get("tansu") or next(iter(brokers.values()), {})
+    if "pipeline_vs_naive" in first:
+        results["pipeline_vs_naive"] = first["pipeline_vs_naive"]
     if "codec" in sections:
         results["codec_us"] = sections["codec"]["codec_us"]
+        results["codec_note"] = ("the <= 15 us target is retired (issue 14): the codec runs at "
+                                 "raw fastavro's speed on this record (fastavro_raw_us)")
     if "accuracy" in sections:
         acc = sections["accuracy"]
         results["zne_error_reduction"] = acc["zne_error_reduction"]
@@ -309,27 +408,14 @@ def summarize(results: dict, sections: dict) -> None:
         results["rem_tvd_reduction"] = acc["rem_tvd_reduction"]
         results["accuracy_noise_profile"] = acc["noise_profile"]
 
-    correctness = {}
-    for key in ("pipeline1", "pipeline2"):
-        if key not in sections:
-            continue
-        pipe = sections[key]
-        entry = {"jobs": pipe.get("jobs"), "succeeded": pipe.get("succeeded"),
-                 "all_succeeded": pipe.get("succeeded") == pipe.get("jobs"),
-                 "failures": dict(list(pipe.get("failures", {}).items())[:10])}
-        if "batched" in sections:
-            entry["vs_batched"] = compare_runs(sections["batched"], pipe)
-        correctness[key] = entry
-    if "pipeline1" in sections and "pipeline2" in sections:
-        correctness["pipeline2_vs_pipeline1"] = compare_runs(sections["pipeline1"],
-                                                             sections["pipeline2"])
-    results["correctness"] = correctness
-
     targets = {}
     for key, (op, threshold) in TARGETS.items():
         value = results.get(key)
         met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
         targets[key] = {"target": f"{op} {threshold:g}", "value": value, "met": met}
+    for broker, figures in brokers.items():
+        for key, t in figures["targets"].items():
+            targets[f"{broker}.{key}"] = t
     results["targets"] = targets
 
 
@@ -347,6 +433,8 @@ def table(results: dict) -> str:
     for key, t in results.get("targets", {}).items():
         value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
         met = {True: "yes", False: "NO", None: "not measured"}[t["met"]]
+        if t.get("note"):
+            met = t["note"]
         lines.append(f"| {key} | {t['target']} | {value} | {met} |")
     return "\n".join(lines)
 
@@ -399,13 +487,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="qlane benchmark (issue 3)")
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="size of the job set")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: short codec timing, no accuracy section, 4 unloaded "
+                        help="smoke run: short codec timing, no accuracy section, 20 latency "
                              "jobs; writes bench/results-quick.json unless --out")
     parser.add_argument("--sections", help=f"comma list of {','.join(ALL_SECTIONS)}")
     parser.add_argument("--batch", type=int, default=32, help="jobs per batch (batched loop)")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--unloaded", type=int, help="jobs run one at a time for unloaded "
-                        "latency (1 worker); default 20, 4 with --quick")
+    parser.add_argument("--latency-jobs", type=int, help="Bell jobs run one at a time for "
+                        "the latency figures (1 worker); default 200, 20 with --quick")
+    parser.add_argument("--brokers", help="comma list of tansu,kafka (default: every one "
+                        "available; kafka needs java and the cached jars)")
+    parser.add_argument("--backlog", type=int, default=0, metavar="N",
+                        help="also drain a backlog of N Bell jobs with 1 worker per broker "
+                             "(rate, worker RSS every 1000 results), e.g. 10000")
     parser.add_argument("--timeout", type=float, default=900.0, help="per section, seconds")
     parser.add_argument("--out", type=Path, help="default bench/results.json")
     parser.add_argument("--from-head", action="store_true", help="run the committed code")
@@ -419,10 +512,15 @@ def main(argv: list[str] | None = None) -> int:
         return reexec_from_head(argv, out)
     # SIGTERM unwinds like Ctrl-C, so every finally: stops the broker and workers it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.unloaded is None:
-        args.unloaded = 4 if args.quick else 20
+    if args.latency_jobs is None:
+        args.latency_jobs = 20 if args.quick else 200
     wanted = (args.sections.split(",") if args.sections
               else list(QUICK_SECTIONS if args.quick else ALL_SECTIONS))
+    if args.backlog and "backlog" not in wanted:
+        wanted.append("backlog")
+    if "backlog" in wanted and not args.backlog:
+        args.backlog = 10_000
+    brokers, brokers_skipped = available_brokers(args.brokers)
     unknown = set(wanted) - set(ALL_SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
@@ -438,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         "errors": {},
         "section_seconds": {},
         "foreign_cpu_cores": {},
+        "brokers_run": brokers,
+        "brokers_skipped": brokers_skipped,
     }
     from bench.jobs import describe, job_set
 
@@ -448,14 +548,25 @@ def main(argv: list[str] | None = None) -> int:
         "naive": lambda: section_inprocess("naive", args, scratch),
         "serial": lambda: section_inprocess("serial", args, scratch),
         "batched": lambda: section_inprocess("batched", args, scratch),
-        "pipeline1": lambda: section_pipeline(1, args, scratch),
-        "pipeline2": lambda: section_pipeline(2, args, scratch),
         "accuracy": lambda: section_accuracy(args),
     }
+    # Per broker, pipeline1, pipeline2, then the backlog; the accuracy section last.
+    order = [n for n in ("codec", "naive", "serial", "batched") if n in wanted]
+    for broker in brokers:
+        for name in BROKER_SECTIONS:
+            if name in wanted:
+                key = f"{broker}.{name}"
+                order.append(key)
+                if name == "backlog":
+                    runners[key] = lambda b=broker: section_backlog(b, args, scratch)
+                else:
+                    workers = 1 if name == "pipeline1" else 2
+                    runners[key] = lambda w=workers, b=broker: section_pipeline(w, b, args,
+                                                                                scratch)
+    if "accuracy" in wanted:
+        order.append("accuracy")
     try:
-        for name in ALL_SECTIONS:
-            if name not in wanted:
-                continue
+        for name in order:
             if args.quiet_wait > 0:
                 busy = wait_for_quiet(args.quiet_wait)
                 results.setdefault("busy_cores_before", {})[name] = round(busy, 3)
@@ -487,8 +598,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     print(table(results))
-    print(f"\nthroughput (jobs/s): {json.dumps(results.get('throughput_jobs_per_s'))}")
-    print(f"correctness: {json.dumps(results.get('correctness'), default=str)[:2000]}")
+    print(f"\nin-process (jobs/s): {json.dumps(results.get('throughput_jobs_per_s'))}")
+    for broker, figures in results.get("brokers", {}).items():
+        print(f"{broker}: pipeline (jobs/s) {json.dumps(figures.get('throughput_jobs_per_s'))}"
+              f"; CPU ms/job {json.dumps(figures.get('cpu_ms_per_job'), default=str)}")
+        print(f"{broker} correctness: "
+              f"{json.dumps(figures.get('correctness'), default=str)[:1500]}")
+    if results.get("brokers_skipped"):
+        print(f"skipped brokers: {results['brokers_skipped']}")
     print(f"wrote {out} in {results['total_seconds']:.0f}s")
     return 1 if results["errors"] else 0
 
