@@ -1,0 +1,124 @@
+"""The primitives' request building and result rebuilding, without a broker."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+from qiskit.circuit import Parameter, ParameterVector
+from qiskit.primitives.containers.estimator_pub import EstimatorPub
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+from qiskit.quantum_info import SparsePauliOp, Statevector
+
+from streams.client.adaptive import BasisData, estimate
+from streams.client.errors import RemoteJobFailed, remote_error
+from streams.client.primitives import (
+    Estimator,
+    circuit_source,
+    estimator_pub_result,
+    sampler_pub_result,
+)
+from streams.settings import Settings
+from workers.backends.aer import BackendRegistry
+from workers.circuits.parsing import parse_circuit
+from workers.errors import InvalidCircuit, UnknownBackend
+
+
+def test_parameters_keep_the_circuits_order_on_the_worker():
+    theta = ParameterVector("θ", 3)
+    circuit = QuantumCircuit(2)
+    circuit.ry(theta[0], 0)
+    circuit.rx(2 * theta[1] + Parameter("b"), 1)
+    circuit.rz(theta[2], 1)
+    source, parameters = circuit_source(circuit)
+    parsed = parse_circuit(source, "qasm3")
+    assert [p.name for p in parameters] == ["b", "θ[0]", "θ[1]", "θ[2]"]
+    values = [0.3, -0.2, 0.9, 1.7]
+    mine = Statevector(parsed.assign_parameters(values))
+    exact = Statevector(circuit.assign_parameters(dict(zip(parameters, values, strict=True))))
+    assert mine.equiv(exact)
+
+
+def _sampler_result(workflow_id, counts_per_set, registers):
+    return {"workflow_id": workflow_id, "circuits": [
+        {"parameter_set_index": i, "scale_factor": 1.0, "counts": counts, "shots": 8,
+         "registers": registers, "basis": ""} for i, counts in enumerate(counts_per_set)]}
+
+
+def test_sampler_result_splits_joint_counts_per_register_and_keeps_correlations():
+    alpha, beta = ClassicalRegister(1, "alpha"), ClassicalRegister(2, "beta")
+    circuit = QuantumCircuit(QuantumRegister(3), alpha, beta)
+    circuit.measure([0, 1, 2], [0, 1, 2])
+    pub = SamplerPub.coerce((circuit, None, 8))
+    layout = [{"name": "alpha", "size": 1}, {"name": "beta", "size": 2}]
+    result = sampler_pub_result(pub, _sampler_result("wf-1", [{"10 1": 5, "01 0": 3}], layout))
+    assert result.data.alpha.get_counts() == {"1": 5, "0": 3}
+    assert result.data.beta.get_counts() == {"10": 5, "01": 3}
+    assert result.join_data().get_counts() == {"101": 5, "010": 3}
+    assert result.data.alpha.array.shape == (8, 1) and result.data.beta.array.shape == (8, 1)
+    assert result.metadata["shots"] == 8
+
+
+def test_sampler_result_has_the_broadcast_shape():
+    theta = Parameter("t")
+    circuit = QuantumCircuit(1, 1)
+    circuit.ry(theta, 0)
+    circuit.measure(0, 0)
+    pub = SamplerPub.coerce((circuit, np.zeros((2, 3, 1)), 8))
+    counts = [{"1": i, "0": 8 - i} for i in range(6)]
+    result = sampler_pub_result(pub, _sampler_result("wf-2", counts,
+                                                     [{"name": "c", "size": 1}]))
+    assert result.data.c.shape == (2, 3)
+    assert result.data.c.array.shape == (2, 3, 8, 1)
+    assert result.data.c.get_counts((1, 2)) == {"1": 5, "0": 3}
+
+
+def test_estimator_result_follows_the_broadcast():
+    circuit = QuantumCircuit(1)
+    circuit.ry(Parameter("a"), 0)
+    pub = EstimatorPub.coerce((circuit, [["Z", "X"]], np.zeros((3, 1, 1))), 0.1)
+    estimator = Estimator(settings=Settings())
+    request, grids = estimator._request("job", 0, pub)
+    assert request["shots"] == 100
+    assert len(request["parameter_sets"]) == 3 and len(request["observables"]) == 2
+    expectations = [{"parameter_set_index": p, "observable_index": o, "value": 10 * p + o,
+                     "std_error": 0.5} for p in range(3) for o in range(2)]
+    result = estimator_pub_result(pub, grids, {"workflow_id": "job.0", "expectations":
+                                               expectations, "circuits": []})
+    assert result.data.evs.tolist() == [[0, 1], [10, 11], [20, 21]]
+    assert result.data.stds.shape == (3, 2)
+
+
+def test_remote_errors_keep_their_type():
+    error = remote_error("UnknownBackend: no backend named x")
+    assert isinstance(error, UnknownBackend) and str(error) == "no backend named x"
+    assert isinstance(remote_error("InvalidCircuit: line 3"), InvalidCircuit)
+    assert isinstance(remote_error("SomethingElse: boom"), RemoteJobFailed)
+    assert isinstance(remote_error(""), RemoteJobFailed)
+
+
+def test_adaptive_estimate_is_unbiased_with_grouped_covariances():
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.ry(0.4, 0)
+    measured = bell.copy()
+    measured.measure_all()
+    counts = BackendRegistry().get("aer.ideal").run([measured], 200_000, 11)[0]
+    data = BasisData("ZZ")
+    data.add(counts)
+    observable = {"terms": [{"pauli": "ZZ", "coeff": 0.7}, {"pauli": "IZ", "coeff": -0.3},
+                            {"pauli": "II", "coeff": 1.5}]}
+    found = estimate(observable, {"ZZ": data}, ["ZZ"], target=0.01)
+    op = SparsePauliOp(["ZZ", "IZ", "II"], [0.7, -0.3, 1.5])
+    exact = float(np.real(Statevector(bell).expectation_value(op)))
+    assert abs(found.value - exact) < 4 * found.std_error
+    # the standard error comes from the per-shot value of the whole group (covariance in)
+    zz = float(np.real(Statevector(bell).expectation_value(SparsePauliOp("ZZ"))))
+    iz = float(np.real(Statevector(bell).expectation_value(SparsePauliOp("IZ"))))
+    zi = float(np.real(Statevector(bell).expectation_value(SparsePauliOp("ZI"))))
+    variance = 0.49 + 0.09 - 2 * 0.21 * zi - (0.7 * zz - 0.3 * iz) ** 2
+    assert found.std_error == pytest.approx(math.sqrt(variance / 200_000), rel=0.02)
+    assert set(found.needs) == {"ZZ"}
