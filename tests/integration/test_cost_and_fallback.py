@@ -27,7 +27,14 @@ def budgeted(broker_address, tmp_path_factory):
     settings = session_settings(*broker_address, tag="cost")
     asyncio.run(ensure_topics(settings))
     log = tmp_path_factory.mktemp("cost") / "worker.log"
-    worker = start_worker(settings, log, env={"QLANE_TENANT_BUDGETS": '{"tight": 0.5}'})
+    worker = start_worker(settings, log, env={
+        "QLANE_TENANT_BUDGETS": '{"tight": 0.5}',
+        # vendor fallback: the IBM device and Braket's DM simulator always fail here
+        "QLANE_FAULTS": "ibm.sherbrooke:failure_rate=1;braket.local.dm:failure_rate=1",
+        "QLANE_BACKENDS": '["aer.ideal", "aer.noisy", "braket.local.dm", "braket.local.sv", '
+                          '"ibm.sherbrooke"]',
+        "QLANE_EXECUTE_RETRIES": "1",
+    })
     try:
         wait_until_ready(settings, log)
         yield settings
@@ -86,3 +93,45 @@ def test_missed_deadline_falls_back_and_says_why(budgeted):
                            submitted_at_ms=int(time.time() * 1000) - 10_000)
     outcome = submit_and_wait(budgeted, [hopeless])[hopeless["workflow_id"]]
     assert outcome.state == "failed" and "DeadlineExceeded" in outcome.detail
+
+
+def test_fallback_crosses_vendors_each_backend_on_its_own_terms(budgeted):
+    """IBM device -> Braket DM (fails too) -> Braket SV: the result, its provenance and the
+    charge are the Braket state-vector simulator's; the status history names every step."""
+    job = job_request(workflow_id=wf("vendors"), circuit=BELL, shots=500,
+                      backend="ibm.sherbrooke", tenant="acme",
+                      fallback=["braket.local.dm", "braket.local.sv", "classical"])
+    outcome = submit_and_wait(budgeted, [job], timeout_s=240)[job["workflow_id"]]
+    result = outcome.result
+    assert result["mode"] == "fallback" and result["fallback_reason"] == "retries_exhausted"
+    assert result["provenance"]["backend"] == "braket.local.sv"
+    assert result["provenance"]["calibration_version"].startswith("braket_sv@")
+    counts = result["circuits"][0]["counts"]
+    assert sum(counts.values()) == 500 and set(counts) <= {"00", "11"}  # noiseless Bell
+    time.sleep(1)
+    [event] = [e for e in cost_events(budgeted) if e["workflow_id"] == job["workflow_id"]]
+    # priced as Braket prices SV1 (per minute, billed per second, 3-second minimum)
+    assert event["backend"] == "braket.local.sv"
+    assert event["actual_usd"] == pytest.approx(0.00375)
+
+
+def test_vendor_fallback_skips_a_backend_over_the_job_cost_limit(budgeted):
+    """The IBM device fails; the job's limit rules out Braket DM's price (3 s minimum per
+    task x 2 circuits = USD 0.0075), so the next target, classical, answers."""
+    job = job_request(workflow_id=wf("limit"), circuit=BELL, shots=200, backend="ibm.sherbrooke",
+                      observables=[{"terms": [{"pauli": "ZZ", "coeff": 1.0}]},
+                                   {"terms": [{"pauli": "XX", "coeff": 1.0}]}],
+                      cost_limit_usd=5.0, fallback=["braket.local.sv", "classical"])
+    # the IBM estimate (1 s + 400 x 250 µs -> 2 s x 1.60 = 3.20) fits the limit of 5.0
+    outcome = submit_and_wait(budgeted, [job], timeout_s=240)[job["workflow_id"]]
+    assert outcome.result["provenance"]["backend"] == "braket.local.sv"
+    tight = job_request(workflow_id=wf("limit"), circuit=BELL, shots=200,
+                        backend="ibm.sherbrooke",
+                        observables=[{"terms": [{"pauli": "ZZ", "coeff": 1.0}]},
+                                     {"terms": [{"pauli": "XX", "coeff": 1.0}]}],
+                        cost_limit_usd=0.005, fallback=["braket.local.sv", "classical"])
+    # estimated on IBM: 3.20 > 0.005, so the job never reaches the device: budget fallback,
+    # and Braket SV's 2 x 0.00375 = 0.0075 is over the limit too -> classical
+    result = submit_and_wait(budgeted, [tight], timeout_s=240)[tight["workflow_id"]].result
+    assert result["mode"] == "fallback" and result["fallback_reason"] == "budget_exceeded"
+    assert result["provenance"]["backend"] == "ibm.sherbrooke"  # classical keeps the request's
