@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     def effective_processing_guarantee(self) -> str:
         if self.processing_guarantee is not None:
             return self.processing_guarantee
-        return "at_least_once"  # TEMP until the exactly-once run passes
+        return "exactly_once" if self.profile == "kafka" else "at_least_once"
 
     @property
     def effective_fetch_max_wait_ms(self) -> int:

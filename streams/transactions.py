@@ -50,6 +50,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from contextlib import asynccontextmanager
 
+from aiokafka import TopicPartition
 from aiokafka.errors import ProducerFenced
 from faust import streams as faust_streams
 from faust.transport.consumer import TransactionManager as FaustTransactionManager
@@ -328,7 +329,8 @@ class TransactionManager(FaustTransactionManager):
             offset = consumer._new_offset(tp)
             if offset is not None and consumer._should_commit(tp, offset):
                 result[tp] = max(offset, result.get(tp, offset))
-        return result
+        # aiokafka accepts only its own TopicPartition keys (the assignment holds Faust's TP).
+        return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in result.items()}
 
     async def commit(self, offsets: Mapping, start_new_transaction: bool = True) -> bool:
         transactional_ids = {self.transactional_id(tp) for tp in offsets}

@@ -1,0 +1,57 @@
+"""Exactly-once on Apache Kafka: a worker SIGKILLed mid-stream, then what a read_committed
+consumer sees (one result, one cost event, one terminal status per workflow).
+
+The run is on the 1-node Kafka of the session (Tansu has no transactions; there delivery is
+at-least-once, covered by test_recovery and test_chaos). The 3-node version with broker
+kills is tests/reliability/test_cluster_failures.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from streams.client import job_request
+from streams.topics import ensure_topics
+from tests.reliability.conftest import scale
+from tests.reliability.exactly_once_support import Workers, audit, submit, wait_finished
+from tests.support import BELL, session_settings
+
+
+@pytest.mark.parametrize("broker_address", ["kafka"], indirect=True)
+def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
+    broker_address, tmp_path, report
+):
+    settings = session_settings(*broker_address, tag="eos")
+    assert settings.effective_processing_guarantee == "exactly_once"
+    asyncio.run(ensure_topics(settings))
+    count = scale(60, 200)
+    kills = scale(1, 3)
+    jobs = [job_request(workflow_id=f"eos-{i}-{uuid.uuid4().hex[:6]}", circuit=BELL, shots=64)
+            for i in range(count)]
+    ids = [job["workflow_id"] for job in jobs]
+    workers = Workers(settings, tmp_path, count=1)
+    workers.start_all()
+    try:
+        submit(settings, jobs)
+        for kill in range(1, kills + 1):
+            # Kill while jobs are flowing: some finished, most not.
+            progress = wait_finished(settings, ids, timeout_s=240,
+                                     at_least=count * kill // (kills + 2))
+            assert progress.finished(ids) < count, "every job finished before the kill"
+            workers.kill(0)
+            workers.start(0)
+        found = wait_finished(settings, ids, timeout_s=300)
+        workers.restart_exited()
+    finally:
+        workers.stop_all()
+    uncommitted = audit(settings, "read_uncommitted")
+    report.update(jobs=count, worker_kills=workers.kills, lost=len(found.lost(ids)),
+                  **{f"duplicate_{k}": v for k, v in found.duplicates(ids).items()},
+                  aborted_result_copies=sum(uncommitted.results.values())
+                  - sum(found.results.values()))
+    assert found.lost(ids) == []
+    assert found.duplicates(ids) == {"results": 0, "cost": 0, "terminal": 0}
+    assert all(found.results[wf] == 1 and found.cost[wf] == 1 for wf in ids)

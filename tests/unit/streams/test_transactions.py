@@ -1,0 +1,380 @@
+"""Exactly-once fixes (streams/transactions.py), each beside the upstream behaviour it fixes.
+
+The `test_faust_*` tests pin what faust-streaming 0.15.3 does; if one fails after an
+upgrade, Faust changed and the matching fix must be looked at again.
+"""
+
+import asyncio
+import inspect
+import weakref
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+from faust import streams as faust_streams
+from faust.transport.consumer import TransactionManager as FaustTransactionManager
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams import transactions
+from streams.app import create_app
+from streams.settings import Settings
+from streams.transactions import (
+    Producer,
+    TransactionFailed,
+    TransactionGate,
+    TransactionManager,
+)
+
+JOBS = TopicPartition("qlane.jobs", 1)
+APP_ID = "qlane-test"
+
+
+class Recorder:
+    """Stands in for Faust's producer: records what is called, in order."""
+
+    def __init__(self, fail_with: BaseException | None = None) -> None:
+        self.calls: list = []
+        self.fail_with = fail_with
+        self.buffer = SimpleNamespace(flush=self._buffer_flush)
+
+    async def _buffer_flush(self):
+        self.calls.append(("buffer.flush",))
+
+    async def send(self, topic, key, value, partition, timestamp, headers, *,
+                   transactional_id=None):
+        self.calls.append(("send", topic, transactional_id))
+        return asyncio.get_running_loop().create_future()
+
+    async def flush(self):
+        self.calls.append(("flush",))
+
+    async def flush_transactions(self, transactional_ids):
+        self.calls.append(("flush_transactions", sorted(transactional_ids)))
+
+    async def commit_transactions(self, by_id, group_id, start_new_transaction=True):
+        self.calls.append(("commit_transactions", {k: dict(v) for k, v in by_id.items()}))
+        if self.fail_with is not None:
+            raise self.fail_with
+
+    async def abort_transaction(self, transactional_id):
+        self.calls.append(("abort", transactional_id))
+
+
+class Assignor:
+    """Topic groups of the consumed topics; sink topics have none (KeyError, as Faust's)."""
+
+    groups = {"qlane.jobs": 1, "qlane.stage.execute": 1, "qlane-workflows-changelog": 1}
+
+    def group_for_topic(self, topic):
+        return self.groups[topic]
+
+    def is_standby(self, tp):
+        return False
+
+
+class Consumer:
+    def __init__(self, partitions=None, acked=None) -> None:
+        self.partitions = partitions or {}
+        self.acked = acked or {}
+        self._committed_offset: dict = {}
+        self.commits = 0
+
+    def key_partition(self, topic, key, partition=None):
+        return self.partitions.get(topic)
+
+    def assignment(self):
+        return set(self.acked)
+
+    def _new_offset(self, tp):
+        return self.acked.get(tp)
+
+    def _should_commit(self, tp, offset):
+        return True
+
+    async def maybe_wait_for_commit_to_finish(self):
+        return False
+
+    async def commit(self, *args, **kwargs):
+        self.commits += 1
+        return True
+
+
+def manager(cls, consumer=None, producer=None, fail_with=None):
+    """A transaction manager of `cls` without a running app around it."""
+    crashed: list = []
+
+    async def crash(error):
+        crashed.append(error)
+
+    producer = producer or Recorder(fail_with)
+    app = SimpleNamespace(conf=SimpleNamespace(id=APP_ID), assignor=Assignor(),
+                          producer=producer, crash=crash, in_transaction=True)
+    tm = cls.__new__(cls)
+    tm.app, tm.consumer, tm.producer = app, consumer or Consumer(), producer
+    if cls is TransactionManager:
+        tm.gate = TransactionGate()
+    tm.crash_log = crashed
+    return tm
+
+
+class Event:
+    """A Faust event as far as the current-event lookup goes (weak-referenceable)."""
+
+    def __init__(self, tp) -> None:
+        self.message = SimpleNamespace(tp=tp)
+
+
+def event_on(tp):
+    return Event(tp)
+
+
+def sent_ids(tm, topic, destination_partition, current_tp):
+    async def go():
+        event = event_on(current_tp) if current_tp else None
+        if event is not None:
+            faust_streams._current_event.set(weakref.ref(event))
+        await tm.send(topic, b"wf", b"v", None, None, None)
+        return [call[2] for call in tm.producer.calls if call[0] == "send"]
+
+    tm.consumer.partitions = {topic: destination_partition}
+    return asyncio.run(go())
+
+
+# --- 1. the transactional producer is chosen by the source partition -------------------
+
+def test_faust_chooses_the_producer_by_destination_and_fails_on_a_sink_topic():
+    tm = manager(FaustTransactionManager)
+    # A sink topic qlane does not consume has no topic group: the send cannot happen.
+    with pytest.raises(KeyError):
+        sent_ids(tm, "qlane.results", 0, JOBS)
+    # A consumed topic: the id of the *destination* partition, whatever the source was.
+    assert sent_ids(manager(FaustTransactionManager), "qlane.stage.execute", 0, JOBS) == [
+        f"{APP_ID}-1-0"
+    ]
+
+
+def test_every_send_of_a_record_goes_into_its_source_partition_transaction():
+    for topic in ("qlane.results", "qlane.cost", "qlane.status", "qlane.stage.execute"):
+        assert sent_ids(manager(TransactionManager), topic, 0, JOBS) == [f"{APP_ID}-1-1"]
+
+
+def test_a_send_outside_any_record_is_not_transactional():
+    assert sent_ids(manager(TransactionManager), "qlane.drift", 0, None) == [None]
+
+
+def test_a_buffered_send_keeps_the_source_partition_it_was_buffered_under():
+    app, _ = create_app(Settings(app_id="txn-buffer"))
+    producer = app.producer
+    seen = []
+
+    class Channel:
+        async def publish_message(self, fut, wait=False):
+            seen.append(transactions.current_source_tp())
+
+    async def go():
+        fut = SimpleNamespace(message=SimpleNamespace(channel=Channel()))
+        event = event_on(JOBS)
+        faust_streams._current_event.set(weakref.ref(event))
+        producer.send_soon(fut)  # a table write while the record is handled
+        faust_streams._current_event.set(None)
+        # The buffer publishes it later, in its own task, where no event is current.
+        await asyncio.get_running_loop().create_task(producer.buffer._send_pending(fut))
+        return fut.qlane_source_tp
+
+    assert asyncio.run(go()) == JOBS
+    assert seen == [JOBS]
+
+
+# --- 2. flush before the transactional commit; 3. offsets read once the gate is closed --
+
+def test_faust_commits_transactions_without_flushing_the_buffer():
+    tm = manager(FaustTransactionManager)
+    asyncio.run(tm.commit({JOBS: 5}))
+    assert tm.producer.calls == [("commit_transactions", {f"{APP_ID}-1-1": {JOBS: 5}})]
+
+
+def test_the_commit_flushes_the_buffer_and_the_producers_first():
+    execute = TopicPartition("qlane.stage.execute", 1)
+    tm = manager(TransactionManager, consumer=Consumer(acked={JOBS: 5, execute: 3}))
+    asyncio.run(tm.commit({JOBS: 5}))
+    assert tm.producer.calls == [
+        ("buffer.flush",),
+        ("flush_transactions", [f"{APP_ID}-1-1"]),
+        # The other topic of the same partition goes into the same commit.
+        ("commit_transactions", {f"{APP_ID}-1-1": {JOBS: 5, execute: 3}}),
+    ]
+
+
+def test_the_commit_waits_for_the_record_in_flight_and_takes_its_offset():
+    consumer = Consumer(acked={JOBS: 5})
+    tm = manager(TransactionManager, consumer=consumer)
+
+    async def go():
+        entered = asyncio.Event()
+
+        async def record():
+            async with tm.gate.record(f"{APP_ID}-1-1"):
+                entered.set()
+                await asyncio.sleep(0.05)
+                consumer.acked[JOBS] = 6  # acknowledged inside the gate
+
+        task = asyncio.create_task(record())
+        await entered.wait()
+        await tm.commit({JOBS: 5})  # offsets Faust read before the record ended
+        await task
+
+    asyncio.run(go())
+    assert tm.producer.calls[-1] == ("commit_transactions", {f"{APP_ID}-1-1": {JOBS: 6}})
+
+
+def test_a_record_waits_while_its_transaction_commits():
+    gate = TransactionGate()
+    order = []
+
+    async def go():
+        async with gate.commit(["t"]):
+            task = asyncio.create_task(run_record())
+            await asyncio.sleep(0.02)
+            order.append("commit done")
+        await task
+
+    async def run_record():
+        async with gate.record("t"):
+            order.append("record")
+
+    asyncio.run(go())
+    assert order == ["commit done", "record"]
+
+
+def test_records_of_other_transactions_are_not_held():
+    gate = TransactionGate()
+
+    async def go():
+        async with gate.commit(["t"]):
+            async with gate.record("u"):
+                return "ran"
+
+    assert asyncio.run(go()) == "ran"
+
+
+# --- 4. errors are not swallowed --------------------------------------------------------
+
+class FailingAiokafkaProducer:
+    def __init__(self, error):
+        self.error = error
+        self.stopped = False
+
+    async def commit_transaction(self):
+        raise self.error
+
+    async def abort_transaction(self):
+        raise self.error
+
+    async def begin_transaction(self):
+        raise self.error
+
+    async def stop(self):
+        self.stopped = True
+
+
+def driver_producer(cls, error):
+    producer = cls.__new__(cls)
+    producer._transaction_producers = {"t": FailingAiokafkaProducer(error)}
+    producer._trn_locks = {"t": asyncio.Lock()}
+    return producer
+
+
+@pytest.mark.parametrize("method", ["commit_transaction", "abort_transaction"])
+def test_faust_swallows_transaction_errors(method):
+    producer = driver_producer(faust_aiokafka.Producer, KafkaError("broker said no"))
+    assert asyncio.run(getattr(producer, method)("t")) is None
+
+
+@pytest.mark.parametrize("method", ["commit_transaction", "abort_transaction"])
+def test_transaction_errors_are_raised(method):
+    producer = driver_producer(Producer, KafkaError("broker said no"))
+    with pytest.raises(TransactionFailed):
+        asyncio.run(getattr(producer, method)("t"))
+
+
+def test_a_fenced_producer_is_dropped_and_the_error_raised():
+    producer = driver_producer(Producer, ProducerFenced())
+    fenced = producer._transaction_producers["t"]
+    with pytest.raises(TransactionFailed):
+        asyncio.run(producer.commit_transaction("t"))
+    assert fenced.stopped and "t" not in producer._transaction_producers
+
+
+def test_a_failed_commit_aborts_crashes_and_closes_the_gate():
+    tm = manager(TransactionManager, consumer=Consumer(acked={JOBS: 5}),
+                 fail_with=TransactionFailed("coordinator gone"))
+    with pytest.raises(TransactionFailed):
+        asyncio.run(tm.commit({JOBS: 5}))
+    assert ("abort", f"{APP_ID}-1-1") in tm.producer.calls
+    assert len(tm.crash_log) == 1
+
+    async def next_record():
+        async with tm.gate.record(f"{APP_ID}-1-0"):
+            pass
+
+    with pytest.raises(TransactionFailed):
+        asyncio.run(next_record())
+
+
+def test_faust_shares_the_producer_maps_between_apps():
+    assert isinstance(vars(faust_aiokafka.Producer)["_transaction_producers"], dict)
+    assert isinstance(vars(faust_aiokafka.Producer)["_trn_locks"], dict)
+
+
+def test_each_app_has_its_own_producer_maps():
+    first, _ = create_app(Settings(app_id="txn-a"))
+    second, _ = create_app(Settings(app_id="txn-b"))
+    assert isinstance(first.producer, Producer)
+    assert first.producer._transaction_producers is not second.producer._transaction_producers
+    assert first.producer._trn_locks is not second.producer._trn_locks
+    assert isinstance(first.producer.buffer, transactions.ProducerBuffer)
+
+
+# --- 5. revocation commits ---------------------------------------------------------------
+
+def test_faust_does_not_commit_on_revocation():
+    tm = manager(FaustTransactionManager)
+    asyncio.run(tm.on_partitions_revoked({JOBS}))
+    assert tm.consumer.commits == 0
+
+
+def test_revocation_commits_what_was_acknowledged():
+    tm = manager(TransactionManager)
+    asyncio.run(tm.on_partitions_revoked({JOBS}))
+    assert tm.consumer.commits == 1
+
+
+# --- #440: the assignor ------------------------------------------------------------------
+
+def test_faust_uses_its_own_assignor_when_the_app_has_a_changelog_table():
+    """#440: without tables and standbys Faust gives aiokafka's round-robin assignor, whose
+    topic groups its transactions cannot look up. 0.15.3 keeps its own assignor for apps
+    with changelog tables; qlane always has one (the workflow table)."""
+    source = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer)
+    assert "has_changelog_tables" in source and "RoundRobinPartitionAssignor" in source
+    app, _ = create_app(Settings(app_id="txn-assignor"))
+    assert app.tables.changelog_topics
+
+
+# --- the settings ------------------------------------------------------------------------
+
+def test_exactly_once_is_the_kafka_default_and_at_least_once_the_embedded_one():
+    assert Settings(broker="kafka-1:9092").effective_processing_guarantee == "exactly_once"
+    assert Settings().effective_processing_guarantee == "at_least_once"
+    explicit = Settings(broker="kafka-1:9092", processing_guarantee="at_least_once")
+    assert explicit.effective_processing_guarantee == "at_least_once"
+    assert Settings(broker="kafka-1:9092").isolation_level == "read_committed"
+
+
+def test_the_app_runs_the_guarantee_of_its_settings():
+    app, _ = create_app(Settings(app_id="txn-eos", broker="kafka-1:9092"))
+    assert app.conf.processing_guarantee.value == "exactly_once"
+    assert isinstance(app.consumer.transactions, TransactionManager)
+    embedded, _ = create_app(Settings(app_id="txn-alo"))
+    assert embedded.conf.processing_guarantee.value == "at_least_once"
