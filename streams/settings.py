@@ -112,7 +112,11 @@ class Settings(BaseSettings):
     dlq_guard_ratio: float = Field(0.5, ge=0, le=1, description="0 disables")
     dlq_guard_window: int = Field(200, ge=1)
     dlq_guard_min_records: int = Field(100, ge=1)
-    dlq_guard_pause_s: float = Field(30.0, ge=0)
+    dlq_guard_pause_s: float = Field(30.0, ge=0, description="one hold of a tripped source")
+    dlq_guard_hold_budget_s: float = Field(
+        60.0, ge=0, description="holds a source may add up to between two successes: what a "
+        "burst of bad records can delay the job behind them, whatever their number",
+    )
 
     drift_backends: list[str] = Field(default_factory=lambda: ["aer.noisy"])
     drift_period_s: float = Field(60.0, gt=0, description="seconds between canary rounds")

@@ -7,9 +7,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from faust.types import TP
+
 from streams import metrics, transactions
 from streams.deadletter import SourceRecord, error_class
-from streams.dlq_guard import DeadLetterGuard
+from streams.dlq_guard import Hold, SourceGuards
 from streams.runtime import Runtime, now_ms
 
 log = logging.getLogger("qlane")
@@ -28,13 +30,15 @@ class StageFailure(Exception):
         self.attempts = attempts
 
 
-def new_guard(runtime: Runtime) -> DeadLetterGuard:
+def new_guard(runtime: Runtime) -> SourceGuards:
     settings = runtime.settings
-    return DeadLetterGuard(
+    return SourceGuards(
         max_consecutive=settings.dlq_guard_consecutive,
         max_ratio=settings.dlq_guard_ratio,
         window=settings.dlq_guard_window,
         min_records=settings.dlq_guard_min_records,
+        pause_s=settings.dlq_guard_pause_s,
+        hold_budget_s=settings.dlq_guard_hold_budget_s,
     )
 
 
@@ -56,34 +60,54 @@ def first_time(runtime: Runtime, stage: str, source: SourceRecord) -> bool:
     return False
 
 
-async def process_guarded(runtime: Runtime, table, stage: str, guard: DeadLetterGuard,
+async def process_guarded(runtime: Runtime, table, stage: str, guard: SourceGuards,
                           handle: Handler, source: SourceRecord, event=None) -> None:
-    """Handle one record; pause the stage when the dead-letter guard trips.
+    """Handle one record; hold its source when the dead-letter guard trips for it.
 
     On exactly-once, the record is handled and acknowledged inside its transaction's gate
     (streams/transactions.py), so a commit never splits it."""
     async with transactions.record(runtime.app, event):
         dead_lettered = await process_one(runtime, table, stage, handle, source)
-    reason = guard.record(dead_lettered)
-    if reason:
-        await pause_stage(runtime, stage, reason)
-        guard.resume()
+    hold = guard.record(source.topic, source.partition, dead_lettered)
+    if hold:
+        hold_source(runtime, stage, source, hold)
 
 
-async def pause_stage(runtime: Runtime, stage: str, reason: str) -> None:
-    pause_s = runtime.settings.dlq_guard_pause_s
+def hold_source(runtime: Runtime, stage: str, source: SourceRecord, hold: Hold) -> None:
+    """Stop fetching from the record's source (topic, partition) for `hold.seconds`; the
+    stage goes on with every other source meanwhile. Never sleeps in the stage."""
+    consumer = getattr(runtime.app, "consumer", None)
+    tp = TP(source.topic, source.partition)
+    name = f"{stage} {source.topic}:{source.partition}"
     log.critical(
-        "STAGE %s PAUSED for %.0fs: %s. This looks like a broken deploy or a broken "
+        "STAGE %s HOLDS %s:%d for %.0fs: %s. This looks like a broken deploy or a broken "
         "producer, not bad input: check the dead-letter topic (qlane dlq list) and the "
-        "recent deploy; the stage resumes on probation afterwards.",
-        stage.upper(), pause_s, reason, extra={"stage": stage},
+        "recent deploy; other sources go on.",
+        stage.upper(), source.topic, source.partition, hold.seconds, hold.reason,
+        extra={"stage": stage},
     )
-    runtime.paused_stages.add(stage)
-    try:
-        await asyncio.sleep(pause_s)
-    finally:
-        runtime.paused_stages.discard(stage)
-    log.warning("stage %s resumes on probation", stage, extra={"stage": stage})
+    metrics.GUARD_HELD_SECONDS.labels(stage).inc(hold.seconds)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + hold.seconds
+    _held_until[name] = max(until, _held_until.get(name, 0.0))
+    runtime.paused_stages.add(name)
+    if consumer is not None:
+        consumer.pause_partitions([tp])
+
+    def resume() -> None:
+        if loop.time() + 0.01 < _held_until.get(name, 0.0):
+            return  # held again meanwhile: that hold's timer resumes it
+        _held_until.pop(name, None)
+        runtime.paused_stages.discard(name)
+        if consumer is not None:
+            consumer.resume_partitions([tp])
+        log.warning("stage %s resumes %s:%d", stage, source.topic, source.partition,
+                    extra={"stage": stage})
+
+    loop.call_at(until, resume)
+
+
+_held_until: dict[str, float] = {}
 
 
 async def process_one(runtime: Runtime, table, stage: str, handle: Handler, source) -> bool:
