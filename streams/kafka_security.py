@@ -156,7 +156,7 @@ class SecuredCluster:
             f"QLANE_SASL_MECHANISM={MECHANISM} QLANE_SSL_CAFILE={self.ca_file} "
             f"QLANE_SASL_USERNAME={QLANE_USER} QLANE_SASL_PASSWORD=<from the file> "
             f"qlane worker --broker {self.sasl_bootstrap}",
-            "grant its ACLs (README 'Security'): qlane acl grant-worker --principal "
+            "grant its ACLs (README 'Security'): qlane tenant grant-worker --principal "
             f"User:{QLANE_USER} --broker {self.cluster.bootstrap}",
             "more users: java -cp '<kafka libs>/*' kafka.admin.ConfigCommand --bootstrap-server "
             f"{self.cluster.bootstrap} --alter --entity-type users --entity-name NAME "

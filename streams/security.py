@@ -122,7 +122,7 @@ async def check_access(settings: Settings, topics: list[str], group: str | None 
             raise AccessRefused(
                 f"{_principal(settings)} is not authorized for topic(s) {', '.join(refused)} "
                 "(TopicAuthorizationFailed): grant the ACLs listed in the README "
-                "('Security: the ACLs of a worker'); not retrying."
+                "('Security: SASL_SSL, ACLs, tenants'); not retrying."
             )
         if group is not None:
             try:
