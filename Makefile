@@ -38,8 +38,10 @@ integration: install
 reliability: install
 	QLANE_RELIABILITY_FULL=1 $(PYTEST) -q -s tests/reliability
 
+# Every broker available (Tansu; Apache Kafka when java and its cached jars are there).
+# e.g. make bench BENCH_ARGS="--backlog 10000" or BENCH_ARGS="--jobs 24 --quick"
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -436,7 +436,7 @@ def start_profiler(pid: int, seconds: float, workdir: Path) -> subprocess.Popen 
         return None
     return subprocess.Popen(
         [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
-         "--format", "raw", "--subprocesses", "--nonblocking", "--output",
+         "--format", "raw", "--threads", "--subprocesses", "--nonblocking", "--output",
          str(workdir / "worker0.pyspy.txt")],
         stdout=subprocess.DEVNULL, stderr=open(workdir / "pyspy.log", "ab"))
 
@@ -450,7 +450,10 @@ def finish_profiler(profiler: subprocess.Popen, workdir: Path) -> dict:
     from bench.profile import summarize_collapsed
 
     path = workdir / "worker0.pyspy.txt"
-    return summarize_collapsed(path) if path.exists() else {"error": "no py-spy output"}
+    try:
+        return summarize_collapsed(path) if path.exists() else {"error": "no py-spy output"}
+    except Exception as error:  # noqa: BLE001 - a profile never fails the measurement
+        return {"error": repr(error)}
 
 
 # --- the 10,000-job backlog ----------------------------------------------------------------

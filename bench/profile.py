@@ -45,7 +45,8 @@ def category(frames: list[str]) -> str:
 
 
 def thread_group(thread: str) -> str:
-    name = thread.split(" (", 1)[0].strip('"')
+    """py-spy --threads names a thread `thread (<tid>): <name>`."""
+    name = thread.split("): ", 1)[1] if "): " in thread else thread
     if name.startswith("qlane-exec"):
         return "qlane-exec (stage work threads)"
     if name.startswith("qlane-sandbox"):
@@ -69,15 +70,19 @@ def summarize_collapsed(path: Path, top: int = 30) -> dict:
             continue
         n = int(count)
         parts = stack.split(";")
-        # py-spy --subprocesses: "process <pid> ...;thread;frames..." else "thread;frames..."
-        process = parts[0] if parts[0].startswith("process ") else "worker"
-        if parts[0].startswith("process "):
+        # py-spy --subprocesses --threads: 'process <pid>:"<cmd>";thread (<tid>): <name>;...'
+        process = "worker"
+        if parts and parts[0].startswith("process "):
+            process = "sandbox" if "sandbox" in parts[0] else "worker"
             parts = parts[1:]
-        thread, frames = parts[0], parts[1:]
+        thread = "all"
+        if parts and parts[0].startswith("thread ("):
+            thread, parts = parts[0], parts[1:]
+        frames = parts
         total += n
         by_category[category(frames)] += n
-        by_thread[thread_group(thread)] += n
-        by_process[process.split(":")[0][:60]] += n
+        by_thread[f"{process}: {thread_group(thread)}"] += n
+        by_process[process] += n
         seen = set()
         for frame in frames:
             if any(f"({root}/" in frame for root in ("streams", "workers", "schemas",

@@ -197,6 +197,11 @@ def code_info(code_root: Path) -> dict:
         s = Settings()
         info["execute_batch_max"] = getattr(s, "execute_batch_max", None)
         info["execute_batch_window_s"] = getattr(s, "execute_batch_window_s", None)
+        info["status_progress_events"] = getattr(s, "status_progress_events", None)
+        info["sandbox_enabled"] = getattr(s, "sandbox_enabled", None)
+        info["processing_guarantee"] = {
+            profile: Settings(profile=profile).effective_processing_guarantee
+            for profile in ("embedded", "kafka")}
     except Exception as exc:  # noqa: BLE001
         info["settings_error"] = repr(exc)
     return info
