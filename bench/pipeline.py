@@ -317,7 +317,7 @@ def cpu_delta(after: dict, before: dict) -> dict:
 
 async def measure_latency(client: Client, n: int, tag: str, processes, broker, alive) -> dict:
     """n Bell jobs one at a time (closed loop, no queue): submit -> result, client-side."""
-    latencies, failed = [], 0
+    latencies, timings, failed = [], [], 0
     before = cpu_snapshot(processes, broker)
     wall0 = time.monotonic()
     for i in range(n):
@@ -326,6 +326,7 @@ async def measure_latency(client: Client, n: int, tag: str, processes, broker, a
         wf = job["workflow_id"]
         if res[wf].result is not None and wf in rec:
             latencies.append(rec[wf] - sub[wf])
+            timings.append(res[wf].result["timings"])
         else:
             failed += 1
     wall = time.monotonic() - wall0
@@ -343,6 +344,10 @@ async def measure_latency(client: Client, n: int, tag: str, processes, broker, a
             "broker": 1000 * cpu["broker"] / done,
             "client": 1000 * cpu["client"] / done,
         },
+        # the worker's own clocks: where a lone job's time goes (median per stage)
+        "median_stage_ms": {k: 1000 * statistics.median(t[k] for t in timings)
+                            for k in ("queued_s", "preprocess_s", "execute_s", "mitigate_s",
+                                      "end_to_end_s")} if timings else {},
         "latencies_ms": [round(1000 * x, 2) for x in latencies],
     }
 

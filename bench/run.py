@@ -555,19 +555,20 @@ def main(argv: list[str] | None = None) -> int:
         "batched": lambda: section_inprocess("batched", args, scratch),
         "accuracy": lambda: section_accuracy(args),
     }
-    # Per broker, pipeline1, pipeline2, then the backlog; the accuracy section last.
+    # Per broker, pipeline1 and pipeline2; then the backlogs; the accuracy section last.
     order = [n for n in ("codec", "naive", "serial", "batched") if n in wanted]
-    for broker in brokers:
-        for name in BROKER_SECTIONS:
-            if name in wanted:
-                key = f"{broker}.{name}"
-                order.append(key)
-                if name == "backlog":
-                    runners[key] = lambda b=broker: section_backlog(b, args, scratch)
-                else:
-                    workers = 1 if name == "pipeline1" else 2
-                    runners[key] = lambda w=workers, b=broker: section_pipeline(w, b, args,
-                                                                                scratch)
+    planned = [(b, n) for b in brokers for n in ("pipeline1", "pipeline2")]
+    planned += [(b, "backlog") for b in brokers]
+    for broker, name in planned:
+        if name not in wanted:
+            continue
+        key = f"{broker}.{name}"
+        order.append(key)
+        if name == "backlog":
+            runners[key] = lambda b=broker: section_backlog(b, args, scratch)
+        else:
+            runners[key] = lambda w=(1 if name == "pipeline1" else 2), b=broker: (
+                section_pipeline(w, b, args, scratch))
     if "accuracy" in wanted:
         order.append("accuracy")
     try:
