@@ -174,6 +174,10 @@ class Session:
         for request in requests:
             self.job._states.setdefault(request["workflow_id"], "submitted")
             await self.client.submit(request, self.job._topic(request))
+        if self.job._cancel_requested:  # cancel() ran while these were being sent
+            for workflow_id in ids:
+                await self.client.cancel(workflow_id, self.job._options.tenant,
+                                         reason=f"job {self.job.job_id()} cancelled")
         outcomes = await self.client.wait(ids, self.job._timeout_s, self.job._on_event)
         results = []
         for workflow_id in ids:
