@@ -162,7 +162,9 @@ class Settings(BaseSettings):
         "is visible to read_committed readers (the next stage included) only once committed",
     )
     transaction_timeout_s: float = Field(
-        60.0, gt=0, description="the broker aborts a worker's open transaction after this",
+        600.0, gt=0, le=900, description="the broker aborts a silent worker's open "
+        "transaction after this (a new owner fences it at once); above the longest record "
+        "(execute_timeout_s), at most the broker's transaction.max.timeout.ms (900 s)",
     )
     shutdown_timeout_s: float = Field(
         15.0, gt=0, description="a stopping worker exits after this, whatever the broker "

@@ -83,6 +83,17 @@ def install_log_filter(interval_s: float) -> RepeatFilter:
                 RepeatFilter(interval_s))
 
 
+def install_logger_filter(interval_s: float) -> RepeatFilter:
+    """One RepeatFilter on every existing aiokafka / faust.transport logger."""
+    repeat = RepeatFilter(interval_s)
+    for name in list(logging.Logger.manager.loggerDict):
+        if any(name == p or name.startswith(p + ".") for p in NOISY_LOGGERS):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+                logger.addFilter(repeat)
+    return repeat
+
+
 class ShutdownDeadline:
     """Exits the process `timeout_s` after a stop began, unless it has exited by then."""
 
@@ -137,6 +148,9 @@ def install(app, settings) -> ShutdownDeadline:
     """Arm the deadline and the log filter in a Faust worker (a task that runs at start)."""
     deadline = ShutdownDeadline(settings.shutdown_timeout_s)
     app.qlane_shutdown_deadline = deadline
+    # On the loggers themselves right away (a broker can vanish while the worker starts),
+    # and on the handlers once the worker has set up logging (loggers created later).
+    install_logger_filter(settings.broker_warning_interval_s)
 
     @app.task
     async def guard_shutdown():

@@ -46,7 +46,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections import Counter, defaultdict
+import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from contextlib import asynccontextmanager
 
@@ -134,6 +135,21 @@ class TransactionGate:
             async with self._condition:
                 self._committing -= tids
                 self._condition.notify_all()
+
+    async def leave(self, tid: str) -> None:
+        """A running record steps out of the gate at a safe point (see `checkpoint`)."""
+        async with self._condition:
+            self._active[tid] -= 1
+            self._condition.notify_all()
+
+    async def enter(self, tid: str) -> None:
+        """It steps back in once no commit of its transaction is under way."""
+        async with self._condition:
+            await self._condition.wait_for(
+                lambda: self.failed is not None or tid not in self._committing
+            )
+            self._active[tid] += 1
+            self._check()
 
     def active(self, tid: str) -> int:
         return self._active[tid]
@@ -253,7 +269,8 @@ class Producer(faust_aiokafka.Producer):
                 )
             try:
                 async with self._trn_locks[transactional_id]:
-                    await producer.send_offsets_to_transaction(offsets, group_id)
+                    if offsets:  # a checkpoint of a running record commits no offset
+                        await producer.send_offsets_to_transaction(offsets, group_id)
                     await producer.commit_transaction()
                     if start_new_transaction:
                         await producer.begin_transaction()
@@ -271,6 +288,7 @@ class TransactionManager(FaustTransactionManager):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate = TransactionGate()
+        self._checkpointed: dict[str, float] = {}
 
     def transactional_id(self, tp) -> str:
         group = self.app.assignor.group_for_topic(tp.topic)
@@ -336,10 +354,40 @@ class TransactionManager(FaustTransactionManager):
         transactional_ids = {self.transactional_id(tp) for tp in offsets}
         if not transactional_ids:
             return True
+        await self._commit_ids(transactional_ids, offsets, start_new_transaction)
+        return True
+
+    async def checkpoint(self, event) -> None:
+        """Commit what a long-running record has written so far, without its offset.
+
+        A record that runs for long (a variational loop) would otherwise hold its
+        transaction open past the commit interval, hide its progress from read_committed
+        readers and, past the transaction timeout, be aborted by the broker. At a point
+        where its state is consistent (its checkpoint is in the table), it steps out of the
+        gate, the transaction commits (with the offsets of the partition's other finished
+        records), and it steps back in. Redelivered after a crash, the record resumes from
+        that checkpoint.
+        """
+        tp = event.message.tp
+        if self.app.assignor.is_standby(tp):
+            return
+        tid = self.transactional_id(tp)
+        now = time.monotonic()
+        if now - self._checkpointed.get(tid, 0.0) < self.app.conf.broker_commit_interval:
+            return
+        self._checkpointed[tid] = now
+        await self.gate.leave(tid)
+        try:
+            await self._commit_ids({tid}, {}, True)
+        finally:
+            await self.gate.enter(tid)
+
+    async def _commit_ids(self, transactional_ids: set[str], offsets: Mapping,
+                          start_new_transaction: bool) -> None:
         try:
             async with self.gate.commit(transactional_ids):
                 offsets = self._committable(transactional_ids, offsets)
-                by_transactional_id: dict[str, dict] = defaultdict(dict)
+                by_transactional_id: dict[str, dict] = {tid: {} for tid in transactional_ids}
                 for tp, offset in offsets.items():
                     by_transactional_id[self.transactional_id(tp)][tp] = offset
                 # Changelog writes and other buffered sends of the handled records first.
@@ -355,7 +403,6 @@ class TransactionManager(FaustTransactionManager):
         except Exception as error:
             await self.fail(error, transactional_ids)
             raise
-        return True
 
     async def fail(self, error: BaseException, transactional_ids: Iterable[str] = ()) -> None:
         """Abort what can be aborted and crash the worker: it must restart and recover."""
@@ -391,6 +438,16 @@ def install(transport_cls) -> None:
     """Give a Faust aiokafka transport class these producer and transaction classes."""
     transport_cls.Producer = Producer
     transport_cls.TransactionManager = TransactionManager
+
+
+async def checkpoint(app) -> None:
+    """Commit the current record's writes so far (exactly-once only; see
+    TransactionManager.checkpoint). Call it where the record's state is consistent."""
+    if app is None or not app.in_transaction:
+        return
+    event = faust_streams.current_event()
+    if event is not None:
+        await app.consumer.transactions.checkpoint(event)
 
 
 @asynccontextmanager

@@ -7,6 +7,8 @@ registered as the `qlane://` URL scheme, sets the wait from the app's settings.
 
 from __future__ import annotations
 
+import logging
+
 import aiokafka
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -14,9 +16,25 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from streams import transactions
 
 SCHEME = "qlane"
+log = logging.getLogger("qlane")
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _seek_wait(self, consumer, partitions) -> None:
+        """Table recovery may ask for a changelog offset below -1 (seen on exactly-once after
+        broker restarts; Faust maps only -1 to 0) and aiokafka then crashes the recovery.
+        Reading a changelog from its beginning is always safe: replaying it only rebuilds
+        the table. Stream partitions keep Faust's behaviour."""
+        changelogs = self.app.tables.changelog_topics
+        fixed = {}
+        for tp, offset in partitions.items():
+            if offset < 0 and tp.topic in changelogs:
+                log.warning("recovery asked for offset %d of %s[%d]: reading it from the start",
+                            offset, tp.topic, tp.partition)
+                offset = 0
+            fixed[tp] = offset
+        await super()._seek_wait(consumer, fixed)
+
     def _create_worker_consumer(self, transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "qlane_fetch_max_wait_ms", None)

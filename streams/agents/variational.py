@@ -13,7 +13,7 @@ import base64
 import time
 
 from schemas.codec import codec
-from streams import accounting
+from streams import accounting, transactions
 from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.cancel import cancel_requested
 from streams.deadletter import SourceRecord
@@ -106,6 +106,8 @@ def register(app, runtime: Runtime, table) -> None:
                               "value": evaluation.value, "std_error": evaluation.std_error,
                               "spend_usd": spend},
                 )
+                # Exactly-once: commit the checkpoint (and this progress) now, not at the end.
+                await transactions.checkpoint(runtime.app)
         except StageFailure:
             raise
         except Exception as error:

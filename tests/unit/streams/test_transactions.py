@@ -108,12 +108,14 @@ def manager(cls, consumer=None, producer=None, fail_with=None):
         crashed.append(error)
 
     producer = producer or Recorder(fail_with)
-    app = SimpleNamespace(conf=SimpleNamespace(id=APP_ID), assignor=Assignor(),
+    app = SimpleNamespace(conf=SimpleNamespace(id=APP_ID, broker_commit_interval=0.0),
+                          assignor=Assignor(),
                           producer=producer, crash=crash, in_transaction=True)
     tm = cls.__new__(cls)
     tm.app, tm.consumer, tm.producer = app, consumer or Consumer(), producer
     if cls is TransactionManager:
         tm.gate = TransactionGate()
+        tm._checkpointed = {}
     tm.crash_log = crashed
     return tm
 
@@ -258,6 +260,20 @@ def test_records_of_other_transactions_are_not_held():
     assert asyncio.run(go()) == "ran"
 
 
+def test_a_long_record_commits_its_checkpoint_without_its_offset():
+    execute = TopicPartition("qlane.stage.execute", 1)
+    consumer = Consumer(acked={execute: 3})  # another record of the partition, finished
+    tm = manager(TransactionManager, consumer=consumer)
+
+    async def go():
+        async with tm.gate.record(f"{APP_ID}-1-1"):
+            await tm.checkpoint(event_on(JOBS))  # the running record's own offset: not acked
+            return tm.gate.active(f"{APP_ID}-1-1")
+
+    assert asyncio.run(go()) == 1  # back in the gate afterwards
+    assert tm.producer.calls[-1] == ("commit_transactions", {f"{APP_ID}-1-1": {execute: 3}})
+
+
 # --- 4. errors are not swallowed --------------------------------------------------------
 
 class FailingAiokafkaProducer:
@@ -378,3 +394,49 @@ def test_the_app_runs_the_guarantee_of_its_settings():
     assert isinstance(app.consumer.transactions, TransactionManager)
     embedded, _ = create_app(Settings(app_id="txn-alo"))
     assert embedded.conf.processing_guarantee.value == "at_least_once"
+
+
+# --- recovery after broker restarts -------------------------------------------------------
+
+CHANGELOG = TopicPartition("qlane-workflows-changelog", 0)
+
+
+def test_faust_recovery_passes_changelog_offsets_below_minus_one_to_the_seek():
+    from collections import Counter as Offsets
+
+    from faust.tables.recovery import Recovery
+
+    seen = {}
+
+    class SeekingConsumer:
+        async def seek_wait(self, offsets):
+            seen.update(offsets)
+
+    asyncio.run(Recovery._seek_offsets(SimpleNamespace(), SeekingConsumer(), {CHANGELOG},
+                                       Offsets({CHANGELOG: -2}), "active"))
+    assert seen == {CHANGELOG: -2}  # aiokafka's seek raises on it and recovery crashes
+
+
+def test_such_a_changelog_is_read_from_its_start_and_stream_offsets_are_untouched():
+    from streams.transport import ConsumerThread
+
+    seeks = []
+
+    class AiokafkaConsumer:
+        def seek(self, tp, offset):
+            if offset < 0:
+                raise ValueError("Offset must be a positive integer")
+            seeks.append((tp, offset))
+
+        async def position(self, tp):
+            return 0
+
+    thread = ConsumerThread.__new__(ConsumerThread)
+    thread.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}),
+                                 conf=SimpleNamespace(broker_request_timeout=5))
+    thread.consumer = SimpleNamespace(_read_offset={})
+    thread.log = SimpleNamespace(dev=lambda *args: None)
+    asyncio.run(thread._seek_wait(AiokafkaConsumer(), {CHANGELOG: -2, JOBS: 7}))
+    assert seeks == [(CHANGELOG, 0), (JOBS, 7)]
+    with pytest.raises(ValueError):
+        asyncio.run(thread._seek_wait(AiokafkaConsumer(), {JOBS: -2}))
