@@ -9,8 +9,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import codec
 from streams.client.kafka import Client
+from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
+from streams.topics import tenant_topic
 
 CANCEL_ANSWERS = frozenset({"cancelled", "cancel_ignored", "duplicate", "done", "failed"})
 
@@ -42,9 +44,11 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
                                fetch_max_wait_ms=settings.effective_fetch_max_wait_ms)
     await watcher.start()
     try:
-        status_topic = settings.topic("status")
-        partitions = [TopicPartition(status_topic, p)
-                      for p in (watcher.partitions_for_topic(status_topic) or ())]
+        topics = [settings.topic("status")]
+        if tenant is not None:  # a tenant's statuses may come on its own topic
+            topics.append(tenant_topic(settings.topic_prefix, "status", tenant))
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in await topic_partitions(watcher, topic)]
         watcher.assign(partitions)
         await watcher.seek_to_end(*partitions)
         for tp in partitions:
@@ -66,4 +70,4 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
                         answer = CancelAnswer(workflow_id, "requested", status["detail"])
         return answer
     finally:
-        await watcher.stop()
+        await stop_consumer(watcher)

@@ -16,7 +16,7 @@ from schemas.codec import codec, fill_defaults
 from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
-from streams.topics import TopicNames, job_topic, lane_for_priority
+from streams.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from workers.errors import InvalidJob
 
 REJECTED_BEFORE_ADMISSION = frozenset(
@@ -69,9 +69,16 @@ def decode_dlq_headers(headers) -> dict[str, str]:
 class Client:
     """One producer plus a watcher over status, results and dead letters."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tenant: str | None = None) -> None:
         self.settings = settings
         self.names = TopicNames.from_settings(settings)
+        # A tenant's outcomes may come on its own read topics (README "Topics, tenants and
+        # lanes"); the shared ones are watched too.
+        self.status_topics = [self.names.status]
+        self.results_topics = [self.names.results]
+        if tenant is not None:
+            self.status_topics.append(tenant_topic(settings.topic_prefix, "status", tenant))
+            self.results_topics.append(tenant_topic(settings.topic_prefix, "results", tenant))
         self.producer: AIOKafkaProducer | None = None
         self.watcher: AIOKafkaConsumer | None = None
 
@@ -93,13 +100,14 @@ class Client:
             fetch_max_wait_ms=self.settings.effective_fetch_max_wait_ms,
         )
         await self.watcher.start()
-        topics = (self.names.status, self.names.results, self.names.deadletter)
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in (await topic_partitions(self.watcher, topic)
-                      or range(self.settings.partitions))
-        ]
+        shared = (self.names.status, self.names.results, self.names.deadletter)
+        partitions = []
+        for topic in (*shared, *self.status_topics[1:], *self.results_topics[1:]):
+            found = await topic_partitions(self.watcher, topic)
+            if not found and topic not in shared:
+                continue  # a tenant topic that does not exist (yet)
+            partitions += [TopicPartition(topic, p)
+                           for p in (found or range(self.settings.partitions))]
         self.watcher.assign(partitions)
         await self.watcher.seek_to_end(*partitions)
         for tp in partitions:  # resolve the end offsets now, not at the first fetch
@@ -158,7 +166,7 @@ class Client:
         outcome = outcomes.get(key)
         if outcome is None or outcome.finished:
             return
-        if record.topic == self.names.status:
+        if record.topic in self.status_topics:
             status = codec("JobStatus").decode(record.value)
             outcome.history.append(status["state"])
             if status["state"] in ("failed", "duplicate", "cancelled"):
@@ -169,7 +177,7 @@ class Client:
                 step = status["progress"]
                 event = (f"iteration {step['iteration']}: value {step['value']:.5f} "
                          f"± {step['std_error']:.5f}, spent USD {step['spend_usd']:.4f}")
-        elif record.topic == self.names.results:
+        elif record.topic in self.results_topics:
             outcome.result = codec("JobResult").decode(record.value)
             outcome.state = "done"
             event = "result"
@@ -189,9 +197,10 @@ class Client:
         """The JobResults published earlier for these workflow ids (for duplicates)."""
         keys = {workflow_id.encode() for workflow_id in workflow_ids}
         found = {}
-        async for record in read_topic(self.settings, self.names.results, timeout_s=timeout_s):
-            if record.key in keys:
-                found[record.key.decode()] = codec("JobResult").decode(record.value)
+        for topic in self.results_topics:
+            async for record in read_topic(self.settings, topic, timeout_s=timeout_s):
+                if record.key in keys:
+                    found[record.key.decode()] = codec("JobResult").decode(record.value)
         return found
 
 

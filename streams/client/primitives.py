@@ -229,7 +229,7 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
 
     def _main(self) -> None:
         async def drive():
-            async with Client(self._settings) as client:
+            async with Client(self._settings, self._options.tenant) as client:
                 await client.start_watching()
                 return await self._plan(Session(self, client))
 

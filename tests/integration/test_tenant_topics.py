@@ -1,0 +1,78 @@
+"""A tenant's job topics end to end: a worker configured with QLANE_TENANTS reads them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from qiskit import QuantumCircuit
+
+from streams.client import Client, Estimator, job_request
+from streams.client.commands import cancel_workflow
+from streams.topics import ensure_topics, job_topic
+from tests.support import (
+    BELL,
+    read_topic,
+    session_settings,
+    start_worker,
+    stop_worker,
+    wait_until_ready,
+)
+
+
+@pytest.fixture(scope="module")
+def tenant_settings(broker_address):
+    return session_settings(*broker_address, tag="tn", tenants=["acme"])
+
+
+@pytest.fixture(scope="module")
+def tenant_worker(tenant_settings, tmp_path_factory):
+    created = asyncio.run(ensure_topics(tenant_settings))
+    prefix = tenant_settings.topic_prefix
+    assert {job_topic(prefix, "acme", lane) for lane in ("high", "normal", "low")} <= set(created)
+    assert f"{prefix}.results.acme" in created
+    log = tmp_path_factory.mktemp("tenant-worker") / "worker.log"
+    process = start_worker(tenant_settings, log, env={"QLANE_TENANTS": '["acme"]'})
+    try:
+        wait_until_ready(tenant_settings, log)
+        yield process
+    finally:
+        stop_worker(process)
+
+
+def topic_keys(settings, topic: str) -> set[bytes]:
+    async def go():
+        return {record.key async for record in read_topic(settings, topic, 20)}
+
+    return asyncio.run(go())
+
+
+def test_a_tenants_jobs_travel_on_its_own_topics(tenant_settings, tenant_worker):
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    job_id = f"acme-{uuid.uuid4().hex[:6]}"
+    estimator = Estimator(settings=tenant_settings, tenant="acme", priority=1, timeout_s=120)
+    result = estimator.run([(bell, "ZZ")], precision=0.05, job_id=job_id).result()
+    assert abs(result[0].data.evs - 1.0) < 1e-9  # ZZ is exactly +1 on a Bell state
+    prefix = tenant_settings.topic_prefix
+    assert f"{job_id}.0".encode() in topic_keys(tenant_settings, job_topic(prefix, "acme", "high"))
+    assert f"{job_id}.0".encode() not in topic_keys(tenant_settings, job_topic(prefix))
+
+
+def test_a_cancel_on_the_tenants_topics_overtakes_its_job(tenant_settings, tenant_worker):
+    workflow_id = f"acme-early-{uuid.uuid4().hex[:6]}"
+    answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
+                                         timeout_s=60))
+    assert answer.state == "cancelled" and answer.detail.startswith("before arrival")
+    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100)
+
+    async def go():
+        async with Client(tenant_settings, tenant="acme") as client:
+            await client.start_watching()
+            await client.submit(job, client.jobs_topic("acme", "low"))
+            return await client.wait([workflow_id], 15)
+
+    outcome = asyncio.run(go())[workflow_id]
+    assert outcome.result is None and "executing" not in outcome.history
