@@ -55,6 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Settings of the execute stage's micro-batching (read by the workers when it exists).
 PASSED_ENV = ("QLANE_EXECUTE_BATCH_MAX", "QLANE_EXECUTE_BATCH_WINDOW_S")
+# The workers offer the two backends the job set uses: a worker warms up every backend it
+# offers in the background (device noise models, readout calibration), which would otherwise
+# still run, on one of its two stage threads, while the clock runs. QLANE_BACKENDS overrides.
+WORKER_ENV = {"QLANE_BACKENDS": os.environ.get("QLANE_BACKENDS", '["aer.ideal", "aer.noisy"]')}
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -234,7 +238,7 @@ def start_workers(settings: Settings, workers: int, workdir: Path,
                   env: dict | None = None) -> list[subprocess.Popen]:
     """Worker processes running the code in `code_root` (default: this checkout)."""
     # cwd: Faust writes its <app id>-data directory there, not in the repository.
-    environment = {"PYTHONPATH": str(code_root or ROOT), **(env or {})}
+    environment = {"PYTHONPATH": str(code_root or ROOT), **WORKER_ENV, **(env or {})}
     return [
         start_worker(settings, workdir / f"worker{i}.log", env=environment,
                      cwd=workdir, web_port=(web_ports or [None] * workers)[i])
@@ -258,7 +262,8 @@ def run_pipeline(jobs: list[dict], *, workers: int, workdir: Path, partitions: i
     processes: list[subprocess.Popen] = []
     report: dict = {"broker": broker, "workers": workers, "partitions": partitions,
                     "workdir": str(workdir),
-                    "env": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
+                    "env": {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ},
+                            **WORKER_ENV, **(worker_env or {})}}
     try:
         t0 = time.monotonic()
         bench_broker.start()
