@@ -158,7 +158,8 @@ class SecuredCluster:
             f"qlane worker --broker {self.sasl_bootstrap}",
             "grant its ACLs (README 'Security'): qlane tenant grant-worker --principal "
             f"User:{QLANE_USER} --broker {self.cluster.bootstrap}",
-            "more users: java -cp '<kafka libs>/*' kafka.admin.ConfigCommand --bootstrap-server "
+            f"more users: java -cp '{install(self.cluster.version)}/*' "
+            "kafka.admin.ConfigCommand --bootstrap-server "
             f"{self.cluster.bootstrap} --alter --entity-type users --entity-name NAME "
             f"--add-config '{MECHANISM}=[password=SECRET]'; tenants: qlane tenant add NAME "
             "--principal User:NAME",

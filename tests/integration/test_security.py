@@ -140,6 +140,19 @@ def test_principal_without_acls_is_refused(secured, tmp_path):
     assert asyncio.run(produce()) < 15
 
 
+def test_a_user_added_to_the_running_cluster_can_log_in(secured):
+    from streams.security import AccessRefused, check_authentication
+
+    base = base_settings("add")
+    password = secured.add_user("late_user")
+    asyncio.run(check_authentication(user_settings(secured, "late_user", base)))
+    with pytest.raises(AccessRefused, match="refused the credentials of User:late_user"):
+        asyncio.run(check_authentication(user_settings(secured, "late_user", base,
+                                                       password=password + "x")))
+    assert oct(secured.credentials_file.stat().st_mode & 0o777) == "0o600"
+    assert f"late_user={password}" in secured.credentials_file.read_text()
+
+
 async def grant(settings, acls) -> None:
     async with Admin(settings) as admin:
         await admin.create_acls(acls)
