@@ -179,6 +179,21 @@ def test_device_job_provenance_names_the_snapshot(registry, cache) -> None:
     assert 0.8 < result["expectations"][0]["value"] <= 1.0
 
 
+def test_drift_canary_runs_on_a_device(sherbrooke) -> None:
+    from workers.drift.detection import DriftMonitor
+
+    monitor = DriftMonitor(shots=10_000)
+    baseline = monitor.baseline(sherbrooke)
+    assert 0.8 < baseline < 0.99  # GHZ-5 on the device's calibrated noise
+    assert monitor.expected_success(sherbrooke, 2.0) < baseline - 0.03
+    placed = monitor.canary_circuit(sherbrooke).layout.final_index_layout()
+    assert sorted(placed) != [0, 1, 2, 3, 4]
+    report = monitor.run_round(sherbrooke, seed=11)
+    assert report.calibration_version == sherbrooke.calibration_version
+    assert report.severity == "none"
+    assert monitor.shots_to_detect(sherbrooke, 1.5) < 10_000
+
+
 # --- IBM Runtime adapter -------------------------------------------------------------------
 def test_ibm_runtime_adapter_runs_sampler_v2_in_local_mode_with_the_jobs_seed(registry,
                                                                            cache) -> None:
