@@ -543,7 +543,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except Exception as error:  # a broker refusing this client: say why, once, no traceback
+        from streams.security import explain_refusal
+
+        reason = explain_refusal(settings_from(args), error) if hasattr(args, "broker") else None
+        if reason is None:
+            raise
+        print(f"qlane {args.command}: {reason}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -154,3 +154,26 @@ async def preflight(settings: Settings, ensure_topics) -> list[str]:
     if checked:
         await check_access(settings, TopicNames.from_settings(settings).all(), settings.app_id)
     return created
+
+
+def explain_refusal(settings: Settings, error: BaseException) -> str | None:
+    """A one-line reason when `error` (from a CLI command) is the broker refusing this client:
+    bad credentials (checked again, once) or a missing ACL; None for anything else."""
+    import asyncio
+
+    from aiokafka import errors
+
+    authorization = (errors.TopicAuthorizationFailedError, errors.GroupAuthorizationFailedError,
+                     errors.ClusterAuthorizationFailedError,
+                     errors.TransactionalIdAuthorizationFailed)
+    if isinstance(error, authorization):
+        return (f"{_principal(settings)} is not authorized ({type(error).__name__}): see the "
+                "ACLs in the README ('Security: SASL_SSL, ACLs, tenants')")
+    if isinstance(error, errors.KafkaConnectionError) and settings.security_protocol != "PLAINTEXT":
+        try:
+            asyncio.run(check_authentication(settings))
+        except AccessRefused as refused:
+            return str(refused)
+        except Exception:
+            return None
+    return None

@@ -140,6 +140,35 @@ def test_principal_without_acls_is_refused(secured, tmp_path):
     assert asyncio.run(produce()) < 15
 
 
+@pytest.mark.parametrize("user", ["qlane", "intruder"])
+def test_cli_refusals_are_one_clear_line(secured, user):
+    """`qlane submit` with a wrong password, or as a principal without ACLs: exit 2, one line."""
+    import os
+    import subprocess
+    import sys
+
+    base = base_settings("cli")
+    from streams.topics import ensure_topics
+
+    asyncio.run(ensure_topics(operator_settings(secured, base)))
+    wrong = "wrong-" + uuid.uuid4().hex if user == "qlane" else None
+    settings = user_settings(secured, user, base, password=wrong)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "submit", str(ROOT / "examples" / "bell.qasm"),
+         "--broker", settings.broker, "--topic-prefix", base.topic_prefix, "--profile", "kafka"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, **security_env(settings)},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert time.monotonic() - started < 60
+    expected = ("refused the credentials of User:qlane" if user == "qlane"
+                else "User:intruder is not authorized (TopicAuthorizationFailedError)")
+    assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert settings.sasl_password not in done.stdout + done.stderr
+
+
 def test_a_user_added_to_the_running_cluster_can_log_in(secured):
     from streams.security import AccessRefused, check_authentication
 
