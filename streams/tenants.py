@@ -157,7 +157,8 @@ def tenant_copy(runtime, short_name: str, key: bytes | None):
         return None
     from streams.topics import WORKFLOW_TABLE
 
-    table = runtime.app.tables.get(WORKFLOW_TABLE)
+    tables = getattr(runtime.app, "tables", None)
+    table = tables.get(WORKFLOW_TABLE) if tables is not None else None
     if table is None:
         return None
     prefix = runtime.settings.topic_prefix
