@@ -335,6 +335,11 @@ class TransactionManager(FaustTransactionManager):
         """
         consumer = self.consumer
         result = dict(offsets)
+        # Faust's `_new_offset` takes the acknowledged offsets it returns out of its list and
+        # refuses a batch that does not start right after the last committed offset: the
+        # offsets Faust just read count as committed for the second reading.
+        for tp, offset in offsets.items():
+            consumer._committed_offset[tp] = offset
         for tp in consumer.assignment():
             if self.app.assignor.is_standby(tp):
                 continue

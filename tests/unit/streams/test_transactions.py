@@ -440,3 +440,56 @@ def test_such_a_changelog_is_read_from_its_start_and_stream_offsets_are_untouche
     assert seeks == [(CHANGELOG, 0), (JOBS, 7)]
     with pytest.raises(ValueError):
         asyncio.run(thread._seek_wait(AiokafkaConsumer(), {JOBS: -2}))
+
+
+# --- offsets read a second time -----------------------------------------------------------
+
+class FaustOffsets:
+    """The offset bookkeeping of Faust's consumer (its real `_new_offset`) on a stub."""
+
+    def __init__(self, committed: int) -> None:
+        from collections import defaultdict
+
+        from intervaltree import IntervalTree
+
+        self._acked = defaultdict(list)
+        self._acked_index = defaultdict(set)
+        self._gap = defaultdict(IntervalTree)
+        self._committed_offset = defaultdict(lambda: None)
+        self._committed_offset[JOBS] = committed
+        self.commits = 0
+
+    def ack(self, *offsets):
+        self._acked[JOBS].extend(offsets)
+        self._acked_index[JOBS].update(offsets)
+
+    def _new_offset(self, tp):
+        from faust.transport.consumer import Consumer as FaustConsumer
+
+        return FaustConsumer._new_offset(self, tp)
+
+    def _should_commit(self, tp, offset):
+        from faust.transport.consumer import Consumer as FaustConsumer
+
+        return FaustConsumer._should_commit(self, tp, offset)
+
+    def assignment(self):
+        return {JOBS}
+
+
+def test_faust_will_not_read_an_offset_twice_before_it_is_committed():
+    offsets = FaustOffsets(committed=10)
+    offsets.ack(10, 11)
+    assert offsets._new_offset(JOBS) == 12  # what Faust passes to the commit
+    offsets.ack(12)  # the record that was running when the commit began
+    assert offsets._new_offset(JOBS) is None  # 12 does not follow the committed 10
+
+
+def test_the_second_reading_includes_the_record_that_finished_meanwhile():
+    offsets = FaustOffsets(committed=10)
+    tm = manager(TransactionManager, consumer=offsets)
+    offsets.ack(10, 11)
+    first = {JOBS: offsets._new_offset(JOBS)}
+    offsets.ack(12)
+    asyncio.run(tm.commit(first))
+    assert tm.producer.calls[-1] == ("commit_transactions", {f"{APP_ID}-1-1": {JOBS: 13}})
