@@ -45,6 +45,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Statuses that only report progress; settings.status_progress_events=false leaves them out.
+PROGRESS_STATES = frozenset({"accepted", "prepared", "executing"})
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -134,6 +138,10 @@ class Runtime:
         self, workflow_id: str, state: str, stage: str, detail: str = "", attempt: int = 1,
         progress: dict | None = None,
     ) -> None:
+        if state in PROGRESS_STATES and not self.settings.status_progress_events:
+            log.debug("%s %s (%s), not published", workflow_id, state, stage,
+                      extra={"workflow_id": workflow_id, "stage": stage, "state": state})
+            return
         record = {
             "workflow_id": workflow_id,
             "state": state,

@@ -194,6 +194,13 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
 
+    # Throughput (issue 14; measured in docs/performance.md).
+    status_progress_events: bool = Field(
+        True, description="publish the accepted, prepared and executing statuses; false: only "
+        "the ones a consumer acts on (done, failed, duplicate, cancelled, retrying, fallback, "
+        "...), 3 records fewer per job",
+    )
+
     @field_validator("broker")
     @classmethod
     def _normalize_broker(cls, value: str) -> str:

@@ -96,6 +96,9 @@ def decode_job(source: SourceRecord) -> Job:
 
 def register(app, runtime: Runtime, table) -> None:
     settings = runtime.settings
+    # Jobs decoded for the current batch call, by source address: each record's handle()
+    # takes its own instead of decoding the task (and unpacking its circuits) a second time.
+    decoded: dict[str, Job] = {}
 
     def already_executed(job: Job) -> bool:
         return (table.get(job.workflow_id) or {}).get("state") in ALREADY_EXECUTED
@@ -110,11 +113,13 @@ def register(app, runtime: Runtime, table) -> None:
     async def run_batch(sources: list[SourceRecord]) -> dict[str, object]:
         """One backend call per backend for the whole batch: address -> counts | error."""
         jobs = []
+        decoded.clear()
         for source in sources:
             try:
                 job = decode_job(source)
             except Exception:
                 continue  # handled (and dead-lettered) record by record afterwards
+            decoded[source.address] = job
             if runnable(job) and not past_deadline(job):
                 runtime.apply_controls(job.prepared.backend)
                 jobs.append(job)
@@ -228,7 +233,7 @@ def register(app, runtime: Runtime, table) -> None:
         raise StageFailure(job.workflow_id, last_error)
 
     async def handle(source: SourceRecord, batch_outcomes: dict) -> str:
-        job = decode_job(source)
+        job = decoded.pop(source.address, None) or decode_job(source)
         if already_executed(job):
             return "duplicate"  # a copy of a task that ran (re-sent after a crash): once
         if cancelled(job):
@@ -278,7 +283,9 @@ def register(app, runtime: Runtime, table) -> None:
         outcome = {
             "workflow_id": job.workflow_id,
             "request": job.task["request"],
-            "prepared": executed.prepared.to_bytes(),
+            # What preprocess packed is forwarded as it is unless a fallback re-prepared it.
+            "prepared": (job.task["prepared"] if executed.prepared is job.prepared
+                         else executed.prepared.to_bytes()),
             "counts_json": json.dumps(executed.counts, sort_keys=True, separators=(",", ":")),
             "seed_simulator": job.seed,
             "accepted_at_ms": job.task["accepted_at_ms"],
