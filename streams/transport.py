@@ -35,6 +35,16 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             fixed[tp] = offset
         await super()._seek_wait(consumer, fixed)
 
+    async def _highwaters(self, partitions):
+        """On exactly-once Faust takes the table changelogs' highwaters from
+        `last_stable_offset()`, the value cached from the last fetch of a partition: -1 for
+        a partition just assigned. Recovery then reads nothing (the new owner's table misses
+        the partition's entries) or, when this process held the partition before, stops with
+        a ConsistencyError. Ask the broker instead: ListOffsets at the consumer's isolation
+        level answers the last stable offset on read_committed."""
+        consumer = self._ensure_consumer()
+        return await consumer.end_offsets(list(partitions))
+
     def _create_worker_consumer(self, transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "qlane_fetch_max_wait_ms", None)

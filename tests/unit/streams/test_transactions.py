@@ -493,3 +493,34 @@ def test_the_second_reading_includes_the_record_that_finished_meanwhile():
     offsets.ack(12)
     asyncio.run(tm.commit(first))
     assert tm.producer.calls[-1] == ("commit_transactions", {f"{APP_ID}-1-1": {JOBS: 13}})
+
+
+# --- changelog highwaters on exactly-once -------------------------------------------------
+
+class OffsetsConsumer:
+    """An aiokafka consumer that has fetched nothing yet from a just-assigned partition."""
+
+    def last_stable_offset(self, tp):
+        return -1
+
+    async def end_offsets(self, partitions):
+        return {tp: 287 for tp in partitions}
+
+
+def consumer_thread(cls):
+    thread = cls.__new__(cls)
+    thread._consumer = OffsetsConsumer()
+    thread.consumer = SimpleNamespace(in_transaction=True)
+    return thread
+
+
+def test_faust_takes_exactly_once_highwaters_from_the_cached_last_stable_offset():
+    thread = consumer_thread(faust_aiokafka.AIOKafkaConsumerThread)
+    assert asyncio.run(thread._highwaters([CHANGELOG])) == {CHANGELOG: -1}
+
+
+def test_highwaters_come_from_the_broker():
+    from streams.transport import ConsumerThread
+
+    assert asyncio.run(consumer_thread(ConsumerThread)._highwaters([CHANGELOG])) == {
+        CHANGELOG: 287}
