@@ -524,3 +524,15 @@ def test_highwaters_come_from_the_broker():
 
     assert asyncio.run(consumer_thread(ConsumerThread)._highwaters([CHANGELOG])) == {
         CHANGELOG: 287}
+
+
+def test_topics_are_created_with_min_insync_replicas_and_a_compacted_changelog():
+    from streams.topics import changelog_topic, topic_configs
+
+    cluster = Settings(broker="kafka-1:9092", replication_factor=3, min_insync_replicas=2)
+    assert topic_configs(cluster, cluster.topic("results")) == {"min.insync.replicas": "2"}
+    assert topic_configs(cluster, changelog_topic(cluster)) == {
+        "min.insync.replicas": "2", "cleanup.policy": "compact"}
+    single = Settings(broker="kafka-1:9092", min_insync_replicas=2)  # replication 1
+    assert topic_configs(single, single.topic("jobs")) == {"min.insync.replicas": "1"}
+    assert topic_configs(Settings(), Settings().topic("jobs")) == {}
