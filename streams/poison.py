@@ -66,21 +66,23 @@ class AttemptLedger:
         return int(entry.get("offsets", {}).get(str(source.offset), 0)), entry.get("reason", "")
 
     async def write(self, stage: str, topic: str, partition: int, offsets: dict[int, int],
-                    reason: str = "") -> None:
-        """Replace the key of (stage, topic, partition) and wait until the broker has it."""
+                    reason: str = "", flush: bool = True) -> None:
+        """Replace the key of (stage, topic, partition); with `flush`, wait until the broker
+        has it (and everything sent before it)."""
         key = ledger_key(stage, topic, partition)
         value = {"offsets": {str(o): n for o, n in offsets.items()}, "reason": reason[:300],
                  "at_ms": now_ms()}
         self.entries[key] = value
         # An empty context: no current event, so not inside the record's transaction.
         task = asyncio.get_running_loop().create_task(
-            self._send(key, value), context=contextvars.Context()
+            self._send(key, value, flush), context=contextvars.Context()
         )
         await task
 
-    async def _send(self, key: str, value: dict) -> None:
+    async def _send(self, key: str, value: dict, flush: bool) -> None:
         await self.runtime.send("control", json.dumps(key), json.dumps(value).encode())
-        await self.runtime.flush()
+        if flush:
+            await self.runtime.flush()
 
     async def _fresh(self) -> None:
         if not self.stale:
@@ -146,3 +148,94 @@ def _apply(entries: dict, key: bytes | None, value: bytes | None) -> None:
             entries[name] = parsed
     except (TypeError, ValueError):
         return
+
+
+# --- the execute stage: records in flight when a worker dies ----------------------------
+
+IN_FLIGHT = "in a backend call when its worker died"
+
+
+class InFlight:
+    """The execute stage's marks for one taken batch of records.
+
+    Before a backend call, every record about to run is marked with one more try, flushed to
+    the ledger; after the call its mark goes. A worker killed by the call (an Aer abort, a
+    segfault, the OOM killer) leaves the marks, and the next owner of the partition finds
+    them: a record with `attempts` tries is dead-lettered (PoisonRecord), one with fewer but
+    at least one is a suspect and runs alone, so it cannot take good records down with it.
+    """
+
+    def __init__(self, runtime: Runtime, stage: str, sources: list[SourceRecord]) -> None:
+        if runtime.attempts is None:
+            runtime.attempts = AttemptLedger(runtime)
+        self.runtime = runtime
+        self.stage = stage
+        self.sources = {source.address: source for source in sources}
+        self.tries: dict[str, int] = {}
+        self.reasons: dict[str, str] = {}
+        self._written: set[tuple[str, int]] = set()
+
+    async def load(self) -> None:
+        ledger = self.runtime.attempts
+        for address, source in self.sources.items():
+            self.tries[address], self.reasons[address] = await ledger.tries(self.stage, source)
+
+    def poisoned(self) -> list[str]:
+        limit = self.runtime.settings.sandbox_attempts
+        return [address for address, tries in self.tries.items() if tries >= limit]
+
+    def suspects(self) -> bool:
+        return any(tries > 0 for tries in self.tries.values())
+
+    def poison_error(self, address: str):
+        from workers.errors import PoisonRecord
+
+        error = PoisonRecord(
+            f"the record was {IN_FLIGHT} on {self.tries[address]} attempts; it is not run again"
+        )
+        error.attempts = self.tries[address]
+        return error
+
+    def done(self, address: str) -> None:
+        self.sources.pop(address, None)
+        self.tries.pop(address, None)
+
+    async def running(self, addresses: list[str]) -> None:
+        for address in addresses:
+            self.tries[address] = self.tries.get(address, 0) + 1
+        await self._write()
+
+    async def finished(self, addresses: list[str]) -> None:
+        for address in addresses:
+            self.done(address)
+        await self._write(flush=False)
+
+    async def _write(self, flush: bool = True) -> None:
+        by_partition: dict[tuple[str, int], dict[int, int]] = {}
+        for address, source in self.sources.items():
+            by_partition.setdefault((source.topic, source.partition), {})[source.offset] = (
+                self.tries.get(address, 0))
+        keys = sorted(set(by_partition) | self._written)
+        for index, (topic, partition) in enumerate(keys):
+            offsets = by_partition.get((topic, partition), {})
+            await self.runtime.attempts.write(
+                self.stage, topic, partition, offsets, IN_FLIGHT if offsets else "",
+                flush=flush and index == len(keys) - 1,
+            )
+        self._written = set(by_partition)
+
+
+def poison_handler(error):
+    """A stage handler that dead-letters a record with `error` (marking its workflow failed
+    when the record names one)."""
+    from schemas.codec import codec
+    from streams.agents.common import StageFailure
+
+    async def handler(source: SourceRecord) -> None:
+        try:
+            workflow_id = codec("ExecuteTask").decode(source.value)["workflow_id"]
+        except Exception:
+            raise error from None
+        raise StageFailure(workflow_id, error, getattr(error, "attempts", 1))
+
+    return handler

@@ -37,6 +37,7 @@ from streams.agents.common import (
 )
 from streams.deadletter import SourceRecord, is_retryable
 from streams.lanes import LaneGate
+from streams.poison import InFlight, poison_handler
 from streams.runtime import Runtime, now_ms
 from streams.topics import LANES, NORMAL, lane_suffix
 from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
@@ -325,11 +326,31 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
                  if first_time(runtime, STAGE, source)]
         if not fresh:
             return
-        batch_outcomes = await run_batch([source for _, source in fresh])
-        handle_in_batch = functools.partial(handle, batch_outcomes=batch_outcomes)
+        # Records that were in a backend call when a worker died: dead-lettered once they
+        # reach their attempts, else run alone (streams/poison.py).
+        flight = InFlight(runtime, STAGE, [source for _, source in fresh])
+        await flight.load()
+        poisoned = set(flight.poisoned())
         for event, source in fresh:
-            # take_events leaves no current event, and table writes need one for their
-            # changelog partition. Set only this task's context variable: the stream's
-            # own current_event belongs to the take buffer filling in the background.
-            faust_streams._current_event.set(weakref.ref(event))
-            await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source, event)
+            if source.address in poisoned:
+                faust_streams._current_event.set(weakref.ref(event))
+                handler = poison_handler(flight.poison_error(source.address))
+                await process_guarded(runtime, table, STAGE, guard, handler, source, event)
+                flight.done(source.address)
+        fresh = [(event, source) for event, source in fresh if source.address not in poisoned]
+        groups = [[item] for item in fresh] if flight.suspects() else [fresh]
+        for group in groups:
+            if not group:
+                continue
+            addresses = [source.address for _, source in group]
+            await flight.running(addresses)
+            batch_outcomes = await run_batch([source for _, source in group])
+            await flight.finished(addresses)
+            handle_in_batch = functools.partial(handle, batch_outcomes=batch_outcomes)
+            for event, source in group:
+                # take_events leaves no current event, and table writes need one for their
+                # changelog partition. Set only this task's context variable: the stream's
+                # own current_event belongs to the take buffer filling in the background.
+                faust_streams._current_event.set(weakref.ref(event))
+                await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source,
+                                      event)

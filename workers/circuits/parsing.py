@@ -63,7 +63,20 @@ def _parse(source: str, fmt: str) -> QuantumCircuit:
     except MemoryError:  # in the sandbox: its address-space bound
         raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None
     except BaseException as exc:  # the Rust qasm2 parser panics with a BaseException
+        if _out_of_memory(exc):  # a panic over a failed allocation (the sandbox's bound)
+            raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None
         raise InvalidCircuit(f"{fmt}: {_short(_describe(exc))}") from None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 20:
+        if isinstance(cause, MemoryError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
 
 
 class ParsedCircuits:

@@ -32,6 +32,7 @@ the worker's event loop never waits on a sandbox.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from cachetools import LRUCache
 
 import workers
 from workers import errors
@@ -111,8 +114,34 @@ class BackendView:
 
     @classmethod
     def of(cls, backend) -> BackendView:
-        return cls(backend.name, backend.num_qubits, backend.calibration_version,
-                   backend.target)
+        """The view of a registry's backend, one per (name, calibration, target object):
+        its pickled form (the Target is most of it, 6-17 KB, ~10 ms) is made once."""
+        key = (backend.name, backend.calibration_version, id(backend.target))
+        view = _VIEWS.get(key)
+        if view is None or view.target is not backend.target:
+            view = _VIEWS[key] = cls(backend.name, backend.num_qubits,
+                                     backend.calibration_version, backend.target)
+        return view
+
+    def __reduce__(self):
+        blob = self.__dict__.get("_blob")
+        if blob is None:
+            blob = pickle.dumps((self.name, self.num_qubits, self.calibration_version,
+                                 self.target), protocol=pickle.HIGHEST_PROTOCOL)
+            object.__setattr__(self, "_blob", blob)
+        return (_view_from_blob, (blob,))
+
+
+_VIEWS: LRUCache = LRUCache(maxsize=64)
+
+
+def _view_from_blob(blob: bytes) -> BackendView:
+    """In the sandbox: the view a blob describes, unpickled once per distinct blob."""
+    key = hashlib.sha256(blob).digest()
+    view = _VIEWS.get(key)
+    if view is None:
+        view = _VIEWS[key] = BackendView(*pickle.loads(blob))
+    return view
 
 
 class _OneBackend:

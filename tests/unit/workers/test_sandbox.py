@@ -1,0 +1,106 @@
+"""The sandbox pool (workers/circuits/sandbox.py): real sandbox processes, real bounds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
+from workers.backends.registry import BackendRegistry
+from workers.circuits.sandbox import (
+    BackendView,
+    Prepared,
+    SandboxBounds,
+    SandboxPool,
+    SandboxRequest,
+)
+from workers.circuits.transpile import TranspileCache
+from workers.errors import CircuitTooLarge, ForbiddenInclude, ResourceLimitExceeded, SandboxTimeout
+from workers.execution.preparation import PreparedJob, prepare
+from workers.jobs import JobSpec
+from workers.limits import Limits
+
+
+def doubling(levels: int) -> str:
+    lines = ['OPENQASM 2.0;', 'include "qelib1.inc";', "qreg q[2];",
+             "gate g0 a, b { cx a, b; cx b, a; }"]
+    lines += [f"gate g{i} a, b {{ g{i - 1} a, b; g{i - 1} b, a; }}" for i in range(1, levels + 1)]
+    return "\n".join([*lines, f"g{levels} q[0], q[1];"]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return BackendRegistry()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = SandboxPool(SandboxBounds(wall_s=60, cpu_s=3, memory_mb=512), size=1)
+    yield pool
+    pool.close()
+
+
+def request(registry, circuit: str, backend: str = "aer.noisy", limits: Limits | None = None,
+            **fields) -> SandboxRequest:
+    limits = limits or Limits()
+    spec = JobSpec.from_record({"workflow_id": "sandbox-test", "circuit": circuit, "shots": 100,
+                                "backend": backend, **fields})
+    return SandboxRequest(spec, limits, BackendView.of(registry.get(backend)))
+
+
+def test_a_sandbox_prepares_what_the_worker_would(pool, registry) -> None:
+    sent = request(registry, ANSATZ3_QASM3, parameter_sets=[[0.1, 0.2, 0.3, 0.4, 0.5]],
+                   observables=[{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}])
+    sandboxed = pool.call(sent)
+    local = Prepared.of(prepare(sent.spec, registry, TranspileCache(), Limits()))
+    assert (sandboxed.backend, sandboxed.shots, sandboxed.num_tasks) == (
+        local.backend, local.shots, local.num_tasks)
+    a, b = PreparedJob.from_bytes(sandboxed.data), PreparedJob.from_bytes(local.data)
+    assert a.tasks == b.tasks
+    assert [(t.num_qubits, t.count_ops(), t.depth()) for t in a.templates] == [
+        (t.num_qubits, t.count_ops(), t.depth()) for t in b.templates]
+
+
+def test_typed_errors_cross_the_process_boundary(pool, registry) -> None:
+    with pytest.raises(CircuitTooLarge):
+        pool.call(request(registry, doubling(40)))
+    with pytest.raises(ForbiddenInclude) as info:
+        pool.call(request(registry, 'OPENQASM 2.0;\ninclude "/etc/passwd";\nqreg q[1];\n'))
+    assert "root" not in str(info.value)
+
+
+def test_cpu_time_bound_kills_and_replaces_the_sandbox(pool, registry) -> None:
+    replaced = pool.replaced
+    with pytest.raises(SandboxTimeout, match="CPU time"):
+        pool.call(request(registry, doubling(22), limits=Limits(max_gate_instances=10**15)))
+    assert pool.replaced == replaced + 1
+    assert pool.call(request(registry, BELL_QASM2)).num_tasks == 1  # the replacement works
+
+
+def test_a_huge_register_is_stopped_by_the_bounds(pool, registry) -> None:
+    huge = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[400000000] q;\n'
+    with pytest.raises((ResourceLimitExceeded, SandboxTimeout)):
+        pool.call(request(registry, huge, backend="aer.ideal",
+                          limits=Limits(max_qubits=10**9)))
+    assert pool.call(request(registry, BELL_QASM2)).num_tasks == 1
+
+
+def test_run_does_not_block_the_event_loop(pool, registry) -> None:
+    async def go() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        with pytest.raises(SandboxTimeout):
+            await pool.run(request(registry, doubling(22),
+                                   limits=Limits(max_gate_instances=10**15)))
+        ticker.cancel()
+        return ticks
+
+    assert asyncio.run(go()) > 50  # the loop kept turning for the seconds the sandbox ran
