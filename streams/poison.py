@@ -29,6 +29,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams import metrics
 from streams.deadletter import SourceRecord
 from streams.runtime import Runtime, now_ms
 from streams.security import kafka_options
@@ -194,6 +195,7 @@ class InFlight:
             f"the record was {IN_FLIGHT} on {self.tries[address]} attempts; it is not run again"
         )
         error.attempts = self.tries[address]
+        metrics.POISON_RECORDS.labels(self.stage).inc()
         return error
 
     def done(self, address: str) -> None:

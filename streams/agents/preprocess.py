@@ -88,6 +88,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
                 f"the record killed or timed out its sandbox on {tries} attempts; last: {reason}"
             )
             poison.attempts = tries
+            metrics.POISON_RECORDS.labels(STAGE).inc()
             raise poison
         try:
             return await runtime.sandbox.run(request)
