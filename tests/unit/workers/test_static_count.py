@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
 from workers.circuits.parsing import parse_circuit
@@ -154,3 +156,58 @@ def test_a_long_include_name_is_quoted_short() -> None:
     with pytest.raises(ForbiddenInclude) as info:
         check_program(source, "qasm2", Limits())
     assert len(str(info.value)) < 200
+
+
+# --- structure, generated ------------------------------------------------------------
+
+@st.composite
+def gate_towers(draw) -> tuple[str, int]:
+    """Nested gate definitions with random fan-outs, and the gate count they expand to."""
+    fan_outs = draw(st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=30))
+    lines = ['OPENQASM 2.0;', 'include "qelib1.inc";', "qreg q[3];",
+             "gate g0 a, b { cx a, b; h a; }"]
+    expected = 2
+    for level, fan_out in enumerate(fan_outs, start=1):
+        calls = " ".join(f"g{level - 1} a, b;" for _ in range(fan_out))
+        lines.append(f"gate g{level} a, b {{ {calls} }}")
+        expected *= fan_out
+    times = draw(st.integers(min_value=1, max_value=3))
+    lines += [f"g{len(fan_outs)} q[0], q[1];"] * times
+    return "\n".join(lines) + "\n", expected * times
+
+
+@given(gate_towers())
+@settings(max_examples=200, deadline=None)
+def test_nested_definitions_count_exactly(tower: tuple[str, int]) -> None:
+    source, expected = tower
+    assert count_program(source, "qasm2").gate_instances == min(expected, HUGE)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["[0:{n}]", "{{0, 1, 2}}", "[1:2:{n}]"]),
+                          st.integers(min_value=1, max_value=10**6)), min_size=1, max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_nested_loops_multiply(loops: list[tuple[str, int]]) -> None:
+    body, expected_gates, starts, outer = "x q;", 1, 0, 1
+    for form, n in reversed(loops):
+        count = 3 if form.startswith("{{") else (n + 1 if form == "[0:{n}]" else (n - 1) // 2 + 1)
+        body = f"for int i in {form.format(n=n)} {{ {body} }}"
+        expected_gates *= count
+    for form, n in loops:
+        count = 3 if form.startswith("{{") else (n + 1 if form == "[0:{n}]" else (n - 1) // 2 + 1)
+        outer *= count
+        starts += outer
+    size = count_program(f"OPENQASM 3.0;\nqubit q;\n{body}\n", "qasm3")
+    assert size.gate_instances == min(expected_gates, HUGE)
+    assert size.loop_iterations == min(starts, HUGE)
+
+
+@given(st.text(alphabet='OPENQASM23.0;include"qelib1.inc"stdgates/etcpw{}()[]@ \n<>=+-*',
+               max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_any_text_is_counted_or_refused_typed_and_fast(text: str) -> None:
+    started = time.perf_counter()
+    try:
+        check_program(text, "qasm3" if "OPENQASM 3" in text else "qasm2", Limits())
+    except (CircuitTooLarge, ResourceLimitExceeded, ForbiddenInclude):
+        pass
+    assert time.perf_counter() - started < 0.5
