@@ -55,6 +55,8 @@ def thread_group(thread: str) -> str:
         return "MainThread (event loop: agents, producer)"
     if name.startswith("Thread-"):
         return "Faust consumer thread"
+    if name.startswith("ThreadPoolExecutor-"):
+        return "Aer job thread (ThreadPoolExecutor)"
     return name
 
 
@@ -72,7 +74,7 @@ def summarize_collapsed(path: Path, top: int = 30) -> dict:
         parts = stack.split(";")
         # py-spy --subprocesses --threads: 'process <pid>:"<cmd>";thread (<tid>): <name>;...'
         process = "worker"
-        if parts and parts[0].startswith("process "):
+        while parts and parts[0].startswith("process "):  # a child: parent, then child
             process = "sandbox" if "sandbox" in parts[0] else "worker"
             parts = parts[1:]
         thread = "all"
@@ -81,7 +83,8 @@ def summarize_collapsed(path: Path, top: int = 30) -> dict:
         frames = parts
         total += n
         by_category[category(frames)] += n
-        by_thread[f"{process}: {thread_group(thread)}"] += n
+        by_thread["sandbox process (parse, validate, transpile)" if process == "sandbox"
+                  else f"worker: {thread_group(thread)}"] += n
         by_process[process] += n
         seen = set()
         for frame in frames:
