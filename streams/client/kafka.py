@@ -72,8 +72,8 @@ class Client:
     def __init__(self, settings: Settings, tenant: str | None = None) -> None:
         self.settings = settings
         self.names = TopicNames.from_settings(settings)
-        # A tenant's outcomes may come on its own read topics (README "Topics, tenants and
-        # lanes"); the shared ones are watched too.
+        # A tenant's outcomes come on its own read topics (README "Tenants, authenticated by
+        # Kafka"); the shared ones are watched only while the tenant's do not exist.
         self.status_topics = [self.names.status]
         self.results_topics = [self.names.results]
         if tenant is not None:
@@ -101,13 +101,22 @@ class Client:
         )
         await self.watcher.start()
         shared = (self.names.status, self.names.results, self.names.deadletter)
+        own = [*self.status_topics[1:], *self.results_topics[1:]]
+        found = {topic: await topic_partitions(self.watcher, topic) for topic in own}
+        # A tenant's outcomes are copied to its own topics (streams/tenants.py); with ACLs its
+        # principal may read only those, so the shared ones are watched only when needed
+        # (no tenant topics yet) or readable (the dead letters, for an operator).
+        tenant_only = bool(own) and all(found.values())
         partitions = []
-        for topic in (*shared, *self.status_topics[1:], *self.results_topics[1:]):
-            found = await topic_partitions(self.watcher, topic)
-            if not found and topic not in shared:
-                continue  # a tenant topic that does not exist (yet)
+        for topic in (*shared, *own):
+            if topic not in found:
+                found[topic] = await topic_partitions(self.watcher, topic)
+            if not found[topic] and (topic not in shared or tenant_only):
+                continue  # a tenant topic that does not exist (yet), or one closed to us
+            if tenant_only and topic in (self.names.status, self.names.results):
+                continue
             partitions += [TopicPartition(topic, p)
-                           for p in (found or range(self.settings.partitions))]
+                           for p in (found[topic] or range(self.settings.partitions))]
         self.watcher.assign(partitions)
         await self.watcher.seek_to_end(*partitions)
         for tp in partitions:  # resolve the end offsets now, not at the first fetch

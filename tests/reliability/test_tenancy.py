@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from schemas.codec import codec
-from streams.client import job_request, read_topic
+from streams.client import Client, job_request, read_topic
 from streams.client.replay import plan_record
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -165,29 +165,20 @@ async def refused_reading(settings: Settings, topic: str) -> tuple[int, int]:
 
 async def submit_as_tenant(settings: Settings, tenant: str, job: dict, timeout_s: float,
                            worker=None):
-    """Submit to the tenant's job topic and wait on the tenant's own result topic."""
-    results = tenant_topic(settings.topic_prefix, "results", tenant)
-    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(results, p) for p in range(settings.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)
-        await produce(settings, job_topic(settings.topic_prefix, tenant), job)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while asyncio.get_running_loop().time() < deadline:
-            if worker is not None and worker.poll() is not None:
-                return None  # the worker exited: its log says why
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    if record.key == job["workflow_id"].encode():
-                        return codec("JobResult").decode(record.value)
-        return None
-    finally:
-        await consumer.stop()
+    """As the tenant's principal, with qlane's client: submit to the tenant's job topic and
+    wait on the tenant's own outcome topics (the only ones its ACLs let it read)."""
+    async with Client(settings, tenant=tenant) as client:
+        await client.start_watching()
+        watched = {tp.topic for tp in client.watcher.assignment()}
+        assert watched == {tenant_topic(settings.topic_prefix, kind, tenant)
+                           for kind in ("status", "results")}, watched
+        await client.submit(job, topic=client.jobs_topic(tenant))
+        outcomes = await client.wait(
+            [job["workflow_id"]], timeout_s,
+            keep_waiting=lambda: worker is None or worker.poll() is None)
+    outcome = outcomes[job["workflow_id"]]
+    assert "accepted" in outcome.history and outcome.history.count("accepted") == 1
+    return outcome.result
 
 
 def test_tenancy_on_real_kafka(cluster, tmp_path):
