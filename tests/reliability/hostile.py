@@ -76,6 +76,9 @@ def corpus() -> list[Hostile]:
                 frozenset({"CircuitTooLarge"})),
         Hostile("broadcast over a register", Q2 + "qreg q[24];\n" + "h q;\n" * 20_000,
                 frozenset({"CircuitTooLarge"})),
+        Hostile("standard gates that expand (48,000 c4x over registers)",
+                Q2 + "".join(f"qreg {r}[4];\n" for r in "abcde") + "c4x a,b,c,d,e;\n" * 12_000,
+                frozenset({"CircuitTooLarge"})),
         Hostile("include /etc/passwd", 'OPENQASM 2.0;\ninclude "/etc/passwd";\nqreg q[1];\n',
                 frozenset({"ForbiddenInclude"})),
         Hostile("include a relative path", Q3 + 'include "../../../../etc/hostname";\n'

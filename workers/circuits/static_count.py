@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from cachetools import LRUCache
 
@@ -181,6 +182,28 @@ def check_program(source: str, fmt: str, limits: Limits) -> ProgramSize:
     return size
 
 
+_LIBRARY_COSTS: dict[str, dict[str, int]] = {}
+
+
+def library_costs(fmt: str) -> dict[str, int]:
+    """Gate instances per standard gate, counted from Qiskit's own copy of the include file
+    (qelib1.inc for "qasm2", stdgates.inc for "qasm3")."""
+    costs = _LIBRARY_COSTS.get(fmt)
+    if costs is None:
+        costs = {}
+        try:
+            import qiskit
+
+            text = (Path(qiskit.__file__).parent / "qasm" / "libs" /
+                    STANDARD_INCLUDES[fmt]).read_text()
+        except (OSError, KeyError):
+            text = ""
+        counter = _Counter(tokens(text), fmt)
+        counter.block(top=True)
+        costs = _LIBRARY_COSTS[fmt] = dict(counter.callables)
+    return costs
+
+
 # Counts by program text: a stream of jobs repeats few programs (1 ms per count saved).
 _counted: LRUCache = LRUCache(maxsize=1024)
 _COUNTED_SOURCE_MAX = 16_384
@@ -309,6 +332,10 @@ class _Counter:
         if self.kind() == "string":
             name = name[1:-1] if len(name) >= 2 and name[-1] == name[0] else name[1:]
         self.includes.append(name)
+        if name == STANDARD_INCLUDES.get(self.fmt):
+            # Standard gates cost what their definitions in the library unroll to (qelib1's
+            # c4x: 131), so a program of many cheap-looking c4x is counted for what it is.
+            self.callables.update(library_costs(self.fmt))
         self.skip_statement()
         return _Cost()
 
@@ -496,8 +523,8 @@ class _Counter:
             modifier = self.take()
             if self.peek() == "(":
                 value = self.evaluate(self.group())
-                if modifier == "pow":
-                    times = _sat(times * (HUGE if value is None else max(1, abs(value))))
+                if modifier == "pow" and value is not None:  # pow(k) @ g: k times g
+                    times = _sat(times * max(1, abs(value)))
             if self.peek() == "@":
                 self.i += 1
         name = self.take()
@@ -512,7 +539,9 @@ class _Counter:
                 after = texts.index("measure") + 1
                 return _Cost(gates=self.broadcast(rest[after:]))
             return _Cost()
-        if name in _STANDARD_STATEMENTS and name != "gphase":
+        if name == "gphase":
+            return _Cost()  # a global phase, no gate
+        if name in _STANDARD_STATEMENTS:
             return _Cost(gates=self.broadcast(rest))
         cost = self.callables.get(name, 1)
         return _Cost(gates=_sat(_sat(cost * times) * self.broadcast(rest)))

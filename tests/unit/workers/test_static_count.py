@@ -89,6 +89,20 @@ def test_past_a_limit_is_refused_typed(source: str, match: str) -> None:
         check_program(source, "qasm3" if "OPENQASM 3" in source else "qasm2", Limits())
 
 
+def test_standard_gates_cost_what_their_library_definitions_unroll_to() -> None:
+    registers = "".join(f"qreg {r}[4];\n" for r in "abcde")
+    size = count_program('OPENQASM 2.0;\ninclude "qelib1.inc";\n' + registers +
+                         "c4x a,b,c,d,e;\nccx a[0],b[0],c[0];\n", "qasm2")
+    assert size.gate_instances == 4 * 131 + 15
+    # Without the include the names are unknown (the parser refuses them): 1 each.
+    assert count_program("OPENQASM 2.0;\nqreg q[5];\nc4x q[0],q[1],q[2],q[3],q[4];\n",
+                         "qasm2").gate_instances == 1
+    # stdgates.inc: a global phase is no gate, pow(0.5) @ z (s) one.
+    size = count_program('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\n'
+                         "h q;\ns q[0];\npow(0.5) @ x q[1];\ngphase(0.1);\n", "qasm3")
+    assert size.gate_instances == 2 + 1 + 1
+
+
 def test_deep_nesting_is_refused_before_any_parser_recurses() -> None:
     source = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit q;\nrx(' + "(" * 5000 + "1" + \
         ")" * 5000 + ") q;\n"
