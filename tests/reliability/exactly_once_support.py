@@ -29,10 +29,11 @@ async def _read(settings: Settings, topic: str, isolation_level: str, timeout_s:
     await consumer.start()
     records = []
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(
-            await topic_partitions(consumer, topic))]
-        if not partitions:
+        # Every partition qlane created, not those the metadata happened to list: right after
+        # a broker restart Kafka may leave out partitions with an offline replica.
+        if not await topic_partitions(consumer, topic):
             return records
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(partitions)
         # read_committed: up to the last stable offset; read_uncommitted: the high watermark.
         ends = await consumer.end_offsets(partitions)

@@ -536,3 +536,28 @@ def test_topics_are_created_with_min_insync_replicas_and_a_compacted_changelog()
     single = Settings(broker="kafka-1:9092", min_insync_replicas=2)  # replication 1
     assert topic_configs(single, single.topic("jobs")) == {"min.insync.replicas": "1"}
     assert topic_configs(Settings(), Settings().topic("jobs")) == {}
+
+
+def test_faust_never_commits_past_undelivered_offsets_at_the_head():
+    """After a restart the committed offset can sit on transaction markers, which a
+    read_committed consumer is never handed: Faust then never commits the partition."""
+    offsets = FaustOffsets(committed=10)  # 10, 11: markers
+    offsets.ack(12, 13)
+    assert offsets._new_offset(JOBS) is None
+
+
+def test_undelivered_offsets_at_the_head_count_as_done_on_exactly_once():
+    from streams.transport import Consumer as QlaneConsumer
+
+    def consumer(in_transaction):
+        stub = FaustOffsets(committed=10)
+        real = QlaneConsumer.__new__(QlaneConsumer)
+        for name in ("_acked", "_acked_index", "_gap", "_committed_offset"):
+            setattr(real, name, getattr(stub, name))
+        real.in_transaction = in_transaction
+        real._acked[JOBS].extend([12, 13])
+        real._acked_index[JOBS].update([12, 13])
+        return real
+
+    assert consumer(True)._new_offset(JOBS) == 14
+    assert consumer(False)._new_offset(JOBS) is None  # at-least-once keeps Faust's rule
