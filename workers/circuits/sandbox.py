@@ -503,7 +503,11 @@ class SandboxPool:
                 f"the sandbox's reply exceeds {self.bounds.output_bytes} bytes"
             ) from None
         slot.jobs += 1
-        header, payload = _decode_reply(reply)
+        try:
+            header, payload = _decode_reply(reply)
+        except (ValueError, struct.error):
+            self._replace(slot)
+            raise SandboxCrashed("the sandbox sent a reply that does not decode") from None
         if header.get("recycle"):  # it ran out of memory or stack and exits: not reused
             self._replace(slot)
         else:
