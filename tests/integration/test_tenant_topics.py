@@ -66,7 +66,7 @@ def test_a_cancel_on_the_tenants_topics_overtakes_its_job(tenant_settings, tenan
     answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
                                          timeout_s=60))
     assert answer.state == "cancelled" and answer.detail.startswith("before arrival")
-    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100)
+    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100, tenant="acme")
 
     async def go():
         async with Client(tenant_settings, tenant="acme") as client:
