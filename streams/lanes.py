@@ -83,12 +83,3 @@ class LaneGate:
             self._busy = False
             self._handoff_task = asyncio.ensure_future(self._handoff())
 
-
-def gated(handle, gate: LaneGate, lane: str):
-    """A stage handler that takes the lane's turn at the gate around each record."""
-
-    async def handle_in_turn(*args, **kwargs):
-        async with gate.turn(lane):
-            return await handle(*args, **kwargs)
-
-    return handle_in_turn

@@ -8,11 +8,18 @@ import time
 
 from schemas.codec import codec
 from streams import accounting, metrics
-from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams.agents.common import (
+    StageFailure,
+    first_time,
+    in_thread,
+    mark,
+    new_guard,
+    process_guarded,
+)
 from streams.cancel import handle_cancel, is_cancel
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
-from streams.lanes import LaneGate, gated
+from streams.lanes import LaneGate
 from streams.poison import AttemptLedger
 from streams.runtime import Runtime, now_ms
 from streams.tenants import check_cancel_of, check_tenant_of
@@ -225,11 +232,18 @@ def register(app, runtime: Runtime, table) -> None:
     # job topics of that lane); the gate hands the stage to the highest lane waiting.
     gate = runtime.gates.setdefault(STAGE, LaneGate(LANES, runtime.settings.lane_burst))
     for lane in LANES:
-        register_lane(app, runtime, table, lane, gated(handle, gate, lane))
+        register_lane(app, runtime, table, lane, gate, handle)
 
 
-def register_lane(app, runtime: Runtime, table, lane: str, handle) -> None:
+def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, handle) -> None:
     @app.agent(runtime.lane_channels[("jobs", lane)], name=f"qlane.preprocess{lane_suffix(lane)}",
                concurrency=1)
     async def preprocess(stream):
-        await run_stage(stream, runtime, table, STAGE, handle)
+        guard = new_guard(runtime)
+        async for event in stream.events():
+            source = SourceRecord.from_faust(event.message)
+            if first_time(runtime, STAGE, source):
+                # The lane's turn first, then the record's transaction: a record waiting for
+                # its turn is not yet in a transaction, so it never holds up a commit.
+                async with gate.turn(lane):
+                    await process_guarded(runtime, table, STAGE, guard, handle, source, event)
