@@ -1,6 +1,12 @@
-"""Markdown tables of a bench/results.json (for bench/RESULTS.md).
+"""Markdown tables of a bench/results.json (for bench/RESULTS.md), and the merge of runs.
 
     .venv/bin/python -m bench.report [bench/results.json]
+    .venv/bin/python -m bench.report --merge OUT BASE OTHER...   # per-broker figures of OTHER
+                                                               # runs into BASE, written to OUT
+
+A merge keeps each run's own figures (a broker's ratios come from the run that measured it,
+against that run's own in-process loop) and lists every run under "runs" with its command,
+code, start time and other processes' CPU.
 """
 
 from __future__ import annotations
@@ -86,6 +92,43 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(base: dict, others: list[dict]) -> dict:
+    merged = json.loads(json.dumps(base))
+    merged["runs"] = []
+    for run in [base, *others]:
+        merged["runs"].append({
+            "command": run.get("command"), "code": run.get("code"),
+            "started_utc": run.get("machine", {}).get("started_utc"),
+            "total_seconds": run.get("total_seconds"),
+            "foreign_cpu_cores": run.get("foreign_cpu_cores"),
+            "errors": {k: v[-800:] for k, v in run.get("errors", {}).items()},
+            "brokers_run": run.get("brokers_run"),
+        })
+    for run in others:
+        for broker, figures in run.get("brokers", {}).items():
+            target = merged.setdefault("brokers", {}).setdefault(broker, {})
+            for key, value in figures.items():
+                if isinstance(value, dict) and isinstance(target.get(key), dict):
+                    target[key] = {**target[key], **value}
+                elif value not in (None, {}, []):
+                    target[key] = value
+        for key, section in run.get("sections", {}).items():
+            merged.setdefault("sections", {})[key if "." in key else f"{key}@merged"] = section
+        for key, cores in run.get("foreign_cpu_cores", {}).items():
+            merged.setdefault("foreign_cpu_cores", {})[key if "." in key else
+                                                       f"{key}@merged"] = cores
+        for key, broker_targets in run.get("targets", {}).items():
+            if "." in key:
+                merged.setdefault("targets", {})[key] = broker_targets
+    return merged
+
+
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
-    print(render(json.loads(path.read_text())))
+    if len(sys.argv) > 1 and sys.argv[1] == "--merge":
+        out, base, *others = (Path(a) for a in sys.argv[2:])
+        result = merge(json.loads(base.read_text()), [json.loads(o.read_text()) for o in others])
+        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(render(result))
+    else:
+        path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
+        print(render(json.loads(path.read_text())))
