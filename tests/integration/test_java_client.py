@@ -60,7 +60,8 @@ def test_java_client_submits_and_reads_the_result(broker_address, java_client, t
     finally:
         stop_worker(worker)
     output = run.stdout
-    assert run.returncode == 0, f"{output}\n{run.stderr[-3000:]}\nworker:\n{log.read_text()[-3000:]}"
+    worker_log = log.read_text()[-3000:]
+    assert run.returncode == 0, f"{output}\n{run.stderr[-3000:]}\nworker:\n{worker_log}"
     lines = dict(line.split(" ", 1) for line in output.splitlines() if " " in line)
     # Java's canonical form and fingerprint equal the ones the Python codec frames with.
     assert lines["fingerprint"] == f"JobRequest {codec('JobRequest').fingerprint.hex()}"
