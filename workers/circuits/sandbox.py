@@ -111,6 +111,7 @@ class BackendView:
     num_qubits: int
     calibration_version: str
     target: object  # qiskit.transpiler.Target
+    layout_method: str | None = None  # "noise_aware" on device backends (backends.layout)
 
     @classmethod
     def of(cls, backend) -> BackendView:
@@ -120,14 +121,16 @@ class BackendView:
         view = _VIEWS.get(key)
         if view is None or view.target is not backend.target:
             view = _VIEWS[key] = cls(backend.name, backend.num_qubits,
-                                     backend.calibration_version, backend.target)
+                                     backend.calibration_version, backend.target,
+                                     getattr(backend, "layout_method", None))
         return view
 
     def __reduce__(self):
         blob = self.__dict__.get("_blob")
         if blob is None:
             blob = pickle.dumps((self.name, self.num_qubits, self.calibration_version,
-                                 self.target), protocol=pickle.HIGHEST_PROTOCOL)
+                                 self.target, self.layout_method),
+                                protocol=pickle.HIGHEST_PROTOCOL)
             object.__setattr__(self, "_blob", blob)
         return (_view_from_blob, (blob,))
 
@@ -210,9 +213,9 @@ class Preparer:
     """prepare() with this process's own transpile cache (and the parse cache)."""
 
     def __init__(self) -> None:
-        from workers.circuits.transpile import TranspileCache
+        from workers.backends.layout import DeviceTranspileCache
 
-        self.cache = TranspileCache()
+        self.cache = DeviceTranspileCache()  # the worker's: noise-aware layout on devices
 
     def prepare(self, request: SandboxRequest) -> Prepared:
         from workers.execution.preparation import prepare

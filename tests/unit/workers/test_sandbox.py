@@ -62,6 +62,22 @@ def test_a_sandbox_prepares_what_the_worker_would(pool, registry) -> None:
         (t.num_qubits, t.count_ops(), t.depth()) for t in b.templates]
 
 
+def test_device_backends_get_the_workers_noise_aware_layout(pool, registry) -> None:
+    from workers.backends.layout import DeviceTranspileCache
+
+    sent = request(registry, BELL_QASM2, backend="ibm.torino")
+    assert sent.backend.layout_method == "noise_aware"
+    sandboxed = PreparedJob.from_bytes(pool.call(sent).data)
+    local = prepare(sent.spec, registry, DeviceTranspileCache(), Limits())
+
+    def used_qubits(job: PreparedJob) -> list[list[int]]:
+        return [sorted({t.find_bit(q).index for inst in t.data for q in inst.qubits})
+                for t in job.templates]
+
+    assert used_qubits(local)[0] != [0, 1]  # not the trivial layout
+    assert used_qubits(sandboxed) == used_qubits(local)
+
+
 def test_typed_errors_cross_the_process_boundary(pool, registry) -> None:
     with pytest.raises(CircuitTooLarge):
         pool.call(request(registry, doubling(40)))
