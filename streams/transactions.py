@@ -445,6 +445,17 @@ def install(transport_cls) -> None:
     transport_cls.TransactionManager = TransactionManager
 
 
+def already_committed(app, table, workflow_id: str) -> bool:
+    """On exactly-once, whether the workflow's result was already sent: its table entry
+    says done, and the table's changelog writes go in the same transactions as the result,
+    so that transaction is committed (or this worker dies with it). A record handled again
+    then sends nothing; re-publishing the stored result is the at-least-once answer."""
+    if app is None or not app.in_transaction:
+        return False
+    entry = table.get(workflow_id) or {}
+    return entry.get("state") == "done" and bool(entry.get("result"))
+
+
 async def checkpoint(app) -> None:
     """Commit the current record's writes so far (exactly-once only; see
     TransactionManager.checkpoint). Call it where the record's state is consistent."""

@@ -11,6 +11,7 @@ import json
 import time
 
 from schemas.codec import codec
+from streams import transactions
 from streams.agents.common import StageFailure, in_thread, mark, run_stage
 from streams.deadletter import SourceRecord
 from streams.results import build_result, republish_stored_result
@@ -25,6 +26,8 @@ def register(app, runtime: Runtime, table) -> None:
     async def handle(source: SourceRecord) -> None:
         task = codec("MitigateTask").decode(source.value)
         workflow_id = task["workflow_id"]
+        if transactions.already_committed(runtime.app, table, workflow_id):
+            return "duplicate"  # exactly-once: the result went out with the table entry
         if await republish_stored_result(runtime, table, workflow_id):
             return
         started = time.perf_counter()

@@ -39,6 +39,8 @@ def register(app, runtime: Runtime, table) -> None:
     async def handle(source: SourceRecord) -> str:
         request = codec("JobRequest").decode(source.value)
         workflow_id = request["workflow_id"]
+        if transactions.already_committed(runtime.app, table, workflow_id):
+            return "duplicate"  # exactly-once: the result went out with the table entry
         if await republish_stored_result(runtime, table, workflow_id):
             return "duplicate"
         entry = table.get(workflow_id) or {}

@@ -158,18 +158,24 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
         workers = Workers(settings, tmp_path, count=3, web_ports=free_ports(3), env={
             "QLANE_REPLICATION_FACTOR": "3", "QLANE_MIN_INSYNC_REPLICAS": "2"})
         workers.start_all()
-        submit(settings, jobs)
+        # The jobs go in in waves, one before each failure, and each failure comes once half
+        # of its wave is done: every failure lands while jobs are flowing.
+        waves = [jobs[i::len(PLAN) + 1] for i in range(len(PLAN) + 1)]
+        submit(settings, waves[0])
+        submitted = len(waves[0])
         started = time.monotonic()
         broker_kills, leader_kills, events = 0, 0, []
         for step, kind in enumerate(PLAN, start=1):
-            target = count * step // (len(PLAN) + 1)
+            submit(settings, waves[step])
+            submitted += len(waves[step])
+            target = submitted - len(waves[step]) // 2
             deadline = time.monotonic() + 900
             while True:
                 workers.restart_exited()
                 found = wait_finished(settings, ids, timeout_s=20, at_least=target)
                 if found.finished(ids) >= target or time.monotonic() > deadline:
                     break
-            assert found.finished(ids) < count, f"all jobs finished before failure {step}"
+            assert found.finished(ids) < submitted, f"wave {step} finished before its failure"
             if kind == "worker":
                 slot = (workers.kills) % 3
                 workers.kill(slot)
