@@ -35,6 +35,13 @@ def render(results: dict) -> str:
         if mode in rate:
             lines.append(f"| {mode} | {fmt(rate[mode])} | {fmt(cpu.get(mode))} | "
                          f"{fmt(foreign.get(mode))} |")
+    for key, section in results.get("sections", {}).items():
+        if "@" in key and section.get("jobs_per_s"):  # a merged run's own in-process loop
+            mode = key.split("@")[0]
+            lines.append(f"| {mode} (of a merged run: the reference of its brokers) | "
+                         f"{fmt(section['jobs_per_s'])} | "
+                         f"{fmt(1000 * section['cpu_seconds'] / section['jobs'])} | "
+                         f"{fmt(foreign.get(key))} |")
     lines.append("")
     brokers = results.get("brokers", {})
     if brokers:
