@@ -324,7 +324,14 @@ def _die_with_parent() -> None:
         return
 
 
+# Vendor SDKs a sandbox never runs: mitiq imports them only to know their circuit types
+# (braket alone is a third of the sandbox's start-up). Their import fails here, as if absent.
+_NOT_IN_SANDBOX = ("braket", "pyquil", "qibo", "pennylane")
+
+
 def main(argv: list[str]) -> None:
+    for name in _NOT_IN_SANDBOX:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the worker died before prctl took effect
