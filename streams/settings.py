@@ -197,8 +197,9 @@ class Settings(BaseSettings):
     # Throughput (issue 14; measured in docs/performance.md).
     status_progress_events: bool = Field(
         True, description="publish the accepted, prepared and executing statuses; false: only "
-        "the ones a consumer acts on (done, failed, duplicate, cancelled, retrying, fallback, "
-        "...), 3 records fewer per job",
+        "terminal and exceptional ones (done, failed, duplicate, cancelled, retrying, fallback, "
+        "...), 3 records fewer per job; a primitive job's status() then reads QUEUED until it "
+        "is done and `qlane cancel` cannot tell that a job already runs",
     )
 
     @field_validator("broker")
