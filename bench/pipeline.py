@@ -468,8 +468,9 @@ def finish_profiler(profiler: subprocess.Popen, workdir: Path) -> dict:
 
 # --- the 10,000-job backlog ----------------------------------------------------------------
 def run_backlog(n: int, *, workdir: Path, partitions: int = 4, timeout_s: float = 1800.0,
-                broker: str = "tansu", step: int = 1000) -> dict:
-    """n Bell jobs at once to 1 worker: drain rate and worker RSS every `step` results."""
+                broker: str = "tansu", step: int = 1000, marks_path: Path | None = None) -> dict:
+    """n Bell jobs at once to 1 worker: drain rate and worker RSS every `step` results (also
+    appended to `marks_path` as JSON lines as they come, so an interrupted drain keeps them)."""
     workdir.mkdir(parents=True, exist_ok=True)
     bench_broker = BenchBroker(broker, workdir)
     processes: list[subprocess.Popen] = []
@@ -485,7 +486,7 @@ def run_backlog(n: int, *, workdir: Path, partitions: int = 4, timeout_s: float 
             return all(p.poll() is None for p in processes) and bench_broker.alive()
 
         report.update(asyncio.run(_backlog(settings, n, workdir, processes, bench_broker,
-                                           alive, timeout_s, step, web_port)))
+                                           alive, timeout_s, step, web_port, marks_path)))
         return report
     finally:
         for process in processes:
@@ -511,7 +512,7 @@ def scrape_lag(port: int) -> dict[str, float]:
 
 
 async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, step,
-                   web_port) -> dict:
+                   web_port, marks_path=None) -> dict:
     worker = processes[0]
     out: dict = {}
     marks: list[dict] = []
@@ -534,6 +535,10 @@ async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, st
                                   "worker_tree_rss_mb": rss_mb(worker.pid) + sum(
                                       rss_mb(c) for c in descendants(worker.pid)),
                                   "worker_cpu_s": tree_cpu_seconds(worker.pid)})
+                    if marks_path is not None:
+                        with open(marks_path, "a") as marks_file:
+                            marks_file.write(json.dumps({"broker": broker.kind,
+                                                         **marks[-1]}) + "\n")
 
         outcomes, submitted, received, first = await _submit_with(
             client, jobs, timeout_s, alive, on_event)

@@ -243,9 +243,11 @@ def section_pipeline(workers: int, broker: str, args, scratch: Path) -> dict:
 def section_backlog(broker: str, args, scratch: Path) -> dict:
     from bench.pipeline import run_backlog
 
+    out = args.out or ROOT / "bench" / "results.json"
     return run_backlog(args.backlog, workdir=scratch / f"{broker}-backlog",
                        partitions=args.partitions, timeout_s=max(args.timeout, 1800.0),
-                       broker=broker)
+                       broker=broker,
+                       marks_path=out.with_name(f"{out.stem}-backlog-{broker}-marks.jsonl"))
 
 
 def available_brokers(requested: str | None) -> tuple[list[str], dict[str, str]]:
