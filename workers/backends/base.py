@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -96,10 +97,16 @@ def extra_installed(extra: str | None) -> bool:
         return False
 
 
+# One import of a vendor SDK at a time: qiskit_ibm_runtime imported from two threads at once
+# (the backend warm-up and a job) fails with "partially initialized module" (seen in CI).
+_SDK_IMPORT_LOCK = threading.RLock()
+
+
 def require_extra(extra: str, module: str, backend: str) -> Any:
     """Import `module` of the vendor SDK behind `extra`, or raise MissingExtra naming it."""
     try:
-        return importlib.import_module(module)
+        with _SDK_IMPORT_LOCK:
+            return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtra(
             f"backend {backend!r} needs the optional extra [{extra}] "
