@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from streams.broker import die_with_parent
 from streams.settings import Settings
 
 
@@ -20,7 +21,10 @@ def start_worker(
     loglevel: str = "info",
     cwd: Path | None = None,
 ) -> subprocess.Popen:
-    """`qlane worker` for these settings in its own session, output appended to `log_path`."""
+    """`qlane worker` for these settings in its own session, output appended to `log_path`.
+
+    The worker is killed when the thread that started it ends (PR_SET_PDEATHSIG): call this
+    from a thread that outlives the worker, e.g. the main thread."""
     web = ["--web-port", str(web_port)] if web_port else ["--without-web"]
     command = [
         sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
@@ -31,6 +35,7 @@ def start_worker(
     return subprocess.Popen(
         command, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, env=environment, cwd=cwd, start_new_session=True,
+        preexec_fn=die_with_parent,  # a killed test run or demo leaves no worker behind
     )
 
 
