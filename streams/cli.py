@@ -185,8 +185,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         async with Client(settings) as client:
             if args.wait:
                 await client.start_watching()
-            await client.submit(record)
-            print(f"submitted {workflow_id} to {client.names.jobs}", file=sys.stderr)
+            topic = await client.submit(record)
+            print(f"submitted {workflow_id} to {topic}", file=sys.stderr)
             if not args.wait:
                 return 0
             outcome = (await client.wait([workflow_id], args.timeout, show))[workflow_id]

@@ -84,7 +84,11 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=5)
-        await self.producer.start()
+        try:
+            await self.producer.start()
+        except BaseException:  # e.g. refused credentials: close what start() opened
+            await self.producer.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -126,12 +130,14 @@ class Client:
         """The job topic of a tenant (None: the shared one) and lane (streams/topics.py)."""
         return job_topic(self.settings.topic_prefix, tenant, lane)
 
-    async def submit(self, record: dict, topic: str | None = None) -> None:
-        """Send a JobRequest; by default to the shared jobs topic of its priority's lane."""
+    async def submit(self, record: dict, topic: str | None = None) -> str:
+        """Send a JobRequest; by default to the shared jobs topic of its priority's lane.
+        Returns the topic it went to."""
         value = codec("JobRequest").encode(record)
         if topic is None:
             topic = self.jobs_topic(None, lane_for_priority(record.get("priority") or 0))
         await self.producer.send_and_wait(topic, value=value, key=record["workflow_id"].encode())
+        return topic
 
     async def cancel(self, workflow_id: str, tenant: str | None = None, reason: str = "") -> None:
         """Send a JobCancel on the high lane of the tenant's job topics, to overtake queues."""
