@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from streams.kafka_compat import stop_consumer, topic_partitions
+from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
 
@@ -244,7 +244,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
             if not partitions:
                 print(f"no such topic: {topic}", file=sys.stderr)
                 return 1
-            consumer.assign(partitions)
+            await assign_settled(consumer, partitions)
             if args.from_beginning:
                 await consumer.seek_to_beginning(*partitions)
             else:

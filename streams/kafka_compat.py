@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
+METADATA_ATTEMPTS = 10
+
 
 async def stop_consumer(consumer) -> None:
     """`consumer.stop()`, minus the CancelledError of a never-started group-less task."""
@@ -30,11 +32,36 @@ async def topic_partitions(consumer, topic: str) -> set[int]:
     """The topic's partition ids, or an empty set when the topic does not exist.
 
     A consumer without a subscription knows only the topics its first metadata answer named:
-    Tansu names every topic, Apache Kafka none. Ask for the topic once if it is unknown.
+    Tansu names every topic, Apache Kafka none. An unknown topic is looked up in a metadata
+    answer for all topics: a request naming it would make Tansu create it (and could join an
+    update already under way that does not name it).
     """
     known = consumer.partitions_for_topic(topic)
     if known:
         return set(known)
-    consumer._client.add_topic(topic)
-    await consumer._client.force_metadata_update()
-    return set(consumer.partitions_for_topic(topic) or ())
+    client = consumer._client
+    cluster = await client.fetch_all_metadata()
+    partitions = set(cluster.partitions_for_topic(topic) or ())
+    if partitions:
+        # The consumer's own metadata must hold the topic too, or its offset lookups answer
+        # for partitions it cannot place (an empty read, seen one time in two).
+        client.add_topic(topic)
+        for _ in range(METADATA_ATTEMPTS):
+            await client.force_metadata_update()
+            if consumer.partitions_for_topic(topic):
+                break
+            await asyncio.sleep(0.1)
+    return partitions
+
+
+async def assign_settled(consumer, partitions) -> None:
+    """`assign()`, then wait until the offset reset that assign() starts has finished.
+
+    aiokafka 0.14: assign() resets each new partition to `auto_offset_reset` in the background;
+    a seek made before that answer arrives is overwritten by it. On Apache Kafka a
+    seek_to_beginning right after assign() read nothing about one time in three (the position
+    jumped to the end). Waiting for the positions first makes later seeks stick.
+    """
+    consumer.assign(partitions)
+    for tp in partitions:
+        await consumer.position(tp)

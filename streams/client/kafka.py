@@ -13,7 +13,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
-from streams.kafka_compat import stop_consumer, topic_partitions
+from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
@@ -232,7 +232,7 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float, max_recor
         ]
         if not partitions:
             return
-        consumer.assign(partitions)
+        await assign_settled(consumer, partitions)
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
         pending = {tp for tp in partitions if ends[tp] > 0}

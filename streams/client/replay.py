@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
 from streams.deadletter import HEADER_PREFIX
-from streams.kafka_compat import stop_consumer, topic_partitions
+from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames, parse_job_topic
@@ -73,7 +73,7 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
         partitions = [TopicPartition(selection.topic, p) for p in chosen]
         if not partitions:
             return
-        consumer.assign(partitions)
+        await assign_settled(consumer, partitions)
         ends = await consumer.end_offsets(partitions)
         starts = await start_offsets(consumer, partitions, selection)
         pending = set()

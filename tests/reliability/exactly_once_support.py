@@ -14,7 +14,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
-from streams.kafka_compat import stop_consumer, topic_partitions
+from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
 from streams.processes import start_worker, stop_process
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -34,7 +34,7 @@ async def _read(settings: Settings, topic: str, isolation_level: str, timeout_s:
         if not await topic_partitions(consumer, topic):
             return records
         partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        consumer.assign(partitions)
+        await assign_settled(consumer, partitions)
         # read_committed: up to the last stable offset; read_uncommitted: the high watermark.
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
