@@ -25,7 +25,8 @@ TERMINAL = ("done", "failed")
 async def _read(settings: Settings, topic: str, isolation_level: str, timeout_s: float):
     consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
                                 enable_auto_commit=False, isolation_level=isolation_level,
-                                request_timeout_ms=10_000)
+                                # "latest" (the default) races seek_to_beginning on assign
+                                auto_offset_reset="earliest", request_timeout_ms=10_000)
     await consumer.start()
     records = []
     try:
