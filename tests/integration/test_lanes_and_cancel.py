@@ -49,8 +49,10 @@ def test_high_priority_job_overtakes_a_low_priority_backlog(settings, worker):
     done_at = {k: o.result["completed_at_ms"] for k, o in outcomes.items()}
     high_at = done_at.pop(high["workflow_id"])
     before = sorted(k for k, at in done_at.items() if at < high_at)
-    # only what was already in flight when it arrived may finish first
-    assert len(before) <= 12, f"{len(before)} of 40 low-priority jobs finished first"
+    # Only what was already in flight when it arrived may finish first: up to a whole execute
+    # batch (execute_batch_max=32) on a warm, fast worker. In arrival order it would finish
+    # after about all 40 (the worker alternates between the partitions).
+    assert len(before) <= 30, f"{len(before)} of 40 low-priority jobs finished first"
     assert max(done_at.values()) > high_at
 
 
@@ -102,10 +104,11 @@ def test_cancel_of_a_finished_workflow_is_a_reported_no_op(settings, worker):
 
 def test_cancel_stops_a_running_variational_loop_with_its_best_result(settings, worker):
     fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
-    fields["variational"]["max_iterations"] = 200
+    # Long enough (slow evaluations, a far cap) that the cancel arrives while it runs.
+    fields["variational"]["max_iterations"] = 1000
     fields["variational"]["tolerance"] = 1e-9
     job = job_request(**{**fields, "workflow_id": f"vqe-cancel-{uuid.uuid4().hex[:6]}",
-                         "shots": 2000})
+                         "shots": 20000})
     key = job["workflow_id"].encode()
 
     def progress():
@@ -126,5 +129,5 @@ def test_cancel_stops_a_running_variational_loop_with_its_best_result(settings, 
     assert len(results) == 1
     report = results[0]["variational"]
     assert report["stop_reason"] == "cancelled"
-    assert 3 <= report["evaluations"] < 200
+    assert 3 <= report["evaluations"] < 1000
     assert report["best_value"] == min(step["value"] for step in report["history"])
