@@ -221,6 +221,27 @@ def is_measurement(instruction) -> bool:
     return instruction.name == "measure" and isinstance(instruction.operation, Measure)
 
 
+def check_runs_on_target(backend: str, target: Target, circuit: QuantumCircuit) -> None:
+    """ExecutionFailed unless every instruction (barriers aside) is one the target supports
+    on exactly those physical qubits: the circuit must be transpiled for the backend."""
+    if circuit.num_qubits != target.num_qubits:
+        raise ExecutionFailed(
+            f"{backend} runs {target.num_qubits}-qubit transpiled circuits, "
+            f"got {circuit.num_qubits} qubits: transpile for this backend first"
+        )
+    qubit_index = bit_indices(circuit.qubits)
+    for instruction in circuit.data:
+        name = instruction.name
+        if name in _ALWAYS_ALLOWED:
+            continue
+        qargs = tuple(qubit_index[q] for q in instruction.qubits)
+        if not target.instruction_supported(name, qargs):
+            raise ExecutionFailed(
+                f"{backend} cannot run {name} on qubits {qargs}: "
+                "transpile for this backend first"
+            )
+
+
 def bit_indices(bits: Sequence) -> dict:
     """Each bit's index (a dict lookup is several times faster than `find_bit` per use)."""
     return {bit: index for index, bit in enumerate(bits)}
@@ -502,23 +523,7 @@ class Backend:
         return result
 
     def _check_native(self, circuit: QuantumCircuit) -> None:
-        if circuit.num_qubits != self.target.num_qubits:
-            raise ExecutionFailed(
-                f"{self.name} runs {self.target.num_qubits}-qubit transpiled circuits, "
-                f"got {circuit.num_qubits} qubits: transpile for this backend first"
-            )
-        qubit_index = bit_indices(circuit.qubits)
-        for instruction in circuit.data:
-            name = instruction.name
-            if name in _ALWAYS_ALLOWED:
-                continue
-            qargs = tuple(qubit_index[q] for q in instruction.qubits)
-            if not self.target.instruction_supported(name, qargs):
-                raise ExecutionFailed(
-                    f"{self.name} cannot run {name} on qubits {qargs}: "
-                    "transpile for this backend first"
-                )
-
+        check_runs_on_target(self.name, self.target, circuit)
 
 def noisy_target(snapshot: CalibrationSnapshot) -> Target:
     """The transpiler target a calibration describes (errors and durations included)."""

@@ -30,7 +30,12 @@ from typing import Any
 from qiskit import QuantumCircuit
 from qiskit.transpiler import Target
 
-from workers.backends.aer import bit_indices, circuit_seeds, circuit_shots, seed_segments
+from workers.backends.aer import (
+    check_runs_on_target,
+    circuit_seeds,
+    circuit_shots,
+    seed_segments,
+)
 from workers.backends.base import ConfigurationError, require_extra
 from workers.backends.device import DeviceBackend, DeviceCalibration, GateCalibration
 from workers.errors import BackendUnavailable, ExecutionFailed
@@ -261,7 +266,7 @@ class IBMRuntimeBackend:
         shots_list = circuit_shots(shots, len(circuits))
         seeds = circuit_seeds(seed, len(circuits))
         for circuit in circuits:
-            self._check_isa(circuit)
+            check_runs_on_target(self.name, self.target, circuit)
         counts: list[dict[str, int] | None] = [None] * len(circuits)
         for segment in seed_segments(range(len(circuits)), seeds, shots_list):
             first = segment[0]
@@ -285,23 +290,6 @@ class IBMRuntimeBackend:
                 raise ExecutionFailed(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         self.jobs += 1
         return [register_counts(c, pub.data) for c, pub in zip(circuits, result, strict=True)]
-
-    def _check_isa(self, circuit: QuantumCircuit) -> None:
-        if circuit.num_qubits != self.target.num_qubits:
-            raise ExecutionFailed(
-                f"{self.name} runs {self.target.num_qubits}-qubit ISA circuits, got "
-                f"{circuit.num_qubits} qubits: transpile for this backend first"
-            )
-        index = bit_indices(circuit.qubits)
-        for instruction in circuit.data:
-            if instruction.name == "barrier":
-                continue
-            qargs = tuple(index[q] for q in instruction.qubits)
-            if not self.target.instruction_supported(instruction.name, qargs):
-                raise ExecutionFailed(
-                    f"{self.name} cannot run {instruction.name} on qubits {qargs}: "
-                    "transpile for this backend first"
-                )
 
     def noise_model_at(self, scale: float):
         return None
