@@ -398,41 +398,38 @@ class _Counter:
                 self.constants[name] = value
         return _Cost()
 
-    def _st_gate(self) -> _Cost:
+    def _definition(self, groups: tuple[str, ...], while_open: int | None = None):
+        """Name and body cost of a `gate`/`def` definition, or None for a declaration without
+        a body. `while_open` is what the name costs inside its own body (recursion)."""
         self.i += 1
         name = self.take() if self.kind() == "name" else ""
         while not self.at_end() and self.peek() not in ("{", ";", "}"):
-            if self.peek() == "(":
+            if self.peek() in groups:
                 self.group()
             else:
                 self.i += 1
         if self.peek() != "{":
             self.skip_statement()
-            return _Cost()
+            return name, None
         self.i += 1
-        saved, self.registers = self.registers, {}  # gate arguments are single qubits
+        if while_open is not None:
+            self.callables[name] = while_open
+        saved, self.registers = self.registers, {}  # arguments are single qubits
         body = self.block()
         self.registers = saved
-        self.callables[name] = max(1, body.gates)
+        return name, body
+
+    def _st_gate(self) -> _Cost:
+        name, body = self._definition(("(",))
+        if body is not None:
+            self.callables[name] = max(1, body.gates)
         return _Cost()
 
     def _st_def(self) -> _Cost:
-        self.i += 1
-        name = self.take() if self.kind() == "name" else ""
-        while not self.at_end() and self.peek() not in ("{", ";", "}"):
-            if self.peek() in ("(", "["):
-                self.group()
-            else:
-                self.i += 1
-        if self.peek() != "{":
-            self.skip_statement()
-            return _Cost()
-        self.i += 1
-        self.callables[name] = HUGE  # a call to itself inside its body: unbounded recursion
-        saved, self.registers = self.registers, {}
-        body = self.block()
-        self.registers = saved
-        self.callables[name] = _sat(body.gates + body.iterations)
+        # A call to itself inside its body is unbounded recursion.
+        name, body = self._definition(("(", "["), while_open=HUGE)
+        if body is not None:
+            self.callables[name] = _sat(body.gates + body.iterations)
         return _Cost()
 
     _st_defcal = _st_def
