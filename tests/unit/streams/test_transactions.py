@@ -442,6 +442,58 @@ def test_such_a_changelog_is_read_from_its_start_and_stream_offsets_are_untouche
         asyncio.run(thread._seek_wait(AiokafkaConsumer(), {JOBS: -2}))
 
 
+# --- seeking back to committed offsets -------------------------------------------------------
+
+class NeverCommittedConsumer:
+    """An aiokafka consumer over a partition without a committed offset, one at 0, one at 7."""
+
+    def __init__(self) -> None:
+        self._subscription = SimpleNamespace(assigned_partitions=lambda: set(self.committed_offsets))
+        self.committed_offsets = {JOBS: None, JOBS_AT_ZERO: 0, JOBS_AT_SEVEN: 7, CHANGELOG: None}
+        self.seeks: list = []
+        self._fetcher = SimpleNamespace(seek_to=lambda tp, offset: self.seeks.append((tp, offset)))
+
+    async def committed(self, tp):
+        return self.committed_offsets[tp]
+
+    async def seek_to_beginning(self, *partitions):
+        self.seeks.extend((tp, "beginning") for tp in partitions)
+
+    async def seek_to_committed(self, *partitions):
+        from aiokafka import AIOKafkaConsumer
+
+        return await AIOKafkaConsumer.seek_to_committed(self, *partitions)
+
+
+JOBS_AT_ZERO = TopicPartition("qlane.jobs", 2)
+JOBS_AT_SEVEN = TopicPartition("qlane.jobs", 3)
+
+
+def test_aiokafka_seek_to_committed_leaves_never_committed_partitions_where_they_are():
+    consumer = NeverCommittedConsumer()
+    asyncio.run(consumer.seek_to_committed())
+    # Records Faust dropped from JOBS and JOBS_AT_ZERO would never be fetched again.
+    assert consumer.seeks == [(JOBS_AT_SEVEN, 7)]
+
+
+def test_never_committed_stream_partitions_are_read_again_from_their_beginning():
+    from streams.transport import ConsumerThread
+
+    consumer = NeverCommittedConsumer()
+
+    async def call_thread(fun, *args):
+        return await fun(*args)
+
+    thread = ConsumerThread.__new__(ConsumerThread)
+    thread.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
+    thread._ensure_consumer = lambda: consumer
+    thread.call_thread = call_thread
+    committed = asyncio.run(thread.seek_to_committed())
+    assert committed == consumer.committed_offsets
+    assert sorted(consumer.seeks, key=str) == sorted(
+        [(JOBS_AT_SEVEN, 7), (JOBS, "beginning"), (JOBS_AT_ZERO, "beginning")], key=str)
+
+
 # --- offsets read a second time -----------------------------------------------------------
 
 class FaustOffsets:
