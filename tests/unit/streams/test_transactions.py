@@ -116,6 +116,7 @@ def manager(cls, consumer=None, producer=None, fail_with=None):
     if cls is TransactionManager:
         tm.gate = TransactionGate()
         tm._checkpointed = {}
+        tm._committed_at = {}
     tm.crash_log = crashed
     return tm
 
@@ -440,6 +441,47 @@ def test_such_a_changelog_is_read_from_its_start_and_stream_offsets_are_untouche
     assert seeks == [(CHANGELOG, 0), (JOBS, 7)]
     with pytest.raises(ValueError):
         asyncio.run(thread._seek_wait(AiokafkaConsumer(), {JOBS: -2}))
+
+
+# --- transactions left open between records -----------------------------------------------
+
+def open_transaction(with_records: bool):
+    """An aiokafka transactional producer in a transaction, with or without records in it."""
+    txn = SimpleNamespace(is_in_transaction=lambda: True,
+                          _txn_partitions={TopicPartition("qlane.status", 0)} if with_records
+                          else set(), _pending_txn_partitions=set())
+    return SimpleNamespace(_txn_manager=txn)
+
+
+def test_faust_commits_a_transaction_only_when_its_partitions_have_new_offsets():
+    """A send between records (a whole batch's write) is left open at the end of a burst."""
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    consumer = SimpleNamespace(_filter_committable_offsets=lambda tps: {})
+    assert asyncio.run(FaustConsumer._commit_tps(consumer, [JOBS], True)) is False
+
+
+def test_an_idle_open_transaction_is_committed_with_the_offsets_it_can_take():
+    tid = f"{APP_ID}-1-1"
+    offsets = Consumer(acked={JOBS: 14})
+    tm = manager(TransactionManager, consumer=offsets)
+    tm.producer._transaction_producers = {
+        tid: open_transaction(with_records=True),
+        f"{APP_ID}-1-2": open_transaction(with_records=False),  # nothing to commit
+    }
+    assert tm.idle_open_transactions(now=100.0, idle_s=1.0) == []  # first seen now
+    assert tm.idle_open_transactions(now=100.5, idle_s=1.0) == []
+    assert tm.idle_open_transactions(now=101.0, idle_s=1.0) == [tid]
+
+    async def running_record():
+        async with tm.gate.record(tid):
+            return tm.idle_open_transactions(now=200.0, idle_s=1.0)
+
+    assert asyncio.run(running_record()) == []  # never under a running record
+
+    asyncio.run(tm._commit_ids({tid}, {}, True))
+    assert tm.producer.calls[-1] == ("commit_transactions", {tid: {JOBS: 14}})
+    assert tm.idle_open_transactions(now=tm._committed_at[tid] + 0.5, idle_s=1.0) == []
 
 
 # --- seeking back to committed offsets -------------------------------------------------------
