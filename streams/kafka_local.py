@@ -260,10 +260,12 @@ class KafkaCluster:
         return node.log_path.stat().st_size if node.log_path.exists() else 0
 
     def wait_ready(self, timeout_s: float, offsets: dict[int, int] | None = None) -> None:
-        """Until every running node has logged READY_LINE (after `offsets`, if given)."""
-        offsets = offsets or {}
+        """Until every node launched (of `offsets`' nodes, if given) has logged READY_LINE,
+        after its offset in `offsets`."""
         deadline = time.monotonic() + timeout_s
-        pending = [node for node in self.nodes if node.process is not None]
+        pending = [node for node in self.nodes if node.process is not None
+                   and (offsets is None or node.node_id in offsets)]
+        offsets = offsets or {}
         while pending:
             for node in list(pending):
                 if node.process.poll() is not None:
@@ -293,13 +295,17 @@ class KafkaCluster:
             os.killpg(node.process.pid, sig)
             node.process.wait(timeout=60)
 
-    def restart_node(self, node_id: int, timeout_s: float = 120.0) -> None:
-        node = self.nodes[node_id - 1]
-        if node.alive:
-            return
-        offset = self._log_offset(node)
-        self._launch(install(self.version), node)
-        self.wait_ready(timeout_s, offsets={node.node_id: offset})
+    def restart_node(self, *node_ids: int, timeout_s: float = 120.0) -> None:
+        """Start these killed nodes again, together; return once each one is ready (the
+        nodes still down are not waited for)."""
+        offsets = {}
+        for node_id in node_ids:
+            node = self.nodes[node_id - 1]
+            if not node.alive:
+                offsets[node_id] = self._log_offset(node)
+                self._launch(install(self.version), node)
+        if offsets:
+            self.wait_ready(timeout_s, offsets=offsets)
 
     # --- stop --------------------------------------------------------------------------
     def stop(self, timeout_s: float = 30.0) -> None:

@@ -20,6 +20,7 @@ import uuid
 
 import pytest
 
+from schemas.codec import codec
 from streams.client import job_request
 from streams.kafka_local import KafkaCluster
 from streams.processes import start_worker, stop_process
@@ -158,24 +159,27 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
         workers = Workers(settings, tmp_path, count=3, web_ports=free_ports(3), env={
             "QLANE_REPLICATION_FACTOR": "3", "QLANE_MIN_INSYNC_REPLICAS": "2"})
         workers.start_all()
-        # The jobs go in in waves, one before each failure, and each failure comes once half
-        # of its wave is done: every failure lands while jobs are flowing.
+        # The jobs go in in waves, one before each failure, and each failure comes a second
+        # after its wave went in: on exactly-once a job takes at least three commit hand-offs
+        # (commit_interval_s each), so the wave is in the pipeline. (Waiting for half of a wave
+        # to finish raced a fast machine: a wave's results become visible in one commit.)
+        # After the run, the completion times show that each failure hit its wave in flight.
         waves = [jobs[i::len(PLAN) + 1] for i in range(len(PLAN) + 1)]
         submit(settings, waves[0])
-        submitted = len(waves[0])
         started = time.monotonic()
-        broker_kills, leader_kills, events = 0, 0, []
+        broker_kills, leader_kills, events, failed_at = 0, 0, [], []
         for step, kind in enumerate(PLAN, start=1):
-            submit(settings, waves[step])
-            submitted += len(waves[step])
-            target = submitted - len(waves[step]) // 2
-            deadline = time.monotonic() + 900
-            while True:
+            # The previous waves finish first (or 300 s pass): one failure at a time.
+            earlier = [job["workflow_id"] for wave in waves[:step] for job in wave]
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
                 workers.restart_exited()
-                found = wait_finished(settings, ids, timeout_s=20, at_least=target)
-                if found.finished(ids) >= target or time.monotonic() > deadline:
+                if wait_finished(settings, earlier, timeout_s=20).finished(earlier) == len(
+                        earlier):
                     break
-            assert found.finished(ids) < submitted, f"wave {step} finished before its failure"
+            submit(settings, waves[step])
+            time.sleep(1.0)
+            failed_at.append(time.time() * 1000)
             if kind == "worker":
                 slot = (workers.kills) % 3
                 workers.kill(slot)
@@ -204,8 +208,14 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
                       kill_phase_s=round(kill_phase_s), events="/".join(events),
                       lost=len(found.lost(ids)),
                       **{f"duplicate_{k}": v for k, v in found.duplicates(ids).items()})
+        completed_at = {wf: codec("JobResult").decode(next(iter(values)))["completed_at_ms"]
+                        for wf, values in found.distinct_results.items()}
+        in_flight = [sum(1 for job in waves[step] if completed_at.get(job["workflow_id"], 0) > at)
+                     for step, at in enumerate(failed_at, start=1)]
+        report.update(wave_jobs_finished_after_their_failure="/".join(map(str, in_flight)))
         assert found.lost(ids) == []
         assert found.duplicates(ids) == {"results": 0, "cost": 0, "terminal": 0}
+        assert all(in_flight), f"failures that hit no job in flight: {in_flight}"
         assert workers.kills >= 6 and broker_kills >= 3 and leader_kills >= 1
 
         # 2 of 3 brokers down: no quorum, no in-sync majority. Nothing may be lost or
@@ -225,8 +235,7 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
         stall_s = time.time() - down_at
         no_progress = latest <= settled
         restarted_at = time.monotonic()
-        cluster.restart_node(2)
-        cluster.restart_node(3)
+        cluster.restart_node(2, 3)
         first_s = None
         before = found_more = None
         while time.monotonic() - restarted_at < 900:
