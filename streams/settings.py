@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         0.5, gt=0, description="seconds between commits; on exactly_once, a stage's output "
         "is visible to read_committed readers (the next stage included) only once committed",
     )
+    idle_commit_s: float = Field(
+        0.005, ge=0, description="on exactly_once, a record's transaction is committed this "
+        "long after it when no record of its partitions follows, instead of at the next "
+        "commit interval: a quiet pipeline's latency; 0 = commit only every commit_interval_s",
+    )
     transaction_timeout_s: float = Field(
         600.0, gt=0, le=900, description="the broker aborts a silent worker's open "
         "transaction after this (a new owner fences it at once); above the longest record "

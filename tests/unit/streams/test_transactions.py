@@ -27,6 +27,7 @@ from streams.transactions import (
 )
 
 JOBS = TopicPartition("qlane.jobs", 1)
+OTHER_PARTITION = TopicPartition("qlane.stage.execute", 2)
 APP_ID = "qlane-test"
 
 
@@ -117,6 +118,8 @@ def manager(cls, consumer=None, producer=None, fail_with=None):
         tm.gate = TransactionGate()
         tm._checkpointed = {}
         tm._committed_at = {}
+        tm._last_activity = 0.0
+        tm._idle_watcher = None
     tm.crash_log = crashed
     return tm
 
@@ -484,13 +487,41 @@ def test_an_idle_open_transaction_is_committed_with_the_offsets_it_can_take():
     assert tm.idle_open_transactions(now=tm._committed_at[tid] + 0.5, idle_s=1.0) == []
 
 
+def test_a_record_followed_by_no_other_record_is_committed_after_the_idle_delay():
+    offsets = Consumer(acked={JOBS: 3})
+    tm = manager(TransactionManager, consumer=offsets)
+    tm.app.qlane_idle_commit_s = 0.02
+
+    async def go():
+        async with tm.record(event_on(JOBS)):
+            pass
+        await asyncio.sleep(0.01)
+        async with tm.record(event_on(OTHER_PARTITION)):  # another follows: no commit between
+            await asyncio.sleep(0.03)
+            assert offsets.commits == 0
+        await asyncio.sleep(0.1)
+        return offsets.commits
+
+    assert asyncio.run(go()) == 1
+    tm.app.qlane_idle_commit_s = 0.0  # off: only the periodic commit
+
+    async def off():
+        async with tm.record(event_on(JOBS)):
+            pass
+        await asyncio.sleep(0.05)
+        return offsets.commits
+
+    assert asyncio.run(off()) == 1
+
+
 # --- seeking back to committed offsets -------------------------------------------------------
 
 class NeverCommittedConsumer:
     """An aiokafka consumer over a partition without a committed offset, one at 0, one at 7."""
 
     def __init__(self) -> None:
-        self._subscription = SimpleNamespace(assigned_partitions=lambda: set(self.committed_offsets))
+        self._subscription = SimpleNamespace(
+            assigned_partitions=lambda: set(self.committed_offsets))
         self.committed_offsets = {JOBS: None, JOBS_AT_ZERO: 0, JOBS_AT_SEVEN: 7, CHANGELOG: None}
         self.seeks: list = []
         self._fetcher = SimpleNamespace(seek_to=lambda tp, offset: self.seeks.append((tp, offset)))
