@@ -149,7 +149,8 @@ BUDGET_REMAINING = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "qlane_consumer_lag",
-    "Records between this worker's position and the log end, per assigned topic partition.",
+    "Records between this worker's committed offset and the log end, per assigned topic "
+    "partition.",
     ["topic", "partition"],
     registry=REGISTRY,
 )

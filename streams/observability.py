@@ -46,18 +46,35 @@ def register(app, runtime: Runtime) -> None:
         consumer = app.consumer
         assigned = consumer.assignment()
         stale = set(lag_series)
-        for tp in assigned:
-            if tp.topic not in runtime.names.all():
-                continue
+        ours = [tp for tp in assigned if tp.topic in runtime.names.all()]
+        # Lag as Kafka's tools count it: log end minus committed offset. The fetch position
+        # is not enough: records fetched into a stream buffer but not finished (brokers
+        # gone, outputs that cannot be written) would count as done. A partition without a
+        # committed offset counts from its first offset.
+        done = {tp: consumer._committed_offset.get(tp) for tp in ours}
+        never = [tp for tp, offset in done.items() if offset is None]
+        if never:
             try:
-                position = await consumer.position(tp)
+                done.update(await consumer.earliest_offsets(*never))
+            except Exception:  # a rebalance, or no broker to ask: those wait for next time
+                pass
+        # A read_committed reader's committed offset stops one short of the log end at
+        # rest (the transaction marker after the last record): a partition fetched to its
+        # end with nothing unfinished has no lag.
+        unfinished = {message.tp for message in list(consumer._unacked_messages)}
+        unfinished.update(tp for tp, acked in consumer._acked.items() if acked)
+        for tp in ours:
+            try:
                 highwater = consumer.highwater(tp)
-            except Exception:  # a partition moving in a rebalance has no position yet
+                position = await consumer.position(tp)
+            except Exception:  # a partition moving in a rebalance
                 continue
-            if position is None or highwater is None:
+            if done.get(tp) is None or highwater is None:
                 continue
+            caught_up = position is not None and position >= highwater
+            lag = 0 if caught_up and tp not in unfinished else max(0, highwater - done[tp])
             labels = (tp.topic, str(tp.partition))
-            metrics.CONSUMER_LAG.labels(*labels).set(max(0, highwater - position))
+            metrics.CONSUMER_LAG.labels(*labels).set(lag)
             lag_series.add(labels)
             stale.discard(labels)
         for labels in stale:  # partitions this worker no longer owns
