@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from streams import metrics
@@ -11,11 +12,13 @@ from streams.runtime import Runtime
 log = logging.getLogger("qlane")
 
 LAG_INTERVAL_S = 5.0
+BROKER_CALL_TIMEOUT_S = 2.0
 
 
 def register(app, runtime: Runtime) -> None:
     metrics.BUILD_INFO.info({"version": runtime.worker_version})
     lag_series: set[tuple[str, str]] = set()
+    first_offsets: dict = {}  # a partition's first offset, asked once
 
     @app.task
     async def warm_up_backends():
@@ -50,14 +53,26 @@ def register(app, runtime: Runtime) -> None:
         # Lag as Kafka's tools count it: log end minus committed offset. The fetch position
         # is not enough: records fetched into a stream buffer but not finished (brokers
         # gone, outputs that cannot be written) would count as done. A partition without a
-        # committed offset counts from its first offset.
+        # committed offset counts from its first offset. Broker calls are bounded: when the
+        # partition leaders are gone they would hang, and the gauge would keep its last value.
         done = {tp: consumer._committed_offset.get(tp) for tp in ours}
-        never = [tp for tp, offset in done.items() if offset is None]
-        if never:
+        unknown = [tp for tp, offset in done.items() if offset is None and tp not in first_offsets]
+        if unknown:
             try:
-                done.update(await consumer.earliest_offsets(*never))
+                first_offsets.update(await asyncio.wait_for(
+                    consumer.earliest_offsets(*unknown), BROKER_CALL_TIMEOUT_S))
             except Exception:  # a rebalance, or no broker to ask: those wait for next time
                 pass
+        for tp, offset in done.items():
+            if offset is None:
+                done[tp] = first_offsets.get(tp)
+        try:
+            found = await asyncio.wait_for(
+                asyncio.gather(*(consumer.position(tp) for tp in ours), return_exceptions=True),
+                BROKER_CALL_TIMEOUT_S)
+            positions = dict(zip(ours, found, strict=True))
+        except TimeoutError:
+            positions = {}
         # A read_committed reader's committed offset stops one short of the log end at
         # rest (the transaction marker after the last record): a partition fetched to its
         # end with nothing unfinished has no lag.
@@ -66,12 +81,12 @@ def register(app, runtime: Runtime) -> None:
         for tp in ours:
             try:
                 highwater = consumer.highwater(tp)
-                position = await consumer.position(tp)
             except Exception:  # a partition moving in a rebalance
                 continue
             if done.get(tp) is None or highwater is None:
                 continue
-            caught_up = position is not None and position >= highwater
+            position = positions.get(tp)
+            caught_up = isinstance(position, int) and position >= highwater
             lag = 0 if caught_up and tp not in unfinished else max(0, highwater - done[tp])
             labels = (tp.topic, str(tp.partition))
             metrics.CONSUMER_LAG.labels(*labels).set(lag)
