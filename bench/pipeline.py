@@ -543,7 +543,7 @@ async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, st
         outcomes, submitted, received, first = await _submit_with(
             client, jobs, timeout_s, alive, on_event)
         cpu = cpu_delta(cpu_snapshot(processes, broker), cpu0)
-        await asyncio.sleep(3.0)  # one more lag sample by the worker (every few seconds)
+        await asyncio.sleep(6.0)  # one more lag sample by the worker (every 5 s)
         out["consumer_lag_at_end"] = scrape_lag(web_port)
     succeeded = sum(1 for o in outcomes.values()
                     if o.result is not None and o.result.get("status") == "succeeded")
