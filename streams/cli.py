@@ -53,14 +53,25 @@ class _Stop(Exception):
     """Raised in the main thread by SIGTERM or SIGHUP, as Ctrl-C raises KeyboardInterrupt."""
 
 
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def stop_on_signals() -> None:
+    """From now on SIGTERM and SIGHUP raise `_Stop` in the main thread. Called before a
+    foreground command starts what it runs: a signal that arrives right after the command
+    said it is ready (before `run_in_foreground`) must stop it cleanly, not kill it."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+
+
 def run_in_foreground(is_running, stop) -> None:
     """Wait while `is_running()`; on Ctrl-C, SIGTERM or SIGHUP call `stop()` and return."""
     import signal
 
-    def raise_stop(signum, frame):
-        raise _Stop(signum)
-
-    previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while is_running():
             time.sleep(0.2)
@@ -78,9 +89,15 @@ def run_in_foreground(is_running, stop) -> None:
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(port=args.port).start()
-    print(f"embedded Tansu broker listening on {broker.bootstrap} (memory storage); "
-          "Ctrl-C or SIGTERM stops", flush=True)
+    stop_on_signals()
+    broker = EmbeddedBroker(port=args.port)
+    try:
+        broker.start()
+        print(f"embedded Tansu broker listening on {broker.bootstrap} (memory storage); "
+              "Ctrl-C or SIGTERM stops", flush=True)
+    except (KeyboardInterrupt, _Stop):
+        broker.stop()
+        return 0
     run_in_foreground(lambda: broker.process.poll() is None, broker.stop)
     return 0
 
@@ -95,17 +112,21 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
         secured = enable_sasl_ssl(cluster)
     started = time.monotonic()
+    stop_on_signals()
     try:
         cluster.start()
+        print(f"Apache Kafka {args.version} ({args.nodes} KRaft node(s)) ready in "
+              f"{time.monotonic() - started:.1f}s; data in {cluster.data_dir}", flush=True)
+        print(f"bootstrap servers: {cluster.bootstrap}", flush=True)
+        if args.sasl:
+            print(secured.describe(), flush=True)
+        print("Ctrl-C or SIGTERM stops every node", flush=True)
+    except (KeyboardInterrupt, _Stop):
+        cluster.stop()
+        return 0
     except KafkaStartError as error:
         print(f"qlane kafka: {error}", file=sys.stderr)
         return 1
-    print(f"Apache Kafka {args.version} ({args.nodes} KRaft node(s)) ready in "
-          f"{time.monotonic() - started:.1f}s; data in {cluster.data_dir}", flush=True)
-    print(f"bootstrap servers: {cluster.bootstrap}", flush=True)
-    if args.sasl:
-        print(secured.describe(), flush=True)
-    print("Ctrl-C or SIGTERM stops every node", flush=True)
     run_in_foreground(lambda: all(node.alive for node in cluster.nodes), cluster.stop)
     return 0
 
