@@ -57,22 +57,15 @@ def _raise_stop(signum, frame):
     raise _Stop(signum)
 
 
-def stop_on_signals() -> None:
-    """From now on SIGTERM and SIGHUP raise `_Stop` in the main thread. Called before a
-    foreground command starts what it runs: a signal that arrives right after the command
-    said it is ready (before `run_in_foreground`) must stop it cleanly, not kill it."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_stop)
-
-
-def run_in_foreground(is_running, stop) -> None:
-    """Wait while `is_running()`; on Ctrl-C, SIGTERM or SIGHUP call `stop()` and return."""
+def run_in_foreground(start, is_running, stop) -> None:
+    """Run `start()`, then wait while `is_running()`; on Ctrl-C, SIGTERM or SIGHUP, also
+    during `start()`, call `stop()` and return. The handlers are in place before `start()`,
+    so a signal sent right after it announced readiness stops the command cleanly."""
     import signal
 
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        start()
         while is_running():
             time.sleep(0.2)
     except (KeyboardInterrupt, _Stop):
@@ -89,16 +82,14 @@ def run_in_foreground(is_running, stop) -> None:
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
-    stop_on_signals()
     broker = EmbeddedBroker(port=args.port)
-    try:
+
+    def start() -> None:
         broker.start()
         print(f"embedded Tansu broker listening on {broker.bootstrap} (memory storage); "
               "Ctrl-C or SIGTERM stops", flush=True)
-    except (KeyboardInterrupt, _Stop):
-        broker.stop()
-        return 0
-    run_in_foreground(lambda: broker.process.poll() is None, broker.stop)
+
+    run_in_foreground(start, lambda: broker.process.poll() is None, broker.stop)
     return 0
 
 
@@ -111,9 +102,9 @@ def cmd_kafka(args: argparse.Namespace) -> int:
         from streams.kafka_security import enable_sasl_ssl
 
         secured = enable_sasl_ssl(cluster)
-    started = time.monotonic()
-    stop_on_signals()
-    try:
+
+    def start() -> None:
+        started = time.monotonic()
         cluster.start()
         print(f"Apache Kafka {args.version} ({args.nodes} KRaft node(s)) ready in "
               f"{time.monotonic() - started:.1f}s; data in {cluster.data_dir}", flush=True)
@@ -121,13 +112,13 @@ def cmd_kafka(args: argparse.Namespace) -> int:
         if args.sasl:
             print(secured.describe(), flush=True)
         print("Ctrl-C or SIGTERM stops every node", flush=True)
-    except (KeyboardInterrupt, _Stop):
-        cluster.stop()
-        return 0
+
+    try:
+        run_in_foreground(start, lambda: all(node.alive for node in cluster.nodes),
+                          cluster.stop)
     except KafkaStartError as error:
         print(f"qlane kafka: {error}", file=sys.stderr)
         return 1
-    run_in_foreground(lambda: all(node.alive for node in cluster.nodes), cluster.stop)
     return 0
 
 
