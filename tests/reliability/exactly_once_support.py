@@ -83,6 +83,12 @@ class Audit:
     def finished(self, workflow_ids) -> int:
         return sum(1 for wf in workflow_ids if self.terminal[wf])
 
+    def completed_at_s(self) -> dict[str, float]:
+        """When each workflow with a result finished (its JobResult's completed_at)."""
+        decode = codec("JobResult").decode
+        return {wf: decode(next(iter(values)))["completed_at_ms"] / 1000
+                for wf, values in self.distinct_results.items()}
+
 
 def audit(settings: Settings, isolation_level: str = "read_committed") -> Audit:
     found = Audit()
