@@ -158,10 +158,10 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
         workers = Workers(settings, tmp_path, count=3, web_ports=free_ports(3), env={
             "QLANE_REPLICATION_FACTOR": "3", "QLANE_MIN_INSYNC_REPLICAS": "2"})
         workers.start_all()
-        # The jobs go in in waves, one before each failure, and each failure comes a second
-        # after its wave went in: on exactly-once a job takes at least three commit hand-offs
-        # (commit_interval_s each), so the wave is in the pipeline. (Waiting for half of a wave
-        # to finish raced a fast machine: a wave's results become visible in one commit.)
+        # The jobs go in in waves, one before each failure, and each failure comes 0.3 s
+        # after its wave went in, while the wave is in the pipeline: a quiet worker commits
+        # each stage within milliseconds (idle_commit_s), so a wave of 20 Bell jobs is done
+        # in about a second (with 1 s, some small waves were over before their failure).
         # After the run, the completion times show that each failure hit its wave in flight.
         waves = [jobs[i::len(PLAN) + 1] for i in range(len(PLAN) + 1)]
         submit(settings, waves[0])
@@ -177,7 +177,7 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
                         earlier):
                     break
             submit(settings, waves[step])
-            time.sleep(1.0)
+            time.sleep(0.3)
             failed_at.append(time.time())
             if kind == "worker":
                 slot = (workers.kills) % 3
