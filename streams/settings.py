@@ -200,6 +200,12 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 5.0
 
     # Throughput (issue 14; measured in docs/performance.md).
+    fused_stages: bool = Field(
+        False, description="run a job's execute and mitigate steps right after its "
+        "preprocessing, on its jobs-topic record (streams/agents/fused.py), instead of "
+        "handing it on through stage.execute and stage.mitigate: two hops and, on "
+        "exactly-once, two transaction commits fewer per job; no batch call across jobs",
+    )
     status_progress_events: bool = Field(
         True, description="publish the accepted, prepared and executing statuses; false: only "
         "terminal and exceptional ones (done, failed, duplicate, cancelled, retrying, fallback, "

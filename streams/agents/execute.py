@@ -11,105 +11,35 @@ dead letter. `take_events` acknowledges a batch only after every record of it is
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import functools
 import json
 import logging
 import time
 import weakref
-from dataclasses import dataclass
 
 from faust import streams as faust_streams
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from fallback.classical import run_classical
-from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
-from streams import accounting, metrics
-from streams.agents.common import (
-    StageFailure,
-    first_time,
-    in_thread,
-    mark,
-    new_guard,
-    process_guarded,
-)
-from streams.deadletter import SourceRecord, is_retryable
+from streams import metrics
+from streams.agents.common import first_time, in_thread, mark, new_guard, process_guarded
+from streams.agents.execution import Executed, Job, JobRunner, decode_job
+from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
 from streams.poison import InFlight, poison_handler
-from streams.runtime import Runtime, now_ms
+from streams.runtime import Runtime
 from streams.topics import LANES, NORMAL, lane_suffix
-from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
 from workers.execution.batching import execute_batch
-from workers.execution.breaker import BreakerOpen
-from workers.execution.preparation import PreparedJob, execute, prepare
-from workers.jobs import JobSpec
-from workers.seeds import job_seed
 
 STAGE = "execute"
 log = logging.getLogger("qlane")
-ALREADY_EXECUTED = frozenset({"executed", "done"})
-
-
-@dataclass
-class Job:
-    """One decoded ExecuteTask and what it needs to run."""
-
-    source: SourceRecord
-    task: dict
-    request: dict
-    prepared: PreparedJob
-    seed: int
-
-    @property
-    def workflow_id(self) -> str:
-        return self.task["workflow_id"]
-
-    @property
-    def deadline_ms(self) -> int | None:
-        budget = self.request.get("deadline_ms")
-        if budget is None:
-            return None
-        start = self.request.get("submitted_at_ms") or self.task["accepted_at_ms"]
-        return start + budget
-
-
-@dataclass
-class Executed:
-    counts: list[dict[str, int]]
-    prepared: PreparedJob
-    seconds: float
-    mode: str = "quantum"
-    fallback_reason: str | None = None
-    charged_backend: str | None = None
-
-
-def decode_job(source: SourceRecord) -> Job:
-    task = codec("ExecuteTask").decode(source.value)
-    try:
-        request = codec("JobRequest").decode(task["request"])
-        prepared = PreparedJob.from_bytes(task["prepared"])
-    except Exception as error:
-        raise StageFailure(task["workflow_id"], error) from error
-    return Job(source, task, request, prepared, job_seed(task["workflow_id"], request["seed"]))
 
 
 def register(app, runtime: Runtime, table) -> None:
     settings = runtime.settings
+    runner = JobRunner(runtime, table)
     # Jobs decoded for the current batch call, by source address: each record's handle()
     # takes its own instead of decoding the task (and unpacking its circuits) a second time.
     decoded: dict[str, Job] = {}
-
-    def already_executed(job: Job) -> bool:
-        return (table.get(job.workflow_id) or {}).get("state") in ALREADY_EXECUTED
-
-    def cancelled(job: Job) -> bool:
-        return (table.get(job.workflow_id) or {}).get("state") == "cancelled"
-
-    def runnable(job: Job) -> bool:
-        return (not already_executed(job) and not cancelled(job)
-                and job.task.get("fallback_reason") is None)
 
     async def run_batch(sources: list[SourceRecord]) -> dict[str, object]:
         """One backend call per backend for the whole batch: address -> counts | error."""
@@ -121,7 +51,7 @@ def register(app, runtime: Runtime, table) -> None:
             except Exception:
                 continue  # handled (and dead-lettered) record by record afterwards
             decoded[source.address] = job
-            if runnable(job) and not past_deadline(job):
+            if runner.runnable(job) and not runner.past_deadline(job):
                 runtime.apply_controls(job.prepared.backend)
                 jobs.append(job)
         if not jobs:
@@ -145,142 +75,22 @@ def register(app, runtime: Runtime, table) -> None:
             for j, o, w in zip(jobs, outcomes, work, strict=True)
         }
 
-    def past_deadline(job: Job) -> bool:
-        return job.deadline_ms is not None and now_ms() > job.deadline_ms
-
-    async def call_backend(job: Job, prepared: PreparedJob) -> list[dict[str, int]]:
-        """One attempt, behind the breaker, bounded by the call timeout and the deadline."""
-        breaker = runtime.breakers.for_backend(prepared.backend)
-        if not breaker.allow():
-            raise BreakerOpen(prepared.backend, breaker.retry_after_s())
-        timeout = settings.execute_timeout_s
-        if job.deadline_ms is not None:
-            timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
-        try:
-            counts = await asyncio.wait_for(
-                in_thread(runtime, execute, prepared, runtime.registry, job.seed), timeout
-            )
-        except TimeoutError:
-            breaker.record_failure()
-            if past_deadline(job):
-                raise DeadlineExceeded(
-                    f"no answer from {prepared.backend} before the deadline"
-                ) from None
-            raise BackendUnavailable(
-                f"{prepared.backend} took longer than {timeout:.0f}s"
-            ) from None
-        except Exception as error:
-            if is_retryable(error):
-                breaker.record_failure()
-            raise
-        breaker.record_success()
-        return counts
-
-    async def run_with_retries(
-        job: Job, failed_in_batch: bool, prepared: PreparedJob | None = None
-    ) -> list[dict[str, int]]:
-        """Attempts on the job alone; after a failed batch call, the first is a retry.
-        `prepared`: the job prepared for a fallback backend (default: its own)."""
-        prepared = prepared or job.prepared
-        done_before = 1 if failed_in_batch else 0
-        if done_before and settings.execute_retries == 0:
-            raise BackendUnavailable(f"{prepared.backend} failed and retries are off")
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(
-                lambda e: is_retryable(e) and not isinstance(e, BreakerOpen)
-            ),
-            stop=stop_after_attempt(1 + settings.execute_retries - done_before),
-            wait=wait_exponential_jitter(
-                initial=settings.retry_backoff_s, max=settings.retry_backoff_max_s
-            ),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                number = attempt.retry_state.attempt_number + done_before
-                if number > 1:
-                    metrics.RETRIES.labels(prepared.backend).inc()
-                    await runtime.status(job.workflow_id, "retrying", STAGE, attempt=number)
-                return await call_backend(job, prepared)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
-
-    async def run_fallback(job: Job, reason: str, cause: BaseException) -> Executed:
-        policy = FallbackPolicy.from_list(job.request.get("fallback"))
-        tried = {job.prepared.backend}
-        last_error: BaseException = cause
-        while (target := policy.next_target(tried)) is not None:
-            tried.add(target)
-            metrics.FALLBACKS.labels(reason).inc()
-            await runtime.status(job.workflow_id, "fallback", STAGE, detail=f"{target}: {reason}")
-            started = time.perf_counter()
-            try:
-                if target == CLASSICAL:
-                    counts = await in_thread(runtime, run_classical, job.prepared, job.seed,
-                                             settings.fallback_max_qubits)
-                    return Executed(counts, job.prepared, time.perf_counter() - started,
-                                    "fallback", reason, charged_backend=None)
-                spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
-                prepared = await in_thread(runtime, prepare, spec, runtime.registry,
-                                           runtime.cache, settings.limits, runtime.readout_cache)
-                # Each fallback backend (any vendor) on its own terms: its price against the
-                # job's limit and the tenant's budget, then its breaker, retries and deadline.
-                accounting.check_budget(runtime, job.request,
-                                        accounting.estimate_usd(runtime, prepared))
-                counts = await run_with_retries(job, False, prepared)
-                return Executed(counts, prepared, time.perf_counter() - started,
-                                "fallback", reason, charged_backend=target)
-            except QlaneError as error:
-                last_error = error
-        raise StageFailure(job.workflow_id, last_error)
-
     async def handle(source: SourceRecord, batch_outcomes: dict) -> str:
         job = decoded.pop(source.address, None) or decode_job(source)
-        if already_executed(job):
+        if runner.already_executed(job):
             return "duplicate"  # a copy of a task that ran (re-sent after a crash): once
-        if cancelled(job):
+        if runner.cancelled(job):
             return "cancelled"  # cancelled before it ran: not run, not charged
         runtime.apply_controls(job.prepared.backend)
         mark(table, job.workflow_id, "executing")
         await runtime.status(job.workflow_id, "executing", STAGE, detail=job.prepared.backend)
         outcome, share = batch_outcomes.get(source.address, (None, 0.0))
-        started = time.perf_counter()
-        reason = job.task.get("fallback_reason")
-        cause: BaseException = BudgetExceeded(reason or "")
-        executed = None
-        if reason is None and past_deadline(job):
-            reason = FallbackReason.DEADLINE_MISSED.value
-            cause = DeadlineExceeded(f"deadline passed before {job.prepared.backend} ran it")
-        elif reason is None and isinstance(outcome, list):
-            executed = Executed(outcome, job.prepared, share, charged_backend=job.prepared.backend)
-        elif reason is None:
-            if isinstance(outcome, BaseException) and not is_retryable(outcome):
-                raise StageFailure(job.workflow_id, outcome)
-            try:
-                counts = await run_with_retries(job, failed_in_batch=outcome is not None)
-                executed = Executed(counts, job.prepared, time.perf_counter() - started,
-                                    charged_backend=job.prepared.backend)
-            except BreakerOpen as error:
-                reason, cause = FallbackReason.BREAKER_OPEN.value, error
-            except DeadlineExceeded as error:
-                reason, cause = FallbackReason.DEADLINE_MISSED.value, error
-            except Exception as error:
-                if not is_retryable(error):
-                    raise StageFailure(job.workflow_id, error) from error
-                reason, cause = FallbackReason.RETRIES_EXHAUSTED.value, error
-        if executed is None:
-            executed = await run_fallback(job, reason, cause)
+        executed = await runner.run(job, outcome, share)
         await finish(job, executed)
         return "fallback" if executed.mode == "fallback" else "ok"
 
     async def finish(job: Job, executed: Executed) -> None:
-        entry = table.get(job.workflow_id) or {}
-        if not entry.get("charged"):
-            await accounting.charge(
-                runtime, request=job.request, prepared=executed.prepared,
-                partition=job.source.partition, simulated_seconds=executed.seconds,
-                estimate=job.task.get("estimate_usd") or 0.0,
-                charged_backend=executed.charged_backend,
-            )
+        await runner.charge_once(job, executed)
         outcome = {
             "workflow_id": job.workflow_id,
             "request": job.task["request"],

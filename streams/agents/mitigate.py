@@ -22,6 +22,47 @@ from workers.mitigation.combine import mitigate
 STAGE = "mitigate"
 
 
+async def publish_result(
+    runtime: Runtime, table, *, workflow_id: str, request: dict, prepared: PreparedJob,
+    counts: list[dict[str, int]], seed_simulator: int, mode: str, fallback_reason: str | None,
+    accepted_at_ms: int, preprocess_s: float, execute_s: float, **entry: object,
+) -> None:
+    """Mitigate the job's counts, then store and publish its JobResult (stored first);
+    `entry`: more fields for the workflow's table entry."""
+    started = time.perf_counter()
+    try:
+        outcome = await in_thread(runtime, mitigate, prepared, counts)
+    except Exception as error:
+        raise StageFailure(workflow_id, error, stage=STAGE) from error
+    completed_at_ms = now_ms()
+    submitted_ms = request.get("submitted_at_ms") or accepted_at_ms
+    timings = {
+        "queued_s": max(0.0, (accepted_at_ms - submitted_ms) / 1000),
+        "preprocess_s": preprocess_s,
+        "execute_s": execute_s,
+        "mitigate_s": time.perf_counter() - started,
+        "end_to_end_s": max(0.0, (completed_at_ms - submitted_ms) / 1000),
+    }
+    result = build_result(
+        request=request,
+        prepared=prepared,
+        counts=counts,
+        mitigation=outcome,
+        seed_simulator=seed_simulator,
+        mode=mode,
+        fallback_reason=fallback_reason,
+        timings=timings,
+        completed_at_ms=completed_at_ms,
+    )
+    encoded = codec("JobResult").encode(result)
+    # The stored bytes reach the broker before the result does: a crash in between
+    # re-publishes these exact bytes instead of a second, differently timed answer.
+    mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode(), **entry)
+    await runtime.flush()
+    await runtime.send("results", workflow_id, encoded)
+    await runtime.status(workflow_id, "done", STAGE)
+
+
 def register(app, runtime: Runtime, table) -> None:
     async def handle(source: SourceRecord) -> None:
         task = codec("MitigateTask").decode(source.value)
@@ -30,41 +71,18 @@ def register(app, runtime: Runtime, table) -> None:
             return "duplicate"  # exactly-once: the result went out with the table entry
         if await republish_stored_result(runtime, table, workflow_id):
             return
-        started = time.perf_counter()
         try:
             request = codec("JobRequest").decode(task["request"])
             prepared = PreparedJob.from_bytes(task["prepared"])
             counts = json.loads(task["counts_json"])
-            outcome = await in_thread(runtime, mitigate, prepared, counts)
         except Exception as error:
             raise StageFailure(workflow_id, error) from error
-        completed_at_ms = now_ms()
-        submitted_ms = request.get("submitted_at_ms") or task["accepted_at_ms"]
-        timings = {
-            "queued_s": max(0.0, (task["accepted_at_ms"] - submitted_ms) / 1000),
-            "preprocess_s": task["preprocess_s"],
-            "execute_s": task["execute_s"],
-            "mitigate_s": time.perf_counter() - started,
-            "end_to_end_s": max(0.0, (completed_at_ms - submitted_ms) / 1000),
-        }
-        result = build_result(
-            request=request,
-            prepared=prepared,
-            counts=counts,
-            mitigation=outcome,
-            seed_simulator=task["seed_simulator"],
-            mode=task["mode"],
-            fallback_reason=task["fallback_reason"],
-            timings=timings,
-            completed_at_ms=completed_at_ms,
+        await publish_result(
+            runtime, table, workflow_id=workflow_id, request=request, prepared=prepared,
+            counts=counts, seed_simulator=task["seed_simulator"], mode=task["mode"],
+            fallback_reason=task["fallback_reason"], accepted_at_ms=task["accepted_at_ms"],
+            preprocess_s=task["preprocess_s"], execute_s=task["execute_s"],
         )
-        encoded = codec("JobResult").encode(result)
-        # The stored bytes reach the broker before the result does: a crash in between
-        # re-publishes these exact bytes instead of a second, differently timed answer.
-        mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode())
-        await runtime.flush()
-        await runtime.send("results", workflow_id, encoded)
-        await runtime.status(workflow_id, "done", STAGE)
 
     @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1)
     async def mitigate_stage(stream):

@@ -16,6 +16,8 @@ from streams.agents.common import (
     new_guard,
     process_guarded,
 )
+from streams.agents.execution import JobRunner
+from streams.agents.fused import republish_after_redelivery, run_fused
 from streams.cancel import handle_cancel, is_cancel
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
@@ -112,6 +114,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
 
 def register(app, runtime: Runtime, table) -> None:
     runtime.attempts = runtime.attempts or AttemptLedger(runtime)
+    runner = JobRunner(runtime, table)
 
     @app.task
     async def start_sandboxes():
@@ -143,6 +146,7 @@ def register(app, runtime: Runtime, table) -> None:
             )
         if admission.decision is Decision.DUPLICATE:
             metrics.DUPLICATES.inc()
+            await republish_after_redelivery(runtime, table, workflow_id, previous, source)
             await runtime.status(
                 workflow_id, "duplicate", STAGE, detail=f"already {admission.previous_state}"
             )
@@ -188,6 +192,13 @@ def register(app, runtime: Runtime, table) -> None:
             "fallback_reason": fallback_reason,
             "estimate_usd": estimate,
         }
+        if runtime.settings.fused_stages:
+            await runtime.status(
+                workflow_id, "prepared", STAGE,
+                detail=f"{len(prepared.tasks)} circuits on {prepared.backend}",
+            )
+            return await run_fused(runtime, table, runner, source, request,
+                                   prepared.to_bytes(), task)
         await runtime.send(execute_lane(source.topic), workflow_id,
                            codec("ExecuteTask").encode(task))
         table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}

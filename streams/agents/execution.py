@@ -1,0 +1,240 @@
+"""Running one prepared job on its backend: the rules the execute stage and the fused path share.
+
+A backend call goes through the backend's circuit breaker, bounded by the call timeout and
+the job's deadline. A retryable failure is retried alone (bounded exponential backoff with
+jitter); when retries run out, the breaker is open or the deadline has passed, the job's
+fallback policy decides between a fallback target and a dead letter (StageFailure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from fallback.classical import run_classical
+from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
+from schemas.codec import codec
+from streams import accounting, metrics
+from streams.agents.common import StageFailure, in_thread, mark
+from streams.deadletter import SourceRecord, is_retryable
+from streams.runtime import Runtime, now_ms
+from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
+from workers.execution.breaker import BreakerOpen
+from workers.execution.preparation import PreparedJob, execute, prepare
+from workers.jobs import JobSpec
+from workers.seeds import job_seed
+
+STAGE = "execute"
+ALREADY_EXECUTED = frozenset({"executed", "done"})
+
+
+@dataclass
+class Job:
+    """One job to run: its ExecuteTask fields, its request and its prepared circuits."""
+
+    source: SourceRecord
+    task: dict
+    request: dict
+    prepared: PreparedJob
+    seed: int
+
+    @property
+    def workflow_id(self) -> str:
+        return self.task["workflow_id"]
+
+    @property
+    def deadline_ms(self) -> int | None:
+        budget = self.request.get("deadline_ms")
+        if budget is None:
+            return None
+        start = self.request.get("submitted_at_ms") or self.task["accepted_at_ms"]
+        return start + budget
+
+    @classmethod
+    def of(cls, source: SourceRecord, task: dict, request: dict,
+           prepared: PreparedJob) -> Job:
+        return cls(source, task, request, prepared, job_seed(task["workflow_id"], request["seed"]))
+
+
+@dataclass
+class Executed:
+    counts: list[dict[str, int]]
+    prepared: PreparedJob
+    seconds: float
+    mode: str = "quantum"
+    fallback_reason: str | None = None
+    charged_backend: str | None = None
+
+
+def decode_job(source: SourceRecord) -> Job:
+    """A stage.execute record (ExecuteTask) as a Job."""
+    task = codec("ExecuteTask").decode(source.value)
+    try:
+        request = codec("JobRequest").decode(task["request"])
+        prepared = PreparedJob.from_bytes(task["prepared"])
+    except Exception as error:
+        raise StageFailure(task["workflow_id"], error) from error
+    return Job.of(source, task, request, prepared)
+
+
+class JobRunner:
+    """Runs jobs of one worker: breaker, timeout, deadline, retries, fallbacks, the charge."""
+
+    def __init__(self, runtime: Runtime, table) -> None:
+        self.runtime = runtime
+        self.table = table
+        self.settings = runtime.settings
+
+    def state(self, job: Job) -> str | None:
+        return (self.table.get(job.workflow_id) or {}).get("state")
+
+    def already_executed(self, job: Job) -> bool:
+        return self.state(job) in ALREADY_EXECUTED
+
+    def cancelled(self, job: Job) -> bool:
+        return self.state(job) == "cancelled"
+
+    def runnable(self, job: Job) -> bool:
+        return (not self.already_executed(job) and not self.cancelled(job)
+                and job.task.get("fallback_reason") is None)
+
+    @staticmethod
+    def past_deadline(job: Job) -> bool:
+        return job.deadline_ms is not None and now_ms() > job.deadline_ms
+
+    async def run(self, job: Job, outcome: object = None, share: float = 0.0) -> Executed:
+        """The job's counts: from `outcome` (its slot of a batch call: counts, an error, or
+        None when it was not in one) or from calls of its own, else from its fallbacks."""
+        started = time.perf_counter()
+        reason = job.task.get("fallback_reason")
+        cause: BaseException = BudgetExceeded(reason or "")
+        if reason is None and self.past_deadline(job):
+            reason = FallbackReason.DEADLINE_MISSED.value
+            cause = DeadlineExceeded(f"deadline passed before {job.prepared.backend} ran it")
+        elif reason is None and isinstance(outcome, list):
+            return Executed(outcome, job.prepared, share, charged_backend=job.prepared.backend)
+        elif reason is None:
+            if isinstance(outcome, BaseException) and not is_retryable(outcome):
+                raise StageFailure(job.workflow_id, outcome)
+            try:
+                counts = await self.run_with_retries(job, failed_in_batch=outcome is not None)
+                return Executed(counts, job.prepared, time.perf_counter() - started,
+                                charged_backend=job.prepared.backend)
+            except BreakerOpen as error:
+                reason, cause = FallbackReason.BREAKER_OPEN.value, error
+            except DeadlineExceeded as error:
+                reason, cause = FallbackReason.DEADLINE_MISSED.value, error
+            except Exception as error:
+                if not is_retryable(error):
+                    raise StageFailure(job.workflow_id, error) from error
+                reason, cause = FallbackReason.RETRIES_EXHAUSTED.value, error
+        return await self.run_fallback(job, reason, cause)
+
+    async def call_backend(self, job: Job, prepared: PreparedJob) -> list[dict[str, int]]:
+        """One attempt, behind the breaker, bounded by the call timeout and the deadline."""
+        runtime = self.runtime
+        breaker = runtime.breakers.for_backend(prepared.backend)
+        if not breaker.allow():
+            raise BreakerOpen(prepared.backend, breaker.retry_after_s())
+        timeout = self.settings.execute_timeout_s
+        if job.deadline_ms is not None:
+            timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
+        try:
+            counts = await asyncio.wait_for(
+                in_thread(runtime, execute, prepared, runtime.registry, job.seed), timeout
+            )
+        except TimeoutError:
+            breaker.record_failure()
+            if self.past_deadline(job):
+                raise DeadlineExceeded(
+                    f"no answer from {prepared.backend} before the deadline"
+                ) from None
+            raise BackendUnavailable(
+                f"{prepared.backend} took longer than {timeout:.0f}s"
+            ) from None
+        except Exception as error:
+            if is_retryable(error):
+                breaker.record_failure()
+            raise
+        breaker.record_success()
+        return counts
+
+    async def run_with_retries(
+        self, job: Job, failed_in_batch: bool, prepared: PreparedJob | None = None
+    ) -> list[dict[str, int]]:
+        """Attempts on the job alone; after a failed batch call, the first is a retry.
+        `prepared`: the job prepared for a fallback backend (default: its own)."""
+        settings = self.settings
+        prepared = prepared or job.prepared
+        done_before = 1 if failed_in_batch else 0
+        if done_before and settings.execute_retries == 0:
+            raise BackendUnavailable(f"{prepared.backend} failed and retries are off")
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(
+                lambda e: is_retryable(e) and not isinstance(e, BreakerOpen)
+            ),
+            stop=stop_after_attempt(1 + settings.execute_retries - done_before),
+            wait=wait_exponential_jitter(
+                initial=settings.retry_backoff_s, max=settings.retry_backoff_max_s
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number + done_before
+                if number > 1:
+                    metrics.RETRIES.labels(prepared.backend).inc()
+                    await self.runtime.status(job.workflow_id, "retrying", STAGE, attempt=number)
+                return await self.call_backend(job, prepared)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def run_fallback(self, job: Job, reason: str, cause: BaseException) -> Executed:
+        runtime, settings = self.runtime, self.settings
+        policy = FallbackPolicy.from_list(job.request.get("fallback"))
+        tried = {job.prepared.backend}
+        last_error: BaseException = cause
+        while (target := policy.next_target(tried)) is not None:
+            tried.add(target)
+            metrics.FALLBACKS.labels(reason).inc()
+            await runtime.status(job.workflow_id, "fallback", STAGE, detail=f"{target}: {reason}")
+            started = time.perf_counter()
+            try:
+                if target == CLASSICAL:
+                    counts = await in_thread(runtime, run_classical, job.prepared, job.seed,
+                                             settings.fallback_max_qubits)
+                    return Executed(counts, job.prepared, time.perf_counter() - started,
+                                    "fallback", reason, charged_backend=None)
+                spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
+                prepared = await in_thread(runtime, prepare, spec, runtime.registry,
+                                           runtime.cache, settings.limits, runtime.readout_cache)
+                # Each fallback backend (any vendor) on its own terms: its price against the
+                # job's limit and the tenant's budget, then its breaker, retries and deadline.
+                accounting.check_budget(runtime, job.request,
+                                        accounting.estimate_usd(runtime, prepared))
+                counts = await self.run_with_retries(job, False, prepared)
+                return Executed(counts, prepared, time.perf_counter() - started,
+                                "fallback", reason, charged_backend=target)
+            except QlaneError as error:
+                last_error = error
+        raise StageFailure(job.workflow_id, last_error)
+
+    async def charge_once(self, job: Job, executed: Executed) -> None:
+        """Publish the job's cost event unless its workflow was charged already (a task run
+        again after a crash between the charge and the hand-over)."""
+        if (self.table.get(job.workflow_id) or {}).get("charged"):
+            return
+        await accounting.charge(
+            self.runtime, request=job.request, prepared=executed.prepared,
+            partition=job.source.partition, simulated_seconds=executed.seconds,
+            estimate=job.task.get("estimate_usd") or 0.0,
+            charged_backend=executed.charged_backend,
+        )
+
+    def mark_charged(self, job: Job, state: str | None = None) -> None:
+        entry = self.table.get(job.workflow_id)
+        if entry is not None:
+            mark(self.table, job.workflow_id, state or entry.get("state"), charged=True)

@@ -1,0 +1,94 @@
+"""The fused path: a job's execute and mitigate steps on its jobs-topic record.
+
+With `fused_stages` on, the preprocess stage runs a prepared job to its result itself
+instead of handing it on through stage.execute and stage.mitigate: two hops, two stage
+records, two fetches and, on exactly-once, two of the three transaction commits a job waits
+for are gone (measured in docs/performance.md). What the stages promise is kept:
+
+* the same rules for the backend call (breaker, timeout, deadline, retries, fallbacks:
+  streams/agents/execution.py) and the same counts (one job per backend call, which the
+  batched call reproduces exactly);
+* a record in a backend call when its worker dies is marked in the attempt ledger first
+  (streams/poison.py), so a record that kills workers is dead-lettered after
+  `sandbox_attempts` instead of taking every worker down in turn;
+* the result's bytes are stored in the workflow's table entry before they are published;
+  the job record redelivered after a crash (at-least-once) publishes those bytes again, and
+  on exactly-once the result, the cost, the table entry and the record's offset commit
+  together;
+* statuses as on the staged path: executing (stage execute), done (stage mitigate); a
+  failure of either step names that step in its dead letter;
+* `qlane_jobs_total` counts each step once per job under its own stage, as the staged path
+  does (failures under the step that failed); `qlane_stage_duration_seconds` has the
+  execute and mitigate steps on their own, and under preprocess the whole record.
+
+Jobs run one at a time (no batch call across jobs: the in-process loops show batching gains
+little on a local simulator, and a lone job does not wait for company).
+"""
+
+from __future__ import annotations
+
+import time
+
+from streams import metrics, transactions
+from streams.agents import execution
+from streams.agents.common import StageFailure, StepOutcome, count_step
+from streams.agents.execution import Job, JobRunner
+from streams.agents.mitigate import publish_result
+from streams.deadletter import SourceRecord
+from streams.poison import InFlight
+from streams.results import republish_stored_result
+from streams.runtime import Runtime
+from workers.execution.preparation import PreparedJob
+
+
+async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRecord,
+                    request: dict, prepared_bytes: bytes, task: dict) -> StepOutcome:
+    """Execute and mitigate an accepted, prepared job; returns the record's outcome."""
+    workflow_id = task["workflow_id"]
+    count_step("preprocess", "ok")
+    try:
+        prepared = PreparedJob.from_bytes(prepared_bytes)
+    except Exception as error:
+        raise StageFailure(workflow_id, error, stage=execution.STAGE) from error
+    job = Job.of(source, task, request, prepared)
+    runtime.apply_controls(prepared.backend)
+    flight = InFlight(runtime, execution.STAGE, [source])
+    await flight.load()
+    if flight.poisoned():
+        error = flight.poison_error(source.address)
+        raise StageFailure(workflow_id, error, error.attempts, stage=execution.STAGE)
+    await runtime.status(workflow_id, "executing", execution.STAGE, detail=prepared.backend)
+    await flight.running([source.address])
+    started = time.perf_counter()
+    try:
+        executed = await runner.run(job)
+    except StageFailure as failure:
+        failure.stage = failure.stage or execution.STAGE
+        raise
+    finally:
+        await flight.finished([source.address])
+    await runner.charge_once(job, executed)
+    count_step(execution.STAGE, "fallback" if executed.mode == "fallback" else "ok",
+               time.perf_counter() - started)
+    started = time.perf_counter()
+    await publish_result(
+        runtime, table, workflow_id=workflow_id, request=request, prepared=executed.prepared,
+        counts=executed.counts, seed_simulator=job.seed, mode=executed.mode,
+        fallback_reason=executed.fallback_reason, accepted_at_ms=task["accepted_at_ms"],
+        preprocess_s=task["preprocess_s"], execute_s=executed.seconds,
+        charged=True, fused=True,
+    )
+    metrics.STAGE_DURATION.labels("mitigate").observe(time.perf_counter() - started)
+    return StepOutcome("mitigate", "ok")
+
+
+async def republish_after_redelivery(runtime: Runtime, table, workflow_id: str,
+                                     entry: dict, source: SourceRecord) -> bool:
+    """The job record of a workflow the fused path finished, handled again after a crash
+    between storing its result and publishing it: publish the stored bytes (at-least-once;
+    on exactly-once the result was committed with the entry)."""
+    if not entry.get("fused") or entry.get("source") != source.address:
+        return False
+    if transactions.already_committed(runtime.app, table, workflow_id):
+        return False
+    return await republish_stored_result(runtime, table, workflow_id)
