@@ -200,11 +200,13 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 5.0
 
     # Throughput (issue 14; measured in docs/performance.md).
-    fused_stages: bool = Field(
-        False, description="run a job's execute and mitigate steps right after its "
-        "preprocessing, on its jobs-topic record (streams/agents/fused.py), instead of "
-        "handing it on through stage.execute and stage.mitigate: two hops and, on "
-        "exactly-once, two transaction commits fewer per job; no batch call across jobs",
+    fused_path: Literal["off", "idle", "always"] = Field(
+        "idle", description="when the preprocess stage runs a job's execute and mitigate "
+        "steps itself, on its jobs-topic record (streams/agents/fused.py), instead of handing "
+        "it on through stage.execute and stage.mitigate: `idle` = when no other record waits "
+        "behind it in its partition (a lone job skips two hops and, on exactly-once, two "
+        "transaction commits; a backlog keeps the stages' overlap and batch calls), `always`, "
+        "or `off`",
     )
     status_progress_events: bool = Field(
         True, description="publish the accepted, prepared and executing statuses; false: only "

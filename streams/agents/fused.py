@@ -21,13 +21,17 @@ for are gone (measured in docs/performance.md). What the stages promise is kept:
   does (failures under the step that failed); `qlane_stage_duration_seconds` has the
   execute and mitigate steps on their own, and under preprocess the whole record.
 
-Jobs run one at a time (no batch call across jobs: the in-process loops show batching gains
-little on a local simulator, and a lone job does not wait for company).
+A fused job runs alone: no batch call with other jobs, and no overlap of its preparation
+(in a sandbox process) with another job's backend call, which the staged path has. So
+`fused_path=idle` (the default) fuses a job only when nothing waits behind it in its
+partition: a lone job gets the short path, a backlog the stages (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import time
+
+from faust.types import TP
 
 from streams import metrics, transactions
 from streams.agents import execution
@@ -39,6 +43,22 @@ from streams.poison import InFlight
 from streams.results import republish_stored_result
 from streams.runtime import Runtime
 from workers.execution.preparation import PreparedJob
+
+
+def fuses(runtime: Runtime, source: SourceRecord) -> bool:
+    """Whether this job record takes the fused path (settings.fused_path)."""
+    mode = runtime.settings.fused_path
+    if mode != "idle":
+        return mode == "always"
+    consumer = getattr(runtime.app, "consumer", None)
+    try:
+        highwater = consumer.highwater(TP(source.topic, source.partition))
+    except Exception:  # no consumer (tests) or a partition moving in a rebalance
+        return True
+    if highwater is None:
+        return True
+    # One record behind may be the marker of a transactional producer's commit.
+    return highwater - source.offset - 1 <= 1
 
 
 async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRecord,

@@ -17,7 +17,7 @@ from streams.agents.common import (
     process_guarded,
 )
 from streams.agents.execution import JobRunner
-from streams.agents.fused import republish_after_redelivery, run_fused
+from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.cancel import handle_cancel, is_cancel
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
@@ -192,7 +192,7 @@ def register(app, runtime: Runtime, table) -> None:
             "fallback_reason": fallback_reason,
             "estimate_usd": estimate,
         }
-        if runtime.settings.fused_stages:
+        if fuses(runtime, source):
             await runtime.status(
                 workflow_id, "prepared", STAGE,
                 detail=f"{len(prepared.tasks)} circuits on {prepared.backend}",
