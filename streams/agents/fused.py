@@ -24,7 +24,9 @@ for are gone (measured in docs/performance.md). What the stages promise is kept:
 A fused job runs alone: no batch call with other jobs, and no overlap of its preparation
 (in a sandbox process) with another job's backend call, which the staged path has. So
 `fused_path=idle` (the default) fuses a job only when nothing waits behind it in its
-partition: a lone job gets the short path, a backlog the stages (docs/performance.md).
+partition: a lone job gets the short path, a backlog the stages (docs/performance.md). A
+cancel sent right after its job is such a record behind it, so the job takes the stages and
+the cancel still finds it queued; with `always`, a cancel behind its job comes too late.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from qiskit import qasm3
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from streams.client import job_request, read_topic
-from tests.support import submit_and_wait, wait_for
+from tests.support import submit_and_wait, topic_records, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -99,6 +99,31 @@ def test_counts_match_exact_distribution(settings, worker):
     # The expected TVD of an empirical distribution is about sum_k sqrt(p_k/(2*pi*N)).
     expected = sum(math.sqrt(p * (1 - p) / (2 * math.pi * shots)) for p in exact.values())
     assert tvd < 3 * expected + 1e-3, (tvd, expected)
+
+
+def test_lone_jobs_take_the_fused_path_and_a_burst_the_stages_with_equal_results(
+        settings, worker):
+    """fused_path=idle (the default): a job with nothing behind it runs to its result on its
+    jobs record; a burst goes through stage.execute and stage.mitigate. Same seed, same
+    counts and estimates on both paths; the same statuses."""
+    ghz = {"circuit": GHZ3, "shots": 3000, "backend": "aer.noisy", "seed": 1234,
+           "observables": [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]}
+    lone = job_request(workflow_id=wf("lone"), **ghz)
+    lone_outcome = submit_and_wait(settings, [lone])[lone["workflow_id"]]
+    assert lone_outcome.state == "done", lone_outcome.detail
+    burst = [job_request(workflow_id=wf(f"burst{i}"), **ghz) for i in range(12)]
+    outcomes = submit_and_wait(settings, burst, timeout_s=120)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    staged = {record.key.decode() for record in topic_records(settings, "stage.execute", 10)}
+    assert lone["workflow_id"] not in staged
+    assert staged & {job["workflow_id"] for job in burst}, "no job of the burst was staged"
+    for outcome in outcomes.values():
+        assert outcome.result["circuits"][0]["counts"] == \
+            lone_outcome.result["circuits"][0]["counts"]
+        assert outcome.result["expectations"] == lone_outcome.result["expectations"]
+        assert [s for s in outcome.history if s != "duplicate"] == \
+            ["accepted", "prepared", "executing", "done"]
+    assert lone_outcome.history == ["accepted", "prepared", "executing", "done"]
 
 
 def results_for(settings, workflow_id: str) -> list[bytes]:
