@@ -163,7 +163,10 @@ class Client:
             if remaining <= 0 or not keep_waiting():
                 break
             batch = await self.watcher.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
-            for records in batch.values():
+            # Statuses first: a job's last statuses and its result can become visible in one
+            # fetch (one transaction on exactly-once), and the history should hold them.
+            for _tp, records in sorted(batch.items(),
+                                      key=lambda item: item[0].topic not in self.status_topics):
                 for record in records:
                     self._apply(outcomes, record, on_event)
         duplicates = [o for o in outcomes.values() if o.state == "duplicate" and o.result is None]

@@ -105,7 +105,7 @@ def test_lone_jobs_take_the_fused_path_and_a_burst_the_stages_with_equal_results
         settings, worker):
     """fused_path=idle (the default): a job with nothing behind it runs to its result on its
     jobs record; a burst goes through stage.execute and stage.mitigate. Same seed, same
-    counts and estimates on both paths; the same statuses."""
+    counts and estimates on both paths; the same statuses before the result."""
     ghz = {"circuit": GHZ3, "shots": 3000, "backend": "aer.noisy", "seed": 1234,
            "observables": [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]}
     lone = job_request(workflow_id=wf("lone"), **ghz)
@@ -121,9 +121,9 @@ def test_lone_jobs_take_the_fused_path_and_a_burst_the_stages_with_equal_results
         assert outcome.result["circuits"][0]["counts"] == \
             lone_outcome.result["circuits"][0]["counts"]
         assert outcome.result["expectations"] == lone_outcome.result["expectations"]
-        assert [s for s in outcome.history if s != "duplicate"] == \
-            ["accepted", "prepared", "executing", "done"]
-    assert lone_outcome.history == ["accepted", "prepared", "executing", "done"]
+        # "done" follows the result, so the client may stop reading before it.
+        assert outcome.history[:3] == ["accepted", "prepared", "executing"], outcome.history
+    assert lone_outcome.history[:3] == ["accepted", "prepared", "executing"]
 
 
 def results_for(settings, workflow_id: str) -> list[bytes]:
