@@ -21,9 +21,12 @@ from tests.support import BELL, session_settings
 
 
 @pytest.mark.parametrize("broker_address", ["kafka"], indirect=True)
+@pytest.mark.parametrize("fused_path", ["idle", "always"])
 def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
-    broker_address, tmp_path, report
+    broker_address, fused_path, tmp_path, report
 ):
+    """`idle` (the default): the burst goes through the stages; `always`: every job is
+    executed and mitigated on its jobs record (streams/agents/fused.py), one transaction."""
     settings = session_settings(*broker_address, tag="eos")
     assert settings.effective_processing_guarantee == "exactly_once"
     asyncio.run(ensure_topics(settings))
@@ -32,7 +35,7 @@ def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     jobs = [job_request(workflow_id=f"eos-{i}-{uuid.uuid4().hex[:6]}", circuit=BELL, shots=64)
             for i in range(count)]
     ids = [job["workflow_id"] for job in jobs]
-    workers = Workers(settings, tmp_path, count=1)
+    workers = Workers(settings, tmp_path, count=1, env={"QLANE_FUSED_PATH": fused_path})
     workers.start_all()
     try:
         submit(settings, jobs)
