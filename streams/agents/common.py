@@ -18,7 +18,6 @@ from streams.runtime import Runtime, now_ms
 log = logging.getLogger("qlane")
 
 
-
 @dataclass(frozen=True)
 class StepOutcome:
     """A handler's outcome when its record went through later steps too (the fused path):

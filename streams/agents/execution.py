@@ -19,7 +19,7 @@ from fallback.classical import run_classical
 from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
 from streams import accounting, metrics
-from streams.agents.common import StageFailure, in_thread, mark
+from streams.agents.common import StageFailure, in_thread
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime, now_ms
 from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
@@ -233,8 +233,3 @@ class JobRunner:
             estimate=job.task.get("estimate_usd") or 0.0,
             charged_backend=executed.charged_backend,
         )
-
-    def mark_charged(self, job: Job, state: str | None = None) -> None:
-        entry = self.table.get(job.workflow_id)
-        if entry is not None:
-            mark(self.table, job.workflow_id, state or entry.get("state"), charged=True)

@@ -192,20 +192,15 @@ def register(app, runtime: Runtime, table) -> None:
             "fallback_reason": fallback_reason,
             "estimate_usd": estimate,
         }
+        detail = f"{len(prepared.tasks)} circuits on {prepared.backend}"
         if fuses(runtime, source):
-            await runtime.status(
-                workflow_id, "prepared", STAGE,
-                detail=f"{len(prepared.tasks)} circuits on {prepared.backend}",
-            )
+            await runtime.status(workflow_id, "prepared", STAGE, detail=detail)
             return await run_fused(runtime, table, runner, source, request,
                                    prepared.to_bytes(), task)
         await runtime.send(execute_lane(source.topic), workflow_id,
                            codec("ExecuteTask").encode(task))
         table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}
-        await runtime.status(
-            workflow_id, "prepared", STAGE,
-            detail=f"{len(prepared.tasks)} circuits on {prepared.backend}",
-        )
+        await runtime.status(workflow_id, "prepared", STAGE, detail=detail)
 
     def execute_lane(topic: str) -> str:
         """The execute stage topic (short name) of the lane the job came in on."""
