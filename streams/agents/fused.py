@@ -25,8 +25,10 @@ A fused job runs alone: no batch call with other jobs, and no overlap of its pre
 (in a sandbox process) with another job's backend call, which the staged path has. So
 `fused_path=idle` (the default) fuses a job only when nothing waits behind it in its
 partition: a lone job gets the short path, a backlog the stages (docs/performance.md). A
-cancel sent right after its job is such a record behind it, so the job takes the stages and
-the cancel still finds it queued; with `always`, a cancel behind its job comes too late.
+cancel already behind its job when the job is handled is such a record, so the job takes the
+stages and the cancel finds it queued; a cancel that comes while a fused job runs finds it
+done, as one that comes during a staged job's backend call finds it running. With `always`,
+a cancel behind its job always comes too late.
 """
 
 from __future__ import annotations
