@@ -525,12 +525,17 @@ def install(transport_cls) -> None:
     transport_cls.TransactionManager = TransactionManager
 
 
+def exactly_once(app) -> bool:
+    """Whether the app handles records in transactions (the kafka profile's default)."""
+    return app is not None and bool(getattr(app, "in_transaction", False))
+
+
 def already_committed(app, table, workflow_id: str) -> bool:
     """On exactly-once, whether the workflow's result was already sent: its table entry
     says done, and the table's changelog writes go in the same transactions as the result,
     so that transaction is committed (or this worker dies with it). A record handled again
     then sends nothing; re-publishing the stored result is the at-least-once answer."""
-    if app is None or not app.in_transaction:
+    if not exactly_once(app):
         return False
     entry = table.get(workflow_id) or {}
     return entry.get("state") == "done" and bool(entry.get("result"))
@@ -539,7 +544,7 @@ def already_committed(app, table, workflow_id: str) -> bool:
 async def checkpoint(app) -> None:
     """Commit the current record's writes so far (exactly-once only; see
     TransactionManager.checkpoint). Call it where the record's state is consistent."""
-    if app is None or not app.in_transaction:
+    if not exactly_once(app):
         return
     event = faust_streams.current_event()
     if event is not None:
@@ -553,7 +558,7 @@ async def record(app, event):
     The event is acknowledged before the gate opens, so that a commit sees either the
     record's outputs together with its offset, or neither.
     """
-    if event is None or not app.in_transaction:
+    if event is None or not exactly_once(app):
         yield
         return
     async with app.consumer.transactions.record(event):

@@ -1,6 +1,6 @@
 """The fused path: a job's execute and mitigate steps on its jobs-topic record.
 
-With `fused_stages` on, the preprocess stage runs a prepared job to its result itself
+When `fused_path` says so, the preprocess stage runs a prepared job to its result itself
 instead of handing it on through stage.execute and stage.mitigate: two hops, two stage
 records, two fetches and, on exactly-once, two of the three transaction commits a job waits
 for are gone (measured in docs/performance.md). What the stages promise is kept:

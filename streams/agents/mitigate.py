@@ -59,7 +59,7 @@ async def publish_result(
     # between re-publishes these exact bytes instead of a second, differently timed answer.
     # Exactly once, both go in one transaction: no round trip to wait for.
     mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode(), **entry)
-    if not getattr(runtime.app, "in_transaction", False):
+    if not transactions.exactly_once(runtime.app):
         await runtime.flush()
     await runtime.send("results", workflow_id, encoded)
     await runtime.status(workflow_id, "done", STAGE)
