@@ -66,6 +66,7 @@ class Runtime:
     paused_stages: set = field(default_factory=set)
     controls: object = None  # the `controls` GlobalTable, set by streams.control
     sandbox: object = None  # workers.circuits.sandbox.SandboxPool, started with the worker
+    simulator: object = None  # its SIMULATE pool when settings.simulator_process
     attempts: object = None  # streams.poison.AttemptLedger, set by the stages
     lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
     gates: dict = field(default_factory=dict)  # stage -> streams.lanes.LaneGate

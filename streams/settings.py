@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         1024, ge=64, description="address space above the sandbox's own baseline (RLIMIT_AS)"
     )
     sandbox_output_mb: int = Field(16, ge=1, description="largest prepared job it may return")
+    simulator_process: bool = Field(
+        False, description="run aer.ideal / aer.noisy calls in a sandbox process: Aer holds "
+        "the interpreter lock while it simulates, so in the worker it stalls the event loop "
+        "and Kafka I/O; there the worker's Kafka work overlaps the simulation (a second core), "
+        "and a call past execute_timeout_s kills the process, not a thread left running")
     sandbox_attempts: int = Field(
         2, ge=1, description="attempts on a record that kills or times out its sandbox (or "
         "crashes the execute stage), counted across restarts, before it is dead-lettered",

@@ -22,7 +22,15 @@ from faust import streams as faust_streams
 from schemas.codec import codec
 from streams import metrics
 from streams.agents.common import first_time, in_thread, mark, new_guard, process_guarded
-from streams.agents.execution import Executed, Job, JobRunner, decode_job
+from streams.agents.execution import (
+    Executed,
+    Job,
+    JobRunner,
+    decode_job,
+    in_simulator_process,
+    simulate_batch,
+    start_simulator,
+)
 from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
 from streams.poison import InFlight, poison_handler
@@ -40,6 +48,10 @@ def register(app, runtime: Runtime, table) -> None:
     # Jobs decoded for the current batch call, by source address: each record's handle()
     # takes its own instead of decoding the task (and unpacking its circuits) a second time.
     decoded: dict[str, Job] = {}
+
+    @app.task
+    async def start_simulator_process():
+        start_simulator(runtime)  # warms up while the worker joins its group
 
     async def run_batch(sources: list[SourceRecord]) -> dict[str, object]:
         """One backend call per backend for the whole batch: address -> counts | error."""
@@ -59,10 +71,13 @@ def register(app, runtime: Runtime, table) -> None:
         metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
         started = time.perf_counter()
         try:
-            outcomes = await in_thread(
-                runtime, functools.partial(execute_batch, breakers=runtime.breakers),
-                [(j.prepared, j.seed) for j in jobs], runtime.registry,
-            )
+            if in_simulator_process(runtime, {j.prepared.backend for j in jobs}):
+                outcomes = await simulate_batch(runtime, jobs)
+            else:
+                outcomes = await in_thread(
+                    runtime, functools.partial(execute_batch, breakers=runtime.breakers),
+                    [(j.prepared, j.seed) for j in jobs], runtime.registry,
+                )
         except Exception:  # never lose the stage to a batch: run the records one by one
             log.exception("batch of %d jobs failed as a whole; running them one by one",
                           len(jobs))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -22,13 +23,24 @@ from streams import accounting, metrics
 from streams.agents.common import StageFailure, in_thread
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime, now_ms
-from workers.errors import BackendUnavailable, BudgetExceeded, DeadlineExceeded, QlaneError
+from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
+from workers.errors import (
+    BackendUnavailable,
+    BudgetExceeded,
+    DeadlineExceeded,
+    QlaneError,
+    SandboxCrashed,
+    SandboxTimeout,
+)
+from workers.execution.batching import Outcome
 from workers.execution.breaker import BreakerOpen
 from workers.execution.preparation import PreparedJob, execute, prepare
+from workers.execution.simulator import outcomes_of, request_for, simulated_here
 from workers.jobs import JobSpec
 from workers.seeds import job_seed
 
 STAGE = "execute"
+SIMULATOR_START_S = 60.0  # how long a call may wait for a simulator process to start
 ALREADY_EXECUTED = frozenset({"executed", "done"})
 
 
@@ -41,6 +53,7 @@ class Job:
     request: dict
     prepared: PreparedJob
     seed: int
+    prepared_bytes: bytes | None = None  # what `prepared` was decoded from, when at hand
 
     @property
     def workflow_id(self) -> str:
@@ -56,8 +69,15 @@ class Job:
 
     @classmethod
     def of(cls, source: SourceRecord, task: dict, request: dict,
-           prepared: PreparedJob) -> Job:
-        return cls(source, task, request, prepared, job_seed(task["workflow_id"], request["seed"]))
+           prepared: PreparedJob, prepared_bytes: bytes | None = None) -> Job:
+        return cls(source, task, request, prepared, job_seed(task["workflow_id"], request["seed"]),
+                   prepared_bytes)
+
+    def bytes_of(self, prepared: PreparedJob) -> bytes:
+        """`prepared` as bytes: the job's own as received, a fallback's packed now."""
+        if prepared is self.prepared and self.prepared_bytes is not None:
+            return self.prepared_bytes
+        return prepared.to_bytes()
 
 
 @dataclass
@@ -78,7 +98,73 @@ def decode_job(source: SourceRecord) -> Job:
         prepared = PreparedJob.from_bytes(task["prepared"])
     except Exception as error:
         raise StageFailure(task["workflow_id"], error) from error
-    return Job.of(source, task, request, prepared)
+    return Job.of(source, task, request, prepared, task["prepared"])
+
+
+async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
+                   wall_s: float) -> list[Outcome]:
+    """Outcomes of (prepared bytes, seed, backend) items run in the simulator process, the
+    call bounded by `wall_s` (the process is killed past it: SandboxTimeout)."""
+    request = request_for(runtime.registry, items, cpu_s=math.ceil(wall_s))
+    header, _ = await runtime.simulator.run_exchange(request, wall_s)
+    return outcomes_of(header, len(items))
+
+
+def start_simulator(runtime: Runtime) -> None:
+    """The simulator process pool, when the settings ask for it and it is not running."""
+    settings = runtime.settings
+    if not settings.simulator_process or runtime.simulator is not None:
+        return
+    bounds = SandboxBounds(wall_s=settings.execute_timeout_s,
+                           cpu_s=math.ceil(settings.execute_timeout_s),
+                           memory_mb=settings.sandbox_memory_mb,
+                           output_mb=settings.sandbox_output_mb, startup_s=SIMULATOR_START_S)
+    runtime.simulator = SandboxPool(bounds, size=1, kind=SIMULATE)
+
+
+def in_simulator_process(runtime: Runtime, backends) -> bool:
+    """Whether calls on `backends` go to the simulator process (started on first use)."""
+    if not runtime.settings.simulator_process:
+        return False
+    start_simulator(runtime)
+    return simulated_here(runtime.registry, backends)
+
+
+async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> list[Outcome]:
+    """One call in the simulator process for a batch, under execute_batch's breaker rules:
+    a backend whose breaker is open gets BreakerOpen for its jobs; a retryable error in a
+    backend's jobs counts one failure on its breaker, else one success."""
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    groups: dict[str, list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault(job.prepared.backend, []).append(index)
+    sent: dict[str, list[int]] = {}
+    for name, indices in groups.items():
+        breaker = runtime.breakers.for_backend(name)
+        if breaker.allow():
+            sent[name] = indices
+            continue
+        for index in indices:
+            outcomes[index] = BreakerOpen(name, breaker.retry_after_s())
+    order = [index for indices in sent.values() for index in indices]
+    if order:
+        items = [(jobs[i].bytes_of(jobs[i].prepared), jobs[i].seed, jobs[i].prepared.backend)
+                 for i in order]
+        try:
+            answered = await simulate(runtime, items, runtime.settings.execute_timeout_s)
+        except SandboxTimeout:
+            for name in sent:
+                runtime.breakers.for_backend(name).record_failure()
+            raise
+        for index, outcome in zip(order, answered, strict=True):
+            outcomes[index] = outcome
+        for name, indices in sent.items():
+            breaker = runtime.breakers.for_backend(name)
+            if any(is_retryable(outcomes[i]) for i in indices):
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+    return outcomes  # type: ignore[return-value]
 
 
 class JobRunner:
@@ -144,10 +230,21 @@ class JobRunner:
         if job.deadline_ms is not None:
             timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
         try:
-            counts = await asyncio.wait_for(
-                in_thread(runtime, execute, prepared, runtime.registry, job.seed), timeout
-            )
-        except TimeoutError:
+            if in_simulator_process(runtime, [prepared.backend]):
+                # The process is killed at `timeout`; the outer bound only covers its start.
+                (outcome,) = await asyncio.wait_for(
+                    simulate(runtime, [(job.bytes_of(prepared), job.seed, prepared.backend)],
+                             timeout),
+                    timeout + SIMULATOR_START_S,
+                )
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                counts = outcome
+            else:
+                counts = await asyncio.wait_for(
+                    in_thread(runtime, execute, prepared, runtime.registry, job.seed), timeout
+                )
+        except (TimeoutError, SandboxTimeout):
             breaker.record_failure()
             if self.past_deadline(job):
                 raise DeadlineExceeded(
@@ -157,7 +254,9 @@ class JobRunner:
                 f"{prepared.backend} took longer than {timeout:.0f}s"
             ) from None
         except Exception as error:
-            if is_retryable(error):
+            # A crashed simulator process is most likely the job's doing, not the backend's:
+            # it is retried, but does not open the breaker for every other job.
+            if is_retryable(error) and not isinstance(error, SandboxCrashed):
                 breaker.record_failure()
             raise
         breaker.record_success()

@@ -74,7 +74,7 @@ async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRe
         prepared = PreparedJob.from_bytes(prepared_bytes)
     except Exception as error:
         raise StageFailure(workflow_id, error, stage=execution.STAGE) from error
-    job = Job.of(source, task, request, prepared)
+    job = Job.of(source, task, request, prepared, prepared_bytes)
     runtime.apply_controls(prepared.backend)
     flight = InFlight(runtime, execution.STAGE, [source])
     await flight.load()

@@ -168,6 +168,14 @@ class BackendRegistry:
             return
         self._faults[name] = FaultSpec.parse(spec) if isinstance(spec, str) else spec
 
+    @property
+    def ideal_qubits(self) -> int:
+        return self._ideal_qubits
+
+    def noise_scale(self, name: str) -> float:
+        """The scale set on backend `name`'s noise (1.0 unless set_noise_scale changed it)."""
+        return self._noise_scale.get(name, 1.0)
+
     def set_noise_scale(self, name: str, scale: float) -> None:
         """Scale a noisy backend's noise (1.0 = as calibrated). The calibration version stays:
         this simulates the device drifting away from its last calibration."""

@@ -68,6 +68,9 @@ from workers.limits import Limits
 
 log = logging.getLogger("qlane.sandbox")
 
+PREPARE = "prepare"  # parse, validate, transpile (Preparer)
+SIMULATE = "simulate"  # run prepared jobs on a local simulator (execution.simulator)
+
 _HEADER = struct.Struct(">I")
 _READY = b"ready"
 # What a sandbox process must not inherit: thread pools that would multiply its address
@@ -227,6 +230,13 @@ class Preparer:
                            request.limits, readout, fold_seed=request.fold_seed)
         return Prepared.of(prepared)
 
+    def handle(self, request: SandboxRequest) -> tuple[dict, bytes]:
+        prepared = self.prepare(request)
+        return {
+            "ok": True, "backend": prepared.backend, "shots": prepared.shots,
+            "num_tasks": prepared.num_tasks, "transpile_cache_hit": prepared.transpile_cache_hit,
+        }, prepared.data
+
     def warm_up(self) -> None:
         """Load what the first real program would: both parsers and the transpiler."""
         from qiskit.transpiler import Target, generate_preset_pass_manager
@@ -265,19 +275,33 @@ def _frame(header: dict, payload: bytes = b"") -> bytes:
 def _error_frame(error: BaseException) -> dict:
     if isinstance(error, MemoryError):
         return {"ok": False, "error": "ResourceLimitExceeded", "recycle": True,
-                "message": "preparing the program ran out of memory (the sandbox's bound)"}
+                "message": "the program ran out of memory (the sandbox's bound)"}
     if isinstance(error, RecursionError):
         return {"ok": False, "error": "ResourceLimitExceeded", "recycle": True,
-                "message": "preparing the program ran out of stack (nesting too deep)"}
+                "message": "the program ran out of stack (nesting too deep)"}
     name = error.reason if isinstance(error, QlaneError) else type(error).__name__
     return {"ok": False, "error": name, "message": str(error)[:500]}
 
 
-def serve(reader: Connection, writer: Connection, bounds: SandboxBounds) -> None:
-    """The sandbox's loop: warm up, fix the bounds, then prepare one request at a time."""
+def _handler(kind: str):
+    """What a sandbox process of this kind does with a request (Preparer.handle, or
+    workers.execution.simulator.Simulator.handle)."""
+    if kind == PREPARE:
+        return Preparer()
+    if kind == SIMULATE:
+        from workers.execution.simulator import Simulator
+
+        return Simulator()
+    raise ValueError(f"unknown sandbox kind {kind!r}")
+
+
+def serve(reader: Connection, writer: Connection, bounds: SandboxBounds,
+          kind: str = PREPARE) -> None:
+    """The sandbox's loop: warm up, fix the bounds, then handle one request at a time
+    (a request may bring its own CPU bound: `cpu_s`)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    preparer = Preparer()
-    preparer.warm_up()
+    handler = _handler(kind)
+    handler.warm_up()
     limit = _address_space() + bounds.memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -288,29 +312,26 @@ def serve(reader: Connection, writer: Connection, bounds: SandboxBounds) -> None
         except EOFError:  # the worker is gone
             return
         request = pickle.loads(message)
-        soft = int(_cpu_used()) + bounds.cpu_s + 1
+        soft = int(_cpu_used()) + (getattr(request, "cpu_s", None) or bounds.cpu_s) + 1
         if cpu_hard != resource.RLIM_INFINITY:
             soft = min(soft, cpu_hard)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
         try:
-            prepared = preparer.prepare(request)
+            header, payload = handler.handle(request)
         except BaseException as error:  # noqa: BLE001 - every failure goes back typed
             header = _error_frame(error)
             writer.send_bytes(_frame(header))
             if header.get("recycle"):
                 return  # a process that ran out of memory or stack is not reused
             continue
-        if len(prepared.data) > bounds.output_bytes:
+        if len(payload) > bounds.output_bytes:
             writer.send_bytes(_frame({
                 "ok": False, "error": "ResourceLimitExceeded",
-                "message": f"the prepared job is {len(prepared.data)} bytes > "
+                "message": f"the sandbox's answer is {len(payload)} bytes > "
                            f"{bounds.output_bytes} (the sandbox's output bound)",
             }))
             continue
-        writer.send_bytes(_frame({
-            "ok": True, "backend": prepared.backend, "shots": prepared.shots,
-            "num_tasks": prepared.num_tasks, "transpile_cache_hit": prepared.transpile_cache_hit,
-        }, prepared.data))
+        writer.send_bytes(_frame(header, payload))
 
 
 def _die_with_parent() -> None:
@@ -338,9 +359,11 @@ def main(argv: list[str]) -> None:
         return
     read_fd, write_fd = int(argv[0]), int(argv[1])
     bounds = SandboxBounds(**json.loads(argv[2]))
+    kind = argv[3] if len(argv) > 3 else PREPARE
     # Stray prints go to the log, never into the protocol.
     sys.stdout = sys.stderr
-    serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False), bounds)
+    serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False), bounds,
+          kind)
 
 
 # --- the parent side ---------------------------------------------------------------
@@ -405,6 +428,7 @@ class SandboxPool:
     bounds: SandboxBounds = field(default_factory=SandboxBounds)
     size: int = 1
     log_path: Path | None = None  # where the processes' stderr goes (None: inherited)
+    kind: str = PREPARE  # what its processes do: PREPARE or SIMULATE
     _idle: queue.Queue = field(init=False)
     _threads: ThreadPoolExecutor = field(init=False)
     _workdir: tempfile.TemporaryDirectory = field(init=False)
@@ -432,7 +456,7 @@ class SandboxPool:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "workers.circuits.sandbox", str(to_child_r),
-                 str(from_child_w), json.dumps(self.bounds.__dict__)],
+                 str(from_child_w), json.dumps(self.bounds.__dict__), self.kind],
                 pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
                 stdout=stderr, stderr=stderr, cwd=self._workdir.name, env=env,
             )
@@ -484,16 +508,22 @@ class SandboxPool:
 
     def call(self, request: SandboxRequest) -> Prepared:
         """Prepare in a sandbox (blocking); typed errors for every way it can end."""
+        return _outcome(*self.exchange(request))
+
+    def exchange(self, request: object, wall_s: float | None = None) -> tuple[dict, bytes]:
+        """One request to a sandbox process and its answer (blocking), bounded by `wall_s`
+        (default: the pool's bound); typed errors for every way it can end."""
+        wall_s = self.bounds.wall_s if wall_s is None else wall_s
         message = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         slot = self._ready()
         started = time.monotonic()
         try:
             slot.writer.send_bytes(message)
-            if not slot.reader.poll(self.bounds.wall_s):
+            if not slot.reader.poll(wall_s):
                 self._replace(slot)
                 raise SandboxTimeout(
-                    f"preparing the program took longer than {self.bounds.wall_s:g}s "
-                    f"(the sandbox's wall-time bound): sandbox killed"
+                    f"the sandbox took longer than {wall_s:g}s "
+                    f"(its wall-time bound): sandbox killed"
                 )
             reply = slot.reader.recv_bytes(self.bounds.output_bytes + 2**16)
         except (EOFError, BrokenPipeError, ConnectionResetError):
@@ -505,7 +535,7 @@ class SandboxPool:
                     f"the sandbox {reason} ({self.bounds.cpu_s}s) after {elapsed:.1f}s"
                 ) from None
             raise SandboxCrashed(
-                f"the sandbox {reason} after {elapsed:.1f}s preparing the program"
+                f"the sandbox {reason} after {elapsed:.1f}s on the program"
             ) from None
         except OSError:  # a reply past maxlength: the connection is out of step now
             self._replace(slot)
@@ -522,11 +552,16 @@ class SandboxPool:
             self._replace(slot)
         else:
             self._idle.put(slot)
-        return _outcome(header, payload)
+        return header, payload
 
     async def run(self, request: SandboxRequest) -> Prepared:
         return await asyncio.get_running_loop().run_in_executor(self._threads, self.call,
                                                                 request)
+
+    async def run_exchange(self, request: object,
+                           wall_s: float | None = None) -> tuple[dict, bytes]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self.exchange, request, wall_s)
 
     def pids(self) -> list[int]:
         with self._lock:

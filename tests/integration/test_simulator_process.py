@@ -1,0 +1,105 @@
+"""QLANE_SIMULATOR_PROCESS=true: Aer calls in a sandbox process give the worker's counts.
+
+A second worker, on topics of its own, runs the same jobs as the package's worker (Aer in
+the worker process): a lone job (the fused path, one call) and a burst (stage.execute, batch
+calls), on both simulators; the counts and estimates must be equal, and the calls must have
+run in the worker's simulator process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from streams.client import job_request
+from streams.topics import ensure_topics
+from tests.support import (
+    session_settings,
+    start_worker,
+    stop_worker,
+    submit_and_wait,
+    topic_records,
+    wait_until_ready,
+)
+
+GHZ3 = """OPENQASM 2.0;
+include "qelib1.inc";
+qreg q[3];
+creg c[3];
+h q[0];
+cx q[0],q[1];
+cx q[1],q[2];
+measure q -> c;
+"""
+
+
+@pytest.fixture(scope="module")
+def simulator_settings(broker_address):
+    return session_settings(*broker_address, tag="sim")
+
+
+@pytest.fixture(scope="module")
+def simulator_worker(simulator_settings, tmp_path_factory):
+    asyncio.run(ensure_topics(simulator_settings))
+    log = tmp_path_factory.mktemp("simulator-worker") / "worker.log"
+    process = start_worker(simulator_settings, log, env={"QLANE_SIMULATOR_PROCESS": "true"})
+    try:
+        wait_until_ready(simulator_settings, log)
+        yield process
+    finally:
+        stop_worker(process)
+
+
+def descendants_running(pid: int, marker: str) -> list[int]:
+    """Processes below `pid` whose command line contains `marker`."""
+    children = {}
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(status.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        todo += children.get(child, [])
+        try:
+            command = (Path("/proc") / str(child) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in command:
+            found.append(child)
+    return found
+
+
+def jobs(tag: str) -> list[dict]:
+    out = []
+    for backend in ("aer.ideal", "aer.noisy"):
+        for index in range(6):
+            out.append(job_request(
+                workflow_id=f"sim-{tag}-{backend}-{index}", circuit=GHZ3, shots=2000,
+                backend=backend, seed=99 + index,
+                observables=[{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]))
+    return out
+
+
+def test_counts_in_the_simulator_process_equal_the_workers_own(
+        settings, worker, simulator_settings, simulator_worker):
+    assert descendants_running(simulator_worker.pid, "simulate"), \
+        "the worker started no simulator process"
+    lone = jobs("lone")[-1:]
+    burst = jobs("burst")
+    results = {}
+    for name, where in (("worker", settings), ("process", simulator_settings)):
+        outcomes = submit_and_wait(where, lone)
+        outcomes |= submit_and_wait(where, burst, timeout_s=180)
+        assert {o.state for o in outcomes.values()} == {"done"}, name
+        results[name] = {
+            workflow: (o.result["circuits"][0]["counts"], o.result["expectations"])
+            for workflow, o in outcomes.items()
+        }
+    assert results["process"] == results["worker"]
+    staged = {r.key.decode() for r in topic_records(simulator_settings, "stage.execute", 10)}
+    assert staged & {job["workflow_id"] for job in burst}, "no job of the burst was batched"

@@ -1,0 +1,91 @@
+"""Simulator calls in a sandbox process (workers/execution/simulator.py): real processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
+from workers.backends.registry import BackendRegistry
+from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
+from workers.circuits.transpile import TranspileCache
+from workers.errors import CorruptRecord, SandboxTimeout
+from workers.execution.batching import execute_batch
+from workers.execution.preparation import prepare
+from workers.execution.simulator import outcomes_of, request_for, simulated_here
+from workers.jobs import JobSpec
+from workers.limits import Limits
+
+ZZZ = [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}, {"pauli": "XXX", "coeff": 0.5}]}]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = SandboxPool(SandboxBounds(wall_s=120, cpu_s=60, memory_mb=1024), size=1,
+                       kind=SIMULATE)
+    yield pool
+    pool.close()
+
+
+def jobs(registry) -> list[tuple[object, int]]:
+    cache, out = TranspileCache(), []
+    for index, backend in enumerate(("aer.ideal", "aer.noisy", "aer.noisy")):
+        for circuit, fields in ((BELL_QASM2, {}),
+                                (ANSATZ3_QASM3, {"parameter_sets": [[0.1, 0.2, 0.3, 0.4, 0.5],
+                                                                    [0.5, 0.4, 0.3, 0.2, 0.1]],
+                                                 "observables": ZZZ})):
+            spec = JobSpec.from_record({"workflow_id": f"sim-{index}-{len(out)}",
+                                        "circuit": circuit, "shots": 500, "backend": backend,
+                                        **fields})
+            out.append((prepare(spec, registry, cache, Limits()), 1000 + len(out)))
+    return out
+
+
+def remote(pool, registry, items, wall_s=None):
+    request = request_for(registry, [(p.to_bytes(), seed, p.backend) for p, seed in items])
+    header, _ = pool.exchange(request, wall_s)
+    return outcomes_of(header, len(items))
+
+
+def test_counts_equal_the_workers_own_call(pool) -> None:
+    registry = BackendRegistry()
+    items = jobs(registry)
+    assert remote(pool, registry, items) == execute_batch(items, registry)
+
+
+def test_the_workers_noise_scale_goes_with_the_request(pool) -> None:
+    registry = BackendRegistry()
+    items = [job for job in jobs(registry) if job[0].backend == "aer.noisy"]
+    calibrated = remote(pool, registry, items)
+    registry.set_noise_scale("aer.noisy", 3.0)
+    scaled = remote(pool, registry, items)
+    assert scaled == execute_batch(items, registry)
+    assert scaled != calibrated
+    registry.set_noise_scale("aer.noisy", 1.0)
+    assert remote(pool, registry, items) == calibrated  # the process follows it back
+
+
+def test_what_does_not_decode_comes_back_as_a_typed_error(pool) -> None:
+    registry = BackendRegistry()
+    request = request_for(registry, [(b"not a prepared job", 1, "aer.ideal")])
+    header, _ = pool.exchange(request)
+    with pytest.raises(CorruptRecord, match="prepared job does not decode"):
+        outcomes_of(header, 1)
+
+
+def test_a_call_past_its_wall_bound_kills_the_process_and_the_next_one_runs(pool) -> None:
+    registry = BackendRegistry()
+    items = jobs(registry)
+    replaced = pool.replaced
+    with pytest.raises(SandboxTimeout, match="wall-time"):
+        remote(pool, registry, items * 20, wall_s=0.05)
+    assert pool.replaced == replaced + 1
+    assert remote(pool, registry, items[:1]) == execute_batch(items[:1], registry)
+
+
+def test_backends_with_injected_faults_stay_in_the_worker() -> None:
+    registry = BackendRegistry()
+    assert simulated_here(registry, ["aer.ideal", "aer.noisy"])
+    assert not simulated_here(registry, ["ibm.torino"])
+    registry.set_faults("aer.noisy", "failure_rate=0.5,seed=1")
+    assert simulated_here(registry, ["aer.ideal"])
+    assert not simulated_here(registry, ["aer.ideal", "aer.noisy"])

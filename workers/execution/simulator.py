@@ -1,0 +1,128 @@
+"""Local simulator calls in a sandbox process (setting `simulator_process`).
+
+Aer holds the interpreter lock while it simulates, so in the worker a backend call stops the
+event loop, the Kafka consumer thread and everything else for its duration, and one worker
+uses at most one core. Run in a sandbox process of kind SIMULATE (workers.circuits.sandbox:
+the same start-up, bounds, kill-and-replace and typed failures as preparation), the call
+overlaps the worker's Kafka work, and a call that hangs or blows its memory bound costs a
+sandbox process, not the worker: the wall bound is the call's timeout, and the process is
+killed when it passes.
+
+What crosses the pipe: each job's prepared bytes (PreparedJob.to_bytes, which the execute
+stage already has from its task record) and its seed, the worker's noise scale for the
+backends named, and back a JSON list with each job's counts or its error (class name and
+message, rebuilt as the same qlane error). Counts are those of an in-worker call: same
+prepared job, seed and noise model, same code (workers.execution.batching.execute_batch).
+
+Only the backends in SIMULATED go there, and only while no faults are injected into them:
+fault injection (reliability tests, chaos runs) keeps its random sequence in the worker's
+registry, so a backend with faults runs in the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from workers.execution.batching import Outcome, execute_batch
+from workers.execution.preparation import PreparedJob
+
+SIMULATED = frozenset({"aer.ideal", "aer.noisy"})
+
+
+@dataclass(frozen=True)
+class SimulateRequest:
+    """Jobs to run as (prepared bytes, seed), and the worker's state they depend on."""
+
+    items: tuple[tuple[bytes, int], ...]
+    noise_scale: dict[str, float] = field(default_factory=dict)
+    ideal_qubits: int | None = None
+    cpu_s: int | None = None  # the request's CPU bound (RLIMIT_CPU), default the pool's
+
+
+def simulated_here(registry, names: Sequence[str]) -> bool:
+    """Whether calls on every one of `names` may run in the simulator process."""
+    faults = registry.faults()
+    return all(name in SIMULATED and name not in faults for name in names)
+
+
+def request_for(registry, items: Sequence[tuple[bytes, int, str]],
+                cpu_s: int | None = None) -> SimulateRequest:
+    """The request for (prepared bytes, seed, backend name) items, with the noise scale
+    the worker's registry has for those backends."""
+    names = {name for _, _, name in items}
+    return SimulateRequest(
+        items=tuple((data, seed) for data, seed, _ in items),
+        noise_scale={name: registry.noise_scale(name) for name in names},
+        ideal_qubits=registry.ideal_qubits,
+        cpu_s=cpu_s,
+    )
+
+
+def outcomes_of(header: dict, count: int) -> list[Outcome]:
+    """The outcomes a simulator process answered: counts, or the error rebuilt."""
+    from workers.circuits.sandbox import rebuild_error
+
+    answered = header.get("outcomes")
+    if not header.get("ok"):
+        raise rebuild_error(str(header.get("error")), str(header.get("message", "")))
+    if not isinstance(answered, list) or len(answered) != count:
+        from workers.errors import SandboxCrashed
+
+        raise SandboxCrashed("the simulator process answered for a different number of jobs")
+    return [_outcome(item) for item in answered]
+
+
+def _outcome(item: dict) -> Outcome:
+    from workers.circuits.sandbox import rebuild_error
+
+    if "counts" in item:
+        return [{str(k): int(v) for k, v in counts.items()} for counts in item["counts"]]
+    return rebuild_error(str(item.get("error")), str(item.get("message", "")))
+
+
+def _encoded(outcome: Outcome) -> dict:
+    if isinstance(outcome, BaseException):
+        name = getattr(outcome, "reason", None) or type(outcome).__name__
+        return {"error": name, "message": str(outcome)[:500]}
+    return {"counts": outcome}
+
+
+class Simulator:
+    """The simulator process's side: one registry per ideal-backend size it is asked for."""
+
+    def __init__(self) -> None:
+        self.registries: dict[int, object] = {}
+
+    def registry(self, ideal_qubits: int | None):
+        from workers.backends.registry import BackendRegistry
+        from workers.limits import Limits
+
+        size = Limits.max_qubits if ideal_qubits is None else ideal_qubits
+        registry = self.registries.get(size)
+        if registry is None:
+            registry = self.registries[size] = BackendRegistry(
+                offered=sorted(SIMULATED), ideal_qubits=size)
+        return registry
+
+    def handle(self, request: SimulateRequest) -> tuple[dict, bytes]:
+        registry = self.registry(request.ideal_qubits)
+        for name, scale in request.noise_scale.items():
+            if registry.noise_scale(name) != scale:
+                registry.set_noise_scale(name, scale)
+        items = [(PreparedJob.from_bytes(data), seed) for data, seed in request.items]
+        outcomes = execute_batch(items, registry)
+        return {"ok": True, "outcomes": [_encoded(o) for o in outcomes]}, b""
+
+    def warm_up(self) -> None:
+        """Build both simulators (the noisy one converts its noise model) and run each once."""
+        from qiskit import QuantumCircuit, transpile
+
+        registry = self.registry(None)
+        bell = QuantumCircuit(2, 2)
+        bell.h(0)
+        bell.cx(0, 1)
+        bell.measure([0, 1], [0, 1])
+        for name in sorted(SIMULATED):
+            backend = registry.get(name)
+            backend.run([transpile(bell, target=backend.target)], 10, 1)
