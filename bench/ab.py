@@ -163,6 +163,8 @@ def write(path: Path, report: dict, runs: list[dict]) -> None:
         for label, get in (
             ("jobs_per_s", lambda r: r["jobs_per_s"]),
             ("cpu_ms_per_job_workers", lambda r: r["cpu_ms_per_job"].get("workers")),
+            ("cpu_ms_per_job_worker_process",
+             lambda r: r["cpu_ms_per_job"].get("worker_processes")),
             ("cpu_ms_per_job_total", lambda r: r["cpu_ms_per_job"].get("total")),
             ("latency_p50_ms", lambda r: r.get("latency_p50_ms")),
             ("latency_p99_ms", lambda r: r.get("latency_p99_ms")),

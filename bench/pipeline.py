@@ -308,13 +308,18 @@ async def warm_up(client: Client, settings: Settings, workers: int, workdir: Pat
 
 
 def cpu_snapshot(processes, broker: BenchBroker) -> dict:
+    """CPU seconds so far: each worker with its sandbox processes, each worker process alone
+    (its interpreter: what one interpreter lock serialises), the broker, this client."""
     return {"workers": [tree_cpu_seconds(p.pid) for p in processes],
+            "worker_processes": [cpu_seconds(p.pid) for p in processes],
             "broker": broker.cpu_seconds(), "client": time.process_time()}
 
 
 def cpu_delta(after: dict, before: dict) -> dict:
     return {
         "workers": [a - b for a, b in zip(after["workers"], before["workers"], strict=True)],
+        "worker_processes": [a - b for a, b in zip(after["worker_processes"],
+                                                   before["worker_processes"], strict=True)],
         "broker": after["broker"] - before["broker"],
         "client": after["client"] - before["client"],
     }

@@ -313,9 +313,12 @@ def pipeline_cpu(section: dict) -> dict:
     if not c or not jobs:
         return {}
     workers = 1000 * sum(c["workers"]) / jobs
-    return {"workers": workers, "broker": 1000 * c["broker"] / jobs,
-            "client": 1000 * c["client"] / jobs,
-            "total": workers + 1000 * (c["broker"] + c["client"]) / jobs}
+    out = {"workers": workers, "broker": 1000 * c["broker"] / jobs,
+           "client": 1000 * c["client"] / jobs,
+           "total": workers + 1000 * (c["broker"] + c["client"]) / jobs}
+    if "worker_processes" in c:  # the worker processes alone, without sandbox processes
+        out["worker_processes"] = 1000 * sum(c["worker_processes"]) / jobs
+    return out
 
 
 def summarize_broker(broker: str, results: dict, sections: dict) -> dict:

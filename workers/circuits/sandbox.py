@@ -27,6 +27,11 @@ warms up while the worker goes on.
 
 `SandboxPool.run` is a coroutine: the blocking exchange runs on the pool's own threads, so
 the worker's event loop never waits on a sandbox.
+
+A pool's `kind` says what its processes do: PREPARE (the above) or SIMULATE (local simulator
+calls, workers.execution.simulator, with the setting `simulator_process`): same start-up,
+bounds, replacement and typed failures; a SIMULATE request carries its own wall and CPU
+bound (the backend call's timeout).
 """
 
 from __future__ import annotations
