@@ -67,8 +67,21 @@ def render(results: dict) -> str:
             lambda f: f["latency_p50_ms"])
         row("**latency_p99_ms** (≤ 150 on Kafka)", lambda f: f["latency_p99_ms"])
         row("latency samples", lambda f: f["latency_samples"])
+        sim = "simulator_process"
+        row("1 worker, simulator process: jobs/s", lambda f: f[sim]["jobs_per_s"])
+        row("1 worker, simulator process: **pipeline_vs_batched**",
+            lambda f: f[sim]["pipeline_vs_batched"])
+        row("1 worker, simulator process: Bell p50 / p99 ms",
+            lambda f: f"{f[sim]['latency_p50_ms']:.1f} / {f[sim]['latency_p99_ms']:.1f}")
+        row("1 worker, simulator process: CPU ms/job workers / worker processes alone",
+            lambda f: f"{f[sim]['cpu_ms_per_job']['workers']:.1f} / "
+                      f"{f[sim]['cpu_ms_per_job']['worker_processes']:.1f}")
+        row("2 workers ÷ 1 worker with simulator process", lambda f: f[sim]["two_vs_this"])
+        row("results equal the batched loop's (simulator process)",
+            lambda f: f[sim]["vs_batched"]["counts_equal"]
+            and f[sim]["vs_batched"]["estimates_equal"])
         for n in ("pipeline_1", "pipeline_2"):
-            for part in ("workers", "broker", "client", "total"):
+            for part in ("workers", "worker_processes", "broker", "client", "total"):
                 row(f"CPU ms/job {n.replace('_', ' ')}: {part}",
                     lambda f, n=n, part=part: f["cpu_ms_per_job"][n][part])
         row("CPU ms/job, lone Bell job: workers",

@@ -20,6 +20,8 @@ and the others still run; results are written after every section):
   then per broker B (section names B.pipeline1, B.pipeline2, B.backlog):
   pipeline1 bench/pipeline.py: broker + 1 worker process; after the warm-up, --latency-jobs
             Bell jobs one at a time (latency), then the job set as a backlog
+  pipeline1sim  pipeline1 with QLANE_SIMULATOR_PROCESS=true (Aer calls in the worker's
+            simulator process: one worker can use a second core)
   pipeline2 the same on fresh topics and a fresh app id with 2 worker processes
   backlog   only with --backlog N: N Bell jobs at once to 1 worker (drain rate, worker RSS)
   accuracy  bench.mitigation_bench.measure_accuracy (ZNE and readout mitigation accuracy)
@@ -70,9 +72,11 @@ BROKER_TARGETS = {  # issue 14, per broker; latency targets are Kafka's (Tansu i
     "latency_p99_ms": ("<=", 150.0, ("kafka",)),
 }
 BROKERS = ("tansu", "kafka")
-BROKER_SECTIONS = ("pipeline1", "pipeline2", "backlog")
+BROKER_SECTIONS = ("pipeline1", "pipeline1sim", "pipeline2", "backlog")
+SIMULATOR_PROCESS_ENV = {"QLANE_SIMULATOR_PROCESS": "true"}
 ALL_SECTIONS = ("codec", "naive", "serial", "batched", *BROKER_SECTIONS, "accuracy")
-QUICK_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline2")
+QUICK_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline1sim",
+                  "pipeline2")
 
 
 # --- machine ------------------------------------------------------------------------------
@@ -230,14 +234,16 @@ def section_inprocess(mode: str, args, scratch: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def section_pipeline(workers: int, broker: str, args, scratch: Path) -> dict:
+def section_pipeline(workers: int, broker: str, args, scratch: Path,
+                     worker_env: dict | None = None, tag: str = "") -> dict:
     from bench.jobs import job_set
     from bench.pipeline import run_pipeline
 
     return run_pipeline(job_set(args.jobs), workers=workers,
-                        workdir=scratch / f"{broker}-pipeline{workers}",
+                        workdir=scratch / f"{broker}-pipeline{workers}{tag}",
                         partitions=args.partitions, timeout_s=args.timeout,
-                        latency_jobs=args.latency_jobs if workers == 1 else 0, broker=broker)
+                        latency_jobs=args.latency_jobs if workers == 1 else 0, broker=broker,
+                        worker_env=worker_env)
 
 
 def section_backlog(broker: str, args, scratch: Path) -> dict:
@@ -357,6 +363,23 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
     if "p50_latency_s" in p1s:
         out["backlog_latency_s"] = {"p50": p1s["p50_latency_s"], "p99": p1s["p99_latency_s"],
                                     "note": "1 worker, all jobs submitted at once (queueing)"}
+    simulated = sections.get(f"{broker}.pipeline1sim", {})
+    if simulated.get("jobs_per_s"):
+        entry = {"setting": SIMULATOR_PROCESS_ENV, "jobs_per_s": simulated["jobs_per_s"],
+                 "cpu_ms_per_job": pipeline_cpu(simulated),
+                 "foreign_cpu_cores": foreign.get(f"{broker}.pipeline1sim")}
+        if batched:
+            entry["pipeline_vs_batched"] = simulated["jobs_per_s"] / batched
+        if p1:
+            entry["vs_pipeline_1"] = simulated["jobs_per_s"] / p1
+        if p2:
+            entry["two_vs_this"] = p2 / simulated["jobs_per_s"]
+        latency = simulated.get("latency")
+        if latency and latency.get("succeeded"):
+            entry["latency_p50_ms"], entry["latency_p99_ms"] = latency["p50_ms"], latency["p99_ms"]
+        if "batched" in sections:
+            entry["vs_batched"] = compare_runs(sections["batched"], simulated)
+        out["simulator_process"] = entry
     backlog = sections.get(f"{broker}.backlog")
     if backlog:
         out["backlog"] = {k: v for k, v in backlog.items() if k not in ("marks",)}
@@ -563,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Per broker, pipeline1 and pipeline2; then the backlogs; the accuracy section last.
     order = [n for n in ("codec", "naive", "serial", "batched") if n in wanted]
-    planned = [(b, n) for b in brokers for n in ("pipeline1", "pipeline2")]
+    planned = [(b, n) for b in brokers for n in ("pipeline1", "pipeline1sim", "pipeline2")]
     planned += [(b, "backlog") for b in brokers]
     for broker, name in planned:
         if name not in wanted:
@@ -572,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
         order.append(key)
         if name == "backlog":
             runners[key] = lambda b=broker: section_backlog(b, args, scratch)
+        elif name == "pipeline1sim":
+            runners[key] = lambda b=broker: section_pipeline(
+                1, b, args, scratch, SIMULATOR_PROCESS_ENV, "sim")
         else:
             runners[key] = lambda w=(1 if name == "pipeline1" else 2), b=broker: (
                 section_pipeline(w, b, args, scratch))
