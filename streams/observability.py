@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from streams import metrics
-from streams.agents.common import in_thread
 from streams.runtime import Runtime
 
 log = logging.getLogger("qlane")
@@ -25,15 +25,18 @@ def register(app, runtime: Runtime) -> None:
         """Build noisy backends and their readout calibration before the first job needs
         them (noise-model conversion and calibration take seconds once per worker)."""
         def warm() -> None:
-            for name in runtime.registry.names():
-                backend = runtime.registry.get(name)
-                if getattr(backend, "noise_model", None) is not None:
-                    runtime.readout_cache.get(backend)
+            try:
+                for name in runtime.registry.names():
+                    backend = runtime.registry.get(name)
+                    if getattr(backend, "noise_model", None) is not None:
+                        runtime.readout_cache.get(backend)
+            except Exception:
+                log.exception("backend warm-up failed; jobs will build backends on first use")
 
-        try:
-            await in_thread(runtime, warm)
-        except Exception:
-            log.exception("backend warm-up failed; jobs will build backends on first use")
+        # A daemon thread of its own, not runtime.executor: the interpreter joins executor
+        # threads at exit, so a worker stopped in its first seconds waited 6-10 s for a
+        # warm-up nobody needs any more; a daemon thread is dropped at exit.
+        threading.Thread(target=warm, name="qlane-warm-up", daemon=True).start()
 
     @app.page("/metrics")
     async def metrics_page(web, request):
