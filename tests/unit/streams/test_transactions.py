@@ -446,6 +446,35 @@ def test_such_a_changelog_is_read_from_its_start_and_stream_offsets_are_untouche
         asyncio.run(thread._seek_wait(AiokafkaConsumer(), {JOBS: -2}))
 
 
+def test_the_livelock_check_skips_a_partition_without_a_position_yet():
+    """Right after a rebalance a stream partition has no position until its seek is done;
+    aiokafka's `position` asserts, which crashed the consumer through Faust's check."""
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    from streams.transport import ConsumerThread
+
+    async def new_state():  # aiokafka makes it with a future of the running loop
+        return TopicPartitionState(None)
+
+    state = asyncio.run(new_state())
+    with pytest.raises(AssertionError):
+        state.position  # noqa: B018 - what Faust's own check reads
+    checked = []
+    assignment = SimpleNamespace(state_value=lambda tp: state)
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment))))
+    thread = ConsumerThread.__new__(ConsumerThread)
+    thread._ensure_consumer = lambda: consumer
+    thread._verify_aiokafka_event_path = lambda now, tp: checked.append(tp) or True
+    assert thread.verify_event_path(0.0, JOBS) is None
+    assert checked == []  # nothing to verify yet
+    state.seek(5)
+    thread.verify_event_path(0.0, JOBS)
+    assert checked == [JOBS]  # with a position, Faust's check runs
+    consumer._fetcher._subscriptions.subscription = None
+    assert thread.verify_event_path(0.0, JOBS) is None  # no assignment at this moment
+
+
 # --- transactions left open between records -----------------------------------------------
 
 def open_transaction(with_records: bool):
