@@ -9,6 +9,7 @@ kills is tests/reliability/test_cluster_failures.py.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -35,26 +36,38 @@ def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     jobs = [job_request(workflow_id=f"eos-{i}-{uuid.uuid4().hex[:6]}", circuit=BELL, shots=64)
             for i in range(count)]
     ids = [job["workflow_id"] for job in jobs]
-    workers = Workers(settings, tmp_path, count=1, env={"QLANE_FUSED_PATH": fused_path})
+    # Paced, so that the kill lands mid-stream: unpaced, the burst takes about a second and
+    # the kill (after a 2 s poll) came with 58 or all 60 jobs done. Each backend call sleeps
+    # first (latency only: same counts); `idle` takes at most 4 jobs per call. At least 6 s.
+    pace = ({"QLANE_FAULTS": "aer.ideal:latency_s=0.1"} if fused_path == "always" else
+            {"QLANE_FAULTS": "aer.ideal:latency_s=0.4", "QLANE_EXECUTE_BATCH_MAX": "4"})
+    workers = Workers(settings, tmp_path, count=1,
+                      env={"QLANE_FUSED_PATH": fused_path, **pace})
     workers.start_all()
     try:
         submit(settings, jobs)
         for kill in range(1, kills + 1):
             # Kill while jobs are flowing: some finished, most not.
             progress = wait_finished(settings, ids, timeout_s=240,
-                                     at_least=count * kill // (kills + 2))
+                                     at_least=count * kill // (kills + 2), poll_s=0.5)
             assert progress.finished(ids) < count, "every job finished before the kill"
             workers.kill(0)
+            killed_at = time.time()
             workers.start(0)
         found = wait_finished(settings, ids, timeout_s=300)
         workers.restart_exited()
     finally:
         workers.stop_all()
     uncommitted = audit(settings, "read_uncommitted")
+    # Every job was submitted before the first kill: one finished after the last kill was
+    # unfinished at each kill, so the kills landed mid-stream.
+    after_kill = sum(1 for s in found.completed_at_s().values() if s > killed_at)
     report.update(jobs=count, worker_kills=workers.kills, lost=len(found.lost(ids)),
+                  finished_after_last_kill=after_kill,
                   **{f"duplicate_{k}": v for k, v in found.duplicates(ids).items()},
                   aborted_result_copies=sum(uncommitted.results.values())
                   - sum(found.results.values()))
     assert found.lost(ids) == []
     assert found.duplicates(ids) == {"results": 0, "cost": 0, "terminal": 0}
     assert all(found.results[wf] == 1 and found.cost[wf] == 1 for wf in ids)
+    assert after_kill > 0, "every job finished before the last kill"

@@ -87,7 +87,7 @@ def test_a_poison_pill_is_dead_lettered_after_its_attempts_across_a_sigkill(
     settings = session_settings(*broker_address, tag="poison", partitions=1)
     asyncio.run(ensure_topics(settings))
     env = {"QLANE_MAX_GATE_INSTANCES": str(10**15), "QLANE_SANDBOX_ATTEMPTS": "3",
-           "QLANE_SANDBOX_CPU_S": "3", "QLANE_SANDBOX_WALL_S": "6",
+           "QLANE_SANDBOX_CPU_S": "1", "QLANE_SANDBOX_WALL_S": "6",
            "QLANE_SANDBOX_PROCESSES": "1"}
     logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
     worker = start_worker(settings, logs[0], env=env)

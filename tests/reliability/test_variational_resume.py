@@ -76,7 +76,10 @@ def test_killed_variational_job_resumes_from_its_checkpoint(broker_address, tmp_
     settings = session_settings(*broker_address, tag="vqekill")
     asyncio.run(ensure_topics(settings))
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
-    worker = start_worker(settings, logs[0])
+    # Paced, so that the kill lands mid-job: unpaced, the whole job takes about 2 s and
+    # finished before the kill. Each evaluation's backend call sleeps first (latency only:
+    # the values stay those of the unpaced reference, as asserted below).
+    worker = start_worker(settings, logs[0], env={"QLANE_FAULTS": "aer.ideal:latency_s=0.25"})
     try:
         wait_until_ready(settings, logs[0])
         submit_until_iteration(settings, vqe_job(iterations), iterations // 3, 240)
@@ -89,6 +92,7 @@ def test_killed_variational_job_resumes_from_its_checkpoint(broker_address, tmp_
     finally:
         stop_worker(worker)
 
+    assert killed_after < expected["variational"]["evaluations"], "killed after the job"
     assert len(set(results)) == 1, f"{len(set(results))} different results"
     resumed = codec("JobResult").decode(results[0])["variational"]
     assert resumed["history"] == expected["variational"]["history"]  # same path, same values
