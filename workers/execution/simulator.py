@@ -16,7 +16,9 @@ prepared job, seed and noise model, same code (workers.execution.batching.execut
 
 Only the backends in SIMULATED go there, and only while no faults are injected into them:
 fault injection (reliability tests, chaos runs) keeps its random sequence in the worker's
-registry, so a backend with faults runs in the worker.
+registry, so a backend with faults runs in the worker. The calls of the execute stage and of
+the fused path go there; a variational job's evaluations (streams/agents/variational.py) and
+the drift canary still run in the worker.
 """
 
 from __future__ import annotations
