@@ -68,7 +68,8 @@ def one_run(name: str, variant: dict, broker: str, jobs: list[dict], args, scrat
                           profile_s=args.profile)
     wall = time.monotonic() - t0
     # other processes' CPU: the machine's busy time minus this process and its waited children
-    foreign = (machine_busy_seconds() - busy0 - (own_cpu_seconds() - own0)) / wall
+    ours = own_cpu_seconds() - own0 + report.get("unreaped_cpu_seconds", 0.0)
+    foreign = (machine_busy_seconds() - busy0 - ours) / wall
     latency = report.get("latency") or {}
     return {
         "variant": name, "broker": broker, "jobs_per_s": report["jobs_per_s"],

@@ -102,6 +102,13 @@ def tree_cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(child) for child in descendants(pid))
 
 
+def unreaped_cpu_seconds(processes) -> float:
+    """CPU seconds of the workers' live sandbox processes: they die with their worker but
+    are not waited for by it, so this benchmark's rusage never counts them, and without this
+    they would show up as other processes' CPU."""
+    return sum(cpu_seconds(child) for p in processes for child in descendants(p.pid))
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of one process, MiB (0 if it is gone)."""
     try:
@@ -284,6 +291,7 @@ def run_pipeline(jobs: list[dict], *, workers: int, workdir: Path, partitions: i
                                            started, profile_s)))
         return report
     finally:
+        report["unreaped_cpu_seconds"] = unreaped_cpu_seconds(processes)
         for process in processes:
             stop_process(process)
         bench_broker.stop()
@@ -494,6 +502,7 @@ def run_backlog(n: int, *, workdir: Path, partitions: int = 4, timeout_s: float 
                                            alive, timeout_s, step, web_port, marks_path)))
         return report
     finally:
+        report["unreaped_cpu_seconds"] = unreaped_cpu_seconds(processes)
         for process in processes:
             stop_process(process)
         bench_broker.stop()

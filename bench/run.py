@@ -619,7 +619,9 @@ def main(argv: list[str] | None = None) -> int:
             results["section_seconds"][name] = wall
             # Cores used by processes this benchmark did not start, averaged over the section:
             # near 0 on a quiet machine; anything else competed with the measurement.
-            foreign = (machine_busy_seconds() - busy0 - (own_cpu_seconds() - own0)) / wall
+            ours = own_cpu_seconds() - own0 + sections.get(name, {}).get(
+                "unreaped_cpu_seconds", 0.0)
+            foreign = (machine_busy_seconds() - busy0 - ours) / wall
             results["foreign_cpu_cores"][name] = round(max(foreign, 0.0), 3)
             print(f"  other processes used {foreign:.2f} cores meanwhile", file=sys.stderr)
             rate = sections.get(name, {}).get("jobs_per_s")
