@@ -1,0 +1,72 @@
+"""JobRunner.call_backend with QLANE_SIMULATOR_PROCESS: a real simulator process, a killed one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+
+from streams.agents.execution import Job, JobRunner, start_simulator
+from streams.deadletter import SourceRecord
+from streams.settings import Settings
+from tests.unit.workers.conftest import ANSATZ3_QASM3
+from workers.backends.registry import BackendRegistry
+from workers.circuits.transpile import TranspileCache
+from workers.errors import SandboxCrashed
+from workers.execution.breaker import BreakerBoard
+from workers.execution.preparation import execute, prepare
+from workers.jobs import JobSpec
+from workers.limits import Limits
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process=True, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None,
+    )
+    start_simulator(runtime)
+    yield runtime
+    runtime.simulator.close()
+    runtime.executor.shutdown()
+
+
+def job(registry) -> Job:
+    request = {"workflow_id": "sim-call", "circuit": ANSATZ3_QASM3, "shots": 2000,
+               "backend": "aer.noisy", "seed": 7,
+               "parameter_sets": [[0.1 * i, 0.2, 0.3, 0.4, 0.5] for i in range(8)],
+               "observables": [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]}
+    prepared = prepare(JobSpec.from_record(request), registry, TranspileCache(), Limits())
+    source = SourceRecord("jobs", 0, 1, None, b"sim-call", b"", ())
+    task = {"workflow_id": "sim-call", "accepted_at_ms": int(time.time() * 1000)}
+    return Job.of(source, task, request, prepared, prepared.to_bytes())
+
+
+def test_a_call_runs_in_the_simulator_process_with_the_workers_counts(runtime) -> None:
+    one = job(runtime.registry)
+    counts = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    assert counts == execute(one.prepared, runtime.registry, one.seed)
+    assert runtime.simulator.pids()  # and the process that ran it is still there
+
+
+def test_a_killed_simulator_is_a_crash_that_does_not_count_on_the_breaker(runtime) -> None:
+    """The process dies (here SIGKILLed between calls, as the kernel's OOM killer would): the
+    call gets SandboxCrashed (retryable: the runner's retries and the attempt ledger take it
+    from there), the breaker does not count it, and the next call runs in a new process."""
+    one = job(runtime.registry)
+    breaker = runtime.breakers.for_backend("aer.noisy")
+    before = breaker.consecutive_failures
+    (victim,) = runtime.simulator.pids()
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(SandboxCrashed, match="SIGKILL"):
+        asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    assert breaker.consecutive_failures == before
+    assert runtime.simulator.pids() != [victim]  # replaced
+    counts = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    assert counts == execute(one.prepared, runtime.registry, one.seed)
