@@ -105,11 +105,13 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
             tries += 1
             reason = f"{failure.reason}: {failure}"
             metrics.SANDBOX_FAILURES.labels(STAGE, failure.reason).inc()
+            # Counted on the control topic (flushed) before it is logged: a worker killed
+            # after this line continues the count.
+            await runtime.attempts.write(STAGE, source.topic, source.partition,
+                                         {source.offset: tries}, reason)
             log.warning("%s: sandbox attempt %d of %d failed: %s", source.address, tries,
                         settings.sandbox_attempts, reason,
                         extra={"workflow_id": spec.workflow_id, "stage": STAGE})
-            await runtime.attempts.write(STAGE, source.topic, source.partition,
-                                         {source.offset: tries}, reason)
 
 
 def register(app, runtime: Runtime, table) -> None:
