@@ -23,16 +23,7 @@ from tests.support import (
     topic_records,
     wait_until_ready,
 )
-
-GHZ3 = """OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[3];
-creg c[3];
-h q[0];
-cx q[0],q[1];
-cx q[1],q[2];
-measure q -> c;
-"""
+from tests.unit.workers.conftest import GHZ3_QASM2 as GHZ3
 
 
 @pytest.fixture(scope="module")
