@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams import control, flow, observability, shutdown, transport
+from streams import control, flow, observability, shutdown, table_store, transport
 from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
@@ -17,7 +17,6 @@ def broker_urls(bootstrap: str) -> list[str]:
 def faust_settings(settings: Settings) -> dict:
     options = dict(
         broker=broker_urls(settings.broker),
-        store="memory://",
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
@@ -34,6 +33,7 @@ def faust_settings(settings: Settings) -> dict:
         broker_commit_interval=settings.commit_interval_s,
     )
     options.update(faust_credentials(settings))
+    options.update(table_store.faust_store_settings(settings))
     if settings.profile == "embedded":
         # Tansu's ListOffsets end offsets are wrong for multi-record batches, which makes
         # table recovery miss updates; one record per batch keeps recovery exact.
@@ -68,7 +68,8 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
         )
     # No key/value types: Faust then (de)serializes plain JSON. A builtin type such as
     # `dict` here breaks changelog recovery (Faust calls `dict.from_data`).
-    table = app.Table(WORKFLOW_TABLE, default=None, partitions=settings.partitions)
+    table = app.Table(WORKFLOW_TABLE, default=None, partitions=settings.partitions,
+                      options=table_store.table_options(settings))
     for stage in (preprocess, execute, mitigate, variational):
         stage.register(app, runtime, table)
     observability.register(app, runtime)

@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         "crashes the execute stage), counted across restarts, before it is dead-lettered",
     )
     transpile_cache_size: int = 512
+    table_store: Literal["memory", "rocksdb"] = Field(
+        "memory", description="where a worker keeps the workflow table: `memory` (Python "
+        "objects: about 1 KB of RSS per workflow, never released) or `rocksdb` (on disk in a "
+        "fresh directory per process, rebuilt from the changelog at start like `memory`; RSS "
+        "stays bounded by the write buffers and block cache below); docs/performance.md",
+    )
+    table_write_buffer_mb: int = Field(
+        1, ge=1, description="rocksdb: write buffer (memtable) per table partition; two per "
+        "partition at most")
+    table_block_cache_mb: int = Field(
+        8, ge=1, description="rocksdb: block cache per table partition")
     handled_records_memory: int = Field(
         100_000, ge=0,
         description="record addresses each worker remembers so a re-fetched record is not "
