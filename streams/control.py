@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 from aiokafka import AIOKafkaConsumer
 
@@ -58,15 +59,36 @@ def register(app, runtime: Runtime) -> None:
         finally:
             await stop_consumer(consumer)
     monitor = DriftMonitor(alpha=settings.drift_alpha, shots=settings.drift_shots)
+    monitor_lock = threading.Lock()
 
     for backend in settings.drift_backends:
         for severity in ("none", "warning", "critical"):
             metrics.DRIFT_ROUNDS.labels(backend, severity).inc(0)
 
+    @app.task
+    async def warm_up_drift_monitor():
+        """Transpile each canary and compute its baseline at start, on every worker (any may
+        become the leader). The first preset pass manager imports every installed transpiler
+        plugin: about 9 s of CPU and 37 MiB once (docs/performance.md). In the first round,
+        60 s in, that burst slowed the jobs running beside it, and the worker's RSS stepped up
+        in the middle of its traffic."""
+        def warm() -> None:
+            try:
+                with monitor_lock:
+                    for backend_name in settings.drift_backends:
+                        backend = runtime.registry.get(backend_name)
+                        monitor.canary_circuit(backend)
+                        monitor.baseline(backend)
+            except Exception:
+                log.exception("drift monitor warm-up failed; the first round will do it")
+
+        threading.Thread(target=warm, name="qlane-drift-warm-up", daemon=True).start()
+
     def canary_round(backend_name: str, round_number: int):
         backend = runtime.registry.get(backend_name)
         seed = derive_seed(f"drift:{backend_name}:{backend.calibration_version}", round_number)
-        return monitor.run_round(backend, seed)
+        with monitor_lock:  # the monitor's transpile cache is not thread-safe
+            return monitor.run_round(backend, seed)
 
     @app.timer(interval=settings.drift_period_s, on_leader=True)
     async def drift_rounds():

@@ -16,6 +16,7 @@ unknown name `UnknownBackend`. `catalog()` describes every known backend, built 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,7 @@ class BackendRegistry:
                 self._check_known(name)
             self._builders = {n: b for n, b in self._builders.items() if n in offered}
         self._backends: dict[str, Any] = {}
+        self._building = threading.Lock()
         self._noise_scale: dict[str, float] = {}
         self._faults: dict[str, FaultSpec] = {}
         self._faulty: dict[str, FaultInjectingBackend] = {}
@@ -233,6 +235,10 @@ class BackendRegistry:
     def _backend(self, name: str):
         backend = self._backends.get(name)
         if backend is None:
-            self._check_known(name)
-            backend = self._backends[name] = self._builders[name]()
+            # Warm-up threads and job threads ask at once at start: build each backend once.
+            with self._building:
+                backend = self._backends.get(name)
+                if backend is None:
+                    self._check_known(name)
+                    backend = self._backends[name] = self._builders[name]()
         return backend
