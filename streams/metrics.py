@@ -86,6 +86,13 @@ DUPLICATES = Counter(
     "Duplicate job requests acknowledged and not re-run.",
     registry=REGISTRY,
 )
+REROUTED = Counter(
+    "qlane_rerouted_records_total",
+    "Job records found off their key's partition and re-sent to it (a client whose "
+    "partitioner is not the Java client's murmur2, or one that named the partition).",
+    ["stage"],
+    registry=REGISTRY,
+)
 BREAKER_STATE = Gauge(
     "qlane_breaker_state",
     "Circuit breaker per backend: 0 closed, 1 half-open, 2 open.",
@@ -228,6 +235,7 @@ __all__ = [
     "OUTCOMES",
     "POISON_RECORDS",
     "REGISTRY",
+    "REROUTED",
     "REFETCHED",
     "RETRIES",
     "SANDBOX_FAILURES",

@@ -62,6 +62,7 @@ class Runtime:
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="qlane-exec")
     )
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
+    named_topics: dict = field(default_factory=dict)  # full name -> Faust topic, on first send
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)
     controls: object = None  # the `controls` GlobalTable, set by streams.control
@@ -130,6 +131,16 @@ class Runtime:
         copy = tenant_copy(self, short_name, key)
         if copy is not None:
             await copy.send(key=key, value=value, **kwargs)
+
+    async def send_to_topic(self, topic: str, key: bytes | None, value: bytes | None,
+                            **kwargs) -> None:
+        """Send to a topic by its full name (one the worker reads, such as a tenant's)."""
+        channel = self.named_topics.get(topic)
+        if channel is None:
+            channel = self.named_topics[topic] = self.app.topic(
+                topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                value_serializer="raw", partitions=self.settings.partitions)
+        await channel.send(key=key, value=value, **kwargs)
 
     async def flush(self) -> None:
         """Wait until everything sent so far (table changelog included) is on the broker."""

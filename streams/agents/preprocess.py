@@ -22,6 +22,7 @@ from streams.cancel import handle_cancel, is_cancel
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
 from streams.lanes import LaneGate
+from streams.partitioning import home_partition, reroute
 from streams.poison import AttemptLedger
 from streams.runtime import Runtime, now_ms
 from streams.tenants import check_cancel_of, check_tenant_of
@@ -128,14 +129,21 @@ def register(app, runtime: Runtime, table) -> None:
         runtime.attempts.on_assigned()
 
     async def handle(source: SourceRecord) -> None:
-        if is_cancel(source.value):
+        cancel = is_cancel(source.value)
+        if not cancel:
+            request = codec("JobRequest").decode(source.value)
+            workflow_id = request["workflow_id"]
+            if source.key != workflow_id.encode():
+                raise KeyMismatch(
+                    f"record key {source.key!r} is not the workflow id {workflow_id!r}")
+        # Only a record that will touch the table moves: garbage is dead-lettered where it is.
+        home = home_partition(source, runtime.settings.partitions)
+        if home is not None:
+            return await reroute(runtime, source, home, STAGE)
+        if cancel:
             check_cancel_of(runtime.settings.topic_prefix, source.topic,
                             table.get((source.key or b"").decode(errors="replace")))
             return await handle_cancel(runtime, table, source.value, source.key, STAGE)
-        request = codec("JobRequest").decode(source.value)
-        workflow_id = request["workflow_id"]
-        if source.key != workflow_id.encode():
-            raise KeyMismatch(f"record key {source.key!r} is not the workflow id {workflow_id!r}")
         check_tenant_of(runtime.settings.topic_prefix, source.topic, request)  # authenticated
         fingerprint = request_fingerprint(request)
         previous = table.get(workflow_id)
