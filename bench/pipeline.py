@@ -481,19 +481,22 @@ def finish_profiler(profiler: subprocess.Popen, workdir: Path) -> dict:
 
 # --- the 10,000-job backlog ----------------------------------------------------------------
 def run_backlog(n: int, *, workdir: Path, partitions: int = 4, timeout_s: float = 1800.0,
-                broker: str = "tansu", step: int = 1000, marks_path: Path | None = None) -> dict:
+                broker: str = "tansu", step: int = 1000, marks_path: Path | None = None,
+                table_store: str = "memory") -> dict:
     """n Bell jobs at once to 1 worker: drain rate and worker RSS every `step` results (also
     appended to `marks_path` as JSON lines as they come, so an interrupted drain keeps them)."""
     workdir.mkdir(parents=True, exist_ok=True)
     bench_broker = BenchBroker(broker, workdir)
     processes: list[subprocess.Popen] = []
-    report: dict = {"broker": broker, "jobs": n, "partitions": partitions, "step": step}
+    report: dict = {"broker": broker, "jobs": n, "partitions": partitions, "step": step,
+                    "table_store": table_store}
     try:
         bench_broker.start()
         settings = bench_settings(bench_broker, partitions)
         asyncio.run(ensure_topics(settings))
         web_port = free_port()
-        processes = start_workers(settings, 1, workdir, web_ports=[web_port])
+        processes = start_workers(settings, 1, workdir, web_ports=[web_port],
+                                  env={"QLANE_TABLE_STORE": table_store})
 
         def alive() -> bool:
             return all(p.poll() is None for p in processes) and bench_broker.alive()

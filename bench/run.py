@@ -203,6 +203,7 @@ def code_info(code_root: Path) -> dict:
         info["execute_batch_window_s"] = getattr(s, "execute_batch_window_s", None)
         info["status_progress_events"] = getattr(s, "status_progress_events", None)
         info["sandbox_enabled"] = getattr(s, "sandbox_enabled", None)
+        info["table_store"] = getattr(s, "table_store", None)
         info["processing_guarantee"] = {
             profile: Settings(profile=profile).effective_processing_guarantee
             for profile in ("embedded", "kafka")}
@@ -252,7 +253,7 @@ def section_backlog(broker: str, args, scratch: Path) -> dict:
     out = args.out or ROOT / "bench" / "results.json"
     return run_backlog(args.backlog, workdir=scratch / f"{broker}-backlog",
                        partitions=args.partitions, timeout_s=max(args.timeout, 1800.0),
-                       broker=broker,
+                       broker=broker, table_store=args.table_store,
                        marks_path=out.with_name(f"{out.stem}-backlog-{broker}-marks.jsonl"))
 
 
@@ -532,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=0, metavar="N",
                         help="also drain a backlog of N Bell jobs with 1 worker per broker "
                              "(rate, worker RSS every 1000 results), e.g. 10000")
+    parser.add_argument("--table-store", choices=("memory", "rocksdb"), default="memory",
+                        help="the backlog worker's QLANE_TABLE_STORE")
     parser.add_argument("--timeout", type=float, default=900.0, help="per section, seconds")
     parser.add_argument("--out", type=Path, help="default bench/results.json")
     parser.add_argument("--from-head", action="store_true", help="run the committed code")
