@@ -21,6 +21,7 @@ EXPECTED = {
     "qlane_fallbacks_total": ("counter", {"reason"}),
     "qlane_duplicates_total": ("counter", set()),
     "qlane_refetched_records_total": ("counter", {"stage"}),
+    "qlane_rerouted_records_total": ("counter", {"stage"}),
     "qlane_breaker_state": ("gauge", {"backend"}),
     "qlane_transpile_cache_lookups_total": ("counter", {"result"}),
     "qlane_execute_batch_size": ("histogram", set()),
