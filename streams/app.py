@@ -7,7 +7,7 @@ from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
 from streams.settings import Settings
-from streams.topics import WORKFLOW_TABLE, TopicNames, job_topics
+from streams.topics import WORKFLOW_TABLE, TopicNames, job_topics, raw_topic
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -51,21 +51,12 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     names = TopicNames.from_settings(settings)
     runtime = Runtime(settings=settings, names=names, app=app)
     for short_name, topic_name in vars(names).items():
-        runtime.topics[short_name] = app.topic(
-            topic_name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-        )
+        runtime.topics[short_name] = raw_topic(app, topic_name, partitions=settings.partitions)
     # Priority lanes: one channel per lane over the shared and every tenant's job topics of
     # that lane (an explicit list, see README "Topics, tenants and lanes").
     for lane, lane_topics in job_topics(settings.topic_prefix, settings.tenants).items():
-        runtime.lane_channels[("jobs", lane)] = app.topic(
-            *lane_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
-            value_serializer="raw", partitions=settings.partitions,
-        )
+        runtime.lane_channels[("jobs", lane)] = raw_topic(
+            app, *lane_topics, partitions=settings.partitions)
     # No key/value types: Faust then (de)serializes plain JSON. A builtin type such as
     # `dict` here breaks changelog recovery (Faust calls `dict.from_data`).
     table = app.Table(WORKFLOW_TABLE, default=None, partitions=settings.partitions,

@@ -47,8 +47,9 @@ async def reroute(runtime, source: SourceRecord, partition: int, stage: str) -> 
     """Send the record, unchanged, to `partition` of its own topic; the original is done."""
     headers = [*source.headers, (REROUTED_HEADER, source.address.encode())]
     timestamp = None if source.timestamp_ms is None else source.timestamp_ms / 1000
-    await runtime.send_to_topic(source.topic, source.key, source.value, partition=partition,
-                                headers=headers, timestamp=timestamp)
+    await runtime.topic_named(source.topic).send(
+        key=source.key, value=source.value, partition=partition, headers=headers,
+        timestamp=timestamp)
     metrics.REROUTED.labels(stage).inc()
     log.info("record %s re-sent to partition %d, its key's partition", source.address,
              partition, extra={"stage": stage})

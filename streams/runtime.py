@@ -20,7 +20,7 @@ from streams.idempotency import HandledRecords
 from streams.logs import lifecycle_level
 from streams.settings import Settings
 from streams.tenants import tenant_copy
-from streams.topics import TopicNames
+from streams.topics import TopicNames, raw_topic
 from workers.backends.aer import BackendRegistry
 from workers.backends.faults import parse_fault_map
 from workers.backends.ibm import IBMAccount
@@ -62,7 +62,6 @@ class Runtime:
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="qlane-exec")
     )
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
-    named_topics: dict = field(default_factory=dict)  # full name -> Faust topic, on first send
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)
     controls: object = None  # the `controls` GlobalTable, set by streams.control
@@ -132,15 +131,13 @@ class Runtime:
         if copy is not None:
             await copy.send(key=key, value=value, **kwargs)
 
-    async def send_to_topic(self, topic: str, key: bytes | None, value: bytes | None,
-                            **kwargs) -> None:
-        """Send to a topic by its full name (one the worker reads, such as a tenant's)."""
-        channel = self.named_topics.get(topic)
-        if channel is None:
-            channel = self.named_topics[topic] = self.app.topic(
-                topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                value_serializer="raw", partitions=self.settings.partitions)
-        await channel.send(key=key, value=value, **kwargs)
+    def topic_named(self, name: str):
+        """The Faust topic of a full topic name (a tenant's), made on first use."""
+        topic = self.topics.get(name)
+        if topic is None:
+            topic = self.topics[name] = raw_topic(self.app, name,
+                                                  partitions=self.settings.partitions)
+        return topic
 
     async def flush(self) -> None:
         """Wait until everything sent so far (table changelog included) is on the broker."""

@@ -165,14 +165,7 @@ def tenant_copy(runtime, short_name: str, key: bytes | None):
     tenant = source_tenant(prefix, table.get(key.decode(errors="replace")))
     if tenant is None:
         return None
-    name = tenant_topic(prefix, kind, tenant)
-    topic = runtime.topics.get(name)
-    if topic is None:
-        topic = runtime.topics[name] = runtime.app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw",
-            value_serializer="raw", partitions=runtime.settings.partitions,
-        )
-    return topic
+    return runtime.topic_named(tenant_topic(prefix, kind, tenant))
 
 
 # --- the Admin API ------------------------------------------------------------------------

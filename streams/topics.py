@@ -24,6 +24,12 @@ NORMAL = "normal"
 TENANT_READ_KINDS = ("results", "status", "cost")
 
 
+def raw_topic(app, *names: str, partitions: int):
+    """A Faust topic (a channel, over several names) of raw key and value bytes."""
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=partitions)
+
+
 def check_tenant(tenant: str) -> str:
     if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
         raise ValueError(f"tenant {tenant!r} must match [a-z0-9_]{{1,64}}")
