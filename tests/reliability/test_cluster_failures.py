@@ -2,7 +2,8 @@
 
 - A worker whose broker went away stops within QLANE_SHUTDOWN_TIMEOUT_S of a SIGTERM, and
   its log stays small while the broker is unreachable (1 node, in `make test`). The same
-  worker with both guards off shows the upstream behaviour they exist for.
+  worker with both guards off shows the upstream behaviour they exist for: a warning per
+  retry, and (in most runs) a stop that does not end.
 - 3 nodes (RF 3, min.insync.replicas 2, acks=all, exactly-once): 1,000 jobs while workers
   and brokers (the partition leader included) are SIGKILLed one at a time and restarted,
   then 2 of 3 brokers down: nothing lost or duplicated for read_committed readers, no
@@ -84,9 +85,10 @@ def test_a_worker_stops_in_bounded_time_and_quietly_when_its_broker_is_gone(tmp_
         assert guarded_s <= SHUTDOWN_TIMEOUT_S + 5
         assert len(unable) <= 10, "\n".join(unable[:20])
         assert len(guarded_lines) < 400, "\n".join(guarded_lines[-80:])
-        # Upstream: no bound and one warning per retry. If this fails, Faust or aiokafka
-        # changed, and the guards may no longer be needed.
-        assert unguarded_s is None
+        # Upstream: one warning per retry. If this fails, Faust or aiokafka changed, and the
+        # log guard may no longer be needed. Upstream's stop time is reported, not asserted:
+        # it usually never ends (None after 8 s), but one CI run saw it end in 4.2 s, when
+        # nothing was waiting on the broker at the SIGTERM; the deadline exists for the others.
         assert len(unguarded_lines) > 2 * len(guarded_lines)
     finally:
         for process in (guarded, unguarded):
