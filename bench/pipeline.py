@@ -511,6 +511,27 @@ def run_backlog(n: int, *, workdir: Path, partitions: int = 4, timeout_s: float 
         bench_broker.stop()
 
 
+LAG_WATCH_S = 60.0  # how long the lag may take to reach 0 after the last result
+LAG_SAMPLE_S = 5.0  # the worker samples its lag this often
+
+
+async def lag_until_zero(port: int, limit_s: float) -> list[dict]:
+    """The lag gauge after each of the worker's samples, until every topic reads 0.
+
+    The first scrape waits one sample interval (the gauge may still hold a sample taken
+    before the last result); it stops at the first all-zero scrape or after `limit_s`.
+    """
+    started = time.monotonic()
+    series = []
+    while True:
+        await asyncio.sleep(LAG_SAMPLE_S + 1.0)
+        lag = scrape_lag(port)
+        series.append({"t_s": round(time.monotonic() - started, 1), "lag": lag})
+        settled = "error" not in lag and not any(lag.values())
+        if settled or time.monotonic() - started >= limit_s:
+            return series
+
+
 def scrape_lag(port: int) -> dict[str, float]:
     """The worker's qlane_consumer_lag gauge summed per topic (what the lag alert reads)."""
     import urllib.request
@@ -560,8 +581,8 @@ async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, st
         outcomes, submitted, received, first = await _submit_with(
             client, jobs, timeout_s, alive, on_event)
         cpu = cpu_delta(cpu_snapshot(processes, broker), cpu0)
-        await asyncio.sleep(6.0)  # one more lag sample by the worker (every 5 s)
-        out["consumer_lag_at_end"] = scrape_lag(web_port)
+        out["consumer_lag_after_end"] = await lag_until_zero(web_port, LAG_WATCH_S)
+        out["consumer_lag_at_end"] = out["consumer_lag_after_end"][-1]["lag"]
     succeeded = sum(1 for o in outcomes.values()
                     if o.result is not None and o.result.get("status") == "succeeded")
     rates = []

@@ -109,6 +109,11 @@ def render(results: dict) -> str:
             lines += ["", f"{key}: jobs/s per 1000 results: {rates}; worker RSS MiB at each "
                       f"1000: {rss}; consumer lag at the end: "
                       f"{section.get('consumer_lag_at_end')}"]
+            after = section.get("consumer_lag_after_end")
+            if after:
+                lines[-1] += " (scrapes after the last result: " + ", ".join(
+                    f"{s['t_s']} s: {sum(v for v in s['lag'].values() if isinstance(v, float))}"
+                    for s in after) + ")"
     return "\n".join(lines)
 
 
