@@ -515,6 +515,15 @@ LAG_WATCH_S = 60.0  # how long the lag may take to reach 0 after the last result
 LAG_SAMPLE_S = 5.0  # the worker samples its lag this often
 
 
+async def watch_lag(port: int, t_start: float, series: list[dict]) -> None:
+    """Append the lag gauge per topic every LAG_SAMPLE_S while the backlog drains (the
+    scrape runs in a thread: the client's loop keeps receiving results)."""
+    while True:
+        await asyncio.sleep(LAG_SAMPLE_S)
+        lag = await asyncio.to_thread(scrape_lag, port)
+        series.append({"t_s": round(time.monotonic() - t_start, 1), "lag": lag})
+
+
 async def lag_until_zero(port: int, limit_s: float) -> list[dict]:
     """The lag gauge after each of the worker's samples, until every topic reads 0.
 
@@ -578,9 +587,15 @@ async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, st
                             marks_file.write(json.dumps({"broker": broker.kind,
                                                          **marks[-1]}) + "\n")
 
-        outcomes, submitted, received, first = await _submit_with(
-            client, jobs, timeout_s, alive, on_event)
+        during: list[dict] = []
+        watcher = asyncio.create_task(watch_lag(web_port, t_start, during))
+        try:
+            outcomes, submitted, received, first = await _submit_with(
+                client, jobs, timeout_s, alive, on_event)
+        finally:
+            watcher.cancel()
         cpu = cpu_delta(cpu_snapshot(processes, broker), cpu0)
+        out["consumer_lag_during"] = during
         out["consumer_lag_after_end"] = await lag_until_zero(web_port, LAG_WATCH_S)
         out["consumer_lag_at_end"] = out["consumer_lag_after_end"][-1]["lag"]
     succeeded = sum(1 for o in outcomes.values()
