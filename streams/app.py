@@ -31,6 +31,7 @@ def faust_settings(settings: Settings) -> dict:
         broker_heartbeat_interval=1,
         processing_guarantee=settings.effective_processing_guarantee,
         broker_commit_interval=settings.commit_interval_s,
+        broker_max_poll_records=settings.max_poll_records,
     )
     options.update(faust_credentials(settings))
     options.update(table_store.faust_store_settings(settings))

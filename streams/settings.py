@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         None, ge=1, description="min.insync.replicas of the topics qlane creates (capped at "
         "the replication factor); None = the broker's default",
     )
+    max_poll_records: int = Field(
+        500, ge=1, le=800, description="records the consumer hands the streams per poll. "
+        "Faust delivers a poll's records one by one; a record whose stream buffer (4,096) is "
+        "full blocks every other topic's records until that stage makes room, so a poll must "
+        "fit in the room Faust leaves above the buffer's pause mark (819)",
+    )
     commit_interval_s: float = Field(
         0.5, gt=0, description="seconds between commits; on exactly_once, a stage's output "
         "is visible to read_committed readers (the next stage included) only once committed",

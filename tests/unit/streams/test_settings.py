@@ -48,3 +48,22 @@ def test_broker_accepts_faust_urls_and_lists(given, expected):
 def test_broker_that_is_not_host_port_is_refused(given):
     with pytest.raises(ValueError, match="broker|scheme"):
         Settings(broker=given)
+
+
+def test_a_poll_fits_in_the_room_above_a_stream_buffers_pause_mark():
+    """Faust puts a poll's records into the stream buffers one at a time. Past a buffer's
+    pause mark its partitions are no longer fetched, but a record meeting a full buffer
+    blocks the delivery of every other topic's records (a backlog of jobs stalled the
+    execute and mitigate stages for 17-26 s). The largest poll the setting allows must fit
+    between the pause mark and the buffer's size."""
+    from streams.app import create_app
+
+    largest = Settings.model_fields["max_poll_records"].metadata
+    bound = next(m.le for m in largest if getattr(m, "le", None) is not None)
+    with pytest.raises(ValueError):
+        Settings(max_poll_records=bound + 1)
+    app, runtime = create_app(Settings(max_poll_records=bound))
+    assert app.conf.broker_max_poll_records == bound
+    for channel in [runtime.topics["execute"], *runtime.lane_channels.values()]:
+        queue = channel.queue
+        assert queue.maxsize - queue.pressure_high_size >= bound
