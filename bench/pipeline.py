@@ -621,8 +621,15 @@ async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, st
                            "broker": 1000 * cpu["broker"] / max(succeeded, 1),
                            "client": 1000 * cpu["client"] / max(succeeded, 1)},
         "worker_alive_at_end": worker.poll() is None,
+        "longest_gap_between_results_s": longest_gap(received.values()),
     })
     return out
+
+
+def longest_gap(times) -> float | None:
+    """The longest wait between two consecutive results: a stall that a per-1000 rate hides."""
+    ordered = sorted(times)
+    return max((b - a for a, b in zip(ordered, ordered[1:])), default=None)
 
 
 async def _submit_with(client, jobs, timeout_s, alive, on_event):

@@ -107,7 +107,9 @@ def render(results: dict) -> str:
             rates = ", ".join(fmt(r, 3) for r in section["jobs_per_s_per_step"])
             rss = ", ".join(fmt(m["worker_rss_mb"], 4) for m in section.get("marks", []))
             lines += ["", f"{key}: jobs/s per 1000 results: {rates}; worker RSS MiB at each "
-                      f"1000: {rss}; consumer lag at the end: "
+                      f"1000: {rss}; longest gap between results: "
+                      f"{fmt(section.get('longest_gap_between_results_s'), 3)} s; "
+                      f"consumer lag at the end: "
                       f"{section.get('consumer_lag_at_end')}"]
             after = section.get("consumer_lag_after_end")
             if after:
