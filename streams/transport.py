@@ -112,8 +112,42 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+def pause_if_pressed(consumer, tp, channels, resume) -> bool:
+    """Pause fetching `tp` when a stream buffer it feeds is past its pause mark.
+
+    Faust pauses a partition only when one of its records is put into a buffer past the
+    mark. A partition whose first record after the mark meets an already full buffer is
+    never paused: its records keep coming, delivery waits on that buffer, and every other
+    topic's records wait behind it (a 30,000-job backlog stopped the execute and mitigate
+    stages for up to 27 s, while preprocess worked through its buffer). `resume` is called
+    by the buffer once it has drained to its resume mark, as for Faust's own pauses."""
+    pressed = False
+    for channel in channels:
+        if channel.queue.in_pressure_high_state(resume):
+            pressed = True
+    if pressed:
+        consumer.on_buffer_full(tp)
+    return pressed
+
+
+class Conductor(faust_aiokafka.Transport.Conductor):
+    def _build_handler(self, tp, channels):
+        deliver = super()._build_handler(tp, channels)
+        consumer = self.app.consumer
+
+        def resume() -> None:
+            consumer.on_buffer_drop(tp)
+
+        async def on_message(message) -> None:
+            pause_if_pressed(consumer, tp, channels, resume)
+            await deliver(message)
+
+        return on_message
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Conductor = Conductor
 
 
 # Exactly-once fixes (streams/transactions.py): its producer and transaction manager.
