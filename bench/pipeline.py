@@ -30,6 +30,7 @@ results, the worker's RSS whenever another 1000 results have arrived, and the wo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -515,13 +516,18 @@ LAG_WATCH_S = 60.0  # how long the lag may take to reach 0 after the last result
 LAG_SAMPLE_S = 5.0  # the worker samples its lag this often
 
 
+async def lag_sample(port: int, since: float) -> dict:
+    """The lag gauge per topic, stamped with seconds since `since` (the scrape runs in a
+    thread: the client's loop keeps receiving results)."""
+    lag = await asyncio.to_thread(scrape_lag, port)
+    return {"t_s": round(time.monotonic() - since, 1), "lag": lag}
+
+
 async def watch_lag(port: int, t_start: float, series: list[dict]) -> None:
-    """Append the lag gauge per topic every LAG_SAMPLE_S while the backlog drains (the
-    scrape runs in a thread: the client's loop keeps receiving results)."""
+    """Append a lag sample every LAG_SAMPLE_S while the backlog drains."""
     while True:
         await asyncio.sleep(LAG_SAMPLE_S)
-        lag = await asyncio.to_thread(scrape_lag, port)
-        series.append({"t_s": round(time.monotonic() - t_start, 1), "lag": lag})
+        series.append(await lag_sample(port, t_start))
 
 
 async def lag_until_zero(port: int, limit_s: float) -> list[dict]:
@@ -534,8 +540,8 @@ async def lag_until_zero(port: int, limit_s: float) -> list[dict]:
     series = []
     while True:
         await asyncio.sleep(LAG_SAMPLE_S + 1.0)
-        lag = scrape_lag(port)
-        series.append({"t_s": round(time.monotonic() - started, 1), "lag": lag})
+        series.append(await lag_sample(port, started))
+        lag = series[-1]["lag"]
         settled = "error" not in lag and not any(lag.values())
         if settled or time.monotonic() - started >= limit_s:
             return series
@@ -628,8 +634,7 @@ async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, st
 
 def longest_gap(times) -> float | None:
     """The longest wait between two consecutive results: a stall that a per-1000 rate hides."""
-    ordered = sorted(times)
-    return max((b - a for a, b in zip(ordered, ordered[1:])), default=None)
+    return max((b - a for a, b in itertools.pairwise(sorted(times))), default=None)
 
 
 async def _submit_with(client, jobs, timeout_s, alive, on_event):

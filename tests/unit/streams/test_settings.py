@@ -54,7 +54,7 @@ def test_a_poll_fits_in_the_room_above_a_stream_buffers_pause_mark():
     """Faust puts a poll's records into the stream buffers one at a time. Past a buffer's
     pause mark its partitions are no longer fetched, but a record meeting a full buffer
     blocks the delivery of every other topic's records (a backlog of jobs stalled the
-    execute and mitigate stages for 17-26 s). The largest poll the setting allows must fit
+    execute and mitigate stages for 16-27 s). The largest poll the setting allows must fit
     between the pause mark and the buffer's size."""
     from streams.app import create_app
 
