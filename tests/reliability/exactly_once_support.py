@@ -91,18 +91,30 @@ class Audit:
 
 
 def audit(settings: Settings, isolation_level: str = "read_committed") -> Audit:
+    """The three topics one after another, statuses first: a job's terminal status is
+    committed with or after its result and cost, so a transaction that commits between two
+    of the reads can add a result without its status, never a status without its result.
+    (Results first, a commit landing between the reads showed a finished job with no result.)
+    """
     found = Audit()
+    status = codec("JobStatus")
+    for record in read(settings, "status", isolation_level):
+        if status.decode(record.value)["state"] in TERMINAL:
+            found.terminal[record.key.decode()] += 1
     for record in read(settings, "results", isolation_level):
         wf = record.key.decode()
         found.results[wf] += 1
         found.distinct_results.setdefault(wf, set()).add(record.value)
     for record in read(settings, "cost", isolation_level):
         found.cost[record.key.decode()] += 1
-    status = codec("JobStatus")
-    for record in read(settings, "status", isolation_level):
-        if status.decode(record.value)["state"] in TERMINAL:
-            found.terminal[record.key.decode()] += 1
     return found
+
+
+def not_once(found: Audit, workflow_ids) -> dict[str, tuple[int, int, int]]:
+    """Workflows without exactly one result, cost event and terminal status:
+    (results, cost events, terminal statuses) of each."""
+    counts = {wf: (found.results[wf], found.cost[wf], found.terminal[wf]) for wf in workflow_ids}
+    return {wf: seen for wf, seen in counts.items() if seen != (1, 1, 1)}
 
 
 def submit(settings: Settings, jobs: list[dict]) -> None:
