@@ -102,6 +102,9 @@ class Settings(BaseSettings):
         "the interpreter lock while it simulates, so in the worker it stalls the event loop "
         "and Kafka I/O; there the worker's Kafka work overlaps the simulation (a second core), "
         "and a call past execute_timeout_s kills the process, not a thread left running")
+    simulator_processes: int = Field(
+        1, ge=1, le=64, description="simulator processes per worker (with simulator_process): "
+        "a batch is split into as many calls of about equal work, run at once")
     sandbox_attempts: int = Field(
         2, ge=1, description="attempts on a record that kills or times out its sandbox (or "
         "crashes the execute stage), counted across restarts, before it is dead-lettered",

@@ -35,7 +35,7 @@ from workers.errors import (
 from workers.execution.batching import Outcome
 from workers.execution.breaker import BreakerOpen
 from workers.execution.preparation import PreparedJob, execute, prepare
-from workers.execution.simulator import outcomes_of, request_for, simulated_here
+from workers.execution.simulator import outcomes_of, request_for, shares, simulated_here
 from workers.jobs import JobSpec
 from workers.seeds import job_seed
 
@@ -105,9 +105,21 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
                    wall_s: float) -> list[Outcome]:
     """Outcomes of (prepared bytes, seed, backend) items run in the simulator process, the
     call bounded by `wall_s` (the process is killed past it: SandboxTimeout)."""
-    request = request_for(runtime.registry, items, cpu_s=math.ceil(wall_s))
-    header, _ = await runtime.simulator.run_exchange(request, wall_s)
-    return outcomes_of(header, len(items))
+    pool = runtime.simulator
+    split = shares([len(data) for data, _, _ in items], pool.size)
+    calls = [pool.run_exchange(request_for(runtime.registry, [items[i] for i in share],
+                                           cpu_s=math.ceil(wall_s)), wall_s)
+             for share in split]
+    # Every call ends before the batch does (none is left running when one fails).
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [answer for answer in answers if isinstance(answer, BaseException)]
+    if failed:
+        raise failed[0]
+    outcomes: list[Outcome | None] = [None] * len(items)
+    for share, (header, _) in zip(split, answers, strict=True):
+        for index, outcome in zip(share, outcomes_of(header, len(share)), strict=True):
+            outcomes[index] = outcome
+    return outcomes  # type: ignore[return-value]
 
 
 def start_simulator(runtime: Runtime) -> None:
@@ -119,7 +131,8 @@ def start_simulator(runtime: Runtime) -> None:
                            cpu_s=math.ceil(settings.execute_timeout_s),
                            memory_mb=settings.sandbox_memory_mb,
                            output_mb=settings.sandbox_output_mb, startup_s=SIMULATOR_START_S)
-    runtime.simulator = SandboxPool(bounds, size=1, kind=SIMULATE)
+    runtime.simulator = SandboxPool(bounds, size=settings.simulator_processes,
+                                    kind=SIMULATE)
 
 
 def in_simulator_process(runtime: Runtime, backends) -> bool:

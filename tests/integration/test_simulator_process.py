@@ -1,9 +1,10 @@
-"""QLANE_SIMULATOR_PROCESS=true: Aer calls in a sandbox process give the worker's counts.
+"""QLANE_SIMULATOR_PROCESS=true: Aer calls in sandbox processes give the worker's counts.
 
-A second worker, on topics of its own, runs the same jobs as the package's worker (Aer in
-the worker process): a lone job (the fused path, one call) and a burst (stage.execute, batch
-calls), on both simulators; the counts and estimates must be equal, and the calls must have
-run in the worker's simulator process.
+A second worker, on topics of its own and with two simulator processes
+(QLANE_SIMULATOR_PROCESSES=2: a batch is split over both), runs the same jobs as the
+package's worker (Aer in the worker process): a lone job (the fused path, one call) and a
+burst (stage.execute, batch calls), on both simulators; the counts and estimates must be
+equal, and the calls must have run in the worker's simulator processes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def simulator_settings(broker_address):
 def simulator_worker(simulator_settings, tmp_path_factory):
     asyncio.run(ensure_topics(simulator_settings))
     log = tmp_path_factory.mktemp("simulator-worker") / "worker.log"
-    process = start_worker(simulator_settings, log, env={"QLANE_SIMULATOR_PROCESS": "true"})
+    process = start_worker(simulator_settings, log, env={"QLANE_SIMULATOR_PROCESS": "true",
+                                                         "QLANE_SIMULATOR_PROCESSES": "2"})
     try:
         wait_until_ready(simulator_settings, log)
         yield process
@@ -78,8 +80,8 @@ def jobs(tag: str) -> list[dict]:
 
 def test_counts_in_the_simulator_process_equal_the_workers_own(
         settings, worker, simulator_settings, simulator_worker):
-    assert descendants_running(simulator_worker.pid, "simulate"), \
-        "the worker started no simulator process"
+    assert len(descendants_running(simulator_worker.pid, "simulate")) == 2, \
+        "the worker did not start its two simulator processes"
     lone = jobs("lone")[-1:]
     burst = jobs("burst")
     results = {}

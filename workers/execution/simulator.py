@@ -14,6 +14,10 @@ backends named, and back a JSON list with each job's counts or its error (class 
 message, rebuilt as the same qlane error). Counts are those of an in-worker call: same
 prepared job, seed and noise model, same code (workers.execution.batching.execute_batch).
 
+With `simulator_processes` above 1, a batch is split into that many calls of about equal
+work (`shares`), run at once in as many processes: the simulation of one batch can then use
+more than one core.
+
 Only the backends in SIMULATED go there, and only while no faults are injected into them:
 fault injection (reliability tests, chaos runs) keeps its random sequence in the worker's
 registry, so a backend with faults runs in the worker. The calls of the execute stage and of
@@ -59,6 +63,21 @@ def request_for(registry, items: Sequence[tuple[bytes, int, str]],
         ideal_qubits=registry.ideal_qubits,
         cpu_s=cpu_s,
     )
+
+
+def shares(sizes: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices of jobs split into at most `parts` calls of about equal work, each in the
+    jobs' own order; a job's size (its prepared bytes) stands for its work. Counts do not
+    depend on the split: every job's counts are those of a call on its own."""
+    parts = max(1, min(parts, len(sizes)))
+    loads = [0] * parts
+    chosen: list[list[int]] = [[] for _ in range(parts)]
+    # Largest first, each to the least loaded call (ties: the first), then back in order.
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        target = loads.index(min(loads))
+        chosen[target].append(index)
+        loads[target] += sizes[index]
+    return [sorted(share) for share in chosen if share]
 
 
 def outcomes_of(header: dict, count: int) -> list[Outcome]:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.agents.execution import Job, JobRunner, start_simulator
+from streams.agents.execution import Job, JobRunner, simulate_batch, start_simulator
 from streams.deadletter import SourceRecord
 from streams.settings import Settings
 from tests.unit.workers.conftest import ANSATZ3_QASM3
@@ -37,9 +37,9 @@ def runtime():
     runtime.executor.shutdown()
 
 
-def job(registry) -> Job:
+def job(registry, seed: int = 7) -> Job:
     request = {"workflow_id": "sim-call", "circuit": ANSATZ3_QASM3, "shots": 2000,
-               "backend": "aer.noisy", "seed": 7,
+               "backend": "aer.noisy", "seed": seed,
                "parameter_sets": [[0.1 * i, 0.2, 0.3, 0.4, 0.5] for i in range(8)],
                "observables": [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]}
     prepared = prepare(JobSpec.from_record(request), registry, TranspileCache(), Limits())
@@ -70,3 +70,29 @@ def test_a_killed_simulator_is_a_crash_that_does_not_count_on_the_breaker(runtim
     assert runtime.simulator.pids() != [victim]  # replaced
     counts = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
     assert counts == execute(one.prepared, runtime.registry, one.seed)
+
+
+def test_a_batch_split_over_two_simulator_processes_has_each_jobs_own_counts() -> None:
+    """QLANE_SIMULATOR_PROCESSES=2: the batch goes out as two calls at once, one per process,
+    and every job gets the counts of a call on its own; one process killed fails the batch
+    (SandboxCrashed, as with one process) after the other call has ended."""
+    two = SimpleNamespace(
+        settings=Settings(simulator_process=True, simulator_processes=2, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None,
+    )
+    start_simulator(two)
+    try:
+        assert len(two.simulator.pids()) == 2
+        batch = [job(two.registry, seed) for seed in (7, 8, 9, 10, 11)]
+        outcomes = asyncio.run(simulate_batch(two, batch))
+        assert outcomes == [execute(one.prepared, two.registry, one.seed) for one in batch]
+        victim = two.simulator.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(SandboxCrashed):
+            asyncio.run(simulate_batch(two, batch))
+        assert len(two.simulator.pids()) == 2 and victim not in two.simulator.pids()
+        assert asyncio.run(simulate_batch(two, batch)) == outcomes
+    finally:
+        two.simulator.close()
+        two.executor.shutdown()

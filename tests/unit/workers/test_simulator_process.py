@@ -11,7 +11,7 @@ from workers.circuits.transpile import TranspileCache
 from workers.errors import CorruptRecord, SandboxTimeout
 from workers.execution.batching import execute_batch
 from workers.execution.preparation import prepare
-from workers.execution.simulator import outcomes_of, request_for, simulated_here
+from workers.execution.simulator import outcomes_of, request_for, shares, simulated_here
 from workers.jobs import JobSpec
 from workers.limits import Limits
 
@@ -89,3 +89,15 @@ def test_backends_with_injected_faults_stay_in_the_worker() -> None:
     registry.set_faults("aer.noisy", "failure_rate=0.5,seed=1")
     assert simulated_here(registry, ["aer.ideal"])
     assert not simulated_here(registry, ["aer.ideal", "aer.noisy"])
+
+
+def test_shares_cover_every_job_once_in_order_and_balance_the_work() -> None:
+    sizes = [900, 100, 100, 100, 500, 400, 100, 100]
+    split = shares(sizes, 2)
+    assert sorted(i for share in split for i in share) == list(range(len(sizes)))
+    assert all(share == sorted(share) for share in split)
+    loads = sorted(sum(sizes[i] for i in share) for share in split)
+    assert loads == [1100, 1200]  # not [300, 2000] as a split into halves would give
+    assert shares(sizes, 1) == [list(range(len(sizes)))]
+    assert shares([5, 5], 8) == [[0], [1]]  # never an empty call
+    assert shares([], 3) == []
