@@ -1,37 +1,77 @@
-import sys, time
-sys.path.insert(0, "/work/main")
-from bench.jobs import job_set
-from bench.inprocess import _seed
-from workers.backends.aer import BackendRegistry
-from workers.circuits.transpile import TranspileCache
-from workers.execution.batching import execute_batch
-from workers.execution.preparation import prepare, PreparedJob
-from workers.jobs import JobSpec
-from workers.limits import Limits
-from workers.execution.simulator import Simulator, SimulateRequest
+"""What the simulation of the benchmark's job set costs in one process, with nothing else.
 
-requests = job_set(480)
-registry, cache, limits = BackendRegistry(), TranspileCache(), Limits()
-prepared = [prepare(JobSpec.from_record(r), registry, cache, limits) for r in requests]
-seeds = [_seed(r) for r in requests]
-data = [p.to_bytes() for p in prepared]
-def batches():
-    for k in range(0, 480, 32):
-        yield k
-execute_batch(list(zip(prepared[:32], seeds[:32])), registry)
-t = time.perf_counter(); c = time.process_time()
-for k in batches():
-    execute_batch(list(zip(prepared[k:k+32], seeds[k:k+32])), registry)
-print("execute_batch in-process", time.perf_counter()-t, time.process_time()-c)
-sim = Simulator()
-sim.warm_up()
-req = lambda k: SimulateRequest(items=tuple(zip(data[k:k+32], seeds[k:k+32])), noise_scale={n: registry.noise_scale(n) for n in ("aer.ideal","aer.noisy")}, ideal_qubits=registry.ideal_qubits)
-sim.handle(req(0))
-t = time.perf_counter(); c = time.process_time()
-for k in batches():
-    sim.handle(req(k))
-print("Simulator.handle in-process", time.perf_counter()-t, time.process_time()-c)
-t = time.perf_counter(); c = time.process_time()
-for k in batches():
-    [PreparedJob.from_bytes(d) for d in data[k:k+32]]
-print("from_bytes", time.perf_counter()-t, time.process_time()-c)
+    .venv/bin/python bench/simulator/simulator_cost.py [--jobs 480] [--batch 32]
+
+Prepares the job set (bench/jobs.py) once, then times, in batches of `--batch`:
+`execute_batch` with the worker's registry (what the execute stage runs in a worker
+thread), `Simulator.handle` (what the simulator process runs, prepared bytes decoded
+included), and the decoding of the prepared bytes alone. Prints wall and CPU seconds of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.inprocess import _seed  # noqa: E402
+from bench.jobs import job_set  # noqa: E402
+from workers.backends.aer import BackendRegistry  # noqa: E402
+from workers.circuits.transpile import TranspileCache  # noqa: E402
+from workers.execution.batching import execute_batch  # noqa: E402
+from workers.execution.preparation import PreparedJob, prepare  # noqa: E402
+from workers.execution.simulator import SimulateRequest, Simulator  # noqa: E402
+from workers.jobs import JobSpec  # noqa: E402
+from workers.limits import Limits  # noqa: E402
+
+
+def timed(label: str, batches, run) -> None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        run(batch)
+    print(f"{label}: {time.perf_counter() - wall:.2f} s wall, "
+          f"{time.process_time() - cpu:.2f} s CPU")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=480)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    requests = job_set(args.jobs)
+    registry, cache, limits = BackendRegistry(), TranspileCache(), Limits()
+    prepared = [prepare(JobSpec.from_record(r), registry, cache, limits) for r in requests]
+    seeds = [_seed(r) for r in requests]
+    data = [job.to_bytes() for job in prepared]
+    batches = [range(k, min(k + args.batch, len(requests)))
+               for k in range(0, len(requests), args.batch)]
+
+    def in_worker(batch) -> None:
+        execute_batch([(prepared[i], seeds[i]) for i in batch], registry)
+
+    simulator = Simulator()
+    simulator.warm_up()
+    scale = {name: registry.noise_scale(name) for name in ("aer.ideal", "aer.noisy")}
+
+    def in_simulator(batch) -> None:
+        simulator.handle(SimulateRequest(items=tuple((data[i], seeds[i]) for i in batch),
+                                         noise_scale=scale, ideal_qubits=registry.ideal_qubits))
+
+    def decode(batch) -> None:
+        for i in batch:
+            PreparedJob.from_bytes(data[i])
+
+    in_worker(batches[0])  # warm-up
+    in_simulator(batches[0])
+    timed("execute_batch (worker thread)", batches, in_worker)
+    timed("Simulator.handle (simulator process)", batches, in_simulator)
+    timed("PreparedJob.from_bytes alone", batches, decode)
+
+
+if __name__ == "__main__":
+    main()
