@@ -114,7 +114,8 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
     answers = await asyncio.gather(*calls, return_exceptions=True)
     failed = [answer for answer in answers if isinstance(answer, BaseException)]
     if failed:
-        raise failed[0]
+        # A timeout first: it counts on the backend's breaker, a crash does not.
+        raise min(failed, key=lambda error: not isinstance(error, SandboxTimeout))
     outcomes: list[Outcome | None] = [None] * len(items)
     for share, (header, _) in zip(split, answers, strict=True):
         for index, outcome in zip(share, outcomes_of(header, len(share)), strict=True):

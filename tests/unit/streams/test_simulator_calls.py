@@ -17,7 +17,7 @@ from streams.settings import Settings
 from tests.unit.workers.conftest import ANSATZ3_QASM3
 from workers.backends.registry import BackendRegistry
 from workers.circuits.transpile import TranspileCache
-from workers.errors import SandboxCrashed
+from workers.errors import SandboxCrashed, SandboxTimeout
 from workers.execution.breaker import BreakerBoard
 from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec
@@ -96,3 +96,32 @@ def test_a_batch_split_over_two_simulator_processes_has_each_jobs_own_counts() -
     finally:
         two.simulator.close()
         two.executor.shutdown()
+
+
+class SplitPool:
+    """Two simulator processes, faked: the first call crashes, the second times out."""
+
+    size = 2
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def run_exchange(self, request, wall_s):
+        self.calls += 1
+        call = self.calls
+        await asyncio.sleep(0.01 * call)  # the timeout is the later of the two
+        if call == 1:
+            raise SandboxCrashed("the sandbox was killed by SIGKILL")
+        raise SandboxTimeout("the sandbox took longer than 1s")
+
+
+def test_a_split_batch_with_a_crash_and_a_timeout_fails_as_the_timeout() -> None:
+    """The timeout is what the breaker must count (a crash is not counted), whichever of
+    the two calls ended first."""
+    fake = SimpleNamespace(settings=Settings(simulator_process=True), registry=BackendRegistry(),
+                           breakers=BreakerBoard(failure_threshold=5), simulator=SplitPool())
+    batch = [job(fake.registry, seed) for seed in (1, 2)]
+    with pytest.raises(SandboxTimeout):
+        asyncio.run(simulate_batch(fake, batch))
+    assert fake.simulator.calls == 2
+    assert fake.breakers.for_backend("aer.noisy").consecutive_failures == 1
