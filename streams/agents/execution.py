@@ -103,8 +103,9 @@ def decode_job(source: SourceRecord) -> Job:
 
 async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
                    wall_s: float) -> list[Outcome]:
-    """Outcomes of (prepared bytes, seed, backend) items run in the simulator process, the
-    call bounded by `wall_s` (the process is killed past it: SandboxTimeout)."""
+    """Outcomes of (prepared bytes, seed, backend) items run in the simulator processes,
+    one call per share of the work, each bounded by `wall_s` (its process is killed past
+    it: SandboxTimeout)."""
     pool = runtime.simulator
     split = shares([len(data) for data, _, _ in items], pool.size)
     calls = [pool.run_exchange(request_for(runtime.registry, [items[i] for i in share],
@@ -115,7 +116,7 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
     failed = [answer for answer in answers if isinstance(answer, BaseException)]
     if failed:
         # A timeout first: it counts on the backend's breaker, a crash does not.
-        raise min(failed, key=lambda error: not isinstance(error, SandboxTimeout))
+        raise next((e for e in failed if isinstance(e, SandboxTimeout)), failed[0])
     outcomes: list[Outcome | None] = [None] * len(items)
     for share, (header, _) in zip(split, answers, strict=True):
         for index, outcome in zip(share, outcomes_of(header, len(share)), strict=True):
