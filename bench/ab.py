@@ -79,6 +79,8 @@ def one_run(name: str, variant: dict, broker: str, jobs: list[dict], args, scrat
         "latency_p50_ms": latency.get("p50_ms"), "latency_p99_ms": latency.get("p99_ms"),
         "latency_cpu_ms_per_job": latency.get("cpu_ms_per_job"),
         "foreign_cpu_cores": round(max(foreign, 0.0), 3),
+        "stage_busy_fraction": report.get("stage_busy_fraction"),
+        "median_stage_s": report.get("median_stage_s"),
         "profile": report.get("profile"),
         "per_job": report["per_job"],
     }

@@ -28,12 +28,17 @@ from tests.support import BELL, session_settings
 
 
 @pytest.mark.parametrize("broker_address", ["kafka"], indirect=True)
-@pytest.mark.parametrize("fused_path", ["idle", "always"])
+@pytest.mark.parametrize(("fused_path", "overlapped"),
+                         [("idle", False), ("always", False), ("idle", True)],
+                         ids=["idle", "always", "idle-overlapped"])
 def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
-    broker_address, fused_path, tmp_path, report
+    broker_address, fused_path, overlapped, tmp_path, report
 ):
     """`idle` (the default): the burst goes through the stages; `always`: every job is
-    executed and mitigated on its jobs record (streams/agents/fused.py), one transaction."""
+    executed and mitigated on its jobs record (streams/agents/fused.py), one transaction;
+    `overlapped`: the execute stage takes the next batch while a call runs
+    (streams/agents/overlap.py, on with the simulator process; the backend with faults still
+    runs in the worker), so kills land while a taken batch is not yet handled."""
     settings = session_settings(*broker_address, tag="eos")
     assert settings.effective_processing_guarantee == "exactly_once"
     asyncio.run(ensure_topics(settings))
@@ -47,8 +52,9 @@ def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     # first (latency only: same counts); `idle` takes at most 4 jobs per call. At least 6 s.
     pace = ({"QLANE_FAULTS": "aer.ideal:latency_s=0.1"} if fused_path == "always" else
             {"QLANE_FAULTS": "aer.ideal:latency_s=0.4", "QLANE_EXECUTE_BATCH_MAX": "4"})
+    overlap = {"QLANE_SIMULATOR_PROCESS": "true"} if overlapped else {}
     workers = Workers(settings, tmp_path, count=1,
-                      env={"QLANE_FUSED_PATH": fused_path, **pace})
+                      env={"QLANE_FUSED_PATH": fused_path, **pace, **overlap})
     workers.start_all()
     try:
         submit(settings, jobs)
