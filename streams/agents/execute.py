@@ -188,11 +188,10 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
         flight = InFlight(runtime, STAGE, [source for _, source in fresh])
         await flight.load()
         batch = TakenBatch(list(taken), fresh, flight, set(flight.poisoned()))
-        if batch.runnable and not flight.suspects():
-            addresses = [source.address for _, source in batch.runnable]
-            await flight.running(addresses)
-            batch.call = asyncio.ensure_future(
-                run_batch([source for _, source in batch.runnable], batch.decoded))
+        sources = [source for _, source in batch.runnable]
+        if sources and not flight.suspects():
+            await flight.running([source.address for source in sources])
+            batch.call = asyncio.ensure_future(run_batch(sources, batch.decoded))
         return batch
 
     async def clear_marks(batch: TakenBatch) -> dict:
@@ -216,13 +215,12 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             outcomes = await clear_marks(batch)
             await handle_all(guard, batch.runnable, outcomes, batch.decoded)
         else:  # suspects: each record runs alone, so that it cannot take others down
-            for item in batch.runnable:
-                addresses = [item[1].address]
-                await flight.running(addresses)
+            for event, source in batch.runnable:
+                await flight.running([source.address])
                 decoded: dict[str, Job] = {}
-                outcomes = await run_batch([item[1]], decoded)
-                await flight.finished(addresses)
-                await handle_all(guard, [item], outcomes, decoded)
+                outcomes = await run_batch([source], decoded)
+                await flight.finished([source.address])
+                await handle_all(guard, [(event, source)], outcomes, decoded)
         for event in batch.events:
             event.ack()
 
@@ -235,6 +233,6 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             faust_streams._current_event.set(weakref.ref(event))
             await process_guarded(runtime, table, STAGE, guard, handle_in_batch, source,
                                   event)
-            # A record's handling may never wait: yield, so that the next batch's call is
-            # seen to end when it ends (its seconds are billed) and other stages get a turn.
+            # A record's handling may never wait: yield, so that the other stages get a turn
+            # between records.
             await asyncio.sleep(0)
