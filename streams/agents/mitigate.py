@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import threading
 import time
 
 from schemas.codec import codec
@@ -17,9 +19,11 @@ from streams.deadletter import SourceRecord
 from streams.results import build_result, republish_stored_result
 from streams.runtime import Runtime, now_ms
 from workers.execution.preparation import PreparedJob
+from workers.mitigation import zne
 from workers.mitigation.combine import mitigate
 
 STAGE = "mitigate"
+log = logging.getLogger(__name__)
 
 
 async def publish_result(
@@ -85,6 +89,18 @@ def register(app, runtime: Runtime, table) -> None:
             fallback_reason=task["fallback_reason"], accepted_at_ms=task["accepted_at_ms"],
             preprocess_s=task["preprocess_s"], execute_s=task["execute_s"],
         )
+
+    @app.task
+    async def warm_up_mitigation():
+        """Import mitiq beside the running worker, not before it starts (about 3.4 s of CPU,
+        docs/performance.md "Start-up"), so the first extrapolating job does not wait for it."""
+        def load() -> None:
+            try:
+                zne.mitiq_inference()
+            except Exception:
+                log.exception("importing mitiq failed; the first extrapolation will retry")
+
+        threading.Thread(target=load, name="qlane-mitiq-import", daemon=True).start()
 
     @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1)
     async def mitigate_stage(stream):

@@ -24,19 +24,14 @@ its standard error is the delta method with a central-difference gradient.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
-from mitiq.zne.inference import (
-    ExpFactory,
-    ExtrapolationError,
-    LinearFactory,
-    PolyFactory,
-    RichardsonFactory,
-)
 from qiskit import QuantumCircuit
 from qiskit.circuit import Barrier, CircuitInstruction, Gate
 from qiskit.circuit.library import RZGate, SXGate
@@ -239,14 +234,27 @@ def polynomial_order(num_factors: int) -> int:
     return min(2, num_factors - 1)
 
 
+@functools.cache
+def mitiq_inference() -> ModuleType:
+    """`mitiq.zne.inference`, imported at the first extrapolation rather than with this module.
+
+    Importing mitiq imports every circuit frontend it converts (cirq, braket, sympy, matplotlib):
+    about 3.4 s of CPU, which the preparation sandboxes (they fold, never extrapolate) paid at
+    every start and every replacement (docs/performance.md, "Start-up")."""
+    import mitiq.zne.inference
+
+    return mitiq.zne.inference
+
+
 def _linear_map(method: str, scale_factors: Sequence[float], values: Sequence[float]) -> float:
+    inference = mitiq_inference()
     if method == "linear":
-        return float(LinearFactory.extrapolate(scale_factors, values))
+        return float(inference.LinearFactory.extrapolate(scale_factors, values))
     if method == "richardson":
-        return float(RichardsonFactory.extrapolate(scale_factors, values))
+        return float(inference.RichardsonFactory.extrapolate(scale_factors, values))
     if method == "polynomial":
         order = polynomial_order(len(scale_factors))
-        return float(PolyFactory.extrapolate(scale_factors, values, order=order))
+        return float(inference.PolyFactory.extrapolate(scale_factors, values, order=order))
     raise ValueError(f"{method} is not a linear extrapolation")
 
 
@@ -278,6 +286,7 @@ def extrapolate(
     if method != "exponential":
         w = linear_weights(method, scale_factors) if weights is None else weights
         return Extrapolation(float(w @ y), float(math.sqrt(float((w**2) @ (se**2)))))
+    fit_failed = mitiq_inference().ExtrapolationError
     try:
         value = _exponential(scale_factors, y, asymptote)
         gradient = np.zeros(len(y))
@@ -292,14 +301,15 @@ def extrapolate(
             ) / (2 * step)
         std_error = float(math.sqrt(float((gradient**2) @ (se**2))))
         if not (math.isfinite(value) and math.isfinite(std_error)):
-            raise ExtrapolationError("non-finite exponential fit")
+            raise fit_failed("non-finite exponential fit")
         return Extrapolation(value, std_error)
-    except (ExtrapolationError, ValueError, RuntimeError, FloatingPointError):
+    except (fit_failed, ValueError, RuntimeError, FloatingPointError):
         linear = extrapolate("linear", scale_factors, y, se)
         return Extrapolation(linear.value, linear.std_error, fallback=True)
 
 
 def _exponential(scale_factors: Sequence[float], values: np.ndarray, asymptote: float) -> float:
+    factory = mitiq_inference().ExpFactory
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(ExpFactory.extrapolate(scale_factors, list(values), asymptote=asymptote))
+        return float(factory.extrapolate(scale_factors, list(values), asymptote=asymptote))

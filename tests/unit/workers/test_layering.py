@@ -22,3 +22,32 @@ def test_workers_never_import_kafka_or_stream_code() -> None:
     ).stdout.strip()
     assert len(modules) >= 10
     assert out == ""
+
+
+def test_preparing_a_job_does_not_import_mitiq() -> None:
+    """A preparation sandbox folds and transpiles but never extrapolates: importing mitiq (and
+    the frontends it imports: cirq, braket, sympy) tripled each sandbox's start-up."""
+    code = (
+        "import sys\n"
+        "from workers.circuits.sandbox import Preparer\n"
+        "Preparer().warm_up()\n"
+        "print(','.join(sorted(m for m in ('mitiq', 'cirq', 'braket') if m in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""
+
+
+def test_the_first_extrapolation_imports_mitiq() -> None:
+    code = (
+        "import sys\n"
+        "from workers.mitigation import zne\n"
+        "before = 'mitiq' in sys.modules\n"
+        "value = zne.extrapolate('linear', [1, 3], [0.9, 0.7], [0.01, 0.01]).value\n"
+        "print(before, 'mitiq.zne.inference' in sys.modules, round(value, 6))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "False True 1.0"
