@@ -16,7 +16,6 @@ import asyncio
 import functools
 import json
 import logging
-import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -24,7 +23,7 @@ from faust import streams as faust_streams
 
 from schemas.codec import codec
 from streams import metrics
-from streams.agents.common import first_time, in_thread, mark, new_guard, process_guarded
+from streams.agents.common import first_time, in_thread_timed, mark, new_guard, process_guarded
 from streams.agents.execution import (
     Executed,
     Job,
@@ -40,7 +39,7 @@ from streams.lanes import LaneGate
 from streams.poison import InFlight, poison_handler
 from streams.runtime import Runtime
 from streams.topics import LANES, NORMAL, lane_suffix
-from workers.execution.batching import execute_batch
+from workers.execution.batching import execute_batch, split_by_work
 
 STAGE = "execute"
 log = logging.getLogger("qlane")
@@ -70,25 +69,23 @@ def register(app, runtime: Runtime, table) -> None:
         if not jobs:
             return {}
         metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
-        started = time.perf_counter()
         try:
             if in_simulator_process(runtime, {j.prepared.backend for j in jobs}):
-                outcomes = await simulate_batch(runtime, jobs)
+                answered = await simulate_batch(runtime, jobs)
+                outcomes, seconds = answered.outcomes, answered.seconds
             else:
-                outcomes = await in_thread(
+                outcomes, elapsed = await in_thread_timed(
                     runtime, functools.partial(execute_batch, breakers=runtime.breakers),
                     [(j.prepared, j.seed) for j in jobs], runtime.registry,
                 )
+                seconds = split_by_work(elapsed, [j.prepared for j in jobs])
         except Exception:  # never lose the stage to a batch: run the records one by one
             log.exception("batch of %d jobs failed as a whole; running them one by one",
                           len(jobs))
             return {}
-        # Each job is billed the part of the call its circuits x shots make up.
-        elapsed = time.perf_counter() - started
-        work = [len(j.prepared.tasks) * j.prepared.shots for j in jobs]
+        # Each job is billed its part of the call's backend seconds (by circuits x shots).
         return {
-            j.source.address: (o, elapsed * w / sum(work))
-            for j, o, w in zip(jobs, outcomes, work, strict=True)
+            j.source.address: (o, s) for j, o, s in zip(jobs, outcomes, seconds, strict=True)
         }
 
     async def handle(source: SourceRecord, batch_outcomes: dict, decoded: dict) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -20,7 +19,7 @@ from fallback.classical import run_classical
 from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
 from streams import accounting, metrics
-from streams.agents.common import StageFailure, in_thread
+from streams.agents.common import StageFailure, in_thread, in_thread_timed
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime, now_ms
 from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
@@ -35,7 +34,13 @@ from workers.errors import (
 from workers.execution.batching import Outcome
 from workers.execution.breaker import BreakerOpen
 from workers.execution.preparation import PreparedJob, execute, prepare
-from workers.execution.simulator import outcomes_of, request_for, shares, simulated_here
+from workers.execution.simulator import (
+    outcomes_of,
+    request_for,
+    seconds_of,
+    shares,
+    simulated_here,
+)
 from workers.jobs import JobSpec
 from workers.seeds import job_seed
 
@@ -81,6 +86,15 @@ class Job:
 
 
 @dataclass
+class Answered:
+    """Each job's outcome of a backend call, and its part of the call's backend seconds (what
+    the job is billed; measured where the backend ran, so waits for it are not in them)."""
+
+    outcomes: list[Outcome]
+    seconds: list[float]
+
+
+@dataclass
 class Executed:
     counts: list[dict[str, int]]
     prepared: PreparedJob
@@ -102,10 +116,10 @@ def decode_job(source: SourceRecord) -> Job:
 
 
 async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
-                   wall_s: float) -> list[Outcome]:
+                   wall_s: float) -> Answered:
     """Outcomes of (prepared bytes, seed, backend) items run in the simulator processes,
     one call per share of the work, each bounded by `wall_s` (its process is killed past
-    it: SandboxTimeout)."""
+    it: SandboxTimeout), with each item's seconds as the process timed them."""
     pool = runtime.simulator
     split = shares([len(data) for data, _, _ in items], pool.size)
     calls = [pool.run_exchange(request_for(runtime.registry, [items[i] for i in share],
@@ -118,10 +132,14 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
         # A timeout first: it counts on the backend's breaker, a crash does not.
         raise next((e for e in failed if isinstance(e, SandboxTimeout)), failed[0])
     outcomes: list[Outcome | None] = [None] * len(items)
+    seconds = [0.0] * len(items)
     for share, (header, _) in zip(split, answers, strict=True):
-        for index, outcome in zip(share, outcomes_of(header, len(share)), strict=True):
+        answered = zip(share, outcomes_of(header, len(share)), seconds_of(header, len(share)),
+                       strict=True)
+        for index, outcome, took in answered:
             outcomes[index] = outcome
-    return outcomes  # type: ignore[return-value]
+            seconds[index] = took
+    return Answered(outcomes, seconds)  # type: ignore[arg-type]
 
 
 def start_simulator(runtime: Runtime) -> None:
@@ -145,11 +163,12 @@ def in_simulator_process(runtime: Runtime, backends) -> bool:
     return simulated_here(runtime.registry, backends)
 
 
-async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> list[Outcome]:
+async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> Answered:
     """One call in the simulator process for a batch, under execute_batch's breaker rules:
     a backend whose breaker is open gets BreakerOpen for its jobs; a retryable error in a
     backend's jobs counts one failure on its breaker, else one success."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
+    seconds = [0.0] * len(jobs)
     groups: dict[str, list[int]] = {}
     for index, job in enumerate(jobs):
         groups.setdefault(job.prepared.backend, []).append(index)
@@ -171,15 +190,17 @@ async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> list[Outcome]:
             for name in sent:
                 runtime.breakers.for_backend(name).record_failure()
             raise
-        for index, outcome in zip(order, answered, strict=True):
+        for index, outcome, took in zip(order, answered.outcomes, answered.seconds,
+                                        strict=True):
             outcomes[index] = outcome
+            seconds[index] = took
         for name, indices in sent.items():
             breaker = runtime.breakers.for_backend(name)
             if any(is_retryable(outcomes[i]) for i in indices):
                 breaker.record_failure()
             else:
                 breaker.record_success()
-    return outcomes  # type: ignore[return-value]
+    return Answered(outcomes, seconds)  # type: ignore[arg-type]
 
 
 class JobRunner:
@@ -210,7 +231,6 @@ class JobRunner:
     async def run(self, job: Job, outcome: object = None, share: float = 0.0) -> Executed:
         """The job's counts: from `outcome` (its slot of a batch call: counts, an error, or
         None when it was not in one) or from calls of its own, else from its fallbacks."""
-        started = time.perf_counter()
         reason = job.task.get("fallback_reason")
         cause: BaseException = BudgetExceeded(reason or "")
         if reason is None and self.past_deadline(job):
@@ -222,8 +242,9 @@ class JobRunner:
             if isinstance(outcome, BaseException) and not is_retryable(outcome):
                 raise StageFailure(job.workflow_id, outcome)
             try:
-                counts = await self.run_with_retries(job, failed_in_batch=outcome is not None)
-                return Executed(counts, job.prepared, time.perf_counter() - started,
+                counts, seconds = await self.run_with_retries(
+                    job, failed_in_batch=outcome is not None)
+                return Executed(counts, job.prepared, seconds,
                                 charged_backend=job.prepared.backend)
             except BreakerOpen as error:
                 reason, cause = FallbackReason.BREAKER_OPEN.value, error
@@ -235,8 +256,10 @@ class JobRunner:
                 reason, cause = FallbackReason.RETRIES_EXHAUSTED.value, error
         return await self.run_fallback(job, reason, cause)
 
-    async def call_backend(self, job: Job, prepared: PreparedJob) -> list[dict[str, int]]:
-        """One attempt, behind the breaker, bounded by the call timeout and the deadline."""
+    async def call_backend(self, job: Job,
+                           prepared: PreparedJob) -> tuple[list[dict[str, int]], float]:
+        """One attempt, behind the breaker, bounded by the call timeout and the deadline:
+        the counts, and the seconds the backend ran (what the job is billed)."""
         runtime = self.runtime
         breaker = runtime.breakers.for_backend(prepared.backend)
         if not breaker.allow():
@@ -247,17 +270,19 @@ class JobRunner:
         try:
             if in_simulator_process(runtime, [prepared.backend]):
                 # The process is killed at `timeout`; the outer bound only covers its start.
-                (outcome,) = await asyncio.wait_for(
+                answered = await asyncio.wait_for(
                     simulate(runtime, [(job.bytes_of(prepared), job.seed, prepared.backend)],
                              timeout),
                     timeout + SIMULATOR_START_S,
                 )
+                (outcome,), (seconds,) = answered.outcomes, answered.seconds
                 if isinstance(outcome, BaseException):
                     raise outcome
                 counts = outcome
             else:
-                counts = await asyncio.wait_for(
-                    in_thread(runtime, execute, prepared, runtime.registry, job.seed), timeout
+                counts, seconds = await asyncio.wait_for(
+                    in_thread_timed(runtime, execute, prepared, runtime.registry, job.seed),
+                    timeout,
                 )
         except (TimeoutError, SandboxTimeout):
             breaker.record_failure()
@@ -275,13 +300,15 @@ class JobRunner:
                 breaker.record_failure()
             raise
         breaker.record_success()
-        return counts
+        return counts, seconds
 
     async def run_with_retries(
         self, job: Job, failed_in_batch: bool, prepared: PreparedJob | None = None
-    ) -> list[dict[str, int]]:
+    ) -> tuple[list[dict[str, int]], float]:
         """Attempts on the job alone; after a failed batch call, the first is a retry.
-        `prepared`: the job prepared for a fallback backend (default: its own)."""
+        `prepared`: the job prepared for a fallback backend (default: its own). The counts and
+        backend seconds of the attempt that answered: failed attempts and the waits between
+        them are not billed."""
         settings = self.settings
         prepared = prepared or job.prepared
         done_before = 1 if failed_in_batch else 0
@@ -315,12 +342,12 @@ class JobRunner:
             tried.add(target)
             metrics.FALLBACKS.labels(reason).inc()
             await runtime.status(job.workflow_id, "fallback", STAGE, detail=f"{target}: {reason}")
-            started = time.perf_counter()
             try:
                 if target == CLASSICAL:
-                    counts = await in_thread(runtime, run_classical, job.prepared, job.seed,
-                                             settings.fallback_max_qubits)
-                    return Executed(counts, job.prepared, time.perf_counter() - started,
+                    counts, seconds = await in_thread_timed(
+                        runtime, run_classical, job.prepared, job.seed,
+                        settings.fallback_max_qubits)
+                    return Executed(counts, job.prepared, seconds,
                                     "fallback", reason, charged_backend=None)
                 spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
                 prepared = await in_thread(runtime, prepare, spec, runtime.registry,
@@ -329,8 +356,8 @@ class JobRunner:
                 # job's limit and the tenant's budget, then its breaker, retries and deadline.
                 accounting.check_budget(runtime, job.request,
                                         accounting.estimate_usd(runtime, prepared))
-                counts = await self.run_with_retries(job, False, prepared)
-                return Executed(counts, prepared, time.perf_counter() - started,
+                counts, seconds = await self.run_with_retries(job, False, prepared)
+                return Executed(counts, prepared, seconds,
                                 "fallback", reason, charged_backend=target)
             except QlaneError as error:
                 last_error = error

@@ -14,7 +14,7 @@ import time
 
 from schemas.codec import codec
 from streams import accounting, transactions
-from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams.agents.common import StageFailure, in_thread, in_thread_timed, mark, run_stage
 from streams.cancel import cancel_requested
 from streams.deadletter import SourceRecord
 from streams.results import republish_stored_result
@@ -76,10 +76,8 @@ def register(app, runtime: Runtime, table) -> None:
                 except BudgetExceeded:
                     stop_reason = "budget"
                     break
-                began = time.perf_counter()
-                counts = await in_thread(runtime, execute, prepared, runtime.registry,
-                                         job_seed(job.workflow_id, None))
-                seconds = time.perf_counter() - began
+                counts, seconds = await in_thread_timed(
+                    runtime, execute, prepared, runtime.registry, job_seed(job.workflow_id, None))
                 outcome = await in_thread(runtime, mitigate, prepared, counts)
                 report = outcome.report
                 estimate_0 = outcome.estimates[0]

@@ -51,6 +51,16 @@ def execute_batch(
     return outcomes  # type: ignore[return-value]
 
 
+def split_by_work(seconds: float, jobs: Sequence[PreparedJob]) -> list[float]:
+    """A call's backend seconds shared out over its jobs by circuits x shots: what each job
+    is billed when one call ran them all."""
+    work = [len(job.tasks) * job.shots for job in jobs]
+    total = sum(work)
+    if total <= 0:
+        return [seconds / len(jobs)] * len(jobs) if jobs else []
+    return [seconds * w / total for w in work]
+
+
 def _run_group(
     name: str,
     indices: list[int],

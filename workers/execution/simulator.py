@@ -27,10 +27,11 @@ the drift canary still run in the worker.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from workers.execution.batching import Outcome, execute_batch
+from workers.execution.batching import Outcome, execute_batch, split_by_work
 from workers.execution.preparation import PreparedJob
 
 SIMULATED = frozenset({"aer.ideal", "aer.noisy"})
@@ -94,6 +95,17 @@ def outcomes_of(header: dict, count: int) -> list[Outcome]:
     return [_outcome(item) for item in answered]
 
 
+def seconds_of(header: dict, count: int) -> list[float]:
+    """Each job's part of the simulator process's own time for the call (measured there, so
+    a wait for a free process or for the pipe is not in it)."""
+    seconds = header.get("seconds")
+    if not isinstance(seconds, list) or len(seconds) != count:
+        from workers.errors import SandboxCrashed
+
+        raise SandboxCrashed("the simulator process answered no time for each job")
+    return [float(value) for value in seconds]
+
+
 def _outcome(item: dict) -> Outcome:
     from workers.circuits.sandbox import rebuild_error
 
@@ -132,8 +144,11 @@ class Simulator:
             if registry.noise_scale(name) != scale:
                 registry.set_noise_scale(name, scale)
         items = [(PreparedJob.from_bytes(data), seed) for data, seed in request.items]
+        started = time.perf_counter()
         outcomes = execute_batch(items, registry)
-        return {"ok": True, "outcomes": [_encoded(o) for o in outcomes]}, b""
+        seconds = split_by_work(time.perf_counter() - started, [job for job, _ in items])
+        return {"ok": True, "outcomes": [_encoded(o) for o in outcomes],
+                "seconds": seconds}, b""
 
     def warm_up(self) -> None:
         """Build both simulators (the noisy one converts its noise model) and run each once."""

@@ -50,8 +50,9 @@ def job(registry, seed: int = 7) -> Job:
 
 def test_a_call_runs_in_the_simulator_process_with_the_workers_counts(runtime) -> None:
     one = job(runtime.registry)
-    counts = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    counts, seconds = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
     assert counts == execute(one.prepared, runtime.registry, one.seed)
+    assert seconds > 0
     assert runtime.simulator.pids()  # and the process that ran it is still there
 
 
@@ -68,7 +69,7 @@ def test_a_killed_simulator_is_a_crash_that_does_not_count_on_the_breaker(runtim
         asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
     assert breaker.consecutive_failures == before
     assert runtime.simulator.pids() != [victim]  # replaced
-    counts = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    counts, _ = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
     assert counts == execute(one.prepared, runtime.registry, one.seed)
 
 
@@ -85,14 +86,14 @@ def test_a_batch_split_over_two_simulator_processes_has_each_jobs_own_counts() -
     try:
         assert len(two.simulator.pids()) == 2
         batch = [job(two.registry, seed) for seed in (7, 8, 9, 10, 11)]
-        outcomes = asyncio.run(simulate_batch(two, batch))
+        outcomes = asyncio.run(simulate_batch(two, batch)).outcomes
         assert outcomes == [execute(one.prepared, two.registry, one.seed) for one in batch]
         victim = two.simulator.pids()[0]
         os.kill(victim, signal.SIGKILL)
         with pytest.raises(SandboxCrashed):
             asyncio.run(simulate_batch(two, batch))
         assert len(two.simulator.pids()) == 2 and victim not in two.simulator.pids()
-        assert asyncio.run(simulate_batch(two, batch)) == outcomes
+        assert asyncio.run(simulate_batch(two, batch)).outcomes == outcomes
     finally:
         two.simulator.close()
         two.executor.shutdown()
@@ -125,3 +126,48 @@ def test_a_split_batch_with_a_crash_and_a_timeout_fails_as_the_timeout() -> None
         asyncio.run(simulate_batch(fake, batch))
     assert fake.simulator.calls == 2
     assert fake.breakers.for_backend("aer.noisy").consecutive_failures == 1
+
+
+def test_a_call_that_waits_for_the_simulator_process_is_billed_its_run_only(runtime) -> None:
+    """Two jobs sent at once to one simulator process: the second waits while the first
+    runs. Each is billed the seconds the process spent on it, not its wait: both about the
+    same, and together no more than the wall time of the two calls."""
+    runner = JobRunner(runtime, {})
+    first, second = job(runtime.registry, 7), job(runtime.registry, 8)
+
+    async def both():
+        started = time.perf_counter()
+        answers = await asyncio.gather(runner.call_backend(first, first.prepared),
+                                       runner.call_backend(second, second.prepared))
+        return answers, time.perf_counter() - started
+
+    ((_, one_s), (_, two_s)), wall_s = asyncio.run(both())
+    assert one_s + two_s <= wall_s
+    assert max(one_s, two_s) < 1.5 * min(one_s, two_s)  # the waiting one is not billed more
+
+
+def test_a_call_that_waits_for_an_executor_thread_is_billed_its_run_only() -> None:
+    """In the worker's threads (no simulator process): the executor's only thread is busy for
+    1 s when the call is made; the job is billed the simulation, not the second it waited."""
+    busy = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None,
+    )
+    one = job(busy.registry)
+    execute(one.prepared, busy.registry, one.seed)  # warm: the timed call is the simulation
+
+    async def behind_a_busy_thread():
+        loop = asyncio.get_running_loop()
+        blocker = loop.run_in_executor(busy.executor, time.sleep, 1.0)
+        started = time.perf_counter()
+        counts, seconds = await JobRunner(busy, {}).call_backend(one, one.prepared)
+        await blocker
+        return counts, seconds, time.perf_counter() - started
+
+    try:
+        counts, seconds, wall_s = asyncio.run(behind_a_busy_thread())
+    finally:
+        busy.executor.shutdown()
+    assert counts == execute(one.prepared, busy.registry, one.seed)
+    assert wall_s >= 1.0 and 0 < seconds < wall_s - 0.9
