@@ -9,6 +9,13 @@ import workers
 FORBIDDEN = ("faust", "aiokafka", "streams", "schemas")
 
 
+def python_prints(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter (so nothing is imported beforehand)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def test_workers_never_import_kafka_or_stream_code() -> None:
     modules = [f"workers.{m.name}" for m in pkgutil.iter_modules(workers.__path__)]
     code = (
@@ -17,9 +24,7 @@ def test_workers_never_import_kafka_or_stream_code() -> None:
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = python_prints(code)
     assert len(modules) >= 10
     assert out == ""
 
@@ -33,9 +38,7 @@ def test_preparing_a_job_does_not_import_mitiq() -> None:
         "Preparer().warm_up()\n"
         "print(','.join(sorted(m for m in ('mitiq', 'cirq', 'braket') if m in sys.modules)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = python_prints(code)
     assert out == ""
 
 
@@ -47,7 +50,5 @@ def test_the_first_extrapolation_imports_mitiq() -> None:
         "value = zne.extrapolate('linear', [1, 3], [0.9, 0.7], [0.01, 0.01]).value\n"
         "print(before, 'mitiq.zne.inference' in sys.modules, round(value, 6))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = python_prints(code)
     assert out == "False True 1.0"
