@@ -66,4 +66,9 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
         stage.register(app, runtime, table)
     observability.register(app, runtime)
     control.register(app, runtime)
+
+    @app.task
+    async def warm_up():
+        runtime.warm_ups.start()
+
     return app, runtime

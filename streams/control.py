@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 
 from aiokafka import AIOKafkaConsumer
 
@@ -66,25 +65,18 @@ def register(app, runtime: Runtime) -> None:
         for severity in ("none", "warning", "critical"):
             metrics.DRIFT_ROUNDS.labels(backend, severity).inc(0)
 
-    @app.task
-    async def warm_up_drift_monitor():
+    def warm_up_drift_monitor() -> None:
         """Transpile each canary and compute its baseline at start, on every worker (any may
         become the leader). The first preset pass manager imports every installed transpiler
         plugin: about 37 MiB and, in a worker, 1.7 s, once (docs/performance.md). In the first
         round, 60 s in, the worker's RSS stepped up in the middle of its traffic."""
-        def warm() -> None:
-            started = time.monotonic()
-            try:
-                with monitor_lock:
-                    for backend_name in settings.drift_backends:
-                        backend = runtime.registry.get(backend_name)
-                        monitor.canary_circuit(backend)
-                        monitor.baseline(backend)
-                log.info("drift monitor ready in %.1f s", time.monotonic() - started)
-            except Exception:
-                log.exception("drift monitor warm-up failed; the first round will do it")
+        with monitor_lock:
+            for backend_name in settings.drift_backends:
+                backend = runtime.registry.get(backend_name)
+                monitor.canary_circuit(backend)
+                monitor.baseline(backend)
 
-        threading.Thread(target=warm, name="qlane-drift-warm-up", daemon=True).start()
+    runtime.warm_ups.add("drift monitor", warm_up_drift_monitor)
 
     def canary_round(backend_name: str, round_number: int):
         backend = runtime.registry.get(backend_name)

@@ -21,6 +21,7 @@ from streams.logs import lifecycle_level
 from streams.settings import Settings
 from streams.tenants import tenant_copy
 from streams.topics import TopicNames, raw_topic
+from streams.warm_up import WarmUps
 from workers.backends.aer import BackendRegistry
 from workers.backends.faults import parse_fault_map
 from workers.backends.ibm import IBMAccount
@@ -70,6 +71,7 @@ class Runtime:
     attempts: object = None  # streams.poison.AttemptLedger, set by the stages
     lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
     gates: dict = field(default_factory=dict)  # stage -> streams.lanes.LaneGate
+    warm_ups: WarmUps = field(default_factory=WarmUps)  # run in one thread once started
 
     def apply_controls(self, backend: str) -> None:
         """Bring this worker's backend in line with the cluster-wide noise control."""

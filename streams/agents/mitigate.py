@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import threading
 import time
 
 from schemas.codec import codec
@@ -23,7 +21,6 @@ from workers.mitigation import zne
 from workers.mitigation.combine import mitigate
 
 STAGE = "mitigate"
-log = logging.getLogger(__name__)
 
 
 async def publish_result(
@@ -90,17 +87,9 @@ def register(app, runtime: Runtime, table) -> None:
             preprocess_s=task["preprocess_s"], execute_s=task["execute_s"],
         )
 
-    @app.task
-    async def warm_up_mitigation():
-        """Import mitiq beside the running worker, not before it starts (about 3.4 s of CPU,
-        docs/performance.md "Start-up"), so the first extrapolating job does not wait for it."""
-        def load() -> None:
-            try:
-                zne.mitiq_inference()
-            except Exception:
-                log.exception("importing mitiq failed; the first extrapolation will retry")
-
-        threading.Thread(target=load, name="qlane-mitiq-import", daemon=True).start()
+    # mitiq is imported once the worker runs, not before it starts (about 3.4 s of CPU,
+    # docs/performance.md "Start-up"), and first of the warm-ups: jobs may need it at once.
+    runtime.warm_ups.add("mitiq import", zne.mitiq_inference)
 
     @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1)
     async def mitigate_stage(stream):
