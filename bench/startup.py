@@ -71,10 +71,7 @@ def worker_starts(tree: Path, broker: str, runs: int, scratch: Path) -> dict:
     def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float) -> dict:
         async def go() -> dict:
             async with Client(settings) as client:
-                await client.start_watching()
-                for job in jobs:
-                    await client.submit(job)
-                return await client.wait([job["workflow_id"] for job in jobs], timeout_s)
+                return await client.submit_and_wait(jobs, timeout_s)
 
         return asyncio.run(go())
 

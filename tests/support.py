@@ -25,10 +25,7 @@ def session_settings(bootstrap: str, profile: str, tag: str, **overrides) -> Set
 def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float = 120.0) -> dict:
     async def go():
         async with Client(settings) as client:
-            await client.start_watching()
-            for job in jobs:
-                await client.submit(job)
-            return await client.wait([job["workflow_id"] for job in jobs], timeout_s)
+            return await client.submit_and_wait(jobs, timeout_s)
 
     return asyncio.run(go())
 

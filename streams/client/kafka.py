@@ -149,6 +149,13 @@ class Client:
             self.jobs_topic(tenant, "high"), value=value, key=workflow_id.encode()
         )
 
+    async def submit_and_wait(self, jobs: list[dict], timeout_s: float) -> dict[str, Outcome]:
+        """Watch, submit each JobRequest, then wait for all of them (or the timeout)."""
+        await self.start_watching()
+        for job in jobs:
+            await self.submit(job)
+        return await self.wait([job["workflow_id"] for job in jobs], timeout_s)
+
     async def wait(
         self,
         workflow_ids: Iterable[str],
