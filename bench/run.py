@@ -22,6 +22,9 @@ and the others still run; results are written after every section):
             Bell jobs one at a time (latency), then the job set as a backlog
   pipeline1sim  pipeline1 with QLANE_SIMULATOR_PROCESS=true (Aer calls in the worker's
             simulator process: one worker can use a second core)
+  batched_after  the batched loop again, after B's one-worker sections (with batched and
+            either of them): each is then compared with the loops just before and after it
+            (pipeline_vs_batched_bracketed), since the host's speed drifts between sections
   pipeline2 the same on fresh topics and a fresh app id with 2 worker processes
   backlog   only with --backlog N: N Bell jobs at once to 1 worker (drain rate, worker RSS)
   accuracy  bench.mitigation_bench.measure_accuracy (ZNE and readout mitigation accuracy)
@@ -74,6 +77,7 @@ BROKER_TARGETS = {  # issue 14, per broker; latency targets are Kafka's (Tansu i
 BROKERS = ("tansu", "kafka")
 BROKER_SECTIONS = ("pipeline1", "pipeline1sim", "pipeline2", "backlog")
 SIMULATOR_PROCESS_ENV = {"QLANE_SIMULATOR_PROCESS": "true"}
+BATCHED_AFTER = "batched_after"  # per broker: the batched loop again after its 1-worker sections
 ALL_SECTIONS = ("codec", "naive", "serial", "batched", *BROKER_SECTIONS, "accuracy")
 QUICK_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline1sim",
                   "pipeline2")
@@ -328,6 +332,27 @@ def pipeline_cpu(section: dict) -> dict:
     return out
 
 
+def bracketing_batched(name: str, results: dict, sections: dict) -> list[float]:
+    """The batched loop's rate measured last before section `name` and first after it."""
+    order = results.get("section_order", [])
+    if name not in order:
+        return []
+    position = order.index(name)
+    loops = [k for k in order if k == "batched" or k.endswith(f".{BATCHED_AFTER}")]
+    before = [k for k in loops if order.index(k) < position]
+    after = [k for k in loops if order.index(k) > position]
+    picked = before[-1:] + after[:1]
+    return [sections[k]["jobs_per_s"] for k in picked if sections.get(k, {}).get("jobs_per_s")]
+
+
+def bracketed(rate: float, name: str, results: dict, sections: dict) -> dict:
+    loops = bracketing_batched(name, results, sections)
+    if len(loops) < 2:
+        return {}
+    return {"batched_before_after_jobs_per_s": loops,
+            "pipeline_vs_batched_bracketed": rate / (sum(loops) / len(loops))}
+
+
 def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
     """One broker's figures: ratios against the in-process loops of the same run."""
     p1s, p2s = sections.get(f"{broker}.pipeline1", {}), sections.get(f"{broker}.pipeline2", {})
@@ -349,6 +374,8 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
         total = out["cpu_ms_per_job"]["pipeline_1"].get("total")
         if total:  # the steadier form: batched CPU per job over the pipeline's (all processes)
             out["pipeline_vs_batched_cpu"] = b_cpu / total
+    if p1:
+        out.update(bracketed(p1, f"{broker}.pipeline1", results, sections))
     if p1 and sections.get("naive", {}).get("jobs_per_s"):
         out["pipeline_vs_naive"] = p1 / sections["naive"]["jobs_per_s"]
     if p1 and p2:
@@ -371,6 +398,8 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
                  "foreign_cpu_cores": foreign.get(f"{broker}.pipeline1sim")}
         if batched:
             entry["pipeline_vs_batched"] = simulated["jobs_per_s"] / batched
+        entry.update(bracketed(simulated["jobs_per_s"], f"{broker}.pipeline1sim", results,
+                               sections))
         if p1:
             entry["vs_pipeline_1"] = simulated["jobs_per_s"] / p1
         if p2:
@@ -589,14 +618,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Per broker, pipeline1 and pipeline2; then the backlogs; the accuracy section last.
     order = [n for n in ("codec", "naive", "serial", "batched") if n in wanted]
-    planned = [(b, n) for b in brokers for n in ("pipeline1", "pipeline1sim", "pipeline2")]
+    planned = [(b, n) for b in brokers
+               for n in ("pipeline1", "pipeline1sim", BATCHED_AFTER, "pipeline2")]
     planned += [(b, "backlog") for b in brokers]
     for broker, name in planned:
-        if name not in wanted:
+        if name == BATCHED_AFTER:
+            # The host's speed drifts between sections (docs/performance.md): a batched loop
+            # right after the one-worker sections brackets them with the one before.
+            if "batched" not in wanted or not {"pipeline1", "pipeline1sim"} & set(wanted):
+                continue
+        elif name not in wanted:
             continue
         key = f"{broker}.{name}"
         order.append(key)
-        if name == "backlog":
+        if name == BATCHED_AFTER:
+            runners[key] = lambda: section_inprocess("batched", args, scratch)
+        elif name == "backlog":
             runners[key] = lambda b=broker: section_backlog(b, args, scratch)
         elif name == "pipeline1sim":
             runners[key] = lambda b=broker: section_pipeline(
@@ -606,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                 section_pipeline(w, b, args, scratch))
     if "accuracy" in wanted:
         order.append("accuracy")
+    results["section_order"] = order
     try:
         for name in order:
             if args.quiet_wait > 0:
