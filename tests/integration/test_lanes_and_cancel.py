@@ -11,6 +11,7 @@ from schemas.codec import codec
 from streams.client import Client, job_request, load_job_file
 from streams.client.commands import cancel_workflow
 from tests.support import topic_records, wait_for
+from workers.limits import Limits
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -112,11 +113,14 @@ def test_cancel_of_a_finished_workflow_is_a_reported_no_op(settings, worker):
 
 def test_cancel_stops_a_running_variational_loop_with_its_best_result(settings, worker):
     fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
-    # Long enough (slow evaluations, a far cap) that the cancel arrives while it runs.
+    # Long enough that the cancel arrives while it runs: a far cap, and evaluations slow
+    # enough (the most shots a job may ask) that COBYLA's own convergence (its trust region
+    # shrinking to `tolerance`, about a hundred evaluations) takes tens of seconds; with
+    # 20,000 shots it once converged before the cancel arrived.
     fields["variational"]["max_iterations"] = 1000
     fields["variational"]["tolerance"] = 1e-9
     job = job_request(**{**fields, "workflow_id": f"vqe-cancel-{uuid.uuid4().hex[:6]}",
-                         "shots": 20000})
+                         "shots": Limits().max_shots})
     key = job["workflow_id"].encode()
 
     def progress():
