@@ -67,19 +67,20 @@ def render(results: dict) -> str:
             lambda f: f["latency_p50_ms"])
         row("**latency_p99_ms** (≤ 150 on Kafka)", lambda f: f["latency_p99_ms"])
         row("latency samples", lambda f: f["latency_samples"])
-        sim = "simulator_process"
-        row("1 worker, simulator process: jobs/s", lambda f: f[sim]["jobs_per_s"])
-        row("1 worker, simulator process: **pipeline_vs_batched**",
-            lambda f: f[sim]["pipeline_vs_batched"])
-        row("1 worker, simulator process: Bell p50 / p99 ms",
-            lambda f: f"{f[sim]['latency_p50_ms']:.1f} / {f[sim]['latency_p99_ms']:.1f}")
-        row("1 worker, simulator process: CPU ms/job workers / worker processes alone",
-            lambda f: f"{f[sim]['cpu_ms_per_job']['workers']:.1f} / "
-                      f"{f[sim]['cpu_ms_per_job']['worker_processes']:.1f}")
-        row("2 workers ÷ 1 worker with simulator process", lambda f: f[sim]["two_vs_this"])
-        row("results equal the batched loop's (simulator process)",
-            lambda f: f[sim]["vs_batched"]["counts_equal"]
-            and f[sim]["vs_batched"]["estimates_equal"])
+        for sim, label in (("simulator_process", "simulator process"),
+                           ("simulator_in_threads", "simulation in threads")):
+            row(f"1 worker, {label}: jobs/s", lambda f, k=sim: f[k]["jobs_per_s"])
+            row(f"1 worker, {label}: **pipeline_vs_batched**",
+                lambda f, k=sim: f[k]["pipeline_vs_batched"])
+            row(f"1 worker, {label}: Bell p50 / p99 ms",
+                lambda f, k=sim: f"{f[k]['latency_p50_ms']:.1f} / {f[k]['latency_p99_ms']:.1f}")
+            row(f"1 worker, {label}: CPU ms/job workers / worker processes alone",
+                lambda f, k=sim: f"{f[k]['cpu_ms_per_job']['workers']:.1f} / "
+                                 f"{f[k]['cpu_ms_per_job']['worker_processes']:.1f}")
+            row(f"2 workers ÷ 1 worker, {label}", lambda f, k=sim: f[k]["two_vs_this"])
+            row(f"results equal the batched loop's ({label})",
+                lambda f, k=sim: f[k]["vs_batched"]["counts_equal"]
+                and f[k]["vs_batched"]["estimates_equal"])
         for n in ("pipeline_1", "pipeline_2"):
             for part in ("workers", "worker_processes", "broker", "client", "total"):
                 row(f"CPU ms/job {n.replace('_', ' ')}: {part}",

@@ -22,6 +22,9 @@ and the others still run; results are written after every section):
             Bell jobs one at a time (latency), then the job set as a backlog
   pipeline1sim  pipeline1 with QLANE_SIMULATOR_PROCESS=true (Aer calls in the worker's
             simulator process: one worker can use a second core)
+  pipeline1thread  pipeline1 with QLANE_SIMULATOR_PROCESS=false (Aer calls in the worker's
+            threads). The default is `auto` (on from 2 usable cores): by default the run
+            includes whichever of these two the default is not, so both settings are measured
   batched_after  the batched loop again, after B's one-worker sections (with batched and
             either of them): each is then compared with the loops just before and after it
             (pipeline_vs_batched_bracketed), since the host's speed drifts between sections
@@ -75,12 +78,24 @@ BROKER_TARGETS = {  # issue 14, per broker; latency targets are Kafka's (Tansu i
     "latency_p99_ms": ("<=", 150.0, ("kafka",)),
 }
 BROKERS = ("tansu", "kafka")
-BROKER_SECTIONS = ("pipeline1", "pipeline1sim", "pipeline2", "backlog")
-SIMULATOR_PROCESS_ENV = {"QLANE_SIMULATOR_PROCESS": "true"}
+ONE_WORKER_VARIANTS = {  # section -> (summary key, the worker's setting)
+    "pipeline1sim": ("simulator_process", {"QLANE_SIMULATOR_PROCESS": "true"}),
+    "pipeline1thread": ("simulator_in_threads", {"QLANE_SIMULATOR_PROCESS": "false"}),
+}
+ONE_WORKER_SECTIONS = ("pipeline1", *ONE_WORKER_VARIANTS)
+BROKER_SECTIONS = (*ONE_WORKER_SECTIONS, "pipeline2", "backlog")
 BATCHED_AFTER = "batched_after"  # per broker: the batched loop again after its 1-worker sections
 ALL_SECTIONS = ("codec", "naive", "serial", "batched", *BROKER_SECTIONS, "accuracy")
-QUICK_SECTIONS = ("codec", "naive", "serial", "batched", "pipeline1", "pipeline1sim",
-                  "pipeline2")
+QUICK_SECTIONS = ("codec", "naive", "serial", "batched", *ONE_WORKER_SECTIONS, "pipeline2")
+
+
+def default_variant_dropped(sections: list[str]) -> list[str]:
+    """Without --sections: pipeline1 already runs the default simulator setting, so only the
+    variant with the other setting is added."""
+    from streams.settings import Settings
+
+    same = "pipeline1sim" if Settings().simulator_process else "pipeline1thread"
+    return [s for s in sections if s != same]
 
 
 # --- machine ------------------------------------------------------------------------------
@@ -208,6 +223,11 @@ def code_info(code_root: Path) -> dict:
         info["status_progress_events"] = getattr(s, "status_progress_events", None)
         info["sandbox_enabled"] = getattr(s, "sandbox_enabled", None)
         info["table_store"] = getattr(s, "table_store", None)
+        info["simulator_process"] = getattr(s, "simulator_process", None)
+        info["simulator_process_setting"] = os.environ.get("QLANE_SIMULATOR_PROCESS", "auto")
+        from workers.cores import usable_cores
+
+        info["usable_cores"] = usable_cores()
         info["processing_guarantee"] = {
             profile: Settings(profile=profile).effective_processing_guarantee
             for profile in ("embedded", "kafka")}
@@ -353,6 +373,30 @@ def bracketed(rate: float, name: str, results: dict, sections: dict) -> dict:
             "pipeline_vs_batched_bracketed": rate / (sum(loops) / len(loops))}
 
 
+def one_worker_variant(broker: str, variant: str, setting: dict, results: dict,
+                       sections: dict, p1: float | None, p2: float | None) -> dict:
+    """A one-worker section with another worker setting, against the same loops."""
+    section = sections[f"{broker}.{variant}"]
+    rate = section["jobs_per_s"]
+    entry = {"setting": setting, "jobs_per_s": rate, "cpu_ms_per_job": pipeline_cpu(section),
+             "foreign_cpu_cores": results.get("foreign_cpu_cores", {}).get(
+                 f"{broker}.{variant}")}
+    batched = sections.get("batched", {}).get("jobs_per_s")
+    if batched:
+        entry["pipeline_vs_batched"] = rate / batched
+    entry.update(bracketed(rate, f"{broker}.{variant}", results, sections))
+    if p1:
+        entry["vs_pipeline_1"] = rate / p1
+    if p2:
+        entry["two_vs_this"] = p2 / rate
+    latency = section.get("latency")
+    if latency and latency.get("succeeded"):
+        entry["latency_p50_ms"], entry["latency_p99_ms"] = latency["p50_ms"], latency["p99_ms"]
+    if "batched" in sections:
+        entry["vs_batched"] = compare_runs(sections["batched"], section)
+    return entry
+
+
 def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
     """One broker's figures: ratios against the in-process loops of the same run."""
     p1s, p2s = sections.get(f"{broker}.pipeline1", {}), sections.get(f"{broker}.pipeline2", {})
@@ -391,25 +435,11 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
     if "p50_latency_s" in p1s:
         out["backlog_latency_s"] = {"p50": p1s["p50_latency_s"], "p99": p1s["p99_latency_s"],
                                     "note": "1 worker, all jobs submitted at once (queueing)"}
-    simulated = sections.get(f"{broker}.pipeline1sim", {})
-    if simulated.get("jobs_per_s"):
-        entry = {"setting": SIMULATOR_PROCESS_ENV, "jobs_per_s": simulated["jobs_per_s"],
-                 "cpu_ms_per_job": pipeline_cpu(simulated),
-                 "foreign_cpu_cores": foreign.get(f"{broker}.pipeline1sim")}
-        if batched:
-            entry["pipeline_vs_batched"] = simulated["jobs_per_s"] / batched
-        entry.update(bracketed(simulated["jobs_per_s"], f"{broker}.pipeline1sim", results,
-                               sections))
-        if p1:
-            entry["vs_pipeline_1"] = simulated["jobs_per_s"] / p1
-        if p2:
-            entry["two_vs_this"] = p2 / simulated["jobs_per_s"]
-        latency = simulated.get("latency")
-        if latency and latency.get("succeeded"):
-            entry["latency_p50_ms"], entry["latency_p99_ms"] = latency["p50_ms"], latency["p99_ms"]
-        if "batched" in sections:
-            entry["vs_batched"] = compare_runs(sections["batched"], simulated)
-        out["simulator_process"] = entry
+    for variant, (summary_key, setting) in ONE_WORKER_VARIANTS.items():
+        section = sections.get(f"{broker}.{variant}", {})
+        if section.get("jobs_per_s"):
+            out[summary_key] = one_worker_variant(broker, variant, setting, results, sections,
+                                                  p1, p2)
     backlog = sections.get(f"{broker}.backlog")
     if backlog:
         out["backlog"] = {k: v for k, v in backlog.items() if k not in ("marks",)}
@@ -581,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         args.latency_jobs = 20 if args.quick else 200
     # The backlog is opt-in (--backlog N, or naming the section: N = 10,000).
     wanted = (args.sections.split(",") if args.sections
-              else [s for s in (QUICK_SECTIONS if args.quick else ALL_SECTIONS) if s != "backlog"])
+              else default_variant_dropped(
+                  [s for s in (QUICK_SECTIONS if args.quick else ALL_SECTIONS) if s != "backlog"]))
     if args.backlog and "backlog" not in wanted:
         wanted.append("backlog")
     if "backlog" in wanted and not args.backlog:
@@ -619,13 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     # Per broker, pipeline1 and pipeline2; then the backlogs; the accuracy section last.
     order = [n for n in ("codec", "naive", "serial", "batched") if n in wanted]
     planned = [(b, n) for b in brokers
-               for n in ("pipeline1", "pipeline1sim", BATCHED_AFTER, "pipeline2")]
+               for n in (*ONE_WORKER_SECTIONS, BATCHED_AFTER, "pipeline2")]
     planned += [(b, "backlog") for b in brokers]
     for broker, name in planned:
         if name == BATCHED_AFTER:
             # The host's speed drifts between sections (docs/performance.md): a batched loop
             # right after the one-worker sections brackets them with the one before.
-            if "batched" not in wanted or not {"pipeline1", "pipeline1sim"} & set(wanted):
+            if "batched" not in wanted or not set(ONE_WORKER_SECTIONS) & set(wanted):
                 continue
         elif name not in wanted:
             continue
@@ -635,9 +666,9 @@ def main(argv: list[str] | None = None) -> int:
             runners[key] = lambda: section_inprocess("batched", args, scratch)
         elif name == "backlog":
             runners[key] = lambda b=broker: section_backlog(b, args, scratch)
-        elif name == "pipeline1sim":
-            runners[key] = lambda b=broker: section_pipeline(
-                1, b, args, scratch, SIMULATOR_PROCESS_ENV, "sim")
+        elif name in ONE_WORKER_VARIANTS:
+            runners[key] = lambda b=broker, n=name: section_pipeline(
+                1, b, args, scratch, ONE_WORKER_VARIANTS[n][1], n.removeprefix("pipeline1"))
         else:
             runners[key] = lambda w=(1 if name == "pipeline1" else 2), b=broker: (
                 section_pipeline(w, b, args, scratch))

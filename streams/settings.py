@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.logs import LogFormat
+from workers.cores import usable_cores
 from workers.limits import Limits
 
 Profile = Literal["embedded", "kafka"]
@@ -18,6 +19,8 @@ Profile = Literal["embedded", "kafka"]
 DEFAULT_BROKER = "127.0.0.1:9092"
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
 KAFKA_FETCH_MAX_WAIT_MS = 500
+# With fewer usable cores the simulator process cannot overlap the worker's Kafka work.
+SIMULATOR_PROCESS_MIN_CORES = 2
 
 
 def normalize_bootstrap(value: str) -> str:
@@ -98,10 +101,14 @@ class Settings(BaseSettings):
     )
     sandbox_output_mb: int = Field(16, ge=1, description="largest prepared job it may return")
     simulator_process: bool = Field(
-        False, description="run aer.ideal / aer.noisy calls in a sandbox process: Aer holds "
+        "auto", validate_default=True,
+        description="run aer.ideal / aer.noisy calls in a sandbox process: Aer holds "
         "the interpreter lock while it simulates, so in the worker it stalls the event loop "
         "and Kafka I/O; there the worker's Kafka work overlaps the simulation (a second core), "
-        "and a call past execute_timeout_s kills the process, not a thread left running")
+        "and a call past execute_timeout_s kills the process, not a thread left running. "
+        "`auto` (the default): on when the worker may use at least "
+        f"{SIMULATOR_PROCESS_MIN_CORES} cores (its CPU affinity and cgroup quota, "
+        "workers.cores), off on one core, where the process would only add its memory")
     simulator_processes: int = Field(
         1, ge=1, le=64, description="simulator processes per worker (with simulator_process): "
         "a batch is split into as many calls of about equal work, run at once")
@@ -244,6 +251,13 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize_broker(cls, value: str) -> str:
         return normalize_bootstrap(value)
+
+    @field_validator("simulator_process", mode="before")
+    @classmethod
+    def _resolve_simulator_process(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return usable_cores() >= SIMULATOR_PROCESS_MIN_CORES
+        return value
 
     @model_validator(mode="after")
     def _resolve_profile(self) -> Settings:

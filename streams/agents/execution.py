@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from streams.agents.common import StageFailure, in_thread, in_thread_timed
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime, now_ms
 from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
+from workers.cores import usable_cores
 from workers.errors import (
     BackendUnavailable,
     BudgetExceeded,
@@ -45,6 +47,7 @@ from workers.jobs import JobSpec
 from workers.seeds import job_seed
 
 STAGE = "execute"
+log = logging.getLogger("qlane")
 SIMULATOR_START_S = 60.0  # how long a call may wait for a simulator process to start
 ALREADY_EXECUTED = frozenset({"executed", "done"})
 
@@ -145,7 +148,11 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
 def start_simulator(runtime: Runtime) -> None:
     """The simulator process pool, when the settings ask for it and it is not running."""
     settings = runtime.settings
-    if not settings.simulator_process or runtime.simulator is not None:
+    if runtime.simulator is not None:
+        return
+    if not settings.simulator_process:
+        log.info("simulator: in the worker's threads (QLANE_SIMULATOR_PROCESS off; %.3g "
+                 "usable cores)", usable_cores())
         return
     bounds = SandboxBounds(wall_s=settings.execute_timeout_s,
                            cpu_s=math.ceil(settings.execute_timeout_s),
@@ -153,6 +160,8 @@ def start_simulator(runtime: Runtime) -> None:
                            output_mb=settings.sandbox_output_mb, startup_s=SIMULATOR_START_S)
     runtime.simulator = SandboxPool(bounds, size=settings.simulator_processes,
                                     kind=SIMULATE)
+    log.info("simulator: %d process(es) of their own (QLANE_SIMULATOR_PROCESS; %.3g usable "
+             "cores)", settings.simulator_processes, usable_cores())
 
 
 def in_simulator_process(runtime: Runtime, backends) -> bool:

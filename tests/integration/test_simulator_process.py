@@ -1,10 +1,11 @@
 """QLANE_SIMULATOR_PROCESS=true: Aer calls in sandbox processes give the worker's counts.
 
-A second worker, on topics of its own and with two simulator processes
-(QLANE_SIMULATOR_PROCESSES=2: a batch is split over both), runs the same jobs as the
-package's worker (Aer in the worker process): a lone job (the fused path, one call) and a
-burst (stage.execute, batch calls), on both simulators; the counts and estimates must be
-equal, and the calls must have run in the worker's simulator processes.
+Two workers of this module's own, each on topics of its own, run the same jobs: one with two
+simulator processes (QLANE_SIMULATOR_PROCESSES=2: a batch is split over both), one with
+QLANE_SIMULATOR_PROCESS=false (Aer in the worker's threads; the default, `auto`, is on from
+two usable cores, so the package's worker may run either way): a lone job (the fused path,
+one call) and a burst (stage.execute, batch calls), on both simulators. The counts and
+estimates must be equal, and the calls must have run where each setting says.
 """
 
 from __future__ import annotations
@@ -33,16 +34,31 @@ def simulator_settings(broker_address):
 
 
 @pytest.fixture(scope="module")
-def simulator_worker(simulator_settings, tmp_path_factory):
-    asyncio.run(ensure_topics(simulator_settings))
+def thread_settings(broker_address):
+    return session_settings(*broker_address, tag="thr")
+
+
+def module_worker(settings, tmp_path_factory, env: dict):
+    asyncio.run(ensure_topics(settings))
     log = tmp_path_factory.mktemp("simulator-worker") / "worker.log"
-    process = start_worker(simulator_settings, log, env={"QLANE_SIMULATOR_PROCESS": "true",
-                                                         "QLANE_SIMULATOR_PROCESSES": "2"})
+    process = start_worker(settings, log, env=env)
     try:
-        wait_until_ready(simulator_settings, log)
+        wait_until_ready(settings, log)
         yield process
     finally:
         stop_worker(process)
+
+
+@pytest.fixture(scope="module")
+def simulator_worker(simulator_settings, tmp_path_factory):
+    yield from module_worker(simulator_settings, tmp_path_factory,
+                             {"QLANE_SIMULATOR_PROCESS": "true", "QLANE_SIMULATOR_PROCESSES": "2"})
+
+
+@pytest.fixture(scope="module")
+def thread_worker(thread_settings, tmp_path_factory):
+    yield from module_worker(thread_settings, tmp_path_factory,
+                             {"QLANE_SIMULATOR_PROCESS": "false"})
 
 
 def descendants_running(pid: int, marker: str) -> list[int]:
@@ -79,13 +95,15 @@ def jobs(tag: str) -> list[dict]:
 
 
 def test_counts_in_the_simulator_process_equal_the_workers_own(
-        settings, worker, simulator_settings, simulator_worker):
+        thread_settings, thread_worker, simulator_settings, simulator_worker):
     assert len(descendants_running(simulator_worker.pid, "simulate")) == 2, \
         "the worker did not start its two simulator processes"
+    assert descendants_running(thread_worker.pid, "simulate") == [], \
+        "QLANE_SIMULATOR_PROCESS=false started a simulator process"
     lone = jobs("lone")[-1:]
     burst = jobs("burst")
     results = {}
-    for name, where in (("worker", settings), ("process", simulator_settings)):
+    for name, where in (("worker", thread_settings), ("process", simulator_settings)):
         outcomes = submit_and_wait(where, lone)
         outcomes |= submit_and_wait(where, burst, timeout_s=180)
         assert {o.state for o in outcomes.values()} == {"done"}, name

@@ -52,7 +52,8 @@ def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     # first (latency only: same counts); `idle` takes at most 4 jobs per call. At least 6 s.
     pace = ({"QLANE_FAULTS": "aer.ideal:latency_s=0.1"} if fused_path == "always" else
             {"QLANE_FAULTS": "aer.ideal:latency_s=0.4", "QLANE_EXECUTE_BATCH_MAX": "4"})
-    overlap = {"QLANE_SIMULATOR_PROCESS": "true"} if overlapped else {}
+    # Explicit both ways: the default (`auto`) depends on the machine's cores.
+    overlap = {"QLANE_SIMULATOR_PROCESS": "true" if overlapped else "false"}
     workers = Workers(settings, tmp_path, count=1,
                       env={"QLANE_FUSED_PATH": fused_path, **pace, **overlap})
     workers.start_all()

@@ -67,3 +67,32 @@ def test_a_poll_fits_in_the_room_above_a_stream_buffers_pause_mark():
     for channel in [runtime.topics["execute"], *runtime.lane_channels.values()]:
         queue = channel.queue
         assert queue.maxsize - queue.pressure_high_size >= bound
+
+
+@pytest.mark.parametrize("cores, expected", [(1, False), (1.5, False), (2, True), (8, True)])
+def test_the_simulator_process_is_on_by_default_from_two_usable_cores(
+        monkeypatch, cores, expected) -> None:
+    import streams.settings as settings_module
+
+    monkeypatch.delenv("QLANE_SIMULATOR_PROCESS", raising=False)
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: cores)
+    assert Settings().simulator_process is expected
+    monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", "Auto")
+    assert Settings().simulator_process is expected
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("1", True)])
+def test_an_explicit_simulator_process_setting_is_kept_on_any_machine(
+        monkeypatch, value, expected) -> None:
+    import streams.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 1 if expected else 64)
+    monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", value)
+    assert Settings().simulator_process is expected
+
+
+def test_a_simulator_process_setting_that_is_neither_auto_nor_a_boolean_is_refused(
+        monkeypatch) -> None:
+    monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", "sometimes")
+    with pytest.raises(ValueError, match="simulator_process"):
+        Settings()
