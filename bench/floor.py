@@ -1,0 +1,235 @@
+"""What the pipeline's records cost on Apache Kafka with exactly-once, without Faust or any work.
+
+The pipeline writes, per staged job, 13 records in three transactional hops (docs/performance.md
+"Where a worker's CPU goes"): preprocess (jobs -> 1 execute task, 2 statuses, 2 table
+writes), execute (1 mitigate task, 1 status, 2 table writes), mitigate (1 result, 1 cost
+event, 1 status, 1 table write). This script moves the same records with plain aiokafka: a
+relay process with one consumer and one transactional producer per hop (read_committed,
+offsets sent in the transaction), and no decoding, quantum work, tables or Faust. So its CPU
+per job, and the broker's, are a floor under what any Python worker keeping those records
+and exactly-once pays on this machine.
+
+    .venv/bin/python bench/floor.py --jobs 480 --pace 35 --commit-interval 0 --out F.json
+
+--pace R: the client sends R jobs per second (the pipeline's own rate, so that batches and
+transactions are as small as a worker's), 0 = all at once. --commit-interval S: a hop
+commits its transaction once S seconds have passed since it began (Faust's
+commit_interval, 0.5 s in qlane), and at once when its consumer finds nothing new (qlane's
+idle commit); 0 = one transaction per fetched batch (the most transactions).
+
+The client (this process) submits the job set's real JobRequest records and reads the
+results (read_committed) until it has one per job; CPU is counted from the first job sent
+to the last result read, per process, from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TOPICS = ("jobs", "execute", "mitigate", "results", "status", "cost", "changelog")
+RESULT_BYTES = 2180  # the pipeline's mean result record on the 480-job set (run 8)
+SIZES = {"status": 200, "changelog": 400, "cost": 250, "mitigate": RESULT_BYTES,
+         "results": RESULT_BYTES}
+# hop: (input topic, [(output topic, records per job)])
+HOPS = {
+    "preprocess": ("jobs", [("execute", 1), ("status", 2), ("changelog", 2)]),
+    "execute": ("execute", [("mitigate", 1), ("status", 1), ("changelog", 2)]),
+    "mitigate": ("mitigate", [("results", 1), ("cost", 1), ("status", 1), ("changelog", 1)]),
+}
+
+
+def topic(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}"
+
+
+async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
+                    commit_interval_s: float) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    source, outputs = HOPS[hop]
+    group = f"{prefix}-{hop}"
+    consumer = AIOKafkaConsumer(topic(prefix, source), bootstrap_servers=bootstrap,
+                                group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{group}-txn",
+                                enable_idempotence=True, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    try:
+        offsets: dict = {}
+        began = 0.0
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50, max_records=500)
+            if offsets and (not batch or time.monotonic() - began >= commit_interval_s):
+                await producer.send_offsets_to_transaction(offsets, group)
+                await producer.commit_transaction()
+                offsets = {}
+            if not batch:
+                continue
+            if not offsets:
+                await producer.begin_transaction()
+                began = time.monotonic()
+            for records in batch.values():
+                for record in records:
+                    for name, count in outputs:
+                        value = record.value * 2 if name == "execute" else b"x" * SIZES[name]
+                        for _ in range(count):
+                            await producer.send(topic(prefix, name), value=value, key=record.key)
+            offsets |= {tp: records[-1].offset + 1 for tp, records in batch.items()}
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def relay(bootstrap: str, prefix: str, commit_interval_s: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await asyncio.gather(*(relay_hop(bootstrap, prefix, hop, stop, commit_interval_s)
+                           for hop in HOPS))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic(prefix, name), partitions, 1)
+                                   for name in TOPICS])
+    finally:
+        await admin.close()
+
+
+async def measure(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]],
+                  relay_pid: int, broker_pids: list[int], pace: float) -> dict:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    results = AIOKafkaConsumer(topic(prefix, "results"), bootstrap_servers=bootstrap,
+                               auto_offset_reset="latest", isolation_level="read_committed")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                                linger_ms=5)
+    await results.start()
+    await producer.start()
+    try:
+        await warm(producer, results, prefix)
+        before = snapshot(relay_pid, broker_pids)
+        started = time.monotonic()
+        sent = []
+        for index, (key, value) in enumerate(records):
+            if pace:
+                await asyncio.sleep(max(0.0, started + index / pace - time.monotonic()))
+            sent.append(await producer.send(topic(prefix, "jobs"), value=value, key=key))
+        await asyncio.gather(*sent)
+        seen = 0
+        while seen < len(records):
+            batch = await results.getmany(timeout_ms=1000)
+            seen += sum(len(r) for r in batch.values())
+            if time.monotonic() - started > 300:
+                raise TimeoutError(f"{seen} of {len(records)} results after 300 s")
+        seconds = time.monotonic() - started
+        after = snapshot(relay_pid, broker_pids)
+    finally:
+        await producer.stop()
+        await results.stop()
+    n = len(records)
+    cpu = {k: after[k] - before[k] for k in after}
+    return {"jobs": n, "seconds": seconds, "jobs_per_s": n / seconds,
+            "cpu_seconds": cpu,
+            "cpu_ms_per_job": {k: 1000 * v / n for k, v in cpu.items()}
+            | {"total": 1000 * sum(cpu.values()) / n}}
+
+
+async def warm(producer, results, prefix: str) -> None:
+    """A few jobs through every hop first (group joins, producer ids, transactions begun)."""
+    await producer.send_and_wait(topic(prefix, "jobs"), value=b"warm" * 100, key=b"warm")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any((await results.getmany(timeout_ms=1000)).values()):
+            return
+    raise TimeoutError("the warm-up job did not come through the three hops")
+
+
+def snapshot(relay_pid: int, broker_pids: list[int]) -> dict:
+    return {"relay": cpu_seconds(relay_pid),
+            "broker": sum(cpu_seconds(p) for p in broker_pids),
+            "client": time.process_time()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=480)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="measured bursts, one after another")
+    parser.add_argument("--pace", type=float, default=0.0, help="jobs/s sent; 0 = at once")
+    parser.add_argument("--commit-interval", type=float, default=0.0, metavar="S")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--relay", nargs=2, metavar=("BOOTSTRAP", "PREFIX"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.relay:
+        asyncio.run(relay(*args.relay, args.commit_interval))
+        return 0
+    from bench.jobs import job_set
+    from bench.pipeline import BenchBroker
+    from schemas.codec import codec
+
+    encode = codec("JobRequest").encode
+    jobs = job_set(args.jobs)
+    records = [(job["workflow_id"].encode(), encode(job)) for job in jobs]
+    with tempfile.TemporaryDirectory(prefix="qlane-floor-") as scratch:
+        broker = BenchBroker("kafka", Path(scratch)).start()
+        relay_process = None
+        try:
+            prefix = f"floor{os.getpid()}"
+            asyncio.run(create_topics(broker.bootstrap, prefix, args.partitions))
+            relay_process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--relay", broker.bootstrap,
+                 prefix, "--commit-interval", str(args.commit_interval)],
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+            rounds = []
+            for index in range(args.rounds):
+                tagged = [(k + f"-{index}".encode(), v) for k, v in records]
+                rounds.append(asyncio.run(measure(broker.bootstrap, prefix, tagged,
+                                                  relay_process.pid, broker.pids, args.pace)))
+                print(json.dumps(rounds[-1]["cpu_ms_per_job"]), f"{rounds[-1]['jobs_per_s']:.1f}"
+                      " jobs/s", file=sys.stderr)
+        finally:
+            if relay_process is not None:
+                relay_process.terminate()
+                relay_process.wait(30)
+            broker.stop()
+    report = {"command": " ".join(["bench/floor.py", *(argv or sys.argv[1:])]),
+              "pace_jobs_per_s": args.pace, "commit_interval_s": args.commit_interval,
+              "records_per_job": sum(c for _, outs in HOPS.values() for _, c in outs),
+              "hops": {hop: {"input": src, "outputs": dict(outs)}
+                       for hop, (src, outs) in HOPS.items()},
+              "sizes_bytes": SIZES, "rounds": rounds}
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
