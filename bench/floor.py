@@ -1,4 +1,4 @@
-"""What the pipeline's records cost on Apache Kafka with exactly-once, without Faust or any work.
+"""What the pipeline's records cost on a broker, without Faust or any work.
 
 The pipeline writes, per staged job, 13 records in three transactional hops (docs/performance.md
 "Where a worker's CPU goes"): preprocess (jobs -> 1 execute task, 2 statuses, 2 table
@@ -11,11 +11,17 @@ and exactly-once pays on this machine.
 
     .venv/bin/python bench/floor.py --jobs 480 --pace 35 --commit-interval 0 --out F.json
 
---pace R: the client sends R jobs per second (the pipeline's own rate, so that batches and
-transactions are as small as a worker's), 0 = all at once. --commit-interval S: a hop
-commits its transaction once S seconds have passed since it began (Faust's
+--relays N: N relay processes in the hops' consumer groups (as N workers share the
+partitions). --pace R: the client sends R jobs per second (the pipeline's own rate, so that
+batches and transactions are as small as a worker's), 0 = all at once. --commit-interval S:
+a hop commits its transaction once S seconds have passed since it began (Faust's
 commit_interval, 0.5 s in qlane), and at once when its consumer finds nothing new (qlane's
 idle commit); 0 = one transaction per fetched batch (the most transactions).
+
+--broker tansu runs the same on the embedded Tansu the way qlane's embedded profile does:
+at-least-once (Tansu has no transactions), each hop committing its consumer offsets after
+its records are acknowledged, on the same schedule; one record per produce request
+(`producer_max_batch_size=1`, which Tansu's table recovery needs); 20 ms fetch waits.
 
 The client (this process) submits the job set's real JobRequest records and reads the
 results (read_committed) until it has one per job; CPU is counted from the first job sent
@@ -54,53 +60,76 @@ def topic(prefix: str, name: str) -> str:
     return f"{prefix}.{name}"
 
 
+def clients(bootstrap: str, transactional: bool, **consumer_args):
+    """A hop's consumer and producer as qlane's profile for that broker configures them."""
+    from aiokafka import AIOKafkaConsumer
+
+    if transactional:  # Apache Kafka: exactly-once
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed", **consumer_args)
+        return consumer, dict(bootstrap_servers=bootstrap, enable_idempotence=True,
+                              linger_ms=5)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=20, **consumer_args)
+    return consumer, dict(bootstrap_servers=bootstrap, max_batch_size=1, linger_ms=0)
+
+
 async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
-                    commit_interval_s: float) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+                    commit_interval_s: float, transactional: bool, member: int) -> None:
+    from aiokafka import AIOKafkaProducer
 
     source, outputs = HOPS[hop]
     group = f"{prefix}-{hop}"
-    consumer = AIOKafkaConsumer(topic(prefix, source), bootstrap_servers=bootstrap,
-                                group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{group}-txn",
-                                enable_idempotence=True, linger_ms=5)
+    consumer, producer_args = clients(bootstrap, transactional, group_id=group,
+                                      auto_offset_reset="earliest")
+    consumer.subscribe([topic(prefix, source)])
+    if transactional:
+        producer_args["transactional_id"] = f"{group}-txn-{member}"
+    producer = AIOKafkaProducer(**producer_args)
     await consumer.start()
     await producer.start()
     try:
         offsets: dict = {}
+        pending: list = []
         began = 0.0
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50, max_records=500)
             if offsets and (not batch or time.monotonic() - began >= commit_interval_s):
-                await producer.send_offsets_to_transaction(offsets, group)
-                await producer.commit_transaction()
-                offsets = {}
+                if transactional:
+                    await producer.send_offsets_to_transaction(offsets, group)
+                    await producer.commit_transaction()
+                else:  # at-least-once: offsets only once their records are acknowledged
+                    await asyncio.gather(*pending)
+                    await consumer.commit(offsets)
+                offsets, pending = {}, []
             if not batch:
                 continue
             if not offsets:
-                await producer.begin_transaction()
+                if transactional:
+                    await producer.begin_transaction()
                 began = time.monotonic()
             for records in batch.values():
                 for record in records:
                     for name, count in outputs:
                         value = record.value * 2 if name == "execute" else b"x" * SIZES[name]
                         for _ in range(count):
-                            await producer.send(topic(prefix, name), value=value, key=record.key)
+                            pending.append(await producer.send(
+                                topic(prefix, name), value=value, key=record.key))
             offsets |= {tp: records[-1].offset + 1 for tp, records in batch.items()}
     finally:
         await producer.stop()
         await consumer.stop()
 
 
-async def relay(bootstrap: str, prefix: str, commit_interval_s: float) -> None:
+async def relay(bootstrap: str, prefix: str, commit_interval_s: float,
+                transactional: bool, member: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await asyncio.gather(*(relay_hop(bootstrap, prefix, hop, stop, commit_interval_s)
-                           for hop in HOPS))
+    await asyncio.gather(*(relay_hop(bootstrap, prefix, hop, stop, commit_interval_s,
+                                     transactional, member) for hop in HOPS))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -121,18 +150,19 @@ async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
 
 
 async def measure(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]],
-                  relay_pid: int, broker_pids: list[int], pace: float) -> dict:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+                  relay_pids: list[int], broker_pids: list[int], pace: float,
+                  transactional: bool) -> dict:
+    from aiokafka import AIOKafkaProducer
 
-    results = AIOKafkaConsumer(topic(prefix, "results"), bootstrap_servers=bootstrap,
-                               auto_offset_reset="latest", isolation_level="read_committed")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
-                                linger_ms=5)
+    results, producer_args = clients(bootstrap, transactional, auto_offset_reset="latest")
+    results.subscribe([topic(prefix, "results")])
+    producer = AIOKafkaProducer(**producer_args)
     await results.start()
     await producer.start()
     try:
         await warm(producer, results, prefix)
-        before = snapshot(relay_pid, broker_pids)
+        await asyncio.sleep(5)  # every relay in its groups (a second one joins later)
+        before = snapshot(relay_pids, broker_pids)
         started = time.monotonic()
         sent = []
         for index, (key, value) in enumerate(records):
@@ -147,7 +177,7 @@ async def measure(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]
             if time.monotonic() - started > 300:
                 raise TimeoutError(f"{seen} of {len(records)} results after 300 s")
         seconds = time.monotonic() - started
-        after = snapshot(relay_pid, broker_pids)
+        after = snapshot(relay_pids, broker_pids)
     finally:
         await producer.stop()
         await results.stop()
@@ -169,8 +199,8 @@ async def warm(producer, results, prefix: str) -> None:
     raise TimeoutError("the warm-up job did not come through the three hops")
 
 
-def snapshot(relay_pid: int, broker_pids: list[int]) -> dict:
-    return {"relay": cpu_seconds(relay_pid),
+def snapshot(relay_pids: list[int], broker_pids: list[int]) -> dict:
+    return {"relay": sum(cpu_seconds(p) for p in relay_pids),
             "broker": sum(cpu_seconds(p) for p in broker_pids),
             "client": time.process_time()}
 
@@ -182,11 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="measured bursts, one after another")
     parser.add_argument("--pace", type=float, default=0.0, help="jobs/s sent; 0 = at once")
     parser.add_argument("--commit-interval", type=float, default=0.0, metavar="S")
+    parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
+    parser.add_argument("--relays", type=int, default=1,
+                        help="relay processes (as workers: one consumer group per hop)")
+    parser.add_argument("--member", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--relay", nargs=2, metavar=("BOOTSTRAP", "PREFIX"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.relay:
-        asyncio.run(relay(*args.relay, args.commit_interval))
+        asyncio.run(relay(*args.relay, args.commit_interval, args.broker == "kafka",
+                          args.member))
         return 0
     from bench.jobs import job_set
     from bench.pipeline import BenchBroker
@@ -196,29 +231,34 @@ def main(argv: list[str] | None = None) -> int:
     jobs = job_set(args.jobs)
     records = [(job["workflow_id"].encode(), encode(job)) for job in jobs]
     with tempfile.TemporaryDirectory(prefix="qlane-floor-") as scratch:
-        broker = BenchBroker("kafka", Path(scratch)).start()
-        relay_process = None
+        broker = BenchBroker(args.broker, Path(scratch)).start()
+        relays: list[subprocess.Popen] = []
         try:
             prefix = f"floor{os.getpid()}"
             asyncio.run(create_topics(broker.bootstrap, prefix, args.partitions))
-            relay_process = subprocess.Popen(
+            relays = [subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--relay", broker.bootstrap,
-                 prefix, "--commit-interval", str(args.commit_interval)],
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                 prefix, "--commit-interval", str(args.commit_interval),
+                 "--broker", args.broker, "--member", str(member)],
+                env={**os.environ, "PYTHONPATH": str(ROOT)}) for member in range(args.relays)]
             rounds = []
             for index in range(args.rounds):
                 tagged = [(k + f"-{index}".encode(), v) for k, v in records]
                 rounds.append(asyncio.run(measure(broker.bootstrap, prefix, tagged,
-                                                  relay_process.pid, broker.pids, args.pace)))
+                                                  [r.pid for r in relays], broker.pids,
+                                                  args.pace,
+                                                  args.broker == "kafka")))
                 print(json.dumps(rounds[-1]["cpu_ms_per_job"]), f"{rounds[-1]['jobs_per_s']:.1f}"
                       " jobs/s", file=sys.stderr)
         finally:
-            if relay_process is not None:
-                relay_process.terminate()
-                relay_process.wait(30)
+            for process in relays:
+                process.terminate()
+            for process in relays:
+                process.wait(30)
             broker.stop()
     report = {"command": " ".join(["bench/floor.py", *(argv or sys.argv[1:])]),
-              "pace_jobs_per_s": args.pace, "commit_interval_s": args.commit_interval,
+              "broker": args.broker, "relays": args.relays, "pace_jobs_per_s": args.pace,
+              "commit_interval_s": args.commit_interval,
               "records_per_job": sum(c for _, outs in HOPS.values() for _, c in outs),
               "hops": {hop: {"input": src, "outputs": dict(outs)}
                        for hop, (src, outs) in HOPS.items()},
