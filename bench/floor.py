@@ -54,6 +54,22 @@ HOPS = {
     "execute": ("execute", [("mitigate", 1), ("status", 1), ("changelog", 2)]),
     "mitigate": ("mitigate", [("results", 1), ("cost", 1), ("status", 1), ("changelog", 1)]),
 }
+# One hop for the whole job (a batch of jobs prepared, executed and mitigated by one agent):
+# the same records less the two stage tasks, in one transaction instead of three.
+FUSED_HOPS = {
+    "fused": ("jobs", [("results", 1), ("cost", 1), ("status", 4), ("changelog", 5)]),
+}
+# QLANE_STATUS_PROGRESS_EVENTS=false: no accepted, prepared or executing status (3 fewer)
+PROGRESS_STATUSES = {"preprocess": 2, "execute": 1, "fused": 3}
+
+
+def hops(progress_statuses: bool, fused: bool = False) -> dict:
+    chosen = FUSED_HOPS if fused else HOPS
+    if progress_statuses:
+        return chosen
+    return {hop: (source, [(name, count - PROGRESS_STATUSES.get(hop, 0) if name == "status"
+                            else count) for name, count in outputs])
+            for hop, (source, outputs) in chosen.items()}
 
 
 def topic(prefix: str, name: str) -> str:
@@ -75,10 +91,11 @@ def clients(bootstrap: str, transactional: bool, **consumer_args):
 
 
 async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
-                    commit_interval_s: float, transactional: bool, member: int) -> None:
+                    commit_interval_s: float, transactional: bool, member: int,
+                    progress_statuses: bool, fused: bool) -> None:
     from aiokafka import AIOKafkaProducer
 
-    source, outputs = HOPS[hop]
+    source, outputs = hops(progress_statuses, fused)[hop]
     group = f"{prefix}-{hop}"
     consumer, producer_args = clients(bootstrap, transactional, group_id=group,
                                       auto_offset_reset="earliest")
@@ -122,14 +139,16 @@ async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
 
 
 async def relay(bootstrap: str, prefix: str, commit_interval_s: float,
-                transactional: bool, member: int) -> None:
+                transactional: bool, member: int, progress_statuses: bool,
+                fused: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await asyncio.gather(*(relay_hop(bootstrap, prefix, hop, stop, commit_interval_s,
-                                     transactional, member) for hop in HOPS))
+                                     transactional, member, progress_statuses, fused)
+                           for hop in hops(progress_statuses, fused)))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -216,12 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relays", type=int, default=1,
                         help="relay processes (as workers: one consumer group per hop)")
     parser.add_argument("--member", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--no-progress-statuses", action="store_true",
+                        help="as QLANE_STATUS_PROGRESS_EVENTS=false: 3 statuses fewer per job")
+    parser.add_argument("--fused", action="store_true",
+                        help="one hop per job (jobs -> result), no stage tasks")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--relay", nargs=2, metavar=("BOOTSTRAP", "PREFIX"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.relay:
         asyncio.run(relay(*args.relay, args.commit_interval, args.broker == "kafka",
-                          args.member))
+                          args.member, not args.no_progress_statuses, args.fused))
         return 0
     from bench.jobs import job_set
     from bench.pipeline import BenchBroker
@@ -239,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             relays = [subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--relay", broker.bootstrap,
                  prefix, "--commit-interval", str(args.commit_interval),
-                 "--broker", args.broker, "--member", str(member)],
+                 "--broker", args.broker, "--member", str(member),
+                 *(["--no-progress-statuses"] if args.no_progress_statuses else []),
+                 *(["--fused"] if args.fused else [])],
                 env={**os.environ, "PYTHONPATH": str(ROOT)}) for member in range(args.relays)]
             rounds = []
             for index in range(args.rounds):
@@ -256,12 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             for process in relays:
                 process.wait(30)
             broker.stop()
+    used = hops(not args.no_progress_statuses, args.fused)
     report = {"command": " ".join(["bench/floor.py", *(argv or sys.argv[1:])]),
               "broker": args.broker, "relays": args.relays, "pace_jobs_per_s": args.pace,
               "commit_interval_s": args.commit_interval,
-              "records_per_job": sum(c for _, outs in HOPS.values() for _, c in outs),
+              "records_per_job": sum(c for _, outs in used.values() for _, c in outs),
               "hops": {hop: {"input": src, "outputs": dict(outs)}
-                       for hop, (src, outs) in HOPS.items()},
+                       for hop, (src, outs) in used.items()},
               "sizes_bytes": SIZES, "rounds": rounds}
     text = json.dumps(report, indent=2)
     if args.out:
