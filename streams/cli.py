@@ -122,6 +122,19 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+def use_event_loop(kind: str) -> None:
+    """Before the app exists: Faust's worker takes the loop the policy makes."""
+    if kind != "uvloop":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        logging.getLogger("qlane").warning("QLANE_EVENT_LOOP=uvloop but uvloop is not "
+                                           "installed: the worker runs asyncio's own loop")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
@@ -145,6 +158,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
+    use_event_loop(settings.event_loop)
     app, _ = create_app(settings)
     level = args.loglevel or settings.log_level
     log_format = args.log_format or settings.log_format
