@@ -76,9 +76,10 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: LogFormat = Field("text", description="text (Faust's) or json, one object per line")
     event_loop: Literal["asyncio", "uvloop"] = Field(
-        "uvloop", description="the worker's event loop: uvloop (libuv: its socket writes and "
-        "callbacks cost the worker 6-13 % less CPU per job, docs/performance.md), or asyncio's "
-        "own; without uvloop installed the worker warns and uses asyncio's")
+        "asyncio", description="the worker's event loop: asyncio's own, or uvloop (libuv: its "
+        "socket writes and callbacks cost the worker 6-13 % less CPU per job, but a worker's "
+        "start and stop took about 12 s longer in the tests, cause not found; "
+        "docs/performance.md); without uvloop installed the worker warns and uses asyncio's")
 
     # The job limits (workers.limits.Limits), one setting each: QLANE_MAX_QUBITS, ...
     max_qubits: int = Limits.max_qubits

@@ -1,4 +1,4 @@
-"""QLANE_EVENT_LOOP: the worker's loop comes from uvloop's policy unless asyncio is asked for."""
+"""QLANE_EVENT_LOOP: asyncio's own loop by default, uvloop's when asked for."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ def restore_policy():
     asyncio.set_event_loop_policy(policy)
 
 
-def test_the_default_worker_loop_is_uvloop(monkeypatch) -> None:
-    monkeypatch.delenv("QLANE_EVENT_LOOP", raising=False)
-    use_event_loop(Settings().event_loop)
+def test_uvloop_when_asked_for() -> None:
+    use_event_loop("uvloop")
     loop = asyncio.new_event_loop()
     try:
         assert isinstance(loop, uvloop.Loop)
@@ -30,9 +29,10 @@ def test_the_default_worker_loop_is_uvloop(monkeypatch) -> None:
         loop.close()
 
 
-def test_asyncio_keeps_the_standard_loop() -> None:
+def test_the_default_keeps_the_standard_loop(monkeypatch) -> None:
+    monkeypatch.delenv("QLANE_EVENT_LOOP", raising=False)
     asyncio.set_event_loop_policy(None)
-    use_event_loop("asyncio")
+    use_event_loop(Settings().event_loop)
     loop = asyncio.new_event_loop()
     try:
         assert not isinstance(loop, uvloop.Loop)
