@@ -130,8 +130,10 @@ async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
                     for name, count in outputs:
                         value = record.value * 2 if name == "execute" else b"x" * SIZES[name]
                         for _ in range(count):
-                            pending.append(await producer.send(
-                                topic(prefix, name), value=value, key=record.key))
+                            sent = await producer.send(topic(prefix, name), value=value,
+                                                       key=record.key)
+                            if not transactional:  # a commit waits for these acks
+                                pending.append(sent)
             offsets |= {tp: records[-1].offset + 1 for tp, records in batch.items()}
     finally:
         await producer.stop()
@@ -149,11 +151,6 @@ async def relay(bootstrap: str, prefix: str, commit_interval_s: float,
     await asyncio.gather(*(relay_hop(bootstrap, prefix, hop, stop, commit_interval_s,
                                      transactional, member, progress_statuses, fused)
                            for hop in hops(progress_statuses, fused)))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
@@ -219,6 +216,8 @@ async def warm(producer, results, prefix: str) -> None:
 
 
 def snapshot(relay_pids: list[int], broker_pids: list[int]) -> dict:
+    from bench.pipeline import cpu_seconds
+
     return {"relay": sum(cpu_seconds(p) for p in relay_pids),
             "broker": sum(cpu_seconds(p) for p in broker_pids),
             "client": time.process_time()}
