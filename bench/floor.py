@@ -23,6 +23,16 @@ at-least-once (Tansu has no transactions), each hop committing its consumer offs
 its records are acknowledged, on the same schedule; one record per produce request
 (`producer_max_batch_size=1`, which Tansu's table recovery needs); 20 ms fetch waits.
 
+--work (with --fused): the relay also does the jobs' quantum work, the batched in-process
+loop's own code (bench/inprocess.py run_batched: prepare, one execute_batch per fetched batch
+of at most 32 jobs, mitigate), in its own process and thread, and publishes the real counts
+and estimates as the result record. That is the leanest worker that keeps the records and
+exactly-once: no Faust, no tables, no simulator process. With --sandbox, each job's program
+is parsed, validated and transpiled in qlane's sandbox process (workers/circuits/sandbox.py,
+one reusable process, the worker's default bounds), one program per round trip, and the
+relay decodes the prepared circuits it returns, as the worker does; without it, in the
+relay itself.
+
 The client (this process) submits the job set's real JobRequest records and reads the
 results (read_committed) until it has one per job; CPU is counted from the first job sent
 to the last result read, per process, from /proc.
@@ -90,12 +100,76 @@ def clients(bootstrap: str, transactional: bool, **consumer_args):
     return consumer, dict(bootstrap_servers=bootstrap, max_batch_size=1, linger_ms=0)
 
 
+class QuantumWork:
+    """The batched in-process loop's work on a fetched batch of JobRequest records."""
+
+    BATCH = 32  # bench/inprocess.py's default batch
+
+    def __init__(self, sandbox: bool = False) -> None:
+        from bench.jobs import warmup_jobs
+        from schemas.codec import codec
+        from workers.backends.aer import BackendRegistry
+        from workers.circuits.transpile import TranspileCache
+        from workers.limits import Limits
+
+        self.registry, self.cache, self.limits = BackendRegistry(), TranspileCache(), Limits()
+        self.sandbox = None
+        if sandbox:
+            from workers.circuits.sandbox import SandboxPool
+
+            self.sandbox = SandboxPool(size=1)
+        self.decode = codec("JobRequest").decode
+        encode = codec("JobRequest").encode
+        self.run([encode(job) for job in warmup_jobs("floor")])
+
+    def run(self, values: list[bytes]) -> list[bytes]:
+        """One result record per value, in order: the job's counts and estimates as JSON,
+        or its error (a record that is not a job is answered, not dropped)."""
+        from bench.inprocess import _estimates, _seed
+        from workers.execution.batching import execute_batch
+        from workers.jobs import JobSpec
+        from workers.mitigation.combine import mitigate
+
+        answers: list[dict] = [{} for _ in values]
+        jobs = []
+        for index, value in enumerate(values):
+            try:
+                request = self.decode(value)
+                prepared = self.prepare(JobSpec.from_record(request))
+            except Exception as error:  # noqa: BLE001 - answered as an error
+                answers[index] = {"error": repr(error)}
+                continue
+            jobs.append((index, request, prepared))
+        outcomes = execute_batch([(prepared, _seed(request)) for _, request, prepared in jobs],
+                                 self.registry)
+        for (index, request, prepared), counts in zip(jobs, outcomes, strict=True):
+            if isinstance(counts, Exception):
+                answers[index] = {"workflow_id": request["workflow_id"], "error": repr(counts)}
+                continue
+            answers[index] = {"workflow_id": request["workflow_id"], "counts": counts,
+                              "estimates": _estimates(mitigate(prepared, counts))}
+        return [json.dumps(answer, sort_keys=True).encode() for answer in answers]
+
+    def prepare(self, spec):
+        from workers.execution.preparation import PreparedJob, prepare
+
+        if self.sandbox is None:
+            return prepare(spec, self.registry, self.cache, self.limits)
+        from workers.circuits.sandbox import BackendView, SandboxRequest
+
+        view = BackendView.of(self.registry.get(spec.backend))
+        prepared = self.sandbox.call(SandboxRequest(spec, self.limits, view))
+        return PreparedJob.from_bytes(prepared.to_bytes())
+
+
 async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
                     commit_interval_s: float, transactional: bool, member: int,
-                    progress_statuses: bool, fused: bool) -> None:
+                    progress_statuses: bool, fused: bool, work: bool = False,
+                    ready: Path | None = None, sandbox: bool = False) -> None:
     from aiokafka import AIOKafkaProducer
 
     source, outputs = hops(progress_statuses, fused)[hop]
+    quantum = QuantumWork(sandbox) if work else None
     group = f"{prefix}-{hop}"
     consumer, producer_args = clients(bootstrap, transactional, group_id=group,
                                       auto_offset_reset="earliest")
@@ -105,12 +179,15 @@ async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
     producer = AIOKafkaProducer(**producer_args)
     await consumer.start()
     await producer.start()
+    if ready is not None:
+        ready.write_text(str(os.getpid()))
     try:
         offsets: dict = {}
         pending: list = []
         began = 0.0
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=50, max_records=500)
+            batch = await consumer.getmany(
+                timeout_ms=50, max_records=QuantumWork.BATCH if quantum else 500)
             if offsets and (not batch or time.monotonic() - began >= commit_interval_s):
                 if transactional:
                     await producer.send_offsets_to_transaction(offsets, group)
@@ -125,15 +202,19 @@ async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
                 if transactional:
                     await producer.begin_transaction()
                 began = time.monotonic()
-            for records in batch.values():
-                for record in records:
-                    for name, count in outputs:
+            fetched = [record for records in batch.values() for record in records]
+            answers = quantum.run([r.value for r in fetched]) if quantum else []
+            for position, record in enumerate(fetched):
+                for name, count in outputs:
+                    if name == "results" and quantum:
+                        value = answers[position]
+                    else:
                         value = record.value * 2 if name == "execute" else b"x" * SIZES[name]
-                        for _ in range(count):
-                            sent = await producer.send(topic(prefix, name), value=value,
-                                                       key=record.key)
-                            if not transactional:  # a commit waits for these acks
-                                pending.append(sent)
+                    for _ in range(count):
+                        sent = await producer.send(topic(prefix, name), value=value,
+                                                   key=record.key)
+                        if not transactional:  # a commit waits for these acks
+                            pending.append(sent)
             offsets |= {tp: records[-1].offset + 1 for tp, records in batch.items()}
     finally:
         await producer.stop()
@@ -142,14 +223,17 @@ async def relay_hop(bootstrap: str, prefix: str, hop: str, stop: asyncio.Event,
 
 async def relay(bootstrap: str, prefix: str, commit_interval_s: float,
                 transactional: bool, member: int, progress_statuses: bool,
-                fused: bool) -> None:
+                fused: bool, work: bool = False, ready_dir: Path | None = None,
+                sandbox: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await asyncio.gather(*(relay_hop(bootstrap, prefix, hop, stop, commit_interval_s,
-                                     transactional, member, progress_statuses, fused)
+                                     transactional, member, progress_statuses, fused, work,
+                                     ready_dir / f"{member}-{hop}" if ready_dir else None,
+                                     sandbox)
                            for hop in hops(progress_statuses, fused)))
 
 
@@ -167,7 +251,7 @@ async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
 
 async def measure(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]],
                   relay_pids: list[int], broker_pids: list[int], pace: float,
-                  transactional: bool) -> dict:
+                  transactional: bool, keep_results: bool = False) -> dict:
     from aiokafka import AIOKafkaProducer
 
     results, producer_args = clients(bootstrap, transactional, auto_offset_reset="latest")
@@ -179,6 +263,7 @@ async def measure(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]
         await warm(producer, results, prefix)
         await asyncio.sleep(5)  # every relay in its groups (a second one joins later)
         before = snapshot(relay_pids, broker_pids)
+        busy_before = machine_busy_seconds()
         started = time.monotonic()
         sent = []
         for index, (key, value) in enumerate(records):
@@ -186,23 +271,29 @@ async def measure(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]
                 await asyncio.sleep(max(0.0, started + index / pace - time.monotonic()))
             sent.append(await producer.send(topic(prefix, "jobs"), value=value, key=key))
         await asyncio.gather(*sent)
-        seen = 0
+        seen, kept = 0, []
         while seen < len(records):
             batch = await results.getmany(timeout_ms=1000)
             seen += sum(len(r) for r in batch.values())
+            if keep_results:
+                kept += [record.value for records in batch.values() for record in records]
             if time.monotonic() - started > 300:
                 raise TimeoutError(f"{seen} of {len(records)} results after 300 s")
         seconds = time.monotonic() - started
         after = snapshot(relay_pids, broker_pids)
+        busy = machine_busy_seconds() - busy_before
     finally:
         await producer.stop()
         await results.stop()
     n = len(records)
     cpu = {k: after[k] - before[k] for k in after}
+    # Cores that processes other than these used meanwhile: near 0 on an idle machine.
+    foreign = max(0.0, (busy - sum(cpu.values())) / seconds)
     return {"jobs": n, "seconds": seconds, "jobs_per_s": n / seconds,
-            "cpu_seconds": cpu,
+            "foreign_cpu_cores": round(foreign, 3), "cpu_seconds": cpu,
             "cpu_ms_per_job": {k: 1000 * v / n for k, v in cpu.items()}
-            | {"total": 1000 * sum(cpu.values()) / n}}
+            | {"total": 1000 * sum(cpu.values()) / n}} | ({"results": kept} if keep_results
+                                                         else {})
 
 
 async def warm(producer, results, prefix: str) -> None:
@@ -215,12 +306,44 @@ async def warm(producer, results, prefix: str) -> None:
     raise TimeoutError("the warm-up job did not come through the three hops")
 
 
+def machine_busy_seconds() -> float:
+    from bench.run import machine_busy_seconds as busy
+
+    return busy()
+
+
 def snapshot(relay_pids: list[int], broker_pids: list[int]) -> dict:
     from bench.pipeline import cpu_seconds
 
     return {"relay": sum(cpu_seconds(p) for p in relay_pids),
             "broker": sum(cpu_seconds(p) for p in broker_pids),
             "client": time.process_time()}
+
+
+def wait_until_ready(ready: Path, expected: int, relays: list[subprocess.Popen],
+                     timeout_s: float = 300.0) -> None:
+    """Every relay's consumers started (a relay doing work first warms its caches)."""
+    deadline = time.monotonic() + timeout_s
+    while len(list(ready.iterdir())) < expected:
+        if any(process.poll() is not None for process in relays):
+            raise RuntimeError("a relay exited before it was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"relays not ready after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def check_results(values: list[bytes], reference: Path | None) -> dict:
+    """The relays' results job by job against the batched loop's (bench/run.py's check)."""
+    from bench.run import compare_runs
+
+    answers = [json.loads(value) for value in values]
+    errors = [a for a in answers if "error" in a and a.get("workflow_id")]
+    per_job = {a["workflow_id"]: a for a in answers if "counts" in a}
+    out = {"results": len(answers), "job_errors": len(errors),
+           "job_error_examples": errors[:3]}
+    if reference is not None:
+        out |= compare_runs(json.loads(reference.read_text()), {"per_job": per_job})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,12 +361,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="as QLANE_STATUS_PROGRESS_EVENTS=false: 3 statuses fewer per job")
     parser.add_argument("--fused", action="store_true",
                         help="one hop per job (jobs -> result), no stage tasks")
+    parser.add_argument("--work", action="store_true",
+                        help="with --fused: the relay does the jobs' quantum work too")
+    parser.add_argument("--sandbox", action="store_true",
+                        help="with --work: prepare each program in qlane's sandbox process")
+    parser.add_argument("--reference", type=Path, metavar="FILE",
+                        help="with --work: bench/inprocess.py batched output to compare with")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--ready-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--relay", nargs=2, metavar=("BOOTSTRAP", "PREFIX"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.work and not args.fused:
+        parser.error("--work needs --fused (the work is done in the one hop)")
+    if args.sandbox and not args.work:
+        parser.error("--sandbox needs --work")
     if args.relay:
         asyncio.run(relay(*args.relay, args.commit_interval, args.broker == "kafka",
-                          args.member, not args.no_progress_statuses, args.fused))
+                          args.member, not args.no_progress_statuses, args.fused, args.work,
+                          args.ready_dir, args.sandbox))
         return 0
     from bench.jobs import job_set
     from bench.pipeline import BenchBroker
@@ -258,20 +393,29 @@ def main(argv: list[str] | None = None) -> int:
         try:
             prefix = f"floor{os.getpid()}"
             asyncio.run(create_topics(broker.bootstrap, prefix, args.partitions))
+            ready = Path(scratch) / "ready"
+            ready.mkdir()
             relays = [subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--relay", broker.bootstrap,
                  prefix, "--commit-interval", str(args.commit_interval),
                  "--broker", args.broker, "--member", str(member),
                  *(["--no-progress-statuses"] if args.no_progress_statuses else []),
-                 *(["--fused"] if args.fused else [])],
+                 *(["--fused"] if args.fused else []), *(["--work"] if args.work else []),
+                 *(["--sandbox"] if args.sandbox else []),
+                 "--ready-dir", str(ready)],
                 env={**os.environ, "PYTHONPATH": str(ROOT)}) for member in range(args.relays)]
+            wait_until_ready(ready, args.relays * len(hops(True, args.fused)), relays)
             rounds = []
             for index in range(args.rounds):
                 tagged = [(k + f"-{index}".encode(), v) for k, v in records]
                 rounds.append(asyncio.run(measure(broker.bootstrap, prefix, tagged,
                                                   [r.pid for r in relays], broker.pids,
                                                   args.pace,
-                                                  args.broker == "kafka")))
+                                                  args.broker == "kafka",
+                                                  keep_results=args.work)))
+                if args.work:
+                    rounds[-1]["vs_reference"] = check_results(rounds[-1].pop("results"),
+                                                               args.reference)
                 print(json.dumps(rounds[-1]["cpu_ms_per_job"]), f"{rounds[-1]['jobs_per_s']:.1f}"
                       " jobs/s", file=sys.stderr)
         finally:
@@ -287,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
               "records_per_job": sum(c for _, outs in used.values() for _, c in outs),
               "hops": {hop: {"input": src, "outputs": dict(outs)}
                        for hop, (src, outs) in used.items()},
-              "sizes_bytes": SIZES, "rounds": rounds}
+              "sizes_bytes": SIZES, "work": args.work, "sandbox": args.sandbox,
+              "rounds": rounds}
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
