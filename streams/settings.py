@@ -237,13 +237,15 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 5.0
 
     # Throughput (issue 14; measured in docs/performance.md).
-    fused_path: Literal["off", "idle", "always"] = Field(
+    fused_path: Literal["off", "idle", "always", "batch"] = Field(
         "idle", description="when the preprocess stage runs a job's execute and mitigate "
         "steps itself, on its jobs-topic record (streams/agents/fused.py), instead of handing "
         "it on through stage.execute and stage.mitigate: `idle` = when no other record waits "
         "behind it in its partition (a lone job skips two hops and, on exactly-once, two "
         "transaction commits; a backlog keeps the stages' overlap and batch calls), `always`, "
-        "or `off`",
+        "`batch` = every job, the jobs the stage takes together (up to execute_batch_max "
+        "within execute_batch_window_s) prepared first and run in one backend call "
+        "(streams/agents/fused_batch.py), or `off`",
     )
     status_progress_events: bool = Field(
         True, description="publish the accepted, prepared and executing statuses; false: only "

@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 from faust import streams as faust_streams
 
 from schemas.codec import codec
-from streams import metrics
-from streams.agents.common import first_time, in_thread_timed, mark, new_guard, process_guarded
+from streams.agents.common import first_time, mark, new_guard, process_guarded
 from streams.agents.execution import (
     Executed,
     Job,
     JobRunner,
+    batch_outcomes,
     decode_job,
-    in_simulator_process,
-    simulate_batch,
     start_simulator,
 )
 from streams.agents.overlap import run_overlapped
@@ -39,7 +37,6 @@ from streams.lanes import LaneGate
 from streams.poison import InFlight, poison_handler
 from streams.runtime import Runtime
 from streams.topics import LANES, NORMAL, lane_suffix
-from workers.execution.batching import execute_batch, split_by_work
 
 STAGE = "execute"
 log = logging.getLogger("qlane")
@@ -66,29 +63,9 @@ def register(app, runtime: Runtime, table) -> None:
             if runner.runnable(job) and not runner.past_deadline(job):
                 runtime.apply_controls(job.prepared.backend)
                 jobs.append(job)
-        if not jobs:
-            return {}
-        metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
-        try:
-            if in_simulator_process(runtime, {j.prepared.backend for j in jobs}):
-                answered = await simulate_batch(runtime, jobs)
-                outcomes, seconds = answered.outcomes, answered.seconds
-            else:
-                outcomes, elapsed = await in_thread_timed(
-                    runtime, functools.partial(execute_batch, breakers=runtime.breakers),
-                    [(j.prepared, j.seed) for j in jobs], runtime.registry,
-                )
-                seconds = split_by_work(elapsed, [j.prepared for j in jobs])
-        except Exception:  # never lose the stage to a batch: run the records one by one
-            log.exception("batch of %d jobs failed as a whole; running them one by one",
-                          len(jobs))
-            return {}
-        # Each job is billed its part of the call's backend seconds (by circuits x shots).
-        return {
-            j.source.address: (o, s) for j, o, s in zip(jobs, outcomes, seconds, strict=True)
-        }
+        return await batch_outcomes(runtime, jobs)
 
-    async def handle(source: SourceRecord, batch_outcomes: dict, decoded: dict) -> str:
+    async def handle(source: SourceRecord, outcomes: dict, decoded: dict) -> str:
         job = decoded.pop(source.address, None) or decode_job(source)
         if runner.already_executed(job):
             return "duplicate"  # a copy of a task that ran (re-sent after a crash): once
@@ -97,7 +74,7 @@ def register(app, runtime: Runtime, table) -> None:
         runtime.apply_controls(job.prepared.backend)
         mark(table, job.workflow_id, "executing")
         await runtime.status(job.workflow_id, "executing", STAGE, detail=job.prepared.backend)
-        outcome, share = batch_outcomes.get(source.address, (None, 0.0))
+        outcome, share = outcomes.get(source.address, (None, 0.0))
         executed = await runner.run(job, outcome, share)
         await finish(job, executed)
         return "fallback" if executed.mode == "fallback" else "ok"
@@ -222,7 +199,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             event.ack()
 
     async def handle_all(guard, items, outcomes: dict, decoded: dict) -> None:
-        handle_in_batch = functools.partial(handle, batch_outcomes=outcomes, decoded=decoded)
+        handle_in_batch = functools.partial(handle, outcomes=outcomes, decoded=decoded)
         for event, source in items:
             # take_events leaves no current event, and table writes need one for their
             # changelog partition. Set only this task's context variable: the stream's

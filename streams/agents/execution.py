@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from workers.errors import (
     SandboxCrashed,
     SandboxTimeout,
 )
-from workers.execution.batching import Outcome
+from workers.execution.batching import Outcome, execute_batch, split_by_work
 from workers.execution.breaker import BreakerOpen
 from workers.execution.preparation import PreparedJob, execute, prepare
 from workers.execution.simulator import (
@@ -210,6 +211,30 @@ async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> Answered:
             else:
                 breaker.record_success()
     return Answered(outcomes, seconds)  # type: ignore[arg-type]
+
+
+async def batch_outcomes(runtime: Runtime, jobs: list[Job]) -> dict[str, tuple[object, float]]:
+    """One backend call per backend for the jobs: each job's slot (counts or its error) and
+    its part of the call's backend seconds, by source address; {} when the call failed as a
+    whole (each job then runs alone)."""
+    if not jobs:
+        return {}
+    metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
+    try:
+        if in_simulator_process(runtime, {j.prepared.backend for j in jobs}):
+            answered = await simulate_batch(runtime, jobs)
+            outcomes, seconds = answered.outcomes, answered.seconds
+        else:
+            outcomes, elapsed = await in_thread_timed(
+                runtime, functools.partial(execute_batch, breakers=runtime.breakers),
+                [(j.prepared, j.seed) for j in jobs], runtime.registry,
+            )
+            seconds = split_by_work(elapsed, [j.prepared for j in jobs])
+    except Exception:  # never lose the stage to a batch: run the records one by one
+        log.exception("batch of %d jobs failed as a whole; running them one by one", len(jobs))
+        return {}
+    # Each job is billed its part of the call's backend seconds (by circuits x shots).
+    return {j.source.address: (o, s) for j, o, s in zip(jobs, outcomes, seconds, strict=True)}
 
 
 class JobRunner:

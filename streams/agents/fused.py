@@ -34,6 +34,7 @@ a cancel behind its job always comes too late.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from faust.types import TP
 
@@ -49,11 +50,21 @@ from streams.runtime import Runtime
 from workers.execution.preparation import PreparedJob
 
 
+@dataclass(frozen=True)
+class RanInBatch:
+    """A job's decoded circuits and its slot of the batch call made for it: counts, the
+    error of its slot, or None when it was not in the call; `share`: its billed seconds."""
+
+    prepared: PreparedJob
+    outcome: object
+    share: float
+
+
 def fuses(runtime: Runtime, source: SourceRecord) -> bool:
     """Whether this job record takes the fused path (settings.fused_path)."""
     mode = runtime.settings.fused_path
     if mode != "idle":
-        return mode == "always"
+        return mode in ("always", "batch")
     consumer = getattr(runtime.app, "consumer", None)
     try:
         highwater = consumer.highwater(TP(source.topic, source.partition))
@@ -66,31 +77,42 @@ def fuses(runtime: Runtime, source: SourceRecord) -> bool:
 
 
 async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRecord,
-                    request: dict, prepared_bytes: bytes, task: dict) -> StepOutcome:
-    """Execute and mitigate an accepted, prepared job; returns the record's outcome."""
+                    request: dict, prepared_bytes: bytes, task: dict,
+                    ran: RanInBatch | None = None) -> StepOutcome:
+    """Execute and mitigate an accepted, prepared job; returns the record's outcome.
+
+    `ran`: the job's prepared circuits and its slot of a batch call already made for it
+    (streams/agents/fused_batch.py). Counts from that call need no call of their own, so no
+    in-flight mark either (the batch had them around its call); an error there is retried
+    alone, marked, as any other call of its own."""
     workflow_id = task["workflow_id"]
     count_step("preprocess", "ok")
     try:
-        prepared = PreparedJob.from_bytes(prepared_bytes)
+        prepared = ran.prepared if ran is not None else PreparedJob.from_bytes(prepared_bytes)
     except Exception as error:
         raise StageFailure(workflow_id, error, stage=execution.STAGE) from error
     job = Job.of(source, task, request, prepared, prepared_bytes)
     runtime.apply_controls(prepared.backend)
+    outcome, share = (ran.outcome, ran.share) if ran is not None else (None, 0.0)
+    marked = not isinstance(outcome, list)
     flight = InFlight(runtime, execution.STAGE, [source])
-    await flight.load()
-    if flight.poisoned():
-        error = flight.poison_error(source.address)
-        raise StageFailure(workflow_id, error, error.attempts, stage=execution.STAGE)
+    if marked:
+        await flight.load()
+        if flight.poisoned():
+            error = flight.poison_error(source.address)
+            raise StageFailure(workflow_id, error, error.attempts, stage=execution.STAGE)
     await runtime.status(workflow_id, "executing", execution.STAGE, detail=prepared.backend)
-    await flight.running([source.address])
+    if marked:
+        await flight.running([source.address])
     started = time.perf_counter()
     try:
-        executed = await runner.run(job)
+        executed = await runner.run(job, outcome, share)
     except StageFailure as failure:
         failure.stage = failure.stage or execution.STAGE
         raise
     finally:
-        await flight.finished([source.address])
+        if marked:
+            await flight.finished([source.address])
     await runner.charge_once(job, executed)
     count_step(execution.STAGE, "fallback" if executed.mode == "fallback" else "ok",
                time.perf_counter() - started)

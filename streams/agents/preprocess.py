@@ -18,6 +18,7 @@ from streams.agents.common import (
 )
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
+from streams.agents.fused_batch import Ahead, run_batches
 from streams.cancel import handle_cancel, is_cancel
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
@@ -128,7 +129,9 @@ def register(app, runtime: Runtime, table) -> None:
     async def on_assigned(*args, **kwargs):
         runtime.attempts.on_assigned()
 
-    async def handle(source: SourceRecord) -> None:
+    async def handle(source: SourceRecord, ahead: Ahead | None = None) -> None:
+        """One job record. `ahead` (fused_path=batch): its program prepared already, and its
+        slot of the batch's backend call."""
         cancel = is_cancel(source.value)
         if not cancel:
             request = codec("JobRequest").decode(source.value)
@@ -177,8 +180,13 @@ def register(app, runtime: Runtime, table) -> None:
         if request.get("variational") is not None:
             return await hand_to_variational_stage(workflow_id, request, source)
         try:
-            spec = route_away_from_drift(runtime, JobSpec.from_record(request))
-            prepared = await prepare_untrusted(runtime, source, spec)
+            if ahead is not None and ahead.error is not None:
+                raise ahead.error
+            if ahead is not None and ahead.prepared is not None:
+                prepared = ahead.prepared
+            else:
+                spec = route_away_from_drift(runtime, JobSpec.from_record(request))
+                prepared = await prepare_untrusted(runtime, source, spec)
         except Exception as error:
             raise StageFailure(workflow_id, error, getattr(error, "attempts", 1)) from error
         metrics.TRANSPILE_CACHE_LOOKUPS.labels(
@@ -206,7 +214,8 @@ def register(app, runtime: Runtime, table) -> None:
         if fuses(runtime, source):
             await runtime.status(workflow_id, "prepared", STAGE, detail=detail)
             return await run_fused(runtime, table, runner, source, request,
-                                   prepared.to_bytes(), task)
+                                   prepared.to_bytes(), task,
+                                   ran=ahead.ran if ahead is not None else None)
         await runtime.send(execute_lane(source.topic), workflow_id,
                            codec("ExecuteTask").encode(task))
         table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}
@@ -244,16 +253,52 @@ def register(app, runtime: Runtime, table) -> None:
                              detail=f"variational, {spec.optimizer}")
         return "ok"
 
+    async def look_ahead(source: SourceRecord) -> Ahead | None:
+        """fused_path=batch: what handle() would prepare for the record, prepared now and
+        written nowhere; None for a record that will not be prepared (handle() says why)."""
+        if is_cancel(source.value):
+            return None
+        try:
+            request = codec("JobRequest").decode(source.value)
+            workflow_id = request["workflow_id"]
+            if source.key != workflow_id.encode():
+                return None
+            if home_partition(source, runtime.settings.partitions) is not None:
+                return None
+            check_tenant_of(runtime.settings.topic_prefix, source.topic, request)
+        except Exception:  # noqa: BLE001 - handle() dead-letters it with its reason
+            return None
+        previous = table.get(workflow_id)
+        if previous is not None and previous.get("state") == "cancelled":
+            return None
+        if not admit(previous, request_fingerprint(request), source.address).runs:
+            return None
+        if request.get("variational") is not None:
+            return None
+        try:
+            spec = route_away_from_drift(runtime, JobSpec.from_record(request))
+            return Ahead(request, prepared=await prepare_untrusted(runtime, source, spec))
+        except Exception as error:  # noqa: BLE001 - raised by handle(), in the transaction
+            return Ahead(request, error=error)
+
     # One agent per priority lane (each lane's channel holds the shared and the tenants'
     # job topics of that lane); the gate hands the stage to the highest lane waiting.
     gate = runtime.gates.setdefault(STAGE, LaneGate(LANES, runtime.settings.lane_burst))
     for lane in LANES:
-        register_lane(app, runtime, table, lane, gate, handle)
+        register_lane(app, runtime, table, lane, gate, handle, look_ahead)
 
 
-def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, handle) -> None:
-    @app.agent(runtime.lane_channels[("jobs", lane)], name=f"qlane.preprocess{lane_suffix(lane)}",
-               concurrency=1)
+def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, handle,
+                  look_ahead) -> None:
+    name = f"qlane.preprocess{lane_suffix(lane)}"
+    channel = runtime.lane_channels[("jobs", lane)]
+    if runtime.settings.fused_path == "batch":
+        @app.agent(channel, name=name, concurrency=1)
+        async def preprocess_batches(stream):
+            await run_batches(stream, runtime, table, STAGE, lane, gate, handle, look_ahead)
+        return
+
+    @app.agent(channel, name=name, concurrency=1)
     async def preprocess(stream):
         guard = new_guard(runtime)
         async for event in stream.events():

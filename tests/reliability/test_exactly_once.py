@@ -29,8 +29,8 @@ from tests.support import BELL, session_settings
 
 @pytest.mark.parametrize("broker_address", ["kafka"], indirect=True)
 @pytest.mark.parametrize(("fused_path", "overlapped"),
-                         [("idle", False), ("always", False), ("idle", True)],
-                         ids=["idle", "always", "idle-overlapped"])
+                         [("idle", False), ("always", False), ("idle", True), ("batch", False)],
+                         ids=["idle", "always", "idle-overlapped", "batch"])
 def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     broker_address, fused_path, overlapped, tmp_path, report
 ):
@@ -38,7 +38,9 @@ def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     executed and mitigated on its jobs record (streams/agents/fused.py), one transaction;
     `overlapped`: the execute stage takes the next batch while a call runs
     (streams/agents/overlap.py, on with the simulator process; the backend with faults still
-    runs in the worker), so kills land while a taken batch is not yet handled."""
+    runs in the worker), so kills land while a taken batch is not yet handled; `batch`: the
+    jobs the preprocess stage takes run in one call and each publishes on its own record
+    (streams/agents/fused_batch.py), so kills land between a batch's call and its records."""
     settings = session_settings(*broker_address, tag="eos")
     assert settings.effective_processing_guarantee == "exactly_once"
     asyncio.run(ensure_topics(settings))

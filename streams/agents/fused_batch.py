@@ -1,0 +1,142 @@
+"""`fused_path=batch`: the job records the preprocess stage takes together, run in one call.
+
+The stage takes up to `execute_batch_max` job records within `execute_batch_window_s`, as the
+execute stage takes its tasks, and handles them in three steps:
+
+1. **Look ahead, writing nothing.** For each record that will run (it decodes, is in its home
+   partition, is not a cancel or a variational job, and the table admits it), its program is
+   prepared in the sandbox (an error is kept for step 3) and its budget and deadline are
+   checked.
+2. **One backend call per backend** for the prepared jobs, with the in-flight marks around
+   it (streams/poison.py), as the execute stage's batches: after a worker died in a call,
+   each job of the batch is called alone, and a record at its attempts is left out (step 3
+   dead-letters it).
+3. **Each record handled in order** by the preprocess stage's own handler, in its own
+   transaction on exactly-once, given what step 1 prepared and its slot of step 2's call
+   (streams/agents/fused.py `RanInBatch`). Admission is decided again there, so a copy of a
+   workflow earlier in the same batch is a duplicate; statuses, table writes, charge,
+   result and dead letters are the fused path's.
+
+Before step 3 nothing is written but what the staged path also writes outside a record's
+transaction: the attempt ledger's marks. A crash anywhere leaves every record of the batch to
+be handled again. What it gives up against the stages: a cancel that arrives behind its job
+in the same batch comes too late (as with `always`), and a budget that a job earlier in the
+batch used up is found only in step 3, after the call (that job then takes its fallback, as
+a staged job whose budget went between preprocess and execute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from faust import streams as faust_streams
+
+from streams import accounting
+from streams.agents import execution
+from streams.agents.common import first_time, new_guard, process_guarded
+from streams.agents.execution import Job, JobRunner, batch_outcomes
+from streams.agents.fused import RanInBatch
+from streams.deadletter import SourceRecord
+from streams.lanes import LaneGate
+from streams.poison import InFlight
+from streams.runtime import Runtime, now_ms
+from workers.circuits.sandbox import Prepared
+from workers.execution.preparation import PreparedJob
+
+
+@dataclass
+class Ahead:
+    """What step 1 found for a record: its request and prepared program, or the error its
+    preparation raised; `ran`: its circuits and slot of step 2's call, once made."""
+
+    request: dict
+    prepared: Prepared | None = None
+    error: BaseException | None = None
+    ran: RanInBatch | None = None
+
+
+LookAhead = Callable[[SourceRecord], Awaitable[Ahead | None]]
+
+
+async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, gate: LaneGate,
+                      handle, look_ahead: LookAhead) -> None:
+    """The preprocess stage's loop with `fused_path=batch` (one lane's agent)."""
+    settings = runtime.settings
+    runner = JobRunner(runtime, table)
+    guard = new_guard(runtime)
+    async for taken in stream.take_events(settings.execute_batch_max,
+                                          settings.execute_batch_window_s):
+        # Steps 1-2 write outside any record's transaction (the ledger's marks, as the
+        # execute stage's do): no record may be current while they run.
+        faust_streams._current_event.set(None)
+        fresh = [(event, SourceRecord.from_faust(event.message)) for event in taken]
+        fresh = [(event, source) for event, source in fresh if first_time(runtime, stage, source)]
+        async with gate.turn(lane):
+            aheads: dict[str, Ahead] = {}
+            for _, source in fresh:
+                ahead = await look_ahead(source)
+                if ahead is not None:
+                    aheads[source.address] = ahead
+            await run_together(runtime, runner, [source for _, source in fresh], aheads)
+            for event, source in fresh:
+                faust_streams._current_event.set(weakref.ref(event))
+                await process_guarded(
+                    runtime, table, stage, guard,
+                    functools.partial(handle, ahead=aheads.get(source.address)), source, event,
+                )
+                await asyncio.sleep(0)  # the other stages get a turn between records
+        for event in taken:
+            event.ack()
+
+
+async def run_together(runtime: Runtime, runner: JobRunner, sources: list[SourceRecord],
+                       aheads: dict[str, Ahead]) -> None:
+    """Step 2: the backend call for every prepared job that may run now; fills `ran`."""
+    jobs: list[Job] = []
+    for source in sources:
+        ahead = aheads.get(source.address)
+        if ahead is None or ahead.prepared is None:
+            continue
+        try:
+            prepared = PreparedJob.from_bytes(ahead.prepared.to_bytes())
+        except Exception:  # noqa: BLE001 - the fused path decodes it again and dead-letters
+            continue
+        request = ahead.request
+        ahead.ran = RanInBatch(prepared, None, 0.0)
+        task = {"workflow_id": request["workflow_id"], "accepted_at_ms": now_ms()}
+        job = Job.of(source, task, request, prepared, ahead.prepared.to_bytes())
+        try:
+            accounting.check_budget(runtime, request,
+                                    accounting.estimate_usd(runtime, prepared))
+        except Exception:  # noqa: BLE001 - step 3 checks again and takes the fallback
+            continue
+        if runner.past_deadline(job):
+            continue
+        runtime.apply_controls(prepared.backend)
+        jobs.append(job)
+    if not jobs:
+        return
+    # One InFlight for the batch, as the execute stage's: its writes keep every record's
+    # tries, the poisoned records' included (the fused path dead-letters those in step 3).
+    flight = InFlight(runtime, execution.STAGE, [job.source for job in jobs])
+    await flight.load()
+    poisoned = set(flight.poisoned())
+    jobs = [job for job in jobs if job.source.address not in poisoned]
+    # After a worker died in a call, each record runs alone, so that it cannot take the
+    # others down with it.
+    groups = [[job] for job in jobs] if flight.suspects() else [jobs] if jobs else []
+    outcomes: dict[str, tuple[object, float]] = {}
+    for group in groups:
+        addresses = [job.source.address for job in group]
+        await flight.running(addresses)
+        try:
+            outcomes |= await batch_outcomes(runtime, group)
+        finally:
+            await flight.finished(addresses)
+    for job in jobs:
+        outcome, share = outcomes.get(job.source.address, (None, 0.0))
+        aheads[job.source.address].ran = RanInBatch(job.prepared, outcome, share)
