@@ -313,9 +313,10 @@ def machine_busy_seconds() -> float:
 
 
 def snapshot(relay_pids: list[int], broker_pids: list[int]) -> dict:
-    from bench.pipeline import cpu_seconds
+    from bench.pipeline import cpu_seconds, tree_cpu_seconds
 
-    return {"relay": sum(cpu_seconds(p) for p in relay_pids),
+    # A relay's sandbox process (--sandbox) is its child: counted with it.
+    return {"relay": sum(tree_cpu_seconds(p) for p in relay_pids),
             "broker": sum(cpu_seconds(p) for p in broker_pids),
             "client": time.process_time()}
 
