@@ -17,6 +17,11 @@ execute stage takes its tasks, and handles them in three steps:
    workflow earlier in the same batch is a duplicate; statuses, table writes, charge,
    result and dead letters are the fused path's.
 
+With the simulator process, batches overlap as the execute stage's do
+(streams/agents/overlap.py): the next batch is taken and prepared while this one's call
+runs, and this one's records are handled while the next one's call runs (each call waits for
+the one before it).
+
 Before step 3 nothing is written but what the staged path also writes outside a record's
 transaction: the attempt ledger's marks. A crash anywhere leaves every record of the batch to
 be handled again. What it gives up against the stages: a cancel that arrives behind its job
@@ -40,6 +45,7 @@ from streams.agents import execution
 from streams.agents.common import first_time, new_guard, process_guarded
 from streams.agents.execution import Job, JobRunner, batch_outcomes
 from streams.agents.fused import RanInBatch
+from streams.agents.overlap import run_overlapped
 from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
 from streams.poison import InFlight
@@ -62,35 +68,76 @@ class Ahead:
 LookAhead = Callable[[SourceRecord], Awaitable[Ahead | None]]
 
 
+@dataclass
+class TakenJobs:
+    """A taken batch of job records, from its look-ahead to its last acknowledgement;
+    `call`: its backend call (a task), which waits for the previous batch's call first (the
+    in-flight marks of one partition are written whole: two calls may not hold them)."""
+
+    events: list
+    fresh: list[tuple[object, SourceRecord]]
+    aheads: dict[str, Ahead]
+    call: asyncio.Future | None = None
+
+
 async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, gate: LaneGate,
                       handle, look_ahead: LookAhead) -> None:
-    """The preprocess stage's loop with `fused_path=batch` (one lane's agent)."""
+    """The preprocess stage's loop with `fused_path=batch` (one lane's agent).
+
+    With the simulator process the batches overlap (streams/agents/overlap.py): while one
+    batch's call runs, the next batch is prepared in the sandbox and then the first one's
+    records are handled, so the sandbox, the simulator and the worker work at once."""
     settings = runtime.settings
     runner = JobRunner(runtime, table)
     guard = new_guard(runtime)
-    async for taken in stream.take_events(settings.execute_batch_max,
-                                          settings.execute_batch_window_s):
+    last_call: list[asyncio.Future | None] = [None]
+
+    async def begin(taken) -> TakenJobs:
         # Steps 1-2 write outside any record's transaction (the ledger's marks, as the
         # execute stage's do): no record may be current while they run.
         faust_streams._current_event.set(None)
         fresh = [(event, SourceRecord.from_faust(event.message)) for event in taken]
         fresh = [(event, source) for event, source in fresh if first_time(runtime, stage, source)]
-        async with gate.turn(lane):
-            aheads: dict[str, Ahead] = {}
-            for _, source in fresh:
-                ahead = await look_ahead(source)
-                if ahead is not None:
-                    aheads[source.address] = ahead
+        aheads: dict[str, Ahead] = {}
+        for _, source in fresh:
+            ahead = await look_ahead(source)
+            if ahead is not None:
+                aheads[source.address] = ahead
+        previous = last_call[0]
+
+        async def call() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
             await run_together(runtime, runner, [source for _, source in fresh], aheads)
-            for event, source in fresh:
-                faust_streams._current_event.set(weakref.ref(event))
-                await process_guarded(
-                    runtime, table, stage, guard,
-                    functools.partial(handle, ahead=aheads.get(source.address)), source, event,
-                )
-                await asyncio.sleep(0)  # the other stages get a turn between records
-        for event in taken:
+
+        batch = TakenJobs(list(taken), fresh, aheads, asyncio.ensure_future(call()))
+        last_call[0] = batch.call
+        return batch
+
+    async def complete(batch: TakenJobs) -> None:
+        await batch.call
+        for event, source in batch.fresh:
+            faust_streams._current_event.set(weakref.ref(event))
+            await process_guarded(
+                runtime, table, stage, guard,
+                functools.partial(handle, ahead=batch.aheads.get(source.address)), source,
+                event,
+            )
+            await asyncio.sleep(0)  # the other stages get a turn between records
+        for event in batch.events:
             event.ack()
+
+    async def nothing_before_next(batch: TakenJobs) -> None:
+        return None
+
+    await run_overlapped(
+        stream.take_events(settings.execute_batch_max,
+                           settings.execute_batch_window_s).__aiter__(),
+        begin=begin, before_next=nothing_before_next, complete=complete,
+        turn=functools.partial(gate.turn, lane),
+        # In the worker's own threads Aer holds the interpreter lock: nothing to overlap.
+        overlap=settings.simulator_process,
+    )
 
 
 async def run_together(runtime: Runtime, runner: JobRunner, sources: list[SourceRecord],

@@ -29,8 +29,9 @@ from tests.support import BELL, session_settings
 
 @pytest.mark.parametrize("broker_address", ["kafka"], indirect=True)
 @pytest.mark.parametrize(("fused_path", "overlapped"),
-                         [("idle", False), ("always", False), ("idle", True), ("batch", False)],
-                         ids=["idle", "always", "idle-overlapped", "batch"])
+                         [("idle", False), ("always", False), ("idle", True), ("batch", False),
+                          ("batch", True)],
+                         ids=["idle", "always", "idle-overlapped", "batch", "batch-overlapped"])
 def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     broker_address, fused_path, overlapped, tmp_path, report
 ):
