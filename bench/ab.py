@@ -61,7 +61,8 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 def one_run(name: str, variant: dict, broker: str, jobs: list[dict], args, scratch: Path) -> dict:
     t0, busy0, own0 = time.monotonic(), machine_busy_seconds(), own_cpu_seconds()
-    report = run_pipeline(jobs, workers=1, workdir=scratch / f"{broker}-{name}-{time.time_ns()}",
+    workdir = scratch / f"{broker}-{name}-{time.time_ns()}"
+    report = run_pipeline(jobs, workers=args.workers, workdir=workdir,
                           partitions=args.partitions, timeout_s=args.timeout,
                           latency_jobs=args.latency_jobs, broker=broker,
                           code_root=variant["root"], worker_env=variant["env"],
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brokers", default="tansu,kafka")
     parser.add_argument("--jobs", type=int, default=240)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="workers per run (both variants)")
     parser.add_argument("--latency-jobs", type=int, default=0)
     parser.add_argument("--profile", type=float, default=0.0, metavar="S",
                         help="py-spy the worker for S seconds of its backlog (QLANE_PYSPY)")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "variants": {k: {"ref": v["ref"], "commit": v["commit"], "env": v["env"]}
                      for k, v in variants.items()},
-        "jobs": args.jobs, "brokers": brokers,
+        "jobs": args.jobs, "workers": args.workers, "brokers": brokers,
     }
     try:
         for broker in brokers:
