@@ -434,12 +434,17 @@ def main(argv: list[str] | None = None) -> int:
                        for hop, (src, outs) in used.items()},
               "sizes_bytes": SIZES, "work": args.work, "sandbox": args.sandbox,
               "rounds": rounds}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(report, args.out)
     return 0
+
+
+def write_report(report: dict, out: Path | None) -> None:
+    """Print the report as JSON, and write it to `out` when given."""
+    text = json.dumps(report, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -140,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "sections": sections,
         "seconds": time.monotonic() - started,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    floor.write_report(report, args.out)
     return 0
 
 

@@ -51,6 +51,21 @@ def wait_until_ready(settings: Settings, log_path: Path, timeout_s: float = 180)
     )
 
 
+def ready_worker(settings: Settings, log_dir: Path, env: dict | None = None):
+    """A worker of the caller's own on the settings' topics, ready (its warm-up job done),
+    stopped when the generator is closed: the body of a module-scoped fixture."""
+    from streams.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    log = log_dir / "worker.log"
+    process = start_worker(settings, log, env=env)
+    try:
+        wait_until_ready(settings, log)
+        yield process
+    finally:
+        stop_worker(process)
+
+
 def topic_records(settings: Settings, short_name: str, timeout_s: float = 30) -> list:
     async def go():
         topic = f"{settings.topic_prefix}.{short_name}"

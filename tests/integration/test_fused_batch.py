@@ -17,15 +17,12 @@ import pytest
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.topics import ensure_topics
 from tests.support import (
     read_topic,
+    ready_worker,
     session_settings,
-    start_worker,
-    stop_worker,
     submit_and_wait,
     topic_records,
-    wait_until_ready,
 )
 from tests.unit.workers.conftest import GHZ3_QASM2 as GHZ3
 
@@ -37,14 +34,8 @@ def batch_settings(broker_address):
 
 @pytest.fixture(scope="module")
 def batch_worker(batch_settings, tmp_path_factory):
-    asyncio.run(ensure_topics(batch_settings))
-    log = tmp_path_factory.mktemp("fused-batch-worker") / "worker.log"
-    process = start_worker(batch_settings, log, env={"QLANE_FUSED_PATH": "batch"})
-    try:
-        wait_until_ready(batch_settings, log)
-        yield process
-    finally:
-        stop_worker(process)
+    yield from ready_worker(batch_settings, tmp_path_factory.mktemp("fused-batch-worker"),
+                            {"QLANE_FUSED_PATH": "batch"})
 
 
 def ghz(workflow_id: str) -> dict:

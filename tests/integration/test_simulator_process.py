@@ -10,20 +10,16 @@ estimates must be equal, and the calls must have run where each setting says.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from streams.client import job_request
-from streams.topics import ensure_topics
 from tests.support import (
+    ready_worker,
     session_settings,
-    start_worker,
-    stop_worker,
     submit_and_wait,
     topic_records,
-    wait_until_ready,
 )
 from tests.unit.workers.conftest import GHZ3_QASM2 as GHZ3
 
@@ -39,14 +35,7 @@ def thread_settings(broker_address):
 
 
 def module_worker(settings, tmp_path_factory, env: dict):
-    asyncio.run(ensure_topics(settings))
-    log = tmp_path_factory.mktemp("simulator-worker") / "worker.log"
-    process = start_worker(settings, log, env=env)
-    try:
-        wait_until_ready(settings, log)
-        yield process
-    finally:
-        stop_worker(process)
+    yield from ready_worker(settings, tmp_path_factory.mktemp("simulator-worker"), env)
 
 
 @pytest.fixture(scope="module")
