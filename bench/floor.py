@@ -254,6 +254,8 @@ async def measure(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]
                   transactional: bool, keep_results: bool = False) -> dict:
     from aiokafka import AIOKafkaProducer
 
+    from bench.run import machine_busy_seconds
+
     results, producer_args = clients(bootstrap, transactional, auto_offset_reset="latest")
     results.subscribe([topic(prefix, "results")])
     producer = AIOKafkaProducer(**producer_args)
@@ -304,12 +306,6 @@ async def warm(producer, results, prefix: str) -> None:
         if any((await results.getmany(timeout_ms=1000)).values()):
             return
     raise TimeoutError("the warm-up job did not come through the three hops")
-
-
-def machine_busy_seconds() -> float:
-    from bench.run import machine_busy_seconds as busy
-
-    return busy()
 
 
 def snapshot(relay_pids: list[int], broker_pids: list[int]) -> dict:

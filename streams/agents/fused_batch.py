@@ -127,13 +127,10 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         for event in batch.events:
             event.ack()
 
-    async def nothing_before_next(batch: TakenJobs) -> None:
-        return None
-
     await run_overlapped(
         stream.take_events(settings.execute_batch_max,
                            settings.execute_batch_window_s).__aiter__(),
-        begin=begin, before_next=nothing_before_next, complete=complete,
+        begin=begin, complete=complete,
         turn=functools.partial(gate.turn, lane),
         # In the worker's own threads Aer holds the interpreter lock: nothing to overlap.
         overlap=settings.simulator_process,

@@ -31,15 +31,15 @@ async def run_overlapped(
     batches: AsyncIterator[Sequence[Any]],
     *,
     begin: Callable[[Sequence[Any]], Awaitable[OpenBatch]],
-    before_next: Callable[[OpenBatch], Awaitable[None]],
+    before_next: Callable[[OpenBatch], Awaitable[None]] | None = None,
     complete: Callable[[OpenBatch], Awaitable[None]],
     turn: Callable[[], AbstractAsyncContextManager],
     overlap: bool = True,
 ) -> None:
     """Take batches from `batches` until it ends.
 
-    `begin(taken)` starts a batch (its call, if any); `before_next(open)` runs once the open
-    batch's call has ended and before the next batch begins (the execute stage clears the
+    `begin(taken)` starts a batch (its call, if any); `before_next(open)`, if given, runs once
+    the open batch's call has ended and before the next batch begins (the execute stage clears the
     in-flight marks there, which the next batch's marks would overwrite); `complete(batch)`
     handles a batch's records in order and acknowledges them. Every step runs inside `turn()`
     (the stage's lane gate). A batch with no call is completed at once, and so is every
@@ -66,7 +66,7 @@ async def run_overlapped(
             finally:
                 taking = None
             async with turn():
-                if open_batch is not None:
+                if open_batch is not None and before_next is not None:
                     await before_next(open_batch)
                 batch = await begin(taken)
                 if open_batch is not None:
