@@ -4,7 +4,9 @@ Key: (structural hash of the logical circuit, backend name, backend calibration 
 optimization level). Parameters stay symbolic through transpilation and are bound afterwards,
 so every binding of one parameterized circuit reuses one transpiled template. One preset pass
 manager is built per (backend, calibration version) and reused: building it costs more than
-running it on a small circuit.
+running it on a small circuit. A template's globally folded copies (ZNE) are kept beside it:
+they do not depend on the job, and the same objects let the job's QPY encoding be reused
+(workers/circuits/qpy_cache.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from qiskit.transpiler import PassManager, generate_preset_pass_manager
 
 from workers.backends.aer import Backend
 from workers.circuits.fingerprint import structural_hash
+from workers.mitigation import zne
 
 OPTIMIZATION_LEVEL = 1
 SEED_TRANSPILER = 42
@@ -32,6 +35,11 @@ class TranspileCache:
     def __init__(self, maxsize: int = 512) -> None:
         self._templates: LRUCache[CacheKey, QuantumCircuit] = LRUCache(maxsize=maxsize)
         self._pass_managers: dict[tuple[str, str], PassManager] = {}
+        # (id of the template, scale) -> (template, folded copy, scale reached); the template
+        # is held so that its id is not reused while the entry is there.
+        self._folded: LRUCache[tuple[int, float], tuple[QuantumCircuit, QuantumCircuit, float]] = (
+            LRUCache(maxsize=maxsize)
+        )
         self.hits = 0
         self.misses = 0
 
@@ -54,6 +62,20 @@ class TranspileCache:
         template = self.pass_manager(backend).run(circuit)
         self._templates[key] = template
         return template, False
+
+    def fold(self, template: QuantumCircuit, scale: float, method: str,
+             seed) -> tuple[QuantumCircuit, float]:
+        """zne.fold; a global fold is kept per template object and scale (it takes no seed);
+        random folds depend on the job's seed and are not kept."""
+        if method != "global":
+            return zne.fold(template, scale, method, seed=seed)
+        key = (id(template), scale)
+        entry = self._folded.get(key)
+        if entry is not None and entry[0] is template:
+            return entry[1], entry[2]
+        folded, reached = zne.fold(template, scale, method, seed=seed)
+        self._folded[key] = (template, folded, reached)
+        return folded, reached
 
     def pass_manager(self, backend: Backend) -> PassManager:
         key = (backend.name, backend.calibration_version)

@@ -11,14 +11,14 @@ run in different processes.
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from dataclasses import dataclass
 
-from qiskit import QuantumCircuit, qpy
+from qiskit import QuantumCircuit
 
 from workers.backends.aer import BackendRegistry
+from workers.circuits import qpy_cache
 from workers.circuits.measurement import (
     basis_circuit,
     counts_circuit,
@@ -45,6 +45,7 @@ _MAGIC = b"QLPJ"
 _FORMAT_VERSION = 2  # 2: mitigation fields; version 1 records still read
 _READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct(">4sBI")  # magic, format version, JSON length
+
 
 
 @dataclass
@@ -124,9 +125,8 @@ class PreparedJob:
             },
             separators=(",", ":"),
         ).encode()
-        circuits = io.BytesIO()
-        qpy.dump(self.templates, circuits)
-        return _HEADER.pack(_MAGIC, _FORMAT_VERSION, len(header)) + header + circuits.getvalue()
+        circuits = qpy_cache.ENCODED.dump(self.templates)
+        return _HEADER.pack(_MAGIC, _FORMAT_VERSION, len(header)) + header + circuits
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PreparedJob:
@@ -137,10 +137,10 @@ class PreparedJob:
                 raise ValueError(f"not a prepared job (magic {magic!r}, version {version})")
             start = _HEADER.size
             fields = json.loads(data[start : start + length])
-            templates = qpy.load(io.BytesIO(data[start + length :]))
+            templates = qpy_cache.DECODED.load(bytes(data[start + length :]))
             calibration = fields.pop("readout_calibration", None)
             return cls(
-                templates=list(templates),
+                templates=templates,
                 tasks=[_task_from_json(*task) for task in fields.pop("tasks")],
                 observables=tuple(
                     ObservableSpec(tuple(PauliTerm(p, c) for p, c in terms))
@@ -226,7 +226,7 @@ def prepare(
             zne.check_foldable(template)
         for scale_index, scale in enumerate(scales[1:], start=1):
             for basis_index, template in enumerate(transpiled):
-                folded, reached_scale = zne.fold(
+                folded, reached_scale = cache.fold(
                     template[0],
                     scale,
                     mitigation.zne.folding,

@@ -1,0 +1,99 @@
+"""QPY sections of prepared jobs, encoded and decoded once per process for repeated templates.
+
+A prepared job's templates travel as QPY: the preparation sandbox encodes them, and every
+process the job passes through decodes them (the worker, the simulator process, the execute
+and mitigate stages). Jobs of one program share their templates: the transpile cache hands
+out the same objects, folding is cached beside it, and the parameter values travel in the
+job's JSON header. So most encodes and decodes repeat one another, and both are kept here,
+least recently used out, bounded by the bytes of the sections held (a section above a tenth
+of the bound is never kept: one hostile program cannot take the cache).
+
+Templates are shared and never modified (PreparedJob.templates); each caller gets a list of
+its own. Both caches are locked: the worker's stage threads encode and decode too.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Sequence
+
+from cachetools import LRUCache
+from qiskit import QuantumCircuit, qpy
+
+DEFAULT_MAX_BYTES = 4 << 20
+
+
+class DecodedSections:
+    """Templates by the QPY bytes they were decoded from."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._entries: LRUCache[bytes, tuple[tuple[QuantumCircuit, ...], int]] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda entry: entry[1]
+        )
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    def load(self, section: bytes) -> list[QuantumCircuit]:
+        with self._lock:
+            entry = self._entries.get(section)
+            if entry is not None:
+                self.hits += 1
+                return list(entry[0])
+            self.misses += 1
+        templates = tuple(qpy.load(io.BytesIO(section)))
+        if len(section) * 10 <= self.max_bytes:
+            with self._lock:
+                self._entries[section] = (templates, len(section))
+        return list(templates)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._entries.currsize
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class EncodedSections:
+    """QPY bytes by the template objects encoded (identity: the cached entry holds them, so
+    their ids cannot be reused while it is there)."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._entries: LRUCache[tuple[int, ...], tuple[tuple[QuantumCircuit, ...], bytes]] = (
+            LRUCache(maxsize=max_bytes, getsizeof=lambda entry: len(entry[1]))
+        )
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    def dump(self, templates: Sequence[QuantumCircuit]) -> bytes:
+        key = tuple(id(template) for template in templates)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and all(a is b for a, b in zip(entry[0], templates,
+                                                                strict=True)):
+                self.hits += 1
+                return entry[1]
+            self.misses += 1
+        buffer = io.BytesIO()
+        qpy.dump(list(templates), buffer)
+        section = buffer.getvalue()
+        if len(section) * 10 <= self.max_bytes:
+            with self._lock:
+                self._entries[key] = (tuple(templates), section)
+        return section
+
+    @property
+    def held_bytes(self) -> int:
+        return self._entries.currsize
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+DECODED = DecodedSections()
+ENCODED = EncodedSections()
