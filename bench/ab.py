@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ab.py --a 4b58138 --b HEAD --brokers tansu,kafka --jobs 240
     .venv/bin/python bench/ab.py --a HEAD --b HEAD --b-env QLANE_STATUS_PROGRESS_EVENTS=false
+    .venv/bin/python bench/ab.py --a HEAD --b HEAD --a-workers 1 --b-workers 2  # two over one
 
 A variant is code (a git commit/ref exported with `git archive`, or `worktree` for this
 checkout as it is) plus environment variables for its workers. The client side (this bench,
@@ -62,7 +63,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
 def one_run(name: str, variant: dict, broker: str, jobs: list[dict], args, scratch: Path) -> dict:
     t0, busy0, own0 = time.monotonic(), machine_busy_seconds(), own_cpu_seconds()
     workdir = scratch / f"{broker}-{name}-{time.time_ns()}"
-    report = run_pipeline(jobs, workers=args.workers, workdir=workdir,
+    report = run_pipeline(jobs, workers=variant["workers"], workdir=workdir,
                           partitions=args.partitions, timeout_s=args.timeout,
                           latency_jobs=args.latency_jobs, broker=broker,
                           code_root=variant["root"], worker_env=variant["env"],
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=240)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="workers per run (both variants)")
+    parser.add_argument("--a-workers", type=int, help="A's workers per run (default --workers)")
+    parser.add_argument("--b-workers", type=int, help="B's workers per run (default --workers)")
     parser.add_argument("--latency-jobs", type=int, default=0)
     parser.add_argument("--profile", type=float, default=0.0, metavar="S",
                         help="py-spy the worker for S seconds of its backlog (QLANE_PYSPY)")
@@ -110,20 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     brokers = [b for b in args.brokers.split(",") if b != "kafka" or not kafka_unavailable()]
     variants = {}
     owned = []
-    for name, ref, env, patch in (("A", args.a, args.a_env, args.a_patch),
-                                  ("B", args.b, args.b_env, args.b_patch)):
+    for name, ref, env, patch, workers in (
+            ("A", args.a, args.a_env, args.a_patch, args.a_workers),
+            ("B", args.b, args.b_env, args.b_patch, args.b_workers)):
         root, commit, own = export(ref, patch)
         if own:
             owned.append(root)
-        variants[name] = {"ref": ref, "commit": commit, "root": root, "env": parse_env(env)}
+        variants[name] = {"ref": ref, "commit": commit, "root": root, "env": parse_env(env),
+                          "workers": workers or args.workers}
     jobs = job_set(args.jobs)
     scratch = Path(tempfile.mkdtemp(prefix="qlane-ab-"))
     runs: list[dict] = []
     report = {
         "command": " ".join(["bench/ab.py", *(argv if argv is not None else sys.argv[1:])]),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "variants": {k: {"ref": v["ref"], "commit": v["commit"], "env": v["env"]}
-                     for k, v in variants.items()},
+        "variants": {k: {"ref": v["ref"], "commit": v["commit"], "env": v["env"],
+                         "workers": v["workers"]} for k, v in variants.items()},
         "jobs": args.jobs, "workers": args.workers, "brokers": brokers,
     }
     try:
