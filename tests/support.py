@@ -54,16 +54,26 @@ def wait_until_ready(settings: Settings, log_path: Path, timeout_s: float = 180)
 def ready_worker(settings: Settings, log_dir: Path, env: dict | None = None):
     """A worker of the caller's own on the settings' topics, ready (its warm-up job done),
     stopped when the generator is closed: the body of a module-scoped fixture."""
+    for (process,) in ready_workers([(settings, log_dir, env)]):
+        yield process
+
+
+def ready_workers(specs: list[tuple[Settings, Path, dict | None]]):
+    """ready_worker for several (settings, log dir, env) at once: all start together, then
+    each is waited for; yields the processes in order (one yield), stops them all after."""
     from streams.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings))
-    log = log_dir / "worker.log"
-    process = start_worker(settings, log, env=env)
+    processes = []
     try:
-        wait_until_ready(settings, log)
-        yield process
+        for settings, log_dir, env in specs:
+            asyncio.run(ensure_topics(settings))
+            processes.append(start_worker(settings, log_dir / "worker.log", env=env))
+        for settings, log_dir, _ in specs:
+            wait_until_ready(settings, log_dir / "worker.log")
+        yield tuple(processes)
     finally:
-        stop_worker(process)
+        for process in processes:
+            stop_worker(process)
 
 
 def topic_records(settings: Settings, short_name: str, timeout_s: float = 30) -> list:

@@ -16,7 +16,7 @@ import pytest
 
 from streams.client import job_request
 from tests.support import (
-    ready_worker,
+    ready_workers,
     session_settings,
     submit_and_wait,
     topic_records,
@@ -34,20 +34,16 @@ def thread_settings(broker_address):
     return session_settings(*broker_address, tag="thr")
 
 
-def module_worker(settings, tmp_path_factory, env: dict):
-    yield from ready_worker(settings, tmp_path_factory.mktemp("simulator-worker"), env)
-
-
 @pytest.fixture(scope="module")
-def simulator_worker(simulator_settings, tmp_path_factory):
-    yield from module_worker(simulator_settings, tmp_path_factory,
-                             {"QLANE_SIMULATOR_PROCESS": "true", "QLANE_SIMULATOR_PROCESSES": "2"})
-
-
-@pytest.fixture(scope="module")
-def thread_worker(thread_settings, tmp_path_factory):
-    yield from module_worker(thread_settings, tmp_path_factory,
-                             {"QLANE_SIMULATOR_PROCESS": "false"})
+def both_workers(simulator_settings, thread_settings, tmp_path_factory):
+    """(a worker with two simulator processes, a worker with Aer in its own threads), started
+    together."""
+    yield from ready_workers([
+        (simulator_settings, tmp_path_factory.mktemp("simulator-worker"),
+         {"QLANE_SIMULATOR_PROCESS": "true", "QLANE_SIMULATOR_PROCESSES": "2"}),
+        (thread_settings, tmp_path_factory.mktemp("thread-worker"),
+         {"QLANE_SIMULATOR_PROCESS": "false"}),
+    ])
 
 
 def descendants_running(pid: int, marker: str) -> list[int]:
@@ -84,7 +80,8 @@ def jobs(tag: str) -> list[dict]:
 
 
 def test_counts_in_the_simulator_process_equal_the_workers_own(
-        thread_settings, thread_worker, simulator_settings, simulator_worker):
+        thread_settings, simulator_settings, both_workers):
+    simulator_worker, thread_worker = both_workers
     assert len(descendants_running(simulator_worker.pid, "simulate")) == 2, \
         "the worker did not start its two simulator processes"
     assert descendants_running(thread_worker.pid, "simulate") == [], \

@@ -63,25 +63,26 @@ def submit_until_iteration(settings, job: dict, iteration: int, timeout_s: float
 def test_killed_variational_job_resumes_from_its_checkpoint(broker_address, tmp_path, report):
     iterations = scale(24, 60)
     reference = session_settings(*broker_address, tag="vqeref")
-    asyncio.run(ensure_topics(reference))
-    log = tmp_path / "reference.log"
-    worker = start_worker(reference, log)
-    try:
-        wait_until_ready(reference, log)
-        expected = submit_and_wait(reference, [vqe_job(iterations)], 300)["vqe-resume"].result
-    finally:
-        stop_worker(worker)
-    assert expected is not None
-
     settings = session_settings(*broker_address, tag="vqekill")
+    asyncio.run(ensure_topics(reference))
     asyncio.run(ensure_topics(settings))
+    reference_log = tmp_path / "reference.log"
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
-    # Paced, so that the kill lands mid-job: unpaced, the whole job takes about 2 s and
+    # Both workers start together (start-up is most of this test's time). The second is
+    # paced, so that the kill lands mid-job: unpaced, the whole job takes about 2 s and
     # finished before the kill. Each evaluation's backend call sleeps first (latency only:
     # the values stay those of the unpaced reference, as asserted below).
+    reference_worker = start_worker(reference, reference_log)
     worker = start_worker(settings, logs[0], env={"QLANE_FAULTS": "aer.ideal:latency_s=0.25"})
     try:
-        wait_until_ready(settings, logs[0])
+        try:
+            wait_until_ready(reference, reference_log)
+            wait_until_ready(settings, logs[0])
+            expected = submit_and_wait(reference, [vqe_job(iterations)], 300)["vqe-resume"]
+        finally:
+            stop_worker(reference_worker)
+        assert expected.result is not None
+        expected = expected.result
         submit_until_iteration(settings, vqe_job(iterations), iterations // 3, 240)
         stop_worker(worker, sig=signal.SIGKILL)
         killed_after = evaluations_charged(settings)

@@ -11,7 +11,13 @@ from workers.circuits.transpile import TranspileCache
 from workers.errors import CorruptRecord, SandboxTimeout
 from workers.execution.batching import execute_batch
 from workers.execution.preparation import prepare
-from workers.execution.simulator import outcomes_of, request_for, shares, simulated_here
+from workers.execution.simulator import (
+    native_bell,
+    outcomes_of,
+    request_for,
+    shares,
+    simulated_here,
+)
 from workers.jobs import JobSpec
 from workers.limits import Limits
 
@@ -101,3 +107,12 @@ def test_shares_cover_every_job_once_in_order_and_balance_the_work() -> None:
     assert shares(sizes, 1) == [list(range(len(sizes)))]
     assert shares([5, 5], 8) == [[0], [1]]  # never an empty call
     assert shares([], 3) == []
+
+
+@pytest.mark.parametrize("name", ["aer.ideal", "aer.noisy"])
+def test_the_warm_up_bell_pair_is_native_and_entangled(name) -> None:
+    backend = BackendRegistry().get(name)
+    circuit = native_bell(backend)
+    assert {i.operation.name for i in circuit.data} <= {"rz", "sx", "cx", "measure"}
+    counts = backend.run([circuit], 4000, 7)[0]  # a constrained backend checks its coupling
+    assert counts.get("00", 0) + counts.get("11", 0) > (0.9 if backend.noise_model else 1) * 3999
