@@ -23,7 +23,7 @@ from streams.agents.common import in_thread
 from streams.kafka_compat import stop_consumer
 from streams.runtime import Runtime, now_ms
 from streams.security import kafka_options
-from workers.drift.detection import DriftMonitor
+from workers.drift.detection import DriftMonitor, load_statistics
 from workers.seeds import derive_seed
 
 log = logging.getLogger("qlane")
@@ -70,6 +70,7 @@ def register(app, runtime: Runtime) -> None:
         become the leader). The first preset pass manager imports every installed transpiler
         plugin: about 37 MiB and, in a worker, 1.7 s, once (docs/performance.md). In the first
         round, 60 s in, the worker's RSS stepped up in the middle of its traffic."""
+        load_statistics()
         with monitor_lock:
             for backend_name in settings.drift_backends:
                 backend = runtime.registry.get(backend_name)

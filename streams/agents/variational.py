@@ -24,13 +24,20 @@ from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec
 from workers.mitigation.combine import mitigate
 from workers.seeds import job_seed
-from workers.variational.loop import AskTellOptimizer, Evaluation, VariationalSpec, evaluation_job
+from workers.variational.loop import (
+    AskTellOptimizer,
+    Evaluation,
+    VariationalSpec,
+    evaluation_job,
+    scipy_minimize,
+)
 
 STAGE = "variational"
 
 
 def register(app, runtime: Runtime, table) -> None:
     settings = runtime.settings
+    runtime.warm_ups.add("variational optimizer", scipy_minimize)
 
     def prepare_evaluation(job: JobSpec):
         return prepare(job, runtime.registry, runtime.cache, settings.limits,

@@ -39,7 +39,6 @@ from qiskit import QuantumCircuit
 from qiskit_aer import AerSimulator
 from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel
-from scipy.stats import binom, norm
 
 from workers.backends.aer import Backend
 from workers.backends.layout import DeviceTranspileCache
@@ -168,8 +167,16 @@ def _z(failures: float, shots: int, p0: float) -> float:
     return (failures - shots * q0) / math.sqrt(max(shots * p0 * q0, _VARIANCE_FLOOR))
 
 
+def load_statistics() -> None:
+    """Import scipy.stats (about a second of CPU), which this module's tests use at first call:
+    a worker does it in its warm-up thread, after it starts and before its first round."""
+    import scipy.stats  # noqa: F401
+
+
 def critical_failures(shots: int, p0: float, alpha: float) -> int:
     """The smallest failure count c with P(F >= c | shots, 1 - p0) <= alpha."""
+    from scipy.stats import binom  # a second of import: at the first test, not at start-up
+
     q0 = min(max(1.0 - p0, 0.0), 1.0)
     c = int(binom.isf(alpha, shots, q0)) + 1  # isf: smallest k with P(F > k) <= alpha
     while c > 0 and binom.sf(c - 2, shots, q0) <= alpha:  # guard against isf rounding
@@ -200,6 +207,8 @@ def success_drop_test(successes: int, shots: int, p0: float, alpha: float) -> Dr
         raise ValueError(f"need 0 <= successes <= shots and shots > 0, got {successes}/{shots}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    from scipy.stats import binom
+
     failures = shots - successes
     c = critical_failures(shots, p0, alpha)
     q0 = min(max(1.0 - p0, 0.0), 1.0)
@@ -223,6 +232,8 @@ def severity_of(p_value: float, alpha: float, critical_factor: float = DEFAULT_C
 
 def detection_power(p0: float, p1: float, shots: int, alpha: float) -> float:
     """P(one round reports drift) when the true success probability is p1 (exact binomial)."""
+    from scipy.stats import binom
+
     c = critical_failures(shots, p0, alpha)
     return float(binom.sf(c - 1, shots, 1.0 - p1))
 
@@ -235,6 +246,8 @@ def detection_within(p0: float, p1: float, shots: int, alpha: float, rounds: int
 def required_shots(p0: float, p1: float, alpha: float, power: float) -> int:
     """Shots per round for a one-round `power` against a drop p0 -> p1 at false-alarm `alpha`
     (normal approximation n = ((z_a·s0 + z_b·s1) / (p0 - p1))², then checked exactly)."""
+    from scipy.stats import norm
+
     if not p1 < p0:
         raise ValueError("p1 must be below p0")
     s0 = math.sqrt(p0 * (1 - p0))

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from workers.errors import InvalidJob
 from workers.jobs import JobSpec, option_reader
@@ -166,6 +165,14 @@ class _Stop(Exception):
         self.reason = reason
 
 
+def scipy_minimize():
+    """scipy.optimize.minimize, imported at first use: the import is 0.6 s of CPU that a
+    worker's start-up would otherwise pay (the worker loads it in its warm-up thread)."""
+    from scipy.optimize import minimize
+
+    return minimize
+
+
 class AskTellOptimizer:
     """Runs scipy.optimize.minimize in a background thread and turns it into ask/tell.
 
@@ -282,7 +289,7 @@ class AskTellOptimizer:
                 if spec.optimizer == "COBYLA"
                 else {"maxiter": budget, "maxfev": budget}
             )
-            result = minimize(
+            result = scipy_minimize()(
                 self._objective,
                 np.array(spec.initial_point, dtype=float),
                 method=spec.optimizer,
