@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 
 from streams import metrics
 from streams.runtime import Runtime
@@ -20,23 +19,17 @@ def register(app, runtime: Runtime) -> None:
     lag_series: set[tuple[str, str]] = set()
     first_offsets: dict = {}  # a partition's first offset, asked once
 
-    @app.task
-    async def warm_up_backends():
+    def warm_up_backends() -> None:
         """Build noisy backends and their readout calibration before the first job needs
-        them (noise-model conversion and calibration take seconds once per worker)."""
-        def warm() -> None:
-            try:
-                for name in runtime.registry.names():
-                    backend = runtime.registry.get(name)
-                    if getattr(backend, "noise_model", None) is not None:
-                        runtime.readout_cache.get(backend)
-            except Exception:
-                log.exception("backend warm-up failed; jobs will build backends on first use")
+        them (noise-model conversion and calibration take seconds once per worker). A step
+        of the worker's one warm-up thread (streams/warm_up.py): in a thread of its own it
+        shared the interpreter with the mitiq import and slowed both."""
+        for name in runtime.registry.names():
+            backend = runtime.registry.get(name)
+            if getattr(backend, "noise_model", None) is not None:
+                runtime.readout_cache.get(backend)
 
-        # A daemon thread of its own, not runtime.executor: the interpreter joins executor
-        # threads at exit, so a worker stopped in its first seconds waited 6-10 s for a
-        # warm-up nobody needs any more; a daemon thread is dropped at exit.
-        threading.Thread(target=warm, name="qlane-warm-up", daemon=True).start()
+    runtime.warm_ups.add("backends", warm_up_backends)
 
     @app.page("/metrics")
     async def metrics_page(web, request):
