@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -54,8 +55,9 @@ def wait_until_ready(settings: Settings, log_path: Path, timeout_s: float = 180)
 def ready_worker(settings: Settings, log_dir: Path, env: dict | None = None):
     """A worker of the caller's own on the settings' topics, ready (its warm-up job done),
     stopped when the generator is closed: the body of a module-scoped fixture."""
-    for (process,) in ready_workers([(settings, log_dir, env)]):
-        yield process
+    with contextlib.closing(ready_workers([(settings, log_dir, env)])) as workers:
+        for (process,) in workers:
+            yield process
 
 
 def ready_workers(specs: list[tuple[Settings, Path, dict | None]]):

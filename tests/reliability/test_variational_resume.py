@@ -78,11 +78,10 @@ def test_killed_variational_job_resumes_from_its_checkpoint(broker_address, tmp_
         try:
             wait_until_ready(reference, reference_log)
             wait_until_ready(settings, logs[0])
-            expected = submit_and_wait(reference, [vqe_job(iterations)], 300)["vqe-resume"]
+            expected = submit_and_wait(reference, [vqe_job(iterations)], 300)["vqe-resume"].result
         finally:
             stop_worker(reference_worker)
-        assert expected.result is not None
-        expected = expected.result
+        assert expected is not None
         submit_until_iteration(settings, vqe_job(iterations), iterations // 3, 240)
         stop_worker(worker, sig=signal.SIGKILL)
         killed_after = evaluations_charged(settings)

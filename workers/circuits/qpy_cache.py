@@ -24,30 +24,31 @@ from qiskit import QuantumCircuit, qpy
 DEFAULT_MAX_BYTES = 4 << 20
 
 
-class DecodedSections:
-    """Templates by the QPY bytes they were decoded from."""
+class _SectionCache:
+    """What both caches share: entries bounded by the bytes of their sections, least recently
+    used out, a section above a tenth of the bound never kept, a lock, hit and miss counts."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._entries: LRUCache[bytes, tuple[tuple[QuantumCircuit, ...], int]] = LRUCache(
-            maxsize=max_bytes, getsizeof=lambda entry: entry[1]
-        )
+        self._entries: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=lambda entry: entry[-1])
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
 
-    def load(self, section: bytes) -> list[QuantumCircuit]:
+    def _get(self, key, holds=lambda entry: True):
+        """The entry for `key` when there is one and `holds(entry)`, counted as a hit."""
         with self._lock:
-            entry = self._entries.get(section)
-            if entry is not None:
+            entry = self._entries.get(key)
+            if entry is not None and holds(entry):
                 self.hits += 1
-                return list(entry[0])
+                return entry
             self.misses += 1
-        templates = tuple(qpy.load(io.BytesIO(section)))
-        if len(section) * 10 <= self.max_bytes:
+            return None
+
+    def _keep(self, key, entry: tuple, size: int) -> None:
+        if size * 10 <= self.max_bytes:
             with self._lock:
-                self._entries[section] = (templates, len(section))
-        return list(templates)
+                self._entries[key] = entry
 
     @property
     def held_bytes(self) -> int:
@@ -57,42 +58,33 @@ class DecodedSections:
         return len(self._entries)
 
 
-class EncodedSections:
+class DecodedSections(_SectionCache):
+    """Templates by the QPY bytes they were decoded from."""
+
+    def load(self, section: bytes) -> list[QuantumCircuit]:
+        entry = self._get(section)
+        if entry is not None:
+            return list(entry[0])
+        templates = tuple(qpy.load(io.BytesIO(section)))
+        self._keep(section, (templates, len(section)), len(section))
+        return list(templates)
+
+
+class EncodedSections(_SectionCache):
     """QPY bytes by the template objects encoded (identity: the cached entry holds them, so
     their ids cannot be reused while it is there)."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._entries: LRUCache[tuple[int, ...], tuple[tuple[QuantumCircuit, ...], bytes]] = (
-            LRUCache(maxsize=max_bytes, getsizeof=lambda entry: len(entry[1]))
-        )
-        self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-        self._lock = threading.Lock()
-
     def dump(self, templates: Sequence[QuantumCircuit]) -> bytes:
         key = tuple(id(template) for template in templates)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and all(a is b for a, b in zip(entry[0], templates,
-                                                                strict=True)):
-                self.hits += 1
-                return entry[1]
-            self.misses += 1
+        entry = self._get(key, lambda entry: all(
+            a is b for a, b in zip(entry[0], templates, strict=True)))
+        if entry is not None:
+            return entry[1]
         buffer = io.BytesIO()
         qpy.dump(list(templates), buffer)
         section = buffer.getvalue()
-        if len(section) * 10 <= self.max_bytes:
-            with self._lock:
-                self._entries[key] = (tuple(templates), section)
+        self._keep(key, (tuple(templates), section, len(section)), len(section))
         return section
-
-    @property
-    def held_bytes(self) -> int:
-        return self._entries.currsize
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 DECODED = DecodedSections()

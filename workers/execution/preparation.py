@@ -47,7 +47,6 @@ _READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct(">4sBI")  # magic, format version, JSON length
 
 
-
 @dataclass
 class CircuitTask:
     """One circuit to execute: a template with one parameter set, measured in `basis`.

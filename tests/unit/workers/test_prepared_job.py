@@ -8,6 +8,7 @@ from qiskit import QuantumCircuit, qpy
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
 from workers.circuits.qpy_cache import DecodedSections, EncodedSections
+from workers.circuits.transpile import TranspileCache
 from workers.errors import CorruptRecord
 from workers.execution.preparation import PreparedJob, execute, prepare
 from workers.jobs import JobSpec, MitigationSpec, ZneSpec, parse_observable
@@ -59,8 +60,6 @@ def test_truncated_bytes_are_a_corrupt_record(registry, cache, limits) -> None:
     data = prepare(ESTIMATOR_JOB, registry, cache, limits).to_bytes()
     with pytest.raises(CorruptRecord):
         PreparedJob.from_bytes(data[: len(data) - 40])
-
-
 
 
 def qpy_section(circuits) -> bytes:
@@ -119,8 +118,6 @@ def test_an_encoding_is_reused_for_the_same_template_objects_only() -> None:
 
 
 def test_prepared_jobs_of_one_program_share_folds_and_encoding(registry, limits) -> None:
-    from workers.circuits.transpile import TranspileCache
-
     zne_job = dataclasses.replace(
         ESTIMATOR_JOB,
         mitigation=MitigationSpec(zne=ZneSpec()),
