@@ -69,6 +69,10 @@ def one_run(name: str, variant: dict, broker: str, jobs: list[dict], args, scrat
                           code_root=variant["root"], worker_env=variant["env"],
                           profile_s=args.profile)
     wall = time.monotonic() - t0
+    raw_profile = workdir / "worker0.pyspy.txt"
+    if args.keep_profiles is not None and raw_profile.exists():
+        args.keep_profiles.mkdir(parents=True, exist_ok=True)
+        shutil.copy(raw_profile, args.keep_profiles / f"{workdir.name}.pyspy.txt")
     # other processes' CPU: the machine's busy time minus this process and its waited children
     ours = own_cpu_seconds() - own0 + report.get("unreaped_cpu_seconds", 0.0)
     foreign = (machine_busy_seconds() - busy0 - ours) / wall
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-jobs", type=int, default=0)
     parser.add_argument("--profile", type=float, default=0.0, metavar="S",
                         help="py-spy the worker for S seconds of its backlog (QLANE_PYSPY)")
+    parser.add_argument("--keep-profiles", type=Path, metavar="DIR",
+                        help="copy each run's raw py-spy recording (--profile) into DIR")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, required=True)

@@ -42,7 +42,7 @@ from streams import metrics, transactions
 from streams.agents import execution
 from streams.agents.common import StageFailure, StepOutcome, count_step
 from streams.agents.execution import Job, JobRunner
-from streams.agents.mitigate import publish_result
+from streams.agents.mitigate import Mitigated, publish_result
 from streams.deadletter import SourceRecord
 from streams.poison import InFlight
 from streams.results import republish_stored_result
@@ -53,11 +53,13 @@ from workers.execution.preparation import PreparedJob
 @dataclass(frozen=True)
 class RanInBatch:
     """A job's decoded circuits and its slot of the batch call made for it: counts, the
-    error of its slot, or None when it was not in the call; `share`: its billed seconds."""
+    error of its slot, or None when it was not in the call; `share`: its billed seconds;
+    `mitigated`: the mitigation of those counts, when it was done with the call's."""
 
     prepared: PreparedJob
     outcome: object
     share: float
+    mitigated: Mitigated | None = None
 
 
 def fuses(runtime: Runtime, source: SourceRecord) -> bool:
@@ -122,6 +124,8 @@ async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRe
         counts=executed.counts, seed_simulator=job.seed, mode=executed.mode,
         fallback_reason=executed.fallback_reason, accepted_at_ms=task["accepted_at_ms"],
         preprocess_s=task["preprocess_s"], execute_s=executed.seconds,
+        # only for the very counts it was made from (not a retry's or a fallback's)
+        mitigated=ran.mitigated if ran is not None and executed.counts is ran.outcome else None,
         charged=True, fused=True,
     )
     metrics.STAGE_DURATION.labels("mitigate").observe(time.perf_counter() - started)

@@ -42,10 +42,12 @@ from faust import streams as faust_streams
 
 from streams import accounting
 from streams.agents import execution
-from streams.agents.common import first_time, new_guard, process_guarded
+from streams.agents.common import first_time, in_thread, new_guard, process_guarded
 from streams.agents.execution import Job, JobRunner, batch_outcomes
 from streams.agents.fused import RanInBatch
+from streams.agents.mitigate import HeldResults, Mitigated, held_results
 from streams.agents.overlap import run_overlapped
+from streams.agents.take import take_ready
 from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
 from streams.poison import InFlight
@@ -116,20 +118,31 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
 
     async def complete(batch: TakenJobs) -> None:
         await batch.call
-        for event, source in batch.fresh:
-            faust_streams._current_event.set(weakref.ref(event))
-            await process_guarded(
-                runtime, table, stage, guard,
-                functools.partial(handle, ahead=batch.aheads.get(source.address)), source,
-                event,
-            )
-            await asyncio.sleep(0)  # the other stages get a turn between records
+        # No wait between the records (the mitigation was done with the call): what they
+        # send collects in the producers and goes out in a few requests, not one a record.
+        held = HeldResults()
+        holding = held_results.set(held)
+        try:
+            for event, source in batch.fresh:
+                faust_streams._current_event.set(weakref.ref(event))
+                await process_guarded(
+                    runtime, table, stage, guard,
+                    functools.partial(handle, ahead=batch.aheads.get(source.address)), source,
+                    event,
+                )
+        finally:
+            held_results.reset(holding)
+        faust_streams._current_event.set(None)
+        await held.publish(runtime)
         for event in batch.events:
             event.ack()
 
+    def calling() -> bool:
+        return last_call[0] is not None and not last_call[0].done()
+
     await run_overlapped(
-        stream.take_events(settings.execute_batch_max,
-                           settings.execute_batch_window_s).__aiter__(),
+        take_ready(stream, settings.execute_batch_max, settings.execute_batch_window_s,
+                   busy=calling).__aiter__(),
         begin=begin, complete=complete,
         turn=functools.partial(gate.turn, lane),
         # In the worker's own threads Aer holds the interpreter lock: nothing to overlap.
@@ -181,6 +194,19 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
             outcomes |= await batch_outcomes(runtime, group)
         finally:
             await flight.finished(addresses)
+    # The counts' mitigation too, in one thread call for the batch: the records are then
+    # handled without waiting for a thread each.
+    counted = [(job, outcomes[job.source.address]) for job in jobs
+               if isinstance(outcomes.get(job.source.address, (None,))[0], list)]
+    mitigations = await in_thread(runtime, mitigate_each,
+                                  [(job.prepared, counts) for job, (counts, _) in counted])
+    mitigated = {job.source.address: done for (job, _), done
+                 in zip(counted, mitigations, strict=True)}
     for job in jobs:
         outcome, share = outcomes.get(job.source.address, (None, 0.0))
-        aheads[job.source.address].ran = RanInBatch(job.prepared, outcome, share)
+        aheads[job.source.address].ran = RanInBatch(job.prepared, outcome, share,
+                                                    mitigated.get(job.source.address))
+
+
+def mitigate_each(jobs: list[tuple[PreparedJob, list[dict[str, int]]]]) -> list[Mitigated]:
+    return [Mitigated.of(prepared, counts) for prepared, counts in jobs]

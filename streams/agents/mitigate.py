@@ -7,8 +7,10 @@ after a crash re-publishes the very same bytes instead of computing a second ans
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 import time
+from dataclasses import dataclass, field
 
 from schemas.codec import codec
 from streams import transactions
@@ -18,30 +20,80 @@ from streams.results import build_result, republish_stored_result
 from streams.runtime import Runtime, now_ms
 from workers.execution.preparation import PreparedJob
 from workers.mitigation import zne
-from workers.mitigation.combine import mitigate
+from workers.mitigation.combine import MitigationOutcome, mitigate
 
 STAGE = "mitigate"
+
+
+@dataclass(frozen=True)
+class Mitigated:
+    """A job's mitigation, done before its record is handled (the batch path mitigates a
+    batch's counts in one thread call): the outcome or the error it raised, and its seconds."""
+
+    outcome: MitigationOutcome | None
+    error: BaseException | None
+    seconds: float
+
+    @classmethod
+    def of(cls, prepared: PreparedJob, counts: list[dict[str, int]]) -> Mitigated:
+        started = time.perf_counter()
+        try:
+            return cls(mitigate(prepared, counts), None, time.perf_counter() - started)
+        except Exception as error:  # noqa: BLE001 - raised where its record is handled
+            return cls(None, error, time.perf_counter() - started)
+
+
+@dataclass
+class HeldResults:
+    """At-least-once, results stored in their table entries and not yet published: the
+    records of a batch store theirs one after the other, and one flush of the producer then
+    puts every stored entry on the broker before any of the results goes out."""
+
+    pending: list[tuple[str, bytes]] = field(default_factory=list)
+
+    async def publish(self, runtime: Runtime) -> None:
+        if not self.pending:
+            return
+        await runtime.flush()
+        pending, self.pending = self.pending, []
+        for workflow_id, encoded in pending:
+            await runtime.send("results", workflow_id, encoded)
+            await runtime.status(workflow_id, "done", STAGE)
+
+
+# Set while a batch's records are handled at-least-once (streams/agents/fused_batch.py).
+held_results: contextvars.ContextVar[HeldResults | None] = contextvars.ContextVar(
+    "qlane_held_results", default=None)
 
 
 async def publish_result(
     runtime: Runtime, table, *, workflow_id: str, request: dict, prepared: PreparedJob,
     counts: list[dict[str, int]], seed_simulator: int, mode: str, fallback_reason: str | None,
-    accepted_at_ms: int, preprocess_s: float, execute_s: float, **entry: object,
+    accepted_at_ms: int, preprocess_s: float, execute_s: float,
+    mitigated: Mitigated | None = None, **entry: object,
 ) -> None:
-    """Mitigate the job's counts, then store and publish its JobResult (stored first);
-    `entry`: more fields for the workflow's table entry."""
+    """Mitigate the job's counts (unless `mitigated` holds that already), then store and
+    publish its JobResult (stored first); `entry`: more fields for the workflow's table
+    entry. While `held_results` is set (at-least-once only), the result is stored now and
+    published with the batch's others."""
     started = time.perf_counter()
-    try:
-        outcome = await in_thread(runtime, mitigate, prepared, counts)
-    except Exception as error:
-        raise StageFailure(workflow_id, error, stage=STAGE) from error
+    if mitigated is None:
+        try:
+            outcome = await in_thread(runtime, mitigate, prepared, counts)
+        except Exception as error:
+            raise StageFailure(workflow_id, error, stage=STAGE) from error
+        mitigate_s = time.perf_counter() - started
+    elif mitigated.error is not None:
+        raise StageFailure(workflow_id, mitigated.error, stage=STAGE) from mitigated.error
+    else:
+        outcome, mitigate_s = mitigated.outcome, mitigated.seconds
     completed_at_ms = now_ms()
     submitted_ms = request.get("submitted_at_ms") or accepted_at_ms
     timings = {
         "queued_s": max(0.0, (accepted_at_ms - submitted_ms) / 1000),
         "preprocess_s": preprocess_s,
         "execute_s": execute_s,
-        "mitigate_s": time.perf_counter() - started,
+        "mitigate_s": mitigate_s,
         "end_to_end_s": max(0.0, (completed_at_ms - submitted_ms) / 1000),
     }
     result = build_result(
@@ -60,6 +112,10 @@ async def publish_result(
     # between re-publishes these exact bytes instead of a second, differently timed answer.
     # Exactly once, both go in one transaction: no round trip to wait for.
     mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode(), **entry)
+    held = held_results.get()
+    if held is not None and not transactions.exactly_once(runtime.app):
+        held.pending.append((workflow_id, encoded))
+        return
     if not transactions.exactly_once(runtime.app):
         await runtime.flush()
     await runtime.send("results", workflow_id, encoded)
