@@ -51,6 +51,7 @@ from streams.kafka_compat import stop_consumer, topic_partitions
 from streams.processes import start_worker, stop_process
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
+from streams.warm_up import WARM_UPS_DONE
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -313,7 +314,24 @@ async def warm_up(client: Client, settings: Settings, workers: int, workdir: Pat
                 for i in range(workers)]
     if not all(assigned):
         raise RuntimeError(f"a worker has no partitions of {client.names.jobs}: {assigned}")
-    return {"warmup_jobs": len(warm), "assigned_jobs_partitions": assigned}
+    waited = await warm_ups_done(workdir, workers)
+    return {"warmup_jobs": len(warm), "assigned_jobs_partitions": assigned,
+            "waited_for_warm_ups_s": round(waited, 2)}
+
+
+async def warm_ups_done(workdir: Path, workers: int, timeout_s: float = 90.0) -> float:
+    """Seconds waited until every worker logged that its start-up work (streams/warm_up.py:
+    imports, the drift canary's first transpile) is done: a worker still warming up runs it
+    beside the measured jobs, which measures its start, not its steady rate. A code tree
+    older than that line (2026-12-03) waits the whole timeout in vain."""
+    started = time.monotonic()
+    logs = [workdir / f"worker{i}.log" for i in range(workers)]
+    while time.monotonic() - started < timeout_s:
+        if all(WARM_UPS_DONE in log.read_text(errors="replace") for log in logs
+               if log.exists()) and all(log.exists() for log in logs):
+            break
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
 
 
 def cpu_snapshot(processes, broker: BenchBroker) -> dict:

@@ -158,7 +158,9 @@ class Settings(BaseSettings):
     )
 
     execute_batch_max: int = Field(32, ge=1, description="jobs per backend call, at most")
-    execute_batch_window_s: float = Field(0.05, ge=0, description="wait to fill a batch")
+    execute_batch_window_s: float = Field(
+        0.05, ge=0, description="wait to fill a batch (fused_path=batch: only while the "
+        "previous batch's call runs; a job that finds the stage free goes at once)")
     execute_timeout_s: float = Field(300.0, gt=0, description="a backend call slower fails")
     breaker_failure_threshold: int = Field(5, ge=1)
     breaker_reset_timeout_s: float = Field(30.0, gt=0)
@@ -243,8 +245,8 @@ class Settings(BaseSettings):
         "it on through stage.execute and stage.mitigate: `idle` = when no other record waits "
         "behind it in its partition (a lone job skips two hops and, on exactly-once, two "
         "transaction commits; a backlog keeps the stages' overlap and batch calls), `always`, "
-        "`batch` = every job, the jobs the stage takes together (up to execute_batch_max "
-        "within execute_batch_window_s) prepared first and run in one backend call "
+        "`batch` = every job, the jobs that have arrived when the stage takes (up to "
+        "execute_batch_max) prepared first and run in one backend call "
         "(streams/agents/fused_batch.py), or `off`",
     )
     status_progress_events: bool = Field(

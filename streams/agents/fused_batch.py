@@ -1,7 +1,8 @@
 """`fused_path=batch`: the job records the preprocess stage takes together, run in one call.
 
-The stage takes up to `execute_batch_max` job records within `execute_batch_window_s`, as the
-execute stage takes its tasks, and handles them in three steps:
+The stage takes what has arrived (streams/agents/take.py: a job that finds the stage free
+goes at once, alone; while the previous batch's call runs, the take waits for more, up to
+`execute_batch_max` records and `execute_batch_window_s`), and handles a batch in three steps:
 
 1. **Look ahead, writing nothing.** For each record that will run (it decodes, is in its home
    partition, is not a cancel or a variational job, and the table admits it), its program is
@@ -10,12 +11,16 @@ execute stage takes its tasks, and handles them in three steps:
 2. **One backend call per backend** for the prepared jobs, with the in-flight marks around
    it (streams/poison.py), as the execute stage's batches: after a worker died in a call,
    each job of the batch is called alone, and a record at its attempts is left out (step 3
-   dead-letters it).
+   dead-letters it). The counts are then mitigated, the batch's jobs in one thread call.
 3. **Each record handled in order** by the preprocess stage's own handler, in its own
    transaction on exactly-once, given what step 1 prepared and its slot of step 2's call
    (streams/agents/fused.py `RanInBatch`). Admission is decided again there, so a copy of a
    workflow earlier in the same batch is a duplicate; statuses, table writes, charge,
-   result and dead letters are the fused path's.
+   result and dead letters are the fused path's. Nothing waits between the records, so
+   what they send collects in the producers and goes out in a few requests. At-least-once,
+   each result is stored in its table entry as the record is handled and published after
+   one flush for the batch (streams/agents/mitigate.py `HeldResults`), before the records
+   are acknowledged: stored before published, as a lone job's.
 
 With the simulator process, batches overlap as the execute stage's do
 (streams/agents/overlap.py): the next batch is taken and prepared while this one's call

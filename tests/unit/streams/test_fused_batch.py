@@ -4,14 +4,17 @@ the marks around it, and what the fused path then does with a job's slot."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pytest
 
 from streams.agents import fused, fused_batch
-from streams.agents.common import StepOutcome
-from streams.agents.execution import JobRunner
+from streams.agents import mitigate as mitigate_stage
+from streams.agents.common import StageFailure, StepOutcome
+from streams.agents.execution import Executed, JobRunner
 from streams.agents.fused import RanInBatch
 from streams.agents.fused_batch import Ahead
+from streams.agents.mitigate import HeldResults, Mitigated, held_results
 from streams.deadletter import SourceRecord
 from streams.poison import IN_FLIGHT, ledger_key
 from tests.unit.streams.test_fused import (
@@ -25,6 +28,7 @@ from tests.unit.streams.test_fused import (
 from tests.unit.streams.test_poison import FakeLedger
 from workers.circuits.sandbox import Prepared
 from workers.errors import BudgetExceeded
+from workers.mitigation.combine import mitigate
 
 
 @pytest.fixture
@@ -147,3 +151,67 @@ def test_an_error_in_the_batch_slot_is_run_again_alone_and_marked(prepared_bell)
                                 prepared.to_bytes(), task_of(request, prepared), ran=ran))
     [(_, in_call)] = [e for e in runtime.events if e[0] == "backend call"]
     assert in_call[ledger_key("execute", TOPIC, 0)]["offsets"] == {"7": 1}
+
+
+class CallRunner(FakeRunner):
+    """As JobRunner.run: a slot's counts are the job's counts, the very list."""
+
+    async def run(self, job, outcome=None, share=0.0):
+        if isinstance(outcome, list):
+            return Executed(outcome, job.prepared, share, charged_backend=job.prepared.backend)
+        return await super().run(job, outcome, share)
+
+
+def test_the_call_s_mitigation_is_used_and_held_results_go_out_after_one_flush(
+        prepared_bell, calls, monkeypatch):
+    _, prepared = prepared_bell
+    records = [record(1, "wf-1"), record(2, "wf-2")]
+    aheads = {r.address: ahead_for(r.key.decode(), prepared) for r in records}
+    runtime = FakeRuntime(FakeLedger())
+    asyncio.run(fused_batch.run_together(runtime, JobRunner(runtime, {}), records, aheads))
+    for source in records:
+        ran = aheads[source.address].ran
+        assert ran.mitigated is not None and ran.mitigated.error is None
+        assert ran.mitigated.outcome == mitigate(prepared, ran.outcome)
+
+    def no_second_mitigation(prepared, counts):
+        raise AssertionError("mitigated again")
+
+    monkeypatch.setattr(mitigate_stage, "mitigate", no_second_mitigation)
+    table = {}
+    held = HeldResults()
+    token = held_results.set(held)
+    try:
+        for source in records:
+            workflow_id = source.key.decode()
+            table[workflow_id] = {**accepted_table(source)["wf-1"]}
+            ahead = aheads[source.address]
+            asyncio.run(fused.run_fused(
+                runtime, table, CallRunner(runtime), source, ahead.request,
+                prepared.to_bytes(), {**task_of(ahead.request, prepared),
+                                      "workflow_id": workflow_id}, ran=ahead.ran))
+    finally:
+        held_results.reset(token)
+    assert all(table[wf]["state"] == "done" and table[wf]["result"] for wf in ("wf-1", "wf-2"))
+    assert not [e for e in runtime.events if e[0] in ("flush", "send")
+                and (e[0] == "flush" or e[1] == "results")]  # stored, not yet published
+    asyncio.run(held.publish(runtime))
+    published = [e[:2] for e in runtime.events if e[0] == "flush"
+                 or (e[0] == "send" and e[1] == "results") or e[:2] == ("status", "done")]
+    assert published == [("flush",), ("send", "results"), ("status", "done"),
+                         ("send", "results"), ("status", "done")]
+    stored = [base64.b64decode(table[wf]["result"]) for wf in ("wf-1", "wf-2")]
+    assert [e[2] for e in runtime.events if e[:2] == ("send", "results")] == stored
+
+
+def test_a_mitigation_that_failed_with_the_call_fails_the_mitigate_step(prepared_bell):
+    request, prepared = prepared_bell
+    source = record(7, "wf-1")
+    runtime, table = FakeRuntime(FakeLedger()), accepted_table(source)
+    counts = [{"00": 50, "11": 50}]
+    ran = RanInBatch(prepared, counts, 0.25, Mitigated(None, ValueError("no estimate"), 0.0))
+    with pytest.raises(StageFailure) as failure:
+        asyncio.run(fused.run_fused(runtime, table, CallRunner(runtime), source, request,
+                                    prepared.to_bytes(), task_of(request, prepared), ran=ran))
+    assert failure.value.stage == "mitigate"
+    assert isinstance(failure.value.error, ValueError)

@@ -16,6 +16,7 @@ def test_steps_run_in_order_in_one_thread_and_a_failure_does_not_stop_the_rest(c
     assert ran == ["first", "last"]
     assert "warm-up of the broken failed" in caplog.text
     assert "first ready in" in caplog.text and "last ready in" in caplog.text
+    assert "warm-ups done: 3 steps in" in caplog.text.splitlines()[-1]
 
 
 def test_a_worker_imports_scipy_stats_and_optimize_after_it_starts_not_before() -> None:
