@@ -240,14 +240,14 @@ class Settings(BaseSettings):
 
     # Throughput (issue 14; measured in docs/performance.md).
     fused_path: Literal["off", "idle", "always", "batch"] = Field(
-        "idle", description="when the preprocess stage runs a job's execute and mitigate "
-        "steps itself, on its jobs-topic record (streams/agents/fused.py), instead of handing "
-        "it on through stage.execute and stage.mitigate: `idle` = when no other record waits "
-        "behind it in its partition (a lone job skips two hops and, on exactly-once, two "
-        "transaction commits; a backlog keeps the stages' overlap and batch calls), `always`, "
-        "`batch` = every job, the jobs that have arrived when the stage takes (up to "
-        "execute_batch_max) prepared first and run in one backend call "
-        "(streams/agents/fused_batch.py), or `off`",
+        "batch", description="when the preprocess stage runs a job's execute and mitigate "
+        "steps itself, on its jobs-topic record, instead of handing it on through "
+        "stage.execute and stage.mitigate: `batch` (the default) = every job, the jobs that "
+        "have arrived when the stage takes (up to execute_batch_max) prepared first and run "
+        "in one backend call (streams/agents/fused_batch.py); `idle` = one job at a time, "
+        "when no other record waits behind it in its partition (a backlog takes the stages: "
+        "streams/agents/fused.py); `always` = every job, one at a time; `off` = every job "
+        "through the stage topics",
     )
     status_progress_events: bool = Field(
         True, description="publish the accepted, prepared and executing statuses; false: only "

@@ -7,12 +7,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 from aiokafka import AIOKafkaProducer
 from qiskit import qasm3
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from streams.client import job_request, read_topic
-from tests.support import submit_and_wait, topic_records, wait_for
+from tests.support import ready_worker, session_settings, submit_and_wait, topic_records, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -101,13 +102,25 @@ def test_counts_match_exact_distribution(settings, worker):
     assert tvd < 3 * expected + 1e-3, (tvd, expected)
 
 
+@pytest.fixture(scope="module")
+def idle_settings(broker_address):
+    return session_settings(*broker_address, tag="fidle")
+
+
+@pytest.fixture(scope="module")
+def idle_worker(idle_settings, tmp_path_factory):
+    yield from ready_worker(idle_settings, tmp_path_factory.mktemp("fused-idle-worker"),
+                            {"QLANE_FUSED_PATH": "idle"})
+
+
 def test_lone_jobs_take_the_fused_path_and_a_burst_the_stages_with_equal_results(
-        settings, worker):
-    """fused_path=idle (the default): a job with nothing behind it runs to its result on its
+        idle_settings, idle_worker):
+    """fused_path=idle: a job with nothing behind it runs to its result on its
     jobs record; a burst goes through stage.execute and stage.mitigate. Same seed, same
     counts and estimates on both paths; the same statuses before the result."""
     ghz = {"circuit": GHZ3, "shots": 3000, "backend": "aer.noisy", "seed": 1234,
            "observables": [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]}
+    settings = idle_settings
     lone = job_request(workflow_id=wf("lone"), **ghz)
     lone_outcome = submit_and_wait(settings, [lone])[lone["workflow_id"]]
     assert lone_outcome.state == "done", lone_outcome.detail
