@@ -159,8 +159,8 @@ class Settings(BaseSettings):
 
     execute_batch_max: int = Field(32, ge=1, description="jobs per backend call, at most")
     execute_batch_window_s: float = Field(
-        0.05, ge=0, description="wait to fill a batch (fused_path=batch: only while the "
-        "previous batch's call runs; a job that finds the stage free goes at once)")
+        0.05, ge=0, description="while a stage's previous backend call runs, wait up to this "
+        "long to fill the next batch; a record that finds the stage free goes at once")
     execute_timeout_s: float = Field(300.0, gt=0, description="a backend call slower fails")
     breaker_failure_threshold: int = Field(5, ge=1)
     breaker_reset_timeout_s: float = Field(30.0, gt=0)

@@ -48,7 +48,7 @@ import contextvars
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 from aiokafka import TopicPartition
@@ -355,6 +355,9 @@ class TransactionManager(FaustTransactionManager):
         try:
             while True:
                 await asyncio.sleep(delay)
+                if stage_busy(self.app):
+                    self._last_activity = time.monotonic()
+                    continue
                 quiet_s = time.monotonic() - self._last_activity
                 if not self.gate.busy() and quiet_s >= delay:
                     break
@@ -523,6 +526,27 @@ def install(transport_cls) -> None:
     """Give a Faust aiokafka transport class these producer and transaction classes."""
     transport_cls.Producer = Producer
     transport_cls.TransactionManager = TransactionManager
+
+
+def busy_between_records(app, check: Callable[[], bool]) -> None:
+    """Count a stage's work between its records as activity for the idle commit.
+
+    A batched stage spends most of its time between records: preparing a taken batch and
+    waiting for its backend call. Committed then, each batch would cost a transaction per
+    source partition (4-5 requests each on Kafka) where the commit interval would have
+    taken several batches together; `check()` says whether such work is under way. A lone
+    job is unaffected: once its record is handled nothing is under way, and the idle commit
+    follows. A check stuck at true only leaves the commits to the commit interval."""
+    if app is None:
+        return
+    checks = getattr(app, "qlane_busy_checks", None)
+    if checks is None:
+        checks = app.qlane_busy_checks = []
+    checks.append(check)
+
+
+def stage_busy(app) -> bool:
+    return any(check() for check in getattr(app, "qlane_busy_checks", ()))
 
 
 def exactly_once(app) -> bool:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from faust import streams as faust_streams
 
 from schemas.codec import codec
+from streams import transactions
 from streams.agents.common import first_time, mark, new_guard, process_guarded
 from streams.agents.execution import (
     Executed,
@@ -32,6 +33,7 @@ from streams.agents.execution import (
     start_simulator,
 )
 from streams.agents.overlap import run_overlapped
+from streams.agents.take import take_ready
 from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
 from streams.poison import InFlight, poison_handler
@@ -139,8 +141,10 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
     async def execute_stage(stream):
         guard = new_guard(runtime)
         await run_overlapped(
-            stream.take_events(settings.execute_batch_max,
-                               settings.execute_batch_window_s).__aiter__(),
+            # What has arrived goes at once; while a call of this lane runs, the take waits
+            # up to the window for more (streams/agents/take.py). An idle stage never wakes.
+            take_ready(stream, settings.execute_batch_max, settings.execute_batch_window_s,
+                       busy=calling).__aiter__(),
             begin=begin, before_next=clear_marks,
             complete=functools.partial(complete, guard),
             turn=functools.partial(gate.turn, lane),
@@ -150,7 +154,22 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             overlap=settings.simulator_process,
         )
 
+    last_call: list[asyncio.Future | None] = [None]
+    beginning = [False]
+
+    def calling() -> bool:
+        return last_call[0] is not None and not last_call[0].done()
+
+    transactions.busy_between_records(runtime.app, lambda: beginning[0] or calling())
+
     async def begin(taken) -> TakenBatch:
+        beginning[0] = True
+        try:
+            return await begin_batch(taken)
+        finally:
+            beginning[0] = False
+
+    async def begin_batch(taken) -> TakenBatch:
         """In-flight marks, and the backend call started for the records that can share it."""
         received = [(event, SourceRecord.from_faust(event.message)) for event in taken]
         fresh = [(event, source) for event, source in received
@@ -165,7 +184,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
         sources = [source for _, source in batch.runnable]
         if sources and not flight.suspects():
             await flight.running([source.address for source in sources])
-            batch.call = asyncio.ensure_future(run_batch(sources, batch.decoded))
+            batch.call = last_call[0] = asyncio.ensure_future(run_batch(sources, batch.decoded))
         return batch
 
     async def clear_marks(batch: TakenBatch) -> dict:
@@ -201,7 +220,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
     async def handle_all(guard, items, outcomes: dict, decoded: dict) -> None:
         handle_in_batch = functools.partial(handle, outcomes=outcomes, decoded=decoded)
         for event, source in items:
-            # take_events leaves no current event, and table writes need one for their
+            # The take leaves no current event, and table writes need one for their
             # changelog partition. Set only this task's context variable: the stream's
             # own current_event belongs to the take buffer filling in the background.
             faust_streams._current_event.set(weakref.ref(event))

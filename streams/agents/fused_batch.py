@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from faust import streams as faust_streams
 
-from streams import accounting
+from streams import accounting, transactions
 from streams.agents import execution
 from streams.agents.common import first_time, in_thread, new_guard, process_guarded
 from streams.agents.execution import Job, JobRunner, batch_outcomes
@@ -99,7 +99,21 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
     guard = new_guard(runtime)
     last_call: list[asyncio.Future | None] = [None]
 
+    beginning = [False]
+
+    def calling() -> bool:
+        return last_call[0] is not None and not last_call[0].done()
+
+    transactions.busy_between_records(runtime.app, lambda: beginning[0] or calling())
+
     async def begin(taken) -> TakenJobs:
+        beginning[0] = True
+        try:
+            return await begin_batch(taken)
+        finally:
+            beginning[0] = False
+
+    async def begin_batch(taken) -> TakenJobs:
         # Steps 1-2 write outside any record's transaction (the ledger's marks, as the
         # execute stage's do): no record may be current while they run.
         faust_streams._current_event.set(None)
@@ -141,9 +155,6 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         await held.publish(runtime)
         for event in batch.events:
             event.ack()
-
-    def calling() -> bool:
-        return last_call[0] is not None and not last_call[0].done()
 
     await run_overlapped(
         take_ready(stream, settings.execute_batch_max, settings.execute_batch_window_s,

@@ -24,6 +24,7 @@ from streams.transactions import (
     TransactionFailed,
     TransactionGate,
     TransactionManager,
+    busy_between_records,
 )
 
 JOBS = TopicPartition("qlane.jobs", 1)
@@ -541,6 +542,29 @@ def test_a_record_followed_by_no_other_record_is_committed_after_the_idle_delay(
         return offsets.commits
 
     assert asyncio.run(off()) == 1
+
+
+def test_a_stage_busy_between_its_records_holds_the_idle_commit_back():
+    """A batched stage preparing a batch or waiting for its backend call is not idle: the
+    idle commit waits until that work is done and no record follows."""
+    offsets = Consumer(acked={JOBS: 3})
+    tm = manager(TransactionManager, consumer=offsets)
+    tm.app.qlane_idle_commit_s = 0.01
+    calling = [True]
+    busy_between_records(tm.app, lambda: calling[0])
+    busy_between_records(tm.app, lambda: False)
+
+    async def go():
+        async with tm.record(event_on(JOBS)):
+            pass
+        await asyncio.sleep(0.08)  # the next batch's call runs: no commit
+        held = offsets.commits
+        calling[0] = False
+        await asyncio.sleep(0.08)
+        return held, offsets.commits
+
+    assert asyncio.run(go()) == (0, 1)
+    assert busy_between_records(None, lambda: True) is None  # no app (tests): nothing held
 
 
 # --- seeking back to committed offsets -------------------------------------------------------
