@@ -14,6 +14,7 @@ from streams import metrics, transactions
 from streams.deadletter import SourceRecord, error_class
 from streams.dlq_guard import Hold, SourceGuards
 from streams.runtime import Runtime, now_ms
+from streams.transport import refetch_after_pause
 
 log = logging.getLogger("qlane")
 
@@ -125,6 +126,7 @@ def hold_source(runtime: Runtime, stage: str, source: SourceRecord, hold: Hold) 
         runtime.paused_stages.discard(name)
         if consumer is not None:
             consumer.resume_partitions([tp])
+            asyncio.ensure_future(refetch_after_pause(consumer, tp))
         log.warning("stage %s resumes %s:%d", stage, source.topic, source.partition,
                     extra={"stage": stage})
 

@@ -7,10 +7,12 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from schemas.codec import codec
 from streams.client import Client, job_request, load_job_file
 from streams.client.commands import cancel_workflow
-from tests.support import topic_records, wait_for
+from tests.support import ready_worker, session_settings, topic_records, wait_for
 from workers.limits import Limits
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -29,7 +31,24 @@ def heavy_circuit(angle: float, qubits: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_high_priority_job_overtakes_a_low_priority_backlog(settings, worker):
+@pytest.fixture(scope="module")
+def small_batch_settings(broker_address):
+    return session_settings(*broker_address, tag="lanes4")
+
+
+@pytest.fixture(scope="module")
+def small_batch_worker(small_batch_settings, tmp_path_factory):
+    # The default path runs the jobs the stage has taken together (fused_path=batch), so a
+    # high job waits for the low lane's batches already taken (up to two: one in its call,
+    # one prepared). With the default 32 jobs per batch, this backlog of 24 would be one or
+    # two batches; 4 per batch shows the lanes at the batches' grain.
+    yield from ready_worker(small_batch_settings, tmp_path_factory.mktemp("lanes-worker"),
+                            {"QLANE_EXECUTE_BATCH_MAX": "4"})
+
+
+def test_high_priority_job_overtakes_a_low_priority_backlog(small_batch_settings,
+                                                            small_batch_worker):
+    settings = small_batch_settings
     tag = uuid.uuid4().hex[:6]
     # 20-qubit circuits (about 0.3 s each on Aer here) make a backlog of several seconds:
     # longer than the high job's own trip through three stages, whose hand-offs on

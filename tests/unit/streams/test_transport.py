@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from streams.transport import pause_if_pressed
+from streams.transport import last_delivered, pause_if_pressed, refetch_after_pause
 
 
 class RecordingConsumer:
@@ -46,3 +47,45 @@ def test_a_partition_meeting_a_full_buffer_is_paused_and_resumed_once_it_drains(
     assert consumer.resumed == []
     queue.get_nowait()  # at the resume mark the buffer calls back
     assert consumer.resumed == [tp]
+
+
+class PausingConsumer:
+    """Faust's consumer as the dead-letter guard's hold uses it: pause, resume, seek."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def pause_partitions(self, tps) -> None:
+        self.calls.append(("pause", *tps))
+
+    def resume_partitions(self, tps) -> None:
+        self.calls.append(("resume", *tps))
+
+    async def seek(self, tp, offset) -> None:
+        self.calls.append(("seek", tp, offset))
+
+
+def test_a_held_partition_is_fetched_again_after_its_last_delivered_record():
+    """Faust drops the fetched records of a paused partition: after the hold the partition
+    is read again from the record after the last one the streams got."""
+    from streams.agents.common import hold_source
+    from streams.deadletter import SourceRecord
+    from streams.dlq_guard import Hold
+
+    consumer = PausingConsumer()
+    held, other = TP("qlane.jobs", 0), TP("qlane.jobs", 1)
+    last_delivered(consumer).update({("qlane.jobs", 0): 188, ("qlane.jobs", 1): 40})
+    runtime = SimpleNamespace(app=SimpleNamespace(consumer=consumer), paused_stages=set())
+    source = SourceRecord("qlane.jobs", 0, 188, None, b"k", b"garbage", ())
+
+    async def go():
+        hold_source(runtime, "preprocess", source, Hold(0.05, "50 consecutive dead letters"))
+        await asyncio.sleep(0.2)
+
+    asyncio.run(go())
+    assert consumer.calls == [("pause", held), ("resume", held), ("seek", held, 189)]
+    assert runtime.paused_stages == set()
+
+    untouched = PausingConsumer()  # nothing delivered yet: the committed offset holds
+    asyncio.run(refetch_after_pause(untouched, other))
+    assert untouched.calls == []
