@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ def job_topic(prefix: str, tenant: str | None = None, lane: str = NORMAL) -> str
     return base + lane_suffix(lane)
 
 
+@functools.lru_cache(maxsize=256)
 def job_topic_pattern(prefix: str, lane: str | None = None) -> re.Pattern:
     """The regex that matches every job topic of a prefix (of one lane, when given)."""
     if lane is None:
@@ -61,6 +63,7 @@ def job_topic_pattern(prefix: str, lane: str | None = None) -> re.Pattern:
     return re.compile(rf"^{re.escape(prefix)}\.jobs(?:\.[a-z0-9_]{{1,64}})?{tail}$")
 
 
+@functools.lru_cache(maxsize=1024)  # every record of a job topic asks it (tenant, lane)
 def parse_job_topic(prefix: str, topic: str) -> tuple[str | None, str] | None:
     """(tenant or None, lane) of a job topic name; None when it is not one."""
     if not job_topic_pattern(prefix).fullmatch(topic):
