@@ -32,7 +32,7 @@ from streams.agents.execution import (
     decode_job,
     start_simulator,
 )
-from streams.agents.overlap import run_overlapped
+from streams.agents.overlap import StageActivity, run_overlapped
 from streams.agents.take import take_ready
 from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
@@ -144,8 +144,8 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             # What has arrived goes at once; while a call of this lane runs, the take waits
             # up to the window for more (streams/agents/take.py). An idle stage never wakes.
             take_ready(stream, settings.execute_batch_max, settings.execute_batch_window_s,
-                       busy=calling).__aiter__(),
-            begin=begin, before_next=clear_marks,
+                       busy=activity.calling).__aiter__(),
+            begin=activity.begins(begin), before_next=clear_marks,
             complete=functools.partial(complete, guard),
             turn=functools.partial(gate.turn, lane),
             # In the worker's own threads Aer holds the interpreter lock while it runs, so a
@@ -154,22 +154,10 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             overlap=settings.simulator_process,
         )
 
-    last_call: list[asyncio.Future | None] = [None]
-    beginning = [False]
-
-    def calling() -> bool:
-        return last_call[0] is not None and not last_call[0].done()
-
-    transactions.busy_between_records(runtime.app, lambda: beginning[0] or calling())
+    activity = StageActivity()
+    transactions.busy_between_records(runtime.app, activity.busy)
 
     async def begin(taken) -> TakenBatch:
-        beginning[0] = True
-        try:
-            return await begin_batch(taken)
-        finally:
-            beginning[0] = False
-
-    async def begin_batch(taken) -> TakenBatch:
         """In-flight marks, and the backend call started for the records that can share it."""
         received = [(event, SourceRecord.from_faust(event.message)) for event in taken]
         fresh = [(event, source) for event, source in received
@@ -184,7 +172,8 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
         sources = [source for _, source in batch.runnable]
         if sources and not flight.suspects():
             await flight.running([source.address for source in sources])
-            batch.call = last_call[0] = asyncio.ensure_future(run_batch(sources, batch.decoded))
+            batch.call = activity.last_call = asyncio.ensure_future(
+                run_batch(sources, batch.decoded))
         return batch
 
     async def clear_marks(batch: TakenBatch) -> dict:

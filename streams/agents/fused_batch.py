@@ -51,7 +51,7 @@ from streams.agents.common import first_time, in_thread, new_guard, process_guar
 from streams.agents.execution import Job, JobRunner, batch_outcomes
 from streams.agents.fused import RanInBatch
 from streams.agents.mitigate import HeldResults, Mitigated, held_results
-from streams.agents.overlap import run_overlapped
+from streams.agents.overlap import StageActivity, run_overlapped
 from streams.agents.take import take_ready
 from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
@@ -97,23 +97,10 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
     settings = runtime.settings
     runner = JobRunner(runtime, table)
     guard = new_guard(runtime)
-    last_call: list[asyncio.Future | None] = [None]
-
-    beginning = [False]
-
-    def calling() -> bool:
-        return last_call[0] is not None and not last_call[0].done()
-
-    transactions.busy_between_records(runtime.app, lambda: beginning[0] or calling())
+    activity = StageActivity()
+    transactions.busy_between_records(runtime.app, activity.busy)
 
     async def begin(taken) -> TakenJobs:
-        beginning[0] = True
-        try:
-            return await begin_batch(taken)
-        finally:
-            beginning[0] = False
-
-    async def begin_batch(taken) -> TakenJobs:
         # Steps 1-2 write outside any record's transaction (the ledger's marks, as the
         # execute stage's do): no record may be current while they run.
         faust_streams._current_event.set(None)
@@ -124,7 +111,7 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
             ahead = await look_ahead(source)
             if ahead is not None:
                 aheads[source.address] = ahead
-        previous = last_call[0]
+        previous = activity.last_call
 
         async def call() -> None:
             if previous is not None:
@@ -132,7 +119,7 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
             await run_together(runtime, runner, [source for _, source in fresh], aheads)
 
         batch = TakenJobs(list(taken), fresh, aheads, asyncio.ensure_future(call()))
-        last_call[0] = batch.call
+        activity.last_call = batch.call
         return batch
 
     async def complete(batch: TakenJobs) -> None:
@@ -158,8 +145,8 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
 
     await run_overlapped(
         take_ready(stream, settings.execute_batch_max, settings.execute_batch_window_s,
-                   busy=calling).__aiter__(),
-        begin=begin, complete=complete,
+                   busy=activity.calling).__aiter__(),
+        begin=activity.begins(begin), complete=complete,
         turn=functools.partial(gate.turn, lane),
         # In the worker's own threads Aer holds the interpreter lock: nothing to overlap.
         overlap=settings.simulator_process,

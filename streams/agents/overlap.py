@@ -87,3 +87,30 @@ async def run_overlapped(
             taking.cancel()
         if open_batch is not None and open_batch.call is not None:
             open_batch.call.cancel()  # its records are not acknowledged: they come again
+
+
+class StageActivity:
+    """What a batched stage does between its records: beginning a batch (preparing it,
+    marking it in flight) or waiting for its backend call. The take waits for more records
+    only while a call runs (streams/agents/take.py); the idle commit waits while either goes
+    on (streams/transactions.py `busy_between_records`)."""
+
+    def __init__(self) -> None:
+        self.last_call: asyncio.Future | None = None
+        self.beginning = False
+
+    def calling(self) -> bool:
+        return self.last_call is not None and not self.last_call.done()
+
+    def busy(self) -> bool:
+        return self.beginning or self.calling()
+
+    def begins(self, begin: Callable[[Sequence[Any]], Awaitable[OpenBatch]]):
+        """`begin`, marked as beginning while it runs."""
+        async def marked(taken: Sequence[Any]) -> OpenBatch:
+            self.beginning = True
+            try:
+                return await begin(taken)
+            finally:
+                self.beginning = False
+        return marked

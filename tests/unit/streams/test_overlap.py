@@ -185,3 +185,27 @@ def test_without_overlap_each_batch_is_handled_before_the_next_is_begun():
         ("begin", 1), ("call ended", 1), ("complete", 1),
         ("begin", 2), ("call ended", 2), ("complete", 2)]
     assert all(event.message.acked for batch in batches for event in batch)
+
+
+def test_a_stage_is_busy_while_it_begins_a_batch_and_while_its_call_runs():
+    from streams.agents.overlap import StageActivity
+
+    activity = StageActivity()
+    seen = []
+
+    async def begin(taken):
+        seen.append((activity.beginning, activity.busy(), activity.calling()))
+        activity.last_call = asyncio.ensure_future(asyncio.sleep(0.05))
+        return Batch(0, list(taken), activity.last_call)
+
+    async def go():
+        batch = await activity.begins(begin)([Event()])
+        during = (activity.beginning, activity.calling(), activity.busy())
+        await batch.call
+        return during, (activity.calling(), activity.busy())
+
+    during, after = asyncio.run(go())
+    assert seen == [(True, True, False)]
+    assert during == (False, True, True)
+    assert after == (False, False)
+    assert not StageActivity().busy()
