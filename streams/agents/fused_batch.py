@@ -201,8 +201,8 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
     # handled without waiting for a thread each.
     counted = [(job, outcomes[job.source.address]) for job in jobs
                if isinstance(outcomes.get(job.source.address, (None,))[0], list)]
-    mitigations = await in_thread(runtime, mitigate_each,
-                                  [(job.prepared, counts) for job, (counts, _) in counted])
+    mitigations = await in_thread(runtime, mitigate_each, [
+        (job.prepared, counts) for job, (counts, _) in counted]) if counted else []
     mitigated = {job.source.address: done for (job, _), done
                  in zip(counted, mitigations, strict=True)}
     for job in jobs:

@@ -112,11 +112,11 @@ async def publish_result(
     # between re-publishes these exact bytes instead of a second, differently timed answer.
     # Exactly once, both go in one transaction: no round trip to wait for.
     mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode(), **entry)
-    held = held_results.get()
-    if held is not None and not transactions.exactly_once(runtime.app):
-        held.pending.append((workflow_id, encoded))
-        return
     if not transactions.exactly_once(runtime.app):
+        held = held_results.get()
+        if held is not None:
+            held.pending.append((workflow_id, encoded))
+            return
         await runtime.flush()
     await runtime.send("results", workflow_id, encoded)
     await runtime.status(workflow_id, "done", STAGE)
