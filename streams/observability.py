@@ -63,10 +63,8 @@ def register(app, runtime: Runtime) -> None:
             if offset is None:
                 done[tp] = first_offsets.get(tp)
         try:
-            found = await asyncio.wait_for(
-                asyncio.gather(*(consumer.position(tp) for tp in ours), return_exceptions=True),
-                BROKER_CALL_TIMEOUT_S)
-            positions = dict(zip(ours, found, strict=True))
+            positions = await asyncio.wait_for(
+                consumer._thread.positions(ours), BROKER_CALL_TIMEOUT_S)  # noqa: SLF001
         except TimeoutError:
             positions = {}
         # A read_committed reader's committed offset stops one short of the log end at

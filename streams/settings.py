@@ -201,7 +201,7 @@ class Settings(BaseSettings):
         "is visible to read_committed readers (the next stage included) only once committed",
     )
     idle_commit_s: float = Field(
-        0.005, ge=0, description="on exactly_once, a record's transaction is committed this "
+        0.001, ge=0, description="on exactly_once, a record's transaction is committed this "
         "long after it when no record of its partitions follows, instead of at the next "
         "commit interval: a quiet pipeline's latency; 0 = commit only every commit_interval_s",
     )

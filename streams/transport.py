@@ -63,6 +63,23 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = self._ensure_consumer()
         return await consumer.end_offsets(list(partitions))
 
+    async def positions(self, partitions) -> dict:
+        """Each partition's fetch position (or the error asking for it raised), in one hop to
+        the consumer's thread. Faust's `position` makes one hop per partition, each a wake-up
+        of both event loops: the lag gauge's sample, asking for every partition this way,
+        was 10 % of a busy worker's event-loop samples (Kafka, 1 worker, 480 jobs)."""
+        return await self.call_thread(self._positions, list(partitions))
+
+    async def _positions(self, partitions) -> dict:
+        consumer = self._ensure_consumer()
+        found = {}
+        for tp in partitions:
+            try:
+                found[tp] = await consumer.position(aiokafka.TopicPartition(tp.topic, tp.partition))
+            except Exception as exc:  # a partition moving in a rebalance, no broker to ask
+                found[tp] = exc
+        return found
+
     def verify_event_path(self, now: float, tp) -> None:
         """Faust's livelock detector reads each assigned partition's consumer position, and
         aiokafka's `position` asserts that there is one: right after a rebalance, while the

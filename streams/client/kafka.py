@@ -83,7 +83,7 @@ class Client:
         self.watcher: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Client:
-        self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=5)
+        self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=0)
         try:
             await self.producer.start()
         except BaseException:  # e.g. refused credentials: close what start() opened

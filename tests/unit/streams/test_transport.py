@@ -89,3 +89,29 @@ def test_a_held_partition_is_fetched_again_after_its_last_delivered_record():
     untouched = PausingConsumer()  # nothing delivered yet: the committed offset holds
     asyncio.run(refetch_after_pause(untouched, other))
     assert untouched.calls == []
+
+
+def test_the_positions_of_many_partitions_are_read_in_one_hop_to_the_consumer_thread():
+    """The lag gauge asks for every partition's position: one call into the consumer's
+    thread, each partition's answer or error in it."""
+    from streams.transport import ConsumerThread
+
+    calls = []
+
+    class AiokafkaConsumer:
+        async def position(self, tp):
+            if tp.partition == 1:
+                raise AssertionError("no position yet")
+            return 10 + tp.partition
+
+    async def call_thread(function, *args):
+        calls.append(function)
+        return await function(*args)
+
+    thread = SimpleNamespace(_ensure_consumer=AiokafkaConsumer, call_thread=call_thread)
+    thread._positions = lambda partitions: ConsumerThread._positions(thread, partitions)
+    tps = [TP("qlane.jobs", 0), TP("qlane.jobs", 1), TP("qlane.jobs", 2)]
+    found = asyncio.run(ConsumerThread.positions(thread, tps))
+    assert len(calls) == 1
+    assert found[tps[0]] == 10 and found[tps[2]] == 12
+    assert isinstance(found[tps[1]], AssertionError)
