@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/qlane demo
 
 test: install
-	$(PYTEST) -q -m "not slow" --durations=25 tests
+	$(PYTEST) -q -m "not slow" -n 2 --dist loadgroup --durations=25 tests
 
 unit: install
 	$(PYTEST) -q tests/unit

@@ -6,6 +6,7 @@ KAFKA_BOOTSTRAP_SERVERS. Nothing is skipped: a broker that cannot start fails th
 """
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +14,24 @@ from streams.broker import EmbeddedBroker
 from streams.kafka_local import KafkaCluster
 
 BROKERS = ["tansu", "kafka"]
+TESTS = Path(__file__).resolve().parent
 
 
 def start_kafka(tmp_path_factory) -> KafkaCluster:
     data = tmp_path_factory.mktemp("kafka")
     return KafkaCluster(nodes_count=1, data_dir=data).start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist processes (`-n 2 --dist loadgroup`): each top folder
+    of tests/ is one group, run whole by one process in its usual order, so a folder's
+    package- and module-scoped workers start once and the session's brokers once per process
+    (per-test distribution would start them in both). The reliability folder takes about as
+    long as the others together."""
+    for item in items:
+        folder = Path(str(item.fspath)).relative_to(TESTS).parts[0]
+        item.add_marker(pytest.mark.xdist_group(folder))
 
 
 @pytest.fixture(scope="session", params=BROKERS)
