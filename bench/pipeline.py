@@ -33,6 +33,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,12 @@ PASSED_ENV = ("QLANE_EXECUTE_BATCH_MAX", "QLANE_EXECUTE_BATCH_WINDOW_S")
 # The workers offer the two backends the job set uses: a worker warms up every backend it
 # offers in the background (device noise models, readout calibration), which would otherwise
 # still run, on one of its two stage threads, while the clock runs. QLANE_BACKENDS overrides.
+# Lone jobs are sent after a random pause of up to this long (seeded), not right after the
+# previous result: back to back, each submit meets the worker's and the client's fetch
+# cycles (Tansu answers a fetch only when its 20 ms wait ends) at the same phase every time,
+# and the p50 moved by 12 ms between two runs of the same code with a 5 ms change in
+# when the submit left.
+LATENCY_GAP_MAX_S = 0.05
 WORKER_ENV = {"QLANE_BACKENDS": os.environ.get("QLANE_BACKENDS", '["aer.ideal", "aer.noisy"]')}
 
 
@@ -353,11 +360,14 @@ def cpu_delta(after: dict, before: dict) -> dict:
 
 
 async def measure_latency(client: Client, n: int, tag: str, processes, broker, alive) -> dict:
-    """n Bell jobs one at a time (closed loop, no queue): submit -> result, client-side."""
+    """n Bell jobs one at a time (no queue), each after a random pause: submit -> result,
+    client-side. The workers' CPU counted here includes what they spend idle in the pauses."""
     latencies, timings, failed = [], [], 0
+    gaps = random.Random(f"latency-{n}")
     before = cpu_snapshot(processes, broker)
     wall0 = time.monotonic()
     for i in range(n):
+        await asyncio.sleep(gaps.uniform(0.0, LATENCY_GAP_MAX_S))
         job = bell_job(f"lat-{tag}-{i}")
         res, sub, rec, _ = await submit_backlog(client, [job], 60.0, alive)
         wf = job["workflow_id"]

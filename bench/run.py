@@ -431,7 +431,8 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
         out["latency_samples"] = latency["succeeded"]
         out["latency_cpu_ms_per_job"] = latency["cpu_ms_per_job"]
         out["latency_note"] = ("one Bell job at a time (aer.ideal, 1000 shots), client-side "
-                               "submit -> result read, 1 worker, after its warm-up")
+                               "submit -> result read, 1 worker, after its warm-up; each job sent "
+                               "after a random pause of 0-50 ms (seeded)")
     if "p50_latency_s" in p1s:
         out["backlog_latency_s"] = {"p50": p1s["p50_latency_s"], "p99": p1s["p99_latency_s"],
                                     "note": "1 worker, all jobs submitted at once (queueing)"}
