@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -48,6 +49,10 @@ def now_ms() -> int:
 
 # Statuses that only report progress; settings.status_progress_events=false leaves them out.
 PROGRESS_STATES = frozenset({"accepted", "prepared", "executing"})
+
+# Set while a record is handled whose backend call was already made (fused_path=batch): its
+# progress statuses would be sent after the work they announce, with its terminal status.
+ran_before_handled: ContextVar[bool] = ContextVar("ran_before_handled", default=False)
 
 
 @dataclass
@@ -145,11 +150,18 @@ class Runtime:
         """Wait until everything sent so far (table changelog included) is on the broker."""
         await self.app.producer.flush()
 
+    def publishes_progress(self) -> bool:
+        """Whether a progress status of the record being handled is published."""
+        setting = self.settings.status_progress_events
+        if setting == "auto":
+            return not ran_before_handled.get()
+        return bool(setting)
+
     async def status(
         self, workflow_id: str, state: str, stage: str, detail: str = "", attempt: int = 1,
         progress: dict | None = None,
     ) -> None:
-        if state in PROGRESS_STATES and not self.settings.status_progress_events:
+        if state in PROGRESS_STATES and not self.publishes_progress():
             log.debug("%s %s (%s), not published", workflow_id, state, stage,
                       extra={"workflow_id": workflow_id, "stage": stage, "state": state})
             return

@@ -249,11 +249,14 @@ class Settings(BaseSettings):
         "streams/agents/fused.py); `always` = every job, one at a time; `off` = every job "
         "through the stage topics",
     )
-    status_progress_events: bool = Field(
-        True, description="publish the accepted, prepared and executing statuses; false: only "
-        "terminal and exceptional ones (done, failed, duplicate, cancelled, retrying, fallback, "
-        "...), 3 records fewer per job; a primitive job's status() then reads QUEUED until it "
-        "is done and `qlane cancel` cannot tell that a job already runs",
+    status_progress_events: bool | Literal["auto"] = Field(
+        "auto", description="the accepted, prepared and executing statuses: `true` publishes "
+        "them for every job; `auto` (the default) leaves them out for a job run in a batch's "
+        "backend call (fused_path=batch), whose statuses are all sent after that call, with "
+        "its terminal one, so they tell a reader nothing it does not learn from that one (3 "
+        "records fewer per job: 5 instead of 8); `false` leaves them out for every job: a "
+        "primitive job's status() then reads QUEUED until it is done and `qlane cancel` "
+        "cannot tell that a job already runs",
     )
 
     @field_validator("broker")

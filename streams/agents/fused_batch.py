@@ -56,7 +56,7 @@ from streams.agents.take import take_ready
 from streams.deadletter import SourceRecord
 from streams.lanes import LaneGate
 from streams.poison import InFlight
-from streams.runtime import Runtime, now_ms
+from streams.runtime import Runtime, now_ms, ran_before_handled
 from workers.circuits.sandbox import Prepared
 from workers.execution.preparation import PreparedJob
 
@@ -131,11 +131,18 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         try:
             for event, source in batch.fresh:
                 faust_streams._current_event.set(weakref.ref(event))
-                await process_guarded(
-                    runtime, table, stage, guard,
-                    functools.partial(handle, ahead=batch.aheads.get(source.address)), source,
-                    event,
-                )
+                ahead = batch.aheads.get(source.address)
+                # Counts from the call: the job does not run again (a slot's error runs alone).
+                ran = ahead is not None and ahead.ran is not None \
+                    and isinstance(ahead.ran.outcome, list)
+                before = ran_before_handled.set(ran)
+                try:
+                    await process_guarded(
+                        runtime, table, stage, guard, functools.partial(handle, ahead=ahead),
+                        source, event,
+                    )
+                finally:
+                    ran_before_handled.reset(before)
         finally:
             held_results.reset(holding)
         faust_streams._current_event.set(None)

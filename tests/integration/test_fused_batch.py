@@ -71,7 +71,10 @@ def test_a_burst_runs_in_batch_calls_with_a_lone_jobs_results(batch_settings, ba
         assert outcome.result["circuits"][0]["counts"] == \
             lone_outcome.result["circuits"][0]["counts"]
         assert outcome.result["expectations"] == lone_outcome.result["expectations"]
-        assert outcome.history[:3] == ["accepted", "prepared", "executing"], outcome.history
+        # Run in a batch's call before being handled: no progress statuses by default
+        # (QLANE_STATUS_PROGRESS_EVENTS=auto), they would come with the terminal one.
+        assert not {"accepted", "prepared", "executing"} & set(outcome.history), \
+            outcome.history
     time.sleep(2)
     states = [codec("JobStatus").decode(record.value)["state"]
               for record in topic_records(batch_settings, "status", 10)

@@ -206,6 +206,9 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
     log = tmp_path / "worker.log"
     worker = start_worker(worker_settings, log, env={
         **security_env(worker_settings), "QLANE_TENANTS": json.dumps(["acme", "rival"]),
+        # Every status published, so that the tenant's status topic is seen to get them
+        # before the result (by default a job run in a batch sends only its terminal one).
+        "QLANE_STATUS_PROGRESS_EVENTS": "true",
         "QLANE_TENANT_BUDGETS": json.dumps({"acme": 10.0}),
     })
     try:

@@ -96,3 +96,34 @@ def test_a_simulator_process_setting_that_is_neither_auto_nor_a_boolean_is_refus
     monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", "sometimes")
     with pytest.raises(ValueError, match="simulator_process"):
         Settings()
+
+
+@pytest.mark.parametrize("value, ran, published", [
+    (None, False, True), (None, True, False), ("auto", True, False),
+    ("true", True, True), ("false", False, False),
+])
+def test_progress_statuses_are_left_out_by_default_only_for_a_job_that_already_ran(
+        monkeypatch, value, ran, published) -> None:
+    """`auto`: a job whose batch call was made before it is handled sends no accepted,
+    prepared or executing status (they would come with its terminal one)."""
+    from types import SimpleNamespace
+
+    from streams.runtime import Runtime, ran_before_handled
+
+    if value is None:
+        monkeypatch.delenv("QLANE_STATUS_PROGRESS_EVENTS", raising=False)
+    else:
+        monkeypatch.setenv("QLANE_STATUS_PROGRESS_EVENTS", value)
+    runtime = SimpleNamespace(settings=Settings())
+    token = ran_before_handled.set(ran)
+    try:
+        assert Runtime.publishes_progress(runtime) is published
+    finally:
+        ran_before_handled.reset(token)
+
+
+def test_a_status_progress_setting_that_is_neither_auto_nor_a_boolean_is_refused(
+        monkeypatch) -> None:
+    monkeypatch.setenv("QLANE_STATUS_PROGRESS_EVENTS", "sometimes")
+    with pytest.raises(ValueError, match="status_progress_events"):
+        Settings()
