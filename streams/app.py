@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from streams import control, flow, observability, shutdown, table_store, transport
 from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
 from streams.settings import Settings
 from streams.topics import WORKFLOW_TABLE, TopicNames, job_topics, raw_topic
+
+log = logging.getLogger("qlane")
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -69,6 +73,9 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
 
     @app.task
     async def warm_up():
-        runtime.warm_ups.start()
+        if settings.warm_ups:
+            runtime.warm_ups.start()
+        else:
+            log.info("warm-ups off: each step is done where it is first needed")
 
     return app, runtime

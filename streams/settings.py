@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         "socket writes and callbacks cost the worker 6-13 % less CPU per job, but a worker's "
         "start and stop took about 12 s longer in the tests, cause not found; "
         "docs/performance.md); without uvloop installed the worker warns and uses asyncio's")
+    warm_ups: bool = Field(
+        True, description="after start, load in one background thread what the first jobs "
+        "and timers would load on their way (mitiq, noisy backends and their readout "
+        "calibration, the drift canary's transpiler passes: about 10 CPU s); false: each is "
+        "loaded where it is first needed, for short-lived workers (the test suite's)")
 
     # The job limits (workers.limits.Limits), one setting each: QLANE_MAX_QUBITS, ...
     max_qubits: int = Limits.max_qubits

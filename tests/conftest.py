@@ -14,6 +14,11 @@ from streams.broker import EmbeddedBroker
 from streams.kafka_local import KafkaCluster
 
 BROKERS = ["tansu", "kafka"]
+# The workers the tests start load mitiq, the noisy backends and the drift canary where they
+# first need them, not in a warm-up thread at start (about 10 CPU s a start, and most of the
+# suite's 75 worker starts never need them; a third of the suite's CPU on two cores). The
+# integration tests' shared worker keeps the default, so one real worker warms up.
+os.environ.setdefault("QLANE_WARM_UPS", "false")
 TESTS = Path(__file__).resolve().parent
 
 

@@ -29,7 +29,9 @@ def settings(broker_address) -> Settings:
 def worker(settings, tmp_path_factory):
     asyncio.run(ensure_topics(settings))
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = start_worker(settings, log)
+    # The default warm-ups (tests/conftest.py turns them off for the other test workers).
+    process = start_worker(settings, log, env={"QLANE_WARM_UPS": "true"})
+    process.qlane_log = log
     try:
         wait_until_ready(settings, log)
         yield process

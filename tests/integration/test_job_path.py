@@ -157,6 +157,19 @@ def dead_letters_for(settings, key: bytes) -> list:
     return asyncio.run(go())
 
 
+def test_a_worker_warms_up_each_step_in_the_background(worker):
+    """The warm-up thread of a real worker: every step ready, then the closing line."""
+    def finished() -> str | None:
+        text = worker.qlane_log.read_text()
+        return text if "warm-ups done" in text else None
+
+    log = wait_for(finished, timeout_s=180)
+    assert log, "no 'warm-ups done' line within 180 s"
+    for step in ("mitiq import", "backends", "drift monitor", "variational optimizer"):
+        assert f"{step} ready in" in log, step
+    assert "warm-up of the" not in log  # no step failed
+
+
 def test_duplicate_is_acknowledged_and_not_rerun(settings, worker):
     job = job_request(workflow_id=wf("dup"), circuit=(EXAMPLES / "bell.qasm").read_text(),
                       shots=300)
