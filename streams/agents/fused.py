@@ -61,6 +61,11 @@ class RanInBatch:
     share: float
     mitigated: Mitigated | None = None
 
+    @property
+    def counted(self) -> bool:
+        """Counts came from the call: the job is not run again (a slot's error runs alone)."""
+        return isinstance(self.outcome, list)
+
 
 def fuses(runtime: Runtime, source: SourceRecord) -> bool:
     """Whether this job record takes the fused path (settings.fused_path)."""
@@ -96,7 +101,7 @@ async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRe
     job = Job.of(source, task, request, prepared, prepared_bytes)
     runtime.apply_controls(prepared.backend)
     outcome, share = (ran.outcome, ran.share) if ran is not None else (None, 0.0)
-    marked = not isinstance(outcome, list)
+    marked = ran is None or not ran.counted
     flight = InFlight(runtime, execution.STAGE, [source])
     if marked:
         await flight.load()

@@ -132,10 +132,8 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
             for event, source in batch.fresh:
                 faust_streams._current_event.set(weakref.ref(event))
                 ahead = batch.aheads.get(source.address)
-                # Counts from the call: the job does not run again (a slot's error runs alone).
-                ran = ahead is not None and ahead.ran is not None \
-                    and isinstance(ahead.ran.outcome, list)
-                before = ran_before_handled.set(ran)
+                before = ran_before_handled.set(
+                    ahead is not None and ahead.ran is not None and ahead.ran.counted)
                 try:
                     await process_guarded(
                         runtime, table, stage, guard, functools.partial(handle, ahead=ahead),
