@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 from collections import Counter
@@ -63,6 +64,11 @@ log = logging.getLogger("qlane")
 
 # The source partition of a buffered send, while the buffer publishes it.
 _source_tp: contextvars.ContextVar = contextvars.ContextVar("qlane_source_tp", default=None)
+
+
+# The idle commit looks again this often while records or a stage's work run, should the
+# cue that they ended not come (see TransactionManager._watch_idle).
+IDLE_RECHECK_S = 0.05
 
 
 class TransactionFailed(RuntimeError):
@@ -350,17 +356,32 @@ class TransactionManager(FaustTransactionManager):
         self._last_activity = time.monotonic()
         if self._idle_watcher is None:
             self._idle_watcher = asyncio.ensure_future(self._watch_idle(delay))
+        else:
+            activity_changed(self.app)
 
     async def _watch_idle(self, delay: float) -> None:
+        """Wait until no record has run for `delay` and no stage works between records.
+
+        While something runs it waits for the cue that it ended (a record's end, a stage's
+        `busy_between_records` callback), not on a timer: polling every millisecond through
+        a burst was a thousand wake-ups a second of the worker's event loop. The cue has a
+        backstop of `IDLE_RECHECK_S`, should some work end without one."""
+        changed = activity_event(self.app)
         try:
             while True:
-                await asyncio.sleep(delay)
-                if stage_busy(self.app):
+                changed.clear()
+                if stage_busy(self.app) or self.gate.busy():
+                    try:
+                        await asyncio.wait_for(changed.wait(), IDLE_RECHECK_S)
+                    except TimeoutError:
+                        pass
+                    # Quiet is counted from the end of that work.
                     self._last_activity = time.monotonic()
                     continue
                 quiet_s = time.monotonic() - self._last_activity
-                if not self.gate.busy() and quiet_s >= delay:
+                if quiet_s >= delay:
                     break
+                await asyncio.sleep(delay - quiet_s)
             # Faust's own commit (every partition with new offsets), after one under way.
             await self.consumer.maybe_wait_for_commit_to_finish()
             await self.consumer.commit()
@@ -528,7 +549,7 @@ def install(transport_cls) -> None:
     transport_cls.TransactionManager = TransactionManager
 
 
-def busy_between_records(app, check: Callable[[], bool]) -> None:
+def busy_between_records(app, check: Callable[[], bool]) -> Callable[[], None]:
     """Count a stage's work between its records as activity for the idle commit.
 
     A batched stage spends most of its time between records: preparing a taken batch and
@@ -536,17 +557,34 @@ def busy_between_records(app, check: Callable[[], bool]) -> None:
     source partition (4-5 requests each on Kafka) where the commit interval would have
     taken several batches together; `check()` says whether such work is under way. A lone
     job is unaffected: once its record is handled nothing is under way, and the idle commit
-    follows. A check stuck at true only leaves the commits to the commit interval."""
+    follows. A check stuck at true only leaves the commits to the commit interval.
+
+    Returns the function the stage calls when such work ends: the idle commit waits for
+    that instead of asking `check()` again and again."""
     if app is None:
-        return
+        return lambda: None
     checks = getattr(app, "qlane_busy_checks", None)
     if checks is None:
         checks = app.qlane_busy_checks = []
     checks.append(check)
+    return functools.partial(activity_changed, app)
 
 
 def stage_busy(app) -> bool:
     return any(check() for check in getattr(app, "qlane_busy_checks", ()))
+
+
+def activity_event(app) -> asyncio.Event:
+    """Set when a record ends or a stage's work between records ends (the idle commit's
+    cue to look again)."""
+    event = getattr(app, "qlane_activity_changed", None)
+    if event is None:
+        event = app.qlane_activity_changed = asyncio.Event()
+    return event
+
+
+def activity_changed(app) -> None:
+    activity_event(app).set()
 
 
 def exactly_once(app) -> bool:

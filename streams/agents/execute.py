@@ -155,7 +155,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
         )
 
     activity = StageActivity()
-    transactions.busy_between_records(runtime.app, activity.busy)
+    activity.on_idle = transactions.busy_between_records(runtime.app, activity.busy)
 
     async def begin(taken) -> TakenBatch:
         """In-flight marks, and the backend call started for the records that can share it."""

@@ -98,7 +98,7 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
     runner = JobRunner(runtime, table)
     guard = new_guard(runtime)
     activity = StageActivity()
-    transactions.busy_between_records(runtime.app, activity.busy)
+    activity.on_idle = transactions.busy_between_records(runtime.app, activity.busy)
 
     async def begin(taken) -> TakenJobs:
         # Steps 1-2 write outside any record's transaction (the ledger's marks, as the

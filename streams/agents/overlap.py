@@ -96,11 +96,27 @@ class StageActivity:
     on (streams/transactions.py `busy_between_records`)."""
 
     def __init__(self) -> None:
-        self.last_call: asyncio.Future | None = None
+        self._last_call: asyncio.Future | None = None
         self.beginning = False
+        # Called when such work ends and none is left: the idle commit waits for that.
+        self.on_idle: Callable[[], None] | None = None
+
+    @property
+    def last_call(self) -> asyncio.Future | None:
+        return self._last_call
+
+    @last_call.setter
+    def last_call(self, call: asyncio.Future | None) -> None:
+        self._last_call = call
+        if call is not None:
+            call.add_done_callback(lambda _: self._ended())
+
+    def _ended(self) -> None:
+        if self.on_idle is not None and not self.busy():
+            self.on_idle()
 
     def calling(self) -> bool:
-        return self.last_call is not None and not self.last_call.done()
+        return self._last_call is not None and not self._last_call.done()
 
     def busy(self) -> bool:
         return self.beginning or self.calling()
@@ -113,4 +129,5 @@ class StageActivity:
                 return await begin(taken)
             finally:
                 self.beginning = False
+                self._ended()
         return marked

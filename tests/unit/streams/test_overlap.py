@@ -209,3 +209,28 @@ def test_a_stage_is_busy_while_it_begins_a_batch_and_while_its_call_runs():
     assert during == (False, True, True)
     assert after == (False, False)
     assert not StageActivity().busy()
+
+
+def test_a_stage_says_when_its_work_between_records_has_ended():
+    """`on_idle` is the idle commit's cue: called when the beginning or the call ends and
+    nothing else is under way, not while the call still runs."""
+    from streams.agents.overlap import StageActivity
+
+    activity = StageActivity()
+    cues = []
+    activity.on_idle = lambda: cues.append(activity.busy())
+
+    async def begin(taken):
+        activity.last_call = asyncio.ensure_future(asyncio.sleep(0.03))
+        return Batch(0, list(taken), activity.last_call)
+
+    async def go():
+        batch = await activity.begins(begin)([Event()])
+        after_begin = list(cues)  # the call still runs: no cue
+        await batch.call
+        await asyncio.sleep(0)  # the call's done callbacks
+        return after_begin, list(cues)
+
+    after_begin, after_call = asyncio.run(go())
+    assert after_begin == []
+    assert after_call == [False]

@@ -20,6 +20,7 @@ from streams import transactions
 from streams.app import create_app
 from streams.settings import Settings
 from streams.transactions import (
+    IDLE_RECHECK_S,
     Producer,
     TransactionFailed,
     TransactionGate,
@@ -551,20 +552,48 @@ def test_a_stage_busy_between_its_records_holds_the_idle_commit_back():
     tm = manager(TransactionManager, consumer=offsets)
     tm.app.qlane_idle_commit_s = 0.01
     calling = [True]
-    busy_between_records(tm.app, lambda: calling[0])
+    asked = []
+
+    def check():
+        asked.append(1)
+        return calling[0]
+
+    ended = busy_between_records(tm.app, check)
     busy_between_records(tm.app, lambda: False)
 
     async def go():
         async with tm.record(event_on(JOBS)):
             pass
-        await asyncio.sleep(0.08)  # the next batch's call runs: no commit
-        held = offsets.commits
+        await asyncio.sleep(0.2)  # the next batch's call runs: no commit
+        held, asked_while_busy = offsets.commits, len(asked)
         calling[0] = False
-        await asyncio.sleep(0.08)
-        return held, offsets.commits
+        ended()
+        await asyncio.sleep(0.03)  # the cue, not the backstop (IDLE_RECHECK_S), commits
+        return held, asked_while_busy, offsets.commits
 
-    assert asyncio.run(go()) == (0, 1)
-    assert busy_between_records(None, lambda: True) is None  # no app (tests): nothing held
+    held, asked_while_busy, commits = asyncio.run(go())
+    assert (held, commits) == (0, 1)
+    # It waited for the cue instead of polling (every millisecond, that was ~200 checks).
+    assert asked_while_busy <= 0.2 / IDLE_RECHECK_S + 2
+    assert busy_between_records(None, lambda: True)() is None  # no app (tests): nothing held
+
+
+def test_work_that_ends_without_its_cue_is_seen_by_the_backstop():
+    offsets = Consumer(acked={JOBS: 3})
+    tm = manager(TransactionManager, consumer=offsets)
+    tm.app.qlane_idle_commit_s = 0.005
+    calling = [True]
+    busy_between_records(tm.app, lambda: calling[0])
+
+    async def go():
+        async with tm.record(event_on(JOBS)):
+            pass
+        await asyncio.sleep(0.02)
+        calling[0] = False  # no cue
+        await asyncio.sleep(IDLE_RECHECK_S + 0.03)
+        return offsets.commits
+
+    assert asyncio.run(go()) == 1
 
 
 # --- seeking back to committed offsets -------------------------------------------------------
