@@ -286,7 +286,7 @@ def run_pipeline(jobs: list[dict], *, workers: int, workdir: Path, partitions: i
         report["broker_start_s"] = time.monotonic() - t0
         settings = bench_settings(bench_broker, partitions)
         report["topic_prefix"], report["app_id"] = settings.topic_prefix, settings.app_id
-        report["profile"] = settings.profile
+        report["settings_profile"] = settings.profile
         asyncio.run(ensure_topics(settings))
         started = time.monotonic()
         processes = start_workers(settings, workers, workdir, code_root=code_root,
@@ -421,6 +421,8 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
                   "workflows-changelog": changelog_topic(settings)}
         sizes_before = await topic_sizes(settings, topics)
         profiler = start_profiler(processes[0].pid, profile_s, workdir) if profile_s else None
+        if profile_s and profiler is None:
+            out["profile"] = {"error": "no py-spy: install it or set QLANE_PYSPY"}
         cpu_before = cpu_snapshot(processes, broker)
         outcomes, submitted, received, first = await submit_backlog(client, jobs, timeout_s,
                                                                     alive)
