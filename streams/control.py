@@ -30,6 +30,7 @@ log = logging.getLogger("qlane")
 
 NOISE = "noise:"
 DRIFT = "drift:"
+CONTROL_FETCH_MIN_BYTES = 1 << 20
 
 
 def noise_control_record(backend: str, scale: float) -> tuple[bytes, bytes]:
@@ -44,10 +45,14 @@ def register(app, runtime: Runtime) -> None:
 
     @app.task
     async def follow_controls():
+        # The broker answers when the wait ends or the minimum has collected (which the
+        # control topic's small records do not reach in that time): one fetch per wait, not
+        # one per record written.
         consumer = AIOKafkaConsumer(
             runtime.names.control, **kafka_options(settings), group_id=None,
             auto_offset_reset="earliest", enable_auto_commit=False,
-            fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.control_fetch_wait_ms,
+            fetch_min_bytes=CONTROL_FETCH_MIN_BYTES,
         )
         await consumer.start()
         try:

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
     fetch_max_wait_ms: int | None = Field(None, description="None = the profile's default")
+    control_fetch_wait_ms: int = Field(
+        250, ge=1, le=10_000, description="how long a worker's reader of the control topic "
+        "lets what arrives collect before it reads (noise and drift controls, other workers' "
+        "spend, the in-flight marks): at most this stale. Every charge and in-flight mark "
+        "used to wake every worker's reader, about one fetch per job per worker",
+    )
 
     security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
