@@ -576,15 +576,19 @@ def stage_busy(app) -> bool:
 
 def activity_event(app) -> asyncio.Event:
     """Set when a record ends or a stage's work between records ends (the idle commit's
-    cue to look again)."""
-    event = getattr(app, "qlane_activity_changed", None)
-    if event is None:
-        event = app.qlane_activity_changed = asyncio.Event()
-    return event
+    cue to look again). One per event loop: an asyncio.Event waited on in a loop other than
+    its first raises, which would end the idle commits for good."""
+    loop = asyncio.get_running_loop()
+    held = getattr(app, "qlane_activity_changed", None)
+    if held is None or held[0] is not loop:
+        held = app.qlane_activity_changed = (loop, asyncio.Event())
+    return held[1]
 
 
 def activity_changed(app) -> None:
-    activity_event(app).set()
+    held = getattr(app, "qlane_activity_changed", None)
+    if held is not None:  # else no watcher has looked yet: nothing to wake
+        held[1].set()
 
 
 def exactly_once(app) -> bool:

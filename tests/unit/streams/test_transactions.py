@@ -578,6 +578,28 @@ def test_a_stage_busy_between_its_records_holds_the_idle_commit_back():
     assert busy_between_records(None, lambda: True)() is None  # no app (tests): nothing held
 
 
+def test_the_idle_commit_works_in_each_event_loop_an_app_is_run_in():
+    """The cue is an asyncio.Event; one made in an earlier loop must not end the commits."""
+    offsets = Consumer(acked={JOBS: 3})
+    tm = manager(TransactionManager, consumer=offsets)
+    tm.app.qlane_idle_commit_s = 0.005
+    calling = [True]
+    ended = busy_between_records(tm.app, lambda: calling[0])
+
+    async def go():
+        calling[0] = True
+        async with tm.record(event_on(JOBS)):
+            pass
+        await asyncio.sleep(0.01)  # the watcher waits for the cue
+        calling[0] = False
+        ended()
+        await asyncio.sleep(0.03)
+        return offsets.commits
+
+    assert asyncio.run(go()) == 1
+    assert asyncio.run(go()) == 2
+
+
 def test_work_that_ends_without_its_cue_is_seen_by_the_backstop():
     offsets = Consumer(acked={JOBS: 3})
     tm = manager(TransactionManager, consumer=offsets)
