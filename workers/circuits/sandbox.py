@@ -511,6 +511,10 @@ class SandboxPool:
             if deaths >= 3:
                 raise RuntimeError(f"sandbox processes die while starting (last {reason})")
 
+    def wait_started(self) -> None:
+        """Block until an idle process has started (else the next call waits for it)."""
+        self._idle.put(self._ready())
+
     def call(self, request: SandboxRequest) -> Prepared:
         """Prepare in a sandbox (blocking); typed errors for every way it can end."""
         return _outcome(*self.exchange(request))

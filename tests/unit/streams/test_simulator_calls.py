@@ -63,6 +63,9 @@ def test_a_killed_simulator_is_a_crash_that_does_not_count_on_the_breaker(runtim
     one = job(runtime.registry)
     breaker = runtime.breakers.for_backend("aer.noisy")
     before = breaker.consecutive_failures
+    # A process killed while it starts is replaced before any call reaches it (CI once
+    # found the module's process not started yet): the victim here has started.
+    runtime.simulator.wait_started()
     (victim,) = runtime.simulator.pids()
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(SandboxCrashed, match="SIGKILL"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 
@@ -16,7 +18,13 @@ from workers.circuits.sandbox import (
     SandboxRequest,
 )
 from workers.circuits.transpile import TranspileCache
-from workers.errors import CircuitTooLarge, ForbiddenInclude, ResourceLimitExceeded, SandboxTimeout
+from workers.errors import (
+    CircuitTooLarge,
+    ForbiddenInclude,
+    ResourceLimitExceeded,
+    SandboxCrashed,
+    SandboxTimeout,
+)
 from workers.execution.preparation import PreparedJob, prepare
 from workers.jobs import JobSpec
 from workers.limits import Limits
@@ -120,3 +128,20 @@ def test_run_does_not_block_the_event_loop(pool, registry) -> None:
         return ticks
 
     assert asyncio.run(go()) > 50  # the loop kept turning for the seconds the sandbox ran
+
+
+def test_a_pool_can_be_waited_on_until_its_process_has_started(registry) -> None:
+    """`wait_started` returns once the process has said it is ready: killed after that, it
+    fails the next call (SandboxCrashed); killed while starting, it would have been replaced
+    before any call reached it."""
+    fresh = SandboxPool(SandboxBounds(wall_s=60, cpu_s=3, memory_mb=512), size=1)
+    try:
+        fresh.wait_started()
+        (victim,) = fresh.pids()
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(SandboxCrashed, match="SIGKILL"):
+            fresh.call(request(registry, BELL_QASM2))
+        assert fresh.pids() != [victim]
+        assert fresh.call(request(registry, BELL_QASM2)).num_tasks == 1
+    finally:
+        fresh.close()
