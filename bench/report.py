@@ -63,6 +63,14 @@ def render(results: dict) -> str:
         row("**pipeline_vs_batched** (target ≥ 0.8)", lambda f: f["pipeline_vs_batched"])
         row("pipeline_vs_batched by CPU per job", lambda f: f["pipeline_vs_batched_cpu"])
         row("**two_vs_one_workers** (target ≥ 1.7)", lambda f: f["two_vs_one_workers"])
+        row("cores kept busy, all processes: 1 worker / 2 workers",
+            lambda f: f"{f['two_workers_bound']['one_worker_cores']:.2f} / "
+                      f"{f['two_workers_bound']['two_workers_cores']:.2f}")
+        row("two_vs_one ceiling: every free core busy at 2 workers' CPU/job (at 1 worker's)",
+            lambda f: f"{f['two_workers_bound']['ceiling']:.2f} "
+                      f"({f['two_workers_bound']['ceiling_at_one_worker_cpu']:.2f})")
+        row("two_vs_one = ceiling × share of free cores 2 workers kept busy",
+            lambda f: f["two_workers_bound"]["utilization"])
         row("**latency_p50_ms** (Bell, one at a time; ≤ 50 on Kafka)",
             lambda f: f["latency_p50_ms"])
         row("**latency_p99_ms** (≤ 150 on Kafka)", lambda f: f["latency_p99_ms"])

@@ -397,6 +397,30 @@ def one_worker_variant(broker: str, variant: str, setting: dict, results: dict,
     return entry
 
 
+def two_workers_bound(p1: float, p2: float, cpu1_ms: float, cpu2_ms: float, cores: float,
+                      foreign_cores: float = 0.0) -> dict:
+    """How far the machine's cores let two workers go beyond one, from one run's figures.
+
+    `cpu1_ms`, `cpu2_ms`: CPU ms per job of all processes (workers, broker, client) with one
+    and two workers; `cores`: the machine's, less what other processes used meanwhile.
+    two_vs_one = ceiling x utilization exactly: the ceiling is the ratio two workers would
+    reach keeping every free core busy at the CPU per job they spent, the utilization the
+    share of those cores they kept busy. `ceiling_at_one_worker_cpu` is the same ceiling had
+    they spent no more per job than one worker did."""
+    free = max(cores - foreign_cores, 1e-9)
+    one_worker_cores = p1 * cpu1_ms / 1000
+    two_workers_cores = p2 * cpu2_ms / 1000
+    return {
+        "cores": free,
+        "one_worker_cores": one_worker_cores,
+        "two_workers_cores": two_workers_cores,
+        "cpu_per_job_two_vs_one": cpu2_ms / cpu1_ms,
+        "ceiling_at_one_worker_cpu": free / one_worker_cores,
+        "ceiling": free / (p1 * cpu2_ms / 1000),
+        "utilization": two_workers_cores / free,
+    }
+
+
 def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
     """One broker's figures: ratios against the in-process loops of the same run."""
     p1s, p2s = sections.get(f"{broker}.pipeline1", {}), sections.get(f"{broker}.pipeline2", {})
@@ -424,6 +448,12 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
         out["pipeline_vs_naive"] = p1 / sections["naive"]["jobs_per_s"]
     if p1 and p2:
         out["two_vs_one_workers"] = p2 / p1
+        cpu1 = out["cpu_ms_per_job"]["pipeline_1"].get("total")
+        cpu2 = out["cpu_ms_per_job"]["pipeline_2"].get("total")
+        cores = results.get("machine", {}).get("nproc") or os.cpu_count()
+        if cpu1 and cpu2 and cores:
+            out["two_workers_bound"] = two_workers_bound(
+                p1, p2, cpu1, cpu2, cores, out["foreign_cpu_cores"].get("pipeline2", 0.0))
     latency = p1s.get("latency")
     if latency and latency.get("succeeded"):
         out["latency_p50_ms"] = latency["p50_ms"]

@@ -36,3 +36,30 @@ def test_each_variant_is_summarised_against_the_same_loop_and_worker() -> None:
     assert threads["vs_pipeline_1"] == 24.0 / 32.0
     assert threads["two_vs_this"] == 40.0 / 24.0
     assert out["pipeline_vs_batched"] == 32.0 / 40.0
+
+
+def test_two_workers_bound_splits_the_ratio_into_ceiling_and_utilization() -> None:
+    """One worker at 20 jobs/s and 60 ms per job keeps 1.2 cores busy; two at 30 jobs/s and
+    66 ms per job keep 1.98. On 2 cores less 0.1 used by others, the ceiling at 66 ms is
+    1.9 / 1.32, and the ratio measured is that ceiling times the share they kept busy."""
+    from bench.run import two_workers_bound
+
+    bound = two_workers_bound(20.0, 30.0, 60.0, 66.0, cores=2, foreign_cores=0.1)
+    assert round(bound["one_worker_cores"], 6) == 1.2
+    assert round(bound["two_workers_cores"], 6) == 1.98
+    assert round(bound["ceiling_at_one_worker_cpu"], 6) == round(1.9 / 1.2, 6)
+    assert round(bound["ceiling"], 6) == round(1.9 / 1.32, 6)
+    assert round(bound["ceiling"] * bound["utilization"], 9) == round(30.0 / 20.0, 9)
+
+
+def test_the_broker_summary_carries_the_bound_of_its_run() -> None:
+    sections = {"batched": {**_section(40.0), "cpu_seconds": 0.25},
+                "kafka.pipeline1": _section(20.0), "kafka.pipeline2": _section(30.0)}
+    results = {"section_order": list(sections), "machine": {"nproc": 2},
+               "foreign_cpu_cores": {"kafka.pipeline2": 0.25}}
+    out = summarize_broker("kafka", results, sections)
+    bound = out["two_workers_bound"]
+    assert bound["cores"] == 1.75
+    # _section: 0.26 s of CPU for 10 jobs -> 26 ms per job with either worker count.
+    assert round(bound["one_worker_cores"], 6) == round(20.0 * 0.026, 6)
+    assert round(bound["ceiling"] * bound["utilization"], 9) == round(out["two_vs_one_workers"], 9)
