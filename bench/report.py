@@ -86,6 +86,16 @@ def render(results: dict) -> str:
                 lambda f, k=sim: f"{f[k]['cpu_ms_per_job']['workers']:.1f} / "
                                  f"{f[k]['cpu_ms_per_job']['worker_processes']:.1f}")
             row(f"2 workers ÷ 1 worker, {label}", lambda f, k=sim: f[k]["two_vs_this"])
+            row(f"2 workers, {label}: jobs/s; **÷ 1 worker, {label}**",
+                lambda f, k=sim: f"{f[k]['two_workers']['jobs_per_s']:.1f}; "
+                                 f"{f[k]['two_workers']['two_vs_one_workers']:.2f}")
+            row(f"2 workers, {label}: CPU ms/job all processes; ceiling (at 1 worker's)",
+                lambda f, k=sim: f"{f[k]['two_workers']['cpu_ms_per_job']['total']:.1f}; "
+                                 f"{f[k]['two_workers']['two_workers_bound']['ceiling']:.2f} "
+                                 f"({f[k]['two_workers']['two_workers_bound']['ceiling_at_one_worker_cpu']:.2f})")
+            row(f"results equal the batched loop's (2 workers, {label})",
+                lambda f, k=sim: f[k]["two_workers"]["vs_batched"]["counts_equal"]
+                and f[k]["two_workers"]["vs_batched"]["estimates_equal"])
             row(f"results equal the batched loop's ({label})",
                 lambda f, k=sim: f[k]["vs_batched"]["counts_equal"]
                 and f[k]["vs_batched"]["estimates_equal"])

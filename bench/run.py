@@ -29,6 +29,9 @@ and the others still run; results are written after every section):
             either of them): each is then compared with the loops just before and after it
             (pipeline_vs_batched_bracketed), since the host's speed drifts between sections
   pipeline2 the same on fresh topics and a fresh app id with 2 worker processes
+  pipeline2sim, pipeline2thread  pipeline2 with the setting of pipeline1sim / pipeline1thread
+            (added by default with the same rule), summarised under that variant's key as
+            "two_workers": each setting's own two_vs_one beside its pipeline_vs_batched
   backlog   only with --backlog N: N Bell jobs at once to 1 worker (drain rate, worker RSS)
   accuracy  bench.mitigation_bench.measure_accuracy (ZNE and readout mitigation accuracy)
 Then: correctness (every pipeline job succeeded; the pipeline's counts and estimates equal
@@ -83,19 +86,24 @@ ONE_WORKER_VARIANTS = {  # section -> (summary key, the worker's setting)
     "pipeline1thread": ("simulator_in_threads", {"QLANE_SIMULATOR_PROCESS": "false"}),
 }
 ONE_WORKER_SECTIONS = ("pipeline1", *ONE_WORKER_VARIANTS)
-BROKER_SECTIONS = (*ONE_WORKER_SECTIONS, "pipeline2", "backlog")
+# Two workers with the same setting as each one-worker variant: so that one run shows each
+# setting's two_vs_one beside its pipeline_vs_batched.
+TWO_WORKER_VARIANTS = {f"pipeline2{v.removeprefix('pipeline1')}": v for v in ONE_WORKER_VARIANTS}
+TWO_WORKER_SECTIONS = ("pipeline2", *TWO_WORKER_VARIANTS)
+BROKER_SECTIONS = (*ONE_WORKER_SECTIONS, *TWO_WORKER_SECTIONS, "backlog")
 BATCHED_AFTER = "batched_after"  # per broker: the batched loop again after its 1-worker sections
 ALL_SECTIONS = ("codec", "naive", "serial", "batched", *BROKER_SECTIONS, "accuracy")
-QUICK_SECTIONS = ("codec", "naive", "serial", "batched", *ONE_WORKER_SECTIONS, "pipeline2")
+QUICK_SECTIONS = ("codec", "naive", "serial", "batched", *ONE_WORKER_SECTIONS,
+                  *TWO_WORKER_SECTIONS)
 
 
 def default_variant_dropped(sections: list[str]) -> list[str]:
-    """Without --sections: pipeline1 already runs the default simulator setting, so only the
-    variant with the other setting is added."""
+    """Without --sections: pipeline1 and pipeline2 already run the default simulator setting,
+    so only the variants with the other setting are added."""
     from streams.settings import Settings
 
-    same = "pipeline1sim" if Settings().simulator_process else "pipeline1thread"
-    return [s for s in sections if s != same]
+    same = "sim" if Settings().simulator_process else "thread"
+    return [s for s in sections if s not in (f"pipeline1{same}", f"pipeline2{same}")]
 
 
 # --- machine ------------------------------------------------------------------------------
@@ -394,7 +402,29 @@ def one_worker_variant(broker: str, variant: str, setting: dict, results: dict,
         entry["latency_p50_ms"], entry["latency_p99_ms"] = latency["p50_ms"], latency["p99_ms"]
     if "batched" in sections:
         entry["vs_batched"] = compare_runs(sections["batched"], section)
+    two = sections.get(f"{broker}.pipeline2{variant.removeprefix('pipeline1')}", {})
+    if two.get("jobs_per_s"):
+        entry["two_workers"] = two_workers_variant(broker, variant, rate, entry, two, results,
+                                                   sections)
     return entry
+
+
+def two_workers_variant(broker: str, variant: str, rate: float, entry: dict, two: dict,
+                        results: dict, sections: dict) -> dict:
+    """Two workers with a one-worker variant's setting, against that variant."""
+    name = f"pipeline2{variant.removeprefix('pipeline1')}"
+    foreign = results.get("foreign_cpu_cores", {}).get(f"{broker}.{name}", 0.0)
+    out = {"jobs_per_s": two["jobs_per_s"], "cpu_ms_per_job": pipeline_cpu(two),
+           "foreign_cpu_cores": foreign, "two_vs_one_workers": two["jobs_per_s"] / rate,
+           "jobs": two.get("jobs"), "succeeded": two.get("succeeded")}
+    cpu1, cpu2 = entry["cpu_ms_per_job"].get("total"), out["cpu_ms_per_job"].get("total")
+    cores = results.get("machine", {}).get("nproc") or os.cpu_count()
+    if cpu1 and cpu2 and cores:
+        out["two_workers_bound"] = two_workers_bound(rate, two["jobs_per_s"], cpu1, cpu2,
+                                                     cores, foreign)
+    if "batched" in sections:
+        out["vs_batched"] = compare_runs(sections["batched"], two)
+    return out
 
 
 def two_workers_bound(p1: float, p2: float, cpu1_ms: float, cpu2_ms: float, cores: float,
@@ -681,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     # Per broker, pipeline1 and pipeline2; then the backlogs; the accuracy section last.
     order = [n for n in ("codec", "naive", "serial", "batched") if n in wanted]
     planned = [(b, n) for b in brokers
-               for n in (*ONE_WORKER_SECTIONS, BATCHED_AFTER, "pipeline2")]
+               for n in (*ONE_WORKER_SECTIONS, BATCHED_AFTER, *TWO_WORKER_SECTIONS)]
     planned += [(b, "backlog") for b in brokers]
     for broker, name in planned:
         if name == BATCHED_AFTER:
@@ -700,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         elif name in ONE_WORKER_VARIANTS:
             runners[key] = lambda b=broker, n=name: section_pipeline(
                 1, b, args, scratch, ONE_WORKER_VARIANTS[n][1], n.removeprefix("pipeline1"))
+        elif name in TWO_WORKER_VARIANTS:
+            runners[key] = lambda b=broker, n=name: section_pipeline(
+                2, b, args, scratch, ONE_WORKER_VARIANTS[TWO_WORKER_VARIANTS[n]][1],
+                n.removeprefix("pipeline2"))
         else:
             runners[key] = lambda w=(1 if name == "pipeline1" else 2), b=broker: (
                 section_pipeline(w, b, args, scratch))

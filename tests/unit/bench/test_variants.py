@@ -2,16 +2,17 @@
 
 from bench.run import default_variant_dropped, summarize_broker
 
-SECTIONS_LIST = ["batched", "pipeline1", "pipeline1sim", "pipeline1thread", "pipeline2"]
+SECTIONS_LIST = ["batched", "pipeline1", "pipeline1sim", "pipeline1thread", "pipeline2",
+                 "pipeline2sim", "pipeline2thread"]
 
 
 def test_a_default_run_adds_only_the_setting_the_default_is_not(monkeypatch) -> None:
     monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", "true")
     assert default_variant_dropped(SECTIONS_LIST) == [
-        "batched", "pipeline1", "pipeline1thread", "pipeline2"]
+        "batched", "pipeline1", "pipeline1thread", "pipeline2", "pipeline2thread"]
     monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", "false")
     assert default_variant_dropped(SECTIONS_LIST) == [
-        "batched", "pipeline1", "pipeline1sim", "pipeline2"]
+        "batched", "pipeline1", "pipeline1sim", "pipeline2", "pipeline2sim"]
 
 
 def _section(rate: float) -> dict:
@@ -63,3 +64,19 @@ def test_the_broker_summary_carries_the_bound_of_its_run() -> None:
     # _section: 0.26 s of CPU for 10 jobs -> 26 ms per job with either worker count.
     assert round(bound["one_worker_cores"], 6) == round(20.0 * 0.026, 6)
     assert round(bound["ceiling"] * bound["utilization"], 9) == round(out["two_vs_one_workers"], 9)
+
+
+def test_a_variants_two_workers_are_compared_with_its_one_worker() -> None:
+    """pipeline2thread is summarised under simulator_in_threads: its own two_vs_one (against
+    pipeline1thread, not the default's pipeline1), its bound and its equality check."""
+    sections = {"batched": {**_section(40.0), "cpu_seconds": 0.25},
+                "kafka.pipeline1": _section(32.0), "kafka.pipeline1thread": _section(20.0),
+                "kafka.pipeline2": _section(40.0), "kafka.pipeline2thread": _section(34.0)}
+    results = {"section_order": list(sections), "machine": {"nproc": 2}}
+    out = summarize_broker("kafka", results, sections)
+    two = out["simulator_in_threads"]["two_workers"]
+    assert two["two_vs_one_workers"] == 34.0 / 20.0
+    assert out["two_vs_one_workers"] == 40.0 / 32.0
+    bound = two["two_workers_bound"]
+    assert round(bound["ceiling"] * bound["utilization"], 9) == round(34.0 / 20.0, 9)
+    assert "vs_batched" in two
