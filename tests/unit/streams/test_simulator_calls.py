@@ -137,6 +137,7 @@ def test_a_call_that_waits_for_the_simulator_process_is_billed_its_run_only(runt
     it took to come back (billed its wait, it would be billed all of that)."""
     runner = JobRunner(runtime, {})
     heavy, light = job(runtime.registry, 7, sets=128, shots=20000), job(runtime.registry, 8, 1, 100)
+    runtime.simulator.wait_started()  # not a process being replaced after the kill test
 
     async def light_behind_heavy():
         heavy_call = asyncio.ensure_future(runner.call_backend(heavy, heavy.prepared))
