@@ -524,6 +524,12 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
         targets[key] = {"target": f"{op} {threshold:g}", "value": value,
                         "met": met if broker in brokers else None,
                         **({} if broker in brokers else {"note": "reported, not a target"})}
+    bound = out.get("two_workers_bound")
+    if bound and "two_vs_one_workers" in targets:
+        # Beside the figure: what the cores allowed in this run (the ratio = ceiling x share).
+        targets["two_vs_one_workers"]["ceiling_in_this_run"] = bound["ceiling"]
+        targets["two_vs_one_workers"]["ceiling_at_one_worker_cpu"] = bound[
+            "ceiling_at_one_worker_cpu"]
     out["targets"] = targets
     return out
 

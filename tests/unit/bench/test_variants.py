@@ -64,6 +64,7 @@ def test_the_broker_summary_carries_the_bound_of_its_run() -> None:
     # _section: 0.26 s of CPU for 10 jobs -> 26 ms per job with either worker count.
     assert round(bound["one_worker_cores"], 6) == round(20.0 * 0.026, 6)
     assert round(bound["ceiling"] * bound["utilization"], 9) == round(out["two_vs_one_workers"], 9)
+    assert out["targets"]["two_vs_one_workers"]["ceiling_in_this_run"] == bound["ceiling"]
 
 
 def test_a_variants_two_workers_are_compared_with_its_one_worker() -> None:
