@@ -617,7 +617,11 @@ async def _backlog(settings, n, workdir, processes, broker, alive, timeout_s, st
                                   "worker_rss_mb": rss_mb(worker.pid),
                                   "worker_tree_rss_mb": rss_mb(worker.pid) + sum(
                                       rss_mb(c) for c in descendants(worker.pid)),
-                                  "worker_cpu_s": tree_cpu_seconds(worker.pid)})
+                                  "worker_cpu_s": tree_cpu_seconds(worker.pid),
+                                  # whose CPU a change of rate goes with: the broker's
+                                  # (Tansu keeps every record in memory) or the client's
+                                  "broker_cpu_s": broker.cpu_seconds(),
+                                  "client_cpu_s": time.process_time()})
                     if marks_path is not None:
                         with open(marks_path, "a") as marks_file:
                             marks_file.write(json.dumps({"broker": broker.kind,
