@@ -63,6 +63,8 @@ def render(results: dict) -> str:
         row("**pipeline_vs_batched** (target ≥ 0.8)", lambda f: f["pipeline_vs_batched"])
         row("pipeline_vs_batched by CPU per job", lambda f: f["pipeline_vs_batched_cpu"])
         row("**two_vs_one_workers** (target ≥ 1.7)", lambda f: f["two_vs_one_workers"])
+        row("two_vs_one, each section against the batched loops around it",
+            lambda f: f["two_vs_one_workers_bracketed"])
         row("cores kept busy, all processes: 1 worker / 2 workers",
             lambda f: f"{f['two_workers_bound']['one_worker_cores']:.2f} / "
                       f"{f['two_workers_bound']['two_workers_cores']:.2f}")
@@ -89,6 +91,8 @@ def render(results: dict) -> str:
             row(f"2 workers, {label}: jobs/s; **÷ 1 worker, {label}**",
                 lambda f, k=sim: f"{f[k]['two_workers']['jobs_per_s']:.1f}; "
                                  f"{f[k]['two_workers']['two_vs_one_workers']:.2f}")
+            row(f"2 workers ÷ 1 worker, {label}, each against the batched loops around it",
+                lambda f, k=sim: f[k]["two_workers"]["two_vs_one_workers_bracketed"])
             row(f"2 workers, {label}: CPU ms/job all processes; ceiling (at 1 worker's)",
                 lambda f, k=sim: f"{f[k]['two_workers']['cpu_ms_per_job']['total']:.1f}; "
                                  f"{f[k]['two_workers']['two_workers_bound']['ceiling']:.2f} "

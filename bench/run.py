@@ -32,6 +32,9 @@ and the others still run; results are written after every section):
   pipeline2sim, pipeline2thread  pipeline2 with the setting of pipeline1sim / pipeline1thread
             (added by default with the same rule), summarised under that variant's key as
             "two_workers": each setting's own two_vs_one beside its pipeline_vs_batched
+  batched_after_two  the batched loop again, after B's two-worker sections: each two-worker
+            section is then measured against the loops around it too, and two_vs_one
+            against the loops around both sections (two_vs_one_workers_bracketed)
   backlog   only with --backlog N: N Bell jobs at once to 1 worker (drain rate, worker RSS)
   accuracy  bench.mitigation_bench.measure_accuracy (ZNE and readout mitigation accuracy)
 Then: correctness (every pipeline job succeeded; the pipeline's counts and estimates equal
@@ -92,6 +95,8 @@ TWO_WORKER_VARIANTS = {f"pipeline2{v.removeprefix('pipeline1')}": v for v in ONE
 TWO_WORKER_SECTIONS = ("pipeline2", *TWO_WORKER_VARIANTS)
 BROKER_SECTIONS = (*ONE_WORKER_SECTIONS, *TWO_WORKER_SECTIONS, "backlog")
 BATCHED_AFTER = "batched_after"  # per broker: the batched loop again after its 1-worker sections
+BATCHED_AFTER_TWO = "batched_after_two"  # ... and after its 2-worker sections
+BATCHED_LOOPS = ("batched", BATCHED_AFTER, BATCHED_AFTER_TWO)
 ALL_SECTIONS = ("codec", "naive", "serial", "batched", *BROKER_SECTIONS, "accuracy")
 QUICK_SECTIONS = ("codec", "naive", "serial", "batched", *ONE_WORKER_SECTIONS,
                   *TWO_WORKER_SECTIONS)
@@ -366,7 +371,7 @@ def bracketing_batched(name: str, results: dict, sections: dict) -> list[float]:
     if name not in order:
         return []
     position = order.index(name)
-    loops = [k for k in order if k == "batched" or k.endswith(f".{BATCHED_AFTER}")]
+    loops = [k for k in order if k.rsplit(".", 1)[-1] in BATCHED_LOOPS]
     before = [k for k in loops if order.index(k) < position]
     after = [k for k in loops if order.index(k) > position]
     picked = before[-1:] + after[:1]
@@ -379,6 +384,22 @@ def bracketed(rate: float, name: str, results: dict, sections: dict) -> dict:
         return {}
     return {"batched_before_after_jobs_per_s": loops,
             "pipeline_vs_batched_bracketed": rate / (sum(loops) / len(loops))}
+
+
+def two_vs_one_bracketed(p1: float, one: str, p2: float, two: str, results: dict,
+                         sections: dict) -> dict:
+    """two_vs_one with each section measured against the batched loops around it: the host's
+    speed drifts within minutes (a batched loop went from 44 to 35 jobs/s in ten), and one and
+    two workers run minutes apart."""
+    around_one = bracketed(p1, one, results, sections)
+    around_two = bracketed(p2, two, results, sections)
+    if not around_one or not around_two:
+        return {}
+    return {"two_vs_one_workers_bracketed": around_two["pipeline_vs_batched_bracketed"]
+            / around_one["pipeline_vs_batched_bracketed"],
+            "two_workers_batched_before_after_jobs_per_s":
+                around_two["batched_before_after_jobs_per_s"],
+            "two_workers_vs_batched_bracketed": around_two["pipeline_vs_batched_bracketed"]}
 
 
 def one_worker_variant(broker: str, variant: str, setting: dict, results: dict,
@@ -417,6 +438,8 @@ def two_workers_variant(broker: str, variant: str, rate: float, entry: dict, two
     out = {"jobs_per_s": two["jobs_per_s"], "cpu_ms_per_job": pipeline_cpu(two),
            "foreign_cpu_cores": foreign, "two_vs_one_workers": two["jobs_per_s"] / rate,
            "jobs": two.get("jobs"), "succeeded": two.get("succeeded")}
+    out.update(two_vs_one_bracketed(rate, f"{broker}.{variant}", two["jobs_per_s"],
+                                    f"{broker}.{name}", results, sections))
     cpu1, cpu2 = entry["cpu_ms_per_job"].get("total"), out["cpu_ms_per_job"].get("total")
     cores = results.get("machine", {}).get("nproc") or os.cpu_count()
     if cpu1 and cpu2 and cores:
@@ -478,6 +501,8 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
         out["pipeline_vs_naive"] = p1 / sections["naive"]["jobs_per_s"]
     if p1 and p2:
         out["two_vs_one_workers"] = p2 / p1
+        out.update(two_vs_one_bracketed(p1, f"{broker}.pipeline1", p2, f"{broker}.pipeline2",
+                                        results, sections))
         cpu1 = out["cpu_ms_per_job"]["pipeline_1"].get("total")
         cpu2 = out["cpu_ms_per_job"]["pipeline_2"].get("total")
         cores = results.get("machine", {}).get("nproc") or os.cpu_count()
@@ -530,6 +555,8 @@ def summarize_broker(broker: str, results: dict, sections: dict) -> dict:
         targets["two_vs_one_workers"]["ceiling_in_this_run"] = bound["ceiling"]
         targets["two_vs_one_workers"]["ceiling_at_one_worker_cpu"] = bound[
             "ceiling_at_one_worker_cpu"]
+    if "two_vs_one_workers_bracketed" in out and "two_vs_one_workers" in targets:
+        targets["two_vs_one_workers"]["bracketed"] = out["two_vs_one_workers_bracketed"]
     out["targets"] = targets
     return out
 
@@ -717,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     # Per broker, pipeline1 and pipeline2; then the backlogs; the accuracy section last.
     order = [n for n in ("codec", "naive", "serial", "batched") if n in wanted]
     planned = [(b, n) for b in brokers
-               for n in (*ONE_WORKER_SECTIONS, BATCHED_AFTER, *TWO_WORKER_SECTIONS)]
+               for n in (*ONE_WORKER_SECTIONS, BATCHED_AFTER, *TWO_WORKER_SECTIONS,
+                         BATCHED_AFTER_TWO)]
     planned += [(b, "backlog") for b in brokers]
     for broker, name in planned:
         if name == BATCHED_AFTER:
@@ -725,11 +753,14 @@ def main(argv: list[str] | None = None) -> int:
             # right after the one-worker sections brackets them with the one before.
             if "batched" not in wanted or not set(ONE_WORKER_SECTIONS) & set(wanted):
                 continue
+        elif name == BATCHED_AFTER_TWO:
+            if "batched" not in wanted or not set(TWO_WORKER_SECTIONS) & set(wanted):
+                continue
         elif name not in wanted:
             continue
         key = f"{broker}.{name}"
         order.append(key)
-        if name == BATCHED_AFTER:
+        if name in (BATCHED_AFTER, BATCHED_AFTER_TWO):
             runners[key] = lambda: section_inprocess("batched", args, scratch)
         elif name == "backlog":
             runners[key] = lambda b=broker: section_backlog(b, args, scratch)
