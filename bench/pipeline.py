@@ -132,7 +132,8 @@ def rss_mb(pid: int) -> float:
 class BenchBroker:
     """The broker a measurement runs on: the embedded Tansu or a local Apache Kafka."""
 
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path,
+                 jvm_properties: dict[str, str] | None = None) -> None:
         self.kind = kind
         if kind == "tansu":
             self.handle = EmbeddedBroker(log_path=workdir / "broker.log")
@@ -140,7 +141,7 @@ class BenchBroker:
         elif kind == "kafka":
             from streams.kafka_local import KafkaCluster
 
-            self.handle = KafkaCluster(nodes_count=1)
+            self.handle = KafkaCluster(nodes_count=1, jvm_properties=dict(jvm_properties or {}))
             self.profile = "kafka"
         else:
             raise ValueError(f"unknown broker {kind!r}")
@@ -271,10 +272,16 @@ def bench_settings(broker: BenchBroker, partitions: int) -> Settings:
 def run_pipeline(jobs: list[dict], *, workers: int, workdir: Path, partitions: int = 4,
                  timeout_s: float = 600.0, latency_jobs: int = 0,
                  broker: str = "tansu", code_root: Path | None = None,
-                 worker_env: dict | None = None, profile_s: float = 0.0) -> dict:
-    """Measure one pipeline configuration; see the module docstring."""
+                 worker_env: dict | None = None, profile_s: float = 0.0,
+                 broker_probe=None) -> dict:
+    """Measure one pipeline configuration; see the module docstring.
+
+    `broker_probe` (optional): an object with `jvm_properties` (for the local Kafka),
+    `start()` called just before the measured jobs are sent and `finish(jobs) -> dict` just
+    after the last result, stored as the report's `broker_probe` (bench/broker_requests.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    bench_broker = BenchBroker(broker, workdir)
+    bench_broker = BenchBroker(broker, workdir,
+                               getattr(broker_probe, "jvm_properties", None))
     processes: list[subprocess.Popen] = []
     report: dict = {"broker": broker, "workers": workers, "partitions": partitions,
                     "workdir": str(workdir),
@@ -297,7 +304,7 @@ def run_pipeline(jobs: list[dict], *, workers: int, workdir: Path, partitions: i
 
         report.update(asyncio.run(_measure(settings, jobs, workers, workdir, processes,
                                            bench_broker, alive, timeout_s, latency_jobs,
-                                           started, profile_s)))
+                                           started, profile_s, broker_probe)))
         return report
     finally:
         report["unreaped_cpu_seconds"] = unreaped_cpu_seconds(processes)
@@ -400,7 +407,7 @@ async def measure_latency(client: Client, n: int, tag: str, processes, broker, a
 
 
 async def _measure(settings, jobs, workers, workdir, processes, broker, alive, timeout_s,
-                   latency_jobs, started, profile_s=0.0) -> dict:
+                   latency_jobs, started, profile_s=0.0, broker_probe=None) -> dict:
     out: dict = {}
     async with Client(settings) as client:
         await client.start_watching()
@@ -423,11 +430,15 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
         profiler = start_profiler(processes[0].pid, profile_s, workdir) if profile_s else None
         if profile_s and profiler is None:
             out["profile"] = {"error": "no py-spy: install it or set QLANE_PYSPY"}
+        if broker_probe is not None:
+            broker_probe.start()
         cpu_before = cpu_snapshot(processes, broker)
         outcomes, submitted, received, first = await submit_backlog(client, jobs, timeout_s,
                                                                     alive)
         done_at = max(received.values()) if received else time.monotonic()
         cpu_after = cpu_snapshot(processes, broker)
+        if broker_probe is not None:
+            out["broker_probe"] = broker_probe.finish(len(jobs))
         if profiler is not None:
             out["profile"] = finish_profiler(profiler, workdir)
         sizes_after = await topic_sizes(settings, topics)
