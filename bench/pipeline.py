@@ -111,6 +111,46 @@ def tree_cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(child) for child in descendants(pid))
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every live thread of a process and of its
+    live descendants. An involuntary one is a preemption: a runnable thread put off its core
+    for another, which is what more busy processes than cores cost besides waiting."""
+    voluntary = involuntary = 0
+    for process in (pid, *descendants(pid)):
+        try:
+            tasks = os.listdir(f"/proc/{process}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = Path(f"/proc/{process}/task/{task}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+def switches_snapshot(processes, broker: BenchBroker) -> dict[str, tuple[int, int]]:
+    workers = [context_switches(p.pid) for p in processes]
+    brokers = [context_switches(pid) for pid in broker.pids]
+    return {"workers": (sum(v for v, _ in workers), sum(i for _, i in workers)),
+            "broker": (sum(v for v, _ in brokers), sum(i for _, i in brokers))}
+
+
+def switches_per_job(after: dict, before: dict, jobs: int) -> dict[str, float]:
+    """Context switches per job between two snapshots (threads that ended between them are
+    not counted, so these are lower bounds)."""
+    out = {}
+    for who in after:
+        out[f"{who}_voluntary"] = (after[who][0] - before[who][0]) / max(jobs, 1)
+        out[f"{who}_involuntary"] = (after[who][1] - before[who][1]) / max(jobs, 1)
+    return out
+
+
 def unreaped_cpu_seconds(processes) -> float:
     """CPU seconds of the workers' live sandbox processes: they die with their worker but
     are not waited for by it, so this benchmark's rusage never counts them, and without this
@@ -432,11 +472,14 @@ async def _measure(settings, jobs, workers, workdir, processes, broker, alive, t
             out["profile"] = {"error": "no py-spy: install it or set QLANE_PYSPY"}
         if broker_probe is not None:
             broker_probe.start()
+        switches_before = switches_snapshot(processes, broker)
         cpu_before = cpu_snapshot(processes, broker)
         outcomes, submitted, received, first = await submit_backlog(client, jobs, timeout_s,
                                                                     alive)
         done_at = max(received.values()) if received else time.monotonic()
         cpu_after = cpu_snapshot(processes, broker)
+        out["context_switches_per_job"] = switches_per_job(
+            switches_snapshot(processes, broker), switches_before, len(jobs))
         if broker_probe is not None:
             out["broker_probe"] = broker_probe.finish(len(jobs))
         if profiler is not None:
