@@ -97,6 +97,8 @@ BROKER_SECTIONS = (*ONE_WORKER_SECTIONS, *TWO_WORKER_SECTIONS, "backlog")
 BATCHED_AFTER = "batched_after"  # per broker: the batched loop again after its 1-worker sections
 BATCHED_AFTER_TWO = "batched_after_two"  # ... and after its 2-worker sections
 BATCHED_LOOPS = ("batched", BATCHED_AFTER, BATCHED_AFTER_TWO)
+# Each loop after a broker's sections runs when the batched loop and any of them run.
+LOOP_AFTER = {BATCHED_AFTER: ONE_WORKER_SECTIONS, BATCHED_AFTER_TWO: TWO_WORKER_SECTIONS}
 ALL_SECTIONS = ("codec", "naive", "serial", "batched", *BROKER_SECTIONS, "accuracy")
 QUICK_SECTIONS = ("codec", "naive", "serial", "batched", *ONE_WORKER_SECTIONS,
                   *TWO_WORKER_SECTIONS)
@@ -748,19 +750,17 @@ def main(argv: list[str] | None = None) -> int:
                          BATCHED_AFTER_TWO)]
     planned += [(b, "backlog") for b in brokers]
     for broker, name in planned:
-        if name == BATCHED_AFTER:
+        if name in LOOP_AFTER:
             # The host's speed drifts between sections (docs/performance.md): a batched loop
-            # right after the one-worker sections brackets them with the one before.
-            if "batched" not in wanted or not set(ONE_WORKER_SECTIONS) & set(wanted):
-                continue
-        elif name == BATCHED_AFTER_TWO:
-            if "batched" not in wanted or not set(TWO_WORKER_SECTIONS) & set(wanted):
+            # right after a broker's one- or two-worker sections brackets them with the one
+            # before.
+            if "batched" not in wanted or not set(LOOP_AFTER[name]) & set(wanted):
                 continue
         elif name not in wanted:
             continue
         key = f"{broker}.{name}"
         order.append(key)
-        if name in (BATCHED_AFTER, BATCHED_AFTER_TWO):
+        if name in LOOP_AFTER:
             runners[key] = lambda: section_inprocess("batched", args, scratch)
         elif name == "backlog":
             runners[key] = lambda b=broker: section_backlog(b, args, scratch)
