@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         0.5, gt=0, description="seconds between commits; on exactly_once, a stage's output "
         "is visible to read_committed readers (the next stage included) only once committed",
     )
+    transaction_linger_s: float | None = Field(
+        None, ge=0, le=60, description="on exactly_once, how long a transaction's producer "
+        "keeps a partition's records for more before it sends them (Kafka's linger.ms); "
+        "a commit sends them at once, and read_committed readers see nothing before it. "
+        "None = commit_interval_s: a transaction's records go out in a few requests at its "
+        "commit instead of one or two per record",
+    )
     idle_commit_s: float = Field(
         0.001, ge=0, description="on exactly_once, a record's transaction is committed this "
         "long after it when no record of its partitions follows, instead of at the next "
@@ -301,6 +308,12 @@ class Settings(BaseSettings):
         if self.processing_guarantee is not None:
             return self.processing_guarantee
         return "exactly_once" if self.profile == "kafka" else "at_least_once"
+
+    @property
+    def effective_transaction_linger_s(self) -> float:
+        if self.transaction_linger_s is not None:
+            return self.transaction_linger_s
+        return self.commit_interval_s
 
     @property
     def effective_fetch_max_wait_ms(self) -> int:

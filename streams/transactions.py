@@ -206,7 +206,17 @@ class Producer(faust_aiokafka.Producer):
         timeout_ms = getattr(self.app, "qlane_transaction_timeout_ms", None)
         if transactional_id and timeout_ms and producer._txn_manager is not None:
             producer._txn_manager.transaction_timeout_ms = int(timeout_ms)
+        linger_s = getattr(self.app, "qlane_transaction_linger_s", None)
+        if transactional_id and linger_s is not None:
+            producer._message_accumulator._linger_time = linger_s
         return producer
+
+    async def flush(self) -> None:
+        """Everything sent so far on the broker; a transaction's lingering batches go now."""
+        await self.buffer.flush()
+        if self._producer is not None:
+            await self._producer.flush()
+        await self.flush_transactions(list(self._transaction_producers))
 
     async def _drop(self, transactional_id: str) -> None:
         producer = self._transaction_producers.pop(transactional_id, None)
@@ -267,7 +277,8 @@ class Producer(faust_aiokafka.Producer):
         for transactional_id in transactional_ids:
             producer = self._transaction_producers.get(transactional_id)
             if producer is not None:
-                await producer.flush()
+                # A plain flush would wait out the linger; this closes the open batches.
+                await producer._message_accumulator.flush_for_commit()
 
     async def commit_transactions(
         self, tid_to_offset_map: Mapping, group_id: str, start_new_transaction: bool = True
