@@ -402,6 +402,98 @@ def test_the_app_runs_the_guarantee_of_its_settings():
     assert embedded.conf.processing_guarantee.value == "at_least_once"
 
 
+# --- 6. a transaction's records go out at its commit ---------------------------------------
+
+class OneLeader:
+    """Cluster metadata in which broker 0 leads every partition."""
+
+    def leader_for_partition(self, tp):
+        return 0
+
+
+async def lingering_accumulator(linger_ms: int):
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+
+    accumulator = MessageAccumulator(OneLeader(), 16384, 0, 30, linger_ms=linger_ms)
+    await accumulator.add_message(JOBS, b"k", b"v", timeout=1)
+    return accumulator
+
+
+def drained(accumulator) -> int:
+    nodes, _ = accumulator.drain_by_nodes(ignore_nodes=set())
+    return sum(len(batches) for batches in nodes.values())
+
+
+def test_aiokafka_keeps_a_batch_for_its_linger_and_flush_waits_it_out():
+    async def scenario():
+        accumulator = await lingering_accumulator(60_000)
+        assert drained(accumulator) == 0
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(accumulator.flush(), 0.05)
+        assert drained(accumulator) == 0  # still lingering after the plain flush
+
+    asyncio.run(scenario())
+
+
+def test_aiokafka_flush_for_commit_sends_a_lingering_batch_at_once():
+    async def scenario():
+        accumulator = await lingering_accumulator(60_000)
+        flushing = asyncio.ensure_future(accumulator.flush_for_commit())
+        await asyncio.sleep(0)
+        assert drained(accumulator) == 1
+        flushing.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_only_the_transactional_producers_linger_for_the_commit_interval():
+    async def scenario():
+        app, _ = create_app(Settings(app_id="txn-linger", broker="kafka-1:9092",
+                                     commit_interval_s=0.25))
+        transactional = app.producer._new_producer(transactional_id="txn-linger-1-0")
+        plain = app.producer._new_producer()
+        return (transactional._message_accumulator._linger_time,
+                plain._message_accumulator._linger_time)
+
+    assert asyncio.run(scenario()) == (0.25, 0)
+
+
+def test_the_transaction_linger_can_be_set_apart_from_the_commit_interval():
+    assert Settings(transaction_linger_s=0).effective_transaction_linger_s == 0
+    assert Settings(commit_interval_s=2).effective_transaction_linger_s == 2
+
+
+class LingeringTransactionProducer:
+    def __init__(self, calls, name):
+        self.calls, self.name = calls, name
+        self._message_accumulator = SimpleNamespace(flush_for_commit=self._flush_for_commit)
+
+    async def _flush_for_commit(self):
+        self.calls.append(("flush_for_commit", self.name))
+
+    async def flush(self):
+        raise AssertionError("a plain flush waits out the linger")
+
+
+def test_a_flush_sends_the_lingering_records_of_every_transaction_at_once():
+    calls: list = []
+    producer = Producer.__new__(Producer)
+    producer.buffer = SimpleNamespace(flush=lambda: record(calls, "buffer"))
+    producer._producer = SimpleNamespace(flush=lambda: record(calls, "plain"))
+    producer._transaction_producers = {
+        tid: LingeringTransactionProducer(calls, tid) for tid in ("t-0", "t-1")}
+    asyncio.run(producer.flush())
+    assert calls == ["buffer", "plain", ("flush_for_commit", "t-0"),
+                     ("flush_for_commit", "t-1")]
+    calls.clear()
+    asyncio.run(producer.flush_transactions(["t-1"]))
+    assert calls == [("flush_for_commit", "t-1")]
+
+
+async def record(calls, what):
+    calls.append(what)
+
+
 # --- recovery after broker restarts -------------------------------------------------------
 
 CHANGELOG = TopicPartition("qlane-workflows-changelog", 0)
