@@ -224,4 +224,6 @@ def test_any_text_is_counted_or_refused_typed_and_fast(text: str) -> None:
         check_program(text, "qasm3" if "OPENQASM 3" in text else "qasm2", Limits())
     except (CircuitTooLarge, ResourceLimitExceeded, ForbiddenInclude):
         pass
-    assert time.perf_counter() - started < 0.5
+    # A generous bound: this guards against inputs that blow the count up (exponential
+    # expansion), not against a busy CI host (0.51 s was seen once beside two brokers).
+    assert time.perf_counter() - started < 2.0
