@@ -39,11 +39,11 @@ commits the consumed offsets inside that producer's transaction. Read in its cod
 6. **A record's outputs go out one request at a time.** aiokafka sends what a producer
    holds as soon as its sender runs (linger 0), and a handled record yields to the event
    loop several times: on Kafka the batch path sent about 2.7 produce requests per job
-   for its five records. Nothing in a transaction is visible to
-   read_committed readers before its commit, so sending earlier gains nothing: the
-   transactional producers keep records for `transaction_linger_s` (default: the commit
-   interval), and a commit or a flush closes their open batches and sends them at once
-   (aiokafka's `flush` would wait the linger out; its commit does not).
+   for its five records. Nothing in a transaction is visible to read_committed readers
+   before its commit, so sending earlier gains nothing: the transactional producers keep
+   records for `transaction_linger_s` (default: the commit interval), and a commit or a
+   flush closes their open batches and sends them at once (aiokafka's `flush` would wait
+   the linger out; its commit does not).
 
 The assignor issue (#440: no tables and no standby replicas gave aiokafka's round-robin
 assignor, whose groups Faust cannot look up) is fixed in 0.15.3 for apps with a changelog
