@@ -25,6 +25,8 @@ REJECTED_BEFORE_ADMISSION = frozenset(
 )
 # A duplicate's earlier result is looked up by reading the results topic once, from the start.
 DUPLICATE_LOOKUP_TIMEOUT_S = 30.0
+# How long a wait reads the status partitions up to their last stable offsets at its end.
+STATUS_CATCH_UP_S = 2.0
 
 
 def new_workflow_id(prefix: str = "wf") -> str:
@@ -176,6 +178,9 @@ class Client:
                                       key=lambda item: item[0].topic not in self.status_topics):
                 for record in records:
                     self._apply(outcomes, record, on_event)
+        if (self.settings.isolation_level == "read_committed"
+                and any(o.finished for o in outcomes.values())):
+            await self._catch_up_statuses(outcomes, on_event)
         duplicates = [o for o in outcomes.values() if o.state == "duplicate" and o.result is None]
         if duplicates:
             found = await self.find_results({o.workflow_id for o in duplicates},
@@ -185,6 +190,33 @@ class Client:
                 if outcome.result is not None:
                     outcome.state = "done"
         return outcomes
+
+    async def _catch_up_statuses(self, outcomes: dict[str, Outcome], on_event) -> None:
+        """Read the status partitions up to their last stable offsets, into the histories.
+
+        A job's statuses and its result committed in one transaction become visible to a
+        read_committed reader together, but partition by partition: a fetch can hand out the
+        result before the statuses in another partition (Kafka orders visibility within a
+        partition only). Statuses of a finished job found here are added to its history, an
+        unfinished job's are applied as in the wait. A commit marker at a partition's end does
+        not hold the loop up: the consumer's fetch steps its position over control batches."""
+        partitions = [tp for tp in self.watcher.assignment() if tp.topic in self.status_topics]
+        if not partitions:
+            return
+        ends = await self.watcher.end_offsets(partitions)
+        deadline = time.monotonic() + STATUS_CATCH_UP_S
+        while time.monotonic() < deadline:
+            behind = [tp for tp in partitions if await self.watcher.position(tp) < ends[tp]]
+            if not behind:
+                return
+            batch = await self.watcher.getmany(*behind, timeout_ms=100)
+            for _tp, records in batch.items():
+                for record in records:
+                    outcome = outcomes.get((record.key or b"").decode(errors="replace"))
+                    if outcome is not None and outcome.finished:
+                        outcome.history.append(codec("JobStatus").decode(record.value)["state"])
+                    else:
+                        self._apply(outcomes, record, on_event)
 
     def _apply(self, outcomes, record, on_event) -> None:
         key = (record.key or b"").decode(errors="replace")

@@ -50,3 +50,57 @@ def test_statuses_fetched_with_the_result_are_in_the_history(monkeypatch):
     outcome = asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
     assert outcome.state == "done" and outcome.result is decoded
     assert outcome.history == ["accepted", "prepared", "executing", "done"]
+
+
+class CommittedWatcher:
+    """A read_committed watcher whose status partition becomes visible a fetch after the
+    result's partition (the statuses and the result were committed in one transaction)."""
+
+    def __init__(self, result, statuses) -> None:
+        self.status_tp = TopicPartition("t.qlane.status", 0)
+        self.results_tp = TopicPartition("t.qlane.results", 0)
+        self.fetches = [{self.results_tp: [result]}, {self.status_tp: statuses}]
+        self.positions = {self.status_tp: 0, self.results_tp: 0}
+        self.end = len(statuses)
+
+    def assignment(self):
+        return {self.status_tp, self.results_tp}
+
+    async def end_offsets(self, partitions):
+        return {tp: self.end if tp == self.status_tp else 1 for tp in partitions}
+
+    async def position(self, tp):
+        return self.positions[tp]
+
+    async def getmany(self, *partitions, timeout_ms: int = 0):
+        if not self.fetches:
+            return {}
+        batch = self.fetches[0]
+        if partitions and not set(batch) <= set(partitions):
+            return {}
+        self.fetches.pop(0)
+        for tp, records in batch.items():
+            self.positions[tp] += len(records)
+        return batch
+
+
+def test_statuses_visible_a_fetch_after_the_result_are_in_the_history(monkeypatch):
+    client = Client(Settings(topic_prefix="t.qlane", broker="kafka-1:9092"))
+    assert client.settings.isolation_level == "read_committed"
+    result = SimpleNamespace(topic="t.qlane.results", key=b"wf", value=b"r", headers=())
+    statuses = [SimpleNamespace(topic="t.qlane.status", key=b"wf", value=status("wf", state),
+                                headers=())
+                for state in ("accepted", "prepared", "executing", "done")]
+    client.watcher = CommittedWatcher(result, statuses)
+    decoded = {"workflow_id": "wf"}
+    real_codec = codec
+
+    def fake_codec(name):
+        if name == "JobResult":
+            return SimpleNamespace(decode=lambda value: decoded)
+        return real_codec(name)
+
+    monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
+    outcome = asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
+    assert outcome.state == "done" and outcome.result is decoded
+    assert outcome.history == ["accepted", "prepared", "executing", "done"]
