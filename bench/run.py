@@ -240,6 +240,8 @@ def code_info(code_root: Path) -> dict:
         info["table_store"] = getattr(s, "table_store", None)
         info["simulator_process"] = getattr(s, "simulator_process", None)
         info["simulator_process_setting"] = os.environ.get("QLANE_SIMULATOR_PROCESS", "auto")
+        # With `auto` each worker re-decides by the workers sharing the host's cores.
+        info["simulator_process_auto"] = getattr(s, "simulator_process_auto", None)
         from workers.cores import usable_cores
 
         info["usable_cores"] = usable_cores()

@@ -73,6 +73,8 @@ class Runtime:
     controls: object = None  # the `controls` GlobalTable, set by streams.control
     sandbox: object = None  # workers.circuits.sandbox.SandboxPool, started with the worker
     simulator: object = None  # its SIMULATE pool when settings.simulator_process
+    host_workers: object = None  # workers.host_workers.HostWorkers, with simulator_process=auto
+    simulator_wanted: bool | None = None  # the last decision of simulator_process_wanted
     attempts: object = None  # streams.poison.AttemptLedger, set by the stages
     lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
     gates: dict = field(default_factory=dict)  # stage -> streams.lanes.LaneGate

@@ -124,7 +124,15 @@ class Settings(BaseSettings):
         "and a call past execute_timeout_s kills the process, not a thread left running. "
         "`auto` (the default): on when the worker may use at least "
         f"{SIMULATOR_PROCESS_MIN_CORES} cores (its CPU affinity and cgroup quota, "
-        "workers.cores), off on one core, where the process would only add its memory")
+        "workers.cores) for itself: off on one core, where the process would only add its "
+        "memory, and, while it runs, for every execute batch while other workers on the "
+        "host share its cores so that it has fewer than that (workers.host_workers)")
+    simulator_process_auto: bool = Field(
+        False, exclude=True, description="set from simulator_process: whether it was `auto`, "
+        "which a worker re-decides while it runs, by the cores per worker on its host")
+    host_workers_dir: str | None = Field(
+        None, description="where the workers of a host register, to count the workers that "
+        "share its cores (simulator_process=auto); None = /dev/shm/qlane-workers-<uid>")
     simulator_processes: int = Field(
         1, ge=1, le=64, description="simulator processes per worker (with simulator_process): "
         "a batch is split into as many calls of about equal work, run at once")
@@ -281,6 +289,15 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize_broker(cls, value: str) -> str:
         return normalize_bootstrap(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_simulator_process_auto(cls, data: object) -> object:
+        if isinstance(data, dict):
+            value = data.get("simulator_process", "auto")
+            data["simulator_process_auto"] = (isinstance(value, str)
+                                              and value.strip().lower() == "auto")
+        return data
 
     @field_validator("simulator_process", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from streams.agents.execution import (
     JobRunner,
     batch_outcomes,
     decode_job,
+    simulator_process_wanted,
     start_simulator,
 )
 from streams.agents.overlap import StageActivity, run_overlapped
@@ -151,7 +152,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
             # In the worker's own threads Aer holds the interpreter lock while it runs, so a
             # call there does not overlap the handling: it only competes with it
             # (bench/ab/execute-overlap-in-process.json: 0.91-0.94 of the jobs/s).
-            overlap=settings.simulator_process,
+            overlap=functools.partial(simulator_process_wanted, runtime),
         )
 
     activity = StageActivity()

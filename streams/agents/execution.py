@@ -9,11 +9,13 @@ fallback policy decides between a fallback target and a dead letter (StageFailur
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import functools
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -24,6 +26,7 @@ from streams import accounting, metrics
 from streams.agents.common import StageFailure, in_thread, in_thread_timed
 from streams.deadletter import SourceRecord, is_retryable
 from streams.runtime import Runtime, now_ms
+from streams.settings import SIMULATOR_PROCESS_MIN_CORES
 from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
 from workers.cores import usable_cores
 from workers.errors import (
@@ -44,6 +47,7 @@ from workers.execution.simulator import (
     shares,
     simulated_here,
 )
+from workers.host_workers import HostWorkers
 from workers.jobs import JobSpec
 from workers.seeds import job_seed
 
@@ -146,14 +150,46 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
     return Answered(outcomes, seconds)  # type: ignore[arg-type]
 
 
+def join_host(runtime: Runtime) -> None:
+    """Register this worker among the host's workers, when `simulator_process` is `auto`
+    (workers.host_workers); it leaves at exit, and a killed worker's entry is dropped by the
+    others."""
+    if runtime.host_workers is not None or not runtime.settings.simulator_process_auto:
+        return
+    directory = runtime.settings.host_workers_dir
+    runtime.host_workers = HostWorkers(Path(directory) if directory else None).join()
+    atexit.register(runtime.host_workers.leave)
+
+
+def simulator_process_wanted(runtime: Runtime) -> bool:
+    """Whether Aer calls go to the simulator process now: as set, or with `auto`, while this
+    worker has at least SIMULATOR_PROCESS_MIN_CORES of the host's cores for itself (the
+    cores it may use, divided among the workers registered on the host that share them)."""
+    settings = runtime.settings
+    if not settings.simulator_process:
+        return False
+    if not settings.simulator_process_auto:
+        return True
+    join_host(runtime)
+    sharing = runtime.host_workers.sharing()
+    wanted = usable_cores() / sharing >= SIMULATOR_PROCESS_MIN_CORES
+    if wanted != runtime.simulator_wanted:
+        runtime.simulator_wanted = wanted
+        log.info("simulator: %s (%d worker(s) on this host share its %.3g usable cores)",
+                 "in a process of its own" if wanted else "in the worker's threads",
+                 sharing, usable_cores())
+    return wanted
+
+
 def start_simulator(runtime: Runtime) -> None:
     """The simulator process pool, when the settings ask for it and it is not running."""
     settings = runtime.settings
     if runtime.simulator is not None:
         return
-    if not settings.simulator_process:
-        log.info("simulator: in the worker's threads (QLANE_SIMULATOR_PROCESS off; %.3g "
-                 "usable cores)", usable_cores())
+    if not simulator_process_wanted(runtime):
+        if not settings.simulator_process:  # else `auto` said why, and starts it when wanted
+            log.info("simulator: in the worker's threads (QLANE_SIMULATOR_PROCESS off; %.3g "
+                     "usable cores)", usable_cores())
         return
     bounds = SandboxBounds(wall_s=settings.execute_timeout_s,
                            cpu_s=math.ceil(settings.execute_timeout_s),
@@ -167,7 +203,7 @@ def start_simulator(runtime: Runtime) -> None:
 
 def in_simulator_process(runtime: Runtime, backends) -> bool:
     """Whether calls on `backends` go to the simulator process (started on first use)."""
-    if not runtime.settings.simulator_process:
+    if not simulator_process_wanted(runtime):
         return False
     start_simulator(runtime)
     return simulated_here(runtime.registry, backends)

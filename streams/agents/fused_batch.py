@@ -48,7 +48,7 @@ from faust import streams as faust_streams
 from streams import accounting, transactions
 from streams.agents import execution
 from streams.agents.common import first_time, in_thread, new_guard, process_guarded
-from streams.agents.execution import Job, JobRunner, batch_outcomes
+from streams.agents.execution import Job, JobRunner, batch_outcomes, simulator_process_wanted
 from streams.agents.fused import RanInBatch
 from streams.agents.mitigate import HeldResults, Mitigated, held_results
 from streams.agents.overlap import StageActivity, run_overlapped
@@ -154,7 +154,7 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         begin=activity.begins(begin), complete=complete,
         turn=functools.partial(gate.turn, lane),
         # In the worker's own threads Aer holds the interpreter lock: nothing to overlap.
-        overlap=settings.simulator_process,
+        overlap=functools.partial(simulator_process_wanted, runtime),
     )
 
 

@@ -34,7 +34,7 @@ async def run_overlapped(
     before_next: Callable[[OpenBatch], Awaitable[None]] | None = None,
     complete: Callable[[OpenBatch], Awaitable[None]],
     turn: Callable[[], AbstractAsyncContextManager],
-    overlap: bool = True,
+    overlap: bool | Callable[[], bool] = True,
 ) -> None:
     """Take batches from `batches` until it ends.
 
@@ -44,7 +44,7 @@ async def run_overlapped(
     handles a batch's records in order and acknowledges them. Every step runs inside `turn()`
     (the stage's lane gate). A batch with no call is completed at once, and so is every
     batch when `overlap` is false (then each batch is begun, waited for and handled before
-    the next is taken)."""
+    the next is taken); a callable `overlap` is asked once per batch, after its begin."""
     open_batch: OpenBatch | None = None  # begun, its call may still run, not completed
     taking: asyncio.Future | None = None
     try:
@@ -72,7 +72,7 @@ async def run_overlapped(
                 if open_batch is not None:
                     await complete(open_batch)
                     open_batch = None
-                if batch.call is None or not overlap:
+                if batch.call is None or not (overlap() if callable(overlap) else overlap):
                     await complete(batch)
                 else:
                     for event in batch.events:

@@ -187,6 +187,29 @@ def test_without_overlap_each_batch_is_handled_before_the_next_is_begun():
     assert all(event.message.acked for batch in batches for event in batch)
 
 
+def test_a_callable_overlap_is_asked_per_batch_after_its_begin():
+    batches = [[Event()] for _ in range(4)]
+    stage = Stage()
+    answers = iter([False, True, False, True])
+
+    def overlap() -> bool:
+        stage.log.append(("asked", len(steps(stage, "begin")) - 1))
+        return next(answers)
+
+    asyncio.run(run_overlapped(take_events(batches), begin=stage.begin,
+                               before_next=stage.before_next, complete=stage.complete,
+                               turn=stage.turn, overlap=overlap))
+    order = [entry[:2] for entry in stage.log]
+    assert [entry[1] for entry in steps(stage, "asked")] == [0, 1, 2, 3]
+    # batch 0 (no) is handled before batch 1 begins; batch 1 (yes) stays open past the
+    # begin of batch 2, which (no) is handled at once, right after batch 1
+    assert order.index(("complete", 0)) < order.index(("begin", 1))
+    assert order.index(("begin", 2)) < order.index(("complete", 1))
+    assert order.index(("complete", 1)) < order.index(("complete", 2)) < order.index(("begin", 3))
+    assert [entry[1] for entry in steps(stage, "complete")] == [0, 1, 2, 3]
+    assert all(event.message.acked for batch in batches for event in batch)
+
+
 def test_a_stage_is_busy_while_it_begins_a_batch_and_while_its_call_runs():
     from streams.agents.overlap import StageActivity
 

@@ -77,8 +77,10 @@ def test_the_simulator_process_is_on_by_default_from_two_usable_cores(
     monkeypatch.delenv("QLANE_SIMULATOR_PROCESS", raising=False)
     monkeypatch.setattr(settings_module, "usable_cores", lambda: cores)
     assert Settings().simulator_process is expected
+    assert Settings().simulator_process_auto  # re-decided while the worker runs
     monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", "Auto")
     assert Settings().simulator_process is expected
+    assert Settings().simulator_process_auto
 
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("1", True)])
@@ -89,6 +91,7 @@ def test_an_explicit_simulator_process_setting_is_kept_on_any_machine(
     monkeypatch.setattr(settings_module, "usable_cores", lambda: 1 if expected else 64)
     monkeypatch.setenv("QLANE_SIMULATOR_PROCESS", value)
     assert Settings().simulator_process is expected
+    assert not Settings().simulator_process_auto
 
 
 def test_a_simulator_process_setting_that_is_neither_auto_nor_a_boolean_is_refused(

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
 
-from streams.agents.execution import Job, JobRunner, simulate_batch, start_simulator
+from streams.agents.execution import (
+    Job,
+    JobRunner,
+    simulate_batch,
+    simulator_process_wanted,
+    start_simulator,
+)
 from streams.deadletter import SourceRecord
 from streams.settings import Settings
 from tests.unit.workers.conftest import ANSATZ3_QASM3
@@ -20,6 +29,7 @@ from workers.circuits.transpile import TranspileCache
 from workers.errors import SandboxCrashed, SandboxTimeout
 from workers.execution.breaker import BreakerBoard
 from workers.execution.preparation import execute, prepare
+from workers.host_workers import start_ticks
 from workers.jobs import JobSpec
 from workers.limits import Limits
 
@@ -178,3 +188,35 @@ def test_a_call_that_waits_for_an_executor_thread_is_billed_its_run_only() -> No
         busy.executor.shutdown()
     assert counts == execute(one.prepared, busy.registry, one.seed)
     assert wall_s >= 1.0 and 0 < seconds < wall_s - 0.9
+
+
+def test_auto_sends_aer_to_the_process_only_while_the_worker_has_two_cores_to_itself(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    settings = Settings(simulator_process="auto", host_workers_dir=str(tmp_path))
+    assert settings.simulator_process and settings.simulator_process_auto
+    runtime = SimpleNamespace(settings=settings, host_workers=None, simulator_wanted=None)
+    assert simulator_process_wanted(runtime)
+    assert (tmp_path / str(os.getpid())).exists()  # registered on the host
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(sibling.pid)).write_text(json.dumps(
+            {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+        runtime.host_workers._counted_at = None  # past the refresh interval
+        assert not simulator_process_wanted(runtime)  # one core each: in the threads
+    finally:
+        sibling.kill()
+        sibling.wait()
+    runtime.host_workers._counted_at = None
+    assert simulator_process_wanted(runtime)
+    runtime.host_workers.leave()
+
+
+def test_an_explicit_simulator_process_setting_ignores_the_other_workers(tmp_path) -> None:
+    for value in (True, False):
+        runtime = SimpleNamespace(
+            settings=Settings(simulator_process=value, host_workers_dir=str(tmp_path)),
+            host_workers=None, simulator_wanted=None)
+        assert simulator_process_wanted(runtime) is value
+        assert runtime.host_workers is None and not any(tmp_path.iterdir())
