@@ -76,7 +76,8 @@ class HostWorkers:
         self._clock = clock
         self._counted_at: float | None = None
         self._count = 1
-        self._failed = False
+        self._warned = False
+        self._unusable = False  # not joined: its entries are not read either
 
     @property
     def entry(self) -> Path:
@@ -85,11 +86,15 @@ class HostWorkers:
     def join(self) -> HostWorkers:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.directory.stat().st_uid != os.getuid():
+                # Another user's directory: its entries could make this worker count anything.
+                raise PermissionError(f"{self.directory} belongs to another user")
             temporary = self.directory / f".{self.pid}.tmp"
             temporary.write_text(json.dumps(
                 {"start": start_ticks(self.pid), "cpus": sorted(self.cpus)}))
             temporary.replace(self.entry)
         except OSError as error:
+            self._unusable = True
             self._fail(error)
         self._counted_at = None
         return self
@@ -102,6 +107,8 @@ class HostWorkers:
 
     def sharing(self) -> int:
         """How many registered workers (this one included) share a core with this one."""
+        if self._unusable:
+            return 1
         now = self._clock()
         if self._counted_at is not None and now - self._counted_at < REFRESH_S:
             return self._count
@@ -143,7 +150,7 @@ class HostWorkers:
         return cpus
 
     def _fail(self, error: OSError) -> None:
-        if not self._failed:
+        if not self._warned:
             log.warning("host workers: registry %s unusable (%s); this worker counts itself "
                         "alone on the host", self.directory, error)
-        self._failed = True
+        self._warned = True

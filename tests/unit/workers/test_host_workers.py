@@ -104,3 +104,13 @@ def test_an_unusable_directory_makes_the_worker_count_itself_alone(tmp_path, cap
         host = HostWorkers(blocker / "reg", cores=lambda: 2.0).join()
         assert host.sharing() == 1 and host.cores_per_worker() == 2.0
     assert "counts itself alone" in caplog.text
+
+
+def test_a_directory_of_another_user_is_not_trusted(tmp_path, sleeper, monkeypatch, caplog):
+    host = HostWorkers(tmp_path)
+    register(tmp_path, sleeper.pid, host.cpus)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
+    with caplog.at_level(logging.WARNING, logger="qlane"):
+        host.join()
+        assert host.sharing() == 1  # the planted entry is not read
+    assert "belongs to another user" in caplog.text
