@@ -119,6 +119,10 @@ class HostWorkers:
         except OSError as error:
             self._fail(error)
             entries = []
+        else:
+            if self.entry not in entries:  # removed meanwhile (a tmp cleaner, an operator)
+                self.join()
+                self._counted_at = now
         for path in entries:
             if not path.name.isdigit() or int(path.name) == self.pid:
                 continue

@@ -114,3 +114,12 @@ def test_a_directory_of_another_user_is_not_trusted(tmp_path, sleeper, monkeypat
         host.join()
         assert host.sharing() == 1  # the planted entry is not read
     assert "belongs to another user" in caplog.text
+
+
+def test_a_worker_whose_entry_was_removed_registers_again(tmp_path):
+    clock = Clock()
+    host = HostWorkers(tmp_path, clock=clock).join()
+    host.entry.unlink()
+    clock.now += REFRESH_S
+    assert host.sharing() == 1
+    assert host.entry.exists()
