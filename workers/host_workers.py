@@ -105,12 +105,13 @@ class HostWorkers:
         except OSError:
             pass
 
-    def sharing(self) -> int:
-        """How many registered workers (this one included) share a core with this one."""
+    def sharing(self, fresh: bool = False) -> int:
+        """How many registered workers (this one included) share a core with this one; read
+        again at most every REFRESH_S, or now when `fresh`."""
         if self._unusable:
             return 1
         now = self._clock()
-        if self._counted_at is not None and now - self._counted_at < REFRESH_S:
+        if not fresh and self._counted_at is not None and now - self._counted_at < REFRESH_S:
             return self._count
         self._counted_at = now
         count = 1

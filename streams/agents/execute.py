@@ -31,7 +31,7 @@ from streams.agents.execution import (
     batch_outcomes,
     decode_job,
     simulator_process_wanted,
-    start_simulator,
+    start_simulator_when_settled,
 )
 from streams.agents.overlap import StageActivity, run_overlapped
 from streams.agents.take import take_ready
@@ -51,7 +51,7 @@ def register(app, runtime: Runtime, table) -> None:
 
     @app.task
     async def start_simulator_process():
-        start_simulator(runtime)  # warms up while the worker joins its group
+        await start_simulator_when_settled(runtime)
 
     async def run_batch(sources: list[SourceRecord], decoded: dict[str, Job]) -> dict:
         """One backend call per backend for the whole batch: address -> counts | error.

@@ -47,7 +47,7 @@ from workers.execution.simulator import (
     shares,
     simulated_here,
 )
-from workers.host_workers import HostWorkers
+from workers.host_workers import REFRESH_S, HostWorkers
 from workers.jobs import JobSpec
 from workers.seeds import job_seed
 
@@ -150,6 +150,10 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
     return Answered(outcomes, seconds)  # type: ignore[arg-type]
 
 
+# How long a starting worker waits for the workers started with it to register.
+HOST_SETTLE_S = REFRESH_S
+
+
 def join_host(runtime: Runtime) -> None:
     """Register this worker among the host's workers, when `simulator_process` is `auto`
     (workers.host_workers); it leaves at exit, and a killed worker's entry is dropped by the
@@ -179,6 +183,17 @@ def simulator_process_wanted(runtime: Runtime) -> bool:
                  "in a process of its own" if wanted else "in the worker's threads",
                  sharing, usable_cores())
     return wanted
+
+
+async def start_simulator_when_settled(runtime: Runtime) -> None:
+    """At a worker's start: its simulator process, warmed up while the worker joins its group.
+    With `auto` the decision waits HOST_SETTLE_S: workers started together register moments
+    apart, and the first would otherwise start a process it stops using at its next count."""
+    if runtime.settings.simulator_process_auto:
+        join_host(runtime)
+        await asyncio.sleep(HOST_SETTLE_S)
+        runtime.host_workers.sharing(fresh=True)
+    start_simulator(runtime)
 
 
 def start_simulator(runtime: Runtime) -> None:

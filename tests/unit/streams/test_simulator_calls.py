@@ -20,6 +20,7 @@ from streams.agents.execution import (
     simulate_batch,
     simulator_process_wanted,
     start_simulator,
+    start_simulator_when_settled,
 )
 from streams.deadletter import SourceRecord
 from streams.settings import Settings
@@ -220,3 +221,34 @@ def test_an_explicit_simulator_process_setting_ignores_the_other_workers(tmp_pat
             host_workers=None, simulator_wanted=None)
         assert simulator_process_wanted(runtime) is value
         assert runtime.host_workers is None and not any(tmp_path.iterdir())
+
+
+def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registered(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.HOST_SETTLE_S", 0.3)
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
+        host_workers=None, simulator_wanted=None, simulator=None)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    async def start() -> None:
+        starting = asyncio.ensure_future(start_simulator_when_settled(runtime))
+        await asyncio.sleep(0.05)
+        assert (tmp_path / str(os.getpid())).exists()  # registered at once
+        assert runtime.host_workers.sharing() == 1  # alone so far (and that count is kept)
+        (tmp_path / str(sibling.pid)).write_text(json.dumps(
+            {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+        await starting
+
+    try:
+        asyncio.run(start())
+        assert runtime.simulator is None  # no process started that would sit idle
+        assert runtime.simulator_wanted is False
+    finally:
+        sibling.kill()
+        sibling.wait()
+        if runtime.simulator is not None:
+            runtime.simulator.close()
+        runtime.host_workers.leave()

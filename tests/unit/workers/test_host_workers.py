@@ -89,6 +89,7 @@ def test_the_count_is_read_again_only_after_the_refresh_interval(tmp_path, sleep
     register(tmp_path, sleeper.pid, host.cpus)
     clock.now += REFRESH_S / 2
     assert host.sharing() == 1
+    assert host.sharing(fresh=True) == 2  # read now when asked
     clock.now += REFRESH_S
     assert host.sharing() == 2
     sleeper.kill()
