@@ -19,6 +19,32 @@ def status(workflow_id: str, state: str) -> bytes:
     })
 
 
+STATES = ("accepted", "prepared", "executing", "done")
+DECODED = {"workflow_id": "wf"}
+
+
+def job_records():
+    """A finished job's result and its statuses, as the watcher hands them out."""
+    result = SimpleNamespace(topic="t.qlane.results", key=b"wf", value=b"r", headers=())
+    statuses = [SimpleNamespace(topic="t.qlane.status", key=b"wf", value=status("wf", state),
+                                headers=())
+                for state in STATES]
+    return result, statuses
+
+
+def wait_for_the_job(client, monkeypatch):
+    """Client.wait for the job, its result decoding to DECODED."""
+    real_codec = codec
+
+    def fake_codec(name):
+        if name == "JobResult":
+            return SimpleNamespace(decode=lambda value: DECODED)
+        return real_codec(name)
+
+    monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
+    return asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
+
+
 class FakeWatcher:
     def __init__(self, batches: list[dict]) -> None:
         self.batches = batches
@@ -31,25 +57,13 @@ def test_statuses_fetched_with_the_result_are_in_the_history(monkeypatch):
     """On exactly-once the fused path commits a job's statuses and its result in one
     transaction: one fetch can hand over the result's partition before the statuses'."""
     client = Client(Settings(topic_prefix="t.qlane"))
-    result = SimpleNamespace(topic="t.qlane.results", key=b"wf", value=b"r", headers=())
-    statuses = [SimpleNamespace(topic="t.qlane.status", key=b"wf", value=status("wf", state),
-                                headers=())
-                for state in ("accepted", "prepared", "executing", "done")]
+    result, statuses = job_records()
     batch = {TopicPartition("t.qlane.results", 0): [result],
              TopicPartition("t.qlane.status", 0): statuses}
     client.watcher = FakeWatcher([batch])
-    decoded = {"workflow_id": "wf"}
-    real_codec = codec
-
-    def fake_codec(name):
-        if name == "JobResult":
-            return SimpleNamespace(decode=lambda value: decoded)
-        return real_codec(name)
-
-    monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
-    outcome = asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
-    assert outcome.state == "done" and outcome.result is decoded
-    assert outcome.history == ["accepted", "prepared", "executing", "done"]
+    outcome = wait_for_the_job(client, monkeypatch)
+    assert outcome.state == "done" and outcome.result is DECODED
+    assert outcome.history == list(STATES)
 
 
 class CommittedWatcher:
@@ -87,20 +101,7 @@ class CommittedWatcher:
 def test_statuses_visible_a_fetch_after_the_result_are_in_the_history(monkeypatch):
     client = Client(Settings(topic_prefix="t.qlane", broker="kafka-1:9092"))
     assert client.settings.isolation_level == "read_committed"
-    result = SimpleNamespace(topic="t.qlane.results", key=b"wf", value=b"r", headers=())
-    statuses = [SimpleNamespace(topic="t.qlane.status", key=b"wf", value=status("wf", state),
-                                headers=())
-                for state in ("accepted", "prepared", "executing", "done")]
-    client.watcher = CommittedWatcher(result, statuses)
-    decoded = {"workflow_id": "wf"}
-    real_codec = codec
-
-    def fake_codec(name):
-        if name == "JobResult":
-            return SimpleNamespace(decode=lambda value: decoded)
-        return real_codec(name)
-
-    monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
-    outcome = asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
-    assert outcome.state == "done" and outcome.result is decoded
-    assert outcome.history == ["accepted", "prepared", "executing", "done"]
+    client.watcher = CommittedWatcher(*job_records())
+    outcome = wait_for_the_job(client, monkeypatch)
+    assert outcome.state == "done" and outcome.result is DECODED
+    assert outcome.history == list(STATES)
