@@ -25,7 +25,7 @@ REJECTED_BEFORE_ADMISSION = frozenset(
 )
 # A duplicate's earlier result is looked up by reading the results topic once, from the start.
 DUPLICATE_LOOKUP_TIMEOUT_S = 30.0
-# How long a wait reads the status partitions up to their last stable offsets at its end.
+# How long a wait reads on for the `done` statuses of the jobs it saw done (read_committed).
 STATUS_CATCH_UP_S = 2.0
 
 
@@ -192,36 +192,34 @@ class Client:
         return outcomes
 
     async def _catch_up_statuses(self, outcomes: dict[str, Outcome], on_event) -> None:
-        """Read the status partitions up to their last stable offsets, into the histories.
+        """Read the status partitions until every job that is done has its `done` status.
 
-        A job's statuses and its result committed in one transaction become visible to a
-        read_committed reader together, but partition by partition: a fetch can hand out the
-        result before the statuses in another partition (Kafka orders visibility within a
-        partition only). Statuses of a finished job found here are added to its history, an
-        unfinished job's are applied as in the wait. A commit marker at a partition's end does
-        not hold the loop up: the consumer's fetch steps its position over control batches."""
+        A job's result and its `done` status are committed in one transaction, but a
+        read_committed reader sees a transaction's partitions one by one, and a status
+        partition stays hidden past any transaction still open on it (its last stable
+        offset), so the result can come first by a fetch or by a commit interval. What is
+        read here is applied as in the wait (`_apply`: a finished job's statuses join its
+        history). Bounded by STATUS_CATCH_UP_S."""
         partitions = [tp for tp in self.watcher.assignment() if tp.topic in self.status_topics]
-        if not partitions:
-            return
-        ends = await self.watcher.end_offsets(partitions)
         deadline = time.monotonic() + STATUS_CATCH_UP_S
-        while time.monotonic() < deadline:
-            behind = [tp for tp in partitions if await self.watcher.position(tp) < ends[tp]]
-            if not behind:
+        while partitions and time.monotonic() < deadline:
+            if all("done" in o.history for o in outcomes.values() if o.state == "done"):
                 return
-            batch = await self.watcher.getmany(*behind, timeout_ms=100)
+            batch = await self.watcher.getmany(*partitions, timeout_ms=100)
             for _tp, records in batch.items():
                 for record in records:
-                    outcome = outcomes.get((record.key or b"").decode(errors="replace"))
-                    if outcome is not None and outcome.finished:
-                        outcome.history.append(codec("JobStatus").decode(record.value)["state"])
-                    else:
-                        self._apply(outcomes, record, on_event)
+                    self._apply(outcomes, record, on_event)
 
     def _apply(self, outcomes, record, on_event) -> None:
         key = (record.key or b"").decode(errors="replace")
         outcome = outcomes.get(key)
-        if outcome is None or outcome.finished:
+        if outcome is None:
+            return
+        if outcome.finished:
+            # A transaction's partitions become visible one by one: a status committed with
+            # the result can come a fetch after it. It joins the history, nothing else.
+            if record.topic in self.status_topics:
+                outcome.history.append(codec("JobStatus").decode(record.value)["state"])
             return
         if record.topic in self.status_topics:
             status = codec("JobStatus").decode(record.value)

@@ -23,17 +23,18 @@ STATES = ("accepted", "prepared", "executing", "done")
 DECODED = {"workflow_id": "wf"}
 
 
-def job_records():
+def job_records(workflow_id: str = "wf"):
     """A finished job's result and its statuses, as the watcher hands them out."""
-    result = SimpleNamespace(topic="t.qlane.results", key=b"wf", value=b"r", headers=())
-    statuses = [SimpleNamespace(topic="t.qlane.status", key=b"wf", value=status("wf", state),
-                                headers=())
+    key = workflow_id.encode()
+    result = SimpleNamespace(topic="t.qlane.results", key=key, value=b"r", headers=())
+    statuses = [SimpleNamespace(topic="t.qlane.status", key=key,
+                                value=status(workflow_id, state), headers=())
                 for state in STATES]
     return result, statuses
 
 
-def wait_for_the_job(client, monkeypatch):
-    """Client.wait for the job, its result decoding to DECODED."""
+def wait_for_the_jobs(client, monkeypatch, workflow_ids):
+    """Client.wait for the jobs, each result decoding to DECODED."""
     real_codec = codec
 
     def fake_codec(name):
@@ -42,7 +43,11 @@ def wait_for_the_job(client, monkeypatch):
         return real_codec(name)
 
     monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
-    return asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
+    return asyncio.run(client.wait(workflow_ids, timeout_s=2))
+
+
+def wait_for_the_job(client, monkeypatch):
+    return wait_for_the_jobs(client, monkeypatch, ["wf"])["wf"]
 
 
 class FakeWatcher:
@@ -66,25 +71,19 @@ def test_statuses_fetched_with_the_result_are_in_the_history(monkeypatch):
     assert outcome.history == list(STATES)
 
 
-class CommittedWatcher:
-    """A read_committed watcher whose status partition becomes visible a fetch after the
-    result's partition (the statuses and the result were committed in one transaction)."""
+STATUS_TP = TopicPartition("t.qlane.status", 0)
+RESULTS_TP = TopicPartition("t.qlane.results", 0)
 
-    def __init__(self, result, statuses) -> None:
-        self.status_tp = TopicPartition("t.qlane.status", 0)
-        self.results_tp = TopicPartition("t.qlane.results", 0)
-        self.fetches = [{self.results_tp: [result]}, {self.status_tp: statuses}]
-        self.positions = {self.status_tp: 0, self.results_tp: 0}
-        self.end = len(statuses)
+
+class CommittedWatcher:
+    """A read_committed watcher that hands out its fetches in order: the partitions of one
+    transaction become visible one by one, so a status can come fetches after its result."""
+
+    def __init__(self, fetches: list[dict]) -> None:
+        self.fetches = fetches
 
     def assignment(self):
-        return {self.status_tp, self.results_tp}
-
-    async def end_offsets(self, partitions):
-        return {tp: self.end if tp == self.status_tp else 1 for tp in partitions}
-
-    async def position(self, tp):
-        return self.positions[tp]
+        return {STATUS_TP, RESULTS_TP}
 
     async def getmany(self, *partitions, timeout_ms: int = 0):
         if not self.fetches:
@@ -92,16 +91,32 @@ class CommittedWatcher:
         batch = self.fetches[0]
         if partitions and not set(batch) <= set(partitions):
             return {}
-        self.fetches.pop(0)
-        for tp, records in batch.items():
-            self.positions[tp] += len(records)
-        return batch
+        return self.fetches.pop(0)
 
 
 def test_statuses_visible_a_fetch_after_the_result_are_in_the_history(monkeypatch):
     client = Client(Settings(topic_prefix="t.qlane", broker="kafka-1:9092"))
     assert client.settings.isolation_level == "read_committed"
-    client.watcher = CommittedWatcher(*job_records())
+    result, statuses = job_records()
+    # Two empty fetches: a transaction still open on the status partition hides them.
+    client.watcher = CommittedWatcher([{RESULTS_TP: [result]}, {}, {}, {STATUS_TP: statuses}])
     outcome = wait_for_the_job(client, monkeypatch)
     assert outcome.state == "done" and outcome.result is DECODED
     assert outcome.history == list(STATES)
+
+
+def test_statuses_that_come_after_their_result_while_the_wait_goes_on_are_kept(monkeypatch):
+    """Job A's statuses arrive in the fetch after A's result, while the wait still waits for
+    job B: they join A's history although A is finished."""
+    client = Client(Settings(topic_prefix="t.qlane", broker="kafka-1:9092"))
+    result_a, statuses_a = job_records("a")
+    result_b, statuses_b = job_records("b")
+    client.watcher = CommittedWatcher([
+        {RESULTS_TP: [result_a]},
+        {STATUS_TP: statuses_a, RESULTS_TP: [result_b]},
+        {STATUS_TP: statuses_b},
+    ])
+    outcomes = wait_for_the_jobs(client, monkeypatch, ["a", "b"])
+    assert {o.state for o in outcomes.values()} == {"done"}
+    assert outcomes["a"].history == list(STATES)
+    assert outcomes["b"].history == list(STATES)
