@@ -161,7 +161,8 @@ def join_host(runtime: Runtime) -> None:
     if runtime.host_workers is not None or not runtime.settings.simulator_process_auto:
         return
     directory = runtime.settings.host_workers_dir
-    runtime.host_workers = HostWorkers(Path(directory) if directory else None).join()
+    runtime.host_workers = HostWorkers(Path(directory) if directory else None,
+                                       cores=usable_cores).join()
     atexit.register(runtime.host_workers.leave)
 
 
@@ -175,13 +176,13 @@ def simulator_process_wanted(runtime: Runtime) -> bool:
     if not settings.simulator_process_auto:
         return True
     join_host(runtime)
-    sharing = runtime.host_workers.sharing()
-    wanted = usable_cores() / sharing >= SIMULATOR_PROCESS_MIN_CORES
+    host = runtime.host_workers
+    wanted = host.cores_per_worker() >= SIMULATOR_PROCESS_MIN_CORES
     if wanted != runtime.simulator_wanted:
         runtime.simulator_wanted = wanted
         log.info("simulator: %s (%d worker(s) on this host share its %.3g usable cores)",
                  "in a process of its own" if wanted else "in the worker's threads",
-                 sharing, usable_cores())
+                 host.sharing(), usable_cores())
     return wanted
 
 
