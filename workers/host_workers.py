@@ -76,6 +76,7 @@ class HostWorkers:
         self._clock = clock
         self._counted_at: float | None = None
         self._count = 1
+        self._usable_cores = 1.0  # read with the count: the cgroup files are not per-batch I/O
         self._warned = False
         self._unusable = False  # not joined: its entries are not read either
 
@@ -108,12 +109,14 @@ class HostWorkers:
     def sharing(self, fresh: bool = False) -> int:
         """How many registered workers (this one included) share a core with this one; read
         again at most every REFRESH_S, or now when `fresh`."""
-        if self._unusable:
-            return 1
         now = self._clock()
         if not fresh and self._counted_at is not None and now - self._counted_at < REFRESH_S:
             return self._count
         self._counted_at = now
+        self._usable_cores = self._cores()
+        if self._unusable:
+            self._count = 1
+            return 1
         count = 1
         try:
             entries = list(self.directory.iterdir())
@@ -134,7 +137,8 @@ class HostWorkers:
         return count
 
     def cores_per_worker(self) -> float:
-        return self._cores() / self.sharing()
+        sharing = self.sharing()  # first: it reads the cores again when it counts
+        return self._usable_cores / sharing
 
     def _live_cpus(self, path: Path) -> frozenset[int] | None:
         """The entry's CPUs while its worker lives; a dead worker's entry is removed."""
