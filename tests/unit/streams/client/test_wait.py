@@ -50,33 +50,12 @@ def wait_for_the_job(client, monkeypatch):
     return wait_for_the_jobs(client, monkeypatch, ["wf"])["wf"]
 
 
-class FakeWatcher:
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-
-    async def getmany(self, timeout_ms: int = 0):
-        return self.batches.pop(0) if self.batches else {}
-
-
-def test_statuses_fetched_with_the_result_are_in_the_history(monkeypatch):
-    """On exactly-once the fused path commits a job's statuses and its result in one
-    transaction: one fetch can hand over the result's partition before the statuses'."""
-    client = Client(Settings(topic_prefix="t.qlane"))
-    result, statuses = job_records()
-    batch = {TopicPartition("t.qlane.results", 0): [result],
-             TopicPartition("t.qlane.status", 0): statuses}
-    client.watcher = FakeWatcher([batch])
-    outcome = wait_for_the_job(client, monkeypatch)
-    assert outcome.state == "done" and outcome.result is DECODED
-    assert outcome.history == list(STATES)
-
-
 STATUS_TP = TopicPartition("t.qlane.status", 0)
 RESULTS_TP = TopicPartition("t.qlane.results", 0)
 
 
 class CommittedWatcher:
-    """A read_committed watcher that hands out its fetches in order: the partitions of one
+    """A watcher that hands out its fetches in order. On read_committed the partitions of one
     transaction become visible one by one, so a status can come fetches after its result."""
 
     def __init__(self, fetches: list[dict]) -> None:
@@ -92,6 +71,19 @@ class CommittedWatcher:
         if partitions and not set(batch) <= set(partitions):
             return {}
         return self.fetches.pop(0)
+
+
+def test_statuses_fetched_with_the_result_are_in_the_history(monkeypatch):
+    """On exactly-once the fused path commits a job's statuses and its result in one
+    transaction: one fetch can hand over the result's partition before the statuses'."""
+    client = Client(Settings(topic_prefix="t.qlane"))
+    result, statuses = job_records()
+    batch = {TopicPartition("t.qlane.results", 0): [result],
+             TopicPartition("t.qlane.status", 0): statuses}
+    client.watcher = CommittedWatcher([batch])
+    outcome = wait_for_the_job(client, monkeypatch)
+    assert outcome.state == "done" and outcome.result is DECODED
+    assert outcome.history == list(STATES)
 
 
 def test_statuses_visible_a_fetch_after_the_result_are_in_the_history(monkeypatch):
