@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     host_workers_dir: str | None = Field(
         None, description="where the workers of a host register, to count the workers that "
         "share its cores (simulator_process=auto); None = /dev/shm/qlane-workers-<uid>")
+    simulator_threads: int = Field(
+        0, ge=0, le=1024, description="OpenMP threads per Aer call run in the worker's own "
+        "threads (the simulator process always runs one); 0 = the whole cores the worker "
+        "has, at least 1: its usable cores, with simulator_process=auto divided among the "
+        "workers that share them on the host")
     simulator_processes: int = Field(
         1, ge=1, le=64, description="simulator processes per worker (with simulator_process): "
         "a batch is split into as many calls of about equal work, run at once")

@@ -171,19 +171,38 @@ def simulator_process_wanted(runtime: Runtime) -> bool:
     worker has at least SIMULATOR_PROCESS_MIN_CORES of the host's cores for itself (the
     cores it may use, divided among the workers registered on the host that share them)."""
     settings = runtime.settings
-    if not settings.simulator_process:
-        return False
-    if not settings.simulator_process_auto:
-        return True
+    if not settings.simulator_process or not settings.simulator_process_auto:
+        fit_aer_threads(runtime)
+        return settings.simulator_process
     join_host(runtime)
+    fit_aer_threads(runtime)
     host = runtime.host_workers
     wanted = host.cores_per_worker() >= SIMULATOR_PROCESS_MIN_CORES
     if wanted != runtime.simulator_wanted:
         runtime.simulator_wanted = wanted
-        log.info("simulator: %s (%d worker(s) on this host share its %.3g usable cores)",
+        log.info("simulator: %s (%d worker(s) on this host share its %.3g usable cores; "
+                 "%d Aer thread(s) per call in the worker)",
                  "in a process of its own" if wanted else "in the worker's threads",
-                 host.sharing(), usable_cores())
+                 host.sharing(), usable_cores(), runtime.registry.parallel_threads)
     return wanted
+
+
+def fit_aer_threads(runtime: Runtime) -> None:
+    """The OpenMP threads of the Aer calls this worker runs in its own threads: as set
+    (`simulator_threads`), else the whole cores it has, at least one: its usable cores, with
+    `auto` divided among the host's workers that share them. Aer's default is every core the
+    machine has, and its threads then compete with the other workers' and burn CPU waiting
+    for each other (docs/performance.md, "Aer's threads")."""
+    configured = runtime.settings.simulator_threads
+    if configured:
+        threads = configured
+    elif runtime.host_workers is not None:
+        threads = max(1, math.floor(runtime.host_workers.cores_per_worker()))
+    elif runtime.registry.parallel_threads:
+        return  # decided from this process's usable cores, which do not change
+    else:
+        threads = max(1, math.floor(usable_cores()))
+    runtime.registry.set_parallel_threads(threads)
 
 
 async def start_simulator_when_settled(runtime: Runtime) -> None:

@@ -390,6 +390,9 @@ class Backend:
     noise_model: NoiseModel | None = None
     noise_scale: float = 1.0
     vendor: str = "aer"
+    # Aer's OpenMP threads per call (max_parallel_threads); 0: Aer's default, every core the
+    # process sees. Counts do not depend on it (the seeds are per circuit).
+    parallel_threads: int = 0
     seeded = True  # counts are a function of (circuit, shots, seed, noise model)
     _noise_view: tuple[NoiseModel | None, NoiseView] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -514,6 +517,8 @@ class Backend:
         return [dict(result.get_counts(i)) for i in range(len(circuits))]
 
     def _aer_result(self, circuits: list[QuantumCircuit], options: dict[str, Any]):
+        if self.parallel_threads:
+            options = {**options, "max_parallel_threads": self.parallel_threads}
         try:
             result = self.simulator.run(circuits, **options).result()
         except Exception as exc:

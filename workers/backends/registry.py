@@ -115,6 +115,7 @@ class BackendRegistry:
         self._backends: dict[str, Any] = {}
         self._building = threading.Lock()
         self._noise_scale: dict[str, float] = {}
+        self._parallel_threads = 0
         self._faults: dict[str, FaultSpec] = {}
         self._faulty: dict[str, FaultInjectingBackend] = {}
         for name, scale in (noise_scale or {}).items():
@@ -191,6 +192,22 @@ class BackendRegistry:
             backend.noise_model = backend.noise_model_at(scale)
             backend.noise_scale = scale
 
+    @property
+    def parallel_threads(self) -> int:
+        return self._parallel_threads
+
+    def set_parallel_threads(self, threads: int) -> None:
+        """OpenMP threads per Aer call on this worker's Aer backends, built and to be built
+        (0: Aer's default, every core the process sees)."""
+        if threads < 0:
+            raise ValueError(f"parallel threads must be >= 0, got {threads}")
+        if threads == self._parallel_threads:
+            return
+        self._parallel_threads = threads
+        for backend in self._backends.values():
+            if hasattr(backend, "parallel_threads"):
+                backend.parallel_threads = threads
+
     def info(self, name: str) -> BackendInfo:
         """What `qlane backends` shows for `name`; builds nothing heavier than a snapshot."""
         self._check_known(name)
@@ -240,5 +257,8 @@ class BackendRegistry:
                 backend = self._backends.get(name)
                 if backend is None:
                     self._check_known(name)
-                    backend = self._backends[name] = self._builders[name]()
+                    backend = self._builders[name]()
+                    if hasattr(backend, "parallel_threads"):
+                        backend.parallel_threads = self._parallel_threads
+                    self._backends[name] = backend
         return backend

@@ -40,7 +40,7 @@ def runtime():
     runtime = SimpleNamespace(
         settings=Settings(simulator_process=True, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
-        executor=ThreadPoolExecutor(2), simulator=None,
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
     )
     start_simulator(runtime)
     yield runtime
@@ -94,7 +94,7 @@ def test_a_batch_split_over_two_simulator_processes_has_each_jobs_own_counts() -
     two = SimpleNamespace(
         settings=Settings(simulator_process=True, simulator_processes=2, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
-        executor=ThreadPoolExecutor(2), simulator=None,
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
     )
     start_simulator(two)
     try:
@@ -134,6 +134,7 @@ def test_a_split_batch_with_a_crash_and_a_timeout_fails_as_the_timeout() -> None
     """The timeout is what the breaker must count (a crash is not counted), whichever of
     the two calls ended first."""
     fake = SimpleNamespace(settings=Settings(simulator_process=True), registry=BackendRegistry(),
+                           host_workers=None,
                            breakers=BreakerBoard(failure_threshold=5), simulator=SplitPool())
     batch = [job(fake.registry, seed) for seed in (1, 2)]
     with pytest.raises(SandboxTimeout):
@@ -170,7 +171,7 @@ def test_a_call_that_waits_for_an_executor_thread_is_billed_its_run_only() -> No
     busy = SimpleNamespace(
         settings=Settings(simulator_process=False, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
-        executor=ThreadPoolExecutor(1), simulator=None,
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
     )
     one = job(busy.registry)
     execute(one.prepared, busy.registry, one.seed)  # warm: the timed call is the simulation
@@ -197,28 +198,47 @@ def test_auto_sends_aer_to_the_process_only_while_the_worker_has_two_cores_to_it
     monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
     settings = Settings(simulator_process="auto", host_workers_dir=str(tmp_path))
     assert settings.simulator_process and settings.simulator_process_auto
-    runtime = SimpleNamespace(settings=settings, host_workers=None, simulator_wanted=None)
+    runtime = SimpleNamespace(settings=settings, host_workers=None, simulator_wanted=None,
+                              registry=BackendRegistry())
     assert simulator_process_wanted(runtime)
     assert (tmp_path / str(os.getpid())).exists()  # registered on the host
+    assert runtime.registry.parallel_threads == 2
     sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / str(sibling.pid)).write_text(json.dumps(
             {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
         runtime.host_workers._counted_at = None  # past the refresh interval
         assert not simulator_process_wanted(runtime)  # one core each: in the threads
+        assert runtime.registry.parallel_threads == 1  # and one Aer thread per call
     finally:
         sibling.kill()
         sibling.wait()
     runtime.host_workers._counted_at = None
     assert simulator_process_wanted(runtime)
+    assert runtime.registry.parallel_threads == 2
     runtime.host_workers.leave()
+
+
+@pytest.mark.parametrize("cores, process, threads", [(2.0, False, 2), (1.5, False, 1),
+                                                     (4.0, True, 4), (0.5, False, 1)])
+def test_aer_threads_in_the_worker_are_its_whole_usable_cores(
+        tmp_path, monkeypatch, cores, process, threads) -> None:
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: cores)
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process=process, host_workers_dir=str(tmp_path)),
+        host_workers=None, simulator_wanted=None, registry=BackendRegistry())
+    simulator_process_wanted(runtime)
+    assert runtime.registry.parallel_threads == threads
+    runtime.settings = Settings(simulator_process=process, simulator_threads=3)
+    simulator_process_wanted(runtime)
+    assert runtime.registry.parallel_threads == 3  # as set
 
 
 def test_an_explicit_simulator_process_setting_ignores_the_other_workers(tmp_path) -> None:
     for value in (True, False):
         runtime = SimpleNamespace(
             settings=Settings(simulator_process=value, host_workers_dir=str(tmp_path)),
-            host_workers=None, simulator_wanted=None)
+            host_workers=None, simulator_wanted=None, registry=BackendRegistry())
         assert simulator_process_wanted(runtime) is value
         assert runtime.host_workers is None and not any(tmp_path.iterdir())
 
@@ -230,7 +250,7 @@ def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registe
     monkeypatch.setattr("streams.agents.execution.HOST_SETTLE_S", 0.3)
     runtime = SimpleNamespace(
         settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
-        host_workers=None, simulator_wanted=None, simulator=None)
+        host_workers=None, simulator_wanted=None, simulator=None, registry=BackendRegistry())
     sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
     async def start() -> None:

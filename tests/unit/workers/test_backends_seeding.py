@@ -234,3 +234,31 @@ def test_native_check_still_refuses_untranspiled_circuits(registry) -> None:
     circuit.measure([0, 4], [0, 1])
     with pytest.raises(ExecutionFailed, match="cannot run cx"):
         registry.get("aer.noisy").run([circuit], 10, 1)
+
+
+def test_aer_threads_reach_every_call_and_leave_the_counts_alone(noisy_circuits) -> None:
+    registry = BackendRegistry()
+    noisy = registry.get("aer.noisy")  # built before the setting: it follows it
+    calls: list[dict] = []
+    aer_run = noisy.simulator.run
+
+    def recorded(circuits, **options):
+        calls.append(options)
+        return aer_run(circuits, **options)
+
+    noisy.simulator.run = recorded
+    shots, seeds = [300, 1000, 300, 300, 64], [41, 7, 123456, 99, 2**40]
+    default = noisy.run(noisy_circuits, shots, seeds)
+    assert calls and all("max_parallel_threads" not in options for options in calls)
+    for threads in (1, 2):
+        calls.clear()
+        registry.set_parallel_threads(threads)
+        assert noisy.run(noisy_circuits, shots, seeds) == default
+        # both kinds of call: exact probabilities and Aer's own sampling (mid-circuit measure)
+        assert len(calls) >= 2
+        assert all(options["max_parallel_threads"] == threads for options in calls)
+    assert registry.get("aer.ideal").parallel_threads == 2  # built after it
+    registry.set_parallel_threads(0)
+    assert noisy.parallel_threads == 0 and registry.get("aer.ideal").parallel_threads == 0
+    with pytest.raises(ValueError):
+        registry.set_parallel_threads(-1)
