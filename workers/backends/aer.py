@@ -292,6 +292,13 @@ def sample_counts(
     }
 
 
+def outcome_ordered(counts: dict[str, int]) -> dict[str, int]:
+    """`counts` in ascending outcome order, as exact sampling gives them. Aer's sampler merges
+    its shots' counts in an order that depends on its thread count, and a result's bytes
+    must not depend on the worker's cores."""
+    return dict(sorted(counts.items(), key=lambda item: int(item[0].replace(" ", ""), 2)))
+
+
 # --- noise models ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NoiseView:
@@ -514,7 +521,7 @@ class Backend:
         if view.aer_model is not None:
             options["noise_model"] = view.aer_model
         result = self._aer_result(circuits, options)
-        return [dict(result.get_counts(i)) for i in range(len(circuits))]
+        return [outcome_ordered(result.get_counts(i)) for i in range(len(circuits))]
 
     def _aer_result(self, circuits: list[QuantumCircuit], options: dict[str, Any]):
         if self.parallel_threads:

@@ -262,3 +262,25 @@ def test_aer_threads_reach_every_call_and_leave_the_counts_alone(noisy_circuits)
     assert noisy.parallel_threads == 0 and registry.get("aer.ideal").parallel_threads == 0
     with pytest.raises(ValueError):
         registry.set_parallel_threads(-1)
+
+
+def test_aer_sampled_counts_come_in_outcome_order_whatever_the_threads(registry) -> None:
+    # Aer merges its parallel shots' counts in an order that follows its thread count; a
+    # result's bytes must not (a replay on a worker with other cores gives the same bytes).
+    backend = registry.get("aer.noisy")
+    circuit = QuantumCircuit(5, 5)
+    circuit.h(0)
+    for q in range(4):
+        circuit.cx(q, q + 1)
+    circuit.measure(0, 0)
+    circuit.h(0)  # a mid-circuit measurement: Aer samples it
+    circuit.measure(range(5), range(5))
+    native = TranspileCache().transpile(circuit, backend)[0]
+    runs = []
+    for threads in (1, 2):
+        registry.set_parallel_threads(threads)
+        runs.append(backend.run([native] * 6, 1000, 5))
+    registry.set_parallel_threads(0)
+    assert runs[0] == runs[1]
+    for counts in runs[0] + runs[1]:
+        assert list(counts) == sorted(counts, key=lambda key: int(key, 2))
