@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,11 +181,34 @@ def simulator_process_wanted(runtime: Runtime) -> bool:
     wanted = host.cores_per_worker() >= SIMULATOR_PROCESS_MIN_CORES
     if wanted != runtime.simulator_wanted:
         runtime.simulator_wanted = wanted
+        runtime.simulator_unwanted_since = None if wanted else time.monotonic()
         log.info("simulator: %s (%d worker(s) on this host share its %.3g usable cores; "
                  "%d Aer thread(s) per call in the worker)",
                  "in a process of its own" if wanted else "in the worker's threads",
                  host.sharing(), usable_cores(), runtime.registry.parallel_threads)
+    if not wanted:
+        close_idle_simulator(runtime)
     return wanted
+
+
+# How long `auto` keeps a simulator process it stopped using (other workers arrived), in case
+# they leave again: a new process takes 5-10 s to start, an idle one holds its memory.
+SIMULATOR_IDLE_CLOSE_S = 60.0
+
+
+def close_idle_simulator(runtime: Runtime) -> None:
+    """Close the simulator process once `auto` has sent Aer to the worker's threads for
+    SIMULATOR_IDLE_CLOSE_S and no call runs in it; it starts again when wanted."""
+    pool, since = runtime.simulator, runtime.simulator_unwanted_since
+    if pool is None or since is None or time.monotonic() - since < SIMULATOR_IDLE_CLOSE_S:
+        return
+    if not pool.idle():
+        return  # a call decided before the switch still runs: at a later batch
+    runtime.simulator = None
+    pool.close()
+    log.info("simulator: its process closed, unused for %.0f s (other workers share the "
+             "host's cores); it starts again when this worker has two to itself",
+             time.monotonic() - since)
 
 
 def fit_aer_threads(runtime: Runtime) -> None:

@@ -572,6 +572,10 @@ class SandboxPool:
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, self.exchange, request, wall_s)
 
+    def idle(self) -> bool:
+        """Whether every process waits for a request (none is running one or starting anew)."""
+        return not self.closed and self._idle.qsize() >= self.size
+
     def pids(self) -> list[int]:
         with self._lock:
             return [slot.process.pid for slot in self._all]

@@ -199,6 +199,7 @@ def test_auto_sends_aer_to_the_process_only_while_the_worker_has_two_cores_to_it
     settings = Settings(simulator_process="auto", host_workers_dir=str(tmp_path))
     assert settings.simulator_process and settings.simulator_process_auto
     runtime = SimpleNamespace(settings=settings, host_workers=None, simulator_wanted=None,
+                              simulator_unwanted_since=None, simulator=None,
                               registry=BackendRegistry())
     assert simulator_process_wanted(runtime)
     assert (tmp_path / str(os.getpid())).exists()  # registered on the host
@@ -250,7 +251,8 @@ def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registe
     monkeypatch.setattr("streams.agents.execution.HOST_SETTLE_S", 0.3)
     runtime = SimpleNamespace(
         settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
-        host_workers=None, simulator_wanted=None, simulator=None, registry=BackendRegistry())
+        host_workers=None, simulator_wanted=None, simulator_unwanted_since=None, simulator=None,
+        registry=BackendRegistry())
     sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
     async def start() -> None:
@@ -272,3 +274,48 @@ def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registe
         if runtime.simulator is not None:
             runtime.simulator.close()
         runtime.host_workers.leave()
+
+
+class IdlePool:
+    def __init__(self) -> None:
+        self.busy, self.closed = False, False
+
+    def idle(self) -> bool:
+        return not self.busy
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_auto_closes_a_simulator_process_it_stopped_using_once_idle_long_enough(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.SIMULATOR_IDLE_CLOSE_S", 0.3)
+    pool = IdlePool()
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
+        host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
+        simulator=pool, registry=BackendRegistry())
+    assert simulator_process_wanted(runtime)  # alone: its process (started while alone)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(sibling.pid)).write_text(json.dumps(
+            {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+        runtime.host_workers._counted_at = None
+        assert not simulator_process_wanted(runtime)
+        assert runtime.simulator is pool and not pool.closed  # kept for a while
+        time.sleep(0.35)
+        pool.busy = True  # a call decided before the switch still runs in it
+        assert not simulator_process_wanted(runtime)
+        assert runtime.simulator is pool and not pool.closed
+        pool.busy = False
+        assert not simulator_process_wanted(runtime)
+        assert runtime.simulator is None and pool.closed
+    finally:
+        sibling.kill()
+        sibling.wait()
+    runtime.host_workers._counted_at = None
+    assert simulator_process_wanted(runtime)  # alone again: in_simulator_process starts one
+    assert runtime.simulator_unwanted_since is None
+    runtime.host_workers.leave()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2
@@ -56,6 +59,19 @@ def test_counts_equal_the_workers_own_call(pool) -> None:
     registry = BackendRegistry()
     items = jobs(registry)
     assert remote(pool, registry, items) == execute_batch(items, registry)
+    assert pool.idle()  # its process is back, waiting
+
+
+def test_a_pool_is_not_idle_while_a_call_runs_in_it(pool) -> None:
+    registry = BackendRegistry()
+    items = jobs(registry)
+    running = ThreadPoolExecutor(1).submit(remote, pool, registry, items * 20)
+    deadline = time.monotonic() + 30
+    while pool.idle() and not running.done() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert not running.done() and not pool.idle()
+    running.result()
+    assert pool.idle()
 
 
 def test_the_workers_noise_scale_goes_with_the_request(pool) -> None:
