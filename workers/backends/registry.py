@@ -204,7 +204,7 @@ class BackendRegistry:
         if threads == self._parallel_threads:
             return
         self._parallel_threads = threads
-        for backend in self._backends.values():
+        for backend in list(self._backends.values()):  # a job thread may be building one
             if hasattr(backend, "parallel_threads"):
                 backend.parallel_threads = threads
 
@@ -257,8 +257,9 @@ class BackendRegistry:
                 backend = self._backends.get(name)
                 if backend is None:
                     self._check_known(name)
-                    backend = self._builders[name]()
+                    backend = self._backends[name] = self._builders[name]()
+                    # After the store: a set_parallel_threads racing with it either finds
+                    # the backend stored or has already changed what is read here.
                     if hasattr(backend, "parallel_threads"):
                         backend.parallel_threads = self._parallel_threads
-                    self._backends[name] = backend
         return backend
