@@ -191,16 +191,14 @@ def simulator_process_wanted(runtime: Runtime) -> bool:
     return wanted
 
 
-# How long `auto` keeps a simulator process it stopped using (other workers arrived), in case
-# they leave again: a new process takes 5-10 s to start, an idle one holds its memory.
-SIMULATOR_IDLE_CLOSE_S = 60.0
-
-
 def close_idle_simulator(runtime: Runtime) -> None:
     """Close the simulator process once `auto` has sent Aer to the worker's threads for
-    SIMULATOR_IDLE_CLOSE_S and no call runs in it; it starts again when wanted."""
+    `simulator_idle_close_s` and no call runs in it; it starts again when wanted. Kept that
+    long in case the other workers leave again: a new process takes 5-10 s to start, an idle
+    one holds its memory."""
     pool, since = runtime.simulator, runtime.simulator_unwanted_since
-    if pool is None or since is None or time.monotonic() - since < SIMULATOR_IDLE_CLOSE_S:
+    idle_for = None if since is None else time.monotonic() - since
+    if pool is None or idle_for is None or idle_for < runtime.settings.simulator_idle_close_s:
         return
     if not pool.idle():
         return  # a call decided before the switch still runs: at a later batch

@@ -291,10 +291,10 @@ def test_auto_closes_a_simulator_process_it_stopped_using_once_idle_long_enough(
         tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
     monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
-    monkeypatch.setattr("streams.agents.execution.SIMULATOR_IDLE_CLOSE_S", 0.3)
     pool = IdlePool()
     runtime = SimpleNamespace(
-        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
+        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path),
+                          simulator_idle_close_s=0.3),
         host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
         simulator=pool, registry=BackendRegistry())
     assert simulator_process_wanted(runtime)  # alone: its process (started while alone)
