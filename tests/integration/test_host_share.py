@@ -3,8 +3,16 @@
 A worker alone on the 2 cores runs Aer in its simulator process; when a second worker joins
 (same host registry, same consumer group) it runs Aer in its threads and, once the process
 has been unused for QLANE_SIMULATOR_IDLE_CLOSE_S, closes it; when the second worker stops it
-starts a simulator process again. Every job submitted meanwhile must be done. The decision
-does not depend on the broker, so this runs on the embedded broker only.
+starts a simulator process again. Every job submitted meanwhile must be done.
+
+Marked slow, so not in `make test` (run it with `.venv/bin/python -m pytest -m slow
+tests/integration/test_host_share.py`, both brokers): it passed four times on Tansu
+(twice locally, twice in CI) and then found two failures that are not this behaviour's, both
+in docs/reliability.md ("Found by the host-share test"): on Tansu the first worker's table
+recovery stalled after the second worker joined (Faust logged "No event received for active
+tp ...-workflows-changelog" for over a minute, so no batch came to decide on); on Kafka the
+first worker's preprocess agent crashed at its first job after "Worker ready" with aiokafka's
+IllegalOperation("Can't send messages while not in transaction").
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ def run_bursts_until(settings, predicate, timeout_s: float) -> tuple[bool, list[
     return bool(predicate()), states
 
 
-@pytest.mark.parametrize("broker_address", ["tansu"], indirect=True)
+@pytest.mark.slow
 def test_a_worker_closes_its_simulator_process_while_another_shares_its_cores_and_starts_it_again(
         broker_address, tmp_path) -> None:
     assert usable_cores() >= 2, "auto starts a simulator process only from 2 usable cores"
