@@ -76,7 +76,6 @@ class Runtime:
     host_workers: object = None  # workers.host_workers.HostWorkers, with simulator_process=auto
     simulator_wanted: bool | None = None  # the last decision of simulator_process_wanted
     simulator_unwanted_since: float | None = None  # monotonic time `auto` chose the threads
-    simulator_at_start: object = None  # the pool started with the worker (waited for)
     attempts: object = None  # streams.poison.AttemptLedger, set by the stages
     lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
     gates: dict = field(default_factory=dict)  # stage -> streams.lanes.LaneGate

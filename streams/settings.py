@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         60.0, ge=0, description="with simulator_process=auto: a simulator process not used "
         "for this long (other workers arrived and share the host's cores) is closed at the "
         "next execute batch in which no call runs in it, and started again when wanted (a "
-        "start takes 5-10 s; meanwhile the worker's threads run the calls)")
+        "start takes 5-10 s, which the batch that wants it waits for)")
     simulator_threads: int = Field(
         0, ge=0, le=1024, description="OpenMP threads per Aer call run in the worker's own "
         "threads (the simulator process always runs one); 0 = the whole cores the worker "

@@ -236,7 +236,6 @@ async def start_simulator_when_settled(runtime: Runtime) -> None:
         await asyncio.sleep(HOST_SETTLE_S)
         runtime.host_workers.sharing(fresh=True)
     start_simulator(runtime)
-    runtime.simulator_at_start = runtime.simulator
 
 
 def start_simulator(runtime: Runtime) -> None:
@@ -260,17 +259,10 @@ def start_simulator(runtime: Runtime) -> None:
 
 
 def in_simulator_process(runtime: Runtime, backends) -> bool:
-    """Whether calls on `backends` go to the simulator process (started on first use). With
-    `auto` a process started while the worker runs (other workers left the host) is not
-    waited for: the calls run in the worker's threads until it is up (5-10 s). The one
-    started with the worker is waited for, as with `true`: its first batches are its warm-up."""
+    """Whether calls on `backends` go to the simulator process (started on first use)."""
     if not simulator_process_wanted(runtime):
         return False
     start_simulator(runtime)
-    pool = runtime.simulator
-    if (runtime.settings.simulator_process_auto and pool is not runtime.simulator_at_start
-            and not pool.is_up()):
-        return False
     return simulated_here(runtime.registry, backends)
 
 

@@ -442,7 +442,6 @@ class SandboxPool:
     started: int = field(default=0, init=False)  # processes started, replacements included
     replaced: int = field(default=0, init=False)  # processes killed or lost and replaced
     closed: bool = field(default=False, init=False)
-    _up: bool = field(default=False, init=False)  # a process has been ready once
 
     def __post_init__(self) -> None:
         self._idle = queue.Queue()
@@ -494,7 +493,6 @@ class SandboxPool:
         while True:
             slot = self._idle.get()
             if slot.ready:
-                self._up = True
                 return slot
             started = time.monotonic()
             try:
@@ -502,7 +500,7 @@ class SandboxPool:
                     log.warning("a sandbox process has been starting for %.0fs",
                                 time.monotonic() - started)
                 if slot.reader.recv_bytes(64) == _READY:
-                    slot.ready = self._up = True
+                    slot.ready = True
                     return slot
             except (OSError, EOFError):
                 pass
@@ -573,23 +571,6 @@ class SandboxPool:
                            wall_s: float | None = None) -> tuple[dict, bytes]:
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, self.exchange, request, wall_s)
-
-    def is_up(self) -> bool:
-        """Whether a call would not wait for the pool's first start (non-blocking): a process
-        has been ready, or one has its ready message (or its death, which the call handles)
-        waiting to be read."""
-        if self._up:
-            return True
-        try:
-            slot = self._idle.get_nowait()
-        except queue.Empty:
-            return False  # a call has taken it and waits for its start
-        try:
-            return slot.ready or slot.reader.poll(0)
-        except OSError:
-            return True
-        finally:
-            self._idle.put(slot)
 
     def idle(self) -> bool:
         """Whether every process waits for a request (none is running one or starting anew)."""

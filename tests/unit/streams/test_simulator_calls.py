@@ -17,7 +17,6 @@ import pytest
 from streams.agents.execution import (
     Job,
     JobRunner,
-    in_simulator_process,
     simulate_batch,
     simulator_process_wanted,
     start_simulator,
@@ -278,18 +277,13 @@ def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registe
 
 
 class FakePool:
-    """A simulator pool that is busy, and up, as the test says (`up` for every instance)."""
-
-    up = True
+    """A simulator pool that is busy as the test says."""
 
     def __init__(self, *args, **kwargs) -> None:
         self.busy, self.closed = False, False
 
     def idle(self) -> bool:
         return not self.busy
-
-    def is_up(self) -> bool:
-        return FakePool.up
 
     def close(self) -> None:
         self.closed = True
@@ -327,32 +321,3 @@ def test_auto_closes_a_simulator_process_it_stopped_using_once_idle_long_enough(
     assert simulator_process_wanted(runtime)  # alone again: in_simulator_process starts one
     assert runtime.simulator_unwanted_since is None
     runtime.host_workers.leave()
-
-
-def test_auto_runs_aer_in_the_threads_while_a_simulator_process_started_later_starts(
-        tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
-    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
-    monkeypatch.setattr("streams.agents.execution.SandboxPool", FakePool)
-    monkeypatch.setattr(FakePool, "up", False)
-    monkeypatch.setattr("streams.agents.execution.HOST_SETTLE_S", 0.0)
-    runtime = SimpleNamespace(
-        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
-        host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
-        simulator=None, simulator_at_start=None, registry=BackendRegistry())
-    try:
-        asyncio.run(start_simulator_when_settled(runtime))
-        at_start = runtime.simulator
-        assert isinstance(at_start, FakePool)
-        assert in_simulator_process(runtime, ["aer.ideal"])  # waited for: the warm-up
-        runtime.simulator = None  # closed while other workers shared the host
-        assert not in_simulator_process(runtime, ["aer.ideal"])  # a new one: not waited for
-        assert isinstance(runtime.simulator, FakePool) and runtime.simulator is not at_start
-        FakePool.up = True
-        assert in_simulator_process(runtime, ["aer.ideal"])
-        # `true` waits for its process, as before (the call blocks in the pool)
-        runtime.settings = Settings(simulator_process=True)
-        runtime.simulator, FakePool.up = None, False
-        assert in_simulator_process(runtime, ["aer.ideal"])
-    finally:
-        runtime.host_workers.leave()

@@ -132,22 +132,3 @@ def test_the_warm_up_bell_pair_is_native_and_entangled(name) -> None:
     assert {i.operation.name for i in circuit.data} <= {"rz", "sx", "cx", "measure"}
     counts = backend.run([circuit], 4000, 7)[0]  # a constrained backend checks its coupling
     assert counts.get("00", 0) + counts.get("11", 0) > (0.9 if backend.noise_model else 1) * 3999
-
-
-def test_a_new_pool_says_when_its_process_is_up_without_waiting_for_it() -> None:
-    pool = SandboxPool(SandboxBounds(wall_s=120, cpu_s=60, memory_mb=1024), size=1,
-                       kind=SIMULATE)
-    try:
-        asked = time.monotonic()
-        assert not pool.is_up()  # a process imports Qiskit and warms up first (seconds)
-        assert time.monotonic() - asked < 0.1  # and the question does not wait for it
-        deadline = time.monotonic() + 120
-        while not pool.is_up() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pool.is_up()
-        registry = BackendRegistry()
-        items = jobs(registry)[:1]
-        assert remote(pool, registry, items) == execute_batch(items, registry)
-        assert pool.is_up()
-    finally:
-        pool.close()
