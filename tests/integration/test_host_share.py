@@ -12,8 +12,9 @@ in docs/reliability.md ("Found by the host-share test"): on Tansu the first work
 recovery stalled after the second worker joined (Faust logged "No event received for active
 tp ...-workflows-changelog" for over a minute, so no batch came to decide on); on Kafka the
 first worker's preprocess agent crashed at its first job after "Worker ready" with aiokafka's
-IllegalOperation("Can't send messages while not in transaction") (with a change since taken
-back, which made that job finish sooner).
+IllegalOperation("Can't send messages while not in transaction"), and again without that
+change's follow-up at the rebalance after the second worker stopped (the app then crashed
+with TransactionFailed): a worker on exactly-once dying when a sibling leaves.
 """
 
 from __future__ import annotations
