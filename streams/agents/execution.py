@@ -215,15 +215,13 @@ def fit_aer_threads(runtime: Runtime) -> None:
     `auto` divided among the host's workers that share them. Aer's default is every core the
     machine has, and its threads then compete with the other workers' and burn CPU waiting
     for each other (docs/performance.md, "Aer's threads")."""
-    configured = runtime.settings.simulator_threads
-    if configured:
-        threads = configured
-    elif runtime.host_workers is not None:
-        threads = max(1, math.floor(runtime.host_workers.cores_per_worker()))
-    elif runtime.registry.parallel_threads:
-        return  # decided from this process's usable cores, which do not change
-    else:
-        threads = max(1, math.floor(usable_cores()))
+    threads = runtime.settings.simulator_threads
+    if not threads:
+        host = runtime.host_workers
+        if host is None and runtime.registry.parallel_threads:
+            return  # decided from this process's usable cores, which do not change
+        cores = usable_cores() if host is None else host.cores_per_worker()
+        threads = max(1, math.floor(cores))
     runtime.registry.set_parallel_threads(threads)
 
 
