@@ -34,7 +34,13 @@ commits the consumed offsets inside that producer's transaction. Read in its cod
    open, and nothing commits before a rebalance. Records this worker handled but did not
    commit would be handled again by the next owner, or skipped by this worker's own memory
    of handled records if the partitions came back. Here every acknowledged offset is
-   committed before partitions are given up.
+   committed before partitions are given up. Faust also keeps the producer of a revoked
+   partition that the new assignment makes a standby of this worker (every partition a
+   table reads is one, on the worker that does not own it), though the new owner's
+   InitProducerId fences it: when the partition came back, the fenced producer was used and
+   the worker crashed at its first commit. Here every rebalance stops all of the worker's
+   transactional producers and begins a fresh one for each active partition's id, which also
+   covers a worker that missed a generation.
 
 6. **A record's outputs go out one request at a time.** aiokafka sends what a producer
    holds as soon as its sender runs (linger 0), and a handled record yields to the event
@@ -275,6 +281,19 @@ class Producer(faust_aiokafka.Producer):
             raise TransactionFailed(
                 f"cannot {verb} the transaction of {transactional_id}: {error!r}"
             ) from error
+
+    async def renew_transactions(self, transactional_ids: Iterable[str]) -> None:
+        """Stop every transactional producer, then begin a fresh one for each id.
+
+        A fresh producer's InitProducerId takes the id's newest epoch (fencing any older
+        holder) and makes the broker abort what an earlier holder left open, so that
+        read_committed readers, this worker's table recovery among them, are not held
+        at it until the transaction timeout."""
+        for transactional_id in list(self._transaction_producers):
+            async with self._trn_locks.setdefault(transactional_id, asyncio.Lock()):
+                await self._drop(transactional_id)
+        for transactional_id in sorted(set(transactional_ids)):
+            await self.begin_transaction(transactional_id)
 
     async def maybe_begin_transaction(self, transactional_id: str) -> None:
         producer = self._transaction_producers.get(transactional_id)
@@ -555,12 +574,32 @@ class TransactionManager(FaustTransactionManager):
         await self.consumer.maybe_wait_for_commit_to_finish()
         await self.consumer.commit()
 
+    def active_transactional_ids(self, assigned) -> set[str]:
+        """The transactional ids of the partitions this worker owns (not its standbys)."""
+        ids = set()
+        for tp in assigned:
+            if self.app.assignor.is_standby(tp):
+                continue
+            try:
+                ids.add(self.transactional_id(tp))
+            except KeyError:  # a topic outside the topic groups: no transaction
+                continue
+        return ids
+
     async def on_rebalance(self, assigned, revoked, newly_assigned) -> None:
+        """Fresh transactional producers for the new assignment (5. in the module's notes);
+        Faust's own stops only revoked partitions that are not standbys now."""
+        active = self.active_transactional_ids(assigned)
+        log.info("rebalance: %d fresh transactional producer(s) for %d assigned partition(s)",
+                 len(active), len(assigned))
         try:
-            await super().on_rebalance(assigned, revoked, newly_assigned)
+            await self.producer.renew_transactions(active)
         except TransactionFailed as error:
             await self.fail(error)
             raise
+        for held in (self._committed_at, self._checkpointed):
+            for transactional_id in set(held) - active:
+                del held[transactional_id]
 
 
 def install(transport_cls) -> None:

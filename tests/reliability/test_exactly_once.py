@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from streams.client import job_request
+from streams.processes import stop_process
 from streams.topics import ensure_topics
 from tests.reliability.conftest import scale
 from tests.reliability.exactly_once_support import (
@@ -24,7 +25,7 @@ from tests.reliability.exactly_once_support import (
     submit,
     wait_finished,
 )
-from tests.support import BELL, session_settings
+from tests.support import BELL, session_settings, wait_for
 
 
 @pytest.mark.parametrize("broker_address", ["kafka"], indirect=True)
@@ -91,3 +92,52 @@ def test_results_are_exactly_once_when_a_worker_is_killed_mid_stream(
     # (results, cost events, terminal statuses) of each workflow that has not one of each
     assert not_once(found, ids) == {}
     assert after_kill > 0, "every job finished before the last kill"
+
+
+def _ready(log_path) -> bool:
+    return log_path.exists() and "Worker ready" in log_path.read_text()
+
+
+@pytest.mark.parametrize("broker_address", ["kafka"], indirect=True)
+def test_a_worker_keeps_going_when_its_partition_moves_to_a_sibling_and_back(
+    broker_address, tmp_path, report
+):
+    """A partition moves to a second worker and back when that worker stops (SIGTERM).
+
+    While it was away, the second worker's producer took its transactional id; Faust kept the
+    first worker's producer for it (the partition was a standby of the first worker then) and
+    used it when the partition came back: fenced, the first worker died at its next commit
+    (found by tests/integration/test_host_share.py). Each wave of jobs is spread over both
+    partitions by its keys; the last one is handled after the partition came back."""
+    settings = session_settings(*broker_address, tag="eosmove")
+    asyncio.run(ensure_topics(settings))
+    waves = [[job_request(workflow_id=f"move-{wave}-{i}-{uuid.uuid4().hex[:6]}", circuit=BELL,
+                          shots=64) for i in range(scale(12, 40))] for wave in range(3)]
+    ids = [job["workflow_id"] for wave in waves for job in wave]
+    workers = Workers(settings, tmp_path, count=2, env={"QLANE_SIMULATOR_PROCESS": "false"})
+    try:
+        workers.start(0)
+        submit(settings, waves[0])
+        assert wait_finished(settings, ids[:len(waves[0])], timeout_s=180).finished(ids) == len(
+            waves[0]), workers.log(0).read_text()[-3000:]
+        workers.start(1)
+        assert wait_for(lambda: _ready(workers.log(1)), timeout_s=120), (
+            workers.log(1).read_text()[-3000:])
+        submit(settings, waves[1])
+        second = wait_finished(settings, ids[:2 * len(waves[0])], timeout_s=180)
+        assert second.finished(ids) == 2 * len(waves[0]), workers.log(1).read_text()[-3000:]
+        stop_process(workers.processes[1])
+        submit(settings, waves[2])
+        found = wait_finished(settings, ids, timeout_s=180)
+        first_alive = workers.processes[0].poll() is None
+    finally:
+        workers.stop_all()
+    first_log = workers.log(0).read_text()
+    handled_by_second = workers.log(1).read_text().count("done (mitigate)")
+    report.update(jobs=len(ids), handled_by_second=handled_by_second,
+                  lost=len(found.lost(ids)), **found.duplicates(ids))
+    assert first_alive and "transaction failed" not in first_log, first_log[-4000:]
+    assert handled_by_second > 0, "the second worker took no partition"
+    found = audit(settings)
+    assert found.lost(ids) == []
+    assert not_once(found, ids) == {}

@@ -6,6 +6,7 @@ upgrade, Faust changed and the matching fix must be looked at again.
 
 import asyncio
 import inspect
+import logging
 import weakref
 from types import SimpleNamespace
 
@@ -370,6 +371,105 @@ def test_revocation_commits_what_was_acknowledged():
     tm = manager(TransactionManager)
     asyncio.run(tm.on_partitions_revoked({JOBS}))
     assert tm.consumer.commits == 1
+
+
+class StandbyAssignor(Assignor):
+    """Partitions of the consumed topics this worker now holds as standbys."""
+
+    def __init__(self, standbys=()) -> None:
+        self.standbys = set(standbys)
+
+    def is_standby(self, tp):
+        return tp in self.standbys
+
+
+class RebalanceRecorder(Recorder):
+    """Faust's producer as far as its rebalance goes."""
+
+    async def stop_transaction(self, transactional_id):
+        self.calls.append(("stop", transactional_id))
+
+    async def maybe_begin_transaction(self, transactional_id):
+        self.calls.append(("begin", transactional_id))
+
+
+JOBS_0 = TopicPartition("qlane.jobs", 0)
+
+
+def test_faust_keeps_the_producer_of_a_revoked_partition_that_became_a_standby():
+    """A second worker took partition 0; this one reads its changelog as a standby."""
+    tm = manager(FaustTransactionManager, producer=RebalanceRecorder())
+    tm.log = logging.getLogger("test")
+    tm.app.assignor = StandbyAssignor({JOBS_0})
+    asyncio.run(tm.on_rebalance({JOBS, JOBS_0}, {JOBS_0}, set()))
+    assert ("stop", f"{APP_ID}-1-0") not in tm.producer.calls
+
+
+class FakeTransactionalProducer:
+    def __init__(self, transactional_id) -> None:
+        self.transactional_id = transactional_id
+        self.started = self.stopped = False
+        self.transactions = 0
+
+    async def start(self):
+        self.started = True
+
+    async def stop(self):
+        self.stopped = True
+
+    async def begin_transaction(self):
+        self.transactions += 1
+
+
+class UnreachableCoordinatorProducer(FailingAiokafkaProducer):
+    async def start(self):
+        pass
+
+
+def renewing_producer(held_ids):
+    producer = Producer.__new__(Producer)
+    producer._transaction_producers = {tid: FakeTransactionalProducer(tid) for tid in held_ids}
+    producer._trn_locks = {tid: asyncio.Lock() for tid in held_ids}
+    producer._new_producer = lambda transactional_id=None: FakeTransactionalProducer(
+        transactional_id)
+    return producer
+
+
+def test_a_rebalance_begins_a_fresh_producer_for_each_active_partition_and_stops_the_rest():
+    kept, moved = f"{APP_ID}-1-1", f"{APP_ID}-1-0"
+    producer = renewing_producer([kept, moved])
+    old = dict(producer._transaction_producers)
+    tm = manager(TransactionManager, producer=producer)
+    tm.app.assignor = StandbyAssignor({JOBS_0})
+    tm._committed_at = {kept: 1.0, moved: 1.0}
+    asyncio.run(tm.on_rebalance({JOBS, JOBS_0}, {JOBS_0}, set()))
+    assert old[kept].stopped and old[moved].stopped
+    assert set(producer._transaction_producers) == {kept}
+    fresh = producer._transaction_producers[kept]
+    assert fresh is not old[kept] and fresh.started and fresh.transactions == 1
+    assert tm._committed_at == {kept: 1.0}
+    assert tm.crash_log == []
+
+
+def test_a_partition_that_comes_back_gets_a_fresh_producer():
+    moved = f"{APP_ID}-1-0"
+    producer = renewing_producer([moved])
+    stale = producer._transaction_producers[moved]
+    tm = manager(TransactionManager, producer=producer)
+    asyncio.run(tm.on_rebalance({JOBS, JOBS_0}, set(), {JOBS_0}))
+    assert stale.stopped
+    assert producer._transaction_producers[moved] is not stale
+    assert set(producer._transaction_producers) == {moved, f"{APP_ID}-1-1"}
+
+
+def test_a_producer_that_cannot_begin_crashes_the_worker_at_the_rebalance():
+    producer = renewing_producer([])
+    producer._new_producer = lambda transactional_id=None: UnreachableCoordinatorProducer(
+        KafkaError("coordinator gone"))
+    tm = manager(TransactionManager, producer=producer)
+    with pytest.raises(TransactionFailed):
+        asyncio.run(tm.on_rebalance({JOBS}, set(), {JOBS}))
+    assert len(tm.crash_log) == 1
 
 
 # --- #440: the assignor ------------------------------------------------------------------
