@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from streams import control, flow, observability, shutdown, table_store, transport
+from streams import control, flow, observability, recovery, shutdown, table_store, transport
 from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
@@ -36,6 +36,7 @@ def faust_settings(settings: Settings) -> dict:
         processing_guarantee=settings.effective_processing_guarantee,
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.max_poll_records,
+        TableManager=recovery.TableManager,
     )
     options.update(faust_credentials(settings))
     options.update(table_store.faust_store_settings(settings))

@@ -14,6 +14,7 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams import transactions
+from streams.recovery import changelog_reads, fetch_positions
 
 SCHEME = "qlane"
 log = logging.getLogger("qlane")
@@ -62,6 +63,19 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         level answers the last stable offset on read_committed."""
         consumer = self._ensure_consumer()
         return await consumer.end_offsets(list(partitions))
+
+    async def _fetch_records(self, consumer, active_partitions, timeout=None,
+                             max_records=None):
+        """Faust's fetch; while an exactly-once table recovery runs, what it handed over of
+        each changelog partition is noted (streams/recovery.py)."""
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
+                                               max_records=max_records)
+        reads = changelog_reads(self.app)
+        if reads.watching:
+            partitions = records.keys() if active_partitions is None else active_partitions
+            reads.note(records, fetch_positions(consumer, partitions,
+                                                self.app.tables.changelog_topics))
+        return records
 
     async def positions(self, partitions) -> dict:
         """Each partition's fetch position (or the error asking for it raised), in one hop to
