@@ -5,8 +5,8 @@ A worker alone on the 2 cores runs Aer in its simulator process; when a second w
 has been unused for QLANE_SIMULATOR_IDLE_CLOSE_S, closes it; when the second worker stops it
 starts a simulator process again. Every job submitted meanwhile must be done.
 
-Marked slow, so not in `make test` (run it with `.venv/bin/python -m pytest -m slow
-tests/integration/test_host_share.py`, both brokers). It found two failures that are not
+On Kafka it is in `make test`; on Tansu it is marked slow (run it with `.venv/bin/python
+-m pytest -m slow tests/integration/test_host_share.py`). It found two failures that are not
 this behaviour's (docs/reliability.md, "Found by the host-share test"): on Kafka a worker on
 exactly-once died when its sibling left (a fenced transactional producer kept across the
 rebalance; fixed, and covered in `make test` by tests/reliability/test_exactly_once.py); on
@@ -58,7 +58,9 @@ def run_bursts_until(settings, predicate, timeout_s: float) -> tuple[bool, list[
     return bool(predicate()), states
 
 
-@pytest.mark.slow
+# Tansu's run stays out of `make test` until its stalled recovery is understood (above).
+@pytest.mark.parametrize("broker_address", [pytest.param("tansu", marks=pytest.mark.slow),
+                                            "kafka"], indirect=True)
 def test_a_worker_closes_its_simulator_process_while_another_shares_its_cores_and_starts_it_again(
         broker_address, tmp_path) -> None:
     assert usable_cores() >= 2, "auto starts a simulator process only from 2 usable cores"
