@@ -31,8 +31,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import metrics
 from streams.deadletter import SourceRecord
+from streams.kafka_compat import stop_consumer
 from streams.runtime import Runtime, now_ms
-from streams.security import kafka_options
+from streams.security import broker_unavailable, kafka_options
 
 log = logging.getLogger("qlane")
 
@@ -85,6 +86,29 @@ class AttemptLedger:
         if flush:
             await self.runtime.flush()
 
+    async def _load_until_read(self) -> dict[str, dict]:
+        """The control topic's keys, read again while the cluster cannot answer.
+
+        Nothing this stage would do meanwhile can be written anyway; raising instead crashed
+        the stage's agent with the records it held, which nothing delivered again (a 3-node
+        run with 2 brokers down: 27 jobs never handled). Not stale while a load runs, so
+        that an assignment during it makes the next call load again."""
+        settings = self.runtime.settings
+        delay = settings.retry_backoff_s
+        while True:
+            self.stale = False
+            try:
+                return await load_entries(self.runtime)
+            except Exception as error:
+                if not broker_unavailable(error):
+                    self.stale = True
+                    raise
+                self.stale = True
+                log.warning("attempt counts: the control topic cannot be read (%r); trying "
+                            "again in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, settings.retry_backoff_max_s)
+
     async def _fresh(self) -> None:
         if not self.stale:
             return
@@ -93,8 +117,7 @@ class AttemptLedger:
         async with self._loading:
             if not self.stale:
                 return
-            self.stale = False
-            loaded = await load_entries(self.runtime)
+            loaded = await self._load_until_read()
             # Keys written here since the load started are newer than what was read.
             self.entries = {**loaded, **{k: v for k, v in self.entries.items()
                                          if v.get("at_ms", 0) > loaded.get(k, {}).get("at_ms", 0)}}
@@ -132,7 +155,7 @@ async def load_entries(runtime: Runtime) -> dict[str, dict]:
             log.warning("attempt counts: read the control topic for %.0fs without reaching "
                         "its end; going on with what was read", LOAD_TIMEOUT_S)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return entries
 
 

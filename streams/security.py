@@ -5,11 +5,14 @@ One place, so workers, the CLI, replay and the admin client all connect the same
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 from aiokafka.helpers import create_ssl_context
 
 from streams.settings import Settings
+
+log = logging.getLogger("qlane")
 
 TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
@@ -138,7 +141,50 @@ async def check_access(settings: Settings, topics: list[str], group: str | None 
         await admin.close()
 
 
+def broker_unavailable(error: BaseException) -> bool:
+    """An error a broker call can succeed after: a node or leader not there yet, a timeout."""
+    from aiokafka import errors
+
+    if isinstance(error, errors.KafkaError):
+        return bool(getattr(error, "retriable", False)) or isinstance(
+            error, (errors.KafkaConnectionError, errors.NodeNotReadyError,
+                    errors.KafkaTimeoutError))
+    return isinstance(error, (TimeoutError, ConnectionError))
+
+
 async def preflight(settings: Settings, ensure_topics) -> list[str]:
+    """`checks` retried while the broker is unavailable, for `startup_broker_wait_s`.
+
+    A worker restarted while one node of a cluster is down asked that node (aiokafka's admin
+    client picks one at random) and exited with NodeNotReadyError (seen in the 3-node
+    reliability run: 2 of its workers' restarts). A refused login or ACL is not retried."""
+    from tenacity import (
+        AsyncRetrying,
+        retry_if_exception,
+        stop_after_delay,
+        wait_exponential_jitter,
+    )
+
+    def warn(state) -> None:
+        log.warning("broker not ready for the start-up checks (%r): trying again",
+                    state.outcome.exception())
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(broker_unavailable),
+        stop=stop_after_delay(settings.startup_broker_wait_s),
+        wait=wait_exponential_jitter(multiplier=settings.retry_backoff_s,
+                                     max=settings.retry_backoff_max_s,
+                                     jitter=settings.retry_backoff_s),
+        before_sleep=warn,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await checks(settings, ensure_topics)
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+async def checks(settings: Settings, ensure_topics) -> list[str]:
     """Before a worker starts: authenticate, create missing topics, check the ACLs it needs.
 
     Faust and aiokafka retry a refused login or a missing ACL without end (a log line per

@@ -250,6 +250,11 @@ class Settings(BaseSettings):
         15.0, gt=0, description="a stopping worker exits after this, whatever the broker "
         "does; what it could not commit is handled again by the next owner",
     )
+    startup_broker_wait_s: float = Field(
+        60.0, ge=0, description="a starting worker retries its broker checks (topics, "
+        "ACLs) this long while the broker answers with a retriable error (a node down, a "
+        "leader being elected), then exits; 0 = one try",
+    )
     broker_warning_interval_s: float = Field(
         30.0, ge=0, description="repeats of a broker connection warning are summed up once "
         "per interval instead of logged one by one; 0 logs every one",

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from faust.types import TP
+from mode import OneForOneSupervisor
 
 from streams import metrics, transactions
 from streams.deadletter import SourceRecord, error_class
@@ -27,6 +28,28 @@ class StepOutcome:
 
     stage: str
     outcome: str
+
+
+def stage_supervisor(app) -> type[OneForOneSupervisor]:
+    """The supervisor of a stage's agent: an agent that dies stops the worker.
+
+    Faust restarts a dead agent in place, but the records the dead actor had taken and not
+    acknowledged are never delivered again: its partitions' commits stop at the first of
+    them and their later records are never handled (a 3-node run with 2 brokers down: an
+    agent ended by a stray CancelledError left 27 jobs unhandled behind a live, idle
+    worker). Input never ends a stage (every failure is typed and dead-lettered), so an
+    agent that dies met a bug or its infrastructure: the worker stops, and its restart or the
+    partitions' next owner reads on from the committed offsets."""
+
+    class StageSupervisor(OneForOneSupervisor):
+        async def restart_service(self, service) -> None:
+            reason = getattr(service, "crash_reason", None) or RuntimeError(
+                f"{service!r} stopped")
+            log.critical("a stage's agent died (%r): the worker stops, so that the records it "
+                         "held are delivered again from the committed offsets", reason)
+            await app.crash(reason)
+
+    return StageSupervisor
 
 
 # A handler returns the outcome of a record it passed on: "ok", "duplicate" or "fallback".

@@ -23,7 +23,7 @@ from faust import streams as faust_streams
 
 from schemas.codec import codec
 from streams import transactions
-from streams.agents.common import first_time, mark, new_guard, process_guarded
+from streams.agents.common import first_time, mark, new_guard, process_guarded, stage_supervisor
 from streams.agents.execution import (
     Executed,
     Job,
@@ -138,7 +138,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
     short_name = "execute" if lane == NORMAL else f"execute_{lane}"
 
     @app.agent(runtime.topics[short_name], name=f"qlane.execute{lane_suffix(lane)}",
-               concurrency=1)
+               concurrency=1, supervisor_strategy=stage_supervisor(app))
     async def execute_stage(stream):
         guard = new_guard(runtime)
         await run_overlapped(

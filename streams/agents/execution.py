@@ -445,7 +445,7 @@ class JobRunner:
             ),
             stop=stop_after_attempt(1 + settings.execute_retries - done_before),
             wait=wait_exponential_jitter(
-                initial=settings.retry_backoff_s, max=settings.retry_backoff_max_s
+                multiplier=settings.retry_backoff_s, max=settings.retry_backoff_max_s
             ),
             reraise=True,
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from schemas.codec import codec
 from streams import transactions
-from streams.agents.common import StageFailure, in_thread, mark, run_stage
+from streams.agents.common import StageFailure, in_thread, mark, run_stage, stage_supervisor
 from streams.deadletter import SourceRecord
 from streams.results import build_result, republish_stored_result
 from streams.runtime import Runtime, now_ms
@@ -147,6 +147,7 @@ def register(app, runtime: Runtime, table) -> None:
     # docs/performance.md "Start-up"), and first of the warm-ups: jobs may need it at once.
     runtime.warm_ups.add("mitiq import", zne.mitiq_inference)
 
-    @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1)
+    @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1,
+               supervisor_strategy=stage_supervisor(app))
     async def mitigate_stage(stream):
         await run_stage(stream, runtime, table, STAGE, handle)

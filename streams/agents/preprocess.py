@@ -15,6 +15,7 @@ from streams.agents.common import (
     mark,
     new_guard,
     process_guarded,
+    stage_supervisor,
 )
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
@@ -293,12 +294,13 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, handl
     name = f"qlane.preprocess{lane_suffix(lane)}"
     channel = runtime.lane_channels[("jobs", lane)]
     if runtime.settings.fused_path == "batch":
-        @app.agent(channel, name=name, concurrency=1)
+        @app.agent(channel, name=name, concurrency=1,
+                   supervisor_strategy=stage_supervisor(app))
         async def preprocess_batches(stream):
             await run_batches(stream, runtime, table, STAGE, lane, gate, handle, look_ahead)
         return
 
-    @app.agent(channel, name=name, concurrency=1)
+    @app.agent(channel, name=name, concurrency=1, supervisor_strategy=stage_supervisor(app))
     async def preprocess(stream):
         guard = new_guard(runtime)
         async for event in stream.events():

@@ -14,7 +14,14 @@ import time
 
 from schemas.codec import codec
 from streams import accounting, transactions
-from streams.agents.common import StageFailure, in_thread, in_thread_timed, mark, run_stage
+from streams.agents.common import (
+    StageFailure,
+    in_thread,
+    in_thread_timed,
+    mark,
+    run_stage,
+    stage_supervisor,
+)
 from streams.cancel import cancel_requested
 from streams.deadletter import SourceRecord
 from streams.results import republish_stored_result
@@ -188,6 +195,7 @@ def register(app, runtime: Runtime, table) -> None:
             },
         }
 
-    @app.agent(runtime.topics["variational"], name="qlane.variational", concurrency=1)
+    @app.agent(runtime.topics["variational"], name="qlane.variational", concurrency=1,
+               supervisor_strategy=stage_supervisor(app))
     async def variational_stage(stream):
         await run_stage(stream, runtime, table, STAGE, handle)

@@ -6,6 +6,10 @@ import asyncio
 import json
 from types import SimpleNamespace
 
+import pytest
+from aiokafka.errors import KafkaTimeoutError, NodeNotReadyError
+
+from streams import poison
 from streams.deadletter import SourceRecord
 from streams.poison import InFlight, _apply, ledger_key
 
@@ -97,3 +101,42 @@ def test_the_ledger_reads_only_attempt_keys_and_tombstones():
     assert list(entries) == ["attempts:preprocess:q.jobs:0"]
     _apply(entries, json.dumps("attempts:preprocess:q.jobs:0").encode(), None)
     assert entries == {}
+
+
+# --- reading the counts while the cluster cannot answer -------------------------------------
+
+def ledger_loading(monkeypatch, outcomes):
+    """An AttemptLedger whose loads give `outcomes` in turn (an exception is raised)."""
+    calls = []
+
+    async def load_entries(runtime):
+        outcome = outcomes[len(calls)]
+        calls.append(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(poison, "load_entries", load_entries)
+    settings = SimpleNamespace(retry_backoff_s=0.001, retry_backoff_max_s=0.002)
+    return poison.AttemptLedger(SimpleNamespace(settings=settings)), calls
+
+
+def test_the_counts_are_read_again_while_the_cluster_cannot_answer(monkeypatch):
+    key = ledger_key("preprocess", source(7).topic, 0)
+    ledger, calls = ledger_loading(monkeypatch, [
+        KafkaTimeoutError("Failed to get offsets by times in 40000 ms"),
+        NodeNotReadyError("node 3"),
+        {key: {"offsets": {"7": 1}, "reason": "", "at_ms": 1}},
+    ])
+    assert asyncio.run(ledger.tries("preprocess", source(7))) == (1, "")
+    assert len(calls) == 3 and not ledger.stale
+
+
+def test_a_failure_that_is_not_the_cluster_s_is_raised_and_loaded_again_next_time(
+        monkeypatch):
+    ledger, calls = ledger_loading(monkeypatch, [ValueError("bad control record"), {}])
+    with pytest.raises(ValueError):
+        asyncio.run(ledger.tries("preprocess", source(7)))
+    assert ledger.stale
+    assert asyncio.run(ledger.tries("preprocess", source(7))) == (0, "")
+    assert len(calls) == 2

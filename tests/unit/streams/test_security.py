@@ -1,10 +1,17 @@
+import asyncio
 import re
 import ssl
 from pathlib import Path
 
 import faust
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    TopicAuthorizationFailedError,
+)
 
-from streams.security import faust_credentials, kafka_options
+from streams.security import AccessRefused, faust_credentials, kafka_options, preflight
 from streams.settings import Settings
 
 STREAMS = Path(__file__).resolve().parents[3] / "streams"
@@ -46,3 +53,44 @@ def test_every_kafka_client_in_streams_gets_the_connection_options():
             constructions += 1
             assert "**kafka_options(" in call, f"{path.name}: {call[:80]!r}"
     assert constructions >= 8
+
+
+# --- start-up checks while the broker is unavailable ----------------------------------------
+
+def flaky_ensure_topics(failures):
+    calls = []
+
+    async def ensure_topics(settings):
+        calls.append(settings)
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+        return ["created"]
+
+    return ensure_topics, calls
+
+
+def startup_settings(**overrides):
+    return Settings(profile="embedded", retry_backoff_s=0.001, retry_backoff_max_s=0.002,
+                    **overrides)
+
+
+def test_start_up_checks_are_retried_while_a_node_is_down():
+    ensure_topics, calls = flaky_ensure_topics(
+        [NodeNotReadyError("node 1"), KafkaConnectionError("closed")])
+    assert asyncio.run(preflight(startup_settings(), ensure_topics)) == ["created"]
+    assert len(calls) == 3
+
+
+def test_a_refusal_or_a_permanent_broker_error_is_not_retried():
+    for error in (AccessRefused("no ACL"), TopicAuthorizationFailedError()):
+        ensure_topics, calls = flaky_ensure_topics([error])
+        with pytest.raises(type(error)):
+            asyncio.run(preflight(startup_settings(), ensure_topics))
+        assert len(calls) == 1
+
+
+def test_the_start_up_wait_is_bounded():
+    ensure_topics, calls = flaky_ensure_topics([NodeNotReadyError("node 1")] * 1000)
+    with pytest.raises(NodeNotReadyError):
+        asyncio.run(preflight(startup_settings(startup_broker_wait_s=0), ensure_topics))
+    assert len(calls) == 1
