@@ -161,13 +161,19 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
         jobs = [job_request(workflow_id=f"cl-{i}-{uuid.uuid4().hex[:6]}", circuit=BELL,
                             shots=64) for i in range(count)]
         ids = [job["workflow_id"] for job in jobs]
+        # Each backend call sleeps 0.3 s first (latency only: same counts), so that a wave
+        # is in flight when its failure comes: the batch path computes a wave of 20 Bell
+        # jobs in one call per worker, about 0.1 s without it (a broker kill then hit a wave
+        # that was computed and only waited for its commit).
         workers = Workers(settings, tmp_path, count=3, web_ports=free_ports(3), env={
-            "QLANE_REPLICATION_FACTOR": "3", "QLANE_MIN_INSYNC_REPLICAS": "2"})
+            "QLANE_REPLICATION_FACTOR": "3", "QLANE_MIN_INSYNC_REPLICAS": "2",
+            "QLANE_FAULTS": "aer.ideal:latency_s=0.3"})
         workers.start_all()
-        # The jobs go in in waves, one before each failure, and each failure comes 0.3 s
+        # The jobs go in in waves, one before each failure, and each failure comes 0.1 s
         # after its wave went in, while the wave is in the pipeline: a quiet worker commits
         # each stage within milliseconds (idle_commit_s), so a wave of 20 Bell jobs is done
-        # in about a second (with 1 s, some small waves were over before their failure).
+        # in well under a second (with 1 s, some small waves were over before their failure;
+        # with 0.3 s, 3 of 9 once recoveries no longer waited 10 s after each rebalance).
         # After the run, the completion times show that each failure hit its wave in flight.
         waves = [jobs[i::len(PLAN) + 1] for i in range(len(PLAN) + 1)]
         submit(settings, waves[0])
@@ -183,7 +189,7 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
                         earlier):
                     break
             submit(settings, waves[step])
-            time.sleep(0.3)
+            time.sleep(0.1)
             failed_at.append(time.time())
             if kind == "worker":
                 slot = (workers.kills) % 3
@@ -225,10 +231,13 @@ def test_three_nodes_survive_worker_and_broker_kills_and_a_lost_quorum(tmp_path,
         # 2 of 3 brokers down: no quorum, no in-sync majority. Nothing may be lost or
         # duplicated; progress stops, and resumes when they return.
         more = [job_request(workflow_id=f"st-{i}-{uuid.uuid4().hex[:6]}", circuit=BELL,
-                            shots=64) for i in range(scale(60, 200))]
+                            shots=64) for i in range(scale(300, 1000))]
         more_ids = [job["workflow_id"] for job in more]
         submit(settings, more)
-        time.sleep(1.0)  # some finish; most are still queued when the brokers go
+        # Some finish; most are still queued when the brokers go. The batch path runs a
+        # taken batch in one call: 60 jobs (the earlier small size) were all computed within
+        # 0.2 s of going in, and only their commits waited for the brokers.
+        time.sleep(0.5)
         down_at = time.time()
         cluster.kill_node(2)
         cluster.kill_node(3)
