@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiokafka
+
 METADATA_ATTEMPTS = 10
 
 
@@ -65,3 +67,17 @@ async def assign_settled(consumer, partitions) -> None:
     consumer.assign(partitions)
     for tp in partitions:
         await consumer.position(tp)
+
+
+def fetch_position(consumer, tp) -> int | None:
+    """The consumer's fetch position of `tp`, or None while it has none (no subscription or
+    assignment at this moment, or a partition not yet sought). Read from aiokafka's
+    subscription state: its `position()` asserts that there is one, or asks the broker."""
+    try:
+        assignment = consumer._fetcher._subscriptions.subscription.assignment
+    except AttributeError:
+        return None
+    state = assignment.state_value(aiokafka.TopicPartition(tp.topic, tp.partition))
+    if state is None or not state.has_valid_position:
+        return None
+    return state.position

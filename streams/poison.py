@@ -33,7 +33,7 @@ from streams import metrics
 from streams.deadletter import SourceRecord
 from streams.kafka_compat import stop_consumer
 from streams.runtime import Runtime, now_ms
-from streams.security import broker_unavailable, kafka_options
+from streams.security import broker_retrying, kafka_options
 
 log = logging.getLogger("qlane")
 
@@ -93,21 +93,15 @@ class AttemptLedger:
         the stage's agent with the records it held, which nothing delivered again (a 3-node
         run with 2 brokers down: 27 jobs never handled). Not stale while a load runs, so
         that an assignment during it makes the next call load again."""
-        settings = self.runtime.settings
-        delay = settings.retry_backoff_s
-        while True:
-            self.stale = False
-            try:
-                return await load_entries(self.runtime)
-            except Exception as error:
-                if not broker_unavailable(error):
+        async for attempt in broker_retrying(self.runtime.settings, "attempt counts"):
+            with attempt:
+                self.stale = False
+                try:
+                    return await load_entries(self.runtime)
+                except BaseException:
                     self.stale = True
                     raise
-                self.stale = True
-                log.warning("attempt counts: the control topic cannot be read (%r); trying "
-                            "again in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, settings.retry_backoff_max_s)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _fresh(self) -> None:
         if not self.stale:

@@ -22,6 +22,8 @@ import aiokafka
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery as FaustRecovery
 
+from streams.kafka_compat import fetch_position
+
 
 class ChangelogReads:
     """Per changelog partition: the last record the consumer handed over, and its position.
@@ -68,17 +70,12 @@ def changelog_reads(app) -> ChangelogReads:
 
 def fetch_positions(consumer: aiokafka.AIOKafkaConsumer, partitions, topics) -> dict:
     """The fetch positions of those partitions of `topics` that have one (consumer thread)."""
-    try:
-        assignment = consumer._fetcher._subscriptions.subscription.assignment
-    except AttributeError:  # no subscription or assignment at this moment
-        return {}
     positions = {}
     for tp in partitions:
-        if tp.topic not in topics:
-            continue
-        state = assignment.state_value(aiokafka.TopicPartition(tp.topic, tp.partition))
-        if state is not None and state.has_valid_position:
-            positions[tp] = state.position
+        if tp.topic in topics:
+            position = fetch_position(consumer, tp)
+            if position is not None:
+                positions[tp] = position
     return positions
 
 

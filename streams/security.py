@@ -8,7 +8,15 @@ from __future__ import annotations
 import logging
 import ssl
 
+from aiokafka import errors
 from aiokafka.helpers import create_ssl_context
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+)
 
 from streams.settings import Settings
 
@@ -74,7 +82,6 @@ async def check_authentication(settings: Settings, timeout_s: float = 15.0) -> N
     bad credentials (any server: they share the user store)."""
     import asyncio
 
-    from aiokafka import errors
     from aiokafka.conn import create_conn
 
     options = kafka_options(settings)
@@ -143,13 +150,30 @@ async def check_access(settings: Settings, topics: list[str], group: str | None 
 
 def broker_unavailable(error: BaseException) -> bool:
     """An error a broker call can succeed after: a node or leader not there yet, a timeout."""
-    from aiokafka import errors
-
     if isinstance(error, errors.KafkaError):
         return bool(getattr(error, "retriable", False)) or isinstance(
             error, (errors.KafkaConnectionError, errors.NodeNotReadyError,
                     errors.KafkaTimeoutError))
     return isinstance(error, (TimeoutError, ConnectionError))
+
+
+def broker_retrying(settings: Settings, what: str, stop=stop_never) -> AsyncRetrying:
+    """Attempts of a broker call, again while `broker_unavailable` says so, backing off from
+    `retry_backoff_s` to `retry_backoff_max_s`; the last error is raised once `stop` says."""
+
+    def warn(state) -> None:
+        log.warning("%s: the cluster cannot answer (%r); trying again", what,
+                    state.outcome.exception())
+
+    return AsyncRetrying(
+        retry=retry_if_exception(broker_unavailable),
+        stop=stop,
+        wait=wait_exponential_jitter(multiplier=settings.retry_backoff_s,
+                                     max=settings.retry_backoff_max_s,
+                                     jitter=settings.retry_backoff_s),
+        before_sleep=warn,
+        reraise=True,
+    )
 
 
 async def preflight(settings: Settings, ensure_topics) -> list[str]:
@@ -158,26 +182,8 @@ async def preflight(settings: Settings, ensure_topics) -> list[str]:
     A worker restarted while one node of a cluster is down asked that node (aiokafka's admin
     client picks one at random) and exited with NodeNotReadyError (seen in the 3-node
     reliability run: 2 of its workers' restarts). A refused login or ACL is not retried."""
-    from tenacity import (
-        AsyncRetrying,
-        retry_if_exception,
-        stop_after_delay,
-        wait_exponential_jitter,
-    )
-
-    def warn(state) -> None:
-        log.warning("broker not ready for the start-up checks (%r): trying again",
-                    state.outcome.exception())
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(broker_unavailable),
-        stop=stop_after_delay(settings.startup_broker_wait_s),
-        wait=wait_exponential_jitter(multiplier=settings.retry_backoff_s,
-                                     max=settings.retry_backoff_max_s,
-                                     jitter=settings.retry_backoff_s),
-        before_sleep=warn,
-        reraise=True,
-    )
+    retrying = broker_retrying(settings, "start-up checks",
+                               stop=stop_after_delay(settings.startup_broker_wait_s))
     async for attempt in retrying:
         with attempt:
             return await checks(settings, ensure_topics)
@@ -206,8 +212,6 @@ def explain_refusal(settings: Settings, error: BaseException) -> str | None:
     """A one-line reason when `error` (from a CLI command) is the broker refusing this client:
     bad credentials (checked again, once) or a missing ACL; None for anything else."""
     import asyncio
-
-    from aiokafka import errors
 
     authorization = (errors.TopicAuthorizationFailedError, errors.GroupAuthorizationFailedError,
                      errors.ClusterAuthorizationFailedError,

@@ -14,6 +14,7 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams import transactions
+from streams.kafka_compat import fetch_position
 from streams.recovery import changelog_reads, fetch_positions
 
 SCHEME = "qlane"
@@ -100,12 +101,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         stream partitions are being seeked to their committed offsets, there is none yet, and
         the AssertionError crashed the worker's consumer (seen in the bounded-shutdown test,
         a second worker joining). A partition without a position has nothing to verify yet."""
-        try:
-            state = self._ensure_consumer()._fetcher._subscriptions.subscription \
-                .assignment.state_value(aiokafka.TopicPartition(tp.topic, tp.partition))
-        except AttributeError:  # no subscription or assignment at this moment
-            return None
-        if state is None or not state.has_valid_position:
+        if fetch_position(self._ensure_consumer(), tp) is None:
             return None
         return super().verify_event_path(now, tp)
 
