@@ -347,14 +347,18 @@ class TransactionManager(FaustTransactionManager):
         group = self.app.assignor.group_for_topic(tp.topic)
         return f"{self.app.conf.id}-{group}-{tp.partition}"
 
-    def source_transactional_id(self) -> str | None:
-        tp = current_source_tp()
+    def owned_transactional_id(self, tp) -> str | None:
+        """The transactional id of a partition this worker owns; None for a standby
+        partition or a topic outside the topic groups (no transaction)."""
         if tp is None or self.app.assignor.is_standby(tp):
             return None
         try:
             return self.transactional_id(tp)
-        except KeyError:  # a topic outside the assignment (no group): no transaction
+        except KeyError:
             return None
+
+    def source_transactional_id(self) -> str | None:
+        return self.owned_transactional_id(current_source_tp())
 
     async def send(self, topic, key, value, partition, timestamp, headers, *,
                    transactional_id=None):
@@ -446,13 +450,7 @@ class TransactionManager(FaustTransactionManager):
         for tp, offset in offsets.items():
             consumer._committed_offset[tp] = offset
         for tp in consumer.assignment():
-            if self.app.assignor.is_standby(tp):
-                continue
-            try:
-                transactional_id = self.transactional_id(tp)
-            except KeyError:
-                continue
-            if transactional_id not in transactional_ids:
+            if self.owned_transactional_id(tp) not in transactional_ids:
                 continue
             offset = consumer._new_offset(tp)
             if offset is not None and consumer._should_commit(tp, offset):
@@ -576,15 +574,7 @@ class TransactionManager(FaustTransactionManager):
 
     def active_transactional_ids(self, assigned) -> set[str]:
         """The transactional ids of the partitions this worker owns (not its standbys)."""
-        ids = set()
-        for tp in assigned:
-            if self.app.assignor.is_standby(tp):
-                continue
-            try:
-                ids.add(self.transactional_id(tp))
-            except KeyError:  # a topic outside the topic groups: no transaction
-                continue
-        return ids
+        return {tid for tid in map(self.owned_transactional_id, assigned) if tid is not None}
 
     async def on_rebalance(self, assigned, revoked, newly_assigned) -> None:
         """Fresh transactional producers for the new assignment (5. in the module's notes);
