@@ -406,10 +406,12 @@ def test_faust_keeps_the_producer_of_a_revoked_partition_that_became_a_standby()
 
 
 class FakeTransactionalProducer:
-    def __init__(self, transactional_id) -> None:
+    def __init__(self, transactional_id, in_transaction=False) -> None:
         self.transactional_id = transactional_id
         self.started = self.stopped = False
         self.transactions = 0
+        self._txn_manager = SimpleNamespace(is_in_transaction=lambda: in_transaction
+                                            or bool(self.transactions))
 
     async def start(self):
         self.started = True
@@ -428,14 +430,17 @@ class UnreachableCoordinatorProducer(FailingAiokafkaProducer):
 
 def renewing_producer(held_ids):
     producer = Producer.__new__(Producer)
-    producer._transaction_producers = {tid: FakeTransactionalProducer(tid) for tid in held_ids}
+    producer._transaction_producers = {tid: FakeTransactionalProducer(tid, in_transaction=True)
+                                       for tid in held_ids}
     producer._trn_locks = {tid: asyncio.Lock() for tid in held_ids}
     producer._new_producer = lambda transactional_id=None: FakeTransactionalProducer(
         transactional_id)
     return producer
 
 
-def test_a_rebalance_begins_a_fresh_producer_for_each_active_partition_and_stops_the_rest():
+def test_a_rebalance_stops_the_producers_of_ids_no_longer_owned_and_keeps_the_rest():
+    """A kept producer stays: renewing it aborted what records finished after the
+    revocation commit had sent in it, and the worker skipped them as handled."""
     kept, moved = f"{APP_ID}-1-1", f"{APP_ID}-1-0"
     producer = renewing_producer([kept, moved])
     old = dict(producer._transaction_producers)
@@ -443,22 +448,24 @@ def test_a_rebalance_begins_a_fresh_producer_for_each_active_partition_and_stops
     tm.app.assignor = StandbyAssignor({JOBS_0})
     tm._committed_at = {kept: 1.0, moved: 1.0}
     asyncio.run(tm.on_rebalance({JOBS, JOBS_0}, {JOBS_0}, set()))
-    assert old[kept].stopped and old[moved].stopped
-    assert set(producer._transaction_producers) == {kept}
-    fresh = producer._transaction_producers[kept]
-    assert fresh is not old[kept] and fresh.started and fresh.transactions == 1
+    assert old[moved].stopped and not old[kept].stopped
+    assert producer._transaction_producers == {kept: old[kept]}
     assert tm._committed_at == {kept: 1.0}
     assert tm.crash_log == []
 
 
 def test_a_partition_that_comes_back_gets_a_fresh_producer():
     moved = f"{APP_ID}-1-0"
-    producer = renewing_producer([moved])
+    producer = renewing_producer([moved, f"{APP_ID}-1-1"])
     stale = producer._transaction_producers[moved]
     tm = manager(TransactionManager, producer=producer)
-    asyncio.run(tm.on_rebalance({JOBS, JOBS_0}, set(), {JOBS_0}))
+    tm.app.assignor = StandbyAssignor({JOBS_0})
+    asyncio.run(tm.on_rebalance({JOBS, JOBS_0}, {JOBS_0}, set()))  # moved away: a standby
+    tm.app.assignor = StandbyAssignor()
+    asyncio.run(tm.on_rebalance({JOBS, JOBS_0}, set(), {JOBS_0}))  # and back
     assert stale.stopped
-    assert producer._transaction_producers[moved] is not stale
+    fresh = producer._transaction_producers[moved]
+    assert fresh is not stale and fresh.started and fresh.transactions == 1
     assert set(producer._transaction_producers) == {moved, f"{APP_ID}-1-1"}
 
 
