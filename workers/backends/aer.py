@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,6 +299,39 @@ def outcome_ordered(counts: dict[str, int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: int(item[0].replace(" ", ""), 2)))
 
 
+# --- templates and their bindings ---------------------------------------------------------
+def bound(circuit: QuantumCircuit, values: Mapping[Parameter, float] | None) -> QuantumCircuit:
+    """`circuit` with `values` assigned (no values: `circuit` itself)."""
+    return circuit if values is None else circuit.assign_parameters(values)
+
+
+@dataclass
+class TemplateRuns:
+    """The runs of one exactly sampled template in a call: circuit indices and their values."""
+
+    template: QuantumCircuit
+    measurements: FinalMeasurements
+    indices: list[int] = field(default_factory=list)
+    values: list[Mapping[Parameter, float] | None] = field(default_factory=list)
+
+    def add(self, index: int, values: Mapping[Parameter, float] | None) -> None:
+        self.indices.append(index)
+        self.values.append(values)
+
+    def parameter_binds(self, backend: str) -> dict[Parameter, list[float]]:
+        """Aer's `parameter_binds` entry: each parameter's value in every run, in run order;
+        empty for a template without parameters."""
+        parameters = self.template.parameters
+        if not parameters:
+            return {}
+        if any(v is None for v in self.values):
+            raise ExecutionFailed(f"{backend}: a circuit has parameters and no values for them")
+        try:
+            return {p: [float(v[p]) for v in self.values] for p in parameters}  # type: ignore[index]
+        except KeyError as missing:
+            raise ExecutionFailed(f"{backend}: no value for parameter {missing}") from None
+
+
 # --- noise models ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NoiseView:
@@ -405,11 +438,14 @@ class Backend:
         default=None, init=False, repr=False, compare=False
     )
 
+    binds_parameters = True  # run() takes templates with their parameter values (bindings)
+
     def run(
         self,
         circuits: Sequence[QuantumCircuit],
         shots: int | Sequence[int],
         seed: int | Sequence[int],
+        bindings: Sequence[Mapping[Parameter, float] | None] | None = None,
     ) -> list[dict[str, int]]:
         """Counts per circuit, in order.
 
@@ -419,35 +455,57 @@ class Backend:
         call, so a batch of jobs gets the counts each job gets alone. Count keys are Qiskit's
         bitstrings (clbit 0 rightmost, registers separated by spaces). Circuits that fail
         raise ExecutionFailed for the whole call.
+
+        `bindings[i]`, when given, holds the values of every parameter of `circuits[i]`, which
+        is then a parameterized template: the counts are those of the bound circuit. The same
+        template object may appear many times; exactly sampled, it is checked, stripped of
+        its measurements and assembled by Aer once, and Aer binds each run's values itself
+        (the probabilities are bit-identical to binding in Python first).
         """
         circuits = list(circuits)
         if not circuits:
             return []
         shots_list = circuit_shots(shots, len(circuits))
         seeds = circuit_seeds(seed, len(circuits))
-        if self.coupling_constrained:
-            for circuit in circuits:
-                self._check_native(circuit)
+        values = [None] * len(circuits) if bindings is None else list(bindings)
+        if len(values) != len(circuits):
+            raise ValueError(f"{len(values)} bindings for {len(circuits)} circuits")
         view = self.noise()
+        plans: dict[int, tuple[str | None, FinalMeasurements | None]] = {}
+        for circuit in circuits:
+            if id(circuit) not in plans:
+                if self.coupling_constrained:
+                    self._check_native(circuit)
+                plans[id(circuit)] = self._exact_method(circuit, view)
         counts: list[dict[str, int] | None] = [None] * len(circuits)
-        exact: dict[str, list[tuple[int, FinalMeasurements]]] = {}
+        exact: dict[str, dict[int, TemplateRuns]] = {}
         sampled: list[int] = []
         for i, circuit in enumerate(circuits):
-            method, measurements = self._exact_method(circuit, view)
+            method, measurements = plans[id(circuit)]
             if method is None:
                 sampled.append(i)
-            else:
-                exact.setdefault(method, []).append((i, measurements))
-        for method, group in exact.items():
-            probabilities = self._probabilities(method, [(circuits[i], m) for i, m in group], view)
-            for (i, measurements), p in zip(group, probabilities, strict=True):
-                if view.noisy:
-                    p = apply_readout(p, view.readout_matrices(measurements.qubits))
-                counts[i] = sample_counts(p, measurements, shots_list[i], seeds[i])
+                continue
+            runs = exact.setdefault(method, {}).get(id(circuit))
+            if runs is None:
+                runs = exact[method][id(circuit)] = TemplateRuns(circuit, measurements)
+            runs.add(i, values[i])
+        for method, groups in exact.items():
+            for runs, distributions in zip(
+                groups.values(), self._probabilities(method, list(groups.values()), view),
+                strict=True,
+            ):
+                measurements = runs.measurements
+                for i, p in zip(runs.indices, distributions, strict=True):
+                    if view.noisy:
+                        p = apply_readout(p, view.readout_matrices(measurements.qubits))
+                    counts[i] = sample_counts(p, measurements, shots_list[i], seeds[i])
         for segment in seed_segments(sampled, seeds, shots_list):
             first = segment[0]
             results = self._aer_counts(
-                [circuits[i] for i in segment], shots_list[first], seeds[first], view
+                [bound(circuits[i], values[i]) for i in segment],
+                shots_list[first],
+                seeds[first],
+                view,
             )
             for i, c in zip(segment, results, strict=True):
                 counts[i] = c
@@ -491,28 +549,37 @@ class Backend:
         return None, None
 
     def _probabilities(
-        self,
-        method: str,
-        items: list[tuple[QuantumCircuit, FinalMeasurements]],
-        view: NoiseView,
-    ) -> list[np.ndarray]:
-        """Exact outcome distributions over each circuit's measured qubits, one Aer call."""
+        self, method: str, groups: list[TemplateRuns], view: NoiseView
+    ) -> list[list[np.ndarray]]:
+        """Exact outcome distributions over each template's measured qubits, one per run of
+        it (a template without parameters is simulated once for all its runs), one Aer call."""
         prepared = []
-        for circuit, measurements in items:
-            stripped = without_measurements(circuit)
+        parameter_binds: list[dict[Parameter, list[float]]] = []
+        for runs in groups:
+            stripped = without_measurements(runs.template)
             stripped.append(
-                SaveProbabilities(len(measurements.qubits), label=_PROBABILITIES_LABEL),
-                [stripped.qubits[q] for q in measurements.qubits],
+                SaveProbabilities(len(runs.measurements.qubits), label=_PROBABILITIES_LABEL),
+                [stripped.qubits[q] for q in runs.measurements.qubits],
             )
             prepared.append(stripped)
+            parameter_binds.append(runs.parameter_binds(self.name))
         options: dict[str, Any] = {"method": method, **_EXACT_OPTIONS}
         if view.noisy:
             options["noise_model"] = view.aer_model
+        if any(parameter_binds):
+            options["parameter_binds"] = parameter_binds
         result = self._aer_result(prepared, options)
-        return [
-            np.asarray(result.data(i)[_PROBABILITIES_LABEL], dtype=float)
-            for i in range(len(prepared))
-        ]
+        distributions: list[list[np.ndarray]] = []
+        experiment = 0
+        for runs, binds in zip(groups, parameter_binds, strict=True):
+            simulated = len(runs.indices) if binds else 1
+            probabilities = [
+                np.asarray(result.data(experiment + k)[_PROBABILITIES_LABEL], dtype=float)
+                for k in range(simulated)
+            ]
+            experiment += simulated
+            distributions.append(probabilities if binds else probabilities * len(runs.indices))
+        return distributions
 
     def _aer_counts(
         self, circuits: list[QuantumCircuit], shots: int, seed: int, view: NoiseView

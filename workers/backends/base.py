@@ -46,6 +46,11 @@ class BackendProtocol(Protocol):
     registers separated by spaces), in order; `shots` and `seed` are one value for all circuits
     or one per circuit (an int seed `s` means `s, s+2113, ...`). A backend whose vendor takes
     no seed says so with `seeded = False`; its counts are then random draws.
+
+    A backend that binds parameters itself says so with `binds_parameters = True`; its `run`
+    also takes `bindings` (one parameter-value map per circuit, None for a bound circuit) and
+    may then get a parameterized template many times (workers/backends/aer.py). Every other
+    backend gets bound circuits only (`workers.execution.preparation.backend_circuits`).
     """
 
     name: str

@@ -28,11 +28,12 @@ import json
 import math
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
 from qiskit.quantum_info import Kraus, Operator
 from qiskit.result.postprocess import format_counts_memory
 from qiskit.transpiler import Target
@@ -47,6 +48,7 @@ from workers.backends.aer import (
     NoiseView,
     apply_readout,
     bit_indices,
+    bound,
     circuit_seeds,
     circuit_shots,
     final_measurements,
@@ -324,10 +326,15 @@ class DeviceBackend(Backend):
         circuits: Sequence[QuantumCircuit],
         shots: int | Sequence[int],
         seed: int | Sequence[int],
+        bindings: Sequence[Mapping[Parameter, float] | None] | None = None,
     ) -> list[dict[str, int]]:
         circuits = list(circuits)
         if not circuits:
             return []
+        if bindings is not None:  # components are planned per bound circuit
+            if len(bindings) != len(circuits):
+                raise ValueError(f"{len(bindings)} bindings for {len(circuits)} circuits")
+            circuits = [bound(c, v) for c, v in zip(circuits, bindings, strict=True)]
         shots_list = circuit_shots(shots, len(circuits))
         seeds = circuit_seeds(seed, len(circuits))
         if self.coupling_constrained:

@@ -158,7 +158,7 @@ class FaultInjectingBackend:
             raise AttributeError(attribute)
         return getattr(self.inner, attribute)
 
-    def run(self, circuits, shots, seed) -> list[dict[str, int]]:
+    def run(self, circuits, shots, seed, bindings=None) -> list[dict[str, int]]:
         """Inject this call's faults, then run on the inner backend."""
         with self._lock:
             hang_draw, failure_draw = self._rng.random(), self._rng.random()
@@ -177,7 +177,9 @@ class FaultInjectingBackend:
                 f"{self.name}: injected failure on call {call} "
                 f"(failure_rate={self.spec.failure_rate}, seed={self.spec.seed})"
             )
-        return self.inner.run(circuits, shots, seed)
+        if bindings is None:
+            return self.inner.run(circuits, shots, seed)
+        return self.inner.run(circuits, shots, seed, bindings=bindings)
 
     def __repr__(self) -> str:
         return f"FaultInjectingBackend({self.inner.name!r}, {self.spec})"

@@ -1,7 +1,8 @@
 """Run many prepared jobs together: one backend call per backend, same counts as alone.
 
 The execute stage collects jobs for a short window and hands them to `execute_batch`. Jobs are
-grouped by backend; each group's circuits (every task of every job, bound) go to ONE
+grouped by backend; each group's circuits (every task of every job: its template and its
+parameter values, bound first for a backend that does not bind them itself) go to ONE
 `Backend.run` call with one seed and one shot count per circuit. A job's circuits get the seeds
 `preparation.execute` gives them alone (seed + 2113*k for its k-th task, `circuit_seeds`), and
 `Backend.run` guarantees that a circuit's counts depend only on the circuit, its shots and its
@@ -20,14 +21,21 @@ and the caller retries or falls back. With a `BreakerBoard`, a group whose break
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
 
 from workers.backends.aer import circuit_seeds
 from workers.errors import QlaneError
 from workers.execution.breaker import BreakerBoard, BreakerOpen
-from workers.execution.preparation import PreparedJob, bind_tasks
+from workers.execution.preparation import (
+    PreparedJob,
+    backend_circuits,
+    bind_tasks,
+    run_circuits,
+)
 
 Outcome = list[dict[str, int]] | Exception
 
@@ -77,58 +85,77 @@ def _run_group(
         return
     breaker = breakers.for_backend(name) if breakers is not None else None
 
-    bound: list[tuple[int, list[QuantumCircuit], list[int], list[int]]] = []
+    runs: list[JobRuns] = []
     for i in indices:
         prepared, seed = items[i]
         try:
-            circuits = bind_tasks(prepared)
-            seeds = circuit_seeds(seed, len(circuits))
+            templates, bindings = backend_circuits(prepared, backend)
+            seeds = circuit_seeds(seed, len(templates))
         except Exception as exc:
             outcomes[i] = exc
             continue
-        bound.append((i, circuits, [prepared.shots] * len(circuits), seeds))
-    if not bound:
+        runs.append(JobRuns(i, templates, bindings, [prepared.shots] * len(templates), seeds))
+    if not runs:
         return
 
     if breaker is not None and not breaker.allow():
         refused = BreakerOpen(name, breaker.retry_after_s())
-        for i, *_ in bound:
-            outcomes[i] = refused
+        for job in runs:
+            outcomes[job.index] = refused
         return
     try:
-        counts = backend.run(
-            [c for _, circuits, _, _ in bound for c in circuits],
-            [s for _, _, shots, _ in bound for s in shots],
-            [s for _, _, _, seeds in bound for s in seeds],
-        )
+        counts = _run(backend, runs)
     except Exception as exc:
         if _retryable(exc):
             if breaker is not None:
                 breaker.record_failure()
-            for i, *_ in bound:
-                outcomes[i] = exc
+            for job in runs:
+                outcomes[job.index] = exc
             return
-        if len(bound) == 1:
-            outcomes[bound[0][0]] = exc
+        if len(runs) == 1:
+            outcomes[runs[0].index] = exc
             return
-        _run_one_by_one(backend, bound, breaker, outcomes)
+        _run_one_by_one(backend, runs, breaker, outcomes)
         return
     if breaker is not None:
         breaker.record_success()
     start = 0
-    for i, circuits, _, _ in bound:
-        outcomes[i] = counts[start : start + len(circuits)]
-        start += len(circuits)
+    for job in runs:
+        outcomes[job.index] = counts[start : start + len(job.templates)]
+        start += len(job.templates)
 
 
-def _run_one_by_one(backend, bound, breaker, outcomes) -> None:
+@dataclass(frozen=True)
+class JobRuns:
+    """One job's circuits in a group call: templates, their bindings, shots and seeds."""
+
+    index: int
+    templates: list[QuantumCircuit]
+    bindings: list[dict[Parameter, float] | None]
+    shots: list[int]
+    seeds: list[int]
+
+
+def _run(backend, runs: Sequence[JobRuns]) -> list[dict[str, int]]:
+    """One backend call for every circuit of `runs`."""
+    return run_circuits(
+        backend,
+        [c for job in runs for c in job.templates],
+        [s for job in runs for s in job.shots],
+        [s for job in runs for s in job.seeds],
+        [b for job in runs for b in job.bindings],
+    )
+
+
+def _run_one_by_one(backend, runs: Sequence[JobRuns], breaker, outcomes) -> None:
     """Isolate the job(s) that made the group call fail."""
-    for i, circuits, shots, seeds in bound:
+    for job in runs:
+        i = job.index
         if breaker is not None and not breaker.allow():
             outcomes[i] = BreakerOpen(backend.name, breaker.retry_after_s())
             continue
         try:
-            outcomes[i] = backend.run(circuits, shots, seeds)
+            outcomes[i] = _run(backend, [job])
         except Exception as exc:
             outcomes[i] = exc
             if breaker is not None and _retryable(exc):

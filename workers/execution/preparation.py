@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
 
-from workers.backends.aer import BackendRegistry
+from workers.backends.aer import BackendRegistry, bound
 from workers.circuits import qpy_cache
 from workers.circuits.measurement import (
     basis_circuit,
@@ -292,19 +294,55 @@ def _checked_mitigation(spec: JobSpec) -> MitigationSpec:
     )
 
 
-def bind_tasks(prepared: PreparedJob) -> list[QuantumCircuit]:
-    """One executable circuit per task: its template with its parameter values bound by name."""
-    circuits = []
+def task_templates(
+    prepared: PreparedJob,
+) -> tuple[list[QuantumCircuit], list[dict[Parameter, float] | None]]:
+    """Each task's template and the values of the template's parameters (None: it has none),
+    in task order: what a backend that binds parameters itself runs."""
+    templates: list[QuantumCircuit] = []
+    bindings: list[dict[Parameter, float] | None] = []
     for task in prepared.tasks:
         template = prepared.templates[task.template_index]
+        values = None
         if template.num_parameters:
-            values = dict(zip(prepared.parameter_names, task.parameter_values, strict=True))
-            template = template.assign_parameters({p: values[p.name] for p in template.parameters})
-        circuits.append(template)
-    return circuits
+            named = dict(zip(prepared.parameter_names, task.parameter_values, strict=True))
+            values = {p: named[p.name] for p in template.parameters}
+        templates.append(template)
+        bindings.append(values)
+    return templates, bindings
+
+
+def bind_tasks(prepared: PreparedJob) -> list[QuantumCircuit]:
+    """One executable circuit per task: its template with its parameter values bound by name."""
+    return [bound(t, v) for t, v in zip(*task_templates(prepared), strict=True)]
+
+
+def backend_circuits(
+    prepared: PreparedJob, backend: Any
+) -> tuple[list[QuantumCircuit], list[dict[Parameter, float] | None]]:
+    """The tasks' circuits as `backend` takes them: templates and their values for a backend
+    that binds parameters itself (`binds_parameters`), bound circuits for any other."""
+    if getattr(backend, "binds_parameters", False):
+        return task_templates(prepared)
+    circuits = bind_tasks(prepared)
+    return circuits, [None] * len(circuits)
+
+
+def run_circuits(
+    backend: Any,
+    circuits: list[QuantumCircuit],
+    shots: int | list[int],
+    seed: int | list[int],
+    bindings: list[dict[Parameter, float] | None],
+) -> list[dict[str, int]]:
+    """`backend.run`, with the bindings only where a circuit has them."""
+    if all(b is None for b in bindings):
+        return backend.run(circuits, shots, seed)
+    return backend.run(circuits, shots, seed, bindings=bindings)
 
 
 def execute(prepared: PreparedJob, registry: BackendRegistry, seed: int) -> list[dict[str, int]]:
     """Counts per task, in task order, from one run on the prepared job's backend."""
     backend = registry.get(prepared.backend)
-    return backend.run(bind_tasks(prepared), prepared.shots, seed)
+    circuits, bindings = backend_circuits(prepared, backend)
+    return run_circuits(backend, circuits, prepared.shots, seed, bindings)

@@ -148,7 +148,9 @@ def test_a_call_that_waits_for_the_simulator_process_is_billed_its_run_only(runt
     It is billed the seconds the process spent on it, not its wait: a small part of the time
     it took to come back (billed its wait, it would be billed all of that)."""
     runner = JobRunner(runtime, {})
-    heavy, light = job(runtime.registry, 7, sets=128, shots=20000), job(runtime.registry, 8, 1, 100)
+    # 1000 value sets of one template: Aer binds them itself, so the call stays long enough
+    heavy = job(runtime.registry, 7, sets=1000, shots=20000)
+    light = job(runtime.registry, 8, 1, 100)
     runtime.simulator.wait_started()  # not a process being replaced after the kill test
 
     async def light_behind_heavy():
