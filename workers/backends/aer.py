@@ -307,10 +307,11 @@ def bound(circuit: QuantumCircuit, values: Mapping[Parameter, float] | None) -> 
 
 @dataclass
 class TemplateRuns:
-    """The runs of one exactly sampled template in a call: circuit indices and their values."""
+    """Runs of one template in an Aer call: circuit indices and their values (and, exactly
+    sampled, the template's measurement map)."""
 
     template: QuantumCircuit
-    measurements: FinalMeasurements
+    measurements: FinalMeasurements | None = None
     indices: list[int] = field(default_factory=list)
     values: list[Mapping[Parameter, float] | None] = field(default_factory=list)
 
@@ -330,6 +331,22 @@ class TemplateRuns:
             return {p: [float(v[p]) for v in self.values] for p in parameters}  # type: ignore[index]
         except KeyError as missing:
             raise ExecutionFailed(f"{backend}: no value for parameter {missing}") from None
+
+
+def consecutive_runs(
+    circuits: Sequence[QuantumCircuit],
+    values: Sequence[Mapping[Parameter, float] | None],
+    indices: Sequence[int],
+) -> list[TemplateRuns]:
+    """`indices` (in order) as Aer circuits: consecutive runs of one parameterized template
+    become one circuit with their values; any other run is a circuit of its own."""
+    groups: list[TemplateRuns] = []
+    for i in indices:
+        circuit = circuits[i]
+        if not (groups and groups[-1].template is circuit and circuit.num_parameters):
+            groups.append(TemplateRuns(circuit))
+        groups[-1].add(i, values[i])
+    return groups
 
 
 # --- noise models ---------------------------------------------------------------------------
@@ -458,9 +475,10 @@ class Backend:
 
         `bindings[i]`, when given, holds the values of every parameter of `circuits[i]`, which
         is then a parameterized template: the counts are those of the bound circuit. The same
-        template object may appear many times; exactly sampled, it is checked, stripped of
-        its measurements and assembled by Aer once, and Aer binds each run's values itself
-        (the probabilities are bit-identical to binding in Python first).
+        template object may appear many times: it is checked and analysed once; exactly
+        sampled, it is stripped of its measurements and assembled by Aer once per call, and
+        sampled by Aer, once per run of consecutive circuits in a call; Aer binds the values
+        itself (probabilities and counts are bit-identical to binding in Python first).
         """
         circuits = list(circuits)
         if not circuits:
@@ -502,10 +520,7 @@ class Backend:
         for segment in seed_segments(sampled, seeds, shots_list):
             first = segment[0]
             results = self._aer_counts(
-                [bound(circuits[i], values[i]) for i in segment],
-                shots_list[first],
-                seeds[first],
-                view,
+                consecutive_runs(circuits, values, segment), shots_list[first], seeds[first], view
             )
             for i, c in zip(segment, results, strict=True):
                 counts[i] = c
@@ -582,13 +597,20 @@ class Backend:
         return distributions
 
     def _aer_counts(
-        self, circuits: list[QuantumCircuit], shots: int, seed: int, view: NoiseView
+        self, groups: list[TemplateRuns], shots: int, seed: int, view: NoiseView
     ) -> list[dict[str, int]]:
+        """Aer-sampled counts of every run of `groups`, in order: Aer gives the runs of a
+        template bound from `parameter_binds` consecutive experiments, so the seeds follow the
+        runs as they would bound circuits."""
         options: dict[str, Any] = {"shots": shots, "seed_simulator": seed}
         if view.aer_model is not None:
             options["noise_model"] = view.aer_model
-        result = self._aer_result(circuits, options)
-        return [outcome_ordered(result.get_counts(i)) for i in range(len(circuits))]
+        parameter_binds = [runs.parameter_binds(self.name) for runs in groups]
+        if any(parameter_binds):
+            options["parameter_binds"] = parameter_binds
+        result = self._aer_result([runs.template for runs in groups], options)
+        experiments = sum(len(runs.indices) for runs in groups)
+        return [outcome_ordered(result.get_counts(i)) for i in range(experiments)]
 
     def _aer_result(self, circuits: list[QuantumCircuit], options: dict[str, Any]):
         if self.parallel_threads:

@@ -91,7 +91,34 @@ def test_a_template_is_assembled_once_and_aer_binds_its_values(registry, monkeyp
     exact_circuits, exact_binds = calls[0]
     assert exact_circuits == 2  # the template and the plain circuit, each once
     assert [len(next(iter(b.values()), [])) for b in exact_binds] == [4, 0]
-    assert sum(n for n, _ in calls[1:]) == 2  # the sampled template: bound, two circuits
+    # the sampled template's two runs have seeds that are not Aer's sequence: two calls
+    assert [(n, len(binds[0][A])) for n, binds in calls[1:]] == [(1, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("name", [IDEAL, NOISY])
+def test_consecutive_runs_of_a_sampled_template_share_one_aer_circuit(
+    registry, monkeypatch, name
+) -> None:
+    backend = registry.get(name)
+    sampled = for_backend(registry, name, parameterized(measure_mid=True))
+    plain = sampled.assign_parameters({A: 0.3, B: 0.4})  # sampled too, without parameters
+    circuits = [sampled, sampled, sampled, plain, plain, sampled]
+    bindings = [{A: 0.2 * k, B: 0.5 + 0.1 * k} for k in range(3)] + [None, None, {A: 1, B: 2}]
+    bound_circuits = [bound(c, v) for c, v in zip(circuits, bindings, strict=True)]
+    expected = backend.run(bound_circuits, 300, 41)  # one seed sequence: one Aer call
+    calls = []
+    original = backend.simulator.run
+
+    def spy(circuits_, **options):
+        calls.append((len(circuits_), options.get("parameter_binds")))
+        return original(circuits_, **options)
+
+    monkeypatch.setattr(backend.simulator, "run", spy)
+    assert backend.run(circuits, 300, 41, bindings=bindings) == expected
+    sampled_calls = [(n, binds) for n, binds in calls if n == 4]
+    assert len(calls) == 1  # all Aer-sampled, one seed sequence
+    assert len(sampled_calls) == 1  # the three runs in one circuit, the plain two apart
+    assert [len(b.get(A, [])) for b in sampled_calls[0][1]] == [3, 0, 0, 1]
 
 
 def test_a_template_without_values_or_with_missing_ones_fails_clearly(registry) -> None:
