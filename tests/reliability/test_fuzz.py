@@ -33,6 +33,10 @@ from tests.support import (
 
 UNBOUND = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] {name};\n'
            "qubit[{qubits}] q;\nrx({name}) q[0];\n")
+# A finite parameter value that gives a gate an angle that is not a finite number.
+NON_FINITE_ANGLE = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] a;\n'
+                    "qubit[2] q;\nh q[1];\nrz({angle}) q[0];\n")
+NON_FINITE = [("1/a", 0.0), ("a*1e300", 1e10), ("a*a", 1e200), ("1/(a-1.5)", 1.5)]
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,10 @@ BAD_INPUTS = st.one_of(
              st.tuples(st.sampled_from(["theta", "alpha", "beta", "phi", "t0"]),
                        st.integers(min_value=1, max_value=5))
              .map(lambda p: {"circuit": UNBOUND.format(name=p[0], qubits=p[1])})),
+    nonsense("non_finite_angle", "ParameterMismatch",
+             st.sampled_from(NON_FINITE).map(lambda case: {
+                 "circuit": NON_FINITE_ANGLE.format(angle=case[0]),
+                 "parameter_sets": [[0.5], [case[1]]]})),
     nonsense("nested_gate_definitions", "CircuitTooLarge", nested_gate_definitions()),
     nonsense("nested_loops", "CircuitTooLarge", nested_loops()),
     nonsense("foreign_include", "ForbiddenInclude", foreign_includes()),

@@ -34,6 +34,7 @@ from workers.execution.preparation import (
     PreparedJob,
     backend_circuits,
     bind_tasks,
+    binding_error,
     run_circuits,
 )
 
@@ -103,6 +104,19 @@ def _run_group(
         for job in runs:
             outcomes[job.index] = refused
         return
+    _call(backend, runs, items, breaker, outcomes)
+
+
+def _call(
+    backend: Any,
+    runs: list[JobRuns],
+    items: Sequence[tuple[PreparedJob, int]],
+    breaker: Any,
+    outcomes: list[Outcome | None],
+) -> None:
+    """One call for `runs`; if it fails for good, the jobs at fault get the error: jobs whose
+    values cannot be bound are found by binding them (a backend that binds fails the whole
+    call on one such job) and the rest run again together, else each job runs alone."""
     try:
         counts = _run(backend, runs)
     except Exception as exc:
@@ -111,6 +125,19 @@ def _run_group(
                 breaker.record_failure()
             for job in runs:
                 outcomes[job.index] = exc
+            return
+        unbindable = {
+            job.index: error
+            for job in runs
+            if any(b is not None for b in job.bindings)
+            and (error := binding_error(items[job.index][0])) is not None
+        }
+        if unbindable:
+            for i, error in unbindable.items():
+                outcomes[i] = error
+            rest = [job for job in runs if job.index not in unbindable]
+            if rest:
+                _call(backend, rest, items, breaker, outcomes)
             return
         if len(runs) == 1:
             outcomes[runs[0].index] = exc

@@ -31,7 +31,7 @@ from workers.circuits.parsing import parse_circuit, resolve_format
 from workers.circuits.static_count import check_program
 from workers.circuits.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
 from workers.circuits.validation import check_against_circuit, check_circuit_count, check_request
-from workers.errors import CorruptRecord, InvalidJob
+from workers.errors import CorruptRecord, ExecutionFailed, InvalidJob, ParameterMismatch
 from workers.jobs import JobSpec, MitigationSpec, ObservableSpec, PauliTerm
 from workers.limits import Limits
 from workers.mitigation import ddd, zne
@@ -324,7 +324,10 @@ def backend_circuits(
     that binds parameters itself (`binds_parameters`), bound circuits for any other."""
     if getattr(backend, "binds_parameters", False):
         return task_templates(prepared)
-    circuits = bind_tasks(prepared)
+    try:
+        circuits = bind_tasks(prepared)
+    except (ArithmeticError, ValueError) as exc:
+        raise (binding_error(prepared) or exc) from exc
     return circuits, [None] * len(circuits)
 
 
@@ -341,8 +344,29 @@ def run_circuits(
     return backend.run(circuits, shots, seed, bindings=bindings)
 
 
+def binding_error(prepared: PreparedJob) -> ParameterMismatch | None:
+    """The typed error of a job one of whose parameter sets gives a gate a value that is not a
+    finite number (`1/a` at a = 0, `a*1e300` at a = 1e10), or None. A backend that binds
+    values itself fails the whole call on such a job; this finds which job it was."""
+    for task, template, values in zip(prepared.tasks, *task_templates(prepared), strict=True):
+        try:
+            bound(template, values)
+        except (ArithmeticError, ValueError) as exc:
+            return ParameterMismatch(
+                f"parameter set {task.parameter_set_index} gives a gate a value that is not "
+                f"a finite number: {exc}"
+            )
+    return None
+
+
 def execute(prepared: PreparedJob, registry: BackendRegistry, seed: int) -> list[dict[str, int]]:
     """Counts per task, in task order, from one run on the prepared job's backend."""
     backend = registry.get(prepared.backend)
     circuits, bindings = backend_circuits(prepared, backend)
-    return run_circuits(backend, circuits, prepared.shots, seed, bindings)
+    try:
+        return run_circuits(backend, circuits, prepared.shots, seed, bindings)
+    except ExecutionFailed as exc:
+        error = binding_error(prepared)
+        if error is None:
+            raise
+        raise error from exc

@@ -10,7 +10,7 @@ from qiskit.circuit import Parameter
 from tests.unit.workers.conftest import ANSATZ3_QASM3
 from workers.backends.aer import IDEAL, NOISY, BackendRegistry, bound
 from workers.backends.faults import FaultInjectingBackend, FaultSpec
-from workers.errors import ExecutionFailed
+from workers.errors import ExecutionFailed, ParameterMismatch
 from workers.execution.batching import execute_batch
 from workers.execution.preparation import bind_tasks, execute, prepare, task_templates
 from workers.jobs import JobSpec, parse_observable
@@ -190,3 +190,70 @@ def test_a_backend_that_does_not_bind_gets_bound_circuits(registry, cache, limit
     outcome = execute_batch([(prepared, 77)], OneBackend())
     assert outcome == [execute(prepared, registry, 77)]
     assert plain.seen and all(c.num_parameters == 0 for c in plain.seen)
+
+
+ANGLE = """OPENQASM 3.0;
+include "stdgates.inc";
+input float a;
+qubit[2] q;
+h q[1];
+rz(1/a) q[0];
+ry(a) q[1];
+"""
+
+
+def angle_job(workflow_id: str, value: float, backend: str = IDEAL) -> JobSpec:
+    return JobSpec(
+        workflow_id,
+        ANGLE,
+        shots=200,
+        backend=backend,
+        observables=(parse_observable("ZZ"),),
+        parameter_sets=((0.7,), (value,)),
+    )
+
+
+@pytest.mark.parametrize("name", [IDEAL, NOISY])
+def test_a_job_whose_values_give_an_infinite_angle_fails_typed_alone(
+    registry, cache, limits, monkeypatch, name
+) -> None:
+    """`1/a` at a = 0: Aer fails the whole call on it. The job gets ParameterMismatch, the
+    others in its call (sharing its template) their counts, in one more call, not one each."""
+    good = [
+        prepare(angle_job(f"good-{k}", 0.1 * (k + 1), name), registry, cache, limits)
+        for k in range(3)
+    ]
+    bad = prepare(angle_job("bad", 0.0, name), registry, cache, limits)
+    assert bad.templates[0] is good[0].templates[0]  # one template, as the cache shares it
+    backend = registry.get(name)
+    calls = []
+    original = backend.simulator.run
+
+    def spy(circuits_, **options):
+        calls.append(len(circuits_))
+        return original(circuits_, **options)
+
+    monkeypatch.setattr(backend.simulator, "run", spy)
+    outcomes = execute_batch([(good[0], 1), (bad, 2), (good[1], 3), (good[2], 4)], registry)
+    assert isinstance(outcomes[1], ParameterMismatch)
+    assert "parameter set 1" in str(outcomes[1]) and "finite" in str(outcomes[1])
+    assert len(calls) == 2  # the failed call and the one without the bad job
+    for outcome, job, seed in zip(
+        [outcomes[0], outcomes[2], outcomes[3]], good, (1, 3, 4), strict=True
+    ):
+        assert outcome == execute(job, registry, seed)
+    with pytest.raises(ParameterMismatch):
+        execute(bad, registry, 2)
+
+
+def test_a_backend_that_does_not_bind_gets_the_same_typed_error(registry, cache, limits) -> None:
+    bad = prepare(angle_job("bad-bound-only", 0.0), registry, cache, limits)
+    plain = BoundOnly(registry.get(IDEAL))
+
+    class OneBackend:
+        def get(self, name):
+            return plain
+
+    (outcome,) = execute_batch([(bad, 5)], OneBackend())
+    assert isinstance(outcome, ParameterMismatch)
+    assert not plain.seen
