@@ -61,6 +61,19 @@ def mixed_call(registry: BackendRegistry, name: str):
     return circuits, bindings
 
 
+def aer_calls(backend, monkeypatch) -> list[tuple[int, list | None]]:
+    """Every Aer call `backend` makes from now on: (circuits, parameter_binds)."""
+    calls = []
+    original = backend.simulator.run
+
+    def spy(circuits, **options):
+        calls.append((len(circuits), options.get("parameter_binds")))
+        return original(circuits, **options)
+
+    monkeypatch.setattr(backend.simulator, "run", spy)
+    return calls
+
+
 @pytest.mark.parametrize("name", [IDEAL, NOISY])
 def test_bindings_give_the_counts_of_the_bound_circuits(registry, name) -> None:
     backend = registry.get(name)
@@ -79,14 +92,7 @@ def test_bindings_give_the_counts_of_the_bound_circuits(registry, name) -> None:
 def test_a_template_is_assembled_once_and_aer_binds_its_values(registry, monkeypatch) -> None:
     backend = registry.get(IDEAL)
     circuits, bindings = mixed_call(registry, IDEAL)
-    calls = []
-    original = backend.simulator.run
-
-    def spy(circuits_, **options):
-        calls.append((len(circuits_), options.get("parameter_binds")))
-        return original(circuits_, **options)
-
-    monkeypatch.setattr(backend.simulator, "run", spy)
+    calls = aer_calls(backend, monkeypatch)
     backend.run(circuits, 100, 5, bindings=bindings)
     exact_circuits, exact_binds = calls[0]
     assert exact_circuits == 2  # the template and the plain circuit, each once
@@ -106,14 +112,7 @@ def test_consecutive_runs_of_a_sampled_template_share_one_aer_circuit(
     bindings = [{A: 0.2 * k, B: 0.5 + 0.1 * k} for k in range(3)] + [None, None, {A: 1, B: 2}]
     bound_circuits = [bound(c, v) for c, v in zip(circuits, bindings, strict=True)]
     expected = backend.run(bound_circuits, 300, 41)  # one seed sequence: one Aer call
-    calls = []
-    original = backend.simulator.run
-
-    def spy(circuits_, **options):
-        calls.append((len(circuits_), options.get("parameter_binds")))
-        return original(circuits_, **options)
-
-    monkeypatch.setattr(backend.simulator, "run", spy)
+    calls = aer_calls(backend, monkeypatch)
     assert backend.run(circuits, 300, 41, bindings=bindings) == expected
     sampled_calls = [(n, binds) for n, binds in calls if n == 4]
     assert len(calls) == 1  # all Aer-sampled, one seed sequence
@@ -226,14 +225,7 @@ def test_a_job_whose_values_give_an_infinite_angle_fails_typed_alone(
     bad = prepare(angle_job("bad", 0.0, name), registry, cache, limits)
     assert bad.templates[0] is good[0].templates[0]  # one template, as the cache shares it
     backend = registry.get(name)
-    calls = []
-    original = backend.simulator.run
-
-    def spy(circuits_, **options):
-        calls.append(len(circuits_))
-        return original(circuits_, **options)
-
-    monkeypatch.setattr(backend.simulator, "run", spy)
+    calls = aer_calls(backend, monkeypatch)
     outcomes = execute_batch([(good[0], 1), (bad, 2), (good[1], 3), (good[2], 4)], registry)
     assert isinstance(outcomes[1], ParameterMismatch)
     assert "parameter set 1" in str(outcomes[1]) and "finite" in str(outcomes[1])
