@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     max_parameter_sets: int = Limits.max_parameter_sets
     max_observables: int = Limits.max_observables
     max_circuits_per_job: int = Limits.max_circuits_per_job
+    max_simulation_seconds: float = Limits.max_simulation_seconds
     # Untrusted programs (issue 11): static bounds counted before parsing, then the sandbox.
     max_gate_instances: int = Limits.max_gate_instances
     max_loop_iterations: int = Limits.max_loop_iterations

@@ -123,7 +123,7 @@ class BackendUnavailable(RetryableError):
 
 
 class JobTooLarge(InvalidJob):
-    """The job expands to more circuits than the configured limit."""
+    """The job asks for more simulation than the configured limit (max_simulation_seconds)."""
 
 
 class DeadlineExceeded(PermanentError):

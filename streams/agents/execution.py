@@ -131,8 +131,10 @@ async def simulate(runtime: Runtime, items: list[tuple[bytes, int, str]],
     it: SandboxTimeout), with each item's seconds as the process timed them."""
     pool = runtime.simulator
     split = shares([len(data) for data, _, _ in items], pool.size)
+    limit = runtime.settings.max_simulation_seconds
     calls = [pool.run_exchange(request_for(runtime.registry, [items[i] for i in share],
-                                           cpu_s=math.ceil(wall_s)), wall_s)
+                                           cpu_s=math.ceil(wall_s),
+                                           max_simulation_seconds=limit), wall_s)
              for share in split]
     # Every call ends before the batch does (none is left running when one fails).
     answers = await asyncio.gather(*calls, return_exceptions=True)
@@ -317,7 +319,9 @@ async def batch_outcomes(runtime: Runtime, jobs: list[Job]) -> dict[str, tuple[o
             outcomes, seconds = answered.outcomes, answered.seconds
         else:
             outcomes, elapsed = await in_thread_timed(
-                runtime, functools.partial(execute_batch, breakers=runtime.breakers),
+                runtime,
+                functools.partial(execute_batch, breakers=runtime.breakers,
+                                  max_simulation_seconds=runtime.settings.max_simulation_seconds),
                 [(j.prepared, j.seed) for j in jobs], runtime.registry,
             )
             seconds = split_by_work(elapsed, [j.prepared for j in jobs])
@@ -406,7 +410,8 @@ class JobRunner:
                 counts = outcome
             else:
                 counts, seconds = await asyncio.wait_for(
-                    in_thread_timed(runtime, execute, prepared, runtime.registry, job.seed),
+                    in_thread_timed(runtime, execute, prepared, runtime.registry, job.seed,
+                                    self.settings.max_simulation_seconds),
                     timeout,
                 )
         except (TimeoutError, SandboxTimeout):

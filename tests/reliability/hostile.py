@@ -36,6 +36,18 @@ class Hostile:
     family: str
     program: str
     reasons: frozenset  # acceptable dead-letter reasons (error classes)
+    request: tuple = ()  # other JobRequest fields, as (name, value) pairs
+
+
+def noisy_layers(qubits: int, layers: int) -> str:
+    """A mid-circuit measurement, then layers of h and a ring of cx: on a noisy backend Aer
+    simulates it shot by shot."""
+    body = []
+    for layer in range(layers):
+        body += [f"ry({0.1 + 0.01 * layer}) q[{i}];" for i in range(qubits)]
+        body += [f"cx q[{i}], q[{(i + 1) % qubits}];" for i in range(qubits)]
+    return (Q3 + f"qubit[{qubits}] q;\nbit[{qubits}] c;\nc[0] = measure q[0];\n"
+            + "\n".join(body) + "\nc = measure q;\n")
 
 
 def corpus() -> list[Hostile]:
@@ -87,12 +99,22 @@ def corpus() -> list[Hostile]:
                 frozenset({"ForbiddenInclude"})),
         Hostile("oversized source", Q2 + "qreg q[1];\n// " + "x" * 400_000 + "\nh q[0];\n",
                 frozenset({"CircuitTooLarge"})),
+        Hostile("hours of noisy simulation (a million shots, each its own trajectory)",
+                noisy_layers(8, 40), frozenset({"JobTooLarge"}),
+                (("backend", "aer.noisy"), ("shots", 1_000_000))),
+        Hostile("a 16-qubit state per parameter set (1000 sets of 4,000 gates)",
+                Q3 + "input float a;\nqubit[16] q;\n"
+                + "".join(f"rx(a) q[{i}];\ncx q[{i}], q[{(i + 1) % 16}];\n"
+                          for i in range(16)) * 125,
+                frozenset({"JobTooLarge"}),
+                (("parameter_sets", [[0.001 * k] for k in range(1000)]),)),
     ]
 
 
-def job_bytes(workflow_id: str, program: str) -> bytes:
+def job_bytes(workflow_id: str, program: str, request: tuple = ()) -> bytes:
+    fields = {"shots": 8, **dict(request)}
     return codec("JobRequest").encode(job_request(workflow_id=workflow_id, circuit=program,
-                                                  shots=8))
+                                                  **fields))
 
 
 def produce(settings, records: list[tuple[str, bytes]], topic: str | None = None) -> list[float]:

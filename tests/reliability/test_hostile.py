@@ -48,7 +48,8 @@ def test_hostile_programs_are_dead_lettered_typed_and_the_worker_survives(
             for round_number in range(rounds):
                 for index, hostile in enumerate(programs):
                     key = f"hostile-{round_number}-{index}-{uuid.uuid4().hex[:6]}"
-                    (sent,) = produce(settings, [(key, job_bytes(key, hostile.program))])
+                    (sent,) = produce(settings, [(key, job_bytes(key, hostile.program,
+                                                                       hostile.request))])
                     letter = wait_for(lambda key=key: dead_letters(settings).get(key),
                                       timeout_s=DEAD_LETTER_WITHIN_S + 30)
                     assert letter, f"{hostile.family}: no dead letter\n{log.read_text()[-3000:]}"

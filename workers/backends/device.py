@@ -41,6 +41,7 @@ from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel, QuantumError, ReadoutError
 
 from workers.backends.aer import (
+    DENSITY_MATRIX_RATE,
     EXACT_MAX_MEASURED_BITS,
     EXACT_MAX_QUBITS_DENSITY_MATRIX,
     Backend,
@@ -357,6 +358,18 @@ class DeviceBackend(Backend):
         if plans:
             self._run_components(circuits, plans, shots_list, seeds, view, counts)
         return counts  # type: ignore[return-value]
+
+    def estimated_seconds(self, circuit: QuantumCircuit, shots: int) -> float:
+        """As `Backend.estimated_seconds`; a circuit split into components costs the sum of
+        its components' exact density matrices."""
+        plan = self._component_plan(circuit, self.noise())
+        if plan is None:
+            return super().estimated_seconds(circuit, shots)
+        _, parts = plan
+        return sum(
+            len(part.instructions) * 4.0 ** active_qubits(circuit, part) / DENSITY_MATRIX_RATE
+            for part in parts
+        )
 
     def _component_plan(self, circuit: QuantumCircuit, view: NoiseView):
         """Components to simulate separately, or None when Backend.run's own paths serve."""

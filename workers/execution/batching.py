@@ -35,6 +35,7 @@ from workers.execution.preparation import (
     backend_circuits,
     bind_tasks,
     binding_error,
+    check_simulation,
     run_circuits,
 )
 
@@ -46,17 +47,19 @@ def execute_batch(
     registry: Any,
     *,
     breakers: BreakerBoard | None = None,
+    max_simulation_seconds: float | None = None,
 ) -> list[Outcome]:
     """Counts per task for each (prepared job, seed), in order, or the exception of that job.
 
-    Never raises for a job's failure: the exception takes that job's slot.
+    Never raises for a job's failure: the exception takes that job's slot. A job whose
+    simulation is estimated above `max_simulation_seconds` gets JobTooLarge and is not run.
     """
     outcomes: list[Outcome | None] = [None] * len(items)
     groups: dict[str, list[int]] = {}
     for index, (prepared, _) in enumerate(items):
         groups.setdefault(prepared.backend, []).append(index)
     for name, indices in groups.items():
-        _run_group(name, indices, items, registry, breakers, outcomes)
+        _run_group(name, indices, items, registry, breakers, outcomes, max_simulation_seconds)
     return outcomes  # type: ignore[return-value]
 
 
@@ -77,6 +80,7 @@ def _run_group(
     registry: Any,
     breakers: BreakerBoard | None,
     outcomes: list[Outcome | None],
+    max_simulation_seconds: float | None,
 ) -> None:
     try:
         backend = registry.get(name)
@@ -87,9 +91,11 @@ def _run_group(
     breaker = breakers.for_backend(name) if breakers is not None else None
 
     runs: list[JobRuns] = []
+    estimates: dict = {}
     for i in indices:
         prepared, seed = items[i]
         try:
+            check_simulation(prepared, backend, max_simulation_seconds, estimates)
             templates, bindings = backend_circuits(prepared, backend)
             seeds = circuit_seeds(seed, len(templates))
         except Exception as exc:

@@ -31,7 +31,13 @@ from workers.circuits.parsing import parse_circuit, resolve_format
 from workers.circuits.static_count import check_program
 from workers.circuits.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
 from workers.circuits.validation import check_against_circuit, check_circuit_count, check_request
-from workers.errors import CorruptRecord, ExecutionFailed, InvalidJob, ParameterMismatch
+from workers.errors import (
+    CorruptRecord,
+    ExecutionFailed,
+    InvalidJob,
+    JobTooLarge,
+    ParameterMismatch,
+)
 from workers.jobs import JobSpec, MitigationSpec, ObservableSpec, PauliTerm
 from workers.limits import Limits
 from workers.mitigation import ddd, zne
@@ -359,9 +365,40 @@ def binding_error(prepared: PreparedJob) -> ParameterMismatch | None:
     return None
 
 
-def execute(prepared: PreparedJob, registry: BackendRegistry, seed: int) -> list[dict[str, int]]:
+def check_simulation(
+    prepared: PreparedJob, backend: Any, max_seconds: float | None, estimates: dict | None = None
+) -> None:
+    """JobTooLarge if the simulation `prepared` asks of `backend` is estimated above
+    `max_seconds` (None: no limit; a backend without `estimated_seconds` is not checked).
+    `estimates` keeps the per-template estimates of one call (templates are shared)."""
+    estimate = getattr(backend, "estimated_seconds", None)
+    if max_seconds is None or estimate is None:
+        return
+    estimates = {} if estimates is None else estimates
+    total = 0.0
+    for task in prepared.tasks:
+        template = prepared.templates[task.template_index]
+        key = (id(template), prepared.shots)
+        if key not in estimates:
+            estimates[key] = estimate(template, prepared.shots)
+        total += estimates[key]
+    if total > max_seconds:
+        raise JobTooLarge(
+            f"job would need about {total:.3g} s of simulation on {prepared.backend} "
+            f"> {max_seconds:g} s (max_simulation_seconds): fewer shots, gates, qubits or "
+            "circuits"
+        )
+
+
+def execute(
+    prepared: PreparedJob,
+    registry: BackendRegistry,
+    seed: int,
+    max_simulation_seconds: float | None = None,
+) -> list[dict[str, int]]:
     """Counts per task, in task order, from one run on the prepared job's backend."""
     backend = registry.get(prepared.backend)
+    check_simulation(prepared, backend, max_simulation_seconds)
     circuits, bindings = backend_circuits(prepared, backend)
     try:
         return run_circuits(backend, circuits, prepared.shots, seed, bindings)

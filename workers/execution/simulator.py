@@ -48,6 +48,7 @@ class SimulateRequest:
     noise_scale: dict[str, float] = field(default_factory=dict)
     ideal_qubits: int | None = None
     cpu_s: int | None = None  # the request's CPU bound (RLIMIT_CPU), default the pool's
+    max_simulation_seconds: float | None = None  # the worker's limit (execute_batch)
 
 
 def simulated_here(registry, names: Sequence[str]) -> bool:
@@ -57,7 +58,8 @@ def simulated_here(registry, names: Sequence[str]) -> bool:
 
 
 def request_for(registry, items: Sequence[tuple[bytes, int, str]],
-                cpu_s: int | None = None) -> SimulateRequest:
+                cpu_s: int | None = None,
+                max_simulation_seconds: float | None = None) -> SimulateRequest:
     """The request for (prepared bytes, seed, backend name) items, with the noise scale
     the worker's registry has for those backends."""
     names = {name for _, _, name in items}
@@ -66,6 +68,7 @@ def request_for(registry, items: Sequence[tuple[bytes, int, str]],
         noise_scale={name: registry.noise_scale(name) for name in names},
         ideal_qubits=registry.ideal_qubits,
         cpu_s=cpu_s,
+        max_simulation_seconds=max_simulation_seconds,
     )
 
 
@@ -148,7 +151,9 @@ class Simulator:
                 registry.set_noise_scale(name, scale)
         items = [(PreparedJob.from_bytes(data), seed) for data, seed in request.items]
         started = time.perf_counter()
-        outcomes = execute_batch(items, registry)
+        outcomes = execute_batch(
+            items, registry, max_simulation_seconds=request.max_simulation_seconds
+        )
         seconds = split_by_work(time.perf_counter() - started, [job for job, _ in items])
         return {"ok": True, "outcomes": [_encoded(o) for o in outcomes],
                 "seconds": seconds}, b""

@@ -1,0 +1,111 @@
+"""The simulation a job may ask for: estimated per template before it runs, refused above
+`max_simulation_seconds` with JobTooLarge."""
+
+from __future__ import annotations
+
+import pytest
+from qiskit import QuantumCircuit, transpile
+
+from workers.backends.aer import IDEAL, NOISY, active_qubit_count, operation_count
+from workers.errors import JobTooLarge
+from workers.execution.batching import execute_batch
+from workers.execution.preparation import execute, prepare
+from workers.jobs import JobSpec
+from workers.limits import Limits
+
+MID_MEASURE = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[4] q;
+bit[4] c;
+c[0] = measure q[0];
+ry(0.3) q[0];
+cx q[0], q[1];
+cx q[1], q[2];
+cx q[2], q[3];
+c = measure q;
+"""
+
+
+def test_operations_count_a_for_loop_per_index_and_skip_barriers() -> None:
+    circuit = QuantumCircuit(3)
+    circuit.h(0)
+    circuit.barrier()
+    with circuit.for_loop(range(5)):
+        circuit.x(1)
+        circuit.cx(1, 2)
+    assert operation_count(circuit) == 1 + 5 * 2
+    assert active_qubit_count(circuit) == 3
+
+
+def test_a_noisy_circuit_sampled_shot_by_shot_costs_in_proportion_to_its_shots(registry) -> None:
+    noisy = registry.get(NOISY)
+    circuit = transpile(QuantumCircuit.from_qasm_str(_qasm2_mid()), target=noisy.target)
+    one, ten = noisy.estimated_seconds(circuit, 1000), noisy.estimated_seconds(circuit, 10_000)
+    assert ten == pytest.approx(10 * one)
+
+
+def test_an_exact_circuit_costs_the_same_whatever_its_shots_and_4n_as_a_density_matrix(
+    registry,
+) -> None:
+    ghz = QuantumCircuit(4)
+    ghz.h(0)
+    for i in range(3):
+        ghz.cx(i, i + 1)
+    ghz.measure_all()
+    ideal, noisy = registry.get(IDEAL), registry.get(NOISY)
+    assert ideal.estimated_seconds(ghz, 10) == ideal.estimated_seconds(ghz, 10**6)
+    native = transpile(ghz, target=noisy.target, optimization_level=0)
+    assert noisy.estimated_seconds(native, 10) == noisy.estimated_seconds(native, 10**6)
+    assert noisy.estimated_seconds(native, 10) > ideal.estimated_seconds(ghz, 10)
+
+
+def test_a_job_over_the_limit_is_too_large_and_not_run(registry, cache, monkeypatch) -> None:
+    spec = JobSpec("sim-limit", MID_MEASURE, shots=200_000, backend=NOISY)
+    prepared = prepare(spec, registry, cache, Limits())
+    backend = registry.get(NOISY)
+    estimate = backend.estimated_seconds(prepared.templates[0], spec.shots)
+    calls = []
+    monkeypatch.setattr(backend, "run", lambda *args, **kwargs: calls.append(args) or [{}])
+    (outcome,) = execute_batch([(prepared, 1)], registry, max_simulation_seconds=estimate / 2)
+    assert isinstance(outcome, JobTooLarge)
+    assert "s of simulation on aer.noisy" in str(outcome) and "max_simulation_seconds" in str(
+        outcome
+    )
+    with pytest.raises(JobTooLarge):
+        execute(prepared, registry, 1, max_simulation_seconds=estimate / 2)
+    assert not calls  # refused before any backend call
+    execute_batch([(prepared, 1)], registry, max_simulation_seconds=estimate * 2)
+    assert len(calls) == 1
+
+
+def test_parameter_sets_multiply_the_estimate(registry, cache) -> None:
+    program = MID_MEASURE.replace("qubit[4] q;", "input float a;\nqubit[4] q;").replace(
+        "ry(0.3)", "ry(a)"
+    )
+    many = JobSpec("sim-sets-50", program, shots=100, backend=NOISY,
+                   parameter_sets=tuple((0.01 * k,) for k in range(50)))
+    prepared = prepare(many, registry, cache, Limits())
+    single = registry.get(NOISY).estimated_seconds(prepared.templates[0], 100)
+    fits = execute_batch([(prepared, 1)], registry, max_simulation_seconds=single * 51)
+    assert isinstance(fits[0], list)
+    (refused,) = execute_batch([(prepared, 1)], registry, max_simulation_seconds=single * 49)
+    assert isinstance(refused, JobTooLarge)
+
+
+def test_a_device_circuit_split_into_components_costs_its_components(registry) -> None:
+    device = registry.get("ibm.torino")
+    pairs = QuantumCircuit(24)
+    for i in range(0, 24, 2):
+        pairs.h(i)
+        pairs.cx(i, i + 1)
+    pairs.measure_all()
+    native = transpile(pairs, target=device.target, optimization_level=1, seed_transpiler=1)
+    assert device._component_plan(native, device.noise()) is not None
+    assert device.estimated_seconds(native, 1000) < 1.0
+
+
+def _qasm2_mid() -> str:
+    return (
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[3];\ncreg c[3];\nh q[0];\n'
+        "measure q[0] -> c[0];\ncx q[0], q[1];\ncx q[1], q[2];\nmeasure q -> c;\n"
+    )
