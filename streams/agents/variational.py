@@ -91,7 +91,8 @@ def register(app, runtime: Runtime, table) -> None:
                     stop_reason = "budget"
                     break
                 counts, seconds = await in_thread_timed(
-                    runtime, execute, prepared, runtime.registry, job_seed(job.workflow_id, None))
+                    runtime, execute, prepared, runtime.registry, job_seed(job.workflow_id, None),
+                    runtime.settings.max_simulation_seconds)
                 outcome = await in_thread(runtime, mitigate, prepared, counts)
                 report = outcome.report
                 estimate_0 = outcome.estimates[0]

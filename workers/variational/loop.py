@@ -386,7 +386,9 @@ def evaluate(
     from workers.seeds import job_seed
 
     prepared = prepare(job, registry, cache, limits, readout_cache)
-    counts = execute(prepared, registry, job_seed(job.workflow_id, None))
+    counts = execute(
+        prepared, registry, job_seed(job.workflow_id, None), limits.max_simulation_seconds
+    )
     outcome = mitigate(prepared, counts)
     estimate = next(e for e in outcome.estimates if e.observable_index == 0)
     shots = prepared.shots * len(prepared.tasks)

@@ -10,7 +10,7 @@ from workers.backends.aer import IDEAL, NOISY, active_qubit_count, operation_cou
 from workers.errors import JobTooLarge
 from workers.execution.batching import execute_batch
 from workers.execution.preparation import execute, prepare
-from workers.jobs import JobSpec
+from workers.jobs import JobSpec, parse_observable
 from workers.limits import Limits
 
 MID_MEASURE = """OPENQASM 3.0;
@@ -109,3 +109,16 @@ def _qasm2_mid() -> str:
         'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[3];\ncreg c[3];\nh q[0];\n'
         "measure q[0] -> c[0];\ncx q[0], q[1];\ncx q[1], q[2];\nmeasure q -> c;\n"
     )
+
+
+def test_a_variational_evaluation_is_held_to_the_limit_too(registry, cache) -> None:
+    from workers.variational.loop import evaluate
+
+    program = MID_MEASURE.replace("qubit[4] q;", "input float a;\nqubit[4] q;").replace(
+        "ry(0.3)", "ry(a)"
+    )
+    job = JobSpec("sim-vqe", program, shots=2000, backend=NOISY, parameter_sets=((0.2,),),
+                  observables=(parse_observable("ZZZZ"),))
+    with pytest.raises(JobTooLarge):
+        evaluate(job, 0, registry, cache, Limits(max_simulation_seconds=0.001))
+    assert evaluate(job, 0, registry, cache, Limits()).shots > 0
