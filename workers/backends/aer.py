@@ -97,6 +97,7 @@ _CONTROL_FLOW = (
     (ForLoopOp, "for_loop"),
     (SwitchCaseOp, "switch_case"),
 )
+_CONTROL_FLOW_NAMES = frozenset(name for _, name in _CONTROL_FLOW)
 _ALWAYS_ALLOWED = frozenset({"barrier"})
 _MAY_FOLLOW_MEASUREMENT = frozenset({"barrier"})
 
@@ -227,6 +228,9 @@ def final_measurements(circuit: QuantumCircuit) -> FinalMeasurements | None:
 def operation_count(circuit: QuantumCircuit) -> int:
     """Operations the simulator applies, barriers aside: a for loop's body once per index,
     every other block (branches, while bodies) once."""
+    counts = circuit.count_ops()
+    if not _CONTROL_FLOW_NAMES.intersection(counts):
+        return sum(counts.values()) - counts.get("barrier", 0)
     count = 0
     for instruction in circuit.data:
         if instruction.name == "barrier":
