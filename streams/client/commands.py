@@ -15,6 +15,7 @@ from streams.settings import Settings
 from streams.topics import tenant_topic
 
 CANCEL_ANSWERS = frozenset({"cancelled", "cancel_ignored", "duplicate", "done", "failed"})
+WORKER_ANSWERS = frozenset({"cancelled", "cancel_ignored"})  # what a worker says to a cancel
 
 
 @dataclass
@@ -57,6 +58,7 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
             await client.cancel(workflow_id, tenant, reason)
         deadline = time.monotonic() + timeout_s
         answer = CancelAnswer(workflow_id, "no_answer")
+        ended: CancelAnswer | None = None
         while time.monotonic() < deadline:
             batch = await watcher.getmany(timeout_ms=300)
             for records in batch.values():
@@ -64,10 +66,16 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
                     if record.key != workflow_id.encode():
                         continue
                     status = codec("JobStatus").decode(record.value)
-                    if status["state"] in CANCEL_ANSWERS:
+                    if status["state"] in WORKER_ANSWERS:
                         return CancelAnswer(workflow_id, status["state"], status["detail"])
-                    if status["state"] == "executing":
+                    if status["state"] in CANCEL_ANSWERS:
+                        # The workflow ended; its status may have been written after the
+                        # cancel was sent (the result came first), and the worker's own answer
+                        # to the cancel still follows: wait for it until the deadline.
+                        ended = ended or CancelAnswer(workflow_id, status["state"],
+                                                      status["detail"])
+                    elif status["state"] == "executing":
                         answer = CancelAnswer(workflow_id, "requested", status["detail"])
-        return answer
+        return ended or answer
     finally:
         await stop_consumer(watcher)
