@@ -588,13 +588,14 @@ class Backend:
         times the shots where Aer samples a noisy circuit shot by shot. An order of
         magnitude, for refusing jobs built to hold a simulator for hours, not a forecast."""
         operations = operation_count(circuit)
-        method, measurements = self._exact_method(circuit, self.noise())
+        view = self.noise()
+        method, measurements = self._exact_method(circuit, view)
         if method == "statevector":
             return operations * 2.0**measurements.active_qubits / STATEVECTOR_RATE
         if method == "density_matrix":
             return operations * 4.0**measurements.active_qubits / DENSITY_MATRIX_RATE
         amplitudes = 2.0 ** active_qubit_count(circuit)
-        if self.noise().noisy:
+        if view.noisy:
             return operations * amplitudes * shots / TRAJECTORY_RATE
         return operations * amplitudes / STATEVECTOR_RATE
 
