@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import aiokafka
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -38,7 +39,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super()._seek_wait(consumer, fixed)
 
     async def seek_to_committed(self):
-        """Seek to the committed offsets, and partitions that have none to their beginning.
+        """Seek to the committed offsets, and partitions that have none to their beginning;
+        the next fetch handed to the app says which partitions were sought (see `Consumer`).
 
         Faust drops records it has fetched whenever flow stops or the rebalance generation
         changes under it (`Consumer.getmany`, the stream's generation check), and relies on
@@ -47,12 +49,18 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         the first records of a partition were never handled while later ones were (two lost
         jobs in the 3-node kill run, docs/reliability.md). Reading such a partition from its
         beginning again is safe: a record handled before is recognised as handled."""
-        committed = await super().seek_to_committed()
+        return await self.call_thread(self._seek_to_committed)
+
+    async def _seek_to_committed(self):
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
         changelogs = self.app.tables.changelog_topics
         never_committed = [tp for tp, offset in committed.items()
                            if not offset and tp.topic not in changelogs]
         if never_committed:
-            await self.call_thread(self._ensure_consumer().seek_to_beginning, *never_committed)
+            await consumer.seek_to_beginning(*never_committed)
+        # In this thread, before any fetch can hand over a record from the new positions.
+        self.qlane_sought = {**getattr(self, "qlane_sought", {}), **committed}
         return committed
 
     async def _highwaters(self, partitions):
@@ -71,6 +79,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         each changelog partition is noted (streams/recovery.py)."""
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
                                                max_records=max_records)
+        sought = getattr(self, "qlane_sought", None)
+        if sought:  # every record of this fetch was fetched from the sought positions
+            self.qlane_sought = {}
+            records = FetchAfterSeek(records, sought)
         reads = changelog_reads(self.app)
         if reads.watching:
             partitions = records.keys() if active_partitions is None else active_partitions
@@ -114,7 +126,46 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class FetchAfterSeek(dict):
+    """A fetch's records (partition -> records), the first since `sought` partitions were
+    sought (partition -> committed offset, None when there is none)."""
+
+    def __init__(self, records, sought) -> None:
+        super().__init__(records)
+        self.sought = sought
+
+
 class Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer, with the read offsets of sought partitions reset where the records
+    fetched from their new positions begin.
+
+    Faust ignores a fetched record below the offset it last read of its partition (a record
+    read twice), and after seeking a partition back to its committed offset it sets that read
+    offset back only once the seek has returned to the app's loop. The seek itself runs in
+    the consumer's thread, whose fetcher starts fetching from the new position at once: when
+    those records were handed over before the app's loop got back to the seek, they were
+    compared with the old read offset. If the old read offset was past a record never handed
+    over (Faust skips the records of a partition that is paused, or was not yet resumed, when
+    their turn comes, without moving the position back), that record was dropped as read,
+    and the partition's later records went on: a job never handled while a worker joined
+    (docs/reliability.md, "Fixed: a record lost at a seek"). Here the first fetch after a
+    seek carries the sought partitions, and their read offsets are cleared before any of its
+    records is looked at; records handled before the seek and fetched again are recognised
+    by the stages (`HandledRecords`)."""
+
+    async def perform_seek(self) -> None:
+        committed = await self.seek_to_committed()
+        self._committed_offset.update({
+            ensure_TP(tp): offset or None for tp, offset in committed.items()
+            if offset is not None})
+
+    async def _wait_next_records(self, timeout):
+        records, active_partitions = await super()._wait_next_records(timeout)
+        if isinstance(records, FetchAfterSeek):
+            for tp in records.sought:
+                self._read_offset[ensure_TP(tp)] = None
+        return records, active_partitions
+
     def _new_offset(self, tp):
         """On exactly-once, count the offsets between the committed one and the first
         acknowledged one as done before Faust looks for the next offset to commit.
