@@ -158,10 +158,11 @@ HOST_SETTLE_S = REFRESH_S
 
 
 def join_host(runtime: Runtime) -> None:
-    """Register this worker among the host's workers, when `simulator_process` is `auto`
-    (workers.host_workers); it leaves at exit, and a killed worker's entry is dropped by the
-    others."""
-    if runtime.host_workers is not None or not runtime.settings.simulator_process_auto:
+    """Register this worker among the host's workers (workers.host_workers), whatever its
+    `simulator_process`: a worker set to `true` or `false` shares the cores as much as one
+    set to `auto`, and the `auto` ones count it. It leaves at exit; a killed worker's entry
+    is dropped by the others."""
+    if runtime.host_workers is not None:
         return
     directory = runtime.settings.host_workers_dir
     runtime.host_workers = HostWorkers(Path(directory) if directory else None,
@@ -174,11 +175,10 @@ def simulator_process_wanted(runtime: Runtime) -> bool:
     worker has at least SIMULATOR_PROCESS_MIN_CORES of the host's cores for itself (the
     cores it may use, divided among the workers registered on the host that share them)."""
     settings = runtime.settings
-    if not settings.simulator_process or not settings.simulator_process_auto:
-        fit_aer_threads(runtime)
-        return settings.simulator_process
     join_host(runtime)
     fit_aer_threads(runtime)
+    if not settings.simulator_process or not settings.simulator_process_auto:
+        return settings.simulator_process
     host = runtime.host_workers
     wanted = host.cores_per_worker() >= SIMULATOR_PROCESS_MIN_CORES
     if wanted != runtime.simulator_wanted:
@@ -219,7 +219,7 @@ def fit_aer_threads(runtime: Runtime) -> None:
     for each other (docs/performance.md, "Aer's threads")."""
     threads = runtime.settings.simulator_threads
     if not threads:
-        host = runtime.host_workers
+        host = runtime.host_workers if runtime.settings.simulator_process_auto else None
         if host is None and runtime.registry.parallel_threads:
             return  # decided from this process's usable cores, which do not change
         cores = usable_cores() if host is None else host.cores_per_worker()

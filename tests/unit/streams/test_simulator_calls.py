@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -237,13 +238,57 @@ def test_aer_threads_in_the_worker_are_its_whole_usable_cores(
     assert runtime.registry.parallel_threads == 3  # as set
 
 
-def test_an_explicit_simulator_process_setting_ignores_the_other_workers(tmp_path) -> None:
-    for value in (True, False):
+def test_an_explicit_simulator_process_setting_ignores_the_other_workers(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for value in (True, False):
+            runtime = SimpleNamespace(
+                settings=Settings(simulator_process=value, host_workers_dir=str(tmp_path)),
+                host_workers=None, simulator_wanted=None, registry=BackendRegistry())
+            assert simulator_process_wanted(runtime) is value
+            (tmp_path / str(sibling.pid)).write_text(json.dumps(
+                {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+            runtime.host_workers._counted_at = None
+            assert simulator_process_wanted(runtime) is value
+            assert runtime.registry.parallel_threads == 2  # its whole cores, as before
+            runtime.host_workers.leave()
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_an_auto_worker_counts_a_worker_set_explicitly_beside_it(
+        tmp_path, monkeypatch, explicit) -> None:
+    """A worker with QLANE_SIMULATOR_PROCESS=true or false registers on the host too: an
+    `auto` worker beside it shares the cores with it (before, it counted itself alone and
+    started a simulator process on two cores shared by two workers)."""
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    fixed = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from types import SimpleNamespace; "
+         "from streams.agents.execution import simulator_process_wanted; "
+         "from streams.settings import Settings; "
+         "from workers.backends.registry import BackendRegistry; "
+         f"r = SimpleNamespace(settings=Settings(simulator_process={explicit}, "
+         f"host_workers_dir={str(tmp_path)!r}), host_workers=None, simulator_wanted=None, "
+         "registry=BackendRegistry()); simulator_process_wanted(r); print('joined', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
+    try:
+        assert fixed.stdout.readline().strip() == "joined"
         runtime = SimpleNamespace(
-            settings=Settings(simulator_process=value, host_workers_dir=str(tmp_path)),
-            host_workers=None, simulator_wanted=None, registry=BackendRegistry())
-        assert simulator_process_wanted(runtime) is value
-        assert runtime.host_workers is None and not any(tmp_path.iterdir())
+            settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
+            host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
+            simulator=None, registry=BackendRegistry())
+        assert not simulator_process_wanted(runtime)  # one core each: in the threads
+        assert runtime.host_workers.sharing() == 2
+        runtime.host_workers.leave()
+    finally:
+        fixed.kill()
+        fixed.wait()
 
 
 def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registered(
