@@ -27,6 +27,7 @@ import pytest
 from streams.client import job_request
 from streams.topics import ensure_topics
 from tests.reliability.conftest import scale
+from tests.reliability.exactly_once_support import audit, not_once
 from tests.support import (
     BELL,
     session_settings,
@@ -40,6 +41,7 @@ BURSTS_PER_JOIN_S = 14  # a join and its recovery take 1-3 s; the rest is the tw
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 40 joins of about 17 s each with QLANE_RELIABILITY_FULL=1
 @pytest.mark.parametrize("broker_address", ["kafka", "tansu"], indirect=True)
 def test_no_job_is_lost_while_a_worker_joins_and_leaves_again_and_again(
         broker_address, tmp_path, report) -> None:
@@ -52,7 +54,7 @@ def test_no_job_is_lost_while_a_worker_joins_and_leaves_again_and_again(
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     ids = itertools.count()
     not_done: dict[str, str] = {}
-    submitted = 0
+    submitted: list[str] = []
     joins = scale(10, 40)
     first = start_worker(settings, tmp_path / "first.log", env=env)
     try:
@@ -64,7 +66,7 @@ def test_no_job_is_lost_while_a_worker_joins_and_leaves_again_and_again(
                 while time.monotonic() < until:
                     jobs = [job_request(workflow_id=f"churn-{join}-{next(ids)}", circuit=BELL,
                                         shots=100) for _ in range(6)]
-                    submitted += len(jobs)
+                    submitted += [job["workflow_id"] for job in jobs]
                     outcomes = submit_and_wait(settings, jobs, timeout_s=60)
                     not_done.update({workflow: outcome.state
                                      for workflow, outcome in outcomes.items()
@@ -76,5 +78,10 @@ def test_no_job_is_lost_while_a_worker_joins_and_leaves_again_and_again(
         for hog in hogs:
             hog.kill()
         stop_worker(first)
-    report.update(joins=joins, jobs=submitted, not_done=len(not_done))
+    found = audit(settings)
+    report.update(joins=joins, jobs=len(submitted), not_done=len(not_done),
+                  **found.duplicates(submitted))
     assert not_done == {}, (not_done, (tmp_path / "first.log").read_text()[-3000:])
+    assert found.lost(submitted) == []
+    if settings.profile == "kafka":  # exactly-once: one result, cost event and end each
+        assert not_once(found, submitted) == {}

@@ -45,10 +45,16 @@ class PartitionLog:
             _closed=False, fetched_records=self.fetched_records,
             _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext))
 
-    async def seek_to_committed(self, *partitions):
-        self.position = 350
+    def assignment(self):
+        return {JOBS}
+
+    async def committed(self, tp):
+        await asyncio.sleep(0.01)  # a round trip to the group coordinator
+        return 350
+
+    def seek(self, tp, offset):
+        self.position = offset
         self.sought.set()
-        return {JOBS: 350}
 
     async def fetched_records(self, partitions, timeout=0, max_records=None):
         await self.sought.wait()  # nothing new until the seek
@@ -160,3 +166,30 @@ def test_a_fetch_after_a_seek_clears_the_read_offsets_of_the_sought_partitions(r
     assert fetched == records
     assert consumer._read_offset[JOBS] is None
     assert consumer._read_offset[other] == 7
+
+
+class TwoPartitionLogs(PartitionLog):
+    """As aiokafka's own `seek_to_committed` did it: partition 1 sought, then the committed
+    offset of partition 0 asked for, while the fetcher hands over partition 1's records."""
+
+    OTHER = TP("qlane.jobs", 0)
+
+    def assignment(self):
+        return {JOBS, self.OTHER}
+
+
+def test_no_fetch_from_a_sought_position_is_handed_over_before_the_seek_is_noted():
+    log = TwoPartitionLogs()
+    consumer = consumer_over(log)
+    thread = consumer._thread
+
+    async def scenario():
+        seek = asyncio.ensure_future(thread._seek_to_committed())
+        fetched = await thread._fetch_records(log, {JOBS}, timeout=1)
+        await seek
+        return fetched
+
+    fetched = asyncio.run(scenario())
+    assert [r.offset for r in fetched[JOBS]] == [350, 351]
+    assert isinstance(fetched, FetchAfterSeek)  # so the read offsets are cleared first
+    assert fetched.sought == {JOBS: 350, TwoPartitionLogs.OTHER: 350}

@@ -835,6 +835,12 @@ class NeverCommittedConsumer:
     async def seek_to_beginning(self, *partitions):
         self.seeks.extend((tp, "beginning") for tp in partitions)
 
+    def assignment(self):
+        return set(self.committed_offsets)
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
     async def seek_to_committed(self, *partitions):
         from aiokafka import AIOKafkaConsumer
 
