@@ -23,6 +23,10 @@ log = logging.getLogger("qlane")
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    # Partitions sought since the last fetch handed over (partition -> committed offset);
+    # only ever replaced, never changed in place.
+    qlane_sought: dict = {}
+
     async def _seek_wait(self, consumer, partitions) -> None:
         """Table recovery may ask for a changelog offset below -1 (seen on exactly-once after
         broker restarts; Faust maps only -1 to 0) and aiokafka then crashes the recovery.
@@ -67,7 +71,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         for tp, offset in committed.items():
             if offset and offset > 0:
                 consumer.seek(tp, offset)
-        self.qlane_sought = {**getattr(self, "qlane_sought", {}), **committed}
+        self.qlane_sought = {**self.qlane_sought, **committed}
         if never_committed:  # its offset reset is requested before its first wait
             await consumer.seek_to_beginning(*never_committed)
         return committed
@@ -88,7 +92,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         each changelog partition is noted (streams/recovery.py)."""
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
                                                max_records=max_records)
-        sought = getattr(self, "qlane_sought", None)
+        sought = self.qlane_sought
         if sought:  # every record of this fetch was fetched from the sought positions
             self.qlane_sought = {}
             records = FetchAfterSeek(records, sought)

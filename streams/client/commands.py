@@ -14,8 +14,8 @@ from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import tenant_topic
 
-CANCEL_ANSWERS = frozenset({"cancelled", "cancel_ignored", "duplicate", "done", "failed"})
 WORKER_ANSWERS = frozenset({"cancelled", "cancel_ignored"})  # what a worker says to a cancel
+ENDED = frozenset({"duplicate", "done", "failed"})  # the workflow's own end
 
 
 @dataclass
@@ -68,7 +68,7 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
                     status = codec("JobStatus").decode(record.value)
                     if status["state"] in WORKER_ANSWERS:
                         return CancelAnswer(workflow_id, status["state"], status["detail"])
-                    if status["state"] in CANCEL_ANSWERS:
+                    if status["state"] in ENDED:
                         # The workflow ended; its status may have been written after the
                         # cancel was sent (the result came first), and the worker's own answer
                         # to the cancel still follows: wait for it until the deadline.
