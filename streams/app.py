@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from streams import control, flow, observability, recovery, shutdown, table_store, transport
+from streams import (
+    control,
+    flow,
+    observability,
+    record_batches,
+    recovery,
+    shutdown,
+    table_store,
+    transport,
+)
 from streams.agents import execute, mitigate, preprocess, variational
 from streams.runtime import Runtime
 from streams.security import faust_credentials
@@ -55,6 +64,7 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     app.qlane_idle_commit_s = settings.idle_commit_s
     app.qlane_transaction_linger_s = settings.effective_transaction_linger_s
     shutdown.install(app, settings)
+    record_batches.install(settings.max_uncompressed_batch_mb * record_batches.MIB)
     names = TopicNames.from_settings(settings)
     runtime = Runtime(settings=settings, names=names, app=app)
     for short_name, topic_name in vars(names).items():

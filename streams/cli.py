@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from streams import record_batches
 from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -35,7 +36,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides["topic_prefix"] = args.topic_prefix
     if getattr(args, "partitions", None):
         overrides["partitions"] = args.partitions
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    # The command's own readers (tail, dlq, replay) meet the same batches as the workers.
+    record_batches.install(settings.max_uncompressed_batch_mb * record_batches.MIB)
+    return settings
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:

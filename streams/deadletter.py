@@ -91,3 +91,48 @@ def faust_timestamp(timestamp_ms: int | None) -> float | None:
     if timestamp_ms is None:
         return None
     return (timestamp_ms + 0.5) / 1000.0
+
+
+# What a record adds to its key, value and headers on the wire, at most: its own length,
+# attributes, deltas and varints, and its batch's header (61 bytes), with room to spare.
+RECORD_OVERHEAD_BYTES = 512
+OMITTED_HEADER = HEADER_PREFIX + "omitted"
+
+
+def record_bytes(key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes]]) -> int:
+    """A record's size as a producer counts it against its maximum request size."""
+    return (len(key or b"") + len(value or b"") + RECORD_OVERHEAD_BYTES
+            + sum(len(name.encode()) + len(value or b"") + 10 for name, value in headers))
+
+
+def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                    limit: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Key, value and headers of a dead letter that a producer can send (`limit`: its maximum
+    request size).
+
+    A record can be larger than the dead-letter producer allows: a broker accepts up to its
+    own limit (1 MiB on Kafka by default, none on the embedded broker) and the dead letter
+    adds its headers. A send past the limit fails the worker, and its next owner meets the
+    same record. So what does not fit is left out, in this order, and named in a
+    `qlane.dlq.omitted` header: the value, the original headers, the key. The record itself
+    stays in its source topic at the offset the dead letter names."""
+    if record_bytes(key, value, headers) <= limit:
+        return key, value, headers
+    omitted = []
+    if value is not None:
+        omitted.append(f"value ({len(value)} bytes)")
+        value = None
+    ours = [(name, text) for name, text in headers if name.startswith(HEADER_PREFIX)]
+    note = [(OMITTED_HEADER, b"")]
+    if record_bytes(key, value, headers + note) > limit:
+        theirs = len(headers) - len(ours)
+        if theirs:
+            omitted.append(f"{theirs} original headers")
+        headers = ours
+    if record_bytes(key, value, headers + note) > limit and key is not None:
+        omitted.append(f"key ({len(key)} bytes)")
+        key = None
+    text = (", ".join(omitted) + " left out: larger than the dead-letter producer's "
+            f"{limit}-byte limit; the record stays at its source topic and offset")
+    return key, value, headers + [(OMITTED_HEADER, text.encode())]

@@ -19,7 +19,8 @@ import logging
 from aiokafka.partitioner import murmur2
 
 from streams import metrics
-from streams.deadletter import SourceRecord
+from streams.deadletter import SourceRecord, record_bytes
+from workers.errors import RecordTooLarge
 
 # murmur2 here is pure Python (about 0.2 µs per byte): a longer key is handled where it
 # landed rather than hashed. No workflow id comes near it.
@@ -46,6 +47,11 @@ def home_partition(source: SourceRecord, partitions: int) -> int | None:
 async def reroute(runtime, source: SourceRecord, partition: int, stage: str) -> str:
     """Send the record, unchanged, to `partition` of its own topic; the original is done."""
     headers = [*source.headers, (REROUTED_HEADER, source.address.encode())]
+    limit = runtime.app.conf.producer_max_request_size
+    if record_bytes(source.key, source.value, headers) > limit:
+        raise RecordTooLarge(
+            f"the record is too large to re-send to partition {partition} (its key's) within "
+            f"the producer's {limit}-byte limit: send it to that partition")
     timestamp = None if source.timestamp_ms is None else source.timestamp_ms / 1000
     await runtime.topic_named(source.topic).send(
         key=source.key, value=source.value, partition=partition, headers=headers,

@@ -16,6 +16,7 @@ from streams.deadletter import (
     dead_letter_headers,
     error_class,
     faust_timestamp,
+    fit_dead_letter,
 )
 from streams.idempotency import HandledRecords
 from streams.logs import lifecycle_level
@@ -194,9 +195,11 @@ class Runtime:
             attempts=attempts,
             worker_version=self.worker_version,
         )
+        key, value, headers = fit_dead_letter(
+            source.key, source.value, headers, self.app.conf.producer_max_request_size)
         await self.topics["deadletter"].send(
-            key=source.key,
-            value=source.value,
+            key=key,
+            value=value,
             headers=headers,
             timestamp=faust_timestamp(source.timestamp_ms),
         )

@@ -226,6 +226,11 @@ class Settings(BaseSettings):
         "full blocks every other topic's records until that stage makes room, so a poll must "
         "fit in the room Faust leaves above the buffer's pause mark (819)",
     )
+    max_uncompressed_batch_mb: int = Field(
+        16, ge=1, le=1024, description="a record batch larger than this once decompressed "
+        "(or sent uncompressed) is not read but dead-lettered as UnreadableRecordBatch: a "
+        "broker limits a batch's compressed size only (streams/record_batches.py)",
+    )
     commit_interval_s: float = Field(
         0.5, gt=0, description="seconds between commits; on exactly_once, a stage's output "
         "is visible to read_committed readers (the next stage included) only once committed",

@@ -42,6 +42,17 @@ class UnknownSchema(UndecodableRecord):
     """The record names a schema fingerprint this system does not know."""
 
 
+class UnreadableRecordBatch(UndecodableRecord):
+    """A record batch on the broker could not be read at all: an unknown or corrupt
+    compressed payload, a wrong checksum, records that do not parse, or more bytes than
+    `max_uncompressed_batch_mb` once decompressed (streams/record_batches.py)."""
+
+
+class RecordTooLarge(PermanentError):
+    """A record qlane would have to send on (re-routed to its key's partition) is larger than
+    its producer may send."""
+
+
 class KeyMismatch(PermanentError):
     """The record key is not the UTF-8 workflow id of the value."""
 

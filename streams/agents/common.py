@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from faust.types import TP
 from mode import OneForOneSupervisor
 
-from streams import metrics, transactions
+from streams import metrics, record_batches, transactions
 from streams.deadletter import SourceRecord, error_class
 from streams.dlq_guard import Hold, SourceGuards
 from streams.runtime import Runtime, now_ms
 from streams.transport import refetch_after_pause
+from workers.errors import UnreadableRecordBatch
 
 log = logging.getLogger("qlane")
 
@@ -164,6 +165,7 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler, sour
     started = time.perf_counter()
     outcome, counted = "failed", stage
     try:
+        refuse_unreadable(source)
         outcome = await handle(source) or "ok"
         if isinstance(outcome, StepOutcome):
             outcome, counted = outcome.outcome, outcome.stage
@@ -187,6 +189,19 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler, sour
         metrics.JOBS.labels(counted, outcome).inc()
         metrics.LAST_PROGRESS.set(time.time())
     return True
+
+
+def refuse_unreadable(source: SourceRecord) -> None:
+    """A record that stands for a batch the consumer could not read (streams/record_batches.py)
+    is dead-lettered with the reason, whatever the stage."""
+    headers = dict(source.headers)
+    reason = headers.get(record_batches.UNREADABLE_HEADER)
+    if reason is not None:
+        offsets = headers.get(record_batches.UNREADABLE_OFFSETS_HEADER, b"?")
+        raise UnreadableRecordBatch(
+            f"record batch at {source.topic}:{source.partition} offsets "
+            f"{offsets.decode(errors='replace')} could not be read: "
+            f"{reason.decode(errors='replace')}")
 
 
 def _detail(error: BaseException) -> str:

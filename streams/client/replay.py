@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
-from streams.deadletter import HEADER_PREFIX
+from streams.deadletter import HEADER_PREFIX, OMITTED_HEADER
 from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
+from streams.record_batches import UNREADABLE_HEADER
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import TopicNames, parse_job_topic
@@ -145,6 +146,17 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool) -> R
         if record.topic == names.deadletter:
             dlq = {k: v.decode() for k, v in (record.headers or ()) if k.startswith(HEADER_PREFIX)}
             destination = dlq.get(HEADER_PREFIX + "source.topic") or names.jobs
+            if any(name == UNREADABLE_HEADER for name, _ in record.headers or ()):
+                raise ValueError(
+                    "it stands for a record batch the workers could not read, not a record: "
+                    "once they can (a codec, max_uncompressed_batch_mb), replay its source "
+                    f"offsets (--partition {dlq.get(HEADER_PREFIX + 'source.partition')} "
+                    f"--from-offset {dlq.get(HEADER_PREFIX + 'source.offset')})")
+            if OMITTED_HEADER in dlq:
+                raise ValueError(
+                    f"{dlq[OMITTED_HEADER]}: replay it from there (--partition "
+                    f"{dlq.get(HEADER_PREFIX + 'source.partition')} --from-offset "
+                    f"{dlq.get(HEADER_PREFIX + 'source.offset')})")
             if destination in (names.execute, names.mitigate):
                 internal = "ExecuteTask" if destination == names.execute else "MitigateTask"
                 value = codec(internal).decode(value)["request"]

@@ -1,4 +1,11 @@
-from streams.deadletter import SourceRecord, dead_letter_headers, faust_timestamp
+from streams.deadletter import (
+    OMITTED_HEADER,
+    SourceRecord,
+    dead_letter_headers,
+    faust_timestamp,
+    fit_dead_letter,
+    record_bytes,
+)
 from workers.errors import BackendUnavailable, InvalidCircuit
 
 SOURCE = SourceRecord(
@@ -42,3 +49,29 @@ def test_timestamp_survives_faust_millisecond_truncation():
     for ms in (1795273209637, 1, 999, 1700000000001, 1795273209999):
         assert int(faust_timestamp(ms) * 1000.0) == ms
     assert faust_timestamp(None) is None
+
+
+def test_a_dead_letter_that_fits_is_sent_whole():
+    headers = [("trace", b"t"), ("qlane.dlq.stage", b"preprocess")]
+    assert fit_dead_letter(b"wf-1", b"v" * 1000, headers, 1_000_000) == (
+        b"wf-1", b"v" * 1000, headers)
+
+
+def test_what_does_not_fit_the_producer_is_left_out_and_named():
+    ours = [("qlane.dlq.source.offset", b"41")]
+    value = b"v" * 2_000_000
+    key, kept, headers = fit_dead_letter(b"wf-1", value, [("trace", b"t"), *ours], 1_000_000)
+    assert key == b"wf-1" and kept is None
+    assert headers[:2] == [("trace", b"t"), *ours]
+    assert dict(headers)[OMITTED_HEADER].startswith(b"value (2000000 bytes) left out")
+    assert record_bytes(key, kept, headers) <= 1_000_000
+
+    theirs = [(f"h{i}", b"x" * 1000) for i in range(1500)]
+    key, kept, headers = fit_dead_letter(b"k" * 900_000, value, theirs + ours, 1_000_000)
+    assert kept is None and key == b"k" * 900_000
+    assert headers[:-1] == ours
+    assert b"1500 original headers" in dict(headers)[OMITTED_HEADER]
+
+    key, kept, headers = fit_dead_letter(b"k" * 2_000_000, None, ours, 1_000_000)
+    assert key is None and b"key (2000000 bytes)" in dict(headers)[OMITTED_HEADER]
+    assert record_bytes(key, kept, headers) <= 1_000_000

@@ -57,3 +57,14 @@ def test_rerun_gives_a_new_id_naming_its_parent():
 def test_rerun_of_something_that_is_not_a_job_is_refused():
     with pytest.raises(ValueError):
         plan_record(record(NAMES.results, b"x"), NAMES, target=None, rerun=True)
+
+
+def test_a_dead_letter_without_its_value_or_standing_for_a_batch_is_not_replayed():
+    omitted = [*dlq_headers(NAMES.jobs), ("qlane.dlq.source.partition", b"2"),
+               ("qlane.dlq.source.offset", b"9"),
+               ("qlane.dlq.omitted", b"value (3145728 bytes) left out")]
+    with pytest.raises(ValueError, match="replay it from there .--partition 2 --from-offset 9"):
+        plan_record(record(NAMES.deadletter, None, headers=omitted), NAMES, None, False)
+    unreadable = [*dlq_headers(NAMES.jobs), ("qlane.unreadable-batch", b"zstd ...")]
+    with pytest.raises(ValueError, match="record batch the workers could not read"):
+        plan_record(record(NAMES.deadletter, b"raw", headers=unreadable), NAMES, None, False)

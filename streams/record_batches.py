@@ -1,0 +1,253 @@
+"""Record batches as producers in any language send them: compressed, bounded, or unreadable.
+
+A Kafka producer chooses how to compress its batches (`compression.type` gzip, snappy, lz4
+or zstd in the Java client, librdkafka, Kafka Streams, ...), and every consumer must read
+them. aiokafka decompresses snappy, lz4 and zstd with `cramjam` (a qlane dependency: without
+it one snappy batch from a Java or librdkafka producer crashed every worker that fetched it,
+again after each restart). Two more things can make a batch fail a worker at the transport,
+before any stage could dead-letter it:
+
+* **A decompression bomb.** A broker checks a batch's size as sent (compressed); 1 MB of
+  gzip can hold 1 GB, 1 MB of zstd far more, and aiokafka decompresses a batch whole. Here
+  every codec decompresses into a buffer of bounded size (cramjam's `decompress_into`) and
+  a batch past `max_uncompressed_batch_mb` is refused, as is an uncompressed batch past it
+  (the embedded broker has no message size limit).
+* **A batch that cannot be read**: an unknown or corrupt compressed payload, a checksum that
+  does not match, a record that does not parse (a broker that stores what it is sent
+  unchecked, as the embedded one may). aiokafka raises from the fetcher, Faust's consumer
+  crashes the worker, and the next owner fetches the same batch.
+
+`install()` wraps what aiokafka's fetcher iterates: each batch is read whole when it is
+first iterated; one that fails (or whose checksum is wrong) stands for itself as a single
+record at its base offset, with the raw batch as its value (when at most
+`UNREADABLE_VALUE_LIMIT` bytes; it stays in its topic either way) and an
+`UNREADABLE_HEADER` saying why. The stage that takes it dead-letters it as
+`UnreadableRecordBatch` (streams/agents/common.py), its offsets are committed past it, and
+the partition goes on. Aborted and control batches are skipped as before: only their headers
+are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import cramjam
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record import default_records, legacy_records
+from aiokafka.record.memory_records import MemoryRecords
+
+log = logging.getLogger("qlane")
+
+UNREADABLE_HEADER = "qlane.unreadable-batch"
+UNREADABLE_OFFSETS_HEADER = "qlane.unreadable-offsets"
+# A dead letter carries the raw batch only up to this size (the dead-letter topic has the
+# broker's message size limit); a larger one is found at its offsets in its own topic.
+UNREADABLE_VALUE_LIMIT = 512 * 1024
+MIB = 1024 * 1024
+# Java's snappy framing (xerial): magic, then version and compatible version (int32 each).
+XERIAL_MAGIC = b"\x82SNAPPY\x00"
+XERIAL_HEADER_BYTES = 16
+# Kafka's log entry framing, the same for every message format: offset (int64), size (int32).
+LOG_OVERHEAD = struct.Struct(">qi")
+
+_limit_bytes = 16 * MIB
+
+
+class DecompressedTooLarge(ValueError):
+    """A compressed batch would decompress past the configured limit."""
+
+
+def limit_bytes() -> int:
+    return _limit_bytes
+
+
+def set_limit_bytes(limit: int) -> None:
+    global _limit_bytes
+    if limit < 1:
+        raise ValueError("the decompression limit must be positive")
+    _limit_bytes = limit
+
+
+def _too_large(codec: str) -> DecompressedTooLarge:
+    return DecompressedTooLarge(
+        f"{codec} batch decompresses to more than {_limit_bytes} bytes "
+        f"(max_uncompressed_batch_mb)")
+
+
+def _bounded(codec: str, decompress_into, data) -> bytes:
+    """Decompress into buffers that grow (8x) up to the limit; never past it."""
+    data = bytes(data)
+    size = min(_limit_bytes, max(64 * 1024, 16 * len(data)))
+    while True:
+        buffer = bytearray(size)
+        try:
+            written = decompress_into(data, buffer)
+        except cramjam.DecompressionError as error:
+            # cramjam's words for "the output does not fit"; anything else is corrupt input.
+            if "whole buffer" not in str(error) and "smaller than required" not in str(error):
+                raise
+            if size >= _limit_bytes:
+                raise _too_large(codec) from None
+            size = min(_limit_bytes, size * 8)
+            continue
+        del buffer[written:]
+        return bytes(buffer)
+
+
+def gzip_decode(data) -> bytes:
+    return _bounded("gzip", cramjam.gzip.decompress_into, data)
+
+
+def lz4_decode(data) -> bytes:
+    return _bounded("lz4", cramjam.lz4.decompress_into, data)
+
+
+def zstd_decode(data) -> bytes:
+    return _bounded("zstd", cramjam.zstd.decompress_into, data)
+
+
+def snappy_decode(data) -> bytes:
+    """Raw snappy, or Java's xerial framing of raw snappy blocks; each block's declared
+    length is checked against what is left of the limit before it is decompressed."""
+    data = bytes(data)
+    if not data.startswith(XERIAL_MAGIC) or len(data) < XERIAL_HEADER_BYTES:
+        return _snappy_block(data, _limit_bytes)
+    out = bytearray()
+    pos = XERIAL_HEADER_BYTES
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise ValueError("snappy: truncated xerial block length")
+        (length,) = struct.unpack_from(">i", data, pos)
+        pos += 4
+        if length < 0 or pos + length > len(data):
+            raise ValueError("snappy: xerial block runs past the batch")
+        out += _snappy_block(data[pos:pos + length], _limit_bytes - len(out))
+        pos += length
+    return bytes(out)
+
+
+def _snappy_block(block: bytes, room: int) -> bytes:
+    if cramjam.snappy.decompress_raw_len(block) > room:
+        raise _too_large("snappy")
+    return bytes(cramjam.snappy.decompress_raw(block))
+
+
+DECODERS = {"gzip_decode": gzip_decode, "snappy_decode": snappy_decode,
+            "lz4_decode": lz4_decode, "zstd_decode": zstd_decode}
+
+
+# --- unreadable batches ------------------------------------------------------------------
+class UnreadableRecord:
+    """What a record of aiokafka's offers the fetcher, standing for a whole batch."""
+
+    timestamp_type = 0
+    checksum = None
+    key = None
+
+    def __init__(self, offset: int, timestamp: int, reason: str, last_offset: int,
+                 raw: bytes | None) -> None:
+        self.offset = offset
+        self.timestamp = timestamp
+        self.value = raw if raw is not None and len(raw) <= UNREADABLE_VALUE_LIMIT else None
+        self.headers = [
+            (UNREADABLE_HEADER, reason.encode()[:2000]),
+            (UNREADABLE_OFFSETS_HEADER, f"{offset}-{last_offset}".encode()),
+        ]
+
+
+class GuardedBatch:
+    """One of aiokafka's batches, read whole on first iteration. Header fields (offsets,
+    producer id, control and transactional flags) pass through; the records are the
+    batch's, or a single `UnreadableRecord` when the batch cannot be read."""
+
+    def __init__(self, batch, raw, size: int) -> None:
+        self._batch = batch
+        self._raw = raw
+        self._size = size
+        self._records = None
+        self._crc_ok: bool | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._batch, name)
+
+    def validate_crc(self) -> bool:
+        # A wrong checksum is reported as an unreadable batch, not raised by the fetcher.
+        self._crc_ok = bool(self._batch.validate_crc())
+        return True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._records is None:
+            self._records = iter(self._read())
+        return next(self._records)
+
+    def _read(self) -> list:
+        if self._crc_ok is False:
+            return [self._unreadable("the batch's CRC-32C checksum does not match its bytes")]
+        if self._size > _limit_bytes:
+            return [self._unreadable(f"the batch is {self._size} bytes, more than "
+                                     f"{_limit_bytes} (max_uncompressed_batch_mb)")]
+        try:
+            records = list(self._batch)
+        except Exception as error:  # noqa: BLE001 - whatever the bytes make aiokafka raise
+            return [self._unreadable(f"{type(error).__name__}: {error}")]
+        return records
+
+    def _unreadable(self, reason: str) -> UnreadableRecord:
+        batch = self._batch
+        last_offset = batch.next_offset - 1
+        timestamp = getattr(batch, "max_timestamp", None)
+        codec = getattr(batch, "compression_type", None)
+        log.error("unreadable record batch at offsets %d-%d (compression type %s): %s",
+                  batch.base_offset, last_offset, codec, reason)
+        return UnreadableRecord(batch.base_offset, timestamp if timestamp is not None else -1,
+                                f"{reason} (compression type {codec})", last_offset,
+                                self._raw())
+
+
+class GuardedMemoryRecords:
+    """aiokafka's MemoryRecords over a fetched message set, handing out `GuardedBatch`es
+    that know their raw bytes (framed alike in every message format)."""
+
+    def __init__(self, data) -> None:
+        self._data = data
+        self._records = MemoryRecords(data)
+        self._pos = 0
+
+    def has_next(self) -> bool:
+        return self._records.has_next()
+
+    def size_in_bytes(self) -> int:
+        return self._records.size_in_bytes()
+
+    def next_batch(self):
+        batch = self._records.next_batch()
+        if batch is None:
+            return None
+        start = self._pos
+        _, size = LOG_OVERHEAD.unpack_from(self._data, start)
+        end = start + LOG_OVERHEAD.size + size
+        self._pos = end
+        data = self._data
+        return GuardedBatch(batch, lambda: bytes(data[start:end]), size)
+
+
+def install(limit: int) -> None:
+    """Bound every codec's decompression at `limit` bytes and guard the fetcher's batches.
+    Process-wide and idempotent: aiokafka's record modules look these names up per call."""
+    set_limit_bytes(limit)
+    modules = [default_records, legacy_records]
+    try:
+        from aiokafka.record._crecords import default_records as c_default
+        from aiokafka.record._crecords import legacy_records as c_legacy
+        modules += [c_default, c_legacy]
+    except ImportError:  # pragma: no cover - aiokafka built without its extensions
+        pass
+    for module in modules:
+        for name, decoder in DECODERS.items():
+            if hasattr(module, name):
+                setattr(module, name, decoder)
+    aiokafka_fetcher.MemoryRecords = GuardedMemoryRecords

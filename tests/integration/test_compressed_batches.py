@@ -1,0 +1,110 @@
+"""Producers in other languages compress their batches, and a hostile one sends bombs and
+records larger than a dead letter may be: every job is read, the rest dead-lettered with
+its reason, and the worker goes on (streams/record_batches.py, streams/deadletter.py)."""
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from schemas.codec import codec
+from streams.client import Client, job_request
+from streams.security import kafka_options
+from tests.support import BELL, topic_records
+
+CODECS = ["gzip", "snappy", "lz4", "zstd"]
+
+
+def produce(settings, records: list[tuple[bytes | None, bytes]], compression: str | None,
+            max_request_size: int = 1_048_576) -> None:
+    async def go():
+        producer = AIOKafkaProducer(**kafka_options(settings), compression_type=compression,
+                                    max_request_size=max_request_size)
+        await producer.start()
+        try:
+            for key, value in records:
+                await producer.send_and_wait(f"{settings.topic_prefix}.jobs", value=value,
+                                             key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def bell_job(prefix: str) -> dict:
+    return job_request(workflow_id=f"{prefix}-{uuid.uuid4().hex[:8]}", circuit=BELL, shots=64)
+
+
+def wait_for_results(settings, jobs: list[dict], send) -> dict:
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            await asyncio.to_thread(send)
+            return await client.wait([job["workflow_id"] for job in jobs], 120)
+
+    return asyncio.run(go())
+
+
+def dead_letters(settings) -> list[dict]:
+    return [{name: value.decode(errors="replace") for name, value in record.headers}
+            | {"key": record.key, "value": record.value}
+            for record in topic_records(settings, "deadletter", timeout_s=10)]
+
+
+def test_jobs_in_batches_of_every_codec_are_run(settings, worker):
+    jobs = {compression: bell_job(f"codec-{compression}") for compression in CODECS}
+
+    def send():
+        for compression, job in jobs.items():
+            produce(settings, [(job["workflow_id"].encode(),
+                                codec("JobRequest").encode(job))], compression)
+
+    outcomes = wait_for_results(settings, list(jobs.values()), send)
+    assert {c: outcomes[job["workflow_id"]].state for c, job in jobs.items()} == {
+        c: "done" for c in CODECS}
+    assert worker.poll() is None
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_a_decompression_bomb_is_dead_lettered_and_the_next_job_runs(settings, worker,
+                                                                     compression):
+    after = bell_job(f"after-{compression}-bomb")
+    bomb = b"\0" * (40 * 1024 * 1024)  # 40 MiB, past the default 16 MiB a batch may hold
+
+    def send():
+        produce(settings, [(None, bomb)], compression, max_request_size=64 * 1024 * 1024)
+        produce(settings, [(after["workflow_id"].encode(), codec("JobRequest").encode(after))],
+                compression)
+
+    outcome = wait_for_results(settings, [after], send)[after["workflow_id"]]
+    assert outcome.state == "done", outcome
+    letters = [letter for letter in dead_letters(settings)
+               if f"{compression} batch decompresses" in letter.get("qlane.unreadable-batch", "")]
+    assert len(letters) == 1, dead_letters(settings)
+    assert letters[0]["qlane.dlq.error.class"] == "UnreadableRecordBatch"
+    assert letters[0]["value"] and len(letters[0]["value"]) < len(bomb) // 100  # the raw batch
+    assert worker.poll() is None
+
+
+def test_a_record_larger_than_a_dead_letter_may_be_is_dead_lettered_without_its_value(
+        settings, worker):
+    """1,040,000 bytes pass a Kafka broker's default limit (1 MiB a batch); its dead letter,
+    with qlane's headers, would not pass the producer's (1,000,000): that send failed the
+    worker, and its next owner met the same record."""
+    key = f"huge-{uuid.uuid4().hex[:8]}"
+    after = bell_job("after-huge")
+
+    def send():
+        produce(settings, [(key.encode(), b"\0" * 1_040_000)], None,
+                max_request_size=2_000_000)
+        produce(settings, [(after["workflow_id"].encode(), codec("JobRequest").encode(after))],
+                None)
+
+    outcome = wait_for_results(settings, [after], send)[after["workflow_id"]]
+    assert outcome.state == "done", outcome
+    letter = next(letter for letter in dead_letters(settings) if letter["key"] == key.encode())
+    assert letter["qlane.dlq.error.class"] == "CorruptRecord"
+    assert letter["value"] is None
+    assert letter["qlane.dlq.omitted"].startswith("value (1040000 bytes) left out")
+    assert worker.poll() is None
