@@ -71,6 +71,11 @@ class AccessRefused(RuntimeError):
     the message says which, names the principal and never carries a secret."""
 
 
+class BrokerLacksTransactions(AccessRefused):
+    """exactly_once (the kafka profile's default) needs a broker with transactions; this one
+    refused a transactional producer. Not retryable."""
+
+
 def _principal(settings: Settings) -> str:
     if settings.security_protocol in SASL_PROTOCOLS:
         return f"User:{settings.sasl_username}"
@@ -205,7 +210,40 @@ async def checks(settings: Settings, ensure_topics) -> list[str]:
     created = await ensure_topics(settings)
     if checked:
         await check_access(settings, TopicNames.from_settings(settings).all(), settings.app_id)
+    if settings.effective_processing_guarantee == "exactly_once":
+        await check_transactions(settings)
     return created
+
+
+async def check_transactions(settings: Settings) -> None:
+    """Begin a transactional producer once (InitProducerId), as every exactly-once worker
+    will: a broker without transactions (the embedded Tansu broker, reached with `--broker`
+    and no `--profile`) otherwise ends the worker with Faust's bare `UnknownError`."""
+    import os
+
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        **kafka_options(settings),
+        transactional_id=f"{settings.app_id}-startup-check-{os.getpid()}")
+    try:
+        await producer.start()
+    except errors.TransactionalIdAuthorizationFailed:
+        raise AccessRefused(
+            f"{_principal(settings)} may not use transactional ids {settings.app_id}-* "
+            "(TransactionalIdAuthorizationFailed): grant the ACLs listed in the README "
+            "('Security: SASL_SSL, ACLs, tenants'); not retrying.") from None
+    except errors.KafkaError as error:
+        if broker_unavailable(error):
+            raise
+        raise BrokerLacksTransactions(
+            f"the broker at {settings.broker} refused a transactional producer "
+            f"({type(error).__name__}): the {settings.profile} profile processes exactly-once, "
+            "which needs Apache Kafka (or Redpanda) transactions. For the embedded broker "
+            "pass --profile embedded; otherwise set QLANE_PROCESSING_GUARANTEE=at_least_once."
+        ) from None
+    finally:
+        await producer.stop()
 
 
 def explain_refusal(settings: Settings, error: BaseException) -> str | None:

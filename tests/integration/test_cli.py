@@ -1,10 +1,13 @@
 """The `qlane` command line against the session's broker and worker."""
 
+import asyncio
 import json
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+
+from streams.security import check_transactions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -62,3 +65,15 @@ def test_tail_deadletter_shows_headers(settings, worker):
     [letter] = [line for line in letters if line["key"] == workflow_id]
     assert letter["headers"]["qlane.dlq.error.class"] == "InvalidCircuit"
     assert letter["value"]["workflow_id"] == workflow_id  # decoded as the JobRequest it was
+
+
+def test_a_worker_for_kafka_pointed_at_a_broker_without_transactions_says_so(settings):
+    if settings.profile == "kafka":  # the check passes where transactions exist
+        asyncio.run(check_transactions(settings))
+        return
+    command = [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
+               "--profile", "kafka", "--topic-prefix", settings.topic_prefix, "--without-web"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "refused a transactional producer (UnknownError)" in done.stderr
+    assert "pass --profile embedded" in done.stderr
