@@ -99,6 +99,8 @@ def corpus() -> list[Hostile]:
                 frozenset({"ForbiddenInclude"})),
         Hostile("oversized source", Q2 + "qreg q[1];\n// " + "x" * 400_000 + "\nh q[0];\n",
                 frozenset({"CircuitTooLarge"})),
+        Hostile("an hour of ideal simulation (a mid-circuit measurement: Aer runs every shot)",
+                noisy_layers(18, 5), frozenset({"JobTooLarge"}), (("shots", 20_000),)),
         Hostile("hours of noisy simulation (a million shots, each its own trajectory)",
                 noisy_layers(8, 40), frozenset({"JobTooLarge"}),
                 (("backend", "aer.noisy"), ("shots", 1_000_000))),

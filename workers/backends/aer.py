@@ -179,6 +179,21 @@ class FinalMeasurements:
         return memory
 
 
+def runs_shot_by_shot(circuit: QuantumCircuit) -> bool:
+    """Whether Aer simulates an ideal circuit once per shot: it samples the final state only
+    when every measurement is final and only gates come before them. A measurement, reset
+    (even a leading one) or branch before the end makes it re-run the circuit per shot:
+    14 qubits, 200 shots, 0.016 CPU s plain and 2.5-2.9 s with one such step (Aer 0.18.2)."""
+    measurements = final_measurements(circuit)
+    if measurements is not None:
+        return not measurements.unitary
+    return any(instruction.is_control_flow() or instruction.name in _PER_SHOT_STEPS
+               for instruction in circuit.data)
+
+
+_PER_SHOT_STEPS = frozenset({"measure", "reset", "initialize", "kraus", "superop"})
+
+
 def final_measurements(circuit: QuantumCircuit) -> FinalMeasurements | None:
     """The measurement map of `circuit`, or None unless every measurement is final: nothing but
     barriers acts on a qubit after it is measured, no clbit is written twice, no control flow."""
@@ -585,8 +600,10 @@ class Backend:
     def estimated_seconds(self, circuit: QuantumCircuit, shots: int) -> float:
         """Roughly how many seconds of one core `run` needs for `circuit` with `shots`: its
         operations (loops unrolled) times 2^n amplitudes (4^n as an exact density matrix),
-        times the shots where Aer samples a noisy circuit shot by shot. An order of
-        magnitude, for refusing jobs built to hold a simulator for hours, not a forecast."""
+        times the shots where Aer runs the circuit shot by shot (a noisy one, or an ideal
+        one with a measurement, reset or other non-unitary step before its final
+        measurements). An order of magnitude, for refusing jobs built to hold a simulator
+        for hours, not a forecast."""
         operations = operation_count(circuit)
         view = self.noise()
         method, measurements = self._exact_method(circuit, view)
@@ -597,6 +614,8 @@ class Backend:
         amplitudes = 2.0 ** active_qubit_count(circuit)
         if view.noisy:
             return operations * amplitudes * shots / TRAJECTORY_RATE
+        if runs_shot_by_shot(circuit):
+            return operations * amplitudes * shots / STATEVECTOR_RATE
         return operations * amplitudes / STATEVECTOR_RATE
 
     def _exact_method(

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 from qiskit import QuantumCircuit, transpile
 
-from workers.backends.aer import IDEAL, NOISY, active_qubit_count, operation_count
+from workers.backends.aer import (
+    EXACT_MAX_QUBITS_DENSITY_MATRIX,
+    IDEAL,
+    NOISY,
+    active_qubit_count,
+    operation_count,
+    runs_shot_by_shot,
+)
 from workers.errors import JobTooLarge
 from workers.execution.batching import execute_batch
 from workers.execution.preparation import execute, prepare
@@ -122,3 +129,36 @@ def test_a_variational_evaluation_is_held_to_the_limit_too(registry, cache) -> N
     with pytest.raises(JobTooLarge):
         evaluate(job, 0, registry, cache, Limits(max_simulation_seconds=0.001))
     assert evaluate(job, 0, registry, cache, Limits()).shots > 0
+
+
+@pytest.mark.parametrize("step", ["mid_measure", "reset"])
+def test_an_ideal_circuit_aer_reruns_per_shot_costs_in_proportion_to_its_shots(
+        registry, step) -> None:
+    """Aer samples an ideal circuit's final state only when only gates come before its final
+    measurements; one mid-circuit measurement or reset (even a leading one) makes it run
+    every shot (the red-team's 16 qubits at 1000 shots: estimated 0.036 s, took 42 s). Past
+    the exact paths' sizes (a small circuit with a reset is computed exactly, once)."""
+    qubits = EXACT_MAX_QUBITS_DENSITY_MATRIX + 1
+    circuit = QuantumCircuit(qubits, qubits)
+    if step == "reset":
+        circuit.reset(range(qubits))
+    circuit.h(0)
+    for i in range(qubits - 1):
+        circuit.cx(i, i + 1)
+    if step == "mid_measure":
+        circuit.measure(0, 0)
+        circuit.h(0)
+    circuit.measure(range(qubits), range(qubits))
+    assert runs_shot_by_shot(circuit)
+    ideal = registry.get(IDEAL)
+    once = ideal.estimated_seconds(circuit, 1)
+    assert ideal.estimated_seconds(circuit, 1000) == pytest.approx(1000 * once)
+    plain = QuantumCircuit(qubits)
+    plain.h(0)
+    plain.measure_all()
+    assert not runs_shot_by_shot(plain)
+    assert ideal.estimated_seconds(plain, 1000) == ideal.estimated_seconds(plain, 1)
+    unmeasured = QuantumCircuit(qubits)
+    unmeasured.h(range(qubits))  # expectation values: nothing sampled, simulated once
+    assert not runs_shot_by_shot(unmeasured)
+    assert ideal.estimated_seconds(unmeasured, 1000) == ideal.estimated_seconds(unmeasured, 1)
