@@ -5,9 +5,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
+from streams.deadletter import RECORD_OVERHEAD_BYTES
 from streams.runtime import Runtime, package_version
+from workers.errors import ResultTooLarge
 from workers.execution.preparation import PreparedJob
 from workers.mitigation.combine import MitigationOutcome
+
+# The table entry's fields besides the stored result (state, fingerprint, source, times,
+# charge marks ...), with room to spare.
+TABLE_ENTRY_BYTES = 4096
 
 
 def register_layout(circuit) -> list[dict]:
@@ -90,3 +96,17 @@ async def republish_stored_result(runtime: Runtime, table, workflow_id: str) -> 
         return False
     await runtime.send("results", workflow_id, base64.b64decode(entry["result"]))
     return True
+
+
+def check_result_fits(encoded: bytes, limit: int) -> None:
+    """ResultTooLarge unless the encoded JobResult fits a record of `limit` bytes (the
+    producer's maximum request size) both as itself and as the base64 text its table entry
+    stores (a third larger, beside the entry's other fields). Past it the send failed in
+    the producer and stopped the worker, again on every restart (a 16-qubit counts job at
+    100,000 shots, 1.2 MB)."""
+    stored = 4 * ((len(encoded) + 2) // 3) + TABLE_ENTRY_BYTES
+    if max(stored, len(encoded) + RECORD_OVERHEAD_BYTES) > limit:
+        raise ResultTooLarge(
+            f"the result is {len(encoded)} bytes ({stored} as stored in its table entry), "
+            f"more than a record may be ({limit} bytes): fewer shots, measured bits, "
+            "circuits, parameter sets or observables")

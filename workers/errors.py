@@ -53,6 +53,11 @@ class RecordTooLarge(PermanentError):
     its producer may send."""
 
 
+class ResultTooLarge(PermanentError):
+    """The job ran, but its result is larger than a record may be: the result topic's record
+    and the workflow's table entry (which stores it) must each fit the producer's limit."""
+
+
 class KeyMismatch(PermanentError):
     """The record key is not the UTF-8 workflow id of the value."""
 

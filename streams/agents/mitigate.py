@@ -16,8 +16,9 @@ from schemas.codec import codec
 from streams import transactions
 from streams.agents.common import StageFailure, in_thread, mark, run_stage, stage_supervisor
 from streams.deadletter import SourceRecord
-from streams.results import build_result, republish_stored_result
+from streams.results import build_result, check_result_fits, republish_stored_result
 from streams.runtime import Runtime, now_ms
+from workers.errors import ResultTooLarge
 from workers.execution.preparation import PreparedJob
 from workers.mitigation import zne
 from workers.mitigation.combine import MitigationOutcome, mitigate
@@ -108,6 +109,10 @@ async def publish_result(
         completed_at_ms=completed_at_ms,
     )
     encoded = codec("JobResult").encode(result)
+    try:
+        check_result_fits(encoded, runtime.app.conf.producer_max_request_size)
+    except ResultTooLarge as error:
+        raise StageFailure(workflow_id, error, stage=STAGE) from error
     # At least once, the stored bytes reach the broker before the result does: a crash in
     # between re-publishes these exact bytes instead of a second, differently timed answer.
     # Exactly once, both go in one transaction: no round trip to wait for.

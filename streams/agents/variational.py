@@ -24,9 +24,9 @@ from streams.agents.common import (
 )
 from streams.cancel import cancel_requested
 from streams.deadletter import SourceRecord
-from streams.results import republish_stored_result
+from streams.results import check_result_fits, republish_stored_result
 from streams.runtime import Runtime, now_ms, package_version
-from workers.errors import BudgetExceeded
+from workers.errors import BudgetExceeded, ResultTooLarge
 from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec
 from workers.mitigation.combine import mitigate
@@ -141,6 +141,10 @@ def register(app, runtime: Runtime, table) -> None:
                                     stop_reason or optimizer.stop_reason or "converged",
                                     raw, report, started, last_prepared)
         encoded = codec("JobResult").encode(result)
+        try:
+            check_result_fits(encoded, runtime.app.conf.producer_max_request_size)
+        except ResultTooLarge as error:
+            raise StageFailure(workflow_id, error) from error
         mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode())
         await runtime.flush()
         await runtime.send("results", workflow_id, encoded)

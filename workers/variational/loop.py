@@ -26,12 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from workers.errors import InvalidJob
+from workers.errors import InvalidJob, JobTooLarge
 from workers.jobs import JobSpec, option_reader
 
 OPTIMIZERS = ("COBYLA", "Nelder-Mead", "Powell")
 STOP_REASONS = ("converged", "max_iterations", "max_shots", "max_cost", "stopped")
 _JOIN_SECONDS = 5.0
+# A variational job's checkpoint (its table entry, JSON) and its result both hold every
+# evaluation: its parameters, value, standard error, shots, cost and raw value. Kept under
+# this many numbers, both stay well below a Kafka record's 1 MB (about 20 bytes a number in
+# the checkpoint's JSON); past it the worker could not write them (docs/security.md).
+MAX_HISTORY_NUMBERS = 25_000
+HISTORY_NUMBERS_PER_EVALUATION = 6  # besides the parameters
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,13 @@ class VariationalSpec:
         if tol <= 0:
             raise InvalidJob(f"variational tolerance must be > 0, got {tol!r}")
         _check_cap(self.max_iterations, "max_iterations", integer=True, required=True)
+        history = int(self.max_iterations) * (len(point) + HISTORY_NUMBERS_PER_EVALUATION)
+        if history > MAX_HISTORY_NUMBERS:
+            raise JobTooLarge(
+                f"variational history of up to {history} numbers (max_iterations "
+                f"{int(self.max_iterations)} x ({len(point)} parameters + "
+                f"{HISTORY_NUMBERS_PER_EVALUATION})) > {MAX_HISTORY_NUMBERS}: its checkpoint "
+                "and result would not fit a record; lower max_iterations")
         _check_cap(self.max_shots, "max_shots", integer=True)
         _check_cap(self.max_cost_usd, "max_cost_usd", integer=False)
         return VariationalSpec(

@@ -1,3 +1,5 @@
+import pytest
+
 from streams.deadletter import (
     OMITTED_HEADER,
     SourceRecord,
@@ -6,7 +8,8 @@ from streams.deadletter import (
     fit_dead_letter,
     record_bytes,
 )
-from workers.errors import BackendUnavailable, InvalidCircuit
+from streams.results import check_result_fits
+from workers.errors import BackendUnavailable, InvalidCircuit, ResultTooLarge
 
 SOURCE = SourceRecord(
     topic="qlane.jobs", partition=2, offset=41, timestamp_ms=1795273209637,
@@ -75,3 +78,11 @@ def test_what_does_not_fit_the_producer_is_left_out_and_named():
     key, kept, headers = fit_dead_letter(b"k" * 2_000_000, None, ours, 1_000_000)
     assert key is None and b"key (2000000 bytes)" in dict(headers)[OMITTED_HEADER]
     assert record_bytes(key, kept, headers) <= 1_000_000
+
+
+def test_a_result_must_fit_a_record_as_itself_and_as_stored_in_its_table_entry():
+    check_result_fits(b"r" * 700_000, 1_000_000)
+    with pytest.raises(ResultTooLarge, match="as stored in its table entry"):
+        check_result_fits(b"r" * 800_000, 1_000_000)  # 1,066,668 bytes as base64
+    with pytest.raises(ResultTooLarge):
+        check_result_fits(b"r" * 1_000_000, 1_000_000)

@@ -16,11 +16,12 @@ import pytest
 from qiskit.quantum_info import SparsePauliOp
 
 from workers.backends.aer import BackendRegistry
-from workers.errors import InvalidJob
+from workers.errors import InvalidJob, JobTooLarge
 from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec, MitigationSpec, ZneSpec, parse_observable
 from workers.seeds import job_seed
 from workers.variational.loop import (
+    MAX_HISTORY_NUMBERS,
     AskTellOptimizer,
     Evaluation,
     VariationalSpec,
@@ -290,3 +291,12 @@ def test_run_locally_stops_at_the_cost_cap_with_the_best_so_far(registry, cache,
     assert len(made) == 4
     assert sum(e.cost_usd for e in made) <= spec.max_cost_usd
     assert optimizer.best == min(made, key=lambda e: e.value)
+
+
+def test_a_history_too_large_for_a_record_is_refused_before_it_runs():
+    """300 parameters for up to 1000 evaluations wrote a 1 MB checkpoint by evaluation ~200
+    and crashed the worker (red-team run); the bound is on the numbers the history holds."""
+    with pytest.raises(JobTooLarge, match=r"max_iterations 1000 x \(300 parameters \+ 6\)"):
+        VariationalSpec.from_record({"initial_point": [0.1] * 300, "max_iterations": 1000})
+    fits = VariationalSpec.from_record({"initial_point": [0.1] * 10, "max_iterations": 1500})
+    assert fits.max_iterations * (10 + 6) <= MAX_HISTORY_NUMBERS

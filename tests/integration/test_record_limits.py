@@ -1,6 +1,8 @@
-"""Producers in other languages compress their batches, and a hostile one sends bombs and
-records larger than a dead letter may be: every job is read, the rest dead-lettered with
-its reason, and the worker goes on (streams/record_batches.py, streams/deadletter.py)."""
+"""Records against the sizes Kafka allows. Producers in other languages compress their
+batches, a hostile one sends bombs and records larger than a dead letter may be, and a job
+can ask for a result larger than a record may be: every job is read, the rest failed or
+dead-lettered with its reason, and the worker goes on (streams/record_batches.py,
+streams/deadletter.py, streams/results.py)."""
 
 import asyncio
 import uuid
@@ -107,4 +109,24 @@ def test_a_record_larger_than_a_dead_letter_may_be_is_dead_lettered_without_its_
     assert letter["qlane.dlq.error.class"] == "CorruptRecord"
     assert letter["value"] is None
     assert letter["qlane.dlq.omitted"].startswith("value (1040000 bytes) left out")
+    assert worker.poll() is None
+
+
+def test_a_result_larger_than_a_record_fails_its_job_and_the_next_job_runs(settings, worker):
+    """16 measured qubits at 100,000 shots: about 65,000 distinct outcomes, a 0.9 MB result
+    and 1.2 MB as stored in the table. Its send failed in the producer and stopped the
+    worker, again after every restart (red-team run)."""
+    wide = job_request(workflow_id=f"wide-{uuid.uuid4().hex[:8]}", shots=100_000,
+                       circuit='OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[16];\n'
+                               "creg c[16];\nh q;\nmeasure q -> c;\n")
+    after = bell_job("after-wide")
+
+    def send():
+        produce(settings, [(job["workflow_id"].encode(), codec("JobRequest").encode(job))
+                           for job in (wide, after)], None)
+
+    outcomes = wait_for_results(settings, [wide, after], send)
+    assert outcomes[after["workflow_id"]].state == "done"
+    failed = outcomes[wide["workflow_id"]]
+    assert failed.state == "failed" and "ResultTooLarge" in failed.detail, failed
     assert worker.poll() is None
