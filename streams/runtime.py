@@ -17,6 +17,7 @@ from streams.deadletter import (
     error_class,
     faust_timestamp,
     fit_dead_letter,
+    record_bytes,
 )
 from streams.idempotency import HandledRecords
 from streams.logs import lifecycle_level
@@ -132,6 +133,13 @@ class Runtime:
     @property
     def worker_version(self) -> str:
         return package_version("qlane")
+
+    def fits_a_record(self, key: str | bytes | None, value: bytes) -> bool:
+        """Whether the producer may send this key and value (past its maximum request size
+        the send fails in the producer and stops the worker)."""
+        if isinstance(key, str):
+            key = key.encode()
+        return record_bytes(key, value, []) <= self.app.conf.producer_max_request_size
 
     async def send(self, short_name: str, key: str | bytes | None, value: bytes, **kwargs) -> None:
         if isinstance(key, str):

@@ -23,7 +23,14 @@ from faust import streams as faust_streams
 
 from schemas.codec import codec
 from streams import transactions
-from streams.agents.common import first_time, mark, new_guard, process_guarded, stage_supervisor
+from streams.agents.common import (
+    StageFailure,
+    first_time,
+    mark,
+    new_guard,
+    process_guarded,
+    stage_supervisor,
+)
 from streams.agents.execution import (
     Executed,
     Job,
@@ -40,6 +47,7 @@ from streams.lanes import LaneGate
 from streams.poison import InFlight, poison_handler
 from streams.runtime import Runtime
 from streams.topics import LANES, NORMAL, lane_suffix
+from workers.errors import ResultTooLarge
 
 STAGE = "execute"
 log = logging.getLogger("qlane")
@@ -99,7 +107,12 @@ def register(app, runtime: Runtime, table) -> None:
             "mode": executed.mode,
             "fallback_reason": executed.fallback_reason,
         }
-        await runtime.send("mitigate", job.workflow_id, codec("MitigateTask").encode(outcome))
+        encoded = codec("MitigateTask").encode(outcome)
+        if not runtime.fits_a_record(job.workflow_id, encoded):
+            raise StageFailure(job.workflow_id, ResultTooLarge(
+                f"the counts and prepared job are {len(encoded)} bytes, more than a record may "
+                "be: fewer shots, measured bits, circuits or parameter sets"))
+        await runtime.send("mitigate", job.workflow_id, encoded)
         mark(table, job.workflow_id, "executed", charged=True)
 
     # One agent per priority lane; the gate hands the stage (a whole batch) to the highest

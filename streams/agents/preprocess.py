@@ -212,13 +212,15 @@ def register(app, runtime: Runtime, table) -> None:
             "estimate_usd": estimate,
         }
         detail = f"{len(prepared.tasks)} circuits on {prepared.backend}"
-        if fuses(runtime, source):
+        staged = None if fuses(runtime, source) else codec("ExecuteTask").encode(task)
+        if staged is None or not runtime.fits_a_record(workflow_id, staged):
+            # A prepared job too large for the stage topic runs here instead (the fused path
+            # needs no record for it).
             await runtime.status(workflow_id, "prepared", STAGE, detail=detail)
             return await run_fused(runtime, table, runner, source, request,
                                    prepared.to_bytes(), task,
                                    ran=ahead.ran if ahead is not None else None)
-        await runtime.send(execute_lane(source.topic), workflow_id,
-                           codec("ExecuteTask").encode(task))
+        await runtime.send(execute_lane(source.topic), workflow_id, staged)
         table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}
         await runtime.status(workflow_id, "prepared", STAGE, detail=detail)
 
