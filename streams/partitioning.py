@@ -47,7 +47,7 @@ def home_partition(source: SourceRecord, partitions: int) -> int | None:
 async def reroute(runtime, source: SourceRecord, partition: int, stage: str) -> str:
     """Send the record, unchanged, to `partition` of its own topic; the original is done."""
     headers = [*source.headers, (REROUTED_HEADER, source.address.encode())]
-    limit = runtime.app.conf.producer_max_request_size
+    limit = runtime.max_record_bytes
     if record_bytes(source.key, source.value, headers) > limit:
         raise RecordTooLarge(
             f"the record is too large to re-send to partition {partition} (its key's) within "

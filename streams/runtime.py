@@ -134,12 +134,16 @@ class Runtime:
     def worker_version(self) -> str:
         return package_version("qlane")
 
+    @property
+    def max_record_bytes(self) -> int:
+        """The most a record may be: past the producer's maximum request size a send fails in
+        the producer and stops the worker."""
+        return self.app.conf.producer_max_request_size
+
     def fits_a_record(self, key: str | bytes | None, value: bytes) -> bool:
-        """Whether the producer may send this key and value (past its maximum request size
-        the send fails in the producer and stops the worker)."""
         if isinstance(key, str):
             key = key.encode()
-        return record_bytes(key, value, []) <= self.app.conf.producer_max_request_size
+        return record_bytes(key, value, []) <= self.max_record_bytes
 
     async def send(self, short_name: str, key: str | bytes | None, value: bytes, **kwargs) -> None:
         if isinstance(key, str):
@@ -204,7 +208,7 @@ class Runtime:
             worker_version=self.worker_version,
         )
         key, value, headers = fit_dead_letter(
-            source.key, source.value, headers, self.app.conf.producer_max_request_size)
+            source.key, source.value, headers, self.max_record_bytes)
         await self.topics["deadletter"].send(
             key=key,
             value=value,

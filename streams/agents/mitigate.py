@@ -110,7 +110,7 @@ async def publish_result(
     )
     encoded = codec("JobResult").encode(result)
     try:
-        check_result_fits(encoded, runtime.app.conf.producer_max_request_size)
+        check_result_fits(encoded, runtime.max_record_bytes)
     except ResultTooLarge as error:
         raise StageFailure(workflow_id, error, stage=STAGE) from error
     # At least once, the stored bytes reach the broker before the result does: a crash in

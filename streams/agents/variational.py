@@ -142,7 +142,7 @@ def register(app, runtime: Runtime, table) -> None:
                                     raw, report, started, last_prepared)
         encoded = codec("JobResult").encode(result)
         try:
-            check_result_fits(encoded, runtime.app.conf.producer_max_request_size)
+            check_result_fits(encoded, runtime.max_record_bytes)
         except ResultTooLarge as error:
             raise StageFailure(workflow_id, error) from error
         mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode())

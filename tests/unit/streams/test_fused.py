@@ -62,6 +62,7 @@ class FakeRuntime:
         self.attempts = ledger
         self.app = None  # at-least-once: no transaction
         self.executor = None  # the event loop's default executor
+        self.max_record_bytes = 1_000_000  # Faust's producer_max_request_size
         self.events: list[tuple] = []
 
     def apply_controls(self, backend):
