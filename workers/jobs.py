@@ -221,6 +221,8 @@ class JobSpec:
             raise InvalidJob("job record has no workflow_id")
         if not isinstance(circuit, str):
             raise InvalidJob("job record has no circuit text")
+        # A byte-order mark, as editors on Windows save UTF-8, would hide an OPENQASM 3 header.
+        circuit = circuit.removeprefix("\ufeff")
         defaults = cls(workflow_id, circuit)
 
         def field(name: str) -> Any:

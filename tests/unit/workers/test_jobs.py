@@ -5,7 +5,9 @@ import math
 import pytest
 
 from workers.errors import InvalidJob, InvalidObservable, ParameterMismatch
+from workers.execution.preparation import prepare
 from workers.jobs import JobSpec, ObservableSpec, PauliTerm, parse_observable
+from workers.limits import Limits
 
 
 def test_single_pauli_defaults_to_unit_coefficient() -> None:
@@ -118,3 +120,11 @@ def test_from_record_defaults_for_missing_fields() -> None:
 def test_from_record_rejects_malformed_fields(change: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
         JobSpec.from_record({**AVRO_RECORD, **change})
+
+
+def test_a_byte_order_mark_does_not_hide_an_openqasm_3_header(registry, cache) -> None:
+    source = '\ufeffOPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nh q[0];\n'
+    spec = JobSpec.from_record({"workflow_id": "bom-1", "circuit": source})
+    assert spec.circuit == source[1:]
+    prepared = prepare(spec, registry, cache, Limits())  # stdgates.inc is allowed in QASM 3
+    assert prepared.templates[0].num_qubits >= 2
