@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         1024, ge=64, description="address space above the sandbox's own baseline (RLIMIT_AS)"
     )
     sandbox_output_mb: int = Field(16, ge=1, description="largest prepared job it may return")
+    thread_simulation_max_s: float = Field(
+        2.0, ge=0, description="where Aer runs in the worker's threads (simulator_process "
+        "false, or auto on shared cores), a call estimated above this many seconds of "
+        "simulation runs in a simulator process: Aer holds the interpreter lock, so a long "
+        "call in a thread stops the worker's event loop and cannot be stopped at the timeout",
+    )
     simulator_process: bool = Field(
         "auto", validate_default=True,
         description="run aer.ideal / aer.noisy calls in a sandbox process: Aer holds "

@@ -138,6 +138,12 @@ class BackendUnavailable(RetryableError):
     """The backend failed transiently (timeout, overload, injected fault)."""
 
 
+class SimulationTimeout(PermanentError):
+    """A simulation on the worker's own simulator ran past execute_timeout_s: the job's
+    doing (another try takes as long), not the backend's, so it does not count against the
+    backend's breaker."""
+
+
 class JobTooLarge(InvalidJob):
     """The job asks for more simulation than the configured limit (max_simulation_seconds)."""
 

@@ -37,10 +37,16 @@ from workers.errors import (
     QlaneError,
     SandboxCrashed,
     SandboxTimeout,
+    SimulationTimeout,
 )
 from workers.execution.batching import Outcome, execute_batch, split_by_work
 from workers.execution.breaker import BreakerOpen
-from workers.execution.preparation import PreparedJob, execute, prepare
+from workers.execution.preparation import (
+    PreparedJob,
+    execute,
+    prepare,
+    simulation_estimate,
+)
 from workers.execution.simulator import (
     outcomes_of,
     request_for,
@@ -238,12 +244,13 @@ async def start_simulator_when_settled(runtime: Runtime) -> None:
     start_simulator(runtime)
 
 
-def start_simulator(runtime: Runtime) -> None:
-    """The simulator process pool, when the settings ask for it and it is not running."""
+def start_simulator(runtime: Runtime, needed: bool = False) -> None:
+    """The simulator process pool, when the settings ask for it (or a long call `needed`
+    it) and it is not running."""
     settings = runtime.settings
     if runtime.simulator is not None:
         return
-    if not simulator_process_wanted(runtime):
+    if not needed and not simulator_process_wanted(runtime):
         if not settings.simulator_process:  # else `auto` said why, and starts it when wanted
             log.info("simulator: in the worker's threads (QLANE_SIMULATOR_PROCESS off; %.3g "
                      "usable cores)", usable_cores())
@@ -258,12 +265,28 @@ def start_simulator(runtime: Runtime) -> None:
              "cores)", settings.simulator_processes, usable_cores())
 
 
-def in_simulator_process(runtime: Runtime, backends) -> bool:
-    """Whether calls on `backends` go to the simulator process (started on first use)."""
-    if not simulator_process_wanted(runtime):
+def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
+    """Whether calls on `backends` go to the simulator process (started on first use): as
+    the settings want, and wherever Aer runs in the worker's threads, also a call whose
+    `prepared` jobs are estimated above `thread_simulation_max_s`. Aer holds the interpreter
+    lock in a worker thread: a 40 s call stopped the worker's event loop for 40 s (no
+    heartbeat, no timeout, no other stage), and a call past the timeout could not be
+    stopped; a process is killed at the timeout."""
+    if not simulated_here(runtime.registry, backends):
         return False
-    start_simulator(runtime)
-    return simulated_here(runtime.registry, backends)
+    if simulator_process_wanted(runtime):
+        start_simulator(runtime)
+        return True
+    limit = runtime.settings.thread_simulation_max_s
+    estimates: dict = {}
+    estimated = sum(simulation_estimate(job, runtime.registry.get(job.backend), estimates)
+                    for job in prepared)
+    if estimated <= limit:
+        return False
+    log.info("a call estimated at %.3g s of simulation runs in a simulator process, not in "
+             "the worker's threads (thread_simulation_max_s %g)", estimated, limit)
+    start_simulator(runtime, needed=True)
+    return True
 
 
 async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> Answered:
@@ -287,12 +310,9 @@ async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> Answered:
     if order:
         items = [(jobs[i].bytes_of(jobs[i].prepared), jobs[i].seed, jobs[i].prepared.backend)
                  for i in order]
-        try:
-            answered = await simulate(runtime, items, runtime.settings.execute_timeout_s)
-        except SandboxTimeout:
-            for name in sent:
-                runtime.breakers.for_backend(name).record_failure()
-            raise
+        # A call past the timeout raises SandboxTimeout without a breaker failure: these are
+        # the worker's own simulators, slow because of a job (each job then runs alone).
+        answered = await simulate(runtime, items, runtime.settings.execute_timeout_s)
         for index, outcome, took in zip(order, answered.outcomes, answered.seconds,
                                         strict=True):
             outcomes[index] = outcome
@@ -314,7 +334,8 @@ async def batch_outcomes(runtime: Runtime, jobs: list[Job]) -> dict[str, tuple[o
         return {}
     metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
     try:
-        if in_simulator_process(runtime, {j.prepared.backend for j in jobs}):
+        if in_simulator_process(runtime, {j.prepared.backend for j in jobs},
+                                [j.prepared for j in jobs]):
             answered = await simulate_batch(runtime, jobs)
             outcomes, seconds = answered.outcomes, answered.seconds
         else:
@@ -397,7 +418,7 @@ class JobRunner:
         if job.deadline_ms is not None:
             timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
         try:
-            if in_simulator_process(runtime, [prepared.backend]):
+            if in_simulator_process(runtime, [prepared.backend], [prepared]):
                 # The process is killed at `timeout`; the outer bound only covers its start.
                 answered = await asyncio.wait_for(
                     simulate(runtime, [(job.bytes_of(prepared), job.seed, prepared.backend)],
@@ -415,10 +436,19 @@ class JobRunner:
                     timeout,
                 )
         except (TimeoutError, SandboxTimeout):
-            breaker.record_failure()
+            # A simulator of this worker's own is slow because of the job: that says nothing
+            # about the backend for other jobs, and another try takes as long again.
+            local = simulated_here(runtime.registry, [prepared.backend])
+            if not local:
+                breaker.record_failure()
             if self.past_deadline(job):
                 raise DeadlineExceeded(
                     f"no answer from {prepared.backend} before the deadline"
+                ) from None
+            if local:
+                raise SimulationTimeout(
+                    f"the simulation on {prepared.backend} took longer than {timeout:.0f}s "
+                    "(execute_timeout_s): fewer shots, gates, qubits or parameter sets"
                 ) from None
             raise BackendUnavailable(
                 f"{prepared.backend} took longer than {timeout:.0f}s"

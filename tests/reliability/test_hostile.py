@@ -120,3 +120,35 @@ def test_a_poison_pill_is_dead_lettered_after_its_attempts_across_a_sigkill(
                       attempts=letter["qlane.dlq.attempts"])
     finally:
         stop_worker(worker)
+
+
+def test_a_simulation_past_the_timeout_fails_once_and_leaves_the_breaker_closed(
+        broker_address, tmp_path, report):
+    """A job within the simulation estimate that runs past execute_timeout_s on the worker's
+    own simulator is the job's doing: SimulationTimeout at the first attempt, no retries,
+    nothing counted on the backend's breaker (it was BackendUnavailable, retried, and five
+    such jobs opened aer.ideal's breaker for every tenant)."""
+    from tests.reliability.hostile import noisy_layers
+
+    settings = session_settings(*broker_address, tag="slow", partitions=1)
+    asyncio.run(ensure_topics(settings))
+    env = {"QLANE_EXECUTE_TIMEOUT_S": "3", "QLANE_BREAKER_FAILURE_THRESHOLD": "1"}
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log, env=env)
+    try:
+        wait_until_ready(settings, log)
+        slow = f"slow-{uuid.uuid4().hex[:6]}"
+        # 16 qubits, a mid-circuit measurement: every shot simulated, about 40 s here.
+        produce(settings, [(slow, job_bytes(slow, noisy_layers(16, 5), (("shots", 1000),)))])
+        started = time.monotonic()
+        letter = wait_for(lambda: dead_letters(settings).get(slow), timeout_s=120)
+        assert letter, log.read_text()[-3000:]
+        assert letter["qlane.dlq.error.class"] == "SimulationTimeout"
+        assert letter["qlane.dlq.attempts"] == "1"
+        after = job_request(workflow_id=f"after-slow-{uuid.uuid4().hex[:6]}", circuit=BELL,
+                            shots=64)
+        outcome = submit_and_wait(settings, [after], timeout_s=120)[after["workflow_id"]]
+        assert outcome.state == "done", outcome  # a breaker opened by one failure would refuse
+        report.update(seconds_to_dead_letter=round(time.monotonic() - started, 1))
+    finally:
+        stop_worker(worker)

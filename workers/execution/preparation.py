@@ -365,15 +365,14 @@ def binding_error(prepared: PreparedJob) -> ParameterMismatch | None:
     return None
 
 
-def check_simulation(
-    prepared: PreparedJob, backend: Any, max_seconds: float | None, estimates: dict | None = None
-) -> None:
-    """JobTooLarge if the simulation `prepared` asks of `backend` is estimated above
-    `max_seconds` (None: no limit; a backend without `estimated_seconds` is not checked).
-    `estimates` keeps the per-template estimates of one call (templates are shared)."""
+def simulation_estimate(prepared: PreparedJob, backend: Any,
+                        estimates: dict | None = None) -> float:
+    """Seconds of one core the simulation `prepared` asks of `backend` (its
+    `estimated_seconds` per task; 0 for a backend without one). `estimates` keeps the
+    per-template estimates of one call (templates are shared)."""
     estimate = getattr(backend, "estimated_seconds", None)
-    if max_seconds is None or estimate is None:
-        return
+    if estimate is None:
+        return 0.0
     estimates = {} if estimates is None else estimates
     total = 0.0
     for task in prepared.tasks:
@@ -382,6 +381,18 @@ def check_simulation(
         if key not in estimates:
             estimates[key] = estimate(template, prepared.shots)
         total += estimates[key]
+    return total
+
+
+def check_simulation(
+    prepared: PreparedJob, backend: Any, max_seconds: float | None, estimates: dict | None = None
+) -> None:
+    """JobTooLarge if the simulation `prepared` asks of `backend` is estimated above
+    `max_seconds` (None: no limit; a backend without `estimated_seconds` is not checked).
+    `estimates` keeps the per-template estimates of one call (templates are shared)."""
+    if max_seconds is None:
+        return
+    total = simulation_estimate(prepared, backend, estimates)
     if total > max_seconds:
         raise JobTooLarge(
             f"job would need about {total:.3g} s of simulation on {prepared.backend} "

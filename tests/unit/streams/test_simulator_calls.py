@@ -132,8 +132,9 @@ class SplitPool:
 
 
 def test_a_split_batch_with_a_crash_and_a_timeout_fails_as_the_timeout() -> None:
-    """The timeout is what the breaker must count (a crash is not counted), whichever of
-    the two calls ended first."""
+    """The batch fails as the timeout whichever of the two calls ended first; neither is
+    counted on the breaker (the worker's own simulator is slow or killed because of a job,
+    which then runs alone and fails as SimulationTimeout)."""
     fake = SimpleNamespace(settings=Settings(simulator_process=True), registry=BackendRegistry(),
                            host_workers=None,
                            breakers=BreakerBoard(failure_threshold=5), simulator=SplitPool())
@@ -141,7 +142,7 @@ def test_a_split_batch_with_a_crash_and_a_timeout_fails_as_the_timeout() -> None
     with pytest.raises(SandboxTimeout):
         asyncio.run(simulate_batch(fake, batch))
     assert fake.simulator.calls == 2
-    assert fake.breakers.for_backend("aer.noisy").consecutive_failures == 1
+    assert fake.breakers.for_backend("aer.noisy").consecutive_failures == 0
 
 
 def test_a_call_that_waits_for_the_simulator_process_is_billed_its_run_only(runtime) -> None:
@@ -368,3 +369,31 @@ def test_auto_closes_a_simulator_process_it_stopped_using_once_idle_long_enough(
     assert simulator_process_wanted(runtime)  # alone again: in_simulator_process starts one
     assert runtime.simulator_unwanted_since is None
     runtime.host_workers.leave()
+
+
+def test_a_long_call_leaves_the_workers_threads_for_a_simulator_process() -> None:
+    """Where Aer runs in the worker's threads, a call estimated above
+    thread_simulation_max_s runs in a simulator process (killed at the timeout) and is
+    answered with the same counts; a short one stays in the threads."""
+    from streams.agents.execution import in_simulator_process
+    from workers.execution.preparation import simulation_estimate
+
+    threads = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
+    )
+    one = job(threads.registry)
+    estimate = simulation_estimate(one.prepared, threads.registry.get("aer.noisy"))
+    try:
+        threads.settings.thread_simulation_max_s = estimate * 2
+        assert not in_simulator_process(threads, ["aer.noisy"], [one.prepared])
+        assert threads.simulator is None
+        threads.settings.thread_simulation_max_s = estimate / 2
+        assert in_simulator_process(threads, ["aer.noisy"], [one.prepared])
+        counts, _ = asyncio.run(JobRunner(threads, {}).call_backend(one, one.prepared))
+        assert counts == execute(one.prepared, threads.registry, one.seed)
+    finally:
+        threads.executor.shutdown()
+        if threads.simulator is not None:
+            threads.simulator.close()
