@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from schemas.codec import MAGIC, codec
 from streams.runtime import Runtime, now_ms
+from streams.tenants import topic_tenant
 
 CANCELLABLE = frozenset({"accepted", "prepared"})
 FINISHED = frozenset({"done", "failed", "cancelled", "executed"})
@@ -37,8 +38,8 @@ def cancel_requested(table, workflow_id: str) -> bool:
 
 
 async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None,
-                        stage: str) -> str:
-    """Apply one JobCancel record; returns the outcome label for metrics."""
+                        stage: str, topic: str | None = None) -> str:
+    """Apply one JobCancel record read from `topic`; returns the outcome label for metrics."""
     request = codec("JobCancel").decode(value)
     workflow_id = request["workflow_id"]
     if key != workflow_id.encode():
@@ -48,8 +49,11 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
     reason = request.get("reason") or "cancelled by request"
     entry = table.get(workflow_id)
     if entry is None:
+        # The cancel's topic is kept: only a job of the same tenant (or any job, for a cancel
+        # on the shared topics) is dropped on arrival (tombstone_applies).
         table[workflow_id] = {"fingerprint": None, "state": "cancelled", "source": None,
-                              "attempts": 0, "updated_ms": now_ms(), "cancel_reason": reason}
+                              "attempts": 0, "updated_ms": now_ms(), "cancel_reason": reason,
+                              "cancel_topic": topic}
         await runtime.status(workflow_id, "cancelled", stage, detail=f"before arrival: {reason}")
         return "cancelled"
     state = entry.get("state")
@@ -67,3 +71,12 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
         f"already {state}: the run under way finishes and its result is delivered")
     await runtime.status(workflow_id, "cancel_ignored", stage, detail=why)
     return "duplicate"
+
+
+def tombstone_applies(prefix: str, tombstone: dict, job_topic: str) -> bool:
+    """Whether a cancel that came before its job (a tombstone) drops a job read from
+    `job_topic`: a cancel on a tenant's topic only that tenant's job, a cancel on the shared
+    topics (where tenants cannot write when ACLs are set) any job. Else one tenant could
+    drop another's job by cancelling its workflow id first."""
+    cancel_tenant = topic_tenant(prefix, tombstone.get("cancel_topic") or "")
+    return cancel_tenant is None or cancel_tenant == topic_tenant(prefix, job_topic)

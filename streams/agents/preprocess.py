@@ -20,7 +20,7 @@ from streams.agents.common import (
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
-from streams.cancel import handle_cancel, is_cancel
+from streams.cancel import handle_cancel, is_cancel, tombstone_applies
 from streams.deadletter import SourceRecord
 from streams.idempotency import Decision, admit, request_fingerprint
 from streams.lanes import LaneGate
@@ -147,12 +147,18 @@ def register(app, runtime: Runtime, table) -> None:
         if cancel:
             check_cancel_of(runtime.settings.topic_prefix, source.topic,
                             table.get((source.key or b"").decode(errors="replace")))
-            return await handle_cancel(runtime, table, source.value, source.key, STAGE)
+            return await handle_cancel(runtime, table, source.value, source.key, STAGE,
+                                       source.topic)
         check_tenant_of(runtime.settings.topic_prefix, source.topic, request)  # authenticated
         fingerprint = request_fingerprint(request)
         previous = table.get(workflow_id)
         if previous is not None and previous.get("state") == "cancelled":
-            return await arrived_cancelled(workflow_id, previous, fingerprint)
+            if previous.get("fingerprint") is not None or tombstone_applies(
+                    runtime.settings.topic_prefix, previous, source.topic):
+                return await arrived_cancelled(workflow_id, previous, fingerprint)
+            log.warning("%s: a cancel from another tenant's topic came first; ignored",
+                        workflow_id, extra={"workflow_id": workflow_id, "stage": STAGE})
+            previous = None
         admission = admit(previous, fingerprint, source.address)
         if admission.decision is Decision.CONFLICT:
             raise IdempotencyConflict(

@@ -23,7 +23,7 @@ from tests.support import (
 
 @pytest.fixture(scope="module")
 def tenant_settings(broker_address):
-    return session_settings(*broker_address, tag="tn", tenants=["acme"])
+    return session_settings(*broker_address, tag="tn", tenants=["acme", "rival"])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def tenant_worker(tenant_settings, tmp_path_factory):
     assert {job_topic(prefix, "acme", lane) for lane in ("high", "normal", "low")} <= set(created)
     assert f"{prefix}.results.acme" in created
     log = tmp_path_factory.mktemp("tenant-worker") / "worker.log"
-    process = start_worker(tenant_settings, log, env={"QLANE_TENANTS": '["acme"]'})
+    process = start_worker(tenant_settings, log, env={"QLANE_TENANTS": '["acme", "rival"]'})
     try:
         wait_until_ready(tenant_settings, log)
         yield process
@@ -76,3 +76,23 @@ def test_a_cancel_on_the_tenants_topics_overtakes_its_job(tenant_settings, tenan
 
     outcome = asyncio.run(go())[workflow_id]
     assert outcome.result is None and "executing" not in outcome.history
+
+
+def test_a_cancel_from_another_tenant_before_arrival_does_not_drop_the_job(
+        tenant_settings, tenant_worker):
+    """`rival` cancels an id of acme's before acme sends it: the tombstone names rival's
+    topic, so acme's job runs (it was dropped, with nothing on acme's topics)."""
+    workflow_id = f"acme-target-{uuid.uuid4().hex[:6]}"
+    answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival",
+                                         timeout_s=60))
+    assert answer.state == "cancelled"  # a tombstone, as for any id not seen yet
+    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100, tenant="acme")
+
+    async def go():
+        async with Client(tenant_settings, tenant="acme") as client:
+            await client.start_watching()
+            await client.submit(job, client.jobs_topic("acme", "normal"))
+            return await client.wait([workflow_id], 60)
+
+    outcome = asyncio.run(go())[workflow_id]
+    assert outcome.state == "done" and outcome.result is not None, outcome

@@ -275,3 +275,14 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
     assert keys_in(rival, tenant_topic(prefix, "cost", "rival")) == {own["workflow_id"].encode()}
     for password in cluster.users.values():
         assert password not in log.read_text()
+
+
+def test_a_cancel_before_arrival_drops_only_its_own_tenants_job():
+    from streams.cancel import tombstone_applies
+
+    rival = {"state": "cancelled", "fingerprint": None, "cancel_topic": "qlane.jobs.rival-high"}
+    assert not tombstone_applies("qlane", rival, "qlane.jobs.acme")
+    assert not tombstone_applies("qlane", rival, "qlane.jobs")  # a shared-topic job
+    assert tombstone_applies("qlane", rival, "qlane.jobs.rival-low")
+    shared = {**rival, "cancel_topic": "qlane.jobs-high"}  # operators' topics
+    assert tombstone_applies("qlane", shared, "qlane.jobs.acme")
