@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 
 from schemas.codec import codec
-from streams import metrics
+from streams import control_records, metrics
 from streams.runtime import Runtime, now_ms
 from workers.errors import BudgetExceeded
 from workers.execution.preparation import PreparedJob
 
-SPEND = "spend:"
+SPEND = control_records.SPEND
 
 
 def estimate_usd(runtime: Runtime, prepared: PreparedJob) -> float:

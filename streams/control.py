@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas.codec import codec
 from streams import metrics
 from streams.agents.common import in_thread
+from streams.control_records import DRIFT, NOISE, well_formed
 from streams.kafka_compat import stop_consumer
 from streams.runtime import Runtime, now_ms
 from streams.security import kafka_options
@@ -28,8 +29,6 @@ from workers.seeds import derive_seed
 
 log = logging.getLogger("qlane")
 
-NOISE = "noise:"
-DRIFT = "drift:"
 CONTROL_FETCH_MIN_BYTES = 1 << 20
 
 
@@ -58,9 +57,13 @@ def register(app, runtime: Runtime) -> None:
         try:
             async for record in consumer:
                 try:
-                    controls[json.loads(record.key)] = json.loads(record.value)
+                    key, value = json.loads(record.key), json.loads(record.value)
                 except (TypeError, ValueError):
+                    key = value = None
+                if not well_formed(key, value):
                     log.warning("ignored a malformed control record at offset %d", record.offset)
+                    continue
+                controls[key] = value
         finally:
             await stop_consumer(consumer)
     monitor = DriftMonitor(alpha=settings.drift_alpha, shots=settings.drift_shots)

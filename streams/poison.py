@@ -30,6 +30,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import metrics
+from streams.control_records import ATTEMPTS, well_formed
 from streams.deadletter import SourceRecord
 from streams.kafka_compat import stop_consumer
 from streams.runtime import Runtime, now_ms
@@ -37,7 +38,7 @@ from streams.security import broker_retrying, kafka_options
 
 log = logging.getLogger("qlane")
 
-PREFIX = "attempts:"
+PREFIX = ATTEMPTS
 LOAD_TIMEOUT_S = 30.0
 
 
@@ -162,7 +163,7 @@ def _apply(entries: dict, key: bytes | None, value: bytes | None) -> None:
             entries.pop(name, None)
             return
         parsed = json.loads(value)
-        if isinstance(parsed, dict):
+        if well_formed(name, parsed):
             entries[name] = parsed
     except (TypeError, ValueError):
         return

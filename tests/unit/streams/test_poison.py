@@ -103,6 +103,32 @@ def test_the_ledger_reads_only_attempt_keys_and_tombstones():
     assert entries == {}
 
 
+def test_a_forged_attempt_count_is_ignored_not_trusted():
+    """`{"offsets": []}` made the execute stage's ledger raise and stop the worker at every
+    start; a forged entry is now left out (the record's count starts again)."""
+    key = json.dumps("attempts:execute:q.jobs:0").encode()
+    for forged in (b'{"offsets": []}', b'{"offsets": {"3": "x"}}', b'{"offsets": {"x": 1}}',
+                   b'{"offsets": {"3": -1}}', b'[1]'):
+        entries: dict = {}
+        _apply(entries, key, forged)
+        assert entries == {}, forged
+
+
+def test_control_records_a_worker_acts_on_are_well_formed():
+    from streams.control_records import well_formed
+
+    assert well_formed("noise:aer.noisy", {"noise_scale": 1.5})
+    assert not well_formed("noise:aer.noisy", {"noise_scale": float("nan")})
+    assert not well_formed("noise:aer.noisy", {"noise_scale": -1})
+    assert not well_formed("noise:aer.noisy", {"noise_scale": True})
+    assert well_formed("drift:aer.noisy", {"severity": "warning", "at_ms": 5})
+    assert not well_formed("drift:aer.noisy", {"severity": "warning"})
+    assert well_formed("spend:acme:0", {"usd": 2.5})
+    assert not well_formed("spend:acme:0", {"usd": float("inf")})
+    assert not well_formed(["noise:aer.noisy"], {"noise_scale": 1})
+    assert not well_formed("noise:aer.noisy", [1])
+
+
 # --- reading the counts while the cluster cannot answer -------------------------------------
 
 def ledger_loading(monkeypatch, outcomes):

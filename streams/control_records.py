@@ -1,0 +1,45 @@
+"""What a record of the control topic may hold; anything else is ignored, not trusted.
+
+The control topic is internal (workers and operators write it; on Kafka the ACLs keep
+tenants out, the embedded broker has none), but a record of it is read by every worker,
+again after every restart: one broken or forged value used to stop them all. A NaN noise
+scale failed every job's backend call outside its record's error handling, and an attempt
+count whose offsets were a list failed the execute stage's ledger; each stopped the worker,
+which met the record again when it started (red-team run, 2026-12-05)."""
+
+from __future__ import annotations
+
+import math
+
+NOISE = "noise:"
+DRIFT = "drift:"
+SPEND = "spend:"
+ATTEMPTS = "attempts:"
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _amount(value) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
+def well_formed(key, value) -> bool:
+    """Whether (decoded key, decoded value) is a control record a worker may act on."""
+    if not isinstance(key, str) or not isinstance(value, dict):
+        return False
+    if key.startswith(NOISE):
+        return _amount(value.get("noise_scale"))
+    if key.startswith(DRIFT):
+        return isinstance(value.get("severity"), str) and _count(value.get("at_ms"))
+    if key.startswith(SPEND):
+        return _amount(value.get("usd"))
+    if key.startswith(ATTEMPTS):
+        offsets = value.get("offsets")
+        return (isinstance(offsets, dict)
+                and all(isinstance(offset, str) and offset.isdigit() and _count(tries)
+                        for offset, tries in offsets.items())
+                and isinstance(value.get("reason", ""), str))
+    return True  # no worker reads other keys
