@@ -76,8 +76,8 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
             app, *lane_topics, partitions=settings.partitions)
     # No key/value types: Faust then (de)serializes plain JSON. A builtin type such as
     # `dict` here breaks changelog recovery (Faust calls `dict.from_data`).
-    table = app.Table(WORKFLOW_TABLE, default=None, partitions=settings.partitions,
-                      options=table_store.table_options(settings))
+    table = table_store.workflow_table(app, WORKFLOW_TABLE, partitions=settings.partitions,
+                                       options=table_store.table_options(settings))
     for stage in (preprocess, execute, mitigate, variational):
         stage.register(app, runtime, table)
     observability.register(app, runtime)

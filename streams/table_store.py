@@ -12,12 +12,18 @@ block caches (per table partition) instead of growing about 1 KB per workflow.
 from __future__ import annotations
 
 import atexit
+import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from faust.serializers import codecs
+
 from streams.settings import Settings
+
+log = logging.getLogger("qlane")
 
 DIRECTORY_PREFIX = "qlane-tables-"
 MIB = 1024 * 1024
@@ -73,3 +79,54 @@ def _running(pid: int) -> bool:
     except PermissionError:  # it runs, as another user
         pass
     return True
+
+
+# --- what the table's changelog may hold -------------------------------------------------
+class _TableCodec(codecs.Codec):
+    """JSON for the workflow table's changelog that never raises on what it reads: a value
+    that does not decode, or decodes to something other than the `kind` qlane writes, reads
+    as None (no entry). The changelog is internal, but one forged or broken record of it
+    (the embedded broker has no ACLs) made every worker fail: a list where an entry belongs
+    failed the stage that read it, bytes that are not UTF-8 JSON stopped table recovery for
+    good (Faust logs the error and never completes), again at every start."""
+
+    kind: type = object
+
+    def _loads(self, s: bytes):
+        try:
+            value = json.loads(s)
+        except (TypeError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+            log.warning("workflow table: ignored a changelog record that is not JSON (%s)",
+                        type(error).__name__)
+            return None
+        if not isinstance(value, self.kind):
+            log.warning("workflow table: ignored a changelog %s that is a %s",
+                        self.part, type(value).__name__)
+            return None
+        return value
+
+    def _dumps(self, obj) -> bytes:
+        return json.dumps(obj).encode()
+
+
+class TableKeyCodec(_TableCodec):
+    kind, part = str, "key"
+
+
+class TableEntryCodec(_TableCodec):
+    kind, part = dict, "value"
+
+
+TABLE_KEYS, TABLE_ENTRIES = "qlane_table_key", "qlane_table_entry"
+codecs.register(TABLE_KEYS, TableKeyCodec())
+codecs.register(TABLE_ENTRIES, TableEntryCodec())
+
+
+def workflow_table(app, name: str, **options):
+    """The app's table `name` (as `app.Table(name, default=None, ...)`), its keys and entries
+    read and written with the codecs above: set before the app registers it, which makes
+    its changelog topic with the table's serializers."""
+    table = app.conf.Table(app, name=name, default=None, beacon=app.tables.beacon, **options)
+    table.key_serializer = TABLE_KEYS
+    table.value_serializer = TABLE_ENTRIES
+    return app.tables.add(table)

@@ -50,3 +50,26 @@ def test_directories_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     assert table_store.remove_orphans(tmp_path) == [dead_directory]
     assert not dead_directory.exists()
     assert live_directory.exists() and unrelated.exists()
+
+
+def test_the_table_codecs_read_what_they_cannot_use_as_no_entry():
+    from streams.table_store import TableEntryCodec, TableKeyCodec
+
+    entries, keys = TableEntryCodec(), TableKeyCodec()
+    entry = {"state": "done", "attempts": 1, "checkpoint": [{"value": 0.5}]}
+    assert entries.loads(entries.dumps(entry)) == entry
+    assert keys.loads(keys.dumps("wf-1")) == "wf-1"
+    for broken in (b"\xff not json", b"[1]", b'"a string"', b"", b"{"):
+        assert entries.loads(broken) is None, broken
+    assert keys.loads(b"\xff\xfe") is None and keys.loads(b"[1, 2]") is None
+
+
+def test_the_workflow_tables_changelog_uses_them():
+    from streams.app import create_app
+    from streams.settings import Settings
+    from streams.table_store import TABLE_ENTRIES, TABLE_KEYS
+
+    app, _ = create_app(Settings(topic_prefix="codec-test", app_id="qlane-codec-test"))
+    table = app.tables["workflows"]
+    topic = table.changelog_topic
+    assert (topic.key_serializer, topic.value_serializer) == (TABLE_KEYS, TABLE_ENTRIES)
