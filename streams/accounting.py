@@ -9,11 +9,12 @@ a tenant's spend. After a rebalance the new owner continues from the replicated 
 from __future__ import annotations
 
 import json
+import math
 
 from schemas.codec import codec
 from streams import control_records, metrics
 from streams.runtime import Runtime, now_ms
-from workers.errors import BudgetExceeded
+from workers.errors import BudgetExceeded, InvalidJob
 from workers.execution.preparation import PreparedJob
 
 SPEND = control_records.SPEND
@@ -33,6 +34,9 @@ def tenant_spent(runtime: Runtime, tenant: str) -> float:
 
 def check_budget(runtime: Runtime, request: dict, estimate: float) -> None:
     limit = request.get("cost_limit_usd")
+    if limit is not None and not (math.isfinite(limit) and limit >= 0):
+        # NaN compares false with everything: it read as no limit at all.
+        raise InvalidJob(f"cost_limit_usd must be a finite number >= 0, got {limit!r}")
     if limit is not None and estimate > limit:
         raise BudgetExceeded(f"estimated USD {estimate:.4f} exceeds the job's limit {limit:.4f}")
     tenant = request["tenant"]

@@ -39,6 +39,7 @@ from workers.circuits.sandbox import (
 from workers.errors import (
     BudgetExceeded,
     IdempotencyConflict,
+    InvalidJob,
     InvalidObservable,
     KeyMismatch,
     PoisonRecord,
@@ -203,6 +204,8 @@ def register(app, runtime: Runtime, table) -> None:
         fallback_reason = None
         try:
             accounting.check_budget(runtime, request, estimate)
+        except InvalidJob as error:
+            raise StageFailure(workflow_id, error) from error
         except BudgetExceeded as error:
             if not request.get("fallback"):
                 raise StageFailure(workflow_id, error) from error
