@@ -72,7 +72,8 @@ def test_a_worker_for_kafka_pointed_at_a_broker_without_transactions_says_so(set
         asyncio.run(check_transactions(settings))
         return
     command = [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
-               "--profile", "kafka", "--topic-prefix", settings.topic_prefix, "--without-web"]
+               "--profile", "kafka", "--topic-prefix", f"{settings.topic_prefix}-tx",
+               "--partitions", str(settings.partitions), "--without-web"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "refused a transactional producer (UnknownError)" in done.stderr
