@@ -289,6 +289,31 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
     return True
 
 
+async def simulate_alone(runtime: Runtime, prepared: PreparedJob,
+                         seed: int) -> tuple[list[dict[str, int]], float]:
+    """Counts and backend seconds of one prepared job on this worker's own backends, where the
+    stages would run it (`in_simulator_process`): in the simulator process, killed at
+    execute_timeout_s (SimulationTimeout), or in a thread. For the variational stage, whose
+    evaluations ran in threads whatever their size."""
+    settings = runtime.settings
+    if not in_simulator_process(runtime, [prepared.backend], [prepared]):
+        return await in_thread_timed(runtime, execute, prepared, runtime.registry, seed,
+                                     settings.max_simulation_seconds)
+    timeout = settings.execute_timeout_s
+    try:
+        answered = await asyncio.wait_for(
+            simulate(runtime, [(prepared.to_bytes(), seed, prepared.backend)], timeout),
+            timeout + SIMULATOR_START_S)
+    except (TimeoutError, SandboxTimeout):
+        raise SimulationTimeout(
+            f"the simulation on {prepared.backend} took longer than {timeout:.0f}s "
+            "(execute_timeout_s): fewer shots, gates, qubits or parameter sets") from None
+    (outcome,), (seconds,) = answered.outcomes, answered.seconds
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome, seconds
+
+
 async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> Answered:
     """One call in the simulator process for a batch, under execute_batch's breaker rules:
     a backend whose breaker is open gets BreakerOpen for its jobs; a retryable error in a

@@ -17,17 +17,17 @@ from streams import accounting, transactions
 from streams.agents.common import (
     StageFailure,
     in_thread,
-    in_thread_timed,
     mark,
     run_stage,
     stage_supervisor,
 )
+from streams.agents.execution import simulate_alone
 from streams.cancel import cancel_requested
 from streams.deadletter import SourceRecord
 from streams.results import check_result_fits, republish_stored_result
 from streams.runtime import Runtime, now_ms, package_version
 from workers.errors import BudgetExceeded, ResultTooLarge
-from workers.execution.preparation import execute, prepare
+from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
 from workers.mitigation.combine import mitigate
 from workers.seeds import job_seed
@@ -90,9 +90,8 @@ def register(app, runtime: Runtime, table) -> None:
                 except BudgetExceeded:
                     stop_reason = "budget"
                     break
-                counts, seconds = await in_thread_timed(
-                    runtime, execute, prepared, runtime.registry, job_seed(job.workflow_id, None),
-                    runtime.settings.max_simulation_seconds)
+                counts, seconds = await simulate_alone(
+                    runtime, prepared, job_seed(job.workflow_id, None))
                 outcome = await in_thread(runtime, mitigate, prepared, counts)
                 report = outcome.report
                 estimate_0 = outcome.estimates[0]

@@ -397,3 +397,31 @@ def test_a_long_call_leaves_the_workers_threads_for_a_simulator_process() -> Non
         threads.executor.shutdown()
         if threads.simulator is not None:
             threads.simulator.close()
+
+
+def test_a_long_variational_evaluation_runs_where_a_stage_call_would() -> None:
+    """simulate_alone (the variational stage's evaluations, which always ran in threads): a
+    call estimated above thread_simulation_max_s goes to a simulator process, with the
+    thread's counts; a short one stays in the threads."""
+    from streams.agents.execution import simulate_alone
+    from workers.execution.preparation import simulation_estimate
+
+    threads = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
+    )
+    one = job(threads.registry, seed=11)
+    estimate = simulation_estimate(one.prepared, threads.registry.get("aer.noisy"))
+    try:
+        threads.settings.thread_simulation_max_s = estimate * 2
+        in_thread, _ = asyncio.run(simulate_alone(threads, one.prepared, 11))
+        assert threads.simulator is None
+        threads.settings.thread_simulation_max_s = estimate / 2
+        in_process, _ = asyncio.run(simulate_alone(threads, one.prepared, 11))
+        assert threads.simulator is not None
+        assert in_process == in_thread == execute(one.prepared, threads.registry, 11)
+    finally:
+        threads.executor.shutdown()
+        if threads.simulator is not None:
+            threads.simulator.close()
