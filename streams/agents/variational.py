@@ -26,7 +26,7 @@ from streams.cancel import cancel_requested
 from streams.deadletter import SourceRecord
 from streams.results import check_result_fits, republish_stored_result
 from streams.runtime import Runtime, now_ms, package_version
-from workers.errors import BudgetExceeded, ResultTooLarge
+from workers.errors import BudgetExceeded, InvalidJob, ResultTooLarge
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
 from workers.mitigation.combine import mitigate
@@ -60,14 +60,17 @@ def register(app, runtime: Runtime, table) -> None:
         entry = table.get(workflow_id) or {}
         if entry.get("state") == "cancelled":
             return "cancelled"  # cancelled before the loop started: status already sent
-        # From here a cancel asks the loop to stop (streams/cancel.py).
-        table[workflow_id] = {**entry, "state": "executing",
-                              "checkpoint": entry.get("checkpoint", []), "updated_ms": now_ms()}
         try:
             spec = VariationalSpec.from_record(request["variational"])
+            if spec is None:
+                raise InvalidJob("a record of the variational stage must be a variational "
+                                 "job: its `variational` options are null")
             base = JobSpec.from_record(request)
         except Exception as error:
             raise StageFailure(workflow_id, error) from error
+        # From here a cancel asks the loop to stop (streams/cancel.py).
+        table[workflow_id] = {**entry, "state": "executing",
+                              "checkpoint": entry.get("checkpoint", []), "updated_ms": now_ms()}
         history = [Evaluation.from_dict(item) for item in entry.get("checkpoint", [])]
         raw = dict(entry.get("raw", {}))  # index -> [raw value, raw std error]
         optimizer = AskTellOptimizer(spec, history)

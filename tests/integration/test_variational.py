@@ -1,12 +1,15 @@
 """A variational job through the pipeline: progress, checkpoints, caps, one result."""
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
+
 from schemas.codec import codec
 from streams.client import job_request, load_job_file
-from tests.support import submit_and_wait, topic_records
+from tests.support import BELL, submit_and_wait, topic_records, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 H2_EXACT = -1.8572750302023795  # numpy diagonalization of the example's Hamiltonian
@@ -42,3 +45,31 @@ def test_variational_job_without_an_objective_is_dead_lettered(settings, worker)
                          "observables": []})
     outcome = submit_and_wait(settings, [job], timeout_s=60)[job["workflow_id"]]
     assert outcome.state == "failed" and "InvalidObservable" in outcome.detail
+
+
+def test_a_plain_job_written_to_the_variational_stage_is_a_typed_dead_letter(settings, worker):
+    """The stage topic is internal, but a record on it is still input: a JobRequest that is
+    not a variational job was dead-lettered as AttributeError (red-team run)."""
+    workflow_id = f"not-vqe-{uuid.uuid4().hex[:6]}"
+    value = codec("JobRequest").encode(job_request(workflow_id=workflow_id, circuit=BELL))
+
+    async def send():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        try:
+            await producer.send_and_wait(f"{settings.topic_prefix}.stage.variational",
+                                         value=value, key=workflow_id.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+    def letter():
+        for record in topic_records(settings, "deadletter", timeout_s=5):
+            if record.key == workflow_id.encode():
+                return dict(record.headers)
+        return None
+
+    found = wait_for(letter, timeout_s=60)
+    assert found and found["qlane.dlq.error.class"] == b"InvalidJob", found
+    assert b"must be a variational job" in found["qlane.dlq.error.message"]
