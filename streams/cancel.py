@@ -73,10 +73,13 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
     return "duplicate"
 
 
-def tombstone_applies(prefix: str, tombstone: dict, job_topic: str) -> bool:
-    """Whether a cancel that came before its job (a tombstone) drops a job read from
-    `job_topic`: a cancel on a tenant's topic only that tenant's job, a cancel on the shared
-    topics (where tenants cannot write when ACLs are set) any job. Else one tenant could
-    drop another's job by cancelling its workflow id first."""
-    cancel_tenant = topic_tenant(prefix, tombstone.get("cancel_topic") or "")
+def tombstone_applies(prefix: str, cancelled: dict, job_topic: str) -> bool:
+    """Whether a cancelled entry drops a job read from `job_topic`. A cancelled workflow's
+    entry (it has a fingerprint) always does; a tombstone (its cancel came first) drops only
+    a job of the cancel's tenant, or any job for a cancel on the shared topics (where tenants
+    cannot write when ACLs are set). Else one tenant could drop another's job by cancelling
+    its workflow id first."""
+    if cancelled.get("fingerprint") is not None:
+        return True
+    cancel_tenant = topic_tenant(prefix, cancelled.get("cancel_topic") or "")
     return cancel_tenant is None or cancel_tenant == topic_tenant(prefix, job_topic)

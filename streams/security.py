@@ -6,6 +6,7 @@ One place, so workers, the CLI, replay and the admin client all connect the same
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 
 from aiokafka import errors
@@ -219,8 +220,6 @@ async def check_transactions(settings: Settings) -> None:
     """Begin a transactional producer once (InitProducerId), as every exactly-once worker
     will: a broker without transactions (the embedded Tansu broker, reached with `--broker`
     and no `--profile`) otherwise ends the worker with Faust's bare `UnknownError`."""
-    import os
-
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(

@@ -289,29 +289,43 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
     return True
 
 
-async def simulate_alone(runtime: Runtime, prepared: PreparedJob,
-                         seed: int) -> tuple[list[dict[str, int]], float]:
-    """Counts and backend seconds of one prepared job on this worker's own backends, where the
-    stages would run it (`in_simulator_process`): in the simulator process, killed at
-    execute_timeout_s (SimulationTimeout), or in a thread. For the variational stage, whose
-    evaluations ran in threads whatever their size."""
-    settings = runtime.settings
+async def call_once(runtime: Runtime, prepared: PreparedJob, data: bytes, seed: int,
+                    timeout: float) -> tuple[list[dict[str, int]], float]:
+    """One call for a prepared job (`data`: its bytes) where the stages run it
+    (`in_simulator_process`): the counts and the seconds the backend ran. Past `timeout`:
+    TimeoutError, or SandboxTimeout from the simulator process, which is killed then (the
+    outer bound only covers its start)."""
     if not in_simulator_process(runtime, [prepared.backend], [prepared]):
-        return await in_thread_timed(runtime, execute, prepared, runtime.registry, seed,
-                                     settings.max_simulation_seconds)
-    timeout = settings.execute_timeout_s
-    try:
-        answered = await asyncio.wait_for(
-            simulate(runtime, [(prepared.to_bytes(), seed, prepared.backend)], timeout),
-            timeout + SIMULATOR_START_S)
-    except (TimeoutError, SandboxTimeout):
-        raise SimulationTimeout(
-            f"the simulation on {prepared.backend} took longer than {timeout:.0f}s "
-            "(execute_timeout_s): fewer shots, gates, qubits or parameter sets") from None
+        return await asyncio.wait_for(
+            in_thread_timed(runtime, execute, prepared, runtime.registry, seed,
+                            runtime.settings.max_simulation_seconds),
+            timeout,
+        )
+    answered = await asyncio.wait_for(
+        simulate(runtime, [(data, seed, prepared.backend)], timeout),
+        timeout + SIMULATOR_START_S,
+    )
     (outcome,), (seconds,) = answered.outcomes, answered.seconds
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome, seconds
+
+
+def simulation_timeout(backend: str, timeout: float) -> SimulationTimeout:
+    return SimulationTimeout(
+        f"the simulation on {backend} took longer than {timeout:.0f}s "
+        "(execute_timeout_s): fewer shots, gates, qubits or parameter sets")
+
+
+async def simulate_alone(runtime: Runtime, prepared: PreparedJob,
+                         seed: int) -> tuple[list[dict[str, int]], float]:
+    """`call_once` bounded by execute_timeout_s, a timeout being SimulationTimeout: the
+    variational stage's evaluations, which ran in threads whatever their size."""
+    timeout = runtime.settings.execute_timeout_s
+    try:
+        return await call_once(runtime, prepared, prepared.to_bytes(), seed, timeout)
+    except (TimeoutError, SandboxTimeout):
+        raise simulation_timeout(prepared.backend, timeout) from None
 
 
 async def simulate_batch(runtime: Runtime, jobs: list[Job]) -> Answered:
@@ -443,23 +457,8 @@ class JobRunner:
         if job.deadline_ms is not None:
             timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
         try:
-            if in_simulator_process(runtime, [prepared.backend], [prepared]):
-                # The process is killed at `timeout`; the outer bound only covers its start.
-                answered = await asyncio.wait_for(
-                    simulate(runtime, [(job.bytes_of(prepared), job.seed, prepared.backend)],
-                             timeout),
-                    timeout + SIMULATOR_START_S,
-                )
-                (outcome,), (seconds,) = answered.outcomes, answered.seconds
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                counts = outcome
-            else:
-                counts, seconds = await asyncio.wait_for(
-                    in_thread_timed(runtime, execute, prepared, runtime.registry, job.seed,
-                                    self.settings.max_simulation_seconds),
-                    timeout,
-                )
+            counts, seconds = await call_once(runtime, prepared, job.bytes_of(prepared),
+                                              job.seed, timeout)
         except (TimeoutError, SandboxTimeout):
             # A simulator of this worker's own is slow because of the job: that says nothing
             # about the backend for other jobs, and another try takes as long again.
@@ -471,10 +470,7 @@ class JobRunner:
                     f"no answer from {prepared.backend} before the deadline"
                 ) from None
             if local:
-                raise SimulationTimeout(
-                    f"the simulation on {prepared.backend} took longer than {timeout:.0f}s "
-                    "(execute_timeout_s): fewer shots, gates, qubits or parameter sets"
-                ) from None
+                raise simulation_timeout(prepared.backend, timeout) from None
             raise BackendUnavailable(
                 f"{prepared.backend} took longer than {timeout:.0f}s"
             ) from None

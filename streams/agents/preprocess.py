@@ -154,8 +154,7 @@ def register(app, runtime: Runtime, table) -> None:
         fingerprint = request_fingerprint(request)
         previous = table.get(workflow_id)
         if previous is not None and previous.get("state") == "cancelled":
-            if previous.get("fingerprint") is not None or tombstone_applies(
-                    runtime.settings.topic_prefix, previous, source.topic):
+            if tombstone_applies(runtime.settings.topic_prefix, previous, source.topic):
                 return await arrived_cancelled(workflow_id, previous, fingerprint)
             log.warning("%s: a cancel from another tenant's topic came first; ignored",
                         workflow_id, extra={"workflow_id": workflow_id, "stage": STAGE})

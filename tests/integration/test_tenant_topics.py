@@ -48,6 +48,19 @@ def topic_keys(settings, topic: str) -> set[bytes]:
     return asyncio.run(go())
 
 
+def submit_as_acme(settings, workflow_id: str, lane: str, timeout_s: float):
+    """A Bell job of tenant acme on its `lane` topic, and its outcome within `timeout_s`."""
+    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100, tenant="acme")
+
+    async def go():
+        async with Client(settings, tenant="acme") as client:
+            await client.start_watching()
+            await client.submit(job, client.jobs_topic("acme", lane))
+            return await client.wait([workflow_id], timeout_s)
+
+    return asyncio.run(go())[workflow_id]
+
+
 def test_a_tenants_jobs_travel_on_its_own_topics(tenant_settings, tenant_worker):
     bell = QuantumCircuit(2)
     bell.h(0)
@@ -66,15 +79,7 @@ def test_a_cancel_on_the_tenants_topics_overtakes_its_job(tenant_settings, tenan
     answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
                                          timeout_s=60))
     assert answer.state == "cancelled" and answer.detail.startswith("before arrival")
-    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100, tenant="acme")
-
-    async def go():
-        async with Client(tenant_settings, tenant="acme") as client:
-            await client.start_watching()
-            await client.submit(job, client.jobs_topic("acme", "low"))
-            return await client.wait([workflow_id], 15)
-
-    outcome = asyncio.run(go())[workflow_id]
+    outcome = submit_as_acme(tenant_settings, workflow_id, "low", timeout_s=15)
     assert outcome.result is None and "executing" not in outcome.history
 
 
@@ -86,13 +91,5 @@ def test_a_cancel_from_another_tenant_before_arrival_does_not_drop_the_job(
     answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival",
                                          timeout_s=60))
     assert answer.state == "cancelled"  # a tombstone, as for any id not seen yet
-    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100, tenant="acme")
-
-    async def go():
-        async with Client(tenant_settings, tenant="acme") as client:
-            await client.start_watching()
-            await client.submit(job, client.jobs_topic("acme", "normal"))
-            return await client.wait([workflow_id], 60)
-
-    outcome = asyncio.run(go())[workflow_id]
+    outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=60)
     assert outcome.state == "done" and outcome.result is not None, outcome
