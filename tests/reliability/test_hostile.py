@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 
+from schemas.codec import codec
 from streams.client import job_request
 from streams.topics import ensure_topics
 from tests.reliability.conftest import scale
@@ -18,6 +19,7 @@ from tests.reliability.hostile import (
     doubling,
     job_bytes,
     produce,
+    rss_bytes,
 )
 from tests.support import (
     BELL,
@@ -150,5 +152,52 @@ def test_a_simulation_past_the_timeout_fails_once_and_leaves_the_breaker_closed(
         outcome = submit_and_wait(settings, [after], timeout_s=120)[after["workflow_id"]]
         assert outcome.state == "done", outcome  # a breaker opened by one failure would refuse
         report.update(seconds_to_dead_letter=round(time.monotonic() - started, 1))
+    finally:
+        stop_worker(worker)
+
+
+def test_a_forged_stage_record_declaring_millions_of_qubits_is_dead_lettered_unloaded(
+        broker_address, tmp_path, report):
+    """Stage topics are written by workers, but anyone may write a topic of a broker without
+    ACLs: an ExecuteTask whose QPY declares 3,000,000 qubits once made the worker build them
+    (about 600 MB and seconds of event loop per record, kept by the decoded-circuit cache).
+    Its circuit headers are now read first and the record is a CorruptRecord dead letter."""
+    from tests.unit.workers.test_qpy_bounds import _declare, _with_section
+    from workers.backends.registry import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.preparation import _HEADER, prepare
+    from workers.jobs import JobSpec
+    from workers.limits import Limits
+
+    settings = session_settings(*broker_address, tag="forged", partitions=1)
+    asyncio.run(ensure_topics(settings))
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        wait_until_ready(settings, log)
+        key = f"forged-{uuid.uuid4().hex[:6]}"
+        prepared = prepare(JobSpec(key, BELL, shots=8), BackendRegistry(), TranspileCache(),
+                           Limits()).to_bytes()
+        _, _, length = _HEADER.unpack_from(prepared)
+        section = bytearray(prepared[_HEADER.size + length:])
+        forged = _with_section(prepared, _declare(section, 0, qubits=3_000_000))
+        task = {"workflow_id": key, "request": job_bytes(key, BELL), "prepared": forged,
+                "accepted_at_ms": int(time.time() * 1000), "preprocess_s": 0.01, "attempt": 1,
+                "fallback_reason": None, "estimate_usd": 0.0}
+        with RssMonitor(worker.pid) as rss:
+            before = rss_bytes(worker.pid)
+            produce(settings, [(key, codec("ExecuteTask").encode(task))] * 3,
+                    topic=settings.topic("stage.execute"))
+            letter = wait_for(lambda: dead_letters(settings).get(key), timeout_s=60)
+            assert letter, log.read_text()[-3000:]
+            assert letter["qlane.dlq.error.class"] == "CorruptRecord", letter
+            assert "declares 3000000 qubits" in letter["qlane.dlq.error.message"]
+            after = job_request(workflow_id=f"after-forged-{uuid.uuid4().hex[:6]}",
+                                circuit=BELL, shots=64)
+            assert submit_and_wait(settings, [after])[after["workflow_id"]].state == "done"
+            assert alive(worker.pid) and worker.poll() is None
+            grown_mib = (rss.worker_peak - before) / 2**20
+        assert grown_mib < 200, grown_mib
+        report.update(worker_rss_growth_mib=round(grown_mib, 1))
     finally:
         stop_worker(worker)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from cachetools import LRUCache
 from qiskit import QuantumCircuit, qpy
 
+from workers.circuits.qpy_bounds import MAX_TEMPLATES, check_section
+
 DEFAULT_MAX_BYTES = 4 << 20
 
 
@@ -59,12 +61,14 @@ class _SectionCache:
 
 
 class DecodedSections(_SectionCache):
-    """Templates by the QPY bytes they were decoded from."""
+    """Templates by the QPY bytes they were decoded from; a section is checked against the
+    bounds of a prepared job before it is first loaded (workers.circuits.qpy_bounds)."""
 
-    def load(self, section: bytes) -> list[QuantumCircuit]:
+    def load(self, section: bytes, max_templates: int = MAX_TEMPLATES) -> list[QuantumCircuit]:
         entry = self._get(section)
         if entry is not None:
             return list(entry[0])
+        check_section(section, max_templates=max_templates)
         templates = tuple(qpy.load(io.BytesIO(section)))
         self._keep(section, (templates, len(section)), len(section))
         return list(templates)

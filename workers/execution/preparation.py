@@ -20,7 +20,7 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 
 from workers.backends.aer import BackendRegistry, bound
-from workers.circuits import qpy_cache
+from workers.circuits import qpy_bounds, qpy_cache
 from workers.circuits.measurement import (
     basis_circuit,
     counts_circuit,
@@ -144,11 +144,18 @@ class PreparedJob:
                 raise ValueError(f"not a prepared job (magic {magic!r}, version {version})")
             start = _HEADER.size
             fields = json.loads(data[start : start + length])
-            templates = qpy_cache.DECODED.load(bytes(data[start + length :]))
+            tasks = [_task_from_json(*task) for task in fields.pop("tasks")]
+            # Every template serves at least one task, so a section with more templates than
+            # the job has tasks is refused before it is loaded.
+            templates = qpy_cache.DECODED.load(
+                bytes(data[start + length :]),
+                max_templates=min(qpy_bounds.MAX_TEMPLATES, len(tasks)))
+            if any(not 0 <= task.template_index < len(templates) for task in tasks):
+                raise ValueError(f"a task names a template outside the {len(templates)} held")
             calibration = fields.pop("readout_calibration", None)
             return cls(
                 templates=templates,
-                tasks=[_task_from_json(*task) for task in fields.pop("tasks")],
+                tasks=tasks,
                 observables=tuple(
                     ObservableSpec(tuple(PauliTerm(p, c) for p, c in terms))
                     for terms in fields.pop("observables")
