@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     max_circuit_bytes: int = Limits.max_circuit_bytes
     max_parameter_sets: int = Limits.max_parameter_sets
     max_observables: int = Limits.max_observables
+    max_observable_terms: int = Limits.max_observable_terms
     max_circuits_per_job: int = Limits.max_circuits_per_job
     max_simulation_seconds: float = Limits.max_simulation_seconds
     # Untrusted programs (issue 11): static bounds counted before parsing, then the sandbox.

@@ -110,6 +110,11 @@ def corpus() -> list[Hostile]:
                           for i in range(16)) * 125,
                 frozenset({"JobTooLarge"}),
                 (("parameter_sets", [[0.001 * k] for k in range(1000)]),)),
+        Hostile("40,000 Pauli strings to group into bases (quadratic memory)",
+                Q2 + "qreg q[8];\nh q[0];\n", frozenset({"InvalidObservable"}),
+                (("observables", [{"terms": [
+                    {"pauli": "".join("IXYZ"[(k >> (2 * i)) & 3] for i in range(8)),
+                     "coeff": 1.0} for k in range(1, 40_001)]}]),)),
     ]
 
 

@@ -44,6 +44,12 @@ def check_request(spec: JobSpec, limits: Limits) -> None:
         raise InvalidObservable(f"{len(spec.observables)} observables > {limits.max_observables}")
     for index, observable in enumerate(spec.observables):
         check_observable(observable, index)
+    strings = len({term.pauli for observable in spec.observables for term in observable.terms
+                   if term.pauli.strip("I")})
+    if strings > limits.max_observable_terms:
+        raise InvalidObservable(
+            f"the observables have {strings} distinct Pauli strings > "
+            f"{limits.max_observable_terms} (QLANE_MAX_OBSERVABLE_TERMS)")
 
 
 def check_observable(observable: ObservableSpec, index: int, num_qubits: int | None = None) -> None:

@@ -155,3 +155,24 @@ def test_every_error_is_permanent(registry, cache) -> None:
         _prepare(registry, cache, shots=0)
     assert info.value.retryable is False
     assert info.value.reason == "InvalidShots"
+
+
+def test_too_many_distinct_pauli_strings_are_refused_before_they_are_grouped(
+        registry, cache) -> None:
+    """Grouping Pauli strings into bases is quadratic in their number: 40,000 of them ran the
+    preparation sandbox out of memory, reported as the program's fault."""
+    import itertools
+
+    assert Limits().max_observable_terms == 2048
+    strings = ["".join(p) for p in itertools.product("IXYZ", repeat=8)][1:301]
+    spread = tuple(ObservableSpec(tuple(PauliTerm(s, 0.5) for s in strings[i::4]))
+                   for i in range(4))
+    program = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[8]; h q[0];'
+    with pytest.raises(InvalidObservable, match="300 distinct Pauli strings > 256"):
+        _prepare(registry, cache, Limits(max_observable_terms=256), circuit=program,
+                 observables=spread)
+    # Repeats and identities are not counted; at the limit the job prepares.
+    at_limit = (ObservableSpec(tuple(PauliTerm(s) for s in strings[:3]) + (PauliTerm("I" * 8),)),
+                ObservableSpec(tuple(PauliTerm(s) for s in strings[:3])))
+    assert _prepare(registry, cache, Limits(max_observable_terms=3), circuit=program,
+                    observables=at_limit).observables
