@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml deploy/kafka/pom.xml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,ibm,braket]'
-	$(PY) -m streams.kafka_local 4.1 3.9
+	$(PY) -m streams.brokers.kafka_local 4.1 3.9
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.jobs import job_set
     from bench.pipeline import kafka_unavailable, run_pipeline
     from bench.run import pipeline_cpu
-    from streams.broker import free_port
+    from streams.brokers.tansu import free_port
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2", help="comma list of worker counts")

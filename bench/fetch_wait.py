@@ -15,10 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
-from streams.broker import EmbeddedBroker
+from streams.brokers.tansu import EmbeddedBroker
 from streams.client import job_request
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 from tests.support import BELL, start_worker, stop_worker, submit_and_wait, wait_until_ready
 
 

@@ -1,7 +1,7 @@
 """The full pipeline on a real broker: N worker processes, one backlog of jobs.
 
 `run_pipeline(jobs, workers=N, workdir=..., broker="tansu"|"kafka")` starts a broker (the
-embedded Tansu, or a local 1-node Apache Kafka 4.1 from streams.kafka_local with the `kafka`
+embedded Tansu, or a local 1-node Apache Kafka 4.1 from streams.brokers.kafka_local with the `kafka`
 settings profile), creates the topics under a fresh prefix, starts N `python -m streams.cli
 worker` processes (one consumer group, a fresh QLANE_APP_ID), warms every worker up, then
 submits every job at once and waits for every outcome. It always stops what it started
@@ -46,13 +46,13 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bench.jobs import BELL, warmup_jobs
 from schemas.codec import codec, fill_defaults
-from streams.broker import EmbeddedBroker, free_port
+from streams.brokers.tansu import EmbeddedBroker, free_port
 from streams.client import Client
-from streams.kafka_compat import stop_consumer, topic_partitions
-from streams.processes import start_worker, stop_process
+from streams.kafka.compat import stop_consumer, topic_partitions
+from streams.kafka.topics import changelog_topic, ensure_topics
+from streams.ops.processes import start_worker, stop_process
+from streams.ops.warm_up import WARM_UPS_DONE
 from streams.settings import Settings
-from streams.topics import changelog_topic, ensure_topics
-from streams.warm_up import WARM_UPS_DONE
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -179,7 +179,7 @@ class BenchBroker:
             self.handle = EmbeddedBroker(log_path=workdir / "broker.log")
             self.profile = "embedded"
         elif kind == "kafka":
-            from streams.kafka_local import KafkaCluster
+            from streams.brokers.kafka_local import KafkaCluster
 
             self.handle = KafkaCluster(nodes_count=1, jvm_properties=dict(jvm_properties or {}))
             self.profile = "kafka"
@@ -215,7 +215,12 @@ class BenchBroker:
 def kafka_unavailable() -> str | None:
     """Why the local Apache Kafka cannot run here (None: it can: java and cached jars)."""
     try:
-        from streams.kafka_local import DEFAULT_VERSION, KafkaStartError, cache_root, java_binary
+        from streams.brokers.kafka_local import (
+            DEFAULT_VERSION,
+            KafkaStartError,
+            cache_root,
+            java_binary,
+        )
 
         java_binary()
     except (ImportError, KafkaStartError) as error:
@@ -374,7 +379,7 @@ async def warm_up(client: Client, settings: Settings, workers: int, workdir: Pat
 
 
 async def warm_ups_done(workdir: Path, workers: int, timeout_s: float = 90.0) -> float:
-    """Seconds waited until every worker logged that its start-up work (streams/warm_up.py:
+    """Seconds waited until every worker logged that its start-up work (streams/ops/warm_up.py:
     imports, the drift canary's first transpile) is done: a worker still warming up runs it
     beside the measured jobs, which measures its start, not its steady rate. A code tree
     older than that line (2026-12-03) waits the whole timeout in vain."""

@@ -7,7 +7,7 @@ file, on every broker available.
     .venv/bin/python bench/run.py --sections backlog --backlog 10000   # the backlog alone
 
 Brokers (--brokers, default: every one available): tansu (the embedded broker, always) and
-kafka (a local 1-node Apache Kafka 4.1, streams.kafka_local, when `java` and the cached jars
+kafka (a local 1-node Apache Kafka 4.1, streams.brokers.kafka_local, when `java` and the cached jars
 are there; otherwise the reason is recorded under "brokers_skipped").
 
 Sections, in this order (each in its own try; a failed section is recorded under "errors"

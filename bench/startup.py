@@ -58,12 +58,12 @@ def sandbox_starts(tree: Path, runs: int) -> dict:
 
 def worker_starts(tree: Path, broker: str, runs: int, scratch: Path) -> dict:
     from bench.jobs import job_set
-    from streams.broker import EmbeddedBroker
+    from streams.brokers.kafka_local import KafkaCluster
+    from streams.brokers.tansu import EmbeddedBroker
     from streams.client import Client, job_request
-    from streams.kafka_local import KafkaCluster
-    from streams.processes import start_worker, stop_process
+    from streams.kafka.topics import ensure_topics
+    from streams.ops.processes import start_worker, stop_process
     from streams.settings import Settings
-    from streams.topics import ensure_topics
 
     bell = (ROOT / "examples" / "bell.qasm").read_text()
     zne_template = next(job for job in job_set(8) if job["mitigation"]["zne"] is not None)

@@ -29,11 +29,11 @@ from qiskit import QuantumCircuit, qasm3
 from qiskit.circuit.library import real_amplitudes
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
-from streams.broker import EmbeddedBroker
+from streams.brokers.tansu import EmbeddedBroker
 from streams.client import Estimator
-from streams.processes import start_worker, stop_process
+from streams.kafka.topics import ensure_topics
+from streams.ops.processes import start_worker, stop_process
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 HERE = Path(__file__).resolve().parent
 H2_POINT = [0.178, -0.756, 3.254, 0.802]  # near the optimum found by examples/h2_vqe.yaml

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from streams import (
-    control,
-    flow,
-    observability,
-    record_batches,
-    recovery,
-    shutdown,
-    table_store,
-    transport,
-)
 from streams.agents import execute, mitigate, preprocess, variational
+from streams.kafka import flow, record_batches, recovery, shutdown, transport
+from streams.kafka.security import faust_credentials
+from streams.kafka.topics import WORKFLOW_TABLE, TopicNames, job_topics, raw_topic
+from streams.ops import observability
 from streams.runtime import Runtime
-from streams.security import faust_credentials
 from streams.settings import Settings
-from streams.topics import WORKFLOW_TABLE, TopicNames, job_topics, raw_topic
+from streams.workflow import control, table_store
 
 log = logging.getLogger("qlane")
 

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from streams import record_batches
-from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
-from streams.security import kafka_options
+from streams.kafka import record_batches
+from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.security import kafka_options
 from streams.settings import Settings
 
 TOPIC_SCHEMAS = {
@@ -84,7 +84,7 @@ def run_in_foreground(start, is_running, stop) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import EmbeddedBroker
+    from streams.brokers.tansu import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port)
 
@@ -98,12 +98,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from streams.kafka_local import KafkaCluster, KafkaStartError
+    from streams.brokers.kafka_local import KafkaCluster, KafkaStartError
 
     cluster = KafkaCluster(nodes_count=args.nodes, version=args.version, port=args.port,
                            data_dir=Path(args.data) if args.data else None)
     if args.sasl:
-        from streams.kafka_security import enable_sasl_ssl
+        from streams.brokers.kafka_security import enable_sasl_ssl
 
         secured = enable_sasl_ssl(cluster)
 
@@ -143,8 +143,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from streams.app import create_app
-    from streams.logs import logging_config
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
+    from streams.ops.logs import logging_config
 
     settings = settings_from(args)
     updates = {}
@@ -153,7 +153,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.web_port:
         updates["web_port"] = args.web_port
     settings = settings.model_copy(update=updates)
-    from streams.security import AccessRefused, preflight
+    from streams.kafka.security import AccessRefused, preflight
 
     try:  # a refused login or a missing ACL ends the worker at once, with the reason
         created = asyncio.run(preflight(settings, ensure_topics))
@@ -235,7 +235,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from schemas.codec import codec
     from streams.client import decode_dlq_headers
     from streams.client.render import json_line
-    from streams.topics import TopicNames
+    from streams.kafka.topics import TopicNames
 
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).by_short_name(args.topic)
@@ -315,7 +315,7 @@ def parse_time_ms(text: str | None) -> int | None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.client.replay import ReplaySelection, replay
-    from streams.topics import TopicNames
+    from streams.kafka.topics import TopicNames
 
     settings = settings_from(args)
     names = TopicNames.from_settings(settings)
@@ -353,7 +353,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from streams.client import decode_dlq_headers
     from streams.client.render import json_line
     from streams.client.replay import ReplaySelection, select_records
-    from streams.topics import TopicNames
+    from streams.kafka.topics import TopicNames
 
     settings = settings_from(args)
     names = TopicNames.from_settings(settings)
@@ -405,8 +405,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 def cmd_control(args: argparse.Namespace) -> int:
     from aiokafka import AIOKafkaProducer
 
-    from streams.control import noise_control_record
-    from streams.topics import TopicNames
+    from streams.kafka.topics import TopicNames
+    from streams.workflow.control import noise_control_record
 
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).control
@@ -435,19 +435,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_tenant(args: argparse.Namespace) -> int:
-    from streams.tenants import run_tenant_command
+    from streams.kafka.tenants import run_tenant_command
 
     return run_tenant_command(settings_from(args), args)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    from streams.backends_table import run
+    from streams.ops.backends_table import run
 
     return run(Settings(), as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.ops.demo import run_demo
 
     return run_demo(timeout_s=args.timeout)
 
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except Exception as error:  # a broker refusing this client: say why, once, no traceback
-        from streams.security import explain_refusal
+        from streams.kafka.security import explain_refusal
 
         reason = explain_refusal(settings_from(args), error) if hasattr(args, "broker") else None
         if reason is None:

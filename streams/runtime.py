@@ -11,7 +11,12 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from schemas.codec import codec
-from streams.deadletter import (
+from streams.kafka.tenants import tenant_copy
+from streams.kafka.topics import TopicNames, raw_topic
+from streams.ops.logs import lifecycle_level
+from streams.ops.warm_up import WarmUps
+from streams.settings import Settings
+from streams.workflow.deadletter import (
     SourceRecord,
     dead_letter_headers,
     error_class,
@@ -19,12 +24,7 @@ from streams.deadletter import (
     fit_dead_letter,
     record_bytes,
 )
-from streams.idempotency import HandledRecords
-from streams.logs import lifecycle_level
-from streams.settings import Settings
-from streams.tenants import tenant_copy
-from streams.topics import TopicNames, raw_topic
-from streams.warm_up import WarmUps
+from streams.workflow.idempotency import HandledRecords
 from workers.backends.aer import BackendRegistry
 from workers.backends.faults import parse_fault_map
 from workers.backends.ibm import IBMAccount
@@ -72,15 +72,15 @@ class Runtime:
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)
-    controls: object = None  # the `controls` GlobalTable, set by streams.control
+    controls: object = None  # the `controls` GlobalTable, set by streams.workflow.control
     sandbox: object = None  # workers.circuits.sandbox.SandboxPool, started with the worker
     simulator: object = None  # its SIMULATE pool when settings.simulator_process
     host_workers: object = None  # workers.host_workers.HostWorkers, with simulator_process=auto
     simulator_wanted: bool | None = None  # the last decision of simulator_process_wanted
     simulator_unwanted_since: float | None = None  # monotonic time `auto` chose the threads
-    attempts: object = None  # streams.poison.AttemptLedger, set by the stages
+    attempts: object = None  # streams.workflow.poison.AttemptLedger, set by the stages
     lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
-    gates: dict = field(default_factory=dict)  # stage -> streams.lanes.LaneGate
+    gates: dict = field(default_factory=dict)  # stage -> streams.workflow.lanes.LaneGate
     warm_ups: WarmUps = field(default_factory=WarmUps)  # run in one thread once started
 
     def apply_controls(self, backend: str) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.logs import LogFormat
+from streams.ops.logs import LogFormat
 from workers.cores import usable_cores
 from workers.limits import Limits
 
@@ -208,7 +208,8 @@ class Settings(BaseSettings):
         default_factory=dict, description='USD per tenant, e.g. {"acme": 50}'
     )
 
-    # Tenants and priority lanes (topic names: streams/topics.py; draining: streams/lanes.py)
+    # Tenants and priority lanes (topic names: streams/kafka/topics.py; draining:
+    # streams/workflow/lanes.py)
     tenants: list[str] = Field(
         default_factory=list,
         description='tenants whose job topics workers read, e.g. ["acme"]: '
@@ -236,7 +237,7 @@ class Settings(BaseSettings):
     max_uncompressed_batch_mb: int = Field(
         16, ge=1, le=1024, description="a record batch larger than this once decompressed "
         "(or sent uncompressed) is not read but dead-lettered as UnreadableRecordBatch: a "
-        "broker limits a batch's compressed size only (streams/record_batches.py)",
+        "broker limits a batch's compressed size only (streams/kafka/record_batches.py)",
     )
     commit_interval_s: float = Field(
         0.5, gt=0, description="seconds between commits; on exactly_once, a stage's output "

@@ -1,8 +1,8 @@
 """The session's brokers: every broker-using test runs on the embedded Tansu and on Apache Kafka.
 
 `broker_address` is parametrized: `tansu` starts the embedded broker, `kafka` a 1-node Apache
-Kafka 4.x (KRaft) from the pinned Maven jars (streams/kafka_local.py), or the cluster named by
-KAFKA_BOOTSTRAP_SERVERS. Nothing is skipped: a broker that cannot start fails the tests.
+Kafka 4.x (KRaft) from the pinned Maven jars (streams/brokers/kafka_local.py), or the cluster
+named by KAFKA_BOOTSTRAP_SERVERS. Nothing is skipped: a broker that cannot start fails the tests.
 """
 
 import os
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.kafka_local import KafkaCluster
+from streams.brokers.kafka_local import KafkaCluster
+from streams.brokers.tansu import EmbeddedBroker
 
 BROKERS = ["tansu", "kafka"]
 # The workers the tests start load mitiq, the noisy backends and the drift canary where they

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 from streams.client import Client, job_request, read_topic
-from streams.processes import start_worker  # noqa: F401  (the suites import it from here)
-from streams.processes import stop_process as stop_worker  # noqa: F401
+from streams.ops.processes import start_worker  # noqa: F401  (the suites import it from here)
+from streams.ops.processes import stop_process as stop_worker  # noqa: F401
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def ready_worker(settings: Settings, log_dir: Path, env: dict | None = None):
 def ready_workers(specs: list[tuple[Settings, Path, dict | None]]):
     """ready_worker for several (settings, log dir, env) at once: all start together, then
     each is waited for; yields the processes in order (one yield), stops them all after."""
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     processes = []
     try:

@@ -45,7 +45,7 @@ class UnknownSchema(UndecodableRecord):
 class UnreadableRecordBatch(UndecodableRecord):
     """A record batch on the broker could not be read at all: an unknown or corrupt
     compressed payload, a wrong checksum, records that do not parse, or more bytes than
-    `max_uncompressed_batch_mb` once decompressed (streams/record_batches.py)."""
+    `max_uncompressed_batch_mb` once decompressed (streams/kafka/record_batches.py)."""
 
 
 class RecordTooLarge(PermanentError):

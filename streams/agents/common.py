@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from faust.types import TP
 from mode import OneForOneSupervisor
 
-from streams import metrics, record_batches, transactions
-from streams.deadletter import SourceRecord, error_class
-from streams.dlq_guard import Hold, SourceGuards
+from streams.kafka import record_batches, transactions
+from streams.kafka.transport import refetch_after_pause
+from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
-from streams.transport import refetch_after_pause
+from streams.workflow.deadletter import SourceRecord, error_class
+from streams.workflow.dlq_guard import Hold, SourceGuards
 from workers.errors import UnreadableRecordBatch
 
 log = logging.getLogger("qlane")
@@ -114,7 +115,7 @@ async def process_guarded(runtime: Runtime, table, stage: str, guard: SourceGuar
     """Handle one record; hold its source when the dead-letter guard trips for it.
 
     On exactly-once, the record is handled and acknowledged inside its transaction's gate
-    (streams/transactions.py), so a commit never splits it."""
+    (streams/kafka/transactions.py), so a commit never splits it."""
     async with transactions.record(runtime.app, event):
         dead_lettered = await process_one(runtime, table, stage, handle, source)
     hold = guard.record(source.topic, source.partition, dead_lettered)
@@ -192,8 +193,8 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler, sour
 
 
 def refuse_unreadable(source: SourceRecord) -> None:
-    """A record that stands for a batch the consumer could not read (streams/record_batches.py)
-    is dead-lettered with the reason, whatever the stage."""
+    """A record that stands for a batch the consumer could not read
+    (streams/kafka/record_batches.py) is dead-lettered with the reason, whatever the stage."""
     headers = dict(source.headers)
     reason = headers.get(record_batches.UNREADABLE_HEADER)
     if reason is not None:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from faust import streams as faust_streams
 
 from schemas.codec import codec
-from streams import transactions
 from streams.agents.common import (
     StageFailure,
     first_time,
@@ -42,11 +41,12 @@ from streams.agents.execution import (
 )
 from streams.agents.overlap import StageActivity, run_overlapped
 from streams.agents.take import take_ready
-from streams.deadletter import SourceRecord
-from streams.lanes import LaneGate
-from streams.poison import InFlight, poison_handler
+from streams.kafka import transactions
+from streams.kafka.topics import LANES, NORMAL, lane_suffix
 from streams.runtime import Runtime
-from streams.topics import LANES, NORMAL, lane_suffix
+from streams.workflow.deadletter import SourceRecord
+from streams.workflow.lanes import LaneGate
+from streams.workflow.poison import InFlight, poison_handler
 from workers.errors import ResultTooLarge
 
 STAGE = "execute"
@@ -179,7 +179,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
         if not fresh:
             return TakenBatch(list(taken), [], None, set())
         # Records that were in a backend call when a worker died: dead-lettered once they
-        # reach their attempts, else run alone (streams/poison.py).
+        # reach their attempts, else run alone (streams/workflow/poison.py).
         flight = InFlight(runtime, STAGE, [source for _, source in fresh])
         await flight.load()
         batch = TakenBatch(list(taken), fresh, flight, set(flight.poisoned()))

@@ -23,11 +23,12 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from fallback.classical import run_classical
 from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
-from streams import accounting, metrics
 from streams.agents.common import StageFailure, in_thread, in_thread_timed
-from streams.deadletter import SourceRecord, is_retryable
+from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.settings import SIMULATOR_PROCESS_MIN_CORES
+from streams.workflow import accounting
+from streams.workflow.deadletter import SourceRecord, is_retryable
 from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
 from workers.cores import usable_cores
 from workers.errors import (

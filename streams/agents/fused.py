@@ -9,7 +9,7 @@ for are gone (measured in docs/performance.md). What the stages promise is kept:
   streams/agents/execution.py) and the same counts (one job per backend call, which the
   batched call reproduces exactly);
 * a record in a backend call when its worker dies is marked in the attempt ledger first
-  (streams/poison.py), so a record that kills workers is dead-lettered after
+  (streams/workflow/poison.py), so a record that kills workers is dead-lettered after
   `sandbox_attempts` instead of taking every worker down in turn;
 * the result's bytes are stored in the workflow's table entry before they are published;
   the job record redelivered after a crash (at-least-once) publishes those bytes again, and
@@ -38,15 +38,16 @@ from dataclasses import dataclass
 
 from faust.types import TP
 
-from streams import metrics, transactions
 from streams.agents import execution
 from streams.agents.common import StageFailure, StepOutcome, count_step
 from streams.agents.execution import Job, JobRunner
 from streams.agents.mitigate import Mitigated, publish_result
-from streams.deadletter import SourceRecord
-from streams.poison import InFlight
-from streams.results import republish_stored_result
+from streams.kafka import transactions
+from streams.ops import metrics
 from streams.runtime import Runtime
+from streams.workflow.deadletter import SourceRecord
+from streams.workflow.poison import InFlight
+from streams.workflow.results import republish_stored_result
 from workers.execution.preparation import PreparedJob
 
 

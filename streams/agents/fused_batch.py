@@ -9,7 +9,7 @@ goes at once, alone; while the previous batch's call runs, the take waits for mo
    prepared in the sandbox (an error is kept for step 3) and its budget and deadline are
    checked.
 2. **One backend call per backend** for the prepared jobs, with the in-flight marks around
-   it (streams/poison.py), as the execute stage's batches: after a worker died in a call,
+   it (streams/workflow/poison.py), as the execute stage's batches: after a worker died in a call,
    each job of the batch is called alone, and a record at its attempts is left out (step 3
    dead-letters it). The counts are then mitigated, the batch's jobs in one thread call.
 3. **Each record handled in order** by the preprocess stage's own handler, in its own
@@ -45,7 +45,6 @@ from dataclasses import dataclass
 
 from faust import streams as faust_streams
 
-from streams import accounting, transactions
 from streams.agents import execution
 from streams.agents.common import first_time, in_thread, new_guard, process_guarded
 from streams.agents.execution import Job, JobRunner, batch_outcomes, simulator_process_wanted
@@ -53,10 +52,12 @@ from streams.agents.fused import RanInBatch
 from streams.agents.mitigate import HeldResults, Mitigated, held_results
 from streams.agents.overlap import StageActivity, run_overlapped
 from streams.agents.take import take_ready
-from streams.deadletter import SourceRecord
-from streams.lanes import LaneGate
-from streams.poison import InFlight
+from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms, ran_before_handled
+from streams.workflow import accounting
+from streams.workflow.deadletter import SourceRecord
+from streams.workflow.lanes import LaneGate
+from streams.workflow.poison import InFlight
 from workers.circuits.sandbox import Prepared
 from workers.execution.preparation import PreparedJob
 

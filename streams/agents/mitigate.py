@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 
 from schemas.codec import codec
-from streams import transactions
 from streams.agents.common import StageFailure, in_thread, mark, run_stage, stage_supervisor
-from streams.deadletter import SourceRecord
-from streams.results import build_result, check_result_fits, republish_stored_result
+from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms
+from streams.workflow.deadletter import SourceRecord
+from streams.workflow.results import build_result, check_result_fits, republish_stored_result
 from workers.errors import ResultTooLarge
 from workers.execution.preparation import PreparedJob
 from workers.mitigation import zne

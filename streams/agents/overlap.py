@@ -93,7 +93,7 @@ class StageActivity:
     """What a batched stage does between its records: beginning a batch (preparing it,
     marking it in flight) or waiting for its backend call. The take waits for more records
     only while a call runs (streams/agents/take.py); the idle commit waits while either goes
-    on (streams/transactions.py `busy_between_records`)."""
+    on (streams/kafka/transactions.py `busy_between_records`)."""
 
     def __init__(self) -> None:
         self._last_call: asyncio.Future | None = None

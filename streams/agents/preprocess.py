@@ -7,7 +7,6 @@ import logging
 import time
 
 from schemas.codec import codec
-from streams import accounting, metrics
 from streams.agents.common import (
     StageFailure,
     first_time,
@@ -20,15 +19,17 @@ from streams.agents.common import (
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
-from streams.cancel import handle_cancel, is_cancel, tombstone_applies
-from streams.deadletter import SourceRecord
-from streams.idempotency import Decision, admit, request_fingerprint
-from streams.lanes import LaneGate
-from streams.partitioning import home_partition, reroute
-from streams.poison import AttemptLedger
+from streams.kafka.partitioning import home_partition, reroute
+from streams.kafka.tenants import check_cancel_of, check_tenant_of
+from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic
+from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
-from streams.tenants import check_cancel_of, check_tenant_of
-from streams.topics import LANES, NORMAL, lane_suffix, parse_job_topic
+from streams.workflow import accounting
+from streams.workflow.cancel import handle_cancel, is_cancel, tombstone_applies
+from streams.workflow.deadletter import SourceRecord
+from streams.workflow.idempotency import Decision, admit, request_fingerprint
+from streams.workflow.lanes import LaneGate
+from streams.workflow.poison import AttemptLedger
 from workers.circuits.sandbox import (
     BackendView,
     Prepared,
@@ -76,7 +77,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
     """Parse, validate and transpile a submitted program in a sandbox process.
 
     A sandbox that is killed or times out counts an attempt on the record, written to the
-    attempt ledger (streams/poison.py) before the next try, so restarts continue the count;
+    attempt ledger (streams/workflow/poison.py) before the next try, so restarts continue the count;
     at `sandbox_attempts` the record is a PoisonRecord and gets dead-lettered.
     """
     settings = runtime.settings

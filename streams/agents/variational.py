@@ -13,7 +13,6 @@ import base64
 import time
 
 from schemas.codec import codec
-from streams import accounting, transactions
 from streams.agents.common import (
     StageFailure,
     in_thread,
@@ -22,10 +21,12 @@ from streams.agents.common import (
     stage_supervisor,
 )
 from streams.agents.execution import simulate_alone
-from streams.cancel import cancel_requested
-from streams.deadletter import SourceRecord
-from streams.results import check_result_fits, republish_stored_result
+from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms, package_version
+from streams.workflow import accounting
+from streams.workflow.cancel import cancel_requested
+from streams.workflow.deadletter import SourceRecord
+from streams.workflow.results import check_result_fits, republish_stored_result
 from workers.errors import BudgetExceeded, InvalidJob, ResultTooLarge
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
@@ -68,7 +69,7 @@ def register(app, runtime: Runtime, table) -> None:
             base = JobSpec.from_record(request)
         except Exception as error:
             raise StageFailure(workflow_id, error) from error
-        # From here a cancel asks the loop to stop (streams/cancel.py).
+        # From here a cancel asks the loop to stop (streams/workflow/cancel.py).
         table[workflow_id] = {**entry, "state": "executing",
                               "checkpoint": entry.get("checkpoint", []), "updated_ms": now_ms()}
         history = [Evaluation.from_dict(item) for item in entry.get("checkpoint", [])]

@@ -9,10 +9,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import codec
 from streams.client.kafka import Client
-from streams.kafka_compat import stop_consumer, topic_partitions
-from streams.security import kafka_options
+from streams.kafka.compat import stop_consumer, topic_partitions
+from streams.kafka.security import kafka_options
+from streams.kafka.topics import tenant_topic
 from streams.settings import Settings
-from streams.topics import tenant_topic
 
 WORKER_ANSWERS = frozenset({"cancelled", "cancel_ignored"})  # what a worker says to a cancel
 ENDED = frozenset({"duplicate", "done", "failed"})  # the workflow's own end

@@ -13,10 +13,10 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
-from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
-from streams.security import kafka_options
+from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.security import kafka_options
+from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from streams.settings import Settings
-from streams.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from workers.errors import InvalidJob
 
 REJECTED_BEFORE_ADMISSION = frozenset(
@@ -109,7 +109,7 @@ class Client:
         shared = (self.names.status, self.names.results, self.names.deadletter)
         own = [*self.status_topics[1:], *self.results_topics[1:]]
         found = {topic: await topic_partitions(self.watcher, topic) for topic in own}
-        # A tenant's outcomes are copied to its own topics (streams/tenants.py); with ACLs its
+        # A tenant's outcomes are copied to its own topics (streams/kafka/tenants.py); with ACLs its
         # principal may read only those, so the shared ones are watched only when needed
         # (no tenant topics yet) or readable (the dead letters, for an operator).
         tenant_only = bool(own) and all(found.values())
@@ -129,7 +129,7 @@ class Client:
             await self.watcher.position(tp)
 
     def jobs_topic(self, tenant: str | None = None, lane: str = "normal") -> str:
-        """The job topic of a tenant (None: the shared one) and lane (streams/topics.py)."""
+        """The job topic of a tenant (None: the shared one) and lane (streams/kafka/topics.py)."""
         return job_topic(self.settings.topic_prefix, tenant, lane)
 
     async def submit(self, record: dict, topic: str | None = None) -> str:

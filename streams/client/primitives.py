@@ -58,8 +58,8 @@ from qiskit.providers import JobStatus
 
 from streams.client.errors import JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
+from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
-from streams.topics import job_topic, lane_for_priority
 from workers.seeds import job_seed
 
 DEFAULT_SHOTS = 1024

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
-from streams.deadletter import HEADER_PREFIX, OMITTED_HEADER
-from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
-from streams.record_batches import UNREADABLE_HEADER
-from streams.security import kafka_options
+from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.record_batches import UNREADABLE_HEADER
+from streams.kafka.security import kafka_options
+from streams.kafka.topics import TopicNames, parse_job_topic
 from streams.settings import Settings
-from streams.topics import TopicNames, parse_job_topic
+from streams.workflow.deadletter import HEADER_PREFIX, OMITTED_HEADER
 
 REPLAY_HEADER = "qlane.replay.source"
 

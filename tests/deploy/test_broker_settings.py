@@ -1,9 +1,9 @@
 """docker-compose.yml and deploy/k8s run Kafka and qlane with the settings the tests run on.
 
-The reference is the 3-node cluster of streams/kafka_local.py (the reliability tests' broker):
-its replication, min.insync.replicas, transaction-log and group settings must be the brokers'
-in docker-compose.yml and in the Strimzi manifest, the Kafka version the one the POM pins, and
-the workers must create topics with that replication and run exactly-once.
+The reference is the 3-node cluster of streams/brokers/kafka_local.py (the reliability tests'
+broker): its replication, min.insync.replicas, transaction-log and group settings must be the
+brokers' in docker-compose.yml and in the Strimzi manifest, the Kafka version the one the POM
+pins, and the workers must create topics with that replication and run exactly-once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.kafka_local import KafkaCluster, Node
+from streams.brokers.kafka_local import KafkaCluster, Node
 from streams.settings import Settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ CHECKED = (
 
 @pytest.fixture(scope="module")
 def tested() -> dict[str, str]:
-    """The properties streams/kafka_local.py gives node 1 of its 3-node cluster."""
+    """The properties streams/brokers/kafka_local.py gives node 1 of its 3-node cluster."""
     cluster = KafkaCluster(nodes_count=3)
     folder = Path("/nonexistent")
     cluster.nodes = [Node(node_id=i, port=9090 + i, controller_port=9190 + i,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams import metrics
+from streams.ops import metrics
 from streams.settings import Settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -201,7 +201,7 @@ def test_compose_topic_step_uses_the_project_topic_creation(compose) -> None:
     assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
     code = topics["entrypoint"][-1]
     compile(code, "<topics>", "exec")
-    from streams.topics import ensure_topics  # noqa: F401  the one-liner imports it
+    from streams.kafka.topics import ensure_topics  # noqa: F401  the one-liner imports it
 
     assert "ensure_topics" in code
 

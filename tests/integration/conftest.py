@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 from tests.support import (
     session_settings,
     start_worker,

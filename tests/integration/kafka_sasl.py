@@ -1,5 +1,5 @@
 """A 1-node Apache Kafka with a SASL_SSL (SCRAM-SHA-512) listener and ACLs, for the security
-and tenancy tests (streams/kafka_security.py). Not a fixture module: each test module starts
+and tenancy tests (streams/brokers/kafka_security.py). Not a fixture module: each test module starts
 its own cluster with `secured_kafka(...)` and stops it when its tests end."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import contextlib
 import uuid
 from pathlib import Path
 
-from streams.kafka_local import KafkaCluster
-from streams.kafka_security import SecuredCluster, enable_sasl_ssl, new_password
+from streams.brokers.kafka_local import KafkaCluster
+from streams.brokers.kafka_security import SecuredCluster, enable_sasl_ssl, new_password
 from streams.settings import Settings
 
 

@@ -7,7 +7,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from streams.security import check_transactions
+from streams.kafka.security import check_transactions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

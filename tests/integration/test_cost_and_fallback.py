@@ -10,7 +10,7 @@ import pytest
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.support import (
     BELL,
     session_settings,

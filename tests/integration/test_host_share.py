@@ -24,7 +24,7 @@ import time
 import pytest
 
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.integration.test_simulator_process import descendants_running
 from tests.support import (
     BELL,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from schemas.codec import codec
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.support import session_settings, start_worker, stop_worker, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""streams/kafka_compat.py on both brokers, and the upstream behaviour that makes it needed."""
+"""streams/kafka/compat.py on both brokers, and the upstream behaviour that makes it needed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 
 
 async def fresh_topic(bootstrap: str, partitions: int = 3) -> str:

@@ -13,7 +13,7 @@ import time
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.broker import free_port
+from streams.brokers.tansu import free_port
 
 
 def child_pids(parent: int) -> set[int]:

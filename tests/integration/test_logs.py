@@ -6,7 +6,7 @@ import re
 import uuid
 
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.support import (
     BELL,
     session_settings,

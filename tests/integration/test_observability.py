@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 
 from schemas.codec import codec
-from streams.broker import free_port
+from streams.brokers.tansu import free_port
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.integration.test_cli import qlane
 from tests.support import (
     BELL,

@@ -17,8 +17,8 @@ import pytest
 
 from schemas.codec import codec
 from streams.client import Client, job_request
-from streams.partitioning import REROUTED_HEADER, key_partition
-from streams.topics import ensure_topics
+from streams.kafka.partitioning import REROUTED_HEADER, key_partition
+from streams.kafka.topics import ensure_topics
 from tests.support import (
     BELL,
     session_settings,

@@ -1,8 +1,8 @@
 """Records against the sizes Kafka allows. Producers in other languages compress their
 batches, a hostile one sends bombs and records larger than a dead letter may be, and a job
 can ask for a result larger than a record may be: every job is read, the rest failed or
-dead-lettered with its reason, and the worker goes on (streams/record_batches.py,
-streams/deadletter.py, streams/results.py)."""
+dead-lettered with its reason, and the worker goes on (streams/kafka/record_batches.py,
+streams/workflow/deadletter.py, streams/workflow/results.py)."""
 
 import asyncio
 import uuid
@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.codec import codec
 from streams.client import Client, job_request
-from streams.security import kafka_options
+from streams.kafka.security import kafka_options
 from tests.support import BELL, topic_records
 
 CODECS = ["gzip", "snappy", "lz4", "zstd"]

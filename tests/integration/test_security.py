@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from streams.client import job_request
-from streams.security import kafka_options
-from streams.tenants import Admin, worker_acls
+from streams.kafka.security import kafka_options
+from streams.kafka.tenants import Admin, worker_acls
 from tests.integration.kafka_sasl import (
     base_settings,
     operator_settings,
@@ -112,7 +112,7 @@ def test_wrong_password_is_refused_at_once(secured, tmp_path):
 def test_principal_without_acls_is_refused(secured, tmp_path):
     base = base_settings("noacl")
     operator = operator_settings(secured, base)
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     asyncio.run(ensure_topics(operator))  # the topics exist; `intruder` may not touch them
     settings = user_settings(secured, "intruder", base)
@@ -148,7 +148,7 @@ def test_cli_refusals_are_one_clear_line(secured, user):
     import sys
 
     base = base_settings("cli")
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     asyncio.run(ensure_topics(operator_settings(secured, base)))
     wrong = "wrong-" + uuid.uuid4().hex if user == "qlane" else None
@@ -170,7 +170,7 @@ def test_cli_refusals_are_one_clear_line(secured, user):
 
 
 def test_a_user_added_to_the_running_cluster_can_log_in(secured):
-    from streams.security import AccessRefused, check_authentication
+    from streams.kafka.security import AccessRefused, check_authentication
 
     base = base_settings("add")
     password = secured.add_user("late_user")

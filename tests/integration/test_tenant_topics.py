@@ -10,7 +10,7 @@ from qiskit import QuantumCircuit
 
 from streams.client import Client, Estimator, job_request
 from streams.client.commands import cancel_workflow
-from streams.topics import ensure_topics, job_topic
+from streams.kafka.topics import ensure_topics, job_topic
 from tests.support import (
     BELL,
     read_topic,

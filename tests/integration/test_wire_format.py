@@ -11,7 +11,7 @@ import fastavro
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streams.kafka_compat import stop_consumer
+from streams.kafka.compat import stop_consumer
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

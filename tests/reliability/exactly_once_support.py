@@ -14,9 +14,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
-from streams.kafka_compat import assign_settled, stop_consumer, topic_partitions
-from streams.processes import start_worker, stop_process
-from streams.security import kafka_options
+from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.security import kafka_options
+from streams.ops.processes import start_worker, stop_process
 from streams.settings import Settings
 
 TERMINAL = ("done", "failed")

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.security import kafka_options
+from streams.kafka.security import kafka_options
 from tests.support import topic_records
 
 

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.reliability.conftest import scale
 from tests.support import (
     BELL,

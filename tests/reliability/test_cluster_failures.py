@@ -21,10 +21,10 @@ import uuid
 
 import pytest
 
+from streams.brokers.kafka_local import KafkaCluster
 from streams.client import job_request
-from streams.kafka_local import KafkaCluster
-from streams.processes import start_worker, stop_process
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
+from streams.ops.processes import start_worker, stop_process
 from tests.reliability.conftest import scale
 from tests.reliability.exactly_once_support import Workers, audit, submit, wait_finished
 from tests.support import BELL, session_settings, wait_until_ready
@@ -110,7 +110,7 @@ def free_ports(count: int) -> list[int]:
 async def _leader(settings, topic: str, partition: int) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from streams.security import kafka_options
+    from streams.kafka.security import kafka_options
 
     admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()

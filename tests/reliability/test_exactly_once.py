@@ -15,8 +15,8 @@ import uuid
 import pytest
 
 from streams.client import job_request
-from streams.processes import stop_process
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
+from streams.ops.processes import stop_process
 from tests.reliability.conftest import scale
 from tests.reliability.exactly_once_support import (
     Workers,
@@ -138,7 +138,7 @@ def test_a_worker_keeps_going_when_its_partition_moves_to_a_sibling_and_back(
                   lost=len(found.lost(ids)), **found.duplicates(ids))
     assert first_alive and "transaction failed" not in first_log, first_log[-4000:]
     # Its recoveries ended when the changelog was read, not at Faust's 10 s wait for the
-    # commit marker it is never handed (streams/recovery.py).
+    # commit marker it is never handed (streams/kafka/recovery.py).
     assert "Aborted tx until highwater" not in first_log
     assert handled_by_second > 0, "the second worker took no partition"
     found = audit(settings)

@@ -9,7 +9,7 @@ import uuid
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.reliability.conftest import scale
 from tests.reliability.hostile import (
     RssMonitor,

@@ -2,7 +2,7 @@
 
 Each join and each leave moves a partition between the workers (a rebalance, a table
 recovery, a seek of the stream partitions back to their committed offsets). Before the fix
-in streams/transport.py (`Consumer`, docs/reliability.md "Fixed: a record lost at a seek")
+in streams/kafka/transport.py (`Consumer`, docs/reliability.md "Fixed: a record lost at a seek")
 one job in about 60 such moves was never handled: the first record after a committed offset,
 dropped as already read when the records fetched again after the seek overtook the seek's
 return to the app's loop. Two busy processes take the cores meanwhile, as the other pytest
@@ -25,7 +25,7 @@ import time
 import pytest
 
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.reliability.conftest import scale
 from tests.reliability.exactly_once_support import audit, not_once
 from tests.support import (

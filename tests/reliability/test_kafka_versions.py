@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from streams.kafka_local import KafkaCluster
-from streams.topics import ensure_topics
+from streams.brokers.kafka_local import KafkaCluster
+from streams.kafka.topics import ensure_topics
 from tests.support import (
     BELL,
     job_request,

@@ -8,7 +8,7 @@ from collections import Counter
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.reliability.conftest import scale
 from tests.support import (
     BELL,
@@ -32,7 +32,7 @@ def diagnosis(settings, pending: list[str]) -> str:
     return "\n".join(lines)
 
 
-# Before streams/flow.py a restart lost the first resent record of a partition in about one
+# Before streams/kafka/flow.py a restart lost the first resent record of a partition in about one
 # restart of three (Faust cleared a stream buffer filled during the post-recovery seek), so the
 # full run repeats the restart.
 def test_table_is_recovered_after_sigkill(broker_address, tmp_path, report):

@@ -24,15 +24,15 @@ from aiokafka.errors import TopicAuthorizationFailedError
 from schemas.codec import codec
 from streams.client import Client, job_request, read_topic
 from streams.client.replay import plan_record
-from streams.security import kafka_options
-from streams.settings import Settings
-from streams.tenants import (
+from streams.kafka.security import kafka_options
+from streams.kafka.tenants import (
     check_cancel_of,
     check_tenant_of,
     source_tenant,
     tenant_acls,
 )
-from streams.topics import TopicNames, job_topic, tenant_topic
+from streams.kafka.topics import TopicNames, job_topic, tenant_topic
+from streams.settings import Settings
 from tests.integration.kafka_sasl import (
     base_settings,
     operator_settings,
@@ -278,7 +278,7 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
 
 
 def test_a_cancel_before_arrival_drops_only_its_own_tenants_job():
-    from streams.cancel import tombstone_applies
+    from streams.workflow.cancel import tombstone_applies
 
     rival = {"state": "cancelled", "fingerprint": None, "cancel_topic": "qlane.jobs.rival-high"}
     assert not tombstone_applies("qlane", rival, "qlane.jobs.acme")

@@ -8,7 +8,7 @@ import time
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.reliability.conftest import scale
 from tests.support import (
     BELL,

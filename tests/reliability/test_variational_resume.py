@@ -9,7 +9,7 @@ from pathlib import Path
 
 from schemas.codec import codec
 from streams.client import Client, job_request, load_job_file
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 from tests.reliability.conftest import scale
 from tests.support import (
     session_settings,

@@ -1,7 +1,7 @@
 import pytest
 
+from streams.kafka.topics import TopicNames
 from streams.settings import Settings
-from streams.topics import TopicNames
 
 
 def test_profile_follows_the_broker_unless_set(monkeypatch):

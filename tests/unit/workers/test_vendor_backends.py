@@ -160,7 +160,7 @@ def test_device_noise_scales_like_aer_noisy(registry, cache) -> None:
 
 
 def test_device_job_provenance_names_the_snapshot(registry, cache) -> None:
-    from streams.results import build_result
+    from streams.workflow.results import build_result
     from workers.mitigation.combine import mitigate
 
     spec = JobSpec("wf-prov", circuit=BELL_QASM, shots=1000, backend="ibm.torino",
@@ -379,7 +379,7 @@ def test_a_missing_extra_is_a_clear_error_naming_it(monkeypatch) -> None:
 
 
 def test_backends_listing_covers_every_backend_with_its_price() -> None:
-    from streams.backends_table import backend_rows, render_table
+    from streams.ops.backends_table import backend_rows, render_table
     from streams.settings import Settings
 
     rows = backend_rows(Settings())

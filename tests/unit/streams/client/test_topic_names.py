@@ -1,4 +1,5 @@
-"""The project's topic naming (streams/topics.py) and the lane gate (streams/lanes.py)."""
+"""The project's topic naming (streams/kafka/topics.py) and the lane gate
+(streams/workflow/lanes.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import asyncio
 
 import pytest
 
-from streams.lanes import LaneGate
-from streams.topics import (
+from streams.kafka.topics import (
     LANES,
     execute_topic,
     job_topic,
@@ -17,6 +17,7 @@ from streams.topics import (
     parse_job_topic,
     tenant_topic,
 )
+from streams.workflow.lanes import LaneGate
 
 
 def test_job_topic_names():

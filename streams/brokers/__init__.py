@@ -1,0 +1,1 @@
+"""The brokers qlane starts itself: embedded Tansu and a local Apache Kafka."""

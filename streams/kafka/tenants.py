@@ -1,0 +1,321 @@
+"""Tenants and ACLs through Kafka's Admin API: the worker's grants, a tenant's topics and grants.
+
+A tenant is authenticated by Kafka, not by the payload: its principal may write only its own
+job topics (`{prefix}.jobs.{tenant}[-{lane}]`) and read only its own result, status and cost
+topics (`{prefix}.{results|status|cost}.{tenant}`); the worker takes a job's tenant from the
+topic it came from (streams/agents/preprocess.py). Names come from streams/kafka/topics.py.
+
+aiokafka's admin client has no ACL calls, so the CreateAcls/DescribeAcls/DeleteAcls requests
+of its protocol module are sent as they are (versions 0-1, which every Kafka >= 2.0 serves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest
+
+from streams.kafka.security import kafka_options
+from streams.kafka.topics import (
+    LANES,
+    TENANT_READ_KINDS,
+    check_tenant,
+    job_topic,
+    parse_job_topic,
+    tenant_topic,
+)
+from streams.settings import Settings
+from workers.errors import TenantMismatch
+
+# Kafka's enums (org.apache.kafka.common.resource / acl), as the wire carries them.
+RESOURCE_TYPES = {"any": 1, "topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
+OPERATIONS = {
+    "any": 1, "all": 2, "read": 3, "write": 4, "create": 5, "delete": 6, "alter": 7,
+    "describe": 8, "cluster_action": 9, "describe_configs": 10, "alter_configs": 11,
+    "idempotent_write": 12,
+}
+PATTERNS = {"any": 1, "match": 2, "literal": 3, "prefixed": 4}
+PERMISSION_ANY, PERMISSION_ALLOW = 1, 3
+CLUSTER = "kafka-cluster"
+_NAMES = {kind: {v: k for k, v in table.items()}
+          for kind, table in (("resource", RESOURCE_TYPES), ("operation", OPERATIONS),
+                              ("pattern", PATTERNS))}
+
+
+class AclError(RuntimeError):
+    """The broker refused an ACL request (e.g. no authorizer, or not allowed to alter ACLs)."""
+
+
+@dataclass(frozen=True, order=True)
+class Acl:
+    """One ALLOW rule: `principal` may `operation` on the resource, from any host."""
+
+    resource: str  # topic, group, cluster, transactional_id
+    name: str
+    pattern: str  # literal or prefixed
+    principal: str  # User:NAME
+    operation: str
+
+    def line(self) -> str:
+        return (f"{self.principal}: {self.operation.upper()} on {self.resource} "
+                f"{self.pattern.upper()} '{self.name}'")
+
+
+def _grants(principal: str, resource: str, name: str, pattern: str, *operations: str):
+    return [Acl(resource, name, pattern, principal, operation) for operation in operations]
+
+
+def worker_acls(settings: Settings, principal: str) -> list[Acl]:
+    """Everything a qlane worker (and an operator's CLI) needs, nothing more.
+
+    - topics `{prefix}.*`: the job, stage, result, status, cost, drift, dead-letter and control
+      topics, the tenants' topics included: read, write, describe, and create (the worker
+      creates missing topics at start; drop `create` if an administrator creates them first);
+    - topics `{app_id}-*`: Faust's table changelogs and its assignor topic, the same four;
+    - consumer group `{app_id}`: read (join, commit);
+    - transactional ids `{app_id}-*`: write, describe (exactly-once on Kafka: one
+      transactional producer per input partition);
+    - the cluster: idempotent write (idempotent and transactional producers).
+    """
+    prefix, app_id = settings.topic_prefix, settings.app_id
+    topic_ops = ("read", "write", "describe", "create")
+    return [
+        *_grants(principal, "topic", f"{prefix}.", "prefixed", *topic_ops),
+        *_grants(principal, "topic", f"{app_id}-", "prefixed", *topic_ops),
+        *_grants(principal, "group", app_id, "literal", "read"),
+        *_grants(principal, "transactional_id", f"{app_id}-", "prefixed", "write", "describe"),
+        *_grants(principal, "cluster", CLUSTER, "literal", "idempotent_write"),
+    ]
+
+
+def tenant_topics(prefix: str, tenant: str) -> dict[str, list[str]]:
+    """The tenant's topics: `write` (its job topics, one per lane), `read` (its outcomes)."""
+    check_tenant(tenant)
+    return {
+        "write": [job_topic(prefix, tenant, lane) for lane in LANES],
+        "read": [tenant_topic(prefix, kind, tenant) for kind in TENANT_READ_KINDS],
+    }
+
+
+def tenant_acls(prefix: str, tenant: str, principal: str) -> list[Acl]:
+    """Write (and describe) its job topics; read (and describe) its result, status and cost
+    topics; read on consumer groups named `{prefix}.{tenant}.*` for its own consumers."""
+    topics = tenant_topics(prefix, tenant)
+    acls = []
+    for name in topics["write"]:
+        acls += _grants(principal, "topic", name, "literal", "write", "describe")
+    for name in topics["read"]:
+        acls += _grants(principal, "topic", name, "literal", "read", "describe")
+    acls += _grants(principal, "group", f"{prefix}.{tenant}.", "prefixed", "read")
+    return acls
+
+
+def topic_tenant(prefix: str, topic: str) -> str | None:
+    """The authenticated tenant of a record from `topic`: None for the shared job topics."""
+    parsed = parse_job_topic(prefix, topic)
+    return parsed[0] if parsed else None
+
+
+def check_tenant_of(prefix: str, topic: str, request: dict) -> str | None:
+    """The authenticated tenant of a JobRequest read from `topic` (None on the shared topics,
+    where the payload's tenant stands); TenantMismatch when the payload names another."""
+    tenant = topic_tenant(prefix, topic)
+    if tenant is not None and request.get("tenant") != tenant:
+        claimed = repr(request.get("tenant"))[:80]
+        raise TenantMismatch(f"a job on {topic} belongs to tenant {tenant!r}; "
+                             f"its payload names {claimed}")
+    return tenant
+
+
+def source_tenant(prefix: str, entry: dict | None) -> str | None:
+    """The tenant of a workflow from its table entry (the address it was admitted from)."""
+    source = (entry or {}).get("source") or ""
+    return topic_tenant(prefix, source.rsplit(":", 2)[0]) if source.count(":") >= 2 else None
+
+
+def check_cancel_of(prefix: str, topic: str, entry: dict | None) -> None:
+    """A cancel on a tenant's topic may only cancel that tenant's workflows."""
+    tenant = topic_tenant(prefix, topic)
+    if entry is None or tenant is None:
+        return
+    owner = source_tenant(prefix, entry)
+    if owner != tenant:
+        raise TenantMismatch(f"a cancel on {topic} cannot cancel another tenant's workflow")
+
+
+# Outcome topics a tenant reads: every record qlane writes to the shared one of these for a
+# workflow admitted from a tenant's job topic is also written to the tenant's own.
+TENANT_COPIES = {"results": "results", "status": "status", "cost": "cost"}
+
+
+def tenant_copy(runtime, short_name: str, key: bytes | None):
+    """The Faust topic of the tenant's copy of a record sent to `short_name`, or None."""
+    kind = TENANT_COPIES.get(short_name)
+    if kind is None or not key or runtime.app is None:
+        return None
+    from streams.kafka.topics import WORKFLOW_TABLE
+
+    tables = getattr(runtime.app, "tables", None)
+    table = tables.get(WORKFLOW_TABLE) if tables is not None else None
+    if table is None:
+        return None
+    prefix = runtime.settings.topic_prefix
+    tenant = source_tenant(prefix, table.get(key.decode(errors="replace")))
+    if tenant is None:
+        return None
+    return runtime.topic_named(tenant_topic(prefix, kind, tenant))
+
+
+# --- the Admin API ------------------------------------------------------------------------
+class Admin:
+    """An admin client with ACL calls; `async with Admin(settings) as admin:`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=15000)
+
+    async def __aenter__(self) -> Admin:
+        await self.client.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def create_acls(self, acls: list[Acl]) -> None:
+        for acl in acls:
+            request = CreateAclsRequest(
+                RESOURCE_TYPES[acl.resource], acl.name, PATTERNS[acl.pattern], acl.principal,
+                "*", OPERATIONS[acl.operation], PERMISSION_ALLOW,
+            )
+            response = await self.client._send_request(request)
+            for error_code, message in response.creation_responses:
+                if error_code:
+                    raise AclError(f"creating {acl.line()}: {for_code(error_code).__name__} "
+                                   f"{message or ''}".rstrip())
+
+    async def describe_acls(self, principal: str | None = None) -> list[Acl]:
+        request = DescribeAclsRequest(RESOURCE_TYPES["any"], None, PATTERNS["any"], principal,
+                                      None, OPERATIONS["any"], PERMISSION_ANY)
+        response = await self.client._send_request(request)
+        if response.error_code:
+            raise AclError(f"describing ACLs: {for_code(response.error_code).__name__} "
+                           f"{response.error_message or ''}".rstrip())
+        found = []
+        for resource_type, name, pattern, entries in response.resources:
+            for entry_principal, _host, operation, permission in entries:
+                if permission != PERMISSION_ALLOW:
+                    continue
+                found.append(Acl(_NAMES["resource"].get(resource_type, str(resource_type)), name,
+                                 _NAMES["pattern"].get(pattern, str(pattern)), entry_principal,
+                                 _NAMES["operation"].get(operation, str(operation))))
+        return sorted(found)
+
+    async def delete_acls(self, acls: list[Acl]) -> int:
+        deleted = 0
+        for acl in acls:
+            request = DeleteAclsRequest(
+                RESOURCE_TYPES[acl.resource], acl.name, PATTERNS[acl.pattern], acl.principal,
+                "*", OPERATIONS[acl.operation], PERMISSION_ALLOW,
+            )
+            response = await self.client._send_request(request)
+            for error_code, message, matching in response.filter_responses:
+                if error_code:
+                    raise AclError(f"deleting {acl.line()}: {for_code(error_code).__name__} "
+                                   f"{message or ''}".rstrip())
+                deleted += len(matching)
+        return deleted
+
+    async def create_topics(self, names: list[str]) -> list[str]:
+        existing = set(await self.client.list_topics())
+        missing = [name for name in names if name not in existing]
+        if missing:
+            settings = self.settings
+            response = await self.client.create_topics(
+                [NewTopic(name, settings.partitions, settings.replication_factor)
+                 for name in missing])
+            for name, error_code, *_rest in response.topic_errors:
+                if error_code:
+                    raise AclError(f"creating topic {name}: {for_code(error_code).__name__}")
+        return missing
+
+
+async def grant_worker(settings: Settings, principal: str) -> list[Acl]:
+    acls = worker_acls(settings, principal)
+    async with Admin(settings) as admin:
+        await admin.create_acls(acls)
+    return acls
+
+
+async def add_tenant(settings: Settings, tenant: str, principal: str) -> dict:
+    """Create the tenant's topics (partitions and replication as the job topics) and ACLs."""
+    topics = tenant_topics(settings.topic_prefix, tenant)
+    acls = tenant_acls(settings.topic_prefix, tenant, principal)
+    async with Admin(settings) as admin:
+        created = await admin.create_topics(topics["write"] + topics["read"])
+        await admin.create_acls(acls)
+    return {"tenant": tenant, "principal": principal, "created_topics": created,
+            "acls": [acl.line() for acl in acls]}
+
+
+async def list_tenants(settings: Settings) -> list[dict]:
+    """Tenants as the cluster has them: job topics present, with the principals granted."""
+    prefix = settings.topic_prefix
+    async with Admin(settings) as admin:
+        topics = set(await admin.client.list_topics())
+        acls = await admin.describe_acls()
+    tenants: dict[str, dict] = {}
+    for topic in sorted(topics):
+        tenant = topic_tenant(prefix, topic)
+        if tenant is not None:
+            tenants.setdefault(tenant, {"tenant": tenant, "topics": [], "principals": set()})
+            tenants[tenant]["topics"].append(topic)
+    for acl in acls:
+        if acl.resource == "topic" and acl.pattern == "literal":
+            tenant = topic_tenant(prefix, acl.name)
+            if tenant in tenants:
+                tenants[tenant]["principals"].add(acl.principal)
+    return [{**entry, "principals": sorted(entry["principals"])} for entry in tenants.values()]
+
+
+async def remove_tenant(settings: Settings, tenant: str, principal: str,
+                        delete_topics: bool = False) -> dict:
+    """Revoke the tenant's ACLs; with `delete_topics`, delete its topics too."""
+    topics = tenant_topics(settings.topic_prefix, tenant)
+    async with Admin(settings) as admin:
+        revoked = await admin.delete_acls(tenant_acls(settings.topic_prefix, tenant, principal))
+        deleted = []
+        if delete_topics:
+            existing = set(await admin.client.list_topics())
+            deleted = [name for name in topics["write"] + topics["read"] if name in existing]
+            if deleted:
+                await admin.client.delete_topics(deleted)
+    return {"tenant": tenant, "principal": principal, "revoked_acls": revoked,
+            "deleted_topics": deleted}
+
+
+def run_tenant_command(settings: Settings, args) -> int:
+    """`qlane tenant add|list|remove|grant-worker`: one JSON line per answer."""
+    import asyncio
+    import json
+    import sys
+
+    try:
+        if args.action == "add":
+            answer = asyncio.run(add_tenant(settings, args.name, args.principal))
+        elif args.action == "remove":
+            answer = asyncio.run(remove_tenant(settings, args.name, args.principal,
+                                               args.delete_topics))
+        elif args.action == "grant-worker":
+            acls = asyncio.run(grant_worker(settings, args.principal))
+            answer = {"principal": args.principal, "acls": [acl.line() for acl in acls]}
+        else:
+            for entry in asyncio.run(list_tenants(settings)):
+                print(json.dumps(entry))
+            return 0
+    except (AclError, ValueError) as error:
+        print(f"qlane tenant {args.action}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer))
+    return 0

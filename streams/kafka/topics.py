@@ -1,0 +1,204 @@
+"""Topic names and their explicit creation (never rely on broker auto-creation)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.kafka.security import kafka_options
+from streams.settings import Settings
+
+WORKFLOW_TABLE = "workflows"
+
+# --- topic naming, decided once for the whole project (README "Topics, tenants and lanes") ---
+# Job topics:       {prefix}.jobs[.{tenant}][-{lane}]   e.g. qlane.jobs, qlane.jobs-high,
+#                                                          qlane.jobs.acme, qlane.jobs.acme-low
+# Tenant reads:     {prefix}.results.{tenant}, {prefix}.status.{tenant}, {prefix}.cost.{tenant}
+# Stage lanes:      {prefix}.stage.execute[-{lane}]
+# These functions are pure (no Kafka, no settings object) so ACL tooling can use them.
+TENANT_RE = re.compile(r"[a-z0-9_]{1,64}")
+LANES = ("high", "normal", "low")  # drain order: higher lanes first
+NORMAL = "normal"
+TENANT_READ_KINDS = ("results", "status", "cost")
+
+
+def raw_topic(app, *names: str, partitions: int):
+    """A Faust topic (a channel, over several names) of raw key and value bytes."""
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=partitions)
+
+
+def check_tenant(tenant: str) -> str:
+    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
+        raise ValueError(f"tenant {tenant!r} must match [a-z0-9_]{{1,64}}")
+    return tenant
+
+
+def check_lane(lane: str) -> str:
+    if lane not in LANES:
+        raise ValueError(f"lane {lane!r} must be one of {', '.join(LANES)}")
+    return lane
+
+
+def lane_suffix(lane: str) -> str:
+    return "" if check_lane(lane) == NORMAL else f"-{lane}"
+
+
+def job_topic(prefix: str, tenant: str | None = None, lane: str = NORMAL) -> str:
+    """`{prefix}.jobs[.{tenant}][-{lane}]`; no tenant is the shared topic, normal no suffix."""
+    base = f"{prefix}.jobs" if tenant is None else f"{prefix}.jobs.{check_tenant(tenant)}"
+    return base + lane_suffix(lane)
+
+
+@functools.lru_cache(maxsize=256)
+def job_topic_pattern(prefix: str, lane: str | None = None) -> re.Pattern:
+    """The regex that matches every job topic of a prefix (of one lane, when given)."""
+    if lane is None:
+        tail = "(?:-(?:high|low))?"
+    else:
+        tail = re.escape(lane_suffix(lane))
+    return re.compile(rf"^{re.escape(prefix)}\.jobs(?:\.[a-z0-9_]{{1,64}})?{tail}$")
+
+
+@functools.lru_cache(maxsize=1024)  # every record of a job topic asks it (tenant, lane)
+def parse_job_topic(prefix: str, topic: str) -> tuple[str | None, str] | None:
+    """(tenant or None, lane) of a job topic name; None when it is not one."""
+    if not job_topic_pattern(prefix).fullmatch(topic):
+        return None
+    rest = topic[len(prefix) + len(".jobs"):]
+    lane = NORMAL
+    for candidate in ("high", "low"):
+        if rest.endswith(f"-{candidate}"):
+            lane, rest = candidate, rest[: -len(candidate) - 1]
+    tenant = rest[1:] if rest.startswith(".") else None
+    return tenant, lane
+
+
+def tenant_topic(prefix: str, kind: str, tenant: str) -> str:
+    """`{prefix}.{results|status|cost}.{tenant}`: the topics a tenant's consumers read."""
+    if kind not in TENANT_READ_KINDS:
+        raise ValueError(f"kind {kind!r} must be one of {', '.join(TENANT_READ_KINDS)}")
+    return f"{prefix}.{kind}.{check_tenant(tenant)}"
+
+
+def execute_topic(prefix: str, lane: str = NORMAL) -> str:
+    return f"{prefix}.stage.execute{lane_suffix(lane)}"
+
+
+def lane_for_priority(priority: int) -> str:
+    """JobRequest.priority > 0 is the high lane, < 0 the low lane, 0 the normal one."""
+    if priority > 0:
+        return "high"
+    return "low" if priority < 0 else NORMAL
+
+
+def job_topics(prefix: str, tenants: tuple[str, ...] | list[str] = ()) -> dict[str, list[str]]:
+    """Lane -> the job topics of that lane: the shared one, then one per tenant."""
+    return {
+        lane: [job_topic(prefix, None, lane)] + [job_topic(prefix, t, lane) for t in tenants]
+        for lane in LANES
+    }
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    jobs: str
+    execute: str
+    mitigate: str
+    variational: str
+    results: str
+    cost: str
+    drift: str
+    status: str
+    deadletter: str
+    control: str
+    jobs_high: str = ""
+    jobs_low: str = ""
+    execute_high: str = ""
+    execute_low: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TopicNames:
+        prefix = settings.topic_prefix
+        return cls(
+            jobs_high=job_topic(prefix, None, "high"),
+            jobs_low=job_topic(prefix, None, "low"),
+            execute_high=execute_topic(prefix, "high"),
+            execute_low=execute_topic(prefix, "low"),
+            jobs=settings.topic("jobs"),
+            execute=settings.topic("stage.execute"),
+            mitigate=settings.topic("stage.mitigate"),
+            variational=settings.topic("stage.variational"),
+            results=settings.topic("results"),
+            cost=settings.topic("cost"),
+            drift=settings.topic("drift"),
+            status=settings.topic("status"),
+            deadletter=settings.topic("deadletter"),
+            control=settings.topic("control"),
+        )
+
+    def all(self) -> list[str]:
+        return list(vars(self).values())
+
+    def by_short_name(self, name: str) -> str:
+        """`results`, `qlane.results` and `stage.execute` all name the same topic."""
+        for field_name, topic in vars(self).items():
+            if name in (field_name, topic, topic.split(".", 1)[-1]):
+                return topic
+        return name
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-{WORKFLOW_TABLE}-changelog"
+
+
+class PartitionCountMismatch(RuntimeError):
+    """An existing topic's partition count breaks co-partitioning by workflow_id."""
+
+
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """Broker configs a qlane topic is created with: min.insync.replicas when set (never
+    above the replication factor), and compaction for the table changelog."""
+    configs = {}
+    min_isr = getattr(settings, "min_insync_replicas", None)
+    if min_isr is not None:
+        configs["min.insync.replicas"] = str(min(min_isr, settings.replication_factor))
+    if name == changelog_topic(settings):
+        configs["cleanup.policy"] = "compact"
+    return configs
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every qlane topic that is missing; return the names created."""
+    wanted = TopicNames.from_settings(settings).all() + [changelog_topic(settings)]
+    tenants = tuple(getattr(settings, "tenants", ()))
+    for topics in job_topics(settings.topic_prefix, tenants).values():
+        wanted += [topic for topic in topics if topic not in wanted]
+    wanted += [tenant_topic(settings.topic_prefix, kind, tenant)
+               for tenant in tenants for kind in TENANT_READ_KINDS]
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            replication = settings.replication_factor
+            await admin.create_topics(
+                [NewTopic(name, settings.partitions, replication,
+                          topic_configs=topic_configs(settings, name)) for name in missing]
+            )
+        present = [name for name in wanted if name in existing]
+        if present:
+            for description in await admin.describe_topics(present):
+                count = len(description["partitions"])
+                if count != settings.partitions:
+                    raise PartitionCountMismatch(
+                        f"topic {description['topic']} has {count} partitions, "
+                        f"qlane is configured for {settings.partitions}"
+                    )
+        return missing
+    finally:
+        await admin.close()

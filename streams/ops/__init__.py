@@ -1,0 +1,1 @@
+"""Operating qlane: metrics, logs, warm-up, the demo and helper commands."""

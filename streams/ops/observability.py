@@ -1,0 +1,93 @@
+"""The worker's `/metrics` page and the gauges that are sampled rather than counted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from streams.ops import metrics
+from streams.runtime import Runtime
+
+log = logging.getLogger("qlane")
+
+LAG_INTERVAL_S = 5.0
+BROKER_CALL_TIMEOUT_S = 2.0
+
+
+def register(app, runtime: Runtime) -> None:
+    metrics.BUILD_INFO.info({"version": runtime.worker_version})
+    lag_series: set[tuple[str, str]] = set()
+    first_offsets: dict = {}  # a partition's first offset, asked once
+
+    def warm_up_backends() -> None:
+        """Build noisy backends and their readout calibration before the first job needs
+        them (noise-model conversion and calibration take seconds once per worker). A step
+        of the worker's one warm-up thread (streams/ops/warm_up.py): in a thread of its own it
+        shared the interpreter with the mitiq import and slowed both."""
+        for name in runtime.registry.names():
+            backend = runtime.registry.get(name)
+            if getattr(backend, "noise_model", None) is not None:
+                runtime.readout_cache.get(backend)
+
+    runtime.warm_ups.add("backends", warm_up_backends)
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        # aiohttp refuses a charset inside content_type; the exposition is ASCII anyway.
+        media_type = "; ".join(
+            part.strip() for part in metrics.CONTENT_TYPE_LATEST.split(";")
+            if not part.strip().startswith("charset")
+        )
+        return web.bytes(metrics.render_metrics(), content_type=media_type)
+
+    @app.timer(interval=LAG_INTERVAL_S)
+    async def sample_consumer_lag():
+        consumer = app.consumer
+        assigned = consumer.assignment()
+        stale = set(lag_series)
+        ours = [tp for tp in assigned if tp.topic in runtime.names.all()]
+        # Lag as Kafka's tools count it: log end minus committed offset. The fetch position
+        # is not enough: records fetched into a stream buffer but not finished (brokers
+        # gone, outputs that cannot be written) would count as done. A partition without a
+        # committed offset counts from its first offset. Broker calls are bounded: when the
+        # partition leaders are gone they would hang, and the gauge would keep its last value.
+        done = {tp: consumer._committed_offset.get(tp) for tp in ours}
+        unknown = [tp for tp, offset in done.items() if offset is None and tp not in first_offsets]
+        if unknown:
+            try:
+                first_offsets.update(await asyncio.wait_for(
+                    consumer.earliest_offsets(*unknown), BROKER_CALL_TIMEOUT_S))
+            except Exception:  # a rebalance, or no broker to ask: those wait for next time
+                pass
+        for tp, offset in done.items():
+            if offset is None:
+                done[tp] = first_offsets.get(tp)
+        try:
+            positions = await asyncio.wait_for(
+                consumer._thread.positions(ours), BROKER_CALL_TIMEOUT_S)  # noqa: SLF001
+        except TimeoutError:
+            positions = {}
+        # A read_committed reader's committed offset stops one short of the log end at
+        # rest (the transaction marker after the last record): a partition fetched to its
+        # end with nothing unfinished has no lag.
+        unfinished = {message.tp for message in list(consumer._unacked_messages)}
+        unfinished.update(tp for tp, acked in consumer._acked.items() if acked)
+        for tp in ours:
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # a partition moving in a rebalance
+                continue
+            if done.get(tp) is None or highwater is None:
+                continue
+            position = positions.get(tp)
+            caught_up = isinstance(position, int) and position >= highwater
+            lag = 0 if caught_up and tp not in unfinished else max(0, highwater - done[tp])
+            labels = (tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(lag)
+            lag_series.add(labels)
+            stale.discard(labels)
+        for labels in stale:  # partitions this worker no longer owns
+            metrics.CONSUMER_LAG.remove(*labels)
+            lag_series.discard(labels)
+        for backend, code in runtime.breakers.state_codes().items():
+            metrics.BREAKER_STATE.labels(backend).set(code)

@@ -1,0 +1,81 @@
+"""Cost estimates, tenant budgets and charges.
+
+Spend is replicated through the control topic (see streams/workflow/control.py) under keys
+"spend:<tenant>:<partition>": each partition's spend is written only by the worker that owns
+that partition, so there is one writer per key, and every worker sums all partitions to know
+a tenant's spend. After a rebalance the new owner continues from the replicated value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from schemas.codec import codec
+from streams.ops import metrics
+from streams.runtime import Runtime, now_ms
+from streams.workflow import control_records
+from workers.errors import BudgetExceeded, InvalidJob
+from workers.execution.preparation import PreparedJob
+
+SPEND = control_records.SPEND
+
+
+def estimate_usd(runtime: Runtime, prepared: PreparedJob) -> float:
+    """Before execution: every circuit the job will run, mitigation overhead included."""
+    return runtime.prices.estimate(prepared.backend, len(prepared.tasks), prepared.shots)
+
+
+def tenant_spent(runtime: Runtime, tenant: str) -> float:
+    prefix = f"{SPEND}{tenant}:"
+    replicated = {k: v["usd"] for k, v in (runtime.controls or {}).items() if k.startswith(prefix)}
+    replicated.update({k: v for k, v in runtime.spend_written.items() if k.startswith(prefix)})
+    return sum(replicated.values())
+
+
+def check_budget(runtime: Runtime, request: dict, estimate: float) -> None:
+    limit = request.get("cost_limit_usd")
+    if limit is not None and not (math.isfinite(limit) and limit >= 0):
+        # NaN compares false with everything: it read as no limit at all.
+        raise InvalidJob(f"cost_limit_usd must be a finite number >= 0, got {limit!r}")
+    if limit is not None and estimate > limit:
+        raise BudgetExceeded(f"estimated USD {estimate:.4f} exceeds the job's limit {limit:.4f}")
+    tenant = request["tenant"]
+    spent = tenant_spent(runtime, tenant)
+    if not runtime.budgets.check(tenant, spent, estimate):
+        raise BudgetExceeded(
+            f"tenant {tenant} has spent USD {spent:.4f} of {runtime.budgets.budget(tenant):.4f}; "
+            f"this job is estimated at {estimate:.4f}"
+        )
+
+
+async def charge(
+    runtime: Runtime, *, request: dict, prepared: PreparedJob, partition: int,
+    simulated_seconds: float, estimate: float, charged_backend: str | None,
+) -> dict:
+    """Record the job's actual cost, publish its CostEvent, and return the event."""
+    tenant = request["tenant"]
+    backend = charged_backend or prepared.backend
+    shots = prepared.shots * len(prepared.tasks)
+    actual = 0.0
+    if charged_backend is not None:
+        actual = runtime.prices.actual(backend, len(prepared.tasks), shots, simulated_seconds)
+        key = f"{SPEND}{tenant}:{partition}"
+        if key not in runtime.spend_written:
+            runtime.spend_written[key] = (runtime.controls or {}).get(key, {}).get("usd", 0.0)
+        runtime.spend_written[key] += actual
+        await runtime.send("control", json.dumps(key),
+                           json.dumps({"usd": runtime.spend_written[key]}).encode())
+        metrics.COST.labels(backend).inc(actual)
+    remaining = runtime.budgets.remaining(tenant, tenant_spent(runtime, tenant))
+    if remaining is not None:
+        metrics.BUDGET.labels(tenant).set(runtime.budgets.budget(tenant))
+        metrics.BUDGET_REMAINING.labels(tenant).set(remaining)
+    event = {
+        "workflow_id": request["workflow_id"], "tenant": tenant, "backend": backend,
+        "estimate_usd": estimate, "actual_usd": actual, "shots": shots,
+        "circuits": len(prepared.tasks), "simulated_seconds": simulated_seconds,
+        "budget_remaining_usd": remaining, "at_ms": now_ms(),
+    }
+    await runtime.send("cost", request["workflow_id"], codec("CostEvent").encode(event))
+    return event

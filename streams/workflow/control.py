@@ -1,0 +1,120 @@
+"""Runtime control shared by every worker, and the drift monitor.
+
+The `qlane.control` topic is a small replicated table: every worker reads all of it from
+the beginning with a group-less consumer and keeps the latest value per key (a Faust
+GlobalTable would do the same, but its assignment hung on the embedded broker). Keys (JSON
+strings) and values (JSON objects):
+  "noise:<backend>" -> {"noise_scale": x}         set by `qlane control noise` (simulated drift)
+  "drift:<backend>" -> {"severity", "statistic", "round", "calibration_version", "at_ms"}
+                                                   set by the drift timer on the leader
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from aiokafka import AIOKafkaConsumer
+
+from schemas.codec import codec
+from streams.agents.common import in_thread
+from streams.kafka.compat import stop_consumer
+from streams.kafka.security import kafka_options
+from streams.ops import metrics
+from streams.runtime import Runtime, now_ms
+from streams.workflow.control_records import DRIFT, NOISE, well_formed
+from workers.drift.detection import DriftMonitor, load_statistics
+from workers.seeds import derive_seed
+
+log = logging.getLogger("qlane")
+
+CONTROL_FETCH_MIN_BYTES = 1 << 20
+
+
+def noise_control_record(backend: str, scale: float) -> tuple[bytes, bytes]:
+    """Key and value that set a backend's noise scale (what `qlane control noise` sends)."""
+    return json.dumps(NOISE + backend).encode(), json.dumps({"noise_scale": scale}).encode()
+
+
+def register(app, runtime: Runtime) -> None:
+    settings = runtime.settings
+    controls: dict = {}
+    runtime.controls = controls
+
+    @app.task
+    async def follow_controls():
+        # The broker answers when the wait ends or the minimum has collected (which the
+        # control topic's small records do not reach in that time): one fetch per wait, not
+        # one per record written.
+        consumer = AIOKafkaConsumer(
+            runtime.names.control, **kafka_options(settings), group_id=None,
+            auto_offset_reset="earliest", enable_auto_commit=False,
+            fetch_max_wait_ms=settings.control_fetch_wait_ms,
+            fetch_min_bytes=CONTROL_FETCH_MIN_BYTES,
+        )
+        await consumer.start()
+        try:
+            async for record in consumer:
+                try:
+                    key, value = json.loads(record.key), json.loads(record.value)
+                except (TypeError, ValueError):
+                    key = value = None
+                if not well_formed(key, value):
+                    log.warning("ignored a malformed control record at offset %d", record.offset)
+                    continue
+                controls[key] = value
+        finally:
+            await stop_consumer(consumer)
+    monitor = DriftMonitor(alpha=settings.drift_alpha, shots=settings.drift_shots)
+    monitor_lock = threading.Lock()
+
+    for backend in settings.drift_backends:
+        for severity in ("none", "warning", "critical"):
+            metrics.DRIFT_ROUNDS.labels(backend, severity).inc(0)
+
+    def warm_up_drift_monitor() -> None:
+        """Transpile each canary and compute its baseline at start, on every worker (any may
+        become the leader). The first preset pass manager imports every installed transpiler
+        plugin: about 37 MiB and, in a worker, 1.7 s, once (docs/performance.md). In the first
+        round, 60 s in, the worker's RSS stepped up in the middle of its traffic."""
+        load_statistics()
+        with monitor_lock:
+            for backend_name in settings.drift_backends:
+                backend = runtime.registry.get(backend_name)
+                monitor.canary_circuit(backend)
+                monitor.baseline(backend)
+
+    runtime.warm_ups.add("drift monitor", warm_up_drift_monitor)
+
+    def canary_round(backend_name: str, round_number: int):
+        backend = runtime.registry.get(backend_name)
+        seed = derive_seed(f"drift:{backend_name}:{backend.calibration_version}", round_number)
+        with monitor_lock:  # the monitor's transpile cache is not thread-safe
+            return monitor.run_round(backend, seed)
+
+    @app.timer(interval=settings.drift_period_s, on_leader=True)
+    async def drift_rounds():
+        for backend_name in settings.drift_backends:
+            runtime.apply_controls(backend_name)
+            round_number = monitor.rounds.get(backend_name, 0) + 1
+            report = await in_thread(runtime, canary_round, backend_name, round_number)
+            at_ms = now_ms()
+            await runtime.send("drift", backend_name,
+                               codec("DriftEvent").encode(report.to_event(at_ms)))
+            metrics.DRIFT_STATISTIC.labels(backend_name).set(report.statistic)
+            metrics.DRIFT_THRESHOLD.labels(backend_name).set(report.threshold)
+            metrics.DRIFT_ALARM.labels(backend_name).set(1 if report.alarm else 0)
+            metrics.DRIFT_ROUNDS.labels(backend_name, report.severity).inc()
+            state = {
+                "severity": report.severity, "statistic": report.statistic,
+                "round": report.round, "calibration_version": report.calibration_version,
+                "at_ms": at_ms,
+            }
+            await runtime.send(
+                "control", json.dumps(DRIFT + backend_name), json.dumps(state).encode()
+            )
+            if report.alarm:
+                log.warning("drift on %s: %s=%.2f > %.2f (p=%.2g), round %d", backend_name,
+                            report.statistic_name, report.statistic, report.threshold,
+                            report.p_value, report.round)

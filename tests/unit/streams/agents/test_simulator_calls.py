@@ -1,0 +1,427 @@
+"""JobRunner.call_backend with QLANE_SIMULATOR_PROCESS: a real simulator process, a killed one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from streams.agents.execution import (
+    Job,
+    JobRunner,
+    simulate_batch,
+    simulator_process_wanted,
+    start_simulator,
+    start_simulator_when_settled,
+)
+from streams.settings import Settings
+from streams.workflow.deadletter import SourceRecord
+from tests.unit.workers.conftest import ANSATZ3_QASM3
+from workers.backends.registry import BackendRegistry
+from workers.circuits.transpile import TranspileCache
+from workers.errors import SandboxCrashed, SandboxTimeout
+from workers.execution.breaker import BreakerBoard
+from workers.execution.preparation import execute, prepare
+from workers.host_workers import start_ticks
+from workers.jobs import JobSpec
+from workers.limits import Limits
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process=True, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
+    )
+    start_simulator(runtime)
+    yield runtime
+    runtime.simulator.close()
+    runtime.executor.shutdown()
+
+
+def job(registry, seed: int = 7, sets: int = 8, shots: int = 2000) -> Job:
+    request = {"workflow_id": "sim-call", "circuit": ANSATZ3_QASM3, "shots": shots,
+               "backend": "aer.noisy", "seed": seed,
+               "parameter_sets": [[0.1 * i, 0.2, 0.3, 0.4, 0.5] for i in range(sets)],
+               "observables": [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]}
+    prepared = prepare(JobSpec.from_record(request), registry, TranspileCache(), Limits())
+    source = SourceRecord("jobs", 0, 1, None, b"sim-call", b"", ())
+    task = {"workflow_id": "sim-call", "accepted_at_ms": int(time.time() * 1000)}
+    return Job.of(source, task, request, prepared, prepared.to_bytes())
+
+
+def test_a_call_runs_in_the_simulator_process_with_the_workers_counts(runtime) -> None:
+    one = job(runtime.registry)
+    counts, seconds = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    assert counts == execute(one.prepared, runtime.registry, one.seed)
+    assert seconds > 0
+    assert runtime.simulator.pids()  # and the process that ran it is still there
+
+
+def test_a_killed_simulator_is_a_crash_that_does_not_count_on_the_breaker(runtime) -> None:
+    """The process dies (here SIGKILLed between calls, as the kernel's OOM killer would): the
+    call gets SandboxCrashed (retryable: the runner's retries and the attempt ledger take it
+    from there), the breaker does not count it, and the next call runs in a new process."""
+    one = job(runtime.registry)
+    breaker = runtime.breakers.for_backend("aer.noisy")
+    before = breaker.consecutive_failures
+    # A process killed while it starts is replaced before any call reaches it (CI once
+    # found the module's process not started yet): the victim here has started.
+    runtime.simulator.wait_started()
+    (victim,) = runtime.simulator.pids()
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(SandboxCrashed, match="SIGKILL"):
+        asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    assert breaker.consecutive_failures == before
+    assert runtime.simulator.pids() != [victim]  # replaced
+    counts, _ = asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    assert counts == execute(one.prepared, runtime.registry, one.seed)
+
+
+def test_a_batch_split_over_two_simulator_processes_has_each_jobs_own_counts() -> None:
+    """QLANE_SIMULATOR_PROCESSES=2: the batch goes out as two calls at once, one per process,
+    and every job gets the counts of a call on its own; one process killed fails the batch
+    (SandboxCrashed, as with one process) after the other call has ended."""
+    two = SimpleNamespace(
+        settings=Settings(simulator_process=True, simulator_processes=2, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
+    )
+    start_simulator(two)
+    try:
+        assert len(two.simulator.pids()) == 2
+        batch = [job(two.registry, seed) for seed in (7, 8, 9, 10, 11)]
+        outcomes = asyncio.run(simulate_batch(two, batch)).outcomes
+        assert outcomes == [execute(one.prepared, two.registry, one.seed) for one in batch]
+        victim = two.simulator.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(SandboxCrashed):
+            asyncio.run(simulate_batch(two, batch))
+        assert len(two.simulator.pids()) == 2 and victim not in two.simulator.pids()
+        assert asyncio.run(simulate_batch(two, batch)).outcomes == outcomes
+    finally:
+        two.simulator.close()
+        two.executor.shutdown()
+
+
+class SplitPool:
+    """Two simulator processes, faked: the first call crashes, the second times out."""
+
+    size = 2
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def run_exchange(self, request, wall_s):
+        self.calls += 1
+        call = self.calls
+        await asyncio.sleep(0.01 * call)  # the timeout is the later of the two
+        if call == 1:
+            raise SandboxCrashed("the sandbox was killed by SIGKILL")
+        raise SandboxTimeout("the sandbox took longer than 1s")
+
+
+def test_a_split_batch_with_a_crash_and_a_timeout_fails_as_the_timeout() -> None:
+    """The batch fails as the timeout whichever of the two calls ended first; neither is
+    counted on the breaker (the worker's own simulator is slow or killed because of a job,
+    which then runs alone and fails as SimulationTimeout)."""
+    fake = SimpleNamespace(settings=Settings(simulator_process=True), registry=BackendRegistry(),
+                           host_workers=None,
+                           breakers=BreakerBoard(failure_threshold=5), simulator=SplitPool())
+    batch = [job(fake.registry, seed) for seed in (1, 2)]
+    with pytest.raises(SandboxTimeout):
+        asyncio.run(simulate_batch(fake, batch))
+    assert fake.simulator.calls == 2
+    assert fake.breakers.for_backend("aer.noisy").consecutive_failures == 0
+
+
+def test_a_call_that_waits_for_the_simulator_process_is_billed_its_run_only(runtime) -> None:
+    """A light job sent while a heavy one runs in the only simulator process waits for it.
+    It is billed the seconds the process spent on it, not its wait: a small part of the time
+    it took to come back (billed its wait, it would be billed all of that)."""
+    runner = JobRunner(runtime, {})
+    # 1000 value sets of one template: Aer binds them itself, so the call stays long enough
+    heavy = job(runtime.registry, 7, sets=1000, shots=20000)
+    light = job(runtime.registry, 8, 1, 100)
+    runtime.simulator.wait_started()  # not a process being replaced after the kill test
+
+    async def light_behind_heavy():
+        heavy_call = asyncio.ensure_future(runner.call_backend(heavy, heavy.prepared))
+        await asyncio.sleep(0.05)  # the heavy job is in the process by now
+        started = time.perf_counter()
+        _, light_s = await runner.call_backend(light, light.prepared)
+        light_wall_s = time.perf_counter() - started
+        _, heavy_s = await heavy_call
+        return heavy_s, light_s, light_wall_s
+
+    heavy_s, light_s, light_wall_s = asyncio.run(light_behind_heavy())
+    assert light_wall_s > heavy_s / 2  # it did wait for the heavy job
+    assert light_s < light_wall_s / 4
+
+
+def test_a_call_that_waits_for_an_executor_thread_is_billed_its_run_only() -> None:
+    """In the worker's threads (no simulator process): the executor's only thread is busy for
+    1 s when the call is made; the job is billed the simulation, not the second it waited."""
+    busy = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
+    )
+    one = job(busy.registry)
+    execute(one.prepared, busy.registry, one.seed)  # warm: the timed call is the simulation
+
+    async def behind_a_busy_thread():
+        loop = asyncio.get_running_loop()
+        blocker = loop.run_in_executor(busy.executor, time.sleep, 1.0)
+        started = time.perf_counter()
+        counts, seconds = await JobRunner(busy, {}).call_backend(one, one.prepared)
+        await blocker
+        return counts, seconds, time.perf_counter() - started
+
+    try:
+        counts, seconds, wall_s = asyncio.run(behind_a_busy_thread())
+    finally:
+        busy.executor.shutdown()
+    assert counts == execute(one.prepared, busy.registry, one.seed)
+    assert wall_s >= 1.0 and 0 < seconds < wall_s - 0.9
+
+
+def test_auto_sends_aer_to_the_process_only_while_the_worker_has_two_cores_to_itself(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    settings = Settings(simulator_process="auto", host_workers_dir=str(tmp_path))
+    assert settings.simulator_process and settings.simulator_process_auto
+    runtime = SimpleNamespace(settings=settings, host_workers=None, simulator_wanted=None,
+                              simulator_unwanted_since=None, simulator=None,
+                              registry=BackendRegistry())
+    assert simulator_process_wanted(runtime)
+    assert (tmp_path / str(os.getpid())).exists()  # registered on the host
+    assert runtime.registry.parallel_threads == 2
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(sibling.pid)).write_text(json.dumps(
+            {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+        runtime.host_workers._counted_at = None  # past the refresh interval
+        assert not simulator_process_wanted(runtime)  # one core each: in the threads
+        assert runtime.registry.parallel_threads == 1  # and one Aer thread per call
+    finally:
+        sibling.kill()
+        sibling.wait()
+    runtime.host_workers._counted_at = None
+    assert simulator_process_wanted(runtime)
+    assert runtime.registry.parallel_threads == 2
+    runtime.host_workers.leave()
+
+
+@pytest.mark.parametrize("cores, process, threads", [(2.0, False, 2), (1.5, False, 1),
+                                                     (4.0, True, 4), (0.5, False, 1)])
+def test_aer_threads_in_the_worker_are_its_whole_usable_cores(
+        tmp_path, monkeypatch, cores, process, threads) -> None:
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: cores)
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process=process, host_workers_dir=str(tmp_path)),
+        host_workers=None, simulator_wanted=None, registry=BackendRegistry())
+    simulator_process_wanted(runtime)
+    assert runtime.registry.parallel_threads == threads
+    runtime.settings = Settings(simulator_process=process, simulator_threads=3)
+    simulator_process_wanted(runtime)
+    assert runtime.registry.parallel_threads == 3  # as set
+
+
+def test_an_explicit_simulator_process_setting_ignores_the_other_workers(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for value in (True, False):
+            runtime = SimpleNamespace(
+                settings=Settings(simulator_process=value, host_workers_dir=str(tmp_path)),
+                host_workers=None, simulator_wanted=None, registry=BackendRegistry())
+            assert simulator_process_wanted(runtime) is value
+            (tmp_path / str(sibling.pid)).write_text(json.dumps(
+                {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+            runtime.host_workers._counted_at = None
+            assert simulator_process_wanted(runtime) is value
+            assert runtime.registry.parallel_threads == 2  # its whole cores, as before
+            runtime.host_workers.leave()
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_an_auto_worker_counts_a_worker_set_explicitly_beside_it(
+        tmp_path, monkeypatch, explicit) -> None:
+    """A worker with QLANE_SIMULATOR_PROCESS=true or false registers on the host too: an
+    `auto` worker beside it shares the cores with it (before, it counted itself alone and
+    started a simulator process on two cores shared by two workers)."""
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    fixed = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from types import SimpleNamespace; "
+         "from streams.agents.execution import simulator_process_wanted; "
+         "from streams.settings import Settings; "
+         "from workers.backends.registry import BackendRegistry; "
+         f"r = SimpleNamespace(settings=Settings(simulator_process={explicit}, "
+         f"host_workers_dir={str(tmp_path)!r}), host_workers=None, simulator_wanted=None, "
+         "registry=BackendRegistry()); simulator_process_wanted(r); print('joined', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[4])
+    try:
+        assert fixed.stdout.readline().strip() == "joined"
+        runtime = SimpleNamespace(
+            settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
+            host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
+            simulator=None, registry=BackendRegistry())
+        assert not simulator_process_wanted(runtime)  # one core each: in the threads
+        assert runtime.host_workers.sharing() == 2
+        runtime.host_workers.leave()
+    finally:
+        fixed.kill()
+        fixed.wait()
+
+
+def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registered(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.HOST_SETTLE_S", 0.3)
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
+        host_workers=None, simulator_wanted=None, simulator_unwanted_since=None, simulator=None,
+        registry=BackendRegistry())
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    async def start() -> None:
+        starting = asyncio.ensure_future(start_simulator_when_settled(runtime))
+        await asyncio.sleep(0.05)
+        assert (tmp_path / str(os.getpid())).exists()  # registered at once
+        assert runtime.host_workers.sharing() == 1  # alone so far (and that count is kept)
+        (tmp_path / str(sibling.pid)).write_text(json.dumps(
+            {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+        await starting
+
+    try:
+        asyncio.run(start())
+        assert runtime.simulator is None  # no process started that would sit idle
+        assert runtime.simulator_wanted is False
+    finally:
+        sibling.kill()
+        sibling.wait()
+        if runtime.simulator is not None:
+            runtime.simulator.close()
+        runtime.host_workers.leave()
+
+
+class FakePool:
+    """A simulator pool that is busy as the test says."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.busy, self.closed = False, False
+
+    def idle(self) -> bool:
+        return not self.busy
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_auto_closes_a_simulator_process_it_stopped_using_once_idle_long_enough(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
+    monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
+    pool = FakePool()
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path),
+                          simulator_idle_close_s=0.3),
+        host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
+        simulator=pool, registry=BackendRegistry())
+    assert simulator_process_wanted(runtime)  # alone: its process (started while alone)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(sibling.pid)).write_text(json.dumps(
+            {"start": start_ticks(sibling.pid), "cpus": sorted(runtime.host_workers.cpus)}))
+        runtime.host_workers._counted_at = None
+        assert not simulator_process_wanted(runtime)
+        assert runtime.simulator is pool and not pool.closed  # kept for a while
+        time.sleep(0.35)
+        pool.busy = True  # a call decided before the switch still runs in it
+        assert not simulator_process_wanted(runtime)
+        assert runtime.simulator is pool and not pool.closed
+        pool.busy = False
+        assert not simulator_process_wanted(runtime)
+        assert runtime.simulator is None and pool.closed
+    finally:
+        sibling.kill()
+        sibling.wait()
+    runtime.host_workers._counted_at = None
+    assert simulator_process_wanted(runtime)  # alone again: in_simulator_process starts one
+    assert runtime.simulator_unwanted_since is None
+    runtime.host_workers.leave()
+
+
+def test_a_long_call_leaves_the_workers_threads_for_a_simulator_process() -> None:
+    """Where Aer runs in the worker's threads, a call estimated above
+    thread_simulation_max_s runs in a simulator process (killed at the timeout) and is
+    answered with the same counts; a short one stays in the threads."""
+    from streams.agents.execution import in_simulator_process
+    from workers.execution.preparation import simulation_estimate
+
+    threads = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
+    )
+    one = job(threads.registry)
+    estimate = simulation_estimate(one.prepared, threads.registry.get("aer.noisy"))
+    try:
+        threads.settings.thread_simulation_max_s = estimate * 2
+        assert not in_simulator_process(threads, ["aer.noisy"], [one.prepared])
+        assert threads.simulator is None
+        threads.settings.thread_simulation_max_s = estimate / 2
+        assert in_simulator_process(threads, ["aer.noisy"], [one.prepared])
+        counts, _ = asyncio.run(JobRunner(threads, {}).call_backend(one, one.prepared))
+        assert counts == execute(one.prepared, threads.registry, one.seed)
+    finally:
+        threads.executor.shutdown()
+        if threads.simulator is not None:
+            threads.simulator.close()
+
+
+def test_a_long_variational_evaluation_runs_where_a_stage_call_would() -> None:
+    """simulate_alone (the variational stage's evaluations, which always ran in threads): a
+    call estimated above thread_simulation_max_s goes to a simulator process, with the
+    thread's counts; a short one stays in the threads."""
+    from streams.agents.execution import simulate_alone
+    from workers.execution.preparation import simulation_estimate
+
+    threads = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
+    )
+    one = job(threads.registry, seed=11)
+    estimate = simulation_estimate(one.prepared, threads.registry.get("aer.noisy"))
+    try:
+        threads.settings.thread_simulation_max_s = estimate * 2
+        in_thread, _ = asyncio.run(simulate_alone(threads, one.prepared, 11))
+        assert threads.simulator is None
+        threads.settings.thread_simulation_max_s = estimate / 2
+        in_process, _ = asyncio.run(simulate_alone(threads, one.prepared, 11))
+        assert threads.simulator is not None
+        assert in_process == in_thread == execute(one.prepared, threads.registry, 11)
+    finally:
+        threads.executor.shutdown()
+        if threads.simulator is not None:
+            threads.simulator.close()

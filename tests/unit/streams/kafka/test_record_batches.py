@@ -1,0 +1,137 @@
+"""Batches as other clients send them: every codec read, bombs and unreadable batches
+turned into one dead-letterable record each, the partition going on past them."""
+
+import struct
+
+import pytest
+from aiokafka.codec import snappy_encode
+from aiokafka.consumer import fetcher
+from aiokafka.record import _crecords
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
+from aiokafka.structs import TopicPartition
+
+from streams.agents.common import refuse_unreadable
+from streams.kafka import record_batches
+from streams.kafka.record_batches import UNREADABLE_HEADER, UNREADABLE_OFFSETS_HEADER
+from streams.workflow.deadletter import SourceRecord
+from workers.errors import UnreadableRecordBatch
+
+NONE, GZIP, SNAPPY, LZ4, ZSTD = range(5)
+CODECS = [GZIP, SNAPPY, LZ4, ZSTD]
+LIMIT = 1024 * 1024
+CRC_AT = 17  # v2 batch: base offset 8, length 4, leader epoch 4, magic 1, then the CRC
+CRC_FROM = 21  # the CRC covers attributes to the end
+
+
+@pytest.fixture(autouse=True)
+def installed():
+    before = record_batches.limit_bytes()
+    record_batches.install(LIMIT)
+    yield
+    record_batches.set_limit_bytes(before)
+
+
+def batch(codec: int, values: list[bytes], base: int = 0) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=codec, is_transactional=0, producer_id=-1,
+        producer_epoch=-1, base_sequence=-1, batch_size=2**31 - 1)
+    for delta, value in enumerate(values):
+        builder.append(delta, timestamp=1000, key=b"k", value=value, headers=[])
+    data = bytearray(builder.build())
+    struct.pack_into(">q", data, 0, base)
+    return bytes(data)
+
+
+def with_crc(data: bytearray) -> bytes:
+    struct.pack_into(">I", data, CRC_AT, calc_crc32c(bytes(data[CRC_FROM:])))
+    return bytes(data)
+
+
+def fetched(data: bytes, position: int = 0) -> list:
+    """What aiokafka's fetcher hands on from a fetched message set, fetched at `position`."""
+    records = fetcher.PartitionRecords(
+        TopicPartition("qlane.jobs", 0), fetcher.MemoryRecords(data), [], position,
+        None, None, True, 0)
+    return list(records), records.next_fetch_offset
+
+
+def unreadable_reason(record) -> str | None:
+    return dict(record.headers).get(UNREADABLE_HEADER, b"").decode() or None
+
+
+def test_install_reaches_the_compiled_record_modules_and_the_fetcher():
+    for name, decoder in record_batches.DECODERS.items():
+        assert getattr(_crecords.default_records, name) is decoder
+    assert fetcher.MemoryRecords is record_batches.GuardedMemoryRecords
+
+
+@pytest.mark.parametrize("codec", [NONE, *CODECS])
+def test_every_codec_is_read_record_by_record(codec):
+    data = batch(codec, [b"a" * 300, b"b" * 300]) + batch(codec, [b"c"], base=2)
+    records, position = fetched(data)
+    assert [(r.offset, r.value) for r in records] == [(0, b"a" * 300), (1, b"b" * 300),
+                                                      (2, b"c")]
+    assert all(unreadable_reason(r) is None for r in records)
+    assert position == 3
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_decompression_bomb_becomes_one_record_and_the_partition_goes_on(codec):
+    bomb = batch(codec, [b"\0" * (4 * LIMIT), b"\0"], base=1)
+    data = batch(codec, [b"before"]) + bomb + batch(codec, [b"after"], base=3)
+    records, position = fetched(data)
+    assert [r.offset for r in records] == [0, 1, 3]
+    assert records[0].value == b"before" and records[2].value == b"after"
+    stand_in = records[1]
+    assert "decompresses to more than 1048576 bytes" in unreadable_reason(stand_in)
+    assert dict(stand_in.headers)[UNREADABLE_OFFSETS_HEADER] == b"1-2"
+    assert stand_in.value == bomb and stand_in.key is None  # the raw batch, kept
+    assert position == 4
+
+
+def test_an_uncompressed_batch_past_the_limit_is_not_handed_on():
+    records, _ = fetched(batch(NONE, [b"x" * (LIMIT + 1)]))
+    assert len(records) == 1 and "more than 1048576" in unreadable_reason(records[0])
+    assert records[0].value is None  # larger than a dead letter may carry
+
+
+def test_a_corrupt_payload_under_a_valid_checksum_is_unreadable():
+    data = bytearray(batch(ZSTD, [b"q" * 1000]))
+    data[-8:] = b"\xff" * 8  # inside the compressed records
+    records, position = fetched(with_crc(data))
+    assert len(records) == 1 and unreadable_reason(records[0]).startswith("DecompressionError")
+    assert position == 1
+
+
+def test_a_wrong_checksum_is_unreadable_instead_of_raised():
+    data = bytearray(batch(NONE, [b"q"]) + batch(NONE, [b"r"], base=1))
+    data[-1] ^= 0xFF  # the second batch's last byte
+    records, position = fetched(bytes(data))
+    assert records[0].value == b"q"
+    assert "CRC-32C" in unreadable_reason(records[1])
+    assert position == 2
+
+
+def test_an_unreadable_batch_behind_the_position_is_skipped_silently():
+    """Committed past once (its stand-in at the base offset was handled), the rest of the
+    batch is not handed on again when the position lies inside it."""
+    bomb = batch(GZIP, [b"\0" * (4 * LIMIT), b"\0"], base=0)
+    records, position = fetched(bomb + batch(NONE, [b"next"], base=2), position=1)
+    assert [(r.offset, r.value) for r in records] == [(2, b"next")]
+    assert position == 3
+
+
+def test_snappy_in_java_framing_is_read_and_bounded():
+    assert record_batches.snappy_decode(snappy_encode(b"xyz" * 5000, True)) == b"xyz" * 5000
+    with pytest.raises(record_batches.DecompressedTooLarge):
+        record_batches.snappy_decode(snappy_encode(b"\0" * (2 * LIMIT), True, 32 * 1024))
+
+
+def test_the_stage_dead_letters_the_stand_in_as_unreadable():
+    record = fetched(batch(LZ4, [b"\0" * (4 * LIMIT)], base=7))[0][0]
+    source = SourceRecord("qlane.jobs", 0, record.offset, 1000, record.key, record.value,
+                          tuple(record.headers))
+    with pytest.raises(UnreadableRecordBatch, match="offsets 7-7 could not be read"):
+        refuse_unreadable(source)
+    refuse_unreadable(SourceRecord("qlane.jobs", 0, 1, 1000, b"k", b"v", ()))  # no header

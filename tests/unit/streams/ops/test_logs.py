@@ -1,0 +1,44 @@
+"""Worker log formats (streams/ops/logs.py)."""
+
+import json
+import logging
+import logging.config
+
+import pytest
+
+from streams.ops.logs import lifecycle_level, logging_config
+
+
+@pytest.fixture
+def restore_root_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_text_keeps_fausts_format():
+    assert logging_config("text", "info") is None
+
+
+def test_json_is_one_object_per_line_with_the_extra_context(capsys, restore_root_logging):
+    logging.config.dictConfig(logging_config("json", "info"))
+    log = logging.getLogger("qlane.test")
+    log.info("wf-1 done (mitigate)", extra={"workflow_id": "wf-1", "stage": "mitigate",
+                                            "state": "done"})
+    log.debug("not at info")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["message"] == "wf-1 done (mitigate)"
+    assert record["level"] == "INFO"
+    assert record["logger"] == "qlane.test"
+    assert (record["workflow_id"], record["stage"], record["state"]) == ("wf-1", "mitigate", "done")
+    assert record["time"].startswith("20")
+
+
+def test_only_terminal_states_log_at_info():
+    assert lifecycle_level("done") == logging.INFO
+    assert lifecycle_level("duplicate") == logging.INFO
+    assert lifecycle_level("prepared") == logging.DEBUG

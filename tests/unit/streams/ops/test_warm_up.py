@@ -1,0 +1,37 @@
+import logging
+import subprocess
+import sys
+
+from streams.ops.warm_up import WarmUps
+
+
+def test_steps_run_in_order_in_one_thread_and_a_failure_does_not_stop_the_rest(caplog) -> None:
+    ran = []
+    warm_ups = WarmUps()
+    warm_ups.add("first", lambda: ran.append("first"))
+    warm_ups.add("broken", lambda: 1 / 0)
+    warm_ups.add("last", lambda: ran.append("last"))
+    with caplog.at_level(logging.INFO, logger="qlane"):
+        warm_ups.start().join(timeout=10)
+    assert ran == ["first", "last"]
+    assert "warm-up of the broken failed" in caplog.text
+    assert "first ready in" in caplog.text and "last ready in" in caplog.text
+    assert "warm-ups done: 3 steps in" in caplog.text.splitlines()[-1]
+
+
+def test_a_worker_imports_scipy_stats_and_optimize_after_it_starts_not_before() -> None:
+    """About a second of a worker's start-up (docs/performance.md "Start-up"): the drift
+    test and the variational optimizer import them at first use (the warm-up thread's)."""
+    code = (
+        "import sys\n"
+        "import streams.app\n"
+        "print(sorted(m for m in ('scipy.stats', 'scipy.optimize') if m in sys.modules))\n"
+        "from workers.drift.detection import required_shots\n"
+        "from workers.variational.loop import scipy_minimize\n"
+        "required_shots(0.9, 0.8, 0.01, 0.9)\n"
+        "scipy_minimize()\n"
+        "print(sorted(m for m in ('scipy.stats', 'scipy.optimize') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "['scipy.optimize', 'scipy.stats']"]
