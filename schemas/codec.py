@@ -19,6 +19,7 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from schemas import _walk
+from schemas.decoded_size import check_decoded_size
 from workers.errors import CorruptRecord, UndecodableRecord, UnknownSchema
 
 MAGIC = b"\xc3\x01"
@@ -32,6 +33,11 @@ _ENCODE_KINDS = frozenset({"int", "long", "boolean"})
 # fastavro decodes every in-range long and boolean correctly; only 32-bit ints can overflow.
 _DECODE_KINDS = frozenset({"int"})
 _MAX_ERROR_CHARS = 300
+# A datum above this size is walked before it is read, and refused if it would take more
+# than MAX_DECODED_BYTES decoded (schemas/decoded_size.py). Below it, the worst case (a
+# byte per empty record) stays under about 20 MB, and a job's record is read at once.
+CHECK_DECODED_ABOVE_BYTES = 64 << 10
+MAX_DECODED_BYTES = 32 << 20
 
 
 def fingerprint(schema: Any) -> bytes:
@@ -104,6 +110,8 @@ class Codec:
             writer = self._writers.get(data[2:HEADER_SIZE])
             if writer is None:
                 raise UnknownSchema(f"{self.name}: unknown fingerprint {data[2:HEADER_SIZE].hex()}")
+            if len(data) > CHECK_DECODED_ABOVE_BYTES:
+                check_decoded_size(writer[0], data, HEADER_SIZE, MAX_DECODED_BYTES)
             stream = BytesIO(data)
             stream.seek(HEADER_SIZE)
             record = schemaless_reader(stream, writer[0], writer[1])

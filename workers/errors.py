@@ -38,6 +38,11 @@ class CorruptRecord(UndecodableRecord):
     """Bad framing or a datum that does not parse under its writer schema."""
 
 
+class DecodedTooLarge(UndecodableRecord):
+    """A datum that would take more memory decoded than a record may (empty arrays and
+    records cost a byte on the wire and a Python object each: schemas/decoded_size.py)."""
+
+
 class UnknownSchema(UndecodableRecord):
     """The record names a schema fingerprint this system does not know."""
 

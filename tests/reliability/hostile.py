@@ -115,6 +115,9 @@ def corpus() -> list[Hostile]:
                 (("observables", [{"terms": [
                     {"pauli": "".join("IXYZ"[(k >> (2 * i)) & 3] for i in range(8)),
                      "coeff": 1.0} for k in range(1, 40_001)]}]),)),
+        Hostile("900,000 empty observables (a byte each on the wire, 230 MB decoded)",
+                Q2 + "qreg q[2];\nh q[0];\n", frozenset({"DecodedTooLarge"}),
+                (("observables", [{"terms": []}] * 900_000),)),
     ]
 
 

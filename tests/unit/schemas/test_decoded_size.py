@@ -1,0 +1,70 @@
+"""A datum that would take too much memory decoded is refused before fastavro reads it."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+
+from schemas import codec as codec_module
+from schemas.codec import HEADER_SIZE, codec
+from schemas.decoded_size import check_decoded_size
+from streams.client import job_request
+from workers.errors import CorruptRecord, DecodedTooLarge
+
+BELL = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2]; h q[0]; measure q -> c;'
+
+
+def _request(**fields) -> bytes:
+    return codec("JobRequest").encode(job_request(**{"workflow_id": "wf-size", "circuit": BELL,
+                                                     "shots": 8, **fields}))
+
+
+def test_a_million_empty_observables_are_refused_before_they_are_built() -> None:
+    data = _request(observables=[{"terms": []}] * 1_000_000)
+    assert len(data) < 1_100_000  # about one byte each
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DecodedTooLarge, match="more than 32 MiB once decoded"):
+        codec("JobRequest").decode(data)
+    # Decoded, they took 253 MB.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20 * 1024
+    assert DecodedTooLarge("x").reason == "DecodedTooLarge"
+    assert not DecodedTooLarge("x").retryable
+
+
+@pytest.mark.parametrize("fields", [
+    {"parameter_sets": [[]] * 1_000_000},
+    {"fallback": ["ab"] * 700_000},
+    {"metadata": {f"k{i}": "" for i in range(300_000)}},
+])
+def test_other_cheap_empty_values_are_refused_too(fields) -> None:
+    with pytest.raises(DecodedTooLarge):
+        codec("JobRequest").decode(_request(**fields))
+
+
+def test_large_records_of_real_content_still_decode() -> None:
+    terms = [{"pauli": "".join("IXYZ"[(k >> (2 * i)) & 3] for i in range(8)), "coeff": 0.5}
+             for k in range(1, 40_001)]
+    for fields in ({"observables": [{"terms": terms}]},
+                   {"parameter_sets": [[0.1 * i] * 100 for i in range(1000)]},
+                   {"circuit": BELL + "// x\n" * 50_000}):
+        data = _request(**fields)
+        assert len(data) > codec_module.CHECK_DECODED_ABOVE_BYTES
+        decoded = codec("JobRequest").decode(data)
+        assert {name: decoded[name] for name in fields} == fields
+
+
+def test_the_estimate_follows_the_schema_and_stops_at_the_budget() -> None:
+    writer = codec("JobRequest")._parsed
+    data = _request(parameter_sets=[[0.5] * 10] * 100)  # 1,000 doubles: skipped per block
+    check_decoded_size(writer, data, HEADER_SIZE, budget=100 * 1000 * 32 // 10 + 64 << 10)
+    with pytest.raises(DecodedTooLarge):
+        check_decoded_size(writer, data, HEADER_SIZE, budget=1000 * 24)
+
+
+@pytest.mark.parametrize("cut", [HEADER_SIZE + 1, HEADER_SIZE + 5, -3])
+def test_a_malformed_datum_is_left_for_the_reader(cut: int) -> None:
+    data = _request(observables=[{"terms": []}] * 100_000)[:cut]
+    check_decoded_size(codec("JobRequest")._parsed, data, HEADER_SIZE, budget=1 << 40)
+    with pytest.raises(CorruptRecord):
+        codec("JobRequest").decode(data)
