@@ -25,7 +25,7 @@ from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow import accounting
-from streams.workflow.cancel import handle_cancel, is_cancel, tombstone_applies
+from streams.workflow.cancel import handle_cancel, is_cancel, is_tombstone, tombstone_applies
 from streams.workflow.deadletter import SourceRecord
 from streams.workflow.idempotency import Decision, admit, request_fingerprint
 from streams.workflow.lanes import LaneGate
@@ -156,7 +156,7 @@ def register(app, runtime: Runtime, table) -> None:
         previous = table.get(workflow_id)
         if previous is not None and previous.get("state") == "cancelled":
             if tombstone_applies(runtime.settings.topic_prefix, previous, source.topic):
-                return await arrived_cancelled(workflow_id, previous, fingerprint)
+                return await arrived_cancelled(workflow_id, previous, fingerprint, source)
             log.warning("%s: a cancel from another tenant's topic came first; ignored",
                         workflow_id, extra={"workflow_id": workflow_id, "stage": STAGE})
             previous = None
@@ -239,13 +239,21 @@ def register(app, runtime: Runtime, table) -> None:
         lane = parsed[1] if parsed else NORMAL
         return "execute" if lane == NORMAL else f"execute_{lane}"
 
-    async def arrived_cancelled(workflow_id: str, previous: dict, fingerprint: str) -> str:
-        """A job whose cancel came first (tombstone) or a re-submit of a cancelled one."""
-        if previous.get("fingerprint") is None:
-            table[workflow_id] = {**previous, "fingerprint": fingerprint, "updated_ms": now_ms()}
+    async def arrived_cancelled(workflow_id: str, previous: dict, fingerprint: str,
+                                source) -> str:
+        """A job whose cancel came first (tombstone) or a re-submit of a cancelled one. The
+        first job to meet a tombstone owns the id from then on (its fingerprint and tenant):
+        another payload under that id is a conflict, as for any workflow."""
+        if is_tombstone(previous):
+            table[workflow_id] = {**previous, "fingerprint": fingerprint,
+                                  "source": source.address, "updated_ms": now_ms()}
             log.info("%s arrived after its cancel: not run", workflow_id,
                      extra={"workflow_id": workflow_id, "stage": STAGE})
             return "cancelled"
+        if previous.get("fingerprint") != fingerprint:
+            raise IdempotencyConflict(
+                f"workflow {workflow_id} was submitted (and cancelled) before with a "
+                "different payload")
         await runtime.status(workflow_id, "duplicate", STAGE, detail="already cancelled")
         return "duplicate"
 

@@ -130,15 +130,23 @@ def check_tenant_of(prefix: str, topic: str, request: dict) -> str | None:
 
 
 def source_tenant(prefix: str, entry: dict | None) -> str | None:
-    """The tenant of a workflow from its table entry (the address it was admitted from)."""
-    source = (entry or {}).get("source") or ""
-    return topic_tenant(prefix, source.rsplit(":", 2)[0]) if source.count(":") >= 2 else None
+    """The tenant of a workflow from its table entry: the address it was admitted from, or
+    for a tombstone (a cancel before its job) the topic of its latest cancel."""
+    entry = entry or {}
+    source = entry.get("source") or ""
+    if source.count(":") >= 2:
+        return topic_tenant(prefix, source.rsplit(":", 2)[0])
+    topics = entry.get("cancel_topics")
+    if not source and isinstance(topics, list) and topics and isinstance(topics[-1], str):
+        return topic_tenant(prefix, topics[-1])
+    return None
 
 
 def check_cancel_of(prefix: str, topic: str, entry: dict | None) -> None:
-    """A cancel on a tenant's topic may only cancel that tenant's workflows."""
+    """A cancel on a tenant's topic may only cancel that tenant's workflows. An id no job
+    has arrived for yet belongs to nobody: any tenant may cancel its own job of that id."""
     tenant = topic_tenant(prefix, topic)
-    if entry is None or tenant is None:
+    if entry is None or tenant is None or not entry.get("source"):
         return
     owner = source_tenant(prefix, entry)
     if owner != tenant:

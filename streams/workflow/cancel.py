@@ -21,6 +21,9 @@ from streams.kafka.tenants import topic_tenant
 from streams.runtime import Runtime, now_ms
 
 CANCELLABLE = frozenset({"accepted", "prepared"})
+# Tenants whose cancels a tombstone remembers (a tenant's cancel is kept even when others
+# cancelled the same id first: each tenant's job is dropped only by its own).
+MAX_TOMBSTONE_TOPICS = 16
 FINISHED = frozenset({"done", "failed", "cancelled", "executed"})
 
 
@@ -48,12 +51,14 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
         raise KeyMismatch(f"record key {key!r} is not the workflow id {workflow_id!r}")
     reason = request.get("reason") or "cancelled by request"
     entry = table.get(workflow_id)
-    if entry is None:
-        # The cancel's topic is kept: only a job of the same tenant (or any job, for a cancel
-        # on the shared topics) is dropped on arrival (tombstone_applies).
+    if entry is None or is_tombstone(entry):
+        # The cancels' topics are kept: only a job of one of their tenants (or any job, for a
+        # cancel on the shared topics) is dropped on arrival (tombstone_applies). The last
+        # one names the tenant whose topics get this status (tenants.source_tenant).
+        topics = [t for t in cancel_topics(entry or {}) if t != topic] + [topic]
         table[workflow_id] = {"fingerprint": None, "state": "cancelled", "source": None,
                               "attempts": 0, "updated_ms": now_ms(), "cancel_reason": reason,
-                              "cancel_topic": topic}
+                              "cancel_topics": topics[-MAX_TOMBSTONE_TOPICS:]}
         await runtime.status(workflow_id, "cancelled", stage, detail=f"before arrival: {reason}")
         return "cancelled"
     state = entry.get("state")
@@ -73,13 +78,28 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
     return "duplicate"
 
 
+def is_tombstone(entry: dict) -> bool:
+    """A cancelled workflow id no job has arrived for yet."""
+    return entry.get("state") == "cancelled" and entry.get("source") is None and (
+        entry.get("fingerprint") is None)
+
+
+def cancel_topics(entry: dict) -> list[str | None]:
+    """The topics the cancels of a tombstone came from (one `cancel_topic` in older entries)."""
+    topics = entry.get("cancel_topics")
+    if isinstance(topics, list):
+        return topics
+    return [entry.get("cancel_topic")] if "cancel_topic" in entry else []
+
+
 def tombstone_applies(prefix: str, cancelled: dict, job_topic: str) -> bool:
     """Whether a cancelled entry drops a job read from `job_topic`. A cancelled workflow's
-    entry (it has a fingerprint) always does; a tombstone (its cancel came first) drops only
-    a job of the cancel's tenant, or any job for a cancel on the shared topics (where tenants
-    cannot write when ACLs are set). Else one tenant could drop another's job by cancelling
-    its workflow id first."""
-    if cancelled.get("fingerprint") is not None:
+    entry (a job arrived for it) always does: the job is then its duplicate or conflicts with
+    it. A tombstone (cancels came first) drops only a job of a tenant that sent one of them,
+    or any job when one came on the shared topics (where tenants cannot write when ACLs are
+    set). Else one tenant could drop another's job by cancelling its workflow id first."""
+    if not is_tombstone(cancelled):
         return True
-    cancel_tenant = topic_tenant(prefix, cancelled.get("cancel_topic") or "")
-    return cancel_tenant is None or cancel_tenant == topic_tenant(prefix, job_topic)
+    job_tenant = topic_tenant(prefix, job_topic)
+    return any(topic_tenant(prefix, topic or "") in (None, job_tenant)
+               for topic in cancel_topics(cancelled))

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from qiskit import QuantumCircuit
 
+from schemas.codec import codec
 from streams.client import Client, Estimator, job_request
 from streams.client.commands import cancel_workflow
 from streams.kafka.topics import ensure_topics, job_topic
@@ -17,6 +18,8 @@ from tests.support import (
     session_settings,
     start_worker,
     stop_worker,
+    topic_records,
+    wait_for,
     wait_until_ready,
 )
 
@@ -93,3 +96,65 @@ def test_a_cancel_from_another_tenant_before_arrival_does_not_drop_the_job(
     assert answer.state == "cancelled"  # a tombstone, as for any id not seen yet
     outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=60)
     assert outcome.state == "done" and outcome.result is not None, outcome
+
+
+def statuses_on(settings, short_name: str, workflow_id: str) -> list[tuple[str, str]]:
+    """(state, detail) of the workflow's statuses on `{prefix}.{short_name}`, in order."""
+    return [(status["state"], status["detail"]) for status in
+            (codec("JobStatus").decode(record.value)
+             for record in topic_records(settings, short_name, timeout_s=5)
+             if record.key == workflow_id.encode())]
+
+
+def dead_letter_classes(settings, workflow_id: str) -> list[str]:
+    return [dict(record.headers)["qlane.dlq.error.class"].decode()
+            for record in topic_records(settings, "deadletter", timeout_s=5)
+            if record.key == workflow_id.encode()]
+
+
+def test_a_tenants_cancel_before_arrival_is_answered_on_its_own_status_topic(
+        tenant_settings, tenant_worker):
+    workflow_id = f"acme-told-{uuid.uuid4().hex[:6]}"
+    answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
+                                         timeout_s=60))
+    assert answer.state == "cancelled", answer
+    told = wait_for(lambda: statuses_on(tenant_settings, "status.acme", workflow_id),
+                    timeout_s=30)
+    assert told and told[0][0] == "cancelled" and told[0][1].startswith("before arrival"), told
+
+
+def test_another_tenants_cancel_first_leaves_a_tenant_its_own_cancel(
+        tenant_settings, tenant_worker):
+    """rival cancels acme's id first; acme's own cancel must still cancel acme's job (it was
+    refused as TenantMismatch, and the job then ran and was charged)."""
+    workflow_id = f"acme-both-{uuid.uuid4().hex[:6]}"
+    first = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival",
+                                        timeout_s=60))
+    own = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
+                                      timeout_s=60))
+    assert (first.state, own.state) == ("cancelled", "cancelled"), (first, own)
+    outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=15)
+    assert outcome.result is None and "executing" not in outcome.history, outcome
+    assert dead_letter_classes(tenant_settings, workflow_id) == []
+
+
+def test_a_job_meeting_a_cancelled_id_of_another_payload_is_a_conflict_not_a_duplicate(
+        tenant_settings, tenant_worker):
+    """rival cancels an id, sends its own job under it (dropped: cancelled), then acme sends
+    another payload under the same id: an IdempotencyConflict dead letter, as without the
+    cancel, not a silent `duplicate` that left acme's client waiting."""
+    workflow_id = f"acme-squat-{uuid.uuid4().hex[:6]}"
+    assert asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival",
+                                       timeout_s=60)).state == "cancelled"
+    squat = job_request(workflow_id=workflow_id, circuit=BELL, shots=7, tenant="rival")
+
+    async def send_rivals():
+        async with Client(tenant_settings, tenant="rival") as client:
+            await client.submit(squat, client.jobs_topic("rival", "normal"))
+
+    asyncio.run(send_rivals())
+    outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=20)
+    assert outcome.result is None
+    classes = wait_for(lambda: dead_letter_classes(tenant_settings, workflow_id), timeout_s=30)
+    assert classes == ["IdempotencyConflict"], classes
+    assert "duplicate" not in [s for s, _ in statuses_on(tenant_settings, "status", workflow_id)]
