@@ -11,12 +11,13 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from schemas.codec import codec
-from streams.kafka.tenants import tenant_copy
-from streams.kafka.topics import TopicNames, raw_topic
+from streams.kafka.tenants import admitted_from, tenant_copy, workflow_entry
+from streams.kafka.topics import TopicNames, parse_job_topic, raw_topic
 from streams.ops.logs import lifecycle_level
 from streams.ops.warm_up import WarmUps
 from streams.settings import Settings
 from streams.workflow.deadletter import (
+    JOB_TOPIC_HEADER,
     SourceRecord,
     dead_letter_headers,
     error_class,
@@ -207,6 +208,12 @@ class Runtime:
             attempts=attempts,
             worker_version=self.worker_version,
         )
+        if parse_job_topic(self.settings.topic_prefix, source.topic) is None:
+            # A stage record: the job topic its workflow came from, where a replay sends
+            # the JobRequest it carries (its tenant and lane).
+            admitted = admitted_from(workflow_entry(self, source.key))
+            if admitted is not None:
+                headers.append((JOB_TOPIC_HEADER, admitted.encode()))
         key, value, headers = fit_dead_letter(
             source.key, source.value, headers, self.max_record_bytes)
         await self.topics["deadletter"].send(

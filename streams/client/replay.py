@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -19,9 +19,9 @@ from schemas.codec import codec
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.record_batches import UNREADABLE_HEADER
 from streams.kafka.security import kafka_options
-from streams.kafka.topics import TopicNames, parse_job_topic
+from streams.kafka.topics import NORMAL, TopicNames, job_topic, parse_job_topic
 from streams.settings import Settings
-from streams.workflow.deadletter import HEADER_PREFIX, OMITTED_HEADER
+from streams.workflow.deadletter import HEADER_PREFIX, JOB_TOPIC_HEADER, OMITTED_HEADER
 
 REPLAY_HEADER = "qlane.replay.source"
 
@@ -134,8 +134,14 @@ def rerun_id(parent: str) -> str:
     return f"{parent}.rerun-{uuid.uuid4().hex[:8]}"
 
 
-def plan_record(record, names: TopicNames, target: str | None, rerun: bool) -> ReplayedRecord:
-    """Where one record goes and with which bytes (raises on records it cannot place)."""
+_LANE_OF_PRIORITY = ((1, "high"), (-1, "low"))
+
+
+def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
+                tenants: Collection[str] = ()) -> ReplayedRecord:
+    """Where one record goes and with which bytes (raises on records it cannot place).
+    `tenants` are the configured ones (QLANE_TENANTS): the job topic of a dead stage record
+    written before dead letters named it (qlane.dlq.job.topic) is found from them."""
     headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith(HEADER_PREFIX)]
     headers.append((REPLAY_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode()))
     key, value = record.key, record.value
@@ -144,8 +150,7 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool) -> R
     if destination is None:
         destination = record.topic
         if record.topic == names.deadletter:
-            dlq = {k: v.decode() for k, v in (record.headers or ()) if k.startswith(HEADER_PREFIX)}
-            destination = dlq.get(HEADER_PREFIX + "source.topic") or names.jobs
+            dlq = dead_letter_context(record.headers or ())
             if any(name == UNREADABLE_HEADER for name, _ in record.headers or ()):
                 raise ValueError(
                     "it stands for a record batch the workers could not read, not a record: "
@@ -157,11 +162,7 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool) -> R
                     f"{dlq[OMITTED_HEADER]}: replay it from there (--partition "
                     f"{dlq.get(HEADER_PREFIX + 'source.partition')} --from-offset "
                     f"{dlq.get(HEADER_PREFIX + 'source.offset')})")
-            if destination in (names.execute, names.mitigate):
-                internal = "ExecuteTask" if destination == names.execute else "MitigateTask"
-                value = codec(internal).decode(value)["request"]
-                destination = names.jobs
-                note = f"JobRequest carried by a dead {internal}"
+            destination, value, note = dead_letter_destination(dlq, value, names, tenants)
     if rerun:
         if destination != names.jobs and not is_job_topic(names, destination):
             raise ValueError(f"--rerun applies to job requests, not to {destination}")
@@ -177,6 +178,54 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool) -> R
         source=f"{record.topic}:{record.partition}:{record.offset}",
         target_topic=destination, key=key, value=value, headers=headers, note=note,
     )
+
+
+def dead_letter_context(headers) -> dict[str, str]:
+    """A dead letter's `qlane.dlq.*` headers; ValueError when one is given twice with
+    different values (which of them the worker wrote cannot be told)."""
+    context: dict[str, str] = {}
+    for name, raw in headers:
+        if not name.startswith(HEADER_PREFIX):
+            continue
+        text = raw.decode() if raw is not None else ""
+        if context.setdefault(name, text) != text:
+            raise ValueError(f"header {name} is given twice with different values")
+    return context
+
+
+def dead_letter_destination(dlq: dict[str, str], value: bytes, names: TopicNames,
+                            tenants: Collection[str]) -> tuple[str, bytes, str]:
+    """(topic, value, note) a dead letter is replayed as. Only a job topic of this prefix or
+    one of its stage topics is a source a dead letter goes back to: a dead stage record goes
+    as the JobRequest it carries to the job topic the job came from, so it passes admission
+    again under its tenant and lane. Anything else (a forged header naming the control topic,
+    the table's changelog, another prefix) is refused: `--to` sends it on purpose."""
+    source = dlq.get(HEADER_PREFIX + "source.topic")
+    prefix = names.jobs[: -len(".jobs")]
+    if not source:
+        raise ValueError("it has no qlane.dlq.source.topic header, so no worker wrote it "
+                         "(--to TOPIC sends it somewhere on purpose)")
+    if parse_job_topic(prefix, source) is not None:
+        return source, value, ""
+    carried = {names.execute: "ExecuteTask", names.execute_high: "ExecuteTask",
+               names.execute_low: "ExecuteTask", names.mitigate: "MitigateTask",
+               names.variational: None}
+    if source not in carried:
+        raise ValueError(f"its source topic {source!r} is not a job or stage topic of "
+                         f"{prefix!r} (--to TOPIC sends it somewhere on purpose)")
+    internal = carried[source]
+    if internal is not None:
+        value = codec(internal).decode(value)["request"]
+    named = dlq.get(JOB_TOPIC_HEADER, "")
+    if parse_job_topic(prefix, named) is not None:
+        return named, value, f"JobRequest carried by a dead {internal or 'variational job'}"
+    request = codec("JobRequest").decode(value)
+    tenant = request.get("tenant") if request.get("tenant") in tenants else None
+    lane = {names.execute_high: "high", names.execute_low: "low"}.get(source) or next(
+        (lane for sign, lane in _LANE_OF_PRIORITY
+         if (request.get("priority") or 0) * sign > 0), NORMAL)
+    return (job_topic(prefix, tenant, lane), value,
+            f"JobRequest carried by a dead {internal or 'variational job'}")
 
 
 async def replay(
@@ -200,7 +249,7 @@ async def replay(
         async for record in select_records(settings, selection):
             summary.selected += 1
             try:
-                planned = plan_record(record, names, target, rerun)
+                planned = plan_record(record, names, target, rerun, settings.tenants)
             except Exception as error:
                 summary.skipped += 1
                 report(f"skip {record.topic}:{record.partition}:{record.offset}: {error}")

@@ -134,8 +134,9 @@ def source_tenant(prefix: str, entry: dict | None) -> str | None:
     for a tombstone (a cancel before its job) the topic of its latest cancel."""
     entry = entry or {}
     source = entry.get("source") or ""
-    if source.count(":") >= 2:
-        return topic_tenant(prefix, source.rsplit(":", 2)[0])
+    admitted = admitted_from(entry)
+    if admitted is not None:
+        return topic_tenant(prefix, admitted)
     topics = entry.get("cancel_topics")
     if not source and isinstance(topics, list) and topics and isinstance(topics[-1], str):
         return topic_tenant(prefix, topics[-1])
@@ -158,19 +159,31 @@ def check_cancel_of(prefix: str, topic: str, entry: dict | None) -> None:
 TENANT_COPIES = {"results": "results", "status": "status", "cost": "cost"}
 
 
+def workflow_entry(runtime, key: bytes | None) -> dict | None:
+    """The workflow table's entry for a record key, when the worker has the table."""
+    from streams.kafka.topics import WORKFLOW_TABLE
+
+    tables = getattr(runtime.app, "tables", None) if runtime.app is not None else None
+    table = tables.get(WORKFLOW_TABLE) if tables is not None else None
+    if table is None or not key:
+        return None
+    entry = table.get(key.decode(errors="replace"))
+    return entry if isinstance(entry, dict) else None
+
+
+def admitted_from(entry: dict | None) -> str | None:
+    """The job topic a workflow was admitted from (its entry's source address)."""
+    source = (entry or {}).get("source") or ""
+    return source.rsplit(":", 2)[0] if source.count(":") >= 2 else None
+
+
 def tenant_copy(runtime, short_name: str, key: bytes | None):
     """The Faust topic of the tenant's copy of a record sent to `short_name`, or None."""
     kind = TENANT_COPIES.get(short_name)
     if kind is None or not key or runtime.app is None:
         return None
-    from streams.kafka.topics import WORKFLOW_TABLE
-
-    tables = getattr(runtime.app, "tables", None)
-    table = tables.get(WORKFLOW_TABLE) if tables is not None else None
-    if table is None:
-        return None
     prefix = runtime.settings.topic_prefix
-    tenant = source_tenant(prefix, table.get(key.decode(errors="replace")))
+    tenant = source_tenant(prefix, workflow_entry(runtime, key))
     if tenant is None:
         return None
     return runtime.topic_named(tenant_topic(prefix, kind, tenant))

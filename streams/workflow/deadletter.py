@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from workers.errors import QlaneError
 
 HEADER_PREFIX = "qlane.dlq."
+# On the dead letter of a stage record: the job topic its workflow was admitted from.
+JOB_TOPIC_HEADER = HEADER_PREFIX + "job.topic"
 MAX_MESSAGE_CHARS = 2000
 
 

@@ -51,9 +51,9 @@ def topic_keys(settings, topic: str) -> set[bytes]:
     return asyncio.run(go())
 
 
-def submit_as_acme(settings, workflow_id: str, lane: str, timeout_s: float):
+def submit_as_acme(settings, workflow_id: str, lane: str, timeout_s: float, **fields):
     """A Bell job of tenant acme on its `lane` topic, and its outcome within `timeout_s`."""
-    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100, tenant="acme")
+    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=100, tenant="acme", **fields)
 
     async def go():
         async with Client(settings, tenant="acme") as client:
@@ -158,3 +158,36 @@ def test_a_job_meeting_a_cancelled_id_of_another_payload_is_a_conflict_not_a_dup
     classes = wait_for(lambda: dead_letter_classes(tenant_settings, workflow_id), timeout_s=30)
     assert classes == ["IdempotencyConflict"], classes
     assert "duplicate" not in [s for s, _ in statuses_on(tenant_settings, "status", workflow_id)]
+
+
+def test_a_tenants_dead_stage_record_is_replayed_to_its_own_job_topic(
+        broker_address, tmp_path):
+    """A tenant's job that fails in the execute stage: its dead letter names the job topic it
+    came from, and replay sends the JobRequest there (it went to the shared jobs topic, so
+    the rerun's outcome never reached the tenant)."""
+    from tests.integration.test_replay import run_replay
+
+    settings = session_settings(*broker_address, tag="tnreplay", tenants=["acme"])
+    asyncio.run(ensure_topics(settings))
+    env = {"QLANE_TENANTS": '["acme"]', "QLANE_FUSED_PATH": "off", "QLANE_EXECUTE_RETRIES": "0",
+           "QLANE_FAULTS": "aer.noisy:failure_rate=1"}  # acme's noisy job fails in execute
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log, env=env)
+    try:
+        wait_until_ready(settings, log)
+        workflow_id = f"acme-dead-{uuid.uuid4().hex[:6]}"
+        outcome = submit_as_acme(settings, workflow_id, "high", timeout_s=60,
+                                 backend="aer.noisy")
+        assert outcome.state == "failed", outcome
+        (letter,) = [dict(record.headers) for record in
+                     topic_records(settings, "deadletter", timeout_s=5)
+                     if record.key == workflow_id.encode()]
+        prefix = settings.topic_prefix
+        assert letter["qlane.dlq.source.topic"].decode() == f"{prefix}.stage.execute-high"
+        assert letter["qlane.dlq.job.topic"].decode() == job_topic(prefix, "acme", "high")
+        summary, lines = run_replay(settings, "deadletter", keys={workflow_id.encode()},
+                                    dry_run=True)
+        assert summary.selected == 1 and summary.skipped == 0, lines
+        assert lines[0].target_topic == job_topic(prefix, "acme", "high"), lines
+    finally:
+        stop_worker(worker)

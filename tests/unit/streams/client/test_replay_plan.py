@@ -68,3 +68,78 @@ def test_a_dead_letter_without_its_value_or_standing_for_a_batch_is_not_replayed
     unreadable = [*dlq_headers(NAMES.jobs), ("qlane.unreadable-batch", b"zstd ...")]
     with pytest.raises(ValueError, match="record batch the workers could not read"):
         plan_record(record(NAMES.deadletter, b"raw", headers=unreadable), NAMES, None, False)
+
+
+def execute_task(request: bytes) -> bytes:
+    return codec("ExecuteTask").encode({
+        "workflow_id": "wf-1", "request": request, "prepared": b"p", "accepted_at_ms": 1,
+        "preprocess_s": 0.1, "attempt": 1})
+
+
+def acme_request(**fields) -> bytes:
+    return codec("JobRequest").encode(job_request(workflow_id="wf-1", circuit="x",
+                                                  tenant="acme", **fields))
+
+
+@pytest.mark.parametrize("forged", ["qlane.control", "qlane-workflows-changelog",
+                                    "qlane.results", "qlane.results.acme", "other.jobs",
+                                    "qlane.deadletter", "qlane.jobs.Acme"])
+def test_a_dead_letter_goes_back_only_to_a_job_or_stage_topic(forged):
+    """A forged qlane.dlq.source.topic once sent the record to any topic it named."""
+    with pytest.raises(ValueError, match="is not a job or stage topic"):
+        plan_record(record(NAMES.deadletter, request_bytes(), headers=dlq_headers(forged)),
+                    NAMES, target=None, rerun=False)
+    # --to still sends it there, on purpose.
+    planned = plan_record(record(NAMES.deadletter, request_bytes(),
+                                 headers=dlq_headers(forged)), NAMES, target=forged,
+                          rerun=False)
+    assert planned.target_topic == forged
+
+
+def test_a_dead_letter_without_a_source_or_with_two_is_refused():
+    with pytest.raises(ValueError, match="no qlane.dlq.source.topic"):
+        plan_record(record(NAMES.deadletter, request_bytes()), NAMES, target=None, rerun=False)
+    twice = dlq_headers(NAMES.jobs) + [("qlane.dlq.source.topic", NAMES.results.encode())]
+    with pytest.raises(ValueError, match="twice with different values"):
+        plan_record(record(NAMES.deadletter, request_bytes(), headers=twice), NAMES,
+                    target=None, rerun=False)
+    same = dlq_headers(NAMES.jobs) + [("qlane.dlq.source.topic", NAMES.jobs.encode())]
+    assert plan_record(record(NAMES.deadletter, request_bytes(), headers=same), NAMES,
+                       target=None, rerun=False).target_topic == NAMES.jobs
+
+
+def test_a_dead_stage_record_goes_to_the_job_topic_its_workflow_came_from():
+    """The dead letter names it (qlane.dlq.job.topic): a tenant's job stays on its topics and
+    lane (it went to the shared jobs topic, and its outcome never reached the tenant)."""
+    headers = dlq_headers(NAMES.execute_high) + [("qlane.dlq.job.topic", b"qlane.jobs.acme-high")]
+    request = acme_request()
+    planned = plan_record(record(NAMES.deadletter, execute_task(request),
+                                 headers=headers), NAMES, target=None, rerun=False)
+    assert (planned.target_topic, planned.value) == ("qlane.jobs.acme-high", request)
+    forged = dlq_headers(NAMES.execute) + [("qlane.dlq.job.topic", b"qlane.control")]
+    assert plan_record(record(NAMES.deadletter, execute_task(request_bytes()), headers=forged),
+                       NAMES, target=None, rerun=False).target_topic == NAMES.jobs
+
+
+@pytest.mark.parametrize(("source", "priority", "expected"), [
+    ("execute_high", 0, "qlane.jobs.acme-high"),
+    ("execute_low", 0, "qlane.jobs.acme-low"),
+    ("execute", 0, "qlane.jobs.acme"),
+    ("mitigate", 3, "qlane.jobs.acme-high"),
+    ("variational", -1, "qlane.jobs.acme-low"),
+])
+def test_an_older_dead_stage_record_finds_its_tenant_and_lane(source, priority, expected):
+    request = acme_request(priority=priority)
+    carried = {"mitigate": codec("MitigateTask").encode({
+        "workflow_id": "wf-1", "request": request, "prepared": b"p", "counts_json": "[]",
+        "seed_simulator": 1, "accepted_at_ms": 1, "preprocess_s": 0.1, "execute_s": 0.1,
+        "attempt": 1}), "variational": request}.get(source, execute_task(request))
+    dead = record(NAMES.deadletter, carried, headers=dlq_headers(getattr(NAMES, source)))
+    planned = plan_record(dead, NAMES, target=None, rerun=False, tenants=("acme",))
+    assert (planned.target_topic, planned.value) == (expected, request)
+    # A tenant the CLI is not configured with: the shared topic of the lane.
+    unknown = plan_record(dead, NAMES, target=None, rerun=False)
+    assert unknown.target_topic == expected.replace(".acme", "")
+    rerun = plan_record(dead, NAMES, target=None, rerun=True, tenants=("acme",))
+    assert rerun.target_topic == expected
+    assert codec("JobRequest").decode(rerun.value)["parent_workflow_id"] == "wf-1"
