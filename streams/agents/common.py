@@ -12,12 +12,13 @@ from faust.types import TP
 from mode import OneForOneSupervisor
 
 from streams.kafka import record_batches, transactions
+from streams.kafka.topics import parse_job_topic
 from streams.kafka.transport import refetch_after_pause
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord, error_class
 from streams.workflow.dlq_guard import Hold, SourceGuards
-from workers.errors import UnreadableRecordBatch
+from workers.errors import QlaneError, UndecodableRecord, UnreadableRecordBatch
 
 log = logging.getLogger("qlane")
 
@@ -117,10 +118,26 @@ async def process_guarded(runtime: Runtime, table, stage: str, guard: SourceGuar
     On exactly-once, the record is handled and acknowledged inside its transaction's gate
     (streams/kafka/transactions.py), so a commit never splits it."""
     async with transactions.record(runtime.app, event):
-        dead_lettered = await process_one(runtime, table, stage, handle, source)
-    hold = guard.record(source.topic, source.partition, dead_lettered)
+        failure = await process_one(runtime, table, stage, handle, source)
+    hold = guard.record(source.topic, source.partition,
+                        counts_against_source(runtime, source, failure))
     if hold:
         hold_source(runtime, stage, source, hold)
+
+
+def counts_against_source(runtime: Runtime, source: SourceRecord,
+                          failure: BaseException | None) -> bool:
+    """Whether a record's outcome counts toward holding its source. On a job topic every
+    dead letter does (the topic is one producer's, or one tenant's). A stage topic carries
+    every tenant's jobs, written by the workers themselves: there only what points at a
+    broken deploy counts (records that do not decode, errors that are not a job's own), or
+    one tenant's jobs that fail on their merits (a budget, a simulation too large) would
+    hold every other tenant's jobs on that partition."""
+    if failure is None:
+        return False
+    if parse_job_topic(runtime.settings.topic_prefix, source.topic) is not None:
+        return True
+    return isinstance(failure, UndecodableRecord) or not isinstance(failure, QlaneError)
 
 
 def hold_source(runtime: Runtime, stage: str, source: SourceRecord, hold: Hold) -> None:
@@ -161,8 +178,9 @@ def hold_source(runtime: Runtime, stage: str, source: SourceRecord, hold: Hold) 
 _held_until: dict[str, float] = {}
 
 
-async def process_one(runtime: Runtime, table, stage: str, handle: Handler, source) -> bool:
-    """Handle one record; True when it was dead-lettered."""
+async def process_one(runtime: Runtime, table, stage: str, handle: Handler,
+                      source) -> BaseException | None:
+    """Handle one record; the error it was dead-lettered for, or None."""
     started = time.perf_counter()
     outcome, counted = "failed", stage
     try:
@@ -170,7 +188,7 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler, sour
         outcome = await handle(source) or "ok"
         if isinstance(outcome, StepOutcome):
             outcome, counted = outcome.outcome, outcome.stage
-        return False
+        return None
     except StageFailure as failure:
         outcome = "failed"
         failed_stage = counted = failure.stage or stage
@@ -181,15 +199,16 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler, sour
             failure.workflow_id, "failed", failed_stage, detail=_detail(failure.error),
             attempt=failure.attempts,
         )
+        return failure.error
     except Exception as error:  # bad input must never stop the worker
         outcome = "rejected"
         metrics.DEAD_LETTERS.labels(stage, error_class(error)).inc()
         await runtime.dead_letter(source, stage, error)
+        return error
     finally:
         metrics.STAGE_DURATION.labels(stage).observe(time.perf_counter() - started)
         metrics.JOBS.labels(counted, outcome).inc()
         metrics.LAST_PROGRESS.set(time.time())
-    return True
 
 
 def refuse_unreadable(source: SourceRecord) -> None:

@@ -264,7 +264,10 @@ def register(app, runtime: Runtime, table) -> None:
                 raise InvalidObservable("a variational job minimizes exactly one observable")
             spec = VariationalSpec.from_record(request["variational"])
             first = evaluation_job(JobSpec.from_record(request), spec.initial_point, 0)
-            await prepare_untrusted(runtime, source, first)
+            prepared = await prepare_untrusted(runtime, source, first)
+            # A loop whose first evaluation does not fit the budget would only fail in its
+            # stage, on a topic every tenant's loops share (its dead-letter guard with them).
+            accounting.check_budget(runtime, request, accounting.estimate_usd(runtime, prepared))
         except Exception as error:
             raise StageFailure(workflow_id, error, getattr(error, "attempts", 1)) from error
         await runtime.send("variational", workflow_id, source.value)

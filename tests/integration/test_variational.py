@@ -73,3 +73,20 @@ def test_a_plain_job_written_to_the_variational_stage_is_a_typed_dead_letter(set
     found = wait_for(letter, timeout_s=60)
     assert found and found["qlane.dlq.error.class"] == b"InvalidJob", found
     assert b"must be a variational job" in found["qlane.dlq.error.message"]
+
+
+def test_a_loop_whose_first_evaluation_exceeds_its_cost_limit_is_refused_at_admission(
+        settings, worker):
+    """It was handed to the variational stage and failed there (BudgetExceeded, "no
+    evaluation fitted the budget"): on the stage topic every tenant's loops share, where its
+    dead letters counted toward holding all of them (red-team run)."""
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    job = job_request(**{**fields, "workflow_id": f"vqe-poor-{uuid.uuid4().hex[:6]}",
+                         "cost_limit_usd": 1e-12})
+    outcome = submit_and_wait(settings, [job], timeout_s=60)[job["workflow_id"]]
+    assert outcome.state == "failed" and "BudgetExceeded" in outcome.detail, outcome
+    letters = [dict(r.headers) for r in topic_records(settings, "deadletter", timeout_s=5)
+               if r.key == job["workflow_id"].encode()]
+    assert [h["qlane.dlq.source.topic"].decode() for h in letters] == [
+        f"{settings.topic_prefix}.jobs"]
+    assert "prepared" not in outcome.history
