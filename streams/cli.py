@@ -26,6 +26,26 @@ TOPIC_SCHEMAS = {
 }
 
 
+_SCHEMA_OF_SHARED = {"results": "JobResult", "status": "JobStatus", "cost": "CostEvent"}
+
+
+def schema_of_topic(prefix: str, topic: str) -> str | None:
+    """The record type a qlane topic holds, for every tenant and lane of it: job topics and
+    the execute stage's lanes as the shared ones, a tenant's results, status and cost topics
+    as the shared ones."""
+    from streams.kafka.topics import parse_job_topic
+
+    if parse_job_topic(prefix, topic) is not None:
+        return "JobRequest"
+    short = topic.removeprefix(f"{prefix}.")
+    if short in TOPIC_SCHEMAS:
+        return TOPIC_SCHEMAS[short]
+    if short in ("stage.execute-high", "stage.execute-low"):
+        return "ExecuteTask"
+    kind, _, tenant = short.partition(".")
+    return _SCHEMA_OF_SHARED.get(kind) if tenant else None
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {}
     if getattr(args, "broker", None):
@@ -240,7 +260,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).by_short_name(args.topic)
     short = topic.removeprefix(f"{settings.topic_prefix}.")
-    schema = TOPIC_SCHEMAS.get(short)
+    schema = schema_of_topic(settings.topic_prefix, topic)
 
     def describe(record) -> dict:
         line = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
@@ -249,7 +269,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if short == "deadletter":
             line["headers"] = decode_dlq_headers(record.headers)
             source = line["headers"].get("qlane.dlq.source.topic", "")
-            source_schema = TOPIC_SCHEMAS.get(source.removeprefix(f"{settings.topic_prefix}."))
+            source_schema = schema_of_topic(settings.topic_prefix, source)
             try:
                 line["value"] = codec(source_schema).decode(record.value)
             except Exception:
@@ -300,14 +320,19 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def parse_time_ms(text: str | None) -> int | None:
-    """Epoch milliseconds, or an ISO 8601 time (UTC when it names no zone)."""
+    """Epoch milliseconds, or an ISO 8601 time (UTC when it names no zone); argparse's
+    error (a usage message, exit 2) for anything else."""
     if text is None:
         return None
     if text.isdigit():
         return int(text)
     from datetime import UTC, datetime
 
-    moment = datetime.fromisoformat(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither epoch milliseconds nor an ISO 8601 time ({error})") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -324,8 +349,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         partitions=args.partition,
         from_offset=args.from_offset,
         to_offset=args.to_offset,
-        from_time_ms=parse_time_ms(args.from_time),
-        to_time_ms=parse_time_ms(args.to_time),
+        from_time_ms=args.from_time,
+        to_time_ms=args.to_time,
         keys={key.encode() for key in args.key or ()},
     )
     verb = "would replay" if args.dry_run else "replay"
@@ -360,10 +385,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     selection = ReplaySelection(topic=names.deadletter)
     if args.action == "show":
         partition, _, offset = args.where.partition(":")
-        if offset:
+        if partition.isdigit() and offset.isdigit():
             selection.partitions = [int(partition)]
             selection.from_offset = selection.to_offset = int(offset)
-        else:
+        else:  # a workflow id, which may hold a colon itself
             selection.keys = {args.where.encode()}
 
     async def records():
@@ -390,7 +415,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     for record in found:
         headers = decode_dlq_headers(record.headers)
         source = headers.get("qlane.dlq.source.topic", "")
-        schema = TOPIC_SCHEMAS.get(source.removeprefix(f"{settings.topic_prefix}."))
+        schema = schema_of_topic(settings.topic_prefix, source)
         try:
             value = codec(schema).decode(record.value) if schema else record.value
         except Exception as error:
@@ -529,8 +554,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--partition", type=int, action="append", help="repeatable")
     replay.add_argument("--from-offset", type=int)
     replay.add_argument("--to-offset", type=int, help="inclusive")
-    replay.add_argument("--from-time", help="epoch ms or ISO 8601 (UTC by default)")
-    replay.add_argument("--to-time", help="epoch ms or ISO 8601, inclusive")
+    replay.add_argument("--from-time", type=parse_time_ms,
+                        help="epoch ms or ISO 8601 (UTC by default)")
+    replay.add_argument("--to-time", type=parse_time_ms,
+                        help="epoch ms or ISO 8601, inclusive")
     replay.add_argument("--key", action="append", help="only these workflow ids; repeatable")
     replay.add_argument("--rate", type=float, default=0.0, help="records per second (0 = no limit)")
     replay.add_argument("--rerun", action="store_true",

@@ -1,0 +1,31 @@
+"""The CLI's reading of topic names and arguments, without a broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.cli import main, parse_time_ms, schema_of_topic
+
+
+@pytest.mark.parametrize(("topic", "schema"), [
+    ("qlane.jobs", "JobRequest"), ("qlane.jobs-high", "JobRequest"),
+    ("qlane.jobs.acme", "JobRequest"), ("qlane.jobs.acme-low", "JobRequest"),
+    ("qlane.stage.execute-high", "ExecuteTask"), ("qlane.stage.execute", "ExecuteTask"),
+    ("qlane.stage.variational", "JobRequest"), ("qlane.stage.mitigate", "MitigateTask"),
+    ("qlane.results.acme", "JobResult"), ("qlane.status.acme", "JobStatus"),
+    ("qlane.cost.acme", "CostEvent"), ("qlane.status", "JobStatus"),
+    ("qlane.deadletter", None), ("qlane.control", None), ("other.jobs", None),
+])
+def test_every_tenant_and_lane_of_a_topic_decodes_as_the_shared_one(topic, schema):
+    """Tenants' and lanes' records were printed as base64 by tail and dlq show."""
+    assert schema_of_topic("qlane", topic) == schema
+
+
+def test_a_time_that_does_not_parse_is_a_usage_error_not_a_traceback(capsys):
+    assert parse_time_ms("2026-12-05T10:00") == 1_796_464_800_000
+    assert parse_time_ms("1796464800000") == 1_796_464_800_000
+    for text in ("yesterday", "2026-13-01"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["replay", "deadletter", "--from-time", text, "--dry-run"])
+        assert stopped.value.code == 2
+        assert "neither epoch milliseconds nor an ISO 8601 time" in capsys.readouterr().err
