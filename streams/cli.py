@@ -603,7 +603,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except Exception as error:  # a broker refusing this client: say why, once, no traceback
+        from streams.client.replay import UnknownTopic
         from streams.kafka.security import explain_refusal
+
+        if isinstance(error, UnknownTopic):
+            print(f"qlane {args.command}: {error}", file=sys.stderr)
+            return 2
 
         reason = explain_refusal(settings_from(args), error) if hasattr(args, "broker") else None
         if reason is None:

@@ -55,6 +55,10 @@ class ReplaySummary:
     by_target: dict[str, int] = field(default_factory=dict)
 
 
+class UnknownTopic(ValueError):
+    """A replay or dead-letter lookup named a topic the broker does not have."""
+
+
 async def select_records(settings: Settings, selection: ReplaySelection) -> AsyncIterator:
     """Records of the selection, up to each partition's end when the replay started.
 
@@ -69,6 +73,8 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
     await consumer.start()
     try:
         available = sorted(await topic_partitions(consumer, selection.topic))
+        if not available:
+            raise UnknownTopic(f"topic {selection.topic!r} does not exist on the broker")
         chosen = [p for p in available if selection.partitions in (None, []) or
                   p in selection.partitions]
         partitions = [TopicPartition(selection.topic, p) for p in chosen]

@@ -50,7 +50,7 @@ def test_submit_job_file_then_tail_results(settings, worker):
 
 
 def test_tail_deadletter_shows_headers(settings, worker):
-    workflow_id = f"cli-bad-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"cli:bad-{uuid.uuid4().hex[:8]}"  # a colon: dlq show took it for P:O
     bad = Path(settings.topic_prefix.replace(".", "_") + "-bad.qasm")
     try:
         bad.write_text("OPENQASM 2.0;\nqreg q[1];\nnot_a_gate q[0];\n")
@@ -65,6 +65,12 @@ def test_tail_deadletter_shows_headers(settings, worker):
     [letter] = [line for line in letters if line["key"] == workflow_id]
     assert letter["headers"]["qlane.dlq.error.class"] == "InvalidCircuit"
     assert letter["value"]["workflow_id"] == workflow_id  # decoded as the JobRequest it was
+    shown = qlane(settings, "dlq", "show", workflow_id)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout.splitlines()[0])["value"]["workflow_id"] == workflow_id
+    missing = qlane(settings, "replay", "no-such-topic", "--dry-run")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr, missing
+    assert "Traceback" not in missing.stderr
 
 
 def test_a_worker_for_kafka_pointed_at_a_broker_without_transactions_says_so(settings):
