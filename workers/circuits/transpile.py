@@ -17,6 +17,7 @@ from qiskit.transpiler import PassManager, generate_preset_pass_manager
 
 from workers.backends.aer import Backend
 from workers.circuits.fingerprint import structural_hash
+from workers.circuits.impostors import without_impostors
 from workers.mitigation import zne
 
 OPTIMIZATION_LEVEL = 1
@@ -59,7 +60,7 @@ class TranspileCache:
             self.hits += 1
             return template, True
         self.misses += 1
-        template = self.pass_manager(backend).run(circuit)
+        template = self.pass_manager(backend).run(without_impostors(circuit, backend.target))
         self._templates[key] = template
         return template, False
 

@@ -1,0 +1,84 @@
+"""A program's gate named like one of the backend's own instructions runs as its definition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from qiskit import QuantumCircuit
+
+from workers.circuits.impostors import is_impostor, without_impostors
+from workers.errors import InvalidCircuit
+from workers.execution.preparation import execute, prepare
+from workers.jobs import JobSpec
+
+
+def program(name: str, body: str = "h a; cx a, b;") -> str:
+    return (f'OPENQASM 3.0;\ninclude "stdgates.inc";\ngate {name} a, b {{ {body} }}\n'
+            f"qubit[2] q;\nbit[2] c;\n{name} q[0], q[1];\nc = measure q;\n")
+
+
+def test_a_gate_named_like_an_aer_instruction_that_crashed_the_process_runs_as_defined():
+    """`diagonal`, `multiplexer` and `roerror` reached Aer as its own instructions and
+    crashed the worker (SIGSEGV); run in a child so that a regression fails, not kills."""
+    script = textwrap.dedent(f"""
+        from workers.backends.registry import BackendRegistry
+        from workers.circuits.transpile import TranspileCache
+        from workers.execution.preparation import execute, prepare
+        from workers.jobs import JobSpec
+        from workers.limits import Limits
+        registry = BackendRegistry()
+        for name in ("diagonal", "multiplexer", "roerror"):
+            source = {program("NAME")!r}.replace("NAME", name)
+            prepared = prepare(JobSpec("wf-" + name, source, shots=400), registry,
+                               TranspileCache(), Limits())
+            (counts,) = execute(prepared, registry, 7)
+            assert set(counts) == {{"00", "11"}}, (name, counts)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode,
+                                                                   done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("name", ["unitary", "initialize", "rzz", "pauli", "mcx"])
+def test_other_borrowed_names_run_as_defined(registry, cache, limits, name):
+    """These failed the job (ExecutionFailed: IndexError, or wrong parameter counts)."""
+    prepared = prepare(JobSpec(f"wf-{name}", program(name), shots=400), registry, cache, limits)
+    (counts,) = execute(prepared, registry, 7)
+    assert set(counts) == {"00", "11"}
+
+
+def test_a_borrowed_name_inside_a_branch_is_unrolled_too(registry, cache, limits):
+    def source(name: str) -> str:
+        return (f'OPENQASM 3.0;\ninclude "stdgates.inc";\ngate {name} a, b {{ x a; x b; }}\n'
+                "qubit[2] q;\nbit[2] c;\nbit f;\nx q[0];\nf = measure q[0];\n"
+                f"if (f) {{ {name} q[0], q[1]; }}\nc = measure q;\n")
+
+    prepared = prepare(JobSpec("wf-branch", source("diagonal"), shots=100), registry, cache,
+                       limits)
+    target = registry.get("aer.ideal").target
+    (branch,) = [i.operation for i in prepared.templates[0].data if i.operation.name == "if_else"]
+    assert [i.operation.name for i in branch.blocks[0].data] == ["x", "x"]
+    assert not any(is_impostor(i.operation, target) for i in branch.blocks[0].data)
+    plain = prepare(JobSpec("wf-plain", source("mine"), shots=100), registry, cache, limits)
+    assert execute(prepared, registry, 7) == execute(plain, registry, 7)
+
+
+def test_an_opaque_gate_with_a_borrowed_name_is_refused(registry, cache, limits):
+    source = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nopaque diagonal a, b;\nqreg q[2];\n'
+              "creg c[2];\ndiagonal q[0], q[1];\nmeasure q -> c;\n")
+    with pytest.raises(InvalidCircuit, match="has the name of a backend instruction"):
+        prepare(JobSpec("wf-opaque", source, shots=10), registry, cache, limits)
+
+
+def test_a_circuit_of_the_targets_own_gates_is_returned_as_it_is(registry):
+    circuit = QuantumCircuit(2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.rzz(0.3, 0, 1)
+    circuit.measure_all()
+    assert without_impostors(circuit, registry.get("aer.ideal").target) is circuit
