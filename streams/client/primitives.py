@@ -60,6 +60,7 @@ from streams.client.errors import JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
+from workers.errors import InvalidCircuit
 from workers.seeds import job_seed
 
 DEFAULT_SHOTS = 1024
@@ -123,15 +124,29 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
     """OpenQASM 3 of the circuit with parameters renamed in the circuit's own order."""
     parameters = tuple(circuit.parameters)
     renamed = circuit
+    if circuit.layout is not None:
+        # A transpiled (ISA) circuit: exported with its layout, it names only the physical
+        # qubits it uses ($0..$k), and the worker's circuit would lose the idle ones above;
+        # its qubit i is physical qubit i either way, which is what observables laid out
+        # with `apply_layout` address.
+        renamed = circuit.copy()
+        renamed._layout = None  # noqa: SLF001 - Qiskit offers no way to drop it
     if parameters:
         width = max(5, len(str(len(parameters))))
-        renamed = circuit.assign_parameters(
+        renamed = renamed.assign_parameters(
             {p: Parameter(f"p{i:0{width}d}") for i, p in enumerate(parameters)}, inplace=False
         )
     try:
         return qasm3.dumps(renamed), parameters
-    except Exception:  # gates without an OpenQASM 3 spelling: send their definitions
-        return qasm3.dumps(renamed.decompose(reps=3)), parameters
+    except Exception as error:  # gates without an OpenQASM 3 spelling: send definitions
+        failure = error
+    for reps in (3, 6, 10):  # an Isometry needs 5 levels to reach gates the exporter spells
+        try:
+            return qasm3.dumps(renamed.decompose(reps=reps)), parameters
+        except Exception as error:  # noqa: BLE001 - one more level, then a typed refusal
+            failure = error
+    raise InvalidCircuit(f"the circuit has no OpenQASM 3 spelling qlane can send, even with "
+                         f"its gates decomposed 10 levels deep: {failure}")
 
 
 def flat_parameter_sets(values: np.ndarray) -> list[list[float]]:
@@ -287,7 +302,22 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
                     await client.cancel(workflow_id, self._options.tenant,
                                         reason=f"job {self.job_id()} cancelled by the client")
 
-        asyncio.run(send())
+        # On a thread of its own: the caller may be inside a running event loop (a Jupyter
+        # cell), where asyncio.run raises and the cancel was never sent.
+        failures: list[BaseException] = []
+
+        def sender() -> None:
+            try:
+                asyncio.run(send())
+            except BaseException as error:  # re-raised in the caller's thread
+                failures.append(error)
+
+        thread = threading.Thread(target=sender, name=f"qlane-cancel-{self.job_id()}",
+                                  daemon=True)
+        thread.start()
+        thread.join()
+        if failures:
+            raise failures[0]
         return True
 
     def workflow_ids(self) -> list[str]:
@@ -336,6 +366,11 @@ class Sampler(_Primitive, BaseSamplerV2):
             job_id: str | None = None) -> QlaneJob:
         if shots is None:
             shots = self._default_shots
+        if (self._options.mitigation or {}).get("readout"):
+            # The worker corrects probabilities, which the JobResult cannot carry and which
+            # are no samples: the counts would come back raw, as if it had not been asked.
+            raise ValueError("readout mitigation corrects probabilities and expectation "
+                             "values, not samples: use the Estimator, or drop it here")
         coerced = [SamplerPub.coerce(pub, shots) for pub in pubs]
         if any(len(pub.circuit.cregs) == 0 for pub in coerced):
             warnings.warn(
@@ -360,7 +395,7 @@ class Sampler(_Primitive, BaseSamplerV2):
         source, parameters = circuit_source(pub.circuit)
         values = pub.parameter_values.as_array(parameters)
         return job_request(**self._requests_base(job_id, index), circuit=source,
-                           circuit_format="qasm3", shots=pub.shots,
+                           circuit_format="qasm3", shots=pub.shots * shots_repeated(pub),
                            parameter_sets=flat_parameter_sets(values))
 
 
@@ -370,6 +405,40 @@ def joint_counts_bits(counts: dict[str, int], num_bits: int) -> BitArray:
     return BitArray.from_counts(joined, num_bits=num_bits)
 
 
+def register_offsets(cregs, layout: list[dict]) -> list[tuple[int, int]]:
+    """(first bit, size) in the joint counts of each of the circuit's registers. The program
+    sent declares them in the circuit's order, but Qiskit's OpenQASM 3 exporter renames a
+    register whose name is a keyword or a gate (`creg`, `z`, `output`, ...; `creg` becomes
+    `creg_0`), so the worker's names may differ: then the registers are matched by position,
+    and anything else that does not match is an error, never a register of zeros."""
+    offsets, start = [], 0
+    for register in layout:
+        offsets.append((start, register["size"]))
+        start += register["size"]
+    by_name = {register["name"]: offset for register, offset in zip(layout, offsets,
+                                                                     strict=True)}
+    if all(creg.name in by_name for creg in cregs):
+        chosen = [by_name[creg.name] for creg in cregs]
+    elif len(layout) == len(cregs):
+        chosen = offsets
+    else:
+        raise ValueError(f"the result's registers {[r['name'] for r in layout]} do not match "
+                         f"the circuit's {[creg.name for creg in cregs]}")
+    for creg, (_, size) in zip(cregs, chosen, strict=True):
+        if size != creg.size:
+            raise ValueError(f"register {creg.name}: {size} bits in the result, "
+                             f"{creg.size} in the circuit")
+    return chosen
+
+
+def shots_repeated(pub: SamplerPub) -> int:
+    """How many elements of the pub's shape one circuit's shots stand for: all of them for
+    a circuit without parameters under a shaped binding (it runs once, with the shots of
+    every element, independent samples split in order), else 1."""
+    size = math.prod(pub.shape)
+    return size if pub.circuit.num_parameters == 0 and size > 1 else 1
+
+
 def sampler_pub_result(pub: SamplerPub, result: dict) -> SamplerPubResult:
     circuits = sorted(
         (c for c in result["circuits"] if c["scale_factor"] == 1.0),
@@ -377,30 +446,27 @@ def sampler_pub_result(pub: SamplerPub, result: dict) -> SamplerPubResult:
     )
     shape = pub.shape
     size = math.prod(shape)
-    if len(circuits) != max(size, 1):
+    # A circuit without parameters under a shaped binding ran once, for all its elements.
+    repeats = shots_repeated(pub)
+    if len(circuits) * repeats != max(size, 1):
         raise ValueError(f"{result['workflow_id']}: {len(circuits)} circuits for shape {shape}")
     cregs = pub.circuit.cregs
     arrays = {creg.name: np.zeros(shape + (pub.shots, (creg.size + 7) // 8), dtype=np.uint8)
               for creg in cregs}
     rng = np.random.default_rng(job_seed(result["workflow_id"], None))
-    for flat, circuit in enumerate(circuits[: max(size, 1)]):
+    for number, circuit in enumerate(circuits if cregs else ()):  # no register: no data
         layout = circuit.get("registers") or [{"name": c.name, "size": c.size} for c in cregs]
         total = sum(r["size"] for r in layout)
         joint = joint_counts_bits(circuit["counts"], total)
         joint = BitArray(joint.array[rng.permutation(joint.num_shots)], total)
-        offsets, start = {}, 0
-        for register in layout:
-            offsets[register["name"]] = (start, register["size"])
-            start += register["size"]
-        index = np.unravel_index(flat, shape) if shape else ()
-        for creg in cregs:
-            if creg.name not in offsets:
-                continue  # never measured: zeros, as Qiskit's reference samplers report
-            start, size_bits = offsets[creg.name]
-            if size_bits != creg.size:
-                raise ValueError(f"register {creg.name}: {size_bits} bits in the result, "
-                                 f"{creg.size} in the circuit")
-            arrays[creg.name][index] = joint.slice_bits(range(start, start + size_bits)).array
+        offsets = register_offsets(cregs, layout)
+        for part in range(repeats):
+            flat = number * repeats + part
+            index = np.unravel_index(flat, shape) if shape else ()
+            shots = slice(part * pub.shots, (part + 1) * pub.shots)
+            for creg, (start, size_bits) in zip(cregs, offsets, strict=True):
+                bits = joint.slice_bits(range(start, start + size_bits)).array
+                arrays[creg.name][index] = bits[shots]
     data = DataBin(**{c.name: BitArray(arrays[c.name], c.size) for c in cregs}, shape=shape)
     return SamplerPubResult(data, metadata={
         "shots": pub.shots, "circuit_metadata": pub.circuit.metadata,

@@ -7,6 +7,7 @@ reported standard errors and counts from the same distribution.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import numpy as np
@@ -215,3 +216,23 @@ def test_cancel_before_execution_never_runs(settings, worker):
         job.result()
     assert job.cancelled() and job.status() == JobStatus.CANCELLED
     assert job.cancel() is False  # finished: a no-op
+
+
+def test_cancel_from_inside_a_running_event_loop(settings, worker):
+    """A Jupyter cell runs in an event loop: cancel() raised RuntimeError there (asyncio.run
+    inside a running loop) and the job ran and was charged."""
+    sampler = Sampler(settings=settings, timeout_s=60, priority=-1)
+    circuit = QuantumCircuit(2, 2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure([0, 1], [0, 1])
+
+    async def cell():
+        job = sampler.run([(circuit, None, 100)], job_id=f"cell-{uuid.uuid4().hex[:8]}")
+        return job, job.cancel()
+
+    job, sent = asyncio.run(cell())
+    assert sent is True
+    with pytest.raises(JobCancelled):
+        job.result()
+    assert job.status() == JobStatus.CANCELLED

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from cachetools import LRUCache
 from qiskit import QuantumCircuit
+from qiskit.circuit import ControlFlowOp, Delay
 from qiskit.transpiler import PassManager, generate_preset_pass_manager
 
 from workers.backends.aer import Backend
@@ -61,6 +62,7 @@ class TranspileCache:
             return template, True
         self.misses += 1
         template = self.pass_manager(backend).run(without_impostors(circuit, backend.target))
+        template = delays_in_dt(template, backend.target.dt)
         self._templates[key] = template
         return template, False
 
@@ -92,3 +94,35 @@ class TranspileCache:
 
     def __len__(self) -> int:
         return len(self._templates)
+
+
+def delays_in_dt(circuit: QuantumCircuit, dt: float | None) -> QuantumCircuit:
+    """`circuit` with its delays in the backend's `dt`, the one unit QPY keeps: Qiskit 2.6's
+    QPY writes a delay's duration without its unit, so 100 ns came back as 100 dt and 1e-7 s
+    failed to load (CircuitError), and a prepared job travels between processes as QPY. A
+    backend without `dt` (the ideal simulator) simulates a delay as the identity: it is left
+    out. The same object when it has no such delay."""
+    def convert(instruction):
+        operation = instruction.operation
+        if isinstance(operation, ControlFlowOp):
+            blocks = [delays_in_dt(block, dt) for block in operation.blocks]
+            return [instruction.replace(operation=operation.replace_blocks(blocks))]
+        if not isinstance(operation, Delay) or operation.unit == "dt":
+            return [instruction]
+        if dt is None:
+            return []
+        seconds = operation.duration * _SECONDS[operation.unit]
+        return [instruction.replace(operation=Delay(round(seconds / dt), unit="dt"))]
+
+    if not any(isinstance(i.operation, ControlFlowOp) or
+               (isinstance(i.operation, Delay) and i.operation.unit != "dt")
+               for i in circuit.data):
+        return circuit
+    rebuilt = circuit.copy_empty_like()
+    for instruction in circuit.data:
+        for converted in convert(instruction):
+            rebuilt.append(converted, copy=False)
+    return rebuilt
+
+
+_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12}

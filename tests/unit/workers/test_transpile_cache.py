@@ -93,3 +93,32 @@ def test_structural_hash_covers_user_gate_bodies() -> None:
     with_h = parse_circuit(template.format(body="h"))
     assert structural_hash(with_x) != structural_hash(with_h)
     assert structural_hash(with_x) == structural_hash(parse_circuit(template.format(body="x")))
+
+
+def test_a_delay_in_si_units_survives_the_prepared_jobs_qpy(registry, limits):
+    """Qiskit 2.6's QPY drops a delay's unit: 100 ns came back as 100 dt, 1e-7 s failed to
+    load (CircuitError, untyped, after preparation succeeded)."""
+    from qiskit.circuit import Delay
+
+    from workers.circuits.transpile import delays_in_dt
+    from workers.execution.preparation import PreparedJob, execute, prepare
+    from workers.jobs import JobSpec
+
+    source = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nbit[1] c;\nx q[0];\n'
+              "delay[100ns] q[0];\ndelay[2us] q[0];\nc[0] = measure q[0];\n")
+    for backend in ("aer.ideal", "aer.noisy"):
+        prepared = prepare(JobSpec("wf-delay", source, shots=50, backend=backend), registry,
+                           TranspileCache(), limits)
+        restored = PreparedJob.from_bytes(prepared.to_bytes())
+        (counts,) = execute(restored, registry, 3)
+        assert counts.get("1", 0) >= 45, (backend, counts)
+    circuit = QuantumCircuit(1)
+    circuit.delay(100, 0, unit="ns")
+    circuit.delay(7, 0, unit="dt")
+    converted = delays_in_dt(circuit, dt=0.5e-9)
+    assert [(i.operation.duration, i.operation.unit) for i in converted.data] == [
+        (200, "dt"), (7, "dt")]
+    assert all(isinstance(i.operation, Delay) for i in converted.data)
+    plain = QuantumCircuit(1)
+    plain.x(0)
+    assert delays_in_dt(plain, None) is plain

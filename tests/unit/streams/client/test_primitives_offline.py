@@ -122,3 +122,118 @@ def test_adaptive_estimate_is_unbiased_with_grouped_covariances():
     variance = 0.49 + 0.09 - 2 * 0.21 * zi - (0.7 * zz - 0.3 * iz) ** 2
     assert found.std_error == pytest.approx(math.sqrt(variance / 200_000), rel=0.02)
     assert set(found.needs) == {"ZZ"}
+
+
+def test_registers_the_exporter_renames_are_matched_by_position_not_left_as_zeros():
+    """`creg` and `z` are OpenQASM keywords or gates: the exporter declares them as
+    `creg_1` and `z_0`, so the worker's result names those; the sampler returned zeros."""
+    z, creg = ClassicalRegister(1, "z"), ClassicalRegister(2, "creg")
+    circuit = QuantumCircuit(QuantumRegister(2, "q"), z, creg)
+    circuit.x(0)
+    circuit.measure(0, z[0])
+    circuit.measure([0, 1], creg)
+    source, _ = circuit_source(circuit)
+    worker_names = [r.name for r in parse_circuit(source, "qasm3").cregs]
+    assert worker_names != ["z", "creg"]  # the exporter's renaming, as the worker sees it
+    layout = [{"name": name, "size": size} for name, size in zip(worker_names, (1, 2),
+                                                                  strict=True)]
+    pub = SamplerPub.coerce((circuit, None, 8))
+    result = sampler_pub_result(pub, _sampler_result("wf-1", [{"01 1": 8}], layout))
+    assert result.data.z.get_counts() == {"1": 8}
+    assert result.data.creg.get_counts() == {"01": 8}
+
+
+def test_registers_that_cannot_be_matched_are_an_error():
+    alpha, beta = ClassicalRegister(1, "alpha"), ClassicalRegister(2, "beta")
+    circuit = QuantumCircuit(QuantumRegister(3), alpha, beta)
+    circuit.measure([0, 1, 2], [0, 1, 2])
+    pub = SamplerPub.coerce((circuit, None, 8))
+    for layout in ([{"name": "other", "size": 3}],
+                   [{"name": "alpha", "size": 2}, {"name": "beta", "size": 1}]):
+        with pytest.raises(ValueError):
+            sampler_pub_result(pub, _sampler_result("wf-1", [{"101": 8}], layout))
+
+
+def test_a_transpiled_circuit_keeps_its_idle_physical_qubits():
+    """The standard V2 flow: transpile for a device, lay the observable out on it. Exported
+    with its layout the circuit named only the qubits it used, and the worker refused the
+    observable (`IIIIIZZI has 8 qubits, the circuit 3`)."""
+    from qiskit.providers.fake_provider import GenericBackendV2
+    from qiskit.transpiler import CouplingMap, generate_preset_pass_manager
+
+    backend = GenericBackendV2(8, coupling_map=CouplingMap.from_line(8), seed=1)
+    logical = QuantumCircuit(3)
+    logical.h(0)
+    logical.cx(0, 1)
+    logical.cx(1, 2)
+    isa = generate_preset_pass_manager(optimization_level=1, backend=backend,
+                                       seed_transpiler=1).run(logical)
+    observable = SparsePauliOp("ZZI").apply_layout(isa.layout)
+    source, _ = circuit_source(isa)
+    parsed = parse_circuit(source, "qasm3")
+    assert parsed.num_qubits == 8 == observable.num_qubits
+    assert isa.layout is not None  # the user's circuit is left as it was
+    value = Statevector(parsed).expectation_value(observable)
+    assert math.isclose(value.real, 1.0, abs_tol=1e-9)
+
+
+def test_a_sampler_asked_for_readout_mitigation_refuses_instead_of_sampling_raw():
+    from streams.client.primitives import Sampler
+
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    sampler = Sampler("127.0.0.1:1", mitigation={"readout": True})
+    with pytest.raises(ValueError, match="not samples"):
+        sampler.run([circuit])
+
+
+def test_gates_the_exporter_cannot_spell_are_sent_decomposed_or_refused_typed():
+    """An Isometry needs five levels of definitions before OpenQASM 3 can spell it; it
+    escaped run() as the exporter's own QASM3ExporterError."""
+    from qiskit.circuit import Gate, Instruction
+    from qiskit.circuit.library import Isometry
+    from qiskit.quantum_info import Operator, random_unitary
+
+    circuit = QuantumCircuit(3)
+    circuit.append(Isometry(random_unitary(8, seed=7).data[:, :2], 0, 0), [0, 1, 2])
+    source, _ = circuit_source(circuit)
+    assert Operator(parse_circuit(source, "qasm3")).equiv(Operator(circuit))
+
+    class Opaque(Instruction):
+        def __init__(self):
+            super().__init__("opaque_thing", 1, 0, [])
+
+    stuck = QuantumCircuit(1)
+    stuck.append(Opaque(), [0])
+    assert not isinstance(Opaque(), Gate)
+    with pytest.raises(InvalidCircuit, match="no OpenQASM 3 spelling"):
+        circuit_source(stuck)
+
+
+def test_a_circuit_without_parameters_under_a_shaped_binding_fills_the_shape():
+    """It ran once and result() failed with `1 circuits for shape (3,)`: now it runs with
+    the shots of every element and they are split in order."""
+    from qiskit.primitives.containers.bindings_array import BindingsArray
+
+    from streams.client.primitives import Sampler
+
+    circuit = QuantumCircuit(1)
+    circuit.x(0)
+    circuit.measure_all()
+    pub = SamplerPub.coerce((circuit, BindingsArray(shape=(3,))), 8)
+    request = Sampler("127.0.0.1:1")._request("job", 0, pub)
+    assert request["shots"] == 24 and request["parameter_sets"] == []
+    layout = [{"name": "meas", "size": 1}]
+    result = sampler_pub_result(pub, _sampler_result("wf-1", [{"1": 24}], layout))
+    assert result.data.meas.shape == (3,) and result.data.meas.num_shots == 8
+    assert [result.data.meas[i].get_counts() for i in range(3)] == [{"1": 8}] * 3
+
+
+def test_clbits_in_no_register_give_an_empty_result_as_the_reference_does():
+    from qiskit.circuit import Clbit
+
+    circuit = QuantumCircuit([*QuantumRegister(2)], [Clbit(), Clbit()])
+    circuit.measure([0, 1], [0, 1])
+    pub = SamplerPub.coerce((circuit, None, 8))
+    result = sampler_pub_result(pub, _sampler_result("wf-1", [{"01": 8}], []))
+    assert list(result.data.keys()) == []
