@@ -19,7 +19,7 @@ from streams.agents.common import (
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
-from streams.kafka.partitioning import home_partition, reroute
+from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
 from streams.kafka.tenants import check_cancel_of, check_tenant_of
 from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic
 from streams.ops import metrics
@@ -142,6 +142,11 @@ def register(app, runtime: Runtime, table) -> None:
             if source.key != workflow_id.encode():
                 raise KeyMismatch(
                     f"record key {source.key!r} is not the workflow id {workflow_id!r}")
+        if len(source.key or b"") > MAX_ROUTED_KEY_BYTES or (not cancel and not workflow_id):
+            # Not moved to its key's partition, so its table entry would be on the wrong one:
+            # a job run twice, a late cancel answered "before arrival" (red-team run).
+            raise InvalidJob(f"a workflow id must be 1 to {MAX_ROUTED_KEY_BYTES} bytes of "
+                             f"UTF-8, got {len(source.key or b'')}")
         # Only a record that will touch the table moves: garbage is dead-lettered where it is.
         home = home_partition(source, runtime.settings.partitions)
         if home is not None:

@@ -22,8 +22,9 @@ from streams.ops import metrics
 from streams.workflow.deadletter import SourceRecord, record_bytes
 from workers.errors import RecordTooLarge
 
-# murmur2 here is pure Python (about 0.2 µs per byte): a longer key is handled where it
-# landed rather than hashed. No workflow id comes near it.
+# murmur2 here is pure Python (about 0.2 µs per byte): a longer key is not hashed. A
+# workflow id may not be longer (preprocess dead-letters it as InvalidJob where it landed):
+# its table entry would sit on the wrong partition.
 MAX_ROUTED_KEY_BYTES = 1024
 REROUTED_HEADER = "qlane.rerouted-from"
 

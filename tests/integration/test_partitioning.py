@@ -77,3 +77,19 @@ def test_a_job_off_its_partition_runs_once_and_its_duplicates_anywhere_are_found
     origins = {dict(r.headers)[REROUTED_HEADER].decode() for r in moved}
     assert origins == {f"{r.topic}:{r.partition}:{r.offset}" for r in records
                        if r.partition != home}
+
+
+def test_a_workflow_id_too_long_to_move_is_refused_where_it_landed(store_worker):
+    """An id over 1024 bytes (342 CJK characters) was handled off its key's partition: with
+    the RocksDB store the same job sent again ran and was charged twice (red-team run)."""
+    settings, store = store_worker
+    workflow_id = f"long-{store}-{uuid.uuid4().hex[:8]}-" + "量" * 342
+    assert len(workflow_id.encode()) > 1024
+    home = key_partition(workflow_id.encode(), PARTITIONS)
+    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=200, seed=7)
+    first = submit_to_partition(settings, job, (home + 1) % PARTITIONS, timeout_s=60)
+    assert first.state == "failed" and "InvalidJob" in first.detail, first
+    assert "accepted" not in first.history
+    second = submit_to_partition(settings, job, home, timeout_s=60)
+    assert second.state == "failed" and "InvalidJob" in second.detail, second
+    assert not [r for r in topic_records(settings, "cost") if r.key == workflow_id.encode()]
