@@ -19,7 +19,7 @@ from schemas.codec import codec
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.record_batches import UNREADABLE_HEADER
 from streams.kafka.security import kafka_options
-from streams.kafka.topics import NORMAL, TopicNames, job_topic, parse_job_topic
+from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, parse_job_topic
 from streams.settings import Settings
 from streams.workflow.deadletter import HEADER_PREFIX, JOB_TOPIC_HEADER, OMITTED_HEADER
 
@@ -140,9 +140,6 @@ def rerun_id(parent: str) -> str:
     return f"{parent}.rerun-{uuid.uuid4().hex[:8]}"
 
 
-_LANE_OF_PRIORITY = ((1, "high"), (-1, "low"))
-
-
 def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
                 tenants: Collection[str] = ()) -> ReplayedRecord:
     """Where one record goes and with which bytes (raises on records it cannot place).
@@ -227,9 +224,8 @@ def dead_letter_destination(dlq: dict[str, str], value: bytes, names: TopicNames
         return named, value, f"JobRequest carried by a dead {internal or 'variational job'}"
     request = codec("JobRequest").decode(value)
     tenant = request.get("tenant") if request.get("tenant") in tenants else None
-    lane = {names.execute_high: "high", names.execute_low: "low"}.get(source) or next(
-        (lane for sign, lane in _LANE_OF_PRIORITY
-         if (request.get("priority") or 0) * sign > 0), NORMAL)
+    lane = {names.execute_high: "high", names.execute_low: "low"}.get(source) or (
+        lane_for_priority(request.get("priority") or 0))
     return (job_topic(prefix, tenant, lane), value,
             f"JobRequest carried by a dead {internal or 'variational job'}")
 

@@ -133,12 +133,12 @@ def source_tenant(prefix: str, entry: dict | None) -> str | None:
     """The tenant of a workflow from its table entry: the address it was admitted from, or
     for a tombstone (a cancel before its job) the topic of its latest cancel."""
     entry = entry or {}
-    source = entry.get("source") or ""
     admitted = admitted_from(entry)
     if admitted is not None:
         return topic_tenant(prefix, admitted)
     topics = entry.get("cancel_topics")
-    if not source and isinstance(topics, list) and topics and isinstance(topics[-1], str):
+    if not entry.get("source") and isinstance(topics, list) and topics and isinstance(
+            topics[-1], str):
         return topic_tenant(prefix, topics[-1])
     return None
 
