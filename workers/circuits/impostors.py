@@ -8,7 +8,8 @@ the wrong parameters: Aer crashed the process (SIGSEGV for `diagonal`, `multiple
 `roerror`) or failed the job (`IndexError`), and on a device target a gate named like a basis
 gate would have run as that gate. So before transpiling, every instruction whose name the
 target lists but whose operation is not the target's kind is replaced by its definition (an
-opaque one is refused), inside control-flow blocks too.
+opaque one is refused), inside control-flow blocks and inside the definitions of the
+program's other gates (a wrapper the transpiler unrolls would bring the impostor back).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import inspect
 
 from qiskit import QuantumCircuit
 from qiskit.circuit import ControlFlowOp, Operation
+from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.transpiler import Target
 
 from workers.errors import InvalidCircuit
 
 # Definitions inside definitions; the static count bounds a program's nesting well below.
 MAX_DEPTH = 64
+_STANDARD = frozenset(get_standard_gate_name_mapping())
 
 
 def is_impostor(operation: Operation, target: Target) -> bool:
@@ -37,29 +40,70 @@ def is_impostor(operation: Operation, target: Target) -> bool:
         own, "base_class", type(own))
 
 
-def without_impostors(circuit: QuantumCircuit, target: Target, depth: int = 0) -> QuantumCircuit:
-    """`circuit` with every impostor replaced by its definition; the same object when it has
-    none (the common case costs one pass over its instructions)."""
-    if not any(isinstance(i.operation, ControlFlowOp) or is_impostor(i.operation, target)
-               for i in circuit.data):
-        return circuit
-    if depth > MAX_DEPTH:
-        raise InvalidCircuit(f"gate definitions nest deeper than {MAX_DEPTH}")
-    rebuilt = circuit.copy_empty_like()
-    for instruction in circuit.data:
-        operation = instruction.operation
+def without_impostors(circuit: QuantumCircuit, target: Target) -> QuantumCircuit:
+    """`circuit` with every impostor replaced by its definition, wherever it is: at the top,
+    inside control-flow blocks, or inside the definition of another gate of the program (which
+    the transpiler would unroll down to the impostor and then keep). The same object when
+    there is none."""
+    return _Unroller(target).circuit(circuit, 0)
+
+
+class _Unroller:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        # A program's gate is defined once and used many times: each definition is looked
+        # at once (by identity; the definition is held so that its id is not reused).
+        self.cleaned: dict[int, tuple[QuantumCircuit, QuantumCircuit]] = {}
+
+    def circuit(self, circuit: QuantumCircuit, depth: int) -> QuantumCircuit:
+        if depth > MAX_DEPTH:
+            raise InvalidCircuit(f"gate definitions nest deeper than {MAX_DEPTH}")
+        replacements = {}
+        for index, instruction in enumerate(circuit.data):
+            replaced = self.instruction(instruction.operation, depth)
+            if replaced is not None:
+                replacements[index] = replaced
+        if not replacements:
+            return circuit
+        rebuilt = circuit.copy_empty_like()
+        for index, instruction in enumerate(circuit.data):
+            replaced = replacements.get(index)
+            if replaced is None:
+                rebuilt.append(instruction, copy=False)
+            elif isinstance(replaced, QuantumCircuit):
+                rebuilt.compose(replaced, qubits=instruction.qubits, clbits=instruction.clbits,
+                                inplace=True)
+            else:
+                rebuilt.append(replaced, instruction.qubits, instruction.clbits, copy=False)
+        return rebuilt
+
+    def instruction(self, operation: Operation, depth: int):
+        """None to keep the operation; an operation or a circuit (its definition, inlined)
+        to put in its place."""
         if isinstance(operation, ControlFlowOp):
-            blocks = [without_impostors(block, target, depth + 1) for block in operation.blocks]
-            rebuilt.append(operation.replace_blocks(blocks), instruction.qubits,
-                           instruction.clbits, copy=False)
-        elif is_impostor(operation, target):
+            blocks = [self.circuit(block, depth + 1) for block in operation.blocks]
+            if all(new is old for new, old in zip(blocks, operation.blocks, strict=True)):
+                return None
+            return operation.replace_blocks(blocks)
+        if is_impostor(operation, self.target):
             definition = getattr(operation, "definition", None)
             if definition is None:
                 raise InvalidCircuit(
                     f"gate {operation.name!r} has the name of a backend instruction and no "
                     "definition: rename it")
-            rebuilt.compose(without_impostors(definition, target, depth + 1),
-                            qubits=instruction.qubits, clbits=instruction.clbits, inplace=True)
-        else:
-            rebuilt.append(instruction, copy=False)
-    return rebuilt
+            return self.definition(definition, depth)
+        if operation.name in self.target.operation_names or operation.name in _STANDARD:
+            return None  # the backend's own, or Qiskit's: no program gate inside
+        definition = getattr(operation, "definition", None)
+        if definition is None:
+            return None
+        cleaned = self.definition(definition, depth)
+        return None if cleaned is definition else cleaned
+
+    def definition(self, definition: QuantumCircuit, depth: int) -> QuantumCircuit:
+        known = self.cleaned.get(id(definition))
+        if known is not None and known[0] is definition:
+            return known[1]
+        cleaned = self.circuit(definition, depth + 1)
+        self.cleaned[id(definition)] = (definition, cleaned)
+        return cleaned

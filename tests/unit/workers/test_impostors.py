@@ -82,3 +82,35 @@ def test_a_circuit_of_the_targets_own_gates_is_returned_as_it_is(registry):
     circuit.rzz(0.3, 0, 1)
     circuit.measure_all()
     assert without_impostors(circuit, registry.get("aer.ideal").target) is circuit
+
+
+def test_a_borrowed_name_inside_another_gates_definition_is_unrolled(registry, cache, limits):
+    """`gate wrap a, b { diagonal a, b; }`: the transpiler unrolled `wrap`, met `diagonal`,
+    kept it as Aer's, and Aer crashed the worker (red-team run). Checked in a child."""
+    script = textwrap.dedent('''
+        from workers.backends.registry import BackendRegistry
+        from workers.circuits.transpile import TranspileCache
+        from workers.execution.preparation import execute, prepare
+        from workers.jobs import JobSpec
+        from workers.limits import Limits
+        registry = BackendRegistry()
+        for name, header in (("diagonal", 'OPENQASM 2.0;\\ninclude "qelib1.inc";\\n'),
+                             ("multiplexer", 'OPENQASM 3.0;\\ninclude "stdgates.inc";\\n')):
+            source = (header + f"gate {name} a, b {{ cx a, b; }}\\n"
+                      f"gate inner a, b {{ {name} a, b; }}\\n"
+                      "gate wrap a, b { h a; inner a, b; }\\n"
+                      + ("qreg q[2];\\ncreg c[2];\\nwrap q[0], q[1];\\nmeasure q -> c;\\n"
+                         if "2.0" in header else
+                         "qubit[2] q;\\nbit[2] c;\\nwrap q[0], q[1];\\nc = measure q;\\n"))
+            prepared = prepare(JobSpec("wf-" + name, source, shots=400), registry,
+                               TranspileCache(), Limits())
+            ops = set(prepared.templates[0].count_ops())
+            assert name not in ops, (name, ops)
+            (counts,) = execute(prepared, registry, 7)
+            assert set(counts) == {"00", "11"}, (name, counts)
+        print("ok")
+    ''')
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode,
+                                                                   done.stderr[-2000:])
