@@ -18,7 +18,15 @@ from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord, error_class
 from streams.workflow.dlq_guard import Hold, SourceGuards
+from workers.circuits import qpy_cache
+from workers.circuits.sandbox import (
+    LoadCheck,
+    SandboxBounds,
+    SandboxPool,
+    rebuild_error,
+)
 from workers.errors import QlaneError, UndecodableRecord, UnreadableRecordBatch
+from workers.execution.preparation import qpy_section
 
 log = logging.getLogger("qlane")
 
@@ -253,3 +261,33 @@ async def in_thread_timed(runtime: Runtime, function, *args) -> tuple[object, fl
         return result, time.perf_counter() - started
 
     return await in_thread(runtime, timed)
+
+
+def new_sandbox_pool(runtime: Runtime) -> SandboxPool | None:
+    settings = runtime.settings
+    if not settings.sandbox_enabled:
+        return None
+    bounds = SandboxBounds(wall_s=settings.sandbox_wall_s, cpu_s=settings.sandbox_cpu_s,
+                           memory_mb=settings.sandbox_memory_mb,
+                           output_mb=settings.sandbox_output_mb)
+    return SandboxPool(bounds, size=settings.sandbox_processes)
+
+
+# What a stage record's circuits may take once loaded: a prepared job the workers wrote takes
+# a few MB; a forged one can declare gigabytes in a few hundred bytes of QPY.
+MAX_LOADED_PREPARED_MB = 256
+
+
+async def vet_prepared(runtime: Runtime, data: bytes) -> None:
+    """Load a prepared job read from a stage topic in a sandbox first, once per distinct QPY
+    section: QPY lets a few bytes declare huge circuits (a decoy circuit table, a nested
+    definition), which the header check (workers/circuits/qpy_bounds.py) cannot see all of,
+    and the worker keeps what it loads. Raises the sandbox's typed error
+    (ResourceLimitExceeded, CorruptRecord, SandboxCrashed, ...)."""
+    if not runtime.settings.sandbox_enabled or qpy_cache.DECODED.holds(qpy_section(data)):
+        return
+    if runtime.sandbox is None:
+        runtime.sandbox = new_sandbox_pool(runtime)
+    header, _ = await runtime.sandbox.run_exchange(LoadCheck(data, MAX_LOADED_PREPARED_MB))
+    if not header.get("ok"):
+        raise rebuild_error(str(header.get("error")), str(header.get("message", "")))

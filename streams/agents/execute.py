@@ -61,15 +61,18 @@ def register(app, runtime: Runtime, table) -> None:
     async def start_simulator_process():
         await start_simulator_when_settled(runtime)
 
-    async def run_batch(sources: list[SourceRecord], decoded: dict[str, Job]) -> dict:
+    async def run_batch(sources: list[SourceRecord],
+                        decoded: dict[str, Job | Exception]) -> dict:
         """One backend call per backend for the whole batch: address -> counts | error.
-        Fills `decoded` (address -> Job) for each record's handle()."""
+        Fills `decoded` (address -> Job, or the error decoding it) for each record's
+        handle()."""
         jobs = []
         for source in sources:
             try:
-                job = decode_job(source)
-            except Exception:
-                continue  # handled (and dead-lettered) record by record afterwards
+                job = await decode_job(runtime, source)
+            except Exception as error:  # noqa: BLE001 - dead-lettered by handle() afterwards
+                decoded[source.address] = error  # not decoded (nor vetted) a second time
+                continue
             decoded[source.address] = job
             if runner.runnable(job) and not runner.past_deadline(job):
                 runtime.apply_controls(job.prepared.backend)
@@ -77,7 +80,9 @@ def register(app, runtime: Runtime, table) -> None:
         return await batch_outcomes(runtime, jobs)
 
     async def handle(source: SourceRecord, outcomes: dict, decoded: dict) -> str:
-        job = decoded.pop(source.address, None) or decode_job(source)
+        job = decoded.pop(source.address, None) or await decode_job(runtime, source)
+        if isinstance(job, Exception):
+            raise job
         if runner.already_executed(job):
             return "duplicate"  # a copy of a task that ran (re-sent after a crash): once
         if runner.cancelled(job):

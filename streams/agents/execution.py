@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from fallback.classical import run_classical
 from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
-from streams.agents.common import StageFailure, in_thread, in_thread_timed
+from streams.agents.common import StageFailure, in_thread, in_thread_timed, vet_prepared
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.settings import SIMULATOR_PROCESS_MIN_CORES
@@ -120,11 +120,13 @@ class Executed:
     charged_backend: str | None = None
 
 
-def decode_job(source: SourceRecord) -> Job:
-    """A stage.execute record (ExecuteTask) as a Job."""
+async def decode_job(runtime: Runtime, source: SourceRecord) -> Job:
+    """A stage.execute record (ExecuteTask) as a Job; its prepared job loaded in a sandbox
+    first (vet_prepared)."""
     task = codec("ExecuteTask").decode(source.value)
     try:
         request = codec("JobRequest").decode(task["request"])
+        await vet_prepared(runtime, task["prepared"])
         prepared = PreparedJob.from_bytes(task["prepared"])
     except Exception as error:
         raise StageFailure(task["workflow_id"], error) from error

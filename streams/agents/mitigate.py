@@ -13,7 +13,14 @@ import time
 from dataclasses import dataclass, field
 
 from schemas.codec import codec
-from streams.agents.common import StageFailure, in_thread, mark, run_stage, stage_supervisor
+from streams.agents.common import (
+    StageFailure,
+    in_thread,
+    mark,
+    run_stage,
+    stage_supervisor,
+    vet_prepared,
+)
 from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord
@@ -137,6 +144,7 @@ def register(app, runtime: Runtime, table) -> None:
             return
         try:
             request = codec("JobRequest").decode(task["request"])
+            await vet_prepared(runtime, task["prepared"])
             prepared = PreparedJob.from_bytes(task["prepared"])
             counts = json.loads(task["counts_json"])
         except Exception as error:

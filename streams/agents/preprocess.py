@@ -13,6 +13,7 @@ from streams.agents.common import (
     in_thread,
     mark,
     new_guard,
+    new_sandbox_pool,
     process_guarded,
     stage_supervisor,
 )
@@ -33,8 +34,6 @@ from streams.workflow.poison import AttemptLedger
 from workers.circuits.sandbox import (
     BackendView,
     Prepared,
-    SandboxBounds,
-    SandboxPool,
     SandboxRequest,
 )
 from workers.errors import (
@@ -61,16 +60,6 @@ def route_away_from_drift(runtime: Runtime, spec: JobSpec) -> JobSpec:
                  extra={"workflow_id": spec.workflow_id})
         return dataclasses.replace(spec, backend=alternate)
     return spec
-
-
-def new_sandbox_pool(runtime: Runtime) -> SandboxPool | None:
-    settings = runtime.settings
-    if not settings.sandbox_enabled:
-        return None
-    bounds = SandboxBounds(wall_s=settings.sandbox_wall_s, cpu_s=settings.sandbox_cpu_s,
-                           memory_mb=settings.sandbox_memory_mb,
-                           output_mb=settings.sandbox_output_mb)
-    return SandboxPool(bounds, size=settings.sandbox_processes)
 
 
 async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpec) -> Prepared:

@@ -162,7 +162,12 @@ def test_a_forged_stage_record_declaring_millions_of_qubits_is_dead_lettered_unl
     ACLs: an ExecuteTask whose QPY declares 3,000,000 qubits once made the worker build them
     (about 600 MB and seconds of event loop per record, kept by the decoded-circuit cache).
     Its circuit headers are now read first and the record is a CorruptRecord dead letter."""
-    from tests.unit.workers.test_qpy_bounds import _declare, _with_section
+    from tests.unit.workers.test_qpy_bounds import (
+        _declare,
+        _with_section,
+        decoy_table_section,
+        nested_definition_section,
+    )
     from workers.backends.registry import BackendRegistry
     from workers.circuits.transpile import TranspileCache
     from workers.execution.preparation import _HEADER, prepare
@@ -180,18 +185,32 @@ def test_a_forged_stage_record_declaring_millions_of_qubits_is_dead_lettered_unl
                            Limits()).to_bytes()
         _, _, length = _HEADER.unpack_from(prepared)
         section = bytearray(prepared[_HEADER.size + length:])
-        forged = _with_section(prepared, _declare(section, 0, qubits=3_000_000))
-        task = {"workflow_id": key, "request": job_bytes(key, BELL), "prepared": forged,
-                "accepted_at_ms": int(time.time() * 1000), "preprocess_s": 0.01, "attempt": 1,
-                "fallback_reason": None, "estimate_usd": 0.0}
+        forged = {key: _with_section(prepared, _declare(section, 0, qubits=3_000_000)),
+                  # What the header check cannot see: loaded in a sandbox first.
+                  f"{key}-decoy": _with_section(prepared, decoy_table_section(4_000_000)),
+                  f"{key}-nested": _with_section(prepared, nested_definition_section(4_000_000))}
+
+        def task(workflow_id: str, data: bytes) -> bytes:
+            return codec("ExecuteTask").encode({
+                "workflow_id": workflow_id, "request": job_bytes(workflow_id, BELL),
+                "prepared": data, "accepted_at_ms": int(time.time() * 1000),
+                "preprocess_s": 0.01, "attempt": 1, "fallback_reason": None,
+                "estimate_usd": 0.0})
+
         with RssMonitor(worker.pid) as rss:
             before = rss_bytes(worker.pid)
-            produce(settings, [(key, codec("ExecuteTask").encode(task))] * 3,
+            produce(settings, [(k, task(k, data)) for k, data in forged.items()] * 2,
                     topic=settings.topic("stage.execute"))
-            letter = wait_for(lambda: dead_letters(settings).get(key), timeout_s=60)
-            assert letter, log.read_text()[-3000:]
-            assert letter["qlane.dlq.error.class"] == "CorruptRecord", letter
-            assert "declares 3000000 qubits" in letter["qlane.dlq.error.message"]
+            for workflow_id in forged:
+                letter = wait_for(lambda w=workflow_id: dead_letters(settings).get(w),
+                                  timeout_s=90)
+                assert letter, log.read_text()[-3000:]
+                reason = letter["qlane.dlq.error.class"]
+                if workflow_id == key:
+                    assert reason == "CorruptRecord", letter
+                    assert "declares 3000000 qubits" in letter["qlane.dlq.error.message"]
+                else:
+                    assert reason in ("ResourceLimitExceeded", "SandboxCrashed"), letter
             after = job_request(workflow_id=f"after-forged-{uuid.uuid4().hex[:6]}",
                                 circuit=BELL, shots=64)
             assert submit_and_wait(settings, [after])[after["workflow_id"]].state == "done"

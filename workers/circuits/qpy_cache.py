@@ -74,6 +74,18 @@ class DecodedSections(_SectionCache):
         return list(templates)
 
 
+    def holds(self, section: bytes) -> bool:
+        """Whether `section` is decoded here already (not counted as a hit or a miss)."""
+        with self._lock:
+            return section in self._entries
+
+
+def load_uncached(section: bytes, max_templates: int = MAX_TEMPLATES) -> list[QuantumCircuit]:
+    """A section's templates, checked and loaded afresh, not kept."""
+    check_section(section, max_templates=max_templates)
+    return list(qpy.load(io.BytesIO(section)))
+
+
 class EncodedSections(_SectionCache):
     """QPY bytes by the template objects encoded (identity: the cached entry holds them, so
     their ids cannot be reused while it is there)."""

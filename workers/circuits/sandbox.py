@@ -180,6 +180,16 @@ class SandboxRequest:
 
 
 @dataclass(frozen=True)
+class LoadCheck:
+    """A prepared job read from a stage topic, to be loaded here before the worker loads it:
+    what its circuits take loaded (its QPY can declare far more than its bytes), refused past
+    `max_mb`."""
+
+    data: bytes
+    max_mb: int
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A prepared job as its bytes (PreparedJob.to_bytes) and the facts the worker needs."""
 
@@ -235,12 +245,37 @@ class Preparer:
                            request.limits, readout, fold_seed=request.fold_seed)
         return Prepared.of(prepared)
 
-    def handle(self, request: SandboxRequest) -> tuple[dict, bytes]:
+    def handle(self, request: SandboxRequest | LoadCheck) -> tuple[dict, bytes]:
+        # The process runs this module as __main__: requests arrive as the package's classes.
+        from workers.circuits import sandbox
+
+        if isinstance(request, sandbox.LoadCheck):
+            return self.check_load(request)
         prepared = self.prepare(request)
         return {
             "ok": True, "backend": prepared.backend, "shots": prepared.shots,
             "num_tasks": prepared.num_tasks, "transpile_cache_hit": prepared.transpile_cache_hit,
         }, prepared.data
+
+    @staticmethod
+    def check_load(request: LoadCheck) -> tuple[dict, bytes]:
+        """Load the prepared job as the worker would (not cached here) and measure what its
+        circuits hold: the memory this process gained, which the worker would keep."""
+        import gc
+
+        from workers.execution.preparation import PreparedJob
+
+        gc.collect()
+        before = _resident_bytes()
+        loaded = PreparedJob.from_bytes(request.data, cached=False)
+        grown = max(0, _resident_bytes() - before)
+        del loaded
+        gc.collect()
+        if grown > request.max_mb * 2**20:
+            raise ResourceLimitExceeded(
+                f"the prepared job's circuits take {grown / 2**20:.0f} MB loaded > "
+                f"{request.max_mb} MB (a stage record declaring far more than its bytes)")
+        return {"ok": True, "grown_bytes": grown}, b""
 
     def warm_up(self) -> None:
         """Load what the first real program would: both parsers and the transpiler."""
@@ -265,6 +300,12 @@ def _address_space() -> int:
             if line.startswith("VmSize:"):
                 return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (not its peak, which an earlier program set)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _cpu_used() -> float:

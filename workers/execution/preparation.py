@@ -136,8 +136,9 @@ class PreparedJob:
         return _HEADER.pack(_MAGIC, _FORMAT_VERSION, len(header)) + header + circuits
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> PreparedJob:
-        """Read `to_bytes` output; anything else raises CorruptRecord."""
+    def from_bytes(cls, data: bytes, *, cached: bool = True) -> PreparedJob:
+        """Read `to_bytes` output; anything else raises CorruptRecord. `cached=False` loads
+        the circuits afresh and keeps them out of the decoded-section cache."""
         try:
             magic, version, length = _HEADER.unpack_from(data)
             if magic != _MAGIC or version not in _READABLE_VERSIONS:
@@ -147,9 +148,9 @@ class PreparedJob:
             tasks = [_task_from_json(*task) for task in fields.pop("tasks")]
             # Every template serves at least one task, so a section with more templates than
             # the job has tasks is refused before it is loaded.
-            templates = qpy_cache.DECODED.load(
-                bytes(data[start + length :]),
-                max_templates=min(qpy_bounds.MAX_TEMPLATES, len(tasks)))
+            load = qpy_cache.DECODED.load if cached else qpy_cache.load_uncached
+            templates = load(bytes(data[start + length :]),
+                             max_templates=min(qpy_bounds.MAX_TEMPLATES, len(tasks)))
             if any(not 0 <= task.template_index < len(templates) for task in tasks):
                 raise ValueError(f"a task names a template outside the {len(templates)} held")
             calibration = fields.pop("readout_calibration", None)
@@ -170,6 +171,15 @@ class PreparedJob:
             )
         except Exception as exc:
             raise CorruptRecord(f"prepared job does not decode: {exc}") from exc
+
+
+def qpy_section(data: bytes) -> bytes:
+    """The QPY section of `to_bytes` output (empty when it is not one)."""
+    try:
+        _, _, length = _HEADER.unpack_from(data)
+    except struct.error:
+        return b""
+    return bytes(data[_HEADER.size + length :])
 
 
 def _task_from_json(

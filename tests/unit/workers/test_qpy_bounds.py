@@ -106,3 +106,60 @@ def test_a_prepared_job_with_more_templates_than_tasks_or_a_task_past_them_is_co
     renamed = _HEADER.pack(b"QLPJ", 2, len(header)) + header + data[_HEADER.size + length:]
     with pytest.raises(CorruptRecord, match="outside the 1 held"):
         PreparedJob.from_bytes(renamed)
+
+
+def decoy_table_section(qubits: int) -> bytes:
+    """A section whose circuit table points at a harmless copy of the header appended at its
+    end, while the circuit Qiskit's loader reads (it follows the bytes, not the table)
+    declares `qubits` (red-team run)."""
+    circuit = QuantumCircuit(2, 2)
+    circuit.h(0)
+    circuit.measure([0, 1], [0, 1])
+    section = _section([circuit])
+    (offset,) = _circuit_offsets(section)
+    benign = bytes(section[offset: offset + formats.CIRCUIT_HEADER_V12_SIZE])
+    _declare(section, 0, qubits=qubits)
+    decoy = len(section)
+    section += benign
+    struct.pack_into("!Q", section, formats.FILE_HEADER_V10_SIZE + 1, decoy)
+    return bytes(section)
+
+
+def nested_definition_section(qubits: int) -> bytes:
+    """A section whose top-level circuit is small and whose custom gate's definition (a
+    nested circuit with its own header) declares `qubits` (red-team run)."""
+    body = QuantumCircuit(2, name="NESTEDBODY")
+    body.cx(0, 1)
+    gate = body.to_gate()
+    gate.name = "mygate"
+    circuit = QuantumCircuit(2, 1)
+    circuit.append(gate, [0, 1])
+    circuit.measure(0, 0)
+    section = _section([circuit])
+    offset = section.find(b"NESTEDBODY") - formats.CIRCUIT_HEADER_V12_SIZE
+    header = formats.CIRCUIT_HEADER_V12._make(
+        struct.unpack_from(formats.CIRCUIT_HEADER_V12_PACK, section, offset))
+    struct.pack_into(formats.CIRCUIT_HEADER_V12_PACK, section, offset,
+                     *header._replace(num_qubits=qubits))
+    return bytes(section)
+
+
+@pytest.mark.parametrize("forge", [decoy_table_section, nested_definition_section])
+def test_what_the_header_check_cannot_see_is_measured_in_a_sandbox(
+        forge, registry, cache, limits):
+    """Both pass the header check, and loading them in the worker kept about 1.1 GB for 4
+    million qubits; the sandbox loads them first and refuses what they would take."""
+    from workers.circuits.sandbox import LoadCheck, SandboxBounds, SandboxPool
+
+    data = prepare(JobSpec("wf-forged", BELL_QASM2, shots=10), registry, cache, limits).to_bytes()
+    assert check_section(forge(500_000)) == 1
+    forged = _with_section(data, forge(500_000))
+    pool = SandboxPool(SandboxBounds(wall_s=60, cpu_s=20, memory_mb=1024), size=1)
+    try:
+        header, _ = pool.exchange(LoadCheck(forged, max_mb=48))
+        assert header["ok"] is False and header["error"] == "ResourceLimitExceeded", header
+        assert "MB loaded > 48 MB" in header["message"]
+        fine, _ = pool.exchange(LoadCheck(data, max_mb=48))
+        assert fine["ok"] is True and fine["grown_bytes"] < 48 * 2**20, fine
+    finally:
+        pool.close()
