@@ -9,7 +9,10 @@ the wrong parameters: Aer crashed the process (SIGSEGV for `diagonal`, `multiple
 gate would have run as that gate. So before transpiling, every instruction whose name the
 target lists but whose operation is not the target's kind is replaced by its definition (an
 opaque one is refused), inside control-flow blocks and inside the definitions of the
-program's other gates (a wrapper the transpiler unrolls would bring the impostor back).
+program's other gates (a wrapper the transpiler unrolls would bring the impostor back). A
+gate with the name of one of Qiskit's standard gates that is not that gate is one too,
+whatever the backend: the transpiler translates gates by name (`gate h a { x a; }` ran as a
+Hadamard on `aer.noisy`, `gate iswap ...` as an iSWAP on `aer.ideal`).
 """
 
 from __future__ import annotations
@@ -25,19 +28,28 @@ from workers.errors import InvalidCircuit
 
 # Definitions inside definitions; the static count bounds a program's nesting well below.
 MAX_DEPTH = 64
-_STANDARD = frozenset(get_standard_gate_name_mapping())
+_STANDARD_GATES = get_standard_gate_name_mapping()
+_STANDARD = frozenset(_STANDARD_GATES)
 
 
 def is_impostor(operation: Operation, target: Target) -> bool:
-    """Whether `operation` takes the name of a target instruction without being one."""
+    """Whether `operation` takes the name of a target instruction, or of one of Qiskit's
+    standard gates, without being one. (A standard name the target lacks is no safer: the
+    transpiler translates a gate by its name, so `gate h a { x a; }` ran as a Hadamard.)"""
     name = operation.name
+    standard = _STANDARD_GATES.get(name)
+    if standard is not None and _kind(operation) is not _kind(standard):
+        return True
     if name not in target.operation_names:
         return False
     own = target.operation_from_name(name)
     if inspect.isclass(own):
         return not isinstance(operation, own)
-    return getattr(operation, "base_class", type(operation)) is not getattr(
-        own, "base_class", type(own))
+    return _kind(operation) is not _kind(own)
+
+
+def _kind(operation) -> type:
+    return getattr(operation, "base_class", type(operation))
 
 
 def without_impostors(circuit: QuantumCircuit, target: Target) -> QuantumCircuit:

@@ -114,3 +114,32 @@ def test_a_borrowed_name_inside_another_gates_definition_is_unrolled(registry, c
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode,
                                                                    done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("backend", ["aer.ideal", "aer.noisy"])
+def test_a_gate_named_like_a_standard_gate_the_backend_lacks_runs_as_defined(
+        registry, cache, limits, backend):
+    """The transpiler translates gates by name: `gate h a { x a; }` ran as a Hadamard on
+    aer.noisy (no `h` among its instructions) and `gate iswap a, b { x a; }` as an iSWAP on
+    aer.ideal (red-team run)."""
+    h_is_x = ('OPENQASM 3.0;\ngate h a { U(pi, 0, pi) a; }\nbit[1] c;\nqubit[1] q;\nh q[0];\n'
+              "c[0] = measure q[0];\n")
+    iswap_is_x = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ngate iswap a, b { x a; }\n'
+                  "bit[2] c;\nqubit[2] q;\niswap q[0], q[1];\nc = measure q;\n")
+    for source, expected in ((h_is_x, "1"), (iswap_is_x, "01")):
+        prepared = prepare(JobSpec("wf-std", source, shots=2000, backend=backend), registry,
+                           cache, limits)
+        (counts,) = execute(prepared, registry, 5)
+        assert counts.get(expected, 0) > 1800, (backend, counts)
+
+
+def test_the_parsers_own_standard_gates_are_left_alone(registry):
+    from workers.circuits.parsing import parse_circuit
+
+    source = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[3];\ncreg c[3];\n'
+              "h q[0]; s q[0]; sdg q[0]; t q[1]; u3(0.1,0.2,0.3) q[0]; cx q[0],q[1]; "
+              "cz q[0],q[1]; swap q[0],q[1]; ccx q[0],q[1],q[2]; rzz(0.1) q[0],q[1]; "
+              "cu1(0.1) q[0],q[1];\nmeasure q -> c;\n")
+    circuit = parse_circuit(source, "qasm2")
+    for backend in ("aer.ideal", "aer.noisy"):
+        assert without_impostors(circuit, registry.get(backend).target) is circuit

@@ -237,3 +237,14 @@ def test_clbits_in_no_register_give_an_empty_result_as_the_reference_does():
     pub = SamplerPub.coerce((circuit, None, 8))
     result = sampler_pub_result(pub, _sampler_result("wf-1", [{"01": 8}], []))
     assert list(result.data.keys()) == []
+
+
+def test_a_circuit_measuring_nothing_with_a_renamed_register_reads_zeros():
+    """The worker adds a `meas` register; with `creg` renamed by the exporter the registers
+    matched neither by name nor by count, and result() failed after the job ran."""
+    circuit = QuantumCircuit(QuantumRegister(2, "q"), ClassicalRegister(2, "creg"))
+    circuit.h(0)
+    layout = [{"name": "creg_0", "size": 2}, {"name": "meas", "size": 2}]
+    pub = SamplerPub.coerce((circuit, None, 8))
+    result = sampler_pub_result(pub, _sampler_result("wf-1", [{"01 00": 5, "00 00": 3}], layout))
+    assert result.data.creg.get_counts() == {"00": 8}
