@@ -26,13 +26,11 @@ TOPIC_SCHEMAS = {
 }
 
 
-_SCHEMA_OF_SHARED = {"results": "JobResult", "status": "JobStatus", "cost": "CostEvent"}
-
-
 def schema_of_topic(prefix: str, topic: str) -> str | None:
     """The record type a qlane topic holds, for every tenant and lane of it: job topics and
     the execute stage's lanes as the shared ones, a tenant's results, status and cost topics
     as the shared ones."""
+    from streams.kafka.tenants import TENANT_COPIES
     from streams.kafka.topics import parse_job_topic
 
     if parse_job_topic(prefix, topic) is not None:
@@ -43,7 +41,7 @@ def schema_of_topic(prefix: str, topic: str) -> str | None:
     if short in ("stage.execute-high", "stage.execute-low"):
         return "ExecuteTask"
     kind, _, tenant = short.partition(".")
-    return _SCHEMA_OF_SHARED.get(kind) if tenant else None
+    return TOPIC_SCHEMAS[kind] if tenant and kind in TENANT_COPIES else None
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -132,16 +132,16 @@ class TakenBatch:
     """A taken batch of stage.execute records, from its in-flight marks to its last ack.
 
     `call` is its backend call (a task); the stage takes and starts the next batch while it
-    runs (streams/agents/overlap.py). `decoded`: the jobs the call decoded, by source
-    address, so that each record's handle() does not decode its task (and unpack its
-    circuits) a second time."""
+    runs (streams/agents/overlap.py). `decoded`: the jobs the call decoded (or the error
+    decoding one), by source address, so that each record's handle() does not decode its
+    task (and vet and unpack its circuits) a second time."""
 
     events: list
     fresh: list[tuple[object, SourceRecord]]
     flight: InFlight | None
     poisoned: set[str]
     call: asyncio.Task | None = None
-    decoded: dict[str, Job] = field(default_factory=dict)
+    decoded: dict[str, Job | Exception] = field(default_factory=dict)
     marks_cleared: bool = False
 
     @property
@@ -218,7 +218,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, run_b
         else:  # suspects: each record runs alone, so that it cannot take others down
             for event, source in batch.runnable:
                 await flight.running([source.address])
-                decoded: dict[str, Job] = {}
+                decoded: dict[str, Job | Exception] = {}
                 outcomes = await run_batch([source], decoded)
                 await flight.finished([source.address])
                 await handle_all(guard, [(event, source)], outcomes, decoded)

@@ -29,7 +29,6 @@ from workers.errors import InvalidCircuit
 # Definitions inside definitions; the static count bounds a program's nesting well below.
 MAX_DEPTH = 64
 _STANDARD_GATES = get_standard_gate_name_mapping()
-_STANDARD = frozenset(_STANDARD_GATES)
 
 
 def is_impostor(operation: Operation, target: Target) -> bool:
@@ -104,7 +103,7 @@ class _Unroller:
                     f"gate {operation.name!r} has the name of a backend instruction and no "
                     "definition: rename it")
             return self.definition(definition, depth)
-        if operation.name in self.target.operation_names or operation.name in _STANDARD:
+        if operation.name in self.target.operation_names or operation.name in _STANDARD_GATES:
             return None  # the backend's own, or Qiskit's: no program gate inside
         definition = getattr(operation, "definition", None)
         if definition is None:
