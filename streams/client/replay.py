@@ -8,6 +8,7 @@ the jobs topic as the JobRequest they carry, so they pass admission again.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
@@ -121,6 +122,63 @@ async def start_offsets(consumer, partitions, selection: ReplaySelection) -> dic
     return starts
 
 
+def address(record) -> str:
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+def replayed_from(record) -> str | None:
+    """The address of the record an earlier replay made this one from, if it was."""
+    values = [v for k, v in (record.headers or ()) if k == REPLAY_HEADER]
+    return values[-1].decode(errors="replace") if values else None
+
+
+class EarlierCopies:
+    """Skips the records earlier replays made from records this replay selects too.
+
+    Without it, replaying a topic onto itself selects the copies the last replays wrote as
+    well: N replays of a range left 2^N records. A copy whose original is on the same topic
+    waits until the selection is read (its original may sit on another partition), then goes
+    only if its original was not selected; so N replays leave N + 1. The selection is kept
+    as runs of offsets per partition (each partition is read in order), not per record.
+    """
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, int], list[list[int]]] = {}
+        self.waiting: list = []
+
+    def now(self, record) -> bool:
+        """Whether to handle `record` now (else it is a copy: skipped, or `waiting`)."""
+        self.select(record.topic, record.partition, record.offset)
+        origin = replayed_from(record)
+        if origin is None or not origin.startswith(f"{record.topic}:"):
+            return True
+        if not self.selected(origin):
+            self.waiting.append(record)
+        return False
+
+    def select(self, topic: str, partition: int, offset: int) -> None:
+        runs = self.runs.setdefault((topic, partition), [])
+        if runs and runs[-1][1] + 1 == offset:
+            runs[-1][1] = offset
+        else:
+            runs.append([offset, offset])
+
+    def selected(self, origin: str) -> bool:
+        parts = origin.rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return False
+        runs = self.runs.get((parts[0], int(parts[1])), [])
+        offset = int(parts[2])
+        at = bisect.bisect_right(runs, [offset, float("inf")]) - 1
+        return at >= 0 and runs[at][0] <= offset <= runs[at][1]
+
+    def skip_reason(self, record) -> str | None:
+        origin = replayed_from(record)
+        if origin is None or not self.selected(origin):
+            return None
+        return f"an earlier replay made it from {origin}, which this replay selects too"
+
+
 def wanted(record, selection: ReplaySelection) -> bool:
     if selection.keys and record.key not in selection.keys:
         return False
@@ -145,7 +203,8 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
     """Where one record goes and with which bytes (raises on records it cannot place).
     `tenants` are the configured ones (QLANE_TENANTS): the job topic of a dead stage record
     written before dead letters named it (qlane.dlq.job.topic) is found from them."""
-    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith(HEADER_PREFIX)]
+    headers = [(k, v) for k, v in (record.headers or ())
+               if not k.startswith(HEADER_PREFIX) and k != REPLAY_HEADER]
     headers.append((REPLAY_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode()))
     key, value = record.key, record.value
     destination = target
@@ -247,26 +306,41 @@ async def replay(
         producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5)
         await producer.start()
     started = time.monotonic()
+    copies = EarlierCopies()
+
+    async def handle(record) -> None:
+        try:
+            planned = plan_record(record, names, target, rerun, settings.tenants)
+        except Exception as error:
+            summary.skipped += 1
+            report(f"skip {address(record)}: {error}")
+            return
+        report(planned)
+        if producer is not None:
+            if rate_per_s > 0:
+                due = started + summary.replayed / rate_per_s
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await producer.send(planned.target_topic, value=planned.value, key=planned.key,
+                                headers=planned.headers)
+        summary.replayed += 1
+        summary.by_target[planned.target_topic] = (
+            summary.by_target.get(planned.target_topic, 0) + 1
+        )
+
     try:
         async for record in select_records(settings, selection):
             summary.selected += 1
-            try:
-                planned = plan_record(record, names, target, rerun, settings.tenants)
-            except Exception as error:
+            if copies.now(record):
+                await handle(record)
+            elif (why := copies.skip_reason(record)) is not None:
                 summary.skipped += 1
-                report(f"skip {record.topic}:{record.partition}:{record.offset}: {error}")
-                continue
-            report(planned)
-            if producer is not None:
-                if rate_per_s > 0:
-                    due = started + summary.replayed / rate_per_s
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
-                await producer.send(planned.target_topic, value=planned.value, key=planned.key,
-                                    headers=planned.headers)
-            summary.replayed += 1
-            summary.by_target[planned.target_topic] = (
-                summary.by_target.get(planned.target_topic, 0) + 1
-            )
+                report(f"skip {address(record)}: {why}")
+        for record in copies.waiting:
+            if (why := copies.skip_reason(record)) is not None:
+                summary.skipped += 1
+                report(f"skip {address(record)}: {why}")
+            else:
+                await handle(record)
         if producer is not None:
             await producer.flush()
     finally:

@@ -4,7 +4,7 @@ import pytest
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.client.replay import REPLAY_HEADER, plan_record
+from streams.client.replay import REPLAY_HEADER, EarlierCopies, plan_record
 from streams.kafka.topics import TopicNames
 from streams.settings import Settings
 
@@ -143,3 +143,42 @@ def test_an_older_dead_stage_record_finds_its_tenant_and_lane(source, priority, 
     rerun = plan_record(dead, NAMES, target=None, rerun=True, tenants=("acme",))
     assert rerun.target_topic == expected
     assert codec("JobRequest").decode(rerun.value)["parent_workflow_id"] == "wf-1"
+
+
+def copies_left(records):
+    """What one replay of `records` sends (the EarlierCopies decisions, in order)."""
+    copies = EarlierCopies()
+    sent = [r for r in records if copies.now(r)]
+    return sent + [r for r in copies.waiting if copies.skip_reason(r) is None]
+
+
+def replay_once(log):
+    """One replay of every record of `log` onto the same topic: the log afterwards."""
+    copies = []
+    for r in copies_left(list(log)):
+        planned = plan_record(r, NAMES, None, False)
+        copies.append(record(planned.target_topic, planned.value, headers=planned.headers,
+                             partition=r.partition, offset=len(log) + len(copies)))
+    return log + copies
+
+
+def test_replaying_a_topic_again_does_not_replay_the_copies_earlier_replays_made():
+    log = [record(NAMES.jobs, request_bytes(f"wf-{i}"), key=f"wf-{i}".encode(), offset=i)
+           for i in range(3)]
+    for _ in range(4):
+        log = replay_once(log)
+    assert len(log) == 3 * 5  # 2^4 × 3 = 48 before
+    origins = [dict(r.headers).get(REPLAY_HEADER) for r in log[3:]]
+    assert all(o in {b"qlane.jobs:0:0", b"qlane.jobs:0:1", b"qlane.jobs:0:2"} for o in origins)
+    assert all([k for k, _ in r.headers].count(REPLAY_HEADER) <= 1 for r in log)
+
+
+def test_a_copy_whose_original_is_outside_the_selection_or_on_another_partition():
+    copy = record(NAMES.jobs, request_bytes(), partition=1, offset=9,
+                  headers=[(REPLAY_HEADER, b"qlane.jobs:0:4")])
+    assert copies_left([copy]) == [copy]  # original not selected: replayed
+    original = record(NAMES.jobs, request_bytes(), partition=0, offset=4)
+    assert copies_left([copy, original]) == [original]  # read before its original: waits
+    from_dead_letter = record(NAMES.jobs, request_bytes(), offset=10,
+                              headers=[(REPLAY_HEADER, b"qlane.deadletter:0:4")])
+    assert copies_left([from_dead_letter]) == [from_dead_letter]
