@@ -20,6 +20,8 @@ CIRCUIT_FORMATS = ("auto", "qasm2", "qasm3")
 # circuits): 8 MiB.
 PARSE_CACHE_BUDGET = 8 * 2**20
 PARSE_CACHE_ENTRY_ALLOWANCE = 4096
+_QASM2_COMMENT = re.compile(r"//[^\n]*")  # OpenQASM 2 has line comments only
+_QASM2_DEFINED = re.compile(r"\b(?:gate|opaque)\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def detect_format(source: str) -> str:
@@ -55,9 +57,7 @@ def _parse(source: str, fmt: str) -> QuantumCircuit:
             return _parse_qasm3(source)
         # No include search path: qelib1.inc is built into the parser, nothing else resolves
         # (static_count.check_includes refuses other includes before parsing).
-        return qasm2.loads(
-            source, include_path=(), custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS
-        )
+        return qasm2.loads(source, include_path=(), custom_instructions=legacy_gates(source))
     except (KeyboardInterrupt, SystemExit):
         raise
     except MemoryError:  # in the sandbox: its address-space bound
@@ -66,6 +66,21 @@ def _parse(source: str, fmt: str) -> QuantumCircuit:
         if _out_of_memory(exc):  # a panic over a failed allocation (the sandbox's bound)
             raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None
         raise InvalidCircuit(f"{fmt}: {_short(_describe(exc))}") from None
+
+
+def legacy_gates(source: str) -> list:
+    """Qiskit's legacy qelib1 gates, less those the program defines itself.
+
+    With the whole legacy list Qiskit's loader puts its own gate class in place of a
+    program's definition of the same name: `gate cx a, b { x a; x b; }` ran as a CNOT, and
+    `gate sx a { x a; }` after `include "qelib1.inc"` as an SX. Left out, the program's own
+    gate keeps its definition (impostors.py then unrolls it), or redefining a gate the
+    include already defines is the parser's "already defined" error.
+    """
+    defined = set(_QASM2_DEFINED.findall(_QASM2_COMMENT.sub(" ", source)))
+    if not defined:
+        return qasm2.LEGACY_CUSTOM_INSTRUCTIONS
+    return [gate for gate in qasm2.LEGACY_CUSTOM_INSTRUCTIONS if gate.name not in defined]
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -143,3 +143,32 @@ def test_the_parsers_own_standard_gates_are_left_alone(registry):
     circuit = parse_circuit(source, "qasm2")
     for backend in ("aer.ideal", "aer.noisy"):
         assert without_impostors(circuit, registry.get(backend).target) is circuit
+
+
+@pytest.mark.parametrize("backend", ["aer.ideal", "aer.noisy"])
+def test_a_qasm2_program_defining_a_qelib1_or_legacy_gate_runs_its_definition(
+        registry, cache, limits, backend):
+    """Qiskit's legacy QASM 2 gate list put its own class in place of the program's gate:
+    `gate cx a, b { x a; x b; }` ran as a CNOT (counts 00 instead of 11), and `gate sx a
+    { x a; }` after the include as an SX (half 1s instead of all)."""
+    cx_is_two_x = ("OPENQASM 2.0;\ngate x a { U(pi, 0, pi) a; }\ngate cx a, b { x a; x b; }\n"
+                   "qreg q[2];\ncreg c[2];\ncx q[0], q[1];\nmeasure q -> c;\n")
+    sx_is_x = ('OPENQASM 2.0;\ninclude "qelib1.inc";\ngate sx a { x a; }\nqreg q[1];\n'
+               "creg c[1];\nsx q[0];\nmeasure q -> c;\n")
+    for source, expected in ((cx_is_two_x, "11"), (sx_is_x, "1")):
+        prepared = prepare(JobSpec("wf-qasm2", source, shots=2000, backend=backend), registry,
+                           cache, limits)
+        (counts,) = execute(prepared, registry, 5)
+        assert counts.get(expected, 0) > 1800, (backend, counts)
+
+
+def test_a_qasm2_program_redefining_a_gate_its_include_defines_is_invalid():
+    from workers.circuits.parsing import parse_circuit
+
+    source = ('OPENQASM 2.0;\ninclude "qelib1.inc";\ngate cx a, b { x a; }\nqreg q[2];\n'
+              "cx q[0], q[1];\n")
+    with pytest.raises(InvalidCircuit, match="already defined"):
+        parse_circuit(source, "qasm2")
+    commented = ('OPENQASM 2.0;\ninclude "qelib1.inc";\n// gate sx is standard\nqreg q[1];\n'
+                 "sx q[0];\n")
+    assert type(parse_circuit(commented, "qasm2").data[0].operation).__name__.endswith("SXGate")
