@@ -28,6 +28,7 @@ _STR = 49
 _BYTES = 33
 _FLOAT = 24
 _INT = 28
+_SHARED_INTS = (-5, 256)
 _FIXED_WIDTH = {"null": 0, "float": 4, "double": 8}
 _ITEM_COST = {"null": 0, "boolean": 0, "int": _INT, "long": _INT, "float": _FLOAT,
               "double": _FLOAT}
@@ -74,8 +75,8 @@ class _Walk:
                     self.skip(_FIXED_WIDTH[schema])
                 elif schema == "boolean":
                     self.skip(1)
-                else:
-                    self.varint()
+                elif _SHARED_INTS[0] <= self.varint() <= _SHARED_INTS[1]:
+                    return  # CPython's one object for each small integer: nothing allocated
                 self.add(_ITEM_COST[schema])
                 return
             if schema in ("string", "bytes"):

@@ -68,3 +68,32 @@ def test_a_malformed_datum_is_left_for_the_reader(cut: int) -> None:
     check_decoded_size(codec("JobRequest")._parsed, data, HEADER_SIZE, budget=1 << 40)
     with pytest.raises(CorruptRecord):
         codec("JobRequest").decode(data)
+
+
+def test_small_counts_cost_nothing_so_a_large_real_result_decodes() -> None:
+    """CPython shares one object per integer from -5 to 256: counted at 28 bytes each, a
+    4.4 MB JobResult of 1,000 circuits × 300 outcomes came to more than 32 MiB and was
+    refused (red-team run); it takes about 24 MiB decoded."""
+    import copy
+    import random
+    import tracemalloc
+
+    from tests.unit.schemas.test_codec import sample
+
+    record, rng = sample("JobResult"), random.Random(1)
+    template, record["circuits"] = record["circuits"][0], []
+    for _ in range(1000):
+        circuit = copy.deepcopy(template)
+        circuit["counts"] = {format(k, "012b"): rng.randint(1, 200)
+                             for k in rng.sample(range(4096), 300)}
+        record["circuits"].append(circuit)
+    data = codec("JobResult").encode(record)
+    tracemalloc.start()
+    decoded = codec("JobResult").decode(data)
+    taken = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert decoded["circuits"][999]["counts"] == record["circuits"][999]["counts"]
+    writer = codec("JobResult")._parsed
+    check_decoded_size(writer, data, HEADER_SIZE, budget=int(taken * 1.1))
+    with pytest.raises(DecodedTooLarge):
+        check_decoded_size(writer, data, HEADER_SIZE, budget=int(taken * 0.8))
