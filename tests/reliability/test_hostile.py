@@ -162,7 +162,7 @@ def test_a_forged_stage_record_declaring_millions_of_qubits_is_dead_lettered_unl
     ACLs: an ExecuteTask whose QPY declares 3,000,000 qubits once made the worker build them
     (about 600 MB and seconds of event loop per record, kept by the decoded-circuit cache).
     Its circuit headers are now read first and the record is a CorruptRecord dead letter."""
-    from tests.unit.workers.test_qpy_bounds import (
+    from tests.unit.workers.circuits.test_qpy_bounds import (
         _declare,
         _with_section,
         decoy_table_section,

@@ -36,7 +36,7 @@ from workers.drift.detection import (
     success_drop_test,
 )
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
+ROOT = pathlib.Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture
