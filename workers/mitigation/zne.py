@@ -279,7 +279,8 @@ def extrapolate(
 
     `asymptote` is used by "exponential" only: y(s) = asymptote + b e^{-c s}, with the
     asymptote fixed (an observable's identity part: Pauli terms decay to 0 under
-    depolarizing noise).
+    depolarizing noise). Values that do not decay toward it, or a fit without spread, fall
+    back to the linear fit.
     """
     y = np.asarray(values, dtype=float)
     se = np.asarray(std_errors, dtype=float)
@@ -288,6 +289,10 @@ def extrapolate(
         return Extrapolation(float(w @ y), float(math.sqrt(float((w**2) @ (se**2)))))
     fit_failed = mitiq_inference().ExtrapolationError
     try:
+        if not decays_toward(scale_factors, y, asymptote):
+            # mitiq takes the log of y - asymptote, putting 1e-6 in place of the values on
+            # the wrong side: a "fit" of 0 ± 0, or an <Z> of -1.17 (red-team run).
+            raise fit_failed("the values do not decay toward the asymptote")
         value = _exponential(scale_factors, y, asymptote)
         gradient = np.zeros(len(y))
         for i in range(len(y)):
@@ -300,12 +305,22 @@ def extrapolate(
                 - _exponential(scale_factors, down, asymptote)
             ) / (2 * step)
         std_error = float(math.sqrt(float((gradient**2) @ (se**2))))
-        if not (math.isfinite(value) and math.isfinite(std_error)):
-            raise fit_failed("non-finite exponential fit")
+        if not (math.isfinite(value) and math.isfinite(std_error)) or std_error <= 0:
+            raise fit_failed("degenerate exponential fit")
         return Extrapolation(value, std_error)
     except (fit_failed, ValueError, RuntimeError, FloatingPointError):
         linear = extrapolate("linear", scale_factors, y, se)
         return Extrapolation(linear.value, linear.std_error, fallback=True)
+
+
+def decays_toward(scale_factors: Sequence[float], values: np.ndarray, asymptote: float) -> bool:
+    """All values on one side of the asymptote, their distance to it shrinking with the
+    scale factor (the slope of log-distance on scale factor, by least squares, below 0)."""
+    offsets = np.asarray(values, dtype=float) - asymptote
+    if not (np.all(offsets > 0) or np.all(offsets < 0)):
+        return False
+    slope = np.polyfit(np.asarray(scale_factors, dtype=float), np.log(np.abs(offsets)), 1)[0]
+    return bool(slope < 0)
 
 
 def _exponential(scale_factors: Sequence[float], values: np.ndarray, asymptote: float) -> float:

@@ -362,6 +362,22 @@ def test_exponential_extrapolation_and_delta_method_error() -> None:
     assert result.std_error == pytest.approx(float(np.std(draws)), rel=0.2)
 
 
+@pytest.mark.parametrize("values", [
+    [0.004, 0.03, 0.044],  # growing away from the asymptote: was -1e-6 ± 0.0
+    [-0.0465, 0.0067, 0.0287],  # crossing it: was <Z> = -1.17
+])
+def test_exponential_values_that_do_not_decay_fall_back_to_the_linear_fit(values) -> None:
+    """mitiq takes the log of each value's distance to the asymptote, with 1e-6 in place of
+    values on the wrong side: such a fit did not fail, it reported nonsense (red-team run:
+    coverage of 2 SE 0.47 at noise x3; 0.95 with the fallback)."""
+    result = zne.extrapolate("exponential", [1.0, 3.0, 5.0], values, [0.03] * 3)
+    linear = zne.extrapolate("linear", [1.0, 3.0, 5.0], values, [0.03] * 3)
+    assert result.fallback
+    assert (result.value, result.std_error) == (linear.value, linear.std_error)
+    decaying = zne.extrapolate("exponential", [1.0, 3.0, 5.0], [-0.8, -0.5, -0.3], [0.01] * 3)
+    assert not decaying.fallback and decaying.std_error > 0
+
+
 # ------------------------------------------------------------------------- readout
 def synthetic_calibration(n: int, seed: int = 1) -> ReadoutCalibration:
     rng = np.random.default_rng(seed)
