@@ -24,7 +24,7 @@ from streams.kafka.security import kafka_options
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow.control_records import DRIFT, NOISE, well_formed
-from workers.drift.detection import DriftMonitor, load_statistics
+from workers.drift.detection import DriftMonitor, load_statistics, unwatchable
 from workers.seeds import derive_seed
 
 log = logging.getLogger("qlane")
@@ -73,6 +73,23 @@ def register(app, runtime: Runtime) -> None:
         for severity in ("none", "warning", "critical"):
             metrics.DRIFT_ROUNDS.labels(backend, severity).inc(0)
 
+    refused: dict[str, str | None] = {}
+
+    def watched(backend_name: str) -> bool:
+        """Whether the monitor can watch this configured backend (an unknown name, or a noisy
+        backend without a calibration, is logged once as an error and left out)."""
+        if backend_name not in refused:
+            try:
+                backend = runtime.registry.get(backend_name)
+            except Exception as error:  # noqa: BLE001 (any reason a name is not a backend)
+                refused[backend_name] = f"not a backend here ({error})"
+            else:
+                refused[backend_name] = unwatchable(backend)
+            if refused[backend_name] is not None:
+                log.error("QLANE_DRIFT_BACKENDS: %s is not watched: %s", backend_name,
+                          refused[backend_name])
+        return refused[backend_name] is None
+
     def warm_up_drift_monitor() -> None:
         """Transpile each canary and compute its baseline at start, on every worker (any may
         become the leader). The first preset pass manager imports every installed transpiler
@@ -80,7 +97,7 @@ def register(app, runtime: Runtime) -> None:
         round, 60 s in, the worker's RSS stepped up in the middle of its traffic."""
         load_statistics()
         with monitor_lock:
-            for backend_name in settings.drift_backends:
+            for backend_name in filter(watched, settings.drift_backends):
                 backend = runtime.registry.get(backend_name)
                 monitor.canary_circuit(backend)
                 monitor.baseline(backend)
@@ -95,7 +112,7 @@ def register(app, runtime: Runtime) -> None:
 
     @app.timer(interval=settings.drift_period_s, on_leader=True)
     async def drift_rounds():
-        for backend_name in settings.drift_backends:
+        for backend_name in filter(watched, settings.drift_backends):
             runtime.apply_controls(backend_name)
             round_number = monitor.rounds.get(backend_name, 0) + 1
             report = await in_thread(runtime, canary_round, backend_name, round_number)

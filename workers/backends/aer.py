@@ -509,6 +509,10 @@ class Backend:
 
     binds_parameters = True  # run() takes templates with their parameter values (bindings)
 
+    @property
+    def noiseless(self) -> bool:
+        return self.calibration is None and self.noise_model is None
+
     def run(
         self,
         circuits: Sequence[QuantumCircuit],

@@ -144,6 +144,7 @@ class BraketLocalBackend:
         self.num_qubits = QUBITS[name]
         self.target = braket_target(self.num_qubits)
         self.noise = noise if name == DM else None
+        self.noiseless = self.noise is None  # dm's noise is Braket's, not a qlane calibration
         self._to_braket = adapter.to_braket
         if self.noise is not None:
             self._device = devices.LocalSimulator(

@@ -204,6 +204,7 @@ class IBMRuntimeBackend:
     vendor = VENDOR
     coupling_constrained = True
     noise_scale = 1.0
+    noiseless = False  # a device, or its fake twin: noisy, with or without a calibration here
     layout_method = "noise_aware"  # see workers.backends.layout
 
     def __init__(self, name: str, mode: str = "local", account: IBMAccount | None = None):

@@ -304,6 +304,16 @@ class DriftReport:
         return {**{name: values[name] for name in DRIFT_EVENT_FIELDS}, "at_ms": int(at_ms)}
 
 
+def unwatchable(backend: Backend) -> str | None:
+    """Why the monitor cannot watch `backend`, or None. Its baseline is computed from the
+    backend's calibration; without one only a noiseless backend has a known baseline (1.0).
+    A noisy backend without a calibration here (`braket.local.dm`, an IBM device in cloud
+    mode) came out at 1.0 too, and every round was a critical alarm (red-team run)."""
+    if backend.calibration is not None or getattr(backend, "noiseless", False):
+        return None
+    return "is noisy without a calibration qlane holds: no baseline to drift from"
+
+
 @dataclass
 class DriftMonitor:
     """Runs canary rounds on backends and tests each against the calibration's baseline.
@@ -347,6 +357,9 @@ class DriftMonitor:
     def baseline(self, backend: Backend) -> float:
         """The canary's success probability on `backend` at its calibration (noise scale 1.0),
         whatever the backend's current noise scale; computed once per calibration version."""
+        reason = unwatchable(backend)
+        if reason is not None:
+            raise ValueError(f"{backend.name} {reason}")
         key = (backend.name, backend.calibration_version, self._canary.name)
         p0 = self._baselines.get(key)
         if p0 is None:

@@ -293,3 +293,22 @@ def test_two_thousand_rounds_false_alarm_rate_is_at_most_alpha(registry: Backend
     alarms = sum(r.alarm for r in reports)
     # expected at most 0.2 alarms; P(>= 3 | 2000 rounds, 1e-4) ~ 1e-3
     assert alarms <= 2
+
+
+def test_a_noisy_backend_without_a_calibration_is_not_watched(registry: BackendRegistry):
+    """braket.local.dm's noise is Braket's own: its baseline came out 1.0 and every round at
+    unchanged noise was a critical alarm (p 0.0, red-team run). Unwatchable, with the reason;
+    a noiseless backend without a calibration stays watchable (baseline 1.0)."""
+    from workers.drift.detection import unwatchable
+
+    class NoisyWithoutCalibration:
+        name, calibration, noise_model = "vendor.device", None, None
+
+    assert "no baseline" in unwatchable(NoisyWithoutCalibration())
+    with pytest.raises(ValueError, match="no baseline"):
+        DriftMonitor(shots=200).baseline(NoisyWithoutCalibration())
+    assert unwatchable(registry.get(IDEAL)) is None
+    assert unwatchable(registry.get(NOISY)) is None
+    pytest.importorskip("braket.devices")
+    assert unwatchable(registry.get("braket.local.dm")) is not None
+    assert unwatchable(registry.get("braket.local.sv")) is None
