@@ -21,8 +21,10 @@ task), so a job of C circuits is C tasks even though qlane runs them in one Aer 
 where a job's seconds are split evenly over its circuits. Arithmetic is decimal (prices are
 read from their decimal text), so 0.30 + 1000 * 0.00145 is exactly 1.75.
 
-Mitigation multiplies circuits: callers pass the TOTAL number of circuits executed, including
-ZNE-folded copies and readout-calibration circuits (`mitigated_circuit_count` computes it).
+Mitigation multiplies circuits: callers pass the TOTAL number of circuits executed for a job,
+including ZNE-folded copies (`mitigated_circuit_count` computes it). The workers' shared
+readout calibration is billed to no job (docs/operations.md); a caller that calibrates for
+one job alone passes its circuits as `readout_calibration_circuits`.
 """
 
 from __future__ import annotations
