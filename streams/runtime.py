@@ -78,7 +78,8 @@ class Runtime:
     simulator: object = None  # its SIMULATE pool when settings.simulator_process
     host_workers: object = None  # workers.host_workers.HostWorkers, with simulator_process=auto
     simulator_wanted: bool | None = None  # the last decision of simulator_process_wanted
-    simulator_unwanted_since: float | None = None  # monotonic time `auto` chose the threads
+    # monotonic time `auto` chose the threads, or of the last long call that used the process
+    simulator_unwanted_since: float | None = None
     attempts: object = None  # streams.workflow.poison.AttemptLedger, set by the stages
     lane_channels: dict = field(default_factory=dict)  # (stage, lane) -> Faust channel
     gates: dict = field(default_factory=dict)  # stage -> streams.workflow.lanes.LaneGate

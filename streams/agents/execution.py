@@ -179,10 +179,11 @@ def join_host(runtime: Runtime) -> None:
     atexit.register(runtime.host_workers.leave)
 
 
-def simulator_process_wanted(runtime: Runtime) -> bool:
+def simulator_process_wanted(runtime: Runtime, close_idle: bool = True) -> bool:
     """Whether Aer calls go to the simulator process now: as set, or with `auto`, while this
     worker has at least SIMULATOR_PROCESS_MIN_CORES of the host's cores for itself (the
-    cores it may use, divided among the workers registered on the host that share them)."""
+    cores it may use, divided among the workers registered on the host that share them).
+    Unless told not to, closes a process unused long enough (`close_idle_simulator`)."""
     settings = runtime.settings
     join_host(runtime)
     fit_aer_threads(runtime)
@@ -197,7 +198,7 @@ def simulator_process_wanted(runtime: Runtime) -> bool:
                  "%d Aer thread(s) per call in the worker)",
                  "in a process of its own" if wanted else "in the worker's threads",
                  host.sharing(), usable_cores(), runtime.registry.parallel_threads)
-    if not wanted:
+    if not wanted and close_idle:
         close_idle_simulator(runtime)
     return wanted
 
@@ -277,17 +278,25 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
     stopped; a process is killed at the timeout."""
     if not simulated_here(runtime.registry, backends):
         return False
-    if simulator_process_wanted(runtime):
+    if simulator_process_wanted(runtime, close_idle=False):
         start_simulator(runtime)
         return True
     limit = runtime.settings.thread_simulation_max_s
     estimates: dict = {}
     estimated = sum(simulation_estimate(job, runtime.registry.get(job.backend), estimates)
                     for job in prepared)
+    auto = runtime.settings.simulator_process_auto
     if estimated <= limit:
+        if auto:
+            close_idle_simulator(runtime)
         return False
     log.info("a call estimated at %.3g s of simulation runs in a simulator process, not in "
              "the worker's threads (thread_simulation_max_s %g)", estimated, limit)
+    # Its idle time counts from its last call: counted from the switch to the threads, a
+    # process in use every few seconds was closed and started again for each long call
+    # after the first minute (20 starts in 150 s over two workers, a red-team run).
+    if auto:
+        runtime.simulator_unwanted_since = time.monotonic()
     start_simulator(runtime, needed=True)
     return True
 

@@ -425,3 +425,38 @@ def test_a_long_variational_evaluation_runs_where_a_stage_call_would() -> None:
         threads.executor.shutdown()
         if threads.simulator is not None:
             threads.simulator.close()
+
+
+def test_auto_keeps_a_process_that_long_calls_use_and_closes_it_once_they_stop(
+        tmp_path, monkeypatch) -> None:
+    """With two workers on a host, `auto` runs Aer in their threads and long calls in a
+    process: its idle time counted from the switch, so after the first minute every long call
+    closed the process and started another (20 starts in 150 s, red-team run)."""
+    from streams.agents.execution import in_simulator_process
+    from workers.execution.preparation import simulation_estimate
+
+    monkeypatch.setattr("streams.agents.execution.simulator_process_wanted",
+                        lambda runtime, close_idle=True: False)
+    started = []
+    monkeypatch.setattr("streams.agents.execution.start_simulator",
+                        lambda runtime, needed=False: started.append(needed))
+    pool = FakePool()
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path),
+                          simulator_idle_close_s=0.3),
+        simulator=pool, simulator_unwanted_since=time.monotonic() - 100,
+        registry=BackendRegistry())
+    long_job = job(runtime.registry)
+    runtime.settings.thread_simulation_max_s = simulation_estimate(
+        long_job.prepared, runtime.registry.get("aer.noisy")) / 2
+    for _ in range(3):  # long calls a few seconds apart: the process stays
+        assert in_simulator_process(runtime, ["aer.noisy"], [long_job.prepared])
+        assert runtime.simulator is pool and not pool.closed
+        time.sleep(0.1)
+    runtime.settings.thread_simulation_max_s = 1e9  # then only short calls
+    assert not in_simulator_process(runtime, ["aer.noisy"], [long_job.prepared])
+    assert not pool.closed  # used 0.1 s ago
+    time.sleep(0.35)
+    assert not in_simulator_process(runtime, ["aer.noisy"], [long_job.prepared])
+    assert pool.closed and runtime.simulator is None
+    assert started == [True, True, True]
