@@ -141,8 +141,9 @@ def register(app, runtime: Runtime, table) -> None:
         if home is not None:
             return await reroute(runtime, source, home, STAGE)
         if cancel:
-            check_cancel_of(runtime.settings.topic_prefix, source.topic,
-                            table.get((source.key or b"").decode(errors="replace")))
+            cancelled_id = (source.key or b"").decode(errors="replace")
+            check_cancel_of(runtime.settings.topic_prefix, source.topic, cancelled_id,
+                            table.get(cancelled_id))
             return await handle_cancel(runtime, table, source.value, source.key, STAGE,
                                        source.topic)
         check_tenant_of(runtime.settings.topic_prefix, source.topic, request)  # authenticated

@@ -68,6 +68,17 @@ def decode_dlq_headers(headers) -> dict[str, str]:
     return {name: (value or b"").decode(errors="replace") for name, value in headers or ()}
 
 
+def own_ids(settings: Settings, topic: str, workflow_id: str) -> None:
+    """ValueError, before sending, for an id the workers would refuse on a tenant's topic."""
+    from streams.kafka.tenants import check_id_of, topic_tenant
+    from workers.errors import TenantMismatch
+
+    try:
+        check_id_of(topic_tenant(settings.topic_prefix, topic), workflow_id)
+    except TenantMismatch as error:
+        raise ValueError(str(error)) from None
+
+
 class Client:
     """One producer plus a watcher over status, results and dead letters."""
 
@@ -138,11 +149,13 @@ class Client:
         value = codec("JobRequest").encode(record)
         if topic is None:
             topic = self.jobs_topic(None, lane_for_priority(record.get("priority") or 0))
+        own_ids(self.settings, topic, record["workflow_id"])
         await self.producer.send_and_wait(topic, value=value, key=record["workflow_id"].encode())
         return topic
 
     async def cancel(self, workflow_id: str, tenant: str | None = None, reason: str = "") -> None:
         """Send a JobCancel on the high lane of the tenant's job topics, to overtake queues."""
+        own_ids(self.settings, self.jobs_topic(tenant, "high"), workflow_id)
         value = codec("JobCancel").encode(
             {"workflow_id": workflow_id, "reason": reason,
              "requested_at_ms": int(time.time() * 1000)}

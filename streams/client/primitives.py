@@ -18,7 +18,8 @@ How a call maps onto qlane (details in the README, "Use it from Qiskit"):
   and, for the estimator, every observable of its ObservablesArray (flattened); the result
   is rebuilt in the broadcast shape. Mixed shots or precisions across PUBs are separate
   workflows with their own shots.
-* Workflow ids are `{job_id}.{pub index}`; `run(..., job_id=...)` makes a call idempotent:
+* Workflow ids are `{job_id}.{pub index}`, the job id starting `<tenant>.` for a tenant
+  (added when missing: a tenant's ids are its own); `run(..., job_id=...)` makes a call idempotent:
   submitting the same PUBs with the same job id again returns the first answer (the worker
   acknowledges the duplicate, the client reads the stored result) and nothing runs twice.
 * Estimator precision keeps Qiskit's meaning: shots = ceil(1/precision^2) per measured
@@ -58,6 +59,7 @@ from qiskit.providers import JobStatus
 
 from streams.client.errors import JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
+from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
 from workers.errors import InvalidCircuit
@@ -340,9 +342,15 @@ class _Primitive:
     def _requests_base(self, job_id: str, index: int) -> dict:
         return {"workflow_id": f"{job_id}.{index}", **self._options.request_fields()}
 
-    @staticmethod
-    def _job_id(job_id: str | None) -> str:
-        return job_id or f"qlane-{uuid.uuid4().hex[:12]}"
+    def _in_tenant_ids(self, job_id: str) -> str:
+        """A tenant's workflow ids start with `<tenant>.` (streams/kafka/tenants.py)."""
+        tenant = self._options.tenant
+        if tenant is None or job_id.startswith(tenant_ids(tenant)):
+            return job_id
+        return tenant_ids(tenant) + job_id
+
+    def _job_id(self, job_id: str | None) -> str:
+        return self._in_tenant_ids(job_id or f"qlane-{uuid.uuid4().hex[:12]}")
 
 
 # --- Sampler ---------------------------------------------------------------------------

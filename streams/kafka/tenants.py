@@ -120,13 +120,29 @@ def topic_tenant(prefix: str, topic: str) -> str | None:
 
 def check_tenant_of(prefix: str, topic: str, request: dict) -> str | None:
     """The authenticated tenant of a JobRequest read from `topic` (None on the shared topics,
-    where the payload's tenant stands); TenantMismatch when the payload names another."""
+    where the payload's tenant stands); TenantMismatch when the payload names another, or
+    its workflow id is outside the tenant's ids (`check_id_of`)."""
     tenant = topic_tenant(prefix, topic)
     if tenant is not None and request.get("tenant") != tenant:
         claimed = repr(request.get("tenant"))[:80]
         raise TenantMismatch(f"a job on {topic} belongs to tenant {tenant!r}; "
                              f"its payload names {claimed}")
+    check_id_of(tenant, request.get("workflow_id") or "")
     return tenant
+
+
+def tenant_ids(tenant: str) -> str:
+    """The prefix of every workflow id a tenant's topics carry."""
+    return f"{tenant}."
+
+
+def check_id_of(tenant: str | None, workflow_id: str) -> None:
+    """On a tenant's topics a workflow id starts with `<tenant>.`: ids are one namespace, so
+    without it one tenant could take another's id first (its job then refused as a conflict),
+    and two tenants running one script with the same job id collided (red-team run)."""
+    if tenant is not None and not workflow_id.startswith(tenant_ids(tenant)):
+        raise TenantMismatch(f"on tenant {tenant!r}'s topics a workflow id starts with "
+                             f"{tenant_ids(tenant)!r}, not {workflow_id[:80]!r}")
 
 
 def source_tenant(prefix: str, entry: dict | None) -> str | None:
@@ -143,10 +159,12 @@ def source_tenant(prefix: str, entry: dict | None) -> str | None:
     return None
 
 
-def check_cancel_of(prefix: str, topic: str, entry: dict | None) -> None:
-    """A cancel on a tenant's topic may only cancel that tenant's workflows. An id no job
-    has arrived for yet belongs to nobody: any tenant may cancel its own job of that id."""
+def check_cancel_of(prefix: str, topic: str, workflow_id: str, entry: dict | None) -> None:
+    """A cancel on a tenant's topic may only cancel that tenant's workflows: ids of its
+    namespace (`check_id_of`), and of those, not one a job from elsewhere (the shared topics)
+    owns."""
     tenant = topic_tenant(prefix, topic)
+    check_id_of(tenant, workflow_id)
     if entry is None or tenant is None or not entry.get("source"):
         return
     owner = source_tenant(prefix, entry)

@@ -68,9 +68,12 @@ def test_a_tenants_jobs_travel_on_its_own_topics(tenant_settings, tenant_worker)
     bell = QuantumCircuit(2)
     bell.h(0)
     bell.cx(0, 1)
-    job_id = f"acme-{uuid.uuid4().hex[:6]}"
+    job_id = f"nightly-{uuid.uuid4().hex[:6]}"
     estimator = Estimator(settings=tenant_settings, tenant="acme", priority=1, timeout_s=120)
-    result = estimator.run([(bell, "ZZ")], precision=0.05, job_id=job_id).result()
+    job = estimator.run([(bell, "ZZ")], precision=0.05, job_id=job_id)
+    result = job.result()
+    assert job.job_id() == f"acme.{job_id}"  # a tenant's ids are its own
+    job_id = job.job_id()
     assert abs(result[0].data.evs - 1.0) < 1e-9  # ZZ is exactly +1 on a Bell state
     prefix = tenant_settings.topic_prefix
     assert f"{job_id}.0".encode() in topic_keys(tenant_settings, job_topic(prefix, "acme", "high"))
@@ -78,7 +81,7 @@ def test_a_tenants_jobs_travel_on_its_own_topics(tenant_settings, tenant_worker)
 
 
 def test_a_cancel_on_the_tenants_topics_overtakes_its_job(tenant_settings, tenant_worker):
-    workflow_id = f"acme-early-{uuid.uuid4().hex[:6]}"
+    workflow_id = f"acme.early-{uuid.uuid4().hex[:6]}"
     answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
                                          timeout_s=60))
     assert answer.state == "cancelled" and answer.detail.startswith("before arrival")
@@ -86,14 +89,38 @@ def test_a_cancel_on_the_tenants_topics_overtakes_its_job(tenant_settings, tenan
     assert outcome.result is None and "executing" not in outcome.history
 
 
+def send_raw(settings, topic: str, workflow_id: str, value: bytes) -> None:
+    """A record as a producer that skips the client library's checks would send it."""
+    from aiokafka import AIOKafkaProducer
+
+    async def go():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value=value, key=workflow_id.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def cancel_record(workflow_id: str) -> bytes:
+    return codec("JobCancel").encode({"workflow_id": workflow_id, "reason": "",
+                                      "requested_at_ms": 0})
+
+
 def test_a_cancel_from_another_tenant_before_arrival_does_not_drop_the_job(
         tenant_settings, tenant_worker):
-    """`rival` cancels an id of acme's before acme sends it: the tombstone names rival's
-    topic, so acme's job runs (it was dropped, with nothing on acme's topics)."""
-    workflow_id = f"acme-target-{uuid.uuid4().hex[:6]}"
-    answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival",
-                                         timeout_s=60))
-    assert answer.state == "cancelled"  # a tombstone, as for any id not seen yet
+    """`rival` cancels an id of acme's before acme sends it: refused (its client refuses to
+    send it; sent anyway, a TenantMismatch dead letter), and acme's job runs. It was dropped,
+    with nothing on acme's topics; then a tombstone that named rival's topic."""
+    workflow_id = f"acme.target-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ValueError, match="starts with 'rival.'"):
+        asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival", timeout_s=5))
+    send_raw(tenant_settings, job_topic(tenant_settings.topic_prefix, "rival", "high"),
+             workflow_id, cancel_record(workflow_id))
+    classes = wait_for(lambda: dead_letter_classes(tenant_settings, workflow_id), timeout_s=30)
+    assert classes == ["TenantMismatch"], classes
     outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=60)
     assert outcome.state == "done" and outcome.result is not None, outcome
 
@@ -114,7 +141,7 @@ def dead_letter_classes(settings, workflow_id: str) -> list[str]:
 
 def test_a_tenants_cancel_before_arrival_is_answered_on_its_own_status_topic(
         tenant_settings, tenant_worker):
-    workflow_id = f"acme-told-{uuid.uuid4().hex[:6]}"
+    workflow_id = f"acme.told-{uuid.uuid4().hex[:6]}"
     answer = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
                                          timeout_s=60))
     assert answer.state == "cancelled", answer
@@ -125,39 +152,40 @@ def test_a_tenants_cancel_before_arrival_is_answered_on_its_own_status_topic(
 
 def test_another_tenants_cancel_first_leaves_a_tenant_its_own_cancel(
         tenant_settings, tenant_worker):
-    """rival cancels acme's id first; acme's own cancel must still cancel acme's job (it was
-    refused as TenantMismatch, and the job then ran and was charged)."""
-    workflow_id = f"acme-both-{uuid.uuid4().hex[:6]}"
-    first = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival",
-                                        timeout_s=60))
+    """rival cancels acme's id first (sent past its client); acme's own cancel must still
+    cancel acme's job (it was refused as TenantMismatch, and the job then ran and was
+    charged)."""
+    workflow_id = f"acme.both-{uuid.uuid4().hex[:6]}"
+    send_raw(tenant_settings, job_topic(tenant_settings.topic_prefix, "rival", "high"),
+             workflow_id, cancel_record(workflow_id))
     own = asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="acme",
                                       timeout_s=60))
-    assert (first.state, own.state) == ("cancelled", "cancelled"), (first, own)
+    assert own.state == "cancelled", own
     outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=15)
     assert outcome.result is None and "executing" not in outcome.history, outcome
-    assert dead_letter_classes(tenant_settings, workflow_id) == []
+    assert dead_letter_classes(tenant_settings, workflow_id) == ["TenantMismatch"]
 
 
-def test_a_job_meeting_a_cancelled_id_of_another_payload_is_a_conflict_not_a_duplicate(
+def test_a_tenant_cannot_take_another_tenants_workflow_id_first(
         tenant_settings, tenant_worker):
-    """rival cancels an id, sends its own job under it (dropped: cancelled), then acme sends
-    another payload under the same id: an IdempotencyConflict dead letter, as without the
-    cancel, not a silent `duplicate` that left acme's client waiting."""
-    workflow_id = f"acme-squat-{uuid.uuid4().hex[:6]}"
-    assert asyncio.run(cancel_workflow(tenant_settings, workflow_id, tenant="rival",
-                                       timeout_s=60)).state == "cancelled"
+    """rival sends its own job under one of acme's ids before acme does: refused as
+    TenantMismatch (its client refuses to send it), and acme's job runs. The first job owned
+    the id, and acme's was dead-lettered as IdempotencyConflict and never ran (red-team)."""
+    workflow_id = f"acme.squat-{uuid.uuid4().hex[:6]}"
     squat = job_request(workflow_id=workflow_id, circuit=BELL, shots=7, tenant="rival")
 
     async def send_rivals():
         async with Client(tenant_settings, tenant="rival") as client:
             await client.submit(squat, client.jobs_topic("rival", "normal"))
 
-    asyncio.run(send_rivals())
-    outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=20)
-    assert outcome.result is None
+    with pytest.raises(ValueError, match="starts with 'rival.'"):
+        asyncio.run(send_rivals())
+    send_raw(tenant_settings, job_topic(tenant_settings.topic_prefix, "rival"), workflow_id,
+             codec("JobRequest").encode(squat))
     classes = wait_for(lambda: dead_letter_classes(tenant_settings, workflow_id), timeout_s=30)
-    assert classes == ["IdempotencyConflict"], classes
-    assert "duplicate" not in [s for s, _ in statuses_on(tenant_settings, "status", workflow_id)]
+    assert classes == ["TenantMismatch"], classes
+    outcome = submit_as_acme(tenant_settings, workflow_id, "normal", timeout_s=60)
+    assert outcome.state == "done" and outcome.result is not None, outcome
 
 
 def test_a_tenants_dead_stage_record_is_replayed_to_its_own_job_topic(
@@ -175,7 +203,7 @@ def test_a_tenants_dead_stage_record_is_replayed_to_its_own_job_topic(
     worker = start_worker(settings, log, env=env)
     try:
         wait_until_ready(settings, log)
-        workflow_id = f"acme-dead-{uuid.uuid4().hex[:6]}"
+        workflow_id = f"acme.dead-{uuid.uuid4().hex[:6]}"
         outcome = submit_as_acme(settings, workflow_id, "high", timeout_s=60,
                                  backend="aer.noisy")
         assert outcome.state == "failed", outcome

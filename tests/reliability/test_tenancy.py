@@ -48,8 +48,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # --- the rules, without a broker ---------------------------------------------------------------
 def test_the_topic_is_the_tenant():
-    assert check_tenant_of("qlane", "qlane.jobs.acme", {"tenant": "acme"}) == "acme"
-    assert check_tenant_of("qlane", "qlane.jobs.acme-high", {"tenant": "acme"}) == "acme"
+    assert check_tenant_of("qlane", "qlane.jobs.acme",
+                           {"tenant": "acme", "workflow_id": "acme.1"}) == "acme"
+    assert check_tenant_of("qlane", "qlane.jobs.acme-high",
+                           {"tenant": "acme", "workflow_id": "acme.x.y"}) == "acme"
+    for squatted in ("nightly-7.0", "rival.1", "acme", "acme-1"):  # outside acme's ids
+        with pytest.raises(TenantMismatch, match="starts with 'acme.'"):
+            check_tenant_of("qlane", "qlane.jobs.acme", {"tenant": "acme",
+                                                         "workflow_id": squatted})
     with pytest.raises(TenantMismatch):
         check_tenant_of("qlane", "qlane.jobs.rival", {"tenant": "acme"})
     with pytest.raises(TenantMismatch):
@@ -61,11 +67,15 @@ def test_the_topic_is_the_tenant():
 
 def test_a_cancel_only_reaches_its_own_tenants_workflows():
     acme_entry = {"source": "qlane.jobs.acme:1:7"}
-    check_cancel_of("qlane", "qlane.jobs.acme-high", acme_entry)
+    check_cancel_of("qlane", "qlane.jobs.acme-high", "acme.1", acme_entry)
+    with pytest.raises(TenantMismatch):  # not rival's id, whether a job holds it or not
+        check_cancel_of("qlane", "qlane.jobs.rival-high", "acme.1", acme_entry)
     with pytest.raises(TenantMismatch):
-        check_cancel_of("qlane", "qlane.jobs.rival-high", acme_entry)
-    with pytest.raises(TenantMismatch):
-        check_cancel_of("qlane", "qlane.jobs.rival-high", {"source": "qlane.jobs:0:3"})
+        check_cancel_of("qlane", "qlane.jobs.rival-high", "acme.1", None)
+    with pytest.raises(TenantMismatch):  # rival's id, but a shared-topic job holds it
+        check_cancel_of("qlane", "qlane.jobs.rival-high", "rival.1", {"source": "qlane.jobs:0:3"})
+    check_cancel_of("qlane", "qlane.jobs.rival-high", "rival.2", None)
+    check_cancel_of("qlane", "qlane.jobs", "acme.1", acme_entry)  # the operator's topics
     assert source_tenant("qlane", {"source": "qlane.jobs.acme-low:0:1"}) == "acme"
     assert source_tenant("qlane", {"source": "qlane.jobs:0:1"}) is None
 
@@ -213,7 +223,7 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
     })
     try:
         # A's job, on A's topic, with A's credentials: its result on A's result topic.
-        first = job_request(workflow_id=f"acme-{uuid.uuid4().hex[:8]}", circuit=BELL,
+        first = job_request(workflow_id=f"acme.{uuid.uuid4().hex[:8]}", circuit=BELL,
                             shots=200, tenant="acme")
         result = asyncio.run(submit_as_tenant(acme, "acme", first, timeout_s=240, worker=worker))
         assert result is not None, log.read_text()[-4000:]
@@ -231,7 +241,7 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
             assert asyncio.run(refused_reading(rival, topic)) == (29, 0)
 
         # B writes to its own topic a job that claims to be A's: refused, never run or charged.
-        claim = job_request(workflow_id=f"claim-{uuid.uuid4().hex[:8]}", circuit=BELL,
+        claim = job_request(workflow_id=f"rival.claim-{uuid.uuid4().hex[:8]}", circuit=BELL,
                             shots=200, tenant="acme")
         asyncio.run(produce(rival, job_topic(prefix, "rival"), claim))
         key = claim["workflow_id"].encode()
@@ -247,7 +257,7 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
         assert headers["qlane.dlq.source.topic"] == job_topic(prefix, "rival")
 
         # B's own job works, and its outcomes reach B's topics only.
-        own = job_request(workflow_id=f"rival-{uuid.uuid4().hex[:8]}", circuit=BELL,
+        own = job_request(workflow_id=f"rival.{uuid.uuid4().hex[:8]}", circuit=BELL,
                           shots=100, tenant="rival")
         assert asyncio.run(submit_as_tenant(rival, "rival", own, timeout_s=240,
                                                 worker=worker)) is not None

@@ -1,0 +1,35 @@
+"""A tenant's workflow ids start with `<tenant>.`: the client keeps to it before sending."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.client import Estimator, job_request
+from streams.client.kafka import Client, own_ids
+from streams.settings import Settings
+
+SETTINGS = Settings(broker="127.0.0.1:1")
+
+
+def test_the_primitives_put_their_job_ids_in_the_tenants_ids():
+    estimator = Estimator(settings=SETTINGS, tenant="acme")
+    assert estimator._job_id("nightly-7") == "acme.nightly-7"
+    assert estimator._job_id("acme.nightly-7") == "acme.nightly-7"  # not twice
+    assert estimator._job_id(None).startswith("acme.qlane-")
+    assert Estimator(settings=SETTINGS)._job_id("nightly-7") == "nightly-7"
+
+
+def test_the_client_refuses_another_tenants_id_before_sending():
+    own_ids(SETTINGS, "qlane.jobs.acme-high", "acme.1")
+    own_ids(SETTINGS, "qlane.jobs", "anything")  # the operators' shared topics
+    for workflow_id in ("rival.1", "nightly-7.0", "acme"):
+        with pytest.raises(ValueError, match="starts with 'acme.'"):
+            own_ids(SETTINGS, "qlane.jobs.acme", workflow_id)
+    client = Client(SETTINGS, tenant="acme")  # never started: refused before any send
+    with pytest.raises(ValueError):
+        asyncio.run(client.submit(job_request(workflow_id="x", circuit="x", tenant="acme"),
+                                  client.jobs_topic("acme")))
+    with pytest.raises(ValueError):
+        asyncio.run(client.cancel("x", "acme"))
