@@ -33,6 +33,7 @@ class FallbackReason(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"  # retryable failures until the retry budget ran out
     BREAKER_OPEN = "breaker_open"  # the backend's circuit breaker refused the call
     DEADLINE_MISSED = "deadline_missed"  # the job's latency budget would be (or was) exceeded
+    BUDGET_EXCEEDED = "budget_exceeded"  # the job's estimate did not fit its tenant's budget
 
 
 @dataclass(frozen=True)

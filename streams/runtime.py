@@ -109,6 +109,9 @@ class Runtime:
     handled: HandledRecords = field(init=False)
     drift_seen_ms: dict = field(default_factory=dict)  # backend -> last drift alarm acted on
     spend_written: dict = field(default_factory=dict)  # spend keys this worker owns -> USD
+    # tenant -> USD estimated for its jobs between the execute step's budget check and their
+    # charge (streams/workflow/accounting.py `reserve`)
+    reserved_usd: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         settings = self.settings

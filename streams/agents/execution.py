@@ -75,6 +75,7 @@ class Job:
     prepared: PreparedJob
     seed: int
     prepared_bytes: bytes | None = None  # what `prepared` was decoded from, when at hand
+    reserved_usd: float = 0.0  # its estimate held in the tenant's budget until its charge
 
     @property
     def workflow_id(self) -> str:
@@ -434,6 +435,25 @@ class JobRunner:
         None when it was not in one) or from calls of its own, else from its fallbacks."""
         reason = job.task.get("fallback_reason")
         cause: BaseException = BudgetExceeded(reason or "")
+        if reason is None and not job.reserved_usd:
+            try:
+                job.reserved_usd = accounting.reserve(
+                    self.runtime, job.request, accounting.estimate_usd(self.runtime, job.prepared))
+            except BudgetExceeded as error:
+                reason, cause = FallbackReason.BUDGET_EXCEEDED.value, error
+        try:
+            return await self.run_reserved(job, reason, cause, outcome, share)
+        except BaseException:
+            self.release(job)
+            raise
+
+    def release(self, job: Job) -> None:
+        if job.reserved_usd:
+            accounting.release(self.runtime, job.request, job.reserved_usd)
+            job.reserved_usd = 0.0
+
+    async def run_reserved(self, job: Job, reason: str | None, cause: BaseException,
+                           outcome: object, share: float) -> Executed:
         if reason is None and self.past_deadline(job):
             reason = FallbackReason.DEADLINE_MISSED.value
             cause = DeadlineExceeded(f"deadline passed before {job.prepared.backend} ran it")
@@ -455,6 +475,7 @@ class JobRunner:
                 if not is_retryable(error):
                     raise StageFailure(job.workflow_id, error) from error
                 reason, cause = FallbackReason.RETRIES_EXHAUSTED.value, error
+        self.release(job)  # a fallback is checked against the budget on its own terms
         return await self.run_fallback(job, reason, cause)
 
     async def call_backend(self, job: Job,
@@ -559,6 +580,7 @@ class JobRunner:
     async def charge_once(self, job: Job, executed: Executed) -> None:
         """Publish the job's cost event unless its workflow was charged already (a task run
         again after a crash between the charge and the hand-over)."""
+        self.release(job)  # the charge below counts in the tenant's spend at once
         if (self.table.get(job.workflow_id) or {}).get("charged"):
             return
         await accounting.charge(

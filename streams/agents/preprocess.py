@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 
+from fallback.policy import FallbackReason
 from schemas.codec import codec
 from streams.agents.common import (
     StageFailure,
@@ -204,7 +205,8 @@ def register(app, runtime: Runtime, table) -> None:
         except BudgetExceeded as error:
             if not request.get("fallback"):
                 raise StageFailure(workflow_id, error) from error
-            fallback_reason = "budget_exceeded"  # the execute stage goes to the fallback
+            # the execute stage goes to the fallback
+            fallback_reason = FallbackReason.BUDGET_EXCEEDED.value
         task = {
             "workflow_id": workflow_id,
             "request": source.value,

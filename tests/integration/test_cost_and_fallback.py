@@ -135,3 +135,30 @@ def test_vendor_fallback_skips_a_backend_over_the_job_cost_limit(budgeted):
     result = submit_and_wait(budgeted, [tight], timeout_s=240)[tight["workflow_id"]].result
     assert result["mode"] == "fallback" and result["fallback_reason"] == "budget_exceeded"
     assert result["provenance"]["backend"] == "ibm.sherbrooke"  # classical keeps the request's
+
+
+def test_a_burst_through_the_stages_spends_no_more_than_the_budget(broker_address, tmp_path):
+    """Admission checks the budget against what is charged, and on the staged path the
+    jobs admitted before the first charge all ran: a $2.00 budget and $0.445 jobs, 8 of 40
+    charged (9 with fused_path=idle; red-team run). The execute step checks once more, and
+    holds each job's estimate until its charge."""
+    settings = session_settings(*broker_address, tag="burst")
+    asyncio.run(ensure_topics(settings))
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log, env={"QLANE_TENANT_BUDGETS": '{"burst": 2.0}',
+                                              "QLANE_FUSED_PATH": "off"})
+    try:
+        wait_until_ready(settings, log)
+        jobs = [job_request(workflow_id=wf("burst"), circuit=BELL, shots=100,
+                            backend="aer.noisy", tenant="burst") for _ in range(24)]
+        outcomes = submit_and_wait(settings, jobs, timeout_s=180)
+    finally:
+        stop_worker(worker)
+    done = [wf_id for wf_id, outcome in outcomes.items() if outcome.state == "done"]
+    refused = [wf_id for wf_id, outcome in outcomes.items()
+               if outcome.state == "failed" and "BudgetExceeded" in outcome.detail]
+    assert len(done) == 4 and len(refused) == 20, {o.state for o in outcomes.values()}
+    time.sleep(1)
+    charged = [e for e in cost_events(settings) if e["tenant"] == "burst" and e["actual_usd"] > 0]
+    assert sorted(e["workflow_id"] for e in charged) == sorted(done)
+    assert sum(e["actual_usd"] for e in charged) <= 2.0

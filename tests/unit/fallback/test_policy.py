@@ -37,6 +37,7 @@ def test_reason_vocabulary() -> None:
         "retries_exhausted",
         "breaker_open",
         "deadline_missed",
+        "budget_exceeded",
     ]
     assert FallbackReason("breaker_open") is FallbackReason.BREAKER_OPEN
     assert f"{FallbackReason.DEADLINE_MISSED}" == "deadline_missed"
