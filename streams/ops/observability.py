@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from streams.kafka.topics import job_topics
 from streams.ops import metrics
 from streams.runtime import Runtime
 
@@ -40,12 +41,17 @@ def register(app, runtime: Runtime) -> None:
         )
         return web.bytes(metrics.render_metrics(), content_type=media_type)
 
+    # Every topic the worker reads: the shared ones and each configured tenant's job topics
+    # (those had no series, so a tenant's backlog could fire no lag alert: a red-team run).
+    read_topics = set(runtime.names.all()).union(*job_topics(
+        runtime.settings.topic_prefix, runtime.settings.tenants).values())
+
     @app.timer(interval=LAG_INTERVAL_S)
     async def sample_consumer_lag():
         consumer = app.consumer
         assigned = consumer.assignment()
         stale = set(lag_series)
-        ours = [tp for tp in assigned if tp.topic in runtime.names.all()]
+        ours = [tp for tp in assigned if tp.topic in read_topics]
         # Lag as Kafka's tools count it: log end minus committed offset. The fetch position
         # is not enough: records fetched into a stream buffer but not finished (brokers
         # gone, outputs that cannot be written) would count as done. A partition without a

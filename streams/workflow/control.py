@@ -70,7 +70,7 @@ def register(app, runtime: Runtime) -> None:
     monitor_lock = threading.Lock()
 
     for backend in settings.drift_backends:
-        for severity in ("none", "warning", "critical"):
+        for severity in (*metrics.DRIFT_SEVERITIES, "failed"):
             metrics.DRIFT_ROUNDS.labels(backend, severity).inc(0)
 
     refused: dict[str, str | None] = {}
@@ -115,7 +115,15 @@ def register(app, runtime: Runtime) -> None:
         for backend_name in filter(watched, settings.drift_backends):
             runtime.apply_controls(backend_name)
             round_number = monitor.rounds.get(backend_name, 0) + 1
-            report = await in_thread(runtime, canary_round, backend_name, round_number)
+            try:
+                report = await in_thread(runtime, canary_round, backend_name, round_number)
+            except Exception as error:  # noqa: BLE001 - a backend's failure, not the worker's
+                # Raised out of the timer, it crashed the worker (exit 1 within a minute of
+                # a backend outage, then the next leader's: a red-team run).
+                metrics.DRIFT_ROUNDS.labels(backend_name, "failed").inc()
+                log.warning("drift round on %s failed, skipped: %s: %s", backend_name,
+                            type(error).__name__, str(error)[:200])
+                continue
             at_ms = now_ms()
             await runtime.send("drift", backend_name,
                                codec("DriftEvent").encode(report.to_event(at_ms)))

@@ -112,3 +112,35 @@ def test_injected_drift_produces_a_drift_event_and_moves_the_metric(monitored):
     samples = scrape(port)
     assert samples['qlane_drift_alarm{backend="aer.noisy"}'] == 1
     assert samples['qlane_drift_statistic{backend="aer.noisy"}'] > 0
+
+
+def test_a_failing_canary_backend_does_not_stop_the_worker_and_tenants_have_lag(
+        broker_address, tmp_path):
+    """A drift round whose backend call failed was raised out of Faust's timer and crashed
+    the worker (exit 1 within a minute of an outage, then the next leader's); a tenant's job
+    topics had no consumer-lag series, so its backlog could fire no alert (red-team run)."""
+    settings = session_settings(*broker_address, tag="obsfail", tenants=["acme"])
+    asyncio.run(ensure_topics(settings))
+    port = free_port()
+    log = tmp_path / "worker.log"
+    process = start_worker(settings, log, web_port=port, env={
+        "QLANE_DRIFT_PERIOD_S": "1", "QLANE_FAULTS": "aer.noisy:failure_rate=1",
+        "QLANE_TENANTS": '["acme"]'})
+    failed = 'qlane_drift_rounds_total{backend="aer.noisy",severity="failed"}'
+    try:
+        wait_until_ready(settings, log)
+        assert wait_for(lambda: scrape(port).get(failed, 0) >= 3, timeout_s=60), \
+            log.read_text()[-3000:]
+        assert process.poll() is None, log.read_text()[-3000:]
+        jobs = [job_request(circuit=BELL, shots=50)]
+        assert {o.state for o in submit_and_wait(settings, jobs, 120).values()} == {"done"}
+
+        def tenant_lag():
+            return [name for name in scrape(port)
+                    if name.startswith("qlane_consumer_lag{")
+                    and f'topic="{settings.topic_prefix}.jobs.acme' in name]
+
+        assert wait_for(tenant_lag, timeout_s=15), "no lag series for the tenant's topics"
+        assert process.poll() is None
+    finally:
+        stop_worker(process)
