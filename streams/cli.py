@@ -12,6 +12,7 @@ from pathlib import Path
 from streams.kafka import record_batches
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.security import kafka_options
+from streams.ops.logs import printable
 from streams.settings import Settings
 
 TOPIC_SCHEMAS = {
@@ -162,8 +163,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from streams.app import create_app
     from streams.kafka.topics import ensure_topics
-    from streams.ops.logs import logging_config
+    from streams.ops.logs import keep_records_on_one_line, logging_config
 
+    keep_records_on_one_line()
     settings = settings_from(args)
     updates = {}
     if args.without_web:
@@ -241,7 +243,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if outcome.result is not None:
             print(json_line(outcome.result) if args.json else result_table(outcome.result))
             return 0
-        print(f"{workflow_id}: {outcome.state} {outcome.detail}", file=sys.stderr)
+        print(printable(f"{workflow_id}: {outcome.state} {outcome.detail}"), file=sys.stderr)
         return 1
 
     return asyncio.run(go())
@@ -355,10 +357,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def report(item) -> None:
         if isinstance(item, str):
-            print(item, file=sys.stderr)
+            print(printable(item), file=sys.stderr)
             return
-        key = (item.key or b"").decode(errors="replace")
-        note = f"  ({item.note})" if item.note else ""
+        key = printable((item.key or b"").decode(errors="replace"))
+        note = f"  ({printable(item.note)})" if item.note else ""
         print(f"{verb} {item.source} -> {item.target_topic} key={key}{note}")
 
     target = names.by_short_name(args.to) if args.to else None
@@ -400,11 +402,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             headers = decode_dlq_headers(record.headers)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.timestamp / 1000))
             key = (record.key or b"").decode(errors="replace")
-            print(f"{record.partition}:{record.offset:<15} {when:<19} "
-                  f"{headers.get('qlane.dlq.stage', ''):<10} "
-                  f"{headers.get('qlane.dlq.error.class', ''):<20} "
-                  f"{headers.get('qlane.dlq.attempts', ''):>3}  {key or '-'}: "
-                  f"{headers.get('qlane.dlq.error.message', '')[:70]}")
+            # Keys and messages come from producers: escaped, they cannot move the cursor,
+            # clear the line or set the terminal's title (red-team run).
+            print(printable(f"{record.partition}:{record.offset:<15} {when:<19} "
+                            f"{headers.get('qlane.dlq.stage', ''):<10} "
+                            f"{headers.get('qlane.dlq.error.class', ''):<20} "
+                            f"{headers.get('qlane.dlq.attempts', ''):>3}  {key or '-'}: "
+                            f"{headers.get('qlane.dlq.error.message', '')[:70]}"))
         print(f"{len(found)} dead letters", file=sys.stderr)
         return 0
     if not found:
@@ -453,7 +457,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     answer = asyncio.run(cancel_workflow(settings_from(args), args.workflow_id, args.tenant,
                                          args.reason, args.timeout))
-    print(answer.line())
+    print(printable(answer.line()))
     return 0 if answer.state != "no_answer" else 1
 
 

@@ -8,6 +8,7 @@ passed as `extra` (`workflow_id`, `stage`, `state`), so a log pipeline can filte
 from __future__ import annotations
 
 import logging
+import re
 from typing import Literal
 
 LogFormat = Literal["text", "json"]
@@ -42,6 +43,33 @@ def logging_config(log_format: LogFormat, level: str) -> dict | None:
         },
         "root": {"level": level.upper(), "handlers": ["default"]},
     }
+
+
+# C0 and C1 controls (newlines, ESC of ANSI and OSC sequences, DEL) and the Unicode line
+# separators and bidirectional overrides: what lets text from a record forge a log line or
+# rewrite an operator's terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as an escape (\\n, \\x1b, \\u202e)."""
+    return _UNPRINTABLE.sub(lambda m: _NAMED.get(m.group()) or (
+        f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"),
+        text)
+
+
+class OneLineRecord(logging.LogRecord):
+    """A log record whose message cannot break its line: workflow ids, keys and error
+    messages come from producers, and an id holding a newline wrote a forged CRITICAL line
+    into a worker's log, and ANSI sequences reached the terminal (a red-team run)."""
+
+    def getMessage(self) -> str:  # noqa: N802 (logging's name)
+        return printable(super().getMessage())
+
+
+def keep_records_on_one_line() -> None:
+    logging.setLogRecordFactory(OneLineRecord)
 
 
 def lifecycle_level(state: str) -> int:

@@ -42,3 +42,32 @@ def test_only_terminal_states_log_at_info():
     assert lifecycle_level("done") == logging.INFO
     assert lifecycle_level("duplicate") == logging.INFO
     assert lifecycle_level("prepared") == logging.DEBUG
+
+
+def test_a_producers_text_cannot_break_a_log_line_or_reach_the_terminal() -> None:
+    """A workflow id holding a newline wrote a forged CRITICAL line into a worker's text log;
+    ANSI and OSC sequences in a key cleared and retitled an operator's terminal in `qlane
+    dlq list` (red-team run)."""
+    import io
+    import logging
+
+    from streams.ops.logs import OneLineRecord, printable
+
+    hostile = ("wf\n[2026-12-05 14:31:00,000] [4242] [CRITICAL] forged"
+               "\x1b[2K\r\x1b]0;pwned\x07\u202e")
+    assert printable(hostile) == (
+        "wf\\n[2026-12-05 14:31:00,000] [4242] [CRITICAL] forged\\x1b[2K\\r\\x1b]0;pwned\\x07"
+        "\\u202e")
+    assert printable("acme.nightly-7.0 done — ünïcode") == "acme.nightly-7.0 done — ünïcode"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("qlane.test.one-line")
+    logger.addHandler(handler)
+    previous = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(OneLineRecord)
+    try:
+        logger.warning("%s done (mitigate)", hostile)
+    finally:
+        logging.setLogRecordFactory(previous)
+        logger.removeHandler(handler)
+    assert stream.getvalue().count("\n") == 1 and "\x1b" not in stream.getvalue()
