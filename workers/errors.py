@@ -1,7 +1,9 @@
 """The one error hierarchy of qlane.
 
-Every error says, where it is raised, whether retrying could help (`retryable`) and
-carries a short stable `reason` (the class name) that dead letters and metrics use.
+Every error says, where it is raised, whether retrying could help (`retryable`), whether
+the job's own input caused it (`input_fault`: metrics count such a dead letter `rejected`,
+not `failed`, so an error-ratio alert pages on the system, not on bad input), and carries a
+short stable `reason` (the class name) that dead letters and metrics use.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ class QlaneError(Exception):
     """Base of every qlane error."""
 
     retryable: bool = False
+    input_fault: bool = False
 
     @property
     def reason(self) -> str:
@@ -32,6 +35,8 @@ class RetryableError(QlaneError):
 # --- decoding (schemas/) -------------------------------------------------------------
 class UndecodableRecord(PermanentError):
     """The bytes are not a record this system can read."""
+
+    input_fault = True
 
 
 class CorruptRecord(UndecodableRecord):
@@ -57,19 +62,27 @@ class RecordTooLarge(PermanentError):
     """A record qlane would have to send on (re-routed to its key's partition) is larger than
     its producer may send."""
 
+    input_fault = True
+
 
 class ResultTooLarge(PermanentError):
     """The job ran, but its result is larger than a record may be: the result topic's record
     and the workflow's table entry (which stores it) must each fit the producer's limit."""
 
+    input_fault = True
+
 
 class KeyMismatch(PermanentError):
     """The record key is not the UTF-8 workflow id of the value."""
+
+    input_fault = True
 
 
 # --- job validation (workers/) -------------------------------------------------------
 class InvalidJob(PermanentError):
     """The job request is decodable but cannot be run as asked."""
+
+    input_fault = True
 
 
 class InvalidCircuit(InvalidJob):
@@ -128,10 +141,14 @@ class PoisonRecord(PermanentError):
 class IdempotencyConflict(PermanentError):
     """The workflow id was seen before with a different request fingerprint."""
 
+    input_fault = True
+
 
 class TenantMismatch(PermanentError):
     """The payload names another tenant than the tenant topic it was written to (the topic,
     granted to one principal by Kafka ACLs, is the tenant's identity)."""
+
+    input_fault = True
 
 
 # --- execution -----------------------------------------------------------------------
@@ -148,6 +165,8 @@ class SimulationTimeout(PermanentError):
     doing (another try takes as long), not the backend's, so it does not count against the
     backend's breaker."""
 
+    input_fault = True
+
 
 class JobTooLarge(InvalidJob):
     """The job asks for more simulation than the configured limit (max_simulation_seconds)."""
@@ -159,6 +178,8 @@ class DeadlineExceeded(PermanentError):
 
 class BudgetExceeded(PermanentError):
     """Running the job would exceed its cost limit or its tenant's budget."""
+
+    input_fault = True
 
 
 class StagePaused(RetryableError):

@@ -62,13 +62,17 @@ def test_metrics_move_as_jobs_flow(monitored):
     assert sorted(o.state for o in outcomes.values()) == ["done"] * 4 + ["failed"]
     ok = 'qlane_jobs_total{outcome="ok",stage="mitigate"}'
     failed = 'qlane_dead_letters_total{reason="InvalidCircuit",stage="preprocess"}'
+    # bad input is `rejected`, not `failed`: the error-ratio alert pages on the system only
+    rejected = 'qlane_jobs_total{outcome="rejected",stage="preprocess"}'
+    not_failed = 'qlane_jobs_total{outcome="failed",stage="preprocess"}'
 
     def moved(samples):
-        return tuple(samples.get(name, 0) - before.get(name, 0) for name in (ok, failed))
+        return tuple(samples.get(name, 0) - before.get(name, 0)
+                     for name in (ok, failed, rejected, not_failed))
 
     def scrape_when_counted():  # a stage counts a job just after it sends the job's status
         samples = scrape(port)
-        return samples if moved(samples) == (4, 1) else None
+        return samples if moved(samples) == (4, 1, 1, 0) else None
 
     after = wait_for(scrape_when_counted, 10)
     assert after, moved(scrape(port))
