@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from schemas.codec import codec
 from streams.kafka.tenants import admitted_from, tenant_copy, workflow_entry
 from streams.kafka.topics import TopicNames, parse_job_topic, raw_topic
+from streams.ops import metrics
 from streams.ops.logs import lifecycle_level
 from streams.ops.warm_up import WarmUps
 from streams.settings import Settings
@@ -134,6 +135,8 @@ class Runtime:
         )
         self.prices = load_price_table(settings.prices_file)
         self.budgets = TenantBudgets(settings.tenant_budgets)
+        for tenant in self.budgets.tenants():  # there from the start, not from a first charge
+            metrics.BUDGET.labels(tenant).set(self.budgets.budget(tenant))
 
     @property
     def worker_version(self) -> str:

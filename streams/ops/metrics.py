@@ -154,6 +154,13 @@ BUDGET_REMAINING = Gauge(
     ["tenant"],
     registry=REGISTRY,
 )
+BUDGET_REFUSALS = Counter(
+    "qlane_budget_refusals_total",
+    "Jobs refused because their tenant's budget had no room for their estimate (configured "
+    "tenants only).",
+    ["tenant"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "qlane_consumer_lag",
     "Records between this worker's committed offset and the log end, per assigned topic "
@@ -213,6 +220,7 @@ __all__ = [
     "BREAKER_OPEN",
     "BREAKER_STATE",
     "BUDGET",
+    "BUDGET_REFUSALS",
     "BUDGET_REMAINING",
     "BUILD_INFO",
     "CACHE_RESULTS",

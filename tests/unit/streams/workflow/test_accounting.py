@@ -18,3 +18,44 @@ def test_a_cost_limit_that_is_not_a_finite_amount_is_an_invalid_job(limit):
 def test_an_estimate_over_the_jobs_limit_is_over_budget():
     with pytest.raises(BudgetExceeded):
         check_budget(None, {"cost_limit_usd": 0.001, "tenant": "t"}, 0.01)
+
+
+def budget_runtime(budgets: dict, default: float | None = None):
+    from types import SimpleNamespace
+
+    from workers.cost.model import TenantBudgets
+
+    return SimpleNamespace(controls={}, spend_written={}, reserved_usd={},
+                           budgets=TenantBudgets(budgets, default))
+
+
+def test_a_job_that_fits_exactly_after_many_charges_is_not_refused():
+    """399 charges of 0.00375 summed in floats to 1.4962500000000012, and the 400th job,
+    which fits a budget of 1.5 exactly, was refused (red-team run)."""
+    runtime = budget_runtime({"acme": 1.5})
+    for _ in range(399):
+        key = "spend:acme:0"
+        runtime.spend_written[key] = round(runtime.spend_written.get(key, 0.0) + 0.00375, 9)
+    check_budget(runtime, {"tenant": "acme"}, 0.00375)
+    with pytest.raises(BudgetExceeded):
+        check_budget(runtime, {"tenant": "acme"}, 0.00376)
+
+
+def test_budget_gauges_and_refusals_follow_every_check_of_configured_tenants_only():
+    """The gauges were set only by a charge: after a restart whose jobs were all refused
+    there were none, and no budget alert while 1,226 jobs were refused (red-team run)."""
+    from streams.ops import metrics
+
+    runtime = budget_runtime({"acme": 1.0}, default=5.0)
+    runtime.spend_written["spend:acme:0"] = 0.9
+    refused = metrics.BUDGET_REFUSALS.labels("acme")._value.get()
+    with pytest.raises(BudgetExceeded):
+        check_budget(runtime, {"tenant": "acme"}, 0.2)
+    assert metrics.BUDGET_REMAINING.labels("acme")._value.get() == pytest.approx(0.1)
+    assert metrics.BUDGET_REFUSALS.labels("acme")._value.get() == refused + 1
+    runtime.spend_written["spend:someone:0"] = 5.0
+    with pytest.raises(BudgetExceeded):  # a default budget: refused, but no label of its own
+        check_budget(runtime, {"tenant": "someone"}, 0.2)
+    labels = {sample.labels.get("tenant") for family in metrics.REGISTRY.collect()
+              for sample in family.samples}
+    assert "someone" not in labels
