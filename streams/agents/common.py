@@ -18,6 +18,7 @@ from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord, error_class
 from streams.workflow.dlq_guard import Hold, SourceGuards
+from streams.workflow.idempotency import record_identity
 from workers.circuits import qpy_cache
 from workers.circuits.sandbox import (
     LoadCheck,
@@ -111,7 +112,8 @@ async def run_stage(stream, runtime: Runtime, table, stage: str, handle: Handler
 
 def first_time(runtime: Runtime, stage: str, source: SourceRecord) -> bool:
     """False, counted and logged, for a record this worker process has handled before."""
-    if runtime.handled.first_time(source.address):
+    identity = record_identity(source.timestamp_ms, source.key, source.value)
+    if runtime.handled.first_time(source.address, identity):
         return True
     metrics.REFETCHED.labels(stage).inc()
     log.debug("%s was handled before by this worker: ignored", source.address,
