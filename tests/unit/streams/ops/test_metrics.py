@@ -32,6 +32,7 @@ EXPECTED = {
     "qlane_cost_usd_total": ("counter", {"backend"}),
     "qlane_budget_usd": ("gauge", {"tenant"}),
     "qlane_budget_remaining_usd": ("gauge", {"tenant"}),
+    "qlane_budget_refusals_total": ("counter", {"tenant"}),
     "qlane_consumer_lag": ("gauge", {"topic", "partition"}),
     "qlane_last_progress_timestamp_seconds": ("gauge", set()),
     "qlane_build_info": ("gauge", {"version"}),
