@@ -54,7 +54,11 @@ class Settings(BaseSettings):
         description="embedded = tuned for the local Tansu broker; kafka = Apache Kafka; "
         "unset = embedded for the default local address, kafka for any other broker",
     )
-    app_id: str = "qlane"
+    app_id: str = Field(
+        "", description="the consumer group, table changelog and transactional ids; unset = "
+        "the topic prefix, so two deployments with their own prefixes on one cluster do not "
+        "share a group, a table and transactional ids (with one default app id the second "
+        "fenced the first's transactions and crashed it: a red-team run)")
     topic_prefix: str = "qlane"
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -339,6 +343,8 @@ class Settings(BaseSettings):
     def _resolve_profile(self) -> Settings:
         if self.profile is None:
             self.profile = "embedded" if self.broker == DEFAULT_BROKER else "kafka"
+        if not self.app_id:
+            self.app_id = self.topic_prefix
         return self
 
     def topic(self, suffix: str) -> str:

@@ -130,3 +130,12 @@ def test_a_status_progress_setting_that_is_neither_auto_nor_a_boolean_is_refused
     monkeypatch.setenv("QLANE_STATUS_PROGRESS_EVENTS", "sometimes")
     with pytest.raises(ValueError, match="status_progress_events"):
         Settings()
+
+
+def test_the_app_id_follows_the_topic_prefix_unless_set():
+    """Two deployments told apart by their prefixes shared the default app id `qlane`: one
+    consumer group, one table and one set of transactional ids; the second fenced the first
+    and crashed it (red-team run)."""
+    assert Settings().app_id == "qlane"
+    assert Settings(topic_prefix="staging.qlane").app_id == "staging.qlane"
+    assert Settings(topic_prefix="staging.qlane", app_id="qlane").app_id == "qlane"
