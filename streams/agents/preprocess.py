@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 
 from fallback.policy import FallbackReason
@@ -51,6 +52,7 @@ from workers.jobs import JobSpec
 from workers.variational.loop import VariationalSpec, evaluation_job
 
 STAGE = "preprocess"
+CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 log = logging.getLogger("qlane")
 
 
@@ -137,6 +139,11 @@ def register(app, runtime: Runtime, table) -> None:
             # a job run twice, a late cancel answered "before arrival" (red-team run).
             raise InvalidJob(f"a workflow id must be 1 to {MAX_ROUTED_KEY_BYTES} bytes of "
                              f"UTF-8, got {len(source.key or b'')}")
+        if CONTROL_BYTES.search(source.key or b""):
+            # Control characters forged log lines; and the table's own keys (a loop's
+            # checkpoint chunks) are the workflow id and a \x1f: no id may reach them.
+            raise InvalidJob("a workflow id may not hold control characters (U+0000-U+001F, "
+                             "U+007F)")
         # Only a record that will touch the table moves: garbage is dead-lettered where it is.
         home = home_partition(source, runtime.settings.partitions)
         if home is not None:

@@ -93,3 +93,15 @@ def test_a_workflow_id_too_long_to_move_is_refused_where_it_landed(store_worker)
     second = submit_to_partition(settings, job, home, timeout_s=60)
     assert second.state == "failed" and "InvalidJob" in second.detail, second
     assert not [r for r in topic_records(settings, "cost") if r.key == workflow_id.encode()]
+
+
+def test_a_workflow_id_with_control_characters_is_refused(store_worker):
+    """A newline in an id forged a CRITICAL line in the worker's log, and the table's own
+    keys (a loop's checkpoint chunks: the id, then \\x1f) must be out of any id's reach."""
+    settings, store = store_worker
+    workflow_id = f"ctl-{store}-{uuid.uuid4().hex[:8]}\n[CRITICAL] forged\x1fcheckpoint\x1f0"
+    job = job_request(workflow_id=workflow_id, circuit=BELL, shots=200, seed=7)
+    home = key_partition(workflow_id.encode(), PARTITIONS)
+    outcome = submit_to_partition(settings, job, home, timeout_s=60)
+    assert outcome.state == "failed" and "control characters" in outcome.detail, outcome
+    assert "accepted" not in outcome.history
