@@ -174,10 +174,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         updates["web_port"] = args.web_port
     settings = settings.model_copy(update=updates)
     from streams.kafka.security import AccessRefused, preflight
+    from streams.kafka.topic_checks import TopicLayoutMismatch
+    from streams.kafka.topics import PartitionCountMismatch
 
-    try:  # a refused login or a missing ACL ends the worker at once, with the reason
+    try:  # a refused login, a missing ACL or topics that break idempotency: the reason, exit
         created = asyncio.run(preflight(settings, ensure_topics))
-    except AccessRefused as error:
+    except (AccessRefused, PartitionCountMismatch, TopicLayoutMismatch) as error:
         print(f"qlane worker: {error}", file=sys.stderr)
         return 2
     if created:

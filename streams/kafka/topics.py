@@ -199,6 +199,12 @@ async def ensure_topics(settings: Settings) -> list[str]:
                         f"topic {description['topic']} has {count} partitions, "
                         f"qlane is configured for {settings.partitions}"
                     )
+        changelog = changelog_topic(settings)
+        if changelog in present:
+            from streams.kafka.topic_checks import check_changelog_layout, check_changelog_policy
+
+            await check_changelog_policy(settings, admin, changelog)
+            await check_changelog_layout(settings, changelog)
         return missing
     finally:
         await admin.close()

@@ -1,0 +1,137 @@
+"""Checks of existing topics that a partition count alone does not show.
+
+`ensure_topics` refuses a topic whose partition count differs from the setting. Two ways an
+operator can still break idempotency pass that (red-team run, 2026-12-05, Apache Kafka 4.1):
+
+* every topic grown from 2 to 4 partitions, workers restarted with `--partitions 4`: each
+  workflow id now hashes to another partition than the one its table entry is on, and 15 of
+  30 jobs sent again ran and were charged a second time;
+* the table's changelog created beforehand with `cleanup.policy=delete`: after its retention
+  the table forgot every workflow, and 20 of 20 jobs sent again ran and were charged again.
+
+So a worker also samples the changelog (its records must sit on their workflow id's
+partition) and, where the broker answers DescribeConfigs (Apache Kafka; Tansu has no
+compaction to ask about), reads the changelog's cleanup policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.partitioning import key_partition
+from streams.kafka.security import kafka_options
+from streams.settings import Settings
+
+log = logging.getLogger("qlane")
+
+SAMPLE_PER_PARTITION = 64
+SAMPLE_TIMEOUT_S = 10.0
+# Refused from this share of misplaced keys among at least MIN_SAMPLED: growing n to m
+# partitions misplaces 1 - n/m of them (half, from 2 to 4), and a few forged records on the
+# embedded broker (which has no ACLs) must not keep every worker from starting.
+MISPLACED_SHARE = 0.25
+MIN_SAMPLED = 8
+KEY_SEPARATOR = "\x1f"  # a table key beyond the workflow id (streams/agents/variational.py)
+
+
+class TopicLayoutMismatch(RuntimeError):
+    """An existing topic's layout or configuration would break idempotency."""
+
+
+def misplaced_share(sampled: list[tuple[int, bytes]], partitions: int) -> tuple[int, int]:
+    """(misplaced, counted) among changelog records as (partition, key bytes)."""
+    misplaced = counted = 0
+    for partition, raw_key in sampled:
+        try:
+            key = json.loads(raw_key)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(key, str) or not key:
+            continue
+        workflow_id = key.split(KEY_SEPARATOR, 1)[0].encode()
+        counted += 1
+        misplaced += key_partition(workflow_id, partitions) != partition
+    return misplaced, counted
+
+
+async def sample_changelog(settings: Settings, topic: str) -> list[tuple[int, bytes]]:
+    """Up to SAMPLE_PER_PARTITION keys from the start of each partition of `topic`."""
+    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    sampled: list[tuple[int, bytes]] = []
+    try:
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(await topic_partitions(consumer, topic))]
+        if not partitions:
+            return sampled
+        await assign_settled(consumer, partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        wanted = {tp: min(ends[tp], starts[tp] + SAMPLE_PER_PARTITION) for tp in partitions
+                  if ends[tp] > starts[tp]}
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SAMPLE_TIMEOUT_S
+        while wanted and loop.time() < deadline:
+            batch = await consumer.getmany(*wanted, timeout_ms=500)
+            for tp, records in batch.items():
+                sampled += [(tp.partition, r.key) for r in records
+                            if tp in wanted and r.offset < wanted[tp] and r.key]
+            for tp in list(wanted):
+                if await consumer.position(tp) >= wanted[tp]:
+                    del wanted[tp]
+    finally:
+        await stop_consumer(consumer)
+    return sampled
+
+
+async def check_changelog_layout(settings: Settings, topic: str) -> None:
+    misplaced, counted = misplaced_share(await sample_changelog(settings, topic),
+                                         settings.partitions)
+    if counted >= MIN_SAMPLED and misplaced >= MISPLACED_SHARE * counted:
+        raise TopicLayoutMismatch(
+            f"{misplaced} of {counted} sampled workflows of {topic} sit on another partition "
+            f"than their id's with {settings.partitions} partitions: the topics were grown "
+            "(or qlane ran with another partition count). Growing partitions moves workflow "
+            "ids away from their table entries, and their jobs would run and be charged "
+            "again: run with the count the table was written with, or start a new "
+            "deployment (a new QLANE_TOPIC_PREFIX) for more partitions")
+
+
+async def check_changelog_policy(settings: Settings, admin: AIOKafkaAdminClient,
+                                 topic: str) -> None:
+    """Refuse a changelog that is not compacted (Apache Kafka only)."""
+    if settings.profile != "kafka":
+        return  # Tansu answers DescribeConfigs by closing the connection; it never compacts
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"cleanup.policy": None})])
+    except Exception as error:  # noqa: BLE001 - e.g. no DescribeConfigs ACL: say so, go on
+        log.warning("could not read the cleanup policy of %s (%s): it must be compact",
+                    topic, type(error).__name__)
+        return
+    for response in responses:
+        for error_code, _message, _kind, name, entries in response.resources:
+            if name != topic:
+                continue
+            if error_code:
+                log.warning("could not read the cleanup policy of %s (error %d): it must be "
+                            "compact", topic, error_code)
+                continue
+            policy = {entry[0]: entry[1] for entry in entries}.get("cleanup.policy") or ""
+            if "compact" not in policy.split(","):
+                raise TopicLayoutMismatch(
+                    f"{topic} has cleanup.policy={policy}: the workflow table's changelog "
+                    "must be compacted, or after its retention the table forgets every "
+                    "workflow and their jobs run and are charged again when sent again "
+                    f"(kafka-configs --alter --entity-type topics --entity-name {topic} "
+                    "--add-config cleanup.policy=compact)")
