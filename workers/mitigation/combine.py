@@ -16,6 +16,7 @@ Dynamical decoupling acts on the circuits only; here it is reported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from workers.execution.preparation import PreparedJob
@@ -23,6 +24,7 @@ from workers.mitigation import ddd, zne
 from workers.mitigation.estimation import ExpectationEstimate, ParityTable, estimate_tasks
 from workers.mitigation.readout import (
     MAX_DENSE_BITS,
+    calibration_variance,
     clbit_qubits,
     mitigate_distribution,
     parity_tables,
@@ -68,14 +70,17 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]]) -> MitigationO
     estimates: list[MitigatedEstimate] = []
     if prepared.observables:
         raw = estimate_tasks(prepared, counts, unmitigated)
-        tables = _tables(prepared, calibration) if calibration is not None else None
+        tables, physical = (_tables(prepared, calibration) if calibration is not None
+                            else (None, None))
         corrected = {
-            scale: estimate_tasks(prepared, counts, indices, tables)
+            scale: estimate_tasks(prepared, counts, indices, tables, physical)
             for scale, indices in blocks.items()
         }
-        final: list[tuple[float, float]] = [(e.value, e.std_error) for e in corrected[1.0]]
+        final: list[tuple[float, float]] = [
+            (e.value, _with_calibration(e.std_error, calibration, e.readout_gradient))
+            for e in corrected[1.0]]
         if spec.zne is not None:
-            final = _extrapolate(prepared, corrected, parameters)
+            final = _extrapolate(prepared, corrected, parameters, calibration)
         estimates = [
             MitigatedEstimate(
                 r.parameter_set_index, r.observable_index, value, std_error, r.value, r.std_error
@@ -144,24 +149,36 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]]) -> MitigationO
     return MitigationOutcome(estimates, report, probabilities)
 
 
-def _tables(prepared: PreparedJob, calibration) -> dict[int, ParityTable]:
-    """Per task: readout-corrected per-qubit values, by logical qubit of the basis register."""
-    by_template: dict[int, ParityTable] = {}
-    tables = {}
+def _tables(prepared: PreparedJob, calibration
+            ) -> tuple[dict[int, ParityTable], dict[int, list[int | None]]]:
+    """Per task: readout-corrected per-qubit values, by logical qubit of the basis register,
+    and the physical qubit each logical qubit was read on."""
+    by_template: dict[int, tuple[ParityTable, list[int | None]]] = {}
+    tables, physical = {}, {}
     for index, task in enumerate(prepared.tasks):
         if task.template_index not in by_template:
             template = prepared.templates[task.template_index]
             # The basis register is the one added last (Qiskit prints it leftmost).
             qubits = register_qubits(template, template.cregs[-1].name)
-            by_template[task.template_index] = parity_tables(calibration, qubits)
-        tables[index] = by_template[task.template_index]
-    return tables
+            by_template[task.template_index] = (parity_tables(calibration, qubits), qubits)
+        tables[index], physical[index] = by_template[task.template_index]
+    return tables, physical
+
+
+def _with_calibration(std_error: float, calibration,
+                      gradient: dict[tuple[int, int], float] | None) -> float:
+    """A readout-corrected estimate's standard error with the calibration's own sampling
+    error in it (`readout.calibration_variance`)."""
+    if calibration is None or not gradient:
+        return std_error
+    return math.sqrt(std_error**2 + calibration_variance(calibration, gradient))
 
 
 def _extrapolate(
     prepared: PreparedJob,
     by_scale: dict[float, list[ExpectationEstimate]],
     parameters: dict[str, str],
+    calibration=None,
 ) -> list[tuple[float, float]]:
     options = prepared.mitigation.zne
     assert options is not None
@@ -186,7 +203,13 @@ def _extrapolate(
             weights=weights,
         )
         fallbacks += result.fallback
-        out.append((result.value, result.std_error))
+        # The scales share one calibration: its error moves them together, so it enters
+        # through the fit's sensitivity to each scale's value, not scale by scale.
+        shared: dict[tuple[int, int], float] = {}
+        for weight, estimate in zip(result.sensitivity, series, strict=False):
+            for key, slope in (estimate.readout_gradient or {}).items():
+                shared[key] = shared.get(key, 0.0) + weight * slope
+        out.append((result.value, _with_calibration(result.std_error, calibration, shared)))
     if method == "exponential":
         parameters["exponential_fallbacks"] = str(fallbacks)
     return out

@@ -35,6 +35,9 @@ class ExpectationEstimate:
     observable_index: int
     value: float
     std_error: float
+    # With readout correction: d value / d h, by (physical qubit, bit read), h being the
+    # corrected values a table holds (workers/mitigation/readout.py `calibration_variance`).
+    readout_gradient: dict[tuple[int, int], float] | None = None
 
 
 def estimate_expectations(
@@ -57,11 +60,13 @@ def estimate_tasks(
     counts: list[dict[str, int]],
     task_indices: list[int],
     tables: dict[int, ParityTable] | None = None,
+    physical: dict[int, list[int | None]] | None = None,
 ) -> list[ExpectationEstimate]:
     """Estimates from the tasks `task_indices` (indices into prepared.tasks and counts).
 
     `tables[task_index]`, when given, replaces the parity of each qubit by its readout-corrected
-    per-shot value for that task.
+    per-shot value for that task; with `physical[task_index]` (the physical qubit each of its
+    logical qubits was read on) each estimate also carries its `readout_gradient`.
     """
     n = prepared.num_qubits
     by_set: dict[int, list[tuple[CircuitTask, int]]] = {}
@@ -75,6 +80,7 @@ def estimate_tasks(
             (task.basis, _Outcomes(counts[index], n), (tables or {}).get(index))
             for task, index in by_set[set_index]
         ]
+        wires = [(physical or {}).get(index) for _, index in by_set[set_index]]
         for obs_index, observable in enumerate(prepared.observables):
             exact = 0.0
             weights: dict[int, dict[str, float]] = {}  # basis position -> pauli -> coefficient
@@ -91,12 +97,23 @@ def estimate_tasks(
                 paulis = weights.setdefault(position, {})
                 paulis[term.pauli] = paulis.get(term.pauli, 0.0) + term.coeff
             value, variance = exact, 0.0
+            gradient: dict[tuple[int, int], float] | None = None
             for position, paulis in weights.items():
                 _, outcomes, table = measured[position]
-                mean, var_of_mean = outcomes.weighted_parity_mean(paulis, table)
+                wired = wires[position] if table is not None else None
+                mean, var_of_mean, by_qubit = outcomes.weighted_parity_mean(
+                    paulis, table, gradient=wired is not None)
                 value += mean
                 variance += var_of_mean
-            estimates.append(ExpectationEstimate(set_index, obs_index, value, math.sqrt(variance)))
+                if wired is not None:
+                    gradient = {} if gradient is None else gradient
+                    for qubit, slopes in by_qubit.items():
+                        if qubit < len(wired) and wired[qubit] is not None:
+                            for bit in (0, 1):
+                                key = (wired[qubit], bit)
+                                gradient[key] = gradient.get(key, 0.0) + slopes[bit]
+            estimates.append(ExpectationEstimate(set_index, obs_index, value,
+                                                 math.sqrt(variance), gradient))
     return estimates
 
 
@@ -114,34 +131,52 @@ class _Outcomes:
         self.num_qubits = num_qubits
 
     def weighted_parity_mean(
-        self, paulis: dict[str, float], table: ParityTable | None = None
-    ) -> tuple[float, float]:
-        """Mean of the per-shot value sum_j c_j parity_j, and the variance of that mean.
+        self, paulis: dict[str, float], table: ParityTable | None = None,
+        gradient: bool = False,
+    ) -> tuple[float, float, dict[int, list[float]]]:
+        """Mean of the per-shot value sum_j c_j parity_j, the variance of that mean, and (with
+        `table` and `gradient`) d mean / d table[i][bit] by logical qubit i: [d read0, d read1].
 
         With `table`, qubit i contributes table[i][bit] instead of (-1)^bit.
         """
         if self.shots == 0:
             raise ValueError("no shots to estimate from")
         per_outcome = np.zeros(len(self.values))
+        slopes: dict[int, list[float]] = {}
+        weights = self.counts / self.shots
         for pauli, coeff in paulis.items():
             if table is None:
                 mask = np.uint64(_support_mask(pauli))
                 odd = np.bitwise_count(self.values & mask) & 1
                 per_outcome += coeff * (1.0 - 2.0 * odd)
                 continue
-            product = np.ones(len(self.values))
+            factors = []
             for qubit, letter in enumerate(reversed(pauli)):
                 if letter == "I":
                     continue
                 bit = (self.values >> np.uint64(qubit)) & np.uint64(1)
                 read0, read1 = table[qubit]
-                product *= np.where(bit == 1, read1, read0)
+                factors.append((qubit, bit == 1, np.where(bit == 1, read1, read0)))
+            product = np.ones(len(self.values))
+            for _, _, factor in factors:
+                product *= factor
             per_outcome += coeff * product
+            if gradient:
+                # The term is linear in each qubit's factor: its slope is the product of the
+                # others, summed over the outcomes that read that bit.
+                for qubit, ones, _ in factors:
+                    others = np.ones(len(self.values))
+                    for other, _, factor in factors:
+                        if other != qubit:
+                            others *= factor
+                    slope = slopes.setdefault(qubit, [0.0, 0.0])
+                    slope[0] += coeff * float((others * weights)[~ones].sum())
+                    slope[1] += coeff * float((others * weights)[ones].sum())
         mean = float(per_outcome @ self.counts / self.shots)
         if self.shots < 2:
-            return mean, 0.0
+            return mean, 0.0, slopes
         sample_variance = float(((per_outcome - mean) ** 2) @ self.counts / (self.shots - 1))
-        return mean, sample_variance / self.shots
+        return mean, sample_variance / self.shots, slopes
 
 
 def _support_mask(pauli: str) -> int:

@@ -203,6 +203,28 @@ def parity_tables(
     return tables
 
 
+def calibration_variance(calibration: ReadoutCalibration,
+                         gradient: dict[tuple[int, int], float]) -> float:
+    """The variance an estimate inherits from the calibration's own sampling error.
+
+    Each qubit's confusion matrix is measured with `calibration.shots` shots per prepared
+    state: e0 = P(1|0) and e1 = P(0|1) are binomial estimates, variance e(1-e)/shots. The
+    corrected values are h0 = (1+e0-e1)/D and h1 = -(1-e0+e1)/D with D = 1-e0-e1, and
+    `gradient` holds d estimate / d h by (qubit, bit); the delta method gives the rest. Left
+    out, the standard errors of readout-mitigated estimates covered the truth in 59-87 % of
+    runs at a million shots, not 95 % (red-team run).
+    """
+    variance = 0.0
+    for qubit in sorted({q for q, _ in gradient}):
+        (_, e1), (e0, _) = calibration.matrices[qubit]
+        d = 1.0 - e0 - e1
+        g0, g1 = gradient.get((qubit, 0), 0.0), gradient.get((qubit, 1), 0.0)
+        d_e0 = (g0 * (2.0 - 2.0 * e1) - g1 * 2.0 * e1) / d**2
+        d_e1 = (g0 * 2.0 * e0 - g1 * (2.0 - 2.0 * e0)) / d**2
+        variance += (d_e0**2 * e0 * (1.0 - e0) + d_e1**2 * e1 * (1.0 - e1)) / calibration.shots
+    return variance
+
+
 def mitigate_distribution(
     counts: dict[str, int], calibration: ReadoutCalibration, qubits: list[int | None]
 ) -> dict[str, float] | None:

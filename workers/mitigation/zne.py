@@ -227,6 +227,9 @@ class Extrapolation:
     value: float
     std_error: float
     fallback: bool = False  # the exponential fit failed and the linear fit was used
+    # d value / d (value at each scale factor): the weights of a linear fit, the exponential
+    # fit's gradient; carries an error the scales share (the readout calibration's) over
+    sensitivity: tuple[float, ...] = ()
 
 
 def polynomial_order(num_factors: int) -> int:
@@ -286,7 +289,8 @@ def extrapolate(
     se = np.asarray(std_errors, dtype=float)
     if method != "exponential":
         w = linear_weights(method, scale_factors) if weights is None else weights
-        return Extrapolation(float(w @ y), float(math.sqrt(float((w**2) @ (se**2)))))
+        return Extrapolation(float(w @ y), float(math.sqrt(float((w**2) @ (se**2)))),
+                             sensitivity=tuple(float(x) for x in w))
     fit_failed = mitiq_inference().ExtrapolationError
     try:
         if not decays_toward(scale_factors, y, asymptote):
@@ -307,10 +311,11 @@ def extrapolate(
         std_error = float(math.sqrt(float((gradient**2) @ (se**2))))
         if not (math.isfinite(value) and math.isfinite(std_error)) or std_error <= 0:
             raise fit_failed("degenerate exponential fit")
-        return Extrapolation(value, std_error)
+        return Extrapolation(value, std_error, sensitivity=tuple(float(x) for x in gradient))
     except (fit_failed, ValueError, RuntimeError, FloatingPointError):
         linear = extrapolate("linear", scale_factors, y, se)
-        return Extrapolation(linear.value, linear.std_error, fallback=True)
+        return Extrapolation(linear.value, linear.std_error, fallback=True,
+                             sensitivity=linear.sensitivity)
 
 
 def decays_toward(scale_factors: Sequence[float], values: np.ndarray, asymptote: float) -> bool:

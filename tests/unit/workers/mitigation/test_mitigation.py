@@ -534,6 +534,48 @@ def test_readout_on_an_estimator_job_reports_and_changes_values(noisy) -> None:
     assert all(e.std_error >= e.raw_std_error for e in outcome.estimates)
 
 
+@pytest.mark.parametrize("zne", [None, ZneSpec((1.0, 3.0, 5.0), "global", "richardson")])
+def test_readout_standard_errors_include_the_calibrations_own_error(noisy, zne) -> None:
+    """The delta method through the calibration's binomial errors: checked against moving
+    each physical qubit's P(1|0) and P(0|1) by a small step and mitigating again. Without
+    it, 2-SE coverage at a million shots was 59-87 % (red-team run; 90-95 % with it)."""
+    import dataclasses
+
+    from workers.mitigation.readout import calibration_variance
+
+    prepared = prepare(estimator_job(MitigationSpec(zne=zne, readout=True)), noisy,
+                       TranspileCache(), Limits(), ReadoutCalibrationCache())
+    counts = execute(prepared, noisy, 4)
+    outcome = mitigate(prepared, counts)
+    calibration = prepared.readout_calibration
+    step = 1e-6
+
+    def values_with(qubit: int, row: int, column: int) -> np.ndarray:
+        matrices = [list(map(list, m)) for m in calibration.matrices]
+        matrices[qubit][row][column] += step
+        matrices[qubit][1 - row][column] -= step
+        moved = dataclasses.replace(
+            calibration, matrices=tuple(tuple(map(tuple, m)) for m in matrices))
+        again = mitigate(dataclasses.replace(prepared, readout_calibration=moved), counts)
+        return np.array([e.value for e in again.estimates])
+
+    base = np.array([e.value for e in outcome.estimates])
+    variance = np.zeros(len(base))
+    for qubit, matrix in enumerate(calibration.matrices):
+        e0, e1 = matrix[1][0], matrix[0][1]
+        for (row, column), e in (((1, 0), e0), ((0, 1), e1)):
+            slope = (values_with(qubit, row, column) - base) / step
+            variance += slope**2 * e * (1 - e) / calibration.shots
+    exact = dataclasses.replace(calibration, shots=10**18)  # no calibration error left
+    shot_only = np.array([e.std_error for e in mitigate(
+        dataclasses.replace(prepared, readout_calibration=exact), counts).estimates])
+    reported = np.array([e.std_error for e in outcome.estimates])
+    assert np.all(variance > 1e-12)
+    assert reported**2 == pytest.approx(shot_only**2 + variance, rel=1e-3)
+    assert np.all(reported > shot_only)
+    assert calibration_variance(calibration, {}) == 0.0
+
+
 def test_counts_job_gets_one_distribution_per_circuit(noisy) -> None:
     spec = JobSpec(
         "wf-counts", GHZ3_QASM2, shots=1000, backend=NOISY, mitigation=MitigationSpec(readout=True)
