@@ -128,38 +128,49 @@ def register(app, runtime: Runtime, table) -> None:
         report = {"technique": "none", "parameters": {}, "overhead_circuits": 0,
                   "overhead_shots": 0}
         started = time.perf_counter()
+
+        async def evaluate_at(point, index: int, fits=None):
+            """One evaluation, charged: (Evaluation, its raw value and error, its report,
+            its prepared job), or None when it does not fit the budget (or `fits`)."""
+            job = evaluation_job(base, tuple(point), index)
+            prepared = await in_thread(runtime, prepare_evaluation, job)
+            estimate = accounting.estimate_usd(runtime, prepared)
+            try:
+                accounting.check_budget(runtime, request, estimate)
+            except BudgetExceeded:
+                return None
+            if fits is not None and not fits(prepared, estimate):
+                return None
+            counts, seconds = await simulate_alone(
+                runtime, prepared, job_seed(job.workflow_id, None))
+            outcome = await in_thread(runtime, mitigate, prepared, counts)
+            estimate_0 = outcome.estimates[0]
+            event = await accounting.charge(
+                runtime, request={**request, "workflow_id": job.workflow_id},
+                prepared=prepared, partition=source.partition,
+                simulated_seconds=seconds, estimate=estimate,
+                charged_backend=prepared.backend,
+            )
+            evaluation = Evaluation(
+                index=index, parameters=tuple(point), value=estimate_0.value,
+                std_error=estimate_0.std_error, shots=event["shots"],
+                cost_usd=event["actual_usd"],
+            )
+            return (evaluation, [estimate_0.raw_value, estimate_0.raw_std_error],
+                    outcome.report, prepared)
+
         try:
             while (point := await in_thread(runtime, optimizer.ask)) is not None:
                 if cancel_requested(table, workflow_id):
                     stop_reason = "cancelled"
                     break
                 index = len(optimizer.history)
-                job = evaluation_job(base, tuple(point), index)
-                prepared = last_prepared = await in_thread(runtime, prepare_evaluation, job)
-                estimate = accounting.estimate_usd(runtime, prepared)
-                try:
-                    accounting.check_budget(runtime, request, estimate)
-                except BudgetExceeded:
+                done = await evaluate_at(point, index)
+                if done is None:
                     stop_reason = "budget"
                     break
-                counts, seconds = await simulate_alone(
-                    runtime, prepared, job_seed(job.workflow_id, None))
-                outcome = await in_thread(runtime, mitigate, prepared, counts)
-                report = outcome.report
-                estimate_0 = outcome.estimates[0]
-                event = await accounting.charge(
-                    runtime, request={**request, "workflow_id": job.workflow_id},
-                    prepared=prepared, partition=source.partition,
-                    simulated_seconds=seconds, estimate=estimate,
-                    charged_backend=prepared.backend,
-                )
-                evaluation = Evaluation(
-                    index=index, parameters=tuple(point), value=estimate_0.value,
-                    std_error=estimate_0.std_error, shots=event["shots"],
-                    cost_usd=event["actual_usd"],
-                )
+                evaluation, raw[str(index)], report, last_prepared = done
                 optimizer.tell(evaluation)
-                raw[str(index)] = [estimate_0.raw_value, estimate_0.raw_std_error]
                 items.append({**evaluation.to_dict(), "raw": raw[str(index)]})
                 save_evaluation(table, workflow_id, items)
                 spend = sum(e.cost_usd for e in optimizer.history)
@@ -185,9 +196,19 @@ def register(app, runtime: Runtime, table) -> None:
             return "cancelled"
         if best is None:
             raise StageFailure(workflow_id, BudgetExceeded("no evaluation fitted the budget"))
+        confirmed = None
+        if stop_reason != "cancelled":
+            # The best of many noisy values is biased low, and its own error bar does not
+            # say so: over 120 H2 runs the truth at the best point was within 2 of them 58 %
+            # of the time, mean z -2.0 (red-team run). A fresh evaluation there is not.
+            try:
+                confirmed = await evaluate_at(best.parameters, len(optimizer.history),
+                                              fits=within_caps(spec, optimizer.history))
+            except Exception as error:
+                raise StageFailure(workflow_id, error) from error
         result = variational_result(request, base, optimizer.history, best,
                                     stop_reason or optimizer.stop_reason or "converged",
-                                    raw, report, started, last_prepared)
+                                    raw, report, started, last_prepared, confirmed)
         encoded = codec("JobResult").encode(result)
         try:
             check_result_fits(encoded, runtime.max_record_bytes)
@@ -202,9 +223,36 @@ def register(app, runtime: Runtime, table) -> None:
                              STAGE, detail=result["variational"]["stop_reason"])
         return "ok"
 
+    def within_caps(spec, history):
+        """Whether a confirming evaluation stays within the loop's shot and cost caps (the
+        tenant's budget is checked as for any evaluation; max_iterations counts the
+        optimizer's own evaluations)."""
+        def fits(prepared, estimate: float) -> bool:
+            shots = prepared.shots * len(prepared.tasks)
+            if spec.max_shots is not None and sum(e.shots for e in history) + shots > (
+                    spec.max_shots):
+                return False
+            return spec.max_cost_usd is None or (
+                sum(e.cost_usd for e in history) + estimate <= spec.max_cost_usd + 1e-12)
+        return fits
+
     def variational_result(request, base, history, best, stop_reason, raw, report, started,
-                           prepared):
+                           prepared, confirmed=None):
         raw_value, raw_std_error = raw.get(str(best.index), [best.value, best.std_error])
+        value, std_error = best.value, best.std_error
+        report = {**report, "parameters": dict(report.get("parameters") or {})}
+        shots_used = sum(e.shots for e in history)
+        if confirmed is not None:
+            again, (raw_value, raw_std_error), report, prepared = confirmed
+            report = {**report, "parameters": dict(report.get("parameters") or {})}
+            value, std_error, shots_used = again.value, again.std_error, shots_used + again.shots
+            report["parameters"]["variational_value"] = (
+                "a fresh evaluation at best_parameters (best_value is the lowest the "
+                "optimizer saw: biased low)")
+        else:
+            report["parameters"]["variational_value"] = (
+                "the lowest value the optimizer saw (biased low): no fresh evaluation fitted "
+                "the caps, or the loop was cancelled")
         completed_at_ms = now_ms()
         submitted_ms = request.get("submitted_at_ms") or completed_at_ms
         backend = runtime.registry.get(base.backend)
@@ -216,11 +264,11 @@ def register(app, runtime: Runtime, table) -> None:
             "expectations": [{
                 "parameter_set_index": 0, "observable_index": 0,
                 "observable": base.observables[0].label(),
-                "value": best.value, "std_error": best.std_error,
+                "value": value, "std_error": std_error,
                 "raw_value": raw_value, "raw_std_error": raw_std_error,
             }],
             "mitigation": report,
-            "shots_used": sum(e.shots for e in history),
+            "shots_used": shots_used,
             "provenance": {
                 "backend": base.backend, "calibration_version": backend.calibration_version,
                 "optimization_level": prepared.optimization_level if prepared else 0,
