@@ -638,4 +638,6 @@ def test_prepare_execute_mitigate_twice_is_identical() -> None:
     assert outcome_a == outcome_b
     assert outcome_a.report["technique"] == "zne+readout"
     assert outcome_a.report["parameters"]["exponential_fallbacks"].isdigit()
+    # a random fold at factor 2: the SE does not cover the spread between folds, and says so
+    assert "random fold only" in outcome_a.report["parameters"]["std_error_scope"]
     assert PreparedJob.from_bytes(bytes_a).tasks == PreparedJob.from_bytes(bytes_b).tasks
