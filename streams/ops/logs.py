@@ -52,20 +52,28 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def printable(text: str) -> str:
-    """`text` with every control character written as an escape (\\n, \\x1b, \\u202e)."""
-    return _UNPRINTABLE.sub(lambda m: _NAMED.get(m.group()) or (
-        f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"),
-        text)
+def printable(text: str, keep_lines: bool = False) -> str:
+    """`text` with every control character written as an escape (\\n, \\x1b, \\u202e);
+    `keep_lines` leaves newlines and tabs alone."""
+    def escape(match: re.Match) -> str:
+        char = match.group()
+        if keep_lines and char in "\n\t":
+            return char
+        return _NAMED.get(char) or (
+            f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+    return _UNPRINTABLE.sub(escape, text)
 
 
 class OneLineRecord(logging.LogRecord):
     """A log record whose message cannot break its line: workflow ids, keys and error
     messages come from producers, and an id holding a newline wrote a forged CRITICAL line
-    into a worker's log, and ANSI sequences reached the terminal (a red-team run)."""
+    into a worker's log, and ANSI sequences reached the terminal (a red-team run). qlane's
+    own records (the `qlane` logger) stay on one line; other libraries' keep their newlines
+    (Faust prints its partition assignment as a table), with every other control escaped."""
 
     def getMessage(self) -> str:  # noqa: N802 (logging's name)
-        return printable(super().getMessage())
+        ours = self.name == "qlane" or self.name.startswith("qlane.")
+        return printable(super().getMessage(), keep_lines=not ours)
 
 
 def keep_records_on_one_line() -> None:

@@ -71,3 +71,25 @@ def test_a_producers_text_cannot_break_a_log_line_or_reach_the_terminal() -> Non
         logging.setLogRecordFactory(previous)
         logger.removeHandler(handler)
     assert stream.getvalue().count("\n") == 1 and "\x1b" not in stream.getvalue()
+
+
+def test_other_libraries_keep_their_newlines_but_no_other_control() -> None:
+    """Faust logs its partition assignment as a table, one row per line (the benchmark reads
+    it); escaped newlines broke it. Escapes and the like are still written out."""
+    import io
+    import logging
+
+    from streams.ops.logs import OneLineRecord
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    faust_like = logging.getLogger("faust.assignor.test")
+    faust_like.addHandler(handler)
+    previous = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(OneLineRecord)
+    try:
+        faust_like.warning("| topic | partitions |\n| qlane.jobs | {0, 2} |\x1b]0;t\x07")
+    finally:
+        logging.setLogRecordFactory(previous)
+        faust_like.removeHandler(handler)
+    assert stream.getvalue() == "| topic | partitions |\n| qlane.jobs | {0, 2} |\\x1b]0;t\\x07\n"
