@@ -44,38 +44,8 @@ def test_only_terminal_states_log_at_info():
     assert lifecycle_level("prepared") == logging.DEBUG
 
 
-def test_a_producers_text_cannot_break_a_log_line_or_reach_the_terminal() -> None:
-    """A workflow id holding a newline wrote a forged CRITICAL line into a worker's text log;
-    ANSI and OSC sequences in a key cleared and retitled an operator's terminal in `qlane
-    dlq list` (red-team run)."""
-    import io
-    import logging
-
-    from streams.ops.logs import OneLineRecord, printable
-
-    hostile = ("wf\n[2026-12-05 14:31:00,000] [4242] [CRITICAL] forged"
-               "\x1b[2K\r\x1b]0;pwned\x07\u202e")
-    assert printable(hostile) == (
-        "wf\\n[2026-12-05 14:31:00,000] [4242] [CRITICAL] forged\\x1b[2K\\r\\x1b]0;pwned\\x07"
-        "\\u202e")
-    assert printable("acme.nightly-7.0 done — ünïcode") == "acme.nightly-7.0 done — ünïcode"
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger("qlane.test.one-line")
-    logger.addHandler(handler)
-    previous = logging.getLogRecordFactory()
-    logging.setLogRecordFactory(OneLineRecord)
-    try:
-        logger.warning("%s done (mitigate)", hostile)
-    finally:
-        logging.setLogRecordFactory(previous)
-        logger.removeHandler(handler)
-    assert stream.getvalue().count("\n") == 1 and "\x1b" not in stream.getvalue()
-
-
-def test_other_libraries_keep_their_newlines_but_no_other_control() -> None:
-    """Faust logs its partition assignment as a table, one row per line (the benchmark reads
-    it); escaped newlines broke it. Escapes and the like are still written out."""
+def logged_with_one_line_records(logger_name: str, message: str, *args) -> str:
+    """What a handler writes for one WARNING of `logger_name` with OneLineRecord in force."""
     import io
     import logging
 
@@ -83,13 +53,37 @@ def test_other_libraries_keep_their_newlines_but_no_other_control() -> None:
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    faust_like = logging.getLogger("faust.assignor.test")
-    faust_like.addHandler(handler)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
     previous = logging.getLogRecordFactory()
     logging.setLogRecordFactory(OneLineRecord)
     try:
-        faust_like.warning("| topic | partitions |\n| qlane.jobs | {0, 2} |\x1b]0;t\x07")
+        logger.warning(message, *args)
     finally:
         logging.setLogRecordFactory(previous)
-        faust_like.removeHandler(handler)
-    assert stream.getvalue() == "| topic | partitions |\n| qlane.jobs | {0, 2} |\\x1b]0;t\\x07\n"
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def test_a_producers_text_cannot_break_a_log_line_or_reach_the_terminal() -> None:
+    """A workflow id holding a newline wrote a forged CRITICAL line into a worker's text log;
+    ANSI and OSC sequences in a key cleared and retitled an operator's terminal in `qlane
+    dlq list` (red-team run)."""
+    from streams.ops.logs import printable
+
+    hostile = ("wf\n[2026-12-05 14:31:00,000] [4242] [CRITICAL] forged"
+               "\x1b[2K\r\x1b]0;pwned\x07\u202e")
+    assert printable(hostile) == (
+        "wf\\n[2026-12-05 14:31:00,000] [4242] [CRITICAL] forged\\x1b[2K\\r\\x1b]0;pwned\\x07"
+        "\\u202e")
+    assert printable("acme.nightly-7.0 done — ünïcode") == "acme.nightly-7.0 done — ünïcode"
+    written = logged_with_one_line_records("qlane.test.one-line", "%s done (mitigate)", hostile)
+    assert written.count("\n") == 1 and "\x1b" not in written
+
+
+def test_other_libraries_keep_their_newlines_but_no_other_control() -> None:
+    """Faust logs its partition assignment as a table, one row per line (the benchmark reads
+    it); escaped newlines broke it. Escapes and the like are still written out."""
+    written = logged_with_one_line_records(
+        "faust.assignor.test", "| topic | partitions |\n| qlane.jobs | {0, 2} |\x1b]0;t\x07")
+    assert written == "| topic | partitions |\n| qlane.jobs | {0, 2} |\\x1b]0;t\\x07\n"
