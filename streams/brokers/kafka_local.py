@@ -64,19 +64,29 @@ def install(version: str = DEFAULT_VERSION) -> Path:
     mvn = shutil.which("mvn")
     if not mvn:
         raise KafkaStartError("Maven (`mvn`) is needed once to fetch the Kafka jars")
-    staging = libs.with_name("libs.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), f"-P{VERSIONS[version]}",
-         "dependency:copy-dependencies", "-DincludeScope=runtime",
-         f"-DoutputDirectory={staging}"],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        raise KafkaStartError(f"mvn failed to fetch Kafka {version}:\n{result.stdout[-3000:]}")
-    shutil.rmtree(libs, ignore_errors=True)
-    staging.rename(libs)
-    marker.touch()
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # A folder of its own per process: two installs at once (make test in two clones) each
+    # fetch, and the first to rename its complete folder into place wins.
+    staging = Path(tempfile.mkdtemp(prefix="libs.partial-", dir=libs.parent))
+    try:
+        result = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(POM), f"-P{VERSIONS[version]}",
+             "dependency:copy-dependencies", "-DincludeScope=runtime",
+             f"-DoutputDirectory={staging}"],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise KafkaStartError(f"mvn failed to fetch Kafka {version}:\n{result.stdout[-3000:]}")
+        (staging / marker.name).touch()
+        if not marker.exists():
+            shutil.rmtree(libs, ignore_errors=True)
+            try:
+                staging.rename(libs)
+            except OSError:
+                if not marker.exists():
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return libs
 
 
