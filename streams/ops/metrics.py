@@ -208,6 +208,14 @@ def _package_version() -> str:
 BUILD_INFO.info({"version": _package_version()})
 
 
+def forget_drift_round() -> None:
+    """Drop the last drift round's gauges (a worker no longer the leader): its alarm would
+    otherwise keep `max by (backend) (qlane_drift_alarm)` at 1 after the new leader's rounds
+    find no drift, until the worker restarts. The rounds counter stays (a counter's history)."""
+    for gauge in (DRIFT_STATISTIC, DRIFT_THRESHOLD, DRIFT_ALARM):
+        gauge.clear()
+
+
 def render_metrics() -> bytes:
     """The text exposition of every qlane metric."""
     return generate_latest(REGISTRY)
@@ -236,6 +244,7 @@ __all__ = [
     "DUPLICATES",
     "DURATION_BUCKETS",
     "EXECUTE_BATCH_SIZE",
+    "forget_drift_round",
     "FALLBACKS",
     "GUARD_HELD_SECONDS",
     "JOBS",

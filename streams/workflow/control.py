@@ -110,6 +110,13 @@ def register(app, runtime: Runtime) -> None:
         with monitor_lock:  # the monitor's transpile cache is not thread-safe
             return monitor.run_round(backend, seed)
 
+    @app.timer(interval=settings.drift_period_s)
+    async def forget_drift_unless_leader():
+        # The leadership moves on a rebalance while the old leader lives on: its last alarm
+        # would keep QlaneDriftAlarm firing whatever the new leader's rounds find.
+        if not app.is_leader():
+            metrics.forget_drift_round()
+
     @app.timer(interval=settings.drift_period_s, on_leader=True)
     async def drift_rounds():
         for backend_name in filter(watched, settings.drift_backends):

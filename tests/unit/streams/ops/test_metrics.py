@@ -163,3 +163,17 @@ def test_module_needs_no_faust() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_a_worker_that_lost_the_leadership_forgets_its_drift_alarm() -> None:
+    metrics.DRIFT_ALARM.labels("test-backend").set(1)
+    metrics.DRIFT_STATISTIC.labels("test-backend").set(4.2)
+    metrics.DRIFT_ROUNDS.labels("test-backend", "critical").inc()
+
+    metrics.forget_drift_round()
+
+    exposition = metrics.render_metrics().decode()
+    assert 'qlane_drift_alarm{backend="test-backend"}' not in exposition
+    assert 'qlane_drift_statistic{backend="test-backend"}' not in exposition
+    assert 'qlane_drift_rounds_total{backend="test-backend",severity="critical"} 1.0' in exposition
+    metrics.DRIFT_ROUNDS.remove("test-backend", "critical")
