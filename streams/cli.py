@@ -45,7 +45,9 @@ def schema_of_topic(prefix: str, topic: str) -> str | None:
     return TOPIC_SCHEMAS[kind] if tenant and kind in TENANT_COPIES else None
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def settings_from(args: argparse.Namespace, detect: bool = True) -> Settings:
+    """The command's settings; with `detect`, the profile of the broker at the default
+    address asked of the broker itself (`detect_profile`)."""
     overrides = {}
     if getattr(args, "broker", None):
         overrides["broker"] = args.broker
@@ -56,6 +58,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if getattr(args, "partitions", None):
         overrides["partitions"] = args.partitions
     settings = Settings(**overrides)
+    if detect and settings.profile_unsure:
+        from streams.kafka.security import detect_profile
+
+        settings = asyncio.run(detect_profile(settings))
     # The command's own readers (tail, dlq, replay) meet the same batches as the workers.
     record_batches.install(settings.max_uncompressed_batch_mb * record_batches.MIB)
     return settings
@@ -173,6 +179,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.web_port:
         updates["web_port"] = args.web_port
     settings = settings.model_copy(update=updates)
+    if settings.profile_unsure:
+        print(f"profile {settings.profile} (asked of the broker at {settings.broker}; "
+              "--profile to choose)", file=sys.stderr)
     from streams.kafka.security import AccessRefused, preflight
     from streams.kafka.topic_checks import TopicLayoutMismatch
     from streams.kafka.topics import PartitionCountMismatch
@@ -614,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qlane {args.command}: {error}", file=sys.stderr)
             return 2
 
-        reason = explain_refusal(settings_from(args), error) if hasattr(args, "broker") else None
+        reason = (explain_refusal(settings_from(args, detect=False), error)
+                  if hasattr(args, "broker") else None)
         if reason is None:
             raise
         print(f"qlane {args.command}: {reason}", file=sys.stderr)

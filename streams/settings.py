@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.ops.logs import LogFormat
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         "the topic prefix, so two deployments with their own prefixes on one cluster do not "
         "share a group, a table and transactional ids (with one default app id the second "
         "fenced the first's transactions and crashed it: a red-team run)")
+    # Both `qlane broker` (Tansu) and `qlane kafka` listen on the default address: a profile
+    # chosen by that address alone is a guess, which `detect_profile` settles by asking.
+    _profile_unsure: bool = PrivateAttr(False)
     topic_prefix: str = "qlane"
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -342,10 +345,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_profile(self) -> Settings:
         if self.profile is None:
-            self.profile = "embedded" if self.broker == DEFAULT_BROKER else "kafka"
+            self._profile_unsure = self.broker == DEFAULT_BROKER
+            self.profile = "embedded" if self._profile_unsure else "kafka"
         if not self.app_id:
             self.app_id = self.topic_prefix
         return self
+
+    @property
+    def profile_unsure(self) -> bool:
+        """The profile was not given and the broker is the default address (see above)."""
+        return self._profile_unsure
 
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}.{suffix}"

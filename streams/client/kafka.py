@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
-from streams.kafka.security import kafka_options
+from streams.kafka.security import detect_profile, kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from streams.settings import Settings
 from workers.errors import InvalidJob
@@ -96,6 +96,7 @@ class Client:
         self.watcher: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Client:
+        self.settings = await detect_profile(self.settings)  # its readers' isolation level
         self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=0)
         try:
             await self.producer.start()

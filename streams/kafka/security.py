@@ -245,6 +245,44 @@ async def check_transactions(settings: Settings) -> None:
         await producer.stop()
 
 
+async def detect_profile(settings: Settings) -> Settings:
+    """`settings` with the profile of the broker it reaches, where the profile was not given
+    and the broker is the default address, on which both `qlane broker` (Tansu) and
+    `qlane kafka` listen: `kafka` if it grants a transactional producer, else `embedded`.
+    By the address alone, a worker of the README's own Apache Kafka example ran the embedded
+    profile: at-least-once, no changelog policy check, one record per produce request (a
+    red-team run). A broker that does not answer leaves the guess; the command then fails
+    with its own reason."""
+    if not settings.profile_unsure:
+        return settings
+    import asyncio
+
+    host, _, port = settings.broker.rpartition(":")
+    try:  # nothing listening: keep the guess without aiokafka's error lines
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+        writer.close()
+    except (OSError, TimeoutError):
+        return settings
+    probe = settings.model_copy(update={"profile": "kafka"})
+    # aiokafka logs Tansu's refusal at ERROR level: noise for a question, not a failure.
+    quiet = logging.getLogger("aiokafka")
+    level, quiet.level = quiet.level, logging.CRITICAL
+    try:
+        await check_transactions(probe)
+    except BrokerLacksTransactions:
+        return settings
+    except AccessRefused:
+        return probe  # a broker with transactions and ACLs: Apache Kafka, not Tansu
+    except Exception as error:  # noqa: BLE001 - not reachable now: keep the guess
+        log.debug("profile detection at %s failed: %r", settings.broker, error)
+        return settings
+    finally:
+        quiet.setLevel(level)
+    log.info("the broker at %s has transactions: kafka profile (--profile to choose)",
+             settings.broker)
+    return probe
+
+
 def explain_refusal(settings: Settings, error: BaseException) -> str | None:
     """A one-line reason when `error` (from a CLI command) is the broker refusing this client:
     bad credentials (checked again, once) or a missing ACL; None for anything else."""

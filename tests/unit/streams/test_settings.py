@@ -1,5 +1,8 @@
+import asyncio
+
 import pytest
 
+import streams.settings
 from streams.kafka.topics import TopicNames
 from streams.settings import Settings
 
@@ -139,3 +142,18 @@ def test_the_app_id_follows_the_topic_prefix_unless_set():
     assert Settings().app_id == "qlane"
     assert Settings(topic_prefix="staging.qlane").app_id == "staging.qlane"
     assert Settings(topic_prefix="staging.qlane", app_id="qlane").app_id == "qlane"
+
+
+def test_the_default_address_gives_an_unsure_profile_kept_when_nothing_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.brokers.tansu import free_port
+    from streams.kafka.security import detect_profile
+
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setattr(streams.settings, "DEFAULT_BROKER", address)
+    monkeypatch.delenv("QLANE_PROFILE", raising=False)
+    guessed = Settings(broker=address)
+    assert guessed.profile_unsure
+    assert asyncio.run(detect_profile(guessed)).profile == "embedded"
+    assert not Settings(broker="127.0.0.1:1").profile_unsure
