@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     # Both `qlane broker` (Tansu) and `qlane kafka` listen on the default address: a profile
     # chosen by that address alone is a guess, which `detect_profile` settles by asking.
     _profile_unsure: bool = PrivateAttr(False)
+    _app_id_defaulted: bool = PrivateAttr(False)
     topic_prefix: str = "qlane"
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -348,6 +349,7 @@ class Settings(BaseSettings):
             self._profile_unsure = self.broker == DEFAULT_BROKER
             self.profile = "embedded" if self._profile_unsure else "kafka"
         if not self.app_id:
+            self._app_id_defaulted = True
             self.app_id = self.topic_prefix
         return self
 
@@ -355,6 +357,11 @@ class Settings(BaseSettings):
     def profile_unsure(self) -> bool:
         """The profile was not given and the broker is the default address (see above)."""
         return self._profile_unsure
+
+    @property
+    def app_id_defaulted(self) -> bool:
+        """QLANE_APP_ID was not given: the app id is the topic prefix."""
+        return self._app_id_defaulted
 
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}.{suffix}"

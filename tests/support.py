@@ -20,7 +20,7 @@ BELL = (ROOT / "examples" / "bell.qasm").read_text()
 def session_settings(bootstrap: str, profile: str, tag: str, **overrides) -> Settings:
     run = uuid.uuid4().hex[:8]
     return Settings(broker=bootstrap, profile=profile, topic_prefix=f"{tag}{run}.qlane",
-                    app_id=f"qlane-{tag}-{run}", **{"partitions": 2, **overrides})
+                    **{"app_id": f"qlane-{tag}-{run}", "partitions": 2, **overrides})
 
 
 def submit_and_wait(settings: Settings, jobs: list[dict], timeout_s: float = 120.0) -> dict:

@@ -9,6 +9,11 @@ operator can still break idempotency pass that (red-team run, 2026-12-05, Apache
 * the table's changelog created beforehand with `cleanup.policy=delete`: after its retention
   the table forgot every workflow, and 20 of 20 jobs sent again ran and were charged again.
 
+A third: the default app id (the consumer group, the changelog's name, the transactional ids)
+was `qlane` before 2026-12-05 and is the topic prefix since. A deployment with its own prefix
+upgraded without QLANE_APP_ID started a new group from the earliest offsets with an empty
+table, and every job still on its topics ran and was charged again (3 of 3, red-team run).
+
 So a worker also samples the changelog (its records must sit on their workflow id's
 partition) and, where the broker answers DescribeConfigs (Apache Kafka; Tansu has no
 compaction to ask about), reads the changelog's cleanup policy.
@@ -23,6 +28,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.partitioning import key_partition
@@ -41,8 +47,51 @@ MIN_SAMPLED = 8
 KEY_SEPARATOR = "\x1f"  # a table key beyond the workflow id (streams/agents/variational.py)
 
 
+FORMER_DEFAULT_APP_ID = "qlane"
+
+
 class TopicLayoutMismatch(RuntimeError):
     """An existing topic's layout or configuration would break idempotency."""
+
+
+async def consumed_topics(settings: Settings, group: str, topics: list[str]) -> set[str]:
+    """Those of `topics` (existing ones) on which `group` has committed offsets; none where
+    the group cannot be asked (no Describe right on it). A consumer asks, not the admin
+    client: aiokafka's admin cannot read Tansu's OffsetFetch answer."""
+    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    consumed = set()
+    try:
+        for topic in topics:
+            for partition in await topic_partitions(consumer, topic):
+                if await consumer.committed(TopicPartition(topic, partition)) is not None:
+                    consumed.add(topic)
+                    break
+    except KafkaError as error:
+        log.debug("committed offsets of group %s unknown: %r", group, error)
+    finally:
+        await stop_consumer(consumer)
+    return consumed
+
+
+async def check_former_app_id(settings: Settings, job_topics: list[str]) -> None:
+    """TopicLayoutMismatch if the app id is the new default, the former default's group has
+    consumed this prefix's job topics and the new group has not: the upgrade would run every
+    retained job again. An app id given explicitly (either one) is the operator's choice."""
+    if not settings.app_id_defaulted or settings.app_id == FORMER_DEFAULT_APP_ID:
+        return
+    if not job_topics or not await consumed_topics(settings, FORMER_DEFAULT_APP_ID, job_topics):
+        return
+    if await consumed_topics(settings, settings.app_id, job_topics):
+        return
+    raise TopicLayoutMismatch(
+        f"the job topics of prefix {settings.topic_prefix} were consumed by group "
+        f"{FORMER_DEFAULT_APP_ID!r}, the default app id before 2026-12-05; the default is now "
+        f"the prefix ({settings.app_id!r}), a new group with an empty table that would run "
+        f"and charge every retained job again. Set QLANE_APP_ID={FORMER_DEFAULT_APP_ID} to "
+        f"keep the group and the table, or QLANE_APP_ID={settings.app_id} to start afresh."
+    )
 
 
 def misplaced_share(sampled: list[tuple[int, bytes]], partitions: int) -> tuple[int, int]:

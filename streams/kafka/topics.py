@@ -183,6 +183,11 @@ async def ensure_topics(settings: Settings) -> list[str]:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        from streams.kafka.topic_checks import check_former_app_id
+
+        await check_former_app_id(
+            settings, [topic for topics in job_topics(settings.topic_prefix, tenants).values()
+                       for topic in topics if topic in existing])
         missing = [name for name in wanted if name not in existing]
         if missing:
             replication = settings.replication_factor

@@ -70,3 +70,51 @@ def test_a_changelog_that_is_not_compacted_stops_the_worker(broker_address):
             asyncio.run(ensure_topics(settings))
     else:
         assert changelog_topic(settings) not in asyncio.run(ensure_topics(settings))
+
+
+def commit_offsets(settings, group: str, topic: str) -> None:
+    """`group` has consumed `topic` up to offset 1 on every partition."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def go():
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=group,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+            consumer.assign(partitions)
+            await consumer.commit(dict.fromkeys(partitions, 1))
+        finally:
+            await consumer.stop()
+
+    asyncio.run(go())
+
+
+def test_an_upgrade_to_the_new_default_app_id_stops_the_worker(broker_address):
+    """Upgraded without QLANE_APP_ID, a deployment with its own prefix became a new group
+    from the earliest offsets with an empty table: 3 of 3 jobs ran and were charged again
+    (red-team run, Kafka 4.1). Either app id given explicitly starts."""
+    address, profile = broker_address
+    former = session_settings(address, profile, tag="former", app_id="qlane")
+    asyncio.run(ensure_topics(former))
+    commit_offsets(former, "qlane", former.topic("jobs"))
+
+    upgraded = type(former)(**{**former.model_dump(), "app_id": ""})
+    assert upgraded.app_id_defaulted and upgraded.app_id == upgraded.topic_prefix
+    with pytest.raises(TopicLayoutMismatch, match="QLANE_APP_ID=qlane"):
+        asyncio.run(ensure_topics(upgraded))
+
+    asyncio.run(ensure_topics(former))  # QLANE_APP_ID=qlane: the old group and table
+    fresh = type(former)(**{**former.model_dump(), "app_id": upgraded.app_id})
+    asyncio.run(ensure_topics(fresh))  # QLANE_APP_ID=<prefix>: afresh, on purpose
+    commit_offsets(fresh, fresh.app_id, fresh.topic("jobs"))
+    asyncio.run(ensure_topics(upgraded))  # the new group has its own offsets: it ran before
+
+
+def test_a_new_prefix_beside_a_default_deployment_starts(broker_address):
+    address, profile = broker_address
+    neighbour = session_settings(address, profile, tag="neighbour", app_id="qlane")
+    asyncio.run(ensure_topics(neighbour))
+    commit_offsets(neighbour, "qlane", neighbour.topic("jobs"))
+    own = session_settings(address, profile, tag="own", app_id="")
+    asyncio.run(ensure_topics(own))
