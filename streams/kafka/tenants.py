@@ -21,8 +21,10 @@ from streams.kafka.security import kafka_options
 from streams.kafka.topics import (
     LANES,
     TENANT_READ_KINDS,
+    changelog_topic,
     check_tenant,
     job_topic,
+    leader_topic,
     parse_job_topic,
     tenant_topic,
 )
@@ -73,17 +75,23 @@ def worker_acls(settings: Settings, principal: str) -> list[Acl]:
     - topics `{prefix}.*`: the job, stage, result, status, cost, drift, dead-letter and control
       topics, the tenants' topics included: read, write, describe, and create (the worker
       creates missing topics at start; drop `create` if an administrator creates them first);
-    - topics `{app_id}-*`: Faust's table changelogs and its assignor topic, the same four;
+    - topics `{app_id}-workflows-changelog` (the table's changelog) and
+      `{app_id}-__assignor-__leader` (Faust's leader election), the same four, by their
+      literal names: a grant on the prefix `{app_id}-` also covered every topic of a
+      deployment whose prefix starts with `{app_id}-` (`prod` and `prod-eu`: a red-team run);
     - consumer group `{app_id}`: read (join, commit);
     - transactional ids `{app_id}-*`: write, describe (exactly-once on Kafka: one
-      transactional producer per input partition);
+      transactional producer per input partition, `{app_id}-{group}-{partition}`, so a
+      prefix; deployments whose prefixes start one another's followed by `-` or `.`
+      overlap here and in `{prefix}.`: give each its own, README "Security");
     - the cluster: idempotent write (idempotent and transactional producers).
     """
     prefix, app_id = settings.topic_prefix, settings.app_id
     topic_ops = ("read", "write", "describe", "create")
     return [
         *_grants(principal, "topic", f"{prefix}.", "prefixed", *topic_ops),
-        *_grants(principal, "topic", f"{app_id}-", "prefixed", *topic_ops),
+        *_grants(principal, "topic", changelog_topic(settings), "literal", *topic_ops),
+        *_grants(principal, "topic", leader_topic(settings), "literal", *topic_ops),
         *_grants(principal, "group", app_id, "literal", "read"),
         *_grants(principal, "transactional_id", f"{app_id}-", "prefixed", "write", "describe"),
         *_grants(principal, "cluster", CLUSTER, "literal", "idempotent_write"),

@@ -155,6 +155,11 @@ def changelog_topic(settings: Settings) -> str:
     return f"{settings.app_id}-{WORKFLOW_TABLE}-changelog"
 
 
+def leader_topic(settings: Settings) -> str:
+    """Faust's leader-election topic (its LeaderAssignor's name for it)."""
+    return f"{settings.app_id}-__assignor-__leader"
+
+
 class PartitionCountMismatch(RuntimeError):
     """An existing topic's partition count breaks co-partitioning by workflow_id."""
 
