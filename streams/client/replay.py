@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.partitioning import REROUTED_HEADER
 from streams.kafka.record_batches import UNREADABLE_HEADER
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, parse_job_topic
@@ -126,9 +127,15 @@ def address(record) -> str:
     return f"{record.topic}:{record.partition}:{record.offset}"
 
 
-def replayed_from(record) -> str | None:
-    """The address of the record an earlier replay made this one from, if it was."""
-    values = [v for k, v in (record.headers or ()) if k == REPLAY_HEADER]
+COPY_HEADERS = (REPLAY_HEADER, REROUTED_HEADER)
+
+
+def copied_from(record) -> str | None:
+    """The address of the record this one is a copy of, if it is: made by an earlier replay,
+    or by a worker that moved a job to its key's partition (its original stays where it
+    was, so a replay selecting both reran the job twice: a red-team run). The nearest origin
+    is the last such header: a copy keeps the headers of what it copies."""
+    values = [v for k, v in (record.headers or ()) if k in COPY_HEADERS]
     return values[-1].decode(errors="replace") if values else None
 
 
@@ -149,7 +156,7 @@ class EarlierCopies:
     def now(self, record) -> bool:
         """Whether to handle `record` now (else it is a copy: skipped, or `waiting`)."""
         self.select(record.topic, record.partition, record.offset)
-        origin = replayed_from(record)
+        origin = copied_from(record)
         if origin is None or not origin.startswith(f"{record.topic}:"):
             return True
         if not self.selected(origin):
@@ -173,10 +180,10 @@ class EarlierCopies:
         return at >= 0 and runs[at][0] <= offset <= runs[at][1]
 
     def skip_reason(self, record) -> str | None:
-        origin = replayed_from(record)
+        origin = copied_from(record)
         if origin is None or not self.selected(origin):
             return None
-        return f"an earlier replay made it from {origin}, which this replay selects too"
+        return f"a copy of {origin}, which this replay selects too"
 
 
 def wanted(record, selection: ReplaySelection) -> bool:

@@ -5,6 +5,7 @@ import pytest
 from schemas.codec import codec
 from streams.client import job_request
 from streams.client.replay import REPLAY_HEADER, EarlierCopies, plan_record
+from streams.kafka.partitioning import REROUTED_HEADER
 from streams.kafka.topics import TopicNames
 from streams.settings import Settings
 
@@ -182,3 +183,18 @@ def test_a_copy_whose_original_is_outside_the_selection_or_on_another_partition(
     from_dead_letter = record(NAMES.jobs, request_bytes(), offset=10,
                               headers=[(REPLAY_HEADER, b"qlane.deadletter:0:4")])
     assert copies_left([from_dead_letter]) == [from_dead_letter]
+
+
+def test_a_job_a_worker_moved_to_its_keys_partition_is_replayed_once():
+    """A job produced to the wrong partition stays there; the worker's copy on its key's
+    partition names it. A rerun replay of both made two reruns, each run and charged (a
+    red-team run)."""
+    misplaced = record(NAMES.jobs, request_bytes(), partition=0, offset=3)
+    moved = record(NAMES.jobs, request_bytes(), partition=1, offset=7,
+                   headers=[(REROUTED_HEADER, b"qlane.jobs:0:3")])
+    assert copies_left([misplaced, moved]) == [misplaced]
+    assert copies_left([moved, misplaced]) == [misplaced]
+    assert copies_left([moved]) == [moved]  # its original not selected (--partition 1)
+    replayed_copy = record(NAMES.jobs, request_bytes(), partition=1, offset=9, headers=[
+        (REROUTED_HEADER, b"qlane.jobs:0:3"), (REPLAY_HEADER, b"qlane.jobs:1:7")])
+    assert copies_left([moved, replayed_copy]) == [moved]  # the nearest origin: the moved one
