@@ -8,12 +8,13 @@ For an observable O = sum_j c_j P_j and one parameter set:
   unbiased sample variance s_b^2 over the N shots; O's estimate is sum_b m_b plus the identity
   part, its standard error sqrt(sum_b s_b^2 / N). Reading a basis's terms through one per-shot
   value keeps their covariances; different bases are independent runs, so variances add.
-
-`estimate_expectations` reads the unmitigated tasks only (ZNE scale 1, no readout correction).
-`estimate_tasks` reads any subset of tasks (one ZNE scale) and can correct readout errors per
-shot: with per-qubit tables h_i = (value for read 0, value for read 1) the per-shot value of a
-term is prod_{i in support} h_i(bit_i) instead of the parity (h = (1, -1)); see
-workers/mitigation/readout.py.
+- s_b^2 is taken over the N shots and four pseudo-shots, two at each end of the per-shot
+  value's range [-B, B] (B = sum_j |c_j|, times the largest corrected value per qubit with
+  readout tables), as the Agresti-Coull interval does for a proportion: for a single +-1
+  term it is 4 p~(1 - p~) with p~ = (k + 2) / (N + 4). The plain sample variance is 0 when
+  every shot agrees and too small near +-1 at few shots (Wald's interval): 2-SE coverage
+  0.73 at 100 shots of X|0> read as Z on `aer.noisy`, 0.79 for ry(0.2)|0> (a red-team run).
+  Relative to s_b^2 it adds about 4 B^2 / (N s_b^2): nothing at the usual shot counts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from workers.circuits.measurement import basis_covers
 from workers.execution.preparation import CircuitTask, PreparedJob
 
 MAX_QUBITS = 64  # outcomes are held as uint64
+PSEUDO_SHOTS = 4  # the Agresti-Coull adjustment of the variance (module docstring)
 
 
 @dataclass(frozen=True)
@@ -173,10 +175,26 @@ class _Outcomes:
                     slope[0] += coeff * float((others * weights)[~ones].sum())
                     slope[1] += coeff * float((others * weights)[ones].sum())
         mean = float(per_outcome @ self.counts / self.shots)
-        if self.shots < 2:
-            return mean, 0.0, slopes
-        sample_variance = float(((per_outcome - mean) ** 2) @ self.counts / (self.shots - 1))
-        return mean, sample_variance / self.shots, slopes
+        # The module's docstring: the variance over the shots and four pseudo-shots at +-B.
+        bound = _value_bound(paulis, table)
+        augmented = self.shots + PSEUDO_SHOTS
+        pseudo_mean = mean * self.shots / augmented
+        spread = float(((per_outcome - pseudo_mean) ** 2) @ self.counts)
+        spread += PSEUDO_SHOTS / 2 * ((bound - pseudo_mean) ** 2 + (bound + pseudo_mean) ** 2)
+        return mean, spread / (augmented - 1) / self.shots, slopes
+
+
+def _value_bound(paulis: dict[str, float], table: ParityTable | None) -> float:
+    """B: the per-shot value sum_j c_j prod_i h_i(bit_i) lies in [-B, B]."""
+    bound = 0.0
+    for pauli, coeff in paulis.items():
+        factor = 1.0
+        if table is not None:
+            for qubit, letter in enumerate(reversed(pauli)):
+                if letter != "I":
+                    factor *= max(abs(table[qubit][0]), abs(table[qubit][1]))
+        bound += abs(coeff) * factor
+    return bound
 
 
 def _support_mask(pauli: str) -> int:

@@ -23,11 +23,14 @@ def test_bell_zz_and_xx_are_exactly_one(registry, cache, limits) -> None:
     observables = (parse_observable("ZZ"), parse_observable("XX"), parse_observable("YY"))
     spec = JobSpec("wf-bell", BELL_QASM2, observables=observables, shots=2000)
     prepared, _, estimates = _run(spec, registry, cache, limits)
-    assert estimates == [
-        ExpectationEstimate(0, 0, 1.0, 0.0),
-        ExpectationEstimate(0, 1, 1.0, 0.0),
-        ExpectationEstimate(0, 2, -1.0, 0.0),
-    ]
+    assert [(e.parameter_set_index, e.observable_index, e.value) for e in estimates] == [
+        (0, 0, 1.0), (0, 1, 1.0), (0, 2, -1.0)]
+    # Every shot agreed, yet 2000 shots cannot tell 1 from 0.999: the SE is Agresti-Coull's,
+    # 2 sqrt(p~ (1 - p~) / N) with p~ = 2 / 2004, not 0.
+    rare = 2 / 2004
+    for estimate in estimates:
+        assert estimate.std_error == pytest.approx(
+            2 * math.sqrt(rare * (1 - rare) * 2004 / 2003 / 2000), rel=1e-9)
     assert sorted(t.basis for t in prepared.tasks) == ["XX", "YY", "ZZ"]
 
 
@@ -122,7 +125,8 @@ def test_std_error_keeps_covariance_within_a_group() -> None:
     prepared = _prepared_by_hand((parse_observable("ZI+IZ"),), [CircuitTask(0, 0, (), "ZZ")])
     counts = [{"00": 50, "11": 50}]
     [estimate] = estimate_expectations(prepared, counts)
-    sample_variance = 4.0 * 100 / 99
+    # 100 shots and four pseudo-shots at +-2 (the module docstring), mean 0.
+    sample_variance = (100 * 4.0 + 4 * 4.0) / 103
     assert estimate.value == 0.0
     assert estimate.std_error == pytest.approx(math.sqrt(sample_variance / 100))
 
@@ -134,10 +138,22 @@ def test_variances_of_independent_groups_add() -> None:
     )
     counts = [{"00": 30, "01": 10}, {"00": 20, "10": 20}]  # <ZZ> = 0.5, <XX> = 0
     [estimate] = estimate_expectations(prepared, counts)
-    var_zz = (30 * 0.5**2 + 10 * 1.5**2) / 39 / 40
-    var_xx = 4 * (40 * 1.0) / 39 / 40
+    m = 0.5 * 40 / 44  # the mean over the 40 shots and 4 pseudo-shots at +-1
+    var_zz = (30 * (1 - m) ** 2 + 10 * (1 + m) ** 2 + 2 * ((1 - m) ** 2 + (1 + m) ** 2)) / 43 / 40
+    var_xx = (40 * 4.0 + 4 * 4.0) / 43 / 40  # +-2 per shot, pseudo-shots at +-2
     assert estimate.value == pytest.approx(0.5)
     assert estimate.std_error == pytest.approx(math.sqrt(var_zz + var_xx))
+
+
+def test_unanimous_shots_near_one_get_an_honest_error_bar() -> None:
+    """Every one of 100 shots read 0 on a qubit whose Z is 0.97: the plain sample variance
+    reported 1.0 +- 0 (2-SE coverage 0.73 at 100 shots on `aer.noisy`, a red-team run)."""
+    prepared = _prepared_by_hand((parse_observable("Z"),), [CircuitTask(0, 0, (), "Z")])
+    [estimate] = estimate_expectations(prepared, [{"0": 100}])
+    assert estimate.value == 1.0
+    assert abs(estimate.value - 0.97) <= 2 * estimate.std_error
+    [estimate] = estimate_expectations(prepared, [{"0": 99, "1": 1}])
+    assert abs(estimate.value - 0.94) <= 2 * estimate.std_error
 
 
 def test_count_keys_with_several_registers_use_the_basis_register() -> None:
