@@ -11,6 +11,7 @@ of its protocol module are sent as they are (versions 0-1, which every Kafka >= 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -29,7 +30,7 @@ from streams.kafka.topics import (
     tenant_topic,
 )
 from streams.settings import Settings
-from workers.errors import TenantMismatch
+from workers.errors import InvalidJob, TenantMismatch
 
 # Kafka's enums (org.apache.kafka.common.resource / acl), as the wire carries them.
 RESOURCE_TYPES = {"any": 1, "topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
@@ -126,12 +127,22 @@ def topic_tenant(prefix: str, topic: str) -> str | None:
     return parsed[0] if parsed else None
 
 
+MAX_TENANT_CHARS = 128
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def check_tenant_of(prefix: str, topic: str, request: dict) -> str | None:
     """The authenticated tenant of a JobRequest read from `topic` (None on the shared topics,
     where the payload's tenant stands); TenantMismatch when the payload names another, or
     its workflow id is outside the tenant's ids (`check_id_of`)."""
+    claimed_tenant = request.get("tenant")
+    if isinstance(claimed_tenant, str) and (
+            len(claimed_tenant) > MAX_TENANT_CHARS or CONTROL_CHARS.search(claimed_tenant)):
+        # Accounted, budgeted and logged by this name: a hostile one forged log lines.
+        raise InvalidJob(f"a job's tenant is at most {MAX_TENANT_CHARS} characters without "
+                         f"control characters, not {claimed_tenant[:40]!r}")
     tenant = topic_tenant(prefix, topic)
-    if tenant is not None and request.get("tenant") != tenant:
+    if tenant is not None and claimed_tenant != tenant:
         claimed = repr(request.get("tenant"))[:80]
         raise TenantMismatch(f"a job on {topic} belongs to tenant {tenant!r}; "
                              f"its payload names {claimed}")

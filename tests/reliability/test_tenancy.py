@@ -41,7 +41,7 @@ from tests.integration.kafka_sasl import (
     user_settings,
 )
 from tests.support import BELL, start_worker, stop_worker, wait_for
-from workers.errors import TenantMismatch
+from workers.errors import InvalidJob, TenantMismatch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,10 @@ def test_the_topic_is_the_tenant():
     # the shared topics (single-tenant setups, the embedded broker) keep the payload's tenant
     assert check_tenant_of("qlane", "qlane.jobs", {"tenant": "anyone"}) is None
     assert check_tenant_of("qlane", "qlane.jobs-high", {"tenant": "anyone"}) is None
+    # ... unless it is no name: control characters forged log lines (red-team run)
+    for forged in ("acme\nERROR forged line", "\x1b]0;title\x07", "x" * 129, "a\u2028b"):
+        with pytest.raises(InvalidJob, match="tenant"):
+            check_tenant_of("qlane", "qlane.jobs", {"tenant": forged, "workflow_id": "w"})
 
 
 def test_a_cancel_only_reaches_its_own_tenants_workflows():
