@@ -35,6 +35,7 @@ import numpy as np
 from qiskit.primitives.containers import DataBin, PrimitiveResult, PubResult
 
 from workers.limits import Limits
+from workers.mitigation.estimation import per_shot_variance
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class BasisData:
         return int(sum(w.sum() for w in self.weights))
 
     def stats(self, terms: list[tuple[str, float]]) -> tuple[float, float, float]:
-        """(mean, unbiased sample variance, sum |c|) of sum_j c_j parity_j per shot."""
+        """(mean, variance, sum |c|) of sum_j c_j parity_j per shot (the variance with the
+        pseudo-shots of workers/mitigation/estimation.py)."""
         outcomes = np.concatenate(self.outcomes)
         weights = np.concatenate(self.weights).astype(float)
         values = np.zeros(len(outcomes))
@@ -82,10 +84,10 @@ class BasisData:
             mask = sum(1 << q for q in range(n) if pauli[n - 1 - q] != "I")
             parity = np.array([bin(int(o) & mask).count("1") & 1 for o in outcomes])
             values += coeff * (1 - 2 * parity)
-        total = weights.sum()
-        mean = float((weights * values).sum() / total)
-        variance = float((weights * (values - mean) ** 2).sum() / max(total - 1, 1))
-        return mean, variance, float(sum(abs(c) for _, c in terms))
+        mean = float((weights * values).sum() / weights.sum())
+        bound = float(sum(abs(c) for _, c in terms))
+        # As the workers report it: a basis whose shots all agreed is not known exactly.
+        return mean, per_shot_variance(values, weights, bound), bound
 
 
 @dataclass
@@ -109,11 +111,10 @@ def estimate(observable: dict, data: dict[str, BasisData], order: list[str],
     value, variance, sigmas = identity, 0.0, {}
     for basis, terms in groups.items():
         shots = data[basis].shots
-        mean, var, weight = data[basis].stats(terms)
+        mean, var, _ = data[basis].stats(terms)
         value += mean
         variance += var / shots
-        # a basis that showed no spread yet keeps a floor, so it is not starved
-        sigmas[basis] = math.sqrt(var) if var > 0 else weight / math.sqrt(shots)
+        sigmas[basis] = math.sqrt(var)
     total_sigma = sum(sigmas.values())
     needs = {b: s * total_sigma / target**2 for b, s in sigmas.items()}
     return ObservableEstimate(value, math.sqrt(variance), needs)

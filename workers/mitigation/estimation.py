@@ -175,13 +175,20 @@ class _Outcomes:
                     slope[0] += coeff * float((others * weights)[~ones].sum())
                     slope[1] += coeff * float((others * weights)[ones].sum())
         mean = float(per_outcome @ self.counts / self.shots)
-        # The module's docstring: the variance over the shots and four pseudo-shots at +-B.
-        bound = _value_bound(paulis, table)
-        augmented = self.shots + PSEUDO_SHOTS
-        pseudo_mean = mean * self.shots / augmented
-        spread = float(((per_outcome - pseudo_mean) ** 2) @ self.counts)
-        spread += PSEUDO_SHOTS / 2 * ((bound - pseudo_mean) ** 2 + (bound + pseudo_mean) ** 2)
-        return mean, spread / (augmented - 1) / self.shots, slopes
+        variance = per_shot_variance(per_outcome, self.counts, _value_bound(paulis, table))
+        return mean, variance / self.shots, slopes
+
+
+def per_shot_variance(values: np.ndarray, counts: np.ndarray, bound: float) -> float:
+    """The sample variance of a per-shot value in [-bound, bound] seen `counts` times each,
+    over those shots and four pseudo-shots, two at each end of the range (the module's
+    docstring): never 0, and not too small near +-bound at few shots."""
+    shots = float(counts.sum())
+    augmented = shots + PSEUDO_SHOTS
+    pseudo_mean = float(values @ counts) / augmented
+    spread = float(((values - pseudo_mean) ** 2) @ counts)
+    spread += PSEUDO_SHOTS / 2 * ((bound - pseudo_mean) ** 2 + (bound + pseudo_mean) ** 2)
+    return spread / (augmented - 1)
 
 
 def _value_bound(paulis: dict[str, float], table: ParityTable | None) -> float:
