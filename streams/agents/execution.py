@@ -405,6 +405,13 @@ async def batch_outcomes(runtime: Runtime, jobs: list[Job]) -> dict[str, tuple[o
     return {j.source.address: (o, s) for j, o, s in zip(jobs, outcomes, seconds, strict=True)}
 
 
+def release_hold(runtime: Runtime, job: Job) -> None:
+    """Give back the job's held estimate (idempotent)."""
+    if job.reserved_usd:
+        accounting.release(runtime, job.request, job.reserved_usd)
+        job.reserved_usd = 0.0
+
+
 class JobRunner:
     """Runs jobs of one worker: breaker, timeout, deadline, retries, fallbacks, the charge."""
 
@@ -448,9 +455,7 @@ class JobRunner:
             raise
 
     def release(self, job: Job) -> None:
-        if job.reserved_usd:
-            accounting.release(self.runtime, job.request, job.reserved_usd)
-            job.reserved_usd = 0.0
+        release_hold(self.runtime, job)
 
     async def run_reserved(self, job: Job, reason: str | None, cause: BaseException,
                            outcome: object, share: float) -> Executed:

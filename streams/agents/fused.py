@@ -51,16 +51,19 @@ from streams.workflow.results import republish_stored_result
 from workers.execution.preparation import PreparedJob
 
 
-@dataclass(frozen=True)
+@dataclass
 class RanInBatch:
     """A job's decoded circuits and its slot of the batch call made for it: counts, the
     error of its slot, or None when it was not in the call; `share`: its billed seconds;
-    `mitigated`: the mitigation of those counts, when it was done with the call's."""
+    `mitigated`: the mitigation of those counts, when it was done with the call's;
+    `held_usd`: the job's estimate held in its tenant's budget for the call, until the job
+    takes it over (its charge) or the batch ends."""
 
     prepared: PreparedJob
     outcome: object
     share: float
     mitigated: Mitigated | None = None
+    held_usd: float = 0.0
 
     @property
     def counted(self) -> bool:
@@ -114,6 +117,8 @@ async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRe
         await flight.running([source.address])
     started = time.perf_counter()
     try:
+        if ran is not None and ran.held_usd and not task.get("fallback_reason"):
+            job.reserved_usd, ran.held_usd = ran.held_usd, 0.0  # released at its charge
         executed = await runner.run(job, outcome, share)
     except StageFailure as failure:
         failure.stage = failure.stage or execution.STAGE

@@ -206,7 +206,8 @@ def register(app, runtime: Runtime, table) -> None:
         estimate = accounting.estimate_usd(runtime, prepared)
         fallback_reason = None
         try:
-            accounting.check_budget(runtime, request, estimate)
+            held = ahead.ran.held_usd if ahead is not None and ahead.ran is not None else 0.0
+            accounting.check_budget(runtime, request, estimate, own_hold=held)
         except InvalidJob as error:
             raise StageFailure(workflow_id, error) from error
         except BudgetExceeded as error:

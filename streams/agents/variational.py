@@ -135,22 +135,30 @@ def register(app, runtime: Runtime, table) -> None:
             job = evaluation_job(base, tuple(point), index)
             prepared = await in_thread(runtime, prepare_evaluation, job)
             estimate = accounting.estimate_usd(runtime, prepared)
-            try:
-                accounting.check_budget(runtime, request, estimate)
+            # A time-priced backend bills the seconds simulated, which the price model's
+            # estimate leaves out (its per-task minimum): the loop's own evaluations of this
+            # circuit say more. By the estimate alone, the fresh evaluation took a loop
+            # stopped at its $1.00 cap to $1.20 (a red-team run).
+            expected = max([estimate, *(e.cost_usd for e in optimizer.history)])
+            if fits is not None and not fits(prepared, expected):
+                return None
+            try:  # held while it runs: other jobs of the tenant may not spend it meanwhile
+                held = accounting.reserve(runtime, request, expected, count=fits is None)
             except BudgetExceeded:
                 return None
-            if fits is not None and not fits(prepared, estimate):
-                return None
-            counts, seconds = await simulate_alone(
-                runtime, prepared, job_seed(job.workflow_id, None))
-            outcome = await in_thread(runtime, mitigate, prepared, counts)
-            estimate_0 = outcome.estimates[0]
-            event = await accounting.charge(
-                runtime, request={**request, "workflow_id": job.workflow_id},
-                prepared=prepared, partition=source.partition,
-                simulated_seconds=seconds, estimate=estimate,
-                charged_backend=prepared.backend,
-            )
+            try:
+                counts, seconds = await simulate_alone(
+                    runtime, prepared, job_seed(job.workflow_id, None))
+                outcome = await in_thread(runtime, mitigate, prepared, counts)
+                estimate_0 = outcome.estimates[0]
+                event = await accounting.charge(
+                    runtime, request={**request, "workflow_id": job.workflow_id},
+                    prepared=prepared, partition=source.partition,
+                    simulated_seconds=seconds, estimate=estimate,
+                    charged_backend=prepared.backend,
+                )
+            finally:
+                accounting.release(runtime, request, held)
             evaluation = Evaluation(
                 index=index, parameters=tuple(point), value=estimate_0.value,
                 std_error=estimate_0.std_error, shots=event["shots"],
@@ -227,7 +235,7 @@ def register(app, runtime: Runtime, table) -> None:
         """Whether a confirming evaluation stays within the loop's shot and cost caps (the
         tenant's budget is checked as for any evaluation; max_iterations counts the
         optimizer's own evaluations)."""
-        def fits(prepared, estimate: float) -> bool:
+        def fits(prepared, estimate: float) -> bool:  # estimate: `expected` above
             shots = prepared.shots * len(prepared.tasks)
             if spec.max_shots is not None and sum(e.shots for e in history) + shots > (
                     spec.max_shots):

@@ -128,6 +128,7 @@ def topic_tenant(prefix: str, topic: str) -> str | None:
 
 
 MAX_TENANT_CHARS = 128
+EVALUATION_KEY = re.compile(r"(.+)#eval\d+", re.DOTALL)
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -204,7 +205,12 @@ def workflow_entry(runtime, key: bytes | None) -> dict | None:
     table = tables.get(WORKFLOW_TABLE) if tables is not None else None
     if table is None or not key:
         return None
-    entry = table.get(key.decode(errors="replace"))
+    workflow_id = key.decode(errors="replace")
+    entry = table.get(workflow_id)
+    if entry is None and (evaluation := EVALUATION_KEY.fullmatch(workflow_id)):
+        # A variational loop's evaluation is charged under "<workflow id>#eval<n>", which
+        # has no entry of its own: its costs never reached the tenant's cost topic.
+        entry = table.get(evaluation.group(1))
     return entry if isinstance(entry, dict) else None
 
 

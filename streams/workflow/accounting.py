@@ -50,7 +50,11 @@ def show_budget(runtime: Runtime, tenant: str, spent: float | None = None) -> No
     metrics.BUDGET_REMAINING.labels(tenant).set(runtime.budgets.remaining(tenant, spent))
 
 
-def check_budget(runtime: Runtime, request: dict, estimate: float) -> None:
+def check_budget(runtime: Runtime, request: dict, estimate: float, *, own_hold: float = 0.0,
+                 count: bool = True) -> None:
+    """BudgetExceeded unless the job's estimate fits its own limit and its tenant's budget
+    beside what is charged and held (`own_hold`: this job's own hold, not counted against
+    it). `count=False`: a look before the job's own check, not counted as a refusal."""
     limit = request.get("cost_limit_usd")
     if limit is not None and not (math.isfinite(limit) and limit >= 0):
         # NaN compares false with everything: it read as no limit at all.
@@ -60,9 +64,9 @@ def check_budget(runtime: Runtime, request: dict, estimate: float) -> None:
     tenant = request["tenant"]
     charged = tenant_spent(runtime, tenant)
     show_budget(runtime, tenant, charged)
-    spent = charged + runtime.reserved_usd.get(tenant, 0.0)
+    spent = charged + max(runtime.reserved_usd.get(tenant, 0.0) - own_hold, 0.0)
     if not runtime.budgets.check(tenant, spent, estimate):
-        if tenant in runtime.budgets.budgets:
+        if count and tenant in runtime.budgets.budgets:
             metrics.BUDGET_REFUSALS.labels(tenant).inc()
         raise BudgetExceeded(
             f"tenant {tenant} has spent USD {spent:.4f} of {runtime.budgets.budget(tenant):.4f}; "
@@ -70,12 +74,13 @@ def check_budget(runtime: Runtime, request: dict, estimate: float) -> None:
         )
 
 
-def reserve(runtime: Runtime, request: dict, estimate: float) -> float:
+def reserve(runtime: Runtime, request: dict, estimate: float, *, count: bool = True) -> float:
     """Check the budget once more right before a job runs, and hold its estimate until its
     charge (`release`): admission's check alone let the jobs admitted before the first
     charge all run (a $2.00 budget, $0.445 jobs: 8 charged on the staged path, 9 with
-    fused_path=idle; red-team run). BudgetExceeded when it does not fit."""
-    check_budget(runtime, request, estimate)
+    fused_path=idle; red-team run). BudgetExceeded when it does not fit. A batch holds its
+    jobs' estimates before its backend call (`count=False`: each job's own check counts)."""
+    check_budget(runtime, request, estimate, count=count)
     tenant = request["tenant"]
     runtime.reserved_usd[tenant] = runtime.reserved_usd.get(tenant, 0.0) + estimate
     return estimate

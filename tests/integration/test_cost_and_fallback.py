@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 import uuid
 
 import pytest
 
 from schemas.codec import codec
+from streams.brokers.tansu import free_port
 from streams.client import job_request
 from streams.kafka.topics import ensure_topics
 from tests.support import (
@@ -115,6 +117,13 @@ def test_fallback_crosses_vendors_each_backend_on_its_own_terms(budgeted):
     assert event["actual_usd"] == pytest.approx(0.00375)
 
 
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in text.splitlines()
+             if line.startswith("qlane_"))}
+
+
 def test_vendor_fallback_skips_a_backend_over_the_job_cost_limit(budgeted):
     """The IBM device fails; the job's limit rules out Braket DM's price (3 s minimum per
     task x 2 circuits = USD 0.0075), so the next target, classical, answers."""
@@ -137,23 +146,35 @@ def test_vendor_fallback_skips_a_backend_over_the_job_cost_limit(budgeted):
     assert result["provenance"]["backend"] == "ibm.sherbrooke"  # classical keeps the request's
 
 
-def test_a_burst_through_the_stages_spends_no_more_than_the_budget(broker_address, tmp_path):
+@pytest.mark.parametrize("fused_path", ["off", "batch"])
+def test_a_burst_spends_no_more_than_the_budget_and_runs_no_more(broker_address, tmp_path,
+                                                                 fused_path):
     """Admission checks the budget against what is charged, and on the staged path the
     jobs admitted before the first charge all ran: a $2.00 budget and $0.445 jobs, 8 of 40
     charged (9 with fused_path=idle; red-team run). The execute step checks once more, and
-    holds each job's estimate until its charge."""
+    holds each job's estimate until its charge. A batch call holds them before it runs:
+    checked only as each record was handled after the call, 20 jobs ran on the backend for
+    4 charged (16 refused after running, on a vendor's bill), and each refusal was counted
+    twice on the fused path (red-team run)."""
     settings = session_settings(*broker_address, tag="burst")
     asyncio.run(ensure_topics(settings))
     log = tmp_path / "worker.log"
-    worker = start_worker(settings, log, env={"QLANE_TENANT_BUDGETS": '{"burst": 2.0}',
-                                              "QLANE_FUSED_PATH": "off"})
+    port = free_port()
+    worker = start_worker(settings, log, web_port=port,
+                          env={"QLANE_TENANT_BUDGETS": '{"burst": 2.0}',
+                               "QLANE_FUSED_PATH": fused_path})
     try:
         wait_until_ready(settings, log)
+        before = scrape(port)["qlane_execute_batch_size_sum"]  # the warm-up job's
         jobs = [job_request(workflow_id=wf("burst"), circuit=BELL, shots=100,
                             backend="aer.noisy", tenant="burst") for _ in range(24)]
         outcomes = submit_and_wait(settings, jobs, timeout_s=180)
+        metrics = scrape(port)
     finally:
         stop_worker(worker)
+    # one circuit a job: the backend ran the charged jobs and no other
+    assert metrics["qlane_execute_batch_size_sum"] - before == 4
+    assert metrics['qlane_budget_refusals_total{tenant="burst"}'] == 20
     done = [wf_id for wf_id, outcome in outcomes.items() if outcome.state == "done"]
     refused = [wf_id for wf_id, outcome in outcomes.items()
                if outcome.state == "failed" and "BudgetExceeded" in outcome.detail]

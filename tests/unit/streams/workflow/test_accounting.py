@@ -59,3 +59,40 @@ def test_budget_gauges_and_refusals_follow_every_check_of_configured_tenants_onl
     labels = {sample.labels.get("tenant") for family in metrics.REGISTRY.collect()
               for sample in family.samples}
     assert "someone" not in labels
+
+
+def test_a_batchs_holds_count_against_the_next_job_but_not_against_their_own():
+    """A batch call holds each job's estimate before it runs (count=False: the job's own
+    check counts a refusal, once); the job's own check later leaves its own hold out."""
+    from streams.ops import metrics
+    from streams.workflow.accounting import release, reserve
+
+    runtime = budget_runtime({"acme": 1.0})
+    refused = metrics.BUDGET_REFUSALS.labels("acme")._value.get()
+    first = reserve(runtime, {"tenant": "acme"}, 0.6, count=False)
+    with pytest.raises(BudgetExceeded):
+        reserve(runtime, {"tenant": "acme"}, 0.6, count=False)
+    assert metrics.BUDGET_REFUSALS.labels("acme")._value.get() == refused
+    check_budget(runtime, {"tenant": "acme"}, 0.6, own_hold=first)  # its own hold: fits
+    with pytest.raises(BudgetExceeded):
+        check_budget(runtime, {"tenant": "acme"}, 0.6)
+    assert metrics.BUDGET_REFUSALS.labels("acme")._value.get() == refused + 1
+    release(runtime, {"tenant": "acme"}, first)
+    assert runtime.reserved_usd == {}
+
+
+def test_a_variational_evaluations_costs_reach_its_tenants_topic():
+    """Charged under "<id>#eval<n>", which has no table entry: its CostEvents were not
+    copied to the tenant's cost topic (53 on the shared one, 0 on the tenant's; red-team)."""
+    from types import SimpleNamespace
+
+    from streams.kafka.tenants import workflow_entry
+    from streams.kafka.topics import WORKFLOW_TABLE
+
+    entry = {"source": "qlane.jobs.gamma:0:3"}
+    table = {"gamma.v1": entry, "gamma.x#eval2": {"source": "qlane.jobs.gamma:1:4"}}
+    runtime = SimpleNamespace(app=SimpleNamespace(tables={WORKFLOW_TABLE: table}))
+    assert workflow_entry(runtime, b"gamma.v1#eval17") is entry
+    assert workflow_entry(runtime, b"gamma.x#eval2") is table["gamma.x#eval2"]  # its own id
+    assert workflow_entry(runtime, b"gamma.v1#evalx") is None
+    assert workflow_entry(runtime, b"gamma.none#eval1") is None
