@@ -191,7 +191,8 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
         await call_together(runtime, jobs, aheads, holds)
     finally:  # the holds of jobs left out of the call
         for address, held in holds.items():
-            accounting.release(runtime, aheads[address].request, held)
+            if held:
+                accounting.release(runtime, aheads[address].request, held)
 
 
 async def call_together(runtime: Runtime, jobs: list[Job], aheads: dict[str, Ahead],

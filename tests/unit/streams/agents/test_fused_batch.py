@@ -64,8 +64,8 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(fused_batch, "batch_outcomes", batch_outcomes)
     monkeypatch.setattr(fused_batch.accounting, "estimate_usd", lambda runtime, prepared: 0.0)
-    monkeypatch.setattr(fused_batch.accounting, "check_budget",
-                        lambda runtime, request, estimate: None)
+    monkeypatch.setattr(fused_batch.accounting, "reserve",
+                        lambda runtime, request, estimate, count=True: estimate)
     return made
 
 
@@ -73,11 +73,13 @@ def test_prepared_jobs_share_one_call_marked_in_flight_around_it(prepared_bell, 
                                                                    monkeypatch):
     _, prepared = prepared_bell
 
-    def check_budget(runtime, request, estimate):
+    def reserve(runtime, request, estimate, count=True):
+        assert not count  # each job's own check counts a refusal, not the batch's hold
         if request["workflow_id"] == "over":
             raise BudgetExceeded("no money")
+        return estimate
 
-    monkeypatch.setattr(fused_batch.accounting, "check_budget", check_budget)
+    monkeypatch.setattr(fused_batch.accounting, "reserve", reserve)
     records = [record(1, "a"), record(2, "late"), record(3, "over"), record(4, "b"),
                record(5, "not-prepared")]
     aheads = {records[0].address: ahead_for("a", prepared),
