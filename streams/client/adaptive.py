@@ -79,15 +79,17 @@ class BasisData:
         outcomes = np.concatenate(self.outcomes)
         weights = np.concatenate(self.weights).astype(float)
         values = np.zeros(len(outcomes))
+        read: list[tuple[float, np.ndarray, float]] = []
         n = len(self.basis)
         for pauli, coeff in terms:
             mask = sum(1 << q for q in range(n) if pauli[n - 1 - q] != "I")
-            parity = np.array([bin(int(o) & mask).count("1") & 1 for o in outcomes])
-            values += coeff * (1 - 2 * parity)
+            parity = 1.0 - 2.0 * np.array([bin(int(o) & mask).count("1") & 1 for o in outcomes])
+            values += coeff * parity
+            read.append((coeff, parity, 1.0))
         mean = float((weights * values).sum() / weights.sum())
-        bound = float(sum(abs(c) for _, c in terms))
         # As the workers report it: a basis whose shots all agreed is not known exactly.
-        return mean, per_shot_variance(values, weights, bound), bound
+        return mean, per_shot_variance(values, read, weights), float(
+            sum(abs(c) for _, c in terms))
 
 
 @dataclass
