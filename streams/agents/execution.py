@@ -573,9 +573,16 @@ class JobRunner:
                                            runtime.cache, settings.limits, runtime.readout_cache)
                 # Each fallback backend (any vendor) on its own terms: its price against the
                 # job's limit and the tenant's budget, then its breaker, retries and deadline.
-                accounting.check_budget(runtime, job.request,
-                                        accounting.estimate_usd(runtime, prepared))
-                counts, seconds = await self.run_with_retries(job, False, prepared)
+                # Held while it runs, as the job's own backend; not counted as a refusal (the
+                # job was counted once already, or goes on to its next target).
+                job.reserved_usd = accounting.reserve(
+                    runtime, job.request, accounting.estimate_usd(runtime, prepared),
+                    count=False)
+                try:
+                    counts, seconds = await self.run_with_retries(job, False, prepared)
+                except BaseException:
+                    self.release(job)
+                    raise
                 return Executed(counts, prepared, seconds,
                                 "fallback", reason, charged_backend=target)
             except QlaneError as error:

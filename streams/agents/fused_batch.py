@@ -166,6 +166,7 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
     """Step 2: the backend call for every prepared job that may run now; fills `ran`."""
     jobs: list[Job] = []
     holds: dict[str, float] = {}
+    called: set[str] = set()
     for source in sources:
         ahead = aheads.get(source.address)
         if ahead is None or ahead.prepared is None:
@@ -176,6 +177,10 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
             continue
         request = ahead.request
         ahead.ran = RanInBatch(prepared, None, 0.0)
+        if request["workflow_id"] in called:
+            # A copy of a job earlier in this batch: step 3 finds it a duplicate (or a
+            # conflict). In the call it ran on the backend twice, charged once (red-team run).
+            continue
         task = {"workflow_id": request["workflow_id"], "accepted_at_ms": now_ms()}
         job = Job.of(source, task, request, prepared, ahead.prepared.to_bytes())
         if runner.past_deadline(job):
@@ -187,6 +192,7 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
             continue
         runtime.apply_controls(prepared.backend)
         jobs.append(job)
+        called.add(request["workflow_id"])
     try:
         await call_together(runtime, jobs, aheads, holds)
     finally:  # the holds of jobs left out of the call

@@ -103,6 +103,17 @@ def test_prepared_jobs_share_one_call_marked_in_flight_around_it(prepared_bell, 
     assert aheads[records[4].address].ran is None
 
 
+def test_a_copy_of_a_job_earlier_in_the_batch_is_left_out_of_the_call(prepared_bell, calls):
+    """Both copies of a job sent twice ran in the call, and one was charged (red-team run)."""
+    _, prepared = prepared_bell
+    records = [record(1, "a"), record(2, "a"), record(3, "b")]
+    aheads = {r.address: ahead_for(r.key.decode(), prepared) for r in records}
+    runtime = FakeRuntime(FakeLedger())
+    asyncio.run(fused_batch.run_together(runtime, JobRunner(runtime, {}), records, aheads))
+    assert [ids for ids, _ in calls] == [["a", "b"]]
+    assert aheads[records[1].address].ran.outcome is None  # step 3: a duplicate
+
+
 def test_after_a_worker_died_in_a_call_each_job_is_called_alone_and_poison_not_at_all(
         prepared_bell, calls):
     _, prepared = prepared_bell
