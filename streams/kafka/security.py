@@ -266,13 +266,14 @@ async def detect_profile(settings: Settings) -> Settings:
     probe = settings.model_copy(update={"profile": "kafka"})
     # aiokafka logs Tansu's refusal at ERROR level: noise for a question, not a failure.
     quiet = logging.getLogger("aiokafka")
-    level, quiet.level = quiet.level, logging.CRITICAL
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         await check_transactions(probe)
     except BrokerLacksTransactions:
-        return settings
+        return settled(settings)
     except AccessRefused:
-        return probe  # a broker with transactions and ACLs: Apache Kafka, not Tansu
+        return settled(probe)  # a broker with transactions and ACLs: Apache Kafka, not Tansu
     except Exception as error:  # noqa: BLE001 - not reachable now: keep the guess
         log.debug("profile detection at %s failed: %r", settings.broker, error)
         return settings
@@ -280,7 +281,15 @@ async def detect_profile(settings: Settings) -> Settings:
         quiet.setLevel(level)
     log.info("the broker at %s has transactions: kafka profile (--profile to choose)",
              settings.broker)
-    return probe
+    return settled(probe)
+
+
+def settled(settings: Settings) -> Settings:
+    """A copy whose profile is no longer a guess: a client built from it (one per Sampler
+    or Estimator job) does not ask the broker again."""
+    copy = settings.model_copy()
+    copy._profile_unsure = False
+    return copy
 
 
 def explain_refusal(settings: Settings, error: BaseException) -> str | None:

@@ -190,8 +190,10 @@ async def ensure_topics(settings: Settings) -> list[str]:
         existing = set(await admin.list_topics())
         from streams.kafka.topic_checks import check_former_app_id
 
+        # The shared job topics tell: every worker subscribes to them (one fetch of the
+        # committed offsets per partition, whatever the number of tenants).
         await check_former_app_id(
-            settings, [topic for topics in job_topics(settings.topic_prefix, tenants).values()
+            settings, [topic for topics in job_topics(settings.topic_prefix, ()).values()
                        for topic in topics if topic in existing])
         missing = [name for name in wanted if name not in existing]
         if missing:

@@ -24,6 +24,7 @@ def test_the_profile_at_the_default_address_is_the_brokers_own(
     detected = asyncio.run(detect_profile(guessed))
 
     assert detected.profile == expected
+    assert not detected.profile_unsure  # settled: a client built from it asks no more
     assert detected.effective_processing_guarantee == (
         "exactly_once" if expected == "kafka" else "at_least_once")
 
