@@ -206,8 +206,12 @@ def register(app, runtime: Runtime, table) -> None:
         estimate = accounting.estimate_usd(runtime, prepared)
         fallback_reason = None
         try:
-            held = ahead.ran.held_usd if ahead is not None and ahead.ran is not None else 0.0
-            accounting.check_budget(runtime, request, estimate, own_hold=held)
+            ran = ahead.ran if ahead is not None else None
+            if ran is None or not ran.counted:
+                # A job that ran in the batch call fitted then (its estimate held): checked
+                # again after other charges, it could be refused having run, uncharged.
+                accounting.check_budget(runtime, request, estimate,
+                                        own_hold=ran.held_usd if ran is not None else 0.0)
         except InvalidJob as error:
             raise StageFailure(workflow_id, error) from error
         except BudgetExceeded as error:
