@@ -35,6 +35,7 @@ from workers.errors import (
     BackendUnavailable,
     BudgetExceeded,
     DeadlineExceeded,
+    InvalidJob,
     QlaneError,
     SandboxCrashed,
     SandboxTimeout,
@@ -398,6 +399,15 @@ async def batch_outcomes(runtime: Runtime, jobs: list[Job]) -> dict[str, tuple[o
                 [(j.prepared, j.seed) for j in jobs], runtime.registry,
             )
             seconds = split_by_work(elapsed, [j.prepared for j in jobs])
+    except InvalidJob as error:
+        if len(jobs) > 1:
+            log.warning("batch of %d jobs refused as a whole (%s); running them one by one",
+                        len(jobs), type(error).__name__)
+            return {}
+        # One job, refused for what it is (its reply past the sandbox's output bound): run
+        # alone it would be refused again, after the same simulation (107 s twice for a
+        # 20-qubit Estimator job, a red-team run).
+        return {jobs[0].source.address: (error, 0.0)}
     except Exception:  # never lose the stage to a batch: run the records one by one
         log.exception("batch of %d jobs failed as a whole; running them one by one", len(jobs))
         return {}

@@ -387,17 +387,19 @@ class Sampler(_Primitive, BaseSamplerV2):
                 UserWarning, stacklevel=2,
             )
         job_id = self._job_id(job_id)
-        requests = [self._request(job_id, i, pub) for i, pub in enumerate(coerced)]
+        sent = [(i, pub) for i, pub in enumerate(coerced) if not is_empty(pub)]
+        requests = [self._request(job_id, i, pub) for i, pub in sent]
 
         async def plan(session: Session) -> PrimitiveResult:
             results = await session.run(requests)
             return PrimitiveResult(
-                [sampler_pub_result(pub, result) for pub, result in zip(coerced, results,
-                                                                        strict=True)],
+                [sampler_pub_result(pub, result) for (_, pub), result in zip(sent, results,
+                                                                             strict=True)],
                 metadata={"version": 2},
             )
 
-        return QlaneJob(job_id, self._settings, self._options, plan)
+        return QlaneJob(job_id, self._settings, self._options,
+                        with_empty_pubs(coerced, empty_sampler_result, plan))
 
     def _request(self, job_id: str, index: int, pub: SamplerPub) -> dict:
         source, parameters = circuit_source(pub.circuit)
@@ -405,6 +407,39 @@ class Sampler(_Primitive, BaseSamplerV2):
         return job_request(**self._requests_base(job_id, index), circuit=source,
                            circuit_format="qasm3", shots=pub.shots * shots_repeated(pub),
                            parameter_sets=flat_parameter_sets(values))
+
+
+def is_empty(pub) -> bool:
+    """A pub whose shape holds no element (parameter values of shape (0, n)): Qiskit answers
+    it with empty arrays. Sent, it was a job of no parameter sets, refused by the worker."""
+    return math.prod(pub.shape) == 0
+
+
+def with_empty_pubs(pubs: list, empty_result, plan):
+    """`plan` (for the pubs that are not empty, in order) with each empty pub's result
+    answered here, without a workflow, in its place."""
+    async def whole(session: Session) -> PrimitiveResult:
+        answered = await plan(session) if any(not is_empty(p) for p in pubs) else None
+        results = iter(answered or ())
+        return PrimitiveResult(
+            [empty_result(pub) if is_empty(pub) else next(results) for pub in pubs],
+            metadata=answered.metadata if answered is not None else {"version": 2})
+    return whole
+
+
+def empty_sampler_result(pub: SamplerPub) -> SamplerPubResult:
+    data = DataBin(**{creg.name: BitArray(
+        np.zeros(pub.shape + (pub.shots, (creg.size + 7) // 8), dtype=np.uint8), creg.size)
+        for creg in pub.circuit.cregs}, shape=pub.shape)
+    return SamplerPubResult(data, metadata={"shots": pub.shots,
+                                            "circuit_metadata": pub.circuit.metadata})
+
+
+def empty_estimator_result(pub: EstimatorPub) -> PubResult:
+    return PubResult(DataBin(evs=np.zeros(pub.shape), stds=np.zeros(pub.shape),
+                             shape=pub.shape),
+                     metadata={"target_precision": pub.precision, "shots": 0,
+                               "circuit_metadata": pub.circuit.metadata})
 
 
 def joint_counts_bits(counts: dict[str, int], num_bits: int) -> BitArray:
@@ -518,24 +553,27 @@ class Estimator(_Primitive, BaseEstimatorV2):
                 raise ValueError(f"precision {pub.precision} must be > 0 for a shot-based "
                                  "estimator")
         job_id = self._job_id(job_id)
-        prepared = [self._request(job_id, i, pub) for i, pub in enumerate(coerced)]
+        sent = [(i, pub) for i, pub in enumerate(coerced) if not is_empty(pub)]
+        prepared = [self._request(job_id, i, pub) for i, pub in sent]
+        kept = [pub for _, pub in sent]
         if self._adaptive:
             from streams.client.adaptive import AdaptiveOptions, adaptive_plan
 
             if (self._options.mitigation or {}).get("zne"):
                 raise ValueError("adaptive precision works on raw counts: not with ZNE")
-            plan = adaptive_plan(self, coerced, prepared,
+            plan = adaptive_plan(self, kept, prepared,
                                  self._adaptive_options or AdaptiveOptions())
         else:
             async def plan(session: Session) -> PrimitiveResult:
                 results = await session.run([request for request, _ in prepared])
                 return PrimitiveResult(
                     [estimator_pub_result(pub, grids, result)
-                     for pub, (_, grids), result in zip(coerced, prepared, results, strict=True)],
+                     for pub, (_, grids), result in zip(kept, prepared, results, strict=True)],
                     metadata={"version": 2},
                 )
 
-        return QlaneJob(job_id, self._settings, self._options, plan)
+        return QlaneJob(job_id, self._settings, self._options,
+                        with_empty_pubs(coerced, empty_estimator_result, plan))
 
     def _request(self, job_id: str, index: int, pub: EstimatorPub):
         source, parameters = circuit_source(pub.circuit)

@@ -460,3 +460,26 @@ def test_auto_keeps_a_process_that_long_calls_use_and_closes_it_once_they_stop(
     assert not in_simulator_process(runtime, ["aer.noisy"], [long_job.prepared])
     assert pool.closed and runtime.simulator is None
     assert started == [True, True, True]
+
+
+def test_a_lone_job_refused_for_what_it_is_is_not_run_again_alone(monkeypatch) -> None:
+    """A 20-qubit Estimator job's reply passed the sandbox's output bound: the batch of one
+    failed as a whole and the job ran again alone, 107 s twice, to the same refusal (a
+    red-team run). A lone job's own refusal is its slot's; a batch of several still splits."""
+    from streams.agents import execution
+    from workers.errors import ResourceLimitExceeded
+
+    refusal = ResourceLimitExceeded("the sandbox's reply exceeds 16777216 bytes")
+
+    async def simulate_batch(runtime, jobs):
+        raise refusal
+
+    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: True)
+    monkeypatch.setattr(execution, "simulate_batch", simulate_batch)
+    jobs = [SimpleNamespace(source=SourceRecord("t", 0, offset, None, b"k", b"v", ()),
+                            prepared=SimpleNamespace(tasks=[1], backend="aer.ideal"))
+            for offset in (1, 2)]
+    runtime = SimpleNamespace()
+    assert asyncio.run(execution.batch_outcomes(runtime, jobs[:1])) == {
+        jobs[0].source.address: (refusal, 0.0)}
+    assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}

@@ -248,3 +248,54 @@ def test_a_circuit_measuring_nothing_with_a_renamed_register_reads_zeros():
     pub = SamplerPub.coerce((circuit, None, 8))
     result = sampler_pub_result(pub, _sampler_result("wf-1", [{"01 00": 5, "00 00": 3}], layout))
     assert result.data.creg.get_counts() == {"00": 8}
+
+
+def test_empty_pubs_are_answered_here_with_the_references_shapes():
+    """Parameter values of shape (0, n): Qiskit answers with empty arrays; qlane sent a job of
+    no parameter sets (ParameterMismatch, a dead letter), and its Sampler failed on a circuit
+    without parameters (red-team run)."""
+    import asyncio
+
+    from qiskit.primitives import StatevectorEstimator, StatevectorSampler
+
+    from streams.client.primitives import (
+        empty_estimator_result,
+        empty_sampler_result,
+        with_empty_pubs,
+    )
+
+    theta = Parameter("t")
+    bare = QuantumCircuit(1)
+    bare.ry(theta, 0)
+    measured = bare.copy()
+    measured.measure_all()
+    fixed = QuantumCircuit(1)
+    fixed.measure_all()
+    estimator_pub = (bare, SparsePauliOp("Z"), np.empty((0, 1)))
+    reference = StatevectorEstimator().run([estimator_pub]).result()[0]
+    ours = empty_estimator_result(EstimatorPub.coerce(estimator_pub, 0.1))
+    assert ours.data.evs.shape == reference.data.evs.shape == (0,)
+    assert ours.data.stds.shape == reference.data.stds.shape
+    for sampler_pub in ((measured, np.empty((0, 1))), (fixed, np.empty((0, 0)))):
+        reference = StatevectorSampler().run([sampler_pub], shots=16).result()[0]
+        ours = empty_sampler_result(SamplerPub.coerce(sampler_pub, 16))
+        assert ours.data.meas.shape == reference.data.meas.shape
+        assert ours.data.meas.num_shots == reference.data.meas.num_shots
+        assert ours.data.meas.array.shape == reference.data.meas.array.shape
+
+    sent = []
+    full = EstimatorPub.coerce((bare, SparsePauliOp("Z"), [[0.5]]), 0.1)
+    empty = EstimatorPub.coerce(estimator_pub, 0.1)
+
+    async def plan(session):
+        sent.append(session)
+        from qiskit.primitives import PrimitiveResult
+        return PrimitiveResult(["the full pub's"], metadata={"version": 2})
+
+    whole = with_empty_pubs([empty, full, empty], empty_estimator_result, plan)
+    results = asyncio.run(whole("session"))
+    assert sent == ["session"] and results[1] == "the full pub's"
+    assert results[0].data.evs.shape == results[2].data.evs.shape == (0,)
+    assert list(asyncio.run(with_empty_pubs([empty], empty_estimator_result, plan)("s")))[0] \
+        .data.evs.size == 0
+    assert sent == ["session"]  # no workflow for a job of empty pubs only
