@@ -142,9 +142,23 @@ def cmd_kafka(args: argparse.Namespace) -> int:
             print(secured.describe(), flush=True)
         print("Ctrl-C or SIGTERM stops every node", flush=True)
 
+    lost: set[int] = set()
+
+    def running() -> bool:
+        """While any node lives: a cluster of 3 (RF 3, min ISR 2) is meant to outlive one
+        node; stopping every node when one died took the whole cluster down (a red-team
+        run). A lost node is not restarted (KafkaCluster.restart_node does that in tests)."""
+        for node in cluster.nodes:
+            if not node.alive and node.node_id not in lost:
+                lost.add(node.node_id)
+                print(f"Kafka node {node.node_id} exited "
+                      f"({node.process.returncode if node.process else '?'}); "
+                      f"{sum(n.alive for n in cluster.nodes)} of {len(cluster.nodes)} left",
+                      file=sys.stderr, flush=True)
+        return any(node.alive for node in cluster.nodes)
+
     try:
-        run_in_foreground(start, lambda: all(node.alive for node in cluster.nodes),
-                          cluster.stop)
+        run_in_foreground(start, running, cluster.stop)
     except KafkaStartError as error:
         print(f"qlane kafka: {error}", file=sys.stderr)
         return 1

@@ -80,6 +80,12 @@ def test_qlane_kafka_serves_then_sigterm_stops_every_jvm(nodes):
         assert asyncio.run(broker_ids(bootstrap)) == list(range(1, nodes + 1))
         jvms = child_pids(process.pid)
         assert len(jvms) == nodes
+        if nodes == 3:  # one node lost: the other two go on (they all stopped with it)
+            lost = min(jvms)
+            os.kill(lost, signal.SIGKILL)
+            read_until(process, r"Kafka node \d exited .*2 of 3 left", 30)
+            assert process.poll() is None
+            assert {pid for pid in jvms if alive(pid)} == jvms - {lost}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert not [pid for pid in jvms if alive(pid)]
@@ -87,6 +93,19 @@ def test_qlane_kafka_serves_then_sigterm_stops_every_jvm(nodes):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_kept_data_folder_is_ready_only_when_the_node_answers(tmp_path):
+    """Started again on a kept --data folder, the cluster read the last run's ready line and
+    said "ready in 0.1s" while nothing listened yet (a red-team run)."""
+    from streams.brokers.kafka_local import KafkaCluster
+
+    KafkaCluster(nodes_count=1, data_dir=tmp_path).start().stop()
+    again = KafkaCluster(nodes_count=1, data_dir=tmp_path).start()
+    try:
+        assert asyncio.run(broker_ids(again.bootstrap)) == [1]  # at once, no retry
+    finally:
+        again.stop()
 
 
 def test_qlane_broker_sigterm_stops_tansu_and_frees_the_port():
