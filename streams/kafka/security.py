@@ -212,7 +212,10 @@ async def checks(settings: Settings, ensure_topics) -> list[str]:
     if checked:
         await check_access(settings, TopicNames.from_settings(settings).all(), settings.app_id)
     if settings.effective_processing_guarantee == "exactly_once":
+        from streams.kafka.topic_checks import check_group_tenants
+
         await check_transactions(settings)
+        await check_group_tenants(settings)
     return created
 
 

@@ -50,6 +50,48 @@ KEY_SEPARATOR = "\x1f"  # a table key beyond the workflow id (streams/agents/var
 FORMER_DEFAULT_APP_ID = "qlane"
 
 
+async def check_group_tenants(settings: Settings) -> None:
+    """TopicLayoutMismatch when a worker already in the group subscribes to other job topics
+    (another QLANE_TENANTS). Exactly-once only: Faust names transactional ids
+    `{app id}-{topic group}-{partition}`, and with different subscriptions the topic groups
+    differ, so two workers used one id: the last to join fenced the other, which stopped
+    (ProducerFenced, 3 of 3 times with 51 and 50 tenants; a red-team run). A group that
+    cannot be described (Tansu, no Describe right) is not checked."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+    from streams.kafka.topics import job_topics, parse_job_topic
+
+    if settings.effective_processing_guarantee != "exactly_once":
+        return
+    prefix = settings.topic_prefix
+    ours = {topic for topics in job_topics(prefix, tuple(settings.tenants)).values()
+            for topic in topics}
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        answers = await admin.describe_consumer_groups([settings.app_id])
+        members = [member for answer in answers for group in answer.to_object()["groups"]
+                   for member in group["members"]]
+        subscriptions = [set(ConsumerProtocolMemberMetadata.decode(
+            member["member_metadata"]).subscription) for member in members]
+    except (KafkaError, ValueError, TypeError) as error:
+        log.debug("group %s not described: %r", settings.app_id, error)
+        return
+    finally:
+        await admin.close()
+    for subscription in subscriptions:
+        theirs = {topic for topic in subscription if parse_job_topic(prefix, topic)}
+        if theirs and theirs != ours:
+            missing, extra = sorted(ours - theirs)[:5], sorted(theirs - ours)[:5]
+            raise TopicLayoutMismatch(
+                f"a worker of group {settings.app_id} reads other job topics (another "
+                f"QLANE_TENANTS: it lacks {missing}, has {extra} besides): on exactly-once, "
+                "workers with different tenant lists fence each other's transactions. Stop "
+                "every worker and start them with one list (a worker stopped within the last "
+                "few seconds may still be listed: start again shortly)."
+            )
+
+
 class TopicLayoutMismatch(RuntimeError):
     """An existing topic's layout or configuration would break idempotency."""
 
