@@ -122,6 +122,59 @@ def make_settings(broker: str | None, settings: Settings | None, kafka: dict) ->
     return Settings(**{**values, **overrides})
 
 
+# A worker's default qubit limit (workers/limits.py): an ISA circuit wider than this is sent
+# on its active qubits only.
+COMPACT_ABOVE_QUBITS = 24
+
+
+def active_qubits(circuit: QuantumCircuit) -> list[int] | None:
+    """The qubits an ISA circuit wider than COMPACT_ABOVE_QUBITS acts on, when it leaves some
+    idle; None to send it whole. A circuit transpiled for a 127-qubit device keeps every
+    physical qubit, and was `CircuitTooLarge` on every worker (a red-team run); its idle
+    qubits stay in |0>, so the circuit on its active qubits gives the same samples, and an
+    observable's Z or I there reads +1 (X or Y: 0)."""
+    if circuit.layout is None or circuit.num_qubits <= COMPACT_ABOVE_QUBITS:
+        return None
+    if any(bit not in {b for reg in circuit.cregs for b in reg} for bit in circuit.clbits):
+        return None  # loose classical bits: sent as they are
+    used = {circuit.find_bit(qubit).index for instruction in circuit.data
+            if instruction.operation.name not in ("barrier", "delay")
+            for qubit in instruction.qubits}
+    if len(used) == circuit.num_qubits:
+        return None
+    return sorted(used)
+
+
+def compact_circuit(circuit: QuantumCircuit, active: list[int]) -> QuantumCircuit:
+    """The circuit on `active` qubits only (renumbered in order), its registers kept."""
+    compact = QuantumCircuit(len(active), name=circuit.name, global_phase=circuit.global_phase,
+                             metadata=circuit.metadata)
+    for register in circuit.cregs:
+        compact.add_register(register)
+    kept = {circuit.qubits[old]: compact.qubits[new] for new, old in enumerate(active)}
+    for instruction in circuit.data:
+        name = instruction.operation.name
+        qubits = [kept[qubit] for qubit in instruction.qubits if qubit in kept]
+        if len(qubits) != len(instruction.qubits):  # a barrier or delay over idle qubits
+            if name == "barrier" and qubits:
+                compact.barrier(*qubits)
+            continue
+        compact.append(instruction.operation, qubits, instruction.clbits)
+    return compact
+
+
+def compact_observable(mapping: dict, active: list[int], width: int) -> dict:
+    """An observable over `width` qubits, read on the `active` ones (idle qubits in |0>)."""
+    compact: dict[str, complex] = {}
+    for label, coeff in mapping.items():
+        idle = [label[width - 1 - q] for q in range(width) if q not in set(active)]
+        if any(letter in "XY" for letter in idle):
+            continue  # <0|X|0> = <0|Y|0> = 0
+        short = "".join(label[width - 1 - old] for old in reversed(active))
+        compact[short] = compact.get(short, 0) + coeff
+    return compact or {"I" * len(active): 0.0}
+
+
 def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]:
     """OpenQASM 3 of the circuit with parameters renamed in the circuit's own order."""
     parameters = tuple(circuit.parameters)
@@ -402,7 +455,9 @@ class Sampler(_Primitive, BaseSamplerV2):
                         with_empty_pubs(coerced, empty_sampler_result, plan))
 
     def _request(self, job_id: str, index: int, pub: SamplerPub) -> dict:
-        source, parameters = circuit_source(pub.circuit)
+        active = active_qubits(pub.circuit)
+        circuit = pub.circuit if active is None else compact_circuit(pub.circuit, active)
+        source, parameters = circuit_source(circuit)
         values = pub.parameter_values.as_array(parameters)
         return job_request(**self._requests_base(job_id, index), circuit=source,
                            circuit_format="qasm3", shots=pub.shots * shots_repeated(pub),
@@ -576,11 +631,15 @@ class Estimator(_Primitive, BaseEstimatorV2):
                         with_empty_pubs(coerced, empty_estimator_result, plan))
 
     def _request(self, job_id: str, index: int, pub: EstimatorPub):
-        source, parameters = circuit_source(pub.circuit)
+        active = active_qubits(pub.circuit)
+        circuit = pub.circuit if active is None else compact_circuit(pub.circuit, active)
+        source, parameters = circuit_source(circuit)
         values = pub.parameter_values.as_array(parameters)
         bindings_shape = pub.parameter_values.shape
-        observables = [pauli_observable(pub.observables[idx])
-                       for idx in np.ndindex(*pub.observables.shape)]
+        observables = [pauli_observable(
+            pub.observables[idx] if active is None else
+            compact_observable(pub.observables[idx], active, pub.circuit.num_qubits))
+            for idx in np.ndindex(*pub.observables.shape)]
         grids = (index_grid(bindings_shape, pub.shape) if values.shape[-1] else
                  np.zeros(pub.shape, dtype=int),
                  index_grid(pub.observables.shape, pub.shape))

@@ -299,3 +299,44 @@ def test_empty_pubs_are_answered_here_with_the_references_shapes():
     assert list(asyncio.run(with_empty_pubs([empty], empty_estimator_result, plan)("s")))[0] \
         .data.evs.size == 0
     assert sent == ["session"]  # no workflow for a job of empty pubs only
+
+
+def test_an_isa_circuit_of_a_127_qubit_device_is_sent_on_its_active_qubits():
+    """Transpiled for FakeSherbrooke it keeps 127 qubits and was CircuitTooLarge on every
+    worker (a red-team run). Sent on its active qubits, with the observables read there,
+    it gives Qiskit's values."""
+    from qiskit.primitives import StatevectorEstimator
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_ibm_runtime.fake_provider import FakeSherbrooke
+
+    from streams.client.primitives import active_qubits, compact_circuit, compact_observable
+
+    logical = QuantumCircuit(3)
+    logical.h(0)
+    logical.cx(0, 1)
+    logical.ry(0.4, 2)
+    isa = generate_preset_pass_manager(optimization_level=1, backend=FakeSherbrooke(),
+                                       seed_transpiler=3).run(logical)
+    assert isa.num_qubits == 127
+    active = active_qubits(isa)
+    assert active is not None and 3 <= len(active) <= 24
+    compact = compact_circuit(isa, active)
+    observables = [SparsePauliOp(label).apply_layout(isa.layout)
+                   for label in ("ZZI", "IXX", "ZII", "IIZ")]
+    reference = StatevectorEstimator().run([(logical, [SparsePauliOp(label) for label in
+                                                        ("ZZI", "IXX", "ZII", "IIZ")])])
+    expected = reference.result()[0].data.evs
+    state = Statevector(compact)
+    for observable, value in zip(observables, expected, strict=True):
+        mapping = dict(zip(observable.paulis.to_labels(), observable.coeffs, strict=True))
+        short = compact_observable(mapping, active, isa.num_qubits)
+        got = sum(complex(c) * state.expectation_value(SparsePauliOp(label))
+                  for label, c in short.items()).real
+        assert got == pytest.approx(value, abs=1e-9)
+    # an X or Y on an idle qubit reads 0; a Z there +1
+    idle = next(q for q in range(127) if q not in active)
+    label = ["I"] * 127
+    label[126 - idle] = "X"
+    assert compact_observable({"".join(label): 1.0}, active, 127) == {"I" * len(active): 0.0}
+    label[126 - idle] = "Z"
+    assert compact_observable({"".join(label): 2.0}, active, 127) == {"I" * len(active): 2.0}
