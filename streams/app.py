@@ -38,6 +38,7 @@ def faust_settings(settings: Settings) -> dict:
         processing_guarantee=settings.effective_processing_guarantee,
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.max_poll_records,
+        stream_buffer_maxsize=settings.stream_buffer_max,
         # Partitions added to a topic, or a topic deleted and created again, are seen at the
         # consumer's next metadata refresh: 5 minutes by default, when nothing was consumed
         # from a recreated jobs topic for 300 s (a red-team run). One small request per 30 s.
