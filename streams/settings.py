@@ -204,11 +204,12 @@ class Settings(BaseSettings):
 
     execute_batch_max: int = Field(32, ge=1, description="jobs per backend call, at most")
     stream_buffer_max: int = Field(
-        256, ge=64, description="records a stage's stream buffers (Faust's "
-        "stream_buffer_maxsize, 4096); past 80 % of it the partitions feeding it pause. Small, "
-        "so that a flood on one tenant's topic queues less ahead of the other tenants' jobs "
-        "of its lane: 1,000 flood jobs, 9 single jobs behind them waited 4.5 s with 4096, "
-        "1.1 s with 256 (Tansu; Kafka 2.8 / 1.5 s), at the same jobs/s")
+        4096, ge=64, description="records a stage's stream buffers (Faust's "
+        "stream_buffer_maxsize); past 80 % of it the partitions feeding it pause, and a poll "
+        "(max_poll_records) must fit in the other 20 %. Smaller, a flood on one tenant's "
+        "topic queues less ahead of the other tenants' jobs of its lane (1,000 flood jobs: 9 "
+        "single jobs behind them waited 17 s with 4096, 10-14 s with 256 and polls of 52: "
+        "bench/tenant_fairness.py); not the default until its throughput is measured")
     execute_batch_window_s: float = Field(
         0.05, ge=0, description="while a stage's previous backend call runs, wait up to this "
         "long to fill the next batch; a record that finds the stage free goes at once")
@@ -348,6 +349,16 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() == "auto":
             return usable_cores() >= SIMULATOR_PROCESS_MIN_CORES
         return value
+
+    @model_validator(mode="after")
+    def _poll_fits_above_the_pause_mark(self) -> Settings:
+        room = self.stream_buffer_max - int(self.stream_buffer_max * 0.8)
+        if self.max_poll_records > room:
+            raise ValueError(
+                f"max_poll_records {self.max_poll_records} must fit in the {room} records "
+                f"above the pause mark of a stream buffer of {self.stream_buffer_max}: a "
+                "record meeting a full buffer blocks every other topic's records")
+        return self
 
     @model_validator(mode="after")
     def _resolve_profile(self) -> Settings:

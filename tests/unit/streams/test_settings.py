@@ -72,6 +72,17 @@ def test_a_poll_fits_in_the_room_above_a_stream_buffers_pause_mark():
         assert queue.maxsize - queue.pressure_high_size >= bound
 
 
+def test_a_smaller_stream_buffer_needs_smaller_polls():
+    Settings(stream_buffer_max=256, max_poll_records=52)
+    with pytest.raises(ValueError, match="above the pause mark"):
+        Settings(stream_buffer_max=256, max_poll_records=500)
+    from streams.app import create_app
+
+    app, runtime = create_app(Settings(stream_buffer_max=256, max_poll_records=52))
+    for channel in [runtime.topics["execute"], *runtime.lane_channels.values()]:
+        assert channel.queue.maxsize - channel.queue.pressure_high_size >= 52
+
+
 @pytest.mark.parametrize("cores, expected", [(1, False), (1.5, False), (2, True), (8, True)])
 def test_the_simulator_process_is_on_by_default_from_two_usable_cores(
         monkeypatch, cores, expected) -> None:
