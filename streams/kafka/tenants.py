@@ -31,6 +31,7 @@ from streams.kafka.topics import (
 )
 from streams.settings import Settings
 from workers.errors import InvalidJob, TenantMismatch
+from workers.variational.loop import evaluated_workflow
 
 # Kafka's enums (org.apache.kafka.common.resource / acl), as the wire carries them.
 RESOURCE_TYPES = {"any": 1, "topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
@@ -128,7 +129,6 @@ def topic_tenant(prefix: str, topic: str) -> str | None:
 
 
 MAX_TENANT_CHARS = 128
-EVALUATION_KEY = re.compile(r"(.+)#eval\d+", re.DOTALL)
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -207,10 +207,10 @@ def workflow_entry(runtime, key: bytes | None) -> dict | None:
         return None
     workflow_id = key.decode(errors="replace")
     entry = table.get(workflow_id)
-    if entry is None and (evaluation := EVALUATION_KEY.fullmatch(workflow_id)):
+    if entry is None and (parent := evaluated_workflow(workflow_id)) is not None:
         # A variational loop's evaluation is charged under "<workflow id>#eval<n>", which
         # has no entry of its own: its costs never reached the tenant's cost topic.
-        entry = table.get(evaluation.group(1))
+        entry = table.get(parent)
     return entry if isinstance(entry, dict) else None
 
 

@@ -359,8 +359,17 @@ class AskTellOptimizer:
 
 
 # --- running evaluations as jobs ---------------------------------------------------------------
+EVALUATION_MARK = "#eval"
+
+
 def evaluation_id(workflow_id: str, index: int) -> str:
-    return f"{workflow_id}#eval{index}"
+    return f"{workflow_id}{EVALUATION_MARK}{index}"
+
+
+def evaluated_workflow(evaluation: str) -> str | None:
+    """The workflow id an `evaluation_id` was made from, or None for any other id."""
+    workflow_id, mark, index = evaluation.rpartition(EVALUATION_MARK)
+    return workflow_id if mark and workflow_id and index.isdigit() else None
 
 
 def evaluation_job(base: JobSpec, parameters: tuple[float, ...], index: int) -> JobSpec:
