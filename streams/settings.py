@@ -375,6 +375,13 @@ class Settings(BaseSettings):
         """The profile was not given and the broker is the default address (see above)."""
         return self._profile_unsure
 
+    def with_profile(self, profile: str) -> Settings:
+        """A copy with this profile, no longer a guess (streams/kafka/security.py
+        `detect_profile`)."""
+        copy = self.model_copy(update={"profile": profile})
+        copy._profile_unsure = False
+        return copy
+
     @property
     def app_id_defaulted(self) -> bool:
         """QLANE_APP_ID was not given: the app id is the topic prefix."""

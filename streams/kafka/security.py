@@ -266,7 +266,7 @@ async def detect_profile(settings: Settings) -> Settings:
         writer.close()
     except (OSError, TimeoutError):
         return settings
-    probe = settings.model_copy(update={"profile": "kafka"})
+    probe = settings.with_profile("kafka")
     # aiokafka logs Tansu's refusal at ERROR level: noise for a question, not a failure.
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
@@ -274,9 +274,9 @@ async def detect_profile(settings: Settings) -> Settings:
     try:
         await check_transactions(probe)
     except BrokerLacksTransactions:
-        return settled(settings)
+        return settings.with_profile("embedded")
     except AccessRefused:
-        return settled(probe)  # a broker with transactions and ACLs: Apache Kafka, not Tansu
+        return probe  # a broker with transactions and ACLs: Apache Kafka, not Tansu
     except Exception as error:  # noqa: BLE001 - not reachable now: keep the guess
         log.debug("profile detection at %s failed: %r", settings.broker, error)
         return settings
@@ -284,15 +284,7 @@ async def detect_profile(settings: Settings) -> Settings:
         quiet.setLevel(level)
     log.info("the broker at %s has transactions: kafka profile (--profile to choose)",
              settings.broker)
-    return settled(probe)
-
-
-def settled(settings: Settings) -> Settings:
-    """A copy whose profile is no longer a guess: a client built from it (one per Sampler
-    or Estimator job) does not ask the broker again."""
-    copy = settings.model_copy()
-    copy._profile_unsure = False
-    return copy
+    return probe  # settled: a client built from it (one per primitive job) asks no more
 
 
 def explain_refusal(settings: Settings, error: BaseException) -> str | None:
