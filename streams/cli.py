@@ -267,6 +267,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             outcome = (await client.wait([workflow_id], args.timeout, show))[workflow_id]
         if outcome.result is not None:
             print(json_line(outcome.result) if args.json else result_table(outcome.result))
+        if outcome.state == "done":
             return 0
         print(printable(f"{workflow_id}: {outcome.state} {outcome.detail}"), file=sys.stderr)
         return 1

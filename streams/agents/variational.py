@@ -33,6 +33,7 @@ from workers.jobs import JobSpec
 from workers.mitigation.combine import mitigate
 from workers.seeds import job_seed
 from workers.variational.loop import (
+    STOPPED_BY_CANCEL,
     AskTellOptimizer,
     Evaluation,
     VariationalSpec,
@@ -170,7 +171,7 @@ def register(app, runtime: Runtime, table) -> None:
         try:
             while (point := await in_thread(runtime, optimizer.ask)) is not None:
                 if cancel_requested(table, workflow_id):
-                    stop_reason = "cancelled"
+                    stop_reason = STOPPED_BY_CANCEL
                     break
                 index = len(optimizer.history)
                 done = await evaluate_at(point, index)
@@ -198,14 +199,14 @@ def register(app, runtime: Runtime, table) -> None:
             optimizer.close()
 
         best = optimizer.best
-        if best is None and stop_reason == "cancelled":
+        if best is None and stop_reason == STOPPED_BY_CANCEL:
             mark(table, workflow_id, "cancelled")
             await runtime.status(workflow_id, "cancelled", STAGE, detail="before any evaluation")
             return "cancelled"
         if best is None:
             raise StageFailure(workflow_id, BudgetExceeded("no evaluation fitted the budget"))
         confirmed = None
-        if stop_reason != "cancelled":
+        if stop_reason != STOPPED_BY_CANCEL:
             # The best of many noisy values is biased low, and its own error bar does not
             # say so: over 120 H2 runs the truth at the best point was within 2 of them 58 %
             # of the time, mean z -2.0 (red-team run). A fresh evaluation there is not.
@@ -227,8 +228,9 @@ def register(app, runtime: Runtime, table) -> None:
         drop_checkpoint(table, workflow_id, len(items))
         await runtime.flush()
         await runtime.send("results", workflow_id, encoded)
-        await runtime.status(workflow_id, "cancelled" if stop_reason == "cancelled" else "done",
-                             STAGE, detail=result["variational"]["stop_reason"])
+        final_state = "cancelled" if stop_reason == STOPPED_BY_CANCEL else "done"
+        await runtime.status(workflow_id, final_state, STAGE,
+                             detail=result["variational"]["stop_reason"])
         return "ok"
 
     def within_caps(spec, history):

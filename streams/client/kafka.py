@@ -18,6 +18,7 @@ from streams.kafka.security import detect_profile, kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from streams.settings import Settings
 from workers.errors import InvalidJob
+from workers.variational.loop import STOPPED_BY_CANCEL
 
 REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
@@ -58,10 +59,28 @@ class Outcome:
     result: dict | None = None
     detail: str = ""
     history: list[str] = field(default_factory=list)
+    result_follows: bool = False  # cancelled, with a result still to come (variational)
 
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "rejected", "duplicate", "cancelled")
+
+    @property
+    def settled(self) -> bool:
+        """Finished, with every record the job still sends seen."""
+        return self.finished and not (self.result_follows and self.result is None)
+
+
+def stopped_by_cancel(result: dict) -> bool:
+    """Whether a JobResult is a variational loop's, stopped by a cancel before it ended."""
+    return ((result or {}).get("variational") or {}).get("stop_reason") == STOPPED_BY_CANCEL
+
+
+def announces_result(status: dict) -> bool:
+    """Whether a `cancelled` status is a variational loop's that publishes its best so far
+    (its result is sent before it, but may be read after it)."""
+    return (status["state"] == "cancelled" and status["stage"] == "variational"
+            and status["detail"] == STOPPED_BY_CANCEL)
 
 
 def decode_dlq_headers(headers) -> dict[str, str]:
@@ -181,7 +200,7 @@ class Client:
     ) -> dict[str, Outcome]:
         outcomes = {wf: Outcome(wf) for wf in workflow_ids}
         deadline = time.monotonic() + timeout_s
-        while not all(o.finished for o in outcomes.values()):
+        while not all(o.settled for o in outcomes.values()):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not keep_waiting():
                 break
@@ -224,6 +243,16 @@ class Client:
                 for record in records:
                     self._apply(outcomes, record, on_event)
 
+    @staticmethod
+    def _take_result(outcome: Outcome, record) -> None:
+        outcome.result = codec("JobResult").decode(record.value)
+        outcome.state = "done"
+        if stopped_by_cancel(outcome.result):
+            # A variational loop stopped by a cancel publishes what it found so far: the
+            # workflow was cancelled all the same, and says so.
+            outcome.state = "cancelled"
+            outcome.detail = "stopped by a cancel; the result holds the loop's best so far"
+
     def _apply(self, outcomes, record, on_event) -> None:
         key = (record.key or b"").decode(errors="replace")
         outcome = outcomes.get(key)
@@ -231,9 +260,12 @@ class Client:
             return
         if outcome.finished:
             # A transaction's partitions become visible one by one: a status committed with
-            # the result can come a fetch after it. It joins the history, nothing else.
+            # the result can come a fetch after it. It joins the history, nothing else;
+            # the result of a loop stopped by a cancel may also come after its status.
             if record.topic in self.status_topics:
                 outcome.history.append(codec("JobStatus").decode(record.value)["state"])
+            elif record.topic in self.results_topics and outcome.result_follows:
+                self._take_result(outcome, record)
             return
         if record.topic in self.status_topics:
             status = codec("JobStatus").decode(record.value)
@@ -241,14 +273,14 @@ class Client:
             if status["state"] in ("failed", "duplicate", "cancelled"):
                 outcome.state = status["state"]
                 outcome.detail = status["detail"]
+                outcome.result_follows = announces_result(status)
             event = status["state"]
             if status.get("progress"):
                 step = status["progress"]
                 event = (f"iteration {step['iteration']}: value {step['value']:.5f} "
                          f"± {step['std_error']:.5f}, spent USD {step['spend_usd']:.4f}")
         elif record.topic in self.results_topics:
-            outcome.result = codec("JobResult").decode(record.value)
-            outcome.state = "done"
+            self._take_result(outcome, record)
             event = "result"
         else:
             headers = decode_dlq_headers(record.headers)

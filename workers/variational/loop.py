@@ -31,6 +31,9 @@ from workers.jobs import JobSpec, option_reader
 
 OPTIMIZERS = ("COBYLA", "Nelder-Mead", "Powell")
 STOP_REASONS = ("converged", "max_iterations", "max_shots", "max_cost", "stopped")
+# Stop reasons the stage sets itself: a cancel (the result holds the best so far, and the
+# final status is `cancelled` with this detail) and a tenant's budget.
+STOPPED_BY_CANCEL = "cancelled"
 _JOIN_SECONDS = 5.0
 # A variational job's checkpoint (its table entry, JSON) and its result both hold every
 # evaluation: its parameters, value, standard error, shots, cost and raw value. Kept under

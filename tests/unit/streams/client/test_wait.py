@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 from aiokafka import TopicPartition
@@ -112,3 +113,63 @@ def test_statuses_that_come_after_their_result_while_the_wait_goes_on_are_kept(m
     assert {o.state for o in outcomes.values()} == {"done"}
     assert outcomes["a"].history == list(STATES)
     assert outcomes["b"].history == list(STATES)
+
+
+STOPPED_LOOP = {"workflow_id": "wf", "variational": {"stop_reason": "cancelled"}}
+
+
+def variational_status(state: str, detail: str) -> bytes:
+    return codec("JobStatus").encode({
+        "workflow_id": "wf", "state": state, "stage": "variational", "detail": detail,
+        "attempt": 1, "at_ms": 1, "progress": None,
+    })
+
+
+def wait_for_a_stopped_loop(client, monkeypatch):
+    real_codec = codec
+
+    def fake_codec(name):
+        if name == "JobResult":
+            return SimpleNamespace(decode=lambda value: STOPPED_LOOP)
+        return real_codec(name)
+
+    monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
+    return asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
+
+
+def stopped_loop_records():
+    result = SimpleNamespace(topic="t.qlane.results", key=b"wf", value=b"r", headers=())
+    cancelled = SimpleNamespace(topic="t.qlane.status", key=b"wf", headers=(),
+                                value=variational_status("cancelled", "cancelled"))
+    return result, cancelled
+
+
+def test_a_loop_stopped_by_a_cancel_is_cancelled_with_its_best_so_far(monkeypatch):
+    """Its result comes first (it was `done` to Client.wait, the cancel unseen)."""
+    client = Client(Settings(topic_prefix="t.qlane"))
+    result, cancelled = stopped_loop_records()
+    client.watcher = CommittedWatcher([{RESULTS_TP: [result]}, {STATUS_TP: [cancelled]}])
+    outcome = wait_for_a_stopped_loop(client, monkeypatch)
+    assert outcome.state == "cancelled" and outcome.result is STOPPED_LOOP
+
+
+def test_a_stopped_loops_result_read_after_its_cancelled_status_is_waited_for(monkeypatch):
+    """The status that announces the result can be read first (read_committed shows one
+    transaction's partitions one by one): the wait goes on until the result is there."""
+    client = Client(Settings(topic_prefix="t.qlane", broker="kafka-1:9092"))
+    result, cancelled = stopped_loop_records()
+    client.watcher = CommittedWatcher([{STATUS_TP: [cancelled]}, {}, {RESULTS_TP: [result]}])
+    outcome = wait_for_a_stopped_loop(client, monkeypatch)
+    assert outcome.state == "cancelled" and outcome.result is STOPPED_LOOP
+    assert outcome.history == ["cancelled"]
+
+
+def test_a_loop_cancelled_before_any_evaluation_announces_no_result(monkeypatch):
+    client = Client(Settings(topic_prefix="t.qlane"))
+    before = SimpleNamespace(topic="t.qlane.status", key=b"wf", headers=(),
+                             value=variational_status("cancelled", "before any evaluation"))
+    client.watcher = CommittedWatcher([{STATUS_TP: [before]}])
+    started = time.monotonic()
+    outcome = wait_for_a_stopped_loop(client, monkeypatch)
+    assert outcome.state == "cancelled" and outcome.result is None
+    assert time.monotonic() - started < 1.0  # not waiting out the timeout for a result
