@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from typing import Literal
 
 LogFormat = Literal["text", "json"]
@@ -71,9 +72,33 @@ class OneLineRecord(logging.LogRecord):
     own records (the `qlane` logger) stay on one line; other libraries' keep their newlines
     (Faust prints its partition assignment as a table), with every other control escaped."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.exc_info and self.exc_info[0] is not None:
+            # Formatters print `exc_text` when it is set: the traceback with its messages
+            # escaped, as a message is (an error's text can quote a record).
+            self.exc_text = escaped_traceback(self.exc_info)
+
     def getMessage(self) -> str:  # noqa: N802 (logging's name)
         ours = self.name == "qlane" or self.name.startswith("qlane.")
         return printable(super().getMessage(), keep_lines=not ours)
+
+
+def escaped_traceback(exc_info) -> str:
+    """A traceback as `logging` prints it, each exception's message and notes on one line:
+    the frames are the program's own text, the messages may be a producer's."""
+    chunks = []
+    for chunk in traceback.TracebackException(*exc_info).format():
+        if chunk.startswith(_TRACEBACK_OWN_TEXT):
+            chunks.append(chunk)
+        else:
+            chunks.append(printable(chunk.removesuffix("\n")) + "\n")
+    return "".join(chunks).removesuffix("\n")
+
+
+# What a traceback's lines start with apart from an exception's message (frames are indented).
+_TRACEBACK_OWN_TEXT = ("  ", "Traceback (most recent call last):", "\nThe above exception",
+                       "\nDuring handling of the above")
 
 
 def keep_records_on_one_line() -> None:

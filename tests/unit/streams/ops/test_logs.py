@@ -44,7 +44,8 @@ def test_only_terminal_states_log_at_info():
     assert lifecycle_level("prepared") == logging.DEBUG
 
 
-def logged_with_one_line_records(logger_name: str, message: str, *args) -> str:
+def logged_with_one_line_records(logger_name: str, message: str, *args,
+                                 exc_info=None) -> str:
     """What a handler writes for one WARNING of `logger_name` with OneLineRecord in force."""
     import io
     import logging
@@ -58,7 +59,7 @@ def logged_with_one_line_records(logger_name: str, message: str, *args) -> str:
     previous = logging.getLogRecordFactory()
     logging.setLogRecordFactory(OneLineRecord)
     try:
-        logger.warning(message, *args)
+        logger.warning(message, *args, exc_info=exc_info)
     finally:
         logging.setLogRecordFactory(previous)
         logger.removeHandler(handler)
@@ -87,3 +88,22 @@ def test_other_libraries_keep_their_newlines_but_no_other_control() -> None:
     written = logged_with_one_line_records(
         "faust.assignor.test", "| topic | partitions |\n| qlane.jobs | {0, 2} |\x1b]0;t\x07")
     assert written == "| topic | partitions |\n| qlane.jobs | {0, 2} |\\x1b]0;t\\x07\n"
+
+
+def test_an_errors_text_in_a_traceback_cannot_break_its_line() -> None:
+    """A traceback printed the exception's message as it was: an error quoting a record
+    could still forge a log line (`log.exception` of a batch that failed as a whole)."""
+    forged = "[2026-12-05 14:31:00,000] [4242] [CRITICAL] forged"
+    try:
+        try:
+            raise KeyError("first")
+        except KeyError as cause:
+            raise ValueError(f"bad job\n{forged}\x1b[2K") from cause
+    except ValueError as error:
+        written = logged_with_one_line_records("qlane.test.tb", "batch failed", exc_info=error)
+    lines = written.splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    assert f"ValueError: bad job\\n{forged}\\x1b[2K" in lines
+    assert "KeyError: 'first'" in lines  # the chain is kept
+    assert any(line.startswith("  File ") for line in lines)
+    assert "Traceback (most recent call last):" in lines
