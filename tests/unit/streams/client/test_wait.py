@@ -34,13 +34,13 @@ def job_records(workflow_id: str = "wf"):
     return result, statuses
 
 
-def wait_for_the_jobs(client, monkeypatch, workflow_ids):
-    """Client.wait for the jobs, each result decoding to DECODED."""
+def wait_for_the_jobs(client, monkeypatch, workflow_ids, decoded=DECODED):
+    """Client.wait for the jobs, each result decoding to `decoded`."""
     real_codec = codec
 
     def fake_codec(name):
         if name == "JobResult":
-            return SimpleNamespace(decode=lambda value: DECODED)
+            return SimpleNamespace(decode=lambda value: decoded)
         return real_codec(name)
 
     monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
@@ -126,15 +126,7 @@ def variational_status(state: str, detail: str) -> bytes:
 
 
 def wait_for_a_stopped_loop(client, monkeypatch):
-    real_codec = codec
-
-    def fake_codec(name):
-        if name == "JobResult":
-            return SimpleNamespace(decode=lambda value: STOPPED_LOOP)
-        return real_codec(name)
-
-    monkeypatch.setattr("streams.client.kafka.codec", fake_codec)
-    return asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
+    return wait_for_the_jobs(client, monkeypatch, ["wf"], decoded=STOPPED_LOOP)["wf"]
 
 
 def stopped_loop_records():
