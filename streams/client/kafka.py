@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -19,6 +21,8 @@ from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenan
 from streams.settings import Settings
 from workers.errors import InvalidJob
 from workers.variational.loop import STOPPED_BY_CANCEL
+
+log = logging.getLogger("qlane.client")
 
 REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
@@ -98,6 +102,23 @@ def own_ids(settings: Settings, topic: str, workflow_id: str) -> None:
         raise ValueError(str(error)) from None
 
 
+async def stop_quietly(part: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    """Stop a producer or consumer; a failure to stop is logged, not raised.
+
+    With the broker gone, aiokafka's stop re-raised the CancelledError of its own fetch task,
+    which replaced the error the caller was leaving with (`ResultTimeout` became a
+    BaseException that `except Exception` does not catch: a red-team run). A cancel of
+    the calling task itself still propagates."""
+    try:
+        await part.stop()
+    except asyncio.CancelledError:
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise
+        log.warning("closing a %s: cancelled inside aiokafka", type(part).__name__)
+    except Exception as error:  # noqa: BLE001 (a close that fails leaves nothing to undo)
+        log.warning("closing a %s failed: %s", type(part).__name__, error)
+
+
 class Client:
     """One producer plus a watcher over status, results and dead letters."""
 
@@ -125,9 +146,9 @@ class Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.watcher is not None:
-            await self.watcher.stop()
-        await self.producer.stop()
+        for part in (self.watcher, self.producer):
+            if part is not None:
+                await stop_quietly(part)
 
     async def start_watching(self) -> None:
         """Position at the end of the outcome topics before submitting, to miss nothing."""
