@@ -30,7 +30,12 @@ from streams.runtime import Runtime, now_ms
 from streams.workflow import accounting
 from streams.workflow.cancel import handle_cancel, is_cancel, is_tombstone, tombstone_applies
 from streams.workflow.deadletter import SourceRecord
-from streams.workflow.idempotency import Decision, admit, request_fingerprint
+from streams.workflow.idempotency import (
+    Decision,
+    admit,
+    duplicate_detail,
+    request_fingerprint,
+)
 from streams.workflow.lanes import LaneGate
 from streams.workflow.poison import AttemptLedger
 from workers.circuits.sandbox import (
@@ -172,7 +177,8 @@ def register(app, runtime: Runtime, table) -> None:
             metrics.DUPLICATES.inc()
             await republish_after_redelivery(runtime, table, workflow_id, previous, source)
             await runtime.status(
-                workflow_id, "duplicate", STAGE, detail=f"already {admission.previous_state}"
+                workflow_id, "duplicate", STAGE,
+                detail=duplicate_detail(admission.previous_state)
             )
             return "duplicate"
 
@@ -263,7 +269,8 @@ def register(app, runtime: Runtime, table) -> None:
             raise IdempotencyConflict(
                 f"workflow {workflow_id} was submitted (and cancelled) before with a "
                 "different payload")
-        await runtime.status(workflow_id, "duplicate", STAGE, detail="already cancelled")
+        await runtime.status(workflow_id, "duplicate", STAGE,
+                            detail=duplicate_detail("cancelled"))
         return "duplicate"
 
     async def hand_to_variational_stage(workflow_id: str, request: dict, source) -> str:

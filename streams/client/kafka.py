@@ -19,6 +19,7 @@ from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.security import detect_profile, kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from streams.settings import Settings
+from streams.workflow.idempotency import IN_FLIGHT, earlier_state
 from workers.errors import InvalidJob
 from workers.variational.loop import STOPPED_BY_CANCEL
 
@@ -265,6 +266,20 @@ class Client:
                     self._apply(outcomes, record, on_event)
 
     @staticmethod
+    def _take_duplicate(outcome: Outcome, detail: str) -> None:
+        """A submission of a workflow that was submitted before: its outcome is the earlier
+        one's. One still in flight is waited for (its result comes on the watched topics);
+        one cancelled is cancelled (it was a `duplicate` whose result was looked for in vain,
+        reported as a timeout: a red-team run); one done has its result looked up."""
+        before = earlier_state(detail)
+        if before in IN_FLIGHT:
+            return
+        if before == "cancelled":
+            outcome.state, outcome.detail = "cancelled", "cancelled at an earlier submission"
+            return
+        outcome.state, outcome.detail = "duplicate", detail
+
+    @staticmethod
     def _take_result(outcome: Outcome, record) -> None:
         outcome.result = codec("JobResult").decode(record.value)
         outcome.state = "done"
@@ -291,7 +306,9 @@ class Client:
         if record.topic in self.status_topics:
             status = codec("JobStatus").decode(record.value)
             outcome.history.append(status["state"])
-            if status["state"] in ("failed", "duplicate", "cancelled"):
+            if status["state"] == "duplicate":
+                self._take_duplicate(outcome, status["detail"])
+            elif status["state"] in ("failed", "cancelled"):
                 outcome.state = status["state"]
                 outcome.detail = status["detail"]
                 outcome.result_follows = announces_result(status)

@@ -261,6 +261,10 @@ class Session:
                 raise remote_error(outcome.result.get("error") or "")
             elif outcome.state in ("failed", "rejected"):
                 raise remote_error(outcome.detail)
+            elif outcome.state == "duplicate":
+                raise ResultTimeout(
+                    f"workflow {workflow_id} ran at an earlier submission ({outcome.detail}), "
+                    "and its result was not found on the results topics")
             else:
                 raise ResultTimeout(
                     f"workflow {workflow_id}: no outcome within {self.job._timeout_s:.0f}s "

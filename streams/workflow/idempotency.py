@@ -22,6 +22,21 @@ _NOT_FINGERPRINTED = frozenset({"submitted_at_ms"})
 REACHED_EXECUTION = frozenset({"executing", "executed", "done"})
 
 
+# A duplicate's `duplicate` status names the state its workflow was in ("already done"), so
+# that a client can wait for a workflow still in flight instead of looking for its result.
+IN_FLIGHT = frozenset({"accepted", "prepared", "executing", "executed"})
+_DUPLICATE_DETAIL = "already "
+
+
+def duplicate_detail(previous_state: str | None) -> str:
+    return f"{_DUPLICATE_DETAIL}{previous_state}"
+
+
+def earlier_state(detail: str) -> str | None:
+    """The state a `duplicate` status's detail names, if it names one."""
+    return detail.removeprefix(_DUPLICATE_DETAIL) if detail.startswith(_DUPLICATE_DETAIL) else None
+
+
 def request_fingerprint(record: dict) -> str:
     payload = {key: value for key, value in record.items() if key not in _NOT_FINGERPRINTED}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)

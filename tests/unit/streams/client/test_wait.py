@@ -165,3 +165,37 @@ def test_a_loop_cancelled_before_any_evaluation_announces_no_result(monkeypatch)
     outcome = wait_for_a_stopped_loop(client, monkeypatch)
     assert outcome.state == "cancelled" and outcome.result is None
     assert time.monotonic() - started < 1.0  # not waiting out the timeout for a result
+
+
+def duplicate_status(detail: str) -> SimpleNamespace:
+    value = codec("JobStatus").encode({
+        "workflow_id": "wf", "state": "duplicate", "stage": "preprocess", "detail": detail,
+        "attempt": 1, "at_ms": 1, "progress": None,
+    })
+    return SimpleNamespace(topic="t.qlane.status", key=b"wf", value=value, headers=())
+
+
+def test_a_resubmitted_cancelled_workflow_is_cancelled(monkeypatch):
+    """It was a `duplicate` whose result was looked up in vain, then a ResultTimeout."""
+    client = Client(Settings(topic_prefix="t.qlane"))
+    client.watcher = CommittedWatcher([{STATUS_TP: [duplicate_status("already cancelled")]}])
+
+    async def no_lookup(*args, **kwargs):
+        raise AssertionError("a cancelled workflow has no result to look up")
+
+    monkeypatch.setattr(client, "find_results", no_lookup)
+    outcome = wait_for_the_job(client, monkeypatch)
+    assert outcome.state == "cancelled" and outcome.result is None
+
+
+def test_a_resubmission_of_a_workflow_in_flight_waits_for_its_result(monkeypatch):
+    client = Client(Settings(topic_prefix="t.qlane"))
+    result, statuses = job_records()
+    client.watcher = CommittedWatcher([
+        {STATUS_TP: [duplicate_status("already executing")]},
+        {},
+        {RESULTS_TP: [result]},
+    ])
+    outcome = wait_for_the_job(client, monkeypatch)
+    assert outcome.state == "done" and outcome.result is DECODED
+    assert outcome.history == ["duplicate"]
