@@ -113,6 +113,9 @@ class Runtime:
     # tenant -> USD estimated for its jobs between the execute step's budget check and their
     # charge (streams/workflow/accounting.py `reserve`)
     reserved_usd: dict = field(default_factory=dict)
+    # workflow id -> {record address: job topic} of its records in a fused batch's backend
+    # call not handled yet (no table entry says they run): a cancel finds them there
+    in_batch_call: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         settings = self.settings

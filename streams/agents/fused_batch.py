@@ -30,7 +30,10 @@ the one before it).
 Before step 3 nothing is written but what the staged path also writes outside a record's
 transaction: the attempt ledger's marks. A crash anywhere leaves every record of the batch to
 be handled again. What it gives up against the stages: a cancel that arrives behind its job
-in the same batch comes too late (as with `always`). Each job of the call holds its
+in the same batch comes too late (as with `always`), and so does one handled while the call
+runs (`cancel_ignored`, "already executing": the job is known to the cancel from the call's
+start, `Runtime.in_batch_call`; it was dropped after running, uncharged). A job behind its
+cancel in the batch is left out of the call (step 3 drops it). Each job of the call holds its
 estimate in its tenant's budget from step 2 until its own charge (or the batch's end), so a
 job the budget refuses is left out of the call: checked only in step 3, 16 of 20 jobs ran on
 the backend and were then refused, uncharged (a red-team run).
@@ -56,6 +59,7 @@ from streams.agents.take import take_ready
 from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms, ran_before_handled
 from streams.workflow import accounting
+from streams.workflow.cancel import is_cancel
 from streams.workflow.deadletter import SourceRecord
 from streams.workflow.lanes import LaneGate
 from streams.workflow.poison import InFlight
@@ -143,9 +147,11 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
                     )
                 finally:
                     ran_before_handled.reset(before)
+                    unmark_in_call(runtime, [source])
         finally:
             held_results.reset(holding)
             release_unused_holds(runtime, batch.aheads)
+            unmark_in_call(runtime, [source for _, source in batch.fresh])
         faust_streams._current_event.set(None)
         await held.publish(runtime)
         for event in batch.events:
@@ -167,7 +173,12 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
     jobs: list[Job] = []
     holds: dict[str, float] = {}
     called: set[str] = set()
+    cancelled_here: set[bytes | None] = set()
     for source in sources:
+        if is_cancel(source.value):
+            # Step 3 handles it before the job behind it, which it may drop: not to be run.
+            cancelled_here.add(source.key)
+            continue
         ahead = aheads.get(source.address)
         if ahead is None or ahead.prepared is None:
             continue
@@ -181,6 +192,9 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
             # A copy of a job earlier in this batch: step 3 finds it a duplicate (or a
             # conflict). In the call it ran on the backend twice, charged once (red-team run).
             continue
+        if source.key in cancelled_here or request["workflow_id"] in runtime.in_batch_call:
+            # Also a copy in the call of a batch whose records are not handled yet.
+            continue
         task = {"workflow_id": request["workflow_id"], "accepted_at_ms": now_ms()}
         job = Job.of(source, task, request, prepared, ahead.prepared.to_bytes())
         if runner.past_deadline(job):
@@ -193,12 +207,32 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
         runtime.apply_controls(prepared.backend)
         jobs.append(job)
         called.add(request["workflow_id"])
+    mark_in_call(runtime, jobs)
     try:
         await call_together(runtime, jobs, aheads, holds)
+    except BaseException:
+        unmark_in_call(runtime, [job.source for job in jobs])  # step 3 will not come
+        raise
     finally:  # the holds of jobs left out of the call
         for address, held in holds.items():
             if held:
                 accounting.release(runtime, aheads[address].request, held)
+
+
+def mark_in_call(runtime: Runtime, jobs: list[Job]) -> None:
+    """Until step 3 handles its record, a job in the call has no table entry that says it
+    runs: a cancel looks here (streams/workflow/cancel.py), and so does the next batch."""
+    for job in jobs:
+        runtime.in_batch_call.setdefault(job.request["workflow_id"], {})[
+            job.source.address] = job.source.topic
+
+
+def unmark_in_call(runtime: Runtime, sources: list[SourceRecord]) -> None:
+    for source in sources:
+        workflow_id = (source.key or b"").decode(errors="replace")
+        marks = runtime.in_batch_call.get(workflow_id)
+        if marks is not None and marks.pop(source.address, None) is not None and not marks:
+            del runtime.in_batch_call[workflow_id]
 
 
 async def call_together(runtime: Runtime, jobs: list[Job], aheads: dict[str, Ahead],

@@ -11,7 +11,8 @@ with the job) and decides from the workflow's state:
   evaluation, publishes its best result with stop_reason `cancelled`, status `cancelled`.
 * executing a circuit run, executed, done, failed, cancelled: nothing changes; status
   `cancel_ignored` says why (a running backend call is not interrupted: it is charged and
-  its result is delivered).
+  its result is delivered). So also for a job in a fused batch's backend call whose record
+  is not handled yet (`Runtime.in_batch_call`; it has no table entry until then).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ CANCELLABLE = frozenset({"accepted", "prepared"})
 # cancelled the same id first: each tenant's job is dropped only by its own).
 MAX_TOMBSTONE_TOPICS = 16
 FINISHED = frozenset({"done", "failed", "cancelled", "executed"})
+RUN_GOES_ON = "the run under way finishes and its result is delivered"
 
 
 def is_cancel(value: bytes | None) -> bool:
@@ -51,6 +53,12 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
         raise KeyMismatch(f"record key {key!r} is not the workflow id {workflow_id!r}")
     reason = request.get("reason") or "cancelled by request"
     entry = table.get(workflow_id)
+    if (entry is None or is_tombstone(entry)) and running_unhandled(runtime, workflow_id, topic):
+        # In a fused batch's backend call, its record not handled yet: a tombstone would drop
+        # a job that ran, uncharged, its answer "cancelled before arrival" (a red-team run).
+        await runtime.status(workflow_id, "cancel_ignored", stage,
+                             detail=f"already executing: {RUN_GOES_ON}")
+        return "duplicate"
     if entry is None or is_tombstone(entry):
         # The cancels' topics are kept: only a job of one of their tenants (or any job, for a
         # cancel on the shared topics) is dropped on arrival (tombstone_applies). The last
@@ -72,10 +80,17 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
         table[workflow_id] = {**entry, "cancel_requested": True, "updated_ms": now_ms(),
                               "cancel_reason": reason}
         return "ok"  # the loop reports `cancelled` when it stops
-    why = f"already {state}" if state in FINISHED else (
-        f"already {state}: the run under way finishes and its result is delivered")
+    why = f"already {state}" if state in FINISHED else f"already {state}: {RUN_GOES_ON}"
     await runtime.status(workflow_id, "cancel_ignored", stage, detail=why)
     return "duplicate"
+
+
+def running_unhandled(runtime: Runtime, workflow_id: str, cancel_topic: str | None) -> bool:
+    """Whether a job this cancel applies to is in a fused batch's call, not yet handled."""
+    prefix = runtime.settings.topic_prefix
+    cancel_tenant = topic_tenant(prefix, cancel_topic or "")
+    return any(cancel_tenant in (None, topic_tenant(prefix, job_topic))
+               for job_topic in runtime.in_batch_call.get(workflow_id, {}).values())
 
 
 def is_tombstone(entry: dict) -> bool:

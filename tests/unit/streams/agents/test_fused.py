@@ -64,6 +64,7 @@ class FakeRuntime:
         self.executor = None  # the event loop's default executor
         self.max_record_bytes = 1_000_000  # Faust's producer_max_request_size
         self.events: list[tuple] = []
+        self.in_batch_call: dict = {}
 
     def apply_controls(self, backend):
         pass

@@ -114,6 +114,44 @@ def test_a_copy_of_a_job_earlier_in_the_batch_is_left_out_of_the_call(prepared_b
     assert aheads[records[1].address].ran.outcome is None  # step 3: a duplicate
 
 
+def cancel_record(offset: int, workflow_id: str) -> SourceRecord:
+    from schemas.codec import codec
+
+    value = codec("JobCancel").encode({"workflow_id": workflow_id, "reason": "",
+                                       "requested_at_ms": 1})
+    return SourceRecord(TOPIC, 0, offset, None, workflow_id.encode(), value, ())
+
+
+def test_a_job_behind_its_cancel_in_the_batch_is_left_out_of_the_call(prepared_bell, calls):
+    """Step 3 handles the cancel first and drops the job: in the call it ran, uncharged, and
+    was answered "cancelled before arrival" (a red-team run)."""
+    _, prepared = prepared_bell
+    records = [cancel_record(1, "a"), record(2, "a"), record(3, "b")]
+    aheads = {r.address: ahead_for(r.key.decode(), prepared) for r in records[1:]}
+    runtime = FakeRuntime(FakeLedger())
+    asyncio.run(fused_batch.run_together(runtime, JobRunner(runtime, {}), records, aheads))
+    assert [ids for ids, _ in calls] == [["b"]]
+    assert aheads[records[1].address].ran.outcome is None
+
+
+def test_jobs_in_the_call_are_known_until_step_3_handles_them(prepared_bell, calls):
+    """A cancel that comes while the call runs finds no table entry: it looks there. A copy in
+    the next batch is left out while the first is not handled."""
+    _, prepared = prepared_bell
+    records = [record(1, "a"), record(2, "b")]
+    aheads = {r.address: ahead_for(r.key.decode(), prepared) for r in records}
+    runtime = FakeRuntime(FakeLedger())
+    asyncio.run(fused_batch.run_together(runtime, JobRunner(runtime, {}), records, aheads))
+    assert runtime.in_batch_call == {"a": {records[0].address: TOPIC},
+                                     "b": {records[1].address: TOPIC}}
+    copy = record(3, "a")
+    copy_ahead = {copy.address: ahead_for("a", prepared)}
+    asyncio.run(fused_batch.run_together(runtime, JobRunner(runtime, {}), [copy], copy_ahead))
+    assert [ids for ids, _ in calls] == [["a", "b"]]
+    fused_batch.unmark_in_call(runtime, records)
+    assert runtime.in_batch_call == {}
+
+
 def test_after_a_worker_died_in_a_call_each_job_is_called_alone_and_poison_not_at_all(
         prepared_bell, calls):
     _, prepared = prepared_bell

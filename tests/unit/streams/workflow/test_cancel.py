@@ -1,0 +1,55 @@
+"""handle_cancel (streams/workflow/cancel.py): what a cancel does to a workflow's entry."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from schemas.codec import codec
+from streams.kafka.topics import job_topic
+from streams.workflow.cancel import handle_cancel
+
+PREFIX = "t.qlane"
+
+
+class StatusRuntime:
+    def __init__(self, in_batch_call: dict | None = None) -> None:
+        self.settings = SimpleNamespace(topic_prefix=PREFIX)
+        self.in_batch_call = in_batch_call or {}
+        self.statuses: list[tuple[str, str]] = []
+
+    async def status(self, workflow_id, state, stage, detail=""):
+        self.statuses.append((state, detail))
+
+
+def cancel(runtime, table, workflow_id: str, topic: str) -> str:
+    value = codec("JobCancel").encode({"workflow_id": workflow_id, "reason": "stop",
+                                       "requested_at_ms": 1})
+    return asyncio.run(handle_cancel(runtime, table, value, workflow_id.encode(), "preprocess",
+                                     topic))
+
+
+def test_a_cancel_before_its_job_leaves_a_tombstone():
+    runtime, table = StatusRuntime(), {}
+    assert cancel(runtime, table, "wf", job_topic(PREFIX, None, "high")) == "cancelled"
+    assert table["wf"]["state"] == "cancelled"
+    assert runtime.statuses[0][0] == "cancelled"
+
+
+def test_a_job_in_a_fused_batch_call_is_not_cancelled_from_under_its_run():
+    """No entry yet, but its backend call is under way: the cancel comes too late, as for a
+    job executing on the staged path (it was answered "cancelled before arrival" and the job,
+    run already, dropped uncharged)."""
+    runtime = StatusRuntime({"acme.wf": {"x:0:5": job_topic(PREFIX, "acme")}})
+    table = {}
+    assert cancel(runtime, table, "acme.wf", job_topic(PREFIX, "acme", "high")) == "duplicate"
+    assert "acme.wf" not in table
+    state, detail = runtime.statuses[0]
+    assert state == "cancel_ignored" and detail.startswith("already executing")
+
+
+def test_another_tenants_cancel_of_a_running_id_is_a_tombstone_that_drops_nothing():
+    runtime = StatusRuntime({"acme.wf": {"x:0:5": job_topic(PREFIX, "acme")}})
+    table = {}
+    assert cancel(runtime, table, "acme.wf", job_topic(PREFIX, "rival", "high")) == "cancelled"
+    assert table["acme.wf"]["cancel_topics"] == [job_topic(PREFIX, "rival", "high")]
