@@ -52,6 +52,7 @@ from workers.backends.aer import (
     bound,
     circuit_seeds,
     circuit_shots,
+    exact_sampling_seconds,
     final_measurements,
     is_measurement,
     new_simulator,
@@ -366,10 +367,11 @@ class DeviceBackend(Backend):
         if plan is None:
             return super().estimated_seconds(circuit, shots)
         _, parts = plan
+        measured = final_measurements(circuit)
         return sum(
             len(part.instructions) * 4.0 ** active_qubits(circuit, part) / DENSITY_MATRIX_RATE
             for part in parts
-        )
+        ) + exact_sampling_seconds(len(measured.qubits) if measured else 0, shots)
 
     def _component_plan(self, circuit: QuantumCircuit, view: NoiseView):
         """Components to simulate separately, or None when Backend.run's own paths serve."""
