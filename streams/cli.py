@@ -196,7 +196,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if settings.profile_unsure:
         print(f"profile {settings.profile} (asked of the broker at {settings.broker}; "
               "--profile to choose)", file=sys.stderr)
-    from streams.kafka.security import AccessRefused, preflight
+    from streams.kafka.security import AccessRefused, broker_unavailable, preflight
     from streams.kafka.topic_checks import TopicLayoutMismatch
     from streams.kafka.topics import PartitionCountMismatch
 
@@ -205,6 +205,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (AccessRefused, PartitionCountMismatch, TopicLayoutMismatch) as error:
         print(f"qlane worker: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not broker_unavailable(error):
+            raise
+        print(f"qlane worker: the cluster did not answer the start-up checks within "
+              f"QLANE_STARTUP_BROKER_WAIT_S ({settings.startup_broker_wait_s:.0f}s): "
+              f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
     use_event_loop(settings.event_loop)
@@ -394,9 +401,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                  rate_per_s=args.rate, dry_run=args.dry_run, report=report))
     targets = ", ".join(f"{n} to {t}" for t, n in summary.by_target.items()) or "nothing"
     done = "planned" if args.dry_run else "replayed"
+    failed = f", {summary.failed} FAILED (not delivered; replay them again)" \
+        if summary.failed else ""
     print(f"{summary.selected} selected, {summary.replayed} {done} ({targets}), "
-          f"{summary.skipped} skipped", file=sys.stderr)
-    return 0
+          f"{summary.skipped} skipped{failed}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -466,7 +475,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     key, value = noise_control_record(args.backend, args.scale)
 
     async def go():
-        producer = AIOKafkaProducer(**kafka_options(settings))
+        producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
         await producer.start()
         try:
             await producer.send_and_wait(topic, value=value, key=key)
@@ -637,6 +646,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, UnknownTopic):
             print(f"qlane {args.command}: {error}", file=sys.stderr)
             return 2
+        from streams.kafka.security import broker_unavailable
+
+        if broker_unavailable(error):
+            print(f"qlane {args.command}: the cluster cannot answer now "
+                  f"({type(error).__name__}: {error})", file=sys.stderr)
+            return 1
 
         reason = (explain_refusal(settings_from(args, detect=False), error)
                   if hasattr(args, "broker") else None)

@@ -138,7 +138,10 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self.settings = await detect_profile(self.settings)  # its readers' isolation level
-        self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=0)
+        # acks=all: a job acknowledged by a leader that dies before a follower copies it is
+        # lost; with all, min.insync.replicas have it (the workers' producers do the same).
+        self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=0,
+                                         acks="all")
         try:
             await self.producer.start()
         except BaseException:  # e.g. refused credentials: close what start() opened

@@ -52,9 +52,15 @@ class ReplayedRecord:
 @dataclass
 class ReplaySummary:
     selected: int = 0
-    replayed: int = 0
+    replayed: int = 0  # delivered (acknowledged by every in-sync replica)
     skipped: int = 0
+    failed: int = 0  # sent, not delivered: the broker's error was reported
     by_target: dict[str, int] = field(default_factory=dict)
+
+
+# Sent records whose delivery is awaited (and counted) at once, so that a long replay does
+# not hold every record it sent.
+SETTLE_EVERY = 1000
 
 
 class UnknownTopic(ValueError):
@@ -310,12 +316,15 @@ async def replay(
     summary = ReplaySummary()
     producer = None
     if not dry_run:
-        producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5)
+        producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5, acks="all")
         await producer.start()
     started = time.monotonic()
     copies = EarlierCopies()
+    sent = 0
+    deliveries: list[tuple[asyncio.Future, ReplayedRecord, str]] = []
 
     async def handle(record) -> None:
+        nonlocal sent
         try:
             planned = plan_record(record, names, target, rerun, settings.tenants)
         except Exception as error:
@@ -323,16 +332,40 @@ async def replay(
             report(f"skip {address(record)}: {error}")
             return
         report(planned)
-        if producer is not None:
-            if rate_per_s > 0:
-                due = started + summary.replayed / rate_per_s
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await producer.send(planned.target_topic, value=planned.value, key=planned.key,
-                                headers=planned.headers)
+        if producer is None:
+            count_delivered(planned)
+            return
+        if rate_per_s > 0:
+            due = started + sent / rate_per_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        # Counted when the broker acknowledges it: a send into a partition without a leader
+        # fails after the request timeout, and was reported as replayed (a red-team run).
+        delivery = await producer.send(planned.target_topic, value=planned.value,
+                                       key=planned.key, headers=planned.headers)
+        deliveries.append((delivery, planned, address(record)))
+        sent += 1
+        if len(deliveries) >= SETTLE_EVERY:
+            await settle_deliveries()
+
+    def count_delivered(planned: ReplayedRecord) -> None:
         summary.replayed += 1
         summary.by_target[planned.target_topic] = (
             summary.by_target.get(planned.target_topic, 0) + 1
         )
+
+    async def settle_deliveries() -> None:
+        if producer is not None:
+            await producer.flush()
+        for delivery, planned, source in deliveries:
+            try:
+                await delivery
+            except Exception as error:  # noqa: BLE001 - each failure is reported, then counted
+                summary.failed += 1
+                report(f"failed {source} -> {planned.target_topic}: "
+                       f"{type(error).__name__}: {error}")
+            else:
+                count_delivered(planned)
+        deliveries.clear()
 
     try:
         async for record in select_records(settings, selection):
@@ -348,8 +381,7 @@ async def replay(
                 report(f"skip {address(record)}: {why}")
             else:
                 await handle(record)
-        if producer is not None:
-            await producer.flush()
+        await settle_deliveries()
     finally:
         if producer is not None:
             await producer.stop()

@@ -56,17 +56,34 @@ async def topic_partitions(consumer, topic: str) -> set[int]:
     return partitions
 
 
-async def assign_settled(consumer, partitions) -> None:
+# How long assign_settled waits for a partition's position (its leader's answer).
+POSITION_TIMEOUT_S = 30.0
+
+
+class PartitionUnavailable(aiokafka.errors.KafkaTimeoutError):
+    """No position for a partition in time: its leader is down, or being elected."""
+
+
+async def assign_settled(consumer, partitions, timeout_s: float = POSITION_TIMEOUT_S) -> None:
     """`assign()`, then wait until the offset reset that assign() starts has finished.
 
     aiokafka 0.14: assign() resets each new partition to `auto_offset_reset` in the background;
     a seek made before that answer arrives is overwritten by it. On Apache Kafka a
     seek_to_beginning right after assign() read nothing about one time in three (the position
     jumped to the end). Waiting for the positions first makes later seeks stick.
+
+    aiokafka waits for a partition without a leader without end: a worker's start and `qlane
+    dlq list` hung silently with one node of three down (a red-team run). Past `timeout_s`
+    this raises PartitionUnavailable (retriable: callers that retry, retry).
     """
     consumer.assign(partitions)
     for tp in partitions:
-        await consumer.position(tp)
+        try:
+            await asyncio.wait_for(consumer.position(tp), timeout_s)
+        except TimeoutError:
+            raise PartitionUnavailable(
+                f"{tp.topic} partition {tp.partition} gave no offset within {timeout_s:.0f}s:"
+                " its leader is down or being elected") from None
 
 
 def fetch_position(consumer, tp) -> int | None:

@@ -5,9 +5,11 @@ One place, so workers, the CLI, replay and the admin client all connect the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
+import time
 
 from aiokafka import errors
 from aiokafka.helpers import create_ssl_context
@@ -188,11 +190,19 @@ async def preflight(settings: Settings, ensure_topics) -> list[str]:
     A worker restarted while one node of a cluster is down asked that node (aiokafka's admin
     client picks one at random) and exited with NodeNotReadyError (seen in the 3-node
     reliability run: 2 of its workers' restarts). A refused login or ACL is not retried."""
-    retrying = broker_retrying(settings, "start-up checks",
-                               stop=stop_after_delay(settings.startup_broker_wait_s))
+    wait = settings.startup_broker_wait_s
+    deadline = time.monotonic() + wait
+    retrying = broker_retrying(settings, "start-up checks", stop=stop_after_delay(wait))
     async for attempt in retrying:
         with attempt:
-            return await checks(settings, ensure_topics)
+            # One attempt can wait on a node without end (a leaderless partition): each is
+            # bounded, so that the checks end within about the wait (a red-team run).
+            bound = max(min(deadline - time.monotonic(), max(wait / 3, 10.0)), 1.0)
+            try:
+                return await asyncio.wait_for(checks(settings, ensure_topics), bound)
+            except TimeoutError:
+                raise errors.KafkaTimeoutError(
+                    f"the start-up checks got no answer within {bound:.0f}s") from None
     raise AssertionError("unreachable: tenacity re-raises the last error")
 
 

@@ -198,3 +198,54 @@ def test_a_job_a_worker_moved_to_its_keys_partition_is_replayed_once():
     replayed_copy = record(NAMES.jobs, request_bytes(), partition=1, offset=9, headers=[
         (REROUTED_HEADER, b"qlane.jobs:0:3"), (REPLAY_HEADER, b"qlane.jobs:1:7")])
     assert copies_left([moved, replayed_copy]) == [moved]  # the nearest origin: the moved one
+
+
+def test_a_record_the_broker_did_not_take_is_reported_failed_not_replayed(monkeypatch):
+    """With a partition leaderless, 3 of 10 sends failed after the request timeout and the
+    replay said "10 replayed" (a red-team run): only acknowledged records count."""
+    import asyncio
+
+    from aiokafka.errors import LeaderNotAvailableError
+
+    from streams.client import replay as replay_module
+    from streams.client.replay import ReplaySelection, replay
+
+    records = [record(NAMES.jobs, request_bytes(f"wf-{i}"), key=f"wf-{i}".encode(), offset=i)
+               for i in range(10)]
+
+    async def select_records(settings, selection):
+        for each in records:
+            yield each
+
+    class Producer:
+        def __init__(self, **options) -> None:
+            assert options["acks"] == "all"
+            self.sent = 0
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        async def flush(self) -> None:
+            pass
+
+        async def send(self, topic, value, key, headers):
+            delivery = asyncio.get_running_loop().create_future()
+            if self.sent % 4 == 1:
+                delivery.set_exception(LeaderNotAvailableError())
+            else:
+                delivery.set_result(None)
+            self.sent += 1
+            return delivery
+
+    monkeypatch.setattr(replay_module, "select_records", select_records)
+    monkeypatch.setattr(replay_module, "AIOKafkaProducer", Producer)
+    reported = []
+    summary = asyncio.run(replay(Settings(), ReplaySelection(topic=NAMES.jobs),
+                                 report=reported.append))
+    assert (summary.selected, summary.replayed, summary.failed) == (10, 7, 3)
+    assert summary.by_target == {NAMES.jobs: 7}
+    assert sum(1 for line in reported
+               if isinstance(line, str) and line.startswith("failed ")) == 3

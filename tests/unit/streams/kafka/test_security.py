@@ -7,6 +7,7 @@ import faust
 import pytest
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaTimeoutError,
     NodeNotReadyError,
     TopicAuthorizationFailedError,
 )
@@ -87,6 +88,42 @@ def test_a_refusal_or_a_permanent_broker_error_is_not_retried():
         with pytest.raises(type(error)):
             asyncio.run(preflight(startup_settings(), ensure_topics))
         assert len(calls) == 1
+
+
+def test_an_attempt_that_never_answers_ends_within_the_wait():
+    """A partition without a leader: aiokafka waits for its position without end, and a
+    worker's start hung silently past 300 s (a red-team run)."""
+    import time
+
+    calls = []
+
+    async def ensure_topics(settings):
+        calls.append(settings)
+        await asyncio.sleep(3600)
+
+    started = time.monotonic()
+    with pytest.raises(KafkaTimeoutError):
+        asyncio.run(preflight(startup_settings(startup_broker_wait_s=2), ensure_topics))
+    assert time.monotonic() - started < 5
+    assert len(calls) >= 1
+
+
+def test_assign_settled_gives_up_on_a_partition_without_a_leader():
+    from aiokafka import TopicPartition
+
+    from streams.kafka.compat import PartitionUnavailable, assign_settled
+    from streams.kafka.security import broker_unavailable
+
+    class NoLeader:
+        def assign(self, partitions):
+            self.partitions = partitions
+
+        async def position(self, tp):
+            await asyncio.sleep(3600)
+
+    with pytest.raises(PartitionUnavailable) as raised:
+        asyncio.run(assign_settled(NoLeader(), [TopicPartition("t", 3)], timeout_s=0.2))
+    assert "t partition 3" in str(raised.value) and broker_unavailable(raised.value)
 
 
 def test_the_start_up_wait_is_bounded():

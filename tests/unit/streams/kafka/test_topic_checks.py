@@ -1,0 +1,114 @@
+"""Start-up checks of streams/kafka/topic_checks.py against a cluster that answers badly:
+a node lost or a group rebalancing is retried (preflight), never taken for a pass."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from aiokafka.errors import NodeNotReadyError
+
+from streams.kafka import topic_checks
+from streams.kafka.security import broker_unavailable
+from streams.kafka.topic_checks import (
+    GroupRebalancing,
+    TopicLayoutMismatch,
+    check_changelog_policy,
+    check_group_tenants,
+)
+from streams.settings import Settings
+
+KAFKA = Settings(profile="kafka", topic_prefix="t.qlane", broker="k1:9092")
+
+
+class ConfigsAdmin:
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    async def describe_configs(self, resources):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def policy_answer(policy: str, error_code: int = 0):
+    topic = "t.qlane-workflows-changelog"
+    return [SimpleNamespace(resources=[(error_code, None, 2, topic,
+                                        [("cleanup.policy", policy)])])]
+
+
+def check_policy(admin) -> None:
+    asyncio.run(check_changelog_policy(KAFKA, admin, "t.qlane-workflows-changelog"))
+
+
+def test_a_lost_node_is_not_a_pass_of_the_cleanup_policy():
+    """aiokafka asks a random node; the one just lost answered NodeNotReadyError and the
+    check went on: a changelog that is not compacted was accepted 3 times in 4."""
+    with pytest.raises(NodeNotReadyError) as raised:
+        check_policy(ConfigsAdmin(NodeNotReadyError("node 1")))
+    assert broker_unavailable(raised.value)  # preflight tries again
+    with pytest.raises(TopicLayoutMismatch):
+        check_policy(ConfigsAdmin(policy_answer("delete")))
+    check_policy(ConfigsAdmin(policy_answer("compact")))
+
+
+def test_a_retriable_error_code_for_the_topic_is_retried_a_refusal_is_not():
+    with pytest.raises(Exception) as raised:
+        check_policy(ConfigsAdmin(policy_answer("", error_code=7)))  # REQUEST_TIMED_OUT
+    assert broker_unavailable(raised.value)
+    check_policy(ConfigsAdmin(policy_answer("", error_code=29)))  # TOPIC_AUTHORIZATION_FAILED
+
+
+def describe_answer(state: str, members: list[bytes], error_code: int = 0):
+    group = {"error_code": error_code, "group_id": "t.qlane", "state": state,
+             "members": [{"member_id": f"m{i}", "member_metadata": metadata}
+                         for i, metadata in enumerate(members)]}
+    return [SimpleNamespace(to_object=lambda: {"groups": [group]})]
+
+
+def group_admin(monkeypatch, answer) -> None:
+    class Admin:
+        def __init__(self, **options) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+        async def describe_consumer_groups(self, groups):
+            return answer
+
+    monkeypatch.setattr(topic_checks, "AIOKafkaAdminClient", Admin)
+
+
+def subscription(*topics: str) -> bytes:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+    return ConsumerProtocolMemberMetadata(0, list(topics), b"").encode()
+
+
+def test_a_rebalancing_group_is_retried_not_passed(monkeypatch):
+    """During a rebalance Kafka lists the members with empty metadata; that decoded to an
+    error, read as "not described", and a worker with another tenant list started (a
+    worker joining is what starts a rebalance)."""
+    group_admin(monkeypatch, describe_answer("PreparingRebalance", [b"", b""]))
+    with pytest.raises(GroupRebalancing) as raised:
+        asyncio.run(check_group_tenants(KAFKA))
+    assert broker_unavailable(raised.value)
+
+
+def test_a_group_whose_coordinator_is_loading_is_retried(monkeypatch):
+    group_admin(monkeypatch, describe_answer("", [], error_code=14))  # LOAD_IN_PROGRESS
+    with pytest.raises(Exception) as raised:
+        asyncio.run(check_group_tenants(KAFKA))
+    assert broker_unavailable(raised.value)
+
+
+def test_a_stable_group_with_other_job_topics_is_refused(monkeypatch):
+    group_admin(monkeypatch, describe_answer(
+        "Stable", [subscription("t.qlane.jobs", "t.qlane.jobs.acme", "t.qlane.jobs-high")]))
+    with pytest.raises(TopicLayoutMismatch):
+        asyncio.run(check_group_tenants(KAFKA))
