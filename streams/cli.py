@@ -210,7 +210,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             raise
         print(f"qlane worker: the cluster did not answer the start-up checks within "
               f"QLANE_STARTUP_BROKER_WAIT_S ({settings.startup_broker_wait_s:.0f}s): "
-              f"{type(error).__name__}: {error}", file=sys.stderr)
+              f"{error_text(error)}", file=sys.stderr)
         return 1
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
@@ -635,6 +635,13 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def error_text(error: BaseException) -> str:
+    """`Class: message`, once (aiokafka's errors already start their text with their class)."""
+    text = str(error)
+    name = type(error).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -650,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if broker_unavailable(error):
             print(f"qlane {args.command}: the cluster cannot answer now "
-                  f"({type(error).__name__}: {error})", file=sys.stderr)
+                  f"({error_text(error)})", file=sys.stderr)
             return 1
 
         reason = (explain_refusal(settings_from(args, detect=False), error)
