@@ -129,7 +129,7 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         return batch
 
     async def complete(batch: TakenJobs) -> None:
-        await batch.call
+        await call_made(runtime, batch)
         # No wait between the records (the mitigation was done with the call): what they
         # send collects in the producers and goes out in a few requests, not one a record.
         held = HeldResults()
@@ -150,8 +150,7 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
                     unmark_in_call(runtime, [source])
         finally:
             held_results.reset(holding)
-            release_unused_holds(runtime, batch.aheads)
-            unmark_in_call(runtime, [source for _, source in batch.fresh])
+            forget(runtime, batch)
         faust_streams._current_event.set(None)
         await held.publish(runtime)
         for event in batch.events:
@@ -165,6 +164,26 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         # In the worker's own threads Aer holds the interpreter lock: nothing to overlap.
         overlap=functools.partial(simulator_process_wanted, runtime),
     )
+
+
+async def call_made(runtime: Runtime, batch: TakenJobs) -> None:
+    """Wait for the batch's call. If the wait ends otherwise (the stage stopping, the call
+    failing), the records are handled again later, and their holds and marks must not
+    outlive the call, which may still be running: a tenant's budget kept a hold for good."""
+    try:
+        await batch.call
+    except BaseException:
+        if batch.call.done():  # a cancel of this wait cancels the call too (a task)
+            forget(runtime, batch)
+        else:
+            batch.call.add_done_callback(lambda _call: forget(runtime, batch))
+        raise
+
+
+def forget(runtime: Runtime, batch: TakenJobs) -> None:
+    """Release the batch's unused holds and its jobs' in-call marks."""
+    release_unused_holds(runtime, batch.aheads)
+    unmark_in_call(runtime, [source for _, source in batch.fresh])
 
 
 async def run_together(runtime: Runtime, runner: JobRunner, sources: list[SourceRecord],

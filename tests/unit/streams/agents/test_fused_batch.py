@@ -266,3 +266,30 @@ def test_a_mitigation_that_failed_with_the_call_fails_the_mitigate_step(prepared
                                     prepared.to_bytes(), task_of(request, prepared), ran=ran))
     assert failure.value.stage == "mitigate"
     assert isinstance(failure.value.error, ValueError)
+
+
+def test_a_call_that_failed_after_its_slots_leaves_no_hold_or_mark_behind(prepared_bell,
+                                                                           monkeypatch):
+    """The call raised after its jobs took their holds into their slots (or the stage was
+    stopped): the records are handled again later, but the holds were never released (the
+    tenant's budget kept them) nor the in-call marks (a later cancel was ignored)."""
+    _, prepared = prepared_bell
+    released = []
+    monkeypatch.setattr(fused_batch.accounting, "release",
+                        lambda runtime, request, held: released.append(held))
+    source = record(1, "a")
+    ahead = ahead_for("a", prepared)
+    runtime = FakeRuntime(FakeLedger())
+    runtime.in_batch_call = {"a": {source.address: TOPIC}}
+
+    async def main():
+        call = asyncio.get_running_loop().create_future()
+        batch = fused_batch.TakenJobs([], [(None, source)], {source.address: ahead}, call)
+        ahead.ran = RanInBatch(ahead.prepared, [{"00": 1}], 0.1, held_usd=0.25)
+        call.set_exception(RuntimeError("mitigation thread died"))
+        with pytest.raises(RuntimeError):
+            await fused_batch.call_made(runtime, batch)
+
+    asyncio.run(main())
+    assert released == [0.25]
+    assert runtime.in_batch_call == {}
