@@ -38,6 +38,22 @@ class FakeConsumer:
         return self.records.pop(0)
 
 
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.scales: dict[str, float] = {}
+
+    def names(self) -> list[str]:
+        return ["aer.ideal", "aer.noisy"]
+
+    def noise_scale(self, name: str) -> float:
+        return self.scales.get(name, 1.0)
+
+    def set_noise_scale(self, name: str, scale: float) -> None:
+        if name == "aer.ideal":
+            raise ValueError("no calibrated noise model")
+        self.scales[name] = scale
+
+
 def test_the_control_reader_lets_records_collect_for_its_wait_and_keeps_the_latest(monkeypatch):
     """One fetch per `control_fetch_wait_ms`, not one per record: its minimum size is more
     than the wait collects, so the broker answers when the wait ends."""
@@ -45,7 +61,8 @@ def test_the_control_reader_lets_records_collect_for_its_wait_and_keeps_the_late
     FakeConsumer.built.clear()
     settings = Settings(topic_prefix="ctl", control_fetch_wait_ms=300)
     runtime = SimpleNamespace(settings=settings, names=TopicNames.from_settings(settings),
-                              warm_ups=SimpleNamespace(add=lambda *args: None))
+                              warm_ups=SimpleNamespace(add=lambda *args: None),
+                              registry=FakeRegistry())
     tasks = []
     app = SimpleNamespace(task=lambda function: tasks.append(function) or function,
                           timer=lambda **options: (lambda function: function))
@@ -57,4 +74,57 @@ def test_the_control_reader_lets_records_collect_for_its_wait_and_keeps_the_late
     assert options["fetch_max_wait_ms"] == 300
     assert options["fetch_min_bytes"] >= 1 << 20
     assert runtime.controls == {"noise:aer.noisy": {"noise_scale": 1.5}}  # the bad one ignored
+    assert runtime.registry.scales == {"aer.noisy": 1.5}  # applied when it came
     assert Settings().control_fetch_wait_ms == 250
+
+
+class DroppedCalibrations:
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
+
+    def invalidate(self, backend_name: str) -> int:
+        self.dropped.append(backend_name)
+        return 1
+
+
+def test_a_drift_alarm_drops_the_backends_readout_calibration_when_it_comes():
+    """Only the alternates' routing asked `drifted`: without QLANE_DRIFT_ALTERNATES a drift
+    alarm never dropped the calibration, and mitigated values used the one from before."""
+    from streams.runtime import Runtime
+
+    runtime = SimpleNamespace(controls={}, drift_seen_ms={}, registry=FakeRegistry(),
+                              readout_cache=DroppedCalibrations())
+    runtime.drifted = lambda backend: Runtime.drifted(runtime, backend)
+    alarm = {"severity": "critical", "statistic": 9.0, "round": 4,
+             "calibration_version": "v", "at_ms": 100}
+    for at_ms in (100, 100, 160):  # the same alarm read twice, then the next round's
+        runtime.controls["drift:aer.noisy"] = {**alarm, "at_ms": at_ms}
+        control.act_on_control(runtime, "drift:aer.noisy")
+    assert runtime.readout_cache.dropped == ["aer.noisy", "aer.noisy"]
+    runtime.controls["drift:aer.noisy"] = {**alarm, "severity": "none", "at_ms": 220}
+    control.act_on_control(runtime, "drift:aer.noisy")
+    assert runtime.readout_cache.dropped == ["aer.noisy", "aer.noisy"]
+
+
+def test_a_noise_control_for_a_backend_without_scalable_noise_is_ignored():
+    runtime = SimpleNamespace(controls={"noise:aer.ideal": {"noise_scale": 2.0},
+                                        "noise:gone": {"noise_scale": 2.0}},
+                              registry=FakeRegistry())
+    control.act_on_control(runtime, "noise:aer.ideal")
+    control.act_on_control(runtime, "noise:gone")
+    assert runtime.registry.scales == {}
+
+
+def test_a_new_leader_goes_on_from_the_last_published_round():
+    """Rounds are seeded by their number: numbered from 1 again at every start, the same
+    rounds ran again, and aer.noisy's round 10 (p = 7.3e-05) alarmed after every start."""
+    from workers.drift.detection import DriftMonitor
+
+    monitor = DriftMonitor()
+    control.continue_rounds(monitor, "aer.noisy", None)
+    assert monitor.rounds.get("aer.noisy", 0) == 0
+    control.continue_rounds(monitor, "aer.noisy", {"round": 41, "severity": "none"})
+    assert monitor.rounds["aer.noisy"] == 41
+    monitor.rounds["aer.noisy"] = 50  # its own rounds since: never back
+    control.continue_rounds(monitor, "aer.noisy", {"round": 41})
+    assert monitor.rounds["aer.noisy"] == 50
