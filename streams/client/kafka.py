@@ -244,9 +244,11 @@ class Client:
             found = await self.find_results({o.workflow_id for o in duplicates},
                                             timeout_s=DUPLICATE_LOOKUP_TIMEOUT_S)
             for outcome in duplicates:
-                outcome.result = found.get(outcome.workflow_id)
-                if outcome.result is not None:
-                    outcome.state = "done"
+                result = found.get(outcome.workflow_id)
+                if result is not None:
+                    # As when read live: a loop stopped by a cancel is cancelled (its table
+                    # entry is done, so its resubmission is "already done": a red-team run).
+                    self._settle(outcome, result)
         return outcomes
 
     async def _catch_up_statuses(self, outcomes: dict[str, Outcome], on_event) -> None:
@@ -284,7 +286,11 @@ class Client:
 
     @staticmethod
     def _take_result(outcome: Outcome, record) -> None:
-        outcome.result = codec("JobResult").decode(record.value)
+        Client._settle(outcome, codec("JobResult").decode(record.value))
+
+    @staticmethod
+    def _settle(outcome: Outcome, result: dict) -> None:
+        outcome.result = result
         outcome.state = "done"
         if stopped_by_cancel(outcome.result):
             # A variational loop stopped by a cancel publishes what it found so far: the

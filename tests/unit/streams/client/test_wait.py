@@ -199,3 +199,17 @@ def test_a_resubmission_of_a_workflow_in_flight_waits_for_its_result(monkeypatch
     outcome = wait_for_the_job(client, monkeypatch)
     assert outcome.state == "done" and outcome.result is DECODED
     assert outcome.history == ["duplicate"]
+
+
+def test_a_resubmitted_loop_stopped_by_a_cancel_is_cancelled_with_its_result(monkeypatch):
+    """Its table entry is done, so the resubmission is "already done" and its result is
+    looked up: it was reported done (a red-team run)."""
+    client = Client(Settings(topic_prefix="t.qlane"))
+    client.watcher = CommittedWatcher([{STATUS_TP: [duplicate_status("already done")]}])
+
+    async def stored(workflow_ids, timeout_s):
+        return {"wf": STOPPED_LOOP}
+
+    monkeypatch.setattr(client, "find_results", stored)
+    outcome = wait_for_a_stopped_loop(client, monkeypatch)
+    assert outcome.state == "cancelled" and outcome.result is STOPPED_LOOP
