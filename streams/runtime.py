@@ -140,6 +140,10 @@ class Runtime:
         self.budgets = TenantBudgets(settings.tenant_budgets)
         for tenant in self.budgets.tenants():  # there from the start, not from a first charge
             metrics.BUDGET.labels(tenant).set(self.budgets.budget(tenant))
+            # At 0 from the start: a series that appears at 1 has no increase() for the
+            # alert, and QlaneBudgetExhausted missed a tenant's first refusals (a red-team run).
+            metrics.BUDGET_REFUSALS.labels(tenant).inc(0)
+        metrics.count_from_zero()
 
     @property
     def worker_version(self) -> str:

@@ -569,13 +569,15 @@ class JobRunner:
         last_error: BaseException = cause
         while (target := policy.next_target(tried)) is not None:
             tried.add(target)
-            metrics.FALLBACKS.labels(reason).inc()
             await runtime.status(job.workflow_id, "fallback", STAGE, detail=f"{target}: {reason}")
             try:
                 if target == CLASSICAL:
                     counts, seconds = await in_thread_timed(
                         runtime, run_classical, job.prepared, job.seed,
                         settings.fallback_max_qubits)
+                    # Once per job answered (each target tried counted: a job naming 4 made-up
+                    # backends counted 4; a red-team run).
+                    metrics.FALLBACKS.labels(reason).inc()
                     return Executed(counts, job.prepared, seconds,
                                     "fallback", reason, charged_backend=None)
                 spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
@@ -593,6 +595,7 @@ class JobRunner:
                 except BaseException:
                     self.release(job)
                     raise
+                metrics.FALLBACKS.labels(reason).inc()
                 return Executed(counts, prepared, seconds,
                                 "fallback", reason, charged_backend=target)
             except QlaneError as error:

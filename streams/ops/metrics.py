@@ -31,7 +31,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Label values the stages use (bounded sets; documented in docs/operations.md).
 STAGES = ("preprocess", "execute", "mitigate", "fallback", "cost", "drift")
-OUTCOMES = ("ok", "duplicate", "failed", "rejected", "fallback")
+OUTCOMES = ("ok", "duplicate", "failed", "rejected", "fallback", "cancelled", "cancel_ignored")
 BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN = 0, 1, 2
 CACHE_RESULTS = ("hit", "miss")
 DRIFT_SEVERITIES = ("none", "warning", "critical")
@@ -53,7 +53,8 @@ JOBS = Counter(
     "qlane_jobs_total",
     "Records a stage finished, by outcome: ok (passed on), duplicate (acknowledged, not re-run), "
     "failed (an accepted job failed and was dead-lettered), rejected (bad input dead-lettered "
-    "before admission), fallback (sent to the classical fallback).",
+    "before admission), fallback (answered by a fallback), cancelled (a cancel applied, or a "
+    "job dropped by its cancel), cancel_ignored (a cancel too late).",
     ["stage", "outcome"],
     registry=REGISTRY,
 )
@@ -71,7 +72,7 @@ RETRIES = Counter(
 )
 FALLBACKS = Counter(
     "qlane_fallbacks_total",
-    "Jobs answered by the classical fallback, by reason.",
+    "Jobs answered by a fallback target (classical or another backend), by reason.",
     ["reason"],
     registry=REGISTRY,
 )
@@ -221,6 +222,19 @@ def render_metrics() -> bytes:
     return generate_latest(REGISTRY)
 
 
+# The stages that count records in qlane_jobs_total.
+JOB_STAGES = ("preprocess", "execute", "mitigate", "variational")
+
+
+def count_from_zero() -> None:
+    """The series the alerts take increase() or rate() of, at 0 from the start: a series that
+    appears at 1 counts nothing for them (a worker's first failures after a start were lost to
+    QlaneErrorRatioHigh, its first budget refusals to QlaneBudgetExhausted)."""
+    for stage in JOB_STAGES:
+        for outcome in ("ok", "failed"):
+            JOBS.labels(stage, outcome).inc(0)
+
+
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "BREAKER_CLOSED",
@@ -231,6 +245,7 @@ __all__ = [
     "BUDGET_REFUSALS",
     "BUDGET_REMAINING",
     "BUILD_INFO",
+    "count_from_zero",
     "CACHE_RESULTS",
     "CONSUMER_LAG",
     "CONTENT_TYPE_LATEST",
@@ -248,6 +263,7 @@ __all__ = [
     "FALLBACKS",
     "GUARD_HELD_SECONDS",
     "JOBS",
+    "JOB_STAGES",
     "LAST_PROGRESS",
     "OUTCOMES",
     "POISON_RECORDS",
@@ -261,3 +277,4 @@ __all__ = [
     "TRANSPILE_CACHE_LOOKUPS",
     "render_metrics",
 ]
+

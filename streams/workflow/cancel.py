@@ -58,7 +58,7 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
         # a job that ran, uncharged, its answer "cancelled before arrival" (a red-team run).
         await runtime.status(workflow_id, "cancel_ignored", stage,
                              detail=f"already executing: {RUN_GOES_ON}")
-        return "duplicate"
+        return "cancel_ignored"
     if entry is None or is_tombstone(entry):
         # The cancels' topics are kept: only a job of one of their tenants (or any job, for a
         # cancel on the shared topics) is dropped on arrival (tombstone_applies). The last
@@ -79,10 +79,10 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
     if state == "executing" and "checkpoint" in entry:
         table[workflow_id] = {**entry, "cancel_requested": True, "updated_ms": now_ms(),
                               "cancel_reason": reason}
-        return "ok"  # the loop reports `cancelled` when it stops
+        return "cancelled"  # the loop reports `cancelled` when it stops
     why = f"already {state}" if state in FINISHED else f"already {state}: {RUN_GOES_ON}"
     await runtime.status(workflow_id, "cancel_ignored", stage, detail=why)
-    return "duplicate"
+    return "cancel_ignored"
 
 
 def running_unhandled(runtime: Runtime, workflow_id: str, cancel_topic: str | None) -> bool:

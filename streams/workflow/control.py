@@ -23,7 +23,8 @@ from streams.kafka.compat import stop_consumer
 from streams.kafka.security import kafka_options
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
-from streams.workflow.control_records import DRIFT, NOISE, well_formed
+from streams.workflow import accounting
+from streams.workflow.control_records import DRIFT, NOISE, SPEND, well_formed
 from workers.drift.detection import DriftMonitor, load_statistics, unwatchable
 from workers.seeds import derive_seed
 
@@ -38,7 +39,8 @@ def noise_control_record(backend: str, scale: float) -> tuple[bytes, bytes]:
 
 
 def act_on_control(runtime: Runtime, key: str) -> None:
-    """What a worker does when a control arrives, not when a job next needs it: a readout
+    """What a worker does when a control arrives, not when a job next needs it: the budget
+    gauges follow every worker's charges; a readout
     calibration measured in between (the preprocess stage measures it) saw the old noise, and
     a drift alarm dropped the backend's calibrations only where QLANE_DRIFT_ALTERNATES named
     the backend (the only caller of `drifted`): mitigated values were corrected with the
@@ -53,6 +55,13 @@ def act_on_control(runtime: Runtime, key: str) -> None:
                 log.debug("noise control for %s not applied: %s", backend, error)
     elif key.startswith(DRIFT):
         runtime.drifted(key.removeprefix(DRIFT))
+    elif key.startswith(SPEND):
+        # Another worker's charge: the gauge says what the budget check would now see (it
+        # changed only at this worker's own checks: two workers read $3.95 and $0.75 left
+        # of a budget overspent by $24.85; a red-team run).
+        tenant = key.removeprefix(SPEND).rpartition(":")[0]
+        if tenant in runtime.budgets.budgets:
+            accounting.show_budget(runtime, tenant)
 
 
 def continue_rounds(monitor: DriftMonitor, backend_name: str, state: dict | None) -> None:

@@ -177,3 +177,19 @@ def test_a_worker_that_lost_the_leadership_forgets_its_drift_alarm() -> None:
     assert 'qlane_drift_statistic{backend="test-backend"}' not in exposition
     assert 'qlane_drift_rounds_total{backend="test-backend",severity="critical"} 1.0' in exposition
     metrics.DRIFT_ROUNDS.remove("test-backend", "critical")
+
+
+def test_the_series_alerts_take_increase_of_start_at_zero():
+    """A series that appears at 1 has no increase() for Prometheus: QlaneBudgetExhausted
+    missed a tenant's first refusals on every worker start (a red-team run)."""
+    from streams.kafka.topics import TopicNames
+    from streams.runtime import Runtime
+    from streams.settings import Settings
+
+    settings = Settings(tenant_budgets={"zeroed": 5.0})
+    Runtime(settings, TopicNames.from_settings(settings))
+    registry = metrics.REGISTRY
+    assert registry.get_sample_value("qlane_budget_refusals_total", {"tenant": "zeroed"}) == 0
+    for stage in metrics.JOB_STAGES:
+        assert registry.get_sample_value(
+            "qlane_jobs_total", {"stage": stage, "outcome": "failed"}) is not None

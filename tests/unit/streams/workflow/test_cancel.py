@@ -42,7 +42,7 @@ def test_a_job_in_a_fused_batch_call_is_not_cancelled_from_under_its_run():
     run already, dropped uncharged)."""
     runtime = StatusRuntime({"acme.wf": {"x:0:5": job_topic(PREFIX, "acme")}})
     table = {}
-    assert cancel(runtime, table, "acme.wf", job_topic(PREFIX, "acme", "high")) == "duplicate"
+    assert cancel(runtime, table, "acme.wf", job_topic(PREFIX, "acme", "high")) == "cancel_ignored"
     assert "acme.wf" not in table
     state, detail = runtime.statuses[0]
     assert state == "cancel_ignored" and detail.startswith("already executing")

@@ -6,6 +6,8 @@ import asyncio
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from streams.kafka.topics import TopicNames
 from streams.settings import Settings
 from streams.workflow import control
@@ -128,3 +130,23 @@ def test_a_new_leader_goes_on_from_the_last_published_round():
     monitor.rounds["aer.noisy"] = 50  # its own rounds since: never back
     control.continue_rounds(monitor, "aer.noisy", {"round": 41})
     assert monitor.rounds["aer.noisy"] == 50
+
+
+def test_another_workers_charge_moves_the_budget_gauge():
+    """Each worker set the gauge at its own checks only: two workers read $3.95 and $0.75
+    left of a budget overspent by $24.85 (a red-team run)."""
+    from streams.ops import metrics
+    from workers.cost.model import TenantBudgets
+
+    runtime = SimpleNamespace(controls={}, spend_written={},
+                              budgets=TenantBudgets({"gauged": 100.0}))
+    for partition, usd in ((0, 60.0), (3, 64.85)):
+        key = f"spend:gauged:{partition}"
+        runtime.controls[key] = {"usd": usd}
+        control.act_on_control(runtime, key)
+    remaining = metrics.REGISTRY.get_sample_value("qlane_budget_remaining_usd",
+                                                  {"tenant": "gauged"})
+    assert remaining == pytest.approx(-24.85)
+    control.act_on_control(runtime, "spend:unconfigured:0")  # no label for it
+    assert metrics.REGISTRY.get_sample_value("qlane_budget_remaining_usd",
+                                             {"tenant": "unconfigured"}) is None
