@@ -38,6 +38,7 @@ from streams.workflow.idempotency import (
 )
 from streams.workflow.lanes import LaneGate
 from streams.workflow.poison import AttemptLedger
+from streams.workflow.results import check_result_can_fit
 from workers.circuits.sandbox import (
     BackendView,
     Prepared,
@@ -78,6 +79,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
     at `sandbox_attempts` the record is a PoisonRecord and gets dead-lettered.
     """
     settings = runtime.settings
+    check_result_can_fit(spec, runtime.max_record_bytes)
     calibration = None
     mitigation = spec.mitigation
     if getattr(mitigation, "readout", False):  # measured here (it runs Aer), cached per backend

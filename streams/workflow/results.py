@@ -9,6 +9,7 @@ from streams.runtime import Runtime, package_version
 from streams.workflow.deadletter import RECORD_OVERHEAD_BYTES
 from workers.errors import ResultTooLarge
 from workers.execution.preparation import PreparedJob
+from workers.jobs import JobSpec
 from workers.mitigation.combine import MitigationOutcome
 
 # The table entry's fields besides the stored result (state, fingerprint, source, times,
@@ -96,6 +97,30 @@ async def republish_stored_result(runtime: Runtime, table, workflow_id: str) -> 
         return False
     await runtime.send("results", workflow_id, base64.b64decode(entry["result"]))
     return True
+
+
+# Bytes an expectation takes in a JobResult besides its observable's text: four doubles, two
+# ints and the text's length (Avro's binary encoding), at the least.
+EXPECTATION_BYTES = 34
+
+
+def check_result_can_fit(spec: JobSpec, limit: int) -> None:
+    """ResultTooLarge before anything runs when the expectations alone (one per parameter set
+    and observable, each carrying its observable's text) cannot fit a record: found after the
+    run, a 2,000-term observable over 1,000 parameter sets (a 39 MB result) held a worker for
+    93 s, and again at each resubmission (a red-team run)."""
+    if not spec.observables:
+        return
+    sets = max(1, len(spec.parameter_sets))
+    smallest = sets * sum(len(observable.label().encode()) + EXPECTATION_BYTES
+                          for observable in spec.observables)
+    stored = 4 * ((smallest + 2) // 3) + TABLE_ENTRY_BYTES
+    if max(stored, smallest + RECORD_OVERHEAD_BYTES) > limit:
+        raise ResultTooLarge(
+            f"the result would be at least {smallest} bytes ({sets} parameter sets x "
+            f"{len(spec.observables)} observables, each expectation with its observable's "
+            f"text), more than a record may be ({limit} bytes): fewer parameter sets, "
+            "observables or terms per job")
 
 
 def check_result_fits(encoded: bytes, limit: int) -> None:

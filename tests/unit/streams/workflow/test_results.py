@@ -1,0 +1,56 @@
+"""A result that cannot fit a record is refused before the job runs."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from fastavro import parse_schema, schemaless_writer
+
+from schemas.codec import load_schema, schema_path
+from streams.workflow.results import EXPECTATION_BYTES, check_result_can_fit
+from workers.errors import ResultTooLarge
+from workers.jobs import JobSpec, ObservableSpec, PauliTerm
+
+LIMIT = 1_000_000
+
+
+def spec_with(terms: int, sets: int, qubits: int = 12) -> JobSpec:
+    rng = random.Random(1)
+    paulis: set[str] = set()
+    while len(paulis) < terms:
+        pauli = "".join(rng.choice("IZ") for _ in range(qubits))
+        if set(pauli) != {"I"}:
+            paulis.add(pauli)
+    observable = ObservableSpec(tuple(PauliTerm(p, 0.1) for p in sorted(paulis)))
+    return JobSpec("t.x", "OPENQASM 3.0;", shots=100, backend="aer.ideal",
+                   observables=(observable,),
+                   parameter_sets=tuple((0.001 * k,) for k in range(sets)))
+
+
+def test_a_2000_term_observable_over_1000_sets_is_refused_before_it_runs():
+    """Its 39 MB result was found too large after 93 s in the worker (a red-team run)."""
+    with pytest.raises(ResultTooLarge, match="1000 parameter sets"):
+        check_result_can_fit(spec_with(2000, 1000), LIMIT)
+
+
+def test_what_can_fit_passes_and_the_bound_is_below_a_real_result():
+    spec = spec_with(20, 100)
+    check_result_can_fit(spec, LIMIT)
+    label = spec.observables[0].label()
+    expectations = [{"parameter_set_index": i, "observable_index": 0, "observable": label,
+                     "value": 0.5, "std_error": 0.1, "raw_value": 0.5, "raw_std_error": 0.1}
+                    for i in range(100)]
+    schema = parse_schema(load_schema(schema_path("JobResult")))
+    item = next(field["type"]["items"] for field in schema["fields"]
+                if field["name"] == "expectations")
+    buffer = io.BytesIO()
+    for expectation in expectations:
+        schemaless_writer(buffer, item, expectation)
+    assert 100 * (len(label.encode()) + EXPECTATION_BYTES) <= len(buffer.getvalue())
+
+
+def test_a_job_without_observables_is_not_judged_here():
+    check_result_can_fit(JobSpec("t.x", "OPENQASM 3.0;", shots=100, backend="aer.ideal"),
+                         LIMIT)
