@@ -116,6 +116,8 @@ class Runtime:
     # workflow id -> {record address: job topic} of its records in a fused batch's backend
     # call not handled yet (no table entry says they run): a cancel finds them there
     in_batch_call: dict = field(default_factory=dict)
+    # record key -> cancel records taken by a fused batch and not handled yet
+    pending_cancels: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         settings = self.settings

@@ -110,8 +110,13 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         # Steps 1-2 write outside any record's transaction (the ledger's marks, as the
         # execute stage's do): no record may be current while they run.
         faust_streams._current_event.set(None)
+        # Cancels of batches not handled yet, taken before this batch's look-ahead reads the
+        # table (a cancel handled since has left its tombstone there): their jobs here came
+        # after them and stay out of the call.
+        cancelled_before = set(runtime.pending_cancels)
         fresh = [(event, SourceRecord.from_faust(event.message)) for event in taken]
         fresh = [(event, source) for event, source in fresh if first_time(runtime, stage, source)]
+        note_cancels(runtime, [source for _, source in fresh], +1)
         aheads: dict[str, Ahead] = {}
         for _, source in fresh:
             ahead = await look_ahead(source)
@@ -122,7 +127,8 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         async def call() -> None:
             if previous is not None:
                 await asyncio.wait({previous})
-            await run_together(runtime, runner, [source for _, source in fresh], aheads)
+            await run_together(runtime, runner, [source for _, source in fresh], aheads,
+                               cancelled_before)
 
         batch = TakenJobs(list(taken), fresh, aheads, asyncio.ensure_future(call()))
         activity.last_call = batch.call
@@ -134,6 +140,7 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         # send collects in the producers and goes out in a few requests, not one a record.
         held = HeldResults()
         holding = held_results.set(held)
+        handled: set[str] = set()
         try:
             for event, source in batch.fresh:
                 faust_streams._current_event.set(weakref.ref(event))
@@ -148,9 +155,11 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
                 finally:
                     ran_before_handled.reset(before)
                     unmark_in_call(runtime, [source])
+                    note_cancels(runtime, [source], -1)
+                    handled.add(source.address)
         finally:
             held_results.reset(holding)
-            forget(runtime, batch)
+            forget(runtime, batch, handled)
         faust_streams._current_event.set(None)
         await held.publish(runtime)
         for event in batch.events:
@@ -180,19 +189,37 @@ async def call_made(runtime: Runtime, batch: TakenJobs) -> None:
         raise
 
 
-def forget(runtime: Runtime, batch: TakenJobs) -> None:
-    """Release the batch's unused holds and its jobs' in-call marks."""
+def forget(runtime: Runtime, batch: TakenJobs, handled: set[str] = frozenset()) -> None:
+    """Release the batch's unused holds, its jobs' in-call marks and its cancels' notes (of
+    the records not `handled`, whose notes went with their handling)."""
     release_unused_holds(runtime, batch.aheads)
     unmark_in_call(runtime, [source for _, source in batch.fresh])
+    note_cancels(runtime, [source for _, source in batch.fresh
+                           if source.address not in handled], -1)
+
+
+def note_cancels(runtime: Runtime, sources: list[SourceRecord], step: int) -> None:
+    """Count the cancel records among `sources` in (+1) or out (-1) of
+    `Runtime.pending_cancels` (taken, not handled yet), by key."""
+    pending = runtime.pending_cancels
+    for source in sources:
+        if is_cancel(source.value):
+            left = pending.get(source.key, 0) + step
+            if left > 0:
+                pending[source.key] = left
+            else:
+                pending.pop(source.key, None)
 
 
 async def run_together(runtime: Runtime, runner: JobRunner, sources: list[SourceRecord],
-                       aheads: dict[str, Ahead]) -> None:
-    """Step 2: the backend call for every prepared job that may run now; fills `ran`."""
+                       aheads: dict[str, Ahead],
+                       cancelled_before: set[bytes | None] = frozenset()) -> None:
+    """Step 2: the backend call for every prepared job that may run now; fills `ran`.
+    `cancelled_before`: keys of cancels taken in earlier batches, not handled yet."""
     jobs: list[Job] = []
     holds: dict[str, float] = {}
     called: set[str] = set()
-    cancelled_here: set[bytes | None] = set()
+    cancelled_here: set[bytes | None] = set(cancelled_before)
     for source in sources:
         if is_cancel(source.value):
             # Step 3 handles it before the job behind it, which it may drop: not to be run.
@@ -265,6 +292,8 @@ async def call_together(runtime: Runtime, jobs: list[Job], aheads: dict[str, Ahe
     flight = InFlight(runtime, execution.STAGE, [job.source for job in jobs])
     await flight.load()
     poisoned = set(flight.poisoned())
+    # Not run: a cancel meanwhile is not "too late" for them (step 3 dead-letters them).
+    unmark_in_call(runtime, [job.source for job in jobs if job.source.address in poisoned])
     jobs = [job for job in jobs if job.source.address not in poisoned]
     # After a worker died in a call, each record runs alone, so that it cannot take the
     # others down with it.

@@ -65,6 +65,7 @@ class FakeRuntime:
         self.max_record_bytes = 1_000_000  # Faust's producer_max_request_size
         self.events: list[tuple] = []
         self.in_batch_call: dict = {}
+        self.pending_cancels: dict = {}
 
     def apply_controls(self, backend):
         pass

@@ -134,6 +134,36 @@ def test_a_job_behind_its_cancel_in_the_batch_is_left_out_of_the_call(prepared_b
     assert aheads[records[1].address].ran.outcome is None
 
 
+def test_a_job_whose_cancel_is_in_an_earlier_batch_not_yet_handled_stays_out(prepared_bell,
+                                                                          calls):
+    """With overlapping batches, batch N's records are handled while N+1's call runs: a
+    cancel in N ahead of its job in N+1 found the job in the call (cancel_ignored though it
+    came first)."""
+    _, prepared = prepared_bell
+    earlier = cancel_record(1, "a")
+    runtime = FakeRuntime(FakeLedger())
+    fused_batch.note_cancels(runtime, [earlier, record(2, "b")], +1)
+    assert runtime.pending_cancels == {b"a": 1}
+    records = [record(3, "a"), record(4, "b")]
+    aheads = {r.address: ahead_for(r.key.decode(), prepared) for r in records}
+    asyncio.run(fused_batch.run_together(runtime, JobRunner(runtime, {}), records, aheads,
+                                         set(runtime.pending_cancels)))
+    assert [ids for ids, _ in calls] == [["b"]]
+    fused_batch.note_cancels(runtime, [earlier], -1)
+    assert runtime.pending_cancels == {}
+
+
+def test_a_poisoned_job_left_out_of_the_call_is_not_in_it_for_a_cancel(prepared_bell, calls):
+    _, prepared = prepared_bell
+    records = [record(1, "a"), record(3, "poison")]
+    key = ledger_key("execute", TOPIC, 0)
+    ledger = FakeLedger({key: {"offsets": {"3": 2}, "reason": IN_FLIGHT}})
+    aheads = {r.address: ahead_for(r.key.decode(), prepared) for r in records}
+    runtime = FakeRuntime(ledger, attempts=2)
+    asyncio.run(fused_batch.run_together(runtime, JobRunner(runtime, {}), records, aheads))
+    assert set(runtime.in_batch_call) == {"a"}
+
+
 def test_jobs_in_the_call_are_known_until_step_3_handles_them(prepared_bell, calls):
     """A cancel that comes while the call runs finds no table entry: it looks there. A copy in
     the next batch is left out while the first is not handled."""
