@@ -340,8 +340,14 @@ async def replay(
             await asyncio.sleep(max(0.0, due - time.monotonic()))
         # Counted when the broker acknowledges it: a send into a partition without a leader
         # fails after the request timeout, and was reported as replayed (a red-team run).
-        delivery = await producer.send(planned.target_topic, value=planned.value,
-                                       key=planned.key, headers=planned.headers)
+        try:
+            delivery = await producer.send(planned.target_topic, value=planned.value,
+                                           key=planned.key, headers=planned.headers)
+        except Exception as error:  # noqa: BLE001 - e.g. no metadata in time: this record
+            summary.failed += 1     # failed, the replay goes on and reports the rest
+            report(f"failed {address(record)} -> {planned.target_topic}: "
+                   f"{type(error).__name__}: {error}")
+            return
         deliveries.append((delivery, planned, address(record)))
         sent += 1
         if len(deliveries) >= SETTLE_EVERY:
