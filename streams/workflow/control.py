@@ -22,6 +22,7 @@ from streams.agents.common import in_thread
 from streams.kafka.compat import stop_consumer
 from streams.kafka.security import kafka_options
 from streams.ops import metrics
+from streams.ops.logs import printable
 from streams.runtime import Runtime, now_ms
 from streams.workflow import accounting
 from streams.workflow.control_records import DRIFT, NOISE, SPEND, well_formed
@@ -101,7 +102,11 @@ def register(app, runtime: Runtime) -> None:
                     log.warning("ignored a malformed control record at offset %d", record.offset)
                     continue
                 controls[key] = value
-                act_on_control(runtime, key)
+                try:
+                    act_on_control(runtime, key)
+                except Exception as error:  # noqa: BLE001 - a control never stops the worker
+                    log.warning("control %s not acted on: %s: %s", printable(key)[:200],
+                                type(error).__name__, error)
         finally:
             await stop_consumer(consumer)
     monitor = DriftMonitor(alpha=settings.drift_alpha, shots=settings.drift_shots)
