@@ -50,6 +50,7 @@ from workers.execution.preparation import (
     simulation_estimate,
 )
 from workers.execution.simulator import (
+    WARMED_UP,
     outcomes_of,
     request_for,
     seconds_of,
@@ -280,14 +281,19 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
     stopped; a process is killed at the timeout."""
     if not simulated_here(runtime.registry, backends):
         return False
-    if simulator_process_wanted(runtime, close_idle=False):
+    wanted = simulator_process_wanted(runtime, close_idle=False)
+    if wanted and set(backends) <= WARMED_UP:
         start_simulator(runtime)
         return True
+    # A device simulation (ibm.*) is built in the process when it first needs it (5.5 s for
+    # ibm.torino, and again at a noise scale's change), while the worker's warm-up built it
+    # here: a light call stays here (a first Bell job with a 5 s deadline missed it; a
+    # red-team run), a long one goes there, as it would with `auto`.
     limit = runtime.settings.thread_simulation_max_s
     estimates: dict = {}
     estimated = sum(simulation_estimate(job, runtime.registry.get(job.backend), estimates)
                     for job in prepared)
-    auto = runtime.settings.simulator_process_auto
+    auto = runtime.settings.simulator_process_auto and not wanted
     if estimated <= limit:
         if auto:
             close_idle_simulator(runtime)

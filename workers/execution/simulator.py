@@ -22,8 +22,10 @@ Only the backends in SIMULATED go there, and only while no faults are injected i
 fault injection (reliability tests, chaos runs) keeps its random sequence in the worker's
 registry, so a backend with faults runs in the worker. The calls of the execute stage and of
 the fused path go there; a variational job's evaluations (streams/agents/variational.py) and
-the drift canary still run in the worker. qlane's device simulations (ibm.*) go there too;
-the vendor SDK adapters (ibm_runtime.*, braket.*) do not.
+the drift canary still run in the worker. qlane's device simulations (ibm.*) go there when a
+call is estimated above `thread_simulation_max_s` (the process builds a device at its first
+call, 5.5 s for ibm.torino, while the worker's warm-up built it in the worker: a light call
+stays there); the vendor SDK adapters (ibm_runtime.*, braket.*) never do.
 """
 
 from __future__ import annotations

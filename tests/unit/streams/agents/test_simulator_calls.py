@@ -399,6 +399,32 @@ def test_a_long_call_leaves_the_workers_threads_for_a_simulator_process() -> Non
             threads.simulator.close()
 
 
+def test_a_light_device_call_stays_where_its_device_was_built_a_long_one_leaves(
+        runtime) -> None:
+    """The simulator process builds a device simulation at its first call (5.5 s for
+    ibm.torino): a first Bell job with a 5 s deadline missed it (a red-team run). The Aer
+    backends, warmed up there, still go there."""
+    from streams.agents.execution import in_simulator_process
+    from workers.execution.preparation import simulation_estimate
+
+    request = {"workflow_id": "device-call", "circuit": ANSATZ3_QASM3, "shots": 100,
+               "backend": "ibm.torino", "seed": 3,
+               "parameter_sets": [[0.1, 0.2, 0.3, 0.4, 0.5]],
+               "observables": [{"terms": [{"pauli": "ZZZ", "coeff": 1.0}]}]}
+    prepared = prepare(JobSpec.from_record(request), runtime.registry, TranspileCache(),
+                       Limits())
+    estimate = simulation_estimate(prepared, runtime.registry.get("ibm.torino"))
+    limit = runtime.settings.thread_simulation_max_s
+    try:
+        runtime.settings.thread_simulation_max_s = estimate * 2
+        assert not in_simulator_process(runtime, ["ibm.torino"], [prepared])
+        assert in_simulator_process(runtime, ["aer.noisy"], [job(runtime.registry).prepared])
+        runtime.settings.thread_simulation_max_s = estimate / 2
+        assert in_simulator_process(runtime, ["ibm.torino"], [prepared])
+    finally:
+        runtime.settings.thread_simulation_max_s = limit
+
+
 def test_a_long_variational_evaluation_runs_where_a_stage_call_would() -> None:
     """simulate_alone (the variational stage's evaluations, which always ran in threads): a
     call estimated above thread_simulation_max_s goes to a simulator process, with the
