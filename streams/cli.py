@@ -655,17 +655,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from streams.kafka.security import broker_unavailable
 
+        # A refused login looks like a connection that failed: asked first (exit 2).
+        reason = (explain_refusal(settings_from(args, detect=False), error)
+                  if hasattr(args, "broker") else None)
+        if reason is not None:
+            print(f"qlane {args.command}: {reason}", file=sys.stderr)
+            return 2
         if broker_unavailable(error):
             print(f"qlane {args.command}: the cluster cannot answer now "
                   f"({error_text(error)})", file=sys.stderr)
             return 1
-
-        reason = (explain_refusal(settings_from(args, detect=False), error)
-                  if hasattr(args, "broker") else None)
-        if reason is None:
-            raise
-        print(f"qlane {args.command}: {reason}", file=sys.stderr)
-        return 2
+        raise
 
 
 if __name__ == "__main__":
