@@ -59,6 +59,14 @@ PROGRESS_STATES = frozenset({"accepted", "prepared", "executing"})
 ran_before_handled: ContextVar[bool] = ContextVar("ran_before_handled", default=False)
 
 
+def apply_noise_control(registry: BackendRegistry, controls, backend: str) -> None:
+    """Set the backend's noise scale to its control's, if there is one. The registry's scale,
+    not a built backend's: a backend not built yet is built at it."""
+    control = controls.get(f"noise:{backend}") if controls is not None else None
+    if control and registry.noise_scale(backend) != control["noise_scale"]:
+        registry.set_noise_scale(backend, control["noise_scale"])
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -88,12 +96,7 @@ class Runtime:
 
     def apply_controls(self, backend: str) -> None:
         """Bring this worker's backend in line with the cluster-wide noise control."""
-        control = self.controls.get(f"noise:{backend}") if self.controls is not None else None
-        if not control:
-            return
-        backend_object = self.registry.get(backend)
-        if backend_object.noise_scale != control["noise_scale"]:
-            self.registry.set_noise_scale(backend, control["noise_scale"])
+        apply_noise_control(self.registry, self.controls, backend)
 
     def drifted(self, backend: str) -> bool:
         """Whether the backend's last canary round alarmed; the first time this worker sees

@@ -569,7 +569,7 @@ class JobRunner:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def run_fallback(self, job: Job, reason: str, cause: BaseException) -> Executed:
-        runtime, settings = self.runtime, self.settings
+        runtime = self.runtime
         policy = FallbackPolicy.from_list(job.request.get("fallback"))
         tried = {job.prepared.backend}
         last_error: BaseException = cause
@@ -577,36 +577,39 @@ class JobRunner:
             tried.add(target)
             await runtime.status(job.workflow_id, "fallback", STAGE, detail=f"{target}: {reason}")
             try:
-                if target == CLASSICAL:
-                    counts, seconds = await in_thread_timed(
-                        runtime, run_classical, job.prepared, job.seed,
-                        settings.fallback_max_qubits)
-                    # Once per job answered (each target tried counted: a job naming 4 made-up
-                    # backends counted 4; a red-team run).
-                    metrics.FALLBACKS.labels(reason).inc()
-                    return Executed(counts, job.prepared, seconds,
-                                    "fallback", reason, charged_backend=None)
-                spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
-                prepared = await in_thread(runtime, prepare, spec, runtime.registry,
-                                           runtime.cache, settings.limits, runtime.readout_cache)
-                # Each fallback backend (any vendor) on its own terms: its price against the
-                # job's limit and the tenant's budget, then its breaker, retries and deadline.
-                # Held while it runs, as the job's own backend; not counted as a refusal (the
-                # job was counted once already, or goes on to its next target).
-                job.reserved_usd = accounting.reserve(
-                    runtime, job.request, accounting.estimate_usd(runtime, prepared),
-                    count=False)
-                try:
-                    counts, seconds = await self.run_with_retries(job, False, prepared)
-                except BaseException:
-                    self.release(job)
-                    raise
-                metrics.FALLBACKS.labels(reason).inc()
-                return Executed(counts, prepared, seconds,
-                                "fallback", reason, charged_backend=target)
+                executed = await self.run_on_fallback(job, target, reason)
             except QlaneError as error:
                 last_error = error
+                continue
+            # Once per job answered (each target tried counted: a job naming 4 made-up
+            # backends counted 4; a red-team run).
+            metrics.FALLBACKS.labels(reason).inc()
+            return executed
         raise StageFailure(job.workflow_id, last_error)
+
+    async def run_on_fallback(self, job: Job, target: str, reason: str) -> Executed:
+        """The job's counts from one fallback target."""
+        runtime, settings = self.runtime, self.settings
+        if target == CLASSICAL:
+            counts, seconds = await in_thread_timed(
+                runtime, run_classical, job.prepared, job.seed, settings.fallback_max_qubits)
+            return Executed(counts, job.prepared, seconds, "fallback", reason,
+                            charged_backend=None)
+        spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
+        prepared = await in_thread(runtime, prepare, spec, runtime.registry,
+                                   runtime.cache, settings.limits, runtime.readout_cache)
+        # Each fallback backend (any vendor) on its own terms: its price against the job's
+        # limit and the tenant's budget, then its breaker, retries and deadline. Held while it
+        # runs, as the job's own backend; not counted as a refusal (the job was counted once
+        # already, or goes on to its next target).
+        job.reserved_usd = accounting.reserve(
+            runtime, job.request, accounting.estimate_usd(runtime, prepared), count=False)
+        try:
+            counts, seconds = await self.run_with_retries(job, False, prepared)
+        except BaseException:
+            self.release(job)
+            raise
+        return Executed(counts, prepared, seconds, "fallback", reason, charged_backend=target)
 
     async def charge_once(self, job: Job, executed: Executed) -> None:
         """Publish the job's cost event unless its workflow was charged already (a task run

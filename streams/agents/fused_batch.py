@@ -140,7 +140,6 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         # send collects in the producers and goes out in a few requests, not one a record.
         held = HeldResults()
         holding = held_results.set(held)
-        handled: set[str] = set()
         try:
             for event, source in batch.fresh:
                 faust_streams._current_event.set(weakref.ref(event))
@@ -154,12 +153,10 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
                     )
                 finally:
                     ran_before_handled.reset(before)
-                    unmark_in_call(runtime, [source])
-                    note_cancels(runtime, [source], -1)
-                    handled.add(source.address)
         finally:
+            # A record handled has its table entry (or tombstone): its marks add nothing.
             held_results.reset(holding)
-            forget(runtime, batch, handled)
+            forget(runtime, batch)
         faust_streams._current_event.set(None)
         await held.publish(runtime)
         for event in batch.events:
@@ -189,13 +186,12 @@ async def call_made(runtime: Runtime, batch: TakenJobs) -> None:
         raise
 
 
-def forget(runtime: Runtime, batch: TakenJobs, handled: set[str] = frozenset()) -> None:
-    """Release the batch's unused holds, its jobs' in-call marks and its cancels' notes (of
-    the records not `handled`, whose notes went with their handling)."""
+def forget(runtime: Runtime, batch: TakenJobs) -> None:
+    """Release the batch's unused holds, its jobs' in-call marks and its cancels' notes."""
+    sources = [source for _, source in batch.fresh]
     release_unused_holds(runtime, batch.aheads)
-    unmark_in_call(runtime, [source for _, source in batch.fresh])
-    note_cancels(runtime, [source for _, source in batch.fresh
-                           if source.address not in handled], -1)
+    unmark_in_call(runtime, sources)
+    note_cancels(runtime, sources, -1)
 
 
 def note_cancels(runtime: Runtime, sources: list[SourceRecord], step: int) -> None:

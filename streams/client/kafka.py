@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -15,15 +13,13 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
-from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.compat import assign_settled, stop_consumer, stop_quietly, topic_partitions
 from streams.kafka.security import detect_profile, kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from streams.settings import Settings
 from streams.workflow.idempotency import IN_FLIGHT, earlier_state
 from workers.errors import InvalidJob
 from workers.variational.loop import STOPPED_BY_CANCEL
-
-log = logging.getLogger("qlane.client")
 
 REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
@@ -101,23 +97,6 @@ def own_ids(settings: Settings, topic: str, workflow_id: str) -> None:
         check_id_of(topic_tenant(settings.topic_prefix, topic), workflow_id)
     except TenantMismatch as error:
         raise ValueError(str(error)) from None
-
-
-async def stop_quietly(part: AIOKafkaProducer | AIOKafkaConsumer) -> None:
-    """Stop a producer or consumer; a failure to stop is logged, not raised.
-
-    With the broker gone, aiokafka's stop re-raised the CancelledError of its own fetch task,
-    which replaced the error the caller was leaving with (`ResultTimeout` became a
-    BaseException that `except Exception` does not catch: a red-team run). A cancel of
-    the calling task itself still propagates."""
-    try:
-        await part.stop()
-    except asyncio.CancelledError:
-        if (task := asyncio.current_task()) is not None and task.cancelling():
-            raise
-        log.warning("closing a %s: cancelled inside aiokafka", type(part).__name__)
-    except Exception as error:  # noqa: BLE001 (a close that fails leaves nothing to undo)
-        log.warning("closing a %s failed: %s", type(part).__name__, error)
 
 
 class Client:
@@ -285,10 +264,6 @@ class Client:
         outcome.state, outcome.detail = "duplicate", detail
 
     @staticmethod
-    def _take_result(outcome: Outcome, record) -> None:
-        Client._settle(outcome, codec("JobResult").decode(record.value))
-
-    @staticmethod
     def _settle(outcome: Outcome, result: dict) -> None:
         outcome.result = result
         outcome.state = "done"
@@ -310,7 +285,7 @@ class Client:
             if record.topic in self.status_topics:
                 outcome.history.append(codec("JobStatus").decode(record.value)["state"])
             elif record.topic in self.results_topics and outcome.result_follows:
-                self._take_result(outcome, record)
+                self._settle(outcome, codec("JobResult").decode(record.value))
             return
         if record.topic in self.status_topics:
             status = codec("JobStatus").decode(record.value)
@@ -327,7 +302,7 @@ class Client:
                 event = (f"iteration {step['iteration']}: value {step['value']:.5f} "
                          f"± {step['std_error']:.5f}, spent USD {step['spend_usd']:.4f}")
         elif record.topic in self.results_topics:
-            self._take_result(outcome, record)
+            self._settle(outcome, codec("JobResult").decode(record.value))
             event = "result"
         else:
             headers = decode_dlq_headers(record.headers)

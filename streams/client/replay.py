@@ -344,9 +344,7 @@ async def replay(
             delivery = await producer.send(planned.target_topic, value=planned.value,
                                            key=planned.key, headers=planned.headers)
         except Exception as error:  # noqa: BLE001 - e.g. no metadata in time: this record
-            summary.failed += 1     # failed, the replay goes on and reports the rest
-            report(f"failed {address(record)} -> {planned.target_topic}: "
-                   f"{type(error).__name__}: {error}")
+            count_failed(address(record), planned, error)  # failed, the replay goes on
             return
         deliveries.append((delivery, planned, address(record)))
         sent += 1
@@ -359,6 +357,10 @@ async def replay(
             summary.by_target.get(planned.target_topic, 0) + 1
         )
 
+    def count_failed(source: str, planned: ReplayedRecord, error: Exception) -> None:
+        summary.failed += 1
+        report(f"failed {source} -> {planned.target_topic}: {type(error).__name__}: {error}")
+
     async def settle_deliveries() -> None:
         if producer is not None:
             await producer.flush()
@@ -366,9 +368,7 @@ async def replay(
             try:
                 await delivery
             except Exception as error:  # noqa: BLE001 - each failure is reported, then counted
-                summary.failed += 1
-                report(f"failed {source} -> {planned.target_topic}: "
-                       f"{type(error).__name__}: {error}")
+                count_failed(source, planned, error)
             else:
                 count_delivered(planned)
         deliveries.clear()

@@ -11,10 +11,36 @@ that case and finishes the close.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiokafka
 
+log = logging.getLogger("qlane")
+
 METADATA_ATTEMPTS = 10
+
+
+def caller_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not one of aiokafka's own)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
+
+
+async def stop_quietly(part) -> None:
+    """Stop a producer or consumer; a failure to stop is logged, not raised.
+
+    With the broker gone, aiokafka's stop re-raised the CancelledError of its own fetch task,
+    which replaced the error the caller was leaving with (`ResultTimeout` became a
+    BaseException that `except Exception` does not catch: a red-team run). A cancel of
+    the calling task itself still propagates."""
+    try:
+        await part.stop()
+    except asyncio.CancelledError:
+        if caller_cancelled():
+            raise
+        log.warning("closing a %s: cancelled inside aiokafka", type(part).__name__)
+    except Exception as error:  # noqa: BLE001 (a close that fails leaves nothing to undo)
+        log.warning("closing a %s failed: %s", type(part).__name__, error)
 
 
 async def stop_consumer(consumer) -> None:
@@ -22,8 +48,7 @@ async def stop_consumer(consumer) -> None:
     try:
         await consumer.stop()
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
+        if caller_cancelled():
             raise  # the caller itself is being cancelled: let it be
         if consumer._fetcher is not None:
             await consumer._fetcher.close()

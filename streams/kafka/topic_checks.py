@@ -80,11 +80,10 @@ async def check_group_tenants(settings: Settings) -> None:
         await admin.close()
     subscriptions = []
     for group in groups:
-        if group["error_code"]:
-            error = for_code(group["error_code"])
-            if getattr(error, "retriable", False):  # its coordinator loading or moving
-                raise error(f"group {settings.app_id}")
-            log.debug("group %s not described: %s", settings.app_id, error.__name__)
+        if group["error_code"]:  # retriable: its coordinator loading or moving
+            raise_if_retriable(group["error_code"], f"group {settings.app_id}")
+            log.debug("group %s not described: %s", settings.app_id,
+                      for_code(group["error_code"]).__name__)
             return
         if group["state"] in REBALANCING:
             # Its members' subscriptions are empty until it settles, and a worker joining
@@ -112,6 +111,14 @@ async def check_group_tenants(settings: Settings) -> None:
 
 
 REBALANCING = frozenset({"PreparingRebalance", "CompletingRebalance"})
+
+
+def raise_if_retriable(error_code: int, what: str) -> None:
+    """The error of a Kafka error code when it is retriable: the start-up checks try again
+    rather than take an unanswered question for a pass."""
+    error = for_code(error_code)
+    if getattr(error, "retriable", False):
+        raise error(what)
 
 
 class GroupRebalancing(KafkaTimeoutError):
@@ -248,8 +255,7 @@ async def check_changelog_policy(settings: Settings, admin: AIOKafkaAdminClient,
             if name != topic:
                 continue
             if error_code:
-                if getattr(for_code(error_code), "retriable", False):
-                    raise for_code(error_code)(f"cleanup policy of {topic}")
+                raise_if_retriable(error_code, f"cleanup policy of {topic}")
                 log.warning("could not read the cleanup policy of %s (error %d): it must be "
                             "compact", topic, error_code)
                 continue

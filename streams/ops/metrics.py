@@ -277,4 +277,3 @@ __all__ = [
     "TRANSPILE_CACHE_LOOKUPS",
     "render_metrics",
 ]
-

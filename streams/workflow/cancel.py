@@ -53,13 +53,14 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
         raise KeyMismatch(f"record key {key!r} is not the workflow id {workflow_id!r}")
     reason = request.get("reason") or "cancelled by request"
     entry = table.get(workflow_id)
-    if (entry is None or is_tombstone(entry)) and running_unhandled(runtime, workflow_id, topic):
-        # In a fused batch's backend call, its record not handled yet: a tombstone would drop
-        # a job that ran, uncharged, its answer "cancelled before arrival" (a red-team run).
-        await runtime.status(workflow_id, "cancel_ignored", stage,
-                             detail=f"already executing: {RUN_GOES_ON}")
-        return "cancel_ignored"
     if entry is None or is_tombstone(entry):
+        if running_unhandled(runtime, workflow_id, topic):
+            # In a fused batch's backend call, its record not handled yet: a tombstone would
+            # drop a job that ran, uncharged, its answer "cancelled before arrival" (a
+            # red-team run).
+            await runtime.status(workflow_id, "cancel_ignored", stage,
+                                 detail=f"already executing: {RUN_GOES_ON}")
+            return "cancel_ignored"
         # The cancels' topics are kept: only a job of one of their tenants (or any job, for a
         # cancel on the shared topics) is dropped on arrival (tombstone_applies). The last
         # one names the tenant whose topics get this status (tenants.source_tenant).

@@ -23,7 +23,7 @@ from streams.kafka.compat import stop_consumer
 from streams.kafka.security import kafka_options
 from streams.ops import metrics
 from streams.ops.logs import printable
-from streams.runtime import Runtime, now_ms
+from streams.runtime import Runtime, apply_noise_control, now_ms
 from streams.workflow import accounting
 from streams.workflow.control_records import DRIFT, NOISE, SPEND, well_formed
 from workers.drift.detection import DriftMonitor, load_statistics, unwatchable
@@ -47,11 +47,10 @@ def act_on_control(runtime: Runtime, key: str) -> None:
     the backend (the only caller of `drifted`): mitigated values were corrected with the
     calibration of before the drift (P(0) 0.0136 for a true 0; a red-team run)."""
     if key.startswith(NOISE):
-        backend, scale = key.removeprefix(NOISE), runtime.controls[key]["noise_scale"]
-        registry = runtime.registry
-        if backend in registry.names() and registry.noise_scale(backend) != scale:
-            try:  # a backend not built yet is built at this scale
-                registry.set_noise_scale(backend, scale)
+        backend = key.removeprefix(NOISE)
+        if backend in runtime.registry.names():
+            try:
+                apply_noise_control(runtime.registry, runtime.controls, backend)
             except (KeyError, ValueError) as error:  # not a backend whose noise scales
                 log.debug("noise control for %s not applied: %s", backend, error)
     elif key.startswith(DRIFT):

@@ -99,6 +99,17 @@ async def republish_stored_result(runtime: Runtime, table, workflow_id: str) -> 
     return True
 
 
+def stored_bytes(size: int) -> int:
+    """A result of `size` bytes as its table entry stores it (base64, beside other fields)."""
+    return 4 * ((size + 2) // 3) + TABLE_ENTRY_BYTES
+
+
+def fits_a_record(size: int, limit: int) -> bool:
+    """Whether a result of `size` bytes fits a record of `limit` bytes, as itself and as
+    its table entry."""
+    return max(stored_bytes(size), size + RECORD_OVERHEAD_BYTES) <= limit
+
+
 # Bytes an expectation takes in a JobResult besides its observable's text: four doubles, two
 # ints and the text's length (Avro's binary encoding), at the least.
 EXPECTATION_BYTES = 34
@@ -114,8 +125,7 @@ def check_result_can_fit(spec: JobSpec, limit: int) -> None:
     sets = max(1, len(spec.parameter_sets))
     smallest = sets * sum(len(observable.label().encode()) + EXPECTATION_BYTES
                           for observable in spec.observables)
-    stored = 4 * ((smallest + 2) // 3) + TABLE_ENTRY_BYTES
-    if max(stored, smallest + RECORD_OVERHEAD_BYTES) > limit:
+    if not fits_a_record(smallest, limit):
         raise ResultTooLarge(
             f"the result would be at least {smallest} bytes ({sets} parameter sets x "
             f"{len(spec.observables)} observables, each expectation with its observable's "
@@ -129,9 +139,9 @@ def check_result_fits(encoded: bytes, limit: int) -> None:
     stores (a third larger, beside the entry's other fields). Past it the send failed in
     the producer and stopped the worker, again on every restart (a 16-qubit counts job at
     100,000 shots, 1.2 MB)."""
-    stored = 4 * ((len(encoded) + 2) // 3) + TABLE_ENTRY_BYTES
-    if max(stored, len(encoded) + RECORD_OVERHEAD_BYTES) > limit:
+    if not fits_a_record(len(encoded), limit):
         raise ResultTooLarge(
-            f"the result is {len(encoded)} bytes ({stored} as stored in its table entry), "
+            f"the result is {len(encoded)} bytes ({stored_bytes(len(encoded))} as stored in "
+            "its table entry), "
             f"more than a record may be ({limit} bytes): fewer shots, measured bits, "
             "circuits, parameter sets or observables")
