@@ -11,6 +11,7 @@ text exposition a `/metrics` endpoint serves (content type `CONTENT_TYPE_LATEST`
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
@@ -171,7 +172,7 @@ CONSUMER_LAG = Gauge(
 )
 LAST_PROGRESS = Gauge(
     "qlane_last_progress_timestamp_seconds",
-    "Unix time at which this worker last finished a record.",
+    "Unix time at which this worker last finished a record, or started if it has finished none.",
     registry=REGISTRY,
 )
 SANDBOX_FAILURES = Counter(
@@ -233,6 +234,9 @@ def count_from_zero() -> None:
     for stage in JOB_STAGES:
         for outcome in ("ok", "failed"):
             JOBS.labels(stage, outcome).inc(0)
+    # A worker that finished nothing since its start reads as stuck since its start, not since
+    # 1970 (QlaneNoProgress said "for 56 years").
+    LAST_PROGRESS.set(time.time())
 
 
 __all__ = [

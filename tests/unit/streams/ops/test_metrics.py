@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import prometheus_client
 import pytest
@@ -193,3 +194,10 @@ def test_the_series_alerts_take_increase_of_start_at_zero():
     for stage in metrics.JOB_STAGES:
         assert registry.get_sample_value(
             "qlane_jobs_total", {"stage": stage, "outcome": "failed"}) is not None
+
+
+def test_a_worker_that_finished_nothing_reads_as_idle_since_its_start_not_since_1970():
+    metrics.LAST_PROGRESS.set(0)
+    before = time.time()
+    metrics.count_from_zero()
+    assert before <= metrics.LAST_PROGRESS._value.get() <= time.time()
