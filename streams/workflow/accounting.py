@@ -9,6 +9,7 @@ a tenant's spend. After a rebalance the new owner continues from the replicated 
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 from schemas.codec import codec
@@ -19,6 +20,8 @@ from workers.errors import BudgetExceeded, InvalidJob
 from workers.execution.preparation import PreparedJob
 
 SPEND = control_records.SPEND
+
+log = logging.getLogger("qlane")
 
 
 def estimate_usd(runtime: Runtime, prepared: PreparedJob) -> float:
@@ -95,6 +98,17 @@ def release(runtime: Runtime, request: dict, estimate: float) -> None:
         runtime.reserved_usd.pop(tenant, None)
 
 
+async def continue_spend(runtime: Runtime, key: str) -> None:
+    """Take over a partition's spend from the control topic, read up to what is committed:
+    the last owner's charges were committed before the partition moved, but a reader behind
+    them gave a total without them to write over."""
+    reader = getattr(runtime, "control_reader", None)
+    if reader is not None and not await reader.caught_up():
+        log.warning("the control topic's reader is behind; %s goes on from what it has read",
+                    key)
+    runtime.spend_written[key] = (runtime.controls or {}).get(key, {}).get("usd", 0.0)
+
+
 async def charge(
     runtime: Runtime, *, request: dict, prepared: PreparedJob, partition: int,
     simulated_seconds: float, estimate: float, charged_backend: str | None,
@@ -108,7 +122,7 @@ async def charge(
         actual = runtime.prices.actual(backend, len(prepared.tasks), shots, simulated_seconds)
         key = f"{SPEND}{tenant}:{partition}"
         if key not in runtime.spend_written:
-            runtime.spend_written[key] = (runtime.controls or {}).get(key, {}).get("usd", 0.0)
+            await continue_spend(runtime, key)
         runtime.spend_written[key] = round(runtime.spend_written[key] + actual, USD_DECIMALS)
         await runtime.send("control", json.dumps(key),
                            json.dumps({"usd": runtime.spend_written[key]}).encode())

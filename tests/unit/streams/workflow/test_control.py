@@ -67,7 +67,8 @@ def test_the_control_reader_lets_records_collect_for_its_wait_and_keeps_the_late
                               registry=FakeRegistry())
     tasks = []
     app = SimpleNamespace(task=lambda function: tasks.append(function) or function,
-                          timer=lambda **options: (lambda function: function))
+                          timer=lambda **options: (lambda function: function),
+                          on_partitions_revoked=SimpleNamespace(connect=lambda function: function))
     control.register(app, runtime)
     (follow_controls,) = tasks
     asyncio.run(follow_controls())
@@ -150,3 +151,87 @@ def test_another_workers_charge_moves_the_budget_gauge():
     control.act_on_control(runtime, "spend:unconfigured:0")  # no label for it
     assert metrics.REGISTRY.get_sample_value("qlane_budget_remaining_usd",
                                              {"tenant": "unconfigured"}) is None
+
+
+def test_the_control_reader_sees_committed_charges_only_on_kafka():
+    """A charge is written in its job's transaction: an aborted one was read as spent, the
+    job's rerun charged it again and wrote the sum back as committed (a red-team run)."""
+    kafka = Settings(broker="localhost:1", profile="kafka")
+    embedded = Settings(broker="localhost:1", profile="embedded")
+    assert control.control_consumer_options(kafka)["isolation_level"] == "read_committed"
+    assert control.control_consumer_options(embedded)["isolation_level"] == "read_uncommitted"
+
+
+def charging_runtime(controls: dict, spend_written: dict):
+    from workers.cost.model import TenantBudgets
+
+    class Prices:
+        @staticmethod
+        def actual(backend, circuits, shots, seconds):
+            return 0.00375
+
+    sent = []
+
+    async def send(topic, key, value):
+        sent.append((topic, key, value))
+
+    return SimpleNamespace(controls=controls, spend_written=spend_written, reserved_usd={},
+                           budgets=TenantBudgets({"acme": 10.0}), prices=Prices(),
+                           send=send, sent=sent)
+
+
+def charge(runtime, partition):
+    from streams.workflow import accounting
+
+    prepared = SimpleNamespace(backend="aer.ideal", shots=100, tasks=[object()])
+    return asyncio.run(accounting.charge(
+        runtime, request={"tenant": "acme", "workflow_id": "w"}, prepared=prepared,
+        partition=partition, simulated_seconds=0.0, estimate=0.0,
+        charged_backend="aer.ideal"))
+
+
+def test_a_partition_that_comes_back_goes_on_from_its_last_owners_spend():
+    """A worker kept its own total of a partition it lost, and when the partition came back
+    wrote it over the other owner's charges in between (9 jobs' charges lost; red-team)."""
+    from aiokafka import TopicPartition
+
+    runtime = charging_runtime(controls={}, spend_written={})
+    charge(runtime, 1)
+    charge(runtime, 10)
+    assert runtime.spend_written == {"spend:acme:1": 0.00375, "spend:acme:10": 0.00375}
+    control.forget_spend(runtime, {TopicPartition("jobs", 1)})
+    assert runtime.spend_written == {"spend:acme:10": 0.00375}
+    runtime.controls["spend:acme:1"] = {"usd": 0.0375}  # the other owner's charges since
+    charge(runtime, 1)
+    assert runtime.spend_written["spend:acme:1"] == pytest.approx(0.04125)
+    assert runtime.sent[-2][2] == b'{"usd": 0.04125}'
+
+
+def test_a_charge_that_takes_over_a_partition_waits_for_the_reader_first():
+    class Consumer:
+        def __init__(self, runtime):
+            self.runtime, self.at = runtime, 0
+
+        def assignment(self):
+            return {"control-0"}
+
+        async def end_offsets(self, partitions):
+            return {tp: 3 for tp in partitions}
+
+        async def position(self, tp):
+            self.at += 1  # one record read, and applied, per look
+            self.runtime.controls["spend:acme:2"] = {"usd": 0.01 * self.at}
+            return self.at
+
+    runtime = charging_runtime(controls={}, spend_written={})
+    runtime.control_reader = control.ControlReader(Consumer(runtime))
+    charge(runtime, 2)
+    assert runtime.spend_written["spend:acme:2"] == pytest.approx(0.03 + 0.00375)
+
+    class Stuck(Consumer):
+        async def position(self, tp):
+            return 0
+
+    runtime = charging_runtime(controls={"spend:acme:2": {"usd": 1.0}}, spend_written={})
+    runtime.control_reader = control.ControlReader(Stuck(runtime))
+    assert asyncio.run(runtime.control_reader.caught_up(timeout_s=0.1)) is False
