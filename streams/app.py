@@ -26,7 +26,7 @@ def faust_settings(settings: Settings) -> dict:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
+        topic_replication_factor=settings.replication_factor or 1,
         consumer_auto_offset_reset="earliest",
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,

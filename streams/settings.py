@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     _app_id_defaulted: bool = PrivateAttr(False)
     topic_prefix: str = "qlane"
     partitions: int = Field(4, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int | None = Field(
+        None, ge=1, description="of the topics qlane creates; None = the cluster's broker "
+        "count, at most 3, settled when the topics are checked (a fixed default of 1 made "
+        "every topic of a 3-node cluster RF 1: a red-team run)")
     fetch_max_wait_ms: int | None = Field(None, description="None = the profile's default")
     control_fetch_wait_ms: int = Field(
         250, ge=1, le=10_000, description="how long a worker's reader of the control topic "

@@ -27,6 +27,7 @@ from streams.kafka.topics import (
     job_topic,
     leader_topic,
     parse_job_topic,
+    settle_replication_factor,
     tenant_topic,
 )
 from streams.settings import Settings
@@ -296,9 +297,9 @@ class Admin:
         missing = [name for name in names if name not in existing]
         if missing:
             settings = self.settings
+            replication = await settle_replication_factor(settings, self.client)
             response = await self.client.create_topics(
-                [NewTopic(name, settings.partitions, settings.replication_factor)
-                 for name in missing])
+                [NewTopic(name, settings.partitions, replication) for name in missing])
             for name, error_code, *_rest in response.topic_errors:
                 if error_code:
                     raise AclError(f"creating topic {name}: {for_code(error_code).__name__}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.kafka.security import kafka_options
 from streams.settings import Settings
+
+log = logging.getLogger("qlane")
 
 WORKFLOW_TABLE = "workflows"
 
@@ -170,10 +173,40 @@ def topic_configs(settings: Settings, name: str) -> dict[str, str]:
     configs = {}
     min_isr = getattr(settings, "min_insync_replicas", None)
     if min_isr is not None:
-        configs["min.insync.replicas"] = str(min(min_isr, settings.replication_factor))
+        configs["min.insync.replicas"] = str(min(min_isr, settings.replication_factor or 1))
     if name == changelog_topic(settings):
         configs["cleanup.policy"] = "compact"
     return configs
+
+
+# The replication factor qlane gives its topics when none is set: the cluster's brokers, up
+# to this (Kafka's own default.replication.factor is 1, and CreateTopics v3, the newest
+# aiokafka sends, cannot ask for the broker's default).
+DEFAULT_MAX_REPLICATION = 3
+
+
+async def settle_replication_factor(settings: Settings, admin) -> int:
+    """QLANE_REPLICATION_FACTOR, else the cluster's broker count up to 3, kept in `settings`
+    for the Faust app's own topics."""
+    if settings.replication_factor is None:
+        brokers = (await admin.describe_cluster())["brokers"]
+        settings.replication_factor = max(1, min(DEFAULT_MAX_REPLICATION, len(brokers)))
+    return settings.replication_factor
+
+
+def warn_under_replicated(settings: Settings, descriptions) -> None:
+    """Topics that exist with fewer replicas than qlane would create them with: a worker
+    used them without a word (RF 1 topics on a 3-node cluster stopped with one node)."""
+    low = {}
+    for description in descriptions:
+        replicas = min((len(p["replicas"]) for p in description["partitions"]), default=0)
+        if replicas < (settings.replication_factor or 1):
+            low[description["topic"]] = replicas
+    if low:
+        listed = ", ".join(f"{name} ({count})" for name, count in sorted(low.items()))
+        log.warning("topics with fewer replicas than the %d qlane creates topics with; each "
+                    "stops when a broker holding it is lost, until its replicas are raised "
+                    "(kafka-reassign-partitions): %s", settings.replication_factor, listed)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -196,15 +229,17 @@ async def ensure_topics(settings: Settings) -> list[str]:
             settings, [topic for topics in job_topics(settings.topic_prefix, ()).values()
                        for topic in topics if topic in existing])
         missing = [name for name in wanted if name not in existing]
+        replication = await settle_replication_factor(settings, admin)
         if missing:
-            replication = settings.replication_factor
             await admin.create_topics(
                 [NewTopic(name, settings.partitions, replication,
                           topic_configs=topic_configs(settings, name)) for name in missing]
             )
         present = [name for name in wanted if name in existing]
         if present:
-            for description in await admin.describe_topics(present):
+            descriptions = await admin.describe_topics(present)
+            warn_under_replicated(settings, descriptions)
+            for description in descriptions:
                 count = len(description["partitions"])
                 if count != settings.partitions:
                     raise PartitionCountMismatch(

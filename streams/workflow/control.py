@@ -81,14 +81,14 @@ CATCH_UP_TIMEOUT_S = 10.0
 
 
 def control_consumer_options(settings) -> dict:
-    """The control topic's reader. On Kafka it reads committed transactions only: a charge
+    """The control topic's reader (beside the connection's `kafka_options`). On Kafka it reads committed transactions only: a charge
     is written in its job's transaction, and an aborted one was read as spent, then counted
     again by the job's rerun and written back as committed (a red-team run: 7 jobs charged
     twice after a worker was killed). The broker answers when the wait ends or the minimum
     has collected (which the control topic's small records do not reach in that time): one
     fetch per wait, not one per record written."""
     return dict(
-        **kafka_options(settings), group_id=None, auto_offset_reset="earliest",
+        group_id=None, auto_offset_reset="earliest",
         enable_auto_commit=False, isolation_level=settings.isolation_level,
         fetch_max_wait_ms=settings.control_fetch_wait_ms,
         fetch_min_bytes=CONTROL_FETCH_MIN_BYTES,
@@ -138,7 +138,8 @@ def register(app, runtime: Runtime) -> None:
 
     @app.task
     async def follow_controls():
-        consumer = AIOKafkaConsumer(runtime.names.control, **control_consumer_options(settings))
+        consumer = AIOKafkaConsumer(runtime.names.control, **kafka_options(settings),
+                                    **control_consumer_options(settings))
         await consumer.start()
         runtime.control_reader = ControlReader(consumer)
         try:

@@ -43,7 +43,8 @@ async def read_after(settings, records) -> float:
     finally:
         await plain.stop()
     seen: dict = {}
-    consumer = AIOKafkaConsumer(topic, **control.control_consumer_options(settings))
+    consumer = AIOKafkaConsumer(topic, **kafka_options(settings),
+                                **control.control_consumer_options(settings))
     await consumer.start()
     try:
         async def follow():
