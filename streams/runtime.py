@@ -22,7 +22,6 @@ from streams.workflow.deadletter import (
     SourceRecord,
     dead_letter_headers,
     error_class,
-    faust_timestamp,
     fit_dead_letter,
     record_bytes,
 )
@@ -236,12 +235,10 @@ class Runtime:
                 headers.append((JOB_TOPIC_HEADER, admitted.encode()))
         key, value, headers = fit_dead_letter(
             source.key, source.value, headers, self.max_record_bytes)
-        await self.topics["deadletter"].send(
-            key=key,
-            value=value,
-            headers=headers,
-            timestamp=faust_timestamp(source.timestamp_ms),
-        )
+        # Stamped now, not with the source's time (kept in `qlane.dlq.source.timestamp`): a
+        # dead letter of a record stamped 1970 was deleted by the next retention check, within
+        # minutes, as the first record of its segment (a red-team run).
+        await self.topics["deadletter"].send(key=key, value=value, headers=headers)
         context = {"workflow_id": (source.key or b"").decode(errors="replace"), "stage": stage}
         log.warning("dead-lettered %s from %s", error_class(error), source.address,
                     extra=context)

@@ -46,17 +46,18 @@ def home_partition(source: SourceRecord, partitions: int) -> int | None:
 
 
 async def reroute(runtime, source: SourceRecord, partition: int, stage: str) -> str:
-    """Send the record, unchanged, to `partition` of its own topic; the original is done."""
+    """Send the record (key, value, headers) to `partition` of its own topic; the original is
+    done."""
     headers = [*source.headers, (REROUTED_HEADER, source.address.encode())]
     limit = runtime.max_record_bytes
     if record_bytes(source.key, source.value, headers) > limit:
         raise RecordTooLarge(
             f"the record is too large to re-send to partition {partition} (its key's) within "
             f"the producer's {limit}-byte limit: send it to that partition")
-    timestamp = None if source.timestamp_ms is None else source.timestamp_ms / 1000
+    # Stamped now: retention counts from a record's timestamp, and a copy stamped with its
+    # producer's old time could be deleted before it is read.
     await runtime.topic_named(source.topic).send(
-        key=source.key, value=source.value, partition=partition, headers=headers,
-        timestamp=timestamp)
+        key=source.key, value=source.value, partition=partition, headers=headers)
     metrics.REROUTED.labels(stage).inc()
     log.info("record %s re-sent to partition %d, its key's partition", source.address,
              partition, extra={"stage": stage})

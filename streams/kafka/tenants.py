@@ -29,6 +29,7 @@ from streams.kafka.topics import (
     parse_job_topic,
     settle_replication_factor,
     tenant_topic,
+    topic_configs,
 )
 from streams.settings import Settings
 from workers.errors import InvalidJob, TenantMismatch
@@ -299,7 +300,8 @@ class Admin:
             settings = self.settings
             replication = await settle_replication_factor(settings, self.client)
             response = await self.client.create_topics(
-                [NewTopic(name, settings.partitions, replication) for name in missing])
+                [NewTopic(name, settings.partitions, replication,
+                          topic_configs=topic_configs(settings, name)) for name in missing])
             for name, error_code, *_rest in response.topic_errors:
                 if error_code:
                     raise AclError(f"creating topic {name}: {for_code(error_code).__name__}")

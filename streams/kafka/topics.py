@@ -169,13 +169,20 @@ class PartitionCountMismatch(RuntimeError):
 
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:
     """Broker configs a qlane topic is created with: min.insync.replicas when set (never
-    above the replication factor), and compaction for the table changelog."""
+    above the replication factor), compaction for the table changelog, and the broker's
+    time for job records."""
     configs = {}
     min_isr = getattr(settings, "min_insync_replicas", None)
     if min_isr is not None:
         configs["min.insync.replicas"] = str(min(min_isr, settings.replication_factor or 1))
     if name == changelog_topic(settings):
         configs["cleanup.policy"] = "compact"
+    if parse_job_topic(settings.topic_prefix, name) is not None:
+        # Retention counts from a record's timestamp: a job its producer stamped days ago
+        # (or 1970) was deleted within minutes, before a worker read it (a red-team run).
+        # The broker stamps job records when it appends them; submitted_at_ms keeps the
+        # client's time.
+        configs["message.timestamp.type"] = "LogAppendTime"
     return configs
 
 

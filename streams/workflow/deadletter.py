@@ -88,13 +88,6 @@ def dead_letter_headers(
     return kept + [(HEADER_PREFIX + name, text.encode()) for name, text in context.items()]
 
 
-def faust_timestamp(timestamp_ms: int | None) -> float | None:
-    """Seconds that survive Faust's `int(seconds * 1000)` as exactly `timestamp_ms`."""
-    if timestamp_ms is None:
-        return None
-    return (timestamp_ms + 0.5) / 1000.0
-
-
 # What a record adds to its key, value and headers on the wire, at most: its own length,
 # attributes, deltas and varints, and its batch's header (61 bytes), with room to spare.
 RECORD_OVERHEAD_BYTES = 512

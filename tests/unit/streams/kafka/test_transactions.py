@@ -967,9 +967,22 @@ def test_topics_are_created_with_min_insync_replicas_and_a_compacted_changelog()
     assert topic_configs(cluster, cluster.topic("results")) == {"min.insync.replicas": "2"}
     assert topic_configs(cluster, changelog_topic(cluster)) == {
         "min.insync.replicas": "2", "cleanup.policy": "compact"}
-    single = Settings(broker="kafka-1:9092", min_insync_replicas=2)  # replication 1
-    assert topic_configs(single, single.topic("jobs")) == {"min.insync.replicas": "1"}
-    assert topic_configs(Settings(), Settings().topic("jobs")) == {}
+    single = Settings(broker="kafka-1:9092", min_insync_replicas=2, replication_factor=1)
+    assert topic_configs(single, single.topic("results")) == {"min.insync.replicas": "1"}
+    assert topic_configs(Settings(), Settings().topic("results")) == {}
+
+
+def test_job_topics_keep_the_brokers_time():
+    """Retention counts from a record's timestamp: a job stamped 1970 by its producer was
+    deleted within minutes, before a worker read it (a red-team run)."""
+    from streams.kafka.topics import job_topics, topic_configs
+
+    settings = Settings()
+    for topics in job_topics(settings.topic_prefix, ("acme",)).values():
+        for topic in topics:
+            assert topic_configs(settings, topic) == {
+                "message.timestamp.type": "LogAppendTime"}, topic
+    assert topic_configs(settings, settings.topic("deadletter")) == {}
 
 
 def test_faust_never_commits_past_undelivered_offsets_at_the_head():

@@ -4,7 +4,6 @@ from streams.workflow.deadletter import (
     OMITTED_HEADER,
     SourceRecord,
     dead_letter_headers,
-    faust_timestamp,
     fit_dead_letter,
     record_bytes,
 )
@@ -46,12 +45,6 @@ def test_retryable_and_foreign_errors_are_named():
     headers = dict(dead_letter_headers(SOURCE, stage="execute", error=ZeroDivisionError("y"),
                                        attempts=1, worker_version="v"))
     assert headers["qlane.dlq.error.class"] == b"ZeroDivisionError"
-
-
-def test_timestamp_survives_faust_millisecond_truncation():
-    for ms in (1795273209637, 1, 999, 1700000000001, 1795273209999):
-        assert int(faust_timestamp(ms) * 1000.0) == ms
-    assert faust_timestamp(None) is None
 
 
 def test_a_dead_letter_that_fits_is_sent_whole():
