@@ -50,6 +50,13 @@ def fingerprint(schema: Any) -> bytes:
     return bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
 
 
+def fingerprint_number(frame_bytes: bytes) -> int:
+    """The 64-bit number a frame's fingerprint bytes hold (little-endian), as Java's
+    `SchemaNormalization.parsingFingerprint64` gives it: the bytes' hex alone read reversed
+    to a Java user (a red-team run)."""
+    return int.from_bytes(frame_bytes, "little")
+
+
 class Codec:
     """Frames and reads one record type; reads frames of every known version of it."""
 
@@ -109,7 +116,9 @@ class Codec:
                 raise CorruptRecord(f"{self.name}: bad magic {data[:2].hex()}, expected c301")
             writer = self._writers.get(data[2:HEADER_SIZE])
             if writer is None:
-                raise UnknownSchema(f"{self.name}: unknown fingerprint {data[2:HEADER_SIZE].hex()}")
+                raise UnknownSchema(f"{self.name}: unknown fingerprint: frame bytes "
+                                    f"{data[2:HEADER_SIZE].hex()}, as a 64-bit number "
+                                    f"{fingerprint_number(data[2:HEADER_SIZE]):#018x}")
             if len(data) > CHECK_DECODED_ABOVE_BYTES:
                 check_decoded_size(writer[0], data, HEADER_SIZE, MAX_DECODED_BYTES)
             stream = BytesIO(data)

@@ -9,7 +9,18 @@ import pytest
 from fastavro.schema import fingerprint as fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from schemas.codec import INTERNAL, PUBLIC, SCHEMA_DIR, codec, fingerprint, schema_path
+from schemas.codec import (
+    HEADER_SIZE,
+    INTERNAL,
+    MAGIC,
+    PUBLIC,
+    SCHEMA_DIR,
+    codec,
+    fingerprint,
+    fingerprint_number,
+    schema_path,
+)
+from workers.errors import UnknownSchema
 
 EMPTY = 0xC15D213AA4D7A795
 
@@ -113,3 +124,12 @@ def test_codec_fingerprint_is_that_of_the_current_schema(name):
 def test_fingerprints_are_distinct():
     fingerprints = {codec(name).fingerprint for name in PUBLIC + INTERNAL}
     assert len(fingerprints) == len(PUBLIC + INTERNAL)
+
+
+def test_an_unknown_fingerprint_is_named_as_java_prints_it():
+    """Java's parsingFingerprint64 printed 3b7e8122a011f3e for the frame bytes
+    3e1f012a12e8b703, which the message gave alone (a red-team run's Java client)."""
+    frame = bytes.fromhex("3e1f012a12e8b703")
+    assert f"{fingerprint_number(frame):x}" == "3b7e8122a011f3e"
+    with pytest.raises(UnknownSchema, match="3e1f012a12e8b703.*0x03b7e8122a011f3e"):
+        codec("JobRequest").decode(MAGIC + frame + b"\x00" * (HEADER_SIZE + 4))
