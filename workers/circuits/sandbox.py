@@ -75,6 +75,9 @@ log = logging.getLogger("qlane.sandbox")
 
 PREPARE = "prepare"  # parse, validate, transpile (Preparer)
 SIMULATE = "simulate"  # run prepared jobs on a local simulator (execution.simulator)
+# What a process of each kind answers, for an answer past the output bound (a simulation's
+# counts were blamed on the program).
+ANSWERS = {PREPARE: "prepared job is", SIMULATE: "simulation's counts and results are"}
 
 _HEADER = struct.Struct(">I")
 _READY = b"ready"
@@ -373,8 +376,8 @@ def serve(reader: Connection, writer: Connection, bounds: SandboxBounds,
         if len(payload) > bounds.output_bytes:
             writer.send_bytes(_frame({
                 "ok": False, "error": "ResourceLimitExceeded",
-                "message": f"the sandbox's answer is {len(payload)} bytes > "
-                           f"{bounds.output_bytes} (the sandbox's output bound)",
+                "message": f"the {ANSWERS[kind]} {len(payload)} bytes > "
+                           f"{bounds.output_bytes} (QLANE_SANDBOX_OUTPUT_MB)",
             }))
             continue
         writer.send_bytes(_frame(header, payload))
@@ -590,7 +593,8 @@ class SandboxPool:
         except OSError:  # a reply past maxlength: the connection is out of step now
             self._replace(slot)
             raise ResourceLimitExceeded(
-                f"the sandbox's reply exceeds {self.bounds.output_bytes} bytes"
+                f"the {ANSWERS[self.kind]} over {self.bounds.output_bytes} bytes "
+                f"(QLANE_SANDBOX_OUTPUT_MB)"
             ) from None
         slot.jobs += 1
         try:
