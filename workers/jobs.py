@@ -64,7 +64,7 @@ def parse_observable(text: str) -> ObservableSpec:
         except ValueError:
             raise InvalidObservable(f"coefficient {coeff_text.strip()!r} is not a number") from None
         terms.append(checked_term(pauli, coeff))
-    return ObservableSpec(tuple(terms))
+    return checked_observable(terms)
 
 
 def option_reader(record: Mapping, defaults: Any) -> Callable[[str], Any]:
@@ -75,6 +75,23 @@ def option_reader(record: Mapping, defaults: Any) -> Callable[[str], Any]:
         return getattr(defaults, name) if value is None else value
 
     return option
+
+
+# Above this total weight an observable's value, its standard error (squares) and their
+# extrapolation overflow double precision: Z:1.7e308 + X:-1.7e308 was answered NaN, `done`.
+MAX_OBSERVABLE_WEIGHT = 1e100
+
+
+def checked_observable(terms: list[PauliTerm]) -> ObservableSpec:
+    """The observable of `terms`, or InvalidObservable if its coefficients' absolute values
+    add up past MAX_OBSERVABLE_WEIGHT."""
+    weight = sum(abs(term.coeff) for term in terms)  # inf past the largest double
+    if not weight <= MAX_OBSERVABLE_WEIGHT:
+        raise InvalidObservable(
+            f"the coefficients' absolute values add up to {weight:.3g} > "
+            f"{MAX_OBSERVABLE_WEIGHT:g}: the value and its error would overflow double "
+            "precision; scale the observable")
+    return ObservableSpec(tuple(terms))
 
 
 def checked_term(pauli: Any, coeff: Any) -> PauliTerm:
@@ -272,4 +289,4 @@ def _observable_from_record(value: Any) -> ObservableSpec:
         terms.append(checked_term(term.get("pauli"), 1.0 if coeff is None else coeff))
     if not terms:
         raise InvalidObservable("an observable needs at least one term")
-    return ObservableSpec(tuple(terms))
+    return checked_observable(terms)

@@ -41,6 +41,9 @@ _JOIN_SECONDS = 5.0
 # the checkpoint's JSON); past it the worker could not write them (docs/security.md).
 MAX_HISTORY_NUMBERS = 25_000
 HISTORY_NUMBERS_PER_EVALUATION = 6  # besides the parameters
+# Parameters are angles: past this a double holds them to about 1e-4 rad, and an optimizer's
+# steps from them stay finite.
+MAX_INITIAL_MAGNITUDE = 1e12
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class VariationalSpec:
             raise InvalidJob(f"variational initial_point must hold numbers, got {list(point)!r}")
         if not all(math.isfinite(v) for v in point):
             raise InvalidJob(f"variational initial_point must be finite, got {list(point)!r}")
+        if any(abs(v) > MAX_INITIAL_MAGNITUDE for v in point):
+            # Nelder-Mead's first simplex steps 5 % past each value: from 1.7e308 it reached
+            # inf and the loop failed after its first, charged, evaluation (a red-team run).
+            raise InvalidJob(f"variational initial_point values must be within "
+                             f"±{MAX_INITIAL_MAGNITUDE:g}, got {list(point)!r}")
         tol = self.tolerance
         if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol):
             raise InvalidJob(f"variational tolerance must be a finite number, got {tol!r}")

@@ -185,3 +185,17 @@ def test_count_keys_with_several_registers_use_the_basis_register() -> None:
     prepared = _prepared_by_hand((parse_observable("ZI"),), [CircuitTask(0, 0, (), "ZZ")])
     [estimate] = estimate_expectations(prepared, [{"10 1": 3, "10 0": 1}])
     assert estimate.value == -1.0
+
+
+def test_an_observable_whose_value_would_overflow_is_refused_at_admission():
+    """Z:1.7e308 + X:-1.7e308 (each coefficient finite) was answered NaN, std error inf,
+    state `done` (a red-team run)."""
+    from workers.errors import InvalidObservable
+    from workers.jobs import MAX_OBSERVABLE_WEIGHT
+
+    with pytest.raises(InvalidObservable, match="overflow"):
+        parse_observable("Z:1.7e308 + X:-1.7e308")
+    with pytest.raises(InvalidObservable, match="overflow"):
+        JobSpec.from_record({"workflow_id": "w", "circuit": BELL_QASM2, "observables": [
+            {"terms": [{"pauli": "ZZ", "coeff": 1e300}]}]})
+    assert parse_observable(f"ZZ:{MAX_OBSERVABLE_WEIGHT / 2} + XX:{-MAX_OBSERVABLE_WEIGHT / 2}")

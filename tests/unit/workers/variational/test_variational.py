@@ -300,3 +300,11 @@ def test_a_history_too_large_for_a_record_is_refused_before_it_runs():
         VariationalSpec.from_record({"initial_point": [0.1] * 300, "max_iterations": 1000})
     fits = VariationalSpec.from_record({"initial_point": [0.1] * 10, "max_iterations": 1500})
     assert fits.max_iterations * (10 + 6) <= MAX_HISTORY_NUMBERS
+
+
+def test_an_initial_point_an_optimizers_first_step_would_overflow_is_refused():
+    """Nelder-Mead's first simplex from 1.7e308 reached inf: the loop failed after its first
+    evaluation, which was charged (a red-team run)."""
+    with pytest.raises(InvalidJob, match="initial_point values must be within"):
+        VariationalSpec(initial_point=(1.7e308,)).checked()
+    VariationalSpec(initial_point=(1e12, -1e12)).checked()
