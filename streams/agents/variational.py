@@ -38,6 +38,7 @@ from workers.variational.loop import (
     Evaluation,
     VariationalSpec,
     evaluation_job,
+    evaluation_seed,
     scipy_minimize,
 )
 
@@ -149,7 +150,7 @@ def register(app, runtime: Runtime, table) -> None:
                 return None
             try:
                 counts, seconds = await simulate_alone(
-                    runtime, prepared, job_seed(job.workflow_id, None))
+                    runtime, prepared, job_seed(job.workflow_id, job.seed))
                 outcome = await in_thread(runtime, mitigate, prepared, counts)
                 estimate_0 = outcome.estimates[0]
                 event = await accounting.charge(
@@ -250,12 +251,14 @@ def register(app, runtime: Runtime, table) -> None:
                            prepared, confirmed=None):
         raw_value, raw_std_error = raw.get(str(best.index), [best.value, best.std_error])
         value, std_error = best.value, best.std_error
+        reported = best  # the evaluation whose value the result gives
         report = {**report, "parameters": dict(report.get("parameters") or {})}
         shots_used = sum(e.shots for e in history)
         if confirmed is not None:
             again, (raw_value, raw_std_error), report, prepared = confirmed
             report = {**report, "parameters": dict(report.get("parameters") or {})}
             value, std_error, shots_used = again.value, again.std_error, shots_used + again.shots
+            reported = again
             report["parameters"]["variational_value"] = (
                 "a fresh evaluation at best_parameters (best_value is the lowest the "
                 "optimizer saw: biased low)")
@@ -283,7 +286,7 @@ def register(app, runtime: Runtime, table) -> None:
                 "backend": base.backend, "calibration_version": backend.calibration_version,
                 "optimization_level": prepared.optimization_level if prepared else 0,
                 "seed_transpiler": prepared.seed_transpiler if prepared else 0,
-                "seed_simulator": job_seed(request["workflow_id"], request.get("seed")),
+                "seed_simulator": evaluation_seed(base, reported.index),
                 "transpile_cache_hit": False,
                 "qlane_version": package_version("qlane"),
                 "qiskit_version": package_version("qiskit"),

@@ -1,7 +1,8 @@
 """The variational loop: ask/tell over scipy, resume from history, caps, and real VQE / QAOA.
 
-Every quantum run is seeded (evaluation seeds derive from "<workflow_id>#eval<i>"), so these
-figures repeat exactly; see docs/variational.md for the measured values.
+Every quantum run is seeded (evaluation seeds derive from the loop's seed, or from
+"<workflow_id>#eval<i>"), so these figures repeat exactly; see docs/variational.md for the
+measured values.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from workers.variational.loop import (
     VariationalSpec,
     evaluate,
     evaluation_job,
+    evaluation_seed,
     run_locally,
 )
 
@@ -308,3 +310,18 @@ def test_an_initial_point_an_optimizers_first_step_would_overflow_is_refused():
     with pytest.raises(InvalidJob, match="initial_point values must be within"):
         VariationalSpec(initial_point=(1.7e308,)).checked()
     VariationalSpec(initial_point=(1e12, -1e12)).checked()
+
+
+def test_a_seed_repeats_a_loop_whatever_its_workflow_id(registry, cache, limits) -> None:
+    """The loop's seed was dropped: two loops with seed 42 found -1.8147 and -1.8404, and
+    both reported seed_simulator 42 (a red-team run)."""
+    spec = VariationalSpec("COBYLA", START, tolerance=1e-2, max_iterations=6)
+    runs = [run_locally(JobSpec(name, HEA2, observables=(H2,), shots=2_000, seed=seed),
+                        spec, registry, cache, limits)[0].history
+            for name, seed in (("loop-a", 42), ("loop-b", 42), ("loop-a", None),
+                               ("loop-b", None))]
+    assert runs[0] == runs[1]
+    assert runs[2] != runs[3]
+    assert runs[0] != runs[2]
+    seeded = JobSpec("loop-a", HEA2, observables=(H2,), seed=42)
+    assert evaluation_job(seeded, START, 3).seed == evaluation_seed(seeded, 3) != 42
