@@ -404,7 +404,7 @@ async def batch_outcomes(runtime: Runtime, jobs: list[Job]) -> dict[str, tuple[o
                                   max_simulation_seconds=runtime.settings.max_simulation_seconds),
                 [(j.prepared, j.seed) for j in jobs], runtime.registry,
             )
-            seconds = split_by_work(elapsed, [j.prepared for j in jobs])
+            seconds = split_by_work(elapsed, [j.prepared for j in jobs], runtime.registry)
     except InvalidJob as error:
         if len(jobs) > 1:
             log.warning("batch of %d jobs refused as a whole (%s); running them one by one",

@@ -37,6 +37,7 @@ from workers.execution.preparation import (
     binding_error,
     check_simulation,
     run_circuits,
+    simulation_estimate,
 )
 
 Outcome = list[dict[str, int]] | Exception
@@ -63,14 +64,29 @@ def execute_batch(
     return outcomes  # type: ignore[return-value]
 
 
-def split_by_work(seconds: float, jobs: Sequence[PreparedJob]) -> list[float]:
-    """A call's backend seconds shared out over its jobs by circuits x shots: what each job
-    is billed when one call ran them all."""
-    work = [len(job.tasks) * job.shots for job in jobs]
+def split_by_work(seconds: float, jobs: Sequence[PreparedJob], registry: Any) -> list[float]:
+    """A call's backend seconds shared out over its jobs by each one's estimated simulation
+    (`simulation_estimate`): what each job is billed when one call ran them all. By circuits
+    x shots, a 1-shot 23-qubit job's 12 s were billed to another tenant's 100,000-shot Bell
+    job in its batch (a red-team run). Where no job has an estimate (a backend without one),
+    by circuits x shots."""
+    if not jobs:
+        return []
+    estimates: dict = {}
+    work = [simulation_estimate(job, _backend(registry, job.backend), estimates) for job in jobs]
+    if sum(work) <= 0:
+        work = [len(job.tasks) * job.shots for job in jobs]
     total = sum(work)
     if total <= 0:
-        return [seconds / len(jobs)] * len(jobs) if jobs else []
+        return [seconds / len(jobs)] * len(jobs)
     return [seconds * w / total for w in work]
+
+
+def _backend(registry: Any, name: str) -> Any:
+    try:
+        return registry.get(name)
+    except QlaneError:  # not a backend here: no estimate
+        return None
 
 
 def _run_group(

@@ -164,7 +164,8 @@ class Simulator:
         outcomes = execute_batch(
             items, registry, max_simulation_seconds=request.max_simulation_seconds
         )
-        seconds = split_by_work(time.perf_counter() - started, [job for job, _ in items])
+        seconds = split_by_work(time.perf_counter() - started, [job for job, _ in items],
+                                registry)
         return {"ok": True, "outcomes": [_encoded(o) for o in outcomes],
                 "seconds": seconds}, b""
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from qiskit import QuantumCircuit
+from qiskit import QuantumCircuit, qasm2
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3, BELL_QASM2, GHZ3_QASM2
 from workers.backends.aer import BackendRegistry
 from workers.backends.faults import FaultSpec
+from workers.circuits.transpile import TranspileCache
 from workers.errors import BackendUnavailable, ExecutionFailed, UnknownBackend
-from workers.execution.batching import execute_batch
+from workers.execution.batching import execute_batch, split_by_work
 from workers.execution.breaker import BreakerBoard, BreakerOpen
 from workers.execution.preparation import execute, prepare
 from workers.jobs import JobSpec, parse_observable
@@ -141,3 +142,24 @@ def test_breaker_success_is_recorded(registry, prepared) -> None:
 
 def test_empty_batch(registry) -> None:
     assert execute_batch([], registry) == []
+
+
+def test_a_calls_seconds_are_billed_by_each_jobs_own_work(registry, limits) -> None:
+    """By circuits x shots, another tenant's 1-shot 23-qubit job billed its 12 s to a
+    100,000-shot Bell job in the same batch (a red-team run)."""
+    deep = QuantumCircuit(20)
+    for _ in range(20):
+        for q in range(20):
+            deep.h(q)
+        for q in range(19):
+            deep.cx(q, q + 1)
+    deep.measure_all()
+    cache = TranspileCache()
+    heavy = prepare(JobSpec("heavy", qasm2.dumps(deep), shots=1), registry, cache, limits)
+    bell = prepare(JobSpec("bell", BELL_QASM2, shots=100_000), registry, cache, limits)
+    heavy_s, bell_s = split_by_work(12.0, [heavy, bell], registry)
+    assert heavy_s + bell_s == pytest.approx(12.0)
+    assert bell_s < 0.01 * heavy_s
+    # no estimate (a backend that is not here): circuits x shots, as before
+    unknown = dataclasses.replace(bell, backend="nowhere")
+    assert split_by_work(3.0, [unknown, unknown], registry) == [1.5, 1.5]
