@@ -81,7 +81,8 @@ def worker_acls(settings: Settings, principal: str) -> list[Acl]:
       creates missing topics at start; drop `create` if an administrator creates them first);
     - topics `{app_id}-workflows-changelog` (the table's changelog) and
       `{app_id}-__assignor-__leader` (Faust's leader election), the same four, by their
-      literal names: a grant on the prefix `{app_id}-` also covered every topic of a
+      literal names, and describe_configs on the changelog (the start-up check of its
+      cleanup policy): a grant on the prefix `{app_id}-` also covered every topic of a
       deployment whose prefix starts with `{app_id}-` (`prod` and `prod-eu`: a red-team run);
     - consumer group `{app_id}`: read (join, commit);
     - transactional ids `{app_id}-*`: write, describe (exactly-once on Kafka: one
@@ -94,7 +95,8 @@ def worker_acls(settings: Settings, principal: str) -> list[Acl]:
     topic_ops = ("read", "write", "describe", "create")
     return [
         *_grants(principal, "topic", f"{prefix}.", "prefixed", *topic_ops),
-        *_grants(principal, "topic", changelog_topic(settings), "literal", *topic_ops),
+        *_grants(principal, "topic", changelog_topic(settings), "literal", *topic_ops,
+                 "describe_configs"),
         *_grants(principal, "topic", leader_topic(settings), "literal", *topic_ops),
         *_grants(principal, "group", app_id, "literal", "read"),
         *_grants(principal, "transactional_id", f"{app_id}-", "prefixed", "write", "describe"),

@@ -28,11 +28,16 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.partitioning import key_partition
-from streams.kafka.security import broker_unavailable, kafka_options
+from streams.kafka.security import AccessRefused, broker_unavailable, kafka_options
 from streams.settings import Settings
 
 log = logging.getLogger("qlane")
@@ -233,6 +238,16 @@ async def check_changelog_layout(settings: Settings, topic: str) -> None:
             "deployment (a new QLANE_TOPIC_PREFIX) for more partitions")
 
 
+def policy_refused(settings: Settings, topic: str) -> AccessRefused:
+    """The worker may not read the changelog's cleanup policy: with the worker ACLs of
+    before, every secured deployment started without the check (a red-team run)."""
+    return AccessRefused(
+        f"{settings.sasl_username or 'this principal'} may not read the cleanup policy of "
+        f"{topic} (DESCRIBE_CONFIGS on it; `qlane tenant grant-worker` grants it): the "
+        "workflow table's changelog must be compacted, or jobs sent again after its "
+        "retention run and are charged again")
+
+
 async def check_changelog_policy(settings: Settings, admin: AIOKafkaAdminClient,
                                  topic: str) -> None:
     """Refuse a changelog that is not compacted (Apache Kafka only)."""
@@ -241,12 +256,14 @@ async def check_changelog_policy(settings: Settings, admin: AIOKafkaAdminClient,
     try:
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"cleanup.policy": None})])
-    except Exception as error:  # e.g. no DescribeConfigs ACL: say so, go on
+    except Exception as error:
         if broker_unavailable(error):
             # A node just lost (aiokafka asks a random one): the start-up checks try again.
             # Going on accepted a changelog that is not compacted 3 times in 4 (a red-team
             # run).
             raise
+        if isinstance(error, TopicAuthorizationFailedError):
+            raise policy_refused(settings, topic) from None
         log.warning("could not read the cleanup policy of %s (%s): it must be compact",
                     topic, type(error).__name__)
         return
@@ -256,6 +273,8 @@ async def check_changelog_policy(settings: Settings, admin: AIOKafkaAdminClient,
                 continue
             if error_code:
                 raise_if_retriable(error_code, f"cleanup policy of {topic}")
+                if error_code == TopicAuthorizationFailedError.errno:
+                    raise policy_refused(settings, topic)
                 log.warning("could not read the cleanup policy of %s (error %d): it must be "
                             "compact", topic, error_code)
                 continue

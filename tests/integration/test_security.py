@@ -69,19 +69,24 @@ def test_job_path_as_a_principal_with_only_the_listed_acls(secured, tmp_path):
     assert granted == sorted(worker_acls(base, "User:qlane"))
 
     settings = user_settings(secured, "qlane", base)
-    log = tmp_path / "worker.log"
-    worker = start_worker(settings, log, env=security_env(settings))
-    try:
-        job = job_request(workflow_id=f"sec-{uuid.uuid4().hex[:8]}", circuit=BELL, shots=300)
-        outcome = submit_and_wait(settings, [job], timeout_s=180)[job["workflow_id"]]
-        assert outcome.result is not None, log.read_text()[-4000:]
-        assert sum(outcome.result["circuits"][0]["counts"].values()) == 300
-    finally:
-        stop_worker(worker)
-    text = log.read_text()
-    assert "TopicAuthorizationFailed" not in text and "AuthorizationFailed" not in text
-    for user, password in secured.users.items():
-        assert password not in text, f"the password of {user} is in the worker log"
+    # Twice: the first start creates the topics, the second checks them as they are (the
+    # changelog's policy was only a warning without DESCRIBE_CONFIGS: a red-team run).
+    for start in ("first", "second"):
+        log = tmp_path / f"worker-{start}.log"
+        worker = start_worker(settings, log, env=security_env(settings))
+        try:
+            job = job_request(workflow_id=f"sec-{uuid.uuid4().hex[:8]}", circuit=BELL,
+                              shots=300)
+            outcome = submit_and_wait(settings, [job], timeout_s=180)[job["workflow_id"]]
+            assert outcome.result is not None, log.read_text()[-4000:]
+            assert sum(outcome.result["circuits"][0]["counts"].values()) == 300
+        finally:
+            stop_worker(worker)
+        text = log.read_text()
+        assert "TopicAuthorizationFailed" not in text and "AuthorizationFailed" not in text
+        assert "could not read the cleanup policy" not in text
+        for user, password in secured.users.items():
+            assert password not in text, f"the password of {user} is in the worker log"
 
 
 def test_wrong_password_is_refused_at_once(secured, tmp_path):

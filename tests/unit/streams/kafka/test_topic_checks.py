@@ -57,7 +57,20 @@ def test_a_retriable_error_code_for_the_topic_is_retried_a_refusal_is_not():
     with pytest.raises(Exception) as raised:
         check_policy(ConfigsAdmin(policy_answer("", error_code=7)))  # REQUEST_TIMED_OUT
     assert broker_unavailable(raised.value)
-    check_policy(ConfigsAdmin(policy_answer("", error_code=29)))  # TOPIC_AUTHORIZATION_FAILED
+
+
+
+def test_a_worker_refused_the_cleanup_policy_stops_with_the_reason():
+    """A refusal was a warning and the worker started: with the README's worker ACLs no
+    secured deployment ever checked its changelog (a red-team run)."""
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    from streams.kafka.security import AccessRefused
+
+    with pytest.raises(AccessRefused, match="DESCRIBE_CONFIGS"):
+        check_policy(ConfigsAdmin(policy_answer("", error_code=29)))
+    with pytest.raises(AccessRefused, match="DESCRIBE_CONFIGS"):
+        check_policy(ConfigsAdmin(TopicAuthorizationFailedError("t.qlane-workflows-changelog")))
 
 
 def describe_answer(state: str, members: list[bytes], error_code: int = 0):
