@@ -41,7 +41,7 @@ from workers.errors import (
     SandboxTimeout,
     SimulationTimeout,
 )
-from workers.execution.batching import Outcome, execute_batch, split_by_work
+from workers.execution.batching import Outcome, timed_batch
 from workers.execution.breaker import BreakerOpen
 from workers.execution.preparation import (
     PreparedJob,
@@ -398,13 +398,12 @@ async def batch_outcomes(runtime: Runtime, jobs: list[Job]) -> dict[str, tuple[o
             answered = await simulate_batch(runtime, jobs)
             outcomes, seconds = answered.outcomes, answered.seconds
         else:
-            outcomes, elapsed = await in_thread_timed(
+            outcomes, seconds = await in_thread(
                 runtime,
-                functools.partial(execute_batch, breakers=runtime.breakers,
+                functools.partial(timed_batch, breakers=runtime.breakers,
                                   max_simulation_seconds=runtime.settings.max_simulation_seconds),
                 [(j.prepared, j.seed) for j in jobs], runtime.registry,
             )
-            seconds = split_by_work(elapsed, [j.prepared for j in jobs], runtime.registry)
     except InvalidJob as error:
         if len(jobs) > 1:
             log.warning("batch of %d jobs refused as a whole (%s); running them one by one",

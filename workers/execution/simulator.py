@@ -31,14 +31,13 @@ stays there); the vendor SDK adapters (ibm_runtime.*, braket.*) never do.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from qiskit import QuantumCircuit
 
 from workers.backends.ibm import DEVICE_PREFIX, DEVICES
-from workers.execution.batching import Outcome, execute_batch, split_by_work
+from workers.execution.batching import Outcome, timed_batch
 from workers.execution.preparation import PreparedJob
 
 # Simulators built and run once when the process starts (the others when first asked for).
@@ -160,12 +159,9 @@ class Simulator:
             if registry.noise_scale(name) != scale:
                 registry.set_noise_scale(name, scale)
         items = [(PreparedJob.from_bytes(data), seed) for data, seed in request.items]
-        started = time.perf_counter()
-        outcomes = execute_batch(
+        outcomes, seconds = timed_batch(
             items, registry, max_simulation_seconds=request.max_simulation_seconds
         )
-        seconds = split_by_work(time.perf_counter() - started, [job for job, _ in items],
-                                registry)
         return {"ok": True, "outcomes": [_encoded(o) for o in outcomes],
                 "seconds": seconds}, b""
 

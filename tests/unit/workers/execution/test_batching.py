@@ -163,3 +163,20 @@ def test_a_calls_seconds_are_billed_by_each_jobs_own_work(registry, limits) -> N
     # no estimate (a backend that is not here): circuits x shots, as before
     unknown = dataclasses.replace(bell, backend="nowhere")
     assert split_by_work(3.0, [unknown, unknown], registry) == [1.5, 1.5]
+
+
+def test_each_backends_seconds_go_to_its_own_jobs(limits) -> None:
+    """One call's seconds shared by estimates over every backend billed a Braket job (no
+    estimate) 0 s and the Bell job on Aer beside it 19 s (a red-team run). A backend slowed
+    by 0.3 s stands for the slow one here."""
+    from workers.execution.batching import timed_batch
+
+    registry = BackendRegistry(faults={"aer.noisy": FaultSpec(latency_s=0.3)})
+    cache = TranspileCache()
+    slow = prepare(JobSpec("slow", BELL_QASM2, shots=100, backend="aer.noisy"), registry,
+                   cache, limits)
+    fast = prepare(JobSpec("fast", GHZ3_QASM2, shots=100_000), registry, cache, limits)
+    outcomes, seconds = timed_batch([(slow, 1), (fast, 2)], registry)
+    assert not any(isinstance(o, Exception) for o in outcomes)
+    assert seconds[0] >= 0.3
+    assert seconds[1] < 0.2
