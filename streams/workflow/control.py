@@ -118,6 +118,20 @@ class ControlReader:
             await asyncio.sleep(0.02)
 
 
+def keeps(controls: dict, key: str, value: dict) -> bool:
+    """Store a control record's value unless it is a partition's spend below the one held:
+    a spend total only grows, and one owner's charges can reach the topic out of order (two
+    transactional producers of one worker, a red-team run), or an older worker can write its
+    stale total over a newer owner's (a rolling upgrade from a release without
+    `forget_spend`, a red-team run). Whether it was stored."""
+    if key.startswith(SPEND) and value["usd"] < controls.get(key, {}).get("usd", 0.0):
+        log.debug("spend %s of %s below the %s held: kept the larger", value["usd"],
+                  printable(key)[:200], controls[key]["usd"])
+        return False
+    controls[key] = value
+    return True
+
+
 def forget_spend(runtime: Runtime, partitions) -> None:
     """A revoked partition's spend is no longer this worker's to write: its next owner
     writes it, and this worker reads it again from the control topic if the partition comes
@@ -152,7 +166,8 @@ def register(app, runtime: Runtime) -> None:
                 if not well_formed(key, value):
                     log.warning("ignored a malformed control record at offset %d", record.offset)
                     continue
-                controls[key] = value
+                if not keeps(controls, key, value):
+                    continue
                 try:
                     act_on_control(runtime, key)
                 except Exception as error:  # noqa: BLE001 - a control never stops the worker

@@ -235,3 +235,17 @@ def test_a_charge_that_takes_over_a_partition_waits_for_the_reader_first():
     runtime = charging_runtime(controls={"spend:acme:2": {"usd": 1.0}}, spend_written={})
     runtime.control_reader = control.ControlReader(Stuck(runtime))
     assert asyncio.run(runtime.control_reader.caught_up(timeout_s=0.1)) is False
+
+
+def test_a_spend_total_read_lower_than_the_one_held_is_not_taken():
+    """A worker of the previous release wrote its stale total over the new owner's after a
+    partition came back (acme's spend fell from 8.78 to 1.77 in a rolling upgrade), and one
+    worker's charges can reach the topic out of order (a red-team run)."""
+    controls: dict = {}
+    assert control.keeps(controls, "spend:acme:0", {"usd": 8.77625})
+    assert not control.keeps(controls, "spend:acme:0", {"usd": 1.765})
+    assert controls["spend:acme:0"] == {"usd": 8.77625}
+    assert control.keeps(controls, "spend:acme:0", {"usd": 8.78})
+    assert control.keeps(controls, "noise:aer.noisy", {"noise_scale": 2.0})
+    assert control.keeps(controls, "noise:aer.noisy", {"noise_scale": 1.0})  # not spend
+    assert controls["noise:aer.noisy"] == {"noise_scale": 1.0}
