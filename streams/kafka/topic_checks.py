@@ -238,6 +238,36 @@ async def check_changelog_layout(settings: Settings, topic: str) -> None:
             "deployment (a new QLANE_TOPIC_PREFIX) for more partitions")
 
 
+async def warn_producer_timestamps(settings: Settings, admin: AIOKafkaAdminClient,
+                                   topics: list[str]) -> None:
+    """Name the job topics that keep their producers' timestamps (created by a release before
+    job topics were created with LogAppendTime): retention deletes a job stamped long ago
+    before a worker reads it, and an upgraded deployment kept CreateTime without a word (a
+    red-team run). A warning only, and only where the worker may read topic configs."""
+    if settings.profile != "kafka" or not topics:
+        return
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic,
+                            configs={"message.timestamp.type": None}) for topic in topics])
+    except Exception as error:  # noqa: BLE001 - e.g. no DESCRIBE_CONFIGS: not needed to run
+        if broker_unavailable(error):
+            raise
+        log.debug("job topics' timestamp type not read: %s", type(error).__name__)
+        return
+    kept = sorted(
+        name for response in responses
+        for error_code, _message, _kind, name, entries in response.resources
+        if not error_code and {entry[0]: entry[1] for entry in entries}.get(
+            "message.timestamp.type") == "CreateTime")
+    if kept:
+        log.warning(
+            "job topics keep their producers' timestamps, so retention can delete a job "
+            "stamped long ago before it is read; qlane creates them with LogAppendTime: "
+            "kafka-configs --alter --entity-type topics --entity-name TOPIC --add-config "
+            "message.timestamp.type=LogAppendTime, for each of: %s", ", ".join(kept))
+
+
 def policy_refused(settings: Settings, topic: str) -> AccessRefused:
     """The worker may not read the changelog's cleanup policy: with the worker ACLs of
     before, every secured deployment started without the check (a red-team run)."""

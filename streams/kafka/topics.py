@@ -253,10 +253,17 @@ async def ensure_topics(settings: Settings) -> list[str]:
                         f"topic {description['topic']} has {count} partitions, "
                         f"qlane is configured for {settings.partitions}"
                     )
+        from streams.kafka.topic_checks import (
+            check_changelog_layout,
+            check_changelog_policy,
+            warn_producer_timestamps,
+        )
+
+        await warn_producer_timestamps(
+            settings, admin,
+            [name for name in present if parse_job_topic(settings.topic_prefix, name)])
         changelog = changelog_topic(settings)
         if changelog in present:
-            from streams.kafka.topic_checks import check_changelog_layout, check_changelog_policy
-
             await check_changelog_policy(settings, admin, changelog)
             await check_changelog_layout(settings, changelog)
         return missing

@@ -4,10 +4,11 @@ a node lost or a group rebalancing is retried (preflight), never taken for a pas
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 
 import pytest
-from aiokafka.errors import NodeNotReadyError
+from aiokafka.errors import NodeNotReadyError, TopicAuthorizationFailedError
 
 from streams.kafka import topic_checks
 from streams.kafka.security import broker_unavailable
@@ -63,8 +64,6 @@ def test_a_retriable_error_code_for_the_topic_is_retried_a_refusal_is_not():
 def test_a_worker_refused_the_cleanup_policy_stops_with_the_reason():
     """A refusal was a warning and the worker started: with the README's worker ACLs no
     secured deployment ever checked its changelog (a red-team run)."""
-    from aiokafka.errors import TopicAuthorizationFailedError
-
     from streams.kafka.security import AccessRefused
 
     with pytest.raises(AccessRefused, match="DESCRIBE_CONFIGS"):
@@ -125,3 +124,22 @@ def test_a_stable_group_with_other_job_topics_is_refused(monkeypatch):
         "Stable", [subscription("t.qlane.jobs", "t.qlane.jobs.acme", "t.qlane.jobs-high")]))
     with pytest.raises(TopicLayoutMismatch):
         asyncio.run(check_group_tenants(KAFKA))
+
+
+def test_job_topics_that_keep_producer_timestamps_are_named(caplog):
+    """An upgraded deployment's job topics kept CreateTime without a word (a red-team run)."""
+    answer = [SimpleNamespace(resources=[
+        (0, None, 2, "t.qlane.jobs", [("message.timestamp.type", "CreateTime")]),
+        (0, None, 2, "t.qlane.jobs-high", [("message.timestamp.type", "LogAppendTime")]),
+        (29, None, 2, "t.qlane.jobs-low", []),
+    ])]
+    topics = ["t.qlane.jobs", "t.qlane.jobs-high", "t.qlane.jobs-low"]
+    with caplog.at_level(logging.WARNING, logger="qlane"):
+        asyncio.run(topic_checks.warn_producer_timestamps(KAFKA, ConfigsAdmin(answer), topics))
+    assert "for each of: t.qlane.jobs" in caplog.text
+    assert "jobs-high" not in caplog.text and "jobs-low" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="qlane"):  # no DESCRIBE_CONFIGS: not needed
+        asyncio.run(topic_checks.warn_producer_timestamps(
+            KAFKA, ConfigsAdmin(TopicAuthorizationFailedError("t.qlane.jobs")), topics))
+    assert caplog.text == ""
