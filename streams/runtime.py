@@ -83,6 +83,7 @@ class Runtime:
     paused_stages: set = field(default_factory=set)
     controls: object = None  # the `controls` GlobalTable, set by streams.workflow.control
     control_reader: object = None  # streams.workflow.control.ControlReader, once it reads
+    spend_settled: object = None  # asyncio.Task: the reader caught up since the assignment
     sandbox: object = None  # workers.circuits.sandbox.SandboxPool, started with the worker
     simulator: object = None  # its SIMULATE pool when settings.simulator_process
     host_workers: object = None  # workers.host_workers.HostWorkers, with simulator_process=auto

@@ -8,6 +8,7 @@ a tenant's spend. After a rebalance the new owner continues from the replicated 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -102,8 +103,13 @@ async def continue_spend(runtime: Runtime, key: str) -> None:
     """Take over a partition's spend from the control topic, read up to what is committed:
     the last owner's charges were committed before the partition moved, but a reader behind
     them gave a total without them to write over."""
+    settled = getattr(runtime, "spend_settled", None)  # started at the assignment
     reader = getattr(runtime, "control_reader", None)
-    if reader is not None and not await reader.caught_up():
+    if settled is not None:
+        caught_up = await asyncio.shield(settled)
+    else:
+        caught_up = reader is None or await reader.caught_up()
+    if not caught_up:
         log.warning("the control topic's reader is behind; %s goes on from what it has read",
                     key)
     runtime.spend_written[key] = (runtime.controls or {}).get(key, {}).get("usd", 0.0)

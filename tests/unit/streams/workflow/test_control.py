@@ -68,7 +68,8 @@ def test_the_control_reader_lets_records_collect_for_its_wait_and_keeps_the_late
     tasks = []
     app = SimpleNamespace(task=lambda function: tasks.append(function) or function,
                           timer=lambda **options: (lambda function: function),
-                          on_partitions_revoked=SimpleNamespace(connect=lambda function: function))
+                          on_partitions_revoked=SimpleNamespace(connect=lambda function: function),
+                          on_partitions_assigned=SimpleNamespace(connect=lambda function: function))
     control.register(app, runtime)
     (follow_controls,) = tasks
     asyncio.run(follow_controls())
@@ -249,3 +250,38 @@ def test_a_spend_total_read_lower_than_the_one_held_is_not_taken():
     assert control.keeps(controls, "noise:aer.noisy", {"noise_scale": 2.0})
     assert control.keeps(controls, "noise:aer.noisy", {"noise_scale": 1.0})  # not spend
     assert controls["noise:aer.noisy"] == {"noise_scale": 1.0}
+
+
+def test_the_reader_catches_up_once_per_assignment_not_at_each_keys_first_charge():
+    """Each key's first charge waited for the reader's fetch: one Bell job at a time had a
+    p99 of 184 ms on Kafka, 43 ms before (make bench)."""
+    from streams.workflow import accounting
+
+    class Consumer:
+        looks = 0
+
+        def assignment(self):
+            return {"control-0"}
+
+        async def end_offsets(self, partitions):
+            Consumer.looks += 1
+            return {tp: 1 for tp in partitions}
+
+        async def position(self, tp):
+            return 1
+
+    runtime = charging_runtime(controls={"spend:acme:3": {"usd": 0.5}}, spend_written={})
+    runtime.control_reader = control.ControlReader(Consumer())
+    prepared = SimpleNamespace(backend="aer.ideal", shots=100, tasks=[object()])
+
+    async def assigned_then_charged():
+        control.settle_spend(runtime)
+        for partition in (3, 4, 3):
+            await accounting.charge(
+                runtime, request={"tenant": "acme", "workflow_id": "w"}, prepared=prepared,
+                partition=partition, simulated_seconds=0.0, estimate=0.0,
+                charged_backend="aer.ideal")
+
+    asyncio.run(assigned_then_charged())
+    assert Consumer.looks == 1
+    assert runtime.spend_written["spend:acme:3"] == pytest.approx(0.5 + 2 * 0.00375)
