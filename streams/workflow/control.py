@@ -145,7 +145,12 @@ def settle_spend(runtime: Runtime) -> asyncio.Task:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.02)
-        return await runtime.control_reader.caught_up(max(deadline - loop.time(), 0.1))
+        try:
+            return await runtime.control_reader.caught_up(max(deadline - loop.time(), 0.1))
+        except Exception as error:  # noqa: BLE001 - e.g. a node lost: charges go on, logged
+            log.warning("the control topic's end could not be read after the assignment: "
+                        "%s: %s", type(error).__name__, error)
+            return False
 
     runtime.spend_settled = asyncio.get_running_loop().create_task(settled())
     return runtime.spend_settled

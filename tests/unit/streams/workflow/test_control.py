@@ -285,3 +285,31 @@ def test_the_reader_catches_up_once_per_assignment_not_at_each_keys_first_charge
     asyncio.run(assigned_then_charged())
     assert Consumer.looks == 1
     assert runtime.spend_written["spend:acme:3"] == pytest.approx(0.5 + 2 * 0.00375)
+
+
+def test_a_catch_up_that_fails_does_not_fail_the_charges():
+    """One catch-up serves every key's first charge after an assignment: its error would
+    have failed each of them."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    from streams.workflow import accounting
+
+    class Consumer:
+        def assignment(self):
+            return {"control-0"}
+
+        async def end_offsets(self, partitions):
+            raise KafkaTimeoutError("no answer")
+
+    runtime = charging_runtime(controls={"spend:acme:5": {"usd": 0.25}}, spend_written={})
+    runtime.control_reader = control.ControlReader(Consumer())
+    prepared = SimpleNamespace(backend="aer.ideal", shots=100, tasks=[object()])
+
+    async def assigned_then_charged():
+        control.settle_spend(runtime)
+        await accounting.charge(
+            runtime, request={"tenant": "acme", "workflow_id": "w"}, prepared=prepared,
+            partition=5, simulated_seconds=0.0, estimate=0.0, charged_backend="aer.ideal")
+
+    asyncio.run(assigned_then_charged())
+    assert runtime.spend_written["spend:acme:5"] == pytest.approx(0.25375)
