@@ -78,38 +78,34 @@ def timed_batch(
         groups.setdefault(prepared.backend, []).append(index)
     for name, indices in groups.items():
         started = time.perf_counter()
-        _run_group(name, indices, items, registry, breakers, outcomes, max_simulation_seconds)
+        estimates: dict = {}  # the group's simulation estimates, for its limit and its bill
+        backend = _run_group(name, indices, items, registry, breakers, outcomes,
+                             max_simulation_seconds, estimates)
         shares = split_by_work(time.perf_counter() - started,
-                               [items[i][0] for i in indices], registry)
+                               [items[i][0] for i in indices], backend, estimates)
         for index, share in zip(indices, shares, strict=True):
             seconds[index] = share
     return outcomes, seconds  # type: ignore[return-value]
 
 
-def split_by_work(seconds: float, jobs: Sequence[PreparedJob], registry: Any) -> list[float]:
+def split_by_work(seconds: float, jobs: Sequence[PreparedJob], backend: Any,
+                  estimates: dict | None = None) -> list[float]:
     """One backend's call seconds shared out over its jobs by each one's estimated simulation
     (`simulation_estimate`): what each job is billed when one call ran them all. By circuits
     x shots, a 1-shot 23-qubit job's 12 s were billed to another tenant's 100,000-shot Bell
     job in its batch (a red-team run). For a backend without an estimate, by circuits x
-    shots. Jobs of one backend only: estimates of one backend and circuits x shots of
-    another do not compare."""
+    shots (or none: `backend` None). Jobs of one backend only: estimates of one backend and
+    circuits x shots of another do not compare. `estimates`: the per-template estimates
+    made for the call already."""
     if not jobs:
         return []
-    estimates: dict = {}
-    work = [simulation_estimate(job, _backend(registry, job.backend), estimates) for job in jobs]
+    work = [simulation_estimate(job, backend, estimates) for job in jobs]
     if sum(work) <= 0:
         work = [len(job.tasks) * job.shots for job in jobs]
     total = sum(work)
     if total <= 0:
         return [seconds / len(jobs)] * len(jobs)
     return [seconds * w / total for w in work]
-
-
-def _backend(registry: Any, name: str) -> Any:
-    try:
-        return registry.get(name)
-    except QlaneError:  # not a backend here: no estimate
-        return None
 
 
 def _run_group(
@@ -120,17 +116,18 @@ def _run_group(
     breakers: BreakerBoard | None,
     outcomes: list[Outcome | None],
     max_simulation_seconds: float | None,
-) -> None:
+    estimates: dict,
+) -> Any:
+    """Run one backend's jobs; the backend, or None when it is not one here."""
     try:
         backend = registry.get(name)
     except Exception as exc:
         for i in indices:
             outcomes[i] = exc
-        return
+        return None
     breaker = breakers.for_backend(name) if breakers is not None else None
 
     runs: list[JobRuns] = []
-    estimates: dict = {}
     for i in indices:
         prepared, seed = items[i]
         try:
@@ -142,14 +139,15 @@ def _run_group(
             continue
         runs.append(JobRuns(i, templates, bindings, [prepared.shots] * len(templates), seeds))
     if not runs:
-        return
+        return backend
 
     if breaker is not None and not breaker.allow():
         refused = BreakerOpen(name, breaker.retry_after_s())
         for job in runs:
             outcomes[job.index] = refused
-        return
+        return backend
     _call(backend, runs, items, breaker, outcomes)
+    return backend
 
 
 def _call(

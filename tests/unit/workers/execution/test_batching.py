@@ -157,12 +157,12 @@ def test_a_calls_seconds_are_billed_by_each_jobs_own_work(registry, limits) -> N
     cache = TranspileCache()
     heavy = prepare(JobSpec("heavy", qasm2.dumps(deep), shots=1), registry, cache, limits)
     bell = prepare(JobSpec("bell", BELL_QASM2, shots=100_000), registry, cache, limits)
-    heavy_s, bell_s = split_by_work(12.0, [heavy, bell], registry)
+    heavy_s, bell_s = split_by_work(12.0, [heavy, bell], registry.get("aer.ideal"))
     assert heavy_s + bell_s == pytest.approx(12.0)
     assert bell_s < 0.01 * heavy_s
     # no estimate (a backend that is not here): circuits x shots, as before
     unknown = dataclasses.replace(bell, backend="nowhere")
-    assert split_by_work(3.0, [unknown, unknown], registry) == [1.5, 1.5]
+    assert split_by_work(3.0, [unknown, unknown], None) == [1.5, 1.5]
 
 
 def test_each_backends_seconds_go_to_its_own_jobs(limits) -> None:
