@@ -123,3 +123,12 @@ def fetch_position(consumer, tp) -> int | None:
     if state is None or not state.has_valid_position:
         return None
     return state.position
+
+
+async def reached(consumer, ends: dict) -> bool:
+    """Whether the consumer's position has reached `ends` (partition -> offset) on each
+    partition."""
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True

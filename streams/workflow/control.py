@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import codec
 from streams.agents.common import in_thread
-from streams.kafka.compat import stop_consumer
+from streams.kafka.compat import reached, stop_consumer
 from streams.kafka.security import kafka_options
 from streams.ops import metrics
 from streams.ops.logs import printable
@@ -107,11 +107,9 @@ class ControlReader:
         (and applied: records are applied without a pause after they are read)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        partitions = list(self.consumer.assignment())
-        ends = await self.consumer.end_offsets(partitions)
+        ends = await self.consumer.end_offsets(list(self.consumer.assignment()))
         while True:
-            positions = [await self.consumer.position(tp) for tp in partitions]
-            if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=True)):
+            if await reached(self.consumer, ends):
                 return True
             if loop.time() >= deadline:
                 return False

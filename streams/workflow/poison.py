@@ -29,7 +29,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.kafka.compat import stop_consumer
+from streams.kafka.compat import reached, stop_consumer
 from streams.kafka.security import broker_retrying, kafka_options
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
@@ -139,8 +139,7 @@ async def load_entries(runtime: Runtime) -> dict[str, dict]:
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(position >= ends[tp] for position, tp in zip(positions, tps, strict=True)):
+            if await reached(consumer, ends):
                 break
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
