@@ -238,6 +238,18 @@ async def check_changelog_layout(settings: Settings, topic: str) -> None:
             "deployment (a new QLANE_TOPIC_PREFIX) for more partitions")
 
 
+async def topic_config(admin: AIOKafkaAdminClient, topics: list[str],
+                       config: str) -> dict[str, tuple[int, str | None]]:
+    """Each topic's value of `config`, with the error code of its answer (0: answered), from
+    one DescribeConfigs request."""
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, configs={config: None})
+         for topic in topics])
+    return {name: (error_code, {entry[0]: entry[1] for entry in entries}.get(config))
+            for response in responses
+            for error_code, _message, _kind, name, entries in response.resources}
+
+
 async def warn_producer_timestamps(settings: Settings, admin: AIOKafkaAdminClient,
                                    topics: list[str]) -> None:
     """Name the job topics that keep their producers' timestamps (created by a release before
@@ -247,19 +259,14 @@ async def warn_producer_timestamps(settings: Settings, admin: AIOKafkaAdminClien
     if settings.profile != "kafka" or not topics:
         return
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic,
-                            configs={"message.timestamp.type": None}) for topic in topics])
+        answers = await topic_config(admin, topics, "message.timestamp.type")
     except Exception as error:  # noqa: BLE001 - e.g. no DESCRIBE_CONFIGS: not needed to run
         if broker_unavailable(error):
             raise
         log.debug("job topics' timestamp type not read: %s", type(error).__name__)
         return
-    kept = sorted(
-        name for response in responses
-        for error_code, _message, _kind, name, entries in response.resources
-        if not error_code and {entry[0]: entry[1] for entry in entries}.get(
-            "message.timestamp.type") == "CreateTime")
+    kept = sorted(name for name, (error_code, kind) in answers.items()
+                  if not error_code and kind == "CreateTime")
     if kept:
         log.warning(
             "job topics keep their producers' timestamps, so retention can delete a job "
@@ -284,8 +291,7 @@ async def check_changelog_policy(settings: Settings, admin: AIOKafkaAdminClient,
     if settings.profile != "kafka":
         return  # Tansu answers DescribeConfigs by closing the connection; it never compacts
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"cleanup.policy": None})])
+        answers = await topic_config(admin, [topic], "cleanup.policy")
     except Exception as error:
         if broker_unavailable(error):
             # A node just lost (aiokafka asks a random one): the start-up checks try again.
@@ -297,22 +303,20 @@ async def check_changelog_policy(settings: Settings, admin: AIOKafkaAdminClient,
         log.warning("could not read the cleanup policy of %s (%s): it must be compact",
                     topic, type(error).__name__)
         return
-    for response in responses:
-        for error_code, _message, _kind, name, entries in response.resources:
-            if name != topic:
-                continue
-            if error_code:
-                raise_if_retriable(error_code, f"cleanup policy of {topic}")
-                if error_code == TopicAuthorizationFailedError.errno:
-                    raise policy_refused(settings, topic)
-                log.warning("could not read the cleanup policy of %s (error %d): it must be "
-                            "compact", topic, error_code)
-                continue
-            policy = {entry[0]: entry[1] for entry in entries}.get("cleanup.policy") or ""
-            if "compact" not in policy.split(","):
-                raise TopicLayoutMismatch(
-                    f"{topic} has cleanup.policy={policy}: the workflow table's changelog "
-                    "must be compacted, or after its retention the table forgets every "
-                    "workflow and their jobs run and are charged again when sent again "
-                    f"(kafka-configs --alter --entity-type topics --entity-name {topic} "
-                    "--add-config cleanup.policy=compact)")
+    if topic not in answers:
+        return
+    error_code, policy = answers[topic]
+    if error_code:
+        raise_if_retriable(error_code, f"cleanup policy of {topic}")
+        if error_code == TopicAuthorizationFailedError.errno:
+            raise policy_refused(settings, topic)
+        log.warning("could not read the cleanup policy of %s (error %d): it must be compact",
+                    topic, error_code)
+        return
+    policy = policy or ""
+    if "compact" not in policy.split(","):
+        raise TopicLayoutMismatch(
+            f"{topic} has cleanup.policy={policy}: the workflow table's changelog must be "
+            "compacted, or after its retention the table forgets every workflow and their "
+            "jobs run and are charged again when sent again (kafka-configs --alter "
+            f"--entity-type topics --entity-name {topic} --add-config cleanup.policy=compact)")
