@@ -31,7 +31,6 @@ from workers.errors import BudgetExceeded, InvalidJob, ResultTooLarge
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
 from workers.mitigation.combine import mitigate
-from workers.seeds import job_seed
 from workers.variational.loop import (
     STOPPED_BY_CANCEL,
     AskTellOptimizer,
@@ -150,7 +149,7 @@ def register(app, runtime: Runtime, table) -> None:
                 return None
             try:
                 counts, seconds = await simulate_alone(
-                    runtime, prepared, job_seed(job.workflow_id, job.seed))
+                    runtime, prepared, job.seed)  # evaluation_seed's
                 outcome = await in_thread(runtime, mitigate, prepared, counts)
                 estimate_0 = outcome.estimates[0]
                 event = await accounting.charge(
