@@ -84,10 +84,10 @@ def control_consumer_options(settings) -> dict:
     """The control topic's reader (beside the connection's `kafka_options`). On Kafka it
     reads committed transactions only: a charge is written in its job's transaction, and an
     aborted one was read as spent, then counted again by the job's rerun and written back
-    as committed (a red-team run: 7 jobs charged
-    twice after a worker was killed). The broker answers when the wait ends or the minimum
-    has collected (which the control topic's small records do not reach in that time): one
-    fetch per wait, not one per record written."""
+    as committed (a red-team run: 7 jobs charged twice after a worker was killed). The
+    broker answers when the wait ends or the minimum has collected (which the control
+    topic's small records do not reach in that time): one fetch per wait, not one per
+    record written."""
     return dict(
         group_id=None, auto_offset_reset="earliest",
         enable_auto_commit=False, isolation_level=settings.isolation_level,
