@@ -84,12 +84,19 @@ def test_high_priority_job_overtakes_a_low_priority_backlog(small_batch_settings
     assert max(done_at.values()) > high_at
 
 
-def test_cancelled_before_execution_is_never_run_nor_charged(settings, worker):
+def test_cancelled_before_execution_is_never_run_nor_charged(small_batch_settings,
+                                                            small_batch_worker):
+    settings = small_batch_settings
     tag = uuid.uuid4().hex[:6]
-    backlog = [job_request(workflow_id=f"bl-{tag}-{i}", circuit=heavy_circuit(1 + i / 50),
-                           shots=1000, priority=-1) for i in range(15)]
-    target = job_request(workflow_id=f"victim-{tag}", circuit=heavy_circuit(2.5), shots=1000,
-                         priority=-1)
+    # The victim must still be queued when its cancel is handled. On the default worker a
+    # backlog of 10-qubit jobs was one or two batches, and once (a CI run) the batch that took
+    # the victim was taken before its cancel arrived: `done`, cancel_ignored. Here the victim
+    # waits behind four batches of four 20-qubit jobs (about 0.3 s each), seconds, while its
+    # cancel, on the high lane, comes a few milliseconds after it.
+    backlog = [job_request(workflow_id=f"bl-{tag}-{i}", circuit=heavy_circuit(1 + i / 50, 20),
+                           shots=2000, priority=-1) for i in range(15)]
+    target = job_request(workflow_id=f"victim-{tag}", circuit=heavy_circuit(2.5, 20),
+                         shots=2000, priority=-1)
 
     async def go():
         async with Client(settings) as client:
@@ -102,7 +109,10 @@ def test_cancelled_before_execution_is_never_run_nor_charged(settings, worker):
     outcome = asyncio.run(go())[target["workflow_id"]]
     assert outcome.state == "cancelled" and outcome.result is None, (outcome.state,
                                                                      outcome.history)
-    time.sleep(3)  # the backlog drains; the victim must still be neither run nor charged
+    # the backlog drains; the victim must still be neither run nor charged
+    backlog_keys = {job["workflow_id"].encode() for job in backlog}
+    assert wait_for(lambda: backlog_keys <= {r.key for r in topic_records(settings, "results")},
+                    timeout_s=120)
     key = target["workflow_id"].encode()
     states = [codec("JobStatus").decode(r.value)["state"]
               for r in topic_records(settings, "status") if r.key == key]
