@@ -199,3 +199,50 @@ def test_an_observable_whose_value_would_overflow_is_refused_at_admission():
         JobSpec.from_record({"workflow_id": "w", "circuit": BELL_QASM2, "observables": [
             {"terms": [{"pauli": "ZZ", "coeff": 1e300}]}]})
     assert parse_observable(f"ZZ:{MAX_OBSERVABLE_WEIGHT / 2} + XX:{-MAX_OBSERVABLE_WEIGHT / 2}")
+
+
+TELEPORT_QASM3 = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[3] q;
+bit[2] m;
+ry(1.1) q[0];
+h q[1];
+cx q[1], q[2];
+cx q[0], q[1];
+h q[0];
+m[0] = measure q[0];
+m[1] = measure q[1];
+if (m[1]) x q[2];
+if (m[0]) z q[2];
+"""
+
+
+def test_a_measurement_whose_bit_a_later_branch_reads_is_kept(registry, cache, limits) -> None:
+    """Qiskit's remove_final_measurements looks at the qubit alone: both measurements were
+    dropped, the branches read 0 and never ran, and the teleported <Z>, <X> (0.4536, 0.8912)
+    came back about 0 as `done` (a red-team run)."""
+    observables = (parse_observable("ZII"), parse_observable("XII"))
+    spec = JobSpec("wf-teleport", TELEPORT_QASM3, circuit_format="qasm3",
+                   observables=observables, shots=20000)
+    _, _, estimates = _run(spec, registry, cache, limits)
+    for estimate, exact in zip(estimates, (math.cos(1.1), math.sin(1.1)), strict=True):
+        assert abs(estimate.value - exact) < 4 * estimate.std_error, (estimate, exact)
+
+
+def test_final_measurements_are_still_removed_as_qiskit_removes_them() -> None:
+    from qiskit import QuantumCircuit
+
+    from workers.circuits.measurement import without_final_measurements
+
+    bell = QuantumCircuit(2, 2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.barrier()
+    bell.measure([0, 1], [0, 1])
+    assert without_final_measurements(bell) == bell.remove_final_measurements(inplace=False)
+    middle = QuantumCircuit(1, 1)
+    middle.h(0)
+    middle.measure(0, 0)
+    middle.h(0)
+    assert [i.operation.name for i in without_final_measurements(middle).data] == [
+        "h", "measure", "h"]
