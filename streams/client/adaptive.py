@@ -22,7 +22,7 @@ measurement basis (a qubit-wise commuting group, as the worker groups them):
 4. estimates are recomputed from every shot so far; rounds repeat until each reported
    standard error is <= eps, `max_rounds` is reached or a PUB would pass `max_shots`.
 
-Estimates use raw counts (readout mitigation tables are not applied; ZNE is refused).
+Estimates use raw counts (ZNE and readout mitigation are refused: `ValueError`).
 """
 
 from __future__ import annotations

@@ -187,6 +187,15 @@ def test_a_sampler_asked_for_readout_mitigation_refuses_instead_of_sampling_raw(
         sampler.run([circuit])
 
 
+@pytest.mark.parametrize("mitigation", [{"readout": True}, {"zne": {"scale_factors": [1, 3]}}])
+def test_an_adaptive_estimator_refuses_mitigation_it_would_not_apply(mitigation):
+    circuit = QuantumCircuit(2)
+    circuit.x([0, 1])
+    estimator = Estimator("127.0.0.1:1", adaptive=True, mitigation=mitigation)
+    with pytest.raises(ValueError, match="raw counts"):
+        estimator.run([(circuit, "ZZ")])
+
+
 def test_gates_the_exporter_cannot_spell_are_sent_decomposed_or_refused_typed():
     """An Isometry needs five levels of definitions before OpenQASM 3 can spell it; it
     escaped run() as the exporter's own QASM3ExporterError."""
