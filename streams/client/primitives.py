@@ -27,7 +27,8 @@ How a call maps onto qlane (details in the README, "Use it from Qiskit"):
   precision as the target standard error of each expectation value and allocates shots per
   measurement group from measured variances (streams/client/adaptive.py).
 * The sampler's joint counts over every classical register (JobResult v4 carries the
-  register layout) become one BitArray per register with the rows in a seeded random order,
+  register layout) become one BitArray per register with the rows in a random order seeded
+  by the simulator's seed (a `seed` option repeats the arrays, as Qiskit's seeded samplers do),
   so correlations between registers survive (`join_data`).
 """
 
@@ -559,7 +560,10 @@ def sampler_pub_result(pub: SamplerPub, result: dict) -> SamplerPubResult:
     cregs = pub.circuit.cregs
     arrays = {creg.name: np.zeros(shape + (pub.shots, (creg.size + 7) // 8), dtype=np.uint8)
               for creg in cregs}
-    rng = np.random.default_rng(job_seed(result["workflow_id"], None))
+    # The simulator's seed orders the shots too: a `seed` in the options repeats the
+    # BitArrays, not only their counts, as Qiskit's seeded samplers do (each call's job id
+    # differs, and shuffled by it two seed=7 runs gave one order each).
+    rng = np.random.default_rng(job_seed(result["workflow_id"], result.get("seed_simulator")))
     for number, circuit in enumerate(circuits if cregs else ()):  # no register: no data
         layout = circuit.get("registers") or [{"name": c.name, "size": c.size} for c in cregs]
         total = sum(r["size"] for r in layout)

@@ -143,6 +143,21 @@ def test_registers_the_exporter_renames_are_matched_by_position_not_left_as_zero
     assert result.data.creg.get_counts() == {"01": 8}
 
 
+def test_a_seeded_sampler_repeats_its_shots_in_order_whatever_the_job_id():
+    circuit = QuantumCircuit(2, 2)
+    circuit.measure([0, 1], [0, 1])
+    pub = SamplerPub.coerce((circuit, None, 8))
+    layout = [{"name": "c", "size": 2}]
+    counts = [{"00": 4, "11": 3, "01": 1}]
+    arrays = [sampler_pub_result(pub, {**_sampler_result(job, counts, layout),
+                                       "seed_simulator": 7}).data.c.array
+              for job in ("first.0", "second.0")]
+    assert np.array_equal(*arrays)
+    unseeded = [sampler_pub_result(pub, _sampler_result(job, counts, layout)).data.c.array
+                for job in ("first.0", "second.0")]
+    assert not np.array_equal(*unseeded)  # 8 shots, 280 orders: these two differ
+
+
 def test_registers_that_cannot_be_matched_are_an_error():
     alpha, beta = ClassicalRegister(1, "alpha"), ClassicalRegister(2, "beta")
     circuit = QuantumCircuit(QuantumRegister(3), alpha, beta)
