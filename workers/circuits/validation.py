@@ -85,13 +85,15 @@ def check_against_circuit(
     if num_parameters and not spec.parameter_sets:
         names = ", ".join(p.name for p in circuit.parameters)
         raise ParameterMismatch(f"circuit has parameters ({names}) but no parameter sets")
-    if not num_parameters and spec.parameter_sets:
-        raise ParameterMismatch("parameter sets given for a circuit without parameters")
+    # A circuit without parameters may have empty parameter sets: one run each, each with
+    # its own shots (an Estimator pub of shape (50,) over such a circuit: 50 estimates).
     for index, values in enumerate(spec.parameter_sets):
         if len(values) != num_parameters:
             raise ParameterMismatch(
                 f"parameter set {index} has {len(values)} values, the circuit {num_parameters} "
-                f"parameters"
+                "parameters" if num_parameters else
+                f"parameter set {index} has {len(values)} values, the circuit no parameters "
+                "(its sets, if any, are empty: one run each)"
             )
     for index, observable in enumerate(spec.observables):
         check_observable(observable, index, n)

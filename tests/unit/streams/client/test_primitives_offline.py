@@ -158,6 +158,19 @@ def test_a_seeded_sampler_repeats_its_shots_in_order_whatever_the_job_id():
     assert not np.array_equal(*unseeded)  # 8 shots, 280 orders: these two differ
 
 
+def test_an_estimator_pub_over_a_circuit_without_parameters_runs_once_per_element():
+    circuit = QuantumCircuit(1)
+    circuit.ry(1.0, 0)
+    pub = EstimatorPub.coerce((circuit, SparsePauliOp("Z"), np.empty((5, 0))), 0.05)
+    request, grids = Estimator("127.0.0.1:1")._request("job", 0, pub)
+    assert request["parameter_sets"] == [[]] * 5
+    result = {"workflow_id": "job.0", "circuits": [{"shots": 400}], "expectations": [
+        {"parameter_set_index": i, "observable_index": 0, "value": 0.5 + i / 100,
+         "std_error": 0.04} for i in range(5)]}
+    evs = estimator_pub_result(pub, grids, result).data.evs
+    assert evs.tolist() == [0.5, 0.51, 0.52, 0.53, 0.54]
+
+
 def test_registers_that_cannot_be_matched_are_an_error():
     alpha, beta = ClassicalRegister(1, "alpha"), ClassicalRegister(2, "beta")
     circuit = QuantumCircuit(QuantumRegister(3), alpha, beta)

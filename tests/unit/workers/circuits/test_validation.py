@@ -74,7 +74,7 @@ def test_shot_bounds_are_inclusive(registry, cache) -> None:
     ("circuit", "parameter_sets", "match"),
     [
         (ANSATZ3_QASM3, (), "no parameter sets"),
-        (BELL_QASM2, ((0.1,),), "without parameters"),
+        (BELL_QASM2, ((0.1,),), "no parameters"),
         (ANSATZ3_QASM3, ((0.1, 0.2, 0.3, 0.4),), "4 values"),
         (ANSATZ3_QASM3, ((0.1,) * 5, (0.1,) * 6), "set 1 has 6 values"),
         (ANSATZ3_QASM3, ((0.1, 0.2, math.nan, 0.4, 0.5),), "non-finite"),

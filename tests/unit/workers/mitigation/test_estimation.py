@@ -246,3 +246,18 @@ def test_final_measurements_are_still_removed_as_qiskit_removes_them() -> None:
     middle.h(0)
     assert [i.operation.name for i in without_final_measurements(middle).data] == [
         "h", "measure", "h"]
+
+
+def test_empty_parameter_sets_of_a_circuit_without_parameters_are_independent_runs(
+        registry, cache, limits) -> None:
+    """How an Estimator pub of a shaped binding over such a circuit gets one estimate per
+    element (the client sends one empty set per element)."""
+    source = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\nry(1) q[0];\n'
+    spec = JobSpec("wf-runs", source, observables=(parse_observable("Z"),), shots=400,
+                   parameter_sets=((),) * 40)
+    _, _, estimates = _run(spec, registry, cache, limits)
+    values = np.array([e.value for e in estimates])
+    assert len(set(values)) > 10  # not one run's value repeated
+    errors = np.array([e.std_error for e in estimates])
+    within = np.abs(values - math.cos(1)) < 2 * errors
+    assert within.mean() >= 0.8, values
