@@ -11,9 +11,12 @@ Parameters stay symbolic; the layout of the template is kept.
 from __future__ import annotations
 
 from qiskit import QuantumCircuit
+from qiskit.circuit import ControlFlowOp
 from qiskit.circuit.library import XGate
 from qiskit.transpiler import InstructionDurations, PassManager, Target
 from qiskit.transpiler.passes import ALAPScheduleAnalysis, PadDynamicalDecoupling
+
+from workers.errors import InvalidJob
 
 DT_SECONDS = 1e-10
 DD_SEQUENCE = "X-X"
@@ -51,7 +54,14 @@ def pass_manager(target: Target) -> PassManager:
 
 
 def apply_dd(circuit: QuantumCircuit, manager: PassManager) -> QuantumCircuit:
-    """`circuit` with X-X in its idle windows; the layout of `circuit` is kept."""
+    """`circuit` with X-X in its idle windows; the layout of `circuit` is kept. A circuit
+    with control flow cannot be scheduled (its blocks have no duration): InvalidJob, which
+    named the transpiler's 'Duration of if_else ... not found' before."""
+    for instruction in circuit.data:
+        if isinstance(instruction.operation, ControlFlowOp):
+            raise InvalidJob(
+                f"dynamical decoupling schedules circuits without control flow: "
+                f"{instruction.operation.name} cannot be scheduled; run without it")
     padded = manager.run(circuit)
     if padded.layout is None and circuit.layout is not None:
         padded._layout = circuit.layout

@@ -619,6 +619,23 @@ def test_dynamical_decoupling_is_not_applied_without_durations(registry, cache, 
     assert "not applied" in outcome.report["parameters"]["dd"]
 
 
+def test_dynamical_decoupling_of_a_circuit_with_control_flow_is_a_typed_refusal(noisy) -> None:
+    """The transpiler's own 'Duration of if_else ... not found' reached the dead letter."""
+    source = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[2] q;
+bit[1] m;
+h q[0];
+m[0] = measure q[0];
+if (m[0]) x q[1];
+"""
+    spec = JobSpec("wf-dd-if", source, circuit_format="qasm3", backend="aer.noisy",
+                   observables=(parse_observable("ZZ"),), shots=100,
+                   mitigation=MitigationSpec(dynamical_decoupling=True))
+    with pytest.raises(InvalidJob, match="control flow"):
+        prepare(spec, noisy, TranspileCache(), Limits())
+
+
 # --------------------------------------------------------------------------- determinism
 def test_prepare_execute_mitigate_twice_is_identical() -> None:
     spec = estimator_job(
