@@ -61,7 +61,12 @@ class TranspileCache:
             self.hits += 1
             return template, True
         self.misses += 1
-        template = self.pass_manager(backend).run(without_impostors(circuit, backend.target))
+        source = without_impostors(circuit, backend.target)
+        if backend.target.dt is None:
+            # Delays in seconds go before the transpiler sees them: mixed with delays in dt
+            # it refused the circuit (TranspilerError 'Fail to unify time units'; red-team).
+            source = delays_in_dt(source, None)
+        template = self.pass_manager(backend).run(source)
         template = delays_in_dt(template, backend.target.dt)
         self._templates[key] = template
         return template, False

@@ -122,3 +122,24 @@ def test_a_delay_in_si_units_survives_the_prepared_jobs_qpy(registry, limits):
     plain = QuantumCircuit(1)
     plain.x(0)
     assert delays_in_dt(plain, None) is plain
+
+
+def test_delays_in_seconds_and_in_dt_together_on_a_backend_without_dt() -> None:
+    """The transpiler refused the mix ('Fail to unify time units in delays') where the
+    README promises delays in seconds are dropped on a backend without dt."""
+    from qiskit import QuantumCircuit
+
+    from workers.backends.aer import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+
+    circuit = QuantumCircuit(1, 1)
+    circuit.h(0)
+    circuit.delay(100, 0, unit="dt")
+    circuit.delay(1e-7, 0, unit="s")
+    circuit.h(0)
+    circuit.measure(0, 0)
+    backend = BackendRegistry().get("aer.ideal")
+    assert backend.target.dt is None
+    template, _ = TranspileCache().transpile(circuit, backend)
+    delays = [i.operation for i in template.data if i.operation.name == "delay"]
+    assert [(d.duration, d.unit) for d in delays] == [(100, "dt")]
