@@ -158,6 +158,7 @@ class EarlierCopies:
     def __init__(self) -> None:
         self.runs: dict[tuple[str, int], list[list[int]]] = {}
         self.waiting: list = []
+        self.dead_jobs: set[str] = set()
 
     def now(self, record) -> bool:
         """Whether to handle `record` now (else it is a copy: skipped, or `waiting`)."""
@@ -190,6 +191,38 @@ class EarlierCopies:
         if origin is None or not self.selected(origin):
             return None
         return f"a copy of {origin}, which this replay selects too"
+
+    def repeated_job(self, record) -> str | None:
+        """Why a dead letter is not sent: another one this replay sends stands for the same
+        job record. A job replayed and dead-lettered again left a second dead letter (its
+        `qlane.replay.source` names the job record the first one came from); both went
+        back, and each further round added one more (6 dead letters of one bad job; a
+        red-team run). None for the first, and for any record that is not a dead letter."""
+        job = dead_job_record(record)
+        if job is None:
+            return None
+        if job in self.dead_jobs:
+            return f"a dead letter of {job}, as one this replay sends"
+        self.dead_jobs.add(job)
+        return None
+
+
+def dead_job_record(record) -> str | None:
+    """For a dead letter, the address of the job record it stands for at first: the one its
+    job was copied from if its job was a replayed or moved copy (not of a dead letter: those
+    are EarlierCopies' own), else its source record; None for a record that is no dead
+    letter."""
+    context = {k: v for k, v in (record.headers or ()) if k.startswith(HEADER_PREFIX)}
+    if not context:
+        return None
+    origin = copied_from(record)
+    if origin is not None and not origin.startswith(f"{record.topic}:"):
+        return origin
+    parts = [context.get(HEADER_PREFIX + f"source.{name}") for name in
+             ("topic", "partition", "offset")]
+    if any(part is None for part in parts):
+        return None
+    return ":".join(part.decode(errors="replace") for part in parts)
 
 
 def wanted(record, selection: ReplaySelection) -> bool:
@@ -224,6 +257,14 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
     note = ""
     if destination is None:
         destination = record.topic
+        if record.topic != names.deadletter and not is_job_topic(names, record.topic):
+            # Copied onto itself, a cost event was a second charge to a billing reader, and
+            # a dead letter named without its prefix came back without its headers (a
+            # red-team run).
+            raise ValueError(
+                f"{record.topic} is not a job topic or the dead-letter topic of "
+                f"{names.jobs.removesuffix('.jobs')!r}: a copy onto itself would repeat its "
+                "records (--to TOPIC sends them somewhere on purpose)")
         if record.topic == names.deadletter:
             dlq = dead_letter_context(record.headers or ())
             if any(name == UNREADABLE_HEADER for name, _ in record.headers or ()):
@@ -377,12 +418,16 @@ async def replay(
         async for record in select_records(settings, selection):
             summary.selected += 1
             if copies.now(record):
-                await handle(record)
-            elif (why := copies.skip_reason(record)) is not None:
+                if (why := copies.repeated_job(record)) is None:
+                    await handle(record)
+            else:
+                why = copies.skip_reason(record)
+            if why is not None:
                 summary.skipped += 1
                 report(f"skip {address(record)}: {why}")
         for record in copies.waiting:
-            if (why := copies.skip_reason(record)) is not None:
+            why = copies.skip_reason(record) or copies.repeated_job(record)
+            if why is not None:
                 summary.skipped += 1
                 report(f"skip {address(record)}: {why}")
             else:

@@ -149,8 +149,9 @@ def test_an_older_dead_stage_record_finds_its_tenant_and_lane(source, priority, 
 def copies_left(records):
     """What one replay of `records` sends (the EarlierCopies decisions, in order)."""
     copies = EarlierCopies()
-    sent = [r for r in records if copies.now(r)]
-    return sent + [r for r in copies.waiting if copies.skip_reason(r) is None]
+    sent = [r for r in records if copies.now(r) and copies.repeated_job(r) is None]
+    return sent + [r for r in copies.waiting
+                   if copies.skip_reason(r) is None and copies.repeated_job(r) is None]
 
 
 def replay_once(log):
@@ -251,3 +252,33 @@ def test_a_record_the_broker_did_not_take_is_reported_failed_not_replayed(monkey
     assert summary.by_target == {NAMES.jobs: 6}
     assert sum(1 for line in reported
                if isinstance(line, str) and line.startswith("failed ")) == 4
+
+
+@pytest.mark.parametrize("topic", [NAMES.cost, NAMES.results, NAMES.status, NAMES.control,
+                                   "other.deadletter", "other.jobs"])
+def test_a_topic_that_is_not_a_job_or_the_dead_letter_topic_is_not_copied_onto_itself(topic):
+    """`qlane replay cost` copied each cost event onto the cost topic: two charges to a
+    billing reader (a red-team run)."""
+    with pytest.raises(ValueError, match="onto itself"):
+        plan_record(record(topic, b"x"), NAMES, target=None, rerun=False)
+    assert plan_record(record(topic, b"x"), NAMES, target=NAMES.jobs,
+                       rerun=False).target_topic == NAMES.jobs
+
+
+def dead_letter_of(source, offset, headers=()):
+    return record(NAMES.deadletter, request_bytes(), offset=offset, headers=[
+        *headers, ("qlane.dlq.source.topic", source[0].encode()),
+        ("qlane.dlq.source.partition", str(source[1]).encode()),
+        ("qlane.dlq.source.offset", str(source[2]).encode())])
+
+
+def test_a_dead_letter_of_a_replayed_copy_goes_back_once_with_the_first_one():
+    """A bad job, replayed from `jobs`, left a second dead letter; replaying the dead
+    letters then sent both (each round one more: 6 dead letters of one job; red-team)."""
+    first = dead_letter_of((NAMES.jobs, 0, 4), offset=1)
+    of_the_copy = dead_letter_of((NAMES.jobs, 0, 9), offset=2,
+                                 headers=[(REPLAY_HEADER, b"qlane.jobs:0:4")])
+    other_job = dead_letter_of((NAMES.jobs, 0, 5), offset=3)
+    assert copies_left([first, of_the_copy, other_job]) == [first, other_job]
+    assert copies_left([of_the_copy, first]) == [of_the_copy]
+    assert copies_left([of_the_copy]) == [of_the_copy]  # the first one not selected
