@@ -149,7 +149,7 @@ class Runtime:
             # At 0 from the start: a series that appears at 1 has no increase() for the
             # alert, and QlaneBudgetExhausted missed a tenant's first refusals (a red-team run).
             metrics.BUDGET_REFUSALS.labels(tenant).inc(0)
-        metrics.count_from_zero()
+        metrics.count_from_zero(self.registry.names())
 
     @property
     def worker_version(self) -> str:

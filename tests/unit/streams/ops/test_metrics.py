@@ -201,3 +201,18 @@ def test_a_worker_that_finished_nothing_reads_as_idle_since_its_start_not_since_
     before = time.time()
     metrics.count_from_zero()
     assert before <= metrics.LAST_PROGRESS._value.get() <= time.time()
+
+
+def test_dead_letters_and_cost_exist_at_zero_from_the_start():
+    """A burst of 30 dead letters read as an increase of 0.3, and a backend's first $8.90 was
+    missing from the cost panel: their series appeared at their first value (red-team)."""
+    metrics.count_from_zero(["aer.ideal", "ibm.sherbrooke"])
+    registry = metrics.REGISTRY
+    for stage in metrics.JOB_STAGES:
+        for reason in ("DeadlineExceeded", "InvalidCircuit", "BudgetExceeded", "PoisonRecord"):
+            assert registry.get_sample_value(
+                "qlane_dead_letters_total", {"stage": stage, "reason": reason}) is not None
+        assert registry.get_sample_value(
+            "qlane_jobs_total", {"stage": stage, "outcome": "rejected"}) is not None
+    for backend in ("aer.ideal", "ibm.sherbrooke"):
+        assert registry.get_sample_value("qlane_cost_usd_total", {"backend": backend}) is not None
