@@ -9,6 +9,7 @@ of a fresh classical register added last, which Qiskit prints leftmost in a coun
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from qiskit import ClassicalRegister, QuantumCircuit
@@ -66,27 +67,19 @@ def counts_circuit(circuit: QuantumCircuit) -> QuantumCircuit:
 
 
 def without_final_measurements(circuit: QuantumCircuit) -> QuantumCircuit:
-    """The circuit without the measurements nothing after them uses: neither their qubit
-    nor their bit. Qiskit's `remove_final_measurements` looks at the qubit alone, so it also
+    """The circuit without its final measurements: those whose qubit nothing after them acts
+    on (barriers aside) and whose bit nothing after them reads before another measurement
+    writes it. Qiskit's `remove_final_measurements` looks at the qubit alone, so it also
     dropped a measurement whose bit a later `if_test` reads, and the branch never ran: a
     teleported state's <Z> came back -0.01 for 0.45, `done` (a red-team run). Where both
     remove the same measurements, Qiskit's result is taken (it also drops the registers left
     idle); else the registers stay (the basis register, added last, is still read leftmost)."""
-    final: set[int] = set()
-    qubits_used: set = set()
-    clbits_used: set = set()
-    for index in range(len(circuit.data) - 1, -1, -1):
-        instruction = circuit.data[index]
-        if (instruction.operation.name == "measure"
-                and not qubits_used.intersection(instruction.qubits)
-                and not clbits_used.intersection(instruction.clbits)):
-            final.add(index)
-            continue
-        if instruction.operation.name != "barrier":
-            qubits_used.update(instruction.qubits)
-        clbits_used.update(instruction.clbits)
+    final = final_measurements(circuit)
+    kept = Counter(measure_bits(instruction) for index, instruction in enumerate(circuit.data)
+                   if instruction.operation.name == "measure" and index not in final)
     by_qiskit = circuit.remove_final_measurements(inplace=False)
-    if measurement_count(circuit) - measurement_count(by_qiskit) == len(final):
+    if Counter(measure_bits(instruction) for instruction in by_qiskit.data
+               if instruction.operation.name == "measure") == kept:
         return by_qiskit
     stripped = circuit.copy_empty_like()
     for index, instruction in enumerate(circuit.data):
@@ -95,8 +88,32 @@ def without_final_measurements(circuit: QuantumCircuit) -> QuantumCircuit:
     return stripped
 
 
-def measurement_count(circuit: QuantumCircuit) -> int:
-    return sum(instruction.operation.name == "measure" for instruction in circuit.data)
+def final_measurements(circuit: QuantumCircuit) -> set[int]:
+    """Indices of the measurements `without_final_measurements` removes. Read backwards: a
+    bit is read later if an instruction after it other than a measurement uses it (control
+    flow reads its condition's bits) and no measurement in between writes it again."""
+    final: set[int] = set()
+    qubits_used: set = set()
+    bits_read: set = set()
+    for index in range(len(circuit.data) - 1, -1, -1):
+        instruction = circuit.data[index]
+        name = instruction.operation.name
+        if name == "measure":
+            if (not qubits_used.intersection(instruction.qubits)
+                    and not bits_read.intersection(instruction.clbits)):
+                final.add(index)
+            else:
+                qubits_used.update(instruction.qubits)
+            bits_read.difference_update(instruction.clbits)  # written here: earlier unread
+            continue
+        if name != "barrier":
+            qubits_used.update(instruction.qubits)
+        bits_read.update(instruction.clbits)
+    return final
+
+
+def measure_bits(instruction) -> tuple:
+    return tuple(instruction.qubits), tuple(instruction.clbits)
 
 
 def basis_circuit(state_circuit: QuantumCircuit, basis: str) -> QuantumCircuit:

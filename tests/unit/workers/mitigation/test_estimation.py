@@ -261,3 +261,43 @@ def test_empty_parameter_sets_of_a_circuit_without_parameters_are_independent_ru
     errors = np.array([e.std_error for e in estimates])
     within = np.abs(values - math.cos(1)) < 2 * errors
     assert within.mean() >= 0.8, values
+
+
+def test_a_barrier_after_another_measurement_does_not_hide_a_read_bit(
+        registry, cache, limits) -> None:
+    """Qiskit and qlane each removed one measurement, different ones: the counts matched and
+    Qiskit's circuit, without the measurement the branch reads, gave <Z_q2> = 1 for 0."""
+    source = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[3] q;
+bit[2] c;
+h q[0];
+c[0] = measure q[0];
+h q[1];
+c[1] = measure q[1];
+barrier q[1], q[2];
+if (c[0]) x q[2];
+"""
+    spec = JobSpec("wf-barrier", source, circuit_format="qasm3",
+                   observables=(parse_observable("ZII"),), shots=4000)
+    _, _, (estimate,) = _run(spec, registry, cache, limits)
+    assert abs(estimate.value) < 4 * estimate.std_error, estimate
+
+
+def test_a_measurement_whose_bit_is_only_written_again_is_final() -> None:
+    from qiskit import qasm3
+
+    from workers.circuits.measurement import without_final_measurements
+
+    circuit = qasm3.loads("""OPENQASM 3.0;
+include "stdgates.inc";
+qubit[2] q;
+bit[1] c;
+h q[0];
+c[0] = measure q[0];
+c[0] = measure q[1];
+x q[1];
+""")
+    kept = [(i.operation.name, [circuit.find_bit(q).index for q in i.qubits])
+            for i in without_final_measurements(circuit).data]
+    assert kept == [("h", [0]), ("measure", [1]), ("x", [1])]
