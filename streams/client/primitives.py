@@ -563,7 +563,8 @@ def sampler_pub_result(pub: SamplerPub, result: dict) -> SamplerPubResult:
     # The simulator's seed orders the shots too: a `seed` in the options repeats the
     # BitArrays, not only their counts, as Qiskit's seeded samplers do (each call's job id
     # differs, and shuffled by it two seed=7 runs gave one order each).
-    rng = np.random.default_rng(job_seed(result["workflow_id"], result.get("seed_simulator")))
+    seed = (result.get("provenance") or {}).get("seed_simulator")
+    rng = np.random.default_rng(job_seed(result["workflow_id"], seed))
     for number, circuit in enumerate(circuits if cregs else ()):  # no register: no data
         layout = circuit.get("registers") or [{"name": c.name, "size": c.size} for c in cregs]
         total = sum(r["size"] for r in layout)
@@ -623,9 +624,9 @@ class Estimator(_Primitive, BaseEstimatorV2):
             from streams.client.adaptive import AdaptiveOptions, adaptive_plan
 
             mitigation = self._options.mitigation or {}
-            if mitigation.get("zne") or mitigation.get("readout"):
-                # Accepted, readout gave raw values as if mitigated (0.933 for a mitigated
-                # 0.9995; a red-team run).
+            if mitigation.get("zne") is not None or mitigation.get("readout"):
+                # Accepted, readout (and ZNE asked as {}, its defaults) gave raw values as
+                # if mitigated (0.933 for a mitigated 0.9995; red-team runs).
                 raise ValueError("adaptive precision works on raw counts: not with ZNE or "
                                  "readout mitigation")
             plan = adaptive_plan(self, kept, prepared,

@@ -154,6 +154,19 @@ def test_sampler_distribution_matches_the_reference(sampler):
     assert distance < 0.03  # total variation; ~0.006 expected at 20,000 shots
 
 
+def test_a_seeded_sampler_repeats_its_bit_arrays(settings, worker):
+    """Each run is a new job id; the shots were ordered by it, so two seed=7 runs gave the
+    same counts in different orders (red-team runs, twice: the first fix read the seed
+    where a JobResult does not carry it)."""
+    circuit = QuantumCircuit(2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure_all()
+    arrays = [Sampler(settings=settings, timeout_s=180, seed=7).run([circuit], shots=64)
+              .result()[0].data.meas.array for _ in range(2)]
+    assert np.array_equal(*arrays)
+
+
 def test_sampler_warns_without_registers_and_validates(sampler):
     circuit = QuantumCircuit(1)
     circuit.h(0)

@@ -150,7 +150,7 @@ def test_a_seeded_sampler_repeats_its_shots_in_order_whatever_the_job_id():
     layout = [{"name": "c", "size": 2}]
     counts = [{"00": 4, "11": 3, "01": 1}]
     arrays = [sampler_pub_result(pub, {**_sampler_result(job, counts, layout),
-                                       "seed_simulator": 7}).data.c.array
+                                       "provenance": {"seed_simulator": 7}}).data.c.array
               for job in ("first.0", "second.0")]
     assert np.array_equal(*arrays)
     unseeded = [sampler_pub_result(pub, _sampler_result(job, counts, layout)).data.c.array
@@ -215,7 +215,8 @@ def test_a_sampler_asked_for_readout_mitigation_refuses_instead_of_sampling_raw(
         sampler.run([circuit])
 
 
-@pytest.mark.parametrize("mitigation", [{"readout": True}, {"zne": {"scale_factors": [1, 3]}}])
+@pytest.mark.parametrize("mitigation", [{"readout": True}, {"zne": {"scale_factors": [1, 3]}},
+                                        {"zne": {}}])
 def test_an_adaptive_estimator_refuses_mitigation_it_would_not_apply(mitigation):
     circuit = QuantumCircuit(2)
     circuit.x([0, 1])
