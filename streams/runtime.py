@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -114,6 +115,11 @@ class Runtime:
     handled: HandledRecords = field(init=False)
     drift_seen_ms: dict = field(default_factory=dict)  # backend -> last drift alarm acted on
     spend_written: dict = field(default_factory=dict)  # spend keys this worker owns -> USD
+    # spend key -> [the last owner's total it went on from, when it took the key over (ms)]
+    spend_taken: dict = field(default_factory=dict)
+    # names this worker's spend records (`by`): a record of another writer read late is told
+    # apart from its own (streams/workflow/accounting.py `add_missed_spend`)
+    writer_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # tenant -> USD estimated for its jobs between the execute step's budget check and their
     # charge (streams/workflow/accounting.py `reserve`)
     reserved_usd: dict = field(default_factory=dict)

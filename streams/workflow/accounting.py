@@ -102,19 +102,43 @@ def release(runtime: Runtime, request: dict, estimate: float) -> None:
 async def continue_spend(runtime: Runtime, key: str) -> None:
     """Take over a partition's spend from the control topic, read up to what is committed:
     the last owner's charges were committed before the partition moved, but a reader behind
-    them gave a total without them to write over. Waits until the reader has caught up
-    (control.settle_spend tries again until it has)."""
+    them gave a total without them to write over. Waits for the catch-up started at the
+    assignment (control.settle_spend); one that could not finish is logged there, and the
+    last owner's totals read later are added as they come (`add_missed_spend`)."""
     settled = getattr(runtime, "spend_settled", None)  # started at the assignment
     reader = getattr(runtime, "control_reader", None)
     if settled is not None:
         await asyncio.shield(settled)
-    else:
-        while reader is not None and not await reader.caught_up():
-            log.warning("the control topic's reader is behind; %s's first charge waits for it",
-                        key)
+    elif reader is not None and not await reader.caught_up():
+        log.warning("the control topic's reader is behind; %s goes on from what it has read, "
+                    "and adds the last owner's charges read later", key)
     # Another first charge of this key may have taken it over during the wait and added to
     # it: reset, its charge was lost (a red-team run: two charges of 0.445 on 1.0 wrote 1.445).
-    runtime.spend_written.setdefault(key, (runtime.controls or {}).get(key, {}).get("usd", 0.0))
+    if key not in runtime.spend_written:
+        read = (runtime.controls or {}).get(key, {}).get("usd", 0.0)
+        runtime.spend_written[key] = read
+        runtime.spend_taken[key] = [read, now_ms()]
+
+
+def add_missed_spend(runtime: Runtime, key: str, value: dict, written_ms: int) -> None:
+    """A spend total of a key this worker owns, read from the control topic: when another
+    writer wrote it before this worker took the key over, and it is above the total taken
+    over, the charges between are the last owner's that the reader had not read then. They
+    are added to this worker's total (which the next charge writes). Going on without them
+    wrote a total that every other reader ignored as lower: the last owner's charges were
+    lost for good (a red-team run: 5.00 committed, 1.00 read, 2.335 written for 6.335).
+    A total written after the takeover (a writer of an earlier release, or one that has not
+    seen its partitions go) is no charge this worker missed: left out, as before."""
+    taken = runtime.spend_taken.get(key)
+    if taken is None or value.get("by") == runtime.writer_id or written_ms >= taken[1]:
+        return
+    missed = value["usd"] - taken[0]
+    if missed <= 0:
+        return
+    log.warning("%s: the last owner's total %.9g came after this worker took it over at %.9g; "
+                "its %.9g are added", key, value["usd"], taken[0], missed)
+    taken[0] = value["usd"]
+    runtime.spend_written[key] = round(runtime.spend_written[key] + missed, USD_DECIMALS)
 
 
 async def charge(
@@ -132,8 +156,8 @@ async def charge(
         if key not in runtime.spend_written:
             await continue_spend(runtime, key)
         runtime.spend_written[key] = round(runtime.spend_written[key] + actual, USD_DECIMALS)
-        await runtime.send("control", json.dumps(key),
-                           json.dumps({"usd": runtime.spend_written[key]}).encode())
+        await runtime.send("control", json.dumps(key), json.dumps(
+            {"usd": runtime.spend_written[key], "by": runtime.writer_id}).encode())
         metrics.COST.labels(backend).inc(actual)
     remaining = runtime.budgets.remaining(tenant, tenant_spent(runtime, tenant))
     show_budget(runtime, tenant)

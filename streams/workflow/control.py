@@ -79,6 +79,9 @@ def continue_rounds(monitor: DriftMonitor, backend_name: str, state: dict | None
 # assignment waits before it is logged and made again.
 CATCH_UP_TIMEOUT_S = 10.0
 CATCH_UP_RETRY_PAUSE_S = 1.0
+# Attempts before the charges go on without it (they waited for good on the embedded
+# broker, whose re-created control topic kept the old end offsets: a red-team run).
+CATCH_UP_ATTEMPTS = 3
 
 
 def control_consumer_options(settings) -> dict:
@@ -137,10 +140,9 @@ def settle_spend(runtime: Runtime) -> asyncio.Task:
     at the assignment, not at each key's first charge, where the reader's wait for its
     fetch (QLANE_CONTROL_FETCH_WAIT_MS) went into jobs' latency: p99 of one Bell job at a
     time rose from 43 to 184 ms on Kafka (make bench). An attempt that fails (a node lost,
-    the reader behind) is logged and made again until one succeeds: the partitions' first
-    charges wait for it. Going on from what was read wrote a total without the last
-    owner's charges, which every other reader then ignored as lower, and the owner went on
-    under it: those charges were lost for good (a red-team run)."""
+    the reader behind) is logged and made again, up to CATCH_UP_ATTEMPTS (about 30 s): the
+    partitions' first charges wait for it. Past that they go on from what was read, and a
+    last owner's total read later is added (accounting.add_missed_spend)."""
     async def attempt() -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_TIMEOUT_S
@@ -156,13 +158,20 @@ def settle_spend(runtime: Runtime) -> asyncio.Task:
             return False
 
     async def settled() -> bool:
-        while not await attempt():
+        for _ in range(CATCH_UP_ATTEMPTS - 1):
+            if await attempt():
+                return True
             if runtime.spend_settled is not this:  # a later assignment's catch-up took over
                 return await asyncio.shield(runtime.spend_settled)
             log.warning("the control topic's reader has not reached its committed end; "
                         "first charges after the assignment wait for it")
             await asyncio.sleep(CATCH_UP_RETRY_PAUSE_S)
-        return True
+        if await attempt():
+            return True
+        log.error("the control topic's reader did not reach its committed end in %d "
+                  "attempts; charges go on from what it has read, and the last owners' "
+                  "totals read later are added as they come", CATCH_UP_ATTEMPTS)
+        return False
 
     this = runtime.spend_settled = asyncio.get_running_loop().create_task(settled())
     return this
@@ -176,6 +185,7 @@ def forget_spend(runtime: Runtime, partitions) -> None:
     numbers = {str(tp.partition) for tp in partitions}
     for key in [k for k in runtime.spend_written if k.rpartition(":")[2] in numbers]:
         del runtime.spend_written[key]
+        runtime.spend_taken.pop(key, None)
 
 
 def register(app, runtime: Runtime) -> None:
@@ -206,6 +216,8 @@ def register(app, runtime: Runtime) -> None:
                 if not well_formed(key, value):
                     log.warning("ignored a malformed control record at offset %d", record.offset)
                     continue
+                if key.startswith(SPEND):
+                    accounting.add_missed_spend(runtime, key, value, record.timestamp)
                 if not keeps(controls, key, value):
                     continue
                 try:

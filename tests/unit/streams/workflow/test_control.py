@@ -177,6 +177,7 @@ def charging_runtime(controls: dict, spend_written: dict):
         sent.append((topic, key, value))
 
     return SimpleNamespace(controls=controls, spend_written=spend_written, reserved_usd={},
+                           spend_taken={}, writer_id="this-worker",
                            budgets=TenantBudgets({"acme": 10.0}), prices=Prices(),
                            send=send, sent=sent)
 
@@ -205,7 +206,7 @@ def test_a_partition_that_comes_back_goes_on_from_its_last_owners_spend():
     runtime.controls["spend:acme:1"] = {"usd": 0.0375}  # the other owner's charges since
     charge(runtime, 1)
     assert runtime.spend_written["spend:acme:1"] == pytest.approx(0.04125)
-    assert runtime.sent[-2][2] == b'{"usd": 0.04125}'
+    assert runtime.sent[-2][2] == b'{"usd": 0.04125, "by": "this-worker"}'
 
 
 def test_a_charge_that_takes_over_a_partition_waits_for_the_reader_first():
@@ -352,3 +353,57 @@ def test_two_first_charges_of_a_key_during_the_catch_up_both_count():
     assert runtime.spend_written["spend:acme:0"] == pytest.approx(1.0075)
     totals = [json.loads(value)["usd"] for topic, _, value in runtime.sent if topic == "control"]
     assert totals == pytest.approx([1.00375, 1.0075])
+
+
+def test_a_catch_up_that_never_finishes_ends_and_the_missed_totals_are_added_later(
+        monkeypatch):
+    """On the embedded broker a re-created control topic kept its old end offsets, and the
+    first charges after an assignment waited for good (a red-team run). They now go on after
+    CATCH_UP_ATTEMPTS; the last owner's totals read afterwards are added, so what it charged
+    is not lost (5.0 committed, 1.0 read: 2.335 was written for 6.335)."""
+    from streams.workflow import accounting
+
+    monkeypatch.setattr(control, "CATCH_UP_RETRY_PAUSE_S", 0.01)
+    monkeypatch.setattr(control, "CATCH_UP_TIMEOUT_S", 0.05)
+
+    class Behind:
+        looks = 0
+
+        def assignment(self):
+            return {"control-0"}
+
+        async def end_offsets(self, partitions):
+            Behind.looks += 1
+            return {tp: 47 for tp in partitions}
+
+        async def position(self, tp):
+            return 4
+
+    runtime = charging_runtime(controls={"spend:acme:5": {"usd": 1.0}}, spend_written={})
+    runtime.control_reader = control.ControlReader(Behind())
+    prepared = SimpleNamespace(backend="aer.ideal", shots=100, tasks=[object()])
+
+    async def assigned_then_charged():
+        control.settle_spend(runtime)
+        for _ in range(2):
+            await accounting.charge(
+                runtime, request={"tenant": "acme", "workflow_id": "w"}, prepared=prepared,
+                partition=5, simulated_seconds=0.0, estimate=0.0, charged_backend="aer.ideal")
+
+    asyncio.run(assigned_then_charged())
+    assert Behind.looks == control.CATCH_UP_ATTEMPTS
+    assert runtime.spend_written["spend:acme:5"] == pytest.approx(1.0075)
+    taken_ms = runtime.spend_taken["spend:acme:5"][1]
+    late = {"usd": 5.0, "by": "last-owner"}
+    accounting.add_missed_spend(runtime, "spend:acme:5", late, taken_ms - 5)
+    assert runtime.spend_written["spend:acme:5"] == pytest.approx(5.0075)
+    accounting.add_missed_spend(runtime, "spend:acme:5", {"usd": 4.0, "by": "last-owner"},
+                                taken_ms - 9)  # an older total of the same owner
+    accounting.add_missed_spend(runtime, "spend:acme:5", {"usd": 9.0, "by": "other"},
+                                taken_ms + 5)  # written after the takeover: no missed charge
+    accounting.add_missed_spend(runtime, "spend:acme:5", {"usd": 7.0, "by": "this-worker"},
+                                taken_ms - 5)  # its own
+    assert runtime.spend_written["spend:acme:5"] == pytest.approx(5.0075)
+    accounting.add_missed_spend(runtime, "spend:acme:5", {"usd": 5.5, "by": "last-owner"},
+                                taken_ms - 1)
+    assert runtime.spend_written["spend:acme:5"] == pytest.approx(5.5075)
