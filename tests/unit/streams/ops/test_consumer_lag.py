@@ -1,0 +1,69 @@
+"""The consumer-lag gauge's sample (streams/ops/observability.py), on a fake consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from faust.types import TP
+
+from streams.ops import metrics, observability
+
+
+class FakeApp:
+    def __init__(self, consumer) -> None:
+        self.consumer = consumer
+        self.timers = []
+
+    def page(self, path):
+        return lambda function: function
+
+    def timer(self, interval):
+        def keep(function):
+            self.timers.append(function)
+            return function
+        return keep
+
+
+class PausedPartitionConsumer:
+    """A partition fetched up to 500 then paused (flow control, lanes): its last fetch's
+    highwater is 500, the log has grown to 1063, 100 are committed."""
+
+    def __init__(self, tp) -> None:
+        self.tp = tp
+        self._committed_offset = {tp: 100}
+        self._unacked_messages = []
+        self._acked = {}
+        self._thread = SimpleNamespace(positions=self.positions)
+
+    def assignment(self):
+        return {self.tp}
+
+    async def positions(self, partitions):
+        return {self.tp: 500}
+
+    def highwater(self, tp):
+        return 500
+
+    async def highwaters(self, *partitions):
+        return {self.tp: 1063}
+
+    async def earliest_offsets(self, *partitions):
+        return {self.tp: 0}
+
+
+def test_a_paused_partition_reads_its_lag_from_the_brokers_log_end():
+    """The fetch's highwater with the position at it read 0 for a partition 563 records
+    behind (a red-team run, a 10,000-job backlog)."""
+    tp = TP("lagtest.jobs", 3)
+    app = FakeApp(PausedPartitionConsumer(tp))
+    runtime = SimpleNamespace(
+        worker_version="test", warm_ups=SimpleNamespace(add=lambda *args: None),
+        names=SimpleNamespace(all=lambda: ["lagtest.jobs"]),
+        settings=SimpleNamespace(topic_prefix="lagtest", tenants=[]),
+        breakers=SimpleNamespace(state_codes=lambda: {}))
+    observability.register(app, runtime)
+    (sample,) = app.timers
+    asyncio.run(sample())
+    assert metrics.REGISTRY.get_sample_value(
+        "qlane_consumer_lag", {"topic": "lagtest.jobs", "partition": "3"}) == 963
