@@ -20,6 +20,14 @@ class ResultTimeout(QlaneError):
     retryable = True
 
 
+class BrokerTimeout(QlaneError):
+    """The broker did not answer within the client's timeout while it connected, submitted
+    or cancelled (a broker that takes connections and never answers, a topic that does not
+    exist); nothing may have been sent (retrying may help)."""
+
+    retryable = True
+
+
 def _error_classes() -> dict[str, type[QlaneError]]:
     found: dict[str, type[QlaneError]] = {}
     pending = [QlaneError]
@@ -39,4 +47,4 @@ def remote_error(detail: str) -> QlaneError:
     return cls(message or name)
 
 
-__all__ = ["JobCancelled", "RemoteJobFailed", "ResultTimeout", "remote_error", "errors"]
+__all__ = ["BrokerTimeout", "JobCancelled", "RemoteJobFailed", "ResultTimeout", "remote_error", "errors"]

@@ -39,7 +39,8 @@ import math
 import threading
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +59,7 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.providers import JobStatus
 
-from streams.client.errors import JobCancelled, ResultTimeout, remote_error
+from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
@@ -237,41 +238,89 @@ class Session:
         self.job = job
         self.client = client
 
-    async def run(self, requests: list[dict]) -> list[dict]:
-        """Submit the requests and return their JobResults, in order; raises typed errors."""
+    async def run(self, requests: list[dict],
+                  convert: Callable[[int, dict], object] | None = None,
+                  keys: list[int] | None = None) -> list[dict]:
+        """Submit the requests and return their JobResults, in order; raises the typed error
+        of the first that has none. The others that succeeded ran and were charged: they
+        ride on that error as `pub_results` (`keys[i]`, else i, -> `convert(i, JobResult)`,
+        else the JobResult, for request i), else they could not be had at all (a red-team
+        run: two of three pubs charged, no value returned, and the same on resubmission)."""
         if self.job._cancel_requested:
             raise JobCancelled(f"job {self.job.job_id()} was cancelled")
         ids = [r["workflow_id"] for r in requests]
+        timeout_s = self.job._timeout_s
         for request in requests:
             self.job._states.setdefault(request["workflow_id"], "submitted")
-            await self.client.submit(request, self.job._topic(request))
+            topic = self.job._topic(request)
+            await bounded(self.client.submit(request, topic), timeout_s,
+                          f"submitting {request['workflow_id']} to {topic}")
         if self.job._cancel_requested:  # cancel() ran while these were being sent
             for workflow_id in ids:
-                await self.client.cancel(workflow_id, self.job._options.tenant,
-                                         reason=f"job {self.job.job_id()} cancelled")
-        outcomes = await self.client.wait(ids, self.job._timeout_s, self.job._on_event)
-        results = []
-        for workflow_id in ids:
+                await bounded(self.client.cancel(workflow_id, self.job._options.tenant,
+                                                 reason=f"job {self.job.job_id()} cancelled"),
+                              timeout_s, f"cancelling {workflow_id}")
+        outcomes = await self.client.wait(ids, timeout_s, self.job._on_event)
+        results: list[dict] = []
+        failure: BaseException | None = None
+        completed: dict[int, object] = {}
+        for index, workflow_id in enumerate(ids):
             outcome: Outcome = outcomes[workflow_id]
             self.job._states[workflow_id] = outcome.state
             if outcome.result is not None and outcome.result.get("status") == "succeeded":
                 results.append(outcome.result)
-            elif outcome.state == "cancelled":
-                raise JobCancelled(f"workflow {workflow_id} was cancelled: {outcome.detail}")
-            elif outcome.result is not None:
-                raise remote_error(outcome.result.get("error") or "")
-            elif outcome.state in ("failed", "rejected"):
-                raise remote_error(outcome.detail)
-            elif outcome.state == "duplicate":
-                raise ResultTimeout(
-                    f"workflow {workflow_id} ran at an earlier submission ({outcome.detail}), "
-                    "and its result was not found on the results topics")
-            else:
-                raise ResultTimeout(
-                    f"workflow {workflow_id}: no outcome within {self.job._timeout_s:.0f}s "
-                    f"(last state {outcome.state}, seen {outcome.history})"
-                )
+                completed[index if keys is None else keys[index]] = (
+                    outcome.result if convert is None else convert(index, outcome.result))
+            elif failure is None:
+                failure = outcome_error(workflow_id, outcome, timeout_s)
+        if failure is not None:
+            failure.pub_results = completed
+            raise failure
         return results
+
+
+def outcome_error(workflow_id: str, outcome: Outcome, timeout_s: float) -> BaseException:
+    """The typed error for a workflow that gave no result."""
+    if outcome.state == "cancelled":
+        return JobCancelled(f"workflow {workflow_id} was cancelled: {outcome.detail}")
+    if outcome.result is not None:
+        return remote_error(outcome.result.get("error") or "")
+    if outcome.state in ("failed", "rejected"):
+        return remote_error(outcome.detail)
+    if outcome.state == "duplicate":
+        return ResultTimeout(
+            f"workflow {workflow_id} ran at an earlier submission ({outcome.detail}), "
+            "and its result was not found on the results topics")
+    return ResultTimeout(
+        f"workflow {workflow_id}: no outcome within {timeout_s:.0f}s "
+        f"(last state {outcome.state}, seen {outcome.history})")
+
+
+@asynccontextmanager
+async def open_client(settings: Settings, tenant: str | None, timeout_s: float,
+                      watch: bool = False) -> AsyncIterator[Client]:
+    """A started Client (watching its outcome topics with `watch`), started within
+    `timeout_s` (BrokerTimeout past it)."""
+    client = Client(settings, tenant)
+    await bounded(client.__aenter__(), timeout_s, f"connecting to {settings.broker}")
+    try:
+        if watch:
+            await bounded(client.start_watching(), timeout_s,
+                          f"reading the outcome topics on {settings.broker}")
+        yield client
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def bounded(step: Awaitable, timeout_s: float, what: str):
+    """`step` within the job's timeout: a broker that takes connections and never answers,
+    or a topic that does not exist, held a job for aiokafka's 40 s whatever `timeout_s`, and
+    raised its own errors (a red-team run)."""
+    try:
+        return await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        raise BrokerTimeout(f"{what}: no answer from the broker within {timeout_s:g}s (is it "
+                            "reachable, and does the topic exist?)") from None
 
 
 class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
@@ -304,8 +353,8 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
 
     def _main(self) -> None:
         async def drive():
-            async with Client(self._settings, self._options.tenant) as client:
-                await client.start_watching()
+            async with open_client(self._settings, self._options.tenant, self._timeout_s,
+                                   watch=True) as client:
                 return await self._plan(Session(self, client))
 
         try:
@@ -322,8 +371,14 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
             raise self._error
         return self._result
 
+    def _gave_up_waiting(self) -> bool:
+        """Whether the job ended on the client's own timeout: its workflows may still be
+        queued or running, so it is not final and can be cancelled (it reported ERROR and
+        refused the cancel, and the job ran and was charged: a red-team run)."""
+        return self._done.is_set() and isinstance(self._error, ResultTimeout)
+
     def status(self) -> JobStatus:
-        if self._done.is_set():
+        if self._done.is_set() and not self._gave_up_waiting():
             if isinstance(self._error, JobCancelled):
                 return JobStatus.CANCELLED
             return JobStatus.ERROR if self._error is not None else JobStatus.DONE
@@ -342,25 +397,28 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         return self.status() == JobStatus.CANCELLED
 
     def in_final_state(self) -> bool:
-        return self._done.is_set()
+        return self._done.is_set() and not self._gave_up_waiting()
 
     def cancel(self) -> bool:
         """Ask the workers to cancel every unfinished workflow of the job.
 
         Workflows not yet executing never run and are not charged; a finished one is not
-        affected. Returns False when the job had already finished.
+        affected. Returns False when the job had already finished (a job whose wait for its
+        result timed out has not: its workflows are cancelled).
         """
-        if self._done.is_set():
+        if self.in_final_state():
             return False
         self._cancel_requested = True
         pending = [wf for wf, state in self._states.items()
                    if state not in ("done", "failed", "rejected", "cancelled")]
 
         async def send():
-            async with Client(self._settings) as client:
+            async with open_client(self._settings, None, self._timeout_s) as client:
                 for workflow_id in pending:
-                    await client.cancel(workflow_id, self._options.tenant,
-                                        reason=f"job {self.job_id()} cancelled by the client")
+                    await bounded(client.cancel(workflow_id, self._options.tenant,
+                                                reason=f"job {self.job_id()} cancelled by "
+                                                       "the client"),
+                                  self._timeout_s, f"cancelling {workflow_id}")
 
         # On a thread of its own: the caller may be inside a running event loop (a Jupyter
         # cell), where asyncio.run raises and the cancel was never sent.
@@ -449,7 +507,9 @@ class Sampler(_Primitive, BaseSamplerV2):
         requests = [self._request(job_id, i, pub) for i, pub in sent]
 
         async def plan(session: Session) -> PrimitiveResult:
-            results = await session.run(requests)
+            results = await session.run(
+                requests, lambda k, result: sampler_pub_result(sent[k][1], result),
+                [i for i, _ in sent])
             return PrimitiveResult(
                 [sampler_pub_result(pub, result) for (_, pub), result in zip(sent, results,
                                                                              strict=True)],
@@ -633,7 +693,10 @@ class Estimator(_Primitive, BaseEstimatorV2):
                                  self._adaptive_options or AdaptiveOptions())
         else:
             async def plan(session: Session) -> PrimitiveResult:
-                results = await session.run([request for request, _ in prepared])
+                results = await session.run(
+                    [request for request, _ in prepared],
+                    lambda k, result: estimator_pub_result(kept[k], prepared[k][1], result),
+                    [i for i, _ in sent])
                 return PrimitiveResult(
                     [estimator_pub_result(pub, grids, result)
                      for pub, (_, grids), result in zip(kept, prepared, results, strict=True)],

@@ -1,0 +1,124 @@
+"""A primitive job's lifecycle against a fake or silent broker (streams/client/primitives.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.providers import JobStatus
+
+from streams.client import primitives
+from streams.client.errors import BrokerTimeout, ResultTimeout
+from streams.client.kafka import Outcome
+from streams.client.primitives import Sampler
+from workers.errors import InvalidObservable
+
+
+def bell() -> QuantumCircuit:
+    circuit = QuantumCircuit(2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure_all()
+    return circuit
+
+
+@pytest.fixture
+def silent_broker():
+    """A port that takes connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+def test_a_broker_that_never_answers_fails_the_job_within_its_timeout(silent_broker):
+    """It took aiokafka's 40 s whatever timeout_s, and raised its own connection error."""
+    started = time.monotonic()
+    job = Sampler(silent_broker, timeout_s=1.5).run([bell()])
+    with pytest.raises(BrokerTimeout, match="no answer from the broker within 1.5s"):
+        job.result()
+    assert time.monotonic() - started < 15
+
+
+class FakeClient:
+    def __init__(self, outcomes) -> None:
+        self.outcomes = outcomes
+        self.cancelled: list[str] = []
+
+    async def submit(self, request, topic):
+        return topic
+
+    async def cancel(self, workflow_id, tenant=None, reason=""):
+        self.cancelled.append(workflow_id)
+
+    async def wait(self, ids, timeout_s, on_event=None):
+        for workflow_id in ids:
+            outcome = self.outcomes(workflow_id)
+            if on_event is not None:
+                on_event(outcome, "status")
+        return {workflow_id: self.outcomes(workflow_id) for workflow_id in ids}
+
+
+def faked(monkeypatch, outcomes) -> FakeClient:
+    client = FakeClient(outcomes)
+
+    @contextlib.asynccontextmanager
+    async def open_client(settings, tenant, timeout_s, watch=False):
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", open_client)
+    return client
+
+
+def test_a_job_whose_wait_timed_out_is_not_final_and_can_be_cancelled(monkeypatch):
+    """It read ERROR and final, its cancel() returned False and sent nothing, and the job
+    ran afterwards and was charged $2930 (a red-team run)."""
+    client = faked(monkeypatch, lambda wf: Outcome(wf, "pending", history=["accepted"]))
+    job = Sampler("127.0.0.1:1", timeout_s=1).run([bell()], job_id="late")
+    with pytest.raises(ResultTimeout):
+        job.result()
+    assert not job.in_final_state()
+    assert job.status() == JobStatus.QUEUED
+    assert job.cancel() is True
+    assert client.cancelled == ["late.0"]
+
+
+def test_the_pubs_that_ran_ride_on_the_error_of_one_that_failed(monkeypatch):
+    """Two of three pubs ran and were charged, the third was refused, and result() raised
+    with no way to have the two (a red-team run)."""
+    counts = {"workflow_id": "", "status": "succeeded", "provenance": {"seed_simulator": 1},
+              "circuits": [{"parameter_set_index": 0, "scale_factor": 1.0, "counts": {"11": 4},
+                            "shots": 4, "registers": [{"name": "meas", "size": 2}],
+                            "basis": ""}]}
+
+    def outcome(workflow_id):
+        if workflow_id.endswith(".1"):
+            return Outcome(workflow_id, "rejected", detail="InvalidObservable: 65 > 64")
+        return Outcome(workflow_id, "done", result={**counts, "workflow_id": workflow_id})
+
+    faked(monkeypatch, outcome)
+    job = Sampler("127.0.0.1:1", timeout_s=5).run([(bell(), None, 4)] * 3, job_id="mixed")
+    with pytest.raises(InvalidObservable) as raised:
+        job.result()
+    assert sorted(raised.value.pub_results) == [0, 2]
+    assert raised.value.pub_results[2].data.meas.get_counts() == {"11": 4}
