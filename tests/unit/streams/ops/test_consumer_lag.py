@@ -52,11 +52,8 @@ class PausedPartitionConsumer:
         return {self.tp: 0}
 
 
-def test_a_paused_partition_reads_its_lag_from_the_brokers_log_end():
-    """The fetch's highwater with the position at it read 0 for a partition 563 records
-    behind (a red-team run, a 10,000-job backlog)."""
-    tp = TP("lagtest.jobs", 3)
-    app = FakeApp(PausedPartitionConsumer(tp))
+def sampled_lag(consumer, tp) -> float:
+    app = FakeApp(consumer)
     runtime = SimpleNamespace(
         worker_version="test", warm_ups=SimpleNamespace(add=lambda *args: None),
         names=SimpleNamespace(all=lambda: ["lagtest.jobs"]),
@@ -65,5 +62,32 @@ def test_a_paused_partition_reads_its_lag_from_the_brokers_log_end():
     observability.register(app, runtime)
     (sample,) = app.timers
     asyncio.run(sample())
-    assert metrics.REGISTRY.get_sample_value(
-        "qlane_consumer_lag", {"topic": "lagtest.jobs", "partition": "3"}) == 963
+    return metrics.REGISTRY.get_sample_value(
+        "qlane_consumer_lag", {"topic": tp.topic, "partition": str(tp.partition)})
+
+
+def test_a_paused_partition_reads_its_lag_from_the_brokers_log_end():
+    """The fetch's highwater with the position at it read 0 for a partition 563 records
+    behind (a red-team run, a 10,000-job backlog)."""
+    tp = TP("lagtest.jobs", 3)
+    assert sampled_lag(PausedPartitionConsumer(tp), tp) == 963
+
+
+class FetchedAheadConsumer(PausedPartitionConsumer):
+    """Every record fetched (position at the log end), 100 committed: the rest wait in the
+    consumer's buffers, neither acked nor unacked."""
+
+    def highwater(self, tp):
+        return 1063
+
+    async def positions(self, partitions):
+        return {self.tp: 1063}
+
+
+def test_records_fetched_but_not_handled_are_lag_and_markers_at_rest_are_not():
+    """On exactly-once a partition 1,004 records behind read 0 (a red-team run)."""
+    tp = TP("lagtest.jobs", 1)
+    assert sampled_lag(FetchedAheadConsumer(tp), tp) == 963
+    at_rest = FetchedAheadConsumer(tp)
+    at_rest._committed_offset = {tp: 1062}  # the last transaction's marker is left
+    assert sampled_lag(at_rest, tp) == 0
