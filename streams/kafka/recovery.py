@@ -1,4 +1,4 @@
-"""Table recovery on exactly-once that ends when the changelog is read, not 10 s later.
+"""Table recovery that ends when the changelog is read, not 10 s later (or never).
 
 Faust recovers an active changelog partition until the offset of the last record it has
 applied reaches the partition's highwater (its end offset minus one). On exactly-once every
@@ -8,6 +8,8 @@ applied stays one (or more, after aborted transactions) below the highwater, and
 ends the recovery only after two 5-second waits without any changelog record
 (`detect_aborted_tx` in faust/tables/recovery.py, "Aborted tx until highwater"). Each
 rebalance of an exactly-once worker with a non-empty changelog paused its stages for 10 s.
+On at-least-once Faust has no such wait: a changelog an exactly-once worker wrote before
+(markers at its end) kept a worker restarted with `at_least_once` recovering for good.
 
 Here the consumer notes, while a recovery runs, what it has handed over of each changelog
 partition: the offset of the last record and the fetch position after it (aiokafka moves the
@@ -83,8 +85,9 @@ class Recovery(FaustRecovery):
     def need_recovery(self) -> bool:
         if not super().need_recovery():
             return False
-        if not self.app.in_transaction:
-            return True
+        # At least once too: a changelog written on exactly-once ends in commit markers,
+        # which Faust's rule waits for without end there (it gives up only in a
+        # transaction): a worker switched to at_least_once recovered for good (red-team).
         reads = changelog_reads(self.app)
         behind = [tp for tp, remaining in self.active_remaining().items() if remaining > 0]
         if not all(reads.read_to_end(tp, self.active_highwaters[tp] + 1,
@@ -95,8 +98,7 @@ class Recovery(FaustRecovery):
         return False
 
     def _set_recovery_started(self) -> None:
-        if self.app.in_transaction:
-            changelog_reads(self.app).start()
+        changelog_reads(self.app).start()
         super()._set_recovery_started()
 
     def _set_recovery_ended(self) -> None:

@@ -75,11 +75,15 @@ def test_nothing_noted_before_a_recovery_starts_counts():
     assert not reads.watching
 
 
-def test_at_least_once_keeps_faust_s_rule():
+def test_at_least_once_over_a_changelog_written_on_exactly_once_ends_too():
+    """Faust's rule waited for the marker without end: a worker switched from exactly_once
+    to at_least_once recovered for good and handled nothing (a red-team run)."""
+    assert recovering(FaustRecovery, in_transaction=False, applied=10).need_recovery()
     reads = ChangelogReads()
     reads.start()
     reads.note({CHANGELOG: [record(10)]}, {CHANGELOG: 12})
-    assert recovering(Recovery, in_transaction=False, applied=10, reads=reads).need_recovery()
+    assert not recovering(Recovery, in_transaction=False, applied=10,
+                          reads=reads).need_recovery()
 
 
 def test_a_recovery_with_nothing_left_is_over_whatever_was_noted():
