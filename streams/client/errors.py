@@ -47,4 +47,5 @@ def remote_error(detail: str) -> QlaneError:
     return cls(message or name)
 
 
-__all__ = ["BrokerTimeout", "JobCancelled", "RemoteJobFailed", "ResultTimeout", "remote_error", "errors"]
+__all__ = ["BrokerTimeout", "JobCancelled", "RemoteJobFailed", "ResultTimeout", "remote_error",
+           "errors"]
