@@ -180,8 +180,14 @@ def too_many_headers(raw: bytes) -> str | None:
     (count,) = struct.unpack_from(">i", raw, V2_RECORD_COUNT_AT)
     total = pos = 0
     for _ in range(max(count, 0)):
+        if pos >= len(records):  # a count past the records the bytes hold
+            break
         length, pos = _varint(records, pos)
         end = pos + length
+        if length < 0 or end > len(records):
+            # A negative length went back to the same record: an 85-byte batch declaring
+            # 2**31 - 1 records held a worker's loop for about an hour (a red-team run).
+            raise ValueError(f"a record's length {length} runs outside its batch")
         pos += 1  # attributes
         _, pos = _varint(records, pos)  # timestamp delta
         _, pos = _varint(records, pos)  # offset delta
@@ -189,6 +195,8 @@ def too_many_headers(raw: bytes) -> str | None:
             size, pos = _varint(records, pos)
             pos += max(size, 0)
         headers, pos = _varint(records, pos)
+        if headers < 0 or pos > end:
+            raise ValueError(f"a record's fields run past its length ({headers} headers)")
         total += headers
         if headers > MAX_HEADERS_PER_RECORD:
             return f"a record with {headers} headers, more than {MAX_HEADERS_PER_RECORD}"

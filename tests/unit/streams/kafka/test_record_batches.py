@@ -162,3 +162,23 @@ def test_many_records_past_the_batchs_header_count_are_unreadable_and_few_are_re
     assert "more than 100000 headers in the batch" in unreadable_reason(records[0])
     records, _ = fetched(headers_batch(LZ4, [3, 9_000, 0]))
     assert [len(r.headers) for r in records] == [3, 9_000, 0]
+
+
+def test_a_record_length_that_goes_back_ends_the_count_at_once():
+    """A length of -1 sent the count back to the same record, as many times as the batch
+    said it had records: 2**31 - 1 held a worker's loop for about an hour (a red-team run)."""
+    import time
+
+    data = bytearray(headers_batch(NONE, [0] * 2_500))  # past 20 KB: counted
+    struct.pack_into(">i", data, record_batches.V2_RECORD_COUNT_AT, 2**31 - 1)
+    data[record_batches.V2_RECORDS_AT] = 0x01  # zigzag -1: the first record's length
+    started = time.process_time()
+    with pytest.raises(ValueError, match="runs outside its batch"):
+        record_batches.too_many_headers(bytes(data))
+    assert time.process_time() - started < 1
+
+
+def test_a_record_count_past_the_records_ends_with_the_bytes():
+    data = bytearray(headers_batch(NONE, [3] * 2_500))
+    struct.pack_into(">i", data, record_batches.V2_RECORD_COUNT_AT, 2**31 - 1)
+    assert record_batches.too_many_headers(bytes(data)) is None
