@@ -59,6 +59,7 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.providers import JobStatus
 
+from streams.client.commands import cancel_workflow
 from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
 from streams.kafka.tenants import tenant_ids
@@ -279,6 +280,20 @@ class Session:
         return results
 
 
+ENDED_STATES = frozenset({"done", "failed", "rejected", "cancelled"})
+
+
+def answered_state(answer) -> str:
+    """A workflow's state from the worker's answer to its cancel (CancelAnswer)."""
+    if answer.state == "cancelled":
+        return "cancelled"
+    finished = answer.detail.removeprefix("already ").split(":")[0].strip()
+    if answer.state in ("cancel_ignored", "done", "failed") and finished in (
+            "done", "failed", "cancelled", "executed"):
+        return "done" if finished == "executed" else finished
+    return "executing" if "executing" in answer.detail else "submitted"
+
+
 def outcome_error(workflow_id: str, outcome: Outcome, timeout_s: float) -> BaseException:
     """The typed error for a workflow that gave no result."""
     if outcome.state == "cancelled":
@@ -378,6 +393,10 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         return self._done.is_set() and isinstance(self._error, ResultTimeout)
 
     def status(self) -> JobStatus:
+        if self._gave_up_waiting() and self._all_ended():
+            # What the cancels' answers said: all cancelled, or ended (result() raised and
+            # raises; the same pubs with the same job_id read what finished, uncharged).
+            return JobStatus.CANCELLED if self._all_cancelled() else JobStatus.ERROR
         if self._done.is_set() and not self._gave_up_waiting():
             if isinstance(self._error, JobCancelled):
                 return JobStatus.CANCELLED
@@ -397,36 +416,53 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         return self.status() == JobStatus.CANCELLED
 
     def in_final_state(self) -> bool:
-        return self._done.is_set() and not self._gave_up_waiting()
+        return self._done.is_set() and (not self._gave_up_waiting() or self._all_ended())
+
+    def _all_cancelled(self) -> bool:
+        return bool(self._states) and all(state == "cancelled"
+                                          for state in self._states.values())
+
+    def _all_ended(self) -> bool:
+        return bool(self._states) and all(state in ENDED_STATES
+                                          for state in self._states.values())
 
     def cancel(self) -> bool:
         """Ask the workers to cancel every unfinished workflow of the job.
 
         Workflows not yet executing never run and are not charged; a finished one is not
-        affected. Returns False when the job had already finished (a job whose wait for its
-        result timed out has not: its workflows are cancelled).
+        affected. Returns False when the job had already finished. A job whose wait for its
+        result timed out watches its workflows no more: its cancels wait for the workers'
+        answers, which say whether any was cancelled (it returned True for a job that had
+        run meanwhile and been charged: a red-team run) and become its states.
         """
         if self.in_final_state():
             return False
         self._cancel_requested = True
-        pending = [wf for wf, state in self._states.items()
-                   if state not in ("done", "failed", "rejected", "cancelled")]
+        pending = [wf for wf, state in self._states.items() if state not in ENDED_STATES]
+        reason = f"job {self.job_id()} cancelled by the client"
+        answered = self._gave_up_waiting()
 
-        async def send():
+        async def send() -> list:
+            if answered:
+                return await asyncio.gather(*(
+                    bounded(cancel_workflow(self._settings, workflow_id, self._options.tenant,
+                                            reason, timeout_s=self._timeout_s),
+                            self._timeout_s + 5, f"cancelling {workflow_id}")
+                    for workflow_id in pending))
             async with open_client(self._settings, None, self._timeout_s) as client:
                 for workflow_id in pending:
-                    await bounded(client.cancel(workflow_id, self._options.tenant,
-                                                reason=f"job {self.job_id()} cancelled by "
-                                                       "the client"),
+                    await bounded(client.cancel(workflow_id, self._options.tenant, reason),
                                   self._timeout_s, f"cancelling {workflow_id}")
+            return []
 
         # On a thread of its own: the caller may be inside a running event loop (a Jupyter
         # cell), where asyncio.run raises and the cancel was never sent.
         failures: list[BaseException] = []
+        answers: list = []
 
         def sender() -> None:
             try:
-                asyncio.run(send())
+                answers.extend(asyncio.run(send()))
             except BaseException as error:  # re-raised in the caller's thread
                 failures.append(error)
 
@@ -436,7 +472,11 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         thread.join()
         if failures:
             raise failures[0]
-        return True
+        if not answered:
+            return True
+        for answer in answers:
+            self._states[answer.workflow_id] = answered_state(answer)
+        return any(answer.state == "cancelled" for answer in answers)
 
     def workflow_ids(self) -> list[str]:
         return list(self._states)

@@ -90,17 +90,34 @@ def faked(monkeypatch, outcomes) -> FakeClient:
     return client
 
 
-def test_a_job_whose_wait_timed_out_is_not_final_and_can_be_cancelled(monkeypatch):
+@pytest.mark.parametrize(("answer", "detail", "cancelled", "status"), [
+    ("cancelled", "before execution (accepted): job late cancelled", True, JobStatus.CANCELLED),
+    ("cancel_ignored", "already done", False, JobStatus.ERROR),
+])
+def test_a_job_whose_wait_timed_out_is_not_final_and_its_cancel_says_what_happened(
+        monkeypatch, answer, detail, cancelled, status):
     """It read ERROR and final, its cancel() returned False and sent nothing, and the job
-    ran afterwards and was charged $2930 (a red-team run)."""
-    client = faked(monkeypatch, lambda wf: Outcome(wf, "pending", history=["accepted"]))
+    ran afterwards and was charged $2930; then cancel() returned True for a job that had
+    run meanwhile, and status() stayed QUEUED (red-team runs)."""
+    from streams.client.commands import CancelAnswer
+
+    faked(monkeypatch, lambda wf: Outcome(wf, "pending", history=["accepted"]))
+    asked: list[str] = []
+
+    async def cancel_workflow(settings, workflow_id, tenant=None, reason="", timeout_s=10.0):
+        asked.append(workflow_id)
+        return CancelAnswer(workflow_id, answer, detail)
+
+    monkeypatch.setattr(primitives, "cancel_workflow", cancel_workflow)
     job = Sampler("127.0.0.1:1", timeout_s=1).run([bell()], job_id="late")
     with pytest.raises(ResultTimeout):
         job.result()
     assert not job.in_final_state()
     assert job.status() == JobStatus.QUEUED
-    assert job.cancel() is True
-    assert client.cancelled == ["late.0"]
+    assert job.cancel() is cancelled
+    assert asked == ["late.0"]
+    assert job.status() == status and job.in_final_state()
+    assert job.cancel() is False  # nothing left to cancel
 
 
 def test_the_pubs_that_ran_ride_on_the_error_of_one_that_failed(monkeypatch):
