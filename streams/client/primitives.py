@@ -281,6 +281,7 @@ class Session:
 
 
 ENDED_STATES = frozenset({"done", "failed", "rejected", "cancelled"})
+CANCEL_ANSWER_WAIT_S = 30.0  # at least, for the workers' answers to a timed-out job's cancel
 
 
 def answered_state(answer) -> str:
@@ -441,13 +442,16 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         pending = [wf for wf, state in self._states.items() if state not in ENDED_STATES]
         reason = f"job {self.job_id()} cancelled by the client"
         answered = self._gave_up_waiting()
+        # The answers may take longer than the result's timeout (a worker restarting): bounded
+        # by that alone, a cancel the worker applied 12 s later was reported as not done.
+        answer_wait = max(self._timeout_s, CANCEL_ANSWER_WAIT_S)
 
         async def send() -> list:
             if answered:
                 return await asyncio.gather(*(
                     bounded(cancel_workflow(self._settings, workflow_id, self._options.tenant,
-                                            reason, timeout_s=self._timeout_s),
-                            self._timeout_s + 5, f"cancelling {workflow_id}")
+                                            reason, timeout_s=answer_wait),
+                            answer_wait + self._timeout_s, f"cancelling {workflow_id}")
                     for workflow_id in pending))
             async with open_client(self._settings, None, self._timeout_s) as client:
                 for workflow_id in pending:
@@ -476,7 +480,8 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
             return True
         for answer in answers:
             self._states[answer.workflow_id] = answered_state(answer)
-        return any(answer.state == "cancelled" for answer in answers)
+        # No answer: the cancel is on its topic and is applied when a worker reads it.
+        return any(answer.state in ("cancelled", "no_answer") for answer in answers)
 
     def workflow_ids(self) -> list[str]:
         return list(self._states)
