@@ -188,3 +188,14 @@ class BudgetExceeded(PermanentError):
 
 class StagePaused(RetryableError):
     """A stage stopped consuming because too many records were dead-lettered."""
+
+
+def error_classes() -> dict[str, type[QlaneError]]:
+    """Every qlane error class loaded, by name: the reasons a dead letter or status names."""
+    found: dict[str, type[QlaneError]] = {}
+    pending = [QlaneError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.__name__, cls)
+        pending.extend(cls.__subclasses__())
+    return found

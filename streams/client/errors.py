@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workers import errors
-from workers.errors import PermanentError, QlaneError
+from workers.errors import PermanentError, QlaneError, error_classes
 
 
 class JobCancelled(PermanentError):
@@ -28,20 +28,10 @@ class BrokerTimeout(QlaneError):
     retryable = True
 
 
-def _error_classes() -> dict[str, type[QlaneError]]:
-    found: dict[str, type[QlaneError]] = {}
-    pending = [QlaneError]
-    while pending:
-        cls = pending.pop()
-        found.setdefault(cls.__name__, cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
-
 def remote_error(detail: str) -> QlaneError:
     """The typed error for a failure detail "ErrorClass: message" read from Kafka."""
     name, _, message = detail.partition(": ")
-    cls = _error_classes().get(name.strip())
+    cls = error_classes().get(name.strip())
     if cls is None or not issubclass(cls, QlaneError):
         return RemoteJobFailed(detail or "the workflow failed without a detail")
     return cls(message or name)

@@ -26,7 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from workers.errors import QlaneError
+from workers.errors import error_classes
 
 # `_created` series double every counter and histogram and nothing here alerts on them.
 disable_created_metrics()
@@ -240,24 +240,13 @@ def count_from_zero(backends: Iterable[str] = ()) -> None:
     for stage in JOB_STAGES:
         for outcome in ("ok", "failed", "rejected"):
             JOBS.labels(stage, outcome).inc(0)
-        for reason in error_reasons(QlaneError):
+        for reason in sorted(error_classes()):
             DEAD_LETTERS.labels(stage, reason).inc(0)
     for backend in backends:
         COST.labels(backend).inc(0)
     # A worker that finished nothing since its start reads as stuck since its start, not since
     # 1970 (QlaneNoProgress said "for 56 years").
     LAST_PROGRESS.set(time.time())
-
-
-def error_reasons(base: type) -> list[str]:
-    """The class names of `base` and of every class under it."""
-    names, pending = [], [base]
-    while pending:
-        cls = pending.pop()
-        if cls.__name__ not in names:
-            names.append(cls.__name__)
-        pending.extend(cls.__subclasses__())
-    return sorted(names)
 
 
 __all__ = [
