@@ -158,16 +158,16 @@ def settle_spend(runtime: Runtime) -> asyncio.Task:
             return False
 
     async def settled() -> bool:
-        for _ in range(CATCH_UP_ATTEMPTS - 1):
+        for tried in range(1, CATCH_UP_ATTEMPTS + 1):
             if await attempt():
                 return True
+            if tried == CATCH_UP_ATTEMPTS:
+                break
             if runtime.spend_settled is not this:  # a later assignment's catch-up took over
                 return await asyncio.shield(runtime.spend_settled)
             log.warning("the control topic's reader has not reached its committed end; "
                         "first charges after the assignment wait for it")
             await asyncio.sleep(CATCH_UP_RETRY_PAUSE_S)
-        if await attempt():
-            return True
         log.error("the control topic's reader did not reach its committed end in %d "
                   "attempts; charges go on from what it has read, and the last owners' "
                   "totals read later are added as they come", CATCH_UP_ATTEMPTS)
