@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -16,14 +15,27 @@ from streams.kafka.topics import changelog_topic, ensure_topics
 from tests.support import session_settings
 
 
+def half_moved_ids(count: int, placed_for: int, partitions: int) -> list[str]:
+    """`count` fixed workflow ids, half of which sit on another partition for `partitions`
+    than for `placed_for` (none when the two are equal). Random ids left it to chance: 5 of
+    24 moved, under the check's quarter, about one CI run in 300."""
+    moved, stayed = [], []
+    for i in range(10 * count):
+        workflow_id = f"wf-{i}"
+        same = key_partition(workflow_id.encode(), placed_for) == key_partition(
+            workflow_id.encode(), partitions)
+        (stayed if same else moved).append(workflow_id)
+    return (moved[:count // 2] + stayed)[:count]
+
+
 def write_entries(settings, placed_for: int, count: int = 24) -> None:
-    """Table entries on the changelog, each on its id's partition for `placed_for`."""
+    """Table entries on the changelog, each on its id's partition for `placed_for`; for a
+    smaller `placed_for`, half of them moved by the growth to `settings.partitions`."""
     async def go():
         producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
         await producer.start()
         try:
-            for i in range(count):
-                workflow_id = f"wf-{uuid.uuid4().hex[:8]}-{i}"
+            for workflow_id in half_moved_ids(count, placed_for, settings.partitions):
                 await producer.send_and_wait(
                     changelog_topic(settings), key=json.dumps(workflow_id).encode(),
                     value=json.dumps({"state": "done"}).encode(),
