@@ -254,7 +254,9 @@ def build_submission(args: argparse.Namespace) -> dict:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from streams.client import Client
+    from streams.client.errors import BrokerTimeout
     from streams.client.render import json_line, result_table
+    from streams.client.timeouts import Deadline
 
     settings = settings_from(args)
     record = build_submission(args)
@@ -264,14 +266,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"  {workflow_id}: {event}", file=sys.stderr)
 
     async def go() -> int:
-        async with Client(settings) as client:
+        # Every step within --timeout: aiokafka's own waits (40 s a request, then again)
+        # held `submit --wait --timeout 20` for 91 s on a cluster without a quorum.
+        deadline = Deadline(args.timeout)
+        client = Client(settings)
+        await deadline.step(client.__aenter__(), f"connecting to {settings.broker}")
+        try:
             if args.wait:
-                await client.start_watching()
-            topic = await client.submit(record)
+                await deadline.step(client.start_watching(),
+                                    f"reading the outcome topics on {settings.broker}")
+            try:
+                topic = await deadline.step(client.submit(record), f"submitting {workflow_id}")
+            except BrokerTimeout as error:
+                raise BrokerTimeout(f"{error}; {workflow_id} may or may not have been sent: "
+                                    "submitting it again with the same id is safe") from None
             print(f"submitted {workflow_id} to {topic}", file=sys.stderr)
             if not args.wait:
                 return 0
-            outcome = (await client.wait([workflow_id], args.timeout, show))[workflow_id]
+            outcome = (await client.wait([workflow_id], deadline.left(), show))[workflow_id]
+        finally:
+            await client.__aexit__(None, None, None)
         if outcome.result is not None:
             print(json_line(outcome.result) if args.json else result_table(outcome.result))
         if outcome.state == "done":
@@ -562,7 +576,8 @@ def parser() -> argparse.ArgumentParser:
                         help="repeatable; values in the circuit's sorted parameter order")
     submit.add_argument("--wait", action="store_true", help="show progress, then the result")
     submit.add_argument("--json", action="store_true", help="print the JobResult as one JSON line")
-    submit.add_argument("--timeout", type=float, default=120.0)
+    submit.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds for the whole command: connecting, sending, waiting")
     submit.set_defaults(run=cmd_submit)
 
     tail = commands.add_parser("tail", help="print a topic's events as JSON lines")
@@ -615,7 +630,8 @@ def parser() -> argparse.ArgumentParser:
     cancel.add_argument("workflow_id")
     cancel.add_argument("--tenant", default=None, help="the tenant whose job topics it is on")
     cancel.add_argument("--reason", default="", help="free text, reported in its status")
-    cancel.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    cancel.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds for the whole command: sending the cancel, its answer")
     cancel.set_defaults(run=cmd_cancel)
     tenant = commands.add_parser("tenant", help="tenants: their topics and Kafka ACLs")
     tenant_actions = tenant.add_subparsers(dest="action", required=True)
@@ -653,6 +669,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, UnknownTopic):
             print(f"qlane {args.command}: {error}", file=sys.stderr)
             return 2
+        from streams.client.errors import BrokerTimeout
+
+        if isinstance(error, BrokerTimeout):
+            print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
+            return 1
         from streams.kafka.security import broker_unavailable
 
         # A refused login looks like a connection that failed: asked first (exit 2).

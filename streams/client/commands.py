@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import codec
 from streams.client.kafka import Client
+from streams.client.timeouts import Deadline
 from streams.kafka.compat import stop_consumer, topic_partitions
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import tenant_topic
@@ -39,28 +39,30 @@ class CancelAnswer:
 
 async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | None = None,
                           reason: str = "", timeout_s: float = 10.0) -> CancelAnswer:
-    """Send a cancel and report the worker's answer (the workflow's next status event)."""
+    """Send a cancel and report the worker's answer (the workflow's next status event),
+    all within `timeout_s`: BrokerTimeout when the cancel could not be sent in it."""
+    deadline = Deadline(timeout_s)
     watcher = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
                                group_id=None, isolation_level=settings.isolation_level,
                                fetch_max_wait_ms=settings.effective_fetch_max_wait_ms)
-    await watcher.start()
+    reading = f"reading the status topic on {settings.broker}"
     try:
+        await deadline.step(watcher.start(), f"connecting to {settings.broker}")
         topics = [settings.topic("status")]
         if tenant is not None:  # a tenant's statuses may come on its own topic
             topics.append(tenant_topic(settings.topic_prefix, "status", tenant))
         partitions = [TopicPartition(topic, p) for topic in topics
-                      for p in await topic_partitions(watcher, topic)]
+                      for p in await deadline.step(topic_partitions(watcher, topic), reading)]
         watcher.assign(partitions)
-        await watcher.seek_to_end(*partitions)
+        await deadline.step(watcher.seek_to_end(*partitions), reading)
         for tp in partitions:
-            await watcher.position(tp)
-        async with Client(settings) as client:
-            await client.cancel(workflow_id, tenant, reason)
-        deadline = time.monotonic() + timeout_s
+            await deadline.step(watcher.position(tp), reading)
+        await deadline.step(send_cancel(settings, workflow_id, tenant, reason),
+                            f"sending the cancel of {workflow_id}")
         answer = CancelAnswer(workflow_id, "no_answer")
         ended: CancelAnswer | None = None
-        while time.monotonic() < deadline:
-            batch = await watcher.getmany(timeout_ms=300)
+        while deadline.left() > 0:
+            batch = await watcher.getmany(timeout_ms=max(min(300, int(deadline.left() * 1000)), 1))
             for records in batch.values():
                 for record in records:
                     if record.key != workflow_id.encode():
@@ -79,3 +81,9 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
         return ended or answer
     finally:
         await stop_consumer(watcher)
+
+
+async def send_cancel(settings: Settings, workflow_id: str, tenant: str | None,
+                      reason: str) -> None:
+    async with Client(settings) as client:
+        await client.cancel(workflow_id, tenant, reason)

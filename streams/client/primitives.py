@@ -39,7 +39,7 @@ import math
 import threading
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -60,8 +60,9 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.providers import JobStatus
 
 from streams.client.commands import cancel_workflow
-from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout, remote_error
+from streams.client.errors import JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
+from streams.client.timeouts import bounded
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
@@ -326,17 +327,6 @@ async def open_client(settings: Settings, tenant: str | None, timeout_s: float,
         yield client
     finally:
         await client.__aexit__(None, None, None)
-
-
-async def bounded(step: Awaitable, timeout_s: float, what: str):
-    """`step` within the job's timeout: a broker that takes connections and never answers,
-    or a topic that does not exist, held a job for aiokafka's 40 s whatever `timeout_s`, and
-    raised its own errors (a red-team run)."""
-    try:
-        return await asyncio.wait_for(step, timeout_s)
-    except TimeoutError:
-        raise BrokerTimeout(f"{what}: no answer from the broker within {timeout_s:g}s (is it "
-                            "reachable, and does the topic exist?)") from None
 
 
 class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):

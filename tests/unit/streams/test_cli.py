@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from streams.cli import main, parse_time_ms, schema_of_topic
@@ -29,3 +31,18 @@ def test_a_time_that_does_not_parse_is_a_usage_error_not_a_traceback(capsys):
             main(["replay", "deadletter", "--from-time", text, "--dry-run"])
         assert stopped.value.code == 2
         assert "neither epoch milliseconds nor an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_submit_and_wait_end_within_their_timeout_when_the_broker_never_answers(
+        silent_broker, capsys):
+    """`submit --wait --timeout 20` returned after 91 s and `cancel --timeout 10` after 79 s
+    with two nodes of three down (a red-team run): aiokafka's own waits came first."""
+    for command in (["submit", "examples/bell.qasm", "--wait"], ["submit", "examples/bell.qasm"],
+                    ["cancel", "wf-anything"]):
+        started = time.monotonic()
+        code = main([*command, "--broker", silent_broker, "--profile", "kafka",
+                     "--timeout", "1.5"])
+        took = time.monotonic() - started
+        assert code == 1, command
+        assert took < 12, (command, took)
+        assert "no answer from the broker within 1.5s" in capsys.readouterr().err

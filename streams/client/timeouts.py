@@ -1,0 +1,41 @@
+"""Client steps bounded by the time the caller gave them.
+
+aiokafka waits for a broker that takes connections and never answers, or a cluster without
+a quorum, for its own request timeout (40 s) and then tries again: `qlane submit --wait
+--timeout 20` returned after 91 s and `qlane cancel --timeout 10` after 79 s while two nodes
+of three were down (a red-team run). Each step here ends with `BrokerTimeout` when the
+caller's time is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+
+from streams.client.errors import BrokerTimeout
+
+
+async def bounded(step: Awaitable, timeout_s: float, what: str, stated_s: float | None = None):
+    """`step` within `timeout_s`, else BrokerTimeout naming `what` and the caller's timeout
+    (`stated_s`, when `timeout_s` is what is left of it)."""
+    try:
+        return await asyncio.wait_for(step, max(timeout_s, 0.0))
+    except TimeoutError:
+        stated = timeout_s if stated_s is None else stated_s
+        raise BrokerTimeout(f"{what}: no answer from the broker within {stated:g}s (is it "
+                            "reachable, and does the topic exist?)") from None
+
+
+class Deadline:
+    """One timeout shared by the steps of a command."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._at = time.monotonic() + timeout_s
+
+    def left(self) -> float:
+        return max(self._at - time.monotonic(), 0.0)
+
+    async def step(self, step: Awaitable, what: str):
+        return await bounded(step, self.left(), what, self.timeout_s)
