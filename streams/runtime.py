@@ -200,6 +200,15 @@ class Runtime:
             return not ran_before_handled.get()
         return bool(setting)
 
+    @staticmethod
+    def status_record(workflow_id: str, state: str, stage: str, detail: str = "",
+                      attempt: int = 1, progress: dict | None = None) -> bytes:
+        """A JobStatus record's value."""
+        return codec("JobStatus").encode({
+            "workflow_id": workflow_id, "state": state, "stage": stage, "detail": detail,
+            "attempt": attempt, "at_ms": now_ms(), "progress": progress,
+        })
+
     async def status(
         self, workflow_id: str, state: str, stage: str, detail: str = "", attempt: int = 1,
         progress: dict | None = None,
@@ -208,16 +217,8 @@ class Runtime:
             log.debug("%s %s (%s), not published", workflow_id, state, stage,
                       extra={"workflow_id": workflow_id, "stage": stage, "state": state})
             return
-        record = {
-            "workflow_id": workflow_id,
-            "state": state,
-            "stage": stage,
-            "detail": detail,
-            "attempt": attempt,
-            "at_ms": now_ms(),
-            "progress": progress,
-        }
-        await self.send("status", workflow_id, codec("JobStatus").encode(record))
+        await self.send("status", workflow_id, self.status_record(
+            workflow_id, state, stage, detail, attempt, progress))
         level = lifecycle_level(state)
         # A detail can quote an error about the job's payload: shown at debug level only.
         shown = f": {detail}" if detail and level == logging.DEBUG else ""

@@ -209,7 +209,7 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler,
         mark(table, failure.workflow_id, "failed", error=failure.error)
         await runtime.dead_letter(source, failed_stage, failure.error, failure.attempts)
         await runtime.status(
-            failure.workflow_id, "failed", failed_stage, detail=_detail(failure.error),
+            failure.workflow_id, "failed", failed_stage, detail=error_detail(failure.error),
             attempt=failure.attempts,
         )
         return failure.error
@@ -237,7 +237,7 @@ def refuse_unreadable(source: SourceRecord) -> None:
             f"{reason.decode(errors='replace')}")
 
 
-def _detail(error: BaseException) -> str:
+def error_detail(error: BaseException) -> str:
     reason = getattr(error, "reason", type(error).__name__)
     return f"{reason}: {error}"[:500]
 
@@ -248,7 +248,7 @@ def mark(table, workflow_id: str, state: str, error: BaseException | None = None
         return
     updated = {**entry, "state": state, "updated_ms": now_ms(), **extra}
     if error is not None:
-        updated["error"] = _detail(error)
+        updated["error"] = error_detail(error)
     table[workflow_id] = updated
 
 

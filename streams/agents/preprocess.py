@@ -11,6 +11,7 @@ from fallback.policy import FallbackReason
 from schemas.codec import codec
 from streams.agents.common import (
     StageFailure,
+    error_detail,
     first_time,
     in_thread,
     mark,
@@ -23,8 +24,8 @@ from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
-from streams.kafka.tenants import check_cancel_of, check_tenant_of
-from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic
+from streams.kafka.tenants import check_cancel_of, check_tenant_of, topic_tenant
+from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic, tenant_topic
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow import accounting
@@ -118,6 +119,50 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
                         extra={"workflow_id": spec.workflow_id, "stage": STAGE})
 
 
+def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str | None]:
+    """A job record's request and workflow id (None, None for a cancel), checked for what
+    must hold before it may touch the table."""
+    request = workflow_id = None
+    if not cancel:
+        request = codec("JobRequest").decode(source.value)
+        workflow_id = request["workflow_id"]
+        if source.key != workflow_id.encode():
+            raise KeyMismatch(
+                f"record key {source.key!r} is not the workflow id {workflow_id!r}")
+    if len(source.key or b"") > MAX_ROUTED_KEY_BYTES or (not cancel and not workflow_id):
+        # Not moved to its key's partition, so its table entry would be on the wrong one:
+        # a job run twice, a late cancel answered "before arrival" (red-team run).
+        raise InvalidJob(f"a workflow id must be 1 to {MAX_ROUTED_KEY_BYTES} bytes of "
+                         f"UTF-8, got {len(source.key or b'')}")
+    if CONTROL_BYTES.search(source.key or b""):
+        # Control characters forged log lines; and the table's own keys (a loop's
+        # checkpoint chunks) are the workflow id and a \x1f: no id may reach them.
+        raise InvalidJob("a workflow id may not hold control characters (U+0000-U+001F, "
+                         "U+007F)")
+    return request, workflow_id
+
+
+async def tell_tenant_refused(runtime: Runtime, source: SourceRecord,
+                              error: BaseException) -> None:
+    """A job refused before admission on a tenant's topic: its `failed` status, keyed by the
+    record's key, on that tenant's own status topic. No table entry names its tenant, so the
+    status went nowhere the tenant may read, and a client in another language that left
+    `tenant` at its default waited out its timeout (a red-team run). Not on the shared
+    status topic: there a tenant would write a status under another tenant's workflow id."""
+    tenant = topic_tenant(runtime.settings.topic_prefix, source.topic)
+    key = source.key or b""
+    if (tenant is None or not key or len(key) > MAX_ROUTED_KEY_BYTES
+            or CONTROL_BYTES.search(key)):
+        return
+    try:
+        workflow_id = key.decode()
+    except UnicodeDecodeError:
+        return
+    status = runtime.status_record(workflow_id, "failed", STAGE, detail=error_detail(error))
+    await runtime.topic_named(tenant_topic(runtime.settings.topic_prefix, "status",
+                                           tenant)).send(key=key, value=status)
+
+
 def register(app, runtime: Runtime, table) -> None:
     runtime.attempts = runtime.attempts or AttemptLedger(runtime)
     runner = JobRunner(runtime, table)
@@ -135,22 +180,12 @@ def register(app, runtime: Runtime, table) -> None:
         """One job record. `ahead` (fused_path=batch): its program prepared already, and its
         slot of the batch's backend call."""
         cancel = is_cancel(source.value)
-        if not cancel:
-            request = codec("JobRequest").decode(source.value)
-            workflow_id = request["workflow_id"]
-            if source.key != workflow_id.encode():
-                raise KeyMismatch(
-                    f"record key {source.key!r} is not the workflow id {workflow_id!r}")
-        if len(source.key or b"") > MAX_ROUTED_KEY_BYTES or (not cancel and not workflow_id):
-            # Not moved to its key's partition, so its table entry would be on the wrong one:
-            # a job run twice, a late cancel answered "before arrival" (red-team run).
-            raise InvalidJob(f"a workflow id must be 1 to {MAX_ROUTED_KEY_BYTES} bytes of "
-                             f"UTF-8, got {len(source.key or b'')}")
-        if CONTROL_BYTES.search(source.key or b""):
-            # Control characters forged log lines; and the table's own keys (a loop's
-            # checkpoint chunks) are the workflow id and a \x1f: no id may reach them.
-            raise InvalidJob("a workflow id may not hold control characters (U+0000-U+001F, "
-                             "U+007F)")
+        try:
+            request, workflow_id = checked_record(source, cancel)
+        except Exception as error:
+            if not cancel:
+                await tell_tenant_refused(runtime, source, error)
+            raise
         # Only a record that will touch the table moves: garbage is dead-lettered where it is.
         home = home_partition(source, runtime.settings.partitions)
         if home is not None:
@@ -161,7 +196,11 @@ def register(app, runtime: Runtime, table) -> None:
                             table.get(cancelled_id))
             return await handle_cancel(runtime, table, source.value, source.key, STAGE,
                                        source.topic)
-        check_tenant_of(runtime.settings.topic_prefix, source.topic, request)  # authenticated
+        try:
+            check_tenant_of(runtime.settings.topic_prefix, source.topic, request)  # authenticated
+        except Exception as error:
+            await tell_tenant_refused(runtime, source, error)
+            raise
         fingerprint = request_fingerprint(request)
         previous = table.get(workflow_id)
         if previous is not None and previous.get("state") == "cancelled":

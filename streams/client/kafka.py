@@ -25,6 +25,14 @@ REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
      "TenantMismatch"}
 )
+
+
+def refused_before_admission(status: dict) -> bool:
+    """A `failed` status of a job refused before it was admitted (it never ran)."""
+    return (status["state"] == "failed" and status["stage"] == "preprocess"
+            and status["detail"].split(":", 1)[0] in REJECTED_BEFORE_ADMISSION)
+
+
 # A duplicate's earlier result is looked up by reading the results topic once, from the start.
 DUPLICATE_LOOKUP_TIMEOUT_S = 30.0
 # How long a wait reads on for the `done` statuses of the jobs it saw done (read_committed).
@@ -295,6 +303,8 @@ class Client:
             elif status["state"] in ("failed", "cancelled"):
                 outcome.state = status["state"]
                 outcome.detail = status["detail"]
+                if refused_before_admission(status):  # told on a tenant's own status topic
+                    outcome.state = "rejected"
                 outcome.result_follows = announces_result(status)
             event = status["state"]
             if status.get("progress"):

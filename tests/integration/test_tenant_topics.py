@@ -237,3 +237,24 @@ def test_a_tenants_dead_stage_record_is_replayed_to_its_own_job_topic(
         assert lines[0].target_topic == job_topic(prefix, "acme", "high"), lines
     finally:
         stop_worker(worker)
+
+
+def test_a_job_refused_before_admission_is_told_on_its_tenants_status_topic(
+        tenant_settings, tenant_worker):
+    """A client in another language that left `tenant` at its default on acme's topic was
+    dead-lettered as TenantMismatch, and nothing came on acme's topics (a tenant's principal
+    cannot read the dead letters): it waited out its timeout (red-team run). The refusal now
+    comes on acme's status topic only."""
+    prefix = tenant_settings.topic_prefix
+    workflow_id = f"acme.untold-{uuid.uuid4().hex[:6]}"
+    untenanted = job_request(workflow_id=workflow_id, circuit=BELL, shots=7)
+    assert untenanted["tenant"] == "default"
+    send_raw(tenant_settings, job_topic(prefix, "acme"), workflow_id,
+             codec("JobRequest").encode(untenanted))
+    told = wait_for(lambda: statuses_on(tenant_settings, "status.acme", workflow_id),
+                    timeout_s=30)
+    assert len(told) == 1 and told[0][0] == "failed", told
+    assert told[0][1].startswith("TenantMismatch: a job on"), told
+    assert dead_letter_classes(tenant_settings, workflow_id) == ["TenantMismatch"]
+    assert statuses_on(tenant_settings, "status", workflow_id) == []
+    assert statuses_on(tenant_settings, "status.rival", workflow_id) == []

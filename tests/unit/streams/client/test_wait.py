@@ -213,3 +213,25 @@ def test_a_resubmitted_loop_stopped_by_a_cancel_is_cancelled_with_its_result(mon
     monkeypatch.setattr(client, "find_results", stored)
     outcome = wait_for_a_stopped_loop(client, monkeypatch)
     assert outcome.state == "cancelled" and outcome.result is STOPPED_LOOP
+
+
+def failed_status(stage: str, detail: str) -> SimpleNamespace:
+    value = codec("JobStatus").encode({
+        "workflow_id": "wf", "state": "failed", "stage": stage, "detail": detail,
+        "attempt": 1, "at_ms": 1, "progress": None})
+    return SimpleNamespace(topic="t.qlane.status", key=b"wf", value=value, headers=())
+
+
+def test_a_job_refused_before_admission_on_a_tenants_status_topic_is_rejected(monkeypatch):
+    """A tenant reads its refusals there, not in the dead letters (streams/agents/preprocess.py
+    `tell_tenant_refused`); a job that failed once admitted stays failed."""
+    for stage, detail, state in (
+            ("preprocess", "TenantMismatch: a job on t.qlane.jobs.acme belongs to 'acme'",
+             "rejected"),
+            ("preprocess", "KeyMismatch: record key b'x' is not the workflow id", "rejected"),
+            ("preprocess", "InvalidCircuit: no such gate", "failed"),
+            ("execute", "TenantMismatch: named in a message, not the class", "failed")):
+        client = Client(Settings(topic_prefix="t.qlane"))
+        client.watcher = CommittedWatcher([{STATUS_TP: [failed_status(stage, detail)]}])
+        outcome = wait_for_the_job(client, monkeypatch)
+        assert (outcome.state, outcome.detail) == (state, detail)
