@@ -503,9 +503,48 @@ def test_a_lone_job_refused_for_what_it_is_is_not_run_again_alone(monkeypatch) -
     monkeypatch.setattr(execution, "in_simulator_process", lambda *args: True)
     monkeypatch.setattr(execution, "simulate_batch", simulate_batch)
     jobs = [SimpleNamespace(source=SourceRecord("t", 0, offset, None, b"k", b"v", ()),
-                            prepared=SimpleNamespace(tasks=[1], backend="aer.ideal"))
+                            prepared=SimpleNamespace(tasks=[1], backend="aer.ideal"),
+                            request={"tenant": "acme"})
             for offset in (1, 2)]
     runtime = SimpleNamespace()
     assert asyncio.run(execution.batch_outcomes(runtime, jobs[:1])) == {
         jobs[0].source.address: (refusal, 0.0)}
     assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
+
+
+def tenant_job(registry, tenant: str, circuit: str, shots: int, offset: int,
+               parameter_sets=None) -> Job:
+    request = {"workflow_id": f"{tenant}.j{offset}", "circuit": circuit, "shots": shots,
+               "backend": "aer.ideal", "seed": 3, "tenant": tenant}
+    if parameter_sets:
+        request["parameter_sets"] = parameter_sets
+    prepared = prepare(JobSpec.from_record(request), registry, TranspileCache(), Limits())
+    source = SourceRecord("jobs", 0, offset, None, request["workflow_id"].encode(), b"", ())
+    task = {"workflow_id": request["workflow_id"], "accepted_at_ms": int(time.time() * 1000)}
+    return Job.of(source, task, request, prepared, prepared.to_bytes())
+
+
+def test_a_tenant_is_not_billed_for_another_tenants_job_estimated_too_low() -> None:
+    """One tenant's 1,000 parameter sets of a long 2-qubit chain were estimated at 0.12 s and
+    ran 40 s; another tenant's 12-qubit job in the same call was billed 10.97 s for the
+    0.29 s it took alone (a red-team run). Tenants' jobs now never share a call."""
+    from streams.agents.execution import batch_outcomes
+
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
+    )
+    chain = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] a;\nqubit[2] q;\n'
+             "bit[2] c;\nrx(a) q[0];\n" + "rz(a) q[0];\nsx q[0];\n" * 2000 + "c = measure q;\n")
+    ghz = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[12] q;\nbit[12] c;\nh q[0];\n'
+           + "".join(f"cx q[{i}], q[{i + 1}];\n" for i in range(11)) + "c = measure q;\n")
+    hostile = tenant_job(runtime.registry, "evil", chain, 1, 1, [[0.1 * i] for i in range(200)])
+    victim = tenant_job(runtime.registry, "t01", ghz, 4000, 2)
+    try:
+        billed = asyncio.run(batch_outcomes(runtime, [hostile, victim]))
+    finally:
+        runtime.executor.shutdown()
+    hostile_s, victim_s = billed[hostile.source.address][1], billed[victim.source.address][1]
+    assert isinstance(billed[victim.source.address][0], list)
+    assert victim_s < hostile_s / 20, (victim_s, hostile_s)
