@@ -15,8 +15,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.codec import codec, fill_defaults
 from streams.kafka.compat import assign_settled, stop_consumer, stop_quietly, topic_partitions
 from streams.kafka.security import detect_profile, kafka_options
+from streams.kafka.tenants import tenant_ids, topic_tenant
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from streams.settings import Settings
+from streams.workflow.cancel import is_cancel
 from streams.workflow.idempotency import IN_FLIGHT, earlier_state
 from workers.errors import InvalidJob
 from workers.variational.loop import STOPPED_BY_CANCEL
@@ -281,6 +283,18 @@ class Client:
             outcome.state = "cancelled"
             outcome.detail = "stopped by a cancel; the result holds the loop's best so far"
 
+    def _about_the_job(self, workflow_id: str, value: bytes | None, headers: dict) -> bool:
+        """Whether a dead letter keyed by a watched workflow id stands for that workflow's
+        job: not a refused cancel (the job goes on), nor a record from another tenant's job
+        topic. A tenant that sent a cancel, or a job, under another tenant's id on its own
+        topic had it dead-lettered as TenantMismatch, and the other tenant's client reported
+        its job `rejected` while it ran and was charged (a red-team run)."""
+        if is_cancel(value):
+            return False
+        tenant = topic_tenant(self.settings.topic_prefix,
+                              headers.get("qlane.dlq.source.topic", ""))
+        return tenant is None or workflow_id.startswith(tenant_ids(tenant))
+
     def _apply(self, outcomes, record, on_event) -> None:
         key = (record.key or b"").decode(errors="replace")
         outcome = outcomes.get(key)
@@ -316,6 +330,8 @@ class Client:
             event = "result"
         else:
             headers = decode_dlq_headers(record.headers)
+            if not self._about_the_job(key, record.value, headers):
+                return
             error = headers.get("qlane.dlq.error.class", "")
             stage = headers.get("qlane.dlq.stage", "")
             # Rejected before admission the workflow never ran; otherwise it failed.

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from aiokafka import TopicPartition
 
 from schemas.codec import codec
-from streams.client import Client
+from streams.client import Client, job_request
 from streams.settings import Settings
 
 
@@ -235,3 +235,34 @@ def test_a_job_refused_before_admission_on_a_tenants_status_topic_is_rejected(mo
         client.watcher = CommittedWatcher([{STATUS_TP: [failed_status(stage, detail)]}])
         outcome = wait_for_the_job(client, monkeypatch)
         assert (outcome.state, outcome.detail) == (state, detail)
+
+
+DEAD_TP = TopicPartition("t.qlane.deadletter", 0)
+
+
+def dead_letter(workflow_id: str, source_topic: str, value: bytes) -> SimpleNamespace:
+    headers = [("qlane.dlq.error.class", b"TenantMismatch"), ("qlane.dlq.stage", b"preprocess"),
+               ("qlane.dlq.error.message", b"refused"),
+               ("qlane.dlq.source.topic", source_topic.encode())]
+    return SimpleNamespace(topic="t.qlane.deadletter", key=workflow_id.encode(), value=value,
+                           headers=headers)
+
+
+def test_another_tenants_refused_record_under_a_jobs_id_is_not_its_outcome(monkeypatch):
+    """evil sent a cancel, or a job, under t01's workflow id on its own topic: refused as
+    TenantMismatch, and t01's client read the dead letter as its own job's, `rejected`, while
+    the job ran and was charged (a red-team run)."""
+    cancel = codec("JobCancel").encode({"workflow_id": "t01.x", "reason": "",
+                                        "requested_at_ms": 1})
+    job = codec("JobRequest").encode(job_request(workflow_id="t01.x", circuit="x",
+                                                 tenant="t01"))
+    for letter, state in (
+            (dead_letter("t01.x", "t.qlane.jobs.evil-high", cancel), "pending"),
+            (dead_letter("t01.x", "t.qlane.jobs.evil", job), "pending"),
+            (dead_letter("t01.x", "t.qlane.jobs.t01", cancel), "pending"),
+            (dead_letter("t01.x", "t.qlane.jobs.t01", job), "rejected"),
+            (dead_letter("t01.x", "t.qlane.jobs", job), "rejected")):
+        client = Client(Settings(topic_prefix="t.qlane"))
+        client.watcher = CommittedWatcher([{DEAD_TP: [letter]}])
+        outcome = wait_for_the_jobs(client, monkeypatch, ["t01.x"])["t01.x"]
+        assert outcome.state == state, (letter.headers[-1], outcome)
