@@ -29,6 +29,7 @@ from streams.runtime import Runtime, now_ms
 from streams.settings import SIMULATOR_PROCESS_MIN_CORES
 from streams.workflow import accounting
 from streams.workflow.deadletter import SourceRecord, is_retryable
+from streams.workflow.results import submitted_ms
 from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
 from workers.cores import usable_cores
 from workers.errors import (
@@ -88,8 +89,7 @@ class Job:
         budget = self.request.get("deadline_ms")
         if budget is None:
             return None
-        start = self.request.get("submitted_at_ms") or self.task["accepted_at_ms"]
-        return start + budget
+        return submitted_ms(self.request, self.task["accepted_at_ms"]) + budget
 
     @classmethod
     def of(cls, source: SourceRecord, task: dict, request: dict,

@@ -24,7 +24,12 @@ from streams.agents.common import (
 from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord
-from streams.workflow.results import build_result, check_result_fits, republish_stored_result
+from streams.workflow.results import (
+    build_result,
+    check_result_fits,
+    republish_stored_result,
+    submitted_ms,
+)
 from workers.errors import ResultTooLarge
 from workers.execution.preparation import PreparedJob
 from workers.mitigation import zne
@@ -96,13 +101,13 @@ async def publish_result(
     else:
         outcome, mitigate_s = mitigated.outcome, mitigated.seconds
     completed_at_ms = now_ms()
-    submitted_ms = request.get("submitted_at_ms") or accepted_at_ms
+    submitted = submitted_ms(request, accepted_at_ms)
     timings = {
-        "queued_s": max(0.0, (accepted_at_ms - submitted_ms) / 1000),
+        "queued_s": (accepted_at_ms - submitted) / 1000,
         "preprocess_s": preprocess_s,
         "execute_s": execute_s,
         "mitigate_s": mitigate_s,
-        "end_to_end_s": max(0.0, (completed_at_ms - submitted_ms) / 1000),
+        "end_to_end_s": (completed_at_ms - submitted) / 1000,
     }
     result = build_result(
         request=request,

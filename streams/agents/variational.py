@@ -26,7 +26,7 @@ from streams.runtime import Runtime, now_ms, package_version
 from streams.workflow import accounting
 from streams.workflow.cancel import cancel_requested
 from streams.workflow.deadletter import SourceRecord
-from streams.workflow.results import check_result_fits, republish_stored_result
+from streams.workflow.results import check_result_fits, republish_stored_result, submitted_ms
 from workers.errors import BudgetExceeded, InvalidJob, ResultTooLarge
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
@@ -272,7 +272,8 @@ def register(app, runtime: Runtime, table) -> None:
                 "the lowest value the optimizer saw (biased low): no fresh evaluation fitted "
                 "the caps, or the loop was cancelled")
         completed_at_ms = now_ms()
-        submitted_ms = request.get("submitted_at_ms") or completed_at_ms
+        submitted = submitted_ms(request, completed_at_ms)
+        execute_s = time.perf_counter() - started
         backend = runtime.registry.get(base.backend)
         return {
             "workflow_id": request["workflow_id"],
@@ -300,8 +301,8 @@ def register(app, runtime: Runtime, table) -> None:
             },
             "timings": {
                 "queued_s": 0.0, "preprocess_s": 0.0,
-                "execute_s": time.perf_counter() - started, "mitigate_s": 0.0,
-                "end_to_end_s": max(0.0, (completed_at_ms - submitted_ms) / 1000),
+                "execute_s": execute_s, "mitigate_s": 0.0,
+                "end_to_end_s": max(execute_s, (completed_at_ms - submitted) / 1000),
             },
             "completed_at_ms": completed_at_ms,
             "variational": {

@@ -54,3 +54,15 @@ def test_what_can_fit_passes_and_the_bound_is_below_a_real_result():
 def test_a_job_without_observables_is_not_judged_here():
     check_result_can_fit(JobSpec("t.x", "OPENQASM 3.0;", shots=100, backend="aer.ideal"),
                          LIMIT)
+
+
+def test_a_submission_time_from_a_clock_ahead_counts_from_the_acceptance():
+    """A client clock a day ahead gave end_to_end_s 0 beside an execute_s of 0.0024 s, and
+    stretched a deadline by the day (a red-team run)."""
+    from streams.workflow.results import submitted_ms
+
+    accepted = 1_800_000_000_000
+    assert submitted_ms({"submitted_at_ms": accepted + 86_400_000}, accepted) == accepted
+    assert submitted_ms({"submitted_at_ms": accepted - 2_500}, accepted) == accepted - 2_500
+    assert submitted_ms({"submitted_at_ms": 0}, accepted) == accepted
+    assert submitted_ms({}, accepted) == accepted
