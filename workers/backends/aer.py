@@ -605,7 +605,8 @@ class Backend:
         template object may appear many times: it is checked and analysed once; exactly
         sampled, it is stripped of its measurements and assembled by Aer once per call, and
         sampled by Aer, once per run of consecutive circuits in a call; Aer binds the values
-        itself (probabilities and counts are bit-identical to binding in Python first).
+        itself where it binds them right (AER_BINDS; probabilities and counts bit-identical to
+        binding in Python first), else each run is bound in Python.
         """
         circuits = list(circuits)
         if not circuits:
