@@ -21,8 +21,10 @@ def submitted_ms(request: dict, accepted_at_ms: int) -> int:
     """When the job was submitted, by the client's `submitted_at_ms`, for its timings and
     deadline: a time after the worker accepted it is a client clock ahead (a day ahead gave
     `end_to_end_s` 0 beside an `execute_s` of 0.0024 s, a red-team run) and counts from the
-    acceptance; 0 or absent, from the acceptance too."""
-    return min(request.get("submitted_at_ms") or accepted_at_ms, accepted_at_ms)
+    acceptance; 0, negative or absent, from the acceptance too (-5 with a deadline of 60 s
+    failed the job as past its deadline: a red-team run)."""
+    submitted = request.get("submitted_at_ms") or 0
+    return accepted_at_ms if submitted <= 0 else min(submitted, accepted_at_ms)
 
 
 def register_layout(circuit) -> list[dict]:

@@ -258,3 +258,10 @@ def test_a_job_refused_before_admission_is_told_on_its_tenants_status_topic(
     assert dead_letter_classes(tenant_settings, workflow_id) == ["TenantMismatch"]
     assert statuses_on(tenant_settings, "status", workflow_id) == []
     assert statuses_on(tenant_settings, "status.rival", workflow_id) == []
+    # A key refused for its bytes is answered too (it came without a status at first).
+    bell_id = f"acme.bell\x07{uuid.uuid4().hex[:6]}"
+    send_raw(tenant_settings, job_topic(prefix, "acme"), bell_id, codec("JobRequest").encode(
+        job_request(workflow_id=bell_id, circuit=BELL, shots=7, tenant="acme")))
+    told = wait_for(lambda: statuses_on(tenant_settings, "status.acme", bell_id), timeout_s=30)
+    assert [state for state, _ in told] == ["failed"], told
+    assert told[0][1].startswith("InvalidJob: a workflow id may not hold control"), told

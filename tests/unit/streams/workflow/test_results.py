@@ -65,4 +65,5 @@ def test_a_submission_time_from_a_clock_ahead_counts_from_the_acceptance():
     assert submitted_ms({"submitted_at_ms": accepted + 86_400_000}, accepted) == accepted
     assert submitted_ms({"submitted_at_ms": accepted - 2_500}, accepted) == accepted - 2_500
     assert submitted_ms({"submitted_at_ms": 0}, accepted) == accepted
+    assert submitted_ms({"submitted_at_ms": -5}, accepted) == accepted
     assert submitted_ms({}, accepted) == accepted
