@@ -674,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, BrokerTimeout):
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 1
+        if isinstance(error, ValueError):  # refused before sending: `cancel foo --tenant t1`
+            print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
+            return 2
         from streams.kafka.security import broker_unavailable
 
         # A refused login looks like a connection that failed: asked first (exit 2).

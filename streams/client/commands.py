@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import codec
-from streams.client.kafka import Client
+from streams.client.kafka import Client, own_ids
 from streams.client.timeouts import Deadline
 from streams.kafka.compat import stop_consumer, topic_partitions
 from streams.kafka.security import kafka_options
-from streams.kafka.topics import tenant_topic
+from streams.kafka.topics import job_topic, tenant_topic
 from streams.settings import Settings
 
 WORKER_ANSWERS = frozenset({"cancelled", "cancel_ignored"})  # what a worker says to a cancel
@@ -41,6 +41,7 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
                           reason: str = "", timeout_s: float = 10.0) -> CancelAnswer:
     """Send a cancel and report the worker's answer (the workflow's next status event),
     all within `timeout_s`: BrokerTimeout when the cancel could not be sent in it."""
+    own_ids(settings, job_topic(settings.topic_prefix, tenant, "high"), workflow_id)
     deadline = Deadline(timeout_s)
     watcher = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
                                group_id=None, isolation_level=settings.isolation_level,

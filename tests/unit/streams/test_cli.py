@@ -46,3 +46,11 @@ def test_submit_and_wait_end_within_their_timeout_when_the_broker_never_answers(
         assert code == 1, command
         assert took < 12, (command, took)
         assert "no answer from the broker within 1.5s" in capsys.readouterr().err
+
+
+def test_a_cancel_of_an_id_outside_the_tenants_ids_is_a_usage_error(silent_broker, capsys):
+    """It printed the client's ValueError as a traceback (a red-team run)."""
+    code = main(["cancel", "nightly-7", "--tenant", "acme", "--broker", silent_broker,
+                 "--profile", "kafka", "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "starts with 'acme.'" in err and "Traceback" not in err, err
