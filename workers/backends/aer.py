@@ -91,6 +91,18 @@ TRAJECTORY_RATE = 1.2e8
 # red-team run).
 EXACT_OUTCOME_SECONDS = 2.5e-6
 AER_SHOT_BIT_SECONDS = 3.5e-7
+# What operations cost besides the state (same machine, Aer 0.18.2, 2026-12-06): a call
+# converts each distinct circuit, about 22 us an operation (200,000 operations on 1 qubit ran
+# 4.5 s); each run of a template costs 2-3 us an operation (10,003 x 100 value sets: 1.8 s);
+# a for loop is unrolled run by run, about 60 us an operation in its body per index; a
+# circuit run shot by shot pays 0.6-6 us an operation per shot beyond its state (400
+# operations x 20,000 shots on 1 qubit: 4.5 s). Left out, a loop of 99,998 indices was
+# estimated at 0.0006 s and held a worker's event loop 46 s in its threads, and 650,000
+# shots of 400 mid-circuit measurements 107 s, past the execute timeout (a red-team run).
+TEMPLATE_OPERATION_SECONDS = 2.5e-5
+RUN_OPERATION_SECONDS = 3e-6
+LOOP_OPERATION_SECONDS = 6e-5
+SHOT_OPERATION_SECONDS = 2e-6
 # Parallelism inside one state changes the order of floating-point sums; with these thresholds
 # every state is simulated on one thread, so its probabilities are bit-identical in any call.
 _EXACT_OPTIONS = {
@@ -267,6 +279,18 @@ def operation_count(circuit: QuantumCircuit) -> int:
             count += sum(operation_count(block) for block in operation.blocks)
         else:
             count += 1
+    return count
+
+
+def looped_operation_count(circuit: QuantumCircuit) -> int:
+    """The operations of `operation_count` that for loops repeat: each body once per index."""
+    count = 0
+    for instruction in circuit.data:
+        operation = instruction.operation
+        if isinstance(operation, ForLoopOp):
+            count += len(operation.params[0]) * operation_count(operation.blocks[0])
+        elif instruction.is_control_flow():
+            count += sum(looped_operation_count(block) for block in operation.blocks)
     return count
 
 
@@ -682,20 +706,27 @@ class Backend:
         measurements). An order of magnitude, for refusing jobs built to hold a simulator
         for hours, not a forecast."""
         operations = operation_count(circuit)
+        run = (operations * RUN_OPERATION_SECONDS
+               + looped_operation_count(circuit) * LOOP_OPERATION_SECONDS)
         view = self.noise()
         method, measurements = self._exact_method(circuit, view)
         if method is not None:
-            sampling = exact_sampling_seconds(len(measurements.qubits), shots)
+            sampling = exact_sampling_seconds(len(measurements.qubits), shots) + run
             if method == "statevector":
                 return operations * 2.0**measurements.active_qubits / STATEVECTOR_RATE + sampling
             return operations * 4.0**measurements.active_qubits / DENSITY_MATRIX_RATE + sampling
         amplitudes = 2.0 ** active_qubit_count(circuit)
-        sampling = aer_sampling_seconds(circuit, shots)
+        sampling = aer_sampling_seconds(circuit, shots) + run
+        per_shot = operations * shots * SHOT_OPERATION_SECONDS
         if view.noisy:
-            return operations * amplitudes * shots / TRAJECTORY_RATE + sampling
+            return operations * amplitudes * shots / TRAJECTORY_RATE + per_shot + sampling
         if runs_shot_by_shot(circuit):
-            return operations * amplitudes * shots / STATEVECTOR_RATE + sampling
+            return operations * amplitudes * shots / STATEVECTOR_RATE + per_shot + sampling
         return operations * amplitudes / STATEVECTOR_RATE + sampling
+
+    def setup_seconds(self, circuit: QuantumCircuit) -> float:
+        """What a call spends once on `circuit` whatever its runs: converting it for Aer."""
+        return operation_count(circuit) * TEMPLATE_OPERATION_SECONDS
 
     def _exact_method(
         self, circuit: QuantumCircuit, view: NoiseView

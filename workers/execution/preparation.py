@@ -390,6 +390,7 @@ def simulation_estimate(prepared: PreparedJob, backend: Any,
     estimate = getattr(backend, "estimated_seconds", None)
     if estimate is None:
         return 0.0
+    setup = getattr(backend, "setup_seconds", None)
     estimates = {} if estimates is None else estimates
     total = 0.0
     for task in prepared.tasks:
@@ -398,6 +399,10 @@ def simulation_estimate(prepared: PreparedJob, backend: Any,
         if key not in estimates:
             estimates[key] = estimate(template, prepared.shots)
         total += estimates[key]
+    if setup is not None:  # once per template of the job (a call converts each once)
+        total += sum(setup(template) for template in
+                     {id(t): t for t in (prepared.templates[task.template_index]
+                                         for task in prepared.tasks)}.values())
     return total
 
 

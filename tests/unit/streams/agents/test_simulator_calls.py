@@ -548,3 +548,25 @@ def test_a_tenant_is_not_billed_for_another_tenants_job_estimated_too_low() -> N
     hostile_s, victim_s = billed[hostile.source.address][1], billed[victim.source.address][1]
     assert isinstance(billed[victim.source.address][0], list)
     assert victim_s < hostile_s / 20, (victim_s, hostile_s)
+
+
+def test_a_lone_job_past_the_timeout_is_its_own_simulation_timeout(monkeypatch) -> None:
+    """A batch of one past the timeout ran again alone, as long again: its dead letter came
+    14-24 s after the first timeout (a red-team run). A batch of several still splits."""
+    from streams.agents import execution
+    from workers.errors import SimulationTimeout
+
+    async def simulate_batch(runtime, jobs):
+        raise SandboxTimeout("the simulator process took longer than 5s")
+
+    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: True)
+    monkeypatch.setattr(execution, "simulate_batch", simulate_batch)
+    jobs = [SimpleNamespace(source=SourceRecord("t", 0, offset, None, b"k", b"v", ()),
+                            prepared=SimpleNamespace(tasks=[1], backend="aer.ideal"),
+                            request={"tenant": "acme"})
+            for offset in (1, 2)]
+    runtime = SimpleNamespace(settings=Settings(execute_timeout_s=5))
+    ((slot, seconds),) = asyncio.run(execution.batch_outcomes(runtime, jobs[:1])).values()
+    assert isinstance(slot, SimulationTimeout) and seconds == 0.0
+    assert "longer than 5s" in str(slot)
+    assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
