@@ -130,7 +130,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     if args.sasl:
         from streams.brokers.kafka_security import enable_sasl_ssl
 
-        secured = enable_sasl_ssl(cluster)
+        # PORT+100 as the help says (a free port was chosen: a red-team run); --port 0: free.
+        secured = enable_sasl_ssl(cluster, sasl_port=args.port + 100 if args.port else 0)
 
     def start() -> None:
         started = time.monotonic()
@@ -551,7 +552,8 @@ def parser() -> argparse.ArgumentParser:
     kafka.add_argument("--port", type=int, default=9092,
                        help="client port of node 1 (node i listens on PORT+i-1); 0 = free ports")
     kafka.add_argument("--sasl", action="store_true",
-                       help="add a SASL_SSL listener (SCRAM-SHA-512, ACLs) on PORT+100")
+                       help="add a SASL_SSL listener (SCRAM-SHA-512, ACLs) on PORT+100 "
+                       "(node i on PORT+100+i-1)")
     kafka.add_argument("--data", help="data folder (default: a temporary one, removed at stop)")
     kafka.set_defaults(run=cmd_kafka)
 

@@ -127,8 +127,11 @@ def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str
         request = codec("JobRequest").decode(source.value)
         workflow_id = request["workflow_id"]
         if source.key != workflow_id.encode():
-            raise KeyMismatch(
-                f"record key {source.key!r} is not the workflow id {workflow_id!r}")
+            # Quoted in part: a 900 KB key quoted whole made the dead letter too large to
+            # send (ProducerSendError for KeyMismatch, and no status: a red-team run).
+            raise KeyMismatch(f"record key {(source.key or b'')[:80]!r} "
+                              f"({len(source.key or b'')} bytes) is not the workflow id "
+                              f"{workflow_id[:80]!r} ({len(workflow_id.encode())} bytes)")
     if len(source.key or b"") > MAX_ROUTED_KEY_BYTES or (not cancel and not workflow_id):
         # Not moved to its key's partition, so its table entry would be on the wrong one:
         # a job run twice, a late cancel answered "before arrival" (red-team run).
@@ -142,6 +145,9 @@ def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str
     return request, workflow_id
 
 
+MAX_TOLD_KEY_BYTES = 16 * 1024  # the status holds the key twice (key and workflow_id)
+
+
 async def tell_tenant_refused(runtime: Runtime, source: SourceRecord,
                               error: BaseException) -> None:
     """A job refused before admission on a tenant's topic: its `failed` status, keyed by the
@@ -151,14 +157,19 @@ async def tell_tenant_refused(runtime: Runtime, source: SourceRecord,
     status topic: there a tenant would write a status under another tenant's workflow id."""
     tenant = topic_tenant(runtime.settings.topic_prefix, source.topic)
     key = source.key or b""
-    if tenant is None or not key:
+    if tenant is None or not key or len(key) > MAX_TOLD_KEY_BYTES:
         return
-    # Any key the record had: a client waits on its own id, even one refused for its length
-    # or bytes (those came without a status at first: a red-team run). Only Kafka reads it.
+    # Any key the record had up to that size: a client waits on its own id, even one refused
+    # for its length or bytes (those came without a status at first: a red-team run); a key
+    # of 900 KB made a status past the broker's record size (another run).
     workflow_id = key.decode(errors="replace")
     status = runtime.status_record(workflow_id, "failed", STAGE, detail=error_detail(error))
-    await runtime.topic_named(tenant_topic(runtime.settings.topic_prefix, "status",
-                                           tenant)).send(key=key, value=status)
+    try:
+        await runtime.topic_named(tenant_topic(runtime.settings.topic_prefix, "status",
+                                               tenant)).send(key=key, value=status)
+    except Exception as failure:  # noqa: BLE001 - the refusal's dead letter still goes out
+        log.warning("a refusal on %s could not be told on its tenant's status topic: %s: %s",
+                    source.topic, type(failure).__name__, failure)
 
 
 def register(app, runtime: Runtime, table) -> None:

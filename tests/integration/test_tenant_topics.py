@@ -265,3 +265,11 @@ def test_a_job_refused_before_admission_is_told_on_its_tenants_status_topic(
     told = wait_for(lambda: statuses_on(tenant_settings, "status.acme", bell_id), timeout_s=30)
     assert [state for state, _ in told] == ["failed"], told
     assert told[0][1].startswith("InvalidJob: a workflow id may not hold control"), told
+
+
+def test_a_cancel_with_no_status_topic_to_read_is_refused_clearly(broker_address):
+    """A tenant's principal without --tenant may not read the shared status topic: aiokafka
+    failed on an assertion, "No partitions are currently assigned" (a red-team run)."""
+    bare = session_settings(*broker_address, tag="nostatus")
+    with pytest.raises(ValueError, match="no status topic to read the answer from"):
+        asyncio.run(cancel_workflow(bare, "wf-nowhere", timeout_s=10))

@@ -1,0 +1,71 @@
+"""A job record refused before admission (streams/agents/preprocess.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from schemas.codec import codec
+from streams.agents.preprocess import MAX_TOLD_KEY_BYTES, checked_record, tell_tenant_refused
+from streams.client import job_request
+from streams.runtime import Runtime
+from streams.workflow.deadletter import SourceRecord
+from workers.errors import KeyMismatch
+
+BELL = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
+        "cx q[0], q[1];\nc = measure q;\n")
+
+
+def record(key: bytes, workflow_id: str = "tb.bk1") -> SourceRecord:
+    value = codec("JobRequest").encode(job_request(workflow_id=workflow_id, circuit=BELL,
+                                                   tenant="tb"))
+    return SourceRecord("p.jobs.tb", 0, 1, None, key, value, ())
+
+
+def test_a_huge_key_is_quoted_in_part():
+    """A 900 KB key quoted whole made the dead letter too large to send (a red-team run)."""
+    with pytest.raises(KeyMismatch) as refused:
+        checked_record(record(b"k" * 900_000), cancel=False)
+    assert len(str(refused.value)) < 400 and "900000 bytes" in str(refused.value)
+
+
+class StatusTopic:
+    def __init__(self, fails: bool = False) -> None:
+        self.sent: list[tuple[bytes, dict]] = []
+        self.fails = fails
+
+    async def send(self, key, value):
+        if self.fails:
+            raise RuntimeError("MessageSizeTooLargeError")
+        self.sent.append((key, codec("JobStatus").decode(value)))
+
+
+def runtime_with(topic: StatusTopic):
+    names: list[str] = []
+
+    def topic_named(name):
+        names.append(name)
+        return topic
+
+    return SimpleNamespace(settings=SimpleNamespace(topic_prefix="p"), topic_named=topic_named,
+                           status_record=Runtime.status_record), names
+
+
+def test_a_refusal_is_told_on_the_tenants_status_topic_up_to_a_key_size():
+    topic = StatusTopic()
+    runtime, names = runtime_with(topic)
+    asyncio.run(tell_tenant_refused(runtime, record(b"tb.bk\x07"), KeyMismatch("bad")))
+    asyncio.run(tell_tenant_refused(runtime, record(b"k" * (MAX_TOLD_KEY_BYTES + 1)),
+                                    KeyMismatch("bad")))
+    assert names == ["p.status.tb"]
+    ((key, status),) = topic.sent
+    assert key == b"tb.bk\x07" and status["state"] == "failed"
+    assert status["detail"].startswith("KeyMismatch: bad")
+
+
+def test_a_refusal_that_cannot_be_told_does_not_replace_the_refusal():
+    """The status's send failed and its error became the dead letter's (a red-team run)."""
+    runtime, _ = runtime_with(StatusTopic(fails=True))
+    asyncio.run(tell_tenant_refused(runtime, record(b"tb.x"), KeyMismatch("bad")))
