@@ -488,6 +488,21 @@ def test_auto_keeps_a_process_that_long_calls_use_and_closes_it_once_they_stop(
     assert started == [True, True, True]
 
 
+def two_jobs_whose_batch_raises(monkeypatch, error: BaseException) -> list:
+    """Two stand-in jobs of one tenant, and a simulator process whose every call raises."""
+    from streams.agents import execution
+
+    async def simulate_batch(runtime, jobs):
+        raise error
+
+    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: True)
+    monkeypatch.setattr(execution, "simulate_batch", simulate_batch)
+    return [SimpleNamespace(source=SourceRecord("t", 0, offset, None, b"k", b"v", ()),
+                            prepared=SimpleNamespace(tasks=[1], backend="aer.ideal"),
+                            request={"tenant": "acme"})
+            for offset in (1, 2)]
+
+
 def test_a_lone_job_refused_for_what_it_is_is_not_run_again_alone(monkeypatch) -> None:
     """A 20-qubit Estimator job's reply passed the sandbox's output bound: the batch of one
     failed as a whole and the job ran again alone, 107 s twice, to the same refusal (a
@@ -497,15 +512,7 @@ def test_a_lone_job_refused_for_what_it_is_is_not_run_again_alone(monkeypatch) -
 
     refusal = ResourceLimitExceeded("the sandbox's reply exceeds 16777216 bytes")
 
-    async def simulate_batch(runtime, jobs):
-        raise refusal
-
-    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: True)
-    monkeypatch.setattr(execution, "simulate_batch", simulate_batch)
-    jobs = [SimpleNamespace(source=SourceRecord("t", 0, offset, None, b"k", b"v", ()),
-                            prepared=SimpleNamespace(tasks=[1], backend="aer.ideal"),
-                            request={"tenant": "acme"})
-            for offset in (1, 2)]
+    jobs = two_jobs_whose_batch_raises(monkeypatch, refusal)
     runtime = SimpleNamespace()
     assert asyncio.run(execution.batch_outcomes(runtime, jobs[:1])) == {
         jobs[0].source.address: (refusal, 0.0)}
@@ -556,15 +563,8 @@ def test_a_lone_job_past_the_timeout_is_its_own_simulation_timeout(monkeypatch) 
     from streams.agents import execution
     from workers.errors import SimulationTimeout
 
-    async def simulate_batch(runtime, jobs):
-        raise SandboxTimeout("the simulator process took longer than 5s")
-
-    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: True)
-    monkeypatch.setattr(execution, "simulate_batch", simulate_batch)
-    jobs = [SimpleNamespace(source=SourceRecord("t", 0, offset, None, b"k", b"v", ()),
-                            prepared=SimpleNamespace(tasks=[1], backend="aer.ideal"),
-                            request={"tenant": "acme"})
-            for offset in (1, 2)]
+    jobs = two_jobs_whose_batch_raises(
+        monkeypatch, SandboxTimeout("the simulator process took longer than 5s"))
     runtime = SimpleNamespace(settings=Settings(execute_timeout_s=5))
     ((slot, seconds),) = asyncio.run(execution.batch_outcomes(runtime, jobs[:1])).values()
     assert isinstance(slot, SimulationTimeout) and seconds == 0.0
