@@ -10,7 +10,9 @@ call does (`execute`) and prints the CPU seconds and peak RSS.
         --qubits 24 --sets 100 --shots 10 --backend ibm.sherbrooke
 
 Shapes: `h` (h on every qubit, all measured: the counts cost, not the state), `layers`
-(`depth` layers of rx, sx on every qubit), `rx` (rx on every qubit, independent).
+(`depth` layers of rx, sx on every qubit), `rx` (rx on every qubit, independent), `loop` (a
+for loop of `depth` indices), `midmeasure` (`depth` rounds of rx and a measurement: run shot
+by shot), `cp` (`depth` parameterized cp on 2 qubits: bound in Python run by run).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def program(shape: str, qubits: int, depth: int) -> str:
         body = "".join(f"h q[{i}];\n" for i in range(qubits)) + "rz(a) q[0];\n"
     elif shape == "layers":
         body = "".join(f"rx(a) q[{i}];\nsx q[{i}];\n" * depth for i in range(qubits))
+    elif shape == "loop":  # a for loop of `depth` indices over rz(a), sx on every qubit
+        body = (f"for int i in [0:{depth - 1}] {{\n"
+                + "".join(f"rz(a) q[{i}];\nsx q[{i}];\n" for i in range(qubits)) + "}\n")
+    elif shape == "midmeasure":  # `depth` rounds of rx(a) and a measurement of every qubit
+        body = "".join(f"rx(a) q[{i}];\n" for i in range(qubits)) + "c = measure q;\n"
+        body *= depth
+    elif shape == "cp":  # `depth` parameterized cp (Aer cannot bind them: bound in Python)
+        body = "".join(f"cp(a + {k}.0) q[0], q[1];\nh q[0];\n" for k in range(depth))
     else:
         body = "".join(f"rx(a) q[{i}];\n" for i in range(qubits))
     return head + body + "c = measure q;\n"
@@ -40,7 +50,8 @@ def program(shape: str, qubits: int, depth: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=("h", "layers", "rx"), default="h")
+    parser.add_argument("--shape", choices=("h", "layers", "rx", "loop", "midmeasure", "cp"),
+                        default="h")
     parser.add_argument("--qubits", type=int, default=16)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--sets", type=int, default=20)
