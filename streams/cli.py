@@ -254,10 +254,9 @@ def build_submission(args: argparse.Namespace) -> dict:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from streams.client import Client
     from streams.client.errors import BrokerTimeout
     from streams.client.render import json_line, result_table
-    from streams.client.timeouts import Deadline
+    from streams.client.timeouts import Deadline, open_client
 
     settings = settings_from(args)
     record = build_submission(args)
@@ -270,12 +269,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # Every step within --timeout: aiokafka's own waits (40 s a request, then again)
         # held `submit --wait --timeout 20` for 91 s on a cluster without a quorum.
         deadline = Deadline(args.timeout)
-        client = Client(settings)
-        await deadline.step(client.__aenter__(), f"connecting to {settings.broker}")
-        try:
-            if args.wait:
-                await deadline.step(client.start_watching(),
-                                    f"reading the outcome topics on {settings.broker}")
+        async with open_client(settings, None, deadline, watch=args.wait) as client:
             try:
                 topic = await deadline.step(client.submit(record), f"submitting {workflow_id}")
             except BrokerTimeout as error:
@@ -285,8 +279,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if not args.wait:
                 return 0
             outcome = (await client.wait([workflow_id], deadline.left(), show))[workflow_id]
-        finally:
-            await client.__aexit__(None, None, None)
         if outcome.result is not None:
             print(json_line(outcome.result) if args.json else result_table(outcome.result))
         if outcome.state == "done":

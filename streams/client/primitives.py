@@ -39,8 +39,7 @@ import math
 import threading
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +61,7 @@ from qiskit.providers import JobStatus
 from streams.client.commands import cancel_workflow
 from streams.client.errors import JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
-from streams.client.timeouts import bounded
+from streams.client.timeouts import bounded, open_client
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
@@ -311,22 +310,6 @@ def outcome_error(workflow_id: str, outcome: Outcome, timeout_s: float) -> BaseE
     return ResultTimeout(
         f"workflow {workflow_id}: no outcome within {timeout_s:.0f}s "
         f"(last state {outcome.state}, seen {outcome.history})")
-
-
-@asynccontextmanager
-async def open_client(settings: Settings, tenant: str | None, timeout_s: float,
-                      watch: bool = False) -> AsyncIterator[Client]:
-    """A started Client (watching its outcome topics with `watch`), started within
-    `timeout_s` (BrokerTimeout past it)."""
-    client = Client(settings, tenant)
-    await bounded(client.__aenter__(), timeout_s, f"connecting to {settings.broker}")
-    try:
-        if watch:
-            await bounded(client.start_watching(), timeout_s,
-                          f"reading the outcome topics on {settings.broker}")
-        yield client
-    finally:
-        await client.__aexit__(None, None, None)
 
 
 class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):

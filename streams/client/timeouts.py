@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 from streams.client.errors import BrokerTimeout
+from streams.client.kafka import Client
+from streams.settings import Settings
 
 
 async def bounded(step: Awaitable, timeout_s: float, what: str, stated_s: float | None = None):
@@ -39,3 +42,23 @@ class Deadline:
 
     async def step(self, step: Awaitable, what: str):
         return await bounded(step, self.left(), what, self.timeout_s)
+
+
+@asynccontextmanager
+async def open_client(settings: Settings, tenant: str | None, within: float | Deadline,
+                      watch: bool = False) -> AsyncIterator[Client]:
+    """A started Client (watching its outcome topics with `watch`): each step within
+    `within` seconds, or all of them within a shared Deadline (BrokerTimeout past it)."""
+    async def step(awaitable: Awaitable, what: str):
+        if isinstance(within, Deadline):
+            return await within.step(awaitable, what)
+        return await bounded(awaitable, within, what)
+
+    client = Client(settings, tenant)
+    await step(client.__aenter__(), f"connecting to {settings.broker}")
+    try:
+        if watch:
+            await step(client.start_watching(), f"reading the outcome topics on {settings.broker}")
+        yield client
+    finally:
+        await client.__aexit__(None, None, None)
