@@ -288,6 +288,8 @@ def operation_count(circuit: QuantumCircuit) -> int:
 
 def looped_operation_count(circuit: QuantumCircuit) -> int:
     """The operations of `operation_count` that for loops repeat: each body once per index."""
+    if not _CONTROL_FLOW_NAMES.intersection(circuit.count_ops()):
+        return 0  # no walk in Python of a template without control flow (most of them)
     count = 0
     for instruction in circuit.data:
         operation = instruction.operation
@@ -414,8 +416,8 @@ def bound(circuit: QuantumCircuit, values: Mapping[Parameter, float] | None) -> 
 # installed). Aer 0.18 applies cp, crx, cry, crz, cu1, cu3 and cu unbound with one value set
 # (a controlled rotation by pi gave the counts of none: a red-team run; qiskit-aer #2323)
 # and loses experiments with more ("Result for experiment 1 could not be found"); a
-# template's global phase held as an expression raised OverflowError. A template with anything else
-# parameterized is bound in Python, run by run.
+# template's global phase held as an expression raised OverflowError. A template with
+# anything else parameterized is bound in Python, run by run.
 AER_BINDS = frozenset({"p", "r", "rx", "rxx", "ry", "ryy", "rz", "rzx", "rzz",
                        "u", "u1", "u2", "u3"})
 
@@ -429,9 +431,8 @@ def binds_in_aer(circuit: QuantumCircuit, *, phase_dropped: bool = False) -> boo
     its own global phase aside (`bound_where_aer_cannot` drops it)."""
     if not phase_dropped and isinstance(circuit.global_phase, ParameterExpression):
         # The transpiled template of a circuit with a parameter only in its phase: Aer
-        # raised "can't convert negative int to unsigned" (a red-team run); -0.2 + t of a
-        # circuit built by hand ran. Rare (the examples' templates hold a float): bound in
-        # Python, where it always holds.
+        # raised "can't convert negative int to unsigned" (a red-team run). A template's own
+        # phase is dropped before Aer sees it; a control-flow block's is not: bound in Python.
         return False
     for instruction in circuit.data:
         operation = instruction.operation

@@ -400,9 +400,13 @@ def simulation_estimate(prepared: PreparedJob, backend: Any,
             estimates[key] = estimate(template, prepared.shots)
         total += estimates[key]
     if setup is not None:  # once per template of the job (a call converts each once)
-        total += sum(setup(template) for template in
-                     {id(t): t for t in (prepared.templates[task.template_index]
-                                         for task in prepared.tasks)}.values())
+        used = {id(t): t for t in (prepared.templates[task.template_index]
+                                   for task in prepared.tasks)}
+        for template in used.values():
+            key = (id(template), "setup")
+            if key not in estimates:
+                estimates[key] = setup(template)
+            total += estimates[key]
     return total
 
 
