@@ -35,14 +35,12 @@ from typing import Any
 import numpy as np
 from qiskit import QuantumCircuit
 from qiskit.circuit import (
-    ControlFlowOp,
     Delay,
     ForLoopOp,
     Gate,
     IfElseOp,
     Measure,
     Parameter,
-    ParameterExpression,
     Reset,
     SwitchCaseOp,
     WhileLoopOp,
@@ -55,6 +53,27 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel, QuantumError, ReadoutError
 
+from workers.backends.aer_binding import (
+    TemplateRuns,
+    binds_in_aer,
+    bound_where_aer_cannot,
+    consecutive_runs,
+)
+from workers.backends.aer_estimates import (
+    BIND_OPERATION_SECONDS,
+    DENSITY_MATRIX_RATE,
+    LOOP_OPERATION_SECONDS,
+    RUN_OPERATION_SECONDS,
+    SHOT_OPERATION_SECONDS,
+    STATEVECTOR_RATE,
+    TEMPLATE_OPERATION_SECONDS,
+    TRAJECTORY_RATE,
+    active_qubit_count,
+    aer_sampling_seconds,
+    exact_sampling_seconds,
+    looped_operation_count,
+    operation_count,
+)
 from workers.backends.calibration import CalibrationSnapshot
 from workers.backends.noise import ConvertedOnceNoiseModel, build_noise_model
 from workers.errors import ExecutionFailed
@@ -76,37 +95,6 @@ EXACT_MAX_MEASURED_BITS = 16
 EXACT_MAX_QUBITS_DENSITY_MATRIX = 10
 EXACT_MAX_QUBITS_STATEVECTOR = 16
 _PROBABILITIES_LABEL = "qlane_probabilities"
-# Amplitude updates per second of one core, measured on the development machine (2 cores,
-# Aer 0.18.2, layers of h and cx; docs/reliability.md "Simulation a job may ask for"): the
-# exact statevector path, the exact density-matrix path (4^n entries), and Aer sampling a
-# noisy circuit shot by shot (its trajectories: 2^n per shot).
-STATEVECTOR_RATE = 3.4e8
-DENSITY_MATRIX_RATE = 8.4e7
-TRAJECTORY_RATE = 1.2e8
-# What the counts cost besides the state (same machine, 1M shots): exact sampling builds one
-# count per distinct outcome (2.3 us each: 0.15 s for 65,536 outcomes); Aer's sampling writes
-# every shot's classical bits (0.30-0.41 us per bit and shot: 6-8 s for 20 bits, with 2
-# outcomes or 645,000). Left out, a job of 300 parameter sets x 1M shots on 16 measured
-# qubits was estimated at 1.9 s and ran 68 s in the worker's threads, RSS +3.2 GiB (a
-# red-team run).
-EXACT_OUTCOME_SECONDS = 2.5e-6
-AER_SHOT_BIT_SECONDS = 3.5e-7
-# What operations cost besides the state (same machine, Aer 0.18.2, 2026-12-06): a call
-# converts each distinct circuit, about 22 us an operation (200,000 operations on 1 qubit ran
-# 4.5 s); each run of a template costs 2-3 us an operation (10,003 x 100 value sets: 1.8 s);
-# a for loop is unrolled run by run, about 60 us an operation in its body per index; a
-# circuit run shot by shot pays 0.6-6 us an operation per shot beyond its state (400
-# operations x 20,000 shots on 1 qubit: 4.5 s). Left out, a loop of 99,998 indices was
-# estimated at 0.0006 s and held a worker's event loop 46 s in its threads, and 650,000
-# shots of 400 mid-circuit measurements 107 s, past the execute timeout (a red-team run).
-TEMPLATE_OPERATION_SECONDS = 2.5e-5
-RUN_OPERATION_SECONDS = 3e-6
-# A template bound in Python (binds_in_aer) is bound and converted run by run: 300 cp gates
-# over 1,000 value sets ran 21.8 s, estimated at 1.84 s with its conversion once (a
-# red-team run), about 36 us an operation per run.
-BIND_OPERATION_SECONDS = 1e-5
-LOOP_OPERATION_SECONDS = 6e-5
-SHOT_OPERATION_SECONDS = 2e-6
 # Parallelism inside one state changes the order of floating-point sums; with these thresholds
 # every state is simulated on one thread, so its probabilities are bit-identical in any call.
 _EXACT_OPTIONS = {
@@ -123,7 +111,6 @@ _CONTROL_FLOW = (
     (ForLoopOp, "for_loop"),
     (SwitchCaseOp, "switch_case"),
 )
-_CONTROL_FLOW_NAMES = frozenset(name for _, name in _CONTROL_FLOW)
 _ALWAYS_ALLOWED = frozenset({"barrier"})
 _MAY_FOLLOW_MEASUREMENT = frozenset({"barrier"})
 
@@ -266,49 +253,6 @@ def final_measurements(circuit: QuantumCircuit) -> FinalMeasurements | None:
     )
 
 
-def operation_count(circuit: QuantumCircuit) -> int:
-    """Operations the simulator applies, barriers aside: a for loop's body once per index,
-    every other block (branches, while bodies) once."""
-    counts = circuit.count_ops()
-    if not _CONTROL_FLOW_NAMES.intersection(counts):
-        return sum(counts.values()) - counts.get("barrier", 0)
-    count = 0
-    for instruction in circuit.data:
-        if instruction.name == "barrier":
-            continue
-        operation = instruction.operation
-        if isinstance(operation, ForLoopOp):
-            count += len(operation.params[0]) * operation_count(operation.blocks[0])
-        elif instruction.is_control_flow():
-            count += sum(operation_count(block) for block in operation.blocks)
-        else:
-            count += 1
-    return count
-
-
-def looped_operation_count(circuit: QuantumCircuit) -> int:
-    """The operations of `operation_count` that for loops repeat: each body once per index."""
-    if not _CONTROL_FLOW_NAMES.intersection(circuit.count_ops()):
-        return 0  # no walk in Python of a template without control flow (most of them)
-    count = 0
-    for instruction in circuit.data:
-        operation = instruction.operation
-        if isinstance(operation, ForLoopOp):
-            count += len(operation.params[0]) * operation_count(operation.blocks[0])
-        elif instruction.is_control_flow():
-            count += sum(looped_operation_count(block) for block in operation.blocks)
-    return count
-
-
-def active_qubit_count(circuit: QuantumCircuit) -> int:
-    """Qubits that any operation but a barrier acts on."""
-    active = set()
-    for instruction in circuit.data:
-        if instruction.name != "barrier":
-            active.update(instruction.qubits)
-    return len(active)
-
-
 def is_measurement(instruction) -> bool:
     return instruction.name == "measure" and isinstance(instruction.operation, Measure)
 
@@ -384,138 +328,11 @@ def sample_counts(
     }
 
 
-def exact_sampling_seconds(measured_bits: int, shots: int) -> float:
-    """The counts of exact sampling: one per distinct outcome, at most 2^bits or the shots."""
-    return min(shots, 2**measured_bits) * EXACT_OUTCOME_SECONDS
-
-
-def aer_sampling_seconds(circuit: QuantumCircuit, shots: int) -> float:
-    """Aer's sampling: every shot's classical bits (nothing for a circuit that measures
-    nothing: its expectation values come from the state)."""
-    if not any(item.operation.name == "measure" for item in circuit.data):
-        return 0.0
-    return shots * circuit.num_clbits * AER_SHOT_BIT_SECONDS
-
-
 def outcome_ordered(counts: dict[str, int]) -> dict[str, int]:
     """`counts` in ascending outcome order, as exact sampling gives them. Aer's sampler merges
     its shots' counts in an order that depends on its thread count, and a result's bytes
     must not depend on the worker's cores."""
     return dict(sorted(counts.items(), key=lambda item: int(item[0].replace(" ", ""), 2)))
-
-
-# --- templates and their bindings ---------------------------------------------------------
-def bound(circuit: QuantumCircuit, values: Mapping[Parameter, float] | None) -> QuantumCircuit:
-    """`circuit` with `values` assigned (no values: `circuit` itself)."""
-    # Not strict: a run's values may name a parameter only its dropped global phase held.
-    return circuit if values is None else circuit.assign_parameters(values, strict=False)
-
-
-# The parameterized gates Aer binds from `parameter_binds` exactly as binding in Python
-# first would (tests/unit/workers/backends/test_aer_binding.py checks each against the Aer
-# installed). Aer 0.18 applies cp, crx, cry, crz, cu1, cu3 and cu unbound with one value set
-# (a controlled rotation by pi gave the counts of none: a red-team run; qiskit-aer #2323)
-# and loses experiments with more ("Result for experiment 1 could not be found"); a
-# template's global phase held as an expression raised OverflowError. A template with
-# anything else parameterized is bound in Python, run by run.
-AER_BINDS = frozenset({"p", "r", "rx", "rxx", "ry", "ryy", "rz", "rzx", "rzz",
-                       "u", "u1", "u2", "u3"})
-
-
-def _parameterized(value) -> bool:
-    return isinstance(value, ParameterExpression) and bool(value.parameters)
-
-
-def binds_in_aer(circuit: QuantumCircuit, *, phase_dropped: bool = False) -> bool:
-    """Whether Aer may bind `circuit`'s parameters itself (see AER_BINDS); `phase_dropped`:
-    its own global phase aside (`bound_where_aer_cannot` drops it)."""
-    if not phase_dropped and isinstance(circuit.global_phase, ParameterExpression):
-        # The transpiled template of a circuit with a parameter only in its phase: Aer
-        # raised "can't convert negative int to unsigned" (a red-team run). A template's own
-        # phase is dropped before Aer sees it; a control-flow block's is not: bound in Python.
-        return False
-    for instruction in circuit.data:
-        operation = instruction.operation
-        if isinstance(operation, ControlFlowOp):
-            if not all(binds_in_aer(block) for block in operation.blocks):
-                return False
-        elif operation.name not in AER_BINDS and any(map(_parameterized, operation.params)):
-            return False
-    return True
-
-
-def without_global_phase(circuit: QuantumCircuit) -> QuantumCircuit:
-    """A copy of `circuit` whose global phase is 0: counts and probabilities do not see it."""
-    copy = circuit.copy()
-    copy.global_phase = 0
-    return copy
-
-
-def bound_where_aer_cannot(
-    circuits: list[QuantumCircuit], values: list[Mapping[Parameter, float] | None],
-) -> None:
-    """Prepare each parameterized run, in place, for Aer's own binding: a global phase held
-    as an expression is dropped (a template transpiled into native gates often holds one,
-    0.25*t for a cp; bound in Python for it, 1,000 value sets on aer.noisy took 4.7 s
-    against 1.1 s: a red-team run), and a run whose template Aer would still bind wrongly
-    is bound in Python."""
-    ready: dict[int, tuple[QuantumCircuit, bool]] = {}
-    for i, (circuit, run_values) in enumerate(zip(circuits, values, strict=True)):
-        if run_values is None or not circuit.num_parameters:
-            continue
-        if id(circuit) not in ready:
-            template = circuit
-            if isinstance(template.global_phase, ParameterExpression):
-                template = without_global_phase(template)
-            ready[id(circuit)] = (template, binds_in_aer(template, phase_dropped=True))
-        template, fine = ready[id(circuit)]
-        circuits[i] = template if fine else bound(template, run_values)
-        if not fine:
-            values[i] = None
-
-
-@dataclass
-class TemplateRuns:
-    """Runs of one template in an Aer call: circuit indices and their values (and, exactly
-    sampled, the template's measurement map)."""
-
-    template: QuantumCircuit
-    measurements: FinalMeasurements | None = None
-    indices: list[int] = field(default_factory=list)
-    values: list[Mapping[Parameter, float] | None] = field(default_factory=list)
-
-    def add(self, index: int, values: Mapping[Parameter, float] | None) -> None:
-        self.indices.append(index)
-        self.values.append(values)
-
-    def parameter_binds(self, backend: str) -> dict[Parameter, list[float]]:
-        """Aer's `parameter_binds` entry: each parameter's value in every run, in run order;
-        empty for a template without parameters."""
-        parameters = self.template.parameters
-        if not parameters:
-            return {}
-        if any(v is None for v in self.values):
-            raise ExecutionFailed(f"{backend}: a circuit has parameters and no values for them")
-        try:
-            return {p: [float(v[p]) for v in self.values] for p in parameters}  # type: ignore[index]
-        except KeyError as missing:
-            raise ExecutionFailed(f"{backend}: no value for parameter {missing}") from None
-
-
-def consecutive_runs(
-    circuits: Sequence[QuantumCircuit],
-    values: Sequence[Mapping[Parameter, float] | None],
-    indices: Sequence[int],
-) -> list[TemplateRuns]:
-    """`indices` (in order) as Aer circuits: consecutive runs of one parameterized template
-    become one circuit with their values; any other run is a circuit of its own."""
-    groups: list[TemplateRuns] = []
-    for i in indices:
-        circuit = circuits[i]
-        if not (groups and groups[-1].template is circuit and circuit.num_parameters):
-            groups.append(TemplateRuns(circuit))
-        groups[-1].add(i, values[i])
-    return groups
 
 
 # --- noise models ---------------------------------------------------------------------------

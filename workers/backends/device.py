@@ -41,7 +41,6 @@ from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel, QuantumError, ReadoutError
 
 from workers.backends.aer import (
-    DENSITY_MATRIX_RATE,
     EXACT_MAX_MEASURED_BITS,
     EXACT_MAX_QUBITS_DENSITY_MATRIX,
     Backend,
@@ -49,14 +48,14 @@ from workers.backends.aer import (
     NoiseView,
     apply_readout,
     bit_indices,
-    bound,
     circuit_seeds,
     circuit_shots,
-    exact_sampling_seconds,
     final_measurements,
     is_measurement,
     new_simulator,
 )
+from workers.backends.aer_binding import bound
+from workers.backends.aer_estimates import DENSITY_MATRIX_RATE, exact_sampling_seconds
 from workers.backends.noise import (
     MAX_READOUT_ERROR,
     ConvertedOnceNoiseModel,

@@ -19,7 +19,8 @@ from typing import Any
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 
-from workers.backends.aer import BackendRegistry, bound
+from workers.backends.aer import BackendRegistry
+from workers.backends.aer_binding import bound
 from workers.circuits import qpy_bounds, qpy_cache
 from workers.circuits.measurement import (
     basis_circuit,

@@ -1,5 +1,5 @@
 """Aer binds a template's parameters itself only where that equals binding in Python first
-(workers/backends/aer.py AER_BINDS); every other template is bound in Python."""
+(workers/backends/aer_binding.py AER_BINDS); every other template is bound in Python."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.quantum_info import Statevector
 from qiskit_aer import AerSimulator
 
-from workers.backends.aer import AER_BINDS, binds_in_aer
+from workers.backends.aer_binding import AER_BINDS, binds_in_aer
 
 THETA = Parameter("t")
 VALUES = (1.9, -0.8, math.pi)
@@ -125,7 +125,7 @@ def test_a_native_template_with_a_phase_expression_is_still_bound_by_aer(registr
     """cp transpiled to rz and cx leaves 0.25*t in the global phase; bound in Python for it,
     1,000 value sets on aer.noisy took 4.7 s against 1.1 s (a red-team run). The phase is
     dropped (counts do not see it) and Aer binds the gates."""
-    from workers.backends.aer import bound_where_aer_cannot
+    from workers.backends.aer_binding import bound_where_aer_cannot
 
     other = Parameter("s")
     circuit = QuantumCircuit(2)

@@ -8,14 +8,16 @@ from qiskit import QuantumCircuit, transpile
 
 from workers.backends.aer import (
     EXACT_MAX_QUBITS_DENSITY_MATRIX,
-    EXACT_OUTCOME_SECONDS,
     IDEAL,
     NOISY,
+    runs_shot_by_shot,
+)
+from workers.backends.aer_estimates import (
+    EXACT_OUTCOME_SECONDS,
     RUN_OPERATION_SECONDS,
     active_qubit_count,
     looped_operation_count,
     operation_count,
-    runs_shot_by_shot,
 )
 from workers.errors import JobTooLarge
 from workers.execution.batching import execute_batch

@@ -8,7 +8,8 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
 
 from tests.unit.workers.conftest import ANSATZ3_QASM3
-from workers.backends.aer import IDEAL, NOISY, BackendRegistry, bound
+from workers.backends.aer import IDEAL, NOISY, BackendRegistry
+from workers.backends.aer_binding import bound
 from workers.backends.faults import FaultInjectingBackend, FaultSpec
 from workers.errors import ExecutionFailed, ParameterMismatch
 from workers.execution.batching import execute_batch
