@@ -8,12 +8,13 @@ import uuid
 from pathlib import Path
 
 from streams.kafka.security import check_transactions
+from streams.kafka.topics import ensure_topics, tenant_topic
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def qlane(settings, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    words = 2 if args[0] in ("dlq", "control") else 1  # commands with an action
+    words = 2 if args[0] in ("dlq", "control", "tenant") else 1  # commands with an action
     command = [sys.executable, "-m", "streams.cli", *args[:words], "--broker", settings.broker,
                "--profile", settings.profile, "--topic-prefix", settings.topic_prefix,
                "--partitions", str(settings.partitions), *args[words:]]
@@ -77,10 +78,48 @@ def test_a_worker_for_kafka_pointed_at_a_broker_without_transactions_says_so(set
     if settings.profile == "kafka":  # the check passes where transactions exist
         asyncio.run(check_transactions(settings))
         return
+    prefix = f"{settings.topic_prefix}-tx"
+    # Its topics exist, as they do for a worker started before: the embedded broker closes
+    # the connection on the topic checks' DescribeConfigs.
+    asyncio.run(ensure_topics(settings.model_copy(update={"topic_prefix": prefix})))
     command = [sys.executable, "-m", "streams.cli", "worker", "--broker", settings.broker,
-               "--profile", "kafka", "--topic-prefix", f"{settings.topic_prefix}-tx",
+               "--profile", "kafka", "--topic-prefix", prefix,
                "--partitions", str(settings.partitions), "--without-web"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "refused a transactional producer (UnknownError)" in done.stderr
     assert "pass --profile embedded" in done.stderr
+
+
+def test_tenant_add_on_a_broker_without_acls_creates_the_topics_and_says_so(settings):
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    added = qlane(settings, "tenant", "add", tenant, "--principal", f"User:{tenant}",
+                  timeout=120)
+    topics = asyncio.run(_topic_names(settings))
+    if settings.profile == "kafka":  # the session's Kafka has no authorizer: it refuses
+        assert added.returncode == 1, added.stderr[-2000:]
+        assert "SecurityDisabled" in added.stderr
+        return
+    assert added.returncode == 0, added.stderr[-2000:]
+    answer = json.loads(added.stdout)
+    assert answer["acls"] == [] and "no ACLs" in answer["note"]
+    assert "Traceback" not in added.stderr
+    assert tenant_topic(settings.topic_prefix, "status", tenant) in topics
+    assert set(answer["created_topics"]) <= topics and len(answer["created_topics"]) == 6
+    removed = qlane(settings, "tenant", "remove", tenant, "--principal", f"User:{tenant}")
+    assert removed.returncode == 0 and json.loads(removed.stdout)["revoked_acls"] == 0
+    granted = qlane(settings, "tenant", "grant-worker", "--principal", "User:qlane")
+    assert granted.returncode == 1 and "has no ACLs" in granted.stderr
+
+
+async def _topic_names(settings) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.kafka.security import kafka_options
+
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
