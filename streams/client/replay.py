@@ -26,6 +26,9 @@ from streams.settings import Settings
 from streams.workflow.deadletter import HEADER_PREFIX, JOB_TOPIC_HEADER, OMITTED_HEADER
 
 REPLAY_HEADER = "qlane.replay.source"
+# On a job replayed from a dead letter, the dead letter's address; its `qlane.replay.source`
+# names the job record the dead letter stands for.
+DEAD_LETTER_HEADER = "qlane.replay.dead-letter"
 
 
 @dataclass
@@ -250,8 +253,17 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
     `tenants` are the configured ones (QLANE_TENANTS): the job topic of a dead stage record
     written before dead letters named it (qlane.dlq.job.topic) is found from them."""
     headers = [(k, v) for k, v in (record.headers or ())
-               if not k.startswith(HEADER_PREFIX) and k != REPLAY_HEADER]
-    headers.append((REPLAY_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode()))
+               if not k.startswith(HEADER_PREFIX) and k not in (REPLAY_HEADER, DEAD_LETTER_HEADER)]
+    origin = address(record)
+    if record.topic == names.deadletter:
+        # A copy of the job record the dead letter stands for, as EarlierCopies must see it:
+        # named after the dead letter, the copy was an original to a later replay of its job
+        # topic, and `--rerun` of that topic ran and charged the job twice (a red-team run).
+        job = dead_job_record(record)
+        if job is not None and is_job_topic(names, job.rsplit(":", 2)[0]):
+            headers.append((DEAD_LETTER_HEADER, origin.encode()))
+            origin = job
+    headers.append((REPLAY_HEADER, origin.encode()))
     key, value = record.key, record.value
     destination = target
     note = ""

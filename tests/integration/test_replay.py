@@ -8,7 +8,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from streams.client import job_request, read_topic
-from streams.client.replay import REPLAY_HEADER, ReplaySelection, replay
+from streams.client.replay import DEAD_LETTER_HEADER, REPLAY_HEADER, ReplaySelection, replay
 from tests.integration.test_cli import qlane
 from tests.support import submit_and_wait, wait_for
 
@@ -94,7 +94,12 @@ def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
     letters = wait_for(two_letters)
     assert len(letters) == 2
     replayed = dict(letters[1].headers)
-    assert replayed[REPLAY_HEADER].startswith(f"{settings.topic_prefix}.deadletter:".encode())
+    # The copy named the job record the dead letter stood for, and the dead letter.
+    first = dict(letters[0].headers)
+    assert replayed[REPLAY_HEADER] == b":".join(
+        first[f"qlane.dlq.source.{name}"] for name in ("topic", "partition", "offset"))
+    assert replayed[DEAD_LETTER_HEADER] == (
+        f"{letters[0].topic}:{letters[0].partition}:{letters[0].offset}".encode())
     assert replayed["qlane.dlq.error.class"] == b"CorruptRecord"
     assert letters[1].value == b"garbage"
 
@@ -106,4 +111,5 @@ def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
     plan = qlane(settings, "replay", "deadletter", "--key", key, "--dry-run")
     # The second dead letter stems from a replay of the first: one job, replayed once.
     assert plan.returncode == 0 and plan.stdout.count("would replay") == 1
-    assert f"a copy of {letters[0].topic}:" in plan.stdout + plan.stderr
+    job_record = replayed[REPLAY_HEADER].decode()
+    assert f"a dead letter of {job_record}, as one this replay sends" in plan.stdout + plan.stderr

@@ -4,7 +4,12 @@ import pytest
 
 from schemas.codec import codec
 from streams.client import job_request
-from streams.client.replay import REPLAY_HEADER, EarlierCopies, plan_record
+from streams.client.replay import (
+    DEAD_LETTER_HEADER,
+    REPLAY_HEADER,
+    EarlierCopies,
+    plan_record,
+)
 from streams.kafka.partitioning import REROUTED_HEADER
 from streams.kafka.topics import TopicNames
 from streams.settings import Settings
@@ -184,6 +189,34 @@ def test_a_copy_whose_original_is_outside_the_selection_or_on_another_partition(
     from_dead_letter = record(NAMES.jobs, request_bytes(), offset=10,
                               headers=[(REPLAY_HEADER, b"qlane.deadletter:0:4")])
     assert copies_left([from_dead_letter]) == [from_dead_letter]
+
+
+def test_a_job_replayed_from_its_dead_letter_is_a_copy_of_the_job_record():
+    """A job dead-lettered, then replayed from the dead-letter topic, was an original to a
+    later replay of its job topic: `--rerun` of the topic ran and charged it twice (a
+    red-team run)."""
+    job = record(NAMES.jobs, request_bytes(), partition=2, offset=25)
+    letter = record(NAMES.deadletter, request_bytes(), offset=8, headers=[
+        ("qlane.dlq.source.topic", NAMES.jobs.encode()),
+        ("qlane.dlq.source.partition", b"2"), ("qlane.dlq.source.offset", b"25"),
+        ("qlane.dlq.error.class", b"KeyMismatch")])
+    planned = plan_record(letter, NAMES, None, False)
+    headers = dict(planned.headers)
+    assert headers[REPLAY_HEADER] == f"{NAMES.jobs}:2:25".encode()
+    assert headers[DEAD_LETTER_HEADER] == f"{NAMES.deadletter}:0:8".encode()
+    copy = record(planned.target_topic, planned.value, headers=planned.headers,
+                  partition=2, offset=26)
+    assert copies_left([job, copy]) == [job]
+    assert copies_left([copy, job]) == [job]
+    assert copies_left([copy]) == [copy]  # its original outside the selection
+    again = plan_record(copy, NAMES, None, True)  # a rerun of the copy: one header each
+    assert [k for k, _ in again.headers].count(REPLAY_HEADER) == 1
+    assert DEAD_LETTER_HEADER not in dict(again.headers)
+    # Dead-lettered again, both dead letters stand for the one job record: one goes back.
+    second = record(NAMES.deadletter, request_bytes(), offset=9, headers=[
+        *planned.headers, ("qlane.dlq.source.topic", NAMES.jobs.encode()),
+        ("qlane.dlq.source.partition", b"2"), ("qlane.dlq.source.offset", b"26")])
+    assert copies_left([letter, second]) == [letter]
 
 
 def test_a_job_a_worker_moved_to_its_keys_partition_is_replayed_once():
