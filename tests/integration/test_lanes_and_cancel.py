@@ -139,6 +139,28 @@ def test_cancel_of_a_finished_workflow_is_a_reported_no_op(settings, worker):
     assert "nothing to cancel" in answer.line()
 
 
+def test_a_cancel_with_a_huge_reason_is_told_short_and_the_worker_goes_on(settings, worker):
+    """A cancel's 200 KB reason of control characters made a changelog record past the
+    producer's limit: every worker stopped on it, again at each start (a red-team run)."""
+    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
+    job = job_request(workflow_id=f"after-{uuid.uuid4().hex[:6]}",
+                      circuit=(EXAMPLES / "bell.qasm").read_text(), shots=100)
+
+    async def cancel_then_run():
+        async with Client(settings) as client:
+            await client.start_watching()
+            await client.cancel(ghost, reason="\x01" * 200_000)
+            cancelled = await client.wait([ghost], 120)
+            await client.submit(job)
+            return cancelled, await client.wait([job["workflow_id"]], 120)
+
+    cancelled, ran = asyncio.run(cancel_then_run())
+    assert cancelled[ghost].state == "cancelled"
+    assert len(cancelled[ghost].detail) < 300
+    assert ran[job["workflow_id"]].result is not None
+    assert worker.poll() is None
+
+
 def test_cancel_stops_a_running_variational_loop_with_its_best_result(settings, worker):
     fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
     # Long enough that the cancel arrives while it runs. COBYLA converges in about a hundred

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
+
+import pytest
 
 from schemas.codec import codec
 from streams.kafka.topics import job_topic
-from streams.workflow.cancel import handle_cancel
+from streams.workflow.cancel import MAX_REASON_CHARS, handle_cancel
+from workers.errors import KeyMismatch
 
 PREFIX = "t.qlane"
 
@@ -53,3 +57,29 @@ def test_another_tenants_cancel_of_a_running_id_is_a_tombstone_that_drops_nothin
     table = {}
     assert cancel(runtime, table, "acme.wf", job_topic(PREFIX, "rival", "high")) == "cancelled"
     assert table["acme.wf"]["cancel_topics"] == [job_topic(PREFIX, "rival", "high")]
+
+
+def test_a_cancels_reason_is_kept_and_told_short_and_without_control_characters():
+    """A 200 KB reason of control characters made a changelog record past the producer's
+    1 MB limit (6 bytes each as JSON): the worker stopped, and again at every start."""
+    runtime, table = StatusRuntime(), {}
+    value = codec("JobCancel").encode({"workflow_id": "wf", "reason": "\x01" * 200_000,
+                                       "requested_at_ms": 1})
+    asyncio.run(handle_cancel(runtime, table, value, b"wf", "preprocess",
+                              job_topic(PREFIX, None, "high")))
+    kept = table["wf"]["cancel_reason"]
+    assert kept == "?" * MAX_REASON_CHARS + "…"
+    assert len(json.dumps(table["wf"])) < 1000
+    state, detail = runtime.statuses[0]
+    assert state == "cancelled" and len(detail) < 300 and "\x01" not in detail
+
+
+def test_a_cancel_whose_key_is_not_its_id_quotes_both_in_part():
+    runtime, table = StatusRuntime(), {}
+    value = codec("JobCancel").encode({"workflow_id": "w" * 900_000, "reason": "stop",
+                                       "requested_at_ms": 1})
+    with pytest.raises(KeyMismatch) as refused:
+        asyncio.run(handle_cancel(runtime, table, value, b"wf", "preprocess",
+                                  job_topic(PREFIX, None, "high")))
+    assert len(str(refused.value)) < 300 and "900000 bytes" in str(refused.value)
+    assert table == {}
