@@ -53,6 +53,8 @@ def now_ms() -> int:
 
 # Statuses that only report progress; settings.status_progress_events=false leaves them out.
 PROGRESS_STATES = frozenset({"accepted", "prepared", "executing"})
+# The longest status detail sent; details quote errors and producers' text (a cancel's reason).
+MAX_DETAIL_CHARS = 1000
 
 # Set while a record is handled whose backend call was already made (fused_path=batch): its
 # progress statuses would be sent after the work they announce, with its terminal status.
@@ -203,7 +205,10 @@ class Runtime:
     @staticmethod
     def status_record(workflow_id: str, state: str, stage: str, detail: str = "",
                       attempt: int = 1, progress: dict | None = None) -> bytes:
-        """A JobStatus record's value."""
+        """A JobStatus record's value; a detail past MAX_DETAIL_CHARS is cut (a status is
+        sent on every path, past the producer's limit it would stop the worker)."""
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[:MAX_DETAIL_CHARS] + "…"
         return codec("JobStatus").encode({
             "workflow_id": workflow_id, "state": state, "stage": stage, "detail": detail,
             "attempt": attempt, "at_ms": now_ms(), "progress": progress,
