@@ -219,17 +219,21 @@ async def checks(settings: Settings, ensure_topics) -> list[str]:
     if checked:
         await check_authentication(settings)
     exactly_once = settings.effective_processing_guarantee == "exactly_once"
-    if exactly_once:
-        # Before the topics: the embedded broker closes the connection on the DescribeConfigs
-        # of topics that exist, so a worker of the kafka profile there retried that for a
-        # minute and never said the broker lacks transactions (a red-team run).
-        await check_transactions(settings)
-    created = await ensure_topics(settings)
+    try:
+        created = await ensure_topics(settings)
+    except errors.KafkaConnectionError:
+        if exactly_once:
+            # The embedded broker closes the connection on the DescribeConfigs of topics
+            # that exist: a worker of the kafka profile there retried that for a minute and
+            # never said the broker lacks transactions (a red-team run). Asking says so.
+            await check_transactions(settings)
+        raise
     if checked:
         await check_access(settings, TopicNames.from_settings(settings).all(), settings.app_id)
     if exactly_once:
         from streams.kafka.topic_checks import check_group_tenants
 
+        await check_transactions(settings)
         await check_group_tenants(settings)
     return created
 
