@@ -26,7 +26,7 @@ from streams.ops import metrics
 from streams.ops.logs import printable
 from streams.runtime import Runtime, apply_noise_control, now_ms
 from streams.workflow import accounting
-from streams.workflow.control_records import DRIFT, NOISE, SPEND, well_formed
+from streams.workflow.control_records import DRIFT, MAX_ROUND, NOISE, SPEND, well_formed
 from workers.drift.detection import DriftMonitor, load_statistics, unwatchable
 from workers.seeds import derive_seed
 
@@ -71,7 +71,7 @@ def continue_rounds(monitor: DriftMonitor, backend_name: str, state: dict | None
     round 10 of aer.noisy's sequence (p = 7.3e-05) was a false alarm 10 periods after each
     (a red-team run)."""
     previous = (state or {}).get("round")
-    if isinstance(previous, int) and previous > monitor.rounds.get(backend_name, 0):
+    if isinstance(previous, int) and monitor.rounds.get(backend_name, 0) < previous <= MAX_ROUND:
         monitor.rounds[backend_name] = previous
 
 
@@ -290,6 +290,8 @@ def register(app, runtime: Runtime) -> None:
             round_number = monitor.rounds.get(backend_name, 0) + 1
             try:
                 report = await in_thread(runtime, canary_round, backend_name, round_number)
+                at_ms = now_ms()
+                event = codec("DriftEvent").encode(report.to_event(at_ms))
             except Exception as error:  # noqa: BLE001 - a backend's failure, not the worker's
                 # Raised out of the timer, it crashed the worker (exit 1 within a minute of
                 # a backend outage, then the next leader's: a red-team run).
@@ -297,9 +299,7 @@ def register(app, runtime: Runtime) -> None:
                 log.warning("drift round on %s failed, skipped: %s: %s", backend_name,
                             type(error).__name__, str(error)[:200])
                 continue
-            at_ms = now_ms()
-            await runtime.send("drift", backend_name,
-                               codec("DriftEvent").encode(report.to_event(at_ms)))
+            await runtime.send("drift", backend_name, event)
             metrics.DRIFT_STATISTIC.labels(backend_name).set(report.statistic)
             metrics.DRIFT_THRESHOLD.labels(backend_name).set(report.threshold)
             metrics.DRIFT_ALARM.labels(backend_name).set(1 if report.alarm else 0)
@@ -307,7 +307,7 @@ def register(app, runtime: Runtime) -> None:
             state = {
                 "severity": report.severity, "statistic": report.statistic,
                 "round": report.round, "calibration_version": report.calibration_version,
-                "at_ms": at_ms,
+                "at_ms": at_ms, "moved": report.moved,
             }
             await runtime.send(
                 "control", json.dumps(DRIFT + backend_name), json.dumps(state).encode()

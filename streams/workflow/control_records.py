@@ -17,6 +17,11 @@ SPEND = "spend:"
 ATTEMPTS = "attempts:"
 
 
+# The last drift round a record may name: a DriftEvent's round is an Avro long, and the next
+# leader goes on from it.
+MAX_ROUND = 2**62
+
+
 def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -33,7 +38,11 @@ def well_formed(key, value) -> bool:
     if key.startswith(NOISE):
         return _amount(value.get("noise_scale"))
     if key.startswith(DRIFT):
-        return isinstance(value.get("severity"), str) and _count(value.get("at_ms"))
+        # A round past a DriftEvent's long (2^63 - 1) stopped each leader at its next round,
+        # every start again (a forged record: a red-team run).
+        round_number = value.get("round", 0)
+        return (isinstance(value.get("severity"), str) and _count(value.get("at_ms"))
+                and _count(round_number) and round_number <= MAX_ROUND)
     if key.startswith(SPEND):
         return _amount(value.get("usd"))
     if key.startswith(ATTEMPTS):

@@ -195,6 +195,9 @@ class DropTest:
     p_value: float
     failures: int
     critical_failures: int
+    # P(F' <= F): the other tail, a success rate above p0. Not drift to page on, but the
+    # backend is not what its calibration says either (readout calibrations are re-measured).
+    rise_p_value: float = 1.0
 
     @property
     def alarm(self) -> bool:
@@ -218,6 +221,7 @@ def success_drop_test(successes: int, shots: int, p0: float, alpha: float) -> Dr
         p_value=float(min(max(binom.sf(failures - 1, shots, q0), 0.0), 1.0)),
         failures=failures,
         critical_failures=c,
+        rise_p_value=float(min(max(binom.cdf(failures, shots, q0), 0.0), 1.0)),
     )
 
 
@@ -289,10 +293,17 @@ class DriftReport:
     round: int
     successes: int = 0  # not in the event: the raw numbers behind the statistic
     baseline: float = 0.0  # p0, the success probability expected at the calibration
+    rose: bool = False  # not in the event: success significantly above p0 (at alpha)
 
     @property
     def alarm(self) -> bool:
         return self.severity != "none"
+
+    @property
+    def moved(self) -> bool:
+        """The backend is not as calibrated, either way: what was measured on it (readout
+        calibrations) is stale."""
+        return self.alarm or self.rose
 
     @property
     def success_rate(self) -> float:
@@ -407,6 +418,7 @@ class DriftMonitor:
             round=number,
             successes=successes,
             baseline=baseline,
+            rose=test.rise_p_value <= self.alpha,
         )
 
     def run_round(self, backend: Backend, seed: int) -> DriftReport:

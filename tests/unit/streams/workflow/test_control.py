@@ -105,9 +105,31 @@ def test_a_drift_alarm_drops_the_backends_readout_calibration_when_it_comes():
         runtime.controls["drift:aer.noisy"] = {**alarm, "at_ms": at_ms}
         control.act_on_control(runtime, "drift:aer.noisy")
     assert runtime.readout_cache.dropped == ["aer.noisy", "aer.noisy"]
-    runtime.controls["drift:aer.noisy"] = {**alarm, "severity": "none", "at_ms": 220}
-    control.act_on_control(runtime, "drift:aer.noisy")
-    assert runtime.readout_cache.dropped == ["aer.noisy", "aer.noisy"]
+
+
+def test_the_first_round_as_calibrated_again_drops_what_was_measured_during_drift():
+    """A readout calibration measured during drift stayed in use after it (mitigated
+    <ZZZZZ> 1.19 ± 0.007 for an exact 1.0), and one from before a rise in the success rate,
+    which never alarms, stayed too (1.08 ± 0.005): a red-team run."""
+    from streams.runtime import Runtime
+
+    runtime = SimpleNamespace(controls={}, drift_seen_ms={}, registry=FakeRegistry(),
+                              readout_cache=DroppedCalibrations())
+    runtime.drifted = lambda backend: Runtime.drifted(runtime, backend)
+    calm = {"severity": "none", "statistic": 0.1, "round": 4, "calibration_version": "v",
+            "at_ms": 100, "moved": False}
+    rounds = [calm, {**calm, "severity": "critical", "moved": True, "at_ms": 160},
+              {**calm, "at_ms": 220}, {**calm, "at_ms": 280},
+              {**calm, "statistic": -19.3, "moved": True, "at_ms": 340},
+              {**calm, "statistic": -19.0, "moved": True, "at_ms": 400},
+              {**calm, "at_ms": 460}]
+    dropped = []
+    for state in rounds:
+        runtime.controls["drift:aer.noisy"] = state
+        control.act_on_control(runtime, "drift:aer.noisy")
+        dropped.append(len(runtime.readout_cache.dropped))
+    assert dropped == [0, 1, 2, 2, 3, 4, 5]
+    assert runtime.drifted("aer.noisy") is False
 
 
 def test_a_noise_control_for_a_backend_without_scalable_noise_is_ignored():
@@ -407,3 +429,21 @@ def test_a_catch_up_that_never_finishes_ends_and_the_missed_totals_are_added_lat
     accounting.add_missed_spend(runtime, "spend:acme:5", {"usd": 5.5, "by": "last-owner"},
                                 taken_ms - 1)
     assert runtime.spend_written["spend:acme:5"] == pytest.approx(5.5075)
+
+
+def test_a_forged_drift_round_past_an_avro_long_is_not_acted_on():
+    """`round` 2^63 - 1 stopped each leader at its next round (its DriftEvent's round did
+    not fit a long), at every start again: a red-team run."""
+    from streams.workflow.control_records import MAX_ROUND, well_formed
+    from workers.drift.detection import DriftMonitor
+
+    forged = {"severity": "none", "at_ms": 1, "round": 2**63 - 1}
+    assert not well_formed("drift:aer.noisy", forged)
+    assert not well_formed("drift:aer.noisy", {**forged, "round": -1})
+    assert well_formed("drift:aer.noisy", {**forged, "round": 41})
+    assert well_formed("drift:aer.noisy", {"severity": "none", "at_ms": 1})  # older records
+    monitor = DriftMonitor()
+    control.continue_rounds(monitor, "aer.noisy", forged)
+    assert monitor.rounds.get("aer.noisy", 0) == 0
+    control.continue_rounds(monitor, "aer.noisy", {**forged, "round": MAX_ROUND})
+    assert monitor.rounds["aer.noisy"] == MAX_ROUND

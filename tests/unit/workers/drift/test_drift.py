@@ -267,6 +267,17 @@ def test_noise_scaled_to_1_2_is_reported_within_three_rounds(
     assert all(r.calibration_version == backend.calibration_version for r in reports)
 
 
+def test_noise_halved_is_a_move_that_does_not_alarm(registry: BackendRegistry) -> None:
+    """A success rate above the calibration's is no drift to page on, but what was measured
+    on the backend before it (a readout calibration) is stale: the round says it moved."""
+    backend = registry.get(NOISY)
+    monitor = DriftMonitor()
+    registry.set_noise_scale(NOISY, 0.5)
+    report = monitor.run_round(backend, 21)
+    assert not report.alarm and report.severity == "none"
+    assert report.rose and report.moved
+
+
 def test_two_hundred_rounds_at_the_calibration_raise_no_alarm(registry: BackendRegistry):
     backend = registry.get(NOISY)
     monitor = DriftMonitor()  # the defaults
@@ -275,6 +286,7 @@ def test_two_hundred_rounds_at_the_calibration_raise_no_alarm(registry: BackendR
         reports += monitor.run_rounds(backend, seed=1000 + batch * 200_000, rounds=50)
     assert len(reports) == 200 and reports[-1].round == 200
     assert [r for r in reports if r.alarm] == []
+    assert [r for r in reports if r.moved] == []  # nor a rise: readout calibrations stay
     assert min(r.p_value for r in reports) > DEFAULT_ALPHA
     # the statistic is standardized: mean ~0, sd ~1 under no drift
     z = [r.statistic for r in reports]
