@@ -29,14 +29,16 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def _seek_wait(self, consumer, partitions) -> None:
         """Table recovery may ask for a changelog offset below -1 (seen on exactly-once after
-        broker restarts; Faust maps only -1 to 0) and aiokafka then crashes the recovery.
-        Reading a changelog from its beginning is always safe: replaying it only rebuilds
-        the table. Stream partitions keep Faust's behaviour."""
+        broker restarts; Faust maps only -1 to 0), or for none at all (a standby partition
+        whose offset a second rebalance during the recovery left unset: a worker joined by
+        another one a second later crashed on `None < 0`, 2 starts in 5; a red-team run), and
+        aiokafka then crashes the recovery. Reading a changelog from its beginning is always
+        safe: replaying it only rebuilds the table. Stream partitions keep Faust's behaviour."""
         changelogs = self.app.tables.changelog_topics
         fixed = {}
         for tp, offset in partitions.items():
-            if offset < 0 and tp.topic in changelogs:
-                log.warning("recovery asked for offset %d of %s[%d]: reading it from the start",
+            if tp.topic in changelogs and (offset is None or offset < 0):
+                log.warning("recovery asked for offset %s of %s[%d]: reading it from the start",
                             offset, tp.topic, tp.partition)
                 offset = 0
             fixed[tp] = offset

@@ -620,6 +620,9 @@ def test_faust_recovery_passes_changelog_offsets_below_minus_one_to_the_seek():
     asyncio.run(Recovery._seek_offsets(SimpleNamespace(), SeekingConsumer(), {CHANGELOG},
                                        Offsets({CHANGELOG: -2}), "active"))
     assert seen == {CHANGELOG: -2}  # aiokafka's seek raises on it and recovery crashes
+    asyncio.run(Recovery._seek_offsets(SimpleNamespace(), SeekingConsumer(), {CHANGELOG},
+                                       Offsets({CHANGELOG: None}), "standby"))
+    assert seen == {CHANGELOG: None}  # a standby `_add` left unset: passed on as it is
 
 
 def test_such_a_changelog_is_read_from_its_start_and_stream_offsets_are_untouched():
@@ -643,6 +646,10 @@ def test_such_a_changelog_is_read_from_its_start_and_stream_offsets_are_untouche
     thread.log = SimpleNamespace(dev=lambda *args: None)
     asyncio.run(thread._seek_wait(AiokafkaConsumer(), {CHANGELOG: -2, JOBS: 7}))
     assert seeks == [(CHANGELOG, 0), (JOBS, 7)]
+    # A standby's offset a rebalance during the recovery left unset (Faust's `_add` sets
+    # None): compared with 0 it crashed the worker.
+    asyncio.run(thread._seek_wait(AiokafkaConsumer(), {CHANGELOG: None}))
+    assert seeks[-1] == (CHANGELOG, 0)
     with pytest.raises(ValueError):
         asyncio.run(thread._seek_wait(AiokafkaConsumer(), {JOBS: -2}))
 
