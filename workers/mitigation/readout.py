@@ -18,6 +18,7 @@ derived from the calibration version, so whichever job triggers it, it gives the
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -118,8 +119,10 @@ class ReadoutCalibrationCache:
     """Readout calibrations by (backend name, calibration version), least recently used out.
 
     A miss measures the backend (2 circuits x `shots`); `invalidate(backend_name)` drops every
-    calibration of a backend, e.g. when drift is detected, so the next job re-measures. Meant
-    for one thread; not locked.
+    calibration of a backend, e.g. when drift is detected, so the next job re-measures. The
+    entries are locked: a worker's job threads get calibrations while its event loop drops
+    them. A measurement is made outside the lock, and one that a drop overtook is returned to
+    its job but not kept (it may be of the backend as it was).
     """
 
     def __init__(self, shots: int = DEFAULT_CALIBRATION_SHOTS, maxsize: int = 64) -> None:
@@ -128,30 +131,38 @@ class ReadoutCalibrationCache:
         self.shots = shots
         self.maxsize = maxsize
         self._entries: OrderedDict[tuple[str, str], ReadoutCalibration] = OrderedDict()
+        self._lock = threading.Lock()
+        self._drops: dict[str, int] = {}  # backend name -> invalidations so far
         self.hits = 0
         self.misses = 0
         self.calibration_runs = 0
 
     def get(self, backend: Backend) -> ReadoutCalibration:
         key = (backend.name, backend.calibration_version)
-        entry = self._entries.get(key)
-        if entry is not None:
-            self.hits += 1
-            self._entries.move_to_end(key)
-            return entry
-        self.misses += 1
-        self.calibration_runs += 1
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return entry
+            self.misses += 1
+            self.calibration_runs += 1
+            drops = self._drops.get(backend.name, 0)
         entry = measure_calibration(backend, self.shots)
-        self._entries[key] = entry
-        while len(self._entries) > self.maxsize:
-            self._entries.popitem(last=False)
+        with self._lock:
+            if self._drops.get(backend.name, 0) == drops:
+                self._entries[key] = entry
+                while len(self._entries) > self.maxsize:
+                    self._entries.popitem(last=False)
         return entry
 
     def invalidate(self, backend_name: str) -> int:
         """Drop every calibration of `backend_name`; returns how many were dropped."""
-        stale = [key for key in self._entries if key[0] == backend_name]
-        for key in stale:
-            del self._entries[key]
+        with self._lock:
+            self._drops[backend_name] = self._drops.get(backend_name, 0) + 1
+            stale = [key for key in self._entries if key[0] == backend_name]
+            for key in stale:
+                del self._entries[key]
         return len(stale)
 
     def __contains__(self, key: tuple[str, str]) -> bool:

@@ -517,6 +517,28 @@ def test_drift_after_invalidation_is_measured(monkeypatch) -> None:
     assert after.matrices[0][1][0] > 1.5 * before.matrices[0][1][0]
 
 
+def test_a_calibration_measured_across_a_drop_is_not_kept(monkeypatch) -> None:
+    """The event loop drops calibrations while a job thread measures one: what it measured
+    may be of the backend before the drift, so it serves its job and is not kept."""
+    from workers.mitigation import readout
+
+    registry = BackendRegistry()
+    cache = ReadoutCalibrationCache(shots=4000)
+    measure = readout.measure_calibration
+
+    def overtaken(backend, shots):
+        calibration = measure(backend, shots)
+        cache.invalidate(backend.name)  # a drift alarm meanwhile
+        return calibration
+
+    monkeypatch.setattr(readout, "measure_calibration", overtaken)
+    cache.get(registry.get(NOISY))
+    assert len(cache) == 0
+    monkeypatch.setattr(readout, "measure_calibration", measure)
+    cache.get(registry.get(NOISY))
+    assert len(cache) == 1 and cache.calibration_runs == 2
+
+
 def test_readout_on_an_estimator_job_reports_and_changes_values(noisy) -> None:
     spec = estimator_job(MitigationSpec(readout=True))
     prepared = prepare(spec, noisy, TranspileCache(), Limits(), ReadoutCalibrationCache())
