@@ -6,7 +6,6 @@ after a crash re-publishes the very same bytes instead of computing a second ans
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import json
 import time
@@ -26,8 +25,8 @@ from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord
 from streams.workflow.results import (
     build_result,
-    check_result_fits,
     republish_stored_result,
+    stored_result,
     submitted_ms,
 )
 from workers.errors import ResultTooLarge
@@ -122,13 +121,14 @@ async def publish_result(
     )
     encoded = codec("JobResult").encode(result)
     try:
-        check_result_fits(encoded, runtime.max_record_bytes)
+        stored = stored_result(workflow_id, table.get(workflow_id), encoded,
+                               runtime.max_record_bytes, **entry)
     except ResultTooLarge as error:
         raise StageFailure(workflow_id, error, stage=STAGE) from error
     # At least once, the stored bytes reach the broker before the result does: a crash in
     # between re-publishes these exact bytes instead of a second, differently timed answer.
     # Exactly once, both go in one transaction: no round trip to wait for.
-    mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode(), **entry)
+    mark(table, workflow_id, "done", result=stored, **entry)
     if not transactions.exactly_once(runtime.app):
         held = held_results.get()
         if held is not None:

@@ -142,6 +142,12 @@ def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str
         # checkpoint chunks) are the workflow id and a \x1f: no id may reach them.
         raise InvalidJob("a workflow id may not hold control characters (U+0000-U+001F, "
                          "U+007F)")
+    parent = (request or {}).get("parent_workflow_id")
+    if parent is not None and len(parent.encode()) > MAX_ROUTED_KEY_BYTES:
+        # Copied into the result: 760 KB of it ran a loop's charged evaluations and then
+        # failed them as ResultTooLarge, at every re-drive (a red-team run).
+        raise InvalidJob(f"a parent_workflow_id must be at most {MAX_ROUTED_KEY_BYTES} bytes "
+                         f"of UTF-8, got {len(parent.encode())}")
     return request, workflow_id
 
 

@@ -9,7 +9,6 @@ uncommitted, so the next owner of the partition replays the history into a fresh
 
 from __future__ import annotations
 
-import base64
 import time
 
 from schemas.codec import codec
@@ -26,7 +25,7 @@ from streams.runtime import Runtime, now_ms, package_version
 from streams.workflow import accounting
 from streams.workflow.cancel import cancel_requested
 from streams.workflow.deadletter import SourceRecord
-from streams.workflow.results import check_result_fits, republish_stored_result, submitted_ms
+from streams.workflow.results import republish_stored_result, stored_result, submitted_ms
 from workers.errors import BudgetExceeded, InvalidJob, ResultTooLarge
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
@@ -226,11 +225,11 @@ def register(app, runtime: Runtime, table) -> None:
                                     raw, report, started, last_prepared, confirmed)
         encoded = codec("JobResult").encode(result)
         try:
-            check_result_fits(encoded, runtime.max_record_bytes)
+            stored = stored_result(workflow_id, table.get(workflow_id), encoded,
+                                   runtime.max_record_bytes, checkpoint=[], raw={})
         except ResultTooLarge as error:
             raise StageFailure(workflow_id, error) from error
-        mark(table, workflow_id, "done", result=base64.b64encode(encoded).decode(),
-             checkpoint=[], raw={})
+        mark(table, workflow_id, "done", result=stored, checkpoint=[], raw={})
         drop_checkpoint(table, workflow_id, len(items))
         await runtime.flush()
         await runtime.send("results", workflow_id, encoded)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 
 from streams.runtime import Runtime, package_version
@@ -141,6 +142,25 @@ def check_result_can_fit(spec: JobSpec, limit: int) -> None:
             f"{len(spec.observables)} observables, each expectation with its observable's "
             f"text), more than a record may be ({limit} bytes): fewer parameter sets, "
             "observables or terms per job")
+
+
+def stored_result(workflow_id: str, entry: dict | None, encoded: bytes, limit: int,
+                  **fields: object) -> str:
+    """The base64 text a finished workflow's table entry holds for `encoded`, once it is
+    checked that the entry, as the changelog writes it (key and value as JSON, `fields` set),
+    fits a record too. The allowance beside the result (TABLE_ENTRY_BYTES) is the entry of an
+    ordinary job; a 1 KB id of 4-byte characters (12 bytes each as JSON), a cancel's reason
+    and a loop's fields passed it: a changelog record of 1,000,855 bytes stopped the worker
+    at every start (a red-team run)."""
+    check_result_fits(encoded, limit)
+    text = base64.b64encode(encoded).decode()
+    stored = {**(entry or {}), **fields, "state": "done", "updated_ms": 0, "result": text}
+    size = (len(json.dumps(workflow_id)) + len(json.dumps(stored)) + RECORD_OVERHEAD_BYTES)
+    if size > limit:
+        raise ResultTooLarge(
+            f"the workflow's table entry with its {len(encoded)}-byte result would be "
+            f"{size} bytes, more than a record may be ({limit} bytes)")
+    return text
 
 
 def check_result_fits(encoded: bytes, limit: int) -> None:

@@ -12,7 +12,7 @@ from streams.agents.preprocess import MAX_TOLD_KEY_BYTES, checked_record, tell_t
 from streams.client import job_request
 from streams.runtime import Runtime
 from streams.workflow.deadletter import SourceRecord
-from workers.errors import KeyMismatch
+from workers.errors import InvalidJob, KeyMismatch
 
 BELL = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
         "cx q[0], q[1];\nc = measure q;\n")
@@ -40,6 +40,20 @@ class StatusTopic:
         if self.fails:
             raise RuntimeError("MessageSizeTooLargeError")
         self.sent.append((key, codec("JobStatus").decode(value)))
+
+
+def test_a_parent_workflow_id_longer_than_a_workflow_id_is_refused_before_it_runs():
+    """Copied into the result, 760 KB of it let a loop run its charged evaluations and then
+    fail them as ResultTooLarge, at every re-drive (a red-team run)."""
+    def with_parent(parent: str) -> SourceRecord:
+        value = codec("JobRequest").encode(job_request(
+            workflow_id="tb.v1", circuit=BELL, tenant="tb", parent_workflow_id=parent))
+        return SourceRecord("p.jobs.tb", 0, 1, None, b"tb.v1", value, ())
+
+    with pytest.raises(InvalidJob, match="parent_workflow_id"):
+        checked_record(with_parent("p" * 760_000), cancel=False)
+    request, workflow_id = checked_record(with_parent("tb.v0" + "p" * 1000), cancel=False)
+    assert workflow_id == "tb.v1" and request["parent_workflow_id"].startswith("tb.v0")
 
 
 def runtime_with(topic: StatusTopic):

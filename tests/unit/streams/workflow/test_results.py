@@ -67,3 +67,26 @@ def test_a_submission_time_from_a_clock_ahead_counts_from_the_acceptance():
     assert submitted_ms({"submitted_at_ms": 0}, accepted) == accepted
     assert submitted_ms({"submitted_at_ms": -5}, accepted) == accepted
     assert submitted_ms({}, accepted) == accepted
+
+
+def test_a_result_is_stored_only_when_its_whole_table_entry_fits_a_record():
+    """A 1 KB id of 4-byte characters and a cancel's reason took the changelog record of a
+    loop's result past the producer's limit (1,000,855 bytes): the worker stopped at every
+    start. The result alone fitted, with the fixed allowance for the entry's other fields."""
+    import base64
+    import json
+
+    from streams.workflow.results import check_result_fits, stored_result
+
+    limit = 1_000_000
+    workflow_id = "v4" + "\U0001F600" * 255
+    entry = {"state": "executing", "cancel_reason": "\U0001F600" * 200, "source": "x:0:1"}
+    encoded = b"r" * 746_000
+    check_result_fits(encoded, limit)  # the check before
+    with pytest.raises(ResultTooLarge):
+        stored_result(workflow_id, entry, encoded, limit)
+    small = b"r" * 700_000
+    text = stored_result(workflow_id, entry, small, limit, checkpoint=[])
+    assert base64.b64decode(text) == small
+    record = len(json.dumps(workflow_id)) + len(json.dumps({**entry, "result": text}))
+    assert record < limit
