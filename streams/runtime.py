@@ -19,6 +19,7 @@ from streams.ops.logs import lifecycle_level
 from streams.ops.warm_up import WarmUps
 from streams.settings import Settings
 from streams.workflow.deadletter import (
+    JOB_RECORD_HEADER,
     JOB_TOPIC_HEADER,
     SourceRecord,
     dead_letter_headers,
@@ -254,9 +255,11 @@ class Runtime:
         if parse_job_topic(self.settings.topic_prefix, source.topic) is None:
             # A stage record: the job topic its workflow came from, where a replay sends
             # the JobRequest it carries (its tenant and lane).
-            admitted = admitted_from(workflow_entry(self, source.key))
+            entry = workflow_entry(self, source.key)
+            admitted = admitted_from(entry)
             if admitted is not None:
                 headers.append((JOB_TOPIC_HEADER, admitted.encode()))
+                headers.append((JOB_RECORD_HEADER, str(entry["source"]).encode()))
         key, value, headers = fit_dead_letter(
             source.key, source.value, headers, self.max_record_bytes)
         # Stamped now, not with the source's time (kept in `qlane.dlq.source.timestamp`): a

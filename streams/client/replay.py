@@ -23,7 +23,12 @@ from streams.kafka.record_batches import UNREADABLE_HEADER
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, parse_job_topic
 from streams.settings import Settings
-from streams.workflow.deadletter import HEADER_PREFIX, JOB_TOPIC_HEADER, OMITTED_HEADER
+from streams.workflow.deadletter import (
+    HEADER_PREFIX,
+    JOB_RECORD_HEADER,
+    JOB_TOPIC_HEADER,
+    OMITTED_HEADER,
+)
 
 REPLAY_HEADER = "qlane.replay.source"
 # On a job replayed from a dead letter, the dead letter's address; its `qlane.replay.source`
@@ -161,11 +166,16 @@ class EarlierCopies:
     def __init__(self) -> None:
         self.runs: dict[tuple[str, int], list[list[int]]] = {}
         self.waiting: list = []
-        self.dead_jobs: set[str] = set()
+        self.dead_jobs: set[str] = set()  # job records a dead letter sent stands for
 
     def now(self, record) -> bool:
         """Whether to handle `record` now (else it is a copy: skipped, or `waiting`)."""
         self.select(record.topic, record.partition, record.offset)
+        if dead_job_claim(record)[1]:
+            # Stands for a job record only by its job's copy header: after every dead letter
+            # that stands for one by its own headers (see `repeated_job`).
+            self.waiting.append(record)
+            return False
         origin = copied_from(record)
         if origin is None or not origin.startswith(f"{record.topic}:"):
             return True
@@ -200,7 +210,12 @@ class EarlierCopies:
         job record. A job replayed and dead-lettered again left a second dead letter (its
         `qlane.replay.source` names the job record the first one came from); both went
         back, and each further round added one more (6 dead letters of one bad job; a
-        red-team run). None for the first, and for any record that is not a dead letter."""
+        red-team run). None for the first, and for any record that is not a dead letter.
+
+        A dead letter that stands for a job record only by the copy header its job carried
+        (which a producer can forge) waits for the end of the selection (`now`), so that it
+        cannot make a replay skip one that stands for it by its own headers: a tenant's forged
+        header kept another tenant's dead letter from going back (a red-team run)."""
         job = dead_job_record(record)
         if job is None:
             return None
@@ -211,21 +226,34 @@ class EarlierCopies:
 
 
 def dead_job_record(record) -> str | None:
-    """For a dead letter, the address of the job record it stands for at first: the one its
-    job was copied from if its job was a replayed or moved copy (not of a dead letter: those
-    are EarlierCopies' own), else its source record; None for a record that is no dead
-    letter."""
+    """For a dead letter, the address of the job record it stands for at first (see
+    `dead_job_claim`); None for a record that is no dead letter."""
+    return dead_job_claim(record)[0]
+
+
+def dead_job_claim(record) -> tuple[str | None, bool]:
+    """For a dead letter, the address of the job record it stands for at first, and whether
+    only its job's copy header says so: the job record its job was copied from if its job was
+    a replayed or moved copy on the same topic (not of a dead letter: those are EarlierCopies'
+    own); for a dead stage record, the job record its workflow was admitted from
+    (`qlane.dlq.job.record`); else its source record. (None, False) for a record that is no
+    dead letter."""
     context = {k: v for k, v in (record.headers or ()) if k.startswith(HEADER_PREFIX)}
     if not context:
-        return None
-    origin = copied_from(record)
-    if origin is not None and not origin.startswith(f"{record.topic}:"):
-        return origin
+        return None, False
+    if JOB_RECORD_HEADER in context:
+        return context[JOB_RECORD_HEADER].decode(errors="replace"), False
     parts = [context.get(HEADER_PREFIX + f"source.{name}") for name in
              ("topic", "partition", "offset")]
     if any(part is None for part in parts):
-        return None
-    return ":".join(part.decode(errors="replace") for part in parts)
+        return None, False
+    source_topic = parts[0].decode(errors="replace")
+    origin = copied_from(record)
+    # A copy's header names a record of the topic the copy is on (a replay in place, a move
+    # to the key's partition); one naming another topic was not made by qlane.
+    if origin is not None and origin.rsplit(":", 2)[0] == source_topic:
+        return origin, True
+    return ":".join(part.decode(errors="replace") for part in parts), False
 
 
 def wanted(record, selection: ReplaySelection) -> bool:

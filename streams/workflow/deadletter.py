@@ -10,6 +10,9 @@ from workers.errors import QlaneError
 HEADER_PREFIX = "qlane.dlq."
 # On the dead letter of a stage record: the job topic its workflow was admitted from.
 JOB_TOPIC_HEADER = HEADER_PREFIX + "job.topic"
+# A dead stage record's job record (topic:partition:offset), the one its workflow was admitted
+# from: a replay's copy names it, so a later replay of the job topic skips the copy.
+JOB_RECORD_HEADER = HEADER_PREFIX + "job.record"
 MAX_MESSAGE_CHARS = 2000
 
 

@@ -231,10 +231,16 @@ def test_a_tenants_dead_stage_record_is_replayed_to_its_own_job_topic(
         prefix = settings.topic_prefix
         assert letter["qlane.dlq.source.topic"].decode() == f"{prefix}.stage.execute-high"
         assert letter["qlane.dlq.job.topic"].decode() == job_topic(prefix, "acme", "high")
+        (job,) = [record for record in topic_records(settings, "jobs.acme-high", timeout_s=5)
+                  if record.key == workflow_id.encode()]
+        job_record = f"{job.topic}:{job.partition}:{job.offset}"
+        assert letter["qlane.dlq.job.record"].decode() == job_record
         summary, lines = run_replay(settings, "deadletter", keys={workflow_id.encode()},
                                     dry_run=True)
         assert summary.selected == 1 and summary.skipped == 0, lines
         assert lines[0].target_topic == job_topic(prefix, "acme", "high"), lines
+        # The copy names the job record: a later replay of the job topic skips it.
+        assert dict(lines[0].headers)["qlane.replay.source"] == job_record.encode()
     finally:
         stop_worker(worker)
 

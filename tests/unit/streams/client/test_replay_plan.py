@@ -219,6 +219,47 @@ def test_a_job_replayed_from_its_dead_letter_is_a_copy_of_the_job_record():
     assert copies_left([letter, second]) == [letter]
 
 
+def test_a_dead_stage_records_copy_names_the_job_record_its_workflow_came_from():
+    """A variational job dead-lettered in its stage, replayed from the dead letter, then a
+    `--rerun` of the job topic: both the job record and the copy were rerun, each charged (a
+    red-team run). The dead letter names the job record (`qlane.dlq.job.record`)."""
+    job = record(NAMES.jobs, request_bytes(), partition=0, offset=5)
+    letter = record(NAMES.deadletter, request_bytes(), offset=8, headers=[
+        ("qlane.dlq.source.topic", NAMES.variational.encode()),
+        ("qlane.dlq.source.partition", b"1"), ("qlane.dlq.source.offset", b"3"),
+        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
+        ("qlane.dlq.job.record", f"{NAMES.jobs}:0:5".encode())])
+    planned = plan_record(letter, NAMES, None, False)
+    assert planned.target_topic == NAMES.jobs
+    assert dict(planned.headers)[REPLAY_HEADER] == f"{NAMES.jobs}:0:5".encode()
+    copy = record(planned.target_topic, planned.value, headers=planned.headers, offset=6)
+    assert copies_left([job, copy]) == [job]
+
+
+def test_a_forged_copy_header_does_not_keep_anothers_dead_letter_from_going_back():
+    """acme's bad job named beta's next job record in `qlane.replay.source`: its dead letter
+    then stood for beta's, and beta's dead letter was skipped (a red-team run)."""
+    acme, beta = f"{NAMES.jobs}.acme", f"{NAMES.jobs}.beta"
+
+    def letter(source_topic, offset, forged=None):
+        headers = [("qlane.dlq.source.topic", source_topic.encode()),
+                   ("qlane.dlq.source.partition", b"0"),
+                   ("qlane.dlq.source.offset", str(offset).encode())]
+        if forged:
+            headers.insert(0, (REPLAY_HEADER, forged.encode()))
+        return record(NAMES.deadletter, request_bytes(), headers=headers, offset=offset + 10)
+
+    victim, forged = letter(beta, 0), letter(acme, 1, f"{beta}:0:0")
+    assert copies_left([forged, victim]) == [forged, victim]  # another topic: not a copy
+    # On one topic (the shared one) a forger may claim a record there: only its own dead
+    # letter is then skipped.
+    shared, forged = letter(NAMES.jobs, 0), letter(NAMES.jobs, 1, f"{NAMES.jobs}:0:0")
+    assert copies_left([forged, shared]) == [shared]
+    # A dead letter of a real copy still goes back once with its first one.
+    first = letter(NAMES.jobs, 3)
+    assert copies_left([first, letter(NAMES.jobs, 4, f"{NAMES.jobs}:0:3")]) == [first]
+
+
 def test_a_job_a_worker_moved_to_its_keys_partition_is_replayed_once():
     """A job produced to the wrong partition stays there; the worker's copy on its key's
     partition names it. A rerun replay of both made two reruns, each run and charged (a
@@ -313,5 +354,5 @@ def test_a_dead_letter_of_a_replayed_copy_goes_back_once_with_the_first_one():
                                  headers=[(REPLAY_HEADER, b"qlane.jobs:0:4")])
     other_job = dead_letter_of((NAMES.jobs, 0, 5), offset=3)
     assert copies_left([first, of_the_copy, other_job]) == [first, other_job]
-    assert copies_left([of_the_copy, first]) == [of_the_copy]
+    assert copies_left([of_the_copy, first]) == [first]  # the copy's waits for the others
     assert copies_left([of_the_copy]) == [of_the_copy]  # the first one not selected
