@@ -52,6 +52,7 @@ from workers.errors import (
     InvalidObservable,
     KeyMismatch,
     PoisonRecord,
+    RecordTooLarge,
     SandboxFailure,
 )
 from workers.execution.preparation import prepare
@@ -342,6 +343,12 @@ def register(app, runtime: Runtime, table) -> None:
             accounting.check_budget(runtime, request, accounting.estimate_usd(runtime, prepared))
         except Exception as error:
             raise StageFailure(workflow_id, error, getattr(error, "attempts", 1)) from error
+        if not runtime.fits_a_record(workflow_id, source.value):
+            # A job record near the producer's limit went on as it was and its send failed: a
+            # ProducerSendError dead letter, as if the system had failed (a red-team run).
+            raise StageFailure(workflow_id, RecordTooLarge(
+                f"the variational job ({len(source.value)} bytes) is too large to hand to its "
+                f"stage within the producer's {runtime.max_record_bytes}-byte limit"))
         await runtime.send("variational", workflow_id, source.value)
         mark(table, workflow_id, "prepared")
         await runtime.status(workflow_id, "prepared", STAGE,

@@ -53,6 +53,17 @@ def test_variational_job_without_an_objective_is_dead_lettered(settings, worker)
     assert outcome.state == "failed" and "InvalidObservable" in outcome.detail
 
 
+def test_a_variational_job_too_large_to_hand_to_its_stage_is_refused_as_such(settings, worker):
+    """A job record near the producer's limit went on to its stage as it was, and the failed
+    send was dead-lettered as ProducerSendError, the system's fault (a red-team run)."""
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    job = job_request(**{**fields, "workflow_id": f"vqe-big-{uuid.uuid4().hex[:6]}",
+                         "metadata": {"pad": "x" * 999_500}})
+    assert 999_500 < len(codec("JobRequest").encode(job)) < 1_000_000
+    outcome = submit_and_wait(settings, [job], timeout_s=60)[job["workflow_id"]]
+    assert outcome.state == "failed" and "RecordTooLarge" in outcome.detail, outcome
+
+
 def test_a_plain_job_written_to_the_variational_stage_is_a_typed_dead_letter(settings, worker):
     """The stage topic is internal, but a record on it is still input: a JobRequest that is
     not a variational job was dead-lettered as AttributeError (red-team run)."""
