@@ -91,3 +91,29 @@ def test_records_fetched_but_not_handled_are_lag_and_markers_at_rest_are_not():
     at_rest = FetchedAheadConsumer(tp)
     at_rest._committed_offset = {tp: 1062}  # the last transaction's marker is left
     assert sampled_lag(at_rest, tp) == 0
+
+
+class RebalancingConsumer(PausedPartitionConsumer):
+    """Just assigned in a rebalance: no committed offset in the consumer yet; the group had
+    committed 2,400 of the partition's 2,564 records, where the assignment sought it."""
+
+    def __init__(self, tp, position) -> None:
+        super().__init__(tp)
+        self._committed_offset = {}
+        self.position = position
+
+    async def positions(self, partitions):
+        return {self.tp: self.position}
+
+    async def highwaters(self, *partitions):
+        return {self.tp: 2564}
+
+
+def test_a_partition_just_assigned_counts_from_its_position_not_its_first_offset():
+    """From its first offset, a partition the group had committed read every record it ever
+    held during a rebalance (lag 23,207 for about 6,860 jobs left: a red-team run)."""
+    tp = TP("lagtest.jobs", 4)
+    assert sampled_lag(RebalancingConsumer(tp, 2400), tp) == 164
+    # No position either (it moves on): no new value, not the whole partition.
+    lag = sampled_lag(RebalancingConsumer(tp, RuntimeError("moving")), tp)
+    assert lag in (None, 164)
