@@ -19,6 +19,7 @@ from streams.ops.logs import lifecycle_level
 from streams.ops.warm_up import WarmUps
 from streams.settings import Settings
 from streams.workflow.deadletter import (
+    JOB_ORIGIN_HEADER,
     JOB_RECORD_HEADER,
     JOB_TOPIC_HEADER,
     SourceRecord,
@@ -260,6 +261,8 @@ class Runtime:
             if admitted is not None:
                 headers.append((JOB_TOPIC_HEADER, admitted.encode()))
                 headers.append((JOB_RECORD_HEADER, str(entry["source"]).encode()))
+                if isinstance(entry.get("origin"), str):
+                    headers.append((JOB_ORIGIN_HEADER, entry["origin"].encode()))
         key, value, headers = fit_dead_letter(
             source.key, source.value, headers, self.max_record_bytes)
         # Stamped now, not with the source's time (kept in `qlane.dlq.source.timestamp`): a

@@ -23,6 +23,7 @@ from streams.agents.common import (
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
+from streams.kafka.copies import origin_on_its_topic
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
 from streams.kafka.tenants import check_cancel_of, check_tenant_of, topic_tenant
 from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic, tenant_topic
@@ -248,6 +249,10 @@ def register(app, runtime: Runtime, table) -> None:
             "attempts": attempts,
             "updated_ms": accepted_at_ms,
         }
+        if (origin := origin_on_its_topic(source)) is not None:
+            # A copy's dead stage record names what it copies: each replay of its dead
+            # letters made one more (3 reruns of one job, each charged: a red-team run).
+            table[workflow_id]["origin"] = origin
         await runtime.status(workflow_id, "accepted", STAGE, detail=admission.decision.value)
 
         started = time.perf_counter()

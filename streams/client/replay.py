@@ -18,22 +18,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
-from streams.kafka.partitioning import REROUTED_HEADER
+from streams.kafka.copies import DEAD_LETTER_HEADER, REPLAY_HEADER, copied_from
 from streams.kafka.record_batches import UNREADABLE_HEADER
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, parse_job_topic
 from streams.settings import Settings
 from streams.workflow.deadletter import (
     HEADER_PREFIX,
+    JOB_ORIGIN_HEADER,
     JOB_RECORD_HEADER,
     JOB_TOPIC_HEADER,
     OMITTED_HEADER,
 )
-
-REPLAY_HEADER = "qlane.replay.source"
-# On a job replayed from a dead letter, the dead letter's address; its `qlane.replay.source`
-# names the job record the dead letter stands for.
-DEAD_LETTER_HEADER = "qlane.replay.dead-letter"
 
 
 @dataclass
@@ -141,18 +137,6 @@ def address(record) -> str:
     return f"{record.topic}:{record.partition}:{record.offset}"
 
 
-COPY_HEADERS = (REPLAY_HEADER, REROUTED_HEADER)
-
-
-def copied_from(record) -> str | None:
-    """The address of the record this one is a copy of, if it is: made by an earlier replay,
-    or by a worker that moved a job to its key's partition (its original stays where it
-    was, so a replay selecting both reran the job twice: a red-team run). The nearest origin
-    is the last such header: a copy keeps the headers of what it copies."""
-    values = [v for k, v in (record.headers or ()) if k in COPY_HEADERS]
-    return values[-1].decode(errors="replace") if values else None
-
-
 class EarlierCopies:
     """Skips the records earlier replays made from records this replay selects too.
 
@@ -236,11 +220,14 @@ def dead_job_claim(record) -> tuple[str | None, bool]:
     only its job's copy header says so: the job record its job was copied from if its job was
     a replayed or moved copy on the same topic (not of a dead letter: those are EarlierCopies'
     own); for a dead stage record, the job record its workflow was admitted from
-    (`qlane.dlq.job.record`); else its source record. (None, False) for a record that is no
-    dead letter."""
+    (`qlane.dlq.job.record`), or the one that record copies when it was a copy
+    (`qlane.dlq.job.origin`, a claim); else its source record. (None, False) for a record
+    that is no dead letter."""
     context = {k: v for k, v in (record.headers or ()) if k.startswith(HEADER_PREFIX)}
     if not context:
         return None, False
+    if JOB_ORIGIN_HEADER in context:
+        return context[JOB_ORIGIN_HEADER].decode(errors="replace"), True
     if JOB_RECORD_HEADER in context:
         return context[JOB_RECORD_HEADER].decode(errors="replace"), False
     parts = [context.get(HEADER_PREFIX + f"source.{name}") for name in

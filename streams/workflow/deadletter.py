@@ -13,6 +13,9 @@ JOB_TOPIC_HEADER = HEADER_PREFIX + "job.topic"
 # A dead stage record's job record (topic:partition:offset), the one its workflow was admitted
 # from: a replay's copy names it, so a later replay of the job topic skips the copy.
 JOB_RECORD_HEADER = HEADER_PREFIX + "job.record"
+# ... and when that job record was itself a copy (a replay's, a move's), the record it copies
+# as its header said: the one a replay dedupes it with, as a claim (a producer can forge it).
+JOB_ORIGIN_HEADER = HEADER_PREFIX + "job.origin"
 MAX_MESSAGE_CHARS = 2000
 
 

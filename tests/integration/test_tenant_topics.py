@@ -241,6 +241,22 @@ def test_a_tenants_dead_stage_record_is_replayed_to_its_own_job_topic(
         assert lines[0].target_topic == job_topic(prefix, "acme", "high"), lines
         # The copy names the job record: a later replay of the job topic skips it.
         assert dict(lines[0].headers)["qlane.replay.source"] == job_record.encode()
+        # Replayed, it fails in its stage again: its dead letter names what it copies.
+        summary, _ = run_replay(settings, "deadletter", keys={workflow_id.encode()})
+        assert summary.replayed == 1
+
+        def second_letter():
+            found = [dict(record.headers) for record in
+                     topic_records(settings, "deadletter", timeout_s=5)
+                     if record.key == workflow_id.encode()]
+            return found[1] if len(found) > 1 else None
+
+        again = wait_for(second_letter, timeout_s=60)
+        assert again["qlane.dlq.job.origin"].decode() == job_record
+        assert again["qlane.dlq.job.record"].decode() != job_record  # the copy
+        summary, lines = run_replay(settings, "deadletter", keys={workflow_id.encode()},
+                                    dry_run=True)
+        assert (summary.selected, summary.replayed, summary.skipped) == (2, 1, 1), lines
     finally:
         stop_worker(worker)
 

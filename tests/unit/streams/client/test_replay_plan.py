@@ -234,6 +234,19 @@ def test_a_dead_stage_records_copy_names_the_job_record_its_workflow_came_from()
     assert dict(planned.headers)[REPLAY_HEADER] == f"{NAMES.jobs}:0:5".encode()
     copy = record(planned.target_topic, planned.value, headers=planned.headers, offset=6)
     assert copies_left([job, copy]) == [job]
+    # The copy failed in its stage too: its dead letter names the copy and what it copies,
+    # and goes back with the first one once (each replay made one more: 3 reruns, each
+    # charged, a red-team run).
+    again = record(NAMES.deadletter, request_bytes(), offset=9, headers=[
+        ("qlane.dlq.source.topic", NAMES.variational.encode()),
+        ("qlane.dlq.source.partition", b"1"), ("qlane.dlq.source.offset", b"4"),
+        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
+        ("qlane.dlq.job.record", f"{NAMES.jobs}:0:6".encode()),
+        ("qlane.dlq.job.origin", f"{NAMES.jobs}:0:5".encode())])
+    assert copies_left([letter, again]) == [letter]
+    assert copies_left([again, letter]) == [letter]
+    alone = plan_record(again, NAMES, None, True)
+    assert dict(alone.headers)[REPLAY_HEADER] == f"{NAMES.jobs}:0:5".encode()
 
 
 def test_a_forged_copy_header_does_not_keep_anothers_dead_letter_from_going_back():
