@@ -182,7 +182,7 @@ def misplaced_share(sampled: list[tuple[int, bytes]], partitions: int) -> tuple[
     for partition, raw_key in sampled:
         try:
             key = json.loads(raw_key)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             continue
         if not isinstance(key, str) or not key:
             continue

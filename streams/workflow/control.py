@@ -26,7 +26,7 @@ from streams.ops import metrics
 from streams.ops.logs import printable
 from streams.runtime import Runtime, apply_noise_control, now_ms
 from streams.workflow import accounting
-from streams.workflow.control_records import DRIFT, MAX_ROUND, NOISE, SPEND, well_formed
+from streams.workflow.control_records import DRIFT, NOISE, SPEND, decoded, well_formed
 from workers.drift.detection import DriftMonitor, load_statistics, unwatchable
 from workers.seeds import derive_seed
 
@@ -71,8 +71,16 @@ def continue_rounds(monitor: DriftMonitor, backend_name: str, state: dict | None
     round 10 of aer.noisy's sequence (p = 7.3e-05) was a false alarm 10 periods after each
     (a red-team run)."""
     previous = (state or {}).get("round")
-    if isinstance(previous, int) and monitor.rounds.get(backend_name, 0) < previous <= MAX_ROUND:
+    if (isinstance(previous, int)
+            and monitor.rounds.get(backend_name, 0) < previous <= MAX_CONTINUED_ROUND):
         monitor.rounds[backend_name] = previous
+
+
+# The last published round a leader goes on from: far below what a control record may name
+# (MAX_ROUND), so that a forged round near it cannot number the leader's own rounds past what
+# the workers read (round 2^62 did: every later round was ignored, drift handling off for
+# good; a red-team run). 2^40 rounds is 35,000 years at one a second.
+MAX_CONTINUED_ROUND = 2**40
 
 
 # How long one attempt of the control topic's reader to catch up after a partition
@@ -209,10 +217,7 @@ def register(app, runtime: Runtime) -> None:
         runtime.control_reader = ControlReader(consumer)
         try:
             async for record in consumer:
-                try:
-                    key, value = json.loads(record.key), json.loads(record.value)
-                except (TypeError, ValueError):
-                    key = value = None
+                key, value = decoded(record.key, record.value)
                 if not well_formed(key, value):
                     log.warning("ignored a malformed control record at offset %d", record.offset)
                     continue

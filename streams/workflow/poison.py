@@ -164,7 +164,7 @@ def _apply(entries: dict, key: bytes | None, value: bytes | None) -> None:
         parsed = json.loads(value)
         if well_formed(name, parsed):
             entries[name] = parsed
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested past the stack
         return
 
 

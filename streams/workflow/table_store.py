@@ -95,7 +95,8 @@ class _TableCodec(codecs.Codec):
     def _loads(self, s: bytes):
         try:
             value = json.loads(s)
-        except (TypeError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        except (TypeError, ValueError, RecursionError) as error:  # UnicodeDecodeError is a
+            # ValueError; RecursionError: nested past the stack (a forged record)
             log.warning("workflow table: ignored a changelog record that is not JSON (%s)",
                         type(error).__name__)
             return None

@@ -445,5 +445,29 @@ def test_a_forged_drift_round_past_an_avro_long_is_not_acted_on():
     monitor = DriftMonitor()
     control.continue_rounds(monitor, "aer.noisy", forged)
     assert monitor.rounds.get("aer.noisy", 0) == 0
+    # Read, but not gone on from: the leader's own rounds would pass what workers read, and
+    # every later round was ignored (drift handling off for good: a red-team run).
+    assert well_formed("drift:aer.noisy", {**forged, "round": MAX_ROUND})
     control.continue_rounds(monitor, "aer.noisy", {**forged, "round": MAX_ROUND})
-    assert monitor.rounds["aer.noisy"] == MAX_ROUND
+    assert monitor.rounds.get("aer.noisy", 0) == 0
+    control.continue_rounds(monitor, "aer.noisy", {**forged, "round": 41})
+    assert monitor.rounds["aer.noisy"] == 41
+    assert well_formed("drift:aer.noisy", {**forged, "round": control.MAX_CONTINUED_ROUND + 1})
+
+
+def test_a_control_record_nested_past_the_stack_is_not_json_to_any_reader():
+    """200 KB of "[" on the control topic stopped every worker at every start: its
+    RecursionError was not among the errors the readers caught (a forged record)."""
+    from streams.workflow import poison
+    from streams.workflow.control_records import decoded, well_formed
+    from streams.workflow.table_store import TableEntryCodec, TableKeyCodec
+
+    deep = b"[" * 200_000
+    assert decoded(b'"noise:aer.noisy"', deep) == (None, None)
+    assert not well_formed(*decoded(deep, b"{}"))
+    entries = {}
+    poison._apply(entries, b'"' + poison.PREFIX.encode() + b'x"', deep)
+    poison._apply(entries, deep, b"{}")
+    assert entries == {}
+    assert TableEntryCodec()._loads(deep) is None
+    assert TableKeyCodec()._loads(deep) is None
