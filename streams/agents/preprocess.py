@@ -40,7 +40,7 @@ from streams.workflow.idempotency import (
 )
 from streams.workflow.lanes import LaneGate
 from streams.workflow.poison import AttemptLedger
-from streams.workflow.results import check_result_can_fit
+from streams.workflow.results import check_result_can_fit, check_result_floor
 from workers.circuits.sandbox import (
     BackendView,
     Prepared,
@@ -94,7 +94,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
         else:  # in the worker itself: benchmarks and debugging only
             prepared = await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache,
                                        settings.limits, runtime.readout_cache)
-            return Prepared.of(prepared)
+            return check_result_floor(Prepared.of(prepared), runtime.max_record_bytes)
     backend = BackendView.of(await in_thread(runtime, runtime.registry.get, spec.backend))
     request = SandboxRequest(spec, settings.limits, backend, calibration)
     tries, reason = await runtime.attempts.tries(STAGE, source)
@@ -107,7 +107,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
             metrics.POISON_RECORDS.labels(STAGE).inc()
             raise poison
         try:
-            return await runtime.sandbox.run(request)
+            prepared = await runtime.sandbox.run(request)
         except SandboxFailure as failure:
             tries += 1
             reason = f"{failure.reason}: {failure}"
@@ -119,6 +119,8 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
             log.warning("%s: sandbox attempt %d of %d failed: %s", source.address, tries,
                         settings.sandbox_attempts, reason,
                         extra={"workflow_id": spec.workflow_id, "stage": STAGE})
+        else:
+            return check_result_floor(prepared, runtime.max_record_bytes)
 
 
 def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str | None]:

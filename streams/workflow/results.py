@@ -163,6 +163,20 @@ def stored_result(workflow_id: str, entry: dict | None, encoded: bytes, limit: i
     return text
 
 
+def check_result_floor(prepared, limit: int):
+    """`prepared` (a sandbox's Prepared), once the least its result takes whatever the counts
+    (`PreparedJob.result_floor_bytes`: parameter values, bases, register layouts and
+    expectations) is found to fit a record: ResultTooLarge before the run is charged."""
+    floor = getattr(prepared, "result_floor_bytes", 0)
+    if not fits_a_record(floor, limit):
+        raise ResultTooLarge(
+            f"the result would be at least {floor} bytes whatever its counts (each circuit's "
+            "parameter values, basis and register names, each expectation's observable), "
+            f"more than a record may be ({limit} bytes): fewer circuits, registers or "
+            "parameter sets, or shorter register names")
+    return prepared
+
+
 def check_result_fits(encoded: bytes, limit: int) -> None:
     """ResultTooLarge unless the encoded JobResult fits a record of `limit` bytes (the
     producer's maximum request size) both as itself and as the base64 text its table entry

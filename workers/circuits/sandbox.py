@@ -201,6 +201,7 @@ class Prepared:
     shots: int
     num_tasks: int
     transpile_cache_hit: bool
+    result_floor_bytes: int = 0  # PreparedJob.result_floor_bytes
 
     @property
     def tasks(self) -> range:
@@ -214,7 +215,7 @@ class Prepared:
     def of(cls, prepared) -> Prepared:
         """From a PreparedJob."""
         return cls(prepared.to_bytes(), prepared.backend, prepared.shots, len(prepared.tasks),
-                   prepared.transpile_cache_hit)
+                   prepared.transpile_cache_hit, prepared.result_floor_bytes())
 
 
 # --- the work itself (in a sandbox, or in the worker when the sandbox is off) ----------
@@ -258,6 +259,7 @@ class Preparer:
         return {
             "ok": True, "backend": prepared.backend, "shots": prepared.shots,
             "num_tasks": prepared.num_tasks, "transpile_cache_hit": prepared.transpile_cache_hit,
+            "result_floor_bytes": prepared.result_floor_bytes,
         }, prepared.data
 
     @staticmethod
@@ -427,7 +429,8 @@ def _outcome(header: dict, payload: bytes) -> Prepared:
     if header.get("ok"):
         return Prepared(payload, str(header["backend"]),
                         int(header["shots"]), int(header["num_tasks"]),
-                        bool(header["transpile_cache_hit"]))
+                        bool(header["transpile_cache_hit"]),
+                        int(header.get("result_floor_bytes", 0)))
     raise rebuild_error(str(header.get("error")), str(header.get("message", "")))
 
 

@@ -71,6 +71,12 @@ class CircuitTask:
     scale_factor: float = 1.0
 
 
+# Avro's fixed fields of a result's circuit (indices, shots, scale factor, the lengths of its
+# arrays and maps) and expectation (four doubles, two ints, a length), at the least.
+CIRCUIT_RESULT_BYTES = 24
+EXPECTATION_RESULT_BYTES = 34
+
+
 @dataclass
 class PreparedJob:
     """Everything `execute` and `estimate_expectations` need, and the provenance to report."""
@@ -92,6 +98,20 @@ class PreparedJob:
     fold_seed: int = 0  # seeds random gate folding
     reached_scales: tuple[float, ...] = ()  # per template: noisy gates / unfolded ones
     dd_applied: bool = False  # dynamical decoupling was inserted into every template
+
+    def result_floor_bytes(self) -> int:
+        """The least its JobResult takes whatever the counts: each circuit's parameter
+        values, basis and register layout (names and sizes), each expectation's observable
+        text, with Avro's fixed fields. 200 registers of 1,000-character names over 5
+        circuits were found a 1 MB result only after the run was charged (a red-team run)."""
+        layouts = [sum(len(register.name.encode()) + 12 for register in template.cregs)
+                   for template in self.templates]
+        circuits = sum(8 * len(task.parameter_values) + len(task.basis) + CIRCUIT_RESULT_BYTES
+                       + layouts[task.template_index] for task in self.tasks)
+        sets = max(1, len({task.parameter_set_index for task in self.tasks}))
+        expectations = sets * sum(len(observable.label().encode()) + EXPECTATION_RESULT_BYTES
+                                  for observable in self.observables)
+        return circuits + expectations
 
     @property
     def unmitigated_tasks(self) -> list[int]:

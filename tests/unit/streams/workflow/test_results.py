@@ -90,3 +90,31 @@ def test_a_result_is_stored_only_when_its_whole_table_entry_fits_a_record():
     assert base64.b64decode(text) == small
     record = len(json.dumps(workflow_id)) + len(json.dumps({**entry, "result": text}))
     assert record < limit
+
+
+def test_a_result_whose_register_layout_alone_is_too_large_is_refused_before_it_runs():
+    """200 registers of 1,000-character names over 5 circuits: found a 1 MB result only
+    after the run was charged (a red-team run); the layout is known once prepared."""
+    from streams.workflow.results import check_result_floor
+    from workers.backends.registry import BackendRegistry
+    from workers.circuits.sandbox import Prepared
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.preparation import prepare
+    from workers.limits import Limits
+
+    def prepared_with(names: int, length: int) -> Prepared:
+        registers = "".join(f"bit[1] r{i:03d}{'x' * length};\n" for i in range(names))
+        program = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] a;\nqubit[1] q;\n'
+                   f"{registers}rx(a) q[0];\nr000{'x' * length}[0] = measure q[0];\n")
+        spec = JobSpec.from_record({"workflow_id": "wf", "circuit": program,
+                                    "circuit_format": "qasm3", "shots": 100,
+                                    "parameter_sets": [[0.1 * k] for k in range(5)]})
+        return Prepared.of(prepare(spec, BackendRegistry(), TranspileCache(), Limits()))
+
+    wide = prepared_with(200, 1000)
+    assert wide.result_floor_bytes > 5 * 200 * 1000
+    with pytest.raises(ResultTooLarge, match="whatever its counts"):
+        check_result_floor(wide, LIMIT)
+    narrow = prepared_with(2, 10)
+    assert narrow.result_floor_bytes < 1000
+    assert check_result_floor(narrow, LIMIT) is narrow
