@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from schemas.codec import codec
 from streams.client import Client, job_request
 from streams.kafka.security import kafka_options
-from tests.support import BELL, topic_records
+from tests.support import BELL, ready_worker, session_settings, topic_records
 
 CODECS = ["gzip", "snappy", "lz4", "zstd"]
 
@@ -132,36 +132,36 @@ def test_a_result_larger_than_a_record_fails_its_job_and_the_next_job_runs(setti
     assert worker.poll() is None
 
 
+@pytest.fixture(scope="module")
+def staged_settings(broker_address):
+    return session_settings(*broker_address, tag="staged")
+
+
+@pytest.fixture(scope="module")
+def staged_worker(staged_settings, tmp_path_factory):
+    yield from ready_worker(staged_settings, tmp_path_factory.mktemp("staged-worker"),
+                            env={"QLANE_FUSED_PATH": "off"})
+
+
 def test_a_staged_job_whose_counts_do_not_fit_the_mitigate_topic_is_finished_in_place(
-        broker_address, tmp_path):
+        staged_settings, staged_worker):
     """On the staged path a job whose ExecuteTask only just fitted its topic (a 988 KB
     payload) was run and charged, then failed as ResultTooLarge because its MitigateTask
     with the counts did not fit: its result is 12 KB (a red-team run)."""
-    from streams.kafka.topics import ensure_topics
-    from tests.support import session_settings, start_worker, stop_worker, wait_until_ready
+    settings = staged_settings
+    job = job_request(workflow_id=f"padded-{uuid.uuid4().hex[:8]}", shots=4096,
+                      circuit='OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[10];\n'
+                              "creg c[10];\nh q;\nmeasure q -> c;\n",
+                      metadata={"pad": "x" * 988_000})
 
-    settings = session_settings(*broker_address, tag="staged")
-    asyncio.run(ensure_topics(settings))
-    log = tmp_path / "worker.log"
-    worker = start_worker(settings, log, env={"QLANE_FUSED_PATH": "off"})
-    try:
-        wait_until_ready(settings, log)
-        job = job_request(workflow_id=f"padded-{uuid.uuid4().hex[:8]}", shots=4096,
-                          circuit='OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[10];\n'
-                                  "creg c[10];\nh q;\nmeasure q -> c;\n",
-                          metadata={"pad": "x" * 988_000})
+    def send():
+        produce(settings, [(job["workflow_id"].encode(), codec("JobRequest").encode(job))],
+                None)
 
-        def send():
-            produce(settings, [(job["workflow_id"].encode(), codec("JobRequest").encode(job))],
-                    None)
-
-        outcome = wait_for_results(settings, [job], send)[job["workflow_id"]]
-        assert outcome.state == "done", outcome
-        assert sum(outcome.result["circuits"][0]["counts"].values()) == 4096
-        charges = [codec("CostEvent").decode(record.value)
-                   for record in topic_records(settings, "cost", timeout_s=5)
-                   if record.key == job["workflow_id"].encode()]
-        assert len(charges) == 1
-        assert worker.poll() is None
-    finally:
-        stop_worker(worker)
+    outcome = wait_for_results(settings, [job], send)[job["workflow_id"]]
+    assert outcome.state == "done", outcome
+    assert sum(outcome.result["circuits"][0]["counts"].values()) == 4096
+    charges = [record for record in topic_records(settings, "cost", timeout_s=5)
+               if record.key == job["workflow_id"].encode()]
+    assert len(charges) == 1
+    assert staged_worker.poll() is None
