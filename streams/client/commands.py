@@ -13,6 +13,7 @@ from streams.kafka.compat import stop_consumer, topic_partitions
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import job_topic, tenant_topic
 from streams.settings import Settings
+from workers.errors import UndecodableRecord
 
 WORKER_ANSWERS = frozenset({"cancelled", "cancel_ignored"})  # what a worker says to a cancel
 ENDED = frozenset({"duplicate", "done", "failed"})  # the workflow's own end
@@ -78,7 +79,10 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
                 for record in records:
                     if record.key != workflow_id.encode():
                         continue
-                    status = codec("JobStatus").decode(record.value)
+                    try:
+                        status = codec("JobStatus").decode(record.value)
+                    except UndecodableRecord:  # not the worker's: it ended the command
+                        continue
                     if status["state"] in WORKER_ANSWERS:
                         return CancelAnswer(workflow_id, status["state"], status["detail"])
                     if status["state"] in ENDED:

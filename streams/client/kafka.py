@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -17,11 +18,14 @@ from streams.kafka.compat import assign_settled, stop_consumer, stop_quietly, to
 from streams.kafka.security import detect_profile, kafka_options
 from streams.kafka.tenants import tenant_ids, topic_tenant
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
+from streams.ops.logs import printable
 from streams.settings import Settings
 from streams.workflow.cancel import is_cancel
 from streams.workflow.idempotency import IN_FLIGHT, earlier_state
-from workers.errors import InvalidJob
+from workers.errors import InvalidJob, UndecodableRecord
 from workers.variational.loop import STOPPED_BY_CANCEL
+
+log = logging.getLogger("qlane")
 
 REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
@@ -300,6 +304,17 @@ class Client:
         outcome = outcomes.get(key)
         if outcome is None:
             return
+        try:
+            self._apply_to(outcome, key, record, on_event)
+        except UndecodableRecord as error:
+            # Anyone may write these topics on the embedded broker: a record under the job's
+            # id that is no status or result is not its answer (its CorruptRecord ended
+            # `qlane submit --wait` with a traceback, the job's real outcome unread: a
+            # red-team run).
+            log.warning("ignored an undecodable record under %s on %s: %s",
+                        printable(key[:80]), record.topic, error)
+
+    def _apply_to(self, outcome, key: str, record, on_event) -> None:
         if outcome.finished:
             # A transaction's partitions become visible one by one: a status committed with
             # the result can come a fetch after it. It joins the history, nothing else;
@@ -348,8 +363,14 @@ class Client:
         found = {}
         for topic in self.results_topics:
             async for record in read_topic(self.settings, topic, timeout_s=timeout_s):
-                if record.key in keys:
-                    found[record.key.decode()] = codec("JobResult").decode(record.value)
+                # The first readable one: a worker republishes the stored bytes of the same
+                # answer, and a later record under the id was taken over the real one (a
+                # forged result on the embedded broker, where anyone writes the topic).
+                if record.key in keys and record.key.decode() not in found:
+                    try:
+                        found[record.key.decode()] = codec("JobResult").decode(record.value)
+                    except UndecodableRecord:
+                        continue
         return found
 
 

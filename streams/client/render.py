@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import json
 
+from streams.ops.logs import printable
+
 TOP_COUNTS = 4
 
 
 def _top_counts(counts: dict[str, int], shots: int) -> str:
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_COUNTS]
-    return "  ".join(f"{bits}:{count / shots:.3f}" for bits, count in ranked)
+    total = shots or sum(counts.values()) or 1  # a forged result with 0 shots: no traceback
+    return "  ".join(f"{bits}:{count / total:.3f}" for bits, count in ranked)
 
 
 def _short(text: str, width: int) -> str:
@@ -18,6 +21,13 @@ def _short(text: str, width: int) -> str:
 
 
 def result_table(result: dict) -> str:
+    """The result as a table, every line with its control characters escaped: a result's
+    text (ids, backend names, count keys) is a producer's, and a forged one set an
+    operator's terminal title and cleared the screen (a red-team run)."""
+    return "\n".join(printable(line) for line in _table_lines(result))
+
+
+def _table_lines(result: dict) -> list[str]:
     provenance = result["provenance"]
     timings = result["timings"]
     lines = [
@@ -66,7 +76,7 @@ def result_table(result: dict) -> str:
                 f"   {circuit['parameter_set_index']:>3}  "
                 f"{_top_counts(circuit['counts'], circuit['shots'])}"
             )
-    return "\n".join(lines)
+    return lines
 
 
 def _jsonable(value):

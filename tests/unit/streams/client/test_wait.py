@@ -266,3 +266,56 @@ def test_another_tenants_refused_record_under_a_jobs_id_is_not_its_outcome(monke
         client.watcher = CommittedWatcher([{DEAD_TP: [letter]}])
         outcome = wait_for_the_jobs(client, monkeypatch, ["t01.x"])["t01.x"]
         assert outcome.state == state, (letter.headers[-1], outcome)
+
+
+def test_an_undecodable_record_under_the_jobs_id_is_not_its_answer(monkeypatch):
+    """On the embedded broker anyone writes the status and results topics: garbage under a
+    job's id ended `qlane submit --wait` with a CorruptRecord traceback, the job's real
+    outcome unread (a red-team run)."""
+    from workers.errors import CorruptRecord
+
+    client = Client(Settings(topic_prefix="t.qlane"))
+    result, statuses = job_records()
+    forged = [SimpleNamespace(topic=topic, key=b"wf", value=b"\x00garbage-not-avro", headers=())
+              for topic in ("t.qlane.status", "t.qlane.results")]
+    real_codec = codec
+
+    def decode_result(value):
+        if value != result.value:
+            raise CorruptRecord("JobResult: bad magic")
+        return DECODED
+
+    monkeypatch.setattr("streams.client.kafka.codec", lambda name: SimpleNamespace(
+        decode=decode_result) if name == "JobResult" else real_codec(name))
+    client.watcher = CommittedWatcher([{STATUS_TP: [forged[0]], RESULTS_TP: [forged[1]]},
+                                       {RESULTS_TP: [result], STATUS_TP: statuses}])
+    outcome = asyncio.run(client.wait(["wf"], timeout_s=2))["wf"]
+    assert outcome.state == "done" and outcome.result is DECODED
+    assert outcome.history == list(STATES)
+
+
+def test_an_earlier_result_is_the_first_readable_one_under_its_id(monkeypatch):
+    """A resubmission's earlier result was the last record under its id: a forged one
+    appended later (anyone writes the topic on the embedded broker) replaced the real one,
+    and a garbage one ended the command with a traceback (a red-team run)."""
+    from workers.errors import CorruptRecord
+
+    records = [SimpleNamespace(key=b"wf", value=value)
+               for value in (b"garbage", b"real", b"forged")]
+
+    async def read_topic(settings, topic, timeout_s):
+        for record in records:
+            yield record
+
+    def decode(value):
+        if value == b"garbage":
+            raise CorruptRecord("JobResult: bad magic")
+        return {"answer": value.decode()}
+
+    real_codec = codec
+    monkeypatch.setattr("streams.client.kafka.read_topic", read_topic)
+    monkeypatch.setattr("streams.client.kafka.codec", lambda name: SimpleNamespace(
+        decode=decode) if name == "JobResult" else real_codec(name))
+    client = Client(Settings(topic_prefix="t.qlane"))
+    found = asyncio.run(client.find_results({"wf"}, timeout_s=1))
+    assert found == {"wf": {"answer": "real"}}
