@@ -118,3 +118,37 @@ def test_a_result_whose_register_layout_alone_is_too_large_is_refused_before_it_
     narrow = prepared_with(2, 10)
     assert narrow.result_floor_bytes < 1000
     assert check_result_floor(narrow, LIMIT) is narrow
+
+
+@pytest.mark.parametrize(("registers", "sets", "observable"), [
+    (64, 20, None), (1, 10, None), (3, 5, "XZ"), (1, 1, "Z")])
+def test_a_results_floor_is_never_above_the_encoded_result(registers, sets, observable):
+    """A floor of 12 bytes a register and 24 a circuit refused a legal 470 KB result (64
+    registers over 1,000 parameter sets) as at least 982 KB (a red-team run)."""
+    from schemas.codec import codec
+    from streams.workflow.results import build_result
+    from workers.backends.registry import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.preparation import prepare
+    from workers.limits import Limits
+    from workers.mitigation.combine import mitigate
+
+    qubits = len(observable or "Z")
+    bits = "".join(f"bit[1] c{i};\n" for i in range(registers))
+    program = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] a;\n'
+               f"qubit[{qubits}] q;\n{bits}rz(a) q[0];\n"
+               + ("" if observable else "c0[0] = measure q[0];\n"))
+    record = {"workflow_id": "wf", "circuit": program, "circuit_format": "qasm3", "shots": 100,
+              "parameter_sets": [[0.001 * k] for k in range(sets)]}
+    if observable:
+        record["observables"] = [{"terms": [{"pauli": observable, "coeff": 1.0}]}]
+    prepared = prepare(JobSpec.from_record(record), BackendRegistry(), TranspileCache(),
+                       Limits())
+    counts = [{" ".join("0" * r.size for r in reversed(prepared.templates[0].cregs)): 100}
+              for _ in prepared.tasks]
+    result = build_result(request={"workflow_id": "wf"}, prepared=prepared, counts=counts,
+                          mitigation=mitigate(prepared, counts), seed_simulator=1,
+                          timings={k: 0.0 for k in ("queued_s", "preprocess_s", "execute_s",
+                                                    "mitigate_s", "end_to_end_s")},
+                          completed_at_ms=0)
+    assert prepared.result_floor_bytes() <= len(codec("JobResult").encode(result))
