@@ -476,7 +476,14 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     from streams.kafka.topics import TopicNames
     from streams.workflow.control import noise_control_record
+    from workers.backends.registry import ENTRIES
 
+    entry = ENTRIES.get(args.backend)
+    if entry is None or not entry.scalable:
+        scalable = ", ".join(sorted(name for name, e in ENTRIES.items() if e.scalable))
+        print(f"qlane control noise: {printable(args.backend)} has no calibrated noise model "
+              f"qlane can scale; these have: {scalable}", file=sys.stderr)
+        return 2
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).control
     key, value = noise_control_record(args.backend, args.scale)

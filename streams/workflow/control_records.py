@@ -61,5 +61,7 @@ def well_formed(key, value) -> bool:
         return (isinstance(offsets, dict)
                 and all(isinstance(offset, str) and offset.isdigit() and _count(tries)
                         for offset, tries in offsets.items())
-                and isinstance(value.get("reason", ""), str))
+                and isinstance(value.get("reason", ""), str)
+                # compared with other records' times: "x" failed a job with a TypeError
+                and _count(value.get("at_ms", 0)))
     return True  # no worker reads other keys

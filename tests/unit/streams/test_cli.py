@@ -54,3 +54,13 @@ def test_a_cancel_of_an_id_outside_the_tenants_ids_is_a_usage_error(silent_broke
                  "--profile", "kafka", "--timeout", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "starts with 'acme.'" in err and "Traceback" not in err, err
+
+
+def test_a_noise_control_for_a_backend_that_cannot_scale_is_refused(silent_broker, capsys):
+    """`qlane control noise --backend aer.ideal` wrote a control every worker then raised on
+    at each job of that backend: every worker stopped, at every start (a red-team run)."""
+    code = main(["control", "noise", "--backend", "aer.ideal", "--scale", "2",
+                 "--broker", silent_broker, "--profile", "kafka"])
+    err = capsys.readouterr().err
+    assert code == 2 and "aer.ideal has no calibrated noise model" in err, err
+    assert "aer.noisy" in err

@@ -143,3 +143,21 @@ def test_job_topics_that_keep_producer_timestamps_are_named(caplog):
         asyncio.run(topic_checks.warn_producer_timestamps(
             KAFKA, ConfigsAdmin(TopicAuthorizationFailedError("t.qlane.jobs")), topics))
     assert caplog.text == ""
+
+
+def test_records_that_are_no_table_entry_do_not_count_towards_a_misplaced_changelog():
+    """8 forged tombstones on other partitions than their keys' made every worker of a young
+    deployment refuse to start, at every start (a red-team run on the embedded broker)."""
+    import json
+
+    from streams.kafka.partitioning import key_partition
+    from streams.kafka.topic_checks import misplaced_share
+
+    ids = [f"wf-forged-{i}" for i in range(8)]
+    elsewhere = [(key_partition(i.encode(), 4) + 1) % 4 for i in ids]
+    keys = [json.dumps(i).encode() for i in ids]
+    junk = [None, b"[" * 10_000, b'"a string"', b"[1, 2]", b'{"no": "state"}', b"\xff",
+            b'{"state": 3}', b"null"]
+    assert misplaced_share(list(zip(elsewhere, keys, junk, strict=True)), 4) == (0, 0)
+    entries = [json.dumps({"state": "done"}).encode()] * 8
+    assert misplaced_share(list(zip(elsewhere, keys, entries, strict=True)), 4) == (8, 8)

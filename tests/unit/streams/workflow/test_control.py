@@ -471,3 +471,27 @@ def test_a_control_record_nested_past_the_stack_is_not_json_to_any_reader():
     assert entries == {}
     assert TableEntryCodec()._loads(deep) is None
     assert TableKeyCodec()._loads(deep) is None
+
+
+def test_a_noise_control_for_a_backend_that_cannot_scale_leaves_its_jobs_alone():
+    """Applied before each job (the stages' apply_controls), its ValueError escaped and every
+    worker stopped, at every start (a red-team run)."""
+    from streams.runtime import apply_noise_control
+
+    registry = FakeRegistry()
+    controls = {"noise:aer.ideal": {"noise_scale": 5.0}, "noise:aer.noisy": {"noise_scale": 2.0}}
+    apply_noise_control(registry, controls, "aer.ideal")
+    apply_noise_control(registry, controls, "aer.noisy")
+    assert registry.scales == {"aer.noisy": 2.0}
+
+
+def test_an_attempts_record_whose_time_is_no_count_is_not_acted_on():
+    """`at_ms` "x" met another record's time in a comparison: a job failed with a TypeError
+    after each rebalance (a forged record, a red-team run)."""
+    from streams.workflow.control_records import well_formed
+
+    good = {"offsets": {"14": 1}, "reason": "", "at_ms": 1}
+    assert well_formed("attempts:execute:t.qlane.jobs:3", good)
+    assert well_formed("attempts:execute:t.qlane.jobs:3", {"offsets": {}, "reason": ""})
+    for at_ms in ("x", -1, 1.5, None, [1]):
+        assert not well_formed("attempts:execute:t.qlane.jobs:3", {**good, "at_ms": at_ms})
