@@ -188,9 +188,8 @@ class BackendRegistry:
         scale = validate_noise_scale(scale)
         self._noise_scale[name] = scale
         backend = self._backends.get(name)
-        if backend is not None and backend.calibration is not None:
-            backend.noise_model = backend.noise_model_at(scale)
-            backend.noise_scale = scale
+        if backend is not None:
+            _scale_noise(backend, scale)
 
     @property
     def parallel_threads(self) -> int:
@@ -262,4 +261,15 @@ class BackendRegistry:
                     # the backend stored or has already changed what is read here.
                     if hasattr(backend, "parallel_threads"):
                         backend.parallel_threads = self._parallel_threads
+                    # So for a scale set while it was built (ibm.sherbrooke takes seconds):
+                    # it was built at the scale before, and ran at it until the next control.
+                    _scale_noise(backend, self._noise_scale.get(name, 1.0))
         return backend
+
+
+def _scale_noise(backend, scale: float) -> None:
+    """Set a calibrated backend's noise to `scale` of its calibration, unless it is there."""
+    if getattr(backend, "calibration", None) is None or backend.noise_scale == scale:
+        return
+    backend.noise_model = backend.noise_model_at(scale)
+    backend.noise_scale = scale

@@ -187,3 +187,24 @@ def _append_basis_change(circuit, basis: str) -> None:
         elif basis[n - 1 - qubit] == "Y":
             circuit.sdg(qubit)
             circuit.h(qubit)
+
+
+def test_a_noise_scale_set_while_its_backend_is_built_is_the_scale_it_runs_at(monkeypatch):
+    """ibm.sherbrooke takes seconds to build: a control applied meanwhile found no backend to
+    change, the build finished at the scale before, and the registry's own value said the
+    control was applied, so jobs ran at noise ×1 until the next control (a red-team run)."""
+    from workers.backends import registry as registry_module
+    from workers.backends.aer import NOISY
+
+    registry = BackendRegistry()
+    build = registry_module.build_noisy
+
+    def slow_build(snapshot, scale):
+        registry.set_noise_scale(NOISY, 2.0)  # a control arrives during the build
+        return build(snapshot, scale)
+
+    monkeypatch.setattr(registry_module, "build_noisy", slow_build)
+    backend = registry.get(NOISY)
+    assert registry.noise_scale(NOISY) == 2.0
+    assert backend.noise_scale == 2.0
+    assert backend.noise_model.to_dict() == backend.noise_model_at(2.0).to_dict()
