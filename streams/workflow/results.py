@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from streams.runtime import Runtime, package_version
 from streams.workflow.deadletter import RECORD_OVERHEAD_BYTES
 from workers.errors import ResultTooLarge
-from workers.execution.preparation import PreparedJob
+from workers.execution.preparation import EXPECTATION_RESULT_BYTES, PreparedJob
 from workers.jobs import JobSpec
 from workers.mitigation.combine import MitigationOutcome
 
@@ -121,9 +121,9 @@ def fits_a_record(size: int, limit: int) -> bool:
     return max(stored_bytes(size), size + RECORD_OVERHEAD_BYTES) <= limit
 
 
-# Bytes an expectation takes in a JobResult besides its observable's text: four doubles, two
-# ints and the text's length (Avro's binary encoding), at the least.
-EXPECTATION_BYTES = 34
+# Bytes an expectation takes in a JobResult besides its observable's text (Avro's binary
+# encoding), at the least: the prepared job's result floor counts them alike.
+EXPECTATION_BYTES = EXPECTATION_RESULT_BYTES
 
 
 def check_result_can_fit(spec: JobSpec, limit: int) -> None:
@@ -154,8 +154,11 @@ def stored_result(workflow_id: str, entry: dict | None, encoded: bytes, limit: i
     at every start (a red-team run)."""
     check_result_fits(encoded, limit)
     text = base64.b64encode(encoded).decode()
-    stored = {**(entry or {}), **fields, "state": "done", "updated_ms": 0, "result": text}
-    size = (len(json.dumps(workflow_id)) + len(json.dumps(stored)) + RECORD_OVERHEAD_BYTES)
+    # The result's base64 needs no JSON escape: counted by its length, not serialized again
+    # (the changelog serializes the entry once more when it is written).
+    others = {**(entry or {}), **fields, "state": "done", "updated_ms": 0, "result": ""}
+    size = (len(json.dumps(workflow_id)) + len(json.dumps(others)) + len(text)
+            + RECORD_OVERHEAD_BYTES)
     if size > limit:
         raise ResultTooLarge(
             f"the workflow's table entry with its {len(encoded)}-byte result would be "
