@@ -22,7 +22,6 @@ compaction to ask about), reads the changelog's cleanup policy.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,6 +38,7 @@ from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.partitioning import key_partition
 from streams.kafka.security import AccessRefused, broker_unavailable, kafka_options
 from streams.settings import Settings
+from streams.workflow.control_records import decoded
 
 log = logging.getLogger("qlane")
 
@@ -185,11 +185,7 @@ def misplaced_share(sampled: list[tuple[int, bytes, bytes | None]],
     broker, where anyone writes the changelog)."""
     misplaced = counted = 0
     for partition, raw_key, raw_value in sampled:
-        try:
-            key = json.loads(raw_key)
-            entry = json.loads(raw_value) if raw_value is not None else None
-        except (TypeError, ValueError, RecursionError):
-            continue
+        key, entry = decoded(raw_key, raw_value)  # (None, None) for a tombstone or junk
         if not isinstance(key, str) or not key:
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("state"), str):
