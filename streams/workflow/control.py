@@ -49,11 +49,8 @@ def act_on_control(runtime: Runtime, key: str) -> None:
     calibration of before the drift (P(0) 0.0136 for a true 0; a red-team run)."""
     if key.startswith(NOISE):
         backend = key.removeprefix(NOISE)
-        if backend in runtime.registry.names():
-            try:
-                apply_noise_control(runtime.registry, runtime.controls, backend)
-            except (KeyError, ValueError) as error:  # not a backend whose noise scales
-                log.debug("noise control for %s not applied: %s", backend, error)
+        if backend in runtime.registry.names():  # one whose noise does not scale: logged there
+            apply_noise_control(runtime.registry, runtime.controls, backend)
     elif key.startswith(DRIFT):
         runtime.drifted(key.removeprefix(DRIFT))
     elif key.startswith(SPEND):
