@@ -28,6 +28,12 @@ class BrokerTimeout(QlaneError):
     retryable = True
 
 
+class UnknownTenant(PermanentError):
+    """The tenant's job topic does not exist, so no worker reads it: its jobs would wait for
+    nothing (and a broker that creates topics on first use would make it). An operator adds
+    the tenant with `qlane tenant add` and names it in the workers' QLANE_TENANTS."""
+
+
 def remote_error(detail: str) -> QlaneError:
     """The typed error for a failure detail "ErrorClass: message" read from Kafka."""
     name, _, message = detail.partition(": ")
@@ -37,5 +43,5 @@ def remote_error(detail: str) -> QlaneError:
     return cls(message or name)
 
 
-__all__ = ["BrokerTimeout", "JobCancelled", "RemoteJobFailed", "ResultTimeout", "remote_error",
-           "errors"]
+__all__ = ["BrokerTimeout", "JobCancelled", "RemoteJobFailed", "ResultTimeout", "UnknownTenant",
+           "remote_error", "errors"]

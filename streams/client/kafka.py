@@ -14,7 +14,14 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
-from streams.kafka.compat import assign_settled, stop_consumer, stop_quietly, topic_partitions
+from streams.client.errors import UnknownTenant
+from streams.kafka.compat import (
+    assign_settled,
+    listed_partitions,
+    stop_consumer,
+    stop_quietly,
+    topic_partitions,
+)
 from streams.kafka.security import detect_profile, kafka_options
 from streams.kafka.tenants import tenant_ids, topic_tenant
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
@@ -128,6 +135,7 @@ class Client:
             self.results_topics.append(tenant_topic(settings.topic_prefix, "results", tenant))
         self.producer: AIOKafkaProducer | None = None
         self.watcher: AIOKafkaConsumer | None = None
+        self._tenant_topics_found: set[str] = set()
 
     async def __aenter__(self) -> Client:
         self.settings = await detect_profile(self.settings)  # its readers' isolation level
@@ -188,12 +196,30 @@ class Client:
         if topic is None:
             topic = self.jobs_topic(None, lane_for_priority(record.get("priority") or 0))
         own_ids(self.settings, topic, record["workflow_id"])
+        await self._check_tenant_topic(topic)
         await self.producer.send_and_wait(topic, value=value, key=record["workflow_id"].encode())
         return topic
+
+    async def _check_tenant_topic(self, topic: str) -> None:
+        """UnknownTenant, before sending, for a tenant's job topic that does not exist.
+
+        A send to it waited for a topic no worker reads (Apache Kafka's default
+        auto.create.topics.enable, and the embedded broker, create it on first use with
+        their own partition count): a mistyped tenant ended on the client's ResultTimeout."""
+        tenant = topic_tenant(self.settings.topic_prefix, topic)
+        if tenant is None or topic in self._tenant_topics_found:
+            return
+        if not await listed_partitions(self.producer.client, topic):
+            raise UnknownTenant(
+                f"tenant {tenant[:80]!r} has no job topic {topic[:200]!r}, "
+                f"so no worker reads it: an operator adds it with `qlane tenant add` and names "
+                f"it in the workers' QLANE_TENANTS")
+        self._tenant_topics_found.add(topic)
 
     async def cancel(self, workflow_id: str, tenant: str | None = None, reason: str = "") -> None:
         """Send a JobCancel on the high lane of the tenant's job topics, to overtake queues."""
         own_ids(self.settings, self.jobs_topic(tenant, "high"), workflow_id)
+        await self._check_tenant_topic(self.jobs_topic(tenant, "high"))
         value = codec("JobCancel").encode(
             {"workflow_id": workflow_id, "reason": reason,
              "requested_at_ms": int(time.time() * 1000)}

@@ -55,6 +55,13 @@ async def stop_consumer(consumer) -> None:
         await consumer._client.close()
 
 
+async def listed_partitions(client, topic: str) -> set[int]:
+    """The topic's partition ids in a metadata answer for all topics (empty: no such topic),
+    asked so that no broker creates the topic (Tansu, or Kafka's auto.create.topics.enable)."""
+    cluster = await client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())
+
+
 async def topic_partitions(consumer, topic: str) -> set[int]:
     """The topic's partition ids, or an empty set when the topic does not exist.
 
@@ -67,8 +74,7 @@ async def topic_partitions(consumer, topic: str) -> set[int]:
     if known:
         return set(known)
     client = consumer._client
-    cluster = await client.fetch_all_metadata()
-    partitions = set(cluster.partitions_for_topic(topic) or ())
+    partitions = await listed_partitions(client, topic)
     if partitions:
         # The consumer's own metadata must hold the topic too, or its offset lookups answer
         # for partitions it cannot place (an empty read, seen one time in two).

@@ -11,6 +11,8 @@ from qiskit import QuantumCircuit
 from schemas.codec import codec
 from streams.client import Client, Estimator, job_request
 from streams.client.commands import cancel_workflow
+from streams.client.errors import UnknownTenant
+from streams.kafka.compat import listed_partitions
 from streams.kafka.topics import ensure_topics, job_topic
 from tests.support import (
     BELL,
@@ -295,3 +297,22 @@ def test_a_cancel_with_no_status_topic_to_read_is_refused_clearly(broker_address
     bare = session_settings(*broker_address, tag="nostatus")
     with pytest.raises(ValueError, match="no status topic to read the answer from"):
         asyncio.run(cancel_workflow(bare, "wf-nowhere", timeout_s=10))
+
+
+def test_a_job_for_a_tenant_without_topics_is_refused_before_it_is_sent(tenant_settings):
+    """A mistyped tenant's job went to a topic no worker reads, which the embedded broker
+    (and Kafka's default auto.create.topics.enable) made on first use, and the client waited
+    for its ResultTimeout; now UnknownTenant before anything is sent, and no topic is made."""
+    prefix = tenant_settings.topic_prefix
+    ghost_topic = job_topic(prefix, "ghost")
+    job = job_request(workflow_id="ghost.wf-typo", circuit=BELL, shots=10, tenant="ghost")
+
+    async def go():
+        async with Client(tenant_settings, tenant="ghost") as client:
+            with pytest.raises(UnknownTenant, match="qlane tenant add"):
+                await client.submit(job, ghost_topic)
+            with pytest.raises(UnknownTenant, match="ghost"):
+                await client.cancel("ghost.wf-typo", "ghost")
+            return await listed_partitions(client.producer.client, ghost_topic)
+
+    assert asyncio.run(go()) == set()
