@@ -225,6 +225,45 @@ def test_an_adaptive_estimator_refuses_mitigation_it_would_not_apply(mitigation)
         estimator.run([(circuit, "ZZ")])
 
 
+def test_a_pub_result_says_what_mitigation_ran_and_when_its_stds_leave_something_out():
+    """Random folding at factors 1, 1.5, 2: the stds were a fifth of the run-to-run spread,
+    and the PubResult's metadata held no mitigation report to say so (a red-team run)."""
+    circuit = QuantumCircuit(1)
+    circuit.x(0)
+    pub = EstimatorPub.coerce((circuit, "Z"), 0.1)
+    request, grids = Estimator(settings=Settings())._request("job", 0, pub)
+    scope = "shot noise of this job's random fold only, not the spread between folds"
+    result = {"workflow_id": "job.0", "circuits": [],
+              "expectations": [{"parameter_set_index": 0, "observable_index": 0,
+                                "value": -1.0, "std_error": 0.01}],
+              "mitigation": {"technique": "zne", "overhead_circuits": 2, "overhead_shots": 200,
+                             "parameters": {"folding": "random_gates",
+                                            "scale_factors": "1.0,1.5,2.0",
+                                            "std_error_scope": scope}}}
+    metadata = estimator_pub_result(pub, grids, result).metadata
+    assert metadata["std_error_scope"] == scope
+    assert metadata["mitigation"]["technique"] == "zne"
+    assert metadata["mitigation"]["parameters"]["folding"] == "random_gates"
+    result["mitigation"] = {"technique": "none", "parameters": {}}
+    plain = estimator_pub_result(pub, grids, result).metadata
+    assert "mitigation" not in plain and "std_error_scope" not in plain
+
+
+def test_an_estimator_warns_at_run_when_random_folding_leaves_the_folds_out_of_its_stds():
+    import warnings
+
+    circuit = QuantumCircuit(1)
+    circuit.x(0)
+    partial = {"zne": {"scale_factors": [1, 1.5, 2], "folding": "random_gates"}}
+    with pytest.warns(RuntimeWarning, match="not the spread between folds"):
+        Estimator("127.0.0.1:1", mitigation=partial, timeout_s=1).run([(circuit, "Z")])
+    for covered in ({"zne": {"scale_factors": [1, 3, 5], "folding": "random_gates"}},
+                    {"zne": {"scale_factors": [1, 1.5, 2]}}, {"readout": True}, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Estimator("127.0.0.1:1", mitigation=covered, timeout_s=1).run([(circuit, "Z")])
+
+
 def test_gates_the_exporter_cannot_spell_are_sent_decomposed_or_refused_typed():
     """An Isometry needs five levels of definitions before OpenQASM 3 can spell it; it
     escaped run() as the exporter's own QASM3ExporterError."""
