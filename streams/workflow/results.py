@@ -174,9 +174,10 @@ def check_result_floor(prepared, limit: int):
     if not fits_a_record(floor, limit):
         raise ResultTooLarge(
             f"the result would be at least {floor} bytes whatever its counts (each circuit's "
-            "parameter values, basis and register names, each expectation's observable), "
-            f"more than a record may be ({limit} bytes): fewer circuits, registers or "
-            "parameter sets, or shorter register names")
+            "parameter values, basis, register names and one bitstring of its classical "
+            f"bits, each expectation's observable), more than a record may be ({limit} "
+            "bytes): fewer circuits, classical bits, registers or parameter sets, or shorter "
+            "register names")
     return prepared
 
 

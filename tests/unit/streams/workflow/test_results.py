@@ -120,8 +120,35 @@ def test_a_result_whose_register_layout_alone_is_too_large_is_refused_before_it_
     assert check_result_floor(narrow, LIMIT) is narrow
 
 
+def test_a_result_whose_bitstrings_alone_are_too_large_is_refused_before_it_runs():
+    """715 parameter sets of a circuit with a 1,024-bit register, 1 shot each: every circuit
+    has one 1,024-character bitstring at the least, which the floor left out; the job ran,
+    was charged $2.68, then failed as a 1,012,852-byte entry (a red-team run)."""
+    from streams.workflow.results import check_result_floor
+    from workers.backends.registry import BackendRegistry
+    from workers.circuits.sandbox import Prepared
+    from workers.circuits.transpile import TranspileCache
+    from workers.execution.preparation import prepare
+    from workers.limits import Limits
+
+    def prepared_with(sets: int) -> Prepared:
+        program = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] theta;\n'
+                   "qubit[1] q;\nbit[1024] c;\nrx(theta) q[0];\nc[0] = measure q[0];\n")
+        spec = JobSpec.from_record({"workflow_id": "wf", "circuit": program,
+                                    "circuit_format": "qasm3", "shots": 1,
+                                    "parameter_sets": [[0.001 * k] for k in range(sets)]})
+        return Prepared.of(prepare(spec, BackendRegistry(), TranspileCache(), Limits()))
+
+    wide = prepared_with(715)
+    assert wide.result_floor_bytes > 715 * 1024
+    with pytest.raises(ResultTooLarge, match="whatever its counts"):
+        check_result_floor(wide, LIMIT)
+    few = prepared_with(100)
+    assert check_result_floor(few, LIMIT) is few
+
+
 @pytest.mark.parametrize(("registers", "sets", "observable"), [
-    (64, 20, None), (1, 10, None), (3, 5, "XZ"), (1, 1, "Z")])
+    (64, 20, None), (1, 10, None), (3, 5, "XZ"), (1, 1, "Z"), (300, 3, None)])
 def test_a_results_floor_is_never_above_the_encoded_result(registers, sets, observable):
     """A floor of 12 bytes a register and 24 a circuit refused a legal 470 KB result (64
     registers over 1,000 parameter sets) as at least 982 KB (a red-team run)."""
