@@ -16,13 +16,39 @@ DEAD_LETTER_HEADER = "qlane.replay.dead-letter"
 COPY_HEADERS = (REPLAY_HEADER, REROUTED_HEADER)
 
 
+# A record's address is `topic:partition:offset`: a topic name has at most 249 characters,
+# a partition fits an int32 and an offset an int64.
+MAX_TOPIC_CHARS = 249
+MAX_ADDRESS_BYTES = MAX_TOPIC_CHARS + 2 + 10 + 19
+
+
+def parse_address(value: bytes | None) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of a record's address, or None for a value that is not one.
+    A copy header's value is the producer's: a forged one of 999,500 bytes went into the
+    workflow's table entry and its dead letters, past the producer's limit (a red-team run)."""
+    if not value or len(value) > MAX_ADDRESS_BYTES:
+        return None
+    parts = value.decode(errors="replace").rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    topic, partition, offset = parts
+    if not (topic and partition.isascii() and partition.isdigit() and offset.isascii()
+            and offset.isdigit()):
+        return None
+    if int(partition) >= 2**31 or int(offset) >= 2**63:
+        return None
+    return topic, int(partition), int(offset)
+
+
 def copied_from(record) -> str | None:
     """The address of the record this one is a copy of, if it is: made by an earlier replay,
     or by a worker that moved a job to its key's partition (its original stays where it
     was, so a replay selecting both reran the job twice: a red-team run). The nearest origin
-    is the last such header: a copy keeps the headers of what it copies."""
-    values = [v for k, v in (record.headers or ()) if k in COPY_HEADERS]
-    return values[-1].decode(errors="replace") if values else None
+    is the last such header that is an address: a copy keeps the headers of what it copies."""
+    for name, value in reversed(record.headers or ()):
+        if name in COPY_HEADERS and (found := parse_address(value)) is not None:
+            return "{}:{}:{}".format(*found)
+    return None
 
 
 def origin_on_its_topic(record) -> str | None:

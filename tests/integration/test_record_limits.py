@@ -165,3 +165,34 @@ def test_a_staged_job_whose_counts_do_not_fit_the_mitigate_topic_is_finished_in_
                if record.key == job["workflow_id"].encode()]
     assert len(charges) == 1
     assert staged_worker.poll() is None
+
+
+def test_a_job_with_a_forged_copy_header_of_a_megabyte_runs_once_and_the_worker_goes_on(
+        staged_settings, staged_worker):
+    """A `qlane.replay.source` of 999,500 bytes naming the job's own topic was kept as the
+    workflow's origin: on the staged path the result's table entry passed the limit, its dead
+    letter too, and the worker stopped with the job charged, its last status `executing`
+    and no result or dead letter (a red-team run). Not an address, it is no copy header."""
+    settings = staged_settings
+    job = bell_job("forged-origin")
+    forged = f"{settings.topic_prefix}.jobs:".encode() + b"7" * 999_000 + b":0"
+
+    def send():
+        async def go():
+            producer = AIOKafkaProducer(**kafka_options(settings), max_request_size=1_048_576)
+            await producer.start()
+            try:
+                await producer.send_and_wait(
+                    f"{settings.topic_prefix}.jobs", value=codec("JobRequest").encode(job),
+                    key=job["workflow_id"].encode(), headers=[("qlane.replay.source", forged)])
+            finally:
+                await producer.stop()
+
+        asyncio.run(go())
+
+    outcome = wait_for_results(settings, [job], send)[job["workflow_id"]]
+    assert outcome.state == "done", outcome
+    charges = [record for record in topic_records(settings, "cost", timeout_s=5)
+               if record.key == job["workflow_id"].encode()]
+    assert len(charges) == 1
+    assert staged_worker.poll() is None

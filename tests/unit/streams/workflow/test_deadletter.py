@@ -73,6 +73,22 @@ def test_what_does_not_fit_the_producer_is_left_out_and_named():
     assert record_bytes(key, kept, headers) <= 1_000_000
 
 
+def test_a_dead_letter_whose_own_headers_pass_the_limit_is_cut_and_still_sent():
+    """A forged 999,500-byte copy header went into a workflow's entry and its dead stage
+    record's `qlane.dlq.job.origin`: with value, original headers and key left out, the dead
+    letter still passed the limit, and its send (no key, no value) stopped the worker with
+    the record committed: the job was charged, and no status, result or dead letter came."""
+    ours = [("qlane.dlq.source.offset", b"41"), ("qlane.dlq.job.origin", b"o" * 999_500)]
+    key, kept, headers = fit_dead_letter(b"wf-1", b"v" * 10_000, [("trace", b"t"), *ours],
+                                         1_000_000)
+    assert record_bytes(key, kept, headers) <= 1_000_000
+    assert key is not None or kept is not None
+    found = dict(headers)
+    assert found["qlane.dlq.source.offset"] == b"41"
+    assert found["qlane.dlq.job.origin"] == b"o" * 1024
+    assert b"headers qlane.dlq.job.origin" in found[OMITTED_HEADER]
+
+
 def test_a_result_must_fit_a_record_as_itself_and_as_stored_in_its_table_entry():
     check_result_fits(b"r" * 700_000, 1_000_000)
     with pytest.raises(ResultTooLarge, match="as stored in its table entry"):
