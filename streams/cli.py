@@ -299,6 +299,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).by_short_name(args.topic)
+    prefixed = f"{settings.topic_prefix}.{args.topic}"
+    if (topic == args.topic and not topic.startswith(f"{settings.topic_prefix}.")
+            and schema_of_topic(settings.topic_prefix, prefixed) is not None):
+        topic = prefixed  # a tenant's topic by its short name: status.acme, jobs.acme-high
     short = topic.removeprefix(f"{settings.topic_prefix}.")
     schema = schema_of_topic(settings.topic_prefix, topic)
 
@@ -325,8 +329,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return line
 
     async def go() -> int:
+        # read_committed on Kafka, as every reader of qlane's outcomes must: read
+        # uncommitted, a worker killed mid-transaction showed a result, a cost and a `done`
+        # twice, the aborted copies beside the committed ones (a red-team run).
         consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
-                                    enable_auto_commit=False)
+                                    enable_auto_commit=False,
+                                    isolation_level=settings.isolation_level)
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p)
@@ -583,7 +591,8 @@ def parser() -> argparse.ArgumentParser:
 
     tail = commands.add_parser("tail", help="print a topic's events as JSON lines")
     add_connection_options(tail)
-    tail.add_argument("topic", help="e.g. results, status, deadletter or a full topic name")
+    tail.add_argument("topic", help="e.g. results, status, deadletter, status.TENANT or a full "
+                                    "topic name")
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int, default=0, help="stop after N events")
     tail.add_argument("--timeout", type=float, default=0, help="stop after S seconds")

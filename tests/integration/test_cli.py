@@ -123,3 +123,39 @@ async def _topic_names(settings) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+def test_tail_reads_a_tenants_topic_by_its_short_name_and_only_what_was_committed(settings):
+    """`qlane tail status.t2` said "no such topic", and on Kafka tail read uncommitted: a
+    worker killed mid-transaction showed a result, a cost and a `done` twice (a red-team
+    run)."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka.security import kafka_options
+
+    tenant = f"tail{uuid.uuid4().hex[:6]}"
+    asyncio.run(ensure_topics(settings.model_copy(update={"tenants": [tenant]})))
+    topic = tenant_topic(settings.topic_prefix, "status", tenant)
+
+    async def produce():
+        if settings.profile == "kafka":
+            aborted = AIOKafkaProducer(**kafka_options(settings),
+                                       transactional_id=f"tail-test-{tenant}")
+            await aborted.start()
+            try:
+                await aborted.begin_transaction()
+                await aborted.send_and_wait(topic, key=b"aborted", value=b"x")
+                await aborted.abort_transaction()
+            finally:
+                await aborted.stop()
+        kept = AIOKafkaProducer(**kafka_options(settings))
+        await kept.start()
+        try:
+            await kept.send_and_wait(topic, key=b"kept", value=b"y")
+        finally:
+            await kept.stop()
+
+    asyncio.run(produce())
+    tail = qlane(settings, "tail", f"status.{tenant}", "--from-beginning", "--timeout", "5")
+    assert tail.returncode == 0, tail.stderr
+    assert [json.loads(line)["key"] for line in tail.stdout.splitlines()] == ["kept"]
