@@ -150,10 +150,7 @@ class EarlierCopies:
     def __init__(self) -> None:
         self.runs: dict[tuple[str, int], list[list[int]]] = {}
         self.waiting: list = []
-        # (job record, workflow id) of each dead letter sent: a `--rerun` copy of a job
-        # record is another workflow (its dead letter was skipped as its parent's, and no
-        # replay of the whole topic ever sent it back; a red-team run).
-        self.dead_jobs: set[tuple[str, bytes | None]] = set()
+        self.dead_jobs: set[str] = set()  # job records a dead letter sent stands for
 
     def now(self, record) -> bool:
         """Whether to handle `record` now (else it is a copy: skipped, or `waiting`)."""
@@ -194,8 +191,7 @@ class EarlierCopies:
 
     def repeated_job(self, record) -> str | None:
         """Why a dead letter is not sent: another one this replay sends stands for the same
-        job record under the same workflow id (its key). A job replayed and dead-lettered
-        again left a second dead letter (its
+        job record. A job replayed and dead-lettered again left a second dead letter (its
         `qlane.replay.source` names the job record the first one came from); both went
         back, and each further round added one more (6 dead letters of one bad job; a
         red-team run). None for the first, and for any record that is not a dead letter.
@@ -207,9 +203,9 @@ class EarlierCopies:
         job = dead_job_record(record)
         if job is None:
             return None
-        if (job, record.key) in self.dead_jobs:
+        if job in self.dead_jobs:
             return f"a dead letter of {job}, as one this replay sends"
-        self.dead_jobs.add((job, record.key))
+        self.dead_jobs.add(job)
         return None
 
 

@@ -369,23 +369,3 @@ def test_a_dead_letter_of_a_replayed_copy_goes_back_once_with_the_first_one():
     assert copies_left([first, of_the_copy, other_job]) == [first, other_job]
     assert copies_left([of_the_copy, first]) == [first]  # the copy's waits for the others
     assert copies_left([of_the_copy]) == [of_the_copy]  # the first one not selected
-
-
-def test_the_dead_letter_of_a_rerun_goes_back_beside_its_parents():
-    """A `--rerun` copy of a dead job is another workflow: its dead stage record names the
-    job record it copies (qlane.dlq.job.origin) as the parent's names it, and every replay of
-    the whole dead-letter topic skipped it as the parent's (a red-team run)."""
-    parent = record(NAMES.deadletter, request_bytes(), offset=8, headers=[
-        ("qlane.dlq.source.topic", NAMES.mitigate.encode()),
-        ("qlane.dlq.source.partition", b"0"), ("qlane.dlq.source.offset", b"3"),
-        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
-        ("qlane.dlq.job.record", f"{NAMES.jobs}:2:2".encode())])
-    rerun = record(NAMES.deadletter, request_bytes("wf-1.rerun-7f9235d6"), offset=10,
-                   key=b"wf-1.rerun-7f9235d6", headers=[
-        ("qlane.dlq.source.topic", NAMES.mitigate.encode()),
-        ("qlane.dlq.source.partition", b"0"), ("qlane.dlq.source.offset", b"5"),
-        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
-        ("qlane.dlq.job.record", f"{NAMES.jobs}:2:9".encode()),
-        ("qlane.dlq.job.origin", f"{NAMES.jobs}:2:2".encode())])
-    assert copies_left([parent, rerun]) == [parent, rerun]
-    assert copies_left([rerun, parent]) == [parent, rerun]
