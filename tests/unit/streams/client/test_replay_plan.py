@@ -369,3 +369,25 @@ def test_a_dead_letter_of_a_replayed_copy_goes_back_once_with_the_first_one():
     assert copies_left([first, of_the_copy, other_job]) == [first, other_job]
     assert copies_left([of_the_copy, first]) == [first]  # the copy's waits for the others
     assert copies_left([of_the_copy]) == [of_the_copy]  # the first one not selected
+
+
+def test_the_dead_letter_of_a_rerun_goes_back_once_with_its_parents():
+    """A `--rerun` copy is another workflow of the same job record: its dead letter names
+    that record (qlane.dlq.job.origin) under its new id. Sent back beside its parent's, each
+    `replay deadletter --rerun` reran every earlier rerun too: 1, 2, 4, 8 reruns of one job
+    in four replays (a red-team run against a fix that keyed them by workflow id too)."""
+    parent = record(NAMES.deadletter, request_bytes(), offset=8, headers=[
+        ("qlane.dlq.source.topic", NAMES.mitigate.encode()),
+        ("qlane.dlq.source.partition", b"0"), ("qlane.dlq.source.offset", b"3"),
+        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
+        ("qlane.dlq.job.record", f"{NAMES.jobs}:2:2".encode())])
+    rerun = record(NAMES.deadletter, request_bytes("wf-1.rerun-7f9235d6"), offset=10,
+                   key=b"wf-1.rerun-7f9235d6", headers=[
+        ("qlane.dlq.source.topic", NAMES.mitigate.encode()),
+        ("qlane.dlq.source.partition", b"0"), ("qlane.dlq.source.offset", b"5"),
+        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
+        ("qlane.dlq.job.record", f"{NAMES.jobs}:2:9".encode()),
+        ("qlane.dlq.job.origin", f"{NAMES.jobs}:2:2".encode())])
+    assert copies_left([parent, rerun]) == [parent]
+    assert copies_left([rerun, parent]) == [parent]
+    assert copies_left([rerun]) == [rerun]  # its parent's not selected: it goes back
