@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -33,6 +34,10 @@ from workers.errors import InvalidJob, UndecodableRecord
 from workers.variational.loop import STOPPED_BY_CANCEL
 
 log = logging.getLogger("qlane")
+
+# How often, and how far apart, a tenant's job topic is looked up before UnknownTenant.
+TOPIC_LOOKUPS = 3
+TOPIC_LOOKUP_PAUSE_S = 0.5
 
 REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
@@ -209,7 +214,14 @@ class Client:
         tenant = topic_tenant(self.settings.topic_prefix, topic)
         if tenant is None or topic in self._tenant_topics_found:
             return
-        if not await listed_partitions(self.producer.client, topic):
+        for attempt in range(TOPIC_LOOKUPS):
+            if await listed_partitions(self.producer.client, topic):
+                break
+            # A topic just created can be left out of a metadata answer while its leaders
+            # are elected (LEADER_NOT_AVAILABLE): asked again before it is refused.
+            if attempt + 1 < TOPIC_LOOKUPS:
+                await asyncio.sleep(TOPIC_LOOKUP_PAUSE_S)
+        else:
             raise UnknownTenant(
                 f"tenant {tenant[:80]!r} has no job topic {topic[:200]!r}, "
                 f"so no worker reads it: an operator adds it with `qlane tenant add` and names "

@@ -33,3 +33,33 @@ def test_the_client_refuses_another_tenants_id_before_sending():
                                   client.jobs_topic("acme")))
     with pytest.raises(ValueError):
         asyncio.run(client.cancel("x", "acme"))
+
+
+def test_a_tenant_topic_missing_from_one_metadata_answer_is_asked_for_again(monkeypatch):
+    """A topic just created can be missing from a metadata answer while its leaders are
+    elected: one miss is no UnknownTenant; three are, and nothing is cached for them."""
+    from types import SimpleNamespace
+
+    import streams.client.kafka as client_module
+    from streams.client.errors import UnknownTenant
+
+    answers = iter([set(), {0, 1, 2, 3}])
+    asked = []
+
+    async def listed(_client, topic):
+        asked.append(topic)
+        return next(answers, set())
+
+    monkeypatch.setattr(client_module, "listed_partitions", listed)
+    monkeypatch.setattr(client_module, "TOPIC_LOOKUP_PAUSE_S", 0)
+    client = Client(SETTINGS, tenant="acme")
+    client.producer = SimpleNamespace(client=None)
+    asyncio.run(client._check_tenant_topic("qlane.jobs.acme"))
+    assert asked == ["qlane.jobs.acme"] * 2
+    asyncio.run(client._check_tenant_topic("qlane.jobs.acme"))  # found once: kept
+    assert len(asked) == 2
+    with pytest.raises(UnknownTenant):
+        asyncio.run(client._check_tenant_topic("qlane.jobs.ghost"))
+    assert asked[2:] == ["qlane.jobs.ghost"] * 3
+    asyncio.run(client._check_tenant_topic("qlane.jobs"))  # the shared topic: not asked
+    assert len(asked) == 5
