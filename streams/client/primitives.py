@@ -698,7 +698,6 @@ class Estimator(_Primitive, BaseEstimatorV2):
         sent = [(i, pub) for i, pub in enumerate(coerced) if not is_empty(pub)]
         prepared = [self._request(job_id, i, pub) for i, pub in sent]
         kept = [pub for _, pub in sent]
-        warn_if_stds_are_partial(self._options.mitigation)
         if self._adaptive:
             from streams.client.adaptive import AdaptiveOptions, adaptive_plan
 
@@ -771,8 +770,8 @@ def estimator_pub_result(pub: EstimatorPub, grids, result: dict) -> PubResult:
 
 def mitigation_metadata(result: dict) -> dict:
     """The JobResult's mitigation report, when a technique was applied: `mitigation`
-    (technique and parameters) and, when the stds do not cover every source of error,
-    `std_error_scope` (random folding at a factor that is not an odd integer: the stds were
+    (technique and parameters) and, from a worker whose stds leave a source of error out,
+    `std_error_scope` (one random fold per factor that is not an odd integer: the stds were
     a fifth of the run-to-run spread, and nothing in the PubResult said so; a red-team run)."""
     report = result.get("mitigation") or {}
     if report.get("technique", "none") == "none":
@@ -783,16 +782,3 @@ def mitigation_metadata(result: dict) -> dict:
         found["std_error_scope"] = parameters["std_error_scope"]
     return found
 
-
-def warn_if_stds_are_partial(mitigation: dict | None) -> None:
-    """A RuntimeWarning, at run(), for mitigation whose stds leave out a source of error."""
-    zne_options = (mitigation or {}).get("zne") or {}
-    factors = zne_options.get("scale_factors") or ()
-    if zne_options.get("folding") == "random_gates" and any(
-            not (float(f).is_integer() and int(f) % 2 == 1) for f in factors):
-        warnings.warn(
-            "random gate folding at a scale factor that is not an odd integer: the stds "
-            "measure the shot noise of the one random fold each workflow draws, not the "
-            "spread between folds (several times larger; docs/mitigation.md); use odd "
-            "factors or global folding for stds that cover it",
-            RuntimeWarning, stacklevel=3)

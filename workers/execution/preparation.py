@@ -76,6 +76,9 @@ class CircuitTask:
 # two ints, a length), at the least: a floor, never above the encoded result (24 and 12 a
 # register refused a 470 KB result as at least 982 KB: a red-team run).
 CIRCUIT_RESULT_BYTES = 14
+# Random folds run per scale factor whose fold is drawn (random gate folding at a factor that
+# is not an odd integer), each with the job's shots: their spread enters the standard error.
+RANDOM_FOLDS = 8
 EXPECTATION_RESULT_BYTES = 34
 
 
@@ -267,7 +270,10 @@ def prepare(
     scales = [1.0]
     if mitigation.zne is not None:
         scales += [s for s in mitigation.zne.scale_factors if s != 1.0]
-    check_circuit_count(len(parameter_sets) * len(logical) * len(scales), limits)
+    # (scale factor, fold) per block of templates, one template per basis in each
+    blocks = [(scale, fold) for scale in scales
+              for fold in range(folds_at(mitigation.zne, scale) if scale != 1.0 else 1)]
+    check_circuit_count(len(parameter_sets) * len(logical) * len(blocks), limits)
 
     transpiled = [cache.transpile(c, backend) for c in logical]
     templates = [template for template, _ in transpiled]
@@ -277,13 +283,14 @@ def prepare(
     if mitigation.zne is not None:
         for template in templates:
             zne.check_foldable(template)
-        for scale_index, scale in enumerate(scales[1:], start=1):
+        for scale, fold in blocks[1:]:
+            scale_index = scales.index(scale)
             for basis_index, template in enumerate(transpiled):
                 folded, reached_scale = cache.fold(
                     template[0],
                     scale,
                     mitigation.zne.folding,
-                    seed=[fold_seed, scale_index, basis_index],
+                    seed=[fold_seed, scale_index, basis_index] + ([fold] if fold else []),
                 )
                 templates.append(folded)
                 reached.append(reached_scale)
@@ -300,9 +307,11 @@ def prepare(
             else measure_calibration(backend)
         )
 
+    # Block by block: a scale's folds follow one another, each with every parameter set and
+    # basis (combine.py tells the folds apart by that order).
     tasks = [
-        CircuitTask(scale_index * len(bases) + index, set_index, tuple(values), basis, scale)
-        for scale_index, scale in enumerate(scales)
+        CircuitTask(block_index * len(bases) + index, set_index, tuple(values), basis, scale)
+        for block_index, (scale, _) in enumerate(blocks)
         for set_index, values in enumerate(parameter_sets)
         for index, basis in enumerate(bases)
     ]
@@ -325,6 +334,16 @@ def prepare(
         reached_scales=tuple(reached),
         dd_applied=dd_applied,
     )
+
+
+def folds_at(options, scale: float) -> int:
+    """How many random folds a scale factor runs: RANDOM_FOLDS for random gate folding at a
+    factor that is not an odd integer, whose choice of gates moves the value by more than
+    the shots' error (one fold per job gave stds a fifth of the run-to-run spread: a red-team
+    run), so the job averages folds and measures their spread; else 1 (the fold is fixed)."""
+    if options is None or options.folding != "random_gates" or zne.odd_integer(scale):
+        return 1
+    return RANDOM_FOLDS
 
 
 def _checked_mitigation(spec: JobSpec) -> MitigationSpec:

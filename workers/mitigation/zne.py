@@ -100,6 +100,12 @@ def two_qubit_gate_count(circuit: QuantumCircuit) -> int:
     return sum(1 for i in circuit.data if len(i.qubits) == 2 and i.operation.name not in _SKIPPED)
 
 
+def odd_integer(scale_factor: float) -> bool:
+    """Whether folding reaches `scale_factor` by whole folds of every gate (U (U^-1 U)^k),
+    the same circuit whatever the seed."""
+    return float(scale_factor).is_integer() and int(scale_factor) % 2 == 1
+
+
 def fold(
     circuit: QuantumCircuit, scale_factor: float, method: str, seed: int | Sequence[int] = 0
 ) -> tuple[QuantumCircuit, float]:

@@ -18,7 +18,7 @@ from workers.circuits.fingerprint import structural_hash
 from workers.circuits.measurement import basis_circuit, without_final_measurements
 from workers.circuits.transpile import TranspileCache
 from workers.errors import InvalidJob
-from workers.execution.preparation import PreparedJob, execute, prepare
+from workers.execution.preparation import RANDOM_FOLDS, PreparedJob, execute, prepare
 from workers.jobs import JobSpec, MitigationSpec, ZneSpec, parse_observable
 from workers.limits import Limits
 from workers.mitigation import zne
@@ -312,6 +312,48 @@ def test_random_folding_follows_the_workflow_seed(noisy) -> None:
         fold_seed=one.fold_seed,
     )
     assert shapes(explicit) == shapes(one)
+
+
+def test_a_drawn_fold_is_run_several_times_and_a_fixed_one_once(noisy) -> None:
+    """Random folding at 1.5 and 2 draws which gates get one more fold: RANDOM_FOLDS folds
+    each, every parameter set and basis, fold after fold; at 3 (odd) the fold is fixed."""
+    mitigation = MitigationSpec(zne=ZneSpec((1.0, 1.5, 2.0, 3.0), "random_gates", "linear"))
+    prepared = prepare(estimator_job(mitigation, workflow_id="wf-folds"), noisy,
+                       TranspileCache(), Limits())
+    by_scale: dict[float, list] = {}
+    for task in prepared.tasks:
+        by_scale.setdefault(task.scale_factor, []).append(task)
+    per_fold = len(by_scale[1.0])
+    assert [len(by_scale[s]) for s in (1.5, 2.0, 3.0)] == [
+        RANDOM_FOLDS * per_fold, RANDOM_FOLDS * per_fold, per_fold]
+    drawn = [shapes(prepared)[t.template_index] for t in by_scale[2.0][::per_fold]]
+    assert len(set(drawn)) == RANDOM_FOLDS  # each fold its own choice of gates
+    assert [(t.parameter_set_index, t.basis) for t in by_scale[2.0][per_fold:2 * per_fold]] \
+        == [(t.parameter_set_index, t.basis) for t in by_scale[1.0]]
+    global_folds = prepare(
+        estimator_job(MitigationSpec(zne=ZneSpec((1.0, 1.5, 2.0), "global", "linear")),
+                      workflow_id="wf-folds"), noisy, TranspileCache(), Limits())
+    assert len(global_folds.tasks) == 3 * per_fold
+
+
+def test_folds_are_averaged_with_their_spread_in_the_standard_error() -> None:
+    from workers.mitigation.combine import _fold_average
+    from workers.mitigation.estimation import ExpectationEstimate
+
+    def folds(values, std_error):
+        return [[ExpectationEstimate(0, 0, value, std_error, {(3, 0): 0.5 * k})]
+                for k, value in enumerate(values, start=1)]
+
+    spread_out = _fold_average(folds([0.2, 0.6, 0.4, 0.8], 0.01))[0]
+    assert spread_out.value == pytest.approx(0.5)
+    sample_variance = np.var([0.2, 0.6, 0.4, 0.8], ddof=1)
+    assert spread_out.std_error == pytest.approx(math.sqrt(sample_variance / 4))
+    assert spread_out.readout_gradient == {(3, 0): pytest.approx(0.5 * 2.5)}
+    # Folds that agree better than their shots: the shots' error, never less.
+    agreeing = _fold_average(folds([0.50, 0.5001, 0.4999, 0.5], 0.05))[0]
+    assert agreeing.std_error == pytest.approx(math.sqrt(0.05**2 / 4))
+    single = folds([0.3], 0.02)
+    assert _fold_average(single) is single[0]
 
 
 def shapes(prepared: PreparedJob) -> list[str]:
@@ -677,6 +719,7 @@ def test_prepare_execute_mitigate_twice_is_identical() -> None:
     assert outcome_a == outcome_b
     assert outcome_a.report["technique"] == "zne+readout"
     assert outcome_a.report["parameters"]["exponential_fallbacks"].isdigit()
-    # a random fold at factor 2: the SE does not cover the spread between folds, and says so
-    assert "random fold only" in outcome_a.report["parameters"]["std_error_scope"]
+    # a random fold at factor 2: several are averaged and their spread is in the SE
+    assert outcome_a.report["parameters"]["random_folds"] == str(RANDOM_FOLDS)
+    assert "std_error_scope" not in outcome_a.report["parameters"]
     assert PreparedJob.from_bytes(bytes_a).tasks == PreparedJob.from_bytes(bytes_b).tasks
