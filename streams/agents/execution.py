@@ -23,7 +23,13 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from fallback.classical import run_classical
 from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
-from streams.agents.common import StageFailure, in_thread, in_thread_timed, vet_prepared
+from streams.agents.common import (
+    StageFailure,
+    in_thread,
+    in_thread_timed,
+    load_prepared,
+    vet_prepared,
+)
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.settings import SIMULATOR_PROCESS_MIN_CORES
@@ -130,7 +136,10 @@ async def decode_job(runtime: Runtime, source: SourceRecord) -> Job:
     try:
         request = codec("JobRequest").decode(task["request"])
         await vet_prepared(runtime, task["prepared"])
-        prepared = PreparedJob.from_bytes(task["prepared"])
+        prepared = await load_prepared(task["prepared"])
+        # Estimated here in a thread: its preparer's estimate is not in the record.
+        prepared.simulation_seconds = await asyncio.to_thread(
+            simulation_estimate, prepared, runtime.registry.get(prepared.backend))
     except Exception as error:
         raise StageFailure(task["workflow_id"], error) from error
     return Job.of(source, task, request, prepared, task["prepared"])
@@ -291,7 +300,10 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
     # red-team run), a long one goes there, as it would with `auto`.
     limit = runtime.settings.thread_simulation_max_s
     estimates: dict = {}
-    estimated = sum(simulation_estimate(job, runtime.registry.get(job.backend), estimates)
+    # Where it was prepared, each job's estimate was made (a sandbox process): walking its
+    # templates again here held the event loop 3-5 s per large job (a red-team run).
+    estimated = sum(job.simulation_seconds if getattr(job, "simulation_seconds", None) is not None
+                    else simulation_estimate(job, runtime.registry.get(job.backend), estimates)
                     for job in prepared)
     auto = runtime.settings.simulator_process_auto and not wanted
     if estimated <= limit:

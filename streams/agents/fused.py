@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from faust.types import TP
 
 from streams.agents import execution
-from streams.agents.common import StageFailure, StepOutcome, count_step
+from streams.agents.common import StageFailure, StepOutcome, count_step, load_prepared
 from streams.agents.execution import Job, JobRunner
 from streams.agents.mitigate import Mitigated, publish_result
 from streams.kafka import transactions
@@ -89,7 +89,8 @@ def fuses(runtime: Runtime, source: SourceRecord) -> bool:
 
 async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRecord,
                     request: dict, prepared_bytes: bytes, task: dict,
-                    ran: RanInBatch | None = None) -> StepOutcome:
+                    ran: RanInBatch | None = None,
+                    simulation_seconds: float | None = None) -> StepOutcome:
     """Execute and mitigate an accepted, prepared job; returns the record's outcome.
 
     `ran`: the job's prepared circuits and its slot of a batch call already made for it
@@ -99,7 +100,8 @@ async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRe
     workflow_id = task["workflow_id"]
     count_step("preprocess", "ok")
     try:
-        prepared = ran.prepared if ran is not None else PreparedJob.from_bytes(prepared_bytes)
+        prepared = (ran.prepared if ran is not None
+                    else await load_prepared(prepared_bytes, simulation_seconds))
     except Exception as error:
         raise StageFailure(workflow_id, error, stage=execution.STAGE) from error
     job = Job.of(source, task, request, prepared, prepared_bytes)

@@ -50,7 +50,13 @@ from dataclasses import dataclass
 from faust import streams as faust_streams
 
 from streams.agents import execution
-from streams.agents.common import first_time, in_thread, new_guard, process_guarded
+from streams.agents.common import (
+    first_time,
+    in_thread,
+    load_prepared,
+    new_guard,
+    process_guarded,
+)
 from streams.agents.execution import Job, JobRunner, batch_outcomes, simulator_process_wanted
 from streams.agents.fused import RanInBatch
 from streams.agents.mitigate import HeldResults, Mitigated, held_results
@@ -225,7 +231,8 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
         if ahead is None or ahead.prepared is None:
             continue
         try:
-            prepared = PreparedJob.from_bytes(ahead.prepared.to_bytes())
+            prepared = await load_prepared(ahead.prepared.to_bytes(),
+                                           ahead.prepared.simulation_seconds)
         except Exception:  # noqa: BLE001 - the fused path decodes it again and dead-letters
             continue
         request = ahead.request

@@ -15,6 +15,7 @@ from schemas.codec import codec
 from streams.agents.common import (
     StageFailure,
     in_thread,
+    load_prepared,
     mark,
     run_stage,
     stage_supervisor,
@@ -150,7 +151,7 @@ def register(app, runtime: Runtime, table) -> None:
         try:
             request = codec("JobRequest").decode(task["request"])
             await vet_prepared(runtime, task["prepared"])
-            prepared = PreparedJob.from_bytes(task["prepared"])
+            prepared = await load_prepared(task["prepared"])
             counts = json.loads(task["counts_json"])
         except Exception as error:
             raise StageFailure(workflow_id, error) from error

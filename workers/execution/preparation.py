@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qiskit import QuantumCircuit
@@ -103,6 +103,9 @@ class PreparedJob:
     fold_seed: int = 0  # seeds random gate folding
     reached_scales: tuple[float, ...] = ()  # per template: noisy gates / unfolded ones
     dd_applied: bool = False  # dynamical decoupling was inserted into every template
+    # `simulation_estimate` where it was prepared (not carried in its bytes): a worker that
+    # has it need not walk the templates again on its event loop.
+    simulation_seconds: float | None = field(default=None, compare=False)
 
     def result_floor_bytes(self) -> int:
         """The least its JobResult takes whatever the counts: each circuit's parameter
@@ -315,7 +318,7 @@ def prepare(
         for set_index, values in enumerate(parameter_sets)
         for index, basis in enumerate(bases)
     ]
-    return PreparedJob(
+    prepared = PreparedJob(
         workflow_id=spec.workflow_id,
         backend=backend.name,
         calibration_version=backend.calibration_version,
@@ -334,6 +337,14 @@ def prepare(
         reached_scales=tuple(reached),
         dd_applied=dd_applied,
     )
+    # Refused here, where it was prepared (a sandbox process), not once it reached the
+    # simulator: 29 ZNE jobs estimated at 12,900 s each held a worker's event loop 54 s
+    # while it estimated them for the call, and 80 s more shipping them to the simulator
+    # process, which refused them (a red-team run).
+    estimates: dict = {}
+    prepared.simulation_seconds = simulation_estimate(prepared, backend, estimates)
+    check_simulation(prepared, backend, limits.max_simulation_seconds, estimates)
+    return prepared
 
 
 def folds_at(options, scale: float) -> int:

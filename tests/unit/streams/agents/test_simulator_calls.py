@@ -371,6 +371,30 @@ def test_auto_closes_a_simulator_process_it_stopped_using_once_idle_long_enough(
     runtime.host_workers.leave()
 
 
+def test_a_call_takes_the_estimates_made_where_its_jobs_were_prepared(monkeypatch) -> None:
+    """The worker walked every job's templates again on its event loop to estimate a call
+    (3-5 s per large job: a batch of 29 held the loop 54 s; a red-team run)."""
+    from streams.agents import execution
+
+    threads = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=120),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
+    )
+    one = job(threads.registry)
+    assert one.prepared.simulation_seconds > 0
+
+    def estimated_again(*_args, **_kwargs):
+        raise AssertionError("estimated again on the event loop")
+
+    monkeypatch.setattr(execution, "simulation_estimate", estimated_again)
+    try:
+        threads.settings.thread_simulation_max_s = one.prepared.simulation_seconds * 2
+        assert not execution.in_simulator_process(threads, ["aer.noisy"], [one.prepared])
+    finally:
+        threads.executor.shutdown()
+
+
 def test_a_long_call_leaves_the_workers_threads_for_a_simulator_process() -> None:
     """Where Aer runs in the worker's threads, a call estimated above
     thread_simulation_max_s runs in a simulator process (killed at the timeout) and is

@@ -244,3 +244,17 @@ def test_a_template_bound_in_python_is_priced_run_by_run(registry) -> None:
     per_run = ideal.estimated_seconds(controlled, 100)
     assert per_run * 1000 > 10.0  # a 1,000-set job: well past the thread limit (2 s)
     assert per_run > 5 * ideal.estimated_seconds(plain, 100)  # Aer binds rz itself
+
+
+def test_a_job_over_the_limit_is_refused_where_it_is_prepared(registry, cache) -> None:
+    """29 ZNE jobs estimated at 12,900 s each were refused only by the simulator process:
+    the worker had held its event loop 54 s estimating them for the call, then spent 80 s
+    shipping them there (a red-team run). The estimate is made, and checked, at prepare."""
+    spec = JobSpec("sim-limit-early", MID_MEASURE, shots=200_000, backend=NOISY)
+    prepared = prepare(spec, registry, cache, Limits())
+    estimate = prepared.simulation_seconds
+    assert estimate == pytest.approx(
+        registry.get(NOISY).estimated_seconds(prepared.templates[0], spec.shots)
+        + registry.get(NOISY).setup_seconds(prepared.templates[0]))
+    with pytest.raises(JobTooLarge, match="max_simulation_seconds"):
+        prepare(spec, registry, cache, Limits(max_simulation_seconds=estimate / 2))

@@ -229,7 +229,7 @@ def test_prepared_job_round_trips_mitigation_fields(noisy) -> None:
     prepared = prepare(spec, noisy, TranspileCache(), Limits(), ReadoutCalibrationCache())
     restored = PreparedJob.from_bytes(prepared.to_bytes())
     for f in dataclasses.fields(PreparedJob):
-        if f.name != "templates":
+        if f.name != "templates" and f.compare:  # simulation_seconds: not in the bytes
             assert getattr(restored, f.name) == getattr(prepared, f.name), f.name
     assert restored.templates == prepared.templates
     assert restored.readout_calibration is not None and restored.dd_applied
