@@ -20,6 +20,10 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"{transport.SCHEME}://{server.strip()}" for server in bootstrap.split(",")]
 
 
+# On Apache Kafka, how stale a worker's view of the partitions' leaders may be.
+KAFKA_METADATA_MAX_AGE_MS = 5_000
+
+
 def faust_settings(settings: Settings) -> dict:
     options = dict(
         broker=broker_urls(settings.broker),
@@ -47,6 +51,15 @@ def faust_settings(settings: Settings) -> dict:
     )
     options.update(faust_credentials(settings))
     options.update(table_store.faust_store_settings(settings))
+    if settings.profile == "kafka":
+        # A frozen broker (a stopped JVM, a long GC pause) takes connections and never
+        # answers: each request to it waited Faust's 1,200 s (producer) or 90 s, one after
+        # another, while KRaft had moved its leaders after 9 s; and metadata naming the new
+        # leaders came every 30 s (docs/reliability.md, "A frozen broker").
+        options["producer_request_timeout"] = settings.kafka_request_timeout_s
+        options["broker_request_timeout"] = settings.kafka_request_timeout_s
+        options["producer_metadata_max_age_ms"] = KAFKA_METADATA_MAX_AGE_MS
+        options["consumer_metadata_max_age_ms"] = KAFKA_METADATA_MAX_AGE_MS
     if settings.profile == "embedded":
         # Tansu's ListOffsets end offsets are wrong for multi-record batches, which makes
         # table recovery miss updates; one record per batch keeps recovery exact.

@@ -278,6 +278,15 @@ class Settings(BaseSettings):
         "transaction after this (a new owner fences it at once); above the longest record "
         "(execute_timeout_s), at most the broker's transaction.max.timeout.ms (900 s)",
     )
+    kafka_request_timeout_s: float = Field(
+        10.0, gt=6, description="kafka profile: how long a worker's producer and consumer "
+        "wait for a broker's answer (Faust's producer_request_timeout and "
+        "broker_request_timeout, 1200 s and 90 s by default), above the group session (6 s) "
+        "and KRaft's fencing of a silent broker (9 s): with the defaults one frozen node of "
+        "three stopped all processing for its whole freeze (51.7 s without a job in a 60 s "
+        "freeze), at 10 s the longest gap was 13-18 s; a broker silent for longer fails the "
+        "worker's transaction, and the worker stops to be restarted",
+    )
     shutdown_timeout_s: float = Field(
         15.0, gt=0, description="a stopping worker exits after this, whatever the broker "
         "does; what it could not commit is handled again by the next owner",
