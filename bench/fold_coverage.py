@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 import workers.execution.preparation as preparation
+from bench.readout_coverage import PROGRAM  # the same 4-qubit circuit
 from workers.backends.aer import NOISY, BackendRegistry
 from workers.circuits.transpile import TranspileCache
 from workers.execution.preparation import execute, prepare
@@ -29,14 +30,6 @@ from workers.jobs import JobSpec, MitigationSpec, ZneSpec, parse_observable
 from workers.limits import Limits
 from workers.mitigation.combine import mitigate
 
-PROGRAM = """OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[4];
-ry(0.7) q[0]; ry(-1.1) q[1]; ry(0.4) q[2]; ry(2.0) q[3];
-cx q[0],q[1]; cx q[1],q[2]; cx q[2],q[3];
-rz(0.3) q[1]; ry(0.9) q[2]; rx(0.5) q[0];
-cx q[3],q[0];
-"""
 OBSERVABLES = ("ZIII", "IIZZ")
 
 
