@@ -27,7 +27,7 @@ from workers.circuits.sandbox import (
     rebuild_error,
 )
 from workers.errors import QlaneError, UndecodableRecord, UnreadableRecordBatch
-from workers.execution.preparation import PreparedJob, qpy_section
+from workers.execution.preparation import PreparedJob, qpy_section, simulation_estimate
 
 log = logging.getLogger("qlane")
 
@@ -298,11 +298,16 @@ async def vet_prepared(runtime: Runtime, data: bytes) -> None:
         raise rebuild_error(str(header.get("error")), str(header.get("message", "")))
 
 
-async def load_prepared(data: bytes, simulation_seconds: float | None = None) -> PreparedJob:
-    """`PreparedJob.from_bytes` in a thread of its own, not on the event loop (a 15 MB job
-    took 1-1.7 s to decode, once per job of a batch: with the estimates, a batch of them held
-    the loop 54 s, a red-team run), with the simulation estimate made where it was prepared
-    (None: not known)."""
-    prepared = await asyncio.to_thread(PreparedJob.from_bytes, data)
-    prepared.simulation_seconds = simulation_seconds
-    return prepared
+async def load_prepared(runtime: Runtime, data: bytes, estimate: bool = True) -> PreparedJob:
+    """`PreparedJob.from_bytes` in a thread of its own, not on the event loop, with its
+    simulation estimate made there too (`estimate`; the sandbox prepares with a view of the
+    backend that cannot estimate). On the loop, 29 ZNE jobs of 15 MB each held it 54 s
+    (1-1.7 s to decode each, 3-5 s to estimate each; a red-team run)."""
+    def load() -> PreparedJob:
+        prepared = PreparedJob.from_bytes(data)
+        if estimate:
+            backend = runtime.registry.get(prepared.backend)
+            prepared.simulation_seconds = simulation_estimate(prepared, backend)
+        return prepared
+
+    return await asyncio.to_thread(load)

@@ -43,6 +43,7 @@ from workers.errors import (
     BudgetExceeded,
     DeadlineExceeded,
     InvalidJob,
+    JobTooLarge,
     QlaneError,
     SandboxCrashed,
     SandboxTimeout,
@@ -54,6 +55,7 @@ from workers.execution.preparation import (
     PreparedJob,
     execute,
     prepare,
+    refuse_past,
     simulation_estimate,
 )
 from workers.execution.simulator import (
@@ -136,10 +138,7 @@ async def decode_job(runtime: Runtime, source: SourceRecord) -> Job:
     try:
         request = codec("JobRequest").decode(task["request"])
         await vet_prepared(runtime, task["prepared"])
-        prepared = await load_prepared(task["prepared"])
-        # Estimated here in a thread: its preparer's estimate is not in the record.
-        prepared.simulation_seconds = await asyncio.to_thread(
-            simulation_estimate, prepared, runtime.registry.get(prepared.backend))
+        prepared = await load_prepared(runtime, task["prepared"])
     except Exception as error:
         raise StageFailure(task["workflow_id"], error) from error
     return Job.of(source, task, request, prepared, task["prepared"])
@@ -300,8 +299,8 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
     # red-team run), a long one goes there, as it would with `auto`.
     limit = runtime.settings.thread_simulation_max_s
     estimates: dict = {}
-    # Where it was prepared, each job's estimate was made (a sandbox process): walking its
-    # templates again here held the event loop 3-5 s per large job (a red-team run).
+    # Each job's estimate was made where it was loaded, in a thread: walking its templates
+    # again here held the event loop 3-5 s per large job (a red-team run).
     estimated = sum(job.simulation_seconds if getattr(job, "simulation_seconds", None) is not None
                     else simulation_estimate(job, runtime.registry.get(job.backend), estimates)
                     for job in prepared)
@@ -327,6 +326,8 @@ async def call_once(runtime: Runtime, prepared: PreparedJob, data: bytes, seed: 
     (`in_simulator_process`): the counts and the seconds the backend ran. Past `timeout`:
     TimeoutError, or SandboxTimeout from the simulator process, which is killed then (the
     outer bound only covers its start)."""
+    if (too_large := past_simulation_limit(runtime, prepared)) is not None:
+        raise too_large  # as the simulator would, before the job is shipped there
     if not in_simulator_process(runtime, [prepared.backend], [prepared]):
         return await asyncio.wait_for(
             in_thread_timed(runtime, execute, prepared, runtime.registry, seed,
@@ -420,6 +421,14 @@ async def one_tenants_call(runtime: Runtime,
     """`batch_outcomes` for the jobs of one tenant: {} when the call failed as a whole."""
     if not jobs:
         return {}
+    # Refused before the call by the estimate made as each job was loaded, as the simulator
+    # would refuse it: 29 jobs estimated at 12,900 s each took 80 s to ship to the simulator
+    # process, which refused them (a red-team run).
+    refused = {j.source.address: (error, 0.0) for j in jobs
+               if (error := past_simulation_limit(runtime, j.prepared)) is not None}
+    if refused:
+        return refused | await one_tenants_call(
+            runtime, [j for j in jobs if j.source.address not in refused])
     metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
     try:
         if in_simulator_process(runtime, {j.prepared.backend for j in jobs},
@@ -457,6 +466,18 @@ async def one_tenants_call(runtime: Runtime,
         log.exception("batch of %d jobs failed as a whole; running them one by one", len(jobs))
         return {}
     return {j.source.address: (o, s) for j, o, s in zip(jobs, outcomes, seconds, strict=True)}
+
+
+def past_simulation_limit(runtime: Runtime, prepared: PreparedJob) -> JobTooLarge | None:
+    """JobTooLarge for a job whose known estimate is past max_simulation_seconds, else None."""
+    estimate = getattr(prepared, "simulation_seconds", None)
+    if estimate is None:
+        return None
+    try:
+        refuse_past(prepared, estimate, runtime.settings.max_simulation_seconds)
+    except JobTooLarge as error:
+        return error
+    return None
 
 
 def release_hold(runtime: Runtime, job: Job) -> None:

@@ -89,8 +89,7 @@ def fuses(runtime: Runtime, source: SourceRecord) -> bool:
 
 async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRecord,
                     request: dict, prepared_bytes: bytes, task: dict,
-                    ran: RanInBatch | None = None,
-                    simulation_seconds: float | None = None) -> StepOutcome:
+                    ran: RanInBatch | None = None) -> StepOutcome:
     """Execute and mitigate an accepted, prepared job; returns the record's outcome.
 
     `ran`: the job's prepared circuits and its slot of a batch call already made for it
@@ -101,7 +100,7 @@ async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRe
     count_step("preprocess", "ok")
     try:
         prepared = (ran.prepared if ran is not None
-                    else await load_prepared(prepared_bytes, simulation_seconds))
+                    else await load_prepared(runtime, prepared_bytes))
     except Exception as error:
         raise StageFailure(workflow_id, error, stage=execution.STAGE) from error
     job = Job.of(source, task, request, prepared, prepared_bytes)

@@ -231,8 +231,7 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
         if ahead is None or ahead.prepared is None:
             continue
         try:
-            prepared = await load_prepared(ahead.prepared.to_bytes(),
-                                           ahead.prepared.simulation_seconds)
+            prepared = await load_prepared(runtime, ahead.prepared.to_bytes())
         except Exception:  # noqa: BLE001 - the fused path decodes it again and dead-letters
             continue
         request = ahead.request

@@ -151,7 +151,7 @@ def register(app, runtime: Runtime, table) -> None:
         try:
             request = codec("JobRequest").decode(task["request"])
             await vet_prepared(runtime, task["prepared"])
-            prepared = await load_prepared(task["prepared"])
+            prepared = await load_prepared(runtime, task["prepared"], estimate=False)
             counts = json.loads(task["counts_json"])
         except Exception as error:
             raise StageFailure(workflow_id, error) from error

@@ -307,9 +307,7 @@ def register(app, runtime: Runtime, table) -> None:
             await runtime.status(workflow_id, "prepared", STAGE, detail=detail)
             return await run_fused(runtime, table, runner, source, request,
                                    prepared.to_bytes(), task,
-                                   ran=ahead.ran if ahead is not None else None,
-                                   simulation_seconds=getattr(prepared, "simulation_seconds",
-                                                              None))
+                                   ran=ahead.ran if ahead is not None else None)
         await runtime.send(execute_lane(source.topic), workflow_id, staged)
         table[workflow_id] = {**table[workflow_id], "state": "prepared", "updated_ms": now_ms()}
         await runtime.status(workflow_id, "prepared", STAGE, detail=detail)

@@ -40,7 +40,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import os
 import pickle
 import queue
@@ -203,7 +202,6 @@ class Prepared:
     num_tasks: int
     transpile_cache_hit: bool
     result_floor_bytes: int = 0  # PreparedJob.result_floor_bytes
-    simulation_seconds: float | None = None  # PreparedJob.simulation_seconds
 
     @property
     def tasks(self) -> range:
@@ -217,8 +215,7 @@ class Prepared:
     def of(cls, prepared) -> Prepared:
         """From a PreparedJob."""
         return cls(prepared.to_bytes(), prepared.backend, prepared.shots, len(prepared.tasks),
-                   prepared.transpile_cache_hit, prepared.result_floor_bytes(),
-                   prepared.simulation_seconds)
+                   prepared.transpile_cache_hit, prepared.result_floor_bytes())
 
 
 # --- the work itself (in a sandbox, or in the worker when the sandbox is off) ----------
@@ -263,7 +260,6 @@ class Preparer:
             "ok": True, "backend": prepared.backend, "shots": prepared.shots,
             "num_tasks": prepared.num_tasks, "transpile_cache_hit": prepared.transpile_cache_hit,
             "result_floor_bytes": prepared.result_floor_bytes,
-            "simulation_seconds": prepared.simulation_seconds,
         }, prepared.data
 
     @staticmethod
@@ -429,20 +425,12 @@ def _decode_reply(reply: bytes) -> tuple[dict, bytes]:
     return json.loads(reply[_HEADER.size : _HEADER.size + length]), reply[_HEADER.size + length :]
 
 
-def known_seconds(value) -> float | None:
-    """A simulation estimate from a reply: a finite number of seconds, else unknown."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return max(0.0, float(value))
-    return None
-
-
 def _outcome(header: dict, payload: bytes) -> Prepared:
     if header.get("ok"):
         return Prepared(payload, str(header["backend"]),
                         int(header["shots"]), int(header["num_tasks"]),
                         bool(header["transpile_cache_hit"]),
-                        int(header.get("result_floor_bytes", 0)),
-                        known_seconds(header.get("simulation_seconds")))
+                        int(header.get("result_floor_bytes", 0)))
     raise rebuild_error(str(header.get("error")), str(header.get("message", "")))
 
 

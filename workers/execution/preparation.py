@@ -103,8 +103,8 @@ class PreparedJob:
     fold_seed: int = 0  # seeds random gate folding
     reached_scales: tuple[float, ...] = ()  # per template: noisy gates / unfolded ones
     dd_applied: bool = False  # dynamical decoupling was inserted into every template
-    # `simulation_estimate` where it was prepared (not carried in its bytes): a worker that
-    # has it need not walk the templates again on its event loop.
+    # `simulation_estimate`, made where the job was prepared or loaded (not carried in its
+    # bytes): a worker that has it need not walk the templates again on its event loop.
     simulation_seconds: float | None = field(default=None, compare=False)
 
     def result_floor_bytes(self) -> int:
@@ -337,13 +337,12 @@ def prepare(
         reached_scales=tuple(reached),
         dd_applied=dd_applied,
     )
-    # Refused here, where it was prepared (a sandbox process), not once it reached the
-    # simulator: 29 ZNE jobs estimated at 12,900 s each held a worker's event loop 54 s
-    # while it estimated them for the call, and 80 s more shipping them to the simulator
-    # process, which refused them (a red-team run).
-    estimates: dict = {}
-    prepared.simulation_seconds = simulation_estimate(prepared, backend, estimates)
-    check_simulation(prepared, backend, limits.max_simulation_seconds, estimates)
+    # Estimated where it is prepared with its backend at hand; the sandbox prepares with a
+    # view of it that cannot estimate, and the worker estimates such a job as it loads it, in
+    # a thread (streams/agents/common.py `load_prepared`). Refused past the limit at its call
+    # (after the fallbacks that skip its backend), as the simulator would.
+    if getattr(backend, "estimated_seconds", None) is not None:
+        prepared.simulation_seconds = simulation_estimate(prepared, backend)
     return prepared
 
 
@@ -477,8 +476,13 @@ def check_simulation(
     `estimates` keeps the per-template estimates of one call (templates are shared)."""
     if max_seconds is None:
         return
-    total = simulation_estimate(prepared, backend, estimates)
-    if total > max_seconds:
+    refuse_past(prepared, simulation_estimate(prepared, backend, estimates), max_seconds)
+
+
+def refuse_past(prepared: PreparedJob, total: float, max_seconds: float | None) -> None:
+    """JobTooLarge for a job whose simulation is estimated at `total` seconds, past
+    `max_seconds` (None: no limit)."""
+    if max_seconds is not None and total > max_seconds:
         raise JobTooLarge(
             f"job would need about {total:.3g} s of simulation on {prepared.backend} "
             f"> {max_seconds:g} s (max_simulation_seconds): fewer shots, gates, qubits or "

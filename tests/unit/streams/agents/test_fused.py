@@ -15,6 +15,7 @@ from streams.agents.execution import Executed, JobRunner
 from streams.workflow.deadletter import SourceRecord
 from streams.workflow.poison import IN_FLIGHT, ledger_key
 from tests.unit.streams.workflow.test_poison import FakeLedger
+from workers.backends.aer import BackendRegistry
 
 TOPIC = "q.jobs"
 
@@ -54,6 +55,9 @@ def test_which_records_take_the_fused_path(mode, consumer, expected):
     assert fused.fuses(deciding_runtime(mode, consumer), source(offset=7)) is expected
 
 
+FAKE_REGISTRY = BackendRegistry()
+
+
 class FakeRuntime:
     """What run_fused touches: settings, the ledger, statuses, sends and flushes, in order."""
 
@@ -63,6 +67,7 @@ class FakeRuntime:
         self.app = None  # at-least-once: no transaction
         self.executor = None  # the event loop's default executor
         self.max_record_bytes = 1_000_000  # Faust's producer_max_request_size
+        self.registry = FAKE_REGISTRY  # a loaded job is estimated with its backend
         self.events: list[tuple] = []
         self.in_batch_call: dict = {}
         self.pending_cancels: dict = {}

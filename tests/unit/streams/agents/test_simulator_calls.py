@@ -594,3 +594,42 @@ def test_a_lone_job_past_the_timeout_is_its_own_simulation_timeout(monkeypatch) 
     assert isinstance(slot, SimulationTimeout) and seconds == 0.0
     assert "longer than 5s" in str(slot)
     assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
+
+
+def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) -> None:
+    """On the loop, 29 ZNE jobs of 15 MB each held it 54 s (1-1.7 s to decode each, 3-5 s to
+    estimate each), then went to the simulator process to be refused (a red-team run): the
+    sandbox prepares with a view of the backend that cannot estimate."""
+    import threading
+
+    from streams.agents import common
+    from workers.errors import JobTooLarge
+    from workers.execution import preparation
+
+    registry = BackendRegistry()
+    one = job(registry)
+    data = one.prepared.to_bytes()
+    estimate = one.prepared.simulation_seconds
+    threads = []
+    real = preparation.simulation_estimate
+
+    def counted(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "simulation_estimate", counted)
+    runtime = SimpleNamespace(registry=registry,
+                              settings=Settings(max_simulation_seconds=estimate * 2))
+    loaded = asyncio.run(common.load_prepared(runtime, data))
+    assert loaded.simulation_seconds == pytest.approx(estimate) and threads == [False]
+    assert asyncio.run(common.load_prepared(runtime, data, estimate=False)).simulation_seconds \
+        is None
+    # Past the limit, a call refuses it as the simulator would, before shipping it there.
+    from streams.agents.execution import one_tenants_call
+
+    runtime.settings = Settings(max_simulation_seconds=estimate / 2)
+    loaded_job = job(registry)
+    loaded_job.prepared = loaded
+    ((error, seconds),) = asyncio.run(one_tenants_call(runtime, [loaded_job])).values()
+    assert isinstance(error, JobTooLarge) and "max_simulation_seconds" in str(error)
+    assert seconds == 0.0

@@ -246,15 +246,17 @@ def test_a_template_bound_in_python_is_priced_run_by_run(registry) -> None:
     assert per_run > 5 * ideal.estimated_seconds(plain, 100)  # Aer binds rz itself
 
 
-def test_a_job_over_the_limit_is_refused_where_it_is_prepared(registry, cache) -> None:
-    """29 ZNE jobs estimated at 12,900 s each were refused only by the simulator process:
-    the worker had held its event loop 54 s estimating them for the call, then spent 80 s
-    shipping them there (a red-team run). The estimate is made, and checked, at prepare."""
+def test_a_job_is_estimated_where_it_is_prepared_with_its_backend(registry, cache) -> None:
+    """The worker walked every job's templates for the estimate on its event loop (29 ZNE
+    jobs held it 54 s; a red-team run): made at prepare where the backend can estimate, not
+    by a sandbox's view of it, which cannot (0 s: every call then stayed in the threads)."""
+    from workers.circuits.sandbox import BackendView, _OneBackend
+
     spec = JobSpec("sim-limit-early", MID_MEASURE, shots=200_000, backend=NOISY)
     prepared = prepare(spec, registry, cache, Limits())
-    estimate = prepared.simulation_seconds
-    assert estimate == pytest.approx(
+    assert prepared.simulation_seconds == pytest.approx(
         registry.get(NOISY).estimated_seconds(prepared.templates[0], spec.shots)
         + registry.get(NOISY).setup_seconds(prepared.templates[0]))
-    with pytest.raises(JobTooLarge, match="max_simulation_seconds"):
-        prepare(spec, registry, cache, Limits(max_simulation_seconds=estimate / 2))
+    in_a_sandbox = prepare(spec, _OneBackend(BackendView.of(registry.get(NOISY))), cache,
+                           Limits())
+    assert in_a_sandbox.simulation_seconds is None
