@@ -296,6 +296,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from streams.client import decode_dlq_headers
     from streams.client.render import json_line
     from streams.kafka.topics import TopicNames
+    from streams.workflow.cancel import is_cancel
 
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).by_short_name(args.topic)
@@ -320,7 +321,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 line["value"] = record.value or b""
         elif schema:
             try:
-                line["value"] = codec(schema).decode(record.value)
+                # A job topic carries JobCancels beside JobRequests (every high lane).
+                shown = "JobCancel" if schema == "JobRequest" and is_cancel(record.value) \
+                    else schema
+                line["value"] = codec(shown).decode(record.value)
             except Exception as error:
                 line["undecodable"] = f"{type(error).__name__}: {error}"
                 line["value"] = record.value or b""
@@ -679,8 +683,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, UnknownTopic):
             print(f"qlane {args.command}: {error}", file=sys.stderr)
             return 2
-        from streams.client.errors import BrokerTimeout
+        from streams.client.errors import BrokerTimeout, UnknownTenant
 
+        if isinstance(error, UnknownTenant):  # refused before sending (a traceback, before)
+            print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
+            return 2
         if isinstance(error, BrokerTimeout):
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 1

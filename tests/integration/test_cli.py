@@ -159,3 +159,21 @@ def test_tail_reads_a_tenants_topic_by_its_short_name_and_only_what_was_committe
     tail = qlane(settings, "tail", f"status.{tenant}", "--from-beginning", "--timeout", "5")
     assert tail.returncode == 0, tail.stderr
     assert [json.loads(line)["key"] for line in tail.stdout.splitlines()] == ["kept"]
+
+
+def test_a_cancel_is_refused_for_an_unknown_tenant_and_tailed_as_a_cancel(settings):
+    """`qlane cancel --tenant zz` ended on UnknownTenant's traceback, and `qlane tail
+    jobs-high` showed every JobCancel as undecodable (a red-team run)."""
+    tenant = f"tc{uuid.uuid4().hex[:6]}"
+    refused = qlane(settings, "cancel", f"zz{tenant}.wf", "--tenant", f"zz{tenant}",
+                    "--timeout", "20")
+    assert refused.returncode == 2, refused
+    assert "has no job topic" in refused.stderr and "Traceback" not in refused.stderr
+    asyncio.run(ensure_topics(settings.model_copy(update={"tenants": [tenant]})))
+    qlane(settings, "cancel", f"{tenant}.wf-1", "--tenant", tenant, "--reason", "tail me",
+          "--timeout", "5")
+    tail = qlane(settings, "tail", f"jobs.{tenant}-high", "--from-beginning", "--timeout", "5")
+    [line] = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert "undecodable" not in line, line
+    assert line["value"]["workflow_id"] == f"{tenant}.wf-1"
+    assert line["value"]["reason"] == "tail me"
