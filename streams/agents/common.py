@@ -298,11 +298,17 @@ async def vet_prepared(runtime: Runtime, data: bytes) -> None:
         raise rebuild_error(str(header.get("error")), str(header.get("message", "")))
 
 
+# A prepared job from this size on is decoded, and its simulation estimated, in a thread.
+LOADED_IN_A_THREAD_BYTES = 256 * 1024
+
+
 async def load_prepared(runtime: Runtime, data: bytes, estimate: bool = True) -> PreparedJob:
-    """`PreparedJob.from_bytes` in a thread of its own, not on the event loop, with its
-    simulation estimate made there too (`estimate`; the sandbox prepares with a view of the
-    backend that cannot estimate). On the loop, 29 ZNE jobs of 15 MB each held it 54 s
-    (1-1.7 s to decode each, 3-5 s to estimate each; a red-team run)."""
+    """`PreparedJob.from_bytes`; a large job in a thread of its own, not on the event loop,
+    with its simulation estimate made there too (`estimate`; the sandbox prepares with a view
+    of the backend that cannot estimate). On the loop, 29 ZNE jobs of 15 MB each held it 54 s
+    (1-1.7 s to decode each, 3-5 s to estimate each; a red-team run). A small job is decoded
+    here, its estimate left to a call that needs it: a thread and an estimate for every job
+    cost the pipeline 8-19 % of its jobs/s (bench/ab.py against 477aa0b)."""
     def load() -> PreparedJob:
         prepared = PreparedJob.from_bytes(data)
         if estimate:
@@ -310,4 +316,6 @@ async def load_prepared(runtime: Runtime, data: bytes, estimate: bool = True) ->
             prepared.simulation_seconds = simulation_estimate(prepared, backend)
         return prepared
 
+    if len(data) < LOADED_IN_A_THREAD_BYTES:
+        return PreparedJob.from_bytes(data)
     return await asyncio.to_thread(load)

@@ -618,6 +618,9 @@ def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(common, "simulation_estimate", counted)
+    assert not asyncio.run(common.load_prepared(SimpleNamespace(), data)).simulation_seconds
+    assert len(data) < common.LOADED_IN_A_THREAD_BYTES and threads == []  # small: left to a call
+    monkeypatch.setattr(common, "LOADED_IN_A_THREAD_BYTES", len(data))
     runtime = SimpleNamespace(registry=registry,
                               settings=Settings(max_simulation_seconds=estimate * 2))
     loaded = asyncio.run(common.load_prepared(runtime, data))
