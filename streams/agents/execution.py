@@ -55,8 +55,8 @@ from workers.execution.preparation import (
     PreparedJob,
     execute,
     prepare,
-    refuse_past,
     simulation_estimate,
+    too_much_simulation,
 )
 from workers.execution.simulator import (
     WARMED_UP,
@@ -473,11 +473,7 @@ def past_simulation_limit(runtime: Runtime, prepared: PreparedJob) -> JobTooLarg
     estimate = getattr(prepared, "simulation_seconds", None)
     if estimate is None:
         return None
-    try:
-        refuse_past(prepared, estimate, runtime.settings.max_simulation_seconds)
-    except JobTooLarge as error:
-        return error
-    return None
+    return too_much_simulation(prepared, estimate, runtime.settings.max_simulation_seconds)
 
 
 def release_hold(runtime: Runtime, job: Job) -> None:

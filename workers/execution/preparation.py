@@ -476,18 +476,22 @@ def check_simulation(
     `estimates` keeps the per-template estimates of one call (templates are shared)."""
     if max_seconds is None:
         return
-    refuse_past(prepared, simulation_estimate(prepared, backend, estimates), max_seconds)
+    error = too_much_simulation(prepared, simulation_estimate(prepared, backend, estimates),
+                                max_seconds)
+    if error is not None:
+        raise error
 
 
-def refuse_past(prepared: PreparedJob, total: float, max_seconds: float | None) -> None:
-    """JobTooLarge for a job whose simulation is estimated at `total` seconds, past
-    `max_seconds` (None: no limit)."""
-    if max_seconds is not None and total > max_seconds:
-        raise JobTooLarge(
-            f"job would need about {total:.3g} s of simulation on {prepared.backend} "
-            f"> {max_seconds:g} s (max_simulation_seconds): fewer shots, gates, qubits or "
-            "circuits"
-        )
+def too_much_simulation(prepared: PreparedJob, total: float,
+                        max_seconds: float | None) -> JobTooLarge | None:
+    """The JobTooLarge of a job whose simulation is estimated at `total` seconds, past
+    `max_seconds` (None: no limit), else None."""
+    if max_seconds is None or total <= max_seconds:
+        return None
+    return JobTooLarge(
+        f"job would need about {total:.3g} s of simulation on {prepared.backend} "
+        f"> {max_seconds:g} s (max_simulation_seconds): fewer shots, gates, qubits or circuits"
+    )
 
 
 def execute(

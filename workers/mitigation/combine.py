@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from workers.execution.preparation import PreparedJob
+from workers.execution.preparation import PreparedJob, folds_at
 from workers.mitigation import ddd, zne
 from workers.mitigation.estimation import ExpectationEstimate, ParityTable, estimate_tasks
 from workers.mitigation.readout import (
@@ -107,7 +107,7 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]]) -> MitigationO
             parameters["polynomial_order"] = str(zne.polynomial_order(len(spec.zne.scale_factors)))
         if spec.zne.folding == "random_gates":
             parameters["fold_seed"] = str(prepared.fold_seed)
-            folds = max(len(_folds(prepared, indices)) for indices in blocks.values())
+            folds = max(folds_at(spec.zne, factor) for factor in spec.zne.scale_factors)
             if folds > 1:
                 parameters["random_folds"] = str(folds)
 
