@@ -219,6 +219,22 @@ def test_a_job_replayed_from_its_dead_letter_is_a_copy_of_the_job_record():
     assert copies_left([letter, second]) == [letter]
 
 
+def dead_stage_record(stage_topic, source, job_record, offset, origin=None,
+                      workflow_id="wf-1"):
+    """A dead letter of a stage record (topic `stage_topic`, (partition, offset) `source`)
+    whose workflow was admitted from `job_record` of the shared job topic ((partition,
+    offset)), a copy of `origin` when given."""
+    headers = [("qlane.dlq.source.topic", stage_topic.encode()),
+               ("qlane.dlq.source.partition", str(source[0]).encode()),
+               ("qlane.dlq.source.offset", str(source[1]).encode()),
+               ("qlane.dlq.job.topic", NAMES.jobs.encode()),
+               ("qlane.dlq.job.record", "{}:{}:{}".format(NAMES.jobs, *job_record).encode())]
+    if origin is not None:
+        headers.append(("qlane.dlq.job.origin", "{}:{}:{}".format(NAMES.jobs, *origin).encode()))
+    return record(NAMES.deadletter, request_bytes(workflow_id), offset=offset,
+                  key=workflow_id.encode(), headers=headers)
+
+
 def test_a_dead_stage_records_copy_names_the_job_record_its_workflow_came_from():
     """A variational job dead-lettered in its stage, replayed from the dead letter, then a
     `--rerun` of the job topic: both the job record and the copy were rerun, each charged (a
@@ -237,12 +253,7 @@ def test_a_dead_stage_records_copy_names_the_job_record_its_workflow_came_from()
     # The copy failed in its stage too: its dead letter names the copy and what it copies,
     # and goes back with the first one once (each replay made one more: 3 reruns, each
     # charged, a red-team run).
-    again = record(NAMES.deadletter, request_bytes(), offset=9, headers=[
-        ("qlane.dlq.source.topic", NAMES.variational.encode()),
-        ("qlane.dlq.source.partition", b"1"), ("qlane.dlq.source.offset", b"4"),
-        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
-        ("qlane.dlq.job.record", f"{NAMES.jobs}:0:6".encode()),
-        ("qlane.dlq.job.origin", f"{NAMES.jobs}:0:5".encode())])
+    again = dead_stage_record(NAMES.variational, (1, 4), (0, 6), offset=9, origin=(0, 5))
     assert copies_left([letter, again]) == [letter]
     assert copies_left([again, letter]) == [letter]
     alone = plan_record(again, NAMES, None, True)
@@ -376,18 +387,9 @@ def test_the_dead_letter_of_a_rerun_goes_back_once_with_its_parents():
     that record (qlane.dlq.job.origin) under its new id. Sent back beside its parent's, each
     `replay deadletter --rerun` reran every earlier rerun too: 1, 2, 4, 8 reruns of one job
     in four replays (a red-team run against a fix that keyed them by workflow id too)."""
-    parent = record(NAMES.deadletter, request_bytes(), offset=8, headers=[
-        ("qlane.dlq.source.topic", NAMES.mitigate.encode()),
-        ("qlane.dlq.source.partition", b"0"), ("qlane.dlq.source.offset", b"3"),
-        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
-        ("qlane.dlq.job.record", f"{NAMES.jobs}:2:2".encode())])
-    rerun = record(NAMES.deadletter, request_bytes("wf-1.rerun-7f9235d6"), offset=10,
-                   key=b"wf-1.rerun-7f9235d6", headers=[
-        ("qlane.dlq.source.topic", NAMES.mitigate.encode()),
-        ("qlane.dlq.source.partition", b"0"), ("qlane.dlq.source.offset", b"5"),
-        ("qlane.dlq.job.topic", NAMES.jobs.encode()),
-        ("qlane.dlq.job.record", f"{NAMES.jobs}:2:9".encode()),
-        ("qlane.dlq.job.origin", f"{NAMES.jobs}:2:2".encode())])
+    parent = dead_stage_record(NAMES.mitigate, (0, 3), (2, 2), offset=8)
+    rerun = dead_stage_record(NAMES.mitigate, (0, 5), (2, 9), offset=10, origin=(2, 2),
+                              workflow_id="wf-1.rerun-7f9235d6")
     assert copies_left([parent, rerun]) == [parent]
     assert copies_left([rerun, parent]) == [parent]
     assert copies_left([rerun]) == [rerun]  # its parent's not selected: it goes back
