@@ -559,6 +559,10 @@ class JobRunner:
         """One attempt, behind the breaker, bounded by the call timeout and the deadline:
         the counts, and the seconds the backend ran (what the job is billed)."""
         runtime = self.runtime
+        # Before the breaker, as in a batch call: a job too large for its backend is
+        # JobTooLarge whatever the breaker's state, and takes no half-open trial.
+        if (too_large := past_simulation_limit(runtime, prepared)) is not None:
+            raise too_large
         breaker = runtime.breakers.for_backend(prepared.backend)
         if not breaker.allow():
             raise BreakerOpen(prepared.backend, breaker.retry_after_s())

@@ -636,3 +636,28 @@ def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) 
     ((error, seconds),) = asyncio.run(one_tenants_call(runtime, [loaded_job])).values()
     assert isinstance(error, JobTooLarge) and "max_simulation_seconds" in str(error)
     assert seconds == 0.0
+
+
+def test_a_job_past_the_simulation_limit_is_refused_before_the_breaker_and_takes_no_trial(
+        ) -> None:
+    """A job past max_simulation_seconds is JobTooLarge whatever its backend's breaker says,
+    as in a batch call: checked after the breaker, it took the half-open breaker's one trial
+    (refusing every other job on the backend for another reset timeout), and with the breaker
+    open it went to its fallback where a batch dead-lettered it."""
+    from workers.errors import JobTooLarge
+
+    clock = [0.0]
+    registry = BackendRegistry()
+    runtime = SimpleNamespace(
+        registry=registry, breakers=BreakerBoard(1, 30.0, clock=lambda: clock[0]),
+        executor=ThreadPoolExecutor(1), simulator=None, host_workers=None)
+    one = job(registry)
+    runtime.settings = Settings(max_simulation_seconds=one.prepared.simulation_seconds / 2)
+    breaker = runtime.breakers.for_backend("aer.noisy")
+    breaker.record_failure()
+    for now in (1.0, 31.0):  # open, then half-open with its trial not yet taken
+        clock[0] = now
+        with pytest.raises(JobTooLarge, match="max_simulation_seconds"):
+            asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
+    assert breaker.allow()  # the trial is still there for a job that can run
+    runtime.executor.shutdown()
