@@ -289,21 +289,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def full_topic_name(settings, name: str) -> str:
+    """A topic by its full name or its short one: `results`, `stage.execute`, and a tenant's
+    `status.acme` or `jobs.acme-high`."""
+    from streams.kafka.topics import TopicNames
+
+    topic = TopicNames.from_settings(settings).by_short_name(name)
+    prefixed = f"{settings.topic_prefix}.{name}"
+    if (topic == name and not topic.startswith(f"{settings.topic_prefix}.")
+            and schema_of_topic(settings.topic_prefix, prefixed) is not None):
+        return prefixed
+    return topic
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from schemas.codec import codec
     from streams.client import decode_dlq_headers
     from streams.client.render import json_line
-    from streams.kafka.topics import TopicNames
     from streams.workflow.cancel import is_cancel
 
     settings = settings_from(args)
-    topic = TopicNames.from_settings(settings).by_short_name(args.topic)
-    prefixed = f"{settings.topic_prefix}.{args.topic}"
-    if (topic == args.topic and not topic.startswith(f"{settings.topic_prefix}.")
-            and schema_of_topic(settings.topic_prefix, prefixed) is not None):
-        topic = prefixed  # a tenant's topic by its short name: status.acme, jobs.acme-high
+    topic = full_topic_name(settings, args.topic)
     short = topic.removeprefix(f"{settings.topic_prefix}.")
     schema = schema_of_topic(settings.topic_prefix, topic)
 
@@ -392,12 +400,10 @@ def parse_time_ms(text: str | None) -> int | None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.client.replay import ReplaySelection, replay
-    from streams.kafka.topics import TopicNames
 
     settings = settings_from(args)
-    names = TopicNames.from_settings(settings)
     selection = ReplaySelection(
-        topic=names.by_short_name(args.topic),
+        topic=full_topic_name(settings, args.topic),
         partitions=args.partition,
         from_offset=args.from_offset,
         to_offset=args.to_offset,
@@ -415,7 +421,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         note = f"  ({printable(item.note)})" if item.note else ""
         print(f"{verb} {item.source} -> {item.target_topic} key={key}{note}")
 
-    target = names.by_short_name(args.to) if args.to else None
+    target = full_topic_name(settings, args.to) if args.to else None
     summary = asyncio.run(replay(settings, selection, target=target, rerun=args.rerun,
                                  rate_per_s=args.rate, dry_run=args.dry_run, report=report))
     targets = ", ".join(f"{n} to {t}" for t, n in summary.by_target.items()) or "nothing"

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from streams.kafka.security import check_transactions
-from streams.kafka.topics import ensure_topics, tenant_topic
+from streams.kafka.topics import ensure_topics, job_topic, tenant_topic
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -177,3 +177,18 @@ def test_a_cancel_is_refused_for_an_unknown_tenant_and_tailed_as_a_cancel(settin
     assert "undecodable" not in line, line
     assert line["value"]["workflow_id"] == f"{tenant}.wf-1"
     assert line["value"]["reason"] == "tail me"
+
+
+def test_replay_takes_a_tenants_topic_by_its_short_name_as_tail_does(settings):
+    """`qlane replay jobs.acme-high` looked for a topic of that very name (only `tail`
+    resolved a tenant's short names, a red-team run)."""
+    tenant = f"tr{uuid.uuid4().hex[:6]}"
+    asyncio.run(ensure_topics(settings.model_copy(update={"tenants": [tenant]})))
+    qlane(settings, "cancel", f"{tenant}.wf-2", "--tenant", tenant, "--timeout", "5")
+    plan = qlane(settings, "replay", f"jobs.{tenant}-high", "--dry-run", "--to",
+                 f"jobs.{tenant}-low")
+    assert plan.returncode == 0, plan.stderr
+    assert f"would replay {job_topic(settings.topic_prefix, tenant, 'high')}:" in plan.stdout, plan
+    assert f"-> {job_topic(settings.topic_prefix, tenant, 'low')} " in plan.stdout
+    assert plan.stderr.strip().endswith("0 skipped"), plan.stderr
+    assert plan.stderr.startswith("1 selected") or "\n1 selected" in plan.stderr, plan.stderr
