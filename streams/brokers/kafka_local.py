@@ -308,6 +308,18 @@ class KafkaCluster:
             os.killpg(node.process.pid, sig)
             node.process.wait(timeout=60)
 
+    def freeze_node(self, node_id: int) -> None:
+        """SIGSTOP the node: its connections stay open and nothing answers on them (a node
+        swapped out or paused by its hypervisor), unlike a killed node's refused ones."""
+        node = self.nodes[node_id - 1]
+        if node.alive:
+            os.killpg(node.process.pid, signal.SIGSTOP)
+
+    def thaw_node(self, node_id: int) -> None:
+        node = self.nodes[node_id - 1]
+        if node.alive:
+            os.killpg(node.process.pid, signal.SIGCONT)
+
     def restart_node(self, *node_ids: int, timeout_s: float = 120.0) -> None:
         """Start these killed nodes again, together; return once each one is ready (the
         nodes still down are not waited for)."""
@@ -326,6 +338,7 @@ class KafkaCluster:
         for node in self.nodes:
             if node.alive:
                 try:
+                    os.killpg(node.process.pid, signal.SIGCONT)  # a frozen node too
                     os.killpg(node.process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
