@@ -58,6 +58,7 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.providers import JobStatus
 
+from streams.client.approximations import warn_of_approximated_evolutions
 from streams.client.commands import cancel_workflow
 from streams.client.errors import JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
@@ -180,6 +181,7 @@ def compact_observable(mapping: dict, active: list[int], width: int) -> dict:
 
 def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]:
     """OpenQASM 3 of the circuit with parameters renamed in the circuit's own order."""
+    warn_of_approximated_evolutions(circuit)
     parameters = tuple(circuit.parameters)
     renamed = circuit
     if circuit.layout is not None:

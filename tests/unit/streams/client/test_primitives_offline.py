@@ -403,3 +403,38 @@ def test_an_isa_circuit_of_a_127_qubit_device_is_sent_on_its_active_qubits():
     assert compact_observable({"".join(label): 1.0}, active, 127) == {"I" * len(active): 0.0}
     label[126 - idle] = "Z"
     assert compact_observable({"".join(label): 2.0}, active, 127) == {"I" * len(active): 2.0}
+
+
+def test_an_evolution_of_non_commuting_terms_is_sent_as_its_product_formula_with_a_warning():
+    """StatevectorEstimator evaluates a PauliEvolutionGate exactly; the worker gets its
+    Lie-Trotter synthesis, as a backend does: [0.565, 0.429, -1.019] against 0.5 at three
+    times, with no word to the user (a red-team run)."""
+    import warnings
+
+    from qiskit.circuit.library import PauliEvolutionGate
+    from qiskit.quantum_info import Operator
+
+    from streams.client.approximations import ApproximatedEvolution
+
+    hamiltonian = SparsePauliOp(["XX", "YY", "ZI", "IZ"], [0.5, 0.5, 0.3, -0.2])
+    circuit = QuantumCircuit(2)
+    circuit.x(0)
+    circuit.append(PauliEvolutionGate(hamiltonian, time=2.0), [0, 1])
+    with pytest.warns(ApproximatedEvolution, match="LieTrotter, reps=1"):
+        source, _ = circuit_source(circuit)
+    sent = parse_circuit(source)
+    exact = Statevector(circuit)
+    assert abs(exact.expectation_value(hamiltonian) - 0.5) < 1e-9
+    assert abs(Statevector(sent).expectation_value(hamiltonian).real - 0.5) > 0.5
+    assert Operator(sent).equiv(Operator(circuit.decompose(reps=2)))
+
+    inside = QuantumCircuit(2, 1)
+    with inside.if_test((inside.clbits[0], 1)):
+        inside.append(PauliEvolutionGate(hamiltonian, time=0.3), [0, 1])
+    with pytest.warns(ApproximatedEvolution):
+        circuit_source(inside)
+    commuting = QuantumCircuit(2)
+    commuting.append(PauliEvolutionGate(SparsePauliOp(["ZZ", "XX", "YY"]), 1.1), [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        circuit_source(commuting)
