@@ -301,3 +301,37 @@ x q[1];
     kept = [(i.operation.name, [circuit.find_bit(q).index for q in i.qubits])
             for i in without_final_measurements(circuit).data]
     assert kept == [("h", [0]), ("measure", [1]), ("x", [1])]
+
+
+def random_outcomes(rng, qubits: int, distinct: int) -> tuple[dict[str, int], dict[str, float]]:
+    counts = {format(int(v), f"0{qubits}b"): int(rng.integers(1, 50))
+              for v in rng.integers(0, 2**qubits, distinct)}
+    paulis = {"".join(rng.choice(list("IXYZ"), qubits)): float(rng.normal())
+              for _ in range(60)}
+    return counts, {p: c for p, c in paulis.items() if set(p) != {"I"}}
+
+
+def test_every_term_at_once_gives_what_one_term_after_another_gives() -> None:
+    """The terms of a basis are estimated together (term by term, 380 terms over 71 sets at
+    57 random folds took 50 s of mitigation, a red-team run): same means, variances and
+    readout slopes as the term-by-term sums, with and without a table, whatever the chunk."""
+    from workers.mitigation import estimation
+
+    rng = np.random.default_rng(5)
+    for qubits, distinct in ((3, 5), (7, 40), (12, 300)):
+        counts, paulis = random_outcomes(rng, qubits, distinct)
+        outcomes = estimation._Outcomes(counts, qubits)
+        signs = [(1.0, -1.0)] * qubits
+        table = [(float(a), float(-b)) for a, b in rng.uniform(0.8, 1.3, (qubits, 2))]
+        for chunk in (1, 7, 1 << 20):
+            estimation.PARITY_CHUNK = chunk * len(outcomes.values)
+            plain = outcomes.weighted_parity_mean(paulis)
+            reference = outcomes.corrected_mean_term_by_term(paulis, signs, False)
+            assert plain[:2] == pytest.approx(reference[:2], rel=1e-12, abs=1e-15)
+            together = outcomes.weighted_parity_mean(paulis, table, gradient=True)
+            apart = outcomes.corrected_mean_term_by_term(paulis, table, True)
+            assert together[:2] == pytest.approx(apart[:2], rel=1e-12, abs=1e-15)
+            assert together[2].keys() == apart[2].keys()
+            for qubit, slopes in apart[2].items():
+                assert together[2][qubit] == pytest.approx(slopes, rel=1e-9, abs=1e-12)
+    estimation.PARITY_CHUNK = 1 << 20
