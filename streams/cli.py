@@ -694,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, UnknownTenant):  # refused before sending (a traceback, before)
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 2
-        if isinstance(error, BrokerTimeout):
+        from workers.errors import BrokersMissing
+
+        if isinstance(error, BrokerTimeout | BrokersMissing):
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 1
         if isinstance(error, ValueError):  # refused before sending: `cancel foo --tenant t1`

@@ -156,6 +156,11 @@ class ExecutionFailed(PermanentError):
     """The backend rejected the job in a way a retry cannot fix."""
 
 
+class BrokersMissing(RetryableError):
+    """Fewer of the Kafka cluster's brokers answer than the replicas a new topic needs: it
+    is not created with fewer (a silent durability loss); again once they are back."""
+
+
 class BackendUnavailable(RetryableError):
     """The backend failed transiently (timeout, overload, injected fault)."""
 

@@ -157,7 +157,12 @@ async def check_access(settings: Settings, topics: list[str], group: str | None 
 
 
 def broker_unavailable(error: BaseException) -> bool:
-    """An error a broker call can succeed after: a node or leader not there yet, a timeout."""
+    """An error a broker call can succeed after: a node or leader not there yet, a timeout,
+    too few brokers up to create a topic with all its replicas."""
+    from workers.errors import BrokersMissing
+
+    if isinstance(error, BrokersMissing):
+        return True
     if isinstance(error, errors.KafkaError):
         return bool(getattr(error, "retriable", False)) or isinstance(
             error, (errors.KafkaConnectionError, errors.NodeNotReadyError,

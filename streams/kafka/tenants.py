@@ -314,7 +314,8 @@ class Admin:
         missing = [name for name in names if name not in existing]
         if missing:
             settings = self.settings
-            replication = await settle_replication_factor(settings, self.client)
+            replication = await settle_replication_factor(settings, self.client, existing,
+                                                          creating=True)
             response = await self.client.create_topics(
                 [NewTopic(name, settings.partitions, replication,
                           topic_configs=topic_configs(settings, name)) for name in missing])

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.kafka.security import kafka_options
 from streams.settings import Settings
+from workers.errors import BrokersMissing
 
 log = logging.getLogger("qlane")
 
@@ -192,12 +193,43 @@ def topic_configs(settings: Settings, name: str) -> dict[str, str]:
 DEFAULT_MAX_REPLICATION = 3
 
 
-async def settle_replication_factor(settings: Settings, admin) -> int:
+async def cluster_brokers(admin, topics: list[str]) -> tuple[set[int], set[int]]:
+    """The brokers that answer, and every broker known to be the cluster's: those and the
+    replicas of `topics` (a broker that is down is left out of the first list only)."""
+    live = {broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]}
+    known = set(live)
+    if topics:
+        for description in await admin.describe_topics(topics):
+            for partition in description["partitions"]:
+                known.update(partition["replicas"])
+    return live, known
+
+
+def replica_witnesses(prefix: str, existing) -> list[str]:
+    """Existing topics whose replicas name the cluster's brokers: the prefix's own and
+    Kafka's internal ones."""
+    return sorted(name for name in existing if name.startswith(f"{prefix}.")
+                  or name in ("__consumer_offsets", "__transaction_state"))
+
+
+async def settle_replication_factor(settings: Settings, admin, existing=(),
+                                    creating: bool = False) -> int:
     """QLANE_REPLICATION_FACTOR, else the cluster's broker count up to 3, kept in `settings`
-    for the Faust app's own topics."""
+    for the Faust app's own topics. The count includes brokers that are down (named as
+    replicas of existing topics): counted from the live ones alone, a tenant added while one
+    node of three was down got topics of 2 replicas, which stopped at the next node's loss
+    while the other tenants' went on (a red-team run). `creating`: BrokersMissing rather
+    than topics with fewer replicas than that."""
+    live, known = await cluster_brokers(admin, replica_witnesses(settings.topic_prefix,
+                                                                 existing))
     if settings.replication_factor is None:
-        brokers = (await admin.describe_cluster())["brokers"]
-        settings.replication_factor = max(1, min(DEFAULT_MAX_REPLICATION, len(brokers)))
+        settings.replication_factor = max(1, min(DEFAULT_MAX_REPLICATION, len(known)))
+    if creating and len(live) < settings.replication_factor:
+        down = sorted(known - live)
+        raise BrokersMissing(
+            f"{len(live)} of the cluster's brokers answer (down: {down or 'unknown'}), and "
+            f"new topics need {settings.replication_factor} replicas: nothing was created; "
+            "try again when the brokers are back (or set QLANE_REPLICATION_FACTOR)")
     return settings.replication_factor
 
 
@@ -236,7 +268,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
             settings, [topic for topics in job_topics(settings.topic_prefix, ()).values()
                        for topic in topics if topic in existing])
         missing = [name for name in wanted if name not in existing]
-        replication = await settle_replication_factor(settings, admin)
+        replication = await settle_replication_factor(settings, admin, existing,
+                                                      creating=bool(missing))
         if missing:
             await admin.create_topics(
                 [NewTopic(name, settings.partitions, replication,

@@ -202,13 +202,22 @@ class SteadySubmitter(threading.Thread):
 FREEZE_S = 36
 
 
-def test_a_frozen_node_holds_up_jobs_for_seconds_not_for_its_whole_freeze(tmp_path, report):
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory):
+    cluster = KafkaCluster(nodes_count=3, data_dir=tmp_path_factory.mktemp("kafka3")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.xdist_group("three_nodes")
+def test_a_frozen_node_holds_up_jobs_for_seconds_not_for_its_whole_freeze(
+        three_nodes, tmp_path, report):
     """SIGSTOP of the node leading most of the jobs partitions (not the group coordinator,
     whose freeze may stop a worker: docs/reliability.md): its connections stay open and
     silent. With Faust's request timeouts (1,200 s, 90 s) no job finished for the whole
     freeze; on the kafka profile the workers give up on it after QLANE_KAFKA_REQUEST_TIMEOUT_S
     and find the new leaders at their next metadata refresh."""
-    cluster = KafkaCluster(nodes_count=3, data_dir=tmp_path / "kafka").start()
+    cluster = three_nodes
     workers = frozen = None
     try:
         settings = session_settings(cluster.bootstrap, "kafka", tag="freeze", partitions=4,
@@ -259,7 +268,51 @@ def test_a_frozen_node_holds_up_jobs_for_seconds_not_for_its_whole_freeze(tmp_pa
             cluster.thaw_node(frozen)
         if workers is not None:
             workers.stop_all()
-        cluster.stop()
+
+
+async def _replicas(settings, topics: list[str]) -> dict[str, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.kafka.security import kafka_options
+
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        present = set(await admin.list_topics())
+        return {d["topic"]: min(len(p["replicas"]) for p in d["partitions"])
+                for d in await admin.describe_topics([t for t in topics if t in present])}
+    finally:
+        await admin.close()
+
+
+@pytest.mark.xdist_group("three_nodes")
+def test_a_tenant_added_while_a_node_is_down_gets_no_topic_with_fewer_replicas(three_nodes):
+    """Counted from the brokers that answered, a tenant added while one node of three was
+    down got topics of 2 replicas, and `tenant add` exited 0: they stopped at the next
+    node's loss while the other tenants' went on (a red-team run)."""
+    from streams.kafka.security import preflight
+    from streams.kafka.tenants import tenant_topics
+    from workers.errors import BrokersMissing
+
+    cluster = three_nodes
+    settings = session_settings(cluster.bootstrap, "kafka", tag="rf", partitions=2,
+                                startup_broker_wait_s=20)
+    asyncio.run(ensure_topics(settings))  # the prefix's topics, 3 replicas each
+    tenant = f"late{uuid.uuid4().hex[:6]}"
+    with_tenant = settings.model_copy(update={"tenants": [tenant], "replication_factor": None})
+    topics = [t for kind in tenant_topics(settings.topic_prefix, tenant).values() for t in kind]
+    cluster.kill_node(3)
+    time.sleep(12)  # KRaft fences it (9 s) and moves its leaders
+    try:
+        # As a worker starts: retried while the brokers are missing, for the start-up wait.
+        with pytest.raises(BrokersMissing, match=r"down: \[3\]"):
+            asyncio.run(preflight(with_tenant, ensure_topics))
+        assert asyncio.run(_replicas(settings, topics)) == {}
+    finally:
+        cluster.restart_node(3)
+    asyncio.run(preflight(with_tenant.model_copy(update={"replication_factor": None}),
+                          ensure_topics))
+    assert asyncio.run(_replicas(settings, topics)) == {topic: 3 for topic in topics}
 
 
 # Kill plan: one failure at a time, each undone before the next; "leader" kills the broker

@@ -12,11 +12,18 @@ from streams.settings import Settings
 
 
 class Admin:
-    def __init__(self, brokers: int) -> None:
+    def __init__(self, brokers: int, replicas: tuple[int, ...] = ()) -> None:
         self.brokers = brokers
+        self.replicas = list(replicas)
+        self.described: list[str] = []
 
     async def describe_cluster(self) -> dict:
         return {"brokers": [{"node_id": i} for i in range(self.brokers)]}
+
+    async def describe_topics(self, topics: list[str]) -> list[dict]:
+        self.described += topics
+        return [{"topic": name, "partitions": [{"partition": 0, "replicas": self.replicas}]}
+                for name in topics]
 
 
 @pytest.mark.parametrize(("brokers", "expected"), [(1, 1), (2, 2), (3, 3), (5, 3)])
@@ -48,3 +55,24 @@ def test_existing_topics_with_fewer_replicas_are_named_at_start(caplog):
     with caplog.at_level(logging.WARNING, logger="qlane"):
         warn_under_replicated(settings, [description("q.results", 3)])
     assert caplog.text == ""
+
+
+def test_brokers_that_are_down_count_and_no_topic_is_created_with_fewer_replicas():
+    """Counted from the brokers that answer, a tenant added while one node of three was down
+    got topics of 2 replicas: they stopped at the next node's loss while the other tenants'
+    went on, and `tenant add` said nothing (a red-team run)."""
+    from workers.errors import BrokersMissing
+
+    existing = ["q.jobs", "q.results", "other.jobs", "__consumer_offsets"]
+    admin = Admin(2, replicas=(0, 1, 2))  # node 2 is down: only the replicas name it
+    settings = Settings(broker="kafka-1:9092", topic_prefix="q")
+    assert asyncio.run(settle_replication_factor(settings, admin, existing)) == 3
+    assert admin.described == ["__consumer_offsets", "q.jobs", "q.results"]
+    settings = Settings(broker="kafka-1:9092", topic_prefix="q")
+    with pytest.raises(BrokersMissing, match=r"down: \[2\]"):
+        asyncio.run(settle_replication_factor(settings, admin, existing, creating=True))
+    assert BrokersMissing.retryable
+    settings = Settings(broker="kafka-1:9092", topic_prefix="q", replication_factor=2)
+    assert asyncio.run(settle_replication_factor(settings, admin, existing, creating=True)) == 2
+    fresh = Settings(broker="kafka-1:9092", topic_prefix="q")  # a new cluster: nothing to read
+    assert asyncio.run(settle_replication_factor(fresh, Admin(3), [], creating=True)) == 3
