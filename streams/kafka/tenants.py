@@ -388,6 +388,27 @@ async def remove_tenant(settings: Settings, tenant: str, principal: str,
             "deleted_topics": deleted}
 
 
+# How long `tenant add` tries again while the cluster cannot answer (a node just lost,
+# too few brokers for the topics' replicas).
+TENANT_COMMAND_WAIT_S = 30.0
+
+
+async def retried(settings: Settings, what: str, call):
+    """`call()` again while the cluster cannot answer, for TENANT_COMMAND_WAIT_S: adding a
+    tenant is idempotent, and asked of a node lost seconds before (aiokafka's admin client
+    picks one at random), it stopped after creating the topics and some ACLs (a red-team
+    run)."""
+    from tenacity import stop_after_delay
+
+    from streams.kafka.security import broker_retrying
+
+    async for attempt in broker_retrying(settings, what,
+                                         stop=stop_after_delay(TENANT_COMMAND_WAIT_S)):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
 def run_tenant_command(settings: Settings, args) -> int:
     """`qlane tenant add|list|remove|grant-worker`: one JSON line per answer."""
     import asyncio
@@ -396,7 +417,8 @@ def run_tenant_command(settings: Settings, args) -> int:
 
     try:
         if args.action == "add":
-            answer = asyncio.run(add_tenant(settings, args.name, args.principal))
+            answer = asyncio.run(retried(settings, "tenant add", lambda: add_tenant(
+                settings, args.name, args.principal)))
         elif args.action == "remove":
             answer = asyncio.run(remove_tenant(settings, args.name, args.principal,
                                                args.delete_topics))

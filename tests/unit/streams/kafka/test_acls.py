@@ -32,3 +32,29 @@ def test_a_worker_may_not_use_the_topics_of_prod_eu() -> None:
     own = Settings(broker="127.0.0.1:1", topic_prefix="prod")
     neighbour = Settings(broker="127.0.0.1:1", topic_prefix="prod-eu")
     assert covered_topics(worker_acls(own, "User:prod"), deployment_topics(neighbour)) == set()
+
+
+def test_tenant_add_tries_again_while_the_cluster_cannot_answer(monkeypatch, capsys) -> None:
+    """Asked of a node lost seconds before, `tenant add` exited 1 after creating the topics
+    and some ACLs (a red-team run); adding a tenant is idempotent, so it is tried again."""
+    import json
+    from types import SimpleNamespace
+
+    from aiokafka.errors import NodeNotReadyError
+
+    from streams.kafka import tenants
+
+    calls = []
+
+    async def flaky(settings, name, principal):
+        calls.append(name)
+        if len(calls) < 3:
+            raise NodeNotReadyError("node 3 is not ready")
+        return {"tenant": name, "principal": principal}
+
+    monkeypatch.setattr(tenants, "add_tenant", flaky)
+    settings = Settings(broker="kafka-1:9092", retry_backoff_s=0.01, retry_backoff_max_s=0.02)
+    args = SimpleNamespace(action="add", name="acme", principal="User:acme")
+    assert tenants.run_tenant_command(settings, args) == 0
+    assert calls == ["acme"] * 3
+    assert json.loads(capsys.readouterr().out)["tenant"] == "acme"
