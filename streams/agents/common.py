@@ -230,7 +230,7 @@ def refuse_unreadable(source: SourceRecord) -> None:
     headers = dict(source.headers)
     reason = headers.get(record_batches.UNREADABLE_HEADER)
     if reason is not None:
-        offsets = headers.get(record_batches.UNREADABLE_OFFSETS_HEADER, b"?")
+        offsets = headers.get(record_batches.UNREADABLE_OFFSETS_HEADER) or b"?"
         raise UnreadableRecordBatch(
             f"record batch at {source.topic}:{source.partition} offsets "
             f"{offsets.decode(errors='replace')} could not be read: "

@@ -227,9 +227,9 @@ def dead_job_claim(record) -> tuple[str | None, bool]:
     if not context:
         return None, False
     if JOB_ORIGIN_HEADER in context:
-        return context[JOB_ORIGIN_HEADER].decode(errors="replace"), True
+        return (context[JOB_ORIGIN_HEADER] or b"").decode(errors="replace"), True
     if JOB_RECORD_HEADER in context:
-        return context[JOB_RECORD_HEADER].decode(errors="replace"), False
+        return (context[JOB_RECORD_HEADER] or b"").decode(errors="replace"), False
     parts = [context.get(HEADER_PREFIX + f"source.{name}") for name in
              ("topic", "partition", "offset")]
     if any(part is None for part in parts):

@@ -49,11 +49,14 @@ class SourceRecord:
         return f"{self.topic}:{self.partition}:{self.offset}"
 
 
-def _header_items(headers) -> list[tuple[str, bytes]]:
+def _header_items(headers) -> list[tuple[str, bytes | None]]:
+    """A record's headers as (name, value) pairs, in order, duplicates kept, a null value
+    kept null: Kafka tells it from an empty one, and dead letters and rerouted copies made
+    it empty (a red-team run from a Java client)."""
     if not headers:
         return []
     items = headers.items() if isinstance(headers, dict) else headers
-    return [(str(name), bytes(value or b"")) for name, value in items]
+    return [(str(name), None if value is None else bytes(value)) for name, value in items]
 
 
 def error_class(error: BaseException) -> str:
@@ -139,9 +142,9 @@ def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[
     if record_bytes(key, value, headers + note) > limit:
         # Our own headers quote what the workflow's entry holds: never past the limit by
         # design, but a send that fails here stops the worker with its record half-handled.
-        cut = [name for name, text in headers if len(text) > MAX_OWN_HEADER_BYTES]
+        cut = [name for name, text in headers if len(text or b"") > MAX_OWN_HEADER_BYTES]
         omitted.append(f"all but {MAX_OWN_HEADER_BYTES} bytes of headers {', '.join(cut)}")
-        headers = [(name, text[:MAX_OWN_HEADER_BYTES]) for name, text in headers]
+        headers = [(name, text and text[:MAX_OWN_HEADER_BYTES]) for name, text in headers]
     text = (", ".join(omitted) + " left out: larger than the dead-letter producer's "
             f"{limit}-byte limit; the record stays at its source topic and offset")
     if key is None and value is None:
