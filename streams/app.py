@@ -6,7 +6,7 @@ import logging
 
 from streams.agents import execute, mitigate, preprocess, variational
 from streams.kafka import flow, record_batches, recovery, shutdown, transport
-from streams.kafka.security import faust_credentials
+from streams.kafka.security import KAFKA_METADATA_MAX_AGE_MS, faust_credentials
 from streams.kafka.topics import WORKFLOW_TABLE, TopicNames, job_topics, raw_topic
 from streams.ops import observability
 from streams.runtime import Runtime
@@ -20,8 +20,6 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"{transport.SCHEME}://{server.strip()}" for server in bootstrap.split(",")]
 
 
-# On Apache Kafka, how stale a worker's view of the partitions' leaders may be.
-KAFKA_METADATA_MAX_AGE_MS = 5_000
 
 
 def faust_settings(settings: Settings) -> dict:

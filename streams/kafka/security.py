@@ -37,12 +37,19 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     )
 
 
+# On Apache Kafka, how stale a client's view of the brokers and partition leaders may be
+# (aiokafka's default: 300 s; a client left on a view of one broker stopped when it went).
+KAFKA_METADATA_MAX_AGE_MS = 5_000
+
+
 def kafka_options(settings: Settings) -> dict:
     """Keyword arguments for AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient."""
     options: dict = {
         "bootstrap_servers": settings.broker,
         "security_protocol": settings.security_protocol,
     }
+    if settings.profile == "kafka":
+        options["metadata_max_age_ms"] = KAFKA_METADATA_MAX_AGE_MS
     context = ssl_context(settings)
     if context is not None:
         options["ssl_context"] = context
@@ -94,6 +101,7 @@ async def check_authentication(settings: Settings, timeout_s: float = 15.0) -> N
 
     options = kafka_options(settings)
     options.pop("bootstrap_servers")
+    options.pop("metadata_max_age_ms", None)  # a client's, not a connection's
     last: Exception | None = None
     for server in settings.broker.split(","):
         host, _, port = server.rpartition(":")

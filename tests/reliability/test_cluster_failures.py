@@ -181,8 +181,7 @@ class SteadySubmitter(threading.Thread):
         from streams.kafka.security import kafka_options
 
         producer = AIOKafkaProducer(**kafka_options(self.settings), acks="all",
-                                    enable_idempotence=True, request_timeout_ms=10_000,
-                                    metadata_max_age_ms=5_000)
+                                    enable_idempotence=True, request_timeout_ms=10_000)
         await producer.start()
         try:
             encode, sends = codec("JobRequest").encode, []

@@ -18,9 +18,16 @@ from streams.settings import Settings
 STREAMS = Path(__file__).resolve().parents[4] / "streams"
 
 
-def test_plaintext_has_only_the_servers():
-    options = kafka_options(Settings(broker="k1:9092,k2:9092"))
+def test_plaintext_has_only_the_servers_and_on_kafka_a_short_metadata_age():
+    """A client left with aiokafka's 300 s metadata age kept a view of one broker after a
+    lost quorum, and stopped for the whole outage when that broker went (a red-team run)."""
+    from streams.kafka.security import KAFKA_METADATA_MAX_AGE_MS
+
+    options = kafka_options(Settings(broker="k1:9092,k2:9092", profile="embedded"))
     assert options == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT"}
+    options = kafka_options(Settings(broker="k1:9092,k2:9092", profile="kafka"))
+    assert options == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT",
+                       "metadata_max_age_ms": KAFKA_METADATA_MAX_AGE_MS}
     assert faust_credentials(Settings()) == {}
 
 
