@@ -313,7 +313,8 @@ async def call_together(runtime: Runtime, jobs: list[Job], aheads: dict[str, Ahe
     counted = [(job, outcomes[job.source.address]) for job in jobs
                if isinstance(outcomes.get(job.source.address, (None,))[0], list)]
     mitigations = await in_thread(runtime, mitigate_each, [
-        (job.prepared, counts) for job, (counts, _) in counted]) if counted else []
+        (job.prepared, counts) for job, (counts, _) in counted],
+        runtime.max_record_bytes) if counted else []
     mitigated = {job.source.address: done for (job, _), done
                  in zip(counted, mitigations, strict=True)}
     for job in jobs:
@@ -331,5 +332,6 @@ def release_unused_holds(runtime: Runtime, aheads: dict[str, Ahead]) -> None:
             ahead.ran.held_usd = 0.0
 
 
-def mitigate_each(jobs: list[tuple[PreparedJob, list[dict[str, int]]]]) -> list[Mitigated]:
-    return [Mitigated.of(prepared, counts) for prepared, counts in jobs]
+def mitigate_each(jobs: list[tuple[PreparedJob, list[dict[str, int]]]],
+                  limit: int) -> list[Mitigated]:
+    return [Mitigated.of(prepared, counts, limit) for prepared, counts in jobs]

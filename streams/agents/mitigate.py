@@ -26,6 +26,7 @@ from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord
 from streams.workflow.results import (
     build_result,
+    check_counts_can_fit,
     republish_stored_result,
     stored_result,
     submitted_ms,
@@ -48,12 +49,20 @@ class Mitigated:
     seconds: float
 
     @classmethod
-    def of(cls, prepared: PreparedJob, counts: list[dict[str, int]]) -> Mitigated:
+    def of(cls, prepared: PreparedJob, counts: list[dict[str, int]], limit: int) -> Mitigated:
         started = time.perf_counter()
         try:
-            return cls(mitigate(prepared, counts), None, time.perf_counter() - started)
+            return cls(mitigate_fitting(prepared, counts, limit), None,
+                       time.perf_counter() - started)
         except Exception as error:  # noqa: BLE001 - raised where its record is handled
             return cls(None, error, time.perf_counter() - started)
+
+
+def mitigate_fitting(prepared: PreparedJob, counts: list[dict[str, int]],
+                     limit: int) -> MitigationOutcome:
+    """`mitigate`, once the counts are known to fit a record (`check_counts_can_fit`)."""
+    check_counts_can_fit(counts, limit)
+    return mitigate(prepared, counts)
 
 
 @dataclass
@@ -92,7 +101,8 @@ async def publish_result(
     started = time.perf_counter()
     if mitigated is None:
         try:
-            outcome = await in_thread(runtime, mitigate, prepared, counts)
+            outcome = await in_thread(runtime, mitigate_fitting, prepared, counts,
+                                      runtime.max_record_bytes)
         except Exception as error:
             raise StageFailure(workflow_id, error, stage=STAGE) from error
         mitigate_s = time.perf_counter() - started

@@ -179,3 +179,29 @@ def test_a_results_floor_is_never_above_the_encoded_result(registers, sets, obse
                                                     "mitigate_s", "end_to_end_s")},
                           completed_at_ms=0)
     assert prepared.result_floor_bytes() <= len(codec("JobResult").encode(result))
+
+
+def test_counts_too_large_for_a_record_are_refused_before_any_mitigation(monkeypatch):
+    """446,273 distinct outcomes of 19 qubits (a 9.4 MB result) were estimated for 2,048
+    terms first: 45 s of a worker's time before the ResultTooLarge (a red-team run)."""
+    from streams.agents import mitigate as stage
+    from streams.workflow.results import counts_floor_bytes
+
+    mitigated = []
+    monkeypatch.setattr(stage, "mitigate", lambda prepared, counts: mitigated.append(1))
+    many = [{format(i, "019b"): 1 for i in range(60_000)}]
+    assert counts_floor_bytes(many) == 60_000 * 21
+    done = stage.Mitigated.of(None, many, 1_000_000)
+    assert isinstance(done.error, ResultTooLarge) and "60000 distinct bitstrings" in str(
+        done.error)
+    assert mitigated == []
+    assert stage.Mitigated.of(None, [dict(list(many[0].items())[:1000])], 1_000_000).error \
+        is None and mitigated == [1]
+    # The floor is never above what the counts take as the JobResult's Avro map.
+    counts = [{format(i, "05b"): 1000 + i for i in range(32)}, {"0 1": 3, "1 0": 2**40}]
+    field = {"type": "map", "values": "long"}
+    writer = parse_schema(field)
+    for circuit in counts:
+        buffer = io.BytesIO()
+        schemaless_writer(buffer, writer, circuit)
+        assert counts_floor_bytes([circuit]) <= len(buffer.getvalue())
