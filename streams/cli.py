@@ -199,11 +199,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
               "--profile to choose)", file=sys.stderr)
     from streams.kafka.security import AccessRefused, broker_unavailable, preflight
     from streams.kafka.topic_checks import TopicLayoutMismatch
-    from streams.kafka.topics import PartitionCountMismatch
+    from streams.kafka.topics import PartitionCountMismatch, TopicsNotCreated
 
     try:  # a refused login, a missing ACL or topics that break idempotency: the reason, exit
         created = asyncio.run(preflight(settings, ensure_topics))
-    except (AccessRefused, PartitionCountMismatch, TopicLayoutMismatch) as error:
+    except (AccessRefused, PartitionCountMismatch, TopicLayoutMismatch,
+            TopicsNotCreated) as error:
         print(f"qlane worker: {error}", file=sys.stderr)
         return 2
     except Exception as error:

@@ -355,6 +355,13 @@ class Settings(BaseSettings):
                                               and value.strip().lower() == "auto")
         return data
 
+    @field_validator("tenants")
+    @classmethod
+    def _each_tenant_once(cls, value: list[str]) -> list[str]:
+        # A tenant named twice had each of its topics asked for twice in one CreateTopics
+        # request, which Kafka refused as a whole (a red-team run).
+        return list(dict.fromkeys(value))
+
     @field_validator("simulator_process", mode="before")
     @classmethod
     def _resolve_simulator_process(cls, value: object) -> object:

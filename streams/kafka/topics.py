@@ -168,6 +168,27 @@ class PartitionCountMismatch(RuntimeError):
     """An existing topic's partition count breaks co-partitioning by workflow_id."""
 
 
+class TopicsNotCreated(RuntimeError):
+    """The broker refused to create some of qlane's topics (e.g. a name past Kafka's 249
+    characters): a worker that went on would read topics that do not exist."""
+
+
+# Another worker created it between our listing and our request: it exists, as wanted.
+TOPIC_ALREADY_EXISTS = 36
+
+
+def check_created(response) -> None:
+    """TopicsNotCreated naming each topic a CreateTopics response refused."""
+    refused = [(name, code, (rest or [None])[0]) for name, code, *rest in response.topic_errors
+               if code and code != TOPIC_ALREADY_EXISTS]
+    if refused:
+        from aiokafka.errors import for_code
+
+        raise TopicsNotCreated("the broker refused to create " + "; ".join(
+            f"{name} ({for_code(code).__name__}{': ' + message if message else ''})"
+            for name, code, message in refused))
+
+
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:
     """Broker configs a qlane topic is created with: min.insync.replicas when set (never
     above the replication factor), compaction for the table changelog, and the broker's
@@ -267,14 +288,15 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await check_former_app_id(
             settings, [topic for topics in job_topics(settings.topic_prefix, ()).values()
                        for topic in topics if topic in existing])
+        wanted = list(dict.fromkeys(wanted))
         missing = [name for name in wanted if name not in existing]
         replication = await settle_replication_factor(settings, admin, existing,
                                                       creating=bool(missing))
         if missing:
-            await admin.create_topics(
+            check_created(await admin.create_topics(
                 [NewTopic(name, settings.partitions, replication,
                           topic_configs=topic_configs(settings, name)) for name in missing]
-            )
+            ))
         present = [name for name in wanted if name in existing]
         if present:
             descriptions = await admin.describe_topics(present)

@@ -76,3 +76,19 @@ def test_brokers_that_are_down_count_and_no_topic_is_created_with_fewer_replicas
     assert asyncio.run(settle_replication_factor(settings, admin, existing, creating=True)) == 2
     fresh = Settings(broker="kafka-1:9092", topic_prefix="q")  # a new cluster: nothing to read
     assert asyncio.run(settle_replication_factor(fresh, Admin(3), [], creating=True)) == 3
+
+
+def test_topics_the_broker_refused_are_not_reported_created():
+    """A tenant named twice (each topic asked for twice: Kafka refused the request) and names
+    past Kafka's 249 characters: the worker printed "created topics" for topics that were
+    never made, then read topics that do not exist (a red-team run)."""
+    from types import SimpleNamespace
+
+    from streams.kafka.topics import TopicsNotCreated, check_created
+
+    check_created(SimpleNamespace(topic_errors=[("q.jobs", 0, None), ("q.cost", 36, "exists")]))
+    check_created(SimpleNamespace(topic_errors=[("q.jobs", 0)]))  # v0: no message
+    with pytest.raises(TopicsNotCreated, match=r"q\.jobs\.x \(InvalidTopicError: too long\)"):
+        check_created(SimpleNamespace(topic_errors=[("q.ok", 0, None),
+                                                    ("q.jobs.x", 17, "too long")]))
+    assert Settings(tenants=["dd", "ee", "dd"]).tenants == ["dd", "ee"]
