@@ -661,7 +661,7 @@ def sampler_pub_result(pub: SamplerPub, result: dict) -> SamplerPubResult:
     data = DataBin(**{c.name: BitArray(arrays[c.name], c.size) for c in cregs}, shape=shape)
     return SamplerPubResult(data, metadata={
         "shots": pub.shots, "circuit_metadata": pub.circuit.metadata,
-        "workflow_id": result["workflow_id"],
+        "workflow_id": result["workflow_id"], **mitigation_metadata(result),
     })
 
 
@@ -776,10 +776,14 @@ def mitigation_metadata(result: dict) -> dict:
     `std_error_scope` (one random fold per factor that is not an odd integer: the stds were
     a fifth of the run-to-run spread, and nothing in the PubResult said so; a red-team run)."""
     report = result.get("mitigation") or {}
-    if report.get("technique", "none") == "none":
-        return {}
     parameters = dict(report.get("parameters") or {})
-    found = {"mitigation": {"technique": report["technique"], "parameters": parameters}}
+    technique = report.get("technique", "none")
+    if technique == "none" and not parameters:
+        return {}
+    # A technique asked for and not applied says so in its parameters ("dd": "not applied:
+    # the backend target has no gate durations"): dropped with technique "none", a user who
+    # asked for it could not tell (a red-team run).
+    found = {"mitigation": {"technique": technique, "parameters": parameters}}
     if "std_error_scope" in parameters:
         found["std_error_scope"] = parameters["std_error_scope"]
     return found

@@ -438,3 +438,26 @@ def test_an_evolution_of_non_commuting_terms_is_sent_as_its_product_formula_with
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         circuit_source(commuting)
+
+
+def test_the_mitigation_report_reaches_the_sampler_and_says_what_was_not_applied():
+    """A Sampler run with dynamical decoupling carried no `mitigation` metadata, and an
+    Estimator asked for DD on a backend without gate durations showed none either, though the
+    worker's report said "not applied" (a red-team run)."""
+    from streams.client.primitives import mitigation_metadata
+
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    pub = SamplerPub.coerce((circuit, None, 8))
+    applied = _sampler_result("wf-dd", [{"0": 8}], [{"name": "c", "size": 1}])
+    applied["mitigation"] = {"technique": "dd",
+                             "parameters": {"dd_sequence": "X-X", "dd_schedule": "alap"}}
+    result = sampler_pub_result(pub, applied)
+    assert result.metadata["mitigation"] == {
+        "technique": "dd", "parameters": {"dd_sequence": "X-X", "dd_schedule": "alap"}}
+    skipped = {"mitigation": {"technique": "none", "parameters": {
+        "dd": "not applied: the backend target has no gate durations"}}}
+    assert mitigation_metadata(skipped)["mitigation"]["parameters"]["dd"].startswith(
+        "not applied")
+    assert mitigation_metadata({"mitigation": {"technique": "none", "parameters": {}}}) == {}
+    assert mitigation_metadata({}) == {}
