@@ -175,12 +175,17 @@ class TopicsNotCreated(RuntimeError):
 
 # Another worker created it between our listing and our request: it exists, as wanted.
 TOPIC_ALREADY_EXISTS = 36
+# Not allowed to create it: the access checks that follow say which ACL a principal lacks.
+TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED = 29, 31
+LEFT_TO_OTHER_CHECKS = {TOPIC_ALREADY_EXISTS, TOPIC_AUTHORIZATION_FAILED,
+                        CLUSTER_AUTHORIZATION_FAILED}
 
 
 def check_created(response) -> None:
-    """TopicsNotCreated naming each topic a CreateTopics response refused."""
+    """TopicsNotCreated naming each topic a CreateTopics response refused (but for a topic
+    that exists, or one the principal may not create: the ACL checks name those)."""
     refused = [(name, code, (rest or [None])[0]) for name, code, *rest in response.topic_errors
-               if code and code != TOPIC_ALREADY_EXISTS]
+               if code and code not in LEFT_TO_OTHER_CHECKS]
     if refused:
         from aiokafka.errors import for_code
 

@@ -150,7 +150,7 @@ def dead_letters(settings) -> dict[str, dict]:
     found = {}
     for record in topic_records(settings, "deadletter", timeout_s=30):
         found[(record.key or b"").decode(errors="replace")] = {
-            name: value.decode(errors="replace") for name, value in record.headers
+            name: (value or b"").decode(errors="replace") for name, value in record.headers
         }
     return found
 

@@ -88,6 +88,8 @@ def test_topics_the_broker_refused_are_not_reported_created():
 
     check_created(SimpleNamespace(topic_errors=[("q.jobs", 0, None), ("q.cost", 36, "exists")]))
     check_created(SimpleNamespace(topic_errors=[("q.jobs", 0)]))  # v0: no message
+    # Not allowed: left to the ACL checks, which say what to grant.
+    check_created(SimpleNamespace(topic_errors=[("q.jobs", 29, "Authorization failed.")]))
     with pytest.raises(TopicsNotCreated, match=r"q\.jobs\.x \(InvalidTopicError: too long\)"):
         check_created(SimpleNamespace(topic_errors=[("q.ok", 0, None),
                                                     ("q.jobs.x", 17, "too long")]))
