@@ -20,8 +20,6 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"{transport.SCHEME}://{server.strip()}" for server in bootstrap.split(",")]
 
 
-
-
 def faust_settings(settings: Settings) -> dict:
     options = dict(
         broker=broker_urls(settings.broker),

@@ -325,9 +325,8 @@ async def call_once(runtime: Runtime, prepared: PreparedJob, data: bytes, seed: 
     """One call for a prepared job (`data`: its bytes) where the stages run it
     (`in_simulator_process`): the counts and the seconds the backend ran. Past `timeout`:
     TimeoutError, or SandboxTimeout from the simulator process, which is killed then (the
-    outer bound only covers its start)."""
-    if (too_large := past_simulation_limit(runtime, prepared)) is not None:
-        raise too_large  # as the simulator would, before the job is shipped there
+    outer bound only covers its start). Its callers refuse a job past the simulation limit
+    first (`past_simulation_limit`), as the simulator would, before it is shipped there."""
     if not in_simulator_process(runtime, [prepared.backend], [prepared]):
         return await asyncio.wait_for(
             in_thread_timed(runtime, execute, prepared, runtime.registry, seed,
@@ -355,6 +354,8 @@ async def simulate_alone(runtime: Runtime, prepared: PreparedJob,
     """`call_once` bounded by execute_timeout_s, a timeout being SimulationTimeout: the
     variational stage's evaluations, which ran in threads whatever their size."""
     timeout = runtime.settings.execute_timeout_s
+    if (too_large := past_simulation_limit(runtime, prepared)) is not None:
+        raise too_large
     try:
         return await call_once(runtime, prepared, prepared.to_bytes(), seed, timeout)
     except (TimeoutError, SandboxTimeout):

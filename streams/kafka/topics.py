@@ -219,22 +219,21 @@ def topic_configs(settings: Settings, name: str) -> dict[str, str]:
 DEFAULT_MAX_REPLICATION = 3
 
 
-async def cluster_brokers(admin, topics: list[str]) -> tuple[set[int], set[int]]:
-    """The brokers that answer, and every broker known to be the cluster's: those and the
-    replicas of `topics` (a broker that is down is left out of the first list only)."""
-    live = {broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]}
-    known = set(live)
+async def replicas_named(admin, topics: list[str]) -> set[int]:
+    """The brokers named as replicas of `topics`, including those that are down."""
+    named: set[int] = set()
     if topics:
         for description in await admin.describe_topics(topics):
             for partition in description["partitions"]:
-                known.update(partition["replicas"])
-    return live, known
+                named.update(partition["replicas"])
+    return named
 
 
-def replica_witnesses(prefix: str, existing) -> list[str]:
-    """Existing topics whose replicas name the cluster's brokers: the prefix's own and
-    Kafka's internal ones."""
-    return sorted(name for name in existing if name.startswith(f"{prefix}.")
+def replica_witnesses(settings: Settings, existing) -> list[str]:
+    """Existing topics whose replicas name the cluster's brokers: the prefix's shared ones
+    (not every tenant's) and Kafka's internal ones."""
+    shared = set(TopicNames.from_settings(settings).all())
+    return sorted(name for name in existing if name in shared
                   or name in ("__consumer_offsets", "__transaction_state"))
 
 
@@ -246,16 +245,19 @@ async def settle_replication_factor(settings: Settings, admin, existing=(),
     node of three was down got topics of 2 replicas, which stopped at the next node's loss
     while the other tenants' went on (a red-team run). `creating`: BrokersMissing rather
     than topics with fewer replicas than that."""
-    live, known = await cluster_brokers(admin, replica_witnesses(settings.topic_prefix,
-                                                                 existing))
+    live = {broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]}
+    known = None
     if settings.replication_factor is None:
+        known = live | await replicas_named(admin, replica_witnesses(settings, existing))
         settings.replication_factor = max(1, min(DEFAULT_MAX_REPLICATION, len(known)))
     if creating and len(live) < settings.replication_factor:
-        down = sorted(known - live)
+        if known is None:
+            known = live | await replicas_named(admin, replica_witnesses(settings, existing))
         raise BrokersMissing(
-            f"{len(live)} of the cluster's brokers answer (down: {down or 'unknown'}), and "
-            f"new topics need {settings.replication_factor} replicas: nothing was created; "
-            "try again when the brokers are back (or set QLANE_REPLICATION_FACTOR)")
+            f"{len(live)} of the cluster's brokers answer (down: "
+            f"{sorted(known - live) or 'unknown'}), and new topics need "
+            f"{settings.replication_factor} replicas: nothing was created; try again when "
+            "the brokers are back (or set QLANE_REPLICATION_FACTOR)")
     return settings.replication_factor
 
 
