@@ -308,6 +308,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     from schemas.codec import codec
     from streams.client import decode_dlq_headers
+    from streams.client.kafka import shown_headers
     from streams.client.render import json_line
     from streams.workflow.cancel import is_cancel
 
@@ -321,8 +322,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 "timestamp_ms": record.timestamp,
                 "key": (record.key or b"").decode(errors="replace")}
         if short == "deadletter":
-            line["headers"] = decode_dlq_headers(record.headers)
-            source = line["headers"].get("qlane.dlq.source.topic", "")
+            line["headers"] = shown_headers(record.headers)
+            source = decode_dlq_headers(record.headers).get("qlane.dlq.source.topic", "")
             source_schema = schema_of_topic(settings.topic_prefix, source)
             try:
                 line["value"] = codec(source_schema).decode(record.value)
@@ -437,6 +438,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from schemas.codec import codec
     from streams.client import decode_dlq_headers
+    from streams.client.kafka import shown_headers
     from streams.client.render import json_line
     from streams.client.replay import ReplaySelection, select_records
     from streams.kafka.topics import TopicNames
@@ -486,7 +488,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         print(json_line({"partition": record.partition, "offset": record.offset,
                          "timestamp_ms": record.timestamp,
                          "key": (record.key or b"").decode(errors="replace"),
-                         "headers": headers, "value": value}))
+                         "headers": shown_headers(record.headers), "value": value}))
     return 0
 
 

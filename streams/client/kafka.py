@@ -24,6 +24,7 @@ from streams.kafka.compat import (
     topic_partitions,
 )
 from streams.kafka.security import detect_profile, kafka_options
+from streams.kafka.shutdown import install_logger_filter
 from streams.kafka.tenants import tenant_ids, topic_tenant
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
 from streams.ops.logs import printable
@@ -114,6 +115,23 @@ def decode_dlq_headers(headers) -> dict[str, str]:
     return {name: (value or b"").decode(errors="replace") for name, value in headers or ()}
 
 
+def shown_headers(headers) -> dict[str, str | None | list[str | None]]:
+    """Headers as JSON for a reader: a null value stays null, and a name sent more than once
+    keeps every value, in order, as a list (a dict of last values hid the others)."""
+    shown: dict[str, str | None | list[str | None]] = {}
+    repeated: set[str] = set()
+    for name, value in headers or ():
+        text = None if value is None else value.decode(errors="replace")
+        if name not in shown:
+            shown[name] = text
+        elif name in repeated:
+            shown[name].append(text)
+        else:
+            shown[name] = [shown[name], text]
+            repeated.add(name)
+    return shown
+
+
 def own_ids(settings: Settings, topic: str, workflow_id: str) -> None:
     """ValueError, before sending, for an id the workers would refuse on a tenant's topic."""
     from streams.kafka.tenants import check_id_of, topic_tenant
@@ -141,6 +159,9 @@ class Client:
         self.producer: AIOKafkaProducer | None = None
         self.watcher: AIOKafkaConsumer | None = None
         self._tenant_topics_found: set[str] = set()
+        # During an outage aiokafka logs a warning per retry, every few milliseconds: a
+        # client's console filled with them (a red-team run). The workers' guard, here too.
+        install_logger_filter(settings.broker_warning_interval_s)
 
     async def __aenter__(self) -> Client:
         self.settings = await detect_profile(self.settings)  # its readers' isolation level

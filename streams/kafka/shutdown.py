@@ -89,7 +89,10 @@ def install_logger_filter(interval_s: float) -> RepeatFilter:
     for name in list(logging.Logger.manager.loggerDict):
         if any(name == p or name.startswith(p + ".") for p in NOISY_LOGGERS):
             logger = logging.getLogger(name)
-            if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            existing = [f for f in logger.filters if isinstance(f, RepeatFilter)]
+            for earlier in existing:  # the latest settings' interval, as install_log_filter
+                earlier.interval_s = interval_s
+            if not existing:
                 logger.addFilter(repeat)
     return repeat
 
