@@ -515,6 +515,10 @@ class Sampler(_Primitive, BaseSamplerV2):
             # are no samples: the counts would come back raw, as if it had not been asked.
             raise ValueError("readout mitigation corrects probabilities and expectation "
                              "values, not samples: use the Estimator, or drop it here")
+        if (self._options.mitigation or {}).get("zne") is not None:
+            # The worker refused it only after the round trip, as a dead letter (a red-team run).
+            raise ValueError("zero-noise extrapolation extrapolates expectation values; samples "
+                             "have none: use the Estimator, or drop it here")
         coerced = [SamplerPub.coerce(pub, shots) for pub in pubs]
         if any(len(pub.circuit.cregs) == 0 for pub in coerced):
             warnings.warn(

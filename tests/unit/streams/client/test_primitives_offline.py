@@ -215,6 +215,18 @@ def test_a_sampler_asked_for_readout_mitigation_refuses_instead_of_sampling_raw(
         sampler.run([circuit])
 
 
+def test_a_sampler_asked_for_zne_refuses_before_sending():
+    """`run()` sent it and `result()` raised the worker's InvalidJob after a dead letter."""
+    from streams.client.primitives import Sampler
+
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    for zne in ({}, {"scale_factors": [1, 3]}):
+        sampler = Sampler("127.0.0.1:1", mitigation={"zne": zne})
+        with pytest.raises(ValueError, match="samples have none"):
+            sampler.run([circuit])
+
+
 @pytest.mark.parametrize("mitigation", [{"readout": True}, {"zne": {"scale_factors": [1, 3]}},
                                         {"zne": {}}])
 def test_an_adaptive_estimator_refuses_mitigation_it_would_not_apply(mitigation):
