@@ -58,7 +58,12 @@ from workers.errors import (
 )
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
-from workers.variational.loop import VariationalSpec, evaluation_job
+from workers.variational.loop import (
+    EVALUATION_MARK,
+    VariationalSpec,
+    evaluated_workflow,
+    evaluation_job,
+)
 
 STAGE = "preprocess"
 CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
@@ -133,9 +138,11 @@ def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str
         if source.key != workflow_id.encode():
             # Quoted in part: a 900 KB key quoted whole made the dead letter too large to
             # send (ProducerSendError for KeyMismatch, and no status: a red-team run).
-            raise KeyMismatch(f"record key {(source.key or b'')[:80]!r} "
-                              f"({len(source.key or b'')} bytes) is not the workflow id "
-                              f"{workflow_id[:80]!r} ({len(workflow_id.encode())} bytes)")
+            # A null key and an empty one read the same as b'' (a red-team run).
+            told = "no key (null)" if source.key is None else \
+                f"record key {source.key[:80]!r} ({len(source.key)} bytes)"
+            raise KeyMismatch(f"{told} is not the workflow id {workflow_id[:80]!r} "
+                              f"({len(workflow_id.encode())} bytes)")
     if len(source.key or b"") > MAX_ROUTED_KEY_BYTES or (not cancel and not workflow_id):
         # Not moved to its key's partition, so its table entry would be on the wrong one:
         # a job run twice, a late cancel answered "before arrival" (red-team run).
@@ -146,6 +153,12 @@ def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str
         # checkpoint chunks) are the workflow id and a \x1f: no id may reach them.
         raise InvalidJob("a workflow id may not hold control characters (U+0000-U+001F, "
                          "U+007F)")
+    if evaluated_workflow((source.key or b"").decode(errors="replace")) is not None:
+        # A variational loop charges its evaluations under "<id>#eval<n>": a job of that id
+        # ran beside the loop's evaluation and two CostEvents of one key stood for different
+        # runs (a red-team run).
+        raise InvalidJob(f"a workflow id ending in {EVALUATION_MARK}<n> names a variational "
+                         "loop's evaluation: choose another id")
     parent = (request or {}).get("parent_workflow_id")
     if parent is not None and len(parent.encode()) > MAX_ROUTED_KEY_BYTES:
         # Copied into the result: 760 KB of it ran a loop's charged evaluations and then

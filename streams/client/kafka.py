@@ -133,10 +133,15 @@ def shown_headers(headers) -> dict[str, str | None | list[str | None]]:
 
 
 def own_ids(settings: Settings, topic: str, workflow_id: str) -> None:
-    """ValueError, before sending, for an id the workers would refuse on a tenant's topic."""
+    """ValueError, before sending, for an id the workers would refuse on a tenant's topic,
+    or on any topic: a variational loop's evaluation id."""
     from streams.kafka.tenants import check_id_of, topic_tenant
     from workers.errors import TenantMismatch
+    from workers.variational.loop import evaluated_workflow
 
+    if evaluated_workflow(workflow_id) is not None:
+        raise ValueError(f"{workflow_id!r} names a variational loop's evaluation "
+                         "(<id>#eval<n>): choose another id")
     try:
         check_id_of(topic_tenant(settings.topic_prefix, topic), workflow_id)
     except TenantMismatch as error:

@@ -31,6 +31,28 @@ def test_a_huge_key_is_quoted_in_part():
     assert len(str(refused.value)) < 400 and "900000 bytes" in str(refused.value)
 
 
+def test_a_null_key_is_told_apart_from_an_empty_one():
+    with pytest.raises(KeyMismatch, match=r"^no key \(null\) is not the workflow id"):
+        checked_record(SourceRecord("p.jobs.tb", 0, 1, None, None, record(b"").value, ()),
+                       cancel=False)
+    with pytest.raises(KeyMismatch, match=r"^record key b'' \(0 bytes\)"):
+        checked_record(record(b""), cancel=False)
+
+
+@pytest.mark.parametrize("workflow_id", ["tb.v1#eval0", "tb.v1#eval17"])
+def test_an_id_of_a_variational_evaluation_is_refused_for_a_job_and_a_cancel(workflow_id):
+    """A client job `X#eval0` ran beside loop X's evaluation 0, and both were charged under
+    one workflow id (a red-team run with a Node.js client)."""
+    with pytest.raises(InvalidJob, match="variational loop's evaluation"):
+        checked_record(record(workflow_id.encode(), workflow_id), cancel=False)
+    with pytest.raises(InvalidJob, match="variational loop's evaluation"):
+        checked_record(SourceRecord("p.jobs.tb", 0, 1, None, workflow_id.encode(), b"", ()),
+                       cancel=True)
+    request, kept = checked_record(record(b"tb.v1#evaluation", "tb.v1#evaluation"),
+                                   cancel=False)
+    assert kept == "tb.v1#evaluation"
+
+
 class StatusTopic:
     def __init__(self, fails: bool = False) -> None:
         self.sent: list[tuple[bytes, dict]] = []

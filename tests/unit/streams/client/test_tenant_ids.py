@@ -63,3 +63,12 @@ def test_a_tenant_topic_missing_from_one_metadata_answer_is_asked_for_again(monk
     assert asked[2:] == ["qlane.jobs.ghost"] * 3
     asyncio.run(client._check_tenant_topic("qlane.jobs"))  # the shared topic: not asked
     assert len(asked) == 5
+
+
+def test_the_client_refuses_a_variational_evaluations_id_on_any_topic():
+    """The workers refuse it (its cost events would share a key with the loop's evaluation):
+    the client says so before sending."""
+    for topic in ("qlane.jobs", "qlane.jobs.acme"):
+        with pytest.raises(ValueError, match="variational loop's evaluation"):
+            own_ids(SETTINGS, topic, "acme.v1#eval3")
+    own_ids(SETTINGS, "qlane.jobs", "v1#evaluate")
