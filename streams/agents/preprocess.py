@@ -341,6 +341,12 @@ def register(app, runtime: Runtime, table) -> None:
                                   "source": source.address, "updated_ms": now_ms()}
             log.info("%s arrived after its cancel: not run", workflow_id,
                      extra={"workflow_id": workflow_id, "stage": STAGE})
+            # Told again now that the entry names its job topic: the cancel's own status
+            # went out before any client of the job watched, and only to the shared topic
+            # when it came from there, so its submitter waited out its timeout (a red-team
+            # run).
+            await runtime.status(workflow_id, "cancelled", STAGE,
+                                 detail="arrived after its cancel: not run")
             return "cancelled"
         if previous.get("fingerprint") != fingerprint:
             raise IdempotencyConflict(

@@ -123,6 +123,25 @@ def test_cancelled_before_execution_is_never_run_nor_charged(small_batch_setting
     assert answer.state == "cancel_ignored" and "already cancelled" in answer.detail
 
 
+def test_a_job_that_arrives_after_its_cancel_is_told_cancelled(settings, worker):
+    """Its submitter, watching from the submit on, saw no status at all and waited out its
+    timeout: the only `cancelled` status went out when the cancel came (a red-team run)."""
+    workflow_id = f"late-{uuid.uuid4().hex[:8]}"
+
+    async def go():
+        await cancel_workflow(settings, workflow_id, reason="before arrival", timeout_s=30)
+        async with Client(settings) as client:
+            await client.start_watching()
+            await client.submit(job_request(workflow_id=workflow_id,
+                                            circuit=(EXAMPLES / "bell.qasm").read_text()))
+            return await client.wait([workflow_id], 30)
+
+    outcome = asyncio.run(go())[workflow_id]
+    assert outcome.state == "cancelled" and outcome.result is None, (outcome.state,
+                                                                     outcome.history)
+    assert "arrived after its cancel" in outcome.detail
+
+
 def test_cancel_of_a_finished_workflow_is_a_reported_no_op(settings, worker):
     job = job_request(workflow_id=f"fin-{uuid.uuid4().hex[:6]}",
                       circuit=(EXAMPLES / "bell.qasm").read_text(), shots=100)
