@@ -27,6 +27,8 @@ from streams.workflow.deadletter import SourceRecord
 from streams.workflow.results import (
     build_result,
     check_counts_can_fit,
+    counts_floor_bytes,
+    largest_fitting_result,
     republish_stored_result,
     stored_result,
     submitted_ms,
@@ -60,9 +62,12 @@ class Mitigated:
 
 def mitigate_fitting(prepared: PreparedJob, counts: list[dict[str, int]],
                      limit: int) -> MitigationOutcome:
-    """`mitigate`, once the counts are known to fit a record (`check_counts_can_fit`)."""
+    """`mitigate`, once the counts are known to fit a record (`check_counts_can_fit`), with
+    what is left of a record for the readout-corrected distributions of a counts job."""
     check_counts_can_fit(counts, limit)
-    return mitigate(prepared, counts)
+    return mitigate(prepared, counts,
+                    distributions_allowed_bytes=largest_fitting_result(limit)
+                    - counts_floor_bytes(counts))
 
 
 @dataclass

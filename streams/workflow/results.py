@@ -121,6 +121,11 @@ def fits_a_record(size: int, limit: int) -> bool:
     return max(stored_bytes(size), size + RECORD_OVERHEAD_BYTES) <= limit
 
 
+def largest_fitting_result(limit: int) -> int:
+    """The largest result, in bytes, that `fits_a_record` of `limit` bytes."""
+    return max(0, min(limit - RECORD_OVERHEAD_BYTES, 3 * (limit - TABLE_ENTRY_BYTES) // 4))
+
+
 # Bytes an expectation takes in a JobResult besides its observable's text (Avro's binary
 # encoding), at the least: the prepared job's result floor counts them alike.
 EXPECTATION_BYTES = EXPECTATION_RESULT_BYTES

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from workers.errors import ResultTooLarge
 from workers.execution.preparation import PreparedJob, folds_at
 from workers.mitigation import ddd, zne
 from workers.mitigation.estimation import ExpectationEstimate, ParityTable, estimate_tasks
@@ -53,9 +54,18 @@ class MitigationOutcome:
     mitigated_probabilities: list[dict[str, float]] = field(default_factory=list)
 
 
-def mitigate(prepared: PreparedJob, counts: list[dict[str, int]]) -> MitigationOutcome:
+# The least a mitigated probability takes in a JobResult besides its bitstring: its length
+# (a varint) and its value (an Avro double).
+DISTRIBUTION_ENTRY_BYTES = 9
+
+
+def mitigate(prepared: PreparedJob, counts: list[dict[str, int]],
+             distributions_allowed_bytes: int | None = None) -> MitigationOutcome:
     """Mitigated estimates, the mitigation report and, for counts jobs, mitigated
-    distributions. `counts` are per task, in task order (what `execute` returns)."""
+    distributions. `counts` are per task, in task order (what `execute` returns).
+
+    `distributions_allowed_bytes`: ResultTooLarge as soon as the mitigated distributions
+    would take more of a result than that, instead of after all of them."""
     if len(counts) != len(prepared.tasks):
         raise ValueError(f"{len(counts)} counts for {len(prepared.tasks)} tasks")
     spec = prepared.mitigation
@@ -124,11 +134,25 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]]) -> MitigationO
         )
         if not prepared.observables:
             skipped = False
+            taken = 0
             for position, index in enumerate(unmitigated):
                 template = prepared.templates[prepared.tasks[index].template_index]
                 quasi = mitigate_distribution(counts[index], calibration, clbit_qubits(template))
                 skipped |= quasi is None
                 probabilities[position] = quasi or {}
+                taken += sum(len(key.encode()) + DISTRIBUTION_ENTRY_BYTES
+                             for key in probabilities[position])
+                if distributions_allowed_bytes is not None and \
+                        taken > distributions_allowed_bytes:
+                    # A quasi-distribution spreads over far more bitstrings than its counts
+                    # (about 200 for 2 outcomes of 16 bits): 1,000 of them made a 5.3 MB
+                    # result, refused only after 7 s of corrections (a red-team run).
+                    raise ResultTooLarge(
+                        f"the readout-corrected distributions take more than the "
+                        f"{max(distributions_allowed_bytes, 0)} bytes a record leaves them "
+                        f"after {position + 1} of {len(unmitigated)} circuits: fewer "
+                        "circuits or measured bits, or readout mitigation on an Estimator "
+                        "job instead")
             if skipped:
                 parameters["readout_distribution"] = (
                     f"not computed above {MAX_DENSE_BITS} measured bits"

@@ -654,6 +654,35 @@ def test_counts_job_gets_one_distribution_per_circuit(noisy) -> None:
     assert quasi["000"] + quasi["111"] > (counts[0]["000"] + counts[0]["111"]) / 1000
 
 
+def test_distributions_past_what_a_record_leaves_them_are_refused_as_they_grow(noisy) -> None:
+    """1,000 corrected distributions of 16 bits (about 200 entries each from 2 outcomes) made
+    a 5.3 MB result, refused only after all of them, 7 s of a worker (a red-team run)."""
+    from workers.errors import ResultTooLarge
+    from workers.mitigation.combine import DISTRIBUTION_ENTRY_BYTES
+
+    spec = JobSpec(
+        "wf-counts", GHZ3_QASM2, shots=1000, backend=NOISY, mitigation=MitigationSpec(readout=True)
+    )
+    prepared = prepare(spec, noisy, TranspileCache(), Limits(), ReadoutCalibrationCache())
+    counts = execute(prepared, noisy, 1)
+    whole = mitigate(prepared, counts)
+    (quasi,) = whole.mitigated_probabilities
+    needed = sum(len(key) + DISTRIBUTION_ENTRY_BYTES for key in quasi)
+    assert mitigate(prepared, counts, distributions_allowed_bytes=needed) == whole
+    with pytest.raises(ResultTooLarge, match="after 1 of 1 circuits"):
+        mitigate(prepared, counts, distributions_allowed_bytes=needed - 1)
+
+    from streams.agents.mitigate import mitigate_fitting
+    from streams.workflow.results import counts_floor_bytes, largest_fitting_result
+
+    least = counts_floor_bytes(counts) + needed  # the limit a worker's record size sets
+    tight = next(limit for limit in range(1, 100_000)
+                 if largest_fitting_result(limit) >= least)
+    assert mitigate_fitting(prepared, counts, tight) == whole
+    with pytest.raises(ResultTooLarge, match="readout-corrected distributions"):
+        mitigate_fitting(prepared, counts, tight - 1)
+
+
 # ------------------------------------------------------------------ dynamical decoupling
 def test_dynamical_decoupling_pads_idle_windows(noisy) -> None:
     spec = estimator_job(MitigationSpec(dynamical_decoupling=True))
