@@ -272,7 +272,8 @@ def register(app, runtime: Runtime, table) -> None:
 
         started = time.perf_counter()
         if request.get("variational") is not None:
-            return await hand_to_variational_stage(workflow_id, request, source)
+            return await hand_to_variational_stage(workflow_id, request, source,
+                                                   accepted_at_ms)
         try:
             if ahead is not None and ahead.error is not None:
                 raise ahead.error
@@ -356,7 +357,8 @@ def register(app, runtime: Runtime, table) -> None:
                             detail=duplicate_detail("cancelled"))
         return "duplicate"
 
-    async def hand_to_variational_stage(workflow_id: str, request: dict, source) -> str:
+    async def hand_to_variational_stage(workflow_id: str, request: dict, source,
+                                        accepted_at_ms: int) -> str:
         """Validate the options and the first evaluation now; the loop runs in its stage."""
         try:
             if len(request["observables"]) != 1:
@@ -376,7 +378,7 @@ def register(app, runtime: Runtime, table) -> None:
                 f"the variational job ({len(source.value)} bytes) is too large to hand to its "
                 f"stage within the producer's {runtime.max_record_bytes}-byte limit"))
         await runtime.send("variational", workflow_id, source.value)
-        mark(table, workflow_id, "prepared")
+        mark(table, workflow_id, "prepared", accepted_ms=accepted_at_ms)  # for its deadline
         await runtime.status(workflow_id, "prepared", STAGE,
                              detail=f"variational, {spec.optimizer}")
         return "ok"

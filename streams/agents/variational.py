@@ -9,6 +9,7 @@ uncommitted, so the next owner of the partition replays the history into a fresh
 
 from __future__ import annotations
 
+import logging
 import time
 
 from schemas.codec import codec
@@ -26,12 +27,13 @@ from streams.workflow import accounting
 from streams.workflow.cancel import cancel_requested
 from streams.workflow.deadletter import SourceRecord
 from streams.workflow.results import republish_stored_result, stored_result, submitted_ms
-from workers.errors import BudgetExceeded, InvalidJob, ResultTooLarge
+from workers.errors import BudgetExceeded, DeadlineExceeded, InvalidJob, ResultTooLarge
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
 from workers.mitigation.combine import mitigate
 from workers.variational.loop import (
     STOPPED_BY_CANCEL,
+    STOPPED_BY_DEADLINE,
     AskTellOptimizer,
     Evaluation,
     VariationalSpec,
@@ -41,6 +43,7 @@ from workers.variational.loop import (
 )
 
 STAGE = "variational"
+log = logging.getLogger("qlane")
 # Evaluations per checkpoint chunk. The whole history was written into the workflow's entry
 # after every evaluation: quadratic in the evaluations (one valid 2,000-evaluation loop wrote
 # 373 MiB to the table's changelog and took the embedded broker from 18 to 413 MiB; red-team
@@ -87,6 +90,16 @@ def drop_checkpoint(table, workflow_id: str, count: int) -> None:
             del table[key]
 
 
+def loop_deadline_ms(request: dict, entry: dict) -> int | None:
+    """When a loop's `deadline_ms` runs out: counted from its submission, or from its
+    acceptance (the entry's `accepted_ms`) as an ordinary job's is."""
+    budget = request.get("deadline_ms")
+    if budget is None:
+        return None
+    accepted = entry.get("accepted_ms") or entry.get("updated_ms") or now_ms()
+    return submitted_ms(request, accepted) + budget
+
+
 def register(app, runtime: Runtime, table) -> None:
     settings = runtime.settings
     runtime.warm_ups.add("variational optimizer", scipy_minimize)
@@ -124,6 +137,7 @@ def register(app, runtime: Runtime, table) -> None:
         raw.update({str(item["index"]): item["raw"] for item in items if "raw" in item})
         optimizer = AskTellOptimizer(spec, history)
         stop_reason = None
+        deadline = loop_deadline_ms(request, entry)
         last_prepared = None
         report = {"technique": "none", "parameters": {}, "overhead_circuits": 0,
                   "overhead_shots": 0}
@@ -172,6 +186,11 @@ def register(app, runtime: Runtime, table) -> None:
                 if cancel_requested(table, workflow_id):
                     stop_reason = STOPPED_BY_CANCEL
                     break
+                if deadline is not None and now_ms() > deadline:
+                    # Ignored before: a loop with a 1.5 s deadline ran 12.4 s and 1,500
+                    # charged evaluations (a red-team run).
+                    stop_reason = STOPPED_BY_DEADLINE
+                    break
                 index = len(optimizer.history)
                 done = await evaluate_at(point, index)
                 if done is None:
@@ -208,10 +227,18 @@ def register(app, runtime: Runtime, table) -> None:
             mark(table, workflow_id, "cancelled")
             await runtime.status(workflow_id, "cancelled", STAGE, detail="before any evaluation")
             return "cancelled"
+        if best is None and stop_reason == STOPPED_BY_DEADLINE:
+            raise StageFailure(workflow_id, DeadlineExceeded(
+                "the deadline passed before the loop's first evaluation"))
         if best is None:
             raise StageFailure(workflow_id, BudgetExceeded("no evaluation fitted the budget"))
+        if optimizer.optimizer_error is not None:
+            log.warning("%s: the optimizer gave up after %d evaluations (%s); the best so far "
+                        "is the result", workflow_id, len(optimizer.history),
+                        optimizer.optimizer_error,
+                        extra={"workflow_id": workflow_id, "stage": STAGE})
         confirmed = None
-        if stop_reason != STOPPED_BY_CANCEL:
+        if stop_reason not in (STOPPED_BY_CANCEL, STOPPED_BY_DEADLINE):
             # The best of many noisy values is biased low, and its own error bar does not
             # say so: over 120 H2 runs the truth at the best point was within 2 of them 58 %
             # of the time, mean z -2.0 (red-team run). A fresh evaluation there is not.

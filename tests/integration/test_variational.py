@@ -107,3 +107,21 @@ def test_a_loop_whose_first_evaluation_exceeds_its_cost_limit_is_refused_at_admi
     assert [h["qlane.dlq.source.topic"].decode() for h in letters] == [
         f"{settings.topic_prefix}.jobs"]
     assert "prepared" not in outcome.history
+
+
+def test_a_loop_stops_at_its_deadline_with_its_best_so_far(settings, worker):
+    """A loop with a 1.5 s deadline ran 12.4 s and all of its 1,500 charged evaluations (a
+    red-team run): the deadline is checked before each evaluation."""
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    fields["variational"].update(max_iterations=1000, tolerance=1e-300,
+                                 optimizer="Nelder-Mead")
+    job = job_request(**{**fields, "workflow_id": f"vqe-dl-{uuid.uuid4().hex[:8]}",
+                         "shots": 1000, "deadline_ms": 3000})
+    outcome = submit_and_wait(settings, [job], timeout_s=120)[job["workflow_id"]]
+    assert outcome.result is not None, outcome.detail
+    report = outcome.result["variational"]
+    assert report["stop_reason"] == "deadline", report["stop_reason"]
+    assert 1 <= report["evaluations"] < 1000
+    values = [step["value"] for step in report["history"]]
+    assert report["best_value"] == min(values)
+    assert outcome.state == "done"

@@ -34,6 +34,7 @@ STOP_REASONS = ("converged", "max_iterations", "max_shots", "max_cost", "stopped
 # Stop reasons the stage sets itself: a cancel (the result holds the best so far, and the
 # final status is `cancelled` with this detail) and a tenant's budget.
 STOPPED_BY_CANCEL = "cancelled"
+STOPPED_BY_DEADLINE = "deadline"
 _JOIN_SECONDS = 5.0
 # A variational job's checkpoint (its table entry, JSON) and its result both hold every
 # evaluation: its parameters, value, standard error, shots, cost and raw value. Kept under
@@ -197,6 +198,10 @@ def scipy_minimize():
     return minimize
 
 
+class HistoryMismatch(ValueError):
+    """A resumed optimizer asked for another point than its checkpoint's next evaluation."""
+
+
 class AskTellOptimizer:
     """Runs scipy.optimize.minimize in a background thread and turns it into ask/tell.
 
@@ -226,6 +231,7 @@ class AskTellOptimizer:
         self._pending: tuple[float, ...] | None = None
         self._stop_reason: str | None = None
         self._error: BaseException | None = None
+        self.optimizer_error: str | None = None  # why scipy itself gave up, when it raised
         self._finished = False
         self.result: Any = None  # scipy's OptimizeResult when it returned normally
 
@@ -325,6 +331,15 @@ class AskTellOptimizer:
             self._to_caller.put(("done", reason))
         except _Stop as stop:
             self._to_caller.put(("done", stop.reason))
+        except Exception as exc:
+            if self.history and not isinstance(exc, HistoryMismatch):
+                # scipy itself gave up (COBYLA's LinAlgError at a tolerance of 1e-300 after
+                # 243 charged evaluations failed the loop with no result: a red-team run): a
+                # run that ended without success, whose best so far is the loop's outcome.
+                self.optimizer_error = f"{type(exc).__name__}: {exc}"[:500]
+                self._to_caller.put(("done", "stopped"))
+            else:  # propagated to ask()
+                self._to_caller.put(("error", exc))
         except BaseException as exc:  # propagated to ask()
             self._to_caller.put(("error", exc))
 
@@ -333,7 +348,7 @@ class AskTellOptimizer:
         if self._replay:
             expected = self._replay[0]
             if tuple(expected.parameters) != point:
-                raise ValueError(
+                raise HistoryMismatch(
                     f"history does not match the optimizer: evaluation {expected.index} is at "
                     f"{expected.parameters}, the optimizer asks {point}"
                 )

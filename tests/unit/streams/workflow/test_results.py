@@ -188,7 +188,7 @@ def test_counts_too_large_for_a_record_are_refused_before_any_mitigation(monkeyp
     from streams.workflow.results import counts_floor_bytes
 
     mitigated = []
-    monkeypatch.setattr(stage, "mitigate", lambda prepared, counts: mitigated.append(1))
+    monkeypatch.setattr(stage, "mitigate", lambda prepared, counts, **_: mitigated.append(1))
     many = [{format(i, "019b"): 1 for i in range(60_000)}]
     assert counts_floor_bytes(many) == 60_000 * 21
     done = stage.Mitigated.of(None, many, 1_000_000)

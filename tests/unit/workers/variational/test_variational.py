@@ -142,6 +142,21 @@ def test_optimizer_errors_reach_ask_and_close_ends_the_thread() -> None:
         Boom(VariationalSpec(initial_point=(1.0,))).ask()
 
 
+def test_scipy_giving_up_mid_run_stops_the_loop_with_its_best_so_far() -> None:
+    """COBYLA at a tolerance of 1e-300 raised LinAlgError after 243 charged evaluations, and
+    the loop failed with no result (a red-team run): it is a run that ended without success."""
+    rng = np.random.default_rng(1)
+    spec = VariationalSpec("COBYLA", (0.1,) * 8, tolerance=1e-300, max_iterations=1500)
+    with AskTellOptimizer(spec) as optimizer:
+        while (point := optimizer.ask()) is not None:
+            value = float(np.sum(np.cos(point)) + rng.normal(0, 0.03))
+            optimizer.tell(Evaluation(len(optimizer.history), point, value, 0.03, 100, 0.01))
+    assert optimizer.stop_reason == "stopped"
+    assert optimizer.optimizer_error.startswith("LinAlgError")
+    assert 10 < len(optimizer.history) < 1500
+    assert optimizer.best == min(optimizer.history, key=lambda e: e.value)
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
