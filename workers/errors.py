@@ -128,6 +128,14 @@ class SandboxTimeout(SandboxFailure):
     """The sandbox exceeded its wall-clock or CPU time bound and was killed."""
 
 
+class SandboxCpuExceeded(SandboxTimeout):
+    """The program used the sandbox's whole CPU-time bound. CPU time, unlike wall time, does
+    not grow with the host's load: another attempt would spend it again, so none is made."""
+
+    retryable = False
+    input_fault = True
+
+
 class SandboxCrashed(SandboxFailure):
     """The sandbox process died (a signal, an abort, an exit) while handling the record."""
 

@@ -121,6 +121,14 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
             # after this line continues the count.
             await runtime.attempts.write(STAGE, source.topic, source.partition,
                                          {source.offset: tries}, reason)
+            if not failure.retryable:
+                # Its CPU bound again on the next attempt: two 10 s attempts of a 1.4 KB
+                # program held every other job of the stage for 22 s (a red-team run).
+                poison = PoisonRecord(f"the record used its sandbox's whole CPU-time bound, "
+                                      f"which another attempt would spend again: {reason}")
+                poison.attempts = tries
+                metrics.POISON_RECORDS.labels(STAGE).inc()
+                raise poison from None
             log.warning("%s: sandbox attempt %d of %d failed: %s", source.address, tries,
                         settings.sandbox_attempts, reason,
                         extra={"workflow_id": spec.workflow_id, "stage": STAGE})

@@ -8,7 +8,8 @@ lose its sandbox:
 
 * wall time: the parent waits `wall_s`, then SIGKILLs the process (SandboxTimeout);
 * CPU time: RLIMIT_CPU, moved `cpu_s` past the process's usage before each program, so the
-  kernel stops a runaway with SIGXCPU (SandboxTimeout);
+  kernel stops a runaway with SIGXCPU (SandboxCpuExceeded: not tried again, the next
+  attempt would spend the same CPU);
 * memory: RLIMIT_AS at the process's own baseline after start-up (the imported libraries)
   plus `memory_mb`: an allocation past it fails (MemoryError: ResourceLimitExceeded) or,
   in native code, aborts the process (SandboxCrashed);
@@ -64,6 +65,7 @@ from workers.errors import (
     InvalidJob,
     QlaneError,
     ResourceLimitExceeded,
+    SandboxCpuExceeded,
     SandboxCrashed,
     SandboxTimeout,
     UnknownBackend,
@@ -587,7 +589,7 @@ class SandboxPool:
             self._replace(slot)
             elapsed = time.monotonic() - started
             if "CPU time" in reason:
-                raise SandboxTimeout(
+                raise SandboxCpuExceeded(
                     f"the sandbox {reason} ({self.bounds.cpu_s}s) after {elapsed:.1f}s"
                 ) from None
             raise SandboxCrashed(

@@ -13,6 +13,8 @@ from workers import errors
     errors.TenantMismatch, errors.SimulationTimeout, errors.BudgetExceeded,
     # One tenant's 1 ms deadlines paged QlaneErrorRatioHigh as `failed` (a red-team run).
     errors.DeadlineExceeded,
+    # Its whole CPU-time bound, which no other attempt would spend differently.
+    errors.SandboxCpuExceeded,
 ])
 def test_the_jobs_own_doing_is_an_input_fault(error):
     assert error.input_fault

@@ -12,7 +12,13 @@ from streams.agents.preprocess import MAX_TOLD_KEY_BYTES, checked_record, tell_t
 from streams.client import job_request
 from streams.runtime import Runtime
 from streams.workflow.deadletter import SourceRecord
-from workers.errors import InvalidJob, KeyMismatch
+from workers.errors import (
+    InvalidJob,
+    KeyMismatch,
+    PoisonRecord,
+    SandboxCpuExceeded,
+    SandboxTimeout,
+)
 
 BELL = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
         "cx q[0], q[1];\nc = measure q;\n")
@@ -105,3 +111,41 @@ def test_a_refusal_that_cannot_be_told_does_not_replace_the_refusal():
     """The status's send failed and its error became the dead letter's (a red-team run)."""
     runtime, _ = runtime_with(StatusTopic(fails=True))
     asyncio.run(tell_tenant_refused(runtime, record(b"tb.x"), KeyMismatch("bad")))
+
+
+class SandboxOutOf:
+    """A sandbox pool whose every run ends with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.runs = 0
+
+    async def run(self, request):
+        self.runs += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "runs"), [
+    (SandboxCpuExceeded("the sandbox ran out of CPU time (10s) after 10.5s"), 1),
+    (SandboxTimeout("the sandbox took longer than 30s (its wall-time bound)"), 3),
+])
+def test_a_program_that_uses_its_whole_cpu_bound_is_poison_at_its_first_attempt(error, runs):
+    """Two 10 s attempts of a 1.4 KB program (50 multi-controlled gates on a device) held
+    every other job of the stage for 22 s (a red-team run): CPU time does not depend on the
+    host's load, so a second attempt spends it again. A wall-time kill may be the host's."""
+    from streams.agents.preprocess import prepare_untrusted
+    from tests.unit.streams.workflow.test_poison import FakeLedger
+    from workers.backends.aer import BackendRegistry
+    from workers.jobs import JobSpec
+    from workers.limits import Limits
+
+    sandbox = SandboxOutOf(error)
+    runtime = SimpleNamespace(
+        settings=SimpleNamespace(sandbox_enabled=True, sandbox_attempts=3, limits=Limits()),
+        sandbox=sandbox, attempts=FakeLedger(), registry=BackendRegistry(), executor=None,
+        max_record_bytes=1_000_000)
+    spec = JobSpec("tb.cpu", BELL, shots=10, backend="aer.ideal")
+    with pytest.raises(PoisonRecord) as poisoned:
+        asyncio.run(prepare_untrusted(runtime, record(b"tb.cpu", "tb.cpu"), spec))
+    assert sandbox.runs == runs and poisoned.value.attempts == runs
+    assert type(error).__name__ in str(poisoned.value)
