@@ -371,6 +371,10 @@ def register(app, runtime: Runtime, table) -> None:
         try:
             if len(request["observables"]) != 1:
                 raise InvalidObservable("a variational job minimizes exactly one observable")
+            if request.get("parameter_sets"):
+                # They were ignored without a word (a red-team run).
+                raise InvalidJob("a variational job's parameters come from its optimizer "
+                                 "(variational.initial_point): parameter_sets must be empty")
             spec = VariationalSpec.from_record(request["variational"])
             first = evaluation_job(JobSpec.from_record(request), spec.initial_point, 0)
             prepared = await prepare_untrusted(runtime, source, first)

@@ -125,3 +125,13 @@ def test_a_loop_stops_at_its_deadline_with_its_best_so_far(settings, worker):
     values = [step["value"] for step in report["history"]]
     assert report["best_value"] == min(values)
     assert outcome.state == "done"
+
+
+def test_a_variational_job_with_parameter_sets_is_refused_not_run_without_them(settings, worker):
+    """They were ignored without a word (a red-team run)."""
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    job = job_request(**{**fields, "workflow_id": f"vqe-ps-{uuid.uuid4().hex[:6]}",
+                         "parameter_sets": [[0.1, 0.2, 0.3, 0.4]]})
+    outcome = submit_and_wait(settings, [job], timeout_s=60)[job["workflow_id"]]
+    assert outcome.state in ("failed", "rejected"), (outcome.state, outcome.detail)
+    assert "parameter_sets must be empty" in outcome.detail
