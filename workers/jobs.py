@@ -257,9 +257,24 @@ class JobSpec:
             ),
             shots=field("shots"),
             backend=field("backend"),
-            seed=record.get("seed"),
+            seed=_seed(record.get("seed")),
             mitigation=MitigationSpec.from_record(record.get("mitigation")),
         )
+
+
+# The largest integer a JavaScript number holds exactly (Number.MAX_SAFE_INTEGER).
+MAX_SEED = 2**53 - 1
+
+
+def _seed(value: Any) -> int | None:
+    """A request's seed, which the result echoes (`provenance.seed_simulator`): one past
+    2^53 made every plain avsc reader of the shared results topic throw on that record
+    ("potential precision loss"; a red-team run with a Node.js client)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or abs(value) > MAX_SEED):
+        raise InvalidJob(f"seed must be an integer within +-{MAX_SEED} (2^53 - 1), "
+                         f"got {value!r}")
+    return value
 
 
 def _sequence(value: Any, error: type[InvalidJob], what: str) -> list[Any]:

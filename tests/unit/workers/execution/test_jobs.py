@@ -115,11 +115,20 @@ def test_from_record_defaults_for_missing_fields() -> None:
         ({"observables": [{"terms": [{"pauli": "ZQ", "coeff": 1.0}]}]}, InvalidObservable),
         ({"observables": [{"terms": [{"pauli": "ZZ", "coeff": math.nan}]}]}, InvalidObservable),
         ({"observables": ["ZZ"]}, InvalidObservable),
+        # Echoed in the result: past 2^53 a plain avsc reader threw (a Node.js client).
+        ({"seed": 2**53}, InvalidJob),
+        ({"seed": -(2**63)}, InvalidJob),
+        ({"seed": True}, InvalidJob),
     ],
 )
 def test_from_record_rejects_malformed_fields(change: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
         JobSpec.from_record({**AVRO_RECORD, **change})
+
+
+def test_a_seed_up_to_what_a_javascript_number_holds_is_kept() -> None:
+    for seed in (2**53 - 1, -(2**53 - 1), 0, None):
+        assert JobSpec.from_record({**AVRO_RECORD, "seed": seed}).seed == seed
 
 
 def test_a_byte_order_mark_does_not_hide_an_openqasm_3_header(registry, cache) -> None:
