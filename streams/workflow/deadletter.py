@@ -121,16 +121,21 @@ def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[
     own limit (1 MiB on Kafka by default, none on the embedded broker) and the dead letter
     adds its headers. A send past the limit fails the worker, and its next owner meets the
     same record. So what does not fit is left out, in this order, and named in a
-    `qlane.dlq.omitted` header: the value, the original headers, the key. The record itself
-    stays in its source topic at the offset the dead letter names."""
+    `qlane.dlq.omitted` header: the original headers alone when that is enough (a replay
+    needs the value more than a producer's headers: a flood of them took the value with
+    them), else the value, the original headers, the key. The record itself stays in its
+    source topic at the offset the dead letter names."""
     if record_bytes(key, value, headers) <= limit:
         return key, value, headers
     omitted = []
-    if value is not None:
-        omitted.append(f"value ({len(value)} bytes)")
-        value = None
     ours = [(name, text) for name, text in headers if name.startswith(HEADER_PREFIX)]
     note = [(OMITTED_HEADER, b"")]
+    if len(ours) < len(headers) and record_bytes(key, value, ours + note) <= limit:
+        omitted.append(f"{len(headers) - len(ours)} original headers")
+        headers = ours
+    elif value is not None:
+        omitted.append(f"value ({len(value)} bytes)")
+        value = None
     if record_bytes(key, value, headers + note) > limit:
         theirs = len(headers) - len(ours)
         if theirs:

@@ -73,6 +73,18 @@ def test_what_does_not_fit_the_producer_is_left_out_and_named():
     assert record_bytes(key, kept, headers) <= 1_000_000
 
 
+def test_a_header_flood_loses_its_headers_not_the_value():
+    """The value went first, and a record of 1,500 forged 1 KB headers lost its job with
+    them, which is what a replay of the dead letter needs."""
+    ours = [("qlane.dlq.source.offset", b"41")]
+    theirs = [(f"h{i}", b"x" * 1000) for i in range(1500)]
+    key, kept, headers = fit_dead_letter(b"wf-1", b"v" * 5000, theirs + ours, 1_000_000)
+    assert key == b"wf-1" and kept == b"v" * 5000
+    assert headers[:-1] == ours
+    assert dict(headers)[OMITTED_HEADER].startswith(b"1500 original headers left out")
+    assert record_bytes(key, kept, headers) <= 1_000_000
+
+
 def test_a_dead_letter_whose_own_headers_pass_the_limit_is_cut_and_still_sent():
     """A forged 999,500-byte copy header went into a workflow's entry and its dead stage
     record's `qlane.dlq.job.origin`: with value, original headers and key left out, the dead
