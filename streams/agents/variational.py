@@ -100,6 +100,16 @@ def loop_deadline_ms(request: dict, entry: dict) -> int | None:
     return submitted_ms(request, accepted) + budget
 
 
+def confirms_best(stop_reason: str | None, deadline_ms: int | None, now: int) -> bool:
+    """Whether a finished loop makes its fresh evaluation at the best point: not after a
+    cancel, nor past its deadline, whatever stopped it (a loop whose optimizer ended on its
+    own, or whose replayed history ended it after a restart, ran and charged that evaluation
+    past the deadline: a red-team run)."""
+    if stop_reason in (STOPPED_BY_CANCEL, STOPPED_BY_DEADLINE):
+        return False
+    return deadline_ms is None or now <= deadline_ms
+
+
 def register(app, runtime: Runtime, table) -> None:
     settings = runtime.settings
     runtime.warm_ups.add("variational optimizer", scipy_minimize)
@@ -238,7 +248,7 @@ def register(app, runtime: Runtime, table) -> None:
                         optimizer.optimizer_error,
                         extra={"workflow_id": workflow_id, "stage": STAGE})
         confirmed = None
-        if stop_reason not in (STOPPED_BY_CANCEL, STOPPED_BY_DEADLINE):
+        if confirms_best(stop_reason, deadline, now_ms()):
             # The best of many noisy values is biased low, and its own error bar does not
             # say so: over 120 H2 runs the truth at the best point was within 2 of them 58 %
             # of the time, mean z -2.0 (red-team run). A fresh evaluation there is not.
@@ -296,7 +306,7 @@ def register(app, runtime: Runtime, table) -> None:
         else:
             report["parameters"]["variational_value"] = (
                 "the lowest value the optimizer saw (biased low): no fresh evaluation fitted "
-                "the caps, or the loop was cancelled")
+                "the caps or the deadline, or the loop was cancelled")
         completed_at_ms = now_ms()
         submitted = submitted_ms(request, completed_at_ms)
         execute_s = time.perf_counter() - started

@@ -56,3 +56,19 @@ def test_an_entry_of_the_older_form_resumes_with_its_own_history():
     save_evaluation(table, "wf", items)
     assert load_checkpoint(table, "wf", table["wf"]) == items
     assert chunk_key("wf", 0) != "wf"
+
+
+def test_a_loop_past_its_deadline_makes_no_fresh_evaluation_whatever_stopped_it():
+    """A loop resumed after a kill, whose replayed history ended its optimizer, ran and charged
+    its fresh evaluation 3 s past its deadline and reported `converged` (a red-team run)."""
+    from streams.agents.variational import confirms_best, loop_deadline_ms
+
+    assert confirms_best("converged", None, 10**13)
+    assert confirms_best(None, 2_000, 2_000)
+    assert not confirms_best(None, 2_000, 2_001)  # the optimizer's own stop, past it
+    assert not confirms_best("deadline", None, 0)
+    assert not confirms_best("cancelled", 10**13, 0)
+    request = {"deadline_ms": 6_000, "submitted_at_ms": 1_000}
+    assert loop_deadline_ms(request, {"accepted_ms": 1_200, "updated_ms": 9_000}) == 7_000
+    assert loop_deadline_ms({**request, "submitted_at_ms": 0}, {"accepted_ms": 1_200}) == 7_200
+    assert loop_deadline_ms({"deadline_ms": None}, {}) is None
