@@ -125,6 +125,18 @@ class ControlReader:
             await asyncio.sleep(0.02)
 
 
+async def show_budgets_when_caught_up(runtime: Runtime) -> None:
+    """Every configured tenant's budget gauges, once the control topic's spends are read: a
+    restarted worker had no `qlane_budget_remaining_usd` for a tenant until it charged or
+    checked something for it, or another worker did (a red-team run)."""
+    reader = runtime.control_reader
+    while reader is not None and not await reader.caught_up():
+        reader = runtime.control_reader
+    if reader is not None:
+        for tenant in runtime.budgets.tenants():
+            accounting.show_budget(runtime, tenant)
+
+
 def keeps(controls: dict, key: str, value: dict) -> bool:
     """Store a control record's value unless it is a partition's spend below the one held:
     a spend total only grows, and one owner's charges can reach the topic out of order (two
@@ -212,6 +224,7 @@ def register(app, runtime: Runtime) -> None:
                                     **control_consumer_options(settings))
         await consumer.start()
         runtime.control_reader = ControlReader(consumer)
+        shown = asyncio.ensure_future(show_budgets_when_caught_up(runtime))
         try:
             async for record in consumer:
                 key, value = decoded(record.key, record.value)
@@ -228,6 +241,7 @@ def register(app, runtime: Runtime) -> None:
                     log.warning("control %s not acted on: %s: %s", printable(key)[:200],
                                 type(error).__name__, error)
         finally:
+            shown.cancel()
             runtime.control_reader = None
             await stop_consumer(consumer)
     monitor = DriftMonitor(alpha=settings.drift_alpha, shots=settings.drift_shots)

@@ -176,6 +176,27 @@ def test_another_workers_charge_moves_the_budget_gauge():
                                              {"tenant": "unconfigured"}) is None
 
 
+def test_a_started_worker_shows_every_tenants_budget_once_it_has_read_the_spends():
+    """A restarted worker had no remaining-budget series for a tenant until it charged or
+    checked something for it (a red-team run with two workers and a rolling restart)."""
+    from streams.ops import metrics
+    from workers.cost.model import TenantBudgets
+
+    class Reader:
+        answers = [False, False, True]
+
+        async def caught_up(self):
+            return self.answers.pop(0)
+
+    runtime = SimpleNamespace(controls={"spend:quiet:2": {"usd": 1.25}}, spend_written={},
+                              budgets=TenantBudgets({"quiet": 10.0, "idle": 3.0}),
+                              control_reader=Reader())
+    asyncio.run(control.show_budgets_when_caught_up(runtime))
+    sample = metrics.REGISTRY.get_sample_value
+    assert sample("qlane_budget_remaining_usd", {"tenant": "quiet"}) == pytest.approx(8.75)
+    assert sample("qlane_budget_remaining_usd", {"tenant": "idle"}) == pytest.approx(3.0)
+
+
 def test_the_control_reader_sees_committed_charges_only_on_kafka():
     """A charge is written in its job's transaction: an aborted one was read as spent, the
     job's rerun charged it again and wrote the sum back as committed (a red-team run)."""
