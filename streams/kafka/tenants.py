@@ -341,8 +341,13 @@ async def add_tenant(settings: Settings, tenant: str, principal: str) -> dict:
     embedded = settings.profile == "embedded"
     acls = [] if embedded else tenant_acls(settings.topic_prefix, tenant, principal)
     async with Admin(settings) as admin:
+        # The ACLs first: a cluster without an authorizer refuses them (SecurityDisabled),
+        # and `tenant add` exited 1 there after creating every topic of the tenant.
+        try:
+            await admin.create_acls(acls)
+        except AclError as error:
+            raise AclError(f"{error}; no topic of tenant {tenant!r} was created") from None
         created = await admin.create_topics(topics["write"] + topics["read"])
-        await admin.create_acls(acls)
     answer = {"tenant": tenant, "principal": principal, "created_topics": created,
               "acls": [acl.line() for acl in acls]}
     if embedded:
