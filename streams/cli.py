@@ -229,6 +229,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def build_submission(args: argparse.Namespace) -> dict:
     from streams.client import job_request, load_job_file
+    from streams.client.kafka import new_workflow_id
     from workers.jobs import parse_observable
 
     path = Path(args.path)
@@ -251,6 +252,12 @@ def build_submission(args: argparse.Namespace) -> dict:
         fields["parameter_sets"] = [
             [float(v) for v in text.split(",") if v.strip()] for text in args.param_set
         ]
+    tenant = getattr(args, "tenant", None)
+    if tenant is not None:
+        if fields.get("tenant") not in (None, tenant):
+            raise ValueError(f"the job's tenant {fields['tenant']!r} is not --tenant {tenant!r}")
+        fields["tenant"] = tenant
+        fields.setdefault("workflow_id", f"{tenant}.{new_workflow_id()}")
     return job_request(**fields)
 
 
@@ -258,6 +265,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from streams.client.errors import BrokerTimeout
     from streams.client.render import json_line, result_table
     from streams.client.timeouts import Deadline, open_client
+    from streams.kafka.topics import lane_for_priority
 
     settings = settings_from(args)
     record = build_submission(args)
@@ -270,9 +278,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # Every step within --timeout: aiokafka's own waits (40 s a request, then again)
         # held `submit --wait --timeout 20` for 91 s on a cluster without a quorum.
         deadline = Deadline(args.timeout)
-        async with open_client(settings, None, deadline, watch=args.wait) as client:
+        async with open_client(settings, args.tenant, deadline, watch=args.wait) as client:
+            # A tenant's principal may write its own job topics only (README "Tenants").
+            lane = lane_for_priority(record.get("priority") or 0)
+            to = client.jobs_topic(args.tenant, lane) if args.tenant else None
             try:
-                topic = await deadline.step(client.submit(record), f"submitting {workflow_id}")
+                topic = await deadline.step(client.submit(record, to),
+                                            f"submitting {workflow_id}")
             except BrokerTimeout as error:
                 raise BrokerTimeout(f"{error}; {workflow_id} may or may not have been sent: "
                                     "submitting it again with the same id is safe") from None
@@ -596,6 +608,9 @@ def parser() -> argparse.ArgumentParser:
                         help="repeatable; one observable each; join terms with +, e.g. ZZ:0.5+XX")
     submit.add_argument("--param-set", action="append", metavar="V1,V2,...",
                         help="repeatable; values in the circuit's sorted parameter order")
+    submit.add_argument("--tenant", default=None,
+                        help="the tenant whose job topics it goes to (a tenant's principal "
+                        "may write no other); ids get its `<tenant>.` prefix")
     submit.add_argument("--wait", action="store_true", help="show progress, then the result")
     submit.add_argument("--json", action="store_true", help="print the JobResult as one JSON line")
     submit.add_argument("--timeout", type=float, default=120.0,
@@ -692,9 +707,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, UnknownTopic):
             print(f"qlane {args.command}: {error}", file=sys.stderr)
             return 2
-        from streams.client.errors import BrokerTimeout, UnknownTenant
+        from streams.client.errors import BrokerTimeout, TopicsNotReadable, UnknownTenant
 
-        if isinstance(error, UnknownTenant):  # refused before sending (a traceback, before)
+        if isinstance(error, UnknownTenant | TopicsNotReadable):  # before sending, or after
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 2
         from workers.errors import BrokersMissing

@@ -34,6 +34,12 @@ class UnknownTenant(PermanentError):
     the tenant with `qlane tenant add` and names it in the workers' QLANE_TENANTS."""
 
 
+class TopicsNotReadable(PermanentError):
+    """The broker refuses this principal the outcome topics the client would watch (a
+    tenant's principal watching the shared ones: it busy-looped on the refusal until its
+    timeout, then blamed the broker's silence). A tenant's principal names its tenant."""
+
+
 def remote_error(detail: str) -> QlaneError:
     """The typed error for a failure detail "ErrorClass: message" read from Kafka."""
     name, _, message = detail.partition(": ")
@@ -43,5 +49,5 @@ def remote_error(detail: str) -> QlaneError:
     return cls(message or name)
 
 
-__all__ = ["BrokerTimeout", "JobCancelled", "RemoteJobFailed", "ResultTimeout", "UnknownTenant",
-           "remote_error", "errors"]
+__all__ = ["BrokerTimeout", "JobCancelled", "RemoteJobFailed", "ResultTimeout",
+           "TopicsNotReadable", "UnknownTenant", "remote_error", "errors"]

@@ -15,7 +15,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec, fill_defaults
-from streams.client.errors import UnknownTenant
+from streams.client.errors import TopicsNotReadable, UnknownTenant
 from streams.kafka.compat import (
     assign_settled,
     listed_partitions,
@@ -212,9 +212,23 @@ class Client:
             partitions += [TopicPartition(topic, p)
                            for p in (found[topic] or range(self.settings.partitions))]
         self.watcher.assign(partitions)
+        await self.check_readable({tp.topic for tp in partitions})
         await self.watcher.seek_to_end(*partitions)
         for tp in partitions:  # resolve the end offsets now, not at the first fetch
             await self.watcher.position(tp)
+
+    async def check_readable(self, topics: set[str]) -> None:
+        """TopicsNotReadable for assigned topics the broker refuses this principal: aiokafka
+        asks for their offsets again and again until the caller's timeout (a tenant's
+        principal watching the shared topics; a red-team run)."""
+        client = self.watcher._client
+        await client.force_metadata_update()
+        refused = sorted(topics & set(client.cluster.unauthorized_topics))
+        if refused:
+            raise TopicsNotReadable(
+                f"the broker does not let this principal read {', '.join(refused)}: a "
+                "tenant's principal names its tenant (`--tenant`, `Client(settings, "
+                "tenant=...)`, the primitives' `tenant`) and watches its own topics")
 
     def jobs_topic(self, tenant: str | None = None, lane: str = "normal") -> str:
         """The job topic of a tenant (None: the shared one) and lane (streams/kafka/topics.py)."""

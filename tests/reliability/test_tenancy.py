@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -119,8 +122,6 @@ def cluster(tmp_path_factory):
 
 
 def qlane_cli(*args: str, settings: Settings) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args, "--broker", settings.broker,
          "--topic-prefix", settings.topic_prefix, "--partitions", str(settings.partitions),
@@ -260,6 +261,28 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
         assert headers["qlane.dlq.error.class"] == "TenantMismatch"
         assert headers["qlane.dlq.source.topic"] == job_topic(prefix, "rival")
 
+        # `qlane submit --wait` as A's principal: with --tenant on A's topics; without it,
+        # refused at once and said so (it busy-looped on the shared topics' refusal for its
+        # whole --timeout, then blamed the broker's silence: a red-team run).
+        def submit_as_acme(*extra: str) -> tuple[subprocess.CompletedProcess, float]:
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "streams.cli", "submit", str(ROOT / "examples/bell.qasm"),
+                 "--wait", "--timeout", "90", *extra, "--broker", acme.broker,
+                 "--topic-prefix", prefix, "--partitions", str(acme.partitions),
+                 "--profile", "kafka"], capture_output=True, text=True, timeout=150, cwd=ROOT,
+                env={**os.environ, **security_env(acme), "QLANE_APP_ID": acme.app_id})
+            return done, time.monotonic() - started
+
+        refused, took = submit_as_acme()
+        assert refused.returncode == 2 and took < 45, (took, refused.stderr[-2000:])
+        assert "does not let this principal read" in refused.stderr, refused.stderr[-2000:]
+        assert "--tenant" in refused.stderr
+        by_cli, _ = submit_as_acme("--tenant", "acme", "--shots", "100")
+        assert by_cli.returncode == 0, by_cli.stderr[-2000:]
+        cli_id = re.search(r"submitted (acme\.\S+) to (\S+)", by_cli.stderr)
+        assert cli_id and cli_id.group(2) == job_topic(prefix, "acme"), by_cli.stderr[-2000:]
+
         # B's own job works, and its outcomes reach B's topics only.
         own = job_request(workflow_id=f"rival.{uuid.uuid4().hex[:8]}", circuit=BELL,
                           shots=100, tenant="rival")
@@ -283,8 +306,9 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
     statuses = keys_in(operator, f"{prefix}.status")
     assert legit <= statuses and key not in statuses, "the forged job was admitted"
     # Each tenant's topics hold its own workflows only: A's spend is its own job's.
-    assert keys_in(acme, tenant_topic(prefix, "cost", "acme")) == {first["workflow_id"].encode()}
-    assert keys_in(acme, tenant_topic(prefix, "status", "acme")) == {first["workflow_id"].encode()}
+    acmes = {first["workflow_id"].encode(), cli_id.group(1).encode()}
+    assert keys_in(acme, tenant_topic(prefix, "cost", "acme")) == acmes
+    assert keys_in(acme, tenant_topic(prefix, "status", "acme")) == acmes
     assert keys_in(rival, tenant_topic(prefix, "results", "rival")) == {own["workflow_id"].encode()}
     assert keys_in(rival, tenant_topic(prefix, "cost", "rival")) == {own["workflow_id"].encode()}
     for password in cluster.users.values():
