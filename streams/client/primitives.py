@@ -107,6 +107,11 @@ class Options:
         if self.cost_limit_usd is not None:
             fields["cost_limit_usd"] = float(self.cost_limit_usd)
         if self.seed is not None:
+            from workers.jobs import MAX_SEED
+
+            if abs(int(self.seed)) > MAX_SEED:  # the workers refuse it (InvalidJob)
+                raise ValueError(f"seed must be within +-{MAX_SEED} (2^53 - 1), the largest "
+                                 f"integer every client of the results can read; got {self.seed}")
             fields["seed"] = int(self.seed)
         return fields
 

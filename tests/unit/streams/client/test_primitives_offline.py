@@ -473,3 +473,13 @@ def test_the_mitigation_report_reaches_the_sampler_and_says_what_was_not_applied
         "not applied")
     assert mitigation_metadata({"mitigation": {"technique": "none", "parameters": {}}}) == {}
     assert mitigation_metadata({}) == {}
+
+
+def test_a_seed_past_what_a_javascript_number_holds_is_refused_before_sending():
+    """The workers refuse it (the result echoes it, and plain avsc readers threw on it)."""
+    from streams.client.primitives import Sampler
+
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    with pytest.raises(ValueError, match="seed must be within"):
+        Sampler("127.0.0.1:1", seed=2**53).run([circuit])
