@@ -437,12 +437,15 @@ async def one_tenants_call(runtime: Runtime,
             answered = await simulate_batch(runtime, jobs)
             outcomes, seconds = answered.outcomes, answered.seconds
         else:
-            outcomes, seconds = await in_thread(
+            # Bounded as a call alone is (`call_once`): a hung backend held the stage 690 s
+            # and counting, with no timeout, failure or dead letter (a red-team run). The
+            # thread itself cannot be stopped; its jobs go on without it.
+            outcomes, seconds = await asyncio.wait_for(in_thread(
                 runtime,
                 functools.partial(timed_batch, breakers=runtime.breakers,
                                   max_simulation_seconds=runtime.settings.max_simulation_seconds),
                 [(j.prepared, j.seed) for j in jobs], runtime.registry,
-            )
+            ), runtime.settings.execute_timeout_s)
     except InvalidJob as error:
         if len(jobs) > 1:
             log.warning("batch of %d jobs refused as a whole (%s); running them one by one",
@@ -452,7 +455,7 @@ async def one_tenants_call(runtime: Runtime,
         # alone it would be refused again, after the same simulation (107 s twice for a
         # 20-qubit Estimator job, a red-team run).
         return {jobs[0].source.address: (error, 0.0)}
-    except SandboxTimeout:
+    except (SandboxTimeout, TimeoutError):
         if len(jobs) > 1:  # each job alone gets the whole timeout: the slow one fails alone
             log.warning("batch of %d jobs ran past the execute timeout; running them one by "
                         "one", len(jobs))

@@ -596,6 +596,43 @@ def test_a_lone_job_past_the_timeout_is_its_own_simulation_timeout(monkeypatch) 
     assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
 
 
+def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
+        monkeypatch) -> None:
+    """A hung backend held the stage 690 s and counting: the batch call in the worker's
+    threads had no timeout, so no job failed, retried or was dead-lettered (a red-team run
+    with Prometheus: nothing paged). A lone job gets its simulation timeout; several split."""
+    import threading
+
+    from streams.agents import execution
+    from workers.errors import SimulationTimeout
+
+    release = threading.Event()
+
+    def hung_batch(*args, **kwargs):
+        release.wait(30)
+        return [], []
+
+    monkeypatch.setattr(execution, "timed_batch", hung_batch)
+    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: False)
+    registry = BackendRegistry()
+    runtime = SimpleNamespace(
+        settings=Settings(simulator_process=False, execute_timeout_s=0.5),
+        registry=registry, breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None)
+    bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
+            "cx q[0], q[1];\nc = measure q;\n")
+    jobs = [tenant_job(registry, "acme", bell, 10, offset) for offset in (1, 2)]
+    try:
+        started = time.monotonic()
+        ((slot, seconds),) = asyncio.run(execution.batch_outcomes(runtime, jobs[:1])).values()
+        assert isinstance(slot, SimulationTimeout) and seconds == 0.0
+        assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
+        assert time.monotonic() - started < 10
+    finally:
+        release.set()
+        runtime.executor.shutdown()
+
+
 def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) -> None:
     """On the loop, 29 ZNE jobs of 15 MB each held it 54 s (1-1.7 s to decode each, 3-5 s to
     estimate each), then went to the simulator process to be refused (a red-team run): the
