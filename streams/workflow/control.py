@@ -129,12 +129,15 @@ async def show_budgets_when_caught_up(runtime: Runtime) -> None:
     """Every configured tenant's budget gauges, once the control topic's spends are read: a
     restarted worker had no `qlane_budget_remaining_usd` for a tenant until it charged or
     checked something for it, or another worker did (a red-team run)."""
-    reader = runtime.control_reader
-    while reader is not None and not await reader.caught_up():
-        reader = runtime.control_reader
-    if reader is not None:
-        for tenant in runtime.budgets.tenants():
-            accounting.show_budget(runtime, tenant)
+    while (reader := runtime.control_reader) is not None:
+        try:
+            if await reader.caught_up():
+                for tenant in runtime.budgets.tenants():
+                    accounting.show_budget(runtime, tenant)
+                return
+        except Exception as error:  # noqa: BLE001 - the broker away: try again
+            log.debug("budget gauges not shown yet: %s: %s", type(error).__name__, error)
+            await asyncio.sleep(1.0)
 
 
 def keeps(controls: dict, key: str, value: dict) -> bool:
