@@ -87,3 +87,28 @@ def test_a_broken_rule_makes_promtool_fail(promtool: str, tmp_path: pathlib.Path
     )
     assert result.returncode != 0
     assert "QlaneConsumerLagHigh" in result.stdout + result.stderr
+
+
+def test_every_label_an_alert_matches_on_is_a_label_of_its_metric() -> None:
+    """QlaneJobsLostToBackend matched `error_class` on qlane_dead_letters_total, whose label is
+    `reason`: it could never fire, and its unit test, fed series with the same wrong label,
+    passed (a red-team run)."""
+    import re
+
+    from streams.ops import metrics
+
+    labels = {}
+    for collector in list(metrics.REGISTRY._collector_to_names):
+        for name in metrics.REGISTRY._collector_to_names[collector]:
+            labels[name] = set(getattr(collector, "_labelnames", ()))
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    checked = 0
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            expr = " ".join(str(rule["expr"]).split())
+            for metric, matchers in re.findall(r"(qlane_\w+)\s*\{([^}]*)\}", expr):
+                names = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+                known = labels.get(metric, set()) | {"instance", "job"}
+                assert names <= known, (rule["alert"], metric, names - known)
+                checked += 1
+    assert checked >= 3
