@@ -263,12 +263,14 @@ def build_submission(args: argparse.Namespace) -> dict:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from streams.client.errors import BrokerTimeout
+    from streams.client.kafka import encoded_request
     from streams.client.render import json_line, result_table
     from streams.client.timeouts import Deadline, open_client
     from streams.kafka.topics import lane_for_priority
 
     settings = settings_from(args)
     record = build_submission(args)
+    encoded_request(record)  # refused before connecting: a seed, a field of the wrong type
     workflow_id = record["workflow_id"]
 
     def show(outcome, event: str) -> None:
@@ -717,7 +719,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, BrokerTimeout | BrokersMissing):
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 1
-        if isinstance(error, ValueError):  # refused before sending: `cancel foo --tenant t1`
+        from workers.errors import QlaneError
+
+        # Refused before sending: `cancel foo --tenant t1`, or a job file's field of the
+        # wrong type (`seed: 1.5`, `shots: 1e3`: a traceback ending in CorruptRecord).
+        if isinstance(error, ValueError) or (isinstance(error, QlaneError)
+                                             and error.input_fault):
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 2
         from streams.kafka.security import broker_unavailable

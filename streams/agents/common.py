@@ -257,6 +257,43 @@ async def in_thread(runtime: Runtime, function, *args):
     return await asyncio.get_running_loop().run_in_executor(runtime.executor, function, *args)
 
 
+# Executors left to calls that ran past their timeout, at most this many at once: a thread
+# cannot be stopped, and each left behind may still use a core until its call ends.
+MAX_ABANDONED_EXECUTORS = 2
+_abandoned: list = []
+
+
+async def in_thread_within(runtime: Runtime, timeout: float, call):
+    """`call` (an awaitable of `in_thread`) bounded by `timeout`. Past it, the worker's
+    threads go on without the one still in the call: two backend calls hung past their
+    timeout filled the executor, and every stage's thread work, another healthy backend's
+    calls included, waited for the hang to end (113.7 s for a 0.85 s job; a red-team run)."""
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except TimeoutError:
+        abandon_executor(runtime)
+        raise
+
+
+def abandon_executor(runtime: Runtime) -> None:
+    """A new executor for the worker's thread work, unless MAX_ABANDONED_EXECUTORS still run
+    calls (then later work waits for them, as before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _abandoned[:] = [old for old in _abandoned if any(t.is_alive() for t in old._threads)]
+    if len(_abandoned) >= MAX_ABANDONED_EXECUTORS:
+        log.warning("a call ran past its timeout in a worker thread; %d earlier such threads "
+                    "still run, so later work waits for free threads", len(_abandoned))
+        return
+    old = runtime.executor
+    runtime.executor = ThreadPoolExecutor(max_workers=old._max_workers,
+                                          thread_name_prefix="qlane-exec")
+    old.shutdown(wait=False)  # what it still holds ends on its own; nothing new goes there
+    _abandoned.append(old)
+    log.warning("a call ran past its timeout in a worker thread, which cannot be stopped: "
+                "later thread work goes to new threads")
+
+
 async def in_thread_timed(runtime: Runtime, function, *args) -> tuple[object, float]:
     """`in_thread`, and the seconds the function ran, timed in its thread: a wait for a free
     executor thread is not in them (backend time is what a job is billed)."""

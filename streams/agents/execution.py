@@ -27,6 +27,7 @@ from streams.agents.common import (
     StageFailure,
     in_thread,
     in_thread_timed,
+    in_thread_within,
     load_prepared,
     vet_prepared,
 )
@@ -328,11 +329,9 @@ async def call_once(runtime: Runtime, prepared: PreparedJob, data: bytes, seed: 
     outer bound only covers its start). Its callers refuse a job past the simulation limit
     first (`past_simulation_limit`), as the simulator would, before it is shipped there."""
     if not in_simulator_process(runtime, [prepared.backend], [prepared]):
-        return await asyncio.wait_for(
-            in_thread_timed(runtime, execute, prepared, runtime.registry, seed,
-                            runtime.settings.max_simulation_seconds),
-            timeout,
-        )
+        return await in_thread_within(runtime, timeout, in_thread_timed(
+            runtime, execute, prepared, runtime.registry, seed,
+            runtime.settings.max_simulation_seconds))
     answered = await asyncio.wait_for(
         simulate(runtime, [(data, seed, prepared.backend)], timeout),
         timeout + SIMULATOR_START_S,
@@ -440,12 +439,14 @@ async def one_tenants_call(runtime: Runtime,
             # Bounded as a call alone is (`call_once`): a hung backend held the stage 690 s
             # and counting, with no timeout, failure or dead letter (a red-team run). The
             # thread itself cannot be stopped; its jobs go on without it.
-            outcomes, seconds = await asyncio.wait_for(in_thread(
+            call = in_thread(
                 runtime,
                 functools.partial(timed_batch, breakers=runtime.breakers,
                                   max_simulation_seconds=runtime.settings.max_simulation_seconds),
                 [(j.prepared, j.seed) for j in jobs], runtime.registry,
-            ), runtime.settings.execute_timeout_s)
+            )
+            outcomes, seconds = await in_thread_within(
+                runtime, runtime.settings.execute_timeout_s, call)
     except InvalidJob as error:
         if len(jobs) > 1:
             log.warning("batch of %d jobs refused as a whole (%s); running them one by one",

@@ -32,6 +32,7 @@ from streams.settings import Settings
 from streams.workflow.cancel import is_cancel
 from streams.workflow.idempotency import IN_FLIGHT, earlier_state
 from workers.errors import InvalidJob, UndecodableRecord
+from workers.jobs import MAX_SEED
 from workers.variational.loop import STOPPED_BY_CANCEL
 
 log = logging.getLogger("qlane")
@@ -130,6 +131,15 @@ def shown_headers(headers) -> dict[str, str | None | list[str | None]]:
             shown[name] = [shown[name], text]
             repeated.add(name)
     return shown
+
+
+def encoded_request(record: dict) -> bytes:
+    """The JobRequest's bytes, or an error before anything is sent: ValueError for a seed the
+    workers refuse, CorruptRecord for a field of the wrong type."""
+    seed = record.get("seed")
+    if isinstance(seed, int) and abs(seed) > MAX_SEED:
+        raise ValueError(f"seed must be within +-{MAX_SEED} (2^53 - 1), got {seed}")
+    return codec("JobRequest").encode(record)
 
 
 def own_ids(settings: Settings, topic: str, workflow_id: str) -> None:
@@ -237,7 +247,7 @@ class Client:
     async def submit(self, record: dict, topic: str | None = None) -> str:
         """Send a JobRequest; by default to the shared jobs topic of its priority's lane.
         Returns the topic it went to."""
-        value = codec("JobRequest").encode(record)
+        value = encoded_request(record)
         if topic is None:
             topic = self.jobs_topic(None, lane_for_priority(record.get("priority") or 0))
         own_ids(self.settings, topic, record["workflow_id"])

@@ -64,3 +64,21 @@ def test_a_noise_control_for_a_backend_that_cannot_scale_is_refused(silent_broke
     err = capsys.readouterr().err
     assert code == 2 and "aer.ideal has no calibrated noise model" in err, err
     assert "aer.noisy" in err
+
+
+@pytest.mark.parametrize(("field", "said"), [
+    ("seed: 1.5", "seed"), ("shots: 1e3", "shots"), ("seed: 9007199254740992", "2^53"),
+])
+def test_a_job_files_bad_field_is_a_usage_error_before_connecting(tmp_path, capsys, field,
+                                                                   said):
+    """A field of the wrong type printed a 50-line traceback ending in CorruptRecord, and a
+    seed past 2^53 was sent to be dead-lettered (a red-team run)."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"circuit_file: bell.qasm\n{field}\n")
+    (tmp_path / "bell.qasm").write_text("OPENQASM 2.0;\n")
+    started = time.monotonic()
+    code = main(["submit", str(job), "--broker", "127.0.0.1:1", "--profile", "kafka",
+                 "--timeout", "30"])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and "Traceback" not in err, err
+    assert time.monotonic() - started < 5

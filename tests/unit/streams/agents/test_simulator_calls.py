@@ -603,7 +603,7 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
     with Prometheus: nothing paged). A lone job gets its simulation timeout; several split."""
     import threading
 
-    from streams.agents import execution
+    from streams.agents import common, execution
     from workers.errors import SimulationTimeout
 
     release = threading.Event()
@@ -622,15 +622,23 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
     bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
             "cx q[0], q[1];\nc = measure q;\n")
     jobs = [tenant_job(registry, "acme", bell, 10, offset) for offset in (1, 2)]
+    first = runtime.executor
     try:
         started = time.monotonic()
         ((slot, seconds),) = asyncio.run(execution.batch_outcomes(runtime, jobs[:1])).values()
         assert isinstance(slot, SimulationTimeout) and seconds == 0.0
         assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
+        # The threads still in the hung calls are left behind: the worker's other thread work
+        # (another backend's calls, preparation, mitigation) does not wait for them. Two hung
+        # calls filled the executor, and a healthy backend's 0.85 s job took 113.7 s.
+        assert runtime.executor is not first
+        assert asyncio.run(common.in_thread(runtime, lambda: 42)) == 42
         assert time.monotonic() - started < 10
     finally:
         release.set()
+        first.shutdown()
         runtime.executor.shutdown()
+        common._abandoned.clear()
 
 
 def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) -> None:
