@@ -89,6 +89,8 @@ class Runtime:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="qlane-exec")
     )
+    # Executors left to calls that ran past their timeout (streams/agents/common.py).
+    abandoned_executors: list = field(default_factory=list)
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)

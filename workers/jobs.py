@@ -266,14 +266,21 @@ class JobSpec:
 MAX_SEED = 2**53 - 1
 
 
+def seed_out_of_range(value: Any) -> str | None:
+    """Why a request's seed is refused, or None. The result echoes it
+    (`provenance.seed_simulator`): one past 2^53 made every plain avsc reader of the shared
+    results topic throw on that record ("potential precision loss"; a red-team run with a
+    Node.js client). The workers refuse it as InvalidJob, qlane's clients before sending."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)
+                         and abs(value) <= MAX_SEED):
+        return None
+    return (f"seed must be within +-{MAX_SEED} (2^53 - 1), an integer: the most a "
+            f"JavaScript number holds exactly; got {value!r}")
+
+
 def _seed(value: Any) -> int | None:
-    """A request's seed, which the result echoes (`provenance.seed_simulator`): one past
-    2^53 made every plain avsc reader of the shared results topic throw on that record
-    ("potential precision loss"; a red-team run with a Node.js client)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or abs(value) > MAX_SEED):
-        raise InvalidJob(f"seed must be an integer within +-{MAX_SEED} (2^53 - 1), "
-                         f"got {value!r}")
+    if (problem := seed_out_of_range(value)) is not None:
+        raise InvalidJob(problem)
     return value
 
 

@@ -260,7 +260,6 @@ async def in_thread(runtime: Runtime, function, *args):
 # Executors left to calls that ran past their timeout, at most this many at once: a thread
 # cannot be stopped, and each left behind may still use a core until its call ends.
 MAX_ABANDONED_EXECUTORS = 2
-_abandoned: list = []
 
 
 async def in_thread_within(runtime: Runtime, timeout: float, call):
@@ -280,16 +279,18 @@ def abandon_executor(runtime: Runtime) -> None:
     calls (then later work waits for them, as before)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    _abandoned[:] = [old for old in _abandoned if any(t.is_alive() for t in old._threads)]
-    if len(_abandoned) >= MAX_ABANDONED_EXECUTORS:
+    abandoned = [old for old in runtime.abandoned_executors
+                 if any(thread.is_alive() for thread in old._threads)]
+    runtime.abandoned_executors = abandoned
+    if len(abandoned) >= MAX_ABANDONED_EXECUTORS:
         log.warning("a call ran past its timeout in a worker thread; %d earlier such threads "
-                    "still run, so later work waits for free threads", len(_abandoned))
+                    "still run, so later work waits for free threads", len(abandoned))
         return
     old = runtime.executor
     runtime.executor = ThreadPoolExecutor(max_workers=old._max_workers,
                                           thread_name_prefix="qlane-exec")
     old.shutdown(wait=False)  # what it still holds ends on its own; nothing new goes there
-    _abandoned.append(old)
+    abandoned.append(old)
     log.warning("a call ran past its timeout in a worker thread, which cannot be stopped: "
                 "later thread work goes to new threads")
 

@@ -36,7 +36,7 @@ from streams.runtime import Runtime, now_ms
 from streams.settings import SIMULATOR_PROCESS_MIN_CORES
 from streams.workflow import accounting
 from streams.workflow.deadletter import SourceRecord, is_retryable
-from streams.workflow.results import submitted_ms
+from streams.workflow.results import deadline_ms, past
 from workers.circuits.sandbox import SIMULATE, SandboxBounds, SandboxPool
 from workers.cores import usable_cores
 from workers.errors import (
@@ -95,10 +95,7 @@ class Job:
 
     @property
     def deadline_ms(self) -> int | None:
-        budget = self.request.get("deadline_ms")
-        if budget is None:
-            return None
-        return submitted_ms(self.request, self.task["accepted_at_ms"]) + budget
+        return deadline_ms(self.request, self.task["accepted_at_ms"])
 
     @classmethod
     def of(cls, source: SourceRecord, task: dict, request: dict,
@@ -511,7 +508,7 @@ class JobRunner:
 
     @staticmethod
     def past_deadline(job: Job) -> bool:
-        return job.deadline_ms is not None and now_ms() > job.deadline_ms
+        return past(job.deadline_ms, now_ms())
 
     async def run(self, job: Job, outcome: object = None, share: float = 0.0) -> Executed:
         """The job's counts: from `outcome` (its slot of a batch call: counts, an error, or

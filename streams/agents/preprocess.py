@@ -79,6 +79,14 @@ def route_away_from_drift(runtime: Runtime, spec: JobSpec) -> JobSpec:
     return spec
 
 
+def poison_record(tries: int, message: str) -> PoisonRecord:
+    """The PoisonRecord of a record after `tries` sandbox attempts, counted."""
+    poison = PoisonRecord(message)
+    poison.attempts = tries
+    metrics.POISON_RECORDS.labels(STAGE).inc()
+    return poison
+
+
 async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpec) -> Prepared:
     """Parse, validate and transpile a submitted program in a sandbox process.
 
@@ -105,12 +113,8 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
     tries, reason = await runtime.attempts.tries(STAGE, source)
     while True:
         if tries >= settings.sandbox_attempts:
-            poison = PoisonRecord(
-                f"the record killed or timed out its sandbox on {tries} attempts; last: {reason}"
-            )
-            poison.attempts = tries
-            metrics.POISON_RECORDS.labels(STAGE).inc()
-            raise poison
+            raise poison_record(tries, f"the record killed or timed out its sandbox on {tries} "
+                                       f"attempts; last: {reason}")
         try:
             prepared = await runtime.sandbox.run(request)
         except SandboxFailure as failure:
@@ -124,11 +128,9 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
             if not failure.retryable:
                 # Its CPU bound again on the next attempt: two 10 s attempts of a 1.4 KB
                 # program held every other job of the stage for 22 s (a red-team run).
-                poison = PoisonRecord(f"the record used its sandbox's whole CPU-time bound, "
-                                      f"which another attempt would spend again: {reason}")
-                poison.attempts = tries
-                metrics.POISON_RECORDS.labels(STAGE).inc()
-                raise poison from None
+                raise poison_record(tries, "the record used its sandbox's whole CPU-time "
+                                           f"bound, which another attempt would spend again: "
+                                           f"{reason}") from None
             log.warning("%s: sandbox attempt %d of %d failed: %s", source.address, tries,
                         settings.sandbox_attempts, reason,
                         extra={"workflow_id": spec.workflow_id, "stage": STAGE})

@@ -26,7 +26,13 @@ from streams.runtime import Runtime, now_ms, package_version
 from streams.workflow import accounting
 from streams.workflow.cancel import cancel_requested
 from streams.workflow.deadletter import SourceRecord
-from streams.workflow.results import republish_stored_result, stored_result, submitted_ms
+from streams.workflow.results import (
+    deadline_ms,
+    past,
+    republish_stored_result,
+    stored_result,
+    submitted_ms,
+)
 from workers.errors import BudgetExceeded, DeadlineExceeded, InvalidJob, ResultTooLarge
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
@@ -91,23 +97,17 @@ def drop_checkpoint(table, workflow_id: str, count: int) -> None:
 
 
 def loop_deadline_ms(request: dict, entry: dict) -> int | None:
-    """When a loop's `deadline_ms` runs out: counted from its submission, or from its
-    acceptance (the entry's `accepted_ms`) as an ordinary job's is."""
-    budget = request.get("deadline_ms")
-    if budget is None:
-        return None
-    accepted = entry.get("accepted_ms") or entry.get("updated_ms") or now_ms()
-    return submitted_ms(request, accepted) + budget
+    """When a loop's `deadline_ms` runs out, as an ordinary job's: counted from its
+    submission, or from its acceptance (the entry's `accepted_ms`)."""
+    return deadline_ms(request, entry.get("accepted_ms") or entry.get("updated_ms") or now_ms())
 
 
-def confirms_best(stop_reason: str | None, deadline_ms: int | None, now: int) -> bool:
+def confirms_best(stop_reason: str | None, deadline: int | None, now: int) -> bool:
     """Whether a finished loop makes its fresh evaluation at the best point: not after a
     cancel, nor past its deadline, whatever stopped it (a loop whose optimizer ended on its
     own, or whose replayed history ended it after a restart, ran and charged that evaluation
     past the deadline: a red-team run)."""
-    if stop_reason in (STOPPED_BY_CANCEL, STOPPED_BY_DEADLINE):
-        return False
-    return deadline_ms is None or now <= deadline_ms
+    return stop_reason not in (STOPPED_BY_CANCEL, STOPPED_BY_DEADLINE) and not past(deadline, now)
 
 
 def register(app, runtime: Runtime, table) -> None:
@@ -196,7 +196,7 @@ def register(app, runtime: Runtime, table) -> None:
                 if cancel_requested(table, workflow_id):
                     stop_reason = STOPPED_BY_CANCEL
                     break
-                if deadline is not None and now_ms() > deadline:
+                if past(deadline, now_ms()):
                     # Ignored before: a loop with a 1.5 s deadline ran 12.4 s and 1,500
                     # charged evaluations (a red-team run).
                     stop_reason = STOPPED_BY_DEADLINE

@@ -32,7 +32,7 @@ from streams.settings import Settings
 from streams.workflow.cancel import is_cancel
 from streams.workflow.idempotency import IN_FLIGHT, earlier_state
 from workers.errors import InvalidJob, UndecodableRecord
-from workers.jobs import MAX_SEED
+from workers.jobs import seed_out_of_range
 from workers.variational.loop import STOPPED_BY_CANCEL
 
 log = logging.getLogger("qlane")
@@ -137,8 +137,8 @@ def encoded_request(record: dict) -> bytes:
     """The JobRequest's bytes, or an error before anything is sent: ValueError for a seed the
     workers refuse, CorruptRecord for a field of the wrong type."""
     seed = record.get("seed")
-    if isinstance(seed, int) and abs(seed) > MAX_SEED:
-        raise ValueError(f"seed must be within +-{MAX_SEED} (2^53 - 1), got {seed}")
+    if isinstance(seed, int) and (problem := seed_out_of_range(seed)) is not None:
+        raise ValueError(problem)  # another type is the codec's CorruptRecord
     return codec("JobRequest").encode(record)
 
 

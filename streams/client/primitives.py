@@ -107,11 +107,10 @@ class Options:
         if self.cost_limit_usd is not None:
             fields["cost_limit_usd"] = float(self.cost_limit_usd)
         if self.seed is not None:
-            from workers.jobs import MAX_SEED
+            from workers.jobs import seed_out_of_range
 
-            if abs(int(self.seed)) > MAX_SEED:  # the workers refuse it (InvalidJob)
-                raise ValueError(f"seed must be within +-{MAX_SEED} (2^53 - 1), the largest "
-                                 f"integer every client of the results can read; got {self.seed}")
+            if (problem := seed_out_of_range(int(self.seed))) is not None:
+                raise ValueError(problem)  # the workers refuse it (InvalidJob)
             fields["seed"] = int(self.seed)
         return fields
 

@@ -28,6 +28,17 @@ def submitted_ms(request: dict, accepted_at_ms: int) -> int:
     return accepted_at_ms if submitted <= 0 else min(submitted, accepted_at_ms)
 
 
+def deadline_ms(request: dict, accepted_at_ms: int) -> int | None:
+    """When a job's `deadline_ms` (a budget from its submission) runs out; None without one."""
+    budget = request.get("deadline_ms")
+    return None if budget is None else submitted_ms(request, accepted_at_ms) + budget
+
+
+def past(deadline: int | None, now: int) -> bool:
+    """Whether a deadline (None: none) has passed at `now` (epoch milliseconds)."""
+    return deadline is not None and now > deadline
+
+
 def register_layout(circuit) -> list[dict]:
     """The circuit's classical registers in clbit order, as the JobResult carries them."""
     return [{"name": register.name, "size": register.size} for register in circuit.cregs]

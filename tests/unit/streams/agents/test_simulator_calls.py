@@ -618,7 +618,8 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
     runtime = SimpleNamespace(
         settings=Settings(simulator_process=False, execute_timeout_s=0.5),
         registry=registry, breakers=BreakerBoard(failure_threshold=2),
-        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None)
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
+        abandoned_executors=[])
     bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
             "cx q[0], q[1];\nc = measure q;\n")
     jobs = [tenant_job(registry, "acme", bell, 10, offset) for offset in (1, 2)]
@@ -638,7 +639,6 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
         release.set()
         first.shutdown()
         runtime.executor.shutdown()
-        common._abandoned.clear()
 
 
 def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) -> None:
