@@ -35,9 +35,11 @@ from streams.agents.execution import (
     JobRunner,
     batch_outcomes,
     decode_job,
+    mark_in_call,
     release_hold,
     simulator_process_wanted,
     start_simulator_when_settled,
+    unmark_in_call,
 )
 from streams.agents.mitigate import publish_result
 from streams.agents.overlap import StageActivity, run_overlapped
@@ -68,17 +70,27 @@ def register(app, runtime: Runtime, table) -> None:
         Fills `decoded` (address -> Job, or the error decoding it) for each record's
         handle()."""
         jobs = []
-        for source in sources:
-            try:
-                job = await decode_job(runtime, source)
-            except Exception as error:  # noqa: BLE001 - dead-lettered by handle() afterwards
-                decoded[source.address] = error  # not decoded (nor vetted) a second time
-                continue
-            decoded[source.address] = job
-            if runner.runnable(job) and not runner.past_deadline(job) and holds(job):
-                runtime.apply_controls(job.prepared.backend)
-                jobs.append(job)
-        return await batch_outcomes(runtime, jobs)
+        try:
+            for source in sources:
+                try:
+                    job = await decode_job(runtime, source)
+                except Exception as error:  # noqa: BLE001 - dead-lettered by handle() afterwards
+                    decoded[source.address] = error  # not decoded (nor vetted) a second time
+                    continue
+                decoded[source.address] = job
+                if runner.runnable(job) and not runner.past_deadline(job) and holds(job):
+                    runtime.apply_controls(job.prepared.backend)
+                    # Its table entry says `executing` only once its record is handled, after
+                    # the call: a cancel while the call ran found it `prepared`, answered
+                    # `cancelled`, and the record was dropped after running, its result lost
+                    # and nothing charged (a red-team run, 8 s into an 18 s call). A cancel
+                    # looks here (streams/workflow/cancel.py) until handle() unmarks it.
+                    mark_in_call(runtime, [job])
+                    jobs.append(job)
+            return await batch_outcomes(runtime, jobs)
+        except BaseException:
+            unmark_in_call(runtime, [job.source for job in jobs])
+            raise
 
     def holds(job: Job) -> bool:
         """Whether the job's estimate fits its tenant's budget beside the batch's jobs before
@@ -101,6 +113,7 @@ def register(app, runtime: Runtime, table) -> None:
             return await handle_job(job, source, outcomes)
         finally:
             runner.release(job)  # a batch's hold the job did not use (charged: released)
+            unmark_in_call(runtime, [source])
 
     async def handle_job(job: Job, source: SourceRecord, outcomes: dict) -> str:
         if runner.already_executed(job):

@@ -478,6 +478,23 @@ def past_simulation_limit(runtime: Runtime, prepared: PreparedJob) -> JobTooLarg
     return too_much_simulation(prepared, estimate, runtime.settings.max_simulation_seconds)
 
 
+def mark_in_call(runtime: Runtime, jobs: list[Job]) -> None:
+    """Until its record is handled, no table entry says that a job in a batch's call runs
+    (the fused path's has no entry yet; the staged path's is still `prepared`): a cancel
+    looks here (streams/workflow/cancel.py), and so does the fused path's next batch."""
+    for job in jobs:
+        runtime.in_batch_call.setdefault(job.request["workflow_id"], {})[
+            job.source.address] = job.source.topic
+
+
+def unmark_in_call(runtime: Runtime, sources: list[SourceRecord]) -> None:
+    for source in sources:
+        workflow_id = (source.key or b"").decode(errors="replace")
+        marks = runtime.in_batch_call.get(workflow_id)
+        if marks is not None and marks.pop(source.address, None) is not None and not marks:
+            del runtime.in_batch_call[workflow_id]
+
+
 def release_hold(runtime: Runtime, job: Job) -> None:
     """Give back the job's held estimate (idempotent)."""
     if job.reserved_usd:

@@ -57,7 +57,14 @@ from streams.agents.common import (
     new_guard,
     process_guarded,
 )
-from streams.agents.execution import Job, JobRunner, batch_outcomes, simulator_process_wanted
+from streams.agents.execution import (
+    Job,
+    JobRunner,
+    batch_outcomes,
+    mark_in_call,
+    simulator_process_wanted,
+    unmark_in_call,
+)
 from streams.agents.fused import RanInBatch
 from streams.agents.mitigate import HeldResults, Mitigated, held_results
 from streams.agents.overlap import StageActivity, run_overlapped
@@ -265,22 +272,6 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
         for address, held in holds.items():
             if held:
                 accounting.release(runtime, aheads[address].request, held)
-
-
-def mark_in_call(runtime: Runtime, jobs: list[Job]) -> None:
-    """Until step 3 handles its record, a job in the call has no table entry that says it
-    runs: a cancel looks here (streams/workflow/cancel.py), and so does the next batch."""
-    for job in jobs:
-        runtime.in_batch_call.setdefault(job.request["workflow_id"], {})[
-            job.source.address] = job.source.topic
-
-
-def unmark_in_call(runtime: Runtime, sources: list[SourceRecord]) -> None:
-    for source in sources:
-        workflow_id = (source.key or b"").decode(errors="replace")
-        marks = runtime.in_batch_call.get(workflow_id)
-        if marks is not None and marks.pop(source.address, None) is not None and not marks:
-            del runtime.in_batch_call[workflow_id]
 
 
 async def call_together(runtime: Runtime, jobs: list[Job], aheads: dict[str, Ahead],

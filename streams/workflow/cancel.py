@@ -11,8 +11,9 @@ with the job) and decides from the workflow's state:
   evaluation, publishes its best result with stop_reason `cancelled`, status `cancelled`.
 * executing a circuit run, executed, done, failed, cancelled: nothing changes; status
   `cancel_ignored` says why (a running backend call is not interrupted: it is charged and
-  its result is delivered). So also for a job in a fused batch's backend call whose record
-  is not handled yet (`Runtime.in_batch_call`; it has no table entry until then).
+  its result is delivered). So also for a job in a batch's backend call whose record is not
+  handled yet (`Runtime.in_batch_call`): on the fused path it has no table entry until then,
+  on the staged path its entry still says `prepared`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
         await runtime.status(workflow_id, "cancelled", stage, detail=f"before arrival: {reason}")
         return "cancelled"
     state = entry.get("state")
+    if state in CANCELLABLE and workflow_id in runtime.in_batch_call:
+        # The staged path's job in its batch's call: still `prepared` until its record is
+        # handled, it runs now (streams/agents/execute.py).
+        await runtime.status(workflow_id, "cancel_ignored", stage,
+                             detail=f"already executing: {RUN_GOES_ON}")
+        return "cancel_ignored"
     if state in CANCELLABLE:
         table[workflow_id] = {**entry, "state": "cancelled", "cancel_requested": True,
                               "updated_ms": now_ms(), "cancel_reason": reason}

@@ -123,6 +123,74 @@ def test_cancelled_before_execution_is_never_run_nor_charged(small_batch_setting
     assert answer.state == "cancel_ignored" and "already cancelled" in answer.detail
 
 
+@pytest.fixture(scope="module")
+def staged_settings(broker_address):
+    return session_settings(*broker_address, tag="cancel-staged")
+
+
+@pytest.fixture(scope="module")
+def staged_worker(staged_settings, tmp_path_factory):
+    yield from ready_worker(staged_settings, tmp_path_factory.mktemp("cancel-staged-worker"),
+                            {"QLANE_FUSED_PATH": "off"})
+
+
+def slow_parametric_job(workflow_id: str, parameter_sets: int) -> dict:
+    """A 21-qubit statevector job, 0.3-0.7 s per parameter set here."""
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', "input float a;", "qubit[21] q;",
+             "bit[1] c;"]
+    for k in range(120):
+        lines += [f"rx(a) q[{k % 21}];", f"cx q[{k % 21}], q[{(k + 5) % 21}];"]
+    lines.append("c[0] = measure q[0];")
+    return job_request(workflow_id=workflow_id, circuit="\n".join(lines) + "\n", shots=100,
+                       parameter_sets=[[0.05 * k] for k in range(parameter_sets)])
+
+
+def test_a_cancel_during_a_staged_backend_call_is_ignored_and_the_run_delivered(
+        staged_settings, staged_worker):
+    """On the staged path a job is marked `executing` only as its record is handled, after
+    its batch's call: a cancel while the call ran found it `prepared`, answered `cancelled`
+    and the job's record was dropped after running, its result lost and nothing charged (a
+    red-team run). README: a backend call under way is not interrupted; it is charged and
+    its result delivered."""
+    settings = staged_settings
+    job = slow_parametric_job(f"mid-call-{uuid.uuid4().hex[:6]}", parameter_sets=16)
+    workflow_id = job["workflow_id"]
+
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            prepared = asyncio.Event()
+
+            def seen(outcome, event):
+                if event == "prepared":
+                    prepared.set()
+
+            async def cancel_in_the_call():
+                await asyncio.wait_for(prepared.wait(), 120)
+                # The execute stage takes the task at once (it is idle): its call has begun,
+                # and runs for seconds more.
+                await asyncio.sleep(1.5)
+                await client.cancel(workflow_id, reason="mid-call")
+
+            await client.submit(job)
+            canceller = asyncio.create_task(cancel_in_the_call())
+            outcome = (await client.wait([workflow_id], 180, on_event=seen))[workflow_id]
+            await canceller
+            return outcome
+
+    outcome = asyncio.run(go())
+    assert outcome.state == "done" and outcome.result is not None, (outcome.state,
+                                                                   outcome.detail,
+                                                                   outcome.history)
+    key = workflow_id.encode()
+    assert wait_for(lambda: "cancel_ignored" in [
+        codec("JobStatus").decode(r.value)["state"]
+        for r in topic_records(settings, "status", timeout_s=5) if r.key == key], timeout_s=30)
+    charges = [r for r in topic_records(settings, "cost", timeout_s=5) if r.key == key]
+    assert len(charges) == 1
+    assert staged_worker.poll() is None
+
+
 def test_a_job_that_arrives_after_its_cancel_is_told_cancelled(settings, worker):
     """Its submitter, watching from the submit on, saw no status at all and waited out its
     timeout: the only `cancelled` status went out when the cancel came (a red-team run)."""

@@ -52,6 +52,21 @@ def test_a_job_in_a_fused_batch_call_is_not_cancelled_from_under_its_run():
     assert state == "cancel_ignored" and detail.startswith("already executing")
 
 
+def test_a_staged_job_in_its_batch_call_is_not_cancelled_from_under_its_run():
+    """Its entry still says `prepared` until its record is handled after the call: the cancel
+    answered "cancelled before execution" and the job, run already, was dropped uncharged
+    with its result (a red-team run)."""
+    entry = {"fingerprint": "f", "state": "prepared", "source": "t.qlane.jobs:0:3"}
+    runtime = StatusRuntime({"wf": {"t.qlane.stage.execute:0:9": "t.qlane.stage.execute"}})
+    table = {"wf": dict(entry)}
+    assert cancel(runtime, table, "wf", job_topic(PREFIX, None, "high")) == "cancel_ignored"
+    assert table["wf"] == entry
+    state, detail = runtime.statuses[0]
+    assert state == "cancel_ignored" and detail.startswith("already executing")
+    runtime.in_batch_call.clear()  # handled: a later cancel finds what its entry says
+    assert cancel(runtime, table, "wf", job_topic(PREFIX, None, "high")) == "cancelled"
+
+
 def test_another_tenants_cancel_of_a_running_id_is_a_tombstone_that_drops_nothing():
     runtime = StatusRuntime({"acme.wf": {"x:0:5": job_topic(PREFIX, "acme")}})
     table = {}
