@@ -91,6 +91,8 @@ class Runtime:
     )
     # Executors left to calls that ran past their timeout (streams/agents/common.py).
     abandoned_executors: list = field(default_factory=list)
+    # backend -> events set as its calls still running past their timeout in those end
+    overrunning_calls: dict = field(default_factory=dict)
     topics: dict = field(default_factory=dict)  # short name -> Faust topic, set by the app
     app: object = None  # the Faust app, set by create_app
     paused_stages: set = field(default_factory=set)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ from workers.circuits.sandbox import (
     SandboxPool,
     rebuild_error,
 )
-from workers.errors import QlaneError, UndecodableRecord, UnreadableRecordBatch
+from workers.errors import (
+    BackendUnavailable,
+    QlaneError,
+    UndecodableRecord,
+    UnreadableRecordBatch,
+)
 from workers.execution.preparation import PreparedJob, qpy_section, simulation_estimate
 
 log = logging.getLogger("qlane")
@@ -262,16 +268,52 @@ async def in_thread(runtime: Runtime, function, *args):
 MAX_ABANDONED_EXECUTORS = 2
 
 
-async def in_thread_within(runtime: Runtime, timeout: float, call):
-    """`call` (an awaitable of `in_thread`) bounded by `timeout`. Past it, the worker's
+async def in_thread_within(runtime: Runtime, timeout: float, backends, function, *args):
+    """`function(*args)` in the worker's threads, bounded by `timeout`. Past it, the worker's
     threads go on without the one still in the call: two backend calls hung past their
     timeout filled the executor, and every stage's thread work, another healthy backend's
-    calls included, waited for the hang to end (113.7 s for a 0.85 s job; a red-team run)."""
+    calls included, waited for the hang to end (113.7 s for a 0.85 s job; a red-team run).
+    The call's `backends` are overrunning until it ends (`overrunning`): their later calls do
+    not go to the worker's threads, where a third hung call stalled every stage again for
+    as long as it hung (129 s; a red-team run). Raises BackendUnavailable for a backend
+    still overrunning, whose calls have nowhere else to go."""
+    if stuck := overrunning(runtime, backends):
+        raise BackendUnavailable(
+            f"{stuck[0]}: an earlier call still runs past its timeout in this worker; "
+            "no new call until it ends")
+    ended = threading.Event()
+
+    def call():
+        try:
+            return function(*args)
+        finally:
+            ended.set()
+
     try:
-        return await asyncio.wait_for(call, timeout)
+        return await asyncio.wait_for(in_thread(runtime, call), timeout)
     except TimeoutError:
+        for backend in backends:
+            runtime.overrunning_calls.setdefault(backend, []).append(ended)
+        log.warning("a call on %s ran past its %.3g s timeout in a worker thread: until it "
+                    "ends, their calls go to the simulator process (a simulator of this "
+                    "worker's own) or are refused as unavailable", ", ".join(sorted(backends)),
+                    timeout)
         abandon_executor(runtime)
         raise
+
+
+def overrunning(runtime: Runtime, backends) -> list[str]:
+    """Those of `backends` with a call still running past its timeout in a worker thread."""
+    found = []
+    for backend in backends:
+        running = [ended for ended in runtime.overrunning_calls.get(backend, ())
+                   if not ended.is_set()]
+        if running:
+            runtime.overrunning_calls[backend] = running
+            found.append(backend)
+        else:
+            runtime.overrunning_calls.pop(backend, None)
+    return found
 
 
 def abandon_executor(runtime: Runtime) -> None:
@@ -295,15 +337,20 @@ def abandon_executor(runtime: Runtime) -> None:
                 "later thread work goes to new threads")
 
 
-async def in_thread_timed(runtime: Runtime, function, *args) -> tuple[object, float]:
-    """`in_thread`, and the seconds the function ran, timed in its thread: a wait for a free
-    executor thread is not in them (backend time is what a job is billed)."""
-    def timed():
+def timed(function):
+    """`function`, returning its result and the seconds it ran, timed in its own thread: a
+    wait for a free executor thread is not in them (backend time is what a job is billed)."""
+    def call(*args):
         started = time.perf_counter()
         result = function(*args)
         return result, time.perf_counter() - started
 
-    return await in_thread(runtime, timed)
+    return call
+
+
+async def in_thread_timed(runtime: Runtime, function, *args) -> tuple[object, float]:
+    """`in_thread` of `timed(function)`."""
+    return await in_thread(runtime, timed(function), *args)
 
 
 def new_sandbox_pool(runtime: Runtime) -> SandboxPool | None:

@@ -29,6 +29,8 @@ from streams.agents.common import (
     in_thread_timed,
     in_thread_within,
     load_prepared,
+    overrunning,
+    timed,
     vet_prepared,
 )
 from streams.ops import metrics
@@ -287,6 +289,12 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
     stopped; a process is killed at the timeout."""
     if not simulated_here(runtime.registry, backends):
         return False
+    if overrunning(runtime, backends):
+        # A call of theirs still runs past its timeout in a worker thread, which cannot be
+        # stopped: more such calls there filled the worker's threads and stalled every stage
+        # (129 s; a red-team run). The process is killed at the timeout.
+        start_simulator(runtime, needed=True)
+        return True
     wanted = simulator_process_wanted(runtime, close_idle=False)
     if wanted and set(backends) <= WARMED_UP:
         start_simulator(runtime)
@@ -326,9 +334,9 @@ async def call_once(runtime: Runtime, prepared: PreparedJob, data: bytes, seed: 
     outer bound only covers its start). Its callers refuse a job past the simulation limit
     first (`past_simulation_limit`), as the simulator would, before it is shipped there."""
     if not in_simulator_process(runtime, [prepared.backend], [prepared]):
-        return await in_thread_within(runtime, timeout, in_thread_timed(
-            runtime, execute, prepared, runtime.registry, seed,
-            runtime.settings.max_simulation_seconds))
+        return await in_thread_within(
+            runtime, timeout, [prepared.backend], timed(execute), prepared, runtime.registry,
+            seed, runtime.settings.max_simulation_seconds)
     answered = await asyncio.wait_for(
         simulate(runtime, [(data, seed, prepared.backend)], timeout),
         timeout + SIMULATOR_START_S,
@@ -436,14 +444,11 @@ async def one_tenants_call(runtime: Runtime,
             # Bounded as a call alone is (`call_once`): a hung backend held the stage 690 s
             # and counting, with no timeout, failure or dead letter (a red-team run). The
             # thread itself cannot be stopped; its jobs go on without it.
-            call = in_thread(
-                runtime,
+            outcomes, seconds = await in_thread_within(
+                runtime, runtime.settings.execute_timeout_s, {j.prepared.backend for j in jobs},
                 functools.partial(timed_batch, breakers=runtime.breakers,
                                   max_simulation_seconds=runtime.settings.max_simulation_seconds),
-                [(j.prepared, j.seed) for j in jobs], runtime.registry,
-            )
-            outcomes, seconds = await in_thread_within(
-                runtime, runtime.settings.execute_timeout_s, call)
+                [(j.prepared, j.seed) for j in jobs], runtime.registry)
     except InvalidJob as error:
         if len(jobs) > 1:
             log.warning("batch of %d jobs refused as a whole (%s); running them one by one",
@@ -453,6 +458,8 @@ async def one_tenants_call(runtime: Runtime,
         # alone it would be refused again, after the same simulation (107 s twice for a
         # 20-qubit Estimator job, a red-team run).
         return {jobs[0].source.address: (error, 0.0)}
+    except BackendUnavailable as error:  # a backend of the call still overruns an earlier one
+        return {j.source.address: (error, 0.0) for j in jobs}
     except (SandboxTimeout, TimeoutError):
         if len(jobs) > 1:  # each job alone gets the whole timeout: the slow one fails alone
             log.warning("batch of %d jobs ran past the execute timeout; running them one by "

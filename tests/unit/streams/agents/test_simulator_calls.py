@@ -25,6 +25,7 @@ from streams.agents.execution import (
 )
 from streams.settings import Settings
 from streams.workflow.deadletter import SourceRecord
+from tests.support import wait_for
 from tests.unit.workers.conftest import ANSATZ3_QASM3
 from workers.backends.registry import BackendRegistry
 from workers.circuits.transpile import TranspileCache
@@ -36,9 +37,14 @@ from workers.jobs import JobSpec
 from workers.limits import Limits
 
 
+def fake_runtime(**fields) -> SimpleNamespace:
+    """A stand-in for streams.runtime.Runtime with the fields the calls keep state in."""
+    return SimpleNamespace(**{"abandoned_executors": [], "overrunning_calls": {}, **fields})
+
+
 @pytest.fixture(scope="module")
 def runtime():
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         settings=Settings(simulator_process=True, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
@@ -92,7 +98,7 @@ def test_a_batch_split_over_two_simulator_processes_has_each_jobs_own_counts() -
     """QLANE_SIMULATOR_PROCESSES=2: the batch goes out as two calls at once, one per process,
     and every job gets the counts of a call on its own; one process killed fails the batch
     (SandboxCrashed, as with one process) after the other call has ended."""
-    two = SimpleNamespace(
+    two = fake_runtime(
         settings=Settings(simulator_process=True, simulator_processes=2, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
@@ -135,7 +141,7 @@ def test_a_split_batch_with_a_crash_and_a_timeout_fails_as_the_timeout() -> None
     """The batch fails as the timeout whichever of the two calls ended first; neither is
     counted on the breaker (the worker's own simulator is slow or killed because of a job,
     which then runs alone and fails as SimulationTimeout)."""
-    fake = SimpleNamespace(settings=Settings(simulator_process=True), registry=BackendRegistry(),
+    fake = fake_runtime(settings=Settings(simulator_process=True), registry=BackendRegistry(),
                            host_workers=None,
                            breakers=BreakerBoard(failure_threshold=5), simulator=SplitPool())
     batch = [job(fake.registry, seed) for seed in (1, 2)]
@@ -172,7 +178,7 @@ def test_a_call_that_waits_for_the_simulator_process_is_billed_its_run_only(runt
 def test_a_call_that_waits_for_an_executor_thread_is_billed_its_run_only() -> None:
     """In the worker's threads (no simulator process): the executor's only thread is busy for
     1 s when the call is made; the job is billed the simulation, not the second it waited."""
-    busy = SimpleNamespace(
+    busy = fake_runtime(
         settings=Settings(simulator_process=False, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
@@ -202,7 +208,7 @@ def test_auto_sends_aer_to_the_process_only_while_the_worker_has_two_cores_to_it
     monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
     settings = Settings(simulator_process="auto", host_workers_dir=str(tmp_path))
     assert settings.simulator_process and settings.simulator_process_auto
-    runtime = SimpleNamespace(settings=settings, host_workers=None, simulator_wanted=None,
+    runtime = fake_runtime(settings=settings, host_workers=None, simulator_wanted=None,
                               simulator_unwanted_since=None, simulator=None,
                               registry=BackendRegistry())
     assert simulator_process_wanted(runtime)
@@ -229,7 +235,7 @@ def test_auto_sends_aer_to_the_process_only_while_the_worker_has_two_cores_to_it
 def test_aer_threads_in_the_worker_are_its_whole_usable_cores(
         tmp_path, monkeypatch, cores, process, threads) -> None:
     monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: cores)
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         settings=Settings(simulator_process=process, host_workers_dir=str(tmp_path)),
         host_workers=None, simulator_wanted=None, registry=BackendRegistry())
     simulator_process_wanted(runtime)
@@ -245,7 +251,7 @@ def test_an_explicit_simulator_process_setting_ignores_the_other_workers(
     sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         for value in (True, False):
-            runtime = SimpleNamespace(
+            runtime = fake_runtime(
                 settings=Settings(simulator_process=value, host_workers_dir=str(tmp_path)),
                 host_workers=None, simulator_wanted=None, registry=BackendRegistry())
             assert simulator_process_wanted(runtime) is value
@@ -280,7 +286,7 @@ def test_an_auto_worker_counts_a_worker_set_explicitly_beside_it(
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[4])
     try:
         assert fixed.stdout.readline().strip() == "joined"
-        runtime = SimpleNamespace(
+        runtime = fake_runtime(
             settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
             host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
             simulator=None, registry=BackendRegistry())
@@ -297,7 +303,7 @@ def test_a_starting_worker_decides_once_the_workers_started_with_it_have_registe
     monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
     monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
     monkeypatch.setattr("streams.agents.execution.HOST_SETTLE_S", 0.3)
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path)),
         host_workers=None, simulator_wanted=None, simulator_unwanted_since=None, simulator=None,
         registry=BackendRegistry())
@@ -342,7 +348,7 @@ def test_auto_closes_a_simulator_process_it_stopped_using_once_idle_long_enough(
     monkeypatch.setattr("streams.settings.usable_cores", lambda: 2.0)
     monkeypatch.setattr("streams.agents.execution.usable_cores", lambda: 2.0)
     pool = FakePool()
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path),
                           simulator_idle_close_s=0.3),
         host_workers=None, simulator_wanted=None, simulator_unwanted_since=None,
@@ -376,7 +382,7 @@ def test_a_call_takes_the_estimates_made_where_its_jobs_were_prepared(monkeypatc
     (3-5 s per large job: a batch of 29 held the loop 54 s; a red-team run)."""
     from streams.agents import execution
 
-    threads = SimpleNamespace(
+    threads = fake_runtime(
         settings=Settings(simulator_process=False, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
@@ -402,7 +408,7 @@ def test_a_long_call_leaves_the_workers_threads_for_a_simulator_process() -> Non
     from streams.agents.execution import in_simulator_process
     from workers.execution.preparation import simulation_estimate
 
-    threads = SimpleNamespace(
+    threads = fake_runtime(
         settings=Settings(simulator_process=False, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
@@ -456,7 +462,7 @@ def test_a_long_variational_evaluation_runs_where_a_stage_call_would() -> None:
     from streams.agents.execution import simulate_alone
     from workers.execution.preparation import simulation_estimate
 
-    threads = SimpleNamespace(
+    threads = fake_runtime(
         settings=Settings(simulator_process=False, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
@@ -491,7 +497,7 @@ def test_auto_keeps_a_process_that_long_calls_use_and_closes_it_once_they_stop(
     monkeypatch.setattr("streams.agents.execution.start_simulator",
                         lambda runtime, needed=False: started.append(needed))
     pool = FakePool()
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path),
                           simulator_idle_close_s=0.3),
         simulator=pool, simulator_unwanted_since=time.monotonic() - 100,
@@ -537,7 +543,7 @@ def test_a_lone_job_refused_for_what_it_is_is_not_run_again_alone(monkeypatch) -
     refusal = ResourceLimitExceeded("the sandbox's reply exceeds 16777216 bytes")
 
     jobs = two_jobs_whose_batch_raises(monkeypatch, refusal)
-    runtime = SimpleNamespace()
+    runtime = fake_runtime()
     assert asyncio.run(execution.batch_outcomes(runtime, jobs[:1])) == {
         jobs[0].source.address: (refusal, 0.0)}
     assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
@@ -561,7 +567,7 @@ def test_a_tenant_is_not_billed_for_another_tenants_job_estimated_too_low() -> N
     0.29 s it took alone (a red-team run). Tenants' jobs now never share a call."""
     from streams.agents.execution import batch_outcomes
 
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         settings=Settings(simulator_process=False, execute_timeout_s=120),
         registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(1), simulator=None, host_workers=None,
@@ -589,7 +595,7 @@ def test_a_lone_job_past_the_timeout_is_its_own_simulation_timeout(monkeypatch) 
 
     jobs = two_jobs_whose_batch_raises(
         monkeypatch, SandboxTimeout("the simulator process took longer than 5s"))
-    runtime = SimpleNamespace(settings=Settings(execute_timeout_s=5))
+    runtime = fake_runtime(settings=Settings(execute_timeout_s=5))
     ((slot, seconds),) = asyncio.run(execution.batch_outcomes(runtime, jobs[:1])).values()
     assert isinstance(slot, SimulationTimeout) and seconds == 0.0
     assert "longer than 5s" in str(slot)
@@ -600,11 +606,11 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
         monkeypatch) -> None:
     """A hung backend held the stage 690 s and counting: the batch call in the worker's
     threads had no timeout, so no job failed, retried or was dead-lettered (a red-team run
-    with Prometheus: nothing paged). A lone job gets its simulation timeout; several split."""
+    with Prometheus: nothing paged). A batch of several past it splits."""
     import threading
 
     from streams.agents import common, execution
-    from workers.errors import SimulationTimeout
+    from workers.errors import BackendUnavailable
 
     release = threading.Event()
 
@@ -615,20 +621,22 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
     monkeypatch.setattr(execution, "timed_batch", hung_batch)
     monkeypatch.setattr(execution, "in_simulator_process", lambda *args: False)
     registry = BackendRegistry()
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         settings=Settings(simulator_process=False, execute_timeout_s=0.5),
         registry=registry, breakers=BreakerBoard(failure_threshold=2),
         executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
-        abandoned_executors=[])
+        )
     bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
             "cx q[0], q[1];\nc = measure q;\n")
     jobs = [tenant_job(registry, "acme", bell, 10, offset) for offset in (1, 2)]
     first = runtime.executor
     try:
         started = time.monotonic()
-        ((slot, seconds),) = asyncio.run(execution.batch_outcomes(runtime, jobs[:1])).values()
-        assert isinstance(slot, SimulationTimeout) and seconds == 0.0
         assert asyncio.run(execution.batch_outcomes(runtime, jobs)) == {}
+        # Its backend still overruns: refused at once (a lone job past its own timeout is
+        # SimulationTimeout: test_a_backend_whose_call_overruns_takes_no_more_of_...).
+        ((slot, seconds),) = asyncio.run(execution.batch_outcomes(runtime, jobs[:1])).values()
+        assert isinstance(slot, BackendUnavailable) and seconds == 0.0
         # The threads still in the hung calls are left behind: the worker's other thread work
         # (another backend's calls, preparation, mitigation) does not wait for them. Two hung
         # calls filled the executor, and a healthy backend's 0.85 s job took 113.7 s.
@@ -639,6 +647,64 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
         release.set()
         first.shutdown()
         runtime.executor.shutdown()
+
+
+def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
+        monkeypatch) -> None:
+    """Two hung calls each left their executor behind; from the third on, the hung calls
+    filled the worker's threads again and no job on any backend finished for 129 s (a
+    red-team run with a hung backend). Until its overrunning call ends, a backend's calls go
+    to the simulator process (a simulator of the worker's own) or are refused at once."""
+    import threading
+
+    from streams.agents import common, execution
+    from workers.errors import BackendUnavailable, SimulationTimeout
+
+    release = threading.Event()
+    called = []
+
+    def hung_batch(items, *args, **kwargs):
+        called.append(len(items))
+        release.wait(30)
+        return [], []
+
+    routed = execution.in_simulator_process
+    started = []
+    monkeypatch.setattr(execution, "timed_batch", hung_batch)
+    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: False)
+    monkeypatch.setattr(execution, "start_simulator", lambda runtime, needed=False:
+                        started.append(needed))
+    registry = BackendRegistry()
+    runtime = fake_runtime(
+        settings=Settings(simulator_process=False, execute_timeout_s=0.5),
+        registry=registry, breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
+        )
+    bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
+            "cx q[0], q[1];\nc = measure q;\n")
+    executors = [runtime.executor]
+    try:
+        slots = []
+        for offset in range(5):
+            job = tenant_job(registry, "acme", bell, 10, offset)
+            ((slot, _),) = asyncio.run(execution.batch_outcomes(runtime, [job])).values()
+            slots.append(slot)
+            executors.append(runtime.executor)
+        assert isinstance(slots[0], SimulationTimeout)
+        assert all(isinstance(slot, BackendUnavailable) for slot in slots[1:]), slots
+        assert called == [1]  # one thread in the hang, not one more per job
+        clock = time.monotonic()
+        assert asyncio.run(common.in_thread(runtime, lambda: 42)) == 42
+        assert time.monotonic() - clock < 2
+        # A simulator of the worker's own goes to its process meanwhile, killed at a timeout.
+        assert routed(runtime, ["aer.ideal"]) and started == [True]
+        release.set()
+        assert wait_for(lambda: not common.overrunning(runtime, ["aer.ideal"]), timeout_s=10)
+        assert runtime.overrunning_calls == {}
+    finally:
+        release.set()
+        for executor in set(executors):
+            executor.shutdown()
 
 
 def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) -> None:
@@ -666,7 +732,7 @@ def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) 
     assert not asyncio.run(common.load_prepared(SimpleNamespace(), data)).simulation_seconds
     assert len(data) < common.LOADED_IN_A_THREAD_BYTES and threads == []  # small: left to a call
     monkeypatch.setattr(common, "LOADED_IN_A_THREAD_BYTES", len(data))
-    runtime = SimpleNamespace(registry=registry,
+    runtime = fake_runtime(registry=registry,
                               settings=Settings(max_simulation_seconds=estimate * 2))
     loaded = asyncio.run(common.load_prepared(runtime, data))
     assert loaded.simulation_seconds == pytest.approx(estimate) and threads == [False]
@@ -693,7 +759,7 @@ def test_a_job_past_the_simulation_limit_is_refused_before_the_breaker_and_takes
 
     clock = [0.0]
     registry = BackendRegistry()
-    runtime = SimpleNamespace(
+    runtime = fake_runtime(
         registry=registry, breakers=BreakerBoard(1, 30.0, clock=lambda: clock[0]),
         executor=ThreadPoolExecutor(1), simulator=None, host_workers=None)
     one = job(registry)
