@@ -22,9 +22,11 @@ from streams.workflow.dlq_guard import Hold, SourceGuards
 from streams.workflow.idempotency import record_identity
 from workers.circuits import qpy_cache
 from workers.circuits.sandbox import (
+    BackendView,
     LoadCheck,
     SandboxBounds,
     SandboxPool,
+    SandboxRequest,
     rebuild_error,
 )
 from workers.errors import (
@@ -361,6 +363,26 @@ def new_sandbox_pool(runtime: Runtime) -> SandboxPool | None:
                            memory_mb=settings.sandbox_memory_mb,
                            output_mb=settings.sandbox_output_mb)
     return SandboxPool(bounds, size=settings.sandbox_processes)
+
+
+def sandbox_pool(runtime: Runtime) -> SandboxPool | None:
+    """The worker's sandbox pool, started on first use; None with sandboxes off (in the
+    worker itself: benchmarks and debugging only)."""
+    if runtime.sandbox is None and runtime.settings.sandbox_enabled:
+        runtime.sandbox = new_sandbox_pool(runtime)
+    return runtime.sandbox
+
+
+async def sandbox_request(runtime: Runtime, spec) -> SandboxRequest:
+    """What a sandbox needs to prepare `spec`: the job limits, a view of its backend and, for
+    readout mitigation, the backend's calibration (measured here: it runs Aer; cached per
+    backend)."""
+    calibration = None
+    if getattr(spec.mitigation, "readout", False):
+        backend = runtime.registry.get(spec.backend)
+        calibration = await in_thread(runtime, runtime.readout_cache.get, backend)
+    backend = BackendView.of(await in_thread(runtime, runtime.registry.get, spec.backend))
+    return SandboxRequest(spec, runtime.settings.limits, backend, calibration)
 
 
 # What a stage record's circuits may take once loaded: a prepared job the workers wrote takes

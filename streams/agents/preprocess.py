@@ -16,8 +16,9 @@ from streams.agents.common import (
     in_thread,
     mark,
     new_guard,
-    new_sandbox_pool,
     process_guarded,
+    sandbox_pool,
+    sandbox_request,
     stage_supervisor,
 )
 from streams.agents.execution import JobRunner
@@ -41,11 +42,7 @@ from streams.workflow.idempotency import (
 from streams.workflow.lanes import LaneGate
 from streams.workflow.poison import AttemptLedger
 from streams.workflow.results import check_result_can_fit, check_result_floor
-from workers.circuits.sandbox import (
-    BackendView,
-    Prepared,
-    SandboxRequest,
-)
+from workers.circuits.sandbox import Prepared
 from workers.errors import (
     BudgetExceeded,
     IdempotencyConflict,
@@ -96,20 +93,11 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
     """
     settings = runtime.settings
     check_result_can_fit(spec, runtime.max_record_bytes)
-    calibration = None
-    mitigation = spec.mitigation
-    if getattr(mitigation, "readout", False):  # measured here (it runs Aer), cached per backend
-        backend = runtime.registry.get(spec.backend)
-        calibration = await in_thread(runtime, runtime.readout_cache.get, backend)
-    if runtime.sandbox is None:
-        if settings.sandbox_enabled:
-            runtime.sandbox = new_sandbox_pool(runtime)
-        else:  # in the worker itself: benchmarks and debugging only
-            prepared = await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache,
-                                       settings.limits, runtime.readout_cache)
-            return check_result_floor(Prepared.of(prepared), runtime.max_record_bytes)
-    backend = BackendView.of(await in_thread(runtime, runtime.registry.get, spec.backend))
-    request = SandboxRequest(spec, settings.limits, backend, calibration)
+    if sandbox_pool(runtime) is None:
+        prepared = await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache,
+                                   settings.limits, runtime.readout_cache)
+        return check_result_floor(Prepared.of(prepared), runtime.max_record_bytes)
+    request = await sandbox_request(runtime, spec)
     tries, reason = await runtime.attempts.tries(STAGE, source)
     while True:
         if tries >= settings.sandbox_attempts:
@@ -211,8 +199,7 @@ def register(app, runtime: Runtime, table) -> None:
 
     @app.task
     async def start_sandboxes():
-        if runtime.sandbox is None:
-            runtime.sandbox = new_sandbox_pool(runtime)
+        sandbox_pool(runtime)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*args, **kwargs):
