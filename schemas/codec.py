@@ -107,6 +107,9 @@ class Codec:
         """
         try:
             if data.__class__ is not bytes:
+                if data is None:
+                    raise CorruptRecord(f"{self.name}: the record has no value (a null value, "
+                                        "as a Kafka tombstone has), not a frame")
                 if not isinstance(data, (bytes, bytearray, memoryview)):
                     raise CorruptRecord(f"{self.name}: expected bytes, got {type(data).__name__}")
                 data = bytes(data)
