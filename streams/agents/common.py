@@ -283,19 +283,26 @@ async def in_thread_within(runtime: Runtime, timeout: float, backends, function,
         raise BackendUnavailable(
             f"{stuck[0]}: an earlier call still runs past its timeout in this worker; "
             "no new call until it ends")
-    ended = threading.Event()
+    ended, counted, lock = threading.Event(), [], threading.Lock()
 
     def call():
         try:
             return function(*args)
         finally:
-            ended.set()
+            with lock:
+                ended.set()
+                for backend in counted:
+                    metrics.CALLS_PAST_TIMEOUT.labels(backend).dec()
 
     try:
         return await asyncio.wait_for(in_thread(runtime, call), timeout)
     except TimeoutError:
-        for backend in backends:
-            runtime.overrunning_calls.setdefault(backend, []).append(ended)
+        with lock:
+            if not ended.is_set():
+                counted.extend(backends)
+                for backend in backends:
+                    metrics.CALLS_PAST_TIMEOUT.labels(backend).inc()
+                    runtime.overrunning_calls.setdefault(backend, []).append(ended)
         log.warning("a call on %s ran past its %.3g s timeout in a worker thread: until it "
                     "ends, their calls go to the simulator process (a simulator of this "
                     "worker's own) or are refused as unavailable", ", ".join(sorted(backends)),

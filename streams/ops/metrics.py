@@ -104,6 +104,14 @@ BREAKER_STATE = Gauge(
     ["backend"],
     registry=REGISTRY,
 )
+CALLS_PAST_TIMEOUT = Gauge(
+    "qlane_calls_past_timeout",
+    "Backend calls still running in a worker thread past their timeout (a thread cannot be "
+    "stopped; until they end, their backend's calls go to the simulator process or are "
+    "refused as unavailable).",
+    ["backend"],
+    registry=REGISTRY,
+)
 TRANSPILE_CACHE_LOOKUPS = Counter(
     "qlane_transpile_cache_lookups_total",
     "Transpile-cache lookups by result (hit or miss).",

@@ -649,6 +649,13 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
         runtime.executor.shutdown()
 
 
+def past_timeout(backend: str) -> float:
+    from streams.ops import metrics
+
+    return metrics.REGISTRY.get_sample_value("qlane_calls_past_timeout",
+                                             {"backend": backend}) or 0.0
+
+
 def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
         monkeypatch) -> None:
     """Two hung calls each left their executor behind; from the third on, the hung calls
@@ -693,6 +700,7 @@ def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
         assert isinstance(slots[0], SimulationTimeout)
         assert all(isinstance(slot, BackendUnavailable) for slot in slots[1:]), slots
         assert called == [1]  # one thread in the hang, not one more per job
+        assert past_timeout("aer.ideal") == 1
         clock = time.monotonic()
         assert asyncio.run(common.in_thread(runtime, lambda: 42)) == 42
         assert time.monotonic() - clock < 2
@@ -701,6 +709,7 @@ def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
         release.set()
         assert wait_for(lambda: not common.overrunning(runtime, ["aer.ideal"]), timeout_s=10)
         assert runtime.overrunning_calls == {}
+        assert past_timeout("aer.ideal") == 0
     finally:
         release.set()
         for executor in set(executors):
