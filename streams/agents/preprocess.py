@@ -240,9 +240,7 @@ def register(app, runtime: Runtime, table) -> None:
             previous = None
         admission = admit(previous, fingerprint, source.address)
         if admission.decision is Decision.CONFLICT:
-            raise IdempotencyConflict(
-                f"workflow {workflow_id} was submitted before with a different payload"
-            )
+            await refuse_conflict(workflow_id, fingerprint, previous)
         if admission.decision is Decision.DUPLICATE:
             metrics.DUPLICATES.inc()
             await republish_after_redelivery(runtime, table, workflow_id, previous, source)
@@ -347,12 +345,24 @@ def register(app, runtime: Runtime, table) -> None:
                                  detail="arrived after its cancel: not run")
             return "cancelled"
         if previous.get("fingerprint") != fingerprint:
-            raise IdempotencyConflict(
-                f"workflow {workflow_id} was submitted (and cancelled) before with a "
-                "different payload")
+            await refuse_conflict(workflow_id, fingerprint, previous)
         await runtime.status(workflow_id, "duplicate", STAGE,
                             detail=duplicate_detail("cancelled"))
         return "duplicate"
+
+    async def refuse_conflict(workflow_id: str, fingerprint: str, previous: dict) -> None:
+        """IdempotencyConflict, told as a `failed` status too: a client that re-sent a
+        changed request under its id had no answer it could read but the earlier request's
+        `done` and result (a red-team Java client; on a tenant's topics the dead letter is
+        the operators'). The detail names both requests' fingerprints, first, so that the
+        earlier request's client can tell the status is not about its own."""
+        conflict = IdempotencyConflict(
+            f"this request (fingerprint {fingerprint[:16]}) is not run: workflow "
+            f"{workflow_id[:80]!r} was submitted before with another (fingerprint "
+            f"{str(previous.get('fingerprint'))[:16]}, {previous.get('state')}), which it "
+            "keeps; send a changed request under a new id")
+        await runtime.status(workflow_id, "failed", STAGE, detail=error_detail(conflict))
+        raise conflict
 
     async def hand_to_variational_stage(workflow_id: str, request: dict, source,
                                         accepted_at_ms: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -30,7 +31,7 @@ from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenan
 from streams.ops.logs import printable
 from streams.settings import Settings
 from streams.workflow.cancel import is_cancel
-from streams.workflow.idempotency import IN_FLIGHT, earlier_state
+from streams.workflow.idempotency import IN_FLIGHT, earlier_state, request_fingerprint
 from workers.errors import InvalidJob, UndecodableRecord
 from workers.jobs import seed_out_of_range
 from workers.variational.loop import STOPPED_BY_CANCEL
@@ -53,6 +54,9 @@ def refused_before_admission(status: dict) -> bool:
             and status["detail"].split(":", 1)[0] in REJECTED_BEFORE_ADMISSION)
 
 
+# The refused request's fingerprint in an IdempotencyConflict status (streams/agents/preprocess.py).
+CONFLICT_FINGERPRINT = re.compile(
+    r"IdempotencyConflict: this request \(fingerprint ([0-9a-f]{16})\)")
 # A duplicate's earlier result is looked up by reading the results topic once, from the start.
 DUPLICATE_LOOKUP_TIMEOUT_S = 30.0
 # How long a wait reads on for the `done` statuses of the jobs it saw done (read_committed).
@@ -174,6 +178,9 @@ class Client:
         self.producer: AIOKafkaProducer | None = None
         self.watcher: AIOKafkaConsumer | None = None
         self._tenant_topics_found: set[str] = set()
+        # workflow id -> the fingerprint (16 hex digits) of the request this client sent:
+        # an IdempotencyConflict status about another request under the id is not its answer.
+        self._sent_fingerprints: dict[str, str] = {}
         # During an outage aiokafka logs a warning per retry, every few milliseconds: a
         # client's console filled with them (a red-team run). The workers' guard, here too.
         install_logger_filter(settings.broker_warning_interval_s)
@@ -253,6 +260,8 @@ class Client:
         own_ids(self.settings, topic, record["workflow_id"])
         await self._check_tenant_topic(topic)
         await self.producer.send_and_wait(topic, value=value, key=record["workflow_id"].encode())
+        self._sent_fingerprints[record["workflow_id"]] = request_fingerprint(
+            codec("JobRequest").decode(value))[:16]
         return topic
 
     async def _check_tenant_topic(self, topic: str) -> None:
@@ -385,7 +394,20 @@ class Client:
             return False
         tenant = topic_tenant(self.settings.topic_prefix,
                               headers.get("qlane.dlq.source.topic", ""))
-        return tenant is None or workflow_id.startswith(tenant_ids(tenant))
+        if tenant is not None and not workflow_id.startswith(tenant_ids(tenant)):
+            return False
+        return not self._another_request(workflow_id, value)
+
+    def _another_request(self, workflow_id: str, value: bytes | None) -> bool:
+        """Whether a dead letter's record is a request other than the one this client sent
+        under the id (a changed request under a running job's id, IdempotencyConflict)."""
+        sent = self._sent_fingerprints.get(workflow_id)
+        if not sent or not value:
+            return False
+        try:
+            return request_fingerprint(codec("JobRequest").decode(value))[:16] != sent
+        except Exception:  # noqa: BLE001 - not a request this client could have sent
+            return False
 
     def _apply(self, outcomes, record, on_event) -> None:
         key = (record.key or b"").decode(errors="replace")
@@ -402,6 +424,13 @@ class Client:
             log.warning("ignored an undecodable record under %s on %s: %s",
                         printable(key[:80]), record.topic, error)
 
+    def _about_another_request(self, workflow_id: str, status: dict) -> bool:
+        """Whether a status refuses another request than the one this client sent under the
+        id (IdempotencyConflict names the refused request's fingerprint)."""
+        sent = self._sent_fingerprints.get(workflow_id)
+        match = CONFLICT_FINGERPRINT.match(status["detail"])
+        return bool(sent and match and match.group(1) != sent)
+
     def _apply_to(self, outcome, key: str, record, on_event) -> None:
         if outcome.finished:
             # A transaction's partitions become visible one by one: a status committed with
@@ -415,6 +444,8 @@ class Client:
         if record.topic in self.status_topics:
             status = codec("JobStatus").decode(record.value)
             outcome.history.append(status["state"])
+            if self._about_another_request(key, status):
+                return
             if status["state"] == "duplicate":
                 self._take_duplicate(outcome, status["detail"])
             elif status["state"] in ("failed", "cancelled"):

@@ -316,3 +316,21 @@ def test_a_job_for_a_tenant_without_topics_is_refused_before_it_is_sent(tenant_s
             return await listed_partitions(client.producer.client, ghost_topic)
 
     assert asyncio.run(go()) == set()
+
+
+def test_a_changed_request_under_a_tenants_finished_id_is_told_rejected(tenant_settings,
+                                                                       tenant_worker):
+    """A changed request re-sent under a finished job's id was dead-lettered as
+    IdempotencyConflict with no status: the tenant's client, which reads no dead letters,
+    waited out its timeout, and one reading its topics from the start found only the earlier
+    request's `done` and result (a red-team Java client)."""
+    workflow_id = f"acme.changed-{uuid.uuid4().hex[:6]}"
+    first = submit_as_acme(tenant_settings, workflow_id, "low", timeout_s=90)
+    assert first.state == "done", (first.state, first.detail)
+    second = submit_as_acme(tenant_settings, workflow_id, "low", timeout_s=30, seed=7)
+    assert second.state == "rejected", (second.state, second.history)
+    # Told on its status topic, which a tenant's principal reads (the dead letter alone was
+    # readable here only because the embedded broker has no ACLs).
+    assert "failed" in second.history, second.history
+    assert second.detail.startswith("IdempotencyConflict: this request"), second.detail
+    assert second.result is None

@@ -319,3 +319,35 @@ def test_an_earlier_result_is_the_first_readable_one_under_its_id(monkeypatch):
     client = Client(Settings(topic_prefix="t.qlane"))
     found = asyncio.run(client.find_results({"wf"}, timeout_s=1))
     assert found == {"wf": {"answer": "real"}}
+
+
+def test_a_conflict_about_another_request_under_the_id_is_not_this_clients_answer(monkeypatch):
+    """A changed request under a job's id is refused as IdempotencyConflict, told as a
+    `failed` status (and a dead letter): the client that sent it reads `rejected`, the
+    client of the request the workflow keeps reads on. The status names the refused
+    request's fingerprint."""
+    from streams.workflow.idempotency import request_fingerprint
+
+    mine = job_request(workflow_id="wf", circuit="x", shots=100)
+    theirs = {**mine, "shots": 300}
+    fingerprint = {"mine": request_fingerprint(codec("JobRequest").decode(
+        codec("JobRequest").encode(mine)))[:16],
+        "theirs": request_fingerprint(codec("JobRequest").decode(
+            codec("JobRequest").encode(theirs)))[:16]}
+    for refused, state in (("theirs", "pending"), ("mine", "rejected")):
+        detail = (f"IdempotencyConflict: this request (fingerprint {fingerprint[refused]}) is "
+                  "not run: workflow 'wf' was submitted before with another")
+        client = Client(Settings(topic_prefix="t.qlane"))
+        client._sent_fingerprints["wf"] = fingerprint["mine"]
+        client.watcher = CommittedWatcher([{STATUS_TP: [failed_status("preprocess", detail)]}])
+        assert wait_for_the_job(client, monkeypatch).state == state, refused
+    for request, state in ((theirs, "pending"), (mine, "rejected")):
+        letter = SimpleNamespace(
+            topic="t.qlane.deadletter", key=b"wf", value=codec("JobRequest").encode(request),
+            headers=[("qlane.dlq.error.class", b"IdempotencyConflict"),
+                     ("qlane.dlq.stage", b"preprocess"),
+                     ("qlane.dlq.source.topic", b"t.qlane.jobs")])
+        client = Client(Settings(topic_prefix="t.qlane"))
+        client._sent_fingerprints["wf"] = fingerprint["mine"]
+        client.watcher = CommittedWatcher([{DEAD_TP: [letter]}])
+        assert wait_for_the_job(client, monkeypatch).state == state, request["shots"]
