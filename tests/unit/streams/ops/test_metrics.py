@@ -24,6 +24,7 @@ EXPECTED = {
     "qlane_refetched_records_total": ("counter", {"stage"}),
     "qlane_rerouted_records_total": ("counter", {"stage"}),
     "qlane_breaker_state": ("gauge", {"backend"}),
+    "qlane_calls_past_timeout": ("gauge", {"backend"}),
     "qlane_transpile_cache_lookups_total": ("counter", {"result"}),
     "qlane_execute_batch_size": ("histogram", set()),
     "qlane_drift_statistic": ("gauge", {"backend"}),
