@@ -275,14 +275,17 @@ async def in_thread_within(runtime: Runtime, timeout: float, backends, function,
     threads go on without the one still in the call: two backend calls hung past their
     timeout filled the executor, and every stage's thread work, another healthy backend's
     calls included, waited for the hang to end (113.7 s for a 0.85 s job; a red-team run).
-    The call's `backends` are overrunning until it ends (`overrunning`): their later calls do
-    not go to the worker's threads, where a third hung call stalled every stage again for
-    as long as it hung (129 s; a red-team run). Raises BackendUnavailable for a backend
-    still overrunning, whose calls have nowhere else to go."""
+    A call on one backend leaves it overrunning until the call ends (`overrunning`): its
+    later calls do not go to the worker's threads, where a third hung call stalled every
+    stage again for as long as it hung (129 s; a red-team run). A call on several backends
+    (a tenant's batch) does not say which of them hung, so it marks none: its jobs then run
+    one by one, and a hung backend's own call marks it. Raises BackendUnavailable for a
+    backend still overrunning, whose calls have nowhere else to go."""
     if stuck := overrunning(runtime, backends):
-        raise BackendUnavailable(
-            f"{stuck[0]}: an earlier call still runs past its timeout in this worker; "
-            "no new call until it ends")
+        raise still_overrunning(stuck[0])
+    backends = set(backends)
+    marked = backends if len(backends) == 1 else set()
+    label = next(iter(backends)) if marked else SEVERAL_BACKENDS
     ended, counted, lock = threading.Event(), [], threading.Lock()
 
     def call():
@@ -291,24 +294,36 @@ async def in_thread_within(runtime: Runtime, timeout: float, backends, function,
         finally:
             with lock:
                 ended.set()
-                for backend in counted:
-                    metrics.CALLS_PAST_TIMEOUT.labels(backend).dec()
+                for name in counted:
+                    metrics.CALLS_PAST_TIMEOUT.labels(name).dec()
 
     try:
         return await asyncio.wait_for(in_thread(runtime, call), timeout)
     except TimeoutError:
         with lock:
             if not ended.is_set():
-                counted.extend(backends)
-                for backend in backends:
-                    metrics.CALLS_PAST_TIMEOUT.labels(backend).inc()
+                counted.append(label)
+                metrics.CALLS_PAST_TIMEOUT.labels(label).inc()
+                for backend in marked:
                     runtime.overrunning_calls.setdefault(backend, []).append(ended)
-        log.warning("a call on %s ran past its %.3g s timeout in a worker thread: until it "
-                    "ends, their calls go to the simulator process (a simulator of this "
-                    "worker's own) or are refused as unavailable", ", ".join(sorted(backends)),
-                    timeout)
+        if marked:
+            log.warning("a call on %s ran past its %.3g s timeout in a worker thread: until it "
+                        "ends, its calls go to the simulator process (a simulator of this "
+                        "worker's own) or are refused as unavailable", label, timeout)
+        else:
+            log.warning("a call on %s ran past its %.3g s timeout in a worker thread",
+                        ", ".join(sorted(backends)), timeout)
         abandon_executor(runtime)
         raise
+
+
+# The `backend` label of qlane_calls_past_timeout for a batch call on several backends.
+SEVERAL_BACKENDS = "several"
+
+
+def still_overrunning(backend: str) -> BackendUnavailable:
+    return BackendUnavailable(f"{backend}: an earlier call still runs past its timeout in this "
+                              "worker; no new call until it ends")
 
 
 def overrunning(runtime: Runtime, backends) -> list[str]:

@@ -32,6 +32,7 @@ from streams.agents.common import (
     overrunning,
     sandbox_pool,
     sandbox_request,
+    still_overrunning,
     timed,
     vet_prepared,
 )
@@ -433,6 +434,13 @@ async def one_tenants_call(runtime: Runtime,
     # process, which refused them (a red-team run).
     refused = {j.source.address: (error, 0.0) for j in jobs
                if (error := past_simulation_limit(runtime, j.prepared)) is not None}
+    # A backend still in a call past its timeout that its jobs cannot leave for the simulator
+    # process: those jobs alone are refused, not the batch (a healthy backend's job in a
+    # batch with a hung one was refused with it, and its breaker opened; a red-team run).
+    if runtime.overrunning_calls:
+        refused |= {j.source.address: (still_overrunning(j.prepared.backend), 0.0) for j in jobs
+                    if not simulated_here(runtime.registry, [j.prepared.backend])
+                    and overrunning(runtime, [j.prepared.backend])}
     if refused:
         return refused | await one_tenants_call(
             runtime, [j for j in jobs if j.source.address not in refused])

@@ -133,3 +133,12 @@ def test_an_unknown_fingerprint_is_named_as_java_prints_it():
     assert f"{fingerprint_number(frame):x}" == "3b7e8122a011f3e"
     with pytest.raises(UnknownSchema, match="3e1f012a12e8b703.*0x03b7e8122a011f3e"):
         codec("JobRequest").decode(MAGIC + frame + b"\x00" * (HEADER_SIZE + 4))
+
+
+def test_an_unknown_fingerprint_past_2_to_the_63_is_also_named_as_javas_signed_long():
+    """Java's parsingFingerprint64 returns a signed long (-8144905599436050666 for
+    0x8ef77b82c8862f16), which the message gave only as unsigned hex (a red-team Java
+    client matched them by hand)."""
+    frame = (0x9000000000000001).to_bytes(8, "little")
+    with pytest.raises(UnknownSchema, match="0x9000000000000001 .*-8070450532247928831"):
+        codec("JobRequest").decode(MAGIC + frame + b"\x00" * 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -714,6 +715,56 @@ def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
         release.set()
         for executor in set(executors):
             executor.shutdown()
+
+
+def test_a_batch_on_several_backends_past_its_timeout_marks_none_of_them(monkeypatch) -> None:
+    """A tenant's batch with a hung backend's job and a healthy backend's marked both: the
+    healthy backend's job was refused as BackendUnavailable three times and its breaker
+    opened (a red-team run). Which backend hung is not known from a batch; a marked one's
+    jobs alone are refused."""
+    import threading
+
+    from streams.agents import execution
+    from workers.errors import BackendUnavailable
+
+    release = threading.Event()
+    calls = []
+
+    def batch(items, *args, **kwargs):
+        calls.append(sorted(prepared.backend for prepared, _ in items))
+        if len(calls) == 1:
+            release.wait(30)
+        return [[{"00": 1}]] * len(items), [0.0] * len(items)
+
+    monkeypatch.setattr(execution, "timed_batch", batch)
+    monkeypatch.setattr(execution, "in_simulator_process", lambda *args: False)
+    monkeypatch.setattr(execution, "simulated_here", lambda registry, names: False)
+    registry = BackendRegistry()
+    runtime = fake_runtime(
+        settings=Settings(simulator_process=False, execute_timeout_s=0.5),
+        registry=registry, breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None)
+    bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
+            "cx q[0], q[1];\nc = measure q;\n")
+    ideal = tenant_job(registry, "acme", bell, 10, 1)
+    noisy = tenant_job(registry, "acme", bell, 10, 2)
+    noisy.prepared = dataclasses.replace(noisy.prepared, backend="aer.noisy")
+    executors = [runtime.executor]
+    try:
+        assert asyncio.run(execution.batch_outcomes(runtime, [ideal, noisy])) == {}
+        executors.append(runtime.executor)
+        assert runtime.overrunning_calls == {} and past_timeout("several") == 1
+        # aer.noisy's own call hung meanwhile: its job alone is refused, the other one runs.
+        runtime.overrunning_calls["aer.noisy"] = [threading.Event()]
+        slots = asyncio.run(execution.batch_outcomes(runtime, [ideal, noisy]))
+        assert isinstance(slots[noisy.source.address][0], BackendUnavailable)
+        assert slots[ideal.source.address][0] == [{"00": 1}]
+        assert calls[-1] == ["aer.ideal"]
+    finally:
+        release.set()
+        for executor in executors:
+            executor.shutdown()
+    assert past_timeout("several") == 0
 
 
 def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) -> None:
