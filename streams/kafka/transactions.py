@@ -204,12 +204,45 @@ class Producer(faust_aiokafka.Producer):
         # Upstream declares both maps on the class: every app of a process shares them.
         self._transaction_producers = {}
         self._trn_locks = {}
+        # transactional id -> its records' delivery futures not settled yet, and the first
+        # error the broker answered one of them with (see `commit_transactions`)
+        self._undelivered: dict[str, set] = {}
+        self._refused: dict[str, BaseException] = {}
         super().__init__(*args, **kwargs)
         buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
         buffer.app = self.buffer.app
         if getattr(self.buffer, "threaded_producer", None) is not None:
             buffer.threaded_producer = self.buffer.threaded_producer
         self.buffer = buffer
+
+    async def send(self, topic, key, value, partition, timestamp, headers, *,
+                   transactional_id=None):
+        delivery = await super().send(topic, key, value, partition, timestamp, headers,
+                                      transactional_id=transactional_id)
+        if transactional_id:
+            self._undelivered.setdefault(transactional_id, set()).add(delivery)
+            delivery.add_done_callback(functools.partial(self._delivered, transactional_id))
+        return delivery
+
+    def _delivered(self, transactional_id: str, delivery) -> None:
+        self._undelivered.get(transactional_id, set()).discard(delivery)
+        if not delivery.cancelled() and delivery.exception() is not None:
+            self._refused.setdefault(transactional_id, delivery.exception())
+
+    async def check_delivered(self, transactional_id: str) -> None:
+        """Wait for every record sent in the transaction; TransactionFailed if the broker
+        refused one. aiokafka commits a transaction whatever became of its records, and Faust
+        only logs a failed send: records the broker refused (larger than its
+        message.max.bytes, a produce quota's timeouts and the sequence errors after them) were
+        lost with their source offsets committed, the jobs `done`, charged and without a
+        result (a red-team run on Kafka 3.9)."""
+        pending = list(self._undelivered.get(transactional_id, ()))
+        if pending:
+            await asyncio.wait(pending)
+        refused = self._refused.pop(transactional_id, None)
+        if refused is not None:
+            raise TransactionFailed(f"the broker refused a record of the transaction of "
+                                    f"{transactional_id}: {refused!r}")
 
     def send_soon(self, fut) -> None:
         fut.qlane_source_tp = current_source_tp()
@@ -233,6 +266,8 @@ class Producer(faust_aiokafka.Producer):
         await self.flush_transactions(list(self._transaction_producers))
 
     async def _drop(self, transactional_id: str) -> None:
+        self._undelivered.pop(transactional_id, None)
+        self._refused.pop(transactional_id, None)
         producer = self._transaction_producers.pop(transactional_id, None)
         if producer is not None:
             try:
@@ -268,6 +303,10 @@ class Producer(faust_aiokafka.Producer):
         if producer is None:
             raise TransactionFailed(f"no transactional producer {transactional_id}")
         try:
+            if commit:
+                await self.check_delivered(transactional_id)
+            else:
+                self._refused.pop(transactional_id, None)
             async with self._trn_locks[transactional_id]:
                 if commit:
                     await producer.commit_transaction()
@@ -323,6 +362,7 @@ class Producer(faust_aiokafka.Producer):
                     f"commit of {transactional_id}, which has no producer on this worker"
                 )
             try:
+                await self.check_delivered(transactional_id)
                 async with self._trn_locks[transactional_id]:
                     if offsets:  # a checkpoint of a running record commits no offset
                         await producer.send_offsets_to_transaction(offsets, group_id)

@@ -305,7 +305,62 @@ def driver_producer(cls, error):
     producer = cls.__new__(cls)
     producer._transaction_producers = {"t": FailingAiokafkaProducer(error)}
     producer._trn_locks = {"t": asyncio.Lock()}
+    producer._undelivered, producer._refused = {}, {}
     return producer
+
+
+class CommittingAiokafkaProducer:
+    def __init__(self):
+        self.calls = []
+
+    async def send_offsets_to_transaction(self, offsets, group_id):
+        self.calls.append("offsets")
+
+    async def commit_transaction(self):
+        self.calls.append("commit")
+
+    async def begin_transaction(self):
+        self.calls.append("begin")
+
+
+def test_a_transaction_with_a_record_the_broker_refused_is_not_committed(monkeypatch):
+    """aiokafka commits a transaction whatever became of its records, and Faust only logs
+    a failed send: a result larger than the broker's message.max.bytes, and the sequence
+    errors after a produce quota's timeouts, were lost with their source offsets committed
+    (jobs `done`, charged, without a result; a red-team run on Kafka 3.9). The commit waits
+    for every record of the transaction, and fails if the broker refused one."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        deliveries = [loop.create_future(), loop.create_future()]
+
+        async def handed_to_aiokafka(self, *args, transactional_id=None):
+            return deliveries.pop(0)
+
+        monkeypatch.setattr(faust_aiokafka.Producer, "send", handed_to_aiokafka)
+        producer = Producer.__new__(Producer)
+        aiokafka_producer = CommittingAiokafkaProducer()
+        producer._transaction_producers = {"t": aiokafka_producer}
+        producer._trn_locks = {"t": asyncio.Lock()}
+        producer._undelivered, producer._refused = {}, {}
+        ok = await producer.send("q.status", b"k", b"v", None, None, None, transactional_id="t")
+        big = await producer.send("q.results", b"k", b"v" * 10, None, None, None,
+                                  transactional_id="t")
+        loop.call_later(0.05, ok.set_result, "metadata")  # delivered while the commit waits
+        big.set_exception(MessageSizeTooLargeError("larger than message.max.bytes"))
+        with pytest.raises(TransactionFailed, match="refused a record.*MessageSizeTooLarge"):
+            await producer.commit_transactions({"t": {JOBS: 5}}, "group")
+        assert ok.done() and aiokafka_producer.calls == []
+        # A transaction whose records were all delivered commits.
+        delivered = loop.create_future()
+        deliveries.append(delivered)
+        await producer.send("q.status", b"k", b"v", None, None, None, transactional_id="t")
+        delivered.set_result("metadata")
+        await producer.commit_transactions({"t": {JOBS: 6}}, "group")
+        assert aiokafka_producer.calls == ["offsets", "commit", "begin"]
+
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize("method", ["commit_transaction", "abort_transaction"])
@@ -433,6 +488,7 @@ def renewing_producer(held_ids):
     producer._transaction_producers = {tid: FakeTransactionalProducer(tid, in_transaction=True)
                                        for tid in held_ids}
     producer._trn_locks = {tid: asyncio.Lock() for tid in held_ids}
+    producer._undelivered, producer._refused = {}, {}
     producer._new_producer = lambda transactional_id=None: FakeTransactionalProducer(
         transactional_id)
     return producer
