@@ -44,6 +44,7 @@ def faust_settings(settings: Settings) -> dict:
         # from a recreated jobs topic for 300 s (a red-team run). One small request per 30 s.
         consumer_metadata_max_age_ms=30_000,
         TableManager=recovery.TableManager,
+        producer_max_request_size=settings.record_max_bytes,
     )
     options.update(faust_credentials(settings))
     options.update(table_store.faust_store_settings(settings))

@@ -216,6 +216,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 1
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
+    settings = asyncio.run(fit_record_limit(settings))
     use_event_loop(settings.event_loop)
     app, _ = create_app(settings)
     level = args.loglevel or settings.log_level
@@ -225,6 +226,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.getLogger("qiskit").setLevel(logging.WARNING)
     worker.execute_from_commandline()
     return 0
+
+
+async def fit_record_limit(settings):
+    """The settings with `record_max_bytes` within what the broker takes on every topic the
+    worker writes (streams/kafka/topic_checks.py `written_record_limit`)."""
+    from streams.kafka.topic_checks import written_record_limit
+    from streams.kafka.topics import qlane_topics
+
+    limit = await written_record_limit(settings, qlane_topics(settings))
+    if limit is None or limit >= settings.record_max_bytes:
+        return settings
+    print(f"records are limited to {limit} bytes, not {settings.record_max_bytes}: the "
+          "smallest max.message.bytes of the topics this worker writes allows no more",
+          file=sys.stderr)
+    return settings.model_copy(update={"record_max_bytes": limit})
 
 
 def build_submission(args: argparse.Namespace) -> dict:

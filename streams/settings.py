@@ -278,6 +278,12 @@ class Settings(BaseSettings):
         "transaction after this (a new owner fences it at once); above the longest record "
         "(execute_timeout_s), at most the broker's transaction.max.timeout.ms (900 s)",
     )
+    record_max_bytes: int = Field(
+        1_000_000, ge=65_536, description="the largest record a worker writes (Faust's "
+        "producer_max_request_size). On the kafka profile a worker lowers it at start to the "
+        "smallest max.message.bytes of the topics it writes, less RECORD_BATCH_OVERHEAD_BYTES: "
+        "a broker that refused larger records lost them (streams/kafka/topic_checks.py)",
+    )
     kafka_request_timeout_s: float = Field(
         10.0, gt=6, description="kafka profile: how long a worker's producer and consumer "
         "wait for a broker's answer (Faust's producer_request_timeout and "

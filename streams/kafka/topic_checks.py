@@ -281,6 +281,35 @@ async def warn_producer_timestamps(settings: Settings, admin: AIOKafkaAdminClien
             "message.timestamp.type=LogAppendTime, for each of: %s", ", ".join(kept))
 
 
+# What a record batch of one record adds to the record's own size (batch header, record
+# framing, varints) and a margin: a broker's max.message.bytes bounds the whole batch.
+RECORD_BATCH_OVERHEAD_BYTES = 512
+
+
+async def written_record_limit(settings: Settings, topics: list[str]) -> int | None:
+    """The largest record the broker takes on every one of `topics` (their smallest
+    max.message.bytes, less the batch's overhead), or None where it cannot be read (the
+    embedded broker, no DESCRIBE_CONFIGS). A broker set below the worker's 1 MB refused a
+    286 KB result: it was lost, with its job `done` and charged, and the sequence errors
+    after it lost the next jobs of its partition (a red-team run on Kafka 3.9)."""
+    if settings.profile != "kafka" or not topics:
+        return None
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        answers = await topic_config(admin, topics, "max.message.bytes")
+    except Exception as error:  # noqa: BLE001 - not needed to run: the setting stands
+        if broker_unavailable(error):
+            raise
+        log.debug("topics' max.message.bytes not read: %s", type(error).__name__)
+        return None
+    finally:
+        await admin.close()
+    limits = [int(value) for error_code, value in answers.values()
+              if not error_code and value is not None and str(value).isdigit()]
+    return min(limits) - RECORD_BATCH_OVERHEAD_BYTES if limits else None
+
+
 def policy_refused(settings: Settings, topic: str) -> AccessRefused:
     """The worker may not read the changelog's cleanup policy: with the worker ACLs of
     before, every secured deployment started without the check (a red-team run)."""

@@ -276,14 +276,20 @@ def warn_under_replicated(settings: Settings, descriptions) -> None:
                     "(kafka-reassign-partitions): %s", settings.replication_factor, listed)
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create every qlane topic that is missing; return the names created."""
+def qlane_topics(settings: Settings) -> list[str]:
+    """Every topic a worker of these settings reads or writes (the tenants' included)."""
     wanted = TopicNames.from_settings(settings).all() + [changelog_topic(settings)]
     tenants = tuple(getattr(settings, "tenants", ()))
     for topics in job_topics(settings.topic_prefix, tenants).values():
         wanted += [topic for topic in topics if topic not in wanted]
     wanted += [tenant_topic(settings.topic_prefix, kind, tenant)
                for tenant in tenants for kind in TENANT_READ_KINDS]
+    return list(dict.fromkeys(wanted))
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every qlane topic that is missing; return the names created."""
+    wanted = qlane_topics(settings)
     admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:

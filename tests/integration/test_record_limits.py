@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from schemas.codec import codec
 from streams.client import Client, job_request
 from streams.kafka.security import kafka_options
-from tests.support import BELL, ready_worker, session_settings, topic_records
+from tests.support import BELL, ready_worker, session_settings, topic_records, wait_for
 
 CODECS = ["gzip", "snappy", "lz4", "zstd"]
 
@@ -197,3 +197,56 @@ def test_a_job_with_a_forged_copy_header_of_a_megabyte_runs_once_and_the_worker_
                if record.key == job["workflow_id"].encode()]
     assert len(charges) == 1
     assert staged_worker.poll() is None
+
+
+def limit_results_topic(settings, max_message_bytes: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    async def go():
+        admin = AIOKafkaAdminClient(**kafka_options(settings))
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(
+                ConfigResourceType.TOPIC, f"{settings.topic_prefix}.results",
+                configs={"max.message.bytes": str(max_message_bytes)})])
+        finally:
+            await admin.close()
+
+    asyncio.run(go())
+
+
+def test_a_worker_keeps_its_records_within_what_the_broker_takes(broker_address,
+                                                                 tmp_path_factory):
+    """A broker (or topic) set below the worker's 1 MB record limit refused a 286 KB result:
+    it was lost with its job `done` and charged, and the sequence errors after it lost the
+    next jobs of its partition (a red-team run on Kafka 3.9). The worker takes the smallest
+    max.message.bytes of the topics it writes as its limit; the embedded broker cannot tell
+    it (no DescribeConfigs), so there the setting stands."""
+    from streams.cli import fit_record_limit
+    from streams.kafka.topic_checks import RECORD_BATCH_OVERHEAD_BYTES
+    from streams.kafka.topics import ensure_topics
+
+    settings = session_settings(*broker_address, tag="reclimit")
+    asyncio.run(ensure_topics(settings))
+    if settings.profile == "embedded":
+        assert asyncio.run(fit_record_limit(settings)).record_max_bytes == 1_000_000
+        return
+    limit_results_topic(settings, 150_000)
+    # The broker applies a topic's new configuration moments after it answered.
+    assert wait_for(lambda: asyncio.run(fit_record_limit(settings)).record_max_bytes
+                    == 150_000 - RECORD_BATCH_OVERHEAD_BYTES, timeout_s=30)
+    wide = job_request(workflow_id=f"wide14-{uuid.uuid4().hex[:8]}", shots=40_000,
+                       circuit='OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[14];\n'
+                               "creg c[14];\nh q;\nmeasure q -> c;\n")
+    after = [bell_job(f"after-limit-{i}") for i in range(6)]
+    for worker in ready_worker(settings, tmp_path_factory.mktemp("reclimit-worker")):
+        def send():
+            produce(settings, [(job["workflow_id"].encode(), codec("JobRequest").encode(job))
+                               for job in [wide, *after]], None)
+
+        outcomes = wait_for_results(settings, [wide, *after], send)
+        failed = outcomes[wide["workflow_id"]]
+        assert failed.state == "failed" and "ResultTooLarge" in failed.detail, failed
+        assert {outcomes[job["workflow_id"]].state for job in after} == {"done"}
+        assert worker.poll() is None
