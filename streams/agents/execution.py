@@ -93,6 +93,7 @@ class Job:
     seed: int
     prepared_bytes: bytes | None = None  # what `prepared` was decoded from, when at hand
     reserved_usd: float = 0.0  # its estimate held in the tenant's budget until its charge
+    fallback_prepare_s: float = 0.0  # wall seconds its fallback targets took to prepare
 
     @property
     def workflow_id(self) -> str:
@@ -682,6 +683,13 @@ class JobRunner:
         last_error: BaseException = cause
         while (target := policy.next_target(tried)) is not None:
             tried.add(target)
+            if target != CLASSICAL and job.fallback_prepare_s >= self.settings.sandbox_cpu_s:
+                # Each target is prepared in the sandbox while the stage waits: a 46 KB
+                # program naming four device targets held every job behind it 76 s (a
+                # red-team run). The chain gets one sandbox CPU bound of wall time.
+                log.info("%s: fallback %s not tried: its fallbacks took %.1f s to prepare",
+                         job.workflow_id, target, job.fallback_prepare_s)
+                continue
             await runtime.status(job.workflow_id, "fallback", STAGE, detail=f"{target}: {reason}")
             try:
                 executed = await self.run_on_fallback(job, target, reason)
@@ -703,7 +711,11 @@ class JobRunner:
             return Executed(counts, job.prepared, seconds, "fallback", reason,
                             charged_backend=None)
         spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
-        prepared = await prepare_fallback(runtime, spec)
+        started = time.monotonic()
+        try:
+            prepared = await prepare_fallback(runtime, spec)
+        finally:
+            job.fallback_prepare_s += time.monotonic() - started
         # Each fallback backend (any vendor) on its own terms: its price against the job's
         # limit and the tenant's budget, then its breaker, retries and deadline. Held while it
         # runs, as the job's own backend; not counted as a refusal (the job was counted once

@@ -53,3 +53,33 @@ def test_a_fallback_target_is_prepared_in_the_sandbox_not_in_the_worker(
     (fallback_prepared,) = ran
     assert isinstance(fallback_prepared, PreparedJob)
     assert fallback_prepared.backend == "ibm.sherbrooke"
+
+
+def test_a_fallback_chain_prepares_for_one_sandbox_cpu_bound_then_only_classical(
+        prepared_bell, monkeypatch):  # noqa: F811
+    """Each target is prepared while the stage waits: four device targets, each refused after
+    about 19 s in the sandbox (its output past QLANE_SANDBOX_OUTPUT_MB), held every Bell job
+    behind the job 76 s (a red-team run)."""
+    from workers.errors import ResourceLimitExceeded
+
+    request, prepared = prepared_bell
+    request = {**request, "fallback": ["ibm.sherbrooke", "ibm.torino", "ibm_runtime.torino",
+                                       "classical"]}
+    runtime = FakeRuntime(FakeLedger())
+    runtime.settings = Settings(sandbox_cpu_s=1, fallback_max_qubits=10)
+    tried = []
+
+    async def slow_refusal(runtime, spec):
+        tried.append(spec.backend)
+        await asyncio.sleep(1.05)
+        raise ResourceLimitExceeded("the prepared job is 33447294 bytes > 16777216")
+
+    monkeypatch.setattr(execution, "prepare_fallback", slow_refusal)
+    job = Job.of(record(1, request["workflow_id"]), {"workflow_id": request["workflow_id"]},
+                 request, prepared)
+    executed = asyncio.run(JobRunner(runtime, {}).run_fallback(
+        job, "breaker_open", TimeoutError("down")))
+    assert tried == ["ibm.sherbrooke"]
+    assert executed.mode == "fallback" and executed.charged_backend is None  # classical
+    told = [event for event in runtime.events if event[:2] == ("status", "fallback")]
+    assert len(told) == 2
