@@ -13,6 +13,7 @@ import pytest
 from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 from tests.support import (
+    ready_worker,
     session_settings,
     start_worker,
     stop_worker,
@@ -37,3 +38,17 @@ def worker(settings, tmp_path_factory):
         yield process
     finally:
         stop_worker(process)
+
+
+@pytest.fixture(scope="module")
+def staged_settings(broker_address, request) -> Settings:
+    """A module's own topics for its staged worker."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return session_settings(*broker_address, tag=f"staged-{module}"[:24])
+
+
+@pytest.fixture(scope="module")
+def staged_worker(staged_settings, tmp_path_factory):
+    """A worker on the staged path (QLANE_FUSED_PATH=off) for the module's tests."""
+    yield from ready_worker(staged_settings, tmp_path_factory.mktemp("staged-worker"),
+                            {"QLANE_FUSED_PATH": "off"})

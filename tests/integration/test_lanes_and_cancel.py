@@ -123,17 +123,6 @@ def test_cancelled_before_execution_is_never_run_nor_charged(small_batch_setting
     assert answer.state == "cancel_ignored" and "already cancelled" in answer.detail
 
 
-@pytest.fixture(scope="module")
-def staged_settings(broker_address):
-    return session_settings(*broker_address, tag="cancel-staged")
-
-
-@pytest.fixture(scope="module")
-def staged_worker(staged_settings, tmp_path_factory):
-    yield from ready_worker(staged_settings, tmp_path_factory.mktemp("cancel-staged-worker"),
-                            {"QLANE_FUSED_PATH": "off"})
-
-
 def slow_parametric_job(workflow_id: str, parameter_sets: int) -> dict:
     """A 21-qubit statevector job, 0.3-0.7 s per parameter set here."""
     lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', "input float a;", "qubit[21] q;",

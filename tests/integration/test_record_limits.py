@@ -133,17 +133,6 @@ def test_a_result_larger_than_a_record_fails_its_job_and_the_next_job_runs(setti
     assert worker.poll() is None
 
 
-@pytest.fixture(scope="module")
-def staged_settings(broker_address):
-    return session_settings(*broker_address, tag="staged")
-
-
-@pytest.fixture(scope="module")
-def staged_worker(staged_settings, tmp_path_factory):
-    yield from ready_worker(staged_settings, tmp_path_factory.mktemp("staged-worker"),
-                            env={"QLANE_FUSED_PATH": "off"})
-
-
 def test_a_staged_job_whose_counts_do_not_fit_the_mitigate_topic_is_finished_in_place(
         staged_settings, staged_worker):
     """On the staged path a job whose ExecuteTask only just fitted its topic (a 988 KB

@@ -43,6 +43,18 @@ def fake_runtime(**fields) -> SimpleNamespace:
     return SimpleNamespace(**{"abandoned_executors": [], "overrunning_calls": {}, **fields})
 
 
+BELL_QASM3 = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
+              "cx q[0], q[1];\nc = measure q;\n")
+
+
+def thread_calls() -> SimpleNamespace:
+    """A runtime whose calls run in its two threads, timed out after 0.5 s."""
+    return fake_runtime(
+        settings=Settings(simulator_process=False, execute_timeout_s=0.5),
+        registry=BackendRegistry(), breakers=BreakerBoard(failure_threshold=2),
+        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None)
+
+
 @pytest.fixture(scope="module")
 def runtime():
     runtime = fake_runtime(
@@ -621,14 +633,8 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
 
     monkeypatch.setattr(execution, "timed_batch", hung_batch)
     monkeypatch.setattr(execution, "in_simulator_process", lambda *args: False)
-    registry = BackendRegistry()
-    runtime = fake_runtime(
-        settings=Settings(simulator_process=False, execute_timeout_s=0.5),
-        registry=registry, breakers=BreakerBoard(failure_threshold=2),
-        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
-        )
-    bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
-            "cx q[0], q[1];\nc = measure q;\n")
+    runtime = thread_calls()
+    registry, bell = runtime.registry, BELL_QASM3
     jobs = [tenant_job(registry, "acme", bell, 10, offset) for offset in (1, 2)]
     first = runtime.executor
     try:
@@ -682,14 +688,8 @@ def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
     monkeypatch.setattr(execution, "in_simulator_process", lambda *args: False)
     monkeypatch.setattr(execution, "start_simulator", lambda runtime, needed=False:
                         started.append(needed))
-    registry = BackendRegistry()
-    runtime = fake_runtime(
-        settings=Settings(simulator_process=False, execute_timeout_s=0.5),
-        registry=registry, breakers=BreakerBoard(failure_threshold=2),
-        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None,
-        )
-    bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
-            "cx q[0], q[1];\nc = measure q;\n")
+    runtime = thread_calls()
+    registry, bell = runtime.registry, BELL_QASM3
     executors = [runtime.executor]
     try:
         slots = []
@@ -739,13 +739,8 @@ def test_a_batch_on_several_backends_past_its_timeout_marks_none_of_them(monkeyp
     monkeypatch.setattr(execution, "timed_batch", batch)
     monkeypatch.setattr(execution, "in_simulator_process", lambda *args: False)
     monkeypatch.setattr(execution, "simulated_here", lambda registry, names: False)
-    registry = BackendRegistry()
-    runtime = fake_runtime(
-        settings=Settings(simulator_process=False, execute_timeout_s=0.5),
-        registry=registry, breakers=BreakerBoard(failure_threshold=2),
-        executor=ThreadPoolExecutor(2), simulator=None, host_workers=None)
-    bell = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
-            "cx q[0], q[1];\nc = measure q;\n")
+    runtime = thread_calls()
+    registry, bell = runtime.registry, BELL_QASM3
     ideal = tenant_job(registry, "acme", bell, 10, 1)
     noisy = tenant_job(registry, "acme", bell, 10, 2)
     noisy.prepared = dataclasses.replace(noisy.prepared, backend="aer.noisy")
