@@ -89,7 +89,7 @@ class Runtime:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="qlane-exec")
     )
-    # Executors left to calls that ran past their timeout (streams/agents/common.py).
+    # Executors left to calls that ran past their timeout (streams/agents/threads.py).
     abandoned_executors: list = field(default_factory=list)
     # backend -> events set as its calls still running past their timeout in those end
     overrunning_calls: dict = field(default_factory=dict)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from faust.types import TP
 from mode import OneForOneSupervisor
 
+from streams.agents.threads import in_thread
 from streams.kafka import record_batches, transactions
 from streams.kafka.topics import parse_job_topic
 from streams.kafka.transport import refetch_after_pause
@@ -29,12 +29,7 @@ from workers.circuits.sandbox import (
     SandboxRequest,
     rebuild_error,
 )
-from workers.errors import (
-    BackendUnavailable,
-    QlaneError,
-    UndecodableRecord,
-    UnreadableRecordBatch,
-)
+from workers.errors import QlaneError, UndecodableRecord, UnreadableRecordBatch
 from workers.execution.preparation import PreparedJob, qpy_section, simulation_estimate
 
 log = logging.getLogger("qlane")
@@ -258,123 +253,6 @@ def mark(table, workflow_id: str, state: str, error: BaseException | None = None
     if error is not None:
         updated["error"] = error_detail(error)
     table[workflow_id] = updated
-
-
-async def in_thread(runtime: Runtime, function, *args):
-    """Run CPU-bound work off the event loop so the worker keeps heartbeating."""
-    return await asyncio.get_running_loop().run_in_executor(runtime.executor, function, *args)
-
-
-# Executors left to calls that ran past their timeout, at most this many at once: a thread
-# cannot be stopped, and each left behind may still use a core until its call ends.
-MAX_ABANDONED_EXECUTORS = 2
-
-
-async def in_thread_within(runtime: Runtime, timeout: float, backends, function, *args):
-    """`function(*args)` in the worker's threads, bounded by `timeout`. Past it, the worker's
-    threads go on without the one still in the call: two backend calls hung past their
-    timeout filled the executor, and every stage's thread work, another healthy backend's
-    calls included, waited for the hang to end (113.7 s for a 0.85 s job; a red-team run).
-    A call on one backend leaves it overrunning until the call ends (`overrunning`): its
-    later calls do not go to the worker's threads, where a third hung call stalled every
-    stage again for as long as it hung (129 s; a red-team run). A call on several backends
-    (a tenant's batch) does not say which of them hung, so it marks none: its jobs then run
-    one by one, and a hung backend's own call marks it. Raises BackendUnavailable for a
-    backend still overrunning, whose calls have nowhere else to go."""
-    if stuck := overrunning(runtime, backends):
-        raise still_overrunning(stuck[0])
-    backends = set(backends)
-    marked = backends if len(backends) == 1 else set()
-    label = next(iter(backends)) if marked else SEVERAL_BACKENDS
-    ended, counted, lock = threading.Event(), [], threading.Lock()
-
-    def call():
-        try:
-            return function(*args)
-        finally:
-            with lock:
-                ended.set()
-                for name in counted:
-                    metrics.CALLS_PAST_TIMEOUT.labels(name).dec()
-
-    try:
-        return await asyncio.wait_for(in_thread(runtime, call), timeout)
-    except TimeoutError:
-        with lock:
-            if not ended.is_set():
-                counted.append(label)
-                metrics.CALLS_PAST_TIMEOUT.labels(label).inc()
-                for backend in marked:
-                    runtime.overrunning_calls.setdefault(backend, []).append(ended)
-        if marked:
-            log.warning("a call on %s ran past its %.3g s timeout in a worker thread: until it "
-                        "ends, its calls go to the simulator process (a simulator of this "
-                        "worker's own) or are refused as unavailable", label, timeout)
-        else:
-            log.warning("a call on %s ran past its %.3g s timeout in a worker thread",
-                        ", ".join(sorted(backends)), timeout)
-        abandon_executor(runtime)
-        raise
-
-
-# The `backend` label of qlane_calls_past_timeout for a batch call on several backends.
-SEVERAL_BACKENDS = "several"
-
-
-def still_overrunning(backend: str) -> BackendUnavailable:
-    return BackendUnavailable(f"{backend}: an earlier call still runs past its timeout in this "
-                              "worker; no new call until it ends")
-
-
-def overrunning(runtime: Runtime, backends) -> list[str]:
-    """Those of `backends` with a call still running past its timeout in a worker thread."""
-    found = []
-    for backend in backends:
-        running = [ended for ended in runtime.overrunning_calls.get(backend, ())
-                   if not ended.is_set()]
-        if running:
-            runtime.overrunning_calls[backend] = running
-            found.append(backend)
-        else:
-            runtime.overrunning_calls.pop(backend, None)
-    return found
-
-
-def abandon_executor(runtime: Runtime) -> None:
-    """A new executor for the worker's thread work, unless MAX_ABANDONED_EXECUTORS still run
-    calls (then later work waits for them, as before)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    abandoned = [old for old in runtime.abandoned_executors
-                 if any(thread.is_alive() for thread in old._threads)]
-    runtime.abandoned_executors = abandoned
-    if len(abandoned) >= MAX_ABANDONED_EXECUTORS:
-        log.warning("a call ran past its timeout in a worker thread; %d earlier such threads "
-                    "still run, so later work waits for free threads", len(abandoned))
-        return
-    old = runtime.executor
-    runtime.executor = ThreadPoolExecutor(max_workers=old._max_workers,
-                                          thread_name_prefix="qlane-exec")
-    old.shutdown(wait=False)  # what it still holds ends on its own; nothing new goes there
-    abandoned.append(old)
-    log.warning("a call ran past its timeout in a worker thread, which cannot be stopped: "
-                "later thread work goes to new threads")
-
-
-def timed(function):
-    """`function`, returning its result and the seconds it ran, timed in its own thread: a
-    wait for a free executor thread is not in them (backend time is what a job is billed)."""
-    def call(*args):
-        started = time.perf_counter()
-        result = function(*args)
-        return result, time.perf_counter() - started
-
-    return call
-
-
-async def in_thread_timed(runtime: Runtime, function, *args) -> tuple[object, float]:
-    """`in_thread` of `timed(function)`."""
-    return await in_thread(runtime, timed(function), *args)
 
 
 def new_sandbox_pool(runtime: Runtime) -> SandboxPool | None:

@@ -25,16 +25,18 @@ from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
 from streams.agents.common import (
     StageFailure,
+    load_prepared,
+    sandbox_pool,
+    sandbox_request,
+    vet_prepared,
+)
+from streams.agents.threads import (
     in_thread,
     in_thread_timed,
     in_thread_within,
-    load_prepared,
     overrunning,
-    sandbox_pool,
-    sandbox_request,
     still_overrunning,
     timed,
-    vet_prepared,
 )
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms

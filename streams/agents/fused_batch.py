@@ -52,7 +52,6 @@ from faust import streams as faust_streams
 from streams.agents import execution
 from streams.agents.common import (
     first_time,
-    in_thread,
     load_prepared,
     new_guard,
     process_guarded,
@@ -69,6 +68,7 @@ from streams.agents.fused import RanInBatch
 from streams.agents.mitigate import HeldResults, Mitigated, held_results
 from streams.agents.overlap import StageActivity, run_overlapped
 from streams.agents.take import take_ready
+from streams.agents.threads import in_thread
 from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms, ran_before_handled
 from streams.workflow import accounting

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from schemas.codec import codec
 from streams.agents.common import (
     StageFailure,
-    in_thread,
     load_prepared,
     mark,
     run_stage,
     stage_supervisor,
     vet_prepared,
 )
+from streams.agents.threads import in_thread
 from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms
 from streams.workflow.deadletter import SourceRecord

@@ -13,7 +13,6 @@ from streams.agents.common import (
     StageFailure,
     error_detail,
     first_time,
-    in_thread,
     mark,
     new_guard,
     process_guarded,
@@ -24,6 +23,7 @@ from streams.agents.common import (
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
+from streams.agents.threads import in_thread
 from streams.kafka.copies import origin_on_its_topic
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
 from streams.kafka.tenants import check_cancel_of, check_tenant_of, topic_tenant

@@ -15,12 +15,12 @@ import time
 from schemas.codec import codec
 from streams.agents.common import (
     StageFailure,
-    in_thread,
     mark,
     run_stage,
     stage_supervisor,
 )
 from streams.agents.execution import simulate_alone
+from streams.agents.threads import in_thread
 from streams.kafka import transactions
 from streams.runtime import Runtime, now_ms, package_version
 from streams.workflow import accounting

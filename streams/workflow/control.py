@@ -19,7 +19,7 @@ import threading
 from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import codec
-from streams.agents.common import in_thread
+from streams.agents.threads import in_thread
 from streams.kafka.compat import reached, stop_consumer
 from streams.kafka.security import kafka_options
 from streams.ops import metrics

@@ -622,7 +622,7 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
     with Prometheus: nothing paged). A batch of several past it splits."""
     import threading
 
-    from streams.agents import common, execution
+    from streams.agents import execution, threads
     from workers.errors import BackendUnavailable
 
     release = threading.Event()
@@ -648,7 +648,7 @@ def test_a_batch_call_in_the_workers_threads_is_bounded_by_the_execute_timeout(
         # (another backend's calls, preparation, mitigation) does not wait for them. Two hung
         # calls filled the executor, and a healthy backend's 0.85 s job took 113.7 s.
         assert runtime.executor is not first
-        assert asyncio.run(common.in_thread(runtime, lambda: 42)) == 42
+        assert asyncio.run(threads.in_thread(runtime, lambda: 42)) == 42
         assert time.monotonic() - started < 10
     finally:
         release.set()
@@ -671,7 +671,7 @@ def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
     to the simulator process (a simulator of the worker's own) or are refused at once."""
     import threading
 
-    from streams.agents import common, execution
+    from streams.agents import execution, threads
     from workers.errors import BackendUnavailable, SimulationTimeout
 
     release = threading.Event()
@@ -703,12 +703,12 @@ def test_a_backend_whose_call_overruns_takes_no_more_of_the_workers_threads(
         assert called == [1]  # one thread in the hang, not one more per job
         assert past_timeout("aer.ideal") == 1
         clock = time.monotonic()
-        assert asyncio.run(common.in_thread(runtime, lambda: 42)) == 42
+        assert asyncio.run(threads.in_thread(runtime, lambda: 42)) == 42
         assert time.monotonic() - clock < 2
         # A simulator of the worker's own goes to its process meanwhile, killed at a timeout.
         assert routed(runtime, ["aer.ideal"]) and started == [True]
         release.set()
-        assert wait_for(lambda: not common.overrunning(runtime, ["aer.ideal"]), timeout_s=10)
+        assert wait_for(lambda: not threads.overrunning(runtime, ["aer.ideal"]), timeout_s=10)
         assert runtime.overrunning_calls == {}
         assert past_timeout("aer.ideal") == 0
     finally:
