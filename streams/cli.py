@@ -216,7 +216,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 1
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
-    settings = asyncio.run(fit_record_limit(settings))
+    try:
+        settings = asyncio.run(fit_record_limit(settings))
+    except RecordLimitTooSmall as error:
+        print(f"qlane worker: {error}", file=sys.stderr)
+        return 2
     use_event_loop(settings.event_loop)
     app, _ = create_app(settings)
     level = args.loglevel or settings.log_level
@@ -228,18 +232,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+class RecordLimitTooSmall(Exception):
+    """A topic the worker writes takes records too small for it to run."""
+
+
 async def fit_record_limit(settings):
     """The settings with `record_max_bytes` within what the broker takes on every topic the
-    worker writes (streams/kafka/topic_checks.py `written_record_limit`)."""
-    from streams.kafka.topic_checks import written_record_limit
+    worker writes (streams/kafka/topic_checks.py `written_record_limit`); RecordLimitTooSmall
+    below MIN_RECORD_BYTES (a changelog limited to 1,200 bytes made a worker that started,
+    took jobs and stopped at the first, at every start; a red-team run)."""
+    from streams.kafka.topic_checks import RECORD_BATCH_OVERHEAD_BYTES, written_record_limit
     from streams.kafka.topics import qlane_topics
+    from streams.settings import MIN_RECORD_BYTES
 
-    limit = await written_record_limit(settings, qlane_topics(settings))
-    if limit is None or limit >= settings.record_max_bytes:
+    fitted = await written_record_limit(settings, qlane_topics(settings))
+    if fitted is None or fitted[0] >= settings.record_max_bytes:
         return settings
-    print(f"records are limited to {limit} bytes, not {settings.record_max_bytes}: the "
-          "smallest max.message.bytes of the topics this worker writes allows no more",
-          file=sys.stderr)
+    limit, topic = fitted
+    if limit < MIN_RECORD_BYTES:
+        raise RecordLimitTooSmall(
+            f"{topic} takes records of at most {limit + RECORD_BATCH_OVERHEAD_BYTES} bytes "
+            f"(max.message.bytes); a worker needs at least "
+            f"{MIN_RECORD_BYTES + RECORD_BATCH_OVERHEAD_BYTES}: raise it")
+    print(f"records are limited to {limit} bytes, not {settings.record_max_bytes}: "
+          f"max.message.bytes of {topic} allows no more", file=sys.stderr)
     return settings.model_copy(update={"record_max_bytes": limit})
 
 

@@ -17,6 +17,9 @@ Profile = Literal["embedded", "kafka"]
 # Tansu answers a waiting fetch only when fetch.max.wait expires, so Faust's fixed
 # 1500 ms would add 1.5 s per stage; on Apache Kafka new data ends the wait at once.
 DEFAULT_BROKER = "127.0.0.1:9092"
+# The smallest record limit a worker runs with: a job's status, cost and table entry
+# records take a few KB, its stage records more.
+MIN_RECORD_BYTES = 65_536
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
 KAFKA_FETCH_MAX_WAIT_MS = 500
 # With fewer usable cores the simulator process cannot overlap the worker's Kafka work.
@@ -279,7 +282,7 @@ class Settings(BaseSettings):
         "(execute_timeout_s), at most the broker's transaction.max.timeout.ms (900 s)",
     )
     record_max_bytes: int = Field(
-        1_000_000, ge=65_536, description="the largest record a worker writes (Faust's "
+        1_000_000, ge=MIN_RECORD_BYTES, description="the largest record a worker writes (Faust's "
         "producer_max_request_size). On the kafka profile a worker lowers it at start to the "
         "smallest max.message.bytes of the topics it writes, less RECORD_BATCH_OVERHEAD_BYTES: "
         "a broker that refused larger records lost them (streams/kafka/topic_checks.py)",

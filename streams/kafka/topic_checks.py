@@ -286,12 +286,14 @@ async def warn_producer_timestamps(settings: Settings, admin: AIOKafkaAdminClien
 RECORD_BATCH_OVERHEAD_BYTES = 512
 
 
-async def written_record_limit(settings: Settings, topics: list[str]) -> int | None:
+async def written_record_limit(settings: Settings,
+                               topics: list[str]) -> tuple[int, str] | None:
     """The largest record the broker takes on every one of `topics` (their smallest
-    max.message.bytes, less the batch's overhead), or None where it cannot be read (the
-    embedded broker, no DESCRIBE_CONFIGS). A broker set below the worker's 1 MB refused a
-    286 KB result: it was lost, with its job `done` and charged, and the sequence errors
-    after it lost the next jobs of its partition (a red-team run on Kafka 3.9)."""
+    max.message.bytes, less the batch's overhead) and the topic that sets it, or None where
+    it cannot be read (the embedded broker, no DESCRIBE_CONFIGS). A broker set below the
+    worker's 1 MB refused a 286 KB result: it was lost, with its job `done` and charged, and
+    the sequence errors after it lost the next jobs of its partition (a red-team run on
+    Kafka 3.9)."""
     if settings.profile != "kafka" or not topics:
         return None
     admin = AIOKafkaAdminClient(**kafka_options(settings))
@@ -305,9 +307,12 @@ async def written_record_limit(settings: Settings, topics: list[str]) -> int | N
         return None
     finally:
         await admin.close()
-    limits = [int(value) for error_code, value in answers.values()
+    limits = [(int(value), name) for name, (error_code, value) in answers.items()
               if not error_code and value is not None and str(value).isdigit()]
-    return min(limits) - RECORD_BATCH_OVERHEAD_BYTES if limits else None
+    if not limits:
+        return None
+    value, topic = min(limits)
+    return value - RECORD_BATCH_OVERHEAD_BYTES, topic
 
 
 def policy_refused(settings: Settings, topic: str) -> AccessRefused:

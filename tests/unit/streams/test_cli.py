@@ -82,3 +82,33 @@ def test_a_job_files_bad_field_is_a_usage_error_before_connecting(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and said in err and "Traceback" not in err, err
     assert time.monotonic() - started < 5
+
+
+def test_a_worker_fits_its_record_limit_to_the_topics_or_refuses_to_start(monkeypatch):
+    """A topic's max.message.bytes below the worker's 1 MB lowers its limit; one too small to
+    run with stops the start with the topic named (a changelog limited to 1,200 bytes made a
+    worker that started, took jobs and stopped at the first, at every start; a red-team
+    run)."""
+    import asyncio
+
+    from streams import cli
+    from streams.kafka import topic_checks
+    from streams.settings import Settings
+
+    settings = Settings(profile="kafka", topic_prefix="t.qlane")
+    for answer, expected in ((None, 1_000_000), ((2_000_000, "t.qlane.results"), 1_000_000),
+                             ((149_488, "t.qlane.results"), 149_488)):
+        async def limit(settings, topics, answer=answer):
+            assert "t.qlane.results" in topics and "t.qlane.deadletter" in topics
+            return answer
+
+        monkeypatch.setattr(topic_checks, "written_record_limit", limit)
+        assert asyncio.run(cli.fit_record_limit(settings)).record_max_bytes == expected
+
+    async def tiny(settings, topics):
+        return 688, "t-workflows-changelog"
+
+    monkeypatch.setattr(topic_checks, "written_record_limit", tiny)
+    with pytest.raises(cli.RecordLimitTooSmall, match="t-workflows-changelog takes records of "
+                                                      "at most 1200 bytes"):
+        asyncio.run(cli.fit_record_limit(settings))
