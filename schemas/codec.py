@@ -119,11 +119,11 @@ class Codec:
                 raise CorruptRecord(f"{self.name}: bad magic {data[:2].hex()}, expected c301")
             writer = self._writers.get(data[2:HEADER_SIZE])
             if writer is None:
-                number = fingerprint_number(data[2:HEADER_SIZE])
+                frame = data[2:HEADER_SIZE]
                 raise UnknownSchema(f"{self.name}: unknown fingerprint: frame bytes "
-                                    f"{data[2:HEADER_SIZE].hex()}, as a 64-bit number "
-                                    f"{number:#018x} (as Java's signed long "
-                                    f"{number - (1 << 64) if number >= 1 << 63 else number})")
+                                    f"{frame.hex()}, as a 64-bit number "
+                                    f"{fingerprint_number(frame):#018x} (as Java's signed long "
+                                    f"{int.from_bytes(frame, 'little', signed=True)})")
             if len(data) > CHECK_DECODED_ABOVE_BYTES:
                 check_decoded_size(writer[0], data, HEADER_SIZE, MAX_DECODED_BYTES)
             stream = BytesIO(data)

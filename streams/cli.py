@@ -203,8 +203,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     try:  # a refused login, a missing ACL or topics that break idempotency: the reason, exit
         created = asyncio.run(preflight(settings, ensure_topics))
+        settings = asyncio.run(fit_record_limit(settings))
     except (AccessRefused, PartitionCountMismatch, TopicLayoutMismatch,
-            TopicsNotCreated) as error:
+            TopicsNotCreated, RecordLimitTooSmall) as error:
         print(f"qlane worker: {error}", file=sys.stderr)
         return 2
     except Exception as error:
@@ -216,11 +217,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 1
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
-    try:
-        settings = asyncio.run(fit_record_limit(settings))
-    except RecordLimitTooSmall as error:
-        print(f"qlane worker: {error}", file=sys.stderr)
-        return 2
     use_event_loop(settings.event_loop)
     app, _ = create_app(settings)
     level = args.loglevel or settings.log_level

@@ -30,7 +30,12 @@ from workers.circuits.sandbox import (
     rebuild_error,
 )
 from workers.errors import QlaneError, UndecodableRecord, UnreadableRecordBatch
-from workers.execution.preparation import PreparedJob, qpy_section, simulation_estimate
+from workers.execution.preparation import (
+    PreparedJob,
+    prepare,
+    qpy_section,
+    simulation_estimate,
+)
 
 log = logging.getLogger("qlane")
 
@@ -277,12 +282,17 @@ async def sandbox_request(runtime: Runtime, spec) -> SandboxRequest:
     """What a sandbox needs to prepare `spec`: the job limits, a view of its backend and, for
     readout mitigation, the backend's calibration (measured here: it runs Aer; cached per
     backend)."""
+    backend = await in_thread(runtime, runtime.registry.get, spec.backend)
     calibration = None
     if getattr(spec.mitigation, "readout", False):
-        backend = runtime.registry.get(spec.backend)
         calibration = await in_thread(runtime, runtime.readout_cache.get, backend)
-    backend = BackendView.of(await in_thread(runtime, runtime.registry.get, spec.backend))
-    return SandboxRequest(spec, runtime.settings.limits, backend, calibration)
+    return SandboxRequest(spec, runtime.settings.limits, BackendView.of(backend), calibration)
+
+
+async def prepare_in_worker(runtime: Runtime, spec) -> PreparedJob:
+    """`spec` prepared in the worker's threads, where no sandbox runs (sandboxes off)."""
+    return await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache,
+                           runtime.settings.limits, runtime.readout_cache)
 
 
 # What a stage record's circuits may take once loaded: a prepared job the workers wrote takes

@@ -26,12 +26,12 @@ from schemas.codec import codec
 from streams.agents.common import (
     StageFailure,
     load_prepared,
+    prepare_in_worker,
     sandbox_pool,
     sandbox_request,
     vet_prepared,
 )
 from streams.agents.threads import (
-    in_thread,
     in_thread_timed,
     in_thread_within,
     overrunning,
@@ -62,7 +62,6 @@ from workers.execution.breaker import BreakerOpen
 from workers.execution.preparation import (
     PreparedJob,
     execute,
-    prepare,
     simulation_estimate,
     too_much_simulation,
 )
@@ -496,8 +495,7 @@ async def prepare_fallback(runtime: Runtime, spec: JobSpec) -> PreparedJob:
     targets held every stage 47 s and left the worker 0.9 GB larger (a red-team run)."""
     pool = sandbox_pool(runtime)
     if pool is None:
-        return await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache,
-                               runtime.settings.limits, runtime.readout_cache)
+        return await prepare_in_worker(runtime, spec)
     prepared = await pool.run(await sandbox_request(runtime, spec))
     return await load_prepared(runtime, prepared.to_bytes())
 

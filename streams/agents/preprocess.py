@@ -15,6 +15,7 @@ from streams.agents.common import (
     first_time,
     mark,
     new_guard,
+    prepare_in_worker,
     process_guarded,
     sandbox_pool,
     sandbox_request,
@@ -23,7 +24,6 @@ from streams.agents.common import (
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
-from streams.agents.threads import in_thread
 from streams.kafka.copies import origin_on_its_topic
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
 from streams.kafka.tenants import check_cancel_of, check_tenant_of, topic_tenant
@@ -53,7 +53,6 @@ from workers.errors import (
     RecordTooLarge,
     SandboxFailure,
 )
-from workers.execution.preparation import prepare
 from workers.jobs import JobSpec
 from workers.variational.loop import (
     EVALUATION_MARK,
@@ -94,8 +93,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
     settings = runtime.settings
     check_result_can_fit(spec, runtime.max_record_bytes)
     if sandbox_pool(runtime) is None:
-        prepared = await in_thread(runtime, prepare, spec, runtime.registry, runtime.cache,
-                                   settings.limits, runtime.readout_cache)
+        prepared = await prepare_in_worker(runtime, spec)
         return check_result_floor(Prepared.of(prepared), runtime.max_record_bytes)
     request = await sandbox_request(runtime, spec)
     tries, reason = await runtime.attempts.tries(STAGE, source)

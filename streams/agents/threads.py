@@ -44,7 +44,7 @@ async def in_thread_within(runtime: Runtime, timeout: float, backends, function,
     backends = set(backends)
     marked = backends if len(backends) == 1 else set()
     label = next(iter(backends)) if marked else SEVERAL_BACKENDS
-    ended, counted, lock = threading.Event(), [], threading.Lock()
+    ended, counted, lock = threading.Event(), threading.Event(), threading.Lock()
 
     def call():
         try:
@@ -52,15 +52,15 @@ async def in_thread_within(runtime: Runtime, timeout: float, backends, function,
         finally:
             with lock:
                 ended.set()
-                for name in counted:
-                    metrics.CALLS_PAST_TIMEOUT.labels(name).dec()
+                if counted.is_set():
+                    metrics.CALLS_PAST_TIMEOUT.labels(label).dec()
 
     try:
         return await asyncio.wait_for(in_thread(runtime, call), timeout)
     except TimeoutError:
         with lock:
             if not ended.is_set():
-                counted.append(label)
+                counted.set()
                 metrics.CALLS_PAST_TIMEOUT.labels(label).inc()
                 for backend in marked:
                     runtime.overrunning_calls.setdefault(backend, []).append(ended)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.agents import execution
+from streams.agents import common, execution
 from streams.agents.execution import Job, JobRunner
 from streams.settings import Settings
 from tests.unit.streams.agents.test_fused import FakeRuntime
@@ -37,7 +37,7 @@ def test_a_fallback_target_is_prepared_in_the_sandbox_not_in_the_worker(
         ran.append(prepared)
         return [{"00": 50, "11": 50}], 0.01
 
-    monkeypatch.setattr(execution, "prepare", in_the_worker)
+    monkeypatch.setattr(common, "prepare", in_the_worker)
     monkeypatch.setattr(JobRunner, "run_with_retries", run_with_retries)
     monkeypatch.setattr(execution.accounting, "estimate_usd", lambda runtime, prepared: 0.0)
     monkeypatch.setattr(execution.accounting, "reserve", lambda *args, **kwargs: 0.0)
