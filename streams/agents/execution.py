@@ -439,13 +439,26 @@ async def one_tenants_call(runtime: Runtime,
     # A backend still in a call past its timeout that its jobs cannot leave for the simulator
     # process: those jobs alone are refused, not the batch (a healthy backend's job in a
     # batch with a hung one was refused with it, and its breaker opened; a red-team run).
+    # A simulator of the worker's own that is overrunning sends its jobs to the simulator
+    # process, alone (left out here) when the batch also has a backend that cannot go there:
+    # the batch went to the threads, and every job in it was refused with the overrunning
+    # one's (the review of a red-team fix).
+    left_out: set[str] = set()
     if runtime.overrunning_calls:
-        refused |= {j.source.address: (still_overrunning(j.prepared.backend), 0.0) for j in jobs
-                    if not simulated_here(runtime.registry, [j.prepared.backend])
-                    and overrunning(runtime, [j.prepared.backend])}
-    if refused:
+        backends = {j.prepared.backend for j in jobs}
+        stuck = set(overrunning(runtime, backends))
+        batch_simulated_here = simulated_here(runtime.registry, backends)
+        for j in jobs:
+            if j.prepared.backend not in stuck:
+                continue
+            if not simulated_here(runtime.registry, [j.prepared.backend]):
+                refused[j.source.address] = (still_overrunning(j.prepared.backend), 0.0)
+            elif not batch_simulated_here:
+                left_out.add(j.source.address)
+    if refused or left_out:
         return refused | await one_tenants_call(
-            runtime, [j for j in jobs if j.source.address not in refused])
+            runtime, [j for j in jobs
+                      if j.source.address not in refused and j.source.address not in left_out])
     metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
     try:
         if in_simulator_process(runtime, {j.prepared.backend for j in jobs},

@@ -762,6 +762,39 @@ def test_a_batch_on_several_backends_past_its_timeout_marks_none_of_them(monkeyp
     assert past_timeout("several") == 0
 
 
+def test_an_overrunning_simulators_jobs_leave_a_batch_with_a_backend_it_does_not_simulate(
+        monkeypatch) -> None:
+    """A tenant's batch mixing a simulator of the worker's own, still in a call past its
+    timeout, with a backend the simulator process cannot run went to the worker's threads,
+    and the healthy backend's job was refused with the overrunning one's. The healthy job
+    runs; the other is left out of the batch, to go to the simulator process alone."""
+    import threading
+
+    from streams.agents import execution
+
+    calls = []
+
+    def batch(items, *args, **kwargs):
+        calls.append(sorted(prepared.backend for prepared, _ in items))
+        return [[{"00": 1}]] * len(items), [0.0] * len(items)
+
+    monkeypatch.setattr(execution, "timed_batch", batch)
+    monkeypatch.setattr(execution, "simulated_here",
+                        lambda registry, names: all(name == "aer.ideal" for name in names))
+    runtime = thread_calls()
+    registry, bell = runtime.registry, BELL_QASM3
+    ideal = tenant_job(registry, "acme", bell, 10, 1)
+    device = tenant_job(registry, "acme", bell, 10, 2)
+    device.prepared = dataclasses.replace(device.prepared, backend="ibm_runtime.sherbrooke")
+    runtime.overrunning_calls["aer.ideal"] = [threading.Event()]
+    try:
+        slots = asyncio.run(execution.batch_outcomes(runtime, [ideal, device]))
+        assert slots == {device.source.address: ([{"00": 1}], 0.0)}
+        assert calls == [["ibm_runtime.sherbrooke"]]
+    finally:
+        runtime.executor.shutdown()
+
+
 def test_a_prepared_job_is_loaded_and_estimated_off_the_event_loop(monkeypatch) -> None:
     """On the loop, 29 ZNE jobs of 15 MB each held it 54 s (1-1.7 s to decode each, 3-5 s to
     estimate each), then went to the simulator process to be refused (a red-team run): the
