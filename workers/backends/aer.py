@@ -67,12 +67,12 @@ from workers.backends.aer_estimates import (
     SHOT_OPERATION_SECONDS,
     STATEVECTOR_RATE,
     TEMPLATE_OPERATION_SECONDS,
-    TRAJECTORY_RATE,
     active_qubit_count,
     aer_sampling_seconds,
     exact_sampling_seconds,
     looped_operation_count,
     operation_count,
+    trajectory_seconds,
 )
 from workers.backends.calibration import CalibrationSnapshot
 from workers.backends.noise import ConvertedOnceNoiseModel, build_noise_model
@@ -556,11 +556,11 @@ class Backend:
             if method == "statevector":
                 return operations * 2.0**measurements.active_qubits / STATEVECTOR_RATE + sampling
             return operations * 4.0**measurements.active_qubits / DENSITY_MATRIX_RATE + sampling
+        if view.noisy:
+            return trajectory_seconds(circuit, shots, operations) + run
         amplitudes = 2.0 ** active_qubit_count(circuit)
         sampling = aer_sampling_seconds(circuit, shots) + run
         per_shot = operations * shots * SHOT_OPERATION_SECONDS
-        if view.noisy:
-            return operations * amplitudes * shots / TRAJECTORY_RATE + per_shot + sampling
         if runs_shot_by_shot(circuit):
             return operations * amplitudes * shots / STATEVECTOR_RATE + per_shot + sampling
         return operations * amplitudes / STATEVECTOR_RATE + sampling

@@ -97,3 +97,10 @@ def aer_sampling_seconds(circuit: QuantumCircuit, shots: int) -> float:
         return 0.0
     return shots * circuit.num_clbits * AER_SHOT_BIT_SECONDS
 
+
+def trajectory_seconds(circuit: QuantumCircuit, shots: int, operations: int | None = None) -> float:
+    """Aer sampling a noisy circuit shot by shot: each shot's trajectory over 2^n amplitudes
+    (n: its active qubits) and its operations, and every shot's classical bits."""
+    operations = operation_count(circuit) if operations is None else operations
+    return (operations * 2.0 ** active_qubit_count(circuit) * shots / TRAJECTORY_RATE
+            + operations * shots * SHOT_OPERATION_SECONDS + aer_sampling_seconds(circuit, shots))

@@ -24,7 +24,7 @@ from workers.backends.device import DeviceBackend, components
 from workers.backends.layout import DeviceTranspileCache
 from workers.backends.registry import ENTRIES, BackendRegistry
 from workers.errors import BackendUnavailable, ExecutionFailed, UnknownBackend
-from workers.execution.preparation import execute, prepare
+from workers.execution.preparation import execute, prepare, simulation_estimate
 from workers.jobs import JobSpec, parse_observable
 from workers.limits import Limits
 from workers.mitigation.readout import measure_calibration
@@ -210,6 +210,43 @@ def test_ibm_runtime_adapter_runs_sampler_v2_in_local_mode_with_the_jobs_seed(re
     assert counts[1] == direct
     # and agrees with qlane's own device simulation of the snapshot
     assert tvd(counts[0], device.run([template], 4000, 21)[0]) < 0.04
+
+
+def test_ibm_runtime_local_mode_refuses_a_simulation_past_the_limit_before_running_it(
+        registry) -> None:
+    """Without an estimate, 20 ctrl(10) @ ry gates on 11 qubits for ibm_runtime.torino ran
+    589 s in a worker thread, and 500 of them failed after Aer ran out of memory, as
+    "ExecutionFailed: ValueError: could not broadcast ..." (a red-team run)."""
+    from workers.circuits.transpile import TranspileCache
+    from workers.errors import JobTooLarge
+
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', "qubit[11] q;", "bit[11] c;"]
+    lines += [f"ctrl(10) @ ry({0.001 * (k + 1):.4f}) q[0], q[1], q[2], q[3], q[4], q[5], "
+              "q[6], q[7], q[8], q[9], q[10];" for k in range(20)]
+    lines.append("c = measure q;")
+    request = {"workflow_id": "wide", "circuit": "\n".join(lines) + "\n", "shots": 2000,
+               "backend": "ibm_runtime.torino", "seed": 1}
+    prepared = prepare(JobSpec.from_record(request), registry, TranspileCache(), Limits())
+    with pytest.raises(JobTooLarge, match="ibm_runtime.torino > 600 s"):
+        execute(prepared, registry, 1, 600)
+    bell_job = dict(request, circuit=BELL_QASM, workflow_id="bell")
+    prepared = prepare(JobSpec.from_record(bell_job), registry, TranspileCache(), Limits())
+    assert 0 < simulation_estimate(prepared, registry.get("ibm_runtime.torino")) < 1
+
+
+def test_ibm_runtime_local_mode_refuses_a_circuit_wider_than_its_simulator_holds(
+        registry) -> None:
+    """Past Aer's memory bound the primitive failed as a broadcast ValueError; a circuit
+    routed over more qubits than local mode holds is refused as too large, not run."""
+    from workers.errors import JobTooLarge
+
+    adapter = registry.get("ibm_runtime.torino")
+    wide = QuantumCircuit(adapter.num_qubits, 1)
+    for qubit in range(ibm.LOCAL_MAX_ACTIVE_QUBITS + 1):
+        wide.rz(0.1, qubit)
+    wide.measure(0, 0)
+    with pytest.raises(JobTooLarge, match="acts on 29 qubits"):
+        adapter.run([wide], 1, 1)
 
 
 def test_ibm_runtime_keys_split_registers_like_aer() -> None:
