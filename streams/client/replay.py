@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
+import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.codec import codec
 from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
 from streams.kafka.copies import DEAD_LETTER_HEADER, REPLAY_HEADER, copied_from
+from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES
 from streams.kafka.record_batches import UNREADABLE_HEADER
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, parse_job_topic
@@ -63,12 +65,14 @@ class ReplaySummary:
 
 
 # Sent records whose delivery is awaited (and counted) at once, so that a long replay does
-# not hold every record it sent.
+# not hold every record it sent: at most this many, or this many bytes of them.
 SETTLE_EVERY = 1000
+SETTLE_BYTES = 32 * 2**20
 
 
 class UnknownTopic(ValueError):
-    """A replay or dead-letter lookup named a topic the broker does not have."""
+    """A replay or dead-letter lookup named a topic, or a partition of one, that the broker
+    does not have."""
 
 
 async def select_records(settings: Settings, selection: ReplaySelection) -> AsyncIterator:
@@ -87,6 +91,10 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
         available = sorted(await topic_partitions(consumer, selection.topic))
         if not available:
             raise UnknownTopic(f"topic {selection.topic!r} does not exist on the broker")
+        if missing := sorted(set(selection.partitions or ()) - set(available)):
+            raise UnknownTopic(f"topic {selection.topic!r} has no partition "
+                               f"{', '.join(map(str, missing))} (it has {len(available)}: "
+                               f"{available[0]}-{available[-1]})")
         chosen = [p for p in available if selection.partitions in (None, []) or
                   p in selection.partitions]
         partitions = [TopicPartition(selection.topic, p) for p in chosen]
@@ -201,12 +209,17 @@ class EarlierCopies:
         cannot make a replay skip one that stands for it by its own headers: a tenant's forged
         header kept another tenant's dead letter from going back (a red-team run)."""
         job = dead_job_record(record)
-        if job is None:
-            return None
-        if job in self.dead_jobs:
+        if job is not None and job in self.dead_jobs:
             return f"a dead letter of {job}, as one this replay sends"
-        self.dead_jobs.add(job)
         return None
+
+    def sent(self, record) -> None:
+        """`record` goes (planned): a later dead letter of its job record is `repeated_job`.
+        Noted before planning, a dead letter that could not be planned kept a later one of
+        the same job record from going back, for a reason that was not true (a red-team
+        run)."""
+        if (job := dead_job_record(record)) is not None:
+            self.dead_jobs.add(job)
 
 
 def dead_job_record(record) -> str | None:
@@ -258,15 +271,32 @@ def is_job_topic(names: TopicNames, topic: str) -> bool:
     return parse_job_topic(names.jobs.removesuffix(".jobs"), topic) is not None
 
 
-def rerun_id(parent: str) -> str:
-    return f"{parent}.rerun-{uuid.uuid4().hex[:8]}"
+RERUN_SUFFIX = re.compile(r"\.rerun-[0-9a-f]{8}$")
+
+
+def rerun_id(parent: str, origin: str, label: str = "") -> str:
+    """A rerun's workflow id: the id it reruns, without an earlier rerun's suffix, and 8 hex
+    digits of the record replayed (`origin`), that id and `label`. The same replay again (one
+    that was interrupted) makes the same reruns, acknowledged as duplicates; another label
+    reruns them once more. Random, an interrupted `--rerun` replayed again ran and charged
+    23 of 30 jobs a third time, and each rerun of a rerun added 15 bytes to the id until it
+    was refused as too long (a red-team run). ValueError for an id past the workflow id's
+    length limit."""
+    digest = hashlib.sha256(f"{origin}\0{parent}\0{label}".encode()).hexdigest()[:8]
+    rerun = f"{RERUN_SUFFIX.sub('', parent)}.rerun-{digest}"
+    if len(rerun.encode()) > MAX_ROUTED_KEY_BYTES:
+        raise ValueError(f"its rerun id would be {len(rerun.encode())} bytes, over the "
+                         f"{MAX_ROUTED_KEY_BYTES} a workflow id may have: resubmit it under a "
+                         "shorter id")
+    return rerun
 
 
 def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
-                tenants: Collection[str] = ()) -> ReplayedRecord:
+                tenants: Collection[str] = (), rerun_label: str = "") -> ReplayedRecord:
     """Where one record goes and with which bytes (raises on records it cannot place).
     `tenants` are the configured ones (QLANE_TENANTS): the job topic of a dead stage record
-    written before dead letters named it (qlane.dlq.job.topic) is found from them."""
+    written before dead letters named it (qlane.dlq.job.topic) is found from them.
+    `rerun_label` tells reruns of the same records apart (`rerun_id`)."""
     headers = [(k, v) for k, v in (record.headers or ())
                if not k.startswith(HEADER_PREFIX) and k not in (REPLAY_HEADER, DEAD_LETTER_HEADER)]
     origin = address(record)
@@ -309,9 +339,9 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
     if rerun:
         if destination != names.jobs and not is_job_topic(names, destination):
             raise ValueError(f"--rerun applies to job requests, not to {destination}")
-        request = codec("JobRequest").decode(value)
+        request = job_request_to_rerun(value)
         parent = request["workflow_id"]
-        request["workflow_id"] = rerun_id(parent)
+        request["workflow_id"] = rerun_id(parent, origin, rerun_label)
         request["parent_workflow_id"] = parent
         request["submitted_at_ms"] = int(time.time() * 1000)
         value = codec("JobRequest").encode(request)
@@ -321,6 +351,18 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
         source=f"{record.topic}:{record.partition}:{record.offset}",
         target_topic=destination, key=key, value=value, headers=headers, note=note,
     )
+
+
+def job_request_to_rerun(value: bytes) -> dict:
+    """The JobRequest `value` holds; ValueError naming a cancel, which is no job to rerun."""
+    try:
+        return codec("JobRequest").decode(value)
+    except Exception:
+        try:
+            codec("JobCancel").decode(value)
+        except Exception:
+            raise
+        raise ValueError("a JobCancel: --rerun applies to job requests") from None
 
 
 def dead_letter_context(headers) -> dict[str, str]:
@@ -376,6 +418,7 @@ async def replay(
     *,
     target: str | None = None,
     rerun: bool = False,
+    rerun_label: str = "",
     rate_per_s: float = 0.0,
     dry_run: bool = False,
     report: Callable[[ReplayedRecord | str], None] = print,
@@ -390,16 +433,17 @@ async def replay(
     copies = EarlierCopies()
     sent = 0
     deliveries: list[tuple[asyncio.Future, ReplayedRecord, str]] = []
+    pending_bytes = 0
 
     async def handle(record) -> None:
-        nonlocal sent
+        nonlocal sent, pending_bytes
         try:
-            planned = plan_record(record, names, target, rerun, settings.tenants)
+            planned = plan_record(record, names, target, rerun, settings.tenants, rerun_label)
         except Exception as error:
             summary.skipped += 1
             report(f"skip {address(record)}: {error}")
             return
-        report(planned)
+        copies.sent(record)
         if producer is None:
             count_delivered(planned)
             return
@@ -416,10 +460,14 @@ async def replay(
             return
         deliveries.append((delivery, planned, address(record)))
         sent += 1
-        if len(deliveries) >= SETTLE_EVERY:
+        pending_bytes += len(planned.value or b"")
+        if len(deliveries) >= SETTLE_EVERY or pending_bytes >= SETTLE_BYTES:
             await settle_deliveries()
 
     def count_delivered(planned: ReplayedRecord) -> None:
+        # Reported once delivered: printed when sent, an interrupted replay listed a record
+        # the broker never took (a red-team run).
+        report(planned)
         summary.replayed += 1
         summary.by_target[planned.target_topic] = (
             summary.by_target.get(planned.target_topic, 0) + 1
@@ -430,8 +478,10 @@ async def replay(
         report(f"failed {source} -> {planned.target_topic}: {type(error).__name__}: {error}")
 
     async def settle_deliveries() -> None:
+        nonlocal pending_bytes
         if producer is not None:
             await producer.flush()
+        pending_bytes = 0
         for delivery, planned, source in deliveries:
             try:
                 await delivery

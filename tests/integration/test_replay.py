@@ -59,6 +59,24 @@ def test_replay_keeps_ids_by_default_and_rerun_names_the_parent(settings, worker
     result = codec("JobResult").decode(results[0].value)
     assert result["parent_workflow_id"] == job["workflow_id"]
 
+    # The same rerun again (as after an interrupted replay) is the same rerun, acknowledged
+    # as a duplicate: random ids ran and charged 23 of 30 jobs a third time (a red-team run).
+    _, again = run_replay(settings, "jobs", keys=key, rerun=True,
+                          partitions=[original.partition],
+                          from_offset=original.offset, to_offset=original.offset)
+    assert again[0].key.decode() == rerun_id
+    assert wait_for(lambda: [s for s in records_for(settings, "status", rerun_id)
+                             if b"duplicate" in s.value])
+    _, labelled = run_replay(settings, "jobs", keys=key, rerun=True, rerun_label="2",
+                             partitions=[original.partition],
+                             from_offset=original.offset, to_offset=original.offset)
+    other = labelled[0].key.decode()
+    assert other != rerun_id and other.startswith(job["workflow_id"] + ".rerun-")
+    assert wait_for(lambda: records_for(settings, "results", other))
+    time.sleep(1)
+    assert len(records_for(settings, "results", rerun_id)) == 1
+    assert len(records_for(settings, "cost", rerun_id)) == 1
+
 
 def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
     key = f"rp-garbage-{uuid.uuid4().hex[:8]}"
@@ -105,6 +123,9 @@ def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
 
     listing = qlane(settings, "dlq", "list")
     assert listing.returncode == 0 and key in listing.stdout
+    # A partition the topic does not have is named, not an empty selection.
+    missing = qlane(settings, "replay", "deadletter", "--partition", "99", "--dry-run")
+    assert missing.returncode == 2 and "has no partition 99" in missing.stderr
     where = f"{letters[0].partition}:{letters[0].offset}"
     shown = qlane(settings, "dlq", "show", where)
     assert shown.returncode == 0 and '"qlane.dlq.error.class":"CorruptRecord"' in shown.stdout

@@ -112,3 +112,32 @@ def test_a_worker_fits_its_record_limit_to_the_topics_or_refuses_to_start(monkey
     with pytest.raises(cli.RecordLimitTooSmall, match="t-workflows-changelog takes records of "
                                                       "at most 1200 bytes"):
         asyncio.run(cli.fit_record_limit(settings))
+
+
+def test_a_dead_letter_listing_holds_its_lines_not_the_dead_letters(monkeypatch, capsys):
+    """`qlane dlq list --max 1` held every dead letter, values included: 330 MB for 205 of
+    900 KB (a red-team run). It keeps one line per dead letter, the last `--max` of them."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from streams.client import replay
+
+    async def select_records(settings, selection):
+        for offset in range(60):
+            headers = [("qlane.dlq.error.class", b"InvalidCircuit"),
+                       ("qlane.dlq.error.message", f"bad {offset}".encode())]
+            yield SimpleNamespace(topic=selection.topic, partition=0, offset=offset,
+                                  key=f"wf-{offset}".encode(), value=bytes(1_000_000),
+                                  headers=headers, timestamp=1000)
+
+    monkeypatch.setattr(replay, "select_records", select_records)
+    tracemalloc.start()
+    try:
+        assert main(["dlq", "list", "--max", "2"]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["0:58", "0:59"]
+    assert "60 dead letters" in err
+    assert peak < 20_000_000, peak
