@@ -397,7 +397,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
             partitions = [TopicPartition(topic, p)
                           for p in sorted(await topic_partitions(consumer, topic))]
             if not partitions:
-                print(f"no such topic: {topic}", file=sys.stderr)
+                # With ACLs, a topic this principal may not describe is not listed to it.
+                print(f"no such topic, or this principal may not read it: {topic}",
+                      file=sys.stderr)
                 return 1
             await assign_settled(consumer, partitions)
             if args.from_beginning:

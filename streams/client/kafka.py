@@ -148,11 +148,18 @@ def encoded_request(record: dict) -> bytes:
 
 def own_ids(settings: Settings, topic: str, workflow_id: str) -> None:
     """ValueError, before sending, for an id the workers would refuse on a tenant's topic,
-    or on any topic: a variational loop's evaluation id."""
+    or on any topic: one past the key's length limit, a variational loop's evaluation id."""
+    from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES
     from streams.kafka.tenants import check_id_of, topic_tenant
     from workers.errors import TenantMismatch
     from workers.variational.loop import evaluated_workflow
 
+    size = len(workflow_id.encode(errors="surrogatepass"))
+    if not 1 <= size <= MAX_ROUTED_KEY_BYTES:
+        # Sent, one of 17,000 bytes got no status at all, and its client waited out its
+        # whole timeout (a red-team run).
+        raise ValueError(f"a workflow id must be 1 to {MAX_ROUTED_KEY_BYTES} bytes of UTF-8, "
+                         f"got {size}")
     if evaluated_workflow(workflow_id) is not None:
         raise ValueError(f"{workflow_id!r} names a variational loop's evaluation "
                          "(<id>#eval<n>): choose another id")
@@ -229,18 +236,29 @@ class Client:
             partitions += [TopicPartition(topic, p)
                            for p in (found[topic] or range(self.settings.partitions))]
         self.watcher.assign(partitions)
-        await self.check_readable({tp.topic for tp in partitions})
+        missing = [topic for topic in own if not found[topic]]
+        await self.check_readable({tp.topic for tp in partitions}, missing)
         await self.watcher.seek_to_end(*partitions)
         for tp in partitions:  # resolve the end offsets now, not at the first fetch
             await self.watcher.position(tp)
 
-    async def check_readable(self, topics: set[str]) -> None:
+    async def check_readable(self, topics: set[str], missing: list[str] = ()) -> None:
         """TopicsNotReadable for assigned topics the broker refuses this principal: aiokafka
         asks for their offsets again and again until the caller's timeout (a tenant's
-        principal watching the shared topics; a red-team run)."""
+        principal watching the shared topics; a red-team run). `missing`: the named tenant's
+        own topics, not found (the shared ones are watched instead): with ACLs, another
+        tenant's topics are not listed to this principal."""
         client = self.watcher._client
         await client.force_metadata_update()
         refused = sorted(topics & set(client.cluster.unauthorized_topics))
+        if refused and missing:
+            # One tenant's principal naming another tenant was told to name its tenant (a
+            # red-team run): it had, and the topics it was refused were the shared ones.
+            raise TopicsNotReadable(
+                f"the tenant's own topics ({', '.join(missing)}) do not exist or this "
+                f"principal may not read them, and it may not read the shared ones "
+                f"({', '.join(refused)}): is this principal the tenant's own? A tenant is "
+                "added with `qlane tenant add NAME --principal User:...`")
         if refused:
             raise TopicsNotReadable(
                 f"the broker does not let this principal read {', '.join(refused)}: a "
@@ -282,9 +300,10 @@ class Client:
                 await asyncio.sleep(TOPIC_LOOKUP_PAUSE_S)
         else:
             raise UnknownTenant(
-                f"tenant {tenant[:80]!r} has no job topic {topic[:200]!r}, "
-                f"so no worker reads it: an operator adds it with `qlane tenant add` and names "
-                f"it in the workers' QLANE_TENANTS")
+                f"tenant {tenant[:80]!r} has no job topic {topic[:200]!r} that this principal "
+                f"can see, so no worker would read what it sends: an operator adds a tenant "
+                f"with `qlane tenant add` and names it in the workers' QLANE_TENANTS (with "
+                f"ACLs, another tenant's topics are not listed to a tenant's principal)")
         self._tenant_topics_found.add(topic)
 
     async def cancel(self, workflow_id: str, tenant: str | None = None, reason: str = "") -> None:

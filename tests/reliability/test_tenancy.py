@@ -278,6 +278,10 @@ def test_tenancy_on_real_kafka(cluster, tmp_path):
         assert refused.returncode == 2 and took < 45, (took, refused.stderr[-2000:])
         assert "does not let this principal read" in refused.stderr, refused.stderr[-2000:]
         assert "--tenant" in refused.stderr
+        # Naming another tenant, it was told to name its tenant, which it had (a red-team run).
+        other, took = submit_as_acme("--tenant", "rival")
+        assert other.returncode == 2 and took < 45, (took, other.stderr[-2000:])
+        assert "is this principal the tenant's own?" in other.stderr, other.stderr[-2000:]
         by_cli, _ = submit_as_acme("--tenant", "acme", "--shots", "100")
         assert by_cli.returncode == 0, by_cli.stderr[-2000:]
         cli_id = re.search(r"submitted (acme\.\S+) to (\S+)", by_cli.stderr)

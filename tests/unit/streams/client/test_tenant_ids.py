@@ -72,3 +72,14 @@ def test_the_client_refuses_a_variational_evaluations_id_on_any_topic():
         with pytest.raises(ValueError, match="variational loop's evaluation"):
             own_ids(SETTINGS, topic, "acme.v1#eval3")
     own_ids(SETTINGS, "qlane.jobs", "v1#evaluate")
+
+
+def test_the_client_refuses_an_id_past_the_keys_length_limit_before_sending():
+    """The workers refuse it; one of 17,000 bytes got no status, and its client waited out
+    its whole timeout (a red-team run)."""
+    own_ids(SETTINGS, "qlane.jobs", "x" * 1024)
+    own_ids(SETTINGS, "qlane.jobs.acme", "acme." + "é" * 509)
+    for topic, workflow_id in (("qlane.jobs", "x" * 1025), ("qlane.jobs", ""),
+                               ("qlane.jobs.acme", "acme." + "x" * 17_000)):
+        with pytest.raises(ValueError, match="a workflow id must be 1 to 1024 bytes"):
+            own_ids(SETTINGS, topic, workflow_id)
