@@ -186,6 +186,13 @@ LAST_PROGRESS = Gauge(
     "Unix time at which this worker last finished a record, or started if it has finished none.",
     registry=REGISTRY,
 )
+ASSIGNMENT_PENDING = Gauge(
+    "qlane_assignment_pending_seconds",
+    "Seconds since this worker started or its current rebalance began, while its streams do "
+    "not run yet (0 while they run): a worker stuck taking its partitions (e.g. its "
+    "transactional producers waiting on a broker) exports no lag and finishes nothing.",
+    registry=REGISTRY,
+)
 SANDBOX_FAILURES = Counter(
     "qlane_sandbox_failures_total",
     "Sandbox processes killed or timed out while preparing a record, by stage and reason.",
@@ -287,6 +294,7 @@ __all__ = [
     "JOBS",
     "JOB_STAGES",
     "LAST_PROGRESS",
+    "ASSIGNMENT_PENDING",
     "OUTCOMES",
     "POISON_RECORDS",
     "REFETCHED",

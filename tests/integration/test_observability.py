@@ -78,6 +78,8 @@ def test_metrics_move_as_jobs_flow(monitored):
     assert after, moved(scrape(port))
     assert after['qlane_stage_duration_seconds_count{stage="execute"}'] >= 7
     assert after["qlane_last_progress_timestamp_seconds"] > time.time() - 60
+    # Its streams run: no assignment pending (QlaneAssignmentStuck).
+    assert after["qlane_assignment_pending_seconds"] == 0
 
     def lag_series():  # lag is sampled every 5 s
         return [name for name in scrape(port) if name.startswith("qlane_consumer_lag{")]

@@ -14,6 +14,7 @@ class FakeApp:
     def __init__(self, consumer) -> None:
         self.consumer = consumer
         self.timers = []
+        self.sensors = SimpleNamespace(add=lambda sensor: None)
 
     def page(self, path):
         return lambda function: function
@@ -117,3 +118,25 @@ def test_a_partition_just_assigned_counts_from_its_position_not_its_first_offset
     # No position either (it moves on): no new value, not the whole partition.
     lag = sampled_lag(RebalancingConsumer(tp, RuntimeError("moving")), tp)
     assert lag in (None, 164)
+
+
+def test_a_worker_taking_its_partitions_shows_how_long_it_has_been_at_it() -> None:
+    """Restarted in a broker outage, a worker hung in its producers' InitProducerId for as
+    long as the outage lasted: `/` said OK, no lag series, last progress at its start, and no
+    alert fired (a red-team run). qlane_assignment_pending_seconds counts from its start or
+    its rebalance's until the rebalance ends, read at each scrape."""
+    import time
+
+    clock = observability.AssignmentClock()
+    app = SimpleNamespace(sensors=SimpleNamespace(add=lambda sensor: None))
+    time.sleep(0.05)
+    assert clock.seconds() >= 0.05  # since its start: not assigned yet
+    clock.on_rebalance_end(app, clock.on_rebalance_start(app))
+    assert clock.seconds() == 0.0
+    clock.on_rebalance_start(app)
+    time.sleep(0.05)
+    started = clock.seconds()
+    clock.on_rebalance_start(app)  # a rebalance again before the first ended: still counted
+    assert clock.seconds() >= started >= 0.05
+    clock.on_rebalance_end(app, {})
+    assert clock.seconds() == 0.0

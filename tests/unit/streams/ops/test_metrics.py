@@ -37,6 +37,7 @@ EXPECTED = {
     "qlane_budget_refusals_total": ("counter", {"tenant"}),
     "qlane_consumer_lag": ("gauge", {"topic", "partition"}),
     "qlane_last_progress_timestamp_seconds": ("gauge", set()),
+    "qlane_assignment_pending_seconds": ("gauge", set()),
     "qlane_build_info": ("gauge", {"version"}),
     "qlane_sandbox_failures_total": ("counter", {"stage", "reason"}),
     "qlane_poison_records_total": ("counter", {"stage"}),
