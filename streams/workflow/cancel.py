@@ -18,10 +18,8 @@ with the job) and decides from the workflow's state:
 
 from __future__ import annotations
 
-import re
-
 from schemas.codec import MAGIC, codec
-from streams.kafka.tenants import topic_tenant
+from streams.kafka.tenants import CONTROL_CHARS, topic_tenant
 from streams.runtime import Runtime, now_ms
 
 CANCELLABLE = frozenset({"accepted", "prepared"})
@@ -36,7 +34,6 @@ RUN_GOES_ON = "the run under way finishes and its result is delivered"
 # stopped, and again at every start on the same record; 1,500 cancels of 150 KB reasons for
 # ids that never came added 300 MB to a worker (red-team runs).
 MAX_REASON_CHARS = 200
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_cancel(value: bytes | None) -> bool:
@@ -105,9 +102,9 @@ async def handle_cancel(runtime: Runtime, table, value: bytes, key: bytes | None
 
 
 def short_reason(reason: str | None) -> str:
-    """A cancel's reason as kept and told: control characters as `?`, at most
-    MAX_REASON_CHARS characters (and an ellipsis)."""
-    text = _CONTROL_CHARACTERS.sub("?", reason or "cancelled by request")
+    """A cancel's reason as kept and told: control characters (C0, C1, U+2028/9, as in a
+    tenant's name) as `?`, at most MAX_REASON_CHARS characters (and an ellipsis)."""
+    text = CONTROL_CHARS.sub("?", reason or "cancelled by request")
     return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + "…"
 
 

@@ -87,6 +87,13 @@ def test_a_cancels_reason_is_kept_and_told_short_and_without_control_characters(
     assert len(json.dumps(table["wf"])) < 1000
     state, detail = runtime.statuses[0]
     assert state == "cancelled" and len(detail) < 300 and "\x01" not in detail
+    # C1 and the line separators too, as in a tenant's name (a Node client's NEL and U+2028
+    # reached both status topics; a red-team run).
+    value = codec("JobCancel").encode({"workflow_id": "wf2", "reason": "a\nb\u2028c\x85d\u2029",
+                                       "requested_at_ms": 1})
+    asyncio.run(handle_cancel(runtime, table, value, b"wf2", "preprocess",
+                              job_topic(PREFIX, None, "high")))
+    assert table["wf2"]["cancel_reason"] == "a?b?c?d?"
 
 
 def test_a_cancel_whose_key_is_not_its_id_quotes_both_in_part():
