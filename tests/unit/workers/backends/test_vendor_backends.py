@@ -358,6 +358,27 @@ def test_braket_dm_noise_matches_the_same_noise_in_aer(registry, cache) -> None:
     assert wrong > 0.05
 
 
+def test_a_braket_job_is_estimated_and_refused_past_the_limit_before_it_runs(registry) -> None:
+    """Unestimated, 1,000 rx+cx pairs on 10 qubits held a worker 135 s on braket.local.dm,
+    and a Bell job beside it waited as long (a red-team run)."""
+    from workers.circuits.transpile import TranspileCache
+    from workers.errors import JobTooLarge
+
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', "qubit[10] q;", "bit[10] c;"]
+    for k in range(1000):
+        lines += [f"rx({0.1 + k * 1e-3:.4f}) q[{k % 10}];", f"cx q[{k % 10}], q[{(k + 1) % 10}];"]
+    lines.append("c = measure q;")
+    request = {"workflow_id": "deep", "circuit": "\n".join(lines) + "\n", "shots": 1000,
+               "backend": "braket.local.dm", "seed": 1}
+    prepared = prepare(JobSpec.from_record(request), registry, TranspileCache(), Limits())
+    assert simulation_estimate(prepared, registry.get("braket.local.dm")) > 60
+    with pytest.raises(JobTooLarge, match="braket.local.dm > 30 s"):
+        execute(prepared, registry, 1, 30)
+    bell_job = dict(request, circuit=BELL_QASM, backend="braket.local.sv", workflow_id="bell")
+    prepared = prepare(JobSpec.from_record(bell_job), registry, TranspileCache(), Limits())
+    assert 0 < simulation_estimate(prepared, registry.get("braket.local.sv")) < 1
+
+
 def test_braket_refuses_what_it_cannot_run(registry) -> None:
     sv = registry.get("braket.local.sv")
     qc = QuantumCircuit(1, 2)
