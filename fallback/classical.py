@@ -25,10 +25,17 @@ from qiskit import QuantumCircuit
 from qiskit.quantum_info import Statevector
 
 from workers.backends.aer import circuit_seeds, final_measurements, sample_counts
-from workers.errors import CircuitTooLarge, ExecutionFailed
+from workers.backends.aer_estimates import active_qubit_count, operation_count
+from workers.errors import CircuitTooLarge, ExecutionFailed, JobTooLarge
 from workers.execution.preparation import PreparedJob, bind_tasks
 
 DEFAULT_MAX_QUBITS = 20
+# qiskit's Statevector evolution, measured on the development machine (2 cores, 2026-12-06;
+# rx+cx layers): 2e-8 to 1.2e-7 s per operation and amplitude at 16-20 qubits, about 5e-5 s
+# per operation besides. Unestimated and unbounded, 40 parameter sets of 100 rx+cx pairs on
+# 20 qubits ran 352 s in a worker thread, and a Bell job waited as long (a red-team run).
+OPERATION_SECONDS = 5e-5
+AMPLITUDE_SECONDS = 4e-8
 _SKIPPED = frozenset({"barrier", "delay", "measure"})
 
 
@@ -47,6 +54,30 @@ def run_classical(
         classical_counts(circuit, prepared.shots, task_seed, max_qubits)
         for circuit, task_seed in zip(circuits, seeds, strict=True)
     ]
+
+
+def classical_seconds(prepared: PreparedJob) -> float:
+    """Roughly how many seconds `run_classical` needs: per task, its template's operations
+    over the state vector of its active qubits."""
+    per_template: dict[int, float] = {}
+    for task in prepared.tasks:
+        index = task.template_index
+        if index not in per_template:
+            template = prepared.templates[index]
+            per_template[index] = operation_count(template) * (
+                OPERATION_SECONDS + 2.0 ** active_qubit_count(template) * AMPLITUDE_SECONDS)
+    return sum(per_template[task.template_index] for task in prepared.tasks)
+
+
+def run_classical_within(prepared: PreparedJob, seed: int, max_qubits: int,
+                         max_seconds: float) -> list[dict[str, int]]:
+    """`run_classical`, refused as JobTooLarge when estimated above `max_seconds`."""
+    if (estimate := classical_seconds(prepared)) > max_seconds:
+        raise JobTooLarge(
+            f"the classical fallback would need about {estimate:.3g} s > {max_seconds:g} s "
+            "(execute_timeout_s or max_simulation_seconds): fewer parameter sets, gates or "
+            "qubits")
+    return run_classical(prepared, seed, max_qubits)
 
 
 def classical_counts(

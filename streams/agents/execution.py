@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from fallback.classical import run_classical
+from fallback.classical import run_classical_within
 from fallback.policy import CLASSICAL, FallbackPolicy, FallbackReason
 from schemas.codec import codec
 from streams.agents.common import (
@@ -32,7 +32,6 @@ from streams.agents.common import (
     vet_prepared,
 )
 from streams.agents.threads import (
-    in_thread_timed,
     in_thread_within,
     overrunning,
     still_overrunning,
@@ -719,8 +718,16 @@ class JobRunner:
         """The job's counts from one fallback target."""
         runtime, settings = self.runtime, self.settings
         if target == CLASSICAL:
-            counts, seconds = await in_thread_timed(
-                runtime, run_classical, job.prepared, job.seed, settings.fallback_max_qubits)
+            # Bounded as a backend call is: unbounded, 40 parameter sets on 20 qubits ran
+            # 352 s in a worker thread, and every job behind it waited (a red-team run).
+            timeout = settings.execute_timeout_s
+            try:
+                counts, seconds = await in_thread_within(
+                    runtime, timeout, [CLASSICAL], timed(run_classical_within), job.prepared,
+                    job.seed, settings.fallback_max_qubits,
+                    min(timeout, settings.max_simulation_seconds))
+            except TimeoutError:
+                raise simulation_timeout(CLASSICAL, timeout) from None
             return Executed(counts, job.prepared, seconds, "fallback", reason,
                             charged_backend=None)
         spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)

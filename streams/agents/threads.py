@@ -129,7 +129,3 @@ def timed(function):
 
     return call
 
-
-async def in_thread_timed(runtime: Runtime, function, *args) -> tuple[object, float]:
-    """`in_thread` of `timed(function)`."""
-    return await in_thread(runtime, timed(function), *args)

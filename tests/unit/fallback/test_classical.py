@@ -139,3 +139,23 @@ measure q[0] -> c[1];
     prepared = prepare(JobSpec("fb-mid", qasm, shots=10), registry, cache, limits)
     with pytest.raises(ExecutionFailed, match="final measurements"):
         run_classical(prepared, seed=1)
+
+
+def test_the_classical_estimate_grows_with_operations_and_state_size(registry, cache,
+                                                                     limits) -> None:
+    """A job of 40 parameter sets of 100 rx+cx pairs on 20 qubits ran 352 s in a worker
+    thread unestimated (a red-team run): about 11 s a set, here."""
+    from fallback.classical import classical_seconds, run_classical_within
+    from workers.errors import JobTooLarge
+
+    bell = prepare(JobSpec("fb-bell", BELL_QASM2, shots=10), registry, cache, limits)
+    assert 0 < classical_seconds(bell) < 0.01
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', "qubit[20] q;", "bit[20] c;"]
+    for k in range(100):
+        lines += [f"rx({0.1 + k * 1e-3:.4f}) q[{k % 20}];", f"cx q[{k % 20}], q[{(k + 1) % 20}];"]
+    lines.append("c = measure q;")
+    wide = prepare(JobSpec("fb-wide", "\n".join(lines) + "\n", shots=10), registry, cache,
+                   limits)
+    assert 2 < classical_seconds(wide) < 50
+    with pytest.raises(JobTooLarge, match="classical fallback would need about"):
+        run_classical_within(wide, seed=1, max_qubits=20, max_seconds=1)

@@ -26,7 +26,8 @@ def test_a_job_naming_made_up_fallbacks_counts_once(prepared_bell):  # noqa: F81
     runtime = FakeRuntime(FakeLedger())
     runtime.settings = SimpleNamespace(sandbox_attempts=2, fallback_max_qubits=10,
                                        limits=Limits(), sandbox_enabled=False,
-                                       sandbox_cpu_s=10)
+                                       sandbox_cpu_s=10, execute_timeout_s=300.0,
+                                       max_simulation_seconds=600.0)
     runtime.registry, runtime.cache, runtime.readout_cache = BackendRegistry(), None, None
     runtime.sandbox = None
     source = record(1, request["workflow_id"])

@@ -83,3 +83,47 @@ def test_a_fallback_chain_prepares_for_one_sandbox_cpu_bound_then_only_classical
     assert executed.mode == "fallback" and executed.charged_backend is None  # classical
     told = [event for event in runtime.events if event[:2] == ("status", "fallback")]
     assert len(told) == 2
+
+
+def test_the_classical_fallback_is_estimated_and_bounded_as_a_backend_call(
+        prepared_bell, monkeypatch):  # noqa: F811
+    """Unestimated and unbounded, 40 parameter sets of 100 rx+cx pairs on 20 qubits ran
+    352 s in a worker thread, then failed as ResultTooLarge; a Bell job waited as long (a
+    red-team run). Estimated past execute_timeout_s it is refused at once; a run past the
+    timeout ends the job as SimulationTimeout."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fallback import classical
+    from workers.errors import JobTooLarge, SimulationTimeout
+
+    request, prepared = prepared_bell
+    request = {**request, "fallback": ["classical"]}
+    runtime = FakeRuntime(FakeLedger())
+    runtime.settings = Settings(execute_timeout_s=0.5, fallback_max_qubits=10)
+    runtime.executor = ThreadPoolExecutor(2)
+    job = Job.of(record(1, request["workflow_id"]), {"workflow_id": request["workflow_id"]},
+                 request, prepared)
+
+    def fallback_error():
+        try:
+            asyncio.run(JobRunner(runtime, {}).run_fallback(job, "breaker_open",
+                                                            TimeoutError("down")))
+        except execution.StageFailure as failure:
+            return failure.error
+        raise AssertionError("the classical fallback answered")
+
+    monkeypatch.setattr(classical, "classical_seconds", lambda prepared: 5.0)
+    started = time.monotonic()
+    refused = fallback_error()
+    assert isinstance(refused, JobTooLarge) and "about 5 s > 0.5 s" in str(refused)
+    assert time.monotonic() - started < 2
+    release = threading.Event()
+    monkeypatch.setattr(classical, "classical_seconds", lambda prepared: 0.01)
+    monkeypatch.setattr(classical, "run_classical", lambda *args: release.wait(10))
+    try:
+        assert isinstance(fallback_error(), SimulationTimeout)
+    finally:
+        release.set()
+        runtime.executor.shutdown()
