@@ -50,10 +50,13 @@ EXTRA = "ibm"
 VENDOR = "ibm"
 DEVICE_PREFIX = "ibm."
 RUNTIME_PREFIX = "ibm_runtime."
-# The most qubits a circuit may act on in local mode, whose Aer holds a state vector of
-# 16 * 2^n bytes (4 GiB here): past Aer's own memory bound it fails, and the primitive then
-# raised "ValueError: could not broadcast ..." (a red-team run).
-LOCAL_MAX_ACTIVE_QUBITS = 28
+# The most memory local mode's Aer may hold for a circuit's state, in the worker: a state
+# vector of 16 * 2^n bytes (n active qubits), or, when the shots outnumber its 2^n outcomes
+# (Aer's automatic method then simulates the noisy circuit as a density matrix), 16 * 4^n.
+# Past Aer's own memory bound the primitive raised "ValueError: could not broadcast ...";
+# below it, a 14-qubit GHZ job of 17,000 shots took the worker from 608 MiB to 5,220 MiB
+# (red-team runs).
+LOCAL_MAX_STATE_BYTES = 2**30
 SNAPSHOT_SOURCE = "qiskit-ibm-runtime {version} fake_provider/backends/{device}/props_{device}.json"
 
 
@@ -278,8 +281,9 @@ class IBMRuntimeBackend:
         seeds = circuit_seeds(seed, len(circuits))
         for circuit in circuits:
             check_runs_on_target(self.name, self.target, circuit)
-            if self.mode_name == "local":
-                check_local_size(self.name, circuit)
+        if self.mode_name == "local":
+            for circuit, circuit_shots_ in zip(circuits, shots_list, strict=True):
+                check_local_size(self.name, circuit, circuit_shots_)
         counts: list[dict[str, int] | None] = [None] * len(circuits)
         for segment in seed_segments(range(len(circuits)), seeds, shots_list):
             first = segment[0]
@@ -318,14 +322,21 @@ class IBMRuntimeBackend:
         return None
 
 
-def check_local_size(name: str, circuit: QuantumCircuit) -> None:
-    """JobTooLarge for a circuit acting on more qubits than local mode's Aer holds: routing
-    on the device can spread a small circuit over many more of its qubits."""
+def check_local_size(name: str, circuit: QuantumCircuit, shots: int) -> None:
+    """JobTooLarge for a circuit whose state local mode's Aer would hold past
+    LOCAL_MAX_STATE_BYTES: routing on the device can spread a small circuit over many more of
+    its qubits, and shots past 2^n make Aer simulate a density matrix."""
     active = active_qubit_count(circuit)
-    if active > LOCAL_MAX_ACTIVE_QUBITS:
+    density = shots > 2**active
+    size = 16 * (4 if density else 2) ** active
+    if size > LOCAL_MAX_STATE_BYTES:
+        state, advice = ((f"a density matrix ({shots} shots > 2^{active} outcomes)",
+                          "fewer shots or qubits") if density
+                         else ("a state vector", "fewer qubits or multi-qubit gates"))
         raise JobTooLarge(
             f"{name}: the circuit as routed on the device acts on {active} qubits; local mode "
-            f"simulates at most {LOCAL_MAX_ACTIVE_QUBITS}: fewer qubits or multi-qubit gates")
+            f"would hold {state} of {size / 2**30:.3g} GiB, more than "
+            f"{LOCAL_MAX_STATE_BYTES / 2**30:g} GiB: {advice}")
 
 
 def register_counts(circuit: QuantumCircuit, data) -> dict[str, int]:

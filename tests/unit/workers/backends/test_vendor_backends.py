@@ -242,11 +242,20 @@ def test_ibm_runtime_local_mode_refuses_a_circuit_wider_than_its_simulator_holds
 
     adapter = registry.get("ibm_runtime.torino")
     wide = QuantumCircuit(adapter.num_qubits, 1)
-    for qubit in range(ibm.LOCAL_MAX_ACTIVE_QUBITS + 1):
+    for qubit in range(27):
         wide.rz(0.1, qubit)
     wide.measure(0, 0)
-    with pytest.raises(JobTooLarge, match="acts on 29 qubits"):
+    with pytest.raises(JobTooLarge, match="acts on 27 qubits; local mode would hold a state "
+                                          "vector of 2 GiB"):
         adapter.run([wide], 1, 1)
+    # Shots past 2^n: Aer simulates a density matrix, 16 * 4^n bytes. A 14-qubit GHZ job of
+    # 17,000 shots took the worker from 608 MiB to 5,220 MiB (a red-team run).
+    ghz = QuantumCircuit(adapter.num_qubits, 1)
+    for qubit in range(14):
+        ghz.rz(0.1, qubit)
+    ghz.measure(0, 0)
+    with pytest.raises(JobTooLarge, match="a density matrix .17000 shots > 2.14 outcomes"):
+        adapter.run([ghz], 17_000, 1)
 
 
 def test_ibm_runtime_keys_split_registers_like_aer() -> None:
