@@ -270,7 +270,7 @@ def build_submission(args: argparse.Namespace) -> dict:
         fields["shots"] = args.shots
     if args.backend:
         fields["backend"] = args.backend
-    if args.workflow_id:
+    if args.workflow_id is not None:  # "" too: an unset shell variable is no fresh id
         fields["workflow_id"] = args.workflow_id
     if args.observable:
         fields["observables"] = [
@@ -292,15 +292,17 @@ def build_submission(args: argparse.Namespace) -> dict:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from streams.client.errors import BrokerTimeout
-    from streams.client.kafka import encoded_request
+    from streams.client.kafka import encoded_request, own_ids
     from streams.client.render import json_line, result_table
     from streams.client.timeouts import Deadline, open_client
-    from streams.kafka.topics import lane_for_priority
+    from streams.kafka.topics import job_topic, lane_for_priority
 
     settings = settings_from(args)
     record = build_submission(args)
     encoded_request(record)  # refused before connecting: a seed, a field of the wrong type
     workflow_id = record["workflow_id"]
+    lane = lane_for_priority(record.get("priority") or 0)
+    own_ids(settings, job_topic(settings.topic_prefix, args.tenant, lane), workflow_id)
 
     def show(outcome, event: str) -> None:
         print(f"  {workflow_id}: {event}", file=sys.stderr)
@@ -311,7 +313,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         deadline = Deadline(args.timeout)
         async with open_client(settings, args.tenant, deadline, watch=args.wait) as client:
             # A tenant's principal may write its own job topics only (README "Tenants").
-            lane = lane_for_priority(record.get("priority") or 0)
             to = client.jobs_topic(args.tenant, lane) if args.tenant else None
             try:
                 topic = await deadline.step(client.submit(record, to),
@@ -469,10 +470,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"{verb} {item.source} -> {item.target_topic} key={key}{note}")
 
     target = full_topic_name(settings, args.to) if args.to else None
-    summary = asyncio.run(replay(settings, selection, target=target,
-                                 rerun=args.rerun or args.rerun_label is not None,
-                                 rerun_label=args.rerun_label or "", rate_per_s=args.rate,
-                                 dry_run=args.dry_run, report=report))
+    try:
+        summary = asyncio.run(replay(settings, selection, target=target,
+                                     rerun=args.rerun or args.rerun_label is not None,
+                                     rerun_label=args.rerun_label or "", rate_per_s=args.rate,
+                                     dry_run=args.dry_run, report=report))
+    except KeyboardInterrupt:
+        print(f"interrupted: the `{verb}` lines above were delivered; replay the same selection "
+              "again for the rest (delivered ones are acknowledged duplicates)", file=sys.stderr)
+        return 130
     targets = ", ".join(f"{n} to {t}" for t, n in summary.by_target.items()) or "nothing"
     done = "planned" if args.dry_run else "replayed"
     failed = f", {summary.failed} FAILED (not delivered; replay them again)" \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import re
 import time
@@ -32,6 +33,7 @@ from streams.workflow.deadletter import (
     JOB_TOPIC_HEADER,
     OMITTED_HEADER,
 )
+from streams.workflow.idempotency import request_fingerprint
 
 
 @dataclass
@@ -274,15 +276,16 @@ def is_job_topic(names: TopicNames, topic: str) -> bool:
 RERUN_SUFFIX = re.compile(r"\.rerun-[0-9a-f]{8}$")
 
 
-def rerun_id(parent: str, origin: str, label: str = "") -> str:
+def rerun_id(parent: str, fingerprint: str, label: str = "") -> str:
     """A rerun's workflow id: the id it reruns, without an earlier rerun's suffix, and 8 hex
-    digits of the record replayed (`origin`), that id and `label`. The same replay again (one
-    that was interrupted) makes the same reruns, acknowledged as duplicates; another label
-    reruns them once more. Random, an interrupted `--rerun` replayed again ran and charged
-    23 of 30 jobs a third time, and each rerun of a rerun added 15 bytes to the id until it
-    was refused as too long (a red-team run). ValueError for an id past the workflow id's
-    length limit."""
-    digest = hashlib.sha256(f"{origin}\0{parent}\0{label}".encode()).hexdigest()[:8]
+    digits of that id, the request's fingerprint and `label`. Every copy of a request (its
+    job record, a replayed or moved copy, its dead letter) and the same replay again (one
+    that was interrupted) make the same rerun, acknowledged as a duplicate; another label
+    reruns it once more. Random, an interrupted `--rerun` replayed again ran and charged 23
+    of 30 jobs a third time; derived from the record's address, a plain replay's copy got a
+    rerun of its own (red-team runs). Each rerun of a rerun added 15 bytes to the id until
+    it was refused as too long. ValueError for an id past the workflow id's length limit."""
+    digest = hashlib.sha256(f"{parent}\0{fingerprint}\0{label}".encode()).hexdigest()[:8]
     rerun = f"{RERUN_SUFFIX.sub('', parent)}.rerun-{digest}"
     if len(rerun.encode()) > MAX_ROUTED_KEY_BYTES:
         raise ValueError(f"its rerun id would be {len(rerun.encode())} bytes, over the "
@@ -341,7 +344,7 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
             raise ValueError(f"--rerun applies to job requests, not to {destination}")
         request = job_request_to_rerun(value)
         parent = request["workflow_id"]
-        request["workflow_id"] = rerun_id(parent, origin, rerun_label)
+        request["workflow_id"] = rerun_id(parent, request_fingerprint(request), rerun_label)
         request["parent_workflow_id"] = parent
         request["submitted_at_ms"] = int(time.time() * 1000)
         value = codec("JobRequest").encode(request)
@@ -432,7 +435,7 @@ async def replay(
     started = time.monotonic()
     copies = EarlierCopies()
     sent = 0
-    deliveries: list[tuple[asyncio.Future, ReplayedRecord, str]] = []
+    deliveries: set[asyncio.Future] = set()
     pending_bytes = 0
 
     async def handle(record) -> None:
@@ -458,15 +461,26 @@ async def replay(
         except Exception as error:  # noqa: BLE001 - e.g. no metadata in time: this record
             count_failed(address(record), planned, error)  # failed, the replay goes on
             return
-        deliveries.append((delivery, planned, address(record)))
+        deliveries.add(delivery)
+        delivery.add_done_callback(functools.partial(settled, planned, address(record)))
         sent += 1
         pending_bytes += len(planned.value or b"")
         if len(deliveries) >= SETTLE_EVERY or pending_bytes >= SETTLE_BYTES:
             await settle_deliveries()
 
+    def settled(planned: ReplayedRecord, source: str, delivery: asyncio.Future) -> None:
+        # Reported as each is acknowledged: printed when sent, an interrupted replay listed
+        # a record the broker never took; printed when a thousand were settled, it listed
+        # none of the 72 it had delivered (red-team runs).
+        deliveries.discard(delivery)
+        if delivery.cancelled():
+            count_failed(source, planned, asyncio.CancelledError("not acknowledged"))
+        elif (error := delivery.exception()) is not None:
+            count_failed(source, planned, error)
+        else:
+            count_delivered(planned)
+
     def count_delivered(planned: ReplayedRecord) -> None:
-        # Reported once delivered: printed when sent, an interrupted replay listed a record
-        # the broker never took (a red-team run).
         report(planned)
         summary.replayed += 1
         summary.by_target[planned.target_topic] = (
@@ -482,14 +496,8 @@ async def replay(
         if producer is not None:
             await producer.flush()
         pending_bytes = 0
-        for delivery, planned, source in deliveries:
-            try:
-                await delivery
-            except Exception as error:  # noqa: BLE001 - each failure is reported, then counted
-                count_failed(source, planned, error)
-            else:
-                count_delivered(planned)
-        deliveries.clear()
+        # Each is counted and reported by `settled`, as it is acknowledged or refused.
+        await asyncio.gather(*deliveries, return_exceptions=True)
 
     try:
         async for record in select_records(settings, selection):
@@ -512,5 +520,6 @@ async def replay(
         await settle_deliveries()
     finally:
         if producer is not None:
-            await producer.stop()
+            await producer.stop()  # sends what it holds: an interrupted replay's too
+            await asyncio.sleep(0)  # their `settled` callbacks report them
     return summary

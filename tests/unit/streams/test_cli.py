@@ -84,6 +84,21 @@ def test_a_job_files_bad_field_is_a_usage_error_before_connecting(tmp_path, caps
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize(("workflow_id", "said"), [
+    ("", "1 to 1024 bytes"), ("x" * 1025, "1 to 1024 bytes"), ("v#eval3", "evaluation"),
+])
+def test_a_workflow_id_the_workers_refuse_is_a_usage_error_before_connecting(
+        capsys, workflow_id, said):
+    """`--workflow-id ""` (an unset shell variable) was sent under a fresh id, so each retry
+    ran and was charged again (a red-team run)."""
+    started = time.monotonic()
+    code = main(["submit", "examples/bell.qasm", "--workflow-id", workflow_id, "--broker",
+                 "127.0.0.1:1", "--profile", "kafka", "--timeout", "30"])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and "Traceback" not in err, err
+    assert time.monotonic() - started < 5
+
+
 def test_a_worker_fits_its_record_limit_to_the_topics_or_refuses_to_start(monkeypatch):
     """A topic's max.message.bytes below the worker's 1 MB lowers its limit; one too small to
     run with stops the start with the topic named (a changelog limited to 1,200 bytes made a

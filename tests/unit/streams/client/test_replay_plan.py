@@ -66,12 +66,20 @@ def test_a_rerun_id_is_the_same_for_the_same_record_and_label_and_never_grows():
     dead-lettered as too long after "1 replayed" (a red-team run)."""
     from streams.client.replay import rerun_id
 
-    first = rerun_id("wf-7", "qlane.jobs:0:5")
-    assert first == rerun_id("wf-7", "qlane.jobs:0:5") and first.startswith("wf-7.rerun-")
-    assert rerun_id("wf-7", "qlane.jobs:0:5", "again") != first
-    assert rerun_id("wf-7", "qlane.jobs:0:6") != first
-    of_the_rerun = rerun_id(first, "qlane.jobs:1:9")
+    first = rerun_id("wf-7", "f1")
+    assert first == rerun_id("wf-7", "f1") and first.startswith("wf-7.rerun-")
+    assert rerun_id("wf-7", "f1", "again") != first
+    assert rerun_id("wf-7", "f2") != first  # another request under the id
+    of_the_rerun = rerun_id(first, "f1")
     assert of_the_rerun.startswith("wf-7.rerun-") and len(of_the_rerun) == len(first)
+    assert of_the_rerun != first
+    # A plain replay's copy of the job record is the same request: the same rerun (a copy
+    # rerun by its address was run and charged once more; a red-team run).
+    original = record(NAMES.jobs, request_bytes("wf-7"), key=b"wf-7", offset=5)
+    copy = record(NAMES.jobs, request_bytes("wf-7"), key=b"wf-7", offset=9,
+                  headers=[(REPLAY_HEADER, f"{NAMES.jobs}:0:5".encode())])
+    assert (plan_record(original, NAMES, None, True).key
+            == plan_record(copy, NAMES, None, True).key)
     with pytest.raises(ValueError, match="its rerun id would be 1034 bytes, over the 1024"):
         plan_record(record(NAMES.jobs, request_bytes("L" * 1019), key=b"L" * 1019), NAMES,
                     target=None, rerun=True)
@@ -411,6 +419,47 @@ def test_a_record_the_broker_did_not_take_is_reported_failed_not_replayed(monkey
     # records the broker never took (a red-team run).
     assert [line.source for line in reported if not isinstance(line, str)] == [
         f"{NAMES.jobs}:0:{i}" for i in (0, 2, 3, 5, 6, 8)]
+
+
+def test_an_interrupted_replay_reports_what_it_delivered(monkeypatch):
+    """Reported only when a thousand were settled, a replay stopped after 8 s printed none of
+    the 72 records it had delivered (a red-team run): each is reported as acknowledged."""
+    import asyncio
+
+    from streams.client import replay as replay_module
+    from streams.client.replay import ReplaySelection, replay
+
+    async def select_records(settings, selection):
+        for i in range(3):
+            yield record(NAMES.jobs, request_bytes(f"wf-{i}"), key=f"wf-{i}".encode(), offset=i)
+        raise KeyboardInterrupt
+
+    class Producer:
+        def __init__(self, **options) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        async def send(self, topic, value, key, headers):
+            delivery = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.01, delivery.set_result, None)
+            return delivery
+
+    monkeypatch.setattr(replay_module, "select_records", select_records)
+    monkeypatch.setattr(replay_module, "AIOKafkaProducer", Producer)
+    reported = []
+
+    async def interrupted():
+        with pytest.raises(KeyboardInterrupt):
+            await replay(Settings(), ReplaySelection(topic=NAMES.jobs), report=reported.append)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(interrupted())
+    assert [line.source for line in reported] == [f"{NAMES.jobs}:0:{i}" for i in range(3)]
 
 
 @pytest.mark.parametrize("topic", [NAMES.cost, NAMES.results, NAMES.status, NAMES.control,
