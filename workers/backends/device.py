@@ -511,24 +511,32 @@ def sample_components(
     """Per-shot outcomes drawn component by component from one seeded generator, as Qiskit
     count keys (clbit 0 rightmost, registers separated by spaces)."""
     rng = np.random.default_rng(seed % 2**64)
-    bits = np.zeros((shots, max(measurements.num_clbits, 1)), dtype=np.uint8)
+    # One column per measured clbit, in clbit order: a column per declared clbit made 1M
+    # shots of a 1,024-bit register a 977 MiB array, refused as a MemoryError (a red-team
+    # run); the others are 0 in every shot.
+    measured = sorted({clbit for part in parts for clbit in part.clbits})
+    column = {clbit: i for i, clbit in enumerate(measured)}
+    bits = np.zeros((shots, max(len(measured), 1)), dtype=np.uint8)
     for part, p in zip(parts, distributions, strict=True):
         p = np.clip(p, 0.0, None)
         p = p / p.sum()
         outcomes = rng.choice(len(p), size=shots, p=p)
         for k, clbit in enumerate(part.clbits):
-            bits[:, clbit] = (outcomes >> k) & 1
+            bits[:, column[clbit]] = (outcomes >> k) & 1
     width = bits.shape[1]
-    packed = np.packbits(bits[:, ::-1], axis=1)  # clbit width-1 first, zero-padded at the end
+    packed = np.packbits(bits[:, ::-1], axis=1)  # last column first, zero-padded at the end
     padding = 8 * packed.shape[1] - width
     tallies = Counter(row.tobytes() for row in packed)
     header = {
         "creg_sizes": [list(r) for r in measurements.creg_sizes],
         "memory_slots": measurements.num_clbits,
     }
+    in_place = measured == list(range(len(measured)))
     counts: dict[str, int] = {}
     for row, tally in sorted(tallies.items()):
-        value = int.from_bytes(row, "big") >> padding
+        compact = int.from_bytes(row, "big") >> padding
+        value = compact if in_place else sum(
+            1 << clbit for i, clbit in enumerate(measured) if compact >> i & 1)
         counts[format_counts_memory(hex(value), header)] = int(tally)
     return counts
 

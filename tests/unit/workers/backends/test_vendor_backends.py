@@ -132,6 +132,29 @@ def test_small_circuits_on_127_qubits_simulate_only_the_qubits_used(sherbrooke) 
     assert all(len(key) == 127 for key in counts)
 
 
+def test_a_wide_register_costs_components_the_measured_bits_only(registry) -> None:
+    """One column per declared clbit made 1M shots of 24 qubits measured into a 1,024-bit
+    register a 977 MiB array, and the job a MemoryError (a red-team run)."""
+    import tracemalloc
+
+    from workers.backends.layout import DeviceTranspileCache
+
+    body = "".join(f"x q[{i}]; measure q[{i}] -> c[{i * 42}];" for i in range(24))
+    qasm = f'OPENQASM 2.0; include "qelib1.inc"; qreg q[24]; creg c[1024]; {body}'
+    prepared = prepare(JobSpec("wide-register", qasm, shots=300_000, backend="ibm.sherbrooke"),
+                       registry, DeviceTranspileCache(), Limits())
+    tracemalloc.start()
+    try:
+        (counts,) = execute(prepared, registry, 3, 600)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 150_000_000, peak  # 300,000 x 1,024 bytes of bits alone before
+    assert sum(counts.values()) == 300_000
+    top = max(counts, key=counts.get)  # every x read as 1, at its clbit
+    assert {1023 - i for i, bit in enumerate(top) if bit == "1"} == {i * 42 for i in range(24)}
+
+
 def test_readout_calibration_on_a_device_recovers_its_snapshot(sherbrooke) -> None:
     calibration = measure_calibration(sherbrooke, shots=8000)
     snap = sherbrooke.calibration
