@@ -137,6 +137,13 @@ def largest_fitting_result(limit: int) -> int:
     return max(0, min(limit - RECORD_OVERHEAD_BYTES, 3 * (limit - TABLE_ENTRY_BYTES) // 4))
 
 
+def past_the_limit(limit: int) -> str:
+    """What a ResultTooLarge says of the limit: the result's own, not the record's (a 764 KB
+    result was said to be "more than a record may be (1000000 bytes)"; a red-team run)."""
+    return (f"more than a result may be ({largest_fitting_result(limit)} bytes: a record of "
+            f"{limit} bytes holds it as base64 in the workflow's table entry)")
+
+
 # Bytes an expectation takes in a JobResult besides its observable's text (Avro's binary
 # encoding), at the least: the prepared job's result floor counts them alike.
 EXPECTATION_BYTES = EXPECTATION_RESULT_BYTES
@@ -156,7 +163,7 @@ def check_result_can_fit(spec: JobSpec, limit: int) -> None:
         raise ResultTooLarge(
             f"the result would be at least {smallest} bytes ({sets} parameter sets x "
             f"{len(spec.observables)} observables, each expectation with its observable's "
-            f"text), more than a record may be ({limit} bytes): fewer parameter sets, "
+            f"text), {past_the_limit(limit)}: fewer parameter sets, "
             "observables or terms per job")
 
 
@@ -175,7 +182,7 @@ def check_counts_can_fit(counts: list[dict[str, int]], limit: int) -> None:
         raise ResultTooLarge(
             f"the result would be at least {smallest} bytes ("
             f"{sum(len(circuit) for circuit in counts)} distinct bitstrings over "
-            f"{len(counts)} circuits), more than a record may be ({limit} bytes): fewer "
+            f"{len(counts)} circuits), {past_the_limit(limit)}: fewer "
             "shots, qubits measured or circuits per job")
 
 
@@ -210,9 +217,8 @@ def check_result_floor(prepared, limit: int):
         raise ResultTooLarge(
             f"the result would be at least {floor} bytes whatever its counts (each circuit's "
             "parameter values, basis, register names and one bitstring of its classical "
-            f"bits, each expectation's observable), more than a record may be ({limit} "
-            "bytes): fewer circuits, classical bits, registers or parameter sets, or shorter "
-            "register names")
+            f"bits, each expectation's observable), {past_the_limit(limit)}: fewer circuits, "
+            "classical bits, registers or parameter sets, or shorter register names")
     return prepared
 
 
@@ -226,5 +232,5 @@ def check_result_fits(encoded: bytes, limit: int) -> None:
         raise ResultTooLarge(
             f"the result is {len(encoded)} bytes ({stored_bytes(len(encoded))} as stored in "
             "its table entry), "
-            f"more than a record may be ({limit} bytes): fewer shots, measured bits, "
+            f"{past_the_limit(limit)}: fewer shots, measured bits, "
             "circuits, parameter sets or observables")

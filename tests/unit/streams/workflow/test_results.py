@@ -205,3 +205,17 @@ def test_counts_too_large_for_a_record_are_refused_before_any_mitigation(monkeyp
         buffer = io.BytesIO()
         schemaless_writer(buffer, writer, circuit)
         assert counts_floor_bytes([circuit]) <= len(buffer.getvalue())
+
+
+def test_a_too_large_result_names_the_results_limit_not_the_records():
+    """"At least 764060 bytes ... more than a record may be (1000000 bytes)": 764,060 is
+    less, and the limit that applied was the table entry's base64 (a red-team run)."""
+    from streams.workflow.results import check_counts_can_fit, largest_fitting_result
+
+    counts = [{format(i, "020b"): 1 for i in range(34_700)}]
+    with pytest.raises(ResultTooLarge) as refused:
+        check_counts_can_fit(counts, 1_000_000)
+    message = str(refused.value)
+    limit = largest_fitting_result(1_000_000)
+    assert f"more than a result may be ({limit} bytes" in message
+    assert int(message.split("at least ")[1].split()[0]) > limit
