@@ -38,6 +38,7 @@ bound (the backend call's timeout).
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -326,7 +327,9 @@ def _frame(header: dict, payload: bytes = b"") -> bytes:
 
 
 def _error_frame(error: BaseException) -> dict:
-    if isinstance(error, MemoryError):
+    # The address-space bound also shows as ENOMEM from the system (a thread, an mmap).
+    if isinstance(error, MemoryError) or (isinstance(error, OSError)
+                                          and error.errno == errno.ENOMEM):
         return {"ok": False, "error": "ResourceLimitExceeded", "recycle": True,
                 "message": "the program ran out of memory (the sandbox's bound)"}
     if isinstance(error, RecursionError):

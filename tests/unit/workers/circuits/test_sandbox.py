@@ -145,3 +145,15 @@ def test_a_pool_can_be_waited_on_until_its_process_has_started(registry) -> None
         assert fresh.call(request(registry, BELL_QASM2)).num_tasks == 1
     finally:
         fresh.close()
+
+
+def test_the_address_space_bound_reached_by_the_system_is_the_sandboxs_memory_bound() -> None:
+    """RLIMIT_AS shows as MemoryError in Python and as ENOMEM from the system (a thread, an
+    mmap): both are the sandbox's bound, not an untyped error told as InvalidJob."""
+    import errno
+
+    from workers.circuits.sandbox import _error_frame
+
+    for error in (MemoryError(), OSError(errno.ENOMEM, "Cannot allocate memory")):
+        assert _error_frame(error)["error"] == "ResourceLimitExceeded"
+    assert _error_frame(OSError(errno.ENOENT, "gone"))["error"] == "FileNotFoundError"
