@@ -397,8 +397,12 @@ def job_request_to_rerun(value: bytes) -> dict:
         try:
             codec("JobCancel").decode(value)
         except Exception:
-            raise
-        raise ValueError("a JobCancel: --rerun applies to job requests") from None
+            cancel = False
+        else:
+            cancel = True
+        if cancel:
+            raise ValueError("a JobCancel: --rerun applies to job requests") from None
+        raise  # the JobRequest's own decoding error
 
 
 def dead_letter_context(headers) -> dict[str, str]:

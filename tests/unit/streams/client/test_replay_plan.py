@@ -90,6 +90,8 @@ def test_a_rerun_of_a_cancel_is_skipped_as_a_cancel():
     cancel = codec("JobCancel").encode({"workflow_id": "wf-1", "requested_at_ms": 1})
     with pytest.raises(ValueError, match="a JobCancel: --rerun applies to job requests"):
         plan_record(record(NAMES.jobs, cancel), NAMES, target=None, rerun=True)
+    with pytest.raises(Exception, match="JobRequest"):  # anything else: its own error
+        plan_record(record(NAMES.jobs, b"garbage"), NAMES, target=None, rerun=True)
 
 
 def test_a_dead_letter_that_cannot_be_planned_does_not_hold_back_a_later_one(monkeypatch):
