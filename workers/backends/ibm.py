@@ -282,8 +282,8 @@ class IBMRuntimeBackend:
         for circuit in circuits:
             check_runs_on_target(self.name, self.target, circuit)
         if self.mode_name == "local":
-            for circuit, circuit_shots_ in zip(circuits, shots_list, strict=True):
-                check_local_size(self.name, circuit, circuit_shots_)
+            for circuit, shots_of_circuit in zip(circuits, shots_list, strict=True):
+                check_local_size(self.name, circuit, shots_of_circuit)
         counts: list[dict[str, int] | None] = [None] * len(circuits)
         for segment in seed_segments(range(len(circuits)), seeds, shots_list):
             first = segment[0]
