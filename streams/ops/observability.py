@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-
-from faust.sensors import Sensor
 
 from streams.kafka.topics import job_topics
 from streams.ops import metrics
@@ -19,37 +16,10 @@ BROKER_CALL_TIMEOUT_S = 2.0
 MARKER_SLACK = 2  # transaction markers a caught-up partition may have left behind its records
 
 
-class AssignmentClock(Sensor):
-    """How long the worker has been without running streams: since it started, or since
-    its current rebalance began, until the rebalance (recovery included) ends. A worker
-    restarted during a broker outage hung in its transactional producers' InitProducerId
-    for as long as the outage lasted: its `/` answered OK, it exported no lag series (its lag
-    timer never ran) and its last progress stayed at its start, so no alert fired (a
-    red-team run)."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.since: float | None = time.monotonic()
-
-    def on_rebalance_start(self, app) -> dict:
-        if self.since is None:
-            self.since = time.monotonic()
-        return super().on_rebalance_start(app)
-
-    def on_rebalance_end(self, app, state: dict) -> None:
-        self.since = None
-
-    def seconds(self) -> float:
-        since = self.since
-        return 0.0 if since is None else time.monotonic() - since
-
-
 def register(app, runtime: Runtime) -> None:
     metrics.BUILD_INFO.info({"version": runtime.worker_version})
     lag_series: set[tuple[str, str]] = set()
-    clock = AssignmentClock()
-    app.sensors.add(clock)
-    metrics.ASSIGNMENT_PENDING.set_function(clock.seconds)  # read at each scrape
+    metrics.ASSIGNMENT_PENDING.set_function(app.assignment_pending_s)  # read at each scrape
 
     def warm_up_backends() -> None:
         """Build noisy backends and their readout calibration before the first job needs

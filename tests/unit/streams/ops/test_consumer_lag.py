@@ -14,7 +14,7 @@ class FakeApp:
     def __init__(self, consumer) -> None:
         self.consumer = consumer
         self.timers = []
-        self.sensors = SimpleNamespace(add=lambda sensor: None)
+        self.assignment_pending_s = lambda: 0.0
 
     def page(self, path):
         return lambda function: function
@@ -127,16 +127,18 @@ def test_a_worker_taking_its_partitions_shows_how_long_it_has_been_at_it() -> No
     its rebalance's until the rebalance ends, read at each scrape."""
     import time
 
-    clock = observability.AssignmentClock()
-    app = SimpleNamespace(sensors=SimpleNamespace(add=lambda sensor: None))
+    from streams.kafka.flow import App
+
+    app = App("pending-test", broker="kafka://127.0.0.1:1")
     time.sleep(0.05)
-    assert clock.seconds() >= 0.05  # since its start: not assigned yet
-    clock.on_rebalance_end(app, clock.on_rebalance_start(app))
-    assert clock.seconds() == 0.0
-    clock.on_rebalance_start(app)
+    assert app.assignment_pending_s() >= 0.05  # since its start: not assigned yet
+    app.on_rebalance_start()
+    app.on_rebalance_end()
+    assert app.assignment_pending_s() == 0.0
+    app.on_rebalance_start()
     time.sleep(0.05)
-    started = clock.seconds()
-    clock.on_rebalance_start(app)  # a rebalance again before the first ended: still counted
-    assert clock.seconds() >= started >= 0.05
-    clock.on_rebalance_end(app, {})
-    assert clock.seconds() == 0.0
+    started = app.assignment_pending_s()
+    app.on_rebalance_start()  # a rebalance again before the first ended: still counted
+    assert app.assignment_pending_s() >= started >= 0.05
+    app.on_rebalance_end()
+    assert app.assignment_pending_s() == 0.0
