@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import threading
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -35,7 +34,6 @@ import numpy as np
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 from qiskit.quantum_info import Kraus, Operator
-from qiskit.result.postprocess import format_counts_memory
 from qiskit.transpiler import Target
 from qiskit_aer.library import SaveProbabilities
 from qiskit_aer.noise import NoiseModel, QuantumError, ReadoutError
@@ -53,6 +51,7 @@ from workers.backends.aer import (
     final_measurements,
     is_measurement,
     new_simulator,
+    shot_counts,
 )
 from workers.backends.aer_binding import bound
 from workers.backends.aer_estimates import DENSITY_MATRIX_RATE, exact_sampling_seconds
@@ -511,34 +510,16 @@ def sample_components(
     """Per-shot outcomes drawn component by component from one seeded generator, as Qiskit
     count keys (clbit 0 rightmost, registers separated by spaces)."""
     rng = np.random.default_rng(seed % 2**64)
-    # One column per measured clbit, in clbit order: a column per declared clbit made 1M
-    # shots of a 1,024-bit register a 977 MiB array, refused as a MemoryError (a red-team
-    # run); the others are 0 in every shot.
     measured = sorted({clbit for part in parts for clbit in part.clbits})
-    column = {clbit: i for i, clbit in enumerate(measured)}
-    bits = np.zeros((shots, max(len(measured), 1)), dtype=np.uint8)
+    column = {clbit: j for j, clbit in enumerate(measured)}
+    bits = np.zeros((shots, len(measured)), dtype=np.uint8)
     for part, p in zip(parts, distributions, strict=True):
         p = np.clip(p, 0.0, None)
         p = p / p.sum()
         outcomes = rng.choice(len(p), size=shots, p=p)
         for k, clbit in enumerate(part.clbits):
             bits[:, column[clbit]] = (outcomes >> k) & 1
-    width = bits.shape[1]
-    packed = np.packbits(bits[:, ::-1], axis=1)  # last column first, zero-padded at the end
-    padding = 8 * packed.shape[1] - width
-    tallies = Counter(row.tobytes() for row in packed)
-    header = {
-        "creg_sizes": [list(r) for r in measurements.creg_sizes],
-        "memory_slots": measurements.num_clbits,
-    }
-    in_place = measured == list(range(len(measured)))
-    counts: dict[str, int] = {}
-    for row, tally in sorted(tallies.items()):
-        compact = int.from_bytes(row, "big") >> padding
-        value = compact if in_place else sum(
-            1 << clbit for i, clbit in enumerate(measured) if compact >> i & 1)
-        counts[format_counts_memory(hex(value), header)] = int(tally)
-    return counts
+    return shot_counts(bits, measured, measurements)
 
 
 def device_backend(

@@ -292,6 +292,13 @@ class IBMRuntimeBackend:
                 counts[i] = c
         return counts  # type: ignore[return-value]
 
+    @property
+    def calibrates_apart(self) -> bool:
+        """Readout calibration qubit by qubit (workers/mitigation/readout.py): local mode
+        simulates the state of every qubit a circuit acts on, all 133 of them for the
+        all-qubit calibration circuits."""
+        return self.mode_name == "local"
+
     def estimated_seconds(self, circuit: QuantumCircuit, shots: int) -> float:
         """Seconds of one core local mode needs for `circuit`: Aer samples the fake backend's
         noise model shot by shot over the circuit's active qubits, converting each circuit.
