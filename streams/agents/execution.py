@@ -435,13 +435,11 @@ async def one_tenants_call(runtime: Runtime,
     # process, which refused them (a red-team run).
     refused = {j.source.address: (error, 0.0) for j in jobs
                if (error := past_simulation_limit(runtime, j.prepared)) is not None}
-    # A backend still in a call past its timeout that its jobs cannot leave for the simulator
-    # process: those jobs alone are refused, not the batch (a healthy backend's job in a
-    # batch with a hung one was refused with it, and its breaker opened; a red-team run).
-    # A simulator of the worker's own that is overrunning sends its jobs to the simulator
-    # process, alone (left out here) when the batch also has a backend that cannot go there:
-    # the batch went to the threads, and every job in it was refused with the overrunning
-    # one's (the review of a red-team fix).
+    # A backend still in a call past its timeout: its jobs alone are refused when they cannot
+    # leave for the simulator process (a healthy backend's job in a batch with a hung one was
+    # refused with it, and its breaker opened; a red-team run), and left out of a batch that
+    # cannot go there, to go alone (such a batch went to the threads, and every job in it was
+    # refused with the overrunning one's).
     left_out: set[str] = set()
     if runtime.overrunning_calls:
         backends = {j.prepared.backend for j in jobs}

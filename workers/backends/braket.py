@@ -186,7 +186,7 @@ class BraketLocalBackend:
         active = active_qubit_count(circuit)
         per_entry = (DENSITY_ENTRY_SECONDS * 4.0**active if self.noise is not None
                      else AMPLITUDE_SECONDS * 2.0**active)
-        measured = sum(1 for item in circuit.data if item.operation.name == "measure")
+        measured = circuit.count_ops().get("measure", 0)
         return (operation_count(circuit) * (OPERATION_SECONDS + per_entry)
                 + shots * (SHOT_SECONDS + measured * SHOT_BIT_SECONDS))
 

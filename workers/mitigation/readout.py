@@ -103,12 +103,9 @@ def measure_calibration(
         groups = [range(n)]
     counts = backend.run([c for qubits in groups for c in calibration_circuits(n, qubits)],
                          shots, seed)
-    flips_0 = np.zeros(n, dtype=np.int64)  # read 1 | prepared 0
-    flips_1 = np.zeros(n, dtype=np.int64)  # read 0 | prepared 1
-    for qubits, zeros, ones in zip(groups, counts[::2], counts[1::2], strict=True):
-        flips_0[qubits.start:qubits.stop] = _ones_per_qubit(zeros, n)[qubits.start:qubits.stop]
-        flips_1[qubits.start:qubits.stop] = (
-            shots - _ones_per_qubit(ones, n)[qubits.start:qubits.stop])
+    # Each qubit is measured in one group's circuits only (its clbit reads 0 in the others).
+    flips_0 = sum(_ones_per_qubit(zeros, n) for zeros in counts[::2])  # read 1 | prepared 0
+    flips_1 = shots - sum(_ones_per_qubit(ones, n) for ones in counts[1::2])  # read 0 | 1
     matrices = []
     for q in range(n):
         p10 = float(flips_0[q]) / shots

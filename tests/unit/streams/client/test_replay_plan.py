@@ -213,6 +213,23 @@ def test_an_older_dead_stage_record_finds_its_tenant_and_lane(source, priority, 
     assert codec("JobRequest").decode(rerun.value)["parent_workflow_id"] == "wf-1"
 
 
+class FakeProducer:
+    """AIOKafkaProducer's lifecycle for replay(); a test's subclass says what `send` does."""
+
+    def __init__(self, **options) -> None:
+        self.options = options
+        self.sent = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+
 def copies_left(records):
     """What one replay of `records` sends (the EarlierCopies decisions, in order)."""
     copies = EarlierCopies()
@@ -386,21 +403,9 @@ def test_a_record_the_broker_did_not_take_is_reported_failed_not_replayed(monkey
         for each in records:
             yield each
 
-    class Producer:
-        def __init__(self, **options) -> None:
-            assert options["acks"] == "all"
-            self.sent = 0
-
-        async def start(self) -> None:
-            pass
-
-        async def stop(self) -> None:
-            pass
-
-        async def flush(self) -> None:
-            pass
-
+    class Producer(FakeProducer):
         async def send(self, topic, value, key, headers):
+            assert self.options["acks"] == "all"
             self.sent += 1  # calls 2, 5 and 8 fail on delivery, call 10 in send itself
             if self.sent == 10:
                 raise KafkaTimeoutError()
@@ -467,16 +472,7 @@ def test_an_interrupted_replay_reports_what_it_delivered(monkeypatch):
             yield record(NAMES.jobs, request_bytes(f"wf-{i}"), key=f"wf-{i}".encode(), offset=i)
         raise KeyboardInterrupt
 
-    class Producer:
-        def __init__(self, **options) -> None:
-            pass
-
-        async def start(self) -> None:
-            pass
-
-        async def stop(self) -> None:
-            pass
-
+    class Producer(FakeProducer):
         async def send(self, topic, value, key, headers):
             delivery = asyncio.get_running_loop().create_future()
             asyncio.get_running_loop().call_later(0.01, delivery.set_result, None)
