@@ -249,7 +249,7 @@ class JobSpec:
         return cls(
             workflow_id=workflow_id,
             circuit=circuit,
-            circuit_format=str(field("circuit_format")).lower(),
+            circuit_format=field("circuit_format"),
             parameter_sets=_parameter_sets(field("parameter_sets")),
             observables=tuple(
                 _observable_from_record(o)

@@ -122,7 +122,9 @@ def register(app, runtime: Runtime, table) -> None:
             return "cancelled"  # cancelled before it ran: not run, not charged
         runtime.apply_controls(job.prepared.backend)
         mark(table, job.workflow_id, "executing")
-        await runtime.status(job.workflow_id, "executing", STAGE, detail=job.prepared.backend)
+        if not runner.past_deadline(job):  # else no backend call: it fails or falls back
+            await runtime.status(job.workflow_id, "executing", STAGE,
+                                 detail=job.prepared.backend)
         outcome, share = outcomes.get(source.address, (None, 0.0))
         executed = await runner.run(job, outcome, share)
         await finish(job, executed)

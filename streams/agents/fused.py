@@ -113,7 +113,8 @@ async def run_fused(runtime: Runtime, table, runner: JobRunner, source: SourceRe
         if flight.poisoned():
             error = flight.poison_error(source.address)
             raise StageFailure(workflow_id, error, error.attempts, stage=execution.STAGE)
-    await runtime.status(workflow_id, "executing", execution.STAGE, detail=prepared.backend)
+    if not runner.past_deadline(job):  # else no backend call: it fails or falls back
+        await runtime.status(workflow_id, "executing", execution.STAGE, detail=prepared.backend)
     if marked:
         await flight.running([source.address])
     started = time.perf_counter()

@@ -89,12 +89,17 @@ def test_over_budget_is_dead_lettered_or_falls_back_per_policy(budgeted):
 def test_missed_deadline_falls_back_and_says_why(budgeted):
     late = job_request(workflow_id=wf("late"), circuit=BELL, shots=100, deadline_ms=1,
                        submitted_at_ms=int(time.time() * 1000) - 10_000, fallback=["classical"])
-    result = submit_and_wait(budgeted, [late])[late["workflow_id"]].result
+    rescued = submit_and_wait(budgeted, [late])[late["workflow_id"]]
+    result = rescued.result
     assert result["mode"] == "fallback" and result["fallback_reason"] == "deadline_missed"
     hopeless = job_request(workflow_id=wf("hopeless"), circuit=BELL, shots=100, deadline_ms=1,
                            submitted_at_ms=int(time.time() * 1000) - 10_000)
     outcome = submit_and_wait(budgeted, [hopeless])[hopeless["workflow_id"]]
     assert outcome.state == "failed" and "DeadlineExceeded" in outcome.detail
+    # Neither was sent to its backend, so neither says `executing` (a red-team Go client saw
+    # it for a job that never ran).
+    for history in (rescued.history, outcome.history):
+        assert "prepared" in history and "executing" not in history, history
 
 
 def test_fallback_crosses_vendors_each_backend_on_its_own_terms(budgeted):

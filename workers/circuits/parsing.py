@@ -10,8 +10,9 @@ from qiskit import QuantumCircuit, qasm2
 
 from workers.errors import InvalidCircuit, ResourceLimitExceeded
 
-# The first statement after leading whitespace and comments, if it is an OPENQASM 3 header.
-_QASM3_HEADER = re.compile(r"\A(?:\s+|//[^\n]*(?:\n|\Z)|/\*.*?\*/)*OPENQASM\s+3\b", re.DOTALL)
+# The first statement after leading whitespace and comments, if it is an OPENQASM header; the
+# group is its major version.
+_HEADER = re.compile(r"\A(?:\s+|//[^\n]*(?:\n|\Z)|/\*.*?\*/)*OPENQASM\s+(\d+)\b", re.DOTALL)
 _MAX_MESSAGE = 200
 CIRCUIT_FORMATS = ("auto", "qasm2", "qasm3")
 # Parsed circuits by source text. OpenQASM 3 parsing (ANTLR) takes 1.4-17 ms per circuit here
@@ -26,7 +27,13 @@ _QASM2_DEFINED = re.compile(r"\b(?:gate|opaque)\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 def detect_format(source: str) -> str:
     """ "qasm3" when the program opens with an `OPENQASM 3` header, otherwise "qasm2"."""
-    return "qasm3" if _QASM3_HEADER.match(source) else "qasm2"
+    return "qasm3" if declared_version(source) == "3" else "qasm2"
+
+
+def declared_version(source: str) -> str | None:
+    """The major version of the program's OPENQASM header, or None without one."""
+    header = _HEADER.match(source)
+    return header.group(1) if header else None
 
 
 def resolve_format(source: str, fmt: str = "auto") -> str:
@@ -35,7 +42,16 @@ def resolve_format(source: str, fmt: str = "auto") -> str:
         raise InvalidCircuit(f"circuit source must be text, not {type(source).__name__}")
     if fmt not in CIRCUIT_FORMATS:
         raise InvalidCircuit(f"unknown circuit format {fmt!r} (expected auto, qasm2 or qasm3)")
-    return detect_format(source) if fmt == "auto" else fmt
+    if fmt == "auto":
+        return detect_format(source)
+    # Parsed as the other dialect, a program fails on its include or its first gate, and the
+    # error does not say why (a red-team Go client's qasm3 job with an OPENQASM 2.0 header was
+    # told qelib1.inc is forbidden).
+    version = declared_version(source)
+    if version is not None and version != fmt[-1]:
+        raise InvalidCircuit(f"circuit_format is {fmt} but the program's header is OPENQASM "
+                             f"{version}: send circuit_format auto, or the header's dialect")
+    return fmt
 
 
 def parse_circuit(source: str, fmt: str = "auto") -> QuantumCircuit:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from workers.errors import InvalidJob, InvalidObservable, ParameterMismatch
+from workers.errors import InvalidCircuit, InvalidJob, InvalidObservable, ParameterMismatch
 from workers.execution.preparation import prepare
 from workers.jobs import JobSpec, ObservableSpec, PauliTerm, parse_observable
 from workers.limits import Limits
@@ -137,3 +137,12 @@ def test_a_byte_order_mark_does_not_hide_an_openqasm_3_header(registry, cache) -
     assert spec.circuit == source[1:]
     prepared = prepare(spec, registry, cache, Limits())  # stdgates.inc is allowed in QASM 3
     assert prepared.templates[0].num_qubits >= 2
+
+
+def test_a_circuit_format_is_one_of_the_schemas_values_as_sent(registry, cache) -> None:
+    # "QASM2" ran as qasm2 under a fingerprint of its own, and " Auto " was quoted back as
+    # ' auto ', which the client never sent (a red-team Go client).
+    for sent in ("QASM2", " Auto "):
+        spec = JobSpec.from_record({**AVRO_RECORD, "circuit_format": sent})
+        with pytest.raises(InvalidCircuit, match=f"unknown circuit format {sent!r}"):
+            prepare(spec, registry, cache, Limits())
