@@ -222,7 +222,7 @@ def test_ibm_runtime_adapter_runs_sampler_v2_in_local_mode_with_the_jobs_seed(re
                                                                            cache) -> None:
     adapter = registry.get("ibm_runtime.sherbrooke")
     device = registry.get("ibm.sherbrooke")
-    assert adapter.calibration_version == device.calibration_version and adapter.seeded
+    assert adapter.calibration_version == device.calibration_version
     template, _ = cache.transpile(bell(), adapter)
     qc = template.copy()
     counts = adapter.run([template, qc], 4000, 21)
@@ -233,6 +233,42 @@ def test_ibm_runtime_adapter_runs_sampler_v2_in_local_mode_with_the_jobs_seed(re
     assert counts[1] == direct
     # and agrees with qlane's own device simulation of the snapshot
     assert tvd(counts[0], device.run([template], 4000, 21)[0]) < 0.04
+
+
+def test_ibm_runtime_local_mode_counts_are_the_runtimes_under_the_noise_of_its_qubits(
+        registry, cache) -> None:
+    """Through qiskit-ibm-runtime's SamplerV2 a call deep-copied the fake backend and gave Aer
+    the noise of every qubit to convert: 12-17 s for one Bell job on torino, which held a
+    batch of 30 past the execute timeout (a red-team run). Local mode calls Qiskit's
+    BackendSamplerV2, as the runtime's local mode does, with the noise of the qubits its
+    circuits act on: the same counts, bit for bit."""
+    import warnings
+
+    from qiskit_ibm_runtime import SamplerV2
+
+    adapter = registry.get("ibm_runtime.sherbrooke")
+    qc = QuantumCircuit(3, 3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(1, 2)
+    qc.delay(800, 1)  # the fake backend's relaxation noise pass acts on delays
+    qc.reset(2)
+    qc.x(2)
+    qc.measure([0, 1, 2], [0, 1, 2])
+    template, _ = cache.transpile(qc, adapter)
+    ours = adapter.run([template, template], 3000, [7, 7 + 2113])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampler = SamplerV2(mode=ibm.fake_backend("sherbrooke"))
+        sampler.options.default_shots = 3000
+        sampler.options.simulator.seed_simulator = 7
+        theirs = [ibm.register_counts(template, pub.data)
+                  for pub in sampler.run([template, template]).result()]
+    assert ours == theirs
+    acted_on = ibm.acted_on(template)
+    noise = adapter._noise.on([template])
+    assert len(acted_on) == 3 and noise.noise_qubits == sorted(acted_on)
+    assert adapter._noise.on([template.copy()]) is noise  # one model per set of qubits
 
 
 def test_ibm_runtime_local_mode_refuses_a_simulation_past_the_limit_before_running_it(
@@ -255,6 +291,16 @@ def test_ibm_runtime_local_mode_refuses_a_simulation_past_the_limit_before_runni
     bell_job = dict(request, circuit=BELL_QASM, workflow_id="bell")
     prepared = prepare(JobSpec.from_record(bell_job), registry, TranspileCache(), Limits())
     assert 0 < simulation_estimate(prepared, registry.get("ibm_runtime.torino")) < 1
+    # Shots past 2^n: Aer samples a density matrix once. 500 rx+cx pairs on 2 qubits at
+    # 100,000 shots ran 0.23 s and were refused as "about 612 s" of trajectories (a red-team
+    # run).
+    pairs = ["OPENQASM 3.0;", 'include "stdgates.inc";', "qubit[2] q;", "bit[2] c;"]
+    pairs += [f"rx({0.01 * k:.2f}) q[0];\ncx q[0], q[1];" for k in range(500)]
+    pairs.append("c = measure q;")
+    many_shots = dict(request, circuit="\n".join(pairs) + "\n", shots=100_000,
+                      workflow_id="pairs")
+    prepared = prepare(JobSpec.from_record(many_shots), registry, TranspileCache(), Limits())
+    assert simulation_estimate(prepared, registry.get("ibm_runtime.torino")) < 5
 
 
 def test_ibm_runtime_local_mode_refuses_a_circuit_wider_than_its_simulator_holds(

@@ -90,9 +90,9 @@ def test_explicit_format_overrides_detection() -> None:
 
 
 def test_a_format_contradicting_the_programs_header_is_named() -> None:
-    for fmt, source in (("qasm3", BELL_QASM2), ("qasm2", QASM3_GATE_AND_INPUT)):
+    for fmt, source, header in (("qasm3", BELL_QASM2, "2"), ("qasm2", QASM3_GATE_AND_INPUT, "3")):
         with pytest.raises(InvalidCircuit, match=f"circuit_format is {fmt} but the program's "
-                                                 f"header is OPENQASM {'2' if fmt == 'qasm3' else '3'}"):
+                                                 f"header is OPENQASM {header}"):
             parse_circuit(source, fmt)
     assert parse_circuit(BELL_QASM2, "qasm2").num_qubits == 2
     assert parse_circuit("qubit[1] q;\nU(0, 0, 0) q[0];", "qasm3").num_qubits == 1  # no header
