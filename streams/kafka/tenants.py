@@ -86,7 +86,8 @@ def worker_acls(settings: Settings, principal: str) -> list[Acl]:
 
     - topics `{prefix}.*`: the job, stage, result, status, cost, drift, dead-letter and control
       topics, the tenants' topics included: read, write, describe, and create (the worker
-      creates missing topics at start; drop `create` if an administrator creates them first);
+      creates missing topics at start; drop `create` if an administrator creates them first),
+      and describe_configs (the start-up check of the largest record each topic takes);
     - topics `{app_id}-workflows-changelog` (the table's changelog) and
       `{app_id}-__assignor-__leader` (Faust's leader election), the same four, by their
       literal names, and describe_configs on the changelog (the start-up check of its
@@ -102,7 +103,7 @@ def worker_acls(settings: Settings, principal: str) -> list[Acl]:
     prefix, app_id = settings.topic_prefix, settings.app_id
     topic_ops = ("read", "write", "describe", "create")
     return [
-        *_grants(principal, "topic", f"{prefix}.", "prefixed", *topic_ops),
+        *_grants(principal, "topic", f"{prefix}.", "prefixed", *topic_ops, "describe_configs"),
         *_grants(principal, "topic", changelog_topic(settings), "literal", *topic_ops,
                  "describe_configs"),
         *_grants(principal, "topic", leader_topic(settings), "literal", *topic_ops),

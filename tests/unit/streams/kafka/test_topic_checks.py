@@ -161,3 +161,35 @@ def test_records_that_are_no_table_entry_do_not_count_towards_a_misplaced_change
     assert misplaced_share(list(zip(elsewhere, keys, junk, strict=True)), 4) == (0, 0)
     entries = [json.dumps({"state": "done"}).encode()] * 8
     assert misplaced_share(list(zip(elsewhere, keys, entries, strict=True)), 4) == (8, 8)
+
+
+def test_a_worker_refused_a_topics_record_limit_stops_with_the_reason(monkeypatch):
+    """With the worker ACLs of 0.3.0 (describe_configs on the changelog only) every other
+    topic answered TopicAuthorizationFailed and was skipped unsaid: a results topic limited to
+    150,000 bytes then refused a 256 KB result, and the worker stopped at that job at every
+    start (a red-team run on Kafka 3.9)."""
+    from streams.kafka.security import AccessRefused
+
+    def answer(*errors: int):
+        return [SimpleNamespace(resources=[
+            (error, None, 2, f"t.qlane.topic{i}", [("max.message.bytes", "150000")])
+            for i, error in enumerate(errors)])]
+
+    class Admin(ConfigsAdmin):
+        def __init__(self, **_) -> None:
+            super().__init__(answers.pop(0))
+
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(topic_checks, "AIOKafkaAdminClient", Admin)
+    topics = ["t.qlane.topic0", "t.qlane.topic1"]
+    answers = [answer(0, 29), answer(0, 0)]
+    with pytest.raises(AccessRefused, match=r"max.message.bytes of t.qlane.topic1 "
+                                            r"\(DESCRIBE_CONFIGS on the prefix t.qlane."):
+        asyncio.run(topic_checks.written_record_limit(KAFKA, topics))
+    assert asyncio.run(topic_checks.written_record_limit(KAFKA, topics)) == (
+        150000 - topic_checks.RECORD_BATCH_OVERHEAD_BYTES, "t.qlane.topic0")
