@@ -112,6 +112,10 @@ def record_bytes(key: bytes | None, value: bytes | None,
             + sum(len(name.encode()) + len(value or b"") + 10 for name, value in headers))
 
 
+NULL_RECORD_NOTE = (b"a null key and a null value: the dead letter's value is empty; the "
+                    b"record stays at its source topic and offset")
+
+
 def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
                     limit: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """Key, value and headers of a dead letter that a producer can send (`limit`: its maximum
@@ -126,6 +130,11 @@ def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[
     them), else the value, the original headers, the key. The record itself stays in its
     source topic at the offset the dead letter names."""
     if record_bytes(key, value, headers) <= limit:
+        if key is None and value is None:
+            # A producer sends a record with a key or a value (aiokafka asserts it): a keyless
+            # tombstone, or an unreadable batch too large to carry, stopped the worker at
+            # every start (a red-team run).
+            return None, b"", headers + [(OMITTED_HEADER, NULL_RECORD_NOTE)]
         return key, value, headers
     omitted = []
     ours = [(name, text) for name, text in headers if name.startswith(HEADER_PREFIX)]

@@ -34,6 +34,23 @@ def produce(settings, records: list[tuple[bytes | None, bytes]], compression: st
     asyncio.run(go())
 
 
+def produce_null_record(settings) -> None:
+    """A record with a null key and a null value, as Java and librdkafka producers may send
+    (aiokafka's send refuses it; its batch builder does not)."""
+    async def go():
+        producer = AIOKafkaProducer(**kafka_options(settings))
+        await producer.start()
+        try:
+            batch = producer.create_batch()
+            batch.append(key=None, value=None, timestamp=None)
+            sent = await producer.send_batch(batch, f"{settings.topic_prefix}.jobs", partition=0)
+            await sent
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
 def bell_job(prefix: str) -> dict:
     return job_request(workflow_id=f"{prefix}-{uuid.uuid4().hex[:8]}", circuit=BELL, shots=64)
 
@@ -87,6 +104,31 @@ def test_a_decompression_bomb_is_dead_lettered_and_the_next_job_runs(settings, w
     assert len(letters) == 1, dead_letters(settings)
     assert letters[0]["qlane.dlq.error.class"] == "UnreadableRecordBatch"
     assert letters[0]["value"] and len(letters[0]["value"]) < len(bomb) // 100  # the raw batch
+    assert worker.poll() is None
+
+
+def test_records_without_key_and_value_and_unreadable_batches_too_large_to_carry_are_dead_lettered(
+        settings, worker):
+    """Each stopped the worker at every start (the dead letter had neither key nor value,
+    which aiokafka's producer asserts against): a keyless tombstone, and an unreadable batch
+    past the 512 KiB a dead letter carries of it (every snappy bomb is; a red-team run)."""
+    import os
+
+    after = bell_job("after-null")
+    noise = os.urandom(600_000) + b"\0" * (20 * 1024 * 1024)  # ~600 KB as zstd, 20 MiB inside
+
+    def send():
+        produce_null_record(settings)
+        produce(settings, [(None, noise)], "zstd", max_request_size=64 * 1024 * 1024)
+        produce(settings, [(after["workflow_id"].encode(), codec("JobRequest").encode(after))],
+                None)
+
+    outcome = wait_for_results(settings, [after], send)[after["workflow_id"]]
+    assert outcome.state == "done", outcome
+    empty = [letter for letter in dead_letters(settings) if letter["key"] is None
+             and letter["value"] == b"" and "qlane.dlq.omitted" in letter]
+    classes = sorted(letter["qlane.dlq.error.class"] for letter in empty)
+    assert "UnreadableRecordBatch" in classes and len(classes) >= 2, classes
     assert worker.poll() is None
 
 

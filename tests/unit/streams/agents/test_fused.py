@@ -104,6 +104,10 @@ class FakeRunner:
     async def charge_once(self, job, executed):
         self.runtime.events.append(("charge",))
 
+    @staticmethod
+    def past_deadline(job) -> bool:
+        return False
+
 
 @pytest.fixture
 def prepared_bell():

@@ -53,6 +53,17 @@ def test_a_dead_letter_that_fits_is_sent_whole():
         b"wf-1", b"v" * 1000, headers)
 
 
+def test_a_record_with_neither_key_nor_value_gets_a_dead_letter_a_producer_sends():
+    """aiokafka asserts that a record has a key or a value: a keyless tombstone on a job topic,
+    or an unreadable batch too large to carry, stopped the worker at every start (a red-team
+    run)."""
+    ours = [("qlane.dlq.stage", b"preprocess")]
+    key, value, headers = fit_dead_letter(None, None, ours, 1_000_000)
+    assert key is None and value == b""
+    assert headers[:1] == ours and dict(headers)[OMITTED_HEADER].startswith(
+        b"a null key and a null value")
+
+
 def test_what_does_not_fit_the_producer_is_left_out_and_named():
     ours = [("qlane.dlq.source.offset", b"41")]
     value = b"v" * 2_000_000
