@@ -362,6 +362,10 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
     def result(self, timeout: float | None = None) -> PrimitiveResult:
         if not self._done.wait(timeout):
             raise ResultTimeout(f"job {self.job_id()} has no result after {timeout}s")
+        if self._gave_up_waiting() and self._all_cancelled():
+            # Cancelled after its ResultTimeout: it said CANCELLED and raised the timeout.
+            raise JobCancelled(f"job {self.job_id()} was cancelled after it waited out its "
+                               "timeout: not run")
         if self._error is not None:
             raise self._error
         return self._result

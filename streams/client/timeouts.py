@@ -54,11 +54,50 @@ async def open_client(settings: Settings, tenant: str | None, within: float | De
             return await within.step(awaitable, what)
         return await bounded(awaitable, within, what)
 
-    client = Client(settings, tenant)
-    await step(client.__aenter__(), f"connecting to {settings.broker}")
+    client = await connected(settings, tenant,
+                             within if isinstance(within, Deadline) else Deadline(within))
     try:
         if watch:
             await step(client.start_watching(), f"reading the outcome topics on {settings.broker}")
         yield client
     finally:
         await client.__aexit__(None, None, None)
+
+
+async def connected(settings: Settings, tenant: str | None, deadline: Deadline) -> Client:
+    """A started Client. A cluster that refuses connections (a broker restarting, not up
+    yet) is asked again until the deadline, as one that takes them and does not answer is
+    waited for: during a 17 s broker restart every `job.result()` raised aiokafka's
+    KafkaConnectionError at once, and a VQE loop under scipy's COBYLA died of it (a red-team
+    run). Past the deadline: BrokerTimeout (retryable), naming the last error."""
+    from streams.kafka.security import AccessRefused, broker_unavailable, check_authentication
+
+    what = f"connecting to {settings.broker}"
+    asked_credentials = settings.security_protocol == "PLAINTEXT"
+    refused: Exception | None = None
+    while True:
+        client = Client(settings, tenant)
+        try:
+            return await deadline.step(client.__aenter__(), what)
+        except Exception as error:
+            if isinstance(error, BrokerTimeout) and refused is not None:
+                error = refused  # the last attempt only ran out of time
+            elif isinstance(error, BrokerTimeout) or not broker_unavailable(error):
+                raise
+            refused = error
+            if not asked_credentials:  # refused credentials look like a failed connection
+                asked_credentials = True
+                try:
+                    await bounded(check_authentication(settings), deadline.left(), what)
+                except AccessRefused:
+                    raise
+                except Exception:  # noqa: BLE001 - not a refusal: ask again below
+                    pass
+            if deadline.left() <= 0:
+                raise BrokerTimeout(
+                    f"{what}: the cluster did not take a connection within "
+                    f"{deadline.timeout_s:g}s ({type(error).__name__}: {error})") from None
+            await asyncio.sleep(min(RECONNECT_PAUSE_S, deadline.left()))
+
+
+RECONNECT_PAUSE_S = 1.0

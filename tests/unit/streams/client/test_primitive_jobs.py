@@ -10,7 +10,7 @@ from qiskit import QuantumCircuit
 from qiskit.providers import JobStatus
 
 from streams.client import primitives
-from streams.client.errors import BrokerTimeout, ResultTimeout
+from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout
 from streams.client.kafka import Outcome
 from streams.client.primitives import Sampler
 from workers.errors import InvalidObservable
@@ -31,6 +31,23 @@ def test_a_broker_that_never_answers_fails_the_job_within_its_timeout(silent_bro
     with pytest.raises(BrokerTimeout, match="no answer from the broker within 1.5s"):
         job.result()
     assert time.monotonic() - started < 15
+
+
+def test_a_broker_that_refuses_connections_is_asked_again_until_the_timeout():
+    """A broker restarting refuses connections: job.result() raised aiokafka's
+    KafkaConnectionError at once, and a VQE loop under scipy's COBYLA died of it (a red-team
+    run). It is asked again until timeout_s, then it is a BrokerTimeout (retryable)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    job = Sampler(address, timeout_s=3).run([bell()])
+    with pytest.raises(BrokerTimeout, match="did not take a connection within 3s") as raised:
+        job.result()
+    assert raised.value.retryable
+    assert 2.5 < time.monotonic() - started < 15
 
 
 class FakeClient:
@@ -96,6 +113,10 @@ def test_a_job_whose_wait_timed_out_is_not_final_and_its_cancel_says_what_happen
     if status != JobStatus.QUEUED:
         assert job.in_final_state()
         assert job.cancel() is False  # nothing left to cancel
+    # A job CANCELLED raises JobCancelled, as one cancelled before its timeout (it raised
+    # the ResultTimeout again: a red-team run); one that ran or waits still times out.
+    with pytest.raises(JobCancelled if status == JobStatus.CANCELLED else ResultTimeout):
+        job.result()
 
 
 def test_the_pubs_that_ran_ride_on_the_error_of_one_that_failed(monkeypatch):
