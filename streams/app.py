@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     app.qlane_idle_commit_s = settings.idle_commit_s
     app.qlane_transaction_linger_s = settings.effective_transaction_linger_s
     shutdown.install(app, settings)
-    record_batches.install(settings.max_uncompressed_batch_mb * record_batches.MIB)
+    record_batches.install(settings.max_uncompressed_batch_mb * record_batches.MIB,
+                           settings.max_held_records_mb * record_batches.MIB)
     names = TopicNames.from_settings(settings)
     runtime = Runtime(settings=settings, names=names, app=app)
     for short_name, topic_name in vars(names).items():

@@ -22,6 +22,7 @@ from streams.workflow.deadletter import (
     JOB_ORIGIN_HEADER,
     JOB_RECORD_HEADER,
     JOB_TOPIC_HEADER,
+    OMITTED_HEADER,
     SourceRecord,
     dead_letter_headers,
     error_class,
@@ -35,6 +36,7 @@ from workers.backends.ibm import IBMAccount
 from workers.backends.layout import DeviceTranspileCache
 from workers.circuits.transpile import TranspileCache
 from workers.cost.model import PriceTable, TenantBudgets, load_price_table
+from workers.errors import RecordHeldBack
 from workers.execution.breaker import BreakerBoard
 from workers.mitigation.readout import ReadoutCalibrationCache
 
@@ -273,6 +275,9 @@ class Runtime:
                 headers.append((JOB_RECORD_HEADER, str(entry["source"]).encode()))
                 if isinstance(entry.get("origin"), str):
                     headers.append((JOB_ORIGIN_HEADER, entry["origin"].encode()))
+        if isinstance(error, RecordHeldBack):
+            # Its value was never taken: a replay reads it from its source.
+            headers.append((OMITTED_HEADER, str(error).encode()[:1000]))
         key, value, headers = fit_dead_letter(
             source.key, source.value, headers, self.max_record_bytes)
         # Stamped now, not with the source's time (kept in `qlane.dlq.source.timestamp`): a

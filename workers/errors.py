@@ -58,6 +58,12 @@ class UnreadableRecordBatch(UndecodableRecord):
     `max_uncompressed_batch_mb` once decompressed (streams/kafka/record_batches.py)."""
 
 
+class RecordHeldBack(UndecodableRecord):
+    """The worker held as many bytes of large records as it may (max_held_records_mb) when
+    this one came: it was not taken, and its value stays in its topic for a replay
+    (streams/kafka/record_batches.py)."""
+
+
 class RecordTooLarge(PermanentError):
     """A record qlane would have to send on (re-routed to its key's partition) is larger than
     its producer may send."""

@@ -29,7 +29,7 @@ from workers.circuits.sandbox import (
     SandboxRequest,
     rebuild_error,
 )
-from workers.errors import QlaneError, UndecodableRecord, UnreadableRecordBatch
+from workers.errors import QlaneError, RecordHeldBack, UndecodableRecord, UnreadableRecordBatch
 from workers.execution.preparation import (
     PreparedJob,
     prepare,
@@ -236,6 +236,10 @@ def refuse_unreadable(source: SourceRecord) -> None:
     """A record that stands for a batch the consumer could not read
     (streams/kafka/record_batches.py) is dead-lettered with the reason, whatever the stage."""
     headers = dict(source.headers)
+    held_back = headers.get(record_batches.HELD_BACK_HEADER)
+    if held_back is not None and source.value is None:
+        raise RecordHeldBack(f"record at {source.topic}:{source.partition}:{source.offset}: "
+                             f"{held_back.decode(errors='replace')}")
     reason = headers.get(record_batches.UNREADABLE_HEADER)
     if reason is not None:
         offsets = headers.get(record_batches.UNREADABLE_OFFSETS_HEADER) or b"?"
