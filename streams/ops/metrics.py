@@ -48,7 +48,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 STAGE_DURATION = Histogram(
     "qlane_stage_duration_seconds",
-    "Time a stage spent on one record, seconds.",
+    "Time a stage spent handling one record, seconds; a batch's backend call, made before "
+    "its records are handled, is in qlane_backend_call_seconds.",
     ["stage"],
     buckets=DURATION_BUCKETS,
     registry=REGISTRY,
@@ -116,6 +117,14 @@ TRANSPILE_CACHE_LOOKUPS = Counter(
     "qlane_transpile_cache_lookups_total",
     "Transpile-cache lookups by result (hit or miss).",
     ["result"],
+    registry=REGISTRY,
+)
+BACKEND_CALL_DURATION = Histogram(
+    "qlane_backend_call_seconds",
+    "Wall time of one backend call (a batch of jobs or one job), whatever its outcome; backend "
+    "`several` for a batch on more than one, seconds.",
+    ["backend"],
+    buckets=DURATION_BUCKETS,
     registry=REGISTRY,
 )
 EXECUTE_BATCH_SIZE = Histogram(
@@ -287,6 +296,7 @@ __all__ = [
     "DRIFT_THRESHOLD",
     "DUPLICATES",
     "DURATION_BUCKETS",
+    "BACKEND_CALL_DURATION",
     "EXECUTE_BATCH_SIZE",
     "forget_drift_round",
     "FALLBACKS",

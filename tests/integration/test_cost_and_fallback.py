@@ -179,6 +179,9 @@ def test_a_burst_spends_no_more_than_the_budget_and_runs_no_more(broker_address,
         stop_worker(worker)
     # one circuit a job: the backend ran the charged jobs and no other
     assert metrics["qlane_execute_batch_size_sum"] - before == 4
+    # The calls' wall time, which the records' stage duration leaves out (a red-team run).
+    calls = 'qlane_backend_call_seconds_count{backend="aer.noisy"}'
+    assert metrics[calls] >= 1 and metrics[calls.replace("_count", "_sum")] > 0
     assert metrics['qlane_budget_refusals_total{tenant="burst"}'] == 20
     done = [wf_id for wf_id, outcome in outcomes.items() if outcome.state == "done"]
     refused = [wf_id for wf_id, outcome in outcomes.items()

@@ -97,6 +97,7 @@ def test_the_classical_fallback_is_estimated_and_bounded_as_a_backend_call(
 
     from fallback import classical
     from workers.errors import JobTooLarge, SimulationTimeout
+    from workers.execution.breaker import BreakerOpen
 
     request, prepared = prepared_bell
     request = {**request, "fallback": ["classical"]}
@@ -109,21 +110,27 @@ def test_the_classical_fallback_is_estimated_and_bounded_as_a_backend_call(
     def fallback_error():
         try:
             asyncio.run(JobRunner(runtime, {}).run_fallback(job, "breaker_open",
-                                                            TimeoutError("down")))
+                                                            BreakerOpen("aer.ideal", 30.0)))
         except execution.StageFailure as failure:
             return failure.error
         raise AssertionError("the classical fallback answered")
 
+    # The job is dead-lettered with what sent it to its fallbacks, naming what they said: the
+    # last one's error stood for it, and a backend outage was a `rejected` CircuitTooLarge
+    # that paged nobody (a red-team run).
     monkeypatch.setattr(classical, "classical_seconds", lambda prepared: 5.0)
     started = time.monotonic()
     refused = fallback_error()
-    assert isinstance(refused, JobTooLarge) and "about 5 s > 0.5 s" in str(refused)
+    assert isinstance(refused, BreakerOpen) and refused.backend == "aer.ideal"
+    assert str(refused).startswith("circuit breaker for backend 'aer.ideal' is open")
+    assert "its fallbacks failed too (classical: JobTooLarge:" in str(refused)
+    assert "about 5 s > 0.5 s" in str(refused) and isinstance(refused.__cause__, JobTooLarge)
     assert time.monotonic() - started < 2
     release = threading.Event()
     monkeypatch.setattr(classical, "classical_seconds", lambda prepared: 0.01)
     monkeypatch.setattr(classical, "run_classical", lambda *args: release.wait(10))
     try:
-        assert isinstance(fallback_error(), SimulationTimeout)
+        assert isinstance(fallback_error().__cause__, SimulationTimeout)
     finally:
         release.set()
         runtime.executor.shutdown()

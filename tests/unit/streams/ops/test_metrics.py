@@ -27,6 +27,7 @@ EXPECTED = {
     "qlane_calls_past_timeout": ("gauge", {"backend"}),
     "qlane_transpile_cache_lookups_total": ("counter", {"result"}),
     "qlane_execute_batch_size": ("histogram", set()),
+    "qlane_backend_call_seconds": ("histogram", {"backend"}),
     "qlane_drift_statistic": ("gauge", {"backend"}),
     "qlane_drift_threshold": ("gauge", {"backend"}),
     "qlane_drift_alarm": ("gauge", {"backend"}),
