@@ -64,7 +64,9 @@ def check_budget(runtime: Runtime, request: dict, estimate: float, *, own_hold: 
         # NaN compares false with everything: it read as no limit at all.
         raise InvalidJob(f"cost_limit_usd must be a finite number >= 0, got {limit!r}")
     if limit is not None and estimate > limit:
-        raise BudgetExceeded(f"estimated USD {estimate:.4f} exceeds the job's limit {limit:.4f}")
+        # + 0.0: a limit of -0.0 (allowed, it is not below 0) read "limit -0.0000".
+        raise BudgetExceeded(f"estimated USD {estimate:.4f} exceeds the job's limit "
+                             f"{limit + 0.0:.4f}")
     tenant = request["tenant"]
     charged = tenant_spent(runtime, tenant)
     show_budget(runtime, tenant, charged)

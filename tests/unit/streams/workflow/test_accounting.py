@@ -18,6 +18,8 @@ def test_a_cost_limit_that_is_not_a_finite_amount_is_an_invalid_job(limit):
 def test_an_estimate_over_the_jobs_limit_is_over_budget():
     with pytest.raises(BudgetExceeded):
         check_budget(None, {"cost_limit_usd": 0.001, "tenant": "t"}, 0.01)
+    with pytest.raises(BudgetExceeded, match="exceeds the job's limit 0.0000$"):  # not -0.0000
+        check_budget(None, {"cost_limit_usd": -0.0, "tenant": "t"}, 0.01)
 
 
 def budget_runtime(budgets: dict, default: float | None = None):
