@@ -173,6 +173,9 @@ class Consumer(faust_aiokafka.Consumer):
         self._committed_offset.update({
             ensure_TP(tp): offset or None for tp, offset in committed.items()
             if offset is not None})
+        # Partitions the group has consumed nothing of: read from their start (the lag
+        # gauge counts them from there, not from the fetch position; `never_committed`).
+        self.never_committed = {ensure_TP(tp) for tp, offset in committed.items() if not offset}
 
     async def _wait_next_records(self, timeout):
         records, active_partitions = await super()._wait_next_records(timeout)

@@ -120,6 +120,23 @@ def test_a_partition_just_assigned_counts_from_its_position_not_its_first_offset
     assert lag in (None, 164)
 
 
+class FreshGroupConsumer(FetchedAheadConsumer):
+    """A first backlog: the group never committed the partition, and its 1,063 records are
+    all fetched into the stream buffers, none handled."""
+
+    def __init__(self, tp) -> None:
+        super().__init__(tp)
+        self._committed_offset = {}
+        self.never_committed = {tp}
+
+
+def test_a_partition_the_group_never_committed_counts_from_its_start():
+    """From the fetch position, a first backlog of 3,741 records read 1,266, and partitions
+    holding 1,007 untouched records read 0 for 16 s (a red-team run)."""
+    tp = TP("lagtest.jobs", 2)
+    assert sampled_lag(FreshGroupConsumer(tp), tp) == 1063
+
+
 def test_a_worker_taking_its_partitions_shows_how_long_it_has_been_at_it() -> None:
     """Restarted in a broker outage, a worker hung in its producers' InitProducerId for as
     long as the outage lasted: `/` said OK, no lag series, last progress at its start, and no
