@@ -13,7 +13,8 @@ from mode import OneForOneSupervisor
 
 from streams.agents.threads import in_thread
 from streams.kafka import record_batches, transactions
-from streams.kafka.topics import parse_job_topic
+from streams.kafka.tenants import topic_tenant
+from streams.kafka.topics import parse_job_topic, tenant_topic
 from streams.kafka.transport import refetch_after_pause
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
@@ -223,6 +224,8 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler,
         return failure.error
     except Exception as error:  # bad input must never stop the worker
         outcome = "rejected"
+        if isinstance(error, RecordHeldBack):  # its tenant's client waits on its id
+            await tell_tenant_refused(runtime, source, error)
         metrics.DEAD_LETTERS.labels(stage, error_class(error)).inc()
         await runtime.dead_letter(source, stage, error)
         return error
@@ -247,6 +250,34 @@ def refuse_unreadable(source: SourceRecord) -> None:
             f"record batch at {source.topic}:{source.partition} offsets "
             f"{offsets.decode(errors='replace')} could not be read: "
             f"{reason.decode(errors='replace')}")
+
+
+MAX_TOLD_KEY_BYTES = 16 * 1024  # the status holds the key twice (key and workflow_id)
+
+
+async def tell_tenant_refused(runtime: Runtime, source: SourceRecord,
+                              error: BaseException) -> None:
+    """A job refused before admission on a tenant's topic: its `failed` status, keyed by the
+    record's key, on that tenant's own status topic. No table entry names its tenant, so the
+    status went nowhere the tenant may read, and a client in another language that left
+    `tenant` at its default waited out its timeout (a red-team run). Not on the shared
+    status topic: there a tenant would write a status under another tenant's workflow id."""
+    tenant = topic_tenant(runtime.settings.topic_prefix, source.topic)
+    key = source.key or b""
+    if tenant is None or not key or len(key) > MAX_TOLD_KEY_BYTES:
+        return
+    # Any key the record had up to that size: a client waits on its own id, even one refused
+    # for its length or bytes (those came without a status at first: a red-team run); a key
+    # of 900 KB made a status past the broker's record size (another run).
+    workflow_id = key.decode(errors="replace")
+    status = runtime.status_record(workflow_id, "failed", "preprocess",
+                                   detail=error_detail(error))
+    try:
+        await runtime.topic_named(tenant_topic(runtime.settings.topic_prefix, "status",
+                                               tenant)).send(key=key, value=status)
+    except Exception as failure:  # noqa: BLE001 - the refusal's dead letter still goes out
+        log.warning("a refusal on %s could not be told on its tenant's status topic: %s: %s",
+                    source.topic, type(failure).__name__, failure)
 
 
 def error_detail(error: BaseException) -> str:

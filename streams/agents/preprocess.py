@@ -10,6 +10,7 @@ import time
 from fallback.policy import FallbackReason
 from schemas.codec import codec
 from streams.agents.common import (
+    MAX_TOLD_KEY_BYTES,  # noqa: F401 - the tests' name for it
     StageFailure,
     error_detail,
     first_time,
@@ -20,14 +21,15 @@ from streams.agents.common import (
     sandbox_pool,
     sandbox_request,
     stage_supervisor,
+    tell_tenant_refused,
 )
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
 from streams.agents.fused_batch import Ahead, run_batches
 from streams.kafka.copies import origin_on_its_topic
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
-from streams.kafka.tenants import check_cancel_of, check_tenant_of, topic_tenant
-from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic, tenant_topic
+from streams.kafka.tenants import check_cancel_of, check_tenant_of
+from streams.kafka.topics import LANES, NORMAL, lane_suffix, parse_job_topic
 from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow import accounting
@@ -162,33 +164,6 @@ def checked_record(source: SourceRecord, cancel: bool) -> tuple[dict | None, str
         raise InvalidJob(f"a parent_workflow_id must be at most {MAX_ROUTED_KEY_BYTES} bytes "
                          f"of UTF-8, got {len(parent.encode())}")
     return request, workflow_id
-
-
-MAX_TOLD_KEY_BYTES = 16 * 1024  # the status holds the key twice (key and workflow_id)
-
-
-async def tell_tenant_refused(runtime: Runtime, source: SourceRecord,
-                              error: BaseException) -> None:
-    """A job refused before admission on a tenant's topic: its `failed` status, keyed by the
-    record's key, on that tenant's own status topic. No table entry names its tenant, so the
-    status went nowhere the tenant may read, and a client in another language that left
-    `tenant` at its default waited out its timeout (a red-team run). Not on the shared
-    status topic: there a tenant would write a status under another tenant's workflow id."""
-    tenant = topic_tenant(runtime.settings.topic_prefix, source.topic)
-    key = source.key or b""
-    if tenant is None or not key or len(key) > MAX_TOLD_KEY_BYTES:
-        return
-    # Any key the record had up to that size: a client waits on its own id, even one refused
-    # for its length or bytes (those came without a status at first: a red-team run); a key
-    # of 900 KB made a status past the broker's record size (another run).
-    workflow_id = key.decode(errors="replace")
-    status = runtime.status_record(workflow_id, "failed", STAGE, detail=error_detail(error))
-    try:
-        await runtime.topic_named(tenant_topic(runtime.settings.topic_prefix, "status",
-                                               tenant)).send(key=key, value=status)
-    except Exception as failure:  # noqa: BLE001 - the refusal's dead letter still goes out
-        log.warning("a refusal on %s could not be told on its tenant's status topic: %s: %s",
-                    source.topic, type(failure).__name__, failure)
 
 
 def register(app, runtime: Runtime, table) -> None:

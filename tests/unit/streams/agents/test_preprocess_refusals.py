@@ -149,3 +149,30 @@ def test_a_program_that_uses_its_whole_cpu_bound_is_poison_at_its_first_attempt(
         asyncio.run(prepare_untrusted(runtime, record(b"tb.cpu", "tb.cpu"), spec))
     assert sandbox.runs == runs and poisoned.value.attempts == runs
     assert type(error).__name__ in str(poisoned.value)
+
+
+def test_a_tenants_job_held_back_for_memory_is_told_on_its_status_topic():
+    """A record value held back past QLANE_MAX_HELD_RECORDS_MB is dead-lettered before any
+    stage reads it; its tenant's client waited on its id for its whole timeout."""
+    from streams.agents import common
+    from streams.kafka import record_batches
+
+    topic = StatusTopic()
+    runtime, names = runtime_with(topic)
+    letters = []
+
+    async def dead_letter(source, stage, error, attempts=1):
+        letters.append(type(error).__name__)
+
+    runtime.dead_letter = dead_letter
+    held = SourceRecord("p.jobs.tb", 0, 7, None, b"tb.big", None,
+                        ((record_batches.HELD_BACK_HEADER, b"value (9000000 bytes) held back"),))
+
+    async def handle(source):
+        raise AssertionError("a held-back record reached its stage")
+
+    error = asyncio.run(common.process_one(runtime, {}, "preprocess", handle, held))
+    assert type(error).__name__ == "RecordHeldBack" and letters == ["RecordHeldBack"]
+    assert names == ["p.status.tb"]
+    ((key, status),) = topic.sent
+    assert key == b"tb.big" and status["detail"].startswith("RecordHeldBack: record at")
