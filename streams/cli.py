@@ -795,8 +795,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qlane {args.command}: {reason}", file=sys.stderr)
             return 2
         if broker_unavailable(error):
+            hint = ""
+            if hasattr(args, "broker"):
+                settings = settings_from(args, detect=False)
+                if settings.security_protocol != "PLAINTEXT":
+                    # A PLAINTEXT listener closes a TLS handshake (or never answers it): it
+                    # read as a cluster down (a red-team run).
+                    hint = (f"; or {settings.broker} is not a {settings.security_protocol} "
+                            "listener (QLANE_SECURITY_PROTOCOL)")
             print(f"qlane {args.command}: the cluster cannot answer now "
-                  f"({error_text(error)})", file=sys.stderr)
+                  f"({error_text(error)}){hint}", file=sys.stderr)
             return 1
         raise
 

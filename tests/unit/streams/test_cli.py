@@ -156,3 +156,20 @@ def test_a_dead_letter_listing_holds_its_lines_not_the_dead_letters(monkeypatch,
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["0:58", "0:59"]
     assert "60 dead letters" in err
     assert peak < 20_000_000, peak
+
+
+def test_a_cluster_that_cannot_answer_a_secured_client_may_be_another_listener(
+        monkeypatch, capsys):
+    """A SASL_SSL client pointed at a PLAINTEXT listener was told the cluster cannot answer
+    now, as if it were down (a red-team run on Kafka 3.9)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    for name, value in {"QLANE_SECURITY_PROTOCOL": "SASL_SSL", "QLANE_SASL_USERNAME": "u",
+                        "QLANE_SASL_PASSWORD": "p", "QLANE_PROFILE": "kafka"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["tenant", "list", "--broker", address]) == 1
+    err = capsys.readouterr().err
+    assert "cannot answer now" in err and f"or {address} is not a SASL_SSL listener" in err
