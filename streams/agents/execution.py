@@ -661,20 +661,30 @@ class JobRunner:
         # JobTooLarge whatever the breaker's state, and takes no half-open trial.
         if (too_large := past_simulation_limit(runtime, prepared)) is not None:
             raise too_large
+        if self.past_deadline(job):
+            # Called with no time left, a fallback backend timed out at once, and each such
+            # timeout counted on its breaker: six late jobs opened a healthy backend's breaker
+            # for every tenant (a red-team run).
+            raise DeadlineExceeded(f"deadline passed before {prepared.backend} ran it")
         breaker = runtime.breakers.for_backend(prepared.backend)
         if not breaker.allow():
             raise BreakerOpen(prepared.backend, breaker.retry_after_s())
         timeout = self.settings.execute_timeout_s
-        if job.deadline_ms is not None:
+        if job.deadline_ms is not None and in_simulator_process(runtime, [prepared.backend],
+                                                                [prepared]):
+            # A process is killed at its timeout; a worker thread runs on past it, and its
+            # backend counts as overrunning meanwhile (its calls refused): a call in a thread
+            # is bounded by the execute timeout only, its deadline looked at before it.
             timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
         try:
             counts, seconds = await call_once(runtime, prepared, job.bytes_of(prepared),
                                               job.seed, timeout)
         except (TimeoutError, SandboxTimeout):
             # A simulator of this worker's own is slow because of the job: that says nothing
-            # about the backend for other jobs, and another try takes as long again.
+            # about the backend for other jobs, and another try takes as long again. Nor does
+            # a call cut short by the job's own deadline.
             local = simulated_here(runtime.registry, [prepared.backend])
-            if not local:
+            if not local and timeout >= self.settings.execute_timeout_s:
                 breaker.record_failure()
             if self.past_deadline(job):
                 raise DeadlineExceeded(

@@ -860,3 +860,41 @@ def test_a_job_past_the_simulation_limit_is_refused_before_the_breaker_and_takes
             asyncio.run(JobRunner(runtime, {}).call_backend(one, one.prepared))
     assert breaker.allow()  # the trial is still there for a job that can run
     runtime.executor.shutdown()
+
+
+def test_a_job_past_its_deadline_calls_no_backend_and_counts_on_no_breaker() -> None:
+    """Called with no time left, a fallback backend timed out at once and each timeout counted
+    on its breaker: six late jobs opened a healthy backend's breaker for every tenant, and a
+    call in a worker thread cut short by a deadline ran on with its backend marked overrunning
+    (a red-team run)."""
+    from workers.errors import DeadlineExceeded
+
+    runtime = thread_calls()
+    late = job(runtime.registry, sets=1, shots=100)
+    late.request["deadline_ms"] = 0  # from its submission: passed
+    late.request["submitted_at_ms"] = int(time.time() * 1000) - 1000
+    breaker = runtime.breakers.for_backend("aer.noisy")
+    calls = []
+    runner = JobRunner(runtime, {})
+    try:
+        import streams.agents.execution as execution
+
+        original = execution.call_once
+
+        async def counted(*args, **kwargs):
+            calls.append(args)
+            return await original(*args, **kwargs)
+
+        execution.call_once = counted
+        for _ in range(4):
+            with pytest.raises(DeadlineExceeded, match="deadline passed before aer.noisy"):
+                asyncio.run(runner.call_backend(late, late.prepared))
+        assert calls == [] and breaker.consecutive_failures == 0 and breaker.allow()
+        # A deadline still ahead does not bound a call in a worker thread: it answers.
+        late.request["deadline_ms"] = 60_000
+        counts, _ = asyncio.run(runner.call_backend(late, late.prepared))
+        assert counts == execute(late.prepared, runtime.registry, late.seed)
+        assert not runtime.overrunning_calls
+    finally:
+        execution.call_once = original
+        runtime.executor.shutdown()
