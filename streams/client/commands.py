@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import codec
 from streams.client.kafka import Client, own_ids
-from streams.client.timeouts import Deadline
+from streams.client.timeouts import Deadline, started
 from streams.kafka.compat import stop_consumer, topic_partitions
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import job_topic, tenant_topic
@@ -44,12 +44,21 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
     all within `timeout_s`: BrokerTimeout when the cancel could not be sent in it."""
     own_ids(settings, job_topic(settings.topic_prefix, tenant, "high"), workflow_id)
     deadline = Deadline(timeout_s)
-    watcher = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
-                               group_id=None, isolation_level=settings.isolation_level,
-                               fetch_max_wait_ms=settings.effective_fetch_max_wait_ms)
+
+    async def start_watcher() -> AIOKafkaConsumer:
+        watcher = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
+                                   group_id=None, isolation_level=settings.isolation_level,
+                                   fetch_max_wait_ms=settings.effective_fetch_max_wait_ms)
+        try:
+            await watcher.start()
+        except BaseException:
+            await stop_consumer(watcher)
+            raise
+        return watcher
+
     reading = f"reading the status topic on {settings.broker}"
+    watcher = await started(start_watcher, settings, deadline, f"connecting to {settings.broker}")
     try:
-        await deadline.step(watcher.start(), f"connecting to {settings.broker}")
         # A tenant's workflows have every status on the tenant's own topic as well: where it
         # exists, it alone is read (a tenant's principal may read no other).
         partitions = []

@@ -327,6 +327,16 @@ def rerun_id(parent: str, fingerprint: str, label: str = "") -> str:
     return rerun
 
 
+def source_replay(dlq: dict) -> str:
+    """The command that replays a dead letter's source record (its topic was left out of the
+    hint: a red-team run)."""
+    get = dlq.get
+    return (f"qlane replay {get(HEADER_PREFIX + 'source.topic')} --partition "
+            f"{get(HEADER_PREFIX + 'source.partition')} --from-offset "
+            f"{get(HEADER_PREFIX + 'source.offset')} --to-offset "
+            f"{get(HEADER_PREFIX + 'source.offset')}")
+
+
 def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
                 tenants: Collection[str] = (), rerun_label: str = "") -> ReplayedRecord:
     """Where one record goes and with which bytes (raises on records it cannot place).
@@ -346,6 +356,10 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
             origin = job
     headers.append((REPLAY_HEADER, origin.encode()))
     key, value = record.key, record.value
+    if key is None and value is None:
+        # A producer sends a key or a value (aiokafka's asserts it): every replay of one
+        # "FAILED (not delivered; replay them again)" (a red-team run).
+        raise ValueError("it has neither a key nor a value: no job, nothing to send")
     destination = target
     note = ""
     if destination is None:
@@ -364,13 +378,10 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
                 raise ValueError(
                     "it stands for a record batch the workers could not read, not a record: "
                     "once they can (a codec, max_uncompressed_batch_mb), replay its source "
-                    f"offsets (--partition {dlq.get(HEADER_PREFIX + 'source.partition')} "
-                    f"--from-offset {dlq.get(HEADER_PREFIX + 'source.offset')})")
+                    f"offsets ({source_replay(dlq)})")
             if OMITTED_HEADER in dlq:
-                raise ValueError(
-                    f"{dlq[OMITTED_HEADER]}: replay it from there (--partition "
-                    f"{dlq.get(HEADER_PREFIX + 'source.partition')} --from-offset "
-                    f"{dlq.get(HEADER_PREFIX + 'source.offset')})")
+                raise ValueError(f"{dlq[OMITTED_HEADER]}: replay it from there "
+                                 f"({source_replay(dlq)})")
             destination, value, note = dead_letter_destination(dlq, value, names, tenants)
     if rerun:
         if destination != names.jobs and not is_job_topic(names, destination):

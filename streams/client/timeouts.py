@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from streams.client.errors import BrokerTimeout
 from streams.client.kafka import Client
 from streams.settings import Settings
+
+T = TypeVar("T")
 
 
 async def bounded(step: Awaitable, timeout_s: float, what: str, stated_s: float | None = None):
@@ -65,20 +68,29 @@ async def open_client(settings: Settings, tenant: str | None, within: float | De
 
 
 async def connected(settings: Settings, tenant: str | None, deadline: Deadline) -> Client:
-    """A started Client. A cluster that refuses connections (a broker restarting, not up
-    yet) is asked again until the deadline, as one that takes them and does not answer is
-    waited for: during a 17 s broker restart every `job.result()` raised aiokafka's
-    KafkaConnectionError at once, and a VQE loop under scipy's COBYLA died of it (a red-team
-    run). Past the deadline: BrokerTimeout (retryable), naming the last error."""
+    """A started Client, asked for again while the cluster refuses connections (`started`)."""
+    async def start() -> Client:
+        return await Client(settings, tenant).__aenter__()  # it closes what failed to start
+
+    return await started(start, settings, deadline, f"connecting to {settings.broker}")
+
+
+async def started(start: Callable[[], Awaitable[T]], settings: Settings, deadline: Deadline,
+                  what: str) -> T:
+    """`start()` (which makes and starts a client part, and closes it when that fails). A
+    cluster that refuses connections (a broker restarting, not up yet) is asked again until
+    the deadline, as one that takes them and does not answer is waited for: during a 17 s
+    broker restart every `job.result()` raised aiokafka's KafkaConnectionError at once, and a
+    VQE loop under scipy's COBYLA died of it; `qlane cancel --timeout 20` gave up in 0.9 s
+    (red-team runs). Past the deadline: BrokerTimeout (retryable), naming the last error;
+    refused credentials: AccessRefused at once."""
     from streams.kafka.security import AccessRefused, broker_unavailable, check_authentication
 
-    what = f"connecting to {settings.broker}"
     asked_credentials = settings.security_protocol == "PLAINTEXT"
     refused: Exception | None = None
     while True:
-        client = Client(settings, tenant)
         try:
-            return await deadline.step(client.__aenter__(), what)
+            return await deadline.step(start(), what)
         except Exception as error:
             if isinstance(error, BrokerTimeout) and refused is not None:
                 error = refused  # the last attempt only ran out of time

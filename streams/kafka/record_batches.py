@@ -50,6 +50,7 @@ log = logging.getLogger("qlane")
 
 UNREADABLE_HEADER = "qlane.unreadable-batch"
 UNREADABLE_OFFSETS_HEADER = "qlane.unreadable-offsets"
+UNREADABLE_RAW_HEADER = "qlane.unreadable-raw"
 # A dead letter carries the raw batch only up to this size (the dead-letter topic has the
 # broker's message size limit); a larger one is found at its offsets in its own topic.
 UNREADABLE_VALUE_LIMIT = 512 * 1024
@@ -263,11 +264,18 @@ class UnreadableRecord:
                  raw: bytes | None) -> None:
         self.offset = offset
         self.timestamp = timestamp
-        self.value = raw if raw is not None and len(raw) <= UNREADABLE_VALUE_LIMIT else None
         self.headers = [
             (UNREADABLE_HEADER, reason.encode()[:2000]),
             (UNREADABLE_OFFSETS_HEADER, f"{offset}-{last_offset}".encode()),
         ]
+        if raw is not None and len(raw) <= UNREADABLE_VALUE_LIMIT:
+            self.value = raw
+        else:  # empty, not null: its dead letter said "a null key and a null value"
+            self.value = b""
+            size = "its size unknown" if raw is None else f"{len(raw)} bytes"
+            self.headers.append((UNREADABLE_RAW_HEADER, (
+                f"the raw batch ({size}) is not carried past {UNREADABLE_VALUE_LIMIT} bytes: "
+                f"it stays at offsets {offset}-{last_offset} of its topic").encode()))
 
 
 class HeldRecord:
@@ -323,6 +331,14 @@ class GuardedBatch:
 
     def __getattr__(self, name):
         return getattr(self._batch, name)
+
+    @property
+    def next_offset(self) -> int:
+        """Where the consumer goes after the batch: past its base offset at least. A batch
+        whose last offset delta is negative (0 records declared, stored as sent by the
+        embedded broker) sent the consumer back to its base offset, to fetch it again for
+        ever: its partition stopped, with no log line (a red-team run)."""
+        return max(self._batch.next_offset, self._batch.base_offset + 1)
 
     def validate_crc(self) -> bool:
         # A wrong checksum is reported as an unreadable batch, not raised by the fetcher.

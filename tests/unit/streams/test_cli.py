@@ -173,3 +173,18 @@ def test_a_cluster_that_cannot_answer_a_secured_client_may_be_another_listener(
     assert main(["tenant", "list", "--broker", address]) == 1
     err = capsys.readouterr().err
     assert "cannot answer now" in err and f"or {address} is not a SASL_SSL listener" in err
+
+
+def test_a_cancel_asks_a_cluster_that_refuses_connections_again_until_its_timeout(capsys):
+    """`qlane cancel --timeout 20` gave up in 0.9 s on a broker restarting, and the cancel
+    was lost; submit and the primitives waited (a red-team run)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    assert main(["cancel", "wf-x", "--timeout", "2", "--broker", address,
+                 "--profile", "kafka"]) == 1
+    assert 1.5 < time.monotonic() - started < 15
+    assert "did not take a connection within 2s" in capsys.readouterr().err

@@ -22,6 +22,7 @@ CODECS = [GZIP, SNAPPY, LZ4, ZSTD]
 LIMIT = 1024 * 1024
 CRC_AT = 17  # v2 batch: base offset 8, length 4, leader epoch 4, magic 1, then the CRC
 CRC_FROM = 21  # the CRC covers attributes to the end
+LAST_OFFSET_DELTA_AT = 23  # after the attributes (int16)
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +94,11 @@ def test_a_decompression_bomb_becomes_one_record_and_the_partition_goes_on(codec
 def test_an_uncompressed_batch_past_the_limit_is_not_handed_on():
     records, _ = fetched(batch(NONE, [b"x" * (LIMIT + 1)]))
     assert len(records) == 1 and "more than 1048576" in unreadable_reason(records[0])
-    assert records[0].value is None  # larger than a dead letter may carry
+    # Larger than a dead letter may carry: empty, and said so (its dead letter said "a null
+    # key and a null value": a red-team run).
+    assert records[0].value == b""
+    assert "is not carried past 524288 bytes: it stays at offsets 0-0" in dict(
+        records[0].headers)[record_batches.UNREADABLE_RAW_HEADER].decode()
 
 
 def test_a_corrupt_payload_under_a_valid_checksum_is_unreadable():
@@ -234,3 +239,15 @@ def test_the_command_line_readers_hold_what_they_read():
     record_batches.set_held_budget(None)
     records, _ = fetched(batch(ZSTD, [b"v" * 300_000] * 4))
     assert all(len(r.value) == 300_000 for r in records)
+
+
+@pytest.mark.parametrize("codec", [NONE, GZIP])
+def test_a_batch_that_ends_before_it_begins_moves_the_consumer_past_it(codec):
+    """Three records declared as none, last offset delta -1 (the embedded broker stores a
+    batch as sent): the consumer went back to its base offset and fetched it for ever, its
+    partition stopped with no log line (a red-team run)."""
+    data = bytearray(batch(codec, [b"a", b"b", b"c"], base=40))
+    struct.pack_into(">i", data, record_batches.V2_RECORD_COUNT_AT, 0)
+    struct.pack_into(">i", data, LAST_OFFSET_DELTA_AT, -1)
+    records, next_offset = fetched(with_crc(data), position=40)
+    assert len(records) == 1 and unreadable_reason(records[0]) and next_offset == 41
