@@ -12,7 +12,7 @@ from faust.types import TP
 from mode import OneForOneSupervisor
 
 from streams.agents.threads import in_thread
-from streams.kafka import record_batches, transactions
+from streams.kafka import held_values, record_batches, transactions
 from streams.kafka.tenants import topic_tenant
 from streams.kafka.topics import parse_job_topic, tenant_topic
 from streams.kafka.transport import refetch_after_pause
@@ -239,7 +239,7 @@ def refuse_unreadable(source: SourceRecord) -> None:
     """A record that stands for a batch the consumer could not read
     (streams/kafka/record_batches.py) is dead-lettered with the reason, whatever the stage."""
     headers = dict(source.headers)
-    held_back = headers.get(record_batches.HELD_BACK_HEADER)
+    held_back = headers.get(held_values.HELD_BACK_HEADER)
     if held_back is not None and source.value is None:
         raise RecordHeldBack(f"record at {source.topic}:{source.partition}:{source.offset}: "
                              f"{held_back.decode(errors='replace')}")

@@ -17,14 +17,8 @@ before any stage could dead-letter it:
   unchecked, as the embedded one may). aiokafka raises from the fetcher, Faust's consumer
   crashes the worker, and the next owner fetches the same batch.
 
-* **Many large records at once.** The batch limit holds for one batch; 120 batches of 573
-  bytes, each a 15 MiB zstd record, took a worker from 0.76 to 2.61 GB in 6 s (a red-team
-  run): a poll hands the streams up to 500 records and their buffers hold thousands. Record
-  values of `HELD_TRACKED_FROM` bytes or more are counted while anything holds them
-  (`HeldBytes`), and one that would take the count past `held_budget_bytes` is not handed
-  on: its record keeps its key and headers, loses its value and carries a `HELD_BACK_HEADER`
-  saying why; the stage dead-letters it as `RecordHeldBack`, and the value stays in its
-  topic for a replay.
+* **Many large records at once**: each batch's records are handed on through
+  `streams/kafka/held_values.py`, which holds back large values past a budget.
 
 `install()` wraps what aiokafka's fetcher iterates: each batch is read whole when it is
 first iterated; one that fails (or whose checksum is wrong) stands for itself as a single
@@ -46,6 +40,8 @@ from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.record import default_records, legacy_records
 from aiokafka.record.memory_records import MemoryRecords
 
+from streams.kafka import held_values
+
 log = logging.getLogger("qlane")
 
 UNREADABLE_HEADER = "qlane.unreadable-batch"
@@ -62,36 +58,6 @@ XERIAL_HEADER_BYTES = 16
 LOG_OVERHEAD = struct.Struct(">qi")
 
 _limit_bytes = 16 * MIB
-HELD_BACK_HEADER = "qlane.held-back"
-# Values this large are counted while held; smaller ones are the ordinary job records.
-HELD_TRACKED_FROM = 64 * 1024
-_held_budget: int | None = None  # None: not counted (the CLI's readers)
-_held_taken = 0  # bytes counted when handed on (the event loop's thread only)
-_held_freed = 0
-_held_freed_parts: list[int] = []  # appended by HeldBytes.__del__, any thread
-
-
-class HeldBytes(bytes):
-    """A record value that is counted while anything holds it (`held_bytes`). bytes takes no
-    weak references; its subclasses run `__del__` when the last reference goes."""
-
-    def __del__(self) -> None:
-        _held_freed_parts.append(len(self))  # list.append is atomic: no lock in a finalizer
-
-
-def held_bytes() -> int:
-    """Bytes of counted record values held now."""
-    global _held_freed
-    while _held_freed_parts:
-        _held_freed += _held_freed_parts.pop()
-    return _held_taken - _held_freed
-
-
-def set_held_budget(budget: int | None) -> None:
-    global _held_budget
-    _held_budget = budget
-
-
 class DecompressedTooLarge(ValueError):
     """A compressed batch would decompress past the configured limit."""
 
@@ -278,45 +244,6 @@ class UnreadableRecord:
                 f"it stays at offsets {offset}-{last_offset} of its topic").encode()))
 
 
-class HeldRecord:
-    """A record of aiokafka's with its value counted (`HeldBytes`), or, past the budget,
-    without it and with a `HELD_BACK_HEADER`."""
-
-    def __init__(self, record, value: bytes | None, headers: list) -> None:
-        self.offset = record.offset
-        self.timestamp = record.timestamp
-        self.timestamp_type = record.timestamp_type
-        self.checksum = record.checksum
-        self.key = record.key
-        self.value = value
-        self.headers = headers
-
-
-def held(records: list) -> list:
-    """`records` with each value of `HELD_TRACKED_FROM` bytes or more counted, or held back
-    when it would take the held bytes past the budget."""
-    global _held_taken
-    if _held_budget is None:
-        return records
-    out = []
-    for record in records:
-        value = record.value
-        if value is None or len(value) < HELD_TRACKED_FROM:
-            out.append(record)
-            continue
-        holding = held_bytes()
-        if holding + len(value) > _held_budget:
-            reason = (f"value ({len(value)} bytes) held back: the worker held {holding} bytes "
-                      f"of large records, and may hold {_held_budget} (max_held_records_mb)")
-            log.warning("record at offset %d %s", record.offset, reason)
-            out.append(HeldRecord(record, None,
-                                  [*record.headers, (HELD_BACK_HEADER, reason.encode())]))
-            continue
-        _held_taken += len(value)
-        out.append(HeldRecord(record, HeldBytes(value), list(record.headers)))
-    return out
-
-
 class GuardedBatch:
     """One of aiokafka's batches, read whole on first iteration. Header fields (offsets,
     producer id, control and transactional flags) pass through; the records are the
@@ -335,9 +262,9 @@ class GuardedBatch:
     @property
     def next_offset(self) -> int:
         """Where the consumer goes after the batch: past its base offset at least. A batch
-        whose last offset delta is negative (0 records declared, stored as sent by the
-        embedded broker) sent the consumer back to its base offset, to fetch it again for
-        ever: its partition stopped, with no log line (a red-team run)."""
+        whose last offset delta is negative (a hostile producer's, stored by a broker that
+        does not check it) would send the consumer back to its base offset, to fetch it
+        again for ever."""
         return max(self._batch.next_offset, self._batch.base_offset + 1)
 
     def validate_crc(self) -> bool:
@@ -368,7 +295,7 @@ class GuardedBatch:
             records = list(self._batch)
         except Exception as error:  # noqa: BLE001 - whatever the bytes make aiokafka raise
             return [self._unreadable(f"{type(error).__name__}: {error}")]
-        return held(records)
+        return held_values.held(records)
 
     def _unreadable(self, reason: str) -> UnreadableRecord:
         batch = self._batch
@@ -414,7 +341,7 @@ def install(limit: int, held_budget: int | None = None) -> None:
     with `held_budget`, hold back large record values past it (a worker). Process-wide and
     idempotent: aiokafka's record modules look these names up per call."""
     set_limit_bytes(limit)
-    set_held_budget(held_budget)
+    held_values.set_budget(held_budget)
     modules = [default_records, legacy_records]
     try:
         from aiokafka.record._crecords import default_records as c_default

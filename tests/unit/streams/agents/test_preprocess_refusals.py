@@ -155,7 +155,7 @@ def test_a_tenants_job_held_back_for_memory_is_told_on_its_status_topic():
     """A record value held back past QLANE_MAX_HELD_RECORDS_MB is dead-lettered before any
     stage reads it; its tenant's client waited on its id for its whole timeout."""
     from streams.agents import common
-    from streams.kafka import record_batches
+    from streams.kafka import held_values
 
     topic = StatusTopic()
     runtime, names = runtime_with(topic)
@@ -166,7 +166,7 @@ def test_a_tenants_job_held_back_for_memory_is_told_on_its_status_topic():
 
     runtime.dead_letter = dead_letter
     held = SourceRecord("p.jobs.tb", 0, 7, None, b"tb.big", None,
-                        ((record_batches.HELD_BACK_HEADER, b"value (9000000 bytes) held back"),))
+                        ((held_values.HELD_BACK_HEADER, b"value (9000000 bytes) held back"),))
 
     async def handle(source):
         raise AssertionError("a held-back record reached its stage")

@@ -12,7 +12,7 @@ from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 
 from streams.agents.common import refuse_unreadable
-from streams.kafka import record_batches
+from streams.kafka import held_values, record_batches
 from streams.kafka.record_batches import UNREADABLE_HEADER, UNREADABLE_OFFSETS_HEADER
 from streams.workflow.deadletter import SourceRecord
 from workers.errors import RecordHeldBack, UnreadableRecordBatch
@@ -210,33 +210,33 @@ def test_large_values_past_the_held_budget_are_held_back_until_held_ones_go():
     import gc
 
     record_batches.set_limit_bytes(16 * 1024 * 1024)
-    record_batches.set_held_budget(1024 * 1024)
+    held_values.set_budget(1024 * 1024)
     try:
-        before = record_batches.held_bytes()
+        before = held_values.held_bytes()
         large = [bytes([i]) * 300_000 for i in range(5)]
         records, next_offset = fetched(batch(ZSTD, [b"small", *large]))
         assert next_offset == 6 and [r.value for r in records[:4]] == [b"small", *large[:3]]
-        assert record_batches.held_bytes() - before == 900_000
+        assert held_values.held_bytes() - before == 900_000
         for record in records[4:]:
             assert record.value is None and record.key == b"k"
             assert "held back: the worker held 900000 bytes" in dict(record.headers)[
-                record_batches.HELD_BACK_HEADER].decode()
+                held_values.HELD_BACK_HEADER].decode()
         stand_in = SourceRecord("qlane.jobs", 0, records[4].offset, 0, records[4].key, None,
                                 tuple(records[4].headers))
         with pytest.raises(RecordHeldBack, match="qlane.jobs:0:4: value .300000 bytes. held"):
             refuse_unreadable(stand_in)
         del records, stand_in
         gc.collect()
-        assert record_batches.held_bytes() == before  # let go: counted no more
+        assert held_values.held_bytes() == before  # let go: counted no more
         records, _ = fetched(batch(ZSTD, large))
         assert [r.value for r in records[:3]] == large[:3] and records[3].value is None
     finally:
-        record_batches.set_held_budget(None)
+        held_values.set_budget(None)
 
 
 def test_the_command_line_readers_hold_what_they_read():
     record_batches.set_limit_bytes(16 * 1024 * 1024)
-    record_batches.set_held_budget(None)
+    held_values.set_budget(None)
     records, _ = fetched(batch(ZSTD, [b"v" * 300_000] * 4))
     assert all(len(r.value) == 300_000 for r in records)
 
