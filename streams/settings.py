@@ -265,7 +265,7 @@ class Settings(BaseSettings):
         "at once, decompressed (a poll's and its streams' buffers): one that would pass it "
         "is dead-lettered as RecordHeldBack without its value, which stays in its topic for a "
         "replay. 120 batches of 573 bytes, each a 15 MiB zstd record, took a worker from 0.76 "
-        "to 2.61 GB in 6 s (streams/kafka/record_batches.py)",
+        "to 2.61 GB in 6 s (streams/kafka/held_values.py)",
     )
     commit_interval_s: float = Field(
         0.5, gt=0, description="seconds between commits; on exactly_once, a stage's output "
