@@ -230,6 +230,7 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler,
         await runtime.dead_letter(source, stage, error)
         return error
     finally:
+        held_values.release(source.value)  # handled: a large value counts no more
         metrics.STAGE_DURATION.labels(stage).observe(time.perf_counter() - started)
         metrics.JOBS.labels(counted, outcome).inc()
         metrics.LAST_PROGRESS.set(time.time())

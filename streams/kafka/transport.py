@@ -26,6 +26,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     # Partitions sought since the last fetch handed over (partition -> committed offset);
     # only ever replaced, never changed in place.
     qlane_sought: dict = {}
+    # Records each partition's fetches handed over since this process started (the lag
+    # gauge tells a partition of aborted records only from a first backlog by it): made on
+    # first use, one per consumer thread.
+    qlane_delivered: dict
 
     async def _seek_wait(self, consumer, partitions) -> None:
         """Table recovery may ask for a changelog offset below -1 (seen on exactly-once after
@@ -94,6 +98,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         each changelog partition is noted (streams/kafka/recovery.py)."""
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
                                                max_records=max_records)
+        delivered = self.__dict__.setdefault("qlane_delivered", {})
+        for tp, handed in records.items():
+            if handed:
+                delivered[tp] = delivered.get(tp, 0) + len(handed)
         sought = self.qlane_sought
         if sought:  # every record of this fetch was fetched from the sought positions
             self.qlane_sought = {}

@@ -75,6 +75,7 @@ def register(app, runtime: Runtime) -> None:
         fresh = [tp for tp in ours if consumer._committed_offset.get(tp) is None
                  and tp in getattr(consumer, "never_committed", ())]
         starts = {}
+        delivered = getattr(getattr(consumer, "_thread", None), "qlane_delivered", {})
         if fresh:
             try:
                 starts = await asyncio.wait_for(consumer.earliest_offsets(*fresh),
@@ -116,8 +117,12 @@ def register(app, runtime: Runtime) -> None:
             position = positions.get(tp)
             caught_up = isinstance(position, int) and position >= highwater
             lag = max(0, highwater - done[tp])
-            if caught_up and tp not in unfinished and lag <= MARKER_SLACK:
-                lag = 0  # only the last transactions' markers are left
+            if caught_up and tp not in unfinished and (
+                    lag <= MARKER_SLACK or (tp in fresh and not delivered.get(tp))):
+                # Only the last transactions' markers are left; or, in a partition the group
+                # never committed, nothing it could read: counted from its start, 2,000
+                # aborted records read 2,001 at rest for good (a red-team run).
+                lag = 0
             labels = (tp.topic, str(tp.partition))
             metrics.CONSUMER_LAG.labels(*labels).set(lag)
             lag_series.add(labels)

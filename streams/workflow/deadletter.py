@@ -134,6 +134,8 @@ def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[
             # A producer sends a record with a key or a value (aiokafka asserts it): a keyless
             # tombstone, or an unreadable batch too large to carry, stopped the worker at
             # every start (a red-team run).
+            if any(name == OMITTED_HEADER for name, _ in headers):
+                return None, b"", headers  # what was left out is said already
             return None, b"", headers + [(OMITTED_HEADER, NULL_RECORD_NOTE)]
         return key, value, headers
     omitted = []

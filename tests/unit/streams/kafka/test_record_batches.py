@@ -234,6 +234,38 @@ def test_large_values_past_the_held_budget_are_held_back_until_held_ones_go():
         held_values.set_budget(None)
 
 
+def test_a_handled_value_counts_no_more_and_a_large_key_is_not_taken():
+    """The last record of each lane stayed counted while its agent waited for the next: a
+    16 MiB budget refused a 195 KB job for a junk record handled 20 s before; and 80 records
+    of 15 MiB keys took a worker 1 GB past a budget that counted values only (a red-team
+    run)."""
+    record_batches.set_limit_bytes(16 * 1024 * 1024)
+    held_values.set_budget(1024 * 1024)
+    try:
+        before = held_values.held_bytes()
+        records, _ = fetched(batch(ZSTD, [b"v" * 300_000]))
+        assert held_values.held_bytes() - before == 300_000
+        held_values.release(records[0].value)  # its stage handled it; still referenced here
+        held_values.release(records[0].value)  # once only
+        assert held_values.held_bytes() == before
+        del records
+        assert held_values.held_bytes() == before  # and not again when it goes
+        builder = DefaultRecordBatchBuilder(
+            magic=2, compression_type=ZSTD, is_transactional=0, producer_id=-1,
+            producer_epoch=-1, base_sequence=-1, batch_size=2**31 - 1)
+        builder.append(0, timestamp=1000, key=b"k" * 100_000, value=b"v", headers=[])
+        builder.append(1, timestamp=1000, key=b"k", value=b"v", headers=[("h", b"x" * 70_000)])
+        builder.append(2, timestamp=1000, key=b"k", value=b"v", headers=[])
+        records, _ = fetched(bytes(builder.build()))
+        for record in records[:2]:
+            assert record.key is None and record.value is None
+            assert "not taken: more than 65536" in dict(record.headers)[
+                held_values.HELD_BACK_HEADER].decode()
+        assert (records[2].key, records[2].value) == (b"k", b"v")
+    finally:
+        held_values.set_budget(None)
+
+
 def test_the_command_line_readers_hold_what_they_read():
     record_batches.set_limit_bytes(16 * 1024 * 1024)
     held_values.set_budget(None)

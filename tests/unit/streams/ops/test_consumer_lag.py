@@ -124,17 +124,21 @@ class FreshGroupConsumer(FetchedAheadConsumer):
     """A first backlog: the group never committed the partition, and its 1,063 records are
     all fetched into the stream buffers, none handled."""
 
-    def __init__(self, tp) -> None:
+    def __init__(self, tp, delivered: int = 1063) -> None:
         super().__init__(tp)
         self._committed_offset = {}
         self.never_committed = {tp}
+        self._thread.qlane_delivered = {tp: delivered} if delivered else {}
 
 
 def test_a_partition_the_group_never_committed_counts_from_its_start():
     """From the fetch position, a first backlog of 3,741 records read 1,266, and partitions
-    holding 1,007 untouched records read 0 for 16 s (a red-team run)."""
+    holding 1,007 untouched records read 0 for 16 s (a red-team run). One whose records were
+    all aborted (none handed over) has nothing to read: counted from its start, 2,000
+    aborted records read 2,001 at rest for good (the next red-team run)."""
     tp = TP("lagtest.jobs", 2)
     assert sampled_lag(FreshGroupConsumer(tp), tp) == 1063
+    assert sampled_lag(FreshGroupConsumer(tp, delivered=0), tp) == 0
 
 
 def test_a_worker_taking_its_partitions_shows_how_long_it_has_been_at_it() -> None:
