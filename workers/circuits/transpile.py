@@ -15,10 +15,12 @@ from cachetools import LRUCache
 from qiskit import QuantumCircuit
 from qiskit.circuit import ControlFlowOp, Delay
 from qiskit.transpiler import PassManager, generate_preset_pass_manager
+from qiskit.transpiler.exceptions import TranspilerError
 
 from workers.backends.aer import Backend
 from workers.circuits.fingerprint import structural_hash
 from workers.circuits.impostors import without_impostors
+from workers.errors import InvalidCircuit
 from workers.mitigation import zne
 
 OPTIMIZATION_LEVEL = 1
@@ -66,7 +68,14 @@ class TranspileCache:
             # Delays in seconds go before the transpiler sees them: mixed with delays in dt
             # it refused the circuit (TranspilerError 'Fail to unify time units'; red-team).
             source = delays_in_dt(source, None)
-        template = self.pass_manager(backend).run(source)
+        try:
+            template = self.pass_manager(backend).run(source)
+        except TranspilerError as error:
+            # What the backend cannot run (a reset or a measurement mid-circuit on Braket's
+            # terminal-measurement target) came out as Qiskit's own TranspilerError, or as an
+            # InvalidJob naming it from the sandbox (a red-team run).
+            raise InvalidCircuit(f"{backend.name} cannot run the circuit: "
+                                 f"{str(error)[:300]}") from None
         template = delays_in_dt(template, backend.target.dt)
         self._templates[key] = template
         return template, False

@@ -43,6 +43,7 @@ class ReadoutCalibration:
     seed: int
     # matrices[q] = ((P(0|0), P(0|1)), (P(1|0), P(1|1))) for physical qubit q
     matrices: tuple[tuple[tuple[float, float], tuple[float, float]], ...]
+    circuits: int = 2  # the calibration circuits run: 2, or 2 a qubit (`calibrates_apart`)
 
     def matrix(self, qubit: int) -> np.ndarray:
         return np.array(self.matrices[qubit], dtype=float)
@@ -112,7 +113,8 @@ def measure_calibration(
         p01 = float(flips_1[q]) / shots
         matrices.append(((1.0 - p10, p01), (p10, 1.0 - p01)))
     return ReadoutCalibration(
-        backend.name, backend.calibration_version, shots, seed, tuple(matrices)
+        backend.name, backend.calibration_version, shots, seed, tuple(matrices),
+        circuits=2 * len(groups),
     )
 
 
