@@ -763,9 +763,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except Exception as error:  # a broker refusing this client: say why, once, no traceback
         from streams.client.replay import UnknownTopic
-        from streams.kafka.security import explain_refusal
+        from streams.kafka.security import AccessRefused, explain_refusal
 
-        if isinstance(error, UnknownTopic):
+        # Refused credentials come from a client's connect (asked once, not retried).
+        if isinstance(error, UnknownTopic | AccessRefused):
             print(f"qlane {args.command}: {error}", file=sys.stderr)
             return 2
         from streams.client.errors import BrokerTimeout, TopicsNotReadable, UnknownTenant
