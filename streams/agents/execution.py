@@ -332,17 +332,23 @@ def in_simulator_process(runtime: Runtime, backends, prepared=()) -> bool:
 
 
 async def call_once(runtime: Runtime, prepared: PreparedJob, data: bytes, seed: int,
-                    timeout: float) -> tuple[list[dict[str, int]], float]:
+                    timeout: float, deadline_s: float | None = None,
+                    ) -> tuple[list[dict[str, int]], float]:
     """One call for a prepared job (`data`: its bytes) where the stages run it
-    (`in_simulator_process`): the counts and the seconds the backend ran. Past `timeout`:
-    TimeoutError, or SandboxTimeout from the simulator process, which is killed then (the
-    outer bound only covers its start). Its callers refuse a job past the simulation limit
-    first (`past_simulation_limit`), as the simulator would, before it is shipped there."""
+    (`in_simulator_process`): the counts and the seconds the backend ran. Past `timeout`
+    (or `deadline_s`, the job's time left, in the simulator process only): TimeoutError, or
+    SandboxTimeout from the simulator process, which is killed then (the outer bound only
+    covers its start). A worker thread cannot be stopped: bounded by a deadline it ran on
+    past it, its backend counted as overrunning (its calls refused). Its callers refuse a
+    job past the simulation limit first (`past_simulation_limit`), as the simulator would,
+    before it is shipped there."""
     with timed_call([prepared.backend]):
         if not in_simulator_process(runtime, [prepared.backend], [prepared]):
             return await in_thread_within(
                 runtime, timeout, [prepared.backend], timed(execute), prepared,
                 runtime.registry, seed, runtime.settings.max_simulation_seconds)
+        if deadline_s is not None:
+            timeout = min(timeout, deadline_s)
         answered = await asyncio.wait_for(
             simulate(runtime, [(data, seed, prepared.backend)], timeout),
             timeout + SIMULATOR_START_S,
@@ -670,21 +676,17 @@ class JobRunner:
         if not breaker.allow():
             raise BreakerOpen(prepared.backend, breaker.retry_after_s())
         timeout = self.settings.execute_timeout_s
-        if job.deadline_ms is not None and in_simulator_process(runtime, [prepared.backend],
-                                                                [prepared]):
-            # A process is killed at its timeout; a worker thread runs on past it, and its
-            # backend counts as overrunning meanwhile (its calls refused): a call in a thread
-            # is bounded by the execute timeout only, its deadline looked at before it.
-            timeout = min(timeout, max(0.0, (job.deadline_ms - now_ms()) / 1000))
+        left = (None if job.deadline_ms is None
+                else max(0.0, (job.deadline_ms - now_ms()) / 1000))
         try:
             counts, seconds = await call_once(runtime, prepared, job.bytes_of(prepared),
-                                              job.seed, timeout)
+                                              job.seed, timeout, left)
         except (TimeoutError, SandboxTimeout):
             # A simulator of this worker's own is slow because of the job: that says nothing
-            # about the backend for other jobs, and another try takes as long again. Nor does
-            # a call cut short by the job's own deadline.
+            # about the backend for other jobs, and another try takes as long again. (Only
+            # those are cut short by a deadline: other backends run in worker threads.)
             local = simulated_here(runtime.registry, [prepared.backend])
-            if not local and timeout >= self.settings.execute_timeout_s:
+            if not local:
                 breaker.record_failure()
             if self.past_deadline(job):
                 raise DeadlineExceeded(
