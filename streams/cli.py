@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from streams.kafka import record_batches
-from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.compat import assign_settled, start_or_close, stop_consumer, topic_partitions
 from streams.kafka.security import kafka_options
 from streams.ops.logs import printable
 from streams.settings import Settings
@@ -393,7 +393,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
                                     enable_auto_commit=False,
                                     isolation_level=settings.isolation_level)
-        await consumer.start()
+        await start_or_close(consumer)
         try:
             partitions = [TopicPartition(topic, p)
                           for p in sorted(await topic_partitions(consumer, topic))]
@@ -581,7 +581,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     async def go():
         producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
-        await producer.start()
+        await start_or_close(producer)
         try:
             await producer.send_and_wait(topic, value=value, key=key)
         finally:

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.codec import codec
 from streams.client.kafka import Client, own_ids
 from streams.client.timeouts import Deadline, started
-from streams.kafka.compat import stop_consumer, topic_partitions
+from streams.kafka.compat import start_or_close, stop_consumer, topic_partitions
 from streams.kafka.security import kafka_options
 from streams.kafka.topics import job_topic, tenant_topic
 from streams.settings import Settings
@@ -49,12 +49,7 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
         watcher = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
                                    group_id=None, isolation_level=settings.isolation_level,
                                    fetch_max_wait_ms=settings.effective_fetch_max_wait_ms)
-        try:
-            await watcher.start()
-        except BaseException:
-            await stop_consumer(watcher)
-            raise
-        return watcher
+        return await start_or_close(watcher)
 
     reading = f"reading the status topic on {settings.broker}"
     watcher = await started(start_watcher, settings, deadline, f"connecting to {settings.broker}")

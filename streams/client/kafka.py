@@ -20,6 +20,7 @@ from streams.client.errors import TopicsNotReadable, UnknownTenant
 from streams.kafka.compat import (
     assign_settled,
     listed_partitions,
+    start_or_close,
     stop_consumer,
     stop_quietly,
     topic_partitions,
@@ -198,11 +199,7 @@ class Client:
         # lost; with all, min.insync.replicas have it (the workers' producers do the same).
         self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=0,
                                          acks="all")
-        try:
-            await self.producer.start()
-        except BaseException:  # e.g. refused credentials: close what start() opened
-            await self.producer.stop()
-            raise
+        await start_or_close(self.producer)  # e.g. refused credentials: closes what it opened
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -518,7 +515,7 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float, max_recor
         **kafka_options(settings), enable_auto_commit=False, group_id=None,
         isolation_level=settings.isolation_level,
     )
-    await consumer.start()
+    await start_or_close(consumer)
     try:
         partitions = [
             TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)

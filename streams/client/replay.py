@@ -20,7 +20,12 @@ from types import SimpleNamespace
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codec import codec
-from streams.kafka.compat import assign_settled, stop_consumer, topic_partitions
+from streams.kafka.compat import (
+    assign_settled,
+    start_or_close,
+    stop_consumer,
+    topic_partitions,
+)
 from streams.kafka.copies import DEAD_LETTER_HEADER, REPLAY_HEADER, copied_from
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES
 from streams.kafka.record_batches import UNREADABLE_HEADER
@@ -89,7 +94,7 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
         isolation_level=settings.isolation_level,
         fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
     )
-    await consumer.start()
+    await start_or_close(consumer)
     try:
         available = sorted(await topic_partitions(consumer, selection.topic))
         if not available:
@@ -479,7 +484,7 @@ async def replay(
     producer = None
     if not dry_run:
         producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5, acks="all")
-        await producer.start()
+        await start_or_close(producer)
     started = time.monotonic()
     copies = EarlierCopies()
     sent = 0

@@ -43,6 +43,21 @@ async def stop_quietly(part) -> None:
         log.warning("closing a %s failed: %s", type(part).__name__, error)
 
 
+async def start_or_close(part):
+    """`part.start()` for a producer or consumer, closing it when the start fails (a cluster
+    refusing connections left `Unclosed AIOKafkaConsumer` under `qlane tail`'s and `qlane
+    dlq list`'s one-line error). Returns the part."""
+    try:
+        await part.start()
+    except BaseException:
+        if isinstance(part, aiokafka.AIOKafkaConsumer):
+            await stop_consumer(part)
+        else:
+            await stop_quietly(part)
+        raise
+    return part
+
+
 async def stop_consumer(consumer) -> None:
     """`consumer.stop()`, minus the CancelledError of a never-started group-less task."""
     try:

@@ -188,3 +188,19 @@ def test_a_cancel_asks_a_cluster_that_refuses_connections_again_until_its_timeou
                  "--profile", "kafka"]) == 1
     assert 1.5 < time.monotonic() - started < 15
     assert "did not take a connection within 2s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["tail", "jobs", "--timeout", "5"], ["dlq", "list"],
+                                     ["replay", "deadletter", "--dry-run"]])
+def test_a_refusing_broker_is_told_in_one_line_and_leaves_no_client_open(capsys, recwarn,
+                                                                         command):
+    """`qlane tail` and `qlane dlq list` against a cluster refusing connections printed
+    `Unclosed AIOKafkaConsumer` under their one-line error (a red-team run)."""
+    import gc
+
+    code = main([*command, "--broker", "127.0.0.1:1", "--profile", "kafka"])
+    gc.collect()
+    err = capsys.readouterr().err
+    assert code == 1 and "the cluster cannot answer now" in err, err
+    unclosed = [str(w.message) for w in recwarn if "Unclosed" in str(w.message)]
+    assert not unclosed, unclosed
