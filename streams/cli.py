@@ -258,14 +258,14 @@ async def fit_record_limit(settings):
 
 def build_submission(args: argparse.Namespace) -> dict:
     from streams.client import job_request, load_job_file
-    from streams.client.kafka import new_workflow_id
+    from streams.client.kafka import new_workflow_id, read_source
     from workers.jobs import parse_observable
 
     path = Path(args.path)
     if path.suffix in (".yaml", ".yml", ".json"):
         fields = load_job_file(path)
     else:
-        fields = {"circuit": path.read_text()}
+        fields = {"circuit": read_source(path)}
     if args.shots is not None:
         fields["shots"] = args.shots
     if args.backend:

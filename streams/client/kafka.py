@@ -77,13 +77,19 @@ def job_request(**fields) -> dict:
 
 def load_job_file(path: Path) -> dict:
     """A YAML or JSON file whose keys mirror the JobRequest fields."""
-    text = path.read_text()
+    text = read_source(path)
     loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(loaded, dict):
         raise InvalidJob(f"{path}: a job file holds one mapping of JobRequest fields")
     if "circuit_file" in loaded:
-        loaded["circuit"] = (path.parent / loaded.pop("circuit_file")).read_text()
+        loaded["circuit"] = read_source(path.parent / loaded.pop("circuit_file"))
     return loaded
+
+
+def read_source(path: Path) -> str:
+    """A file's text as UTF-8, less a byte-order mark (an editor's, which no parser reads as
+    whitespace: a job from a file saved with one failed on `non-ASCII byte: EF`)."""
+    return path.read_text(encoding="utf-8-sig")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 
 from cachetools import LRUCache
 from qiskit import QuantumCircuit, qasm2
@@ -22,6 +23,9 @@ CIRCUIT_FORMATS = ("auto", "qasm2", "qasm3")
 PARSE_CACHE_BUDGET = 8 * 2**20
 PARSE_CACHE_ENTRY_ALLOWANCE = 4096
 _QASM2_COMMENT = re.compile(r"//[^\n]*")  # OpenQASM 2 has line comments only
+# Unicode spaces and format characters (no-break space, zero-width space, byte-order mark).
+_NON_ASCII_SPACE = re.compile(
+    r"[\u0080-\u00a0\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]")
 _QASM2_DEFINED = re.compile(r"\b(?:gate|opaque)\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -81,7 +85,7 @@ def _parse(source: str, fmt: str) -> QuantumCircuit:
     except BaseException as exc:  # the Rust qasm2 parser panics with a BaseException
         if _out_of_memory(exc):  # a panic over a failed allocation (the sandbox's bound)
             raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None
-        raise InvalidCircuit(f"{fmt}: {_short(_describe(exc))}") from None
+        raise InvalidCircuit(f"{fmt}: {_short(_describe(exc))}{_invisible(source)}") from None
 
 
 def legacy_gates(source: str) -> list:
@@ -157,6 +161,21 @@ def _describe(exc: BaseException) -> str:
                 return f"syntax error at line {token.line}:{token.column + 1} near {token.text!r}"
         cause = cause.__cause__ or cause.__context__
     return type(exc).__name__
+
+
+def _invisible(source: str) -> str:
+    """Where the program's first invisible non-ASCII character is (a no-break space, a
+    byte-order mark, a zero-width space: pasted from a web page or an editor), which the
+    parsers name badly: a no-break space before `OPENQASM 3` was `token recognition error at:
+    ' '`."""
+    found = _NON_ASCII_SPACE.search(source)
+    if found is None:
+        return ""
+    line = source.count("\n", 0, found.start()) + 1
+    column = found.start() - (source.rfind("\n", 0, found.start()) + 1) + 1
+    name = unicodedata.name(found.group(), "unnamed")
+    return f" (line {line}:{column} holds U+{ord(found.group()):04X} {name}, which OpenQASM " \
+        "does not read as a space)"
 
 
 def _short(text: str) -> str:

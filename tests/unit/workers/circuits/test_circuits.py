@@ -200,3 +200,31 @@ def test_the_cache_is_bounded():
     assert (cache.misses, cache.hits) == (6, 0)
     cache.get_or_parse(sources[-1], "qasm2")
     assert cache.hits == 1
+
+
+@pytest.mark.parametrize(("source", "said"), [
+    ("\u00a0OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[2] q;\nh q[0];\n",
+     "line 1:1 holds U+00A0 NO-BREAK SPACE"),
+    ("OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[2] q;\nh\u200b q[0];\n",
+     "line 4:2 holds U+200B ZERO WIDTH SPACE"),
+    ("\ufeffOPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[2];\nh q[0];\n",
+     "line 1:1 holds U+FEFF"),
+])
+def test_an_invisible_character_is_named_where_it_is(source, said):
+    """A no-break space before `OPENQASM 3` was told `token recognition error at: ' '`
+    (a red-team run): the character cannot be seen in the message."""
+    with pytest.raises(InvalidCircuit) as refused:
+        parse_circuit(source)
+    assert said in str(refused.value)
+
+
+def test_a_job_file_saved_with_a_byte_order_mark_is_read_without_it(tmp_path):
+    """A circuit file from an editor that writes a byte-order mark failed on the worker with
+    `non-ASCII byte: EF`."""
+    from streams.client.kafka import load_job_file
+
+    (tmp_path / "bell.qasm").write_bytes("\ufeff".encode() + BELL_QASM2.encode())
+    (tmp_path / "job.yaml").write_bytes("\ufeffcircuit_file: bell.qasm\nshots: 10\n".encode())
+    loaded = load_job_file(tmp_path / "job.yaml")
+    assert loaded["circuit"] == BELL_QASM2 and loaded["shots"] == 10
+    parse_circuit(loaded["circuit"])
