@@ -771,10 +771,11 @@ class JobRunner:
             # 352 s in a worker thread, and every job behind it waited (a red-team run).
             timeout = settings.execute_timeout_s
             try:
-                counts, seconds = await in_thread_within(
-                    runtime, timeout, [CLASSICAL], timed(run_classical_within), job.prepared,
-                    job.seed, settings.fallback_max_qubits,
-                    min(timeout, settings.max_simulation_seconds))
+                with timed_call([CLASSICAL]):  # a slow fallback is seen as a slow backend
+                    counts, seconds = await in_thread_within(
+                        runtime, timeout, [CLASSICAL], timed(run_classical_within),
+                        job.prepared, job.seed, settings.fallback_max_qubits,
+                        min(timeout, settings.max_simulation_seconds))
             except TimeoutError:
                 raise simulation_timeout(CLASSICAL, timeout) from None
             return Executed(counts, job.prepared, seconds, "fallback", reason,

@@ -33,9 +33,18 @@ def test_a_job_naming_made_up_fallbacks_counts_once(prepared_bell):  # noqa: F81
     source = record(1, request["workflow_id"])
     job = Job.of(source, {"workflow_id": request["workflow_id"]}, request, prepared)
     before = fallbacks_counted("deadline_missed")
+    calls_before = classical_calls()
     executed = asyncio.run(JobRunner(runtime, {}).run_fallback(
         job, "deadline_missed", TimeoutError("late")))
     assert executed.mode == "fallback"
     assert fallbacks_counted("deadline_missed") - before == 1
     tried = [event for event in runtime.events if event[:2] == ("status", "fallback")]
     assert len(tried) == 4
+    # The classical fallback's call is a backend call: a slow one was invisible (a red-team
+    # run).
+    assert classical_calls() - calls_before == 1
+
+
+def classical_calls() -> float:
+    return metrics.REGISTRY.get_sample_value("qlane_backend_call_seconds_count",
+                                             {"backend": "classical"}) or 0.0
