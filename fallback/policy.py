@@ -20,9 +20,11 @@ names the job's backend never sends the job back to it. The reason a job left it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Collection, Iterable, Set
 from dataclasses import dataclass
 from enum import StrEnum
+
+from workers.errors import InvalidJob, UnknownBackend
 
 CLASSICAL = "classical"
 
@@ -65,3 +67,20 @@ class FallbackPolicy:
 
     def __bool__(self) -> bool:
         return bool(self.targets)
+
+
+def checked_policy(names: Iterable[str] | None, known: Collection[str]) -> FallbackPolicy:
+    """The job's policy, refused when it names a target no worker offers: a misspelt
+    fallback was found only when the job's backend failed, by then a dead letter (a
+    red-team run). A known backend whose extra this worker lacks passes: another worker
+    may have it."""
+    try:
+        policy = FallbackPolicy.from_list(names)
+    except ValueError as error:
+        raise InvalidJob(str(error)) from None
+    unknown = [t for t in policy.targets if t != CLASSICAL and t not in known]
+    if unknown:
+        named = ", ".join(repr(t[:64]) for t in unknown[:3])
+        raise UnknownBackend(f"fallback {named} is no backend qlane knows (targets: "
+                             f"{CLASSICAL} or a backend name; `qlane backends` lists them)")
+    return policy

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 
-from fallback.policy import FallbackReason
+from fallback.policy import FallbackReason, checked_policy
 from schemas.codec import codec
 from streams.agents.common import (
     MAX_TOLD_KEY_BYTES,  # noqa: F401 - the tests' name for it
@@ -66,6 +66,12 @@ from workers.variational.loop import (
 STAGE = "preprocess"
 CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 log = logging.getLogger("qlane")
+
+
+def job_spec(runtime: Runtime, request: dict) -> JobSpec:
+    """The request's JobSpec, routed away from a drifted backend; its fallbacks checked."""
+    checked_policy(request.get("fallback"), runtime.registry.known())
+    return route_away_from_drift(runtime, JobSpec.from_record(request))
 
 
 def route_away_from_drift(runtime: Runtime, spec: JobSpec) -> JobSpec:
@@ -248,8 +254,7 @@ def register(app, runtime: Runtime, table) -> None:
             if ahead is not None and ahead.prepared is not None:
                 prepared = ahead.prepared
             else:
-                spec = route_away_from_drift(runtime, JobSpec.from_record(request))
-                prepared = await prepare_untrusted(runtime, source, spec)
+                prepared = await prepare_untrusted(runtime, source, job_spec(runtime, request))
         except Exception as error:
             raise StageFailure(workflow_id, error, getattr(error, "attempts", 1)) from error
         metrics.TRANSPILE_CACHE_LOOKUPS.labels(
@@ -348,6 +353,7 @@ def register(app, runtime: Runtime, table) -> None:
                 raise InvalidJob("a variational job's parameters come from its optimizer "
                                  "(variational.initial_point): parameter_sets must be empty")
             spec = VariationalSpec.from_record(request["variational"])
+            checked_policy(request.get("fallback"), runtime.registry.known())
             first = evaluation_job(JobSpec.from_record(request), spec.initial_point, 0)
             prepared = await prepare_untrusted(runtime, source, first)
             # A loop whose first evaluation does not fit the budget would only fail in its
@@ -390,8 +396,8 @@ def register(app, runtime: Runtime, table) -> None:
         if request.get("variational") is not None:
             return None
         try:
-            spec = route_away_from_drift(runtime, JobSpec.from_record(request))
-            return Ahead(request, prepared=await prepare_untrusted(runtime, source, spec))
+            return Ahead(request, prepared=await prepare_untrusted(
+                runtime, source, job_spec(runtime, request)))
         except Exception as error:  # noqa: BLE001 - raised by handle(), in the transaction
             return Ahead(request, error=error)
 

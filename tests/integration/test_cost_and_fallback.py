@@ -86,6 +86,16 @@ def test_over_budget_is_dead_lettered_or_falls_back_per_policy(budgeted):
     assert event["actual_usd"] == 0.0
 
 
+def test_a_misspelt_fallback_is_refused_before_the_job_runs(budgeted):
+    """It was found only when the job's backend failed, by then a dead letter (a red-team
+    run); a job whose backend never fails ran with it unnoticed."""
+    job = job_request(workflow_id=wf("typo"), circuit=BELL, shots=100,
+                      fallback=["brakett.local.sv", "classical"])
+    outcome = submit_and_wait(budgeted, [job])[job["workflow_id"]]
+    assert outcome.state == "failed" and "UnknownBackend" in outcome.detail
+    assert "brakett.local.sv" in outcome.detail
+
+
 def test_missed_deadline_falls_back_and_says_why(budgeted):
     late = job_request(workflow_id=wf("late"), circuit=BELL, shots=100, deadline_ms=1,
                        submitted_at_ms=int(time.time() * 1000) - 10_000, fallback=["classical"])

@@ -41,3 +41,18 @@ def test_reason_vocabulary() -> None:
     ]
     assert FallbackReason("breaker_open") is FallbackReason.BREAKER_OPEN
     assert f"{FallbackReason.DEADLINE_MISSED}" == "deadline_missed"
+
+
+def test_a_target_no_worker_offers_is_refused_with_its_name() -> None:
+    """A misspelt fallback was found only when the job's backend failed (a red-team run)."""
+    from fallback.policy import checked_policy
+    from workers.backends.registry import BackendRegistry
+    from workers.errors import InvalidJob, UnknownBackend
+
+    known = BackendRegistry().known()
+    assert checked_policy(["braket.local.sv", "classical"], known).targets == (
+        "braket.local.sv", CLASSICAL)
+    with pytest.raises(UnknownBackend, match="'brakett.local.sv' is no backend"):
+        checked_policy(["brakett.local.sv", "classical"], known)
+    with pytest.raises(InvalidJob):
+        checked_policy(["classical", ""], known)
