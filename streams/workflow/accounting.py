@@ -54,6 +54,14 @@ def show_budget(runtime: Runtime, tenant: str, spent: float | None = None) -> No
     metrics.BUDGET_REMAINING.labels(tenant).set(runtime.budgets.remaining(tenant, spent))
 
 
+def usd(amount: float) -> str:
+    """Dollars as a person reads them: four decimals, or the significant digits of an
+    amount too small for them (a limit of 5e-324 read `0.0000`, as if it were none; a
+    red-team Java client). + 0.0: a limit of -0.0 (allowed) read `-0.0000`."""
+    amount += 0.0
+    return f"{amount:.4f}" if amount == 0 or abs(amount) >= 0.00005 else f"{amount:.3g}"
+
+
 def check_budget(runtime: Runtime, request: dict, estimate: float, *, own_hold: float = 0.0,
                  count: bool = True) -> None:
     """BudgetExceeded unless the job's estimate fits its own limit and its tenant's budget
@@ -65,8 +73,8 @@ def check_budget(runtime: Runtime, request: dict, estimate: float, *, own_hold: 
         raise InvalidJob(f"cost_limit_usd must be a finite number >= 0, got {limit!r}")
     if limit is not None and estimate > limit:
         # + 0.0: a limit of -0.0 (allowed, it is not below 0) read "limit -0.0000".
-        raise BudgetExceeded(f"estimated USD {estimate:.4f} exceeds the job's limit "
-                             f"{limit + 0.0:.4f}")
+        raise BudgetExceeded(f"estimated USD {usd(estimate)} exceeds the job's limit "
+                             f"{usd(limit)}")
     tenant = request["tenant"]
     charged = tenant_spent(runtime, tenant)
     show_budget(runtime, tenant, charged)
@@ -75,8 +83,8 @@ def check_budget(runtime: Runtime, request: dict, estimate: float, *, own_hold: 
         if count and tenant in runtime.budgets.budgets:
             metrics.BUDGET_REFUSALS.labels(tenant).inc()
         raise BudgetExceeded(
-            f"tenant {tenant} has spent USD {spent:.4f} of {runtime.budgets.budget(tenant):.4f}; "
-            f"this job is estimated at {estimate:.4f}"
+            f"tenant {tenant} has spent USD {usd(spent)} of "
+            f"{usd(runtime.budgets.budget(tenant))}; this job is estimated at {usd(estimate)}"
         )
 
 

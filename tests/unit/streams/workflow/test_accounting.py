@@ -20,6 +20,12 @@ def test_an_estimate_over_the_jobs_limit_is_over_budget():
         check_budget(None, {"cost_limit_usd": 0.001, "tenant": "t"}, 0.01)
     with pytest.raises(BudgetExceeded, match="exceeds the job's limit 0.0000$"):  # not -0.0000
         check_budget(None, {"cost_limit_usd": -0.0, "tenant": "t"}, 0.01)
+    # A limit too small for four decimals read `0.0000`, as if it were none (a red-team Java
+    # client's Double.MIN_VALUE).
+    with pytest.raises(BudgetExceeded, match="USD 0.0100 exceeds the job's limit 4.94e-324$"):
+        check_budget(None, {"cost_limit_usd": 5e-324, "tenant": "t"}, 0.01)
+    with pytest.raises(BudgetExceeded, match="USD 2e-05 exceeds the job's limit 1e-05$"):
+        check_budget(None, {"cost_limit_usd": 1e-5, "tenant": "t"}, 2e-5)
 
 
 def budget_runtime(budgets: dict, default: float | None = None):
