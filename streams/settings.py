@@ -261,7 +261,7 @@ class Settings(BaseSettings):
         "broker limits a batch's compressed size only (streams/kafka/record_batches.py)",
     )
     max_held_records_mb: int = Field(
-        256, ge=1, le=65536, description="record values of 64 KiB or more that a worker holds "
+        256, ge=1, le=65536, description="record values of 1 KiB or more that a worker holds "
         "at once, decompressed (a poll's and its streams' buffers): one that would pass it "
         "is dead-lettered as RecordHeldBack without its value, which stays in its topic for a "
         "replay. 120 batches of 573 bytes, each a 15 MiB zstd record, took a worker from 0.76 "
