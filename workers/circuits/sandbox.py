@@ -339,6 +339,11 @@ def _error_frame(error: BaseException) -> dict:
     return {"ok": False, "error": name, "message": str(error)[:500]}
 
 
+# A prepare process that has kept more than this share of its memory bound after a request
+# is replaced (the next request waits for its start).
+RECYCLE_FROM = 0.5
+
+
 def _handler(kind: str):
     """What a sandbox process of this kind does with a request (Preparer.handle, or
     workers.execution.simulator.Simulator.handle)."""
@@ -387,6 +392,15 @@ def serve(reader: Connection, writer: Connection, bounds: SandboxBounds,
                            f"{bounds.output_bytes} (QLANE_SANDBOX_OUTPUT_MB)",
             }))
             continue
+        grown = _address_space() - (limit - bounds.memory_mb * 2**20)
+        if kind == PREPARE and grown > bounds.memory_mb * 2**20 * RECYCLE_FROM:
+            # What this process keeps between programs (parse and transpile caches, sized by
+            # count or source text, not by what a circuit takes loaded) grew 60 MiB a 245 KB
+            # program until the bound, and the next program, of any tenant, was refused
+            # as out of memory (a red-team run). Replaced now, each program has the bound.
+            header = {**header, "recycle": True, "grown_mb": grown // 2**20}
+            writer.send_bytes(_frame(header, payload))
+            return
         writer.send_bytes(_frame(header, payload))
 
 
@@ -611,6 +625,9 @@ class SandboxPool:
             self._replace(slot)
             raise SandboxCrashed("the sandbox sent a reply that does not decode") from None
         if header.get("recycle"):  # it ran out of memory or stack and exits: not reused
+            if header.get("ok"):
+                log.info("a %s sandbox process kept %s MB past its start, over half its "
+                         "bound: replaced", self.kind, header.get("grown_mb"))
             self._replace(slot)
         else:
             self._idle.put(slot)

@@ -157,3 +157,35 @@ def test_the_address_space_bound_reached_by_the_system_is_the_sandboxs_memory_bo
     for error in (MemoryError(), OSError(errno.ENOMEM, "Cannot allocate memory")):
         assert _error_frame(error)["error"] == "ResourceLimitExceeded"
     assert _error_frame(OSError(errno.ENOENT, "gone"))["error"] == "FileNotFoundError"
+
+
+def many_gate_instances(variant: int, instances: int = 1750) -> str:
+    """6 qubits, `instances` calls of a 12-operation gate: about 11 MB kept parsed and
+    transpiled in a sandbox's caches, which count it by its source text (61 KB)."""
+    lines = ['OPENQASM 2.0;', 'include "qelib1.inc";', "qreg q[6];", "creg c[6];",
+             "gate blk a,b,c,d,e,f { cx a,b; rx(0.1) b; cx b,c; rx(0.2) c; cx c,d; ry(0.3) d; "
+             "cx d,e; rx(0.4) e; cx e,f; ry(0.5) f; cx f,a; rx(0.6) a; }"]
+    for i in range(instances):
+        order = [(i * 5 + j * (1 + i % 5)) % 6 for j in range(6)]
+        if len(set(order)) < 6:
+            order = [(i + j) % 6 for j in range(6)]
+        lines.append("blk " + ",".join(f"q[{k}]" for k in order) + ";")
+    lines += [f"rz({variant}.5) q[0];", "measure q -> c;"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_sandbox_that_kept_half_its_bound_is_replaced_before_a_program_is_refused(
+        registry) -> None:
+    """The caches a prepare sandbox keeps between programs grew 60 MiB a 245 KB program
+    until its memory bound; the next program, of any tenant, was then dead-lettered as out
+    of memory (or crashed the process, an attempt counted against it; a red-team run)."""
+    small = SandboxPool(SandboxBounds(wall_s=60, cpu_s=30, memory_mb=120), size=1)
+    try:
+        pids = set()
+        for variant in range(14):
+            prepared = small.call(request(registry, many_gate_instances(variant), "aer.ideal"))
+            assert prepared.num_tasks == 1
+            pids.update(small.pids())
+        assert len(pids) >= 2  # replaced at least once, between programs
+    finally:
+        small.close()
