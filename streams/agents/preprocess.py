@@ -229,7 +229,9 @@ def register(app, runtime: Runtime, table) -> None:
             )
             return "duplicate"
 
-        accepted_at_ms = now_ms()
+        # Prepared ahead (fused_path=batch), the job's preprocessing started then.
+        accepted_at_ms = (ahead.started_ms if ahead is not None and ahead.started_ms
+                          else now_ms())
         attempts = (previous or {}).get("attempts", 0) + 1
         table[workflow_id] = {
             "fingerprint": fingerprint,
@@ -281,7 +283,8 @@ def register(app, runtime: Runtime, table) -> None:
             "request": source.value,
             "prepared": prepared.to_bytes(),
             "accepted_at_ms": accepted_at_ms,
-            "preprocess_s": time.perf_counter() - started,
+            "preprocess_s": time.perf_counter() - started + (
+                ahead.prepare_s if ahead is not None and ahead.prepared is prepared else 0.0),
             "attempt": attempts,
             "fallback_reason": fallback_reason,
             "estimate_usd": estimate,
@@ -395,11 +398,13 @@ def register(app, runtime: Runtime, table) -> None:
             return None
         if request.get("variational") is not None:
             return None
+        started_ms, started = now_ms(), time.perf_counter()
         try:
-            return Ahead(request, prepared=await prepare_untrusted(
-                runtime, source, job_spec(runtime, request)))
+            prepared = await prepare_untrusted(runtime, source, job_spec(runtime, request))
         except Exception as error:  # noqa: BLE001 - raised by handle(), in the transaction
-            return Ahead(request, error=error)
+            return Ahead(request, error=error, started_ms=started_ms)
+        return Ahead(request, prepared=prepared, started_ms=started_ms,
+                     prepare_s=time.perf_counter() - started)
 
     # One agent per priority lane (each lane's channel holds the shared and the tenants'
     # job topics of that lane); the gate hands the stage to the highest lane waiting.

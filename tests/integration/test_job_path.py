@@ -102,6 +102,23 @@ def test_counts_match_exact_distribution(settings, worker):
     assert tvd < 3 * expected + 1e-3, (tvd, expected)
 
 
+def test_a_results_timings_count_its_preparation_as_preprocessing(settings, worker):
+    """On the batch path a result said `preprocess_s` 0.00008 for a 3.3 s preparation, and
+    counted the preparation and the backend call as queued (`queued_s` 4.98 of an
+    `end_to_end_s` of 4.98; a red-team run)."""
+    from tests.unit.workers.circuits.test_sandbox import many_gate_instances
+
+    job = job_request(workflow_id=f"timed-{uuid.uuid4().hex[:8]}", shots=100,
+                      circuit=many_gate_instances(7, instances=1500), backend="aer.ideal")
+    outcome = submit_and_wait(settings, [job], timeout_s=120)[job["workflow_id"]]
+    assert outcome.state == "done", outcome.detail
+    timings = outcome.result["timings"]
+    assert timings["preprocess_s"] > 0.1, timings
+    parts = sum(timings[k] for k in ("queued_s", "preprocess_s", "execute_s", "mitigate_s"))
+    assert parts <= timings["end_to_end_s"] + 0.05, timings
+    assert timings["queued_s"] < timings["end_to_end_s"] - timings["preprocess_s"], timings
+
+
 @pytest.fixture(scope="module")
 def idle_settings(broker_address):
     return session_settings(*broker_address, tag="fidle")
