@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from qiskit import QuantumCircuit, qasm3
+from qiskit import QuantumCircuit, QuantumRegister, qasm3
 from qiskit.circuit import Parameter
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
 from qiskit.primitives.base.base_primitive_job import BasePrimitiveJob
@@ -195,6 +195,7 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
         # with `apply_layout` address.
         renamed = circuit.copy()
         renamed._layout = None  # noqa: SLF001 - Qiskit offers no way to drop it
+    renamed = in_qubit_order(renamed)
     if parameters:
         width = max(5, len(str(len(parameters))))
         renamed = renamed.assign_parameters(
@@ -211,6 +212,24 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
             failure = error
     raise InvalidCircuit(f"the circuit has no OpenQASM 3 spelling qlane can send, even with "
                          f"its gates decomposed 10 levels deep: {failure}")
+
+
+def in_qubit_order(circuit: QuantumCircuit) -> QuantumCircuit:
+    """The circuit with its qubits in one register, in the circuit's own order, when its
+    registers do not already declare them in that order. The exporter declares loose qubits
+    first and then each register, and the worker numbers qubits as declared, while
+    observables and results index `circuit.qubits`: a register plus a loose qubit, or a
+    register over its bits in another order, gave another qubit's expectation values, with
+    nothing said (a red-team run)."""
+    declared = [bit for register in circuit.qregs for bit in register]
+    if declared == list(circuit.qubits):
+        return circuit
+    taken = {register.name for register in (*circuit.qregs, *circuit.cregs)}
+    name = next(n for n in ("q", *(f"q{i}" for i in range(len(taken) + 1))) if n not in taken)
+    ordered = QuantumCircuit(QuantumRegister(circuit.num_qubits, name), circuit.clbits,
+                             *circuit.cregs, name=circuit.name, metadata=circuit.metadata)
+    return ordered.compose(circuit, qubits=ordered.qubits, clbits=circuit.clbits,
+                           copy=False)
 
 
 def flat_parameter_sets(values: np.ndarray) -> list[list[float]]:

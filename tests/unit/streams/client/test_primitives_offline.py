@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
-from qiskit.circuit import Parameter, ParameterVector
+from qiskit.circuit import Parameter, ParameterVector, Qubit
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.quantum_info import SparsePauliOp, Statevector
@@ -39,6 +39,40 @@ def test_parameters_keep_the_circuits_order_on_the_worker():
     mine = Statevector(parsed.assign_parameters(values))
     exact = Statevector(circuit.assign_parameters(dict(zip(parameters, values, strict=True))))
     assert mine.equiv(exact)
+
+
+def loose_qubit_after_a_register() -> QuantumCircuit:
+    circuit = QuantumCircuit(QuantumRegister(2, "r"))
+    circuit.add_bits([Qubit()])
+    return circuit
+
+
+def register_over_bits_in_another_order() -> QuantumCircuit:
+    bits = [Qubit() for _ in range(3)]
+    circuit = QuantumCircuit(bits)
+    circuit.add_register(QuantumRegister(bits=[bits[2], bits[0]], name="alias"))
+    return circuit
+
+
+@pytest.mark.parametrize("build", [loose_qubit_after_a_register,
+                                   register_over_bits_in_another_order])
+def test_the_worker_numbers_qubits_as_the_circuit_does(build):
+    """A register plus a loose qubit gave the Estimator another qubit's values, with nothing
+    said ([-1, 1, 1] for [1, 1, -1]; a red-team run): the exporter declares loose qubits
+    first, and the worker numbers qubits as declared."""
+    circuit = build()
+    circuit.x(2)
+    circuit.ry(0.4, 1)
+    circuit.add_register(ClassicalRegister(3, "c"))
+    circuit.measure([0, 1, 2], [0, 1, 2])
+    parsed = parse_circuit(circuit_source(circuit)[0], "qasm3")
+    assert [register.name for register in parsed.cregs] == ["c"]
+    for label in ("IIZ", "IZI", "ZII"):
+        observable = SparsePauliOp(label)
+        mine = Statevector(parsed.remove_final_measurements(inplace=False))
+        exact = Statevector(circuit.remove_final_measurements(inplace=False))
+        assert math.isclose(mine.expectation_value(observable).real,
+                            exact.expectation_value(observable).real, abs_tol=1e-9), label
 
 
 def _sampler_result(workflow_id, counts_per_set, registers):
