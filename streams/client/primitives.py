@@ -196,6 +196,11 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
         renamed = circuit.copy()
         renamed._layout = None  # noqa: SLF001 - Qiskit offers no way to drop it
     renamed = in_qubit_order(renamed)
+    if labelled := {i.operation.name for i in renamed.data
+                    if any(isinstance(p, str) for p in i.operation.params)}:
+        # A parameter that is text (PauliGate's label) is exported as a symbol, `pauli(XIY)`,
+        # which no reader defines (a red-team run): those gates go as their definitions.
+        renamed = renamed.decompose(gates_to_decompose=sorted(labelled))
     if parameters:
         width = max(5, len(str(len(parameters))))
         renamed = renamed.assign_parameters(

@@ -558,3 +558,13 @@ def test_a_seeded_adaptive_estimator_draws_new_shots_in_every_round():
     assert len(sent) >= 3 and seeds[0] == 42  # the pilot, then its rounds
     assert len(set(seeds)) == len(seeds)  # no round draws another's shots
     assert [request["seed"] for request in run_plan()] == seeds  # reproducible
+
+
+def test_a_pauli_gate_is_sent_as_its_definition():
+    """`QuantumCircuit.pauli` was exported as `pauli(XIY) q[0], q[1], q[2];`, a symbol no
+    reader defines: the job was dead-lettered as InvalidCircuit (a red-team run)."""
+    circuit = QuantumCircuit(3)
+    circuit.pauli("XIY", [0, 1, 2])
+    circuit.h(1)
+    parsed = parse_circuit(circuit_source(circuit)[0], "qasm3")
+    assert Statevector(parsed).equiv(Statevector(circuit))
