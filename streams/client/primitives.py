@@ -76,9 +76,11 @@ RUNNING_STATES = frozenset({"executing", "retrying", "fallback"})
 QUEUED_STATES = frozenset({"accepted", "prepared", "duplicate"})
 
 
-@dataclass
+@dataclass(slots=True)
 class Options:
-    """What every workflow of a primitive's calls asks for (JobRequest fields)."""
+    """What every workflow of a primitive's calls asks for (JobRequest fields), and the
+    defaults of run(). Slotted: a misspelt option (`options.default_shot = 37`) raises
+    AttributeError instead of being ignored (a red-team run)."""
 
     backend: str = "aer.ideal"
     mitigation: dict | None = None  # JobRequest.mitigation, e.g. {"readout": True}
@@ -90,6 +92,20 @@ class Options:
     seed: int | None = None  # simulator seed; None derives it from the workflow id
     timeout_s: float = 600.0  # how long result() waits for the workflows
     metadata: dict[str, str] = field(default_factory=dict)
+    # run()'s defaults, as `options.default_shots` of Qiskit's BackendSamplerV2 and IBM's
+    # primitives: the Sampler's shots per PUB; the Estimator's precision, which a
+    # default_shots given overrides (precision 1/sqrt(shots)), as on IBM's Estimator.
+    default_shots: int | None = None
+    default_precision: float = DEFAULT_PRECISION
+
+    @property
+    def seed_simulator(self) -> int | None:
+        """`seed`, by the name BackendSamplerV2's options give it."""
+        return self.seed
+
+    @seed_simulator.setter
+    def seed_simulator(self, value: int | None) -> None:
+        self.seed = value
 
     def request_fields(self) -> dict:
         fields = {
@@ -115,9 +131,35 @@ class Options:
         return fields
 
 
+def make_options(options: Options | dict | None, keywords: dict) -> Options:
+    """The primitive's Options: `options` (an Options, or a dict of its fields, as
+    BackendSamplerV2 takes them), else the Options fields among `keywords` (taken out of
+    them); `seed_simulator` is `seed`. TypeError names a field Options does not have."""
+    names = {*Options.__dataclass_fields__, "seed_simulator"}
+    given = {k: keywords.pop(k) for k in list(keywords) if k in names}
+    if isinstance(options, Options):
+        chosen = options
+    elif options is None or isinstance(options, dict):
+        chosen = Options()
+        given = {**(options or {}), **given}
+    else:
+        raise TypeError(f"options must be an Options or a dict, not {type(options).__name__}")
+    for name, value in given.items():
+        if name not in names:
+            raise TypeError(f"unknown option {name!r}; options are: "
+                            f"{', '.join(sorted(names))}")
+        setattr(chosen, name, value)
+    return chosen
+
+
 def make_settings(broker: str | None, settings: Settings | None, kafka: dict) -> Settings:
     """Settings from an explicit object, else QLANE_* variables; broker and any Settings field
-    given as a keyword (security_protocol, sasl_username, topic_prefix, ...) override."""
+    given as a keyword (security_protocol, sasl_username, topic_prefix, ...) override. A
+    keyword that is no Settings field is a TypeError, as for any function: `Sampler(shots=37)`
+    and `Sampler(default_shot=37)` were ignored (a red-team run)."""
+    if unknown := sorted(set(kafka) - set(Settings.model_fields)):
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r} (neither a primitive's "
+                        "option nor a Settings field)")
     base = settings if settings is not None else Settings()
     overrides = dict(kafka)
     if broker is not None:
@@ -527,21 +569,20 @@ class Sampler(_Primitive, BaseSamplerV2):
     and SASL), default_shots, the `Options` fields, and any Settings field."""
 
     def __init__(self, broker: str | None = None, *, settings: Settings | None = None,
-                 default_shots: int = DEFAULT_SHOTS, options: Options | None = None,
+                 default_shots: int | None = None, options: Options | dict | None = None,
                  **keywords) -> None:
-        option_names = set(Options.__dataclass_fields__)
-        option_values = {k: keywords.pop(k) for k in list(keywords) if k in option_names}
-        super().__init__(broker, settings, options or Options(**option_values), keywords)
-        self._default_shots = default_shots
+        if default_shots is not None:
+            keywords["default_shots"] = default_shots
+        super().__init__(broker, settings, make_options(options, keywords), keywords)
 
     @property
     def default_shots(self) -> int:
-        return self._default_shots
+        return self._options.default_shots or DEFAULT_SHOTS
 
     def run(self, pubs: Iterable, *, shots: int | None = None,
             job_id: str | None = None) -> QlaneJob:
         if shots is None:
-            shots = self._default_shots
+            shots = self.default_shots
         if (self._options.mitigation or {}).get("readout"):
             # The worker corrects probabilities, which the JobResult cannot carry and which
             # are no samples: the counts would come back raw, as if it had not been asked.
@@ -708,25 +749,28 @@ class Estimator(_Primitive, BaseEstimatorV2):
     fields, and any Settings field."""
 
     def __init__(self, broker: str | None = None, *, settings: Settings | None = None,
-                 default_precision: float = DEFAULT_PRECISION, adaptive: bool = False,
-                 adaptive_options=None, options: Options | None = None, **keywords) -> None:
-        option_names = set(Options.__dataclass_fields__)
-        option_values = {k: keywords.pop(k) for k in list(keywords) if k in option_names}
-        super().__init__(broker, settings, options or Options(**option_values), keywords)
-        if default_precision <= 0:
+                 default_precision: float | None = None, adaptive: bool = False,
+                 adaptive_options=None, options: Options | dict | None = None,
+                 **keywords) -> None:
+        if default_precision is not None:
+            keywords["default_precision"] = default_precision
+        super().__init__(broker, settings, make_options(options, keywords), keywords)
+        if self.default_precision <= 0:
             raise ValueError("default_precision must be > 0 for a shot-based estimator")
-        self._default_precision = default_precision
         self._adaptive = adaptive
         self._adaptive_options = adaptive_options
 
     @property
     def default_precision(self) -> float:
-        return self._default_precision
+        """`options.default_precision`, or 1/sqrt(`options.default_shots`) when given."""
+        if self._options.default_shots:
+            return 1 / math.sqrt(self._options.default_shots)
+        return self._options.default_precision
 
     def run(self, pubs: Iterable, *, precision: float | None = None,
             job_id: str | None = None) -> QlaneJob:
         if precision is None:
-            precision = self._default_precision
+            precision = self.default_precision
         coerced = [EstimatorPub.coerce(pub, precision) for pub in pubs]
         for pub in coerced:
             if pub.precision <= 0:

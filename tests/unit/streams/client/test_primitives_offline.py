@@ -568,3 +568,30 @@ def test_a_pauli_gate_is_sent_as_its_definition():
     circuit.h(1)
     parsed = parse_circuit(circuit_source(circuit)[0], "qasm3")
     assert Statevector(parsed).equiv(Statevector(circuit))
+
+
+def test_qiskit_style_options_are_applied_and_unknown_ones_refused():
+    """`sampler.options.default_shots = 37` still gave 1024 shots, `options={...}` (what
+    BackendSamplerV2 takes) raised AttributeError, and `Sampler(shots=37)`,
+    `Sampler(default_shot=37)` and `Estimator(precision=0.1)` were ignored (a red-team
+    run)."""
+    from streams.client import Sampler
+
+    sampler = Sampler("127.0.0.1:1")
+    assert sampler.default_shots == 1024
+    sampler.options.default_shots = 37
+    assert sampler.default_shots == 37
+    sampler = Sampler("127.0.0.1:1", options={"default_shots": 37, "seed_simulator": 5})
+    assert (sampler.default_shots, sampler.options.seed) == (37, 5)
+    estimator = Estimator("127.0.0.1:1")
+    estimator.options.default_precision = 0.1
+    assert estimator.default_precision == 0.1
+    estimator.options.default_shots = 400  # overrides the precision, as on IBM's Estimator
+    assert estimator.default_precision == 0.05
+    for wrong in ({"shots": 37}, {"default_shot": 37}, {"options": {"shots": 37}}):
+        with pytest.raises(TypeError, match="shot"):
+            Sampler("127.0.0.1:1", **wrong)
+    with pytest.raises(TypeError, match="precision"):
+        Estimator("127.0.0.1:1", precision=0.1)
+    with pytest.raises(AttributeError):
+        sampler.options.default_shot = 3
