@@ -172,18 +172,14 @@ def make_settings(broker: str | None, settings: Settings | None, kafka: dict) ->
     return Settings(**{**values, **overrides})
 
 
-# A worker's default qubit limit (workers/limits.py): an ISA circuit wider than this is sent
-# on its active qubits only.
-COMPACT_ABOVE_QUBITS = 24
-
-
 def active_qubits(circuit: QuantumCircuit) -> list[int] | None:
-    """The qubits an ISA circuit wider than COMPACT_ABOVE_QUBITS acts on, when it leaves some
-    idle; None to send it whole. A circuit transpiled for a 127-qubit device keeps every
-    physical qubit, and was `CircuitTooLarge` on every worker (a red-team run); its idle
-    qubits stay in |0>, so the circuit on its active qubits gives the same samples, and an
-    observable's Z or I there reads +1 (X or Y: 0)."""
-    if circuit.layout is None or circuit.num_qubits <= COMPACT_ABOVE_QUBITS:
+    """The qubits an ISA circuit (one with a layout) acts on, when it leaves some idle; None
+    to send it whole. A circuit transpiled for a 127-qubit device keeps every physical
+    qubit, and was `CircuitTooLarge` on every worker (a red-team run), as was one for a
+    16-qubit device on the 8-qubit aer.noisy; its idle qubits stay in |0>, so the circuit on
+    its active qubits gives the same samples, and an observable's Z or I there reads +1 (X
+    or Y: 0). The worker lays the circuit out on its backend again either way."""
+    if circuit.layout is None:
         return None
     if any(bit not in {b for reg in circuit.cregs for b in reg} for bit in circuit.clbits):
         return None  # loose classical bits: sent as they are

@@ -595,3 +595,23 @@ def test_qiskit_style_options_are_applied_and_unknown_ones_refused():
         Estimator("127.0.0.1:1", precision=0.1)
     with pytest.raises(AttributeError):
         sampler.options.default_shot = 3
+
+
+def test_an_isa_circuit_of_a_16_qubit_device_is_sent_on_its_active_qubits():
+    """Transpiled for FakeGuadalupeV2 a GHZ-3 keeps 16 qubits and was CircuitTooLarge on the
+    8-qubit aer.noisy and the 10-qubit braket.local.dm: only circuits wider than 24 qubits
+    were sent on their active qubits (a red-team run)."""
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_ibm_runtime.fake_provider import FakeGuadalupeV2
+
+    from streams.client.primitives import active_qubits
+
+    logical = QuantumCircuit(3)
+    logical.h(0)
+    logical.cx(0, 1)
+    logical.cx(1, 2)
+    isa = generate_preset_pass_manager(optimization_level=1, backend=FakeGuadalupeV2(),
+                                       seed_transpiler=3).run(logical)
+    assert isa.num_qubits == 16
+    assert 3 <= len(active_qubits(isa)) <= 5
+    assert active_qubits(logical) is None  # not transpiled: sent as it is
