@@ -33,7 +33,10 @@ be handled again. What it gives up against the stages: a cancel that arrives beh
 in the same batch comes too late (as with `always`), and so does one handled while the call
 runs (`cancel_ignored`, "already executing": the job is known to the cancel from the call's
 start, `Runtime.in_batch_call`; it was dropped after running, uncharged). A job behind its
-cancel in the batch is left out of the call (step 3 drops it). Each job of the call holds its
+cancel in the batch is left out of the call (step 3 drops it), and so is one whose cancel
+another batch took (the high lane's) or handled before the call began: a call that waited
+for the one before it first lets the higher lanes take the stage (`LaneGate.
+higher_lanes_served`). Each job of the call holds its
 estimate in its tenant's budget from step 2 until its own charge (or the batch's end), so a
 job the budget refuses is left out of the call: checked only in step 3, 16 of 20 jobs ran on
 the backend and were then refused, uncharged (a red-team run).
@@ -98,6 +101,8 @@ class Ahead:
 
 
 LookAhead = Callable[[SourceRecord], Awaitable[Ahead | None]]
+# How long a batch's call waits, after the call before it, for higher lanes to take the stage.
+HIGHER_LANES_WAIT_S = 1.0
 
 
 @dataclass
@@ -146,6 +151,9 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         async def call() -> None:
             if previous is not None:
                 await asyncio.wait({previous})
+                # The cancels that came on the high lane during the call before are taken
+                # first (`run_together` leaves their jobs out).
+                await gate.higher_lanes_served(lane, HIGHER_LANES_WAIT_S)
             await run_together(runtime, runner, [source for _, source in fresh], aheads,
                                cancelled_before)
 
@@ -234,7 +242,11 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
     jobs: list[Job] = []
     holds: dict[str, float] = {}
     called: set[str] = set()
-    cancelled_here: set[bytes | None] = set(cancelled_before)
+    # Cancels taken since this batch's look-ahead, by other batches (the high lane's), and
+    # not handled yet, and those handled since (tombstones): their jobs stay out of the call.
+    own = {source.key for source in sources if is_cancel(source.value)}
+    cancelled_here: set[bytes | None] = set(cancelled_before) | {
+        key for key in runtime.pending_cancels if key not in own}
     for source in sources:
         if is_cancel(source.value):
             # Step 3 handles it before the job behind it, which it may drop: not to be run.
@@ -253,7 +265,8 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
             # A copy of a job earlier in this batch: step 3 finds it a duplicate (or a
             # conflict). In the call it ran on the backend twice, charged once (red-team run).
             continue
-        if source.key in cancelled_here or request["workflow_id"] in runtime.in_batch_call:
+        if (source.key in cancelled_here or request["workflow_id"] in runtime.in_batch_call
+                or (runner.table.get(request["workflow_id"]) or {}).get("state") == "cancelled"):
             # Also a copy in the call of a batch whose records are not handled yet.
             continue
         task = {"workflow_id": request["workflow_id"],

@@ -29,6 +29,7 @@ class LaneGate:
         self.burst = burst
         self._waiting: dict[str, list[asyncio.Future]] = {lane: [] for lane in self.lanes}
         self._busy = False
+        self._holder: str | None = None  # the lane whose turn it is
         self._streak = 0  # turns in a row given to a higher lane while a lower one waited
         self.granted: list[str] = []  # the lane of every turn, for metrics and tests
 
@@ -51,6 +52,7 @@ class LaneGate:
         lower_waiting = any(self._waiting[low] for low in self.lanes[self.lanes.index(lane) + 1:])
         self._streak = self._streak + 1 if lower_waiting else 0
         self._busy = True
+        self._holder = lane
         self.granted.append(lane)
         del self.granted[:-1000]
         self._waiting[lane].pop(0).set_result(None)
@@ -74,12 +76,24 @@ class LaneGate:
             if future in self._waiting[lane]:
                 self._waiting[lane].remove(future)
             elif future.done() and not future.cancelled():
-                self._busy = False
+                self._busy, self._holder = False, None
                 asyncio.ensure_future(self._handoff())
             raise
         try:
             yield
         finally:
-            self._busy = False
+            self._busy, self._holder = False, None
             self._handoff_task = asyncio.ensure_future(self._handoff())
 
+    async def higher_lanes_served(self, lane: str, within_s: float) -> None:
+        """Return once no lane above `lane` waits for the stage or holds it, or after
+        `within_s`: work outside the turns (a backend call) that higher lanes may stop
+        first. A batch's call began when the call before it ended, while the cancels of
+        its jobs waited on the high lane for the stage: the jobs ran, and their cancels
+        were told `already executing` (a red-team run)."""
+        higher = set(self.lanes[: self.lanes.index(lane)])
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within_s
+        while (self._holder in higher or any(self._waiting[h] for h in higher)) \
+                and loop.time() < until:
+            await asyncio.sleep(0.005)

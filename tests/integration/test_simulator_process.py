@@ -10,11 +10,14 @@ estimates must be equal, and the calls must have run where each setting says.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
 
-from streams.client import job_request
+from streams.client import Client, job_request
+from tests.integration.test_lanes_and_cancel import EXAMPLES, slow_parametric_job
 from tests.support import (
     ready_workers,
     session_settings,
@@ -101,3 +104,37 @@ def test_counts_in_the_simulator_process_equal_the_workers_own(
     # The default path (fused_path=batch) runs the burst in batch calls of the preprocess
     # stage; nothing goes through stage.execute.
     assert topic_records(simulator_settings, "stage.execute", 5) == []
+
+
+def test_jobs_queued_behind_a_long_call_are_cancelled_when_asked_during_it(
+        simulator_settings, both_workers):
+    """Three small jobs taken as the next batch while a 22 s call ran, cancelled 1 s later
+    on the high lane: every cancel was handled only once their own call had begun, and all
+    three ran, were charged and were told `already executing` (a red-team run)."""
+    settings = simulator_settings
+    tag = uuid.uuid4().hex[:6]
+    long_job = slow_parametric_job(f"long-{tag}", 10)
+    bell = (EXAMPLES / "bell.qasm").read_text()
+    queued = [job_request(workflow_id=f"queued-{tag}-{i}", circuit=bell, shots=10)
+              for i in range(3)]
+
+    async def go():
+        async with Client(settings) as client:
+            await client.start_watching()
+            await client.submit(long_job)
+            await asyncio.sleep(1.5)
+            for job in queued:
+                await client.submit(job)
+            await asyncio.sleep(1.0)
+            for job in queued:
+                await client.cancel(job["workflow_id"], reason="test")
+            return await client.wait([job["workflow_id"] for job in [long_job, *queued]], 180)
+
+    outcomes = asyncio.run(go())
+    assert outcomes[long_job["workflow_id"]].state == "done"
+    for job in queued:
+        outcome = outcomes[job["workflow_id"]]
+        assert outcome.state == "cancelled" and outcome.result is None, (outcome.state,
+                                                                         outcome.history)
+    keys = {job["workflow_id"].encode() for job in queued}
+    assert not [r for r in topic_records(settings, "cost") if r.key in keys]

@@ -109,3 +109,40 @@ def test_gate_choice_is_pure():
     assert gate.choose() is None
     with pytest.raises(ValueError):
         LaneGate(LANES, burst=0)
+
+
+def test_work_outside_the_turns_can_wait_for_the_higher_lanes():
+    """A batch's call that waited for the call before it began at once, while the cancels of
+    its jobs waited on the high lane for the stage (a red-team run)."""
+    async def go() -> list[str]:
+        gate = LaneGate(LANES)
+        order: list[str] = []
+
+        async def normal_turn():
+            async with gate.turn("normal"):
+                await asyncio.sleep(0.05)  # the normal lane holds the stage; high arrives
+
+        async def high_turn():
+            await asyncio.sleep(0.01)
+            async with gate.turn("high"):
+                await asyncio.sleep(0.05)
+                order.append("high handled")
+
+        async def normal_call():
+            await asyncio.sleep(0.02)
+            await gate.higher_lanes_served("normal", within_s=5)
+            order.append("normal call")
+
+        async def low_call():  # bounded: a high lane that never ends does not stop it
+            gate_busy = LaneGate(LANES)
+            async with gate_busy.turn("high"):
+                started = asyncio.get_running_loop().time()
+                await gate_busy.higher_lanes_served("low", within_s=0.1)
+                return asyncio.get_running_loop().time() - started
+
+        await asyncio.gather(normal_turn(), high_turn(), normal_call())
+        waited = await low_call()
+        assert 0.09 <= waited < 1
+        return order
+
+    assert asyncio.run(go()) == ["high handled", "normal call"]
