@@ -99,6 +99,18 @@ def check_against_circuit(
         check_observable(observable, index, n)
 
 
+def check_finite_angles(circuit: QuantumCircuit) -> None:
+    """InvalidCircuit for a gate whose angle is not a finite number: `ry(2^2^2^2^2)`
+    overflows to infinity in the parser, and reached the backend, whose NaN outcome was
+    dead-lettered as ExecutionFailed, as if the backend had failed (a red-team run)."""
+    for instruction in circuit.data:
+        for param in instruction.operation.params:
+            if isinstance(param, float | int) and not math.isfinite(param):
+                qubits = [circuit.find_bit(q).index for q in instruction.qubits]
+                raise InvalidCircuit(f"gate {instruction.operation.name} on qubits {qubits} "
+                                     f"has the angle {param}: angles must be finite")
+
+
 def check_circuit_count(count: int, limits: Limits) -> None:
     if count > limits.max_circuits_per_job:
         raise InvalidJob(f"job expands to {count} circuits > {limits.max_circuits_per_job}")

@@ -31,7 +31,12 @@ from workers.circuits.measurement import (
 from workers.circuits.parsing import parse_circuit, resolve_format
 from workers.circuits.static_count import check_program
 from workers.circuits.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
-from workers.circuits.validation import check_against_circuit, check_circuit_count, check_request
+from workers.circuits.validation import (
+    check_against_circuit,
+    check_circuit_count,
+    check_finite_angles,
+    check_request,
+)
 from workers.errors import (
     CorruptRecord,
     ExecutionFailed,
@@ -280,6 +285,7 @@ def prepare(
 
     transpiled = [cache.transpile(c, backend) for c in logical]
     templates = [template for template, _ in transpiled]
+    check_finite_angles(templates[0])
     reached = [1.0] * len(templates)
     if fold_seed is None:
         fold_seed = job_seed(spec.workflow_id, spec.seed)

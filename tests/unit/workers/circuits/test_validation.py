@@ -176,3 +176,22 @@ def test_too_many_distinct_pauli_strings_are_refused_before_they_are_grouped(
                 ObservableSpec(tuple(PauliTerm(s) for s in strings[:3])))
     assert _prepare(registry, cache, Limits(max_observable_terms=3), circuit=program,
                     observables=at_limit).observables
+
+
+def test_an_angle_that_overflows_to_infinity_is_an_invalid_circuit():
+    """`ry(2^2^2^2^2)` overflowed to infinity in the parser and reached the backend, whose
+    NaN outcome was dead-lettered as ExecutionFailed, a failure of the system (a red-team
+    run)."""
+    from workers.backends.registry import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.errors import InvalidCircuit
+    from workers.execution.preparation import prepare
+    from workers.jobs import JobSpec
+    from workers.limits import Limits
+
+    source = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
+              "ry(2^2^2^2^2) q[0];\nh q[1];\nmeasure q -> c;\n")
+    spec = JobSpec.from_record({"workflow_id": "inf", "circuit": source, "shots": 10,
+                                "backend": "aer.ideal"})
+    with pytest.raises(InvalidCircuit, match="gate ry on qubits .0. has the angle inf"):
+        prepare(spec, BackendRegistry(), TranspileCache(), Limits(), None)
