@@ -50,6 +50,10 @@ def kafka_options(settings: Settings) -> dict:
     }
     if settings.profile == "kafka":
         options["metadata_max_age_ms"] = KAFKA_METADATA_MAX_AGE_MS
+        # The workers' bound on a broker's answer, for the clients too: with aiokafka's 40 s,
+        # a frozen node of three held every client submit to a partition it led for 40 s,
+        # while KRaft had moved its leaders after 9 s (a red-team run).
+        options["request_timeout_ms"] = int(settings.kafka_request_timeout_s * 1000)
     context = ssl_context(settings)
     if context is not None:
         options["ssl_context"] = context
@@ -136,7 +140,7 @@ async def check_access(settings: Settings, topics: list[str], group: str | None 
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import GroupAuthorizationFailedError, KafkaError
 
-    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**{**kafka_options(settings), "request_timeout_ms": 15000})
     await admin.start()
     try:
         refused = []

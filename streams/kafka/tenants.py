@@ -251,7 +251,8 @@ class Admin:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=15000)
+        self.client = AIOKafkaAdminClient(**{**kafka_options(settings),
+                                             "request_timeout_ms": 15000})
 
     async def __aenter__(self) -> Admin:
         await self.client.start()

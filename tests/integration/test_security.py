@@ -153,7 +153,7 @@ def test_principal_without_acls_is_refused(secured, tmp_path):
     assert secured.users["intruder"] not in text
 
     async def produce():
-        producer = AIOKafkaProducer(**kafka_options(settings), request_timeout_ms=10000)
+        producer = AIOKafkaProducer(**{**kafka_options(settings), "request_timeout_ms": 10000})
         await producer.start()
         started = time.monotonic()
         try:

@@ -23,10 +23,11 @@ TERMINAL = ("done", "failed")
 
 
 async def _read(settings: Settings, topic: str, isolation_level: str, timeout_s: float):
-    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
+    consumer = AIOKafkaConsumer(**{**kafka_options(settings), "request_timeout_ms": 10_000},
+                                group_id=None,
                                 enable_auto_commit=False, isolation_level=isolation_level,
                                 # "latest" (the default) races seek_to_beginning on assign
-                                auto_offset_reset="earliest", request_timeout_ms=10_000)
+                                auto_offset_reset="earliest")
     await consumer.start()
     records = []
     try:

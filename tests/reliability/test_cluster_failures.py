@@ -180,8 +180,9 @@ class SteadySubmitter(threading.Thread):
         from schemas.codec import codec
         from streams.kafka.security import kafka_options
 
-        producer = AIOKafkaProducer(**kafka_options(self.settings), acks="all",
-                                    enable_idempotence=True, request_timeout_ms=10_000)
+        producer = AIOKafkaProducer(**{**kafka_options(self.settings),
+                                       "request_timeout_ms": 10_000},
+                                    acks="all", enable_idempotence=True)
         await producer.start()
         try:
             encode, sends = codec("JobRequest").encode, []

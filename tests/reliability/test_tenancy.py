@@ -132,7 +132,7 @@ def qlane_cli(*args: str, settings: Settings) -> subprocess.CompletedProcess:
 
 
 async def produce(settings: Settings, topic: str, record: dict) -> None:
-    producer = AIOKafkaProducer(**kafka_options(settings), request_timeout_ms=10000)
+    producer = AIOKafkaProducer(**{**kafka_options(settings), "request_timeout_ms": 10000})
     await producer.start()
     try:
         await producer.send_and_wait(topic, codec("JobRequest").encode(record),
@@ -153,7 +153,7 @@ def keys_in(settings: Settings, topic: str) -> set[bytes]:
 
 async def refused_reading(settings: Settings, topic: str) -> tuple[int, int]:
     """(the broker's error code for describing `topic`, records a consumer got in 3 s)."""
-    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(**{**kafka_options(settings), "request_timeout_ms": 10000})
     await admin.start()
     try:
         (description,) = await admin.describe_topics([topic])
@@ -161,8 +161,8 @@ async def refused_reading(settings: Settings, topic: str) -> tuple[int, int]:
         await admin.close()
     # From the first offset, by the reset policy: seek_to_beginning() would wait out
     # request_timeout_ms on the metadata the broker refuses before the first fetch.
-    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
-                                enable_auto_commit=False, request_timeout_ms=10000,
+    consumer = AIOKafkaConsumer(**{**kafka_options(settings), "request_timeout_ms": 10000},
+                                group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     got = 0

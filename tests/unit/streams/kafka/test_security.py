@@ -27,7 +27,8 @@ def test_plaintext_has_only_the_servers_and_on_kafka_a_short_metadata_age():
     assert options == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT"}
     options = kafka_options(Settings(broker="k1:9092,k2:9092", profile="kafka"))
     assert options == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT",
-                       "metadata_max_age_ms": KAFKA_METADATA_MAX_AGE_MS}
+                       "metadata_max_age_ms": KAFKA_METADATA_MAX_AGE_MS,
+                       "request_timeout_ms": 10_000}
     assert faust_credentials(Settings()) == {}
 
 
@@ -138,3 +139,16 @@ def test_the_start_up_wait_is_bounded():
     with pytest.raises(NodeNotReadyError):
         asyncio.run(preflight(startup_settings(startup_broker_wait_s=0), ensure_topics))
     assert len(calls) == 1
+
+
+def test_clients_wait_for_a_broker_as_long_as_the_workers_do():
+    """With aiokafka's 40 s, a frozen node of three held every client submit to a partition
+    it led for 40 s, while KRaft moved its leaders after 9 s (a red-team run)."""
+    from streams.kafka.security import kafka_options
+    from streams.settings import Settings
+
+    options = kafka_options(Settings(profile="kafka", broker="k:9092",
+                                     kafka_request_timeout_s=12))
+    assert options["request_timeout_ms"] == 12_000
+    assert "request_timeout_ms" not in kafka_options(Settings(profile="embedded",
+                                                              broker="k:9092"))
