@@ -782,8 +782,10 @@ def main(argv: list[str] | None = None) -> int:
         from workers.errors import QlaneError
 
         # Refused before sending: `cancel foo --tenant t1`, or a job file's field of the
-        # wrong type (`seed: 1.5`, `shots: 1e3`: a traceback ending in CorruptRecord).
-        if isinstance(error, ValueError) or (isinstance(error, QlaneError)
+        # wrong type (`seed: 1.5`, `shots: 1e3`: a traceback ending in CorruptRecord), or a
+        # job or circuit file that cannot be read (a traceback; a red-team run).
+        if isinstance(error, ValueError | FileNotFoundError | IsADirectoryError
+                      | PermissionError) or (isinstance(error, QlaneError)
                                              and error.input_fault):
             print(f"qlane {args.command}: {printable(str(error))}", file=sys.stderr)
             return 2

@@ -204,3 +204,12 @@ def test_a_refusing_broker_is_told_in_one_line_and_leaves_no_client_open(capsys,
     assert code == 1 and "the cluster cannot answer now" in err, err
     unclosed = [str(w.message) for w in recwarn if "Unclosed" in str(w.message)]
     assert not unclosed, unclosed
+
+
+def test_a_job_file_naming_a_missing_circuit_file_is_a_usage_error(tmp_path, capsys):
+    """It printed a FileNotFoundError traceback (a red-team run)."""
+    job = tmp_path / "job.yaml"
+    job.write_text("circuit_file: missing.qasm\n")
+    code = main(["submit", str(job), "--broker", "127.0.0.1:1", "--profile", "kafka"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.qasm" in err and "Traceback" not in err, err
