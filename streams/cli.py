@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streams.kafka import record_batches
 from streams.kafka.compat import assign_settled, start_or_close, stop_consumer, topic_partitions
-from streams.kafka.security import kafka_options
+from streams.kafka.security import client_options
 from streams.ops.logs import printable
 from streams.settings import Settings
 
@@ -390,7 +390,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         # read_committed on Kafka, as every reader of qlane's outcomes must: read
         # uncommitted, a worker killed mid-transaction showed a result, a cost and a `done`
         # twice, the aborted copies beside the committed ones (a red-team run).
-        consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None,
+        consumer = AIOKafkaConsumer(**client_options(settings), group_id=None,
                                     enable_auto_commit=False,
                                     isolation_level=settings.isolation_level)
         await start_or_close(consumer)
@@ -580,7 +580,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     key, value = noise_control_record(args.backend, args.scale)
 
     async def go():
-        producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
+        producer = AIOKafkaProducer(**client_options(settings), acks="all")
         await start_or_close(producer)
         try:
             await producer.send_and_wait(topic, value=value, key=key)

@@ -10,7 +10,7 @@ from schemas.codec import codec
 from streams.client.kafka import Client, own_ids
 from streams.client.timeouts import Deadline, started
 from streams.kafka.compat import start_or_close, stop_consumer, topic_partitions
-from streams.kafka.security import kafka_options
+from streams.kafka.security import client_options
 from streams.kafka.topics import job_topic, tenant_topic
 from streams.settings import Settings
 from workers.errors import UndecodableRecord
@@ -46,7 +46,7 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
     deadline = Deadline(timeout_s)
 
     async def start_watcher() -> AIOKafkaConsumer:
-        watcher = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
+        watcher = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False,
                                    group_id=None, isolation_level=settings.isolation_level,
                                    fetch_max_wait_ms=settings.effective_fetch_max_wait_ms)
         return await start_or_close(watcher)

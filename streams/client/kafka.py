@@ -25,7 +25,7 @@ from streams.kafka.compat import (
     stop_quietly,
     topic_partitions,
 )
-from streams.kafka.security import detect_profile, kafka_options
+from streams.kafka.security import client_options, detect_profile
 from streams.kafka.shutdown import install_logger_filter
 from streams.kafka.tenants import tenant_ids, topic_tenant
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, tenant_topic
@@ -203,7 +203,7 @@ class Client:
         self.settings = await detect_profile(self.settings)  # its readers' isolation level
         # acks=all: a job acknowledged by a leader that dies before a follower copies it is
         # lost; with all, min.insync.replicas have it (the workers' producers do the same).
-        self.producer = AIOKafkaProducer(**kafka_options(self.settings), linger_ms=0,
+        self.producer = AIOKafkaProducer(**client_options(self.settings), linger_ms=0,
                                          acks="all")
         await start_or_close(self.producer)  # e.g. refused credentials: closes what it opened
         return self
@@ -216,7 +216,7 @@ class Client:
     async def start_watching(self) -> None:
         """Position at the end of the outcome topics before submitting, to miss nothing."""
         self.watcher = AIOKafkaConsumer(
-            **kafka_options(self.settings), enable_auto_commit=False, group_id=None,
+            **client_options(self.settings), enable_auto_commit=False, group_id=None,
             isolation_level=self.settings.isolation_level,
             fetch_max_wait_ms=self.settings.effective_fetch_max_wait_ms,
         )
@@ -518,7 +518,7 @@ class Client:
 async def read_topic(settings: Settings, topic: str, timeout_s: float, max_records: int = 0):
     """Every record of a topic from the beginning up to its current end."""
     consumer = AIOKafkaConsumer(
-        **kafka_options(settings), enable_auto_commit=False, group_id=None,
+        **client_options(settings), enable_auto_commit=False, group_id=None,
         isolation_level=settings.isolation_level,
     )
     await start_or_close(consumer)

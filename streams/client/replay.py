@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.codec import codec
 from streams.kafka.compat import (
     assign_settled,
+    listed_partitions,
     start_or_close,
     stop_consumer,
     topic_partitions,
@@ -29,7 +30,7 @@ from streams.kafka.compat import (
 from streams.kafka.copies import DEAD_LETTER_HEADER, REPLAY_HEADER, copied_from
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES
 from streams.kafka.record_batches import UNREADABLE_HEADER
-from streams.kafka.security import kafka_options
+from streams.kafka.security import client_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, parse_job_topic
 from streams.settings import Settings
 from streams.workflow.deadletter import (
@@ -90,7 +91,7 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
     record's own timestamp, so it is right on brokers that answer the lookup by write time.
     """
     consumer = AIOKafkaConsumer(
-        **kafka_options(settings), group_id=None, enable_auto_commit=False,
+        **client_options(settings), group_id=None, enable_auto_commit=False,
         isolation_level=settings.isolation_level,
         fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
     )
@@ -468,6 +469,11 @@ def dead_letter_destination(dlq: dict[str, str], value: bytes, names: TopicNames
             f"JobRequest carried by a dead {internal or 'variational job'}")
 
 
+async def topic_exists(producer: AIOKafkaProducer, topic: str) -> bool:
+    """Whether the cluster lists `topic` to this principal (asked without creating it)."""
+    return bool(await listed_partitions(producer.client, topic))
+
+
 async def replay(
     settings: Settings,
     selection: ReplaySelection,
@@ -481,10 +487,19 @@ async def replay(
 ) -> ReplaySummary:
     names = TopicNames.from_settings(settings)
     summary = ReplaySummary()
-    producer = None
-    if not dry_run:
-        producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5, acks="all")
-        await start_or_close(producer)
+    # Started for a dry run too, which sends nothing: its metadata says which targets exist.
+    producer = AIOKafkaProducer(**client_options(settings), linger_ms=5, acks="all")
+    await start_or_close(producer)
+    existing: dict[str, bool] = {}
+
+    async def target_exists(topic: str) -> bool:
+        # A send to a topic that does not exist waited aiokafka's request timeout for its
+        # metadata, a record at a time, with a warning each 100 ms: the dead letters of a
+        # removed tenant took 40 s each, and the dry run planned them (a red-team run).
+        if topic not in existing:
+            existing[topic] = await topic_exists(producer, topic)
+        return existing[topic]
+
     started = time.monotonic()
     copies = EarlierCopies()
     sent = 0
@@ -499,8 +514,14 @@ async def replay(
             summary.skipped += 1
             report(f"skip {address(record)}: {error}")
             return
+        if not await target_exists(planned.target_topic):
+            summary.skipped += 1
+            report(f"skip {address(record)}: its target topic {planned.target_topic} does not "
+                   "exist, or this principal may not describe it (a removed tenant? `--to "
+                   "TOPIC` sends it elsewhere)")
+            return
         copies.sent(record)
-        if producer is None:
+        if dry_run:
             count_delivered(planned)
             return
         if rate_per_s > 0:
@@ -546,7 +567,7 @@ async def replay(
 
     async def settle_deliveries() -> None:
         nonlocal pending_bytes
-        if producer is not None:
+        if not dry_run:
             await producer.flush()
         pending_bytes = 0
         # Each is counted and reported by `settled`, as it is acknowledged or refused.
@@ -577,7 +598,6 @@ async def replay(
                 await handle(record)
         await settle_deliveries()
     finally:
-        if producer is not None:
-            await producer.stop()  # sends what it holds: an interrupted replay's too
-            await asyncio.sleep(0)  # their `settled` callbacks report them
+        await producer.stop()  # sends what it holds: an interrupted replay's too
+        await asyncio.sleep(0)  # their `settled` callbacks report them
     return summary

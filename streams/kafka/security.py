@@ -50,10 +50,6 @@ def kafka_options(settings: Settings) -> dict:
     }
     if settings.profile == "kafka":
         options["metadata_max_age_ms"] = KAFKA_METADATA_MAX_AGE_MS
-        # The workers' bound on a broker's answer, for the clients too: with aiokafka's 40 s,
-        # a frozen node of three held every client submit to a partition it led for 40 s,
-        # while KRaft had moved its leaders after 9 s (a red-team run).
-        options["request_timeout_ms"] = int(settings.kafka_request_timeout_s * 1000)
     context = ssl_context(settings)
     if context is not None:
         options["ssl_context"] = context
@@ -61,6 +57,18 @@ def kafka_options(settings: Settings) -> dict:
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username
         options["sasl_plain_password"] = settings.sasl_password
+    return options
+
+
+def client_options(settings: Settings) -> dict:
+    """`kafka_options` for qlane's clients' producers and consumers (submit, cancel, the
+    primitives, replay, tail): on the kafka profile they wait for a broker's answer as long
+    as the workers do. With aiokafka's 40 s, a frozen node of three held every client submit
+    to a partition it led for 40 s, while KRaft had moved its leaders after 9 s (a red-team
+    run)."""
+    options = kafka_options(settings)
+    if settings.profile == "kafka":
+        options["request_timeout_ms"] = int(settings.kafka_request_timeout_s * 1000)
     return options
 
 

@@ -95,6 +95,16 @@ def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
 
     summary, lines = run_replay(settings, "deadletter", keys={key.encode()}, dry_run=True)
     assert summary.replayed == 1 and lines[0].target_topic == f"{settings.topic_prefix}.jobs"
+    # A target topic that does not exist (a removed tenant's) is skipped at once, in a dry
+    # run too: each such record waited 40 s for metadata, and the dry run planned it (a
+    # red-team run).
+    started = time.monotonic()
+    for dry_run in (True, False):
+        summary, lines = run_replay(settings, "deadletter", keys={key.encode()},
+                                    target=f"{settings.topic_prefix}.jobs.gone", dry_run=dry_run)
+        assert (summary.replayed, summary.skipped, summary.failed) == (0, 1, 0), lines
+        assert "jobs.gone does not exist" in lines[0]
+    assert time.monotonic() - started < 20
     time.sleep(1)
     assert len(records_for(settings, "deadletter", key)) == 1  # dry run sent nothing
 

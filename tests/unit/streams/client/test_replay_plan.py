@@ -222,6 +222,19 @@ def test_an_older_dead_stage_record_finds_its_tenant_and_lane(source, priority, 
     assert codec("JobRequest").decode(rerun.value)["parent_workflow_id"] == "wf-1"
 
 
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    """replay() without a broker: a FakeProducer (a test may set its own), every topic
+    there."""
+    from streams.client import replay as replay_module
+
+    async def exists(producer, topic):
+        return True
+
+    monkeypatch.setattr(replay_module, "AIOKafkaProducer", FakeProducer)
+    monkeypatch.setattr(replay_module, "topic_exists", exists)
+
+
 class FakeProducer:
     """AIOKafkaProducer's lifecycle for replay(); a test's subclass says what `send` does."""
 

@@ -27,8 +27,7 @@ def test_plaintext_has_only_the_servers_and_on_kafka_a_short_metadata_age():
     assert options == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT"}
     options = kafka_options(Settings(broker="k1:9092,k2:9092", profile="kafka"))
     assert options == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "PLAINTEXT",
-                       "metadata_max_age_ms": KAFKA_METADATA_MAX_AGE_MS,
-                       "request_timeout_ms": 10_000}
+                       "metadata_max_age_ms": KAFKA_METADATA_MAX_AGE_MS}
     assert faust_credentials(Settings()) == {}
 
 
@@ -144,11 +143,11 @@ def test_the_start_up_wait_is_bounded():
 def test_clients_wait_for_a_broker_as_long_as_the_workers_do():
     """With aiokafka's 40 s, a frozen node of three held every client submit to a partition
     it led for 40 s, while KRaft moved its leaders after 9 s (a red-team run)."""
-    from streams.kafka.security import kafka_options
+    from streams.kafka.security import client_options
     from streams.settings import Settings
 
-    options = kafka_options(Settings(profile="kafka", broker="k:9092",
-                                     kafka_request_timeout_s=12))
+    options = client_options(Settings(profile="kafka", broker="k:9092",
+                                      kafka_request_timeout_s=12))
     assert options["request_timeout_ms"] == 12_000
-    assert "request_timeout_ms" not in kafka_options(Settings(profile="embedded",
-                                                              broker="k:9092"))
+    assert "request_timeout_ms" not in client_options(Settings(profile="embedded",
+                                                               broker="k:9092"))
