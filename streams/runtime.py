@@ -155,6 +155,8 @@ class Runtime:
     in_batch_call: dict = field(default_factory=dict)
     # record key -> cancel records taken by a fused batch and not handled yet
     pending_cancels: dict = field(default_factory=dict)
+    # Cancel records arrived at a batch stage and not taken yet, by key (fused_batch.py).
+    arrived_cancels: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         settings = self.settings

@@ -138,6 +138,8 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
         # table (a cancel handled since has left its tombstone there): their jobs here came
         # after them and stay out of the call.
         cancelled_before = set(runtime.pending_cancels)
+        for event in taken:  # from arrived to taken (below) with no await between
+            note_arrived_cancel(runtime, event, -1)
         fresh = [(event, SourceRecord.from_faust(event.message)) for event in taken]
         fresh = [(event, source) for event, source in fresh if first_time(runtime, stage, source)]
         note_cancels(runtime, [source for _, source in fresh], +1)
@@ -191,7 +193,8 @@ async def run_batches(stream, runtime: Runtime, table, stage: str, lane: str, ga
 
     await run_overlapped(
         take_ready(stream, settings.execute_batch_max, settings.execute_batch_window_s,
-                   busy=activity.calling).__aiter__(),
+                   busy=activity.calling,
+                   waiting=functools.partial(note_arrived_cancel, runtime)).__aiter__(),
         begin=activity.begins(begin), complete=complete,
         turn=functools.partial(gate.turn, lane),
         # In the worker's own threads Aer holds the interpreter lock: nothing to overlap.
@@ -221,6 +224,28 @@ def forget(runtime: Runtime, batch: TakenJobs) -> None:
     note_cancels(runtime, sources, -1)
 
 
+def cancel_waiting(runtime: Runtime, key: bytes | None) -> bool:
+    """Whether a cancel keyed `key` has arrived at a batch stage, or been taken by one, and
+    is not handled yet."""
+    return key in runtime.pending_cancels or key in runtime.arrived_cancels
+
+
+def note_arrived_cancel(runtime: Runtime, event, step: int) -> None:
+    """Count a cancel record in (+1, arrived at its lane) or out (-1, its batch begun) of
+    `Runtime.arrived_cancels`, by key: a batch's call leaves their jobs out. Known only
+    once a lane had begun its batch, a cancel behind the first of a lane's arrivals came
+    too late: 4 of 5 cancelled jobs queued behind a long call ran (a red-team run)."""
+    message = event.message
+    if not is_cancel(message.value):
+        return
+    arrived = runtime.arrived_cancels
+    left = arrived.get(message.key, 0) + step
+    if left > 0:
+        arrived[message.key] = left
+    else:
+        arrived.pop(message.key, None)
+
+
 def note_cancels(runtime: Runtime, sources: list[SourceRecord], step: int) -> None:
     """Count the cancel records among `sources` in (+1) or out (-1) of
     `Runtime.pending_cancels` (taken, not handled yet), by key."""
@@ -246,7 +271,7 @@ async def run_together(runtime: Runtime, runner: JobRunner, sources: list[Source
     # not handled yet, and those handled since (tombstones): their jobs stay out of the call.
     own = {source.key for source in sources if is_cancel(source.value)}
     cancelled_here: set[bytes | None] = set(cancelled_before) | {
-        key for key in runtime.pending_cancels if key not in own}
+        key for key in (*runtime.pending_cancels, *runtime.arrived_cancels) if key not in own}
     for source in sources:
         if is_cancel(source.value):
             # Step 3 handles it before the job behind it, which it may drop: not to be run.

@@ -25,7 +25,7 @@ from streams.agents.common import (
 )
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
-from streams.agents.fused_batch import Ahead, run_batches
+from streams.agents.fused_batch import Ahead, cancel_waiting, run_batches
 from streams.kafka.copies import origin_on_its_topic
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
 from streams.kafka.tenants import check_cancel_of, check_tenant_of
@@ -290,7 +290,13 @@ def register(app, runtime: Runtime, table) -> None:
             "estimate_usd": estimate,
         }
         detail = f"{len(prepared.tasks)} circuits on {prepared.backend}"
-        staged = None if fuses(runtime, source) else codec("ExecuteTask").encode(task)
+        ran_in_call = ahead is not None and ahead.ran is not None and ahead.ran.counted
+        # A job whose cancel has come and is not handled yet (another lane's: the high one)
+        # goes through the stages, where the cancel stops it; run here, 4 of 5 jobs queued
+        # behind a long call ran, their cancels taken after them (a red-team run).
+        fused = fuses(runtime, source) and (ran_in_call or not cancel_waiting(runtime,
+                                                                             source.key))
+        staged = None if fused else codec("ExecuteTask").encode(task)
         if staged is None or not runtime.fits_a_record(workflow_id, staged):
             # A prepared job too large for the stage topic runs here instead (the fused path
             # needs no record for it).

@@ -23,17 +23,23 @@ from collections.abc import AsyncIterator, Callable
 
 
 async def take_ready(stream, max_: int, within: float,
-                     busy: Callable[[], bool] = lambda: False) -> AsyncIterator[list]:
-    """Batches of at most `max_` Faust events of `stream` (see the module's docstring)."""
+                     busy: Callable[[], bool] = lambda: False,
+                     waiting: Callable[[object, int], None] | None = None,
+                     ) -> AsyncIterator[list]:
+    """Batches of at most `max_` Faust events of `stream` (see the module's docstring).
+    `waiting(event, +1)` is called as an event arrives, and `waiting(event, -1)` for those
+    the take ends with, not handed out; the taker calls it for the events it hands on."""
     if max_ < 1:
         raise ValueError("a batch holds at least one record")
     # Room for one batch beyond the one being taken: what Faust's own buffer bounds stays
     # bounded (the consumer's flow control), and a full batch is there when asked for.
     arrived: asyncio.Queue = asyncio.Queue(maxsize=max_)
     stream.enable_acks = False  # acknowledged here, after the stage had the batch
+    note = waiting or (lambda event, step: None)
 
     async def pump() -> None:
         async for event in stream.events():
+            note(event, +1)
             await arrived.put(event)
 
     pumping = asyncio.ensure_future(pump())
@@ -64,6 +70,8 @@ async def take_ready(stream, max_: int, within: float,
         pumping.cancel()
         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
             await pumping
+        while not arrived.empty():
+            note(arrived.get_nowait(), -1)
 
 
 async def _next(arrived: asyncio.Queue, pumping: asyncio.Future,

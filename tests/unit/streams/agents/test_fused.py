@@ -71,6 +71,7 @@ class FakeRuntime:
         self.events: list[tuple] = []
         self.in_batch_call: dict = {}
         self.pending_cancels: dict = {}
+        self.arrived_cancels: dict = {}
         self.overrunning_calls: dict = {}  # bounded thread calls (streams/agents/threads.py)
         self.abandoned_executors: list = []
 
