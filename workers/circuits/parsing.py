@@ -23,9 +23,6 @@ CIRCUIT_FORMATS = ("auto", "qasm2", "qasm3")
 PARSE_CACHE_BUDGET = 8 * 2**20
 PARSE_CACHE_ENTRY_ALLOWANCE = 4096
 _QASM2_COMMENT = re.compile(r"//[^\n]*")  # OpenQASM 2 has line comments only
-# Unicode spaces and format characters (no-break space, zero-width space, byte-order mark).
-_NON_ASCII_SPACE = re.compile(
-    r"[\u0080-\u00a0\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]")
 _QASM2_DEFINED = re.compile(r"\b(?:gate|opaque)\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -164,18 +161,25 @@ def _describe(exc: BaseException) -> str:
 
 
 def _invisible(source: str) -> str:
-    """Where the program's first invisible non-ASCII character is (a no-break space, a
-    byte-order mark, a zero-width space: pasted from a web page or an editor), which the
-    parsers name badly: a no-break space before `OPENQASM 3` was `token recognition error at:
-    ' '`."""
-    found = _NON_ASCII_SPACE.search(source)
-    if found is None:
-        return ""
-    line = source.count("\n", 0, found.start()) + 1
-    column = found.start() - (source.rfind("\n", 0, found.start()) + 1) + 1
-    name = unicodedata.name(found.group(), "unnamed")
-    return f" (line {line}:{column} holds U+{ord(found.group()):04X} {name}, which OpenQASM " \
-        "does not read as a space)"
+    """Where the program's first invisible non-ASCII character is (a no-break space, a soft
+    hyphen, a byte-order mark, a zero-width space or joiner, a variation selector: pasted
+    from a web page or an editor), which the parsers name badly: a no-break space before
+    `OPENQASM 3` was `token recognition error at: ' '`, a soft hyphen `non-ASCII byte: C2`."""
+    for index, char in enumerate(source):
+        if char < "\x80" or not _is_invisible(char):
+            continue
+        line = source.count("\n", 0, index) + 1
+        column = index - (source.rfind("\n", 0, index) + 1) + 1
+        name = unicodedata.name(char, "unnamed")
+        return (f" (line {line}, column {column} counted from 1, holds U+{ord(char):04X} "
+                f"{name}, which OpenQASM does not read)")
+    return ""
+
+
+def _is_invisible(char: str) -> bool:
+    category = unicodedata.category(char)
+    return (category in ("Cf", "Cc", "Zs", "Zl", "Zp") or char == "\u034f"
+            or "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef")
 
 
 def _short(text: str) -> str:

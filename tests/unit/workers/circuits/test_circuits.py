@@ -204,11 +204,16 @@ def test_the_cache_is_bounded():
 
 @pytest.mark.parametrize(("source", "said"), [
     ("\u00a0OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[2] q;\nh q[0];\n",
-     "line 1:1 holds U+00A0 NO-BREAK SPACE"),
+     "line 1, column 1 counted from 1, holds U+00A0 NO-BREAK SPACE"),
     ("OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[2] q;\nh\u200b q[0];\n",
-     "line 4:2 holds U+200B ZERO WIDTH SPACE"),
+     "line 4, column 2 counted from 1, holds U+200B ZERO WIDTH SPACE"),
     ("\ufeffOPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[2];\nh q[0];\n",
-     "line 1:1 holds U+FEFF"),
+     "line 1, column 1 counted from 1, holds U+FEFF"),
+    ("OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[2];\nh\u00ad q[0];\n",
+     "holds U+00AD SOFT HYPHEN"),
+    ("OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[2];\nh\u034f q[0];\n",
+     "holds U+034F COMBINING GRAPHEME JOINER"),
+    ("OPENQASM 3.0;\nqubit[1] q;\nh\ufe0f q[0];\n", "holds U+FE0F VARIATION SELECTOR-16"),
 ])
 def test_an_invisible_character_is_named_where_it_is(source, said):
     """A no-break space before `OPENQASM 3` was told `token recognition error at: ' '`
