@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from qiskit import QuantumCircuit, QuantumRegister, qasm3
-from qiskit.circuit import Parameter
+from qiskit.circuit import ControlFlowOp, Parameter
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
 from qiskit.primitives.base.base_primitive_job import BasePrimitiveJob
 from qiskit.primitives.containers import (
@@ -233,12 +233,7 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
         # with `apply_layout` address.
         renamed = circuit.copy()
         renamed._layout = None  # noqa: SLF001 - Qiskit offers no way to drop it
-    renamed = in_qubit_order(renamed)
-    if labelled := {i.operation.name for i in renamed.data
-                    if any(isinstance(p, str) for p in i.operation.params)}:
-        # A parameter that is text (PauliGate's label) is exported as a symbol, `pauli(XIY)`,
-        # which no reader defines (a red-team run): those gates go as their definitions.
-        renamed = renamed.decompose(gates_to_decompose=sorted(labelled))
+    renamed = without_text_parameters(in_qubit_order(renamed))
     if parameters:
         width = max(5, len(str(len(parameters))))
         renamed = renamed.assign_parameters(
@@ -255,6 +250,45 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
             failure = error
     raise InvalidCircuit(f"the circuit has no OpenQASM 3 spelling qlane can send, even with "
                          f"its gates decomposed 10 levels deep: {failure}")
+
+
+def without_text_parameters(circuit: QuantumCircuit) -> QuantumCircuit:
+    """The circuit with each gate that has a text parameter (PauliGate's label), or holds one
+    in its definition, replaced by its definition, in control-flow blocks too: the exporter
+    writes the text as a symbol, `pauli(XIY)`, which no reader defines, and the job was
+    dead-lettered (red-team runs). The circuit itself when it has none."""
+    if not _holds_text(circuit):
+        return circuit
+    out = circuit.copy_empty_like()
+    for instruction in circuit.data:
+        operation = instruction.operation
+        if isinstance(operation, ControlFlowOp):
+            operation = operation.replace_blocks(
+                [without_text_parameters(block) for block in operation.blocks])
+            out.append(operation, instruction.qubits, instruction.clbits)
+        elif _has_text(operation):
+            out.compose(without_text_parameters(operation.definition),
+                        qubits=instruction.qubits, clbits=instruction.clbits, inplace=True)
+        else:
+            out.append(instruction)
+    return out
+
+
+def _holds_text(circuit: QuantumCircuit) -> bool:
+    return any(_has_text(i.operation) or (isinstance(i.operation, ControlFlowOp) and any(
+        _holds_text(block) for block in i.operation.blocks)) for i in circuit.data)
+
+
+def _has_text(operation) -> bool:
+    """A text parameter, or one in a definition the gate already holds (a gate made with
+    `to_gate()`): a definition not built yet is not built to look (a unitary's would be its
+    synthesis)."""
+    if isinstance(operation, ControlFlowOp):
+        return False
+    if any(isinstance(p, str) for p in operation.params):
+        return True
+    definition = getattr(operation, "_definition", None)
+    return isinstance(definition, QuantumCircuit) and _holds_text(definition)
 
 
 def in_qubit_order(circuit: QuantumCircuit) -> QuantumCircuit:

@@ -568,6 +568,21 @@ def test_a_pauli_gate_is_sent_as_its_definition():
     circuit.h(1)
     parsed = parse_circuit(circuit_source(circuit)[0], "qasm3")
     assert Statevector(parsed).equiv(Statevector(circuit))
+    # in a gate's definition, and in a control-flow block (a red-team re-run)
+    inner = QuantumCircuit(2)
+    inner.pauli("XY", [0, 1])
+    inner.ry(0.3, 0)
+    nested = QuantumCircuit(2, 1)
+    nested.append(inner.to_gate(), [0, 1])
+    parsed = parse_circuit(circuit_source(nested)[0], "qasm3")
+    assert Statevector(parsed).equiv(Statevector(nested))
+    nested.h(0)
+    nested.measure(0, 0)
+    with nested.if_test((nested.clbits[0], 1)):
+        nested.pauli("XX", [0, 1])
+    source = circuit_source(nested)[0]
+    assert "pauli" not in source
+    parse_circuit(source, "qasm3")
 
 
 def test_qiskit_style_options_are_applied_and_unknown_ones_refused():
