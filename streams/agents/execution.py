@@ -225,6 +225,10 @@ def close_idle_simulator(runtime: Runtime) -> None:
     long in case the other workers leave again: a new process takes 5-10 s to start, an idle
     one holds its memory."""
     pool, since = runtime.simulator, runtime.simulator_unwanted_since
+    if pool is not None and since is not None:
+        # From its last call's end: counted from the call's start, a process was closed as
+        # "unused for 74 s" as each call of 74 s ended (a red-team run).
+        since = max(since, pool.last_used)
     idle_for = None if since is None else time.monotonic() - since
     if pool is None or idle_for is None or idle_for < runtime.settings.simulator_idle_close_s:
         return

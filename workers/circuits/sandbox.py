@@ -508,6 +508,8 @@ class SandboxPool:
     started: int = field(default=0, init=False)  # processes started, replacements included
     replaced: int = field(default=0, init=False)  # processes killed or lost and replaced
     closed: bool = field(default=False, init=False)
+    # time.monotonic() when its last exchange ended (0.0: none yet)
+    last_used: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self._idle = queue.Queue()
@@ -592,6 +594,13 @@ class SandboxPool:
         message = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         slot = self._ready()
         started = time.monotonic()
+        try:
+            return self._exchanged(slot, message, wall_s, started)
+        finally:
+            self.last_used = time.monotonic()
+
+    def _exchanged(self, slot, message: bytes, wall_s: float,
+                   started: float) -> tuple[dict, bytes]:
         try:
             slot.writer.send_bytes(message)
             if not slot.reader.poll(wall_s):

@@ -348,6 +348,7 @@ class FakePool:
 
     def __init__(self, *args, **kwargs) -> None:
         self.busy, self.closed = False, False
+        self.last_used = 0.0
 
     def idle(self) -> bool:
         return not self.busy
@@ -529,6 +530,27 @@ def test_auto_keeps_a_process_that_long_calls_use_and_closes_it_once_they_stop(
     assert not in_simulator_process(runtime, ["aer.noisy"], [long_job.prepared])
     assert pool.closed and runtime.simulator is None
     assert started == [True, True, True]
+
+
+def test_a_long_call_in_the_simulator_process_counts_as_use_until_it_ends(
+        tmp_path, monkeypatch) -> None:
+    """Idle time counted from a call's start: as each call of 74 s ended, the process was
+    closed as "unused for 74 s" and the next long call waited for a new one (a red-team
+    run)."""
+    from streams.agents.execution import close_idle_simulator
+
+    pool = FakePool()
+    runtime = fake_runtime(
+        settings=Settings(simulator_process="auto", host_workers_dir=str(tmp_path),
+                          simulator_idle_close_s=60),
+        simulator=pool, simulator_unwanted_since=time.monotonic() - 74,
+        registry=BackendRegistry())
+    pool.last_used = time.monotonic()  # the call that began 74 s ago ended just now
+    close_idle_simulator(runtime)
+    assert not pool.closed and runtime.simulator is pool
+    pool.last_used = time.monotonic() - 61
+    close_idle_simulator(runtime)
+    assert pool.closed and runtime.simulator is None
 
 
 def two_jobs_whose_batch_raises(monkeypatch, error: BaseException) -> list:
