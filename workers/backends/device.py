@@ -473,7 +473,11 @@ def device_channels(calibration: DeviceCalibration, scale: float):
     return channels
 
 
+# One-qubit gate unitaries by (name, angles). Bounded: keyed by angles, it grew 44 MB a job
+# of distinct rz angles and was never freed (450,000 entries; a red-team run). Emptied when
+# full (a dict's operations hold under the GIL, from any thread): 4,096 entries, ~1.6 MB.
 _UNITARIES: dict[tuple, np.ndarray] = {}
+UNITARY_CACHE_MAX = 4096
 
 
 def one_qubit_probabilities(circuit: QuantumCircuit, part: Component, channels) -> np.ndarray:
@@ -492,6 +496,8 @@ def one_qubit_probabilities(circuit: QuantumCircuit, part: Component, channels) 
         key = (name, params)
         unitary = _UNITARIES.get(key)
         if unitary is None:
+            if len(_UNITARIES) >= UNITARY_CACHE_MAX:
+                _UNITARIES.clear()
             unitary = _UNITARIES[key] = Operator(instruction.operation).data
         rho = unitary @ rho @ unitary.conj().T
         kraus = channels.get((name, (qubit,)))
