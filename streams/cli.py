@@ -458,6 +458,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from_time_ms=args.from_time,
         to_time_ms=args.to_time,
         keys={key.encode() for key in args.key or ()},
+        error_classes=set(args.error_class or ()),
     )
     verb = "would replay" if args.dry_run else "replay"
 
@@ -498,7 +499,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     names = TopicNames.from_settings(settings)
-    selection = ReplaySelection(topic=names.deadletter)
+    selection = ReplaySelection(topic=names.deadletter,
+                                error_classes=set(getattr(args, "error_class", None) or ()))
     if args.action == "show":
         partition, _, offset = args.where.partition(":")
         if partition.isdigit() and offset.isdigit():
@@ -689,6 +691,8 @@ def parser() -> argparse.ArgumentParser:
     dlq_list = dlq_actions.add_parser("list", help="one line per dead letter")
     add_connection_options(dlq_list)
     dlq_list.add_argument("--max", type=int, default=0, help="only the last N")
+    dlq_list.add_argument("--error-class", action="append", metavar="CLASS",
+                          help="only dead letters of this error class; repeatable")
     dlq_show = dlq_actions.add_parser("show", help="headers and decoded value, as JSON")
     add_connection_options(dlq_show)
     dlq_show.add_argument("where", help="PARTITION:OFFSET, or a workflow id (key)")
@@ -707,6 +711,9 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--to-time", type=parse_time_ms,
                         help="epoch ms or ISO 8601, inclusive")
     replay.add_argument("--key", action="append", help="only these workflow ids; repeatable")
+    replay.add_argument("--error-class", action="append", metavar="CLASS",
+                        help="only dead letters of this error class (BreakerOpen, ...); "
+                             "repeatable")
     replay.add_argument("--rate", type=float, default=0.0, help="records per second (0 = no limit)")
     replay.add_argument("--rerun", action="store_true",
                         help="new workflow ids that name their parent, instead of re-driving")

@@ -52,6 +52,11 @@ class ReplaySelection:
     from_time_ms: int | None = None
     to_time_ms: int | None = None  # inclusive
     keys: set[bytes] = field(default_factory=set)
+    # Dead letters of these error classes only (their `qlane.dlq.error.class` header): the
+    # runbook's "replay the jobs a backend outage lost" could not pick them out, and a replay
+    # of every dead letter re-drove 627 garbage, conflicting and over-budget records too (a
+    # red-team run).
+    error_classes: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -299,6 +304,9 @@ def dead_job_claim(record) -> tuple[str | None, bool]:
 
 def wanted(record, selection: ReplaySelection) -> bool:
     if selection.keys and record.key not in selection.keys:
+        return False
+    if selection.error_classes and dict(record.headers or ()).get(
+            "qlane.dlq.error.class", b"").decode(errors="replace") not in selection.error_classes:
         return False
     if selection.from_time_ms is not None and record.timestamp < selection.from_time_ms:
         return False

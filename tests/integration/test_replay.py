@@ -133,6 +133,16 @@ def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
 
     listing = qlane(settings, "dlq", "list")
     assert listing.returncode == 0 and key in listing.stdout
+    # By error class: a runbook's "replay what the outage lost" picks those out (a replay of
+    # every dead letter re-drove garbage and conflicts too; a red-team run).
+    listing = qlane(settings, "dlq", "list", "--error-class", "BreakerOpen")
+    assert listing.returncode == 0 and key not in listing.stdout
+    plan = qlane(settings, "replay", "deadletter", "--key", key, "--error-class",
+                 "CorruptRecord", "--error-class", "BreakerOpen", "--dry-run")
+    assert plan.returncode == 0 and "would replay" in plan.stdout
+    plan = qlane(settings, "replay", "deadletter", "--key", key, "--error-class",
+                 "BreakerOpen", "--dry-run")
+    assert plan.returncode == 0 and "would replay" not in plan.stdout
     # A partition the topic does not have is named, not an empty selection.
     missing = qlane(settings, "replay", "deadletter", "--partition", "99", "--dry-run")
     assert missing.returncode == 2 and "has no partition 99" in missing.stderr
