@@ -28,6 +28,16 @@ TOPIC_SCHEMAS = {
 }
 
 
+def schema_of_record(prefix: str, topic: str, value: bytes | None) -> str | None:
+    """The record type of a record of `topic`: a job topic carries JobCancels beside
+    JobRequests (`qlane dlq show` called a cancel's dead letter "undecodable"; a red-team
+    run)."""
+    from streams.workflow.cancel import is_cancel
+
+    schema = schema_of_topic(prefix, topic)
+    return "JobCancel" if schema == "JobRequest" and is_cancel(value) else schema
+
+
 def schema_of_topic(prefix: str, topic: str) -> str | None:
     """The record type a qlane topic holds, for every tenant and lane of it: job topics and
     the execute stage's lanes as the shared ones, a tenant's results, status and cost topics
@@ -368,7 +378,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if short == "deadletter":
             line["headers"] = shown_headers(record.headers)
             source = decode_dlq_headers(record.headers).get("qlane.dlq.source.topic", "")
-            source_schema = schema_of_topic(settings.topic_prefix, source)
+            source_schema = schema_of_record(settings.topic_prefix, source, record.value)
             try:
                 line["value"] = codec(source_schema).decode(record.value)
             except Exception:
@@ -448,6 +458,7 @@ def parse_time_ms(text: str | None) -> int | None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.client.replay import ReplaySelection, replay
+    from streams.kafka.topics import TopicNames
 
     settings = settings_from(args)
     selection = ReplaySelection(
@@ -461,6 +472,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         error_classes=set(args.error_class or ()),
     )
     verb = "would replay" if args.dry_run else "replay"
+    if args.error_class and selection.topic != TopicNames.from_settings(settings).deadletter:
+        # Only dead letters carry the class: 0 selected, without a word (a red-team run).
+        print(f"qlane replay: --error-class selects dead letters; {selection.topic} is not the "
+              "dead-letter topic, so nothing matches", file=sys.stderr)
 
     def report(item) -> None:
         if isinstance(item, str):
@@ -539,7 +554,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     for record in found:
         headers = decode_dlq_headers(record.headers)
         source = headers.get("qlane.dlq.source.topic", "")
-        schema = schema_of_topic(settings.topic_prefix, source)
+        schema = schema_of_record(settings.topic_prefix, source, record.value)
         try:
             value = codec(schema).decode(record.value) if schema else record.value
         except Exception as error:

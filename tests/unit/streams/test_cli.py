@@ -213,3 +213,15 @@ def test_a_job_file_naming_a_missing_circuit_file_is_a_usage_error(tmp_path, cap
     code = main(["submit", str(job), "--broker", "127.0.0.1:1", "--profile", "kafka"])
     err = capsys.readouterr().err
     assert code == 2 and "missing.qasm" in err and "Traceback" not in err, err
+
+
+def test_a_cancel_on_a_job_topic_is_read_as_a_cancel():
+    """`qlane dlq show` of a cancel's dead letter said `undecodable: UnknownSchema` (a
+    red-team run): a job topic carries JobCancels beside JobRequests."""
+    from schemas.codec import codec
+    from streams.cli import schema_of_record
+
+    cancel = codec("JobCancel").encode({"workflow_id": "acme.a1", "requested_at_ms": 1})
+    assert schema_of_record("qlane", "qlane.jobs.acme-high", cancel) == "JobCancel"
+    assert schema_of_record("qlane", "qlane.jobs", b"garbage") == "JobRequest"
+    assert schema_of_record("qlane", "qlane.results", cancel) == "JobResult"
