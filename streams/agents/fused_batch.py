@@ -236,27 +236,25 @@ def note_arrived_cancel(runtime: Runtime, event, step: int) -> None:
     once a lane had begun its batch, a cancel behind the first of a lane's arrivals came
     too late: 4 of 5 cancelled jobs queued behind a long call ran (a red-team run)."""
     message = event.message
-    if not is_cancel(message.value):
-        return
-    arrived = runtime.arrived_cancels
-    left = arrived.get(message.key, 0) + step
-    if left > 0:
-        arrived[message.key] = left
-    else:
-        arrived.pop(message.key, None)
+    if is_cancel(message.value):
+        count_key(runtime.arrived_cancels, message.key, step)
 
 
 def note_cancels(runtime: Runtime, sources: list[SourceRecord], step: int) -> None:
     """Count the cancel records among `sources` in (+1) or out (-1) of
     `Runtime.pending_cancels` (taken, not handled yet), by key."""
-    pending = runtime.pending_cancels
     for source in sources:
         if is_cancel(source.value):
-            left = pending.get(source.key, 0) + step
-            if left > 0:
-                pending[source.key] = left
-            else:
-                pending.pop(source.key, None)
+            count_key(runtime.pending_cancels, source.key, step)
+
+
+def count_key(counts: dict, key, step: int) -> None:
+    """`counts[key] += step`, the key dropped at zero."""
+    left = counts.get(key, 0) + step
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 async def run_together(runtime: Runtime, runner: JobRunner, sources: list[SourceRecord],
