@@ -339,8 +339,8 @@ def _error_frame(error: BaseException) -> dict:
     return {"ok": False, "error": name, "message": str(error)[:500]}
 
 
-# A prepare process that has kept more than this share of its memory bound after a request
-# is replaced (the next request waits for its start).
+# A sandbox process (either kind) that has kept more than this share of its memory bound
+# after a request is replaced (the next request waits for its start).
 RECYCLE_FROM = 0.5
 
 
@@ -393,12 +393,14 @@ def serve(reader: Connection, writer: Connection, bounds: SandboxBounds,
             }))
             continue
         grown = _address_space() - (limit - bounds.memory_mb * 2**20)
-        if kind == PREPARE and grown > bounds.memory_mb * 2**20 * RECYCLE_FROM:
-            # What this process keeps between programs (parse and transpile caches, sized by
-            # count or source text, not by what a circuit takes loaded) grew 60 MiB a 245 KB
-            # program until the bound, and the next program, of any tenant, was refused
-            # as out of memory (a red-team run). Replaced now, each program has the bound.
-            header = {**header, "recycle": True, "grown_mb": grown // 2**20}
+        header = {**header, "grown_mb": grown // 2**20}
+        if grown > bounds.memory_mb * 2**20 * RECYCLE_FROM:
+            # What a process keeps between requests (a prepare process's parse and transpile
+            # caches, a simulator process's devices and their caches) is counted by entries,
+            # not by what they take: a prepare process grew 60 MiB a 245 KB program until its
+            # bound, and the next program, of any tenant, was refused as out of memory (a
+            # red-team run). Replaced now, each request has the bound.
+            header = {**header, "recycle": True}
             writer.send_bytes(_frame(header, payload))
             return
         writer.send_bytes(_frame(header, payload))

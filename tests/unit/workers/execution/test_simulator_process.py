@@ -144,3 +144,28 @@ def test_a_device_simulation_runs_in_the_process_as_in_the_worker(pool) -> None:
     registry = BackendRegistry()
     items = jobs(registry, backends=("ibm.torino", "ibm.sherbrooke"))
     assert remote(pool, registry, items) == execute_batch(items, registry)
+
+
+def test_a_simulator_process_that_kept_half_its_bound_is_replaced_after_its_call() -> None:
+    """A simulator process keeps what it builds (a device: 97 MB for ibm.sherbrooke) and
+    caches counted by entries; one that crossed its bound would fail the jobs of the call
+    that crossed it, of any tenant. Past half its bound it is replaced after a call, whose
+    counts still come back."""
+    registry = BackendRegistry()
+    items = jobs(registry, backends=("ibm.sherbrooke",))
+    small = SandboxPool(SandboxBounds(wall_s=120, cpu_s=60, memory_mb=150), size=1,
+                        kind=SIMULATE)
+    try:
+        first = small.pids()
+        assert remote(small, registry, items) == execute_batch(items, registry)
+        assert small.replaced == 1
+        assert small.pids() != first
+    finally:
+        small.close()
+    roomy = SandboxPool(SandboxBounds(wall_s=120, cpu_s=60, memory_mb=1024), size=1,
+                        kind=SIMULATE)
+    try:
+        remote(roomy, registry, items)
+        assert roomy.replaced == 0
+    finally:
+        roomy.close()
