@@ -292,6 +292,7 @@ def prepare(
     if mitigation.zne is not None:
         for template in templates:
             zne.check_foldable(template)
+        reached_by_basis: list[dict[float, float]] = [{1.0: 1.0} for _ in transpiled]
         for scale, fold in blocks[1:]:
             scale_index = scales.index(scale)
             for basis_index, template in enumerate(transpiled):
@@ -303,6 +304,9 @@ def prepare(
                 )
                 templates.append(folded)
                 reached.append(reached_scale)
+                reached_by_basis[basis_index][scale] = reached_scale
+        for basis_index, by_scale in enumerate(reached_by_basis):
+            zne.check_distinct_scales(by_scale, zne.noisy_gate_count(templates[basis_index].data))
     dd_applied = mitigation.dynamical_decoupling and ddd.supports_dd(backend.target)
     if dd_applied:
         manager = ddd.pass_manager(backend.target)

@@ -10,8 +10,10 @@ docs/mitigation.md for why not with mitiq's folding functions): the circuit's un
   selection of the noisy gates gets one more G^-1 G (mitiq's `fold_gates_at_random` rule).
 
 "Noisy gates" are all gates but `rz` (virtual, error-free on these devices, so folding it adds
-no noise). The scale factor counts noisy gates: a folded circuit has round(scale * G) of them
-for G in the original. Inverses stay in the native basis: cx, x are self-inverse, rz(t)^-1 =
+no noise). The scale factor counts noisy gates: folding adds them in pairs, so a folded
+circuit has G + 2k of them for G in the original, k the nearest to G(scale - 1)/2 (at least 1
+above scale 1), and the scale it reaches, (G + 2k)/G, is what extrapolation uses.
+Inverses stay in the native basis: cx, x are self-inverse, rz(t)^-1 =
 rz(-t), and sx^-1 = rz(pi) sx rz(pi) up to a global phase (which is kept exact). No
 transpiler runs after folding, so nothing cancels the folds; qubits, coupling and layout are
 those of the template.
@@ -119,11 +121,11 @@ def fold(
     base = noisy_gate_count(body)
     if scale_factor == 1.0 or base == 0:
         return circuit, 1.0
-    extra = round(base * (scale_factor - 1.0))  # noisy gates to add, in G^-1 G pairs
+    pairs = folded_pairs(base, scale_factor)
     if method == "global":
-        folded_body = _fold_global(body, base, extra)
+        folded_body = _fold_global(body, base, pairs)
     elif method == "random_gates":
-        folded_body = _fold_random(body, base, extra, np.random.default_rng(seed))
+        folded_body = _fold_random(body, base, pairs, np.random.default_rng(seed))
     else:
         raise InvalidJob(f"unknown folding method {method!r}")
     out = circuit.copy_empty_like()
@@ -142,16 +144,40 @@ def fold(
     return out, reached
 
 
-def _fold_global(body, base: int, extra: int) -> list[tuple[CircuitInstruction, int]]:
+def folded_pairs(base: int, scale_factor: float) -> int:
+    """G^-1 G pairs that bring `base` noisy gates nearest to `scale_factor` times as many
+    (ties up), at least one for a factor above 1: folding adds gates two at a time, so
+    the scales it reaches are 1 + 2k/G. Rounding the gates to add before halving them
+    reached 1.67 for 1.2 on a 3-gate circuit (a red-team run)."""
+    if scale_factor <= 1.0:
+        return 0
+    return max(1, math.floor(base * (scale_factor - 1.0) / 2 + 0.5))
+
+
+def check_distinct_scales(reached: dict[float, float], base: int) -> None:
+    """InvalidJob if two asked scale factors fold a circuit of `base` noisy gates to the same
+    scale: they would be extrapolated as two noise levels from one (a fit to shot noise)."""
+    by_reached: dict[float, float] = {}
+    for asked, scale in reached.items():
+        twin = by_reached.setdefault(round(scale, 9), asked)
+        if twin != asked:
+            raise InvalidJob(
+                f"zne scale factors {min(twin, asked):g} and {max(twin, asked):g} fold this "
+                f"circuit to the same scale {scale:.4g}: it has {base} noisy gates, and folding "
+                f"adds them in pairs (scales 1 + 2k/{base}); ask for factors at least "
+                f"{2 / base:.3g} apart"
+            )
+
+
+def _fold_global(body, base: int, pairs: int) -> list[tuple[CircuitInstruction, int]]:
     """U (U^-1 U)^k, then U_s^-1 U_s over the shortest suffix with the remaining noisy gates."""
-    full, remainder = divmod(extra, 2 * base)
+    full, needed = divmod(pairs, base)
     forward = [(i, 1) for i in body]
     backward = [(i, -1) for i in reversed(body)]
     out = list(forward)
     qubits = _all_qubits(body)
     for _ in range(full):
         out += [_barrier(qubits)] + backward + [_barrier(qubits)] + forward
-    needed = remainder // 2 + remainder % 2  # noisy gates in the suffix (round half up)
     if needed:
         suffix: list[CircuitInstruction] = []
         count = 0
@@ -165,12 +191,11 @@ def _fold_global(body, base: int, extra: int) -> list[tuple[CircuitInstruction, 
     return out
 
 
-def _fold_random(body, base: int, extra: int, rng: np.random.Generator):
+def _fold_random(body, base: int, pairs: int, rng: np.random.Generator):
     """Every noisy gate G -> G (G^-1 G)^k, plus one more fold on a random choice of them."""
-    uniform, remainder = divmod(extra, 2 * base)
+    uniform, picks = divmod(pairs, base)
     noisy = [index for index, instruction in enumerate(body) if _is_noisy(instruction)]
     chosen = set()
-    picks = remainder // 2 + remainder % 2
     if picks:
         chosen = {noisy[i] for i in rng.choice(len(noisy), size=picks, replace=False)}
     out = []

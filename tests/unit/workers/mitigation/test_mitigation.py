@@ -284,6 +284,50 @@ def test_folding_keeps_unitary_layout_parameters_and_native_gates(
     assert clbit_qubits(folded) == clbit_qubits(hea_template)
 
 
+def test_folding_adds_the_pairs_nearest_to_the_factor_and_at_least_one() -> None:
+    assert zne.folded_pairs(3, 1.0) == 0
+    assert zne.folded_pairs(3, 1.2) == 1  # the nearest is none: one pair, above scale 1
+    assert zne.folded_pairs(3, 3.0) == 3 and zne.folded_pairs(3, 5.0) == 6
+    assert zne.folded_pairs(10, 1.5) == 3  # 2.5 pairs: ties up
+    assert zne.folded_pairs(10, 1.4) == 2
+    assert zne.folded_pairs(7, 2.0) == 4
+
+
+def ghz3_zne(factors: tuple[float, ...], workflow_id: str = "wf-ghz-zne") -> JobSpec:
+    return JobSpec(workflow_id, GHZ3_QASM2, observables=(parse_observable("ZZI"),),
+                   shots=4000, backend=NOISY,
+                   mitigation=MitigationSpec(zne=ZneSpec(factors, "global", "linear")))
+
+
+def test_zne_extrapolates_at_the_scales_the_folds_reached(noisy) -> None:
+    """1.2 asked of GHZ-3 (3 noisy gates) folds to 5/3 and was extrapolated as 1.2:
+    1.25 +- 0.12 for an exact 1.0, inside the interval in 43 of 100 runs (a red-team run).
+    A factor is now extrapolated where its fold is, as if that scale had been asked."""
+    cache = TranspileCache()
+    plain = prepare(ghz3_zne((1.0, 3.0)), noisy, cache, Limits())
+    base = zne.noisy_gate_count(plain.templates[0].data)
+    asked = 1.0 + 0.6 / base  # nearest fold: none; one pair is the least a factor gets
+    reached = 1.0 + 2.0 / base
+    near = prepare(ghz3_zne((1.0, asked)), noisy, cache, Limits())
+    exact = prepare(ghz3_zne((1.0, reached)), noisy, cache, Limits())
+    assert near.templates == exact.templates
+    counts = execute(near, noisy, 5)
+    assert counts == execute(exact, noisy, 5)
+    got, want = mitigate(near, counts), mitigate(exact, counts)
+    assert [e.value for e in got.estimates] == pytest.approx([e.value for e in want.estimates])
+    assert [e.std_error for e in got.estimates] == pytest.approx(
+        [e.std_error for e in want.estimates])
+    assert got.report["parameters"]["scale_factors_reached"] == f"1,{reached:.4g}"
+
+
+def test_factors_that_fold_to_one_scale_are_refused(noisy) -> None:
+    plain = prepare(ghz3_zne((1.0, 3.0)), noisy, TranspileCache(), Limits())
+    base = zne.noisy_gate_count(plain.templates[0].data)
+    twins = (1.0, 1.0 + 0.6 / base, 1.0 + 1.2 / base)  # one pair each
+    with pytest.raises(InvalidJob, match="fold this circuit to the same scale"):
+        prepare(ghz3_zne(twins), noisy, TranspileCache(), Limits())
+
+
 def test_random_folding_is_seeded(hea_template) -> None:
     a, _ = zne.fold(hea_template, 2.0, "random_gates", seed=[11, 1, 0])
     b, _ = zne.fold(hea_template, 2.0, "random_gates", seed=[11, 1, 0])
