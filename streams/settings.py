@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.ops.logs import LogFormat
 from workers.cores import usable_cores
@@ -24,6 +25,13 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 20
 KAFKA_FETCH_MAX_WAIT_MS = 500
 # With fewer usable cores the simulator process cannot overlap the worker's Kafka work.
 SIMULATOR_PROCESS_MIN_CORES = 2
+
+
+def _json_setting(name: str, text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{name} is not valid JSON ({error})") from None
 
 
 def normalize_bootstrap(value: str) -> str:
@@ -225,15 +233,16 @@ class Settings(BaseSettings):
     faults: str = Field("", description='fault injection, e.g. "aer.ideal:failure_rate=0.2"')
     fallback_max_qubits: int = Field(20, ge=1, description="largest classical fallback")
     prices_file: str | None = Field(None, description="JSON/YAML price table (USD)")
-    tenant_budgets: dict[str, float] = Field(
-        default_factory=dict, description='USD per tenant, e.g. {"acme": 50}'
+    tenant_budgets: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='USD per tenant: {"acme": 50} (JSON) or acme=50,beta=20',
     )
 
     # Tenants and priority lanes (topic names: streams/kafka/topics.py; draining:
     # streams/workflow/lanes.py)
-    tenants: list[str] = Field(
+    tenants: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description='tenants whose job topics workers read, e.g. ["acme"]: '
+        description='tenants whose job topics workers read, ["acme","beta"] (JSON) or acme,beta: '
         "qlane.jobs.acme, qlane.jobs.acme-high, qlane.jobs.acme-low",
     )
     lane_burst: int = Field(
@@ -370,6 +379,35 @@ class Settings(BaseSettings):
             data["simulator_process_auto"] = (isinstance(value, str)
                                               and value.strip().lower() == "auto")
         return data
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _tenant_list(cls, value: object) -> object:
+        # `acme,beta` failed with pydantic's bare "error parsing value" (a red-team run).
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return _json_setting("QLANE_TENANTS", text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
+
+    @field_validator("tenant_budgets", mode="before")
+    @classmethod
+    def _budget_map(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return _json_setting("QLANE_TENANT_BUDGETS", text)
+            budgets = {}
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                name, equals, amount = item.partition("=")
+                if not equals or not name.strip():
+                    raise ValueError(
+                        f"QLANE_TENANT_BUDGETS item {item!r}: expected tenant=usd, as in "
+                        'acme=50,beta=20 (or JSON: {"acme": 50})')
+                budgets[name.strip()] = amount.strip()
+            return budgets
+        return value
 
     @field_validator("tenants")
     @classmethod

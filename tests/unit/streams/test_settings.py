@@ -168,3 +168,27 @@ def test_the_default_address_gives_an_unsure_profile_kept_when_nothing_answers(
     assert guessed.profile_unsure
     assert asyncio.run(detect_profile(guessed)).profile == "embedded"
     assert not Settings(broker="127.0.0.1:1").profile_unsure
+
+
+@pytest.mark.parametrize("value", ['["acme", "beta"]', "acme,beta", " acme , beta ,, "])
+def test_tenants_are_a_json_list_or_comma_separated(monkeypatch, value: str) -> None:
+    """`QLANE_TENANTS=acme,beta` failed with pydantic's bare "error parsing value"."""
+    monkeypatch.setenv("QLANE_TENANTS", value)
+    assert Settings().tenants == ["acme", "beta"]
+
+
+@pytest.mark.parametrize("value", ['{"acme": 50, "beta": 2.5}', "acme=50,beta=2.5"])
+def test_tenant_budgets_are_a_json_object_or_name_equals_usd(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("QLANE_TENANT_BUDGETS", value)
+    assert Settings().tenant_budgets == {"acme": 50.0, "beta": 2.5}
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("QLANE_TENANTS", "[acme", "QLANE_TENANTS is not valid JSON"),
+    ("QLANE_TENANT_BUDGETS", "acme", "expected tenant=usd"),
+    ("QLANE_TENANT_BUDGETS", "{acme", "QLANE_TENANT_BUDGETS is not valid JSON"),
+])
+def test_a_malformed_tenant_setting_names_itself(monkeypatch, name, value, message) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        Settings()
