@@ -131,6 +131,16 @@ class Options:
         return fields
 
 
+def checked_default_shots(options: Options) -> int | None:
+    """`options.default_shots`, or ValueError unless it is None or a positive integer: 0 was
+    taken for "not set" and -1 accepted (the Estimator then failed in math.sqrt)."""
+    shots = options.default_shots
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int)
+                              or shots < 1):
+        raise ValueError(f"default_shots must be a positive integer, got {shots!r}")
+    return shots
+
+
 def make_options(options: Options | dict | None, keywords: dict) -> Options:
     """The primitive's Options: `options` (an Options, or a dict of its fields, as
     BackendSamplerV2 takes them), else the Options fields among `keywords` (taken out of
@@ -149,6 +159,7 @@ def make_options(options: Options | dict | None, keywords: dict) -> Options:
             raise TypeError(f"unknown option {name!r}; options are: "
                             f"{', '.join(sorted(names))}")
         setattr(chosen, name, value)
+    checked_default_shots(chosen)
     return chosen
 
 
@@ -607,7 +618,7 @@ class Sampler(_Primitive, BaseSamplerV2):
 
     @property
     def default_shots(self) -> int:
-        return self._options.default_shots or DEFAULT_SHOTS
+        return checked_default_shots(self._options) or DEFAULT_SHOTS
 
     def run(self, pubs: Iterable, *, shots: int | None = None,
             job_id: str | None = None) -> QlaneJob:
@@ -793,8 +804,9 @@ class Estimator(_Primitive, BaseEstimatorV2):
     @property
     def default_precision(self) -> float:
         """`options.default_precision`, or 1/sqrt(`options.default_shots`) when given."""
-        if self._options.default_shots:
-            return 1 / math.sqrt(self._options.default_shots)
+        shots = checked_default_shots(self._options)
+        if shots is not None:
+            return 1 / math.sqrt(shots)
         return self._options.default_precision
 
     def run(self, pubs: Iterable, *, precision: float | None = None,

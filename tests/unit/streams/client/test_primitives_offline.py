@@ -612,6 +612,21 @@ def test_qiskit_style_options_are_applied_and_unknown_ones_refused():
         sampler.options.default_shot = 3
 
 
+@pytest.mark.parametrize("shots", [0, -1, 2.5, True])
+def test_default_shots_that_are_no_positive_integer_are_refused(shots):
+    """`Sampler(default_shots=-1)` was accepted, 0 was taken for "not set" (1024 shots ran),
+    and the Estimator failed in math.sqrt (a red-team run)."""
+    from streams.client import Sampler
+
+    for primitive in (Sampler, Estimator):
+        with pytest.raises(ValueError, match="default_shots must be a positive integer"):
+            primitive("127.0.0.1:1", default_shots=shots)
+        made = primitive("127.0.0.1:1")
+        made.options.default_shots = shots
+        with pytest.raises(ValueError, match="default_shots must be a positive integer"):
+            made.default_shots if primitive is Sampler else made.default_precision  # noqa: B018
+
+
 def test_an_isa_circuit_of_a_16_qubit_device_is_sent_on_its_active_qubits():
     """Transpiled for FakeGuadalupeV2 a GHZ-3 keeps 16 qubits and was CircuitTooLarge on the
     8-qubit aer.noisy and the 10-qubit braket.local.dm: only circuits wider than 24 qubits
