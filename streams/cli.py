@@ -82,10 +82,13 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", help="bootstrap servers host:port (env QLANE_BROKER)")
     parser.add_argument(
         "--profile", choices=["embedded", "kafka"],
-        help="embedded = tuned for Tansu (default without --broker); kafka = Apache Kafka",
+        help="embedded = tuned for Tansu (default without --broker); kafka = Apache Kafka "
+             "(env QLANE_PROFILE)",
     )
-    parser.add_argument("--topic-prefix", help="topic name prefix (default qlane)")
-    parser.add_argument("--partitions", type=int, help="partitions per topic (default 4)")
+    parser.add_argument("--topic-prefix",
+                        help="topic name prefix (env QLANE_TOPIC_PREFIX, else qlane)")
+    parser.add_argument("--partitions", type=int,
+                        help="partitions per topic (env QLANE_PARTITIONS, else 4)")
 
 
 # --- commands -------------------------------------------------------------------------
