@@ -468,9 +468,16 @@ async def one_tenants_call(runtime: Runtime,
         return refused | await one_tenants_call(
             runtime, [j for j in jobs
                       if j.source.address not in refused and j.source.address not in left_out])
-    metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in jobs))
     with timed_call({j.prepared.backend for j in jobs}):
-        return await call_for_batch(runtime, jobs)
+        outcomes = await call_for_batch(runtime, jobs)
+    # The circuits the backend was given: a job its breaker refused was counted too (a
+    # red-team run read calls of a backend that was refusing them all). A batch that failed
+    # as a whole is counted as its jobs are called again one by one.
+    called = [j for j in jobs if j.source.address in outcomes
+              and not isinstance(outcomes[j.source.address][0], BreakerOpen)]
+    if called:
+        metrics.EXECUTE_BATCH_SIZE.observe(sum(len(j.prepared.tasks) for j in called))
+    return outcomes
 
 
 @contextlib.contextmanager

@@ -920,3 +920,26 @@ def test_a_job_past_its_deadline_calls_no_backend_and_counts_on_no_breaker() -> 
     finally:
         execution.call_once = original
         runtime.executor.shutdown()
+
+
+def test_jobs_a_breaker_refused_are_not_counted_as_circuits_of_a_call() -> None:
+    """qlane_execute_batch_size counted the circuits of jobs an open breaker refused, as if
+    the backend had been called with them (a red-team run)."""
+    from streams.agents.execution import one_tenants_call
+    from streams.ops import metrics
+    from workers.execution.breaker import BreakerOpen
+
+    runtime = thread_calls()
+    runtime.settings = Settings(simulator_process=False, execute_timeout_s=30)
+    one = job(runtime.registry, sets=3, shots=100)
+    total = "qlane_execute_batch_size_sum"
+    before = metrics.REGISTRY.get_sample_value(total) or 0.0
+    asyncio.run(one_tenants_call(runtime, [one]))
+    assert metrics.REGISTRY.get_sample_value(total) - before == len(one.prepared.tasks)
+    breaker = runtime.breakers.for_backend("aer.noisy")
+    breaker.record_failure()
+    breaker.record_failure()
+    ((error, _),) = asyncio.run(one_tenants_call(runtime, [one])).values()
+    assert isinstance(error, BreakerOpen)
+    assert metrics.REGISTRY.get_sample_value(total) - before == len(one.prepared.tasks)
+    runtime.executor.shutdown()
