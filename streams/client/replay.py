@@ -29,7 +29,7 @@ from streams.kafka.compat import (
 )
 from streams.kafka.copies import DEAD_LETTER_HEADER, REPLAY_HEADER, copied_from
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES
-from streams.kafka.record_batches import UNREADABLE_HEADER
+from streams.kafka.record_batches import UNREADABLE_HEADER, UNREADABLE_OFFSETS_HEADER
 from streams.kafka.security import client_options
 from streams.kafka.topics import TopicNames, job_topic, lane_for_priority, parse_job_topic
 from streams.settings import Settings
@@ -357,6 +357,16 @@ def plan_record(record, names: TopicNames, target: str | None, rerun: bool,
     `tenants` are the configured ones (QLANE_TENANTS): the job topic of a dead stage record
     written before dead letters named it (qlane.dlq.job.topic) is found from them.
     `rerun_label` tells reruns of the same records apart (`rerun_id`)."""
+    unreadable = dict(record.headers or ()).get(UNREADABLE_HEADER)
+    if unreadable is not None and record.topic != names.deadletter:
+        # Read from its own topic, a batch this tool could not read either stands for itself
+        # as one record: copied, it was dead-lettered again and not one of its jobs came back
+        # ("1 replayed"; a red-team run).
+        offsets = dict(record.headers).get(UNREADABLE_OFFSETS_HEADER, b"?").decode()
+        raise ValueError(
+            f"offsets {offsets} are a record batch this tool could not read either "
+            f"({unreadable.decode(errors='replace')[:200]}): replay them with "
+            "QLANE_MAX_UNCOMPRESSED_BATCH_MB above the batch's size (or its codec installed)")
     headers = [(k, v) for k, v in (record.headers or ())
                if not k.startswith(HEADER_PREFIX) and k not in (REPLAY_HEADER, DEAD_LETTER_HEADER)]
     origin = address(record)

@@ -140,6 +140,19 @@ def test_a_dead_letter_without_its_value_or_standing_for_a_batch_is_not_replayed
         plan_record(record(NAMES.deadletter, b"raw", headers=unreadable), NAMES, None, False)
 
 
+@pytest.mark.parametrize("target", [None, "elsewhere"])
+def test_a_batch_the_replay_could_not_read_is_skipped_with_what_to_do(target):
+    """Replayed from its job topic, a 21.8 MB gzip batch of 2,500 jobs (past the 16 MB the
+    tool reads) was copied as its placeholder record: "1 replayed", dead-lettered again, and
+    not one of its jobs came back (a red-team run)."""
+    placeholder = record(NAMES.jobs, b"raw gzip", key=None, offset=112, headers=[
+        ("qlane.unreadable-batch", b"decompressed past 16 MiB"),
+        ("qlane.unreadable-offsets", b"112-2611")])
+    with pytest.raises(ValueError, match="offsets 112-2611 are a record batch .*"
+                                         "QLANE_MAX_UNCOMPRESSED_BATCH_MB"):
+        plan_record(placeholder, NAMES, target, False)
+
+
 def execute_task(request: bytes) -> bytes:
     return codec("ExecuteTask").encode({
         "workflow_id": "wf-1", "request": request, "prepared": b"p", "accepted_at_ms": 1,
