@@ -111,7 +111,10 @@ def test_jobs_queued_behind_a_long_call_are_cancelled_when_asked_during_it(
     """Jobs taken as the next batch while a 22 s call ran, cancelled 1 s later on the high
     lane: every cancel was handled only once their own call had begun, and all three ran,
     were charged and were told `already executing`; with twenty queued and ten cancelled,
-    nine of the ten still ran, their cancels behind the high lane's first (red-team runs)."""
+    nine of the ten still ran, their cancels behind the high lane's first; and with a
+    high-priority job sent after each cancel, 4 or 5 of 5 ran on a loaded host: left out
+    of their batch's call, they went to the execute stage at once, while their cancels
+    waited for the high lane's turn and then for its jobs' call (red-team runs)."""
     settings = simulator_settings
     tag = uuid.uuid4().hex[:6]
     long_job = slow_parametric_job(f"long-{tag}", 16)
@@ -119,6 +122,9 @@ def test_jobs_queued_behind_a_long_call_are_cancelled_when_asked_during_it(
     queued = [job_request(workflow_id=f"queued-{tag}-{i}", circuit=bell, shots=10)
               for i in range(20)]
     cancelled = queued[::2]
+    # about 1 s each: the high lane handles its cancels after their call
+    high = [{**slow_parametric_job(f"high-{tag}-{i}", 2), "priority": 9}
+            for i in range(len(cancelled))]
 
     async def go():
         async with Client(settings) as client:
@@ -128,12 +134,15 @@ def test_jobs_queued_behind_a_long_call_are_cancelled_when_asked_during_it(
             for job in queued:
                 await client.submit(job)
             await asyncio.sleep(2.0)
-            for job in cancelled:
+            for job, after in zip(cancelled, high, strict=True):
                 await client.cancel(job["workflow_id"], reason="test")
-            return await client.wait([job["workflow_id"] for job in [long_job, *queued]], 180)
+                await client.submit(after)
+            return await client.wait([job["workflow_id"] for job in [long_job, *queued, *high]],
+                                     180)
 
     outcomes = asyncio.run(go())
     assert outcomes[long_job["workflow_id"]].state == "done"
+    assert {outcomes[job["workflow_id"]].state for job in high} == {"done"}
     for job in queued:
         outcome = outcomes[job["workflow_id"]]
         if job in cancelled:
