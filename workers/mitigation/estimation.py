@@ -91,7 +91,7 @@ def estimate_tasks(
         wires = [(physical or {}).get(index) for _, index in by_set[set_index]]
         bases = tuple(basis for basis, _, _ in measured)
         if bases not in readings:
-            readings[bases] = [_reading(observable, bases, set_index)
+            readings[bases] = [terms_by_basis(observable, bases, set_index)
                                for observable in prepared.observables]
         for obs_index, (exact, weights) in enumerate(readings[bases]):
             value, variance = exact, 0.0
@@ -115,7 +115,7 @@ def estimate_tasks(
     return estimates
 
 
-def _reading(observable, bases: tuple[str, ...],
+def terms_by_basis(observable, bases: tuple[str, ...],
              set_index: int) -> tuple[float, dict[int, dict[str, float]]]:
     """The observable's identity part, and its other terms' coefficients by the position of
     the first basis that reads them (then by Pauli string)."""
