@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import numbers
 import threading
 import uuid
 import warnings
@@ -71,6 +72,7 @@ from workers.seeds import job_seed
 
 DEFAULT_SHOTS = 1024
 DEFAULT_PRECISION = 0.015625  # Qiskit's: 1/sqrt(4096)
+MAX_AVRO_INT = 2**31 - 1  # a JobRequest's `shots`
 PAULI_LETTERS = frozenset("IXYZ")
 RUNNING_STATES = frozenset({"executing", "retrying", "fallback"})
 QUEUED_STATES = frozenset({"accepted", "prepared", "duplicate"})
@@ -132,13 +134,18 @@ class Options:
 
 
 def checked_default_shots(options: Options) -> int | None:
-    """`options.default_shots`, or ValueError unless it is None or a positive integer: 0 was
-    taken for "not set" and -1 accepted (the Estimator then failed in math.sqrt)."""
+    """`options.default_shots` as an int, or ValueError unless it is None or a positive
+    integer (a NumPy one too) that a JobRequest's `shots` (an Avro int) can hold: 0 was
+    taken for "not set", -1 accepted (the Estimator then failed in math.sqrt), and 10**12
+    failed at run() as a CorruptRecord."""
     shots = options.default_shots
-    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int)
-                              or shots < 1):
-        raise ValueError(f"default_shots must be a positive integer, got {shots!r}")
-    return shots
+    if shots is None:
+        return None
+    if isinstance(shots, bool) or not isinstance(shots, numbers.Integral) \
+            or not 1 <= shots <= MAX_AVRO_INT:
+        raise ValueError(f"default_shots must be a positive integer up to {MAX_AVRO_INT}, "
+                         f"got {shots!r}")
+    return int(shots)
 
 
 def make_options(options: Options | dict | None, keywords: dict) -> Options:

@@ -612,7 +612,7 @@ def test_qiskit_style_options_are_applied_and_unknown_ones_refused():
         sampler.options.default_shot = 3
 
 
-@pytest.mark.parametrize("shots", [0, -1, 2.5, True])
+@pytest.mark.parametrize("shots", [0, -1, 2.5, True, 2**31, 10**12])
 def test_default_shots_that_are_no_positive_integer_are_refused(shots):
     """`Sampler(default_shots=-1)` was accepted, 0 was taken for "not set" (1024 shots ran),
     and the Estimator failed in math.sqrt (a red-team run)."""
@@ -625,6 +625,14 @@ def test_default_shots_that_are_no_positive_integer_are_refused(shots):
         made.options.default_shots = shots
         with pytest.raises(ValueError, match="default_shots must be a positive integer"):
             made.default_shots if primitive is Sampler else made.default_precision  # noqa: B018
+
+
+def test_default_shots_may_be_a_numpy_integer():
+    """`default_shots=np.int64(100)` was refused, as Qiskit's own primitives take it."""
+    from streams.client import Sampler
+
+    assert Sampler("127.0.0.1:1", default_shots=np.int64(100)).default_shots == 100
+    assert Estimator("127.0.0.1:1", default_shots=np.int32(400)).default_precision == 0.05
 
 
 def test_an_isa_circuit_of_a_16_qubit_device_is_sent_on_its_active_qubits():
