@@ -12,7 +12,12 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from schemas.codec import codec
-from streams.kafka.tenants import admitted_from, tenant_copy, workflow_entry
+from streams.kafka.tenants import (
+    admitted_from,
+    check_budget_tenant,
+    tenant_copy,
+    workflow_entry,
+)
 from streams.kafka.topics import TopicNames, parse_job_topic, raw_topic
 from streams.ops import metrics
 from streams.ops.logs import lifecycle_level
@@ -178,7 +183,8 @@ class Runtime:
             reset_timeout_s=settings.breaker_reset_timeout_s,
         )
         self.prices = load_price_table(settings.prices_file)
-        self.budgets = TenantBudgets(settings.tenant_budgets)
+        self.budgets = TenantBudgets({check_budget_tenant(name): amount
+                                      for name, amount in settings.tenant_budgets.items()})
         for tenant in self.budgets.tenants():  # there from the start, not from a first charge
             metrics.BUDGET.labels(tenant).set(self.budgets.budget(tenant))
             # At 0 from the start: a series that appears at 1 has no increase() for the

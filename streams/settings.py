@@ -27,9 +27,11 @@ KAFKA_FETCH_MAX_WAIT_MS = 500
 SIMULATOR_PROCESS_MIN_CORES = 2
 
 
-def _json_setting(name: str, text: str) -> object:
+def _json_setting(name: str, text: str, pairs: bool = False) -> object:
+    """`text` parsed as JSON (with `pairs`, objects as lists of (key, value) pairs, so that
+    a key given twice can be told), else ValueError naming the setting."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=list if pairs else None)
     except ValueError as error:
         raise ValueError(f"{name} is not valid JSON ({error})") from None
 
@@ -397,16 +399,29 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("{"):
-                return _json_setting("QLANE_TENANT_BUDGETS", text)
-            budgets = {}
-            for item in filter(None, (part.strip() for part in text.split(","))):
-                name, equals, amount = item.partition("=")
-                if not equals or not name.strip():
-                    raise ValueError(
-                        f"QLANE_TENANT_BUDGETS item {item!r}: expected tenant=usd, as in "
-                        'acme=50,beta=20 (or JSON: {"acme": 50})')
-                budgets[name.strip()] = amount.strip()
-            return budgets
+                pairs = _json_setting("QLANE_TENANT_BUDGETS", text, pairs=True)
+                if not isinstance(pairs, list):
+                    raise ValueError("QLANE_TENANT_BUDGETS must be a JSON object")
+            else:
+                pairs = []
+                for item in filter(None, (part.strip() for part in text.split(","))):
+                    name, equals, amount = item.partition("=")
+                    if not equals or not name.strip():
+                        raise ValueError(
+                            f"QLANE_TENANT_BUDGETS item {item!r}: expected tenant=usd, as in "
+                            'acme=50,beta=20 (or JSON: {"acme": 50})')
+                    pairs.append((name.strip(), amount.strip()))
+            value = {}
+            for name, amount in pairs:
+                # A second amount for a tenant silently replaced the first (a red-team run).
+                if name in value:
+                    raise ValueError(f"QLANE_TENANT_BUDGETS names {name!r} twice")
+                value[name] = amount
+        if isinstance(value, dict):
+            for name, amount in value.items():
+                if isinstance(amount, bool):  # {"acme": true} was a $1 budget
+                    raise ValueError(f"QLANE_TENANT_BUDGETS: the budget of {name!r} is "
+                                     f"{amount!r}, not an amount in USD")
         return value
 
     @field_validator("tenants")

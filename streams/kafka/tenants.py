@@ -145,6 +145,18 @@ MAX_TENANT_CHARS = 128
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def check_budget_tenant(name: str) -> str:
+    """A QLANE_TENANT_BUDGETS name that some job's tenant can be, else ValueError: one that
+    none can be (empty, too long, with control characters) left the tenant meant without a
+    limit, unsaid (a red-team run). Names are exact: a tenant's topics name it in
+    [a-z0-9_], and a job on the shared topics by its `tenant` field as written."""
+    if not name or len(name) > MAX_TENANT_CHARS or CONTROL_CHARS.search(name):
+        raise ValueError(f"QLANE_TENANT_BUDGETS names {name[:80]!r}, which no job's tenant "
+                         f"can be (1 to {MAX_TENANT_CHARS} characters, no control "
+                         "characters)")
+    return name
+
+
 def check_tenant_of(prefix: str, topic: str, request: dict) -> str | None:
     """The authenticated tenant of a JobRequest read from `topic` (None on the shared topics,
     where the payload's tenant stands); TenantMismatch when the payload names another, or

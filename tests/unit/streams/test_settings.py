@@ -192,3 +192,25 @@ def test_a_malformed_tenant_setting_names_itself(monkeypatch, name, value, messa
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=message):
         Settings()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("acme=50,acme=20", "names 'acme' twice"),
+    ('{"acme": 50, "acme": 20}', "names 'acme' twice"),
+    ('{"acme": true}', "not an amount in USD"),
+])
+def test_a_budget_given_twice_or_as_a_boolean_is_refused(monkeypatch, value, message) -> None:
+    """`acme=50,acme=20` kept 20 and `{"acme": true}` was a $1 budget, unsaid (a red-team
+    run)."""
+    monkeypatch.setenv("QLANE_TENANT_BUDGETS", value)
+    with pytest.raises(ValueError, match=message):
+        Settings()
+
+
+@pytest.mark.parametrize("name", ["", "x" * 129, "ac\nme"])
+def test_a_budget_no_jobs_tenant_can_have_is_refused(name) -> None:
+    from streams.kafka.tenants import check_budget_tenant
+
+    with pytest.raises(ValueError, match="which no job's tenant can be"):
+        check_budget_tenant(name)
+    assert check_budget_tenant("Acme Corp") == "Acme Corp"  # a shared-topic payload's tenant
