@@ -181,6 +181,10 @@ class Client:
 
     def __init__(self, settings: Settings, tenant: str | None = None) -> None:
         self.settings = settings
+        # Where submit and cancel send by default: the tenant's job topics (None: the shared
+        # ones). A tenant's client sent to the shared topics, refused by ACLs or, where its
+        # principal could write there, run without a copy on its own topics (a red-team run).
+        self.tenant = tenant
         self.names = TopicNames.from_settings(settings)
         # A tenant's outcomes come on its own read topics (README "Tenants, authenticated by
         # Kafka"); the shared ones are watched only while the tenant's do not exist.
@@ -273,11 +277,11 @@ class Client:
         return job_topic(self.settings.topic_prefix, tenant, lane)
 
     async def submit(self, record: dict, topic: str | None = None) -> str:
-        """Send a JobRequest; by default to the shared jobs topic of its priority's lane.
-        Returns the topic it went to."""
+        """Send a JobRequest; by default to the job topic of this client's tenant (the shared
+        one without) in its priority's lane. Returns the topic it went to."""
         value = encoded_request(record)
         if topic is None:
-            topic = self.jobs_topic(None, lane_for_priority(record.get("priority") or 0))
+            topic = self.jobs_topic(self.tenant, lane_for_priority(record.get("priority") or 0))
         own_ids(self.settings, topic, record["workflow_id"])
         await self._check_tenant_topic(topic)
         await self.producer.send_and_wait(topic, value=value, key=record["workflow_id"].encode())
@@ -310,7 +314,9 @@ class Client:
         self._tenant_topics_found.add(topic)
 
     async def cancel(self, workflow_id: str, tenant: str | None = None, reason: str = "") -> None:
-        """Send a JobCancel on the high lane of the tenant's job topics, to overtake queues."""
+        """Send a JobCancel on the high lane of the tenant's job topics (by default this
+        client's tenant's), to overtake queues."""
+        tenant = self.tenant if tenant is None else tenant
         own_ids(self.settings, self.jobs_topic(tenant, "high"), workflow_id)
         await self._check_tenant_topic(self.jobs_topic(tenant, "high"))
         value = codec("JobCancel").encode(

@@ -35,6 +35,33 @@ def test_the_client_refuses_another_tenants_id_before_sending():
         asyncio.run(client.cancel("x", "acme"))
 
 
+def test_a_tenants_client_sends_to_its_tenants_topics_by_default(monkeypatch):
+    """`Client(settings, tenant="acme").submit()` and `.cancel()` sent to the shared topics:
+    refused by ACLs, or run without a copy on acme's own topics (a red-team run)."""
+    from types import SimpleNamespace
+
+    sent = []
+
+    async def send_and_wait(topic, value, key):
+        sent.append(topic)
+
+    async def found(_topic):
+        return None
+
+    client = Client(SETTINGS, tenant="acme")
+    client.producer = SimpleNamespace(send_and_wait=send_and_wait)
+    monkeypatch.setattr(client, "_check_tenant_topic", found)
+    asyncio.run(client.submit(job_request(workflow_id="acme.1", circuit="x", tenant="acme")))
+    asyncio.run(client.submit(job_request(workflow_id="acme.2", circuit="x", tenant="acme",
+                                          priority=5)))
+    asyncio.run(client.cancel("acme.1"))
+    assert sent == ["qlane.jobs.acme", "qlane.jobs.acme-high", "qlane.jobs.acme-high"]
+    shared = Client(SETTINGS)
+    shared.producer = client.producer
+    asyncio.run(shared.submit(job_request(workflow_id="x", circuit="x")))
+    assert sent[-1] == "qlane.jobs"
+
+
 def test_a_tenant_topic_missing_from_one_metadata_answer_is_asked_for_again(monkeypatch):
     """A topic just created can be missing from a metadata answer while its leaders are
     elected: one miss is no UnknownTenant; three are, and nothing is cached for them."""
