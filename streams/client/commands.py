@@ -66,9 +66,11 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
         if not partitions:
             # aiokafka then failed on an assertion (a red-team run: a tenant's principal
             # without --tenant, which may not read the shared status topic).
+            hint = ("a tenant's principal passes --tenant" if tenant is None else
+                    f"is {tenant[:80]!r} this principal's own tenant?")
             raise ValueError(
                 f"no status topic to read the answer from on {settings.broker} (missing, or "
-                "not readable by this principal); a tenant's principal passes --tenant")
+                f"not readable by this principal); {hint}")
         watcher.assign(partitions)
         await deadline.step(watcher.seek_to_end(*partitions), reading)
         for tp in partitions:

@@ -104,7 +104,10 @@ async def select_records(settings: Settings, selection: ReplaySelection) -> Asyn
     try:
         available = sorted(await topic_partitions(consumer, selection.topic))
         if not available:
-            raise UnknownTopic(f"topic {selection.topic!r} does not exist on the broker")
+            # A tenant's principal was told the dead-letter topic did not exist (a red-team
+            # run): with ACLs, a topic it may not describe is not listed to it.
+            raise UnknownTopic(f"topic {selection.topic!r} does not exist on the broker, or "
+                               "this principal may not read it")
         if missing := sorted(set(selection.partitions or ()) - set(available)):
             raise UnknownTopic(f"topic {selection.topic!r} has no partition "
                                f"{', '.join(map(str, missing))} (it has {len(available)}: "
