@@ -771,6 +771,8 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--principal", required=True, help="e.g. User:acme")
         if action == "remove":
             command.add_argument("--delete-topics", action="store_true")
+            command.add_argument("--force", action="store_true",
+                                 help="delete the topics even while a worker reads them")
         command.set_defaults(run=cmd_tenant)
     return top
 

@@ -390,9 +390,12 @@ async def list_tenants(settings: Settings) -> list[dict]:
 
 
 async def remove_tenant(settings: Settings, tenant: str, principal: str,
-                        delete_topics: bool = False) -> dict:
-    """Revoke the tenant's ACLs; with `delete_topics`, delete its topics too."""
+                        delete_topics: bool = False, force: bool = False) -> dict:
+    """Revoke the tenant's ACLs; with `delete_topics`, delete its topics too, unless a
+    worker still reads them (`force`: anyway)."""
     topics = tenant_topics(settings.topic_prefix, tenant)
+    if delete_topics and not force:
+        await refuse_while_read(settings, tenant, set(topics["write"]))
     embedded = settings.profile == "embedded"
     async with Admin(settings) as admin:
         revoked = 0 if embedded else await admin.delete_acls(
@@ -405,6 +408,27 @@ async def remove_tenant(settings: Settings, tenant: str, principal: str,
                 await admin.client.delete_topics(deleted)
     return {"tenant": tenant, "principal": principal, "revoked_acls": revoked,
             "deleted_topics": deleted}
+
+
+async def refuse_while_read(settings: Settings, tenant: str, job_topics: set[str]) -> None:
+    """ValueError while a member of the workers' group subscribes to `job_topics`. Deleted
+    under a running worker, a tenant's topics stopped it for every tenant for 104 s, then
+    it exited on a transaction it could not commit (its results and status copies for the
+    tenant's jobs in flight; a red-team run)."""
+    from streams.kafka.topic_checks import GroupRebalancing, member_subscriptions
+
+    try:
+        subscriptions = await member_subscriptions(settings)
+    except GroupRebalancing as error:
+        raise ValueError(f"{error}: whether a worker reads {tenant!r}'s topics is not known "
+                         "yet; try again in a few seconds") from None
+    readers = sum(1 for subscription in subscriptions or [] if subscription & job_topics)
+    if readers:
+        raise ValueError(
+            f"{readers} worker(s) of group {settings.app_id} still read {tenant!r}'s job "
+            "topics: take the tenant out of their QLANE_TENANTS and restart them first (its "
+            "jobs wait in its topics meanwhile), then delete its topics; deleted under a "
+            "running worker they stop it for every tenant (--force deletes them anyway)")
 
 
 # How long `tenant add` tries again while the cluster cannot answer (a node just lost,
@@ -440,7 +464,7 @@ def run_tenant_command(settings: Settings, args) -> int:
                 settings, args.name, args.principal)))
         elif args.action == "remove":
             answer = asyncio.run(remove_tenant(settings, args.name, args.principal,
-                                               args.delete_topics))
+                                               args.delete_topics, args.force))
         elif args.action == "grant-worker":
             acls = asyncio.run(grant_worker(settings, args.principal))
             answer = {"principal": args.principal, "acls": [acl.line() for acl in acls]}

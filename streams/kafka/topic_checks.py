@@ -62,8 +62,6 @@ async def check_group_tenants(settings: Settings) -> None:
     differ, so two workers used one id: the last to join fenced the other, which stopped
     (ProducerFenced, 3 of 3 times with 51 and 50 tenants; a red-team run). A group that
     cannot be described (Tansu, no Describe right) is not checked."""
-    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
-
     from streams.kafka.topics import job_topics, parse_job_topic
 
     if settings.effective_processing_guarantee != "exactly_once":
@@ -71,38 +69,7 @@ async def check_group_tenants(settings: Settings) -> None:
     prefix = settings.topic_prefix
     ours = {topic for topics in job_topics(prefix, tuple(settings.tenants)).values()
             for topic in topics}
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
-    await admin.start()
-    try:
-        answers = await admin.describe_consumer_groups([settings.app_id])
-        groups = [group for answer in answers for group in answer.to_object()["groups"]]
-    except KafkaError as error:
-        if broker_unavailable(error):
-            raise
-        log.debug("group %s not described: %r", settings.app_id, error)
-        return
-    finally:
-        await admin.close()
-    subscriptions = []
-    for group in groups:
-        if group["error_code"]:  # retriable: its coordinator loading or moving
-            raise_if_retriable(group["error_code"], f"group {settings.app_id}")
-            log.debug("group %s not described: %s", settings.app_id,
-                      for_code(group["error_code"]).__name__)
-            return
-        if group["state"] in REBALANCING:
-            # Its members' subscriptions are empty until it settles, and a worker joining
-            # starts a rebalance: two workers with other tenant lists starting together
-            # both passed (a red-team run). The start-up checks try again.
-            raise GroupRebalancing(f"group {settings.app_id} is {group['state']}")
-        for member in group["members"]:
-            try:
-                subscriptions.append(set(ConsumerProtocolMemberMetadata.decode(
-                    member["member_metadata"]).subscription))
-            except (ValueError, TypeError) as error:  # not a consumer-protocol member
-                log.debug("member %s of group %s not read: %r", member["member_id"],
-                          settings.app_id, error)
-    for subscription in subscriptions:
+    for subscription in await member_subscriptions(settings) or []:
         theirs = {topic for topic in subscription if parse_job_topic(prefix, topic)}
         if theirs and theirs != ours:
             missing, extra = sorted(ours - theirs)[:5], sorted(theirs - ours)[:5]
@@ -113,6 +80,45 @@ async def check_group_tenants(settings: Settings) -> None:
                 "every worker and start them with one list (a worker stopped within the last "
                 "few seconds may still be listed: start again shortly)."
             )
+
+
+async def member_subscriptions(settings: Settings) -> list[set[str]] | None:
+    """The topics each member of the workers' group subscribes to; None when the group
+    cannot be described (Tansu, no Describe right); GroupRebalancing while it rebalances
+    (its members' subscriptions are empty until it settles)."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        answers = await admin.describe_consumer_groups([settings.app_id])
+        groups = [group for answer in answers for group in answer.to_object()["groups"]]
+    except KafkaError as error:
+        if broker_unavailable(error):
+            raise
+        log.debug("group %s not described: %r", settings.app_id, error)
+        return None
+    finally:
+        await admin.close()
+    subscriptions = []
+    for group in groups:
+        if group["error_code"]:  # retriable: its coordinator loading or moving
+            raise_if_retriable(group["error_code"], f"group {settings.app_id}")
+            log.debug("group %s not described: %s", settings.app_id,
+                      for_code(group["error_code"]).__name__)
+            return None
+        if group["state"] in REBALANCING:
+            # A worker joining starts a rebalance: two workers with other tenant lists
+            # starting together both passed the layout check (a red-team run).
+            raise GroupRebalancing(f"group {settings.app_id} is {group['state']}")
+        for member in group["members"]:
+            try:
+                subscriptions.append(set(ConsumerProtocolMemberMetadata.decode(
+                    member["member_metadata"]).subscription))
+            except (ValueError, TypeError) as error:  # not a consumer-protocol member
+                log.debug("member %s of group %s not read: %r", member["member_id"],
+                          settings.app_id, error)
+    return subscriptions
 
 
 REBALANCING = frozenset({"PreparingRebalance", "CompletingRebalance"})

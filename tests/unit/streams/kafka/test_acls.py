@@ -3,6 +3,8 @@ app id followed by `-` (a red-team run: `prod`'s grants covered `prod-eu`'s topi
 
 from __future__ import annotations
 
+import pytest
+
 from streams.kafka.tenants import Acl, worker_acls
 from streams.kafka.topics import TopicNames, changelog_topic, leader_topic
 from streams.settings import Settings
@@ -58,3 +60,53 @@ def test_tenant_add_tries_again_while_the_cluster_cannot_answer(monkeypatch, cap
     assert tenants.run_tenant_command(settings, args) == 0
     assert calls == ["acme"] * 3
     assert json.loads(capsys.readouterr().out)["tenant"] == "acme"
+
+
+def test_a_tenants_topics_are_not_deleted_while_a_worker_reads_them(monkeypatch):
+    """Deleted under a running worker, a tenant's topics stopped it for every tenant for
+    104 s, then it exited on a transaction it could not commit (a red-team run)."""
+    import asyncio
+
+    import streams.kafka.topic_checks as topic_checks
+    from streams.kafka.tenants import remove_tenant
+    from streams.settings import Settings
+
+    settings = Settings(topic_prefix="qlane", profile="kafka", broker="k:9092")
+    read = [{"qlane.jobs", "qlane.jobs.acme", "qlane.jobs.acme-high", "qlane.stage.execute"}]
+
+    async def subscriptions(_settings):
+        return read
+
+    monkeypatch.setattr(topic_checks, "member_subscriptions", subscriptions)
+    with pytest.raises(ValueError, match="1 worker.* still read 'acme'.*--force"):
+        asyncio.run(remove_tenant(settings, "acme", "User:acme", delete_topics=True))
+    deleted = []
+
+    class Admin:
+        def __init__(self, _settings):
+            self.client = self
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *_exc):
+            return None
+
+        async def delete_acls(self, _acls):
+            return 0
+
+        async def list_topics(self):
+            return ["qlane.jobs.acme", "qlane.results.acme"]
+
+        async def delete_topics(self, names):
+            deleted.extend(names)
+
+    import streams.kafka.tenants as tenants
+
+    monkeypatch.setattr(tenants, "Admin", Admin)
+    forced = asyncio.run(remove_tenant(settings, "acme", "User:acme", delete_topics=True,
+                                       force=True))
+    assert forced["deleted_topics"] == deleted == ["qlane.jobs.acme", "qlane.results.acme"]
+    read[0] = {"qlane.jobs", "qlane.stage.execute"}  # restarted without acme: its turn
+    asyncio.run(remove_tenant(settings, "acme", "User:acme", delete_topics=True))
+    assert len(deleted) == 4
