@@ -12,6 +12,8 @@ from schemas.codec import codec
 from streams.agents.common import (
     MAX_TOLD_KEY_BYTES,  # noqa: F401 - the tests' name for it
     StageFailure,
+    acknowledge,
+    acknowledged_when_handled,
     error_detail,
     first_time,
     mark,
@@ -433,6 +435,7 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, handl
     @app.agent(channel, name=name, concurrency=1, supervisor_strategy=stage_supervisor(app))
     async def preprocess(stream):
         guard = new_guard(runtime)
+        acknowledged_when_handled(stream)
         async for event in stream.events():
             source = SourceRecord.from_faust(event.message)
             if first_time(runtime, STAGE, source):
@@ -440,3 +443,5 @@ def register_lane(app, runtime: Runtime, table, lane: str, gate: LaneGate, handl
                 # its turn is not yet in a transaction, so it never holds up a commit.
                 async with gate.turn(lane):
                     await process_guarded(runtime, table, STAGE, guard, handle, source, event)
+            else:
+                await acknowledge(runtime, event)

@@ -10,9 +10,9 @@ taken now could not start its call earlier anyway) does it wait for more, up to 
 at most `within` after the first record.
 
 Acknowledgements are Faust's: the events of a batch are acknowledged when the next batch is
-asked for (or the take ends), as `take_events` does, so a record is never acknowledged
-before the stage has had it; streams/agents/overlap.py keeps a batch it holds open across a
-take referenced until it is handled.
+asked for, as `take_events` does (not when the take is closed with a batch out), so a record
+is never acknowledged before the stage has had it; streams/agents/overlap.py keeps a batch it
+holds open across a take referenced until it is handled.
 """
 
 from __future__ import annotations
@@ -59,11 +59,13 @@ async def take_ready(stream, max_: int, within: float,
                 if event is None:
                     break
                 batch.append(event)
-            try:
-                yield batch
-            finally:
-                for event in batch:
-                    event.ack()
+            yield batch
+            # Asked for the next batch: this one was handed on. Not when the take is closed
+            # with a batch out (the stage stopping, a crash): acknowledged then, a batch not
+            # handled had its offsets committed at the shutdown (streams/agents/common.py
+            # `acknowledged_when_handled`).
+            for event in batch:
+                event.ack()
     except StopAsyncIteration:
         return
     finally:

@@ -217,8 +217,17 @@ class Producer(faust_aiokafka.Producer):
 
     async def send(self, topic, key, value, partition, timestamp, headers, *,
                    transactional_id=None):
-        delivery = await super().send(topic, key, value, partition, timestamp, headers,
-                                      transactional_id=transactional_id)
+        try:
+            delivery = await super().send(topic, key, value, partition, timestamp, headers,
+                                          transactional_id=transactional_id)
+        except Exception as error:
+            # Refused before it reached the producer's batches (aiokafka's accumulator timed
+            # out): no delivery future tells the commit, which went on with the record's
+            # offset and without this write (a red-team run: a loop's entry behind its
+            # checkpoint).
+            if transactional_id:
+                self._refused.setdefault(transactional_id, error)
+            raise
         if transactional_id:
             self._undelivered.setdefault(transactional_id, set()).add(delivery)
             delivery.add_done_callback(functools.partial(self._delivered, transactional_id))
@@ -720,6 +729,8 @@ async def record(app, event):
     """
     if event is None or not exactly_once(app):
         yield
+        if event is not None:
+            event.ack()  # handled (a record whose handling raised is not acknowledged)
         return
     async with app.consumer.transactions.record(event):
         yield

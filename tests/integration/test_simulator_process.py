@@ -117,7 +117,7 @@ def test_jobs_queued_behind_a_long_call_are_cancelled_when_asked_during_it(
     waited for the high lane's turn and then for its jobs' call (red-team runs)."""
     settings = simulator_settings
     tag = uuid.uuid4().hex[:6]
-    long_job = slow_parametric_job(f"long-{tag}", 16)
+    long_job = slow_parametric_job(f"long-{tag}", 24)
     bell = (EXAMPLES / "bell.qasm").read_text()
     queued = [job_request(workflow_id=f"queued-{tag}-{i}", circuit=bell, shots=10)
               for i in range(20)]

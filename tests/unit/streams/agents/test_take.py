@@ -110,8 +110,10 @@ async def test_a_batch_is_acknowledged_when_the_next_is_asked_for():
     assert numbers(await batches.__anext__()) == [3]
     assert all(event.acked for event in first)
     assert not second[0].acked
+    # Closed with a batch out (the stage stopping, a crash): not acknowledged, its records
+    # come again; acknowledged, a shutdown committed offsets past records never handled.
     await batches.aclose()
-    assert second[0].acked
+    assert not second[0].acked
 
 
 @run
