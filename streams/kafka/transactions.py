@@ -67,14 +67,18 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 from aiokafka import TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 from faust import streams as faust_streams
+from faust.exceptions import ProducerSendError
 from faust.transport.consumer import TransactionManager as FaustTransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from mode import Service
 
 log = logging.getLogger("qlane")
+# How long a record is offered again to a producer whose batches have no room for it
+# (`Producer._send_while_full`): past a transaction coordinator's failover.
+FULL_BATCH_RETRY_S = 60.0
 
 # The source partition of a buffered send, while the buffer publishes it.
 _source_tp: contextvars.ContextVar = contextvars.ContextVar("qlane_source_tp", default=None)
@@ -218,8 +222,8 @@ class Producer(faust_aiokafka.Producer):
     async def send(self, topic, key, value, partition, timestamp, headers, *,
                    transactional_id=None):
         try:
-            delivery = await super().send(topic, key, value, partition, timestamp, headers,
-                                          transactional_id=transactional_id)
+            delivery = await self._send_while_full(topic, key, value, partition, timestamp,
+                                                   headers, transactional_id)
         except Exception as error:
             # Refused before it reached the producer's batches (aiokafka's accumulator timed
             # out): no delivery future tells the commit, which went on with the record's
@@ -232,6 +236,27 @@ class Producer(faust_aiokafka.Producer):
             self._undelivered.setdefault(transactional_id, set()).add(delivery)
             delivery.add_done_callback(functools.partial(self._delivered, transactional_id))
         return delivery
+
+    async def _send_while_full(self, topic, key, value, partition, timestamp, headers,
+                               transactional_id):
+        """Faust's send, tried again while aiokafka cannot add the record to a batch within
+        its request timeout (`KafkaTimeoutError`: the partition's batch waits to go out, as
+        while the node of its transaction's coordinator is lost), up to FULL_BATCH_RETRY_S.
+        Raised at once, it crashed the producer buffer and then the worker, 10 s after a
+        broker was killed (2 of 6 kills of a 3-node cluster; a red-team run); the new
+        coordinator was found 12 s after the kill. The record was not added: sent again, it
+        goes once."""
+        until = time.monotonic() + FULL_BATCH_RETRY_S
+        while True:
+            try:
+                return await super().send(topic, key, value, partition, timestamp, headers,
+                                          transactional_id=transactional_id)
+            except ProducerSendError as error:
+                if not isinstance(error.__cause__, KafkaTimeoutError) \
+                        or time.monotonic() >= until:
+                    raise
+                log.warning("a record for %s waits for room in the producer's batches (%r): "
+                            "sent again", topic, error.__cause__)
 
     def _delivered(self, transactional_id: str, delivery) -> None:
         self._undelivered.get(transactional_id, set()).discard(delivery)

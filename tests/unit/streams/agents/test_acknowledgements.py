@@ -9,14 +9,10 @@ from types import SimpleNamespace
 
 import faust
 import pytest
-from aiokafka import TopicPartition
 from faust.events import Event
-from faust.exceptions import ProducerSendError
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message
 
 from streams.agents.common import run_stage
-from streams.kafka.transactions import Producer, TransactionFailed
 from streams.settings import Settings
 
 
@@ -60,41 +56,3 @@ def test_a_stopped_stage_does_not_ack_the_record_it_was_handling():
     message = asyncio.run(go())
     # Acknowledged, the shutdown's commit takes offset 3 and nobody resumes the loop.
     assert not message.acked
-
-
-def test_a_send_that_never_reached_the_accumulator_fails_the_commit(monkeypatch):
-    async def refused(self, *args, transactional_id=None):
-        # aiokafka message_accumulator.add_message -> KafkaTimeoutError, wrapped by Faust
-        raise ProducerSendError("Error while sending: KafkaTimeoutError()")
-
-    monkeypatch.setattr(faust_aiokafka.Producer, "send", refused)
-
-    class Txn:
-        def __init__(self):
-            self.calls = []
-
-        async def send_offsets_to_transaction(self, offsets, group_id):
-            self.calls.append("offsets")
-
-        async def commit_transaction(self):
-            self.calls.append("commit")
-
-        async def begin_transaction(self):
-            self.calls.append("begin")
-
-    async def go():
-        producer = Producer.__new__(Producer)
-        txn = Txn()
-        producer._transaction_producers = {"t": txn}
-        producer._trn_locks = {"t": asyncio.Lock()}
-        producer._undelivered, producer._refused = {}, {}
-        with pytest.raises(ProducerSendError):
-            await producer.send("qlane-workflows-changelog", b"B-var-42", b"{}", None, None,
-                                None, transactional_id="t")
-        with pytest.raises(TransactionFailed):
-            await producer.commit_transactions(
-                {"t": {TopicPartition("qlane.stage.variational", 0): 3}}, "qlane")
-        return txn.calls
-
-    calls = asyncio.run(go())
-    assert "commit" not in calls
