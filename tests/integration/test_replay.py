@@ -154,3 +154,35 @@ def test_dead_letter_replay_dry_run_time_range_and_cli(settings, worker):
     assert plan.returncode == 0 and plan.stdout.count("would replay") == 1
     job_record = replayed[REPLAY_HEADER].decode()
     assert f"a dead letter of {job_record}, as one this replay sends" in plan.stdout + plan.stderr
+
+
+def test_a_record_batch_at_a_partitions_end_is_replayed_whole(settings):
+    """Tansu answers a partition's end as its last batch's base offset + 1: a 40-record batch
+    at the end of a partition was replayed as one record, and from its second offset as
+    none, with no word (a red-team run). No worker: a dry run only selects."""
+    from streams.kafka.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    topic = f"{settings.topic_prefix}.jobs-low"
+    tag = uuid.uuid4().hex[:6]
+
+    async def one_batch() -> list[int]:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=500,
+                                    max_batch_size=1 << 20)
+        await producer.start()
+        try:
+            sent = [await producer.send(topic, b"v" * 100, key=f"{tag}-{i}".encode(),
+                                        partition=0) for i in range(40)]
+            await producer.flush()
+            return [(await delivery).offset for delivery in sent]
+        finally:
+            await producer.stop()
+
+    offsets = asyncio.run(one_batch())
+    assert offsets == list(range(offsets[0], offsets[0] + 40))
+    for first in (offsets[0], offsets[1]):
+        summary, _ = run_replay(settings, "jobs-low", partitions=[0], from_offset=first,
+                                to_offset=offsets[-1], dry_run=True)
+        assert summary.selected == offsets[-1] - first + 1, (first, summary)
+    summary, _ = run_replay(settings, "jobs-low", partitions=[0], dry_run=True)
+    assert summary.selected == offsets[-1] + 1
