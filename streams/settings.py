@@ -27,6 +27,24 @@ KAFKA_FETCH_MAX_WAIT_MS = 500
 SIMULATOR_PROCESS_MIN_CORES = 2
 
 
+def _json_or_items(name: str, value: str, opener: str,
+                   pairs: bool = False) -> tuple[bool, object]:
+    """(True, the JSON `value` holds) when it starts with `opener`, else (False, its
+    comma-separated items, stripped, empty ones left out)."""
+    text = value.strip()
+    if text.startswith(opener):
+        return True, _json_setting(name, text, pairs)
+    return False, [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _budget_item(item: str) -> tuple[str, str]:
+    name, equals, amount = item.partition("=")
+    if not equals or not name.strip():
+        raise ValueError(f"QLANE_TENANT_BUDGETS item {item!r}: expected tenant=usd, as in "
+                         'acme=50,beta=20 (or JSON: {"acme": 50})')
+    return name.strip(), amount.strip()
+
+
 def _json_setting(name: str, text: str, pairs: bool = False) -> object:
     """`text` parsed as JSON (with `pairs`, objects as lists of (key, value) pairs, so that
     a key given twice can be told), else ValueError naming the setting."""
@@ -387,30 +405,15 @@ class Settings(BaseSettings):
     def _tenant_list(cls, value: object) -> object:
         # `acme,beta` failed with pydantic's bare "error parsing value" (a red-team run).
         if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return _json_setting("QLANE_TENANTS", text)
-            return [name.strip() for name in text.split(",") if name.strip()]
+            return _json_or_items("QLANE_TENANTS", value, "[")[1]
         return value
 
     @field_validator("tenant_budgets", mode="before")
     @classmethod
     def _budget_map(cls, value: object) -> object:
         if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                pairs = _json_setting("QLANE_TENANT_BUDGETS", text, pairs=True)
-                if not isinstance(pairs, list):
-                    raise ValueError("QLANE_TENANT_BUDGETS must be a JSON object")
-            else:
-                pairs = []
-                for item in filter(None, (part.strip() for part in text.split(","))):
-                    name, equals, amount = item.partition("=")
-                    if not equals or not name.strip():
-                        raise ValueError(
-                            f"QLANE_TENANT_BUDGETS item {item!r}: expected tenant=usd, as in "
-                            'acme=50,beta=20 (or JSON: {"acme": 50})')
-                    pairs.append((name.strip(), amount.strip()))
+            is_json, parsed = _json_or_items("QLANE_TENANT_BUDGETS", value, "{", pairs=True)
+            pairs = parsed if is_json else [_budget_item(item) for item in parsed]
             value = {}
             for name, amount in pairs:
                 # A second amount for a tenant silently replaced the first (a red-team run).

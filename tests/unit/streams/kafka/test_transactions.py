@@ -1071,3 +1071,58 @@ def test_undelivered_offsets_at_the_head_count_as_done_on_exactly_once():
 
     assert consumer(True)._new_offset(JOBS) == 14
     assert consumer(False)._new_offset(JOBS) is None  # at-least-once keeps Faust's rule
+
+
+def test_a_send_that_never_reached_the_accumulator_fails_the_commit(monkeypatch):
+    """A send refused before it reached aiokafka's batches (its accumulator timing out) left
+    no delivery future, and the transaction committed the record's offset without that write
+    (a red-team run: a variational loop's entry behind its checkpoint, the loop lost)."""
+    from faust.exceptions import ProducerSendError
+
+    async def refused(self, *args, transactional_id=None):
+        raise ProducerSendError("Error while sending: KafkaTimeoutError()")
+
+    monkeypatch.setattr(faust_aiokafka.Producer, "send", refused)
+    txn = CommittingAiokafkaProducer()
+
+    async def go():
+        producer = Producer.__new__(Producer)
+        producer._transaction_producers = {"t": txn}
+        producer._trn_locks = {"t": asyncio.Lock()}
+        producer._undelivered, producer._refused = {}, {}
+        with pytest.raises(ProducerSendError):
+            await producer.send("qlane-workflows-changelog", b"wf", b"{}", None, None, None,
+                                transactional_id="t")
+        with pytest.raises(TransactionFailed):
+            await producer.commit_transactions(
+                {"t": {TopicPartition("qlane.stage.variational", 0): 3}}, "qlane")
+
+    asyncio.run(go())
+    assert "commit" not in txn.calls
+
+
+def test_a_send_with_no_room_in_the_batches_is_offered_again(monkeypatch):
+    """aiokafka's KafkaTimeoutError (no room in the partition's batches within the request
+    timeout, while the transaction coordinator's node was lost) crashed the producer buffer
+    and the worker (a red-team run). It is sent again, up to FULL_BATCH_RETRY_S."""
+    from aiokafka.errors import KafkaTimeoutError
+    from faust.exceptions import ProducerSendError
+
+    attempts = []
+
+    async def full_twice(self, *args, transactional_id=None):
+        attempts.append(transactional_id)
+        if len(attempts) <= 2:
+            raise ProducerSendError("Error while sending") from KafkaTimeoutError()
+        return asyncio.get_running_loop().create_future()
+
+    monkeypatch.setattr(faust_aiokafka.Producer, "send", full_twice)
+    producer = Producer.__new__(Producer)
+    producer._undelivered, producer._refused = {}, {}
+    asyncio.run(producer.send("t", b"k", b"v", None, None, None, transactional_id="t-0"))
+    assert len(attempts) == 3 and not producer._refused
+    attempts.clear()
+    monkeypatch.setattr(transactions, "FULL_BATCH_RETRY_S", 0.0)
+    with pytest.raises(ProducerSendError):
+        asyncio.run(producer.send("t", b"k", b"v", None, None, None, transactional_id="t-0"))
+    assert len(attempts) == 1 and "t-0" in producer._refused
