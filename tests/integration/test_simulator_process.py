@@ -11,6 +11,7 @@ estimates must be equal, and the calls must have run where each setting says.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -126,16 +127,20 @@ def test_jobs_queued_behind_a_long_call_are_cancelled_when_asked_during_it(
     high = [{**slow_parametric_job(f"high-{tag}-{i}", 2), "priority": 9}
             for i in range(len(cancelled))]
 
+    sent_s: dict[str, float] = {}  # when each cancel went, from the long job's submission
+
     async def go():
         async with Client(settings) as client:
             await client.start_watching()
             await client.submit(long_job)
+            started = time.monotonic()
             await asyncio.sleep(1.5)
             for job in queued:
                 await client.submit(job)
             await asyncio.sleep(2.0)
             for job, after in zip(cancelled, high, strict=True):
                 await client.cancel(job["workflow_id"], reason="test")
+                sent_s[job["workflow_id"]] = time.monotonic() - started
                 await client.submit(after)
             return await client.wait([job["workflow_id"] for job in [long_job, *queued, *high]],
                                      180)
@@ -143,11 +148,14 @@ def test_jobs_queued_behind_a_long_call_are_cancelled_when_asked_during_it(
     outcomes = asyncio.run(go())
     assert outcomes[long_job["workflow_id"]].state == "done"
     assert {outcomes[job["workflow_id"]].state for job in high} == {"done"}
+    long_timings = (outcomes[long_job["workflow_id"]].result or {}).get("timings")
     for job in queued:
         outcome = outcomes[job["workflow_id"]]
         if job in cancelled:
             assert outcome.state == "cancelled" and outcome.result is None, (
-                outcome.state, outcome.history)
+                outcome.state, outcome.history, sent_s[job["workflow_id"]],
+                (long_timings or {}).get("end_to_end_s"),
+                ((outcome.result or {}).get("timings") or {}).get("end_to_end_s"))
         else:
             assert outcome.state == "done", (outcome.state, outcome.history)
     keys = {job["workflow_id"].encode() for job in cancelled}
