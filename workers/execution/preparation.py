@@ -235,12 +235,17 @@ def _task_from_json(
 
 
 def scales_reached(templates: list[QuantumCircuit], block_scales: list[float],
-                   bases: int) -> list[float]:
-    """Per template, its noisy gates over those of its basis's unfolded template (templates
-    come a block of `bases` at a time, the first block unfolded); InvalidJob if two scale
-    factors reach the same scale in some basis (`zne.check_distinct_scales`)."""
+                   bases: int, target=None) -> list[float]:
+    """Per template, its noise over that of its basis's unfolded template (templates come a
+    block of `bases` at a time, the first block unfolded): the sum of its noisy gates'
+    errors in `target` (`zne.gate_noise`), or their count where the target lacks one.
+    InvalidJob if two scale factors reach the same scale in some basis
+    (`zne.check_distinct_scales`)."""
     counts = [zne.noisy_gate_count(template.data) for template in templates]
-    reached = [counts[i] / counts[i % bases] if counts[i % bases] else 1.0
+    noise = [zne.gate_noise(template, target) for template in templates]
+    if any(value is None for value in noise):
+        noise = [float(count) for count in counts]
+    reached = [noise[i] / noise[i % bases] if noise[i % bases] else 1.0
                for i in range(len(templates))]
     for basis in range(bases):
         by_scale: dict[float, list[float]] = {}
@@ -327,7 +332,8 @@ def prepare(
     if mitigation.zne is not None:
         # Counted on what runs: DD's x gates are noisy too, and a folded template has more
         # idle windows to fill (reported 2.2 where 3.0 ran; a red-team run).
-        reached = scales_reached(templates, [scale for scale, _ in blocks], len(transpiled))
+        reached = scales_reached(templates, [scale for scale, _ in blocks], len(transpiled),
+                                 getattr(backend, "target", None))
 
     calibration = None
     if mitigation.readout:

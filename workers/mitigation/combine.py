@@ -279,12 +279,13 @@ def _extrapolate(
     factors = list(options.scale_factors)
     method = options.extrapolation
     weights: dict[tuple[float, ...], object] = {}
-    fallbacks = 0
+    fell_back: set[tuple[int, int]] = set()  # (parameter set, part) fitted linearly
     extrapolated: dict[tuple[int, int], tuple[float, float, dict]] = {}
     for position, base in enumerate(by_scale[1.0]):
         part = base.observable_index
         at = tuple(reached.get(part_bases[part], {}).get(s, s) for s in factors)
-        if len(set(at)) == 1:
+        if len(set(at)) == 1 or not any(term.coeff for term in parts[part].terms):
+            # Nothing folded in its basis, or nothing to fit (every coefficient 0).
             value, std_error, sensitivity, series = base.value, base.std_error, [1.0], [base]
         else:
             series = [by_scale[s][position] for s in factors]
@@ -293,7 +294,8 @@ def _extrapolate(
             result = zne.extrapolate(method, at, [e.value for e in series],
                                      [e.std_error for e in series], asymptote=0.0,
                                      weights=weights.get(at))
-            fallbacks += result.fallback
+            if result.fallback:
+                fell_back.add((base.parameter_set_index, part))
             value, std_error, sensitivity = result.value, result.std_error, result.sensitivity
         # The scales share one calibration: its error moves them together, so it enters
         # through the fit's sensitivity to each scale's value, not scale by scale.
@@ -314,8 +316,10 @@ def _extrapolate(
             for key, slope in part_shared.items():
                 gradient[key] = gradient.get(key, 0.0) + slope
         out.append((value, _with_calibration(math.sqrt(variance), calibration, gradient)))
-    if method == "exponential":
-        parameters["exponential_fallbacks"] = str(fallbacks)
+    if method == "exponential":  # estimates (parameter set, observable) with a part that fell back
+        parameters["exponential_fallbacks"] = str(sum(
+            any((estimate.parameter_set_index, part) in fell_back
+                for part in pieces[estimate.observable_index]) for estimate in raw))
     return out
 
 
