@@ -125,6 +125,8 @@ def terms_by_basis(observable, bases: tuple[str, ...],
         if set(term.pauli) == {"I"}:
             exact += term.coeff
             continue
+        if term.coeff == 0:  # read from no basis (`measurement_bases`): it adds nothing
+            continue
         position = next((i for i, b in enumerate(bases) if basis_covers(b, term.pauli)), None)
         if position is None:
             raise ValueError(f"no task of parameter set {set_index} measures {term.pauli}")

@@ -385,6 +385,21 @@ def test_exponential_fallbacks_count_estimates_and_not_parts_without_a_fit(noisy
     assert int(report["parameters"]["exponential_fallbacks"]) <= 1
 
 
+def test_a_term_of_coefficient_0_gets_no_measurement_basis(noisy) -> None:
+    """XXX + 0*ZYZ ran 6 circuits under ZNE for XXX's 3 (a red-team run)."""
+    spec = ZneSpec((1.0, 3.0, 5.0), "global", "richardson")
+    alone = prepare(ghz3_job(("XXX",), spec), noisy, TranspileCache(), Limits())
+    padded = prepare(ghz3_job(("XXX+ZYZ:0",), spec), noisy, TranspileCache(), Limits())
+    assert len(padded.tasks) == len(alone.tasks) == 3
+    counts = execute(padded, noisy, 6)
+    assert counts == execute(alone, noisy, 6)
+    assert mitigate(padded, counts).estimates == mitigate(alone, counts).estimates
+    zeros = prepare(ghz3_job(("ZZI:0", "III:2+ZYZ:0"), None), noisy, TranspileCache(),
+                    Limits())
+    values = [(e.value, e.std_error) for e in mitigate(zeros, execute(zeros, noisy, 6)).estimates]
+    assert values == [(0.0, 0.0), (2.0, 0.0)]
+
+
 def test_a_basis_without_a_noisy_gate_takes_its_scale_1_value(noisy) -> None:
     """Nothing to fold (only rz): the job failed with ZeroDivisionError (a red-team run)."""
     only_rz = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nrz(0.3) q[0];\n'
