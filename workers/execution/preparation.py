@@ -308,7 +308,6 @@ def prepare(
     transpiled = [cache.transpile(c, backend) for c in logical]
     templates = [template for template, _ in transpiled]
     check_finite_angles(templates[0])
-    reached = [1.0] * len(templates)
     if fold_seed is None:
         fold_seed = job_seed(spec.workflow_id, spec.seed)
     if mitigation.zne is not None:
@@ -317,18 +316,18 @@ def prepare(
         for scale, fold in blocks[1:]:
             scale_index = scales.index(scale)
             for basis_index, template in enumerate(transpiled):
-                folded, reached_scale = cache.fold(
+                folded, _ = cache.fold(
                     template[0],
                     scale,
                     mitigation.zne.folding,
                     seed=[fold_seed, scale_index, basis_index] + ([fold] if fold else []),
                 )
                 templates.append(folded)
-                reached.append(reached_scale)
     dd_applied = mitigation.dynamical_decoupling and ddd.supports_dd(backend.target)
     if dd_applied:
         manager = ddd.pass_manager(backend.target)
         templates = [ddd.apply_dd(template, manager) for template in templates]
+    reached = [1.0] * len(templates)
     if mitigation.zne is not None:
         # Counted on what runs: DD's x gates are noisy too, and a folded template has more
         # idle windows to fill (reported 2.2 where 3.0 ran; a red-team run).

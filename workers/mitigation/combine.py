@@ -77,6 +77,8 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]],
         raise ValueError(f"{len(counts)} counts for {len(prepared.tasks)} tasks")
     spec = prepared.mitigation
     calibration = prepared.readout_calibration if spec.readout else None
+    # Per basis, the scale each factor's folds reached (none without ZNE)
+    reached = _reached_by_basis(prepared)
     blocks: dict[float, list[int]] = {}
     for index, task in enumerate(prepared.tasks):
         blocks.setdefault(task.scale_factor, []).append(index)
@@ -90,8 +92,8 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]],
         tables, physical = (_tables(prepared, calibration) if calibration is not None
                             else (None, None))
         if spec.zne is not None:
-            final = _extrapolate(prepared, raw, counts, blocks, tables, physical, parameters,
-                                 calibration)
+            final = _extrapolate(prepared, raw, counts, blocks, tables, physical, reached,
+                                 parameters, calibration)
         else:
             final = [(e.value, _with_calibration(e.std_error, calibration, e.readout_gradient))
                      for e in estimate_tasks(prepared, counts, unmitigated, tables, physical)]
@@ -112,11 +114,9 @@ def mitigate(prepared: PreparedJob, counts: list[dict[str, int]],
                 "folded_native": "true",
             }
         )
-        reached = _reached_by_basis(prepared)
         parameters["scale_factors_reached"] = " | ".join(sorted({
             ",".join(f"{by_factor.get(s, s):.4g}" for s in spec.zne.scale_factors)
-            for by_factor in reached.values()} or {
-            ",".join(f"{s:.4g}" for s in spec.zne.scale_factors)}))
+            for by_factor in list(reached.values()) or [{}]}))
         if spec.zne.extrapolation == "polynomial":
             parameters["polynomial_order"] = str(zne.polynomial_order(len(spec.zne.scale_factors)))
         if spec.zne.folding == "random_gates":
@@ -257,6 +257,7 @@ def _extrapolate(
     blocks: dict[float, list[int]],
     tables,
     physical,
+    reached: dict[str, dict[float, float]],
     parameters: dict[str, str],
     calibration=None,
 ) -> list[tuple[float, float]]:
@@ -275,7 +276,6 @@ def _extrapolate(
                               for fold in _folds(prepared, indices)])
         for scale, indices in blocks.items()
     }
-    reached = _reached_by_basis(prepared)
     factors = list(options.scale_factors)
     method = options.extrapolation
     weights: dict[tuple[float, ...], object] = {}
@@ -347,9 +347,9 @@ def _split_by_basis(prepared: PreparedJob) -> tuple[
 
 
 def _reached_by_basis(prepared: PreparedJob) -> dict[str, dict[float, float]]:
-    """Per measurement basis, per asked scale factor, the noisy-gate ratio its folded
-    templates reached (the mean over random folds, which reach the same count). Empty for a
-    job prepared before the scales were recorded: extrapolated at the factors asked."""
+    """Per measurement basis, per asked scale factor, the scale its folded templates reached
+    (`PreparedJob.reached_scales`; the mean over random folds). Empty for a job prepared
+    before the scales were recorded: extrapolated at the factors asked."""
     by_basis: dict[str, dict[float, list[float]]] = {}
     for task in prepared.tasks:
         if task.template_index < len(prepared.reached_scales):

@@ -12,7 +12,8 @@ docs/mitigation.md for why not with mitiq's folding functions): the circuit's un
 "Noisy gates" are all gates but `rz` (virtual, error-free on these devices, so folding it adds
 no noise). The scale factor counts noisy gates: folding adds them in pairs, so a folded
 circuit has G + 2k of them for G in the original, k the nearest to G(scale - 1)/2 (at least 1
-above scale 1), and the scale it reaches, (G + 2k)/G, is what extrapolation uses.
+above scale 1). The scale it reaches, its gates' errors over the original's (`gate_noise`,
+by count where the backend gives no error), is what extrapolation uses.
 Inverses stay in the native basis: cx, x are self-inverse, rz(t)^-1 =
 rz(-t), and sx^-1 = rz(pi) sx rz(pi) up to a global phase (which is kept exact). No
 transpiler runs after folding, so nothing cancels the folds; qubits, coupling and layout are
