@@ -35,6 +35,7 @@ How a call maps onto qlane (details in the README, "Use it from Qiskit"):
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import numbers
 import threading
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from qiskit import QuantumCircuit, QuantumRegister, qasm3
-from qiskit.circuit import ControlFlowOp, Parameter
+from qiskit.circuit import ControlFlowOp, Parameter, ParameterExpression
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
 from qiskit.primitives.base.base_primitive_job import BasePrimitiveJob
 from qiskit.primitives.containers import (
@@ -251,7 +252,7 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
         # with `apply_layout` address.
         renamed = circuit.copy()
         renamed._layout = None  # noqa: SLF001 - Qiskit offers no way to drop it
-    renamed = without_text_parameters(in_qubit_order(renamed))
+    renamed = inlined_for_export(in_qubit_order(renamed))
     if parameters:
         width = max(5, len(str(len(parameters))))
         renamed = renamed.assign_parameters(
@@ -270,43 +271,70 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
                          f"its gates decomposed 10 levels deep: {failure}")
 
 
-def without_text_parameters(circuit: QuantumCircuit) -> QuantumCircuit:
-    """The circuit with each gate that has a text parameter (PauliGate's label), or holds one
-    in its definition, replaced by its definition, in control-flow blocks too: the exporter
-    writes the text as a symbol, `pauli(XIY)`, which no reader defines, and the job was
-    dead-lettered (red-team runs). The circuit itself when it has none."""
-    if not _holds_text(circuit):
+def inlined_for_export(circuit: QuantumCircuit) -> QuantumCircuit:
+    """The circuit with each gate the exporter spells wrongly replaced by its definition, in
+    control-flow blocks too; the circuit itself when it has none. Two kinds:
+
+    * a text parameter (PauliGate's label), or one held in its definition: the exporter
+      writes the text as a symbol, `pauli(XIY)`, which no reader defines, and the job was
+      dead-lettered (red-team runs);
+    * a gate outside Qiskit's standard library called with a symbolic parameter (a
+      `to_gate()` layer bound to `2*gamma`, a `Gate` subclass built as `MyRot(2*a)`, a gate
+      read back by `qasm3.loads`): the exporter writes the body already bound to the call's
+      expression under a formal named after its symbol, `gate zzlayer(gamma) {rz(2*gamma)}`
+      called as `zzlayer(2*gamma)`, so the worker ran rz(4*gamma) and the answer was wrong
+      with nothing said (a red-team run: a QAOA layer's <YY> -0.985 for -0.707)."""
+    if not _holds_misexported(circuit):
         return circuit
     out = circuit.copy_empty_like()
     for instruction in circuit.data:
         operation = instruction.operation
         if isinstance(operation, ControlFlowOp):
             operation = operation.replace_blocks(
-                [without_text_parameters(block) for block in operation.blocks])
+                [inlined_for_export(block) for block in operation.blocks])
             out.append(operation, instruction.qubits, instruction.clbits)
-        elif _has_text(operation):
-            out.compose(without_text_parameters(operation.definition),
+        elif _misexported(operation):
+            out.compose(inlined_for_export(operation.definition),
                         qubits=instruction.qubits, clbits=instruction.clbits, inplace=True)
         else:
             out.append(instruction)
     return out
 
 
-def _holds_text(circuit: QuantumCircuit) -> bool:
-    return any(_has_text(i.operation) or (isinstance(i.operation, ControlFlowOp) and any(
-        _holds_text(block) for block in i.operation.blocks)) for i in circuit.data)
+def _holds_misexported(circuit: QuantumCircuit) -> bool:
+    return any(_misexported(i.operation) or (isinstance(i.operation, ControlFlowOp) and any(
+        _holds_misexported(block) for block in i.operation.blocks)) for i in circuit.data)
 
 
-def _has_text(operation) -> bool:
+def _misexported(operation) -> bool:
     """A text parameter, or one in a definition the gate already holds (a gate made with
     `to_gate()`): a definition not built yet is not built to look (a unitary's would be its
-    synthesis)."""
+    synthesis); or a non-standard gate with a symbolic parameter and a definition to inline.
+    Operations without parameters (a `Clifford` appended as it is) have none of either."""
     if isinstance(operation, ControlFlowOp):
         return False
-    if any(isinstance(p, str) for p in operation.params):
+    params = getattr(operation, "params", ())
+    if any(isinstance(p, str) for p in params):
+        return True
+    if (any(isinstance(p, ParameterExpression) for p in params)
+            and not _is_standard_gate(operation) and operation.definition is not None):
         return True
     definition = getattr(operation, "_definition", None)
-    return isinstance(definition, QuantumCircuit) and _holds_text(definition)
+    return isinstance(definition, QuantumCircuit) and _holds_misexported(definition)
+
+
+@functools.cache
+def _standard_gates() -> dict:
+    from qiskit.circuit.library import get_standard_gate_name_mapping
+
+    return get_standard_gate_name_mapping()
+
+
+def _is_standard_gate(operation) -> bool:
+    """One of Qiskit's own gates, whose definition the exporter builds afresh, rather than
+    a user's gate under a standard name."""
+    standard = _standard_gates().get(operation.name)
+    return standard is not None and type(standard) is type(operation)
 
 
 def in_qubit_order(circuit: QuantumCircuit) -> QuantumCircuit:
