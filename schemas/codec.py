@@ -20,7 +20,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from schemas import _walk
 from schemas.decoded_size import check_decoded_size
-from workers.errors import CorruptRecord, UndecodableRecord, UnknownSchema
+from workers.errors import CorruptRecord, DecodedTooLarge, UndecodableRecord, UnknownSchema
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -140,6 +140,20 @@ class Codec:
             raise
         except Exception as exc:
             raise CorruptRecord(self._describe("undecodable datum", exc)) from exc
+
+    def decoded_bytes(self, data: bytes) -> int:
+        """About the bytes `decode(data)` would take, found without decoding: more than
+        MAX_DECODED_BYTES for a datum it would refuse as too large; 0 for what is not a frame
+        of a known version (`decode` says why)."""
+        if not isinstance(data, bytes) or len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            return 0
+        writer = self._writers.get(data[2:HEADER_SIZE])
+        if writer is None:
+            return 0
+        try:
+            return check_decoded_size(writer[0], data, HEADER_SIZE, MAX_DECODED_BYTES)
+        except DecodedTooLarge:
+            return MAX_DECODED_BYTES + 1
 
     def _describe(self, what: str, exc: Exception) -> str:
         detail = f"{type(exc).__name__}: {exc}"

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 from faust import streams as faust_streams
 
+from schemas.codec import codec
 from streams.agents import execution
 from streams.agents.common import (
     first_time,
@@ -81,6 +82,23 @@ from streams.workflow.lanes import LaneGate
 from streams.workflow.poison import InFlight
 from workers.circuits.sandbox import Prepared
 from workers.execution.preparation import PreparedJob
+
+# A batch keeps what its look-ahead decoded until its last record is handled: up to
+# `execute_batch_max` requests. One that would take more than this decoded is left to be
+# handled alone, decoded then: 32 records of 65,000 empty observables (64 KiB each on the
+# wire, 16 MB decoded, every one refused) held 1.5 GB, and 32 of 210 KB 3.5 GB, which the
+# worker kept once idle (a red-team Go producer).
+LOOK_AHEAD_MAX_DECODED_BYTES = 1 << 20
+# Below this on the wire no request takes more than about 1 MiB decoded (a byte per empty
+# record, 248 bytes each decoded): not walked.
+LOOK_AHEAD_WALK_ABOVE_BYTES = 4 << 10
+
+
+def too_large_to_look_ahead(value: bytes | None) -> bool:
+    """Whether a job record's request would take more memory decoded than a batch keeps
+    for one (schemas/decoded_size.py estimates it without decoding)."""
+    return (isinstance(value, bytes) and len(value) > LOOK_AHEAD_WALK_ABOVE_BYTES
+            and codec("JobRequest").decoded_bytes(value) > LOOK_AHEAD_MAX_DECODED_BYTES)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from streams.agents.common import (
 )
 from streams.agents.execution import JobRunner
 from streams.agents.fused import fuses, republish_after_redelivery, run_fused
-from streams.agents.fused_batch import Ahead, cancel_waiting, run_batches
+from streams.agents.fused_batch import Ahead, cancel_waiting, run_batches, too_large_to_look_ahead
 from streams.kafka.copies import origin_on_its_topic
 from streams.kafka.partitioning import MAX_ROUTED_KEY_BYTES, home_partition, reroute
 from streams.kafka.tenants import check_cancel_of, check_tenant_of
@@ -47,6 +47,7 @@ from streams.workflow.lanes import LaneGate
 from streams.workflow.poison import AttemptLedger
 from streams.workflow.results import check_result_can_fit, check_result_floor
 from workers.circuits.sandbox import Prepared
+from workers.circuits.validation import check_counts
 from workers.errors import (
     BudgetExceeded,
     IdempotencyConflict,
@@ -101,6 +102,7 @@ async def prepare_untrusted(runtime: Runtime, source: SourceRecord, spec: JobSpe
     at `sandbox_attempts` the record is a PoisonRecord and gets dead-lettered.
     """
     settings = runtime.settings
+    check_counts(spec, settings.limits)
     check_result_can_fit(spec, runtime.max_record_bytes)
     if sandbox_pool(runtime) is None:
         prepared = await prepare_in_worker(runtime, spec)
@@ -387,7 +389,7 @@ def register(app, runtime: Runtime, table) -> None:
     async def look_ahead(source: SourceRecord) -> Ahead | None:
         """fused_path=batch: what handle() would prepare for the record, prepared now and
         written nowhere; None for a record that will not be prepared (handle() says why)."""
-        if is_cancel(source.value):
+        if is_cancel(source.value) or too_large_to_look_ahead(source.value):
             return None
         try:
             request = codec("JobRequest").decode(source.value)

@@ -33,15 +33,10 @@ def check_request(spec: JobSpec, limits: Limits) -> None:
     size = len(spec.circuit.encode("utf-8", errors="surrogatepass"))
     if size > limits.max_circuit_bytes:
         raise CircuitTooLarge(f"circuit source is {size} bytes > {limits.max_circuit_bytes}")
-    if len(spec.parameter_sets) > limits.max_parameter_sets:
-        raise ParameterMismatch(
-            f"{len(spec.parameter_sets)} parameter sets > {limits.max_parameter_sets}"
-        )
+    check_counts(spec, limits)
     for index, values in enumerate(spec.parameter_sets):
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             raise ParameterMismatch(f"parameter set {index} has a non-finite or non-number value")
-    if len(spec.observables) > limits.max_observables:
-        raise InvalidObservable(f"{len(spec.observables)} observables > {limits.max_observables}")
     for index, observable in enumerate(spec.observables):
         check_observable(observable, index)
     strings = len({term.pauli for observable in spec.observables for term in observable.terms
@@ -50,6 +45,18 @@ def check_request(spec: JobSpec, limits: Limits) -> None:
         raise InvalidObservable(
             f"the observables have {strings} distinct Pauli strings > "
             f"{limits.max_observable_terms} (QLANE_MAX_OBSERVABLE_TERMS)")
+
+
+def check_counts(spec: JobSpec, limits: Limits) -> None:
+    """The numbers of parameter sets and observables: checked before anything sized by
+    them (20,000 observables were refused as ResultTooLarge, naming the wrong fix; a
+    red-team run)."""
+    if len(spec.parameter_sets) > limits.max_parameter_sets:
+        raise ParameterMismatch(
+            f"{len(spec.parameter_sets)} parameter sets > {limits.max_parameter_sets}"
+        )
+    if len(spec.observables) > limits.max_observables:
+        raise InvalidObservable(f"{len(spec.observables)} observables > {limits.max_observables}")
 
 
 def check_observable(observable: ObservableSpec, index: int, num_qubits: int | None = None) -> None:

@@ -323,3 +323,24 @@ def test_a_call_that_failed_after_its_slots_leaves_no_hold_or_mark_behind(prepar
     asyncio.run(main())
     assert released == [0.25]
     assert runtime.in_batch_call == {}
+
+
+def test_a_request_that_decodes_large_is_not_kept_by_the_look_ahead():
+    """32 records of 65,000 empty observables (64 KiB each on the wire, 16 MB decoded,
+    every one refused) were kept decoded by one batch's look-ahead: 1.5 GB held, and 3.5 GB
+    for 32 of 210 KB (a red-team Go producer). Such a record is now handled alone."""
+    from schemas.codec import codec
+    from streams.client import job_request
+
+    def encoded(**fields) -> bytes:
+        return codec("JobRequest").encode(job_request(
+            workflow_id="wf-ahead", circuit=bell_request()["circuit"], shots=8, **fields))
+
+    hostile = encoded(observables=[{"terms": []}] * 65_000)
+    assert len(hostile) < 70_000
+    assert fused_batch.too_large_to_look_ahead(hostile)
+    sweep = encoded(parameter_sets=[[0.1 * i, 0.2] for i in range(1000)])
+    assert len(sweep) > fused_batch.LOOK_AHEAD_WALK_ABOVE_BYTES
+    assert not fused_batch.too_large_to_look_ahead(sweep)  # 1,000 sets: about 130 KB decoded
+    assert not fused_batch.too_large_to_look_ahead(encoded())
+    assert not fused_batch.too_large_to_look_ahead(b"\xc3\x01 not a known fingerprint" * 500)

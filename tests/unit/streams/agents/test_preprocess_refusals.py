@@ -176,3 +176,21 @@ def test_a_tenants_job_held_back_for_memory_is_told_on_its_status_topic():
     assert names == ["p.status.tb"]
     ((key, status),) = topic.sent
     assert key == b"tb.big" and status["detail"].startswith("RecordHeldBack: record at")
+
+
+def test_too_many_observables_are_refused_as_such_before_the_result_size_is_checked():
+    """20,000 observables were refused as ResultTooLarge ("the result would be at least
+    800000 bytes"), which names the wrong fix; 18,000 as InvalidObservable (a red-team Go
+    producer)."""
+    from streams.agents.preprocess import prepare_untrusted
+    from workers.errors import InvalidObservable
+    from workers.jobs import JobSpec
+    from workers.limits import Limits
+
+    observables = [{"terms": [{"pauli": "ZZ", "coeff": 1.0}]}] * 20_000
+    request = codec("JobRequest").decode(codec("JobRequest").encode(job_request(
+        workflow_id="tb.many", circuit=BELL, tenant="tb", observables=observables)))
+    runtime = SimpleNamespace(settings=SimpleNamespace(limits=Limits()),
+                              max_record_bytes=1 << 20)
+    with pytest.raises(InvalidObservable, match="20000 observables > 64"):
+        asyncio.run(prepare_untrusted(runtime, record(b"tb.many"), JobSpec.from_record(request)))
