@@ -57,6 +57,21 @@ log = logging.getLogger("qlane")
 CHECKPOINT_CHUNK = 32
 
 
+# A loop stops at an evaluation's end when its worker must let go of its partitions, and its
+# record is sent again for the next owner (`hand_over`). Faust waits for every record being
+# handled before it takes part in a rebalance or stops, and a loop is one record: one
+# 400-evaluation loop held every partition of the group, every lane and tenant, for 54 s
+# while a worker joined (a red-team run).
+HANDED_OVER = "handed over"
+
+
+def handing_over(runtime: Runtime) -> bool:
+    """Whether the worker is giving up its partitions: a rebalance began (aiokafka's eager
+    protocol revokes every partition at each one) or the worker stops."""
+    app = runtime.app
+    return bool(getattr(app, "rebalancing", False) or getattr(app, "should_stop", False))
+
+
 def chunk_key(workflow_id: str, chunk: int) -> str:
     """A checkpoint chunk's table key. Written while handling the workflow's record, it goes
     to that record's changelog partition, as the workflow's entry does."""
@@ -225,6 +240,9 @@ def register(app, runtime: Runtime, table) -> None:
                     await transactions.checkpoint(runtime.app)
                 else:
                     await runtime.flush()
+                if handing_over(runtime):
+                    stop_reason = HANDED_OVER
+                    break
         except StageFailure:
             raise
         except Exception as error:
@@ -232,6 +250,8 @@ def register(app, runtime: Runtime, table) -> None:
         finally:
             optimizer.close()
 
+        if stop_reason == HANDED_OVER:
+            return await hand_over(workflow_id, source, len(items))
         best = optimizer.best
         if best is None and stop_reason == STOPPED_BY_CANCEL:
             mark(table, workflow_id, "cancelled")
@@ -274,6 +294,20 @@ def register(app, runtime: Runtime, table) -> None:
         await runtime.status(workflow_id, final_state, STAGE,
                              detail=result["variational"]["stop_reason"])
         return "ok"
+
+    async def hand_over(workflow_id: str, source: SourceRecord, evaluations: int) -> str:
+        """The loop's record again at the end of its partition, in the transaction that
+        acknowledges this one: whichever worker owns the partition after the rebalance (or
+        the stop) continues from the checkpoint. At-least-once it is on the broker before
+        this record is acknowledged; a crash between the two leaves both, and the second
+        finds the loop done and republishes its stored result."""
+        await runtime.send(STAGE, workflow_id, source.value)
+        if not transactions.exactly_once(runtime.app):
+            await runtime.flush()
+        log.info("%s: handed over after %d evaluations (%s)", workflow_id, evaluations,
+                 "the worker stops" if runtime.app.should_stop else "a rebalance began",
+                 extra={"workflow_id": workflow_id, "stage": STAGE})
+        return "handed_over"
 
     def within_caps(spec, history):
         """Whether a confirming evaluation stays within the loop's shot and cost caps (the

@@ -103,3 +103,61 @@ def test_killed_variational_job_resumes_from_its_checkpoint(broker_address, tmp_
     report.update(evaluations=expected["variational"]["evaluations"],
                   killed_after_evaluations=killed_after, evaluations_executed=charged,
                   distinct_results=len(set(results)), result_copies=len(results))
+
+
+def joined_group(log: Path) -> bool:
+    return log.exists() and "Joined group" in log.read_text(errors="replace")
+
+
+def cancel(settings, workflow_id: str) -> None:
+    async def go():
+        async with Client(settings) as client:
+            await client.cancel(workflow_id)
+
+    asyncio.run(go())
+
+
+def test_a_running_loop_lets_a_joining_worker_in_and_goes_on_from_its_checkpoint(
+        broker_address, tmp_path, report):
+    """Faust waits for the records being handled before a worker takes part in a rebalance,
+    and a loop is one record: one 400-evaluation loop held every partition of the group for
+    54 s while a worker joined (a red-team run). The loop now hands its record over at the
+    end of an evaluation and is continued by the partition's next owner."""
+    settings = session_settings(*broker_address, tag="vqejoin")
+    asyncio.run(ensure_topics(settings))
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    fields["variational"].update(max_iterations=300, tolerance=1e-12)
+    job = job_request(**{**fields, "workflow_id": "vqe-resume", "shots": 4000,
+                         "submitted_at_ms": 1})
+    paced = {"QLANE_FAULTS": "aer.ideal:latency_s=0.5"}  # 300 evaluations: 150 s at least
+    first = start_worker(settings, logs[0], env=paced)
+    second = None
+    try:
+        wait_until_ready(settings, logs[0])
+        submit_until_iteration(settings, job, 3, 240)
+        started = time.monotonic()
+        second = start_worker(settings, logs[1], env=paced)
+        wait_for(lambda: joined_group(logs[1]) or vqe_results(settings), timeout_s=200)
+        joined_after_s = time.monotonic() - started
+        assert not vqe_results(settings), "the loop ended before the second worker joined"
+        assert joined_group(logs[1])
+        cancel(settings, "vqe-resume")
+        wait_for(lambda: vqe_results(settings), timeout_s=120)
+        time.sleep(3)  # room for a second result to show up
+        results = vqe_results(settings)
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                stop_worker(worker)
+
+    assert len(results) == 1, f"{len(results)} results"
+    loop = codec("JobResult").decode(results[0])["variational"]
+    indices = [evaluation["index"] for evaluation in loop["history"]]
+    assert indices == list(range(len(indices))), "evaluations not contiguous"
+    assert loop["stop_reason"] == "cancelled"
+    handed_over = sum(log.read_text(errors="replace").count("handed over") for log in logs)
+    assert handed_over >= 1
+    assert evaluations_charged(settings) <= len(indices) + 1  # the fresh one at the best
+    report.update(second_worker_joined_after_s=round(joined_after_s, 1),
+                  evaluations=len(indices), handed_over=handed_over)
