@@ -240,7 +240,7 @@ def register(app, runtime: Runtime, table) -> None:
                     await transactions.checkpoint(runtime.app)
                 else:
                     await runtime.flush()
-                if handing_over(runtime):
+                if handing_over(runtime) and await hand_over(workflow_id, source, len(items)):
                     stop_reason = HANDED_OVER
                     break
         except StageFailure:
@@ -251,7 +251,7 @@ def register(app, runtime: Runtime, table) -> None:
             optimizer.close()
 
         if stop_reason == HANDED_OVER:
-            return await hand_over(workflow_id, source, len(items))
+            return "handed_over"
         best = optimizer.best
         if best is None and stop_reason == STOPPED_BY_CANCEL:
             mark(table, workflow_id, "cancelled")
@@ -295,19 +295,26 @@ def register(app, runtime: Runtime, table) -> None:
                              detail=result["variational"]["stop_reason"])
         return "ok"
 
-    async def hand_over(workflow_id: str, source: SourceRecord, evaluations: int) -> str:
+    async def hand_over(workflow_id: str, source: SourceRecord, evaluations: int) -> bool:
         """The loop's record again at the end of its partition, in the transaction that
         acknowledges this one: whichever worker owns the partition after the rebalance (or
         the stop) continues from the checkpoint. At-least-once it is on the broker before
         this record is acknowledged; a crash between the two leaves both, and the second
-        finds the loop done and republishes its stored result."""
-        await runtime.send(STAGE, workflow_id, source.value)
-        if not transactions.exactly_once(runtime.app):
-            await runtime.flush()
+        finds the loop done and republishes its stored result. False when it could not be
+        sent: the loop goes on here (acknowledged without its copy, it would be lost)."""
+        try:
+            await runtime.send(STAGE, workflow_id, source.value)
+            if not transactions.exactly_once(runtime.app):
+                await runtime.flush()
+        except Exception as error:  # noqa: BLE001 - the loop goes on, as before hand-overs
+            log.warning("%s: the loop could not be handed over (%s: %s); it goes on here",
+                        workflow_id, type(error).__name__, error,
+                        extra={"workflow_id": workflow_id, "stage": STAGE})
+            return False
         log.info("%s: handed over after %d evaluations (%s)", workflow_id, evaluations,
                  "the worker stops" if runtime.app.should_stop else "a rebalance began",
                  extra={"workflow_id": workflow_id, "stage": STAGE})
-        return "handed_over"
+        return True
 
     def within_caps(spec, history):
         """Whether a confirming evaluation stays within the loop's shot and cost caps (the
