@@ -292,19 +292,15 @@ def inlined_for_export(circuit: QuantumCircuit) -> QuantumCircuit:
       `AnnotatedOperation`: `power(3, annotated=True)`) is sent as it is."""
     if not _holds_misexported(circuit):
         return circuit
-    out = circuit.copy_empty_like()
-    for instruction in circuit.data:
-        operation = instruction.operation
-        if isinstance(operation, ControlFlowOp):
-            operation = operation.replace_blocks(
-                [inlined_for_export(block) for block in operation.blocks])
-            out.append(operation, instruction.qubits, instruction.clbits)
-        elif _misexported(operation):
-            out.compose(inlined_for_export(operation.definition),
+
+    def place(out: QuantumCircuit, instruction) -> None:
+        if _misexported(instruction.operation):
+            out.compose(inlined_for_export(instruction.operation.definition),
                         qubits=instruction.qubits, clbits=instruction.clbits, inplace=True)
         else:
             out.append(instruction)
-    return out
+
+    return _rebuilt(circuit, inlined_for_export, place)
 
 
 def with_own_blocks(circuit: QuantumCircuit) -> QuantumCircuit:
@@ -315,26 +311,27 @@ def with_own_blocks(circuit: QuantumCircuit) -> QuantumCircuit:
     failed, and with a second parameter it panicked (a red-team run)."""
     if not any(isinstance(i.operation, ControlFlowOp) for i in circuit.data):
         return circuit
-    out = circuit.copy_empty_like()
-    for instruction in circuit.data:
-        operation = instruction.operation
-        if isinstance(operation, ControlFlowOp):
-            operation = operation.replace_blocks(
-                [_copied_operations(block) for block in operation.blocks])
-        out.append(operation, instruction.qubits, instruction.clbits, copy=False)
-    return out
+    return _rebuilt(circuit, _copied_operations, lambda out, instruction: out.append(
+        instruction.operation, instruction.qubits, instruction.clbits, copy=False))
 
 
 def _copied_operations(circuit: QuantumCircuit) -> QuantumCircuit:
+    return _rebuilt(circuit, _copied_operations, lambda out, instruction: out.append(
+        copy.deepcopy(instruction.operation), instruction.qubits, instruction.clbits,
+        copy=False))
+
+
+def _rebuilt(circuit: QuantumCircuit, block_of, place) -> QuantumCircuit:
+    """A new circuit like `circuit`: each control-flow operation's blocks are
+    `block_of(block)`, and every other instruction is put in by `place(out, instruction)`."""
     out = circuit.copy_empty_like()
     for instruction in circuit.data:
         operation = instruction.operation
         if isinstance(operation, ControlFlowOp):
-            operation = operation.replace_blocks(
-                [_copied_operations(block) for block in operation.blocks])
+            out.append(operation.replace_blocks([block_of(block) for block in operation.blocks]),
+                       instruction.qubits, instruction.clbits, copy=False)
         else:
-            operation = copy.deepcopy(operation)
-        out.append(operation, instruction.qubits, instruction.clbits, copy=False)
+            place(out, instruction)
     return out
 
 
