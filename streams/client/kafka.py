@@ -217,6 +217,20 @@ class Client:
             if part is not None:
                 await stop_quietly(part)
 
+    async def watching(self) -> Client:
+        """`start_watching`, its consumer stopped when it fails (asked again by
+        `streams.client.timeouts.started`: a broker frozen while a job's client started
+        its watcher gave aiokafka's own errors, some at half the caller's timeout; a
+        red-team run)."""
+        try:
+            await self.start_watching()
+        except BaseException:
+            if self.watcher is not None:
+                await stop_quietly(self.watcher)
+                self.watcher = None
+            raise
+        return self
+
     async def start_watching(self) -> None:
         """Position at the end of the outcome topics before submitting, to miss nothing."""
         self.watcher = AIOKafkaConsumer(

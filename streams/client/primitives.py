@@ -440,6 +440,7 @@ class Session:
             topic = self.job._topic(request)
             await bounded(self.client.submit(request, topic), timeout_s,
                           f"submitting {request['workflow_id']} to {topic}")
+        self.job._submitted.set()
         if self.job._cancel_requested:  # cancel() ran while these were being sent
             for workflow_id in ids:
                 await bounded(self.client.cancel(workflow_id, self.job._options.tenant,
@@ -465,6 +466,7 @@ class Session:
 
 
 ENDED_STATES = frozenset({"done", "failed", "rejected", "cancelled"})
+SUBMIT_WAIT_GRACE_S = 30.0
 CANCEL_ANSWER_WAIT_S = 30.0  # at least, for the workers' answers to a timed-out job's cancel
 
 
@@ -500,9 +502,15 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
     """A primitive job: its workflows travel through Kafka; `result()` blocks for them."""
 
     def __init__(self, job_id: str, settings: Settings, options: Options, plan) -> None:
+        """Starts the job and returns once its workflows are on the broker (or their
+        submission failed: `result()` raises why). Sent from a daemon thread after `run()`
+        had returned, a job whose script then ended was never sent, with nothing said (a
+        red-team run); IBM's primitives submit in `run()` too. The options are the
+        primitive's as they were at `run()`: a tenant set afterwards sent an earlier job of
+        another tenant to the shared topics, where it ran and was charged (a red-team run)."""
         super().__init__(job_id)
         self._settings = settings
-        self._options = options
+        self._options = copy.deepcopy(options)
         self._plan = plan  # async (Session) -> PrimitiveResult
         self._timeout_s = options.timeout_s
         self._states: dict[str, str] = {}
@@ -510,9 +518,13 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         self._result: PrimitiveResult | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
+        self._submitted = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"qlane-job-{job_id}",
                                         daemon=True)
         self._thread.start()
+        # Each step of a submission is bounded by the timeout (BrokerTimeout); this wait
+        # only guards against a step that is not.
+        self._submitted.wait(self._timeout_s + SUBMIT_WAIT_GRACE_S)
 
     def _topic(self, request: dict) -> str:
         lane = lane_for_priority(request.get("priority") or 0)
@@ -536,6 +548,7 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
             self._error = error
         finally:
             self._done.set()
+            self._submitted.set()
 
     def result(self, timeout: float | None = None) -> PrimitiveResult:
         if not self._done.wait(timeout):

@@ -54,16 +54,13 @@ async def open_client(settings: Settings, tenant: str | None, within: float | De
                       watch: bool = False) -> AsyncIterator[Client]:
     """A started Client (watching its outcome topics with `watch`): each step within
     `within` seconds, or all of them within a shared Deadline (BrokerTimeout past it)."""
-    async def step(awaitable: Awaitable, what: str):
-        if isinstance(within, Deadline):
-            return await within.step(awaitable, what)
-        return await bounded(awaitable, within, what)
-
     client = await connected(settings, tenant,
                              within if isinstance(within, Deadline) else Deadline(within))
     try:
         if watch:
-            await step(client.start_watching(), f"reading the outcome topics on {settings.broker}")
+            await started(client.watching, settings,
+                          within if isinstance(within, Deadline) else Deadline(within),
+                          f"reading the outcome topics on {settings.broker}")
         yield client
     finally:
         # Bounded too: a producer's stop waits for a send the caller gave up on, for the

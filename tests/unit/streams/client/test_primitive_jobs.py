@@ -138,3 +138,58 @@ def test_the_pubs_that_ran_ride_on_the_error_of_one_that_failed(monkeypatch):
         job.result()
     assert sorted(raised.value.pub_results) == [0, 2]
     assert raised.value.pub_results[2].data.meas.get_counts() == {"11": 4}
+
+
+class RecordingClient(FakeClient):
+    def __init__(self, outcomes) -> None:
+        super().__init__(outcomes)
+        self.topics: list[str] = []
+
+    async def submit(self, request, topic):
+        self.topics.append(topic)
+        return topic
+
+
+def test_a_job_keeps_the_options_it_was_run_with(monkeypatch):
+    """A tenant set on the primitive after run() sent the earlier job of tenant zz to the
+    shared topics, where it ran and was charged (a red-team run)."""
+    done = {"workflow_id": "", "status": "succeeded", "provenance": {"seed_simulator": 1},
+            "circuits": [{"parameter_set_index": 0, "scale_factor": 1.0, "counts": {"11": 4},
+                          "shots": 4, "registers": [{"name": "meas", "size": 2}],
+                          "basis": ""}]}
+    client = RecordingClient(lambda wf: Outcome(wf, "done", result={**done, "workflow_id": wf}))
+
+    @contextlib.asynccontextmanager
+    async def open_client(settings, tenant, timeout_s, watch=False):
+        assert tenant == "zz"
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", open_client)
+    sampler = Sampler("127.0.0.1:1", tenant="zz", timeout_s=5)
+    job = sampler.run([(bell(), None, 4)], job_id="kept")
+    sampler.options.tenant = None
+    job.result()
+    assert client.topics == ["qlane.jobs.zz"]
+
+
+def test_run_returns_once_the_job_is_submitted(monkeypatch):
+    """Sent from a daemon thread after run() returned, a job whose script then ended was
+    never sent, with nothing said (a red-team run)."""
+    import asyncio
+
+    client = FakeClient(lambda wf: Outcome(wf, "pending"))
+    sent: list[str] = []
+
+    async def slow_submit(request, topic):
+        await asyncio.sleep(0.5)
+        sent.append(request["workflow_id"])
+
+    client.submit = slow_submit
+    faked_open = contextlib.asynccontextmanager(lambda *args, **kwargs: _yielding(client))
+    monkeypatch.setattr(primitives, "open_client", faked_open)
+    Sampler("127.0.0.1:1", timeout_s=2).run([(bell(), None, 4)], job_id="sent")
+    assert sent == ["sent.0"]
+
+
+async def _yielding(client):
+    yield client
