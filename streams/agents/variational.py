@@ -65,11 +65,22 @@ CHECKPOINT_CHUNK = 32
 HANDED_OVER = "handed over"
 
 
-def handing_over(runtime: Runtime) -> bool:
-    """Whether the worker is giving up its partitions: a rebalance began (aiokafka's eager
-    protocol revokes every partition at each one) or the worker stops."""
+def rebalances_begun(runtime: Runtime) -> int:
+    """How many rebalances this worker has begun (Faust counts them as they begin)."""
+    return int(getattr(runtime.app, "rebalancing_count", 0) or 0)
+
+
+def handing_over(runtime: Runtime, rebalances_at_start: int) -> bool:
+    """Whether the worker is giving up its partitions: a rebalance began since the loop's
+    record was taken (aiokafka's eager protocol revokes every partition at each one), or
+    the worker stops. Faust's `rebalancing` alone stays set until the worker's recovery
+    ends, after its partitions are assigned again: loops started in that window handed
+    themselves over once an evaluation, 34 of 61 hand-overs in a red-team run."""
     app = runtime.app
-    return bool(getattr(app, "rebalancing", False) or getattr(app, "should_stop", False))
+    if getattr(app, "should_stop", False):
+        return True
+    return bool(getattr(app, "rebalancing", False)) and (
+        rebalances_begun(runtime) != rebalances_at_start)
 
 
 def chunk_key(workflow_id: str, chunk: int) -> str:
@@ -134,6 +145,7 @@ def register(app, runtime: Runtime, table) -> None:
                        runtime.readout_cache)
 
     async def handle(source: SourceRecord) -> str:
+        rebalances_at_start = rebalances_begun(runtime)
         request = codec("JobRequest").decode(source.value)
         workflow_id = request["workflow_id"]
         if transactions.already_committed(runtime.app, table, workflow_id):
@@ -240,7 +252,8 @@ def register(app, runtime: Runtime, table) -> None:
                     await transactions.checkpoint(runtime.app)
                 else:
                     await runtime.flush()
-                if handing_over(runtime) and await hand_over(workflow_id, source, len(items)):
+                if (handing_over(runtime, rebalances_at_start)
+                        and await hand_over(workflow_id, source, len(items))):
                     stop_reason = HANDED_OVER
                     break
         except StageFailure:
