@@ -65,7 +65,7 @@ from streams.client.approximations import warn_of_approximated_evolutions
 from streams.client.commands import cancel_workflow
 from streams.client.errors import JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
-from streams.client.timeouts import bounded, open_client
+from streams.client.timeouts import Deadline, bounded, open_client
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
@@ -435,11 +435,12 @@ class Session:
             raise JobCancelled(f"job {self.job.job_id()} was cancelled")
         ids = [r["workflow_id"] for r in requests]
         timeout_s = self.job._timeout_s
+        submitting = Deadline(timeout_s)  # all of the job's records, not each
         for request in requests:
             self.job._states.setdefault(request["workflow_id"], "submitted")
             topic = self.job._topic(request)
-            await bounded(self.client.submit(request, topic), timeout_s,
-                          f"submitting {request['workflow_id']} to {topic}")
+            await submitting.step(self.client.submit(request, topic),
+                                  f"submitting {request['workflow_id']} to {topic}")
         self.job._submitted.set()
         if self.job._cancel_requested:  # cancel() ran while these were being sent
             for workflow_id in ids:
@@ -467,6 +468,15 @@ class Session:
 
 ENDED_STATES = frozenset({"done", "failed", "rejected", "cancelled"})
 SUBMIT_WAIT_GRACE_S = 30.0
+
+
+def submission_wait_s(timeout_s: float | None) -> float | None:
+    """How long run() waits for a job's submission (connecting, then sending, each within
+    `timeout_s`): None, no bound, for a timeout past what a thread can wait
+    (`timeout_s=float("inf")` raised OverflowError from run() after the job was sent)."""
+    if timeout_s is None or not math.isfinite(timeout_s):
+        return None
+    return min(2 * timeout_s + SUBMIT_WAIT_GRACE_S, threading.TIMEOUT_MAX)
 CANCEL_ANSWER_WAIT_S = 30.0  # at least, for the workers' answers to a timed-out job's cancel
 
 
@@ -522,9 +532,9 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         self._thread = threading.Thread(target=self._main, name=f"qlane-job-{job_id}",
                                         daemon=True)
         self._thread.start()
-        # Each step of a submission is bounded by the timeout (BrokerTimeout); this wait
-        # only guards against a step that is not.
-        self._submitted.wait(self._timeout_s + SUBMIT_WAIT_GRACE_S)
+        # Connecting and submitting are each bounded by the timeout (BrokerTimeout); this
+        # wait only guards against a step that is not.
+        self._submitted.wait(submission_wait_s(self._timeout_s))
 
     def _topic(self, request: dict) -> str:
         lane = lane_for_priority(request.get("priority") or 0)

@@ -52,14 +52,15 @@ class Deadline:
 @asynccontextmanager
 async def open_client(settings: Settings, tenant: str | None, within: float | Deadline,
                       watch: bool = False) -> AsyncIterator[Client]:
-    """A started Client (watching its outcome topics with `watch`): each step within
-    `within` seconds, or all of them within a shared Deadline (BrokerTimeout past it)."""
-    client = await connected(settings, tenant,
-                             within if isinstance(within, Deadline) else Deadline(within))
+    """A started Client (watching its outcome topics with `watch`), connected and watching
+    within `within` seconds together, or within a shared Deadline (BrokerTimeout past it):
+    each with a time of its own, a broker answering just before the first ran out gave
+    BrokerTimeout at twice the caller's timeout (a red-team run)."""
+    deadline = within if isinstance(within, Deadline) else Deadline(within)
+    client = await connected(settings, tenant, deadline)
     try:
         if watch:
-            await started(client.watching, settings,
-                          within if isinstance(within, Deadline) else Deadline(within),
+            await started(client.watching, settings, deadline,
                           f"reading the outcome topics on {settings.broker}")
         yield client
     finally:

@@ -193,3 +193,17 @@ def test_run_returns_once_the_job_is_submitted(monkeypatch):
 
 async def _yielding(client):
     yield client
+
+
+def test_a_job_without_a_time_limit_is_run(monkeypatch):
+    """timeout_s=float("inf") made run() raise OverflowError after the job was sent, run
+    and charged, and the caller had no job to read it from (a red-team run)."""
+    done = {"workflow_id": "", "status": "succeeded", "provenance": {"seed_simulator": 1},
+            "circuits": [{"parameter_set_index": 0, "scale_factor": 1.0, "counts": {"11": 4},
+                          "shots": 4, "registers": [{"name": "meas", "size": 2}],
+                          "basis": ""}]}
+    faked(monkeypatch, lambda wf: Outcome(wf, "done", result={**done, "workflow_id": wf}))
+    job = Sampler("127.0.0.1:1", timeout_s=float("inf")).run([(bell(), None, 4)],
+                                                            job_id="unbounded")
+    assert job.result()[0].data.meas.get_counts() == {"11": 4}
+    assert primitives.submission_wait_s(1e300) == __import__("threading").TIMEOUT_MAX

@@ -56,3 +56,25 @@ def test_a_watcher_that_never_starts_is_a_broker_timeout_within_the_callers_time
     with pytest.raises(BrokerTimeout, match="did not take a connection within 1s"):
         open_watching(monkeypatch, WatchingClient(failures=10**6), 1)
     assert time.monotonic() - started < 3
+
+
+def test_connecting_and_watching_share_the_callers_time(monkeypatch):
+    """Each with a deadline of its own, a broker answering just before the first ran out
+    gave BrokerTimeout at twice timeout_s (a red-team run)."""
+    client = WatchingClient(failures=10**6)
+
+    async def connected(settings, tenant, deadline):
+        await asyncio.sleep(1.2)  # most of the caller's 1.5 s
+        return client
+
+    monkeypatch.setattr(timeouts, "connected", connected)
+    monkeypatch.setattr(timeouts, "RECONNECT_PAUSE_S", 0.05)
+
+    async def go():
+        async with timeouts.open_client(Settings(), None, 1.5, watch=True):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(BrokerTimeout):
+        asyncio.run(go())
+    assert time.monotonic() - started < 2.2
