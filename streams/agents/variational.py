@@ -57,10 +57,10 @@ log = logging.getLogger("qlane")
 CHECKPOINT_CHUNK = 32
 
 
-# A loop stops at an evaluation's end when its worker must let go of its partitions, and its
-# record is sent again for the next owner (`hand_over`). Faust waits for every record being
-# handled before it takes part in a rebalance or stops, and a loop is one record: one
-# 400-evaluation loop held every partition of the group, every lane and tenant, for 54 s
+# A loop stops at an evaluation's end when its worker must let go of its partitions in a
+# rebalance, and its record is sent again for the next owner (`hand_over`). Faust waits for
+# every record being handled before it takes part in a rebalance, and a loop is one record:
+# one 400-evaluation loop held every partition of the group, every lane and tenant, for 54 s
 # while a worker joined (a red-team run).
 HANDED_OVER = "handed over"
 
@@ -71,16 +71,17 @@ def rebalances_begun(runtime: Runtime) -> int:
 
 
 def handing_over(runtime: Runtime, rebalances_at_start: int) -> bool:
-    """Whether the worker is giving up its partitions: a rebalance began since the loop's
-    record was taken (aiokafka's eager protocol revokes every partition at each one), or
-    the worker stops. Faust's `rebalancing` alone stays set until the worker's recovery
-    ends, after its partitions are assigned again: loops started in that window handed
-    themselves over once an evaluation, 34 of 61 hand-overs in a red-team run."""
+    """Whether the worker is giving up its partitions in a rebalance begun since the loop's
+    record was taken (aiokafka's eager protocol revokes every partition at each one).
+    Faust's `rebalancing` alone stays set until the worker's recovery ends, after its
+    partitions are assigned again: loops started in that window handed themselves over once
+    an evaluation, 34 of 61 hand-overs in a red-team run. Not at a stop: Faust may have
+    ended the partition's transaction by then, and the hand-over's commit crashed the
+    stopping worker (2 of 3 SIGTERMs in a red-team run); the loop goes on until the stop's
+    deadline and the next owner continues it from its checkpoint, as before."""
     app = runtime.app
-    if getattr(app, "should_stop", False):
-        return True
-    return bool(getattr(app, "rebalancing", False)) and (
-        rebalances_begun(runtime) != rebalances_at_start)
+    return bool(getattr(app, "rebalancing", False)) and not getattr(
+        app, "should_stop", False) and rebalances_begun(runtime) != rebalances_at_start
 
 
 def chunk_key(workflow_id: str, chunk: int) -> str:
@@ -324,9 +325,8 @@ def register(app, runtime: Runtime, table) -> None:
                         workflow_id, type(error).__name__, error,
                         extra={"workflow_id": workflow_id, "stage": STAGE})
             return False
-        log.info("%s: handed over after %d evaluations (%s)", workflow_id, evaluations,
-                 "the worker stops" if runtime.app.should_stop else "a rebalance began",
-                 extra={"workflow_id": workflow_id, "stage": STAGE})
+        log.info("%s: handed over after %d evaluations (a rebalance began)", workflow_id,
+                 evaluations, extra={"workflow_id": workflow_id, "stage": STAGE})
         return True
 
     def within_caps(spec, history):
