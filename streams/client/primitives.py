@@ -35,6 +35,7 @@ How a call maps onto qlane (details in the README, "Use it from Qiskit"):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import functools
 import math
@@ -42,6 +43,7 @@ import numbers
 import threading
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -442,6 +444,7 @@ class Session:
             await submitting.step(self.client.submit(request, topic),
                                   f"submitting {request['workflow_id']} to {topic}")
         self.job._submitted.set()
+        _UNSUBMITTED.discard(self.job)
         if self.job._cancel_requested:  # cancel() ran while these were being sent
             for workflow_id in ids:
                 await bounded(self.client.cancel(workflow_id, self.job._options.tenant,
@@ -471,12 +474,27 @@ SUBMIT_WAIT_GRACE_S = 30.0
 
 
 def submission_wait_s(timeout_s: float | None) -> float | None:
-    """How long run() waits for a job's submission (connecting, then sending, each within
-    `timeout_s`): None, no bound, for a timeout past what a thread can wait
-    (`timeout_s=float("inf")` raised OverflowError from run() after the job was sent)."""
+    """How long a job's submission may take (connecting, then sending, each within
+    `timeout_s`): None, no bound, for a timeout past what a thread can wait."""
     if timeout_s is None or not math.isfinite(timeout_s):
         return None
     return min(2 * timeout_s + SUBMIT_WAIT_GRACE_S, threading.TIMEOUT_MAX)
+
+
+# Jobs whose workflows are not all on the broker yet.
+_UNSUBMITTED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _submit_before_exit() -> None:
+    """At interpreter exit, wait for the jobs still being submitted: their threads are
+    daemons, and a script that ended right after `run()` never sent its job. Registered
+    with threading's own exit hooks, which run before the executors that name resolution
+    needs are shut down (`atexit` runs after)."""
+    for job in list(_UNSUBMITTED):
+        job._submitted.wait(submission_wait_s(job._timeout_s))
+
+
+(getattr(threading, "_register_atexit", None) or atexit.register)(_submit_before_exit)
 CANCEL_ANSWER_WAIT_S = 30.0  # at least, for the workers' answers to a timed-out job's cancel
 
 
@@ -512,10 +530,9 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
     """A primitive job: its workflows travel through Kafka; `result()` blocks for them."""
 
     def __init__(self, job_id: str, settings: Settings, options: Options, plan) -> None:
-        """Starts the job and returns once its workflows are on the broker (or their
-        submission failed: `result()` raises why). Sent from a daemon thread after `run()`
-        had returned, a job whose script then ended was never sent, with nothing said (a
-        red-team run); IBM's primitives submit in `run()` too. The options are the
+        """Starts the job in a thread of its own. Its submission is waited for when the
+        interpreter exits (`_submit_before_exit`): a job whose script ended right after
+        `run()` was never sent, with nothing said (a red-team run). The options are the
         primitive's as they were at `run()`: a tenant set afterwards sent an earlier job of
         another tenant to the shared topics, where it ran and was charged (a red-team run)."""
         super().__init__(job_id)
@@ -531,10 +548,8 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         self._submitted = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"qlane-job-{job_id}",
                                         daemon=True)
+        _UNSUBMITTED.add(self)
         self._thread.start()
-        # Connecting and submitting are each bounded by the timeout (BrokerTimeout); this
-        # wait only guards against a step that is not.
-        self._submitted.wait(submission_wait_s(self._timeout_s))
 
     def _topic(self, request: dict) -> str:
         lane = lane_for_priority(request.get("priority") or 0)
@@ -559,6 +574,7 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         finally:
             self._done.set()
             self._submitted.set()
+            _UNSUBMITTED.discard(self)
 
     def result(self, timeout: float | None = None) -> PrimitiveResult:
         if not self._done.wait(timeout):

@@ -249,3 +249,31 @@ def test_cancel_from_inside_a_running_event_loop(settings, worker):
     with pytest.raises(JobCancelled):
         job.result()
     assert job.status() == JobStatus.CANCELLED
+
+
+def test_a_script_that_ends_right_after_run_has_its_job_sent(settings, worker):
+    """The job's thread is a daemon: a script that ended right after run() never sent its
+    job, with nothing said (a red-team run). Its submission is waited for at exit."""
+    import subprocess
+    import sys
+
+    from tests.support import topic_records, wait_for
+
+    job_id = f"exit-{uuid.uuid4().hex[:8]}"
+    script = (
+        "from qiskit import QuantumCircuit\n"
+        "from streams.client import Sampler\n"
+        "from streams.settings import Settings\n"
+        "circuit = QuantumCircuit(2, 2)\ncircuit.h(0)\ncircuit.cx(0, 1)\n"
+        "circuit.measure([0, 1], [0, 1])\n"
+        f"settings = Settings(broker={settings.broker!r}, profile={settings.profile!r}, "
+        f"topic_prefix={settings.topic_prefix!r}, partitions={settings.partitions})\n"
+        f"Sampler(settings=settings, timeout_s=30).run([(circuit, None, 50)], "
+        f"job_id={job_id!r})\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    wanted = f"{job_id}.0".encode()
+    assert wait_for(lambda: any(record.key == wanted
+                                for record in topic_records(settings, "results", 5)), 90)

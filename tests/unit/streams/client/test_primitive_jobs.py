@@ -172,7 +172,7 @@ def test_a_job_keeps_the_options_it_was_run_with(monkeypatch):
     assert client.topics == ["qlane.jobs.zz"]
 
 
-def test_run_returns_once_the_job_is_submitted(monkeypatch):
+def test_a_job_still_being_submitted_is_waited_for_at_exit(monkeypatch):
     """Sent from a daemon thread after run() returned, a job whose script then ended was
     never sent, with nothing said (a red-team run)."""
     import asyncio
@@ -188,6 +188,8 @@ def test_run_returns_once_the_job_is_submitted(monkeypatch):
     faked_open = contextlib.asynccontextmanager(lambda *args, **kwargs: _yielding(client))
     monkeypatch.setattr(primitives, "open_client", faked_open)
     Sampler("127.0.0.1:1", timeout_s=2).run([(bell(), None, 4)], job_id="sent")
+    assert sent == []  # run() returned at once
+    primitives._submit_before_exit()  # what the interpreter's exit runs
     assert sent == ["sent.0"]
 
 
