@@ -134,6 +134,10 @@ class Executed:
     mode: str = "quantum"
     fallback_reason: str | None = None
     charged_backend: str | None = None
+    # A fallback's own: the estimate of the target that answered (the job's task holds its
+    # first backend's), and the classical fallback's name, which no price is charged for.
+    estimate_usd: float | None = None
+    answered_by: str | None = None
 
 
 async def decode_job(runtime: Runtime, source: SourceRecord) -> Job:
@@ -790,7 +794,7 @@ class JobRunner:
             except TimeoutError:
                 raise simulation_timeout(CLASSICAL, timeout) from None
             return Executed(counts, job.prepared, seconds, "fallback", reason,
-                            charged_backend=None)
+                            charged_backend=None, estimate_usd=0.0, answered_by=CLASSICAL)
         spec = dataclasses.replace(JobSpec.from_record(job.request), backend=target)
         started = time.monotonic()
         try:
@@ -801,14 +805,15 @@ class JobRunner:
         # limit and the tenant's budget, then its breaker, retries and deadline. Held while it
         # runs, as the job's own backend; not counted as a refusal (the job was counted once
         # already, or goes on to its next target).
-        job.reserved_usd = accounting.reserve(
-            runtime, job.request, accounting.estimate_usd(runtime, prepared), count=False)
+        estimate = accounting.estimate_usd(runtime, prepared)
+        job.reserved_usd = accounting.reserve(runtime, job.request, estimate, count=False)
         try:
             counts, seconds = await self.run_with_retries(job, False, prepared)
         except BaseException:
             self.release(job)
             raise
-        return Executed(counts, prepared, seconds, "fallback", reason, charged_backend=target)
+        return Executed(counts, prepared, seconds, "fallback", reason, charged_backend=target,
+                        estimate_usd=estimate)
 
     async def charge_once(self, job: Job, executed: Executed) -> None:
         """Publish the job's cost event unless its workflow was charged already (a task run
@@ -816,9 +821,13 @@ class JobRunner:
         self.release(job)  # the charge below counts in the tenant's spend at once
         if (self.table.get(job.workflow_id) or {}).get("charged"):
             return
+        # A fallback's event names the target that answered, with its own estimate: it gave
+        # the refused backend's (1.75 for an aer.ideal run of 0.00375), and a classical
+        # answer named the refused backend and its shots (a red-team billing consumer).
+        estimate = executed.estimate_usd
         await accounting.charge(
             self.runtime, request=job.request, prepared=executed.prepared,
             partition=job.source.partition, simulated_seconds=executed.seconds,
-            estimate=job.task.get("estimate_usd") or 0.0,
-            charged_backend=executed.charged_backend,
+            estimate=(job.task.get("estimate_usd") or 0.0) if estimate is None else estimate,
+            charged_backend=executed.charged_backend, answered_by=executed.answered_by,
         )

@@ -154,10 +154,13 @@ def add_missed_spend(runtime: Runtime, key: str, value: dict, written_ms: int) -
 async def charge(
     runtime: Runtime, *, request: dict, prepared: PreparedJob, partition: int,
     simulated_seconds: float, estimate: float, charged_backend: str | None,
+    answered_by: str | None = None,
 ) -> dict:
-    """Record the job's actual cost, publish its CostEvent, and return the event."""
+    """Record the job's actual cost, publish its CostEvent, and return the event. No
+    `charged_backend`: nothing is charged, and the event names `answered_by` (the classical
+    fallback) or the job's backend."""
     tenant = request["tenant"]
-    backend = charged_backend or prepared.backend
+    backend = charged_backend or answered_by or prepared.backend
     shots = prepared.shots * len(prepared.tasks)
     actual = 0.0
     if charged_backend is not None:

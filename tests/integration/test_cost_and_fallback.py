@@ -84,6 +84,9 @@ def test_over_budget_is_dead_lettered_or_falls_back_per_policy(budgeted):
     time.sleep(1)
     [event] = [e for e in cost_events(budgeted) if e["workflow_id"] == rescued["workflow_id"]]
     assert event["actual_usd"] == 0.0
+    # named for what answered, with its estimate: it named aer.noisy at 1.75 (a red-team
+    # billing consumer re-priced the free answer from the event's backend and shots)
+    assert event["backend"] == "classical" and event["estimate_usd"] == 0.0
 
 
 def test_a_misspelt_fallback_is_refused_before_the_job_runs(budgeted):
@@ -130,6 +133,8 @@ def test_fallback_crosses_vendors_each_backend_on_its_own_terms(budgeted):
     # priced as Braket prices SV1 (per minute, billed per second, 3-second minimum)
     assert event["backend"] == "braket.local.sv"
     assert event["actual_usd"] == pytest.approx(0.00375)
+    # the estimate is the target's that answered, not the IBM device's 1.60+ (a red-team run)
+    assert event["estimate_usd"] == pytest.approx(0.00375)
 
 
 def scrape(port: int) -> dict[str, float]:
