@@ -40,7 +40,9 @@ import copy
 import functools
 import math
 import numbers
+import sys
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -438,19 +440,29 @@ class Session:
         ids = [r["workflow_id"] for r in requests]
         timeout_s = self.job._timeout_s
         submitting = Deadline(timeout_s)  # all of the job's records, not each
+        sent: list[str] = []
         for request in requests:
+            if self.job._cancel_requested:
+                # Not sent: a pub sent after cancel() ran and was charged, its job CANCELLED
+                # (a red-team run).
+                break
             self.job._states.setdefault(request["workflow_id"], "submitted")
             topic = self.job._topic(request)
             await submitting.step(self.client.submit(request, topic),
                                   f"submitting {request['workflow_id']} to {topic}")
+            sent.append(request["workflow_id"])
         self.job._submitted.set()
         _UNSUBMITTED.discard(self.job)
         if self.job._cancel_requested:  # cancel() ran while these were being sent
-            for workflow_id in ids:
+            for workflow_id in sent:
                 await bounded(self.client.cancel(workflow_id, self.job._options.tenant,
                                                  reason=f"job {self.job.job_id()} cancelled"),
                               timeout_s, f"cancelling {workflow_id}")
-        outcomes = await self.client.wait(ids, timeout_s, self.job._on_event)
+        outcomes = await self.client.wait(sent, timeout_s, self.job._on_event) if sent else {}
+        for workflow_id in ids[len(sent):]:
+            self.job._states[workflow_id] = "cancelled"
+            outcomes[workflow_id] = Outcome(workflow_id, "cancelled",
+                                            detail="never sent: the job was cancelled first")
         results: list[dict] = []
         failure: BaseException | None = None
         completed: dict[int, object] = {}
@@ -481,17 +493,31 @@ def submission_wait_s(timeout_s: float | None) -> float | None:
     return min(2 * timeout_s + SUBMIT_WAIT_GRACE_S, threading.TIMEOUT_MAX)
 
 
-# Jobs whose workflows are not all on the broker yet.
+# Jobs whose workflows are not all on the broker yet, and jobs that ended unsent.
 _UNSUBMITTED: weakref.WeakSet = weakref.WeakSet()
+_ENDED_UNSENT: weakref.WeakSet = weakref.WeakSet()
+
+
+# How long the interpreter's exit waits for submissions: a reachable broker takes a job in
+# well under a second; an unreachable one would hold the exit for twice `timeout_s` (20
+# minutes by default), where Ctrl-C is not heard (a red-team run).
+EXIT_SUBMIT_WAIT_S = 15.0
 
 
 def _submit_before_exit() -> None:
-    """At interpreter exit, wait for the jobs still being submitted: their threads are
-    daemons, and a script that ended right after `run()` never sent its job. Registered
-    with threading's own exit hooks, which run before the executors that name resolution
-    needs are shut down (`atexit` runs after)."""
+    """At interpreter exit, wait for the jobs still being submitted, for EXIT_SUBMIT_WAIT_S
+    at most, and say on stderr which were not sent and why: their threads are daemons, and a
+    script that ended right after `run()` never sent its job, with nothing said (red-team
+    runs). Registered with threading's own exit hooks, which run before the executors that
+    name resolution needs are shut down (`atexit` runs after)."""
+    waited_until = time.monotonic() + EXIT_SUBMIT_WAIT_S
     for job in list(_UNSUBMITTED):
-        job._submitted.wait(submission_wait_s(job._timeout_s))
+        job._submitted.wait(max(waited_until - time.monotonic(), 0.0))
+    for job in list(_UNSUBMITTED):
+        sys.stderr.write(f"qlane: job {job.job_id()} was not submitted before the program "
+                         f"ended (still connecting after {EXIT_SUBMIT_WAIT_S:g}s)\n")
+    for job in _ENDED_UNSENT:
+        sys.stderr.write(f"qlane: job {job.job_id()} was not submitted: {job._error!r}\n")
 
 
 (getattr(threading, "_register_atexit", None) or atexit.register)(_submit_before_exit)
@@ -572,11 +598,15 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         except BaseException as error:  # re-raised by result()
             self._error = error
         finally:
+            if self in _UNSUBMITTED and self._error is not None and not isinstance(
+                    self._error, JobCancelled):
+                _ENDED_UNSENT.add(self)  # its failure is told at exit if nobody read it
             self._done.set()
             self._submitted.set()
             _UNSUBMITTED.discard(self)
 
     def result(self, timeout: float | None = None) -> PrimitiveResult:
+        _ENDED_UNSENT.discard(self)  # its caller hears why
         if not self._done.wait(timeout):
             raise ResultTimeout(f"job {self.job_id()} has no result after {timeout}s")
         if self._gave_up_waiting() and self._all_cancelled():

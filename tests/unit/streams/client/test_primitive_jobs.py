@@ -209,3 +209,62 @@ def test_a_job_without_a_time_limit_is_run(monkeypatch):
                                                             job_id="unbounded")
     assert job.result()[0].data.meas.get_counts() == {"11": 4}
     assert primitives.submission_wait_s(1e300) == __import__("threading").TIMEOUT_MAX
+
+
+def test_the_exit_waits_a_bounded_time_and_says_which_jobs_were_not_sent(monkeypatch, capsys):
+    """With the broker unreachable the exit waited twice timeout_s (20 minutes by default),
+    deaf to Ctrl-C, then ended with code 0 and nothing said (a red-team run)."""
+    import asyncio
+
+    from streams.client.errors import BrokerTimeout
+
+    client = FakeClient(lambda wf: Outcome(wf, "pending"))
+
+    async def hanging_submit(request, topic):
+        await asyncio.sleep(30)
+
+    async def refused_submit(request, topic):
+        raise BrokerTimeout("no answer from the broker within 1s")
+
+    monkeypatch.setattr(primitives, "EXIT_SUBMIT_WAIT_S", 0.5)
+    faked_open = contextlib.asynccontextmanager(lambda *args, **kwargs: _yielding(client))
+    monkeypatch.setattr(primitives, "open_client", faked_open)
+    client.submit = refused_submit
+    refused = Sampler("127.0.0.1:1", timeout_s=60).run([(bell(), None, 4)], job_id="refused")
+    time.sleep(0.5)
+    client.submit = hanging_submit
+    Sampler("127.0.0.1:1", timeout_s=60).run([(bell(), None, 4)], job_id="hanging")
+    started = time.monotonic()
+    primitives._submit_before_exit()
+    assert time.monotonic() - started < 2
+    told = capsys.readouterr().err
+    assert "job hanging was not submitted before the program ended" in told
+    assert "job refused was not submitted: BrokerTimeout" in told
+    assert refused.status() == JobStatus.ERROR
+    primitives._UNSUBMITTED.clear()  # or this test process's own exit would wait for it
+    primitives._ENDED_UNSENT.clear()
+
+
+def test_a_cancel_during_submission_leaves_the_remaining_pubs_unsent(monkeypatch):
+    """The pubs not yet sent when cancel() was called were sent after it, ran and were
+    charged, while the job said CANCELLED (a red-team run)."""
+    import asyncio
+
+    client = FakeClient(lambda wf: Outcome(wf, "cancelled", detail="before execution"))
+    sent: list[str] = []
+
+    async def slow_submit(request, topic):
+        await asyncio.sleep(0.3)
+        sent.append(request["workflow_id"])
+
+    client.submit = slow_submit
+    faked_open = contextlib.asynccontextmanager(lambda *args, **kwargs: _yielding(client))
+    monkeypatch.setattr(primitives, "open_client", faked_open)
+    job = Sampler("127.0.0.1:1", timeout_s=10).run([(bell(), None, 4)] * 4, job_id="partial")
+    while not sent:
+        time.sleep(0.02)
+    assert job.cancel() is True
+    with pytest.raises(JobCancelled):
+        job.result()
+    assert len(sent) <= 2  # the first, and the one being sent when cancel() came
+    assert job.status() == JobStatus.CANCELLED
