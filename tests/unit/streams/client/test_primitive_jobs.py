@@ -175,18 +175,7 @@ def test_a_job_keeps_the_options_it_was_run_with(monkeypatch):
 def test_a_job_still_being_submitted_is_waited_for_at_exit(monkeypatch):
     """Sent from a daemon thread after run() returned, a job whose script then ended was
     never sent, with nothing said (a red-team run)."""
-    import asyncio
-
-    client = FakeClient(lambda wf: Outcome(wf, "pending"))
-    sent: list[str] = []
-
-    async def slow_submit(request, topic):
-        await asyncio.sleep(0.5)
-        sent.append(request["workflow_id"])
-
-    client.submit = slow_submit
-    faked_open = contextlib.asynccontextmanager(lambda *args, **kwargs: _yielding(client))
-    monkeypatch.setattr(primitives, "open_client", faked_open)
+    sent = slowly_submitting(monkeypatch, Outcome("", "pending"), 0.5)
     Sampler("127.0.0.1:1", timeout_s=2).run([(bell(), None, 4)], job_id="sent")
     assert sent == []  # run() returned at once
     primitives._submit_before_exit()  # what the interpreter's exit runs
@@ -195,6 +184,25 @@ def test_a_job_still_being_submitted_is_waited_for_at_exit(monkeypatch):
 
 async def _yielding(client):
     yield client
+
+
+def slowly_submitting(monkeypatch, outcome: Outcome, seconds: float) -> list[str]:
+    """A faked client whose each submit takes `seconds` and whose workflows all end as
+    `outcome`; the workflow ids it sent, in order."""
+    import asyncio
+    import dataclasses
+
+    client = FakeClient(lambda wf: dataclasses.replace(outcome, workflow_id=wf))
+    sent: list[str] = []
+
+    async def slow_submit(request, topic):
+        await asyncio.sleep(seconds)
+        sent.append(request["workflow_id"])
+
+    client.submit = slow_submit
+    faked_open = contextlib.asynccontextmanager(lambda *args, **kwargs: _yielding(client))
+    monkeypatch.setattr(primitives, "open_client", faked_open)
+    return sent
 
 
 def test_a_job_without_a_time_limit_is_run(monkeypatch):
@@ -248,18 +256,8 @@ def test_the_exit_waits_a_bounded_time_and_says_which_jobs_were_not_sent(monkeyp
 def test_a_cancel_during_submission_leaves_the_remaining_pubs_unsent(monkeypatch):
     """The pubs not yet sent when cancel() was called were sent after it, ran and were
     charged, while the job said CANCELLED (a red-team run)."""
-    import asyncio
-
-    client = FakeClient(lambda wf: Outcome(wf, "cancelled", detail="before execution"))
-    sent: list[str] = []
-
-    async def slow_submit(request, topic):
-        await asyncio.sleep(0.3)
-        sent.append(request["workflow_id"])
-
-    client.submit = slow_submit
-    faked_open = contextlib.asynccontextmanager(lambda *args, **kwargs: _yielding(client))
-    monkeypatch.setattr(primitives, "open_client", faked_open)
+    sent = slowly_submitting(monkeypatch, Outcome("", "cancelled", detail="before execution"),
+                             0.3)
     job = Sampler("127.0.0.1:1", timeout_s=10).run([(bell(), None, 4)] * 4, job_id="partial")
     while not sent:
         time.sleep(0.02)
