@@ -347,7 +347,8 @@ def _holds_misexported(circuit: QuantumCircuit) -> bool:
 def _misexported(operation) -> bool:
     """A text parameter, or one in a definition the gate already holds (a gate made with
     `to_gate()`): a definition not built yet is not built to look (a unitary's would be its
-    synthesis); or a non-standard gate with a symbolic parameter and a definition to inline.
+    synthesis); or a non-standard gate with a parameter expression (not a bare Parameter)
+    and a definition to inline.
     Operations without parameters (a `Clifford` appended as it is) have none of either."""
     if isinstance(operation, ControlFlowOp):
         return False
@@ -482,16 +483,6 @@ class Session:
 
 
 ENDED_STATES = frozenset({"done", "failed", "rejected", "cancelled"})
-SUBMIT_WAIT_GRACE_S = 30.0
-
-
-def submission_wait_s(timeout_s: float | None) -> float | None:
-    """How long a job's submission may take (connecting, then sending, each within
-    `timeout_s`): None, no bound, for a timeout past what a thread can wait."""
-    if timeout_s is None or not math.isfinite(timeout_s):
-        return None
-    return min(2 * timeout_s + SUBMIT_WAIT_GRACE_S, threading.TIMEOUT_MAX)
-
 
 # Jobs whose workflows are not all on the broker yet, and jobs that ended unsent.
 _UNSUBMITTED: weakref.WeakSet = weakref.WeakSet()
