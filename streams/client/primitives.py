@@ -442,6 +442,7 @@ class Session:
         timeout_s = self.job._timeout_s
         submitting = Deadline(timeout_s)  # all of the job's records, not each
         sent: list[str] = []
+        unsent: BaseException | None = None
         for request in requests:
             if self.job._cancel_requested:
                 # Not sent: a pub sent after cancel() ran and was charged, its job CANCELLED
@@ -449,8 +450,18 @@ class Session:
                 break
             self.job._states.setdefault(request["workflow_id"], "submitted")
             topic = self.job._topic(request)
-            await submitting.step(self.client.submit(request, topic),
-                                  f"submitting {request['workflow_id']} to {topic}")
+            try:
+                await submitting.step(self.client.submit(request, topic),
+                                      f"submitting {request['workflow_id']} to {topic}")
+            except Exception as error:  # noqa: BLE001 - raised below, with what ran
+                self.job._states.pop(request["workflow_id"], None)
+                if not sent:
+                    raise  # nothing sent: the job was not submitted
+                # The pubs sent before ran and were charged: their results ride on the
+                # error (they were dropped, and the job was told as never submitted).
+                self.job._sent_in_part = (len(sent), len(requests))
+                unsent = error
+                break
             sent.append(request["workflow_id"])
         self.job._submitted.set()
         _UNSUBMITTED.discard(self.job)
@@ -460,6 +471,8 @@ class Session:
                                                  reason=f"job {self.job.job_id()} cancelled"),
                               timeout_s, f"cancelling {workflow_id}")
         outcomes = await self.client.wait(sent, timeout_s, self.job._on_event) if sent else {}
+        if unsent is not None:
+            ids = sent
         for workflow_id in ids[len(sent):]:
             self.job._states[workflow_id] = "cancelled"
             outcomes[workflow_id] = Outcome(workflow_id, "cancelled",
@@ -476,6 +489,8 @@ class Session:
                     outcome.result if convert is None else convert(index, outcome.result))
             elif failure is None:
                 failure = outcome_error(workflow_id, outcome, timeout_s)
+        if unsent is not None:
+            failure = unsent
         if failure is not None:
             failure.pub_results = completed
             raise failure
@@ -507,11 +522,23 @@ def _submit_before_exit() -> None:
     for job in list(_UNSUBMITTED):
         sys.stderr.write(f"qlane: job {job.job_id()} was not submitted before the program "
                          f"ended (still connecting after {EXIT_SUBMIT_WAIT_S:g}s)\n")
-    for job in _ENDED_UNSENT:
-        sys.stderr.write(f"qlane: job {job.job_id()} was not submitted: {job._error!r}\n")
+        _UNSUBMITTED.discard(job)
+    for job in list(_ENDED_UNSENT):
+        if job._sent_in_part:
+            sent, pubs = job._sent_in_part
+            told = f"was sent in part ({sent} of {pubs} pubs, which run and are charged)"
+        else:
+            told = "was not submitted"
+        sys.stderr.write(f"qlane: job {job.job_id()} {told}: {job._error!r}\n")
+        _ENDED_UNSENT.discard(job)
 
 
-(getattr(threading, "_register_atexit", None) or atexit.register)(_submit_before_exit)
+# Run twice: with threading's exit hooks, before the executors close, and with `atexit`,
+# after the program's other threads have ended, for a job one of them started meanwhile
+# (it was lost with nothing said: a red-team run).
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_submit_before_exit)
+atexit.register(_submit_before_exit)
 CANCEL_ANSWER_WAIT_S = 30.0  # at least, for the workers' answers to a timed-out job's cancel
 
 
@@ -563,6 +590,7 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         self._error: BaseException | None = None
         self._done = threading.Event()
         self._submitted = threading.Event()
+        self._sent_in_part: tuple[int, int] | None = None  # (pubs sent, pubs) when it failed
         self._thread = threading.Thread(target=self._main, name=f"qlane-job-{job_id}",
                                         daemon=True)
         _UNSUBMITTED.add(self)
@@ -587,19 +615,24 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         try:
             self._result = asyncio.run(drive())
         except BaseException as error:  # re-raised by result()
+            if self._cancel_requested and not self._states and not isinstance(
+                    error, JobCancelled):
+                # Cancelled before anything was sent (while it connected): cancelled.
+                error = JobCancelled(f"job {self.job_id()} was cancelled before it was "
+                                     f"sent ({type(error).__name__} meanwhile)")
             self._error = error
         finally:
-            if self in _UNSUBMITTED and self._error is not None and not isinstance(
-                    self._error, JobCancelled):
+            if (self in _UNSUBMITTED or self._sent_in_part) and self._error is not None \
+                    and not isinstance(self._error, JobCancelled):
                 _ENDED_UNSENT.add(self)  # its failure is told at exit if nobody read it
             self._done.set()
             self._submitted.set()
             _UNSUBMITTED.discard(self)
 
     def result(self, timeout: float | None = None) -> PrimitiveResult:
-        _ENDED_UNSENT.discard(self)  # its caller hears why
         if not self._done.wait(timeout):
             raise ResultTimeout(f"job {self.job_id()} has no result after {timeout}s")
+        _ENDED_UNSENT.discard(self)  # ended: its caller hears why, not the exit
         if self._gave_up_waiting() and self._all_cancelled():
             # Cancelled after its ResultTimeout: it said CANCELLED and raised the timeout.
             raise JobCancelled(f"job {self.job_id()} was cancelled after it waited out its "
@@ -661,6 +694,11 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
             return False
         self._cancel_requested = True
         pending = [wf for wf, state in self._states.items() if state not in ENDED_STATES]
+        if not pending and not self._states:
+            # Nothing sent yet: the job's thread sends nothing more now. A cancel that
+            # connected first waited the job's whole timeout for a broker that was not there,
+            # and the job ended in ERROR (a red-team run).
+            return True
         reason = f"job {self.job_id()} cancelled by the client"
         answered = self._gave_up_waiting()
         # The answers may take longer than the result's timeout (a worker restarting): bounded

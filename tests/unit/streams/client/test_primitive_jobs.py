@@ -265,3 +265,55 @@ def test_a_cancel_during_submission_leaves_the_remaining_pubs_unsent(monkeypatch
         job.result()
     assert len(sent) <= 2  # the first, and the one being sent when cancel() came
     assert job.status() == JobStatus.CANCELLED
+
+
+def test_a_job_cancelled_while_it_connects_is_cancelled_without_waiting(monkeypatch):
+    """cancel() of a job still connecting to an unreachable broker connected too: it waited
+    the job's whole timeout, raised BrokerTimeout, and the job ended in ERROR (a red-team
+    run). Nothing was sent: it is cancelled where it is."""
+    import asyncio
+
+    from streams.client.errors import BrokerTimeout
+
+    @contextlib.asynccontextmanager
+    async def unreachable(*args, **kwargs):
+        await asyncio.sleep(1)
+        raise BrokerTimeout("connecting: no answer from the broker within 1s")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(primitives, "open_client", unreachable)
+    job = Sampler("127.0.0.1:1", timeout_s=60).run([(bell(), None, 4)], job_id="unreached")
+    started = time.monotonic()
+    assert job.cancel() is True
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(JobCancelled):
+        job.result()
+    assert job.cancelled() and job.status() == JobStatus.CANCELLED
+
+
+def test_pubs_sent_before_a_send_failed_ride_on_its_error_and_no_one_else_reports_it(
+        monkeypatch, capsys):
+    """A pub too large to send after two that ran: the job raised the send error without
+    their results, and the exit told it as never submitted, also after result() had raised
+    it (red-team runs)."""
+    done = {"workflow_id": "", "status": "succeeded", "provenance": {"seed_simulator": 1},
+            "circuits": [{"parameter_set_index": 0, "scale_factor": 1.0, "counts": {"11": 4},
+                          "shots": 4, "registers": [{"name": "meas", "size": 2}],
+                          "basis": ""}]}
+    client = faked(monkeypatch, lambda wf: Outcome(wf, "done", result={**done,
+                                                                       "workflow_id": wf}))
+
+    class TooLarge(Exception):
+        pass
+
+    async def submit(request, topic):
+        if request["workflow_id"].endswith(".2"):
+            raise TooLarge("MessageSizeTooLargeError")
+
+    client.submit = submit
+    job = Sampler("127.0.0.1:1", timeout_s=5).run([(bell(), None, 4)] * 4, job_id="part")
+    with pytest.raises(TooLarge) as raised:
+        job.result()
+    assert sorted(raised.value.pub_results) == [0, 1]
+    primitives._submit_before_exit()
+    assert "part" not in capsys.readouterr().err
