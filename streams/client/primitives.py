@@ -440,29 +440,7 @@ class Session:
             raise JobCancelled(f"job {self.job.job_id()} was cancelled")
         ids = [r["workflow_id"] for r in requests]
         timeout_s = self.job._timeout_s
-        submitting = Deadline(timeout_s)  # all of the job's records, not each
-        sent: list[str] = []
-        unsent: BaseException | None = None
-        for request in requests:
-            if self.job._cancel_requested:
-                # Not sent: a pub sent after cancel() ran and was charged, its job CANCELLED
-                # (a red-team run).
-                break
-            self.job._states.setdefault(request["workflow_id"], "submitted")
-            topic = self.job._topic(request)
-            try:
-                await submitting.step(self.client.submit(request, topic),
-                                      f"submitting {request['workflow_id']} to {topic}")
-            except Exception as error:  # noqa: BLE001 - raised below, with what ran
-                self.job._states.pop(request["workflow_id"], None)
-                if not sent:
-                    raise  # nothing sent: the job was not submitted
-                # The pubs sent before ran and were charged: their results ride on the
-                # error (they were dropped, and the job was told as never submitted).
-                self.job._sent_in_part = (len(sent), len(requests))
-                unsent = error
-                break
-            sent.append(request["workflow_id"])
+        sent, unsent = await self._submit(requests)
         self.job._submitted.set()
         _UNSUBMITTED.discard(self.job)
         if self.job._cancel_requested:  # cancel() ran while these were being sent
@@ -472,8 +450,8 @@ class Session:
                               timeout_s, f"cancelling {workflow_id}")
         outcomes = await self.client.wait(sent, timeout_s, self.job._on_event) if sent else {}
         if unsent is not None:
-            ids = sent
-        for workflow_id in ids[len(sent):]:
+            ids = sent  # the error stands for the pubs it left unsent
+        for workflow_id in ids[len(sent):]:  # left unsent by a cancel
             self.job._states[workflow_id] = "cancelled"
             outcomes[workflow_id] = Outcome(workflow_id, "cancelled",
                                             detail="never sent: the job was cancelled first")
@@ -495,6 +473,33 @@ class Session:
             failure.pub_results = completed
             raise failure
         return results
+
+
+    async def _submit(self, requests: list[dict]) -> tuple[list[str], BaseException | None]:
+        """Send the requests in order, all within one timeout: the ids sent, and the error
+        that stopped the sending after some were sent (raised when none was). Stops at a
+        cancel: a pub sent after cancel() ran and was charged, its job CANCELLED (a red-team
+        run)."""
+        submitting = Deadline(self.job._timeout_s)
+        sent: list[str] = []
+        for request in requests:
+            if self.job._cancel_requested:
+                break
+            self.job._states.setdefault(request["workflow_id"], "submitted")
+            topic = self.job._topic(request)
+            try:
+                await submitting.step(self.client.submit(request, topic),
+                                      f"submitting {request['workflow_id']} to {topic}")
+            except Exception as error:  # noqa: BLE001 - the caller raises it, with what ran
+                self.job._states.pop(request["workflow_id"], None)
+                if not sent:
+                    raise  # nothing sent: the job was not submitted
+                # The pubs sent before ran and were charged: their results ride on the
+                # error (they were dropped, and the job was told as never submitted).
+                self.job._sent_in_part = (len(sent), len(requests))
+                return sent, error
+            sent.append(request["workflow_id"])
+        return sent, None
 
 
 ENDED_STATES = frozenset({"done", "failed", "rejected", "cancelled"})

@@ -241,10 +241,9 @@ def scales_reached(templates: list[QuantumCircuit], block_scales: list[float],
     errors in `target` (`zne.gate_noise`), or their count where the target lacks one.
     InvalidJob if two scale factors reach the same scale in some basis
     (`zne.check_distinct_scales`)."""
-    counts = [zne.noisy_gate_count(template.data) for template in templates]
     noise = [zne.gate_noise(template, target) for template in templates]
     if any(value is None for value in noise):
-        noise = [float(count) for count in counts]
+        noise = [float(zne.noisy_gate_count(template.data)) for template in templates]
     reached = [noise[i] / noise[i % bases] if noise[i % bases] else 1.0
                for i in range(len(templates))]
     for basis in range(bases):
@@ -252,7 +251,7 @@ def scales_reached(templates: list[QuantumCircuit], block_scales: list[float],
         for index in range(basis, len(templates), bases):
             by_scale.setdefault(block_scales[index // bases], []).append(reached[index])
         zne.check_distinct_scales({s: sum(v) / len(v) for s, v in by_scale.items()},
-                                  counts[basis])
+                                  zne.noisy_gate_count(templates[basis].data))
     return reached
 
 
