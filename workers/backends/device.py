@@ -55,6 +55,12 @@ from workers.backends.aer import (
 )
 from workers.backends.aer_binding import bound
 from workers.backends.aer_estimates import DENSITY_MATRIX_RATE, exact_sampling_seconds
+from workers.backends.idle import (
+    IdleRelaxation,
+    idle_channels,
+    idle_waits,
+    with_idle_relaxation,
+)
 from workers.backends.noise import (
     MAX_READOUT_ERROR,
     ConvertedOnceNoiseModel,
@@ -320,6 +326,36 @@ class DeviceBackend(Backend):
         assert isinstance(self.calibration, DeviceCalibration)
         return build_device_noise_model(self.calibration, scale)
 
+    def with_idle_noise(self, circuit: QuantumCircuit, scale: float) -> QuantumCircuit:
+        """`circuit` (transpiled for the device) with each qubit's waits between its operations
+        relaxing it at the calibration's T1 and T2 divided by `scale` (workers.backends.idle)."""
+        return with_idle_relaxation(circuit, self._idle_channels(circuit, scale))
+
+    def _idle_channels(self, circuit: QuantumCircuit, scale: float):
+        if scale == 0:
+            return {}
+        calibration = self.calibration
+        durations = gate_durations(calibration)
+        waits = idle_waits(
+            circuit,
+            lambda name, qubits: durations.get((name, qubits), 0.0),
+            lambda qubit: calibration.readout_duration_ns[qubit],
+            self.target.dt,
+        )
+        relaxation: dict[int, tuple[float, float]] = {}
+
+        def kraus_of(qubit: int, wait_ns: float) -> list[np.ndarray]:
+            if qubit not in relaxation:
+                relaxation[qubit] = _relaxation_ns(calibration, qubit, scale)
+            return relaxation_kraus(*relaxation[qubit], wait_ns)
+
+        return idle_channels(waits or {}, kraus_of)
+
+    def _check_native(self, circuit: QuantumCircuit) -> None:
+        if any(isinstance(i.operation, IdleRelaxation) for i in circuit.data):
+            circuit = circuit.copy_empty_like()  # checked before its waits were added
+        super()._check_native(circuit)
+
     def noise(self) -> NoiseView:
         """The run-time view of the current noise model, without Aer's generic conversion."""
         model, cached = self._noise_view or (None, None)
@@ -339,6 +375,7 @@ class DeviceBackend(Backend):
         circuits = list(circuits)
         if not circuits:
             return []
+        templates = circuits
         if bindings is not None:  # components are planned per bound circuit
             if len(bindings) != len(circuits):
                 raise ValueError(f"{len(bindings)} bindings for {len(circuits)} circuits")
@@ -349,6 +386,16 @@ class DeviceBackend(Backend):
             for circuit in circuits:
                 self._check_native(circuit)
         view = self.noise()
+        if view.noisy:
+            # A template's bound circuits have its instructions: schedule it once.
+            channels: dict[int, dict] = {}
+            for template, circuit in zip(templates, circuits, strict=True):
+                if id(template) not in channels:
+                    channels[id(template)] = self._idle_channels(circuit, self.noise_scale)
+            circuits = [
+                with_idle_relaxation(circuit, channels[id(template)])
+                for template, circuit in zip(templates, circuits, strict=True)
+            ]
         plans: dict[int, tuple[FinalMeasurements, list[Component]]] = {}
         for i, circuit in enumerate(circuits):
             plan = self._component_plan(circuit, view)
@@ -451,6 +498,23 @@ class DeviceBackend(Backend):
             counts[i] = sample_components(parts, per_part, measurements, shots_list[i], seeds[i])
 
 
+_DURATIONS: dict[str, dict[tuple[str, tuple[int, ...]], float]] = {}
+
+
+def gate_durations(calibration: DeviceCalibration) -> dict[tuple[str, tuple[int, ...]], float]:
+    """(gate, qubits) -> duration in ns; virtual gates take none."""
+    durations = _DURATIONS.get(calibration.version)
+    if durations is None:
+        durations = {
+            (gate.gate, gate.qubits): 0.0 if gate.gate in VIRTUAL_GATES else gate.duration_ns
+            for gate in calibration.gates
+        }
+        if len(_DURATIONS) >= 8:
+            _DURATIONS.pop(next(iter(_DURATIONS)))
+        _DURATIONS[calibration.version] = durations
+    return durations
+
+
 _CHANNELS: dict[tuple[str, float], dict[tuple[str, tuple[int, ...]], list[np.ndarray]]] = {}
 
 
@@ -488,6 +552,9 @@ def one_qubit_probabilities(circuit: QuantumCircuit, part: Component, channels) 
         instruction = circuit.data[position]
         name = instruction.name
         if name in ("barrier", "delay"):
+            continue
+        if isinstance(instruction.operation, IdleRelaxation):
+            rho = sum(k @ rho @ k.conj().T for k in instruction.operation.params)
             continue
         if name == "reset":
             rho = np.array([[rho[0, 0] + rho[1, 1], 0], [0, 0]], dtype=complex)

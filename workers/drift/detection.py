@@ -381,9 +381,13 @@ class DriftMonitor:
         """The canary's exact success probability with the calibration's noise scaled (the
         backend's own calibration: qlane's snapshot, or a device's published one)."""
         model = None
+        circuit = self.canary_circuit(backend)
         if backend.calibration is not None:
             model = backend.noise_model_at(noise_scale)
-        return exact_success_probability(self.canary_circuit(backend), self._canary.success, model)
+            relaxed = getattr(backend, "with_idle_noise", None)  # a device relaxes idle qubits
+            if relaxed is not None:
+                circuit = relaxed(circuit, noise_scale)
+        return exact_success_probability(circuit, self._canary.success, model)
 
     def shots_to_detect(
         self,

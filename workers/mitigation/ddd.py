@@ -3,8 +3,11 @@
 Qiskit's `PadDynamicalDecoupling` after an ALAP schedule, on the transpiled (and folded)
 template, with the gate durations of the backend's target. mitiq's `ddd` works on logical
 circuits in cirq moments, with no notion of durations, and a transpiler run afterwards merges
-its X-X pairs away (see docs/mitigation.md). The target has durations in seconds and no `dt`,
-so a duration table in units of 0.1 ns is built from it (the pass needs integer durations).
+its X-X pairs away (see docs/mitigation.md). The pass needs integer durations: in the target's
+`dt` (a device's), so the delays it pads are in the device's `dt` as its other delays are (a
+0.1 ns grid there made the device backends read each delay 2.2 times too long once they
+relaxed qubits over delays); a target without `dt` (`aer.noisy`, durations in seconds) gets a
+grid of 0.1 ns.
 Parameters stay symbolic; the layout of the template is kept.
 """
 
@@ -23,16 +26,18 @@ DD_SEQUENCE = "X-X"
 
 
 def durations(target: Target) -> InstructionDurations | None:
-    """The target's gate durations in units of DT_SECONDS, or None if it has none for x."""
+    """The target's gate durations in units of its `dt` (else DT_SECONDS), or None if it has
+    none for x."""
+    dt = target.dt or DT_SECONDS
     items = []
     for name, properties in target.items():
         for qargs, props in (properties or {}).items():
             if qargs is None or props is None or props.duration is None:
                 continue
-            items.append((name, list(qargs), int(round(props.duration / DT_SECONDS))))
+            items.append((name, list(qargs), int(round(props.duration / dt))))
     if not any(name == "x" for name, _, _ in items):
         return None
-    return InstructionDurations(items, dt=DT_SECONDS)
+    return InstructionDurations(items, dt=dt)
 
 
 def supports_dd(target: Target) -> bool:
