@@ -319,10 +319,14 @@ def unwatchable(backend: Backend) -> str | None:
     """Why the monitor cannot watch `backend`, or None. Its baseline is computed from the
     backend's calibration; without one only a noiseless backend has a known baseline (1.0).
     A noisy backend without a calibration here (`braket.local.dm`, an IBM device in cloud
-    mode) came out at 1.0 too, and every round was a critical alarm (red-team run)."""
-    if backend.calibration is not None or getattr(backend, "noiseless", False):
+    mode) came out at 1.0 too, and every round was a critical alarm (red-team run); so did
+    `ibm_runtime.<device>` in local mode, whose calibration qlane holds (for provenance) but
+    whose noise is the fake backend's own model, which qlane does not compute from."""
+    if getattr(backend, "noiseless", False):
         return None
-    return "is noisy without a calibration qlane holds: no baseline to drift from"
+    if backend.calibration is not None and backend.noise_model_at(1.0) is not None:
+        return None
+    return "is noisy without a noise model qlane holds: no baseline to drift from"
 
 
 @dataclass

@@ -321,6 +321,10 @@ def test_a_noisy_backend_without_a_calibration_is_not_watched(registry: BackendR
         DriftMonitor(shots=200).baseline(NoisyWithoutCalibration())
     assert unwatchable(registry.get(IDEAL)) is None
     assert unwatchable(registry.get(NOISY)) is None
+    # its calibration is qlane's, its noise the fake backend's own: baseline 1.0 before,
+    # and a round at unchanged noise critical (success 0.93)
+    assert "no baseline" in unwatchable(registry.get("ibm_runtime.sherbrooke"))
+    assert unwatchable(registry.get("ibm.sherbrooke")) is None
     pytest.importorskip("braket.devices")
     assert unwatchable(registry.get("braket.local.dm")) is not None
     assert unwatchable(registry.get("braket.local.sv")) is None
