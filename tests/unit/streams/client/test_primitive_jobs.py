@@ -317,3 +317,37 @@ def test_pubs_sent_before_a_send_failed_ride_on_its_error_and_no_one_else_report
     assert sorted(raised.value.pub_results) == [0, 1]
     primitives._submit_before_exit()
     assert "part" not in capsys.readouterr().err
+
+
+
+def test_connecting_sending_and_waiting_share_the_jobs_timeout(monkeypatch):
+    """Each had a timeout of its own: while a node's partitions moved to other leaders a
+    ResultTimeout "within 8s" came 16.4 s after run() (a red-team run)."""
+    import asyncio
+
+    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+    waited: list[float] = []
+
+    async def slow_submit(request, topic):
+        await asyncio.sleep(0.8)
+
+    async def never_answered(ids, timeout_s, on_event=None):
+        waited.append(timeout_s)
+        await asyncio.sleep(timeout_s)
+        return {workflow_id: Outcome(workflow_id, "queued") for workflow_id in ids}
+
+    client.submit, client.wait = slow_submit, never_answered
+
+    @contextlib.asynccontextmanager
+    async def slow_open(settings, tenant, within, watch=False):
+        await asyncio.sleep(0.6)
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", slow_open)
+    started = time.monotonic()
+    job = Sampler("127.0.0.1:1", timeout_s=2).run([bell()])
+    with pytest.raises(ResultTimeout, match="no outcome within 2s"):
+        job.result()
+    elapsed = time.monotonic() - started
+    assert 1.9 < elapsed < 2.4, elapsed  # 3.4 s before: 0.6 + 0.8 + 2
+    assert waited and waited[0] < 0.7
