@@ -190,6 +190,14 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+BROKER_UNANSWERED = Gauge(
+    "qlane_broker_unanswered_seconds",
+    "Seconds since the broker last answered this worker's log-end lookup (a consumer-lag "
+    "sample, every 5 s), while its lookups go unanswered: the broker, or the leaders of its "
+    "partitions, cannot be reached (the lag keeps its last value meanwhile). 0 when the last "
+    "one was answered, or while the worker holds no partitions.",
+    registry=REGISTRY,
+)
 LAST_PROGRESS = Gauge(
     "qlane_last_progress_timestamp_seconds",
     "Unix time at which this worker last finished a record, or started if it has finished none.",

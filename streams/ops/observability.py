@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from streams.kafka.topics import job_topics
 from streams.ops import metrics
@@ -46,6 +47,8 @@ def register(app, runtime: Runtime) -> None:
     # (those had no series, so a tenant's backlog could fire no lag alert: a red-team run).
     read_topics = set(runtime.names.all()).union(*job_topics(
         runtime.settings.topic_prefix, runtime.settings.tenants).values())
+
+    answered = {"at": time.monotonic()}  # the broker's last answer to a log-end lookup
 
     @app.timer(interval=LAG_INTERVAL_S)
     async def sample_consumer_lag():
@@ -103,7 +106,17 @@ def register(app, runtime: Runtime) -> None:
         try:
             ends = await asyncio.wait_for(consumer.highwaters(*ours), BROKER_CALL_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - a rebalance, no broker to ask: the fetch's value
-            ends = {}
+            ends = None
+        # With the broker gone and nothing waiting, the lag stays 0 and no other alert can
+        # fire: how long the broker has not answered, for QlaneBrokerUnreachable (a
+        # red-team run: 10 minutes of outage, no alert). Holding nothing, there is no one
+        # to ask.
+        if ends is not None or not ours:
+            answered["at"] = time.monotonic()
+            metrics.BROKER_UNANSWERED.set(0)
+        else:
+            metrics.BROKER_UNANSWERED.set(round(time.monotonic() - answered["at"], 1))
+        ends = ends or {}
         for tp in ours:
             try:
                 highwater = ends.get(tp)

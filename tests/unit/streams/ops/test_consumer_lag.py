@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 from faust.types import TP
@@ -163,3 +164,48 @@ def test_a_worker_taking_its_partitions_shows_how_long_it_has_been_at_it() -> No
     assert app.assignment_pending_s() >= started >= 0.05
     app.on_rebalance_end()
     assert app.assignment_pending_s() == 0.0
+
+
+class BrokerGoneConsumer(PausedPartitionConsumer):
+    """Caught up (lag 0) when the broker went away: its log-end lookup never answers."""
+
+    def __init__(self, tp, assigned: bool = True) -> None:
+        super().__init__(tp)
+        self.assigned = assigned
+
+    def assignment(self):
+        return {self.tp} if self.assigned else set()
+
+    async def highwaters(self, *partitions):
+        await asyncio.sleep(3600)
+
+
+def test_how_long_the_broker_has_not_answered_is_shown(monkeypatch):
+    """With the broker killed while nothing waited, the lag stayed 0, the worker kept
+    answering its scrapes and no alert fired in 10 minutes (a red-team run)."""
+    monkeypatch.setattr(observability, "BROKER_CALL_TIMEOUT_S", 0.05)
+    tp = TP("lagtest.jobs", 5)
+    app = FakeApp(BrokerGoneConsumer(tp))
+    runtime = SimpleNamespace(
+        worker_version="test", warm_ups=SimpleNamespace(add=lambda *args: None),
+        names=SimpleNamespace(all=lambda: ["lagtest.jobs"]),
+        settings=SimpleNamespace(topic_prefix="lagtest", tenants=[]),
+        breakers=SimpleNamespace(state_codes=lambda: {}))
+    observability.register(app, runtime)
+    (sample,) = app.timers
+
+    def unanswered() -> float:
+        return metrics.REGISTRY.get_sample_value("qlane_broker_unanswered_seconds")
+
+    asyncio.run(sample())
+    first = unanswered()
+    time.sleep(0.3)
+    asyncio.run(sample())
+    assert unanswered() >= first + 0.2 > 0.2  # growing while nobody answers
+    app.consumer.assigned = False  # a standby asks nothing: nothing unanswered
+    asyncio.run(sample())
+    assert unanswered() == 0
+    app.consumer.assigned = True
+    app.consumer.highwaters = PausedPartitionConsumer(tp).highwaters  # answered again
+    asyncio.run(sample())
+    assert unanswered() == 0

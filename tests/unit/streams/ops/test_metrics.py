@@ -37,6 +37,7 @@ EXPECTED = {
     "qlane_budget_remaining_usd": ("gauge", {"tenant"}),
     "qlane_budget_refusals_total": ("counter", {"tenant"}),
     "qlane_consumer_lag": ("gauge", {"topic", "partition"}),
+    "qlane_broker_unanswered_seconds": ("gauge", set()),
     "qlane_last_progress_timestamp_seconds": ("gauge", set()),
     "qlane_assignment_pending_seconds": ("gauge", set()),
     "qlane_build_info": ("gauge", {"version"}),
