@@ -62,6 +62,10 @@ CONFLICT_FINGERPRINT = re.compile(
 DUPLICATE_LOOKUP_TIMEOUT_S = 30.0
 # How long a wait reads on for the `done` statuses of the jobs it saw done (read_committed).
 STATUS_CATCH_UP_S = 2.0
+# The sent requests' fingerprints a client keeps (its latest submissions), about 170 B each:
+# kept for every job, a long-lived client grew 170 MB a million jobs (a red-team run). Waiting
+# on an older one, a refusal of another request under its id reads as its own answer.
+SENT_FINGERPRINTS_KEPT = 65_536
 
 
 def new_workflow_id(prefix: str = "wf") -> str:
@@ -299,8 +303,11 @@ class Client:
         own_ids(self.settings, topic, record["workflow_id"])
         await self._check_tenant_topic(topic)
         await self.producer.send_and_wait(topic, value=value, key=record["workflow_id"].encode())
-        self._sent_fingerprints[record["workflow_id"]] = request_fingerprint(
-            codec("JobRequest").decode(value))[:16]
+        sent = self._sent_fingerprints
+        sent.pop(record["workflow_id"], None)  # the newest last
+        sent[record["workflow_id"]] = request_fingerprint(codec("JobRequest").decode(value))[:16]
+        while len(sent) > SENT_FINGERPRINTS_KEPT:
+            del sent[next(iter(sent))]
         return topic
 
     async def _check_tenant_topic(self, topic: str) -> None:

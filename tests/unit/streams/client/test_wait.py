@@ -351,3 +351,25 @@ def test_a_conflict_about_another_request_under_the_id_is_not_this_clients_answe
         client._sent_fingerprints["wf"] = fingerprint["mine"]
         client.watcher = CommittedWatcher([{DEAD_TP: [letter]}])
         assert wait_for_the_job(client, monkeypatch).state == state, request["shots"]
+
+
+def test_a_long_lived_client_keeps_the_fingerprints_of_its_latest_submissions_only(monkeypatch):
+    """Kept for every job sent, a gateway's Client grew 170 B a job, 170 MB a million (a
+    red-team run)."""
+    import streams.client.kafka as client_module
+
+    monkeypatch.setattr(client_module, "SENT_FINGERPRINTS_KEPT", 3)
+
+    async def send_and_wait(topic, value, key):
+        return None
+
+    async def found(_topic):
+        return None
+
+    client = Client(Settings(topic_prefix="t.qlane"))
+    client.producer = SimpleNamespace(send_and_wait=send_and_wait)
+    monkeypatch.setattr(client, "_check_tenant_topic", found)
+    for index in range(5):
+        asyncio.run(client.submit(job_request(workflow_id=f"wf{index}", circuit="x")))
+    asyncio.run(client.submit(job_request(workflow_id="wf2", circuit="x", shots=7)))
+    assert list(client._sent_fingerprints) == ["wf3", "wf4", "wf2"]
