@@ -54,7 +54,8 @@ class PausedPartitionConsumer:
         return {self.tp: 0}
 
 
-def sampled_lag(consumer, tp) -> float:
+def lag_sampler(consumer):
+    """The registered lag sample of a fake app around `consumer`."""
     app = FakeApp(consumer)
     runtime = SimpleNamespace(
         worker_version="test", warm_ups=SimpleNamespace(add=lambda *args: None),
@@ -63,7 +64,11 @@ def sampled_lag(consumer, tp) -> float:
         breakers=SimpleNamespace(state_codes=lambda: {}))
     observability.register(app, runtime)
     (sample,) = app.timers
-    asyncio.run(sample())
+    return sample
+
+
+def sampled_lag(consumer, tp) -> float:
+    asyncio.run(lag_sampler(consumer)())
     return metrics.REGISTRY.get_sample_value(
         "qlane_consumer_lag", {"topic": tp.topic, "partition": str(tp.partition)})
 
@@ -185,14 +190,8 @@ def test_how_long_the_broker_has_not_answered_is_shown(monkeypatch):
     answering its scrapes and no alert fired in 10 minutes (a red-team run)."""
     monkeypatch.setattr(observability, "BROKER_CALL_TIMEOUT_S", 0.05)
     tp = TP("lagtest.jobs", 5)
-    app = FakeApp(BrokerGoneConsumer(tp))
-    runtime = SimpleNamespace(
-        worker_version="test", warm_ups=SimpleNamespace(add=lambda *args: None),
-        names=SimpleNamespace(all=lambda: ["lagtest.jobs"]),
-        settings=SimpleNamespace(topic_prefix="lagtest", tenants=[]),
-        breakers=SimpleNamespace(state_codes=lambda: {}))
-    observability.register(app, runtime)
-    (sample,) = app.timers
+    consumer = BrokerGoneConsumer(tp)
+    sample = lag_sampler(consumer)
 
     def unanswered() -> float:
         return metrics.REGISTRY.get_sample_value("qlane_broker_unanswered_seconds")
@@ -202,10 +201,10 @@ def test_how_long_the_broker_has_not_answered_is_shown(monkeypatch):
     time.sleep(0.3)
     asyncio.run(sample())
     assert unanswered() >= first + 0.2 > 0.2  # growing while nobody answers
-    app.consumer.assigned = False  # a standby asks nothing: nothing unanswered
+    consumer.assigned = False  # a standby asks nothing: nothing unanswered
     asyncio.run(sample())
     assert unanswered() == 0
-    app.consumer.assigned = True
-    app.consumer.highwaters = PausedPartitionConsumer(tp).highwaters  # answered again
+    consumer.assigned = True
+    consumer.highwaters = PausedPartitionConsumer(tp).highwaters  # answered again
     asyncio.run(sample())
     assert unanswered() == 0
