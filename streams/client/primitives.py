@@ -248,6 +248,7 @@ def compact_observable(mapping: dict, active: list[int], width: int) -> dict:
 def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]:
     """OpenQASM 3 of the circuit with parameters renamed in the circuit's own order."""
     warn_of_approximated_evolutions(circuit)
+    refuse_parameterized_delays(circuit)
     parameters = tuple(circuit.parameters)
     renamed = circuit
     if circuit.layout is not None:
@@ -275,6 +276,21 @@ def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]
             failure = error
     raise InvalidCircuit(f"the circuit has no OpenQASM 3 spelling qlane can send, even with "
                          f"its gates decomposed 10 levels deep: {failure}")
+
+
+def refuse_parameterized_delays(circuit: QuantumCircuit) -> None:
+    """InvalidCircuit for a delay whose duration is a parameter, before anything is sent:
+    Qiskit's exporter writes `delay[p00000us]`, which the worker refused as an undefined
+    symbol (a red-team run)."""
+    for instruction in circuit.data:
+        for block in getattr(instruction.operation, "blocks", ()):
+            refuse_parameterized_delays(block)
+        if instruction.name == "delay" and isinstance(instruction.operation.params[0],
+                                                      ParameterExpression):
+            raise InvalidCircuit(
+                "a delay whose duration is a parameter cannot be sent (OpenQASM 3 has no "
+                "spelling the worker reads for it): bind its duration, e.g. one circuit "
+                "per delay with assign_parameters, and send those")
 
 
 def inlined_for_export(circuit: QuantumCircuit) -> QuantumCircuit:

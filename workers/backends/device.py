@@ -57,6 +57,7 @@ from workers.backends.aer_binding import bound
 from workers.backends.aer_estimates import DENSITY_MATRIX_RATE, exact_sampling_seconds
 from workers.backends.idle import (
     IdleRelaxation,
+    has_parameterized_delay,
     idle_channels,
     idle_waits,
     with_idle_relaxation,
@@ -387,14 +388,22 @@ class DeviceBackend(Backend):
                 self._check_native(circuit)
         view = self.noise()
         if view.noisy:
-            # A template's bound circuits have its instructions: schedule it once.
+            # A template's bound circuits have its instructions and durations: it is scheduled
+            # once, unless a delay's duration is one of its parameters (each binding ran with
+            # the first one's waits: a 0 µs delay read 400 µs of decay; a red-team run).
             channels: dict[int, dict] = {}
+            varying: dict[int, bool] = {}
+            keys = []
             for template, circuit in zip(templates, circuits, strict=True):
-                if id(template) not in channels:
-                    channels[id(template)] = self._idle_channels(circuit, self.noise_scale)
+                if id(template) not in varying:
+                    varying[id(template)] = has_parameterized_delay(template)
+                keys.append(id(circuit) if varying[id(template)] else id(template))
+            for key, circuit in zip(keys, circuits, strict=True):
+                if key not in channels:
+                    channels[key] = self._idle_channels(circuit, self.noise_scale)
             circuits = [
-                with_idle_relaxation(circuit, channels[id(template)])
-                for template, circuit in zip(templates, circuits, strict=True)
+                with_idle_relaxation(circuit, channels[key])
+                for key, circuit in zip(keys, circuits, strict=True)
             ]
         plans: dict[int, tuple[FinalMeasurements, list[Component]]] = {}
         for i, circuit in enumerate(circuits):

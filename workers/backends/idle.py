@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from qiskit.circuit import Instruction, QuantumCircuit
+from qiskit.circuit import Instruction, ParameterExpression, QuantumCircuit
 
 # What a delay's duration is in, besides the device's `dt`.
 _SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
@@ -40,6 +40,15 @@ def delay_ns(instruction, dt_s: float | None) -> float:
     if unit == "dt":
         return 0.0 if not dt_s else float(duration) * dt_s * 1e9
     return float(duration) * _SECONDS_PER_UNIT.get(unit, 0.0) * 1e9
+
+
+def has_parameterized_delay(circuit: QuantumCircuit) -> bool:
+    """Whether a delay's duration is a parameter (its waits depend on the binding)."""
+    return any(
+        instruction.name == "delay" and isinstance(instruction.operation.params[0],
+                                                   ParameterExpression)
+        for instruction in circuit.data
+    )
 
 
 def idle_waits(

@@ -16,6 +16,7 @@ from streams.client.adaptive import BasisData, estimate
 from streams.client.errors import RemoteJobFailed, remote_error
 from streams.client.primitives import (
     Estimator,
+    Sampler,
     circuit_source,
     estimator_pub_result,
     sampler_pub_result,
@@ -791,3 +792,20 @@ def test_sending_an_if_else_leaves_the_users_circuit_as_it_was():
     assert [str(i.operation.params) for block in circuit.data[2].operation.blocks
             for i in block.data] == blocks_before
     parse_circuit(first, "qasm3")
+
+
+def test_a_delay_whose_duration_is_a_parameter_is_refused_before_it_is_sent():
+    """Qiskit's exporter wrote `delay[p00000us]` and the worker dead-lettered the job with
+    "Undefined symbol 'p00000us'" (a red-team run)."""
+    from qiskit.circuit import Parameter
+
+    t = Parameter("t")
+    circuit = QuantumCircuit(1, 1)
+    circuit.x(0)
+    circuit.delay(t, 0, unit="us")
+    circuit.measure(0, 0)
+    with pytest.raises(InvalidCircuit, match="delay whose duration is a parameter"):
+        Sampler("127.0.0.1:1").run([(circuit, [[0], [400]])])
+    bound = circuit.assign_parameters([400])
+    source, _ = circuit_source(bound)
+    assert "delay[400" in source

@@ -204,3 +204,19 @@ def test_dynamical_decoupling_fills_a_device_qubits_waits_and_keeps_their_length
 
     x_ns = gate_durations(sherbrooke.calibration)[("x", (10,))]
     assert waited(padded) + len(x_gates) * x_ns == pytest.approx(waited(circuit), rel=1e-6)
+
+
+def test_each_binding_of_a_delay_its_own_wait(sherbrooke) -> None:
+    """The schedule was kept per template: a delay sweep's bindings all waited the first
+    one's delay (0 µs read 400 µs of decay; a red-team run)."""
+    from qiskit.circuit import Parameter
+
+    t = Parameter("t")
+    template = QuantumCircuit(sherbrooke.num_qubits, 1)
+    template.x(74)
+    template.delay(t, 74, unit="us")
+    template.measure(74, 0)
+    counts = sherbrooke.run([template, template], 20_000, 3, bindings=[{t: 0}, {t: 400}])
+    read_one = [c.get("1", 0) / 20_000 for c in counts]
+    assert read_one[0] > 0.98
+    assert abs(read_one[1] - math.exp(-400 / sherbrooke.calibration.t1_us[74])) < 0.02
