@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import copy
 import functools
 import math
@@ -50,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
 from qiskit import QuantumCircuit, QuantumRegister, qasm3
 from qiskit.circuit import ControlFlowOp, Parameter, ParameterExpression
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
@@ -67,7 +69,7 @@ from qiskit.providers import JobStatus
 
 from streams.client.approximations import warn_of_approximated_evolutions
 from streams.client.commands import cancel_workflow
-from streams.client.errors import JobCancelled, ResultTimeout, remote_error
+from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, job_request
 from streams.client.timeouts import Deadline, bounded, open_client
 from streams.kafka.tenants import tenant_ids
@@ -504,9 +506,15 @@ class Session:
                 break
             self.job._states.setdefault(request["workflow_id"], "submitted")
             topic = self.job._topic(request)
+            what = f"submitting {request['workflow_id']} to {topic}"
             try:
-                await submitting.step(self.client.submit(request, topic),
-                                      f"submitting {request['workflow_id']} to {topic}")
+                try:
+                    await submitting.step(self.client.submit(request, topic), what)
+                except (KafkaTimeoutError, RequestTimedOutError) as error:
+                    # A broker frozen mid-send: aiokafka's own timeout came out of result()
+                    # (a red-team run), where a job gives BrokerTimeout.
+                    raise BrokerTimeout(f"{what}: no answer from the broker "
+                                        f"({type(error).__name__})") from None
             except Exception as error:  # noqa: BLE001 - the caller raises it, with what ran
                 self.job._states.pop(request["workflow_id"], None)
                 if not sent:
@@ -562,6 +570,7 @@ if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_submit_before_exit)
 atexit.register(_submit_before_exit)
 CANCEL_ANSWER_WAIT_S = 30.0  # at least, for the workers' answers to a timed-out job's cancel
+CANCEL_POLL_S = 0.1  # how soon a job still connecting notices its cancel()
 
 
 def answered_state(answer) -> str:
@@ -638,8 +647,23 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
                                    watch=True) as client:
                 return await self._plan(Session(self, client))
 
+        async def drive_until_cancelled():
+            # A cancel() while the job connects ends it there: nothing is sent (the states
+            # fill as a send starts). It stayed QUEUED until the connection gave up, at
+            # timeout_s, or for good with timeout_s=inf (a red-team run).
+            work = asyncio.ensure_future(drive())
+            while True:
+                await asyncio.wait({work}, timeout=CANCEL_POLL_S)
+                if work.done():
+                    return work.result()
+                if self._cancel_requested and not self._states:
+                    work.cancel()
+                    with contextlib.suppress(BaseException):
+                        await work
+                    raise JobCancelled(f"job {self.job_id()} was cancelled before it was sent")
+
         try:
-            self._result = asyncio.run(drive())
+            self._result = asyncio.run(drive_until_cancelled())
         except BaseException as error:  # re-raised by result()
             if self._cancel_requested and not self._states and not isinstance(
                     error, JobCancelled):

@@ -351,3 +351,48 @@ def test_connecting_sending_and_waiting_share_the_jobs_timeout(monkeypatch):
     elapsed = time.monotonic() - started
     assert 1.9 < elapsed < 2.4, elapsed  # 3.4 s before: 0.6 + 0.8 + 2
     assert waited and waited[0] < 0.7
+
+
+def test_a_job_cancelled_while_it_waits_for_a_silent_broker_ends_cancelled_at_once(monkeypatch):
+    """cancel() returned True, but the job stayed QUEUED until its connection gave up at
+    timeout_s, for good with timeout_s=inf, and the exit named it as not submitted (a
+    red-team run)."""
+    import asyncio
+
+    @contextlib.asynccontextmanager
+    async def silent(*args, **kwargs):
+        await asyncio.sleep(3600)
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(primitives, "open_client", silent)
+    job = Sampler("127.0.0.1:1", timeout_s=float("inf")).run([(bell(), None, 4)],
+                                                            job_id="silent")
+    time.sleep(0.3)
+    assert job.cancel() is True
+    with pytest.raises(JobCancelled):
+        job.result(timeout=3)
+    assert job.status() == JobStatus.CANCELLED
+    assert job not in primitives._UNSUBMITTED
+
+
+def test_aiokafkas_own_timeout_mid_send_is_a_broker_timeout(monkeypatch):
+    """A broker frozen while the job sent its pubs: result() raised aiokafka's
+    RequestTimedOutError (a red-team run), where the README promises BrokerTimeout."""
+    from aiokafka.errors import RequestTimedOutError
+
+    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+
+    async def frozen(request, topic):
+        raise RequestTimedOutError()
+
+    client.submit = frozen
+
+    @contextlib.asynccontextmanager
+    async def opened(*args, **kwargs):
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", opened)
+    job = Sampler("127.0.0.1:1", timeout_s=5).run([(bell(), None, 4)], job_id="frozen")
+    with pytest.raises(BrokerTimeout) as raised:
+        job.result()
+    assert raised.value.retryable
