@@ -654,9 +654,9 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
             work = asyncio.ensure_future(drive())
             while True:
                 await asyncio.wait({work}, timeout=CANCEL_POLL_S)
-                if work.done():
-                    return work.result()
-                if self._cancel_requested and not self._states:
+                if work.done() or self._states:  # sending: Session handles a cancel
+                    return await work
+                if self._cancel_requested:
                     work.cancel()
                     with contextlib.suppress(BaseException):
                         await work

@@ -20,8 +20,8 @@ from qiskit.circuit import Instruction, ParameterExpression, QuantumCircuit
 
 # What a delay's duration is in, besides the device's `dt`.
 _SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
-# Waits shorter than this change a qubit by less than 1e-7 (T1 and T2 are tens of µs or more):
-# not worth an instruction.
+# Waits shorter than this change a qubit by 1e-6 or less (T1 and T2 are 10 µs or more): not
+# worth an instruction.
 MIN_WAIT_NS = 0.01
 
 
