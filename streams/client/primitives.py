@@ -463,10 +463,18 @@ class Session:
         self.job._submitted.set()
         _UNSUBMITTED.discard(self.job)
         if self.job._cancel_requested:  # cancel() ran while these were being sent
-            for workflow_id in sent:
-                await bounded(self.client.cancel(workflow_id, self.job._options.tenant,
-                                                 reason=f"job {self.job.job_id()} cancelled"),
-                              timeout_s, f"cancelling {workflow_id}")
+            # What is left of the job's time, or a short grace once it is spent: a full
+            # timeout each held result() to twice timeout_s (a red-team run). A send that
+            # timed out may have reached the broker: it is cancelled too.
+            reason = f"job {self.job.job_id()} cancelled"
+            try:
+                await bounded(asyncio.gather(*(
+                    self.client.cancel(workflow_id, self.job._options.tenant, reason=reason)
+                    for workflow_id in sent + self.job._in_doubt)),
+                    max(deadline.left(), CANCEL_GRACE_S), f"cancelling job {self.job.job_id()}")
+            except Exception:
+                if unsent is None:
+                    raise
         outcomes = await self.client.wait(sent, deadline.left(), self.job._on_event) if sent else {}
         if unsent is not None:
             ids = sent  # the error stands for the pubs it left unsent
@@ -517,8 +525,17 @@ class Session:
                                         f"({type(error).__name__})") from None
             except Exception as error:  # noqa: BLE001 - the caller raises it, with what ran
                 self.job._states.pop(request["workflow_id"], None)
+                if isinstance(error, BrokerTimeout):
+                    # Given up on, its record may still reach the broker and run: a frozen
+                    # broker wrote it when it resumed, and it ran and was charged uncounted
+                    # (a red-team run).
+                    self.job._in_doubt = [request["workflow_id"]]
+                    error = BrokerTimeout(
+                        f"{error} ({request['workflow_id']} may have reached the broker all "
+                        "the same, and then runs and is charged: the same job_id sent again "
+                        "is safe)")
                 if not sent:
-                    raise  # nothing sent: the job was not submitted
+                    raise error from None  # nothing surely sent: the job was not submitted
                 # The pubs sent before ran and were charged: their results ride on the
                 # error (they were dropped, and the job was told as never submitted).
                 self.job._sent_in_part = (len(sent), len(requests))
@@ -557,6 +574,8 @@ def _submit_before_exit() -> None:
         if job._sent_in_part:
             sent, pubs = job._sent_in_part
             told = f"was sent in part ({sent} of {pubs} pubs, which run and are charged)"
+            if job._in_doubt:
+                told += f", and {job._in_doubt[0]} may have gone too"
         else:
             told = "was not submitted"
         sys.stderr.write(f"qlane: job {job.job_id()} {told}: {job._error!r}\n")
@@ -571,6 +590,7 @@ if hasattr(threading, "_register_atexit"):
 atexit.register(_submit_before_exit)
 CANCEL_ANSWER_WAIT_S = 30.0  # at least, for the workers' answers to a timed-out job's cancel
 CANCEL_POLL_S = 0.1  # how soon a job still connecting notices its cancel()
+CANCEL_GRACE_S = 2.0  # for the cancels of a job cancelled while it sent, once its time is spent
 
 
 def answered_state(answer) -> str:
@@ -626,6 +646,7 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         self._done = threading.Event()
         self._submitted = threading.Event()
         self._sent_in_part: tuple[int, int] | None = None  # (pubs sent, pubs) when it failed
+        self._in_doubt: list[str] = []  # a workflow whose send timed out: it may have gone
         self._thread = threading.Thread(target=self._main, name=f"qlane-job-{job_id}",
                                         daemon=True)
         _UNSUBMITTED.add(self)
@@ -665,8 +686,8 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         try:
             self._result = asyncio.run(drive_until_cancelled())
         except BaseException as error:  # re-raised by result()
-            if self._cancel_requested and not self._states and not isinstance(
-                    error, JobCancelled):
+            if self._cancel_requested and not self._states and not self._in_doubt and \
+                    not isinstance(error, JobCancelled):
                 # Cancelled before anything was sent (while it connected): cancelled.
                 error = JobCancelled(f"job {self.job_id()} was cancelled before it was "
                                      f"sent ({type(error).__name__} meanwhile)")

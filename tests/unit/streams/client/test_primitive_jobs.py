@@ -396,3 +396,47 @@ def test_aiokafkas_own_timeout_mid_send_is_a_broker_timeout(monkeypatch):
     with pytest.raises(BrokerTimeout) as raised:
         job.result()
     assert raised.value.retryable
+
+
+def test_a_send_given_up_on_is_in_doubt_and_cancelled_within_the_jobs_time(monkeypatch):
+    """A broker frozen while a job sent its second pub: the given-up pub reached the broker
+    when it resumed and ran, charged, uncancelled and uncounted; and the cancels sent after
+    took a full timeout each, result() at twice timeout_s (a red-team run)."""
+    import asyncio
+
+    monkeypatch.setattr(primitives, "CANCEL_GRACE_S", 0.3)
+    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+    sends: list[str] = []
+    cancels: list[str] = []
+
+    async def freezing_submit(request, topic):
+        sends.append(request["workflow_id"])
+        if len(sends) > 1:
+            await asyncio.sleep(3600)  # the broker froze with this one on its way
+
+    async def frozen_cancel(workflow_id, tenant=None, reason=""):
+        cancels.append(workflow_id)
+        await asyncio.sleep(3600)
+
+    client.submit, client.cancel = freezing_submit, frozen_cancel
+
+    @contextlib.asynccontextmanager
+    async def opened(*args, **kwargs):
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", opened)
+    started = time.monotonic()
+    job = Sampler("127.0.0.1:1", timeout_s=1).run([(bell(), None, 4)] * 3, job_id="doubt")
+    while len(sends) < 2:
+        time.sleep(0.01)
+    with pytest.raises(BrokerTimeout, match="cancelling"):
+        job.cancel()  # its own cancels meet the frozen broker too, as documented
+    with pytest.raises(BrokerTimeout, match="may have reached the broker"):
+        job.result()
+    assert time.monotonic() - started < 2.0  # 1 s and the cancels' 0.3 s; 2 s and more before
+    assert sends[1] in cancels  # the one in doubt is cancelled too
+
+    sends.clear()
+    job = Sampler("127.0.0.1:1", timeout_s=0.5).run([(bell(), None, 4)] * 3, job_id="doubt2")
+    with pytest.raises(BrokerTimeout, match="doubt2.1 may have reached the broker"):
+        job.result()
