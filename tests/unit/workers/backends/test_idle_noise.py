@@ -220,3 +220,23 @@ def test_each_binding_of_a_delay_its_own_wait(sherbrooke) -> None:
     read_one = [c.get("1", 0) / 20_000 for c in counts]
     assert read_one[0] > 0.98
     assert abs(read_one[1] - math.exp(-400 / sherbrooke.calibration.t1_us[74])) < 0.02
+
+
+@pytest.mark.parametrize(("duration", "unit"), [(1, "us"), (1000, "ns"), (17, "us"), (100, "dt")])
+def test_a_delay_of_any_length_runs_aligned_to_the_devices_timing(sherbrooke, duration,
+                                                                   unit) -> None:
+    """A delay that is not a multiple of the device's 16-dt alignment stopped the transpiler
+    ("not scheduled"): a T1 sweep failed at most of its points (a red-team run)."""
+    from workers.backends.layout import DeviceTranspileCache
+
+    circuit = QuantumCircuit(1, 1)
+    circuit.x(0)
+    circuit.delay(duration, 0, unit=unit)
+    circuit.measure(0, 0)
+    transpiled, _ = DeviceTranspileCache().transpile(circuit, sherbrooke)
+    (delay,) = [i.operation for i in transpiled.data if i.name == "delay"]
+    dt = sherbrooke.target.dt
+    asked = duration if unit == "dt" else duration * {"us": 1e-6, "ns": 1e-9}[unit] / dt
+    assert delay.unit == "dt" and delay.duration % 16 == 0
+    assert abs(delay.duration - asked) <= 8
+    assert sum(sherbrooke.run([transpiled], 100, 1)[0].values()) == 100
