@@ -55,6 +55,9 @@ def _feed_circuit(digest: Any, circuit: QuantumCircuit) -> None:
             [circuit.find_bit(c).index for c in instruction.clbits],
             getattr(op, "condition", None),
             getattr(op, "target", None),
+            # A delay's duration is its parameter, in this unit: 3 ns, 3 µs and 3 ms shared one
+            # transpiled circuit, and read the same decay (a red-team run).
+            getattr(op, "unit", None) if op.name == "delay" else None,
         )
         for param in op.params:
             _feed_param(digest, param)

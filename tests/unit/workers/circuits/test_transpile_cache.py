@@ -143,3 +143,18 @@ def test_delays_in_seconds_and_in_dt_together_on_a_backend_without_dt() -> None:
     template, _ = TranspileCache().transpile(circuit, backend)
     delays = [i.operation for i in template.data if i.operation.name == "delay"]
     assert [(d.duration, d.unit) for d in delays] == [(100, "dt")]
+
+
+def test_delays_of_the_same_number_in_other_units_are_other_circuits() -> None:
+    """3 ns, 3 µs and 3 ms shared one transpiled circuit on a device, and all read the decay
+    of whichever came first (a red-team run)."""
+    def delayed(unit: str) -> QuantumCircuit:
+        circuit = QuantumCircuit(1, 1)
+        circuit.x(0)
+        circuit.delay(3, 0, unit=unit)
+        circuit.measure(0, 0)
+        return circuit
+
+    hashes = {structural_hash(delayed(unit)) for unit in ("ns", "us", "ms", "s", "dt")}
+    assert len(hashes) == 5
+    assert structural_hash(delayed("us")) == structural_hash(delayed("us"))
