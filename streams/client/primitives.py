@@ -460,18 +460,17 @@ class Session:
         timeout_s = self.job._timeout_s
         deadline = self.job._deadline
         sent, unsent = await self._submit(requests)
+        if unsent is not None:
+            # Told at exit unless result() hears it: the exit stops waiting once the job is
+            # submitted, before the job ends, and a script ending right after run() said
+            # nothing of two pubs that ran and were charged (a red-team run).
+            self.job._send_error = unsent
+            _ENDED_UNSENT.add(self.job)
         self.job._submitted.set()
         _UNSUBMITTED.discard(self.job)
         if self.job._cancel_requested:  # cancel() ran while these were being sent
-            # What is left of the job's time, or a short grace once it is spent: a full
-            # timeout each held result() to twice timeout_s (a red-team run). A send that
-            # timed out may have reached the broker: it is cancelled too.
-            reason = f"job {self.job.job_id()} cancelled"
             try:
-                await bounded(asyncio.gather(*(
-                    self.client.cancel(workflow_id, self.job._options.tenant, reason=reason)
-                    for workflow_id in sent + self.job._in_doubt)),
-                    max(deadline.left(), CANCEL_GRACE_S), f"cancelling job {self.job.job_id()}")
+                await self._cancel_sent(sent)
             except Exception:
                 if unsent is None:
                     raise
@@ -501,6 +500,16 @@ class Session:
             raise failure
         return results
 
+
+    async def _cancel_sent(self, sent: list[str]) -> None:
+        """Cancel the workflows sent, and one whose send timed out (it may have reached the
+        broker), within what is left of the job's time or a short grace once it is spent: a
+        full timeout each held result() to twice timeout_s (a red-team run)."""
+        reason = f"job {self.job.job_id()} cancelled"
+        await bounded(asyncio.gather(*(
+            self.client.cancel(workflow_id, self.job._options.tenant, reason=reason)
+            for workflow_id in sent + self.job._in_doubt)),
+            max(self.job._deadline.left(), CANCEL_GRACE_S), f"cancelling job {self.job.job_id()}")
 
     async def _submit(self, requests: list[dict]) -> tuple[list[str], BaseException | None]:
         """Send the requests in order, within the job's deadline: the ids sent, and the error
@@ -534,8 +543,12 @@ class Session:
                         f"{error} ({request['workflow_id']} may have reached the broker all "
                         "the same, and then runs and is charged: the same job_id sent again "
                         "is safe)")
-                if not sent:
-                    raise error from None  # nothing surely sent: the job was not submitted
+                if not sent:  # nothing surely sent: the job was not submitted
+                    if self.job._in_doubt and self.job._cancel_requested:
+                        # the first pub in doubt: it ran, charged, uncancelled (a red-team run)
+                        with contextlib.suppress(Exception):
+                            await self._cancel_sent([])
+                    raise error from None
                 # The pubs sent before ran and were charged: their results ride on the
                 # error (they were dropped, and the job was told as never submitted).
                 self.job._sent_in_part = (len(sent), len(requests))
@@ -578,7 +591,8 @@ def _submit_before_exit() -> None:
                 told += f", and {job._in_doubt[0]} may have gone too"
         else:
             told = "was not submitted"
-        sys.stderr.write(f"qlane: job {job.job_id()} {told}: {job._error!r}\n")
+        error = job._error if job._error is not None else job._send_error
+        sys.stderr.write(f"qlane: job {job.job_id()} {told}: {error!r}\n")
         _ENDED_UNSENT.discard(job)
 
 
@@ -647,6 +661,7 @@ class QlaneJob(BasePrimitiveJob[PrimitiveResult, JobStatus]):
         self._submitted = threading.Event()
         self._sent_in_part: tuple[int, int] | None = None  # (pubs sent, pubs) when it failed
         self._in_doubt: list[str] = []  # a workflow whose send timed out: it may have gone
+        self._send_error: BaseException | None = None  # what stopped a submission in part
         self._thread = threading.Thread(target=self._main, name=f"qlane-job-{job_id}",
                                         daemon=True)
         _UNSUBMITTED.add(self)

@@ -440,3 +440,68 @@ def test_a_send_given_up_on_is_in_doubt_and_cancelled_within_the_jobs_time(monke
     job = Sampler("127.0.0.1:1", timeout_s=0.5).run([(bell(), None, 4)] * 3, job_id="doubt2")
     with pytest.raises(BrokerTimeout, match="doubt2.1 may have reached the broker"):
         job.result()
+
+
+def test_a_first_pub_in_doubt_is_cancelled_with_its_job(monkeypatch):
+    """With the broker frozen before the first pub, the job raised before its cancels: the
+    pub reached the broker on its resuming, ran and was charged (a red-team run)."""
+    import asyncio
+
+    monkeypatch.setattr(primitives, "CANCEL_GRACE_S", 0.3)
+    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+    cancels: list[str] = []
+
+    async def frozen_submit(request, topic):
+        await asyncio.sleep(3600)
+
+    async def cancel(workflow_id, tenant=None, reason=""):
+        if time.monotonic() - started < 0.75:  # the broker is frozen until then
+            await asyncio.sleep(3600)
+        cancels.append(workflow_id)
+
+    client.submit, client.cancel = frozen_submit, cancel
+
+    @contextlib.asynccontextmanager
+    async def opened(*args, **kwargs):
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", opened)
+    started = time.monotonic()
+    job = Sampler("127.0.0.1:1", timeout_s=0.8).run([(bell(), None, 4)], job_id="first")
+    time.sleep(0.3)
+    with pytest.raises(BrokerTimeout):
+        job.cancel()  # its own cancel meets the frozen broker
+    with pytest.raises(BrokerTimeout, match="first.0 may have reached the broker"):
+        job.result()
+    assert cancels == ["first.0"]  # sent by the job once the broker answered again
+
+
+def test_the_exit_tells_a_job_sent_in_part_while_it_still_waits(monkeypatch, capsys):
+    """The exit stopped waiting once the job was submitted, before the job ended: a script
+    ending right after run() said nothing of two pubs that ran and were charged (a
+    red-team run)."""
+    import asyncio
+
+    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+
+    async def second_refused(request, topic):
+        if request["workflow_id"].endswith(".1"):
+            raise BrokerTimeout("no answer from the broker within 1s")
+
+    async def long_wait(ids, timeout_s, on_event=None):
+        await asyncio.sleep(2)
+        return {workflow_id: Outcome(workflow_id, "queued") for workflow_id in ids}
+
+    client.submit, client.wait = second_refused, long_wait
+
+    @contextlib.asynccontextmanager
+    async def opened(*args, **kwargs):
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", opened)
+    Sampler("127.0.0.1:1", timeout_s=60).run([(bell(), None, 4)] * 3, job_id="partly")
+    primitives._submit_before_exit()  # returns once submitted, while the job still waits
+    told = capsys.readouterr().err
+    assert "job partly was sent in part (1 of 3 pubs" in told
+    assert "partly.1 may have gone too" in told
+    primitives._ENDED_UNSENT.clear()
