@@ -19,7 +19,7 @@ import numpy as np
 from qiskit.circuit import Instruction, ParameterExpression, QuantumCircuit
 
 # What a delay's duration is in, besides the device's `dt`.
-SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
+_SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
 # Waits shorter than this change a qubit by 1e-6 or less (T1 and T2 are 10 µs or more): not
 # worth an instruction.
 MIN_WAIT_NS = 0.01
@@ -33,13 +33,13 @@ class IdleRelaxation(Instruction):
         super().__init__("kraus", 1, 0, list(operators))
 
 
-def delay_ns(instruction, dt_s: float | None) -> float:
-    """A delay's duration in nanoseconds (0 for a unit the device cannot convert)."""
-    (duration,) = instruction.operation.params
-    unit = instruction.operation.unit
+def delay_ns(delay, dt_s: float | None) -> float:
+    """A Delay's duration in nanoseconds (0 for a unit the device cannot convert)."""
+    (duration,) = delay.params
+    unit = delay.unit
     if unit == "dt":
         return 0.0 if not dt_s else float(duration) * dt_s * 1e9
-    return float(duration) * SECONDS_PER_UNIT.get(unit, 0.0) * 1e9
+    return float(duration) * _SECONDS_PER_UNIT.get(unit, 0.0) * 1e9
 
 
 def has_parameterized_delay(circuit: QuantumCircuit) -> bool:
@@ -80,7 +80,7 @@ def idle_waits(
             continue
         if name == "delay":
             (q,) = qubits
-            free[q] = end + delay_ns(instruction, dt_s)  # idle time: relaxes, runs nothing
+            free[q] = end + delay_ns(instruction.operation, dt_s)  # relaxes, runs nothing
             continue
         if name in ("measure", "reset"):
             duration = readout_ns(qubits[0])

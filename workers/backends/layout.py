@@ -24,7 +24,7 @@ from qiskit.circuit import Delay, ParameterExpression
 from qiskit.transpiler import PassManager, generate_preset_pass_manager
 from qiskit.transpiler.basepasses import TransformationPass
 
-from workers.backends.idle import SECONDS_PER_UNIT
+from workers.backends.idle import delay_ns
 from workers.circuits.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
 
 NOISE_AWARE = "noise_aware"
@@ -47,10 +47,9 @@ class AlignDelays(TransformationPass):
             duration = node.op.duration
             if isinstance(duration, ParameterExpression):
                 continue
-            unit = node.op.unit
-            in_dt = duration if unit == "dt" else duration * SECONDS_PER_UNIT[unit] / self.dt
+            in_dt = delay_ns(node.op, self.dt) / (self.dt * 1e9)
             aligned = self.alignment * round(in_dt / self.alignment)
-            if unit != "dt" or aligned != duration:
+            if node.op.unit != "dt" or aligned != duration:
                 dag.substitute_node(node, Delay(int(aligned), "dt"))
         return dag
 

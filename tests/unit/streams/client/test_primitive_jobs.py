@@ -380,18 +380,12 @@ def test_aiokafkas_own_timeout_mid_send_is_a_broker_timeout(monkeypatch):
     RequestTimedOutError (a red-team run), where the README promises BrokerTimeout."""
     from aiokafka.errors import RequestTimedOutError
 
-    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+    client = faked(monkeypatch, lambda wf: Outcome(wf, "queued"))
 
     async def frozen(request, topic):
         raise RequestTimedOutError()
 
     client.submit = frozen
-
-    @contextlib.asynccontextmanager
-    async def opened(*args, **kwargs):
-        yield client
-
-    monkeypatch.setattr(primitives, "open_client", opened)
     job = Sampler("127.0.0.1:1", timeout_s=5).run([(bell(), None, 4)], job_id="frozen")
     with pytest.raises(BrokerTimeout) as raised:
         job.result()
@@ -405,7 +399,7 @@ def test_a_send_given_up_on_is_in_doubt_and_cancelled_within_the_jobs_time(monke
     import asyncio
 
     monkeypatch.setattr(primitives, "CANCEL_GRACE_S", 0.3)
-    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+    client = faked(monkeypatch, lambda wf: Outcome(wf, "queued"))
     sends: list[str] = []
     cancels: list[str] = []
 
@@ -419,12 +413,6 @@ def test_a_send_given_up_on_is_in_doubt_and_cancelled_within_the_jobs_time(monke
         await asyncio.sleep(3600)
 
     client.submit, client.cancel = freezing_submit, frozen_cancel
-
-    @contextlib.asynccontextmanager
-    async def opened(*args, **kwargs):
-        yield client
-
-    monkeypatch.setattr(primitives, "open_client", opened)
     started = time.monotonic()
     job = Sampler("127.0.0.1:1", timeout_s=1).run([(bell(), None, 4)] * 3, job_id="doubt")
     while len(sends) < 2:
@@ -448,7 +436,7 @@ def test_a_first_pub_in_doubt_is_cancelled_with_its_job(monkeypatch):
     import asyncio
 
     monkeypatch.setattr(primitives, "CANCEL_GRACE_S", 0.3)
-    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+    client = faked(monkeypatch, lambda wf: Outcome(wf, "queued"))
     cancels: list[str] = []
 
     async def frozen_submit(request, topic):
@@ -460,12 +448,6 @@ def test_a_first_pub_in_doubt_is_cancelled_with_its_job(monkeypatch):
         cancels.append(workflow_id)
 
     client.submit, client.cancel = frozen_submit, cancel
-
-    @contextlib.asynccontextmanager
-    async def opened(*args, **kwargs):
-        yield client
-
-    monkeypatch.setattr(primitives, "open_client", opened)
     started = time.monotonic()
     job = Sampler("127.0.0.1:1", timeout_s=0.8).run([(bell(), None, 4)], job_id="first")
     time.sleep(0.3)
@@ -482,7 +464,7 @@ def test_the_exit_tells_a_job_sent_in_part_while_it_still_waits(monkeypatch, cap
     red-team run)."""
     import asyncio
 
-    client = FakeClient(lambda wf: Outcome(wf, "queued"))
+    client = faked(monkeypatch, lambda wf: Outcome(wf, "queued"))
 
     async def second_refused(request, topic):
         if request["workflow_id"].endswith(".1"):
@@ -493,12 +475,6 @@ def test_the_exit_tells_a_job_sent_in_part_while_it_still_waits(monkeypatch, cap
         return {workflow_id: Outcome(workflow_id, "queued") for workflow_id in ids}
 
     client.submit, client.wait = second_refused, long_wait
-
-    @contextlib.asynccontextmanager
-    async def opened(*args, **kwargs):
-        yield client
-
-    monkeypatch.setattr(primitives, "open_client", opened)
     Sampler("127.0.0.1:1", timeout_s=60).run([(bell(), None, 4)] * 3, job_id="partly")
     primitives._submit_before_exit()  # returns once submitted, while the job still waits
     told = capsys.readouterr().err
