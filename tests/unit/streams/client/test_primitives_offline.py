@@ -613,6 +613,20 @@ def test_qiskit_style_options_are_applied_and_unknown_ones_refused():
         sampler.options.default_shot = 3
 
 
+@pytest.mark.parametrize("shots", [1000, 1001, 3, 29, 99_999])
+def test_default_shots_on_the_estimator_runs_that_many_shots(shots):
+    """`Estimator(default_shots=1000)` ran 1,001 shots: ceil(1/(1/sqrt(1000))^2) rounds
+    1000.0000000000002 up (a red-team run); so did 29,769 of the counts 1..100,000."""
+    circuit = QuantumCircuit(1)
+    circuit.h(0)
+    estimator = Estimator(settings=Settings(), default_shots=shots)
+    pub = EstimatorPub.coerce((circuit, "Z"), estimator.default_precision)
+    request, _ = estimator._request("job", 0, pub)
+    assert request["shots"] == shots
+    pub = EstimatorPub.coerce((circuit, "Z"), 0.03)  # not 1/sqrt of a count: rounded up
+    assert estimator._request("job", 0, pub)[0]["shots"] == 1112
+
+
 @pytest.mark.parametrize("shots", [0, -1, 2.5, True, 2**31, 10**12])
 def test_default_shots_that_are_no_positive_integer_are_refused(shots):
     """`Sampler(default_shots=-1)` was accepted, 0 was taken for "not set" (1024 shots ran),
