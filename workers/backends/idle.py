@@ -19,7 +19,7 @@ import numpy as np
 from qiskit.circuit import Instruction, ParameterExpression, QuantumCircuit
 
 # What a delay's duration is in, besides the device's `dt`.
-_SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
+SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
 # Waits shorter than this change a qubit by 1e-6 or less (T1 and T2 are 10 µs or more): not
 # worth an instruction.
 MIN_WAIT_NS = 0.01
@@ -39,7 +39,7 @@ def delay_ns(delay, dt_s: float | None) -> float:
     unit = delay.unit
     if unit == "dt":
         return 0.0 if not dt_s else float(duration) * dt_s * 1e9
-    return float(duration) * _SECONDS_PER_UNIT.get(unit, 0.0) * 1e9
+    return float(duration) * SECONDS_PER_UNIT.get(unit, 0.0) * 1e9
 
 
 def has_parameterized_delay(circuit: QuantumCircuit) -> bool:

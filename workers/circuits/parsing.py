@@ -79,6 +79,8 @@ def _parse(source: str, fmt: str) -> QuantumCircuit:
         raise
     except MemoryError:  # in the sandbox: its address-space bound
         raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None
+    except OverflowError as exc:  # `delay[9223372036854775808dt]`: said only "int too large"
+        raise InvalidCircuit(f"{fmt}: a number in the program is out of range ({exc})") from None
     except BaseException as exc:  # the Rust qasm2 parser panics with a BaseException
         if _out_of_memory(exc):  # a panic over a failed allocation (the sandbox's bound)
             raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None

@@ -11,6 +11,7 @@ import math
 from qiskit import QuantumCircuit
 
 from workers.backends.aer import Backend
+from workers.backends.idle import SECONDS_PER_UNIT
 from workers.errors import (
     CircuitTooLarge,
     InvalidCircuit,
@@ -106,16 +107,50 @@ def check_against_circuit(
         check_observable(observable, index, n)
 
 
-def check_finite_angles(circuit: QuantumCircuit) -> None:
-    """InvalidCircuit for a gate whose angle is not a finite number: `ry(2^2^2^2^2)`
-    overflows to infinity in the parser, and reached the backend, whose NaN outcome was
-    dead-lettered as ExecutionFailed, as if the backend had failed (a red-team run)."""
+# The longest delay a job may hold: any qubit has relaxed long before (T1 is at most
+# milliseconds), and converting 1e300 s to a device's `dt` overflowed in the transpiler.
+MAX_DELAY_S = 3600.0
+# The longest delay in `dt` on a backend without a `dt` of its own (it idles for free there).
+MAX_DELAY_DT = 2**53
+
+
+def check_finite_angles(circuit: QuantumCircuit, dt_s: float | None = None) -> None:
+    """InvalidCircuit for a gate whose angle is not a finite number, or a delay that is
+    negative or longer than MAX_DELAY_S, anywhere in the circuit (control-flow bodies too).
+    `ry(2^2^2^2^2)` overflows to infinity in the parser, and reached the backend, whose NaN
+    outcome was dead-lettered as ExecutionFailed, as if the backend had failed; a delay of
+    1e300 s was dead-lettered with Python's "OverflowError: cannot convert float infinity to
+    integer" (red-team runs)."""
     for instruction in circuit.data:
-        for param in instruction.operation.params:
+        operation = instruction.operation
+        for block in getattr(operation, "blocks", ()):
+            check_finite_angles(block, dt_s)
+        if operation.name == "delay" and isinstance(operation.params[0], float | int):
+            _check_delay(circuit, instruction, dt_s)
+            continue
+        for param in operation.params:
             if isinstance(param, float | int) and not math.isfinite(param):
-                qubits = [circuit.find_bit(q).index for q in instruction.qubits]
-                raise InvalidCircuit(f"gate {instruction.operation.name} on qubits {qubits} "
-                                     f"has the angle {param}: angles must be finite")
+                raise InvalidCircuit(f"gate {operation.name} on qubits "
+                                     f"{_qubits(circuit, instruction)} has the angle {param}: "
+                                     "angles must be finite")
+
+
+def _check_delay(circuit: QuantumCircuit, instruction, dt_s: float | None) -> None:
+    operation = instruction.operation
+    (duration,) = operation.params
+    unit = operation.unit
+    if unit == "dt":
+        longest = MAX_DELAY_S / dt_s if dt_s else MAX_DELAY_DT
+    else:
+        longest = MAX_DELAY_S / SECONDS_PER_UNIT.get(unit, 1.0)
+    if not 0 <= duration <= longest:  # NaN too
+        raise InvalidCircuit(
+            f"delay[{duration}{unit}] on qubits {_qubits(circuit, instruction)}: a delay lasts "
+            f"0 to {MAX_DELAY_S:g} s ({longest:g}{unit})")
+
+
+def _qubits(circuit: QuantumCircuit, instruction) -> list[int]:
+    return [circuit.find_bit(q).index for q in instruction.qubits]
 
 
 def check_circuit_count(count: int, limits: Limits) -> None:

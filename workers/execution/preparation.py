@@ -304,9 +304,9 @@ def prepare(
               for fold in range(folds_at(mitigation.zne, scale) if scale != 1.0 else 1)]
     check_circuit_count(len(parameter_sets) * len(logical) * len(blocks), limits)
 
+    check_finite_angles(circuit, backend.target.dt)  # before the transpiler converts delays
     transpiled = [cache.transpile(c, backend) for c in logical]
     templates = [template for template, _ in transpiled]
-    check_finite_angles(templates[0])
     if fold_seed is None:
         fold_seed = job_seed(spec.workflow_id, spec.seed)
     if mitigation.zne is not None:

@@ -195,3 +195,39 @@ def test_an_angle_that_overflows_to_infinity_is_an_invalid_circuit():
                                 "backend": "aer.ideal"})
     with pytest.raises(InvalidCircuit, match="gate ry on qubits .0. has the angle inf"):
         prepare(spec, BackendRegistry(), TranspileCache(), Limits(), None)
+
+
+QASM3_DELAY = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nbit[1] c;\n'
+               "x q[0];\n{}\nc[0] = measure q[0];\n")
+
+
+@pytest.mark.parametrize("backend", ["ibm.sherbrooke", "aer.ideal"])
+@pytest.mark.parametrize("statement", [
+    "delay[1e400s] q[0];", "delay[1e300s] q[0];", "delay[1e308us] q[0];", "delay[3e9s] q[0];",
+    "delay[3601s] q[0];", "for int i in [0:1] { delay[1e300s] q[0]; }",
+])
+def test_a_delay_longer_than_an_hour_is_an_invalid_circuit_naming_it(backend, statement):
+    """`delay[1e300s]` on a device was dead-lettered as InvalidJob "OverflowError: cannot
+    convert float infinity to integer" (the transpiler's conversion to `dt`), `delay[3e9s]`
+    as "Python int too large to convert to C long" (a red-team run)."""
+    from workers.backends.layout import DeviceTranspileCache
+    from workers.backends.registry import BackendRegistry
+
+    spec = JobSpec("long-delay", QASM3_DELAY.format(statement), shots=10, backend=backend)
+    with pytest.raises(InvalidCircuit, match=r"delay\[.*\] on qubits \[0\]: a delay lasts 0 to "
+                                             "3600 s"):
+        prepare(spec, BackendRegistry(), DeviceTranspileCache(), Limits())
+
+
+def test_a_delay_of_an_hour_is_prepared_and_a_number_past_64_bits_named():
+    from workers.backends.layout import DeviceTranspileCache
+    from workers.backends.registry import BackendRegistry
+
+    registry, cache = BackendRegistry(), DeviceTranspileCache()
+    spec = JobSpec("hour", QASM3_DELAY.format("delay[3600s] q[0];"), shots=10,
+                   backend="ibm.sherbrooke")
+    assert prepare(spec, registry, cache, Limits()).num_qubits == 1
+    spec = dataclasses.replace(spec, circuit=QASM3_DELAY.format(
+        "delay[9223372036854775808dt] q[0];"))
+    with pytest.raises(InvalidCircuit, match="a number in the program is out of range"):
+        prepare(spec, registry, cache, Limits())
