@@ -459,10 +459,27 @@ def parse_time_ms(text: str | None) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+def empty_range(args: argparse.Namespace) -> str | None:
+    """Why the replay's offsets or times select nothing whatever the topic holds, or None."""
+    for name in ("from_offset", "to_offset"):
+        if (value := getattr(args, name)) is not None and value < 0:
+            return f"--{name.replace('_', '-')} {value}: offsets start at 0"
+    if None not in (args.from_offset, args.to_offset) and args.from_offset > args.to_offset:
+        return (f"--from-offset {args.from_offset} is past --to-offset {args.to_offset} "
+                "(inclusive): nothing to select")
+    if None not in (args.from_time, args.to_time) and args.from_time > args.to_time:
+        return "--from-time is later than --to-time: nothing to select"
+    return None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.client.replay import ReplaySelection, replay
     from streams.kafka.topics import TopicNames
 
+    if problem := empty_range(args):
+        # `--from-offset 50 --to-offset 10` printed "0 selected" and exited 0 (a red-team run).
+        print(f"qlane replay: {problem}", file=sys.stderr)
+        return 2
     settings = settings_from(args)
     selection = ReplaySelection(
         topic=full_topic_name(settings, args.topic),

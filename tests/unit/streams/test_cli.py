@@ -33,6 +33,21 @@ def test_a_time_that_does_not_parse_is_a_usage_error_not_a_traceback(capsys):
         assert "neither epoch milliseconds nor an ISO 8601 time" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("options", "reason"), [
+    (["--from-offset", "50", "--to-offset", "10"], "--from-offset 50 is past --to-offset 10"),
+    (["--from-offset", "-3"], "--from-offset -3: offsets start at 0"),
+    (["--to-offset", "-1"], "--to-offset -1: offsets start at 0"),
+    (["--from-time", "2026-12-05T10:00", "--to-time", "2026-12-05T09:00"],
+     "--from-time is later than --to-time"),
+])
+def test_a_range_that_selects_nothing_is_a_usage_error(options, reason, capsys):
+    """It printed "0 selected ... 0 skipped" and exited 0, as if the topic held nothing there
+    (a red-team run). Refused before any broker is asked (none listens on port 1)."""
+    code = main(["replay", "deadletter", *options, "--dry-run", "--broker", "127.0.0.1:1"])
+    assert code == 2
+    assert reason in capsys.readouterr().err
+
+
 def test_submit_and_wait_end_within_their_timeout_when_the_broker_never_answers(
         silent_broker, capsys):
     """`submit --wait --timeout 20` returned after 91 s and `cancel --timeout 10` after 79 s

@@ -567,3 +567,11 @@ def test_the_dead_letter_of_a_rerun_goes_back_once_with_its_parents():
     assert copies_left([parent, rerun]) == [parent]
     assert copies_left([rerun, parent]) == [parent]
     assert copies_left([rerun]) == [rerun]  # its parent's not selected: it goes back
+
+
+def test_held_offsets_are_read_in_spans_through_short_gaps():
+    from streams.client.replay import spans
+
+    assert spans([5], 1000) == [(5, 5)]
+    assert spans([0, 2, 4, 999, 1998, 3000], 1000) == [(0, 1998), (3000, 3000)]
+    assert spans([1, 1001], 1000) == [(1, 1), (1001, 1001)]
