@@ -64,6 +64,11 @@ QUBITS = {SV: 20, DM: 10}
 OPERATION_SECONDS = 2e-3
 AMPLITUDE_SECONDS = 1e-9
 DENSITY_ENTRY_SECONDS = 1.5e-8
+# A two-qubit gate on the density matrix applies its 16-operator depolarizing channel: cx
+# took 24-30 ms at 10 qubits where sx took 7-8 ms (2.5e-8 s an entry against 0.6e-8; 2026-12-07,
+# load 3), 70 ms on a loaded machine, and 10,000 cx on 10 qubits estimated at 178 s ran past
+# the 300 s execute timeout (a red-team run). Taken with the same margin as one-qubit ones.
+TWO_QUBIT_DENSITY_ENTRY_SECONDS = 6e-8
 # And per shot: Braket samples and returns each shot's measured bits as Python lists, about
 # 7-8 us a shot for 2 measured qubits (40 parameter sets of 100,000 shots ran 33.5 s,
 # estimated at 0.8 s without it: a red-team run), plus SHOT_BIT_SECONDS per measured bit.
@@ -181,13 +186,20 @@ class BraketLocalBackend:
 
     def estimated_seconds(self, circuit: QuantumCircuit, shots: int) -> float:
         """Roughly how many seconds `run` needs for `circuit`: its operations, each over the
-        state vector (2^n amplitudes) or the density matrix (4^n entries) of its active
-        qubits (see OPERATION_SECONDS), and its shots, sampled from the final state."""
+        state vector (2^n amplitudes) or the density matrix (4^n entries, two-qubit gates at
+        their own rate) of its active qubits (see OPERATION_SECONDS), and its shots, sampled
+        from the final state."""
         active = active_qubit_count(circuit)
-        per_entry = (DENSITY_ENTRY_SECONDS * 4.0**active if self.noise is not None
-                     else AMPLITUDE_SECONDS * 2.0**active)
+        operations = operation_count(circuit)
         measured = circuit.count_ops().get("measure", 0)
-        return (operation_count(circuit) * (OPERATION_SECONDS + per_entry)
+        if self.noise is None:
+            simulation = operations * AMPLITUDE_SECONDS * 2.0**active
+        else:
+            two_qubit = sum(1 for instruction in circuit.data
+                            if len(instruction.qubits) >= 2 and instruction.name != "barrier")
+            simulation = 4.0**active * (DENSITY_ENTRY_SECONDS * (operations - two_qubit)
+                                        + TWO_QUBIT_DENSITY_ENTRY_SECONDS * two_qubit)
+        return (operations * OPERATION_SECONDS + simulation
                 + shots * (SHOT_SECONDS + measured * SHOT_BIT_SECONDS))
 
     def run(

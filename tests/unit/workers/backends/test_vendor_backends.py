@@ -495,6 +495,26 @@ def test_a_braket_job_is_estimated_and_refused_past_the_limit_before_it_runs(reg
     assert 0 < simulation_estimate(prepared, registry.get("braket.local.sv")) < 1
 
 
+def test_two_qubit_gates_on_the_braket_density_matrix_are_estimated_at_their_own_rate(
+        registry) -> None:
+    """A two-qubit gate's 16-operator channel made cx 4x as slow as sx on 10 qubits: 10,000
+    cx, estimated at 178 s, ran past the 300 s execute timeout and held the backend after it
+    (a red-team run). Now past the 600 s limit: refused before it runs."""
+    from workers.circuits.transpile import TranspileCache
+    from workers.errors import JobTooLarge
+
+    body = "".join(f"cx q[{k % 10}], q[{(k + 1) % 10}];" for k in range(10_000))
+    source = f'OPENQASM 3.0; include "stdgates.inc"; qubit[10] q; bit[10] c; {body} c = measure q;'
+    spec = JobSpec.from_record({"workflow_id": "cx-chain", "circuit": source, "shots": 100,
+                                "backend": "braket.local.dm"})
+    prepared = prepare(spec, registry, TranspileCache(), Limits())
+    assert prepared.templates[0].count_ops()["cx"] == 10_000
+    estimate = simulation_estimate(prepared, registry.get("braket.local.dm"))
+    assert estimate > Limits().max_simulation_seconds
+    with pytest.raises(JobTooLarge, match="braket.local.dm > 600 s"):
+        execute(prepared, registry, 1, 600)
+
+
 def test_braket_counts_hold_the_measured_bits_only(registry) -> None:
     """A Bell pair measured into 2 bits of a 1,024-bit register, 100,000 shots: a column
     per declared clbit ran 33.5 s (0.7 s for a 2-bit register), and 1M shots took a worker
