@@ -41,6 +41,9 @@ def program(shape: str, qubits: int, depth: int) -> str:
     elif shape == "midmeasure":  # `depth` rounds of rx(a) and a measurement of every qubit
         body = "".join(f"rx(a) q[{i}];\n" for i in range(qubits)) + "c = measure q;\n"
         body *= depth
+    elif shape == "cx":  # rz(a), then a ring of `depth` cx
+        body = "rz(a) q[0];\n" + "".join(f"cx q[{k % qubits}], q[{(k + 1) % qubits}];\n"
+                                         for k in range(depth))
     elif shape == "cp":  # `depth` parameterized cp (Aer cannot bind them: bound in Python)
         body = "".join(f"cp(a + {k}.0) q[0], q[1];\nh q[0];\n" for k in range(depth))
     else:
@@ -50,7 +53,7 @@ def program(shape: str, qubits: int, depth: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=("h", "layers", "rx", "loop", "midmeasure", "cp"),
+    parser.add_argument("--shape", choices=("h", "layers", "rx", "loop", "midmeasure", "cx", "cp"),
                         default="h")
     parser.add_argument("--qubits", type=int, default=16)
     parser.add_argument("--depth", type=int, default=10)
