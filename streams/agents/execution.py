@@ -818,6 +818,8 @@ class JobRunner:
     async def charge_once(self, job: Job, executed: Executed) -> None:
         """Publish the job's cost event unless its workflow was charged already (a task run
         again after a crash between the charge and the hand-over)."""
+        held = job.reserved_usd  # estimated for the loaded job (on a time-priced backend,
+        # for its time; admission's estimate of the sandbox's bytes is the per-task minimum)
         self.release(job)  # the charge below counts in the tenant's spend at once
         if (self.table.get(job.workflow_id) or {}).get("charged"):
             return
@@ -828,6 +830,7 @@ class JobRunner:
         await accounting.charge(
             self.runtime, request=job.request, prepared=executed.prepared,
             partition=job.source.partition, simulated_seconds=executed.seconds,
-            estimate=(job.task.get("estimate_usd") or 0.0) if estimate is None else estimate,
+            estimate=(held or job.task.get("estimate_usd") or 0.0) if estimate is None
+            else estimate,
             charged_backend=executed.charged_backend, answered_by=executed.answered_by,
         )

@@ -18,7 +18,7 @@ from streams.ops import metrics
 from streams.runtime import Runtime, now_ms
 from streams.workflow import control_records
 from workers.errors import BudgetExceeded, InvalidJob
-from workers.execution.preparation import PreparedJob
+from workers.execution.preparation import PreparedJob, simulation_estimate
 
 SPEND = control_records.SPEND
 
@@ -26,8 +26,22 @@ log = logging.getLogger("qlane")
 
 
 def estimate_usd(runtime: Runtime, prepared: PreparedJob) -> float:
-    """Before execution: every circuit the job will run, mitigation overhead included."""
-    return runtime.prices.estimate(prepared.backend, len(prepared.tasks), prepared.shots)
+    """Before execution: every circuit the job will run, mitigation overhead included, and
+    on a backend priced by its run time, the time the job is estimated to take. Without the
+    time, a 1M-shot job on braket.local.sv was estimated at the 3-second minimum, $0.00375,
+    passed a `cost_limit_usd` of $0.005 and was charged $0.016 (a red-team run)."""
+    price = runtime.prices.price(prepared.backend)
+    seconds = None
+    # A job as the sandbox returns it (its bytes, no circuits) is not estimated here: at
+    # admission it is held at the per-task minimum, then held again for its time once loaded
+    # to run (every call's holds and reservations estimate a loaded job).
+    if price.per_second_usd and not price.qpu_time_priced and hasattr(prepared, "templates"):
+        if prepared.simulation_seconds is None:
+            prepared.simulation_seconds = simulation_estimate(
+                prepared, runtime.registry.get(prepared.backend))
+        seconds = prepared.simulation_seconds
+    return runtime.prices.estimate(prepared.backend, len(prepared.tasks), prepared.shots,
+                                   seconds)
 
 
 # Spend is summed in floats, rounded to this many decimals (prices have at most 6): the sum

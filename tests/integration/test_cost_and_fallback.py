@@ -89,6 +89,22 @@ def test_over_budget_is_dead_lettered_or_falls_back_per_policy(budgeted):
     assert event["backend"] == "classical" and event["estimate_usd"] == 0.0
 
 
+def test_a_cost_limit_holds_on_a_backend_priced_by_its_run_time(budgeted):
+    """A 1M-shot job on braket.local.sv was estimated at the per-task minimum ($0.00375),
+    passed a limit of $0.005 and was charged $0.016 for its 12 s (a red-team run): it is now
+    estimated for the time it is estimated to run, and refused before it runs."""
+    hadamards = "".join(f"h q[{i}];" for i in range(12))
+    circuit = (f'OPENQASM 2.0; include "qelib1.inc"; qreg q[12]; creg c[12]; {hadamards} '
+               "measure q -> c;")
+    job = job_request(workflow_id=wf("timed"), circuit=circuit, shots=1_000_000,
+                      backend="braket.local.sv", cost_limit_usd=0.005)
+    outcome = submit_and_wait(budgeted, [job])[job["workflow_id"]]
+    assert outcome.state == "failed" and "BudgetExceeded" in outcome.detail, outcome
+    assert "exceeds the job's limit 0.0050" in outcome.detail
+    time.sleep(1)
+    assert not [e for e in cost_events(budgeted) if e["workflow_id"] == job["workflow_id"]]
+
+
 def test_a_misspelt_fallback_is_refused_before_the_job_runs(budgeted):
     """It was found only when the job's backend failed, by then a dead letter (a red-team
     run); a job whose backend never fails ran with it unnoticed."""

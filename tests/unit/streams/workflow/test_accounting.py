@@ -104,3 +104,34 @@ def test_a_variational_evaluations_costs_reach_its_tenants_topic():
     assert workflow_entry(runtime, b"gamma.x#eval2") is table["gamma.x#eval2"]  # its own id
     assert workflow_entry(runtime, b"gamma.v1#evalx") is None
     assert workflow_entry(runtime, b"gamma.none#eval1") is None
+
+
+def test_a_job_on_a_backend_priced_by_time_is_estimated_for_its_time():
+    """A 1M-shot job on braket.local.sv was estimated at the per-task minimum, $0.00375,
+    passed a cost limit of $0.005 and was charged $0.016 (a red-team run): the price's
+    seconds were never given the job's estimated time."""
+    from types import SimpleNamespace
+
+    from streams.workflow.accounting import estimate_usd
+    from workers.backends.registry import BackendRegistry
+    from workers.circuits.transpile import TranspileCache
+    from workers.cost.model import PriceTable
+    from workers.execution.preparation import prepare, simulation_estimate
+    from workers.jobs import JobSpec
+    from workers.limits import Limits
+
+    registry = BackendRegistry()
+    runtime = SimpleNamespace(registry=registry, prices=PriceTable())
+    body = "".join(f"h q[{i}];" for i in range(12))
+    source = f'OPENQASM 2.0; include "qelib1.inc"; qreg q[12]; creg c[12]; {body} measure q -> c;'
+    spec = JobSpec("timed", source, shots=1_000_000, backend="braket.local.sv")
+    prepared = prepare(spec, registry, TranspileCache(), Limits())
+    seconds = simulation_estimate(prepared, registry.get("braket.local.sv"))
+    assert seconds > 10
+    estimate = estimate_usd(runtime, prepared)
+    assert estimate == runtime.prices.actual("braket.local.sv", 1, 1_000_000, seconds) > 0.005
+    with pytest.raises(BudgetExceeded):
+        check_budget(None, {"cost_limit_usd": 0.005, "tenant": "t"}, estimate)
+    spec = JobSpec("per-shot", source, shots=1_000, backend="aer.ideal")  # not priced by time
+    prepared = prepare(spec, registry, TranspileCache(), Limits())
+    assert estimate_usd(runtime, prepared) == runtime.prices.estimate("aer.ideal", 1, 1_000)
