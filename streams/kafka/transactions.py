@@ -755,8 +755,23 @@ async def record(app, event):
     if event is None or not exactly_once(app):
         yield
         if event is not None:
-            event.ack()  # handled (a record whose handling raised is not acknowledged)
+            ack_handled(app, event)  # handled (a record whose handling raised is not)
         return
     async with app.consumer.transactions.record(event):
         yield
-        event.ack()
+        ack_handled(app, event)
+
+
+def ack_handled(app, event) -> None:
+    """`event.ack()`, and the record let go of when it is behind its partition's committed
+    offset. Faust acknowledges only a record at or past that offset and keeps any other among
+    the unacknowledged for good: a variational loop's record fetched again by the worker
+    whose own transaction had committed past it held the partition's lag gauge at 1 on an
+    idle worker, enough for QlaneNoProgress (a red-team run)."""
+    event.ack()
+    consumer = app.consumer
+    message = event.message
+    if message in consumer._unacked_messages:  # noqa: SLF001
+        committed = consumer._committed_offset.get(message.tp)  # noqa: SLF001
+        if committed is not None and message.offset < committed:
+            consumer._unacked_messages.discard(message)  # noqa: SLF001

@@ -1126,3 +1126,50 @@ def test_a_send_with_no_room_in_the_batches_is_offered_again(monkeypatch):
     with pytest.raises(ProducerSendError):
         asyncio.run(producer.send("t", b"k", b"v", None, None, None, transactional_id="t-0"))
     assert len(attempts) == 1 and "t-0" in producer._refused
+
+
+def _consumer_with_faust_acks(committed: int):
+    """A stand-in for Faust's consumer whose `ack` is Faust's own."""
+    from weakref import WeakSet
+
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    consumer = SimpleNamespace(
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
+        _committed_offset={JOBS: committed}, _acked_index={JOBS: set()}, _acked={JOBS: []},
+        _n_acked=0, _unacked_messages=WeakSet(), _waiting_for_ack=None)
+    consumer.ack = lambda message: FaustConsumer.ack(consumer, message)
+    return consumer
+
+
+def _event(consumer, offset: int):
+    from faust.types.tuples import ConsumerMessage
+
+    message = ConsumerMessage(JOBS.topic, JOBS.partition, offset, 0.0, 0, {}, b"k", b"v", None,
+                      tp=JOBS)
+    message.incref()
+    consumer._unacked_messages.add(message)
+    app = SimpleNamespace(consumer=consumer)
+    return SimpleNamespace(message=message, app=app,
+                           ack=lambda: message.ack(consumer)), app
+
+
+def test_faust_keeps_a_record_behind_the_committed_offset_unacknowledged():
+    consumer = _consumer_with_faust_acks(committed=11)
+    event, _ = _event(consumer, 10)
+    event.ack()
+    assert event.message in consumer._unacked_messages
+
+
+def test_a_record_behind_the_committed_offset_is_let_go_when_handled():
+    """A variational loop's record fetched again by the worker whose transaction had
+    committed past it stayed unacknowledged: the lag gauge read 1 on an idle worker for
+    minutes, enough for QlaneNoProgress (a red-team run)."""
+    consumer = _consumer_with_faust_acks(committed=11)
+    behind, app = _event(consumer, 10)
+    transactions.ack_handled(app, behind)
+    assert behind.message not in consumer._unacked_messages
+    at_commit, app = _event(consumer, 11)  # one at the committed offset is Faust's to track
+    transactions.ack_handled(app, at_commit)
+    assert at_commit.message not in consumer._unacked_messages
+    assert consumer._acked[JOBS] == [11]
