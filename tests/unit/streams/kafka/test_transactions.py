@@ -1173,3 +1173,22 @@ def test_a_record_behind_the_committed_offset_is_let_go_when_handled():
     transactions.ack_handled(app, at_commit)
     assert at_commit.message not in consumer._unacked_messages
     assert consumer._acked[JOBS] == [11]
+    again, app = _event(consumer, 11)  # a second copy of an offset Faust already tracks
+    transactions.ack_handled(app, again)
+    assert again.message not in consumer._unacked_messages
+    assert consumer._acked[JOBS] == [11]
+
+
+def test_a_second_copy_of_a_tracked_offset_is_let_go_before_any_commit():
+    """The first fix let go of records behind the committed offset only: a partition with no
+    committed offset yet kept the refetched copy of the loop's record, and the gauge stayed
+    at 1 (2 of 3 red-team runs)."""
+    consumer = _consumer_with_faust_acks(committed=None)
+    first, app = _event(consumer, 10)
+    transactions.ack_handled(app, first)
+    again, app = _event(consumer, 10)
+    again.ack()  # Faust alone keeps it
+    assert again.message in consumer._unacked_messages
+    transactions.ack_handled(app, again)  # acked already: let go
+    assert again.message not in consumer._unacked_messages
+    assert consumer._acked[JOBS] == [10]
