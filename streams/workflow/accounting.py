@@ -35,7 +35,7 @@ def estimate_usd(runtime: Runtime, prepared: PreparedJob) -> float:
     # A job as the sandbox returns it (its bytes, no circuits) is not estimated here: at
     # admission it is held at the per-task minimum, then held again for its time once loaded
     # to run (every call's holds and reservations estimate a loaded job).
-    if price.per_second_usd and not price.qpu_time_priced and hasattr(prepared, "templates"):
+    if price.per_second_usd and not price.qpu_time_priced and isinstance(prepared, PreparedJob):
         if prepared.simulation_seconds is None:
             prepared.simulation_seconds = simulation_estimate(
                 prepared, runtime.registry.get(prepared.backend))

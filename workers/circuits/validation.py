@@ -114,7 +114,7 @@ MAX_DELAY_S = 3600.0
 MAX_DELAY_DT = 2**53
 
 
-def check_finite_angles(circuit: QuantumCircuit, dt_s: float | None = None) -> None:
+def check_angles_and_delays(circuit: QuantumCircuit, dt_s: float | None = None) -> None:
     """InvalidCircuit for a gate whose angle is not a finite number, or a delay that is
     negative or longer than MAX_DELAY_S, anywhere in the circuit (control-flow bodies too).
     `ry(2^2^2^2^2)` overflows to infinity in the parser, and reached the backend, whose NaN
@@ -124,7 +124,7 @@ def check_finite_angles(circuit: QuantumCircuit, dt_s: float | None = None) -> N
     for instruction in circuit.data:
         operation = instruction.operation
         for block in getattr(operation, "blocks", ()):
-            check_finite_angles(block, dt_s)
+            check_angles_and_delays(block, dt_s)
         if operation.name == "delay" and isinstance(operation.params[0], float | int):
             _check_delay(circuit, instruction, dt_s)
             continue

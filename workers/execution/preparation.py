@@ -33,8 +33,8 @@ from workers.circuits.static_count import check_program
 from workers.circuits.transpile import OPTIMIZATION_LEVEL, SEED_TRANSPILER, TranspileCache
 from workers.circuits.validation import (
     check_against_circuit,
+    check_angles_and_delays,
     check_circuit_count,
-    check_finite_angles,
     check_request,
 )
 from workers.errors import (
@@ -304,7 +304,7 @@ def prepare(
               for fold in range(folds_at(mitigation.zne, scale) if scale != 1.0 else 1)]
     check_circuit_count(len(parameter_sets) * len(logical) * len(blocks), limits)
 
-    check_finite_angles(circuit, backend.target.dt)  # before the transpiler converts delays
+    check_angles_and_delays(circuit, backend.target.dt)  # before the transpiler converts delays
     transpiled = [cache.transpile(c, backend) for c in logical]
     templates = [template for template, _ in transpiled]
     if fold_seed is None:
