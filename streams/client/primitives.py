@@ -70,12 +70,12 @@ from qiskit.providers import JobStatus
 from streams.client.approximations import warn_of_approximated_evolutions
 from streams.client.commands import cancel_workflow
 from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout, remote_error
-from streams.client.kafka import Client, Outcome, job_request
+from streams.client.kafka import Client, Outcome, encoded_request, job_request
 from streams.client.timeouts import Deadline, bounded, open_client
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
-from workers.errors import InvalidCircuit
+from workers.errors import CorruptRecord, InvalidCircuit
 from workers.seeds import job_seed
 
 DEFAULT_SHOTS = 1024
@@ -898,6 +898,7 @@ class Sampler(_Primitive, BaseSamplerV2):
         job_id = self._job_id(job_id)
         sent = [(i, pub) for i, pub in enumerate(coerced) if not is_empty(pub)]
         requests = [self._request(job_id, i, pub) for i, pub in sent]
+        check_sendable(requests, [i for i, _ in sent])
 
         async def plan(session: Session) -> PrimitiveResult:
             results = await session.run(
@@ -920,6 +921,23 @@ class Sampler(_Primitive, BaseSamplerV2):
         return job_request(**self._requests_base(job_id, index), circuit=source,
                            circuit_format="qasm3", shots=pub.shots * shots_repeated(pub),
                            parameter_sets=flat_parameter_sets(values))
+
+
+def check_sendable(requests: list[dict], indices: list[int],
+                   notes: list[str] | None = None) -> None:
+    """ValueError from run(), before anything is sent, for a pub whose JobRequest the schema
+    cannot hold: shots past an Avro int (`run(shots=2**31)`, a pub's own shots, an Estimator
+    precision under 2.2e-5) were refused only while sending, after the pubs before it had
+    been sent and run, as a CorruptRecord from result() (a red-team run)."""
+    for position, (request, index) in enumerate(zip(requests, indices, strict=True)):
+        note = notes[position] if notes else ""
+        if request["shots"] > MAX_AVRO_INT:
+            raise ValueError(f"pub {index}: {request['shots']} shots{note} are more than a "
+                             f"job can ask for ({MAX_AVRO_INT}); nothing was sent")
+        try:
+            encoded_request(request)
+        except CorruptRecord as error:
+            raise ValueError(f"pub {index} cannot be sent: {error}; nothing was sent") from None
 
 
 def is_empty(pub) -> bool:
@@ -1076,6 +1094,8 @@ class Estimator(_Primitive, BaseEstimatorV2):
         job_id = self._job_id(job_id)
         sent = [(i, pub) for i, pub in enumerate(coerced) if not is_empty(pub)]
         prepared = [self._request(job_id, i, pub) for i, pub in sent]
+        check_sendable([request for request, _ in prepared], [i for i, _ in sent],
+                       [f" (precision {pub.precision:g})" for _, pub in sent])
         kept = [pub for _, pub in sent]
         if self._adaptive:
             from streams.client.adaptive import AdaptiveOptions, adaptive_plan

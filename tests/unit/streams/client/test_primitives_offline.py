@@ -823,3 +823,34 @@ def test_a_delay_whose_duration_is_a_parameter_is_refused_before_it_is_sent():
     bound = circuit.assign_parameters([400])
     source, _ = circuit_source(bound)
     assert "delay[400" in source
+
+
+@pytest.mark.parametrize("primitive, pubs, keywords", [
+    ("sampler", [("bell", None, 100), ("bell", None, 2**31)], {}),
+    ("sampler", ["bell"], {"shots": 2**31}),
+    ("estimator", [("h", "X", None, 0.1), ("h", "X", None, 1e-6)], {}),
+    ("estimator", [("h", "X")], {"precision": 2e-5}),
+])
+def test_shots_no_job_request_can_hold_are_refused_before_anything_is_sent(
+        primitive, pubs, keywords, monkeypatch):
+    """Shots past an Avro int were refused only while sending: run() returned a job, the
+    pubs before the bad one were sent and ran, and result() raised CorruptRecord (a
+    red-team run: 2**31 shots, or precision 1e-6, in a second pub)."""
+    from streams.client import Sampler, primitives
+
+    circuits = {"bell": QuantumCircuit(2), "h": QuantumCircuit(1)}
+    circuits["bell"].h(0)
+    circuits["bell"].cx(0, 1)
+    circuits["bell"].measure_all()
+    circuits["h"].h(0)
+    pubs = [(circuits[pub[0]], *pub[1:]) if isinstance(pub, tuple) else circuits[pub]
+            for pub in pubs]
+    made = []
+    monkeypatch.setattr(primitives, "QlaneJob", lambda *args: made.append(args))
+    runner = (Sampler if primitive == "sampler" else Estimator)("127.0.0.1:1")
+    with pytest.raises(ValueError, match=r"pub \d: \d+ shots.* more than a job can ask for"):
+        runner.run(pubs, **keywords)
+    assert made == []
+    if len(pubs) > 1:
+        runner.run(pubs[:1], **keywords)  # the first pub alone is a job
+        assert len(made) == 1
