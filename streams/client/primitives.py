@@ -1094,8 +1094,6 @@ class Estimator(_Primitive, BaseEstimatorV2):
         job_id = self._job_id(job_id)
         sent = [(i, pub) for i, pub in enumerate(coerced) if not is_empty(pub)]
         prepared = [self._request(job_id, i, pub) for i, pub in sent]
-        check_sendable([request for request, _ in prepared], [i for i, _ in sent],
-                       [f" (precision {pub.precision:g})" for _, pub in sent])
         kept = [pub for _, pub in sent]
         if self._adaptive:
             from streams.client.adaptive import AdaptiveOptions, adaptive_plan
@@ -1109,6 +1107,11 @@ class Estimator(_Primitive, BaseEstimatorV2):
             plan = adaptive_plan(self, kept, prepared,
                                  self._adaptive_options or AdaptiveOptions())
         else:
+            # Adaptive precision sends its own shots, in requests of at most the worker's
+            # limit; here each pub is one request of ceil(1/precision^2).
+            check_sendable([request for request, _ in prepared], [i for i, _ in sent],
+                           [f" (precision {pub.precision:g})" for _, pub in sent])
+
             async def plan(session: Session) -> PrimitiveResult:
                 results = await session.run(
                     [request for request, _ in prepared],

@@ -854,3 +854,17 @@ def test_shots_no_job_request_can_hold_are_refused_before_anything_is_sent(
     if len(pubs) > 1:
         runner.run(pubs[:1], **keywords)  # the first pub alone is a job
         assert len(made) == 1
+
+
+def test_adaptive_precision_is_not_refused_for_a_precision_one_request_could_not_hold(
+        monkeypatch):
+    """Adaptive precision sends its own rounds of shots, each within the worker's limit: a
+    target of 1e-6 (1e12 shots as one request) stops at its `max_shots`, and is a job."""
+    from streams.client import primitives
+
+    circuit = QuantumCircuit(1)
+    circuit.h(0)
+    made = []
+    monkeypatch.setattr(primitives, "QlaneJob", lambda *args: made.append(args))
+    Estimator("127.0.0.1:1", adaptive=True).run([(circuit, "X", None, 1e-6)])
+    assert len(made) == 1
