@@ -161,6 +161,7 @@ def register(app, runtime: Runtime, table) -> None:
             if spec is None:
                 raise InvalidJob("a record of the variational stage must be a variational "
                                  "job: its `variational` options are null")
+            spec = spec.within_job_limit(request.get("cost_limit_usd"))
             base = JobSpec.from_record(request)
         except Exception as error:
             raise StageFailure(workflow_id, error) from error

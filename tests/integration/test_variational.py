@@ -109,6 +109,25 @@ def test_a_loop_whose_first_evaluation_exceeds_its_cost_limit_is_refused_at_admi
     assert "prepared" not in outcome.history
 
 
+def test_a_loops_cost_limit_caps_the_whole_loop_not_each_evaluation(settings, worker):
+    """`cost_limit_usd` is the maximum cost of the job: a loop with a $0.01 limit was charged
+    $0.0975 for 13 evaluations of $0.0075 each, every one checked alone (a red-team run)."""
+    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    fields["variational"]["max_iterations"] = 12
+    job = job_request(**{**fields, "workflow_id": f"vqe-lim-{uuid.uuid4().hex[:8]}",
+                         "shots": 2000, "cost_limit_usd": 0.02})
+    outcome = submit_and_wait(settings, [job], timeout_s=180)[job["workflow_id"]]
+    assert outcome.result is not None, outcome.detail
+    report = outcome.result["variational"]
+    assert report["stop_reason"] == "max_cost", report["stop_reason"]
+    assert 1 <= report["evaluations"] < 12
+    time.sleep(2)
+    costs = [codec("CostEvent").decode(r.value) for r in topic_records(settings, "cost")]
+    charged = [c["actual_usd"] for c in costs
+               if c["workflow_id"].startswith(job["workflow_id"] + "#")]
+    assert charged and sum(charged) <= 0.02 + 1e-9, charged
+
+
 def test_a_loop_stops_at_its_deadline_with_its_best_so_far(settings, worker):
     """A loop with a 1.5 s deadline ran 12.4 s and all of its 1,500 charged evaluations (a
     red-team run): the deadline is checked before each evaluation."""

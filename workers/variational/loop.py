@@ -102,6 +102,18 @@ class VariationalSpec:
             max_cost_usd=None if self.max_cost_usd is None else float(self.max_cost_usd),
         )
 
+    def within_job_limit(self, cost_limit_usd: Any) -> VariationalSpec:
+        """This spec with the job's `cost_limit_usd` ("maximum cost of the job") as a cap on
+        the loop's total, where it is below `max_cost_usd`: it was checked against each
+        evaluation alone, and a loop with a $0.01 limit was charged $0.0975 for 13 (a red-team
+        run). A limit of 0 stays each evaluation's (a cap is > 0)."""
+        if isinstance(cost_limit_usd, bool) or not isinstance(cost_limit_usd, int | float) \
+                or not math.isfinite(cost_limit_usd) or cost_limit_usd <= 0:
+            return self
+        if self.max_cost_usd is not None and self.max_cost_usd <= cost_limit_usd:
+            return self
+        return replace(self, max_cost_usd=float(cost_limit_usd))
+
     def to_record(self) -> dict[str, Any]:
         """The Avro field form (what `from_record` reads)."""
         return {

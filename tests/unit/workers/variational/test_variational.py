@@ -340,3 +340,19 @@ def test_a_seed_repeats_a_loop_whatever_its_workflow_id(registry, cache, limits)
     assert runs[0] != runs[2]
     seeded = JobSpec("loop-a", HEA2, observables=(H2,), seed=42)
     assert evaluation_job(seeded, START, 3).seed == evaluation_seed(seeded, 3) != 42
+
+
+@pytest.mark.parametrize("limit, cap, expected", [
+    (0.02, None, 0.02),  # the job's limit caps the loop
+    (0.02, 0.05, 0.02),  # the smaller of the two
+    (0.05, 0.02, 0.02),
+    (None, 0.02, 0.02),
+    (0.0, None, None),  # a limit of 0 stays each evaluation's: a cap is > 0
+    (math.nan, None, None),
+    (True, None, None),
+])
+def test_a_jobs_cost_limit_caps_the_loops_total(limit, cap, expected) -> None:
+    spec = VariationalSpec(initial_point=(0.0,), max_cost_usd=cap).within_job_limit(limit)
+    assert spec.max_cost_usd == expected
+    assert spec.checked() == spec
+
