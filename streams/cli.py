@@ -612,9 +612,15 @@ def cmd_control(args: argparse.Namespace) -> int:
         print(f"qlane control noise: {printable(args.backend)} has no calibrated noise model "
               f"qlane can scale; these have: {scalable}", file=sys.stderr)
         return 2
+    try:
+        key, value = noise_control_record(args.backend, args.scale)
+    except ValueError as error:
+        # Sent, every worker ignored it as malformed, and this said the scale was set to nan
+        # (a red-team run).
+        print(f"qlane control noise: {error}", file=sys.stderr)
+        return 2
     settings = settings_from(args)
     topic = TopicNames.from_settings(settings).control
-    key, value = noise_control_record(args.backend, args.scale)
 
     async def go():
         producer = AIOKafkaProducer(**client_options(settings), acks="all")

@@ -27,6 +27,7 @@ from streams.ops.logs import printable
 from streams.runtime import Runtime, apply_noise_control, now_ms
 from streams.workflow import accounting
 from streams.workflow.control_records import DRIFT, NOISE, SPEND, decoded, well_formed
+from workers.backends.noise import validate_noise_scale
 from workers.drift.detection import DriftMonitor, load_statistics, unwatchable
 from workers.seeds import derive_seed
 
@@ -36,7 +37,9 @@ CONTROL_FETCH_MIN_BYTES = 1 << 20
 
 
 def noise_control_record(backend: str, scale: float) -> tuple[bytes, bytes]:
-    """Key and value that set a backend's noise scale (what `qlane control noise` sends)."""
+    """Key and value that set a backend's noise scale (what `qlane control noise` sends);
+    ValueError for a scale the workers would ignore (not finite, or negative)."""
+    scale = validate_noise_scale(scale)
     return json.dumps(NOISE + backend).encode(), json.dumps({"noise_scale": scale}).encode()
 
 

@@ -81,6 +81,16 @@ def test_a_noise_control_for_a_backend_that_cannot_scale_is_refused(silent_broke
     assert "aer.noisy" in err
 
 
+@pytest.mark.parametrize("scale", ["nan", "inf", "-1", "1e309"])
+def test_a_noise_scale_the_workers_would_ignore_is_refused(silent_broker, capsys, scale):
+    """`--scale nan` was sent, every worker ignored it as malformed, and the command said
+    "noise scale of aer.noisy set to nan on every worker" and exited 0 (a red-team run)."""
+    code = main(["control", "noise", "--backend", "aer.noisy", f"--scale={scale}",
+                 "--broker", silent_broker, "--profile", "kafka"])
+    err = capsys.readouterr().err
+    assert code == 2 and "noise scale must be finite and >= 0" in err, err
+
+
 @pytest.mark.parametrize(("field", "said"), [
     ("seed: 1.5", "seed"), ("shots: 1e3", "shots"), ("seed: 9007199254740992", "2^53"),
 ])
