@@ -12,6 +12,7 @@ from streams.ops import observability
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.workflow import control, table_store
+from workers.circuits.parsing import load_qasm3_parser
 
 log = logging.getLogger("qlane")
 
@@ -66,6 +67,7 @@ def faust_settings(settings: Settings) -> dict:
 
 def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     settings = settings or Settings()
+    load_qasm3_parser()  # before the warm-up and stage threads import it at once
     app = flow.App(settings.app_id, **faust_settings(settings))
     app.qlane_fetch_max_wait_ms = settings.effective_fetch_max_wait_ms
     app.qlane_transaction_timeout_ms = int(settings.transaction_timeout_s * 1000)

@@ -77,6 +77,8 @@ def _parse(source: str, fmt: str) -> QuantumCircuit:
         return qasm2.loads(source, include_path=(), custom_instructions=legacy_gates(source))
     except (KeyboardInterrupt, SystemExit):
         raise
+    except ImportError:  # the worker's installation, not the program: no InvalidCircuit
+        raise
     except MemoryError:  # in the sandbox: its address-space bound
         raise ResourceLimitExceeded(f"{fmt}: parsing ran out of memory") from None
     except OverflowError as exc:  # `delay[9223372036854775808dt]`: said only "int too large"
@@ -141,8 +143,19 @@ class ParsedCircuits:
 _parsed = ParsedCircuits()
 
 
+def load_qasm3_parser() -> None:
+    """Import the OpenQASM 3 parser in the calling thread (a worker: its main thread, before
+    any other starts). openqasm3's ANTLR package puts its import hook in place while it
+    initialises, and the worker's warm-up thread imports it too (mitiq and the vendor SDKs
+    do): a stage thread parsing a program meanwhile was handed the half-initialised package,
+    and a valid job failed for good as InvalidCircuit "No module named
+    'openqasm3._antlr.qasm3Lexer'" (a red-team run: 2 of 24 workers joining under load).
+    About 50 ms once qiskit is loaded."""
+    import qiskit_qasm3_import  # noqa: F401
+
+
 def _parse_qasm3(source: str) -> QuantumCircuit:
-    import qiskit_qasm3_import  # imported on first use: it loads the ANTLR runtime (~0.5 s)
+    import qiskit_qasm3_import  # a worker loaded it at start; a sandbox on first use
 
     return qiskit_qasm3_import.parse(source)
 

@@ -233,3 +233,17 @@ def test_a_job_file_saved_with_a_byte_order_mark_is_read_without_it(tmp_path):
     loaded = load_job_file(tmp_path / "job.yaml")
     assert loaded["circuit"] == BELL_QASM2 and loaded["shots"] == 10
     parse_circuit(loaded["circuit"])
+
+
+def test_a_parser_that_cannot_be_imported_is_no_invalid_circuit(monkeypatch):
+    """A half-initialised openqasm3 package (imported by two threads at once) failed a valid
+    job for good as InvalidCircuit "No module named 'openqasm3._antlr.qasm3Lexer'" (a
+    red-team run): an import error is the worker's, not the program's."""
+    from workers.circuits import parsing
+
+    def unimportable(source):
+        raise ModuleNotFoundError("No module named 'openqasm3._antlr.qasm3Lexer'")
+
+    monkeypatch.setattr(parsing, "_parse_qasm3", unimportable)
+    with pytest.raises(ModuleNotFoundError):
+        parsing._parse("OPENQASM 3.0;\nqubit q;\nh q;\n", "qasm3")
