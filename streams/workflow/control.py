@@ -153,8 +153,34 @@ def keeps(controls: dict, key: str, value: dict) -> bool:
         log.debug("spend %s of %s below the %s held: kept the larger", value["usd"],
                   printable(key)[:200], controls[key]["usd"])
         return False
+    if key.startswith(DRIFT) and not later_round(controls.get(key), value):
+        log.info("drift round %s of %s after round %s: an earlier leader's, ignored",
+                 value["round"], printable(key)[:200], controls[key]["round"])
+        return False
     controls[key] = value
     return True
+
+
+def later_round(held: dict | None, value: dict) -> bool:
+    """Whether a drift verdict comes after the one held. A leader paused and resumed (or cut
+    off from the group) runs rounds until it hears of the rebalance, numbered from what it
+    had read: its round 217 "none", measured at the noise of before its pause, came after
+    the new leader's critical round 218 and routed jobs to the drifted backend (a red-team
+    run). A leader numbers its rounds past every one it has read, up to
+    MAX_CONTINUED_ROUND; a round held above that (forged) does not hold later ones back."""
+    held_round = (held or {}).get("round")
+    if not isinstance(held_round, int) or held_round > MAX_CONTINUED_ROUND:
+        return True
+    return value["round"] > held_round
+
+
+def still_leading(app, rebalances_at_start: int) -> bool:
+    """Whether the worker may publish a drift round it began as the group's leader: not
+    while a rebalance is under way or after one began since (a resumed leader went on with
+    rounds for seconds, some after its partitions were revoked, and published round 64 a
+    second time beside the new leader's; a red-team run)."""
+    return (app.is_leader() and not getattr(app, "rebalancing", False)
+            and int(getattr(app, "rebalancing_count", 0) or 0) == rebalances_at_start)
 
 
 def settle_spend(runtime: Runtime) -> asyncio.Task:
@@ -308,6 +334,9 @@ def register(app, runtime: Runtime) -> None:
     async def drift_rounds():
         for backend_name in filter(watched, settings.drift_backends):
             runtime.apply_controls(backend_name)
+            rebalances = int(getattr(app, "rebalancing_count", 0) or 0)
+            if not still_leading(app, rebalances):
+                return
             continue_rounds(monitor, backend_name, controls.get(DRIFT + backend_name))
             round_number = monitor.rounds.get(backend_name, 0) + 1
             try:
@@ -321,6 +350,10 @@ def register(app, runtime: Runtime) -> None:
                 log.warning("drift round on %s failed, skipped: %s: %s", backend_name,
                             type(error).__name__, str(error)[:200])
                 continue
+            if not still_leading(app, rebalances):
+                log.info("drift round %d on %s not published: the group is rebalancing, "
+                         "and this worker may no longer lead it", round_number, backend_name)
+                return
             await runtime.send("drift", backend_name, event)
             metrics.DRIFT_STATISTIC.labels(backend_name).set(report.statistic)
             metrics.DRIFT_THRESHOLD.labels(backend_name).set(report.threshold)

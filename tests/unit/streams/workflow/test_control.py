@@ -296,6 +296,38 @@ def test_a_spend_total_read_lower_than_the_one_held_is_not_taken():
     assert controls["noise:aer.noisy"] == {"noise_scale": 1.0}
 
 
+def drift(round_number: int, severity: str) -> dict:
+    return {"severity": severity, "statistic": 0.0, "round": round_number,
+            "calibration_version": "v1", "at_ms": 1_000 + round_number, "moved": False}
+
+
+def test_an_earlier_leaders_drift_round_does_not_replace_a_later_verdict():
+    """A leader resumed after a pause published round 217 "none" (measured at the noise of
+    before its pause) after the new leader's critical round 218, and jobs went to the
+    drifted backend until the next round (a red-team run)."""
+    controls: dict = {}
+    key = "drift:aer.noisy"
+    assert control.keeps(controls, key, drift(218, "critical"))
+    assert not control.keeps(controls, key, drift(217, "none"))
+    assert not control.keeps(controls, key, drift(218, "none"))  # the same round twice
+    assert controls[key]["severity"] == "critical"
+    assert control.keeps(controls, key, drift(219, "none"))
+    # A forged round past what a leader goes on from holds no later round back.
+    assert control.keeps(controls, key, drift(control.MAX_CONTINUED_ROUND + 1, "none"))
+    assert control.keeps(controls, key, drift(220, "critical"))
+
+
+def test_a_drift_round_is_published_only_by_a_leader_no_rebalance_has_touched():
+    """A resumed leader went on with rounds for seconds, some after its partitions were
+    revoked, and published a round a second time beside the new leader's (a red-team run)."""
+    app = SimpleNamespace(is_leader=lambda: True, rebalancing=False, rebalancing_count=3)
+    assert control.still_leading(app, 3)
+    assert not control.still_leading(app, 2)  # a rebalance began since the round began
+    assert not control.still_leading(SimpleNamespace(**{**vars(app), "rebalancing": True}), 3)
+    assert not control.still_leading(
+        SimpleNamespace(**{**vars(app), "is_leader": lambda: False}), 3)
+
+
 def test_the_reader_catches_up_once_per_assignment_not_at_each_keys_first_charge():
     """Each key's first charge waited for the reader's fetch: one Bell job at a time had a
     p99 of 184 ms on Kafka, 43 ms before (make bench)."""
