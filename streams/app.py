@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from streams.agents import execute, mitigate, preprocess, variational
-from streams.kafka import flow, record_batches, recovery, shutdown, transport
+from streams.kafka import flow, record_batches, recovery, shutdown, stable_offsets, transport
 from streams.kafka.security import KAFKA_METADATA_MAX_AGE_MS, faust_credentials
 from streams.kafka.topics import WORKFLOW_TABLE, TopicNames, job_topics, raw_topic
 from streams.ops import observability
@@ -68,6 +68,7 @@ def faust_settings(settings: Settings) -> dict:
 def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     settings = settings or Settings()
     load_qasm3_parser()  # before the warm-up and stage threads import it at once
+    stable_offsets.install()
     app = flow.App(settings.app_id, **faust_settings(settings))
     app.qlane_fetch_max_wait_ms = settings.effective_fetch_max_wait_ms
     app.qlane_transaction_timeout_ms = int(settings.transaction_timeout_s * 1000)
