@@ -109,15 +109,23 @@ def test_a_loop_whose_first_evaluation_exceeds_its_cost_limit_is_refused_at_admi
     assert "prepared" not in outcome.history
 
 
+def finished_loop(settings, tag: str, variational: dict, **fields):
+    """The example H2 loop with these options and JobRequest fields, sent and waited for:
+    (its JobRequest, its outcome, which has a result)."""
+    example = load_job_file(EXAMPLES / "h2_vqe.yaml")
+    example["variational"].update(variational)
+    job = job_request(**{**example, "workflow_id": f"vqe-{tag}-{uuid.uuid4().hex[:8]}",
+                         **fields})
+    outcome = submit_and_wait(settings, [job], timeout_s=180)[job["workflow_id"]]
+    assert outcome.result is not None, outcome.detail
+    return job, outcome
+
+
 def test_a_loops_cost_limit_caps_the_whole_loop_not_each_evaluation(settings, worker):
     """`cost_limit_usd` is the maximum cost of the job: a loop with a $0.01 limit was charged
     $0.0975 for 13 evaluations of $0.0075 each, every one checked alone (a red-team run)."""
-    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
-    fields["variational"]["max_iterations"] = 12
-    job = job_request(**{**fields, "workflow_id": f"vqe-lim-{uuid.uuid4().hex[:8]}",
-                         "shots": 2000, "cost_limit_usd": 0.02})
-    outcome = submit_and_wait(settings, [job], timeout_s=180)[job["workflow_id"]]
-    assert outcome.result is not None, outcome.detail
+    job, outcome = finished_loop(settings, "lim", {"max_iterations": 12}, shots=2000,
+                                 cost_limit_usd=0.02)
     report = outcome.result["variational"]
     assert report["stop_reason"] == "max_cost", report["stop_reason"]
     assert 1 <= report["evaluations"] < 12
@@ -131,13 +139,9 @@ def test_a_loops_cost_limit_caps_the_whole_loop_not_each_evaluation(settings, wo
 def test_a_loop_stops_at_its_deadline_with_its_best_so_far(settings, worker):
     """A loop with a 1.5 s deadline ran 12.4 s and all of its 1,500 charged evaluations (a
     red-team run): the deadline is checked before each evaluation."""
-    fields = load_job_file(EXAMPLES / "h2_vqe.yaml")
-    fields["variational"].update(max_iterations=1000, tolerance=1e-300,
-                                 optimizer="Nelder-Mead")
-    job = job_request(**{**fields, "workflow_id": f"vqe-dl-{uuid.uuid4().hex[:8]}",
-                         "shots": 1000, "deadline_ms": 3000})
-    outcome = submit_and_wait(settings, [job], timeout_s=120)[job["workflow_id"]]
-    assert outcome.result is not None, outcome.detail
+    _, outcome = finished_loop(settings, "dl", {"max_iterations": 1000, "tolerance": 1e-300,
+                                                "optimizer": "Nelder-Mead"},
+                               shots=1000, deadline_ms=3000)
     report = outcome.result["variational"]
     assert report["stop_reason"] == "deadline", report["stop_reason"]
     assert 1 <= report["evaluations"] < 1000
