@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     stable_offsets.install()
     app = flow.App(settings.app_id, **faust_settings(settings))
     app.qlane_fetch_max_wait_ms = settings.effective_fetch_max_wait_ms
+    app.qlane_profile = settings.profile
     app.qlane_transaction_timeout_ms = int(settings.transaction_timeout_s * 1000)
     app.qlane_idle_commit_s = settings.idle_commit_s
     app.qlane_transaction_linger_s = settings.effective_transaction_linger_s

@@ -14,16 +14,42 @@ suspension are still dropped (Faust also clears them explicitly on revocation), 
 of an older rebalance generation are still skipped by the stream's generation check.
 
 The app also tells how long it has been without running streams (`assignment_pending_s`),
-for `qlane_assignment_pending_seconds`.
+for `qlane_assignment_pending_seconds`, and says so in its log after STUCK_WARNING_S.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 import faust
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
+
+log = logging.getLogger("qlane")
+
+# A worker without running streams this long after its start or a rebalance says so in its
+# log; its alert (QlaneAssignmentStuck) waits 300 s and 5 minutes more.
+STUCK_WARNING_S = 60.0
+STUCK_CHECK_INTERVAL_S = 10.0
+
+
+def stuck_warning(pending_s: float, profile: str) -> str | None:
+    """What a worker whose streams have not run for `pending_s` seconds logs, if anything.
+    On the embedded broker the likely cause is Tansu's: a group whose leader left during a
+    rebalance is never assigned again, and its workers rejoined every 8 s with nothing at
+    INFO or above to say so (a red-team run); on Kafka, a broker outage or a long recovery."""
+    if pending_s < STUCK_WARNING_S:
+        return None
+    if profile == "embedded":
+        return (f"no partitions assigned for {pending_s:.0f} s: Tansu 0.6.0 never assigns a "
+                "group again whose leader left during a rebalance (workers stopped together); "
+                "restart `qlane broker` or give the workers a new QLANE_APP_ID (README "
+                "\"Profiles and the embedded broker\")")
+    return (f"no partitions assigned for {pending_s:.0f} s: look for a broker outage "
+            "(NotEnoughReplicas in the broker log) or a long table recovery "
+            "(docs/operations.md, QlaneAssignmentStuck)")
 
 
 class FlowControl(FlowControlEvent):
@@ -38,6 +64,25 @@ class FlowControl(FlowControlEvent):
 class App(faust.App):
     # Since when the app has had no running streams: its start, or its current rebalance's.
     _assignment_pending_since: float | None = None
+    qlane_profile = "kafka"  # the worker's Settings.profile (create_app)
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        # Not a Faust timer: those start once table recovery has completed, which a worker
+        # without an assignment never reaches.
+        self.add_future(self.warn_while_unassigned())
+
+    async def warn_while_unassigned(self) -> None:
+        """Log `stuck_warning` once per spell without running streams."""
+        warned = False
+        while True:
+            await asyncio.sleep(STUCK_CHECK_INTERVAL_S)
+            warning = stuck_warning(self.assignment_pending_s(), self.qlane_profile)
+            if warning is None:
+                warned = False
+            elif not warned:
+                warned = True
+                log.warning(warning)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
