@@ -382,6 +382,7 @@ async def load_prepared(runtime: Runtime, data: bytes, estimate: bool = True) ->
     here, its estimate left to a call that needs it: a thread and an estimate for every job
     cost the pipeline 8-19 % of its jobs/s (bench/ab.py against 477aa0b)."""
     def load() -> PreparedJob:
+        runtime.warm_ups.wait_for_imports()
         prepared = PreparedJob.from_bytes(data)
         if estimate:
             backend = runtime.registry.get(prepared.backend)

@@ -19,8 +19,13 @@ log = logging.getLogger("qlane")
 
 
 async def in_thread(runtime: Runtime, function, *args):
-    """Run CPU-bound work off the event loop so the worker keeps heartbeating."""
-    return await asyncio.get_running_loop().run_in_executor(runtime.executor, function, *args)
+    """Run CPU-bound work off the event loop so the worker keeps heartbeating; in a new
+    worker, after its warm-up imports (streams/ops/warm_up.py)."""
+    def after_imports():
+        runtime.warm_ups.wait_for_imports()
+        return function(*args)
+
+    return await asyncio.get_running_loop().run_in_executor(runtime.executor, after_imports)
 
 
 # Executors left to calls that ran past their timeout, at most this many at once: a thread

@@ -9,6 +9,7 @@ import time
 from streams.kafka.topics import job_topics
 from streams.ops import metrics
 from streams.runtime import Runtime
+from workers.backends.base import import_installed_sdks
 
 log = logging.getLogger("qlane")
 
@@ -32,6 +33,7 @@ def register(app, runtime: Runtime) -> None:
             if getattr(backend, "noise_model", None) is not None:
                 runtime.readout_cache.get(backend)
 
+    runtime.warm_ups.add_import("vendor SDKs", import_installed_sdks)
     runtime.warm_ups.add("backends", warm_up_backends)
 
     @app.page("/metrics")

@@ -107,6 +107,26 @@ def extra_installed(extra: str | None) -> bool:
 _SDK_IMPORT_LOCK = threading.RLock()
 
 
+# The modules of each extra the backends import (`require_extra`).
+SDK_MODULES = {
+    "ibm": ("qiskit_ibm_runtime", "qiskit_ibm_runtime.fake_provider"),
+    "braket": ("braket.devices", "braket.circuits", "braket.circuits.noise_model",
+               "qiskit_braket_provider.providers.adapter"),
+}
+
+
+def import_installed_sdks() -> list[str]:
+    """Import the modules of every installed extra (a worker's warm-up, before its job
+    threads run); the extras imported."""
+    imported = []
+    for extra, modules in SDK_MODULES.items():
+        if extra_installed(extra):
+            for module in modules:
+                require_extra(extra, module, f"the [{extra}] backends")
+            imported.append(extra)
+    return imported
+
+
 def require_extra(extra: str, module: str, backend: str) -> Any:
     """Import `module` of the vendor SDK behind `extra`, or raise MissingExtra naming it."""
     try:

@@ -12,6 +12,7 @@ from schemas.codec import codec
 from streams.agents import fused
 from streams.agents.common import StageFailure, StepOutcome
 from streams.agents.execution import Executed, JobRunner
+from streams.ops.warm_up import WarmUps
 from streams.workflow.deadletter import SourceRecord
 from streams.workflow.poison import IN_FLIGHT, ledger_key
 from tests.unit.streams.workflow.test_poison import FakeLedger
@@ -74,6 +75,7 @@ class FakeRuntime:
         self.arrived_cancels: dict = {}
         self.overrunning_calls: dict = {}  # bounded thread calls (streams/agents/threads.py)
         self.abandoned_executors: list = []
+        self.warm_ups = WarmUps()  # not started: thread work does not wait
 
     def apply_controls(self, backend):
         pass

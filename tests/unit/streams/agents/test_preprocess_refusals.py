@@ -10,6 +10,7 @@ import pytest
 from schemas.codec import codec
 from streams.agents.preprocess import MAX_TOLD_KEY_BYTES, checked_record, tell_tenant_refused
 from streams.client import job_request
+from streams.ops.warm_up import WarmUps
 from streams.runtime import Runtime
 from streams.workflow.deadletter import SourceRecord
 from workers.errors import (
@@ -143,6 +144,7 @@ def test_a_program_that_uses_its_whole_cpu_bound_is_poison_at_its_first_attempt(
     runtime = SimpleNamespace(
         settings=SimpleNamespace(sandbox_enabled=True, sandbox_attempts=3, limits=Limits()),
         sandbox=sandbox, attempts=FakeLedger(), registry=BackendRegistry(), executor=None,
+        warm_ups=WarmUps(),
         max_record_bytes=1_000_000)
     spec = JobSpec("tb.cpu", BELL, shots=10, backend="aer.ideal")
     with pytest.raises(PoisonRecord) as poisoned:

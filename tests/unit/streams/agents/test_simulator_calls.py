@@ -24,6 +24,7 @@ from streams.agents.execution import (
     start_simulator,
     start_simulator_when_settled,
 )
+from streams.ops.warm_up import WarmUps
 from streams.settings import Settings
 from streams.workflow.deadletter import SourceRecord
 from tests.support import wait_for
@@ -40,7 +41,8 @@ from workers.limits import Limits
 
 def fake_runtime(**fields) -> SimpleNamespace:
     """A stand-in for streams.runtime.Runtime with the fields the calls keep state in."""
-    return SimpleNamespace(**{"abandoned_executors": [], "overrunning_calls": {}, **fields})
+    return SimpleNamespace(**{"abandoned_executors": [], "overrunning_calls": {},
+                              "warm_ups": WarmUps(), **fields})
 
 
 BELL_QASM3 = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from faust.types import TP
 
 from streams.ops import metrics, observability
+from streams.ops.warm_up import WarmUps
 
 
 class FakeApp:
@@ -58,7 +59,7 @@ def lag_sampler(consumer):
     """The registered lag sample of a fake app around `consumer`."""
     app = FakeApp(consumer)
     runtime = SimpleNamespace(
-        worker_version="test", warm_ups=SimpleNamespace(add=lambda *args: None),
+        worker_version="test", warm_ups=WarmUps(),
         names=SimpleNamespace(all=lambda: ["lagtest.jobs"]),
         settings=SimpleNamespace(topic_prefix="lagtest", tenants=[]),
         breakers=SimpleNamespace(state_codes=lambda: {}))

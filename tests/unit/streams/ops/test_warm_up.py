@@ -35,3 +35,45 @@ def test_a_worker_imports_scipy_stats_and_optimize_after_it_starts_not_before() 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")
     assert out[:2] == ["[]", "['scipy.optimize', 'scipy.stats']"]
+
+
+def test_imports_run_first_and_thread_work_waits_for_them() -> None:
+    """A job thread imported qiskit_ibm_runtime (or openqasm3) while the warm-up thread's
+    mitiq import loaded it too, met a half-initialised package, and valid jobs were
+    dead-lettered for good as MissingExtra or InvalidCircuit (red-team runs)."""
+    import asyncio
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from streams.agents.threads import in_thread
+
+    order, imported = [], threading.Event()
+
+    def slow_import():
+        time.sleep(0.3)
+        order.append("import")
+        imported.set()
+
+    warm_ups = WarmUps()
+    warm_ups.add("later", lambda: order.append("later"))
+    warm_ups.add_import("sdk", slow_import)
+    warm_ups.wait_for_imports()  # not started: nothing to wait for
+    runtime = SimpleNamespace(executor=None, warm_ups=warm_ups)
+    thread = warm_ups.start()
+    assert asyncio.run(in_thread(runtime, imported.is_set)) is True
+    thread.join(timeout=10)
+    assert order == ["import", "later"]
+
+
+def test_a_worker_imports_every_installed_vendor_sdk_in_its_warm_up() -> None:
+    from workers.backends.base import SDK_MODULES
+
+    code = ("import sys\n"
+            "from workers.backends.base import import_installed_sdks\n"
+            "print(sorted(import_installed_sdks()))\n"
+            "print(all(m in sys.modules for m in %r))\n"
+            % [m for modules in SDK_MODULES.values() for m in modules])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[:2] == ["['braket', 'ibm']", "True"]

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from streams.kafka.topics import TopicNames
+from streams.ops.warm_up import WarmUps
 from streams.settings import Settings
 from streams.workflow import control
 
@@ -63,7 +64,7 @@ def test_the_control_reader_lets_records_collect_for_its_wait_and_keeps_the_late
     FakeConsumer.built.clear()
     settings = Settings(topic_prefix="ctl", control_fetch_wait_ms=300)
     runtime = SimpleNamespace(settings=settings, names=TopicNames.from_settings(settings),
-                              warm_ups=SimpleNamespace(add=lambda *args: None),
+                              warm_ups=WarmUps(),
                               registry=FakeRegistry())
     tasks = []
     app = SimpleNamespace(task=lambda function: tasks.append(function) or function,
