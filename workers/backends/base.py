@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -125,6 +125,16 @@ def import_installed_sdks() -> list[str]:
                 require_extra(extra, module, f"the [{extra}] backends")
             imported.append(extra)
     return imported
+
+
+def importing_sdks(step: Callable[[], Any]) -> Callable[[], Any]:
+    """`step` under the SDK import lock: mitiq's import loads qiskit's transpiler plugins,
+    qiskit_ibm_runtime among them, which a job's `require_extra` (on the event loop too, for
+    an estimate) must not import at the same time."""
+    def locked() -> Any:
+        with _SDK_IMPORT_LOCK:
+            return step()
+    return locked
 
 
 def require_extra(extra: str, module: str, backend: str) -> Any:
