@@ -919,7 +919,7 @@ class Sampler(_Primitive, BaseSamplerV2):
         source, parameters = circuit_source(circuit)
         values = pub.parameter_values.as_array(parameters)
         return job_request(**self._requests_base(job_id, index), circuit=source,
-                           circuit_format="qasm3", shots=pub.shots * shots_repeated(pub),
+                           circuit_format="qasm3", shots=int(pub.shots) * shots_repeated(pub),
                            parameter_sets=flat_parameter_sets(values))
 
 

@@ -828,6 +828,9 @@ def test_a_delay_whose_duration_is_a_parameter_is_refused_before_it_is_sent():
 @pytest.mark.parametrize("primitive, pubs, keywords", [
     ("sampler", [("bell", None, 100), ("bell", None, 2**31)], {}),
     ("sampler", ["bell"], {"shots": 2**31}),
+    # NumPy int32 shots times a shaped binding's elements wrapped to 0 and were sent
+    ("sampler", [("bell", np.zeros((4, 0)), np.int32(2**30))], {}),
+    ("sampler", [("bell", np.zeros((2, 0)), np.int32(2**30))], {}),
     ("estimator", [("h", "X", None, 0.1), ("h", "X", None, 1e-6)], {}),
     ("estimator", [("h", "X")], {"precision": 2e-5}),
 ])
