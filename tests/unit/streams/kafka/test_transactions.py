@@ -41,6 +41,7 @@ class Recorder:
         self.calls: list = []
         self.fail_with = fail_with
         self.buffer = SimpleNamespace(flush=self._buffer_flush)
+        self._transaction_producers: dict = {}  # transactional id -> aiokafka producer
 
     async def _buffer_flush(self):
         self.calls.append(("buffer.flush",))
@@ -426,6 +427,23 @@ def test_revocation_commits_what_was_acknowledged():
     tm = manager(TransactionManager)
     asyncio.run(tm.on_partitions_revoked({JOBS}))
     assert tm.consumer.commits == 1
+
+
+def test_revocation_commits_transactions_left_open_with_records():
+    """Two finished loops whose offsets Faust did not count as committable stayed in the
+    open transaction at revocation; the new owner fenced it and their results were lost (a
+    red-team run). Those of other partitions, and empty ones, are left alone."""
+    moving, staying = f"{APP_ID}-1-1", f"{APP_ID}-1-0"
+    tm = manager(TransactionManager)
+    tm.producer._transaction_producers = {
+        moving: open_transaction(with_records=True),
+        staying: open_transaction(with_records=True),
+        f"{APP_ID}-1-2": open_transaction(with_records=False),
+    }
+    asyncio.run(tm.on_partitions_revoked({JOBS, TopicPartition("qlane.jobs", 2)}))
+    assert tm.consumer.commits == 1
+    committed = [call for call in tm.producer.calls if call[0] == "commit_transactions"]
+    assert [set(call[1]) for call in committed] == [{moving}]
 
 
 class StandbyAssignor(Assignor):
