@@ -77,3 +77,21 @@ def test_a_worker_imports_every_installed_vendor_sdk_in_its_warm_up() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")
     assert out[:2] == ["['braket', 'ibm']", "True"]
+
+
+def test_a_hung_import_is_waited_for_once_not_at_every_thread_call(monkeypatch) -> None:
+    import threading
+    import time
+
+    from streams.ops import warm_up
+
+    monkeypatch.setattr(warm_up, "IMPORTS_WAIT_S", 0.2)
+    hang = threading.Event()
+    warm_ups = WarmUps()
+    warm_ups.add_import("hung", hang.wait)
+    warm_ups.start()
+    started = time.monotonic()
+    for _ in range(4):
+        warm_ups.wait_for_imports()
+    hang.set()
+    assert time.monotonic() - started < 0.6  # 0.8 s when each call waited again
