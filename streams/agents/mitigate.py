@@ -33,7 +33,6 @@ from streams.workflow.results import (
     stored_result,
     submitted_ms,
 )
-from workers.backends.base import importing_sdks
 from workers.errors import ResultTooLarge
 from workers.execution.preparation import PreparedJob
 from workers.mitigation import zne
@@ -180,7 +179,7 @@ def register(app, runtime: Runtime, table) -> None:
 
     # mitiq is imported once the worker runs, not before it starts (about 3.4 s of CPU,
     # docs/performance.md "Start-up"), and first of the warm-ups: jobs may need it at once.
-    runtime.warm_ups.add_import("mitiq import", importing_sdks(zne.mitiq_inference))
+    runtime.warm_ups.add_import("mitiq import", zne.mitiq_inference)
 
     @app.agent(runtime.topics["mitigate"], name="qlane.mitigate", concurrency=1,
                supervisor_strategy=stage_supervisor(app))

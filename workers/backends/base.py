@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -104,7 +104,7 @@ def extra_installed(extra: str | None) -> bool:
 
 # One import of a vendor SDK at a time: qiskit_ibm_runtime imported from two threads at once
 # (the backend warm-up and a job) fails with "partially initialized module" (seen in CI).
-_SDK_IMPORT_LOCK = threading.RLock()
+SDK_IMPORT_LOCK = threading.RLock()
 
 
 # The modules of each extra the backends import (`require_extra`).
@@ -127,20 +127,10 @@ def import_installed_sdks() -> list[str]:
     return imported
 
 
-def importing_sdks(step: Callable[[], Any]) -> Callable[[], Any]:
-    """`step` under the SDK import lock: mitiq's import loads qiskit's transpiler plugins,
-    qiskit_ibm_runtime among them, which a job's `require_extra` (on the event loop too, for
-    an estimate) must not import at the same time."""
-    def locked() -> Any:
-        with _SDK_IMPORT_LOCK:
-            return step()
-    return locked
-
-
 def require_extra(extra: str, module: str, backend: str) -> Any:
     """Import `module` of the vendor SDK behind `extra`, or raise MissingExtra naming it."""
     try:
-        with _SDK_IMPORT_LOCK:
+        with SDK_IMPORT_LOCK:
             return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtra(

@@ -39,6 +39,7 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import Barrier, CircuitInstruction, Gate
 from qiskit.circuit.library import RZGate, SXGate
 
+from workers.backends.base import SDK_IMPORT_LOCK
 from workers.errors import InvalidJob
 
 VIRTUAL_GATES = frozenset({"rz"})
@@ -304,8 +305,12 @@ def mitiq_inference() -> ModuleType:
 
     Importing mitiq imports every circuit frontend it converts (cirq, braket, sympy, matplotlib):
     about 3.4 s of CPU, which the preparation sandboxes (they fold, never extrapolate) paid at
-    every start and every replacement (docs/performance.md, "Start-up")."""
-    import mitiq.zne.inference
+    every start and every replacement (docs/performance.md, "Start-up"). Under the vendor SDK
+    import lock: it loads qiskit's transpiler plugins, and with them qiskit_ibm_runtime, which
+    a job's `require_extra` must not import at the same time (a valid job was dead-lettered
+    as MissingExtra for the installed extra; a red-team run)."""
+    with SDK_IMPORT_LOCK:
+        import mitiq.zne.inference
 
     return mitiq.zne.inference
 
