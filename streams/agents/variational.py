@@ -22,6 +22,7 @@ from streams.agents.common import (
 from streams.agents.execution import simulate_alone
 from streams.agents.threads import in_thread
 from streams.kafka import transactions
+from streams.kafka.flow import rebalances_begun
 from streams.runtime import Runtime, now_ms, package_version
 from streams.workflow import accounting
 from streams.workflow.cancel import cancel_requested
@@ -65,11 +66,6 @@ CHECKPOINT_CHUNK = 32
 HANDED_OVER = "handed over"
 
 
-def rebalances_begun(runtime: Runtime) -> int:
-    """How many rebalances this worker has begun (Faust counts them as they begin)."""
-    return int(getattr(runtime.app, "rebalancing_count", 0) or 0)
-
-
 def handing_over(runtime: Runtime, rebalances_at_start: int) -> bool:
     """Whether the worker is giving up its partitions in a rebalance begun since the loop's
     record was taken (aiokafka's eager protocol revokes every partition at each one).
@@ -81,7 +77,7 @@ def handing_over(runtime: Runtime, rebalances_at_start: int) -> bool:
     deadline and the next owner continues it from its checkpoint, as before."""
     app = runtime.app
     return bool(getattr(app, "rebalancing", False)) and not getattr(
-        app, "should_stop", False) and rebalances_begun(runtime) != rebalances_at_start
+        app, "should_stop", False) and rebalances_begun(app) != rebalances_at_start
 
 
 def chunk_key(workflow_id: str, chunk: int) -> str:
@@ -146,7 +142,7 @@ def register(app, runtime: Runtime, table) -> None:
                        runtime.readout_cache)
 
     async def handle(source: SourceRecord) -> str:
-        rebalances_at_start = rebalances_begun(runtime)
+        rebalances_at_start = rebalances_begun(runtime.app)
         request = codec("JobRequest").decode(source.value)
         workflow_id = request["workflow_id"]
         if transactions.already_committed(runtime.app, table, workflow_id):

@@ -52,6 +52,11 @@ def stuck_warning(pending_s: float, profile: str) -> str | None:
             "(docs/operations.md, QlaneAssignmentStuck)")
 
 
+def rebalances_begun(app) -> int:
+    """How many rebalances the app has begun (Faust counts them as they begin)."""
+    return int(getattr(app, "rebalancing_count", 0) or 0)
+
+
 class FlowControl(FlowControlEvent):
     def resume(self) -> None:
         was_suspended = not self.is_active()

@@ -156,7 +156,7 @@ def raise_for(coordinator: GroupCoordinator, error_code: int, tp) -> None:
         raise error_type()
     if error_type is errors.GroupAuthorizationFailedError:
         raise error_type(coordinator.group_id)
-    if error_type is errors.GroupLoadInProgressError or getattr(error_type, "retriable", False):
+    if getattr(error_type, "retriable", False):  # GroupLoadInProgress among them
         raise error_type()
     raise errors.KafkaError(repr(error_type()))
 

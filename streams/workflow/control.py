@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas.codec import codec
 from streams.agents.threads import in_thread
 from streams.kafka.compat import reached, stop_consumer
+from streams.kafka.flow import rebalances_begun
 from streams.kafka.security import kafka_options
 from streams.ops import metrics
 from streams.ops.logs import printable
@@ -180,7 +181,7 @@ def still_leading(app, rebalances_at_start: int) -> bool:
     rounds for seconds, some after its partitions were revoked, and published round 64 a
     second time beside the new leader's; a red-team run)."""
     return (app.is_leader() and not getattr(app, "rebalancing", False)
-            and int(getattr(app, "rebalancing_count", 0) or 0) == rebalances_at_start)
+            and rebalances_begun(app) == rebalances_at_start)
 
 
 def settle_spend(runtime: Runtime) -> asyncio.Task:
@@ -334,7 +335,7 @@ def register(app, runtime: Runtime) -> None:
     async def drift_rounds():
         for backend_name in filter(watched, settings.drift_backends):
             runtime.apply_controls(backend_name)
-            rebalances = int(getattr(app, "rebalancing_count", 0) or 0)
+            rebalances = rebalances_begun(app)
             if not still_leading(app, rebalances):
                 return
             continue_rounds(monitor, backend_name, controls.get(DRIFT + backend_name))

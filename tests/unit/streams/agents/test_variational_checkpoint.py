@@ -80,11 +80,12 @@ def test_a_loop_is_handed_over_only_for_a_rebalance_begun_since_it_started():
     hand-overs in a red-team run)."""
     from types import SimpleNamespace
 
-    from streams.agents.variational import handing_over, rebalances_begun
+    from streams.agents.variational import handing_over
+    from streams.kafka.flow import rebalances_begun
 
     app = SimpleNamespace(rebalancing=True, rebalancing_count=3, should_stop=False)
     runtime = SimpleNamespace(app=app)
-    assert rebalances_begun(runtime) == 3
+    assert rebalances_begun(runtime.app) == 3
     assert not handing_over(runtime, 3)  # assigned again, recovery not ended
     assert handing_over(runtime, 2)  # a rebalance began while the loop ran
     app.should_stop = True  # Faust may have ended the transaction: no hand-over's commit
