@@ -34,7 +34,9 @@ commits the consumed offsets inside that producer's transaction. Read in its cod
    open, and nothing commits before a rebalance. Records this worker handled but did not
    commit would be handled again by the next owner, or skipped by this worker's own memory
    of handled records if the partitions came back. Here every acknowledged offset is
-   committed before partitions are given up. Faust also keeps the producer of a revoked
+   committed before partitions are given up (Faust forgets a revoked partition's
+   acknowledged offsets before the app's handler runs: `transport.Consumer` keeps them
+   until it has). Faust also keeps the producer of a revoked
    partition that the new assignment makes a standby of this worker (every partition a
    table reads is one, on the worker that does not own it), though the new owner's
    InitProducerId fences it: when the partition came back, the fenced producer was used and
@@ -644,16 +646,18 @@ class TransactionManager(FaustTransactionManager):
         await self.app.crash(error)
 
     async def on_partitions_revoked(self, revoked) -> None:
-        """Commit every acknowledged offset before the partitions move, and then every
-        transaction of theirs still open with records in it.
+        """Commit every acknowledged offset before the partitions move (the consumer keeps
+        the revoked partitions' offsets until this has run: `transport.Consumer`), and then
+        every transaction of theirs still open with records in it.
 
         Faust commits a transaction only when its partitions have new offsets to commit: two
-        finished variational loops whose offsets it did not count as committable stayed in
-        the open transaction, the new owner's producer fenced it (aborted: no result), and
-        when the partition came back the worker's memory still held them done, so it took
-        their records as committed and moved the offsets past them: both jobs lost (a
-        red-team run, 2 of about 300). Committed here, their outputs stand; whoever reads
-        their records again finds them done in the committed table."""
+        finished variational loops whose offsets Faust had already forgotten stayed in the
+        open transaction, the new owner's producer fenced it (aborted: no result), and when
+        the partition came back the worker's memory still held them done, so it took their
+        records as committed and moved the offsets past them: both jobs lost (a red-team
+        run, 2 of about 300). A transaction can also hold a write made between records,
+        with no offset of its own. Committed here, their outputs stand; whoever reads their
+        records again finds them done in the committed table."""
         await super().on_partitions_revoked(revoked)
         # A periodic commit under way may have read its offsets before the last records
         # were acknowledged: let it finish, then commit what is left.
