@@ -42,6 +42,7 @@ log = logging.getLogger("qlane")
 # How often, and how far apart, a tenant's job topic is looked up before UnknownTenant.
 TOPIC_LOOKUPS = 3
 TOPIC_LOOKUP_PAUSE_S = 0.5
+TOPIC_WAIT_PAUSE_S = 1.0  # between lookups of outcome topics that do not exist yet
 
 REJECTED_BEFORE_ADMISSION = frozenset(
     {"CorruptRecord", "UnknownSchema", "UndecodableRecord", "KeyMismatch", "IdempotencyConflict",
@@ -250,6 +251,8 @@ class Client:
         # principal may read only those, so the shared ones are watched only when needed
         # (no tenant topics yet) or readable (the dead letters, for an operator).
         tenant_only = bool(own) and all(found.values())
+        if not tenant_only:
+            await self._wait_for_topics(shared, found)
         partitions = []
         for topic in (*shared, *own):
             if topic not in found:
@@ -266,6 +269,30 @@ class Client:
         await self.watcher.seek_to_end(*partitions)
         for tp in partitions:  # resolve the end offsets now, not at the first fetch
             await self.watcher.position(tp)
+
+    async def _wait_for_topics(self, topics: Iterable[str], found: dict) -> None:
+        """Look the shared outcome topics up (into `found`) until they all exist, once a
+        second; the caller's timeout ends the wait.
+
+        Assigned before they existed (a wrong topic prefix, no worker started yet), aiokafka
+        asked for their offsets without a pause: a waiting client used half a core until
+        its timeout, logging "not found in cluster metadata" 6,500 times a second (a
+        red-team run)."""
+        told = False
+        while True:
+            for topic in topics:
+                if not found.get(topic):
+                    found[topic] = await topic_partitions(self.watcher, topic)
+            absent = [topic for topic in topics if not found[topic]]
+            if not absent:
+                return
+            await self.check_readable(set(absent))  # refused, not absent: said at once
+            if not told:
+                log.warning("waiting for %s to exist (is the topic prefix %r right? a worker "
+                            "creates its topics when it starts)", ", ".join(absent),
+                            self.settings.topic_prefix)
+                told = True
+            await asyncio.sleep(TOPIC_WAIT_PAUSE_S)
 
     async def check_readable(self, topics: set[str], missing: list[str] = ()) -> None:
         """TopicsNotReadable for assigned topics the broker refuses this principal: aiokafka
