@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import logging
 import sys
 import time
@@ -307,7 +308,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from streams.client.errors import BrokerTimeout
     from streams.client.kafka import encoded_request, own_ids
     from streams.client.render import json_line, result_table
-    from streams.client.timeouts import Deadline, open_client
+    from streams.client.timeouts import Deadline, delivered, open_client
     from streams.kafka.topics import job_topic, lane_for_priority
 
     settings = settings_from(args)
@@ -328,8 +329,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             # A tenant's principal may write its own job topics only (README "Tenants").
             to = client.jobs_topic(args.tenant, lane) if args.tenant else None
             try:
-                topic = await deadline.step(client.submit(record, to),
-                                            f"submitting {workflow_id}")
+                topic = await delivered(functools.partial(client.submit, record, to),
+                                        deadline, f"submitting {workflow_id}")
             except BrokerTimeout as error:
                 raise BrokerTimeout(f"{error}; {workflow_id} may or may not have been sent: "
                                     "submitting it again with the same id is safe") from None

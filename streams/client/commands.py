@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import codec
 from streams.client.kafka import Client, own_ids
-from streams.client.timeouts import Deadline, started
+from streams.client.timeouts import Deadline, delivered, started
 from streams.kafka.compat import start_or_close, stop_consumer, topic_partitions
 from streams.kafka.security import client_options
 from streams.kafka.topics import job_topic, tenant_topic
@@ -75,8 +76,8 @@ async def cancel_workflow(settings: Settings, workflow_id: str, tenant: str | No
         await deadline.step(watcher.seek_to_end(*partitions), reading)
         for tp in partitions:
             await deadline.step(watcher.position(tp), reading)
-        await deadline.step(send_cancel(settings, workflow_id, tenant, reason),
-                            f"sending the cancel of {workflow_id}")
+        await delivered(functools.partial(send_cancel, settings, workflow_id, tenant, reason),
+                        deadline, f"sending the cancel of {workflow_id}")
         answer = CancelAnswer(workflow_id, "no_answer")
         ended: CancelAnswer | None = None
         while deadline.left() > 0:

@@ -51,7 +51,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
 from qiskit import QuantumCircuit, QuantumRegister, qasm3
 from qiskit.circuit import ControlFlowOp, Parameter, ParameterExpression
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
@@ -71,7 +70,7 @@ from streams.client.approximations import warn_of_approximated_evolutions
 from streams.client.commands import cancel_workflow
 from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, encoded_request, job_request
-from streams.client.timeouts import Deadline, bounded, open_client
+from streams.client.timeouts import Deadline, bounded, delivered, open_client
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
@@ -506,10 +505,13 @@ class Session:
         broker), within what is left of the job's time or a short grace once it is spent: a
         full timeout each held result() to twice timeout_s (a red-team run)."""
         reason = f"job {self.job.job_id()} cancelled"
+        deadline = Deadline(max(self.job._deadline.left(), CANCEL_GRACE_S))
+        what = f"cancelling job {self.job.job_id()}"
         await bounded(asyncio.gather(*(
-            self.client.cancel(workflow_id, self.job._options.tenant, reason=reason)
-            for workflow_id in sent + self.job._in_doubt)),
-            max(self.job._deadline.left(), CANCEL_GRACE_S), f"cancelling job {self.job.job_id()}")
+            delivered(functools.partial(self.client.cancel, workflow_id,
+                                        self.job._options.tenant, reason=reason),
+                      deadline, what)
+            for workflow_id in sent + self.job._in_doubt)), deadline.left(), what)
 
     async def _submit(self, requests: list[dict]) -> tuple[list[str], BaseException | None]:
         """Send the requests in order, within the job's deadline: the ids sent, and the error
@@ -525,13 +527,10 @@ class Session:
             topic = self.job._topic(request)
             what = f"submitting {request['workflow_id']} to {topic}"
             try:
-                try:
-                    await submitting.step(self.client.submit(request, topic), what)
-                except (KafkaTimeoutError, RequestTimedOutError) as error:
-                    # A broker frozen mid-send: aiokafka's own timeout came out of result()
-                    # (a red-team run), where a job gives BrokerTimeout.
-                    raise BrokerTimeout(f"{what}: no answer from the broker "
-                                        f"({type(error).__name__})") from None
+                # Sent again while the cluster cannot take it (a leader lost, a broker frozen
+                # mid-send): aiokafka's own errors came out of result() (red-team runs).
+                await delivered(functools.partial(self.client.submit, request, topic),
+                                submitting, what)
             except Exception as error:  # noqa: BLE001 - the caller raises it, with what ran
                 self.job._states.pop(request["workflow_id"], None)
                 if isinstance(error, BrokerTimeout):

@@ -481,3 +481,42 @@ def test_the_exit_tells_a_job_sent_in_part_while_it_still_waits(monkeypatch, cap
     assert "job partly was sent in part (1 of 3 pubs" in told
     assert "partly.1 may have gone too" in told
     primitives._ENDED_UNSENT.clear()
+
+
+class LeaderLostClient(RecordingClient):
+    """The partition's leader was lost with its node: the first sends fail at once."""
+
+    def __init__(self, outcomes, failures) -> None:
+        super().__init__(outcomes)
+        self.failures = list(failures)
+
+    async def submit(self, request, topic):
+        self.topics.append(topic)
+        if self.failures:
+            raise self.failures.pop(0)
+        return topic
+
+
+def test_a_submit_the_cluster_cannot_take_yet_is_sent_again_within_the_jobs_time(monkeypatch):
+    """One node of three killed: result() raised aiokafka's NodeNotReadyError, or a
+    BrokerTimeout at its request timeout, with most of timeout_s left (a red-team run)."""
+    from aiokafka.errors import NodeNotReadyError, RequestTimedOutError
+
+    from streams.client import timeouts
+
+    monkeypatch.setattr(timeouts, "RESEND_PAUSE_S", 0.01)
+    done = {"workflow_id": "", "status": "succeeded", "provenance": {"seed_simulator": 1},
+            "circuits": [{"parameter_set_index": 0, "scale_factor": 1.0, "counts": {"11": 4},
+                          "shots": 4, "registers": [{"name": "meas", "size": 2}],
+                          "basis": ""}]}
+    client = LeaderLostClient(lambda wf: Outcome(wf, "done", result={**done, "workflow_id": wf}),
+                              [NodeNotReadyError("node 2"), RequestTimedOutError()])
+
+    @contextlib.asynccontextmanager
+    async def open_client(settings, tenant, timeout_s, watch=False):
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", open_client)
+    job = Sampler("127.0.0.1:1", timeout_s=30).run([(bell(), None, 4)], job_id="lost-leader")
+    assert job.result()[0].data.meas.get_counts() == {"11": 4}
+    assert client.topics == ["qlane.jobs"] * 3

@@ -78,3 +78,32 @@ def test_connecting_and_watching_share_the_callers_time(monkeypatch):
     with pytest.raises(BrokerTimeout):
         asyncio.run(go())
     assert time.monotonic() - started < 2.2
+
+
+def test_a_send_the_cluster_never_takes_is_a_broker_timeout_naming_the_last_error(monkeypatch):
+    from aiokafka.errors import NodeNotReadyError
+
+    monkeypatch.setattr(timeouts, "RESEND_PAUSE_S", 0.01)
+    attempts = []
+
+    async def send():
+        attempts.append(time.monotonic())
+        raise NodeNotReadyError("node 2")
+
+    started = time.monotonic()
+    with pytest.raises(BrokerTimeout, match="did not take it within 0.3s.*NodeNotReadyError"):
+        asyncio.run(timeouts.delivered(send, timeouts.Deadline(0.3), "submitting wf"))
+    assert len(attempts) > 2
+    assert time.monotonic() - started < 5
+
+
+def test_a_send_refused_for_good_is_not_sent_again():
+    attempts = []
+
+    async def send():
+        attempts.append(1)
+        raise ValueError("not a broker's trouble")
+
+    with pytest.raises(ValueError):
+        asyncio.run(timeouts.delivered(send, timeouts.Deadline(5), "submitting wf"))
+    assert attempts == [1]
