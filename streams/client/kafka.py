@@ -19,6 +19,7 @@ from schemas.codec import codec, fill_defaults
 from streams.client.errors import TopicsNotReadable, UnknownTenant
 from streams.kafka.compat import (
     assign_settled,
+    drop_connections,
     listed_partitions,
     start_or_close,
     stop_consumer,
@@ -221,6 +222,12 @@ class Client:
         for part in (self.watcher, self.producer):
             if part is not None:
                 await stop_quietly(part)
+
+    def drop_connections(self) -> None:
+        """Close every broker connection now: a close given up on (`open_client`)."""
+        for part in (self.watcher, self.producer):
+            if part is not None:
+                drop_connections(part)
 
     async def watching(self) -> Client:
         """`start_watching`, its consumer stopped when it fails (asked again by

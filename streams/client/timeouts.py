@@ -72,8 +72,9 @@ async def open_client(settings: Settings, tenant: str | None, within: float | De
             await asyncio.wait_for(client.__aexit__(None, None, None),
                                    max(left, CLOSE_GRACE_S))
         except TimeoutError:
-            log.warning("closing the client to %s: no answer from the broker; left open",
-                        settings.broker)
+            client.drop_connections()
+            log.warning("closing the client to %s: no answer from the broker; its "
+                        "connections closed without waiting", settings.broker)
 
 
 async def connected(settings: Settings, tenant: str | None, deadline: Deadline) -> Client:

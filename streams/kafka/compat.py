@@ -27,7 +27,8 @@ def caller_cancelled() -> bool:
 
 
 async def stop_quietly(part) -> None:
-    """Stop a producer or consumer; a failure to stop is logged, not raised.
+    """Stop a producer or consumer; a failure to stop is logged, not raised, and what the
+    stop left open is closed (`drop_connections`).
 
     With the broker gone, aiokafka's stop re-raised the CancelledError of its own fetch task,
     which replaced the error the caller was leaving with (`ResultTimeout` became a
@@ -37,10 +38,36 @@ async def stop_quietly(part) -> None:
         await part.stop()
     except asyncio.CancelledError:
         if caller_cancelled():
+            drop_connections(part)
             raise
         log.warning("closing a %s: cancelled inside aiokafka", type(part).__name__)
+        drop_connections(part)
     except Exception as error:  # noqa: BLE001 (a close that fails leaves nothing to undo)
         log.warning("closing a %s failed: %s", type(part).__name__, error)
+        drop_connections(part)
+
+
+def drop_connections(part) -> None:
+    """Close a producer's or consumer's broker connections now, without the flush of its
+    stop, and stop its background tasks.
+
+    A stop cut short (the caller's time spent while a batch waited for a frozen leader, or
+    one of aiokafka's own tasks cancelled) never reached its client's close, and the
+    connections stayed open for as long as anything referred to the part: a failed job's
+    traceback did, two sockets per job that failed during a broker's trouble (a red-team
+    run)."""
+    for task in (getattr(getattr(part, "_sender", None), "sender_task", None),
+                 getattr(getattr(part, "_fetcher", None), "_fetch_task", None)):
+        if task is not None and not task.done():
+            task.cancel()
+    client = getattr(part, "_client", None) or getattr(part, "client", None)
+    if client is None:
+        return
+    sync_task = getattr(client, "_sync_task", None)
+    if sync_task is not None and not sync_task.done():
+        sync_task.cancel()
+    for connection in list(getattr(client, "_conns", {}).values()):
+        connection.close()
 
 
 async def start_or_close(part):
@@ -64,10 +91,16 @@ async def stop_consumer(consumer) -> None:
         await consumer.stop()
     except asyncio.CancelledError:
         if caller_cancelled():
+            drop_connections(consumer)
             raise  # the caller itself is being cancelled: let it be
-        if consumer._fetcher is not None:
-            await consumer._fetcher.close()
-        await consumer._client.close()
+        try:
+            if consumer._fetcher is not None:
+                await consumer._fetcher.close()
+            await consumer._client.close()
+        except asyncio.CancelledError:
+            drop_connections(consumer)
+            if caller_cancelled():
+                raise
 
 
 async def listed_partitions(client, topic: str) -> set[int]:

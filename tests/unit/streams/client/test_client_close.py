@@ -68,11 +68,18 @@ def test_a_client_whose_close_hangs_is_left_within_the_callers_timeout(monkeypat
     from streams.settings import Settings
 
     class Hanging:
+        dropped = False
+
         async def __aexit__(self, *exc):
             await asyncio.sleep(60)
 
+        def drop_connections(self):  # given up on: its connections closed all the same
+            self.dropped = True
+
+    hanging = Hanging()
+
     async def connected(settings, tenant, deadline):
-        return Hanging()
+        return hanging
 
     monkeypatch.setattr(timeouts, "connected", connected)
 
@@ -84,3 +91,4 @@ def test_a_client_whose_close_hangs_is_left_within_the_callers_timeout(monkeypat
         return time.monotonic() - started
 
     assert asyncio.run(go()) < 3
+    assert hanging.dropped
