@@ -3,7 +3,8 @@
 * `streams.client.kafka`: build JobRequests, submit them, watch them to their outcome
   (`Client`, `job_request`, `load_job_file`, `read_topic`).
 * `streams.client.primitives`: Qiskit primitives V2 (`Sampler`, `Estimator`) whose `run()`
-  submits through Kafka.
+  submits through Kafka; `circuit_export` (how a circuit travels) and `pub_results` (the
+  pub results rebuilt from JobResults) are theirs.
 * `streams.client.render`: result tables and JSON lines for the CLI.
 * `streams.client.replay`: `qlane replay`.
 

@@ -51,31 +51,36 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from qiskit import QuantumCircuit, QuantumRegister, qasm3
-from qiskit.circuit import ControlFlowOp, Parameter, ParameterExpression
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
 from qiskit.primitives.base.base_primitive_job import BasePrimitiveJob
 from qiskit.primitives.containers import (
-    BitArray,
-    DataBin,
     PrimitiveResult,
-    PubResult,
-    SamplerPubResult,
 )
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.providers import JobStatus
 
-from streams.client.approximations import warn_of_approximated_evolutions
+from streams.client.circuit_export import (
+    active_qubits,
+    circuit_source,
+    compact_circuit,
+    compact_observable,
+)
 from streams.client.commands import cancel_workflow
 from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout, remote_error
 from streams.client.kafka import Client, Outcome, encoded_request, job_request
+from streams.client.pub_results import (
+    empty_estimator_result,
+    empty_sampler_result,
+    estimator_pub_result,
+    sampler_pub_result,
+    shots_repeated,
+)
 from streams.client.timeouts import Deadline, bounded, delivered, open_client
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
 from streams.settings import Settings
-from workers.errors import CorruptRecord, InvalidCircuit
-from workers.seeds import job_seed
+from workers.errors import CorruptRecord
 
 DEFAULT_SHOTS = 1024
 DEFAULT_PRECISION = 0.015625  # Qiskit's: 1/sqrt(4096)
@@ -195,222 +200,6 @@ def make_settings(broker: str | None, settings: Settings | None, kafka: dict) ->
     if "broker" in overrides and settings is None and "profile" not in overrides:
         values["profile"] = None  # resolve the profile for the broker given
     return Settings(**{**values, **overrides})
-
-
-def active_qubits(circuit: QuantumCircuit) -> list[int] | None:
-    """The qubits an ISA circuit (one with a layout) acts on, when it leaves some idle; None
-    to send it whole. A circuit transpiled for a 127-qubit device keeps every physical
-    qubit, and was `CircuitTooLarge` on every worker (a red-team run), as was one for a
-    16-qubit device on the 8-qubit aer.noisy; its idle qubits stay in |0>, so the circuit on
-    its active qubits gives the same samples, and an observable's Z or I there reads +1 (X
-    or Y: 0). The worker lays the circuit out on its backend again either way."""
-    if circuit.layout is None:
-        return None
-    if any(bit not in {b for reg in circuit.cregs for b in reg} for bit in circuit.clbits):
-        return None  # loose classical bits: sent as they are
-    used = {circuit.find_bit(qubit).index for instruction in circuit.data
-            if instruction.operation.name not in ("barrier", "delay")
-            for qubit in instruction.qubits}
-    if len(used) == circuit.num_qubits:
-        return None
-    return sorted(used)
-
-
-def compact_circuit(circuit: QuantumCircuit, active: list[int]) -> QuantumCircuit:
-    """The circuit on `active` qubits only (renumbered in order), its registers kept."""
-    compact = QuantumCircuit(len(active), name=circuit.name, global_phase=circuit.global_phase,
-                             metadata=circuit.metadata)
-    for register in circuit.cregs:
-        compact.add_register(register)
-    kept = {circuit.qubits[old]: compact.qubits[new] for new, old in enumerate(active)}
-    for instruction in circuit.data:
-        name = instruction.operation.name
-        qubits = [kept[qubit] for qubit in instruction.qubits if qubit in kept]
-        if len(qubits) != len(instruction.qubits):  # a barrier or delay over idle qubits
-            if name == "barrier" and qubits:
-                compact.barrier(*qubits)
-            continue
-        compact.append(instruction.operation, qubits, instruction.clbits)
-    return compact
-
-
-def compact_observable(mapping: dict, active: list[int], width: int) -> dict:
-    """An observable over `width` qubits, read on the `active` ones (idle qubits in |0>)."""
-    compact: dict[str, complex] = {}
-    for label, coeff in mapping.items():
-        idle = [label[width - 1 - q] for q in range(width) if q not in set(active)]
-        if any(letter in "XY" for letter in idle):
-            continue  # <0|X|0> = <0|Y|0> = 0
-        short = "".join(label[width - 1 - old] for old in reversed(active))
-        compact[short] = compact.get(short, 0) + coeff
-    return compact or {"I" * len(active): 0.0}
-
-
-def circuit_source(circuit: QuantumCircuit) -> tuple[str, tuple[Parameter, ...]]:
-    """OpenQASM 3 of the circuit with parameters renamed in the circuit's own order."""
-    warn_of_approximated_evolutions(circuit)
-    refuse_parameterized_delays(circuit)
-    parameters = tuple(circuit.parameters)
-    renamed = circuit
-    if circuit.layout is not None:
-        # A transpiled (ISA) circuit: exported with its layout, it names only the physical
-        # qubits it uses ($0..$k), and the worker's circuit would lose the idle ones above;
-        # its qubit i is physical qubit i either way, which is what observables laid out
-        # with `apply_layout` address.
-        renamed = circuit.copy()
-        renamed._layout = None  # noqa: SLF001 - Qiskit offers no way to drop it
-    renamed = inlined_for_export(in_qubit_order(renamed))
-    if parameters:
-        renamed = with_own_blocks(renamed)
-        width = max(5, len(str(len(parameters))))
-        renamed = renamed.assign_parameters(
-            {p: Parameter(f"p{i:0{width}d}") for i, p in enumerate(parameters)}, inplace=False
-        )
-    try:
-        return qasm3.dumps(renamed), parameters
-    except Exception as error:  # gates without an OpenQASM 3 spelling: send definitions
-        failure = error
-    for reps in (3, 6, 10):  # an Isometry needs 5 levels to reach gates the exporter spells
-        try:
-            return qasm3.dumps(renamed.decompose(reps=reps)), parameters
-        except Exception as error:  # noqa: BLE001 - one more level, then a typed refusal
-            failure = error
-    raise InvalidCircuit(f"the circuit has no OpenQASM 3 spelling qlane can send, even with "
-                         f"its gates decomposed 10 levels deep: {failure}")
-
-
-def refuse_parameterized_delays(circuit: QuantumCircuit) -> None:
-    """InvalidCircuit for a delay whose duration is a parameter, before anything is sent:
-    Qiskit's exporter writes `delay[p00000us]`, which the worker refused as an undefined
-    symbol (a red-team run)."""
-    for instruction in circuit.data:
-        for block in getattr(instruction.operation, "blocks", ()):
-            refuse_parameterized_delays(block)
-        if instruction.name == "delay" and isinstance(instruction.operation.params[0],
-                                                      ParameterExpression):
-            raise InvalidCircuit(
-                "a delay whose duration is a parameter cannot be sent (OpenQASM 3 has no "
-                "spelling the worker reads for it): bind its duration, e.g. one circuit "
-                "per delay with assign_parameters, and send those")
-
-
-def inlined_for_export(circuit: QuantumCircuit) -> QuantumCircuit:
-    """The circuit with each gate the exporter spells wrongly replaced by its definition, in
-    control-flow blocks too; the circuit itself when it has none. Two kinds:
-
-    * a text parameter (PauliGate's label), or one held in its definition: the exporter
-      writes the text as a symbol, `pauli(XIY)`, which no reader defines, and the job was
-      dead-lettered (red-team runs);
-    * a gate outside Qiskit's standard library called with a parameter expression (a
-      `to_gate()` layer bound to `2*gamma`, a `Gate` subclass built as `MyRot(2*a)`, a gate
-      read back by `qasm3.loads`): the exporter writes the body already bound to the call's
-      expression under a formal named after its symbol, `gate zzlayer(gamma) {rz(2*gamma)}`
-      called as `zzlayer(2*gamma)`, so the worker ran rz(4*gamma) and the answer was wrong
-      with nothing said (a red-team run: a QAOA layer's <YY> -0.985 for -0.707). A gate
-      called with a bare Parameter is spelled right and stays one definition: inlined at
-      each of 60 calls, a 20-qubit Trotter step made 306 KB of source where 17 KB was sent
-      (CircuitTooLarge; a red-team re-run). An operation without a definition (an
-      `AnnotatedOperation`: `power(3, annotated=True)`) is sent as it is."""
-    if not _holds_misexported(circuit):
-        return circuit
-
-    def place(out: QuantumCircuit, instruction) -> None:
-        if _misexported(instruction.operation):
-            out.compose(inlined_for_export(instruction.operation.definition),
-                        qubits=instruction.qubits, clbits=instruction.clbits, inplace=True)
-        else:
-            out.append(instruction)
-
-    return _rebuilt(circuit, inlined_for_export, place)
-
-
-def with_own_blocks(circuit: QuantumCircuit) -> QuantumCircuit:
-    """The circuit with its control-flow blocks rebuilt from copies of their operations;
-    the circuit itself when it has none. Qiskit's `assign_parameters(inplace=False)` writes
-    into the blocks it shares with the original: renaming the parameters of an if/else with
-    a custom gate in each branch renamed the user's own circuit's, so its next `run()`
-    failed, and with a second parameter it panicked (a red-team run)."""
-    if not any(isinstance(i.operation, ControlFlowOp) for i in circuit.data):
-        return circuit
-    return _rebuilt(circuit, _copied_operations, lambda out, instruction: out.append(
-        instruction.operation, instruction.qubits, instruction.clbits, copy=False))
-
-
-def _copied_operations(circuit: QuantumCircuit) -> QuantumCircuit:
-    return _rebuilt(circuit, _copied_operations, lambda out, instruction: out.append(
-        copy.deepcopy(instruction.operation), instruction.qubits, instruction.clbits,
-        copy=False))
-
-
-def _rebuilt(circuit: QuantumCircuit, block_of, place) -> QuantumCircuit:
-    """A new circuit like `circuit`: each control-flow operation's blocks are
-    `block_of(block)`, and every other instruction is put in by `place(out, instruction)`."""
-    out = circuit.copy_empty_like()
-    for instruction in circuit.data:
-        operation = instruction.operation
-        if isinstance(operation, ControlFlowOp):
-            out.append(operation.replace_blocks([block_of(block) for block in operation.blocks]),
-                       instruction.qubits, instruction.clbits, copy=False)
-        else:
-            place(out, instruction)
-    return out
-
-
-def _holds_misexported(circuit: QuantumCircuit) -> bool:
-    return any(_misexported(i.operation) or (isinstance(i.operation, ControlFlowOp) and any(
-        _holds_misexported(block) for block in i.operation.blocks)) for i in circuit.data)
-
-
-def _misexported(operation) -> bool:
-    """A text parameter, or one in a definition the gate already holds (a gate made with
-    `to_gate()`): a definition not built yet is not built to look (a unitary's would be its
-    synthesis); or a non-standard gate with a parameter expression (not a bare Parameter)
-    and a definition to inline.
-    Operations without parameters (a `Clifford` appended as it is) have none of either."""
-    if isinstance(operation, ControlFlowOp):
-        return False
-    params = getattr(operation, "params", ())
-    if any(isinstance(p, str) for p in params):
-        return True
-    if (any(isinstance(p, ParameterExpression) and not isinstance(p, Parameter)
-            for p in params)
-            and not _is_standard_gate(operation)
-            and getattr(operation, "definition", None) is not None):
-        return True
-    definition = getattr(operation, "_definition", None)
-    return isinstance(definition, QuantumCircuit) and _holds_misexported(definition)
-
-
-@functools.cache
-def _standard_gates() -> dict:
-    from qiskit.circuit.library import get_standard_gate_name_mapping
-
-    return get_standard_gate_name_mapping()
-
-
-def _is_standard_gate(operation) -> bool:
-    """One of Qiskit's own gates, whose definition the exporter builds afresh, rather than
-    a user's gate under a standard name."""
-    standard = _standard_gates().get(operation.name)
-    return standard is not None and type(standard) is type(operation)
-
-
-def in_qubit_order(circuit: QuantumCircuit) -> QuantumCircuit:
-    """The circuit with its qubits in one register, in the circuit's own order, when its
-    registers do not already declare them in that order. The exporter declares loose qubits
-    first and then each register, and the worker numbers qubits as declared, while
-    observables and results index `circuit.qubits`: a register plus a loose qubit, or a
-    register over its bits in another order, gave another qubit's expectation values, with
-    nothing said (a red-team run)."""
-    declared = [bit for register in circuit.qregs for bit in register]
-    if declared == list(circuit.qubits):
-        return circuit
-    taken = {register.name for register in (*circuit.qregs, *circuit.cregs)}
-    name = next(n for n in ("q", *(f"q{i}" for i in range(len(taken) + 1))) if n not in taken)
-    ordered = QuantumCircuit(QuantumRegister(circuit.num_qubits, name), circuit.clbits,
-                             *circuit.cregs, name=circuit.name, metadata=circuit.metadata)
-    return ordered.compose(circuit, qubits=ordered.qubits, clbits=circuit.clbits,
-                           copy=False)
 
 
 def flat_parameter_sets(values: np.ndarray) -> list[list[float]]:
@@ -957,104 +746,6 @@ def with_empty_pubs(pubs: list, empty_result, plan):
     return whole
 
 
-def empty_sampler_result(pub: SamplerPub) -> SamplerPubResult:
-    data = DataBin(**{creg.name: BitArray(
-        np.zeros(pub.shape + (pub.shots, (creg.size + 7) // 8), dtype=np.uint8), creg.size)
-        for creg in pub.circuit.cregs}, shape=pub.shape)
-    return SamplerPubResult(data, metadata={"shots": pub.shots,
-                                            "circuit_metadata": pub.circuit.metadata})
-
-
-def empty_estimator_result(pub: EstimatorPub) -> PubResult:
-    return PubResult(DataBin(evs=np.zeros(pub.shape), stds=np.zeros(pub.shape),
-                             shape=pub.shape),
-                     metadata={"target_precision": pub.precision, "shots": 0,
-                               "circuit_metadata": pub.circuit.metadata})
-
-
-def joint_counts_bits(counts: dict[str, int], num_bits: int) -> BitArray:
-    """The joint counts (keys possibly space-separated by register) as one BitArray."""
-    joined = {key.replace(" ", ""): value for key, value in counts.items()}
-    return BitArray.from_counts(joined, num_bits=num_bits)
-
-
-def register_offsets(cregs, layout: list[dict]) -> list[tuple[int, int]]:
-    """(first bit, size) in the joint counts of each of the circuit's registers. The program
-    sent declares them in the circuit's order, but Qiskit's OpenQASM 3 exporter renames a
-    register whose name is a keyword or a gate (`creg`, `z`, `output`, ...; `creg` becomes
-    `creg_0`), so the worker's names may differ: then the registers are matched by position,
-    and anything else that does not match is an error, never a register of zeros."""
-    offsets, start = [], 0
-    for register in layout:
-        offsets.append((start, register["size"]))
-        start += register["size"]
-    by_name = {register["name"]: offset for register, offset in zip(layout, offsets,
-                                                                     strict=True)}
-    if all(creg.name in by_name for creg in cregs):
-        chosen = [by_name[creg.name] for creg in cregs]
-    elif len(layout) == len(cregs):
-        chosen = offsets
-    elif len(layout) == len(cregs) + 1 and layout[-1]["name"] == "meas":
-        # A circuit that measures nothing: the worker measured every qubit into a `meas`
-        # register of its own (counts_circuit); the circuit's registers read zeros.
-        chosen = offsets[:-1]
-    else:
-        raise ValueError(f"the result's registers {[r['name'] for r in layout]} do not match "
-                         f"the circuit's {[creg.name for creg in cregs]}")
-    for creg, (_, size) in zip(cregs, chosen, strict=True):
-        if size != creg.size:
-            raise ValueError(f"register {creg.name}: {size} bits in the result, "
-                             f"{creg.size} in the circuit")
-    return chosen
-
-
-def shots_repeated(pub: SamplerPub) -> int:
-    """How many elements of the pub's shape one circuit's shots stand for: all of them for
-    a circuit without parameters under a shaped binding (it runs once, with the shots of
-    every element, independent samples split in order), else 1."""
-    size = math.prod(pub.shape)
-    return size if pub.circuit.num_parameters == 0 and size > 1 else 1
-
-
-def sampler_pub_result(pub: SamplerPub, result: dict) -> SamplerPubResult:
-    circuits = sorted(
-        (c for c in result["circuits"] if c["scale_factor"] == 1.0),
-        key=lambda c: c["parameter_set_index"],
-    )
-    shape = pub.shape
-    size = math.prod(shape)
-    # A circuit without parameters under a shaped binding ran once, for all its elements.
-    repeats = shots_repeated(pub)
-    if len(circuits) * repeats != max(size, 1):
-        raise ValueError(f"{result['workflow_id']}: {len(circuits)} circuits for shape {shape}")
-    cregs = pub.circuit.cregs
-    arrays = {creg.name: np.zeros(shape + (pub.shots, (creg.size + 7) // 8), dtype=np.uint8)
-              for creg in cregs}
-    # The simulator's seed orders the shots too: a `seed` in the options repeats the
-    # BitArrays, not only their counts, as Qiskit's seeded samplers do (each call's job id
-    # differs, and shuffled by it two seed=7 runs gave one order each).
-    seed = (result.get("provenance") or {}).get("seed_simulator")
-    rng = np.random.default_rng(job_seed(result["workflow_id"], seed))
-    for number, circuit in enumerate(circuits if cregs else ()):  # no register: no data
-        layout = circuit.get("registers") or [{"name": c.name, "size": c.size} for c in cregs]
-        total = sum(r["size"] for r in layout)
-        joint = joint_counts_bits(circuit["counts"], total)
-        joint = BitArray(joint.array[rng.permutation(joint.num_shots)], total)
-        offsets = register_offsets(cregs, layout)
-        for part in range(repeats):
-            flat = number * repeats + part
-            index = np.unravel_index(flat, shape) if shape else ()
-            shots = slice(part * pub.shots, (part + 1) * pub.shots)
-            for creg, (start, size_bits) in zip(cregs, offsets, strict=True):
-                bits = joint.slice_bits(range(start, start + size_bits)).array
-                arrays[creg.name][index] = bits[shots]
-    data = DataBin(**{c.name: BitArray(arrays[c.name], c.size) for c in cregs}, shape=shape)
-    return SamplerPubResult(data, metadata={
-        "shots": pub.shots, "circuit_metadata": pub.circuit.metadata,
-        "workflow_id": result["workflow_id"], **mitigation_metadata(result),
-    })
-
-
 # --- Estimator -------------------------------------------------------------------------
 class Estimator(_Primitive, BaseEstimatorV2):
     """`BaseEstimatorV2` over Kafka. Constructor keywords: broker, settings (a Settings with
@@ -1162,39 +853,4 @@ def shots_for_precision(precision: float) -> int:
         return nearest
     return math.ceil(wanted)
 
-
-def estimator_pub_result(pub: EstimatorPub, grids, result: dict) -> PubResult:
-    parameter_grid, observable_grid = grids
-    found = {(e["parameter_set_index"], e["observable_index"]): (e["value"], e["std_error"])
-             for e in result["expectations"]}
-    evs = np.zeros(pub.shape, dtype=np.float64)
-    stds = np.zeros(pub.shape, dtype=np.float64)
-    for index in np.ndindex(*pub.shape):
-        evs[index], stds[index] = found[(int(parameter_grid[index]),
-                                         int(observable_grid[index]))]
-    shots = max((c["shots"] for c in result["circuits"]), default=0)
-    return PubResult(DataBin(evs=evs, stds=stds, shape=pub.shape), metadata={
-        "target_precision": pub.precision, "shots": shots,
-        "circuit_metadata": pub.circuit.metadata, "workflow_id": result["workflow_id"],
-        **mitigation_metadata(result),
-    })
-
-
-def mitigation_metadata(result: dict) -> dict:
-    """The JobResult's mitigation report, when a technique was applied: `mitigation`
-    (technique and parameters) and, from a worker whose stds leave a source of error out,
-    `std_error_scope` (one random fold per factor that is not an odd integer: the stds were
-    a fifth of the run-to-run spread, and nothing in the PubResult said so; a red-team run)."""
-    report = result.get("mitigation") or {}
-    parameters = dict(report.get("parameters") or {})
-    technique = report.get("technique", "none")
-    if technique == "none" and not parameters:
-        return {}
-    # A technique asked for and not applied says so in its parameters ("dd": "not applied:
-    # the backend target has no gate durations"): dropped with technique "none", a user who
-    # asked for it could not tell (a red-team run).
-    found = {"mitigation": {"technique": technique, "parameters": parameters}}
-    if "std_error_scope" in parameters:
-        found["std_error_scope"] = parameters["std_error_scope"]
-    return found
 

@@ -13,14 +13,10 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from streams.client.adaptive import BasisData, estimate
+from streams.client.circuit_export import circuit_source
 from streams.client.errors import RemoteJobFailed, remote_error
-from streams.client.primitives import (
-    Estimator,
-    Sampler,
-    circuit_source,
-    estimator_pub_result,
-    sampler_pub_result,
-)
+from streams.client.primitives import Estimator, Sampler
+from streams.client.pub_results import estimator_pub_result, sampler_pub_result
 from streams.settings import Settings
 from workers.backends.aer import BackendRegistry
 from workers.circuits.parsing import parse_circuit
@@ -368,11 +364,8 @@ def test_empty_pubs_are_answered_here_with_the_references_shapes():
 
     from qiskit.primitives import StatevectorEstimator, StatevectorSampler
 
-    from streams.client.primitives import (
-        empty_estimator_result,
-        empty_sampler_result,
-        with_empty_pubs,
-    )
+    from streams.client.primitives import with_empty_pubs
+    from streams.client.pub_results import empty_estimator_result, empty_sampler_result
 
     theta = Parameter("t")
     bare = QuantumCircuit(1)
@@ -419,7 +412,7 @@ def test_an_isa_circuit_of_a_127_qubit_device_is_sent_on_its_active_qubits():
     from qiskit.transpiler import generate_preset_pass_manager
     from qiskit_ibm_runtime.fake_provider import FakeSherbrooke
 
-    from streams.client.primitives import active_qubits, compact_circuit, compact_observable
+    from streams.client.circuit_export import active_qubits, compact_circuit, compact_observable
 
     logical = QuantumCircuit(3)
     logical.h(0)
@@ -491,7 +484,7 @@ def test_the_mitigation_report_reaches_the_sampler_and_says_what_was_not_applied
     """A Sampler run with dynamical decoupling carried no `mitigation` metadata, and an
     Estimator asked for DD on a backend without gate durations showed none either, though the
     worker's report said "not applied" (a red-team run)."""
-    from streams.client.primitives import mitigation_metadata
+    from streams.client.pub_results import mitigation_metadata
 
     circuit = QuantumCircuit(1, 1)
     circuit.measure(0, 0)
@@ -657,7 +650,7 @@ def test_an_isa_circuit_of_a_16_qubit_device_is_sent_on_its_active_qubits():
     from qiskit.transpiler import generate_preset_pass_manager
     from qiskit_ibm_runtime.fake_provider import FakeGuadalupeV2
 
-    from streams.client.primitives import active_qubits
+    from streams.client.circuit_export import active_qubits
 
     logical = QuantumCircuit(3)
     logical.h(0)
