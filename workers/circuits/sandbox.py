@@ -427,6 +427,13 @@ def main(argv: list[str]) -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     parent = os.getppid()
     _die_with_parent()
+    # A stop signal for the worker's whole process group or cgroup (Ctrl-C, `kill -TERM
+    # -pgid`, systemd's default KillMode) reached its sandboxes too: the program under way
+    # failed as SandboxCrashed, was tried again in a new sandbox while the worker stopped, and
+    # the stop ran into its 15 s watchdog (a red-team run). The worker ends its sandboxes
+    # itself: SIGKILL from the pool, or PR_SET_PDEATHSIG when it exits.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent:  # the worker died before prctl took effect
         return
     read_fd, write_fd = int(argv[0]), int(argv[1])

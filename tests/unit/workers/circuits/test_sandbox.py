@@ -189,3 +189,19 @@ def test_a_sandbox_that_kept_half_its_bound_is_replaced_before_a_program_is_refu
         assert len(pids) >= 2  # replaced at least once, between programs
     finally:
         small.close()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_for_the_workers_process_group_leaves_its_sandboxes_running(
+        registry, stop) -> None:
+    """Ctrl-C or a group SIGTERM killed the sandbox under way: the program failed as
+    SandboxCrashed and the worker's stop ran into its watchdog (a red-team run)."""
+    fresh = SandboxPool(SandboxBounds(wall_s=60, cpu_s=3, memory_mb=512), size=1)
+    try:
+        fresh.wait_started()
+        (sandbox,) = fresh.pids()
+        os.kill(sandbox, stop)
+        assert fresh.call(request(registry, BELL_QASM2)).num_tasks == 1
+        assert fresh.pids() == [sandbox]
+    finally:
+        fresh.close()
