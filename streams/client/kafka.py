@@ -21,6 +21,7 @@ from streams.kafka.compat import (
     assign_settled,
     drop_connections,
     listed_partitions,
+    refused_topics,
     start_or_close,
     stop_consumer,
     stop_quietly,
@@ -259,7 +260,7 @@ class Client:
         # (no tenant topics yet) or readable (the dead letters, for an operator).
         tenant_only = bool(own) and all(found.values())
         if not tenant_only:
-            await self._wait_for_topics(shared, found)
+            await self._wait_for_topics(shared, found, [t for t in own if not found[t]])
         partitions = []
         for topic in (*shared, *own):
             if topic not in found:
@@ -277,9 +278,11 @@ class Client:
         for tp in partitions:  # resolve the end offsets now, not at the first fetch
             await self.watcher.position(tp)
 
-    async def _wait_for_topics(self, topics: Iterable[str], found: dict) -> None:
+    async def _wait_for_topics(self, topics: Iterable[str], found: dict,
+                               missing: list[str]) -> None:
         """Look the shared outcome topics up (into `found`) until they all exist, once a
-        second; the caller's timeout ends the wait.
+        second; the caller's timeout ends the wait. Topics this principal may not read are
+        TopicsNotReadable at once (`missing`: as for `check_readable`).
 
         Assigned before they existed (a wrong topic prefix, no worker started yet), aiokafka
         asked for their offsets without a pause: a waiting client used half a core until
@@ -293,7 +296,8 @@ class Client:
             absent = [topic for topic in topics if not found[topic]]
             if not absent:
                 return
-            await self.check_readable(set(absent))  # refused, not absent: said at once
+            if self.settings.profile != "embedded":  # refused, not absent: said at once
+                self.refuse(await refused_topics(self.watcher._client, absent), missing)
             if not told:
                 log.warning("waiting for %s to exist (is the topic prefix %r right? a worker "
                             "creates its topics when it starts)", ", ".join(absent),
@@ -309,7 +313,12 @@ class Client:
         tenant's topics are not listed to this principal."""
         client = self.watcher._client
         await client.force_metadata_update()
-        refused = sorted(topics & set(client.cluster.unauthorized_topics))
+        self.refuse(topics & set(client.cluster.unauthorized_topics), missing)
+
+    @staticmethod
+    def refuse(refused: set[str], missing: list[str] = ()) -> None:
+        """TopicsNotReadable naming the `refused` topics, if any (see `check_readable`)."""
+        refused = sorted(refused)
         if refused and missing:
             # One tenant's principal naming another tenant was told to name its tenant (a
             # red-team run): it had, and the topics it was refused were the shared ones.

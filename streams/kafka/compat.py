@@ -103,6 +103,20 @@ async def stop_consumer(consumer) -> None:
                 raise
 
 
+async def refused_topics(client, topics) -> set[str]:
+    """Of `topics`, those the cluster refuses to describe to this principal (ACLs), asked for
+    by name in a metadata request that does not let the broker create them: a metadata
+    answer for all topics leaves refused topics out, as if they did not exist. Apache Kafka
+    only: Tansu creates the topics a metadata request names."""
+    from aiokafka.errors import TopicAuthorizationFailedError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    answer = await client.send(client.get_random_node(),
+                               MetadataRequest(list(topics), allow_auto_topic_creation=False))
+    return {entry[1] for entry in answer.topics
+            if entry[0] == TopicAuthorizationFailedError.errno}
+
+
 async def listed_partitions(client, topic: str) -> set[int]:
     """The topic's partition ids in a metadata answer for all topics (empty: no such topic),
     asked so that no broker creates the topic (Tansu, or Kafka's auto.create.topics.enable)."""
