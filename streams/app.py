@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from streams.agents import execute, mitigate, preprocess, variational
@@ -11,7 +12,7 @@ from streams.kafka.topics import WORKFLOW_TABLE, TopicNames, job_topics, raw_top
 from streams.ops import observability
 from streams.runtime import Runtime
 from streams.settings import Settings
-from streams.workflow import control, table_store
+from streams.workflow import control, poison, table_store
 from workers.circuits.parsing import load_qasm3_parser
 
 log = logging.getLogger("qlane")
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
                            settings.max_held_records_mb * record_batches.MIB)
     names = TopicNames.from_settings(settings)
     runtime = Runtime(settings=settings, names=names, app=app)
+    # A stop asked for does not count against the records in a backend call.
+    app.qlane_on_stop_requested = functools.partial(poison.withdraw_in_flight_marks, runtime)
     for short_name, topic_name in vars(names).items():
         runtime.topics[short_name] = raw_topic(app, topic_name, partitions=settings.partitions)
     # Priority lanes: one channel per lane over the shared and every tenant's job topics of

@@ -108,6 +108,8 @@ class Runtime:
     spend_settled: object = None  # asyncio.Task: the reader caught up since the assignment
     sandbox: object = None  # workers.circuits.sandbox.SandboxPool, started with the worker
     simulator: object = None  # its SIMULATE pool when settings.simulator_process
+    # streams.workflow.poison.InFlight batches with a backend call under way
+    in_flight_calls: set = field(default_factory=set)
     host_workers: object = None  # workers.host_workers.HostWorkers, with simulator_process=auto
     simulator_wanted: bool | None = None  # the last decision of simulator_process_wanted
     # monotonic time `auto` chose the threads, or of the last long call that used the process

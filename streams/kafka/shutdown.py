@@ -109,6 +109,10 @@ class ShutdownDeadline:
         self.started_at: float | None = None
         self.exit_code = 0
 
+    @property
+    def begun(self) -> bool:
+        return self._started.is_set()
+
     def start(self, reason: str, exit_code: int = 0) -> None:
         if self._started.is_set():
             return
@@ -147,6 +151,16 @@ def chain_signal(loop: asyncio.AbstractEventLoop, signum: int, before) -> None:
     loop.add_signal_handler(signum, on_signal)
 
 
+def stop_requested(app, deadline: ShutdownDeadline, signal_name: str) -> None:
+    """A stop asked for by a signal: the deadline starts, and the app's
+    `qlane_on_stop_requested` coroutine (if any) runs once, ahead of the stop."""
+    first = not deadline.begun
+    deadline.start(signal_name)
+    hook = getattr(app, "qlane_on_stop_requested", None)
+    if first and hook is not None:
+        app.qlane_stop_hook_task = asyncio.get_running_loop().create_task(hook())
+
+
 def install(app, settings) -> ShutdownDeadline:
     """Arm the deadline and the log filter in a Faust worker (a task that runs at start)."""
     deadline = ShutdownDeadline(settings.shutdown_timeout_s)
@@ -161,7 +175,7 @@ def install(app, settings) -> ShutdownDeadline:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             name = signal.Signals(signum).name
-            chain_signal(loop, signum, lambda name=name: deadline.start(name))
+            chain_signal(loop, signum, lambda name=name: stop_requested(app, deadline, name))
         # A stop that does not come from a signal (a crash) gets the same bound. The app
         # cancels this task when it stops: the deadline starts then at the latest.
         try:

@@ -192,6 +192,7 @@ class InFlight:
         self.tries: dict[str, int] = {}
         self.reasons: dict[str, str] = {}
         self._written: set[tuple[str, int]] = set()
+        self._in_call: set[str] = set()  # marked for the backend call under way
 
     async def load(self) -> None:
         ledger = self.runtime.attempts
@@ -222,12 +223,30 @@ class InFlight:
     async def running(self, addresses: list[str]) -> None:
         for address in addresses:
             self.tries[address] = self.tries.get(address, 0) + 1
+        self._in_call.update(addresses)
+        calls_in_flight(self.runtime).add(self)
         await self._write()
 
     async def finished(self, addresses: list[str]) -> None:
         for address in addresses:
             self.done(address)
+        self._in_call.difference_update(addresses)
+        if not self._in_call:
+            calls_in_flight(self.runtime).discard(self)
         await self._write(flush=False)
+
+    async def withdraw(self) -> None:
+        """Take back the marks of the call under way: the worker is stopping because it was
+        asked to, and a call its stop cuts short (the shutdown deadline) says nothing about
+        the records in it. Counted, two restarts during one long simulation dead-lettered a
+        good job as PoisonRecord (a red-team run)."""
+        if not self._in_call:
+            return
+        for address in self._in_call:
+            self.tries[address] = max(self.tries.get(address, 1) - 1, 0)
+        self._in_call.clear()
+        calls_in_flight(self.runtime).discard(self)
+        await self._write()
 
     async def _write(self, flush: bool = True) -> None:
         by_partition: dict[tuple[str, int], dict[int, int]] = {}
@@ -242,6 +261,25 @@ class InFlight:
                 flush=flush and index == len(keys) - 1,
             )
         self._written = set(by_partition)
+
+
+def calls_in_flight(runtime) -> set:
+    """The InFlight batches of this worker with a backend call under way."""
+    calls = getattr(runtime, "in_flight_calls", None)
+    if calls is None:
+        calls = runtime.in_flight_calls = set()
+    return calls
+
+
+async def withdraw_in_flight_marks(runtime) -> None:
+    """On a stop asked for (SIGTERM, SIGINT): the marks of every call under way taken back
+    (`InFlight.withdraw`). A record that kills the worker during its stop goes uncounted
+    once; the next owner counts again."""
+    for flight in list(calls_in_flight(runtime)):
+        try:
+            await flight.withdraw()
+        except Exception as error:  # noqa: BLE001 - a stop goes on; the marks then stay
+            log.warning("taking back the in-flight marks at the stop failed: %r", error)
 
 
 def poison_handler(error):

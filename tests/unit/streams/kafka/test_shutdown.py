@@ -76,3 +76,25 @@ def test_the_deadline_chains_the_signal_handler_it_finds():
 
     asyncio.run(go())
     assert calls == ["deadline", "worker handler"]
+
+
+def test_a_stop_asked_for_runs_the_apps_hook_once_as_the_deadline_starts():
+    from types import SimpleNamespace
+
+    from streams.kafka.shutdown import stop_requested
+
+    ran = []
+
+    async def hook():
+        ran.append("hook")
+
+    app = SimpleNamespace(qlane_on_stop_requested=hook)
+    deadline = ShutdownDeadline(60, exit=lambda code: None)
+
+    async def go():
+        stop_requested(app, deadline, "SIGTERM")
+        stop_requested(app, deadline, "SIGINT")  # a second signal: the stop is under way
+        await app.qlane_stop_hook_task
+
+    asyncio.run(go())
+    assert ran == ["hook"] and deadline.begun and deadline.reason == "SIGTERM"

@@ -12,7 +12,13 @@ from aiokafka.errors import KafkaTimeoutError, NodeNotReadyError
 
 from streams.workflow import poison
 from streams.workflow.deadletter import SourceRecord
-from streams.workflow.poison import InFlight, _apply, ledger_key
+from streams.workflow.poison import (
+    InFlight,
+    _apply,
+    calls_in_flight,
+    ledger_key,
+    withdraw_in_flight_marks,
+)
 
 
 def source(offset: int, partition: int = 0) -> SourceRecord:
@@ -167,3 +173,30 @@ def test_a_failure_that_is_not_the_cluster_s_is_raised_and_loaded_again_next_tim
     assert ledger.stale
     assert asyncio.run(ledger.tries("preprocess", source(7))) == (0, "")
     assert len(calls) == 2
+
+
+def test_a_stop_asked_for_takes_back_the_marks_of_the_call_it_cuts_short():
+    """Each SIGTERM stop that ran into its deadline during a long simulation counted as a
+    death: after two restarts a good job was dead-lettered as PoisonRecord (a red-team
+    run). A record that had a try before keeps it."""
+    key = ledger_key("execute", "q.stage.execute", 0)
+    ledger = FakeLedger({key: {"offsets": {"6": 1}, "reason": "in flight"}})
+    records = [source(5), source(6)]
+    owner = runtime(ledger)
+    flight = InFlight(owner, "execute", records)
+
+    async def go():
+        await flight.load()
+        await flight.running([records[0].address])
+        assert ledger.entries[key]["offsets"] == {"5": 1, "6": 1}
+        await withdraw_in_flight_marks(owner)  # SIGTERM; the deadline then ends the call
+        assert ledger.entries[key]["offsets"] == {"5": 0, "6": 1}
+        assert ledger.writes[-1][2] is True
+        restarted = InFlight(runtime(ledger), "execute", records)
+        await restarted.load()
+        assert restarted.tries == {records[0].address: 0, records[1].address: 1}
+        await flight.finished([records[0].address])  # a call that ended within the stop
+        assert ledger.entries[key]["offsets"] == {"6": 1}
+        assert calls_in_flight(owner) == set()
+
+    asyncio.run(go())
