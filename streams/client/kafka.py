@@ -296,9 +296,9 @@ class Client:
             absent = [topic for topic in topics if not found[topic]]
             if not absent:
                 return
-            if self.settings.profile != "embedded":  # refused, not absent: said at once
-                self.refuse(await refused_topics(self.watcher._client, absent), missing)
             if not told:
+                if self.settings.profile != "embedded":  # refused, not absent: said at once
+                    self.refuse(await refused_topics(self.watcher._client, absent), missing)
                 log.warning("waiting for %s to exist (is the topic prefix %r right? a worker "
                             "creates its topics when it starts)", ", ".join(absent),
                             self.settings.topic_prefix)

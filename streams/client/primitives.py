@@ -296,11 +296,11 @@ class Session:
         reason = f"job {self.job.job_id()} cancelled"
         deadline = Deadline(max(self.job._deadline.left(), CANCEL_GRACE_S))
         what = f"cancelling job {self.job.job_id()}"
-        await bounded(asyncio.gather(*(
+        await asyncio.gather(*(  # each within the deadline
             delivered(functools.partial(self.client.cancel, workflow_id,
                                         self.job._options.tenant, reason=reason),
                       deadline, what)
-            for workflow_id in sent + self.job._in_doubt)), deadline.left(), what)
+            for workflow_id in sent + self.job._in_doubt))
 
     async def _submit(self, requests: list[dict]) -> tuple[list[str], BaseException | None]:
         """Send the requests in order, within the job's deadline: the ids sent, and the error
