@@ -203,6 +203,9 @@ class Client:
         self.producer: AIOKafkaProducer | None = None
         self.watcher: AIOKafkaConsumer | None = None
         self._tenant_topics_found: set[str] = set()
+        # Outcome topics the watcher is waiting for (`_wait_for_topics`): named by the
+        # timeout that ends the wait (`streams.client.timeouts.open_client`).
+        self.absent_topics: list[str] = []
         # workflow id -> the fingerprint (16 hex digits) of the request this client sent:
         # an IdempotencyConflict status about another request under the id is not its answer.
         self._sent_fingerprints: dict[str, str] = {}
@@ -294,6 +297,7 @@ class Client:
                 if not found.get(topic):
                     found[topic] = await topic_partitions(self.watcher, topic)
             absent = [topic for topic in topics if not found[topic]]
+            self.absent_topics = absent
             if not absent:
                 return
             if not told:

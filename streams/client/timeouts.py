@@ -60,8 +60,7 @@ async def open_client(settings: Settings, tenant: str | None, within: float | De
     client = await connected(settings, tenant, deadline)
     try:
         if watch:
-            await started(client.watching, settings, deadline,
-                          f"reading the outcome topics on {settings.broker}")
+            await watched(client, settings, deadline)
         yield client
     finally:
         # Bounded too: a producer's stop waits for a send the caller gave up on, for the
@@ -75,6 +74,22 @@ async def open_client(settings: Settings, tenant: str | None, within: float | De
             client.drop_connections()
             log.warning("closing the client to %s: no answer from the broker; its "
                         "connections closed without waiting", settings.broker)
+
+
+async def watched(client: Client, settings: Settings, deadline: Deadline) -> None:
+    """`client` watching its outcome topics (`started`); a wait for topics that never came
+    ends with a BrokerTimeout naming them: a wrong topic prefix read "no answer from the
+    broker", which answered all along (a red-team run)."""
+    what = f"reading the outcome topics on {settings.broker}"
+    try:
+        await started(client.watching, settings, deadline, what)
+    except BrokerTimeout:
+        if not client.absent_topics:
+            raise
+        raise BrokerTimeout(
+            f"{what}: {', '.join(client.absent_topics)} did not exist within "
+            f"{deadline.timeout_s:g}s (is the topic prefix {settings.topic_prefix!r} right? "
+            "a worker creates its topics when it starts)") from None
 
 
 async def connected(settings: Settings, tenant: str | None, deadline: Deadline) -> Client:

@@ -17,6 +17,7 @@ class WatchingClient:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.attempts = 0
+        self.absent_topics: list[str] = []
 
     async def watching(self):
         self.attempts += 1
