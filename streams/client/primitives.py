@@ -17,8 +17,10 @@ How a call maps onto qlane (details in the README, "Use it from Qiskit"):
   sorted order is the circuit's), every parameter set of the PUB's BindingsArray (flattened),
   and, for the estimator, every observable of its ObservablesArray (flattened); the result
   is rebuilt in the broadcast shape. Mixed shots or precisions across PUBs are separate
-  workflows with their own shots.
-* Workflow ids are `{job_id}.{pub index}`, the job id starting `<tenant>.` for a tenant
+  workflows with their own shots. An Estimator PUB pairing parameter sets with observables
+  is split into a workflow per group of sets that read the same observables, when that
+  measures fewer circuits (streams/client/pub_split.py).
+* Workflow ids are `{job_id}.{pub index}` (`.{part}` after it for a split PUB), the job id starting `<tenant>.` for a tenant
   (added when missing: a tenant's ids are its own); `run(..., job_id=...)` makes a call idempotent:
   submitting the same PUBs with the same job id again returns the first answer (the worker
   acknowledges the duplicate, the client reads the stored result) and nothing runs twice.
@@ -55,6 +57,7 @@ from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
 from qiskit.primitives.base.base_primitive_job import BasePrimitiveJob
 from qiskit.primitives.containers import (
     PrimitiveResult,
+    PubResult,
 )
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
@@ -76,6 +79,7 @@ from streams.client.pub_results import (
     sampler_pub_result,
     shots_repeated,
 )
+from streams.client.pub_split import Split, merged_result, split_pub
 from streams.client.timeouts import Deadline, bounded, delivered, open_client
 from streams.kafka.tenants import tenant_ids
 from streams.kafka.topics import job_topic, lane_for_priority
@@ -783,8 +787,8 @@ class Estimator(_Primitive, BaseEstimatorV2):
                                  "estimator")
         job_id = self._job_id(job_id)
         sent = [(i, pub) for i, pub in enumerate(coerced) if not is_empty(pub)]
-        prepared = [self._request(job_id, i, pub) for i, pub in sent]
-        kept = [pub for _, pub in sent]
+        units = EstimatorUnits([(i, pub, *self._request(job_id, i, pub)) for i, pub in sent])
+        kept, prepared = units.pubs, units.prepared
         if self._adaptive:
             from streams.client.adaptive import AdaptiveOptions, adaptive_plan
 
@@ -794,22 +798,32 @@ class Estimator(_Primitive, BaseEstimatorV2):
                 # if mitigated (0.933 for a mitigated 0.9995; red-team runs).
                 raise ValueError("adaptive precision works on raw counts: not with ZNE or "
                                  "readout mitigation")
-            plan = adaptive_plan(self, kept, prepared,
-                                 self._adaptive_options or AdaptiveOptions())
-        else:
-            # Adaptive precision sends its own shots, in requests of at most the worker's
-            # limit; here each pub is one request of ceil(1/precision^2).
-            check_sendable([request for request, _ in prepared], [i for i, _ in sent],
-                           [f" (precision {pub.precision:g})" for _, pub in sent])
+            adaptive = adaptive_plan(self, kept, prepared,
+                                     self._adaptive_options or AdaptiveOptions())
 
             async def plan(session: Session) -> PrimitiveResult:
-                results = await session.run(
-                    [request for request, _ in prepared],
-                    lambda k, result: estimator_pub_result(kept[k], prepared[k][1], result),
-                    [i for i, _ in sent])
+                answered = await adaptive(session)
+                return PrimitiveResult(units.assembled(list(answered)),
+                                       metadata=answered.metadata)
+        else:
+            # Adaptive precision sends its own shots, in requests of at most the worker's
+            # limit; here each pub (or part of one) is one request of ceil(1/precision^2).
+            check_sendable([request for request, _ in prepared], units.pub_indices,
+                           [f" (precision {pub.precision:g})" for pub in kept])
+
+            async def plan(session: Session) -> PrimitiveResult:
+                try:
+                    results = await session.run(
+                        [request for request, _ in prepared],
+                        lambda k, result: estimator_pub_result(kept[k], prepared[k][1], result))
+                except Exception as error:
+                    if hasattr(error, "pub_results"):
+                        error.pub_results = units.completed(error.pub_results)
+                    raise
                 return PrimitiveResult(
-                    [estimator_pub_result(pub, grids, result)
-                     for pub, (_, grids), result in zip(kept, prepared, results, strict=True)],
+                    units.assembled([estimator_pub_result(pub, grids, result) for
+                                     pub, (_, grids), result in zip(kept, prepared, results,
+                                                                    strict=True)]),
                     metadata={"version": 2},
                 )
 
@@ -841,6 +855,43 @@ class Estimator(_Primitive, BaseEstimatorV2):
             parameter_sets=parameter_sets,
         )
         return request, grids
+
+
+class EstimatorUnits:
+    """An Estimator call's pubs as the requests sent: a pub whole, or its parts
+    (streams/client/pub_split.py), and the pubs' results put back together from theirs."""
+
+    def __init__(self, pubs: list[tuple[int, EstimatorPub, dict, tuple]]) -> None:
+        self.pubs: list = []  # what each request's result is rebuilt for: a pub or a part
+        self.prepared: list[tuple[dict, tuple]] = []  # (request, grids)
+        self.pub_indices: list[int] = []  # the run() index of each request's pub
+        self._whole: list[tuple[EstimatorPub, Split | None, list[int]]] = []
+        for index, pub, request, grids in pubs:
+            split = split_pub(pub, request, grids)
+            pieces = ([(pub, request, grids)] if split is None else split.parts)
+            self._whole.append((pub, split, list(range(len(self.pubs),
+                                                       len(self.pubs) + len(pieces)))))
+            for piece, piece_request, piece_grids in pieces:
+                self.pubs.append(piece)
+                self.prepared.append((piece_request, piece_grids))
+                self.pub_indices.append(index)
+
+    def assembled(self, results: list[PubResult]) -> list[PubResult]:
+        """Each pub's result from its requests' results (in request order)."""
+        return [results[at[0]] if split is None else
+                merged_result(pub, split, [results[k] for k in at])
+                for pub, split, at in self._whole]
+
+    def completed(self, by_request: dict[int, PubResult]) -> dict[int, PubResult]:
+        """A failed call's results by run() index, of the pubs all of whose requests
+        succeeded (they ran and were charged)."""
+        found = {}
+        for (pub, split, at), index in zip(self._whole, dict.fromkeys(self.pub_indices),
+                                           strict=True):
+            if all(k in by_request for k in at):
+                found[index] = (by_request[at[0]] if split is None else
+                                merged_result(pub, split, [by_request[k] for k in at]))
+        return found
 
 
 def shots_for_precision(precision: float) -> int:

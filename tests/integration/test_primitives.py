@@ -69,6 +69,24 @@ def test_estimator_broadcasting_matches_the_reference(estimator):
     assert result[1].metadata["shots"] == 2500  # the pub's own precision wins
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_pub_pairing_sets_with_observables_matches_the_reference(settings, worker, adaptive):
+    """Element i is parameter set i with observable i: each set is measured in its own
+    observable's basis only (unit test: test_primitive_jobs.py), and the values come back in
+    the pub's shape."""
+    circuit = ansatz()
+    rng = np.random.default_rng(11)
+    labels = ["XYZ", "ZZI", "YIX", "IXY"]
+    values = rng.uniform(-np.pi, np.pi, (len(labels), circuit.num_parameters))
+    estimator = Estimator(settings=settings, timeout_s=180, adaptive=adaptive, seed=3)
+    mine = estimator.run([(circuit, labels, values)], precision=0.05).result()[0]
+    exact = exact_estimator_result([(circuit, labels, values)])[0]
+    assert mine.data.evs.shape == exact.data.evs.shape == (len(labels),)
+    assert np.all(mine.data.stds > 0)
+    assert np.all(np.abs(mine.data.evs - exact.data.evs) < Z_BOUND * mine.data.stds)
+    assert mine.metadata["parts"] == len(labels) == len(mine.metadata["workflow_ids"])
+
+
 def test_estimator_without_parameters_and_with_identity(estimator):
     bell = QuantumCircuit(2)
     bell.h(0)

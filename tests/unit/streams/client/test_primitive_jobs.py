@@ -12,7 +12,7 @@ from qiskit.providers import JobStatus
 from streams.client import primitives
 from streams.client.errors import BrokerTimeout, JobCancelled, ResultTimeout
 from streams.client.kafka import Outcome
-from streams.client.primitives import Sampler
+from streams.client.primitives import Estimator, Sampler
 from workers.errors import InvalidObservable
 
 
@@ -520,3 +520,82 @@ def test_a_submit_the_cluster_cannot_take_yet_is_sent_again_within_the_jobs_time
     job = Sampler("127.0.0.1:1", timeout_s=30).run([(bell(), None, 4)], job_id="lost-leader")
     assert job.result()[0].data.meas.get_counts() == {"11": 4}
     assert client.topics == ["qlane.jobs"] * 3
+
+
+class ExactClient(FakeClient):
+    """Answers each estimator request with the exact values of what it asked for, and keeps
+    the requests."""
+
+    def __init__(self, circuit) -> None:
+        super().__init__(lambda workflow_id: self.answers[workflow_id])
+        self.circuit = circuit
+        self.requests: list[dict] = []
+        self.answers: dict[str, Outcome] = {}
+
+    async def submit(self, request, topic):
+        from qiskit.quantum_info import SparsePauliOp, Statevector
+
+        self.requests.append(request)
+        expectations, circuits = [], []
+        for p, values in enumerate(request["parameter_sets"]):
+            state = Statevector(self.circuit.assign_parameters(values))
+            for o, observable in enumerate(request["observables"]):
+                operator = SparsePauliOp([t["pauli"] for t in observable["terms"]],
+                                         [t["coeff"] for t in observable["terms"]])
+                expectations.append({"parameter_set_index": p, "observable_index": o,
+                                     "value": float(state.expectation_value(operator).real),
+                                     "std_error": 0.01})
+            circuits.append({"parameter_set_index": p, "shots": request["shots"]})
+        self.answers[request["workflow_id"]] = Outcome(request["workflow_id"], "done", result={
+            "workflow_id": request["workflow_id"], "status": "succeeded",
+            "expectations": expectations, "circuits": circuits})
+        return topic
+
+
+def measured(requests: list[dict]) -> int:
+    from streams.client.pub_split import measured_circuits
+
+    return sum(measured_circuits(len(r["parameter_sets"]), r["observables"]) for r in requests)
+
+
+def test_a_pub_pairing_each_parameter_set_with_its_own_observable_measures_only_those(
+        monkeypatch):
+    """Parameter values of shape (N, p) against N observables: element i is set i with
+    observable i. Sent whole, every set was measured in every observable's basis: a 64-element
+    pub ran and was charged for 4,096 circuits, then its result was refused as too large (a
+    red-team run)."""
+    import numpy as np
+    from qiskit.circuit.library import real_amplitudes
+    from qiskit.primitives import StatevectorEstimator
+
+    circuit = real_amplitudes(3, reps=1)
+    rng = np.random.default_rng(5)
+    labels = ["XYZ", "ZZI", "YIX", "IXY", "ZXZ", "YYY"]
+    values = rng.uniform(-np.pi, np.pi, (len(labels), circuit.num_parameters))
+    client = ExactClient(circuit)
+    faked_client(monkeypatch, client)
+    result = Estimator("127.0.0.1:1", timeout_s=5).run(
+        [(circuit, labels, values), (circuit, [labels[:2]], values[:3, None, :])],
+        job_id="paired").result()
+    reference = StatevectorEstimator().run(
+        [(circuit, labels, values), (circuit, [labels[:2]], values[:3, None, :])]).result()
+    for mine, exact in zip(result, reference, strict=True):
+        assert mine.data.evs.shape == exact.data.evs.shape
+        np.testing.assert_allclose(mine.data.evs, exact.data.evs, atol=1e-9)
+    paired = [r for r in client.requests if r["workflow_id"].startswith("paired.0")]
+    assert measured(paired) == len(labels)  # one circuit per element, not 6 x 6
+    assert result[0].metadata["parts"] == len(labels)
+    assert sorted(result[0].metadata["workflow_ids"]) == sorted(r["workflow_id"]
+                                                                for r in paired)
+    # a pub that needs every set with every observable stays one workflow
+    assert [r["workflow_id"] for r in client.requests if r["workflow_id"].startswith(
+        "paired.1")] == ["paired.1"]
+    assert result[1].metadata["workflow_id"] == "paired.1"
+
+
+def faked_client(monkeypatch, client) -> None:
+    @contextlib.asynccontextmanager
+    async def open_client(settings, tenant, timeout_s, watch=False):
+        yield client
+
+    monkeypatch.setattr(primitives, "open_client", open_client)
