@@ -34,6 +34,10 @@ def faust_settings(settings: Settings) -> dict:
         web_port=settings.web_port,
         web_host=settings.web_host,
         web_bind=settings.web_host,
+        # A workflow's table entry (its error text quotes the program) for anyone who asks,
+        # and the workers' addresses: not served (a red-team run). `/` and `/metrics` are.
+        web_tables_enabled=False,
+        web_router_enabled=False,
         # Short sessions make a dead worker's partitions move in seconds, not minutes.
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> tuple[flow.App, Runtime]:
     app = flow.App(settings.app_id, **faust_settings(settings))
     app.qlane_fetch_max_wait_ms = settings.effective_fetch_max_wait_ms
     app.qlane_profile = settings.profile
+    app.qlane_web_limits = (settings.web_max_connections, settings.web_idle_timeout_s)
     app.qlane_transaction_timeout_ms = int(settings.transaction_timeout_s * 1000)
     app.qlane_idle_commit_s = settings.idle_commit_s
     app.qlane_transaction_linger_s = settings.effective_transaction_linger_s

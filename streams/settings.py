@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     web_enabled: bool = True
     web_port: int = 6066
     web_host: str = "127.0.0.1"
+    web_max_connections: int = Field(
+        128, ge=1, description="connections the worker's web port (/ and /metrics) holds at "
+        "once; more are closed as they come (idle ones used up the worker's file descriptors "
+        "and good jobs were dead-lettered as OSError: a red-team run)")
+    web_idle_timeout_s: float = Field(
+        10.0, gt=0, description="a web connection that has not sent a whole request within "
+        "this long, or stays idle this long after an answer, is closed (aiohttp's default "
+        "held a half-sent request for an hour)")
     log_level: str = "info"
     log_format: LogFormat = Field("text", description="text (Faust's) or json, one object per line")
     event_loop: Literal["asyncio", "uvloop"] = Field(

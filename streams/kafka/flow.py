@@ -70,6 +70,7 @@ class App(faust.App):
     # Since when the app has had no running streams: its start, or its current rebalance's.
     _assignment_pending_since: float | None = None
     qlane_profile = "kafka"  # the worker's Settings.profile (create_app)
+    qlane_web_limits = (128, 10.0)  # the web port's connections and idle timeout (create_app)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -92,6 +93,11 @@ class App(faust.App):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._assignment_pending_since = time.monotonic()
+
+    def _new_web(self):
+        from streams.ops.web_server import Web
+
+        return Web(self)
 
     @cached_property
     def flow_control(self) -> FlowControlEvent:

@@ -228,6 +228,11 @@ GUARD_HELD_SECONDS = Counter(
     ["stage"],
     registry=REGISTRY,
 )
+WEB_CONNECTIONS_REFUSED = Counter(
+    "qlane_web_connections_refused_total",
+    "Connections to the web port closed as they came, its limit of open ones reached.",
+    registry=REGISTRY,
+)
 BUILD_INFO = Info(
     "qlane_build",
     "qlane version of this worker (the value is always 1).",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
+import socket
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -25,6 +28,9 @@ from tests.support import (
     wait_until_ready,
 )
 
+WEB_MAX_CONNECTIONS = 20
+WEB_IDLE_TIMEOUT_S = 5.0
+
 
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -42,7 +48,9 @@ def monitored(broker_address, tmp_path_factory):
     asyncio.run(ensure_topics(settings))
     port = free_port()
     log = tmp_path_factory.mktemp("obs") / "worker.log"
-    process = start_worker(settings, log, web_port=port, env={"QLANE_DRIFT_PERIOD_S": "1.5"})
+    process = start_worker(settings, log, web_port=port, env={
+        "QLANE_DRIFT_PERIOD_S": "1.5", "QLANE_WEB_MAX_CONNECTIONS": str(WEB_MAX_CONNECTIONS),
+        "QLANE_WEB_IDLE_TIMEOUT_S": str(WEB_IDLE_TIMEOUT_S)})
     try:
         wait_until_ready(settings, log)
         yield settings, port, process, log
@@ -150,3 +158,47 @@ def test_a_failing_canary_backend_does_not_stop_the_worker_and_tenants_have_lag(
         assert process.poll() is None
     finally:
         stop_worker(process)
+
+
+def closed_by_server(connection: socket.socket, wait_s: float) -> bool:
+    connection.settimeout(wait_s)
+    try:
+        return connection.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def test_the_web_port_bounds_its_connections_and_serves_no_table_entries(monitored):
+    """20,000 idle connections, each a half-sent request, used up the worker's file
+    descriptors: good jobs were dead-lettered as OSError and `/` stopped answering; and
+    Faust's `/table` view served any workflow's entry with its error text (a red-team
+    run)."""
+    settings, port, _, log = monitored
+    for path in ("/table/", "/table/workflows/x/", "/router/"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+        assert refused.value.code == 404
+    before = scrape(port).get("qlane_web_connections_refused_total", 0.0)
+    idle = []
+    try:
+        for _ in range(3 * WEB_MAX_CONNECTIONS):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            connection.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+            idle.append(connection)
+        time.sleep(0.5)
+        # past the limit, closed as they came (twice the limit at most are held, when
+        # they come in one burst); the others until their idle timeout
+        closed, _, _ = select.select(idle, [], [], 0.2)  # readable: an EOF or a reset
+        held = [c for c in idle if c not in closed]
+        assert 0 < len(held) <= 2 * WEB_MAX_CONNECTIONS
+        outcome = submit_and_wait(settings, [job_request(circuit=BELL, shots=20)], 120)
+        assert {o.state for o in outcome.values()} == {"done"}, log.read_text()[-3000:]
+        assert all(closed_by_server(c, WEB_IDLE_TIMEOUT_S + 3) for c in held)
+    finally:
+        for connection in idle:
+            connection.close()
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status == 200
+    refused = scrape(port)["qlane_web_connections_refused_total"] - before
+    assert WEB_MAX_CONNECTIONS <= refused <= len(idle) - len(held)
