@@ -8,6 +8,8 @@ short stable `reason` (the class name) that dead letters and metrics use.
 
 from __future__ import annotations
 
+import errno
+
 
 class QlaneError(Exception):
     """Base of every qlane error."""
@@ -207,6 +209,27 @@ class BudgetExceeded(PermanentError):
 
 class StagePaused(RetryableError):
     """A stage stopped consuming because too many records were dead-lettered."""
+
+
+class WorkerResourcesExhausted(RetryableError):
+    """The worker ran out of something of its own (file descriptors, memory, disk space)
+    while handling the record: not the job's fault; replay it once the worker is healthy.
+    Left as the OSError, good jobs were dead-lettered as `rejected` bad input that no
+    replay filter named (a red-team run: a worker's descriptors used up)."""
+
+
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC})
+
+
+def worker_fault(error: BaseException) -> BaseException:
+    """`error`, or WorkerResourcesExhausted for an OSError that says the worker itself ran
+    out of a resource."""
+    if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+        exhausted = WorkerResourcesExhausted(
+            f"the worker ran out of resources: {type(error).__name__}: {error}")
+        exhausted.__cause__ = error
+        return exhausted
+    return error
 
 
 def error_classes() -> dict[str, type[QlaneError]]:

@@ -30,7 +30,14 @@ from workers.circuits.sandbox import (
     SandboxRequest,
     rebuild_error,
 )
-from workers.errors import QlaneError, RecordHeldBack, UndecodableRecord, UnreadableRecordBatch
+from workers.errors import (
+    QlaneError,
+    RecordHeldBack,
+    UndecodableRecord,
+    UnreadableRecordBatch,
+    WorkerResourcesExhausted,
+    worker_fault,
+)
 from workers.execution.preparation import (
     PreparedJob,
     prepare,
@@ -175,7 +182,8 @@ def counts_against_source(runtime: Runtime, source: SourceRecord,
         return False
     if parse_job_topic(runtime.settings.topic_prefix, source.topic) is not None:
         return True
-    return isinstance(failure, UndecodableRecord) or not isinstance(failure, QlaneError)
+    return (isinstance(failure, UndecodableRecord | WorkerResourcesExhausted)
+            or not isinstance(failure, QlaneError))
 
 
 def hold_source(runtime: Runtime, stage: str, source: SourceRecord, hold: Hold) -> None:
@@ -228,6 +236,7 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler,
             outcome, counted = outcome.outcome, outcome.stage
         return None
     except StageFailure as failure:
+        failure.error = worker_fault(failure.error)
         # The job's own input (an invalid program, a budget) is `rejected`: counted as
         # `failed`, one hostile producer and one tenant over budget paged the error-ratio
         # alert (red-team run). `failed` is left for what points at the system.
@@ -242,7 +251,8 @@ async def process_one(runtime: Runtime, table, stage: str, handle: Handler,
         )
         return failure.error
     except Exception as error:  # bad input must never stop the worker
-        outcome = "rejected"
+        error = worker_fault(error)
+        outcome = "failed" if isinstance(error, WorkerResourcesExhausted) else "rejected"
         if isinstance(error, RecordHeldBack):  # its tenant's client waits on its id
             await tell_tenant_refused(runtime, source, error)
         metrics.DEAD_LETTERS.labels(stage, error_class(error)).inc()

@@ -17,6 +17,7 @@ from workers.errors import (
     SimulationTimeout,
     UnknownSchema,
     UnreadableRecordBatch,
+    WorkerResourcesExhausted,
 )
 
 RUNTIME = SimpleNamespace(settings=Settings(topic_prefix="qlane"))
@@ -41,5 +42,5 @@ def test_on_a_stage_topic_only_a_broken_deploy_counts(topic):
                 InvalidCircuit("x")):
         assert not counts_against_source(RUNTIME, source(topic), own), own
     for broken in (CorruptRecord("x"), UnknownSchema("x"), UnreadableRecordBatch("x"),
-                   AttributeError("x"), KeyError("x")):
+                   AttributeError("x"), KeyError("x"), WorkerResourcesExhausted("x")):
         assert counts_against_source(RUNTIME, source(topic), broken), broken

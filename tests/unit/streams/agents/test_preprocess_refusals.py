@@ -196,3 +196,41 @@ def test_too_many_observables_are_refused_as_such_before_the_result_size_is_chec
                               max_record_bytes=1 << 20)
     with pytest.raises(InvalidObservable, match="20000 observables > 64"):
         asyncio.run(prepare_untrusted(runtime, record(b"tb.many"), JobSpec.from_record(request)))
+
+
+@pytest.mark.parametrize("in_stage", [True, False])
+def test_a_worker_out_of_descriptors_fails_the_job_as_its_own_fault_not_the_jobs(in_stage):
+    """With the worker's file descriptors used up, good jobs were dead-lettered as
+    `OSError: [Errno 24] Too many open files`, counted `rejected` (bad input) and not
+    retryable (a red-team run)."""
+    import errno
+
+    from streams.agents import common
+    from streams.ops import metrics
+
+    letters, statuses = [], []
+
+    async def dead_letter(source, stage, error, attempts=1):
+        letters.append(error)
+
+    async def status(workflow_id, state, stage, detail="", attempt=1):
+        statuses.append((state, detail))
+
+    runtime = SimpleNamespace(dead_letter=dead_letter, status=status)
+    out_of_files = OSError(errno.EMFILE, "Too many open files")
+
+    async def handle(source):
+        if in_stage:
+            raise common.StageFailure("tb.bk1", out_of_files)
+        raise out_of_files
+
+    counted = metrics.JOBS.labels("preprocess", "failed")
+    before = counted._value.get()
+    error = asyncio.run(common.process_one(runtime, {}, "preprocess", handle, record(b"tb.bk1")))
+    assert type(error).__name__ == "WorkerResourcesExhausted" and error.retryable
+    assert "Too many open files" in str(error)
+    assert [type(e).__name__ for e in letters] == ["WorkerResourcesExhausted"]
+    assert counted._value.get() == before + 1  # the system's failure, not bad input
+    if in_stage:
+        assert statuses[0][0] == "failed"
+        assert statuses[0][1].startswith("WorkerResourcesExhausted")

@@ -44,6 +44,7 @@ EXPECTED = {
     "qlane_sandbox_failures_total": ("counter", {"stage", "reason"}),
     "qlane_poison_records_total": ("counter", {"stage"}),
     "qlane_dlq_guard_held_seconds_total": ("counter", {"stage"}),
+    "qlane_web_connections_refused_total": ("counter", set()),
 }
 # Label names with bounded value sets. Never a workflow id, key, offset or free text.
 BOUNDED_LABELS = {"stage", "outcome", "reason", "backend", "result", "severity", "tenant",
