@@ -110,6 +110,7 @@ class Runtime:
     simulator: object = None  # its SIMULATE pool when settings.simulator_process
     # streams.workflow.poison.InFlight batches with a backend call under way
     in_flight_calls: set = field(default_factory=set)
+    stop_asked: bool = False  # a stop was asked for (SIGTERM, SIGINT): marks no more calls
     host_workers: object = None  # workers.host_workers.HostWorkers, with simulator_process=auto
     simulator_wanted: bool | None = None  # the last decision of simulator_process_wanted
     # monotonic time `auto` chose the threads, or of the last long call that used the process

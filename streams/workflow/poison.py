@@ -221,6 +221,12 @@ class InFlight:
         self.tries.pop(address, None)
 
     async def running(self, addresses: list[str]) -> None:
+        if getattr(self.runtime, "stop_asked", False):
+            # A call begun while the worker stops, as asked: its stop may cut it short too,
+            # which says nothing of its records. The stage started calls after the stop's
+            # withdrawal, and their marks outlived the deadline: two stops dead-lettered good
+            # jobs as PoisonRecord (a red-team run, both brokers).
+            return
         for address in addresses:
             self.tries[address] = self.tries.get(address, 0) + 1
         self._in_call.update(addresses)
@@ -273,8 +279,9 @@ def calls_in_flight(runtime) -> set:
 
 async def withdraw_in_flight_marks(runtime) -> None:
     """On a stop asked for (SIGTERM, SIGINT): the marks of every call under way taken back
-    (`InFlight.withdraw`). A record that kills the worker during its stop goes uncounted
-    once; the next owner counts again."""
+    (`InFlight.withdraw`), and calls begun from now on marked no more. A record that kills
+    the worker during its stop goes uncounted once; the next owner counts again."""
+    runtime.stop_asked = True
     for flight in list(calls_in_flight(runtime)):
         try:
             await flight.withdraw()

@@ -200,3 +200,27 @@ def test_a_stop_asked_for_takes_back_the_marks_of_the_call_it_cuts_short():
         assert calls_in_flight(owner) == set()
 
     asyncio.run(go())
+
+
+def test_a_call_begun_after_a_stop_was_asked_for_leaves_no_mark():
+    """The stage went on starting backend calls while Faust stopped; their marks outlived
+    the deadline, and two SIGTERM stops dead-lettered good jobs as PoisonRecord (a red-team
+    run on both brokers)."""
+    key = ledger_key("execute", "q.stage.execute", 0)
+    ledger = FakeLedger()
+    records = [source(5), source(6)]
+    owner = runtime(ledger)
+    flight = InFlight(owner, "execute", records)
+
+    async def go():
+        await flight.load()
+        await withdraw_in_flight_marks(owner)  # SIGTERM, with no call under way
+        await flight.running([records[0].address])  # the next batch's call starts
+        assert ledger.entries.get(key, {}).get("offsets", {}).get("5", 0) == 0
+        restarted = InFlight(runtime(ledger), "execute", records)
+        await restarted.load()
+        assert not restarted.suspects()
+        await flight.finished([records[0].address])
+        assert calls_in_flight(owner) == set()
+
+    asyncio.run(go())
