@@ -204,7 +204,8 @@ def adaptive_plan(estimator, pubs, prepared, options: AdaptiveOptions):
         sets = request["parameter_sets"]
         job = {
             **request,
-            "workflow_id": f"{request['workflow_id']}.r{round_number}.{serial}",
+            # not `.r<round>.<n>`: that was pub <n> of the job `<id>.r<round>` too
+            "workflow_id": f"{request['workflow_id']}-r{round_number}-{serial}",
             "parameter_sets": [sets[index]] if sets else [],
             "observables": [{"terms": [{"pauli": basis, "coeff": 1.0}]}],
             "shots": int(shots),

@@ -20,7 +20,7 @@ How a call maps onto qlane (details in the README, "Use it from Qiskit"):
   workflows with their own shots. An Estimator PUB pairing parameter sets with observables
   is split into a workflow per group of sets that read the same observables, when that
   measures fewer circuits (streams/client/pub_split.py).
-* Workflow ids are `{job_id}.{pub index}` (`.{part}` after it for a split PUB), the job id
+* Workflow ids are `{job_id}.{pub index}` (`-p{part}` after it for a split PUB), the job id
   starting `<tenant>.` for a tenant (added when missing: a tenant's ids are its own);
   `run(..., job_id=...)` makes a call idempotent:
   submitting the same PUBs with the same job id again returns the first answer (the worker

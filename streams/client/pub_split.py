@@ -76,7 +76,9 @@ def split_pub(pub, request: dict, grids: tuple[np.ndarray, np.ndarray]) -> Split
     for k, (wanted, members) in enumerate(groups.items()):
         part_request = {
             **request,
-            "workflow_id": f"{request['workflow_id']}.{k}",
+            # `-p`: `.{k}` made part k of pub i of job J the workflow of pub k of job `J.i`
+            # (a red-team run); no other job's workflow id ends `.<digits>-p<digits>`
+            "workflow_id": f"{request['workflow_id']}-p{k}",
             "parameter_sets": [sets[p] for p in members] if sets else [],
             "observables": [observables[o] for o in wanted],
         }

@@ -599,3 +599,26 @@ def faked_client(monkeypatch, client) -> None:
         yield client
 
     monkeypatch.setattr(primitives, "open_client", open_client)
+
+
+def test_a_split_pubs_workflow_ids_are_no_other_jobs(monkeypatch):
+    """Parts named `{job}.{pub}.{k}`: part 0 of pub 1 of job J was pub 0 of job `J.1`, which
+    was then refused as an IdempotencyConflict, or, run first, left J unable to finish (a
+    red-team run)."""
+    import numpy as np
+    from qiskit.circuit.library import real_amplitudes
+
+    circuit = real_amplitudes(2, reps=1)
+    values = np.random.default_rng(2).uniform(-1, 1, (3, circuit.num_parameters))
+    paired = (circuit, ["XY", "ZZ", "YX"], values)
+    client = ExactClient(circuit)
+    faked_client(monkeypatch, client)
+    estimator = Estimator("127.0.0.1:1", timeout_s=5)
+    ids = {}
+    for job_id in ("J", "J.1", "J.1-p0", "J.0"):
+        before = len(client.requests)
+        estimator.run([paired, paired, (circuit, "ZZ", values[0])], job_id=job_id).result()
+        ids[job_id] = {r["workflow_id"] for r in client.requests[before:]}
+    assert len(ids["J"]) == 3 + 3 + 1  # two split pubs, one whole
+    every = [i for found in ids.values() for i in found]
+    assert len(every) == len(set(every))
