@@ -223,8 +223,9 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 
 def worker_fault(error: BaseException) -> BaseException:
     """`error`, or WorkerResourcesExhausted for an OSError that says the worker itself ran
-    out of a resource."""
-    if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+    out of a resource, and for Python's MemoryError."""
+    if isinstance(error, MemoryError) or (
+            isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS):
         exhausted = WorkerResourcesExhausted(
             f"the worker ran out of resources: {type(error).__name__}: {error}")
         exhausted.__cause__ = error

@@ -279,6 +279,8 @@ def count_from_zero(backends: Iterable[str] = ()) -> None:
             JOBS.labels(stage, outcome).inc(0)
         for reason in sorted(error_classes()):
             DEAD_LETTERS.labels(stage, reason).inc(0)
+        # QlaneStageHoldsPartition: a stage's first hold after a start paged nothing
+        GUARD_HELD_SECONDS.labels(stage).inc(0)
     for backend in backends:
         COST.labels(backend).inc(0)
     # A worker that finished nothing since its start reads as stuck since its start, not since

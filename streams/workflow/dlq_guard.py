@@ -10,11 +10,15 @@ What a burst of bad records can cost the good ones behind them is bounded: betwe
 successes a source may be held for `hold_budget_s` seconds in total, whatever the number of
 bad records. Once spent, its dead letters go on without holds until a record of it succeeds
 again, which restores the budget. After a hold a source starts a fresh count (no probation:
-one more dead letter does not hold it again).
+one more dead letter does not hold it again). Outcomes during a hold do not count: they are
+of records fetched before it (a hold stops fetching, not the records already taken), which
+tripped a second hold 75 ms after the first, spent the budget at once and counted twice the
+time held (a red-team run).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -39,6 +43,7 @@ class DeadLetterGuard:
     hold_budget_s: float = 60.0
     consecutive: int = field(default=0, init=False)
     budget_left_s: float = field(init=False)
+    held_until: float = field(default=float("-inf"), init=False)  # time.monotonic()
     recent: deque = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,9 +54,11 @@ class DeadLetterGuard:
     def enabled(self) -> bool:
         return self.max_consecutive > 0 or self.max_ratio > 0
 
-    def record(self, dead_lettered: bool) -> Hold | None:
-        """Count one outcome; a Hold when the source must stop for a while."""
-        if not self.enabled:
+    def record(self, dead_lettered: bool, now: float | None = None) -> Hold | None:
+        """Count one outcome (at `now`, time.monotonic()); a Hold when the source must stop
+        for a while."""
+        now = time.monotonic() if now is None else now
+        if not self.enabled or now < self.held_until:
             return None
         self.recent.append(dead_lettered)
         if not dead_lettered:
@@ -66,6 +73,7 @@ class DeadLetterGuard:
         self.budget_left_s -= seconds
         self.consecutive = 0
         self.recent.clear()
+        self.held_until = now + seconds
         return Hold(seconds, reason)
 
     def _tripped(self) -> str | None:
@@ -100,5 +108,6 @@ class SourceGuards:
             )
         return guard
 
-    def record(self, topic: str, partition: int, dead_lettered: bool) -> Hold | None:
-        return self.for_source(topic, partition).record(dead_lettered)
+    def record(self, topic: str, partition: int, dead_lettered: bool,
+               now: float | None = None) -> Hold | None:
+        return self.for_source(topic, partition).record(dead_lettered, now)

@@ -199,7 +199,9 @@ def test_too_many_observables_are_refused_as_such_before_the_result_size_is_chec
 
 
 @pytest.mark.parametrize("in_stage", [True, False])
-def test_a_worker_out_of_descriptors_fails_the_job_as_its_own_fault_not_the_jobs(in_stage):
+@pytest.mark.parametrize("exhausted", ["descriptors", "memory"])
+def test_a_worker_out_of_descriptors_fails_the_job_as_its_own_fault_not_the_jobs(in_stage,
+                                                                                exhausted):
     """With the worker's file descriptors used up, good jobs were dead-lettered as
     `OSError: [Errno 24] Too many open files`, counted `rejected` (bad input) and not
     retryable (a red-team run)."""
@@ -217,7 +219,8 @@ def test_a_worker_out_of_descriptors_fails_the_job_as_its_own_fault_not_the_jobs
         statuses.append((state, detail))
 
     runtime = SimpleNamespace(dead_letter=dead_letter, status=status)
-    out_of_files = OSError(errno.EMFILE, "Too many open files")
+    out_of_files = (OSError(errno.EMFILE, "Too many open files") if exhausted == "descriptors"
+                    else MemoryError("cannot allocate 8589934592 bytes"))
 
     async def handle(source):
         if in_stage:
@@ -228,7 +231,7 @@ def test_a_worker_out_of_descriptors_fails_the_job_as_its_own_fault_not_the_jobs
     before = counted._value.get()
     error = asyncio.run(common.process_one(runtime, {}, "preprocess", handle, record(b"tb.bk1")))
     assert type(error).__name__ == "WorkerResourcesExhausted" and error.retryable
-    assert "Too many open files" in str(error)
+    assert str(out_of_files) in str(error)
     assert [type(e).__name__ for e in letters] == ["WorkerResourcesExhausted"]
     assert counted._value.get() == before + 1  # the system's failure, not bad input
     if in_stage:

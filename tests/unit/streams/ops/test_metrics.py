@@ -219,5 +219,7 @@ def test_dead_letters_and_cost_exist_at_zero_from_the_start():
                 "qlane_dead_letters_total", {"stage": stage, "reason": reason}) is not None
         assert registry.get_sample_value(
             "qlane_jobs_total", {"stage": stage, "outcome": "rejected"}) is not None
+        assert registry.get_sample_value(
+            "qlane_dlq_guard_held_seconds_total", {"stage": stage}) is not None
     for backend in ("aer.ideal", "ibm.sherbrooke"):
         assert registry.get_sample_value("qlane_cost_usd_total", {"backend": backend}) is not None
