@@ -866,12 +866,13 @@ class EstimatorUnits:
         self.pubs: list = []  # what each request's result is rebuilt for: a pub or a part
         self.prepared: list[tuple[dict, tuple]] = []  # (request, grids)
         self.pub_indices: list[int] = []  # the run() index of each request's pub
-        self._whole: list[tuple[EstimatorPub, Split | None, list[int]]] = []
+        # per pub: its run() index, the pub, its split (None: sent whole), its requests
+        self._whole: list[tuple[int, EstimatorPub, Split | None, list[int]]] = []
         for index, pub, request, grids in pubs:
             split = split_pub(pub, request, grids)
             pieces = ([(pub, request, grids)] if split is None else split.parts)
-            self._whole.append((pub, split, list(range(len(self.pubs),
-                                                       len(self.pubs) + len(pieces)))))
+            self._whole.append((index, pub, split, list(range(len(self.pubs),
+                                                              len(self.pubs) + len(pieces)))))
             for piece, piece_request, piece_grids in pieces:
                 self.pubs.append(piece)
                 self.prepared.append((piece_request, piece_grids))
@@ -879,20 +880,19 @@ class EstimatorUnits:
 
     def assembled(self, results: list[PubResult]) -> list[PubResult]:
         """Each pub's result from its requests' results (in request order)."""
-        return [results[at[0]] if split is None else
-                merged_result(pub, split, [results[k] for k in at])
-                for pub, split, at in self._whole]
+        return [pub_result(pub, split, [results[k] for k in at])
+                for _, pub, split, at in self._whole]
 
     def completed(self, by_request: dict[int, PubResult]) -> dict[int, PubResult]:
         """A failed call's results by run() index, of the pubs all of whose requests
         succeeded (they ran and were charged)."""
-        found = {}
-        for (pub, split, at), index in zip(self._whole, dict.fromkeys(self.pub_indices),
-                                           strict=True):
-            if all(k in by_request for k in at):
-                found[index] = (by_request[at[0]] if split is None else
-                                merged_result(pub, split, [by_request[k] for k in at]))
-        return found
+        return {index: pub_result(pub, split, [by_request[k] for k in at])
+                for index, pub, split, at in self._whole if all(k in by_request for k in at)}
+
+
+def pub_result(pub: EstimatorPub, split: Split | None, results: list[PubResult]) -> PubResult:
+    """A pub's result from its requests' results: its one request's, or its parts' merged."""
+    return results[0] if split is None else merged_result(pub, split, results)
 
 
 def shots_for_precision(precision: float) -> int:

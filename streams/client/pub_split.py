@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from qiskit.primitives.containers import DataBin, PubResult
-from qiskit.quantum_info import PauliList
 
+from workers.circuits.measurement import measurement_bases
+from workers.jobs import ObservableSpec, PauliTerm
 from workers.seeds import derive_seed
 
 
@@ -42,13 +43,12 @@ class Split:
 
 
 def measured_circuits(parameter_sets: int, observables: list[dict]) -> int:
-    """Circuits a request runs: a parameter set per basis (qubit-wise-commuting groups of
-    the observables' non-identity strings, as the worker groups them; one when none)."""
-    labels = list(dict.fromkeys(
-        term["pauli"] for observable in observables for term in observable["terms"]
-        if set(term["pauli"]) != {"I"} and term["coeff"] != 0))
-    bases = len(PauliList(labels).group_qubit_wise_commuting()) if labels else 1
-    return max(parameter_sets, 1) * bases
+    """Circuits a request runs: a parameter set per basis of its observables, as the worker
+    groups them (`measurement_bases`; one basis when none)."""
+    specs = [ObservableSpec(tuple(PauliTerm(term["pauli"], term["coeff"])
+                                  for term in observable["terms"]))
+             for observable in observables]
+    return max(parameter_sets, 1) * max(len(measurement_bases(specs)), 1)
 
 
 def split_pub(pub, request: dict, grids: tuple[np.ndarray, np.ndarray]) -> Split | None:

@@ -225,7 +225,7 @@ class InFlight:
         self.tries.pop(address, None)
 
     async def running(self, addresses: list[str]) -> None:
-        if getattr(self.runtime, "stop_asked", False):
+        if self.runtime.stop_asked:
             # A call begun while the worker stops, as asked: its stop may cut it short too,
             # which says nothing of its records. The stage started calls after the stop's
             # withdrawal, and their marks outlived the deadline: two stops dead-lettered good
@@ -234,7 +234,7 @@ class InFlight:
         for address in addresses:
             self.tries[address] = self.tries.get(address, 0) + 1
         self._in_call.update(addresses)
-        calls_in_flight(self.runtime).add(self)
+        self.runtime.in_flight_calls.add(self)
         await self._write()
 
     async def finished(self, addresses: list[str]) -> None:
@@ -242,7 +242,7 @@ class InFlight:
             self.done(address)
         self._in_call.difference_update(addresses)
         if not self._in_call:
-            calls_in_flight(self.runtime).discard(self)
+            self.runtime.in_flight_calls.discard(self)
         await self._write(flush=False)
 
     async def withdraw(self) -> None:
@@ -255,7 +255,7 @@ class InFlight:
         for address in self._in_call:
             self.tries[address] = max(self.tries.get(address, 1) - 1, 0)
         self._in_call.clear()
-        calls_in_flight(self.runtime).discard(self)
+        self.runtime.in_flight_calls.discard(self)
         await self._write()
 
     async def _write(self, flush: bool = True) -> None:
@@ -277,20 +277,12 @@ class InFlight:
         self._written = set(by_partition)
 
 
-def calls_in_flight(runtime) -> set:
-    """The InFlight batches of this worker with a backend call under way."""
-    calls = getattr(runtime, "in_flight_calls", None)
-    if calls is None:
-        calls = runtime.in_flight_calls = set()
-    return calls
-
-
 async def withdraw_in_flight_marks(runtime) -> None:
     """On a stop asked for (SIGTERM, SIGINT): the marks of every call under way taken back
     (`InFlight.withdraw`), and calls begun from now on marked no more. A record that kills
     the worker during its stop goes uncounted once; the next owner counts again."""
     runtime.stop_asked = True
-    for flight in list(calls_in_flight(runtime)):
+    for flight in list(runtime.in_flight_calls):
         try:
             await flight.withdraw()
         except Exception as error:  # noqa: BLE001 - a stop goes on; the marks then stay

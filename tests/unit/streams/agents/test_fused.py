@@ -74,6 +74,8 @@ class FakeRuntime:
         self.pending_cancels: dict = {}
         self.arrived_cancels: dict = {}
         self.overrunning_calls: dict = {}  # bounded thread calls (streams/agents/threads.py)
+        self.in_flight_calls: set = set()  # streams/workflow/poison.py
+        self.stop_asked = False
         self.abandoned_executors: list = []
         self.warm_ups = WarmUps()  # not started: thread work does not wait
 

@@ -15,7 +15,6 @@ from streams.workflow.deadletter import SourceRecord
 from streams.workflow.poison import (
     InFlight,
     _apply,
-    calls_in_flight,
     ledger_key,
     withdraw_in_flight_marks,
 )
@@ -44,7 +43,8 @@ class FakeLedger:
 
 
 def runtime(ledger: FakeLedger, attempts: int = 2):
-    return SimpleNamespace(attempts=ledger, settings=SimpleNamespace(sandbox_attempts=attempts))
+    return SimpleNamespace(attempts=ledger, settings=SimpleNamespace(sandbox_attempts=attempts),
+                           in_flight_calls=set(), stop_asked=False)
 
 
 def test_a_batch_is_marked_before_its_call_and_cleared_after():
@@ -197,7 +197,7 @@ def test_a_stop_asked_for_takes_back_the_marks_of_the_call_it_cuts_short():
         assert restarted.tries == {records[0].address: 0, records[1].address: 1}
         await flight.finished([records[0].address])  # a call that ended within the stop
         assert ledger.entries[key]["offsets"] == {"6": 1}
-        assert calls_in_flight(owner) == set()
+        assert owner.in_flight_calls == set()
 
     asyncio.run(go())
 
@@ -221,7 +221,7 @@ def test_a_call_begun_after_a_stop_was_asked_for_leaves_no_mark():
         await restarted.load()
         assert not restarted.suspects()
         await flight.finished([records[0].address])
-        assert calls_in_flight(owner) == set()
+        assert owner.in_flight_calls == set()
 
     asyncio.run(go())
 
